@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Brings up the RabbitMQ and PostgreSQL that Conveyor needs, on loopback only.
+#
+#   scripts/services.sh up     install what is missing, start what is not running, create
+#                              the conveyor vhost/user and database; prints the env to use
+#   scripts/services.sh down   stop only the servers this script started
+#   scripts/services.sh env    print the connection settings as shell exports
+#
+# Servers that already run are reused and left running. Settings can be overridden with
+# CONVEYOR_RABBIT_* / CONVEYOR_PG_* variables (see README.md).
+set -euo pipefail
+
+STATE_DIR="${CONVEYOR_STATE_DIR:-/tmp/conveyor-services}"
+RABBIT_PORT="${CONVEYOR_RABBIT_PORT:-5672}"
+RABBIT_MGMT_PORT="${CONVEYOR_RABBIT_MGMT_PORT:-15672}"
+RABBIT_USER="${CONVEYOR_RABBIT_USER:-conveyor}"
+RABBIT_PASS="${CONVEYOR_RABBIT_PASSWORD:-conveyor}"
+RABBIT_VHOST="${CONVEYOR_RABBIT_VHOST:-conveyor}"
+PG_PORT="${CONVEYOR_PG_PORT:-5432}"
+PG_USER="${CONVEYOR_PG_USER:-conveyor}"
+PG_PASS="${CONVEYOR_PG_PASSWORD:-conveyor}"
+PG_DB="${CONVEYOR_PG_DATABASE:-conveyor}"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 what=$2 tries=${3:-120}
+  for _ in $(seq "$tries"); do port_open "$port" && return 0; sleep 1; done
+  log "$what did not open port $port"; return 1
+}
+
+print_env() {
+  cat <<ENV
+export RabbitMq__Host=127.0.0.1
+export RabbitMq__Port=$RABBIT_PORT
+export RabbitMq__VirtualHost=$RABBIT_VHOST
+export RabbitMq__Username=$RABBIT_USER
+export RabbitMq__Password=$RABBIT_PASS
+export RabbitMq__ManagementPort=$RABBIT_MGMT_PORT
+export ConnectionStrings__Conveyor='Host=127.0.0.1;Port=$PG_PORT;Database=$PG_DB;Username=$PG_USER;Password=$PG_PASS'
+ENV
+}
+
+rabbit_up() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    log "installing rabbitmq-server from Debian packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if port_open "$RABBIT_PORT"; then
+    log "RabbitMQ already listening on $RABBIT_PORT; reusing it"
+  else
+    log "starting RabbitMQ on 127.0.0.1:$RABBIT_PORT"
+    # Loopback only: AMQP, management, epmd and Erlang distribution.
+    as_root tee /etc/rabbitmq/rabbitmq-env.conf >/dev/null <<CONF
+NODE_IP_ADDRESS=127.0.0.1
+NODE_PORT=$RABBIT_PORT
+ERL_EPMD_ADDRESS=127.0.0.1
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+CONF
+    as_root tee /etc/rabbitmq/rabbitmq.conf >/dev/null <<CONF
+listeners.tcp.default = 127.0.0.1:$RABBIT_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $RABBIT_MGMT_PORT
+loopback_users = none
+CONF
+    as_root rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+    mkdir -p "$STATE_DIR"
+    as_root sh -c 'nohup rabbitmq-server >/tmp/conveyor-rabbitmq.log 2>&1 &'
+    touch "$STATE_DIR/rabbitmq.started"
+    wait_port "$RABBIT_PORT" RabbitMQ 180
+    as_root rabbitmqctl await_startup >/dev/null
+  fi
+  if as_root rabbitmqctl list_users -q 2>/dev/null | awk '{print $1}' | grep -qx "$RABBIT_USER"; then
+    as_root rabbitmqctl change_password "$RABBIT_USER" "$RABBIT_PASS" >/dev/null
+  else
+    as_root rabbitmqctl add_user "$RABBIT_USER" "$RABBIT_PASS" >/dev/null
+  fi
+  as_root rabbitmqctl set_user_tags "$RABBIT_USER" administrator >/dev/null
+  as_root rabbitmqctl list_vhosts -q | grep -qx "$RABBIT_VHOST" || as_root rabbitmqctl add_vhost "$RABBIT_VHOST" >/dev/null
+  as_root rabbitmqctl set_permissions -p "$RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*' >/dev/null
+  wait_port "$RABBIT_MGMT_PORT" "RabbitMQ management" 60
+}
+
+pg_psql() { as_root runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -qtA "$@"; }
+
+pg_up() {
+  if ! command -v pg_lsclusters >/dev/null 2>&1; then
+    log "installing postgresql from Debian packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  if port_open "$PG_PORT"; then
+    log "PostgreSQL already listening on $PG_PORT; reusing it"
+  else
+    local version cluster
+    read -r version cluster _ < <(pg_lsclusters -h | awk -v p="$PG_PORT" '$3 == p {print $1, $2}' | head -n1) || true
+    if [ -z "${version:-}" ]; then
+      version=$(ls /usr/lib/postgresql | sort -n | tail -n1); cluster=conveyor
+      log "creating PostgreSQL $version cluster '$cluster' on port $PG_PORT"
+      as_root pg_createcluster "$version" "$cluster" -p "$PG_PORT" >/dev/null
+    fi
+    log "starting PostgreSQL $version/$cluster on 127.0.0.1:$PG_PORT"
+    as_root sed -i "s/^#\?listen_addresses.*/listen_addresses = '127.0.0.1'/" "/etc/postgresql/$version/$cluster/postgresql.conf"
+    as_root sed -i "s/^#\?max_connections.*/max_connections = 300/" "/etc/postgresql/$version/$cluster/postgresql.conf"
+    as_root pg_ctlcluster "$version" "$cluster" start
+    mkdir -p "$STATE_DIR"
+    echo "$version $cluster" > "$STATE_DIR/postgres.started"
+    wait_port "$PG_PORT" PostgreSQL 60
+  fi
+  pg_psql -c "DO \$\$BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
+      CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASS';
+    ELSE ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASS'; END IF; END\$\$;"
+  pg_psql -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1 \
+    || pg_psql -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
+}
+
+down() {
+  if [ -f "$STATE_DIR/rabbitmq.started" ]; then
+    log "stopping RabbitMQ"; as_root rabbitmqctl stop >/dev/null 2>&1 || true
+    rm -f "$STATE_DIR/rabbitmq.started"
+  fi
+  if [ -f "$STATE_DIR/postgres.started" ]; then
+    read -r version cluster < "$STATE_DIR/postgres.started"
+    log "stopping PostgreSQL $version/$cluster"; as_root pg_ctlcluster "$version" "$cluster" stop || true
+    rm -f "$STATE_DIR/postgres.started"
+  fi
+}
+
+case "${1:-up}" in
+  up) rabbit_up; pg_up; print_env ;;
+  down) down ;;
+  env) print_env ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,86 @@
+using Conveyor.Storage.Inbox;
+using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Payments;
+using Conveyor.Storage.Reports;
+using Conveyor.Storage.Webhooks;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Storage;
+
+public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> options) : DbContext(options)
+{
+    public DbSet<Job> Jobs => Set<Job>();
+
+    public DbSet<InboxRecord> Inbox => Set<InboxRecord>();
+
+    public DbSet<LedgerEntry> Ledger => Set<LedgerEntry>();
+
+    public DbSet<SimulatedCharge> SimulatedCharges => Set<SimulatedCharge>();
+
+    public DbSet<WebhookDelivery> WebhookDeliveries => Set<WebhookDelivery>();
+
+    public DbSet<Report> Reports => Set<Report>();
+
+    protected override void OnModelCreating(ModelBuilder modelBuilder)
+    {
+        modelBuilder.Entity<Job>(job =>
+        {
+            job.ToTable("jobs");
+            job.HasKey(j => j.Id);
+            job.Property(j => j.Kind).HasMaxLength(64);
+            job.Property(j => j.BusinessKey).HasMaxLength(200);
+            job.Property(j => j.Status).HasMaxLength(32);
+            job.Property(j => j.IdempotencyKey).HasMaxLength(200);
+            job.Property(j => j.RequestHash).HasMaxLength(64);
+            job.HasIndex(j => new { j.Kind, j.BusinessKey }).IsUnique();
+            job.HasIndex(j => j.IdempotencyKey).IsUnique();
+            job.HasIndex(j => new { j.Status, j.UpdatedAt });
+        });
+
+        modelBuilder.Entity<InboxRecord>(inbox =>
+        {
+            inbox.ToTable("inbox");
+            inbox.HasKey(i => new { i.ConsumerId, i.MessageKey });
+            inbox.Property(i => i.ConsumerId).HasMaxLength(200);
+            inbox.Property(i => i.MessageKey).HasMaxLength(200);
+            inbox.HasIndex(i => i.ReceivedAt);
+        });
+
+        modelBuilder.Entity<LedgerEntry>(ledger =>
+        {
+            ledger.ToTable("ledger_entries");
+            ledger.HasKey(l => l.PaymentId);
+            ledger.Property(l => l.AccountId).HasMaxLength(100);
+            ledger.Property(l => l.Currency).HasMaxLength(3).IsFixedLength();
+            ledger.Property(l => l.GatewayChargeId).HasMaxLength(100);
+            ledger.HasIndex(l => new { l.AccountId, l.Currency });
+        });
+
+        modelBuilder.Entity<SimulatedCharge>(charge =>
+        {
+            charge.ToTable("simulated_gateway_charges");
+            charge.HasKey(c => c.IdempotencyKey);
+            charge.Property(c => c.IdempotencyKey).HasMaxLength(200);
+            charge.Property(c => c.ChargeId).HasMaxLength(100);
+            charge.Property(c => c.AccountId).HasMaxLength(100);
+            charge.Property(c => c.Currency).HasMaxLength(3).IsFixedLength();
+        });
+
+        modelBuilder.Entity<WebhookDelivery>(delivery =>
+        {
+            delivery.ToTable("webhook_deliveries");
+            delivery.HasKey(d => d.WebhookId);
+            delivery.Property(d => d.Url).HasMaxLength(2048);
+            delivery.Property(d => d.EventType).HasMaxLength(200);
+        });
+
+        modelBuilder.Entity<Report>(report =>
+        {
+            report.ToTable("reports");
+            report.HasKey(r => r.ReportId);
+            report.Property(r => r.AccountId).HasMaxLength(100);
+            report.Property(r => r.Currency).HasMaxLength(3).IsFixedLength();
+            report.Property(r => r.Totals).HasColumnType("jsonb");
+        });
+    }
+}

@@ -1,0 +1,16 @@
+namespace Conveyor.Storage.Inbox;
+
+/// <summary>
+/// A message a consumer has applied. The primary key (consumer, message key) is what makes
+/// every handler idempotent: the row commits in the same transaction as the handler's writes.
+/// </summary>
+public sealed class InboxRecord
+{
+    public required string ConsumerId { get; set; }
+
+    public required string MessageKey { get; set; }
+
+    public Guid? MessageId { get; set; }
+
+    public DateTimeOffset ReceivedAt { get; set; }
+}

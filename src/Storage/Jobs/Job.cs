@@ -1,0 +1,36 @@
+namespace Conveyor.Storage.Jobs;
+
+/// <summary>One row per job, whoever submitted it; what <c>GET /api/jobs/{id}</c> shows.</summary>
+public sealed class Job
+{
+    public Guid Id { get; set; }
+
+    /// <summary>One of <see cref="Contracts.JobKinds"/>.</summary>
+    public required string Kind { get; set; }
+
+    /// <summary>The command's business idempotency key (PaymentId, WebhookId, ReportId).</summary>
+    public required string BusinessKey { get; set; }
+
+    /// <summary>One of <see cref="JobStatus"/>.</summary>
+    public required string Status { get; set; }
+
+    /// <summary>Consume attempts so far, retries and redeliveries included.</summary>
+    public int Attempts { get; set; }
+
+    public string? LastError { get; set; }
+
+    /// <summary>0..100 for jobs that report progress.</summary>
+    public int? Progress { get; set; }
+
+    /// <summary>The HTTP <c>Idempotency-Key</c> the job was submitted with, if any.</summary>
+    public string? IdempotencyKey { get; set; }
+
+    /// <summary>SHA-256 of the submitted body, to refuse a reused Idempotency-Key with another body.</summary>
+    public string? RequestHash { get; set; }
+
+    public DateTimeOffset CreatedAt { get; set; }
+
+    public DateTimeOffset UpdatedAt { get; set; }
+
+    public DateTimeOffset? FinishedAt { get; set; }
+}

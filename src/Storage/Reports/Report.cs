@@ -1,0 +1,18 @@
+namespace Conveyor.Storage.Reports;
+
+/// <summary>The result of a GenerateReport job: ledger totals per currency.</summary>
+public sealed class Report
+{
+    public Guid ReportId { get; set; }
+
+    public string? AccountId { get; set; }
+
+    public string? Currency { get; set; }
+
+    public long RowsScanned { get; set; }
+
+    /// <summary>JSON: <c>[{ "currency", "count", "totalMinor" }]</c>.</summary>
+    public required string Totals { get; set; }
+
+    public DateTimeOffset CompletedAt { get; set; }
+}
