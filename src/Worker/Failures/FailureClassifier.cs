@@ -1,0 +1,35 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+
+namespace Conveyor.Worker.Failures;
+
+/// <summary>Decides whether an exception is worth retrying. Unknown exceptions are permanent.</summary>
+public static class FailureClassifier
+{
+    public static bool IsTransient(Exception exception) => exception switch
+    {
+        PermanentFailureException => false,
+        TransientFailureException => true,
+        OperationCanceledException => false,
+        TimeoutException => true,
+        HttpRequestException http => http.StatusCode is null || IsTransientStatus(http.StatusCode.Value),
+        SocketException => true,
+        IOException => true,
+        NpgsqlException npgsql => npgsql.IsTransient || IsTransientSqlState(npgsql),
+        DbUpdateException { InnerException: { } inner } => IsTransient(inner),
+        InvalidOperationException { InnerException: { } inner } => IsTransient(inner),
+        JsonException => false,
+        _ => false,
+    };
+
+    /// <summary>408, 429 and every 5xx may succeed later; other statuses will not.</summary>
+    public static bool IsTransientStatus(HttpStatusCode status) =>
+        status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests || (int)status >= 500;
+
+    // Serialization failures and deadlocks are resolved by running the transaction again.
+    private static bool IsTransientSqlState(NpgsqlException exception) =>
+        exception is PostgresException { SqlState: PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected };
+}

@@ -1,0 +1,110 @@
+using Conveyor.Storage;
+using Conveyor.Worker.Jobs;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Worker.Inbox;
+
+/// <summary>
+/// The inbox of DESIGN.md: one transaction per message. The inbox row, the consumer's EF writes
+/// and the job's success commit together; a duplicate finds the row and is acked unapplied; any
+/// exception rolls all of it back and leaves the message to retry, redelivery or <c>_error</c>.
+/// Resolved from the message scope, so it shares the scoped <see cref="ConveyorDbContext"/> with the consumer.
+/// </summary>
+public sealed partial class InboxFilter<T>(
+    ConveyorDbContext db,
+    JobTracker tracker,
+    TimeProvider time,
+    IServiceProvider services,
+    ILogger<InboxFilter<T>> logger) : IFilter<ConsumeContext<T>>
+    where T : class
+{
+    public async Task Send(ConsumeContext<T> context, IPipe<ConsumeContext<T>> next)
+    {
+        var cancellationToken = context.CancellationToken;
+        var descriptor = services.GetService<JobDescriptor<T>>();
+        var consumerId = InboxKeys.ConsumerIdOf(context);
+        var messageKey = descriptor?.BusinessKey(context.Message) ?? InboxKeys.FallbackKey(context);
+        JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.JobIdOf(context));
+
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        var now = time.GetUtcNow();
+        // A concurrent copy blocks here on the first one's uncommitted key, then sees the conflict
+        // (the first committed) or inserts (the first rolled back).
+        var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
+            VALUES ({consumerId}, {messageKey}, {context.MessageId}, {now})
+            ON CONFLICT DO NOTHING
+            """, cancellationToken);
+        if (inserted == 0)
+        {
+            await transaction.CommitAsync(cancellationToken);
+            LogDuplicate(consumerId, messageKey, context.MessageId);
+            InboxMetrics.DuplicatesSkipped.Add(1, new KeyValuePair<string, object?>("consumer", consumerId));
+            return;
+        }
+
+        if (job is { } started)
+        {
+            await tracker.StartAttemptAsync(started, cancellationToken);
+        }
+
+        try
+        {
+            await next.Send(context);
+            if (job is { } succeeded)
+            {
+                await tracker.MarkSucceededAsync(db, succeeded, cancellationToken);
+            }
+
+            await db.SaveChangesAsync(cancellationToken);
+            await transaction.CommitAsync(cancellationToken);
+        }
+        catch (Exception exception)
+        {
+            await RollBackQuietlyAsync(transaction);
+            if (job is { } failed)
+            {
+                await RecordFailureQuietlyAsync(failed, exception);
+            }
+
+            throw;
+        }
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox");
+
+    private async Task RollBackQuietlyAsync(Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction)
+    {
+        try
+        {
+            await transaction.RollbackAsync(CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The connection may be gone; PostgreSQL rolls back an abandoned transaction itself.
+            LogRollbackFailed(exception);
+        }
+    }
+
+    private async Task RecordFailureQuietlyAsync(JobRef job, Exception failure)
+    {
+        try
+        {
+            await tracker.RecordFailureAsync(job, failure, Storage.Jobs.JobStatus.Running, CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogStatusWriteFailed(exception, job.Kind, job.BusinessKey);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {MessageKey}, message {MessageId}")]
+    private partial void LogDuplicate(string consumerId, string messageKey, Guid? messageId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Rolling back the inbox transaction failed")]
+    private partial void LogRollbackFailed(Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record the failure of job {Kind}/{BusinessKey}")]
+    private partial void LogStatusWriteFailed(Exception exception, string kind, string businessKey);
+}

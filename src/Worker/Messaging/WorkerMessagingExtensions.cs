@@ -1,0 +1,77 @@
+using Conveyor.Contracts;
+using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Reports;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.ServiceDefaults;
+using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Payments;
+using Conveyor.Worker.Reports;
+using Conveyor.Worker.Webhooks;
+using MassTransit;
+
+namespace Conveyor.Worker.Messaging;
+
+public static class WorkerMessagingExtensions
+{
+    /// <summary>The consumers, their endpoints and the shared job pipeline.</summary>
+    public static IServiceCollection AddWorkerMessaging(this IServiceCollection services, IConfiguration configuration)
+    {
+        var broker = services.AddRabbitMqOptions(configuration);
+        foreach (var name in new[] { ChargePaymentConsumerDefinition.ConsumerName, DeliverWebhookConsumerDefinition.ConsumerName, GenerateReportConsumerDefinition.ConsumerName })
+        {
+            services.AddOptions<ConsumerEndpointOptions>(name)
+                .BindConfiguration($"{ConsumerEndpointOptions.SectionName}:{name}")
+                .ValidateDataAnnotations()
+                .ValidateOnStart();
+        }
+
+        services.AddSingleton(new JobDescriptor<ChargePayment>(JobKinds.ChargePayment, m => m.PaymentId.ToString()));
+        services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, m => m.WebhookId.ToString()));
+        services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, m => m.ReportId.ToString()));
+        services.AddSingleton<JobTracker>();
+
+        services.AddMassTransit(bus =>
+        {
+            bus.AddConsumer<ChargePaymentConsumer, ChargePaymentConsumerDefinition>();
+            bus.AddConsumer<DeliverWebhookConsumer, DeliverWebhookConsumerDefinition>();
+            bus.AddConsumer<GenerateReportConsumer, GenerateReportConsumerDefinition>();
+            bus.UsingRabbitMq((context, cfg) =>
+            {
+                cfg.UseConveyorBroker(broker, "conveyor-worker");
+                cfg.ConfigureEndpoints(context, KebabCaseEndpointNameFormatter.Instance);
+            });
+        });
+        return services;
+    }
+
+    /// <summary>The remote sides: payment gateway (or its simulation) and webhook receivers.</summary>
+    public static IServiceCollection AddWorkerIntegrations(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<PaymentGatewayOptions>().BindConfiguration(PaymentGatewayOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<WebhookOptions>().BindConfiguration(WebhookOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<ReportOptions>().BindConfiguration(ReportOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+
+        var gateway = configuration.GetSection(PaymentGatewayOptions.SectionName).Get<PaymentGatewayOptions>() ?? new PaymentGatewayOptions();
+        if (string.IsNullOrWhiteSpace(gateway.BaseUrl))
+        {
+            services.AddSingleton<IPaymentGateway, SimulatedPaymentGateway>();
+        }
+        else
+        {
+            services.AddHttpClient<IPaymentGateway, HttpPaymentGateway>(http =>
+            {
+                http.BaseAddress = new Uri(gateway.BaseUrl.TrimEnd('/') + "/");
+                http.Timeout = TimeSpan.FromSeconds(gateway.TimeoutSeconds);
+                if (!string.IsNullOrEmpty(gateway.ApiKey))
+                {
+                    http.DefaultRequestHeaders.Authorization = new("Bearer", gateway.ApiKey);
+                }
+            });
+        }
+
+        var webhooks = configuration.GetSection(WebhookOptions.SectionName).Get<WebhookOptions>() ?? new WebhookOptions();
+        services.AddHttpClient<WebhookSender>(http => http.Timeout = TimeSpan.FromSeconds(webhooks.TimeoutSeconds))
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { AllowAutoRedirect = false });
+        return services;
+    }
+}

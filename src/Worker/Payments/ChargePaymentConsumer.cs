@@ -1,0 +1,60 @@
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage;
+using Conveyor.Storage.Payments;
+using Conveyor.Worker.Failures;
+using MassTransit;
+
+namespace Conveyor.Worker.Payments;
+
+/// <summary>
+/// Charges through the gateway with the PaymentId as its idempotency key, then records the ledger
+/// row in the inbox transaction. A retry after a crash charges nothing new: the gateway dedupes.
+/// </summary>
+public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbContext db, TimeProvider time)
+    : IConsumer<ChargePayment>
+{
+    public async Task Consume(ConsumeContext<ChargePayment> context)
+    {
+        var payment = context.Message;
+        Validate(payment);
+
+        var charge = await gateway.ChargeAsync(
+            new ChargeRequest(payment.AccountId, payment.AmountMinor, payment.Currency),
+            payment.PaymentId.ToString(),
+            context.CancellationToken);
+
+        db.Ledger.Add(new LedgerEntry
+        {
+            PaymentId = payment.PaymentId,
+            AccountId = payment.AccountId,
+            AmountMinor = payment.AmountMinor,
+            Currency = payment.Currency,
+            GatewayChargeId = charge.ChargeId,
+            ChargedAt = time.GetUtcNow(),
+        });
+        await db.SaveChangesAsync(context.CancellationToken);
+    }
+
+    private static void Validate(ChargePayment payment)
+    {
+        if (payment.PaymentId == Guid.Empty)
+        {
+            throw new PermanentFailureException("PaymentId is empty");
+        }
+
+        if (string.IsNullOrWhiteSpace(payment.AccountId) || payment.AccountId.Length > 100)
+        {
+            throw new PermanentFailureException("AccountId must be 1 to 100 characters");
+        }
+
+        if (payment.AmountMinor <= 0)
+        {
+            throw new PermanentFailureException($"AmountMinor must be greater than zero, was {payment.AmountMinor}");
+        }
+
+        if (payment.Currency is not { Length: 3 } currency || !currency.All(char.IsAsciiLetterUpper))
+        {
+            throw new PermanentFailureException($"Currency must be an ISO 4217 code, was '{payment.Currency}'");
+        }
+    }
+}

@@ -1,0 +1,47 @@
+using System.Net.Http.Headers;
+using Conveyor.Worker.Failures;
+
+namespace Conveyor.Worker.Payments;
+
+/// <summary>
+/// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
+/// 408, 429 and 5xx are transient; other 4xx are permanent.
+/// </summary>
+public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
+{
+    public async Task<ChargeResult> ChargeAsync(ChargeRequest request, string idempotencyKey, CancellationToken cancellationToken)
+    {
+        using var message = new HttpRequestMessage(HttpMethod.Post, "charges")
+        {
+            Content = JsonContent.Create(new
+            {
+                accountId = request.AccountId,
+                amountMinor = request.AmountMinor,
+                currency = request.Currency,
+            }),
+        };
+        message.Headers.Add("Idempotency-Key", idempotencyKey);
+        message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
+
+        HttpResponseMessage response;
+        try
+        {
+            response = await http.SendAsync(message, cancellationToken);
+        }
+        catch (TaskCanceledException exception) when (HttpFailures.IsTimeout(exception, cancellationToken))
+        {
+            throw new TransientFailureException("The payment gateway timed out", null, exception);
+        }
+
+        using (response)
+        {
+            await HttpFailures.EnsureSuccessAsync(response, "The payment gateway", cancellationToken);
+            var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
+            return string.IsNullOrEmpty(body?.Id)
+                ? throw new TransientFailureException("The payment gateway answered without a charge id")
+                : new ChargeResult(body.Id);
+        }
+    }
+
+    private sealed record GatewayCharge(string? Id);
+}

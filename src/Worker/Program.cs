@@ -1,0 +1,3 @@
+using Conveyor.Worker;
+
+return await WorkerApp.RunAsync(args);

@@ -1,0 +1,74 @@
+using System.Text.Json;
+using Conveyor.Contracts;
+using Conveyor.Contracts.Reports;
+using Conveyor.Storage;
+using Conveyor.Storage.Reports;
+using Conveyor.Worker.Failures;
+using Conveyor.Worker.Jobs;
+using MassTransit;
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Worker.Reports;
+
+/// <summary>
+/// Aggregates the ledger page by page, reporting progress on the job as it goes, and stores the
+/// totals in the inbox transaction.
+/// </summary>
+public sealed class GenerateReportConsumer(
+    ConveyorDbContext db,
+    JobTracker tracker,
+    IOptions<ReportOptions> options,
+    TimeProvider time) : IConsumer<GenerateReport>
+{
+    public async Task Consume(ConsumeContext<GenerateReport> context)
+    {
+        var report = context.Message;
+        var cancellationToken = context.CancellationToken;
+        Validate(report);
+
+        var job = new JobRef(JobKinds.GenerateReport, report.ReportId.ToString(), null);
+        var pageSize = report.PageSize ?? options.Value.DefaultPageSize;
+        var aggregator = new LedgerAggregator(db);
+        var total = await aggregator.CountAsync(report.AccountId, report.Currency, cancellationToken);
+        await tracker.ReportProgressAsync(job, 0, cancellationToken);
+
+        while (await aggregator.NextPageAsync(report.AccountId, report.Currency, pageSize, cancellationToken))
+        {
+            var percent = total == 0 ? 99 : (int)Math.Min(99, aggregator.RowsScanned * 100 / total);
+            await tracker.ReportProgressAsync(job, percent, cancellationToken);
+            if (options.Value.PageDelayMilliseconds > 0)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(options.Value.PageDelayMilliseconds), time, cancellationToken);
+            }
+        }
+
+        db.Reports.Add(new Report
+        {
+            ReportId = report.ReportId,
+            AccountId = report.AccountId,
+            Currency = report.Currency,
+            RowsScanned = aggregator.RowsScanned,
+            Totals = JsonSerializer.Serialize(aggregator.Totals, JsonSerializerOptions.Web),
+            CompletedAt = time.GetUtcNow(),
+        });
+        await db.SaveChangesAsync(cancellationToken);
+    }
+
+    private static void Validate(GenerateReport report)
+    {
+        if (report.ReportId == Guid.Empty)
+        {
+            throw new PermanentFailureException("ReportId is empty");
+        }
+
+        if (report.PageSize is < 1 or > 10_000)
+        {
+            throw new PermanentFailureException($"PageSize must be 1 to 10000, was {report.PageSize}");
+        }
+
+        if (report.Currency is { } currency && (currency.Length != 3 || !currency.All(char.IsAsciiLetterUpper)))
+        {
+            throw new PermanentFailureException($"Currency must be an ISO 4217 code, was '{currency}'");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+using System.Net.Http.Headers;
+using Conveyor.Worker.Failures;
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Worker.Webhooks;
+
+public sealed record WebhookResult(int StatusCode);
+
+/// <summary>POSTs a signed payload. 2xx is delivered; 408, 429, 5xx and timeouts are transient; other 4xx permanent.</summary>
+public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, TimeProvider time)
+{
+    public const string WebhookIdHeader = "Conveyor-Webhook-Id";
+    public const string EventTypeHeader = "Conveyor-Event-Type";
+
+    public async Task<WebhookResult> SendAsync(Guid webhookId, Uri url, string eventType, ReadOnlyMemory<byte> body, CancellationToken cancellationToken)
+    {
+        var content = new ByteArrayContent(body.ToArray());
+        content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        using var request = new HttpRequestMessage(HttpMethod.Post, url) { Content = content };
+        request.Headers.Add(WebhookIdHeader, webhookId.ToString());
+        request.Headers.Add("Idempotency-Key", webhookId.ToString());
+        request.Headers.Add(EventTypeHeader, eventType);
+        request.Headers.Add(WebhookSignature.HeaderName,
+            WebhookSignature.Create(options.Value.SigningSecret, time.GetUtcNow().ToUnixTimeSeconds(), body.Span));
+
+        HttpResponseMessage response;
+        try
+        {
+            response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
+        }
+        catch (TaskCanceledException exception) when (HttpFailures.IsTimeout(exception, cancellationToken))
+        {
+            throw new TransientFailureException($"The webhook receiver at {url.Host} timed out", null, exception);
+        }
+
+        using (response)
+        {
+            await HttpFailures.EnsureSuccessAsync(response, $"The webhook receiver at {url.Host}", cancellationToken);
+            return new WebhookResult((int)response.StatusCode);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+using Conveyor.ServiceDefaults;
+using Conveyor.Storage;
+using Conveyor.Worker.Messaging;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Worker;
+
+/// <summary>The worker host: consumers on RabbitMQ, health endpoints on a small side port.</summary>
+public static partial class WorkerApp
+{
+    /// <summary><c>migrate</c> applies the database migrations and exits; anything else runs the worker.</summary>
+    public static async Task<int> RunAsync(string[] args)
+    {
+        if (args is ["migrate", .. var rest])
+        {
+            return await MigrateAsync(rest);
+        }
+
+        await using var app = Build(args);
+        await app.RunAsync();
+        return 0;
+    }
+
+    public static WebApplication Build(string[] args)
+    {
+        var builder = WebApplication.CreateBuilder(args);
+        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddConveyorStorage(builder.Configuration);
+        builder.Services.AddWorkerIntegrations(builder.Configuration);
+        builder.Services.AddWorkerMessaging(builder.Configuration);
+        builder.Services.AddConveyorHealthChecks();
+
+        var app = builder.Build();
+        app.MapConveyorHealthEndpoints();
+        return app;
+    }
+
+    public static async Task<int> MigrateAsync(string[] args)
+    {
+        var builder = Host.CreateApplicationBuilder(args);
+        builder.Services.AddConveyorStorage(builder.Configuration);
+        using var host = builder.Build();
+        var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Migrate");
+        await using var db = await host.Services.GetRequiredService<IDbContextFactory<ConveyorDbContext>>().CreateDbContextAsync();
+        var pending = (await db.Database.GetPendingMigrationsAsync()).ToList();
+        await db.Database.MigrateAsync();
+        var names = string.Join(", ", pending);
+        LogMigrated(logger, pending.Count, names);
+        return 0;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Applied {Count} migration(s): {Migrations}")]
+    private static partial void LogMigrated(ILogger logger, int count, string migrations);
+}

@@ -1,0 +1,110 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Tests.Fakes;
+
+/// <summary>
+/// A payment gateway on a loopback port that behaves like a real one: <c>POST /charges</c> with an
+/// <c>Idempotency-Key</c> charges once per key and answers repeats with the first charge. It counts
+/// everything, can be slowed down, and can be told to fail.
+/// </summary>
+public sealed class FakePaymentGateway : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ConcurrentDictionary<string, Charge> _charges = new();
+    private readonly ConcurrentDictionary<string, int> _requests = new();
+    private readonly ConcurrentQueue<HttpStatusCode> _scriptedFailures = new();
+
+    private FakePaymentGateway(WebApplication app) => _app = app;
+
+    public Uri BaseAddress { get; private set; } = null!;
+
+    /// <summary>Delay before each answer, to make concurrent deliveries overlap.</summary>
+    public TimeSpan Latency { get; set; }
+
+    /// <summary>When set, every request is answered with this status.</summary>
+    public HttpStatusCode? FailEverythingWith { get; set; }
+
+    public int TotalRequests => _requests.Values.Sum();
+
+    public IReadOnlyCollection<Charge> Charges => [.. _charges.Values];
+
+    public int RequestsFor(string idempotencyKey) => _requests.GetValueOrDefault(idempotencyKey);
+
+    public int ChargesFor(string idempotencyKey) => _charges.ContainsKey(idempotencyKey) ? 1 : 0;
+
+    /// <summary>The next <paramref name="count"/> requests fail with <paramref name="status"/>.</summary>
+    public void FailNext(int count, HttpStatusCode status)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            _scriptedFailures.Enqueue(status);
+        }
+    }
+
+    public static async Task<FakePaymentGateway> StartAsync()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        var app = builder.Build();
+        var gateway = new FakePaymentGateway(app);
+        app.MapPost("/charges", (Func<HttpContext, Task<IResult>>)gateway.HandleAsync);
+        await app.StartAsync();
+        gateway.BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features
+            .Get<IServerAddressesFeature>()!.Addresses.First());
+        return gateway;
+    }
+
+    private async Task<IResult> HandleAsync(HttpContext context)
+    {
+        if (Latency > TimeSpan.Zero)
+        {
+            await Task.Delay(Latency);
+        }
+
+        var key = context.Request.Headers["Idempotency-Key"].ToString();
+        if (string.IsNullOrEmpty(key))
+        {
+            return Results.BadRequest(new { error = "Idempotency-Key is required" });
+        }
+
+        _requests.AddOrUpdate(key, 1, (_, n) => n + 1);
+        if (FailEverythingWith is { } always)
+        {
+            return Results.StatusCode((int)always);
+        }
+
+        if (_scriptedFailures.TryDequeue(out var status))
+        {
+            return Results.StatusCode((int)status);
+        }
+
+        using var body = await JsonDocument.ParseAsync(context.Request.Body);
+        var charge = _charges.GetOrAdd(key, k => new Charge(
+            $"ch_{Guid.NewGuid():N}",
+            k,
+            body.RootElement.GetProperty("accountId").GetString()!,
+            body.RootElement.GetProperty("amountMinor").GetInt64(),
+            body.RootElement.GetProperty("currency").GetString()!,
+            context.Request.Headers.Authorization.ToString()));
+        return Results.Ok(new { id = charge.Id });
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    /// <summary>A charge as the gateway recorded it; <see cref="Caller"/> is the Authorization header.</summary>
+    public sealed record Charge(string Id, string IdempotencyKey, string AccountId, long AmountMinor, string Currency, string Caller);
+}

@@ -1,0 +1,60 @@
+using System.Collections.Concurrent;
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Tests.Fakes;
+
+/// <summary>A customer's webhook endpoint on a loopback port: records what arrives, can fail on demand.</summary>
+public sealed class FakeWebhookReceiver : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ConcurrentQueue<Received> _received = new();
+
+    private FakeWebhookReceiver(WebApplication app) => _app = app;
+
+    public Uri BaseAddress { get; private set; } = null!;
+
+    /// <summary>When set, every delivery is answered with this status.</summary>
+    public HttpStatusCode? AnswerWith { get; set; }
+
+    public IReadOnlyCollection<Received> Deliveries => [.. _received];
+
+    public Uri Url(string path = "/hooks") => new(BaseAddress, path);
+
+    public static async Task<FakeWebhookReceiver> StartAsync()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        var app = builder.Build();
+        var receiver = new FakeWebhookReceiver(app);
+        app.MapPost("/{**path}", (Func<HttpContext, Task<IResult>>)receiver.HandleAsync);
+        await app.StartAsync();
+        receiver.BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features
+            .Get<IServerAddressesFeature>()!.Addresses.First());
+        return receiver;
+    }
+
+    private async Task<IResult> HandleAsync(HttpContext context)
+    {
+        using var buffer = new MemoryStream();
+        await context.Request.Body.CopyToAsync(buffer);
+        var headers = context.Request.Headers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase);
+        _received.Enqueue(new Received(context.Request.Path, headers, buffer.ToArray()));
+        return Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    public sealed record Received(string Path, IReadOnlyDictionary<string, string> Headers, byte[] Body);
+}

@@ -1,0 +1,126 @@
+using Conveyor.Api;
+using Conveyor.Storage;
+using Conveyor.Worker;
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+
+namespace Conveyor.Tests.Infrastructure;
+
+/// <summary>
+/// One database and one RabbitMQ vhost per test run, made here and removed at the end, so tests
+/// never touch the data of a running dev service. Hosts the Api and Worker in-process.
+/// </summary>
+public sealed class ConveyorFixture : IAsyncLifetime
+{
+    private readonly string _runId = Guid.NewGuid().ToString("N")[..10];
+    private ServerSettings _servers = null!;
+    private string _adminConnectionString = null!;
+
+    public string DatabaseName => $"conveyor_test_{_runId}";
+
+    public string VirtualHost => $"conveyor-test-{_runId}";
+
+    public string ConnectionString { get; private set; } = null!;
+
+    public RabbitManagement Rabbit { get; private set; } = null!;
+
+    public ServerSettings Servers => _servers;
+
+    /// <summary>The settings every hosted Api and Worker gets: this run's database and vhost.</summary>
+    public IReadOnlyDictionary<string, string?> BaseSettings { get; private set; } = new Dictionary<string, string?>();
+
+    public async Task InitializeAsync()
+    {
+        _servers = await ServerSettings.ResolveAsync();
+        _adminConnectionString = _servers.PostgresConnectionString;
+        var builder = new NpgsqlConnectionStringBuilder(_adminConnectionString) { Database = DatabaseName, MaxPoolSize = 100 };
+        ConnectionString = builder.ConnectionString;
+
+        await using (var admin = new NpgsqlConnection(_adminConnectionString))
+        {
+            await admin.OpenAsync();
+            await using var create = new NpgsqlCommand($"CREATE DATABASE \"{DatabaseName}\"", admin);
+            await create.ExecuteNonQueryAsync();
+        }
+
+        await using (var db = CreateDbContext())
+        {
+            await db.Database.MigrateAsync();
+        }
+
+        Rabbit = new RabbitManagement(_servers.RabbitHost, _servers.RabbitManagementPort, _servers.RabbitUser, _servers.RabbitPassword);
+        await Rabbit.CreateVhostAsync(VirtualHost, _servers.RabbitUser);
+
+        BaseSettings = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Conveyor"] = ConnectionString,
+            ["RabbitMq:Host"] = _servers.RabbitHost,
+            ["RabbitMq:Port"] = _servers.RabbitPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["RabbitMq:ManagementPort"] = _servers.RabbitManagementPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["RabbitMq:VirtualHost"] = VirtualHost,
+            ["RabbitMq:Username"] = _servers.RabbitUser,
+            ["RabbitMq:Password"] = _servers.RabbitPassword,
+            ["Logging:LogLevel:Default"] = "Warning",
+            ["Logging:LogLevel:MassTransit"] = "Warning",
+        };
+    }
+
+    public ConveyorDbContext CreateDbContext()
+    {
+        var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+        StorageServiceCollectionExtensions.Configure(options, ConnectionString);
+        return new ConveyorDbContext(options.Options);
+    }
+
+    public Task<RunningApp> StartApiAsync(IDictionary<string, string?>? overrides = null) =>
+        RunningApp.StartAsync(ApiApp.Build, Merge(overrides));
+
+    /// <summary>Starts a worker and waits until its bus is connected and its queues exist.</summary>
+    public async Task<RunningApp> StartWorkerAsync(IDictionary<string, string?>? overrides = null)
+    {
+        var worker = await RunningApp.StartAsync(WorkerApp.Build, Merge(overrides));
+        await worker.WaitUntilReadyAsync();
+        return worker;
+    }
+
+    /// <summary>Empties every table and queue of this run.</summary>
+    public async Task ResetAsync()
+    {
+        await using (var db = CreateDbContext())
+        {
+            await db.Database.ExecuteSqlRawAsync(
+                "TRUNCATE jobs, inbox, ledger_entries, simulated_gateway_charges, webhook_deliveries, reports");
+        }
+
+        foreach (var queue in await Rabbit.QueuesAsync(VirtualHost))
+        {
+            await Rabbit.PurgeAsync(VirtualHost, queue.Name);
+        }
+    }
+
+    private Dictionary<string, string?> Merge(IDictionary<string, string?>? overrides)
+    {
+        var settings = new Dictionary<string, string?>(BaseSettings);
+        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
+        {
+            settings[key] = value;
+        }
+
+        return settings;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await Rabbit.DeleteVhostAsync(VirtualHost);
+        Rabbit.Dispose();
+        NpgsqlConnection.ClearAllPools();
+        await using (var admin = new NpgsqlConnection(_adminConnectionString))
+        {
+            await admin.OpenAsync();
+            await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{DatabaseName}\" WITH (FORCE)", admin);
+            await drop.ExecuteNonQueryAsync();
+        }
+
+        await _servers.DisposeAsync();
+    }
+}

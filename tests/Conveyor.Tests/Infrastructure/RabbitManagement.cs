@@ -1,0 +1,65 @@
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+
+namespace Conveyor.Tests.Infrastructure;
+
+/// <summary>Just enough of RabbitMQ's management HTTP API for tests: vhosts, queue depths, purges.</summary>
+public sealed class RabbitManagement : IDisposable
+{
+    private readonly HttpClient _http;
+
+    public RabbitManagement(string host, int port, string user, string password)
+    {
+        _http = new HttpClient { BaseAddress = new Uri($"http://{host}:{port}/api/"), Timeout = TimeSpan.FromSeconds(30) };
+        _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
+            "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{user}:{password}")));
+    }
+
+    public async Task CreateVhostAsync(string vhost, string user)
+    {
+        (await _http.PutAsync($"vhosts/{Uri.EscapeDataString(vhost)}", null)).EnsureSuccessStatusCode();
+        (await _http.PutAsJsonAsync($"permissions/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(user)}",
+            new { configure = ".*", write = ".*", read = ".*" })).EnsureSuccessStatusCode();
+    }
+
+    public async Task DeleteVhostAsync(string vhost) =>
+        await _http.DeleteAsync($"vhosts/{Uri.EscapeDataString(vhost)}");
+
+    public async Task<IReadOnlyList<QueueInfo>> QueuesAsync(string vhost)
+    {
+        var queues = await _http.GetFromJsonAsync<JsonElement>($"queues/{Uri.EscapeDataString(vhost)}?columns=name,messages,messages_ready,messages_unacknowledged,consumers");
+        return [.. queues.EnumerateArray().Select(QueueInfo.From)];
+    }
+
+    public async Task<QueueInfo?> QueueAsync(string vhost, string queue)
+    {
+        using var response = await _http.GetAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}");
+        if (!response.IsSuccessStatusCode)
+        {
+            return null;
+        }
+
+        return QueueInfo.From(await response.Content.ReadFromJsonAsync<JsonElement>());
+    }
+
+    public async Task PurgeAsync(string vhost, string queue) =>
+        await _http.DeleteAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}/contents");
+
+    public void Dispose() => _http.Dispose();
+}
+
+public sealed record QueueInfo(string Name, long Messages, long Ready, long Unacked, int Consumers)
+{
+    public static QueueInfo From(JsonElement queue) => new(
+        queue.GetProperty("name").GetString()!,
+        Long(queue, "messages"),
+        Long(queue, "messages_ready"),
+        Long(queue, "messages_unacknowledged"),
+        (int)Long(queue, "consumers"));
+
+    // Counters appear a moment after a queue is declared.
+    private static long Long(JsonElement queue, string name) =>
+        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;
+}

@@ -1,0 +1,76 @@
+using System.Text;
+using System.Text.Json;
+using RabbitMQ.Client;
+
+namespace Conveyor.Tests.Infrastructure;
+
+/// <summary>
+/// A non-.NET producer's view: plain AMQP 0-9-1, publishing a MassTransit JSON envelope to the
+/// message type's exchange, with publisher confirms. README documents this format.
+/// </summary>
+public sealed class RawAmqpProducer : IAsyncDisposable
+{
+    public const string EnvelopeContentType = "application/vnd.masstransit+json";
+
+    private readonly IConnection _connection;
+    private readonly IChannel _channel;
+
+    private RawAmqpProducer(IConnection connection, IChannel channel)
+    {
+        _connection = connection;
+        _channel = channel;
+    }
+
+    public static async Task<RawAmqpProducer> ConnectAsync(ConveyorFixture fixture)
+    {
+        var servers = fixture.Servers;
+        var factory = new ConnectionFactory
+        {
+            HostName = servers.RabbitHost,
+            Port = servers.RabbitPort,
+            VirtualHost = fixture.VirtualHost,
+            UserName = servers.RabbitUser,
+            Password = servers.RabbitPassword,
+        };
+        var connection = await factory.CreateConnectionAsync("conveyor-tests-raw-producer");
+        var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        return new RawAmqpProducer(connection, channel);
+    }
+
+    /// <summary>Publishes <paramref name="message"/> (camelCase JSON) as the given MassTransit message type.</summary>
+    public Task PublishEnvelopeAsync(string exchange, string messageUrn, object message, Guid? messageId = null)
+    {
+        var id = messageId ?? Guid.NewGuid();
+        var envelope = new
+        {
+            messageId = id,
+            messageType = new[] { messageUrn },
+            sentTime = DateTimeOffset.UtcNow,
+            headers = new Dictionary<string, object>(),
+            message,
+        };
+        var body = JsonSerializer.SerializeToUtf8Bytes(envelope, JsonSerializerOptions.Web);
+        return PublishRawAsync(exchange, body, EnvelopeContentType, id.ToString());
+    }
+
+    /// <summary>Any bytes with any content type: what a buggy or hostile producer might send.</summary>
+    public async Task PublishRawAsync(string exchange, byte[] body, string? contentType, string? messageId = null)
+    {
+        var properties = new BasicProperties
+        {
+            ContentType = contentType,
+            DeliveryMode = DeliveryModes.Persistent,
+            MessageId = messageId,
+        };
+        await _channel.BasicPublishAsync(exchange, routingKey: "", mandatory: false, basicProperties: properties, body: body);
+    }
+
+    public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _channel.DisposeAsync();
+        await _connection.DisposeAsync();
+    }
+}

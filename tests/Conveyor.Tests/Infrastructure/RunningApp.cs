@@ -1,0 +1,69 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Conveyor.Tests.Infrastructure;
+
+/// <summary>An Api or Worker host started in this process on a free loopback port.</summary>
+public sealed class RunningApp : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private bool _stopped;
+
+    private RunningApp(WebApplication app, Uri baseAddress)
+    {
+        _app = app;
+        BaseAddress = baseAddress;
+        Client = new HttpClient { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(60) };
+    }
+
+    public Uri BaseAddress { get; }
+
+    public HttpClient Client { get; }
+
+    public IServiceProvider Services => _app.Services;
+
+    public static async Task<RunningApp> StartAsync(Func<string[], WebApplication> build, IReadOnlyDictionary<string, string?> settings)
+    {
+        var args = settings
+            .Where(s => s.Value is not null)
+            .Select(s => $"--{s.Key}={s.Value}")
+            .Append("--urls=http://127.0.0.1:0")
+            .ToArray();
+        var app = build(args);
+        await app.StartAsync();
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return new RunningApp(app, new Uri(address));
+    }
+
+    /// <summary>Polls /health/ready until the bus and database answer (bounded).</summary>
+    public async Task WaitUntilReadyAsync(TimeSpan? timeout = null)
+    {
+        await Eventually.AssertAsync(async () =>
+        {
+            using var response = await Client.GetAsync(new Uri("/health/ready", UriKind.Relative));
+            Assert.True(response.IsSuccessStatusCode, $"ready answered {(int)response.StatusCode}");
+        }, timeout ?? TimeSpan.FromSeconds(60));
+    }
+
+    /// <summary>A graceful stop, as on SIGTERM.</summary>
+    public async Task StopAsync()
+    {
+        if (_stopped)
+        {
+            return;
+        }
+
+        _stopped = true;
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await _app.StopAsync(cts.Token);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        Client.Dispose();
+        await _app.DisposeAsync();
+    }
+}

@@ -1,0 +1,40 @@
+using MassTransit;
+
+namespace Conveyor.Tests.Infrastructure;
+
+/// <summary>
+/// "Another service": a plain MassTransit bus that knows only the contracts and the broker,
+/// publishing straight to RabbitMQ without the Api.
+/// </summary>
+public sealed class TestPublisher : IAsyncDisposable
+{
+    private readonly IBusControl _bus;
+
+    private TestPublisher(IBusControl bus) => _bus = bus;
+
+    public static async Task<TestPublisher> StartAsync(ConveyorFixture fixture)
+    {
+        var servers = fixture.Servers;
+        var bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
+            cfg.Host(servers.RabbitHost, (ushort)servers.RabbitPort, fixture.VirtualHost, h =>
+            {
+                h.Username(servers.RabbitUser);
+                h.Password(servers.RabbitPassword);
+                h.PublisherConfirmation = true;
+            }));
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await bus.StartAsync(cts.Token);
+        return new TestPublisher(bus);
+    }
+
+    public Task PublishAsync<T>(T message, Guid? messageId = null) where T : class =>
+        _bus.Publish(message, context =>
+        {
+            if (messageId is { } id)
+            {
+                context.MessageId = id;
+            }
+        });
+
+    public async ValueTask DisposeAsync() => await _bus.StopAsync();
+}

@@ -1,0 +1,127 @@
+using Conveyor.Contracts.Reports;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Webhooks;
+using Microsoft.EntityFrameworkCore;
+using System.Text;
+using System.Text.Json;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>Commands that reach the worker without the Api: raw AMQP envelopes and plain MassTransit.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class OtherProducersTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private FakePaymentGateway _gateway = null!;
+    private RunningApp _worker = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _gateway = await FakePaymentGateway.StartAsync();
+        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _worker.DisposeAsync();
+        await _gateway.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_raw_amqp_client_publishing_a_masstransit_envelope_gets_its_payment_charged_once()
+    {
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var paymentId = Guid.NewGuid();
+        var message = new { paymentId, accountId = "acct-raw", amountMinor = 4200, currency = "GBP" };
+
+        // Published twice, as a producer retrying after a lost confirm would.
+        await producer.PublishEnvelopeAsync("Conveyor.Contracts.Payments:ChargePayment", "urn:message:Conveyor.Contracts.Payments:ChargePayment", message);
+        await producer.PublishEnvelopeAsync("Conveyor.Contracts.Payments:ChargePayment", "urn:message:Conveyor.Contracts.Payments:ChargePayment", message);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var ledger = await db.Ledger.SingleAsync(l => l.PaymentId == paymentId);
+            Assert.Equal(4200, ledger.AmountMinor);
+            Assert.Equal("GBP", ledger.Currency);
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == paymentId.ToString())).Status);
+        });
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment"))!.Messages));
+        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+    }
+
+    [Fact]
+    public async Task A_webhook_is_posted_once_with_a_valid_signature_and_recorded()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = receiver.Url("/hooks/orders"),
+            EventType = "order.paid",
+            Payload = JsonDocument.Parse("""{"orderId":42,"total":"10.00"}""").RootElement,
+        };
+
+        await publisher.PublishAsync(webhook);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var delivery = await db.WebhookDeliveries.SingleAsync(d => d.WebhookId == webhook.WebhookId);
+            Assert.Equal(204, delivery.StatusCode);
+        });
+        var received = Assert.Single(receiver.Deliveries);
+        Assert.Equal("/hooks/orders", received.Path);
+        Assert.Equal("order.paid", received.Headers["Conveyor-Event-Type"]);
+        Assert.Equal(webhook.WebhookId.ToString(), received.Headers["Idempotency-Key"]);
+        using var body = JsonDocument.Parse(received.Body);
+        Assert.Equal(42, body.RootElement.GetProperty("orderId").GetInt32());
+        Assert.True(WebhookSignature.Verify(WorkerSettings.SigningSecret, received.Headers[WebhookSignature.HeaderName], received.Body));
+        Assert.False(WebhookSignature.Verify("another-secret-entirely", received.Headers[WebhookSignature.HeaderName], received.Body));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, received.Headers[WebhookSignature.HeaderName], Encoding.UTF8.GetBytes("{}")));
+    }
+
+    [Fact]
+    public async Task A_report_totals_the_ledger_per_currency_and_reaches_full_progress()
+    {
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payments = Enumerable.Range(1, 30).Select(i => new Conveyor.Contracts.Payments.ChargePayment
+        {
+            PaymentId = Guid.NewGuid(),
+            AccountId = "acct-report",
+            AmountMinor = i * 100,
+            Currency = i % 3 == 0 ? "USD" : "EUR",
+        }).ToList();
+        await Task.WhenAll(payments.Select(p => publisher.PublishAsync(p)));
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(30, await db.Ledger.CountAsync(l => l.AccountId == "acct-report"));
+        });
+
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-report", PageSize = 7 };
+        await publisher.PublishAsync(report);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.SingleAsync(j => j.BusinessKey == report.ReportId.ToString());
+            Assert.Equal(JobStatus.Succeeded, job.Status);
+            Assert.Equal(100, job.Progress);
+        });
+        await using var check = fixture.CreateDbContext();
+        var stored = await check.Reports.SingleAsync(r => r.ReportId == report.ReportId);
+        Assert.Equal(30, stored.RowsScanned);
+        using var totals = JsonDocument.Parse(stored.Totals);
+        var byCurrency = totals.RootElement.EnumerateArray().ToDictionary(
+            t => t.GetProperty("currency").GetString()!,
+            t => (Count: t.GetProperty("count").GetInt64(), Total: t.GetProperty("totalMinor").GetInt64()));
+        Assert.Equal((10L, payments.Where(p => p.Currency == "USD").Sum(p => p.AmountMinor)), byCurrency["USD"]);
+        Assert.Equal((20L, payments.Where(p => p.Currency == "EUR").Sum(p => p.AmountMinor)), byCurrency["EUR"]);
+    }
+}
