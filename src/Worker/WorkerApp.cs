@@ -1,5 +1,6 @@
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
+using Conveyor.Worker.Hosting;
 using Conveyor.Worker.Messaging;
 using Microsoft.EntityFrameworkCore;
 
@@ -28,6 +29,7 @@ public static partial class WorkerApp
         builder.Services.AddConveyorStorage(builder.Configuration);
         builder.Services.AddWorkerIntegrations(builder.Configuration);
         builder.Services.AddWorkerMessaging(builder.Configuration);
+        builder.Services.AddOrderedShutdown(builder.Configuration);
         builder.Services.AddConveyorHealthChecks();
 
         var app = builder.Build();
