@@ -62,6 +62,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
             ["RabbitMq:Password"] = _servers.RabbitPassword,
             ["Logging:LogLevel:Default"] = "Warning",
             ["Logging:LogLevel:MassTransit"] = "Warning",
+            ["Logging:LogLevel:Microsoft.Extensions.Diagnostics.HealthChecks"] = "None",
         };
     }
 

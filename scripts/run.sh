@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Quick start: brings up RabbitMQ and PostgreSQL (scripts/services.sh), applies the database
+# migrations, then runs the worker and the API until Ctrl+C.
+#   API:     http://127.0.0.1:8080  (OpenAPI at /openapi/v1.json)
+#   Worker:  http://127.0.0.1:8081  (/health/live, /health/ready)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/services.sh up)"
+dotnet build Worker.sln -c Release -v quiet -nologo
+dotnet run --project src/Worker -c Release --no-build -- migrate
+
+pids=()
+stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap stop EXIT INT TERM
+
+dotnet run --project src/Worker -c Release --no-build & pids+=($!)
+dotnet run --project src/Api -c Release --no-build & pids+=($!)
+
+echo "Conveyor is starting: API http://127.0.0.1:8080, worker health http://127.0.0.1:8081/health/ready"
+echo "Try: curl -i -X POST http://127.0.0.1:8080/api/jobs/charge-payment -H 'Content-Type: application/json' \\"
+echo "       -d '{\"paymentId\":\"$(cat /proc/sys/kernel/random/uuid)\",\"accountId\":\"acct-1\",\"amountMinor\":1250,\"currency\":\"EUR\"}'"
+wait -n "${pids[@]}"

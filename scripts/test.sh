@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real RabbitMQ and PostgreSQL (started by scripts/services.sh
+# unless ConnectionStrings__Conveyor and RabbitMq__Host already name servers), then prints
+# "N passed, N failed, N skipped" from the test results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${ConnectionStrings__Conveyor:-}" ] || [ -z "${RabbitMq__Host:-}" ]; then
+  env_lines=$(scripts/services.sh up) || { echo "could not start the services" >&2; exit 1; }
+  eval "$env_lines"
+fi
+
+results=artifacts/test-results
+rm -rf "$results"
+dotnet test Worker.sln --logger "trx;LogFilePrefix=results" --logger "console;verbosity=normal" \
+  --results-directory "$results" "$@"
+status=$?
+
+passed=0; failed=0; skipped=0
+for trx in "$results"/*.trx; do
+  [ -f "$trx" ] || continue
+  counters=$(grep -o '<Counters [^>]*>' "$trx" | head -n1)
+  get() { printf '%s' "$counters" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]*'; }
+  p=$(get passed); f=$(get failed); t=$(get total); e=$(get executed)
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  skipped=$((skipped + ${t:-0} - ${e:-0}))
+done
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # the run itself broke
+echo "$passed passed, $failed failed, $skipped skipped"
+exit "$status"

@@ -1,0 +1,88 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.EndToEnd;
+
+/// <summary>The whole path: HTTP request → Api → RabbitMQ → Worker → gateway and database → job status.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private FakePaymentGateway _gateway = null!;
+    private RunningApp _worker = null!;
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _gateway = await FakePaymentGateway.StartAsync();
+        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        _api = await fixture.StartApiAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _api.DisposeAsync();
+        await _worker.DisposeAsync();
+        await _gateway.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_charge_posted_over_http_is_charged_once_recorded_once_and_shows_succeeded()
+    {
+        var paymentId = Guid.NewGuid();
+
+        using var response = await _api.Client.PostAsJsonAsync("/api/jobs/charge-payment",
+            new { paymentId, accountId = "acct-e2e", amountMinor = 1999, currency = "EUR" });
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var accepted = await response.Content.ReadFromJsonAsync<JsonElement>();
+        var jobId = accepted.GetProperty("jobId").GetGuid();
+        Assert.Equal("queued", accepted.GetProperty("status").GetString());
+        Assert.Equal($"/api/jobs/{jobId}", response.Headers.Location?.ToString());
+
+        var job = await WaitForStatusAsync(jobId, "succeeded");
+        Assert.Equal("charge-payment", job.GetProperty("kind").GetString());
+        Assert.Equal(1, job.GetProperty("attempts").GetInt32());
+        Assert.Equal(JsonValueKind.Null, job.GetProperty("lastError").ValueKind);
+
+        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+        var charge = Assert.Single(_gateway.Charges);
+        Assert.Equal(("acct-e2e", 1999L, "EUR"), (charge.AccountId, charge.AmountMinor, charge.Currency));
+        await using var db = fixture.CreateDbContext();
+        var ledger = await db.Ledger.SingleAsync();
+        Assert.Equal((paymentId, charge.Id), (ledger.PaymentId, ledger.GatewayChargeId));
+    }
+
+    [Fact]
+    public async Task A_failing_payment_ends_failed_with_the_gateway_error_visible_in_its_status()
+    {
+        _gateway.FailEverythingWith = HttpStatusCode.UnprocessableEntity;
+
+        using var response = await _api.Client.PostAsJsonAsync("/api/jobs/charge-payment",
+            new { paymentId = Guid.NewGuid(), accountId = "acct-declined", amountMinor = 500, currency = "USD" });
+        var jobId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid();
+
+        var job = await WaitForStatusAsync(jobId, "failed");
+        Assert.Contains("422", job.GetProperty("lastError").GetString(), StringComparison.Ordinal);
+        // A permanent failure is not retried.
+        Assert.Equal(1, job.GetProperty("attempts").GetInt32());
+        Assert.Equal(1, _gateway.TotalRequests);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Ledger.CountAsync());
+    }
+
+    private async Task<JsonElement> WaitForStatusAsync(Guid jobId, string status)
+    {
+        JsonElement job = default;
+        await Eventually.AssertAsync(async () =>
+        {
+            job = await _api.Client.GetFromJsonAsync<JsonElement>($"/api/jobs/{jobId}");
+            Assert.Equal(status, job.GetProperty("status").GetString());
+        });
+        return job;
+    }
+}
