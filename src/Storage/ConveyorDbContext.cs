@@ -1,6 +1,7 @@
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
+using Conveyor.Storage.Redelivery;
 using Conveyor.Storage.Reports;
 using Conveyor.Storage.Webhooks;
 using Microsoft.EntityFrameworkCore;
@@ -20,6 +21,8 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
     public DbSet<WebhookDelivery> WebhookDeliveries => Set<WebhookDelivery>();
 
     public DbSet<Report> Reports => Set<Report>();
+
+    public DbSet<ScheduledMessage> ScheduledMessages => Set<ScheduledMessage>();
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -43,6 +46,8 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             inbox.HasKey(i => new { i.ConsumerId, i.MessageKey });
             inbox.Property(i => i.ConsumerId).HasMaxLength(200);
             inbox.Property(i => i.MessageKey).HasMaxLength(200);
+            inbox.Property(i => i.Status).HasMaxLength(16).HasDefaultValue(InboxStatus.Done);
+            inbox.Property(i => i.LeaseOwner).HasMaxLength(200);
             inbox.HasIndex(i => i.ReceivedAt);
         });
 
@@ -72,6 +77,19 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             delivery.HasKey(d => d.WebhookId);
             delivery.Property(d => d.Url).HasMaxLength(2048);
             delivery.Property(d => d.EventType).HasMaxLength(200);
+        });
+
+        modelBuilder.Entity<ScheduledMessage>(scheduled =>
+        {
+            scheduled.ToTable("scheduled_messages");
+            scheduled.HasKey(s => s.Id);
+            scheduled.Property(s => s.DedupeKey).HasMaxLength(400);
+            scheduled.Property(s => s.Destination).HasMaxLength(255);
+            scheduled.Property(s => s.ContentType).HasMaxLength(200);
+            scheduled.Property(s => s.MessageId).HasMaxLength(100);
+            scheduled.Property(s => s.Headers).HasColumnType("jsonb");
+            scheduled.HasIndex(s => s.DedupeKey).IsUnique();
+            scheduled.HasIndex(s => s.DueAt);
         });
 
         modelBuilder.Entity<Report>(report =>

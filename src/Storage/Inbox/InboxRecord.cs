@@ -13,4 +13,12 @@ public sealed class InboxRecord
     public Guid? MessageId { get; set; }
 
     public DateTimeOffset ReceivedAt { get; set; }
+
+    /// <summary><c>done</c>, or <c>processing</c> while a long job holds the lease.</summary>
+    public string Status { get; set; } = InboxStatus.Done;
+
+    /// <summary>The worker instance that holds a long job's lease.</summary>
+    public string? LeaseOwner { get; set; }
+
+    public DateTimeOffset? LeaseExpiresAt { get; set; }
 }

@@ -33,4 +33,7 @@ public sealed class Job
     public DateTimeOffset UpdatedAt { get; set; }
 
     public DateTimeOffset? FinishedAt { get; set; }
+
+    /// <summary>When the next delayed redelivery is due, while the status is retry-scheduled.</summary>
+    public DateTimeOffset? NextAttemptAt { get; set; }
 }

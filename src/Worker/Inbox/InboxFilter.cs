@@ -63,7 +63,8 @@ public sealed partial class InboxFilter<T>(
         catch (Exception exception)
         {
             await RollBackQuietlyAsync(transaction);
-            if (job is { } failed)
+            var stopping = exception is OperationCanceledException && cancellationToken.IsCancellationRequested;
+            if (job is { } failed && !stopping)
             {
                 await RecordFailureQuietlyAsync(failed, exception);
             }
@@ -91,7 +92,7 @@ public sealed partial class InboxFilter<T>(
     {
         try
         {
-            await tracker.RecordFailureAsync(job, failure, Storage.Jobs.JobStatus.Running, CancellationToken.None);
+            await tracker.RecordAttemptFailureAsync(job, failure, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -1,11 +1,14 @@
-using Conveyor.Storage.Jobs;
+using Conveyor.Worker.Failures;
+using Conveyor.Worker.Inbox;
 using MassTransit;
 
 namespace Conveyor.Worker.Jobs;
 
 /// <summary>
-/// Sits outside the retry filter: an exception that reaches it has spent every attempt, so the
-/// job is marked failed before MassTransit moves the message to <c>_error</c>.
+/// Outermost filter of a job endpoint: an exception that reaches it has spent every attempt (or
+/// was permanent), so the job is marked dead-lettered and the details are handed to the error
+/// pipe (<see cref="DeadLetterHeadersFilter"/>) before MassTransit moves the message to <c>_error</c>.
+/// An attempt cut short by a shutdown is not a failure: the broker hands the message out again.
 /// </summary>
 public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescriptor<T> descriptor, ILogger logger)
     : IFilter<ConsumeContext>
@@ -19,10 +22,20 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
         }
         catch (Exception exception) when (context.TryGetMessage<T>(out var consumeContext))
         {
-            var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), null);
+            var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), InboxKeys.JobIdOf(context));
+            var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
             try
             {
-                await tracker.RecordFailureAsync(job, exception, JobStatus.Failed, CancellationToken.None);
+                if (stopping)
+                {
+                    await tracker.MarkInterruptedAsync(job, CancellationToken.None);
+                }
+                else
+                {
+                    await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
+                    var attempts = await tracker.AttemptsAsync(job, CancellationToken.None);
+                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(job.JobId, job.Kind, attempts, FailureClassifier.IsTransient(exception)));
+                }
             }
             catch (Exception statusException) when (statusException is not OutOfMemoryException)
             {
@@ -35,6 +48,9 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-job-outcome");
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not mark job {Kind}/{BusinessKey} failed")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record the outcome of job {Kind}/{BusinessKey}")]
     private static partial void LogStatusWriteFailed(ILogger logger, Exception exception, string kind, string businessKey);
 }
+
+/// <summary>What the error pipe adds as headers to a dead-lettered job message.</summary>
+public sealed record DeadLetterDetails(Guid? JobId, string Kind, int? Attempts, bool Transient);

@@ -22,23 +22,24 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now})
             ON CONFLICT (kind, business_key) DO UPDATE
-               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, updated_at = {now}
+               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
              WHERE jobs.status <> {JobStatus.Succeeded}
             """, cancellationToken);
     }
 
-    /// <summary>Records the error of a failed attempt; the status says what happens next.</summary>
-    public async Task RecordFailureAsync(JobRef job, Exception exception, string status, CancellationToken cancellationToken)
-    {
-        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        var now = time.GetUtcNow();
-        var error = Describe(exception);
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs SET status = {status}, last_error = {error}, updated_at = {now},
-                   finished_at = CASE WHEN {status} = {JobStatus.Failed} THEN {now} ELSE finished_at END
-             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status <> {JobStatus.Succeeded}
-            """, cancellationToken);
-    }
+    /// <summary>Records the error of a failed attempt that will be retried in memory.</summary>
+    public Task RecordAttemptFailureAsync(JobRef job, Exception exception, CancellationToken cancellationToken) =>
+        UpdateAsync(job, JobStatus.Running, exception, null, finished: false, cancellationToken);
+
+    public Task MarkRetryScheduledAsync(JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
+        UpdateAsync(job, JobStatus.RetryScheduled, exception, nextAttemptAt, finished: false, cancellationToken);
+
+    public Task MarkDeadLetteredAsync(JobRef job, Exception exception, CancellationToken cancellationToken) =>
+        UpdateAsync(job, JobStatus.DeadLettered, exception, null, finished: true, cancellationToken);
+
+    /// <summary>A shutdown interrupted the attempt; the broker hands the message out again.</summary>
+    public Task MarkInterruptedAsync(JobRef job, CancellationToken cancellationToken) =>
+        UpdateAsync(job, JobStatus.Queued, new OperationCanceledException("Interrupted by a worker shutdown; the message returns to the queue"), null, finished: false, cancellationToken);
 
     public async Task ReportProgressAsync(JobRef job, int percent, CancellationToken cancellationToken)
     {
@@ -56,15 +57,38 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     {
         var now = time.GetUtcNow();
         await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs SET status = {JobStatus.Succeeded}, last_error = NULL, progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END,
-                   updated_at = {now}, finished_at = {now}
+            UPDATE jobs SET status = {JobStatus.Succeeded}, last_error = NULL, next_attempt_at = NULL,
+                   progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END, updated_at = {now}, finished_at = {now}
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey}
             """, cancellationToken);
     }
 
-    public static string Describe(Exception exception)
+    /// <summary>The job's attempts so far, or null when it has no row.</summary>
+    public async Task<int?> AttemptsAsync(JobRef job, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        return await db.Jobs.AsNoTracking()
+            .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey)
+            .Select(j => (int?)j.Attempts)
+            .SingleOrDefaultAsync(cancellationToken);
+    }
+
+    public static string Describe(Exception exception, int maxLength = MaxErrorLength)
     {
         var text = $"{exception.GetType().Name}: {exception.Message}";
-        return text.Length <= MaxErrorLength ? text : text[..MaxErrorLength];
+        return text.Length <= maxLength ? text : text[..maxLength];
+    }
+
+    private async Task UpdateAsync(JobRef job, string status, Exception exception, DateTimeOffset? nextAttemptAt, bool finished, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var now = time.GetUtcNow();
+        var error = Describe(exception);
+        DateTimeOffset? finishedAt = finished ? now : null;
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
+                   updated_at = {now}, finished_at = COALESCE({finishedAt}, finished_at)
+             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status <> {JobStatus.Succeeded}
+            """, cancellationToken);
     }
 }

@@ -29,4 +29,46 @@ public sealed class ConsumerEndpointOptions
 
     [Range(1, 60_000)]
     public int RetryIntervalDeltaMilliseconds { get; set; } = 300;
+
+    /// <summary>Delayed redeliveries (through the PostgreSQL store) after in-memory retries; 0 = none.</summary>
+    [Range(0, 50)]
+    public int RedeliveryLimit { get; set; } = 4;
+
+    /// <summary>The first redelivery's delay; each next one is <see cref="RedeliveryFactor"/> times longer.</summary>
+    [Range(1, 86_400_000)]
+    public int RedeliveryBaseDelayMilliseconds { get; set; } = 30_000;
+
+    [Range(1.0, 100.0)]
+    public double RedeliveryFactor { get; set; } = 4.5;
+
+    [Range(1, 86_400_000)]
+    public int RedeliveryMaxDelayMilliseconds { get; set; } = 3_600_000;
+
+    /// <summary>Each delay is spread by up to ± this fraction, so failed messages do not return in lockstep.</summary>
+    [Range(0.0, 1.0)]
+    public double RedeliveryJitter { get; set; } = 0.2;
+
+    /// <summary>
+    /// Kill switch: when this percentage of the tracked messages fail transiently, the endpoint
+    /// stops consuming for <see cref="KillSwitchRestartSeconds"/> (messages wait in the queue). 0 = off.
+    /// </summary>
+    [Range(0, 100)]
+    public int KillSwitchTripPercent { get; set; } = 15;
+
+    [Range(1, 100_000)]
+    public int KillSwitchActivationThreshold { get; set; } = 20;
+
+    [Range(1, 3_600)]
+    public int KillSwitchTrackingPeriodSeconds { get; set; } = 60;
+
+    [Range(1, 3_600)]
+    public int KillSwitchRestartSeconds { get; set; } = 60;
+
+    /// <summary>At most this many messages per second through this endpoint (per worker); 0 = unlimited.</summary>
+    [Range(0, 100_000)]
+    public int RateLimitPerSecond { get; set; }
+
+    /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
+    [Range(5, 3_600)]
+    public int LeaseSeconds { get; set; } = 60;
 }

@@ -1,14 +1,27 @@
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Redelivery;
 using MassTransit;
+using MassTransit.Middleware;
 using Microsoft.Extensions.Options;
 
 namespace Conveyor.Worker.Messaging;
 
+/// <summary>How a job's effect is made idempotent.</summary>
+public enum InboxMode
+{
+    /// <summary>One transaction per message around the consumer (seconds).</summary>
+    Transaction,
+
+    /// <summary>Lease + heartbeat, results committed at the end (minutes).</summary>
+    Lease,
+}
+
 /// <summary>
-/// The consume pipeline every job endpoint shares, outermost first: job outcome, in-memory
-/// retry (transient failures only), message scope, inbox, consumer.
+/// The consume pipeline every job endpoint shares, outermost first: kill switch and rate limit,
+/// job outcome (dead-lettering), delayed redelivery, in-memory retry (transient failures only),
+/// message scope, inbox, consumer. The error pipe adds Conveyor's headers to <c>_error</c> copies.
 /// </summary>
 public static class JobEndpointPipeline
 {
@@ -18,16 +31,46 @@ public static class JobEndpointPipeline
     public static void Configure<TMessage>(
         IReceiveEndpointConfigurator endpoint,
         IRegistrationContext context,
-        ConsumerEndpointOptions options)
+        string consumerName,
+        InboxMode inbox = InboxMode.Transaction)
         where TMessage : class
     {
+        var options = OptionsFor(context, consumerName);
+        var time = context.GetRequiredService<TimeProvider>();
+        var tracker = context.GetRequiredService<JobTracker>();
+        var descriptor = context.GetRequiredService<JobDescriptor<TMessage>>();
+        var logger = context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs");
+
         endpoint.PrefetchCount = options.PrefetchCount;
         endpoint.ConcurrentMessageLimit = options.ConcurrentMessageLimit;
 
-        endpoint.UseFilter(new JobOutcomeFilter<TMessage>(
-            context.GetRequiredService<JobTracker>(),
-            context.GetRequiredService<JobDescriptor<TMessage>>(),
-            context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs")));
+        endpoint.ConfigureError(error =>
+        {
+            error.UseFilter(new DeadLetterHeadersFilter(time));
+            error.UseFilter(new GenerateFaultFilter());
+            error.UseFilter(new ErrorTransportFilter());
+        });
+
+        if (options.KillSwitchTripPercent > 0)
+        {
+            // A downstream outage pauses the endpoint (messages wait in the queue) instead of
+            // burning every message's attempts in seconds.
+            endpoint.UseKillSwitch(killSwitch => killSwitch
+                .SetActivationThreshold(options.KillSwitchActivationThreshold)
+                .SetTripThreshold(options.KillSwitchTripPercent)
+                .SetTrackingPeriod(TimeSpan.FromSeconds(options.KillSwitchTrackingPeriodSeconds))
+                .SetRestartTimeout(TimeSpan.FromSeconds(options.KillSwitchRestartSeconds))
+                .SetExceptionFilter(filter => filter.Handle<Exception>(FailureClassifier.IsTransient)));
+        }
+
+        if (options.RateLimitPerSecond > 0)
+        {
+            endpoint.UseRateLimit(options.RateLimitPerSecond, TimeSpan.FromSeconds(1));
+        }
+
+        endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
+        endpoint.UseFilter(new RedeliveryFilter<TMessage>(
+            context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, time, logger));
 
         endpoint.UseMessageRetry(retry =>
         {
@@ -47,6 +90,6 @@ public static class JobEndpointPipeline
         });
 
         endpoint.UseMessageScope(context);
-        endpoint.UseConsumeFilter(typeof(InboxFilter<>), context);
+        endpoint.UseConsumeFilter(inbox == InboxMode.Lease ? typeof(LeaseInboxFilter<>) : typeof(InboxFilter<>), context);
     }
 }

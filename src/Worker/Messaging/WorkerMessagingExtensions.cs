@@ -5,6 +5,7 @@ using Conveyor.Contracts.Webhooks;
 using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Payments;
+using Conveyor.Worker.Redelivery;
 using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using MassTransit;
@@ -25,10 +26,14 @@ public static class WorkerMessagingExtensions
                 .ValidateOnStart();
         }
 
-        services.AddSingleton(new JobDescriptor<ChargePayment>(JobKinds.ChargePayment, m => m.PaymentId.ToString()));
-        services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, m => m.WebhookId.ToString()));
-        services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, m => m.ReportId.ToString()));
+        services.AddSingleton(new JobDescriptor<ChargePayment>(JobKinds.ChargePayment, ChargePaymentConsumerDefinition.ConsumerName, m => m.PaymentId.ToString()));
+        services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, DeliverWebhookConsumerDefinition.ConsumerName, m => m.WebhookId.ToString()));
+        services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, GenerateReportConsumerDefinition.ConsumerName, m => m.ReportId.ToString()));
         services.AddSingleton<JobTracker>();
+        services.AddSingleton<RedeliveryStore>();
+        services.AddSingleton<BrokerPublisher>();
+        services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddHostedService<RedeliveryDispatcher>();
 
         services.AddMassTransit(bus =>
         {

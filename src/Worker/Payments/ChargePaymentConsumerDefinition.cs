@@ -16,5 +16,5 @@ public sealed class ChargePaymentConsumerDefinition : ConsumerDefinition<ChargeP
         IConsumerConfigurator<ChargePaymentConsumer> consumerConfigurator,
         IRegistrationContext context) =>
         JobEndpointPipeline.Configure<ChargePayment>(
-            endpointConfigurator, context, JobEndpointPipeline.OptionsFor(context, ConsumerName));
+            endpointConfigurator, context, ConsumerName);
 }

@@ -11,8 +11,8 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Worker.Reports;
 
 /// <summary>
-/// Aggregates the ledger page by page, reporting progress on the job as it goes, and stores the
-/// totals in the inbox transaction.
+/// Aggregates the ledger page by page, reporting progress on the job as it goes. A long job: it runs
+/// under the lease inbox, which holds no transaction while it works and commits the totals at the end.
 /// </summary>
 public sealed class GenerateReportConsumer(
     ConveyorDbContext db,
@@ -51,7 +51,7 @@ public sealed class GenerateReportConsumer(
             Totals = JsonSerializer.Serialize(aggregator.Totals, JsonSerializerOptions.Web),
             CompletedAt = time.GetUtcNow(),
         });
-        await db.SaveChangesAsync(cancellationToken);
+        // Not saved here: the lease inbox saves it with the job's success in one final transaction.
     }
 
     private static void Validate(GenerateReport report)

@@ -16,5 +16,5 @@ public sealed class GenerateReportConsumerDefinition : ConsumerDefinition<Genera
         IConsumerConfigurator<GenerateReportConsumer> consumerConfigurator,
         IRegistrationContext context) =>
         JobEndpointPipeline.Configure<GenerateReport>(
-            endpointConfigurator, context, JobEndpointPipeline.OptionsFor(context, ConsumerName));
+            endpointConfigurator, context, ConsumerName, InboxMode.Lease);
 }

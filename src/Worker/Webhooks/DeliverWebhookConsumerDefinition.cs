@@ -16,5 +16,5 @@ public sealed class DeliverWebhookConsumerDefinition : ConsumerDefinition<Delive
         IConsumerConfigurator<DeliverWebhookConsumer> consumerConfigurator,
         IRegistrationContext context) =>
         JobEndpointPipeline.Configure<DeliverWebhook>(
-            endpointConfigurator, context, JobEndpointPipeline.OptionsFor(context, ConsumerName));
+            endpointConfigurator, context, ConsumerName);
 }

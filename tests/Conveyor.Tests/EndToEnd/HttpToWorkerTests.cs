@@ -58,7 +58,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_failing_payment_ends_failed_with_the_gateway_error_visible_in_its_status()
+    public async Task A_declined_payment_is_dead_lettered_with_the_gateway_error_visible_in_its_status()
     {
         _gateway.FailEverythingWith = HttpStatusCode.UnprocessableEntity;
 
@@ -66,7 +66,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
             new { paymentId = Guid.NewGuid(), accountId = "acct-declined", amountMinor = 500, currency = "USD" });
         var jobId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid();
 
-        var job = await WaitForStatusAsync(jobId, "failed");
+        var job = await WaitForStatusAsync(jobId, "dead-lettered");
         Assert.Contains("422", job.GetProperty("lastError").GetString(), StringComparison.Ordinal);
         // A permanent failure is not retried.
         Assert.Equal(1, job.GetProperty("attempts").GetInt32());

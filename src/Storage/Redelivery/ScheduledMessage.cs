@@ -1,0 +1,34 @@
+namespace Conveyor.Storage.Redelivery;
+
+/// <summary>
+/// A message waiting to be published again: a delayed redelivery after a transient failure, a
+/// deferral while another pod holds a long job's lease, or a job scheduled for later. The
+/// dispatcher publishes it to <see cref="Destination"/> when <see cref="DueAt"/> passes and deletes
+/// it after the broker confirms.
+/// </summary>
+public sealed class ScheduledMessage
+{
+    public long Id { get; set; }
+
+    /// <summary>Unique: storing the same redelivery twice (two failing copies) keeps one.</summary>
+    public required string DedupeKey { get; set; }
+
+    /// <summary>The queue to publish to (through the default exchange).</summary>
+    public required string Destination { get; set; }
+
+    public DateTimeOffset DueAt { get; set; }
+
+    /// <summary>Redelivery attempt this publish starts (1 = first redelivery).</summary>
+    public int Attempt { get; set; }
+
+    public string? ContentType { get; set; }
+
+    public string? MessageId { get; set; }
+
+    /// <summary>Transport headers as a JSON object of strings, broker headers such as x-death removed.</summary>
+    public required string Headers { get; set; }
+
+    public required byte[] Body { get; set; }
+
+    public DateTimeOffset CreatedAt { get; set; }
+}

@@ -1,0 +1,52 @@
+using System.Globalization;
+using Conveyor.Contracts;
+using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Redelivery;
+using MassTransit;
+
+namespace Conveyor.Worker.Failures;
+
+/// <summary>
+/// First filter of every job endpoint's error pipe: adds Conveyor's headers (job id, attempts,
+/// first failure time, a readable reason) beside MassTransit's <c>MT-Fault-*</c> ones.
+/// </summary>
+public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<ExceptionReceiveContext>
+{
+    public const string JobKind = "Conveyor-Job-Kind";
+    public const string Attempts = "Conveyor-Attempts";
+    public const string Reason = "Conveyor-Dead-Letter-Reason";
+
+    public Task Send(ExceptionReceiveContext context, IPipe<ExceptionReceiveContext> next)
+    {
+        var headers = context.ExceptionHeaders;
+        var received = context.TransportHeaders.GetAll().ToList();
+        headers.Set(RedeliveryHeaders.FirstFailureAt,
+            RedeliveryHeaders.ReadString(received, RedeliveryHeaders.FirstFailureAt)
+            ?? time.GetUtcNow().ToString("O", CultureInfo.InvariantCulture));
+        headers.Set(RedeliveryHeaders.Attempt, RedeliveryHeaders.ReadInt(received, RedeliveryHeaders.Attempt).ToString(CultureInfo.InvariantCulture));
+
+        if (context.TryGetPayload(out DeadLetterDetails? details))
+        {
+            headers.Set(JobKind, details.Kind);
+            if (details.JobId is { } jobId)
+            {
+                headers.Set(JobHeaders.JobId, jobId.ToString());
+            }
+
+            if (details.Attempts is { } attempts)
+            {
+                headers.Set(Attempts, attempts.ToString(CultureInfo.InvariantCulture));
+            }
+
+            headers.Set(Reason, details.Transient ? "transient failure; every retry and redelivery spent" : "permanent failure; not retried");
+        }
+        else
+        {
+            headers.Set(Reason, $"unreadable message: {JobTracker.Describe(context.Exception, 500)}");
+        }
+
+        return next.Send(context);
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-dead-letter-headers");
+}

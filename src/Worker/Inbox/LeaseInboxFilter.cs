@@ -1,0 +1,206 @@
+using System.Globalization;
+using Conveyor.Storage;
+using Conveyor.Storage.Inbox;
+using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Redelivery;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Worker.Inbox;
+
+/// <summary>
+/// The inbox for long jobs (minutes), which must not hold a transaction open: claim a lease row in
+/// a short transaction, renew it by heartbeat while the consumer runs, then write the consumer's
+/// results, the inbox <c>done</c> mark and the job's success in one final transaction. A copy
+/// that finds a live lease is stored for redelivery when the lease would expire, and acked.
+/// </summary>
+public sealed partial class LeaseInboxFilter<T>(
+    ConveyorDbContext db,
+    IDbContextFactory<ConveyorDbContext> dbFactory,
+    JobTracker tracker,
+    RedeliveryStore redeliveries,
+    IOptionsMonitor<ConsumerEndpointOptions> endpointOptions,
+    TimeProvider time,
+    IServiceProvider services,
+    ILogger<LeaseInboxFilter<T>> logger) : IFilter<ConsumeContext<T>>
+    where T : class
+{
+    public async Task Send(ConsumeContext<T> context, IPipe<ConsumeContext<T>> next)
+    {
+        var cancellationToken = context.CancellationToken;
+        var descriptor = services.GetRequiredService<JobDescriptor<T>>();
+        var consumerId = InboxKeys.ConsumerIdOf(context);
+        var key = descriptor.BusinessKey(context.Message);
+        var job = new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context));
+        var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
+        var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
+
+        if (!await TryClaimAsync(consumerId, key, context.MessageId, owner, lease, cancellationToken))
+        {
+            await DeferOrSkipAsync(context, consumerId, key, cancellationToken);
+            return;
+        }
+
+        await tracker.StartAttemptAsync(job, cancellationToken);
+        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, heartbeatStop.Token);
+        try
+        {
+            await next.Send(context);
+            await heartbeatStop.CancelAsync();
+            await heartbeat;
+            await CompleteAsync(job, consumerId, key, owner, cancellationToken);
+        }
+        catch (Exception exception)
+        {
+            await heartbeatStop.CancelAsync();
+            await heartbeat;
+            await ReleaseQuietlyAsync(consumerId, key, owner);
+            if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                await RecordFailureQuietlyAsync(job, exception);
+            }
+
+            throw;
+        }
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-lease-inbox");
+
+    private async Task<bool> TryClaimAsync(string consumerId, string key, Guid? messageId, string owner, TimeSpan lease, CancellationToken cancellationToken)
+    {
+        await using var claim = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var now = time.GetUtcNow();
+        var expires = now + lease;
+        // A new key, or an expired lease of a holder that died, becomes ours; a live lease or a done row does not.
+        var claimed = await claim.Database.ExecuteSqlInterpolatedAsync($"""
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, status, lease_owner, lease_expires_at)
+            VALUES ({consumerId}, {key}, {messageId}, {now}, {InboxStatus.Processing}, {owner}, {expires})
+            ON CONFLICT (consumer_id, message_key) DO UPDATE
+               SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id
+             WHERE inbox.status = {InboxStatus.Processing} AND inbox.lease_expires_at < {now}
+            """, cancellationToken);
+        return claimed == 1;
+    }
+
+    private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, CancellationToken cancellationToken)
+    {
+        await using var read = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var row = await read.Inbox.AsNoTracking()
+            .Where(i => i.ConsumerId == consumerId && i.MessageKey == key)
+            .Select(i => new { i.Status, i.LeaseExpiresAt })
+            .SingleOrDefaultAsync(cancellationToken);
+        if (row is null || row.Status == InboxStatus.Done)
+        {
+            LogDuplicate(consumerId, key);
+            InboxMetrics.DuplicatesSkipped.Add(1, new KeyValuePair<string, object?>("consumer", consumerId));
+            return;
+        }
+
+        // Another worker is running it now. Come back when its lease would lapse, not sooner.
+        var deferrals = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Deferrals) + 1;
+        var dueAt = (row.LeaseExpiresAt ?? time.GetUtcNow()) + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
+        var headers = new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture) };
+        await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
+            $"{consumerId}:{key}:deferred:{deferrals}", 0, dueAt, headers, cancellationToken);
+        LogDeferred(consumerId, key, dueAt);
+    }
+
+    private async Task HeartbeatAsync(string consumerId, string key, string owner, TimeSpan lease, CancellationToken stop)
+    {
+        var period = lease / 3;
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(period, time, stop);
+                await using var beat = await dbFactory.CreateDbContextAsync(stop);
+                var expires = time.GetUtcNow() + lease;
+                var renewed = await beat.Database.ExecuteSqlInterpolatedAsync($"""
+                    UPDATE inbox SET lease_expires_at = {expires}
+                     WHERE consumer_id = {consumerId} AND message_key = {key} AND lease_owner = {owner} AND status = {InboxStatus.Processing}
+                    """, stop);
+                if (renewed == 0)
+                {
+                    LogLeaseLost(consumerId, key);
+                    return;
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // A missed beat is survivable while the lease lasts; the final commit re-checks ownership.
+                LogHeartbeatFailed(exception, consumerId, key);
+            }
+        }
+    }
+
+    private async Task CompleteAsync(JobRef job, string consumerId, string key, string owner, CancellationToken cancellationToken)
+    {
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        var done = await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE inbox SET status = {InboxStatus.Done}, lease_owner = NULL, lease_expires_at = NULL
+             WHERE consumer_id = {consumerId} AND message_key = {key} AND lease_owner = {owner} AND status = {InboxStatus.Processing}
+            """, cancellationToken);
+        if (done == 0)
+        {
+            // Our lease lapsed and another worker took the job over: its result will stand, not ours.
+            await transaction.RollbackAsync(cancellationToken);
+            LogLeaseLost(consumerId, key);
+            return;
+        }
+
+        await db.SaveChangesAsync(cancellationToken);
+        await tracker.MarkSucceededAsync(db, job, cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+    }
+
+    private async Task ReleaseQuietlyAsync(string consumerId, string key, string owner)
+    {
+        try
+        {
+            await using var release = await dbFactory.CreateDbContextAsync(CancellationToken.None);
+            await release.Database.ExecuteSqlInterpolatedAsync($"""
+                DELETE FROM inbox
+                 WHERE consumer_id = {consumerId} AND message_key = {key} AND lease_owner = {owner} AND status = {InboxStatus.Processing}
+                """, CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The lease then simply expires.
+            LogReleaseFailed(exception, consumerId, key);
+        }
+    }
+
+    private async Task RecordFailureQuietlyAsync(JobRef job, Exception failure)
+    {
+        try
+        {
+            await tracker.RecordAttemptFailureAsync(job, failure, CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogReleaseFailed(exception, job.Kind, job.BusinessKey);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {Key}")]
+    private partial void LogDuplicate(string consumerId, string key);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "{ConsumerId} {Key} is leased by another worker; deferred until {DueAt:O}")]
+    private partial void LogDeferred(string consumerId, string key, DateTimeOffset dueAt);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the lease was lost to another worker")]
+    private partial void LogLeaseLost(string consumerId, string key);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: lease heartbeat failed")]
+    private partial void LogHeartbeatFailed(Exception exception, string consumerId, string key);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: could not release the lease or record the failure")]
+    private partial void LogReleaseFailed(Exception exception, string consumerId, string key);
+}

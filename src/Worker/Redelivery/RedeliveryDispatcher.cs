@@ -1,0 +1,150 @@
+using System.Diagnostics.Metrics;
+using Conveyor.Storage;
+using Conveyor.Worker.Inbox;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+using Npgsql;
+
+namespace Conveyor.Worker.Redelivery;
+
+/// <summary>
+/// Runs in every worker: claims due rows with FOR UPDATE SKIP LOCKED, publishes them with
+/// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY from the store.
+/// A crash after a confirm and before the commit republishes once more; the inbox absorbs it.
+/// </summary>
+public sealed partial class RedeliveryDispatcher(
+    IDbContextFactory<ConveyorDbContext> dbFactory,
+    BrokerPublisher publisher,
+    IOptions<DispatcherOptions> options,
+    TimeProvider time,
+    ILogger<RedeliveryDispatcher> logger) : BackgroundService
+{
+    private static readonly Meter Meter = new(InboxMetrics.MeterName);
+    private static readonly Histogram<double> Lateness = Meter.CreateHistogram<double>(
+        "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published");
+    private static readonly Counter<long> Published = Meter.CreateCounter<long>(
+        "conveyor.redelivery.published", description: "Scheduled messages published by the dispatcher");
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (!options.Value.DispatcherEnabled)
+        {
+            return;
+        }
+
+        var failures = 0;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await using var listener = await ListenAsync(stoppingToken);
+                failures = 0;
+                while (!stoppingToken.IsCancellationRequested)
+                {
+                    await DispatchDueAsync(stoppingToken);
+                    var wait = await TimeUntilNextDueAsync(stoppingToken);
+                    if (wait > TimeSpan.Zero)
+                    {
+                        // Returns early when a NOTIFY arrives: a new row may be due sooner.
+                        await listener.WaitAsync(wait, stoppingToken);
+                    }
+                }
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                failures++;
+                LogDispatchFailed(exception);
+                var backoff = TimeSpan.FromMilliseconds(Math.Min(30_000, 250 * Math.Pow(2, Math.Min(failures, 7))));
+                await Task.Delay(backoff, time, stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
+            }
+        }
+    }
+
+    /// <summary>Publishes every row that is due now, batch by batch.</summary>
+    public async Task<int> DispatchDueAsync(CancellationToken cancellationToken)
+    {
+        var total = 0;
+        var batchSize = options.Value.BatchSize;
+        while (true)
+        {
+            await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+            await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+            var now = time.GetUtcNow();
+            var due = await db.ScheduledMessages
+                .FromSqlInterpolated($"""
+                    SELECT * FROM scheduled_messages WHERE due_at <= {now}
+                     ORDER BY due_at LIMIT {batchSize} FOR UPDATE SKIP LOCKED
+                    """)
+                .AsNoTracking()
+                .ToListAsync(cancellationToken);
+            if (due.Count == 0)
+            {
+                await transaction.CommitAsync(cancellationToken);
+                return total;
+            }
+
+            var confirmed = await publisher.PublishAsync(due, cancellationToken);
+            var published = time.GetUtcNow();
+            var confirmedIds = confirmed.ToArray();
+            await db.Database.ExecuteSqlInterpolatedAsync(
+                $"DELETE FROM scheduled_messages WHERE id = ANY({confirmedIds})", cancellationToken);
+            var refusedIds = due.Select(d => d.Id).Except(confirmedIds).ToArray();
+            if (refusedIds.Length > 0)
+            {
+                var retryAt = published.AddSeconds(options.Value.FailedPublishBackoffSeconds);
+                await db.Database.ExecuteSqlInterpolatedAsync(
+                    $"UPDATE scheduled_messages SET due_at = {retryAt} WHERE id = ANY({refusedIds})", cancellationToken);
+                LogRefused(refusedIds.Length, retryAt);
+            }
+
+            await transaction.CommitAsync(cancellationToken);
+            foreach (var message in due.Where(d => confirmedIds.Contains(d.Id)))
+            {
+                Lateness.Record(Math.Max(0, (published - message.DueAt).TotalSeconds));
+            }
+
+            Published.Add(confirmedIds.Length);
+            total += confirmedIds.Length;
+            if (due.Count < batchSize)
+            {
+                return total;
+            }
+        }
+    }
+
+    private async Task<TimeSpan> TimeUntilNextDueAsync(CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var next = await db.ScheduledMessages.MinAsync(s => (DateTimeOffset?)s.DueAt, cancellationToken);
+        var maxIdle = TimeSpan.FromSeconds(options.Value.MaxIdleSeconds);
+        if (next is null)
+        {
+            return maxIdle;
+        }
+
+        var wait = next.Value - time.GetUtcNow();
+        return wait < maxIdle ? wait : maxIdle;
+    }
+
+    private async Task<NpgsqlConnection> ListenAsync(CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        // Unpooled: the LISTEN belongs to this one session for as long as it lives.
+        var connectionString = new NpgsqlConnectionStringBuilder(db.Database.GetConnectionString()) { Pooling = false, KeepAlive = 30 };
+        var connection = new NpgsqlConnection(connectionString.ConnectionString);
+        await connection.OpenAsync(cancellationToken);
+        await using var listen = new NpgsqlCommand($"LISTEN {RedeliveryStore.Channel}", connection);
+        await listen.ExecuteNonQueryAsync(cancellationToken);
+        return connection;
+    }
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "The redelivery dispatcher failed; retrying")]
+    private partial void LogDispatchFailed(Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The broker refused {Count} scheduled message(s) (missing queue?); next try at {RetryAt:O}")]
+    private partial void LogRefused(int count, DateTimeOffset retryAt);
+}

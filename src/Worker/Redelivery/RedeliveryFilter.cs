@@ -1,0 +1,69 @@
+using System.Globalization;
+using Conveyor.Worker.Failures;
+using Conveyor.Worker.Inbox;
+using Conveyor.Worker.Jobs;
+using MassTransit;
+
+namespace Conveyor.Worker.Redelivery;
+
+/// <summary>
+/// Sits outside the in-memory retry. A transient failure that outlived those retries is stored
+/// for a delayed redelivery (if the policy allows another) and the original is acked; anything
+/// else passes on towards <c>_error</c>.
+/// </summary>
+public sealed partial class RedeliveryFilter<T>(
+    RedeliveryStore store,
+    RedeliveryPolicy policy,
+    JobTracker tracker,
+    JobDescriptor<T> descriptor,
+    TimeProvider time,
+    ILogger logger) : IFilter<ConsumeContext>
+    where T : class
+{
+    public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
+    {
+        try
+        {
+            await next.Send(context);
+        }
+        catch (Exception exception) when (IsRedeliverable(context, exception, out var attempt))
+        {
+            if (!context.TryGetMessage<T>(out var typed))
+            {
+                throw;
+            }
+
+            var now = time.GetUtcNow();
+            var retryAfter = (exception as TransientFailureException)?.RetryAfter;
+            var dueAt = now + policy.DelayFor(attempt, retryAfter, Random.Shared.NextDouble());
+            var consumerId = InboxKeys.ConsumerIdOf(context);
+            var key = descriptor.BusinessKey(typed.Message);
+            var received = context.ReceiveContext.TransportHeaders.GetAll().ToList();
+            var headers = new Dictionary<string, string>
+            {
+                [RedeliveryHeaders.Attempt] = attempt.ToString(CultureInfo.InvariantCulture),
+                [RedeliveryHeaders.FirstFailureAt] = RedeliveryHeaders.ReadString(received, RedeliveryHeaders.FirstFailureAt)
+                    ?? now.ToString("O", CultureInfo.InvariantCulture),
+                [RedeliveryHeaders.LastError] = JobTracker.Describe(exception, 500),
+            };
+
+            // Stored (committed) before this method returns and MassTransit acks the original.
+            await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
+                attempt, dueAt, headers, CancellationToken.None);
+            await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context)), exception, dueAt, CancellationToken.None);
+            LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
+        }
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-redelivery");
+
+    private bool IsRedeliverable(ConsumeContext context, Exception exception, out int attempt)
+    {
+        attempt = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Attempt) + 1;
+        var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
+        return !stopping && FailureClassifier.IsTransient(exception) && policy.Allows(attempt);
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
+    private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);
+}

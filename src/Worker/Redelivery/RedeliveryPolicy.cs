@@ -1,0 +1,39 @@
+using Conveyor.Worker.Messaging;
+
+namespace Conveyor.Worker.Redelivery;
+
+/// <summary>Exponential backoff with jitter for delayed redeliveries; a remote Retry-After lengthens it.</summary>
+public sealed class RedeliveryPolicy(int limit, TimeSpan baseDelay, double factor, TimeSpan maxDelay, double jitter)
+{
+    /// <summary>Honour a remote Retry-After up to this long, however long it asks for.</summary>
+    public static readonly TimeSpan MaxRetryAfter = TimeSpan.FromHours(24);
+
+    public static RedeliveryPolicy From(ConsumerEndpointOptions options) => new(
+        options.RedeliveryLimit,
+        TimeSpan.FromMilliseconds(options.RedeliveryBaseDelayMilliseconds),
+        options.RedeliveryFactor,
+        TimeSpan.FromMilliseconds(options.RedeliveryMaxDelayMilliseconds),
+        options.RedeliveryJitter);
+
+    public int Limit { get; } = limit;
+
+    /// <summary>True when redelivery number <paramref name="attempt"/> (1-based) is still allowed.</summary>
+    public bool Allows(int attempt) => attempt >= 1 && attempt <= Limit;
+
+    /// <summary>The delay before redelivery number <paramref name="attempt"/> (1-based).</summary>
+    /// <param name="random">A value in [0, 1) that picks the jitter.</param>
+    public TimeSpan DelayFor(int attempt, TimeSpan? retryAfter, double random)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(attempt, 1);
+        var exponential = baseDelay.TotalMilliseconds * Math.Pow(factor, attempt - 1);
+        var capped = Math.Min(exponential, maxDelay.TotalMilliseconds);
+        var spread = capped * (1 + jitter * (2 * random - 1));
+        var delay = TimeSpan.FromMilliseconds(Math.Max(0, spread));
+        if (retryAfter is { } asked && asked > delay)
+        {
+            delay = asked < MaxRetryAfter ? asked : MaxRetryAfter;
+        }
+
+        return delay;
+    }
+}
