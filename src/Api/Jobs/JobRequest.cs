@@ -1,0 +1,32 @@
+using Conveyor.Contracts;
+using MassTransit;
+
+namespace Conveyor.Api.Jobs;
+
+/// <summary>A validated job submission: the command to publish and the key that makes it unique.</summary>
+internal abstract class JobRequest(string kind, Guid businessId)
+{
+    /// <summary>One of <see cref="JobKinds"/>.</summary>
+    public string Kind { get; } = kind;
+
+    /// <summary>The command's business id in "D" format, as stored in <c>jobs.business_key</c>.</summary>
+    public string BusinessKey { get; } = businessId.ToString("D");
+
+    public static JobRequest For<TCommand>(string kind, Guid businessId, TCommand command)
+        where TCommand : class =>
+        new Typed<TCommand>(kind, businessId, command);
+
+    /// <summary>Publishes the command stamped with the job id; returns once the broker has confirmed it.</summary>
+    public abstract Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken);
+
+    private sealed class Typed<TCommand>(string kind, Guid businessId, TCommand command)
+        : JobRequest(kind, businessId)
+        where TCommand : class
+    {
+        public override Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken) =>
+            endpoint.Publish(
+                command,
+                context => context.Headers.Set(JobHeaders.JobId, jobId.ToString()),
+                cancellationToken);
+    }
+}

@@ -1,0 +1,163 @@
+using Conveyor.ServiceDefaults;
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+using Npgsql;
+
+namespace Conveyor.Api.Jobs;
+
+internal enum SubmitStatus
+{
+    /// <summary>A new job row was committed and its command confirmed by the broker.</summary>
+    Created,
+
+    /// <summary>The same job was submitted before (same Idempotency-Key and body, or same business id).</summary>
+    Duplicate,
+
+    /// <summary>The Idempotency-Key was used before with another body or kind.</summary>
+    KeyReused,
+
+    /// <summary>Another request for the same job is half-way: it holds the key but its row is gone again.</summary>
+    InFlight,
+
+    /// <summary>The broker did not confirm the command in time; the job row was removed again.</summary>
+    PublishFailed,
+}
+
+internal readonly record struct SubmitResult(SubmitStatus Status, Job? Job = null);
+
+/// <summary>
+/// Records a job and publishes its command: the row is committed first, then the command is
+/// published with the job id and confirmed, so a worker never sees a command whose row is missing.
+/// </summary>
+internal sealed class JobSubmitter(
+    IDbContextFactory<ConveyorDbContext> dbFactory,
+    IPublishEndpoint publishEndpoint,
+    IOptions<RabbitMqOptions> rabbitMq,
+    TimeProvider clock,
+    ILogger<JobSubmitter> logger)
+{
+    /// <summary>Long enough to remove a row on a healthy database; not tied to the request, which may be gone.</summary>
+    private static readonly TimeSpan CleanupTimeout = TimeSpan.FromSeconds(10);
+
+    public async Task<SubmitResult> SubmitAsync(
+        JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)
+    {
+        if (await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken) is { } existing)
+        {
+            return existing;
+        }
+
+        var now = clock.GetUtcNow();
+        var job = new Job
+        {
+            Id = Guid.CreateVersion7(now),
+            Kind = request.Kind,
+            BusinessKey = request.BusinessKey,
+            Status = JobStatus.Queued,
+            Attempts = 0,
+            IdempotencyKey = idempotencyKey,
+            RequestHash = requestHash,
+            CreatedAt = now,
+            UpdatedAt = now,
+        };
+
+        await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
+        {
+            db.Jobs.Add(job);
+            try
+            {
+                await db.SaveChangesAsync(cancellationToken);
+            }
+            catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
+            {
+                // A concurrent request inserted the same key first; answer with its job.
+                return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
+                    ?? new SubmitResult(SubmitStatus.InFlight);
+            }
+        }
+
+        if (await TryPublishAsync(request, job.Id, cancellationToken))
+        {
+            JobsLog.JobQueued(logger, job.Id, job.Kind, job.BusinessKey);
+            return new SubmitResult(SubmitStatus.Created, job);
+        }
+
+        return await RemoveUnpublishedAsync(job);
+    }
+
+    private async Task<SubmitResult?> FindExistingAsync(
+        JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+
+        if (idempotencyKey is not null)
+        {
+            var byKey = await db.Jobs.AsNoTracking()
+                .FirstOrDefaultAsync(j => j.IdempotencyKey == idempotencyKey, cancellationToken);
+            if (byKey is not null)
+            {
+                if (byKey.Kind == request.Kind && byKey.RequestHash == requestHash)
+                {
+                    return new SubmitResult(SubmitStatus.Duplicate, byKey);
+                }
+
+                JobsLog.IdempotencyKeyReused(logger, byKey.Id);
+                return new SubmitResult(SubmitStatus.KeyReused);
+            }
+        }
+
+        var byBusinessKey = await db.Jobs.AsNoTracking()
+            .FirstOrDefaultAsync(j => j.Kind == request.Kind && j.BusinessKey == request.BusinessKey, cancellationToken);
+        return byBusinessKey is null ? null : new SubmitResult(SubmitStatus.Duplicate, byBusinessKey);
+    }
+
+    private async Task<bool> TryPublishAsync(JobRequest request, Guid jobId, CancellationToken cancellationToken)
+    {
+        // Publish waits for the broker's confirm; when the broker is unreachable it would wait for a
+        // connection indefinitely, so the request gets the same budget as a connection attempt.
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds));
+        try
+        {
+            await request.PublishAsync(publishEndpoint, jobId, timeout.Token);
+            return true;
+        }
+        catch (Exception ex)
+        {
+            JobsLog.PublishFailed(logger, ex, jobId, request.Kind);
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Deletes the row of a job whose command was not confirmed, so the client can retry with the
+    /// same Idempotency-Key. A row a worker has already moved on from <c>queued</c> proves the command
+    /// did arrive (the confirm alone was lost): that job is kept and reported as accepted.
+    /// </summary>
+    private async Task<SubmitResult> RemoveUnpublishedAsync(Job job)
+    {
+        using var timeout = new CancellationTokenSource(CleanupTimeout);
+        try
+        {
+            await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            var removed = await db.Jobs
+                .Where(j => j.Id == job.Id && j.Status == JobStatus.Queued)
+                .ExecuteDeleteAsync(timeout.Token);
+            if (removed == 0
+                && await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == job.Id, timeout.Token) is { } picked)
+            {
+                return new SubmitResult(SubmitStatus.Duplicate, picked);
+            }
+        }
+        catch (Exception ex)
+        {
+            // Left behind as "queued": the reconciler republishes such rows and the inbox dedupes.
+            JobsLog.RemoveUnpublishedFailed(logger, ex, job.Id);
+        }
+
+        return new SubmitResult(SubmitStatus.PublishFailed);
+    }
+}

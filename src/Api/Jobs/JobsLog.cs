@@ -1,0 +1,20 @@
+namespace Conveyor.Api.Jobs;
+
+internal static partial class JobsLog
+{
+    [LoggerMessage(EventId = 1001, Level = LogLevel.Information,
+        Message = "Job {JobId} ({Kind} {BusinessKey}) queued and published")]
+    public static partial void JobQueued(ILogger logger, Guid jobId, string kind, string businessKey);
+
+    [LoggerMessage(EventId = 1002, Level = LogLevel.Information,
+        Message = "Idempotency-Key of job {JobId} reused with another request; refused")]
+    public static partial void IdempotencyKeyReused(ILogger logger, Guid jobId);
+
+    [LoggerMessage(EventId = 1003, Level = LogLevel.Warning,
+        Message = "Publishing job {JobId} ({Kind}) was not confirmed; removing its row and answering 503")]
+    public static partial void PublishFailed(ILogger logger, Exception exception, Guid jobId, string kind);
+
+    [LoggerMessage(EventId = 1004, Level = LogLevel.Error,
+        Message = "Could not remove the row of unpublished job {JobId}; it stays queued")]
+    public static partial void RemoveUnpublishedFailed(ILogger logger, Exception exception, Guid jobId);
+}

@@ -1,0 +1,141 @@
+using System.Text.Json;
+
+namespace Conveyor.Api.Jobs;
+
+/// <summary>
+/// Reads the fields of one JSON object and collects an error per bad field under its camelCase
+/// name, so a client learns about every problem in one answer. Readers return a default value
+/// after recording an error; callers check <see cref="HasErrors"/> before using the values.
+/// </summary>
+internal sealed class JsonFields(JsonElement body, FieldErrors errors)
+{
+    public bool HasErrors => errors.Count > 0;
+
+    public Guid RequiredId(string name)
+    {
+        if (!TryFindRequired(name, out var value))
+        {
+            return Guid.Empty;
+        }
+
+        if (value.ValueKind != JsonValueKind.String || !value.TryGetGuid(out var id))
+        {
+            errors.Add(name, "Must be a UUID string.");
+            return Guid.Empty;
+        }
+
+        if (id == Guid.Empty)
+        {
+            errors.Add(name, "Must not be the all-zero UUID.");
+        }
+
+        return id;
+    }
+
+    public string RequiredString(string name, Func<string, string?> rule) =>
+        TryFindRequired(name, out var value) ? ReadString(name, value, rule) ?? "" : "";
+
+    public string? OptionalString(string name, Func<string, string?> rule) =>
+        TryFind(name, out var value) && value.ValueKind != JsonValueKind.Null ? ReadString(name, value, rule) : null;
+
+    public long RequiredInt64(string name, long min, long max)
+    {
+        if (!TryFindRequired(name, out var value))
+        {
+            return 0;
+        }
+
+        if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt64(out var number))
+        {
+            errors.Add(name, "Must be an integer.");
+            return 0;
+        }
+
+        if (number < min || number > max)
+        {
+            errors.Add(name, $"Must be between {min} and {max}.");
+        }
+
+        return number;
+    }
+
+    public int? OptionalInt32(string name, int min, int max)
+    {
+        if (!TryFind(name, out var value) || value.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt32(out var number))
+        {
+            errors.Add(name, "Must be an integer.");
+            return null;
+        }
+
+        if (number < min || number > max)
+        {
+            errors.Add(name, $"Must be between {min} and {max}.");
+        }
+
+        return number;
+    }
+
+    /// <summary>Any JSON value but null; cloned so it outlives the parsed document.</summary>
+    public JsonElement RequiredValue(string name)
+    {
+        if (!TryFindRequired(name, out var value))
+        {
+            return default;
+        }
+
+        return value.Clone();
+    }
+
+    private string? ReadString(string name, JsonElement value, Func<string, string?> rule)
+    {
+        if (value.ValueKind != JsonValueKind.String)
+        {
+            errors.Add(name, "Must be a string.");
+            return null;
+        }
+
+        var text = value.GetString()!;
+        if (rule(text) is { } problem)
+        {
+            errors.Add(name, problem);
+        }
+
+        return text;
+    }
+
+    private bool TryFindRequired(string name, out JsonElement value)
+    {
+        if (TryFind(name, out value) && value.ValueKind != JsonValueKind.Null)
+        {
+            return true;
+        }
+
+        errors.Add(name, "Is required.");
+        return false;
+    }
+
+    /// <summary>The camelCase name first; other casings are accepted, as ASP.NET Core's own binding does.</summary>
+    private bool TryFind(string name, out JsonElement value)
+    {
+        if (body.TryGetProperty(name, out value))
+        {
+            return true;
+        }
+
+        foreach (var property in body.EnumerateObject())
+        {
+            if (string.Equals(property.Name, name, StringComparison.OrdinalIgnoreCase))
+            {
+                value = property.Value;
+                return true;
+            }
+        }
+
+        return false;
+    }
+}

@@ -1,0 +1,1 @@
+await Conveyor.Api.ApiApp.Build(args).RunAsync();

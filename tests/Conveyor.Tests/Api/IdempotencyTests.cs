@@ -1,0 +1,104 @@
+using Conveyor.Api.Jobs;
+using Conveyor.Contracts;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using Microsoft.EntityFrameworkCore;
+using System.Net;
+using System.Net.Http.Json;
+
+namespace Conveyor.Tests.Api;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _api = await fixture.StartApiAsync();
+    }
+
+    public async Task DisposeAsync() => await _api.DisposeAsync();
+
+    [Fact]
+    public async Task Repeated_idempotency_key_with_the_same_body_returns_the_same_job()
+    {
+        var key = $"order-{Guid.NewGuid()}";
+        var json = JobRequests.ChargePayment(Guid.NewGuid());
+
+        var first = await AcceptAsync(JobKinds.ChargePayment, json, key);
+        var second = await AcceptAsync(JobKinds.ChargePayment, json, key);
+
+        Assert.Equal(first.JobId, second.JobId);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+        Assert.Equal(1, await db.Jobs.CountAsync(j => j.IdempotencyKey == key));
+    }
+
+    [Fact]
+    public async Task Repeated_idempotency_key_with_another_body_is_a_422_problem()
+    {
+        var key = $"order-{Guid.NewGuid()}";
+        var paymentId = Guid.NewGuid();
+        var first = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100), key);
+
+        using var response = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999), key);
+
+        await response.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        await using var db = fixture.CreateDbContext();
+        var row = await db.Jobs.AsNoTracking().SingleAsync();
+        Assert.Equal(first.JobId, row.Id);
+    }
+
+    [Fact]
+    public async Task Idempotency_key_reused_for_another_kind_is_a_422_problem()
+    {
+        var key = $"order-{Guid.NewGuid()}";
+        await AcceptAsync(JobKinds.GenerateReport, JobRequests.GenerateReport(Guid.NewGuid()), key);
+
+        using var response = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()), key);
+
+        await response.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+    }
+
+    [Fact]
+    public async Task Same_business_id_without_a_key_returns_the_existing_job()
+    {
+        var paymentId = Guid.NewGuid();
+
+        var first = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), $"k-{Guid.NewGuid()}");
+        var again = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+        var otherKey = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), $"k-{Guid.NewGuid()}");
+
+        Assert.Equal(first.JobId, again.JobId);
+        Assert.Equal(first.JobId, otherKey.JobId);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync(j => j.BusinessKey == paymentId.ToString("D")));
+    }
+
+    [Fact]
+    public async Task Concurrent_identical_requests_create_one_job()
+    {
+        var key = $"order-{Guid.NewGuid()}";
+        var json = JobRequests.ChargePayment(Guid.NewGuid());
+
+        var accepted = await Task.WhenAll(
+            Enumerable.Range(0, 8).Select(_ => AcceptAsync(JobKinds.ChargePayment, json, key)));
+
+        Assert.Single(accepted.Select(a => a.JobId).Distinct());
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+    }
+
+    private async Task<JobAccepted> AcceptAsync(string kind, string json, string? idempotencyKey = null)
+    {
+        using var response = await _api.Client.PostJobAsync(kind, json, idempotencyKey);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var accepted = await response.Content.ReadFromJsonAsync<JobAccepted>();
+        Assert.NotNull(accepted);
+        return accepted;
+    }
+}

@@ -1,0 +1,156 @@
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using Microsoft.EntityFrameworkCore;
+using System.Net;
+using System.Text;
+
+namespace Conveyor.Tests.Api;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _api = await fixture.StartApiAsync();
+    }
+
+    public async Task DisposeAsync() => await _api.DisposeAsync();
+
+    public static TheoryData<string, string, string[]> InvalidBodies => new()
+    {
+        { "charge-payment", "{\"paymentId\":", ["$"] },
+        { "charge-payment", "[1, 2]", ["$"] },
+        { "charge-payment", "", ["$"] },
+        { "charge-payment", "{}", ["paymentId", "accountId", "amountMinor", "currency"] },
+        {
+            "charge-payment",
+            """{"paymentId":42,"accountId":7,"amountMinor":"12","currency":true}""",
+            ["paymentId", "accountId", "amountMinor", "currency"]
+        },
+        {
+            "charge-payment",
+            """{"paymentId":"00000000-0000-0000-0000-000000000000","accountId":"acct 1","amountMinor":0,"currency":"eur"}""",
+            ["paymentId", "accountId", "amountMinor", "currency"]
+        },
+        {
+            "charge-payment",
+            """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"acct-1","amountMinor":12.5,"currency":"ABC"}""",
+            ["amountMinor", "currency"]
+        },
+        {
+            "charge-payment",
+            """{"paymentId":"not-a-uuid","accountId":"acct-1","amountMinor":1000000000000001,"currency":"EUR","extra":1}""",
+            ["paymentId", "amountMinor"]
+        },
+        {
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"ftp://files.example.com/x","eventType":"","payload":null}""",
+            ["url", "eventType", "payload"]
+        },
+        {
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"not a url","eventType":"order.paid"}""",
+            ["url", "payload"]
+        },
+        {
+            "generate-report",
+            """{"reportId":"00000000-0000-0000-0000-000000000000","accountId":"","currency":"usd","pageSize":10001}""",
+            ["reportId", "accountId", "currency", "pageSize"]
+        },
+        {
+            "generate-report",
+            """{"reportId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","pageSize":"ten"}""",
+            ["pageSize"]
+        },
+    };
+
+    [Theory]
+    [MemberData(nameof(InvalidBodies))]
+    public async Task Invalid_body_is_a_400_naming_each_bad_field(string kind, string json, string[] badFields)
+    {
+        using var response = await _api.Client.PostJobAsync(kind, json);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(badFields.ToHashSet(), await response.ReadErrorFieldsAsync());
+        await AssertNoJobsAsync();
+    }
+
+    [Fact]
+    public async Task Malformed_idempotency_key_is_a_400_naming_the_header()
+    {
+        using var response = await _api.Client.PostJobAsync(
+            "charge-payment", JobRequests.ChargePayment(Guid.NewGuid()), idempotencyKey: new string('k', 201));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(["Idempotency-Key"], await response.ReadErrorFieldsAsync());
+        await AssertNoJobsAsync();
+    }
+
+    [Fact]
+    public async Task Unknown_kind_is_a_404_problem()
+    {
+        using var response = await _api.Client.PostJobAsync("launch-rocket", "{}");
+
+        await response.AssertProblemAsync(StatusCodes.Status404NotFound);
+    }
+
+    [Fact]
+    public async Task Body_over_256_KiB_is_a_413_problem()
+    {
+        var padding = new string('x', 300 * 1024);
+        var json = $$"""{"paymentId":"{{Guid.NewGuid()}}","accountId":"acct-1","amountMinor":1,"currency":"EUR","pad":"{{padding}}"}""";
+
+        using var response = await _api.Client.PostJobAsync("charge-payment", json);
+
+        await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
+        await AssertNoJobsAsync();
+    }
+
+    [Fact]
+    public async Task Chunked_body_over_256_KiB_is_a_413_problem()
+    {
+        var padding = new string('x', 300 * 1024);
+        var json = $$"""{"paymentId":"{{Guid.NewGuid()}}","accountId":"acct-1","amountMinor":1,"currency":"EUR","pad":"{{padding}}"}""";
+        // A stream of unknown length makes HttpClient send Transfer-Encoding: chunked, no Content-Length.
+        using var content = new StreamContent(new UnknownLengthStream(Encoding.UTF8.GetBytes(json)));
+        content.Headers.ContentType = new("application/json");
+
+        using var response = await _api.Client.PostJobAsync("charge-payment", content);
+
+        await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
+        await AssertNoJobsAsync();
+    }
+
+    [Theory]
+    [InlineData("text/plain")]
+    [InlineData("application/x-www-form-urlencoded")]
+    [InlineData(null)]
+    public async Task Body_that_is_not_json_content_is_a_415_problem(string? mediaType)
+    {
+        using var content = new ByteArrayContent(Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.NewGuid())));
+        if (mediaType is not null)
+        {
+            content.Headers.ContentType = new(mediaType);
+        }
+
+        using var response = await _api.Client.PostJobAsync("charge-payment", content);
+
+        await response.AssertProblemAsync(StatusCodes.Status415UnsupportedMediaType);
+        await AssertNoJobsAsync();
+    }
+
+    private async Task AssertNoJobsAsync()
+    {
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    /// <summary>Wraps bytes in a stream that does not tell its length.</summary>
+    private sealed class UnknownLengthStream(byte[] bytes) : MemoryStream(bytes)
+    {
+        public override bool CanSeek => false;
+    }
+}
