@@ -68,6 +68,10 @@ public sealed class ConsumerEndpointOptions
     [Range(0, 100_000)]
     public int RateLimitPerSecond { get; set; }
 
+    /// <summary>Larger bodies go straight to <c>_error</c> (the Api accepts at most 256 KiB).</summary>
+    [Range(1_024, 134_217_728)]
+    public long MaxMessageBytes { get; set; } = 1_048_576;
+
     /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
     [Range(5, 3_600)]
     public int LeaseSeconds { get; set; } = 60;

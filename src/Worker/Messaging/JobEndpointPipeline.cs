@@ -20,7 +20,7 @@ public enum InboxMode
 
 /// <summary>
 /// The consume pipeline every job endpoint shares, outermost first: kill switch and rate limit,
-/// job outcome (dead-lettering), delayed redelivery, in-memory retry (transient failures only),
+/// job outcome (dead-lettering), size limit, delayed redelivery, in-memory retry (transient failures only),
 /// message scope, inbox, consumer. The error pipe adds Conveyor's headers to <c>_error</c> copies.
 /// </summary>
 public static class JobEndpointPipeline
@@ -69,6 +69,7 @@ public static class JobEndpointPipeline
         }
 
         endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
+        endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes));
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
             context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, time, logger));
 
