@@ -20,8 +20,8 @@ public enum InboxMode
 
 /// <summary>
 /// The consume pipeline every job endpoint shares, outermost first: kill switch and rate limit,
-/// job outcome (dead-lettering), size limit, delayed redelivery, in-memory retry (transient failures only),
-/// message scope, inbox, consumer. The error pipe adds Conveyor's headers to <c>_error</c> copies.
+/// job outcome (dead-lettering), size limit, delayed redelivery, in-memory retry (transient failures
+/// only), message scope + inbox, consumer. The error pipe adds Conveyor's headers to <c>_error</c> copies.
 /// </summary>
 public static class JobEndpointPipeline
 {
@@ -73,24 +73,14 @@ public static class JobEndpointPipeline
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
             context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, time, logger));
 
-        endpoint.UseMessageRetry(retry =>
-        {
-            if (options.RetryLimit == 0)
-            {
-                retry.None();
-                return;
-            }
+        endpoint.UseFilter(new TransientRetryFilter(
+            options.RetryLimit,
+            TimeSpan.FromMilliseconds(options.RetryMinIntervalMilliseconds),
+            TimeSpan.FromMilliseconds(options.RetryMaxIntervalMilliseconds),
+            TimeSpan.FromMilliseconds(options.RetryIntervalDeltaMilliseconds),
+            time));
 
-            // MassTransit's exponential policy adds a random delta to each interval: the jitter.
-            retry.Exponential(
-                options.RetryLimit,
-                TimeSpan.FromMilliseconds(options.RetryMinIntervalMilliseconds),
-                TimeSpan.FromMilliseconds(options.RetryMaxIntervalMilliseconds),
-                TimeSpan.FromMilliseconds(options.RetryIntervalDeltaMilliseconds));
-            retry.Handle<Exception>(FailureClassifier.IsTransient);
-        });
-
-        endpoint.UseMessageScope(context);
+        // A scoped filter: it opens the message scope (one per attempt) that the consumer then shares.
         endpoint.UseConsumeFilter(inbox == InboxMode.Lease ? typeof(LeaseInboxFilter<>) : typeof(InboxFilter<>), context);
     }
 }

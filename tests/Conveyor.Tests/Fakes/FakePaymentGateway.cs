@@ -30,6 +30,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     /// <summary>Delay before each answer, to make concurrent deliveries overlap.</summary>
     public TimeSpan Latency { get; set; }
 
+    /// <summary>Called on every request, before it is answered.</summary>
+    public Action? OnRequest { get; set; }
+
     /// <summary>When set, every request is answered with this status.</summary>
     public HttpStatusCode? FailEverythingWith { get; set; }
 
@@ -78,6 +81,7 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         }
 
         _requests.AddOrUpdate(key, 1, (_, n) => n + 1);
+        OnRequest?.Invoke();
         if (FailEverythingWith is { } always)
         {
             return Results.StatusCode((int)always);

@@ -89,8 +89,14 @@ public sealed class ConveyorFixture : IAsyncLifetime
     {
         await using (var db = CreateDbContext())
         {
-            await db.Database.ExecuteSqlRawAsync(
-                "TRUNCATE jobs, inbox, ledger_entries, simulated_gateway_charges, webhook_deliveries, reports");
+            // Every table but the migrations history, so tables added later are reset too.
+            await db.Database.ExecuteSqlRawAsync("""
+                DO $$ DECLARE tables text; BEGIN
+                  SELECT string_agg(format('%I', tablename), ', ') INTO tables FROM pg_tables
+                   WHERE schemaname = 'public' AND tablename <> '__ef_migrations_history';
+                  IF tables IS NOT NULL THEN EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY'; END IF;
+                END $$
+                """);
         }
 
         foreach (var queue in await Rabbit.QueuesAsync(VirtualHost))

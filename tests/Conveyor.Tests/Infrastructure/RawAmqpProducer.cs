@@ -68,6 +68,30 @@ public sealed class RawAmqpProducer : IAsyncDisposable
 
     public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
 
+    /// <summary>Takes every message now in <paramref name="queue"/> (destructively): for asserting on what landed there.</summary>
+    public async Task<IReadOnlyList<TakenMessage>> TakeAllAsync(string queue)
+    {
+        var taken = new List<TakenMessage>();
+        while (await _channel.BasicGetAsync(queue, autoAck: true) is { } result)
+        {
+            var headers = (result.BasicProperties.Headers ?? new Dictionary<string, object?>())
+                .ToDictionary(h => h.Key, h => h.Value switch
+                {
+                    byte[] bytes => Encoding.UTF8.GetString(bytes),
+                    null => null,
+                    var other => Convert.ToString(other, System.Globalization.CultureInfo.InvariantCulture),
+                }, StringComparer.OrdinalIgnoreCase);
+            taken.Add(new TakenMessage(headers, result.Body.ToArray(), result.BasicProperties.ContentType));
+        }
+
+        return taken;
+    }
+
+    public sealed record TakenMessage(IReadOnlyDictionary<string, string?> Headers, byte[] Body, string? ContentType)
+    {
+        public string? Header(string name) => Headers.TryGetValue(name, out var value) ? value : null;
+    }
+
     public async ValueTask DisposeAsync()
     {
         await _channel.DisposeAsync();
