@@ -4,6 +4,7 @@ using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Redelivery;
 using MassTransit;
 using MassTransit.Middleware;
+using MassTransit.Transports.Components;
 using Microsoft.Extensions.Options;
 
 namespace Conveyor.Worker.Messaging;
@@ -51,16 +52,22 @@ public static class JobEndpointPipeline
             error.UseFilter(new ErrorTransportFilter());
         });
 
+        IConsumeObserver? killSwitch = null;
         if (options.KillSwitchTripPercent > 0)
         {
             // A downstream outage pauses the endpoint (messages wait in the queue) instead of
-            // burning every message's attempts in seconds.
-            endpoint.UseKillSwitch(killSwitch => killSwitch
+            // burning every message's attempts in seconds. MassTransit's kill switch counts only
+            // faults that escape the consume pipe; the redelivery filter swallows transient ones
+            // after storing them, so it reports those to the kill switch itself.
+            var killSwitchOptions = new KillSwitchOptions()
                 .SetActivationThreshold(options.KillSwitchActivationThreshold)
                 .SetTripThreshold(options.KillSwitchTripPercent)
                 .SetTrackingPeriod(TimeSpan.FromSeconds(options.KillSwitchTrackingPeriodSeconds))
                 .SetRestartTimeout(TimeSpan.FromSeconds(options.KillSwitchRestartSeconds))
-                .SetExceptionFilter(filter => filter.Handle<Exception>(FailureClassifier.IsTransient)));
+                .SetExceptionFilter(filter => filter.Handle<Exception>(FailureClassifier.IsTransient));
+            var endpointKillSwitch = new KillSwitch(killSwitchOptions);
+            endpoint.ConnectReceiveEndpointObserver(endpointKillSwitch);
+            killSwitch = endpointKillSwitch;
         }
 
         if (options.RateLimitPerSecond > 0)
@@ -71,7 +78,7 @@ public static class JobEndpointPipeline
         endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
         endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes));
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
-            context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, time, logger));
+            context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, killSwitch, time, logger));
 
         endpoint.UseFilter(new TransientRetryFilter(
             options.RetryLimit,

@@ -16,6 +16,7 @@ public sealed partial class RedeliveryFilter<T>(
     RedeliveryPolicy policy,
     JobTracker tracker,
     JobDescriptor<T> descriptor,
+    IConsumeObserver? faultObserver,
     TimeProvider time,
     ILogger logger) : IFilter<ConsumeContext>
     where T : class
@@ -52,6 +53,10 @@ public sealed partial class RedeliveryFilter<T>(
                 attempt, dueAt, headers, CancellationToken.None);
             await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context)), exception, dueAt, CancellationToken.None);
             LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
+            if (faultObserver is not null)
+            {
+                await faultObserver.ConsumeFault(typed, exception);
+            }
         }
     }
 

@@ -1,0 +1,69 @@
+using System.Net;
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Failures;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class DownstreamOutageTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_gateway_outage_pauses_the_endpoint_instead_of_dead_lettering_and_work_resumes_when_it_is_back()
+    {
+        const int payments = 40;
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        var settings = WorkerSettings.With(gateway);
+        settings["Consumers:ChargePayment:PrefetchCount"] = "4";
+        settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "2";
+        settings["Consumers:ChargePayment:RetryLimit"] = "0";
+        settings["Consumers:ChargePayment:RedeliveryLimit"] = "8";
+        settings["Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds"] = "1000";
+        settings["Consumers:ChargePayment:RedeliveryFactor"] = "1.5";
+        settings["Consumers:ChargePayment:RedeliveryMaxDelayMilliseconds"] = "4000";
+        settings["Consumers:ChargePayment:KillSwitchActivationThreshold"] = "5";
+        settings["Consumers:ChargePayment:KillSwitchTripPercent"] = "20";
+        settings["Consumers:ChargePayment:KillSwitchTrackingPeriodSeconds"] = "30";
+        settings["Consumers:ChargePayment:KillSwitchRestartSeconds"] = "3";
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var sent = Enumerable.Range(0, payments).Select(i => new ChargePayment
+        {
+            PaymentId = Guid.NewGuid(),
+            AccountId = "acct-outage",
+            AmountMinor = 100 + i,
+            Currency = "EUR",
+        }).ToList();
+
+        await Task.WhenAll(sent.Select(p => publisher.PublishAsync(p)));
+
+        // The kill switch trips: the endpoint stops consuming, and most messages wait in the queue untried.
+        await Eventually.AssertAsync(async () =>
+        {
+            var queue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment");
+            Assert.NotNull(queue);
+            Assert.Equal(0, queue.Consumers);
+            Assert.True(queue.Messages > 0, "nothing waits in the queue");
+        }, TimeSpan.FromSeconds(30));
+        Assert.True(gateway.TotalRequests < payments, $"{gateway.TotalRequests} gateway calls: the outage burned through the queue");
+
+        gateway.FailEverythingWith = null;
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(payments, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+        }, TimeSpan.FromMinutes(2));
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(0, await check.Jobs.CountAsync(j => j.Status == JobStatus.DeadLettered));
+        Assert.Equal(payments, await check.Ledger.CountAsync());
+        Assert.All(sent, p => Assert.Equal(1, gateway.ChargesFor(p.PaymentId.ToString())));
+    }
+}

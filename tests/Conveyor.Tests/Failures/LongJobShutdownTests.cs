@@ -1,0 +1,84 @@
+using Conveyor.Contracts.Reports;
+using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Payments;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Failures;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_report_interrupted_by_a_graceful_shutdown_completes_once_after_restart()
+    {
+        const int ledgerRows = 60;
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Ledger.AddRange(Enumerable.Range(1, ledgerRows).Select(i => new LedgerEntry
+            {
+                PaymentId = Guid.NewGuid(),
+                AccountId = "acct-long",
+                AmountMinor = i,
+                Currency = "EUR",
+                GatewayChargeId = $"ch_{i}",
+                ChargedAt = DateTimeOffset.UtcNow,
+            }));
+            await db.SaveChangesAsync();
+        }
+
+        var settings = WorkerSettings.With();
+        settings["Reports:PageDelayMilliseconds"] = "250";
+        settings["Shutdown:ConsumerStopTimeoutSeconds"] = "1";
+        settings["Shutdown:BusStopTimeoutSeconds"] = "5";
+        settings["Shutdown:HostShutdownTimeoutSeconds"] = "10";
+        var first = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-long", PageSize = 5 };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal(JobStatus.Running, job.Status);
+            Assert.True(job.Progress > 0, "no progress yet");
+        });
+
+        // As on SIGTERM: the host stops, the consumer's token fires after the consumer stop timeout.
+        await first.DisposeAsync();
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.False(await db.Reports.AnyAsync(r => r.ReportId == report.ReportId), "an interrupted report was stored");
+            Assert.False(await db.Inbox.AnyAsync(i => i.MessageKey == key), "the lease was not released");
+            var job = await db.Jobs.SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal(JobStatus.Queued, job.Status);
+            Assert.Contains("shutdown", job.LastError, StringComparison.OrdinalIgnoreCase);
+        }
+
+        // The broker has the message back, neither acked nor dead-lettered.
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "generate-report"))?.Messages));
+
+        settings["Reports:PageDelayMilliseconds"] = "0";
+        await using var second = await fixture.StartWorkerAsync(settings);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal(JobStatus.Succeeded, job.Status);
+            Assert.Equal(100, job.Progress);
+            Assert.Equal(2, job.Attempts);
+        });
+        await using var check = fixture.CreateDbContext();
+        var stored = await check.Reports.SingleAsync(r => r.ReportId == report.ReportId);
+        Assert.Equal(ledgerRows, stored.RowsScanned);
+        Assert.Equal("done", (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+    }
+}

@@ -1,0 +1,90 @@
+using System.Text;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Failures;
+
+/// <summary>Hostile input from a raw AMQP producer never crashes or stalls the worker, and is never lost.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";
+    private const string ChargeUrn = "urn:message:Conveyor.Contracts.Payments:ChargePayment";
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task Each_poison_message_lands_in_error_or_skipped_with_a_reason_while_good_ones_are_processed()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var goodBefore = Guid.NewGuid();
+        var goodAfter = Guid.NewGuid();
+
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, Good(goodBefore));
+        // Malformed JSON under the envelope content type.
+        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8("""{"messageId":"1f0c","message":{"paymentId":"""), RawAmqpProducer.EnvelopeContentType);
+        // A content type nobody can read.
+        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8("charge acct-1 10 EUR"), "text/plain");
+        // A well-formed envelope of a message type no consumer here knows.
+        await producer.PublishEnvelopeAsync(Exchange, "urn:message:Acme.Shipping:ShipOrder", new { orderId = 12 });
+        // Required fields missing.
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-poison" });
+        // Present but invalid.
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-poison", amountMinor = -5, currency = "EUR" });
+        // Far over the size limit.
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new
+        {
+            paymentId = Guid.NewGuid(),
+            accountId = "acct-poison",
+            amountMinor = 100,
+            currency = "EUR",
+            padding = new string('x', 2 * 1024 * 1024),
+        });
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, Good(goodAfter));
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(2, await db.Ledger.CountAsync(l => l.PaymentId == goodBefore || l.PaymentId == goodAfter));
+        });
+
+        var error = new List<RawAmqpProducer.TakenMessage>();
+        var skipped = new List<RawAmqpProducer.TakenMessage>();
+        await Eventually.AssertAsync(async () =>
+        {
+            error.AddRange(await producer.TakeAllAsync("charge-payment_error"));
+            skipped.AddRange(await producer.TakeAllAsync("charge-payment_skipped"));
+            Assert.Equal(6, error.Count + skipped.Count);
+        });
+
+        // The unknown type is skipped; everything unreadable or invalid is an error with its reason.
+        var unknown = Assert.Single(skipped);
+        Assert.Contains("ShipOrder", Encoding.UTF8.GetString(unknown.Body), StringComparison.Ordinal);
+        Assert.Equal(5, error.Count);
+        Assert.All(error, message =>
+        {
+            Assert.False(string.IsNullOrWhiteSpace(message.Header("MT-Fault-Message")), "an _error message without MT-Fault-Message");
+            Assert.False(string.IsNullOrWhiteSpace(message.Header("Conveyor-Dead-Letter-Reason")), "an _error message without a Conveyor reason");
+        });
+        Assert.Contains(error, m => m.ContentType == "text/plain");
+        Assert.Contains(error, m => m.Header("MT-Fault-Message")!.Contains("AmountMinor must be greater than zero", StringComparison.Ordinal));
+        Assert.Contains(error, m => m.Header("MT-Fault-Message")!.Contains("limit is", StringComparison.Ordinal));
+
+        // Still healthy, still consuming, nothing left behind.
+        using var ready = await worker.Client.GetAsync(new Uri("/health/ready", UriKind.Relative));
+        Assert.True(ready.IsSuccessStatusCode);
+        var queue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment");
+        Assert.Equal(0, queue?.Messages ?? 0);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(2, await check.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+        Assert.Equal(2, await check.Ledger.CountAsync());
+    }
+
+    private static object Good(Guid paymentId) => new { paymentId, accountId = "acct-good", amountMinor = 250, currency = "EUR" };
+}

@@ -1,0 +1,127 @@
+using System.ComponentModel.DataAnnotations;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using Conveyor.Worker.Failures;
+using Conveyor.Worker.Hosting;
+using Conveyor.Worker.Redelivery;
+using Npgsql;
+
+namespace Conveyor.Tests.Unit;
+
+/// <summary>Pure logic of the failure pipeline: no servers needed.</summary>
+public sealed class FailurePolicyTests
+{
+    private static readonly RedeliveryPolicy Policy = new(4, TimeSpan.FromSeconds(30), 4.5, TimeSpan.FromHours(1), 0.2);
+
+    [Theory]
+    [InlineData(1, 30)]
+    [InlineData(2, 135)]
+    [InlineData(3, 607.5)]
+    [InlineData(4, 2733.75)]
+    [InlineData(9, 3600)]
+    public void Redelivery_delays_grow_exponentially_up_to_the_cap(int attempt, double expectedSeconds)
+    {
+        // random = 0.5 is the middle of the jitter band: no jitter.
+        Assert.Equal(expectedSeconds, Policy.DelayFor(attempt, null, 0.5).TotalSeconds, 3);
+    }
+
+    [Fact]
+    public void Redelivery_jitter_stays_within_its_band()
+    {
+        Assert.Equal(24, Policy.DelayFor(1, null, 0).TotalSeconds, 3);
+        Assert.Equal(36, Policy.DelayFor(1, null, 0.999999).TotalSeconds, 2);
+    }
+
+    [Fact]
+    public void A_remote_retry_after_lengthens_the_delay_but_never_shortens_it()
+    {
+        Assert.Equal(TimeSpan.FromMinutes(5), Policy.DelayFor(1, TimeSpan.FromMinutes(5), 0.5));
+        Assert.Equal(TimeSpan.FromSeconds(30), Policy.DelayFor(1, TimeSpan.FromSeconds(2), 0.5));
+        Assert.Equal(RedeliveryPolicy.MaxRetryAfter, Policy.DelayFor(1, TimeSpan.FromDays(30), 0.5));
+    }
+
+    [Fact]
+    public void The_policy_allows_exactly_its_limit_of_redeliveries()
+    {
+        Assert.False(Policy.Allows(0));
+        Assert.True(Policy.Allows(1));
+        Assert.True(Policy.Allows(4));
+        Assert.False(Policy.Allows(5));
+    }
+
+    [Theory]
+    [InlineData(HttpStatusCode.RequestTimeout, true)]
+    [InlineData(HttpStatusCode.TooManyRequests, true)]
+    [InlineData(HttpStatusCode.InternalServerError, true)]
+    [InlineData(HttpStatusCode.ServiceUnavailable, true)]
+    [InlineData(HttpStatusCode.BadRequest, false)]
+    [InlineData(HttpStatusCode.Unauthorized, false)]
+    [InlineData(HttpStatusCode.NotFound, false)]
+    [InlineData(HttpStatusCode.Conflict, false)]
+    [InlineData(HttpStatusCode.UnprocessableEntity, false)]
+    public void Http_statuses_are_classified(HttpStatusCode status, bool transient)
+    {
+        Assert.Equal(transient, FailureClassifier.IsTransientStatus(status));
+        Assert.Equal(transient, FailureClassifier.IsTransient(new HttpRequestException("x", null, status)));
+    }
+
+    [Fact]
+    public void Exceptions_are_classified()
+    {
+        Assert.True(FailureClassifier.IsTransient(new TimeoutException()));
+        Assert.True(FailureClassifier.IsTransient(new SocketException()));
+        Assert.True(FailureClassifier.IsTransient(new TransientFailureException("down")));
+        Assert.True(FailureClassifier.IsTransient(new NpgsqlException("connection reset", new IOException())));
+        Assert.True(FailureClassifier.IsTransient(new HttpRequestException("no status")));
+        Assert.False(FailureClassifier.IsTransient(new PermanentFailureException("bad")));
+        Assert.False(FailureClassifier.IsTransient(new JsonException("bad json")));
+        Assert.False(FailureClassifier.IsTransient(new ArgumentException("bug")));
+        Assert.False(FailureClassifier.IsTransient(new OperationCanceledException()));
+    }
+
+    [Fact]
+    public void Stored_headers_drop_broker_and_fault_bookkeeping_and_decode_bytes()
+    {
+        var headers = new Dictionary<string, object>
+        {
+            ["x-death"] = new List<object> { new Dictionary<string, object>() },
+            ["x-first-death-queue"] = Encoding.UTF8.GetBytes("q"),
+            ["MT-Fault-Message"] = Encoding.UTF8.GetBytes("boom"),
+            ["MT-Reason"] = "fault",
+            ["Conveyor-Job-Id"] = Encoding.UTF8.GetBytes("42"),
+            ["MT-Activity-Id"] = "abc",
+            ["count"] = 3,
+        };
+
+        var stored = RedeliveryHeaders.ForStorage(headers);
+
+        Assert.Equal(new Dictionary<string, string> { ["Conveyor-Job-Id"] = "42", ["MT-Activity-Id"] = "abc", ["count"] = "3" }, stored);
+        Assert.Equal(3, RedeliveryHeaders.ReadInt(headers, "COUNT"));
+        Assert.Equal(0, RedeliveryHeaders.ReadInt(headers, "absent"));
+    }
+
+    [Fact]
+    public void In_memory_retry_intervals_double_up_to_the_cap_plus_jitter()
+    {
+        var filter = new TransientRetryFilter(3, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100), TimeProvider.System);
+
+        Assert.Equal(200, filter.Interval(0, 0).TotalMilliseconds);
+        Assert.Equal(400, filter.Interval(1, 0).TotalMilliseconds);
+        Assert.Equal(1000, filter.Interval(5, 0).TotalMilliseconds);
+        Assert.Equal(250, filter.Interval(0, 0.5).TotalMilliseconds);
+    }
+
+    [Theory]
+    [InlineData(20, 25, 30, true)]
+    [InlineData(25, 25, 30, false)]
+    [InlineData(20, 31, 30, false)]
+    public void Shutdown_timeouts_must_be_ordered(int consumer, int bus, int host, bool valid)
+    {
+        var options = new ShutdownOptions { ConsumerStopTimeoutSeconds = consumer, BusStopTimeoutSeconds = bus, HostShutdownTimeoutSeconds = host };
+        var results = new List<ValidationResult>();
+
+        Assert.Equal(valid, Validator.TryValidateObject(options, new ValidationContext(options), results, validateAllProperties: true));
+    }
+}
