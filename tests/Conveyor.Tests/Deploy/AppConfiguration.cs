@@ -1,0 +1,49 @@
+using Conveyor.Worker.Hosting;
+using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Redelivery;
+using k8s.Models;
+using Microsoft.Extensions.Configuration;
+
+namespace Conveyor.Tests.Deploy;
+
+/// <summary>
+/// The configuration a container's process will see, built as the hosts build it: the project's
+/// appsettings.json, then environment variables (<c>__</c> for <c>:</c>). Secret values are stand-ins.
+/// </summary>
+public sealed class AppConfiguration
+{
+    private readonly IConfiguration _configuration;
+
+    private AppConfiguration(IConfiguration configuration) => _configuration = configuration;
+
+    public string? this[string key] => _configuration[key];
+
+    public static AppConfiguration Of(RenderedOverlay overlay, Workload workload, V1Container container)
+    {
+        var project = workload.Component == "api" ? "Api" : "Worker";
+        var values = overlay.EnvironmentOf(container)
+            .ToDictionary(e => e.Key.Replace("__", ":", StringComparison.Ordinal), e => (string?)e.Value.Text, StringComparer.OrdinalIgnoreCase);
+        var configuration = new ConfigurationBuilder()
+            .AddJsonFile(RepositoryRoot.Combine("src", project, "appsettings.json"), optional: false)
+            .AddInMemoryCollection(values)
+            .Build();
+        return new AppConfiguration(configuration);
+    }
+
+    public ShutdownOptions Shutdown =>
+        _configuration.GetSection(ShutdownOptions.SectionName).Get<ShutdownOptions>() ?? new ShutdownOptions();
+
+    public DispatcherOptions Dispatcher =>
+        _configuration.GetSection(DispatcherOptions.SectionName).Get<DispatcherOptions>() ?? new DispatcherOptions();
+
+    public ConsumerEndpointOptions Consumer(string consumerName) =>
+        _configuration.GetSection($"{ConsumerEndpointOptions.SectionName}:{consumerName}").Get<ConsumerEndpointOptions>()
+        ?? new ConsumerEndpointOptions();
+
+    /// <summary>The ports in <c>Urls</c> (<c>;</c>-separated, as ASP.NET Core reads it).</summary>
+    public IReadOnlyList<int> UrlPorts =>
+        (_configuration["Urls"] ?? "")
+            .Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(url => url.LastIndexOf(':') is var colon and > 0 && int.TryParse(url[(colon + 1)..].TrimEnd('/'), out var port) ? port : -1)
+            .ToList();
+}

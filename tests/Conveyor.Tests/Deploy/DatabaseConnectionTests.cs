@@ -1,0 +1,116 @@
+using System.Data.Common;
+using System.Globalization;
+using k8s.Models;
+
+namespace Conveyor.Tests.Deploy;
+
+/// <summary>Connection pools are big enough for the handlers, and all of them together fit in PostgreSQL.</summary>
+public sealed class DatabaseConnectionTests
+{
+    /// <summary>
+    /// Beyond one connection per handler: a long job's lease heartbeat and progress writes beside the
+    /// connection its work holds, job-status writes, the dispatcher's claim transaction, health checks.
+    /// </summary>
+    private const int PoolHeadroom = 3;
+
+    /// <summary>Npgsql's default Maximum Pool Size.</summary>
+    private const int NpgsqlDefaultPool = 100;
+
+    /// <summary>PostgreSQL's default max_connections, and what CloudNativePG keeps for itself (superuser_reserved_connections, its instance manager).</summary>
+    private const int PostgresDefaultMaxConnections = 100;
+    private const int ReservedConnections = 10;
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Worker_pool_covers_every_handler_it_runs_at_once(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, $"the worker's Maximum Pool Size must be >= the sum of the ConcurrentMessageLimits + {PoolHeadroom}, or handlers wait for connections while holding messages", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.DeploymentsOf("worker").Select(d => d.Workload))
+            {
+                foreach (var container in workload.Pod.Containers)
+                {
+                    var configuration = AppConfiguration.Of(rendered, workload, container);
+                    var handlers = WorkerEndpoints.All.Sum(e => configuration.Consumer(e.ConsumerName).ConcurrentMessageLimit);
+                    var pool = PoolSize(configuration);
+                    if (pool is null)
+                    {
+                        yield return $"{workload}/{container.Name}: the connection string sets no Maximum Pool Size (Npgsql's default is {NpgsqlDefaultPool})";
+                    }
+                    else if (pool < handlers + PoolHeadroom)
+                    {
+                        yield return $"{workload}/{container.Name}: Maximum Pool Size {pool} < {handlers} concurrent handlers + {PoolHeadroom}";
+                    }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Peak_connections_fit_in_postgres_max_connections(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        var maxConnections = rendered.CnpgClusters.Select(MaxConnections).DefaultIfEmpty(PostgresDefaultMaxConnections).Min();
+        var pods = rendered.Workloads
+            .Select(w => (Workload: w, Pods: PeakPods(rendered, w), Connections: w.Pod.Containers.Sum(c => ConnectionsOf(rendered, w, c))))
+            .ToList();
+        var total = pods.Sum(p => p.Pods * p.Connections);
+        var breakdown = string.Join(" + ", pods.Select(p => $"{p.Workload} {p.Pods} x {p.Connections}"));
+
+        Assert.True(
+            total + ReservedConnections <= maxConnections,
+            $"overlays/{overlay}: at peak (maximum replicas plus rolling-update surge) the pools may open {total} connections ({breakdown}); " +
+            $"with {ReservedConnections} reserved that exceeds PostgreSQL max_connections {maxConnections}. Raise max_connections or lower pools or replicas.");
+    }
+
+    /// <summary>The pool, plus the redelivery dispatcher's LISTEN connection in a worker: it is opened unpooled.</summary>
+    private static int ConnectionsOf(RenderedOverlay rendered, Workload workload, V1Container container)
+    {
+        var configuration = AppConfiguration.Of(rendered, workload, container);
+        var listener = workload.Component == "worker" && configuration.Dispatcher.DispatcherEnabled ? 1 : 0;
+        return (PoolSize(configuration) ?? NpgsqlDefaultPool) + listener;
+    }
+
+    private static int? PoolSize(AppConfiguration configuration)
+    {
+        var builder = new DbConnectionStringBuilder { ConnectionString = configuration["ConnectionStrings:Conveyor"] ?? "" };
+        return builder.TryGetValue("Maximum Pool Size", out var value) || builder.TryGetValue("Max Pool Size", out value)
+            ? int.TryParse(Convert.ToString(value, CultureInfo.InvariantCulture), CultureInfo.InvariantCulture, out var size) ? size : null
+            : null;
+    }
+
+    /// <summary>The most pods a workload can run at once: KEDA's maximum or the replicas, plus the rollout's surge.</summary>
+    private static int PeakPods(RenderedOverlay rendered, Workload workload)
+    {
+        if (workload.Kind == "Job")
+        {
+            return 1;
+        }
+
+        var deployment = rendered.Deployments.Single(d => d.Metadata.Name == workload.Name);
+        var scaled = rendered.ScaledObjects.FirstOrDefault(s => s.Spec.ScaleTargetRef.Name == workload.Name);
+        var replicas = scaled?.Spec.MaxReplicaCount ?? (scaled is null ? deployment.Spec.Replicas ?? 1 : 100);
+        return replicas + Surge(deployment.Spec.Strategy?.RollingUpdate?.MaxSurge, replicas);
+    }
+
+    private static int Surge(IntOrString? maxSurge, int replicas)
+    {
+        var value = maxSurge?.Value ?? "25%";
+        return value.EndsWith('%')
+            ? (int)Math.Ceiling(replicas * int.Parse(value[..^1], CultureInfo.InvariantCulture) / 100.0)
+            : int.Parse(value, CultureInfo.InvariantCulture);
+    }
+
+    private static int MaxConnections(CnpgCluster cluster) =>
+        cluster.Spec.TryGetValue("postgresql", out var postgresql) && postgresql is IDictionary<object, object> settings
+        && settings.TryGetValue("parameters", out var parameters) && parameters is IDictionary<object, object> values
+        && values.TryGetValue("max_connections", out var text)
+        && int.TryParse(Convert.ToString(text, CultureInfo.InvariantCulture), CultureInfo.InvariantCulture, out var max)
+            ? max
+            : PostgresDefaultMaxConnections;
+}
