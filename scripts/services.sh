@@ -51,6 +51,8 @@ rabbit_up() {
   fi
   if port_open "$RABBIT_PORT"; then
     log "RabbitMQ already listening on $RABBIT_PORT; reusing it"
+    as_root rabbitmq-plugins enable rabbitmq_shovel rabbitmq_shovel_management >/dev/null 2>&1 \
+      || log "could not enable the shovel plugins (only bench/ErrorQueueMove needs them)"
   else
     log "starting RabbitMQ on 127.0.0.1:$RABBIT_PORT"
     # Loopback only: AMQP, management, epmd and Erlang distribution.
@@ -66,7 +68,8 @@ management.tcp.ip = 127.0.0.1
 management.tcp.port = $RABBIT_MGMT_PORT
 loopback_users = none
 CONF
-    as_root rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+    # Shovel: only the error-queue benchmark's comparison (bench/ErrorQueueMove) uses it.
+    as_root rabbitmq-plugins enable --offline rabbitmq_management rabbitmq_shovel rabbitmq_shovel_management >/dev/null
     mkdir -p "$STATE_DIR"
     as_root sh -c 'nohup rabbitmq-server >/tmp/conveyor-rabbitmq.log 2>&1 &'
     touch "$STATE_DIR/rabbitmq.started"

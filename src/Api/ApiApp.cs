@@ -1,5 +1,10 @@
+using Conveyor.Api.Backpressure;
+using Conveyor.Api.Dashboard;
+using Conveyor.Api.ErrorQueues;
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
+using Conveyor.Api.Operations;
+using Conveyor.Api.Security;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 
@@ -8,7 +13,11 @@ namespace Conveyor.Api;
 /// <summary>Builds the Api host; <c>Program.cs</c> runs it and the integration tests start it in-process.</summary>
 public static class ApiApp
 {
-    public static WebApplication Build(string[] args)
+    /// <summary>The meter of the Api's own metrics (queue depths, error-queue depths).</summary>
+    public const string ApiMeterName = "Conveyor.Api";
+
+    /// <param name="configure">Lets tests add to the host before it is built (an in-memory exporter, say).</param>
+    public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions
         {
@@ -17,19 +26,38 @@ public static class ApiApp
             ApplicationName = typeof(ApiApp).Assembly.GetName().Name,
         });
 
+        builder.AddConveyorTelemetry("conveyor-api", ApiMeterName);
         builder.Services.AddConveyorStorage(builder.Configuration);
         builder.Services.AddApiMessaging(builder.Configuration);
         builder.Services.AddConveyorHealthChecks();
         builder.Services.AddApiProblemDetails();
         builder.Services.AddOpenApi();
         builder.Services.AddJobs();
+        builder.Services.AddBackpressure();
+        builder.Services.AddApiSecurity(builder.Configuration);
+        builder.Services.AddErrorQueues();
+        builder.Services.AddDashboard();
 
+        configure?.Invoke(builder);
         var app = builder.Build();
 
         app.UseApiErrorHandling();
-        app.MapOpenApi();
-        app.MapConveyorHealthEndpoints();
+        app.UseSecurityHeaders();
+        app.UseAuthentication();
+        // Before authorization, so a forged request is refused whatever the endpoint.
+        app.UseSessionCsrfProtection();
+        app.UseAuthorization();
+        // After authentication: clients are told apart by their principal.
+        app.UseRateLimiter();
+        // Everything else needs a caller (the fallback policy); probes, scrapes and the API description do not.
+        var open = app.MapGroup("").AllowAnonymous();
+        open.MapOpenApi();
+        open.MapConveyorHealthEndpoints();
+        open.MapConveyorMetrics();
         app.MapJobsApi();
+        app.MapErrorQueuesApi();
+        app.MapOperationsApi();
+        app.MapDashboard();
 
         return app;
     }

@@ -30,4 +30,10 @@ public sealed class RabbitMqOptions
     /// <summary>Seconds to wait for a connection or a publisher confirm before giving up.</summary>
     [Range(1, 300)]
     public int ConnectTimeoutSeconds { get; set; } = 5;
+
+    /// <summary>
+    /// Declare the job queues as quorum queues (replicated; for a clustered RabbitMQ). Decide before
+    /// the first deployment: RabbitMQ cannot change the type of an existing queue.
+    /// </summary>
+    public bool QuorumQueues { get; set; }
 }

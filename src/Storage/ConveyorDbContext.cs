@@ -1,5 +1,6 @@
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Operations;
 using Conveyor.Storage.Payments;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Storage.Reports;
@@ -24,6 +25,8 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
 
     public DbSet<ScheduledMessage> ScheduledMessages => Set<ScheduledMessage>();
 
+    public DbSet<ErrorQueueOperation> ErrorQueueOperations => Set<ErrorQueueOperation>();
+
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
         modelBuilder.Entity<Job>(job =>
@@ -38,6 +41,9 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             job.HasIndex(j => new { j.Kind, j.BusinessKey }).IsUnique();
             job.HasIndex(j => j.IdempotencyKey).IsUnique();
             job.HasIndex(j => new { j.Status, j.UpdatedAt });
+            // GET /api/jobs: newest first, keyset paging on (created_at, id), optionally by status.
+            job.HasIndex(j => new { j.CreatedAt, j.Id });
+            job.HasIndex(j => new { j.Status, j.CreatedAt, j.Id });
         });
 
         modelBuilder.Entity<InboxRecord>(inbox =>
@@ -90,6 +96,26 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             scheduled.Property(s => s.Headers).HasColumnType("jsonb");
             scheduled.HasIndex(s => s.DedupeKey).IsUnique();
             scheduled.HasIndex(s => s.DueAt);
+        });
+
+        modelBuilder.Entity<ErrorQueueOperation>(operation =>
+        {
+            operation.ToTable("error_queue_operations");
+            operation.HasKey(o => o.Id);
+            operation.Property(o => o.Kind).HasMaxLength(16);
+            operation.Property(o => o.Queue).HasMaxLength(255);
+            operation.Property(o => o.Target).HasMaxLength(255);
+            operation.Property(o => o.Filter).HasColumnType("jsonb");
+            operation.Property(o => o.State).HasMaxLength(16);
+            operation.Property(o => o.RequestedBy).HasMaxLength(200);
+            operation.Property(o => o.ClientAddress).HasMaxLength(100);
+            operation.Property(o => o.Owner).HasMaxLength(200);
+            operation.Property(o => o.MessageIds).HasColumnType("jsonb");
+            operation.Property(o => o.Targets).HasColumnType("jsonb");
+            operation.Property(o => o.Detail).HasMaxLength(2000);
+            // At most one running operation per queue, whichever Api replica runs it.
+            operation.HasIndex(o => o.Queue).IsUnique().HasFilter("state = 'running'").HasDatabaseName("ix_error_queue_operations_one_running_per_queue");
+            operation.HasIndex(o => o.CreatedAt);
         });
 
         modelBuilder.Entity<Report>(report =>

@@ -1,6 +1,7 @@
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Worker.Hosting;
+using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
 using Microsoft.EntityFrameworkCore;
 
@@ -22,18 +23,26 @@ public static partial class WorkerApp
         return 0;
     }
 
-    public static WebApplication Build(string[] args)
+    /// <param name="configure">Lets tests add to the host before it is built (an in-memory exporter, say).</param>
+    public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
-        var builder = WebApplication.CreateBuilder(args);
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions
+        {
+            Args = args,
+            ApplicationName = typeof(WorkerApp).Assembly.GetName().Name,
+        });
+        builder.AddConveyorTelemetry("conveyor-worker", JobMetrics.MeterName);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddConveyorStorage(builder.Configuration);
         builder.Services.AddWorkerIntegrations(builder.Configuration);
         builder.Services.AddWorkerMessaging(builder.Configuration);
         builder.Services.AddOrderedShutdown(builder.Configuration);
         builder.Services.AddConveyorHealthChecks();
+        configure?.Invoke(builder);
 
         var app = builder.Build();
         app.MapConveyorHealthEndpoints();
+        app.MapConveyorMetrics();
         return app;
     }
 

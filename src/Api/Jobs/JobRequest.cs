@@ -12,12 +12,18 @@ internal abstract class JobRequest(string kind, Guid businessId)
     /// <summary>The command's business id in "D" format, as stored in <c>jobs.business_key</c>.</summary>
     public string BusinessKey { get; } = businessId.ToString("D");
 
+    /// <summary>When the job is to run; null = now.</summary>
+    public DateTimeOffset? RunAt { get; set; }
+
     public static JobRequest For<TCommand>(string kind, Guid businessId, TCommand command)
         where TCommand : class =>
         new Typed<TCommand>(kind, businessId, command);
 
     /// <summary>Publishes the command stamped with the job id; returns once the broker has confirmed it.</summary>
     public abstract Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken);
+
+    /// <summary>The command as a MassTransit JSON envelope, the bytes a scheduled job is published with.</summary>
+    public abstract byte[] ToEnvelope(Guid messageId, Guid jobId, DateTimeOffset sentTime);
 
     private sealed class Typed<TCommand>(string kind, Guid businessId, TCommand command)
         : JobRequest(kind, businessId)
@@ -28,5 +34,8 @@ internal abstract class JobRequest(string kind, Guid businessId)
                 command,
                 context => context.Headers.Set(JobHeaders.JobId, jobId.ToString()),
                 cancellationToken);
+
+        public override byte[] ToEnvelope(Guid messageId, Guid jobId, DateTimeOffset sentTime) =>
+            ScheduledJobs.Envelope(command, MessageUrn.ForTypeString<TCommand>(), messageId, jobId, sentTime);
     }
 }

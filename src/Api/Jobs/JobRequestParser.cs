@@ -17,8 +17,14 @@ internal static class JobRequestParser
 
     public static bool IsKnownKind(string kind) => JobKinds.All.Contains(kind, StringComparer.Ordinal);
 
+    /// <summary>The optional top-level field that schedules a job for later; the other fields are the command's.</summary>
+    public const string RunAtField = "runAt";
+
+    /// <summary>How far ahead a job may be scheduled.</summary>
+    public const int MaxRunAheadDays = 365;
+
     /// <summary>Null when <paramref name="errors"/> received at least one error.</summary>
-    public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors)
+    public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now)
     {
         JsonDocument document;
         try
@@ -42,13 +48,36 @@ internal static class JobRequestParser
             }
 
             var fields = new JsonFields(document.RootElement, errors);
-            return kind switch
+            var runAt = ReadRunAt(fields, errors, now);
+            var request = kind switch
             {
                 JobKinds.ChargePayment => ChargePaymentRequest.Read(fields),
                 JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields),
                 JobKinds.GenerateReport => GenerateReportRequest.Read(fields),
                 _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
             };
+            if (request is not null)
+            {
+                request.RunAt = runAt;
+            }
+
+            return request;
         }
+    }
+
+    private static DateTimeOffset? ReadRunAt(JsonFields fields, FieldErrors errors, DateTimeOffset now)
+    {
+        if (fields.OptionalTimestamp(RunAtField) is not { } runAt)
+        {
+            return null;
+        }
+
+        if (runAt <= now || runAt > now.AddDays(MaxRunAheadDays))
+        {
+            errors.Add(RunAtField, $"Must be in the future and at most {MaxRunAheadDays} days ahead.");
+            return null;
+        }
+
+        return runAt;
     }
 }

@@ -5,7 +5,8 @@ namespace Conveyor.Api.Jobs;
 /// <summary>Body of the 202 answer to a submission.</summary>
 public sealed record JobAccepted(Guid JobId, string Kind, string Status);
 
-/// <summary>Body of <c>GET /api/jobs/{jobId}</c>.</summary>
+/// <summary>Body of <c>GET /api/jobs/{jobId}</c>, and an item of a listing.</summary>
+/// <param name="NextAttemptAt">When a scheduled job is due, or a retry-scheduled job's next attempt.</param>
 public sealed record JobDetails(
     Guid JobId,
     string Kind,
@@ -14,8 +15,14 @@ public sealed record JobDetails(
     string? LastError,
     int? Progress,
     DateTimeOffset CreatedAt,
-    DateTimeOffset UpdatedAt)
+    DateTimeOffset UpdatedAt,
+    DateTimeOffset? NextAttemptAt = null,
+    DateTimeOffset? FinishedAt = null)
 {
     internal static JobDetails From(Job job) => new(
-        job.Id, job.Kind, job.Status, job.Attempts, job.LastError, job.Progress, job.CreatedAt, job.UpdatedAt);
+        job.Id, job.Kind, job.Status, job.Attempts, job.LastError, job.Progress, job.CreatedAt, job.UpdatedAt,
+        job.NextAttemptAt, job.FinishedAt);
 }
+
+/// <summary>Body of <c>GET /api/jobs</c>: newest first; <see cref="NextCursor"/> is null on the last page.</summary>
+public sealed record JobPage(IReadOnlyList<JobDetails> Items, string? NextCursor);

@@ -5,6 +5,7 @@ using MassTransit;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 using Npgsql;
+using System.Globalization;
 
 namespace Conveyor.Api.Jobs;
 
@@ -56,27 +57,30 @@ internal sealed class JobSubmitter(
             Id = Guid.CreateVersion7(now),
             Kind = request.Kind,
             BusinessKey = request.BusinessKey,
-            Status = JobStatus.Queued,
+            Status = request.RunAt is null ? JobStatus.Queued : JobStatus.Scheduled,
             Attempts = 0,
             IdempotencyKey = idempotencyKey,
             RequestHash = requestHash,
             CreatedAt = now,
             UpdatedAt = now,
+            NextAttemptAt = request.RunAt,
         };
 
-        await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
+        try
         {
-            db.Jobs.Add(job);
-            try
-            {
-                await db.SaveChangesAsync(cancellationToken);
-            }
-            catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
-            {
-                // A concurrent request inserted the same key first; answer with its job.
-                return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
-                    ?? new SubmitResult(SubmitStatus.InFlight);
-            }
+            await InsertAsync(job, request, now, cancellationToken);
+        }
+        catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
+        {
+            // A concurrent request inserted the same key first; answer with its job.
+            return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
+                ?? new SubmitResult(SubmitStatus.InFlight);
+        }
+
+        if (request.RunAt is { } runAt)
+        {
+            JobsLog.JobScheduled(logger, job.Id, job.Kind, job.BusinessKey, runAt);
+            return new SubmitResult(SubmitStatus.Created, job);
         }
 
         if (await TryPublishAsync(request, job.Id, cancellationToken))
@@ -86,6 +90,29 @@ internal sealed class JobSubmitter(
         }
 
         return await RemoveUnpublishedAsync(job);
+    }
+
+    /// <summary>
+    /// Commits the job row; a scheduled job's command is stored with it, in the same transaction, for
+    /// the worker's dispatcher to publish when due (the NOTIFY wakes it when the transaction commits).
+    /// </summary>
+    private async Task InsertAsync(Job job, JobRequest request, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        db.Jobs.Add(job);
+        if (request.RunAt is not { } runAt)
+        {
+            await db.SaveChangesAsync(cancellationToken);
+            return;
+        }
+
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
+        await db.SaveChangesAsync(cancellationToken);
+        var dueAtMilliseconds = runAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
+        await db.Database.ExecuteSqlInterpolatedAsync(
+            $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAtMilliseconds})", cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
     }
 
     private async Task<SubmitResult?> FindExistingAsync(

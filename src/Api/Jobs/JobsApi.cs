@@ -1,3 +1,5 @@
+using Conveyor.Api.Backpressure;
+using Conveyor.Api.Security;
 using Conveyor.Contracts;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -9,7 +11,10 @@ using System.Text.Json;
 
 namespace Conveyor.Api.Jobs;
 
-/// <summary><c>POST /api/jobs/{kind}</c> submits a job; <c>GET /api/jobs/{jobId}</c> shows it.</summary>
+/// <summary>
+/// <c>POST /api/jobs/{kind}</c> submits a job (now or at <c>runAt</c>); <c>GET /api/jobs/{jobId}</c>
+/// shows it; <c>GET /api/jobs</c> lists jobs; <c>DELETE /api/jobs/{jobId}</c> cancels one not yet started.
+/// </summary>
 internal static class JobsApi
 {
     public const int MaxBodyBytes = 256 * 1024;
@@ -21,33 +26,56 @@ internal static class JobsApi
     {
         services.AddSingleton(TimeProvider.System);
         services.AddScoped<JobSubmitter>();
+        services.AddScoped<JobCanceller>();
         return services;
     }
 
     public static IEndpointRouteBuilder MapJobsApi(this IEndpointRouteBuilder endpoints)
     {
-        var jobs = endpoints.MapGroup("/api/jobs").WithTags("Jobs");
+        var jobs = endpoints.MapGroup("/api/jobs")
+            .WithTags("Jobs")
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status403Forbidden);
 
         jobs.MapPost("/{kind}", SubmitJob)
             .WithName("SubmitJob")
-            .WithSummary("Submit a job: charge-payment, deliver-webhook or generate-report.")
+            .RequireAuthorization(ApiPolicies.JobsPublish)
+            .WithSummary("Submit a job: charge-payment, deliver-webhook or generate-report; optional runAt schedules it.")
             .Accepts<JsonElement>("application/json")
+            .RequireRateLimiting(BackpressureRegistration.JobSubmissionPolicy)
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
+        jobs.MapGet("", ListJobs)
+            .WithName("ListJobs")
+            .RequireAuthorization(ApiPolicies.JobsRead)
+            .WithSummary("Jobs, newest first, optionally of one status and kind; page on with nextCursor.");
 
         jobs.MapGet("/{jobId:guid}", GetJob)
             .WithName("GetJob")
+            .RequireAuthorization(ApiPolicies.JobsRead)
             .WithSummary("The status of a job.");
+
+        jobs.MapDelete("/{jobId:guid}", CancelJob)
+            .WithName("CancelJob")
+            .RequireAuthorization(ApiPolicies.JobsPublish)
+            .WithSummary("Cancel a queued or scheduled job.");
 
         return endpoints;
     }
 
     internal static async Task<Results<Accepted<JobAccepted>, ValidationProblem, ProblemHttpResult>> SubmitJob(
-        string kind, HttpContext http, JobSubmitter submitter, CancellationToken cancellationToken)
+        string kind,
+        HttpContext http,
+        JobSubmitter submitter,
+        BackpressureGate backpressure,
+        TimeProvider clock,
+        CancellationToken cancellationToken)
     {
         var request = http.Request;
         if (!JobRequestParser.IsKnownKind(kind))
@@ -76,10 +104,22 @@ internal static class JobsApi
             return BodyTooLarge();
         }
 
-        var job = JobRequestParser.Parse(kind, body, errors);
+        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow());
         if (job is null || errors.Count > 0)
         {
             return TypedResults.ValidationProblem(errors.ToDictionary());
+        }
+
+        // Checked before the row is written. A scheduled job publishes nothing now, so neither the
+        // queue's depth nor a broker alarm concerns it.
+        if (job.RunAt is null && backpressure.Check(kind) is { Admission: not Admission.Admitted } refused)
+        {
+            http.Response.Headers.RetryAfter = backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
+            return refused.Admission == Admission.QueueFull
+                ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full",
+                    $"{refused.Detail} Retry later; the same Idempotency-Key may be reused.")
+                : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers",
+                    $"{refused.Detail} Retry later; the same Idempotency-Key may be reused.");
         }
 
         var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
@@ -116,6 +156,29 @@ internal static class JobsApi
         return job is null
             ? Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {jobId}.")
             : TypedResults.Ok(JobDetails.From(job));
+    }
+
+    internal static async Task<Results<Ok<JobPage>, ValidationProblem>> ListJobs(
+        string? status, string? kind, string? limit, string? cursor, ConveyorDbContext db, CancellationToken cancellationToken)
+    {
+        var errors = new FieldErrors();
+        var query = JobListing.Parse(status, kind, limit, cursor, errors);
+        return query is null
+            ? TypedResults.ValidationProblem(errors.ToDictionary())
+            : TypedResults.Ok(await JobListing.ListAsync(db, query, cancellationToken));
+    }
+
+    internal static async Task<Results<Ok<JobDetails>, ProblemHttpResult>> CancelJob(
+        Guid jobId, JobCanceller canceller, CancellationToken cancellationToken)
+    {
+        var result = await canceller.CancelAsync(jobId, cancellationToken);
+        return result switch
+        {
+            { Status: CancelStatus.Cancelled or CancelStatus.AlreadyCancelled, Job: { } job } => TypedResults.Ok(JobDetails.From(job)),
+            { Status: CancelStatus.TooLate, Job: { } job } => Problem(StatusCodes.Status409Conflict, "Job cannot be cancelled",
+                $"Job {jobId} is {job.Status}; only queued or scheduled jobs can be cancelled."),
+            _ => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {jobId}."),
+        };
     }
 
     private static ProblemHttpResult BodyTooLarge() =>

@@ -17,4 +17,11 @@ internal static partial class JobsLog
     [LoggerMessage(EventId = 1004, Level = LogLevel.Error,
         Message = "Could not remove the row of unpublished job {JobId}; it stays queued")]
     public static partial void RemoveUnpublishedFailed(ILogger logger, Exception exception, Guid jobId);
+
+    [LoggerMessage(EventId = 1005, Level = LogLevel.Information,
+        Message = "Job {JobId} ({Kind} {BusinessKey}) scheduled for {RunAt:O}")]
+    public static partial void JobScheduled(ILogger logger, Guid jobId, string kind, string businessKey, DateTimeOffset runAt);
+
+    [LoggerMessage(EventId = 1006, Level = LogLevel.Information, Message = "Job {JobId} ({Kind}) cancelled")]
+    public static partial void JobCancelled(ILogger logger, Guid jobId, string kind);
 }

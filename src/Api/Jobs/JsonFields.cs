@@ -80,6 +80,25 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
         return number;
     }
 
+    /// <summary>An ISO 8601 date and time with an explicit offset (<c>Z</c> or <c>+02:00</c>), or null when absent.</summary>
+    public DateTimeOffset? OptionalTimestamp(string name)
+    {
+        if (!TryFind(name, out var value) || value.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        if (value.ValueKind != JsonValueKind.String
+            || !value.TryGetDateTimeOffset(out var timestamp)
+            || !HasExplicitOffset(value.GetString()!))
+        {
+            errors.Add(name, "Must be an ISO 8601 date and time with an offset, such as 2030-01-31T09:30:00Z or 2030-01-31T10:30:00+01:00.");
+            return null;
+        }
+
+        return timestamp;
+    }
+
     /// <summary>Any JSON value but null; cloned so it outlives the parsed document.</summary>
     public JsonElement RequiredValue(string name)
     {
@@ -90,6 +109,11 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
 
         return value.Clone();
     }
+
+    /// <summary>Without an offset a time would be read in the server's zone: a guess.</summary>
+    private static bool HasExplicitOffset(string text) =>
+        text.EndsWith('Z') || text.EndsWith('z')
+        || (text.Length > 6 && text[^6] is '+' or '-' && text[^3] == ':');
 
     private string? ReadString(string name, JsonElement value, Func<string, string?> rule)
     {

@@ -138,6 +138,9 @@ namespace Conveyor.Storage.Migrations
                         .IsUnique()
                         .HasDatabaseName("ix_jobs_idempotency_key");
 
+                    b.HasIndex("CreatedAt", "Id")
+                        .HasDatabaseName("ix_jobs_created_at_id");
+
                     b.HasIndex("Kind", "BusinessKey")
                         .IsUnique()
                         .HasDatabaseName("ix_jobs_kind_business_key");
@@ -145,7 +148,142 @@ namespace Conveyor.Storage.Migrations
                     b.HasIndex("Status", "UpdatedAt")
                         .HasDatabaseName("ix_jobs_status_updated_at");
 
+                    b.HasIndex("Status", "CreatedAt", "Id")
+                        .HasDatabaseName("ix_jobs_status_created_at_id");
+
                     b.ToTable("jobs", (string)null);
+                });
+
+            modelBuilder.Entity("Conveyor.Storage.Operations.ErrorQueueOperation", b =>
+                {
+                    b.Property<Guid>("Id")
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("uuid")
+                        .HasColumnName("id");
+
+                    b.Property<string>("ClientAddress")
+                        .HasMaxLength(100)
+                        .HasColumnType("character varying(100)")
+                        .HasColumnName("client_address");
+
+                    b.Property<DateTimeOffset>("CreatedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("created_at");
+
+                    b.Property<string>("Detail")
+                        .HasMaxLength(2000)
+                        .HasColumnType("character varying(2000)")
+                        .HasColumnName("detail");
+
+                    b.Property<bool>("DryRun")
+                        .HasColumnType("boolean")
+                        .HasColumnName("dry_run");
+
+                    b.Property<long>("Examined")
+                        .HasColumnType("bigint")
+                        .HasColumnName("examined");
+
+                    b.Property<long>("Failed")
+                        .HasColumnType("bigint")
+                        .HasColumnName("failed");
+
+                    b.Property<string>("Filter")
+                        .IsRequired()
+                        .HasColumnType("jsonb")
+                        .HasColumnName("filter");
+
+                    b.Property<DateTimeOffset?>("FinishedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("finished_at");
+
+                    b.Property<string>("Kind")
+                        .IsRequired()
+                        .HasMaxLength(16)
+                        .HasColumnType("character varying(16)")
+                        .HasColumnName("kind");
+
+                    b.Property<long?>("Left")
+                        .HasColumnType("bigint")
+                        .HasColumnName("left");
+
+                    b.Property<int?>("Limit")
+                        .HasColumnType("integer")
+                        .HasColumnName("limit");
+
+                    b.Property<long>("Matched")
+                        .HasColumnType("bigint")
+                        .HasColumnName("matched");
+
+                    b.Property<string>("MessageIds")
+                        .IsRequired()
+                        .HasColumnType("jsonb")
+                        .HasColumnName("message_ids");
+
+                    b.Property<bool>("MessageIdsTruncated")
+                        .HasColumnType("boolean")
+                        .HasColumnName("message_ids_truncated");
+
+                    b.Property<long>("Moved")
+                        .HasColumnType("bigint")
+                        .HasColumnName("moved");
+
+                    b.Property<string>("Owner")
+                        .HasMaxLength(200)
+                        .HasColumnType("character varying(200)")
+                        .HasColumnName("owner");
+
+                    b.Property<long>("Purged")
+                        .HasColumnType("bigint")
+                        .HasColumnName("purged");
+
+                    b.Property<string>("Queue")
+                        .IsRequired()
+                        .HasMaxLength(255)
+                        .HasColumnType("character varying(255)")
+                        .HasColumnName("queue");
+
+                    b.Property<long>("QueueDepthAtStart")
+                        .HasColumnType("bigint")
+                        .HasColumnName("queue_depth_at_start");
+
+                    b.Property<string>("RequestedBy")
+                        .IsRequired()
+                        .HasMaxLength(200)
+                        .HasColumnType("character varying(200)")
+                        .HasColumnName("requested_by");
+
+                    b.Property<string>("State")
+                        .IsRequired()
+                        .HasMaxLength(16)
+                        .HasColumnType("character varying(16)")
+                        .HasColumnName("state");
+
+                    b.Property<string>("Target")
+                        .HasMaxLength(255)
+                        .HasColumnType("character varying(255)")
+                        .HasColumnName("target");
+
+                    b.Property<string>("Targets")
+                        .IsRequired()
+                        .HasColumnType("jsonb")
+                        .HasColumnName("targets");
+
+                    b.Property<DateTimeOffset>("UpdatedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("updated_at");
+
+                    b.HasKey("Id")
+                        .HasName("pk_error_queue_operations");
+
+                    b.HasIndex("CreatedAt")
+                        .HasDatabaseName("ix_error_queue_operations_created_at");
+
+                    b.HasIndex("Queue")
+                        .IsUnique()
+                        .HasDatabaseName("ix_error_queue_operations_one_running_per_queue")
+                        .HasFilter("state = 'running'");
+
+                    b.ToTable("error_queue_operations", (string)null);
                 });
 
             modelBuilder.Entity("Conveyor.Storage.Payments.LedgerEntry", b =>

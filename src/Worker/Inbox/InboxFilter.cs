@@ -40,14 +40,20 @@ public sealed partial class InboxFilter<T>(
         {
             await transaction.CommitAsync(cancellationToken);
             LogDuplicate(consumerId, messageKey, context.MessageId);
-            InboxMetrics.DuplicatesSkipped.Add(1, new KeyValuePair<string, object?>("consumer", consumerId));
+            JobMetrics.DuplicateSkipped(consumerId);
             return;
         }
 
-        if (job is { } started)
+        if (job is { } started && !await tracker.StartAttemptAsync(started, cancellationToken))
         {
-            await tracker.StartAttemptAsync(started, cancellationToken);
+            // Cancelled, or succeeded already: record the message as handled and do nothing.
+            await transaction.CommitAsync(cancellationToken);
+            LogNotRun(started.Kind, started.BusinessKey);
+            return;
         }
+
+        var startedAt = time.GetTimestamp();
+        using var logScope = JobLogScope.Begin(logger, job, context);
 
         try
         {
@@ -59,6 +65,10 @@ public sealed partial class InboxFilter<T>(
 
             await db.SaveChangesAsync(cancellationToken);
             await transaction.CommitAsync(cancellationToken);
+            if (job is { } done)
+            {
+                JobMetrics.Succeeded(done.Kind, time.GetElapsedTime(startedAt));
+            }
         }
         catch (Exception exception)
         {
@@ -66,6 +76,7 @@ public sealed partial class InboxFilter<T>(
             var stopping = exception is OperationCanceledException && cancellationToken.IsCancellationRequested;
             if (job is { } failed && !stopping)
             {
+                JobMetrics.AttemptFailed(failed.Kind);
                 await RecordFailureQuietlyAsync(failed, exception);
             }
 
@@ -102,6 +113,9 @@ public sealed partial class InboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {MessageKey}, message {MessageId}")]
     private partial void LogDuplicate(string consumerId, string messageKey, Guid? messageId);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {Kind}/{BusinessKey} is cancelled or already succeeded; the message is acked without running it")]
+    private partial void LogNotRun(string kind, string businessKey);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Rolling back the inbox transaction failed")]
     private partial void LogRollbackFailed(Exception exception);

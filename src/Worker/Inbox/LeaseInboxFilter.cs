@@ -43,7 +43,15 @@ public sealed partial class LeaseInboxFilter<T>(
             return;
         }
 
-        await tracker.StartAttemptAsync(job, cancellationToken);
+        if (!await tracker.StartAttemptAsync(job, cancellationToken))
+        {
+            // Cancelled, or succeeded already: mark the message handled without running it.
+            await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
+            return;
+        }
+
+        var startedAt = time.GetTimestamp();
+        using var logScope = JobLogScope.Begin(logger, job, context);
         using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, heartbeatStop.Token);
         try
@@ -51,7 +59,10 @@ public sealed partial class LeaseInboxFilter<T>(
             await next.Send(context);
             await heartbeatStop.CancelAsync();
             await heartbeat;
-            await CompleteAsync(job, consumerId, key, owner, cancellationToken);
+            if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, cancellationToken))
+            {
+                JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+            }
         }
         catch (Exception exception)
         {
@@ -60,6 +71,7 @@ public sealed partial class LeaseInboxFilter<T>(
             await ReleaseQuietlyAsync(consumerId, key, owner);
             if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
+                JobMetrics.AttemptFailed(job.Kind);
                 await RecordFailureQuietlyAsync(job, exception);
             }
 
@@ -95,7 +107,7 @@ public sealed partial class LeaseInboxFilter<T>(
         if (row is null || row.Status == InboxStatus.Done)
         {
             LogDuplicate(consumerId, key);
-            InboxMetrics.DuplicatesSkipped.Add(1, new KeyValuePair<string, object?>("consumer", consumerId));
+            JobMetrics.DuplicateSkipped(consumerId);
             return;
         }
 
@@ -140,7 +152,7 @@ public sealed partial class LeaseInboxFilter<T>(
         }
     }
 
-    private async Task CompleteAsync(JobRef job, string consumerId, string key, string owner, CancellationToken cancellationToken)
+    private async Task<bool> CompleteAsync(JobRef job, string consumerId, string key, string owner, bool succeeded, CancellationToken cancellationToken)
     {
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         var done = await db.Database.ExecuteSqlInterpolatedAsync($"""
@@ -152,12 +164,17 @@ public sealed partial class LeaseInboxFilter<T>(
             // Our lease lapsed and another worker took the job over: its result will stand, not ours.
             await transaction.RollbackAsync(cancellationToken);
             LogLeaseLost(consumerId, key);
-            return;
+            return false;
         }
 
-        await db.SaveChangesAsync(cancellationToken);
-        await tracker.MarkSucceededAsync(db, job, cancellationToken);
+        if (succeeded)
+        {
+            await db.SaveChangesAsync(cancellationToken);
+            await tracker.MarkSucceededAsync(db, job, cancellationToken);
+        }
+
         await transaction.CommitAsync(cancellationToken);
+        return true;
     }
 
     private async Task ReleaseQuietlyAsync(string consumerId, string key, string owner)

@@ -32,6 +32,7 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
                 }
                 else
                 {
+                    JobMetrics.DeadLettered(job.Kind);
                     await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
                     var attempts = await tracker.AttemptsAsync(job, CancellationToken.None);
                     context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(job.JobId, job.Kind, attempts, FailureClassifier.IsTransient(exception)));

@@ -12,19 +12,24 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
 {
     private const int MaxErrorLength = 4000;
 
-    /// <summary>Marks an attempt as started; creates the row when another service published directly.</summary>
-    public async Task StartAttemptAsync(JobRef job, CancellationToken cancellationToken)
+    /// <summary>
+    /// Marks an attempt as started; creates the row when another service published directly.
+    /// False when the job must not run: it succeeded already (a replay after the inbox row was
+    /// swept) or was cancelled.
+    /// </summary>
+    public async Task<bool> StartAttemptAsync(JobRef job, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         var id = job.JobId ?? Guid.CreateVersion7();
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
+        var started = await db.Database.ExecuteSqlInterpolatedAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now})
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
-             WHERE jobs.status <> {JobStatus.Succeeded}
+             WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
             """, cancellationToken);
+        return started == 1;
     }
 
     /// <summary>Records the error of a failed attempt that will be retried in memory.</summary>
@@ -59,7 +64,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {JobStatus.Succeeded}, last_error = NULL, next_attempt_at = NULL,
                    progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END, updated_at = {now}, finished_at = {now}
-             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey}
+             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status <> {JobStatus.Cancelled}
             """, cancellationToken);
     }
 
@@ -88,7 +93,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
                    updated_at = {now}, finished_at = COALESCE({finishedAt}, finished_at)
-             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status <> {JobStatus.Succeeded}
+             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
             """, cancellationToken);
     }
 }

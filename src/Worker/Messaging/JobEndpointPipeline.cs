@@ -1,3 +1,4 @@
+using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
@@ -41,6 +42,12 @@ public static class JobEndpointPipeline
         var tracker = context.GetRequiredService<JobTracker>();
         var descriptor = context.GetRequiredService<JobDescriptor<TMessage>>();
         var logger = context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs");
+
+        if (context.GetRequiredService<IOptions<RabbitMqOptions>>().Value.QuorumQueues
+            && endpoint is IRabbitMqReceiveEndpointConfigurator rabbit)
+        {
+            rabbit.SetQuorumQueue();
+        }
 
         endpoint.PrefetchCount = options.PrefetchCount;
         endpoint.ConcurrentMessageLimit = options.ConcurrentMessageLimit;

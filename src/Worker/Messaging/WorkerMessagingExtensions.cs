@@ -6,6 +6,7 @@ using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Payments;
 using Conveyor.Worker.Redelivery;
+using Conveyor.Worker.Retention;
 using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using MassTransit;
@@ -34,6 +35,9 @@ public static class WorkerMessagingExtensions
         services.AddSingleton<BrokerPublisher>();
         services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddHostedService<RedeliveryDispatcher>();
+        services.AddOptions<RetentionOptions>().BindConfiguration(RetentionOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<RetentionSweeper>();
+        services.AddHostedService(provider => provider.GetRequiredService<RetentionSweeper>());
 
         services.AddMassTransit(bus =>
         {

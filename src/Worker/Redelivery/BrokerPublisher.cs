@@ -64,18 +64,7 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             }
 
             await CloseAsync();
-            var broker = options.Value;
-            var factory = new ConnectionFactory
-            {
-                HostName = broker.Host,
-                Port = broker.Port,
-                VirtualHost = broker.VirtualHost,
-                UserName = broker.Username,
-                Password = broker.Password,
-                RequestedConnectionTimeout = TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds),
-                AutomaticRecoveryEnabled = false,
-            };
-            _connection = await factory.CreateConnectionAsync("conveyor-redelivery-dispatcher", cancellationToken);
+            _connection = await options.Value.ConnectAsync("conveyor-redelivery-dispatcher", cancellationToken);
             _channel = await _connection.CreateChannelAsync(
                 new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true),
                 cancellationToken);

@@ -1,6 +1,6 @@
 using System.Diagnostics.Metrics;
 using Conveyor.Storage;
-using Conveyor.Worker.Inbox;
+using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 using Npgsql;
@@ -19,10 +19,9 @@ public sealed partial class RedeliveryDispatcher(
     TimeProvider time,
     ILogger<RedeliveryDispatcher> logger) : BackgroundService
 {
-    private static readonly Meter Meter = new(InboxMetrics.MeterName);
-    private static readonly Histogram<double> Lateness = Meter.CreateHistogram<double>(
+    private static readonly Histogram<double> Lateness = JobMetrics.Instance.CreateHistogram<double>(
         "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published");
-    private static readonly Counter<long> Published = Meter.CreateCounter<long>(
+    private static readonly Counter<long> Published = JobMetrics.Instance.CreateCounter<long>(
         "conveyor.redelivery.published", description: "Scheduled messages published by the dispatcher");
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)

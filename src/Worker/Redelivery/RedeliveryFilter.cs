@@ -52,6 +52,7 @@ public sealed partial class RedeliveryFilter<T>(
             await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
                 attempt, dueAt, headers, CancellationToken.None);
             await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context)), exception, dueAt, CancellationToken.None);
+            JobMetrics.RetryScheduled(descriptor.Kind);
             LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
             if (faultObserver is not null)
             {

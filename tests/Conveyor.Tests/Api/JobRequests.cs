@@ -1,4 +1,7 @@
+using Conveyor.Api.Jobs;
+using System.Net;
 using System.Net.Http.Headers;
+using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 
@@ -9,6 +12,10 @@ internal static class JobRequests
 {
     public static string ChargePayment(Guid paymentId, long amountMinor = 1250, string currency = "EUR") =>
         JsonSerializer.Serialize(new { paymentId, accountId = "acct-42", amountMinor, currency });
+
+    /// <summary>A charge to run at <paramref name="runAt"/>, sent with its offset as ISO 8601.</summary>
+    public static string ScheduledChargePayment(Guid paymentId, DateTimeOffset runAt) =>
+        JsonSerializer.Serialize(new { paymentId, accountId = "acct-42", amountMinor = 1250, currency = "EUR", runAt = runAt.ToString("O") });
 
     public static string DeliverWebhook(Guid webhookId) =>
         JsonSerializer.Serialize(new
@@ -37,6 +44,29 @@ internal static class JobRequests
 
         return await client.SendAsync(request, cancellationToken);
     }
+
+    /// <summary>Submits a job and asserts it was accepted.</summary>
+    public static async Task<JobAccepted> AcceptJobAsync(this HttpClient client, string kind, string json)
+    {
+        using var response = await client.PostJobAsync(kind, json);
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted,
+            $"{kind} answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+        var accepted = await response.Content.ReadFromJsonAsync<JobAccepted>();
+        Assert.NotNull(accepted);
+        return accepted;
+    }
+
+    public static async Task<JobDetails> GetJobAsync(this HttpClient client, Guid jobId)
+    {
+        using var response = await client.GetAsync(new Uri($"/api/jobs/{jobId}", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var job = await response.Content.ReadFromJsonAsync<JobDetails>();
+        Assert.NotNull(job);
+        return job;
+    }
+
+    public static Task<HttpResponseMessage> CancelJobAsync(this HttpClient client, Guid jobId) =>
+        client.DeleteAsync(new Uri($"/api/jobs/{jobId}", UriKind.Relative));
 
     public static async Task<JsonElement> ReadJsonAsync(this HttpResponseMessage response) =>
         JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;

@@ -38,6 +38,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
 
     public int TotalRequests => _requests.Values.Sum();
 
+    /// <summary>How many different idempotency keys were asked for at least once.</summary>
+    public int DistinctKeysRequested => _requests.Count;
+
     public IReadOnlyCollection<Charge> Charges => [.. _charges.Values];
 
     public int RequestsFor(string idempotencyKey) => _requests.GetValueOrDefault(idempotencyKey);

@@ -1,6 +1,7 @@
 using Conveyor.Api;
 using Conveyor.Storage;
 using Conveyor.Worker;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
@@ -73,13 +74,22 @@ public sealed class ConveyorFixture : IAsyncLifetime
         return new ConveyorDbContext(options.Options);
     }
 
-    public Task<RunningApp> StartApiAsync(IDictionary<string, string?>? overrides = null) =>
-        RunningApp.StartAsync(ApiApp.Build, Merge(overrides));
+    /// <summary>Starts an Api that accepts <see cref="TestKeys"/> (and any keys in <paramref name="overrides"/>); its client sends the admin key.</summary>
+    public Task<RunningApp> StartApiAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
+    {
+        var settings = new Dictionary<string, string?>(TestKeys.Settings);
+        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
+        {
+            settings[key] = value;
+        }
+
+        return RunningApp.StartAsync(args => ApiApp.Build(args, configure), Merge(settings), TestKeys.Admin);
+    }
 
     /// <summary>Starts a worker and waits until its bus is connected and its queues exist.</summary>
-    public async Task<RunningApp> StartWorkerAsync(IDictionary<string, string?>? overrides = null)
+    public async Task<RunningApp> StartWorkerAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
     {
-        var worker = await RunningApp.StartAsync(WorkerApp.Build, Merge(overrides));
+        var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args, configure), Merge(overrides));
         await worker.WaitUntilReadyAsync();
         return worker;
     }

@@ -44,6 +44,15 @@ public sealed class RabbitManagement : IDisposable
         return QueueInfo.From(await response.Content.ReadFromJsonAsync<JsonElement>());
     }
 
+    /// <summary>"classic", "quorum" or "stream"; null when the queue does not exist.</summary>
+    public async Task<string?> QueueTypeAsync(string vhost, string queue)
+    {
+        using var response = await _http.GetAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}");
+        return response.IsSuccessStatusCode
+            ? (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("type").GetString()
+            : null;
+    }
+
     public async Task PurgeAsync(string vhost, string queue) =>
         await _http.DeleteAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}/contents");
 

@@ -11,11 +11,16 @@ public sealed class RunningApp : IAsyncDisposable
     private readonly WebApplication _app;
     private bool _stopped;
 
-    private RunningApp(WebApplication app, Uri baseAddress)
+    private RunningApp(WebApplication app, Uri baseAddress, string? apiKey)
     {
         _app = app;
         BaseAddress = baseAddress;
         Client = new HttpClient { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(60) };
+        if (apiKey is not null)
+        {
+            // A request that sets its own X-Api-Key keeps it: default headers never override a request's.
+            Client.DefaultRequestHeaders.Add("X-Api-Key", apiKey);
+        }
     }
 
     public Uri BaseAddress { get; }
@@ -24,7 +29,8 @@ public sealed class RunningApp : IAsyncDisposable
 
     public IServiceProvider Services => _app.Services;
 
-    public static async Task<RunningApp> StartAsync(Func<string[], WebApplication> build, IReadOnlyDictionary<string, string?> settings)
+    /// <param name="apiKey">The key <see cref="Client"/> sends; null for none (a worker).</param>
+    public static async Task<RunningApp> StartAsync(Func<string[], WebApplication> build, IReadOnlyDictionary<string, string?> settings, string? apiKey = null)
     {
         var args = settings
             .Where(s => s.Value is not null)
@@ -34,7 +40,7 @@ public sealed class RunningApp : IAsyncDisposable
         var app = build(args);
         await app.StartAsync();
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new RunningApp(app, new Uri(address));
+        return new RunningApp(app, new Uri(address), apiKey);
     }
 
     /// <summary>Polls /health/ready until the bus and database answer (bounded).</summary>

@@ -1,0 +1,88 @@
+using System.Globalization;
+using Conveyor.Bench.Consume;
+
+namespace Conveyor.Bench;
+
+/// <summary>Command-line knobs (<c>--name value</c>); defaults are what <c>bench/run.sh</c> uses.</summary>
+public sealed class BenchOptions
+{
+    public required string RepositoryRoot { get; init; }
+
+    /// <summary>Rounds per setting (each variant once per round).</summary>
+    public int Runs { get; init; } = 3;
+
+    public int Messages { get; init; } = 10_000;
+
+    public int WarmupMessages { get; init; } = 2_000;
+
+    public IReadOnlyList<ConsumeSettings> ConsumeSettings { get; init; } = Consume.ConsumeSettings.Parse("32/16/50,64/32/80,128/64/150,16/8/30");
+
+    public int Requests { get; init; } = 10_000;
+
+    public int WarmupRequests { get; init; } = 2_000;
+
+    public int Concurrency { get; init; } = 64;
+
+    public int ApiPoolSize { get; init; } = 100;
+
+    public int RedeliveryRate { get; init; } = 1_000;
+
+    public int RedeliverySeconds { get; init; } = 30;
+
+    public double RedeliveryLeadSeconds { get; init; } = 2;
+
+    public int RedeliveryInserters { get; init; } = 8;
+
+    public int BurstMessages { get; init; } = 20_000;
+
+    public int RssSeconds { get; init; } = 60;
+
+    public int RssRuns { get; init; } = 1;
+
+    public static (string Command, BenchOptions Options) Parse(string[] args)
+    {
+        var named = args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal);
+        var command = named ? args[0] : "all";
+        var values = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        for (var i = named ? 1 : 0; i + 1 < args.Length; i += 2)
+        {
+            values[args[i].TrimStart('-')] = args[i + 1];
+        }
+
+        int Int(string name, int fallback) => values.TryGetValue(name, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
+        double Double(string name, double fallback) => values.TryGetValue(name, out var v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
+        var defaults = new BenchOptions { RepositoryRoot = "." };
+        return (command, new BenchOptions
+        {
+            RepositoryRoot = values.TryGetValue("root", out var root) ? Path.GetFullPath(root) : FindRoot(),
+            Runs = Int("runs", defaults.Runs),
+            Messages = Int("messages", defaults.Messages),
+            WarmupMessages = Int("warmup-messages", defaults.WarmupMessages),
+            ConsumeSettings = values.TryGetValue("settings", out var settings) ? Consume.ConsumeSettings.Parse(settings) : defaults.ConsumeSettings,
+            Requests = Int("requests", defaults.Requests),
+            WarmupRequests = Int("warmup-requests", defaults.WarmupRequests),
+            Concurrency = Int("concurrency", defaults.Concurrency),
+            ApiPoolSize = Int("api-pool", defaults.ApiPoolSize),
+            RedeliveryRate = Int("redelivery-rate", defaults.RedeliveryRate),
+            RedeliverySeconds = Int("redelivery-seconds", defaults.RedeliverySeconds),
+            RedeliveryLeadSeconds = Double("redelivery-lead", defaults.RedeliveryLeadSeconds),
+            RedeliveryInserters = Int("redelivery-inserters", defaults.RedeliveryInserters),
+            BurstMessages = Int("burst", defaults.BurstMessages),
+            RssSeconds = Int("rss-seconds", defaults.RssSeconds),
+            RssRuns = Int("rss-runs", defaults.RssRuns),
+        });
+    }
+
+    private static string FindRoot()
+    {
+        for (var directory = new DirectoryInfo(AppContext.BaseDirectory); directory is not null; directory = directory.Parent)
+        {
+            if (File.Exists(Path.Combine(directory.FullName, "Worker.sln")))
+            {
+                return directory.FullName;
+            }
+        }
+
+        return Directory.GetCurrentDirectory();
+    }
+}

@@ -1,0 +1,271 @@
+using Conveyor.Bench.Infrastructure;
+using Conveyor.Bench.Reporting;
+
+namespace Conveyor.Bench.Consume;
+
+/// <summary>
+/// Benchmark 1: drain rate of a pre-filled <c>charge-payment</c> queue (~1 KiB persistent messages
+/// published with confirms) by the Conveyor worker, by the same MassTransit setup without the inbox
+/// and by a raw RabbitMQ.Client consumer. Variants interleave round by round, in rotating order.
+/// </summary>
+public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions options)
+{
+    public const string Queue = "charge-payment";
+
+    public async Task<BenchResult> RunAsync()
+    {
+        await using var gateway = await InstantGateway.StartAsync();
+        IConsumeVariant[] variants =
+        [
+            new ConveyorWorkerVariant(environment, gateway),
+            new MassTransitVariant(environment, gateway),
+            new RawClientVariant(environment, gateway),
+        ];
+        await DeclareTopologyAsync(gateway);
+        await using var publisher = await ContractPublisher.StartAsync(environment);
+        var messageBytes = await MessageSizeAsync(publisher);
+
+        Console.WriteLine($"consume: warm-up, {options.WarmupMessages} messages per variant");
+        foreach (var variant in variants)
+        {
+            await DrainAsync(variant, options.ConsumeSettings[0], publisher, options.WarmupMessages);
+        }
+
+        var rates = new Dictionary<(ConsumeSettings, string), List<double>>();
+        var cpu = new Dictionary<(ConsumeSettings, string), List<double>>();
+        var busy = new List<double>();
+        var stalls = new List<string>();
+        foreach (var settings in options.ConsumeSettings)
+        {
+            for (var round = 0; round < options.Runs; round++)
+            {
+                foreach (var variant in Rotate(variants, round))
+                {
+                    var outcome = await DrainAsync(variant, settings, publisher, options.Messages);
+                    Console.WriteLine($"consume: {settings}, round {round + 1}, {variant.Name}: {outcome.Describe()}");
+                    // NaN keeps the rounds aligned for the paired ratios.
+                    Collect(rates, (settings, variant.Name)).Add(outcome.Rate ?? double.NaN);
+                    Collect(cpu, (settings, variant.Name)).Add(outcome.CpuMsPerMessage);
+                    busy.Add(outcome.MachineBusy);
+                    if (outcome.Rate is null)
+                    {
+                        stalls.Add($"{variant.Name} at {settings}, round {round + 1}: {outcome.Describe()}");
+                    }
+                }
+            }
+        }
+
+        return Report(variants, rates, cpu, busy, stalls, messageBytes);
+    }
+
+    private BenchResult Report(
+        IConsumeVariant[] variants,
+        Dictionary<(ConsumeSettings, string), List<double>> rates,
+        Dictionary<(ConsumeSettings, string), List<double>> cpu,
+        List<double> busy,
+        List<string> stalls,
+        int messageBytes)
+    {
+        var rows = new List<IReadOnlyList<string>>();
+        var pairedRatios = new Dictionary<ConsumeSettings, double>();
+        foreach (var settings in options.ConsumeSettings)
+        {
+            var mt = rates.GetValueOrDefault((settings, "masstransit")) ?? [];
+            var raw = rates.GetValueOrDefault((settings, "raw-client")) ?? [];
+            foreach (var variant in variants)
+            {
+                var rounds = rates.GetValueOrDefault((settings, variant.Name)) ?? [];
+                var runs = Completed(rounds);
+                var vsMt = PairedRatio(rounds, mt);
+                var vsRaw = PairedRatio(rounds, raw);
+                if (variant.Name == "conveyor" && !double.IsNaN(vsMt))
+                {
+                    pairedRatios[settings] = vsMt;
+                }
+
+                rows.Add(
+                [
+                    settings.ToString(),
+                    variant.Name,
+                    runs.Count == 0 ? "stalled" : Formats.Rate(Stats.Median(runs)),
+                    Formats.Runs(runs),
+                    double.IsNaN(vsMt) ? "-" : Formats.Ratio(vsMt),
+                    double.IsNaN(vsRaw) ? "-" : Formats.Ratio(vsRaw),
+                    Formats.Number(Stats.Median(Completed(cpu.GetValueOrDefault((settings, variant.Name)) ?? [])), "0.00"),
+                ]);
+            }
+        }
+
+        var notes = new List<string>();
+        notes.AddRange(variants.Select(v => $"{v.Name}: {v.Description}."));
+        notes.Add("Rate = (messages − 1) / time from the first to the last completed message (host start-up excluded); a completion is counted after the whole receive pipeline (for conveyor: after the inbox transaction committed).");
+        notes.Add("Ratios are the median over rounds of (variant ÷ baseline) within the same round; variants run interleaved in rotating order.");
+        notes.Add($"CPU ms/msg is what the benchmark process (which hosts the consumer and the gateway) spent per message between the first and the last completion; PostgreSQL's and RabbitMQ's CPU is not in it. The whole machine was {Stats.Median(busy.Where(b => !double.IsNaN(b))):P0} busy during the median run (other work shares these {Environment.ProcessorCount} cores).");
+        foreach (var variant in variants)
+        {
+            var best = options.ConsumeSettings
+                .Where(s => rates.TryGetValue((s, variant.Name), out var r) && Completed(r).Count > 0)
+                .OrderByDescending(s => Stats.Median(Completed(rates[(s, variant.Name)])))
+                .FirstOrDefault();
+            if (best is not null)
+            {
+                notes.Add($"best settings for {variant.Name}: {best} ({Formats.Rate(Stats.Median(Completed(rates[(best, variant.Name)])))} msg/s)");
+            }
+        }
+
+        notes.AddRange(stalls.Select(s => $"stalled/failed run: {s}"));
+
+        var targets = new List<TargetCheck>();
+        var conveyorBest = options.ConsumeSettings
+            .Where(pairedRatios.ContainsKey)
+            .OrderByDescending(s => Stats.Median(Completed(rates[(s, "conveyor")])))
+            .FirstOrDefault();
+        if (conveyorBest is not null)
+        {
+            var ratio = pairedRatios[conveyorBest];
+            targets.Add(new TargetCheck("consume: inbox ≥ 0.6× MassTransit without inbox",
+                $"{Formats.Ratio(ratio)} at conveyor's best settings ({conveyorBest})", ratio >= 0.6));
+        }
+
+        return new BenchResult(
+            "consume",
+            "1. End-to-end consume throughput (drain of a pre-filled queue)",
+            DateTimeOffset.UtcNow,
+            $"{options.Messages} messages of {messageBytes} bytes per run, {options.Runs} rounds per setting, warm-up {options.WarmupMessages} per variant",
+            ["settings", "variant", "median msg/s", "runs msg/s", "vs masstransit", "vs raw-client", "bench-process CPU ms/msg"],
+            rows,
+            notes,
+            targets);
+    }
+
+    private async Task<DrainOutcome> DrainAsync(IConsumeVariant variant, ConsumeSettings settings, ContractPublisher publisher, int messages)
+    {
+        await environment.PurgeAsync(Queue);
+        await environment.TruncateAsync();
+        await publisher.PrefillAsync(messages);
+        await WaitForDepthAsync(messages);
+
+        CpuMeter? cpu = null;
+        var clock = new DrainClock(messages) { OnFirst = () => cpu = new CpuMeter() };
+        var consumer = await variant.StartAsync(settings, clock);
+        try
+        {
+            var limit = TimeSpan.FromSeconds(Math.Max(60, messages / 50.0));
+            var finished = await Task.WhenAny(clock.Rate, Task.Delay(limit));
+            if (finished != clock.Rate)
+            {
+                return new DrainOutcome(null, $"stalled: {clock.Count} of {messages} done after {limit.TotalSeconds:0} s");
+            }
+
+            var (processMs, machineBusy) = cpu!.Read();
+            await variant.VerifyAsync(messages);
+            return new DrainOutcome(await clock.Rate, null, processMs / messages, machineBusy);
+        }
+        finally
+        {
+            await consumer.DisposeAsync();
+        }
+    }
+
+    private async Task WaitForDepthAsync(int messages)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while ((await environment.QueueStateAsync(Queue)).Messages < messages)
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new InvalidOperationException($"{Queue} did not reach {messages} messages");
+            }
+
+            await Task.Delay(100);
+        }
+    }
+
+    /// <summary>Starts the real worker once so that it declares its exchanges, queues and bindings.</summary>
+    private async Task DeclareTopologyAsync(InstantGateway gateway)
+    {
+        var clock = new DrainClock(int.MaxValue);
+        var worker = await new ConveyorWorkerVariant(environment, gateway).StartAsync(options.ConsumeSettings[0], clock);
+        try
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (true)
+            {
+                try
+                {
+                    if ((await environment.QueueStateAsync(Queue)).Consumers > 0)
+                    {
+                        return;
+                    }
+                }
+                catch (RabbitMQ.Client.Exceptions.OperationInterruptedException) when (DateTime.UtcNow < deadline)
+                {
+                    // Not declared yet.
+                }
+
+                if (DateTime.UtcNow > deadline)
+                {
+                    throw new InvalidOperationException("The worker did not start consuming within 60 s");
+                }
+
+                await Task.Delay(200);
+            }
+        }
+        finally
+        {
+            await worker.DisposeAsync();
+        }
+    }
+
+    /// <summary>Size of one published message body as the broker stores it.</summary>
+    private async Task<int> MessageSizeAsync(ContractPublisher publisher)
+    {
+        await environment.PurgeAsync(Queue);
+        await publisher.PublishAsync(ContractPublisher.Payment(1));
+        await using var connection = await environment.AmqpFactory().CreateConnectionAsync("conveyor-bench-size");
+        await using var channel = await connection.CreateChannelAsync();
+        for (var attempt = 0; attempt < 50; attempt++)
+        {
+            if (await channel.BasicGetAsync(Queue, autoAck: true) is { } message)
+            {
+                return message.Body.Length;
+            }
+
+            await Task.Delay(100);
+        }
+
+        return 0;
+    }
+
+    private static List<double> Completed(List<double> rounds) => [.. rounds.Where(r => !double.IsNaN(r))];
+
+    /// <summary>Median of value ÷ baseline over the rounds where both completed.</summary>
+    private static double PairedRatio(List<double> values, List<double> baseline)
+    {
+        var ratios = Enumerable.Range(0, Math.Min(values.Count, baseline.Count))
+            .Select(i => values[i] / baseline[i])
+            .Where(r => !double.IsNaN(r))
+            .ToList();
+        return ratios.Count == 0 ? double.NaN : Stats.Median(ratios);
+    }
+
+    private static IEnumerable<T> Rotate<T>(T[] items, int by) =>
+        Enumerable.Range(0, items.Length).Select(i => items[(i + by) % items.Length]);
+
+    private static List<double> Collect(Dictionary<(ConsumeSettings, string), List<double>> rates, (ConsumeSettings, string) key)
+    {
+        if (!rates.TryGetValue(key, out var list))
+        {
+            rates[key] = list = [];
+        }
+
+        return list;
+    }
+
+    private sealed record DrainOutcome(double? Rate, string? Problem, double CpuMsPerMessage = double.NaN, double MachineBusy = double.NaN)
+    {
+        public string Describe() => Rate is { } rate
+            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg, machine {MachineBusy:P0} busy"
+            : Problem ?? "failed";
+    }
+}

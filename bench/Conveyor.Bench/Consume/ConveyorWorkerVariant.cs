@@ -1,0 +1,75 @@
+using Conveyor.Bench.Infrastructure;
+using Conveyor.Worker;
+using MassTransit;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Conveyor.Bench.Consume;
+
+/// <summary>
+/// The real worker (<see cref="WorkerApp.Build"/>): inbox transaction, job tracking, redelivery and
+/// retry filters, ChargePaymentConsumer writing its ledger row; the gateway answers at once.
+/// </summary>
+public sealed class ConveyorWorkerVariant(BenchEnvironment environment, InstantGateway gateway) : IConsumeVariant
+{
+    public string Name => "conveyor";
+
+    public string Description => "Conveyor worker (WorkerApp.Build): inbox + job row + ledger row per message, one transaction, synchronous_commit on";
+
+    public async Task<IAsyncDisposable> StartAsync(ConsumeSettings settings, DrainClock clock)
+    {
+        var app = WorkerApp.Build(BenchEnvironment.Args(Settings(environment, gateway, settings)));
+        app.Services.GetRequiredService<IBus>().ConnectReceiveObserver(new CompletionObserver(clock));
+        await app.StartAsync();
+        return new Stopper(app);
+    }
+
+    public static Dictionary<string, string?> Settings(BenchEnvironment environment, InstantGateway gateway, ConsumeSettings settings)
+    {
+        var values = environment.BaseSettings(settings.PoolSize);
+        values["PaymentGateway:BaseUrl"] = gateway.BaseAddress.ToString();
+        // The in-process host reads no worker appsettings.json, so required settings come from here.
+        values["Webhooks:SigningSecret"] = "bench-only-webhook-secret-0123456789";
+        values["Consumers:ChargePayment:PrefetchCount"] = settings.Prefetch.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        values["Consumers:ChargePayment:ConcurrentMessageLimit"] = settings.Concurrency.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return values;
+    }
+
+    public async Task VerifyAsync(int messages)
+    {
+        var ledger = await environment.ScalarAsync("SELECT count(*) FROM ledger_entries");
+        var succeeded = await environment.ScalarAsync("SELECT count(*) FROM jobs WHERE status = 'succeeded'");
+        var attempts = await environment.ScalarAsync("SELECT coalesce(sum(attempts), 0) FROM jobs");
+        if (ledger != messages || succeeded != messages || attempts != messages)
+        {
+            throw new InvalidOperationException($"conveyor: {ledger} ledger rows, {succeeded} succeeded jobs and {attempts} attempts for {messages} messages");
+        }
+    }
+
+    private sealed class Stopper(WebApplication app) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+    }
+}
+
+/// <summary>Counts a message once its whole receive pipeline (for the worker: the inbox commit) has run.</summary>
+public sealed class CompletionObserver(DrainClock clock) : IReceiveObserver
+{
+    public Task PreReceive(ReceiveContext context) => Task.CompletedTask;
+
+    public Task PostReceive(ReceiveContext context)
+    {
+        clock.Completed();
+        return Task.CompletedTask;
+    }
+
+    public Task PostConsume<T>(ConsumeContext<T> context, TimeSpan duration, string consumerType) where T : class => Task.CompletedTask;
+
+    public Task ConsumeFault<T>(ConsumeContext<T> context, TimeSpan duration, string consumerType, Exception exception) where T : class => Task.CompletedTask;
+
+    public Task ReceiveFault(ReceiveContext context, Exception exception) => Task.CompletedTask;
+}

@@ -1,0 +1,88 @@
+using Conveyor.Bench.Infrastructure;
+using Conveyor.Contracts.Payments;
+using Conveyor.ServiceDefaults;
+using Conveyor.Worker.Payments;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Bench.Consume;
+
+/// <summary>
+/// The same MassTransit setup as the worker (hosted bus, publisher confirms, DI consumer, same queue,
+/// prefetch and concurrency) without the inbox, job tracking and failure filters.
+/// </summary>
+public sealed class MassTransitVariant(BenchEnvironment environment, InstantGateway gateway) : IConsumeVariant
+{
+    private long _requestsBefore;
+
+    public string Name => "masstransit";
+
+    public string Description => "MassTransit 8.5 hosted bus, same queue/prefetch/concurrency, consumer calls the gateway; no inbox, no database";
+
+    public async Task<IAsyncDisposable> StartAsync(ConsumeSettings settings, DrainClock clock)
+    {
+        _requestsBefore = gateway.Requests;
+        var builder = Host.CreateApplicationBuilder();
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Services.AddHttpClient<IPaymentGateway, HttpPaymentGateway>(http =>
+        {
+            http.BaseAddress = gateway.BaseAddress;
+            http.Timeout = TimeSpan.FromSeconds(10);
+        });
+        var broker = new RabbitMqOptions
+        {
+            Host = environment.RabbitHost,
+            Port = environment.RabbitPort,
+            VirtualHost = environment.VirtualHost,
+            Username = environment.RabbitUser,
+            Password = environment.RabbitPassword,
+        };
+        builder.Services.AddMassTransit(bus =>
+        {
+            bus.AddConsumer<TrivialChargeConsumer>();
+            bus.UsingRabbitMq((context, cfg) =>
+            {
+                cfg.UseConveyorBroker(broker, "conveyor-bench-masstransit");
+                cfg.ReceiveEndpoint("charge-payment", endpoint =>
+                {
+                    endpoint.PrefetchCount = settings.Prefetch;
+                    endpoint.ConcurrentMessageLimit = settings.Concurrency;
+                    endpoint.ConfigureConsumer<TrivialChargeConsumer>(context);
+                });
+            });
+        });
+        var host = builder.Build();
+        host.Services.GetRequiredService<IBus>().ConnectReceiveObserver(new CompletionObserver(clock));
+        await host.StartAsync();
+        return new Stopper(host);
+    }
+
+    public Task VerifyAsync(int messages)
+    {
+        var requests = gateway.Requests - _requestsBefore;
+        return requests == messages
+            ? Task.CompletedTask
+            : throw new InvalidOperationException($"masstransit: {requests} gateway requests for {messages} messages");
+    }
+
+    private sealed class Stopper(IHost host) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await host.StopAsync();
+            host.Dispose();
+        }
+    }
+}
+
+/// <summary>ChargePaymentConsumer's gateway call, nothing else.</summary>
+public sealed class TrivialChargeConsumer(IPaymentGateway gateway) : IConsumer<ChargePayment>
+{
+    public Task Consume(ConsumeContext<ChargePayment> context) =>
+        gateway.ChargeAsync(
+            new ChargeRequest(context.Message.AccountId, context.Message.AmountMinor, context.Message.Currency),
+            context.Message.PaymentId.ToString(),
+            context.CancellationToken);
+}

@@ -1,0 +1,69 @@
+using System.Text.Json;
+using Conveyor.Bench.Infrastructure;
+using Conveyor.Worker.Payments;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
+
+namespace Conveyor.Bench.Consume;
+
+/// <summary>
+/// RabbitMQ.Client alone: basic.qos = prefetch, as many handlers as the concurrency, each parses the
+/// MassTransit JSON envelope, calls the gateway and acks.
+/// </summary>
+public sealed class RawClientVariant(BenchEnvironment environment, InstantGateway gateway) : IConsumeVariant
+{
+    private long _requestsBefore;
+
+    public string Name => "raw-client";
+
+    public string Description => "RabbitMQ.Client 7 consumer: parse envelope, call the gateway, ack; no framework, no database";
+
+    public async Task<IAsyncDisposable> StartAsync(ConsumeSettings settings, DrainClock clock)
+    {
+        _requestsBefore = gateway.Requests;
+        var http = new HttpClient { BaseAddress = gateway.BaseAddress, Timeout = TimeSpan.FromSeconds(10) };
+        var payments = new HttpPaymentGateway(http);
+        var connection = await environment.AmqpFactory().CreateConnectionAsync("conveyor-bench-raw");
+        var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false,
+            consumerDispatchConcurrency: (ushort)settings.Concurrency));
+        await channel.BasicQosAsync(0, (ushort)settings.Prefetch, false);
+        var consumer = new AsyncEventingBasicConsumer(channel);
+        consumer.ReceivedAsync += async (_, delivery) =>
+        {
+            using var envelope = JsonDocument.Parse(delivery.Body);
+            var message = envelope.RootElement.GetProperty("message");
+            await payments.ChargeAsync(
+                new ChargeRequest(
+                    message.GetProperty("accountId").GetString()!,
+                    message.GetProperty("amountMinor").GetInt64(),
+                    message.GetProperty("currency").GetString()!),
+                message.GetProperty("paymentId").GetGuid().ToString(),
+                CancellationToken.None);
+            await channel.BasicAckAsync(delivery.DeliveryTag, multiple: false);
+            clock.Completed();
+        };
+        await channel.BasicConsumeAsync("charge-payment", autoAck: false, consumer);
+        return new Stopper(connection, channel, http);
+    }
+
+    public Task VerifyAsync(int messages)
+    {
+        var requests = gateway.Requests - _requestsBefore;
+        return requests == messages
+            ? Task.CompletedTask
+            : throw new InvalidOperationException($"raw-client: {requests} gateway requests for {messages} messages");
+    }
+
+    private sealed class Stopper(IConnection connection, IChannel channel, HttpClient http) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await channel.CloseAsync();
+            await channel.DisposeAsync();
+            await connection.CloseAsync();
+            await connection.DisposeAsync();
+            http.Dispose();
+        }
+    }
+}

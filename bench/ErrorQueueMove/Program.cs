@@ -1,0 +1,3 @@
+using Conveyor.Bench.ErrorQueueMove;
+
+return await MoveBenchmark.RunAsync(BenchSettings.From(args, Environment.GetEnvironmentVariable));

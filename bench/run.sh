@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Benchmarks and fault injection: builds Release, brings up RabbitMQ and PostgreSQL
+# (scripts/services.sh), runs what is asked, prints the tables and rewrites docs/benchmarks.md.
+#
+#   bench/run.sh [all]               every benchmark, then the fault scenarios (10,000 jobs)
+#   bench/run.sh consume|enqueue|redelivery|rss [--runs 5 --messages 20000 ...]
+#   bench/run.sh faults              kill -9 ×3 and competing workers + redelivery (CONVEYOR_FAULTS_JOBS, default 10000)
+#   bench/run.sh faults-disruptive   RabbitMQ restart and PostgreSQL 20 s stop, on private servers
+#                                    (bench/private-servers.sh; CONVEYOR_FAULTS_SHARED_SERVERS=1 stops the shared ones)
+#   bench/run.sh report              rewrite docs/benchmarks.md from artifacts/bench/
+# Options after the command go to the benchmark program (see bench/Conveyor.Bench/BenchOptions.cs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+what="${1:-all}"
+[ $# -gt 0 ] && shift
+
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+eval "$(scripts/services.sh up)"
+echo "[bench] building Release" >&2
+dotnet build Worker.sln -c Release -v quiet -nologo >&2
+mkdir -p artifacts/bench
+
+bench() { dotnet bench/Conveyor.Bench/bin/Release/net10.0/Conveyor.Bench.dll "$@"; }
+
+faults() {
+  local filter=$1
+  CONVEYOR_FAULTS_JOBS="${CONVEYOR_FAULTS_JOBS:-10000}" CONVEYOR_FAULTS_REPORT="$root/artifacts/bench/faults.jsonl" \
+    dotnet test tests/Conveyor.Tests -c Release --no-build --filter "$filter" \
+      --logger "console;verbosity=normal" --results-directory artifacts/bench/test-results
+}
+
+faults_disruptive() {
+  export CONVEYOR_FAULTS_DISRUPTIVE=1
+  if [ "${CONVEYOR_FAULTS_SHARED_SERVERS:-0}" = 1 ]; then
+    faults "Category=FaultsDisruptive"
+    return
+  fi
+  # Private servers: stopping them disturbs nothing else running on this machine.
+  bench/private-servers.sh up >&2
+  trap 'bench/private-servers.sh down >&2' RETURN
+  eval "$(bench/private-servers.sh env)"
+  CONVEYOR_FAULTS_JOBS="${CONVEYOR_FAULTS_JOBS:-3000}" faults "Category=FaultsDisruptive"
+}
+
+status=0
+case "$what" in
+  all)
+    bench all "$@" || status=$?
+    faults "Category=Faults" || status=$?
+    bench report ;;
+  consume|enqueue|redelivery|rss)
+    bench "$what" "$@" || status=$? ;;
+  faults)
+    faults "Category=Faults" || status=$?
+    bench report ;;
+  faults-disruptive)
+    faults_disruptive || status=$?
+    bench report ;;
+  report)
+    bench report ;;
+  *)
+    sed -n '2,13p' "$0" >&2; exit 2 ;;
+esac
+exit "$status"

@@ -1,0 +1,52 @@
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Api.Backpressure;
+
+internal enum Admission
+{
+    Admitted,
+
+    /// <summary>A memory or disk alarm: a publish would hang until the alarm clears.</summary>
+    BrokerBlocked,
+
+    /// <summary>The job kind's queue is at or over its limit.</summary>
+    QueueFull,
+}
+
+internal readonly record struct AdmissionDecision(Admission Admission, string Detail = "");
+
+/// <summary>
+/// Decides from the monitor's latest reading, without any I/O, whether a job may be queued now.
+/// A reading older than a few refresh periods is ignored (the broker is then unreachable and the
+/// publish itself answers 503), so a stale "full" never outlives the queue it described.
+/// </summary>
+internal sealed class BackpressureGate(BrokerPressureMonitor monitor, IOptions<BackpressureOptions> options, TimeProvider clock)
+{
+    private const int StaleAfterRefreshes = 5;
+
+    public int RetryAfterSeconds => options.Value.RetryAfterSeconds;
+
+    public AdmissionDecision Check(string kind)
+    {
+        var pressure = monitor.Current;
+        if (pressure.PublishersBlocked)
+        {
+            return new AdmissionDecision(Admission.BrokerBlocked,
+                $"RabbitMQ is blocking publishers ({string.Join("; ", pressure.Alarms)}).");
+        }
+
+        var limit = options.Value.LimitFor(kind);
+        var maxAge = TimeSpan.FromMilliseconds(options.Value.RefreshMilliseconds * StaleAfterRefreshes);
+        if (limit > 0
+            && pressure.DepthsReadAt is { } readAt
+            && clock.GetUtcNow() - readAt <= maxAge
+            && pressure.Depths.TryGetValue(kind, out var depth)
+            && depth >= limit)
+        {
+            return new AdmissionDecision(Admission.QueueFull,
+                $"The {kind} queue holds {depth} waiting jobs; its limit is {limit}.");
+        }
+
+        return new AdmissionDecision(Admission.Admitted);
+    }
+}

@@ -1,0 +1,262 @@
+using Conveyor.Contracts;
+using Conveyor.ServiceDefaults;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Exceptions;
+using System.Diagnostics.Metrics;
+using System.Text.Json;
+
+namespace Conveyor.Api.Backpressure;
+
+/// <summary>
+/// Reads, every <see cref="BackpressureOptions.RefreshMilliseconds"/>, the ready count of each job
+/// queue (a passive queue.declare on its own AMQP connection: exact, no statistics lag) and the
+/// resource alarms of the cluster (management API <c>GET /api/nodes</c>, fields <c>mem_alarm</c> and
+/// <c>disk_free_alarm</c>). Requests read the cached result; a scrape of
+/// <c>conveyor.queue.depth</c> never waits on the broker either.
+/// </summary>
+/// <remarks>
+/// Alarms come from the management API, not from <c>connection.blocked</c>: RabbitMQ sends that only
+/// to a connection once it publishes during an alarm, and then stops reading from it, which would
+/// stall the depth readings on this connection too.
+/// </remarks>
+public sealed class BrokerPressureMonitor : BackgroundService
+{
+    public const string DepthInstrument = "conveyor.queue.depth";
+    internal const string ManagementClientName = "conveyor-broker-alarms";
+
+    private readonly IOptions<BackpressureOptions> _options;
+    private readonly RabbitMqOptions _broker;
+    private readonly IHttpClientFactory _httpClients;
+    private readonly TimeProvider _clock;
+    private readonly ILogger<BrokerPressureMonitor> _logger;
+    private volatile DepthReading? _depths;
+    private volatile string[] _alarms = [];
+    private IConnection? _connection;
+    private IChannel? _channel;
+    private bool _depthsFailing;
+    private bool _alarmsFailing;
+
+    public BrokerPressureMonitor(
+        IMeterFactory meters,
+        IOptions<BackpressureOptions> options,
+        IOptions<RabbitMqOptions> broker,
+        IHttpClientFactory httpClients,
+        TimeProvider clock,
+        ILogger<BrokerPressureMonitor> logger)
+    {
+        _options = options;
+        _broker = broker.Value;
+        _httpClients = httpClients;
+        _clock = clock;
+        _logger = logger;
+        meters.Create(ApiApp.ApiMeterName).CreateObservableGauge(
+            DepthInstrument,
+            () => (_depths?.Depths ?? new Dictionary<string, long>())
+                .Select(d => new Measurement<long>(d.Value, new KeyValuePair<string, object?>("queue", d.Key))),
+            unit: "{message}",
+            description: "Ready messages in each job queue, as the Api last read them.");
+    }
+
+    public BrokerPressure Current => _depths is { } depths
+        ? new BrokerPressure(depths.Depths, depths.ReadAt, _alarms)
+        : BrokerPressure.Unknown with { Alarms = _alarms };
+
+    private TimeSpan Period => TimeSpan.FromMilliseconds(_options.Value.RefreshMilliseconds);
+
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Task.WhenAll(ReadDepthsAsync(stoppingToken), ReadAlarmsAsync(stoppingToken));
+
+    private async Task ReadDepthsAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            using var timer = new PeriodicTimer(Period, _clock);
+            do
+            {
+                await RefreshDepthsAsync(stoppingToken);
+            }
+            while (await timer.WaitForNextTickAsync(stoppingToken));
+        }
+        finally
+        {
+            await CloseConnectionAsync();
+        }
+    }
+
+    private async Task ReadAlarmsAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(Period, _clock);
+        do
+        {
+            await RefreshAlarmsAsync(stoppingToken);
+        }
+        while (await timer.WaitForNextTickAsync(stoppingToken));
+    }
+
+    private async Task RefreshDepthsAsync(CancellationToken stoppingToken)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        timeout.CancelAfter(TimeSpan.FromSeconds(_broker.ConnectTimeoutSeconds));
+        try
+        {
+            var depths = new Dictionary<string, long>(StringComparer.Ordinal);
+            foreach (var queue in JobKinds.All)
+            {
+                depths[queue] = await ReadDepthAsync(queue, timeout.Token);
+            }
+
+            _depths = new DepthReading(depths, _clock.GetUtcNow());
+            if (_depthsFailing)
+            {
+                _depthsFailing = false;
+                BackpressureLog.DepthsRecovered(_logger);
+            }
+        }
+        catch (Exception exception) when (!stoppingToken.IsCancellationRequested)
+        {
+            // Logged once per outage; the readings age out in the gate and the connection is rebuilt.
+            if (!_depthsFailing)
+            {
+                _depthsFailing = true;
+                BackpressureLog.DepthRefreshFailed(_logger, exception);
+            }
+
+            await CloseConnectionAsync();
+        }
+    }
+
+    private async Task<long> ReadDepthAsync(string queue, CancellationToken cancellationToken)
+    {
+        var channel = await OpenChannelAsync(cancellationToken);
+        try
+        {
+            var declared = await channel.QueueDeclarePassiveAsync(queue, cancellationToken);
+            return declared.MessageCount;
+        }
+        catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == Constants.NotFound)
+        {
+            // No queue yet (no worker has declared it): nothing waits. The broker closed the channel.
+            _channel = null;
+            await channel.DisposeAsync();
+            return 0;
+        }
+    }
+
+    private async Task<IChannel> OpenChannelAsync(CancellationToken cancellationToken)
+    {
+        if (_channel is { IsOpen: true } open)
+        {
+            return open;
+        }
+
+        if (_connection is not { IsOpen: true })
+        {
+            await CloseConnectionAsync();
+            // Rebuilt by the next refresh when lost: a reading is never older than one period.
+            _connection = await _broker.ConnectAsync("conveyor-api-backpressure", cancellationToken);
+        }
+
+        if (_channel is not null)
+        {
+            await _channel.DisposeAsync();
+        }
+
+        _channel = await _connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        return _channel;
+    }
+
+    private async Task CloseConnectionAsync()
+    {
+        var channel = _channel;
+        var connection = _connection;
+        _channel = null;
+        _connection = null;
+        try
+        {
+            if (channel is not null)
+            {
+                await channel.DisposeAsync();
+            }
+
+            if (connection is not null)
+            {
+                await connection.CloseAsync(TimeSpan.FromSeconds(1));
+                await connection.DisposeAsync();
+            }
+        }
+        catch (Exception exception)
+        {
+            BackpressureLog.CloseFailed(_logger, exception);
+        }
+    }
+
+    private async Task RefreshAlarmsAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            var http = _httpClients.CreateClient(ManagementClientName);
+            using var response = await http.GetAsync(
+                new Uri("nodes?columns=name,mem_alarm,disk_free_alarm", UriKind.Relative), stoppingToken);
+            response.EnsureSuccessStatusCode();
+            await using var body = await response.Content.ReadAsStreamAsync(stoppingToken);
+            using var nodes = await JsonDocument.ParseAsync(body, cancellationToken: stoppingToken);
+            var alarms = ReadAlarms(nodes.RootElement);
+
+            if (alarms.Length > 0 && _alarms.Length == 0)
+            {
+                BackpressureLog.PublishersBlocked(_logger, string.Join("; ", alarms));
+            }
+            else if (alarms.Length == 0 && _alarms.Length > 0)
+            {
+                BackpressureLog.PublishersUnblocked(_logger);
+            }
+
+            _alarms = alarms;
+            _alarmsFailing = false;
+        }
+        catch (Exception exception) when (!stoppingToken.IsCancellationRequested)
+        {
+            // Unknown counts as no alarm: a publish into a real alarm still ends in a 503 after
+            // RabbitMq:ConnectTimeoutSeconds, it just takes longer.
+            _alarms = [];
+            if (!_alarmsFailing)
+            {
+                _alarmsFailing = true;
+                BackpressureLog.AlarmRefreshFailed(_logger, exception);
+            }
+        }
+    }
+
+    private static string[] ReadAlarms(JsonElement nodes)
+    {
+        var alarms = new List<string>();
+        if (nodes.ValueKind != JsonValueKind.Array)
+        {
+            throw new JsonException("GET /api/nodes did not answer with an array.");
+        }
+
+        foreach (var node in nodes.EnumerateArray())
+        {
+            var name = node.TryGetProperty("name", out var value) && value.ValueKind == JsonValueKind.String
+                ? value.GetString()
+                : "a node";
+            if (IsTrue(node, "mem_alarm"))
+            {
+                alarms.Add($"memory alarm on {name}");
+            }
+
+            if (IsTrue(node, "disk_free_alarm"))
+            {
+                alarms.Add($"disk alarm on {name}");
+            }
+        }
+
+        return [.. alarms];
+    }
+
+    private static bool IsTrue(JsonElement node, string property) =>
+        node.TryGetProperty(property, out var value) && value.ValueKind == JsonValueKind.True;
+
+    private sealed record DepthReading(IReadOnlyDictionary<string, long> Depths, DateTimeOffset ReadAt);
+}

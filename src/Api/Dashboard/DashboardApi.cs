@@ -1,0 +1,141 @@
+using System.Reflection;
+using Conveyor.Api.Backpressure;
+using Conveyor.Api.ErrorQueues;
+using Conveyor.Api.Security;
+using Microsoft.AspNetCore.Antiforgery;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Api.Dashboard;
+
+/// <summary>
+/// The operations dashboard under <c>/dashboard</c>: a sign-in form, one static page with its script
+/// and style (embedded in the assembly), and two JSON endpoints of its own (the session, the queue
+/// overview). Everything else it shows comes from the public JSON API, called with the session cookie
+/// and the anti-forgery token.
+/// </summary>
+internal static class DashboardApi
+{
+    private static readonly (string Path, string Resource, string ContentType)[] Assets =
+    [
+        ("/dashboard/app.js", "Dashboard/app.js", "text/javascript; charset=utf-8"),
+        ("/dashboard/app.css", "Dashboard/app.css", "text/css; charset=utf-8"),
+    ];
+
+    public static IServiceCollection AddDashboard(this IServiceCollection services)
+    {
+        services.AddHttpClient(QueueOverviewSource.HttpClientName, (provider, http) =>
+            RabbitManagementClient.Configure(http, provider.GetRequiredService<IOptions<ServiceDefaults.RabbitMqOptions>>().Value));
+        // One instance, so one cached listing serves every open dashboard.
+        services.AddSingleton<QueueOverviewSource>();
+        return services;
+    }
+
+    public static IEndpointRouteBuilder MapDashboard(this IEndpointRouteBuilder endpoints)
+    {
+        var dashboard = endpoints.MapGroup(DashboardPaths.Root).ExcludeFromDescription();
+
+        dashboard.MapGet("/login", ShowLogin).AllowAnonymous();
+        dashboard.MapPost("/login", SignIn).AllowAnonymous();
+        dashboard.MapPost("/logout", SignOut);
+
+        var page = Resource("Dashboard/index.html");
+        // Matches /dashboard and /dashboard/ alike.
+        dashboard.MapGet("", () => TypedResults.Text(page, "text/html; charset=utf-8"));
+        foreach (var (path, resource, contentType) in Assets)
+        {
+            var text = Resource(resource);
+            // Static, public and harmless: the sign-in page needs the style before anyone signs in.
+            endpoints.MapGet(path, () => TypedResults.Text(text, contentType)).AllowAnonymous().ExcludeFromDescription();
+        }
+
+        dashboard.MapGet("/api/session", Session);
+        dashboard.MapGet("/api/overview", Overview).RequireAuthorization(ApiPolicies.JobsRead);
+        return endpoints;
+    }
+
+    internal static IResult ShowLogin(HttpContext http, IAntiforgery antiforgery)
+    {
+        if (AccessControl.IsSessionAuthenticated(http))
+        {
+            return TypedResults.Redirect(DashboardPaths.Root + "/");
+        }
+
+        return LoginResult(http, antiforgery, null, StatusCodes.Status200OK);
+    }
+
+    internal static async Task<IResult> SignIn(
+        HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, ILoggerFactory loggers)
+    {
+        // Signing someone in under an attacker's key is a forgery too.
+        if (!http.Request.HasFormContentType || !await antiforgery.IsRequestValidAsync(http))
+        {
+            return LoginResult(http, antiforgery, "The form expired; please sign in again.", StatusCodes.Status400BadRequest);
+        }
+
+        var logger = loggers.CreateLogger(typeof(DashboardApi).FullName!);
+        var form = await http.Request.ReadFormAsync(http.RequestAborted);
+        var presented = form["apiKey"].ToString().Trim();
+        var client = http.Connection.RemoteIpAddress?.ToString();
+        if (presented.Length == 0 || keys.Find(presented) is not { } identity)
+        {
+            DashboardLog.SignInRefused(logger, client);
+            return LoginResult(http, antiforgery, "That API key is not valid.", StatusCodes.Status401Unauthorized);
+        }
+
+        var principal = AccessControl.SessionPrincipal(identity, SessionValidator.Fingerprint(presented));
+        await http.SignInAsync(AccessControl.SessionScheme, principal, new AuthenticationProperties { IsPersistent = false });
+        DashboardLog.SignedIn(logger, identity.Name, client);
+        return TypedResults.Redirect(DashboardPaths.Root + "/");
+    }
+
+    internal static async Task<NoContent> SignOut(HttpContext http, ILoggerFactory loggers)
+    {
+        var who = http.User.Identity?.Name ?? "(unknown)";
+        var logger = loggers.CreateLogger(typeof(DashboardApi).FullName!);
+        DashboardLog.SignedOut(logger, who);
+        await http.SignOutAsync(AccessControl.SessionScheme);
+        return TypedResults.NoContent();
+    }
+
+    /// <summary>Who is signed in, with which scopes, and the token that state-changing calls must send.</summary>
+    internal static Ok<DashboardSession> Session(HttpContext http, IAntiforgery antiforgery)
+    {
+        var tokens = antiforgery.GetAndStoreTokens(http);
+        var scopes = http.User.FindAll(ApiKeyAuthenticationHandler.ScopeClaim).Select(c => c.Value).Order(StringComparer.Ordinal).ToList();
+        return TypedResults.Ok(new DashboardSession(
+            http.User.Identity?.Name ?? "", scopes, tokens.RequestToken!, AccessControl.AntiforgeryHeaderName));
+    }
+
+    internal static async Task<Results<Ok<QueueOverview>, ProblemHttpResult>> Overview(
+        QueueOverviewSource source, BrokerPressureMonitor pressure, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return TypedResults.Ok(await source.ReadAsync(pressure.Current.Alarms, cancellationToken));
+        }
+        catch (BrokerUnavailableException)
+        {
+            return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable,
+                title: "Message broker unavailable", detail: "RabbitMQ's management API could not be reached; retry later.");
+        }
+    }
+
+    private static ContentHttpResult LoginResult(HttpContext http, IAntiforgery antiforgery, string? error, int status)
+    {
+        var tokens = antiforgery.GetAndStoreTokens(http);
+        return TypedResults.Text(LoginPage.Render(tokens.RequestToken!, error), "text/html; charset=utf-8", statusCode: status);
+    }
+
+    private static string Resource(string name)
+    {
+        using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream(name)
+            ?? throw new InvalidOperationException($"The dashboard asset {name} is not embedded.");
+        using var reader = new StreamReader(stream);
+        return reader.ReadToEnd();
+    }
+}
+
+/// <summary>Body of <c>GET /dashboard/api/session</c>.</summary>
+public sealed record DashboardSession(string Name, IReadOnlyList<string> Scopes, string CsrfToken, string CsrfHeader);

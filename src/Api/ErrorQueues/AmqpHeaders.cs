@@ -1,0 +1,31 @@
+using System.Globalization;
+using System.Text;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>Reads AMQP header values, which arrive as UTF-8 byte arrays, numbers or timestamps.</summary>
+public static class AmqpHeaders
+{
+    public static string? Text(IDictionary<string, object?>? headers, string name) =>
+        headers is not null && headers.TryGetValue(name, out var value) ? AsText(value) : null;
+
+    public static int? Number(IDictionary<string, object?>? headers, string name) =>
+        int.TryParse(Text(headers, name), NumberStyles.Integer, CultureInfo.InvariantCulture, out var number) ? number : null;
+
+    public static DateTimeOffset? Time(IDictionary<string, object?>? headers, string name) =>
+        DateTimeOffset.TryParse(Text(headers, name), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var time)
+            ? time
+            : null;
+
+    public static string? AsText(object? value) => value switch
+    {
+        null => null,
+        string text => text,
+        byte[] bytes => Encoding.UTF8.GetString(bytes),
+        ReadOnlyMemory<byte> memory => Encoding.UTF8.GetString(memory.Span),
+        RabbitMQ.Client.AmqpTimestamp timestamp => DateTimeOffset.FromUnixTimeSeconds(timestamp.UnixTime).ToString("O", CultureInfo.InvariantCulture),
+        IFormattable formattable => formattable.ToString(null, CultureInfo.InvariantCulture),
+        System.Collections.IEnumerable => null,
+        _ => value.ToString(),
+    };
+}

@@ -1,0 +1,49 @@
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>MassTransit's naming of the queues that hold failed (<c>_error</c>) and unconsumable (<c>_skipped</c>) messages.</summary>
+public static class ErrorQueueNames
+{
+    public const string ErrorSuffix = "_error";
+    public const string SkippedSuffix = "_skipped";
+
+    /// <summary>RabbitMQ's limit for a queue name, in UTF-8 bytes.</summary>
+    public const int MaxQueueNameBytes = 255;
+
+    public static bool IsErrorOrSkipped(string queue) =>
+        Kind(queue) is not null && queue.Length > SuffixOf(queue)!.Length;
+
+    /// <summary><c>error</c>, <c>skipped</c>, or null for any other queue.</summary>
+    public static string? Kind(string queue) =>
+        queue.EndsWith(ErrorSuffix, StringComparison.Ordinal) ? "error"
+        : queue.EndsWith(SkippedSuffix, StringComparison.Ordinal) ? "skipped"
+        : null;
+
+    /// <summary>The queue whose consumer put the message here: the name without its suffix.</summary>
+    public static string SourceQueueOf(string queue) =>
+        SuffixOf(queue) is { } suffix ? queue[..^suffix.Length] : queue;
+
+    /// <summary>
+    /// The queue a faulted message was consumed from: the last path segment of
+    /// <c>MT-Fault-InputAddress</c> (<c>rabbitmq://host/vhost/queue?...</c>), else the error queue's source.
+    /// </summary>
+    public static string OriginalQueueOf(string? inputAddress, string errorQueue)
+    {
+        if (inputAddress is not null
+            && Uri.TryCreate(inputAddress, UriKind.Absolute, out var address)
+            && address.Segments.Length > 0)
+        {
+            var last = Uri.UnescapeDataString(address.Segments[^1].TrimEnd('/'));
+            if (last.Length > 0 && !IsErrorOrSkipped(last))
+            {
+                return last;
+            }
+        }
+
+        return SourceQueueOf(errorQueue);
+    }
+
+    private static string? SuffixOf(string queue) =>
+        queue.EndsWith(ErrorSuffix, StringComparison.Ordinal) ? ErrorSuffix
+        : queue.EndsWith(SkippedSuffix, StringComparison.Ordinal) ? SkippedSuffix
+        : null;
+}

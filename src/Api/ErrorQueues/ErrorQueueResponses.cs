@@ -1,0 +1,80 @@
+using System.Text.Json;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>An <c>_error</c> or <c>_skipped</c> queue in <c>GET /api/error-queues</c>.</summary>
+public sealed record ErrorQueueSummary(
+    string Name, string Kind, string SourceQueue, long Messages, long Ready, long Unacknowledged, int Consumers);
+
+/// <summary>Body of <c>GET /api/error-queues/{queue}/messages</c>.</summary>
+public sealed record ErrorQueueMessages(string Queue, long QueueDepth, IReadOnlyList<ErrorQueueMessage> Messages);
+
+public sealed record ErrorQueueMessage(
+    string? MessageId,
+    string? MessageType,
+    string? JobId,
+    string? JobKind,
+    string? ExceptionType,
+    string? ExceptionMessage,
+    string? StackTrace,
+    DateTimeOffset? FaultedAt,
+    string OriginalQueue,
+    int? Attempts,
+    string? Reason,
+    string? DeadLetterReason,
+    string GroupId,
+    JsonElement? FaultHistory,
+    string? ContentType,
+    int BodyBytes,
+    string BodyPreview,
+    bool BodyTruncated)
+{
+    internal static ErrorQueueMessage From(string queue, PeekedMessage peeked)
+    {
+        var m = peeked.Message;
+        return new ErrorQueueMessage(
+            m.MessageId, m.MessageType, m.JobId, m.JobKind, m.ExceptionType, m.ExceptionMessage, m.StackTrace, m.FaultedAt,
+            ErrorQueueNames.OriginalQueueOf(m.InputAddress, queue), m.Attempts, m.Reason, m.DeadLetterReason, m.GroupId,
+            ParseHistory(m.FaultHistory), m.ContentType, m.BodyBytes, peeked.BodyPreview,
+            peeked.BodyPreview.Length < m.BodyBytes && System.Text.Encoding.UTF8.GetByteCount(peeked.BodyPreview) < m.BodyBytes);
+    }
+
+    private static JsonElement? ParseHistory(string? history)
+    {
+        if (history is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            return JsonSerializer.Deserialize<JsonElement>(history);
+        }
+        catch (JsonException)
+        {
+            return JsonSerializer.SerializeToElement(history);
+        }
+    }
+}
+
+/// <summary>Body of <c>GET /api/error-queues/{queue}/groups</c>.</summary>
+public sealed record ErrorQueueGroups(string Queue, long QueueDepth, long Examined, IReadOnlyList<ErrorQueueGroup> Groups);
+
+public sealed record ErrorQueueGroup(
+    string GroupId,
+    string? ExceptionType,
+    string NormalisedMessage,
+    string? ExampleMessage,
+    long Count,
+    DateTimeOffset? FirstSeen,
+    DateTimeOffset? LastSeen,
+    IReadOnlyList<string> MessageTypes,
+    IReadOnlyList<string> SampleMessageIds)
+{
+    internal static ErrorQueueGroup From(FaultGroup group) => new(
+        group.GroupId, group.ExceptionType, group.NormalisedMessage, group.ExampleMessage, group.Count,
+        group.FirstSeen, group.LastSeen, [.. group.MessageTypes], [.. group.SampleMessageIds]);
+}
+
+/// <summary>Body of the 202 answer to a move or purge.</summary>
+public sealed record OperationAccepted(Guid OperationId, string Kind, string Queue, string State, bool DryRun);

@@ -1,0 +1,311 @@
+using System.Globalization;
+using Conveyor.Api.Jobs;
+using Conveyor.Api.Operations;
+using Conveyor.Api.Security;
+using Conveyor.Storage.Operations;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>
+/// <c>/api/error-queues</c>: list the <c>_error</c>/<c>_skipped</c> queues, inspect their messages and
+/// fault groups, and start moves and purges. Admin only.
+/// </summary>
+internal static class ErrorQueuesApi
+{
+    public const int DefaultPeekLimit = 20;
+    public const int MaxPeekLimit = 500;
+    public const int DefaultGroupsLimit = 10_000;
+    public const int MaxGroupsLimit = 100_000;
+    public const int MaxBodyBytes = 256 * 1024;
+
+    public static IServiceCollection AddErrorQueues(this IServiceCollection services)
+    {
+        services.AddOptions<ErrorQueueOptions>()
+            .BindConfiguration(ErrorQueueOptions.SectionName)
+            .ValidateDataAnnotations()
+            .ValidateOnStart();
+        services.AddHttpClient<RabbitManagementClient>((provider, http) =>
+            RabbitManagementClient.Configure(http, provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<ServiceDefaults.RabbitMqOptions>>().Value));
+        services.AddSingleton<ErrorQueueBroker>();
+        services.AddSingleton<QueueLocks>();
+        services.AddSingleton<OperationRunner>();
+        services.AddHostedService(provider => provider.GetRequiredService<OperationRunner>());
+        services.AddSingleton<ErrorQueueInspector>();
+        services.AddSingleton<ErrorQueueDepthMonitor>();
+        services.AddHostedService(provider => provider.GetRequiredService<ErrorQueueDepthMonitor>());
+        return services;
+    }
+
+    public static IEndpointRouteBuilder MapErrorQueuesApi(this IEndpointRouteBuilder endpoints)
+    {
+        var queues = endpoints.MapGroup("/api/error-queues")
+            .WithTags("Error queues")
+            .RequireAuthorization(ApiPolicies.Admin)
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status403Forbidden)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
+        queues.MapGet("/", ListQueues)
+            .WithName("ListErrorQueues")
+            .WithSummary("Every _error and _skipped queue of the vhost, with its depth and source queue.");
+
+        queues.MapGet("/{queue}/messages", PeekMessages)
+            .WithName("PeekErrorQueueMessages")
+            .WithSummary("The first messages of an error queue with their faults; nothing is removed or reordered.")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict);
+
+        queues.MapGet("/{queue}/groups", Groups)
+            .WithName("GroupErrorQueueMessages")
+            .WithSummary("Messages grouped by fault fingerprint (exception type and normalised message).")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict);
+
+        queues.MapPost("/{queue}/move", (string queue, HttpContext http, RabbitManagementClient management, OperationRunner runner, CancellationToken cancellationToken) =>
+                StartOperation(ErrorQueueOperationKinds.Move, queue, http, management, runner, cancellationToken))
+            .WithName("MoveErrorQueueMessages")
+            .WithSummary("Starts moving matching messages back to their original queue (or a target); answers 202 with the operation.")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
+
+        queues.MapPost("/{queue}/purge", (string queue, HttpContext http, RabbitManagementClient management, OperationRunner runner, CancellationToken cancellationToken) =>
+                StartOperation(ErrorQueueOperationKinds.Purge, queue, http, management, runner, cancellationToken))
+            .WithName("PurgeErrorQueueMessages")
+            .WithSummary("Starts deleting matching messages; the body must confirm the queue name. Answers 202 with the operation.")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
+
+        return endpoints;
+    }
+
+    internal static async Task<Results<Ok<IReadOnlyList<ErrorQueueSummary>>, ProblemHttpResult>> ListQueues(
+        RabbitManagementClient management, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var queues = await management.QueuesAsync(cancellationToken);
+            IReadOnlyList<ErrorQueueSummary> summaries =
+            [
+                .. queues
+                    .Where(q => ErrorQueueNames.IsErrorOrSkipped(q.Name))
+                    .OrderBy(q => q.Name, StringComparer.Ordinal)
+                    .Select(q => new ErrorQueueSummary(
+                        q.Name, ErrorQueueNames.Kind(q.Name)!, ErrorQueueNames.SourceQueueOf(q.Name), q.Messages, q.Ready, q.Unacknowledged, q.Consumers)),
+            ];
+            return TypedResults.Ok(summaries);
+        }
+        catch (BrokerUnavailableException exception)
+        {
+            return BrokerUnavailable(exception);
+        }
+    }
+
+    internal static async Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
+        string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
+        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken)
+    {
+        if (!TryReadLimit(limit, DefaultPeekLimit, MaxPeekLimit, out var count))
+        {
+            return LimitProblem(MaxPeekLimit);
+        }
+
+        try
+        {
+            if (await CheckQueueAsync(queue, management, cancellationToken) is { } problem)
+            {
+                return problem;
+            }
+
+            var inspection = await inspector.PeekAsync(queue, count, cancellationToken);
+            if (inspection.Busy)
+            {
+                return Busy(queue, inspection.RunningOperationId);
+            }
+
+            var who = Who(http);
+            ErrorQueuesLog.Inspected(logger, who, queue, "messages", inspection.Examined);
+            return TypedResults.Ok(new ErrorQueueMessages(
+                queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m))]));
+        }
+        catch (QueueNotFoundException)
+        {
+            return QueueNotFound(queue);
+        }
+        catch (Exception exception) when (IsBrokerFailure(exception))
+        {
+            return BrokerUnavailable(exception);
+        }
+    }
+
+    internal static async Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(
+        string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
+        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken)
+    {
+        if (!TryReadLimit(limit, DefaultGroupsLimit, MaxGroupsLimit, out var count))
+        {
+            return LimitProblem(MaxGroupsLimit);
+        }
+
+        try
+        {
+            if (await CheckQueueAsync(queue, management, cancellationToken) is { } problem)
+            {
+                return problem;
+            }
+
+            var inspection = await inspector.GroupsAsync(queue, count, cancellationToken);
+            if (inspection.Busy)
+            {
+                return Busy(queue, inspection.RunningOperationId);
+            }
+
+            var who = Who(http);
+            ErrorQueuesLog.Inspected(logger, who, queue, "groups", inspection.Examined);
+            return TypedResults.Ok(new ErrorQueueGroups(
+                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Select(ErrorQueueGroup.From)]));
+        }
+        catch (QueueNotFoundException)
+        {
+            return QueueNotFound(queue);
+        }
+        catch (Exception exception) when (IsBrokerFailure(exception))
+        {
+            return BrokerUnavailable(exception);
+        }
+    }
+
+    internal static async Task<Results<Accepted<OperationAccepted>, ValidationProblem, ProblemHttpResult>> StartOperation(
+        string kind, string queue, HttpContext http, RabbitManagementClient management, OperationRunner runner, CancellationToken cancellationToken)
+    {
+        var purge = kind == ErrorQueueOperationKinds.Purge;
+        try
+        {
+            if (await CheckQueueAsync(queue, management, cancellationToken) is { } problem)
+            {
+                return problem;
+            }
+
+            if (!http.Request.HasJsonContentType())
+            {
+                return Problem(StatusCodes.Status415UnsupportedMediaType, "Unsupported media type",
+                    "Send the request as a JSON body with Content-Type: application/json.");
+            }
+
+            var body = await RequestBody.ReadAtMostAsync(http.Request.Body, MaxBodyBytes, cancellationToken);
+            if (body is null)
+            {
+                return Problem(StatusCodes.Status413PayloadTooLarge, "Request body too large", $"The body must be at most {MaxBodyBytes} bytes.");
+            }
+
+            var errors = new FieldErrors();
+            var request = OperationRequestParser.Parse(body, purge, errors);
+            if (request is not null)
+            {
+                await CheckTargetAsync(request.Target, queue, management, errors, cancellationToken);
+                if (purge && !request.DryRun && !string.Equals(request.Confirm, queue, StringComparison.Ordinal))
+                {
+                    errors.Add("confirm", $"A purge deletes messages for good: set confirm to the queue name, \"{queue}\".");
+                }
+            }
+
+            if (request is null || errors.Count > 0)
+            {
+                return TypedResults.ValidationProblem(errors.ToDictionary());
+            }
+
+            var started = await runner.StartAsync(
+                new OperationRequest(kind, queue, request.Filter, request.Target, request.Limit, request.DryRun,
+                    Who(http), http.Connection.RemoteIpAddress?.ToString()),
+                cancellationToken);
+            return started.Status == StartStatus.Started
+                ? TypedResults.Accepted($"/api/operations/{started.OperationId}",
+                    new OperationAccepted(started.OperationId!.Value, kind, queue, ErrorQueueOperationStates.Running, request.DryRun))
+                : Busy(queue, started.RunningOperationId);
+        }
+        catch (Exception exception) when (IsBrokerFailure(exception))
+        {
+            return BrokerUnavailable(exception);
+        }
+    }
+
+    /// <summary>404 unless the name is an error or skipped queue that exists.</summary>
+    private static async Task<ProblemHttpResult?> CheckQueueAsync(string queue, RabbitManagementClient management, CancellationToken cancellationToken)
+    {
+        if (!ErrorQueueNames.IsErrorOrSkipped(queue))
+        {
+            return Problem(StatusCodes.Status404NotFound, "Not an error queue",
+                $"'{queue}' is not an error queue: its name must end in {ErrorQueueNames.ErrorSuffix} or {ErrorQueueNames.SkippedSuffix}.");
+        }
+
+        return await management.QueueAsync(queue, cancellationToken) is null ? QueueNotFound(queue) : null;
+    }
+
+    private static async Task CheckTargetAsync(
+        string? target, string queue, RabbitManagementClient management, FieldErrors errors, CancellationToken cancellationToken)
+    {
+        if (target is null)
+        {
+            return;
+        }
+
+        if (target == queue || ErrorQueueNames.Kind(target) is not null)
+        {
+            errors.Add("target", "Must be a work queue, not an _error or _skipped queue.");
+        }
+        else if (System.Text.Encoding.UTF8.GetByteCount(target) > ErrorQueueNames.MaxQueueNameBytes)
+        {
+            errors.Add("target", $"Must be at most {ErrorQueueNames.MaxQueueNameBytes} bytes long.");
+        }
+        else if (await management.QueueAsync(target, cancellationToken) is null)
+        {
+            errors.Add("target", $"There is no queue '{target}'.");
+        }
+    }
+
+    private static bool TryReadLimit(string? text, int defaultValue, int max, out int limit)
+    {
+        if (text is null)
+        {
+            limit = defaultValue;
+            return true;
+        }
+
+        return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out limit) && limit >= 1 && limit <= max;
+    }
+
+    private static ValidationProblem LimitProblem(int max) =>
+        TypedResults.ValidationProblem(new Dictionary<string, string[]> { ["limit"] = [$"Must be an integer between 1 and {max}."] });
+
+    private static bool IsBrokerFailure(Exception exception) =>
+        exception is BrokerUnavailableException or RabbitMQ.Client.Exceptions.BrokerUnreachableException
+            or RabbitMQ.Client.Exceptions.AlreadyClosedException or RabbitMQ.Client.Exceptions.OperationInterruptedException;
+
+    internal static string Who(HttpContext http) => http.User.Identity?.Name ?? "(unknown)";
+
+    private static ProblemHttpResult QueueNotFound(string queue) =>
+        Problem(StatusCodes.Status404NotFound, "Queue not found", $"There is no queue '{queue}' in this vhost.");
+
+    private static ProblemHttpResult Busy(string queue, Guid? operationId)
+    {
+        var detail = operationId is { } id
+            ? $"Operation {id} is running on '{queue}'; wait for it to end (GET /api/operations/{id})."
+            : $"Another inspection or operation is using '{queue}'; retry shortly.";
+        return TypedResults.Problem(
+            statusCode: StatusCodes.Status409Conflict,
+            title: "Queue busy",
+            detail: detail,
+            extensions: operationId is { } running ? new Dictionary<string, object?> { ["operationId"] = running } : null);
+    }
+
+    private static ProblemHttpResult BrokerUnavailable(Exception exception) =>
+        Problem(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
+            exception is BrokerUnavailableException ? exception.Message : "RabbitMQ could not be reached; retry later.");
+
+    private static ProblemHttpResult Problem(int status, string title, string detail) =>
+        TypedResults.Problem(statusCode: status, title: title, detail: detail);
+}

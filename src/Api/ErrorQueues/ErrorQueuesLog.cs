@@ -1,0 +1,12 @@
+namespace Conveyor.Api.ErrorQueues;
+
+internal static partial class ErrorQueuesLog
+{
+    [LoggerMessage(EventId = 2101, Level = LogLevel.Warning,
+        Message = "Could not list the error queues for the depth gauge; keeping the last known depths")]
+    public static partial void DepthRefreshFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 2102, Level = LogLevel.Information,
+        Message = "{Who} inspected {Queue} ({What}: {Examined} message(s) examined)")]
+    public static partial void Inspected(ILogger logger, string who, string queue, string what, long examined);
+}

@@ -1,0 +1,164 @@
+using System.Text;
+using System.Text.Json;
+using Conveyor.Contracts;
+using RabbitMQ.Client;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>What Conveyor knows about a message in an <c>_error</c> or <c>_skipped</c> queue, from its headers and envelope.</summary>
+public sealed record FaultedMessage
+{
+    private const string UrnPrefix = "urn:message:";
+
+    public string? MessageId { get; init; }
+
+    /// <summary>The contract's type name, such as <c>Conveyor.Contracts.Payments.ChargePayment</c>.</summary>
+    public string? MessageType { get; init; }
+
+    public string? JobId { get; init; }
+
+    public string? JobKind { get; init; }
+
+    public string? ExceptionType { get; init; }
+
+    public string? ExceptionMessage { get; init; }
+
+    public string? StackTrace { get; init; }
+
+    public DateTimeOffset? FaultedAt { get; init; }
+
+    /// <summary>The queue the message was consumed from when it failed.</summary>
+    public string? InputAddress { get; init; }
+
+    public string? ConsumerType { get; init; }
+
+    /// <summary><c>MT-Reason</c>: <c>fault</c> for <c>_error</c>, <c>skip</c> for <c>_skipped</c>.</summary>
+    public string? Reason { get; init; }
+
+    public int? Attempts { get; init; }
+
+    public string? DeadLetterReason { get; init; }
+
+    public string? FaultHistory { get; init; }
+
+    public string? ContentType { get; init; }
+
+    public int BodyBytes { get; init; }
+
+    /// <summary>Fingerprint group of the fault (see <see cref="FaultFingerprint"/>).</summary>
+    public string GroupId => FaultFingerprint.GroupId(ExceptionType, ExceptionMessage);
+
+    public static FaultedMessage Read(IReadOnlyBasicProperties properties, ReadOnlySpan<byte> body)
+    {
+        var headers = properties.Headers;
+        var messageId = properties.MessageId;
+        var messageType = AmqpHeaders.Text(headers, FaultHeaders.MessageType);
+        if (string.IsNullOrEmpty(messageId) || string.IsNullOrEmpty(messageType))
+        {
+            var (envelopeId, envelopeType) = ReadEnvelope(body);
+            messageId = string.IsNullOrEmpty(messageId) ? envelopeId : messageId;
+            messageType = string.IsNullOrEmpty(messageType) ? envelopeType : messageType;
+        }
+
+        return new FaultedMessage
+        {
+            MessageId = messageId,
+            MessageType = messageType,
+            JobId = AmqpHeaders.Text(headers, JobHeaders.JobId),
+            JobKind = AmqpHeaders.Text(headers, FaultHeaders.JobKind),
+            ExceptionType = AmqpHeaders.Text(headers, FaultHeaders.ExceptionType),
+            ExceptionMessage = AmqpHeaders.Text(headers, FaultHeaders.Message),
+            StackTrace = AmqpHeaders.Text(headers, FaultHeaders.StackTrace),
+            FaultedAt = AmqpHeaders.Time(headers, FaultHeaders.Timestamp),
+            InputAddress = AmqpHeaders.Text(headers, FaultHeaders.InputAddress),
+            ConsumerType = AmqpHeaders.Text(headers, FaultHeaders.ConsumerType),
+            Reason = AmqpHeaders.Text(headers, FaultHeaders.Reason),
+            Attempts = AmqpHeaders.Number(headers, FaultHeaders.Attempts),
+            DeadLetterReason = AmqpHeaders.Text(headers, FaultHeaders.DeadLetterReason),
+            FaultHistory = AmqpHeaders.Text(headers, FaultHeaders.FaultHistory),
+            ContentType = properties.ContentType,
+            BodyBytes = body.Length,
+        };
+    }
+
+    /// <summary>The first bytes of the body as text, for people to read.</summary>
+    public static string Preview(ReadOnlySpan<byte> body, int maxBytes)
+    {
+        if (body.Length <= maxBytes)
+        {
+            return Encoding.UTF8.GetString(body);
+        }
+
+        // Do not cut a multi-byte character in half.
+        var end = maxBytes;
+        while (end > 0 && (body[end] & 0xC0) == 0x80)
+        {
+            end--;
+        }
+
+        return Encoding.UTF8.GetString(body[..end]);
+    }
+
+    /// <summary>
+    /// <c>messageId</c> and the first <c>messageType</c> of a MassTransit JSON envelope, for messages
+    /// whose headers lack them (<c>_skipped</c> ones); nulls for any other body.
+    /// </summary>
+    private static (string? MessageId, string? MessageType) ReadEnvelope(ReadOnlySpan<byte> body)
+    {
+        string? id = null;
+        string? type = null;
+        try
+        {
+            var reader = new Utf8JsonReader(body, new JsonReaderOptions { MaxDepth = 64 });
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return (null, null);
+            }
+
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isId = reader.ValueTextEquals("messageId"u8);
+                var isType = reader.ValueTextEquals("messageType"u8);
+                reader.Read();
+                if (isId && reader.TokenType == JsonTokenType.String)
+                {
+                    id = reader.GetString();
+                }
+                else if (isType && reader.TokenType == JsonTokenType.StartArray)
+                {
+                    var depth = reader.CurrentDepth;
+                    while (reader.Read() && !(reader.TokenType == JsonTokenType.EndArray && reader.CurrentDepth == depth))
+                    {
+                        if (type is null && reader.TokenType == JsonTokenType.String)
+                        {
+                            type = TypeNameOfUrn(reader.GetString()!);
+                        }
+                        else
+                        {
+                            reader.Skip();
+                        }
+                    }
+                }
+                else
+                {
+                    reader.Skip();
+                }
+
+                if (id is not null && type is not null)
+                {
+                    break;
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Not an envelope: the caller shows what the headers say.
+        }
+
+        return (id, type);
+    }
+
+    /// <summary><c>urn:message:Conveyor.Contracts.Payments:ChargePayment</c> → <c>Conveyor.Contracts.Payments.ChargePayment</c>.</summary>
+    public static string TypeNameOfUrn(string urn) =>
+        urn.StartsWith(UrnPrefix, StringComparison.Ordinal) ? urn[UrnPrefix.Length..].Replace(':', '.') : urn;
+}

@@ -1,0 +1,97 @@
+using RabbitMQ.Client;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>A message as <c>GET .../messages</c> shows it.</summary>
+public sealed record PeekedMessage(FaultedMessage Message, string BodyPreview);
+
+/// <summary>Collects the first messages of a queue with a body preview; keeps every message.</summary>
+public sealed class PeekVisitor(int limit, int previewBytes) : WalkVisitor
+{
+    private readonly List<PeekedMessage> _messages = [];
+
+    public IReadOnlyList<PeekedMessage> Messages => _messages;
+
+    public override bool IsDone => _messages.Count >= limit;
+
+    public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) =>
+        FaultedMessage.Preview(body.Span, previewBytes);
+
+    public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
+    {
+        if (_messages.Count < limit)
+        {
+            _messages.Add(new PeekedMessage(message, (string?)inspection ?? ""));
+        }
+
+        return (WalkAction.Keep, null);
+    }
+}
+
+/// <summary>One group of faults with the same fingerprint.</summary>
+public sealed class FaultGroup(string groupId, string? exceptionType, string normalisedMessage, string? exampleMessage)
+{
+    public const int SampleSize = 5;
+
+    public string GroupId { get; } = groupId;
+
+    public string? ExceptionType { get; } = exceptionType;
+
+    public string NormalisedMessage { get; } = normalisedMessage;
+
+    public string? ExampleMessage { get; } = exampleMessage;
+
+    public long Count { get; private set; }
+
+    public DateTimeOffset? FirstSeen { get; private set; }
+
+    public DateTimeOffset? LastSeen { get; private set; }
+
+    public SortedSet<string> MessageTypes { get; } = new(StringComparer.Ordinal);
+
+    public List<string> SampleMessageIds { get; } = [];
+
+    internal void Add(FaultedMessage message)
+    {
+        Count++;
+        if (message.FaultedAt is { } at)
+        {
+            FirstSeen = FirstSeen is null || at < FirstSeen ? at : FirstSeen;
+            LastSeen = LastSeen is null || at > LastSeen ? at : LastSeen;
+        }
+
+        if (message.MessageType is { } type && MessageTypes.Count < 20)
+        {
+            MessageTypes.Add(type);
+        }
+
+        if (message.MessageId is { } id && SampleMessageIds.Count < SampleSize)
+        {
+            SampleMessageIds.Add(id);
+        }
+    }
+}
+
+/// <summary>Groups messages by fault fingerprint; keeps every message, remembers no body.</summary>
+public sealed class GroupsVisitor : WalkVisitor
+{
+    private readonly Dictionary<string, FaultGroup> _groups = new(StringComparer.Ordinal);
+
+    public IEnumerable<FaultGroup> Groups => _groups.Values;
+
+    public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) => null;
+
+    public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
+    {
+        var id = message.GroupId;
+        if (!_groups.TryGetValue(id, out var group))
+        {
+            var example = message.ExceptionMessage is { Length: > 500 } text ? text[..500] : message.ExceptionMessage;
+            group = new FaultGroup(id, message.ExceptionType, FaultFingerprint.Normalise(message.ExceptionMessage), example);
+            _groups[id] = group;
+        }
+
+        group.Add(message);
+        return (WalkAction.Keep, null);
+    }
+}

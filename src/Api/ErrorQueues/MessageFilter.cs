@@ -1,0 +1,98 @@
+using System.Text.Json.Nodes;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>
+/// Which messages an operation acts on. Every condition given must hold; no condition = every message.
+/// Type names match the full name or the name without its namespace, ignoring case. Fault times
+/// match <c>faultedAfter &lt;= MT-Fault-Timestamp &lt; faultedBefore</c>.
+/// </summary>
+public sealed record MessageFilter
+{
+    public const int MaxMessageIds = 1000;
+
+    public static MessageFilter All { get; } = new();
+
+    public IReadOnlySet<string>? MessageIds { get; init; }
+
+    public string? ExceptionType { get; init; }
+
+    public string? MessageType { get; init; }
+
+    public string? GroupId { get; init; }
+
+    public DateTimeOffset? FaultedBefore { get; init; }
+
+    public DateTimeOffset? FaultedAfter { get; init; }
+
+    public bool Matches(FaultedMessage message)
+    {
+        if (MessageIds is not null && (message.MessageId is null || !MessageIds.Contains(message.MessageId)))
+        {
+            return false;
+        }
+
+        if (ExceptionType is not null && !TypeNameMatches(ExceptionType, message.ExceptionType))
+        {
+            return false;
+        }
+
+        if (MessageType is not null && !TypeNameMatches(MessageType, message.MessageType))
+        {
+            return false;
+        }
+
+        if (GroupId is not null && !string.Equals(GroupId, message.GroupId, StringComparison.OrdinalIgnoreCase))
+        {
+            return false;
+        }
+
+        if (FaultedBefore is { } before && !(message.FaultedAt < before))
+        {
+            return false;
+        }
+
+        return FaultedAfter is not { } after || message.FaultedAt >= after;
+    }
+
+    /// <summary>The filter as stored with an operation and shown in the audit trail.</summary>
+    public JsonObject ToJson()
+    {
+        var json = new JsonObject();
+        if (MessageIds is not null)
+        {
+            json["messageIds"] = new JsonArray([.. MessageIds.Order(StringComparer.Ordinal).Select(id => JsonValue.Create(id))]);
+        }
+
+        Add(json, "exceptionType", ExceptionType);
+        Add(json, "messageType", MessageType);
+        Add(json, "groupId", GroupId);
+        Add(json, "faultedBefore", FaultedBefore);
+        Add(json, "faultedAfter", FaultedAfter);
+        return json;
+    }
+
+    private static void Add<T>(JsonObject json, string name, T? value)
+    {
+        if (value is not null)
+        {
+            json[name] = JsonValue.Create(value);
+        }
+    }
+
+    private static bool TypeNameMatches(string wanted, string? actual)
+    {
+        if (actual is null)
+        {
+            return false;
+        }
+
+        if (string.Equals(wanted, actual, StringComparison.OrdinalIgnoreCase))
+        {
+            return true;
+        }
+
+        var shortName = actual[(actual.LastIndexOfAny(['.', '+', ':']) + 1)..];
+        return string.Equals(wanted, shortName, StringComparison.OrdinalIgnoreCase);
+    }
+}

@@ -1,0 +1,164 @@
+using Conveyor.Storage.Operations;
+using RabbitMQ.Client;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>What a move or purge is asked to do.</summary>
+public sealed record OperationPlan(
+    string Kind,
+    string Queue,
+    MessageFilter Filter,
+    string? Target,
+    int? Limit,
+    bool DryRun,
+    Guid? OperationId,
+    int MessageIdLimit);
+
+/// <summary>
+/// Moves or purges the messages that match a filter, up to a limit; keeps the others. Counts what it
+/// did and remembers (a bounded number of) the affected message ids for the audit trail.
+/// </summary>
+public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
+{
+    private const int MaxErrorsKept = 5;
+
+    private readonly object _gate = new();
+    private readonly List<string> _messageIds = [];
+    private readonly Dictionary<string, long> _targets = new(StringComparer.Ordinal);
+    private readonly List<string> _errors = [];
+    private long _matched;
+    private long _moved;
+    private long _purged;
+    private long _failed;
+    private bool _idsTruncated;
+
+    public long Matched => Interlocked.Read(ref _matched);
+
+    public long Moved => Interlocked.Read(ref _moved);
+
+    public long Purged => Interlocked.Read(ref _purged);
+
+    public long Failed => Interlocked.Read(ref _failed);
+
+    public override bool Publishes => plan.Kind == ErrorQueueOperationKinds.Move && !plan.DryRun;
+
+    public override bool IsDone => plan.Limit is { } limit && Matched >= limit;
+
+    public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body)
+    {
+        if (!plan.Filter.Matches(message))
+        {
+            return null;
+        }
+
+        if (!Publishes)
+        {
+            return Match.Instance;
+        }
+
+        var target = plan.Target ?? ErrorQueueNames.OriginalQueueOf(message.InputAddress, plan.Queue);
+        if (target == plan.Queue)
+        {
+            return new Refused($"The message's original queue is '{target}' itself.");
+        }
+
+        return new ForwardCopy(target, FreshCopy.Build(properties, message, plan.Queue, plan.OperationId), body.ToArray());
+    }
+
+    public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
+    {
+        if (inspection is null || IsDone)
+        {
+            return (WalkAction.Keep, null);
+        }
+
+        Interlocked.Increment(ref _matched);
+        switch (inspection)
+        {
+            case Refused refused:
+                Interlocked.Increment(ref _failed);
+                RecordError(refused.Reason);
+                return (WalkAction.Keep, null);
+
+            case ForwardCopy copy:
+                return (WalkAction.Forward, copy);
+
+            default:
+                if (plan.DryRun)
+                {
+                    RecordId(message, plan.Target ?? ErrorQueueNames.OriginalQueueOf(message.InputAddress, plan.Queue));
+                    return (WalkAction.Keep, null);
+                }
+
+                return (WalkAction.Remove, null);
+        }
+    }
+
+    public override void Completed(FaultedMessage message, WalkOutcome outcome, string? target, string? failure)
+    {
+        switch (outcome)
+        {
+            case WalkOutcome.Forwarded:
+                Interlocked.Increment(ref _moved);
+                RecordId(message, target);
+                break;
+
+            case WalkOutcome.Removed:
+                Interlocked.Increment(ref _purged);
+                RecordId(message, null);
+                break;
+
+            default:
+                Interlocked.Increment(ref _failed);
+                RecordError(failure ?? "The copy was not confirmed.");
+                break;
+        }
+    }
+
+    /// <summary>A consistent copy of what the audit trail records.</summary>
+    public (IReadOnlyList<string> MessageIds, bool Truncated, IReadOnlyDictionary<string, long> Targets, IReadOnlyList<string> Errors) Snapshot()
+    {
+        lock (_gate)
+        {
+            return ([.. _messageIds], _idsTruncated, new Dictionary<string, long>(_targets, StringComparer.Ordinal), [.. _errors]);
+        }
+    }
+
+    private void RecordId(FaultedMessage message, string? target)
+    {
+        lock (_gate)
+        {
+            if (_messageIds.Count < plan.MessageIdLimit)
+            {
+                _messageIds.Add(message.MessageId ?? "(no message id)");
+            }
+            else
+            {
+                _idsTruncated = true;
+            }
+
+            if (target is not null && plan.Kind == ErrorQueueOperationKinds.Move)
+            {
+                _targets[target] = _targets.GetValueOrDefault(target) + 1;
+            }
+        }
+    }
+
+    private void RecordError(string error)
+    {
+        lock (_gate)
+        {
+            if (_errors.Count < MaxErrorsKept && !_errors.Contains(error))
+            {
+                _errors.Add(error);
+            }
+        }
+    }
+
+    private sealed class Match
+    {
+        public static readonly Match Instance = new();
+    }
+
+    private sealed record Refused(string Reason);
+}

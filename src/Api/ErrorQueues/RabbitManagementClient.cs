@@ -1,0 +1,91 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using Conveyor.ServiceDefaults;
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Api.ErrorQueues;
+
+/// <summary>A queue as RabbitMQ's management API reports it (its counters lag by a few seconds).</summary>
+public sealed record QueueStats(string Name, long Messages, long Ready, long Unacknowledged, int Consumers);
+
+/// <summary>The part of RabbitMQ's management HTTP API that error-queue work needs: listing queues.</summary>
+public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOptions> options)
+{
+    private const string Columns = "name,messages,messages_ready,messages_unacknowledged,consumers";
+
+    public static void Configure(HttpClient http, RabbitMqOptions broker)
+    {
+        http.BaseAddress = new Uri($"http://{broker.Host}:{broker.ManagementPort}/api/");
+        http.Timeout = TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds * 2);
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
+            "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{broker.Username}:{broker.Password}")));
+    }
+
+    public async Task<IReadOnlyList<QueueStats>> QueuesAsync(CancellationToken cancellationToken)
+    {
+        var vhost = Uri.EscapeDataString(options.Value.VirtualHost);
+        using var document = await GetAsync($"queues/{vhost}?columns={Columns}", cancellationToken)
+            ?? throw new BrokerUnavailableException($"The management API knows no vhost '{options.Value.VirtualHost}'.");
+        return [.. document.RootElement.EnumerateArray().Select(Read)];
+    }
+
+    /// <summary>The queue, or null when it does not exist.</summary>
+    public async Task<QueueStats?> QueueAsync(string name, CancellationToken cancellationToken)
+    {
+        var path = $"queues/{Uri.EscapeDataString(options.Value.VirtualHost)}/{Uri.EscapeDataString(name)}?columns={Columns}";
+        using var document = await GetAsync(path, cancellationToken);
+        return document is null ? null : Read(document.RootElement);
+    }
+
+    private async Task<JsonDocument?> GetAsync(string path, CancellationToken cancellationToken)
+    {
+        try
+        {
+            using var response = await http.GetAsync(new Uri(path, UriKind.Relative), cancellationToken);
+            if (response.StatusCode == HttpStatusCode.NotFound)
+            {
+                return null;
+            }
+
+            if (!response.IsSuccessStatusCode)
+            {
+                throw new BrokerUnavailableException($"The management API answered {(int)response.StatusCode}.");
+            }
+
+            await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
+            return await JsonDocument.ParseAsync(body, cancellationToken: cancellationToken);
+        }
+        catch (Exception exception) when (exception is HttpRequestException or JsonException
+            || (exception is TaskCanceledException && !cancellationToken.IsCancellationRequested))
+        {
+            throw new BrokerUnavailableException("The RabbitMQ management API could not be reached.", exception);
+        }
+    }
+
+    private static QueueStats Read(JsonElement queue) => new(
+        queue.GetProperty("name").GetString()!,
+        Long(queue, "messages"),
+        Long(queue, "messages_ready"),
+        Long(queue, "messages_unacknowledged"),
+        (int)Long(queue, "consumers"));
+
+    // Counters appear a moment after a queue is declared.
+    private static long Long(JsonElement queue, string name) =>
+        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;
+}
+
+/// <summary>RabbitMQ (its management API or AMQP port) did not answer.</summary>
+public sealed class BrokerUnavailableException : Exception
+{
+    public BrokerUnavailableException(string message)
+        : base(message)
+    {
+    }
+
+    public BrokerUnavailableException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}

@@ -1,0 +1,68 @@
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Api.Jobs;
+
+internal enum CancelStatus
+{
+    /// <summary>The job was queued or scheduled and is now cancelled.</summary>
+    Cancelled,
+
+    /// <summary>Cancelled before: a repeated DELETE.</summary>
+    AlreadyCancelled,
+
+    NotFound,
+
+    /// <summary>Running, waiting for a retry, or finished: too late to cancel.</summary>
+    TooLate,
+}
+
+internal readonly record struct CancelResult(CancelStatus Status, Job? Job = null);
+
+/// <summary>
+/// Cancels a job that has not started. The status changes only from <c>queued</c> or <c>scheduled</c>,
+/// in one UPDATE, so it cannot race a worker starting the job: whichever writes the row first wins,
+/// and a worker that receives a cancelled job's message acks it without running it. A scheduled
+/// job's stored command is deleted in the same transaction; if the dispatcher holds it at that
+/// moment, it is published anyway and the worker skips it.
+/// </summary>
+internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider clock, ILogger<JobCanceller> logger)
+{
+    public async Task<CancelResult> CancelAsync(Guid jobId, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        var now = clock.GetUtcNow();
+        var cancelled = await db.Jobs
+            .Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Scheduled))
+            .ExecuteUpdateAsync(
+                set => set
+                    .SetProperty(j => j.Status, JobStatus.Cancelled)
+                    .SetProperty(j => j.NextAttemptAt, (DateTimeOffset?)null)
+                    .SetProperty(j => j.UpdatedAt, now)
+                    .SetProperty(j => j.FinishedAt, now),
+                cancellationToken);
+        if (cancelled == 1)
+        {
+            var dedupeKey = ScheduledJobs.DedupeKey(jobId);
+            await db.ScheduledMessages.Where(s => s.DedupeKey == dedupeKey).ExecuteDeleteAsync(cancellationToken);
+        }
+
+        var job = await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == jobId, cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+
+        if (job is null)
+        {
+            return new CancelResult(CancelStatus.NotFound);
+        }
+
+        if (cancelled == 1)
+        {
+            JobsLog.JobCancelled(logger, job.Id, job.Kind);
+            return new CancelResult(CancelStatus.Cancelled, job);
+        }
+
+        return new CancelResult(job.Status == JobStatus.Cancelled ? CancelStatus.AlreadyCancelled : CancelStatus.TooLate, job);
+    }
+}

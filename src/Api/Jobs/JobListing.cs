@@ -1,0 +1,124 @@
+using Conveyor.Contracts;
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using Microsoft.EntityFrameworkCore;
+using System.Buffers.Binary;
+using System.Buffers.Text;
+using System.Globalization;
+
+namespace Conveyor.Api.Jobs;
+
+/// <summary>A validated <c>GET /api/jobs</c> query.</summary>
+internal sealed record JobQuery(string? Status, string? Kind, int Limit, JobCursor? After);
+
+/// <summary>
+/// Where a page ended: the (created_at, id) of its last job. Sent to clients as opaque base64url of
+/// the creation time in microseconds (PostgreSQL's precision) and the id, 24 bytes.
+/// </summary>
+internal sealed record JobCursor(DateTimeOffset CreatedAt, Guid Id)
+{
+    private const int Length = sizeof(long) + 16;
+
+    public static JobCursor From(Job job) => new(job.CreatedAt, job.Id);
+
+    public string Encode()
+    {
+        Span<byte> bytes = stackalloc byte[Length];
+        var micros = (CreatedAt.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) / (TimeSpan.TicksPerMillisecond / 1000);
+        BinaryPrimitives.WriteInt64BigEndian(bytes, micros);
+        Id.TryWriteBytes(bytes[sizeof(long)..], bigEndian: true, out _);
+        return Base64Url.EncodeToString(bytes);
+    }
+
+    public static JobCursor? Decode(string text)
+    {
+        Span<byte> bytes = stackalloc byte[Length + 3];
+        if (!Base64Url.TryDecodeFromChars(text, bytes, out var written) || written != Length)
+        {
+            return null;
+        }
+
+        var micros = BinaryPrimitives.ReadInt64BigEndian(bytes);
+        var ticks = DateTimeOffset.UnixEpoch.UtcTicks + (micros * (TimeSpan.TicksPerMillisecond / 1000));
+        if (micros < 0 || ticks > DateTimeOffset.MaxValue.UtcTicks)
+        {
+            return null;
+        }
+
+        return new JobCursor(new DateTimeOffset(ticks, TimeSpan.Zero), new Guid(bytes[sizeof(long)..Length], bigEndian: true));
+    }
+}
+
+/// <summary><c>GET /api/jobs</c>: newest first, keyset paging on (created_at, id), optional status and kind filters.</summary>
+internal static class JobListing
+{
+    public const int DefaultLimit = 50;
+    public const int MaxLimit = 500;
+
+    public static IReadOnlyList<string> Statuses { get; } =
+    [
+        JobStatus.Scheduled, JobStatus.Queued, JobStatus.Running, JobStatus.RetryScheduled,
+        JobStatus.Succeeded, JobStatus.DeadLettered, JobStatus.Cancelled,
+    ];
+
+    /// <summary>Null when <paramref name="errors"/> received at least one error, each under its query parameter's name.</summary>
+    public static JobQuery? Parse(string? status, string? kind, string? limit, string? cursor, FieldErrors errors)
+    {
+        if (status is not null && !Statuses.Contains(status, StringComparer.Ordinal))
+        {
+            errors.Add("status", $"Must be one of: {string.Join(", ", Statuses)}.");
+        }
+
+        if (kind is not null && !JobKinds.All.Contains(kind, StringComparer.Ordinal))
+        {
+            errors.Add("kind", $"Must be one of: {string.Join(", ", JobKinds.All)}.");
+        }
+
+        var pageSize = DefaultLimit;
+        if (limit is not null
+            && (!int.TryParse(limit, NumberStyles.None, CultureInfo.InvariantCulture, out pageSize) || pageSize is < 1 or > MaxLimit))
+        {
+            errors.Add("limit", $"Must be an integer from 1 to {MaxLimit}.");
+        }
+
+        JobCursor? after = null;
+        if (cursor is not null && (after = JobCursor.Decode(cursor)) is null)
+        {
+            errors.Add("cursor", "Must be the nextCursor of an earlier page, unchanged.");
+        }
+
+        return errors.Count > 0 ? null : new JobQuery(status, kind, pageSize, after);
+    }
+
+    public static async Task<JobPage> ListAsync(ConveyorDbContext db, JobQuery query, CancellationToken cancellationToken)
+    {
+        var jobs = db.Jobs.AsNoTracking();
+        if (query.Status is not null)
+        {
+            jobs = jobs.Where(j => j.Status == query.Status);
+        }
+
+        if (query.Kind is not null)
+        {
+            jobs = jobs.Where(j => j.Kind == query.Kind);
+        }
+
+        if (query.After is { } after)
+        {
+            // A row comparison, (created_at, id) < (@createdAt, @id): one index range, ties broken by id.
+            jobs = jobs.Where(j => EF.Functions.LessThan(
+                ValueTuple.Create(j.CreatedAt, j.Id), ValueTuple.Create(after.CreatedAt, after.Id)));
+        }
+
+        // One more than asked for tells whether another page follows.
+        var rows = await jobs
+            .OrderByDescending(j => j.CreatedAt)
+            .ThenByDescending(j => j.Id)
+            .Take(query.Limit + 1)
+            .ToListAsync(cancellationToken);
+
+        var page = rows.Take(query.Limit).ToList();
+        var next = rows.Count > query.Limit ? JobCursor.From(page[^1]).Encode() : null;
+        return new JobPage([.. page.Select(JobDetails.From)], next);
+    }
+}

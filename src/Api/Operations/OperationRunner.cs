@@ -1,0 +1,257 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using Conveyor.Api.ErrorQueues;
+using Conveyor.Storage;
+using Conveyor.Storage.Operations;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+using Npgsql;
+
+namespace Conveyor.Api.Operations;
+
+/// <summary>
+/// Runs moves and purges in the background of the Api process: takes the queue's lock, records the
+/// operation (the audit row), walks the queue, writes progress twice a second and the result at the
+/// end. On shutdown, running operations stop taking messages and end cleanly (state <c>cancelled</c>).
+/// </summary>
+public sealed class OperationRunner(
+    IDbContextFactory<ConveyorDbContext> dbFactory,
+    QueueLocks locks,
+    ErrorQueueBroker broker,
+    IOptions<ErrorQueueOptions> options,
+    TimeProvider time,
+    ILogger<OperationRunner> logger) : IHostedService, IDisposable
+{
+    private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(500);
+    private static readonly string Owner = $"{Environment.MachineName}/{Environment.ProcessId}";
+
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly ConcurrentDictionary<Guid, Task> _running = new();
+
+    public async Task<StartResult> StartAsync(OperationRequest request, CancellationToken cancellationToken)
+    {
+        var lease = await locks.TryAcquireAsync(request.Queue, cancellationToken);
+        if (lease is null)
+        {
+            return new StartResult(StartStatus.Busy, RunningOperationId: await RunningOperationIdAsync(request.Queue, cancellationToken));
+        }
+
+        ErrorQueueOperation operation;
+        try
+        {
+            operation = await RecordAsync(request, lease, cancellationToken);
+        }
+        catch (DbUpdateException exception) when (exception.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
+        {
+            await lease.DisposeAsync();
+            return new StartResult(StartStatus.Busy, RunningOperationId: await RunningOperationIdAsync(request.Queue, cancellationToken));
+        }
+        catch
+        {
+            await lease.DisposeAsync();
+            throw;
+        }
+
+        OperationsLog.Started(logger, operation.Id, operation.Kind, operation.Queue, operation.DryRun, operation.RequestedBy);
+        var run = Task.Run(() => ExecuteAsync(operation, request, lease), CancellationToken.None);
+        _running[operation.Id] = run;
+        _ = run.ContinueWith(_ => _running.TryRemove(operation.Id, out Task? _), TaskScheduler.Default);
+        return new StartResult(StartStatus.Started, operation.Id);
+    }
+
+    public async Task<Guid?> RunningOperationIdAsync(string queue, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        return await db.ErrorQueueOperations.AsNoTracking()
+            .Where(o => o.Queue == queue && o.State == ErrorQueueOperationStates.Running)
+            .Select(o => (Guid?)o.Id)
+            .FirstOrDefaultAsync(cancellationToken);
+    }
+
+    private async Task<ErrorQueueOperation> RecordAsync(OperationRequest request, QueueLease lease, CancellationToken cancellationToken)
+    {
+        // The lock is free, so a row still "running" on this queue belongs to a process that died.
+        await using (var stale = new NpgsqlCommand(
+            """
+            UPDATE error_queue_operations
+               SET state = @interrupted, finished_at = now(), updated_at = now(),
+                   detail = 'The process running it stopped before it finished; unfinished messages stayed in the queue.'
+             WHERE queue = @queue AND state = @running
+            """, lease.Connection))
+        {
+            stale.Parameters.AddWithValue("interrupted", ErrorQueueOperationStates.Interrupted);
+            stale.Parameters.AddWithValue("running", ErrorQueueOperationStates.Running);
+            stale.Parameters.AddWithValue("queue", request.Queue);
+            if (await stale.ExecuteNonQueryAsync(cancellationToken) > 0)
+            {
+                OperationsLog.FoundInterrupted(logger, request.Queue);
+            }
+        }
+
+        var now = time.GetUtcNow();
+        var operation = new ErrorQueueOperation
+        {
+            Id = Guid.CreateVersion7(now),
+            Kind = request.Kind,
+            Queue = request.Queue,
+            Target = request.Target,
+            Filter = request.Filter.ToJson().ToJsonString(),
+            Limit = request.Limit,
+            DryRun = request.DryRun,
+            State = ErrorQueueOperationStates.Running,
+            RequestedBy = request.RequestedBy,
+            ClientAddress = request.ClientAddress,
+            Owner = Owner,
+            MessageIds = "[]",
+            Targets = "{}",
+            CreatedAt = now,
+            UpdatedAt = now,
+        };
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        db.ErrorQueueOperations.Add(operation);
+        await db.SaveChangesAsync(cancellationToken);
+        return operation;
+    }
+
+    private async Task ExecuteAsync(ErrorQueueOperation operation, OperationRequest request, QueueLease lease)
+    {
+        var settings = options.Value;
+        var visitor = new OperationVisitor(new OperationPlan(
+            request.Kind, request.Queue, request.Filter, request.Target, request.Limit, request.DryRun, operation.Id, settings.AuditMessageIdLimit));
+        var progress = new WalkProgress();
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+        var lostLock = new StrongBox<bool>();
+        var reporter = ReportProgressAsync(operation.Id, lease, visitor, progress, cancel, lostLock);
+        string state;
+        string? detail = null;
+        long? left = null;
+        try
+        {
+            await using var connection = await broker.ConnectAsync("error-queue-operation", cancel.Token);
+            var walker = new QueueWalker(connection, new WalkPlan(request.Queue, long.MaxValue, settings), visitor, progress, time);
+            left = await walker.RunAsync(cancel.Token);
+            state = ErrorQueueOperationStates.Succeeded;
+            detail = walker.StoppedEarly;
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+            state = ErrorQueueOperationStates.Cancelled;
+            detail = "The Api shut down; messages not yet moved or purged stayed in the queue.";
+        }
+        catch (Exception exception)
+        {
+            state = ErrorQueueOperationStates.Failed;
+            detail = lostLock.Value
+                ? "Lost the database connection that holds the queue's lock; stopped. Messages not yet moved or purged stayed in the queue."
+                : exception.Message;
+            OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
+        }
+
+        await cancel.CancelAsync();
+        await reporter;
+
+        var (messageIds, truncated, targets, errors) = visitor.Snapshot();
+        if (errors.Count > 0)
+        {
+            detail = string.Join(" ", [.. detail is null ? [] : new[] { detail }, .. errors]);
+        }
+
+        operation.State = state;
+        operation.Detail = detail is { Length: > 2000 } ? detail[..2000] : detail;
+        operation.QueueDepthAtStart = progress.QueueDepthAtStart;
+        operation.Examined = progress.Examined;
+        operation.Matched = visitor.Matched;
+        operation.Moved = visitor.Moved;
+        operation.Purged = visitor.Purged;
+        operation.Failed = visitor.Failed;
+        operation.Left = left;
+        operation.MessageIds = JsonSerializer.Serialize(messageIds);
+        operation.MessageIdsTruncated = truncated;
+        operation.Targets = JsonSerializer.Serialize(targets);
+        operation.FinishedAt = operation.UpdatedAt = time.GetUtcNow();
+        await SaveResultAsync(operation);
+        await lease.DisposeAsync();
+        OperationsLog.Finished(logger, operation.Id, operation.Kind, operation.Queue, state,
+            operation.Examined, operation.Matched, operation.Moved, operation.Purged, operation.Failed);
+    }
+
+    /// <summary>
+    /// Writes the counters through the lock's own connection: if that connection is lost, so is the
+    /// lock, and the operation stops rather than run beside another one.
+    /// </summary>
+    private async Task ReportProgressAsync(
+        Guid id, QueueLease lease, OperationVisitor visitor, WalkProgress progress, CancellationTokenSource cancel, StrongBox<bool> lostLock)
+    {
+        using var timer = new PeriodicTimer(ProgressInterval, time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(cancel.Token))
+            {
+                var (messageIds, truncated, _, _) = visitor.Snapshot();
+                await using var update = new NpgsqlCommand(
+                    """
+                    UPDATE error_queue_operations
+                       SET queue_depth_at_start = @depth, examined = @examined, matched = @matched, moved = @moved,
+                           purged = @purged, failed = @failed, message_ids = @ids::jsonb, message_ids_truncated = @truncated,
+                           updated_at = now()
+                     WHERE id = @id
+                    """, lease.Connection);
+                update.Parameters.AddWithValue("id", id);
+                update.Parameters.AddWithValue("depth", progress.QueueDepthAtStart);
+                update.Parameters.AddWithValue("examined", progress.Examined);
+                update.Parameters.AddWithValue("matched", visitor.Matched);
+                update.Parameters.AddWithValue("moved", visitor.Moved);
+                update.Parameters.AddWithValue("purged", visitor.Purged);
+                update.Parameters.AddWithValue("failed", visitor.Failed);
+                update.Parameters.AddWithValue("ids", JsonSerializer.Serialize(messageIds));
+                update.Parameters.AddWithValue("truncated", truncated);
+                await update.ExecuteNonQueryAsync(cancel.Token);
+            }
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            // The operation ended.
+        }
+        catch (Exception exception)
+        {
+            OperationsLog.LostLock(logger, exception, id);
+            lostLock.Value = true;
+            await cancel.CancelAsync();
+        }
+    }
+
+    private async Task SaveResultAsync(ErrorQueueOperation operation)
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            db.ErrorQueueOperations.Update(operation);
+            await db.SaveChangesAsync(timeout.Token);
+        }
+        catch (Exception exception)
+        {
+            // The row stays "running" until the next operation on the queue marks it interrupted.
+            OperationsLog.ResultNotSaved(logger, exception, operation.Id);
+        }
+    }
+
+    Task IHostedService.StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>Stops running operations and waits (within the host's shutdown time) for them to end cleanly.</summary>
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await _stopping.CancelAsync();
+        try
+        {
+            await Task.WhenAll(_running.Values).WaitAsync(cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+            // Out of time: unacknowledged messages return to their queue when the process exits.
+        }
+    }
+
+    public void Dispose() => _stopping.Dispose();
+}

@@ -1,0 +1,126 @@
+using System.Globalization;
+using Conveyor.Api.Security;
+using Conveyor.Storage;
+using Conveyor.Storage.Operations;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Api.Operations;
+
+/// <summary><c>/api/operations</c> (progress and results of moves and purges) and <c>/api/audit</c>. Admin only.</summary>
+internal static class OperationsApi
+{
+    public const int DefaultListLimit = 50;
+    public const int MaxListLimit = 500;
+
+    public static IEndpointRouteBuilder MapOperationsApi(this IEndpointRouteBuilder endpoints)
+    {
+        var operations = endpoints.MapGroup("/api/operations")
+            .WithTags("Error queues")
+            .RequireAuthorization(ApiPolicies.Admin)
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status403Forbidden);
+
+        operations.MapGet("/", ListOperations)
+            .WithName("ListOperations")
+            .WithSummary("Recent moves and purges, newest first; state=running shows those in progress.");
+
+        operations.MapGet("/{operationId:guid}", GetOperation)
+            .WithName("GetOperation")
+            .WithSummary("Progress and result of one move or purge.")
+            .ProducesProblem(StatusCodes.Status404NotFound);
+
+        endpoints.MapGet("/api/audit", Audit)
+            .WithTags("Error queues")
+            .RequireAuthorization(ApiPolicies.Admin)
+            .WithName("Audit")
+            .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages.")
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status403Forbidden);
+
+        return endpoints;
+    }
+
+    internal static async Task<Results<Ok<OperationView>, ProblemHttpResult>> GetOperation(
+        Guid operationId, ConveyorDbContext db, CancellationToken cancellationToken)
+    {
+        var operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == operationId, cancellationToken);
+        return operation is null
+            ? TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Operation not found", detail: $"There is no operation {operationId}.")
+            : TypedResults.Ok(OperationView.From(operation));
+    }
+
+    internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> ListOperations(
+        string? queue, string? state, string? limit, ConveyorDbContext db, CancellationToken cancellationToken)
+    {
+        var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
+        string[] states =
+        [
+            ErrorQueueOperationStates.Running, ErrorQueueOperationStates.Succeeded, ErrorQueueOperationStates.Failed,
+            ErrorQueueOperationStates.Cancelled, ErrorQueueOperationStates.Interrupted,
+        ];
+        if (state is not null && !states.Contains(state, StringComparer.Ordinal))
+        {
+            errors["state"] = [$"Must be one of {string.Join(", ", states)}."];
+        }
+
+        var count = ReadLimit(limit, errors);
+        if (errors.Count > 0)
+        {
+            return TypedResults.ValidationProblem(errors);
+        }
+
+        var query = db.ErrorQueueOperations.AsNoTracking();
+        query = queue is null ? query : query.Where(o => o.Queue == queue);
+        query = state is null ? query : query.Where(o => o.State == state);
+        var rows = await query.OrderByDescending(o => o.CreatedAt).Take(count).ToListAsync(cancellationToken);
+        return TypedResults.Ok<IReadOnlyList<OperationView>>([.. rows.Select(OperationView.From)]);
+    }
+
+    internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> Audit(
+        string? queue, string? requestedBy, string? since, string? limit, ConveyorDbContext db, CancellationToken cancellationToken)
+    {
+        var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
+        DateTimeOffset? from = null;
+        if (since is not null)
+        {
+            if (DateTimeOffset.TryParse(since, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var parsed))
+            {
+                from = parsed;
+            }
+            else
+            {
+                errors["since"] = ["Must be an ISO 8601 date and time."];
+            }
+        }
+
+        var count = ReadLimit(limit, errors);
+        if (errors.Count > 0)
+        {
+            return TypedResults.ValidationProblem(errors);
+        }
+
+        var query = db.ErrorQueueOperations.AsNoTracking();
+        query = queue is null ? query : query.Where(o => o.Queue == queue);
+        query = requestedBy is null ? query : query.Where(o => o.RequestedBy == requestedBy);
+        query = from is null ? query : query.Where(o => o.CreatedAt >= from);
+        var rows = await query.OrderByDescending(o => o.CreatedAt).Take(count).ToListAsync(cancellationToken);
+        return TypedResults.Ok<IReadOnlyList<OperationView>>([.. rows.Select(OperationView.From)]);
+    }
+
+    private static int ReadLimit(string? text, Dictionary<string, string[]> errors)
+    {
+        if (text is null)
+        {
+            return DefaultListLimit;
+        }
+
+        if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var limit) && limit is >= 1 and <= MaxListLimit)
+        {
+            return limit;
+        }
+
+        errors["limit"] = [$"Must be an integer between 1 and {MaxListLimit}."];
+        return 0;
+    }
+}

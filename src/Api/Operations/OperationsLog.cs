@@ -1,0 +1,28 @@
+namespace Conveyor.Api.Operations;
+
+internal static partial class OperationsLog
+{
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Information,
+        Message = "Operation {OperationId}: {Kind} on {Queue} (dry run: {DryRun}) started by {RequestedBy}")]
+    public static partial void Started(ILogger logger, Guid operationId, string kind, string queue, bool dryRun, string requestedBy);
+
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Information,
+        Message = "Operation {OperationId}: {Kind} on {Queue} ended {State}: examined {Examined}, matched {Matched}, moved {Moved}, purged {Purged}, failed {Failed}")]
+    public static partial void Finished(ILogger logger, Guid operationId, string kind, string queue, string state,
+        long examined, long matched, long moved, long purged, long failed);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "Operation {OperationId} on {Queue} failed")]
+    public static partial void Failed(ILogger logger, Exception exception, Guid operationId, string queue);
+
+    [LoggerMessage(EventId = 2004, Level = LogLevel.Error,
+        Message = "Operation {OperationId} lost the database connection that holds its queue lock; stopping it")]
+    public static partial void LostLock(ILogger logger, Exception exception, Guid operationId);
+
+    [LoggerMessage(EventId = 2005, Level = LogLevel.Error,
+        Message = "The result of operation {OperationId} could not be saved; it shows as running until the next operation on its queue")]
+    public static partial void ResultNotSaved(ILogger logger, Exception exception, Guid operationId);
+
+    [LoggerMessage(EventId = 2006, Level = LogLevel.Warning,
+        Message = "An operation on {Queue} was left running by a process that stopped; marked interrupted")]
+    public static partial void FoundInterrupted(ILogger logger, string queue);
+}

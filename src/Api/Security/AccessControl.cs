@@ -1,0 +1,186 @@
+using System.Security.Claims;
+using Microsoft.AspNetCore.Antiforgery;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Authentication.Cookies;
+using Microsoft.AspNetCore.Authorization;
+using Microsoft.AspNetCore.DataProtection;
+
+namespace Conveyor.Api.Security;
+
+/// <summary>
+/// Who may call what. Two ways in: an API key on every request (<c>Authorization: Bearer</c> or
+/// <c>X-Api-Key</c>, for programs) and a dashboard session cookie (issued once an operator pastes a key
+/// into the sign-in form). A policy scheme picks one per request; the scopes behind both are the key's.
+/// Everything needs an authenticated caller unless it says <c>AllowAnonymous</c> (health, metrics,
+/// OpenAPI, the sign-in page and the dashboard's static files).
+/// </summary>
+public static class AccessControl
+{
+    /// <summary>The default scheme: forwards to <see cref="ApiKeyAuthenticationHandler.SchemeName"/> or <see cref="SessionScheme"/>.</summary>
+    public const string SelectorScheme = "ApiKeyOrSession";
+
+    /// <summary>The dashboard's cookie session.</summary>
+    public const string SessionScheme = "DashboardSession";
+
+    public const string SessionCookieName = "conveyor.session";
+    public const string AntiforgeryCookieName = "conveyor.csrf";
+    public const string AntiforgeryHeaderName = "X-CSRF-TOKEN";
+    public const string AntiforgeryFieldName = "__RequestVerificationToken";
+
+    /// <summary>A claim in the session naming which key signed in (a digest, never the key), so a rotated key ends its sessions.</summary>
+    public const string KeyFingerprintClaim = "key_fp";
+
+    internal static IServiceCollection AddAccessControl(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<DashboardSessionOptions>()
+            .BindConfiguration(DashboardSessionOptions.SectionName)
+            .ValidateDataAnnotations()
+            .ValidateOnStart();
+        services.AddSingleton<SessionValidator>();
+
+        var dataProtection = services.AddDataProtection().SetApplicationName("conveyor-api");
+        if (configuration[$"{DashboardSessionOptions.SectionName}:KeysDirectory"] is { Length: > 0 } keysDirectory)
+        {
+            // Several Api replicas must share the key ring, or a session cookie works only on the pod that issued it.
+            dataProtection.PersistKeysToFileSystem(new DirectoryInfo(keysDirectory));
+        }
+
+        var session = configuration.GetSection(DashboardSessionOptions.SectionName).Get<DashboardSessionOptions>() ?? new DashboardSessionOptions();
+        services.AddAuthentication(SelectorScheme)
+            .AddPolicyScheme(SelectorScheme, "API key or dashboard session", options => options.ForwardDefaultSelector = SelectScheme)
+            .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthenticationHandler>(ApiKeyAuthenticationHandler.SchemeName, null)
+            .AddCookie(SessionScheme, options =>
+            {
+                options.Cookie.Name = SessionCookieName;
+                options.Cookie.HttpOnly = true;
+                options.Cookie.SameSite = SameSiteMode.Strict;
+                options.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+                options.Cookie.Path = "/";
+                options.ExpireTimeSpan = TimeSpan.FromMinutes(session.IdleMinutes);
+                options.SlidingExpiration = true;
+                options.LoginPath = DashboardPaths.Login;
+                options.LogoutPath = DashboardPaths.Logout;
+                options.Events = new CookieAuthenticationEvents
+                {
+                    OnRedirectToLogin = RedirectToLoginOr401,
+                    OnRedirectToAccessDenied = context =>
+                    {
+                        context.Response.StatusCode = StatusCodes.Status403Forbidden;
+                        return Task.CompletedTask;
+                    },
+                    OnValidatePrincipal = context => context.HttpContext.RequestServices.GetRequiredService<SessionValidator>().ValidateAsync(context),
+                };
+            });
+
+        services.AddAuthorizationBuilder()
+            .AddPolicy(ApiPolicies.Admin, policy => policy.RequireAuthenticatedUser()
+                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, ApiScopes.Admin))
+            .AddPolicy(ApiPolicies.JobsRead, policy => policy.RequireAuthenticatedUser()
+                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, ApiScopes.JobsRead, ApiScopes.Admin))
+            .AddPolicy(ApiPolicies.JobsPublish, policy => policy.RequireAuthenticatedUser()
+                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, ApiScopes.JobsPublish, ApiScopes.Admin))
+            // Default deny: an endpoint that names no policy still needs a signed-in caller.
+            .SetFallbackPolicy(new AuthorizationPolicyBuilder().RequireAuthenticatedUser().Build());
+
+        services.AddAntiforgery(options =>
+        {
+            options.HeaderName = AntiforgeryHeaderName;
+            options.FormFieldName = AntiforgeryFieldName;
+            options.Cookie.Name = AntiforgeryCookieName;
+            options.Cookie.HttpOnly = true;
+            options.Cookie.SameSite = SameSiteMode.Strict;
+            options.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+            // The security headers middleware sends frame-ancestors 'none' and X-Frame-Options: DENY.
+            options.SuppressXFrameOptionsHeader = true;
+        });
+        return services;
+    }
+
+    /// <summary>
+    /// A key in a header wins; otherwise the dashboard's pages, and any request carrying the session
+    /// cookie, use the session; everything else is an API call without a key.
+    /// </summary>
+    public static string SelectScheme(HttpContext context)
+    {
+        var request = context.Request;
+        if (request.Headers.ContainsKey(ApiKeyAuthenticationHandler.ApiKeyHeader) || request.Headers.ContainsKey(Microsoft.Net.Http.Headers.HeaderNames.Authorization))
+        {
+            return ApiKeyAuthenticationHandler.SchemeName;
+        }
+
+        return request.Path.StartsWithSegments(DashboardPaths.Root, StringComparison.OrdinalIgnoreCase) || request.Cookies.ContainsKey(SessionCookieName)
+            ? SessionScheme
+            : ApiKeyAuthenticationHandler.SchemeName;
+    }
+
+    /// <summary>True when the request was authenticated by the session cookie, which a browser sends by itself.</summary>
+    public static bool IsSessionAuthenticated(HttpContext context) =>
+        context.User.Identity is { IsAuthenticated: true } && SelectScheme(context) == SessionScheme;
+
+    /// <summary>
+    /// Every state-changing request authenticated by the session cookie must carry the anti-forgery token
+    /// (header <see cref="AntiforgeryHeaderName"/> or form field), whatever endpoint it reaches. API-key
+    /// callers need none: a browser never adds their header by itself.
+    /// </summary>
+    public static IApplicationBuilder UseSessionCsrfProtection(this IApplicationBuilder app) =>
+        app.Use(async (context, next) =>
+        {
+            if (!IsSafeMethod(context.Request.Method) && IsSessionAuthenticated(context))
+            {
+                var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
+                if (!await antiforgery.IsRequestValidAsync(context))
+                {
+                    await TypedResults.Problem(
+                        statusCode: StatusCodes.Status400BadRequest,
+                        title: "Missing or invalid anti-forgery token",
+                        detail: $"A request signed in by the dashboard session must send the token from GET {DashboardPaths.Session} in the {AntiforgeryHeaderName} header.")
+                        .ExecuteAsync(context);
+                    return;
+                }
+            }
+
+            await next(context);
+        });
+
+    public static bool IsSafeMethod(string method) =>
+        HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method) || HttpMethods.IsTrace(method);
+
+    /// <summary>The principal a session carries: the key's name and scopes, and a digest naming the key.</summary>
+    public static ClaimsPrincipal SessionPrincipal(ApiKeyIdentity identity, string keyFingerprint)
+    {
+        Claim[] claims =
+        [
+            new(ClaimTypes.Name, identity.Name),
+            new(KeyFingerprintClaim, keyFingerprint),
+            .. identity.Scopes.Select(scope => new Claim(ApiKeyAuthenticationHandler.ScopeClaim, scope)),
+        ];
+        return new ClaimsPrincipal(new ClaimsIdentity(claims, SessionScheme, ClaimTypes.Name, ClaimTypes.Role));
+    }
+
+    /// <summary>Pages redirect to the sign-in form; API calls (and the dashboard's own JSON) get a plain 401.</summary>
+    private static Task RedirectToLoginOr401(RedirectContext<CookieAuthenticationOptions> context)
+    {
+        var request = context.Request;
+        if (HttpMethods.IsGet(request.Method)
+            && request.Path.StartsWithSegments(DashboardPaths.Root, StringComparison.OrdinalIgnoreCase)
+            && !request.Path.StartsWithSegments(DashboardPaths.DataRoot, StringComparison.OrdinalIgnoreCase))
+        {
+            context.Response.Redirect(DashboardPaths.Login);
+            return Task.CompletedTask;
+        }
+
+        context.Response.StatusCode = StatusCodes.Status401Unauthorized;
+        context.Response.Headers.WWWAuthenticate = "Bearer";
+        return Task.CompletedTask;
+    }
+}
+
+/// <summary>Paths of the dashboard that access control needs to know.</summary>
+public static class DashboardPaths
+{
+    public const string Root = "/dashboard";
+    public const string DataRoot = "/dashboard/api";
+    public const string Login = "/dashboard/login";
+    public const string Logout = "/dashboard/logout";
+    public const string Session = "/dashboard/api/session";
+}

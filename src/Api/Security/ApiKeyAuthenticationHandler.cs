@@ -1,0 +1,71 @@
+using System.Security.Claims;
+using System.Text.Encodings.Web;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.Extensions.Options;
+using Microsoft.Net.Http.Headers;
+
+namespace Conveyor.Api.Security;
+
+/// <summary>
+/// Authenticates a request by the API key in <c>Authorization: Bearer &lt;key&gt;</c> or
+/// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). An unknown key: 401.
+/// The key itself is never logged or echoed.
+/// </summary>
+public sealed class ApiKeyAuthenticationHandler(
+    IOptionsMonitor<AuthenticationSchemeOptions> options,
+    ILoggerFactory loggerFactory,
+    UrlEncoder encoder,
+    ApiKeyStore keys)
+    : AuthenticationHandler<AuthenticationSchemeOptions>(options, loggerFactory, encoder)
+{
+    public const string SchemeName = "ApiKey";
+    public const string ApiKeyHeader = "X-Api-Key";
+    public const string ScopeClaim = "scope";
+
+    private const string BearerPrefix = "Bearer ";
+
+    protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+    {
+        var presented = PresentedKey(Request.Headers);
+        if (presented is null)
+        {
+            return Task.FromResult(AuthenticateResult.NoResult());
+        }
+
+        if (presented.Length == 0 || keys.Find(presented) is not { } identity)
+        {
+            return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
+        }
+
+        Claim[] claims =
+        [
+            new(ClaimTypes.Name, identity.Name),
+            .. identity.Scopes.Select(scope => new Claim(ScopeClaim, scope)),
+        ];
+        var principal = new ClaimsPrincipal(new ClaimsIdentity(claims, SchemeName, ClaimTypes.Name, ClaimTypes.Role));
+        return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, SchemeName)));
+    }
+
+    protected override Task HandleChallengeAsync(AuthenticationProperties properties)
+    {
+        Response.Headers.WWWAuthenticate = "Bearer";
+        return base.HandleChallengeAsync(properties);
+    }
+
+    /// <summary>The key from either header; empty when a header is present but carries none; null when neither is.</summary>
+    private static string? PresentedKey(IHeaderDictionary headers)
+    {
+        if (headers.TryGetValue(ApiKeyHeader, out var apiKey))
+        {
+            return apiKey.Count == 1 ? apiKey[0]!.Trim() : "";
+        }
+
+        if (headers.TryGetValue(HeaderNames.Authorization, out var authorization))
+        {
+            var value = authorization.Count == 1 ? authorization[0] ?? "" : "";
+            return value.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase) ? value[BearerPrefix.Length..].Trim() : "";
+        }
+
+        return null;
+    }
+}

@@ -1,0 +1,93 @@
+using Conveyor.Cli.Commands;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Conveyor.Cli;
+
+/// <summary>
+/// The <c>conveyor</c> command. <see cref="RunAsync"/> is what <c>Program.cs</c> calls and what tests
+/// call in-process, with their own writers, HTTP handler and environment.
+/// </summary>
+public static class CliApp
+{
+    public static async Task<int> RunAsync(
+        string[] args,
+        TextWriter stdout,
+        TextWriter stderr,
+        HttpMessageHandler? handler = null,
+        IReadOnlyDictionary<string, string?>? environment = null,
+        CancellationToken cancellationToken = default)
+    {
+        var output = ConsoleFor(stdout, ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
+        var errors = ConsoleFor(stderr, ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected);
+        var cli = new CliContext(output, errors, stdout, handler,
+            name => environment is null ? Environment.GetEnvironmentVariable(name) : environment.GetValueOrDefault(name));
+
+        var app = new CommandApp();
+        app.Configure(config =>
+        {
+            config.SetApplicationName("conveyor");
+            config.ConfigureConsole(output);
+            config.PropagateExceptions();
+            config.AddCommand<QueuesCommand>("queues").WithData(cli)
+                .WithDescription("List every _error and _skipped queue with its depth.");
+            config.AddCommand<MessagesCommand>("messages").WithData(cli)
+                .WithDescription("Show the first messages of an error queue and their faults (nothing is removed).")
+                .WithExample("messages", "charge-payment_error", "--limit", "50");
+            config.AddCommand<GroupsCommand>("groups").WithData(cli)
+                .WithDescription("Group an error queue's messages by fault (exception type and normalised message).");
+            config.AddCommand<MoveCommand>("move").WithData(cli)
+                .WithDescription("Move matching messages back to their original queue (or --target), loss-free.")
+                .WithExample("move", "charge-payment_error", "--group", "3f9a0c41d2e7", "--dry-run");
+            config.AddCommand<PurgeCommand>("purge").WithData(cli)
+                .WithDescription("Delete matching messages for good; --confirm must repeat the queue name.")
+                .WithExample("purge", "charge-payment_error", "--exception-type", "JsonException", "--confirm", "charge-payment_error");
+            config.AddCommand<OperationsCommand>("operations").WithData(cli)
+                .WithDescription("List recent moves and purges.");
+            config.AddCommand<OperationCommand>("operation").WithData(cli)
+                .WithDescription("Show one move or purge; --wait follows it to the end.");
+            config.AddCommand<AuditCommand>("audit").WithData(cli)
+                .WithDescription("Who moved or purged what, when, from where to where.");
+        });
+
+        try
+        {
+            if (args.Length == 0)
+            {
+                await app.RunAsync(["--help"], cancellationToken);
+                return ExitCodes.Usage;
+            }
+
+            return await app.RunAsync(args, cancellationToken);
+        }
+        catch (CliFailureException failure)
+        {
+            await stderr.WriteLineAsync($"conveyor: {failure.Message}");
+            return failure.ExitCode;
+        }
+        catch (CommandAppException exception)
+        {
+            await stderr.WriteLineAsync($"conveyor: {exception.Message}");
+            await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
+            return ExitCodes.Usage;
+        }
+    }
+
+    private static IAnsiConsole ConsoleFor(TextWriter writer, bool terminal)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+        });
+        if (!terminal)
+        {
+            // Tables written to a file or pipe are not cut to 80 columns.
+            console.Profile.Width = 240;
+        }
+
+        return console;
+    }
+}

@@ -1,0 +1,47 @@
+using Spectre.Console;
+
+namespace Conveyor.Cli;
+
+/// <summary>What every command needs: where to write, how to reach the Api, and the environment.</summary>
+public sealed class CliContext(
+    IAnsiConsole output,
+    IAnsiConsole errors,
+    TextWriter rawOutput,
+    HttpMessageHandler? handler,
+    Func<string, string?> environment)
+{
+    public const string ApiUrlVariable = "CONVEYOR_API_URL";
+    public const string ApiKeyVariable = "CONVEYOR_API_KEY";
+    public const string DefaultApiUrl = "http://127.0.0.1:8080";
+
+    /// <summary>Tables and messages.</summary>
+    public IAnsiConsole Out { get; } = output;
+
+    /// <summary>Progress and errors.</summary>
+    public IAnsiConsole Err { get; } = errors;
+
+    /// <summary>Plain stdout, for <c>--json</c>.</summary>
+    public TextWriter RawOut { get; } = rawOutput;
+
+    /// <summary>How often a waiting command asks for an operation's progress.</summary>
+    public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    public ConveyorClient Client(string? apiOption)
+    {
+        var url = apiOption ?? environment(ApiUrlVariable) ?? DefaultApiUrl;
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var baseAddress) || (baseAddress.Scheme != Uri.UriSchemeHttp && baseAddress.Scheme != Uri.UriSchemeHttps))
+        {
+            throw new CliFailureException(ExitCodes.Usage, $"'{url}' is not an http(s) URL (--api or {ApiUrlVariable}).");
+        }
+
+        var key = environment(ApiKeyVariable);
+        if (string.IsNullOrWhiteSpace(key))
+        {
+            throw new CliFailureException(ExitCodes.Auth, $"Set {ApiKeyVariable} to an API key with the admin scope.");
+        }
+
+        // Paths are relative ("api/..."), so an Api behind a path prefix works too.
+        var root = baseAddress.AbsoluteUri.EndsWith('/') ? baseAddress : new Uri(baseAddress.AbsoluteUri + "/");
+        return new ConveyorClient(root, key, handler);
+    }
+}

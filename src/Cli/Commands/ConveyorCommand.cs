@@ -1,0 +1,24 @@
+using System.Text.Json;
+using Spectre.Console.Cli;
+
+namespace Conveyor.Cli.Commands;
+
+/// <summary>Connects to the Api and runs the command; errors travel as <see cref="CliFailureException"/>.</summary>
+public abstract class ConveyorCommand<TSettings> : AsyncCommand<TSettings>
+    where TSettings : ApiSettings
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public sealed override async Task<int> ExecuteAsync(CommandContext context, TSettings settings, CancellationToken cancellationToken)
+    {
+        var cli = (CliContext)context.Data!;
+        using var client = cli.Client(settings.Api);
+        return await RunAsync(cli, client, settings, cancellationToken);
+    }
+
+    protected abstract Task<int> RunAsync(CliContext cli, ConveyorClient client, TSettings settings, CancellationToken cancellationToken);
+
+    protected static void WriteJson(CliContext cli, JsonElement json) => cli.RawOut.WriteLine(JsonSerializer.Serialize(json, Indented));
+
+    protected static string Escape(string value) => Uri.EscapeDataString(value);
+}

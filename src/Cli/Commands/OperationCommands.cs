@@ -1,0 +1,253 @@
+using System.Globalization;
+using System.Text.Json;
+using Spectre.Console;
+
+namespace Conveyor.Cli.Commands;
+
+/// <summary><c>conveyor move &lt;queue&gt;</c>: moves matching messages back and waits, showing progress.</summary>
+public sealed class MoveCommand : ConveyorCommand<MoveSettings>
+{
+    protected override Task<int> RunAsync(CliContext cli, ConveyorClient client, MoveSettings settings, CancellationToken cancellationToken)
+    {
+        var body = new Dictionary<string, object?>(StringComparer.Ordinal)
+        {
+            ["filter"] = settings.Filter(),
+            ["dryRun"] = settings.DryRun,
+        };
+        if (settings.Target is not null)
+        {
+            body["target"] = settings.Target;
+        }
+
+        if (settings.Limit is { } limit)
+        {
+            body["limit"] = limit;
+        }
+
+        return Operations.StartAndWaitAsync(cli, client, settings, "move", body, cancellationToken);
+    }
+}
+
+/// <summary><c>conveyor purge &lt;queue&gt; --confirm &lt;queue&gt;</c>: deletes matching messages.</summary>
+public sealed class PurgeCommand : ConveyorCommand<PurgeSettings>
+{
+    protected override Task<int> RunAsync(CliContext cli, ConveyorClient client, PurgeSettings settings, CancellationToken cancellationToken)
+    {
+        var body = new Dictionary<string, object?>(StringComparer.Ordinal)
+        {
+            ["filter"] = settings.Filter(),
+            ["dryRun"] = settings.DryRun,
+        };
+        if (settings.Confirm is not null)
+        {
+            body["confirm"] = settings.Confirm;
+        }
+
+        if (settings.Limit is { } limit)
+        {
+            body["limit"] = limit;
+        }
+
+        return Operations.StartAndWaitAsync(cli, client, settings, "purge", body, cancellationToken);
+    }
+}
+
+/// <summary><c>conveyor operations</c>: recent moves and purges.</summary>
+public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationsSettings settings, CancellationToken cancellationToken)
+    {
+        var query = Query(("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
+        var operations = await client.GetAsync("api/operations" + query, cancellationToken);
+        if (settings.Json)
+        {
+            WriteJson(cli, operations);
+            return ExitCodes.Ok;
+        }
+
+        cli.Out.Write(Operations.Table(operations));
+        return ExitCodes.Ok;
+    }
+
+    internal static string Query(params (string Name, string? Value)[] parameters)
+    {
+        var given = parameters.Where(p => p.Value is not null).Select(p => $"{p.Name}={Uri.EscapeDataString(p.Value!)}").ToList();
+        return given.Count == 0 ? "" : "?" + string.Join('&', given);
+    }
+}
+
+/// <summary><c>conveyor operation &lt;id&gt;</c>: one operation's progress and result.</summary>
+public sealed class OperationCommand : ConveyorCommand<OperationSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationSettings settings, CancellationToken cancellationToken)
+    {
+        var operation = settings.Wait
+            ? await Operations.WaitAsync(cli, client, settings.Id, showProgress: !settings.Json, cancellationToken)
+            : await client.GetAsync($"api/operations/{settings.Id}", cancellationToken);
+        return Operations.Report(cli, operation, settings.Json);
+    }
+}
+
+/// <summary><c>conveyor audit</c>: who moved or purged what, when.</summary>
+public sealed class AuditCommand : ConveyorCommand<AuditSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, AuditSettings settings, CancellationToken cancellationToken)
+    {
+        var query = OperationsCommand.Query(
+            ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
+        var entries = await client.GetAsync("api/audit" + query, cancellationToken);
+        if (settings.Json)
+        {
+            WriteJson(cli, entries);
+            return ExitCodes.Ok;
+        }
+
+        cli.Out.Write(Operations.Table(entries));
+        return ExitCodes.Ok;
+    }
+}
+
+internal static class Operations
+{
+    private const string Running = "running";
+    private const int IdsShown = 20;
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static async Task<int> StartAndWaitAsync(
+        CliContext cli, ConveyorClient client, FilterSettings settings, string kind, Dictionary<string, object?> body, CancellationToken cancellationToken)
+    {
+        var accepted = await client.PostAsync($"api/error-queues/{Uri.EscapeDataString(settings.Queue)}/{kind}", body, cancellationToken);
+        var id = accepted.GetProperty("operationId").GetGuid();
+        if (settings.NoWait)
+        {
+            if (settings.Json)
+            {
+                cli.RawOut.WriteLine(JsonSerializer.Serialize(accepted, Indented));
+            }
+            else
+            {
+                cli.Out.MarkupLine($"Started {kind} [bold]{id}[/]. Follow it with: conveyor operation {id} --wait");
+            }
+
+            return ExitCodes.Ok;
+        }
+
+        var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, cancellationToken);
+        return Report(cli, operation, settings.Json);
+    }
+
+    /// <summary>Polls the operation until it ends; with a progress bar on stderr when it is a terminal.</summary>
+    public static async Task<JsonElement> WaitAsync(CliContext cli, ConveyorClient client, Guid id, bool showProgress, CancellationToken cancellationToken)
+    {
+        var path = $"api/operations/{id}";
+        if (!showProgress || !cli.Err.Profile.Capabilities.Interactive)
+        {
+            while (true)
+            {
+                var operation = await client.GetAsync(path, cancellationToken);
+                if (ConveyorClient.Text(operation, "state") != Running)
+                {
+                    return operation;
+                }
+
+                await Task.Delay(cli.PollInterval, cancellationToken);
+            }
+        }
+
+        return await new Progress(cli.Err)
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .StartAsync(async progress =>
+            {
+                var task = progress.AddTask($"Operation {id}", autoStart: true, maxValue: 1);
+                while (true)
+                {
+                    var operation = await client.GetAsync(path, cancellationToken);
+                    var depth = Number(operation, "queueDepthAtStart");
+                    var examined = Number(operation, "examined");
+                    task.Description = $"{ConveyorClient.Text(operation, "kind")} {ConveyorClient.Text(operation, "queue")}: "
+                        + $"{examined} examined, {Number(operation, "moved") + Number(operation, "purged")} done";
+                    task.MaxValue = Math.Max(1, depth);
+                    task.Value = Math.Min(examined, task.MaxValue);
+                    if (ConveyorClient.Text(operation, "state") != Running)
+                    {
+                        task.Value = task.MaxValue;
+                        task.StopTask();
+                        return operation;
+                    }
+
+                    await Task.Delay(cli.PollInterval, cancellationToken);
+                }
+            });
+    }
+
+    /// <summary>Prints the outcome; 0 when it succeeded, 1 otherwise.</summary>
+    public static int Report(CliContext cli, JsonElement operation, bool json)
+    {
+        var state = ConveyorClient.Text(operation, "state");
+        if (json)
+        {
+            cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, Indented));
+        }
+        else
+        {
+            var kind = ConveyorClient.Text(operation, "kind");
+            var dryRun = operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True;
+            var verb = kind == "purge" ? "purged" : "moved";
+            var done = dryRun ? Number(operation, "matched") : Number(operation, verb);
+            cli.Out.MarkupLine(dryRun
+                ? $"[bold]Dry run[/]: would have {verb} {done} message(s); nothing was changed."
+                : $"{Markup.Escape(kind ?? "operation")} [bold]{Markup.Escape(state ?? "?")}[/]: {verb} {done} message(s).");
+
+            var grid = new Grid().AddColumn().AddColumn();
+            foreach (var (label, name) in new[]
+            {
+                ("Operation", "operationId"), ("State", "state"), ("Queue", "queue"), ("Target", "target"), ("Targets", "targets"),
+                ("Filter", "filter"), ("Limit", "limit"), ("Examined", "examined"), ("Matched", "matched"), ("Moved", "moved"),
+                ("Purged", "purged"), ("Failed", "failed"), ("Left", "left"), ("Requested by", "requestedBy"),
+                ("Started", "createdAt"), ("Finished", "finishedAt"), ("Detail", "detail"),
+            })
+            {
+                var value = Output.Cell(operation, name, 500);
+                if (value.Length > 0 && value != "{}")
+                {
+                    grid.AddRow(label, value);
+                }
+            }
+
+            cli.Out.Write(grid);
+            if (operation.TryGetProperty("messageIds", out var ids) && ids.GetArrayLength() > 0)
+            {
+                var shown = ids.EnumerateArray().Take(IdsShown).Select(i => i.GetString()).ToList();
+                var more = ids.GetArrayLength() > IdsShown || (operation.TryGetProperty("messageIdsTruncated", out var t) && t.ValueKind == JsonValueKind.True);
+                cli.Out.WriteLine($"Message ids: {string.Join(", ", shown)}{(more ? ", …" : "")}");
+            }
+        }
+
+        return state == "succeeded" ? ExitCodes.Ok : ExitCodes.OperationFailed;
+    }
+
+    public static Table Table(JsonElement operations)
+    {
+        var table = new Table().AddColumns("When", "Who", "What", "From", "To", "Matched", "Moved", "Purged", "Failed", "State", "Id");
+        foreach (var operation in operations.EnumerateArray())
+        {
+            var what = Output.Cell(operation, "kind") + (operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True ? " (dry run)" : "");
+            var to = Output.Cell(operation, "target");
+            if (to.Length == 0 && operation.TryGetProperty("targets", out var targets) && targets.ValueKind == JsonValueKind.Object)
+            {
+                to = Markup.Escape(string.Join(", ", targets.EnumerateObject().Select(t => t.Name)));
+            }
+
+            table.AddRow(
+                Output.Cell(operation, "createdAt"), Output.Cell(operation, "requestedBy"), what, Output.Cell(operation, "queue"), to,
+                Output.Cell(operation, "matched"), Output.Cell(operation, "moved"), Output.Cell(operation, "purged"),
+                Output.Cell(operation, "failed"), Output.Cell(operation, "state"), Output.Cell(operation, "operationId"));
+        }
+
+        return table;
+    }
+
+    private static long Number(JsonElement json, string name) =>
+        json.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;
+}

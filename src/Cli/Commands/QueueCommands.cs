@@ -1,0 +1,136 @@
+using System.Globalization;
+using System.Text.Json;
+using Spectre.Console;
+
+namespace Conveyor.Cli.Commands;
+
+/// <summary><c>conveyor queues</c>: every error and skipped queue with its depth.</summary>
+public sealed class QueuesCommand : ConveyorCommand<ApiSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, ApiSettings settings, CancellationToken cancellationToken)
+    {
+        var queues = await client.GetAsync("api/error-queues", cancellationToken);
+        if (settings.Json)
+        {
+            WriteJson(cli, queues);
+            return ExitCodes.Ok;
+        }
+
+        var table = new Table().AddColumns("Queue", "Kind", "From queue", "Messages", "Consumers");
+        foreach (var queue in queues.EnumerateArray())
+        {
+            table.AddRow(
+                Output.Cell(queue, "name"), Output.Cell(queue, "kind"), Output.Cell(queue, "sourceQueue"),
+                Output.Cell(queue, "messages"), Output.Cell(queue, "consumers"));
+        }
+
+        cli.Out.Write(table);
+        return ExitCodes.Ok;
+    }
+}
+
+/// <summary><c>conveyor messages &lt;queue&gt;</c>: the first messages with their faults; nothing is removed.</summary>
+public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, PeekSettings settings, CancellationToken cancellationToken)
+    {
+        var path = $"api/error-queues/{Escape(settings.Queue)}/messages";
+        if (settings.Limit is { } limit)
+        {
+            path += $"?limit={limit.ToString(CultureInfo.InvariantCulture)}";
+        }
+
+        var result = await client.GetAsync(path, cancellationToken);
+        if (settings.Json)
+        {
+            WriteJson(cli, result);
+            return ExitCodes.Ok;
+        }
+
+        var messages = result.GetProperty("messages");
+        cli.Out.MarkupLine($"[bold]{Markup.Escape(settings.Queue)}[/]: {Output.Cell(result, "queueDepth")} message(s); showing {messages.GetArrayLength()}.");
+        var table = new Table().AddColumns("#", "Message id", "Type", "Job", "Exception", "Message", "Failed at", "Attempts", "Group");
+        var index = 0;
+        foreach (var message in messages.EnumerateArray())
+        {
+            table.AddRow(
+                (++index).ToString(CultureInfo.InvariantCulture), Output.Cell(message, "messageId"), Output.ShortType(message, "messageType"),
+                Output.Cell(message, "jobId"), Output.ShortType(message, "exceptionType"), Output.Cell(message, "exceptionMessage", 80),
+                Output.Cell(message, "faultedAt"), Output.Cell(message, "attempts"), Output.Cell(message, "groupId"));
+        }
+
+        cli.Out.Write(table);
+        if (settings.Body)
+        {
+            index = 0;
+            foreach (var message in messages.EnumerateArray())
+            {
+                cli.Out.Write(new Rule($"#{++index} {Markup.Escape(Output.Cell(message, "messageId"))}").LeftJustified());
+                cli.Out.WriteLine(ConveyorClient.Text(message, "stackTrace") ?? "(no stack trace)");
+                cli.Out.WriteLine(ConveyorClient.Text(message, "bodyPreview") ?? "");
+            }
+        }
+
+        return ExitCodes.Ok;
+    }
+}
+
+/// <summary><c>conveyor groups &lt;queue&gt;</c>: messages grouped by fault fingerprint.</summary>
+public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, PeekSettings settings, CancellationToken cancellationToken)
+    {
+        var path = $"api/error-queues/{Escape(settings.Queue)}/groups";
+        if (settings.Limit is { } limit)
+        {
+            path += $"?limit={limit.ToString(CultureInfo.InvariantCulture)}";
+        }
+
+        var result = await client.GetAsync(path, cancellationToken);
+        if (settings.Json)
+        {
+            WriteJson(cli, result);
+            return ExitCodes.Ok;
+        }
+
+        cli.Out.MarkupLine($"[bold]{Markup.Escape(settings.Queue)}[/]: {Output.Cell(result, "examined")} of {Output.Cell(result, "queueDepth")} message(s) examined.");
+        var table = new Table().AddColumns("Group", "Count", "Exception", "Message", "First", "Last");
+        foreach (var group in result.GetProperty("groups").EnumerateArray())
+        {
+            table.AddRow(
+                Output.Cell(group, "groupId"), Output.Cell(group, "count"), Output.ShortType(group, "exceptionType"),
+                Output.Cell(group, "normalisedMessage", 80), Output.Cell(group, "firstSeen"), Output.Cell(group, "lastSeen"));
+        }
+
+        cli.Out.Write(table);
+        cli.Out.WriteLine("Move a group back with: conveyor move <queue> --group <GROUP>");
+        return ExitCodes.Ok;
+    }
+}
+
+internal static class Output
+{
+    public static string Cell(JsonElement json, string name, int maxLength = 200)
+    {
+        if (json.ValueKind != JsonValueKind.Object || !json.TryGetProperty(name, out var value))
+        {
+            return "";
+        }
+
+        var text = value.ValueKind switch
+        {
+            JsonValueKind.String => value.GetString() ?? "",
+            JsonValueKind.Null or JsonValueKind.Undefined => "",
+            _ => value.GetRawText(),
+        };
+        text = text.ReplaceLineEndings(" ");
+        return Markup.Escape(text.Length > maxLength ? text[..(maxLength - 1)] + "…" : text);
+    }
+
+    /// <summary>A type name without its namespace, to keep tables narrow.</summary>
+    public static string ShortType(JsonElement json, string name)
+    {
+        var full = ConveyorClient.Text(json, name);
+        return full is null ? "" : Markup.Escape(full[(full.LastIndexOf('.') + 1)..]);
+    }
+}

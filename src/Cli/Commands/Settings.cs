@@ -1,0 +1,178 @@
+using System.ComponentModel;
+using System.Globalization;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Conveyor.Cli.Commands;
+
+public class ApiSettings : CommandSettings
+{
+    [CommandOption("--api <URL>")]
+    [Description("The Conveyor Api, such as http://127.0.0.1:8080 (default: $CONVEYOR_API_URL). The key comes from $CONVEYOR_API_KEY.")]
+    public string? Api { get; set; }
+
+    [CommandOption("--json")]
+    [Description("Print the Api's JSON instead of a table.")]
+    public bool Json { get; set; }
+}
+
+public class QueueSettings : ApiSettings
+{
+    [CommandArgument(0, "<queue>")]
+    [Description("An _error or _skipped queue, such as charge-payment_error.")]
+    public string Queue { get; set; } = "";
+}
+
+public sealed class PeekSettings : QueueSettings
+{
+    [CommandOption("--limit <N>")]
+    [Description("How many messages to show (messages: 20, at most 500) or examine (groups: 10000, at most 100000).")]
+    public int? Limit { get; set; }
+
+    [CommandOption("--body")]
+    [Description("Also print each message's body preview and stack trace.")]
+    public bool Body { get; set; }
+
+    public override ValidationResult Validate() =>
+        Limit is < 1 ? ValidationResult.Error("--limit must be at least 1.") : ValidationResult.Success();
+}
+
+public class FilterSettings : QueueSettings
+{
+    [CommandOption("--message-id <ID>")]
+    [Description("Only this message (repeat for several).")]
+    public string[]? MessageIds { get; set; }
+
+    [CommandOption("--exception-type <TYPE>")]
+    [Description("Only messages that failed with this exception type (full or short name).")]
+    public string? ExceptionType { get; set; }
+
+    [CommandOption("--message-type <TYPE>")]
+    [Description("Only messages of this contract (full or short name).")]
+    public string? MessageType { get; set; }
+
+    [CommandOption("--group <GROUP_ID>")]
+    [Description("Only messages of this fault group (see 'conveyor groups').")]
+    public string? GroupId { get; set; }
+
+    [CommandOption("--faulted-before <TIME>")]
+    [Description("Only messages that failed before this ISO 8601 time.")]
+    public string? FaultedBefore { get; set; }
+
+    [CommandOption("--faulted-after <TIME>")]
+    [Description("Only messages that failed at or after this ISO 8601 time.")]
+    public string? FaultedAfter { get; set; }
+
+    [CommandOption("--limit <N>")]
+    [Description("Act on at most this many matching messages.")]
+    public int? Limit { get; set; }
+
+    [CommandOption("--dry-run")]
+    [Description("Change nothing; report what would be affected.")]
+    public bool DryRun { get; set; }
+
+    [CommandOption("--no-wait")]
+    [Description("Print the operation id and return without waiting for the end.")]
+    public bool NoWait { get; set; }
+
+    public override ValidationResult Validate()
+    {
+        if (Limit is < 1)
+        {
+            return ValidationResult.Error("--limit must be at least 1.");
+        }
+
+        foreach (var (name, value) in new[] { ("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter) })
+        {
+            if (value is not null && !DateTimeOffset.TryParse(value, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out _))
+            {
+                return ValidationResult.Error($"{name} must be an ISO 8601 time, such as 2026-11-28T06:00:00Z.");
+            }
+        }
+
+        return ValidationResult.Success();
+    }
+
+    public Dictionary<string, object?> Filter()
+    {
+        var filter = new Dictionary<string, object?>(StringComparer.Ordinal);
+        if (MessageIds is { Length: > 0 })
+        {
+            filter["messageIds"] = MessageIds;
+        }
+
+        Add(filter, "exceptionType", ExceptionType);
+        Add(filter, "messageType", MessageType);
+        Add(filter, "groupId", GroupId);
+        Add(filter, "faultedBefore", FaultedBefore);
+        Add(filter, "faultedAfter", FaultedAfter);
+        return filter;
+    }
+
+    private static void Add(Dictionary<string, object?> filter, string name, string? value)
+    {
+        if (value is not null)
+        {
+            filter[name] = value;
+        }
+    }
+}
+
+public sealed class MoveSettings : FilterSettings
+{
+    [CommandOption("--target <QUEUE>")]
+    [Description("Move to this queue instead of each message's original queue.")]
+    public string? Target { get; set; }
+}
+
+public sealed class PurgeSettings : FilterSettings
+{
+    [CommandOption("--confirm <QUEUE>")]
+    [Description("The queue name again: a purge deletes messages for good (not needed with --dry-run).")]
+    public string? Confirm { get; set; }
+}
+
+public sealed class OperationsSettings : ApiSettings
+{
+    [CommandOption("--queue <QUEUE>")]
+    [Description("Only operations on this queue.")]
+    public string? Queue { get; set; }
+
+    [CommandOption("--state <STATE>")]
+    [Description("Only operations in this state: running, succeeded, failed, cancelled, interrupted.")]
+    public string? State { get; set; }
+
+    [CommandOption("--limit <N>")]
+    [Description("At most this many, newest first (default 50).")]
+    public int? Limit { get; set; }
+}
+
+public sealed class OperationSettings : ApiSettings
+{
+    [CommandArgument(0, "<id>")]
+    [Description("The operation id that move or purge printed.")]
+    public Guid Id { get; set; }
+
+    [CommandOption("--wait")]
+    [Description("Wait until it ends, showing progress.")]
+    public bool Wait { get; set; }
+}
+
+public sealed class AuditSettings : ApiSettings
+{
+    [CommandOption("--queue <QUEUE>")]
+    [Description("Only entries for this queue.")]
+    public string? Queue { get; set; }
+
+    [CommandOption("--who <KEY_NAME>")]
+    [Description("Only entries by this API key name.")]
+    public string? Who { get; set; }
+
+    [CommandOption("--since <TIME>")]
+    [Description("Only entries since this ISO 8601 time.")]
+    public string? Since { get; set; }
+
+    [CommandOption("--limit <N>")]
+    [Description("At most this many, newest first (default 50).")]
+    public int? Limit { get; set; }
+}

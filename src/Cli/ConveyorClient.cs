@@ -1,0 +1,122 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text.Json;
+
+namespace Conveyor.Cli;
+
+/// <summary>Talks to the Conveyor Api; every error answer becomes a <see cref="CliFailureException"/> with the matching exit code.</summary>
+public sealed class ConveyorClient : IDisposable
+{
+    private readonly HttpClient _http;
+
+    public ConveyorClient(Uri baseAddress, string apiKey, HttpMessageHandler? handler = null)
+    {
+        _http = handler is null ? new HttpClient() : new HttpClient(handler, disposeHandler: false);
+        _http.BaseAddress = baseAddress;
+        _http.Timeout = TimeSpan.FromSeconds(100);
+        _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", apiKey);
+        _http.DefaultRequestHeaders.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
+    }
+
+    public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken) =>
+        SendAsync(new HttpRequestMessage(HttpMethod.Get, Relative(path)), cancellationToken);
+
+    public Task<JsonElement> PostAsync(string path, object body, CancellationToken cancellationToken) =>
+        SendAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = JsonContent.Create(body) }, cancellationToken);
+
+    private async Task<JsonElement> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+    {
+        using (request)
+        {
+            HttpResponseMessage response;
+            try
+            {
+                response = await _http.SendAsync(request, cancellationToken);
+            }
+            catch (HttpRequestException exception)
+            {
+                throw new CliFailureException(ExitCodes.Unreachable, $"Cannot reach the Api at {_http.BaseAddress}: {exception.Message}");
+            }
+            catch (TaskCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new CliFailureException(ExitCodes.Unreachable, $"The Api at {_http.BaseAddress} did not answer in time.");
+            }
+
+            using (response)
+            {
+                var text = await response.Content.ReadAsStringAsync(cancellationToken);
+                var body = Parse(text);
+                if (response.IsSuccessStatusCode)
+                {
+                    return body;
+                }
+
+                throw new CliFailureException(ExitCodeFor(response.StatusCode), Describe(response.StatusCode, body));
+            }
+        }
+    }
+
+    public static int ExitCodeFor(HttpStatusCode status) => status switch
+    {
+        HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden => ExitCodes.Auth,
+        HttpStatusCode.NotFound or HttpStatusCode.Conflict => ExitCodes.NotFoundOrConflict,
+        HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout => ExitCodes.Unreachable,
+        >= HttpStatusCode.InternalServerError => ExitCodes.OperationFailed,
+        _ => ExitCodes.Usage,
+    };
+
+    /// <summary>The problem document's title, detail and field errors, as one readable message.</summary>
+    private static string Describe(HttpStatusCode status, JsonElement problem)
+    {
+        var lines = new List<string> { $"{(int)status} {Text(problem, "title") ?? status.ToString()}" };
+        if (Text(problem, "detail") is { } detail)
+        {
+            lines.Add(detail);
+        }
+
+        if (problem.ValueKind == JsonValueKind.Object && problem.TryGetProperty("errors", out var errors) && errors.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var field in errors.EnumerateObject())
+            {
+                foreach (var message in field.Value.EnumerateArray())
+                {
+                    lines.Add($"  {field.Name}: {message.GetString()}");
+                }
+            }
+        }
+
+        if (status == HttpStatusCode.Unauthorized)
+        {
+            lines.Add($"Check {CliContext.ApiKeyVariable}.");
+        }
+
+        return string.Join(Environment.NewLine, lines);
+    }
+
+    private static JsonElement Parse(string text)
+    {
+        if (string.IsNullOrWhiteSpace(text))
+        {
+            return default;
+        }
+
+        try
+        {
+            return JsonSerializer.Deserialize<JsonElement>(text);
+        }
+        catch (JsonException)
+        {
+            return JsonSerializer.SerializeToElement(text);
+        }
+    }
+
+    public static string? Text(JsonElement json, string name) =>
+        json.ValueKind == JsonValueKind.Object && json.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String
+            ? value.GetString()
+            : null;
+
+    private static Uri Relative(string path) => new(path, UriKind.Relative);
+
+    public void Dispose() => _http.Dispose();
+}

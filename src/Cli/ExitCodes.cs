@@ -1,0 +1,23 @@
+namespace Conveyor.Cli;
+
+/// <summary>What the <c>conveyor</c> command's exit code means (also in src/Cli/README.md).</summary>
+public static class ExitCodes
+{
+    /// <summary>Done; for move and purge, the operation succeeded.</summary>
+    public const int Ok = 0;
+
+    /// <summary>The operation failed, was cancelled or interrupted, or the server answered 500.</summary>
+    public const int OperationFailed = 1;
+
+    /// <summary>The command line or the request was wrong (unknown option, missing argument, 400, 413, 415).</summary>
+    public const int Usage = 2;
+
+    /// <summary>No API key, an unknown key (401) or a key without the needed scope (403).</summary>
+    public const int Auth = 3;
+
+    /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>
+    public const int NotFoundOrConflict = 4;
+
+    /// <summary>The Api could not be reached, timed out, or answered 502/503/504.</summary>
+    public const int Unreachable = 5;
+}

@@ -1,0 +1,66 @@
+using MassTransit.Logging;
+using MassTransit.Monitoring;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
+
+namespace Conveyor.ServiceDefaults;
+
+public static class TelemetryExtensions
+{
+    /// <summary>
+    /// Traces (ASP.NET Core, HttpClient, MassTransit, Npgsql: one trace from the API request through
+    /// the publish and the consume to the database and HTTP calls), metrics (MassTransit's meter,
+    /// ours, runtime) and logs carrying the trace id. OTLP export follows the standard
+    /// <c>OTEL_*</c> variables and is on when <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set; metrics
+    /// are also scraped at <c>/metrics</c>.
+    /// </summary>
+    public static IHostApplicationBuilder AddConveyorTelemetry(this IHostApplicationBuilder builder, string serviceName, params string[] meters)
+    {
+        builder.Logging.Configure(options =>
+            options.ActivityTrackingOptions = ActivityTrackingOptions.TraceId | ActivityTrackingOptions.SpanId);
+        builder.Logging.AddOpenTelemetry(logging =>
+        {
+            logging.IncludeScopes = true;
+            logging.IncludeFormattedMessage = true;
+        });
+
+        var telemetry = builder.Services.AddOpenTelemetry()
+            .ConfigureResource(resource => resource.AddService(serviceName))
+            .WithTracing(tracing => tracing
+                .AddSource(DiagnosticHeaders.DefaultListenerName)
+                .AddAspNetCoreInstrumentation(options =>
+                    options.Filter = context => !context.Request.Path.StartsWithSegments("/health")
+                        && !context.Request.Path.StartsWithSegments("/metrics"))
+                .AddHttpClientInstrumentation()
+                .AddNpgsql())
+            .WithMetrics(metrics => metrics
+                .AddMeter(InstrumentationOptions.MeterName)
+                .AddMeter(meters)
+                .AddAspNetCoreInstrumentation()
+                .AddHttpClientInstrumentation()
+                .AddRuntimeInstrumentation()
+                .AddPrometheusExporter());
+
+        if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
+        {
+            telemetry.UseOtlpExporter();
+        }
+
+        return builder;
+    }
+
+    /// <summary>Prometheus scrape endpoint at <c>/metrics</c>.</summary>
+    public static IEndpointRouteBuilder MapConveyorMetrics(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapPrometheusScrapingEndpoint("/metrics");
+        return endpoints;
+    }
+}

@@ -1,0 +1,75 @@
+namespace Conveyor.Storage.Operations;
+
+/// <summary>
+/// One move or purge on an <c>_error</c>/<c>_skipped</c> queue: its request (who, what, filter),
+/// its progress while it runs and its result. The rows are also the audit trail of error-queue work.
+/// </summary>
+public sealed class ErrorQueueOperation
+{
+    public Guid Id { get; set; }
+
+    /// <summary>One of <see cref="ErrorQueueOperationKinds"/>.</summary>
+    public required string Kind { get; set; }
+
+    /// <summary>The queue messages are taken from.</summary>
+    public required string Queue { get; set; }
+
+    /// <summary>The queue named in the request; null = each message's original queue.</summary>
+    public string? Target { get; set; }
+
+    /// <summary>The filter as requested, a JSON object.</summary>
+    public required string Filter { get; set; }
+
+    /// <summary>At most this many messages are moved or purged; null = no limit.</summary>
+    public int? Limit { get; set; }
+
+    public bool DryRun { get; set; }
+
+    /// <summary>One of <see cref="ErrorQueueOperationStates"/>.</summary>
+    public required string State { get; set; }
+
+    /// <summary>The API key name of whoever asked.</summary>
+    public required string RequestedBy { get; set; }
+
+    /// <summary>The client's address as the Api saw it.</summary>
+    public string? ClientAddress { get; set; }
+
+    /// <summary>Which process runs (or ran) it: host name and process id.</summary>
+    public string? Owner { get; set; }
+
+    /// <summary>Messages in the queue when the operation started; it examines no more than these.</summary>
+    public long QueueDepthAtStart { get; set; }
+
+    public long Examined { get; set; }
+
+    /// <summary>Messages that matched the filter (for a dry run: that would be moved or purged).</summary>
+    public long Matched { get; set; }
+
+    public long Moved { get; set; }
+
+    public long Purged { get; set; }
+
+    /// <summary>Matched messages that could not be moved (no such target queue, broker refused); they stay.</summary>
+    public long Failed { get; set; }
+
+    /// <summary>Messages in the queue when the operation ended.</summary>
+    public long? Left { get; set; }
+
+    /// <summary>Message ids moved or purged (would be, for a dry run): a JSON array, bounded.</summary>
+    public required string MessageIds { get; set; }
+
+    /// <summary>True when more messages were affected than <see cref="MessageIds"/> lists.</summary>
+    public bool MessageIdsTruncated { get; set; }
+
+    /// <summary>Messages moved per target queue: a JSON object.</summary>
+    public required string Targets { get; set; }
+
+    /// <summary>Why it failed, or stopped before examining every message; the reasons copies were refused.</summary>
+    public string? Detail { get; set; }
+
+    public DateTimeOffset CreatedAt { get; set; }
+
+    public DateTimeOffset UpdatedAt { get; set; }
+
+    public DateTimeOffset? FinishedAt { get; set; }
+}

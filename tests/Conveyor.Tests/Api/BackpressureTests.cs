@@ -1,0 +1,179 @@
+using Conveyor.Api.Backpressure;
+using Conveyor.Contracts;
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using System.Globalization;
+using System.Net;
+using Xunit.Abstractions;
+
+namespace Conveyor.Tests.Api;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_full_queue_answers_429_with_retry_after_until_a_worker_drains_it()
+    {
+        // A worker declares the queues and leaves: what the Api publishes now waits in them.
+        await (await fixture.StartWorkerAsync(WorkerSettings.With())).DisposeAsync();
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Backpressure:RefreshMilliseconds"] = "100",
+            ["Backpressure:MaxQueueDepth:charge-payment"] = "5",
+            ["Backpressure:RetryAfterSeconds"] = "3",
+        });
+        for (var i = 0; i < 5; i++)
+        {
+            await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        }
+
+        // Depths are read every 100 ms: a submission or two in between may still get in.
+        var refusedPayment = Guid.Empty;
+        await Eventually.AssertAsync(async () =>
+        {
+            refusedPayment = Guid.NewGuid();
+            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(refusedPayment));
+            await response.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            Assert.Equal(TimeSpan.FromSeconds(3), response.Headers.RetryAfter?.Delta);
+        }, TimeSpan.FromSeconds(15));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == refusedPayment.ToString("D")));
+        }
+
+        Assert.True(ReadDepthGauge(api, JobKinds.ChargePayment) >= 5);
+        // Each kind has its own queue and limit.
+        await api.Client.AcceptJobAsync(JobKinds.GenerateReport, JobRequests.GenerateReport(Guid.NewGuid()));
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await Eventually.AssertAsync(async () =>
+        {
+            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }, TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task A_slow_consumer_never_holds_more_unacked_messages_than_its_prefetch()
+    {
+        const int prefetch = 3;
+        const int jobs = 72;
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.Latency = TimeSpan.FromMilliseconds(500);
+        var settings = WorkerSettings.With(gateway);
+        settings["Consumers:ChargePayment:PrefetchCount"] = prefetch.ToString(CultureInfo.InvariantCulture);
+        settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = prefetch.ToString(CultureInfo.InvariantCulture);
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        for (var i = 0; i < jobs; i++)
+        {
+            await publisher.PublishAsync(new ChargePayment
+            {
+                PaymentId = Guid.NewGuid(),
+                AccountId = "acct-slow",
+                AmountMinor = 100 + i,
+                Currency = "EUR",
+            });
+        }
+
+        // About 12 s of work at 3 x 500 ms; the management API refreshes its counters every 5 s,
+        // so sampling the whole drain sees several readings in the middle of it.
+        var unacked = new List<long>();
+        var deadline = Stopwatch.StartNew();
+        while (gateway.Charges.Count < jobs && deadline.Elapsed < TimeSpan.FromSeconds(90))
+        {
+            if (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment) is { } queue)
+            {
+                unacked.Add(queue.Unacked);
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(200));
+        }
+
+        output.WriteLine($"unacked samples: {string.Join(" ", unacked)}");
+        Assert.Equal(jobs, gateway.Charges.Count);
+        Assert.InRange(unacked.Max(), 1, prefetch);
+    }
+
+    [Fact]
+    public async Task While_the_broker_blocks_publishers_submissions_answer_503_at_once_and_scheduled_jobs_still_get_in()
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.MemoryAlarm = true;
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
+            ["Backpressure:RefreshMilliseconds"] = "100",
+        });
+
+        var paymentId = Guid.NewGuid();
+        await Eventually.AssertAsync(async () =>
+        {
+            var watch = Stopwatch.StartNew();
+            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+            await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+            Assert.NotNull(response.Headers.RetryAfter);
+            Assert.Contains("memory alarm on rabbit@a", (await response.ReadJsonAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+            // Refused without trying the broker (a blocked publish waits RabbitMq:ConnectTimeoutSeconds).
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(2), $"took {watch.Elapsed}");
+        }, TimeSpan.FromSeconds(15));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == paymentId.ToString("D")));
+        }
+
+        // A scheduled job only writes to PostgreSQL now.
+        var scheduled = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+        Assert.Equal(JobStatus.Scheduled, scheduled.Status);
+
+        management.MemoryAlarm = false;
+        await Eventually.AssertAsync(async () =>
+        {
+            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }, TimeSpan.FromSeconds(15));
+    }
+
+    /// <summary>What <c>conveyor.queue.depth</c> reports for <paramref name="queue"/> on this Api's meter.</summary>
+    private static long? ReadDepthGauge(RunningApp api, string queue)
+    {
+        var meters = api.Services.GetRequiredService<IMeterFactory>();
+        long? depth = null;
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Scope == meters && instrument.Name == BrokerPressureMonitor.DepthInstrument)
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag is { Key: "queue", Value: string name } && name == queue)
+                {
+                    depth = value;
+                }
+            }
+        });
+        listener.Start();
+        listener.RecordObservableInstruments();
+        return depth;
+    }
+}

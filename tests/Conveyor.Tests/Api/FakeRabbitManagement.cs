@@ -1,0 +1,48 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Tests.Api;
+
+/// <summary>
+/// Stands in for RabbitMQ's management API where a test needs a resource alarm, which cannot be
+/// raised on the shared broker without blocking every other publisher on it.
+/// </summary>
+internal sealed class FakeRabbitManagement : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private FakeRabbitManagement(WebApplication app) => _app = app;
+
+    public int Port { get; private set; }
+
+    public bool MemoryAlarm { get; set; }
+
+    public static async Task<FakeRabbitManagement> StartAsync()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        var app = builder.Build();
+        var fake = new FakeRabbitManagement(app);
+        app.MapGet("/api/nodes", () => Results.Json(new[]
+        {
+            new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
+            new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
+        }));
+        await app.StartAsync();
+        var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+        fake.Port = address.Port;
+        return fake;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+}

@@ -1,0 +1,110 @@
+using Conveyor.Api.Jobs;
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Infrastructure;
+using System.Net;
+using System.Net.Http.Json;
+
+namespace Conveyor.Tests.Api;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _api = await fixture.StartApiAsync();
+    }
+
+    public async Task DisposeAsync() => await _api.DisposeAsync();
+
+    [Fact]
+    public async Task Pages_list_every_job_once_newest_first_and_filter_by_status_and_kind()
+    {
+        // Created one after another: charges queued (one cancelled), reports scheduled.
+        var created = new List<JobAccepted>();
+        for (var i = 0; i < 4; i++)
+        {
+            created.Add(await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid())));
+            var runAt = DateTimeOffset.UtcNow.AddHours(1);
+            created.Add(await _api.Client.AcceptJobAsync(JobKinds.GenerateReport,
+                $$"""{"reportId":"{{Guid.NewGuid()}}","runAt":"{{runAt:O}}"}"""));
+        }
+
+        var cancelledId = created[2].JobId;
+        using (var cancel = await _api.Client.CancelJobAsync(cancelledId))
+        {
+            Assert.Equal(HttpStatusCode.OK, cancel.StatusCode);
+        }
+
+        var newestFirst = created.Select(c => c.JobId).Reverse().ToList();
+
+        var all = await ListAllAsync("limit=2");
+        Assert.Equal(newestFirst, all.Select(j => j.JobId));
+        Assert.True(all.Zip(all.Skip(1)).All(p => p.First.CreatedAt >= p.Second.CreatedAt));
+
+        var reports = await ListAllAsync("limit=2&kind=generate-report");
+        Assert.Equal(created.Where(c => c.Kind == JobKinds.GenerateReport).Select(c => c.JobId).Reverse(), reports.Select(j => j.JobId));
+        Assert.All(reports, j => Assert.Equal(JobStatus.Scheduled, j.Status));
+
+        var queuedCharges = await ListAllAsync("limit=2&status=queued&kind=charge-payment");
+        Assert.Equal(
+            created.Where(c => c.Kind == JobKinds.ChargePayment && c.JobId != cancelledId).Select(c => c.JobId).Reverse(),
+            queuedCharges.Select(j => j.JobId));
+
+        var cancelled = Assert.Single(await ListAllAsync("status=cancelled"));
+        Assert.Equal((cancelledId, JobStatus.Cancelled), (cancelled.JobId, cancelled.Status));
+        Assert.Empty(await ListAllAsync("status=queued&kind=generate-report"));
+
+        // One page when it all fits.
+        var single = await _api.Client.GetFromJsonAsync<JobPage>("/api/jobs");
+        Assert.Equal(newestFirst, single!.Items.Select(j => j.JobId));
+        Assert.Null(single.NextCursor);
+    }
+
+    [Theory]
+    [InlineData("status=done", "status")]
+    [InlineData("kind=send-email", "kind")]
+    [InlineData("limit=0", "limit")]
+    [InlineData("limit=501", "limit")]
+    [InlineData("limit=ten", "limit")]
+    [InlineData("cursor=not-a-cursor", "cursor")]
+    [InlineData("cursor=AAAA", "cursor")]
+    public async Task A_bad_query_parameter_is_a_400_naming_it(string query, string field)
+    {
+        using var response = await _api.Client.GetAsync(new Uri($"/api/jobs?{query}", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ReadErrorFieldsAsync());
+    }
+
+    /// <summary>Follows nextCursor to the end, checking every page keeps to the limit.</summary>
+    private async Task<List<JobDetails>> ListAllAsync(string query)
+    {
+        var jobs = new List<JobDetails>();
+        string? cursor = null;
+        for (var pages = 0; pages < 100; pages++)
+        {
+            var url = cursor is null ? $"/api/jobs?{query}" : $"/api/jobs?{query}&cursor={Uri.EscapeDataString(cursor)}";
+            using var response = await _api.Client.GetAsync(new Uri(url, UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var page = await response.Content.ReadFromJsonAsync<JobPage>();
+            Assert.NotNull(page);
+            if (query.Contains("limit=2", StringComparison.Ordinal))
+            {
+                Assert.True(page.Items.Count <= 2);
+            }
+
+            jobs.AddRange(page.Items);
+            cursor = page.NextCursor;
+            if (cursor is null)
+            {
+                return jobs;
+            }
+        }
+
+        throw new InvalidOperationException("The listing never ended.");
+    }
+}

@@ -1,0 +1,106 @@
+using Conveyor.Contracts;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using System.Net;
+
+namespace Conveyor.Tests.Api;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_burst_over_the_client_limit_gets_429_problems_with_retry_after()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "2",
+        });
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ =>
+            api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))));
+        try
+        {
+            var limited = responses.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToList();
+            var accepted = responses.Count(r => r.StatusCode == HttpStatusCode.Accepted);
+            Assert.Equal(responses.Length, limited.Count + accepted);
+            // Two from the bucket, perhaps one more refilled while the burst was under way.
+            Assert.InRange(accepted, 2, 3);
+            foreach (var response in limited)
+            {
+                await response.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+                Assert.True(response.Headers.RetryAfter?.Delta >= TimeSpan.FromSeconds(1));
+            }
+        }
+        finally
+        {
+            foreach (var response in responses)
+            {
+                response.Dispose();
+            }
+        }
+
+        // Reading is not limited.
+        using var list = await api.Client.GetAsync(new Uri("/api/jobs", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.OK, list.StatusCode);
+    }
+
+    [Fact]
+    public async Task Each_api_key_has_its_own_allowance()
+    {
+        const string aliceKey = "alice-key-0123456789abcdefghij";
+        const string bobKey = "bob-key-0123456789abcdefghijklm";
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "2",
+            ["Auth:ApiKeys:0:Name"] = "alice",
+            ["Auth:ApiKeys:0:Key"] = aliceKey,
+            ["Auth:ApiKeys:0:Scopes"] = "jobs:publish",
+            ["Auth:ApiKeys:1:Name"] = "bob",
+            ["Auth:ApiKeys:1:Key"] = bobKey,
+            ["Auth:ApiKeys:1:Scopes"] = "jobs:publish",
+        });
+
+        var alice = await Task.WhenAll(Enumerable.Range(0, 6).Select(_ => PostAsync(api, aliceKey)));
+        var bob = await Task.WhenAll(Enumerable.Range(0, 2).Select(_ => PostAsync(api, bobKey)));
+
+        Assert.Contains(HttpStatusCode.TooManyRequests, alice);
+        Assert.All(bob, status => Assert.Equal(HttpStatusCode.Accepted, status));
+    }
+
+    [Fact]
+    public async Task With_rate_limiting_disabled_a_burst_is_accepted()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:Enabled"] = "false",
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "1",
+        });
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 6).Select(_ =>
+            api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))));
+
+        Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
+        foreach (var response in responses)
+        {
+            response.Dispose();
+        }
+    }
+
+    private static async Task<HttpStatusCode> PostAsync(RunningApp api, string apiKey)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri($"/api/jobs/{JobKinds.ChargePayment}", UriKind.Relative))
+        {
+            Content = new StringContent(JobRequests.ChargePayment(Guid.NewGuid()), System.Text.Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Add("X-Api-Key", apiKey);
+        using var response = await api.Client.SendAsync(request);
+        return response.StatusCode;
+    }
+}

@@ -1,0 +1,209 @@
+using Conveyor.Api.Jobs;
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using Microsoft.EntityFrameworkCore;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+
+namespace Conveyor.Tests.Api;
+
+/// <summary>Jobs submitted with <c>runAt</c>, and cancelling jobs before they run.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private FakePaymentGateway _gateway = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _gateway = await FakePaymentGateway.StartAsync();
+    }
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    [Fact]
+    public async Task A_job_with_runAt_is_scheduled_and_runs_once_when_due()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        await using var api = await fixture.StartApiAsync();
+        var paymentId = Guid.NewGuid();
+        var runAt = DateTimeOffset.UtcNow.AddSeconds(3);
+
+        var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, runAt));
+
+        Assert.Equal(JobStatus.Scheduled, accepted.Status);
+        var scheduled = await api.Client.GetJobAsync(accepted.JobId);
+        Assert.Equal(JobStatus.Scheduled, scheduled.Status);
+        Assert.Equal(runAt.ToUnixTimeMilliseconds(), scheduled.NextAttemptAt?.ToUnixTimeMilliseconds());
+        await using (var db = fixture.CreateDbContext())
+        {
+            var message = await db.ScheduledMessages.AsNoTracking().SingleAsync();
+            Assert.Equal($"job:{accepted.JobId}", message.DedupeKey);
+            Assert.Equal(JobKinds.ChargePayment, message.Destination);
+            Assert.Equal("application/vnd.masstransit+json", message.ContentType);
+            using var envelope = JsonDocument.Parse(message.Body);
+            Assert.Equal("urn:message:Conveyor.Contracts.Payments:ChargePayment", envelope.RootElement.GetProperty("messageType")[0].GetString());
+            Assert.Equal(paymentId, envelope.RootElement.GetProperty("message").GetProperty("paymentId").GetGuid());
+        }
+
+        var done = await WaitForStatusAsync(api, accepted.JobId, JobStatus.Succeeded);
+
+        Assert.True(done.FinishedAt >= runAt, $"finished {done.FinishedAt:O}, due {runAt:O}");
+        Assert.Equal(1, done.Attempts);
+        Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString()));
+        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }
+    }
+
+    [Fact]
+    public async Task A_scheduled_job_reaches_the_worker_with_its_job_id()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        await using var api = await fixture.StartApiAsync();
+        var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(2)));
+        // Without its row the worker creates one, under the id the envelope's headers carry.
+        await using (var db = fixture.CreateDbContext())
+        {
+            await db.Jobs.Where(j => j.Id == accepted.JobId).ExecuteDeleteAsync();
+        }
+
+        await WaitForStatusAsync(api, accepted.JobId, JobStatus.Succeeded);
+    }
+
+    [Fact]
+    public async Task A_scheduled_job_cancelled_before_it_is_due_never_runs()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        await using var api = await fixture.StartApiAsync();
+        var paymentId = Guid.NewGuid();
+        var runAt = DateTimeOffset.UtcNow.AddSeconds(3);
+        var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, runAt));
+
+        using (var response = await api.Client.CancelJobAsync(accepted.JobId))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var cancelled = await response.Content.ReadFromJsonAsync<JobDetails>();
+            Assert.Equal(JobStatus.Cancelled, cancelled?.Status);
+            Assert.Null(cancelled?.NextAttemptAt);
+        }
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }
+
+        // Cancelling again changes nothing and says so.
+        using (var again = await api.Client.CancelJobAsync(accepted.JobId))
+        {
+            Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        }
+
+        // A job due after it has run: the dispatcher has passed the cancelled job's due time.
+        var later = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt.AddSeconds(1)));
+        await WaitForStatusAsync(api, later.JobId, JobStatus.Succeeded);
+
+        Assert.Equal(JobStatus.Cancelled, (await api.Client.GetJobAsync(accepted.JobId)).Status);
+        Assert.Equal(0, _gateway.RequestsFor(paymentId.ToString()));
+    }
+
+    [Fact]
+    public async Task A_queued_job_cancelled_while_no_worker_runs_is_skipped_when_one_starts()
+    {
+        // A worker declares the queues and leaves, so the command waits in charge-payment.
+        await (await fixture.StartWorkerAsync(WorkerSettings.With(_gateway))).DisposeAsync();
+        await using var api = await fixture.StartApiAsync();
+        var paymentId = Guid.NewGuid();
+        var queued = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+        Assert.Equal(JobStatus.Queued, queued.Status);
+
+        using (var response = await api.Client.CancelJobAsync(queued.JobId))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal(JobStatus.Cancelled, (await response.Content.ReadFromJsonAsync<JobDetails>())?.Status);
+        }
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        var next = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await WaitForStatusAsync(api, next.JobId, JobStatus.Succeeded);
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment))?.Messages));
+
+        var cancelled = await api.Client.GetJobAsync(queued.JobId);
+        Assert.Equal(JobStatus.Cancelled, cancelled.Status);
+        Assert.Equal(0, cancelled.Attempts);
+        Assert.Equal(0, _gateway.RequestsFor(paymentId.ToString()));
+
+        // Too late for a job that ran.
+        using var tooLate = await api.Client.CancelJobAsync(next.JobId);
+        await tooLate.AssertProblemAsync(StatusCodes.Status409Conflict);
+        Assert.Equal(JobStatus.Succeeded, (await api.Client.GetJobAsync(next.JobId)).Status);
+    }
+
+    [Fact]
+    public async Task Cancelling_an_unknown_job_is_a_404_problem()
+    {
+        await using var api = await fixture.StartApiAsync();
+
+        using var response = await api.Client.CancelJobAsync(Guid.NewGuid());
+
+        await response.AssertProblemAsync(StatusCodes.Status404NotFound);
+    }
+
+    public static TheoryData<string> InvalidRunAts => new()
+    {
+        "\"2001-01-01T00:00:00Z\"",
+        $"\"{DateTimeOffset.UtcNow.AddDays(366):O}\"",
+        // No offset: whose 9 o'clock?
+        $"\"{DateTime.UtcNow.AddHours(1):yyyy-MM-ddTHH:mm:ss}\"",
+        "\"tomorrow\"",
+        "1767225600",
+        "\"\"",
+    };
+
+    [Theory]
+    [MemberData(nameof(InvalidRunAts))]
+    public async Task A_runAt_that_is_not_a_future_time_with_an_offset_is_a_400_naming_it(string runAt)
+    {
+        await using var api = await fixture.StartApiAsync();
+        var json = $$"""{"paymentId":"{{Guid.NewGuid()}}","accountId":"acct-1","amountMinor":100,"currency":"EUR","runAt":{{runAt}}}""";
+
+        using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, json);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(["runAt"], await response.ReadErrorFieldsAsync());
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task A_runAt_does_not_hide_errors_in_the_command_fields()
+    {
+        await using var api = await fixture.StartApiAsync();
+        var json = $$"""{"paymentId":"{{Guid.NewGuid()}}","amountMinor":100,"currency":"EUR","runAt":"2001-01-01T00:00:00Z"}""";
+
+        using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, json);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(["accountId", "runAt"], (await response.ReadErrorFieldsAsync()).Order(StringComparer.Ordinal));
+    }
+
+    private static async Task<JobDetails> WaitForStatusAsync(RunningApp api, Guid jobId, string status)
+    {
+        JobDetails? job = null;
+        await Eventually.AssertAsync(async () =>
+        {
+            job = await api.Client.GetJobAsync(jobId);
+            Assert.Equal(status, job.Status);
+        }, TimeSpan.FromSeconds(45));
+        return job!;
+    }
+}

@@ -1,0 +1,168 @@
+using System.Text.Json;
+using Conveyor.Cli;
+using Conveyor.Tests.ErrorQueues;
+using Conveyor.Tests.Infrastructure;
+
+namespace Conveyor.Tests.Cli;
+
+/// <summary>The <c>conveyor</c> CLI, run in-process against a running Api with an admin key.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Timeout = "System.TimeoutException";
+    private const string Declined = "Conveyor.Worker.Failures.PermanentFailureException";
+
+    private RunningApp _api = null!;
+    private TestBroker _broker = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+        _broker = await TestBroker.ConnectAsync(fixture);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _broker.DisposeAsync();
+        await _api.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Queues_lists_the_error_queues_as_a_table_and_as_json()
+    {
+        await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var table = await RunAsync("queues");
+            Assert.Equal(ExitCodes.Ok, table.ExitCode);
+            Assert.Contains("charge-payment_error", table.Out, StringComparison.Ordinal);
+            Assert.Contains("charge-payment ", table.Out, StringComparison.Ordinal);
+
+            var json = await RunAsync("queues", "--json");
+            var queue = Assert.Single(JsonDocument.Parse(json.Out).RootElement.EnumerateArray());
+            Assert.Equal(1, queue.GetProperty("messages").GetInt64());
+        });
+    }
+
+    [Fact]
+    public async Task Messages_and_groups_show_faults_without_changing_the_queue()
+    {
+        var first = await _broker.DeadLetterChargeAsync(Declined, "Account acct-1 was not found");
+        await _broker.DeadLetterChargeAsync(Declined, "Account acct-2 was not found");
+        await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+
+        var messages = await RunAsync("messages", ErrorQueueKit.ChargeErrors, "--limit", "2", "--body");
+        Assert.Equal(ExitCodes.Ok, messages.ExitCode);
+        Assert.Contains(first.ToString(), messages.Out, StringComparison.Ordinal);
+        Assert.Contains("PermanentFailureException", messages.Out, StringComparison.Ordinal);
+        Assert.Contains("\"paymentId\"", messages.Out, StringComparison.Ordinal);
+
+        var groups = await RunAsync("groups", ErrorQueueKit.ChargeErrors, "--json");
+        Assert.Equal(ExitCodes.Ok, groups.ExitCode);
+        var counts = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups").EnumerateArray().Select(g => g.GetProperty("count").GetInt64());
+        Assert.Equal([2L, 1L], counts);
+        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task Move_dry_run_then_move_by_exception_type_then_audit()
+    {
+        for (var i = 0; i < 30; i++)
+        {
+            await _broker.DeadLetterChargeAsync(i % 2 == 0 ? Timeout : Declined, "failed");
+        }
+
+        var dryRun = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--exception-type", "TimeoutException", "--dry-run");
+        Assert.Equal(ExitCodes.Ok, dryRun.ExitCode);
+        Assert.Contains("would have moved 15 message(s)", dryRun.Out, StringComparison.Ordinal);
+        Assert.Equal(30u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--exception-type", "TimeoutException", "--json");
+        Assert.Equal(ExitCodes.Ok, move.ExitCode);
+        var operation = JsonDocument.Parse(move.Out).RootElement;
+        Assert.Equal(("succeeded", 15), (operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64()));
+        Assert.Equal(15u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(15u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+
+        var shown = await RunAsync("operation", operation.GetProperty("operationId").GetString()!);
+        Assert.Equal(ExitCodes.Ok, shown.ExitCode);
+        Assert.Contains("moved 15 message(s)", shown.Out, StringComparison.Ordinal);
+
+        var audit = await RunAsync("audit", "--queue", ErrorQueueKit.ChargeErrors);
+        Assert.Equal(ExitCodes.Ok, audit.ExitCode);
+        Assert.Contains(ErrorQueueKit.AdminName, audit.Out, StringComparison.Ordinal);
+        Assert.Contains("move (dry run)", audit.Out, StringComparison.Ordinal);
+
+        var operations = await RunAsync("operations", "--json");
+        Assert.Equal(2, JsonDocument.Parse(operations.Out).RootElement.GetArrayLength());
+    }
+
+    [Fact]
+    public async Task Purge_without_the_confirmation_is_a_usage_error_and_with_it_purges()
+    {
+        for (var i = 0; i < 4; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Declined, "declined");
+        }
+
+        var refused = await RunAsync("purge", ErrorQueueKit.ChargeErrors);
+        Assert.Equal(ExitCodes.Usage, refused.ExitCode);
+        Assert.Contains("confirm", refused.Err, StringComparison.Ordinal);
+        Assert.Equal(4u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+
+        var purged = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--limit", "3", "--confirm", ErrorQueueKit.ChargeErrors);
+        Assert.Equal(ExitCodes.Ok, purged.ExitCode);
+        Assert.Contains("purged 3 message(s)", purged.Out, StringComparison.Ordinal);
+        Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task Exit_codes_tell_usage_auth_not_found_and_unreachable_apart()
+    {
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("move")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("frobnicate")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("move", ErrorQueueKit.ChargeErrors, "--limit", "0")).ExitCode);
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("messages", "no-such-queue_error")).ExitCode);
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("operation", Guid.NewGuid().ToString())).ExitCode);
+        Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: "not-a-configured-key-000000000000")).ExitCode);
+        Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: ErrorQueueKit.ReaderKey)).ExitCode);
+        Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: null)).ExitCode);
+        var unreachable = await RunAsync(["queues", "--api", "http://127.0.0.1:1"]);
+        Assert.Equal(ExitCodes.Unreachable, unreachable.ExitCode);
+        Assert.Contains("Cannot reach the Api", unreachable.Err, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_api_url_comes_from_the_environment_when_not_given()
+    {
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = _api.BaseAddress.ToString(),
+            [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey,
+        };
+
+        var exitCode = await CliApp.RunAsync(["audit", "--json"], stdout, stderr, environment: environment);
+
+        Assert.Equal(ExitCodes.Ok, exitCode);
+        Assert.Equal(JsonValueKind.Array, JsonDocument.Parse(stdout.ToString()).RootElement.ValueKind);
+    }
+
+    private Task<CliRun> RunAsync(params string[] args) => RunAsync(args, ErrorQueueKit.AdminKey);
+
+    private async Task<CliRun> RunAsync(string[] args, string? key)
+    {
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?> { [CliContext.ApiKeyVariable] = key };
+        var withApi = args.Contains("--api") ? args : [.. args, "--api", _api.BaseAddress.ToString()];
+        var exitCode = await CliApp.RunAsync(withApi, stdout, stderr, environment: environment);
+        return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
+    }
+
+    private sealed record CliRun(int ExitCode, string Out, string Err);
+}

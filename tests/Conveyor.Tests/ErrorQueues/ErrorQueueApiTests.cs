@@ -1,0 +1,376 @@
+using System.Diagnostics.Metrics;
+using System.Net;
+using System.Text.Json;
+using Conveyor.Api.ErrorQueues;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Conveyor.Tests.ErrorQueues;
+
+/// <summary>Listing, inspecting, grouping, moving and purging error-queue messages through the Api.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Timeout = "System.TimeoutException";
+    private const string Declined = "Conveyor.Worker.Failures.PermanentFailureException";
+
+    private RunningApp _api = null!;
+    private HttpClient _admin = null!;
+    private TestBroker _broker = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+        _admin = ErrorQueueKit.Client(_api.BaseAddress);
+        _broker = await TestBroker.ConnectAsync(fixture);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _broker.DisposeAsync();
+        _admin.Dispose();
+        await _api.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Lists_error_and_skipped_queues_with_depth_and_source_queue()
+    {
+        await _broker.DeclareAsync("deliver-webhook_skipped");
+        for (var i = 0; i < 3; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "The gateway timed out");
+        }
+
+        await _broker.DeadLetterChargeAsync(Timeout, "x", queue: "deliver-webhook_skipped");
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var queues = (await _admin.GetJsonAsync("/api/error-queues")).EnumerateArray().ToDictionary(q => q.GetProperty("name").GetString()!);
+            // Other tests of this run may have left more (empty) error queues behind.
+            Assert.Contains("charge-payment_error", queues.Keys);
+            Assert.Contains("deliver-webhook_skipped", queues.Keys);
+            Assert.DoesNotContain(queues.Keys, name => !name.EndsWith("_error", StringComparison.Ordinal) && !name.EndsWith("_skipped", StringComparison.Ordinal));
+            var errors = queues["charge-payment_error"];
+            Assert.Equal(("error", "charge-payment", 3, 0), (
+                errors.GetProperty("kind").GetString(), errors.GetProperty("sourceQueue").GetString(),
+                errors.GetProperty("messages").GetInt64(), errors.GetProperty("consumers").GetInt32()));
+            Assert.Equal("deliver-webhook", queues["deliver-webhook_skipped"].GetProperty("sourceQueue").GetString());
+            Assert.Equal(1, queues["deliver-webhook_skipped"].GetProperty("messages").GetInt64());
+        });
+    }
+
+    [Fact]
+    public async Task The_depth_gauge_reports_each_error_queue_for_alerting()
+    {
+        for (var i = 0; i < 2; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        }
+
+        var monitor = _api.Services.GetRequiredService<ErrorQueueDepthMonitor>();
+        var depths = new Dictionary<string, long>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == ErrorQueueDepthMonitor.MeterName && instrument.Name == ErrorQueueDepthMonitor.DepthInstrument)
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) => depths[(string)tags[0].Value!] = value);
+        listener.Start();
+
+        // The management API's counters lag by a few seconds.
+        await Eventually.AssertAsync(async () =>
+        {
+            await monitor.RefreshAsync(CancellationToken.None);
+            listener.RecordObservableInstruments();
+            Assert.Equal(2, depths.GetValueOrDefault(ErrorQueueKit.ChargeErrors));
+        });
+        Assert.DoesNotContain(ErrorQueueKit.ChargeQueue, depths.Keys);
+    }
+
+    [Fact]
+    public async Task Peek_shows_each_fault_and_leaves_the_queue_as_it_was()
+    {
+        var faultedAt = new DateTimeOffset(2026, 11, 20, 8, 30, 0, TimeSpan.Zero);
+        var ids = new List<string>();
+        for (var i = 0; i < 5; i++)
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(Declined, $"The payment gateway answered 400 for payment {i}", faultedAt.AddMinutes(i))).ToString());
+        }
+
+        var peeked = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=3");
+
+        Assert.Equal(5, peeked.GetProperty("queueDepth").GetInt64());
+        var messages = peeked.GetProperty("messages").EnumerateArray().ToList();
+        Assert.Equal(ids.Take(3), messages.Select(m => m.GetProperty("messageId").GetString()));
+        var first = messages[0];
+        Assert.Equal("Conveyor.Contracts.Payments.ChargePayment", first.GetProperty("messageType").GetString());
+        Assert.Equal(Declined, first.GetProperty("exceptionType").GetString());
+        Assert.Equal("The payment gateway answered 400 for payment 0", first.GetProperty("exceptionMessage").GetString());
+        Assert.Contains("ChargePaymentConsumer.Consume", first.GetProperty("stackTrace").GetString(), StringComparison.Ordinal);
+        Assert.Equal(faultedAt, first.GetProperty("faultedAt").GetDateTimeOffset());
+        Assert.Equal("charge-payment", first.GetProperty("originalQueue").GetString());
+        Assert.Equal(1, first.GetProperty("attempts").GetInt32());
+        Assert.Contains("\"paymentId\"", first.GetProperty("bodyPreview").GetString(), StringComparison.Ordinal);
+        Assert.Equal(12, first.GetProperty("groupId").GetString()!.Length);
+
+        // Nothing was taken away or reordered, by this peek or the one before.
+        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        var all = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=10");
+        Assert.Equal(ids, all.GetProperty("messages").EnumerateArray().Select(m => m.GetProperty("messageId").GetString()));
+        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task Groups_faults_whose_messages_differ_only_in_ids_and_numbers()
+    {
+        var start = new DateTimeOffset(2026, 11, 21, 0, 0, 0, TimeSpan.Zero);
+        for (var i = 0; i < 4; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Declined, $"Account acct-{i} was not found (payment {Guid.NewGuid()})", start.AddHours(i));
+        }
+
+        await _broker.DeadLetterChargeAsync(Timeout, "No answer after 30 seconds", start.AddDays(1));
+        await _broker.DeadLetterChargeAsync(Timeout, "No answer after 45 seconds", start.AddDays(2));
+
+        var result = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups");
+
+        Assert.Equal(6, result.GetProperty("examined").GetInt64());
+        var groups = result.GetProperty("groups").EnumerateArray().ToList();
+        Assert.Equal(2, groups.Count);
+        Assert.Equal((4, Declined), (groups[0].GetProperty("count").GetInt64(), groups[0].GetProperty("exceptionType").GetString()));
+        Assert.Equal("Account acct-{n} was not found (payment {guid})", groups[0].GetProperty("normalisedMessage").GetString());
+        Assert.Equal(start, groups[0].GetProperty("firstSeen").GetDateTimeOffset());
+        Assert.Equal(start.AddHours(3), groups[0].GetProperty("lastSeen").GetDateTimeOffset());
+        Assert.Equal((2, Timeout), (groups[1].GetProperty("count").GetInt64(), groups[1].GetProperty("exceptionType").GetString()));
+        Assert.NotEqual(groups[0].GetProperty("groupId").GetString(), groups[1].GetProperty("groupId").GetString());
+        Assert.Equal(6u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task Moving_by_exception_type_moves_only_those_and_the_rest_keep_their_order()
+    {
+        // 240 messages with a window of 50: the walk passes over the kept ones on several channels.
+        var moved = new List<string>();
+        var kept = new List<string>();
+        for (var i = 0; i < 240; i++)
+        {
+            var timeout = i % 3 == 0;
+            var id = (await _broker.DeadLetterChargeAsync(timeout ? Timeout : Declined, timeout ? "timed out" : "declined")).ToString();
+            (timeout ? moved : kept).Add(id);
+        }
+
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { exceptionType = "TimeoutException" } });
+
+        Assert.Equal("succeeded", operation.GetProperty("state").GetString());
+        Assert.Equal((240, 80, 80, 0), (
+            operation.GetProperty("examined").GetInt64(), operation.GetProperty("matched").GetInt64(),
+            operation.GetProperty("moved").GetInt64(), operation.GetProperty("failed").GetInt64()));
+        Assert.Equal(160, operation.GetProperty("left").GetInt64());
+        Assert.Equal(80, operation.GetProperty("targets").GetProperty(ErrorQueueKit.ChargeQueue).GetInt64());
+        Assert.Equal(kept, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+
+        var copies = await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue);
+        Assert.Equal(moved, copies.Select(c => c.MessageId));
+        var copy = copies[0];
+        Assert.DoesNotContain(copy.Headers.Keys, h => h.StartsWith("MT-Fault-", StringComparison.Ordinal));
+        Assert.DoesNotContain(copy.Headers.Keys, h => h is "MT-Reason" or "Conveyor-Redelivery-Attempt" or "Conveyor-Attempts" or "Conveyor-First-Failure-At");
+        Assert.Equal(ErrorQueueKit.ChargeErrors, copy.Header("Conveyor-Moved-From"));
+        Assert.Equal(operation.GetProperty("operationId").GetString(), copy.Header("Conveyor-Moved-By-Operation"));
+        var history = JsonDocument.Parse(copy.Header("Conveyor-Fault-History")!).RootElement;
+        Assert.Equal(Timeout, Assert.Single(history.EnumerateArray()).GetProperty("exceptionType").GetString());
+        Assert.Contains("\"acct-eq\"", copy.Body, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Moving_a_group_with_a_limit_and_a_target_moves_that_many_of_that_group()
+    {
+        await _broker.DeclareAsync("charge-payment-replay");
+        var grouped = new List<string>();
+        for (var i = 0; i < 10; i++)
+        {
+            grouped.Add((await _broker.DeadLetterChargeAsync(Declined, $"Account acct-{i} was not found")).ToString());
+            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        }
+
+        var groups = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups");
+        var groupId = groups.GetProperty("groups").EnumerateArray()
+            .Single(g => g.GetProperty("exceptionType").GetString() == Declined).GetProperty("groupId").GetString();
+
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { groupId }, target = "charge-payment-replay", limit = 4 });
+
+        Assert.Equal(4, operation.GetProperty("moved").GetInt64());
+        Assert.Equal(grouped.Take(4), await _broker.IdsAsync("charge-payment-replay"));
+        Assert.Equal(grouped.Take(4), operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
+        Assert.Equal(16u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Fact]
+    public async Task A_dry_run_changes_nothing_and_reports_what_would_move()
+    {
+        var ids = new List<string>();
+        for (var i = 0; i < 6; i++)
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(i < 4 ? Timeout : Declined, "failed")).ToString());
+        }
+
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { exceptionType = Timeout }, dryRun = true });
+
+        Assert.Equal("succeeded", operation.GetProperty("state").GetString());
+        Assert.True(operation.GetProperty("dryRun").GetBoolean());
+        Assert.Equal((4, 0), (operation.GetProperty("matched").GetInt64(), operation.GetProperty("moved").GetInt64()));
+        Assert.Equal(ids.Take(4), operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
+        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Fact]
+    public async Task Purge_needs_the_queue_name_as_confirmation_and_removes_only_the_selected_messages()
+    {
+        var before = new DateTimeOffset(2026, 11, 1, 0, 0, 0, TimeSpan.Zero);
+        var old = new List<string>();
+        var recent = new List<string>();
+        for (var i = 0; i < 8; i++)
+        {
+            var isOld = i % 2 == 0;
+            var id = await _broker.DeadLetterChargeAsync(Declined, "declined", isOld ? before.AddDays(-1) : before.AddDays(1));
+            (isOld ? old : recent).Add(id.ToString());
+        }
+
+        var path = $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge";
+        var filter = new { faultedBefore = before };
+        using (var missing = await _admin.PostJsonAsync(path, new { filter }))
+        {
+            Assert.Equal(["confirm"], await missing.ErrorFieldsAsync());
+        }
+
+        using (var wrong = await _admin.PostJsonAsync(path, new { filter, confirm = "charge-payment" }))
+        {
+            Assert.Equal(["confirm"], await wrong.ErrorFieldsAsync());
+        }
+
+        Assert.Equal(8u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+
+        var operation = await _admin.RunOperationAsync(path, new { filter, confirm = ErrorQueueKit.ChargeErrors });
+
+        Assert.Equal(("succeeded", 4), (operation.GetProperty("state").GetString(), operation.GetProperty("purged").GetInt64()));
+        Assert.Equal(old, operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
+        Assert.Equal(recent, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Fact]
+    public async Task The_audit_trail_names_who_did_what_to_which_messages()
+    {
+        var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString();
+        await _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { messageIds = new[] { id } } });
+
+        var entry = Assert.Single((await _admin.GetJsonAsync("/api/audit")).EnumerateArray());
+
+        Assert.Equal(ErrorQueueKit.AdminName, entry.GetProperty("requestedBy").GetString());
+        Assert.Equal("move", entry.GetProperty("kind").GetString());
+        Assert.Equal(ErrorQueueKit.ChargeErrors, entry.GetProperty("queue").GetString());
+        Assert.Equal(1, entry.GetProperty("targets").GetProperty(ErrorQueueKit.ChargeQueue).GetInt64());
+        Assert.Equal(id, Assert.Single(entry.GetProperty("filter").GetProperty("messageIds").EnumerateArray()).GetString());
+        Assert.Equal(id, Assert.Single(entry.GetProperty("messageIds").EnumerateArray()).GetString());
+        Assert.Equal(1, entry.GetProperty("moved").GetInt64());
+        Assert.True(entry.GetProperty("finishedAt").GetDateTimeOffset() >= entry.GetProperty("createdAt").GetDateTimeOffset());
+        Assert.Empty((await _admin.GetJsonAsync($"/api/audit?requestedBy=someone-else")).EnumerateArray());
+    }
+
+    [Fact]
+    public async Task A_second_operation_on_a_queue_is_refused_while_the_first_runs()
+    {
+        await using var slowApi = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings(maxMessagesPerSecond: 100));
+        using var slow = ErrorQueueKit.Client(slowApi.BaseAddress);
+        for (var i = 0; i < 300; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        }
+
+        using var first = await slow.PostJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+        var running = (await first.JsonAsync()).GetProperty("operationId").GetGuid();
+
+        // Another Api replica, same database: refused too, naming the running operation.
+        using var second = await _admin.PostJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge", new { confirm = ErrorQueueKit.ChargeErrors });
+        Assert.Equal(HttpStatusCode.Conflict, second.StatusCode);
+        var problem = JsonDocument.Parse(await second.Content.ReadAsStringAsync()).RootElement;
+        Assert.Equal(running, problem.GetProperty("operationId").GetGuid());
+        using var peek = await _admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.Conflict, peek.StatusCode);
+
+        var progress = await slow.GetJsonAsync($"/api/operations/{running}");
+        Assert.Equal("running", progress.GetProperty("state").GetString());
+        var done = await slow.WaitForOperationAsync(running);
+        Assert.Equal(("succeeded", 300), (done.GetProperty("state").GetString(), done.GetProperty("moved").GetInt64()));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(300u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Theory]
+    [InlineData("charge-payment", 404)]
+    [InlineData("no-such-queue_error", 404)]
+    public async Task Queues_that_are_not_existing_error_queues_are_404(string queue, int status)
+    {
+        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        foreach (var (method, path) in new[] { ("GET", "messages"), ("GET", "groups"), ("POST", "move"), ("POST", "purge") })
+        {
+            using var request = new HttpRequestMessage(new HttpMethod(method), new Uri($"/api/error-queues/{queue}/{path}", UriKind.Relative));
+            if (method == "POST")
+            {
+                request.Content = JsonContent(new { confirm = queue });
+            }
+
+            using var response = await _admin.SendAsync(request);
+            Assert.Equal(status, (int)response.StatusCode);
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        }
+    }
+
+    public static TheoryData<string, string[]> InvalidMoves => new()
+    {
+        { """{"filter":{"exceptionTyp":"X"}}""", ["filter.exceptionTyp"] },
+        { """{"filter":{"faultedBefore":"yesterday","messageIds":[]}}""", ["filter.faultedBefore", "filter.messageIds"] },
+        { """{"filter":{"faultedAfter":"2026-11-02T00:00:00Z","faultedBefore":"2026-11-01T00:00:00Z"}}""", ["filter.faultedAfter"] },
+        { """{"filter":{"groupId":"not-hex!"},"limit":0,"dryRun":"yes"}""", ["filter.groupId", "limit", "dryRun"] },
+        { """{"target":"no-such-queue"}""", ["target"] },
+        { """{"target":"charge-payment_error"}""", ["target"] },
+        { """{"filter":[1]}""", ["filter"] },
+        { """[1]""", ["$"] },
+        { """{"limit":""", ["$"] },
+    };
+
+    [Theory]
+    [MemberData(nameof(InvalidMoves))]
+    public async Task An_invalid_move_is_a_400_naming_each_bad_field(string json, string[] fields)
+    {
+        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        using var content = new StringContent(json, System.Text.Encoding.UTF8, "application/json");
+
+        using var response = await _admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
+
+        Assert.Equal(fields.ToHashSet(), await response.ErrorFieldsAsync());
+        Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task A_bad_limit_on_a_peek_is_a_400_naming_limit()
+    {
+        await _broker.DeadLetterChargeAsync(Timeout, "x");
+
+        using var response = await _admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=0", UriKind.Relative));
+
+        Assert.Equal(["limit"], await response.ErrorFieldsAsync());
+    }
+
+    private static StringContent JsonContent(object body) =>
+        new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");
+}

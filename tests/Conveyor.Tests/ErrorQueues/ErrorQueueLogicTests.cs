@@ -1,0 +1,168 @@
+using System.Text;
+using System.Text.Json;
+using Conveyor.Api.ErrorQueues;
+using Conveyor.Api.Security;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+
+namespace Conveyor.Tests.ErrorQueues;
+
+/// <summary>Fingerprints, filters, fresh copies, queue names and key checks: pure logic, no servers.</summary>
+public sealed class ErrorQueueLogicTests
+{
+    [Theory]
+    [InlineData("Payment 0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11 failed after 3 tries", "Payment {guid} failed after {n} tries")]
+    [InlineData("Charge ch_8f3a2b9c0d1e4f56 declined", "Charge ch_{hex} declined")]
+    [InlineData("  Timeout\r\n after   30s ", "Timeout after {n}s")]
+    [InlineData("Account acct-42 not found", "Account acct-{n} not found")]
+    [InlineData("deadbeef is a word, not an id", "deadbeef is a word, not an id")]
+    [InlineData(null, "")]
+    public void Fault_messages_are_normalised_before_grouping(string? message, string expected) =>
+        Assert.Equal(expected, FaultFingerprint.Normalise(message));
+
+    [Fact]
+    public void The_group_id_is_stable_short_and_separates_exception_types()
+    {
+        var a = FaultFingerprint.GroupId("System.TimeoutException", "No answer after 30 seconds");
+        var b = FaultFingerprint.GroupId("System.TimeoutException", "No answer after 45 seconds");
+        var c = FaultFingerprint.GroupId("System.IO.IOException", "No answer after 30 seconds");
+
+        Assert.Equal(a, b);
+        Assert.NotEqual(a, c);
+        Assert.Matches("^[0-9a-f]{12}$", a);
+    }
+
+    [Fact]
+    public void A_filter_matches_only_when_every_condition_holds()
+    {
+        var at = new DateTimeOffset(2026, 11, 20, 12, 0, 0, TimeSpan.Zero);
+        var message = new FaultedMessage
+        {
+            MessageId = "m-1",
+            MessageType = "Conveyor.Contracts.Payments.ChargePayment",
+            ExceptionType = "System.TimeoutException",
+            ExceptionMessage = "late",
+            FaultedAt = at,
+        };
+
+        Assert.True(MessageFilter.All.Matches(message));
+        Assert.True(new MessageFilter { ExceptionType = "timeoutexception", MessageType = "ChargePayment" }.Matches(message));
+        Assert.True(new MessageFilter { MessageIds = new HashSet<string> { "m-1", "m-2" } }.Matches(message));
+        Assert.True(new MessageFilter { FaultedAfter = at, FaultedBefore = at.AddSeconds(1) }.Matches(message));
+        Assert.True(new MessageFilter { GroupId = message.GroupId.ToUpperInvariant() }.Matches(message));
+        Assert.False(new MessageFilter { FaultedBefore = at }.Matches(message));
+        Assert.False(new MessageFilter { ExceptionType = "System.TimeoutException", MessageIds = new HashSet<string> { "m-2" } }.Matches(message));
+        Assert.False(new MessageFilter { MessageType = "DeliverWebhook" }.Matches(message));
+        Assert.False(new MessageFilter { FaultedAfter = at }.Matches(message with { FaultedAt = null }));
+    }
+
+    [Fact]
+    public void A_fresh_copy_keeps_identity_and_contract_headers_drops_fault_bookkeeping_and_records_history()
+    {
+        var earlier = JsonSerializer.Serialize(Enumerable.Range(0, 5).Select(i => new { exceptionType = "E" + i, message = "m", faultedAt = (string?)null }));
+        var original = new BasicProperties
+        {
+            MessageId = "msg-1",
+            ContentType = "application/vnd.masstransit+json",
+            UserId = "someone-else",
+            Expiration = "60000",
+            Headers = new Dictionary<string, object?>
+            {
+                ["Conveyor-Job-Id"] = Encoding.UTF8.GetBytes("job-1"),
+                ["MT-Fault-ExceptionType"] = Encoding.UTF8.GetBytes("System.TimeoutException"),
+                ["MT-Fault-Message"] = Encoding.UTF8.GetBytes(new string('x', 1000)),
+                ["MT-Reason"] = Encoding.UTF8.GetBytes("fault"),
+                ["x-death"] = new List<object>(),
+                ["Conveyor-Redelivery-Attempt"] = Encoding.UTF8.GetBytes("3"),
+                ["Conveyor-Attempts"] = Encoding.UTF8.GetBytes("4"),
+                ["Conveyor-Fault-History"] = Encoding.UTF8.GetBytes(earlier),
+            },
+        };
+        var message = FaultedMessage.Read(original, "{}"u8);
+
+        var copy = FreshCopy.Build(original, message, "charge-payment_error", Guid.Empty);
+
+        Assert.Equal(("msg-1", "application/vnd.masstransit+json", DeliveryModes.Persistent), (copy.MessageId, copy.ContentType, copy.DeliveryMode));
+        Assert.Null(copy.UserId);
+        Assert.Null(copy.Expiration);
+        Assert.Equal(
+            ["Conveyor-Fault-History", "Conveyor-Job-Id", "Conveyor-Moved-By-Operation", "Conveyor-Moved-From"],
+            copy.Headers!.Keys.Order(StringComparer.Ordinal));
+        var history = JsonDocument.Parse((string)copy.Headers["Conveyor-Fault-History"]!).RootElement.EnumerateArray().ToList();
+        Assert.Equal(FreshCopy.HistoryLength, history.Count);
+        Assert.Equal("E1", history[0].GetProperty("exceptionType").GetString());
+        Assert.Equal("System.TimeoutException", history[^1].GetProperty("exceptionType").GetString());
+        Assert.Equal(FreshCopy.HistoryMessageChars, history[^1].GetProperty("message").GetString()!.Length);
+    }
+
+    [Theory]
+    [InlineData("rabbitmq://127.0.0.1/conveyor/charge-payment", "charge-payment_error", "charge-payment")]
+    [InlineData("rabbitmq://broker/vhost%2Fx/charge-payment?bind=true", "x_error", "charge-payment")]
+    [InlineData(null, "deliver-webhook_skipped", "deliver-webhook")]
+    [InlineData("not a uri", "generate-report_error", "generate-report")]
+    [InlineData("rabbitmq://broker/v/other_error", "generate-report_error", "generate-report")]
+    public void The_original_queue_comes_from_the_input_address_else_the_error_queue_name(string? input, string errorQueue, string expected) =>
+        Assert.Equal(expected, ErrorQueueNames.OriginalQueueOf(input, errorQueue));
+
+    [Theory]
+    [InlineData("charge-payment_error", true)]
+    [InlineData("charge-payment_skipped", true)]
+    [InlineData("charge-payment", false)]
+    [InlineData("_error", false)]
+    public void Only_error_and_skipped_queues_qualify(string queue, bool expected) =>
+        Assert.Equal(expected, ErrorQueueNames.IsErrorOrSkipped(queue));
+
+    [Fact]
+    public void Skipped_messages_get_their_id_and_type_from_the_envelope()
+    {
+        var body = """{"messageId":"abc","headers":{"messageType":"no"},"messageType":["urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook","urn:message:Other"],"message":{}}"""u8;
+
+        var message = FaultedMessage.Read(new BasicProperties(), body);
+
+        Assert.Equal(("abc", "Conveyor.Contracts.Webhooks.DeliverWebhook"), (message.MessageId, message.MessageType));
+        Assert.Null(FaultedMessage.Read(new BasicProperties(), "not json"u8).MessageId);
+    }
+
+    [Fact]
+    public void Keys_are_found_by_value_and_scopes_read_from_a_string_or_a_list()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Auth:ApiKeys:0:Name"] = "ops",
+            ["Auth:ApiKeys:0:Key"] = "k0-0123456789abcdefghijklmnop",
+            ["Auth:ApiKeys:0:Scopes"] = "admin, jobs:read",
+            ["Auth:ApiKeys:1:Name"] = "svc",
+            ["Auth:ApiKeys:1:Key"] = "k1-0123456789abcdefghijklmnop",
+            ["Auth:ApiKeys:1:Scopes:0"] = "jobs:publish",
+        }).Build();
+        var options = ApiKeyOptions.From(configuration);
+        var store = new ApiKeyStore(Options.Create(options));
+
+        Assert.Empty(options.Validate());
+        Assert.Equal(["admin", "jobs:read"], store.Find("k0-0123456789abcdefghijklmnop")!.Scopes);
+        Assert.Equal("svc", store.Find("k1-0123456789abcdefghijklmnop")!.Name);
+        Assert.Null(store.Find("k1-0123456789abcdefghijklmno"));
+        Assert.Null(store.Find(""));
+        Assert.DoesNotContain("k0-", options.ApiKeys[0].ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Short_nameless_scopeless_and_duplicate_keys_are_refused()
+    {
+        var options = new ApiKeyOptions
+        {
+            ApiKeys =
+            [
+                new ApiKeyEntry("Auth:ApiKeys:0", "", "short", []),
+                new ApiKeyEntry("Auth:ApiKeys:1", "a", "same-0123456789abcdefghijklmnop", ["admin"]),
+                new ApiKeyEntry("Auth:ApiKeys:2", "a", "same-0123456789abcdefghijklmnop", ["admin"]),
+            ],
+        };
+
+        var problems = options.Validate().ToList();
+
+        Assert.Equal(5, problems.Count);
+        Assert.DoesNotContain(problems, p => p.Contains("same-0123", StringComparison.Ordinal) || p.Contains("short", StringComparison.Ordinal));
+    }
+}

@@ -1,0 +1,73 @@
+using System.Net;
+using Conveyor.Contracts.Payments;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.ErrorQueues;
+
+/// <summary>The real path: charges fail and are dead-lettered by the worker, the gateway heals, an operator moves them back.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const int Charges = 40;
+
+    private FakePaymentGateway _gateway = null!;
+    private RunningApp _worker = null!;
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _gateway = await FakePaymentGateway.StartAsync();
+        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _api.DisposeAsync();
+        await _worker.DisposeAsync();
+        await _gateway.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Moving_everything_back_after_the_gateway_heals_charges_each_payment_exactly_once()
+    {
+        // A 400 is permanent: each charge is dead-lettered after one attempt.
+        _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
+        var payments = Enumerable.Range(0, Charges).Select(_ => Guid.NewGuid()).ToList();
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            foreach (var payment in payments)
+            {
+                await publisher.PublishAsync(new ChargePayment { PaymentId = payment, AccountId = "acct-heal", AmountMinor = 700, Currency = "EUR" });
+            }
+        }
+
+        await using var broker = await TestBroker.ConnectAsync(fixture);
+        await Eventually.AssertAsync(async () => Assert.Equal((uint)Charges, await broker.CountAsync(ErrorQueueKit.ChargeErrors)));
+        Assert.Empty(_gateway.Charges);
+
+        _gateway.FailEverythingWith = null;
+        using var admin = ErrorQueueKit.Client(_api.BaseAddress);
+        var operation = await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+
+        Assert.Equal(("succeeded", Charges), (operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64()));
+        Assert.Equal(0u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(Charges, await db.Ledger.CountAsync());
+        });
+        Assert.All(payments, payment => Assert.Equal(1, _gateway.ChargesFor(payment.ToString())));
+        Assert.Equal(Charges, _gateway.Charges.Count);
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(payments.ToHashSet(), (await db.Ledger.Select(l => l.PaymentId).ToListAsync()).ToHashSet());
+        }
+
+        Assert.Equal(0u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+}

@@ -1,0 +1,43 @@
+using System.Text.Json;
+using Xunit.Abstractions;
+
+namespace Conveyor.Tests.Faults;
+
+/// <summary>
+/// Each scenario's line: jobs accepted, processed, lost, applied twice. Written to the test output,
+/// and appended to the file named by <c>CONVEYOR_FAULTS_REPORT</c> (bench/run.sh collects it into
+/// docs/benchmarks.md).
+/// </summary>
+public static class FaultReport
+{
+    private static readonly Lock FileLock = new();
+
+    public static void Write(ITestOutputHelper output, string scenario, PaymentAudit audit, string details)
+    {
+        output.WriteLine($"{scenario}: accepted {audit.Accepted}, processed {audit.Processed}, lost {audit.Lost}, applied twice {audit.AppliedTwice}; {details}");
+        if (Environment.GetEnvironmentVariable("CONVEYOR_FAULTS_REPORT") is not { Length: > 0 } path)
+        {
+            return;
+        }
+
+        var line = JsonSerializer.Serialize(new
+        {
+            scenario,
+            measuredAt = DateTimeOffset.UtcNow,
+            accepted = audit.Accepted,
+            processed = audit.Processed,
+            lost = audit.Lost,
+            appliedTwice = audit.AppliedTwice,
+            details,
+        });
+        lock (FileLock)
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+            File.AppendAllText(path, line + Environment.NewLine);
+        }
+    }
+
+    /// <summary>The job count a scenario runs with: its default, or <c>CONVEYOR_FAULTS_JOBS</c>.</summary>
+    public static int Jobs(int normalRun) =>
+        int.TryParse(Environment.GetEnvironmentVariable("CONVEYOR_FAULTS_JOBS"), out var jobs) && jobs > 0 ? jobs : normalRun;
+}

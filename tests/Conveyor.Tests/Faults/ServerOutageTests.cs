@@ -1,0 +1,80 @@
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace Conveyor.Tests.Faults;
+
+/// <summary>
+/// A server goes away in the middle of a run while clients keep submitting: the Api refuses what it
+/// cannot queue (503) and every job it accepted is processed once the server is back. These stop a
+/// server, so they run only from bench/run.sh faults-disruptive.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+[Trait("Category", "FaultsDisruptive")]
+public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
+{
+    private static readonly TimeSpan BeforeOutage = TimeSpan.FromSeconds(8);
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [DisruptiveFact]
+    public Task RabbitMQ_restarted_mid_run_the_Api_answers_503_meanwhile_and_loses_nothing_it_accepted() =>
+        RunOutageAsync("RabbitMQ stop_app/start_app mid-run", ServerControl.StopBrokerAsync, ServerControl.StartBrokerAsync, TimeSpan.FromSeconds(15), brokerDown: true);
+
+    [DisruptiveFact]
+    public Task PostgreSQL_stopped_for_20_seconds_mid_run_loses_nothing_the_Api_accepted() =>
+        RunOutageAsync("PostgreSQL stopped for 20 s mid-run", ServerControl.StopDatabaseAsync, ServerControl.StartDatabaseAsync, TimeSpan.FromSeconds(20), brokerDown: false);
+
+    private async Task RunOutageAsync(string scenario, Func<Task> stop, Func<Task> start, TimeSpan outage, bool brokerDown)
+    {
+        var jobs = FaultReport.Jobs(normalRun: 3_000);
+        const double perSecond = 100;
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+        foreach (var (key, value) in WorkerSettings.With(gateway))
+        {
+            settings[key] = value;
+        }
+
+        await using var api = await fixture.StartApiAsync();
+        await using var worker = await WorkerProcess.StartAsync(settings);
+        var submissions = new JobSubmissions();
+        var submitting = submissions.SubmitAsync(api.Client, jobs, clients: 16, perSecond);
+
+        await Task.Delay(BeforeOutage);
+        var acceptedBefore = submissions.AcceptedCount;
+        await stop();
+        try
+        {
+            await Task.Delay(outage);
+        }
+        finally
+        {
+            await start();
+        }
+
+        var outcomesDuringOutage = submissions.Describe();
+        await submitting;
+        var audit = await PaymentAudit.SettleAsync(fixture, gateway, submissions.Accepted, TimeSpan.FromMinutes(4));
+        var errorQueue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error");
+        FaultReport.Write(output, scenario, audit,
+            $"{jobs} submissions at {perSecond}/s, outage {outage.TotalSeconds:0} s after {acceptedBefore} accepted; answers: {submissions.Describe()} (at restart: {outcomesDuringOutage}); worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorQueue?.Messages ?? 0} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost)");
+        if (audit.Lost > 0)
+        {
+            output.WriteLine(worker.Output);
+        }
+
+        Assert.True(submissions.AcceptedCount > 0, "nothing was accepted");
+        if (brokerDown)
+        {
+            // Without a broker the Api refuses with 503 (Retry-After) rather than failing.
+            Assert.True(submissions.Count("503") > 0, "the Api never answered 503 while the broker was down");
+            Assert.Equal(0, submissions.Count("500"));
+        }
+
+        Assert.Equal(0, audit.Lost);
+        Assert.Equal(0, audit.AppliedTwice);
+    }
+}

@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace Conveyor.Tests.Faults;
+
+/// <summary>
+/// A worker as its own OS process (<c>dotnet src/Worker/bin/&lt;configuration&gt;/net10.0/Conveyor.Worker.dll</c>),
+/// configured by command-line arguments, so a fault test can kill -9 it like a crashing pod.
+/// </summary>
+public sealed class WorkerProcess : IAsyncDisposable
+{
+    private const int KeptLines = 200;
+    private readonly Process _process;
+    private readonly Queue<string> _lines = new();
+
+    private WorkerProcess(Process process, Uri baseAddress)
+    {
+        _process = process;
+        BaseAddress = baseAddress;
+    }
+
+    public Uri BaseAddress { get; }
+
+    public int Id => _process.Id;
+
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>The last lines the worker wrote, for a failure message.</summary>
+    public string Output
+    {
+        get
+        {
+            lock (_lines)
+            {
+                return string.Join(Environment.NewLine, _lines);
+            }
+        }
+    }
+
+    /// <summary>The worker assembly built alongside these tests (same configuration).</summary>
+    public static string WorkerDll
+    {
+        get
+        {
+            var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name ?? "Debug";
+            var root = new DirectoryInfo(AppContext.BaseDirectory);
+            while (root is not null && !File.Exists(Path.Combine(root.FullName, "Worker.sln")))
+            {
+                root = root.Parent;
+            }
+
+            if (root is null)
+            {
+                throw new InvalidOperationException($"No Worker.sln above {AppContext.BaseDirectory}");
+            }
+
+            var dll = Path.Combine(root.FullName, "src", "Worker", "bin", configuration, "net10.0", "Conveyor.Worker.dll");
+            return File.Exists(dll) ? dll : throw new InvalidOperationException($"{dll} is missing: build the solution first");
+        }
+    }
+
+    /// <summary>Starts a worker with <paramref name="settings"/> as <c>--Key=Value</c> arguments and waits until it is ready.</summary>
+    public static async Task<WorkerProcess> StartAsync(IReadOnlyDictionary<string, string?> settings)
+    {
+        var port = FreePort();
+        var start = new ProcessStartInfo("dotnet")
+        {
+            WorkingDirectory = Path.GetDirectoryName(WorkerDll)!,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(WorkerDll);
+        foreach (var (key, value) in settings.Where(s => s.Value is not null))
+        {
+            start.ArgumentList.Add($"--{key}={value}");
+        }
+
+        start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");
+        var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
+        var worker = new WorkerProcess(process, new Uri($"http://127.0.0.1:{port}"));
+        process.OutputDataReceived += (_, line) => worker.Keep(line.Data);
+        process.ErrorDataReceived += (_, line) => worker.Keep(line.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        await worker.WaitUntilReadyAsync();
+        return worker;
+    }
+
+    /// <summary>SIGKILL: no shutdown hooks, unacked messages and open transactions are abandoned.</summary>
+    public async Task KillAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill();
+        }
+
+        await _process.WaitForExitAsync();
+    }
+
+    private async Task WaitUntilReadyAsync()
+    {
+        using var http = new HttpClient { BaseAddress = BaseAddress, Timeout = TimeSpan.FromSeconds(5) };
+        var deadline = DateTime.UtcNow.AddSeconds(90);
+        while (true)
+        {
+            if (_process.HasExited)
+            {
+                throw new InvalidOperationException($"The worker exited with {_process.ExitCode}:{Environment.NewLine}{Output}");
+            }
+
+            try
+            {
+                using var response = await http.GetAsync(new Uri("/health/ready", UriKind.Relative));
+                if (response.IsSuccessStatusCode)
+                {
+                    return;
+                }
+            }
+            catch (Exception exception) when (exception is HttpRequestException or TaskCanceledException)
+            {
+                // Not listening yet.
+            }
+
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"The worker was not ready within 90 s:{Environment.NewLine}{Output}");
+            }
+
+            await Task.Delay(100);
+        }
+    }
+
+    private void Keep(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (_lines)
+        {
+            _lines.Enqueue(line);
+            while (_lines.Count > KeptLines)
+            {
+                _lines.Dequeue();
+            }
+        }
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await KillAsync();
+        _process.Dispose();
+    }
+}

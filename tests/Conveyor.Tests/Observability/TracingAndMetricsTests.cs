@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Builder;
+using OpenTelemetry.Trace;
+
+namespace Conveyor.Tests.Observability;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private readonly List<Activity> _apiActivities = [];
+    private readonly List<Activity> _workerActivities = [];
+    private FakePaymentGateway _gateway = null!;
+    private RunningApp _worker = null!;
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _gateway = await FakePaymentGateway.StartAsync();
+        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway), Export(_workerActivities));
+        _api = await fixture.StartApiAsync(configure: Export(_apiActivities));
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _api.DisposeAsync();
+        await _worker.DisposeAsync();
+        await _gateway.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task One_trace_spans_the_api_request_the_publish_the_consume_the_database_and_the_gateway_call()
+    {
+        var paymentId = Guid.NewGuid();
+        using var response = await _api.Client.PostAsJsonAsync("/api/jobs/charge-payment",
+            new { paymentId, accountId = "acct-trace", amountMinor = 321, currency = "EUR" });
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var jobId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid();
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var job = await _api.Client.GetFromJsonAsync<JsonElement>($"/api/jobs/{jobId}");
+            Assert.Equal("succeeded", job.GetProperty("status").GetString());
+        });
+
+        await Eventually.AssertAsync(() =>
+        {
+            var request = Snapshot(_apiActivities).Single(a => a.Kind == ActivityKind.Server
+                && a.GetTagItem("http.request.method") as string == "POST"
+                && (a.GetTagItem("url.path") as string ?? "").EndsWith("/api/jobs/charge-payment", StringComparison.Ordinal));
+            var trace = request.TraceId;
+            var worker = Snapshot(_workerActivities).Where(a => a.TraceId == trace).ToList();
+            Assert.Contains(worker, a => a.Kind == ActivityKind.Consumer && a.Source.Name == "MassTransit");
+            Assert.Contains(worker, a => a.Kind == ActivityKind.Client && a.Source.Name.Contains("Npgsql", StringComparison.Ordinal));
+            Assert.Contains(worker, a => a.Kind == ActivityKind.Client
+                && (a.GetTagItem("url.full") as string ?? "").StartsWith(_gateway.BaseAddress.ToString(), StringComparison.Ordinal));
+            Assert.Contains(Snapshot(_apiActivities), a => a.TraceId == trace && a.Kind == ActivityKind.Producer);
+        });
+    }
+
+    [Fact]
+    public async Task Metrics_endpoints_expose_job_inbox_and_masstransit_metrics_after_a_run()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            using var response = await _api.Client.PostAsJsonAsync("/api/jobs/charge-payment",
+                new { paymentId = Guid.NewGuid(), accountId = "acct-metrics", amountMinor = 100 + i, currency = "EUR" });
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var text = await _worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+            Assert.True(CounterValue(text, "conveyor_jobs_succeeded_total", "kind=\"charge-payment\"") >= 3, "jobs succeeded");
+            Assert.Contains("conveyor_jobs_duration_seconds_bucket", text, StringComparison.Ordinal);
+            Assert.Matches("(dotnet|process_runtime_dotnet)_gc_collections", text);
+        });
+        var api = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        Assert.Contains("http_server_request_duration_seconds_bucket", api, StringComparison.Ordinal);
+        // MassTransit's meter (messaging_masstransit_*) is registered too, but MassTransit binds it
+        // once per process to the first host's meter factory, so it cannot be asserted on hosts that
+        // tests start and stop in one process.
+    }
+
+    /// <summary>The sum of a Prometheus counter's samples whose labels include <paramref name="label"/>.</summary>
+    private static double CounterValue(string exposition, string name, string label) =>
+        exposition.Split('\n')
+            .Where(line => line.StartsWith(name + "{", StringComparison.Ordinal) && line.Contains(label, StringComparison.Ordinal))
+            .Sum(line => double.Parse(line[(line.LastIndexOf('}') + 1)..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture));
+
+    private static Action<WebApplicationBuilder> Export(List<Activity> into) =>
+        builder => builder.Services.ConfigureOpenTelemetryTracerProvider(tracing => tracing.AddInMemoryExporter(into));
+
+    private static List<Activity> Snapshot(List<Activity> activities)
+    {
+        lock (activities)
+        {
+            return [.. activities];
+        }
+    }
+}

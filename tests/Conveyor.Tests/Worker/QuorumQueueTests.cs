@@ -1,0 +1,31 @@
+using Conveyor.Tests.Infrastructure;
+
+namespace Conveyor.Tests.Worker;
+
+[Collection(ConveyorCollection.Name)]
+public sealed class QuorumQueueTests(ConveyorFixture fixture)
+{
+    [Fact]
+    public async Task With_quorum_queues_on_the_worker_declares_its_job_queues_as_quorum_queues()
+    {
+        // A vhost of its own: RabbitMQ cannot redeclare the run's classic queues as quorum queues.
+        var vhost = fixture.VirtualHost + "-quorum";
+        await fixture.Rabbit.CreateVhostAsync(vhost, fixture.Servers.RabbitUser);
+        try
+        {
+            var settings = WorkerSettings.With();
+            settings["RabbitMq:VirtualHost"] = vhost;
+            settings["RabbitMq:QuorumQueues"] = "true";
+            await using var worker = await fixture.StartWorkerAsync(settings);
+
+            foreach (var queue in new[] { "charge-payment", "deliver-webhook", "generate-report" })
+            {
+                Assert.Equal("quorum", await fixture.Rabbit.QueueTypeAsync(vhost, queue));
+            }
+        }
+        finally
+        {
+            await fixture.Rabbit.DeleteVhostAsync(vhost);
+        }
+    }
+}
