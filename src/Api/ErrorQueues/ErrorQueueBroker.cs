@@ -14,19 +14,6 @@ public sealed class ErrorQueueBroker(IOptions<RabbitMqOptions> options)
     public Task<IConnection> ConnectAsync(string purpose, CancellationToken cancellationToken) =>
         ConnectAsync(options.Value, purpose, cancellationToken);
 
-    public static Task<IConnection> ConnectAsync(RabbitMqOptions broker, string purpose, CancellationToken cancellationToken)
-    {
-        var factory = new ConnectionFactory
-        {
-            HostName = broker.Host,
-            Port = broker.Port,
-            VirtualHost = broker.VirtualHost,
-            UserName = broker.Username,
-            Password = broker.Password,
-            RequestedConnectionTimeout = TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds),
-            AutomaticRecoveryEnabled = false,
-            TopologyRecoveryEnabled = false,
-        };
-        return factory.CreateConnectionAsync($"conveyor-api-{purpose}", cancellationToken);
-    }
+    public static Task<IConnection> ConnectAsync(RabbitMqOptions broker, string purpose, CancellationToken cancellationToken) =>
+        broker.ConnectAsync($"conveyor-api-{purpose}", cancellationToken);
 }
