@@ -10,6 +10,14 @@ eval "$(scripts/services.sh up)"
 dotnet build Worker.sln -c Release -v quiet -nologo
 dotnet run --project src/Worker -c Release --no-build -- migrate
 
+# Every endpoint but health and metrics needs an API key: make a development admin key unless
+# the environment already configures keys.
+if [ -z "${Auth__ApiKeys__0__Key:-}" ]; then
+  export Auth__ApiKeys__0__Name=dev-admin
+  export Auth__ApiKeys__0__Key="dev-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export Auth__ApiKeys__0__Scopes=admin
+fi
+
 pids=()
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap stop EXIT INT TERM
@@ -17,7 +25,8 @@ trap stop EXIT INT TERM
 dotnet run --project src/Worker -c Release --no-build & pids+=($!)
 dotnet run --project src/Api -c Release --no-build & pids+=($!)
 
-echo "Conveyor is starting: API http://127.0.0.1:8080, worker health http://127.0.0.1:8081/health/ready"
-echo "Try: curl -i -X POST http://127.0.0.1:8080/api/jobs/charge-payment -H 'Content-Type: application/json' \\"
+echo "Conveyor is starting: API http://127.0.0.1:8080, dashboard http://127.0.0.1:8080/dashboard, worker health http://127.0.0.1:8081/health/ready"
+echo "API key (admin): $Auth__ApiKeys__0__Key"
+echo "Try: curl -i -X POST http://127.0.0.1:8080/api/jobs/charge-payment -H \"X-Api-Key: $Auth__ApiKeys__0__Key\" -H 'Content-Type: application/json' \\"
 echo "       -d '{\"paymentId\":\"$(cat /proc/sys/kernel/random/uuid)\",\"accountId\":\"acct-1\",\"amountMinor\":1250,\"currency\":\"EUR\"}'"
 wait -n "${pids[@]}"

@@ -5,6 +5,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# The dashboard's browser tests drive Debian's chromium through Playwright, which never downloads a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if [ ! -x /usr/bin/chromium ]; then
+  as_root=""; [ "$(id -u)" -eq 0 ] || as_root="sudo"
+  { $as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    || { echo "could not install chromium (needed by the dashboard's browser tests)" >&2; exit 1; }
+fi
+
 if [ -z "${ConnectionStrings__Conveyor:-}" ] || [ -z "${RabbitMq__Host:-}" ]; then
   env_lines=$(scripts/services.sh up) || { echo "could not start the services" >&2; exit 1; }
   eval "$env_lines"

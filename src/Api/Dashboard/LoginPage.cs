@@ -17,6 +17,7 @@ internal static class LoginPage
             <meta charset="utf-8">
             <meta name="viewport" content="width=device-width, initial-scale=1">
             <title>Sign in · Conveyor</title>
+            <link rel="icon" href="data:,">
             <link rel="stylesheet" href="/dashboard/app.css">
             </head>
             <body class="login">

@@ -126,9 +126,12 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         using var unknown = Client("not-a-configured-key-0123456789abcdef");
 
-        using var response = await unknown.GetAsync(new Uri(path, UriKind.Relative));
-
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        // Readiness waits for the bus to connect after the start.
+        await Eventually.AssertAsync(async () =>
+        {
+            using var response = await unknown.GetAsync(new Uri(path, UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        });
     }
 
     [Fact]

@@ -27,7 +27,7 @@
       else if (key === "checked" || key === "disabled" || key === "hidden") node[key] = Boolean(value);
       else node.setAttribute(key, String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -236,18 +236,19 @@
         ["Dead-letter reason", m.deadLetterReason], ["Group", m.groupId], ["Content type", m.contentType],
         ["Body size", fmtNumber(m.bodyBytes) + " bytes" + (m.bodyTruncated ? " (preview truncated)" : "")],
       ];
-      detail.replaceChildren(
+      detail.replaceChildren(...[
         el("dl", {}, fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
         el("h3", { text: "Stack trace" }), el("pre", { id: "stack-trace", text: m.stackTrace || "(none)" }),
         m.faultHistory ? [el("h3", { text: "Fault history" }), el("pre", { text: JSON.stringify(m.faultHistory, null, 2) })] : null,
-        el("h3", { text: "Body" }), el("pre", { id: "message-body", text: prettyBody(m.bodyPreview) }));
+        el("h3", { text: "Body" }), el("pre", { id: "message-body", text: prettyBody(m.bodyPreview) }),
+      ].flat().filter(Boolean));
     };
 
     const renderMessages = () => {
       messagesBody.replaceChildren(...state.messages.map((m) => {
         const box = el("input", { type: "checkbox", "aria-label": "Select message " + (m.messageId || ""), checked: state.selected.has(m.messageId), disabled: !m.messageId });
         const row = el("tr", { class: "clickable" + (state.selected.has(m.messageId) ? " selected" : ""), "data-message-id": m.messageId || "" },
-          el("td", {}, box), el("td", { text: m.messageId || "(none)" }), el("td", { text: shortType(m.messageType) }),
+          el("td", {}, box), el("td", { class: "id", text: m.messageId || "(none)" }), el("td", { text: shortType(m.messageType) }),
           el("td", { text: (m.exceptionType || "") + (m.exceptionMessage ? ": " + m.exceptionMessage : "") }),
           el("td", { text: fmtTime(m.faultedAt) }));
         box.addEventListener("click", (e) => {

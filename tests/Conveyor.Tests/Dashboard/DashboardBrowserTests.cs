@@ -1,0 +1,151 @@
+using System.Net;
+using Conveyor.Contracts;
+using Conveyor.Tests.Api;
+using Conveyor.Tests.ErrorQueues;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Playwright;
+using static Microsoft.Playwright.Assertions;
+
+namespace Conveyor.Tests.Dashboard;
+
+/// <summary>
+/// An operator in a real (headless) browser: signs in with a key, sees the charges the worker
+/// dead-lettered, reads one, moves their group back once the gateway heals, and watches the counts fall.
+/// Screenshots of each step go to artifacts/test-results/screenshots.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const int Charges = 6;
+    private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };
+
+    private FakePaymentGateway _gateway = null!;
+    private RunningApp _worker = null!;
+    private RunningApp _api = null!;
+    private IPlaywright _playwright = null!;
+    private IBrowser _browser = null!;
+    private readonly List<string> _browserErrors = [];
+
+    public async Task InitializeAsync()
+    {
+        (_playwright, _browser) = await Chromium.LaunchAsync();
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _gateway = await FakePaymentGateway.StartAsync();
+        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        _api = await fixture.StartApiAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _browser.DisposeAsync();
+        _playwright.Dispose();
+        await _api.DisposeAsync();
+        await _worker.DisposeAsync();
+        await _gateway.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task An_operator_moves_a_dead_lettered_group_back_and_watches_the_counts_change()
+    {
+        // A 400 is permanent: each charge is dead-lettered after one attempt.
+        _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
+        var jobs = new List<Guid>();
+        for (var i = 0; i < Charges; i++)
+        {
+            jobs.Add((await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId);
+        }
+
+        await using (var broker = await TestBroker.ConnectAsync(fixture))
+        {
+            await Eventually.AssertAsync(async () => Assert.Equal((uint)Charges, await broker.CountAsync(ErrorQueueKit.ChargeErrors)));
+        }
+
+        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        var page = await context.NewPageAsync();
+        page.Console += (_, message) =>
+        {
+            if (message.Type == "error")
+            {
+                _browserErrors.Add($"{message.Text} ({message.Location})");
+            }
+        };
+        page.PageError += (_, error) => _browserErrors.Add(error);
+        page.Response += (_, response) =>
+        {
+            if (response.Status >= 400)
+            {
+                _browserErrors.Add($"{response.Status} {response.Request.Method} {response.Url}");
+            }
+        };
+
+        // Signed out: the dashboard sends the browser to the sign-in form.
+        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/").ToString());
+        await Expect(page).ToHaveURLAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
+        await page.FillAsync("#apiKey", TestKeys.Admin);
+        await Screenshot(page, "01-sign-in");
+        await page.ClickAsync("#sign-in");
+
+        // Overview: the error queue holds every charge.
+        await Expect(page.Locator("#who-name")).ToHaveTextAsync(TestKeys.AdminName, Patiently);
+        var overviewErrors = page.Locator($"#overview tr[data-queue='{ErrorQueueKit.ChargeErrors}'] td[data-col='messages']");
+        await Expect(overviewErrors).ToHaveTextAsync(Charges.ToString(System.Globalization.CultureInfo.InvariantCulture), Patiently);
+        await Screenshot(page, "02-overview");
+
+        // The error queue: one group of N, N messages, one opened.
+        await page.ClickAsync($"#overview a:text-is('{ErrorQueueKit.ChargeErrors}')");
+        var groupCount = page.Locator("#groups tr[data-group-id] td[data-col='count']");
+        await Expect(groupCount).ToHaveTextAsync(Charges.ToString(System.Globalization.CultureInfo.InvariantCulture), Patiently);
+        await Expect(page.Locator("#messages tr[data-message-id]")).ToHaveCountAsync(Charges);
+        await Expect(page.Locator("#queue-depth")).ToHaveTextAsync(Charges.ToString(System.Globalization.CultureInfo.InvariantCulture), Patiently);
+        await page.Locator("#messages tr[data-message-id]").First.ClickAsync();
+        await Expect(page.Locator("#message-body")).ToContainTextAsync("paymentId", new LocatorAssertionsToContainTextOptions { IgnoreCase = true });
+        await Expect(page.Locator("#message-detail")).ToContainTextAsync("charge-payment");
+        await Screenshot(page, "03-error-queue-and-message");
+
+        // Heal the gateway, then move the group back through the confirmation step.
+        _gateway.FailEverythingWith = null;
+        await page.ClickAsync("#groups button.move-group");
+        await Expect(page.Locator("#dialog")).ToBeVisibleAsync();
+        await Screenshot(page, "04-confirm-move");
+        await page.ClickAsync("#dialog-confirm");
+        await Expect(page.Locator("#operation-state")).ToHaveTextAsync("succeeded", Patiently);
+        await Expect(page.Locator("#operation-numbers")).ToContainTextAsync($"moved {Charges}");
+        await Expect(page.Locator("#queue-depth")).ToHaveTextAsync("0", Patiently);
+        await Screenshot(page, "05-moved");
+
+        // The charges go through, and the overview shows the error queue empty.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(Charges, await db.Ledger.CountAsync());
+        });
+        await page.ClickAsync("nav a[data-nav='overview']");
+        await Expect(overviewErrors).ToHaveTextAsync("0", Patiently);
+        await Screenshot(page, "06-overview-after-move");
+
+        // Jobs: the list filtered to succeeded jobs, and one job's timeline.
+        await page.ClickAsync("nav a[data-nav='jobs']");
+        await page.SelectOptionAsync("#status-filter", "succeeded");
+        await Expect(page.Locator("#jobs tr[data-job-id]")).ToHaveCountAsync(Charges, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
+        await Screenshot(page, "07-jobs");
+        await page.FillAsync("#job-id", jobs[0].ToString());
+        await page.ClickAsync("#job-lookup button[type='submit']");
+        await Expect(page.Locator("#job-status")).ToHaveTextAsync("succeeded", Patiently);
+        await Expect(page.Locator("#job")).ToContainTextAsync("Finished");
+        await Screenshot(page, "08-job-timeline");
+
+        // Signing out ends the session.
+        await page.ClickAsync("#sign-out");
+        await Expect(page).ToHaveURLAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
+
+        Assert.Empty(_browserErrors);
+        await using var audit = fixture.CreateDbContext();
+        Assert.Equal(TestKeys.AdminName, (await audit.ErrorQueueOperations.SingleAsync()).RequestedBy);
+    }
+
+    private static async Task Screenshot(IPage page, string name) =>
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(Chromium.ScreenshotDirectory(), $"dashboard-{name}.png"), FullPage = true });
+}
