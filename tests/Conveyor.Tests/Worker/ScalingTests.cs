@@ -1,0 +1,75 @@
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>Scaling out is adding workers: 1, 2, then 3 on one queue, each job once, every worker busy.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class ScalingTests(ConveyorFixture fixture)
+{
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task Workers_added_to_one_queue_share_a_few_thousand_jobs_and_apply_each_once(int workers)
+    {
+        const int jobs = 2000;
+        await fixture.ResetAsync();
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        // A little latency per charge, so no worker can drain the queue before the others start.
+        gateway.Latency = TimeSpan.FromMilliseconds(20);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var hosts = new List<RunningApp>();
+        try
+        {
+            // The queue exists once the first worker has declared it; fill it while that worker is stopped.
+            var declare = await fixture.StartWorkerAsync(WorkerSettings.With(gateway, "declare"));
+            await declare.DisposeAsync();
+            var payments = Enumerable.Range(0, jobs).Select(i => new ChargePayment
+            {
+                PaymentId = Guid.NewGuid(),
+                AccountId = $"acct-scale-{i % 11}",
+                AmountMinor = 1 + i,
+                Currency = "EUR",
+            }).ToList();
+            foreach (var batch in payments.Chunk(100))
+            {
+                await Task.WhenAll(batch.Select(p => publisher.PublishAsync(p)));
+            }
+
+            for (var i = 0; i < workers; i++)
+            {
+                var settings = WorkerSettings.With(gateway, $"worker-{i}");
+                settings["Consumers:ChargePayment:PrefetchCount"] = "8";
+                settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "4";
+                hosts.Add(await fixture.StartWorkerAsync(settings));
+            }
+
+            await Eventually.AssertAsync(async () =>
+            {
+                await using var db = fixture.CreateDbContext();
+                Assert.Equal(jobs, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+            }, TimeSpan.FromMinutes(3));
+
+            await using var check = fixture.CreateDbContext();
+            Assert.Equal(jobs, await check.Ledger.CountAsync());
+            Assert.Equal(jobs, gateway.Charges.Count);
+            Assert.All(payments, p => Assert.Equal(1, gateway.ChargesFor(p.PaymentId.ToString())));
+            var shares = gateway.Charges.GroupBy(c => c.Caller).ToDictionary(g => g.Key, g => g.Count());
+            for (var i = 0; i < workers; i++)
+            {
+                Assert.True(shares.GetValueOrDefault($"Bearer worker-{i}") > 0, $"worker {i} of {workers} processed nothing");
+            }
+        }
+        finally
+        {
+            foreach (var host in hosts)
+            {
+                await host.DisposeAsync();
+            }
+        }
+    }
+}
