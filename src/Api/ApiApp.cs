@@ -22,6 +22,8 @@ public static class ApiApp
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions
         {
             Args = args,
+            // appsettings.json sits beside the assembly: found whatever the working directory.
+            ContentRootPath = AppContext.BaseDirectory,
             // Tests build the app from their own entry assembly; keep the name the same either way.
             ApplicationName = typeof(ApiApp).Assembly.GetName().Name,
         });

@@ -30,6 +30,8 @@ public static partial class WorkerApp
         {
             Args = args,
             ApplicationName = typeof(WorkerApp).Assembly.GetName().Name,
+            // appsettings.json sits beside the assembly: found whatever the working directory.
+            ContentRootPath = AppContext.BaseDirectory,
         });
         builder.AddConveyorTelemetry("conveyor-worker", JobMetrics.MeterName);
         builder.Services.AddSingleton(TimeProvider.System);
@@ -48,7 +50,11 @@ public static partial class WorkerApp
 
     public static async Task<int> MigrateAsync(string[] args)
     {
-        var builder = Host.CreateApplicationBuilder(args);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
+        {
+            Args = args,
+            ContentRootPath = AppContext.BaseDirectory,
+        });
         builder.Services.AddConveyorStorage(builder.Configuration);
         using var host = builder.Build();
         var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Migrate");
