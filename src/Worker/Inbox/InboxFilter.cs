@@ -28,6 +28,8 @@ public sealed partial class InboxFilter<T>(
         JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.JobIdOf(context));
 
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        // All or nothing: a savepoint around each SaveChanges would only cost two round trips.
+        db.Database.AutoSavepointsEnabled = false;
         var now = time.GetUtcNow();
         // A concurrent copy blocks here on the first one's uncommitted key, then sees the conflict
         // (the first committed) or inserts (the first rolled back).

@@ -155,6 +155,7 @@ public sealed partial class LeaseInboxFilter<T>(
     private async Task<bool> CompleteAsync(JobRef job, string consumerId, string key, string owner, bool succeeded, CancellationToken cancellationToken)
     {
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        db.Database.AutoSavepointsEnabled = false;
         var done = await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE inbox SET status = {InboxStatus.Done}, lease_owner = NULL, lease_expires_at = NULL
              WHERE consumer_id = {consumerId} AND message_key = {key} AND lease_owner = {owner} AND status = {InboxStatus.Processing}
