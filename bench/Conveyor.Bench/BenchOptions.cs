@@ -31,7 +31,7 @@ public sealed class BenchOptions
 
     public double RedeliveryLeadSeconds { get; init; } = 2;
 
-    public int RedeliveryInserters { get; init; } = 8;
+    public int RedeliveryInserters { get; init; } = 4;
 
     public int BurstMessages { get; init; } = 20_000;
 

@@ -33,6 +33,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
 
         var rates = new Dictionary<(ConsumeSettings, string), List<double>>();
         var cpu = new Dictionary<(ConsumeSettings, string), List<double>>();
+        var commands = new Dictionary<(ConsumeSettings, string), List<double>>();
         var busy = new List<double>();
         var stalls = new List<string>();
         foreach (var settings in options.ConsumeSettings)
@@ -46,6 +47,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
                     // NaN keeps the rounds aligned for the paired ratios.
                     Collect(rates, (settings, variant.Name)).Add(outcome.Rate ?? double.NaN);
                     Collect(cpu, (settings, variant.Name)).Add(outcome.CpuMsPerMessage);
+                    Collect(commands, (settings, variant.Name)).Add(outcome.CommandsPerMessage);
                     busy.Add(outcome.MachineBusy);
                     if (outcome.Rate is null)
                     {
@@ -55,13 +57,14 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             }
         }
 
-        return Report(variants, rates, cpu, busy, stalls, messageBytes);
+        return Report(variants, rates, cpu, commands, busy, stalls, messageBytes);
     }
 
     private BenchResult Report(
         IConsumeVariant[] variants,
         Dictionary<(ConsumeSettings, string), List<double>> rates,
         Dictionary<(ConsumeSettings, string), List<double>> cpu,
+        Dictionary<(ConsumeSettings, string), List<double>> commands,
         List<double> busy,
         List<string> stalls,
         int messageBytes)
@@ -92,6 +95,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
                     double.IsNaN(vsMt) ? "-" : Formats.Ratio(vsMt),
                     double.IsNaN(vsRaw) ? "-" : Formats.Ratio(vsRaw),
                     Formats.Number(Stats.Median(Completed(cpu.GetValueOrDefault((settings, variant.Name)) ?? [])), "0.00"),
+                    Formats.Number(Stats.Median(Completed(commands.GetValueOrDefault((settings, variant.Name)) ?? [])), "0.0"),
                 ]);
             }
         }
@@ -99,6 +103,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         var notes = new List<string>();
         notes.AddRange(variants.Select(v => $"{v.Name}: {v.Description}."));
         notes.Add("Rate = (messages − 1) / time from the first to the last completed message (host start-up excluded); a completion is counted after the whole receive pipeline (for conveyor: after the inbox transaction committed).");
+        notes.Add("DB commands/msg counts Npgsql command executions (each a round trip to PostgreSQL; BEGIN rides along with the first, COMMIT is not counted) between the first and the last completion.");
         notes.Add("Ratios are the median over rounds of (variant ÷ baseline) within the same round; variants run interleaved in rotating order.");
         notes.Add($"CPU ms/msg is what the benchmark process (which hosts the consumer and the gateway) spent per message between the first and the last completion; PostgreSQL's and RabbitMQ's CPU is not in it. The whole machine was {Stats.Median(busy.Where(b => !double.IsNaN(b))):P0} busy during the median run (other work shares these {Environment.ProcessorCount} cores).");
         foreach (var variant in variants)
@@ -132,7 +137,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             "1. End-to-end consume throughput (drain of a pre-filled queue)",
             DateTimeOffset.UtcNow,
             $"{options.Messages} messages of {messageBytes} bytes per run, {options.Runs} rounds per setting, warm-up {options.WarmupMessages} per variant",
-            ["settings", "variant", "median msg/s", "runs msg/s", "vs masstransit", "vs raw-client", "bench-process CPU ms/msg"],
+            ["settings", "variant", "median msg/s", "runs msg/s", "vs masstransit", "vs raw-client", "bench-process CPU ms/msg", "DB commands/msg"],
             rows,
             notes,
             targets);
@@ -146,7 +151,16 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         await WaitForDepthAsync(messages);
 
         CpuMeter? cpu = null;
-        var clock = new DrainClock(messages) { OnFirst = () => cpu = new CpuMeter() };
+        using var commands = new CommandCounter();
+        var commandsAtFirst = 0L;
+        var clock = new DrainClock(messages)
+        {
+            OnFirst = () =>
+            {
+                cpu = new CpuMeter();
+                commandsAtFirst = commands.Commands;
+            },
+        };
         var consumer = await variant.StartAsync(settings, clock);
         try
         {
@@ -158,8 +172,9 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             }
 
             var (processMs, machineBusy) = cpu!.Read();
+            var commandsPerMessage = (commands.Commands - commandsAtFirst) / (double)(messages - 1);
             await variant.VerifyAsync(messages);
-            return new DrainOutcome(await clock.Rate, null, processMs / messages, machineBusy);
+            return new DrainOutcome(await clock.Rate, null, processMs / messages, machineBusy, commandsPerMessage);
         }
         finally
         {
@@ -262,10 +277,10 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         return list;
     }
 
-    private sealed record DrainOutcome(double? Rate, string? Problem, double CpuMsPerMessage = double.NaN, double MachineBusy = double.NaN)
+    private sealed record DrainOutcome(double? Rate, string? Problem, double CpuMsPerMessage = double.NaN, double MachineBusy = double.NaN, double CommandsPerMessage = double.NaN)
     {
         public string Describe() => Rate is { } rate
-            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg, machine {MachineBusy:P0} busy"
+            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg, {Formats.Number(CommandsPerMessage, "0.0")} database commands/msg, machine {MachineBusy:P0} busy"
             : Problem ?? "failed";
     }
 }

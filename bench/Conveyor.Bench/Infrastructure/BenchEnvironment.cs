@@ -138,6 +138,23 @@ public sealed class BenchEnvironment : IAsyncDisposable
         return (state.MessageCount, state.ConsumerCount);
     }
 
+    /// <summary>
+    /// The worker's ChargePayment topology as MassTransit declares it (message-type exchange →
+    /// endpoint exchange → queue), so messages published before a worker starts are routed and kept.
+    /// </summary>
+    public async Task DeclareChargePaymentQueueAsync()
+    {
+        const string queue = "charge-payment";
+        const string exchange = "Conveyor.Contracts.Payments:ChargePayment";
+        await using var connection = await AmqpFactory().CreateConnectionAsync("conveyor-bench-declare");
+        await using var channel = await connection.CreateChannelAsync();
+        await channel.ExchangeDeclareAsync(exchange, "fanout", durable: true, autoDelete: false);
+        await channel.ExchangeDeclareAsync(queue, "fanout", durable: true, autoDelete: false);
+        await channel.ExchangeBindAsync(queue, exchange, string.Empty);
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
+        await channel.QueueBindAsync(queue, queue, string.Empty);
+    }
+
     public async Task PurgeAsync(params string[] queues)
     {
         await using var connection = await AmqpFactory().CreateConnectionAsync("conveyor-bench-purge");

@@ -7,7 +7,8 @@ public static class LoadLoop
 {
     public sealed record Result(int Operations, int Failures, double Seconds, double[] LatenciesMs, IReadOnlyDictionary<string, int> Outcomes)
     {
-        public double PerSecond => Operations / Seconds;
+        /// <summary>Successful operations per second: a failed one counts for nothing.</summary>
+        public double PerSecond => (Operations - Failures) / Seconds;
 
         public double P50 => Stats.Percentile(LatenciesMs, 50);
 

@@ -29,6 +29,7 @@ public sealed class RssBenchmark(BenchEnvironment environment, BenchOptions opti
             throw new InvalidOperationException($"{workerDll} is missing: build Release first (bench/run.sh does).");
         }
 
+        await environment.DeclareChargePaymentQueueAsync();
         await using var gateway = await InstantGateway.StartAsync();
         await using var publisher = await ContractPublisher.StartAsync(environment);
         var samples = Configurations.ToDictionary(c => c.Name, _ => new List<RunSample>());

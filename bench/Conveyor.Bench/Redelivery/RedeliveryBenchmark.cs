@@ -8,7 +8,6 @@ using Conveyor.Bench.Reporting;
 using Conveyor.Worker;
 using Conveyor.Worker.Redelivery;
 using Npgsql;
-using NpgsqlTypes;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 
@@ -27,13 +26,15 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
     private const string BaselineQueue = "bench-redelivery-baseline";
     private const int BodyBytes = 1024;
 
+    /// <summary>RedeliveryStore's statement (insert, ON CONFLICT DO NOTHING, pg_notify per stored row) for many rows.</summary>
     private static readonly string StoreSql = $"""
         WITH stored AS (
             INSERT INTO scheduled_messages (dedupe_key, destination, due_at, attempt, content_type, message_id, headers, body, created_at)
-            VALUES (@key, @destination, @due, 1, 'application/vnd.masstransit+json', @messageId, CAST(@headers AS jsonb), @body, @now)
+            SELECT key, @destination, due, 1, 'application/vnd.masstransit+json', message_id, CAST(@headers AS jsonb), body, now()
+              FROM unnest(@keys, @dues, @messageIds, @bodies) AS row(key, due, message_id, body)
             ON CONFLICT (dedupe_key) DO NOTHING
-            RETURNING id)
-        SELECT pg_notify('{RedeliveryStore.Channel}', @dueMs) FROM stored
+            RETURNING due_at)
+        SELECT pg_notify('{RedeliveryStore.Channel}', (extract(epoch FROM due_at) * 1000)::bigint::text) FROM stored
         """;
 
     private const string Headers = """{"MT-Activity-Id":"00-bench-01","Conveyor-Redelivery-Attempt":"1","Conveyor-First-Failure-At":"2026-01-01T00:00:00.0000000+00:00","Conveyor-Last-Error":"TransientFailureException: The payment gateway answered 503"}""";
@@ -94,8 +95,10 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
             ["measurement", "p50 ms", "p99 ms", "max ms", "throughput"],
             rows,
             [
-                "Rows are stored with RedeliveryStore's SQL (INSERT … ON CONFLICT DO NOTHING RETURNING id, then pg_notify) one statement per row; the real RedeliveryDispatcher runs in a worker host (WorkerApp.Build).",
-                $"The inserts kept pace: insert − schedule lag p99 {Formats.Ms(paced.InsertLagP99)} ms (a due time is fixed by the schedule, not by when its insert ran).",
+                "Rows are stored with RedeliveryStore's SQL (INSERT … ON CONFLICT DO NOTHING RETURNING, then pg_notify for every stored row); a statement carries every row whose insert time has come, so due times stay spread at the rate. The real RedeliveryDispatcher runs in a worker host (WorkerApp.Build).",
+                paced.InsertLagP99 < options.RedeliveryLeadSeconds * 1000
+                    ? $"The inserts kept pace: insert − schedule lag p99 {Formats.Ms(paced.InsertLagP99)} ms, below the {options.RedeliveryLeadSeconds} s lead, so every row was stored before it was due ({paced.Statements} statements)."
+                    : $"THE INSERTS DID NOT KEEP PACE (insert − schedule lag p99 {Formats.Ms(paced.InsertLagP99)} ms > {options.RedeliveryLeadSeconds} s lead): lateness includes rows stored after their due time.",
                 "Arrival is stamped by a RabbitMQ.Client consumer on the destination queue (same clock as the due times).",
                 "Burst: rows inserted in one statement with due_at in the past, then one NOTIFY; rate = rows ÷ (last arrival − NOTIFY).",
             ],
@@ -132,26 +135,52 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
         var clock = Stopwatch.StartNew();
         var startOffset = start - DateTimeOffset.UtcNow;
         var lags = new double[total];
-        var next = -1;
         var stored = 0;
+        var statements = 0;
+        // Each session stores, in one statement, every row whose insert time has come (so the rows'
+        // due times stay spread at the rate however slow a commit is), with RedeliveryStore's SQL.
+        var next = 0;
+        var claim = new Lock();
         await Task.WhenAll(Enumerable.Range(0, options.RedeliveryInserters).Select(_ => Task.Run(async () =>
         {
             await using var connection = await dataSource.OpenConnectionAsync();
-            await using var command = StoreCommand(connection);
-            while (Interlocked.Increment(ref next) is var i && i < total)
+            while (true)
             {
-                var offset = startOffset + TimeSpan.FromSeconds((double)i / options.RedeliveryRate);
-                var wait = offset - clock.Elapsed;
+                int from, to;
+                lock (claim)
+                {
+                    if (next >= total)
+                    {
+                        return;
+                    }
+
+                    var now = clock.Elapsed - startOffset;
+                    var reached = (int)Math.Min(total, Math.Floor(now.TotalSeconds * options.RedeliveryRate) + 1);
+                    from = next;
+                    to = Math.Max(from + 1, Math.Min(reached, from + 500));
+                    next = to;
+                }
+
+                var insertAt = startOffset + TimeSpan.FromSeconds((double)from / options.RedeliveryRate);
+                var wait = insertAt - clock.Elapsed;
                 if (wait > TimeSpan.FromMilliseconds(1))
                 {
                     await Task.Delay(wait);
                 }
 
-                due[i] = start + TimeSpan.FromSeconds((double)i / options.RedeliveryRate) + lead;
-                lags[i] = (clock.Elapsed - offset).TotalMilliseconds;
-                SetRow(command, $"paced-{i}", PacedQueue, due[i], i);
-                await command.ExecuteNonQueryAsync();
-                Interlocked.Increment(ref stored);
+                for (var i = from; i < to; i++)
+                {
+                    due[i] = start + TimeSpan.FromSeconds((double)i / options.RedeliveryRate) + lead;
+                }
+
+                await StoreAsync(connection, from, to, due);
+                Interlocked.Increment(ref statements);
+                for (var i = from; i < to; i++)
+                {
+                    lags[i] = (clock.Elapsed - (startOffset + TimeSpan.FromSeconds((double)i / options.RedeliveryRate))).TotalMilliseconds;
+                }
+
+                Interlocked.Add(ref stored, to - from);
             }
         })));
 
@@ -174,7 +203,8 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
             histogram.Length,
             Stats.Percentile(histogram, 50), Stats.Percentile(histogram, 99), histogram.Length == 0 ? double.NaN : histogram[^1],
             baseline.P50, baseline.P99, baseline.Max,
-            Stats.Percentile(lags, 99));
+            Stats.Percentile(lags, 99),
+            statements);
     }
 
     /// <summary>Rows already due, inserted in one statement, then one NOTIFY; rate until the last arrives.</summary>
@@ -309,30 +339,20 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
         }
     }
 
-    private static NpgsqlCommand StoreCommand(NpgsqlConnection connection)
+    private static async Task StoreAsync(NpgsqlConnection connection, int from, int to, DateTimeOffset[] due)
     {
-        var command = new NpgsqlCommand(StoreSql, connection);
-        command.Parameters.Add("key", NpgsqlDbType.Text);
-        command.Parameters.Add("destination", NpgsqlDbType.Text);
-        command.Parameters.Add("due", NpgsqlDbType.TimestampTz);
-        command.Parameters.Add("messageId", NpgsqlDbType.Text);
-        command.Parameters.Add("headers", NpgsqlDbType.Text);
-        command.Parameters.Add("body", NpgsqlDbType.Bytea);
-        command.Parameters.Add("now", NpgsqlDbType.TimestampTz);
-        command.Parameters.Add("dueMs", NpgsqlDbType.Text);
-        return command;
-    }
-
-    private static void SetRow(NpgsqlCommand command, string key, string destination, DateTimeOffset due, long seq)
-    {
-        command.Parameters["key"].Value = key;
-        command.Parameters["destination"].Value = destination;
-        command.Parameters["due"].Value = due;
-        command.Parameters["messageId"].Value = Guid.NewGuid().ToString();
-        command.Parameters["headers"].Value = Headers;
-        command.Parameters["body"].Value = Body(seq);
-        command.Parameters["now"].Value = DateTimeOffset.UtcNow;
-        command.Parameters["dueMs"].Value = due.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var count = to - from;
+        await using var command = new NpgsqlCommand(StoreSql, connection);
+        command.Parameters.AddWithValue("destination", PacedQueue);
+        command.Parameters.AddWithValue("headers", Headers);
+        command.Parameters.AddWithValue("keys", Enumerable.Range(from, count).Select(i => $"paced-{i}").ToArray());
+        command.Parameters.AddWithValue("dues", due.AsSpan(from, count).ToArray());
+        command.Parameters.AddWithValue("messageIds", Enumerable.Range(0, count).Select(_ => Guid.NewGuid().ToString()).ToArray());
+        command.Parameters.AddWithValue("bodies", Enumerable.Range(from, count).Select(i => Body(i)).ToArray());
+        await using var reader = await command.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+        }
     }
 
     private static byte[] Body(long seq)
@@ -357,7 +377,8 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
         double BaselineP50,
         double BaselineP99,
         double BaselineMax,
-        double InsertLagP99);
+        double InsertLagP99,
+        int Statements);
 
     /// <summary>Collects what the dispatcher records in <c>conveyor.redelivery.lateness</c>, in milliseconds.</summary>
     private sealed class LatenessListener : IDisposable

@@ -47,7 +47,8 @@ public static class MarkdownReport
             text.AppendLine($"| {name} | not run yet (`bench/run.sh {name}`) | – | – |");
         }
 
-        text.AppendLine($"| 4. error-queue move rate vs RabbitMQ shovel | {ErrorQueueMove(root)} | – | – |");
+        var move = ErrorQueueMove(root);
+        text.AppendLine($"| 4. error-queue move rate vs RabbitMQ shovel (no target) | {move.Summary} | – | {move.MeasuredAt} |");
         foreach (var fault in faults)
         {
             text.AppendLine($"| fault: {fault.Scenario}: 0 lost, 0 applied twice | {fault.Lost} lost, {fault.AppliedTwice} applied twice of {fault.Accepted} accepted | {(fault.Lost == 0 && fault.AppliedTwice == 0 ? "yes" : "**no**")} | {fault.MeasuredAt:yyyy-MM-dd HH:mm} |");
@@ -58,6 +59,10 @@ public static class MarkdownReport
         foreach (var result in results)
         {
             AppendResult(text, result);
+            if (result.Name == "redelivery" && move.Table.Count > 0)
+            {
+                AppendMove(text, move);
+            }
         }
 
         text.AppendLine("## How to reproduce");
@@ -68,6 +73,7 @@ public static class MarkdownReport
         text.AppendLine("bench/run.sh enqueue          # 2. Api enqueue vs raw publish");
         text.AppendLine("bench/run.sh redelivery       # 3. redelivery lateness and dispatcher throughput");
         text.AppendLine("bench/run.sh rss              # 5. worker peak RSS (child process, Release build)");
+        text.AppendLine("bench/run.sh move             # 4. error-queue move vs shovel (bench/ErrorQueueMove, MOVE_ARGS)");
         text.AppendLine("bench/run.sh faults           # fault injection: kill -9 ×3 with 10,000 jobs; competing workers + redelivery");
         text.AppendLine("bench/run.sh faults-disruptive  # + RabbitMQ restart and PostgreSQL stop, on private servers (ports 5433, 5673)");
         text.AppendLine("bench/run.sh report           # rewrite this file from artifacts/bench/");
@@ -135,18 +141,38 @@ public static class MarkdownReport
         text.AppendLine();
     }
 
-    private static string ErrorQueueMove(string root)
+    private sealed record MoveResult(string Summary, string MeasuredAt, IReadOnlyList<string> Table);
+
+    /// <summary>What <c>bench/run.sh move</c> saved from bench/ErrorQueueMove's output, if anything.</summary>
+    private static MoveResult ErrorQueueMove(string root)
     {
-        var project = Path.Combine(root, "bench", "ErrorQueueMove");
-        if (!Directory.Exists(project))
+        var path = Path.Combine(BenchResult.Directory(root), "error-queue-move.md");
+        if (!Directory.Exists(Path.Combine(root, "bench", "ErrorQueueMove")) || !File.Exists(path))
         {
-            return "see bench/ErrorQueueMove";
+            return new MoveResult("see bench/ErrorQueueMove (`bench/run.sh move`)", "–", []);
         }
 
-        var result = Directory.Exists(BenchResult.Directory(root))
-            ? Directory.GetFiles(BenchResult.Directory(root), "error-queue-move*").OrderByDescending(File.GetLastWriteTimeUtc).FirstOrDefault()
-            : null;
-        return result is null ? "see bench/ErrorQueueMove (not run by this script)" : $"see bench/ErrorQueueMove; latest result in artifacts/bench/{Path.GetFileName(result)}";
+        var lines = File.ReadAllLines(path);
+        var ratio = lines.LastOrDefault(l => l.StartsWith("Ratio", StringComparison.Ordinal));
+        var table = lines.Where(l => l.StartsWith('|')).ToList();
+        var when = File.GetLastWriteTimeUtc(path).ToString("yyyy-MM-dd HH:mm", System.Globalization.CultureInfo.InvariantCulture);
+        return new MoveResult(ratio is null ? "see bench/ErrorQueueMove" : $"{ratio} (bench/ErrorQueueMove)", when, table);
+    }
+
+    private static void AppendMove(StringBuilder text, MoveResult move)
+    {
+        text.AppendLine("## 4. Error-queue move vs RabbitMQ's shovel (bench/ErrorQueueMove)");
+        text.AppendLine();
+        text.AppendLine($"Measured {move.MeasuredAt} UTC by `bench/ErrorQueueMove` (see bench/README.md for what it times).");
+        text.AppendLine();
+        foreach (var line in move.Table)
+        {
+            text.AppendLine(line);
+        }
+
+        text.AppendLine();
+        text.AppendLine($"- {move.Summary}");
+        text.AppendLine();
     }
 }
 

@@ -34,7 +34,7 @@ public sealed class CompetingRedeliveryTests(ConveyorFixture fixture, ITestOutpu
 
         await using var workerA = await fixture.StartWorkerAsync(Settings(gateway, "worker-a"));
         await using var workerB = await fixture.StartWorkerAsync(Settings(gateway, "worker-b"));
-        await using var api = await fixture.StartApiAsync();
+        await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
 
         var submissions = new JobSubmissions();
         await submissions.SubmitAsync(api.Client, jobs, clients: 16);

@@ -37,6 +37,12 @@ public static class FaultReport
         }
     }
 
+    /// <summary>
+    /// The Api as the scenarios need it: all clients share one API key, and its per-client token
+    /// bucket would refuse a load test's submissions (429) before any fault is injected.
+    /// </summary>
+    public static Dictionary<string, string?> ApiSettings => new() { ["RateLimiting:Enabled"] = "false" };
+
     /// <summary>The job count a scenario runs with: its default, or <c>CONVEYOR_FAULTS_JOBS</c>.</summary>
     public static int Jobs(int normalRun) =>
         int.TryParse(Environment.GetEnvironmentVariable("CONVEYOR_FAULTS_JOBS"), out var jobs) && jobs > 0 ? jobs : normalRun;

@@ -13,6 +13,7 @@ public sealed class JobSubmissions
 {
     private readonly ConcurrentDictionary<Guid, byte> _accepted = new();
     private readonly ConcurrentDictionary<string, int> _outcomes = new();
+    private readonly ConcurrentBag<double> _latenciesMs = [];
 
     public IReadOnlyCollection<Guid> Accepted => [.. _accepted.Keys];
 
@@ -24,6 +25,19 @@ public sealed class JobSubmissions
 
     public string Describe() =>
         string.Join(", ", _outcomes.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => $"{o.Key}: {o.Value}"));
+
+    /// <summary>How long the answers took: median, 99th percentile and longest, in seconds.</summary>
+    public string DescribeLatency()
+    {
+        var sorted = _latenciesMs.Order().ToArray();
+        if (sorted.Length == 0)
+        {
+            return "no answers";
+        }
+
+        double At(double p) => sorted[Math.Clamp((int)Math.Ceiling(p * sorted.Length) - 1, 0, sorted.Length - 1)] / 1000;
+        return string.Create(CultureInfo.InvariantCulture, $"answer time p50 {At(0.5):0.000} s, p99 {At(0.99):0.000} s, max {sorted[^1] / 1000:0.0} s");
+    }
 
     /// <summary>
     /// Submits <paramref name="jobs"/> jobs, <paramref name="clients"/> at a time; with
@@ -54,6 +68,7 @@ public sealed class JobSubmissions
     private async Task SubmitOneAsync(HttpClient api, int i)
     {
         var paymentId = Guid.NewGuid();
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         string outcome;
         try
         {
@@ -77,5 +92,6 @@ public sealed class JobSubmissions
         }
 
         _outcomes.AddOrUpdate(outcome, 1, (_, n) => n + 1);
+        _latenciesMs.Add(System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
     }
 }

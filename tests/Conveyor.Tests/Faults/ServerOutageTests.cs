@@ -38,7 +38,7 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
             settings[key] = value;
         }
 
-        await using var api = await fixture.StartApiAsync();
+        await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
         await using var worker = await WorkerProcess.StartAsync(settings);
         var submissions = new JobSubmissions();
         var submitting = submissions.SubmitAsync(api.Client, jobs, clients: 16, perSecond);
@@ -60,7 +60,7 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
         var audit = await PaymentAudit.SettleAsync(fixture, gateway, submissions.Accepted, TimeSpan.FromMinutes(4));
         var errorQueue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error");
         FaultReport.Write(output, scenario, audit,
-            $"{jobs} submissions at {perSecond}/s, outage {outage.TotalSeconds:0} s after {acceptedBefore} accepted; answers: {submissions.Describe()} (at restart: {outcomesDuringOutage}); worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorQueue?.Messages ?? 0} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost)");
+            $"{jobs} submissions at {perSecond}/s, outage {outage.TotalSeconds:0} s after {acceptedBefore} accepted; answers: {submissions.Describe()} (when the server was back: {outcomesDuringOutage}), {submissions.DescribeLatency()}; worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorQueue?.Messages ?? 0} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost)");
         if (audit.Lost > 0)
         {
             output.WriteLine(worker.Output);

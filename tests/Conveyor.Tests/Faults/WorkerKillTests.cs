@@ -26,7 +26,7 @@ public sealed class WorkerKillTests(ConveyorFixture fixture, ITestOutputHelper o
             settings[key] = value;
         }
 
-        await using var api = await fixture.StartApiAsync();
+        await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
         var worker = await WorkerProcess.StartAsync(settings);
         var kills = new List<string>();
         try
