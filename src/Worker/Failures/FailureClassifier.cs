@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
+using Conveyor.Storage;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
@@ -13,12 +14,13 @@ public static class FailureClassifier
     {
         PermanentFailureException => false,
         TransientFailureException => true,
+        RequeueRequestedException => true,
         OperationCanceledException => false,
         TimeoutException => true,
         HttpRequestException http => http.StatusCode is null || IsTransientStatus(http.StatusCode.Value),
         SocketException => true,
         IOException => true,
-        NpgsqlException npgsql => npgsql.IsTransient || IsTransientSqlState(npgsql),
+        NpgsqlException npgsql => npgsql.IsTransient || IsTransientSqlState(npgsql) || DatabaseFailures.IsUnavailable(npgsql),
         DbUpdateException { InnerException: { } inner } => IsTransient(inner),
         InvalidOperationException { InnerException: { } inner } => IsTransient(inner),
         JsonException => false,

@@ -23,6 +23,12 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
         catch (Exception exception) when (context.TryGetMessage<T>(out var consumeContext))
         {
             var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), InboxKeys.JobIdOf(context));
+            if (exception is RequeueRequestedException)
+            {
+                // Its database is away: nothing to record, and the message goes back to its queue.
+                throw;
+            }
+
             var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
             try
             {

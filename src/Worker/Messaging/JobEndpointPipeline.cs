@@ -54,6 +54,8 @@ public static class JobEndpointPipeline
 
         endpoint.ConfigureError(error =>
         {
+            // The database is away: back to the queue, not to _error (see RedeliveryFilter).
+            error.UseFilter(new RequeueFilter());
             error.UseFilter(new DeadLetterHeadersFilter(time));
             error.UseFilter(new GenerateFaultFilter());
             error.UseFilter(new ErrorTransportFilter());

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Conveyor.Storage;
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
@@ -27,6 +28,14 @@ public sealed partial class RedeliveryFilter<T>(
         {
             await next.Send(context);
         }
+        catch (Exception exception) when (DatabaseFailures.IsUnavailable(exception))
+        {
+            // The failure is the worker's own database, not the job: the attempt decided nothing.
+            // Storing a redelivery would need that same database, and _error would lose the job
+            // for an outage, so the message goes back to its queue with its budget untouched
+            // (the kill switch pauses the endpoint while the outage lasts).
+            throw new RequeueRequestedException("The database is unavailable; the message goes back to its queue", exception);
+        }
         catch (Exception exception) when (IsRedeliverable(context, exception, out var attempt))
         {
             if (!context.TryGetMessage<T>(out var typed))
@@ -49,9 +58,26 @@ public sealed partial class RedeliveryFilter<T>(
             };
 
             // Stored (committed) before this method returns and MassTransit acks the original.
-            await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
-                attempt, dueAt, headers, CancellationToken.None);
-            await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context)), exception, dueAt, CancellationToken.None);
+            try
+            {
+                await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
+                    attempt, dueAt, headers, CancellationToken.None);
+            }
+            catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure))
+            {
+                throw new RequeueRequestedException("The redelivery store is unavailable; the message goes back to its queue", storeFailure);
+            }
+
+            try
+            {
+                // Advisory: the redelivery is stored, so failing to show it must not fail the message.
+                await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context)), exception, dueAt, CancellationToken.None);
+            }
+            catch (Exception statusFailure) when (statusFailure is not OutOfMemoryException)
+            {
+                LogStatusWriteFailed(statusFailure, consumerId, key);
+            }
+
             JobMetrics.RetryScheduled(descriptor.Kind);
             LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
             if (faultObserver is not null)
@@ -72,4 +98,7 @@ public sealed partial class RedeliveryFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: redelivery stored, but the job status could not be updated")]
+    private partial void LogStatusWriteFailed(Exception exception, string consumerId, string key);
 }

@@ -3,9 +3,11 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
+using Conveyor.Storage;
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Hosting;
 using Conveyor.Worker.Redelivery;
+using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
 namespace Conveyor.Tests.Unit;
@@ -79,6 +81,31 @@ public sealed class FailurePolicyTests
         Assert.False(FailureClassifier.IsTransient(new JsonException("bad json")));
         Assert.False(FailureClassifier.IsTransient(new ArgumentException("bug")));
         Assert.False(FailureClassifier.IsTransient(new OperationCanceledException()));
+    }
+
+    [Theory]
+    [InlineData("57P01", true)] // admin_shutdown: what a stopping server sends to every session
+    [InlineData("57P03", true)] // cannot_connect_now: a starting server
+    [InlineData("08006", true)] // connection_failure
+    [InlineData("53300", true)] // too_many_connections
+    [InlineData("23505", false)] // unique_violation: a bug or bad data, not an outage
+    [InlineData("42P01", false)] // undefined_table
+    public void Database_outages_are_told_apart_from_errors_in_what_was_asked(string sqlState, bool unavailable)
+    {
+        var postgres = new PostgresException("x", "FATAL", "FATAL", sqlState);
+
+        Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(postgres));
+        Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(new DbUpdateException("wrapped", postgres)));
+        Assert.Equal(unavailable, FailureClassifier.IsTransient(postgres));
+    }
+
+    [Fact]
+    public void A_client_side_database_failure_is_an_outage_and_an_unrelated_exception_is_not()
+    {
+        Assert.True(DatabaseFailures.IsUnavailable(new NpgsqlException("Failed to connect", new SocketException())));
+        Assert.True(DatabaseFailures.IsUnavailable(new InvalidOperationException("transient", new NpgsqlException("reset"))));
+        Assert.False(DatabaseFailures.IsUnavailable(new InvalidOperationException("bug")));
+        Assert.True(FailureClassifier.IsTransient(new RequeueRequestedException("store down", new NpgsqlException("reset"))));
     }
 
     [Fact]

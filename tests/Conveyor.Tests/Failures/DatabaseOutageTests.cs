@@ -1,0 +1,127 @@
+using Conveyor.Contracts;
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Api;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+
+namespace Conveyor.Tests.Failures;
+
+/// <summary>
+/// PostgreSQL becoming unreachable (behind a relay the test cuts, so the shared server keeps
+/// running) is an outage of the service's own store: nothing may be dead-lettered or lost for it.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class DatabaseOutageTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task While_the_database_is_unreachable_messages_go_back_to_their_queue_not_to_error_and_each_is_applied_once_after()
+    {
+        const int payments = 30;
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var database = await ProxiedDatabaseAsync();
+        var settings = WorkerSettings.With(gateway);
+        settings["ConnectionStrings:Conveyor"] = database.ConnectionString;
+        settings["Consumers:ChargePayment:PrefetchCount"] = "8";
+        settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "4";
+        settings["Consumers:ChargePayment:RetryLimit"] = "1";
+        // One redelivery left at most: without the requeue, the outage would use it up and dead-letter.
+        settings["Consumers:ChargePayment:RedeliveryLimit"] = "1";
+        settings["Consumers:ChargePayment:KillSwitchActivationThreshold"] = "5";
+        settings["Consumers:ChargePayment:KillSwitchTripPercent"] = "20";
+        settings["Consumers:ChargePayment:KillSwitchTrackingPeriodSeconds"] = "30";
+        settings["Consumers:ChargePayment:KillSwitchRestartSeconds"] = "15";
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var sent = Enumerable.Range(0, payments).Select(i => new ChargePayment
+        {
+            PaymentId = Guid.NewGuid(),
+            AccountId = "acct-db-outage",
+            AmountMinor = 500 + i,
+            Currency = "EUR",
+        }).ToList();
+
+        // The management API's figures lag: see the consumer first, so its disappearance means something.
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment"))?.Consumers), TimeSpan.FromSeconds(30));
+        database.Proxy.Cut();
+        await Task.WhenAll(sent.Select(p => publisher.PublishAsync(p)));
+
+        // The worker tries, fails on its own database, and the kill switch pauses the endpoint.
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.True(database.Proxy.Refused > 0, "the worker never tried the database");
+            var queue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment");
+            Assert.NotNull(queue);
+            Assert.Equal(0, queue.Consumers);
+            Assert.Equal(payments, queue.Messages);
+        }, TimeSpan.FromSeconds(60));
+        var waiting = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment");
+        var error = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error");
+        Assert.Equal(0, error?.Messages ?? 0);
+        Assert.Equal(payments, waiting!.Messages);
+        Assert.Equal(0, gateway.DistinctKeysRequested);
+
+        database.Proxy.Restore();
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(payments, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+        }, TimeSpan.FromMinutes(2));
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(0, await check.Jobs.CountAsync(j => j.Status == JobStatus.DeadLettered));
+        Assert.Equal(payments, await check.Ledger.CountAsync());
+        Assert.All(sent, p => Assert.Equal(1, gateway.ChargesFor(p.PaymentId.ToString())));
+        Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error"))?.Messages ?? 0);
+    }
+
+    [Fact]
+    public async Task The_api_answers_503_with_retry_after_while_the_database_is_unreachable_and_202_when_it_is_back()
+    {
+        await using var database = await ProxiedDatabaseAsync();
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Conveyor"] = database.ConnectionString,
+        });
+        var paymentId = Guid.NewGuid();
+
+        database.Proxy.Cut();
+        using (var refused = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), $"order-{paymentId}"))
+        {
+            await refused.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+            Assert.Equal(TimeSpan.FromSeconds(5), refused.Headers.RetryAfter?.Delta);
+        }
+
+        using (var listing = await api.Client.GetAsync(new Uri("/api/jobs", UriKind.Relative)))
+        {
+            await listing.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        }
+
+        database.Proxy.Restore();
+        using var accepted = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), $"order-{paymentId}");
+        Assert.Equal(StatusCodes.Status202Accepted, (int)accepted.StatusCode);
+    }
+
+    private async Task<ProxiedDatabase> ProxiedDatabaseAsync()
+    {
+        var connection = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        var proxy = await OutageProxy.ToAsync(connection.Host!, connection.Port);
+        connection.Port = proxy.Port;
+        // Fail fast while cut, as a stopped server does (connection refused), instead of the default 15 s.
+        connection.Timeout = 3;
+        return new ProxiedDatabase(proxy, connection.ConnectionString);
+    }
+
+    private sealed record ProxiedDatabase(OutageProxy Proxy, string ConnectionString) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync() => Proxy.DisposeAsync();
+    }
+}

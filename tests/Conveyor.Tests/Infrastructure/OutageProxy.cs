@@ -1,0 +1,155 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace Conveyor.Tests.Infrastructure;
+
+/// <summary>
+/// A loopback TCP relay in front of a real server that a test can cut (every open connection is
+/// reset and new ones are refused, as when the server goes away) and restore on the same port,
+/// without disturbing the shared server itself.
+/// </summary>
+public sealed class OutageProxy : IAsyncDisposable
+{
+    private readonly IPEndPoint _target;
+    private readonly List<TcpClient> _open = [];
+    private readonly object _gate = new();
+    private readonly TcpListener _listener;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly Task _acceptLoop;
+    private volatile bool _cut;
+    private int _refused;
+
+    private OutageProxy(IPEndPoint target)
+    {
+        _target = target;
+        _listener = new TcpListener(IPAddress.Loopback, 0);
+        _listener.Start();
+        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        _acceptLoop = Task.Run(AcceptAsync);
+    }
+
+    public int Port { get; }
+
+    /// <summary>Connections attempted (and reset) while cut: evidence that the client kept trying.</summary>
+    public int Refused => Volatile.Read(ref _refused);
+
+    public static async Task<OutageProxy> ToAsync(string host, int port)
+    {
+        var addresses = await Dns.GetHostAddressesAsync(host);
+        return new OutageProxy(new IPEndPoint(addresses.First(a => a.AddressFamily == AddressFamily.InterNetwork), port));
+    }
+
+    /// <summary>Resets every relayed connection, and resets new ones at once, until <see cref="Restore"/>.</summary>
+    public void Cut()
+    {
+        _cut = true;
+        List<TcpClient> open;
+        lock (_gate)
+        {
+            open = [.. _open];
+            _open.Clear();
+        }
+
+        foreach (var client in open)
+        {
+            Reset(client);
+        }
+    }
+
+    public void Restore() => _cut = false;
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stopping.CancelAsync();
+        _listener.Stop();
+        await _acceptLoop;
+        Cut();
+        _stopping.Dispose();
+    }
+
+    private static void Reset(TcpClient client)
+    {
+        try
+        {
+            // Null once the relay has closed it.
+            if (client.Client is { } socket)
+            {
+                socket.LingerState = new LingerOption(true, 0);
+            }
+        }
+        catch (Exception exception) when (exception is SocketException or ObjectDisposedException)
+        {
+            // Already closed.
+        }
+
+        client.Dispose();
+    }
+
+    private async Task AcceptAsync()
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            TcpClient inbound;
+            try
+            {
+                inbound = await _listener.AcceptTcpClientAsync(_stopping.Token);
+            }
+            catch (Exception exception) when (exception is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+                return;
+            }
+
+            if (_cut)
+            {
+                Interlocked.Increment(ref _refused);
+                Reset(inbound);
+                continue;
+            }
+
+            var outbound = new TcpClient();
+            try
+            {
+                await outbound.ConnectAsync(_target, _stopping.Token);
+            }
+            catch (Exception exception) when (exception is OperationCanceledException or SocketException)
+            {
+                Reset(inbound);
+                outbound.Dispose();
+                continue;
+            }
+
+            lock (_gate)
+            {
+                _open.Add(inbound);
+                _open.Add(outbound);
+            }
+
+            _ = RelayAsync(inbound, outbound);
+        }
+    }
+
+    private async Task RelayAsync(TcpClient inbound, TcpClient outbound)
+    {
+        try
+        {
+            var upstream = inbound.GetStream().CopyToAsync(outbound.GetStream());
+            var downstream = outbound.GetStream().CopyToAsync(inbound.GetStream());
+            await Task.WhenAny(upstream, downstream);
+        }
+        catch (Exception exception) when (exception is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            // Cut, or one side closed.
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _open.Remove(inbound);
+                _open.Remove(outbound);
+            }
+
+            inbound.Dispose();
+            outbound.Dispose();
+        }
+    }
+}
