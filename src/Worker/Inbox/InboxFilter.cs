@@ -30,15 +30,12 @@ public sealed partial class InboxFilter<T>(
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         // All or nothing: a savepoint around each SaveChanges would only cost two round trips.
         db.Database.AutoSavepointsEnabled = false;
-        var now = time.GetUtcNow();
-        // A concurrent copy blocks here on the first one's uncommitted key, then sees the conflict
-        // (the first committed) or inserts (the first rolled back).
-        var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
-            INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
-            VALUES ({consumerId}, {messageKey}, {context.MessageId}, {now})
-            ON CONFLICT DO NOTHING
-            """, cancellationToken);
-        if (inserted == 0)
+        // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
+        // first committed) or inserts (the first rolled back).
+        var claim = job is { } claimed
+            ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, claimed, cancellationToken)
+            : await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, cancellationToken);
+        if (claim == InboxClaim.Duplicate)
         {
             await transaction.CommitAsync(cancellationToken);
             LogDuplicate(consumerId, messageKey, context.MessageId);
@@ -46,11 +43,11 @@ public sealed partial class InboxFilter<T>(
             return;
         }
 
-        if (job is { } started && !await tracker.StartAttemptAsync(started, cancellationToken))
+        if (claim == InboxClaim.NotRunnable)
         {
             // Cancelled, or succeeded already: record the message as handled and do nothing.
             await transaction.CommitAsync(cancellationToken);
-            LogNotRun(started.Kind, started.BusinessKey);
+            LogNotRun(job!.Value.Kind, job.Value.BusinessKey);
             return;
         }
 
@@ -88,6 +85,17 @@ public sealed partial class InboxFilter<T>(
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox");
 
+    private async Task<InboxClaim> InsertInboxRowAsync(string consumerId, string messageKey, Guid? messageId, CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
+            VALUES ({consumerId}, {messageKey}, {messageId}, {now})
+            ON CONFLICT DO NOTHING
+            """, cancellationToken);
+        return inserted == 0 ? InboxClaim.Duplicate : InboxClaim.Run;
+    }
+
     private async Task RollBackQuietlyAsync(Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction)
     {
         try
@@ -105,7 +113,7 @@ public sealed partial class InboxFilter<T>(
     {
         try
         {
-            await tracker.RecordAttemptFailureAsync(job, failure, CancellationToken.None);
+            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt: true, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -199,7 +199,7 @@ public sealed partial class LeaseInboxFilter<T>(
     {
         try
         {
-            await tracker.RecordAttemptFailureAsync(job, failure, CancellationToken.None);
+            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt: false, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -32,9 +32,62 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         return started == 1;
     }
 
-    /// <summary>Records the error of a failed attempt that will be retried in memory.</summary>
-    public Task RecordAttemptFailureAsync(JobRef job, Exception exception, CancellationToken cancellationToken) =>
-        UpdateAsync(job, JobStatus.Running, exception, null, finished: false, cancellationToken);
+    /// <summary>
+    /// Inside the inbox transaction, in the same statement as the inbox row: counts the attempt and
+    /// claims the job (creating its row when another service published directly), unless it
+    /// succeeded already or was cancelled. One round trip and no commit of its own: the attempt
+    /// becomes visible with the job's outcome (a failed attempt is recorded by
+    /// <see cref="RecordAttemptFailureAsync"/> with <c>countAttempt</c>, after the rollback).
+    /// </summary>
+    public async Task<InboxClaim> ClaimInTransactionAsync(
+        ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, JobRef job, CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        var id = job.JobId ?? Guid.CreateVersion7();
+        var claim = await db.Database.SqlQuery<ClaimRow>($"""
+            WITH inbox_row AS (
+                INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
+                VALUES ({consumerId}, {messageKey}, {messageId}, {now})
+                ON CONFLICT DO NOTHING
+                RETURNING 1),
+            job_row AS (
+                INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+                SELECT {id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}
+                 WHERE EXISTS (SELECT 1 FROM inbox_row)
+                ON CONFLICT (kind, business_key) DO UPDATE
+                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
+                 WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+                RETURNING 1)
+            SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", EXISTS (SELECT 1 FROM job_row) AS "Runnable"
+            """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
+        return !claim[0].Inserted ? InboxClaim.Duplicate : claim[0].Runnable ? InboxClaim.Run : InboxClaim.NotRunnable;
+    }
+
+    /// <summary>
+    /// Records the error of a failed attempt that will be retried. With <paramref name="countAttempt"/>
+    /// (the attempt was counted in a transaction that rolled back) it counts it again here, and
+    /// creates the row if that transaction was the one creating it.
+    /// </summary>
+    public async Task RecordAttemptFailureAsync(JobRef job, Exception exception, bool countAttempt, CancellationToken cancellationToken)
+    {
+        if (!countAttempt)
+        {
+            await UpdateAsync(job, JobStatus.Running, exception, null, finished: false, cancellationToken);
+            return;
+        }
+
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var now = time.GetUtcNow();
+        var id = job.JobId ?? Guid.CreateVersion7();
+        var error = Describe(exception);
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at)
+            VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now})
+            ON CONFLICT (kind, business_key) DO UPDATE
+               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = {error}, next_attempt_at = NULL, updated_at = {now}
+             WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+            """, cancellationToken);
+    }
 
     public Task MarkRetryScheduledAsync(JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
         UpdateAsync(job, JobStatus.RetryScheduled, exception, nextAttemptAt, finished: false, cancellationToken);
@@ -96,4 +149,25 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
             """, cancellationToken);
     }
+}
+
+/// <summary>What the inbox statement found for a message.</summary>
+public enum InboxClaim
+{
+    /// <summary>Handled already (the inbox row exists): ack without running.</summary>
+    Duplicate,
+
+    /// <summary>New, but the job succeeded already or was cancelled: record it as handled, do not run.</summary>
+    NotRunnable,
+
+    /// <summary>New and claimed: run the consumer.</summary>
+    Run,
+}
+
+/// <summary>The inbox statement's answer.</summary>
+public sealed class ClaimRow
+{
+    public bool Inserted { get; init; }
+
+    public bool Runnable { get; init; }
 }
