@@ -40,23 +40,28 @@ public sealed class JobSubmissions
     }
 
     /// <summary>
-    /// Submits <paramref name="jobs"/> jobs, <paramref name="clients"/> at a time; with
-    /// <paramref name="perSecond"/> set, no faster than that in total.
+    /// Submits <paramref name="jobs"/> jobs (or until <paramref name="stop"/>), <paramref name="clients"/>
+    /// at a time; with <paramref name="perSecond"/> set, no faster than that in total.
     /// </summary>
-    public async Task SubmitAsync(HttpClient api, int jobs, int clients, double? perSecond = null)
+    public async Task SubmitAsync(HttpClient api, int jobs, int clients, double? perSecond = null, CancellationToken stop = default)
     {
         var next = -1;
         var started = DateTime.UtcNow;
         await Task.WhenAll(Enumerable.Range(0, clients).Select(async _ =>
         {
-            while (Interlocked.Increment(ref next) is var i && i < jobs)
+            while (!stop.IsCancellationRequested && Interlocked.Increment(ref next) is var i && i < jobs)
             {
                 if (perSecond is { } rate)
                 {
                     var due = started + TimeSpan.FromSeconds(i / rate);
                     if (due > DateTime.UtcNow)
                     {
-                        await Task.Delay(due - DateTime.UtcNow);
+                        await Task.Delay(due - DateTime.UtcNow, CancellationToken.None);
+                    }
+
+                    if (stop.IsCancellationRequested)
+                    {
+                        return;
                     }
                 }
 

@@ -14,6 +14,7 @@ namespace Conveyor.Tests.Faults;
 public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly TimeSpan BeforeOutage = TimeSpan.FromSeconds(8);
+    private static readonly TimeSpan AfterOutage = TimeSpan.FromSeconds(10);
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
@@ -29,7 +30,6 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
 
     private async Task RunOutageAsync(string scenario, Func<Task> stop, Func<Task> start, TimeSpan outage, bool brokerDown)
     {
-        var jobs = FaultReport.Jobs(normalRun: 3_000);
         const double perSecond = 100;
         await using var gateway = await FakePaymentGateway.StartAsync();
         var settings = new Dictionary<string, string?>(fixture.BaseSettings);
@@ -41,11 +41,16 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
         await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
         await using var worker = await WorkerProcess.StartAsync(settings);
         var submissions = new JobSubmissions();
-        var submitting = submissions.SubmitAsync(api.Client, jobs, clients: 16, perSecond);
+        using var stopSubmitting = new CancellationTokenSource();
+        // Clients keep submitting before, during and after the outage, however long the server's
+        // own stop and start commands take.
+        var submitting = submissions.SubmitAsync(api.Client, int.MaxValue, clients: 16, perSecond, stopSubmitting.Token);
 
         await Task.Delay(BeforeOutage);
         var acceptedBefore = submissions.AcceptedCount;
         await stop();
+        var atStop = submissions.Outcomes;
+        string duringOutage;
         try
         {
             await Task.Delay(outage);
@@ -53,14 +58,16 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
         finally
         {
             await start();
+            duringOutage = Difference(submissions.Outcomes, atStop);
         }
 
-        var outcomesDuringOutage = submissions.Describe();
+        await Task.Delay(AfterOutage);
+        await stopSubmitting.CancelAsync();
         await submitting;
-        var audit = await PaymentAudit.SettleAsync(fixture, gateway, submissions.Accepted, TimeSpan.FromMinutes(4));
+        var audit = await PaymentAudit.SettleAsync(fixture, gateway, submissions.Accepted, TimeSpan.FromMinutes(2));
         var errorQueue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error");
         FaultReport.Write(output, scenario, audit,
-            $"{jobs} submissions at {perSecond}/s, outage {outage.TotalSeconds:0} s after {acceptedBefore} accepted; answers: {submissions.Describe()} (when the server was back: {outcomesDuringOutage}), {submissions.DescribeLatency()}; worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorQueue?.Messages ?? 0} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost)");
+            $"submissions at {perSecond}/s from {BeforeOutage.TotalSeconds:0} s before to {AfterOutage.TotalSeconds:0} s after a {outage.TotalSeconds:0} s outage ({acceptedBefore} accepted before it); answers: {submissions.Describe()}; while the server was down: {duringOutage}; {submissions.DescribeLatency()}; worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorQueue?.Messages ?? 0} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost)");
         if (audit.Lost > 0)
         {
             output.WriteLine(worker.Output);
@@ -70,11 +77,17 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
         if (brokerDown)
         {
             // Without a broker the Api refuses with 503 (Retry-After) rather than failing.
-            Assert.True(submissions.Count("503") > 0, "the Api never answered 503 while the broker was down");
+            Assert.True(submissions.Count("503") > 0, $"the Api never answered 503 while the broker was down ({duringOutage})");
             Assert.Equal(0, submissions.Count("500"));
         }
 
         Assert.Equal(0, audit.Lost);
         Assert.Equal(0, audit.AppliedTwice);
     }
+
+    private static string Difference(IReadOnlyDictionary<string, int> now, IReadOnlyDictionary<string, int> before) =>
+        string.Join(", ", now.Select(o => (o.Key, Count: o.Value - before.GetValueOrDefault(o.Key)))
+            .Where(o => o.Count > 0)
+            .OrderBy(o => o.Key, StringComparer.Ordinal)
+            .Select(o => $"{o.Key}: {o.Count}"));
 }
