@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
 using Conveyor.Storage;
+using Conveyor.Worker.Inbox;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
@@ -15,6 +16,7 @@ public static class FailureClassifier
         PermanentFailureException => false,
         TransientFailureException => true,
         RequeueRequestedException => true,
+        InboxBatchFailedException => true,
         OperationCanceledException => false,
         TimeoutException => true,
         HttpRequestException http => http.StatusCode is null || IsTransientStatus(http.StatusCode.Value),

@@ -157,6 +157,9 @@ public enum InboxClaim
     /// <summary>Handled already (the inbox row exists): ack without running.</summary>
     Duplicate,
 
+    /// <summary>Another copy of it is in the same inbox batch and runs instead: ack once the batch commits.</summary>
+    DuplicateInBatch,
+
     /// <summary>New, but the job succeeded already or was cancelled: record it as handled, do not run.</summary>
     NotRunnable,
 

@@ -72,6 +72,18 @@ public sealed class ConsumerEndpointOptions
     [Range(1_024, 134_217_728)]
     public long MaxMessageBytes { get; set; } = 1_048_576;
 
+    /// <summary>
+    /// Short jobs: at most this many messages share one inbox transaction (group commit, ADR 0004);
+    /// batches form from the messages that arrive while earlier ones are being handled, so a
+    /// lone message is not delayed. 1 = one transaction per message.
+    /// </summary>
+    [Range(1, 1_000)]
+    public int InboxBatchSize { get; set; } = 16;
+
+    /// <summary>Short jobs: inbox batches in flight at once (each holds one database connection).</summary>
+    [Range(1, 100)]
+    public int InboxConcurrentBatches { get; set; } = 4;
+
     /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
     [Range(5, 3_600)]
     public int LeaseSeconds { get; set; } = 60;

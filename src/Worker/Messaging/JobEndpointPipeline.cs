@@ -13,7 +13,10 @@ namespace Conveyor.Worker.Messaging;
 /// <summary>How a job's effect is made idempotent.</summary>
 public enum InboxMode
 {
-    /// <summary>One transaction per message around the consumer (seconds).</summary>
+    /// <summary>
+    /// One transaction around the consumer (seconds); messages handled at the same time share it
+    /// when <see cref="ConsumerEndpointOptions.InboxBatchSize"/> is above 1.
+    /// </summary>
     Transaction,
 
     /// <summary>Lease + heartbeat, results committed at the end (minutes).</summary>
@@ -97,6 +100,12 @@ public static class JobEndpointPipeline
             time));
 
         // A scoped filter: it opens the message scope (one per attempt) that the consumer then shares.
-        endpoint.UseConsumeFilter(inbox == InboxMode.Lease ? typeof(LeaseInboxFilter<>) : typeof(InboxFilter<>), context);
+        var inboxFilter = inbox switch
+        {
+            InboxMode.Lease => typeof(LeaseInboxFilter<>),
+            _ when options.InboxBatchSize > 1 => typeof(BatchedInboxFilter<>),
+            _ => typeof(InboxFilter<>),
+        };
+        endpoint.UseConsumeFilter(inboxFilter, context);
     }
 }

@@ -3,6 +3,7 @@ using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.ServiceDefaults;
+using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Payments;
 using Conveyor.Worker.Redelivery;
@@ -31,6 +32,7 @@ public static class WorkerMessagingExtensions
         services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, DeliverWebhookConsumerDefinition.ConsumerName, m => m.WebhookId.ToString()));
         services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, GenerateReportConsumerDefinition.ConsumerName, m => m.ReportId.ToString()));
         services.AddSingleton<JobTracker>();
+        services.AddSingleton<InboxBatchers>();
         services.AddSingleton<RedeliveryStore>();
         services.AddSingleton<BrokerPublisher>();
         services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();

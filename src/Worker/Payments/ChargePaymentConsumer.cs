@@ -32,7 +32,7 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbCon
             GatewayChargeId = charge.ChargeId,
             ChargedAt = time.GetUtcNow(),
         });
-        await db.SaveChangesAsync(context.CancellationToken);
+        // Staged, not saved: the inbox saves it in its transaction (and applies it with its batch).
     }
 
     private static void Validate(ChargePayment payment)

@@ -31,7 +31,7 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbConte
             StatusCode = result.StatusCode,
             DeliveredAt = time.GetUtcNow(),
         });
-        await db.SaveChangesAsync(context.CancellationToken);
+        // Staged, not saved: the inbox saves it in its transaction (and applies it with its batch).
     }
 
     private static void Validate(DeliverWebhook webhook)

@@ -6,8 +6,15 @@ using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Worker;
 
+/// <summary>The inbox as shipped: messages handled at the same time share a transaction (group commit).</summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class InboxTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class InboxTests(ConveyorFixture fixture) : InboxContract(fixture, inboxBatchSize: 16);
+
+/// <summary>The same guarantees with one transaction per message (<c>InboxBatchSize</c> 1).</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class SingleTransactionInboxTests(ConveyorFixture fixture) : InboxContract(fixture, inboxBatchSize: 1);
+
+public abstract class InboxContract(ConveyorFixture fixture, int inboxBatchSize) : IAsyncLifetime
 {
     private FakePaymentGateway _gateway = null!;
     private RunningApp _worker = null!;
@@ -17,7 +24,9 @@ public sealed class InboxTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         await fixture.ResetAsync();
         _gateway = await FakePaymentGateway.StartAsync();
-        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+        var settings = WorkerSettings.With(_gateway);
+        settings["Consumers:ChargePayment:InboxBatchSize"] = inboxBatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        _worker = await fixture.StartWorkerAsync(settings);
         _publisher = await TestPublisher.StartAsync(fixture);
     }
 
@@ -91,6 +100,42 @@ public sealed class InboxTests(ConveyorFixture fixture) : IAsyncLifetime
             Assert.Equal(1, job.Attempts);
             Assert.NotNull(job.FinishedAt);
         });
+    }
+
+    [Fact]
+    public async Task Messages_handled_together_commit_their_own_outcomes_a_failure_fails_only_its_own_message()
+    {
+        const int payments = 40;
+        const int failing = 5;
+        // Slow answers keep many messages in flight together, so they share transactions.
+        _gateway.Latency = TimeSpan.FromMilliseconds(50);
+        _gateway.FailNext(failing, System.Net.HttpStatusCode.UnprocessableEntity);
+        var sent = Enumerable.Range(0, payments).Select(_ => NewPayment()).ToList();
+
+        await Task.WhenAll(sent.Select(p => _publisher.PublishAsync(p)));
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(payments - failing, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+            Assert.Equal(failing, await db.Jobs.CountAsync(j => j.Status == JobStatus.DeadLettered));
+        });
+        await AssertQueueDrainedAsync();
+
+        await using var check = fixture.CreateDbContext();
+        var succeeded = await check.Jobs.Where(j => j.Status == JobStatus.Succeeded).Select(j => j.BusinessKey).ToListAsync();
+        var deadLettered = await check.Jobs.Where(j => j.Status == JobStatus.DeadLettered).ToListAsync();
+        Assert.All(succeeded, key => Assert.Equal(1, _gateway.ChargesFor(key)));
+        Assert.Equal(succeeded.Order(), (await check.Ledger.Select(l => l.PaymentId.ToString()).ToListAsync()).Order());
+        // A failed attempt leaves no inbox row (a copy moved back from _error runs), and counts once.
+        Assert.Equal(succeeded.Order(), (await check.Inbox.Select(i => i.MessageKey).ToListAsync()).Order());
+        Assert.All(deadLettered, job =>
+        {
+            Assert.Equal(1, job.Attempts);
+            Assert.Contains("422", job.LastError, StringComparison.Ordinal);
+        });
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(failing, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error"))?.Messages));
     }
 
     private async Task AssertQueueDrainedAsync() =>

@@ -1,0 +1,151 @@
+using Conveyor.Storage;
+using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Messaging;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Worker.Inbox;
+
+/// <summary>
+/// The inbox with group commit (<see cref="InboxBatcher"/>): the message joins the endpoint's next
+/// batch, runs its consumer only if the batch's statement inserted its inbox row and claimed its
+/// job, and is acked only after the batch committed. The consumer stages its writes as inserts in
+/// the scoped <see cref="ConveyorDbContext"/> (it must not run commands itself); the batch applies them.
+/// </summary>
+public sealed partial class BatchedInboxFilter<T>(
+    ConveyorDbContext db,
+    JobTracker tracker,
+    InboxBatchers batchers,
+    TimeProvider time,
+    IServiceProvider services,
+    ILogger<BatchedInboxFilter<T>> logger) : IFilter<ConsumeContext<T>>
+    where T : class
+{
+    public async Task Send(ConsumeContext<T> context, IPipe<ConsumeContext<T>> next)
+    {
+        var descriptor = services.GetRequiredService<JobDescriptor<T>>();
+        var consumerId = InboxKeys.ConsumerIdOf(context);
+        var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.JobIdOf(context));
+        var batcher = batchers.For(consumerId, descriptor);
+        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId ?? Guid.CreateVersion7());
+
+        switch (await member.Claimed)
+        {
+            case InboxClaim.Duplicate:
+                LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
+                JobMetrics.DuplicateSkipped(consumerId);
+                return;
+            case InboxClaim.DuplicateInBatch:
+                await ThrowUnlessCommittedAsync(member);
+                LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
+                JobMetrics.DuplicateSkipped(consumerId);
+                return;
+            case InboxClaim.NotRunnable:
+                await ThrowUnlessCommittedAsync(member);
+                LogNotRun(job.Kind, job.BusinessKey);
+                return;
+        }
+
+        var startedAt = time.GetTimestamp();
+        using var logScope = JobLogScope.Begin(logger, job, context);
+        try
+        {
+            await next.Send(context);
+            member.RanSuccessfully(TakeStagedInserts());
+        }
+        catch (Exception exception)
+        {
+            member.RanAndFailed();
+            db.ChangeTracker.Clear();
+            // The batch removes this message's inbox row; its attempt stays counted if the batch commits.
+            var committed = await member.Completed;
+            var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
+            if (!stopping)
+            {
+                JobMetrics.AttemptFailed(job.Kind);
+                await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed);
+            }
+
+            throw;
+        }
+
+        await ThrowUnlessCommittedAsync(member);
+        JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox-batched");
+
+    private static async Task ThrowUnlessCommittedAsync(BatchMember member)
+    {
+        if (!await member.Completed)
+        {
+            throw new InboxBatchFailedException(member.BatchFailure);
+        }
+    }
+
+    private List<object> TakeStagedInserts()
+    {
+        var entries = db.ChangeTracker.Entries().ToList();
+        var other = entries.FirstOrDefault(e => e.State is not (EntityState.Added or EntityState.Unchanged or EntityState.Detached));
+        if (other is not null)
+        {
+            throw new InvalidOperationException(
+                $"A consumer on the batched inbox may only add entities; {other.Metadata.ClrType.Name} was {other.State}.");
+        }
+
+        var staged = entries.Where(e => e.State == EntityState.Added).Select(e => e.Entity).ToList();
+        db.ChangeTracker.Clear();
+        return staged;
+    }
+
+    private async Task RecordFailureQuietlyAsync(JobRef job, Exception failure, bool countAttempt)
+    {
+        try
+        {
+            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt, CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogStatusWriteFailed(exception, job.Kind, job.BusinessKey);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {MessageKey}, message {MessageId}")]
+    private partial void LogDuplicate(string consumerId, string messageKey, Guid? messageId);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {Kind}/{BusinessKey} is cancelled or already succeeded; the message is acked without running it")]
+    private partial void LogNotRun(string kind, string businessKey);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record the failure of job {Kind}/{BusinessKey}")]
+    private partial void LogStatusWriteFailed(Exception exception, string kind, string businessKey);
+}
+
+/// <summary>The inbox batch this message was in rolled back; the message is tried again like any transient failure.</summary>
+public sealed class InboxBatchFailedException(Exception? inner)
+    : Exception("The inbox batch this message was in did not commit", inner);
+
+/// <summary>One <see cref="InboxBatcher"/> per endpoint, sized from its <see cref="ConsumerEndpointOptions"/>.</summary>
+public sealed class InboxBatchers(
+    IDbContextFactory<ConveyorDbContext> dbFactory,
+    TimeProvider time,
+    Microsoft.Extensions.Options.IOptionsMonitor<ConsumerEndpointOptions> options,
+    ILoggerFactory loggers) : IAsyncDisposable
+{
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<InboxBatcher>> _batchers = new(StringComparer.Ordinal);
+
+    public InboxBatcher For<T>(string consumerId, JobDescriptor<T> descriptor) where T : class =>
+        _batchers.GetOrAdd(consumerId, id => new Lazy<InboxBatcher>(() =>
+        {
+            var endpoint = options.Get(descriptor.ConsumerName);
+            return new InboxBatcher(id, descriptor.Kind, endpoint.InboxBatchSize, endpoint.InboxConcurrentBatches,
+                dbFactory, time, loggers.CreateLogger<InboxBatcher>());
+        })).Value;
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var batcher in _batchers.Values.Where(b => b.IsValueCreated))
+        {
+            await batcher.Value.DisposeAsync();
+        }
+    }
+}

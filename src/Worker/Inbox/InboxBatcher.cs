@@ -1,0 +1,397 @@
+using System.Threading.Channels;
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using Conveyor.Worker.Jobs;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Worker.Inbox;
+
+/// <summary>
+/// Group commit for the inbox of one endpoint (ADR 0004). Messages that arrive while earlier ones
+/// are being handled share one transaction: one statement inserts their inbox rows and claims their
+/// jobs, the consumers run (concurrently, staging their EF inserts), then one round trip applies
+/// every staged insert, one marks the jobs succeeded and removes the inbox rows of failed
+/// attempts, and one COMMIT makes it all durable. Each message keeps the single-message protocol's
+/// guarantees: its inbox row is inserted before its consumer runs, and its effects commit with it
+/// or not at all. A batch whose apply or commit fails is retried one message per transaction, so
+/// one bad message cannot fail the others.
+/// </summary>
+public sealed partial class InboxBatcher : IAsyncDisposable
+{
+    private readonly Channel<BatchMember> _pending = Channel.CreateUnbounded<BatchMember>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly SemaphoreSlim _slots;
+    private readonly string _consumerId;
+    private readonly string _kind;
+    private readonly int _maxBatch;
+    private readonly IDbContextFactory<ConveyorDbContext> _dbFactory;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly Task _loop;
+
+    public InboxBatcher(
+        string consumerId,
+        string kind,
+        int maxBatch,
+        int maxConcurrentBatches,
+        IDbContextFactory<ConveyorDbContext> dbFactory,
+        TimeProvider time,
+        ILogger logger)
+    {
+        _consumerId = consumerId;
+        _kind = kind;
+        _maxBatch = maxBatch;
+        _slots = new SemaphoreSlim(maxConcurrentBatches, maxConcurrentBatches);
+        _dbFactory = dbFactory;
+        _time = time;
+        _logger = logger;
+        _loop = Task.Run(LoopAsync);
+    }
+
+    /// <summary>Queues a message for the next batch; <see cref="BatchMember.Claimed"/> says what the inbox found.</summary>
+    public BatchMember Join(string messageKey, Guid? messageId, Guid jobId)
+    {
+        var member = new BatchMember(messageKey, messageId, jobId);
+        if (!_pending.Writer.TryWrite(member))
+        {
+            throw new OperationCanceledException("The inbox batcher is stopping.");
+        }
+
+        return member;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _pending.Writer.TryComplete();
+        await _loop;
+        _slots.Dispose();
+    }
+
+    private async Task LoopAsync()
+    {
+        var reader = _pending.Reader;
+        while (await reader.WaitToReadAsync())
+        {
+            await _slots.WaitAsync();
+            var members = new List<BatchMember>(_maxBatch);
+            while (members.Count < _maxBatch && reader.TryRead(out var member))
+            {
+                members.Add(member);
+            }
+
+            if (members.Count == 0)
+            {
+                _slots.Release();
+                continue;
+            }
+
+            _ = RunAsync(members);
+        }
+    }
+
+    private async Task RunAsync(List<BatchMember> members)
+    {
+        try
+        {
+            await RunBatchAsync(members);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // RunBatchAsync settles every member itself; this only keeps the loop alive.
+            LogBatchFailed(exception, _consumerId, members.Count);
+        }
+        finally
+        {
+            _slots.Release();
+        }
+    }
+
+    private async Task RunBatchAsync(List<BatchMember> members)
+    {
+        ConveyorDbContext? db = null;
+        try
+        {
+            db = await _dbFactory.CreateDbContextAsync();
+            await RunBatchAsync(db, members);
+        }
+        finally
+        {
+            if (db is not null)
+            {
+                await db.DisposeAsync();
+            }
+
+            // Whatever happened, no member may wait forever.
+            foreach (var member in members)
+            {
+                member.FailClaim(new InvalidOperationException("The inbox batch ended without settling this message."));
+            }
+        }
+    }
+
+    private async Task RunBatchAsync(ConveyorDbContext db, List<BatchMember> members)
+    {
+        Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction;
+        try
+        {
+            transaction = await db.Database.BeginTransactionAsync();
+            db.Database.AutoSavepointsEnabled = false;
+            await ClaimAsync(db, members);
+        }
+        catch (Exception exception)
+        {
+            // Nothing ran: every message takes the failure path (an unreachable database requeues them).
+            foreach (var member in members)
+            {
+                member.FailClaim(exception);
+            }
+
+            return;
+        }
+
+        await using var ownedTransaction = transaction;
+        // Duplicates and jobs that must not run are settled already; wait for the consumers.
+        await Task.WhenAll(members.Select(m => m.Ran));
+        try
+        {
+            await ApplyAsync(db, members);
+            await transaction.CommitAsync();
+        }
+        catch (Exception exception)
+        {
+            await RollBackQuietlyAsync(transaction);
+            var withEffects = members.Where(m => m.Succeeded).ToList();
+            if (withEffects.Count > 1 && !DatabaseFailures.IsUnavailable(exception))
+            {
+                // Someone's staged insert broke the batch: each message again in a transaction of its own.
+                LogFallingBack(exception, _consumerId, members.Count);
+                foreach (var member in members.Where(m => !m.Succeeded))
+                {
+                    member.Complete(committed: false, exception);
+                }
+
+                foreach (var member in withEffects)
+                {
+                    await RunAloneAsync(member);
+                }
+
+                return;
+            }
+
+            foreach (var member in members)
+            {
+                member.Complete(committed: false, exception);
+            }
+
+            return;
+        }
+
+        foreach (var member in members)
+        {
+            member.Complete(committed: true, null);
+        }
+    }
+
+    private async Task RunAloneAsync(BatchMember member)
+    {
+        try
+        {
+            await using var db = await _dbFactory.CreateDbContextAsync();
+            await using var transaction = await db.Database.BeginTransactionAsync();
+            db.Database.AutoSavepointsEnabled = false;
+            var claim = await ClaimRowsAsync(db, [member]);
+            if (claim.TryGetValue(member.MessageKey, out var runnable) && runnable)
+            {
+                await ApplyAsync(db, [member]);
+            }
+
+            // Not claimed again: another copy got there meanwhile, or the job was cancelled; its effects are dropped.
+            await transaction.CommitAsync();
+            member.Complete(committed: true, null);
+        }
+        catch (Exception exception)
+        {
+            member.Complete(committed: false, exception);
+        }
+    }
+
+    /// <summary>One statement: the inbox rows (a conflict means a duplicate) and the job claims.</summary>
+    private async Task ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
+    {
+        var claimed = await ClaimRowsAsync(db, members);
+        var inserters = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var member in members)
+        {
+            if (!claimed.TryGetValue(member.MessageKey, out var runnable))
+            {
+                member.SetClaim(InboxClaim.Duplicate);
+            }
+            else if (!inserters.Add(member.MessageKey))
+            {
+                // Two copies in one batch: the first runs, this one waits for its outcome.
+                member.SetClaim(InboxClaim.DuplicateInBatch);
+            }
+            else
+            {
+                member.SetClaim(runnable ? InboxClaim.Run : InboxClaim.NotRunnable);
+            }
+        }
+    }
+
+    private async Task<Dictionary<string, bool>> ClaimRowsAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
+    {
+        var now = _time.GetUtcNow();
+        var keys = members.Select(m => m.MessageKey).ToArray();
+        var messageIds = members.Select(m => m.MessageId).ToArray();
+        var jobIds = members.Select(m => m.JobId).ToArray();
+        // Rows are locked in key order, so two batches holding copies of the same messages queue
+        // behind each other instead of deadlocking.
+        var rows = await db.Database.SqlQuery<BatchClaimRow>($"""
+            WITH input AS (
+                SELECT t.message_key, t.message_id, t.job_id, t.ord
+                  FROM unnest({keys}::text[], {messageIds}::uuid[], {jobIds}::uuid[]) WITH ORDINALITY AS t(message_key, message_id, job_id, ord)),
+            inbox_rows AS (
+                INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
+                SELECT {_consumerId}, i.message_key, i.message_id, {now} FROM input i ORDER BY i.message_key, i.ord
+                ON CONFLICT DO NOTHING
+                RETURNING message_key),
+            job_rows AS (
+                INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+                SELECT DISTINCT ON (i.message_key) i.job_id, {_kind}, i.message_key, {JobStatus.Running}, 1, {now}, {now}
+                  FROM input i JOIN inbox_rows r ON r.message_key = i.message_key
+                 ORDER BY i.message_key, i.ord
+                ON CONFLICT (kind, business_key) DO UPDATE
+                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
+                 WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+                RETURNING business_key)
+            SELECT r.message_key AS "Key", j.business_key IS NOT NULL AS "Runnable"
+              FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
+            """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
+        return rows.ToDictionary(r => r.Key, r => r.Runnable, StringComparer.Ordinal);
+    }
+
+    /// <summary>The staged inserts of the attempts that succeeded, their jobs' success, and the inbox rows of those that failed removed.</summary>
+    private async Task ApplyAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
+    {
+        var succeeded = members.Where(m => m.Succeeded).ToList();
+        foreach (var member in succeeded)
+        {
+            db.AddRange(member.Staged);
+        }
+
+        if (db.ChangeTracker.HasChanges())
+        {
+            await db.SaveChangesAsync();
+        }
+
+        var now = _time.GetUtcNow();
+        var succeededKeys = succeeded.Select(m => m.MessageKey).ToArray();
+        var failedKeys = members.Where(m => m.Failed).Select(m => m.MessageKey).ToArray();
+        if (succeededKeys.Length == 0 && failedKeys.Length == 0)
+        {
+            return;
+        }
+
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE jobs SET status = {JobStatus.Succeeded}, last_error = NULL, next_attempt_at = NULL,
+                   progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END, updated_at = {now}, finished_at = {now}
+             WHERE kind = {_kind} AND business_key = ANY({succeededKeys}) AND status <> {JobStatus.Cancelled};
+            DELETE FROM inbox WHERE consumer_id = {_consumerId} AND message_key = ANY({failedKeys});
+            """);
+    }
+
+    private static async Task RollBackQuietlyAsync(Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction)
+    {
+        try
+        {
+            await transaction.RollbackAsync();
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The connection may be gone; PostgreSQL rolls back an abandoned transaction itself.
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Inbox batch of {ConsumerId} ({Count} messages) failed unexpectedly")]
+    private partial void LogBatchFailed(Exception exception, string consumerId, int count);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Inbox batch of {ConsumerId} ({Count} messages) could not commit; committing its messages one by one")]
+    private partial void LogFallingBack(Exception exception, string consumerId, int count);
+}
+
+/// <summary>One message in an inbox batch: what the inbox found, what its consumer did, how the batch ended.</summary>
+public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
+{
+    private readonly TaskCompletionSource<InboxClaim> _claimed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _ran = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource<bool> _completed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public string MessageKey { get; } = messageKey;
+
+    public Guid? MessageId { get; } = messageId;
+
+    public Guid JobId { get; } = jobId;
+
+    /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
+    public Task<InboxClaim> Claimed => _claimed.Task;
+
+    /// <summary>True once the batch committed (this message's effects with it), false if it rolled back.</summary>
+    public Task<bool> Completed => _completed.Task;
+
+    /// <summary>Why the batch rolled back, when it did.</summary>
+    public Exception? BatchFailure { get; private set; }
+
+    internal Task Ran => _ran.Task;
+
+    internal bool Succeeded { get; private set; }
+
+    internal bool Failed { get; private set; }
+
+    internal IReadOnlyList<object> Staged { get; private set; } = [];
+
+    /// <summary>The consumer succeeded; <paramref name="staged"/> are the inserts it made.</summary>
+    public void RanSuccessfully(IReadOnlyList<object> staged)
+    {
+        Staged = staged;
+        Succeeded = true;
+        _ran.TrySetResult();
+    }
+
+    /// <summary>The consumer failed: its inbox row goes, and the message takes the failure path.</summary>
+    public void RanAndFailed()
+    {
+        Failed = true;
+        _ran.TrySetResult();
+    }
+
+    internal void SetClaim(InboxClaim claim)
+    {
+        if (claim != InboxClaim.Run)
+        {
+            // Nothing to wait for: its consumer does not run.
+            _ran.TrySetResult();
+        }
+
+        _claimed.TrySetResult(claim);
+    }
+
+    internal void FailClaim(Exception exception)
+    {
+        _ran.TrySetResult();
+        _completed.TrySetResult(false);
+        _claimed.TrySetException(exception);
+    }
+
+    internal void Complete(bool committed, Exception? failure)
+    {
+        BatchFailure = failure;
+        _completed.TrySetResult(committed);
+    }
+}
+
+/// <summary>One row of the batch claim: a key whose inbox row was inserted, and whether its job may run.</summary>
+public sealed class BatchClaimRow
+{
+    public string Key { get; init; } = "";
+
+    public bool Runnable { get; init; }
+}
