@@ -10,7 +10,8 @@ public static class StorageServiceCollectionExtensions
 
     /// <summary>
     /// Registers <see cref="ConveyorDbContext"/> (scoped, one per message or request) and its
-    /// factory (for short writes outside that scope, such as job status updates).
+    /// factory (for short writes outside that scope, such as job status updates). Contexts are
+    /// pooled: every message and request would otherwise build one from scratch.
     /// </summary>
     public static IServiceCollection AddConveyorStorage(this IServiceCollection services, IConfiguration configuration)
     {
@@ -18,7 +19,8 @@ public static class StorageServiceCollectionExtensions
             ?? throw new InvalidOperationException(
                 $"ConnectionStrings:{ConnectionStringName} (env ConnectionStrings__{ConnectionStringName}) is not set.");
 
-        services.AddDbContextFactory<ConveyorDbContext>(options => Configure(options, connectionString));
+        services.AddPooledDbContextFactory<ConveyorDbContext>(options => Configure(options, connectionString));
+        services.AddScoped(provider => provider.GetRequiredService<IDbContextFactory<ConveyorDbContext>>().CreateDbContext());
         return services;
     }
 
