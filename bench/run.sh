@@ -4,6 +4,7 @@
 #
 #   bench/run.sh [all]               every benchmark, then the fault scenarios (10,000 jobs)
 #   bench/run.sh consume|enqueue|redelivery|rss [--runs 5 --messages 20000 ...]
+#   bench/run.sh scaling             1, 2, 3 worker processes on one queue [--workers 1,2,3 --gateway-latency 0,300 --runs 3]
 #   bench/run.sh move                error-queue move vs RabbitMQ shovel (bench/ErrorQueueMove; MOVE_ARGS)
 #   bench/run.sh faults              kill -9 ×3 and competing workers + redelivery (CONVEYOR_FAULTS_JOBS, default 10000)
 #   bench/run.sh faults-disruptive   RabbitMQ restart and PostgreSQL 20 s stop, on private servers
@@ -61,7 +62,7 @@ case "$what" in
   move)
     move || status=$?
     bench report ;;
-  consume|enqueue|redelivery|rss|*,*)
+  consume|enqueue|redelivery|rss|scaling|*,*)
     bench "$what" "$@" || status=$? ;;
   faults)
     faults "Category=Faults" || status=$?
@@ -72,6 +73,6 @@ case "$what" in
   report)
     bench report ;;
   *)
-    sed -n '2,14p' "$0" >&2; exit 2 ;;
+    sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac
 exit "$status"

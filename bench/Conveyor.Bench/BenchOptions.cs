@@ -39,6 +39,23 @@ public sealed class BenchOptions
 
     public int RssRuns { get; init; } = 1;
 
+    /// <summary>Worker process counts the scaling benchmark compares (the first is the baseline).</summary>
+    public IReadOnlyList<int> WorkerCounts { get; init; } = [1, 2, 3];
+
+    public int ScalingMessages { get; init; } = 2_000;
+
+    /// <summary>Payment gateway answer times (ms) the scaling benchmark runs with; 0 answers at once.</summary>
+    public IReadOnlyList<int> GatewayLatencies { get; init; } = [0, 300];
+
+    /// <summary>Jobs per scaling run when the gateway delays its answers (those runs drain slower).</summary>
+    public int ScalingLatencyMessages { get; init; } = 1_000;
+
+    /// <summary>Warm-up jobs per worker process, before each measured run.</summary>
+    public int ScalingWarmup { get; init; } = 150;
+
+    /// <summary>As shipped: deploy/k8s worker.env (prefetch, concurrency) and the Deployment's DB_MAX_POOL_SIZE.</summary>
+    public ConsumeSettings ScalingSettings { get; init; } = new(32, 16, 40);
+
     public static (string Command, BenchOptions Options) Parse(string[] args)
     {
         var named = args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal);
@@ -51,6 +68,9 @@ public sealed class BenchOptions
 
         int Int(string name, int fallback) => values.TryGetValue(name, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
         double Double(string name, double fallback) => values.TryGetValue(name, out var v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
+        IReadOnlyList<int> Ints(string name, IReadOnlyList<int> fallback) => values.TryGetValue(name, out var v)
+            ? [.. v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(i => int.Parse(i, CultureInfo.InvariantCulture))]
+            : fallback;
         var defaults = new BenchOptions { RepositoryRoot = "." };
         return (command, new BenchOptions
         {
@@ -70,6 +90,12 @@ public sealed class BenchOptions
             BurstMessages = Int("burst", defaults.BurstMessages),
             RssSeconds = Int("rss-seconds", defaults.RssSeconds),
             RssRuns = Int("rss-runs", defaults.RssRuns),
+            WorkerCounts = Ints("workers", defaults.WorkerCounts),
+            GatewayLatencies = Ints("gateway-latency", defaults.GatewayLatencies),
+            ScalingLatencyMessages = Int("scaling-latency-messages", defaults.ScalingLatencyMessages),
+            ScalingMessages = Int("scaling-messages", defaults.ScalingMessages),
+            ScalingWarmup = Int("scaling-warmup", defaults.ScalingWarmup),
+            ScalingSettings = values.TryGetValue("scaling-settings", out var scaling) ? Consume.ConsumeSettings.Parse(scaling)[0] : defaults.ScalingSettings,
         });
     }
 

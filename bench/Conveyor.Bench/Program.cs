@@ -5,6 +5,7 @@ using Conveyor.Bench.Infrastructure;
 using Conveyor.Bench.Memory;
 using Conveyor.Bench.Redelivery;
 using Conveyor.Bench.Reporting;
+using Conveyor.Bench.Scaling;
 
 var (command, options) = BenchOptions.Parse(args);
 var benchmarks = new Dictionary<string, Func<BenchEnvironment, Task<BenchResult>>>
@@ -13,6 +14,7 @@ var benchmarks = new Dictionary<string, Func<BenchEnvironment, Task<BenchResult>
     ["enqueue"] = environment => new EnqueueBenchmark(environment, options).RunAsync(),
     ["redelivery"] = environment => new RedeliveryBenchmark(environment, options).RunAsync(),
     ["rss"] = environment => new RssBenchmark(environment, options).RunAsync(),
+    ["scaling"] = environment => new ScalingBenchmark(environment, options).RunAsync(),
 };
 
 if (command == "report")

@@ -9,7 +9,7 @@ namespace Conveyor.Bench.Reporting;
 /// </summary>
 public static class MarkdownReport
 {
-    private static readonly string[] Order = ["consume", "enqueue", "redelivery", "rss"];
+    private static readonly string[] Order = ["consume", "enqueue", "redelivery", "rss", "scaling"];
 
     public static async Task WriteAsync(string root)
     {
@@ -73,6 +73,7 @@ public static class MarkdownReport
         text.AppendLine("bench/run.sh enqueue          # 2. Api enqueue vs raw publish");
         text.AppendLine("bench/run.sh redelivery       # 3. redelivery lateness and dispatcher throughput");
         text.AppendLine("bench/run.sh rss              # 5. worker peak RSS (child process, Release build)");
+        text.AppendLine("bench/run.sh scaling          # 6. 1, 2, 3 worker processes on one queue (--workers 1,2,3 --gateway-latency 0,300 --runs 3)");
         text.AppendLine("bench/run.sh move             # 4. error-queue move vs shovel (bench/ErrorQueueMove, MOVE_ARGS)");
         text.AppendLine("bench/run.sh faults           # fault injection: kill -9 ×3 with 10,000 jobs; competing workers + redelivery");
         text.AppendLine("bench/run.sh faults-disruptive  # + RabbitMQ restart and PostgreSQL stop, on private servers (ports 5433, 5673)");

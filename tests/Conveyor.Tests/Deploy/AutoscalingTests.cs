@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Conveyor.Worker.Messaging;
 using k8s.Models;
 
 namespace Conveyor.Tests.Deploy;
@@ -129,21 +130,31 @@ public sealed class AutoscalingTests
 
         IEnumerable<string> Problems()
         {
-            foreach (var (scaled, trigger) in Triggers(rendered))
+            foreach (var (scaled, endpoint, value, consumer) in QueueTriggers(rendered))
             {
-                var endpoint = WorkerEndpoints.All.FirstOrDefault(e => e.Queue == Metadata(trigger, "queueName"));
-                var target = rendered.DeploymentsOf("worker").FirstOrDefault(d => d.Deployment.Metadata.Name == scaled.Spec.ScaleTargetRef.Name);
-                if (endpoint is null || target.Deployment is null
-                    || !int.TryParse(Metadata(trigger, "value"), CultureInfo.InvariantCulture, out var value))
+                if (value < consumer.PrefetchCount)
                 {
-                    continue;
+                    yield return $"ScaledObject/{scaled.Metadata.Name} queue {endpoint.Queue}: value {value} < Consumers__{endpoint.ConsumerName}__PrefetchCount {consumer.PrefetchCount}";
                 }
+            }
+        }
+    }
 
-                var configuration = AppConfiguration.Of(rendered, target.Workload, target.Workload.Pod.Containers[0]);
-                var prefetch = configuration.Consumer(endpoint.ConsumerName).PrefetchCount;
-                if (value < prefetch)
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Trigger_value_is_at_least_the_concurrency_of_its_queue(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, "a trigger's value must be >= the ConcurrentMessageLimit of its queue per pod, or the autoscaler adds pods while a pod still has idle handlers", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var (scaled, endpoint, value, consumer) in QueueTriggers(rendered))
+            {
+                if (value < consumer.ConcurrentMessageLimit)
                 {
-                    yield return $"ScaledObject/{scaled.Metadata.Name} queue {endpoint.Queue}: value {value} < Consumers__{endpoint.ConsumerName}__PrefetchCount {prefetch}";
+                    yield return $"ScaledObject/{scaled.Metadata.Name} queue {endpoint.Queue}: value {value} < Consumers__{endpoint.ConsumerName}__ConcurrentMessageLimit {consumer.ConcurrentMessageLimit}";
                 }
             }
         }
@@ -278,6 +289,24 @@ public sealed class AutoscalingTests
                     yield return $"ScaledObject/{scaled.Metadata.Name}: maxReplicaCount {max} < minReplicaCount {scaled.Spec.MinReplicaCount}";
                 }
             }
+        }
+    }
+
+    /// <summary>Each worker trigger with a whole value, its endpoint and that endpoint's settings in the target's pods.</summary>
+    private static IEnumerable<(ScaledObject Scaled, WorkerEndpoint Endpoint, int Value, ConsumerEndpointOptions Consumer)> QueueTriggers(RenderedOverlay rendered)
+    {
+        foreach (var (scaled, trigger) in Triggers(rendered))
+        {
+            var endpoint = WorkerEndpoints.All.FirstOrDefault(e => e.Queue == Metadata(trigger, "queueName"));
+            var target = rendered.DeploymentsOf("worker").FirstOrDefault(d => d.Deployment.Metadata.Name == scaled.Spec.ScaleTargetRef.Name);
+            if (endpoint is null || target.Deployment is null
+                || !int.TryParse(Metadata(trigger, "value"), CultureInfo.InvariantCulture, out var value))
+            {
+                continue;
+            }
+
+            var configuration = AppConfiguration.Of(rendered, target.Workload, target.Workload.Pod.Containers[0]);
+            yield return (scaled, endpoint, value, configuration.Consumer(endpoint.ConsumerName));
         }
     }
 
