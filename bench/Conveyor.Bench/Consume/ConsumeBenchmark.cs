@@ -21,6 +21,12 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             new MassTransitVariant(environment, gateway),
             new RawClientVariant(environment, gateway),
         ];
+        // For profiling one variant (no ratios then): CONVEYOR_BENCH_CONSUME_ONLY=conveyor.
+        if (Environment.GetEnvironmentVariable("CONVEYOR_BENCH_CONSUME_ONLY") is { Length: > 0 } only)
+        {
+            variants = [.. variants.Where(v => v.Name == only)];
+        }
+
         await DeclareTopologyAsync(gateway);
         await using var publisher = await ContractPublisher.StartAsync(environment);
         var messageBytes = await MessageSizeAsync(publisher);
