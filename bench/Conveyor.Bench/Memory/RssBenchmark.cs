@@ -16,9 +16,11 @@ public sealed class RssBenchmark(BenchEnvironment environment, BenchOptions opti
     /// <summary>Environment overrides tried for the child: the shipped default first.</summary>
     private static readonly (string Name, Dictionary<string, string> Environment)[] Configurations =
     [
-        ("default (as shipped: Web SDK server GC)", []),
-        ("DOTNET_gcServer=0 (workstation GC)", new() { ["DOTNET_gcServer"] = "0" }),
+        ("default (as shipped: workstation GC, ServerGarbageCollection=false)", []),
+        ("DOTNET_gcServer=1 (server GC, the Web SDK's default)", new() { ["DOTNET_gcServer"] = "1" }),
         ("DOTNET_GCHeapHardLimit=0x6400000 (100 MiB heap cap)", new() { ["DOTNET_GCHeapHardLimit"] = "0x6400000" }),
+        ("DOTNET_gcConcurrent=0 (no background GC)", new() { ["DOTNET_gcConcurrent"] = "0" }),
+        ("DOTNET_GCgen0size=0x1000000 (16 MiB gen0 budget)", new() { ["DOTNET_GCgen0size"] = "0x1000000" }),
     ];
 
     public async Task<BenchResult> RunAsync()
