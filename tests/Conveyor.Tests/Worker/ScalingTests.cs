@@ -1,12 +1,16 @@
 using Conveyor.Contracts.Payments;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Faults;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Worker;
 
-/// <summary>Scaling out is adding workers: 1, 2, then 3 on one queue, each job once, every worker busy.</summary>
+/// <summary>
+/// Scaling out is adding worker processes (pods): 1, 2, then 3 separate <c>Conveyor.Worker</c>
+/// processes on one queue, each job once, every process busy.
+/// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class ScalingTests(ConveyorFixture fixture)
 {
@@ -22,7 +26,7 @@ public sealed class ScalingTests(ConveyorFixture fixture)
         // A little latency per charge, so no worker can drain the queue before the others start.
         gateway.Latency = TimeSpan.FromMilliseconds(20);
         await using var publisher = await TestPublisher.StartAsync(fixture);
-        var hosts = new List<RunningApp>();
+        var processes = new List<WorkerProcess>();
         try
         {
             // The queue exists once the first worker has declared it; fill it while that worker is stopped.
@@ -42,10 +46,15 @@ public sealed class ScalingTests(ConveyorFixture fixture)
 
             for (var i = 0; i < workers; i++)
             {
-                var settings = WorkerSettings.With(gateway, $"worker-{i}");
+                var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+                foreach (var (key, value) in WorkerSettings.With(gateway, $"worker-{i}"))
+                {
+                    settings[key] = value;
+                }
+
                 settings["Consumers:ChargePayment:PrefetchCount"] = "8";
                 settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "4";
-                hosts.Add(await fixture.StartWorkerAsync(settings));
+                processes.Add(await WorkerProcess.StartAsync(settings));
             }
 
             await Eventually.AssertAsync(async () =>
@@ -61,14 +70,14 @@ public sealed class ScalingTests(ConveyorFixture fixture)
             var shares = gateway.Charges.GroupBy(c => c.Caller).ToDictionary(g => g.Key, g => g.Count());
             for (var i = 0; i < workers; i++)
             {
-                Assert.True(shares.GetValueOrDefault($"Bearer worker-{i}") > 0, $"worker {i} of {workers} processed nothing");
+                Assert.True(shares.GetValueOrDefault($"Bearer worker-{i}") > 0, $"worker process {i} of {workers} processed nothing");
             }
         }
         finally
         {
-            foreach (var host in hosts)
+            foreach (var process in processes)
             {
-                await host.DisposeAsync();
+                await process.DisposeAsync();
             }
         }
     }
