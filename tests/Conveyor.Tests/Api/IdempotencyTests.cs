@@ -1,8 +1,10 @@
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
+using RabbitMQ.Client;
 using System.Net;
 using System.Net.Http.Json;
 
@@ -91,6 +93,57 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Single(accepted.Select(a => a.JobId).Distinct());
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task Concurrent_submissions_of_one_business_id_create_one_job_and_publish_it_once()
+    {
+        var factory = new ConnectionFactory
+        {
+            HostName = fixture.Servers.RabbitHost,
+            Port = fixture.Servers.RabbitPort,
+            VirtualHost = fixture.VirtualHost,
+            UserName = fixture.Servers.RabbitUser,
+            Password = fixture.Servers.RabbitPassword,
+        };
+        await using var connection = await factory.CreateConnectionAsync();
+        await using var channel = await connection.CreateChannelAsync();
+        const string exchange = "Conveyor.Contracts.Payments:ChargePayment";
+        await channel.ExchangeDeclareAsync(exchange, ExchangeType.Fanout, durable: true, autoDelete: false);
+        var queue = await channel.QueueDeclareAsync();
+        await channel.QueueBindAsync(queue.QueueName, exchange, routingKey: "");
+        var json = JobRequests.ChargePayment(Guid.NewGuid());
+
+        // Some without a key, some each with a key of their own: all name the same payment.
+        var accepted = await Task.WhenAll(Enumerable.Range(0, 8).Select(i =>
+            AcceptAsync(JobKinds.ChargePayment, json, i % 2 == 0 ? null : $"order-{Guid.NewGuid()}")));
+
+        Assert.Single(accepted.Select(a => a.JobId).Distinct());
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Jobs.CountAsync());
+        }
+
+        // Every 202 came after the one publish was confirmed, so the queue holds it by now.
+        Assert.Equal(1u, await channel.MessageCountAsync(queue.QueueName));
+    }
+
+    [Fact]
+    public async Task Repeated_scheduled_submission_returns_the_same_job_and_stores_one_command()
+    {
+        var key = $"order-{Guid.NewGuid()}";
+        var json = JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1));
+
+        var first = await AcceptAsync(JobKinds.ChargePayment, json, key);
+        var again = await AcceptAsync(JobKinds.ChargePayment, json, key);
+        var withoutKey = await AcceptAsync(JobKinds.ChargePayment, json);
+
+        Assert.Equal(first.JobId, again.JobId);
+        Assert.Equal(first.JobId, withoutKey.JobId);
+        Assert.Equal(JobStatus.Scheduled, again.Status);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+        Assert.Equal(1, await db.ScheduledMessages.CountAsync());
     }
 
     private async Task<JobAccepted> AcceptAsync(string kind, string json, string? idempotencyKey = null)
