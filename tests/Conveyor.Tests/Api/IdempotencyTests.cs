@@ -96,7 +96,7 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Concurrent_submissions_of_one_business_id_create_one_job_and_publish_it_once()
+    public async Task Concurrent_submissions_repeating_each_other_create_one_job_per_business_id_and_publish_each_once()
     {
         var factory = new ConnectionFactory
         {
@@ -112,20 +112,25 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         await channel.ExchangeDeclareAsync(exchange, ExchangeType.Fanout, durable: true, autoDelete: false);
         var queue = await channel.QueueDeclareAsync();
         await channel.QueueBindAsync(queue.QueueName, exchange, routingKey: "");
-        var json = JobRequests.ChargePayment(Guid.NewGuid());
 
-        // Some without a key, some each with a key of their own: all name the same payment.
-        var accepted = await Task.WhenAll(Enumerable.Range(0, 8).Select(i =>
-            AcceptAsync(JobKinds.ChargePayment, json, i % 2 == 0 ? null : $"order-{Guid.NewGuid()}")));
+        // Ten payments, each sent four times at once: twice without a key, twice each with a key of its own.
+        var submissions = Enumerable.Range(0, 10)
+            .Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))
+            .SelectMany(json => new[] { (json, (string?)null), (json, null), (json, $"order-{Guid.NewGuid()}"), (json, $"order-{Guid.NewGuid()}") })
+            .OrderBy(_ => Random.Shared.Next())
+            .ToList();
+        var accepted = await Task.WhenAll(submissions.Select(s => AcceptAsync(JobKinds.ChargePayment, s.Item1, s.Item2)));
 
-        Assert.Single(accepted.Select(a => a.JobId).Distinct());
+        var jobsPerPayment = submissions.Zip(accepted).GroupBy(pair => pair.First.Item1, pair => pair.Second.JobId).ToList();
+        Assert.All(jobsPerPayment, payment => Assert.Single(payment.Distinct()));
+        Assert.Equal(10, jobsPerPayment.Select(p => p.First()).Distinct().Count());
         await using (var db = fixture.CreateDbContext())
         {
-            Assert.Equal(1, await db.Jobs.CountAsync());
+            Assert.Equal(10, await db.Jobs.CountAsync());
         }
 
-        // Every 202 came after the one publish was confirmed, so the queue holds it by now.
-        Assert.Equal(1u, await channel.MessageCountAsync(queue.QueueName));
+        // Every 202 came after its job's one publish was confirmed, so the queue holds them all by now.
+        Assert.Equal(10u, await channel.MessageCountAsync(queue.QueueName));
     }
 
     [Fact]
