@@ -9,6 +9,7 @@ using Conveyor.Bench.Reporting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
 
 namespace Conveyor.Bench.Enqueue;
 
@@ -33,6 +34,12 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         // would refuse most of the load. Both checks still run on every request.
         settings["RateLimiting:Enabled"] = "false";
         settings["Backpressure:DefaultMaxQueueDepth"] = "0";
+        // The log levels the Api ships with (src/Api/appsettings.json), not the quiet ones of the other
+        // benchmarks: whatever the submission path logs per request in production is measured too.
+        settings["Logging:LogLevel:Default"] = "Information";
+        settings["Logging:LogLevel:Microsoft.AspNetCore"] = "Warning";
+        settings["Logging:LogLevel:Microsoft.EntityFrameworkCore"] = "Warning";
+        settings["Logging:LogLevel:MassTransit"] = "Information";
         var app = ApiApp.Build(BenchEnvironment.Args(settings));
         await app.StartAsync();
         await using var publisher = await ContractPublisher.StartAsync(environment, "conveyor-bench-raw-publish");
@@ -90,7 +97,7 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             }
 
             var queued = (await environment.QueueStateAsync(ConsumeBenchmark.Queue)).Messages;
-            return Report(results, queued, warmup);
+            return Report(results, queued, warmup, await DescribeDatabaseConnectionAsync());
         }
         finally
         {
@@ -99,7 +106,23 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         }
     }
 
-    private BenchResult Report(Dictionary<string, List<Round>> results, uint lastRoundQueued, string warmup)
+    /// <summary>
+    /// Whether the Api's PostgreSQL connections are encrypted: Npgsql's default SSL Mode is Prefer, so
+    /// a server with ssl=on (Debian's default) gets TLS even on loopback.
+    /// </summary>
+    private async Task<string> DescribeDatabaseConnectionAsync()
+    {
+        var connectionString = environment.ConnectionString(options.ApiPoolSize);
+        await using var connection = new NpgsqlConnection(connectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(
+            "SELECT coalesce((SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl), 'no TLS') || ', server ssl=' || current_setting('ssl')",
+            connection);
+        var state = (string?)await command.ExecuteScalarAsync();
+        return $"PostgreSQL connections of the Api: {state} (SSL Mode={new NpgsqlConnectionStringBuilder(connectionString).SslMode}); loopback-only deployments may set SSL Mode=Disable";
+    }
+
+    private BenchResult Report(Dictionary<string, List<Round>> results, uint lastRoundQueued, string warmup, string database)
     {
         var api = results["api"];
         var raw = results["raw-publish"];
@@ -128,10 +151,11 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             ["variant", "median ops/s", "runs ops/s", "p50 ms", "p99 ms", "failures", "vs raw-publish", "bench-process CPU ms/op", "DB commands/op", "machine busy"],
             rows,
             [
-                "api: POST /api/jobs/charge-payment with an API key (authentication, validation, job row insert, publish with confirm) answered 202, Api hosted in the benchmark process (ApiApp.Build), HTTP/1.1 keep-alive clients; RateLimiting:Enabled=false and Backpressure:DefaultMaxQueueDepth=0, since one key's token bucket (200/s) and the queue-depth gate would otherwise refuse most of the load.",
+                "api: POST /api/jobs/charge-payment with an API key (authentication, validation, job row insert, publish with confirm) answered 202, Api hosted in the benchmark process (ApiApp.Build), HTTP/1.1 keep-alive clients, one connection each, in the same process as the Api; the Api's shipped log levels (Information); RateLimiting:Enabled=false and Backpressure:DefaultMaxQueueDepth=0, since one key's token bucket (200/s) and the queue-depth gate would otherwise refuse most of the load.",
                 "bench-process CPU ms/op: CPU time of the whole benchmark process (HTTP clients and the Api for api; the publishing bus for raw-publish) per operation; DB commands/op: Npgsql commands (round trips) per operation; machine busy: share of both cores busy during the round, all processes (PostgreSQL and RabbitMQ included).",
                 "raw-publish: MassTransit IBus.Publish of the same ChargePayment with the job-id header, publisher confirms, awaited.",
                 "ops/s counts successful operations only (202, or a confirmed publish); p50/p99 are per-round percentiles over all operations, then the median over rounds; the ratio is the median of the per-round ratios.",
+                database + ".",
                 warmup + $"; JIT time during the measured rounds: {Formats.Number(results.Values.SelectMany(r => r).Sum(x => x.JitMs), "0")} ms in all.",
                 $"the last round left {lastRoundQueued} messages in charge-payment (both variants route to the same durable queue).",
             ],
