@@ -35,6 +35,7 @@ internal readonly record struct SubmitResult(SubmitStatus Status, Job? Job = nul
 /// </summary>
 internal sealed class JobSubmitter(
     IDbContextFactory<ConveyorDbContext> dbFactory,
+    JobRows rows,
     IPublishEndpoint publishEndpoint,
     IOptions<RabbitMqOptions> rabbitMq,
     TimeProvider clock,
@@ -46,11 +47,6 @@ internal sealed class JobSubmitter(
     public async Task<SubmitResult> SubmitAsync(
         JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)
     {
-        if (await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken) is { } existing)
-        {
-            return existing;
-        }
-
         var now = clock.GetUtcNow();
         var job = new Job
         {
@@ -66,20 +62,22 @@ internal sealed class JobSubmitter(
             NextAttemptAt = request.RunAt,
         };
 
-        try
+        // Insert first: a new job, the common case, costs one statement; a repeated submission, the
+        // rare case, pays for reading the job it repeats.
+        var inserted = request.RunAt is { } runAt
+            ? await TryInsertScheduledAsync(job, request, runAt, now, cancellationToken)
+            : await rows.TryInsertAsync(job, cancellationToken);
+        if (!inserted)
         {
-            await InsertAsync(job, request, now, cancellationToken);
-        }
-        catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
-        {
-            // A concurrent request inserted the same key first; answer with its job.
+            // The job that holds the key was committed; none found means its publish failed since and
+            // its row was removed again, so the client retries.
             return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
                 ?? new SubmitResult(SubmitStatus.InFlight);
         }
 
-        if (request.RunAt is { } runAt)
+        if (request.RunAt is { } scheduledFor)
         {
-            JobsLog.JobScheduled(logger, job.Id, job.Kind, job.BusinessKey, runAt);
+            JobsLog.JobScheduled(logger, job.Id, job.Kind, job.BusinessKey, scheduledFor);
             return new SubmitResult(SubmitStatus.Created, job);
         }
 
@@ -93,26 +91,31 @@ internal sealed class JobSubmitter(
     }
 
     /// <summary>
-    /// Commits the job row; a scheduled job's command is stored with it, in the same transaction, for
-    /// the worker's dispatcher to publish when due (the NOTIFY wakes it when the transaction commits).
+    /// Commits the job row and its stored command in one transaction, for the worker's dispatcher to
+    /// publish when due (the NOTIFY wakes it when the transaction commits). False when a job with one
+    /// of the row's unique keys exists.
     /// </summary>
-    private async Task InsertAsync(Job job, JobRequest request, DateTimeOffset now, CancellationToken cancellationToken)
+    private async Task<bool> TryInsertScheduledAsync(
+        Job job, JobRequest request, DateTimeOffset runAt, DateTimeOffset now, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         db.Jobs.Add(job);
-        if (request.RunAt is not { } runAt)
+        db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        try
         {
             await db.SaveChangesAsync(cancellationToken);
-            return;
+        }
+        catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
+        {
+            return false;
         }
 
-        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
-        db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
-        await db.SaveChangesAsync(cancellationToken);
         var dueAtMilliseconds = runAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
         await db.Database.ExecuteSqlInterpolatedAsync(
             $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAtMilliseconds})", cancellationToken);
         await transaction.CommitAsync(cancellationToken);
+        return true;
     }
 
     private async Task<SubmitResult?> FindExistingAsync(

@@ -25,6 +25,7 @@ internal static class JobsApi
     public static IServiceCollection AddJobs(this IServiceCollection services)
     {
         services.AddSingleton(TimeProvider.System);
+        services.AddSingleton<JobRows>();
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
         return services;

@@ -2,7 +2,9 @@ namespace Conveyor.Api.Jobs;
 
 internal static partial class JobsLog
 {
-    [LoggerMessage(EventId = 1001, Level = LogLevel.Information,
+    // Debug, as 1005: at Information (the shipped level) every submission would pay for a formatted
+    // log line; the job row and the request's trace record every job already.
+    [LoggerMessage(EventId = 1001, Level = LogLevel.Debug,
         Message = "Job {JobId} ({Kind} {BusinessKey}) queued and published")]
     public static partial void JobQueued(ILogger logger, Guid jobId, string kind, string businessKey);
 
@@ -18,7 +20,7 @@ internal static partial class JobsLog
         Message = "Could not remove the row of unpublished job {JobId}; it stays queued")]
     public static partial void RemoveUnpublishedFailed(ILogger logger, Exception exception, Guid jobId);
 
-    [LoggerMessage(EventId = 1005, Level = LogLevel.Information,
+    [LoggerMessage(EventId = 1005, Level = LogLevel.Debug,
         Message = "Job {JobId} ({Kind} {BusinessKey}) scheduled for {RunAt:O}")]
     public static partial void JobScheduled(ILogger logger, Guid jobId, string kind, string businessKey, DateTimeOffset runAt);
 

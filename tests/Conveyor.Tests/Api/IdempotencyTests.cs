@@ -1,8 +1,10 @@
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
+using RabbitMQ.Client;
 using System.Net;
 using System.Net.Http.Json;
 
@@ -91,6 +93,62 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Single(accepted.Select(a => a.JobId).Distinct());
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task Concurrent_submissions_repeating_each_other_create_one_job_per_business_id_and_publish_each_once()
+    {
+        var factory = new ConnectionFactory
+        {
+            HostName = fixture.Servers.RabbitHost,
+            Port = fixture.Servers.RabbitPort,
+            VirtualHost = fixture.VirtualHost,
+            UserName = fixture.Servers.RabbitUser,
+            Password = fixture.Servers.RabbitPassword,
+        };
+        await using var connection = await factory.CreateConnectionAsync();
+        await using var channel = await connection.CreateChannelAsync();
+        const string exchange = "Conveyor.Contracts.Payments:ChargePayment";
+        await channel.ExchangeDeclareAsync(exchange, ExchangeType.Fanout, durable: true, autoDelete: false);
+        var queue = await channel.QueueDeclareAsync();
+        await channel.QueueBindAsync(queue.QueueName, exchange, routingKey: "");
+
+        // Ten payments, each sent four times at once: twice without a key, twice each with a key of its own.
+        var submissions = Enumerable.Range(0, 10)
+            .Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))
+            .SelectMany(json => new[] { (json, (string?)null), (json, null), (json, $"order-{Guid.NewGuid()}"), (json, $"order-{Guid.NewGuid()}") })
+            .OrderBy(_ => Random.Shared.Next())
+            .ToList();
+        var accepted = await Task.WhenAll(submissions.Select(s => AcceptAsync(JobKinds.ChargePayment, s.Item1, s.Item2)));
+
+        var jobsPerPayment = submissions.Zip(accepted).GroupBy(pair => pair.First.Item1, pair => pair.Second.JobId).ToList();
+        Assert.All(jobsPerPayment, payment => Assert.Single(payment.Distinct()));
+        Assert.Equal(10, jobsPerPayment.Select(p => p.First()).Distinct().Count());
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(10, await db.Jobs.CountAsync());
+        }
+
+        // Every 202 came after its job's one publish was confirmed, so the queue holds them all by now.
+        Assert.Equal(10u, await channel.MessageCountAsync(queue.QueueName));
+    }
+
+    [Fact]
+    public async Task Repeated_scheduled_submission_returns_the_same_job_and_stores_one_command()
+    {
+        var key = $"order-{Guid.NewGuid()}";
+        var json = JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1));
+
+        var first = await AcceptAsync(JobKinds.ChargePayment, json, key);
+        var again = await AcceptAsync(JobKinds.ChargePayment, json, key);
+        var withoutKey = await AcceptAsync(JobKinds.ChargePayment, json);
+
+        Assert.Equal(first.JobId, again.JobId);
+        Assert.Equal(first.JobId, withoutKey.JobId);
+        Assert.Equal(JobStatus.Scheduled, again.Status);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+        Assert.Equal(1, await db.ScheduledMessages.CountAsync());
     }
 
     private async Task<JobAccepted> AcceptAsync(string kind, string json, string? idempotencyKey = null)

@@ -1,0 +1,186 @@
+using System.Threading.Channels;
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using Npgsql;
+
+namespace Conveyor.Api.Jobs;
+
+/// <summary>
+/// Inserts the rows of new jobs, committed before <see cref="TryInsertAsync"/> returns, with group
+/// commit: submissions that arrive while the database is busy with earlier ones wait for the next
+/// batch, which inserts them all with one <c>INSERT … ON CONFLICT DO NOTHING</c> in one transaction
+/// (one round trip, one WAL flush). A lone submission goes at once, in a batch of one.
+/// </summary>
+/// <remarks>
+/// <para>
+/// A row that conflicts on a unique key (the Idempotency-Key; the kind and business key) with a
+/// committed job, or with an earlier row of its own batch, is not inserted and answers false.
+/// PostgreSQL first waits for a concurrent insert of the same key to commit or roll back, so false
+/// means the other row is committed and can be read.
+/// </para>
+/// <para>
+/// Plain Npgsql, not EF Core: a context, the change tracker and SaveChanges cost more CPU than the
+/// insert itself, and EF Core cannot say ON CONFLICT. The statement takes arrays, so it is one
+/// prepared statement whatever the batch size, and the connection string is the one EF Core is given:
+/// both draw on the same Npgsql pool.
+/// </para>
+/// </remarks>
+internal sealed class JobRows : IAsyncDisposable
+{
+    /// <summary>Batches written at once; each holds a pooled connection while it runs.</summary>
+    private const int ConcurrentBatches = 2;
+
+    private const int MaxBatchSize = 128;
+
+    private const string InsertSql = """
+        INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, created_at, updated_at)
+        SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, created_at, updated_at
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[])
+               AS row (id, kind, business_key, status, idempotency_key, request_hash, created_at, updated_at)
+        ON CONFLICT DO NOTHING
+        RETURNING id
+        """;
+
+    private readonly string _connectionString;
+    private readonly Channel<PendingRow> _pending = Channel.CreateUnbounded<PendingRow>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly SemaphoreSlim _batchSlots = new(ConcurrentBatches, ConcurrentBatches);
+    private readonly Task _dispatcher;
+
+    public JobRows(IConfiguration configuration)
+    {
+        _connectionString = configuration.GetConnectionString(StorageServiceCollectionExtensions.ConnectionStringName)
+            ?? throw new InvalidOperationException($"ConnectionStrings:{StorageServiceCollectionExtensions.ConnectionStringName} is not set.");
+
+        // The batches belong to no request: keep the first caller's trace (and anything else in its
+        // execution context) out of them.
+        using (ExecutionContext.SuppressFlow())
+        {
+            _dispatcher = Task.Run(DispatchAsync);
+        }
+    }
+
+    /// <summary>
+    /// True when the row was inserted and committed; false when a job with one of its unique keys
+    /// exists. Once queued, the row's fate is not left to the request's cancellation: the caller
+    /// always learns whether it was written, and so can remove it again.
+    /// </summary>
+    public async Task<bool> TryInsertAsync(Job job, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var row = new PendingRow(job);
+        ObjectDisposedException.ThrowIf(!_pending.Writer.TryWrite(row), this);
+
+        var (inserted, failure) = await row.Outcome.Task;
+        return failure is null
+            ? inserted
+            : throw new NpgsqlException("Inserting the job row failed.", failure);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _pending.Writer.TryComplete();
+        await _dispatcher;
+        // Wait for the batches still running.
+        for (var slot = 0; slot < ConcurrentBatches; slot++)
+        {
+            await _batchSlots.WaitAsync();
+        }
+
+        _batchSlots.Dispose();
+    }
+
+    /// <summary>Whenever a batch slot is free, takes every row waiting (up to a batch) and writes them.</summary>
+    private async Task DispatchAsync()
+    {
+        var reader = _pending.Reader;
+        while (await reader.WaitToReadAsync())
+        {
+            await _batchSlots.WaitAsync();
+            var batch = new List<PendingRow>();
+            while (batch.Count < MaxBatchSize && reader.TryRead(out var row))
+            {
+                batch.Add(row);
+            }
+
+            _ = WriteAsync(batch);
+        }
+    }
+
+    private async Task WriteAsync(List<PendingRow> batch)
+    {
+        try
+        {
+            HashSet<Guid> inserted;
+            try
+            {
+                inserted = await InsertAsync(batch);
+            }
+            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DeadlockDetected && batch.Count > 1)
+            {
+                // Two batches (of this replica or another) each hold a key the other waits for. Rows
+                // one by one cannot hold one key while waiting for another.
+                inserted = [];
+                foreach (var row in batch)
+                {
+                    inserted.UnionWith(await InsertAsync([row]));
+                }
+            }
+
+            foreach (var row in batch)
+            {
+                row.Outcome.TrySetResult((inserted.Contains(row.Job.Id), null));
+            }
+        }
+        catch (Exception ex)
+        {
+            foreach (var row in batch)
+            {
+                row.Outcome.TrySetResult((false, ex));
+            }
+        }
+        finally
+        {
+            _batchSlots.Release();
+        }
+    }
+
+    /// <summary>The ids of the rows inserted; the others conflicted.</summary>
+    private async Task<HashSet<Guid>> InsertAsync(List<PendingRow> batch)
+    {
+        var jobs = batch.ConvertAll(row => row.Job);
+        await using var connection = new NpgsqlConnection(_connectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(InsertSql, connection)
+        {
+            Parameters =
+            {
+                new NpgsqlParameter<Guid[]> { TypedValue = [.. jobs.Select(j => j.Id)] },
+                new NpgsqlParameter<string[]> { TypedValue = [.. jobs.Select(j => j.Kind)] },
+                new NpgsqlParameter<string[]> { TypedValue = [.. jobs.Select(j => j.BusinessKey)] },
+                new NpgsqlParameter<string[]> { TypedValue = [.. jobs.Select(j => j.Status)] },
+                new NpgsqlParameter<string?[]> { TypedValue = [.. jobs.Select(j => j.IdempotencyKey)] },
+                new NpgsqlParameter<string?[]> { TypedValue = [.. jobs.Select(j => j.RequestHash)] },
+                new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.CreatedAt)] },
+                new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.UpdatedAt)] },
+            },
+        };
+        await command.PrepareAsync();
+        var inserted = new HashSet<Guid>();
+        await using var reader = await command.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+            inserted.Add(reader.GetGuid(0));
+        }
+
+        return inserted;
+    }
+
+    private sealed class PendingRow(Job job)
+    {
+        public Job Job { get; } = job;
+
+        /// <summary>Completed off the batch's thread, so one request's continuation never delays the rest.</summary>
+        public TaskCompletionSource<(bool Inserted, Exception? Failure)> Outcome { get; } =
+            new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+}
