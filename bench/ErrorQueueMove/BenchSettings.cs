@@ -4,10 +4,12 @@ using Conveyor.ServiceDefaults;
 namespace Conveyor.Bench.ErrorQueueMove;
 
 /// <summary>
-/// <c>--messages 50000 --size 1024 --runs 5</c>; the broker from the same <c>RabbitMq__*</c> variables as
+/// <c>--messages 50000 --size 1024 --runs 5 [--prefetch 1000,5000]</c> (prefetch: Conveyor's
+/// <see cref="Conveyor.Api.ErrorQueues.ErrorQueueOptions.Prefetch"/>, one variant per value; default the
+/// option's default); the broker from the same <c>RabbitMq__*</c> variables as
 /// the services (<c>eval "$(scripts/services.sh env)"</c>).
 /// </summary>
-public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, RabbitMqOptions Broker)
+public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, IReadOnlyList<int> Prefetches, RabbitMqOptions Broker)
 {
     public static BenchSettings From(string[] args, Func<string, string?> environment)
     {
@@ -29,6 +31,9 @@ public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, Rabbit
             Password = environment("RabbitMq__Password") ?? "guest",
             ConnectTimeoutSeconds = 30,
         };
-        return new BenchSettings(Option("messages", 50_000), Option("size", 1024), Option("runs", 5), broker);
+        IReadOnlyList<int> prefetches = options.TryGetValue("prefetch", out var list)
+            ? [.. list.Split(',').Select(p => int.Parse(p, CultureInfo.InvariantCulture))]
+            : [new Conveyor.Api.ErrorQueues.ErrorQueueOptions().Prefetch];
+        return new BenchSettings(Option("messages", 50_000), Option("size", 1024), Option("runs", 5), prefetches, broker);
     }
 }

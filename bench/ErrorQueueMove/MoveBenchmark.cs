@@ -49,33 +49,59 @@ public static class MoveBenchmark
                 new Uri($"permissions/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(broker.Username)}", UriKind.Relative),
                 new { configure = ".*", write = ".*", read = ".*" })).EnsureSuccessStatusCode();
             await using var connection = await ErrorQueueBroker.ConnectAsync(broker, "bench", CancellationToken.None);
-            var ours = new List<double>();
-            var shovel = new List<double>();
+            var cpu = new CpuClock(await BrokerPidAsync(management));
+            var methods = new List<Method> { new("shovel", null) };
+            methods.AddRange(settings.Prefetches.Select(prefetch => new Method("conveyor", prefetch)));
+            var results = methods.ToDictionary(m => m, _ => new List<Measured>());
+
+            // Not measured: loads the walker's code (JIT) and the shovel plugin's once, as a running Api
+            // and broker have them.
+            foreach (var method in methods)
+            {
+                await MeasureAsync(connection, management, broker, vhost, cpu, method, "warmup", settings with { Messages = Math.Min(settings.Messages, 2000) });
+            }
+
             for (var round = 1; round <= settings.Runs; round++)
             {
-                var oursFirst = round % 2 == 1;
-                foreach (var method in oursFirst ? new[] { "conveyor", "shovel" } : ["shovel", "conveyor"])
+                // Each method goes first equally often.
+                var order = methods.Skip(round % methods.Count).Concat(methods.Take(round % methods.Count)).ToList();
+                foreach (var method in order)
                 {
-                    var queue = $"bench-{round}-{method}";
-                    await FillAsync(connection, queue, settings);
-                    var rate = method == "conveyor"
-                        ? await MoveWithConveyorAsync(connection, broker, queue, settings.Messages)
-                        : await MoveWithShovelAsync(connection, management, vhost, queue, settings.Messages);
-                    (method == "conveyor" ? ours : shovel).Add(rate);
-                    Console.WriteLine($"  round {round}: {method,-8} {rate,9:N0} msg/s");
-                    await using var cleanup = await connection.CreateChannelAsync();
-                    await cleanup.QueueDeleteAsync(queue);
-                    await cleanup.QueueDeleteAsync(queue + ErrorQueueNames.ErrorSuffix);
+                    var measured = await MeasureAsync(connection, management, broker, vhost, cpu, method, $"{round}", settings);
+                    results[method].Add(measured);
+                    Console.WriteLine($"  round {round}: {method.Name,-20} {measured.Rate,9:N0} msg/s   CPU per message: bench process {measured.ClientMicroseconds,5:N0} µs, broker {measured.BrokerMicroseconds?.ToString("N0", CultureInfo.InvariantCulture) ?? "?",5} µs");
                 }
             }
 
-            Print(ours, shovel, settings);
+            Print(methods, results, settings);
             return 0;
         }
         finally
         {
             await management.DeleteAsync(new Uri($"vhosts/{Uri.EscapeDataString(vhost)}", UriKind.Relative));
         }
+    }
+
+    private static async Task<Measured> MeasureAsync(
+        IConnection connection, HttpClient management, RabbitMqOptions broker, string vhost, CpuClock cpu, Method method, string round, BenchSettings settings)
+    {
+        var queue = $"bench-{round}-{method.Kind}-{method.Prefetch}";
+        await FillAsync(connection, queue, settings);
+        var before = cpu.Now();
+        var rate = method.Prefetch is { } prefetch
+            ? await MoveWithConveyorAsync(connection, broker, queue, prefetch, settings.Messages)
+            : await MoveWithShovelAsync(connection, management, vhost, queue, settings.Messages);
+        var after = cpu.Now();
+        await using (var cleanup = await connection.CreateChannelAsync())
+        {
+            await cleanup.QueueDeleteAsync(queue);
+            await cleanup.QueueDeleteAsync(queue + ErrorQueueNames.ErrorSuffix);
+        }
+
+        return new Measured(
+            rate,
+            (after.Ours - before.Ours).TotalMicroseconds / settings.Messages,
+            after.Broker - before.Broker is { } brokerCpu ? brokerCpu.TotalMicroseconds / settings.Messages : null);
     }
 
     /// <summary>Puts N dead-letter-like messages (MassTransit fault headers, 1 KiB body) into queue_error.</summary>
@@ -116,9 +142,9 @@ public static class MoveBenchmark
         await Task.WhenAll(pending);
     }
 
-    private static async Task<double> MoveWithConveyorAsync(IConnection connection, RabbitMqOptions broker, string queue, int messages)
+    private static async Task<double> MoveWithConveyorAsync(IConnection connection, RabbitMqOptions broker, string queue, int prefetch, int messages)
     {
-        var options = new ErrorQueueOptions();
+        var options = new ErrorQueueOptions { Prefetch = prefetch };
         var stopwatch = Stopwatch.StartNew();
         await using (var own = await ErrorQueueBroker.ConnectAsync(broker, "bench-move", CancellationToken.None))
         {
@@ -176,17 +202,51 @@ public static class MoveBenchmark
         }
     }
 
-    private static void Print(List<double> ours, List<double> shovel, BenchSettings settings)
+    /// <summary>The broker's OS process id, from the management API (null if it does not say).</summary>
+    private static async Task<int?> BrokerPidAsync(HttpClient management)
     {
-        var oursMedian = Median(ours);
-        var shovelMedian = Median(shovel);
-        Console.WriteLine();
-        Console.WriteLine($"| {settings.Messages:N0} × {settings.BodyBytes} B, {settings.Runs} rounds | median msg/s | min | max |");
-        Console.WriteLine("|---|---:|---:|---:|");
-        Console.WriteLine($"| Conveyor move (QueueWalker, prefetch 1000, confirms) | {oursMedian:N0} | {ours.Min():N0} | {ours.Max():N0} |");
-        Console.WriteLine($"| RabbitMQ shovel \"move messages\" (on-confirm) | {shovelMedian:N0} | {shovel.Min():N0} | {shovel.Max():N0} |");
-        Console.WriteLine($"Ratio Conveyor / shovel (medians): {oursMedian / shovelMedian:F2}");
+        using var nodes = System.Text.Json.JsonDocument.Parse(await management.GetStringAsync(new Uri("nodes", UriKind.Relative)));
+        return nodes.RootElement.EnumerateArray().Select(node => node.TryGetProperty("os_pid", out var pid)
+                && int.TryParse(pid.GetString(), NumberStyles.None, CultureInfo.InvariantCulture, out var value) ? value : (int?)null)
+            .FirstOrDefault();
     }
+
+    private static void Print(List<Method> methods, Dictionary<Method, List<Measured>> results, BenchSettings settings)
+    {
+        var shovel = results[methods[0]];
+        Console.WriteLine();
+        Console.WriteLine($"| {settings.Messages:N0} × {settings.BodyBytes} B, {settings.Runs} rounds | median msg/s | min | max | CPU µs/msg, bench process | CPU µs/msg, broker |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        foreach (var method in methods.Skip(1))
+        {
+            Console.WriteLine($"| Conveyor move (QueueWalker, prefetch {method.Prefetch}, confirms) | {Row(results[method])} |");
+        }
+
+        Console.WriteLine($"| RabbitMQ shovel \"move messages\" (on-confirm) | {Row(shovel)} |");
+        foreach (var method in methods.Skip(1))
+        {
+            var ours = results[method];
+            var perRound = ours.Zip(shovel, (o, s) => o.Rate / s.Rate).ToList();
+            var label = methods.Count > 2 ? $" (prefetch {method.Prefetch})" : "";
+            Console.WriteLine($"Ratio Conveyor / shovel (medians){label}: {Median([.. ours.Select(m => m.Rate)]) / Median([.. shovel.Select(m => m.Rate)]):F2}");
+            Console.WriteLine($"  per round: {string.Join(", ", perRound.Select(r => r.ToString("F2", CultureInfo.InvariantCulture)))} (median {Median(perRound):F2})");
+        }
+    }
+
+    private static string Row(List<Measured> runs)
+    {
+        var rates = runs.Select(m => m.Rate).ToList();
+        var broker = runs.Where(m => m.BrokerMicroseconds is not null).Select(m => m.BrokerMicroseconds!.Value).ToList();
+        return $"{Median(rates):N0} | {rates.Min():N0} | {rates.Max():N0} | {Median([.. runs.Select(m => m.ClientMicroseconds)]):N0} | {(broker.Count > 0 ? Median(broker).ToString("N0", CultureInfo.InvariantCulture) : "?")}";
+    }
+
+    /// <summary>The shovel (no prefetch) or Conveyor's move with a prefetch.</summary>
+    private sealed record Method(string Kind, int? Prefetch)
+    {
+        public string Name => Prefetch is { } prefetch ? $"{Kind} (prefetch {prefetch})" : Kind;
+    }
+
+    private sealed record Measured(double Rate, double ClientMicroseconds, double? BrokerMicroseconds);
 
     private static double Median(List<double> values)
     {

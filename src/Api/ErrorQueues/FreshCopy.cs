@@ -1,6 +1,7 @@
+using System.Buffers;
 using System.Globalization;
+using System.Text;
 using System.Text.Json;
-using System.Text.Json.Nodes;
 using RabbitMQ.Client;
 
 namespace Conveyor.Api.ErrorQueues;
@@ -29,12 +30,13 @@ public static class FreshCopy
 
     public static BasicProperties Build(IReadOnlyBasicProperties original, FaultedMessage message, string fromQueue, Guid? operationId)
     {
-        var headers = new Dictionary<string, object?>(StringComparer.Ordinal);
+        // Room for the headers added here and the publish sequence number the walker adds.
+        var headers = new Dictionary<string, object?>((original.Headers?.Count ?? 0) + 4, StringComparer.Ordinal);
         if (original.Headers is not null)
         {
             foreach (var (name, value) in original.Headers)
             {
-                if (!StrippedPrefixes.Any(prefix => name.StartsWith(prefix, StringComparison.OrdinalIgnoreCase)))
+                if (!IsStripped(name))
                 {
                     headers[name] = value;
                 }
@@ -73,33 +75,75 @@ public static class FreshCopy
     /// <summary>The earlier history plus this fault, newest last, at most <see cref="HistoryLength"/> entries; null when there is nothing to record.</summary>
     public static string? History(FaultedMessage message)
     {
-        var entries = new List<JsonNode>();
-        if (message.FaultHistory is { } earlier)
+        var hasFault = message.ExceptionType is not null || message.ExceptionMessage is not null;
+        using var earlier = Parse(message.FaultHistory);
+        var entries = earlier is null ? [] : earlier.RootElement.EnumerateArray().Where(e => e.ValueKind == JsonValueKind.Object).ToList();
+        if (entries.Count == 0 && !hasFault)
         {
-            try
+            return null;
+        }
+
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartArray();
+            foreach (var entry in entries.Skip(Math.Max(0, entries.Count + (hasFault ? 1 : 0) - HistoryLength)))
             {
-                if (JsonNode.Parse(earlier) is JsonArray array)
-                {
-                    entries.AddRange(array.OfType<JsonObject>().Select(entry => entry.DeepClone()));
-                }
+                entry.WriteTo(writer);
             }
-            catch (JsonException)
+
+            if (hasFault)
             {
-                // A mangled history is dropped rather than carried along.
+                var text = message.ExceptionMessage ?? "";
+                writer.WriteStartObject();
+                writer.WriteString("exceptionType"u8, message.ExceptionType);
+                writer.WriteString("message"u8, text.Length > HistoryMessageChars ? text.AsSpan(0, HistoryMessageChars) : text);
+                writer.WriteString("faultedAt"u8, message.FaultedAt?.ToString("O", CultureInfo.InvariantCulture));
+                writer.WriteEndObject();
+            }
+
+            writer.WriteEndArray();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    /// <summary>A mangled history is dropped rather than carried along.</summary>
+    private static JsonDocument? Parse(string? history)
+    {
+        if (history is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            var document = JsonDocument.Parse(history);
+            if (document.RootElement.ValueKind == JsonValueKind.Array)
+            {
+                return document;
+            }
+
+            document.Dispose();
+        }
+        catch (JsonException)
+        {
+            // Dropped.
+        }
+
+        return null;
+    }
+
+    private static bool IsStripped(string name)
+    {
+        foreach (var prefix in StrippedPrefixes)
+        {
+            if (name.StartsWith(prefix, StringComparison.OrdinalIgnoreCase))
+            {
+                return true;
             }
         }
 
-        if (message.ExceptionType is not null || message.ExceptionMessage is not null)
-        {
-            var text = message.ExceptionMessage ?? "";
-            entries.Add(new JsonObject
-            {
-                ["exceptionType"] = message.ExceptionType,
-                ["message"] = text.Length > HistoryMessageChars ? text[..HistoryMessageChars] : text,
-                ["faultedAt"] = message.FaultedAt?.ToString("O", CultureInfo.InvariantCulture),
-            });
-        }
-
-        return entries.Count == 0 ? null : new JsonArray([.. entries.TakeLast(HistoryLength)]).ToJsonString();
+        return false;
     }
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Threading.Channels;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
@@ -86,6 +87,13 @@ public sealed record WalkPlan(string Queue, long MaxExamine, ErrorQueueOptions O
 /// messages stay unacknowledged on that channel) and consumes on a fresh channel, whose window is
 /// empty. Memory stays bounded: per kept message only a count; bodies only for copies awaiting a
 /// confirm (bounded by the window and by <see cref="ErrorQueueOptions.MaxPendingBytes"/>).</para>
+/// <para>Confirms are tracked here, not by the client library: each copy carries its publish
+/// sequence number (the header the library itself uses, so a <c>basic.return</c> names the copy it
+/// returns), and one event loop reads deliveries, confirms, returns and channel closures in the order
+/// they arrived. The library's own tracking costs a task, a dictionary entry and a thread-pool
+/// continuation per message and copies its whole table of outstanding confirms on every
+/// <c>multiple</c> confirm; on a two-core machine shared with the broker that CPU came straight out
+/// of the broker's share (ADR 0002).</para>
 /// <para>At most <see cref="WalkPlan.MaxExamine"/> messages are examined (the depth at the start), so
 /// messages that fail again during a move, or arrive later, are left for the next walk.</para>
 /// <para>A crash at any point leaves unacknowledged originals, which the broker requeues when the
@@ -94,6 +102,9 @@ public sealed record WalkPlan(string Queue, long MaxExamine, ErrorQueueOptions O
 /// </remarks>
 public sealed class QueueWalker
 {
+    /// <summary>The header carrying a copy's publish sequence number; the client library's own name for it.</summary>
+    public const string SequenceHeader = Constants.PublishSequenceNumberHeader;
+
     /// <summary>Idle checks in a row, with messages ready that never arrive, before a walk gives up.</summary>
     private const int MaxIdleChecks = 30;
 
@@ -102,15 +113,23 @@ public sealed class QueueWalker
     private readonly WalkVisitor _visitor;
     private readonly WalkProgress _progress;
     private readonly TimeProvider _time;
-    private readonly Channel<Taken> _taken = Channel.CreateUnbounded<Taken>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly Channel<WalkEvent> _events = Channel.CreateUnbounded<WalkEvent>(new UnboundedChannelOptions { SingleReader = true });
+
+    /// <summary>Deliveries read while waiting for confirms; they are decided before anything newer.</summary>
+    private readonly Queue<WalkEvent> _deferred = new();
     private readonly List<Lane> _lanes = [];
-    private readonly Queue<Pending> _pending = new();
+    private readonly ConfirmWindow _window = new();
+    private readonly List<Forwarded> _run = [];
     private ushort _prefetch = 1;
     private int _rotateAt = 1;
     private Lane? _current;
     private IChannel? _publisher;
-    private Task<bool>? _nextItem;
-    private long _pendingBytes;
+    private bool _closingPublisher;
+
+    /// <summary>Set when a return cannot be matched to its copy: from then on no original is acknowledged.</summary>
+    private bool _settlingStopped;
+    private string? _publisherClosed;
+    private CancellationTokenSource? _waitTimer;
     private long _actions;
     private long _rateStart;
     private long? _left;
@@ -142,12 +161,7 @@ public sealed class QueueWalker
             {
                 if (_visitor.Publishes)
                 {
-                    _publisher = await _connection.CreateChannelAsync(
-                        new CreateChannelOptions(
-                            publisherConfirmationsEnabled: true,
-                            publisherConfirmationTrackingEnabled: true,
-                            outstandingPublisherConfirmationsRateLimiter: new ThrottlingRateLimiter(_prefetch * 2)),
-                        cancellationToken);
+                    await OpenPublisherAsync(cancellationToken);
                 }
 
                 _rateStart = _time.GetTimestamp();
@@ -180,10 +194,10 @@ public sealed class QueueWalker
                 await RotateAsync(cancellationToken);
             }
 
-            if (!_taken.Reader.TryRead(out var item))
+            if (!TryTakeDelivery(out var item))
             {
-                await SettleAsync(waitForAll: false, waitForHead: false, cancellationToken);
-                if (await WaitForWorkAsync(cancellationToken))
+                await SettleAsync();
+                if (await WaitForEventAsync(TimeSpan.FromMilliseconds(_plan.Options.IdleCheckMilliseconds), cancellationToken))
                 {
                     idleChecks = 0;
                     continue;
@@ -200,12 +214,8 @@ public sealed class QueueWalker
                 continue;
             }
 
-            if (item.Shutdown is { } reason)
-            {
-                throw new WalkInterruptedException($"The broker closed a channel of the walk: {reason}");
-            }
-
             _progress.CountExamined();
+            var lane = item.Lane!;
             var (action, copy) = item.Message is null
                 ? (WalkAction.Keep, null)
                 : _visitor.Decide(item.Message, item.Inspection);
@@ -213,133 +223,234 @@ public sealed class QueueWalker
             {
                 case WalkAction.Forward when copy is not null && _publisher is not null:
                     await PaceAsync(cancellationToken);
-                    Forward(item, copy);
-                    if (_pending.Count >= _prefetch || _pendingBytes >= _plan.Options.MaxPendingBytes)
-                    {
-                        await SettleAsync(waitForAll: false, waitForHead: true, cancellationToken);
-                    }
-                    else if (_pending.Peek().Publish.IsCompleted)
-                    {
-                        // Acknowledge as confirms arrive, so the broker keeps the window full instead of
-                        // stopping and starting a window at a time.
-                        await SettleAsync(waitForAll: false, waitForHead: false, cancellationToken);
-                    }
-
+                    await ForwardAsync(lane, item.Tag, item.Message!, copy);
+                    await WaitForRoomAsync(cancellationToken);
                     break;
 
                 case WalkAction.Remove:
                     await PaceAsync(cancellationToken);
-                    await item.Lane.Channel.BasicAckAsync(item.Tag, multiple: false, CancellationToken.None);
-                    item.Lane.Acked++;
+                    await lane.Channel.BasicAckAsync(item.Tag, multiple: false, CancellationToken.None);
+                    lane.Acked++;
                     _visitor.Completed(item.Message!, WalkOutcome.Removed, null, null);
                     break;
 
                 default:
-                    item.Lane.Kept++;
+                    lane.Kept++;
                     break;
+            }
+
+            // Acknowledge as confirms arrive, so the broker keeps the window full instead of stopping
+            // and starting a window at a time.
+            if (_window.HeadResolved)
+            {
+                await SettleAsync();
             }
         }
     }
 
-    private void Forward(Taken item, ForwardCopy copy)
+    /// <summary>Publishes a copy; its original waits in the window for the copy's confirm.</summary>
+    private async Task ForwardAsync(Lane lane, ulong tag, FaultedMessage message, ForwardCopy copy)
     {
-        Task publish;
+        var publisher = _publisher!;
         try
         {
-            publish = _publisher!.BasicPublishAsync(string.Empty, copy.Target, mandatory: true, copy.Properties, copy.Body, CancellationToken.None).AsTask();
-        }
-        catch (Exception exception)
-        {
-            publish = Task.FromException(exception);
-        }
+            var sequence = await publisher.GetNextPublishSequenceNumberAsync(CancellationToken.None);
+            if (_window.Count > 0 && sequence != _window.NextSequence)
+            {
+                // Never guess which copy a confirm is for.
+                lane.Kept++;
+                _visitor.Completed(message, WalkOutcome.ForwardFailed, copy.Target, "Not published: publish sequence out of step.");
+                throw new WalkInterruptedException($"Publish sequence {sequence} out of step (expected {_window.NextSequence}); stopped.");
+            }
 
-        _pending.Enqueue(new Pending(item, copy.Target, copy.Body.Length, publish));
-        _pendingBytes += copy.Body.Length;
+            var headers = copy.Properties.Headers ??= new Dictionary<string, object?>(StringComparer.Ordinal);
+            headers[SequenceHeader] = (long)sequence;
+            await publisher.BasicPublishAsync(string.Empty, copy.Target, mandatory: true, copy.Properties, copy.Body, CancellationToken.None);
+            _window.Add(sequence, new Forwarded(lane, tag, message, copy.Target, copy.Body.Length));
+        }
+        catch (Exception exception) when (exception is not WalkInterruptedException)
+        {
+            // Not published: the original stays.
+            lane.Kept++;
+            _visitor.Completed(message, WalkOutcome.ForwardFailed, copy.Target, exception.Message);
+            if (!publisher.IsOpen)
+            {
+                throw new WalkInterruptedException($"The broker closed the publishing channel of the walk: {_publisherClosed ?? exception.Message}");
+            }
+        }
     }
 
     /// <summary>
-    /// Acknowledges the originals whose copies are confirmed, oldest first. A lane that keeps no
-    /// message can acknowledge a run with one <c>multiple</c> ack; otherwise each is acknowledged alone,
-    /// since <c>multiple</c> would also take the kept messages with lower delivery tags.
+    /// Waits while the copies awaiting a confirm fill the window or the byte budget. Deliveries read
+    /// meanwhile wait their turn. No confirm within the timeout counts as a failure: the original
+    /// stays (released with the kept ones), and the copy may still arrive, which leaves a duplicate,
+    /// never a loss.
     /// </summary>
-    private async Task SettleAsync(bool waitForAll, bool waitForHead, CancellationToken cancellationToken)
+    private async Task WaitForRoomAsync(CancellationToken cancellationToken)
     {
-        var confirmed = new List<Pending>();
-        while (_pending.TryPeek(out var head))
+        while (_window.Count >= _prefetch || _window.Bytes >= _plan.Options.MaxPendingBytes)
         {
-            if (!head.Publish.IsCompleted)
+            if (_window.HeadResolved)
             {
-                if (!waitForAll && !(waitForHead && confirmed.Count == 0))
-                {
-                    break;
-                }
-
-                await WaitQuietlyAsync(head.Publish, TimeSpan.FromSeconds(_plan.Options.ConfirmTimeoutSeconds), cancellationToken);
+                await SettleAsync();
             }
-
-            // No confirm in time counts as a failure: the original stays (released with the kept
-            // ones), and the copy may still arrive, which leaves a duplicate, never a loss.
-            _pending.Dequeue();
-            _pendingBytes -= head.Bytes;
-            if (head.Publish.IsCompletedSuccessfully)
+            else if (!DrainControlEvents() && !await WaitForEventAsync(TimeSpan.FromSeconds(_plan.Options.ConfirmTimeoutSeconds), cancellationToken))
             {
-                confirmed.Add(head);
+                _window.FailHead("The broker did not confirm the copy in time.");
             }
-            else
-            {
-                head.Item.Lane.Kept++;
-                _visitor.Completed(head.Item.Message!, WalkOutcome.ForwardFailed, head.Target, Describe(head.Publish.Exception?.InnerException));
-            }
-        }
-
-        var index = 0;
-        while (index < confirmed.Count)
-        {
-            var lane = confirmed[index].Item.Lane;
-            var end = index;
-            while (end + 1 < confirmed.Count && confirmed[end + 1].Item.Lane == lane)
-            {
-                end++;
-            }
-
-            lane.Acked += end - index + 1;
-            if (lane.Kept == 0)
-            {
-                await lane.Channel.BasicAckAsync(confirmed[end].Item.Tag, multiple: true, CancellationToken.None);
-            }
-            else
-            {
-                for (var i = index; i <= end; i++)
-                {
-                    await lane.Channel.BasicAckAsync(confirmed[i].Item.Tag, multiple: false, CancellationToken.None);
-                }
-            }
-
-            for (var i = index; i <= end; i++)
-            {
-                _visitor.Completed(confirmed[i].Item.Message!, WalkOutcome.Forwarded, confirmed[i].Target, null);
-            }
-
-            index = end + 1;
         }
     }
 
-    /// <summary>Waits for a delivery, for the oldest outstanding confirm, or for an idle period; false = idle.</summary>
-    private async Task<bool> WaitForWorkAsync(CancellationToken cancellationToken)
+    /// <summary>The next delivery to decide; confirms and returns read on the way are applied.</summary>
+    private bool TryTakeDelivery(out WalkEvent delivery)
     {
-        _nextItem ??= _taken.Reader.WaitToReadAsync(CancellationToken.None).AsTask();
-        using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var timer = Task.Delay(TimeSpan.FromMilliseconds(_plan.Options.IdleCheckMilliseconds), _time, idle.Token);
-        var waits = _pending.TryPeek(out var head) ? new[] { _nextItem, head.Publish, timer } : [_nextItem, timer];
-        var first = await Task.WhenAny(waits);
-        await idle.CancelAsync();
-        cancellationToken.ThrowIfCancellationRequested();
-        if (_nextItem.IsCompleted)
+        if (_deferred.TryDequeue(out delivery))
         {
-            _nextItem = null;
+            return true;
         }
 
-        return first != timer;
+        while (_events.Reader.TryRead(out delivery))
+        {
+            if (delivery.Kind == WalkEventKind.Delivery)
+            {
+                return true;
+            }
+
+            Apply(delivery);
+        }
+
+        return false;
+    }
+
+    /// <summary>Applies every event already arrived, putting deliveries aside; false when there was none.</summary>
+    private bool DrainControlEvents()
+    {
+        var any = false;
+        while (_events.Reader.TryRead(out var item))
+        {
+            any = true;
+            if (item.Kind == WalkEventKind.Delivery)
+            {
+                _deferred.Enqueue(item);
+            }
+            else
+            {
+                Apply(item);
+            }
+        }
+
+        return any;
+    }
+
+    private void Apply(WalkEvent item)
+    {
+        switch (item.Kind)
+        {
+            case WalkEventKind.Ack:
+                _window.Confirm(item.Tag, item.Multiple);
+                break;
+            case WalkEventKind.Nack:
+                _window.Fail(item.Tag, item.Multiple, "The broker refused the copy (nack).");
+                break;
+            case WalkEventKind.Return:
+                // The broker sends a return before the confirm of the same copy; the failure sticks.
+                _window.Return(item.Tag, item.Text!);
+                break;
+            case WalkEventKind.UnknownReturn:
+                // Some copy went nowhere and nothing says which: acknowledge no more originals.
+                _settlingStopped = true;
+                throw new WalkInterruptedException($"The broker returned a copy that carries no publish sequence number: {item.Text}");
+            case WalkEventKind.PublisherClosed:
+                throw new WalkInterruptedException($"The broker closed the publishing channel of the walk: {item.Text}");
+            case WalkEventKind.LaneClosed:
+                throw new WalkInterruptedException($"The broker closed a channel of the walk: {item.Text}");
+        }
+    }
+
+    /// <summary>
+    /// Acknowledges the originals whose copies are confirmed, oldest first, and keeps those whose
+    /// copies failed. A run of confirmed originals on a lane that keeps no message is acknowledged
+    /// with one <c>multiple</c> ack; otherwise each alone, since <c>multiple</c> would also take the
+    /// kept messages with lower delivery tags.
+    /// </summary>
+    private async Task SettleAsync()
+    {
+        if (_settlingStopped)
+        {
+            return;
+        }
+
+        while (_window.TryTakeResolved(out var forwarded, out var failure))
+        {
+            if (failure is not null)
+            {
+                await AckRunAsync();
+                forwarded.Lane.Kept++;
+                _visitor.Completed(forwarded.Message, WalkOutcome.ForwardFailed, forwarded.Target, failure);
+            }
+            else if (forwarded.Lane.Kept > 0)
+            {
+                await AckRunAsync();
+                await forwarded.Lane.Channel.BasicAckAsync(forwarded.Tag, multiple: false, CancellationToken.None);
+                forwarded.Lane.Acked++;
+                _visitor.Completed(forwarded.Message, WalkOutcome.Forwarded, forwarded.Target, null);
+            }
+            else
+            {
+                if (_run.Count > 0 && _run[^1].Lane != forwarded.Lane)
+                {
+                    await AckRunAsync();
+                }
+
+                _run.Add(forwarded);
+            }
+        }
+
+        await AckRunAsync();
+    }
+
+    private async Task AckRunAsync()
+    {
+        if (_run.Count == 0)
+        {
+            return;
+        }
+
+        var lane = _run[^1].Lane;
+        await lane.Channel.BasicAckAsync(_run[^1].Tag, multiple: true, CancellationToken.None);
+        lane.Acked += _run.Count;
+        foreach (var forwarded in _run)
+        {
+            _visitor.Completed(forwarded.Message, WalkOutcome.Forwarded, forwarded.Target, null);
+        }
+
+        _run.Clear();
+    }
+
+    /// <summary>Waits for the next event, up to a timeout; false = none came.</summary>
+    private async Task<bool> WaitForEventAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        // One timer for many waits: re-armed each time, replaced only after it fired.
+        var timer = _waitTimer ??= CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timer.CancelAfter(timeout);
+        try
+        {
+            var more = await _events.Reader.WaitToReadAsync(timer.Token);
+            if (!timer.TryReset())
+            {
+                timer.Dispose();
+                _waitTimer = null;
+            }
+
+            return more;
+        }
+        catch (OperationCanceledException)
+        {
+            timer.Dispose();
+            _waitTimer = null;
+            cancellationToken.ThrowIfCancellationRequested();
+            return false;
+        }
     }
 
     private async Task PaceAsync(CancellationToken cancellationToken)
@@ -353,10 +464,61 @@ public sealed class QueueWalker
         var due = TimeSpan.FromSeconds(_actions++ / (double)rate) - _time.GetElapsedTime(_rateStart);
         if (due >= TimeSpan.FromMilliseconds(10))
         {
-            await SettleAsync(waitForAll: false, waitForHead: false, cancellationToken);
+            DrainControlEvents();
+            await SettleAsync();
             await Task.Delay(due, _time, cancellationToken);
         }
     }
+
+    private async Task OpenPublisherAsync(CancellationToken cancellationToken)
+    {
+        _publisher = await _connection.CreateChannelAsync(
+            new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: false),
+            cancellationToken);
+
+        // These run on the client's reader loop: hand over and return.
+        _publisher.BasicAcksAsync += (_, args) =>
+        {
+            _events.Writer.TryWrite(WalkEvent.Confirm(WalkEventKind.Ack, args.DeliveryTag, args.Multiple));
+            return Task.CompletedTask;
+        };
+        _publisher.BasicNacksAsync += (_, args) =>
+        {
+            _events.Writer.TryWrite(WalkEvent.Confirm(WalkEventKind.Nack, args.DeliveryTag, args.Multiple));
+            return Task.CompletedTask;
+        };
+        _publisher.BasicReturnAsync += (_, args) =>
+        {
+            var sequence = SequenceOf(args.BasicProperties.Headers);
+            var reason = $"The broker returned the copy: {args.ReplyText} (no queue '{args.RoutingKey}'?)";
+            _events.Writer.TryWrite(sequence is { } known
+                ? WalkEvent.Returned(known, reason)
+                : WalkEvent.Closed(WalkEventKind.UnknownReturn, null, reason));
+            return Task.CompletedTask;
+        };
+        _publisher.ChannelShutdownAsync += (_, args) =>
+        {
+            _publisherClosed = args.ReplyText;
+            if (!_closingPublisher)
+            {
+                _events.Writer.TryWrite(WalkEvent.Closed(WalkEventKind.PublisherClosed, null, args.ReplyText));
+            }
+
+            return Task.CompletedTask;
+        };
+    }
+
+    private static ulong? SequenceOf(IDictionary<string, object?>? headers) =>
+        headers is not null && headers.TryGetValue(SequenceHeader, out var value)
+            ? value switch
+            {
+                long number when number > 0 => (ulong)number,
+                int number when number > 0 => (ulong)number,
+                byte[] text when ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var number) => number,
+                string text when ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var number) => number,
+                _ => null,
+            }
+            : null;
 
     private async Task StartLaneAsync(CancellationToken cancellationToken)
     {
@@ -367,7 +529,7 @@ public sealed class QueueWalker
         {
             if (!lane.ClosingByUs)
             {
-                _taken.Writer.TryWrite(Taken.Closed(lane, args.ReplyText));
+                _events.Writer.TryWrite(WalkEvent.Closed(WalkEventKind.LaneClosed, lane, args.ReplyText));
             }
 
             return Task.CompletedTask;
@@ -391,7 +553,7 @@ public sealed class QueueWalker
             }
 
             Interlocked.Increment(ref lane.Delivered);
-            _taken.Writer.TryWrite(new Taken(lane, delivery.DeliveryTag, message, inspection, null));
+            _events.Writer.TryWrite(WalkEvent.Delivery(lane, delivery.DeliveryTag, message, inspection));
             return Task.CompletedTask;
         };
         consumer.UnregisteredAsync += (_, _) =>
@@ -427,10 +589,10 @@ public sealed class QueueWalker
     }
 
     /// <summary>
-    /// Ends the walk whatever happened: stop consuming, settle what was confirmed, and release every
-    /// message still unacknowledged with requeue. Runs without the caller's cancellation token: a
-    /// shutdown must still end the walk cleanly (a failure here is still safe: closing the channels
-    /// requeues all).
+    /// Ends the walk whatever happened: stop consuming, settle what was confirmed (waiting a while for
+    /// outstanding confirms), and release every message still unacknowledged with requeue. Runs
+    /// without the caller's cancellation token: a shutdown must still end the walk cleanly (a failure
+    /// here is still safe: closing the channels requeues all).
     /// </summary>
     private async Task FinishAsync()
     {
@@ -439,7 +601,7 @@ public sealed class QueueWalker
             await TryAsync(() => StopConsumingAsync(lane));
         }
 
-        await TryAsync(() => SettleAsync(waitForAll: true, waitForHead: false, CancellationToken.None));
+        await TryAsync(SettleAllAsync);
 
         // What stays: the ready messages plus those this walk still holds, which the release below
         // requeues (counted now: the broker applies a release asynchronously).
@@ -461,11 +623,54 @@ public sealed class QueueWalker
 
         if (_publisher is not null)
         {
+            _closingPublisher = true;
             await TryAsync(() => _publisher.CloseAsync(CancellationToken.None));
             await _publisher.DisposeAsync();
         }
 
-        _taken.Writer.TryComplete();
+        _waitTimer?.Dispose();
+        _events.Writer.TryComplete();
+    }
+
+    /// <summary>Waits for the outstanding confirms (up to the confirm timeout), then settles; unconfirmed copies count as failed.</summary>
+    private async Task SettleAllAsync()
+    {
+        // The loop's timer may be linked to a cancelled token; the end of a walk waits on its own.
+        _waitTimer?.Dispose();
+        _waitTimer = null;
+        var deadline = _time.GetTimestamp();
+        var timeout = TimeSpan.FromSeconds(_plan.Options.ConfirmTimeoutSeconds);
+        while (_window.Count > 0)
+        {
+            try
+            {
+                DrainControlEvents();
+            }
+            catch (WalkInterruptedException)
+            {
+                // A closed channel: what is confirmed is settled below, the rest stays.
+            }
+
+            await SettleAsync();
+            var left = timeout - _time.GetElapsedTime(deadline);
+            if (_window.Count == 0 || _settlingStopped || _publisher is not { IsOpen: true } || left <= TimeSpan.Zero)
+            {
+                break;
+            }
+
+            await WaitForEventAsync(left, CancellationToken.None);
+        }
+
+        while (_window.Count > 0)
+        {
+            var forwarded = _window.TakeHead();
+            forwarded.Lane.Kept++;
+            _visitor.Completed(forwarded.Message, WalkOutcome.ForwardFailed, forwarded.Target, _settlingStopped
+                ? "Not acknowledged: a copy came back from the broker that could not be told apart."
+                : _publisherClosed is { } reason
+                    ? $"The publishing channel closed before the copy was confirmed: {reason}"
+                    : "The broker did not confirm the copy in time.");
+        }
     }
 
     /// <summary>Ready messages in the queue; null when the queue does not exist.</summary>
@@ -510,14 +715,6 @@ public sealed class QueueWalker
         }
     }
 
-    private static string Describe(Exception? exception) => exception switch
-    {
-        PublishReturnException returned => $"The broker returned the copy: {returned.ReplyText} (no queue '{returned.RoutingKey}'?)",
-        PublishException { IsReturn: false } => "The broker refused the copy (nack).",
-        null => "The broker did not confirm the copy in time.",
-        _ => exception.Message,
-    };
-
     private sealed class Lane(IChannel channel)
     {
         public IChannel Channel { get; } = channel;
@@ -538,12 +735,181 @@ public sealed class QueueWalker
         public TaskCompletionSource Unregistered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    private sealed record Taken(Lane Lane, ulong Tag, FaultedMessage? Message, object? Inspection, string? Shutdown)
+    private enum WalkEventKind
     {
-        public static Taken Closed(Lane lane, string reason) => new(lane, 0, null, null, reason);
+        Delivery,
+        Ack,
+        Nack,
+        Return,
+        UnknownReturn,
+        LaneClosed,
+        PublisherClosed,
     }
 
-    private sealed record Pending(Taken Item, string Target, int Bytes, Task Publish);
+    /// <summary>Something that happened on the walk's channels, in the order the client read it. Tag: delivery tag or publish sequence.</summary>
+    private readonly record struct WalkEvent(WalkEventKind Kind, Lane? Lane, ulong Tag, bool Multiple, FaultedMessage? Message, object? Inspection, string? Text)
+    {
+        public static WalkEvent Delivery(Lane lane, ulong tag, FaultedMessage? message, object? inspection) =>
+            new(WalkEventKind.Delivery, lane, tag, false, message, inspection, null);
+
+        public static WalkEvent Confirm(WalkEventKind kind, ulong sequence, bool multiple) => new(kind, null, sequence, multiple, null, null, null);
+
+        public static WalkEvent Returned(ulong sequence, string reason) => new(WalkEventKind.Return, null, sequence, false, null, null, reason);
+
+        public static WalkEvent Closed(WalkEventKind kind, Lane? lane, string reason) => new(kind, lane, 0, false, null, null, reason);
+    }
+
+    /// <summary>An original whose copy was published: where it came from and what to record once settled.</summary>
+    private sealed record Forwarded(Lane Lane, ulong Tag, FaultedMessage Message, string Target, int Bytes);
+
+    /// <summary>
+    /// The copies awaiting their confirm, in publish order; the sequence numbers are consecutive, so
+    /// a confirm finds its copy by subtraction. Each resolves once (confirmed, or failed with a reason);
+    /// they leave the window oldest first.
+    /// </summary>
+    private sealed class ConfirmWindow
+    {
+        private Forwarded?[] _items = new Forwarded?[64];
+        private string?[] _failures = new string?[64];
+        private bool[] _resolved = new bool[64];
+        private int _head;
+        private ulong _headSequence;
+
+        /// <summary>Every sequence below this one has been confirmed by a <c>multiple</c> confirm.</summary>
+        private ulong _confirmedBelow;
+
+        public int Count { get; private set; }
+
+        public long Bytes { get; private set; }
+
+        public ulong NextSequence => _headSequence + (ulong)Count;
+
+        public bool HeadResolved => Count > 0 && _resolved[_head];
+
+        public void Add(ulong sequence, Forwarded forwarded)
+        {
+            if (Count == 0)
+            {
+                _headSequence = sequence;
+            }
+
+            if (Count == _items.Length)
+            {
+                Grow();
+            }
+
+            var slot = (_head + Count) % _items.Length;
+            _items[slot] = forwarded;
+            _failures[slot] = null;
+            _resolved[slot] = false;
+            Count++;
+            Bytes += forwarded.Bytes;
+        }
+
+        public void Confirm(ulong sequence, bool multiple)
+        {
+            if (!multiple)
+            {
+                Resolve(sequence, null);
+                return;
+            }
+
+            var from = Math.Max(_headSequence, _confirmedBelow);
+            for (var s = from; s <= sequence && s < NextSequence; s++)
+            {
+                Resolve(s, null);
+            }
+
+            _confirmedBelow = Math.Max(_confirmedBelow, sequence + 1);
+        }
+
+        public void Fail(ulong sequence, bool multiple, string reason)
+        {
+            for (var s = multiple ? _headSequence : sequence; s <= sequence && s < NextSequence; s++)
+            {
+                Resolve(s, reason);
+            }
+        }
+
+        /// <summary>A returned copy failed even if a confirm for it was read first.</summary>
+        public void Return(ulong sequence, string reason)
+        {
+            Resolve(sequence, reason);
+            if (sequence >= _headSequence && sequence < NextSequence)
+            {
+                _failures[Slot(sequence)] ??= reason;
+            }
+        }
+
+        public void FailHead(string reason)
+        {
+            if (Count > 0 && !_resolved[_head])
+            {
+                _resolved[_head] = true;
+                _failures[_head] = reason;
+            }
+        }
+
+        public bool TryTakeResolved(out Forwarded forwarded, out string? failure)
+        {
+            if (!HeadResolved)
+            {
+                forwarded = null!;
+                failure = null;
+                return false;
+            }
+
+            failure = _failures[_head];
+            forwarded = TakeHead();
+            return true;
+        }
+
+        /// <summary>The oldest copy, resolved or not.</summary>
+        public Forwarded TakeHead()
+        {
+            var forwarded = _items[_head]!;
+            _items[_head] = null;
+            _head = (_head + 1) % _items.Length;
+            _headSequence++;
+            Count--;
+            Bytes -= forwarded.Bytes;
+            return forwarded;
+        }
+
+        /// <summary>Late or unknown sequences (already settled, e.g. after a timeout) are ignored.</summary>
+        private void Resolve(ulong sequence, string? failure)
+        {
+            if (sequence < _headSequence || sequence >= NextSequence)
+            {
+                return;
+            }
+
+            var slot = Slot(sequence);
+            if (!_resolved[slot])
+            {
+                _resolved[slot] = true;
+                _failures[slot] = failure;
+            }
+        }
+
+        private int Slot(ulong sequence) => (_head + (int)(sequence - _headSequence)) % _items.Length;
+
+        private void Grow()
+        {
+            var items = new Forwarded?[_items.Length * 2];
+            var failures = new string?[items.Length];
+            var resolved = new bool[items.Length];
+            for (var i = 0; i < Count; i++)
+            {
+                var slot = (_head + i) % _items.Length;
+                items[i] = _items[slot];
+                failures[i] = _failures[slot];
+                resolved[i] = _resolved[slot];
+            }
+
+            (_items, _failures, _resolved, _head) = (items, failures, resolved, 0);
+        }
+    }
 }
 
 /// <summary>The queue to walk does not exist.</summary>

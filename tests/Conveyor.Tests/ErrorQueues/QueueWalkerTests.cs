@@ -1,0 +1,194 @@
+using Conveyor.Api.ErrorQueues;
+using Conveyor.ServiceDefaults;
+using Conveyor.Storage.Operations;
+using Conveyor.Tests.Infrastructure;
+using RabbitMQ.Client;
+
+namespace Conveyor.Tests.ErrorQueues;
+
+/// <summary>
+/// The walker's confirm bookkeeping against the real broker, with windows small enough that every
+/// walk spans many confirm batches: a copy the broker returns or refuses keeps its original, and a walk cut off
+/// anywhere (the connection dropped, as when the process dies) loses nothing and reorders nothing.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Timeout = "System.TimeoutException";
+    private const string Declined = "Conveyor.Worker.Payments.PaymentDeclinedException";
+
+    private TestBroker _broker = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _broker = await TestBroker.ConnectAsync(fixture);
+    }
+
+    public async Task DisposeAsync() => await _broker.DisposeAsync();
+
+    [Fact]
+    public async Task Copies_the_broker_returns_leave_their_originals_in_place_and_in_order()
+    {
+        // Every seventh message names a queue that does not exist: the broker returns its copy.
+        var routed = new List<string>();
+        var returned = new List<string>();
+        for (var i = 0; i < 300; i++)
+        {
+            var lost = i % 7 == 3;
+            var headers = lost ? new Dictionary<string, object?> { ["MT-Fault-InputAddress"] = "rabbitmq://127.0.0.1/test/no-such-queue" } : null;
+            var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: headers)).ToString();
+            (lost ? returned : routed).Add(id);
+        }
+
+        await using var connection = await ConnectAsync();
+        var visitor = Visitor(MessageFilter.All);
+        var walker = Walker(connection, visitor, prefetch: 40);
+        var left = await walker.RunAsync(CancellationToken.None);
+
+        Assert.Equal((300L, routed.Count, returned.Count), (visitor.Matched, visitor.Moved, visitor.Failed));
+        Assert.Equal(returned.Count, left);
+        Assert.Equal(returned, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(routed, await _broker.IdsAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Contains(visitor.Snapshot().Errors, error => error.Contains("returned", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Copies_the_broker_refuses_leave_their_originals_in_place_and_in_order()
+    {
+        // A target that takes 100 messages and refuses (nacks) every publish after that.
+        const string capped = "charge-payment-capped";
+        await using var connection = await ConnectAsync();
+        await using (var setup = await connection.CreateChannelAsync())
+        {
+            await setup.QueueDeclareAsync(capped, durable: true, exclusive: false, autoDelete: false, arguments: new Dictionary<string, object?>
+            {
+                ["x-max-length"] = 100,
+                ["x-overflow"] = "reject-publish",
+            });
+        }
+
+        var ids = new List<string>();
+        for (var i = 0; i < 300; i++)
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString());
+        }
+
+        var visitor = new OperationVisitor(new OperationPlan(
+            ErrorQueueOperationKinds.Move, ErrorQueueKit.ChargeErrors, MessageFilter.All, capped, null, false, Guid.NewGuid(), 1000));
+        var left = await Walker(connection, visitor, prefetch: 40).RunAsync(CancellationToken.None);
+
+        Assert.Equal((100L, 200L, 200L), (visitor.Moved, visitor.Failed, left));
+        Assert.Equal(ids.Take(100), await _broker.IdsAsync(capped));
+        Assert.Equal(ids.Skip(100), await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Contains(visitor.Snapshot().Errors, error => error.Contains("nack", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(40)]
+    [InlineData(97)]
+    [InlineData(260)]
+    public async Task A_walk_cut_off_at_any_point_loses_nothing_and_the_rest_keep_their_order(int cutAt)
+    {
+        var all = new List<string?>();
+        var declined = new List<string?>();
+        for (var i = 0; i < 300; i++)
+        {
+            var keep = i % 4 == 1;
+            var id = (await _broker.DeadLetterChargeAsync(keep ? Declined : Timeout, "failed")).ToString();
+            all.Add(id);
+            if (keep)
+            {
+                declined.Add(id);
+            }
+        }
+
+        // The connection drops while the walk decides message number cutAt: copies are in flight,
+        // confirms outstanding, acknowledgements unsent.
+        var connection = await ConnectAsync();
+        var visitor = new CuttingVisitor(Visitor(new MessageFilter { ExceptionType = Timeout }), cutAt, () => connection.AbortAsync(TimeSpan.Zero));
+        try
+        {
+            await Walker(connection, visitor, prefetch: 40).RunAsync(CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not Xunit.Sdk.XunitException)
+        {
+            // The walk ends with the connection; what it had not acknowledged returns to the queue.
+        }
+
+        await connection.DisposeAsync();
+        Assert.True(visitor.Cut, "the walk ended before the cut");
+
+        IReadOnlyList<string?> errors = [];
+        IReadOnlyList<string?> copies = [];
+        await Eventually.AssertAsync(async () =>
+        {
+            errors = await _broker.IdsAsync(ErrorQueueKit.ChargeErrors);
+            copies = await _broker.IdsAsync(ErrorQueueKit.ChargeQueue);
+            Assert.Equal(all.ToHashSet(), errors.Concat(copies).ToHashSet());
+        });
+
+        // What stayed is in its original order, the kept ones all among it; only matches were copied.
+        Assert.Equal(all.Where(errors.Contains), errors);
+        Assert.Equal(declined, errors.Where(declined.Contains));
+        Assert.DoesNotContain(copies, declined.Contains);
+        Assert.Equal(copies.Distinct(), copies);
+
+        // A second walk finishes the move; a message left in both places is copied twice, never lost.
+        await using (var again = await ConnectAsync())
+        {
+            await Walker(again, Visitor(new MessageFilter { ExceptionType = Timeout }), prefetch: 40).RunAsync(CancellationToken.None);
+        }
+
+        Assert.Equal(declined, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(all.Except(declined).ToHashSet(), (await _broker.IdsAsync(ErrorQueueKit.ChargeQueue)).ToHashSet());
+    }
+
+    private Task<IConnection> ConnectAsync() => ErrorQueueBroker.ConnectAsync(
+        new RabbitMqOptions
+        {
+            Host = fixture.Servers.RabbitHost,
+            Port = fixture.Servers.RabbitPort,
+            ManagementPort = fixture.Servers.RabbitManagementPort,
+            Username = fixture.Servers.RabbitUser,
+            Password = fixture.Servers.RabbitPassword,
+            VirtualHost = fixture.VirtualHost,
+            ConnectTimeoutSeconds = 30,
+        },
+        "tests-walker",
+        CancellationToken.None);
+
+    private static OperationVisitor Visitor(MessageFilter filter) => new(new OperationPlan(
+        ErrorQueueOperationKinds.Move, ErrorQueueKit.ChargeErrors, filter, null, null, false, Guid.NewGuid(), 1000));
+
+    private static QueueWalker Walker(IConnection connection, WalkVisitor visitor, int prefetch) =>
+        new(connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, new ErrorQueueOptions { Prefetch = prefetch, IdleCheckMilliseconds = 500 }), visitor, new WalkProgress());
+
+    /// <summary>Decides as the move does, and drops the connection when deciding message number <c>cutAt</c>.</summary>
+    private sealed class CuttingVisitor(OperationVisitor inner, int cutAt, Func<Task> cut) : WalkVisitor
+    {
+        private int _decided;
+
+        public bool Cut { get; private set; }
+
+        public override bool Publishes => inner.Publishes;
+
+        public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) =>
+            inner.Inspect(message, properties, body);
+
+        public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
+        {
+            if (++_decided == cutAt)
+            {
+                Cut = true;
+                _ = Task.Run(cut);
+            }
+
+            return inner.Decide(message, inspection);
+        }
+
+        public override void Completed(FaultedMessage message, WalkOutcome outcome, string? target, string? failure) =>
+            inner.Completed(message, outcome, target, failure);
+    }
+}
