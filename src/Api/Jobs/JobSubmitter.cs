@@ -4,7 +4,6 @@ using Conveyor.Storage.Jobs;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
-using Npgsql;
 using System.Globalization;
 
 namespace Conveyor.Api.Jobs;
@@ -92,25 +91,26 @@ internal sealed class JobSubmitter(
 
     /// <summary>
     /// Commits the job row and its stored command in one transaction, for the worker's dispatcher to
-    /// publish when due (the NOTIFY wakes it when the transaction commits). False when a job with one
-    /// of the row's unique keys exists.
+    /// publish when due (the NOTIFY wakes it when the transaction commits). False, with nothing
+    /// written, when a job with one of the row's unique keys exists.
     /// </summary>
     private async Task<bool> TryInsertScheduledAsync(
         Job job, JobRequest request, DateTimeOffset runAt, DateTimeOffset now, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        db.Jobs.Add(job);
-        db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
-        try
-        {
-            await db.SaveChangesAsync(cancellationToken);
-        }
-        catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
+        var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
+            INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, created_at, updated_at, next_attempt_at)
+            VALUES ({job.Id}, {job.Kind}, {job.BusinessKey}, {job.Status}, 0, {job.IdempotencyKey}, {job.RequestHash}, {job.CreatedAt}, {job.UpdatedAt}, {runAt})
+            ON CONFLICT DO NOTHING
+            """, cancellationToken);
+        if (inserted == 0)
         {
             return false;
         }
 
+        db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
+        await db.SaveChangesAsync(cancellationToken);
         var dueAtMilliseconds = runAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
         await db.Database.ExecuteSqlInterpolatedAsync(
             $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAtMilliseconds})", cancellationToken);
