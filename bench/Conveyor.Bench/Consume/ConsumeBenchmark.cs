@@ -27,43 +27,72 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             variants = [.. variants.Where(v => v.Name == only)];
         }
 
-        await DeclareTopologyAsync(gateway);
         await using var publisher = await ContractPublisher.StartAsync(environment);
-        var messageBytes = await MessageSizeAsync(publisher);
-
-        Console.WriteLine($"consume: warm-up, {options.WarmupMessages} messages per variant");
-        foreach (var variant in variants)
-        {
-            await WarmUpAsync(variant, publisher);
-        }
-
         var rates = new Dictionary<(ConsumeSettings, string), List<double>>();
         var cpu = new Dictionary<(ConsumeSettings, string), List<double>>();
         var commands = new Dictionary<(ConsumeSettings, string), List<double>>();
+        var servers = new Dictionary<(ConsumeSettings, string), List<(double Postgres, double Rabbit)>>();
         var busy = new List<double>();
         var stalls = new List<string>();
+        var warmups = new List<string>();
+        var messageBytes = 0;
         foreach (var settings in options.ConsumeSettings)
         {
-            for (var round = 0; round < options.Runs; round++)
+            // One host per variant for the whole group, paused while the queue is refilled.
+            var sessions = new List<(IConsumeVariant Variant, IConsumeSession Session)>();
+            try
             {
-                foreach (var variant in Rotate(variants, round))
+                foreach (var variant in variants)
                 {
-                    var outcome = await DrainAsync(variant, settings, publisher, options.Messages);
-                    Console.WriteLine($"consume: {settings}, round {round + 1}, {variant.Name}: {outcome.Describe()}");
-                    // NaN keeps the rounds aligned for the paired ratios.
-                    Collect(rates, (settings, variant.Name)).Add(outcome.Rate ?? double.NaN);
-                    Collect(cpu, (settings, variant.Name)).Add(outcome.CpuMsPerMessage);
-                    Collect(commands, (settings, variant.Name)).Add(outcome.CommandsPerMessage);
-                    busy.Add(outcome.MachineBusy);
-                    if (outcome.Rate is null)
+                    // The first one (the real worker) declares the exchanges, queues and bindings.
+                    sessions.Add((variant, await variant.OpenAsync(settings)));
+                }
+
+                if (messageBytes == 0)
+                {
+                    messageBytes = await MessageSizeAsync(publisher);
+                }
+
+                Console.WriteLine($"consume: {settings}: warm-up, passes of {options.WarmupMessages} messages per variant");
+                foreach (var (variant, session) in sessions)
+                {
+                    warmups.Add($"{variant.Name} at {settings}: {await WarmUpAsync(variant, session, settings, publisher)}");
+                }
+
+                for (var round = 0; round < options.Runs; round++)
+                {
+                    foreach (var (variant, session) in Rotate([.. sessions], round))
                     {
-                        stalls.Add($"{variant.Name} at {settings}, round {round + 1}: {outcome.Describe()}");
+                        var outcome = await DrainAsync(variant, session, publisher, options.Messages);
+                        Console.WriteLine($"consume: {settings}, round {round + 1}, {variant.Name}: {outcome.Describe()}");
+                        // NaN keeps the rounds aligned for the paired ratios.
+                        Collect(rates, (settings, variant.Name)).Add(outcome.Rate ?? double.NaN);
+                        Collect(cpu, (settings, variant.Name)).Add(outcome.CpuMsPerMessage);
+                        Collect(commands, (settings, variant.Name)).Add(outcome.CommandsPerMessage);
+                        if (!servers.TryGetValue((settings, variant.Name), out var serverCpu))
+                        {
+                            servers[(settings, variant.Name)] = serverCpu = [];
+                        }
+
+                        serverCpu.Add((outcome.PostgresMsPerMessage, outcome.RabbitMsPerMessage));
+                        busy.Add(outcome.MachineBusy);
+                        if (outcome.Rate is null)
+                        {
+                            stalls.Add($"{variant.Name} at {settings}, round {round + 1}: {outcome.Describe()}");
+                        }
                     }
+                }
+            }
+            finally
+            {
+                foreach (var (_, session) in sessions)
+                {
+                    await session.DisposeAsync();
                 }
             }
         }
 
-        return Report(variants, rates, cpu, commands, busy, stalls, messageBytes);
+        return Report(variants, rates, cpu, commands, servers, busy, stalls, warmups, messageBytes);
     }
 
     private BenchResult Report(
@@ -71,8 +100,10 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         Dictionary<(ConsumeSettings, string), List<double>> rates,
         Dictionary<(ConsumeSettings, string), List<double>> cpu,
         Dictionary<(ConsumeSettings, string), List<double>> commands,
+        Dictionary<(ConsumeSettings, string), List<(double Postgres, double Rabbit)>> servers,
         List<double> busy,
         List<string> stalls,
+        List<string> warmups,
         int messageBytes)
     {
         var rows = new List<IReadOnlyList<string>>();
@@ -102,6 +133,8 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
                     double.IsNaN(vsRaw) ? "-" : Formats.Ratio(vsRaw),
                     Formats.Number(Stats.Median(Completed(cpu.GetValueOrDefault((settings, variant.Name)) ?? [])), "0.00"),
                     Formats.Number(Stats.Median(Completed(commands.GetValueOrDefault((settings, variant.Name)) ?? [])), "0.0"),
+                    Formats.Number(Stats.Median(Completed([.. (servers.GetValueOrDefault((settings, variant.Name)) ?? []).Select(c => c.Postgres)])), "0.00"),
+                    Formats.Number(Stats.Median(Completed([.. (servers.GetValueOrDefault((settings, variant.Name)) ?? []).Select(c => c.Rabbit)])), "0.00"),
                 ]);
             }
         }
@@ -111,7 +144,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         notes.Add("Rate = (messages − 1) / time from the first to the last completed message (host start-up excluded); a completion is counted after the whole receive pipeline (for conveyor: after the inbox transaction committed).");
         notes.Add("DB commands/msg counts Npgsql command executions (each a round trip to PostgreSQL; BEGIN rides along with the first, COMMIT is not counted) between the first and the last completion.");
         notes.Add("Ratios are the median over rounds of (variant ÷ baseline) within the same round; variants run interleaved in rotating order.");
-        notes.Add($"CPU ms/msg is what the benchmark process (which hosts the consumer and the gateway) spent per message between the first and the last completion; PostgreSQL's and RabbitMQ's CPU is not in it. The whole machine was {Stats.Median(busy.Where(b => !double.IsNaN(b))):P0} busy during the median run (other work shares these {Environment.ProcessorCount} cores).");
+        notes.Add($"CPU ms/msg is what the benchmark process (which hosts the consumer and the gateway) spent per message between the first and the last completion; PostgreSQL's and RabbitMQ's CPU is in their own columns (every postgres process and the beam.smp node, from /proc, same window). The whole machine was {Stats.Median(busy.Where(b => !double.IsNaN(b))):P0} busy during the median run (other work shares these {Environment.ProcessorCount} cores).");
         foreach (var variant in variants)
         {
             var best = options.ConsumeSettings
@@ -124,6 +157,8 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             }
         }
 
+        notes.Add("Each variant runs in one host (one connection) per settings group, kept alive across its drains and paused (receive endpoint stopped, or basic.cancel) while the queue is refilled: a worker is a long-lived process, and a host started per drain measured mostly the JIT compiling its code again.");
+        notes.Add($"warm-up: drains of {options.WarmupMessages} messages until one spends under 1 % of its time in the JIT (at most 8): " + string.Join("; ", warmups) + ".");
         notes.AddRange(stalls.Select(s => $"stalled/failed run: {s}"));
 
         var targets = new List<TargetCheck>();
@@ -143,7 +178,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             "1. End-to-end consume throughput (drain of a pre-filled queue)",
             DateTimeOffset.UtcNow,
             $"{options.Messages} messages of {messageBytes} bytes per run, {options.Runs} rounds per setting, warm-up {options.WarmupMessages} per variant",
-            ["settings", "variant", "median msg/s", "runs msg/s", "vs masstransit", "vs raw-client", "bench-process CPU ms/msg", "DB commands/msg"],
+            ["settings", "variant", "median msg/s", "runs msg/s", "vs masstransit", "vs raw-client", "bench-process CPU ms/msg", "DB commands/msg", "PostgreSQL CPU ms/msg", "RabbitMQ CPU ms/msg"],
             rows,
             notes,
             targets);
@@ -154,23 +189,25 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
     /// busy cores, tiering up the worker's (EF Core's, MassTransit's) hot methods takes many
     /// thousands of messages, and a round measured before that measures the JIT.
     /// </summary>
-    private async Task WarmUpAsync(IConsumeVariant variant, ContractPublisher publisher)
+    private async Task<string> WarmUpAsync(IConsumeVariant variant, IConsumeSession session, ConsumeSettings settings, ContractPublisher publisher)
     {
-        for (var pass = 1; pass <= 8; pass++)
+        var share = double.NaN;
+        var pass = 1;
+        for (; pass <= 8; pass++)
         {
-            var jitBefore = System.Runtime.JitInfo.GetCompilationTime();
-            var started = System.Diagnostics.Stopwatch.GetTimestamp();
-            await DrainAsync(variant, options.ConsumeSettings[0], publisher, options.WarmupMessages);
-            var share = (System.Runtime.JitInfo.GetCompilationTime() - jitBefore) / System.Diagnostics.Stopwatch.GetElapsedTime(started);
-            Console.WriteLine($"consume: warm-up {variant.Name} pass {pass}: {share:P1} of the time in the JIT");
+            var outcome = await DrainAsync(variant, session, publisher, options.WarmupMessages);
+            share = outcome.JitShare;
+            Console.WriteLine($"consume: {settings}: warm-up {variant.Name} pass {pass}: {outcome.Describe()}");
             if (share < 0.01)
             {
-                return;
+                break;
             }
         }
+
+        return $"{Math.Min(pass, 8)} passes, last {share:P1} JIT";
     }
 
-    private async Task<DrainOutcome> DrainAsync(IConsumeVariant variant, ConsumeSettings settings, ContractPublisher publisher, int messages)
+    private async Task<DrainOutcome> DrainAsync(IConsumeVariant variant, IConsumeSession session, ContractPublisher publisher, int messages)
     {
         await environment.PurgeAsync(Queue);
         await environment.TruncateAsync();
@@ -180,6 +217,8 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         CpuMeter? cpu = null;
         using var commands = new CommandCounter();
         var commandsAtFirst = 0L;
+        var jitAtStart = System.Runtime.JitInfo.GetCompilationTime();
+        var methodsAtStart = System.Runtime.JitInfo.GetCompiledMethodCount();
         var clock = new DrainClock(messages)
         {
             OnFirst = () =>
@@ -188,7 +227,8 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
                 commandsAtFirst = commands.Commands;
             },
         };
-        var consumer = await variant.StartAsync(settings, clock);
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        await session.ResumeAsync(clock);
         try
         {
             var limit = TimeSpan.FromSeconds(Math.Max(60, messages / 50.0));
@@ -199,13 +239,21 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             }
 
             var (processMs, machineBusy) = cpu!.Read();
+            var (postgresMs, rabbitMs) = cpu.ReadServers();
             var commandsPerMessage = (commands.Commands - commandsAtFirst) / (double)(messages - 1);
+            var jit = System.Runtime.JitInfo.GetCompilationTime() - jitAtStart;
+            var methods = System.Runtime.JitInfo.GetCompiledMethodCount() - methodsAtStart;
             await variant.VerifyAsync(messages);
-            return new DrainOutcome(await clock.Rate, null, processMs / messages, machineBusy, commandsPerMessage);
+            var seconds = System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalSeconds;
+            return new DrainOutcome(await clock.Rate, null, processMs / messages, machineBusy, commandsPerMessage, jit.TotalMilliseconds, methods, jit.TotalSeconds / seconds)
+            {
+                PostgresMsPerMessage = postgresMs / messages,
+                RabbitMsPerMessage = rabbitMs / messages,
+            };
         }
         finally
         {
-            await consumer.DisposeAsync();
+            await session.PauseAsync();
         }
     }
 
@@ -220,42 +268,6 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             }
 
             await Task.Delay(100);
-        }
-    }
-
-    /// <summary>Starts the real worker once so that it declares its exchanges, queues and bindings.</summary>
-    private async Task DeclareTopologyAsync(InstantGateway gateway)
-    {
-        var clock = new DrainClock(int.MaxValue);
-        var worker = await new ConveyorWorkerVariant(environment, gateway).StartAsync(options.ConsumeSettings[0], clock);
-        try
-        {
-            var deadline = DateTime.UtcNow.AddSeconds(60);
-            while (true)
-            {
-                try
-                {
-                    if ((await environment.QueueStateAsync(Queue)).Consumers > 0)
-                    {
-                        return;
-                    }
-                }
-                catch (RabbitMQ.Client.Exceptions.OperationInterruptedException) when (DateTime.UtcNow < deadline)
-                {
-                    // Not declared yet.
-                }
-
-                if (DateTime.UtcNow > deadline)
-                {
-                    throw new InvalidOperationException("The worker did not start consuming within 60 s");
-                }
-
-                await Task.Delay(200);
-            }
-        }
-        finally
-        {
-            await worker.DisposeAsync();
         }
     }
 
@@ -304,10 +316,22 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         return list;
     }
 
-    private sealed record DrainOutcome(double? Rate, string? Problem, double CpuMsPerMessage = double.NaN, double MachineBusy = double.NaN, double CommandsPerMessage = double.NaN)
+    private sealed record DrainOutcome(
+        double? Rate,
+        string? Problem,
+        double CpuMsPerMessage = double.NaN,
+        double MachineBusy = double.NaN,
+        double CommandsPerMessage = double.NaN,
+        double JitMs = double.NaN,
+        long JitMethods = 0,
+        double JitShare = double.NaN)
     {
+        public double PostgresMsPerMessage { get; init; } = double.NaN;
+
+        public double RabbitMsPerMessage { get; init; } = double.NaN;
+
         public string Describe() => Rate is { } rate
-            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg, {Formats.Number(CommandsPerMessage, "0.0")} database commands/msg, machine {MachineBusy:P0} busy"
+            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg (PostgreSQL {Formats.Number(PostgresMsPerMessage, "0.00")}, RabbitMQ {Formats.Number(RabbitMsPerMessage, "0.00")}), {Formats.Number(CommandsPerMessage, "0.0")} database commands/msg, machine {MachineBusy:P0} busy, JIT {JitMs:0} ms / {JitMethods} methods during the drain"
             : Problem ?? "failed";
     }
 }

@@ -1,7 +1,6 @@
 using Conveyor.Bench.Infrastructure;
 using Conveyor.Worker;
 using MassTransit;
-using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Bench.Consume;
@@ -16,12 +15,18 @@ public sealed class ConveyorWorkerVariant(BenchEnvironment environment, InstantG
 
     public string Description => "Conveyor worker (WorkerApp.Build): inbox + job row + ledger row per message, one transaction, synchronous_commit on";
 
-    public async Task<IAsyncDisposable> StartAsync(ConsumeSettings settings, DrainClock clock)
+    public async Task<IConsumeSession> OpenAsync(ConsumeSettings settings)
     {
         var app = WorkerApp.Build(BenchEnvironment.Args(Settings(environment, gateway, settings)));
-        app.Services.GetRequiredService<IBus>().ConnectReceiveObserver(new CompletionObserver(clock));
-        await app.StartAsync();
-        return new Stopper(app);
+        return await EndpointSession.StartPausedAsync(
+            app.Services.GetRequiredService<IBus>(),
+            ConsumeBenchmark.Queue,
+            () => app.StartAsync(),
+            async () =>
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            });
     }
 
     public static Dictionary<string, string?> Settings(BenchEnvironment environment, InstantGateway gateway, ConsumeSettings settings)
@@ -45,31 +50,4 @@ public sealed class ConveyorWorkerVariant(BenchEnvironment environment, InstantG
             throw new InvalidOperationException($"conveyor: {ledger} ledger rows, {succeeded} succeeded jobs and {attempts} attempts for {messages} messages");
         }
     }
-
-    private sealed class Stopper(WebApplication app) : IAsyncDisposable
-    {
-        public async ValueTask DisposeAsync()
-        {
-            await app.StopAsync();
-            await app.DisposeAsync();
-        }
-    }
-}
-
-/// <summary>Counts a message once its whole receive pipeline (for the worker: the inbox commit) has run.</summary>
-public sealed class CompletionObserver(DrainClock clock) : IReceiveObserver
-{
-    public Task PreReceive(ReceiveContext context) => Task.CompletedTask;
-
-    public Task PostReceive(ReceiveContext context)
-    {
-        clock.Completed();
-        return Task.CompletedTask;
-    }
-
-    public Task PostConsume<T>(ConsumeContext<T> context, TimeSpan duration, string consumerType) where T : class => Task.CompletedTask;
-
-    public Task ConsumeFault<T>(ConsumeContext<T> context, TimeSpan duration, string consumerType, Exception exception) where T : class => Task.CompletedTask;
-
-    public Task ReceiveFault(ReceiveContext context, Exception exception) => Task.CompletedTask;
 }

@@ -21,9 +21,8 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
 
     public string Description => "MassTransit 8.5 hosted bus, same queue/prefetch/concurrency, consumer calls the gateway; no inbox, no database";
 
-    public async Task<IAsyncDisposable> StartAsync(ConsumeSettings settings, DrainClock clock)
+    public async Task<IConsumeSession> OpenAsync(ConsumeSettings settings)
     {
-        _requestsBefore = gateway.Requests;
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.Services.AddHttpClient<IPaymentGateway, HttpPaymentGateway>(http =>
@@ -54,9 +53,16 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
             });
         });
         var host = builder.Build();
-        host.Services.GetRequiredService<IBus>().ConnectReceiveObserver(new CompletionObserver(clock));
-        await host.StartAsync();
-        return new Stopper(host);
+        var session = await EndpointSession.StartPausedAsync(
+            host.Services.GetRequiredService<IBus>(),
+            ConsumeBenchmark.Queue,
+            () => host.StartAsync(),
+            async () =>
+            {
+                await host.StopAsync();
+                host.Dispose();
+            });
+        return new CountingSession(session, () => _requestsBefore = gateway.Requests);
     }
 
     public Task VerifyAsync(int messages)
@@ -67,13 +73,18 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
             : throw new InvalidOperationException($"masstransit: {requests} gateway requests for {messages} messages");
     }
 
-    private sealed class Stopper(IHost host) : IAsyncDisposable
+    /// <summary>Notes the gateway's request count at each resume, for <see cref="VerifyAsync"/>.</summary>
+    private sealed class CountingSession(IConsumeSession inner, Action onResume) : IConsumeSession
     {
-        public async ValueTask DisposeAsync()
+        public Task ResumeAsync(DrainClock clock)
         {
-            await host.StopAsync();
-            host.Dispose();
+            onResume();
+            return inner.ResumeAsync(clock);
         }
+
+        public Task PauseAsync() => inner.PauseAsync();
+
+        public ValueTask DisposeAsync() => inner.DisposeAsync();
     }
 }
 

@@ -18,33 +18,15 @@ public sealed class RawClientVariant(BenchEnvironment environment, InstantGatewa
 
     public string Description => "RabbitMQ.Client 7 consumer: parse envelope, call the gateway, ack; no framework, no database";
 
-    public async Task<IAsyncDisposable> StartAsync(ConsumeSettings settings, DrainClock clock)
+    public async Task<IConsumeSession> OpenAsync(ConsumeSettings settings)
     {
-        _requestsBefore = gateway.Requests;
         var http = new HttpClient { BaseAddress = gateway.BaseAddress, Timeout = TimeSpan.FromSeconds(10) };
-        var payments = new HttpPaymentGateway(http);
         var connection = await environment.AmqpFactory().CreateConnectionAsync("conveyor-bench-raw");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false,
             consumerDispatchConcurrency: (ushort)settings.Concurrency));
         await channel.BasicQosAsync(0, (ushort)settings.Prefetch, false);
-        var consumer = new AsyncEventingBasicConsumer(channel);
-        consumer.ReceivedAsync += async (_, delivery) =>
-        {
-            using var envelope = JsonDocument.Parse(delivery.Body);
-            var message = envelope.RootElement.GetProperty("message");
-            await payments.ChargeAsync(
-                new ChargeRequest(
-                    message.GetProperty("accountId").GetString()!,
-                    message.GetProperty("amountMinor").GetInt64(),
-                    message.GetProperty("currency").GetString()!),
-                message.GetProperty("paymentId").GetGuid().ToString(),
-                CancellationToken.None);
-            await channel.BasicAckAsync(delivery.DeliveryTag, multiple: false);
-            clock.Completed();
-        };
-        await channel.BasicConsumeAsync("charge-payment", autoAck: false, consumer);
-        return new Stopper(connection, channel, http);
+        return new Session(() => _requestsBefore = gateway.Requests, connection, channel, http);
     }
 
     public Task VerifyAsync(int messages)
@@ -55,8 +37,46 @@ public sealed class RawClientVariant(BenchEnvironment environment, InstantGatewa
             : throw new InvalidOperationException($"raw-client: {requests} gateway requests for {messages} messages");
     }
 
-    private sealed class Stopper(IConnection connection, IChannel channel, HttpClient http) : IAsyncDisposable
+    /// <summary>One connection and channel for the whole group; a resume is a basic.consume, a pause its basic.cancel.</summary>
+    private sealed class Session(Action onResume, IConnection connection, IChannel channel, HttpClient http) : IConsumeSession
     {
+        private readonly HttpPaymentGateway _payments = new(http);
+        private string? _consumerTag;
+        private DrainClock? _clock;
+
+        public async Task ResumeAsync(DrainClock clock)
+        {
+            onResume();
+            _clock = clock;
+            var consumer = new AsyncEventingBasicConsumer(channel);
+            consumer.ReceivedAsync += async (_, delivery) =>
+            {
+                using var envelope = JsonDocument.Parse(delivery.Body);
+                var message = envelope.RootElement.GetProperty("message");
+                await _payments.ChargeAsync(
+                    new ChargeRequest(
+                        message.GetProperty("accountId").GetString()!,
+                        message.GetProperty("amountMinor").GetInt64(),
+                        message.GetProperty("currency").GetString()!),
+                    message.GetProperty("paymentId").GetGuid().ToString(),
+                    CancellationToken.None);
+                await channel.BasicAckAsync(delivery.DeliveryTag, multiple: false);
+                _clock?.Completed();
+            };
+            _consumerTag = await channel.BasicConsumeAsync(ConsumeBenchmark.Queue, autoAck: false, consumer);
+        }
+
+        public async Task PauseAsync()
+        {
+            if (_consumerTag is { } tag)
+            {
+                await channel.BasicCancelAsync(tag);
+                _consumerTag = null;
+            }
+
+            _clock = null;
+        }
+
         public async ValueTask DisposeAsync()
         {
             await channel.CloseAsync();
