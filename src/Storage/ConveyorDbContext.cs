@@ -39,8 +39,10 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             job.Property(j => j.IdempotencyKey).HasMaxLength(200);
             job.Property(j => j.RequestHash).HasMaxLength(64);
             job.HasIndex(j => new { j.Kind, j.BusinessKey }).IsUnique();
-            job.HasIndex(j => j.IdempotencyKey).IsUnique();
-            job.HasIndex(j => new { j.Status, j.UpdatedAt });
+            // Only the Api's keyed submissions carry one: rows without a key stay out of the index.
+            job.HasIndex(j => j.IdempotencyKey).IsUnique().HasFilter("idempotency_key IS NOT NULL");
+            // No (status, updated_at) index: every job write would pay for it, and the retention
+            // sweep finds old finished jobs through (status, created_at, id), since created_at <= updated_at.
             // GET /api/jobs: newest first, keyset paging on (created_at, id), optionally by status.
             job.HasIndex(j => new { j.CreatedAt, j.Id });
             job.HasIndex(j => new { j.Status, j.CreatedAt, j.Id });

@@ -136,7 +136,8 @@ namespace Conveyor.Storage.Migrations
 
                     b.HasIndex("IdempotencyKey")
                         .IsUnique()
-                        .HasDatabaseName("ix_jobs_idempotency_key");
+                        .HasDatabaseName("ix_jobs_idempotency_key")
+                        .HasFilter("idempotency_key IS NOT NULL");
 
                     b.HasIndex("CreatedAt", "Id")
                         .HasDatabaseName("ix_jobs_created_at_id");
@@ -144,9 +145,6 @@ namespace Conveyor.Storage.Migrations
                     b.HasIndex("Kind", "BusinessKey")
                         .IsUnique()
                         .HasDatabaseName("ix_jobs_kind_business_key");
-
-                    b.HasIndex("Status", "UpdatedAt")
-                        .HasDatabaseName("ix_jobs_status_updated_at");
 
                     b.HasIndex("Status", "CreatedAt", "Id")
                         .HasDatabaseName("ix_jobs_status_created_at_id");

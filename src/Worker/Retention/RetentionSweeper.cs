@@ -65,7 +65,8 @@ public sealed partial class RetentionSweeper(
         var jobs = await DeleteInBatchesAsync(db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM jobs WHERE id IN (
                 SELECT id FROM jobs
-                 WHERE status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled}) AND updated_at < {jobsBefore}
+                 WHERE status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})
+                   AND created_at < {jobsBefore} AND updated_at < {jobsBefore}
                  LIMIT {batch} FOR UPDATE SKIP LOCKED)
             """, cancellationToken), batch, cancellationToken);
         var audit = await DeleteInBatchesAsync(db => db.Database.ExecuteSqlInterpolatedAsync($"""

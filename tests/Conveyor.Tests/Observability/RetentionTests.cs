@@ -33,6 +33,8 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
                 Job("old-dead", JobStatus.DeadLettered, old),
                 Job("old-cancelled", JobStatus.Cancelled, old),
                 Job("recent-succeeded", JobStatus.Succeeded, recent),
+                // Created long ago, finished recently: its window runs from the finish.
+                Job("long-running-succeeded", JobStatus.Succeeded, recent, createdAt: old),
                 Job("old-retrying", JobStatus.RetryScheduled, old),
                 Job("old-queued", JobStatus.Queued, old));
             await db.SaveChangesAsync();
@@ -53,7 +55,7 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(3, swept.Jobs);
         await using var check = fixture.CreateDbContext();
         Assert.Equal(["old-processing", "recent-done"], await check.Inbox.Select(i => i.MessageKey).OrderBy(k => k).ToListAsync());
-        Assert.Equal(["old-queued", "old-retrying", "recent-succeeded"], await check.Jobs.Select(j => j.BusinessKey).OrderBy(k => k).ToListAsync());
+        Assert.Equal(["long-running-succeeded", "old-queued", "old-retrying", "recent-succeeded"], await check.Jobs.Select(j => j.BusinessKey).OrderBy(k => k).ToListAsync());
         Assert.Equal(new SweepResult(0, 0, 0), await sweeper.SweepAsync(now, CancellationToken.None));
     }
 
@@ -67,13 +69,13 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         LeaseExpiresAt = status == InboxStatus.Processing ? receivedAt.AddMinutes(1) : null,
     };
 
-    private static Job Job(string key, string status, DateTimeOffset updatedAt) => new()
+    private static Job Job(string key, string status, DateTimeOffset updatedAt, DateTimeOffset? createdAt = null) => new()
     {
         Id = Guid.NewGuid(),
         Kind = "charge-payment",
         BusinessKey = key,
         Status = status,
-        CreatedAt = updatedAt,
+        CreatedAt = createdAt ?? updatedAt,
         UpdatedAt = updatedAt,
     };
 }
