@@ -8,10 +8,11 @@ namespace Conveyor.Worker.Inbox;
 
 /// <summary>
 /// Group commit for the inbox of one endpoint (ADR 0004). Messages that arrive while earlier ones
-/// are being handled share one transaction: one statement inserts their inbox rows and claims their
-/// jobs, the consumers run (concurrently, staging their EF inserts), then one round trip applies
-/// every staged insert, one marks the jobs succeeded and removes the inbox rows of failed
-/// attempts, and one COMMIT makes it all durable. Each message keeps the single-message protocol's
+/// are being handled share one transaction: one statement inserts their inbox rows and locks their
+/// existing job rows (a job that succeeded or was cancelled does not run), the consumers run
+/// (concurrently, staging their EF inserts), then one round trip applies every staged insert, one
+/// writes each job row once (attempt counted, final status; created when another service published
+/// directly) and removes the inbox rows of failed attempts, and one COMMIT makes it all durable. Each message keeps the single-message protocol's
 /// guarantees: its inbox row is inserted before its consumer runs, and its effects commit with it
 /// or not at all. A batch whose apply or commit fails is retried one message per transaction, so
 /// one bad message cannot fail the others.
@@ -242,38 +243,41 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         var now = _time.GetUtcNow();
         var keys = members.Select(m => m.MessageKey).ToArray();
         var messageIds = members.Select(m => m.MessageId).ToArray();
-        var jobIds = members.Select(m => m.JobId).ToArray();
-        // Rows are locked in key order, so two batches holding copies of the same messages queue
-        // behind each other instead of deadlocking.
+        // Rows are inserted and locked in key order, so two batches holding copies of the same
+        // messages queue behind each other instead of deadlocking. The job rows are only locked
+        // here (a cancel waits for the batch); they are written once, with the outcome, by ApplyAsync.
         var rows = await db.Database.SqlQuery<BatchClaimRow>($"""
             WITH input AS (
-                SELECT t.message_key, t.message_id, t.job_id, t.ord
-                  FROM unnest({keys}::text[], {messageIds}::uuid[], {jobIds}::uuid[]) WITH ORDINALITY AS t(message_key, message_id, job_id, ord)),
+                SELECT t.message_key, t.message_id, t.ord
+                  FROM unnest({keys}::text[], {messageIds}::uuid[]) WITH ORDINALITY AS t(message_key, message_id, ord)),
             inbox_rows AS (
                 INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
                 SELECT {_consumerId}, i.message_key, i.message_id, {now} FROM input i ORDER BY i.message_key, i.ord
                 ON CONFLICT DO NOTHING
                 RETURNING message_key),
             job_rows AS (
-                INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
-                SELECT DISTINCT ON (i.message_key) i.job_id, {_kind}, i.message_key, {JobStatus.Running}, 1, {now}, {now}
-                  FROM input i JOIN inbox_rows r ON r.message_key = i.message_key
-                 ORDER BY i.message_key, i.ord
-                ON CONFLICT (kind, business_key) DO UPDATE
-                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
-                 WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-                RETURNING business_key)
-            SELECT r.message_key AS "Key", j.business_key IS NOT NULL AS "Runnable"
+                SELECT j.business_key, j.status
+                  FROM jobs j
+                 WHERE j.kind = {_kind} AND j.business_key IN (SELECT r.message_key FROM inbox_rows r)
+                 ORDER BY j.business_key
+                   FOR NO KEY UPDATE)
+            SELECT r.message_key AS "Key",
+                   (j.status IS NULL OR j.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})) AS "Runnable"
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
         return rows.ToDictionary(r => r.Key, r => r.Runnable, StringComparer.Ordinal);
     }
 
-    /// <summary>The staged inserts of the attempts that succeeded, their jobs' success, and the inbox rows of those that failed removed.</summary>
+    /// <summary>
+    /// The staged inserts of the attempts that succeeded; then one write per job that ran: counted
+    /// attempt and final status (succeeded, or running until the failure path records its error),
+    /// creating the row when another service published directly; and the inbox rows of the
+    /// attempts that failed removed.
+    /// </summary>
     private async Task ApplyAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
     {
-        var succeeded = members.Where(m => m.Succeeded).ToList();
-        foreach (var member in succeeded)
+        var ran = members.Where(m => m.Succeeded || m.Failed).OrderBy(m => m.MessageKey, StringComparer.Ordinal).ToList();
+        foreach (var member in ran.Where(m => m.Succeeded))
         {
             db.AddRange(member.Staged);
         }
@@ -283,18 +287,27 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             await db.SaveChangesAsync();
         }
 
-        var now = _time.GetUtcNow();
-        var succeededKeys = succeeded.Select(m => m.MessageKey).ToArray();
-        var failedKeys = members.Where(m => m.Failed).Select(m => m.MessageKey).ToArray();
-        if (succeededKeys.Length == 0 && failedKeys.Length == 0)
+        if (ran.Count == 0)
         {
             return;
         }
 
+        var now = _time.GetUtcNow();
+        var jobIds = ran.Select(m => m.JobId).ToArray();
+        var keys = ran.Select(m => m.MessageKey).ToArray();
+        var succeeded = ran.Select(m => m.Succeeded).ToArray();
+        var failedKeys = ran.Where(m => m.Failed).Select(m => m.MessageKey).ToArray();
         await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs SET status = {JobStatus.Succeeded}, last_error = NULL, next_attempt_at = NULL,
-                   progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END, updated_at = {now}, finished_at = {now}
-             WHERE kind = {_kind} AND business_key = ANY({succeededKeys}) AND status <> {JobStatus.Cancelled};
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, finished_at)
+            SELECT t.id, {_kind}, t.business_key, CASE WHEN t.ok THEN {JobStatus.Succeeded} ELSE {JobStatus.Running} END,
+                   1, {now}, {now}, CASE WHEN t.ok THEN {now} END
+              FROM unnest({jobIds}::uuid[], {keys}::text[], {succeeded}::boolean[]) AS t(id, business_key, ok)
+            ON CONFLICT (kind, business_key) DO UPDATE
+               SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = excluded.updated_at,
+                   last_error = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN NULL ELSE jobs.last_error END,
+                   progress = CASE WHEN excluded.status = {JobStatus.Succeeded} AND jobs.progress IS NOT NULL THEN 100 ELSE jobs.progress END,
+                   finished_at = COALESCE(excluded.finished_at, jobs.finished_at)
+             WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled});
             DELETE FROM inbox WHERE consumer_id = {_consumerId} AND message_key = ANY({failedKeys});
             """);
     }
