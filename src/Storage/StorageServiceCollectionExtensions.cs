@@ -26,6 +26,49 @@ public static class StorageServiceCollectionExtensions
 
     public static void Configure(DbContextOptionsBuilder options, string connectionString) =>
         options
-            .UseNpgsql(connectionString, npgsql => npgsql.MigrationsHistoryTable("__ef_migrations_history"))
+            .UseNpgsql(ForContexts(connectionString), npgsql => npgsql.MigrationsHistoryTable("__ef_migrations_history"))
             .UseSnakeCaseNamingConvention();
+
+    /// <summary>
+    /// The connection string EF contexts use, unless it says otherwise itself: their hot statements
+    /// (the inbox claim, the batch apply, job inserts) are prepared once per connection instead of
+    /// parsed on every call (still planned on every call, see below), and a connection taken from the pool is not reset first
+    /// (the reset is a statement of its own, parsed every time, and contexts keep no session state:
+    /// no temporary tables, session settings or session-level locks). Code that does keep session
+    /// state (the Api's queue locks, the dispatcher's LISTEN) opens connections with the original
+    /// string, which is a pool of its own.
+    /// </summary>
+    public static string ForContexts(string connectionString)
+    {
+        // Which keywords the string itself sets (NpgsqlConnectionStringBuilder.ContainsKey says
+        // whether a keyword is known, not whether it is set).
+        var given = new System.Data.Common.DbConnectionStringBuilder { ConnectionString = connectionString };
+        bool Sets(string keyword) => given.ContainsKey(keyword) || given.ContainsKey(keyword.Replace(" ", "", StringComparison.Ordinal));
+
+        var builder = new Npgsql.NpgsqlConnectionStringBuilder(connectionString);
+        if (!Sets("Max Auto Prepare"))
+        {
+            builder.MaxAutoPrepare = 64;
+        }
+
+        if (!Sets("Auto Prepare Min Usages"))
+        {
+            builder.AutoPrepareMinUsages = 2;
+        }
+
+        if (!Sets("No Reset On Close"))
+        {
+            builder.NoResetOnClose = true;
+        }
+
+        if (!Sets("Options"))
+        {
+            // Prepared, but planned on every execution: a generic plan made while a table was
+            // small (a new deployment, a truncated table) would keep scanning it sequentially as
+            // it grows. Preparing still saves the parse and analysis.
+            builder.Options = "-c plan_cache_mode=force_custom_plan";
+        }
+
+        return builder.ConnectionString;
+    }
 }
