@@ -28,6 +28,9 @@ internal static class JobsApi
         services.AddSingleton<JobRows>();
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
+        // First in the chain: the answers of these endpoints use the generated code, anything else
+        // falls through to the reflection-based resolver.
+        services.ConfigureHttpJsonOptions(json => json.SerializerOptions.TypeInfoResolverChain.Insert(0, JobsJson.Default));
         return services;
     }
 
@@ -99,7 +102,7 @@ internal static class JobsApi
         var errors = new FieldErrors();
         var idempotencyKey = IdempotencyKey.Read(request.Headers, errors);
 
-        var body = await RequestBody.ReadAtMostAsync(request.Body, MaxBodyBytes, cancellationToken);
+        var body = await RequestBody.ReadAtMostAsync(request.Body, request.ContentLength, MaxBodyBytes, cancellationToken);
         if (body is null)
         {
             return BodyTooLarge();
