@@ -124,6 +124,31 @@ public sealed class ErrorQueueLogicTests
         Assert.Null(FaultedMessage.Read(new BasicProperties(), "not json"u8).MessageId);
     }
 
+    [Theory]
+    [InlineData(new byte[] { 0x00, 0x7B, 0x22 })]
+    [InlineData(new byte[] { 0xFF, 0xFE })]
+    [InlineData(new byte[] { 0x5B, 0x5D })]
+    [InlineData(new byte[] { 0x7B, 0x22, 0x6D })]
+    [InlineData(new byte[] { 0x20, 0x0A })]
+    [InlineData(new byte[0])]
+    public void Bodies_that_are_no_envelope_give_no_id_or_type(byte[] body)
+    {
+        var message = FaultedMessage.Read(new BasicProperties(), body);
+
+        Assert.Equal((null, null), (message.MessageId, message.MessageType));
+        Assert.Equal(body.Length, message.BodyBytes);
+    }
+
+    [Fact]
+    public void An_envelope_after_leading_whitespace_is_still_read()
+    {
+        var body = " \r\n\t{\"messageId\":\"abc\",\"messageType\":[\"urn:message:Conveyor.Contracts.Payments:ChargePayment\"]}"u8;
+
+        var message = FaultedMessage.Read(new BasicProperties(), body);
+
+        Assert.Equal(("abc", "Conveyor.Contracts.Payments.ChargePayment"), (message.MessageId, message.MessageType));
+    }
+
     [Fact]
     public void Keys_are_found_by_value_and_scopes_read_from_a_string_or_a_list()
     {
