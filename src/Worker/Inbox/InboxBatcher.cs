@@ -277,14 +277,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private async Task ApplyAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
     {
         var ran = members.Where(m => m.Succeeded || m.Failed).OrderBy(m => m.MessageKey, StringComparer.Ordinal).ToList();
-        foreach (var member in ran.Where(m => m.Succeeded))
+        var staged = ran.Where(m => m.Succeeded).SelectMany(m => m.Staged).ToList();
+        if (staged.Count > 0)
         {
-            db.AddRange(member.Staged);
-        }
-
-        if (db.ChangeTracker.HasChanges())
-        {
-            await db.SaveChangesAsync();
+            await StagedRows.InsertAsync(db, staged, CancellationToken.None);
         }
 
         if (ran.Count == 0)
