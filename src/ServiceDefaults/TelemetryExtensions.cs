@@ -20,7 +20,10 @@ public static class TelemetryExtensions
     /// the publish and the consume to the database and HTTP calls), metrics (MassTransit's meter,
     /// ours, runtime) and logs carrying the trace id. OTLP export follows the standard
     /// <c>OTEL_*</c> variables and is on when <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set; metrics
-    /// are also scraped at <c>/metrics</c>.
+    /// are also scraped at <c>/metrics</c>. Traces are recorded only when something takes them: with
+    /// an OTLP endpoint, or with <c>Telemetry:Tracing=true</c> (<c>false</c> turns them off even then);
+    /// recording spans for every message, command and HTTP call with nowhere to send them cost
+    /// CPU on every message (bench/analysis.md §1).
     /// </summary>
     public static IHostApplicationBuilder AddConveyorTelemetry(this IHostApplicationBuilder builder, string serviceName, params string[] meters)
     {
@@ -32,24 +35,30 @@ public static class TelemetryExtensions
             logging.IncludeFormattedMessage = true;
         });
 
+        var exporting = !string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        var traced = bool.TryParse(builder.Configuration["Telemetry:Tracing"], out var tracingSetting) ? tracingSetting : exporting;
         var telemetry = builder.Services.AddOpenTelemetry()
-            .ConfigureResource(resource => resource.AddService(serviceName))
-            .WithTracing(tracing => tracing
+            .ConfigureResource(resource => resource.AddService(serviceName));
+        if (traced)
+        {
+            telemetry.WithTracing(tracing => tracing
                 .AddSource(DiagnosticHeaders.DefaultListenerName)
                 .AddAspNetCoreInstrumentation(options =>
                     options.Filter = context => !context.Request.Path.StartsWithSegments("/health")
                         && !context.Request.Path.StartsWithSegments("/metrics"))
                 .AddHttpClientInstrumentation()
-                .AddNpgsql())
-            .WithMetrics(metrics => metrics
-                .AddMeter(InstrumentationOptions.MeterName)
-                .AddMeter(meters)
-                .AddAspNetCoreInstrumentation()
-                .AddHttpClientInstrumentation()
-                .AddRuntimeInstrumentation()
-                .AddPrometheusExporter());
+                .AddNpgsql());
+        }
 
-        if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
+        telemetry.WithMetrics(metrics => metrics
+            .AddMeter(InstrumentationOptions.MeterName)
+            .AddMeter(meters)
+            .AddAspNetCoreInstrumentation()
+            .AddHttpClientInstrumentation()
+            .AddRuntimeInstrumentation()
+            .AddPrometheusExporter());
+
+        if (exporting)
         {
             telemetry.UseOtlpExporter();
         }

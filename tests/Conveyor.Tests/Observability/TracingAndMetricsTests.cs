@@ -22,8 +22,11 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
     {
         await fixture.ResetAsync();
         _gateway = await FakePaymentGateway.StartAsync();
-        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway), Export(_workerActivities));
-        _api = await fixture.StartApiAsync(configure: Export(_apiActivities));
+        // No OTLP endpoint here: tracing is switched on explicitly, as for any other exporter.
+        var workerSettings = WorkerSettings.With(_gateway);
+        workerSettings["Telemetry:Tracing"] = "true";
+        _worker = await fixture.StartWorkerAsync(workerSettings, Export(_workerActivities));
+        _api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["Telemetry:Tracing"] = "true" }, Export(_apiActivities));
     }
 
     public async Task DisposeAsync()
