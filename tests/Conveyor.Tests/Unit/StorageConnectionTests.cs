@@ -1,0 +1,33 @@
+using Conveyor.Storage;
+using Npgsql;
+
+namespace Conveyor.Tests.Unit;
+
+/// <summary>The connection string EF contexts use: prepared hot statements, no reset, custom plans, unless told otherwise.</summary>
+public sealed class StorageConnectionTests
+{
+    [Fact]
+    public void Contexts_prepare_statements_skip_the_reset_and_plan_every_execution_by_default()
+    {
+        var settings = new NpgsqlConnectionStringBuilder(
+            StorageServiceCollectionExtensions.ForContexts("Host=db;Database=conveyor;Username=u;Password=p"));
+
+        Assert.Equal(64, settings.MaxAutoPrepare);
+        Assert.Equal(2, settings.AutoPrepareMinUsages);
+        Assert.True(settings.NoResetOnClose);
+        Assert.Equal("-c plan_cache_mode=force_custom_plan", settings.Options);
+        Assert.Equal("db", settings.Host);
+    }
+
+    [Fact]
+    public void What_the_connection_string_sets_itself_wins()
+    {
+        var settings = new NpgsqlConnectionStringBuilder(StorageServiceCollectionExtensions.ForContexts(
+            "Host=db;Database=conveyor;Max Auto Prepare=0;AutoPrepareMinUsages=9;No Reset On Close=false;Options=-c statement_timeout=5000"));
+
+        Assert.Equal(0, settings.MaxAutoPrepare);
+        Assert.Equal(9, settings.AutoPrepareMinUsages);
+        Assert.False(settings.NoResetOnClose);
+        Assert.Equal("-c statement_timeout=5000", settings.Options);
+    }
+}
