@@ -12,9 +12,9 @@ namespace Conveyor.Worker.Inbox;
 /// existing job rows (a job that succeeded or was cancelled does not run), the consumers run
 /// (concurrently, staging their EF inserts), then one round trip applies every staged insert, one
 /// writes each job row once (attempt counted, final status; created when another service published
-/// directly) and removes the inbox rows of failed attempts, and one COMMIT makes it all durable. Each message keeps the single-message protocol's
-/// guarantees: its inbox row is inserted before its consumer runs, and its effects commit with it
-/// or not at all. A batch whose apply or commit fails is retried one message per transaction, so
+/// directly) and removes the inbox rows of failed attempts, and one COMMIT makes it all durable.
+/// Each message keeps the single-message protocol's guarantees: its inbox row is inserted before
+/// its consumer runs, and its effects commit with it or not at all. A batch whose apply or commit fails is retried one message per transaction, so
 /// one bad message cannot fail the others.
 /// </summary>
 public sealed partial class InboxBatcher : IAsyncDisposable
