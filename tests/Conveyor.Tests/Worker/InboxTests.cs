@@ -103,6 +103,40 @@ public abstract class InboxContract(ConveyorFixture fixture, int inboxBatchSize)
     }
 
     [Fact]
+    public async Task A_replay_of_a_succeeded_job_whose_inbox_row_was_swept_is_acked_without_running()
+    {
+        var payment = NewPayment();
+        var key = payment.PaymentId.ToString();
+        await _publisher.PublishAsync(payment);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        });
+        await using (var db = fixture.CreateDbContext())
+        {
+            // What the retention sweep does once the inbox window has passed.
+            await db.Inbox.Where(i => i.MessageKey == key).ExecuteDeleteAsync();
+        }
+
+        await _publisher.PublishAsync(payment, Guid.NewGuid());
+
+        // The replay is handled (its inbox row is back) without running the consumer again.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(1, await db.Inbox.CountAsync(i => i.MessageKey == key));
+        });
+        await AssertQueueDrainedAsync();
+        Assert.Equal(1, _gateway.ChargesFor(key));
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal(JobStatus.Succeeded, job.Status);
+        Assert.Equal(1, job.Attempts);
+        Assert.Equal(1, await check.Ledger.CountAsync(l => l.PaymentId == payment.PaymentId));
+    }
+
+    [Fact]
     public async Task Messages_handled_together_commit_their_own_outcomes_a_failure_fails_only_its_own_message()
     {
         const int payments = 40;
