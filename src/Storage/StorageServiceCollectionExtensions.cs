@@ -30,13 +30,13 @@ public static class StorageServiceCollectionExtensions
             .UseSnakeCaseNamingConvention();
 
     /// <summary>
-    /// The connection string EF contexts use, unless it says otherwise itself: their hot statements
-    /// (the inbox claim, the batch apply, job inserts) are prepared once per connection instead of
-    /// parsed on every call (still planned on every call, see below), and a connection taken from the pool is not reset first
-    /// (the reset is a statement of its own, parsed every time, and contexts keep no session state:
-    /// no temporary tables, session settings or session-level locks). Code that does keep session
-    /// state (the Api's queue locks, the dispatcher's LISTEN) opens connections with the original
-    /// string, which is a pool of its own.
+    /// The connection string EF contexts (and the Api's job-row batches) use, unless it says otherwise
+    /// itself: their hot statements (the inbox claim, the batch apply, job inserts) are prepared once
+    /// per connection instead of parsed on every call (still planned on every call, see below), and a
+    /// connection taken from the pool is not reset first (the reset is a statement of its own, parsed
+    /// every time, and these users keep no session state: no temporary tables, session settings or
+    /// session-level locks). Code that does keep session state opens its own connections: the Api's
+    /// queue locks on the original string, which is a pool of its own, the dispatcher's LISTEN unpooled.
     /// </summary>
     public static string ForContexts(string connectionString)
     {

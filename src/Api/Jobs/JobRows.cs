@@ -21,8 +21,9 @@ namespace Conveyor.Api.Jobs;
 /// <para>
 /// Plain Npgsql, not EF Core: a context, the change tracker and SaveChanges cost more CPU than the
 /// insert itself, and EF Core cannot say ON CONFLICT. The statement takes arrays, so it is one
-/// prepared statement whatever the batch size, and the connection string is the one EF Core is given:
-/// both draw on the same Npgsql pool.
+/// prepared statement whatever the batch size, and the connection string is the one EF Core's
+/// contexts use (<see cref="StorageServiceCollectionExtensions.ForContexts"/>): both draw on the
+/// same Npgsql pool, whose connections are not reset between uses.
 /// </para>
 /// </remarks>
 internal sealed class JobRows : IAsyncDisposable
@@ -52,8 +53,9 @@ internal sealed class JobRows : IAsyncDisposable
 
     public JobRows(IConfiguration configuration)
     {
-        _connectionString = configuration.GetConnectionString(StorageServiceCollectionExtensions.ConnectionStringName)
-            ?? throw new InvalidOperationException($"ConnectionStrings:{StorageServiceCollectionExtensions.ConnectionStringName} is not set.");
+        _connectionString = StorageServiceCollectionExtensions.ForContexts(
+            configuration.GetConnectionString(StorageServiceCollectionExtensions.ConnectionStringName)
+            ?? throw new InvalidOperationException($"ConnectionStrings:{StorageServiceCollectionExtensions.ConnectionStringName} is not set."));
 
         // The batches belong to no request: keep the first caller's trace (and anything else in its
         // execution context) out of them.
