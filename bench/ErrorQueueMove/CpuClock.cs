@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Conveyor.Bench.Infrastructure;
 
 namespace Conveyor.Bench.ErrorQueueMove;
 
@@ -9,28 +10,10 @@ namespace Conveyor.Bench.ErrorQueueMove;
 /// </summary>
 public sealed class CpuClock(int? brokerPid)
 {
-    private const double TicksPerSecond = 100;
-
     public (TimeSpan Ours, TimeSpan? Broker) Now() => (Process.GetCurrentProcess().TotalProcessorTime, Broker());
 
-    private TimeSpan? Broker()
-    {
-        if (brokerPid is not { } pid)
-        {
-            return null;
-        }
-
-        try
-        {
-            // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
-            return TimeSpan.FromSeconds(ticks / TicksPerSecond);
-        }
-        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or FormatException)
-        {
-            return null;
-        }
-    }
+    private TimeSpan? Broker() =>
+        brokerPid is { } pid && ProcStat.Read(pid.ToString(CultureInfo.InvariantCulture)) is { } broker
+            ? TimeSpan.FromSeconds(broker.CpuTicks / ProcStat.TicksPerSecond)
+            : null;
 }

@@ -30,7 +30,8 @@ public sealed class CpuMeter
     public (double PostgresMs, double RabbitMs) ReadServers()
     {
         var (postgres, rabbit) = Servers();
-        return ((postgres - _servers.Postgres) * 10.0, (rabbit - _servers.Rabbit) * 10.0);
+        const double msPerTick = 1000 / ProcStat.TicksPerSecond;
+        return ((postgres - _servers.Postgres) * msPerTick, (rabbit - _servers.Rabbit) * msPerTick);
     }
 
     private static (long Postgres, long Rabbit) Servers()
@@ -43,32 +44,20 @@ public sealed class CpuMeter
 
         foreach (var directory in Directory.EnumerateDirectories("/proc"))
         {
-            if (!char.IsAsciiDigit(Path.GetFileName(directory)[0]))
+            var pid = Path.GetFileName(directory);
+            if (!char.IsAsciiDigit(pid[0]) || ProcStat.Read(pid) is not { } process)
             {
+                // Not a process, or one that exited while being read.
                 continue;
             }
 
-            try
+            if (process.Command == "postgres")
             {
-                // pid (comm) state ppid ... field 14 utime, 15 stime (1-based, counted after the comm).
-                var stat = File.ReadAllText(Path.Combine(directory, "stat"));
-                var open = stat.IndexOf('(', StringComparison.Ordinal);
-                var close = stat.LastIndexOf(')');
-                var comm = stat[(open + 1)..close];
-                var fields = stat[(close + 2)..].Split(' ');
-                var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
-                if (comm == "postgres")
-                {
-                    postgres += ticks;
-                }
-                else if (comm == "beam.smp")
-                {
-                    rabbit += ticks;
-                }
+                postgres += process.CpuTicks;
             }
-            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or FormatException)
+            else if (process.Command == "beam.smp")
             {
-                // The process exited while being read.
+                rabbit += process.CpuTicks;
             }
         }
 
