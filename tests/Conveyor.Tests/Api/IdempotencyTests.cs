@@ -4,7 +4,6 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
-using RabbitMQ.Client;
 using System.Net;
 using System.Net.Http.Json;
 
@@ -98,20 +97,7 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Concurrent_submissions_repeating_each_other_create_one_job_per_business_id_and_publish_each_once()
     {
-        var factory = new ConnectionFactory
-        {
-            HostName = fixture.Servers.RabbitHost,
-            Port = fixture.Servers.RabbitPort,
-            VirtualHost = fixture.VirtualHost,
-            UserName = fixture.Servers.RabbitUser,
-            Password = fixture.Servers.RabbitPassword,
-        };
-        await using var connection = await factory.CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync();
-        const string exchange = "Conveyor.Contracts.Payments:ChargePayment";
-        await channel.ExchangeDeclareAsync(exchange, ExchangeType.Fanout, durable: true, autoDelete: false);
-        var queue = await channel.QueueDeclareAsync();
-        await channel.QueueBindAsync(queue.QueueName, exchange, routingKey: "");
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
 
         // Ten payments, each sent four times at once: twice without a key, twice each with a key of its own.
         var submissions = Enumerable.Range(0, 10)
@@ -130,7 +116,7 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         }
 
         // Every 202 came after its job's one publish was confirmed, so the queue holds them all by now.
-        Assert.Equal(10u, await channel.MessageCountAsync(queue.QueueName));
+        Assert.Equal(10u, await published.Channel.MessageCountAsync(published.Queue));
     }
 
     [Fact]

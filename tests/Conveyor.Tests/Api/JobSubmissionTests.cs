@@ -4,7 +4,6 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
-using RabbitMQ.Client;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
@@ -72,21 +71,7 @@ public sealed class JobSubmissionTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Accepted_job_is_published_with_its_job_id()
     {
-        var factory = new ConnectionFactory
-        {
-            HostName = fixture.Servers.RabbitHost,
-            Port = fixture.Servers.RabbitPort,
-            VirtualHost = fixture.VirtualHost,
-            UserName = fixture.Servers.RabbitUser,
-            Password = fixture.Servers.RabbitPassword,
-        };
-        await using var connection = await factory.CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync();
-        // The exchange MassTransit publishes ChargePayment to, declared as MassTransit declares it.
-        const string exchange = "Conveyor.Contracts.Payments:ChargePayment";
-        await channel.ExchangeDeclareAsync(exchange, ExchangeType.Fanout, durable: true, autoDelete: false);
-        var queue = await channel.QueueDeclareAsync();
-        await channel.QueueBindAsync(queue.QueueName, exchange, routingKey: "");
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
         var paymentId = Guid.NewGuid();
 
         using var response = await _api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
@@ -94,7 +79,7 @@ public sealed class JobSubmissionTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         var accepted = await response.Content.ReadFromJsonAsync<JobAccepted>();
         // Publisher confirms: the message is in the queue by the time the 202 arrives.
-        var message = await channel.BasicGetAsync(queue.QueueName, autoAck: true);
+        var message = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
         Assert.NotNull(message);
         var jobIdHeader = Assert.IsType<byte[]>(message.BasicProperties.Headers?[JobHeaders.JobId]);
         Assert.Equal(accepted?.JobId.ToString(), Encoding.UTF8.GetString(jobIdHeader));

@@ -130,16 +130,7 @@ public sealed class TestBroker : IAsyncDisposable
 
     public static async Task<TestBroker> ConnectAsync(ConveyorFixture fixture)
     {
-        var servers = fixture.Servers;
-        var factory = new ConnectionFactory
-        {
-            HostName = servers.RabbitHost,
-            Port = servers.RabbitPort,
-            VirtualHost = fixture.VirtualHost,
-            UserName = servers.RabbitUser,
-            Password = servers.RabbitPassword,
-        };
-        var connection = await factory.CreateConnectionAsync("conveyor-tests-error-queues");
+        var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-error-queues");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         var broker = new TestBroker(connection, channel);

@@ -67,6 +67,16 @@ public sealed class ConveyorFixture : IAsyncLifetime
         };
     }
 
+    /// <summary>A plain AMQP connection factory for this run's vhost, for tests that talk to the broker directly.</summary>
+    public RabbitMQ.Client.ConnectionFactory AmqpFactory() => new()
+    {
+        HostName = _servers.RabbitHost,
+        Port = _servers.RabbitPort,
+        VirtualHost = VirtualHost,
+        UserName = _servers.RabbitUser,
+        Password = _servers.RabbitPassword,
+    };
+
     public ConveyorDbContext CreateDbContext()
     {
         var options = new DbContextOptionsBuilder<ConveyorDbContext>();

@@ -23,16 +23,7 @@ public sealed class RawAmqpProducer : IAsyncDisposable
 
     public static async Task<RawAmqpProducer> ConnectAsync(ConveyorFixture fixture)
     {
-        var servers = fixture.Servers;
-        var factory = new ConnectionFactory
-        {
-            HostName = servers.RabbitHost,
-            Port = servers.RabbitPort,
-            VirtualHost = fixture.VirtualHost,
-            UserName = servers.RabbitUser,
-            Password = servers.RabbitPassword,
-        };
-        var connection = await factory.CreateConnectionAsync("conveyor-tests-raw-producer");
+        var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-raw-producer");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         return new RawAmqpProducer(connection, channel);
