@@ -20,11 +20,13 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             new ConveyorWorkerVariant(environment, gateway),
             new MassTransitVariant(environment, gateway),
             new RawClientVariant(environment, gateway),
+            .. ConveyorWorkerVariant.FromEnvironment(environment, gateway) is { } tuned ? [tuned] : Array.Empty<IConsumeVariant>(),
         ];
-        // For profiling one variant (no ratios then): CONVEYOR_BENCH_CONSUME_ONLY=conveyor.
+        // For profiling (no ratios then): CONVEYOR_BENCH_CONSUME_ONLY=conveyor, or a list such as conveyor,conveyor-b.
         if (Environment.GetEnvironmentVariable("CONVEYOR_BENCH_CONSUME_ONLY") is { Length: > 0 } only)
         {
-            variants = [.. variants.Where(v => v.Name == only)];
+            var names = only.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            variants = [.. variants.Where(v => names.Contains(v.Name))];
         }
 
         await using var publisher = await ContractPublisher.StartAsync(environment);
@@ -331,7 +333,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         public double RabbitMsPerMessage { get; init; } = double.NaN;
 
         public string Describe() => Rate is { } rate
-            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg (PostgreSQL {Formats.Number(PostgresMsPerMessage, "0.00")}, RabbitMQ {Formats.Number(RabbitMsPerMessage, "0.00")}), {Formats.Number(CommandsPerMessage, "0.0")} database commands/msg, machine {MachineBusy:P0} busy, JIT {JitMs:0} ms / {JitMethods} methods during the drain"
+            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg (PostgreSQL {Formats.Number(PostgresMsPerMessage, "0.00")}, RabbitMQ {Formats.Number(RabbitMsPerMessage, "0.00")}), {Formats.Number(CommandsPerMessage, "0.000")} database commands/msg, machine {MachineBusy:P0} busy, JIT {JitMs:0} ms / {JitMethods} methods during the drain"
             : Problem ?? "failed";
     }
 }

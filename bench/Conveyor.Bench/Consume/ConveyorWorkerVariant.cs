@@ -9,15 +9,44 @@ namespace Conveyor.Bench.Consume;
 /// The real worker (<see cref="WorkerApp.Build"/>): inbox transaction, job tracking, redelivery and
 /// retry filters, ChargePaymentConsumer writing its ledger row; the gateway answers at once.
 /// </summary>
-public sealed class ConveyorWorkerVariant(BenchEnvironment environment, InstantGateway gateway) : IConsumeVariant
+public sealed class ConveyorWorkerVariant(
+    BenchEnvironment environment,
+    InstantGateway gateway,
+    string name = "conveyor",
+    IReadOnlyDictionary<string, string?>? overrides = null) : IConsumeVariant
 {
-    public string Name => "conveyor";
+    public string Name => name;
 
-    public string Description => "Conveyor worker (WorkerApp.Build): inbox + job row + ledger row per message, one transaction, synchronous_commit on";
+    public string Description => overrides is null
+        ? "Conveyor worker (WorkerApp.Build): inbox + job row + ledger row per message, one transaction, synchronous_commit on"
+        : $"Conveyor worker with {string.Join(", ", overrides.Select(o => $"{o.Key}={o.Value}"))}";
+
+    /// <summary>
+    /// A second Conveyor variant for tuning, from <c>CONVEYOR_BENCH_CONSUME_B="Section:Key=value;…"</c>:
+    /// the same worker with those settings, interleaved with the others round by round.
+    /// </summary>
+    public static ConveyorWorkerVariant? FromEnvironment(BenchEnvironment environment, InstantGateway gateway)
+    {
+        if (Environment.GetEnvironmentVariable("CONVEYOR_BENCH_CONSUME_B") is not { Length: > 0 } spec)
+        {
+            return null;
+        }
+
+        var overrides = spec.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(pair => pair.Split('=', 2))
+            .ToDictionary(pair => pair[0], pair => pair.Length == 2 ? pair[1] : null);
+        return new ConveyorWorkerVariant(environment, gateway, "conveyor-b", overrides);
+    }
 
     public async Task<IConsumeSession> OpenAsync(ConsumeSettings settings)
     {
-        var app = WorkerApp.Build(BenchEnvironment.Args(Settings(environment, gateway, settings)));
+        var values = Settings(environment, gateway, settings);
+        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
+        {
+            values[key] = value;
+        }
+
+        var app = WorkerApp.Build(BenchEnvironment.Args(values));
         return await EndpointSession.StartPausedAsync(
             app.Services.GetRequiredService<IBus>(),
             ConsumeBenchmark.Queue,

@@ -137,7 +137,7 @@ public sealed class InboxBatchers(
         _batchers.GetOrAdd(consumerId, id => new Lazy<InboxBatcher>(() =>
         {
             var endpoint = options.Get(descriptor.ConsumerName);
-            return new InboxBatcher(id, descriptor.Kind, endpoint.InboxBatchSize, endpoint.InboxConcurrentBatches,
+            return new InboxBatcher(id, descriptor.Kind, endpoint.InboxBatchSize, endpoint.InboxConcurrentBatches, endpoint.InboxEagerBatches,
                 dbFactory, time, loggers.CreateLogger<InboxBatcher>());
         })).Value;
 

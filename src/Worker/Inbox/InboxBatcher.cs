@@ -19,8 +19,18 @@ namespace Conveyor.Worker.Inbox;
 /// </summary>
 public sealed partial class InboxBatcher : IAsyncDisposable
 {
+    /// <summary>
+    /// How long waiting messages gather while a batch is busy in the database before a batch starts
+    /// anyway: a claim waiting for a row lock (a copy of the same job in another batch whose consumer
+    /// is slow, a cancel) must not hold the endpoint back for long.
+    /// </summary>
+    public static readonly TimeSpan DefaultGatherLimit = TimeSpan.FromMilliseconds(20);
+
     private readonly Channel<BatchMember> _pending = Channel.CreateUnbounded<BatchMember>(new UnboundedChannelOptions { SingleReader = true });
-    private readonly SemaphoreSlim _slots;
+    private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
+    private readonly int _maxConcurrentBatches;
+    private readonly int _eagerBatches;
+    private readonly TimeSpan _gatherLimit;
     private readonly string _consumerId;
     private readonly string _kind;
     private readonly int _maxBatch;
@@ -28,20 +38,27 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
     private readonly Task _loop;
+    private int _waiting;
+    private int _running;
+    private int _inDatabase;
 
     public InboxBatcher(
         string consumerId,
         string kind,
         int maxBatch,
         int maxConcurrentBatches,
+        int eagerBatches,
         IDbContextFactory<ConveyorDbContext> dbFactory,
         TimeProvider time,
-        ILogger logger)
+        ILogger logger,
+        TimeSpan? gatherLimit = null)
     {
         _consumerId = consumerId;
         _kind = kind;
         _maxBatch = maxBatch;
-        _slots = new SemaphoreSlim(maxConcurrentBatches, maxConcurrentBatches);
+        _maxConcurrentBatches = maxConcurrentBatches;
+        _eagerBatches = eagerBatches;
+        _gatherLimit = gatherLimit ?? DefaultGatherLimit;
         _dbFactory = dbFactory;
         _time = time;
         _logger = logger;
@@ -52,9 +69,17 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     public BatchMember Join(string messageKey, Guid? messageId, Guid jobId)
     {
         var member = new BatchMember(messageKey, messageId, jobId);
+        var waiting = Interlocked.Increment(ref _waiting);
         if (!_pending.Writer.TryWrite(member))
         {
+            Interlocked.Decrement(ref _waiting);
             throw new OperationCanceledException("The inbox batcher is stopping.");
+        }
+
+        if (waiting >= _maxBatch && Volatile.Read(ref _running) < _maxConcurrentBatches)
+        {
+            // A full batch waits: the loop may start it even while the database is busy.
+            Wake();
         }
 
         return member;
@@ -63,37 +88,70 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _pending.Writer.TryComplete();
+        Wake();
+        // Batches still in flight finish on their own (the bus has stopped: their consumers have ended).
         await _loop;
-        _slots.Dispose();
     }
+
+    /// <summary>
+    /// Adaptive batch size: the first few batches (<see cref="Messaging.ConsumerEndpointOptions.InboxEagerBatches"/>)
+    /// start as soon as a message waits, so a lone message is not delayed. More batches start (up to
+    /// the configured number in flight) while the ones in flight are all waiting for their consumers
+    /// (slow consumers get batches of their own), once a full batch waits, or when messages have
+    /// waited <see cref="DefaultGatherLimit"/> without any of that. While the database is busy with a
+    /// batch, the messages that arrive meanwhile gather into the next one: under load, batches grow
+    /// towards their maximum and their fixed costs (round trips, planning, commit) are shared by
+    /// more messages.
+    /// </summary>
+    private bool MayStartBatch(bool gatheredLongEnough)
+    {
+        var running = Volatile.Read(ref _running);
+        return running < _maxConcurrentBatches
+            && (gatheredLongEnough || running < _eagerBatches || Volatile.Read(ref _inDatabase) == 0 || Volatile.Read(ref _waiting) >= _maxBatch);
+    }
+
+    private void Wake() => _wake.Release();
 
     private async Task LoopAsync()
     {
         var reader = _pending.Reader;
+        var gatheredLongEnough = false;
         while (await reader.WaitToReadAsync())
         {
-            await _slots.WaitAsync();
-            var members = new List<BatchMember>(_maxBatch);
+            if (!MayStartBatch(gatheredLongEnough))
+            {
+                // Woken when a batch leaves the database or ends, or a full batch waits; else after the limit.
+                gatheredLongEnough = !await _wake.WaitAsync(_gatherLimit);
+                continue;
+            }
+
+            gatheredLongEnough = false;
+
+            var members = new List<BatchMember>(Math.Clamp(Volatile.Read(ref _waiting), 1, _maxBatch));
             while (members.Count < _maxBatch && reader.TryRead(out var member))
             {
                 members.Add(member);
             }
 
+            Interlocked.Add(ref _waiting, -members.Count);
+
             if (members.Count == 0)
             {
-                _slots.Release();
                 continue;
             }
 
+            Interlocked.Increment(ref _running);
+            Interlocked.Increment(ref _inDatabase);
             _ = RunAsync(members);
         }
     }
 
     private async Task RunAsync(List<BatchMember> members)
     {
+        var phase = new BatchPhase(this);
         try
         {
-            await RunBatchAsync(members);
+            await RunBatchAsync(members, phase);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
@@ -102,17 +160,44 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
         finally
         {
-            _slots.Release();
+            phase.LeaveDatabase();
+            Interlocked.Decrement(ref _running);
+            Wake();
         }
     }
 
-    private async Task RunBatchAsync(List<BatchMember> members)
+    /// <summary>Whether a batch is holding the database (claiming, or applying and committing) or waiting for its consumers.</summary>
+    private sealed class BatchPhase(InboxBatcher batcher)
+    {
+        private bool _inDatabase = true;
+
+        public void EnterDatabase()
+        {
+            if (!_inDatabase)
+            {
+                _inDatabase = true;
+                Interlocked.Increment(ref batcher._inDatabase);
+            }
+        }
+
+        public void LeaveDatabase()
+        {
+            if (_inDatabase)
+            {
+                _inDatabase = false;
+                Interlocked.Decrement(ref batcher._inDatabase);
+                batcher.Wake();
+            }
+        }
+    }
+
+    private async Task RunBatchAsync(List<BatchMember> members, BatchPhase phase)
     {
         ConveyorDbContext? db = null;
         try
         {
             db = await _dbFactory.CreateDbContextAsync();
-            await RunBatchAsync(db, members);
+            await RunBatchAsync(db, members, phase);
         }
         finally
         {
@@ -129,7 +214,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    private async Task RunBatchAsync(ConveyorDbContext db, List<BatchMember> members)
+    private async Task RunBatchAsync(ConveyorDbContext db, List<BatchMember> members, BatchPhase phase)
     {
         Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction;
         try
@@ -151,7 +236,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
         await using var ownedTransaction = transaction;
         // Duplicates and jobs that must not run are settled already; wait for the consumers.
+        phase.LeaveDatabase();
         await Task.WhenAll(members.Select(m => m.Ran));
+        phase.EnterDatabase();
         try
         {
             await ApplyAsync(db, members);

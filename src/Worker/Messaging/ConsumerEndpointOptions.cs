@@ -78,11 +78,19 @@ public sealed class ConsumerEndpointOptions
     /// lone message is not delayed. 1 = one transaction per message.
     /// </summary>
     [Range(1, 1_000)]
-    public int InboxBatchSize { get; set; } = 16;
+    public int InboxBatchSize { get; set; } = 64;
 
     /// <summary>Short jobs: inbox batches in flight at once (each holds one database connection).</summary>
     [Range(1, 100)]
     public int InboxConcurrentBatches { get; set; } = 4;
+
+    /// <summary>
+    /// Short jobs: while fewer inbox batches than this are in flight, a batch starts as soon as a
+    /// message waits. Beyond it, a batch starts once it is full or while no batch in flight is busy
+    /// in the database, so that under load batches grow instead of multiplying.
+    /// </summary>
+    [Range(1, 100)]
+    public int InboxEagerBatches { get; set; } = 1;
 
     /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
     [Range(5, 3_600)]

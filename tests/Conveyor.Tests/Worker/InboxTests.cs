@@ -8,7 +8,7 @@ namespace Conveyor.Tests.Worker;
 
 /// <summary>The inbox as shipped: messages handled at the same time share a transaction (group commit).</summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class InboxTests(ConveyorFixture fixture) : InboxContract(fixture, inboxBatchSize: 16);
+public sealed class InboxTests(ConveyorFixture fixture) : InboxContract(fixture, inboxBatchSize: 64);
 
 /// <summary>The same guarantees with one transaction per message (<c>InboxBatchSize</c> 1).</summary>
 [Collection(ConveyorCollection.Name)]

@@ -1,0 +1,223 @@
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Inbox;
+using Conveyor.Worker.Jobs;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// How the inbox's group commit forms batches (<see cref="InboxBatcher"/>), driven directly against
+/// the real database. A batch is held in the database by a row lock the test takes on its job row,
+/// so which messages share a transaction does not depend on timing.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Kind = "charge-payment";
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
+    private readonly List<BatchMember> _joined = [];
+    private InboxBatcher? _batcher;
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public async Task DisposeAsync()
+    {
+        // After a failed assertion, consumers that never ran would keep their batches' transactions
+        // open (and the next test's reset waiting): they fail now, so the batches end.
+        foreach (var member in _joined.Where(m => !m.Completed.IsCompleted))
+        {
+            member.RanAndFailed();
+        }
+
+        if (_batcher is not null)
+        {
+            await _batcher.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Messages_arriving_while_a_batch_is_in_the_database_share_the_next_transaction()
+    {
+        var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4);
+        var blockedKey = NewKey();
+        await using var hold = await HoldJobRowAsync(blockedKey);
+        var first = Join(batcher, blockedKey, Guid.NewGuid(), Guid.NewGuid());
+        await WaitUntilBlockedAsync();
+
+        // One by one, with pauses: each could have started a batch of its own.
+        var later = new List<BatchMember>();
+        for (var i = 0; i < 10; i++)
+        {
+            later.Add(Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid()));
+            await Task.Delay(TimeSpan.FromMilliseconds(20));
+        }
+
+        Assert.DoesNotContain(later, m => m.Claimed.IsCompleted);
+        await hold.ReleaseAsync();
+
+        await RunAllAsync([first, .. later]);
+        Assert.Equal(1, await TransactionsThatInsertedAsync(later));
+        Assert.Equal(2, await TransactionsThatInsertedAsync([first, .. later]));
+    }
+
+    [Fact]
+    public async Task A_full_batch_starts_while_another_batch_is_still_in_the_database()
+    {
+        var batcher = NewBatcher(maxBatch: 8, concurrentBatches: 4);
+        var blockedKey = NewKey();
+        await using var hold = await HoldJobRowAsync(blockedKey);
+        var first = Join(batcher, blockedKey, Guid.NewGuid(), Guid.NewGuid());
+        await WaitUntilBlockedAsync();
+
+        var full = Enumerable.Range(0, 8).Select(_ => Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid())).ToList();
+        await RunAllAsync(full);
+
+        Assert.False(first.Claimed.IsCompleted, "the first batch is still waiting for the row lock");
+        Assert.Equal(1, await TransactionsThatInsertedAsync(full));
+        await hold.ReleaseAsync();
+        await RunAllAsync([first]);
+    }
+
+    [Fact]
+    public async Task A_batch_stuck_waiting_for_a_row_lock_holds_the_next_messages_back_only_for_the_gather_limit()
+    {
+        var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4, gatherLimit: TimeSpan.FromMilliseconds(50));
+        var blockedKey = NewKey();
+        await using var hold = await HoldJobRowAsync(blockedKey);
+        var first = Join(batcher, blockedKey, Guid.NewGuid(), Guid.NewGuid());
+        await WaitUntilBlockedAsync();
+
+        var next = Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid());
+        await RunAllAsync([next]);
+
+        Assert.False(first.Claimed.IsCompleted, "the first batch is still waiting for the row lock");
+        await hold.ReleaseAsync();
+        await RunAllAsync([first]);
+    }
+
+    [Fact]
+    public async Task A_slow_consumer_does_not_hold_back_a_message_that_arrives_after_it()
+    {
+        var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4);
+        var slow = Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid());
+        Assert.Equal(InboxClaim.Run, await slow.Claimed.WaitAsync(Patience));
+
+        // The slow consumer is still running (its batch waits for it outside the database): the
+        // next message gets a batch of its own and commits first.
+        var quick = Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid());
+        await RunAllAsync([quick]);
+        Assert.False(slow.Completed.IsCompleted);
+
+        slow.RanSuccessfully([]);
+        Assert.True(await slow.Completed.WaitAsync(Patience));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(2, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+    }
+
+    /// <summary>By default messages gather for as long as a batch is in the database (no time limit), so nothing here depends on timing.</summary>
+    private InboxBatcher NewBatcher(int maxBatch, int concurrentBatches, TimeSpan? gatherLimit = null) =>
+        _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, new Contexts(fixture), TimeProvider.System,
+            NullLogger.Instance, gatherLimit ?? Timeout.InfiniteTimeSpan);
+
+    private BatchMember Join(InboxBatcher batcher, string key, Guid messageId, Guid jobId)
+    {
+        var member = batcher.Join(key, messageId, jobId);
+        _joined.Add(member);
+        return member;
+    }
+
+    private static string NewKey() => Guid.NewGuid().ToString();
+
+    /// <summary>Each member's consumer succeeds at once; every member must commit.</summary>
+    private static async Task RunAllAsync(IReadOnlyList<BatchMember> members)
+    {
+        foreach (var member in members)
+        {
+            Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
+            member.RanSuccessfully([]);
+        }
+
+        foreach (var member in members)
+        {
+            Assert.True(await member.Completed.WaitAsync(Patience));
+        }
+    }
+
+    /// <summary>How many transactions inserted these members' inbox rows (rows of one transaction share its xmin).</summary>
+    private async Task<long> TransactionsThatInsertedAsync(IEnumerable<BatchMember> members)
+    {
+        var keys = members.Select(m => m.MessageKey).ToArray();
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(
+            "SELECT count(DISTINCT xmin::text) FROM inbox WHERE message_key = ANY(@keys) HAVING count(*) = cardinality(@keys)", connection);
+        command.Parameters.AddWithValue("keys", keys);
+        return (long)(await command.ExecuteScalarAsync() ?? 0L);
+    }
+
+    /// <summary>A queued job row for <paramref name="key"/>, locked by an open transaction until released.</summary>
+    private async Task<RowHold> HoldJobRowAsync(string key)
+    {
+        var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using (var insert = new NpgsqlCommand("""
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+            VALUES (@id, @kind, @key, @status, 0, now(), now())
+            """, connection))
+        {
+            insert.Parameters.AddWithValue("id", Guid.NewGuid());
+            insert.Parameters.AddWithValue("kind", Kind);
+            insert.Parameters.AddWithValue("key", key);
+            insert.Parameters.AddWithValue("status", JobStatus.Queued);
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        var transaction = await connection.BeginTransactionAsync();
+        await using var lockRow = new NpgsqlCommand("SELECT 1 FROM jobs WHERE kind = @kind AND business_key = @key FOR UPDATE", connection, transaction);
+        lockRow.Parameters.AddWithValue("kind", Kind);
+        lockRow.Parameters.AddWithValue("key", key);
+        await lockRow.ExecuteScalarAsync();
+        return new RowHold(connection, transaction);
+    }
+
+    /// <summary>Until some backend of this run's database waits for a row lock (the first batch's claim).</summary>
+    private async Task WaitUntilBlockedAsync() =>
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+            await connection.OpenAsync();
+            await using var command = new NpgsqlCommand(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
+            Assert.Equal(1L, (long)(await command.ExecuteScalarAsync() ?? 0L));
+        });
+
+    private sealed class RowHold(NpgsqlConnection connection, NpgsqlTransaction transaction) : IAsyncDisposable
+    {
+        private bool _released;
+
+        public async Task ReleaseAsync()
+        {
+            if (!_released)
+            {
+                _released = true;
+                await transaction.CommitAsync();
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await ReleaseAsync();
+            await transaction.DisposeAsync();
+            await connection.DisposeAsync();
+        }
+    }
+
+    private sealed class Contexts(ConveyorFixture fixture) : IDbContextFactory<ConveyorDbContext>
+    {
+        public ConveyorDbContext CreateDbContext() => fixture.CreateDbContext();
+    }
+}
