@@ -48,7 +48,8 @@ public static class MarkdownReport
         }
 
         var move = ErrorQueueMove(root);
-        text.AppendLine($"| 4. error-queue move rate vs RabbitMQ shovel (no target) | {move.Summary} | – | {move.MeasuredAt} |");
+        var moveMet = move.Ratio is { } moveRatio ? (moveRatio >= 1.0 ? "yes" : "**no**") : "–";
+        text.AppendLine($"| 4. error-queue move ≥ 1.0× RabbitMQ's shovel-based move | {move.Summary} | {moveMet} | {move.MeasuredAt} |");
         foreach (var fault in faults)
         {
             text.AppendLine($"| fault: {fault.Scenario}: 0 lost, 0 applied twice | {fault.Lost} lost, {fault.AppliedTwice} applied twice of {fault.Accepted} accepted | {(fault.Lost == 0 && fault.AppliedTwice == 0 ? "yes" : "**no**")} | {fault.MeasuredAt:yyyy-MM-dd HH:mm} |");
@@ -142,7 +143,7 @@ public static class MarkdownReport
         text.AppendLine();
     }
 
-    private sealed record MoveResult(string Summary, string MeasuredAt, IReadOnlyList<string> Table);
+    private sealed record MoveResult(string Summary, string MeasuredAt, IReadOnlyList<string> Table, double? Ratio = null);
 
     /// <summary>What <c>bench/run.sh move</c> saved from bench/ErrorQueueMove's output, if anything.</summary>
     private static MoveResult ErrorQueueMove(string root)
@@ -157,7 +158,10 @@ public static class MarkdownReport
         var ratio = lines.LastOrDefault(l => l.StartsWith("Ratio", StringComparison.Ordinal));
         var table = lines.Where(l => l.StartsWith('|')).ToList();
         var when = File.GetLastWriteTimeUtc(path).ToString("yyyy-MM-dd HH:mm", System.Globalization.CultureInfo.InvariantCulture);
-        return new MoveResult(ratio is null ? "see bench/ErrorQueueMove" : $"{ratio} (bench/ErrorQueueMove)", when, table);
+        // "Ratio Conveyor / shovel (medians): 0.89"
+        double? value = ratio is not null && double.TryParse(ratio[(ratio.LastIndexOf(':') + 1)..].Trim(),
+            System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var parsed) ? parsed : null;
+        return new MoveResult(ratio is null ? "see bench/ErrorQueueMove" : $"{ratio} (bench/ErrorQueueMove)", when, table, value);
     }
 
     private static void AppendMove(StringBuilder text, MoveResult move)
