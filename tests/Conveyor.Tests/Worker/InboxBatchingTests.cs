@@ -42,17 +42,14 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Messages_arriving_while_a_batch_is_in_the_database_share_the_next_transaction()
     {
-        var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4);
-        var blockedKey = NewKey();
-        await using var hold = await HoldJobRowAsync(blockedKey);
-        var first = Join(batcher, blockedKey, Guid.NewGuid(), Guid.NewGuid());
-        await WaitUntilBlockedAsync();
+        var (batcher, hold, first) = await BlockFirstBatchAsync(maxBatch: 64);
+        await using var releaseAtEnd = hold;
 
         // One by one, with pauses: each could have started a batch of its own.
         var later = new List<BatchMember>();
         for (var i = 0; i < 10; i++)
         {
-            later.Add(Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid()));
+            later.Add(Join(batcher, NewKey()));
             await Task.Delay(TimeSpan.FromMilliseconds(20));
         }
 
@@ -67,13 +64,10 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_full_batch_starts_while_another_batch_is_still_in_the_database()
     {
-        var batcher = NewBatcher(maxBatch: 8, concurrentBatches: 4);
-        var blockedKey = NewKey();
-        await using var hold = await HoldJobRowAsync(blockedKey);
-        var first = Join(batcher, blockedKey, Guid.NewGuid(), Guid.NewGuid());
-        await WaitUntilBlockedAsync();
+        var (batcher, hold, first) = await BlockFirstBatchAsync(maxBatch: 8);
+        await using var releaseAtEnd = hold;
 
-        var full = Enumerable.Range(0, 8).Select(_ => Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid())).ToList();
+        var full = Enumerable.Range(0, 8).Select(_ => Join(batcher, NewKey())).ToList();
         await RunAllAsync(full);
 
         Assert.False(first.Claimed.IsCompleted, "the first batch is still waiting for the row lock");
@@ -85,13 +79,10 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_batch_stuck_waiting_for_a_row_lock_holds_the_next_messages_back_only_for_the_gather_limit()
     {
-        var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4, gatherLimit: TimeSpan.FromMilliseconds(50));
-        var blockedKey = NewKey();
-        await using var hold = await HoldJobRowAsync(blockedKey);
-        var first = Join(batcher, blockedKey, Guid.NewGuid(), Guid.NewGuid());
-        await WaitUntilBlockedAsync();
+        var (batcher, hold, first) = await BlockFirstBatchAsync(maxBatch: 64, gatherLimit: TimeSpan.FromMilliseconds(50));
+        await using var releaseAtEnd = hold;
 
-        var next = Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid());
+        var next = Join(batcher, NewKey());
         await RunAllAsync([next]);
 
         Assert.False(first.Claimed.IsCompleted, "the first batch is still waiting for the row lock");
@@ -103,12 +94,12 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
     public async Task A_slow_consumer_does_not_hold_back_a_message_that_arrives_after_it()
     {
         var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4);
-        var slow = Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid());
+        var slow = Join(batcher, NewKey());
         Assert.Equal(InboxClaim.Run, await slow.Claimed.WaitAsync(Patience));
 
         // The slow consumer is still running (its batch waits for it outside the database): the
         // next message gets a batch of its own and commits first.
-        var quick = Join(batcher, NewKey(), Guid.NewGuid(), Guid.NewGuid());
+        var quick = Join(batcher, NewKey());
         await RunAllAsync([quick]);
         Assert.False(slow.Completed.IsCompleted);
 
@@ -123,11 +114,22 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
         _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, new Contexts(fixture), TimeProvider.System,
             NullLogger.Instance, gatherLimit ?? Timeout.InfiniteTimeSpan);
 
-    private BatchMember Join(InboxBatcher batcher, string key, Guid messageId, Guid jobId)
+    private BatchMember Join(InboxBatcher batcher, string key)
     {
-        var member = batcher.Join(key, messageId, jobId);
+        var member = batcher.Join(key, Guid.NewGuid(), Guid.NewGuid());
         _joined.Add(member);
         return member;
+    }
+
+    /// <summary>A batcher whose first batch (one message) waits in its claim for a job-row lock the test holds.</summary>
+    private async Task<(InboxBatcher Batcher, RowHold Hold, BatchMember First)> BlockFirstBatchAsync(int maxBatch, TimeSpan? gatherLimit = null)
+    {
+        var batcher = NewBatcher(maxBatch, concurrentBatches: 4, gatherLimit);
+        var blockedKey = NewKey();
+        var hold = await HoldJobRowAsync(blockedKey);
+        var first = Join(batcher, blockedKey);
+        await WaitUntilBlockedAsync();
+        return (batcher, hold, first);
     }
 
     private static string NewKey() => Guid.NewGuid().ToString();
