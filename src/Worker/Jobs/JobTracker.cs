@@ -17,20 +17,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// False when the job must not run: it succeeded already (a replay after the inbox row was
     /// swept) or was cancelled.
     /// </summary>
-    public async Task<bool> StartAttemptAsync(JobRef job, CancellationToken cancellationToken)
-    {
-        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        var now = time.GetUtcNow();
-        var id = job.JobId ?? Guid.CreateVersion7();
-        var started = await db.Database.ExecuteSqlInterpolatedAsync($"""
-            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
-            VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now})
-            ON CONFLICT (kind, business_key) DO UPDATE
-               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
-             WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-            """, cancellationToken);
-        return started == 1;
-    }
+    public Task<bool> StartAttemptAsync(JobRef job, CancellationToken cancellationToken) =>
+        CountAttemptAsync(job, error: null, cancellationToken);
 
     /// <summary>
     /// Inside the inbox transaction, in the same statement as the inbox row: counts the attempt and
@@ -76,17 +64,28 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             return;
         }
 
+        await CountAttemptAsync(job, Describe(exception), cancellationToken);
+    }
+
+    /// <summary>
+    /// One more attempt of a job that may still run, marked running (with <paramref name="error"/>
+    /// as its last error when given); creates the row when another service published directly.
+    /// False when the job succeeded already or was cancelled.
+    /// </summary>
+    private async Task<bool> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken)
+    {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         var id = job.JobId ?? Guid.CreateVersion7();
-        var error = Describe(exception);
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
+        var counted = await db.Database.ExecuteSqlInterpolatedAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at)
             VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now})
             ON CONFLICT (kind, business_key) DO UPDATE
-               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = {error}, next_attempt_at = NULL, updated_at = {now}
+               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
+                   next_attempt_at = NULL, updated_at = {now}
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
             """, cancellationToken);
+        return counted == 1;
     }
 
     public Task MarkRetryScheduledAsync(JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
