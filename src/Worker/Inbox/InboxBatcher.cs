@@ -110,7 +110,18 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             && (gatheredLongEnough || running < _eagerBatches || Volatile.Read(ref _inDatabase) == 0 || Volatile.Read(ref _waiting) >= _maxBatch);
     }
 
-    private void Wake() => _wake.Release();
+    /// <summary>
+    /// Wakes the loop if it waits. Only the loop takes from the semaphore, so a count above zero
+    /// already means "look again": it is not raised further, or a worker that runs for months
+    /// would overflow it (and the loop would spin through stale wake-ups).
+    /// </summary>
+    private void Wake()
+    {
+        if (_wake.CurrentCount == 0)
+        {
+            _wake.Release();
+        }
+    }
 
     private async Task LoopAsync()
     {
