@@ -15,14 +15,17 @@ public static class StorageServiceCollectionExtensions
     /// </summary>
     public static IServiceCollection AddConveyorStorage(this IServiceCollection services, IConfiguration configuration)
     {
-        var connectionString = configuration.GetConnectionString(ConnectionStringName)
-            ?? throw new InvalidOperationException(
-                $"ConnectionStrings:{ConnectionStringName} (env ConnectionStrings__{ConnectionStringName}) is not set.");
-
+        var connectionString = ConnectionString(configuration);
         services.AddPooledDbContextFactory<ConveyorDbContext>(options => Configure(options, connectionString));
         services.AddScoped(provider => provider.GetRequiredService<IDbContextFactory<ConveyorDbContext>>().CreateDbContext());
         return services;
     }
+
+    /// <summary>The configured <c>ConnectionStrings:Conveyor</c>, as given; it must be set.</summary>
+    public static string ConnectionString(IConfiguration configuration) =>
+        configuration.GetConnectionString(ConnectionStringName)
+        ?? throw new InvalidOperationException(
+            $"ConnectionStrings:{ConnectionStringName} (env ConnectionStrings__{ConnectionStringName}) is not set.");
 
     public static void Configure(DbContextOptionsBuilder options, string connectionString) =>
         options
@@ -35,8 +38,8 @@ public static class StorageServiceCollectionExtensions
     /// per connection instead of parsed on every call (still planned on every call, see below), and a
     /// connection taken from the pool is not reset first (the reset is a statement of its own, parsed
     /// every time, and these users keep no session state: no temporary tables, session settings or
-    /// session-level locks). Code that does keep session state opens its own connections: the Api's
-    /// queue locks on the original string, which is a pool of its own, the dispatcher's LISTEN unpooled.
+    /// session-level locks). Code that does keep session state opens its own, unpooled connections:
+    /// the Api's queue locks (advisory locks) and the redelivery dispatcher's LISTEN.
     /// </summary>
     public static string ForContexts(string connectionString)
     {

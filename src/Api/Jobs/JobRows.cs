@@ -53,9 +53,7 @@ internal sealed class JobRows : IAsyncDisposable
 
     public JobRows(IConfiguration configuration)
     {
-        _connectionString = StorageServiceCollectionExtensions.ForContexts(
-            configuration.GetConnectionString(StorageServiceCollectionExtensions.ConnectionStringName)
-            ?? throw new InvalidOperationException($"ConnectionStrings:{StorageServiceCollectionExtensions.ConnectionStringName} is not set."));
+        _connectionString = StorageServiceCollectionExtensions.ForContexts(StorageServiceCollectionExtensions.ConnectionString(configuration));
 
         // The batches belong to no request: keep the first caller's trace (and anything else in its
         // execution context) out of them.

@@ -19,7 +19,7 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
     private const int LockClass = 0x43_51_4F_50; // "CQOP"
 
     private readonly string _connectionString = new NpgsqlConnectionStringBuilder(
-        configuration.GetConnectionString(StorageServiceCollectionExtensions.ConnectionStringName))
+        StorageServiceCollectionExtensions.ConnectionString(configuration))
     {
         // Closing the connection must end the session (and release the lock), not park it in a pool.
         Pooling = false,
