@@ -46,7 +46,7 @@ ENV
 rabbit_up() {
   if ! command -v rabbitmq-server >/dev/null 2>&1; then
     log "installing rabbitmq-server from Debian packages"
-    as_root apt-get update -qq
+    as_root apt-get update -qq >&2
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
   fi
   if port_open "$RABBIT_PORT"; then
@@ -92,7 +92,7 @@ pg_psql() { as_root runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1
 pg_up() {
   if ! command -v pg_lsclusters >/dev/null 2>&1; then
     log "installing postgresql from Debian packages"
-    as_root apt-get update -qq
+    as_root apt-get update -qq >&2
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
   if port_open "$PG_PORT"; then
@@ -108,7 +108,8 @@ pg_up() {
     log "starting PostgreSQL $version/$cluster on 127.0.0.1:$PG_PORT"
     as_root sed -i "s/^#\?listen_addresses.*/listen_addresses = '127.0.0.1'/" "/etc/postgresql/$version/$cluster/postgresql.conf"
     as_root sed -i "s/^#\?max_connections.*/max_connections = 300/" "/etc/postgresql/$version/$cluster/postgresql.conf"
-    as_root pg_ctlcluster "$version" "$cluster" start
+    # stdout is for `env`/`up` output that callers eval: pg_ctlcluster can say "Removed stale pid file."
+    as_root pg_ctlcluster "$version" "$cluster" start >&2
     mkdir -p "$STATE_DIR"
     echo "$version $cluster" > "$STATE_DIR/postgres.started"
     wait_port "$PG_PORT" PostgreSQL 60
