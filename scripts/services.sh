@@ -71,7 +71,15 @@ CONF
     # Shovel: only the error-queue benchmark's comparison (bench/ErrorQueueMove) uses it.
     as_root rabbitmq-plugins enable --offline rabbitmq_management rabbitmq_shovel rabbitmq_shovel_management >/dev/null
     mkdir -p "$STATE_DIR"
-    as_root sh -c 'nohup rabbitmq-server >/tmp/conveyor-rabbitmq.log 2>&1 &'
+    # Detached, with none of the caller's descriptors past stderr: a daemon that inherits one (the
+    # lock of a caller's flock, the pipe a CI runner reads) would hold it for as long as it runs.
+    (
+      for fd in /proc/"$BASHPID"/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+      done
+      as_root sh -c 'nohup rabbitmq-server </dev/null >/tmp/conveyor-rabbitmq.log 2>&1 &'
+    )
     touch "$STATE_DIR/rabbitmq.started"
     wait_port "$RABBIT_PORT" RabbitMQ 180
     as_root rabbitmqctl await_startup >/dev/null
