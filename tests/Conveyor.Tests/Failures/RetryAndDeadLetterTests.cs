@@ -155,9 +155,8 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         await Eventually.AssertAsync(async () =>
         {
             await using var db = fixture.CreateDbContext();
-            var succeeded = await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded);
-            Assert.True(succeeded == payments, $"{succeeded} of {payments} succeeded; {await PipelineState.DescribeAsync(fixture)}");
-        });
+            Assert.Equal(payments, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+        }, () => PipelineState.DescribeAsync(fixture));
         await using var check = fixture.CreateDbContext();
         Assert.Equal(payments, await check.Ledger.CountAsync());
         Assert.Equal(0, await check.ScheduledMessages.CountAsync());

@@ -25,6 +25,32 @@ public static class Eventually
         }
     }
 
+    /// <summary>
+    /// As above; when the time is up, the failure also says what <paramref name="describe"/> reports,
+    /// read once at the end (not on every try).
+    /// </summary>
+    public static async Task AssertAsync(Func<Task> assertion, Func<Task<string>> describe, TimeSpan? timeout = null)
+    {
+        try
+        {
+            await AssertAsync(assertion, timeout);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            string state;
+            try
+            {
+                state = await describe();
+            }
+            catch (Exception describeFailure) when (describeFailure is not OutOfMemoryException)
+            {
+                state = $"(could not describe the state: {describeFailure.Message})";
+            }
+
+            throw new Xunit.Sdk.XunitException($"{exception.Message}{Environment.NewLine}{state}", exception);
+        }
+    }
+
     public static Task AssertAsync(Action assertion, TimeSpan? timeout = null) =>
         AssertAsync(() => { assertion(); return Task.CompletedTask; }, timeout);
 }
