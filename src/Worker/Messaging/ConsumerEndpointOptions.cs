@@ -87,7 +87,8 @@ public sealed class ConsumerEndpointOptions
     /// <summary>
     /// Short jobs: while fewer inbox batches than this are in flight, a batch starts as soon as a
     /// message waits. Beyond it, a batch starts once it is full, while no batch in flight is busy in
-    /// the database, or after 20 ms, so that under load batches grow instead of multiplying.
+    /// the database, or after <see cref="Inbox.InboxBatcher.DefaultGatherLimit"/> (20 ms), so that
+    /// under load batches grow instead of multiplying.
     /// </summary>
     [Range(1, 100)]
     public int InboxEagerBatches { get; set; } = 1;
