@@ -34,5 +34,9 @@ for trx in "$results"/*.trx; do
   skipped=$((skipped + ${t:-0} - ${e:-0}))
 done
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # the run itself broke
+# The failures again, last, so that a log cut to its tail still says what failed and why.
+for trx in "$results"/*.trx; do
+  [ -f "$trx" ] && awk -f scripts/trx-failures.awk "$trx"
+done
 echo "$passed passed, $failed failed, $skipped skipped"
 exit "$status"

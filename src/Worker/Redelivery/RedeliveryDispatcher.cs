@@ -45,7 +45,7 @@ public sealed partial class RedeliveryDispatcher(
                     if (wait > TimeSpan.Zero)
                     {
                         // Returns early when a NOTIFY arrives: a new row may be due sooner.
-                        await listener.WaitAsync(wait, stoppingToken);
+                        await listener.WaitAsync(ListenTimeout(wait), stoppingToken);
                     }
                 }
             }
@@ -114,6 +114,13 @@ public sealed partial class RedeliveryDispatcher(
             }
         }
     }
+
+    /// <summary>
+    /// The wait rounded up to whole milliseconds: Npgsql takes a timeout that truncates to zero
+    /// milliseconds as "no timeout", so a row due in under a millisecond would wait for the next
+    /// NOTIFY, however long that takes.
+    /// </summary>
+    private static TimeSpan ListenTimeout(TimeSpan wait) => TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
 
     private async Task<TimeSpan> TimeUntilNextDueAsync(CancellationToken cancellationToken)
     {

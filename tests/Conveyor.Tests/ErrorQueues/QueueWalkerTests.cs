@@ -1,5 +1,4 @@
 using Conveyor.Api.ErrorQueues;
-using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Operations;
 using Conveyor.Tests.Infrastructure;
 using RabbitMQ.Client;
@@ -146,16 +145,7 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     private Task<IConnection> ConnectAsync() => ErrorQueueBroker.ConnectAsync(
-        new RabbitMqOptions
-        {
-            Host = fixture.Servers.RabbitHost,
-            Port = fixture.Servers.RabbitPort,
-            ManagementPort = fixture.Servers.RabbitManagementPort,
-            Username = fixture.Servers.RabbitUser,
-            Password = fixture.Servers.RabbitPassword,
-            VirtualHost = fixture.VirtualHost,
-            ConnectTimeoutSeconds = 30,
-        },
+        fixture.RabbitOptions(),
         "tests-walker",
         CancellationToken.None);
 

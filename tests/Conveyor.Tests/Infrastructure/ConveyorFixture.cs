@@ -1,4 +1,5 @@
 using Conveyor.Api;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Worker;
 using Microsoft.AspNetCore.Builder;
@@ -77,12 +78,27 @@ public sealed class ConveyorFixture : IAsyncLifetime
         Password = _servers.RabbitPassword,
     };
 
+    /// <summary>This run's broker and vhost as the services' options, for components a test builds itself.</summary>
+    public RabbitMqOptions RabbitOptions() => new()
+    {
+        Host = _servers.RabbitHost,
+        Port = _servers.RabbitPort,
+        ManagementPort = _servers.RabbitManagementPort,
+        Username = _servers.RabbitUser,
+        Password = _servers.RabbitPassword,
+        VirtualHost = VirtualHost,
+        ConnectTimeoutSeconds = 30,
+    };
+
     public ConveyorDbContext CreateDbContext()
     {
         var options = new DbContextOptionsBuilder<ConveyorDbContext>();
         StorageServiceCollectionExtensions.Configure(options, ConnectionString);
         return new ConveyorDbContext(options.Options);
     }
+
+    /// <summary><see cref="CreateDbContext"/> as a factory, for components a test builds itself.</summary>
+    public IDbContextFactory<ConveyorDbContext> DbContextFactory() => new Contexts(this);
 
     /// <summary>Starts an Api that accepts <see cref="TestKeys"/> (and any keys in <paramref name="overrides"/>); its client sends the admin key.</summary>
     public Task<RunningApp> StartApiAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
@@ -149,5 +165,10 @@ public sealed class ConveyorFixture : IAsyncLifetime
         }
 
         await _servers.DisposeAsync();
+    }
+
+    private sealed class Contexts(ConveyorFixture fixture) : IDbContextFactory<ConveyorDbContext>
+    {
+        public ConveyorDbContext CreateDbContext() => fixture.CreateDbContext();
     }
 }

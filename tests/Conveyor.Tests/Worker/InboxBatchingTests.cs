@@ -1,4 +1,3 @@
-using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Inbox;
@@ -111,7 +110,7 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
 
     /// <summary>By default messages gather for as long as a batch is in the database (no time limit), so nothing here depends on timing.</summary>
     private InboxBatcher NewBatcher(int maxBatch, int concurrentBatches, TimeSpan? gatherLimit = null) =>
-        _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, new Contexts(fixture), TimeProvider.System,
+        _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, fixture.DbContextFactory(), TimeProvider.System,
             NullLogger.Instance, gatherLimit ?? Timeout.InfiniteTimeSpan);
 
     private BatchMember Join(InboxBatcher batcher, string key)
@@ -216,10 +215,5 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
             await transaction.DisposeAsync();
             await connection.DisposeAsync();
         }
-    }
-
-    private sealed class Contexts(ConveyorFixture fixture) : IDbContextFactory<ConveyorDbContext>
-    {
-        public ConveyorDbContext CreateDbContext() => fixture.CreateDbContext();
     }
 }
