@@ -46,6 +46,11 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
                 cfg.UseConveyorBroker(broker, "conveyor-bench-masstransit");
                 cfg.ReceiveEndpoint("charge-payment", endpoint =>
                 {
+                    if (BenchEnvironment.QuorumQueues)
+                    {
+                        endpoint.SetQuorumQueue();
+                    }
+
                     endpoint.PrefetchCount = settings.Prefetch;
                     endpoint.ConcurrentMessageLimit = settings.Concurrency;
                     endpoint.ConfigureConsumer<TrivialChargeConsumer>(context);

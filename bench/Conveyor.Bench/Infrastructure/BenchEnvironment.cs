@@ -73,9 +73,16 @@ public sealed class BenchEnvironment : IAsyncDisposable
         return builder.ConnectionString;
     }
 
+    /// <summary>
+    /// Job queues as quorum queues, as the prod overlay declares them (<c>RabbitMq__QuorumQueues</c>),
+    /// when <c>CONVEYOR_BENCH_QUORUM=1</c>; classic otherwise, as <c>scripts/services.sh</c>' broker runs.
+    /// </summary>
+    public static bool QuorumQueues { get; } = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_QUORUM") == "1";
+
     /// <summary>What every hosted worker and Api gets: this run's database and vhost, quiet logs.</summary>
     public Dictionary<string, string?> BaseSettings(int maxPoolSize = 100) => new()
     {
+        ["RabbitMq:QuorumQueues"] = QuorumQueues ? "true" : "false",
         ["ConnectionStrings:Conveyor"] = ConnectionString(maxPoolSize),
         ["RabbitMq:Host"] = RabbitHost,
         ["RabbitMq:Port"] = RabbitPort.ToString(CultureInfo.InvariantCulture),
@@ -151,7 +158,8 @@ public sealed class BenchEnvironment : IAsyncDisposable
         await channel.ExchangeDeclareAsync(exchange, "fanout", durable: true, autoDelete: false);
         await channel.ExchangeDeclareAsync(queue, "fanout", durable: true, autoDelete: false);
         await channel.ExchangeBindAsync(queue, exchange, string.Empty);
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
+        var arguments = QuorumQueues ? new Dictionary<string, object?> { ["x-queue-type"] = "quorum" } : null;
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, arguments);
         await channel.QueueBindAsync(queue, queue, string.Empty);
     }
 
