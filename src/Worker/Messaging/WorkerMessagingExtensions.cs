@@ -11,6 +11,7 @@ using Conveyor.Worker.Retention;
 using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using MassTransit;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 namespace Conveyor.Worker.Messaging;
 
@@ -37,6 +38,11 @@ public static class WorkerMessagingExtensions
         services.AddSingleton<BrokerPublisher>();
         services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddHostedService<RedeliveryDispatcher>();
+        services.AddSingleton<ScheduledBacklog>();
+        services.AddHostedService(provider => provider.GetRequiredService<ScheduledBacklog>());
+        // A failed reading (the database is down) is Degraded here: the database check already says Unhealthy.
+        services.AddHealthChecks().AddCheck<ScheduledBacklog>(
+            ScheduledBacklog.HealthCheckName, HealthStatus.Degraded, [HealthExtensions.ReadyTag]);
         services.AddOptions<RetentionOptions>().BindConfiguration(RetentionOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<RetentionSweeper>();
         services.AddHostedService(provider => provider.GetRequiredService<RetentionSweeper>());

@@ -20,4 +20,16 @@ public sealed class DispatcherOptions
     /// <summary>How long a row whose publish failed (queue gone, broker refused) waits before the next try.</summary>
     [Range(1, 3_600)]
     public int FailedPublishBackoffSeconds { get; set; } = 30;
+
+    /// <summary>
+    /// How long past its due time a scheduled message may wait before the worker's readiness report
+    /// marks <see cref="ScheduledBacklog.HealthCheckName"/> Degraded. Above <see cref="FailedPublishBackoffSeconds"/>
+    /// and <see cref="MaxIdleSeconds"/>, so a refused publish waiting for its next try or a dispatcher between wake-ups is not reported.
+    /// </summary>
+    [Range(1, 86_400)]
+    public int OverdueAfterSeconds { get; set; } = 120;
+
+    /// <summary>How often the <see cref="ScheduledBacklog.OverdueInstrument"/> gauge is refreshed from the table.</summary>
+    [Range(1, 3_600)]
+    public int BacklogRefreshSeconds { get; set; } = 15;
 }
