@@ -20,23 +20,34 @@ namespace Conveyor.Tests.Worker;
 [Collection(ConveyorCollection.Name)]
 public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncLifetime
 {
-    public Task InitializeAsync() => fixture.ResetAsync();
+    /// <summary>Where the tests' scheduled messages go: a queue of their own, removed afterwards.</summary>
+    private readonly string _queue = $"dispatcher-test-{Guid.NewGuid():N}";
+    private IConnection _connection = null!;
+    private IChannel _channel = null!;
 
-    public Task DisposeAsync() => Task.CompletedTask;
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _connection = await fixture.AmqpFactory().CreateConnectionAsync();
+        _channel = await _connection.CreateChannelAsync();
+        await _channel.QueueDeclareAsync(_queue, durable: true, exclusive: false, autoDelete: false);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _channel.QueueDeleteAsync(_queue);
+        await _channel.DisposeAsync();
+        await _connection.DisposeAsync();
+    }
 
     [Fact]
     public async Task A_row_due_in_less_than_a_millisecond_is_published_without_waiting_for_a_notify()
     {
-        var queue = $"dispatcher-test-{Guid.NewGuid():N}";
-        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync();
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
-
         // Each reading of the clock is a tenth of a millisecond later than the one before. The row is
         // due half a millisecond after the test's reading, so the dispatcher's first readings find it
         // not due yet and a wait of less than a millisecond; nothing sends a NOTIFY.
         var clock = new SteppingClock(DateTimeOffset.UtcNow, TimeSpan.FromMilliseconds(0.1));
-        var messageId = await ScheduleAsync(queue, clock.GetUtcNow().AddMilliseconds(0.5));
+        var messageId = await ScheduleAsync(clock.GetUtcNow().AddMilliseconds(0.5));
 
         await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
         using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), publisher,
@@ -55,19 +66,14 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             await dispatcher.StopAsync(CancellationToken.None);
         }
 
-        var copy = await channel.BasicGetAsync(queue, autoAck: true);
+        var copy = await _channel.BasicGetAsync(_queue, autoAck: true);
         Assert.NotNull(copy);
         Assert.Equal(messageId, copy.BasicProperties.MessageId);
-        await channel.QueueDeleteAsync(queue);
     }
 
     [Fact]
     public async Task An_overdue_scheduled_message_marks_the_worker_degraded_until_a_dispatcher_publishes_it()
     {
-        var queue = $"dispatcher-test-{Guid.NewGuid():N}";
-        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync();
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
         var settings = WorkerSettings.With();
         settings["Redelivery:DispatcherEnabled"] = "false";
         settings["Redelivery:BacklogRefreshSeconds"] = "1";
@@ -78,9 +84,9 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         Assert.Equal("Healthy", entry.GetProperty("status").GetString());
 
         // A row due later is not a problem; one due ten minutes ago is.
-        await ScheduleAsync(queue, DateTimeOffset.UtcNow.AddHours(1));
+        await ScheduleAsync(DateTimeOffset.UtcNow.AddHours(1));
         Assert.Equal("Healthy", (await ReadinessAsync(stalled)).Entry.GetProperty("status").GetString());
-        var overdueId = await ScheduleAsync(queue, DateTimeOffset.UtcNow.AddMinutes(-10));
+        var overdueId = await ScheduleAsync(DateTimeOffset.UtcNow.AddMinutes(-10));
         (status, entry) = await ReadinessAsync(stalled);
         Assert.Equal(HttpStatusCode.OK, status); // Degraded: the worker stays in service
         Assert.Equal("Degraded", entry.GetProperty("status").GetString());
@@ -91,25 +97,23 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         await Eventually.AssertAsync(async () =>
             Assert.Equal("Healthy", (await ReadinessAsync(stalled)).Entry.GetProperty("status").GetString()));
         await Eventually.AssertAsync(async () => Assert.Equal(0, await OverdueGaugeAsync(stalled)));
-        var copy = await channel.BasicGetAsync(queue, autoAck: true);
+        var copy = await _channel.BasicGetAsync(_queue, autoAck: true);
         Assert.NotNull(copy);
         Assert.Equal(overdueId, copy.BasicProperties.MessageId);
         await using (var db = fixture.CreateDbContext())
         {
             Assert.Equal(1, await db.ScheduledMessages.CountAsync()); // the one due later
         }
-
-        await channel.QueueDeleteAsync(queue);
     }
 
-    private async Task<string> ScheduleAsync(string queue, DateTimeOffset dueAt)
+    private async Task<string> ScheduleAsync(DateTimeOffset dueAt)
     {
         var messageId = Guid.NewGuid().ToString();
         await using var db = fixture.CreateDbContext();
         db.ScheduledMessages.Add(new ScheduledMessage
         {
             DedupeKey = messageId,
-            Destination = queue,
+            Destination = _queue,
             DueAt = dueAt,
             Attempt = 1,
             ContentType = "application/json",
