@@ -110,8 +110,10 @@ public static class MoveBenchmark
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true,
             outstandingPublisherConfirmationsRateLimiter: new ThrottlingRateLimiter(2000)));
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
-        await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false);
+        // As the worker declares a job queue and MassTransit its _error queue (RabbitMq:LazyQueues).
+        var arguments = new RabbitMqOptions { LazyQueues = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_LAZY") != "0" }.JobQueueArguments();
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, arguments);
+        await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, arguments);
         var body = new byte[settings.BodyBytes];
         Random.Shared.NextBytes(body);
         var pending = new List<Task>(1000);

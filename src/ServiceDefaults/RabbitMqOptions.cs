@@ -36,4 +36,26 @@ public sealed class RabbitMqOptions
     /// the first deployment: RabbitMQ cannot change the type of an existing queue.
     /// </summary>
     public bool QuorumQueues { get; set; }
+
+    /// <summary>
+    /// Declare the classic job queues in lazy mode (<c>x-queue-mode=lazy</c>; MassTransit gives their
+    /// <c>_error</c> and <c>_skipped</c> queues the same arguments): the broker keeps their messages
+    /// on disk instead of in its memory. On RabbitMQ 3.10/3.11 a classic queue holding thousands of
+    /// messages otherwise stalls its publishers' confirms for tens of milliseconds at a time, and a
+    /// backlog (workers down, error queues filling) uses broker memory up to the memory alarm, which
+    /// blocks every publisher. RabbitMQ 3.12 and later ignore the argument (their classic queues
+    /// always behave so); quorum queues do not take it. RabbitMQ refuses to redeclare an existing
+    /// queue with another mode (<c>PRECONDITION_FAILED</c>): for queues declared without it, set
+    /// false or delete them first.
+    /// </summary>
+    public bool LazyQueues { get; set; } = true;
+
+    /// <summary>
+    /// The arguments the worker declares its job queues with; for tools and tests that declare such
+    /// a queue before the worker does (the broker compares the arguments of every declaration).
+    /// </summary>
+    public Dictionary<string, object?>? JobQueueArguments() =>
+        QuorumQueues ? new() { ["x-queue-type"] = "quorum" }
+        : LazyQueues ? new() { ["x-queue-mode"] = "lazy" }
+        : null;
 }

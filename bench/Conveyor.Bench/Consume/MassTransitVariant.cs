@@ -50,6 +50,10 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
                     {
                         endpoint.SetQuorumQueue();
                     }
+                    else if (BenchEnvironment.LazyQueues)
+                    {
+                        endpoint.Lazy = true;
+                    }
 
                     endpoint.PrefetchCount = settings.Prefetch;
                     endpoint.ConcurrentMessageLimit = settings.Concurrency;

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
@@ -79,10 +80,20 @@ public sealed class BenchEnvironment : IAsyncDisposable
     /// </summary>
     public static bool QuorumQueues { get; } = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_QUORUM") == "1";
 
+    /// <summary>
+    /// Classic job queues in lazy mode, the worker's default (<c>RabbitMq:LazyQueues</c>);
+    /// <c>CONVEYOR_BENCH_LAZY=0</c> measures them in the broker's default mode instead.
+    /// </summary>
+    public static bool LazyQueues { get; } = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_LAZY") != "0";
+
+    /// <summary>The broker settings every variant's job queue is declared with.</summary>
+    public static RabbitMqOptions QueueSettings { get; } = new() { QuorumQueues = QuorumQueues, LazyQueues = LazyQueues };
+
     /// <summary>What every hosted worker and Api gets: this run's database and vhost, quiet logs.</summary>
     public Dictionary<string, string?> BaseSettings(int maxPoolSize = 100) => new()
     {
         ["RabbitMq:QuorumQueues"] = QuorumQueues ? "true" : "false",
+        ["RabbitMq:LazyQueues"] = LazyQueues ? "true" : "false",
         ["ConnectionStrings:Conveyor"] = ConnectionString(maxPoolSize),
         ["RabbitMq:Host"] = RabbitHost,
         ["RabbitMq:Port"] = RabbitPort.ToString(CultureInfo.InvariantCulture),
@@ -158,8 +169,7 @@ public sealed class BenchEnvironment : IAsyncDisposable
         await channel.ExchangeDeclareAsync(exchange, "fanout", durable: true, autoDelete: false);
         await channel.ExchangeDeclareAsync(queue, "fanout", durable: true, autoDelete: false);
         await channel.ExchangeBindAsync(queue, exchange, string.Empty);
-        var arguments = QuorumQueues ? new Dictionary<string, object?> { ["x-queue-type"] = "quorum" } : null;
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, arguments);
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueSettings.JobQueueArguments());
         await channel.QueueBindAsync(queue, queue, string.Empty);
     }
 

@@ -46,10 +46,17 @@ public static class JobEndpointPipeline
         var descriptor = context.GetRequiredService<JobDescriptor<TMessage>>();
         var logger = context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs");
 
-        if (context.GetRequiredService<IOptions<RabbitMqOptions>>().Value.QuorumQueues
-            && endpoint is IRabbitMqReceiveEndpointConfigurator rabbit)
+        var rabbitMq = context.GetRequiredService<IOptions<RabbitMqOptions>>().Value;
+        if (endpoint is IRabbitMqReceiveEndpointConfigurator rabbit)
         {
-            rabbit.SetQuorumQueue();
+            if (rabbitMq.QuorumQueues)
+            {
+                rabbit.SetQuorumQueue();
+            }
+            else if (rabbitMq.LazyQueues)
+            {
+                rabbit.Lazy = true;
+            }
         }
 
         endpoint.PrefetchCount = options.PrefetchCount;

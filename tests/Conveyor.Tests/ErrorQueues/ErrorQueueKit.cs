@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
+using Conveyor.ServiceDefaults;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 using RabbitMQ.Client;
@@ -128,23 +129,26 @@ public sealed class TestBroker : IAsyncDisposable
         _channel = channel;
     }
 
+    private static readonly Dictionary<string, object?>? QueueArguments = new RabbitMqOptions().JobQueueArguments();
+
     public static async Task<TestBroker> ConnectAsync(ConveyorFixture fixture)
     {
         var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-error-queues");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         var broker = new TestBroker(connection, channel);
-        // Declared as MassTransit declares them (durable classic queues without arguments).
+        // Declared as the worker declares them (durable classic queues, lazy by default; MassTransit
+        // gives the _error queue the job queue's arguments).
         foreach (var queue in new[] { ErrorQueueKit.ChargeQueue, ErrorQueueKit.ChargeErrors })
         {
-            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
+            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
         }
 
         return broker;
     }
 
     public async Task DeclareAsync(string queue) =>
-        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
+        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
 
     /// <summary>A charge that failed in <c>charge-payment</c>, as MassTransit dead-letters it.</summary>
     public async Task<Guid> DeadLetterChargeAsync(

@@ -44,6 +44,20 @@ public sealed class RabbitManagement : IDisposable
         return QueueInfo.From(await response.Content.ReadFromJsonAsync<JsonElement>());
     }
 
+    /// <summary>
+    /// The queue's <c>x-queue-mode</c> argument and the mode its backing queue reports (in its
+    /// statistics, which the broker emits every few seconds); nulls when absent.
+    /// </summary>
+    public async Task<(string? Argument, string? Effective)> QueueModeAsync(string vhost, string queue)
+    {
+        var info = await _http.GetFromJsonAsync<JsonElement>($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}");
+        var argument = info.TryGetProperty("arguments", out var arguments) && arguments.ValueKind == JsonValueKind.Object
+            && arguments.TryGetProperty("x-queue-mode", out var mode) ? mode.GetString() : null;
+        var effective = info.TryGetProperty("backing_queue_status", out var status) && status.ValueKind == JsonValueKind.Object
+            && status.TryGetProperty("mode", out var reported) ? reported.GetString() : null;
+        return (argument, effective);
+    }
+
     /// <summary>"classic", "quorum" or "stream"; null when the queue does not exist.</summary>
     public async Task<string?> QueueTypeAsync(string vhost, string queue)
     {
