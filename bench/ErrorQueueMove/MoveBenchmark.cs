@@ -104,6 +104,11 @@ public static class MoveBenchmark
             after.Broker - before.Broker is { } brokerCpu ? brokerCpu.TotalMicroseconds / settings.Messages : null);
     }
 
+    /// <summary>Lazy classic queues, as the worker declares them by default; <c>CONVEYOR_BENCH_LAZY=0</c>: the broker's default mode.</summary>
+    private static readonly bool LazyQueues = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_LAZY") != "0";
+
+    private static readonly Dictionary<string, object?>? QueueArguments = new RabbitMqOptions { LazyQueues = LazyQueues }.JobQueueArguments();
+
     /// <summary>Puts N dead-letter-like messages (MassTransit fault headers, 1 KiB body) into queue_error.</summary>
     private static async Task FillAsync(IConnection connection, string queue, BenchSettings settings)
     {
@@ -111,9 +116,8 @@ public static class MoveBenchmark
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true,
             outstandingPublisherConfirmationsRateLimiter: new ThrottlingRateLimiter(2000)));
         // As the worker declares a job queue and MassTransit its _error queue (RabbitMq:LazyQueues).
-        var arguments = new RabbitMqOptions { LazyQueues = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_LAZY") != "0" }.JobQueueArguments();
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, arguments);
-        await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, arguments);
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
+        await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, QueueArguments);
         var body = new byte[settings.BodyBytes];
         Random.Shared.NextBytes(body);
         var pending = new List<Task>(1000);
@@ -217,7 +221,7 @@ public static class MoveBenchmark
     {
         var shovel = results[methods[0]];
         Console.WriteLine();
-        Console.WriteLine($"| {settings.Messages:N0} × {settings.BodyBytes} B, {settings.Runs} rounds | median msg/s | min | max | CPU µs/msg, bench process | CPU µs/msg, broker |");
+        Console.WriteLine($"| {settings.Messages:N0} × {settings.BodyBytes} B, {settings.Runs} rounds, {(LazyQueues ? "lazy" : "default-mode")} classic queues | median msg/s | min | max | CPU µs/msg, bench process | CPU µs/msg, broker |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
         foreach (var method in methods.Skip(1))
         {

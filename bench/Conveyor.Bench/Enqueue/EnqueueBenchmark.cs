@@ -157,7 +157,7 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
                 "ops/s counts successful operations only (202, or a confirmed publish); p50/p99 are per-round percentiles over all operations, then the median over rounds; the ratio is the median of the per-round ratios.",
                 database + ".",
                 warmup + $"; JIT time during the measured rounds: {Formats.Number(results.Values.SelectMany(r => r).Sum(x => x.JitMs), "0")} ms in all.",
-                $"the last round left {lastRoundQueued} messages in charge-payment (both variants route to the same durable queue).",
+                $"the last round left {lastRoundQueued} messages in charge-payment (both variants route to the same durable queue), {BenchEnvironment.QueueDescription}.",
             ],
             [
                 new TargetCheck($"enqueue: Api ≥ 0.5× raw publish at {options.Concurrency} clients", Formats.Ratio(ratio) + (failures > 0 ? $" ({failures} failed operations: invalid)" : string.Empty), ratio >= 0.5 && failures == 0),

@@ -86,6 +86,11 @@ public sealed class BenchEnvironment : IAsyncDisposable
     /// </summary>
     public static bool LazyQueues { get; } = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_LAZY") != "0";
 
+    /// <summary>How the job queue is declared, for the reports.</summary>
+    public static string QueueDescription => QuorumQueues ? "a quorum queue (CONVEYOR_BENCH_QUORUM=1)"
+        : LazyQueues ? "a classic queue in lazy mode (x-queue-mode=lazy, the worker's default RabbitMq:LazyQueues)"
+        : "a classic queue in the broker's default mode (CONVEYOR_BENCH_LAZY=0)";
+
     /// <summary>The broker settings every variant's job queue is declared with.</summary>
     public static RabbitMqOptions QueueSettings { get; } = new() { QuorumQueues = QuorumQueues, LazyQueues = LazyQueues };
 
