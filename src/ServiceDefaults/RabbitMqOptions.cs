@@ -45,8 +45,8 @@ public sealed class RabbitMqOptions
     /// backlog (workers down, error queues filling) uses broker memory up to the memory alarm, which
     /// blocks every publisher. RabbitMQ 3.12 and later ignore the argument (their classic queues
     /// always behave so); quorum queues do not take it. RabbitMQ refuses to redeclare an existing
-    /// queue with another mode (<c>PRECONDITION_FAILED</c>): for queues declared without it, set
-    /// false or delete them first.
+    /// queue in another mode (<c>PRECONDITION_FAILED</c>), so the worker declares a queue that
+    /// already exists in the default mode as it is, with a warning (<c>QueueModeProbe</c>).
     /// </summary>
     public bool LazyQueues { get; set; } = true;
 

@@ -33,6 +33,7 @@ public static class WorkerMessagingExtensions
         services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, DeliverWebhookConsumerDefinition.ConsumerName, m => m.WebhookId.ToString()));
         services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, GenerateReportConsumerDefinition.ConsumerName, m => m.ReportId.ToString()));
         services.AddSingleton<JobTracker>();
+        services.AddSingleton<QueueModeProbe>();
         services.AddSingleton<InboxBatchers>();
         services.AddSingleton<RedeliveryStore>();
         services.AddSingleton<BrokerPublisher>();
@@ -55,6 +56,13 @@ public static class WorkerMessagingExtensions
             bus.UsingRabbitMq((context, cfg) =>
             {
                 cfg.UseConveyorBroker(broker, "conveyor-worker");
+                if (broker.LazyQueues && !broker.QuorumQueues)
+                {
+                    // The _error and _skipped queues copy their job queue's arguments; existing ones keep their mode.
+                    var probe = context.GetRequiredService<QueueModeProbe>();
+                    cfg.SendTopology.ConfigureErrorSettings = probe.Match;
+                    cfg.SendTopology.ConfigureDeadLetterSettings = probe.Match;
+                }
                 cfg.ConfigureEndpoints(context, KebabCaseEndpointNameFormatter.Instance);
             });
         });

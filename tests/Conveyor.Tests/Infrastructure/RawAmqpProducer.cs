@@ -21,9 +21,11 @@ public sealed class RawAmqpProducer : IAsyncDisposable
         _channel = channel;
     }
 
-    public static async Task<RawAmqpProducer> ConnectAsync(ConveyorFixture fixture)
+    public static async Task<RawAmqpProducer> ConnectAsync(ConveyorFixture fixture, string? virtualHost = null)
     {
-        var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-raw-producer");
+        var factory = fixture.AmqpFactory();
+        factory.VirtualHost = virtualHost ?? factory.VirtualHost;
+        var connection = await factory.CreateConnectionAsync("conveyor-tests-raw-producer");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         return new RawAmqpProducer(connection, channel);

@@ -1,3 +1,4 @@
+using System.Net;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 
@@ -41,6 +42,60 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
 
         await fixture.Rabbit.PurgeAsync(fixture.VirtualHost, "charge-payment_error");
         await fixture.Rabbit.PurgeAsync(fixture.VirtualHost, "charge-payment_skipped");
+    }
+
+    [Fact]
+    public async Task Queues_that_exist_in_the_default_mode_are_kept_as_they_are_and_still_consumed_and_dead_lettered_into()
+    {
+        // As an earlier version (or another tool) declared them: without x-queue-mode. RabbitMQ refuses
+        // to redeclare them lazy, which would keep the worker from consuming at all (a job queue) or
+        // from dead-lettering (an _error queue whose job queue is new).
+        var vhost = fixture.VirtualHost + "-existing";
+        await fixture.Rabbit.CreateVhostAsync(vhost, fixture.Servers.RabbitUser);
+        try
+        {
+            var factory = fixture.AmqpFactory();
+            factory.VirtualHost = vhost;
+            await using (var connection = await factory.CreateConnectionAsync("conveyor-tests-existing-queue"))
+            await using (var channel = await connection.CreateChannelAsync())
+            {
+                await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
+                await channel.QueueDeclareAsync("deliver-webhook_error", durable: true, exclusive: false, autoDelete: false);
+            }
+
+            var settings = WorkerSettings.With();
+            settings["RabbitMq:VirtualHost"] = vhost;
+            await using var worker = await fixture.StartWorkerAsync(settings);
+
+            await Eventually.AssertAsync(async () =>
+            {
+                using var ready = await worker.Client.GetAsync(new Uri("/health/ready", UriKind.Relative));
+                Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+                Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment"))?.Consumers);
+                Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment")).Argument);
+                // The queues that did not exist are declared lazy all the same.
+                Assert.Equal("lazy", (await fixture.Rabbit.QueueModeAsync(vhost, "deliver-webhook")).Argument);
+                Assert.Equal("lazy", (await fixture.Rabbit.QueueModeAsync(vhost, "generate-report")).Argument);
+            }, TimeSpan.FromSeconds(30));
+
+            // Unreadable commands: each goes to its _error queue, the existing one as it is.
+            await using var producer = await RawAmqpProducer.ConnectAsync(fixture, vhost);
+            var unreadable = RawAmqpProducer.Utf8("{\"messageId\":\"1f0c\",\"message\":{");
+            await producer.PublishRawAsync("deliver-webhook", unreadable, RawAmqpProducer.EnvelopeContentType);
+            await producer.PublishRawAsync("charge-payment", unreadable, RawAmqpProducer.EnvelopeContentType);
+            await Eventually.AssertAsync(async () =>
+            {
+                Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "deliver-webhook_error"))?.Messages);
+                Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment_error"))?.Messages);
+            }, TimeSpan.FromSeconds(30));
+            Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "deliver-webhook_error")).Argument);
+            // Declared by MassTransit from its job queue, which kept the default mode.
+            Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment_error")).Argument);
+        }
+        finally
+        {
+            await fixture.Rabbit.DeleteVhostAsync(vhost);
+        }
     }
 
     [Fact]
