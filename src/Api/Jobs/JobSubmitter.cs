@@ -4,6 +4,7 @@ using Conveyor.Storage.Jobs;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
+using System.Diagnostics;
 using System.Globalization;
 
 namespace Conveyor.Api.Jobs;
@@ -35,6 +36,7 @@ internal readonly record struct SubmitResult(SubmitStatus Status, Job? Job = nul
 internal sealed class JobSubmitter(
     IDbContextFactory<ConveyorDbContext> dbFactory,
     JobRows rows,
+    SubmissionMetrics metrics,
     IPublishEndpoint publishEndpoint,
     IOptions<RabbitMqOptions> rabbitMq,
     TimeProvider clock,
@@ -63,9 +65,21 @@ internal sealed class JobSubmitter(
 
         // Insert first: a new job, the common case, costs one statement; a repeated submission, the
         // rare case, pays for reading the job it repeats.
-        var inserted = request.RunAt is { } runAt
-            ? await TryInsertScheduledAsync(job, request, runAt, now, cancellationToken)
-            : await rows.TryInsertAsync(job, cancellationToken);
+        bool inserted;
+        var rowStarted = Stopwatch.GetTimestamp();
+        try
+        {
+            inserted = request.RunAt is { } runAt
+                ? await TryInsertScheduledAsync(job, request, runAt, now, cancellationToken)
+                : await rows.TryInsertAsync(job, cancellationToken);
+        }
+        catch (Exception)
+        {
+            metrics.Row(job.Kind, rowStarted, "failed");
+            throw;
+        }
+
+        metrics.Row(job.Kind, rowStarted, inserted ? "inserted" : "exists");
         if (!inserted)
         {
             // The job that holds the key was committed; none found means its publish failed since and
@@ -150,13 +164,16 @@ internal sealed class JobSubmitter(
         // connection indefinitely, so the request gets the same budget as a connection attempt.
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds));
+        var started = Stopwatch.GetTimestamp();
         try
         {
             await request.PublishAsync(publishEndpoint, jobId, timeout.Token);
+            metrics.Publish(request.Kind, started, "confirmed");
             return true;
         }
         catch (Exception ex)
         {
+            metrics.Publish(request.Kind, started, "failed");
             JobsLog.PublishFailed(logger, ex, jobId, request.Kind);
             return false;
         }

@@ -26,6 +26,7 @@ internal static class JobsApi
     {
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<JobRows>();
+        services.AddSingleton<SubmissionMetrics>();
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
         // First in the chain: the answers of these endpoints use the generated code, anything else
