@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using System.Net;
 using System.Runtime;
 using System.Text;
@@ -42,6 +43,7 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         settings["Logging:LogLevel:MassTransit"] = "Information";
         var app = ApiApp.Build(BenchEnvironment.Args(settings));
         await app.StartAsync();
+        using var phases = new SubmissionPhases(app.Services.GetRequiredService<IMeterFactory>());
         await using var publisher = await ContractPublisher.StartAsync(environment, "conveyor-bench-raw-publish");
         try
         {
@@ -81,13 +83,15 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
                 {
                     await environment.PurgeAsync(ConsumeBenchmark.Queue);
                     await environment.TruncateAsync();
-                    var measured = await MeasureAsync(operation, commands);
+                    phases.Reset();
+                    var measured = await MeasureAsync(operation, commands) with { Phases = phases.Read() };
                     results[name].Add(measured);
                     var load = measured.Load;
                     Console.WriteLine($"enqueue: round {round + 1}, {name}: {Formats.Rate(load.PerSecond)}/s, p50 {Formats.Ms(load.P50)} ms, p99 {Formats.Ms(load.P99)} ms, "
                         + $"CPU {Formats.Number(measured.CpuMsPerOperation, "0.00")} ms/op, DB {Formats.Number(measured.CommandsPerOperation, "0.00")} commands/op, "
                         + $"machine {Formats.Number(measured.MachineBusy * 100, "0")}% busy, JIT {measured.JitMs:0} ms, GC pauses {measured.GcPauseMs:0} ms, "
-                        + $"failures {load.Failures} ({string.Join(", ", load.Outcomes.Select(o => $"{o.Key}={o.Value}"))})");
+                        + $"failures {load.Failures} ({string.Join(", ", load.Outcomes.Select(o => $"{o.Key}={o.Value}"))})"
+                        + (measured.Phases is { } p ? $"; waits: row commit p50 {Formats.Ms(p.RowP50)} / p99 {Formats.Ms(p.RowP99)} ms, publish confirm p50 {Formats.Ms(p.PublishP50)} / p99 {Formats.Ms(p.PublishP99)} ms" : string.Empty));
                 }
             }
 
@@ -157,12 +161,22 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
                 "ops/s counts successful operations only (202, or a confirmed publish); p50/p99 are per-round percentiles over all operations, then the median over rounds; the ratio is the median of the per-round ratios.",
                 database + ".",
                 warmup + $"; JIT time during the measured rounds: {Formats.Number(results.Values.SelectMany(r => r).Sum(x => x.JitMs), "0")} ms in all.",
+                PhasesNote(api),
                 $"the last round left {lastRoundQueued} messages in charge-payment (both variants route to the same durable queue), {BenchEnvironment.QueueDescription}.",
             ],
             [
                 new TargetCheck($"enqueue: Api ≥ 0.5× raw publish at {options.Concurrency} clients", Formats.Ratio(ratio) + (failures > 0 ? $" ({failures} failed operations: invalid)" : string.Empty), ratio >= 0.5 && failures == 0),
                 new TargetCheck("enqueue: Api p99 ≤ 50 ms", $"{Formats.Ms(apiP99)} ms", apiP99 <= 50 && failures == 0),
             ]);
+    }
+
+    private static string PhasesNote(List<Round> api)
+    {
+        var phases = api.Select(r => r.Phases).OfType<SubmissionPhases.Phases>().ToList();
+        return phases.Count == 0
+            ? "api waits: not recorded"
+            : $"api waits, from the Api's histogram conveyor.api.submission.duration (median over rounds): row commit p50 {Formats.Ms(Stats.Median(phases.Select(p => p.RowP50)))} / p99 {Formats.Ms(Stats.Median(phases.Select(p => p.RowP99)))} ms, "
+              + $"publish confirm p50 {Formats.Ms(Stats.Median(phases.Select(p => p.PublishP50)))} / p99 {Formats.Ms(Stats.Median(phases.Select(p => p.PublishP99)))} ms; the two are in series, the rest of a request's latency is HTTP and the hops between.";
     }
 
     /// <summary>
@@ -246,5 +260,9 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             (GC.GetTotalPauseDuration() - gcBefore).TotalMilliseconds);
     }
 
-    private sealed record Round(LoadLoop.Result Load, double CpuMsPerOperation, double CommandsPerOperation, double MachineBusy, double JitMs, double GcPauseMs);
+    private sealed record Round(LoadLoop.Result Load, double CpuMsPerOperation, double CommandsPerOperation, double MachineBusy, double JitMs, double GcPauseMs)
+    {
+        /// <summary>The Api's own account of its two waits (conveyor.api.submission.duration); null for the raw publish.</summary>
+        public SubmissionPhases.Phases? Phases { get; init; }
+    }
 }
