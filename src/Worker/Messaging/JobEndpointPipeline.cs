@@ -55,18 +55,13 @@ public static class JobEndpointPipeline
             }
             else if (rabbitMq.LazyQueues)
             {
-                var probe = context.GetRequiredService<QueueModeProbe>();
                 var queue = rabbit.InputAddress.AbsolutePath.Split('/')[^1];
-                if (probe.MayDeclareLazy(queue))
+                if (context.GetRequiredService<QueueModeProbe>().MayDeclareLazy(queue))
                 {
                     // Only ever true: false would declare x-queue-mode=default, which an existing queue
                     // without the argument refuses as well.
                     rabbit.Lazy = true;
                 }
-
-                // Decided now, while nothing consumes; MassTransit declares them at their first message.
-                probe.MayDeclareLazy(queue + "_error");
-                probe.MayDeclareLazy(queue + "_skipped");
             }
         }
 
