@@ -68,6 +68,17 @@ public sealed class ConveyorFixture : IAsyncLifetime
         };
     }
 
+    /// <summary>
+    /// A vhost of its own (this run's name plus <paramref name="suffix"/>), for a test whose queues must
+    /// be declared otherwise than the run's; deleted when disposed, after a failure too.
+    /// </summary>
+    public async Task<ScratchVhost> ScratchVhostAsync(string suffix)
+    {
+        var name = $"{VirtualHost}-{suffix}";
+        await Rabbit.CreateVhostAsync(name, _servers.RabbitUser);
+        return new ScratchVhost(name, Rabbit);
+    }
+
     /// <summary>A plain AMQP connection factory for this run's vhost, for tests that talk to the broker directly.</summary>
     public RabbitMQ.Client.ConnectionFactory AmqpFactory() => new()
     {

@@ -73,6 +73,14 @@ public sealed class RabbitManagement : IDisposable
     public void Dispose() => _http.Dispose();
 }
 
+/// <summary>A vhost made for one test (<see cref="ConveyorFixture.ScratchVhostAsync"/>); deleted on dispose.</summary>
+public sealed class ScratchVhost(string name, RabbitManagement rabbit) : IAsyncDisposable
+{
+    public string Name { get; } = name;
+
+    public async ValueTask DisposeAsync() => await rabbit.DeleteVhostAsync(Name);
+}
+
 public sealed record QueueInfo(string Name, long Messages, long Ready, long Unacked, int Consumers)
 {
     public static QueueInfo From(JsonElement queue) => new(

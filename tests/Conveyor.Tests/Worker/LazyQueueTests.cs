@@ -28,17 +28,7 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
         await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-lazy", amountMinor = -5, currency = "EUR" });
         await producer.PublishEnvelopeAsync(Exchange, "urn:message:Acme.Shipping:ShipOrder", new { orderId = 7 });
 
-        string[] queues = [.. JobQueues, "charge-payment_error", "charge-payment_skipped"];
-        await Eventually.AssertAsync(async () =>
-        {
-            foreach (var queue in queues)
-            {
-                var (argument, effective) = await fixture.Rabbit.QueueModeAsync(fixture.VirtualHost, queue);
-                Assert.True(argument == "lazy", $"{queue}: x-queue-mode is '{argument}'");
-                // What the broker itself runs, not only what was asked.
-                Assert.True(effective == "lazy", $"{queue}: the broker reports mode '{effective}'");
-            }
-        }, TimeSpan.FromSeconds(30));
+        await AssertModesAsync(fixture.VirtualHost, [.. JobQueues, "charge-payment_error", "charge-payment_skipped"], argument: "lazy", effective: "lazy");
 
         await fixture.Rabbit.PurgeAsync(fixture.VirtualHost, "charge-payment_error");
         await fixture.Rabbit.PurgeAsync(fixture.VirtualHost, "charge-payment_skipped");
@@ -50,80 +40,72 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
         // As an earlier version (or another tool) declared them: without x-queue-mode. RabbitMQ refuses
         // to redeclare them lazy, which would keep the worker from consuming at all (a job queue) or
         // from dead-lettering (an _error queue whose job queue is new).
-        var vhost = fixture.VirtualHost + "-existing";
-        await fixture.Rabbit.CreateVhostAsync(vhost, fixture.Servers.RabbitUser);
-        try
+        await using var scratch = await fixture.ScratchVhostAsync("existing");
+        var vhost = scratch.Name;
+        var factory = fixture.AmqpFactory();
+        factory.VirtualHost = vhost;
+        await using (var connection = await factory.CreateConnectionAsync("conveyor-tests-existing-queue"))
+        await using (var channel = await connection.CreateChannelAsync())
         {
-            var factory = fixture.AmqpFactory();
-            factory.VirtualHost = vhost;
-            await using (var connection = await factory.CreateConnectionAsync("conveyor-tests-existing-queue"))
-            await using (var channel = await connection.CreateChannelAsync())
-            {
-                await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
-                await channel.QueueDeclareAsync("deliver-webhook_error", durable: true, exclusive: false, autoDelete: false);
-            }
-
-            var settings = WorkerSettings.With();
-            settings["RabbitMq:VirtualHost"] = vhost;
-            await using var worker = await fixture.StartWorkerAsync(settings);
-
-            await Eventually.AssertAsync(async () =>
-            {
-                using var ready = await worker.Client.GetAsync(new Uri("/health/ready", UriKind.Relative));
-                Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
-                Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment"))?.Consumers);
-                Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment")).Argument);
-                // The queues that did not exist are declared lazy all the same.
-                Assert.Equal("lazy", (await fixture.Rabbit.QueueModeAsync(vhost, "deliver-webhook")).Argument);
-                Assert.Equal("lazy", (await fixture.Rabbit.QueueModeAsync(vhost, "generate-report")).Argument);
-            }, TimeSpan.FromSeconds(30));
-
-            // Unreadable commands: each goes to its _error queue, the existing one as it is.
-            await using var producer = await RawAmqpProducer.ConnectAsync(fixture, vhost);
-            var unreadable = RawAmqpProducer.Utf8("{\"messageId\":\"1f0c\",\"message\":{");
-            await producer.PublishRawAsync("deliver-webhook", unreadable, RawAmqpProducer.EnvelopeContentType);
-            await producer.PublishRawAsync("charge-payment", unreadable, RawAmqpProducer.EnvelopeContentType);
-            await Eventually.AssertAsync(async () =>
-            {
-                Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "deliver-webhook_error"))?.Messages);
-                Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment_error"))?.Messages);
-            }, TimeSpan.FromSeconds(30));
-            Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "deliver-webhook_error")).Argument);
-            // Declared by MassTransit from its job queue, which kept the default mode.
-            Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment_error")).Argument);
+            await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
+            await channel.QueueDeclareAsync("deliver-webhook_error", durable: true, exclusive: false, autoDelete: false);
         }
-        finally
+
+        var settings = WorkerSettings.With();
+        settings["RabbitMq:VirtualHost"] = vhost;
+        await using var worker = await fixture.StartWorkerAsync(settings);
+
+        await Eventually.AssertAsync(async () =>
         {
-            await fixture.Rabbit.DeleteVhostAsync(vhost);
-        }
+            using var ready = await worker.Client.GetAsync(new Uri("/health/ready", UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment"))?.Consumers);
+            Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment")).Argument);
+            // The queues that did not exist are declared lazy all the same.
+            Assert.Equal("lazy", (await fixture.Rabbit.QueueModeAsync(vhost, "deliver-webhook")).Argument);
+            Assert.Equal("lazy", (await fixture.Rabbit.QueueModeAsync(vhost, "generate-report")).Argument);
+        }, TimeSpan.FromSeconds(30));
+
+        // Unreadable commands: each goes to its _error queue, the existing one as it is.
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture, vhost);
+        var unreadable = RawAmqpProducer.Utf8("{\"messageId\":\"1f0c\",\"message\":{");
+        await producer.PublishRawAsync("deliver-webhook", unreadable, RawAmqpProducer.EnvelopeContentType);
+        await producer.PublishRawAsync("charge-payment", unreadable, RawAmqpProducer.EnvelopeContentType);
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "deliver-webhook_error"))?.Messages);
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment_error"))?.Messages);
+        }, TimeSpan.FromSeconds(30));
+        Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "deliver-webhook_error")).Argument);
+        // Declared by MassTransit from its job queue, which kept the default mode.
+        Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment_error")).Argument);
     }
 
     [Fact]
     public async Task With_lazy_queues_off_the_worker_declares_its_job_queues_in_the_default_mode()
     {
         // A vhost of its own: RabbitMQ cannot redeclare the run's lazy queues in another mode.
-        var vhost = fixture.VirtualHost + "-default-mode";
-        await fixture.Rabbit.CreateVhostAsync(vhost, fixture.Servers.RabbitUser);
-        try
-        {
-            var settings = WorkerSettings.With();
-            settings["RabbitMq:VirtualHost"] = vhost;
-            settings["RabbitMq:LazyQueues"] = "false";
-            await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var vhost = await fixture.ScratchVhostAsync("default-mode");
+        var settings = WorkerSettings.With();
+        settings["RabbitMq:VirtualHost"] = vhost.Name;
+        settings["RabbitMq:LazyQueues"] = "false";
+        await using var worker = await fixture.StartWorkerAsync(settings);
 
-            await Eventually.AssertAsync(async () =>
-            {
-                foreach (var queue in JobQueues)
-                {
-                    var (argument, effective) = await fixture.Rabbit.QueueModeAsync(vhost, queue);
-                    Assert.Null(argument);
-                    Assert.True(effective == "default", $"{queue}: the broker reports mode '{effective}'");
-                }
-            }, TimeSpan.FromSeconds(30));
-        }
-        finally
-        {
-            await fixture.Rabbit.DeleteVhostAsync(vhost);
-        }
+        await AssertModesAsync(vhost.Name, JobQueues, argument: null, effective: "default");
     }
+
+    /// <summary>
+    /// Each queue's <c>x-queue-mode</c> argument is <paramref name="argument"/> and the broker reports
+    /// running it in mode <paramref name="effective"/> (what it runs, not only what was asked).
+    /// </summary>
+    private async Task AssertModesAsync(string vhost, IEnumerable<string> queues, string? argument, string effective) =>
+        await Eventually.AssertAsync(async () =>
+        {
+            foreach (var queue in queues)
+            {
+                var (declared, reported) = await fixture.Rabbit.QueueModeAsync(vhost, queue);
+                Assert.True(declared == argument, $"{queue}: x-queue-mode is '{declared}', expected '{argument}'");
+                Assert.True(reported == effective, $"{queue}: the broker reports mode '{reported}', expected '{effective}'");
+            }
+        }, TimeSpan.FromSeconds(30));
 }

@@ -9,23 +9,15 @@ public sealed class QuorumQueueTests(ConveyorFixture fixture)
     public async Task With_quorum_queues_on_the_worker_declares_its_job_queues_as_quorum_queues()
     {
         // A vhost of its own: RabbitMQ cannot redeclare the run's classic queues as quorum queues.
-        var vhost = fixture.VirtualHost + "-quorum";
-        await fixture.Rabbit.CreateVhostAsync(vhost, fixture.Servers.RabbitUser);
-        try
-        {
-            var settings = WorkerSettings.With();
-            settings["RabbitMq:VirtualHost"] = vhost;
-            settings["RabbitMq:QuorumQueues"] = "true";
-            await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var vhost = await fixture.ScratchVhostAsync("quorum");
+        var settings = WorkerSettings.With();
+        settings["RabbitMq:VirtualHost"] = vhost.Name;
+        settings["RabbitMq:QuorumQueues"] = "true";
+        await using var worker = await fixture.StartWorkerAsync(settings);
 
-            foreach (var queue in new[] { "charge-payment", "deliver-webhook", "generate-report" })
-            {
-                Assert.Equal("quorum", await fixture.Rabbit.QueueTypeAsync(vhost, queue));
-            }
-        }
-        finally
+        foreach (var queue in new[] { "charge-payment", "deliver-webhook", "generate-report" })
         {
-            await fixture.Rabbit.DeleteVhostAsync(vhost);
+            Assert.Equal("quorum", await fixture.Rabbit.QueueTypeAsync(vhost.Name, queue));
         }
     }
 }
