@@ -68,7 +68,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// <summary>Queues a message for the next batch; <see cref="BatchMember.Claimed"/> says what the inbox found.</summary>
     public BatchMember Join(string messageKey, Guid? messageId, Guid jobId)
     {
-        var member = new BatchMember(messageKey, messageId, jobId);
+        var member = new BatchMember(messageKey, messageId, jobId) { JoinedAt = _time.GetTimestamp() };
         var waiting = Interlocked.Increment(ref _waiting);
         if (!_pending.Writer.TryWrite(member))
         {
@@ -131,8 +131,20 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         {
             if (!MayStartBatch(gatheredLongEnough))
             {
-                // Woken when a batch leaves the database or ends, or a full batch waits; else after the limit.
-                gatheredLongEnough = !await _wake.WaitAsync(_gatherLimit);
+                if (gatheredLongEnough || _gatherLimit == Timeout.InfiniteTimeSpan)
+                {
+                    // Only a wake-up can change the answer now: a batch leaves the database or ends, or a full batch waits.
+                    await _wake.WaitAsync();
+                }
+                else if (reader.TryPeek(out var oldest))
+                {
+                    // Woken as above, or once the oldest waiting message has waited the limit (counted
+                    // from when it joined, not from the last wake-up, which every batch leaving the
+                    // database would otherwise restart).
+                    var left = _gatherLimit - _time.GetElapsedTime(oldest.JoinedAt);
+                    gatheredLongEnough = left <= TimeSpan.Zero || !await WaitForWakeAsync(left);
+                }
+
                 continue;
             }
 
@@ -155,6 +167,15 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             Interlocked.Increment(ref _inDatabase);
             _ = RunAsync(members);
         }
+    }
+
+    /// <summary>Waits for a wake-up on the batcher's clock; false when none came within <paramref name="timeout"/>.</summary>
+    private async Task<bool> WaitForWakeAsync(TimeSpan timeout)
+    {
+        using var timer = new CancellationTokenSource(timeout, _time);
+        var wait = _wake.WaitAsync(timer.Token);
+        await wait.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        return wait.IsCompletedSuccessfully;
     }
 
     private async Task RunAsync(List<BatchMember> members)
@@ -433,6 +454,9 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
     private readonly TaskCompletionSource<bool> _completed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public string MessageKey { get; } = messageKey;
+
+    /// <summary>When it joined the batcher, on the batcher's clock (a timestamp).</summary>
+    internal long JoinedAt { get; init; }
 
     public Guid? MessageId { get; } = messageId;
 
