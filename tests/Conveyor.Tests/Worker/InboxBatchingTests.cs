@@ -4,7 +4,6 @@ using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.Extensions.Time.Testing;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -91,45 +90,6 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
-    public async Task The_gather_limit_runs_from_when_a_message_began_to_wait_not_from_the_last_wake_up()
-    {
-        // Time here is the test's: the limit is an hour, so only the fake clock can end it.
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        var batcher = NewBatcher(maxBatch: 2, concurrentBatches: 4, TimeSpan.FromHours(1), clock);
-
-        // Two batches held in the database: a lone message, then a full batch of two.
-        var firstKey = NewKey();
-        await using var firstHold = await HoldJobRowAsync(firstKey);
-        var first = Join(batcher, firstKey);
-        await WaitUntilBlockedAsync(waiters: 1);
-        var secondKey = NewKey();
-        await using var secondHold = await HoldJobRowAsync(secondKey);
-        var second = new[] { Join(batcher, secondKey), Join(batcher, NewKey()) };
-        await WaitUntilBlockedAsync(waiters: 2);
-
-        // This one may not start a batch of its own: the first batch is still in the database.
-        var waiting = Join(batcher, NewKey());
-        clock.Advance(TimeSpan.FromMinutes(40));
-
-        // The second batch leaves the database (its consumers run next): a wake-up, but the first
-        // batch is still in the database, so the message keeps waiting.
-        await secondHold.ReleaseAsync();
-        foreach (var member in second)
-        {
-            Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
-        }
-
-        // An hour after it began to wait, though only 30 minutes after that wake-up.
-        clock.Advance(TimeSpan.FromMinutes(30));
-        await RunAllAsync([waiting]);
-        Assert.False(first.Claimed.IsCompleted, "the waiting message started only once the first batch gave up on its row lock, not at the gather limit");
-
-        await RunAllAsync(second);
-        await firstHold.ReleaseAsync();
-        await RunAllAsync([first]);
-    }
-
-    [Fact]
     public async Task A_slow_consumer_does_not_hold_back_a_message_that_arrives_after_it()
     {
         var batcher = NewBatcher(maxBatch: 64, concurrentBatches: 4);
@@ -149,8 +109,8 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     /// <summary>By default messages gather for as long as a batch is in the database (no time limit), so nothing here depends on timing.</summary>
-    private InboxBatcher NewBatcher(int maxBatch, int concurrentBatches, TimeSpan? gatherLimit = null, TimeProvider? clock = null) =>
-        _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, fixture.DbContextFactory(), clock ?? TimeProvider.System,
+    private InboxBatcher NewBatcher(int maxBatch, int concurrentBatches, TimeSpan? gatherLimit = null) =>
+        _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, fixture.DbContextFactory(), TimeProvider.System,
             NullLogger.Instance, gatherLimit ?? Timeout.InfiniteTimeSpan);
 
     private BatchMember Join(InboxBatcher batcher, string key)
@@ -167,7 +127,7 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
         var blockedKey = NewKey();
         var hold = await HoldJobRowAsync(blockedKey);
         var first = Join(batcher, blockedKey);
-        await WaitUntilBlockedAsync(waiters: 1);
+        await WaitUntilBlockedAsync();
         return (batcher, hold, first);
     }
 
@@ -225,15 +185,15 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
         return new RowHold(connection, transaction);
     }
 
-    /// <summary>Until this many backends of this run's database wait for a row lock (the held batches' claims).</summary>
-    private async Task WaitUntilBlockedAsync(long waiters) =>
+    /// <summary>Until some backend of this run's database waits for a row lock (the first batch's claim).</summary>
+    private async Task WaitUntilBlockedAsync() =>
         await Eventually.AssertAsync(async () =>
         {
             await using var connection = new NpgsqlConnection(fixture.ConnectionString);
             await connection.OpenAsync();
             await using var command = new NpgsqlCommand(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
-            Assert.Equal(waiters, (long)(await command.ExecuteScalarAsync() ?? 0L));
+            Assert.Equal(1L, (long)(await command.ExecuteScalarAsync() ?? 0L));
         });
 
     private sealed class RowHold(NpgsqlConnection connection, NpgsqlTransaction transaction) : IAsyncDisposable
