@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
@@ -16,7 +17,8 @@ namespace Conveyor.Bench.ErrorQueueMove;
 /// RabbitMQ's own shovel-based "move messages" (what the management UI does: a dynamic shovel with
 /// <c>src-delete-after: queue-length</c>, <c>ack-mode: on-confirm</c>). Both run in every round,
 /// alternating which goes first; each on a fresh pair of queues filled with the same messages.
-/// Runs in a vhost of its own, deleted at the end.
+/// Both are timed until the move is complete, every copy confirmed and every original acknowledged
+/// (the shovel: until it has deleted its own definition). Runs in a vhost of its own, deleted at the end.
 /// </summary>
 public static class MoveBenchmark
 {
@@ -169,9 +171,10 @@ public static class MoveBenchmark
     {
         // As the management UI's "Move messages": a direct (in-node) connection at both ends.
         var uri = $"amqp:///{Uri.EscapeDataString(vhost)}";
+        var parameter = new Uri($"parameters/shovel/{Uri.EscapeDataString(vhost)}/{queue}-move", UriKind.Relative);
         var stopwatch = Stopwatch.StartNew();
         (await management.PutAsJsonAsync(
-            new Uri($"parameters/shovel/{Uri.EscapeDataString(vhost)}/{queue}-move", UriKind.Relative),
+            parameter,
             new Dictionary<string, object>
             {
                 ["value"] = new Dictionary<string, object>
@@ -192,7 +195,25 @@ public static class MoveBenchmark
             await Task.Delay(5);
         }
 
+        // Every copy is in the target queue, but the last ones may not be confirmed yet, nor their
+        // originals acknowledged. Conveyor's move is timed until both, so the shovel is too: it
+        // deletes its own definition once it has acknowledged the last original (had it stopped
+        // earlier, the unacknowledged originals would return to the error queue and the check below
+        // would fail). Polled only now: management requests cost the broker CPU.
+        var inTarget = stopwatch.Elapsed;
+        while (true)
+        {
+            using var definition = await management.GetAsync(parameter);
+            if (definition.StatusCode == HttpStatusCode.NotFound)
+            {
+                break;
+            }
+
+            await Task.Delay(5);
+        }
+
         stopwatch.Stop();
+        Console.WriteLine($"    shovel: all {messages:N0} in the target after {inTarget.TotalSeconds:F2} s, done after {stopwatch.Elapsed.TotalSeconds:F2} s");
         await VerifyAsync(connection, queue, messages);
         return messages / stopwatch.Elapsed.TotalSeconds;
     }
