@@ -22,6 +22,9 @@ namespace Conveyor.Bench.ErrorQueueMove;
 /// </summary>
 public static class MoveBenchmark
 {
+    /// <summary>Starts the output's last line, which says when the run ended.</summary>
+    public const string FinishedPrefix = "Finished ";
+
     public static async Task<int> RunAsync(BenchSettings settings)
     {
         var vhost = $"conveyor-bench-move-{Guid.NewGuid():N}"[..30];
@@ -76,6 +79,8 @@ public static class MoveBenchmark
             }
 
             Print(methods, results, settings);
+            // The report's "measured at" (bench/Conveyor.Bench MarkdownReport); a file's time changes when it is copied.
+            Console.WriteLine($"{FinishedPrefix}{DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture)} UTC");
             return 0;
         }
         finally

@@ -157,7 +157,11 @@ public static class MarkdownReport
         var lines = File.ReadAllLines(path);
         var ratio = lines.LastOrDefault(l => l.StartsWith("Ratio", StringComparison.Ordinal));
         var table = lines.Where(l => l.StartsWith('|')).ToList();
-        var when = File.GetLastWriteTimeUtc(path).ToString("yyyy-MM-dd HH:mm", System.Globalization.CultureInfo.InvariantCulture);
+        // "Finished 2026-11-29 00:50 UTC"; output saved before that line existed: the file's time.
+        var finished = lines.LastOrDefault(l => l.StartsWith("Finished ", StringComparison.Ordinal));
+        var when = finished is not null
+            ? finished["Finished ".Length..].Replace(" UTC", "", StringComparison.Ordinal)
+            : File.GetLastWriteTimeUtc(path).ToString("yyyy-MM-dd HH:mm", System.Globalization.CultureInfo.InvariantCulture);
         // "Ratio Conveyor / shovel (medians): 0.89"
         double? value = ratio is not null && double.TryParse(ratio[(ratio.LastIndexOf(':') + 1)..].Trim(),
             System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var parsed) ? parsed : null;
