@@ -6,6 +6,7 @@
 #   bench/run.sh consume|enqueue|redelivery|rss [--runs 5 --messages 20000 ...]
 #   bench/run.sh scaling             1, 2, 3 worker processes on one queue [--workers 1,2,3 --gateway-latency 0,300 --runs 3]
 #   bench/run.sh move                error-queue move vs RabbitMQ shovel (bench/ErrorQueueMove; MOVE_ARGS)
+#   bench/run.sh move-memory         the walker's memory over error queues of 10,000 and 100,000 messages
 #   bench/run.sh faults              kill -9 ×3 and competing workers + redelivery (CONVEYOR_FAULTS_JOBS, default 10000)
 #   bench/run.sh faults-disruptive   RabbitMQ restart and PostgreSQL 20 s stop, on private servers
 #                                    (bench/private-servers.sh; CONVEYOR_FAULTS_SHARED_SERVERS=1 stops the shared ones)
@@ -30,6 +31,11 @@ move() {
   # shellcheck disable=SC2086
   dotnet bench/ErrorQueueMove/bin/Release/net10.0/Conveyor.Bench.ErrorQueueMove.dll ${MOVE_ARGS:---messages 20000 --runs 3} \
     | tee artifacts/bench/error-queue-move.md
+}
+
+move_memory() {
+  dotnet bench/ErrorQueueMove/bin/Release/net10.0/Conveyor.Bench.ErrorQueueMove.dll --mode memory --messages "${MEMORY_MESSAGES:-100000}" \
+    | tee artifacts/bench/error-queue-memory.md
 }
 
 faults() {
@@ -57,10 +63,14 @@ case "$what" in
   all)
     bench all "$@" || status=$?
     move || status=$?
+    move_memory || status=$?
     faults "Category=Faults" || status=$?
     bench report ;;
   move)
     move || status=$?
+    bench report ;;
+  move-memory)
+    move_memory || status=$?
     bench report ;;
   consume|enqueue|redelivery|rss|scaling|*,*)
     bench "$what" "$@" || status=$? ;;
@@ -73,6 +83,6 @@ case "$what" in
   report)
     bench report ;;
   *)
-    sed -n '2,15p' "$0" >&2; exit 2 ;;
+    sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac
 exit "$status"

@@ -4,12 +4,12 @@ using Conveyor.ServiceDefaults;
 namespace Conveyor.Bench.ErrorQueueMove;
 
 /// <summary>
-/// <c>--messages 50000 --size 1024 --runs 5 [--prefetch 1000,5000]</c> (prefetch: Conveyor's
+/// <c>--messages 50000 --size 1024 --runs 5 [--prefetch 1000,5000] [--mode move|memory]</c> (prefetch: Conveyor's
 /// <see cref="Conveyor.Api.ErrorQueues.ErrorQueueOptions.Prefetch"/>, one variant per value; default the
-/// option's default); the broker from the same <c>RabbitMq__*</c> variables as
+/// option's default; mode memory: <see cref="MemoryBenchmark"/>); the broker from the same <c>RabbitMq__*</c> variables as
 /// the services (<c>eval "$(scripts/services.sh env)"</c>).
 /// </summary>
-public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, IReadOnlyList<int> Prefetches, RabbitMqOptions Broker)
+public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, IReadOnlyList<int> Prefetches, RabbitMqOptions Broker, string Mode = "move")
 {
     public static BenchSettings From(string[] args, Func<string, string?> environment)
     {
@@ -34,6 +34,7 @@ public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, IReadO
         IReadOnlyList<int> prefetches = options.TryGetValue("prefetch", out var list)
             ? [.. list.Split(',').Select(p => int.Parse(p, CultureInfo.InvariantCulture))]
             : [new Conveyor.Api.ErrorQueues.ErrorQueueOptions().Prefetch];
-        return new BenchSettings(Option("messages", 50_000), Option("size", 1024), Option("runs", 5), prefetches, broker);
+        return new BenchSettings(Option("messages", 50_000), Option("size", 1024), Option("runs", 5), prefetches, broker,
+            options.GetValueOrDefault("mode", "move"));
     }
 }

@@ -1,9 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
-using System.Net.Http.Headers;
 using System.Net.Http.Json;
-using System.Text;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Operations;
@@ -25,69 +23,42 @@ public static class MoveBenchmark
     /// <summary>Starts the output's last line, which says when the run ended.</summary>
     public const string FinishedPrefix = "Finished ";
 
-    public static async Task<int> RunAsync(BenchSettings settings)
+    public static Task<int> RunAsync(BenchSettings settings) => BenchVhost.RunAsync(settings, "move", async scratch =>
     {
-        var vhost = $"conveyor-bench-move-{Guid.NewGuid():N}"[..30];
-        var broker = new RabbitMqOptions
-        {
-            Host = settings.Broker.Host,
-            Port = settings.Broker.Port,
-            ManagementPort = settings.Broker.ManagementPort,
-            Username = settings.Broker.Username,
-            Password = settings.Broker.Password,
-            ConnectTimeoutSeconds = settings.Broker.ConnectTimeoutSeconds,
-            VirtualHost = vhost,
-        };
-        using var management = new HttpClient
-        {
-            BaseAddress = new Uri($"http://{broker.Host}:{broker.ManagementPort}/api/"),
-            Timeout = TimeSpan.FromSeconds(60),
-        };
-        management.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
-            "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{broker.Username}:{broker.Password}")));
-
+        var (connection, management, broker, vhost) = (scratch.Connection, scratch.Management, scratch.Broker, scratch.Name);
         Console.WriteLine($"Moving {settings.Messages:N0} messages of {settings.BodyBytes} bytes, {settings.Runs} rounds, vhost {vhost}");
-        (await management.PutAsync(new Uri($"vhosts/{Uri.EscapeDataString(vhost)}", UriKind.Relative), null)).EnsureSuccessStatusCode();
-        try
+        var cpu = new CpuClock(await BrokerPidAsync(management));
+        var methods = new List<Method> { new("shovel", null) };
+        methods.AddRange(settings.Prefetches.Select(prefetch => new Method("conveyor", prefetch)));
+        var results = methods.ToDictionary(m => m, _ => new List<Measured>());
+
+        // Not measured: loads the walker's code (JIT) and the shovel plugin's once, as a running Api
+        // and broker have them.
+        foreach (var method in methods)
         {
-            (await management.PutAsJsonAsync(
-                new Uri($"permissions/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(broker.Username)}", UriKind.Relative),
-                new { configure = ".*", write = ".*", read = ".*" })).EnsureSuccessStatusCode();
-            await using var connection = await ErrorQueueBroker.ConnectAsync(broker, "bench", CancellationToken.None);
-            var cpu = new CpuClock(await BrokerPidAsync(management));
-            var methods = new List<Method> { new("shovel", null) };
-            methods.AddRange(settings.Prefetches.Select(prefetch => new Method("conveyor", prefetch)));
-            var results = methods.ToDictionary(m => m, _ => new List<Measured>());
-
-            // Not measured: loads the walker's code (JIT) and the shovel plugin's once, as a running Api
-            // and broker have them.
-            foreach (var method in methods)
-            {
-                await MeasureAsync(connection, management, broker, vhost, cpu, method, "warmup", settings with { Messages = Math.Min(settings.Messages, 2000) });
-            }
-
-            for (var round = 1; round <= settings.Runs; round++)
-            {
-                // Each method goes first equally often.
-                var order = methods.Skip(round % methods.Count).Concat(methods.Take(round % methods.Count)).ToList();
-                foreach (var method in order)
-                {
-                    var measured = await MeasureAsync(connection, management, broker, vhost, cpu, method, $"{round}", settings);
-                    results[method].Add(measured);
-                    Console.WriteLine($"  round {round}: {method.Name,-20} {measured.Rate,9:N0} msg/s   CPU per message: bench process {measured.ClientMicroseconds,5:N0} µs, broker {measured.BrokerMicroseconds?.ToString("N0", CultureInfo.InvariantCulture) ?? "?",5} µs");
-                }
-            }
-
-            Print(methods, results, settings);
-            // The report's "measured at" (bench/Conveyor.Bench MarkdownReport); a file's time changes when it is copied.
-            Console.WriteLine($"{FinishedPrefix}{DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture)} UTC");
-            return 0;
+            await MeasureAsync(connection, management, broker, vhost, cpu, method, "warmup", settings with { Messages = Math.Min(settings.Messages, 2000) });
         }
-        finally
+
+        for (var round = 1; round <= settings.Runs; round++)
         {
-            await management.DeleteAsync(new Uri($"vhosts/{Uri.EscapeDataString(vhost)}", UriKind.Relative));
+            // Each method goes first equally often.
+            var order = methods.Skip(round % methods.Count).Concat(methods.Take(round % methods.Count)).ToList();
+            foreach (var method in order)
+            {
+                var measured = await MeasureAsync(connection, management, broker, vhost, cpu, method, $"{round}", settings);
+                results[method].Add(measured);
+                Console.WriteLine($"  round {round}: {method.Name,-20} {measured.Rate,9:N0} msg/s   CPU per message: bench process {measured.ClientMicroseconds,5:N0} µs, broker {measured.BrokerMicroseconds?.ToString("N0", CultureInfo.InvariantCulture) ?? "?",5} µs");
+            }
         }
-    }
+
+        Print(methods, results, settings);
+        PrintFinished();
+        return 0;
+    });
+
+    /// <summary>The output's last line: the report's "measured at" (bench/Conveyor.Bench MarkdownReport); a file's time changes when it is copied.</summary>
+    public static void PrintFinished() =>
+        Console.WriteLine($"{FinishedPrefix}{DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture)} UTC");
 
     private static async Task<Measured> MeasureAsync(
         IConnection connection, HttpClient management, RabbitMqOptions broker, string vhost, CpuClock cpu, Method method, string round, BenchSettings settings)
@@ -116,8 +87,11 @@ public static class MoveBenchmark
 
     private static readonly Dictionary<string, object?>? QueueArguments = new RabbitMqOptions { LazyQueues = LazyQueues }.JobQueueArguments();
 
-    /// <summary>Puts N dead-letter-like messages (MassTransit fault headers, 1 KiB body) into queue_error.</summary>
-    private static async Task FillAsync(IConnection connection, string queue, BenchSettings settings)
+    /// <summary>
+    /// Puts N dead-letter-like messages (MassTransit fault headers, 1 KiB body) into queue_error; the
+    /// i-th carries <paramref name="exceptionTypeOf"/>(i) as its fault's exception type (default: a timeout).
+    /// </summary>
+    internal static async Task FillAsync(IConnection connection, string queue, BenchSettings settings, Func<int, string>? exceptionTypeOf = null)
     {
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true,
@@ -137,7 +111,7 @@ public static class MoveBenchmark
                 DeliveryMode = DeliveryModes.Persistent,
                 Headers = new Dictionary<string, object?>
                 {
-                    [FaultHeaders.ExceptionType] = "System.TimeoutException",
+                    [FaultHeaders.ExceptionType] = exceptionTypeOf?.Invoke(i) ?? "System.TimeoutException",
                     [FaultHeaders.Message] = $"The payment gateway timed out after {i % 30} seconds",
                     [FaultHeaders.Timestamp] = DateTime.UtcNow.ToString("O", CultureInfo.InvariantCulture),
                     [FaultHeaders.InputAddress] = $"rabbitmq://localhost/bench/{queue}",

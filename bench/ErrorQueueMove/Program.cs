@@ -1,3 +1,6 @@
 using Conveyor.Bench.ErrorQueueMove;
 
-return await MoveBenchmark.RunAsync(BenchSettings.From(args, Environment.GetEnvironmentVariable));
+var settings = BenchSettings.From(args, Environment.GetEnvironmentVariable);
+return settings.Mode == "memory"
+    ? await MemoryBenchmark.RunAsync(settings)
+    : await MoveBenchmark.RunAsync(settings);

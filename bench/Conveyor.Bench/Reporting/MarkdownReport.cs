@@ -50,6 +50,10 @@ public static class MarkdownReport
         var move = ErrorQueueMove(root);
         var moveMet = move.Ratio is { } moveRatio ? (moveRatio >= 1.0 ? "yes" : "**no**") : "–";
         text.AppendLine($"| 4. error-queue move ≥ 1.0× RabbitMQ's shovel-based move | {move.Summary} | {moveMet} | {move.MeasuredAt} |");
+        if (move.Memory is { } memory)
+        {
+            text.AppendLine($"| 4. error-queue walk memory bounded: peak live heap growth ≤ {MemoryResult.BoundMib} MiB with 100,000 messages | {memory.Summary} | {(memory.Met ? "yes" : "**no**")} | {memory.MeasuredAt} |");
+        }
         foreach (var fault in faults)
         {
             text.AppendLine($"| fault: {fault.Scenario}: 0 lost, 0 applied twice | {fault.Lost} lost, {fault.AppliedTwice} applied twice of {fault.Accepted} accepted | {(fault.Lost == 0 && fault.AppliedTwice == 0 ? "yes" : "**no**")} | {fault.MeasuredAt:yyyy-MM-dd HH:mm} |");
@@ -60,7 +64,7 @@ public static class MarkdownReport
         foreach (var result in results)
         {
             AppendResult(text, result);
-            if (result.Name == "redelivery" && move.Table.Count > 0)
+            if (result.Name == "redelivery" && (move.Table.Count > 0 || move.Memory is not null))
             {
                 AppendMove(text, move);
             }
@@ -76,6 +80,7 @@ public static class MarkdownReport
         text.AppendLine("bench/run.sh rss              # 5. worker peak RSS (child process, Release build)");
         text.AppendLine("bench/run.sh scaling          # 6. 1, 2, 3 worker processes on one queue (--workers 1,2,3 --gateway-latency 0,300 --runs 3)");
         text.AppendLine("bench/run.sh move             # 4. error-queue move vs shovel (bench/ErrorQueueMove, MOVE_ARGS)");
+        text.AppendLine("bench/run.sh move-memory      # 4. the walker's memory over error queues of 10,000 and 100,000 messages");
         text.AppendLine("bench/run.sh faults           # fault injection: kill -9 ×3 with 10,000 jobs; competing workers + redelivery");
         text.AppendLine("bench/run.sh faults-disruptive  # + RabbitMQ restart and PostgreSQL stop, on private servers (ports 5433, 5673)");
         text.AppendLine("bench/run.sh report           # rewrite this file from artifacts/bench/");
@@ -143,29 +148,82 @@ public static class MarkdownReport
         text.AppendLine();
     }
 
-    private sealed record MoveResult(string Summary, string MeasuredAt, IReadOnlyList<string> Table, double? Ratio = null);
+    private sealed record MoveResult(string Summary, string MeasuredAt, IReadOnlyList<string> Table, double? Ratio = null, MemoryResult? Memory = null);
 
-    /// <summary>What <c>bench/run.sh move</c> saved from bench/ErrorQueueMove's output, if anything.</summary>
+    /// <summary>The walker's memory over an error queue (<c>bench/run.sh move-memory</c>).</summary>
+    private sealed record MemoryResult(string Summary, string MeasuredAt, IReadOnlyList<string> Table, bool Met)
+    {
+        /// <summary>The bodies alone of 100,000 messages of 1 KiB are ~98 MiB: a walk that kept them would show.</summary>
+        public const int BoundMib = 16;
+    }
+
+    /// <summary>What <c>bench/run.sh move</c> (and <c>move-memory</c>) saved from bench/ErrorQueueMove's output, if anything.</summary>
     private static MoveResult ErrorQueueMove(string root)
     {
-        var path = Path.Combine(BenchResult.Directory(root), "error-queue-move.md");
-        if (!Directory.Exists(Path.Combine(root, "bench", "ErrorQueueMove")) || !File.Exists(path))
+        var memory = ErrorQueueMemory(root);
+        if (!Directory.Exists(Path.Combine(root, "bench", "ErrorQueueMove")) || SavedOutput(root, "error-queue-move.md") is not var (lines, when))
         {
-            return new MoveResult("see bench/ErrorQueueMove (`bench/run.sh move`)", "–", []);
+            return new MoveResult("see bench/ErrorQueueMove (`bench/run.sh move`)", "–", [], Memory: memory);
+        }
+
+        var ratio = lines.LastOrDefault(l => l.StartsWith("Ratio", StringComparison.Ordinal));
+        var table = lines.Where(l => l.StartsWith('|')).ToList();
+        // "Ratio Conveyor / shovel (medians): 0.89"
+        double? value = ratio is not null && double.TryParse(ratio[(ratio.LastIndexOf(':') + 1)..].Trim(),
+            System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var parsed) ? parsed : null;
+        return new MoveResult(ratio is null ? "see bench/ErrorQueueMove" : $"{ratio} (bench/ErrorQueueMove)", when, table, value, memory);
+    }
+
+    /// <summary>
+    /// The table of bench/ErrorQueueMove's memory mode: met when every walk moved and left what it
+    /// should and the largest queue's walks grew the live heap by at most <see cref="MemoryResult.BoundMib"/> MiB.
+    /// </summary>
+    private static MemoryResult? ErrorQueueMemory(string root)
+    {
+        if (SavedOutput(root, "error-queue-memory.md") is not var (lines, when))
+        {
+            return null;
+        }
+
+        // | walk | messages | moved | left | peak live heap growth, MiB | peak RSS growth, MiB |
+        var rows = lines.Where(l => l.StartsWith("| move", StringComparison.Ordinal))
+            .Select(l => l.Split('|', StringSplitOptions.TrimEntries))
+            .Select(cells => (Row: cells, Messages: ParseNumber(cells[2]), Heap: ParseNumber(cells[5])))
+            .ToList();
+        if (rows.Count == 0)
+        {
+            return null;
+        }
+
+        var largest = rows.Max(r => r.Messages);
+        var worst = rows.Where(r => r.Messages == largest).MaxBy(r => r.Heap);
+        var correct = !lines.Any(l => l.Contains("unexpected", StringComparison.Ordinal));
+        var met = correct && largest >= 100_000 && worst.Heap <= MemoryResult.BoundMib;
+        var summary = $"peak live heap +{worst.Heap:0.0} MiB over {largest:N0} messages ({worst.Row[1]})" + (correct ? "" : "; a walk moved or left the wrong number");
+        return new MemoryResult(summary, when, [.. lines.Where(l => l.StartsWith('|'))], met);
+    }
+
+    private static double ParseNumber(string text) =>
+        double.TryParse(text.Replace(",", "", StringComparison.Ordinal), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value) ? value : 0;
+
+    /// <summary>
+    /// A benchmark output saved under artifacts/bench, and when it was measured: its last line
+    /// "Finished 2026-11-29 00:50 UTC", or for output saved before that line existed the file's time.
+    /// </summary>
+    private static (string[] Lines, string When)? SavedOutput(string root, string file)
+    {
+        var path = Path.Combine(BenchResult.Directory(root), file);
+        if (!File.Exists(path))
+        {
+            return null;
         }
 
         var lines = File.ReadAllLines(path);
-        var ratio = lines.LastOrDefault(l => l.StartsWith("Ratio", StringComparison.Ordinal));
-        var table = lines.Where(l => l.StartsWith('|')).ToList();
-        // "Finished 2026-11-29 00:50 UTC"; output saved before that line existed: the file's time.
         var finished = lines.LastOrDefault(l => l.StartsWith("Finished ", StringComparison.Ordinal));
         var when = finished is not null
             ? finished["Finished ".Length..].Replace(" UTC", "", StringComparison.Ordinal)
             : File.GetLastWriteTimeUtc(path).ToString("yyyy-MM-dd HH:mm", System.Globalization.CultureInfo.InvariantCulture);
-        // "Ratio Conveyor / shovel (medians): 0.89"
-        double? value = ratio is not null && double.TryParse(ratio[(ratio.LastIndexOf(':') + 1)..].Trim(),
-            System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var parsed) ? parsed : null;
-        return new MoveResult(ratio is null ? "see bench/ErrorQueueMove" : $"{ratio} (bench/ErrorQueueMove)", when, table, value);
+        return (lines, when);
     }
 
     private static void AppendMove(StringBuilder text, MoveResult move)
@@ -182,6 +240,17 @@ public static class MarkdownReport
         text.AppendLine();
         text.AppendLine($"- {move.Summary}");
         text.AppendLine();
+        if (move.Memory is { } memory)
+        {
+            text.AppendLine($"Walker memory, measured {memory.MeasuredAt} UTC by `bench/run.sh move-memory` (bench/ErrorQueueMove `--mode memory`): this process's live managed heap after a full collection and its resident set, sampled five times a second during each walk, against their values before it. The Api's walker with default options; \"keep 9\" leaves nine messages in ten unacknowledged until the end of the walk, across rotated channels.");
+            text.AppendLine();
+            foreach (var line in memory.Table)
+            {
+                text.AppendLine(line);
+            }
+
+            text.AppendLine();
+        }
     }
 }
 
