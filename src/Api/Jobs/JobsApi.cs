@@ -1,4 +1,5 @@
 using Conveyor.Api.Backpressure;
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Conveyor.Contracts;
 using Conveyor.Storage;
@@ -61,12 +62,12 @@ internal static class JobsApi
             .RequireAuthorization(ApiPolicies.JobsRead)
             .WithSummary("Jobs, newest first, optionally of one status and kind; page on with nextCursor.");
 
-        jobs.MapGet("/{jobId:guid}", GetJob)
+        jobs.MapGet("/{jobId}", GetJob)
             .WithName("GetJob")
             .RequireAuthorization(ApiPolicies.JobsRead)
             .WithSummary("The status of a job.");
 
-        jobs.MapDelete("/{jobId:guid}", CancelJob)
+        jobs.MapDelete("/{jobId}", CancelJob)
             .WithName("CancelJob")
             .RequireAuthorization(ApiPolicies.JobsPublish)
             .WithSummary("Cancel a queued or scheduled job.");
@@ -154,12 +155,17 @@ internal static class JobsApi
         }
     }
 
-    internal static async Task<Results<Ok<JobDetails>, ProblemHttpResult>> GetJob(
-        Guid jobId, ConveyorDbContext db, CancellationToken cancellationToken)
+    internal static async Task<Results<Ok<JobDetails>, ValidationProblem, ProblemHttpResult>> GetJob(
+        string jobId, ConveyorDbContext db, CancellationToken cancellationToken)
     {
-        var job = await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == jobId, cancellationToken);
+        if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
+        {
+            return invalid;
+        }
+
+        var job = await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
         return job is null
-            ? Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {jobId}.")
+            ? Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.")
             : TypedResults.Ok(JobDetails.From(job));
     }
 
@@ -173,16 +179,21 @@ internal static class JobsApi
             : TypedResults.Ok(await JobListing.ListAsync(db, query, cancellationToken));
     }
 
-    internal static async Task<Results<Ok<JobDetails>, ProblemHttpResult>> CancelJob(
-        Guid jobId, JobCanceller canceller, CancellationToken cancellationToken)
+    internal static async Task<Results<Ok<JobDetails>, ValidationProblem, ProblemHttpResult>> CancelJob(
+        string jobId, JobCanceller canceller, CancellationToken cancellationToken)
     {
-        var result = await canceller.CancelAsync(jobId, cancellationToken);
+        if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
+        {
+            return invalid;
+        }
+
+        var result = await canceller.CancelAsync(id, cancellationToken);
         return result switch
         {
             { Status: CancelStatus.Cancelled or CancelStatus.AlreadyCancelled, Job: { } job } => TypedResults.Ok(JobDetails.From(job)),
             { Status: CancelStatus.TooLate, Job: { } job } => Problem(StatusCodes.Status409Conflict, "Job cannot be cancelled",
-                $"Job {jobId} is {job.Status}; only queued or scheduled jobs can be cancelled."),
-            _ => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {jobId}."),
+                $"Job {id} is {job.Status}; only queued or scheduled jobs can be cancelled."),
+            _ => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}."),
         };
     }
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Conveyor.Storage;
 using Conveyor.Storage.Operations;
@@ -25,7 +26,7 @@ internal static class OperationsApi
             .WithName("ListOperations")
             .WithSummary("Recent moves and purges, newest first; state=running shows those in progress.");
 
-        operations.MapGet("/{operationId:guid}", GetOperation)
+        operations.MapGet("/{operationId}", GetOperation)
             .WithName("GetOperation")
             .WithSummary("Progress and result of one move or purge.")
             .ProducesProblem(StatusCodes.Status404NotFound);
@@ -41,12 +42,17 @@ internal static class OperationsApi
         return endpoints;
     }
 
-    internal static async Task<Results<Ok<OperationView>, ProblemHttpResult>> GetOperation(
-        Guid operationId, ConveyorDbContext db, CancellationToken cancellationToken)
+    internal static async Task<Results<Ok<OperationView>, ValidationProblem, ProblemHttpResult>> GetOperation(
+        string operationId, ConveyorDbContext db, CancellationToken cancellationToken)
     {
-        var operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == operationId, cancellationToken);
+        if (!RouteIds.TryParse(operationId, nameof(operationId), out var id, out var invalid))
+        {
+            return invalid;
+        }
+
+        var operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
         return operation is null
-            ? TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Operation not found", detail: $"There is no operation {operationId}.")
+            ? TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Operation not found", detail: $"There is no operation {id}.")
             : TypedResults.Ok(OperationView.From(operation));
     }
 
