@@ -96,10 +96,11 @@ public sealed class JobSubmissionTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Job_id_that_is_not_a_uuid_is_a_404_problem()
+    public async Task Job_id_that_is_not_a_uuid_is_a_400_problem_naming_it()
     {
         using var response = await _api.Client.GetAsync(new Uri("/api/jobs/12345", UriKind.Relative));
 
-        await response.AssertProblemAsync(StatusCodes.Status404NotFound);
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(["jobId"], await response.ReadErrorFieldsAsync());
     }
 }
