@@ -96,7 +96,7 @@ public static class WorkerMessagingExtensions
 
         var webhooks = configuration.GetSection(WebhookOptions.SectionName).Get<WebhookOptions>() ?? new WebhookOptions();
         services.AddHttpClient<WebhookSender>(http => http.Timeout = TimeSpan.FromSeconds(webhooks.TimeoutSeconds))
-            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { AllowAutoRedirect = false });
+            .ConfigurePrimaryHttpMessageHandler(() => WebhookDestinations.Handler(webhooks.AllowPrivateNetworks));
         return services;
     }
 }

@@ -12,4 +12,10 @@ public sealed class WebhookOptions
 
     [Range(1, 120)]
     public int TimeoutSeconds { get; set; } = 10;
+
+    /// <summary>
+    /// Whether webhooks may go to loopback, private, link-local and other non-public addresses
+    /// (<see cref="WebhookDestinations"/>). Off by default: a job's URL is the submitter's choice.
+    /// </summary>
+    public bool AllowPrivateNetworks { get; set; }
 }

@@ -32,6 +32,11 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         {
             throw new TransientFailureException($"The webhook receiver at {url.Host} timed out", null, exception);
         }
+        catch (HttpRequestException exception) when (exception.InnerException is WebhookDestinationRefusedException refused)
+        {
+            // Not a network failure: retrying cannot change where the URL points.
+            throw new PermanentFailureException(refused.Message, refused);
+        }
 
         using (response)
         {

@@ -14,5 +14,7 @@ public static class WorkerSettings
         ["PaymentGateway:TimeoutSeconds"] = "5",
         ["Webhooks:SigningSecret"] = SigningSecret,
         ["Webhooks:TimeoutSeconds"] = "5",
+        // The fake webhook receivers listen on loopback.
+        ["Webhooks:AllowPrivateNetworks"] = "true",
     };
 }

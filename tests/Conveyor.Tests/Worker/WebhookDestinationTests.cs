@@ -1,0 +1,92 @@
+using System.Net;
+using System.Text.Json;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Webhooks;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>Webhook deliveries stay off internal networks unless Webhooks:AllowPrivateNetworks says otherwise.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    /// <summary>The receiver's own machine: by number, by name and over IPv6 loopback.</summary>
+    private static readonly string[] LoopbackHosts = ["127.0.0.1", "localhost", "[::1]"];
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Theory]
+    [InlineData("8.8.8.8", true)]
+    [InlineData("93.184.215.14", true)]
+    [InlineData("2606:4700:4700::1111", true)]
+    [InlineData("::ffff:8.8.8.8", true)]
+    [InlineData("64:ff9b::808:808", true)]
+    [InlineData("127.0.0.1", false)]
+    [InlineData("127.255.0.9", false)]
+    [InlineData("0.0.0.0", false)]
+    [InlineData("10.1.2.3", false)]
+    [InlineData("172.16.0.1", false)]
+    [InlineData("172.31.255.255", false)]
+    [InlineData("192.168.1.1", false)]
+    [InlineData("169.254.169.254", false)]
+    [InlineData("100.64.0.1", false)]
+    [InlineData("198.18.0.1", false)]
+    [InlineData("224.0.0.1", false)]
+    [InlineData("255.255.255.255", false)]
+    [InlineData("::1", false)]
+    [InlineData("::", false)]
+    [InlineData("::ffff:127.0.0.1", false)]
+    [InlineData("::ffff:169.254.169.254", false)]
+    [InlineData("64:ff9b::a00:1", false)]
+    [InlineData("fe80::1", false)]
+    [InlineData("fd00:ec2::254", false)]
+    [InlineData("ff02::1", false)]
+    [InlineData("2001:db8::1", false)]
+    public void Only_public_addresses_count_as_public(string address, bool expected) =>
+        Assert.Equal(expected, WebhookDestinations.IsPublic(IPAddress.Parse(address)));
+
+    [Fact]
+    public async Task Webhooks_to_internal_addresses_are_refused_before_any_request_and_dead_lettered_after_one_attempt()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        var settings = WorkerSettings.With();
+        settings["Webhooks:AllowPrivateNetworks"] = "false";
+        settings["Consumers:DeliverWebhook:RetryLimit"] = "3";
+        settings["Consumers:DeliverWebhook:RedeliveryLimit"] = "3";
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        var port = receiver.BaseAddress.Port;
+        var webhooks = LoopbackHosts.Select(host => new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = new Uri($"http://{host}:{port}/hooks"),
+            EventType = "invoice.created",
+            Payload = JsonDocument.Parse("""{"invoice":7}""").RootElement,
+        }).ToList();
+        foreach (var webhook in webhooks)
+        {
+            await publisher.PublishAsync(webhook);
+        }
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var keys = webhooks.Select(w => w.WebhookId.ToString()).ToList();
+            var jobs = await db.Jobs.AsNoTracking().Where(j => keys.Contains(j.BusinessKey)).ToListAsync();
+            Assert.Equal(3, jobs.Count);
+            Assert.All(jobs, job =>
+            {
+                Assert.Equal(JobStatus.DeadLettered, job.Status);
+                Assert.Equal(1, job.Attempts);
+                Assert.Contains("not a public address", job.LastError, StringComparison.Ordinal);
+            });
+        });
+        Assert.Empty(receiver.Deliveries);
+    }
+}
