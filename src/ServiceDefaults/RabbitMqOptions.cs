@@ -50,12 +50,18 @@ public sealed class RabbitMqOptions
     /// </summary>
     public bool LazyQueues { get; set; } = true;
 
+    /// <summary>The queue argument that selects a classic queue's mode, and its lazy value.</summary>
+    public const string QueueModeArgument = "x-queue-mode";
+
+    /// <inheritdoc cref="QueueModeArgument"/>
+    public const string LazyQueueMode = "lazy";
+
     /// <summary>
     /// The arguments the worker declares its job queues with; for tools and tests that declare such
     /// a queue before the worker does (the broker compares the arguments of every declaration).
     /// </summary>
     public Dictionary<string, object?>? JobQueueArguments() =>
         QuorumQueues ? new() { ["x-queue-type"] = "quorum" }
-        : LazyQueues ? new() { ["x-queue-mode"] = "lazy" }
+        : LazyQueues ? new() { [QueueModeArgument] = LazyQueueMode }
         : null;
 }

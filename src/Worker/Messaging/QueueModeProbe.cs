@@ -28,8 +28,8 @@ namespace Conveyor.Worker.Messaging;
 /// </remarks>
 public sealed partial class QueueModeProbe
 {
-    private const string ModeArgument = "x-queue-mode";
-    private const string Lazy = "lazy";
+    private const string ModeArgument = RabbitMqOptions.QueueModeArgument;
+    private const string Lazy = RabbitMqOptions.LazyQueueMode;
 
     private static readonly Dictionary<string, object?> LazyArguments = new() { [ModeArgument] = Lazy };
 

@@ -175,16 +175,8 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         return job!;
     }
 
-    private static Dictionary<string, string?> Settings(FakePaymentGateway? gateway, params (string Key, string Value)[] overrides)
-    {
-        var settings = WorkerSettings.With(gateway);
-        foreach (var (key, value) in overrides)
-        {
-            settings[key] = value;
-        }
-
-        return settings;
-    }
+    private static Dictionary<string, string?> Settings(FakePaymentGateway? gateway, params (string Key, string Value)[] overrides) =>
+        WorkerSettings.With(gateway).Override(overrides);
 
     private static ChargePayment Payment() => new()
     {

@@ -78,6 +78,10 @@ public sealed class ScratchVhost(string name, RabbitManagement rabbit) : IAsyncD
 {
     public string Name { get; } = name;
 
+    /// <summary><see cref="WorkerSettings.With"/> for a worker in this vhost, with <paramref name="overrides"/>.</summary>
+    public Dictionary<string, string?> WorkerSettingsWith(params (string Key, string Value)[] overrides) =>
+        WorkerSettings.With().Override(("RabbitMq:VirtualHost", Name)).Override(overrides);
+
     public async ValueTask DisposeAsync() => await rabbit.DeleteVhostAsync(Name);
 }
 

@@ -17,4 +17,15 @@ public static class WorkerSettings
         // The fake webhook receivers listen on loopback.
         ["Webhooks:AllowPrivateNetworks"] = "true",
     };
+
+    /// <summary>Sets each of <paramref name="overrides"/> in <paramref name="settings"/>; returns them.</summary>
+    public static Dictionary<string, string?> Override(this Dictionary<string, string?> settings, params (string Key, string Value)[] overrides)
+    {
+        foreach (var (key, value) in overrides)
+        {
+            settings[key] = value;
+        }
+
+        return settings;
+    }
 }

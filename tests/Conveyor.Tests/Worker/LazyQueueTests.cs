@@ -51,9 +51,7 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
             await channel.QueueDeclareAsync("deliver-webhook_error", durable: true, exclusive: false, autoDelete: false);
         }
 
-        var settings = WorkerSettings.With();
-        settings["RabbitMq:VirtualHost"] = vhost;
-        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var worker = await fixture.StartWorkerAsync(scratch.WorkerSettingsWith());
 
         await Eventually.AssertAsync(async () =>
         {
@@ -86,10 +84,7 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
     {
         // A vhost of its own: RabbitMQ cannot redeclare the run's lazy queues in another mode.
         await using var vhost = await fixture.ScratchVhostAsync("default-mode");
-        var settings = WorkerSettings.With();
-        settings["RabbitMq:VirtualHost"] = vhost.Name;
-        settings["RabbitMq:LazyQueues"] = "false";
-        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var worker = await fixture.StartWorkerAsync(vhost.WorkerSettingsWith(("RabbitMq:LazyQueues", "false")));
 
         await AssertModesAsync(vhost.Name, JobQueues, argument: null, effective: "default");
     }

@@ -10,10 +10,7 @@ public sealed class QuorumQueueTests(ConveyorFixture fixture)
     {
         // A vhost of its own: RabbitMQ cannot redeclare the run's classic queues as quorum queues.
         await using var vhost = await fixture.ScratchVhostAsync("quorum");
-        var settings = WorkerSettings.With();
-        settings["RabbitMq:VirtualHost"] = vhost.Name;
-        settings["RabbitMq:QuorumQueues"] = "true";
-        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var worker = await fixture.StartWorkerAsync(vhost.WorkerSettingsWith(("RabbitMq:QuorumQueues", "true")));
 
         foreach (var queue in new[] { "charge-payment", "deliver-webhook", "generate-report" })
         {

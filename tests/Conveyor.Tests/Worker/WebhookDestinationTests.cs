@@ -54,11 +54,10 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
     public async Task Webhooks_to_internal_addresses_are_refused_before_any_request_and_dead_lettered_after_one_attempt()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        var settings = WorkerSettings.With();
-        settings["Webhooks:AllowPrivateNetworks"] = "false";
-        settings["Consumers:DeliverWebhook:RetryLimit"] = "3";
-        settings["Consumers:DeliverWebhook:RedeliveryLimit"] = "3";
-        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:AllowPrivateNetworks", "false"),
+            ("Consumers:DeliverWebhook:RetryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         var port = receiver.BaseAddress.Port;
