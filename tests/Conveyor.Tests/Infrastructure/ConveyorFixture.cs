@@ -79,12 +79,12 @@ public sealed class ConveyorFixture : IAsyncLifetime
         return new ScratchVhost(name, Rabbit);
     }
 
-    /// <summary>A plain AMQP connection factory for this run's vhost, for tests that talk to the broker directly.</summary>
-    public RabbitMQ.Client.ConnectionFactory AmqpFactory() => new()
+    /// <summary>A plain AMQP connection factory for this run's vhost (or <paramref name="virtualHost"/>), for tests that talk to the broker directly.</summary>
+    public RabbitMQ.Client.ConnectionFactory AmqpFactory(string? virtualHost = null) => new()
     {
         HostName = _servers.RabbitHost,
         Port = _servers.RabbitPort,
-        VirtualHost = VirtualHost,
+        VirtualHost = virtualHost ?? VirtualHost,
         UserName = _servers.RabbitUser,
         Password = _servers.RabbitPassword,
     };

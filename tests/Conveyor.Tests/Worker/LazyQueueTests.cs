@@ -42,9 +42,7 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
         // from dead-lettering (an _error queue whose job queue is new).
         await using var scratch = await fixture.ScratchVhostAsync("existing");
         var vhost = scratch.Name;
-        var factory = fixture.AmqpFactory();
-        factory.VirtualHost = vhost;
-        await using (var connection = await factory.CreateConnectionAsync("conveyor-tests-existing-queue"))
+        await using (var connection = await fixture.AmqpFactory(vhost).CreateConnectionAsync("conveyor-tests-existing-queue"))
         await using (var channel = await connection.CreateChannelAsync())
         {
             await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
