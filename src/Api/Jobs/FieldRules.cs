@@ -1,4 +1,6 @@
 using System.Buffers;
+using System.Net;
+using Conveyor.ServiceDefaults;
 
 namespace Conveyor.Api.Jobs;
 
@@ -32,17 +34,30 @@ internal static class FieldRules
             ? $"Must be 1 to {MaxEventTypeLength} characters long and not blank."
             : null;
 
-    public static string? WebhookUrl(string value)
+    /// <param name="allowPrivateHosts">
+    /// False: an address literal that is not public (<see cref="NetworkAddresses.IsPublic"/>) or a
+    /// localhost name is refused, as the worker would refuse to deliver there. Other names are left
+    /// to the worker, which checks the addresses they resolve to when it connects.
+    /// </param>
+    public static string? WebhookUrl(string value, bool allowPrivateHosts)
     {
         if (value.Length > MaxUrlLength)
         {
             return $"Must be at most {MaxUrlLength} characters long.";
         }
 
-        return Uri.TryCreate(value, UriKind.Absolute, out var url)
-            && (url.Scheme == Uri.UriSchemeHttp || url.Scheme == Uri.UriSchemeHttps)
-            && url.Host.Length > 0
-            ? null
-            : "Must be an absolute http or https URL.";
+        if (!Uri.TryCreate(value, UriKind.Absolute, out var url)
+            || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps)
+            || url.Host.Length == 0)
+        {
+            return "Must be an absolute http or https URL.";
+        }
+
+        var internalHost = url.HostNameType is UriHostNameType.IPv4 or UriHostNameType.IPv6
+            ? IPAddress.TryParse(url.DnsSafeHost, out var address) && !NetworkAddresses.IsPublic(address)
+            : NetworkAddresses.IsLocalHostName(url.DnsSafeHost);
+        return internalHost && !allowPrivateHosts
+            ? "Must not point to a loopback, private, link-local or other internal address (Webhooks:AllowPrivateNetworks allows it)."
+            : null;
     }
 }

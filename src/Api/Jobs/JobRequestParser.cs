@@ -24,7 +24,8 @@ internal static class JobRequestParser
     public const int MaxRunAheadDays = 365;
 
     /// <summary>Null when <paramref name="errors"/> received at least one error.</summary>
-    public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now)
+    /// <param name="allowPrivateWebhookHosts"><see cref="WebhookUrlOptions.AllowPrivateNetworks"/>.</param>
+    public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false)
     {
         JsonDocument document;
         try
@@ -52,7 +53,7 @@ internal static class JobRequestParser
             var request = kind switch
             {
                 JobKinds.ChargePayment => ChargePaymentRequest.Read(fields),
-                JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields),
+                JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields, allowPrivateWebhookHosts),
                 JobKinds.GenerateReport => GenerateReportRequest.Read(fields),
                 _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
             };

@@ -5,6 +5,7 @@ using Conveyor.Contracts;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
@@ -28,6 +29,7 @@ internal static class JobsApi
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<JobRows>();
         services.AddSingleton<SubmissionMetrics>();
+        services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName);
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
         // First in the chain: the answers of these endpoints use the generated code, anything else
@@ -81,6 +83,7 @@ internal static class JobsApi
         JobSubmitter submitter,
         BackpressureGate backpressure,
         TimeProvider clock,
+        IOptions<WebhookUrlOptions> webhookUrls,
         CancellationToken cancellationToken)
     {
         var request = http.Request;
@@ -110,7 +113,7 @@ internal static class JobsApi
             return BodyTooLarge();
         }
 
-        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow());
+        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
         if (job is null || errors.Count > 0)
         {
             return TypedResults.ValidationProblem(errors.ToDictionary());

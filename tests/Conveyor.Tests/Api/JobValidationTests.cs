@@ -78,6 +78,55 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         await AssertNoJobsAsync();
     }
 
+    /// <summary>Hosts the worker would refuse to deliver to (loopback, private, link-local metadata, unique local, unspecified, localhost names), as written in URLs.</summary>
+    public static TheoryData<string> InternalWebhookUrls => new()
+    {
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "https://LOCALHOST./hook",
+        "http://api.localhost/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:10.1.2.3]/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hook",
+        "http://192.168.1.20/hook",
+        "http://[fd00::1]/hook",
+        "http://0.0.0.0/hook",
+        "http://2130706433/hook", // 127.0.0.1 as one decimal number
+    };
+
+    [Theory]
+    [MemberData(nameof(InternalWebhookUrls))]
+    public async Task A_webhook_url_on_an_internal_address_is_a_400_naming_url(string url)
+    {
+        using var response = await _api.Client.PostJobAsync("deliver-webhook", WebhookBody(url));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(new HashSet<string> { "url" }, await response.ReadErrorFieldsAsync());
+        await AssertNoJobsAsync();
+    }
+
+    [Fact]
+    public async Task A_webhook_url_on_a_public_host_is_accepted_and_internal_ones_are_when_private_networks_are_allowed()
+    {
+        using (var response = await _api.Client.PostJobAsync("deliver-webhook", WebhookBody("https://hooks.example.com/orders")))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+
+        await using var allowing = await fixture.StartApiAsync(new Dictionary<string, string?> { ["Webhooks:AllowPrivateNetworks"] = "true" });
+        using (var response = await allowing.Client.PostJobAsync("deliver-webhook", WebhookBody("http://127.0.0.1:8080/hook")))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(2, await db.Jobs.CountAsync());
+    }
+
+    private static string WebhookBody(string url) =>
+        $$$"""{"webhookId":"{{{Guid.NewGuid()}}}","url":"{{{url}}}","eventType":"order.paid","payload":{"orderId":7}}""";
+
     [Fact]
     public async Task Malformed_idempotency_key_is_a_400_naming_the_header()
     {

@@ -1,10 +1,10 @@
 using System.Net;
 using System.Text.Json;
 using Conveyor.Contracts.Webhooks;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
-using Conveyor.Worker.Webhooks;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Worker;
@@ -48,7 +48,7 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
     [InlineData("ff02::1", false)]
     [InlineData("2001:db8::1", false)]
     public void Only_public_addresses_count_as_public(string address, bool expected) =>
-        Assert.Equal(expected, WebhookDestinations.IsPublic(IPAddress.Parse(address)));
+        Assert.Equal(expected, NetworkAddresses.IsPublic(IPAddress.Parse(address)));
 
     [Fact]
     public async Task Webhooks_to_internal_addresses_are_refused_before_any_request_and_dead_lettered_after_one_attempt()
