@@ -16,11 +16,12 @@ public sealed class RssBenchmark(BenchEnvironment environment, BenchOptions opti
     /// <summary>Environment overrides tried for the child: the shipped default first.</summary>
     private static readonly (string Name, Dictionary<string, string> Environment)[] Configurations =
     [
-        ("default (as shipped: workstation GC, ServerGarbageCollection=false)", []),
+        ("default (as shipped: workstation GC, TieredPGO off)", []),
         ("DOTNET_gcServer=1 (server GC, the Web SDK's default)", new() { ["DOTNET_gcServer"] = "1" }),
         ("DOTNET_GCHeapHardLimit=0x6400000 (100 MiB heap cap)", new() { ["DOTNET_GCHeapHardLimit"] = "0x6400000" }),
         ("DOTNET_gcConcurrent=0 (no background GC)", new() { ["DOTNET_gcConcurrent"] = "0" }),
         ("DOTNET_GCgen0size=0x1000000 (16 MiB gen0 budget)", new() { ["DOTNET_GCgen0size"] = "0x1000000" }),
+        ("DOTNET_TieredPGO=1 (profile-guided tier-1 code, the runtime's default)", new() { ["DOTNET_TieredPGO"] = "1" }),
     ];
 
     public async Task<BenchResult> RunAsync()
