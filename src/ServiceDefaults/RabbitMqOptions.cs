@@ -56,6 +56,12 @@ public sealed class RabbitMqOptions
     /// <inheritdoc cref="QueueModeArgument"/>
     public const string LazyQueueMode = "lazy";
 
+    /// <summary>MassTransit's suffix for a receive queue's dead-letter queue (messages whose attempts are spent).</summary>
+    public const string ErrorQueueSuffix = "_error";
+
+    /// <summary>MassTransit's suffix for a receive queue's queue of messages no consumer understands.</summary>
+    public const string SkippedQueueSuffix = "_skipped";
+
     /// <summary>
     /// The arguments the worker declares its job queues with; for tools and tests that declare such
     /// a queue before the worker does (the broker compares the arguments of every declaration).

@@ -1,10 +1,12 @@
+using Conveyor.ServiceDefaults;
+
 namespace Conveyor.Api.ErrorQueues;
 
 /// <summary>MassTransit's naming of the queues that hold failed (<c>_error</c>) and unconsumable (<c>_skipped</c>) messages.</summary>
 public static class ErrorQueueNames
 {
-    public const string ErrorSuffix = "_error";
-    public const string SkippedSuffix = "_skipped";
+    public const string ErrorSuffix = RabbitMqOptions.ErrorQueueSuffix;
+    public const string SkippedSuffix = RabbitMqOptions.SkippedQueueSuffix;
 
     /// <summary>RabbitMQ's limit for a queue name, in UTF-8 bytes.</summary>
     public const int MaxQueueNameBytes = 255;

@@ -103,7 +103,7 @@ public sealed partial class QueueModeProbe
         await using var connection = await broker.ConnectAsync("conveyor-worker-queue-probe", cancellationToken);
         foreach (var kind in JobKinds.All)
         {
-            foreach (var queue in new[] { kind, kind + "_error", kind + "_skipped" })
+            foreach (var queue in new[] { kind, kind + RabbitMqOptions.ErrorQueueSuffix, kind + RabbitMqOptions.SkippedQueueSuffix })
             {
                 modes[queue] = await ProbeAsync(connection, broker, queue, cancellationToken);
             }
