@@ -100,6 +100,7 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
                     ? $"The inserts kept pace: insert − schedule lag p99 {Formats.Ms(paced.InsertLagP99)} ms, below the {options.RedeliveryLeadSeconds} s lead, so every row was stored before it was due ({paced.Statements} statements)."
                     : $"THE INSERTS DID NOT KEEP PACE (insert − schedule lag p99 {Formats.Ms(paced.InsertLagP99)} ms > {options.RedeliveryLeadSeconds} s lead): lateness includes rows stored after their due time.",
                 "Arrival is stamped by a RabbitMQ.Client consumer on the destination queue (same clock as the due times).",
+                $"Dispatcher database commands in the paced phase (every Npgsql command of the process less the inserters' statements): {paced.DispatcherCommands} for {paced.Delivered} messages, {Formats.Number(paced.DispatcherCommands / (double)Math.Max(1, paced.Delivered), "0.00")} per message.",
                 "Burst: rows inserted in one statement with due_at in the past, then one NOTIFY; rate = rows ÷ (last arrival − NOTIFY).",
             ],
             [
@@ -137,6 +138,8 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
         var lags = new double[total];
         var stored = 0;
         var statements = 0;
+        // Every command of this process: the inserters' statements and the dispatcher's queries.
+        using var commands = new CommandCounter();
         // Each session stores, in one statement, every row whose insert time has come (so the rows'
         // due times stay spread at the rate however slow a commit is), with RedeliveryStore's SQL.
         var next = 0;
@@ -187,6 +190,7 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
         var last = options.RedeliveryLeadSeconds + 60;
         await Task.WhenAny(done.Task, Task.Delay(TimeSpan.FromSeconds(last)));
         var delivered = Volatile.Read(ref arrived);
+        var dispatcherCommands = commands.Commands - Volatile.Read(ref statements);
         var late = arrivals.Where(a => !double.IsNaN(a)).ToArray();
         Array.Sort(late);
         var span = Stopwatch.GetElapsedTime(Interlocked.Read(ref firstArrival), Interlocked.Read(ref lastArrival)).TotalSeconds;
@@ -204,7 +208,8 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
             Stats.Percentile(histogram, 50), Stats.Percentile(histogram, 99), histogram.Length == 0 ? double.NaN : histogram[^1],
             baseline.P50, baseline.P99, baseline.Max,
             Stats.Percentile(lags, 99),
-            statements);
+            statements,
+            dispatcherCommands);
     }
 
     /// <summary>Rows already due, inserted in one statement, then one NOTIFY; rate until the last arrives.</summary>
@@ -378,7 +383,8 @@ public sealed class RedeliveryBenchmark(BenchEnvironment environment, BenchOptio
         double BaselineP99,
         double BaselineMax,
         double InsertLagP99,
-        int Statements);
+        int Statements,
+        long DispatcherCommands);
 
     /// <summary>Collects what the dispatcher records in <c>conveyor.redelivery.lateness</c>, in milliseconds.</summary>
     private sealed class LatenessListener : IDisposable

@@ -72,6 +72,50 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     }
 
     [Fact]
+    public async Task A_row_stored_while_the_dispatcher_sleeps_is_published_when_due_after_its_notify()
+    {
+        // The safety-net wake-up is 300 s away, beyond what the test waits: once the dispatcher has
+        // read the table and gone to sleep, only the row's NOTIFY can tell it when the row is due.
+        await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
+        using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), publisher,
+            Options.Create(new DispatcherOptions { MaxIdleSeconds = 300 }), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        var started = DateTimeOffset.UtcNow;
+        await dispatcher.StartAsync(CancellationToken.None);
+        try
+        {
+            await Eventually.AssertAsync(async () => Assert.True(await DispatcherHasReadItsNextWakeUpAsync(started)));
+            var dueAt = DateTimeOffset.UtcNow.AddSeconds(1);
+            var messageId = await ScheduleAsync(dueAt);
+            await NotifyAsync(dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture));
+
+            BasicGetResult? copy = null;
+            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)));
+            Assert.Equal(messageId, copy!.BasicProperties.MessageId);
+        }
+        finally
+        {
+            await dispatcher.StopAsync(CancellationToken.None);
+        }
+    }
+
+    /// <summary>A session of this run's database is idle after a query for the next due time made since <paramref name="since"/>.</summary>
+    private async Task<bool> DispatcherHasReadItsNextWakeUpAsync(DateTimeOffset since)
+    {
+        await using var db = fixture.CreateDbContext();
+        return await db.Database.SqlQuery<bool>($"""
+            SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND state = 'idle' AND query_start >= {since}
+                              AND query ILIKE '%min(%scheduled_messages%') AS "Value"
+            """).SingleAsync();
+    }
+
+    private async Task NotifyAsync(string payload)
+    {
+        await using var db = fixture.CreateDbContext();
+        await db.Database.ExecuteSqlInterpolatedAsync($"SELECT pg_notify({RedeliveryStore.Channel}, {payload})");
+    }
+
+    [Fact]
     public async Task An_overdue_scheduled_message_marks_the_worker_degraded_until_a_dispatcher_publishes_it()
     {
         var settings = WorkerSettings.With();
