@@ -28,10 +28,7 @@ namespace Conveyor.Worker.Messaging;
 /// </remarks>
 public sealed partial class QueueModeProbe
 {
-    private const string ModeArgument = RabbitMqOptions.QueueModeArgument;
-    private const string Lazy = RabbitMqOptions.LazyQueueMode;
-
-    private static readonly Dictionary<string, object?> LazyArguments = new() { [ModeArgument] = Lazy };
+    private static readonly Dictionary<string, object?> LazyArguments = new() { [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode };
 
     private readonly IOptions<RabbitMqOptions> _options;
     private readonly ILogger<QueueModeProbe> _logger;
@@ -71,10 +68,10 @@ public sealed partial class QueueModeProbe
             case QueueMode.Default:
                 // Null removes the argument (MassTransit's Lazy = false would write "default", which
                 // the broker also finds inequivalent to none).
-                settings.SetQueueArgument(ModeArgument, null);
+                settings.SetQueueArgument(RabbitMqOptions.QueueModeArgument, null);
                 break;
             case QueueMode.Lazy:
-                settings.SetQueueArgument(ModeArgument, Lazy);
+                settings.SetQueueArgument(RabbitMqOptions.QueueModeArgument, RabbitMqOptions.LazyQueueMode);
                 break;
         }
     }
@@ -132,7 +129,7 @@ public sealed partial class QueueModeProbe
             return QueueMode.Lazy;
         }
         catch (OperationInterruptedException exception)
-            when (exception.ShutdownReason is { ReplyCode: 406 } reason && reason.ReplyText.Contains(ModeArgument, StringComparison.Ordinal))
+            when (exception.ShutdownReason is { ReplyCode: 406 } reason && reason.ReplyText.Contains(RabbitMqOptions.QueueModeArgument, StringComparison.Ordinal))
         {
             LogKeptDefaultMode(_logger, queue, broker.VirtualHost);
             return QueueMode.Default;
