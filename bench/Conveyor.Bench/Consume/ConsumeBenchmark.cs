@@ -147,6 +147,7 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         notes.Add("DB commands/msg counts Npgsql command executions (each a round trip to PostgreSQL; BEGIN rides along with the first, COMMIT is not counted) between the first and the last completion.");
         notes.Add($"Every variant drains charge-payment, {BenchEnvironment.QueueDescription}.");
         notes.Add("Ratios are the median over rounds of (variant ÷ baseline) within the same round; variants run interleaved in rotating order.");
+        notes.Add(WorkerRuntime.Description + ".");
         notes.Add($"CPU ms/msg is what the benchmark process (which hosts the consumer and the gateway) spent per message between the first and the last completion; PostgreSQL's and RabbitMQ's CPU is in their own columns (every postgres process and the beam.smp node, from /proc, same window). The whole machine was {Stats.Median(busy.Where(b => !double.IsNaN(b))):P0} busy during the median run (other work shares these {Environment.ProcessorCount} cores).");
         foreach (var variant in variants)
         {
