@@ -40,8 +40,9 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
                 {
                     JobMetrics.DeadLettered(job.Kind);
                     await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
-                    var attempts = await tracker.AttemptsAsync(job, CancellationToken.None);
-                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(job.JobId, job.Kind, attempts, FailureClassifier.IsTransient(exception)));
+                    // The row's id goes into the _error message even when the message carried none.
+                    var row = await tracker.FindAsync(job, CancellationToken.None);
+                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(job.JobId ?? row?.Id, job.Kind, row?.Attempts, FailureClassifier.IsTransient(exception)));
                 }
             }
             catch (Exception statusException) when (statusException is not OutOfMemoryException)

@@ -120,14 +120,18 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             """, cancellationToken);
     }
 
-    /// <summary>The job's attempts so far, or null when it has no row.</summary>
-    public async Task<int?> AttemptsAsync(JobRef job, CancellationToken cancellationToken)
+    /// <summary>
+    /// The job's row id and attempts so far, or null when it has no row. The id is the job's also
+    /// when the message carried none (another service published it directly).
+    /// </summary>
+    public async Task<(Guid Id, int Attempts)?> FindAsync(JobRef job, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        return await db.Jobs.AsNoTracking()
+        var row = await db.Jobs.AsNoTracking()
             .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey)
-            .Select(j => (int?)j.Attempts)
+            .Select(j => new { j.Id, j.Attempts })
             .SingleOrDefaultAsync(cancellationToken);
+        return row is null ? null : (row.Id, row.Attempts);
     }
 
     public static string Describe(Exception exception, int maxLength = MaxErrorLength)

@@ -64,6 +64,8 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Contains("400", dead.Header("MT-Fault-Message"), StringComparison.Ordinal);
         Assert.NotNull(dead.Header("MT-Fault-Timestamp"));
         Assert.Equal("deliver-webhook", dead.Header("Conveyor-Job-Kind"));
+        // Published directly (no job id header): the _error message names the job row the worker created.
+        Assert.Equal(job.Id.ToString(), dead.Header("Conveyor-Job-Id"));
         Assert.Equal("1", dead.Header("Conveyor-Attempts"));
         Assert.NotNull(dead.Header("Conveyor-First-Failure-At"));
         Assert.Contains("permanent", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
@@ -116,6 +118,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync("charge-payment_error")));
         Assert.Equal("2", dead!.Header("Conveyor-Redelivery-Attempt"));
         Assert.Equal("3", dead.Header("Conveyor-Attempts"));
+        Assert.Equal(job.Id.ToString(), dead.Header("Conveyor-Job-Id"));
         Assert.Contains("transient", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
         await using var check = fixture.CreateDbContext();
         Assert.Equal(0, await check.ScheduledMessages.CountAsync());
