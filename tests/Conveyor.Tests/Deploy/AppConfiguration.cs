@@ -30,6 +30,13 @@ public sealed class AppConfiguration
         return new AppConfiguration(configuration);
     }
 
+    /// <summary>A project's appsettings.json alone: what <c>scripts/run.sh</c> runs with.</summary>
+    public static AppConfiguration OfProject(string project) =>
+        new(new ConfigurationBuilder().AddJsonFile(RepositoryRoot.Combine("src", project, "appsettings.json"), optional: false).Build());
+
+    /// <summary>The <c>Logging</c> section, as the hosts hand it to their logger factory.</summary>
+    public IConfiguration Logging => _configuration.GetSection("Logging");
+
     public ShutdownOptions Shutdown =>
         _configuration.GetSection(ShutdownOptions.SectionName).Get<ShutdownOptions>() ?? new ShutdownOptions();
 
