@@ -84,8 +84,18 @@ internal sealed class JobSubmitter(
         {
             // The job that holds the key was committed; none found means its publish failed since and
             // its row was removed again, so the client retries.
-            return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
-                ?? new SubmitResult(SubmitStatus.InFlight);
+            var existing = await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken);
+            if (existing is { Status: SubmitStatus.Duplicate, Job: { } found } && MayBeUnpublished(found, request, requestHash, now))
+            {
+                if (!await TryPublishAsync(request, found.Id, cancellationToken))
+                {
+                    return new SubmitResult(SubmitStatus.PublishFailed);
+                }
+
+                JobsLog.JobRepublished(logger, found.Id, found.Kind, found.BusinessKey, now - found.UpdatedAt);
+            }
+
+            return existing ?? new SubmitResult(SubmitStatus.InFlight);
         }
 
         if (request.RunAt is { } scheduledFor)
@@ -131,6 +141,21 @@ internal sealed class JobSubmitter(
         await transaction.CommitAsync(cancellationToken);
         return true;
     }
+
+    /// <summary>
+    /// A repeat of the same request (byte for byte) finds its job still <c>queued</c> longer after its
+    /// last update than the request that created it can have taken (its publish budget, then the
+    /// removal of its row). Its command may never have reached the broker: that request's process
+    /// died between the row's commit and the confirm, or could not remove the row after a failed
+    /// publish. The client repeats it because it got no answer, so the command is published again
+    /// with the job's id; if the first one is in the queue after all, the inbox applies it once.
+    /// </summary>
+    private bool MayBeUnpublished(Job found, JobRequest request, string requestHash, DateTimeOffset now) =>
+        found.Status == JobStatus.Queued
+        && request.RunAt is null
+        && found.Kind == request.Kind
+        && found.RequestHash == requestHash
+        && now - found.UpdatedAt > TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + CleanupTimeout;
 
     private async Task<SubmitResult?> FindExistingAsync(
         JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)
@@ -201,7 +226,7 @@ internal sealed class JobSubmitter(
         }
         catch (Exception ex)
         {
-            // Left behind as "queued": the reconciler republishes such rows and the inbox dedupes.
+            // Left behind as "queued": the same request submitted again publishes it (MayBeUnpublished).
             JobsLog.RemoveUnpublishedFailed(logger, ex, job.Id);
         }
 

@@ -17,7 +17,7 @@ internal static partial class JobsLog
     public static partial void PublishFailed(ILogger logger, Exception exception, Guid jobId, string kind);
 
     [LoggerMessage(EventId = 1004, Level = LogLevel.Error,
-        Message = "Could not remove the row of unpublished job {JobId}; it stays queued")]
+        Message = "Could not remove the row of unpublished job {JobId}; it stays queued until the same request is submitted again, which publishes it")]
     public static partial void RemoveUnpublishedFailed(ILogger logger, Exception exception, Guid jobId);
 
     [LoggerMessage(EventId = 1005, Level = LogLevel.Debug,
@@ -26,4 +26,8 @@ internal static partial class JobsLog
 
     [LoggerMessage(EventId = 1006, Level = LogLevel.Information, Message = "Job {JobId} ({Kind}) cancelled")]
     public static partial void JobCancelled(ILogger logger, Guid jobId, string kind);
+
+    [LoggerMessage(EventId = 1007, Level = LogLevel.Information,
+        Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after it was last updated and the same request came again: its command was published again (the inbox applies it once)")]
+    public static partial void JobRepublished(ILogger logger, Guid jobId, string kind, string businessKey, TimeSpan age);
 }

@@ -6,6 +6,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 using System.Net;
 using System.Net.Http.Json;
+using System.Text;
 
 namespace Conveyor.Tests.Api;
 
@@ -120,6 +121,64 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Repeating_a_request_whose_command_never_reached_the_broker_publishes_it_again()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var key = $"order-{Guid.NewGuid()}";
+        var json = JobRequests.ChargePayment(Guid.NewGuid());
+        var first = await AcceptAsync(JobKinds.ChargePayment, json, key);
+
+        // As if the Api had died between the row's commit and the publish: the row is queued, older
+        // than any submission can take, and there is no command.
+        await published.Channel.QueuePurgeAsync(published.Queue);
+        await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
+
+        // The client repeats the request it got no answer for.
+        var again = await AcceptAsync(JobKinds.ChargePayment, json, key);
+        Assert.Equal(first.JobId, again.JobId);
+        var republished = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+        Assert.NotNull(republished);
+        Assert.Equal(first.JobId.ToString(), Encoding.UTF8.GetString((byte[])republished.BasicProperties.Headers![JobHeaders.JobId]!));
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+
+        // The same business id without the key, byte for byte the same body, is the same repeat.
+        await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
+        var withoutKey = await AcceptAsync(JobKinds.ChargePayment, json);
+        Assert.Equal(first.JobId, withoutKey.JobId);
+        Assert.Equal(1u, await published.Channel.MessageCountAsync(published.Queue));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task Repeats_that_are_not_the_same_request_or_find_the_job_moving_publish_nothing()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var paymentId = Guid.NewGuid();
+        var first = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100));
+        await published.Channel.QueuePurgeAsync(published.Queue);
+
+        // Within the first request's time: it may still be publishing.
+        await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100));
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+
+        // Another body for the same business id: which command the job was meant to run is not known.
+        await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
+        var other = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999));
+        Assert.Equal(first.JobId, other.JobId);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+
+        // A worker has taken it: its command did arrive.
+        await using (var db = fixture.CreateDbContext())
+        {
+            await db.Jobs.Where(j => j.Id == first.JobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, JobStatus.Running));
+        }
+
+        await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100));
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+    }
+
+    [Fact]
     public async Task Repeated_scheduled_submission_returns_the_same_job_and_stores_one_command()
     {
         var key = $"order-{Guid.NewGuid()}";
@@ -135,6 +194,13 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Jobs.CountAsync());
         Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+    }
+
+    private async Task BackdateAsync(Guid jobId, TimeSpan by)
+    {
+        await using var db = fixture.CreateDbContext();
+        var updatedAt = DateTimeOffset.UtcNow - by;
+        Assert.Equal(1, await db.Jobs.Where(j => j.Id == jobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.UpdatedAt, updatedAt)));
     }
 
     private async Task<JobAccepted> AcceptAsync(string kind, string json, string? idempotencyKey = null)
