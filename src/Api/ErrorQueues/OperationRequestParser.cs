@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Unicode;
 using Conveyor.Api.Jobs;
 
 namespace Conveyor.Api.ErrorQueues;
@@ -22,6 +23,13 @@ internal static class OperationRequestParser
 
     public static ParsedOperation? Parse(ReadOnlyMemory<byte> body, bool purge, FieldErrors errors)
     {
+        // The reader checks UTF-8 only when a string is read, as an exception that is not a JsonException.
+        if (!Utf8.IsValid(body.Span))
+        {
+            errors.Add(BodyField, "The body is not valid UTF-8.");
+            return null;
+        }
+
         JsonDocument document;
         try
         {

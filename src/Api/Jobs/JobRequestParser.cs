@@ -1,5 +1,6 @@
 using Conveyor.Contracts;
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace Conveyor.Api.Jobs;
 
@@ -27,6 +28,13 @@ internal static class JobRequestParser
     /// <param name="allowPrivateWebhookHosts"><see cref="WebhookUrlOptions.AllowPrivateNetworks"/>.</param>
     public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false)
     {
+        // The reader checks UTF-8 only when a string is read, as an exception that is not a JsonException.
+        if (!Utf8.IsValid(body.Span))
+        {
+            errors.Add(BodyField, "The body is not valid UTF-8.");
+            return null;
+        }
+
         JsonDocument document;
         try
         {

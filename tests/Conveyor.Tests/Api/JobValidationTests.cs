@@ -78,6 +78,31 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         await AssertNoJobsAsync();
     }
 
+    /// <summary>JSON whose bytes are not UTF-8 in a field's value, in a field's name, in a webhook's payload.</summary>
+    public static TheoryData<string, string, string> NotUtf8Bodies => new()
+    {
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"#","amountMinor":5,"currency":"EUR"}""", "FFFE" },
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","#":1}""", "C328" },
+        { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"note":"#"}}""", "EDA080" },
+    };
+
+    [Theory]
+    [MemberData(nameof(NotUtf8Bodies))]
+    public async Task A_body_that_is_not_utf8_is_a_400_naming_the_body(string kind, string json, string badBytes)
+    {
+        // '#' marks where the bytes (in hex) go: a lone byte, a broken two-byte sequence, an encoded surrogate.
+        var at = json.IndexOf('#', StringComparison.Ordinal);
+        byte[] body = [.. Encoding.UTF8.GetBytes(json[..at]), .. Convert.FromHexString(badBytes), .. Encoding.UTF8.GetBytes(json[(at + 1)..])];
+        using var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new("application/json");
+
+        using var response = await _api.Client.PostJobAsync(kind, content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(["$"], await response.ReadErrorFieldsAsync());
+        await AssertNoJobsAsync();
+    }
+
     /// <summary>Hosts the worker would refuse to deliver to (loopback, private, link-local metadata, unique local, unspecified, localhost names), as written in URLs.</summary>
     public static TheoryData<string> InternalWebhookUrls => new()
     {

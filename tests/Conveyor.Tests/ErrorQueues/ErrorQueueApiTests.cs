@@ -362,6 +362,20 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_move_whose_body_is_not_utf8_is_a_400_naming_the_body()
+    {
+        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        byte[] body = [.. "{\"filter\":{\"exceptionType\":\""u8, 0xFF, 0xFE, .. "\"}}"u8];
+        using var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new("application/json");
+
+        using var response = await _admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
+
+        Assert.Equal(["$"], await response.ErrorFieldsAsync());
+        Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
     public async Task A_bad_limit_on_a_peek_is_a_400_naming_limit()
     {
         await _broker.DeadLetterChargeAsync(Timeout, "x");
