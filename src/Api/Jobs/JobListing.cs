@@ -32,18 +32,23 @@ internal sealed record JobCursor(DateTimeOffset CreatedAt, Guid Id)
 
     public static JobCursor? Decode(string text)
     {
+        // TryDecodeFromChars throws on characters outside the alphabet: check them first.
         Span<byte> bytes = stackalloc byte[Length + 3];
-        if (!Base64Url.TryDecodeFromChars(text, bytes, out var written) || written != Length)
+        if (!Base64Url.IsValid(text, out var decodedLength) || decodedLength != Length
+            || !Base64Url.TryDecodeFromChars(text, bytes, out var written) || written != Length)
         {
             return null;
         }
 
+        // Bounded before the multiplication, which could otherwise overflow into a valid-looking time.
+        const long ticksPerMicro = TimeSpan.TicksPerMillisecond / 1000;
         var micros = BinaryPrimitives.ReadInt64BigEndian(bytes);
-        var ticks = DateTimeOffset.UnixEpoch.UtcTicks + (micros * (TimeSpan.TicksPerMillisecond / 1000));
-        if (micros < 0 || ticks > DateTimeOffset.MaxValue.UtcTicks)
+        if (micros < 0 || micros > (DateTimeOffset.MaxValue.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) / ticksPerMicro)
         {
             return null;
         }
+
+        var ticks = DateTimeOffset.UnixEpoch.UtcTicks + (micros * ticksPerMicro);
 
         return new JobCursor(new DateTimeOffset(ticks, TimeSpan.Zero), new Guid(bytes[sizeof(long)..Length], bigEndian: true));
     }

@@ -72,6 +72,9 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("limit=ten", "limit")]
     [InlineData("cursor=not-a-cursor", "cursor")]
     [InlineData("cursor=AAAA", "cursor")]
+    [InlineData("cursor=%00%ff", "cursor")]
+    [InlineData("cursor=!!!!", "cursor")]
+    [InlineData("cursor=f_________8AAAAAAAAAAAAAAAAAAAAA", "cursor")] // a time far past DateTimeOffset.MaxValue
     public async Task A_bad_query_parameter_is_a_400_naming_it(string query, string field)
     {
         using var response = await _api.Client.GetAsync(new Uri($"/api/jobs?{query}", UriKind.Relative));
