@@ -93,6 +93,7 @@ internal sealed class JobSubmitter(
                 }
 
                 JobsLog.JobRepublished(logger, found.Id, found.Kind, found.BusinessKey, now - found.UpdatedAt);
+                await TouchQueuedAsync(found.Id, cancellationToken);
             }
 
             return existing ?? new SubmitResult(SubmitStatus.InFlight);
@@ -156,6 +157,16 @@ internal sealed class JobSubmitter(
         && found.Kind == request.Kind
         && found.RequestHash == requestHash
         && now - found.UpdatedAt > TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + CleanupTimeout;
+
+    /// <summary>After a republish: repeats within the next publish budget publish nothing more.</summary>
+    private async Task TouchQueuedAsync(Guid jobId, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var now = clock.GetUtcNow();
+        await db.Jobs
+            .Where(j => j.Id == jobId && j.Status == JobStatus.Queued)
+            .ExecuteUpdateAsync(set => set.SetProperty(j => j.UpdatedAt, now), cancellationToken);
+    }
 
     private async Task<SubmitResult?> FindExistingAsync(
         JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)

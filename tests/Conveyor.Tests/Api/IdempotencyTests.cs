@@ -141,6 +141,10 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(first.JobId.ToString(), Encoding.UTF8.GetString((byte[])republished.BasicProperties.Headers![JobHeaders.JobId]!));
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
 
+        // The republish counts as the job's latest update: a repeat right after it publishes nothing more.
+        await AcceptAsync(JobKinds.ChargePayment, json, key);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+
         // The same business id without the key, byte for byte the same body, is the same repeat.
         await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
         var withoutKey = await AcceptAsync(JobKinds.ChargePayment, json);
