@@ -1,0 +1,98 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.RegularExpressions;
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Deploy;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Observability;
+
+/// <summary>
+/// Every Conveyor metric that the alert rules and the Grafana dashboard (<c>deploy/monitoring</c>)
+/// query is one the Api or the worker exposes at <c>/metrics</c>, under that exact name, once the
+/// events it counts have happened: a renamed instrument or a typo in a query fails here, not in
+/// production when the alert should have fired.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private static readonly string[] HistogramSeries = ["_bucket", "_count", "_sum"];
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task Every_conveyor_metric_the_alerts_and_the_dashboard_query_is_exposed()
+    {
+        var queried = QueriedMetrics();
+        Assert.True(queried.Count >= 8, $"found only {queried.Count} Conveyor metrics in deploy/monitoring: {string.Join(", ", queried)}");
+
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:ChargePayment:RedeliveryLimit", "1"),
+            ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "300"),
+            ("Redelivery:BacklogRefreshSeconds", "1")));
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ErrorQueues:DepthRefreshSeconds"] = "1" });
+
+        // A transient failure, redelivered, then a success; a permanent failure; a duplicate.
+        gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
+        var retried = await SubmitAsync(api);
+        await WaitForJobAsync(retried, JobStatus.Succeeded);
+        gateway.FailNext(1, HttpStatusCode.BadRequest);
+        var refused = await SubmitAsync(api);
+        await WaitForJobAsync(refused, JobStatus.DeadLettered);
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 500, Currency = "EUR" });
+        }
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var exposed = Families(await api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative)))
+                .Concat(Families(await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative))))
+                .ToHashSet(StringComparer.Ordinal);
+            var missing = queried.Where(name => !exposed.Contains(name)
+                && !HistogramSeries.Any(series => name.EndsWith(series, StringComparison.Ordinal) && exposed.Contains(name[..^series.Length]))).ToList();
+            Assert.True(missing.Count == 0,
+                $"queried in deploy/monitoring but not exposed: {string.Join(", ", missing)}; exposed: {string.Join(", ", exposed.Where(n => n.StartsWith("conveyor_", StringComparison.Ordinal)).Order())}");
+        });
+    }
+
+    /// <summary>The <c>conveyor_*</c> names in the alert rules' and the dashboard's queries.</summary>
+    private static SortedSet<string> QueriedMetrics()
+    {
+        var text = File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml"))
+            + File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "grafana-dashboard.json"));
+        return new SortedSet<string>(MetricName().Matches(text).Select(m => m.Value), StringComparer.Ordinal);
+    }
+
+    /// <summary>Metric families in a Prometheus exposition, from its <c># TYPE</c> lines.</summary>
+    private static IEnumerable<string> Families(string exposition) =>
+        exposition.Split('\n')
+            .Where(line => line.StartsWith("# TYPE ", StringComparison.Ordinal))
+            .Select(line => line.Split(' ')[2]);
+
+    private static async Task<Guid> SubmitAsync(RunningApp api)
+    {
+        var paymentId = Guid.NewGuid();
+        using var response = await api.Client.PostAsJsonAsync("/api/jobs/charge-payment",
+            new { paymentId, accountId = "acct-monitoring", amountMinor = 500, currency = "EUR" });
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        return paymentId;
+    }
+
+    private async Task WaitForJobAsync(Guid paymentId, string status) =>
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(status, await db.Jobs.AsNoTracking().Where(j => j.BusinessKey == paymentId.ToString()).Select(j => j.Status).SingleOrDefaultAsync());
+        });
+
+    [GeneratedRegex("conveyor_[a-z0-9_]+")]
+    private static partial Regex MetricName();
+}
