@@ -1,0 +1,148 @@
+using System.Reflection;
+using Conveyor.Api.Backpressure;
+using Conveyor.Api.ErrorQueues;
+using Conveyor.Api.Jobs;
+using Conveyor.Api.Security;
+using Conveyor.ServiceDefaults;
+using Conveyor.Worker.Hosting;
+using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Payments;
+using Conveyor.Worker.Redelivery;
+using Conveyor.Worker.Reports;
+using Conveyor.Worker.Retention;
+using Conveyor.Worker.Webhooks;
+
+namespace Conveyor.Tests.Deploy;
+
+/// <summary>
+/// Every environment variable the manifests give the Api, the worker and the migration Job is a
+/// setting that process reads. The configuration binder ignores names it does not know, so a typo
+/// (<c>Consumers__ChargePayment__PrefetchCont</c>) or a setting given to the wrong process would
+/// leave the default in force without a word.
+/// </summary>
+public sealed class SettingNamesTests
+{
+    /// <summary>Sections bound to an options class, per process; each class's settable properties are the known keys.</summary>
+    private static readonly Dictionary<string, Type> WorkerSections = new(StringComparer.OrdinalIgnoreCase)
+    {
+        [RabbitMqOptions.SectionName] = typeof(RabbitMqOptions),
+        [PaymentGatewayOptions.SectionName] = typeof(PaymentGatewayOptions),
+        [WebhookOptions.SectionName] = typeof(WebhookOptions),
+        [ReportOptions.SectionName] = typeof(ReportOptions),
+        [ShutdownOptions.SectionName] = typeof(ShutdownOptions),
+        [DispatcherOptions.SectionName] = typeof(DispatcherOptions),
+        [RetentionOptions.SectionName] = typeof(RetentionOptions),
+    };
+
+    private static readonly Dictionary<string, Type> ApiSections = new(StringComparer.OrdinalIgnoreCase)
+    {
+        [RabbitMqOptions.SectionName] = typeof(RabbitMqOptions),
+        [WebhookUrlOptions.SectionName] = typeof(WebhookUrlOptions),
+        [BackpressureOptions.SectionName] = typeof(BackpressureOptions),
+        [RateLimitingOptions.SectionName] = typeof(RateLimitingOptions),
+        [ErrorQueueOptions.SectionName] = typeof(ErrorQueueOptions),
+        [DashboardSessionOptions.SectionName] = typeof(DashboardSessionOptions),
+    };
+
+    /// <summary>Read by the hosts themselves (ASP.NET Core, logging, connection strings, telemetry), by either process.</summary>
+    private static readonly string[] HostKeys = ["Urls", "AllowedHosts", "Telemetry:Tracing"];
+
+    private static readonly string[] HostPrefixes = ["Logging:LogLevel:", "ConnectionStrings:", "OTEL_", "DOTNET_", "ASPNETCORE_"];
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Every_setting_the_manifests_give_is_one_its_process_reads(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        Overlays.AssertNone(rendered, "an environment variable no setting of its process reads (a typo, or the other process's setting)", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.Workloads)
+            {
+                var api = workload.Component == "api";
+                if (!api && workload.Component is not ("worker" or "migrations"))
+                {
+                    continue;
+                }
+
+                foreach (var container in workload.Pod.Containers)
+                {
+                    var environment = rendered.EnvironmentOf(container);
+                    // Plain variables that only feed $(NAME) references in others, such as the database host.
+                    var referenced = container.Env?.Select(e => e.Value ?? "").ToList() ?? [];
+                    foreach (var name in environment.Keys)
+                    {
+                        if (!Known(name.Replace("__", ":", StringComparison.Ordinal), api)
+                            && !referenced.Any(value => value.Contains($"$({name})", StringComparison.Ordinal)))
+                        {
+                            yield return $"{workload}/{container.Name}: {name}";
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData("Consumers:ChargePayment:PrefetchCount", false, true)]
+    [InlineData("Consumers:ChargePayment:PrefetchCont", false, false)]
+    [InlineData("Consumers:ChargePaymentt:PrefetchCount", false, false)]
+    [InlineData("RabbitMq:ManagementPort", true, true)]
+    [InlineData("Redelivery:BatchSize", true, false)]
+    [InlineData("Redelivery:BatchSize", false, true)]
+    [InlineData("Backpressure:MaxQueueDepth:charge-payment", true, true)]
+    [InlineData("Auth:ApiKeys:0:Scopes", true, true)]
+    [InlineData("Auth:ApiKeys:0:Scope", true, false)]
+    [InlineData("Dashboard:Session:IdleMinutes", true, true)]
+    [InlineData("Logging:LogLevel:Default", false, true)]
+    [InlineData("Webhooks:AllowPrivateNetworks", true, true)]
+    [InlineData("Webhooks:SigningSecret", true, false)]
+    public void The_check_knows_settings_from_typos(string key, bool api, bool known) =>
+        Assert.Equal(known, Known(key, api));
+
+    private static bool Known(string key, bool api)
+    {
+        if (HostKeys.Contains(key, StringComparer.OrdinalIgnoreCase)
+            || HostPrefixes.Any(prefix => key.StartsWith(prefix, StringComparison.OrdinalIgnoreCase)))
+        {
+            return true;
+        }
+
+        var parts = key.Split(':');
+        if (api)
+        {
+            // Auth:ApiKeys:<n>:Name|Key|Scopes[:<n>] (ApiKeyOptions.From); Backpressure:MaxQueueDepth:<kind>.
+            if (parts is [var auth, var keys, _, var field, ..] && Is(auth, ApiKeyOptions.SectionName) && Is(keys, "ApiKeys"))
+            {
+                return parts.Length == 4 ? field is "Name" or "Key" or "Scopes" : parts.Length == 5 && Is(field, "Scopes");
+            }
+
+            if (parts is [var backpressure, var depth, _] && Is(backpressure, BackpressureOptions.SectionName) && Is(depth, nameof(BackpressureOptions.MaxQueueDepth)))
+            {
+                return true;
+            }
+        }
+        else if (parts is [var consumers, var consumer, var property] && Is(consumers, ConsumerEndpointOptions.SectionName))
+        {
+            return WorkerEndpoints.All.Any(e => Is(e.ConsumerName, consumer)) && HasProperty(typeof(ConsumerEndpointOptions), property);
+        }
+
+        // The longest section that matches (Dashboard:Session before a plain Dashboard), then one property.
+        var sections = api ? ApiSections : WorkerSections;
+        for (var length = parts.Length - 1; length >= 1; length--)
+        {
+            if (sections.TryGetValue(string.Join(':', parts[..length]), out var options))
+            {
+                return length == parts.Length - 1 && HasProperty(options, parts[^1]);
+            }
+        }
+
+        return false;
+    }
+
+    private static bool Is(string a, string b) => string.Equals(a, b, StringComparison.OrdinalIgnoreCase);
+
+    private static bool HasProperty(Type options, string name) =>
+        options.GetProperty(name, BindingFlags.Public | BindingFlags.Instance | BindingFlags.IgnoreCase) is { CanWrite: true };
+}
