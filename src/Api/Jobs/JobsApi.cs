@@ -32,6 +32,9 @@ internal static class JobsApi
         services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName);
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
+        services.AddOptions<StrandedJobsOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<StrandedJobsMonitor>();
+        services.AddHostedService(provider => provider.GetRequiredService<StrandedJobsMonitor>());
         // First in the chain: the answers of these endpoints use the generated code, anything else
         // falls through to the reflection-based resolver.
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.TypeInfoResolverChain.Insert(0, JobsJson.Default));

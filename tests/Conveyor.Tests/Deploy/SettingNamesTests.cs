@@ -42,6 +42,7 @@ public sealed class SettingNamesTests
         [RateLimitingOptions.SectionName] = typeof(RateLimitingOptions),
         [ErrorQueueOptions.SectionName] = typeof(ErrorQueueOptions),
         [DashboardSessionOptions.SectionName] = typeof(DashboardSessionOptions),
+        [StrandedJobsOptions.SectionName] = typeof(StrandedJobsOptions),
     };
 
     /// <summary>Read by the hosts themselves (ASP.NET Core, logging, connection strings, telemetry), by either process.</summary>

@@ -37,7 +37,7 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             ("Consumers:ChargePayment:RedeliveryLimit", "1"),
             ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "300"),
             ("Redelivery:BacklogRefreshSeconds", "1")));
-        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ErrorQueues:DepthRefreshSeconds"] = "1" });
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ErrorQueues:DepthRefreshSeconds"] = "1", ["Jobs:StrandedCheckSeconds"] = "1" });
 
         // A transient failure, redelivered, then a success; a permanent failure; a duplicate.
         gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
