@@ -12,9 +12,9 @@ namespace Conveyor.Tests.Observability;
 
 /// <summary>
 /// Every Conveyor metric that the alert rules and the Grafana dashboard (<c>deploy/monitoring</c>)
-/// query is one the Api or the worker exposes at <c>/metrics</c>, under that exact name, once the
-/// events it counts have happened: a renamed instrument or a typo in a query fails here, not in
-/// production when the alert should have fired.
+/// query, and that its README lists, is one the Api or the worker exposes at <c>/metrics</c>, under
+/// that exact name, once the events it counts have happened: a renamed instrument or a typo in a
+/// query fails here, not in production when the alert should have fired.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -26,7 +26,7 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
     public Task DisposeAsync() => Task.CompletedTask;
 
     [Fact]
-    public async Task Every_conveyor_metric_the_alerts_and_the_dashboard_query_is_exposed()
+    public async Task Every_conveyor_metric_the_alerts_the_dashboard_and_the_readme_name_is_exposed()
     {
         var queried = QueriedMetrics();
         Assert.True(queried.Count >= 8, $"found only {queried.Count} Conveyor metrics in deploy/monitoring: {string.Join(", ", queried)}");
@@ -63,11 +63,12 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         });
     }
 
-    /// <summary>The <c>conveyor_*</c> names in the alert rules' and the dashboard's queries.</summary>
+    /// <summary>The <c>conveyor_*</c> names in the alert rules' and the dashboard's queries and in the README's table.</summary>
     private static SortedSet<string> QueriedMetrics()
     {
         var text = File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml"))
-            + File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "grafana-dashboard.json"));
+            + File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "grafana-dashboard.json"))
+            + File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "README.md"));
         return new SortedSet<string>(MetricName().Matches(text).Select(m => m.Value), StringComparer.Ordinal);
     }
 
