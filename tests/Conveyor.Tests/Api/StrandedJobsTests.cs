@@ -1,5 +1,6 @@
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
@@ -48,7 +49,9 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
-        await channel.QueueDeclareAsync(JobKinds.DeliverWebhook, durable: true, exclusive: false, autoDelete: false);
+        // Declared as the worker declares it (lazy), so that the tests after this one find the queue they expect.
+        await channel.QueueDeclareAsync(JobKinds.DeliverWebhook, durable: true, exclusive: false, autoDelete: false,
+            new Dictionary<string, object?> { [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode });
         await channel.BasicPublishAsync(string.Empty, JobKinds.DeliverWebhook, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
 
         var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
