@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json;
-using System.Text.Unicode;
 using Conveyor.Api.Jobs;
 
 namespace Conveyor.Api.ErrorQueues;
@@ -14,95 +13,72 @@ internal sealed record ParsedOperation(MessageFilter Filter, string? Target, int
 /// </summary>
 internal static class OperationRequestParser
 {
-    public const string BodyField = "$";
     public const int MaxLimit = 10_000_000;
     private const int MaxTextLength = 500;
 
-    private static readonly JsonDocumentOptions DocumentOptions = new() { AllowDuplicateProperties = false };
     private static readonly string[] FilterFields = ["messageIds", "exceptionType", "messageType", "groupId", "faultedBefore", "faultedAfter"];
 
     public static ParsedOperation? Parse(ReadOnlyMemory<byte> body, bool purge, FieldErrors errors)
     {
-        // The reader checks UTF-8 only when a string is read, as an exception that is not a JsonException.
-        if (!Utf8.IsValid(body.Span))
+        using var document = JsonBody.ParseObject(body, errors, _ => "The body is not valid JSON; each field may appear once.");
+        if (document is null)
         {
-            errors.Add(BodyField, "The body is not valid UTF-8.");
             return null;
         }
 
-        JsonDocument document;
-        try
+        var root = document.RootElement;
+        string[] known = purge ? ["filter", "limit", "dryRun", "confirm"] : ["filter", "target", "limit", "dryRun"];
+        RefuseUnknown(root, known, "", errors);
+
+        var filter = MessageFilter.All;
+        if (Find(root, "filter") is { } filterJson)
         {
-            document = JsonDocument.Parse(body, DocumentOptions);
+            filter = ParseFilter(filterJson, errors);
         }
-        catch (JsonException)
+
+        string? target = null;
+        if (!purge && Find(root, "target") is { } targetJson)
         {
-            errors.Add(BodyField, "The body is not valid JSON; each field may appear once.");
-            return null;
+            target = Text(targetJson, "target", ErrorQueueNames.MaxQueueNameBytes, errors);
         }
 
-        using (document)
+        int? limit = null;
+        if (Find(root, "limit") is { } limitJson)
         {
-            var root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object)
+            if (limitJson.ValueKind != JsonValueKind.Number || !limitJson.TryGetInt32(out var value) || value < 1 || value > MaxLimit)
             {
-                errors.Add(BodyField, "The body must be a JSON object.");
-                return null;
+                errors.Add("limit", $"Must be an integer between 1 and {MaxLimit}.");
             }
-
-            string[] known = purge ? ["filter", "limit", "dryRun", "confirm"] : ["filter", "target", "limit", "dryRun"];
-            RefuseUnknown(root, known, "", errors);
-
-            var filter = MessageFilter.All;
-            if (Find(root, "filter") is { } filterJson)
+            else
             {
-                filter = ParseFilter(filterJson, errors);
+                limit = value;
             }
-
-            string? target = null;
-            if (!purge && Find(root, "target") is { } targetJson)
-            {
-                target = Text(targetJson, "target", ErrorQueueNames.MaxQueueNameBytes, errors);
-            }
-
-            int? limit = null;
-            if (Find(root, "limit") is { } limitJson)
-            {
-                if (limitJson.ValueKind != JsonValueKind.Number || !limitJson.TryGetInt32(out var value) || value < 1 || value > MaxLimit)
-                {
-                    errors.Add("limit", $"Must be an integer between 1 and {MaxLimit}.");
-                }
-                else
-                {
-                    limit = value;
-                }
-            }
-
-            var dryRun = false;
-            if (Find(root, "dryRun") is { } dryRunJson)
-            {
-                if (dryRunJson.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
-                {
-                    errors.Add("dryRun", "Must be true or false.");
-                }
-                else
-                {
-                    dryRun = dryRunJson.GetBoolean();
-                }
-            }
-
-            string? confirm = null;
-            if (purge && Find(root, "confirm") is { } confirmJson)
-            {
-                confirm = confirmJson.ValueKind == JsonValueKind.String ? confirmJson.GetString() : null;
-                if (confirm is null)
-                {
-                    errors.Add("confirm", "Must be a string: the name of the queue to purge.");
-                }
-            }
-
-            return new ParsedOperation(filter, target, limit, dryRun, confirm);
         }
+
+        var dryRun = false;
+        if (Find(root, "dryRun") is { } dryRunJson)
+        {
+            if (dryRunJson.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
+            {
+                errors.Add("dryRun", "Must be true or false.");
+            }
+            else
+            {
+                dryRun = dryRunJson.GetBoolean();
+            }
+        }
+
+        string? confirm = null;
+        if (purge && Find(root, "confirm") is { } confirmJson)
+        {
+            confirm = confirmJson.ValueKind == JsonValueKind.String ? confirmJson.GetString() : null;
+            if (confirm is null)
+            {
+                errors.Add("confirm", "Must be a string: the name of the queue to purge.");
+            }
+        }
+
+        return new ParsedOperation(filter, target, limit, dryRun, confirm);
     }
 
     private static MessageFilter ParseFilter(JsonElement json, FieldErrors errors)

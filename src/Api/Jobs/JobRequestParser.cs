@@ -1,21 +1,10 @@
 using Conveyor.Contracts;
-using System.Text.Json;
-using System.Text.Unicode;
 
 namespace Conveyor.Api.Jobs;
 
 /// <summary>Turns a raw body into a <see cref="JobRequest"/>, or into errors that name each bad field.</summary>
 internal static class JobRequestParser
 {
-    /// <summary>The key under which errors about the body as a whole are reported (a JSON path root).</summary>
-    public const string BodyField = "$";
-
-    private static readonly JsonDocumentOptions DocumentOptions = new()
-    {
-        // Two values for one field would make "which one counts" a guess.
-        AllowDuplicateProperties = false,
-    };
-
     public static bool IsKnownKind(string kind) => JobKinds.All.Contains(kind, StringComparer.Ordinal);
 
     /// <summary>The optional top-level field that schedules a job for later; the other fields are the command's.</summary>
@@ -28,50 +17,29 @@ internal static class JobRequestParser
     /// <param name="allowPrivateWebhookHosts"><see cref="WebhookUrlOptions.AllowPrivateNetworks"/>.</param>
     public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false)
     {
-        // The reader checks UTF-8 only when a string is read, as an exception that is not a JsonException.
-        if (!Utf8.IsValid(body.Span))
+        using var document = JsonBody.ParseObject(body, errors, ex => ex.LineNumber is { } line && ex.BytePositionInLine is { } position
+            ? $"The body is not valid JSON (line {line + 1}, byte {position + 1})."
+            : "The body is not valid JSON; each field may appear once.");
+        if (document is null)
         {
-            errors.Add(BodyField, "The body is not valid UTF-8.");
             return null;
         }
 
-        JsonDocument document;
-        try
+        var fields = new JsonFields(document.RootElement, errors);
+        var runAt = ReadRunAt(fields, errors, now);
+        var request = kind switch
         {
-            document = JsonDocument.Parse(body, DocumentOptions);
-        }
-        catch (JsonException ex)
+            JobKinds.ChargePayment => ChargePaymentRequest.Read(fields),
+            JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields, allowPrivateWebhookHosts),
+            JobKinds.GenerateReport => GenerateReportRequest.Read(fields),
+            _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
+        };
+        if (request is not null)
         {
-            errors.Add(BodyField, ex.LineNumber is { } line && ex.BytePositionInLine is { } position
-                ? $"The body is not valid JSON (line {line + 1}, byte {position + 1})."
-                : "The body is not valid JSON; each field may appear once.");
-            return null;
+            request.RunAt = runAt;
         }
 
-        using (document)
-        {
-            if (document.RootElement.ValueKind != JsonValueKind.Object)
-            {
-                errors.Add(BodyField, "The body must be a JSON object.");
-                return null;
-            }
-
-            var fields = new JsonFields(document.RootElement, errors);
-            var runAt = ReadRunAt(fields, errors, now);
-            var request = kind switch
-            {
-                JobKinds.ChargePayment => ChargePaymentRequest.Read(fields),
-                JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields, allowPrivateWebhookHosts),
-                JobKinds.GenerateReport => GenerateReportRequest.Read(fields),
-                _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
-            };
-            if (request is not null)
-            {
-                request.RunAt = runAt;
-            }
-
-            return request;
-        }
+        return request;
     }
 
     private static DateTimeOffset? ReadRunAt(JsonFields fields, FieldErrors errors, DateTimeOffset now)
