@@ -71,12 +71,7 @@ public sealed class BrokerPressureMonitor : BackgroundService
     {
         try
         {
-            using var timer = new PeriodicTimer(Period, _clock);
-            do
-            {
-                await RefreshDepthsAsync(stoppingToken);
-            }
-            while (await timer.WaitForNextTickAsync(stoppingToken));
+            await Periodically.RunAsync(Period, _clock, RefreshDepthsAsync, stoppingToken);
         }
         finally
         {
@@ -84,15 +79,8 @@ public sealed class BrokerPressureMonitor : BackgroundService
         }
     }
 
-    private async Task ReadAlarmsAsync(CancellationToken stoppingToken)
-    {
-        using var timer = new PeriodicTimer(Period, _clock);
-        do
-        {
-            await RefreshAlarmsAsync(stoppingToken);
-        }
-        while (await timer.WaitForNextTickAsync(stoppingToken));
-    }
+    private Task ReadAlarmsAsync(CancellationToken stoppingToken) =>
+        Periodically.RunAsync(Period, _clock, RefreshAlarmsAsync, stoppingToken);
 
     private async Task RefreshDepthsAsync(CancellationToken stoppingToken)
     {

@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using Conveyor.ServiceDefaults;
 using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.ErrorQueues;
@@ -42,15 +43,8 @@ public sealed class ErrorQueueDepthMonitor : BackgroundService
     /// <summary>The latest listing: error and skipped queues only.</summary>
     public IReadOnlyList<QueueStats> Queues => _queues;
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
-    {
-        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(_options.Value.DepthRefreshSeconds), _time);
-        do
-        {
-            await RefreshAsync(stoppingToken);
-        }
-        while (await timer.WaitForNextTickAsync(stoppingToken));
-    }
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Periodically.RunAsync(TimeSpan.FromSeconds(_options.Value.DepthRefreshSeconds), _time, RefreshAsync, stoppingToken);
 
     public async Task RefreshAsync(CancellationToken cancellationToken)
     {

@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.Contracts;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
@@ -57,21 +58,8 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
     /// <summary>The latest counts per job kind (every kind, 0 when none).</summary>
     public IReadOnlyDictionary<string, long> Stranded => _stranded;
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
-    {
-        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(_options.Value.StrandedCheckSeconds), _time);
-        try
-        {
-            do
-            {
-                await RefreshAsync(stoppingToken);
-            }
-            while (await timer.WaitForNextTickAsync(stoppingToken));
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
-        }
-    }
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Periodically.RunAsync(TimeSpan.FromSeconds(_options.Value.StrandedCheckSeconds), _time, RefreshAsync, stoppingToken);
 
     public async Task RefreshAsync(CancellationToken cancellationToken)
     {

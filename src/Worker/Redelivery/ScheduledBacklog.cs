@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
@@ -59,21 +60,8 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
             : HealthCheckResult.Healthy(late > TimeSpan.Zero ? $"The oldest scheduled message is {late.TotalSeconds:F0} s past due" : "No scheduled message is overdue");
     }
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
-    {
-        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(_options.Value.BacklogRefreshSeconds), _time);
-        try
-        {
-            do
-            {
-                await RefreshQuietlyAsync(stoppingToken);
-            }
-            while (await timer.WaitForNextTickAsync(stoppingToken));
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
-        }
-    }
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Periodically.RunAsync(TimeSpan.FromSeconds(_options.Value.BacklogRefreshSeconds), _time, RefreshQuietlyAsync, stoppingToken);
 
     private async Task RefreshQuietlyAsync(CancellationToken stoppingToken)
     {

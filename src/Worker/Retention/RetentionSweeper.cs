@@ -1,3 +1,4 @@
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
@@ -18,34 +19,27 @@ public sealed partial class RetentionSweeper(
     TimeProvider time,
     ILogger<RetentionSweeper> logger) : BackgroundService
 {
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
-    {
-        if (!options.Value.Enabled)
-        {
-            return;
-        }
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        options.Value.Enabled
+            ? Periodically.RunAsync(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time, SweepQuietlyAsync, stoppingToken)
+            : Task.CompletedTask;
 
-        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time);
-        do
+    /// <summary>One sweep as of now; a failure is logged and the next period tries again.</summary>
+    private async Task SweepQuietlyAsync(CancellationToken stoppingToken)
+    {
+        try
         {
-            try
+            var swept = await SweepAsync(time.GetUtcNow(), stoppingToken);
+            if (swept.InboxRows + swept.Jobs + swept.AuditRows > 0)
             {
-                var swept = await SweepAsync(time.GetUtcNow(), stoppingToken);
-                if (swept.InboxRows + swept.Jobs + swept.AuditRows > 0)
-                {
-                    LogSwept(swept.InboxRows, swept.Jobs, swept.AuditRows);
-                }
-            }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception exception) when (exception is not OutOfMemoryException)
-            {
-                LogSweepFailed(exception);
+                LogSwept(swept.InboxRows, swept.Jobs, swept.AuditRows);
             }
         }
-        while (await timer.WaitForNextTickAsync(stoppingToken));
+        catch (Exception exception) when (exception is not OutOfMemoryException
+            && !(exception is OperationCanceledException && stoppingToken.IsCancellationRequested))
+        {
+            LogSweepFailed(exception);
+        }
     }
 
     /// <summary>One full sweep as of <paramref name="now"/>.</summary>
