@@ -8,6 +8,9 @@ public sealed class BenchOptions
 {
     public required string RepositoryRoot { get; init; }
 
+    /// <summary>The options as given on the command line (after the command), to hand to a child run.</summary>
+    public IReadOnlyList<string> Arguments { get; init; } = [];
+
     /// <summary>Rounds per setting (each variant once per round).</summary>
     public int Runs { get; init; } = 3;
 
@@ -60,10 +63,11 @@ public sealed class BenchOptions
     {
         var named = args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal);
         var command = named ? args[0] : "all";
+        var arguments = named ? args[1..] : args;
         var values = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
-        for (var i = named ? 1 : 0; i + 1 < args.Length; i += 2)
+        for (var i = 0; i + 1 < arguments.Length; i += 2)
         {
-            values[args[i].TrimStart('-')] = args[i + 1];
+            values[arguments[i].TrimStart('-')] = arguments[i + 1];
         }
 
         int Int(string name, int fallback) => values.TryGetValue(name, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
@@ -74,6 +78,7 @@ public sealed class BenchOptions
         var defaults = new BenchOptions { RepositoryRoot = "." };
         return (command, new BenchOptions
         {
+            Arguments = arguments,
             RepositoryRoot = values.TryGetValue("root", out var root) ? Path.GetFullPath(root) : FindRoot(),
             Runs = Int("runs", defaults.Runs),
             Messages = Int("messages", defaults.Messages),

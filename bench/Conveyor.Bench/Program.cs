@@ -31,13 +31,12 @@ if (selected.FirstOrDefault(s => !benchmarks.ContainsKey(s)) is { } unknown)
 }
 
 var failed = false;
-var optionArgs = args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal) ? args[1..] : args;
 foreach (var name in selected)
 {
     if (name == "consume" && !WorkerRuntime.InChild)
     {
         // Measured as the worker ships (workstation GC, TieredPGO off): see WorkerRuntime.
-        failed |= await WorkerRuntime.RunAsync(name, optionArgs) != 0;
+        failed |= await WorkerRuntime.RunAsync(name, options.Arguments) != 0;
         continue;
     }
 
