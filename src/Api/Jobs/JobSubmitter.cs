@@ -150,11 +150,11 @@ internal sealed class JobSubmitter(
     /// died between the row's commit and the confirm, or could not remove the row after a failed
     /// publish. The client repeats it because it got no answer, so the command is published again
     /// with the job's id; if the first one is in the queue after all, the inbox applies it once.
+    /// <see cref="FindExistingAsync"/> finds only jobs of the request's kind.
     /// </summary>
     private bool MayBeUnpublished(Job found, JobRequest request, string requestHash, DateTimeOffset now) =>
         found.Status == JobStatus.Queued
         && request.RunAt is null
-        && found.Kind == request.Kind
         && found.RequestHash == requestHash
         && now - found.UpdatedAt > TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + CleanupTimeout;
 
