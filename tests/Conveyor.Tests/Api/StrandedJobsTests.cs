@@ -49,9 +49,9 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
-        // Declared as the worker declares it (lazy), so that the tests after this one find the queue they expect.
+        // Declared as the worker declares it, so that the tests after this one find the queue they expect.
         await channel.QueueDeclareAsync(JobKinds.DeliverWebhook, durable: true, exclusive: false, autoDelete: false,
-            new Dictionary<string, object?> { [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode });
+            new RabbitMqOptions().JobQueueArguments());
         await channel.BasicPublishAsync(string.Empty, JobKinds.DeliverWebhook, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
 
         var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
