@@ -9,6 +9,7 @@ using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
+using Npgsql;
 using RabbitMQ.Client;
 
 namespace Conveyor.Tests.Worker;
@@ -98,15 +99,24 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
-    /// <summary>A session of this run's database is idle after a query for the next due time made since <paramref name="since"/>.</summary>
+    /// <summary>
+    /// A session of this run's database is idle after a query for the next due time made since
+    /// <paramref name="since"/>. Asked on a connection of its own, outside the pool the dispatcher
+    /// shares: a pooled check could reuse the very session the dispatcher just returned, and its own
+    /// query would then replace the one it is looking for.
+    /// </summary>
     private async Task<bool> DispatcherHasReadItsNextWakeUpAsync(DateTimeOffset since)
     {
-        await using var db = fixture.CreateDbContext();
-        return await db.Database.SqlQuery<bool>($"""
+        var unpooled = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Pooling = false };
+        await using var connection = new NpgsqlConnection(unpooled.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand("""
             SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                            WHERE datname = current_database() AND state = 'idle' AND query_start >= {since}
-                              AND query ILIKE '%min(%scheduled_messages%') AS "Value"
-            """).SingleAsync();
+                            WHERE datname = current_database() AND state = 'idle' AND query_start >= $1
+                              AND query ILIKE '%min(%scheduled_messages%')
+            """, connection);
+        command.Parameters.Add(new NpgsqlParameter { Value = since });
+        return (bool)(await command.ExecuteScalarAsync())!;
     }
 
     private async Task NotifyAsync(string payload)
