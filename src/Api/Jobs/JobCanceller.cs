@@ -49,7 +49,7 @@ internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactor
             await db.ScheduledMessages.Where(s => s.DedupeKey == dedupeKey).ExecuteDeleteAsync(cancellationToken);
         }
 
-        var job = await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == jobId, cancellationToken);
+        var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == jobId, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
 
         if (job is null)

@@ -120,6 +120,7 @@ internal static class JobListing
             .OrderByDescending(j => j.CreatedAt)
             .ThenByDescending(j => j.Id)
             .Take(query.Limit + 1)
+            .WithoutRequestBody()
             .ToListAsync(cancellationToken);
 
         var page = rows.Take(query.Limit).ToList();

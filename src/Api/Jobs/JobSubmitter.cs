@@ -6,6 +6,7 @@ using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 using System.Diagnostics;
 using System.Globalization;
+using System.Security.Cryptography;
 
 namespace Conveyor.Api.Jobs;
 
@@ -45,10 +46,12 @@ internal sealed class JobSubmitter(
     /// <summary>Long enough to remove a row on a healthy database; not tied to the request, which may be gone.</summary>
     private static readonly TimeSpan CleanupTimeout = TimeSpan.FromSeconds(10);
 
+    /// <param name="body">The body <paramref name="request"/> was parsed from, as it arrived.</param>
     public async Task<SubmitResult> SubmitAsync(
-        JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)
+        JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken)
     {
         var now = clock.GetUtcNow();
+        var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
         var job = new Job
         {
             Id = Guid.CreateVersion7(now),
@@ -58,6 +61,8 @@ internal sealed class JobSubmitter(
             Attempts = 0,
             IdempotencyKey = idempotencyKey,
             RequestHash = requestHash,
+            // A scheduled job's command is stored whole, with its row (TryInsertScheduledAsync).
+            RequestBody = request.RunAt is null ? body : null,
             CreatedAt = now,
             UpdatedAt = now,
             NextAttemptAt = request.RunAt,
@@ -175,7 +180,7 @@ internal sealed class JobSubmitter(
 
         if (idempotencyKey is not null)
         {
-            var byKey = await db.Jobs.AsNoTracking()
+            var byKey = await db.Jobs.AsNoTracking().WithoutRequestBody()
                 .FirstOrDefaultAsync(j => j.IdempotencyKey == idempotencyKey, cancellationToken);
             if (byKey is not null)
             {
@@ -189,7 +194,7 @@ internal sealed class JobSubmitter(
             }
         }
 
-        var byBusinessKey = await db.Jobs.AsNoTracking()
+        var byBusinessKey = await db.Jobs.AsNoTracking().WithoutRequestBody()
             .FirstOrDefaultAsync(j => j.Kind == request.Kind && j.BusinessKey == request.BusinessKey, cancellationToken);
         return byBusinessKey is null ? null : new SubmitResult(SubmitStatus.Duplicate, byBusinessKey);
     }
@@ -230,14 +235,15 @@ internal sealed class JobSubmitter(
                 .Where(j => j.Id == job.Id && j.Status == JobStatus.Queued)
                 .ExecuteDeleteAsync(timeout.Token);
             if (removed == 0
-                && await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == job.Id, timeout.Token) is { } picked)
+                && await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == job.Id, timeout.Token) is { } picked)
             {
                 return new SubmitResult(SubmitStatus.Duplicate, picked);
             }
         }
         catch (Exception ex)
         {
-            // Left behind as "queued": the same request submitted again publishes it (MayBeUnpublished).
+            // Left behind as "queued": the same request submitted again publishes it (MayBeUnpublished),
+            // and so does the stranded-job check, from the stored request (StrandedJobRepublisher).
             JobsLog.RemoveUnpublishedFailed(logger, ex, job.Id);
         }
 

@@ -3,12 +3,12 @@ using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Conveyor.Contracts;
 using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
 using System.Text.Json;
 
 namespace Conveyor.Api.Jobs;
@@ -33,6 +33,7 @@ internal static class JobsApi
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
         services.AddOptions<StrandedJobsOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<StrandedJobRepublisher>();
         services.AddSingleton<StrandedJobsMonitor>();
         services.AddHostedService(provider => provider.GetRequiredService<StrandedJobsMonitor>());
         // First in the chain: the answers of these endpoints use the generated code, anything else
@@ -134,8 +135,7 @@ internal static class JobsApi
                     $"{refused.Detail} Retry later; the same Idempotency-Key may be reused.");
         }
 
-        var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
-        var result = await submitter.SubmitAsync(job, idempotencyKey, requestHash, cancellationToken);
+        var result = await submitter.SubmitAsync(job, idempotencyKey, body, cancellationToken);
 
         switch (result.Status)
         {
@@ -169,7 +169,7 @@ internal static class JobsApi
             return invalid;
         }
 
-        var job = await db.Jobs.AsNoTracking().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
+        var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
         return job is null
             ? Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.")
             : TypedResults.Ok(JobDetails.From(job));

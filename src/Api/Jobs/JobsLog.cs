@@ -17,7 +17,7 @@ internal static partial class JobsLog
     public static partial void PublishFailed(ILogger logger, Exception exception, Guid jobId, string kind);
 
     [LoggerMessage(EventId = 1004, Level = LogLevel.Error,
-        Message = "Could not remove the row of unpublished job {JobId}; it stays queued until the same request is submitted again, which publishes it")]
+        Message = "Could not remove the row of unpublished job {JobId}; it stays queued until the same request is submitted again or the stranded-job check publishes it from the stored request")]
     public static partial void RemoveUnpublishedFailed(ILogger logger, Exception exception, Guid jobId);
 
     [LoggerMessage(EventId = 1005, Level = LogLevel.Debug,

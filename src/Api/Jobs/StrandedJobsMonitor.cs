@@ -10,24 +10,28 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Api.Jobs;
 
 /// <summary>
-/// <c>conveyor.jobs.stranded</c> (tag <c>kind</c>) on the <c>Conveyor.Api</c> meter: jobs still
-/// <c>queued</c> <see cref="StrandedJobsOptions.StrandedAfterSeconds"/> after their last update
-/// while their queue holds no message at all (ready or delivered). Their command was most likely
-/// never published: an Api process stopped between the row's commit and the broker's confirm (or
-/// could not remove the row after a failed publish), and the client did not repeat the request,
-/// which would have published it (ADR 0006). The row does not hold the command, so nothing here can
-/// publish it; the gauge and a warning tell an operator to repeat the request or cancel the job.
+/// Finds stranded jobs: still <c>queued</c> <see cref="StrandedJobsOptions.StrandedAfterSeconds"/>
+/// after their last update while their queue holds no message at all (ready or delivered). Their
+/// command was most likely never published: an Api process stopped between the row's commit and
+/// the broker's confirm (or could not remove the row after a failed publish), and the client did
+/// not repeat the request (ADR 0006). <see cref="StrandedJobRepublisher"/> publishes them again from
+/// their stored request (ADR 0007); <c>conveyor.jobs.stranded</c> (tag <c>kind</c>) on the
+/// <c>Conveyor.Api</c> meter counts those left over, which need an operator: jobs without a stored
+/// request (submitted before it was stored), with a request this version refuses, or whose publish
+/// keeps failing.
 /// </summary>
 /// <remarks>
 /// Queue contents come from the management API (its statistics lag by seconds, far less than the
 /// threshold). A queue that holds messages is not searched: its old <c>queued</c> jobs are a
-/// backlog. Only kinds whose queue is empty are queried, so the query finds few rows or none.
+/// backlog, and republishing them would double it. Only kinds whose queue is empty are queried, so
+/// the queries find few rows or none.
 /// </remarks>
 public sealed partial class StrandedJobsMonitor : BackgroundService
 {
     public const string Instrument = "conveyor.jobs.stranded";
 
     private readonly IServiceScopeFactory _scopes;
+    private readonly StrandedJobRepublisher _republisher;
     private readonly IDbContextFactory<ConveyorDbContext> _dbFactory;
     private readonly IOptions<StrandedJobsOptions> _options;
     private readonly TimeProvider _time;
@@ -38,12 +42,14 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
     public StrandedJobsMonitor(
         IMeterFactory meters,
         IServiceScopeFactory scopes,
+        StrandedJobRepublisher republisher,
         IDbContextFactory<ConveyorDbContext> dbFactory,
         IOptions<StrandedJobsOptions> options,
         TimeProvider time,
         ILogger<StrandedJobsMonitor> logger)
     {
         _scopes = scopes;
+        _republisher = republisher;
         _dbFactory = dbFactory;
         _options = options;
         _time = time;
@@ -52,10 +58,10 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
             Instrument,
             () => _stranded.Select(s => new Measurement<long>(s.Value, new KeyValuePair<string, object?>("kind", s.Key))),
             unit: "{job}",
-            description: "Jobs queued longer than Jobs:StrandedAfterSeconds while their queue holds no message: most likely never published.");
+            description: "Jobs queued longer than Jobs:StrandedAfterSeconds while their queue holds no message (most likely never published) that the Api could not publish again.");
     }
 
-    /// <summary>The latest counts per job kind (every kind, 0 when none).</summary>
+    /// <summary>The latest counts of stranded jobs left after republishing, per job kind (every kind, 0 when none).</summary>
     public IReadOnlyDictionary<string, long> Stranded => _stranded;
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
@@ -77,6 +83,7 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
             if (empty.Length > 0)
             {
                 var cutoff = _time.GetUtcNow() - TimeSpan.FromSeconds(_options.Value.StrandedAfterSeconds);
+                await _republisher.RepublishAsync(empty, cutoff, cancellationToken);
                 await using var db = await _dbFactory.CreateDbContextAsync(cancellationToken);
                 var found = await db.Jobs.AsNoTracking()
                     .Where(j => j.Status == JobStatus.Queued && empty.Contains(j.Kind) && j.UpdatedAt < cutoff)
@@ -111,8 +118,8 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} {Kind} job(s) have been queued for more than {Seconds} s while their queue holds no message: " +
-        "their commands were most likely never published (an Api stopped between the job's commit and the publish, and the client did not repeat the request). " +
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} {Kind} job(s) have been queued for more than {Seconds} s while their queue holds no message, and could not be published again " +
+        "(no stored request, a request this version refuses, or the broker did not confirm; the Api's log says which). " +
         "Repeat each request (the same body publishes it) or cancel the job; list them with GET /api/jobs?status=queued&kind={Kind}")]
     private static partial void LogStranded(ILogger logger, long count, string kind, int seconds);
 

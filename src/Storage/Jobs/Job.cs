@@ -28,6 +28,13 @@ public sealed class Job
     /// <summary>SHA-256 of the submitted body, to refuse a reused Idempotency-Key with another body.</summary>
     public string? RequestHash { get; set; }
 
+    /// <summary>
+    /// The body the job was submitted with through the Api, kept while the job waits for its first
+    /// delivery: the Api republishes a job that stays <c>queued</c> without a command (ADR 0007). A
+    /// worker clears it when it receives the command; null for jobs published directly.
+    /// </summary>
+    public byte[]? RequestBody { get; set; }
+
     public DateTimeOffset CreatedAt { get; set; }
 
     public DateTimeOffset UpdatedAt { get; set; }

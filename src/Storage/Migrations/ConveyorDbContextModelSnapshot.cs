@@ -116,6 +116,10 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("integer")
                         .HasColumnName("progress");
 
+                    b.Property<byte[]>("RequestBody")
+                        .HasColumnType("bytea")
+                        .HasColumnName("request_body");
+
                     b.Property<string>("RequestHash")
                         .HasMaxLength(64)
                         .HasColumnType("character varying(64)")

@@ -43,7 +43,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                 SELECT {id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}
                  WHERE EXISTS (SELECT 1 FROM inbox_row)
                 ON CONFLICT (kind, business_key) DO UPDATE
-                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now}
+                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
+                       request_body = NULL
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                 RETURNING 1)
             SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", EXISTS (SELECT 1 FROM job_row) AS "Runnable"
@@ -82,7 +83,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now})
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
-                   next_attempt_at = NULL, updated_at = {now}
+                   next_attempt_at = NULL, updated_at = {now}, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
             """, cancellationToken);
         return counted == 1;

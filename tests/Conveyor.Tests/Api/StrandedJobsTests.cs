@@ -1,16 +1,22 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
 using RabbitMQ.Client;
 
 namespace Conveyor.Tests.Api;
 
 /// <summary>
-/// Jobs whose command was most likely never published (ADR 0006) are counted: still <c>queued</c>
-/// past the threshold while their queue holds no message. A backlog is not stranded.
+/// Jobs whose command was most likely never published (ADR 0006) are still <c>queued</c> past the
+/// threshold while their queue holds no message. The Api publishes them again from their stored
+/// request (ADR 0007) and counts those it cannot. A backlog is not stranded.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -76,6 +82,107 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
             await monitor.RefreshAsync(CancellationToken.None);
             Assert.Equal(1, monitor.Stranded[JobKinds.DeliverWebhook]);
         });
+    }
+
+    [Fact]
+    public async Task A_stranded_job_is_published_again_from_its_stored_request_once_and_runs_once()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        // A worker declares the job queue and its binding, then stops: nothing consumes the command.
+        await (await fixture.StartWorkerAsync(WorkerSettings.With(gateway))).DisposeAsync();
+
+        var paymentId = Guid.NewGuid();
+        var json = JobRequests.ChargePayment(paymentId);
+        using var response = await _api.Client.PostJobAsync(JobKinds.ChargePayment, json);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var jobId = (await response.Content.ReadFromJsonAsync<JobAccepted>())!.JobId;
+        await using (var db = fixture.CreateDbContext())
+        {
+            var row = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+            Assert.Equal(Encoding.UTF8.GetBytes(json), row.RequestBody);
+        }
+
+        // As if the Api had died between the row's commit and the publish: the command is gone and
+        // the client does not repeat the request.
+        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
+        await using var channel = await connection.CreateChannelAsync();
+        Assert.Equal(1u, await channel.QueuePurgeAsync(JobKinds.ChargePayment));
+        await BackdateAsync(jobId, TimeSpan.FromMinutes(5));
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        await Eventually.AssertAsync(async () =>
+        {
+            // The management API's statistics take a few seconds to show the queue empty.
+            await monitor.RefreshAsync(CancellationToken.None);
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+            Assert.Equal(JobStatus.Succeeded, job.Status);
+            Assert.Null(job.RequestBody); // cleared by the worker when the command arrived
+        });
+
+        // Checks after it publish nothing more, and nothing is left stranded.
+        await monitor.RefreshAsync(CancellationToken.None);
+        Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
+        await Eventually.AssertAsync(async () => Assert.Equal(0u, await channel.MessageCountAsync(JobKinds.ChargePayment)));
+        Assert.Equal(1, gateway.RequestsFor(paymentId.ToString()));
+        Assert.Equal(1, gateway.ChargesFor(paymentId.ToString()));
+        var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        Assert.Contains(metrics.Split('\n'), line => line.StartsWith("conveyor_jobs_republished_total{", StringComparison.Ordinal)
+            && line.Contains("kind=\"charge-payment\"", StringComparison.Ordinal) && line.Split(' ')[1] == "1");
+    }
+
+    [Fact]
+    public async Task Only_stranded_jobs_with_a_valid_stored_request_are_published_again_and_the_rest_stay_counted()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var old = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var valid = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
+        valid.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(valid.BusinessKey)));
+        var withoutRequest = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
+        var refused = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
+        refused.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(refused.BusinessKey), amountMinor: 0));
+        var fresh = Job(JobKinds.ChargePayment, JobStatus.Queued, DateTimeOffset.UtcNow);
+        fresh.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(fresh.BusinessKey)));
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(valid, withoutRequest, refused, fresh);
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        await Eventually.AssertAsync(async () =>
+        {
+            // Another test's command may still show in the queue's statistics for a few seconds.
+            await monitor.RefreshAsync(CancellationToken.None);
+            Assert.Equal(2, monitor.Stranded[JobKinds.ChargePayment]);
+        });
+
+        var copy = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+        Assert.NotNull(copy);
+        Assert.Equal(valid.Id.ToString(), Encoding.UTF8.GetString((byte[])copy.BasicProperties.Headers![JobHeaders.JobId]!));
+        Assert.Contains(valid.BusinessKey, Encoding.UTF8.GetString(copy.Body.Span), StringComparison.Ordinal);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var rows = await db.Jobs.AsNoTracking().ToDictionaryAsync(j => j.Id);
+            Assert.True(rows[valid.Id].UpdatedAt > old.AddMinutes(4), "the published job counts as updated now");
+            Assert.Equal(old, rows[refused.Id].UpdatedAt, TimeSpan.FromMilliseconds(1)); // handed back: still stranded
+            Assert.Equal(old, rows[withoutRequest.Id].UpdatedAt, TimeSpan.FromMilliseconds(1));
+        }
+
+        // The next check publishes nothing: the published job is fresh, the others cannot be.
+        await monitor.RefreshAsync(CancellationToken.None);
+        Assert.Equal(2, monitor.Stranded[JobKinds.ChargePayment]);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+    }
+
+    private async Task BackdateAsync(Guid jobId, TimeSpan by)
+    {
+        await using var db = fixture.CreateDbContext();
+        var updatedAt = DateTimeOffset.UtcNow - by;
+        Assert.Equal(1, await db.Jobs.Where(j => j.Id == jobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.UpdatedAt, updatedAt)));
     }
 
     private static Job Job(string kind, string status, DateTimeOffset updatedAt) => new()

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Text.Json;
 using System.Text.RegularExpressions;
 using Conveyor.Contracts.Payments;
 using Conveyor.Storage.Jobs;
@@ -50,6 +51,26 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         {
             await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 500, Currency = "EUR" });
         }
+
+        // A stranded job (queued long ago, its command never published), which the Api publishes again.
+        var stranded = Guid.NewGuid();
+        await using (var db = fixture.CreateDbContext())
+        {
+            var longAgo = DateTimeOffset.UtcNow.AddHours(-1);
+            db.Jobs.Add(new Job
+            {
+                Id = Guid.CreateVersion7(),
+                Kind = "charge-payment",
+                BusinessKey = stranded.ToString(),
+                Status = JobStatus.Queued,
+                RequestBody = JsonSerializer.SerializeToUtf8Bytes(new { paymentId = stranded, accountId = "acct-monitoring", amountMinor = 500, currency = "EUR" }),
+                CreatedAt = longAgo,
+                UpdatedAt = longAgo,
+            });
+            await db.SaveChangesAsync();
+        }
+
+        await WaitForJobAsync(stranded, JobStatus.Succeeded);
 
         await Eventually.AssertAsync(async () =>
         {

@@ -1,0 +1,149 @@
+using System.Diagnostics.Metrics;
+using Conveyor.ServiceDefaults;
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+
+namespace Conveyor.Api.Jobs;
+
+/// <summary>
+/// The reconciler of ADR 0007: publishes again the commands of stranded jobs (still <c>queued</c>
+/// long after their last update while their queue holds no message) from the body each was
+/// submitted with, stamped with the job's id. If the first command is somewhere after all, the
+/// worker's inbox (keyed by the business key) applies the job once.
+/// </summary>
+/// <remarks>
+/// A job is claimed before it is published by moving its <c>updated_at</c> to now, in one
+/// statement with <c>FOR UPDATE SKIP LOCKED</c>, so two Api replicas never both publish it, and the
+/// same job is not published again before another threshold has passed. A job whose publish fails
+/// gets its old <c>updated_at</c> back: it still counts as stranded and is tried at the next check.
+/// </remarks>
+public sealed partial class StrandedJobRepublisher(
+    IServiceScopeFactory scopes,
+    IDbContextFactory<ConveyorDbContext> dbFactory,
+    IOptions<RabbitMqOptions> rabbitMq,
+    IOptions<WebhookUrlOptions> webhookUrls,
+    IMeterFactory meters,
+    TimeProvider time,
+    ILogger<StrandedJobRepublisher> logger)
+{
+    public const string Instrument = "conveyor.jobs.republished";
+
+    /// <summary>Jobs published per check at most: a burst of strandings is worked off over a few checks.</summary>
+    public const int BatchSize = 100;
+
+    private readonly Counter<long> _republished = meters.Create(ApiApp.ApiMeterName).CreateCounter<long>(
+        Instrument, "{job}", "Stranded jobs whose command the Api published again from the stored request.");
+
+    /// <summary>
+    /// Publishes the commands of up to <see cref="BatchSize"/> stranded jobs of <paramref name="kinds"/>
+    /// last updated before <paramref name="cutoff"/>; returns how many were published.
+    /// </summary>
+    public async Task<int> RepublishAsync(IReadOnlyCollection<string> kinds, DateTimeOffset cutoff, CancellationToken cancellationToken)
+    {
+        var claimedAt = time.GetUtcNow();
+        var kindArray = kinds.ToArray();
+        List<ClaimedJob> claimed;
+        await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
+        {
+            claimed = await db.Database.SqlQuery<ClaimedJob>($"""
+                WITH picked AS (
+                    SELECT id, updated_at FROM jobs
+                     WHERE status = {JobStatus.Queued} AND kind = ANY({kindArray}) AND updated_at < {cutoff}
+                       AND request_body IS NOT NULL
+                     ORDER BY updated_at
+                     LIMIT {BatchSize}
+                       FOR UPDATE SKIP LOCKED)
+                UPDATE jobs SET updated_at = {claimedAt}
+                  FROM picked
+                 WHERE jobs.id = picked.id
+                RETURNING jobs.id, jobs.kind, jobs.business_key, jobs.request_body, picked.updated_at AS previous_update
+                """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
+        }
+
+        if (claimed.Count == 0)
+        {
+            return 0;
+        }
+
+        var published = 0;
+        using var scope = scopes.CreateScope();
+        var publishEndpoint = scope.ServiceProvider.GetRequiredService<IPublishEndpoint>();
+        for (var i = 0; i < claimed.Count; i++)
+        {
+            var job = claimed[i];
+            var errors = new FieldErrors();
+            var request = JobRequestParser.Parse(job.Kind, job.RequestBody, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+            if (request is null || errors.Count > 0 || request.RunAt is not null || request.BusinessKey != job.BusinessKey)
+            {
+                // Valid when it was submitted; this version's rules or settings refuse it now.
+                LogNotRepublishable(logger, job.Id, job.Kind, string.Join("; ", errors.ToDictionary().Select(e => $"{e.Key}: {string.Join(" ", e.Value)}")));
+                await RestoreAsync([job], claimedAt);
+                continue;
+            }
+
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds));
+            try
+            {
+                await request.PublishAsync(publishEndpoint, job.Id, timeout.Token);
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // The broker is away: the rest would fail alike. All of them are tried at the next check.
+                LogRepublishFailed(logger, exception, job.Id, job.Kind);
+                await RestoreAsync(claimed[i..], claimedAt);
+                break;
+            }
+
+            published++;
+            _republished.Add(1, new KeyValuePair<string, object?>("kind", job.Kind));
+            LogRepublished(logger, job.Id, job.Kind, job.BusinessKey, claimedAt - job.PreviousUpdate);
+        }
+
+        return published;
+    }
+
+    /// <summary>Gives jobs that were claimed and not published their old <c>updated_at</c> back.</summary>
+    private async Task RestoreAsync(IReadOnlyList<ClaimedJob> jobs, DateTimeOffset claimedAt)
+    {
+        var ids = jobs.Select(j => j.Id).ToArray();
+        var previous = jobs.Select(j => j.PreviousUpdate).ToArray();
+        // Not tied to the caller's cancellation: a stopping Api still hands its claims back.
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        try
+        {
+            await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            await db.Database.ExecuteSqlInterpolatedAsync($"""
+                UPDATE jobs SET updated_at = t.previous
+                  FROM unnest({ids}::uuid[], {previous}::timestamptz[]) AS t(id, previous)
+                 WHERE jobs.id = t.id AND jobs.status = {JobStatus.Queued} AND jobs.updated_at = {claimedAt}
+                """, timeout.Token);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // They are tried again once the threshold has passed since the claim.
+            LogRestoreFailed(logger, exception, ids.Length);
+        }
+    }
+
+    private sealed record ClaimedJob(Guid Id, string Kind, string BusinessKey, byte[] RequestBody, DateTimeOffset PreviousUpdate);
+
+    [LoggerMessage(EventId = 1008, Level = LogLevel.Warning,
+        Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after its last update while its queue held no message: its command was published again from the stored request (the inbox applies it once)")]
+    private static partial void LogRepublished(ILogger logger, Guid jobId, string kind, string businessKey, TimeSpan age);
+
+    [LoggerMessage(EventId = 1009, Level = LogLevel.Error,
+        Message = "Stranded job {JobId} ({Kind}) cannot be published again: its stored request is no longer valid ({Errors}). Cancel it or submit it anew")]
+    private static partial void LogNotRepublishable(ILogger logger, Guid jobId, string kind, string errors);
+
+    [LoggerMessage(EventId = 1010, Level = LogLevel.Warning,
+        Message = "Publishing stranded job {JobId} ({Kind}) again was not confirmed; it is tried again at the next check")]
+    private static partial void LogRepublishFailed(ILogger logger, Exception exception, Guid jobId, string kind);
+
+    [LoggerMessage(EventId = 1011, Level = LogLevel.Warning,
+        Message = "Could not hand back the claim on {Count} stranded job(s) that were not published; they are tried again after the stranding threshold")]
+    private static partial void LogRestoreFailed(ILogger logger, Exception exception, int count);
+}
