@@ -39,7 +39,7 @@ public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper
         }
 
         await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
-        await using var worker = await WorkerProcess.StartAsync(settings);
+        await using var worker = await ServiceProcess.StartWorkerAsync(settings);
         var submissions = new JobSubmissions();
         using var stopSubmitting = new CancellationTokenSource();
         // Clients keep submitting before, during and after the outage, however long the server's

@@ -27,7 +27,7 @@ public sealed class WorkerKillTests(ConveyorFixture fixture, ITestOutputHelper o
         }
 
         await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
-        var worker = await WorkerProcess.StartAsync(settings);
+        var worker = await ServiceProcess.StartWorkerAsync(settings);
         var kills = new List<string>();
         try
         {
@@ -40,7 +40,7 @@ public sealed class WorkerKillTests(ConveyorFixture fixture, ITestOutputHelper o
                 await worker.KillAsync();
                 kills.Add($"pid {worker.Id} at {await LedgerCountAsync()} processed");
                 await worker.DisposeAsync();
-                worker = await WorkerProcess.StartAsync(settings);
+                worker = await ServiceProcess.StartWorkerAsync(settings);
             }
 
             await submitting;

@@ -26,7 +26,7 @@ public sealed class ScalingTests(ConveyorFixture fixture)
         // A little latency per charge, so no worker can drain the queue before the others start.
         gateway.Latency = TimeSpan.FromMilliseconds(20);
         await using var publisher = await TestPublisher.StartAsync(fixture);
-        var processes = new List<WorkerProcess>();
+        var processes = new List<ServiceProcess>();
         try
         {
             // The queue exists once the first worker has declared it; fill it while that worker is stopped.
@@ -54,7 +54,7 @@ public sealed class ScalingTests(ConveyorFixture fixture)
 
                 settings["Consumers:ChargePayment:PrefetchCount"] = "8";
                 settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "4";
-                processes.Add(await WorkerProcess.StartAsync(settings));
+                processes.Add(await ServiceProcess.StartWorkerAsync(settings));
             }
 
             await Eventually.AssertAsync(async () =>

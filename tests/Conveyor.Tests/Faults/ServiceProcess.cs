@@ -5,19 +5,22 @@ using System.Net.Sockets;
 namespace Conveyor.Tests.Faults;
 
 /// <summary>
-/// A worker as its own OS process (<c>dotnet src/Worker/bin/&lt;configuration&gt;/net10.0/Conveyor.Worker.dll</c>),
+/// A worker or an Api as its own OS process (<c>dotnet src/&lt;Worker|Api&gt;/bin/&lt;configuration&gt;/net10.0/Conveyor.&lt;Worker|Api&gt;.dll</c>),
 /// configured by command-line arguments, so a fault test can kill -9 it like a crashing pod.
 /// </summary>
-public sealed class WorkerProcess : IAsyncDisposable
+public sealed class ServiceProcess : IAsyncDisposable
 {
     private const int KeptLines = 200;
     private readonly Process _process;
     private readonly Queue<string> _lines = new();
 
-    private WorkerProcess(Process process, Uri baseAddress)
+    private readonly string _name;
+
+    private ServiceProcess(Process process, Uri baseAddress, string name)
     {
         _process = process;
         BaseAddress = baseAddress;
+        _name = name;
     }
 
     public Uri BaseAddress { get; }
@@ -26,7 +29,7 @@ public sealed class WorkerProcess : IAsyncDisposable
 
     public bool HasExited => _process.HasExited;
 
-    /// <summary>The last lines the worker wrote, for a failure message.</summary>
+    /// <summary>The last lines the process wrote, for a failure message.</summary>
     public string Output
     {
         get
@@ -38,40 +41,47 @@ public sealed class WorkerProcess : IAsyncDisposable
         }
     }
 
-    /// <summary>The worker assembly built alongside these tests (same configuration).</summary>
-    public static string WorkerDll
+    /// <summary>The assembly of <c>src/<paramref name="project"/></c> built alongside these tests (same configuration).</summary>
+    private static string Dll(string project)
     {
-        get
+        var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name ?? "Debug";
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Worker.sln")))
         {
-            var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name ?? "Debug";
-            var root = new DirectoryInfo(AppContext.BaseDirectory);
-            while (root is not null && !File.Exists(Path.Combine(root.FullName, "Worker.sln")))
-            {
-                root = root.Parent;
-            }
-
-            if (root is null)
-            {
-                throw new InvalidOperationException($"No Worker.sln above {AppContext.BaseDirectory}");
-            }
-
-            var dll = Path.Combine(root.FullName, "src", "Worker", "bin", configuration, "net10.0", "Conveyor.Worker.dll");
-            return File.Exists(dll) ? dll : throw new InvalidOperationException($"{dll} is missing: build the solution first");
+            root = root.Parent;
         }
+
+        if (root is null)
+        {
+            throw new InvalidOperationException($"No Worker.sln above {AppContext.BaseDirectory}");
+        }
+
+        var dll = Path.Combine(root.FullName, "src", project, "bin", configuration, "net10.0", $"Conveyor.{project}.dll");
+        return File.Exists(dll) ? dll : throw new InvalidOperationException($"{dll} is missing: build the solution first");
     }
 
     /// <summary>Starts a worker with <paramref name="settings"/> as <c>--Key=Value</c> arguments and waits until it is ready.</summary>
-    public static async Task<WorkerProcess> StartAsync(IReadOnlyDictionary<string, string?> settings)
+    public static Task<ServiceProcess> StartWorkerAsync(IReadOnlyDictionary<string, string?> settings) =>
+        StartAsync("Worker", settings, FreePort());
+
+    /// <summary>
+    /// Starts an Api with <paramref name="settings"/> on <paramref name="port"/> (a free one when
+    /// null; the same one again for a restart that its clients should find) and waits until it is ready.
+    /// </summary>
+    public static Task<ServiceProcess> StartApiAsync(IReadOnlyDictionary<string, string?> settings, int? port = null) =>
+        StartAsync("Api", settings, port ?? FreePort());
+
+    private static async Task<ServiceProcess> StartAsync(string project, IReadOnlyDictionary<string, string?> settings, int port)
     {
-        var port = FreePort();
+        var dll = Dll(project);
         var start = new ProcessStartInfo("dotnet")
         {
-            WorkingDirectory = Path.GetDirectoryName(WorkerDll)!,
+            WorkingDirectory = Path.GetDirectoryName(dll)!,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        start.ArgumentList.Add(WorkerDll);
+        start.ArgumentList.Add(dll);
         foreach (var (key, value) in settings.Where(s => s.Value is not null))
         {
             start.ArgumentList.Add($"--{key}={value}");
@@ -79,13 +89,13 @@ public sealed class WorkerProcess : IAsyncDisposable
 
         start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");
         var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
-        var worker = new WorkerProcess(process, new Uri($"http://127.0.0.1:{port}"));
-        process.OutputDataReceived += (_, line) => worker.Keep(line.Data);
-        process.ErrorDataReceived += (_, line) => worker.Keep(line.Data);
+        var service = new ServiceProcess(process, new Uri($"http://127.0.0.1:{port}"), project);
+        process.OutputDataReceived += (_, line) => service.Keep(line.Data);
+        process.ErrorDataReceived += (_, line) => service.Keep(line.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        await worker.WaitUntilReadyAsync();
-        return worker;
+        await service.WaitUntilReadyAsync();
+        return service;
     }
 
     /// <summary>SIGKILL: no shutdown hooks, unacked messages and open transactions are abandoned.</summary>
@@ -107,7 +117,7 @@ public sealed class WorkerProcess : IAsyncDisposable
         {
             if (_process.HasExited)
             {
-                throw new InvalidOperationException($"The worker exited with {_process.ExitCode}:{Environment.NewLine}{Output}");
+                throw new InvalidOperationException($"The {_name} exited with {_process.ExitCode}:{Environment.NewLine}{Output}");
             }
 
             try
@@ -125,7 +135,7 @@ public sealed class WorkerProcess : IAsyncDisposable
 
             if (DateTime.UtcNow > deadline)
             {
-                throw new TimeoutException($"The worker was not ready within 90 s:{Environment.NewLine}{Output}");
+                throw new TimeoutException($"The {_name} was not ready within 90 s:{Environment.NewLine}{Output}");
             }
 
             await Task.Delay(100);
@@ -149,7 +159,7 @@ public sealed class WorkerProcess : IAsyncDisposable
         }
     }
 
-    private static int FreePort()
+    public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();

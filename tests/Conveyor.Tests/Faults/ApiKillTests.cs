@@ -1,0 +1,119 @@
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+using Xunit.Abstractions;
+
+namespace Conveyor.Tests.Faults;
+
+/// <summary>
+/// The Api killed with SIGKILL while clients submit. A kill between a job row's commit and the
+/// broker's confirm leaves a job whose client got no answer, and perhaps no command: the Api
+/// publishes it again from the stored request once it counts as stranded (ADR 0007).
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+[Trait("Category", "Faults")]
+public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
+{
+    /// <summary>The shortest threshold the Api accepts; the test waits that long for the strandings.</summary>
+    private const int StrandedAfterSeconds = 60;
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task An_api_killed_with_sigkill_three_times_mid_run_leaves_every_job_it_recorded_run_once()
+    {
+        var jobs = FaultReport.Jobs(normalRun: 2_000);
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
+
+        var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+        foreach (var (key, value) in TestKeys.Settings.Concat(FaultReport.ApiSettings))
+        {
+            settings[key] = value;
+        }
+
+        settings["Jobs:StrandedAfterSeconds"] = StrandedAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        settings["Jobs:StrandedCheckSeconds"] = "2";
+
+        // Restarts listen on the same port, so the clients find the next Api where the last one was.
+        var port = ServiceProcess.FreePort();
+        var api = await ServiceProcess.StartApiAsync(settings, port);
+        using var http = new HttpClient { BaseAddress = api.BaseAddress, Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Add("X-Api-Key", TestKeys.Admin);
+        var kills = new List<string>();
+        try
+        {
+            var submissions = new JobSubmissions();
+            // Paced, so that the requests refused while an Api restarts do not use up the run; fast
+            // enough that a few requests are between their row's commit and their confirm at each kill.
+            var submitting = submissions.SubmitAsync(http, jobs, clients: 16, perSecond: 300);
+            foreach (var fraction in new[] { 0.2, 0.45, 0.7 })
+            {
+                var threshold = (int)(jobs * fraction);
+                await Eventually.AssertAsync(() => Assert.True(submissions.AcceptedCount >= threshold), TimeSpan.FromMinutes(2));
+                await api.KillAsync();
+                kills.Add($"pid {api.Id} at {submissions.AcceptedCount} accepted");
+                await api.DisposeAsync();
+                api = await ServiceProcess.StartApiAsync(settings, port);
+            }
+
+            await submitting;
+
+            // Every job that has a row runs: those the clients heard of, and those whose answer
+            // the kills cut off, whether or not their command reached the broker.
+            await Eventually.AssertAsync(
+                async () =>
+                {
+                    await using var db = fixture.CreateDbContext();
+                    Assert.Equal(0, await db.Jobs.CountAsync(j => j.Kind == JobKinds.ChargePayment && j.Status != JobStatus.Succeeded));
+                },
+                async () =>
+                {
+                    await using var db = fixture.CreateDbContext();
+                    var statuses = await db.Jobs.GroupBy(j => j.Status).Select(g => $"{g.Key}: {g.Count()}").ToListAsync();
+                    return $"jobs by status: {string.Join(", ", statuses)}";
+                },
+                TimeSpan.FromSeconds(StrandedAfterSeconds + 120));
+
+            var audit = await PaymentAudit.SettleAsync(fixture, gateway, submissions.Accepted, TimeSpan.FromMinutes(1));
+            var republished = await RepublishedAsync(api);
+            await using (var db = fixture.CreateDbContext())
+            {
+                var rows = await db.Jobs.CountAsync();
+                FaultReport.Write(output, "kill -9 the Api ×3", audit,
+                    $"{jobs} submissions ({submissions.Describe()}); killed {string.Join("; ", kills)}; {rows} job rows, all succeeded: " +
+                    $"{audit.ProcessedNotAccepted} processed whose answer a kill cut off, of which {republished} published again as stranded by the last Api; " +
+                    $"{audit.GatewayRequests} gateway requests");
+                Assert.Equal(rows, audit.Accepted + audit.ProcessedNotAccepted);
+            }
+
+            Assert.Equal(3, kills.Count);
+            Assert.Equal(0, audit.Lost);
+            Assert.Equal(0, audit.AppliedTwice);
+            Assert.Equal(audit.Accepted + audit.ProcessedNotAccepted, gateway.Charges.Count);
+        }
+        catch (Exception)
+        {
+            output.WriteLine(api.Output);
+            throw;
+        }
+        finally
+        {
+            await api.DisposeAsync();
+        }
+    }
+
+    /// <summary>The last Api's <c>conveyor_jobs_republished_total</c>, summed over kinds (0 when it published none).</summary>
+    private static async Task<long> RepublishedAsync(ServiceProcess api)
+    {
+        using var http = new HttpClient { BaseAddress = api.BaseAddress };
+        var exposition = await http.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        return exposition.Split('\n')
+            .Where(line => line.StartsWith("conveyor_jobs_republished_total{", StringComparison.Ordinal))
+            .Sum(line => long.Parse(line.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture));
+    }
+}
