@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
@@ -33,6 +34,11 @@ public sealed partial class StrandedJobRepublisher(
 
     /// <summary>Jobs published per check at most: a burst of strandings is worked off over a few checks.</summary>
     public const int BatchSize = 100;
+
+    /// <summary>Bounds the memory of which refused jobs were logged; past it, refusals are no longer logged.</summary>
+    private const int MaxRefusalsRemembered = 10_000;
+
+    private readonly ConcurrentDictionary<Guid, byte> _refusalsLogged = new();
 
     private readonly Counter<long> _republished = meters.Create(ApiApp.ApiMeterName).CreateCounter<long>(
         Instrument, "{job}", "Stranded jobs whose command the Api published again from the stored request.");
@@ -78,8 +84,16 @@ public sealed partial class StrandedJobRepublisher(
             var request = JobRequestParser.Parse(job.Kind, job.RequestBody, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
             if (request is null || errors.Count > 0 || request.RunAt is not null || request.BusinessKey != job.BusinessKey)
             {
-                // Valid when it was submitted; this version's rules or settings refuse it now.
-                LogNotRepublishable(logger, job.Id, job.Kind, string.Join("; ", errors.ToDictionary().Select(e => $"{e.Key}: {string.Join(" ", e.Value)}")));
+                // Valid when it was submitted; this version's rules or settings refuse it now. It stays
+                // stranded (counted by the gauge); the log says why once per job, not at every check.
+                if (_refusalsLogged.Count < MaxRefusalsRemembered && _refusalsLogged.TryAdd(job.Id, 0))
+                {
+                    var reasons = errors.Count > 0
+                        ? string.Join("; ", errors.ToDictionary().Select(e => $"{e.Key}: {string.Join(" ", e.Value)}"))
+                        : "it no longer names the job's business id, or schedules it for later";
+                    LogNotRepublishable(logger, job.Id, job.Kind, reasons);
+                }
+
                 await RestoreAsync([job], claimedAt);
                 continue;
             }
