@@ -4,6 +4,8 @@ using Conveyor.Worker.Hosting;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Infrastructure;
+using Microsoft.EntityFrameworkCore.Migrations;
 
 namespace Conveyor.Worker;
 
@@ -59,6 +61,9 @@ public static partial class WorkerApp
         using var host = builder.Build();
         var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Migrate");
         await using var db = await host.Services.GetRequiredService<IDbContextFactory<ConveyorDbContext>>().CreateDbContextAsync();
+        // On a new database EF Core reads the history table before it creates it, and logs the
+        // failed read at Error level (dotnet/efcore#37328); created first, nothing fails.
+        await db.GetService<IHistoryRepository>().CreateIfNotExistsAsync();
         var pending = (await db.Database.GetPendingMigrationsAsync()).ToList();
         await db.Database.MigrateAsync();
         var names = string.Join(", ", pending);
