@@ -41,7 +41,8 @@ internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactor
                     .SetProperty(j => j.Status, JobStatus.Cancelled)
                     .SetProperty(j => j.NextAttemptAt, (DateTimeOffset?)null)
                     .SetProperty(j => j.UpdatedAt, now)
-                    .SetProperty(j => j.FinishedAt, now),
+                    .SetProperty(j => j.FinishedAt, now)
+                    .SetProperty(j => j.RequestBody, (byte[]?)null), // nothing will publish it again
                 cancellationToken);
         if (cancelled == 1)
         {

@@ -131,6 +131,12 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
             Assert.Equal(JobStatus.Cancelled, (await response.Content.ReadFromJsonAsync<JobDetails>())?.Status);
         }
 
+        // Its stored request goes with it: nothing will publish a cancelled job again (ADR 0007).
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Null(await db.Jobs.Where(j => j.Id == queued.JobId).Select(j => j.RequestBody).SingleAsync());
+        }
+
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
         var next = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
         await WaitForStatusAsync(api, next.JobId, JobStatus.Succeeded);
