@@ -31,7 +31,8 @@ public sealed class Job
     /// <summary>
     /// The body the job was submitted with through the Api, kept while the job waits for its first
     /// delivery: the Api republishes a job that stays <c>queued</c> without a command (ADR 0007). A
-    /// worker clears it when it receives the command; null for jobs published directly.
+    /// worker clears it when it receives the command, a cancel when it cancels the job; null for
+    /// jobs published directly and for scheduled ones (their command is stored whole).
     /// </summary>
     public byte[]? RequestBody { get; set; }
 
