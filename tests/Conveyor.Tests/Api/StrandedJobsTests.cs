@@ -178,6 +178,48 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
     }
 
+    [Fact]
+    public async Task Jobs_another_api_is_claiming_are_skipped_not_waited_for_and_each_job_is_published_once()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var old = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var jobs = Enumerable.Range(0, 60).Select(_ =>
+        {
+            var job = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
+            job.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(job.BusinessKey)));
+            return job;
+        }).ToList();
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(jobs);
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        var claimedElsewhere = jobs.Take(20).Select(j => j.Id).ToArray();
+        await using (var otherReplica = fixture.CreateDbContext())
+        await using (var claim = await otherReplica.Database.BeginTransactionAsync())
+        {
+            // Another Api's claim in progress holds these rows; this check neither waits for them nor publishes them.
+            await otherReplica.Database.ExecuteSqlInterpolatedAsync($"SELECT 1 FROM jobs WHERE id = ANY({claimedElsewhere}) FOR UPDATE");
+            using var bounded = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            await monitor.RefreshAsync(bounded.Token);
+            Assert.Equal(40u, await published.Channel.MessageCountAsync(published.Queue));
+            await claim.RollbackAsync();
+        }
+
+        // Once they are free, the next check takes them.
+        await monitor.RefreshAsync(CancellationToken.None);
+        var jobIds = new List<string>();
+        while (await published.Channel.BasicGetAsync(published.Queue, autoAck: true) is { } copy)
+        {
+            jobIds.Add(Encoding.UTF8.GetString((byte[])copy.BasicProperties.Headers![JobHeaders.JobId]!));
+        }
+
+        Assert.Equal(jobs.Select(j => j.Id.ToString()).Order(), jobIds.Order());
+        Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
+    }
+
     private async Task BackdateAsync(Guid jobId, TimeSpan by)
     {
         await using var db = fixture.CreateDbContext();
