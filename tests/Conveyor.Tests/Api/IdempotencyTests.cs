@@ -131,7 +131,7 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         // As if the Api had died between the row's commit and the publish: the row is queued, older
         // than any submission can take, and there is no command.
         await published.Channel.QueuePurgeAsync(published.Queue);
-        await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
+        await fixture.BackdateJobAsync(first.JobId, TimeSpan.FromMinutes(1));
 
         // The client repeats the request it got no answer for.
         var again = await AcceptAsync(JobKinds.ChargePayment, json, key);
@@ -146,7 +146,7 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
 
         // The same business id without the key, byte for byte the same body, is the same repeat.
-        await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
+        await fixture.BackdateJobAsync(first.JobId, TimeSpan.FromMinutes(1));
         var withoutKey = await AcceptAsync(JobKinds.ChargePayment, json);
         Assert.Equal(first.JobId, withoutKey.JobId);
         Assert.Equal(1u, await published.Channel.MessageCountAsync(published.Queue));
@@ -167,7 +167,7 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
 
         // Another body for the same business id: which command the job was meant to run is not known.
-        await BackdateAsync(first.JobId, TimeSpan.FromMinutes(1));
+        await fixture.BackdateJobAsync(first.JobId, TimeSpan.FromMinutes(1));
         var other = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999));
         Assert.Equal(first.JobId, other.JobId);
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
@@ -198,13 +198,6 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Jobs.CountAsync());
         Assert.Equal(1, await db.ScheduledMessages.CountAsync());
-    }
-
-    private async Task BackdateAsync(Guid jobId, TimeSpan by)
-    {
-        await using var db = fixture.CreateDbContext();
-        var updatedAt = DateTimeOffset.UtcNow - by;
-        Assert.Equal(1, await db.Jobs.Where(j => j.Id == jobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.UpdatedAt, updatedAt)));
     }
 
     private async Task<JobAccepted> AcceptAsync(string kind, string json, string? idempotencyKey = null)

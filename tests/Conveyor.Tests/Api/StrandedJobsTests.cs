@@ -107,7 +107,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
         await using var channel = await connection.CreateChannelAsync();
         Assert.Equal(1u, await channel.QueuePurgeAsync(JobKinds.ChargePayment));
-        await BackdateAsync(jobId, TimeSpan.FromMinutes(5));
+        await fixture.BackdateJobAsync(jobId, TimeSpan.FromMinutes(5));
 
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
         var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
@@ -137,13 +137,11 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         await using var published = await ChargePaymentProbe.BindAsync(fixture);
         var old = DateTimeOffset.UtcNow.AddMinutes(-5);
-        var valid = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
-        valid.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(valid.BusinessKey)));
+        var valid = QueuedCharge(old);
         var withoutRequest = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
         var refused = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
         refused.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(refused.BusinessKey), amountMinor: 0));
-        var fresh = Job(JobKinds.ChargePayment, JobStatus.Queued, DateTimeOffset.UtcNow);
-        fresh.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(fresh.BusinessKey)));
+        var fresh = QueuedCharge(DateTimeOffset.UtcNow);
         await using (var db = fixture.CreateDbContext())
         {
             db.Jobs.AddRange(valid, withoutRequest, refused, fresh);
@@ -183,12 +181,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         await using var published = await ChargePaymentProbe.BindAsync(fixture);
         var old = DateTimeOffset.UtcNow.AddMinutes(-5);
-        var jobs = Enumerable.Range(0, 60).Select(_ =>
-        {
-            var job = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
-            job.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(job.BusinessKey)));
-            return job;
-        }).ToList();
+        var jobs = Enumerable.Range(0, 60).Select(_ => QueuedCharge(old)).ToList();
         await using (var db = fixture.CreateDbContext())
         {
             db.Jobs.AddRange(jobs);
@@ -220,11 +213,12 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
     }
 
-    private async Task BackdateAsync(Guid jobId, TimeSpan by)
+    /// <summary>A queued charge with its stored request, as the Api writes it.</summary>
+    private static Job QueuedCharge(DateTimeOffset updatedAt)
     {
-        await using var db = fixture.CreateDbContext();
-        var updatedAt = DateTimeOffset.UtcNow - by;
-        Assert.Equal(1, await db.Jobs.Where(j => j.Id == jobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.UpdatedAt, updatedAt)));
+        var job = Job(JobKinds.ChargePayment, JobStatus.Queued, updatedAt);
+        job.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(job.BusinessKey)));
+        return job;
     }
 
     private static Job Job(string kind, string status, DateTimeOffset updatedAt) => new()
