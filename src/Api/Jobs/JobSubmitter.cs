@@ -44,7 +44,7 @@ internal sealed class JobSubmitter(
     ILogger<JobSubmitter> logger)
 {
     /// <summary>Long enough to remove a row on a healthy database; not tied to the request, which may be gone.</summary>
-    private static readonly TimeSpan CleanupTimeout = TimeSpan.FromSeconds(10);
+    internal static readonly TimeSpan CleanupTimeout = TimeSpan.FromSeconds(10);
 
     /// <param name="body">The body <paramref name="request"/> was parsed from, as it arrived.</param>
     public async Task<SubmitResult> SubmitAsync(

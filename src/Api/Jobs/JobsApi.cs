@@ -33,6 +33,7 @@ internal static class JobsApi
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
         services.AddOptions<StrandedJobsOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<IValidateOptions<StrandedJobsOptions>, StrandedJobsOptionsValidator>();
         services.AddSingleton<StrandedJobRepublisher>();
         services.AddSingleton<StrandedJobsMonitor>();
         services.AddHostedService(provider => provider.GetRequiredService<StrandedJobsMonitor>());

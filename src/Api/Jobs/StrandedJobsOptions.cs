@@ -1,4 +1,6 @@
 using System.ComponentModel.DataAnnotations;
+using Conveyor.ServiceDefaults;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.Jobs;
 
@@ -14,4 +16,22 @@ public sealed class StrandedJobsOptions
     /// <summary>How often the Api looks for stranded jobs.</summary>
     [Range(1, 3600)]
     public int StrandedCheckSeconds { get; set; } = 60;
+}
+
+/// <summary>
+/// Refuses a threshold within the time a submission can take (its publish budget, then the
+/// removal of an unconfirmed row): the Api would publish again a job whose own request may still
+/// be publishing it, or be about to remove its row and answer 503.
+/// </summary>
+internal sealed class StrandedJobsOptionsValidator(IOptions<RabbitMqOptions> rabbitMq) : IValidateOptions<StrandedJobsOptions>
+{
+    public ValidateOptionsResult Validate(string? name, StrandedJobsOptions options)
+    {
+        var submission = TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + JobSubmitter.CleanupTimeout;
+        return TimeSpan.FromSeconds(options.StrandedAfterSeconds) > submission
+            ? ValidateOptionsResult.Success
+            : ValidateOptionsResult.Fail(
+                $"Jobs:StrandedAfterSeconds ({options.StrandedAfterSeconds}) must be longer than a submission can take: " +
+                $"RabbitMq:ConnectTimeoutSeconds ({rabbitMq.Value.ConnectTimeoutSeconds}) plus {JobSubmitter.CleanupTimeout.TotalSeconds:0} s to remove an unconfirmed row.");
+    }
 }

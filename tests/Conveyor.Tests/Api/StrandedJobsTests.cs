@@ -213,6 +213,19 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
     }
 
+    [Fact]
+    public async Task An_api_whose_stranding_threshold_is_within_a_submissions_time_refuses_to_start()
+    {
+        var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Jobs:StrandedAfterSeconds"] = "60",
+            ["RabbitMq:ConnectTimeoutSeconds"] = "50",
+        }));
+
+        Assert.Contains("Jobs:StrandedAfterSeconds (60)", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("RabbitMq:ConnectTimeoutSeconds (50)", failure.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>A queued charge with its stored request, as the Api writes it.</summary>
     private static Job QueuedCharge(DateTimeOffset updatedAt)
     {
