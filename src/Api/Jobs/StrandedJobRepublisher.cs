@@ -11,8 +11,8 @@ namespace Conveyor.Api.Jobs;
 
 /// <summary>
 /// The reconciler of ADR 0007: publishes again the commands of stranded jobs (still <c>queued</c>
-/// long after their last update while their queue holds no message) from the body each was
-/// submitted with, stamped with the job's id. If the first command is somewhere after all, the
+/// although their command cannot be in their queue, see <see cref="StrandedJobsMonitor"/>) from the
+/// body each was submitted with, stamped with the job's id. If the first command is somewhere after all, the
 /// worker's inbox (keyed by the business key) applies the job once.
 /// </summary>
 /// <remarks>
@@ -44,24 +44,27 @@ public sealed partial class StrandedJobRepublisher(
         Instrument, "{job}", "Stranded jobs whose command the Api published again from the stored request.");
 
     /// <summary>
-    /// Publishes the commands of up to <see cref="BatchSize"/> stranded jobs of <paramref name="kinds"/>
-    /// last updated before <paramref name="cutoff"/>; returns how many were published.
+    /// Publishes the commands of up to <see cref="BatchSize"/> stranded jobs: still <c>queued</c>,
+    /// of a kind in <paramref name="strandedBefore"/> and last updated before its time there.
+    /// Returns how many were published.
     /// </summary>
-    public async Task<int> RepublishAsync(IReadOnlyCollection<string> kinds, DateTimeOffset cutoff, CancellationToken cancellationToken)
+    public async Task<int> RepublishAsync(IReadOnlyDictionary<string, DateTimeOffset> strandedBefore, CancellationToken cancellationToken)
     {
         var claimedAt = time.GetUtcNow();
-        var kindArray = kinds.ToArray();
+        var kinds = strandedBefore.Keys.ToArray();
+        var befores = kinds.Select(kind => strandedBefore[kind]).ToArray();
         List<ClaimedJob> claimed;
         await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
         {
             claimed = await db.Database.SqlQuery<ClaimedJob>($"""
                 WITH picked AS (
-                    SELECT id, updated_at FROM jobs
-                     WHERE status = {JobStatus.Queued} AND kind = ANY({kindArray}) AND updated_at < {cutoff}
-                       AND request_body IS NOT NULL
-                     ORDER BY updated_at
+                    SELECT j.id, j.updated_at
+                      FROM jobs j
+                      JOIN unnest({kinds}::text[], {befores}::timestamptz[]) AS t(kind, stranded_before) ON t.kind = j.kind
+                     WHERE j.status = {JobStatus.Queued} AND j.updated_at < t.stranded_before AND j.request_body IS NOT NULL
+                     ORDER BY j.updated_at
                      LIMIT {BatchSize}
-                       FOR UPDATE SKIP LOCKED)
+                       FOR UPDATE OF j SKIP LOCKED)
                 UPDATE jobs SET updated_at = {claimedAt}
                   FROM picked
                  WHERE jobs.id = picked.id
@@ -146,7 +149,7 @@ public sealed partial class StrandedJobRepublisher(
     private sealed record ClaimedJob(Guid Id, string Kind, string BusinessKey, byte[] RequestBody, DateTimeOffset PreviousUpdate);
 
     [LoggerMessage(EventId = 1008, Level = LogLevel.Warning,
-        Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after its last update while its queue held no message: its command was published again from the stored request (the inbox applies it once)")]
+        Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after its last update, though its command could not be in the queue: its command was published again from the stored request (the inbox applies it once)")]
     private static partial void LogRepublished(ILogger logger, Guid jobId, string kind, string businessKey, TimeSpan age);
 
     [LoggerMessage(EventId = 1009, Level = LogLevel.Error,

@@ -10,11 +10,12 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Api.Jobs;
 
 /// <summary>
-/// Finds stranded jobs: still <c>queued</c> <see cref="StrandedJobsOptions.StrandedAfterSeconds"/>
-/// after their last update while their queue holds no message at all (ready or delivered). Their
-/// command was most likely never published: an Api process stopped between the row's commit and
-/// the broker's confirm (or could not remove the row after a failed publish), and the client did
-/// not repeat the request (ADR 0006). <see cref="StrandedJobRepublisher"/> publishes them again from
+/// Finds stranded jobs: still <c>queued</c> although their command cannot be in their queue (see
+/// <see cref="StrandedBeforeAsync"/>: the queue holds no message, or a job published
+/// <see cref="StrandedJobsOptions.StrandedAfterSeconds"/> after them has finished). Their command
+/// was most likely never published: an Api process stopped between the row's commit and the
+/// broker's confirm (or could not remove the row after a failed publish), and the client did not
+/// repeat the request (ADR 0006). <see cref="StrandedJobRepublisher"/> publishes them again from
 /// their stored request (ADR 0007); <c>conveyor.jobs.stranded</c> (tag <c>kind</c>) on the
 /// <c>Conveyor.Api</c> meter counts those left over, which need an operator: jobs without a stored
 /// request (submitted before it was stored), with a request this version refuses, or whose publish
@@ -22,9 +23,8 @@ namespace Conveyor.Api.Jobs;
 /// </summary>
 /// <remarks>
 /// Queue contents come from the management API (its statistics lag by seconds, far less than the
-/// threshold). A queue that holds messages is not searched: its old <c>queued</c> jobs are a
-/// backlog, and republishing them would double it. Only kinds whose queue is empty are queried, so
-/// the queries find few rows or none.
+/// threshold). Old <c>queued</c> jobs are not stranded merely by age: in a backlog they wait in
+/// order, and republishing them would double it.
 /// </remarks>
 public sealed partial class StrandedJobsMonitor : BackgroundService
 {
@@ -58,7 +58,7 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
             Instrument,
             () => _stranded.Select(s => new Measurement<long>(s.Value, new KeyValuePair<string, object?>("kind", s.Key))),
             unit: "{job}",
-            description: "Jobs queued longer than Jobs:StrandedAfterSeconds while their queue holds no message (most likely never published) that the Api could not publish again.");
+            description: "Jobs still queued though their command cannot be in their queue (most likely never published) that the Api could not publish again.");
     }
 
     /// <summary>The latest counts of stranded jobs left after republishing, per job kind (every kind, 0 when none).</summary>
@@ -77,22 +77,25 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
                 queues = await scope.ServiceProvider.GetRequiredService<RabbitManagementClient>().QueuesAsync(cancellationToken);
             }
 
-            // A queue that does not exist holds nothing either.
-            var empty = JobKinds.All.Where(kind => queues.FirstOrDefault(q => q.Name == kind) is not { Messages: > 0 }).ToArray();
-            var counts = JobKinds.All.ToDictionary(kind => kind, _ => 0L, StringComparer.Ordinal);
-            if (empty.Length > 0)
+            var now = _time.GetUtcNow();
+            var threshold = TimeSpan.FromSeconds(_options.Value.StrandedAfterSeconds);
+            await using var db = await _dbFactory.CreateDbContextAsync(cancellationToken);
+            var strandedBefore = new Dictionary<string, DateTimeOffset>(StringComparer.Ordinal);
+            foreach (var kind in JobKinds.All)
             {
-                var cutoff = _time.GetUtcNow() - TimeSpan.FromSeconds(_options.Value.StrandedAfterSeconds);
-                await _republisher.RepublishAsync(empty, cutoff, cancellationToken);
-                await using var db = await _dbFactory.CreateDbContextAsync(cancellationToken);
-                var found = await db.Jobs.AsNoTracking()
-                    .Where(j => j.Status == JobStatus.Queued && empty.Contains(j.Kind) && j.UpdatedAt < cutoff)
-                    .GroupBy(j => j.Kind)
-                    .Select(g => new { Kind = g.Key, Count = g.LongCount() })
-                    .ToListAsync(cancellationToken);
-                foreach (var row in found)
+                if (await StrandedBeforeAsync(db, kind, queues, now, threshold, cancellationToken) is { } before)
                 {
-                    counts[row.Kind] = row.Count;
+                    strandedBefore[kind] = before;
+                }
+            }
+
+            var counts = JobKinds.All.ToDictionary(kind => kind, _ => 0L, StringComparer.Ordinal);
+            if (strandedBefore.Count > 0)
+            {
+                await _republisher.RepublishAsync(strandedBefore, cancellationToken);
+                foreach (var (kind, before) in strandedBefore)
+                {
+                    counts[kind] = await db.Jobs.LongCountAsync(j => j.Status == JobStatus.Queued && j.Kind == kind && j.UpdatedAt < before, cancellationToken);
                 }
             }
 
@@ -118,7 +121,40 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} {Kind} job(s) have been queued for more than {Seconds} s while their queue holds no message, and could not be published again " +
+    /// <summary>
+    /// Jobs of <paramref name="kind"/> still <c>queued</c> and last updated before the returned time
+    /// are stranded; null when none can be told from a backlog.
+    /// <list type="bullet">
+    /// <item>Its queue holds no message (ready or delivered; a queue that does not exist holds
+    /// none): every job queued longer than the threshold.</item>
+    /// <item>Otherwise the queue's order tells: a job submitted through the Api that a worker has
+    /// finished was published at its <c>created_at</c> at the latest (a scheduled one later), and
+    /// the queue delivers in order, so a command published a threshold before it would have been
+    /// delivered too. A job still <c>queued</c> that long before the newest such job has no command
+    /// in the queue. (Deliveries a worker holds unstarted, behind a job that runs longer than the
+    /// threshold, can look stranded too; their copy is a duplicate the inbox skips.)</item>
+    /// </list>
+    /// </summary>
+    private static async Task<DateTimeOffset?> StrandedBeforeAsync(
+        ConveyorDbContext db, string kind, IReadOnlyList<QueueStats> queues, DateTimeOffset now, TimeSpan threshold, CancellationToken cancellationToken)
+    {
+        if (queues.FirstOrDefault(q => q.Name == kind) is not { Messages: > 0 })
+        {
+            return now - threshold;
+        }
+
+        // The newest one through the (status, created_at, id) index; a day back at most, so a kind
+        // that seldom runs does not make this a scan of every job.
+        var since = now.AddDays(-1);
+        var newestFinished = await db.Jobs
+            .Where(j => j.Status == JobStatus.Succeeded && j.CreatedAt > since && j.Kind == kind && j.RequestHash != null)
+            .OrderByDescending(j => j.CreatedAt)
+            .Select(j => (DateTimeOffset?)j.CreatedAt)
+            .FirstOrDefaultAsync(cancellationToken);
+        return newestFinished - threshold;
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} {Kind} job(s) are still queued although their commands cannot be in the queue (it holds no message, or jobs submitted {Seconds} s after them have finished), and could not be published again " +
         "(no stored request, a request this version refuses, or the broker did not confirm; the Api's log says which). " +
         "Repeat each request (the same body publishes it) or cancel the job; list them with GET /api/jobs?status=queued&kind={Kind}")]
     private static partial void LogStranded(ILogger logger, long count, string kind, int seconds);

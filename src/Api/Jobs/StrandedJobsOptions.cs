@@ -9,7 +9,10 @@ public sealed class StrandedJobsOptions
 {
     public const string SectionName = "Jobs";
 
-    /// <summary>A job still <c>queued</c> this long after its last update, while its queue holds no message, counts as stranded.</summary>
+    /// <summary>
+    /// A job still <c>queued</c> this long after its last update while its queue holds no message,
+    /// or this long before a job of its kind that has already succeeded was submitted, is stranded.
+    /// </summary>
     [Range(60, 86_400)]
     public int StrandedAfterSeconds { get; set; } = 600;
 

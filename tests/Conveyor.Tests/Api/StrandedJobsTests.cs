@@ -85,6 +85,43 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task In_a_busy_queue_a_job_queued_a_threshold_before_a_later_finished_job_is_stranded()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        // The queue always holds a message, as a busy one does.
+        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
+        await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        await channel.QueueDeclareAsync(JobKinds.ChargePayment, durable: true, exclusive: false, autoDelete: false,
+            new RabbitMqOptions().JobQueueArguments());
+        await channel.BasicPublishAsync(string.Empty, JobKinds.ChargePayment, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
+        await Eventually.AssertAsync(async () =>
+            Assert.True((await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment))?.Messages > 0));
+
+        var now = DateTimeOffset.UtcNow;
+        var stranded = QueuedCharge(now.AddMinutes(-30));
+        var inOrder = QueuedCharge(now.AddMinutes(-10.5)); // within the threshold (60 s) of the finished one
+        var finished = Job(JobKinds.ChargePayment, JobStatus.Succeeded, now.AddMinutes(-10));
+        finished.RequestHash = "submitted through the Api";
+        // Published directly: its row was written when a worker received it, not when it was published.
+        var direct = Job(JobKinds.ChargePayment, JobStatus.Succeeded, now.AddMinutes(-1));
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(stranded, inOrder, finished, direct);
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        await monitor.RefreshAsync(CancellationToken.None);
+
+        var copy = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+        Assert.NotNull(copy);
+        Assert.Equal(stranded.Id.ToString(), Encoding.UTF8.GetString((byte[])copy.BasicProperties.Headers![JobHeaders.JobId]!));
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+        Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
+    }
+
+    [Fact]
     public async Task A_stranded_job_is_published_again_from_its_stored_request_once_and_runs_once()
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
