@@ -50,18 +50,29 @@ public sealed partial class StrandedJobRepublisher(
     /// </summary>
     public async Task<int> RepublishAsync(IReadOnlyDictionary<string, DateTimeOffset> strandedBefore, CancellationToken cancellationToken)
     {
+        if (strandedBefore.Count == 0)
+        {
+            return 0;
+        }
+
         var claimedAt = time.GetUtcNow();
         var kinds = strandedBefore.Keys.ToArray();
         var befores = kinds.Select(kind => strandedBefore[kind]).ToArray();
+        var latest = befores.Max();
         List<ClaimedJob> claimed;
         await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
         {
+            // created_at <= updated_at: bounding both, the latest time as a constant too (the planner
+            // cannot range an index on the joined times alone), keeps a backlog's newer rows out of
+            // the index range the query reads.
             claimed = await db.Database.SqlQuery<ClaimedJob>($"""
                 WITH picked AS (
                     SELECT j.id, j.updated_at
                       FROM jobs j
                       JOIN unnest({kinds}::text[], {befores}::timestamptz[]) AS t(kind, stranded_before) ON t.kind = j.kind
-                     WHERE j.status = {JobStatus.Queued} AND j.updated_at < t.stranded_before AND j.request_body IS NOT NULL
+                     WHERE j.status = {JobStatus.Queued} AND j.created_at < {latest}
+                       AND j.created_at < t.stranded_before AND j.updated_at < t.stranded_before
+                       AND j.request_body IS NOT NULL
                      ORDER BY j.updated_at
                      LIMIT {BatchSize}
                        FOR UPDATE OF j SKIP LOCKED)

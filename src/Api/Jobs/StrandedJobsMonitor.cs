@@ -95,7 +95,9 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
                 await _republisher.RepublishAsync(strandedBefore, cancellationToken);
                 foreach (var (kind, before) in strandedBefore)
                 {
-                    counts[kind] = await db.Jobs.LongCountAsync(j => j.Status == JobStatus.Queued && j.Kind == kind && j.UpdatedAt < before, cancellationToken);
+                    // created_at <= updated_at: the bound on it keeps a backlog's newer rows out of the index range.
+                    counts[kind] = await db.Jobs.LongCountAsync(
+                        j => j.Status == JobStatus.Queued && j.CreatedAt < before && j.UpdatedAt < before && j.Kind == kind, cancellationToken);
                 }
             }
 
