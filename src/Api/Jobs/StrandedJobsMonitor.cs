@@ -130,9 +130,9 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
     /// <item>Its queue holds no message (ready or delivered; a queue that does not exist holds
     /// none): every job queued longer than the threshold.</item>
     /// <item>Otherwise the queue's order tells: a job submitted through the Api that a worker has
-    /// finished was published at its <c>created_at</c> at the latest (a scheduled one later), and
-    /// the queue delivers in order, so a command published a threshold before it would have been
-    /// delivered too. A job still <c>queued</c> that long before the newest such job has no command
+    /// finished was published no earlier than its <c>created_at</c> (a scheduled one later still),
+    /// and the queue delivers in order, so a command published a threshold before that (longer than
+    /// any submission's publish takes) would have been delivered too. A job still <c>queued</c> that long before the newest such job has no command
     /// in the queue. (Deliveries a worker holds unstarted, behind a job that runs longer than the
     /// threshold, can look stranded too; their copy is a duplicate the inbox skips.)</item>
     /// </list>
