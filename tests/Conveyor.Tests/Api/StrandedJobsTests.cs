@@ -219,9 +219,15 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var published = await ChargePaymentProbe.BindAsync(fixture);
         var old = DateTimeOffset.UtcNow.AddMinutes(-5);
         var jobs = Enumerable.Range(0, 60).Select(_ => QueuedCharge(old)).ToList();
+        // A later job that finished makes them stranded by the queue's order too, so the checks find
+        // them whether or not charge-payment (bound to the exchange if a worker ran before in this
+        // run) holds the copies the first check publishes.
+        var finished = Job(JobKinds.ChargePayment, JobStatus.Succeeded, DateTimeOffset.UtcNow);
+        finished.RequestHash = "submitted through the Api";
         await using (var db = fixture.CreateDbContext())
         {
             db.Jobs.AddRange(jobs);
+            db.Jobs.Add(finished);
             await db.SaveChangesAsync();
         }
 
