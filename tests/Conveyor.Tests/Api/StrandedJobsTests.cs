@@ -7,6 +7,7 @@ using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Tests.Observability;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
 using RabbitMQ.Client;
@@ -22,6 +23,10 @@ namespace Conveyor.Tests.Api;
 public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private RunningApp _api = null!;
+    private IConnection _connection = null!;
+
+    /// <summary>The tests' own channel to the broker, with publisher confirms.</summary>
+    private IChannel _channel = null!;
 
     public async Task InitializeAsync()
     {
@@ -32,9 +37,17 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
             // The test drives the checks itself.
             ["Jobs:StrandedCheckSeconds"] = "3600",
         });
+        _connection = await fixture.AmqpFactory().CreateConnectionAsync();
+        _channel = await _connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
     }
 
-    public async Task DisposeAsync() => await _api.DisposeAsync();
+    public async Task DisposeAsync()
+    {
+        await _channel.DisposeAsync();
+        await _connection.DisposeAsync();
+        await _api.DisposeAsync();
+    }
 
     [Fact]
     public async Task Old_queued_jobs_of_an_empty_queue_are_stranded_and_those_of_a_backlog_are_not()
@@ -52,13 +65,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
             await db.SaveChangesAsync();
         }
 
-        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
-            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
-        // Declared as the worker declares it, so that the tests after this one find the queue they expect.
-        await channel.QueueDeclareAsync(JobKinds.DeliverWebhook, durable: true, exclusive: false, autoDelete: false,
-            new RabbitMqOptions().JobQueueArguments());
-        await channel.BasicPublishAsync(string.Empty, JobKinds.DeliverWebhook, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
+        await HoldAMessageInAsync(JobKinds.DeliverWebhook);
 
         var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
         await Eventually.AssertAsync(async () =>
@@ -71,11 +78,10 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         });
 
         var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
-        Assert.Contains(metrics.Split('\n'), line => line.StartsWith("conveyor_jobs_stranded{", StringComparison.Ordinal)
-            && line.Contains("kind=\"charge-payment\"", StringComparison.Ordinal) && line.Split(' ')[1] == "2");
+        Assert.Equal(2, PrometheusText.Sum(metrics, "conveyor_jobs_stranded", "kind=\"charge-payment\""));
 
         // Once its queue is empty, the webhook job is stranded too.
-        await channel.QueuePurgeAsync(JobKinds.DeliverWebhook);
+        await _channel.QueuePurgeAsync(JobKinds.DeliverWebhook);
 
         await Eventually.AssertAsync(async () =>
         {
@@ -89,12 +95,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         await using var published = await ChargePaymentProbe.BindAsync(fixture);
         // The queue always holds a message, as a busy one does.
-        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
-            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
-        await channel.QueueDeclareAsync(JobKinds.ChargePayment, durable: true, exclusive: false, autoDelete: false,
-            new RabbitMqOptions().JobQueueArguments());
-        await channel.BasicPublishAsync(string.Empty, JobKinds.ChargePayment, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
+        await HoldAMessageInAsync(JobKinds.ChargePayment);
         await Eventually.AssertAsync(async () =>
             Assert.True((await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment))?.Messages > 0));
 
@@ -141,9 +142,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
 
         // As if the Api had died between the row's commit and the publish: the command is gone and
         // the client does not repeat the request.
-        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync();
-        Assert.Equal(1u, await channel.QueuePurgeAsync(JobKinds.ChargePayment));
+        Assert.Equal(1u, await _channel.QueuePurgeAsync(JobKinds.ChargePayment));
         await fixture.BackdateJobAsync(jobId, TimeSpan.FromMinutes(5));
 
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
@@ -161,12 +160,11 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         // Checks after it publish nothing more, and nothing is left stranded.
         await monitor.RefreshAsync(CancellationToken.None);
         Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
-        await Eventually.AssertAsync(async () => Assert.Equal(0u, await channel.MessageCountAsync(JobKinds.ChargePayment)));
+        await Eventually.AssertAsync(async () => Assert.Equal(0u, await _channel.MessageCountAsync(JobKinds.ChargePayment)));
         Assert.Equal(1, gateway.RequestsFor(paymentId.ToString()));
         Assert.Equal(1, gateway.ChargesFor(paymentId.ToString()));
         var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
-        Assert.Contains(metrics.Split('\n'), line => line.StartsWith("conveyor_jobs_republished_total{", StringComparison.Ordinal)
-            && line.Contains("kind=\"charge-payment\"", StringComparison.Ordinal) && line.Split(' ')[1] == "1");
+        Assert.Equal(1, PrometheusText.Sum(metrics, "conveyor_jobs_republished_total", "kind=\"charge-payment\""));
     }
 
     [Fact]
@@ -267,6 +265,16 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.Contains("Jobs:StrandedAfterSeconds (60)", failure.Message, StringComparison.Ordinal);
         Assert.Contains("RabbitMq:ConnectTimeoutSeconds (50)", failure.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Declares <paramref name="queue"/> as the worker declares it (so that the tests after this one
+    /// find the queue they expect) and leaves a message in it.
+    /// </summary>
+    private async Task HoldAMessageInAsync(string queue)
+    {
+        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, new RabbitMqOptions().JobQueueArguments());
+        await _channel.BasicPublishAsync(string.Empty, queue, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
     }
 
     /// <summary>A queued charge with its stored request, as the Api writes it.</summary>

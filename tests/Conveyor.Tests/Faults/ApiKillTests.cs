@@ -2,6 +2,7 @@ using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Tests.Observability;
 using Microsoft.EntityFrameworkCore;
 using Xunit.Abstractions;
 
@@ -108,12 +109,9 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
     }
 
     /// <summary>The last Api's <c>conveyor_jobs_republished_total</c>, summed over kinds (0 when it published none).</summary>
-    private static async Task<long> RepublishedAsync(ServiceProcess api)
+    private static async Task<double> RepublishedAsync(ServiceProcess api)
     {
         using var http = new HttpClient { BaseAddress = api.BaseAddress };
-        var exposition = await http.GetStringAsync(new Uri("/metrics", UriKind.Relative));
-        return exposition.Split('\n')
-            .Where(line => line.StartsWith("conveyor_jobs_republished_total{", StringComparison.Ordinal))
-            .Sum(line => long.Parse(line.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture));
+        return PrometheusText.Sum(await http.GetStringAsync(new Uri("/metrics", UriKind.Relative)), "conveyor_jobs_republished_total");
     }
 }

@@ -79,15 +79,15 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
         await Eventually.AssertAsync(async () =>
         {
             var text = await _worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
-            Assert.True(CounterValue(text, "conveyor_jobs_succeeded_total", "kind=\"charge-payment\"") >= 3, "jobs succeeded");
+            Assert.True(PrometheusText.Sum(text, "conveyor_jobs_succeeded_total", "kind=\"charge-payment\"") >= 3, "jobs succeeded");
             Assert.Contains("conveyor_jobs_duration_seconds_bucket", text, StringComparison.Ordinal);
             Assert.Matches("(dotnet|process_runtime_dotnet)_gc_collections", text);
         });
         var api = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
         Assert.Contains("http_server_request_duration_seconds_bucket", api, StringComparison.Ordinal);
         // Each accepted submission waited once for its row's commit and once for its command's confirm.
-        Assert.Equal(3, CounterValue(api, "conveyor_api_submission_duration_seconds_count", "phase=\"row\"", "outcome=\"inserted\""));
-        Assert.Equal(3, CounterValue(api, "conveyor_api_submission_duration_seconds_count", "phase=\"publish\"", "outcome=\"confirmed\""));
+        Assert.Equal(3, PrometheusText.Sum(api, "conveyor_api_submission_duration_seconds_count", "phase=\"row\"", "outcome=\"inserted\""));
+        Assert.Equal(3, PrometheusText.Sum(api, "conveyor_api_submission_duration_seconds_count", "phase=\"publish\"", "outcome=\"confirmed\""));
         // Buckets from 1 ms up, not OpenTelemetry's defaults (0, 5, 10, 25, ..., made for milliseconds: every submission would fall in the first).
         Assert.Contains(api.Split('\n'), line => line.StartsWith("conveyor_api_submission_duration_seconds_bucket{", StringComparison.Ordinal)
             && line.Contains("phase=\"publish\"", StringComparison.Ordinal) && line.Contains("le=\"0.005\"", StringComparison.Ordinal));
@@ -95,12 +95,6 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
         // once per process to the first host's meter factory, so it cannot be asserted on hosts that
         // tests start and stop in one process.
     }
-
-    /// <summary>The sum of a Prometheus counter's samples whose labels include every one of <paramref name="labels"/>.</summary>
-    private static double CounterValue(string exposition, string name, params string[] labels) =>
-        exposition.Split('\n')
-            .Where(line => line.StartsWith(name + "{", StringComparison.Ordinal) && labels.All(label => line.Contains(label, StringComparison.Ordinal)))
-            .Sum(line => double.Parse(line[(line.LastIndexOf('}') + 1)..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture));
 
     private static Action<WebApplicationBuilder> Export(List<Activity> into) =>
         builder => builder.Services.ConfigureOpenTelemetryTracerProvider(tracing => tracing.AddInMemoryExporter(into));
