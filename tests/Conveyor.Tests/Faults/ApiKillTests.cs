@@ -49,19 +49,26 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
         try
         {
             var submissions = new JobSubmissions();
-            // Paced, so that the requests refused while an Api restarts do not use up the run; fast
-            // enough that a few requests are between their row's commit and their confirm at each kill.
-            var submitting = submissions.SubmitAsync(http, jobs, clients: 16, perSecond: 300);
-            foreach (var fraction in new[] { 0.2, 0.45, 0.7 })
+            using var stopSubmitting = new CancellationTokenSource();
+            // Clients keep submitting, paced, before, during and after each kill, however long a
+            // restart takes; fast enough that a few requests are between their row's commit and
+            // their confirm at each kill. Requests refused while an Api is down are not retried.
+            var submitting = submissions.SubmitAsync(http, int.MaxValue, clients: 16, perSecond: 300, stopSubmitting.Token);
+            Task AcceptedAsync(int count) =>
+                Eventually.AssertAsync(() => Assert.True(submissions.AcceptedCount >= count), TimeSpan.FromMinutes(2));
+
+            // Each Api accepts a quarter of the jobs; the first three are then killed.
+            for (var quarter = 1; quarter <= 3; quarter++)
             {
-                var threshold = (int)(jobs * fraction);
-                await Eventually.AssertAsync(() => Assert.True(submissions.AcceptedCount >= threshold), TimeSpan.FromMinutes(2));
+                await AcceptedAsync(jobs * quarter / 4);
                 await api.KillAsync();
                 kills.Add($"pid {api.Id} at {submissions.AcceptedCount} accepted");
                 await api.DisposeAsync();
                 api = await ServiceProcess.StartApiAsync(settings, port);
             }
 
+            await AcceptedAsync(jobs);
+            await stopSubmitting.CancelAsync();
             await submitting;
 
             // Every job that has a row runs: those the clients heard of, and those whose answer
@@ -86,7 +93,7 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
             {
                 var rows = await db.Jobs.CountAsync();
                 FaultReport.Write(output, "kill -9 the Api ×3", audit,
-                    $"{jobs} submissions ({submissions.Describe()}); killed {string.Join("; ", kills)}; {rows} job rows, all succeeded: " +
+                    $"submissions until {jobs} were accepted ({submissions.Describe()}); killed {string.Join("; ", kills)}; {rows} job rows, all succeeded: " +
                     $"{audit.ProcessedNotAccepted} processed whose answer a kill cut off, of which {republished} published again as stranded by the last Api; " +
                     $"{audit.GatewayRequests} gateway requests");
                 Assert.Equal(rows, audit.Accepted + audit.ProcessedNotAccepted);
