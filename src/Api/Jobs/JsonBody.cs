@@ -29,6 +29,14 @@ internal static class JsonBody
             return null;
         }
 
+        // Checked before parsing: the parser's check for repeated names reads escaped names, and throws
+        // for a broken one an exception that is not a JsonException either.
+        if (FindBrokenEscape(body.Span) is { } field)
+        {
+            errors.Add(field, "Must be valid Unicode text: a \\u escape in it is an unpaired surrogate.");
+            return null;
+        }
+
         JsonDocument document;
         try
         {
@@ -48,5 +56,60 @@ internal static class JsonBody
         }
 
         return document;
+    }
+
+    /// <summary>
+    /// The field (top-level property, or <see cref="Field"/>) of the first string or name whose
+    /// <c>\u</c> escapes do not form valid UTF-16, such as <c>"\ud800"</c> alone; null when there is
+    /// none, or when the body is not JSON (the parser says where). Reading such a string throws an
+    /// exception that is not a <see cref="JsonException"/>.
+    /// </summary>
+    private static string? FindBrokenEscape(ReadOnlySpan<byte> body)
+    {
+        // Unescaped text is valid UTF-8 (checked above), so only escapes can be broken.
+        if (body.IndexOf("\\u"u8) < 0)
+        {
+            return null;
+        }
+
+        var reader = new Utf8JsonReader(body);
+        string? property = null;
+        while (TryRead(ref reader))
+        {
+            if (reader.TokenType is not (JsonTokenType.PropertyName or JsonTokenType.String))
+            {
+                continue;
+            }
+
+            var name = reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1;
+            string text;
+            try
+            {
+                text = reader.GetString()!;
+            }
+            catch (InvalidOperationException)
+            {
+                return name || property is null ? Field : property;
+            }
+
+            if (name)
+            {
+                property = text;
+            }
+        }
+
+        return null;
+    }
+
+    private static bool TryRead(ref Utf8JsonReader reader)
+    {
+        try
+        {
+            return reader.Read();
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
     }
 }

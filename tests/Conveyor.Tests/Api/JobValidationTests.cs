@@ -103,6 +103,40 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         await AssertNoJobsAsync();
     }
 
+    /// <summary>
+    /// Valid UTF-8 and valid JSON whose <c>\u</c> escapes are not valid UTF-16 (a high surrogate alone,
+    /// a low one alone, two highs): in a field's value, deep in a webhook's payload, in a field's name.
+    /// </summary>
+    public static TheoryData<string, string, string> BrokenEscapeBodies => new()
+    {
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a\ud800b","amountMinor":5,"currency":"EUR"}""", "accountId" },
+        { "generate-report", """{"reportId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","accountId":"\udc00","currency":"USD"}""", "accountId" },
+        { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"items":[{"note":"\ud83d\ud83d"}]}}""", "payload" },
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","x\ud800":1}""", "$" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BrokenEscapeBodies))]
+    public async Task A_string_escaping_an_unpaired_surrogate_is_a_400_naming_its_field(string kind, string json, string badField)
+    {
+        using var response = await _api.Client.PostJobAsync(kind, json);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([badField], await response.ReadErrorFieldsAsync());
+        await AssertNoJobsAsync();
+    }
+
+    [Fact]
+    public async Task Escaped_surrogate_pairs_are_text_like_any_other()
+    {
+        // An emoji written as a pair of escapes: valid, and it reaches the payload as the character.
+        using var response = await _api.Client.PostJobAsync(
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b71","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"note":"\ud83d\ude00 \u00e9"}}""");
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
     /// <summary>Hosts the worker would refuse to deliver to (loopback, private, link-local metadata, unique local, unspecified, localhost names), as written in URLs.</summary>
     public static TheoryData<string> InternalWebhookUrls => new()
     {

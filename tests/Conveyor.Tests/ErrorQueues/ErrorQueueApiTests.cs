@@ -346,6 +346,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         { """{"filter":[1]}""", ["filter"] },
         { """[1]""", ["$"] },
         { """{"limit":""", ["$"] },
+        { """{"filter":{"messageIds":["\udc01"]}}""", ["filter"] },
     };
 
     [Theory]
