@@ -1,6 +1,6 @@
 using System.Collections.Frozen;
 
-namespace Conveyor.Api.Jobs;
+namespace Conveyor.Contracts;
 
 /// <summary>
 /// ISO 4217 alphabetic codes of the currencies in circulation (List One). Left out on purpose:

@@ -6,14 +6,11 @@ namespace Conveyor.Api.Jobs;
 /// <summary>Body of <c>POST /api/jobs/charge-payment</c>: <c>{ paymentId, accountId, amountMinor, currency }</c>.</summary>
 internal static class ChargePaymentRequest
 {
-    /// <summary>10^15 minor units: far above any real charge, well inside a double's exact range.</summary>
-    public const long MaxAmountMinor = 1_000_000_000_000_000;
-
     public static JobRequest? Read(JsonFields fields)
     {
         var paymentId = fields.RequiredId("paymentId");
         var accountId = fields.RequiredString("accountId", FieldRules.AccountId);
-        var amountMinor = fields.RequiredInt64("amountMinor", min: 1, max: MaxAmountMinor);
+        var amountMinor = fields.RequiredInt64("amountMinor", min: 1, max: ContractRules.MaxAmountMinor);
         var currency = fields.RequiredString("currency", FieldRules.Currency);
 
         return fields.HasErrors

@@ -6,14 +6,12 @@ namespace Conveyor.Api.Jobs;
 /// <summary>Body of <c>POST /api/jobs/generate-report</c>: <c>{ reportId, accountId?, currency?, pageSize? }</c>.</summary>
 internal static class GenerateReportRequest
 {
-    public const int MaxPageSize = 10_000;
-
     public static JobRequest? Read(JsonFields fields)
     {
         var reportId = fields.RequiredId("reportId");
         var accountId = fields.OptionalString("accountId", FieldRules.AccountId);
         var currency = fields.OptionalString("currency", FieldRules.Currency);
-        var pageSize = fields.OptionalInt32("pageSize", min: 1, max: MaxPageSize);
+        var pageSize = fields.OptionalInt32("pageSize", min: 1, max: ContractRules.MaxPageSize);
 
         return fields.HasErrors
             ? null

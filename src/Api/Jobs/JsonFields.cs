@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Conveyor.Contracts;
 
 namespace Conveyor.Api.Jobs;
 
@@ -24,9 +25,9 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
             return Guid.Empty;
         }
 
-        if (id == Guid.Empty)
+        if (ContractRules.Id(id) is { } problem)
         {
-            errors.Add(name, "Must not be the all-zero UUID.");
+            errors.Add(name, problem);
         }
 
         return id;
@@ -51,9 +52,9 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
             return 0;
         }
 
-        if (number < min || number > max)
+        if (ContractRules.InRange(number, min, max) is { } problem)
         {
-            errors.Add(name, $"Must be between {min} and {max}.");
+            errors.Add(name, problem);
         }
 
         return number;
@@ -72,9 +73,9 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
             return null;
         }
 
-        if (number < min || number > max)
+        if (ContractRules.InRange(number, min, max) is { } problem)
         {
-            errors.Add(name, $"Must be between {min} and {max}.");
+            errors.Add(name, problem);
         }
 
         return number;

@@ -15,4 +15,11 @@ public sealed record ChargePayment
 
     /// <summary>ISO 4217 alphabetic code, upper case (EUR, USD).</summary>
     public required string Currency { get; init; }
+
+    /// <summary>What breaks the rules of <see cref="ContractRules"/>; empty when the command is valid.</summary>
+    public IReadOnlyList<ContractViolation> Validate() => ContractViolation.Collect(
+        ("paymentId", ContractRules.Id(PaymentId)),
+        ("accountId", ContractRules.AccountId(AccountId)),
+        ("amountMinor", ContractRules.InRange(AmountMinor, 1, ContractRules.MaxAmountMinor)),
+        ("currency", ContractRules.Currency(Currency)));
 }

@@ -17,4 +17,11 @@ public sealed record GenerateReport
 
     /// <summary>Rows per page (1..10000); smaller pages mean more progress updates.</summary>
     public int? PageSize { get; init; }
+
+    /// <summary>What breaks the rules of <see cref="ContractRules"/>; empty when the command is valid.</summary>
+    public IReadOnlyList<ContractViolation> Validate() => ContractViolation.Collect(
+        ("reportId", ContractRules.Id(ReportId)),
+        ("accountId", AccountId is null ? null : ContractRules.AccountId(AccountId)),
+        ("currency", Currency is null ? null : ContractRules.Currency(Currency)),
+        ("pageSize", PageSize is { } pageSize ? ContractRules.InRange(pageSize, 1, ContractRules.MaxPageSize) : null));
 }

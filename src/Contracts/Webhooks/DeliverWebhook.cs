@@ -17,4 +17,11 @@ public sealed record DeliverWebhook
 
     /// <summary>Any JSON value; sent as the request body verbatim.</summary>
     public required JsonElement Payload { get; init; }
+
+    /// <summary>What breaks the rules of <see cref="ContractRules"/>; empty when the command is valid.</summary>
+    public IReadOnlyList<ContractViolation> Validate() => ContractViolation.Collect(
+        ("webhookId", ContractRules.Id(WebhookId)),
+        ("url", Url is { IsAbsoluteUri: true } ? ContractRules.WebhookUrl(Url.OriginalString) : "Must be an absolute http or https URL."),
+        ("eventType", ContractRules.EventType(EventType)),
+        ("payload", Payload.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null ? ContractRules.Required : null));
 }

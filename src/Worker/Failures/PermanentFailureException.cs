@@ -1,3 +1,5 @@
+using Conveyor.Contracts;
+
 namespace Conveyor.Worker.Failures;
 
 /// <summary>
@@ -11,4 +13,16 @@ public sealed class PermanentFailureException : Exception
     public PermanentFailureException(string message, Exception innerException) : base(message, innerException) { }
 
     public PermanentFailureException() { }
+
+    /// <summary>
+    /// Throws when a command breaks its contract's rules (<see cref="ContractRules"/>, the ones the Api
+    /// applies): a producer that publishes straight to RabbitMQ is checked like a request to the Api.
+    /// </summary>
+    public static void ThrowIfInvalid(string contract, IReadOnlyList<ContractViolation> violations)
+    {
+        if (violations.Count > 0)
+        {
+            throw new PermanentFailureException($"Invalid {contract}: {ContractViolation.Describe(violations)}");
+        }
+    }
 }

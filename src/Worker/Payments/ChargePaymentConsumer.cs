@@ -16,7 +16,7 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbCon
     public async Task Consume(ConsumeContext<ChargePayment> context)
     {
         var payment = context.Message;
-        Validate(payment);
+        PermanentFailureException.ThrowIfInvalid(nameof(ChargePayment), payment.Validate());
 
         var charge = await gateway.ChargeAsync(
             new ChargeRequest(payment.AccountId, payment.AmountMinor, payment.Currency),
@@ -33,28 +33,5 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbCon
             ChargedAt = time.GetUtcNow(),
         });
         // Staged, not saved: the inbox saves it in its transaction (and applies it with its batch).
-    }
-
-    private static void Validate(ChargePayment payment)
-    {
-        if (payment.PaymentId == Guid.Empty)
-        {
-            throw new PermanentFailureException("PaymentId is empty");
-        }
-
-        if (string.IsNullOrWhiteSpace(payment.AccountId) || payment.AccountId.Length > 100)
-        {
-            throw new PermanentFailureException("AccountId must be 1 to 100 characters");
-        }
-
-        if (payment.AmountMinor <= 0)
-        {
-            throw new PermanentFailureException($"AmountMinor must be greater than zero, was {payment.AmountMinor}");
-        }
-
-        if (payment.Currency is not { Length: 3 } currency || !currency.All(char.IsAsciiLetterUpper))
-        {
-            throw new PermanentFailureException($"Currency must be an ISO 4217 code, was '{payment.Currency}'");
-        }
     }
 }

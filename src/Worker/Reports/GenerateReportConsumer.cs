@@ -24,7 +24,7 @@ public sealed class GenerateReportConsumer(
     {
         var report = context.Message;
         var cancellationToken = context.CancellationToken;
-        Validate(report);
+        PermanentFailureException.ThrowIfInvalid(nameof(GenerateReport), report.Validate());
 
         var job = new JobRef(JobKinds.GenerateReport, report.ReportId.ToString(), null);
         var pageSize = report.PageSize ?? options.Value.DefaultPageSize;
@@ -52,23 +52,5 @@ public sealed class GenerateReportConsumer(
             CompletedAt = time.GetUtcNow(),
         });
         // Not saved here: the lease inbox saves it with the job's success in one final transaction.
-    }
-
-    private static void Validate(GenerateReport report)
-    {
-        if (report.ReportId == Guid.Empty)
-        {
-            throw new PermanentFailureException("ReportId is empty");
-        }
-
-        if (report.PageSize is < 1 or > 10_000)
-        {
-            throw new PermanentFailureException($"PageSize must be 1 to 10000, was {report.PageSize}");
-        }
-
-        if (report.Currency is { } currency && (currency.Length != 3 || !currency.All(char.IsAsciiLetterUpper)))
-        {
-            throw new PermanentFailureException($"Currency must be an ISO 4217 code, was '{currency}'");
-        }
     }
 }

@@ -1,5 +1,4 @@
 using System.Text;
-using System.Text.Json;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage;
 using Conveyor.Storage.Webhooks;
@@ -18,7 +17,7 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbConte
     public async Task Consume(ConsumeContext<DeliverWebhook> context)
     {
         var webhook = context.Message;
-        Validate(webhook);
+        PermanentFailureException.ThrowIfInvalid(nameof(DeliverWebhook), webhook.Validate());
 
         var body = Encoding.UTF8.GetBytes(webhook.Payload.GetRawText());
         var result = await sender.SendAsync(webhook.WebhookId, webhook.Url, webhook.EventType, body, context.CancellationToken);
@@ -32,28 +31,5 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbConte
             DeliveredAt = time.GetUtcNow(),
         });
         // Staged, not saved: the inbox saves it in its transaction (and applies it with its batch).
-    }
-
-    private static void Validate(DeliverWebhook webhook)
-    {
-        if (webhook.WebhookId == Guid.Empty)
-        {
-            throw new PermanentFailureException("WebhookId is empty");
-        }
-
-        if (webhook.Url is not { IsAbsoluteUri: true } url || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps))
-        {
-            throw new PermanentFailureException($"Url must be an absolute http or https URL, was '{webhook.Url}'");
-        }
-
-        if (string.IsNullOrWhiteSpace(webhook.EventType) || webhook.EventType.Length > 200)
-        {
-            throw new PermanentFailureException("EventType must be 1 to 200 characters");
-        }
-
-        if (webhook.Payload.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null)
-        {
-            throw new PermanentFailureException("Payload is missing");
-        }
     }
 }

@@ -37,6 +37,9 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-poison" });
         // Present but invalid.
         await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-poison", amountMinor = -5, currency = "EUR" });
+        // What the Api would refuse (an account id with a line break, a code that is no currency in
+        // circulation), published straight to the broker.
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-poison\r\nforged: line", amountMinor = 100, currency = "XXX" });
         // Far over the size limit.
         await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new
         {
@@ -60,20 +63,21 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         {
             error.AddRange(await producer.TakeAllAsync("charge-payment_error"));
             skipped.AddRange(await producer.TakeAllAsync("charge-payment_skipped"));
-            Assert.Equal(6, error.Count + skipped.Count);
+            Assert.Equal(7, error.Count + skipped.Count);
         });
 
         // The unknown type is skipped; everything unreadable or invalid is an error with its reason.
         var unknown = Assert.Single(skipped);
         Assert.Contains("ShipOrder", Encoding.UTF8.GetString(unknown.Body), StringComparison.Ordinal);
-        Assert.Equal(5, error.Count);
+        Assert.Equal(6, error.Count);
         Assert.All(error, message =>
         {
             Assert.False(string.IsNullOrWhiteSpace(message.Header("MT-Fault-Message")), "an _error message without MT-Fault-Message");
             Assert.False(string.IsNullOrWhiteSpace(message.Header("Conveyor-Dead-Letter-Reason")), "an _error message without a Conveyor reason");
         });
         Assert.Contains(error, m => m.ContentType == "text/plain");
-        Assert.Contains(error, m => m.Header("MT-Fault-Message")!.Contains("AmountMinor must be greater than zero", StringComparison.Ordinal));
+        Assert.Contains(error, m => m.Header("MT-Fault-Message")!.StartsWith("Invalid ChargePayment: amountMinor: Must be between 1 and", StringComparison.Ordinal));
+        Assert.Contains(error, m => m.Header("MT-Fault-Message") == "Invalid ChargePayment: accountId: May contain only letters, digits and the characters _ - : .; currency: Must be an active ISO 4217 currency code in upper case, such as EUR.");
         Assert.Contains(error, m => m.Header("MT-Fault-Message")!.Contains("limit is", StringComparison.Ordinal));
 
         // Still healthy, still consuming, nothing left behind.

@@ -1,0 +1,106 @@
+using System.Buffers;
+
+namespace Conveyor.Contracts;
+
+/// <summary>
+/// The value rules of the contracts' fields, one copy for every way in: the Api applies them to a
+/// request before it publishes, the worker to every command it receives (a producer that publishes
+/// straight to RabbitMQ skips the Api), and a producer may apply them before it publishes. Each
+/// returns what is wrong, worded for a person, or null when the value is fine.
+/// </summary>
+public static class ContractRules
+{
+    public const int MaxAccountIdLength = 100;
+
+    /// <summary>10^15 minor units: far above any real charge, well inside a double's exact range.</summary>
+    public const long MaxAmountMinor = 1_000_000_000_000_000;
+
+    public const int MaxPageSize = 10_000;
+    public const int MaxUrlLength = 2048;
+    public const int MaxEventTypeLength = 200;
+
+    internal const string Required = "Is required.";
+
+    private static readonly SearchValues<char> AccountIdChars =
+        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-:.");
+
+    /// <summary>A business idempotency key: any UUID but the all-zero one.</summary>
+    public static string? Id(Guid value) => value == Guid.Empty ? "Must not be the all-zero UUID." : null;
+
+    public static string? InRange(long value, long min, long max) =>
+        value < min || value > max ? $"Must be between {min} and {max}." : null;
+
+    public static string? AccountId(string? value)
+    {
+        if (value is null)
+        {
+            return Required;
+        }
+
+        if (value.Length is 0 or > MaxAccountIdLength)
+        {
+            return $"Must be 1 to {MaxAccountIdLength} characters long.";
+        }
+
+        return value.AsSpan().ContainsAnyExcept(AccountIdChars)
+            ? "May contain only letters, digits and the characters _ - : ."
+            : null;
+    }
+
+    /// <summary>An ISO 4217 code of a currency in circulation, in upper case.</summary>
+    public static string? Currency(string? value) =>
+        value is null ? Required
+        : CurrencyCodes.IsActive(value) ? null
+        : "Must be an active ISO 4217 currency code in upper case, such as EUR.";
+
+    public static string? EventType(string? value) =>
+        string.IsNullOrWhiteSpace(value) || value.Length > MaxEventTypeLength
+            ? $"Must be 1 to {MaxEventTypeLength} characters long and not blank."
+            : null;
+
+    /// <summary>
+    /// An absolute http or https URL with a host. Where it may point is checked where it is used:
+    /// the Api refuses internal address literals, the worker every internal address a name resolves to.
+    /// </summary>
+    public static string? WebhookUrl(string? value)
+    {
+        if (value is null)
+        {
+            return Required;
+        }
+
+        if (value.Length > MaxUrlLength)
+        {
+            return $"Must be at most {MaxUrlLength} characters long.";
+        }
+
+        return Uri.TryCreate(value, UriKind.Absolute, out var url)
+            && (url.Scheme == Uri.UriSchemeHttp || url.Scheme == Uri.UriSchemeHttps)
+            && url.Host.Length > 0
+                ? null
+                : "Must be an absolute http or https URL.";
+    }
+}
+
+/// <summary>A field of a contract that breaks its rule: the field's camelCase name, as on the wire, and what is wrong.</summary>
+public sealed record ContractViolation(string Field, string Problem)
+{
+    /// <summary>The violations among (field, problem) pairs, in order; problems that are null are no violation.</summary>
+    internal static IReadOnlyList<ContractViolation> Collect(params ReadOnlySpan<(string Field, string? Problem)> checks)
+    {
+        List<ContractViolation>? found = null;
+        foreach (var (field, problem) in checks)
+        {
+            if (problem is not null)
+            {
+                (found ??= []).Add(new ContractViolation(field, problem));
+            }
+        }
+
+        return found ?? (IReadOnlyList<ContractViolation>)[];
+    }
+
+    /// <summary>One line for logs and fault headers: <c>field: problem; field: problem</c>.</summary>
+    public static string Describe(IEnumerable<ContractViolation> violations) =>
+        string.Join("; ", violations.Select(v => $"{v.Field}: {v.Problem}"));
+}

@@ -1,0 +1,88 @@
+using System.Text.Json;
+using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Reports;
+using Conveyor.Contracts.Webhooks;
+
+namespace Conveyor.Tests.Unit;
+
+/// <summary>The contracts' own rules, which the Api and the worker both apply.</summary>
+public sealed class ContractRulesTests
+{
+    private static readonly ChargePayment Charge = new()
+    {
+        PaymentId = Guid.NewGuid(),
+        AccountId = "acct-1:eu.2",
+        AmountMinor = 1,
+        Currency = "EUR",
+    };
+
+    private static readonly DeliverWebhook Webhook = new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = new Uri("https://hooks.example.com/orders?x=1"),
+        EventType = "order.paid",
+        Payload = JsonDocument.Parse("""{"orderId":7}""").RootElement.Clone(),
+    };
+
+    [Fact]
+    public void Valid_commands_break_no_rule()
+    {
+        Assert.Empty(Charge.Validate());
+        Assert.Empty((Charge with { AmountMinor = 1_000_000_000_000_000 }).Validate());
+        Assert.Empty(new GenerateReport { ReportId = Guid.NewGuid() }.Validate());
+        Assert.Empty(new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-1", Currency = "JPY", PageSize = 10_000 }.Validate());
+        Assert.Empty(Webhook.Validate());
+    }
+
+    [Fact]
+    public void Each_broken_field_of_a_charge_is_named_once()
+    {
+        var charge = new ChargePayment { PaymentId = Guid.Empty, AccountId = "acct 1", AmountMinor = 1_000_000_000_000_001, Currency = "XXX" };
+
+        Assert.Equal(["paymentId", "accountId", "amountMinor", "currency"], charge.Validate().Select(v => v.Field));
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("acct\n1")]
+    [InlineData("acct-\u00e9")]
+    [InlineData("acct-\ud800")]
+    public void Account_ids_outside_the_allowed_characters_break_the_rule(string accountId)
+    {
+        var violation = Assert.Single((Charge with { AccountId = accountId }).Validate());
+        Assert.Equal("accountId", violation.Field);
+    }
+
+    [Theory]
+    [InlineData("eur")]
+    [InlineData("ZZZ")]
+    [InlineData("XAU")] // gold: an ISO code, not a currency in circulation
+    public void Currencies_must_be_active_iso_codes(string currency)
+    {
+        Assert.Equal(["currency"], (Charge with { Currency = currency }).Validate().Select(v => v.Field));
+        Assert.Equal(["currency"], new GenerateReport { ReportId = Guid.NewGuid(), Currency = currency }.Validate().Select(v => v.Field));
+    }
+
+    [Fact]
+    public void Nulls_in_required_fields_that_deserialization_let_through_break_the_rules()
+    {
+        // System.Text.Json fills a required non-nullable string with an explicit null.
+        var charge = Charge with { AccountId = null!, Currency = null! };
+        var webhook = Webhook with { Url = null!, EventType = null!, Payload = default };
+
+        Assert.Equal(["accountId", "currency"], charge.Validate().Select(v => v.Field));
+        Assert.Equal(["url", "eventType", "payload"], webhook.Validate().Select(v => v.Field));
+    }
+
+    [Fact]
+    public void Reports_and_webhooks_name_their_broken_fields()
+    {
+        var report = new GenerateReport { ReportId = Guid.Empty, AccountId = "a b", PageSize = 0 };
+        Assert.Equal(["reportId", "accountId", "pageSize"], report.Validate().Select(v => v.Field));
+
+        var webhook = Webhook with { Url = new Uri("ftp://files.example.com/x"), EventType = " " };
+        Assert.Equal(["url", "eventType"], webhook.Validate().Select(v => v.Field));
+        Assert.Equal(["url"], (Webhook with { Url = new Uri("https://hooks.example.com/" + new string('a', 2048)) }).Validate().Select(v => v.Field));
+        Assert.Equal(["payload"], (Webhook with { Payload = JsonDocument.Parse("null").RootElement.Clone() }).Validate().Select(v => v.Field));
+    }
+}
