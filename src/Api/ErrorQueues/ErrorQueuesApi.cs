@@ -190,10 +190,9 @@ internal static class ErrorQueuesApi
                 return problem;
             }
 
-            if (!http.Request.HasJsonContentType())
+            if (RequestBody.UnsupportedMedia(http.Request, "the request") is { } unsupported)
             {
-                return Problem(StatusCodes.Status415UnsupportedMediaType, "Unsupported media type",
-                    "Send the request as a JSON body with Content-Type: application/json.");
+                return Problem(StatusCodes.Status415UnsupportedMediaType, "Unsupported media type", unsupported);
             }
 
             var body = await RequestBody.ReadAtMostAsync(http.Request.Body, MaxBodyBytes, cancellationToken);

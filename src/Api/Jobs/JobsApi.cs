@@ -98,10 +98,9 @@ internal static class JobsApi
                 $"'{kind}' is not a job kind. Known kinds: {string.Join(", ", JobKinds.All)}.");
         }
 
-        if (!request.HasJsonContentType())
+        if (RequestBody.UnsupportedMedia(request, "the job") is { } unsupported)
         {
-            return Problem(StatusCodes.Status415UnsupportedMediaType, "Unsupported media type",
-                "Send the job as a JSON body with Content-Type: application/json.");
+            return Problem(StatusCodes.Status415UnsupportedMediaType, "Unsupported media type", unsupported);
         }
 
         if (request.ContentLength > MaxBodyBytes)

@@ -1,10 +1,37 @@
 using System.Buffers;
+using Microsoft.Net.Http.Headers;
 
 namespace Conveyor.Api.Jobs;
 
-/// <summary>Reads a request body into memory, refusing to buffer more than a limit.</summary>
+/// <summary>Checks a JSON request's media type and reads its body into memory, refusing to buffer more than a limit.</summary>
 internal static class RequestBody
 {
+    /// <summary>
+    /// Why the body cannot be read as JSON (for a 415), or null when it can: JSON with no charset or
+    /// UTF-8 (RFC 8259 allows nothing else), and no Content-Encoding but <c>identity</c>: a compressed
+    /// body would otherwise be parsed as it arrived.
+    /// </summary>
+    public static string? UnsupportedMedia(HttpRequest request, string what)
+    {
+        if (!request.HasJsonContentType())
+        {
+            return $"Send {what} as a JSON body with Content-Type: application/json.";
+        }
+
+        if (MediaTypeHeaderValue.TryParse(request.ContentType, out var type)
+            && HeaderUtilities.RemoveQuotes(type.Charset).Value is { Length: > 0 } charset
+            && !charset.Equals("utf-8", StringComparison.OrdinalIgnoreCase)
+            && !charset.Equals("utf8", StringComparison.OrdinalIgnoreCase))
+        {
+            return $"JSON is read as UTF-8 only; charset '{charset}' is not supported.";
+        }
+
+        var encodings = request.Headers.ContentEncoding;
+        return encodings.Count > 0 && encodings.Any(e => !string.Equals(e?.Trim(), "identity", StringComparison.OrdinalIgnoreCase))
+            ? $"Content-Encoding '{encodings}' is not supported; send the body uncompressed."
+            : null;
+    }
+
     /// <summary>
     /// The body, or null when it is longer than <paramref name="limit"/> bytes. Reads at most
     /// <paramref name="limit"/> + 1 bytes, so a chunked body without Content-Length is caught too.

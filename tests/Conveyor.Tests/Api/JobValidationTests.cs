@@ -250,6 +250,44 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         await AssertNoJobsAsync();
     }
 
+    [Theory]
+    [InlineData("application/json; charset=latin1", null)]
+    [InlineData("application/json; charset=utf-16", null)]
+    [InlineData("application/json", "gzip")]
+    [InlineData("application/json", "identity, br")]
+    public async Task Json_in_another_charset_or_compressed_is_a_415_problem(string contentType, string? contentEncoding)
+    {
+        // The body is plain UTF-8 JSON that would parse: what it claims to be is what gets it refused.
+        using var content = new ByteArrayContent(Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.NewGuid())));
+        content.Headers.TryAddWithoutValidation("Content-Type", contentType);
+        if (contentEncoding is not null)
+        {
+            content.Headers.TryAddWithoutValidation("Content-Encoding", contentEncoding);
+        }
+
+        using var response = await _api.Client.PostJobAsync("charge-payment", content);
+
+        await response.AssertProblemAsync(StatusCodes.Status415UnsupportedMediaType);
+        await AssertNoJobsAsync();
+    }
+
+    [Theory]
+    [InlineData("application/json; charset=utf-8", null)]
+    [InlineData("application/json; charset=\"UTF-8\"", "identity")]
+    public async Task Json_declared_as_utf8_or_identity_is_accepted(string contentType, string? contentEncoding)
+    {
+        using var content = new ByteArrayContent(Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.NewGuid())));
+        content.Headers.TryAddWithoutValidation("Content-Type", contentType);
+        if (contentEncoding is not null)
+        {
+            content.Headers.TryAddWithoutValidation("Content-Encoding", contentEncoding);
+        }
+
+        using var response = await _api.Client.PostJobAsync("charge-payment", content);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
     private async Task AssertNoJobsAsync()
     {
         await using var db = fixture.CreateDbContext();
