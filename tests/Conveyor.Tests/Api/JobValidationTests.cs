@@ -251,11 +251,13 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Theory]
-    [InlineData("application/json; charset=latin1", null)]
-    [InlineData("application/json; charset=utf-16", null)]
-    [InlineData("application/json", "gzip")]
-    [InlineData("application/json", "identity, br")]
-    public async Task Json_in_another_charset_or_compressed_is_a_415_problem(string contentType, string? contentEncoding)
+    [InlineData("application/json; charset=latin1", null, StatusCodes.Status415UnsupportedMediaType)]
+    [InlineData("application/json; charset=utf-16", null, StatusCodes.Status415UnsupportedMediaType)]
+    [InlineData("application/json", "gzip", StatusCodes.Status415UnsupportedMediaType)]
+    [InlineData("application/json", "identity, br", StatusCodes.Status415UnsupportedMediaType)]
+    [InlineData("application/json; charset=utf-8", null, StatusCodes.Status202Accepted)]
+    [InlineData("application/json; charset=\"UTF-8\"", "identity", StatusCodes.Status202Accepted)]
+    public async Task Json_is_read_only_as_uncompressed_utf8_and_anything_else_is_a_415_problem(string contentType, string? contentEncoding, int status)
     {
         // The body is plain UTF-8 JSON that would parse: what it claims to be is what gets it refused.
         using var content = new ByteArrayContent(Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.NewGuid())));
@@ -267,25 +269,12 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
 
         using var response = await _api.Client.PostJobAsync("charge-payment", content);
 
-        await response.AssertProblemAsync(StatusCodes.Status415UnsupportedMediaType);
-        await AssertNoJobsAsync();
-    }
-
-    [Theory]
-    [InlineData("application/json; charset=utf-8", null)]
-    [InlineData("application/json; charset=\"UTF-8\"", "identity")]
-    public async Task Json_declared_as_utf8_or_identity_is_accepted(string contentType, string? contentEncoding)
-    {
-        using var content = new ByteArrayContent(Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.NewGuid())));
-        content.Headers.TryAddWithoutValidation("Content-Type", contentType);
-        if (contentEncoding is not null)
+        Assert.Equal(status, (int)response.StatusCode);
+        if (status == StatusCodes.Status415UnsupportedMediaType)
         {
-            content.Headers.TryAddWithoutValidation("Content-Encoding", contentEncoding);
+            await response.AssertProblemAsync(status);
+            await AssertNoJobsAsync();
         }
-
-        using var response = await _api.Client.PostJobAsync("charge-payment", content);
-
-        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
     }
 
     private async Task AssertNoJobsAsync()
