@@ -52,20 +52,25 @@ public sealed class ApiKeyAuthenticationHandler(
         return base.HandleChallengeAsync(properties);
     }
 
-    /// <summary>The key from either header; empty when a header is present but carries none; null when neither is.</summary>
+    /// <summary>
+    /// The key from either header; empty when a header is present but carries none, or when both
+    /// headers carry keys that differ (which one counts would be a guess, and a proxy or a log could
+    /// read the other); null when neither is. An Authorization header of another scheme (a proxy's
+    /// Basic, say) beside X-Api-Key is not ours and is left alone.
+    /// </summary>
     private static string? PresentedKey(IHeaderDictionary headers)
     {
+        var bearer = headers.TryGetValue(HeaderNames.Authorization, out var authorization)
+            ? authorization.Count == 1 && authorization[0] is { } value && value.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase)
+                ? value[BearerPrefix.Length..].Trim()
+                : ""
+            : null;
         if (headers.TryGetValue(ApiKeyHeader, out var apiKey))
         {
-            return apiKey.Count == 1 ? apiKey[0]!.Trim() : "";
+            var key = apiKey.Count == 1 ? apiKey[0]!.Trim() : "";
+            return bearer is { Length: > 0 } && !string.Equals(bearer, key, StringComparison.Ordinal) ? "" : key;
         }
 
-        if (headers.TryGetValue(HeaderNames.Authorization, out var authorization))
-        {
-            var value = authorization.Count == 1 ? authorization[0] ?? "" : "";
-            return value.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase) ? value[BearerPrefix.Length..].Trim() : "";
-        }
-
-        return null;
+        return bearer;
     }
 }

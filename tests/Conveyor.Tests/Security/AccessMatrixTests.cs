@@ -145,6 +145,21 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains(response.Headers.WwwAuthenticate, h => h.Scheme == "Bearer");
     }
 
+    [Theory]
+    [InlineData("Bearer " + TestKeys.Admin, HttpStatusCode.Unauthorized)] // two keys: which one counts would be a guess
+    [InlineData("Bearer " + TestKeys.Reader, HttpStatusCode.OK)] // the same key twice
+    [InlineData("Basic cHJveHk6c2VjcmV0", HttpStatusCode.OK)] // a proxy's own credentials are not a key
+    public async Task A_key_in_both_headers_must_be_the_same_key(string authorization, HttpStatusCode expected)
+    {
+        using var client = Client(TestKeys.Reader);
+        using var request = new HttpRequestMessage(HttpMethod.Get, new Uri("/api/jobs", UriKind.Relative));
+        request.Headers.TryAddWithoutValidation("Authorization", authorization);
+
+        using var response = await client.SendAsync(request);
+
+        Assert.Equal(expected, response.StatusCode);
+    }
+
     [Fact]
     public async Task Problem_answers_carry_no_stack_trace_and_every_answer_forbids_sniffing_and_framing()
     {
