@@ -105,13 +105,33 @@ internal static class ErrorQueuesApi
         }
     }
 
-    internal static async Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
+    internal static Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
-        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken)
+        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken) =>
+        InspectAsync(
+            queue, limit, (DefaultPeekLimit, MaxPeekLimit), "messages", http, management, logger,
+            count => inspector.PeekAsync(queue, count, cancellationToken),
+            inspection => new ErrorQueueMessages(queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m))]),
+            cancellationToken);
+
+    internal static Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(
+        string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
+        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken) =>
+        InspectAsync(
+            queue, limit, (DefaultGroupsLimit, MaxGroupsLimit), "groups", http, management, logger,
+            count => inspector.GroupsAsync(queue, count, cancellationToken),
+            inspection => new ErrorQueueGroups(queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Select(ErrorQueueGroup.From)]),
+            cancellationToken);
+
+    /// <summary>A read of an error queue (peek or groups): the limit, the queue, the walk, the answer or why there is none.</summary>
+    private static async Task<Results<Ok<TAnswer>, ValidationProblem, ProblemHttpResult>> InspectAsync<TFound, TAnswer>(
+        string queue, string? limit, (int Default, int Max) limits, string what, HttpContext http, RabbitManagementClient management,
+        ILogger<ErrorQueueInspector> logger, Func<int, Task<Inspection<TFound>>> inspect, Func<Inspection<TFound>, TAnswer> answer,
+        CancellationToken cancellationToken)
     {
-        if (!TryReadLimit(limit, DefaultPeekLimit, MaxPeekLimit, out var count))
+        if (!TryReadLimit(limit, limits.Default, limits.Max, out var count))
         {
-            return LimitProblem(MaxPeekLimit);
+            return LimitProblem(limits.Max);
         }
 
         try
@@ -121,53 +141,15 @@ internal static class ErrorQueuesApi
                 return problem;
             }
 
-            var inspection = await inspector.PeekAsync(queue, count, cancellationToken);
+            var inspection = await inspect(count);
             if (inspection.Busy)
             {
                 return Busy(queue, inspection.RunningOperationId);
             }
 
             var who = Who(http);
-            ErrorQueuesLog.Inspected(logger, who, queue, "messages", inspection.Examined);
-            return TypedResults.Ok(new ErrorQueueMessages(
-                queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m))]));
-        }
-        catch (QueueNotFoundException)
-        {
-            return QueueNotFound(queue);
-        }
-        catch (Exception exception) when (IsBrokerFailure(exception))
-        {
-            return BrokerUnavailable(exception);
-        }
-    }
-
-    internal static async Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(
-        string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
-        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken)
-    {
-        if (!TryReadLimit(limit, DefaultGroupsLimit, MaxGroupsLimit, out var count))
-        {
-            return LimitProblem(MaxGroupsLimit);
-        }
-
-        try
-        {
-            if (await CheckQueueAsync(queue, management, cancellationToken) is { } problem)
-            {
-                return problem;
-            }
-
-            var inspection = await inspector.GroupsAsync(queue, count, cancellationToken);
-            if (inspection.Busy)
-            {
-                return Busy(queue, inspection.RunningOperationId);
-            }
-
-            var who = Who(http);
-            ErrorQueuesLog.Inspected(logger, who, queue, "groups", inspection.Examined);
-            return TypedResults.Ok(new ErrorQueueGroups(
-                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Select(ErrorQueueGroup.From)]));
+            ErrorQueuesLog.Inspected(logger, who, queue, what, inspection.Examined);
+            return TypedResults.Ok(answer(inspection));
         }
         catch (QueueNotFoundException)
         {
