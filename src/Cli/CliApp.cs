@@ -71,7 +71,19 @@ public static class CliApp
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
         }
+        catch (Exception exception) when (IsUnexpectedShape(exception))
+        {
+            // The commands read the Api's JSON by its documented shape; anything else lands here.
+            await stderr.WriteLineAsync($"conveyor: the answer is not one a Conveyor Api gives ({exception.Message})");
+            await stderr.WriteLineAsync($"Is --api (or {CliContext.ApiUrlVariable}) the address of a Conveyor Api of this version?");
+            return ExitCodes.UnexpectedAnswer;
+        }
     }
+
+    /// <summary>What reading a JSON answer of the wrong shape throws: a missing property, a value of another kind, an unparsable id or time.</summary>
+    private static bool IsUnexpectedShape(Exception exception) =>
+        exception is KeyNotFoundException or FormatException or System.Text.Json.JsonException
+        || (exception is InvalidOperationException && exception.TargetSite?.DeclaringType?.Namespace?.StartsWith("System.Text.Json", StringComparison.Ordinal) == true);
 
     private static IAnsiConsole ConsoleFor(TextWriter writer, bool terminal)
     {

@@ -79,9 +79,11 @@ public sealed class ConveyorClient : IDisposable
         {
             foreach (var field in errors.EnumerateObject())
             {
-                foreach (var message in field.Value.EnumerateArray())
+                // A Conveyor problem lists strings per field; show whatever another server sent as it is.
+                var messages = field.Value.ValueKind == JsonValueKind.Array ? [.. field.Value.EnumerateArray()] : new[] { field.Value };
+                foreach (var message in messages)
                 {
-                    lines.Add($"  {field.Name}: {message.GetString()}");
+                    lines.Add($"  {field.Name}: {(message.ValueKind == JsonValueKind.String ? message.GetString() : message.GetRawText())}");
                 }
             }
         }

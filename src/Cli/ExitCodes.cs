@@ -20,4 +20,10 @@ public static class ExitCodes
 
     /// <summary>The Api could not be reached, timed out, or answered 502/503/504.</summary>
     public const int Unreachable = 5;
+
+    /// <summary>
+    /// The answer is not one a Conveyor Api gives (a proxy's HTML page, another service at that URL,
+    /// an Api of another version): nothing in it could be shown.
+    /// </summary>
+    public const int UnexpectedAnswer = 6;
 }

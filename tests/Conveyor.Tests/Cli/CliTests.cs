@@ -137,6 +137,39 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("Cannot reach the Api", unreachable.Err, StringComparison.Ordinal);
     }
 
+    /// <summary>Another server at the Api's address (a proxy's sign-in page, some other service): a message and its own exit code, no crash.</summary>
+    [Theory]
+    [InlineData("queues", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
+    [InlineData("audit", 200, "application/json", """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData("messages charge-payment_error", 200, "application/json", "[1,2]", ExitCodes.UnexpectedAnswer)]
+    [InlineData("move charge-payment_error --dry-run", 202, "application/json", """{"operationId":"not-a-uuid"}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData("queues", 400, "application/problem+json", """{"title":"Nope","errors":{"limit":"too big","x":[7]}}""", ExitCodes.Usage)]
+    public async Task An_answer_no_conveyor_api_gives_is_reported_without_a_crash(string command, int status, string mediaType, string body, int exitCode)
+    {
+        using var impostor = new CannedAnswer((System.Net.HttpStatusCode)status, mediaType, body);
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey,
+        };
+
+        var code = await CliApp.RunAsync(command.Split(' '), stdout, stderr, impostor, environment);
+
+        Assert.Equal(exitCode, code);
+        Assert.DoesNotContain("   at ", stderr.ToString(), StringComparison.Ordinal);
+        if (exitCode == ExitCodes.UnexpectedAnswer)
+        {
+            Assert.Contains(CliContext.ApiUrlVariable, stderr.ToString(), StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Contains("limit: too big", stderr.ToString(), StringComparison.Ordinal);
+            Assert.Contains("x: 7", stderr.ToString(), StringComparison.Ordinal);
+        }
+    }
+
     [Fact]
     public async Task The_api_url_comes_from_the_environment_when_not_given()
     {
@@ -167,4 +200,11 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     private sealed record CliRun(int ExitCode, string Out, string Err);
+
+    /// <summary>Answers every request with the same status, media type and body.</summary>
+    private sealed class CannedAnswer(System.Net.HttpStatusCode status, string mediaType, string body) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
+            Task.FromResult(new HttpResponseMessage(status) { Content = new StringContent(body, System.Text.Encoding.UTF8, mediaType) });
+    }
 }
