@@ -24,6 +24,9 @@ internal static class JobsApi
     /// <summary>Seconds a client should wait before retrying a submission the broker did not confirm.</summary>
     public const int RetryAfterSeconds = 5;
 
+    /// <summary>The longest <c>GET /api/jobs/{jobId}?waitSeconds=</c> holds an answer: below common proxy and client timeouts.</summary>
+    public const int MaxWaitSeconds = 30;
+
     public static IServiceCollection AddJobs(this IServiceCollection services)
     {
         services.AddSingleton(TimeProvider.System);
@@ -72,7 +75,7 @@ internal static class JobsApi
         jobs.MapGet("/{jobId}", GetJob)
             .WithName("GetJob")
             .RequireAuthorization(ApiPolicies.JobsRead)
-            .WithSummary("The status of a job.");
+            .WithSummary("The status of a job; with waitSeconds, answers once the job has ended or that long has passed.");
 
         jobs.MapDelete("/{jobId}", CancelJob)
             .WithName("CancelJob")
@@ -161,19 +164,64 @@ internal static class JobsApi
         }
     }
 
+    /// <param name="waitSeconds">
+    /// 0 to <see cref="MaxWaitSeconds"/> (default 0): how long to hold the answer while the job has not
+    /// ended (succeeded, dead-lettered or cancelled). The row is read again at growing intervals (0.1 s
+    /// doubling up to 1 s), so a waiting client costs at most about one query a second. A shutdown of
+    /// the Api ends the wait at once, with the job as it is, so waiting clients do not hold it up.
+    /// </param>
     internal static async Task<Results<Ok<JobDetails>, ValidationProblem, ProblemHttpResult>> GetJob(
-        string jobId, ConveyorDbContext db, CancellationToken cancellationToken)
+        string jobId, string? waitSeconds, ConveyorDbContext db, TimeProvider clock, IHostApplicationLifetime lifetime,
+        CancellationToken cancellationToken)
     {
         if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
         {
             return invalid;
         }
 
-        var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
-        return job is null
-            ? Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.")
-            : TypedResults.Ok(JobDetails.From(job));
+        var wait = 0;
+        if (waitSeconds is not null
+            && (!int.TryParse(waitSeconds, NumberStyles.None, CultureInfo.InvariantCulture, out wait) || wait > MaxWaitSeconds))
+        {
+            return TypedResults.ValidationProblem(new Dictionary<string, string[]>
+            {
+                [nameof(waitSeconds)] = [$"Must be an integer from 0 to {MaxWaitSeconds}."],
+            });
+        }
+
+        var deadline = clock.GetTimestamp() + (long)(wait * (double)clock.TimestampFrequency);
+        var pause = TimeSpan.FromMilliseconds(100);
+        using var waitEnds = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, lifetime.ApplicationStopping);
+        while (true)
+        {
+            var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
+            if (job is null)
+            {
+                return Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.");
+            }
+
+            var left = clock.GetElapsedTime(clock.GetTimestamp(), deadline);
+            if (HasEnded(job.Status) || left <= TimeSpan.Zero || waitEnds.IsCancellationRequested)
+            {
+                return TypedResults.Ok(JobDetails.From(job));
+            }
+
+            try
+            {
+                await Task.Delay(pause < left ? pause : left, clock, waitEnds.Token);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                // The Api is stopping: read the row once more and answer.
+            }
+
+            pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerSecond));
+        }
     }
+
+    /// <summary>Statuses a job rests in until someone acts (a dead-lettered one may be moved back).</summary>
+    private static bool HasEnded(string status) =>
+        status is JobStatus.Succeeded or JobStatus.DeadLettered or JobStatus.Cancelled;
 
     internal static async Task<Results<Ok<JobPage>, ValidationProblem>> ListJobs(
         string? status, string? kind, string? limit, string? cursor, ConveyorDbContext db, CancellationToken cancellationToken)

@@ -75,6 +75,48 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, await db.Ledger.CountAsync());
     }
 
+    [Fact]
+    public async Task A_get_with_waitSeconds_answers_once_the_job_has_ended()
+    {
+        var charging = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var release = new ManualResetEventSlim();
+        _gateway.OnRequest = () =>
+        {
+            charging.TrySetResult();
+            release.Wait(TimeSpan.FromSeconds(60));
+        };
+        using var response = await _api.Client.PostAsJsonAsync("/api/jobs/charge-payment",
+            new { paymentId = Guid.NewGuid(), accountId = "acct-wait", amountMinor = 700, currency = "EUR" });
+        var jobId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid();
+        await charging.Task.WaitAsync(TimeSpan.FromSeconds(60));
+
+        // The charge is held at the gateway: a short wait ends with the job not yet ended.
+        var early = await _api.Client.GetFromJsonAsync<JsonElement>($"/api/jobs/{jobId}?waitSeconds=1");
+        Assert.Equal("queued", early.GetProperty("status").GetString());
+
+        var waiting = _api.Client.GetFromJsonAsync<JsonElement>($"/api/jobs/{jobId}?waitSeconds=30");
+        release.Set();
+        var ended = await waiting;
+
+        Assert.Equal("succeeded", ended.GetProperty("status").GetString());
+        Assert.Equal(jobId, ended.GetProperty("jobId").GetGuid());
+        Assert.Single(_gateway.Charges);
+    }
+
+    [Theory]
+    [InlineData("abc")]
+    [InlineData("-1")]
+    [InlineData("31")]
+    [InlineData("1.5")]
+    public async Task A_bad_waitSeconds_is_a_400_naming_it(string waitSeconds)
+    {
+        using var response = await _api.Client.GetAsync(new Uri($"/api/jobs/{Guid.NewGuid()}?waitSeconds={waitSeconds}", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(["waitSeconds"], problem.GetProperty("errors").EnumerateObject().Select(e => e.Name));
+    }
+
     private async Task<JsonElement> WaitForStatusAsync(Guid jobId, string status)
     {
         JsonElement job = default;
