@@ -145,7 +145,7 @@ internal static class Operations
             while (true)
             {
                 var operation = await client.GetAsync(path, cancellationToken);
-                if (ConveyorClient.Text(operation, "state") != Running)
+                if (StateOf(operation) != Running)
                 {
                     return operation;
                 }
@@ -169,7 +169,7 @@ internal static class Operations
                         + $"{examined} examined, {Number(operation, "moved") + Number(operation, "purged")} done";
                     task.MaxValue = Math.Max(1, depth);
                     task.Value = Math.Min(examined, task.MaxValue);
-                    if (ConveyorClient.Text(operation, "state") != Running)
+                    if (StateOf(operation) != Running)
                     {
                         task.Value = task.MaxValue;
                         task.StopTask();
@@ -181,10 +181,14 @@ internal static class Operations
             });
     }
 
+    /// <summary>An operation's state; an answer without one is not an operation.</summary>
+    private static string StateOf(JsonElement operation) =>
+        ConveyorClient.Text(operation, "state") ?? throw new KeyNotFoundException("The answer has no operation state.");
+
     /// <summary>Prints the outcome; 0 when it succeeded, 1 otherwise.</summary>
     public static int Report(CliContext cli, JsonElement operation, bool json)
     {
-        var state = ConveyorClient.Text(operation, "state");
+        var state = StateOf(operation);
         if (json)
         {
             cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, Indented));
@@ -197,7 +201,7 @@ internal static class Operations
             var done = dryRun ? Number(operation, "matched") : Number(operation, verb);
             cli.Out.MarkupLine(dryRun
                 ? $"[bold]Dry run[/]: would have {verb} {done} message(s); nothing was changed."
-                : $"{Markup.Escape(kind ?? "operation")} [bold]{Markup.Escape(state ?? "?")}[/]: {verb} {done} message(s).");
+                : $"{Markup.Escape(kind ?? "operation")} [bold]{Markup.Escape(state)}[/]: {verb} {done} message(s).");
 
             var grid = new Grid().AddColumn().AddColumn();
             foreach (var (label, name) in new[]

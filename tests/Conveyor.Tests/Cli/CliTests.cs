@@ -143,6 +143,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("audit", 200, "application/json", """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
     [InlineData("messages charge-payment_error", 200, "application/json", "[1,2]", ExitCodes.UnexpectedAnswer)]
     [InlineData("move charge-payment_error --dry-run", 202, "application/json", """{"operationId":"not-a-uuid"}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData("operation 0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182", 200, "application/json", """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
     [InlineData("queues", 400, "application/problem+json", """{"title":"Nope","errors":{"limit":"too big","x":[7]}}""", ExitCodes.Usage)]
     public async Task An_answer_no_conveyor_api_gives_is_reported_without_a_crash(string command, int status, string mediaType, string body, int exitCode)
     {
