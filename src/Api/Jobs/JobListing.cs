@@ -9,7 +9,7 @@ using System.Globalization;
 namespace Conveyor.Api.Jobs;
 
 /// <summary>A validated <c>GET /api/jobs</c> query.</summary>
-internal sealed record JobQuery(string? Status, string? Kind, int Limit, JobCursor? After);
+internal sealed record JobQuery(string? Status, string? Kind, string? BusinessKey, int Limit, JobCursor? After);
 
 /// <summary>
 /// Where a page ended: the (created_at, id) of its last job. Sent to clients as opaque base64url of
@@ -54,11 +54,14 @@ internal sealed record JobCursor(DateTimeOffset CreatedAt, Guid Id)
     }
 }
 
-/// <summary><c>GET /api/jobs</c>: newest first, keyset paging on (created_at, id), optional status and kind filters.</summary>
+/// <summary><c>GET /api/jobs</c>: newest first, keyset paging on (created_at, id), optional status, kind and business-key filters.</summary>
 internal static class JobListing
 {
     public const int DefaultLimit = 50;
     public const int MaxLimit = 500;
+
+    /// <summary>Longer than any business key a contract has (UUIDs).</summary>
+    public const int MaxBusinessKeyLength = 200;
 
     public static IReadOnlyList<string> Statuses { get; } =
     [
@@ -67,7 +70,7 @@ internal static class JobListing
     ];
 
     /// <summary>Null when <paramref name="errors"/> received at least one error, each under its query parameter's name.</summary>
-    public static JobQuery? Parse(string? status, string? kind, string? limit, string? cursor, FieldErrors errors)
+    public static JobQuery? Parse(string? status, string? kind, string? businessKey, string? limit, string? cursor, FieldErrors errors)
     {
         if (status is not null && !Statuses.Contains(status, StringComparer.Ordinal))
         {
@@ -77,6 +80,12 @@ internal static class JobListing
         if (kind is not null && !JobKinds.All.Contains(kind, StringComparer.Ordinal))
         {
             errors.Add("kind", $"Must be one of: {string.Join(", ", JobKinds.All)}.");
+        }
+
+        // Unique per kind (and indexed so): without the kind it would scan every job.
+        if (businessKey is not null && (businessKey.Length is 0 or > MaxBusinessKeyLength || kind is null))
+        {
+            errors.Add("businessKey", $"Must be 1 to {MaxBusinessKeyLength} characters long, with kind given too.");
         }
 
         var pageSize = DefaultLimit;
@@ -92,7 +101,7 @@ internal static class JobListing
             errors.Add("cursor", "Must be the nextCursor of an earlier page, unchanged.");
         }
 
-        return errors.Count > 0 ? null : new JobQuery(status, kind, pageSize, after);
+        return errors.Count > 0 ? null : new JobQuery(status, kind, businessKey, pageSize, after);
     }
 
     public static async Task<JobPage> ListAsync(ConveyorDbContext db, JobQuery query, CancellationToken cancellationToken)
@@ -106,6 +115,11 @@ internal static class JobListing
         if (query.Kind is not null)
         {
             jobs = jobs.Where(j => j.Kind == query.Kind);
+        }
+
+        if (query.BusinessKey is not null)
+        {
+            jobs = jobs.Where(j => j.BusinessKey == query.BusinessKey);
         }
 
         if (query.After is { } after)

@@ -7,6 +7,7 @@ public sealed record JobAccepted(Guid JobId, string Kind, string Status);
 
 /// <summary>Body of <c>GET /api/jobs/{jobId}</c>, and an item of a listing.</summary>
 /// <param name="NextAttemptAt">When a scheduled job is due, or a retry-scheduled job's next attempt.</param>
+/// <param name="BusinessKey">The command's business idempotency key (a charge's paymentId, a webhook's webhookId, a report's reportId).</param>
 public sealed record JobDetails(
     Guid JobId,
     string Kind,
@@ -17,11 +18,12 @@ public sealed record JobDetails(
     DateTimeOffset CreatedAt,
     DateTimeOffset UpdatedAt,
     DateTimeOffset? NextAttemptAt = null,
-    DateTimeOffset? FinishedAt = null)
+    DateTimeOffset? FinishedAt = null,
+    string? BusinessKey = null)
 {
     internal static JobDetails From(Job job) => new(
         job.Id, job.Kind, job.Status, job.Attempts, job.LastError, job.Progress, job.CreatedAt, job.UpdatedAt,
-        job.NextAttemptAt, job.FinishedAt);
+        job.NextAttemptAt, job.FinishedAt, job.BusinessKey);
 }
 
 /// <summary>Body of <c>GET /api/jobs</c>: newest first; <see cref="NextCursor"/> is null on the last page.</summary>

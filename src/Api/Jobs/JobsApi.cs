@@ -70,7 +70,7 @@ internal static class JobsApi
         jobs.MapGet("", ListJobs)
             .WithName("ListJobs")
             .RequireAuthorization(ApiPolicies.JobsRead)
-            .WithSummary("Jobs, newest first, optionally of one status and kind; page on with nextCursor.");
+            .WithSummary("Jobs, newest first, optionally of one status and kind (and, with the kind, one business key); page on with nextCursor.");
 
         jobs.MapGet("/{jobId}", GetJob)
             .WithName("GetJob")
@@ -224,10 +224,10 @@ internal static class JobsApi
         status is JobStatus.Succeeded or JobStatus.DeadLettered or JobStatus.Cancelled;
 
     internal static async Task<Results<Ok<JobPage>, ValidationProblem>> ListJobs(
-        string? status, string? kind, string? limit, string? cursor, ConveyorDbContext db, CancellationToken cancellationToken)
+        string? status, string? kind, string? businessKey, string? limit, string? cursor, ConveyorDbContext db, CancellationToken cancellationToken)
     {
         var errors = new FieldErrors();
-        var query = JobListing.Parse(status, kind, limit, cursor, errors);
+        var query = JobListing.Parse(status, kind, businessKey, limit, cursor, errors);
         return query is null
             ? TypedResults.ValidationProblem(errors.ToDictionary())
             : TypedResults.Ok(await JobListing.ListAsync(db, query, cancellationToken));

@@ -64,6 +64,24 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Null(single.NextCursor);
     }
 
+    [Fact]
+    public async Task A_job_is_found_by_its_kind_and_business_key_and_shows_the_key()
+    {
+        var paymentId = Guid.NewGuid();
+        var charge = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+        await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        // Another kind with the same key is another job.
+        await _api.Client.AcceptJobAsync(JobKinds.GenerateReport,
+            $$"""{"reportId":"{{paymentId}}","runAt":"{{DateTimeOffset.UtcNow.AddHours(1):O}}"}""");
+
+        var found = await ListAllAsync($"kind=charge-payment&businessKey={paymentId}");
+
+        var job = Assert.Single(found);
+        Assert.Equal((charge.JobId, paymentId.ToString()), (job.JobId, job.BusinessKey));
+        Assert.Empty(await ListAllAsync($"kind=charge-payment&businessKey={Guid.NewGuid()}"));
+        Assert.Equal(paymentId.ToString(), (await _api.Client.GetJobAsync(charge.JobId)).BusinessKey);
+    }
+
     [Theory]
     [InlineData("status=done", "status")]
     [InlineData("kind=send-email", "kind")]
@@ -75,6 +93,8 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("cursor=%00%ff", "cursor")]
     [InlineData("cursor=!!!!", "cursor")]
     [InlineData("cursor=f_________8AAAAAAAAAAAAAAAAAAAAA", "cursor")] // a time far past DateTimeOffset.MaxValue
+    [InlineData("businessKey=0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11", "businessKey")] // without its kind
+    [InlineData("kind=charge-payment&businessKey=", "businessKey")]
     public async Task A_bad_query_parameter_is_a_400_naming_it(string query, string field)
     {
         using var response = await _api.Client.GetAsync(new Uri($"/api/jobs?{query}", UriKind.Relative));
