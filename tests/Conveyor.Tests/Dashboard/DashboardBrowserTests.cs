@@ -53,9 +53,11 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         // A 400 is permanent: each charge is dead-lettered after one attempt.
         _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
         var jobs = new List<Guid>();
+        var paymentIds = new List<Guid>();
         for (var i = 0; i < Charges; i++)
         {
-            jobs.Add((await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId);
+            paymentIds.Add(Guid.NewGuid());
+            jobs.Add((await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentIds[^1]))).JobId);
         }
 
         await using (var broker = await TestBroker.ConnectAsync(fixture))
@@ -136,6 +138,19 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         await Expect(page.Locator("#job-status")).ToHaveTextAsync("succeeded", Patiently);
         await Expect(page.Locator("#job")).ToContainTextAsync("Finished");
         await Screenshot(page, "08-job-timeline");
+
+        // The lookup also finds a job by its command's business key (a charge's paymentId).
+        await page.ClickAsync("nav a[data-nav='jobs']");
+        await page.SelectOptionAsync("#lookup-by", "key");
+        await page.FillAsync("#job-id", paymentIds[1].ToString());
+        await page.ClickAsync("#job-lookup button[type='submit']");
+        await Expect(page.Locator("#job-business-key")).ToHaveTextAsync(paymentIds[1].ToString(), Patiently);
+        await Expect(page.Locator("#job h1")).ToContainTextAsync(jobs[1].ToString());
+        await page.ClickAsync("nav a[data-nav='jobs']");
+        await page.SelectOptionAsync("#lookup-by", "key");
+        await page.FillAsync("#job-id", "no-such-key");
+        await page.ClickAsync("#job-lookup button[type='submit']");
+        await Expect(page.Locator("#job h1")).ToHaveTextAsync("Job not found", Patiently);
 
         // Signing out ends the session.
         await page.ClickAsync("#sign-out");

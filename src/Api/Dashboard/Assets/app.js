@@ -10,6 +10,7 @@
   const JOB_REFRESH_MS = 3000;
   const TERMINAL_JOB = ["succeeded", "dead-lettered", "cancelled"];
   const JOB_STATUSES = ["scheduled", "queued", "running", "retry-scheduled", "succeeded", "dead-lettered", "cancelled"];
+  const JOB_KINDS = ["charge-payment", "deliver-webhook", "generate-report"];
 
   let session = null;
   let timers = [];
@@ -372,17 +373,21 @@
   async function renderJobs(token, params) {
     if (!hasScope("jobs:read")) return renderForbidden("Jobs need an API key with the jobs:read scope.");
     const status = params.get("status") || "";
-    const lookup = el("input", { id: "job-id", placeholder: "Job id", "aria-label": "Job id", size: 40, autocomplete: "off" });
+    const lookup = el("input", { id: "job-id", placeholder: "Job id, or a paymentId, webhookId or reportId", "aria-label": "Job id or business key", size: 44, autocomplete: "off" });
+    const lookupBy = el("select", { id: "lookup-by", "aria-label": "Look up by" },
+      el("option", { value: "id", text: "Job id" }),
+      el("option", { value: "key", text: "Business key" }));
     const filter = el("select", { id: "status-filter", "aria-label": "Status" },
       el("option", { value: "", text: "All statuses" }),
       JOB_STATUSES.map((s) => el("option", { value: s, text: s, selected: s === status ? "selected" : null })));
     const body = el("tbody");
     const more = el("button", { type: "button", id: "more-jobs", text: "Older", hidden: true });
-    const form = el("form", { class: "row", id: "job-lookup" }, lookup, el("button", { type: "submit", class: "primary", text: "Open job" }));
+    const form = el("form", { class: "row", id: "job-lookup" }, lookupBy, lookup, el("button", { type: "submit", class: "primary", text: "Open job" }));
     form.addEventListener("submit", (e) => {
       e.preventDefault();
-      const id = lookup.value.trim();
-      if (id) window.location.hash = "#/jobs/" + encodeURIComponent(id);
+      const value = lookup.value.trim();
+      if (!value) return;
+      window.location.hash = (lookupBy.value === "key" ? "#/jobs/by-key/" : "#/jobs/") + encodeURIComponent(value);
     });
     filter.addEventListener("change", () => { window.location.hash = "#/jobs" + (filter.value ? "?status=" + encodeURIComponent(filter.value) : ""); });
     view().replaceChildren(
@@ -441,6 +446,7 @@
         el("div", { class: "row" }, el("h1", { class: "grow", text: job.kind + " " + job.jobId }), badge(job.status)),
         el("dl", {},
           el("dt", { text: "Status" }), el("dd", { id: "job-status", text: job.status }),
+          job.businessKey ? [el("dt", { text: "Business key" }), el("dd", { id: "job-business-key", text: job.businessKey })] : null,
           el("dt", { text: "Attempts" }), el("dd", { id: "job-attempts", text: job.attempts }),
           job.progress !== null && job.progress !== undefined ? [el("dt", { text: "Progress" }), el("dd", { text: job.progress + "%" })] : null),
         el("h2", { text: "Timeline" }), el("ul", { class: "timeline" }, events));
@@ -449,6 +455,34 @@
     if (await load()) {
       every(JOB_REFRESH_MS, async () => { await load(); });
     }
+  }
+
+  // The jobs whose command has this business key, one kind at a time (the key is unique per kind).
+  async function renderJobsByKey(token, key) {
+    if (!hasScope("jobs:read")) return renderForbidden("Jobs need an API key with the jobs:read scope.");
+    const box = el("section", { class: "card", id: "job" }, el("p", { class: "muted", text: "Loading…" }));
+    view().replaceChildren(el("p", {}, el("a", { href: "#/jobs", text: "← Jobs" })), box);
+    const found = [];
+    for (const kind of JOB_KINDS) {
+      try {
+        const page = await api("GET", "/api/jobs?" + new URLSearchParams({ kind: kind, businessKey: key, limit: "1" }).toString());
+        found.push(...page.items);
+      } catch (e) {
+        if (e.status !== 400) throw e;
+      }
+    }
+    if (token !== renderToken) return;
+    if (found.length === 1) {
+      window.location.replace("#/jobs/" + encodeURIComponent(found[0].jobId));
+      return;
+    }
+    if (found.length === 0) {
+      box.replaceChildren(el("h1", { text: "Job not found" }), el("p", { class: "muted", text: "There is no job with the business key " + key + "." }));
+      return;
+    }
+    box.replaceChildren(el("h1", { text: "Jobs with business key " + key }),
+      el("ul", { id: "jobs-by-key" }, found.map((j) => el("li", {},
+        el("a", { href: "#/jobs/" + encodeURIComponent(j.jobId), text: j.kind + " " + j.jobId }), " ", badge(j.status)))));
   }
 
   function renderForbidden(text) {
@@ -470,6 +504,7 @@
     try {
       if (parts[0] === "error-queues" && parts[1]) await renderErrorQueue(token, parts[1]);
       else if (parts[0] === "error-queues") await renderErrorQueues(token);
+      else if (parts[0] === "jobs" && parts[1] === "by-key" && parts[2]) await renderJobsByKey(token, parts[2]);
       else if (parts[0] === "jobs" && parts[1]) await renderJob(token, parts[1]);
       else if (parts[0] === "jobs") await renderJobs(token, params);
       else await renderOverview(token);
