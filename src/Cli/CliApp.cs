@@ -48,6 +48,12 @@ public static class CliApp
                 .WithDescription("Show one move or purge; --wait follows it to the end.");
             config.AddCommand<AuditCommand>("audit").WithData(cli)
                 .WithDescription("Who moved or purged what, when, from where to where.");
+            config.AddCommand<JobCommand>("job").WithData(cli)
+                .WithDescription("Show one job: status, attempts, last error; --wait N waits up to N seconds for it to end.")
+                .WithExample("job", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "30");
+            config.AddCommand<JobsCommand>("jobs").WithData(cli)
+                .WithDescription("List jobs, newest first; --kind with --business-key finds the job of a paymentId, webhookId or reportId.")
+                .WithExample("jobs", "--kind", "charge-payment", "--business-key", "0b6f3f3e-5d55-4b43-9d6c-6f1f8c7e2a10");
         });
 
         try

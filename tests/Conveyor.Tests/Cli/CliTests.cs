@@ -1,5 +1,7 @@
 using System.Text.Json;
 using Conveyor.Cli;
+using Conveyor.Contracts;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Infrastructure;
 
@@ -119,6 +121,31 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Ok, purged.ExitCode);
         Assert.Contains("purged 3 message(s)", purged.Out, StringComparison.Ordinal);
         Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task Job_and_jobs_show_a_job_found_by_id_or_by_business_key()
+    {
+        var paymentId = Guid.NewGuid();
+        var accepted = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+
+        var found = await RunAsync("jobs", "--kind", "charge-payment", "--business-key", paymentId.ToString(), "--json");
+        Assert.Equal(ExitCodes.Ok, found.ExitCode);
+        var item = Assert.Single(JsonDocument.Parse(found.Out).RootElement.GetProperty("items").EnumerateArray());
+        Assert.Equal(accepted.JobId, item.GetProperty("jobId").GetGuid());
+
+        // No worker runs here: a short wait ends with the job still queued.
+        var shown = await RunAsync("job", accepted.JobId.ToString(), "--wait", "1");
+        Assert.Equal(ExitCodes.Ok, shown.ExitCode);
+        Assert.Contains("queued", shown.Out, StringComparison.Ordinal);
+        Assert.Contains(paymentId.ToString(), shown.Out, StringComparison.Ordinal);
+
+        var listed = await RunAsync("jobs", "--status", "queued");
+        Assert.Contains(accepted.JobId.ToString(), listed.Out, StringComparison.Ordinal);
+
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("jobs", "--business-key", paymentId.ToString())).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("job", accepted.JobId.ToString(), "--wait", "31")).ExitCode);
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("job", Guid.NewGuid().ToString())).ExitCode);
     }
 
     [Fact]
