@@ -15,7 +15,13 @@ internal static class JobRequestParser
 
     /// <summary>Null when <paramref name="errors"/> received at least one error.</summary>
     /// <param name="allowPrivateWebhookHosts"><see cref="WebhookUrlOptions.AllowPrivateNetworks"/>.</param>
-    public static JobRequest? Parse(string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false)
+    /// <param name="unknownFields">
+    /// <see cref="UnknownFields.Refuse"/> for a new submission; <see cref="UnknownFields.Ignore"/> for a
+    /// body accepted earlier (a stored request), which an Api of an earlier version may have let through.
+    /// </param>
+    public static JobRequest? Parse(
+        string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false,
+        UnknownFields unknownFields = UnknownFields.Refuse)
     {
         using var document = JsonBody.ParseObject(body, errors, ex => ex.LineNumber is { } line && ex.BytePositionInLine is { } position
             ? $"The body is not valid JSON (line {line + 1}, byte {position + 1})."
@@ -34,11 +40,17 @@ internal static class JobRequestParser
             JobKinds.GenerateReport => GenerateReportRequest.Read(fields),
             _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
         };
-        if (request is not null)
+        if (unknownFields == UnknownFields.Refuse)
         {
-            request.RunAt = runAt;
+            fields.RejectUnknown();
         }
 
+        if (request is null || fields.HasErrors)
+        {
+            return null;
+        }
+
+        request.RunAt = runAt;
         return request;
     }
 
@@ -57,4 +69,11 @@ internal static class JobRequestParser
 
         return runAt;
     }
+}
+
+/// <summary>What <see cref="JobRequestParser.Parse"/> does with fields no job kind has.</summary>
+internal enum UnknownFields
+{
+    Refuse,
+    Ignore,
 }

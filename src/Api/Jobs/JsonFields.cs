@@ -10,7 +10,34 @@ namespace Conveyor.Api.Jobs;
 /// </summary>
 internal sealed class JsonFields(JsonElement body, FieldErrors errors)
 {
+    /// <summary>Unknown fields named in one answer at most; the rest are left out.</summary>
+    private const int MaxUnknownReported = 20;
+
+    /// <summary>The fields the readers asked for, whether present or not.</summary>
+    private readonly HashSet<string> _known = new(StringComparer.OrdinalIgnoreCase);
+
     public bool HasErrors => errors.Count > 0;
+
+    /// <summary>
+    /// After every field was read: an error for each field no reader asked for (a misspelt optional
+    /// field would otherwise be dropped without a word, and the job run with its default) and for a
+    /// field given twice in different casings (which one counts would be a guess).
+    /// </summary>
+    public void RejectUnknown()
+    {
+        var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+        var reported = 0;
+        foreach (var property in body.EnumerateObject())
+        {
+            var problem = !_known.Contains(property.Name) ? $"Is not a field of this job; the fields are: {string.Join(", ", _known)}."
+                : !seen.Add(property.Name) ? "Is given more than once, in different casings."
+                : null;
+            if (problem is not null && reported++ < MaxUnknownReported)
+            {
+                errors.Add(property.Name, problem);
+            }
+        }
+    }
 
     public Guid RequiredId(string name)
     {
@@ -147,6 +174,7 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
     /// <summary>The camelCase name first; other casings are accepted, as ASP.NET Core's own binding does.</summary>
     private bool TryFind(string name, out JsonElement value)
     {
+        _known.Add(name);
         if (body.TryGetProperty(name, out value))
         {
             return true;

@@ -95,7 +95,8 @@ public sealed partial class StrandedJobRepublisher(
         {
             var job = claimed[i];
             var errors = new FieldErrors();
-            var request = JobRequestParser.Parse(job.Kind, job.RequestBody, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+            var request = JobRequestParser.Parse(
+                job.Kind, job.RequestBody, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, UnknownFields.Ignore);
             if (request is null || errors.Count > 0 || request.RunAt is not null || request.BusinessKey != job.BusinessKey)
             {
                 // Valid when it was submitted; this version's rules or settings refuse it now. It stays

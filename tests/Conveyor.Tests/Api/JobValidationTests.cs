@@ -43,7 +43,7 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         {
             "charge-payment",
             """{"paymentId":"not-a-uuid","accountId":"acct-1","amountMinor":1000000000000001,"currency":"EUR","extra":1}""",
-            ["paymentId", "amountMinor"]
+            ["paymentId", "amountMinor", "extra"]
         },
         {
             "deliver-webhook",
@@ -64,6 +64,18 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
             "generate-report",
             """{"reportId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","pageSize":"ten"}""",
             ["pageSize"]
+        },
+        {
+            // A misspelt optional field would otherwise be dropped and the report run with the default page size.
+            "generate-report",
+            """{"reportId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","page_size":10}""",
+            ["page_size"]
+        },
+        {
+            // One field twice in different casings: which one counts would be a guess.
+            "charge-payment",
+            """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"acct-1","AccountId":"acct-2","amountMinor":5,"currency":"EUR"}""",
+            ["AccountId"]
         },
     };
 
