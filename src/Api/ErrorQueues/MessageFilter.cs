@@ -15,6 +15,9 @@ public sealed record MessageFilter
 
     public IReadOnlySet<string>? MessageIds { get; init; }
 
+    /// <summary>The jobs whose commands to act on (the <c>Conveyor-Job-Id</c> header of each message).</summary>
+    public IReadOnlySet<Guid>? JobIds { get; init; }
+
     public string? ExceptionType { get; init; }
 
     public string? MessageType { get; init; }
@@ -28,6 +31,11 @@ public sealed record MessageFilter
     public bool Matches(FaultedMessage message)
     {
         if (MessageIds is not null && (message.MessageId is null || !MessageIds.Contains(message.MessageId)))
+        {
+            return false;
+        }
+
+        if (JobIds is not null && (!Guid.TryParse(message.JobId, out var jobId) || !JobIds.Contains(jobId)))
         {
             return false;
         }
@@ -62,6 +70,11 @@ public sealed record MessageFilter
         if (MessageIds is not null)
         {
             json["messageIds"] = new JsonArray([.. MessageIds.Order(StringComparer.Ordinal).Select(id => JsonValue.Create(id))]);
+        }
+
+        if (JobIds is not null)
+        {
+            json["jobIds"] = new JsonArray([.. JobIds.Order().Select(id => JsonValue.Create(id))]);
         }
 
         Add(json, "exceptionType", ExceptionType);

@@ -16,7 +16,7 @@ internal static class OperationRequestParser
     public const int MaxLimit = 10_000_000;
     private const int MaxTextLength = 500;
 
-    private static readonly string[] FilterFields = ["messageIds", "exceptionType", "messageType", "groupId", "faultedBefore", "faultedAfter"];
+    private static readonly string[] FilterFields = ["messageIds", "jobIds", "exceptionType", "messageType", "groupId", "faultedBefore", "faultedAfter"];
 
     public static ParsedOperation? Parse(ReadOnlyMemory<byte> body, bool purge, FieldErrors errors)
     {
@@ -96,6 +96,12 @@ internal static class OperationRequestParser
             ids = ParseIds(idsJson, errors);
         }
 
+        HashSet<Guid>? jobIds = null;
+        if (Find(json, "jobIds") is { } jobIdsJson)
+        {
+            jobIds = ParseJobIds(jobIdsJson, errors);
+        }
+
         var before = Find(json, "faultedBefore") is { } beforeJson ? Time(beforeJson, "filter.faultedBefore", errors) : null;
         var after = Find(json, "faultedAfter") is { } afterJson ? Time(afterJson, "filter.faultedAfter", errors) : null;
         if (before is not null && after is not null && after >= before)
@@ -112,6 +118,7 @@ internal static class OperationRequestParser
         return new MessageFilter
         {
             MessageIds = ids,
+            JobIds = jobIds,
             ExceptionType = Find(json, "exceptionType") is { } type ? Text(type, "filter.exceptionType", MaxTextLength, errors) : null,
             MessageType = Find(json, "messageType") is { } messageType ? Text(messageType, "filter.messageType", MaxTextLength, errors) : null,
             GroupId = groupId?.ToLowerInvariant(),
@@ -138,6 +145,30 @@ internal static class OperationRequestParser
             }
 
             ids.Add(text);
+        }
+
+        return ids;
+    }
+
+    private static HashSet<Guid>? ParseJobIds(JsonElement json, FieldErrors errors)
+    {
+        const string Field = "filter.jobIds";
+        if (json.ValueKind != JsonValueKind.Array || json.GetArrayLength() is 0 or > MessageFilter.MaxMessageIds)
+        {
+            errors.Add(Field, $"Must be an array of 1 to {MessageFilter.MaxMessageIds} job ids.");
+            return null;
+        }
+
+        var ids = new HashSet<Guid>();
+        foreach (var id in json.EnumerateArray())
+        {
+            if (id.ValueKind != JsonValueKind.String || !id.TryGetGuid(out var jobId))
+            {
+                errors.Add(Field, "Each job id must be a UUID string.");
+                return null;
+            }
+
+            ids.Add(jobId);
         }
 
         return ids;

@@ -43,6 +43,10 @@ public class FilterSettings : QueueSettings
     [Description("Only this message (repeat for several).")]
     public string[]? MessageIds { get; set; }
 
+    [CommandOption("--job-id <JOB_ID>")]
+    [Description("Only the command of this job (repeat for several), such as a dead-lettered job found with 'conveyor jobs'.")]
+    public Guid[]? JobIds { get; set; }
+
     [CommandOption("--exception-type <TYPE>")]
     [Description("Only messages that failed with this exception type (full or short name).")]
     public string? ExceptionType { get; set; }
@@ -99,6 +103,11 @@ public class FilterSettings : QueueSettings
         if (MessageIds is { Length: > 0 })
         {
             filter["messageIds"] = MessageIds;
+        }
+
+        if (JobIds is { Length: > 0 })
+        {
+            filter["jobIds"] = JobIds;
         }
 
         Add(filter, "exceptionType", ExceptionType);

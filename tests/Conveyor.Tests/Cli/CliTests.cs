@@ -105,6 +105,23 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Move_by_job_id_moves_that_jobs_command_only()
+    {
+        var job = Guid.NewGuid();
+        var wanted = await _broker.DeadLetterChargeAsync(Declined, "declined",
+            extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = job.ToString() });
+        await _broker.DeadLetterChargeAsync(Declined, "declined",
+            extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = Guid.NewGuid().ToString() });
+
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--job-id", job.ToString(), "--json");
+
+        Assert.Equal(ExitCodes.Ok, move.ExitCode);
+        Assert.Equal(1, JsonDocument.Parse(move.Out).RootElement.GetProperty("moved").GetInt64());
+        Assert.Equal([wanted.ToString()], (await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("move", ErrorQueueKit.ChargeErrors, "--job-id", "not-a-uuid")).ExitCode);
+    }
+
+    [Fact]
     public async Task Purge_without_the_confirmation_is_a_usage_error_and_with_it_purges()
     {
         for (var i = 0; i < 4; i++)

@@ -188,6 +188,29 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Moving_by_job_id_moves_the_commands_of_those_jobs_only()
+    {
+        var jobs = Enumerable.Range(0, 4).Select(_ => Guid.NewGuid()).ToList();
+        var ids = new List<string>();
+        foreach (var job in jobs)
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined",
+                extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = job.ToString() })).ToString());
+        }
+
+        // A message without a job id (a command published before its job row existed) never matches.
+        ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
+
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { jobIds = new[] { jobs[1], jobs[3] } } });
+
+        Assert.Equal(("succeeded", 2L), (operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64()));
+        Assert.Equal([ids[1], ids[3]], (await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
+        Assert.Equal([ids[0], ids[2], ids[4]], await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(2, operation.GetProperty("filter").GetProperty("jobIds").GetArrayLength());
+    }
+
+    [Fact]
     public async Task Moving_a_group_with_a_limit_and_a_target_moves_that_many_of_that_group()
     {
         await _broker.DeclareAsync("charge-payment-replay");
@@ -347,6 +370,8 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         { """[1]""", ["$"] },
         { """{"limit":""", ["$"] },
         { """{"filter":{"messageIds":["\udc01"]}}""", ["filter"] },
+        { """{"filter":{"jobIds":["not-a-uuid"]}}""", ["filter.jobIds"] },
+        { """{"filter":{"jobIds":[]}}""", ["filter.jobIds"] },
     };
 
     [Theory]
