@@ -422,7 +422,8 @@
   async function renderJob(token, id) {
     if (!hasScope("jobs:read")) return renderForbidden("Jobs need an API key with the jobs:read scope.");
     const box = el("section", { class: "card", id: "job" }, el("p", { class: "muted", text: "Loading…" }));
-    view().replaceChildren(el("p", {}, el("a", { href: "#/jobs", text: "← Jobs" })), box);
+    const moveResult = el("p", { id: "job-move-result", class: "muted" });
+    view().replaceChildren(el("p", {}, el("a", { href: "#/jobs", text: "← Jobs" })), box, moveResult);
     const load = async () => {
       let job;
       try {
@@ -442,8 +443,13 @@
         events.push(el("li", { class: "future" }, el("strong", { text: job.status === "scheduled" ? "Due" : "Next attempt" }), " ", fmtTime(job.nextAttemptAt)));
       }
       if (job.finishedAt) events.push(el("li", { class: job.status === "succeeded" ? "" : "bad" }, el("strong", { text: "Finished (" + job.status + ")" }), " ", fmtTime(job.finishedAt)));
+      let moveBack = null;
+      if (job.status === "dead-lettered" && hasScope("admin")) {
+        moveBack = el("button", { type: "button", class: "primary", id: "job-move-back", text: "Move back" });
+        moveBack.addEventListener("click", () => moveJobBack(token, job).catch((e) => showBanner(e.message)));
+      }
       box.replaceChildren(
-        el("div", { class: "row" }, el("h1", { class: "grow", text: job.kind + " " + job.jobId }), badge(job.status)),
+        el("div", { class: "row" }, el("h1", { class: "grow", text: job.kind + " " + job.jobId }), moveBack, badge(job.status)),
         el("dl", {},
           el("dt", { text: "Status" }), el("dd", { id: "job-status", text: job.status }),
           job.businessKey ? [el("dt", { text: "Business key" }), el("dd", { id: "job-business-key", text: job.businessKey })] : null,
@@ -452,9 +458,35 @@
         el("h2", { text: "Timeline" }), el("ul", { class: "timeline" }, events));
       return !TERMINAL_JOB.includes(job.status);
     };
-    if (await load()) {
-      every(JOB_REFRESH_MS, async () => { await load(); });
+
+    // A dead-lettered job's command waits in <kind>_error: move exactly that one back (filter by job id).
+    async function moveJobBack(token, job) {
+      const queue = job.kind + "_error";
+      const ok = await confirmDialog("Move back job " + job.jobId,
+        "Its command goes from " + queue + " back to " + job.kind + " and runs again with a fresh retry budget.", { confirmLabel: "Move" });
+      if (!ok) return;
+      const accepted = await api("POST", "/api/error-queues/" + encodeURIComponent(queue) + "/move", { filter: { jobIds: [job.jobId] } });
+      let op;
+      for (;;) {
+        op = await api("GET", "/api/operations/" + accepted.operationId);
+        if (token !== renderToken) return;
+        if (op.state !== "running") break;
+        await new Promise((r) => setTimeout(r, OPERATION_POLL_MS));
+      }
+      moveResult.textContent = op.moved > 0 ? "Moved back by operation " + op.operationId.slice(0, 8) + " (" + op.state + ")."
+        : "Nothing moved: no message of this job is in " + queue + " (" + op.state + ").";
+      // The job runs again: follow it until the page is left.
+      await load();
+      if (op.moved > 0) refresh();
     }
+
+    let refreshing = false;
+    const refresh = () => {
+      if (refreshing) return;
+      refreshing = true;
+      every(JOB_REFRESH_MS, async () => { await load(); });
+    };
+    if (await load()) refresh();
   }
 
   // The jobs whose command has this business key, one kind at a time (the key is unique per kind).
