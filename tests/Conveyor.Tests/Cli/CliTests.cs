@@ -166,6 +166,32 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Job_says_how_to_move_a_dead_lettered_job_back()
+    {
+        var job = new Conveyor.Storage.Jobs.Job
+        {
+            Id = Guid.CreateVersion7(),
+            Kind = JobKinds.ChargePayment,
+            BusinessKey = Guid.NewGuid().ToString(),
+            Status = Conveyor.Storage.Jobs.JobStatus.DeadLettered,
+            Attempts = 3,
+            LastError = "The payment gateway answered 400",
+            CreatedAt = DateTimeOffset.UtcNow,
+            UpdatedAt = DateTimeOffset.UtcNow,
+        };
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.Add(job);
+            await db.SaveChangesAsync();
+        }
+
+        var shown = await RunAsync("job", job.Id.ToString());
+
+        Assert.Equal(ExitCodes.Ok, shown.ExitCode);
+        Assert.Contains($"conveyor move charge-payment_error --job-id {job.Id}", shown.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Exit_codes_tell_usage_auth_not_found_and_unreachable_apart()
     {
         Assert.Equal(ExitCodes.Usage, (await RunAsync("move")).ExitCode);
