@@ -105,6 +105,8 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         await page.Locator("#messages tr[data-message-id]").First.ClickAsync();
         await Expect(page.Locator("#message-body")).ToContainTextAsync("paymentId", new LocatorAssertionsToContainTextOptions { IgnoreCase = true });
         await Expect(page.Locator("#message-detail")).ToContainTextAsync("charge-payment");
+        // The message links to its job.
+        Assert.Contains(Guid.Parse(await page.Locator("#message-job").InnerTextAsync()), jobs);
         await Screenshot(page, "03-error-queue-and-message");
 
         // Heal the gateway, then move the group back through the confirmation step.

@@ -238,7 +238,11 @@
         ["Body size", fmtNumber(m.bodyBytes) + " bytes" + (m.bodyTruncated ? " (preview truncated)" : "")],
       ];
       detail.replaceChildren(...[
-        el("dl", {}, fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+        el("dl", {}, fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [el("dt", { text: k }),
+          // The job's page: its status, and from there a way to move just this job back.
+          k === "Job" && hasScope("jobs:read")
+            ? el("dd", {}, el("a", { id: "message-job", href: "#/jobs/" + encodeURIComponent(v), text: v }))
+            : el("dd", { text: v })])),
         el("h3", { text: "Stack trace" }), el("pre", { id: "stack-trace", text: m.stackTrace || "(none)" }),
         m.faultHistory ? [el("h3", { text: "Fault history" }), el("pre", { text: JSON.stringify(m.faultHistory, null, 2) })] : null,
         el("h3", { text: "Body" }), el("pre", { id: "message-body", text: prettyBody(m.bodyPreview) }),
