@@ -25,7 +25,7 @@ public static class FaultHeaders
     public const string FaultHistory = "Conveyor-Fault-History";
 
     /// <summary>Added to a moved copy: the queue it was moved from.</summary>
-    public const string MovedFrom = "Conveyor-Moved-From";
+    public const string MovedFrom = Contracts.JobHeaders.MovedFrom;
 
     /// <summary>Added to a moved copy: the id of the operation that moved it.</summary>
     public const string MovedBy = "Conveyor-Moved-By-Operation";

@@ -46,7 +46,7 @@ public sealed partial class BatchedInboxFilter<T>(
                 return;
         }
 
-        var startedAt = time.GetTimestamp();
+        var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
         using var logScope = JobLogScope.Begin(logger, job, context);
         try
         {

@@ -51,7 +51,7 @@ public sealed partial class InboxFilter<T>(
             return;
         }
 
-        var startedAt = time.GetTimestamp();
+        var startedAt = job is { } starting ? JobMetrics.AttemptStarted(starting.Kind, context, time) : time.GetTimestamp();
         using var logScope = JobLogScope.Begin(logger, job, context);
 
         try

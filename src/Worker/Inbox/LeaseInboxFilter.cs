@@ -50,7 +50,7 @@ public sealed partial class LeaseInboxFilter<T>(
             return;
         }
 
-        var startedAt = time.GetTimestamp();
+        var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
         using var logScope = JobLogScope.Begin(logger, job, context);
         using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, heartbeatStop.Token);

@@ -1,3 +1,6 @@
+using Conveyor.Contracts;
+using Conveyor.Worker.Redelivery;
+using MassTransit;
 using System.Diagnostics.Metrics;
 
 namespace Conveyor.Worker.Jobs;
@@ -27,7 +30,34 @@ public static class JobMetrics
     private static readonly Histogram<double> DurationHistogram =
         Meter.CreateHistogram<double>("conveyor.jobs.duration", "s", "Time from the start of an attempt to its commit");
 
+    private static readonly Histogram<double> WaitHistogram =
+        Meter.CreateHistogram<double>("conveyor.jobs.wait", "s",
+            "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue");
+
     public static Meter Instance => Meter;
+
+    /// <summary>
+    /// Returns the attempt's start for <see cref="Succeeded"/>. On a command's first attempt, also
+    /// records how long it waited since it was sent (the publisher's clock: skew between hosts can make
+    /// it negative, which counts as 0). Later attempts are left out: an in-memory retry, a delayed
+    /// redelivery and a copy moved back from <c>_error</c> keep the first publish's sent time, so their
+    /// wait would include the failures before them.
+    /// </summary>
+    public static long AttemptStarted(string kind, ConsumeContext context, TimeProvider time)
+    {
+        var headers = context.ReceiveContext.TransportHeaders;
+        if (context.SentTime is { } sent
+            && context.GetRetryAttempt() == 0
+            && !headers.TryGetHeader(RedeliveryHeaders.Attempt, out _)
+            && !headers.TryGetHeader(RedeliveryHeaders.Deferrals, out _)
+            && !headers.TryGetHeader(JobHeaders.MovedFrom, out _))
+        {
+            var waited = time.GetUtcNow().UtcDateTime - DateTime.SpecifyKind(sent, DateTimeKind.Utc);
+            WaitHistogram.Record(Math.Max(0, waited.TotalSeconds), new KeyValuePair<string, object?>("kind", kind));
+        }
+
+        return time.GetTimestamp();
+    }
 
     public static void Succeeded(string kind, TimeSpan duration)
     {

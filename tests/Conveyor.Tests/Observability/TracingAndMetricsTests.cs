@@ -81,6 +81,8 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
             var text = await _worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
             Assert.True(PrometheusText.Sum(text, "conveyor_jobs_succeeded_total", "kind=\"charge-payment\"") >= 3, "jobs succeeded");
             Assert.Contains("conveyor_jobs_duration_seconds_bucket", text, StringComparison.Ordinal);
+            // Every attempt records how long its command waited in the queue.
+            Assert.True(PrometheusText.Sum(text, "conveyor_jobs_wait_seconds_count", "kind=\"charge-payment\"") >= 3, "waits recorded");
             Assert.Matches("(dotnet|process_runtime_dotnet)_gc_collections", text);
         });
         var api = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
