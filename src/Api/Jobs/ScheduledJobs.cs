@@ -39,7 +39,9 @@ internal static class ScheduledJobs
             MessageId = messageId.ToString("D"),
             // Also a transport header, as on a job published at once, for whoever inspects the queue.
             Headers = JsonSerializer.Serialize(new Dictionary<string, string> { [JobHeaders.JobId] = jobId.ToString("D") }),
-            Body = request.ToEnvelope(messageId, jobId, now),
+            // Sent when due: the command is released into its queue then, and a worker's measure of how
+            // long a job waited in its queue (conveyor.jobs.wait) starts there, not at the submission.
+            Body = request.ToEnvelope(messageId, jobId, runAt),
             CreatedAt = now,
         };
     }
