@@ -127,51 +127,49 @@ internal static class OperationRequestParser
         };
     }
 
-    private static HashSet<string>? ParseIds(JsonElement json, FieldErrors errors)
+    private static HashSet<string>? ParseIds(JsonElement json, FieldErrors errors) =>
+        ParseSet<string>(json, "filter.messageIds", "message ids", "Each message id must be a string of 1 to 200 characters.", ReadMessageId, StringComparer.Ordinal, errors);
+
+    private static HashSet<Guid>? ParseJobIds(JsonElement json, FieldErrors errors) =>
+        ParseSet<Guid>(json, "filter.jobIds", "job ids", "Each job id must be a UUID string.", ReadJobId, null, errors);
+
+    private static bool ReadMessageId(JsonElement id, out string text)
     {
-        if (json.ValueKind != JsonValueKind.Array || json.GetArrayLength() is 0 or > MessageFilter.MaxMessageIds)
-        {
-            errors.Add("filter.messageIds", $"Must be an array of 1 to {MessageFilter.MaxMessageIds} message ids.");
-            return null;
-        }
-
-        var ids = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var id in json.EnumerateArray())
-        {
-            if (id.ValueKind != JsonValueKind.String || id.GetString() is not { Length: > 0 and <= 200 } text)
-            {
-                errors.Add("filter.messageIds", "Each message id must be a string of 1 to 200 characters.");
-                return null;
-            }
-
-            ids.Add(text);
-        }
-
-        return ids;
+        text = id.ValueKind == JsonValueKind.String ? id.GetString() ?? "" : "";
+        return text.Length is > 0 and <= 200;
     }
 
-    private static HashSet<Guid>? ParseJobIds(JsonElement json, FieldErrors errors)
+    private static bool ReadJobId(JsonElement id, out Guid jobId)
     {
-        const string Field = "filter.jobIds";
+        jobId = Guid.Empty;
+        return id.ValueKind == JsonValueKind.String && id.TryGetGuid(out jobId);
+    }
+
+    private delegate bool TryReadElement<T>(JsonElement element, out T value);
+
+    /// <summary>A JSON array of 1 to <see cref="MessageFilter.MaxMessageIds"/> elements, each read by <paramref name="read"/>; null, with one error, otherwise.</summary>
+    private static HashSet<T>? ParseSet<T>(
+        JsonElement json, string field, string plural, string eachRule, TryReadElement<T> read, IEqualityComparer<T>? comparer, FieldErrors errors)
+    {
         if (json.ValueKind != JsonValueKind.Array || json.GetArrayLength() is 0 or > MessageFilter.MaxMessageIds)
         {
-            errors.Add(Field, $"Must be an array of 1 to {MessageFilter.MaxMessageIds} job ids.");
+            errors.Add(field, $"Must be an array of 1 to {MessageFilter.MaxMessageIds} {plural}.");
             return null;
         }
 
-        var ids = new HashSet<Guid>();
-        foreach (var id in json.EnumerateArray())
+        var set = new HashSet<T>(comparer);
+        foreach (var element in json.EnumerateArray())
         {
-            if (id.ValueKind != JsonValueKind.String || !id.TryGetGuid(out var jobId))
+            if (!read(element, out var value))
             {
-                errors.Add(Field, "Each job id must be a UUID string.");
+                errors.Add(field, eachRule);
                 return null;
             }
 
-            ids.Add(jobId);
+            set.Add(value);
         }
 
-        return ids;
+        return set;
     }
 
     private static string? Text(JsonElement json, string field, int maxLength, FieldErrors errors)
