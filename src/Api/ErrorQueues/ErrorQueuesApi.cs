@@ -1,4 +1,4 @@
-using System.Globalization;
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 using Conveyor.Api.Operations;
 using Conveyor.Api.Security;
@@ -129,7 +129,7 @@ internal static class ErrorQueuesApi
         ILogger<ErrorQueueInspector> logger, Func<int, Task<Inspection<TFound>>> inspect, Func<Inspection<TFound>, TAnswer> answer,
         CancellationToken cancellationToken)
     {
-        if (!TryReadLimit(limit, limits.Default, limits.Max, out var count))
+        if (!QueryIntegers.TryRead(limit, limits.Default, 1, limits.Max, out var count))
         {
             return LimitProblem(limits.Max);
         }
@@ -246,17 +246,6 @@ internal static class ErrorQueuesApi
         {
             errors.Add("target", $"There is no queue '{target}'.");
         }
-    }
-
-    private static bool TryReadLimit(string? text, int defaultValue, int max, out int limit)
-    {
-        if (text is null)
-        {
-            limit = defaultValue;
-            return true;
-        }
-
-        return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out limit) && limit >= 1 && limit <= max;
     }
 
     private static ValidationProblem LimitProblem(int max) =>

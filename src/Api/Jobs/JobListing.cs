@@ -1,10 +1,10 @@
+using Conveyor.Api.Hosting;
 using Conveyor.Contracts;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
 using System.Buffers.Binary;
 using System.Buffers.Text;
-using System.Globalization;
 
 namespace Conveyor.Api.Jobs;
 
@@ -88,9 +88,7 @@ internal static class JobListing
             errors.Add("businessKey", $"Must be 1 to {MaxBusinessKeyLength} characters long, with kind given too.");
         }
 
-        var pageSize = DefaultLimit;
-        if (limit is not null
-            && (!int.TryParse(limit, NumberStyles.None, CultureInfo.InvariantCulture, out pageSize) || pageSize is < 1 or > MaxLimit))
+        if (!QueryIntegers.TryRead(limit, DefaultLimit, 1, MaxLimit, out var pageSize))
         {
             errors.Add("limit", $"Must be an integer from 1 to {MaxLimit}.");
         }

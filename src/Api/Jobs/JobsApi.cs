@@ -179,9 +179,7 @@ internal static class JobsApi
             return invalid;
         }
 
-        var wait = 0;
-        if (waitSeconds is not null
-            && (!int.TryParse(waitSeconds, NumberStyles.None, CultureInfo.InvariantCulture, out wait) || wait > MaxWaitSeconds))
+        if (!QueryIntegers.TryRead(waitSeconds, 0, 0, MaxWaitSeconds, out var wait))
         {
             return TypedResults.ValidationProblem(new Dictionary<string, string[]>
             {

@@ -116,12 +116,7 @@ internal static class OperationsApi
 
     private static int ReadLimit(string? text, Dictionary<string, string[]> errors)
     {
-        if (text is null)
-        {
-            return DefaultListLimit;
-        }
-
-        if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var limit) && limit is >= 1 and <= MaxListLimit)
+        if (QueryIntegers.TryRead(text, DefaultListLimit, 1, MaxListLimit, out var limit))
         {
             return limit;
         }
