@@ -123,6 +123,17 @@
     });
   }
 
+  // Reads an operation until it has ended, handing each reading to onUpdate; null once the view was left.
+  async function pollOperation(token, id, onUpdate) {
+    for (;;) {
+      const op = await api("GET", "/api/operations/" + id);
+      if (token !== renderToken) return null;
+      onUpdate(op);
+      if (op.state !== "running") return op;
+      await new Promise((r) => setTimeout(r, OPERATION_POLL_MS));
+    }
+  }
+
   // ---- overview ------------------------------------------------------------------------------
 
   async function renderOverview(token) {
@@ -329,9 +340,7 @@
       const numbers = el("p", { id: "operation-numbers" });
       const stateText = el("span", { id: "operation-state" });
       operationBox.replaceChildren(el("div", { class: "card" }, el("div", { class: "row" }, title, stateText), el("div", { class: "progress" }, bar), numbers));
-      for (;;) {
-        const op = await api("GET", "/api/operations/" + id);
-        if (token !== renderToken) return;
+      const ended = await pollOperation(token, id, (op) => {
         title.textContent = (op.kind === "move" ? "Move" : "Purge") + " " + op.operationId.slice(0, 8) + " by " + op.requestedBy;
         stateText.replaceChildren(badge(op.state));
         const done = op.moved + op.purged;
@@ -340,9 +349,8 @@
         numbers.textContent = "Examined " + fmtNumber(op.examined) + " · matched " + fmtNumber(op.matched) + " · moved " + fmtNumber(op.moved)
           + " · purged " + fmtNumber(op.purged) + " · failed " + fmtNumber(op.failed) + (op.left !== null ? " · left " + fmtNumber(op.left) : "")
           + (op.detail ? " · " + op.detail : "");
-        if (op.state !== "running") break;
-        await new Promise((r) => setTimeout(r, OPERATION_POLL_MS));
-      }
+      });
+      if (!ended) return;
       state.selected.clear();
       await inspect();
     }
@@ -470,13 +478,8 @@
         "Its command goes from " + queue + " back to " + job.kind + " and runs again with a fresh retry budget.", { confirmLabel: "Move" });
       if (!ok) return;
       const accepted = await api("POST", "/api/error-queues/" + encodeURIComponent(queue) + "/move", { filter: { jobIds: [job.jobId] } });
-      let op;
-      for (;;) {
-        op = await api("GET", "/api/operations/" + accepted.operationId);
-        if (token !== renderToken) return;
-        if (op.state !== "running") break;
-        await new Promise((r) => setTimeout(r, OPERATION_POLL_MS));
-      }
+      const op = await pollOperation(token, accepted.operationId, () => {});
+      if (!op) return;
       moveResult.textContent = op.moved > 0 ? "Moved back by operation " + op.operationId.slice(0, 8) + " (" + op.state + ")."
         : "Nothing moved: no message of this job is in " + queue + " (" + op.state + ").";
       // The job runs again: follow it until the page is left.
