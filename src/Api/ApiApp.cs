@@ -49,8 +49,6 @@ public static class ApiApp
         // Before authorization, so a forged request is refused whatever the endpoint.
         app.UseSessionCsrfProtection();
         app.UseAuthorization();
-        // After authentication: clients are told apart by their principal.
-        app.UseRateLimiter();
         // Everything else needs a caller (the fallback policy); probes, scrapes and the API description do not.
         var open = app.MapGroup("").AllowAnonymous();
         open.MapOpenApi();

@@ -1,21 +1,14 @@
 using Conveyor.ServiceDefaults;
-using Microsoft.AspNetCore.Mvc;
-using Microsoft.AspNetCore.RateLimiting;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
-using System.Globalization;
 using System.Net.Http.Headers;
 using System.Text;
-using System.Threading.RateLimiting;
 
 namespace Conveyor.Api.Backpressure;
 
 /// <summary>Refusing work early: per-client rate limits, full job queues and broker alarms.</summary>
 internal static class BackpressureRegistration
 {
-    /// <summary>The rate-limiter policy of <c>POST /api/jobs/{kind}</c>.</summary>
-    public const string JobSubmissionPolicy = "job-submissions";
-
     public static IServiceCollection AddBackpressure(this IServiceCollection services)
     {
         services.TryAddSingleton(TimeProvider.System);
@@ -42,56 +35,7 @@ internal static class BackpressureRegistration
         services.AddHostedService(provider => provider.GetRequiredService<BrokerPressureMonitor>());
         services.AddSingleton<BackpressureGate>();
 
-        services.AddRateLimiter(limiter =>
-        {
-            limiter.RejectionStatusCode = StatusCodes.Status429TooManyRequests;
-            limiter.OnRejected = RejectAsync;
-            limiter.AddPolicy(JobSubmissionPolicy, Partition);
-        });
+        services.AddSingleton<SubmissionRateLimiter>();
         return services;
-    }
-
-    /// <summary>One token bucket per client: the authenticated principal's name, else the remote address.</summary>
-    private static RateLimitPartition<string> Partition(HttpContext context)
-    {
-        var options = context.RequestServices.GetRequiredService<IOptions<RateLimitingOptions>>().Value;
-        if (!options.Enabled)
-        {
-            return RateLimitPartition.GetNoLimiter("");
-        }
-
-        var client = context.User.Identity is { IsAuthenticated: true, Name: { Length: > 0 } name }
-            ? $"principal:{name}"
-            : $"address:{context.Connection.RemoteIpAddress}";
-        return RateLimitPartition.GetTokenBucketLimiter(client, _ => new TokenBucketRateLimiterOptions
-        {
-            TokenLimit = options.Burst,
-            TokensPerPeriod = options.PermitsPerSecond,
-            ReplenishmentPeriod = TimeSpan.FromSeconds(1),
-            // Refuse at once: a queued request holds a connection and answers late anyway.
-            QueueLimit = 0,
-            AutoReplenishment = true,
-        });
-    }
-
-    private static async ValueTask RejectAsync(OnRejectedContext rejected, CancellationToken cancellationToken)
-    {
-        var http = rejected.HttpContext;
-        var retryAfter = rejected.Lease.TryGetMetadata(MetadataName.RetryAfter, out var wait)
-            ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds))
-            : 1;
-        http.Response.StatusCode = StatusCodes.Status429TooManyRequests;
-        http.Response.Headers.RetryAfter = retryAfter.ToString(CultureInfo.InvariantCulture);
-        var problems = http.RequestServices.GetRequiredService<IProblemDetailsService>();
-        await problems.WriteAsync(new ProblemDetailsContext
-        {
-            HttpContext = http,
-            ProblemDetails = new ProblemDetails
-            {
-                Status = StatusCodes.Status429TooManyRequests,
-                Title = "Too many requests",
-                Detail = $"This client sends jobs faster than it may. Retry after {retryAfter} s.",
-            },
-        });
     }
 }

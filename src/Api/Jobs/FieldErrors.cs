@@ -18,6 +18,22 @@ internal sealed class FieldErrors
         messages.Add(message);
     }
 
+    /// <summary>
+    /// Every error of <paramref name="inner"/>, the errors of a part of the request, under
+    /// <paramref name="path"/>: a field <c>amount</c> as <c>path.amount</c>, the part as a whole
+    /// (<see cref="JsonBody.Field"/>) as <c>path</c>.
+    /// </summary>
+    public void AddAll(FieldErrors inner, string path)
+    {
+        foreach (var (field, messages) in inner._errors)
+        {
+            foreach (var message in messages)
+            {
+                Add(field == JsonBody.Field ? path : $"{path}.{field}", message);
+            }
+        }
+    }
+
     public Dictionary<string, string[]> ToDictionary() =>
         _errors.ToDictionary(e => e.Key, e => e.Value.ToArray(), StringComparer.Ordinal);
 }

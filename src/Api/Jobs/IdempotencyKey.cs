@@ -8,26 +8,38 @@ internal static class IdempotencyKey
     public const string HeaderName = "Idempotency-Key";
     public const int MaxLength = 200;
 
+    /// <summary>
+    /// The longest key of a batch: each of its jobs is stored under the key with <c>#</c> and the job's
+    /// place appended (<see cref="ForBatchJob"/>), which must fit in <see cref="MaxLength"/>.
+    /// </summary>
+    public const int MaxBatchLength = MaxLength - 4;
+
     /// <summary>The key, or null when the header is absent; records an error when it is malformed.</summary>
-    public static string? Read(IHeaderDictionary headers, FieldErrors errors)
+    public static string? Read(IHeaderDictionary headers, FieldErrors errors) => Read(headers, errors, MaxLength);
+
+    /// <summary>The key of the job at <paramref name="index"/> (0 to 99) of a batch sent with <paramref name="batchKey"/>.</summary>
+    public static string? ForBatchJob(string? batchKey, int index) => batchKey is null ? null : $"{batchKey}#{index}";
+
+    /// <summary>As <see cref="Read(IHeaderDictionary, FieldErrors)"/>, for keys of at most <paramref name="maxLength"/> characters.</summary>
+    public static string? Read(IHeaderDictionary headers, FieldErrors errors, int maxLength)
     {
         if (!headers.TryGetValue(HeaderName, out var values))
         {
             return null;
         }
 
-        if (values.Count != 1 || !IsValid(values))
+        if (values.Count != 1 || !IsValid(values, maxLength))
         {
-            errors.Add(HeaderName, $"Must be sent once, as 1 to {MaxLength} printable ASCII characters.");
+            errors.Add(HeaderName, $"Must be sent once, as 1 to {maxLength} printable ASCII characters.");
             return null;
         }
 
         return values.ToString();
     }
 
-    private static bool IsValid(StringValues values)
+    private static bool IsValid(StringValues values, int maxLength)
     {
         var key = values.ToString();
-        return key.Length is > 0 and <= MaxLength && key.All(c => c is >= ' ' and <= '~');
+        return key.Length > 0 && key.Length <= maxLength && key.All(c => c is >= ' ' and <= '~');
     }
 }

@@ -1,4 +1,5 @@
 using Conveyor.Contracts;
+using System.Text.Json;
 
 namespace Conveyor.Api.Jobs;
 
@@ -13,6 +14,15 @@ internal static class JobRequestParser
     /// <summary>How far ahead a job may be scheduled.</summary>
     public const int MaxRunAheadDays = 365;
 
+    /// <summary>The field of a kind's body that holds its business id, the job's unique key within the kind.</summary>
+    public static string BusinessIdField(string kind) => kind switch
+    {
+        JobKinds.ChargePayment => ChargePaymentRequest.BusinessIdField,
+        JobKinds.DeliverWebhook => DeliverWebhookRequest.BusinessIdField,
+        JobKinds.GenerateReport => GenerateReportRequest.BusinessIdField,
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
+    };
+
     /// <summary>Null when <paramref name="errors"/> received at least one error.</summary>
     /// <param name="allowPrivateWebhookHosts"><see cref="WebhookUrlOptions.AllowPrivateNetworks"/>.</param>
     /// <param name="unknownFields">
@@ -23,9 +33,7 @@ internal static class JobRequestParser
         string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false,
         UnknownFields unknownFields = UnknownFields.Refuse)
     {
-        using var document = JsonBody.ParseObject(body, errors, ex => ex.LineNumber is { } line && ex.BytePositionInLine is { } position
-            ? $"The body is not valid JSON (line {line + 1}, byte {position + 1})."
-            : "The body is not valid JSON; each field may appear once.");
+        using var document = JsonBody.ParseObject(body, errors, InvalidJson);
         if (document is null)
         {
             return null;
@@ -53,6 +61,12 @@ internal static class JobRequestParser
         request.RunAt = runAt;
         return request;
     }
+
+    /// <summary>Why a body is not JSON, and where, for the client.</summary>
+    public static string InvalidJson(JsonException exception) =>
+        exception.LineNumber is { } line && exception.BytePositionInLine is { } position
+            ? $"The body is not valid JSON (line {line + 1}, byte {position + 1})."
+            : "The body is not valid JSON; each field may appear once.";
 
     private static DateTimeOffset? ReadRunAt(JsonFields fields, FieldErrors errors, DateTimeOffset now)
     {

@@ -1,4 +1,5 @@
 using Conveyor.Storage.Jobs;
+using System.Text.Json.Serialization;
 
 namespace Conveyor.Api.Jobs;
 
@@ -28,3 +29,21 @@ public sealed record JobDetails(
 
 /// <summary>Body of <c>GET /api/jobs</c>: newest first; <see cref="NextCursor"/> is null on the last page.</summary>
 public sealed record JobPage(IReadOnlyList<JobDetails> Items, string? NextCursor);
+
+/// <summary>Body of the 202 answer to a batch: every job accepted, in the order sent.</summary>
+public sealed record JobBatchAccepted(IReadOnlyList<JobBatchResult> Jobs);
+
+/// <summary>
+/// One job of a batch's answer, at <paramref name="Index"/> in the batch: accepted (its id, kind and
+/// status, as <see cref="JobAccepted"/>) or not (<paramref name="Error"/>, what
+/// <c>POST /api/jobs/{kind}</c> would have answered for it alone).
+/// </summary>
+public sealed record JobBatchResult(
+    int Index,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Guid? JobId = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Kind = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Status = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] JobBatchError? Error = null);
+
+/// <summary>Why one job of a batch was not accepted: the status, title and detail of its problem.</summary>
+public sealed record JobBatchError(int Status, string Title, string Detail);

@@ -12,4 +12,6 @@ namespace Conveyor.Api.Jobs;
 [JsonSerializable(typeof(JobAccepted))]
 [JsonSerializable(typeof(JobDetails))]
 [JsonSerializable(typeof(JobPage))]
+[JsonSerializable(typeof(JobBatchAccepted))]
+[JsonSerializable(typeof(JobBatchResult[]))]
 internal sealed partial class JobsJson : JsonSerializerContext;

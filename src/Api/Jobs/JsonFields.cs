@@ -23,13 +23,14 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
     /// field would otherwise be dropped without a word, and the job run with its default) and for a
     /// field given twice in different casings (which one counts would be a guess).
     /// </summary>
-    public void RejectUnknown()
+    /// <param name="owner">What the fields belong to, for the message.</param>
+    public void RejectUnknown(string owner = "this job")
     {
         var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
         var reported = 0;
         foreach (var property in body.EnumerateObject())
         {
-            var problem = !_known.Contains(property.Name) ? $"Is not a field of this job; the fields are: {string.Join(", ", _known)}."
+            var problem = !_known.Contains(property.Name) ? $"Is not a field of {owner}; the fields are: {string.Join(", ", _known)}."
                 : !seen.Add(property.Name) ? "Is given more than once, in different casings."
                 : null;
             if (problem is not null && reported++ < MaxUnknownReported)
@@ -125,6 +126,33 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
         }
 
         return timestamp;
+    }
+
+    /// <summary>
+    /// The length of an array of <paramref name="min"/> to <paramref name="max"/> elements; null, with
+    /// an error, when the field is missing, not an array or of another length.
+    /// </summary>
+    public int? RequiredArrayLength(string name, int min, int max)
+    {
+        if (!TryFindRequired(name, out var value))
+        {
+            return null;
+        }
+
+        if (value.ValueKind != JsonValueKind.Array)
+        {
+            errors.Add(name, "Must be an array.");
+            return null;
+        }
+
+        var length = value.GetArrayLength();
+        if (length < min || length > max)
+        {
+            errors.Add(name, $"Must hold {min} to {max} elements; it holds {length}.");
+            return null;
+        }
+
+        return length;
     }
 
     /// <summary>Any JSON value but null; cloned so it outlives the parsed document.</summary>

@@ -49,7 +49,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
     }
 
     /// <summary>A loopback port that was free a moment ago, so nothing answers on it.</summary>
-    private static int ClosedPort()
+    internal static int ClosedPort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();

@@ -103,6 +103,29 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Single(_gateway.Charges);
     }
 
+    [Fact]
+    public async Task A_batch_of_charges_is_charged_once_each_and_every_job_succeeds()
+    {
+        var paymentIds = Enumerable.Range(0, 20).Select(_ => Guid.NewGuid()).ToList();
+        var body = new { jobs = paymentIds.Select((paymentId, i) => new { paymentId, accountId = $"acct-batch-{i}", amountMinor = 100 + i, currency = "EUR" }) };
+
+        using var response = await _api.Client.PostAsJsonAsync("/api/jobs/charge-payment/batch", body);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var jobs = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobs").EnumerateArray().ToList();
+        Assert.Equal(paymentIds.Count, jobs.Count);
+        foreach (var job in jobs)
+        {
+            await WaitForStatusAsync(job.GetProperty("jobId").GetGuid(), "succeeded");
+        }
+
+        Assert.All(paymentIds, paymentId => Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString())));
+        Assert.Equal(paymentIds.Count, _gateway.Charges.Count);
+        Assert.Equal(100 + 7, _gateway.Charges.Single(c => c.AccountId == "acct-batch-7").AmountMinor);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(paymentIds.Count, await db.Ledger.CountAsync());
+    }
+
     [Theory]
     [InlineData("abc")]
     [InlineData("-1")]

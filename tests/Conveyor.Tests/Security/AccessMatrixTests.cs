@@ -34,6 +34,7 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
         ["GET /metrics"] = Access.Anyone,
         ["GET /openapi/{documentName}.json"] = Access.Anyone,
         ["POST /api/jobs/{kind}"] = Access.JobsPublish,
+        ["POST /api/jobs/{kind}/batch"] = Access.JobsPublish,
         ["DELETE /api/jobs/{jobId}"] = Access.JobsPublish,
         ["GET /api/jobs/"] = Access.JobsRead,
         ["GET /api/jobs/{jobId}"] = Access.JobsRead,

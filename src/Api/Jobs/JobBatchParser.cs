@@ -1,0 +1,108 @@
+using System.Text.Json;
+
+namespace Conveyor.Api.Jobs;
+
+/// <summary>One job of a batch: the request, and the bytes it was sent as (hashed, and stored with its row).</summary>
+internal sealed record JobBatchItem(JobRequest Request, byte[] Body);
+
+/// <summary>
+/// Turns the body of <c>POST /api/jobs/{kind}/batch</c>, <c>{ "jobs": [ … ] }</c>, into its jobs, each
+/// read exactly as the body of <c>POST /api/jobs/{kind}</c> would be; or into errors that name each
+/// bad field by its place, such as <c>jobs[3].amountMinor</c>. A batch is accepted whole or refused
+/// whole: one bad job refuses them all, so a client never has to work out which half went in.
+/// </summary>
+internal static class JobBatchParser
+{
+    public const string JobsField = "jobs";
+
+    /// <summary>Null when <paramref name="errors"/> received at least one error.</summary>
+    /// <param name="maxJobs">The most jobs a batch may hold (the caller's rate limit may make it fewer than usual).</param>
+    /// <param name="maxJobBytes">The largest job, as for the body of a single submission.</param>
+    public static IReadOnlyList<JobBatchItem>? Parse(
+        string kind, byte[] body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts, int maxJobs, int maxJobBytes)
+    {
+        using (var document = JsonBody.ParseObject(body, errors, JobRequestParser.InvalidJson))
+        {
+            if (document is null)
+            {
+                return null;
+            }
+
+            var fields = new JsonFields(document.RootElement, errors);
+            fields.RequiredArrayLength(JobsField, 1, maxJobs);
+            fields.RejectUnknown("a batch");
+            if (fields.HasErrors)
+            {
+                return null;
+            }
+        }
+
+        var items = new List<JobBatchItem>();
+        var firstOfKey = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var (index, element) in Elements(body))
+        {
+            var path = $"{JobsField}[{index}]";
+            if (element.Span[0] != (byte)'{')
+            {
+                errors.Add(path, "Must be a JSON object: the fields of one job.");
+                continue;
+            }
+
+            if (element.Length > maxJobBytes)
+            {
+                errors.Add(path, $"Must be at most {maxJobBytes} bytes, as the body of a single job.");
+                continue;
+            }
+
+            var jobErrors = new FieldErrors();
+            var request = JobRequestParser.Parse(kind, element, jobErrors, now, allowPrivateWebhookHosts);
+            if (request is null)
+            {
+                errors.AddAll(jobErrors, path);
+                continue;
+            }
+
+            // Two jobs with one business id would be one job, answered twice: most likely a mistake.
+            if (!firstOfKey.TryAdd(request.BusinessKey, index))
+            {
+                errors.Add($"{path}.{JobRequestParser.BusinessIdField(kind)}",
+                    $"Is the same as in {JobsField}[{firstOfKey[request.BusinessKey]}]: a batch holds each job once.");
+                continue;
+            }
+
+            items.Add(new JobBatchItem(request, element.ToArray()));
+        }
+
+        return errors.Count > 0 ? null : items;
+    }
+
+    /// <summary>
+    /// The bytes of each element of the top-level <see cref="JobsField"/> array, as sent. The body was
+    /// parsed already: it is one valid object, with that array, named once in whatever casing.
+    /// </summary>
+    private static List<(int Index, ReadOnlyMemory<byte> Bytes)> Elements(byte[] body)
+    {
+        var elements = new List<(int, ReadOnlyMemory<byte>)>();
+        var reader = new Utf8JsonReader(body);
+        reader.Read();
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            var isJobs = string.Equals(reader.GetString(), JobsField, StringComparison.OrdinalIgnoreCase);
+            reader.Read();
+            if (!isJobs)
+            {
+                reader.Skip();
+                continue;
+            }
+
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            {
+                var start = (int)reader.TokenStartIndex;
+                reader.Skip();
+                elements.Add((elements.Count, body.AsMemory(start, (int)reader.BytesConsumed - start)));
+            }
+        }
+
+        return elements;
+    }
+}

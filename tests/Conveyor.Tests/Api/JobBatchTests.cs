@@ -1,0 +1,272 @@
+using Conveyor.Api.Jobs;
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using Microsoft.EntityFrameworkCore;
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+
+namespace Conveyor.Tests.Api;
+
+/// <summary><c>POST /api/jobs/{kind}/batch</c> against the real database and broker (no worker runs here).</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task Each_job_of_a_batch_is_recorded_as_sent_and_published_with_its_job_id_in_order()
+    {
+        await using var api = await fixture.StartApiAsync();
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var paymentIds = Enumerable.Range(0, 3).Select(_ => Guid.NewGuid()).ToArray();
+        var scheduled = Guid.NewGuid();
+        string[] jobs =
+        [
+            .. paymentIds.Select(id => JobRequests.ChargePayment(id)),
+            JobRequests.ScheduledChargePayment(scheduled, DateTimeOffset.UtcNow.AddHours(1)),
+        ];
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, Batch(jobs));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var answer = await response.Content.ReadFromJsonAsync<JobBatchAccepted>();
+        Assert.NotNull(answer);
+        Assert.Equal([0, 1, 2, 3], answer.Jobs.Select(j => j.Index));
+        Assert.All(answer.Jobs, j => Assert.Null(j.Error));
+        Assert.Equal([JobStatus.Queued, JobStatus.Queued, JobStatus.Queued, JobStatus.Scheduled], answer.Jobs.Select(j => j.Status));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var rows = await db.Jobs.AsNoTracking().ToDictionaryAsync(j => j.Id);
+            Assert.Equal(4, rows.Count);
+            for (var i = 0; i < paymentIds.Length; i++)
+            {
+                var row = rows[answer.Jobs[i].JobId!.Value];
+                Assert.Equal(paymentIds[i].ToString("D"), row.BusinessKey);
+                // Stored byte for byte as sent, like a single submission's body: the stranded-job check republishes from it.
+                Assert.Equal(Encoding.UTF8.GetBytes(jobs[i]), row.RequestBody);
+            }
+
+            Assert.Equal(scheduled.ToString("D"), rows[answer.Jobs[3].JobId!.Value].BusinessKey);
+            Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+        }
+
+        // Confirmed before the 202: every immediate job's command is in the queue, stamped with its job id.
+        var headers = new Dictionary<Guid, Guid>();
+        for (var i = 0; i < paymentIds.Length; i++)
+        {
+            var message = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+            Assert.NotNull(message);
+            using var envelope = JsonDocument.Parse(message.Body);
+            var paymentId = envelope.RootElement.GetProperty("message").GetProperty("paymentId").GetGuid();
+            headers[paymentId] = Guid.Parse(Encoding.UTF8.GetString(Assert.IsType<byte[]>(message.BasicProperties.Headers?[JobHeaders.JobId])));
+        }
+
+        Assert.Null(await published.Channel.BasicGetAsync(published.Queue, autoAck: true));
+        for (var i = 0; i < paymentIds.Length; i++)
+        {
+            Assert.Equal(answer.Jobs[i].JobId, headers[paymentIds[i]]);
+        }
+    }
+
+    [Fact]
+    public async Task The_same_batch_sent_again_answers_the_same_jobs_and_submits_nothing_twice()
+    {
+        await using var api = await fixture.StartApiAsync();
+        var key = $"import-{Guid.NewGuid()}";
+        var batch = Batch([JobRequests.ChargePayment(Guid.NewGuid()), JobRequests.ChargePayment(Guid.NewGuid())]);
+
+        var first = await AcceptBatchAsync(api, batch, key);
+        var again = await AcceptBatchAsync(api, batch, key);
+        // Without the key, the business ids still tell the jobs apart.
+        var unkeyed = await AcceptBatchAsync(api, batch, idempotencyKey: null);
+
+        Assert.Equal(first.Jobs.Select(j => j.JobId), again.Jobs.Select(j => j.JobId));
+        Assert.Equal(first.Jobs.Select(j => j.JobId), unkeyed.Jobs.Select(j => j.JobId));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal([$"{key}#0", $"{key}#1"], await db.Jobs.OrderBy(j => j.IdempotencyKey).Select(j => j.IdempotencyKey).ToListAsync());
+    }
+
+    [Fact]
+    public async Task A_batch_key_reused_for_another_job_is_a_422_that_still_answers_each_job()
+    {
+        await using var api = await fixture.StartApiAsync();
+        var key = $"import-{Guid.NewGuid()}";
+        var (kept, changed) = (Guid.NewGuid(), Guid.NewGuid());
+        var first = await AcceptBatchAsync(api, Batch([JobRequests.ChargePayment(kept), JobRequests.ChargePayment(changed, amountMinor: 100)]), key);
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment,
+            Batch([JobRequests.ChargePayment(kept), JobRequests.ChargePayment(changed, amountMinor: 999)]), key);
+
+        await response.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        var problem = await response.ReadJsonAsync();
+        Assert.Equal("Idempotency-Key reused", problem.GetProperty("title").GetString());
+        var jobs = problem.GetProperty("jobs").EnumerateArray().ToList();
+        Assert.Equal(first.Jobs[0].JobId, jobs[0].GetProperty("jobId").GetGuid());
+        Assert.False(jobs[0].TryGetProperty("error", out _));
+        Assert.Equal(422, jobs[1].GetProperty("error").GetProperty("status").GetInt32());
+        Assert.False(jobs[1].TryGetProperty("jobId", out _));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(2, await db.Jobs.CountAsync());
+        var changedRow = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == changed.ToString("D"));
+        Assert.Equal(Encoding.UTF8.GetBytes(JobRequests.ChargePayment(changed, amountMinor: 100)), changedRow.RequestBody);
+    }
+
+    [Fact]
+    public async Task One_bad_job_refuses_the_whole_batch_with_each_problem_named_by_its_place()
+    {
+        await using var api = await fixture.StartApiAsync();
+        var repeated = Guid.NewGuid();
+        var batch = Batch(
+        [
+            JobRequests.ChargePayment(repeated),
+            JobRequests.ChargePayment(Guid.NewGuid(), amountMinor: -1),
+            "42",
+            """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-42","amountMinor":5,"currency":"EUR","amount_minor":5}""",
+            JobRequests.ChargePayment(repeated),
+            JobRequests.ChargePayment(Guid.NewGuid()),
+        ]);
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, batch);
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(
+            new HashSet<string>(["jobs[1].amountMinor", "jobs[2]", "jobs[3].amount_minor", "jobs[4].paymentId"]),
+            await response.ReadErrorFieldsAsync());
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    [Theory]
+    [InlineData("""{}""", "jobs")]
+    [InlineData("""{"jobs":null}""", "jobs")]
+    [InlineData("""{"jobs":[]}""", "jobs")]
+    [InlineData("""{"jobs":{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11"}}""", "jobs")]
+    [InlineData("""{"jobs":[{}],"priority":1}""", "priority")]
+    [InlineData("""[{"jobs":[]}]""", "$")]
+    [InlineData("""{"jobs":[""", "$")]
+    [InlineData("""{"jobs":["\ud800"]}""", "jobs")]
+    public async Task A_batch_of_the_wrong_shape_is_a_400_naming_the_field(string body, string field)
+    {
+        await using var api = await fixture.StartApiAsync();
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, body);
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Contains(field, await response.ReadErrorFieldsAsync());
+    }
+
+    [Fact]
+    public async Task More_jobs_than_a_batch_holds_is_a_400_and_an_unknown_kind_a_404()
+    {
+        await using var api = await fixture.StartApiAsync();
+        // One more than the 100 a batch holds.
+        var tooMany = Batch([.. Enumerable.Range(0, 101).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))]);
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, tooMany);
+        using var unknown = await PostBatchAsync(api, "mine-bitcoin", Batch([JobRequests.ChargePayment(Guid.NewGuid())]));
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(new HashSet<string>(["jobs"]), await response.ReadErrorFieldsAsync());
+        await unknown.AssertProblemAsync(StatusCodes.Status404NotFound);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task A_job_larger_than_a_single_submission_may_be_is_a_400_naming_it()
+    {
+        await using var api = await fixture.StartApiAsync();
+        // 300 KiB of payload: over the 256 KiB a single job's body may have, within a batch's 1 MiB.
+        var large = JsonSerializer.Serialize(new
+        {
+            webhookId = Guid.NewGuid(),
+            url = "https://hooks.example.com/orders",
+            eventType = "order.paid",
+            payload = new { text = new string('x', 300 * 1024) },
+        });
+
+        using var response = await PostBatchAsync(api, JobKinds.DeliverWebhook, Batch([JobRequests.DeliverWebhook(Guid.NewGuid()), large]));
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(new HashSet<string>(["jobs[1]"]), await response.ReadErrorFieldsAsync());
+    }
+
+    [Fact]
+    public async Task Each_job_of_a_batch_takes_a_permit_of_the_clients_rate_limit()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "5",
+        });
+        string Jobs(int count) => Batch([.. Enumerable.Range(0, count).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))]);
+
+        // A batch can never be larger than the bucket: told at once, not refused forever. Like any
+        // refused submission, it took one permit.
+        using var larger = await PostBatchAsync(api, JobKinds.ChargePayment, Jobs(6));
+        using var rest = await PostBatchAsync(api, JobKinds.ChargePayment, Jobs(4));
+        // The bucket is empty now; a refill of a few permits is not enough for another five.
+        using var refused = await PostBatchAsync(api, JobKinds.ChargePayment, Jobs(5));
+
+        await larger.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(HttpStatusCode.Accepted, rest.StatusCode);
+        await refused.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+        Assert.True(refused.Headers.RetryAfter?.Delta >= TimeSpan.FromSeconds(1));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(4, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task With_the_broker_unreachable_a_batch_is_a_503_for_each_job_and_leaves_no_row()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:Port"] = BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:ConnectTimeoutSeconds"] = "2",
+        });
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment,
+            Batch([JobRequests.ChargePayment(Guid.NewGuid()), JobRequests.ChargePayment(Guid.NewGuid())]), cancellationToken: deadline.Token);
+
+        await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        Assert.NotNull(response.Headers.RetryAfter);
+        var problem = await response.ReadJsonAsync();
+        Assert.Equal("Some jobs of the batch were not accepted", problem.GetProperty("title").GetString());
+        Assert.All(problem.GetProperty("jobs").EnumerateArray(), job => Assert.Equal(503, job.GetProperty("error").GetProperty("status").GetInt32()));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    internal static string Batch(IEnumerable<string> jobs) => $$"""{"jobs":[{{string.Join(",", jobs)}}]}""";
+
+    internal static async Task<HttpResponseMessage> PostBatchAsync(
+        RunningApp api, string kind, string body, string? idempotencyKey = null, CancellationToken cancellationToken = default)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri($"/api/jobs/{kind}/batch", UriKind.Relative))
+        {
+            Content = new StringContent(body, Encoding.UTF8, "application/json"),
+        };
+        if (idempotencyKey is not null)
+        {
+            request.Headers.TryAddWithoutValidation("Idempotency-Key", idempotencyKey);
+        }
+
+        return await api.Client.SendAsync(request, cancellationToken);
+    }
+
+    private static async Task<JobBatchAccepted> AcceptBatchAsync(RunningApp api, string body, string? idempotencyKey)
+    {
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, body, idempotencyKey);
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted, $"{(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+        return (await response.Content.ReadFromJsonAsync<JobBatchAccepted>())!;
+    }
+}
