@@ -17,11 +17,17 @@ namespace Conveyor.Bench.Enqueue;
 /// <summary>
 /// Benchmark 2: <c>POST /api/jobs/charge-payment</c> → 202 with N concurrent clients against the real
 /// Api (job row + confirmed publish), versus raw MassTransit publishes with confirms, N in flight.
-/// Both land in the same durable queue; rounds interleave.
+/// Both land in the same durable queue; rounds interleave. A third variant submits the same jobs in
+/// batches of 10 (<c>POST /api/jobs/charge-payment/batch</c>), for comparison.
 /// </summary>
 public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions options)
 {
     private const string ApiKey = "bench-key-publisher-0123456789abcdef";
+
+    /// <summary>Jobs per request of the batch variant: not a target of the issue, what a client that batches gets.</summary>
+    private const int BatchSize = 10;
+
+    private const string BatchVariant = "api-batch-10";
 
     public async Task<BenchResult> RunAsync()
     {
@@ -64,6 +70,7 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
                     await publisher.PublishAsync(ContractPublisher.Payment(i));
                     return "ok";
                 }),
+                (BatchVariant, i => PostBatchAsync(http, i)),
             };
 
             // Profiling aid: CONVEYOR_BENCH_ENQUEUE_ONLY=api runs one variant (no ratio then).
@@ -84,11 +91,11 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
                     await environment.PurgeAsync(ConsumeBenchmark.Queue);
                     await environment.TruncateAsync();
                     phases.Reset();
-                    var measured = await MeasureAsync(operation, commands) with { Phases = phases.Read() };
+                    var measured = await MeasureAsync(operation, JobsPerOperation(name), commands) with { Phases = phases.Read() };
                     results[name].Add(measured);
                     var load = measured.Load;
-                    Console.WriteLine($"enqueue: round {round + 1}, {name}: {Formats.Rate(load.PerSecond)}/s, p50 {Formats.Ms(load.P50)} ms, p99 {Formats.Ms(load.P99)} ms, "
-                        + $"CPU {Formats.Number(measured.CpuMsPerOperation, "0.00")} ms/op, DB {Formats.Number(measured.CommandsPerOperation, "0.00")} commands/op, "
+                    Console.WriteLine($"enqueue: round {round + 1}, {name}: {Formats.Rate(measured.JobsPerSecond)} jobs/s, p50 {Formats.Ms(load.P50)} ms, p99 {Formats.Ms(load.P99)} ms, "
+                        + $"CPU {Formats.Number(measured.CpuMsPerJob, "0.00")} ms/job, DB {Formats.Number(measured.CommandsPerJob, "0.00")} commands/job, "
                         + $"machine {Formats.Number(measured.MachineBusy * 100, "0")}% busy, JIT {measured.JitMs:0} ms, GC pauses {measured.GcPauseMs:0} ms, "
                         + $"failures {load.Failures} ({string.Join(", ", load.Outcomes.Select(o => $"{o.Key}={o.Value}"))})"
                         + (measured.Phases is { } p ? $"; waits: row commit p50 {Formats.Ms(p.RowP50)} / p99 {Formats.Ms(p.RowP99)} ms, publish confirm p50 {Formats.Ms(p.PublishP50)} / p99 {Formats.Ms(p.PublishP99)} ms" : string.Empty));
@@ -130,19 +137,19 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
     {
         var api = results["api"];
         var raw = results["raw-publish"];
-        var ratios = api.Zip(raw, (a, r) => a.Load.PerSecond / r.Load.PerSecond).ToList();
-        var ratio = Stats.Median(ratios);
+        double RatioOf(List<Round> variant) => Stats.Median(variant.Zip(raw, (a, r) => a.JobsPerSecond / r.JobsPerSecond));
+        var ratio = RatioOf(api);
         var rows = results.Select(r => (IReadOnlyList<string>)
         [
             r.Key,
-            Formats.Rate(Stats.Median(r.Value.Select(x => x.Load.PerSecond))),
-            Formats.Runs(r.Value.Select(x => x.Load.PerSecond)),
+            Formats.Rate(Stats.Median(r.Value.Select(x => x.JobsPerSecond))),
+            Formats.Runs(r.Value.Select(x => x.JobsPerSecond)),
             Formats.Ms(Stats.Median(r.Value.Select(x => x.Load.P50))),
             Formats.Ms(Stats.Median(r.Value.Select(x => x.Load.P99))),
             r.Value.Sum(x => x.Load.Failures).ToString(System.Globalization.CultureInfo.InvariantCulture),
-            r.Key == "api" ? Formats.Ratio(ratio) : "1.00×",
-            Formats.Number(Stats.Median(r.Value.Select(x => x.CpuMsPerOperation)), "0.00"),
-            Formats.Number(Stats.Median(r.Value.Select(x => x.CommandsPerOperation)), "0.00"),
+            r.Key == "raw-publish" ? "1.00×" : Formats.Ratio(RatioOf(r.Value)),
+            Formats.Number(Stats.Median(r.Value.Select(x => x.CpuMsPerJob)), "0.00"),
+            Formats.Number(Stats.Median(r.Value.Select(x => x.CommandsPerJob)), "0.00"),
             Formats.Number(Stats.Median(r.Value.Select(x => x.MachineBusy)) * 100, "0") + "%",
         ]).ToList();
         var apiP99 = Stats.Median(api.Select(x => x.Load.P99));
@@ -152,13 +159,14 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             "2. Api enqueue vs raw MassTransit publish",
             DateTimeOffset.UtcNow,
             $"{options.Requests} operations per round, {options.Concurrency} in flight, {options.Runs} rounds, warm-up passes of {options.WarmupRequests}; Api pool {options.ApiPoolSize}",
-            ["variant", "median ops/s", "runs ops/s", "p50 ms", "p99 ms", "failures", "vs raw-publish", "bench-process CPU ms/op", "DB commands/op", "machine busy"],
+            ["variant", "median jobs/s", "runs jobs/s", "p50 ms", "p99 ms", "failures", "vs raw-publish", "bench-process CPU ms/job", "DB commands/job", "machine busy"],
             rows,
             [
                 "api: POST /api/jobs/charge-payment with an API key (authentication, validation, job row insert, publish with confirm) answered 202, Api hosted in the benchmark process (ApiApp.Build), HTTP/1.1 keep-alive clients, one connection each, in the same process as the Api; the Api's shipped log levels (Information); RateLimiting:Enabled=false and Backpressure:DefaultMaxQueueDepth=0, since one key's token bucket (200/s) and the queue-depth gate would otherwise refuse most of the load.",
-                "bench-process CPU ms/op: CPU time of the whole benchmark process (HTTP clients and the Api for api; the publishing bus for raw-publish) per operation; DB commands/op: Npgsql commands (round trips) per operation; machine busy: share of both cores busy during the round, all processes (PostgreSQL and RabbitMQ included).",
+                "bench-process CPU ms/job: CPU time of the whole benchmark process (HTTP clients and the Api for the api variants; the publishing bus for raw-publish) per job submitted or message published; DB commands/job: Npgsql commands (round trips) per job; machine busy: share of both cores busy during the round, all processes (PostgreSQL and RabbitMQ included).",
                 "raw-publish: MassTransit IBus.Publish of the same ChargePayment with the job-id header, publisher confirms, awaited.",
-                "ops/s counts successful operations only (202, or a confirmed publish); p50/p99 are per-round percentiles over all operations, then the median over rounds; the ratio is the median of the per-round ratios.",
+                $"{BatchVariant} (not a target, for comparison): POST /api/jobs/charge-payment/batch with {BatchSize} charges per request, the same {options.Concurrency} clients, so {options.Concurrency * BatchSize} jobs in flight; the same number of jobs per round; its p50/p99 are per request of {BatchSize} jobs.",
+                "jobs/s counts jobs of successful operations only (202, or a confirmed publish); p50/p99 are per-round percentiles over all operations, then the median over rounds; the ratio is the median of the per-round ratios.",
                 database + ".",
                 warmup + $"; JIT time during the measured rounds: {Formats.Number(results.Values.SelectMany(r => r).Sum(x => x.JitMs), "0")} ms in all.",
                 PhasesNote(api),
@@ -194,9 +202,9 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         {
             var started = Stopwatch.GetTimestamp();
             var jitBefore = JitInfo.GetCompilationTime();
-            foreach (var (_, operation) in variants)
+            foreach (var (name, operation) in variants)
             {
-                await LoadLoop.RunAsync(options.WarmupRequests, options.Concurrency, operation);
+                await LoadLoop.RunAsync(options.WarmupRequests / JobsPerOperation(name), options.Concurrency, operation);
             }
 
             var jit = JitInfo.GetCompilationTime() - jitBefore;
@@ -211,11 +219,23 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
 
     private static async Task<string> PostAsync(HttpClient http, int i)
     {
-        var body = $$"""{"paymentId":"{{Guid.NewGuid()}}","accountId":"acct-{{i % 97:D4}}","amountMinor":{{100 + i}},"currency":"EUR"}""";
-        using var content = new StringContent(body, Encoding.UTF8, "application/json");
+        using var content = new StringContent(Charge(i), Encoding.UTF8, "application/json");
         using var response = await http.PostAsync(new Uri("/api/jobs/charge-payment", UriKind.Relative), content);
         return response.StatusCode == HttpStatusCode.Accepted ? "ok" : $"http-{(int)response.StatusCode}";
     }
+
+    private static async Task<string> PostBatchAsync(HttpClient http, int i)
+    {
+        var jobs = string.Join(",", Enumerable.Range(i * BatchSize, BatchSize).Select(Charge));
+        using var content = new StringContent($$"""{"jobs":[{{jobs}}]}""", Encoding.UTF8, "application/json");
+        using var response = await http.PostAsync(new Uri("/api/jobs/charge-payment/batch", UriKind.Relative), content);
+        return response.StatusCode == HttpStatusCode.Accepted ? "ok" : $"http-{(int)response.StatusCode}";
+    }
+
+    private static string Charge(int i) =>
+        $$"""{"paymentId":"{{Guid.NewGuid()}}","accountId":"acct-{{i % 97:D4}}","amountMinor":{{100 + i}},"currency":"EUR"}""";
+
+    private static int JobsPerOperation(string variant) => variant == BatchVariant ? BatchSize : 1;
 
     private static async Task WaitUntilReadyAsync(HttpClient http)
     {
@@ -243,25 +263,31 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         }
     }
 
-    private async Task<Round> MeasureAsync(Func<int, Task<string>> operation, CommandCounter commands)
+    /// <param name="jobsPerOperation">Jobs each operation submits: the round submits <see cref="BenchOptions.Requests"/> jobs.</param>
+    private async Task<Round> MeasureAsync(Func<int, Task<string>> operation, int jobsPerOperation, CommandCounter commands)
     {
         var cpu = new CpuMeter();
         var commandsBefore = commands.Commands;
         var jitBefore = JitInfo.GetCompilationTime();
         var gcBefore = GC.GetTotalPauseDuration();
-        var load = await LoadLoop.RunAsync(options.Requests, options.Concurrency, operation);
+        var load = await LoadLoop.RunAsync(options.Requests / jobsPerOperation, options.Concurrency, operation);
         var (processMs, machineBusy) = cpu.Read();
+        var jobs = (double)load.Operations * jobsPerOperation;
         return new Round(
             load,
-            processMs / load.Operations,
-            (commands.Commands - commandsBefore) / (double)load.Operations,
+            jobsPerOperation,
+            processMs / jobs,
+            (commands.Commands - commandsBefore) / jobs,
             machineBusy,
             (JitInfo.GetCompilationTime() - jitBefore).TotalMilliseconds,
             (GC.GetTotalPauseDuration() - gcBefore).TotalMilliseconds);
     }
 
-    private sealed record Round(LoadLoop.Result Load, double CpuMsPerOperation, double CommandsPerOperation, double MachineBusy, double JitMs, double GcPauseMs)
+    private sealed record Round(LoadLoop.Result Load, int JobsPerOperation, double CpuMsPerJob, double CommandsPerJob, double MachineBusy, double JitMs, double GcPauseMs)
     {
+        /// <summary>Jobs (or raw publishes) accepted per second.</summary>
+        public double JobsPerSecond => Load.PerSecond * JobsPerOperation;
+
         /// <summary>The Api's own account of its two waits (conveyor.api.submission.duration); null for the raw publish.</summary>
         public SubmissionPhases.Phases? Phases { get; init; }
     }
