@@ -28,10 +28,12 @@ internal static class JobBatchParser
                 return null;
             }
 
+            // errors may hold the caller's findings already (a bad header): only this shape's count here.
+            var errorsBefore = errors.Count;
             var fields = new JsonFields(document.RootElement, errors);
             fields.RequiredArrayLength(JobsField, 1, maxJobs);
             fields.RejectUnknown("a batch");
-            if (fields.HasErrors)
+            if (errors.Count > errorsBefore)
             {
                 return null;
             }

@@ -134,11 +134,12 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
             JobRequests.ChargePayment(Guid.NewGuid()),
         ]);
 
-        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, batch);
+        // A bad header too: every problem is named in the one answer.
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment, batch, idempotencyKey: new string('k', 197));
 
         await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(
-            new HashSet<string>(["jobs[1].amountMinor", "jobs[2]", "jobs[3].amount_minor", "jobs[4].paymentId"]),
+            new HashSet<string>(["Idempotency-Key", "jobs[1].amountMinor", "jobs[2]", "jobs[3].amount_minor", "jobs[4].paymentId"]),
             await response.ReadErrorFieldsAsync());
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
