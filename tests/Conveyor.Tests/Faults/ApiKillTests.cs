@@ -24,8 +24,11 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
 
     public Task DisposeAsync() => Task.CompletedTask;
 
-    [Fact]
-    public async Task An_api_killed_with_sigkill_three_times_mid_run_leaves_every_job_it_recorded_run_once()
+    /// <param name="batchSize">Jobs per request: 1 for single submissions, more for batches (ADR 0009).</param>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(10)]
+    public async Task An_api_killed_with_sigkill_three_times_mid_run_leaves_every_job_it_recorded_run_once(int batchSize)
     {
         var jobs = FaultReport.Jobs(normalRun: 2_000);
         await using var gateway = await FakePaymentGateway.StartAsync();
@@ -48,12 +51,13 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
         var kills = new List<string>();
         try
         {
-            var submissions = new JobSubmissions();
+            var submissions = new JobSubmissions(batchSize);
             using var stopSubmitting = new CancellationTokenSource();
             // Clients keep submitting, paced, before, during and after each kill, however long a
             // restart takes; fast enough that a few requests are between their row's commit and
             // their confirm at each kill. Requests refused while an Api is down are not retried.
-            var submitting = submissions.SubmitAsync(http, int.MaxValue, clients: 16, perSecond: 300, stopSubmitting.Token);
+            // Batches go faster (in jobs), so that a kill lands inside one as often as inside a single submission.
+            var submitting = submissions.SubmitAsync(http, int.MaxValue, clients: 16, perSecond: batchSize == 1 ? 300 : 1_500, stopSubmitting.Token);
             Task AcceptedAsync(int count) =>
                 Eventually.AssertAsync(() => Assert.True(submissions.AcceptedCount >= count), TimeSpan.FromMinutes(2));
 
@@ -92,8 +96,8 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
             await using (var db = fixture.CreateDbContext())
             {
                 var rows = await db.Jobs.CountAsync();
-                FaultReport.Write(output, "kill -9 the Api ×3", audit,
-                    $"submissions until {jobs} were accepted ({submissions.Describe()}); killed {string.Join("; ", kills)}; {rows} job rows, all succeeded: " +
+                FaultReport.Write(output, batchSize == 1 ? "kill -9 the Api ×3" : $"kill -9 the Api ×3, batches of {batchSize}", audit,
+                    $"submissions until {jobs} were accepted (answers per request: {submissions.Describe()}); killed {string.Join("; ", kills)}; {rows} job rows, all succeeded: " +
                     $"{audit.ProcessedNotAccepted} processed whose answer a kill cut off, of which {republished} published again as stranded by the last Api; " +
                     $"{audit.GatewayRequests} gateway requests");
                 Assert.Equal(rows, audit.Accepted + audit.ProcessedNotAccepted);

@@ -6,14 +6,19 @@ using System.Net.Http.Json;
 namespace Conveyor.Tests.Faults;
 
 /// <summary>
-/// Clients submitting charge-payment jobs to the Api, each with a fresh PaymentId. Records which
-/// payments were accepted (202) and how every other answer went; a refused job is not retried.
+/// Clients submitting charge-payment jobs to the Api, each with a fresh PaymentId, one per request
+/// or <see cref="BatchSize"/> per request to <c>/batch</c>. Records which payments were accepted (a
+/// 202, or a job answered with its id in a batch's partial answer) and how every answer went (per
+/// request); a refused job is not retried.
 /// </summary>
-public sealed class JobSubmissions
+/// <param name="batchSize">Jobs per request: 1 posts to <c>/api/jobs/charge-payment</c>, more to its <c>/batch</c>.</param>
+public sealed class JobSubmissions(int batchSize = 1)
 {
     private readonly ConcurrentDictionary<Guid, byte> _accepted = new();
     private readonly ConcurrentDictionary<string, int> _outcomes = new();
     private readonly ConcurrentBag<double> _latenciesMs = [];
+
+    public int BatchSize { get; } = batchSize;
 
     public IReadOnlyCollection<Guid> Accepted => [.. _accepted.Keys];
 
@@ -40,8 +45,8 @@ public sealed class JobSubmissions
     }
 
     /// <summary>
-    /// Submits <paramref name="jobs"/> jobs (or until <paramref name="stop"/>), <paramref name="clients"/>
-    /// at a time; with <paramref name="perSecond"/> set, no faster than that in total.
+    /// Submits <paramref name="jobs"/> requests (or until <paramref name="stop"/>), <paramref name="clients"/>
+    /// at a time; with <paramref name="perSecond"/> jobs set, no faster than that in total.
     /// </summary>
     public async Task SubmitAsync(HttpClient api, int jobs, int clients, double? perSecond = null, CancellationToken stop = default)
     {
@@ -53,7 +58,7 @@ public sealed class JobSubmissions
             {
                 if (perSecond is { } rate)
                 {
-                    var due = started + TimeSpan.FromSeconds(i / rate);
+                    var due = started + TimeSpan.FromSeconds(i * (double)BatchSize / rate);
                     if (due > DateTime.UtcNow)
                     {
                         await Task.Delay(due - DateTime.UtcNow, CancellationToken.None);
@@ -72,21 +77,34 @@ public sealed class JobSubmissions
 
     private async Task SubmitOneAsync(HttpClient api, int i)
     {
-        var paymentId = Guid.NewGuid();
+        var paymentIds = Enumerable.Range(0, BatchSize).Select(_ => Guid.NewGuid()).ToArray();
+        var charges = paymentIds.Select((paymentId, j) => new
+        {
+            paymentId,
+            accountId = $"acct-{i % 31}",
+            amountMinor = 100 + (i * BatchSize) + j,
+            currency = "EUR",
+        }).ToArray();
         var started = System.Diagnostics.Stopwatch.GetTimestamp();
         string outcome;
         try
         {
-            using var response = await api.PostAsJsonAsync(new Uri("/api/jobs/charge-payment", UriKind.Relative), new
-            {
-                paymentId,
-                accountId = $"acct-{i % 31}",
-                amountMinor = 100 + i,
-                currency = "EUR",
-            });
+            using var response = BatchSize == 1
+                ? await api.PostAsJsonAsync(new Uri("/api/jobs/charge-payment", UriKind.Relative), charges[0])
+                : await api.PostAsJsonAsync(new Uri("/api/jobs/charge-payment/batch", UriKind.Relative), new { jobs = charges });
             if (response.StatusCode == HttpStatusCode.Accepted)
             {
-                _accepted.TryAdd(paymentId, 0);
+                foreach (var paymentId in paymentIds)
+                {
+                    _accepted.TryAdd(paymentId, 0);
+                }
+            }
+            else if (BatchSize > 1 && await AcceptedOfPartialAnswerAsync(response) is { } indexes)
+            {
+                foreach (var index in indexes)
+                {
+                    _accepted.TryAdd(paymentIds[index], 0);
+                }
             }
 
             outcome = ((int)response.StatusCode).ToString(CultureInfo.InvariantCulture);
@@ -98,5 +116,19 @@ public sealed class JobSubmissions
 
         _outcomes.AddOrUpdate(outcome, 1, (_, n) => n + 1);
         _latenciesMs.Add(System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+    }
+
+    /// <summary>The places of the jobs a batch's problem answer reports accepted (with a job id); null when it lists none.</summary>
+    private static async Task<List<int>?> AcceptedOfPartialAnswerAsync(HttpResponseMessage response)
+    {
+        if (response.Content.Headers.ContentType?.MediaType != "application/problem+json")
+        {
+            return null;
+        }
+
+        var problem = await response.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>();
+        return problem.TryGetProperty("jobs", out var jobs)
+            ? [.. jobs.EnumerateArray().Where(j => j.TryGetProperty("jobId", out _)).Select(j => j.GetProperty("index").GetInt32())]
+            : null;
     }
 }
