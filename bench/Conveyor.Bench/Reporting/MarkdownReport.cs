@@ -81,7 +81,7 @@ public static class MarkdownReport
         text.AppendLine("bench/run.sh scaling          # 6. 1, 2, 3 worker processes on one queue (--workers 1,2,3 --gateway-latency 0,300 --runs 3)");
         text.AppendLine("bench/run.sh move             # 4. error-queue move vs shovel (bench/ErrorQueueMove, MOVE_ARGS)");
         text.AppendLine("bench/run.sh move-memory      # 4. the walker's memory over error queues of 10,000 and 100,000 messages");
-        text.AppendLine("bench/run.sh faults           # fault injection: kill -9 the worker ×3, the Api ×3 (10,000 jobs); competing workers + redelivery");
+        text.AppendLine("bench/run.sh faults           # fault injection: kill -9 the worker ×3, the Api ×3 (10,000 jobs, single and in batches of 10); competing workers + redelivery");
         text.AppendLine("bench/run.sh faults-disruptive  # + RabbitMQ restart and PostgreSQL stop, on private servers (ports 5433, 5673)");
         text.AppendLine("bench/run.sh report           # rewrite this file from artifacts/bench/");
         text.AppendLine("```");
