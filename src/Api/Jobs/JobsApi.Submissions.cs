@@ -10,36 +10,29 @@ namespace Conveyor.Api.Jobs;
 /// <summary>The submission endpoints: <c>POST /api/jobs/{kind}</c> and <c>POST /api/jobs/{kind}/batch</c>.</summary>
 internal static partial class JobsApi
 {
-    internal static async Task<Results<Accepted<JobAccepted>, ValidationProblem, ProblemHttpResult>> SubmitJob(
-        string kind,
-        HttpContext http,
-        JobSubmitter submitter,
-        BackpressureGate backpressure,
-        SubmissionRateLimiter rateLimiter,
-        TimeProvider clock,
-        IOptions<WebhookUrlOptions> webhookUrls,
-        CancellationToken cancellationToken)
-    {
-        if (!rateLimiter.TryAcquire(http, 1, out var wait))
-        {
-            return TooManyRequests(http, wait);
-        }
+    /// <summary>What both submission endpoints are given (bound by <c>[AsParameters]</c>).</summary>
+    internal readonly record struct Submission(
+        string Kind,
+        HttpContext Http,
+        JobSubmitter Submitter,
+        BackpressureGate Backpressure,
+        SubmissionRateLimiter RateLimiter,
+        TimeProvider Clock,
+        IOptions<WebhookUrlOptions> WebhookUrls,
+        CancellationToken CancellationToken);
 
-        var request = http.Request;
-        if (RefuseRequest(kind, request, MaxBodyBytes) is { } refused)
+    internal static async Task<Results<Accepted<JobAccepted>, ValidationProblem, ProblemHttpResult>> SubmitJob(
+        [AsParameters] Submission submission)
+    {
+        var (kind, http, submitter, backpressure, _, clock, webhookUrls, cancellationToken) = submission;
+        var (body, refused) = await ReadAsync(submission, MaxBodyBytes);
+        if (refused is not null)
         {
             return refused;
         }
 
         var errors = new FieldErrors();
-        var idempotencyKey = IdempotencyKey.Read(request.Headers, errors);
-
-        var body = await RequestBody.ReadAtMostAsync(request.Body, request.ContentLength, MaxBodyBytes, cancellationToken);
-        if (body is null)
-        {
-            return BodyTooLarge(MaxBodyBytes);
-        }
-
+        var idempotencyKey = IdempotencyKey.Read(http.Request.Headers, errors);
         var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
         if (job is null || errors.Count > 0)
         {
@@ -75,37 +68,17 @@ internal static partial class JobsApi
     /// batch (400). Each job takes one permit of the client's rate limit.
     /// </summary>
     internal static async Task<Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult>> SubmitBatch(
-        string kind,
-        HttpContext http,
-        JobSubmitter submitter,
-        BackpressureGate backpressure,
-        SubmissionRateLimiter rateLimiter,
-        TimeProvider clock,
-        IOptions<WebhookUrlOptions> webhookUrls,
-        CancellationToken cancellationToken)
+        [AsParameters] Submission submission)
     {
-        // One permit now, so a flood of batches is refused before they are read; the rest once the
-        // batch's size is known.
-        if (!rateLimiter.TryAcquire(http, 1, out var wait))
-        {
-            return TooManyRequests(http, wait);
-        }
-
-        var request = http.Request;
-        if (RefuseRequest(kind, request, MaxBatchBodyBytes) is { } refused)
+        var (kind, http, submitter, backpressure, rateLimiter, clock, webhookUrls, cancellationToken) = submission;
+        var (body, refused) = await ReadAsync(submission, MaxBatchBodyBytes);
+        if (refused is not null)
         {
             return refused;
         }
 
         var errors = new FieldErrors();
-        var batchKey = IdempotencyKey.Read(request.Headers, errors, IdempotencyKey.MaxBatchLength);
-
-        var body = await RequestBody.ReadAtMostAsync(request.Body, request.ContentLength, MaxBatchBodyBytes, cancellationToken);
-        if (body is null)
-        {
-            return BodyTooLarge(MaxBatchBodyBytes);
-        }
-
+        var batchKey = IdempotencyKey.Read(http.Request.Headers, errors, IdempotencyKey.MaxBatchLength);
         var maxJobs = Math.Min(MaxBatchJobs, rateLimiter.Burst);
         var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, maxJobs, MaxBodyBytes);
         if (items is null || errors.Count > 0)
@@ -113,7 +86,8 @@ internal static partial class JobsApi
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        if (items.Count > 1 && !rateLimiter.TryAcquire(http, items.Count - 1, out wait))
+        // The first permit was taken on arrival (ReadAsync).
+        if (items.Count > 1 && !rateLimiter.TryAcquire(http, items.Count - 1, out var wait))
         {
             return TooManyRequests(http, wait);
         }
@@ -159,6 +133,28 @@ internal static partial class JobsApi
             detail: $"{accepted} of {answers.Length} jobs were accepted; the answer of each is in 'jobs'. "
                 + "Sending the same batch again is safe: a job accepted before is answered again, not submitted twice.",
             extensions: new Dictionary<string, object?>(StringComparer.Ordinal) { [JobBatchParser.JobsField] = answers });
+    }
+
+    /// <summary>
+    /// The body, once the request passed the checks that need no parsing: one permit of the client's
+    /// rate limit (429; a batch takes the rest once its size is known, so a flood of batches is refused
+    /// unread), a known kind (404), JSON (415), at most <paramref name="maxBodyBytes"/> (413).
+    /// </summary>
+    private static async Task<(byte[] Body, ProblemHttpResult? Refused)> ReadAsync(Submission submission, int maxBodyBytes)
+    {
+        var http = submission.Http;
+        if (!submission.RateLimiter.TryAcquire(http, 1, out var wait))
+        {
+            return ([], TooManyRequests(http, wait));
+        }
+
+        if (RefuseRequest(submission.Kind, http.Request, maxBodyBytes) is { } refused)
+        {
+            return ([], refused);
+        }
+
+        var body = await RequestBody.ReadAtMostAsync(http.Request.Body, http.Request.ContentLength, maxBodyBytes, submission.CancellationToken);
+        return body is null ? ([], BodyTooLarge(maxBodyBytes)) : (body, null);
     }
 
     /// <summary>A refusal of the request before its body is parsed: unknown kind (404), wrong media type (415), too large (413).</summary>

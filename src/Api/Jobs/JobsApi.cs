@@ -49,6 +49,17 @@ internal static partial class JobsApi
         return services;
     }
 
+    /// <summary>A JSON body, and the problems a submission may answer besides 400, 401 and 403.</summary>
+    private static RouteHandlerBuilder AcceptsSubmission(this RouteHandlerBuilder endpoint) => endpoint
+        .Accepts<JsonElement>("application/json")
+        .ProducesProblem(StatusCodes.Status404NotFound)
+        .ProducesProblem(StatusCodes.Status409Conflict)
+        .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+        .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+        .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
+        .ProducesProblem(StatusCodes.Status429TooManyRequests)
+        .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
     public static IEndpointRouteBuilder MapJobsApi(this IEndpointRouteBuilder endpoints)
     {
         var jobs = endpoints.MapGroup("/api/jobs")
@@ -60,27 +71,13 @@ internal static partial class JobsApi
             .WithName("SubmitJob")
             .RequireAuthorization(ApiPolicies.JobsPublish)
             .WithSummary("Submit a job: charge-payment, deliver-webhook or generate-report; optional runAt schedules it.")
-            .Accepts<JsonElement>("application/json")
-            .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict)
-            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
-            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
-            .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests)
-            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+            .AcceptsSubmission();
 
         jobs.MapPost("/{kind}/batch", SubmitBatch)
             .WithName("SubmitJobBatch")
             .RequireAuthorization(ApiPolicies.JobsPublish)
             .WithSummary("Submit 1 to 100 jobs of one kind: { jobs: [ … ] }, each as SubmitJob takes it; accepted or refused whole when invalid.")
-            .Accepts<JsonElement>("application/json")
-            .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict)
-            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
-            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
-            .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests)
-            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+            .AcceptsSubmission();
 
         jobs.MapGet("", ListJobs)
             .WithName("ListJobs")
