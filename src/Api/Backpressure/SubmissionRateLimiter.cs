@@ -7,6 +7,7 @@ namespace Conveyor.Api.Backpressure;
 /// The per-client allowance for job submissions: a token bucket per client (the authenticated
 /// principal's name, else the remote address), one permit per job. A single submission takes one
 /// permit, a batch one per job, from the same bucket, so batching does not raise a client's rate.
+/// An invalid batch costs one permit, as an invalid single submission does.
 /// </summary>
 /// <remarks>
 /// Checked by the submission endpoints themselves, not by ASP.NET Core's rate-limiting middleware:
@@ -17,10 +18,14 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     /// <summary>Null when rate limiting is off.</summary>
     private readonly PartitionedRateLimiter<string>? _buckets;
 
+    /// <summary>How long the bucket takes to gain one permit.</summary>
+    private readonly TimeSpan _refillOne;
+
     public SubmissionRateLimiter(IOptions<RateLimitingOptions> options)
     {
         var settings = options.Value;
         Burst = settings.Enabled ? settings.Burst : int.MaxValue;
+        _refillOne = TimeSpan.FromSeconds(1.0 / settings.PermitsPerSecond);
         if (!settings.Enabled)
         {
             return;
@@ -64,6 +69,33 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
 
         retryAfter = lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? wait : TimeSpan.FromSeconds(1);
         return false;
+    }
+
+    /// <summary>
+    /// Whether the caller's bucket holds a permit now, taking none: a batch is let in to be read only
+    /// then, and takes all its permits at once when its size is known. Taking one on arrival and the
+    /// rest later would starve a batch retried as told: each attempt would spend the permit that
+    /// refilled while it waited.
+    /// </summary>
+    public bool HasPermit(HttpContext context, out TimeSpan retryAfter)
+    {
+        retryAfter = TimeSpan.Zero;
+        if (_buckets is null || _buckets.GetStatistics(ClientOf(context)) is not { CurrentAvailablePermits: < 1 })
+        {
+            return true;
+        }
+
+        retryAfter = _refillOne;
+        return false;
+    }
+
+    /// <summary>Takes one permit if there is one, for a request refused after it was read (an invalid batch).</summary>
+    public void Spend(HttpContext context)
+    {
+        if (_buckets is not null)
+        {
+            using var lease = _buckets.AttemptAcquire(ClientOf(context), 1);
+        }
     }
 
     private static string ClientOf(HttpContext context) =>

@@ -25,7 +25,7 @@ internal static partial class JobsApi
         [AsParameters] Submission submission)
     {
         var (kind, http, submitter, backpressure, _, clock, webhookUrls, cancellationToken) = submission;
-        var (body, refused) = await ReadAsync(submission, MaxBodyBytes);
+        var (body, refused) = await ReadAsync(submission, MaxBodyBytes, batch: false);
         if (refused is not null)
         {
             return refused;
@@ -71,7 +71,7 @@ internal static partial class JobsApi
         [AsParameters] Submission submission)
     {
         var (kind, http, submitter, backpressure, rateLimiter, clock, webhookUrls, cancellationToken) = submission;
-        var (body, refused) = await ReadAsync(submission, MaxBatchBodyBytes);
+        var (body, refused) = await ReadAsync(submission, MaxBatchBodyBytes, batch: true);
         if (refused is not null)
         {
             return refused;
@@ -83,11 +83,12 @@ internal static partial class JobsApi
         var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, maxJobs, MaxBodyBytes);
         if (items is null || errors.Count > 0)
         {
+            rateLimiter.Spend(http);
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        // The first permit was taken on arrival (ReadAsync).
-        if (items.Count > 1 && !rateLimiter.TryAcquire(http, items.Count - 1, out var wait))
+        // All of the batch's permits at once, or none: its Retry-After is the time until there are that many.
+        if (!rateLimiter.TryAcquire(http, items.Count, out var wait))
         {
             return TooManyRequests(http, wait);
         }
@@ -136,14 +137,16 @@ internal static partial class JobsApi
     }
 
     /// <summary>
-    /// The body, once the request passed the checks that need no parsing: one permit of the client's
-    /// rate limit (429; a batch takes the rest once its size is known, so a flood of batches is refused
-    /// unread), a known kind (404), JSON (415), at most <paramref name="maxBodyBytes"/> (413).
+    /// The body, once the request passed the checks that need no parsing: the client's rate limit (429;
+    /// a single submission takes its permit here, a batch only needs one to be there and takes all of
+    /// its permits once its size is known), a known kind (404), JSON (415), at most
+    /// <paramref name="maxBodyBytes"/> (413).
     /// </summary>
-    private static async Task<(byte[] Body, ProblemHttpResult? Refused)> ReadAsync(Submission submission, int maxBodyBytes)
+    private static async Task<(byte[] Body, ProblemHttpResult? Refused)> ReadAsync(Submission submission, int maxBodyBytes, bool batch)
     {
         var http = submission.Http;
-        if (!submission.RateLimiter.TryAcquire(http, 1, out var wait))
+        var limiter = submission.RateLimiter;
+        if (!(batch ? limiter.HasPermit(http, out var wait) : limiter.TryAcquire(http, 1, out wait)))
         {
             return ([], TooManyRequests(http, wait));
         }

@@ -226,6 +226,42 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_refused_for_its_rate_gets_in_when_retried_after_the_time_it_was_told()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "3",
+        });
+        string Jobs() => Batch([.. Enumerable.Range(0, 3).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))]);
+        using (var first = await PostBatchAsync(api, JobKinds.ChargePayment, Jobs()))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        }
+
+        // Each refusal says how long until the batch's three permits are there; waiting that long must
+        // be enough within a few attempts, however the attempts fall against the refill.
+        var body = Jobs();
+        var refusals = 0;
+        while (true)
+        {
+            using var response = await PostBatchAsync(api, JobKinds.ChargePayment, body);
+            if (response.StatusCode == HttpStatusCode.Accepted)
+            {
+                break;
+            }
+
+            await response.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            Assert.True(++refusals <= 3, $"Refused {refusals} times, each time retried after its Retry-After.");
+            await Task.Delay(response.Headers.RetryAfter!.Delta!.Value);
+        }
+
+        Assert.True(refusals >= 1);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(6, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task With_the_broker_unreachable_a_batch_is_a_503_for_each_job_and_leaves_no_row()
     {
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
