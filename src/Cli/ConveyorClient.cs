@@ -27,6 +27,19 @@ public sealed class ConveyorClient : IDisposable
 
     private async Task<JsonElement> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
+        var answer = await AnswerAsync(request, cancellationToken);
+        return answer.IsSuccess ? answer.Body : throw answer.Failure();
+    }
+
+    /// <summary>
+    /// Posts <paramref name="json"/> as it is and returns the answer whatever its status, for a caller
+    /// that retries some of them; only an Api that cannot be reached throws.
+    /// </summary>
+    public Task<Answer> PostRawAsync(string path, string json, CancellationToken cancellationToken) =>
+        AnswerAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = new StringContent(json, System.Text.Encoding.UTF8, "application/json") }, cancellationToken);
+
+    private async Task<Answer> AnswerAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+    {
         using (request)
         {
             HttpResponseMessage response;
@@ -46,15 +59,20 @@ public sealed class ConveyorClient : IDisposable
             using (response)
             {
                 var text = await response.Content.ReadAsStringAsync(cancellationToken);
-                var body = Parse(text);
-                if (response.IsSuccessStatusCode)
-                {
-                    return body;
-                }
-
-                throw new CliFailureException(ExitCodeFor(response.StatusCode), Describe(response.StatusCode, body));
+                return new Answer(response.StatusCode, Parse(text), response.Headers.RetryAfter?.Delta);
             }
         }
+    }
+
+    /// <summary>An answer of the Api: its status, its JSON (or its text as a JSON string) and its Retry-After.</summary>
+    public readonly record struct Answer(HttpStatusCode Status, JsonElement Body, TimeSpan? RetryAfter)
+    {
+        public bool IsSuccess => (int)Status is >= 200 and <= 299;
+
+        /// <summary>The failure this answer is, with the matching exit code and the problem's words.</summary>
+        /// <param name="describeField">Rewrites a field name of a 400's errors, such as a batch's <c>jobs[3]</c>.</param>
+        public CliFailureException Failure(Func<string, string>? describeField = null) =>
+            new(ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
     }
 
     public static int ExitCodeFor(HttpStatusCode status) => status switch
@@ -67,7 +85,7 @@ public sealed class ConveyorClient : IDisposable
     };
 
     /// <summary>The problem document's title, detail and field errors, as one readable message.</summary>
-    private static string Describe(HttpStatusCode status, JsonElement problem)
+    private static string Describe(HttpStatusCode status, JsonElement problem, Func<string, string> describeField)
     {
         var lines = new List<string> { $"{(int)status} {Text(problem, "title") ?? status.ToString()}" };
         if (Text(problem, "detail") is { } detail)
@@ -83,7 +101,7 @@ public sealed class ConveyorClient : IDisposable
                 var messages = field.Value.ValueKind == JsonValueKind.Array ? [.. field.Value.EnumerateArray()] : new[] { field.Value };
                 foreach (var message in messages)
                 {
-                    lines.Add($"  {field.Name}: {(message.ValueKind == JsonValueKind.String ? message.GetString() : message.GetRawText())}");
+                    lines.Add($"  {describeField(field.Name)}: {(message.ValueKind == JsonValueKind.String ? message.GetString() : message.GetRawText())}");
                 }
             }
         }

@@ -4,6 +4,7 @@ using Conveyor.Contracts;
 using Conveyor.Tests.Api;
 using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Cli;
 
@@ -192,6 +193,77 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Submit_sends_a_file_of_jobs_in_batches_and_run_again_submits_nothing_twice()
+    {
+        var paymentIds = Enumerable.Range(0, 5).Select(_ => Guid.NewGuid()).ToList();
+        // JSON lines, with a blank line: the sources are the lines' numbers.
+        var lines = paymentIds.Select(id => JobRequests.ChargePayment(id)).ToList();
+        lines.Insert(2, "");
+        using var file = new TempFile(string.Join("\n", lines) + "\n");
+
+        var first = await RunAsync("submit", "charge-payment", file.Path, "--batch-size", "2", "--json");
+        var again = await RunAsync("submit", "charge-payment", file.Path);
+
+        Assert.True(first.ExitCode == ExitCodes.Ok, first.Err);
+        var jobs = JsonDocument.Parse(first.Out).RootElement.EnumerateArray().ToList();
+        Assert.Equal(["line 1", "line 2", "line 4", "line 5", "line 6"], jobs.Select(j => j.GetProperty("source").GetString()));
+        Assert.Contains("5 of 5 jobs accepted", first.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Ok, again.ExitCode);
+        Assert.Contains("5 charge-payment jobs accepted in 1 requests.", again.Out, StringComparison.Ordinal);
+        await using var db = fixture.CreateDbContext();
+        var rows = await db.Jobs.AsNoTracking().ToDictionaryAsync(j => j.BusinessKey, j => j.Id);
+        Assert.Equal(5, rows.Count);
+        for (var i = 0; i < paymentIds.Count; i++)
+        {
+            Assert.Equal(rows[paymentIds[i].ToString("D")], jobs[i].GetProperty("jobId").GetGuid());
+            Assert.Contains(rows[paymentIds[i].ToString("D")].ToString(), again.Out, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Submit_reads_a_json_array_and_names_the_place_of_each_bad_job()
+    {
+        using var array = new TempFile($"[{JobRequests.ChargePayment(Guid.NewGuid())},{JobRequests.ChargePayment(Guid.NewGuid(), amountMinor: 0)}]");
+        using var notJson = new TempFile(JobRequests.ChargePayment(Guid.NewGuid()) + "\n{\"paymentId\":\n");
+        using var notObject = new TempFile("[1]");
+
+        var refused = await RunAsync("submit", "charge-payment", array.Path);
+        var broken = await RunAsync("submit", "charge-payment", notJson.Path);
+        var numbers = await RunAsync("submit", "charge-payment", notObject.Path);
+        var missing = await RunAsync("submit", "charge-payment", array.Path + ".missing");
+
+        Assert.Equal(ExitCodes.Usage, refused.ExitCode);
+        Assert.Contains("item 2: amountMinor:", refused.Err, StringComparison.Ordinal);
+        Assert.Contains("No job was accepted before this batch.", refused.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Usage, broken.ExitCode);
+        Assert.Contains("line 2 is not valid JSON", broken.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Usage, numbers.ExitCode);
+        Assert.Contains("item 1: a job must be a JSON object", numbers.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Usage, missing.ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("submit", "charge-payment", array.Path, "--batch-size", "101")).ExitCode);
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("submit", "mine-bitcoin", array.Path)).ExitCode);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task Submit_waits_as_told_when_the_rate_limit_refuses_a_batch_and_sends_it_again()
+    {
+        var settings = ErrorQueueKit.ApiSettings();
+        settings["RateLimiting:PermitsPerSecond"] = "1";
+        settings["RateLimiting:Burst"] = "2";
+        await using var limited = await fixture.StartApiAsync(settings);
+        using var file = new TempFile(string.Join("\n", Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))));
+
+        var run = await RunAsync("submit", "charge-payment", file.Path, "--batch-size", "2", "--api", limited.BaseAddress.ToString());
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Contains("The Api answered 429 for line 3 to line 4; sending them again", run.Err, StringComparison.Ordinal);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(4, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task Exit_codes_tell_usage_auth_not_found_and_unreachable_apart()
     {
         Assert.Equal(ExitCodes.Usage, (await RunAsync("move")).ExitCode);
@@ -271,6 +343,20 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     private sealed record CliRun(int ExitCode, string Out, string Err);
+
+    /// <summary>A file with the given text, deleted at the end.</summary>
+    private sealed class TempFile : IDisposable
+    {
+        public TempFile(string text)
+        {
+            Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"conveyor-cli-{Guid.NewGuid():N}.json");
+            File.WriteAllText(Path, text);
+        }
+
+        public string Path { get; }
+
+        public void Dispose() => File.Delete(Path);
+    }
 
     /// <summary>Answers every request with the same status, media type and body.</summary>
     private sealed class CannedAnswer(System.Net.HttpStatusCode status, string mediaType, string body) : HttpMessageHandler

@@ -1,0 +1,234 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Conveyor.Cli.Commands;
+
+public sealed class SubmitSettings : ApiSettings
+{
+    public const int MaxBatchSize = 100;
+
+    [CommandArgument(0, "<kind>")]
+    [Description("The jobs' kind: charge-payment, deliver-webhook or generate-report.")]
+    public string Kind { get; set; } = "";
+
+    [CommandArgument(1, "<file>")]
+    [Description("The jobs, each as POST /api/jobs/<kind> takes it: a JSON array of objects, or JSON lines (one object per line); - reads standard input.")]
+    public string File { get; set; } = "";
+
+    [CommandOption("--batch-size <N>")]
+    [Description("Jobs per request, 1 to 100 (default 100; the Api allows no more than the key's rate-limit burst).")]
+    public int BatchSize { get; set; } = MaxBatchSize;
+
+    [CommandOption("--retries <N>")]
+    [Description("How often to send a batch again after a 429 or 503, each time after the wait the Api asks for (default 5).")]
+    public int Retries { get; set; } = 5;
+
+    public override ValidationResult Validate() =>
+        BatchSize is < 1 or > MaxBatchSize ? ValidationResult.Error($"--batch-size must be from 1 to {MaxBatchSize}.")
+        : Retries is < 0 or > 100 ? ValidationResult.Error("--retries must be from 0 to 100.")
+        : ValidationResult.Success();
+}
+
+/// <summary>
+/// <c>conveyor submit &lt;kind&gt; &lt;file&gt;</c>: submits many jobs through <c>POST /api/jobs/{kind}/batch</c>,
+/// a batch at a time. Running the same file again is safe: every job carries its business id, so a
+/// job accepted before is answered again, not submitted twice.
+/// </summary>
+public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
+{
+    /// <summary>The longest wait between two attempts at one batch, whatever Retry-After says.</summary>
+    private static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(60);
+
+    /// <summary>Jobs listed in a table; <c>--json</c> lists every one.</summary>
+    private const int MaxRows = 50;
+
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, SubmitSettings settings, CancellationToken cancellationToken)
+    {
+        var text = settings.File == "-"
+            ? await Console.In.ReadToEndAsync(cancellationToken)
+            : await ReadFileAsync(settings.File, cancellationToken);
+        var jobs = JobFile.Parse(text);
+
+        var accepted = new List<(string Source, JsonElement Job)>();
+        var batches = 0;
+        foreach (var batch in jobs.Chunk(settings.BatchSize))
+        {
+            var answer = await SendAsync(cli, client, settings, batch, accepted.Count, cancellationToken);
+            batches++;
+            var answers = answer.Body.GetProperty("jobs").EnumerateArray().ToList();
+            if (answers.Count != batch.Length)
+            {
+                throw new FormatException($"The Api answered {answers.Count} jobs for a batch of {batch.Length}.");
+            }
+
+            accepted.AddRange(batch.Select((job, index) => (job.Source, answers[index].Clone())));
+            if (jobs.Count > settings.BatchSize)
+            {
+                cli.Err.MarkupLine(Markup.Escape($"{accepted.Count} of {jobs.Count} jobs accepted"));
+            }
+        }
+
+        if (settings.Json)
+        {
+            var list = accepted.Select(a => new
+            {
+                source = a.Source,
+                jobId = a.Job.GetProperty("jobId").GetGuid(),
+                kind = a.Job.GetProperty("kind").GetString(),
+                status = a.Job.GetProperty("status").GetString(),
+            });
+            WriteJson(cli, JsonSerializer.SerializeToElement(list));
+            return ExitCodes.Ok;
+        }
+
+        var table = new Table().AddColumns("From", "Job", "Status");
+        foreach (var (source, job) in accepted.Take(MaxRows))
+        {
+            table.AddRow(Markup.Escape(source), Output.Cell(job, "jobId"), Output.Cell(job, "status"));
+        }
+
+        cli.Out.Write(table);
+        if (accepted.Count > MaxRows)
+        {
+            cli.Out.MarkupLine(Markup.Escape($"… and {accepted.Count - MaxRows} more (--json lists every job)."));
+        }
+
+        cli.Out.MarkupLine(Markup.Escape($"{accepted.Count} {settings.Kind} jobs accepted in {batches} requests."));
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>Sends one batch, again after a 429 or 503 as often as allowed; the accepted answer, or a failure that says where the file stands.</summary>
+    private static async Task<ConveyorClient.Answer> SendAsync(
+        CliContext cli, ConveyorClient client, SubmitSettings settings, JobFile.Job[] batch, int acceptedBefore, CancellationToken cancellationToken)
+    {
+        var body = new StringBuilder("{\"jobs\":[").AppendJoin(',', batch.Select(j => j.Json)).Append("]}").ToString();
+        var path = $"api/jobs/{Escape(settings.Kind)}/batch";
+        for (var attempt = 1; ; attempt++)
+        {
+            var answer = await client.PostRawAsync(path, body, cancellationToken);
+            if (answer.Status == HttpStatusCode.Accepted)
+            {
+                return answer;
+            }
+
+            if (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && attempt <= settings.Retries)
+            {
+                var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Clamp(asked.Ticks, TimeSpan.TicksPerSecond, MaxWait.Ticks)) : TimeSpan.FromSeconds(1);
+                cli.Err.MarkupLine(Markup.Escape(
+                    $"The Api answered {(int)answer.Status} for {batch[0].Source} to {batch[^1].Source}; sending them again in {wait.TotalSeconds:0} s ({attempt} of {settings.Retries})."));
+                await Task.Delay(wait, cancellationToken);
+                continue;
+            }
+
+            var failure = answer.Failure(field => Source(field, batch));
+            var lines = new List<string> { failure.Message };
+            lines.AddRange(Refused(answer.Body, batch));
+            lines.Add(acceptedBefore == 0
+                ? "No job was accepted before this batch."
+                : $"The {acceptedBefore} jobs before this batch were accepted. Running the same command again is safe: jobs accepted before are answered again, not submitted twice.");
+            throw new CliFailureException(failure.ExitCode, string.Join(Environment.NewLine, lines));
+        }
+    }
+
+    /// <summary>A batch's field name (<c>jobs[3].amountMinor</c>) as the place in the file (<c>line 12: amountMinor</c>).</summary>
+    private static string Source(string field, JobFile.Job[] batch)
+    {
+        var match = BatchField().Match(field);
+        return match.Success && int.TryParse(match.Groups["index"].Value, CultureInfo.InvariantCulture, out var index) && index < batch.Length
+            ? batch[index].Source + (match.Groups["rest"].Success ? $": {match.Groups["rest"].Value}" : "")
+            : field;
+    }
+
+    /// <summary>The jobs a partial answer refused, each with its status and title.</summary>
+    private static IEnumerable<string> Refused(JsonElement problem, JobFile.Job[] batch)
+    {
+        if (problem.ValueKind != JsonValueKind.Object || !problem.TryGetProperty("jobs", out var jobs) || jobs.ValueKind != JsonValueKind.Array)
+        {
+            yield break;
+        }
+
+        foreach (var job in jobs.EnumerateArray())
+        {
+            if (job.TryGetProperty("error", out var error) && job.GetProperty("index").GetInt32() is var index && index < batch.Length)
+            {
+                yield return $"  {batch[index].Source}: {error.GetProperty("status").GetInt32()} {ConveyorClient.Text(error, "title")}";
+            }
+        }
+    }
+
+    private static async Task<string> ReadFileAsync(string path, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await System.IO.File.ReadAllTextAsync(path, cancellationToken);
+        }
+        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+        {
+            throw new CliFailureException(ExitCodes.Usage, $"Cannot read {path}: {exception.Message}");
+        }
+    }
+
+    [GeneratedRegex(@"^jobs\[(?<index>\d+)\](?:\.(?<rest>.+))?$", RegexOptions.CultureInvariant)]
+    private static partial Regex BatchField();
+}
+
+/// <summary>A file of jobs: a JSON array of objects, or JSON lines with one object per line (blank lines skipped).</summary>
+internal static class JobFile
+{
+    /// <summary>One job: where it is in the file (<c>line 7</c>, <c>item 3</c>) and its JSON, checked to be one object.</summary>
+    public sealed record Job(string Source, string Json);
+
+    public static List<Job> Parse(string text)
+    {
+        var jobs = text.AsSpan().TrimStart().StartsWith("[") ? FromArray(text) : FromLines(text);
+        return jobs.Count > 0 ? jobs : throw new CliFailureException(ExitCodes.Usage, "The file holds no jobs.");
+    }
+
+    private static List<Job> FromArray(string text)
+    {
+        using var document = ParseJson(text, "The file");
+        return [.. document.RootElement.EnumerateArray().Select((element, index) => Object(element, $"item {index + 1}"))];
+    }
+
+    private static List<Job> FromLines(string text)
+    {
+        var jobs = new List<Job>();
+        var number = 0;
+        foreach (var line in text.Split('\n'))
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line))
+            {
+                continue;
+            }
+
+            using var document = ParseJson(line, $"line {number}");
+            jobs.Add(Object(document.RootElement, $"line {number}"));
+        }
+
+        return jobs;
+    }
+
+    private static Job Object(JsonElement element, string source) =>
+        element.ValueKind == JsonValueKind.Object
+            ? new Job(source, element.GetRawText())
+            : throw new CliFailureException(ExitCodes.Usage, $"{source}: a job must be a JSON object, not {element.ValueKind.ToString().ToLowerInvariant()}.");
+
+    private static JsonDocument ParseJson(string text, string source)
+    {
+        try
+        {
+            return JsonDocument.Parse(text);
+        }
+        catch (JsonException exception)
+        {
+            throw new CliFailureException(ExitCodes.Usage, $"{source} is not valid JSON: {exception.Message}");
+        }
+    }
+}
