@@ -55,7 +55,7 @@ public static class CliApp
                 .WithDescription("List jobs, newest first; --kind with --business-key finds the job of a paymentId, webhookId or reportId.")
                 .WithExample("jobs", "--kind", "charge-payment", "--business-key", "0b6f3f3e-5d55-4b43-9d6c-6f1f8c7e2a10");
             config.AddCommand<SubmitCommand>("submit").WithData(cli)
-                .WithDescription("Submit the jobs of a file (JSON lines or a JSON array) in batches; running it again submits nothing twice.")
+                .WithDescription("Submit the jobs of a file or standard input (JSON lines or a JSON array) in batches; running it again submits nothing twice.")
                 .WithExample("submit", "charge-payment", "charges.jsonl", "--batch-size", "50");
         });
 

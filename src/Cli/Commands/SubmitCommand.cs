@@ -17,9 +17,9 @@ public sealed class SubmitSettings : ApiSettings
     [Description("The jobs' kind: charge-payment, deliver-webhook or generate-report.")]
     public string Kind { get; set; } = "";
 
-    [CommandArgument(1, "<file>")]
-    [Description("The jobs, each as POST /api/jobs/<kind> takes it: a JSON array of objects, or JSON lines (one object per line); - reads standard input.")]
-    public string File { get; set; } = "";
+    [CommandArgument(1, "[file]")]
+    [Description("The jobs, each as POST /api/jobs/<kind> takes it: a JSON array of objects, or JSON lines (one object per line); without a file, standard input.")]
+    public string? File { get; set; }
 
     [CommandOption("--batch-size <N>")]
     [Description("Jobs per request, 1 to 100 (default 100; the Api allows no more than the key's rate-limit burst).")]
@@ -36,7 +36,7 @@ public sealed class SubmitSettings : ApiSettings
 }
 
 /// <summary>
-/// <c>conveyor submit &lt;kind&gt; &lt;file&gt;</c>: submits many jobs through <c>POST /api/jobs/{kind}/batch</c>,
+/// <c>conveyor submit &lt;kind&gt; [file]</c>: submits many jobs through <c>POST /api/jobs/{kind}/batch</c>,
 /// a batch at a time. Running the same file again is safe: every job carries its business id, so a
 /// job accepted before is answered again, not submitted twice.
 /// </summary>
@@ -50,7 +50,12 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, SubmitSettings settings, CancellationToken cancellationToken)
     {
-        var text = settings.File == "-"
+        if (settings.File is null && !Console.IsInputRedirected)
+        {
+            throw new CliFailureException(ExitCodes.Usage, "Give a file of jobs, or pipe them in: conveyor submit <kind> jobs.jsonl");
+        }
+
+        var text = settings.File is null
             ? await Console.In.ReadToEndAsync(cancellationToken)
             : await ReadFileAsync(settings.File, cancellationToken);
         var jobs = JobFile.Parse(text);
@@ -99,7 +104,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             cli.Out.MarkupLine(Markup.Escape($"… and {accepted.Count - MaxRows} more (--json lists every job)."));
         }
 
-        cli.Out.MarkupLine(Markup.Escape($"{accepted.Count} {settings.Kind} jobs accepted in {batches} requests."));
+        cli.Out.MarkupLine(Markup.Escape($"{accepted.Count} {settings.Kind} jobs accepted in {batches} {(batches == 1 ? "request" : "requests")}."));
         return ExitCodes.Ok;
     }
 

@@ -82,7 +82,8 @@ public sealed partial class RedeliveryDispatcher(
                 .ToListAsync(cancellationToken);
             if (due.Count == 0)
             {
-                await transaction.CommitAsync(cancellationToken);
+                // Nothing was locked; disposing the transaction rolls it back, which a shutdown cannot
+                // turn into a failed commit.
                 return total;
             }
 
@@ -100,7 +101,10 @@ public sealed partial class RedeliveryDispatcher(
                 LogRefused(refusedIds.Length, retryAt);
             }
 
-            await transaction.CommitAsync(cancellationToken);
+            // Not cancelled by a shutdown: these commands are confirmed, and a commit cut off would
+            // publish them again after the restart (harmless, but avoidable), with a failed
+            // transaction in the log.
+            await transaction.CommitAsync(CancellationToken.None);
             foreach (var message in due.Where(d => confirmedIds.Contains(d.Id)))
             {
                 Lateness.Record(Math.Max(0, (published - message.DueAt).TotalSeconds));

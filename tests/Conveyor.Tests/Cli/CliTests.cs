@@ -209,7 +209,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(["line 1", "line 2", "line 4", "line 5", "line 6"], jobs.Select(j => j.GetProperty("source").GetString()));
         Assert.Contains("5 of 5 jobs accepted", first.Err, StringComparison.Ordinal);
         Assert.Equal(ExitCodes.Ok, again.ExitCode);
-        Assert.Contains("5 charge-payment jobs accepted in 1 requests.", again.Out, StringComparison.Ordinal);
+        Assert.Contains("5 charge-payment jobs accepted in 1 request.", again.Out, StringComparison.Ordinal);
         await using var db = fixture.CreateDbContext();
         var rows = await db.Jobs.AsNoTracking().ToDictionaryAsync(j => j.BusinessKey, j => j.Id);
         Assert.Equal(5, rows.Count);
