@@ -10,6 +10,9 @@ namespace Conveyor.Api.Jobs;
 /// <summary>The submission endpoints: <c>POST /api/jobs/{kind}</c> and <c>POST /api/jobs/{kind}/batch</c>.</summary>
 internal static partial class JobsApi
 {
+    /// <summary>Jobs of one batch being submitted at once (and so, at most, database connections it holds).</summary>
+    private const int MaxJobsInFlightPerBatch = 25;
+
     /// <summary>What both submission endpoints are given (bound by <c>[AsParameters]</c>).</summary>
     internal readonly record struct Submission(
         string Kind,
@@ -98,9 +101,15 @@ internal static partial class JobsApi
             return full;
         }
 
-        // Submitted side by side: the rows meet in the same group commits, the publishes' confirms overlap.
-        var results = await Task.WhenAll(items.Select((item, index) =>
-            submitter.SubmitAsync(item.Request, IdempotencyKey.ForBatchJob(batchKey, index), item.Body, cancellationToken)));
+        // Submitted side by side: the rows meet in the same group commits, the publishes' confirms
+        // overlap. Bounded, since a job submitted before reads its row on a connection of its own: a
+        // batch sent again must not take the whole connection pool.
+        var results = new SubmitResult[items.Count];
+        await Parallel.ForEachAsync(
+            Enumerable.Range(0, items.Count),
+            new ParallelOptions { MaxDegreeOfParallelism = MaxJobsInFlightPerBatch, CancellationToken = cancellationToken },
+            async (index, token) => results[index] = await submitter.SubmitAsync(
+                items[index].Request, IdempotencyKey.ForBatchJob(batchKey, index), items[index].Body, token));
 
         var answers = new JobBatchResult[results.Length];
         Refusal? worst = null;
