@@ -14,8 +14,11 @@ public sealed class TransientRetryFilter(int retryLimit, TimeSpan minInterval, T
 {
     public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
     {
+        // MassTransit's GetRetryAttempt() reads its own retry filter's payload, which this one is not.
+        var attempt = context.GetOrAddPayload(() => new TransientRetryAttempt());
         for (var retry = 0; ; retry++)
         {
+            attempt.Retry = retry;
             try
             {
                 await next.Send(context);
@@ -43,4 +46,16 @@ public sealed class TransientRetryFilter(int retryLimit, TimeSpan minInterval, T
         var scope = context.CreateFilterScope("conveyor-transient-retry");
         scope.Add("retryLimit", retryLimit);
     }
+}
+
+/// <summary>
+/// The in-memory retry in progress (a payload of the consume context): 0 on a message's first pass
+/// through <see cref="TransientRetryFilter"/>, then 1, 2, …
+/// </summary>
+public sealed class TransientRetryAttempt
+{
+    public int Retry { get; internal set; }
+
+    /// <summary>The retry in progress of <paramref name="context"/>'s message; 0 outside the retry filter.</summary>
+    public static int Of(ConsumeContext context) => context.TryGetPayload(out TransientRetryAttempt? attempt) ? attempt.Retry : 0;
 }

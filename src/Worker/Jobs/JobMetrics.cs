@@ -1,4 +1,5 @@
 using Conveyor.Contracts;
+using Conveyor.Worker.Failures;
 using Conveyor.Worker.Redelivery;
 using MassTransit;
 using System.Diagnostics.Metrics;
@@ -47,7 +48,7 @@ public static class JobMetrics
     {
         var headers = context.ReceiveContext.TransportHeaders;
         if (context.SentTime is { } sent
-            && context.GetRetryAttempt() == 0
+            && TransientRetryAttempt.Of(context) == 0
             && !headers.TryGetHeader(RedeliveryHeaders.Attempt, out _)
             && !headers.TryGetHeader(RedeliveryHeaders.Deferrals, out _)
             && !headers.TryGetHeader(JobHeaders.MovedFrom, out _))

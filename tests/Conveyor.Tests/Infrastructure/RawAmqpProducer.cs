@@ -30,7 +30,9 @@ public sealed class RawAmqpProducer : IAsyncDisposable
     }
 
     /// <summary>Publishes <paramref name="message"/> (camelCase JSON) as the given MassTransit message type.</summary>
-    public Task PublishEnvelopeAsync(string exchange, string messageUrn, object message, Guid? messageId = null)
+    /// <param name="headers">Transport headers, as another publisher (or a move from <c>_error</c>) sets them.</param>
+    public Task PublishEnvelopeAsync(
+        string exchange, string messageUrn, object message, Guid? messageId = null, IReadOnlyDictionary<string, string>? headers = null)
     {
         var id = messageId ?? Guid.NewGuid();
         var envelope = new
@@ -42,17 +44,19 @@ public sealed class RawAmqpProducer : IAsyncDisposable
             message,
         };
         var body = JsonSerializer.SerializeToUtf8Bytes(envelope, JsonSerializerOptions.Web);
-        return PublishRawAsync(exchange, body, EnvelopeContentType, id.ToString());
+        return PublishRawAsync(exchange, body, EnvelopeContentType, id.ToString(), headers);
     }
 
     /// <summary>Any bytes with any content type: what a buggy or hostile producer might send.</summary>
-    public async Task PublishRawAsync(string exchange, byte[] body, string? contentType, string? messageId = null)
+    public async Task PublishRawAsync(
+        string exchange, byte[] body, string? contentType, string? messageId = null, IReadOnlyDictionary<string, string>? headers = null)
     {
         var properties = new BasicProperties
         {
             ContentType = contentType,
             DeliveryMode = DeliveryModes.Persistent,
             MessageId = messageId,
+            Headers = headers?.ToDictionary(h => h.Key, h => (object?)h.Value),
         };
         await _channel.BasicPublishAsync(exchange, routingKey: "", mandatory: false, basicProperties: properties, body: body);
     }
