@@ -55,14 +55,13 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             throw new CliFailureException(ExitCodes.Usage, "Give a file of jobs, or pipe them in: conveyor submit <kind> jobs.jsonl");
         }
 
-        var text = settings.File is null
-            ? await Console.In.ReadToEndAsync(cancellationToken)
-            : await ReadFileAsync(settings.File, cancellationToken);
-        var jobs = JobFile.Parse(text);
+        using var file = settings.File is null ? null : OpenFile(settings.File);
+        var input = file ?? Console.In;
 
         var accepted = new List<(string Source, JsonElement Job)>();
         var batches = 0;
-        foreach (var batch in jobs.Chunk(settings.BatchSize))
+        await using var reading = JobFile.ReadBatchesAsync(input, settings.BatchSize, cancellationToken).GetAsyncEnumerator(cancellationToken);
+        while (await NextBatchAsync(reading, accepted.Count) is { } batch)
         {
             var answer = await SendAsync(cli, client, settings, batch, accepted.Count, cancellationToken);
             batches++;
@@ -73,10 +72,12 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             }
 
             accepted.AddRange(batch.Select((job, index) => (job.Source, answers[index].Clone())));
-            if (jobs.Count > settings.BatchSize)
-            {
-                cli.Err.MarkupLine(Markup.Escape($"{accepted.Count} of {jobs.Count} jobs accepted"));
-            }
+            cli.Err.MarkupLine(Markup.Escape($"{accepted.Count} jobs accepted so far"));
+        }
+
+        if (batches == 0)
+        {
+            throw new CliFailureException(ExitCodes.Usage, "The file holds no jobs.");
         }
 
         if (settings.Json)
@@ -108,6 +109,22 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         return ExitCodes.Ok;
     }
 
+    /// <summary>The next batch of the file, or null at its end; a bad line after accepted jobs says how far the file got.</summary>
+    private static async Task<JobFile.Job[]?> NextBatchAsync(IAsyncEnumerator<JobFile.Job[]> reading, int acceptedBefore)
+    {
+        try
+        {
+            return await reading.MoveNextAsync() ? reading.Current : null;
+        }
+        catch (CliFailureException failure) when (acceptedBefore > 0)
+        {
+            throw new CliFailureException(failure.ExitCode, failure.Message + Environment.NewLine + AcceptedBefore(acceptedBefore));
+        }
+    }
+
+    private static string AcceptedBefore(int count) =>
+        $"The {count} jobs before it were accepted. Running the same command again (once it is fixed) is safe: jobs accepted before are answered again, not submitted twice.";
+
     /// <summary>Sends one batch, again after a 429 or 503 as often as allowed; the accepted answer, or a failure that says where the file stands.</summary>
     private static async Task<ConveyorClient.Answer> SendAsync(
         CliContext cli, ConveyorClient client, SubmitSettings settings, JobFile.Job[] batch, int acceptedBefore, CancellationToken cancellationToken)
@@ -134,9 +151,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             var failure = answer.Failure(field => Source(field, batch));
             var lines = new List<string> { failure.Message };
             lines.AddRange(Refused(answer.Body, batch));
-            lines.Add(acceptedBefore == 0
-                ? "No job was accepted before this batch."
-                : $"The {acceptedBefore} jobs before this batch were accepted. Running the same command again is safe: jobs accepted before are answered again, not submitted twice.");
+            lines.Add(acceptedBefore == 0 ? "No job was accepted before this batch." : AcceptedBefore(acceptedBefore));
             throw new CliFailureException(failure.ExitCode, string.Join(Environment.NewLine, lines));
         }
     }
@@ -167,11 +182,11 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         }
     }
 
-    private static async Task<string> ReadFileAsync(string path, CancellationToken cancellationToken)
+    private static StreamReader OpenFile(string path)
     {
         try
         {
-            return await System.IO.File.ReadAllTextAsync(path, cancellationToken);
+            return new StreamReader(path);
         }
         catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
         {
@@ -183,29 +198,25 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
     private static partial Regex BatchField();
 }
 
-/// <summary>A file of jobs: a JSON array of objects, or JSON lines with one object per line (blank lines skipped).</summary>
+/// <summary>
+/// A file of jobs: JSON lines with one object per line (blank lines skipped), read a batch at a time,
+/// so a file of any length is sent in bounded memory; or a JSON array of objects, read whole.
+/// </summary>
 internal static class JobFile
 {
     /// <summary>One job: where it is in the file (<c>line 7</c>, <c>item 3</c>) and its JSON, checked to be one object.</summary>
     public sealed record Job(string Source, string Json);
 
-    public static List<Job> Parse(string text)
+    /// <summary>
+    /// The jobs in batches of <paramref name="size"/>. A line that is not one JSON object ends the
+    /// reading with a usage error naming it; the batches before it have been yielded (and sent).
+    /// </summary>
+    public static async IAsyncEnumerable<Job[]> ReadBatchesAsync(
+        TextReader reader, int size, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        var jobs = text.AsSpan().TrimStart().StartsWith("[") ? FromArray(text) : FromLines(text);
-        return jobs.Count > 0 ? jobs : throw new CliFailureException(ExitCodes.Usage, "The file holds no jobs.");
-    }
-
-    private static List<Job> FromArray(string text)
-    {
-        using var document = ParseJson(text, "The file");
-        return [.. document.RootElement.EnumerateArray().Select((element, index) => Object(element, $"item {index + 1}"))];
-    }
-
-    private static List<Job> FromLines(string text)
-    {
-        var jobs = new List<Job>();
+        var batch = new List<Job>(size);
         var number = 0;
-        foreach (var line in text.Split('\n'))
+        while (await reader.ReadLineAsync(cancellationToken) is { } line)
         {
             number++;
             if (string.IsNullOrWhiteSpace(line))
@@ -213,11 +224,40 @@ internal static class JobFile
                 continue;
             }
 
-            using var document = ParseJson(line, $"line {number}");
-            jobs.Add(Object(document.RootElement, $"line {number}"));
+            if (line.AsSpan().TrimStart().StartsWith("["))
+            {
+                // An array (a JSON line is an object): the rest of the file belongs to it.
+                var array = line + "\n" + await reader.ReadToEndAsync(cancellationToken);
+                foreach (var chunk in FromArray(array).Chunk(size))
+                {
+                    yield return chunk;
+                }
+
+                yield break;
+            }
+
+            using (var document = ParseJson(line, $"line {number}"))
+            {
+                batch.Add(Object(document.RootElement, $"line {number}"));
+            }
+
+            if (batch.Count == size)
+            {
+                yield return [.. batch];
+                batch.Clear();
+            }
         }
 
-        return jobs;
+        if (batch.Count > 0)
+        {
+            yield return [.. batch];
+        }
+    }
+
+    private static List<Job> FromArray(string text)
+    {
+        using var document = ParseJson(text, "The file");
+        return [.. document.RootElement.EnumerateArray().Select((element, index) => Object(element, $"item {index + 1}"))];
     }
 
     private static Job Object(JsonElement element, string source) =>

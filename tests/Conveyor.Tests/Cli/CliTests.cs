@@ -207,7 +207,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.True(first.ExitCode == ExitCodes.Ok, first.Err);
         var jobs = JsonDocument.Parse(first.Out).RootElement.EnumerateArray().ToList();
         Assert.Equal(["line 1", "line 2", "line 4", "line 5", "line 6"], jobs.Select(j => j.GetProperty("source").GetString()));
-        Assert.Contains("5 of 5 jobs accepted", first.Err, StringComparison.Ordinal);
+        Assert.Contains("5 jobs accepted so far", first.Err, StringComparison.Ordinal);
         Assert.Equal(ExitCodes.Ok, again.ExitCode);
         Assert.Contains("5 charge-payment jobs accepted in 1 request.", again.Out, StringComparison.Ordinal);
         await using var db = fixture.CreateDbContext();
@@ -244,6 +244,22 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("submit", "mine-bitcoin", array.Path)).ExitCode);
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
+    public async Task Submit_streams_json_lines_and_a_bad_line_after_sent_batches_says_how_far_the_file_got()
+    {
+        var lines = Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())).ToList();
+        lines.Insert(2, "{\"paymentId\":");
+        using var file = new TempFile(string.Join("\n", lines));
+
+        var run = await RunAsync("submit", "charge-payment", file.Path, "--batch-size", "2");
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains("line 3 is not valid JSON", run.Err, StringComparison.Ordinal);
+        Assert.Contains("The 2 jobs before it were accepted.", run.Err, StringComparison.Ordinal);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(2, await db.Jobs.CountAsync());
     }
 
     [Fact]
