@@ -329,6 +329,28 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         }
     }
 
+    [Theory]
+    [InlineData(202, """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData(202, """{"jobs":[]}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData(503, "<html>Service Unavailable</html>", ExitCodes.Unreachable)]
+    public async Task Submit_reports_an_answer_no_conveyor_api_gives_without_a_crash(int status, string body, int exitCode)
+    {
+        using var impostor = new CannedAnswer((System.Net.HttpStatusCode)status, body.StartsWith('<') ? "text/html" : "application/json", body);
+        using var file = new TempFile(JobRequests.ChargePayment(Guid.NewGuid()));
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey,
+        };
+
+        var code = await CliApp.RunAsync(["submit", "charge-payment", file.Path, "--retries", "0"], stdout, stderr, impostor, environment);
+
+        Assert.Equal(exitCode, code);
+        Assert.DoesNotContain("   at ", stderr.ToString(), StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task The_api_url_comes_from_the_environment_when_not_given()
     {
