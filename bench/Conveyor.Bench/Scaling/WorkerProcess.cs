@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Conveyor.Bench.Infrastructure;
+using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Bench.Scaling;
 
@@ -12,12 +13,13 @@ public sealed class WorkerProcess : IAsyncDisposable
 {
     private const int KeptLines = 50;
     private readonly Process _process;
-    private readonly Queue<string> _lines = new();
+    private readonly OutputTail _output;
 
-    private WorkerProcess(string name, Process process)
+    private WorkerProcess(string name, Process process, OutputTail output)
     {
         Name = name;
         _process = process;
+        _output = output;
     }
 
     public string Name { get; }
@@ -35,16 +37,7 @@ public sealed class WorkerProcess : IAsyncDisposable
     }
 
     /// <summary>The last lines the worker wrote, for a failure message.</summary>
-    public string Output
-    {
-        get
-        {
-            lock (_lines)
-            {
-                return string.Join(Environment.NewLine, _lines);
-            }
-        }
-    }
+    public string Output => _output.Text;
 
     public static string Dll(string repositoryRoot)
     {
@@ -54,43 +47,15 @@ public sealed class WorkerProcess : IAsyncDisposable
 
     public static WorkerProcess Start(string dll, string name, IReadOnlyDictionary<string, string?> settings)
     {
-        var start = new ProcessStartInfo("dotnet")
-        {
-            WorkingDirectory = Path.GetDirectoryName(dll)!,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var start = new ProcessStartInfo("dotnet") { WorkingDirectory = Path.GetDirectoryName(dll)! };
         start.ArgumentList.Add(dll);
         foreach (var argument in BenchEnvironment.Args(settings))
         {
             start.ArgumentList.Add(argument);
         }
 
-        var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
-        var worker = new WorkerProcess(name, process);
-        process.OutputDataReceived += (_, line) => worker.Keep(line.Data);
-        process.ErrorDataReceived += (_, line) => worker.Keep(line.Data);
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        return worker;
-    }
-
-    private void Keep(string? line)
-    {
-        if (line is null)
-        {
-            return;
-        }
-
-        lock (_lines)
-        {
-            _lines.Enqueue(line);
-            while (_lines.Count > KeptLines)
-            {
-                _lines.Dequeue();
-            }
-        }
+        var (process, output) = OutputTail.Start(start, KeptLines);
+        return new WorkerProcess(name, process, output);
     }
 
     public async ValueTask DisposeAsync()

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Tests.Faults;
 
@@ -12,13 +13,13 @@ public sealed class ServiceProcess : IAsyncDisposable
 {
     private const int KeptLines = 200;
     private readonly Process _process;
-    private readonly Queue<string> _lines = new();
-
+    private readonly OutputTail _output;
     private readonly string _name;
 
-    private ServiceProcess(Process process, Uri baseAddress, string name)
+    private ServiceProcess(Process process, OutputTail output, Uri baseAddress, string name)
     {
         _process = process;
+        _output = output;
         BaseAddress = baseAddress;
         _name = name;
     }
@@ -30,16 +31,7 @@ public sealed class ServiceProcess : IAsyncDisposable
     public bool HasExited => _process.HasExited;
 
     /// <summary>The last lines the process wrote, for a failure message.</summary>
-    public string Output
-    {
-        get
-        {
-            lock (_lines)
-            {
-                return string.Join(Environment.NewLine, _lines);
-            }
-        }
-    }
+    public string Output => _output.Text;
 
     /// <summary>The assembly of <c>src/<paramref name="project"/></c> built alongside these tests (same configuration).</summary>
     private static string Dll(string project)
@@ -74,13 +66,7 @@ public sealed class ServiceProcess : IAsyncDisposable
     private static async Task<ServiceProcess> StartAsync(string project, IReadOnlyDictionary<string, string?> settings, int port)
     {
         var dll = Dll(project);
-        var start = new ProcessStartInfo("dotnet")
-        {
-            WorkingDirectory = Path.GetDirectoryName(dll)!,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var start = new ProcessStartInfo("dotnet") { WorkingDirectory = Path.GetDirectoryName(dll)! };
         start.ArgumentList.Add(dll);
         foreach (var (key, value) in settings.Where(s => s.Value is not null))
         {
@@ -88,12 +74,8 @@ public sealed class ServiceProcess : IAsyncDisposable
         }
 
         start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");
-        var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
-        var service = new ServiceProcess(process, new Uri($"http://127.0.0.1:{port}"), project);
-        process.OutputDataReceived += (_, line) => service.Keep(line.Data);
-        process.ErrorDataReceived += (_, line) => service.Keep(line.Data);
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        var (process, output) = OutputTail.Start(start, KeptLines);
+        var service = new ServiceProcess(process, output, new Uri($"http://127.0.0.1:{port}"), project);
         await service.WaitUntilReadyAsync();
         return service;
     }
@@ -139,23 +121,6 @@ public sealed class ServiceProcess : IAsyncDisposable
             }
 
             await Task.Delay(100);
-        }
-    }
-
-    private void Keep(string? line)
-    {
-        if (line is null)
-        {
-            return;
-        }
-
-        lock (_lines)
-        {
-            _lines.Enqueue(line);
-            while (_lines.Count > KeptLines)
-            {
-                _lines.Dequeue();
-            }
         }
     }
 
