@@ -55,8 +55,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             throw new CliFailureException(ExitCodes.Usage, "Give a file of jobs, or pipe them in: conveyor submit <kind> jobs.jsonl");
         }
 
-        using var file = settings.File is null ? null : OpenFile(settings.File);
-        var input = file ?? Console.In;
+        await using var input = settings.File is null ? Console.OpenStandardInput() : OpenFile(settings.File);
 
         var accepted = new List<(string Source, JsonElement Job)>();
         var batches = 0;
@@ -182,11 +181,11 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         }
     }
 
-    private static StreamReader OpenFile(string path)
+    private static FileStream OpenFile(string path)
     {
         try
         {
-            return new StreamReader(path);
+            return File.OpenRead(path);
         }
         catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
         {
@@ -199,8 +198,8 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 }
 
 /// <summary>
-/// A file of jobs: JSON lines with one object per line (blank lines skipped), read a batch at a time,
-/// so a file of any length is sent in bounded memory; or a JSON array of objects, read whole.
+/// A file of jobs, read a batch at a time so that a file of any length is sent in bounded memory:
+/// JSON lines with one object per line (blank lines skipped), or a JSON array of objects.
 /// </summary>
 internal static class JobFile
 {
@@ -208,39 +207,30 @@ internal static class JobFile
     public sealed record Job(string Source, string Json);
 
     /// <summary>
-    /// The jobs in batches of <paramref name="size"/>. A line that is not one JSON object ends the
+    /// The jobs in batches of <paramref name="size"/>. A job that is not one JSON object ends the
     /// reading with a usage error naming it; the batches before it have been yielded (and sent).
     /// </summary>
     public static async IAsyncEnumerable<Job[]> ReadBatchesAsync(
-        TextReader reader, int size, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+        Stream input, int size, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        var batch = new List<Job>(size);
-        var number = 0;
-        while (await reader.ReadLineAsync(cancellationToken) is { } line)
+        // The first byte that is not blank tells the format: '[' starts an array, a JSON line is an object.
+        var head = new MemoryStream();
+        int first;
+        while ((first = await ReadByteAsync(input, cancellationToken)) >= 0)
         {
-            number++;
-            if (string.IsNullOrWhiteSpace(line))
+            head.WriteByte((byte)first);
+            if (first is not (' ' or '\t' or '\r' or '\n' or 0xEF or 0xBB or 0xBF))
             {
-                continue;
+                break;
             }
+        }
 
-            if (line.AsSpan().TrimStart().StartsWith("["))
-            {
-                // An array (a JSON line is an object): the rest of the file belongs to it.
-                var array = line + "\n" + await reader.ReadToEndAsync(cancellationToken);
-                foreach (var chunk in FromArray(array).Chunk(size))
-                {
-                    yield return chunk;
-                }
-
-                yield break;
-            }
-
-            using (var document = ParseJson(line, $"line {number}"))
-            {
-                batch.Add(Object(document.RootElement, $"line {number}"));
-            }
-
+        var whole = new PrefixedStream(head.ToArray(), input);
+        var jobs = first == '[' ? FromArrayAsync(whole, cancellationToken) : FromLinesAsync(whole, cancellationToken);
+        var batch = new List<Job>(size);
+        await foreach (var job in jobs)
+        {
+            batch.Add(job);
             if (batch.Count == size)
             {
                 yield return [.. batch];
@@ -254,10 +244,51 @@ internal static class JobFile
         }
     }
 
-    private static List<Job> FromArray(string text)
+    private static async IAsyncEnumerable<Job> FromLinesAsync(Stream input, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        using var document = ParseJson(text, "The file");
-        return [.. document.RootElement.EnumerateArray().Select((element, index) => Object(element, $"item {index + 1}"))];
+        using var reader = new StreamReader(input, leaveOpen: true);
+        var number = 0;
+        while (await reader.ReadLineAsync(cancellationToken) is { } line)
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line))
+            {
+                continue;
+            }
+
+            using var document = ParseJson(line, $"line {number}");
+            yield return Object(document.RootElement, $"line {number}");
+        }
+    }
+
+    private static async IAsyncEnumerable<Job> FromArrayAsync(Stream input, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var elements = JsonSerializer.DeserializeAsyncEnumerable<JsonElement>(input, cancellationToken: cancellationToken).GetAsyncEnumerator(cancellationToken);
+        await using (elements)
+        {
+            for (var index = 1; ; index++)
+            {
+                try
+                {
+                    if (!await elements.MoveNextAsync())
+                    {
+                        yield break;
+                    }
+                }
+                catch (JsonException exception)
+                {
+                    throw new CliFailureException(ExitCodes.Usage, $"The file is not valid JSON after item {index - 1}: {exception.Message}");
+                }
+
+                yield return Object(elements.Current, $"item {index}");
+            }
+        }
+    }
+
+    private static async ValueTask<int> ReadByteAsync(Stream input, CancellationToken cancellationToken)
+    {
+        var one = new byte[1];
+        return await input.ReadAsync(one, cancellationToken) == 0 ? -1 : one[0];
     }
 
     private static Job Object(JsonElement element, string source) =>
@@ -274,6 +305,57 @@ internal static class JobFile
         catch (JsonException exception)
         {
             throw new CliFailureException(ExitCodes.Usage, $"{source} is not valid JSON: {exception.Message}");
+        }
+    }
+
+    /// <summary>The bytes already read to tell the format, then the rest of the input.</summary>
+    private sealed class PrefixedStream(byte[] prefix, Stream rest) : Stream
+    {
+        private int _offset;
+
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            var fromPrefix = TakePrefix(buffer);
+            return fromPrefix > 0 ? fromPrefix : rest.Read(buffer);
+        }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            var fromPrefix = TakePrefix(buffer.Span);
+            return fromPrefix > 0 ? fromPrefix : await rest.ReadAsync(buffer, cancellationToken);
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override void Flush()
+        {
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        private int TakePrefix(Span<byte> buffer)
+        {
+            var count = Math.Min(buffer.Length, prefix.Length - _offset);
+            prefix.AsSpan(_offset, count).CopyTo(buffer);
+            _offset += count;
+            return count;
         }
     }
 }

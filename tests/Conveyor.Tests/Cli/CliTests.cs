@@ -247,6 +247,23 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Submit_sends_a_json_array_in_batches_naming_each_job_by_its_item()
+    {
+        var paymentIds = Enumerable.Range(0, 3).Select(_ => Guid.NewGuid()).ToList();
+        // A byte order mark and blank lines before the array, as editors write them.
+        using var file = new TempFile("\uFEFF\n  [\n" + string.Join(",\n", paymentIds.Select(id => JobRequests.ChargePayment(id))) + "\n]\n");
+
+        var run = await RunAsync("submit", "charge-payment", file.Path, "--batch-size", "2", "--json");
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        var jobs = JsonDocument.Parse(run.Out).RootElement.EnumerateArray().ToList();
+        Assert.Equal(["item 1", "item 2", "item 3"], jobs.Select(j => j.GetProperty("source").GetString()));
+        Assert.Contains("2 jobs accepted so far", run.Err, StringComparison.Ordinal);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(3, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task Submit_streams_json_lines_and_a_bad_line_after_sent_batches_says_how_far_the_file_got()
     {
         var lines = Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())).ToList();
