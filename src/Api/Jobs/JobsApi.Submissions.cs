@@ -20,6 +20,7 @@ internal static partial class JobsApi
         JobSubmitter Submitter,
         BackpressureGate Backpressure,
         SubmissionRateLimiter RateLimiter,
+        SubmissionMetrics Metrics,
         TimeProvider Clock,
         IOptions<WebhookUrlOptions> WebhookUrls,
         CancellationToken CancellationToken);
@@ -27,7 +28,7 @@ internal static partial class JobsApi
     internal static async Task<Results<Accepted<JobAccepted>, ValidationProblem, ProblemHttpResult>> SubmitJob(
         [AsParameters] Submission submission)
     {
-        var (kind, http, submitter, backpressure, _, clock, webhookUrls, cancellationToken) = submission;
+        var (kind, http, submitter, backpressure, _, _, clock, webhookUrls, cancellationToken) = submission;
         var (body, refused) = await ReadAsync(submission, MaxBodyBytes, batch: false);
         if (refused is not null)
         {
@@ -73,7 +74,7 @@ internal static partial class JobsApi
     internal static async Task<Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult>> SubmitBatch(
         [AsParameters] Submission submission)
     {
-        var (kind, http, submitter, backpressure, rateLimiter, clock, webhookUrls, cancellationToken) = submission;
+        var (kind, http, submitter, backpressure, rateLimiter, _, clock, webhookUrls, cancellationToken) = submission;
         var (body, refused) = await ReadAsync(submission, MaxBatchBodyBytes, batch: true);
         if (refused is not null)
         {
@@ -126,6 +127,7 @@ internal static partial class JobsApi
             answers[index] = new JobBatchResult(index, row.Id, row.Kind, row.Status);
         }
 
+        submission.Metrics.Batch(kind, answers.Length, worst is null ? "accepted" : "partial");
         if (worst is not { } answer)
         {
             return TypedResults.Accepted((string?)null, new JobBatchAccepted(answers));

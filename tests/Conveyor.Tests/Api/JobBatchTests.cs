@@ -74,6 +74,11 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
         {
             Assert.Equal(answer.Jobs[i].JobId, headers[paymentIds[i]]);
         }
+
+        // One batch of four in the Api's histogram of batch sizes.
+        var metrics = await api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        Assert.Equal(1, Observability.PrometheusText.Sum(metrics, "conveyor_api_batch_jobs_count", "kind=\"charge-payment\"", "outcome=\"accepted\""));
+        Assert.Equal(4, Observability.PrometheusText.Sum(metrics, "conveyor_api_batch_jobs_sum", "kind=\"charge-payment\"", "outcome=\"accepted\""));
     }
 
     [Fact]

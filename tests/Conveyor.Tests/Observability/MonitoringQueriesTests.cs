@@ -52,6 +52,15 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 500, Currency = "EUR" });
         }
 
+        // A batch of two.
+        using (var batch = await api.Client.PostAsJsonAsync("/api/jobs/charge-payment/batch", new
+        {
+            jobs = new[] { Guid.NewGuid(), Guid.NewGuid() }.Select(paymentId => new { paymentId, accountId = "acct-monitoring", amountMinor = 500, currency = "EUR" }),
+        }))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, batch.StatusCode);
+        }
+
         // A stranded job (queued long ago, its command never published), which the Api publishes again.
         var stranded = Guid.NewGuid();
         await using (var db = fixture.CreateDbContext())
