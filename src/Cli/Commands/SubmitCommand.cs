@@ -57,12 +57,14 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
         await using var input = settings.File is null ? Console.OpenStandardInput() : OpenFile(settings.File);
 
+        // Every answer for --json; for the table, only the rows it shows, so a long file stays cheap.
         var accepted = new List<(string Source, JsonElement Job)>();
+        var acceptedCount = 0;
         var batches = 0;
         await using var reading = JobFile.ReadBatchesAsync(input, settings.BatchSize, cancellationToken).GetAsyncEnumerator(cancellationToken);
-        while (await NextBatchAsync(reading, accepted.Count) is { } batch)
+        while (await NextBatchAsync(reading, acceptedCount) is { } batch)
         {
-            var answer = await SendAsync(cli, client, settings, batch, accepted.Count, cancellationToken);
+            var answer = await SendAsync(cli, client, settings, batch, acceptedCount, cancellationToken);
             batches++;
             var answers = answer.Body.GetProperty("jobs").EnumerateArray().ToList();
             if (answers.Count != batch.Length)
@@ -70,8 +72,10 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
                 throw new FormatException($"The Api answered {answers.Count} jobs for a batch of {batch.Length}.");
             }
 
-            accepted.AddRange(batch.Select((job, index) => (job.Source, answers[index].Clone())));
-            cli.Err.MarkupLine(Markup.Escape($"{accepted.Count} jobs accepted so far"));
+            var kept = settings.Json ? batch.Length : Math.Clamp(MaxRows - accepted.Count, 0, batch.Length);
+            accepted.AddRange(batch.Take(kept).Select((job, index) => (job.Source, answers[index].Clone())));
+            acceptedCount += batch.Length;
+            cli.Err.MarkupLine(Markup.Escape($"{acceptedCount} jobs accepted so far"));
         }
 
         if (batches == 0)
@@ -93,18 +97,18 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         }
 
         var table = new Table().AddColumns("From", "Job", "Status");
-        foreach (var (source, job) in accepted.Take(MaxRows))
+        foreach (var (source, job) in accepted)
         {
             table.AddRow(Markup.Escape(source), Output.Cell(job, "jobId"), Output.Cell(job, "status"));
         }
 
         cli.Out.Write(table);
-        if (accepted.Count > MaxRows)
+        if (acceptedCount > accepted.Count)
         {
-            cli.Out.MarkupLine(Markup.Escape($"… and {accepted.Count - MaxRows} more (--json lists every job)."));
+            cli.Out.MarkupLine(Markup.Escape($"… and {acceptedCount - accepted.Count} more (--json lists every job)."));
         }
 
-        cli.Out.MarkupLine(Markup.Escape($"{accepted.Count} {settings.Kind} jobs accepted in {batches} {(batches == 1 ? "request" : "requests")}."));
+        cli.Out.MarkupLine(Markup.Escape($"{acceptedCount} {settings.Kind} jobs accepted in {batches} {(batches == 1 ? "request" : "requests")}."));
         return ExitCodes.Ok;
     }
 

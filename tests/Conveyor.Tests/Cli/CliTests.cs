@@ -264,6 +264,20 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Submit_lists_the_first_fifty_jobs_in_its_table_and_counts_the_rest()
+    {
+        using var file = new TempFile(string.Join("\n", Enumerable.Range(0, 60).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))));
+
+        var run = await RunAsync("submit", "charge-payment", file.Path);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains("│ line 50 ", run.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("│ line 51 ", run.Out, StringComparison.Ordinal);
+        Assert.Contains("… and 10 more (--json lists every job).", run.Out, StringComparison.Ordinal);
+        Assert.Contains("60 charge-payment jobs accepted in 1 request.", run.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Submit_streams_json_lines_and_a_bad_line_after_sent_batches_says_how_far_the_file_got()
     {
         var lines = Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())).ToList();
