@@ -7,8 +7,12 @@ internal sealed class FieldErrors
 
     public int Count => _errors.Count;
 
+    /// <summary>Messages added so far, over all fields: a reader that shares this instance compares it before and after.</summary>
+    public int Added { get; private set; }
+
     public void Add(string field, string message)
     {
+        Added++;
         if (!_errors.TryGetValue(field, out var messages))
         {
             messages = [];

@@ -28,12 +28,10 @@ internal static class JobBatchParser
                 return null;
             }
 
-            // errors may hold the caller's findings already (a bad header): only this shape's count here.
-            var errorsBefore = errors.Count;
             var fields = new JsonFields(document.RootElement, errors);
             fields.RequiredArrayLength(JobsField, 1, maxJobs);
             fields.RejectUnknown("a batch");
-            if (errors.Count > errorsBefore)
+            if (fields.HasErrors)
             {
                 return null;
             }

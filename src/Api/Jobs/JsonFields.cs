@@ -16,7 +16,11 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
     /// <summary>The fields the readers asked for, whether present or not.</summary>
     private readonly HashSet<string> _known = new(StringComparer.OrdinalIgnoreCase);
 
-    public bool HasErrors => errors.Count > 0;
+    /// <summary>Messages the shared errors held before this reader: a caller's own findings (a bad header) are not this object's.</summary>
+    private readonly int _addedBefore = errors.Added;
+
+    /// <summary>Whether reading this object found a problem (errors found elsewhere before it do not count).</summary>
+    public bool HasErrors => errors.Added > _addedBefore;
 
     /// <summary>
     /// After every field was read: an error for each field no reader asked for (a misspelt optional
