@@ -217,18 +217,16 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         }
     }
 
-    private static async Task<string> PostAsync(HttpClient http, int i)
-    {
-        using var content = new StringContent(Charge(i), Encoding.UTF8, "application/json");
-        using var response = await http.PostAsync(new Uri("/api/jobs/charge-payment", UriKind.Relative), content);
-        return response.StatusCode == HttpStatusCode.Accepted ? "ok" : $"http-{(int)response.StatusCode}";
-    }
+    private static Task<string> PostAsync(HttpClient http, int i) => AcceptedAsync(http, "/api/jobs/charge-payment", Charge(i));
 
-    private static async Task<string> PostBatchAsync(HttpClient http, int i)
+    private static Task<string> PostBatchAsync(HttpClient http, int i) =>
+        AcceptedAsync(http, "/api/jobs/charge-payment/batch", $$"""{"jobs":[{{string.Join(",", Enumerable.Range(i * BatchSize, BatchSize).Select(Charge))}}]}""");
+
+    /// <summary>"ok" for a 202, else the status.</summary>
+    private static async Task<string> AcceptedAsync(HttpClient http, string path, string json)
     {
-        var jobs = string.Join(",", Enumerable.Range(i * BatchSize, BatchSize).Select(Charge));
-        using var content = new StringContent($$"""{"jobs":[{{jobs}}]}""", Encoding.UTF8, "application/json");
-        using var response = await http.PostAsync(new Uri("/api/jobs/charge-payment/batch", UriKind.Relative), content);
+        using var content = new StringContent(json, Encoding.UTF8, "application/json");
+        using var response = await http.PostAsync(new Uri(path, UriKind.Relative), content);
         return response.StatusCode == HttpStatusCode.Accepted ? "ok" : $"http-{(int)response.StatusCode}";
     }
 
