@@ -21,41 +21,41 @@ internal static class JobBatchParser
     public static IReadOnlyList<JobBatchItem>? Parse(
         string kind, byte[] body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts, int maxJobs, int maxJobBytes)
     {
-        using (var document = JsonBody.ParseObject(body, errors, JobRequestParser.InvalidJson))
+        // Checked and parsed once, whole; each job is then read from this document.
+        using var document = JsonBody.ParseObject(body, errors, JobRequestParser.InvalidJson);
+        if (document is null)
         {
-            if (document is null)
-            {
-                return null;
-            }
-
-            var fields = new JsonFields(document.RootElement, errors);
-            fields.RequiredArrayLength(JobsField, 1, maxJobs);
-            fields.RejectUnknown("a batch");
-            if (fields.HasErrors)
-            {
-                return null;
-            }
+            return null;
         }
 
+        var fields = new JsonFields(document.RootElement, errors);
+        var jobs = fields.RequiredArray(JobsField, 1, maxJobs);
+        fields.RejectUnknown("a batch");
+        if (jobs is not { } array || fields.HasErrors)
+        {
+            return null;
+        }
+
+        var bytes = Elements(body);
         var items = new List<JobBatchItem>();
         var firstOfKey = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var (index, element) in Elements(body))
+        foreach (var (element, index) in array.EnumerateArray().Select((element, index) => (element, index)))
         {
-            var path = $"{JobsField}[{index}]";
-            if (element.Span[0] != (byte)'{')
+            var (path, sent) = ($"{JobsField}[{index}]", bytes[index]);
+            if (element.ValueKind != JsonValueKind.Object)
             {
                 errors.Add(path, "Must be a JSON object: the fields of one job.");
                 continue;
             }
 
-            if (element.Length > maxJobBytes)
+            if (sent.Length > maxJobBytes)
             {
                 errors.Add(path, $"Must be at most {maxJobBytes} bytes, as the body of a single job.");
                 continue;
             }
 
             var jobErrors = new FieldErrors();
-            var request = JobRequestParser.Parse(kind, element, jobErrors, now, allowPrivateWebhookHosts);
+            var request = JobRequestParser.Read(kind, element, jobErrors, now, allowPrivateWebhookHosts);
             if (request is null)
             {
                 errors.AddAll(jobErrors, path);
@@ -70,7 +70,7 @@ internal static class JobBatchParser
                 continue;
             }
 
-            items.Add(new JobBatchItem(request, element.ToArray()));
+            items.Add(new JobBatchItem(request, sent.ToArray()));
         }
 
         return errors.Count > 0 ? null : items;
@@ -80,9 +80,9 @@ internal static class JobBatchParser
     /// The bytes of each element of the top-level <see cref="JobsField"/> array, as sent. The body was
     /// parsed already: it is one valid object, with that array, named once in whatever casing.
     /// </summary>
-    private static List<(int Index, ReadOnlyMemory<byte> Bytes)> Elements(byte[] body)
+    private static List<ReadOnlyMemory<byte>> Elements(byte[] body)
     {
-        var elements = new List<(int, ReadOnlyMemory<byte>)>();
+        var elements = new List<ReadOnlyMemory<byte>>();
         var reader = new Utf8JsonReader(body);
         reader.Read();
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
@@ -99,7 +99,7 @@ internal static class JobBatchParser
             {
                 var start = (int)reader.TokenStartIndex;
                 reader.Skip();
-                elements.Add((elements.Count, body.AsMemory(start, (int)reader.BytesConsumed - start)));
+                elements.Add(body.AsMemory(start, (int)reader.BytesConsumed - start));
             }
         }
 

@@ -34,12 +34,18 @@ internal static class JobRequestParser
         UnknownFields unknownFields = UnknownFields.Refuse)
     {
         using var document = JsonBody.ParseObject(body, errors, InvalidJson);
-        if (document is null)
-        {
-            return null;
-        }
+        return document is null ? null : Read(kind, document.RootElement, errors, now, allowPrivateWebhookHosts, unknownFields);
+    }
 
-        var fields = new JsonFields(document.RootElement, errors);
+    /// <summary>
+    /// As <see cref="Parse"/>, for a JSON object parsed already (one job of a batch, whose body was
+    /// checked and parsed whole).
+    /// </summary>
+    public static JobRequest? Read(
+        string kind, JsonElement body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts,
+        UnknownFields unknownFields = UnknownFields.Refuse)
+    {
+        var fields = new JsonFields(body, errors);
         var runAt = ReadRunAt(fields, errors, now);
         var request = kind switch
         {

@@ -133,10 +133,10 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
     }
 
     /// <summary>
-    /// The length of an array of <paramref name="min"/> to <paramref name="max"/> elements; null, with
-    /// an error, when the field is missing, not an array or of another length.
+    /// An array of <paramref name="min"/> to <paramref name="max"/> elements; null, with an error, when
+    /// the field is missing, not an array or of another length.
     /// </summary>
-    public int? RequiredArrayLength(string name, int min, int max)
+    public JsonElement? RequiredArray(string name, int min, int max)
     {
         if (!TryFindRequired(name, out var value))
         {
@@ -156,7 +156,7 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
             return null;
         }
 
-        return length;
+        return value;
     }
 
     /// <summary>Any JSON value but null; cloned so it outlives the parsed document.</summary>
