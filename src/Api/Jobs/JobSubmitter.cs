@@ -40,6 +40,7 @@ internal sealed class JobSubmitter(
     SubmissionMetrics metrics,
     IPublishEndpoint publishEndpoint,
     IOptions<RabbitMqOptions> rabbitMq,
+    IOptions<WebhookUrlOptions> webhookUrls,
     TimeProvider clock,
     ILogger<JobSubmitter> logger)
 {
@@ -50,7 +51,9 @@ internal sealed class JobSubmitter(
     public async Task<SubmitResult> SubmitAsync(
         JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken)
     {
-        var now = clock.GetUtcNow();
+        // PostgreSQL keeps microseconds: the row's updated_at must read back equal to this value, which
+        // the removal of an unpublished row compares with (RemoveUnpublishedAsync).
+        var now = ToMicroseconds(clock.GetUtcNow());
         var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
         var job = new Job
         {
@@ -90,6 +93,12 @@ internal sealed class JobSubmitter(
             // The job that holds the key was committed; none found means its publish failed since and
             // its row was removed again, so the client retries.
             var existing = await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken);
+            if (existing is { Status: SubmitStatus.Duplicate, Job: { Status: JobStatus.Queued } recent }
+                && now - recent.CreatedAt <= PublishBudget)
+            {
+                return await SecureRecentAsync(recent, request, requestHash, cancellationToken);
+            }
+
             if (existing is { Status: SubmitStatus.Duplicate, Job: { } found } && MayBeUnpublished(found, request, requestHash, now))
             {
                 if (!await TryPublishAsync(request, found.Id, cancellationToken))
@@ -161,7 +170,73 @@ internal sealed class JobSubmitter(
         found.Status == JobStatus.Queued
         && request.RunAt is null
         && found.RequestHash == requestHash
-        && now - found.UpdatedAt > TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + CleanupTimeout;
+        && now - found.UpdatedAt > PublishBudget;
+
+    /// <summary>The longest the request that commits a row can go on with it: its publish, then the removal of its row.</summary>
+    private TimeSpan PublishBudget => TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + CleanupTimeout;
+
+    /// <summary>
+    /// A repeat that finds its job <c>queued</c> within the publish budget of the row's creation: the
+    /// request that committed the row may still be waiting for its confirm, and if that fails it
+    /// removes the row. Answering 202 now would promise a job that may vanish a moment later. So the
+    /// repeat first takes the row out of that removal (it moves <c>updated_at</c>, which the removal
+    /// matches on) and then publishes the command itself: its own request when it is the same byte
+    /// for byte, else the request stored in the row. If the first command was confirmed too, the
+    /// inbox (keyed by the business key) applies the job once. A row no longer <c>queued</c> was
+    /// received by a worker; a row gone was removed after a failed publish, and the client retries.
+    /// Only repeats within the first request's budget publish so: a client repeating a request for
+    /// minutes adds no more than that to the queue (later repeats follow <see cref="MayBeUnpublished"/>).
+    /// </summary>
+    private async Task<SubmitResult> SecureRecentAsync(
+        Job found, JobRequest request, string requestHash, CancellationToken cancellationToken)
+    {
+        List<StoredRequest> stored;
+        await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
+        {
+            var now = ToMicroseconds(clock.GetUtcNow());
+            stored = await db.Database.SqlQuery<StoredRequest>($"""
+                UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', {now})
+                 WHERE id = {found.Id} AND status = {JobStatus.Queued}
+                RETURNING request_body AS "Body"
+                """).ToListAsync(cancellationToken); // not composed: EF cannot wrap an UPDATE in a query
+            if (stored.Count == 0)
+            {
+                var current = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == found.Id, cancellationToken);
+                return current is null ? new SubmitResult(SubmitStatus.InFlight) : new SubmitResult(SubmitStatus.Duplicate, current);
+            }
+        }
+
+        // No stored request: a worker has received the command (it clears the request when it does).
+        if (stored[0].Body is not { } body)
+        {
+            return new SubmitResult(SubmitStatus.Duplicate, found);
+        }
+
+        var command = request.RunAt is null && found.RequestHash == requestHash
+            ? request
+            : JobRequestParser.Parse(found.Kind, body, new FieldErrors(), clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, UnknownFields.Ignore);
+        if (command is null || command.RunAt is not null || command.BusinessKey != found.BusinessKey)
+        {
+            // Valid when it was submitted, refused by the rules now (a new version in between): the
+            // row stays queued with its request, and the stranded-job check says why it cannot publish it.
+            return new SubmitResult(SubmitStatus.Duplicate, found);
+        }
+
+        if (!await TryPublishAsync(command, found.Id, cancellationToken))
+        {
+            // The row stays: the first request may have been confirmed. A later repeat or the
+            // stranded-job check publishes it again.
+            return new SubmitResult(SubmitStatus.PublishFailed);
+        }
+
+        JobsLog.RecentJobPublished(logger, found.Id, found.Kind, found.BusinessKey);
+        return new SubmitResult(SubmitStatus.Duplicate, found);
+    }
+
+    private static DateTimeOffset ToMicroseconds(DateTimeOffset time) =>
+        new(time.Ticks - time.Ticks % TimeSpan.TicksPerMicrosecond, time.Offset);
+
+    private sealed record StoredRequest(byte[]? Body);
 
     /// <summary>After a republish: repeats within the next publish budget publish nothing more.</summary>
     private async Task TouchQueuedAsync(Guid jobId, CancellationToken cancellationToken)
@@ -231,11 +306,13 @@ internal sealed class JobSubmitter(
         try
         {
             await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            // Only the row as this request wrote it: a repeat that moved updated_at has answered (or
+            // will answer) for it and publishes the command itself (SecureRecentAsync).
             var removed = await db.Jobs
-                .Where(j => j.Id == job.Id && j.Status == JobStatus.Queued)
+                .Where(j => j.Id == job.Id && j.Status == JobStatus.Queued && j.UpdatedAt == job.UpdatedAt)
                 .ExecuteDeleteAsync(timeout.Token);
             if (removed == 0
-                && await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == job.Id, timeout.Token) is { } picked)
+                && await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == job.Id, timeout.Token) is { Status: not JobStatus.Queued } picked)
             {
                 return new SubmitResult(SubmitStatus.Duplicate, picked);
             }

@@ -30,4 +30,8 @@ internal static partial class JobsLog
     [LoggerMessage(EventId = 1007, Level = LogLevel.Information,
         Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after it was last updated and the same request came again: its command was published again (the inbox applies it once)")]
     public static partial void JobRepublished(ILogger logger, Guid jobId, string kind, string businessKey, TimeSpan age);
+
+    [LoggerMessage(EventId = 1012, Level = LogLevel.Debug,
+        Message = "Job {JobId} ({Kind} {BusinessKey}) was submitted again while the request that created it could still be publishing: this request published its command too (the inbox applies it once)")]
+    public static partial void RecentJobPublished(ILogger logger, Guid jobId, string kind, string businessKey);
 }

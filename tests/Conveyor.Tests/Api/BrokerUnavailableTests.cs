@@ -1,4 +1,5 @@
 using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
@@ -46,6 +47,51 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         using var retry = await _api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), key, deadline.Token);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, retry.StatusCode);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_repeat_while_the_first_request_publishes_is_not_accepted_for_a_job_that_then_vanishes(bool sameRequest)
+    {
+        var paymentId = Guid.NewGuid();
+        var businessKey = paymentId.ToString("D");
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var first = _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
+
+        // The first request has committed its row and now waits for a confirm that never comes.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True(await db.Jobs.AnyAsync(j => j.BusinessKey == businessKey, deadline.Token), "the first request's job row");
+        }, TimeSpan.FromSeconds(10));
+
+        // A client that gave up waiting repeats it: byte for byte, or the same payment with another body and key.
+        using var repeat = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment,
+            sameRequest ? JobRequests.ChargePayment(paymentId) : JobRequests.ChargePayment(paymentId, amountMinor: 999),
+            sameRequest ? "first-key" : "second-key",
+            deadline.Token);
+        using var firstResponse = await first;
+
+        // Before: the repeat got 202 for the job at once, and the first request then removed the row.
+        await repeat.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        await firstResponse.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+
+        // Nobody was told the job was accepted. Its row is kept with the stored request, since either
+        // request's command might still have reached the broker: a later repeat or the stranded-job
+        // check publishes it, and the inbox applies it once.
+        await using (var db = fixture.CreateDbContext())
+        {
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessKey, deadline.Token);
+            Assert.Equal(JobStatus.Queued, job.Status);
+            Assert.NotNull(job.RequestBody);
+        }
+
+        using var again = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
     }
 
     /// <summary>A loopback port that was free a moment ago, so nothing answers on it.</summary>
