@@ -23,7 +23,10 @@ internal readonly record struct CancelResult(CancelStatus Status, Job? Job = nul
 /// <summary>
 /// Cancels a job that has not started. The status changes only from <c>queued</c> or <c>scheduled</c>,
 /// in one UPDATE, so it cannot race a worker starting the job: whichever writes the row first wins,
-/// and a worker that receives a cancelled job's message acks it without running it. A scheduled
+/// and a worker that receives a cancelled job's message acks it without running it. A job back in
+/// <c>queued</c> after a worker shutdown cut an attempt short (it carries that attempt's error) has
+/// started: the attempt may have had its effect outside (a charge at the gateway), which only running
+/// the job again settles, so it is not cancelled. A scheduled
 /// job's stored command is deleted in the same transaction; if the dispatcher holds it at that
 /// moment, it is published anyway and the worker skips it.
 /// </summary>
@@ -35,7 +38,8 @@ internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactor
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         var now = clock.GetUtcNow();
         var cancelled = await db.Jobs
-            .Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Scheduled))
+            .Where(j => j.Id == jobId
+                && ((j.Status == JobStatus.Queued && j.Attempts == 0 && j.LastError == null) || j.Status == JobStatus.Scheduled))
             .ExecuteUpdateAsync(
                 set => set
                     .SetProperty(j => j.Status, JobStatus.Cancelled)

@@ -177,7 +177,9 @@ internal static partial class JobsApi
         {
             { Status: CancelStatus.Cancelled or CancelStatus.AlreadyCancelled, Job: { } job } => TypedResults.Ok(JobDetails.From(job)),
             { Status: CancelStatus.TooLate, Job: { } job } => Problem(StatusCodes.Status409Conflict, "Job cannot be cancelled",
-                $"Job {id} is {job.Status}; only queued or scheduled jobs can be cancelled."),
+                job.Status == JobStatus.Queued
+                    ? $"Job {id} is queued again after an attempt that was cut short; only jobs that have not started can be cancelled."
+                    : $"Job {id} is {job.Status}; only queued or scheduled jobs can be cancelled."),
             _ => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}."),
         };
     }

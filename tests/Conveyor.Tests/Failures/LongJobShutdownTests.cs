@@ -1,7 +1,9 @@
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Failures;
@@ -65,6 +67,15 @@ public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifeti
         // The broker has the message back, neither acked nor dead-lettered.
         await Eventually.AssertAsync(async () =>
             Assert.Equal(1, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "generate-report"))?.Messages));
+
+        // Queued again, but started: the cut attempt may have had effects outside, so no cancel.
+        await using (var api = await fixture.StartApiAsync())
+        {
+            await using var db = fixture.CreateDbContext();
+            var jobId = (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Id;
+            using var cancel = await api.Client.CancelJobAsync(jobId);
+            await cancel.AssertProblemAsync(StatusCodes.Status409Conflict);
+        }
 
         settings["Reports:PageDelayMilliseconds"] = "0";
         await using var second = await fixture.StartWorkerAsync(settings);
