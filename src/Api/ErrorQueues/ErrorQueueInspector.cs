@@ -27,11 +27,13 @@ public sealed class ErrorQueueInspector(
         return InspectAsync(queue, limit, visitor, () => visitor.Messages, cancellationToken);
     }
 
-    public Task<Inspection<IReadOnlyList<FaultGroup>>> GroupsAsync(string queue, int limit, CancellationToken cancellationToken)
+    public Task<Inspection<FaultGroups>> GroupsAsync(string queue, int limit, CancellationToken cancellationToken)
     {
         var visitor = new GroupsVisitor();
-        return InspectAsync<IReadOnlyList<FaultGroup>>(
-            queue, limit, visitor, () => [.. visitor.Groups.OrderByDescending(g => g.Count).ThenBy(g => g.GroupId, StringComparer.Ordinal)], cancellationToken);
+        return InspectAsync(
+            queue, limit, visitor,
+            () => new FaultGroups([.. visitor.Groups.OrderByDescending(g => g.Count).ThenBy(g => g.GroupId, StringComparer.Ordinal)], visitor.Ungrouped),
+            cancellationToken);
     }
 
     private async Task<Inspection<T>> InspectAsync<T>(

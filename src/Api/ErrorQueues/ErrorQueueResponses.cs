@@ -57,8 +57,11 @@ public sealed record ErrorQueueMessage(
     }
 }
 
-/// <summary>Body of <c>GET /api/error-queues/{queue}/groups</c>.</summary>
-public sealed record ErrorQueueGroups(string Queue, long QueueDepth, long Examined, IReadOnlyList<ErrorQueueGroup> Groups);
+/// <summary>
+/// Body of <c>GET /api/error-queues/{queue}/groups</c>. <paramref name="Ungrouped"/>: messages examined
+/// after <see cref="GroupsVisitor.MaxGroups"/> groups existed whose fingerprint matched none of them.
+/// </summary>
+public sealed record ErrorQueueGroups(string Queue, long QueueDepth, long Examined, IReadOnlyList<ErrorQueueGroup> Groups, long Ungrouped);
 
 public sealed record ErrorQueueGroup(
     string GroupId,

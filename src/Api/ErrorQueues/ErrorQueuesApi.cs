@@ -120,7 +120,8 @@ internal static class ErrorQueuesApi
         InspectAsync(
             queue, limit, (DefaultGroupsLimit, MaxGroupsLimit), "groups", http, management, logger,
             count => inspector.GroupsAsync(queue, count, cancellationToken),
-            inspection => new ErrorQueueGroups(queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Select(ErrorQueueGroup.From)]),
+            inspection => new ErrorQueueGroups(
+                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Groups.Select(ErrorQueueGroup.From)], inspection.Result.Ungrouped),
             cancellationToken);
 
     /// <summary>A read of an error queue (peek or groups): the limit, the queue, the walk, the answer or why there is none.</summary>

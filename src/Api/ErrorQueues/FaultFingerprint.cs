@@ -6,11 +6,20 @@ namespace Conveyor.Api.ErrorQueues;
 
 /// <summary>
 /// Groups faults that are "the same problem": the exception type plus its message with the parts that
-/// vary per message (GUIDs, long hexadecimal ids, numbers) replaced by placeholders.
+/// vary per message (GUIDs, long hexadecimal ids, ids mixing letters and digits, numbers) replaced by
+/// placeholders.
 /// </summary>
 public static partial class FaultFingerprint
 {
+    /// <summary>The longest fingerprint message kept.</summary>
     private const int MaxMessageChars = 1000;
+
+    /// <summary>
+    /// How much of a message is normalised: several times what is kept, so ids and numbers of other
+    /// lengths before the cut do not move it (the cut is made after normalising), with the regular
+    /// expressions' work still bounded for huge messages.
+    /// </summary>
+    private const int MaxNormalisedInputChars = 8 * MaxMessageChars;
 
     /// <summary>
     /// A short stable id for the group: the first 12 hex digits of the SHA-256 of the fingerprint.
@@ -28,11 +37,13 @@ public static partial class FaultFingerprint
             return "";
         }
 
-        var text = message.Length > MaxMessageChars ? message[..MaxMessageChars] : message;
+        var text = message.Length > MaxNormalisedInputChars ? message[..MaxNormalisedInputChars] : message;
         text = Guids().Replace(text, "{guid}");
         text = HexIds().Replace(text, "{hex}");
+        text = MixedIds().Replace(text, "{id}");
         text = Numbers().Replace(text, "{n}");
-        return Whitespace().Replace(text, " ").Trim();
+        text = Whitespace().Replace(text, " ").Trim();
+        return text.Length > MaxMessageChars ? text[..MaxMessageChars] : text;
     }
 
     [GeneratedRegex(@"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}", RegexOptions.CultureInvariant)]
@@ -41,6 +52,13 @@ public static partial class FaultFingerprint
     /// <summary>Runs of 12+ hex digits with at least one digit (ids, hashes), not inside a longer word.</summary>
     [GeneratedRegex(@"(?<![0-9A-Za-z])(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{12,}(?![0-9A-Za-z])", RegexOptions.CultureInvariant)]
     private static partial Regex HexIds();
+
+    /// <summary>
+    /// Words of 8+ letters and digits with at least one of each, such as <c>NffrFeUfNV2Hib</c> in
+    /// <c>cus_NffrFeUfNV2Hib</c> (keys, tokens, generated names). Underscores and dashes separate words.
+    /// </summary>
+    [GeneratedRegex(@"(?<![0-9A-Za-z])(?=[0-9A-Za-z]*[0-9])(?=[0-9A-Za-z]*[A-Za-z])[0-9A-Za-z]{8,}(?![0-9A-Za-z])", RegexOptions.CultureInvariant)]
+    private static partial Regex MixedIds();
 
     [GeneratedRegex(@"\d+", RegexOptions.CultureInvariant)]
     private static partial Regex Numbers();

@@ -72,12 +72,24 @@ public sealed class FaultGroup(string groupId, string? exceptionType, string nor
     }
 }
 
-/// <summary>Groups messages by fault fingerprint; keeps every message, remembers no body.</summary>
+/// <summary>The groups of a read of an error queue, largest first, and the messages left out of them.</summary>
+public sealed record FaultGroups(IReadOnlyList<FaultGroup> Groups, long Ungrouped);
+
+/// <summary>
+/// Groups messages by fault fingerprint; keeps every message, remembers no body. At most
+/// <see cref="MaxGroups"/> groups: past that, a message of a new fingerprint is only counted
+/// (<see cref="Ungrouped"/>), so memory and the answer stay bounded when fingerprints do not repeat.
+/// </summary>
 public sealed class GroupsVisitor : WalkVisitor
 {
+    public const int MaxGroups = 1_000;
+
     private readonly Dictionary<string, FaultGroup> _groups = new(StringComparer.Ordinal);
 
     public IEnumerable<FaultGroup> Groups => _groups.Values;
+
+    /// <summary>Messages examined whose fingerprint found no group once <see cref="MaxGroups"/> existed.</summary>
+    public long Ungrouped { get; private set; }
 
     public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) => null;
 
@@ -86,6 +98,12 @@ public sealed class GroupsVisitor : WalkVisitor
         var id = message.GroupId;
         if (!_groups.TryGetValue(id, out var group))
         {
+            if (_groups.Count >= MaxGroups)
+            {
+                Ungrouped++;
+                return (WalkAction.Keep, null);
+            }
+
             var example = message.ExceptionMessage is { Length: > 500 } text ? text[..500] : message.ExceptionMessage;
             group = new FaultGroup(id, message.ExceptionType, FaultFingerprint.Normalise(message.ExceptionMessage), example);
             _groups[id] = group;

@@ -17,6 +17,8 @@ public sealed class ErrorQueueLogicTests
     [InlineData("  Timeout\r\n after   30s ", "Timeout after {n}s")]
     [InlineData("Account acct-42 not found", "Account acct-{n} not found")]
     [InlineData("deadbeef is a word, not an id", "deadbeef is a word, not an id")]
+    [InlineData("Customer cus_NffrFeUfNV2Hib not found", "Customer cus_{id} not found")]
+    [InlineData("Token eyJhbGciOiJIUzI1 expired; utf8 and Http2 stay", "Token {id} expired; utf{n} and Http{n} stay")]
     [InlineData(null, "")]
     public void Fault_messages_are_normalised_before_grouping(string? message, string expected) =>
         Assert.Equal(expected, FaultFingerprint.Normalise(message));
@@ -31,6 +33,37 @@ public sealed class ErrorQueueLogicTests
         Assert.Equal(a, b);
         Assert.NotEqual(a, c);
         Assert.Matches("^[0-9a-f]{12}$", a);
+    }
+
+    [Fact]
+    public void Long_messages_that_differ_only_in_an_early_number_or_id_share_a_group()
+    {
+        var tail = string.Concat(Enumerable.Repeat("the gateway said no. ", 60));
+        var a = FaultFingerprint.GroupId("System.Exception", $"order 7 ({Guid.NewGuid()}): {tail}");
+        var b = FaultFingerprint.GroupId("System.Exception", $"order 1234567 ({Guid.NewGuid()}): {tail}");
+
+        Assert.Equal(a, b);
+        Assert.Equal(1000, FaultFingerprint.Normalise($"order 7: {tail}").Length);
+    }
+
+    [Fact]
+    public void Grouping_keeps_at_most_max_groups_and_counts_the_messages_left_out()
+    {
+        var visitor = new GroupsVisitor();
+        string Word(int i) => string.Concat(i.ToString("D5", System.Globalization.CultureInfo.InvariantCulture).Select(d => (char)('a' + d - '0')));
+        FaultedMessage Fault(int i) => new() { MessageId = $"m-{i}", ExceptionType = "KeyNotFoundException", ExceptionMessage = $"no key {Word(i)}" };
+
+        for (var i = 0; i < GroupsVisitor.MaxGroups + 50; i++)
+        {
+            Assert.Equal(WalkAction.Keep, visitor.Decide(Fault(i), null).Action);
+        }
+
+        // Messages of a group that exists are still counted in it.
+        visitor.Decide(Fault(3), null);
+
+        Assert.Equal(GroupsVisitor.MaxGroups, visitor.Groups.Count());
+        Assert.Equal(50, visitor.Ungrouped);
+        Assert.Equal(2, visitor.Groups.Single(g => g.GroupId == Fault(3).GroupId).Count);
     }
 
     [Fact]
