@@ -69,7 +69,16 @@ public sealed partial class BatchedInboxFilter<T>(
             throw;
         }
 
-        await ThrowUnlessCommittedAsync(member);
+        if (!await member.Completed)
+        {
+            // The consumer succeeded but its effects did not commit: a failed attempt, counted as the
+            // single-message inbox counts it (that transaction rolled back), and a row for the job
+            // if this attempt was creating it.
+            JobMetrics.AttemptFailed(job.Kind);
+            await RecordFailureQuietlyAsync(job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: true);
+            throw new InboxBatchFailedException(member.BatchFailure);
+        }
+
         JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
     }
 
@@ -120,7 +129,12 @@ public sealed partial class BatchedInboxFilter<T>(
     private partial void LogStatusWriteFailed(Exception exception, string kind, string businessKey);
 }
 
-/// <summary>The inbox batch this message was in rolled back; the message is tried again like any transient failure.</summary>
+/// <summary>
+/// The inbox batch this message was in did not commit. The inner exception is why; it decides whether
+/// the message is tried again (<see cref="Failures.FailureClassifier"/>). After a batch broken by one
+/// message's staged insert, every message with effects is applied again alone, so the inner exception
+/// of a message that still fails is its own.
+/// </summary>
 public sealed class InboxBatchFailedException(Exception? inner)
     : Exception("The inbox batch this message was in did not commit", inner);
 

@@ -138,6 +138,12 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     public static string Describe(Exception exception, int maxLength = MaxErrorLength)
     {
         var text = $"{exception.GetType().Name}: {exception.Message}";
+        // A wrapper's own message rarely says why (EF's "An error occurred while saving"): add the root cause.
+        if (exception.GetBaseException() is var cause && cause != exception)
+        {
+            text += $" ({cause.GetType().Name}: {cause.Message})";
+        }
+
         return text.Length <= maxLength ? text : text[..maxLength];
     }
 

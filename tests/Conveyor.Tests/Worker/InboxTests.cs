@@ -172,6 +172,44 @@ public abstract class InboxContract(ConveyorFixture fixture, int inboxBatchSize)
             Assert.Equal(failing, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error"))?.Messages));
     }
 
+    [Fact]
+    public async Task An_effect_that_violates_a_stored_row_is_a_permanent_failure_dead_lettered_after_one_attempt()
+    {
+        // The payment's ledger row is there, while its job and inbox rows are not (swept, or written by
+        // hand): applying the charge breaks the ledger's key on every try, so trying again is useless.
+        var payment = NewPayment();
+        var key = payment.PaymentId.ToString();
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Ledger.Add(new Conveyor.Storage.Payments.LedgerEntry
+            {
+                PaymentId = payment.PaymentId,
+                AccountId = payment.AccountId,
+                AmountMinor = payment.AmountMinor,
+                Currency = payment.Currency,
+                GatewayChargeId = "ch_before",
+                ChargedAt = DateTimeOffset.UtcNow,
+            });
+            await db.SaveChangesAsync();
+        }
+
+        await _publisher.PublishAsync(payment);
+
+        // Well within the first redelivery's delay: a transient failure would still be retrying.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.DeadLettered, (await db.Jobs.SingleOrDefaultAsync(j => j.BusinessKey == key))?.Status);
+        }, TimeSpan.FromSeconds(30));
+        await AssertQueueDrainedAsync();
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal(1, job.Attempts);
+        Assert.Contains("23505", job.LastError, StringComparison.Ordinal);
+        Assert.False(await check.ScheduledMessages.AnyAsync(), "a redelivery was scheduled");
+        Assert.Equal("ch_before", (await check.Ledger.SingleAsync(l => l.PaymentId == payment.PaymentId)).GatewayChargeId);
+    }
+
     private async Task AssertQueueDrainedAsync() =>
         await Eventually.AssertAsync(async () =>
         {
