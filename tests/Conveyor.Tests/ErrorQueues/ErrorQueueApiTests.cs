@@ -372,6 +372,10 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         { """{"filter":{"messageIds":["\udc01"]}}""", ["filter"] },
         { """{"filter":{"jobIds":["not-a-uuid"]}}""", ["filter.jobIds"] },
         { """{"filter":{"jobIds":[]}}""", ["filter.jobIds"] },
+        // Names the management API's URL would read as path steps (the queue listing, not a queue).
+        { """{"target":"."}""", ["target"] },
+        { """{"target":".."}""", ["target"] },
+        { """{"target":" .. "}""", ["target"] },
     };
 
     [Theory]
