@@ -26,4 +26,10 @@ public static class ExitCodes
     /// an Api of another version): nothing in it could be shown.
     /// </summary>
     public const int UnexpectedAnswer = 6;
+
+    /// <summary>
+    /// The operation is still running: shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
+    /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
+    /// </summary>
+    public const int StillRunning = 7;
 }

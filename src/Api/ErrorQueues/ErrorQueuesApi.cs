@@ -30,6 +30,7 @@ internal static class ErrorQueuesApi
         services.AddSingleton<ErrorQueueBroker>();
         services.AddSingleton<QueueLocks>();
         services.AddSingleton<OperationRunner>();
+        services.AddSingleton<AbandonedOperations>();
         services.AddHostedService(provider => provider.GetRequiredService<OperationRunner>());
         services.AddSingleton<ErrorQueueInspector>();
         services.AddSingleton<ErrorQueueDepthMonitor>();

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Spectre.Console;
@@ -82,7 +83,7 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationSettings settings, CancellationToken cancellationToken)
     {
         var operation = settings.Wait
-            ? await Operations.WaitAsync(cli, client, settings.Id, showProgress: !settings.Json, cancellationToken)
+            ? await Operations.WaitAsync(cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), cancellationToken)
             : await client.GetAsync($"api/operations/{settings.Id}", cancellationToken);
         return Operations.Report(cli, operation, settings.Json);
     }
@@ -132,20 +133,28 @@ internal static class Operations
             return ExitCodes.Ok;
         }
 
-        var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, cancellationToken);
+        var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);
         return Report(cli, operation, settings.Json);
     }
 
-    /// <summary>Polls the operation until it ends; with a progress bar on stderr when it is a terminal.</summary>
-    public static async Task<JsonElement> WaitAsync(CliContext cli, ConveyorClient client, Guid id, bool showProgress, CancellationToken cancellationToken)
+    public static TimeSpan? Seconds(int? seconds) => seconds is { } s ? TimeSpan.FromSeconds(s) : null;
+
+    /// <summary>
+    /// Polls the operation until it ends (an operation whose process died is reported <c>interrupted</c>
+    /// by the Api) or <paramref name="timeout"/> passes; with a progress bar on stderr when it is a terminal.
+    /// </summary>
+    public static async Task<JsonElement> WaitAsync(
+        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, CancellationToken cancellationToken)
     {
         var path = $"api/operations/{id}";
+        var started = Stopwatch.GetTimestamp();
+        bool Waited() => timeout is { } limit && Stopwatch.GetElapsedTime(started) >= limit;
         if (!showProgress || !cli.Err.Profile.Capabilities.Interactive)
         {
             while (true)
             {
                 var operation = await client.GetAsync(path, cancellationToken);
-                if (StateOf(operation) != Running)
+                if (StateOf(operation) != Running || Waited())
                 {
                     return operation;
                 }
@@ -176,6 +185,12 @@ internal static class Operations
                         return operation;
                     }
 
+                    if (Waited())
+                    {
+                        task.StopTask();
+                        return operation;
+                    }
+
                     await Task.Delay(cli.PollInterval, cancellationToken);
                 }
             });
@@ -185,10 +200,16 @@ internal static class Operations
     private static string StateOf(JsonElement operation) =>
         ConveyorClient.Text(operation, "state") ?? throw new KeyNotFoundException("The answer has no operation state.");
 
-    /// <summary>Prints the outcome; 0 when it succeeded, 1 otherwise.</summary>
+    /// <summary>Prints the outcome; 0 when it succeeded, 7 while it still runs, 1 otherwise.</summary>
     public static int Report(CliContext cli, JsonElement operation, bool json)
     {
         var state = StateOf(operation);
+        if (state == Running)
+        {
+            cli.Err.MarkupLine(Markup.Escape(
+                $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait"));
+        }
+
         if (json)
         {
             cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, Indented));
@@ -228,7 +249,12 @@ internal static class Operations
             }
         }
 
-        return state == "succeeded" ? ExitCodes.Ok : ExitCodes.OperationFailed;
+        return state switch
+        {
+            "succeeded" => ExitCodes.Ok,
+            Running => ExitCodes.StillRunning,
+            _ => ExitCodes.OperationFailed,
+        };
     }
 
     public static Table Table(JsonElement operations)
