@@ -59,7 +59,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationsSettings settings, CancellationToken cancellationToken)
     {
         var query = Query(("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
-        var operations = await client.GetAsync("api/operations" + query, cancellationToken);
+        var operations = Answers.ExpectArray(await client.GetAsync("api/operations" + query, cancellationToken), "operations");
         if (settings.Json)
         {
             WriteJson(cli, operations);
@@ -96,7 +96,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
     {
         var query = OperationsCommand.Query(
             ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
-        var entries = await client.GetAsync("api/audit" + query, cancellationToken);
+        var entries = Answers.ExpectArray(await client.GetAsync("api/audit" + query, cancellationToken), "audit entries");
         if (settings.Json)
         {
             WriteJson(cli, entries);
@@ -111,6 +111,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
 internal static class Operations
 {
     private const string Running = "running";
+    private const string Succeeded = "succeeded";
     private const int IdsShown = 20;
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
@@ -200,14 +201,24 @@ internal static class Operations
     private static string StateOf(JsonElement operation) =>
         ConveyorClient.Text(operation, "state") ?? throw new KeyNotFoundException("The answer has no operation state.");
 
-    /// <summary>Prints the outcome; 0 when it succeeded, 7 while it still runs, 1 otherwise.</summary>
+    /// <summary>Prints the outcome; 0 when it succeeded, 8 when it did so only in part, 7 while it still runs, 1 otherwise.</summary>
     public static int Report(CliContext cli, JsonElement operation, bool json)
     {
+        Answers.ExpectObject(operation, "an operation", "operationId", "state");
         var state = StateOf(operation);
+        // An Api of an earlier version does not say "partial"; failures it does count.
+        var partial = state == Succeeded
+            && ((operation.TryGetProperty("partial", out var p) && p.ValueKind == JsonValueKind.True) || Number(operation, "failed") > 0);
         if (state == Running)
         {
             cli.Err.MarkupLine(Markup.Escape(
                 $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait"));
+        }
+        else if (partial)
+        {
+            cli.Err.MarkupLine(Markup.Escape(
+                $"It ended with failures: {Number(operation, "failed")} matched message(s) could not be moved and stayed in the queue, "
+                + "or it stopped before examining every message (see its detail)."));
         }
 
         if (json)
@@ -251,7 +262,7 @@ internal static class Operations
 
         return state switch
         {
-            "succeeded" => ExitCodes.Ok,
+            Succeeded => partial ? ExitCodes.EndedWithFailures : ExitCodes.Ok,
             Running => ExitCodes.StillRunning,
             _ => ExitCodes.OperationFailed,
         };
