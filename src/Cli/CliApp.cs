@@ -83,9 +83,9 @@ public static class CliApp
         catch (Exception exception) when (IsUnexpectedShape(exception))
         {
             // The commands read the Api's JSON by its documented shape; anything else lands here.
-            await stderr.WriteLineAsync($"conveyor: the answer is not one a Conveyor Api gives ({exception.Message})");
-            await stderr.WriteLineAsync($"Is --api (or {CliContext.ApiUrlVariable}) the address of a Conveyor Api of this version?");
-            return ExitCodes.UnexpectedAnswer;
+            var unexpected = Answers.Unexpected(exception.Message);
+            await stderr.WriteLineAsync($"conveyor: {unexpected.Message}");
+            return unexpected.ExitCode;
         }
     }
 

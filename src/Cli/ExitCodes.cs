@@ -3,7 +3,7 @@ namespace Conveyor.Cli;
 /// <summary>What the <c>conveyor</c> command's exit code means (also in src/Cli/README.md).</summary>
 public static class ExitCodes
 {
-    /// <summary>Done; for move and purge, the operation succeeded.</summary>
+    /// <summary>Done; for move and purge, the operation succeeded in full.</summary>
     public const int Ok = 0;
 
     /// <summary>The operation failed, was cancelled or interrupted, or the server answered 500.</summary>
@@ -26,4 +26,17 @@ public static class ExitCodes
     /// an Api of another version): nothing in it could be shown.
     /// </summary>
     public const int UnexpectedAnswer = 6;
+
+    /// <summary>
+    /// The operation is still running: shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
+    /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
+    /// </summary>
+    public const int StillRunning = 7;
+
+    /// <summary>
+    /// The operation ended but did only part of its work: matched messages it could not move (such as a
+    /// target queue that does not exist; they stayed in the error queue), or it stopped before examining
+    /// every message.
+    /// </summary>
+    public const int EndedWithFailures = 8;
 }

@@ -11,6 +11,17 @@ public static class ErrorQueueNames
     /// <summary>RabbitMQ's limit for a queue name, in UTF-8 bytes.</summary>
     public const int MaxQueueNameBytes = 255;
 
+    /// <summary>
+    /// Why <paramref name="name"/> cannot name a queue this Api works with, or null when it can: empty,
+    /// longer than RabbitMQ allows, or <c>.</c> / <c>..</c>, which no escaping keeps inside the
+    /// management API's URL path segment (they would address the queue listing instead).
+    /// </summary>
+    public static string? NameProblem(string name) =>
+        name.Length == 0 ? "Must not be empty."
+        : System.Text.Encoding.UTF8.GetByteCount(name) > MaxQueueNameBytes ? $"Must be at most {MaxQueueNameBytes} bytes long."
+        : name is "." or ".." ? "Must be a queue name, not . or .."
+        : null;
+
     public static bool IsErrorOrSkipped(string queue) =>
         Kind(queue) is not null && queue.Length > SuffixOf(queue)!.Length;
 

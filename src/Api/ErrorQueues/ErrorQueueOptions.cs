@@ -51,6 +51,15 @@ public sealed class ErrorQueueOptions
     [Range(0, 300)]
     public int InspectionWaitSeconds { get; set; } = 10;
 
+    /// <summary>
+    /// A move or purge still "running" whose progress has not been written for this long is shown, and
+    /// recorded, as <c>interrupted</c>: the process running it stopped (killed, out of memory, a shutdown
+    /// out of time). A live operation writes its progress twice a second, and stops itself when it
+    /// cannot for a third of this time, so it is never taken for one; set the same on every replica.
+    /// </summary>
+    [Range(2, 86_400)]
+    public int AbandonedAfterSeconds { get; set; } = 30;
+
     /// <summary>How often the error-queue depth gauge is refreshed from the management API.</summary>
     [Range(1, 3600)]
     public int DepthRefreshSeconds { get; set; } = 15;

@@ -30,6 +30,7 @@ internal static class ErrorQueuesApi
         services.AddSingleton<ErrorQueueBroker>();
         services.AddSingleton<QueueLocks>();
         services.AddSingleton<OperationRunner>();
+        services.AddSingleton<AbandonedOperations>();
         services.AddHostedService(provider => provider.GetRequiredService<OperationRunner>());
         services.AddSingleton<ErrorQueueInspector>();
         services.AddSingleton<ErrorQueueDepthMonitor>();
@@ -239,9 +240,9 @@ internal static class ErrorQueuesApi
         {
             errors.Add("target", "Must be a work queue, not an _error or _skipped queue.");
         }
-        else if (System.Text.Encoding.UTF8.GetByteCount(target) > ErrorQueueNames.MaxQueueNameBytes)
+        else if (ErrorQueueNames.NameProblem(target) is { } problem)
         {
-            errors.Add("target", $"Must be at most {ErrorQueueNames.MaxQueueNameBytes} bytes long.");
+            errors.Add("target", problem);
         }
         else if (await management.QueueAsync(target, cancellationToken) is null)
         {

@@ -9,14 +9,15 @@ internal sealed record ParsedOperation(MessageFilter Filter, string? Target, int
 
 /// <summary>
 /// Reads the body of <c>POST .../move</c> and <c>POST .../purge</c>. Unknown fields are refused: a
-/// misspelt filter field silently ignored would widen a purge to every message.
+/// misspelt filter field silently ignored would widen a purge to every message. So are a field given
+/// twice in different casings and an explicit null (which of two values counts, or whether null means
+/// "none" or "any", would be a guess); leaving a field out is how to say "no restriction".
 /// </summary>
 internal static class OperationRequestParser
 {
     public const int MaxLimit = 10_000_000;
     private const int MaxTextLength = 500;
-
-    private static readonly string[] FilterFields = ["messageIds", "jobIds", "exceptionType", "messageType", "groupId", "faultedBefore", "faultedAfter"];
+    private const string FilterField = "filter";
 
     public static ParsedOperation? Parse(ReadOnlyMemory<byte> body, bool purge, FieldErrors errors)
     {
@@ -26,24 +27,17 @@ internal static class OperationRequestParser
             return null;
         }
 
-        var root = document.RootElement;
-        string[] known = purge ? ["filter", "limit", "dryRun", "confirm"] : ["filter", "target", "limit", "dryRun"];
-        RefuseUnknown(root, known, "", errors);
-
-        var filter = MessageFilter.All;
-        if (Find(root, "filter") is { } filterJson)
-        {
-            filter = ParseFilter(filterJson, errors);
-        }
+        var fields = new JsonFields(document.RootElement, errors);
+        var filter = fields.OptionalNotNull(FilterField) is { } filterJson ? ParseFilter(filterJson, errors) : MessageFilter.All;
 
         string? target = null;
-        if (!purge && Find(root, "target") is { } targetJson)
+        if (!purge && fields.OptionalNotNull("target") is { } targetJson)
         {
             target = Text(targetJson, "target", ErrorQueueNames.MaxQueueNameBytes, errors);
         }
 
         int? limit = null;
-        if (Find(root, "limit") is { } limitJson)
+        if (fields.OptionalNotNull("limit") is { } limitJson)
         {
             if (limitJson.ValueKind != JsonValueKind.Number || !limitJson.TryGetInt32(out var value) || value < 1 || value > MaxLimit)
             {
@@ -56,7 +50,7 @@ internal static class OperationRequestParser
         }
 
         var dryRun = false;
-        if (Find(root, "dryRun") is { } dryRunJson)
+        if (fields.OptionalNotNull("dryRun") is { } dryRunJson)
         {
             if (dryRunJson.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
             {
@@ -69,7 +63,7 @@ internal static class OperationRequestParser
         }
 
         string? confirm = null;
-        if (purge && Find(root, "confirm") is { } confirmJson)
+        if (purge && fields.OptionalNotNull("confirm") is { } confirmJson)
         {
             confirm = confirmJson.ValueKind == JsonValueKind.String ? confirmJson.GetString() : null;
             if (confirm is null)
@@ -78,49 +72,47 @@ internal static class OperationRequestParser
             }
         }
 
+        fields.RejectUnknown(purge ? "a purge" : "a move");
         return new ParsedOperation(filter, target, limit, dryRun, confirm);
     }
 
+    /// <summary>The filter object; its errors are named <c>filter.&lt;field&gt;</c>.</summary>
     private static MessageFilter ParseFilter(JsonElement json, FieldErrors errors)
     {
         if (json.ValueKind != JsonValueKind.Object)
         {
-            errors.Add("filter", "Must be an object.");
+            errors.Add(FilterField, "Must be an object.");
             return MessageFilter.All;
         }
 
-        RefuseUnknown(json, FilterFields, "filter.", errors);
-        HashSet<string>? ids = null;
-        if (Find(json, "messageIds") is { } idsJson)
-        {
-            ids = ParseIds(idsJson, errors);
-        }
+        var filterErrors = new FieldErrors();
+        var fields = new JsonFields(json, filterErrors);
+        var ids = fields.OptionalNotNull("messageIds") is { } idsJson ? ParseIds(idsJson, filterErrors) : null;
+        var jobIds = fields.OptionalNotNull("jobIds") is { } jobIdsJson ? ParseJobIds(jobIdsJson, filterErrors) : null;
+        var exceptionType = fields.OptionalNotNull("exceptionType") is { } type ? Text(type, "exceptionType", MaxTextLength, filterErrors) : null;
+        var messageType = fields.OptionalNotNull("messageType") is { } messageTypeJson ? Text(messageTypeJson, "messageType", MaxTextLength, filterErrors) : null;
 
-        HashSet<Guid>? jobIds = null;
-        if (Find(json, "jobIds") is { } jobIdsJson)
-        {
-            jobIds = ParseJobIds(jobIdsJson, errors);
-        }
-
-        var before = Find(json, "faultedBefore") is { } beforeJson ? Time(beforeJson, "filter.faultedBefore", errors) : null;
-        var after = Find(json, "faultedAfter") is { } afterJson ? Time(afterJson, "filter.faultedAfter", errors) : null;
-        if (before is not null && after is not null && after >= before)
-        {
-            errors.Add("filter.faultedAfter", "Must be earlier than filter.faultedBefore.");
-        }
-
-        var groupId = Find(json, "groupId") is { } groupJson ? Text(groupJson, "filter.groupId", 64, errors) : null;
+        var groupId = fields.OptionalNotNull("groupId") is { } groupJson ? Text(groupJson, "groupId", 64, filterErrors) : null;
         if (groupId is not null && !groupId.All(char.IsAsciiHexDigit))
         {
-            errors.Add("filter.groupId", "Must be a group id as GET .../groups shows it (hexadecimal).");
+            filterErrors.Add("groupId", "Must be a group id as GET .../groups shows it (hexadecimal).");
         }
 
+        var before = fields.OptionalNotNull("faultedBefore") is { } beforeJson ? Time(beforeJson, "faultedBefore", filterErrors) : null;
+        var after = fields.OptionalNotNull("faultedAfter") is { } afterJson ? Time(afterJson, "faultedAfter", filterErrors) : null;
+        if (before is not null && after is not null && after >= before)
+        {
+            filterErrors.Add("faultedAfter", "Must be earlier than filter.faultedBefore.");
+        }
+
+        fields.RejectUnknown("a filter");
+        errors.AddAll(filterErrors, FilterField);
         return new MessageFilter
         {
             MessageIds = ids,
             JobIds = jobIds,
-            ExceptionType = Find(json, "exceptionType") is { } type ? Text(type, "filter.exceptionType", MaxTextLength, errors) : null,
-            MessageType = Find(json, "messageType") is { } messageType ? Text(messageType, "filter.messageType", MaxTextLength, errors) : null,
+            ExceptionType = exceptionType,
+            MessageType = messageType,
             GroupId = groupId?.ToLowerInvariant(),
             FaultedBefore = before,
             FaultedAfter = after,
@@ -128,10 +120,10 @@ internal static class OperationRequestParser
     }
 
     private static HashSet<string>? ParseIds(JsonElement json, FieldErrors errors) =>
-        ParseSet<string>(json, "filter.messageIds", "message ids", "Each message id must be a string of 1 to 200 characters.", ReadMessageId, StringComparer.Ordinal, errors);
+        ParseSet<string>(json, "messageIds", "message ids", "Each message id must be a string of 1 to 200 characters.", ReadMessageId, StringComparer.Ordinal, errors);
 
     private static HashSet<Guid>? ParseJobIds(JsonElement json, FieldErrors errors) =>
-        ParseSet<Guid>(json, "filter.jobIds", "job ids", "Each job id must be a UUID string.", ReadJobId, null, errors);
+        ParseSet<Guid>(json, "jobIds", "job ids", "Each job id must be a UUID string.", ReadJobId, null, errors);
 
     private static bool ReadMessageId(JsonElement id, out string text)
     {
@@ -194,29 +186,5 @@ internal static class OperationRequestParser
 
         errors.Add(field, "Must be an ISO 8601 date and time, such as 2026-11-28T06:25:00Z.");
         return null;
-    }
-
-    private static JsonElement? Find(JsonElement json, string name)
-    {
-        foreach (var property in json.EnumerateObject())
-        {
-            if (string.Equals(property.Name, name, StringComparison.OrdinalIgnoreCase))
-            {
-                return property.Value.ValueKind == JsonValueKind.Null ? null : property.Value;
-            }
-        }
-
-        return null;
-    }
-
-    private static void RefuseUnknown(JsonElement json, string[] known, string prefix, FieldErrors errors)
-    {
-        foreach (var property in json.EnumerateObject())
-        {
-            if (!known.Contains(property.Name, StringComparer.OrdinalIgnoreCase))
-            {
-                errors.Add(prefix + property.Name, $"Unknown field. Known: {string.Join(", ", known)}.");
-            }
-        }
     }
 }

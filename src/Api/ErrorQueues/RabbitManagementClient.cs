@@ -31,9 +31,14 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
         return [.. document.RootElement.EnumerateArray().Select(Read)];
     }
 
-    /// <summary>The queue, or null when it does not exist.</summary>
+    /// <summary>The queue, or null when it does not exist (or its name cannot be put in the URL, see <see cref="ErrorQueueNames.NameProblem"/>).</summary>
     public async Task<QueueStats?> QueueAsync(string name, CancellationToken cancellationToken)
     {
+        if (ErrorQueueNames.NameProblem(name) is not null)
+        {
+            return null;
+        }
+
         var path = $"queues/{Uri.EscapeDataString(options.Value.VirtualHost)}/{Uri.EscapeDataString(name)}?columns={Columns}";
         using var document = await GetAsync(path, cancellationToken);
         return document is null ? null : Read(document.RootElement);

@@ -159,6 +159,27 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
         return value;
     }
 
+    /// <summary>
+    /// The value of a field that may be left out (null when it is), of any kind, for the caller to
+    /// check. An explicit JSON null is an error: for a field whose absence means "no restriction" (a
+    /// filter), a null that read as "not given" would widen the request without a word.
+    /// </summary>
+    public JsonElement? OptionalNotNull(string name)
+    {
+        if (!TryFind(name, out var value))
+        {
+            return null;
+        }
+
+        if (value.ValueKind == JsonValueKind.Null)
+        {
+            errors.Add(name, "Must not be null; leave the field out instead.");
+            return null;
+        }
+
+        return value;
+    }
+
     /// <summary>Any JSON value but null; cloned so it outlives the parsed document.</summary>
     public JsonElement RequiredValue(string name)
     {

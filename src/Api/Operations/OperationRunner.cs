@@ -143,7 +143,7 @@ public sealed class OperationRunner(
         {
             state = ErrorQueueOperationStates.Failed;
             detail = lostLock.Value
-                ? "Lost the database connection that holds the queue's lock; stopped. Messages not yet moved or purged stayed in the queue."
+                ? "Lost the database connection that holds the queue's lock, or it did not record progress in time; stopped. Messages not yet moved or purged stayed in the queue."
                 : exception.Message;
             OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
         }
@@ -178,16 +178,21 @@ public sealed class OperationRunner(
 
     /// <summary>
     /// Writes the counters through the lock's own connection: if that connection is lost, so is the
-    /// lock, and the operation stops rather than run beside another one.
+    /// lock, and the operation stops rather than run beside another one. A write that takes more than a
+    /// third of <see cref="ErrorQueueOptions.AbandonedAfterSeconds"/> stops it too: a row without progress
+    /// for that long is taken for one whose process died (<see cref="AbandonedOperations"/>).
     /// </summary>
     private async Task ReportProgressAsync(
         Guid id, QueueLease lease, OperationVisitor visitor, WalkProgress progress, CancellationTokenSource cancel, StrongBox<bool> lostLock)
     {
+        var writeTimeout = TimeSpan.FromSeconds(options.Value.AbandonedAfterSeconds) / 3;
         using var timer = new PeriodicTimer(ProgressInterval, time);
         try
         {
             while (await timer.WaitForNextTickAsync(cancel.Token))
             {
+                using var timeout = new CancellationTokenSource(writeTimeout, time);
+                using var write = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token, timeout.Token);
                 var (messageIds, truncated, _, _) = visitor.Snapshot();
                 await using var update = new NpgsqlCommand(
                     """
@@ -206,7 +211,7 @@ public sealed class OperationRunner(
                 update.Parameters.AddWithValue("failed", visitor.Failed);
                 update.Parameters.AddWithValue("ids", JsonSerializer.Serialize(messageIds));
                 update.Parameters.AddWithValue("truncated", truncated);
-                await update.ExecuteNonQueryAsync(cancel.Token);
+                await update.ExecuteNonQueryAsync(write.Token);
             }
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
@@ -232,7 +237,8 @@ public sealed class OperationRunner(
         }
         catch (Exception exception)
         {
-            // The row stays "running" until the next operation on the queue marks it interrupted.
+            // The row stays "running" until it is read after AbandonedAfterSeconds, or the next
+            // operation on the queue finds it, and is then marked interrupted.
             OperationsLog.ResultNotSaved(logger, exception, operation.Id);
         }
     }

@@ -7,6 +7,10 @@ namespace Conveyor.Api.Operations;
 /// A move or purge as <c>GET /api/operations/{id}</c> and <c>GET /api/audit</c> show it: who asked
 /// (<see cref="RequestedBy"/>), what (<see cref="Kind"/>, <see cref="Filter"/>), when, from
 /// (<see cref="Queue"/>), to (<see cref="Target"/> or per-queue <see cref="Targets"/>), how many, which.
+/// <see cref="Partial"/> marks a <c>succeeded</c> operation that did only part of what it set out to:
+/// matched messages it could not move (<see cref="Failed"/>, such as a target queue that does not exist;
+/// they stay in the error queue), or a walk that stopped before examining every message (<see cref="Detail"/>
+/// says why).
 /// </summary>
 public sealed record OperationView(
     Guid OperationId,
@@ -18,6 +22,7 @@ public sealed record OperationView(
     int? Limit,
     bool DryRun,
     string State,
+    bool Partial,
     string RequestedBy,
     string? ClientAddress,
     long QueueDepthAtStart,
@@ -44,6 +49,8 @@ public sealed record OperationView(
         o.Limit,
         o.DryRun,
         o.State,
+        // A succeeded operation records a detail only when it failed to move some or stopped early.
+        o.State == ErrorQueueOperationStates.Succeeded && (o.Failed > 0 || o.Detail is not null),
         o.RequestedBy,
         o.ClientAddress,
         o.QueueDepthAtStart,

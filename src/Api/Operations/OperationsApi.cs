@@ -43,7 +43,7 @@ internal static class OperationsApi
     }
 
     internal static async Task<Results<Ok<OperationView>, ValidationProblem, ProblemHttpResult>> GetOperation(
-        string operationId, ConveyorDbContext db, CancellationToken cancellationToken)
+        string operationId, ConveyorDbContext db, AbandonedOperations abandoned, CancellationToken cancellationToken)
     {
         if (!RouteIds.TryParse(operationId, nameof(operationId), out var id, out var invalid))
         {
@@ -51,13 +51,18 @@ internal static class OperationsApi
         }
 
         var operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
+        if (operation?.State == ErrorQueueOperationStates.Running && await abandoned.SettleAsync(cancellationToken) > 0)
+        {
+            operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
+        }
+
         return operation is null
             ? TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Operation not found", detail: $"There is no operation {id}.")
             : TypedResults.Ok(OperationView.From(operation));
     }
 
     internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> ListOperations(
-        string? queue, string? state, string? limit, ConveyorDbContext db, CancellationToken cancellationToken)
+        string? queue, string? state, string? limit, ConveyorDbContext db, AbandonedOperations abandoned, CancellationToken cancellationToken)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         string[] states =
@@ -76,6 +81,7 @@ internal static class OperationsApi
             return TypedResults.ValidationProblem(errors);
         }
 
+        await abandoned.SettleAsync(cancellationToken);
         var query = db.ErrorQueueOperations.AsNoTracking();
         query = queue is null ? query : query.Where(o => o.Queue == queue);
         query = state is null ? query : query.Where(o => o.State == state);
@@ -84,7 +90,8 @@ internal static class OperationsApi
     }
 
     internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> Audit(
-        string? queue, string? requestedBy, string? since, string? limit, ConveyorDbContext db, CancellationToken cancellationToken)
+        string? queue, string? requestedBy, string? since, string? limit, ConveyorDbContext db, AbandonedOperations abandoned,
+        CancellationToken cancellationToken)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         DateTimeOffset? from = null;
@@ -106,6 +113,7 @@ internal static class OperationsApi
             return TypedResults.ValidationProblem(errors);
         }
 
+        await abandoned.SettleAsync(cancellationToken);
         var query = db.ErrorQueueOperations.AsNoTracking();
         query = queue is null ? query : query.Where(o => o.Queue == queue);
         query = requestedBy is null ? query : query.Where(o => o.RequestedBy == requestedBy);

@@ -15,14 +15,18 @@ internal static partial class OperationsLog
     public static partial void Failed(ILogger logger, Exception exception, Guid operationId, string queue);
 
     [LoggerMessage(EventId = 2004, Level = LogLevel.Error,
-        Message = "Operation {OperationId} lost the database connection that holds its queue lock; stopping it")]
+        Message = "Operation {OperationId} lost the database connection that holds its queue lock, or could not record progress in time; stopping it")]
     public static partial void LostLock(ILogger logger, Exception exception, Guid operationId);
 
     [LoggerMessage(EventId = 2005, Level = LogLevel.Error,
-        Message = "The result of operation {OperationId} could not be saved; it shows as running until the next operation on its queue")]
+        Message = "The result of operation {OperationId} could not be saved; it shows as running until it is found abandoned")]
     public static partial void ResultNotSaved(ILogger logger, Exception exception, Guid operationId);
 
     [LoggerMessage(EventId = 2006, Level = LogLevel.Warning,
         Message = "An operation on {Queue} was left running by a process that stopped; marked interrupted")]
     public static partial void FoundInterrupted(ILogger logger, string queue);
+
+    [LoggerMessage(EventId = 2007, Level = LogLevel.Warning,
+        Message = "{Count} operation(s) had recorded no progress for {Seconds} s: their process stopped; marked interrupted")]
+    public static partial void FoundAbandoned(ILogger logger, int count, int seconds);
 }

@@ -49,7 +49,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, JobSettings settings, CancellationToken cancellationToken)
     {
         var wait = settings.Wait is { } seconds ? $"?waitSeconds={seconds.ToString(CultureInfo.InvariantCulture)}" : "";
-        var job = await client.GetAsync($"api/jobs/{settings.Id}{wait}", cancellationToken);
+        var job = Answers.ExpectObject(await client.GetAsync($"api/jobs/{settings.Id}{wait}", cancellationToken), "a job", "jobId", "status");
         if (settings.Json)
         {
             WriteJson(cli, job);
@@ -85,7 +85,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         var query = OperationsCommand.Query(
             ("status", settings.Status), ("kind", settings.Kind), ("businessKey", settings.BusinessKey),
             ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
-        var page = await client.GetAsync("api/jobs" + query, cancellationToken);
+        var page = Answers.ExpectObject(await client.GetAsync("api/jobs" + query, cancellationToken), "a page of jobs", "items");
         if (settings.Json)
         {
             WriteJson(cli, page);

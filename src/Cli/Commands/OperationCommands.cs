@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Spectre.Console;
@@ -58,7 +59,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationsSettings settings, CancellationToken cancellationToken)
     {
         var query = Query(("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
-        var operations = await client.GetAsync("api/operations" + query, cancellationToken);
+        var operations = Answers.ExpectArray(await client.GetAsync("api/operations" + query, cancellationToken), "operations");
         if (settings.Json)
         {
             WriteJson(cli, operations);
@@ -82,7 +83,7 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationSettings settings, CancellationToken cancellationToken)
     {
         var operation = settings.Wait
-            ? await Operations.WaitAsync(cli, client, settings.Id, showProgress: !settings.Json, cancellationToken)
+            ? await Operations.WaitAsync(cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), cancellationToken)
             : await client.GetAsync($"api/operations/{settings.Id}", cancellationToken);
         return Operations.Report(cli, operation, settings.Json);
     }
@@ -95,7 +96,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
     {
         var query = OperationsCommand.Query(
             ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
-        var entries = await client.GetAsync("api/audit" + query, cancellationToken);
+        var entries = Answers.ExpectArray(await client.GetAsync("api/audit" + query, cancellationToken), "audit entries");
         if (settings.Json)
         {
             WriteJson(cli, entries);
@@ -110,6 +111,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
 internal static class Operations
 {
     private const string Running = "running";
+    private const string Succeeded = "succeeded";
     private const int IdsShown = 20;
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
@@ -132,20 +134,28 @@ internal static class Operations
             return ExitCodes.Ok;
         }
 
-        var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, cancellationToken);
+        var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);
         return Report(cli, operation, settings.Json);
     }
 
-    /// <summary>Polls the operation until it ends; with a progress bar on stderr when it is a terminal.</summary>
-    public static async Task<JsonElement> WaitAsync(CliContext cli, ConveyorClient client, Guid id, bool showProgress, CancellationToken cancellationToken)
+    public static TimeSpan? Seconds(int? seconds) => seconds is { } s ? TimeSpan.FromSeconds(s) : null;
+
+    /// <summary>
+    /// Polls the operation until it ends (an operation whose process died is reported <c>interrupted</c>
+    /// by the Api) or <paramref name="timeout"/> passes; with a progress bar on stderr when it is a terminal.
+    /// </summary>
+    public static async Task<JsonElement> WaitAsync(
+        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, CancellationToken cancellationToken)
     {
         var path = $"api/operations/{id}";
+        var started = Stopwatch.GetTimestamp();
+        bool Waited() => timeout is { } limit && Stopwatch.GetElapsedTime(started) >= limit;
         if (!showProgress || !cli.Err.Profile.Capabilities.Interactive)
         {
             while (true)
             {
                 var operation = await client.GetAsync(path, cancellationToken);
-                if (StateOf(operation) != Running)
+                if (StateOf(operation) != Running || Waited())
                 {
                     return operation;
                 }
@@ -176,6 +186,12 @@ internal static class Operations
                         return operation;
                     }
 
+                    if (Waited())
+                    {
+                        task.StopTask();
+                        return operation;
+                    }
+
                     await Task.Delay(cli.PollInterval, cancellationToken);
                 }
             });
@@ -185,10 +201,26 @@ internal static class Operations
     private static string StateOf(JsonElement operation) =>
         ConveyorClient.Text(operation, "state") ?? throw new KeyNotFoundException("The answer has no operation state.");
 
-    /// <summary>Prints the outcome; 0 when it succeeded, 1 otherwise.</summary>
+    /// <summary>Prints the outcome; 0 when it succeeded, 8 when it did so only in part, 7 while it still runs, 1 otherwise.</summary>
     public static int Report(CliContext cli, JsonElement operation, bool json)
     {
+        Answers.ExpectObject(operation, "an operation", "operationId", "state");
         var state = StateOf(operation);
+        // An Api of an earlier version does not say "partial"; failures it does count.
+        var partial = state == Succeeded
+            && ((operation.TryGetProperty("partial", out var p) && p.ValueKind == JsonValueKind.True) || Number(operation, "failed") > 0);
+        if (state == Running)
+        {
+            cli.Err.MarkupLine(Markup.Escape(
+                $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait"));
+        }
+        else if (partial)
+        {
+            cli.Err.MarkupLine(Markup.Escape(
+                $"It ended with failures: {Number(operation, "failed")} matched message(s) could not be moved and stayed in the queue, "
+                + "or it stopped before examining every message (see its detail)."));
+        }
+
         if (json)
         {
             cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, Indented));
@@ -228,7 +260,12 @@ internal static class Operations
             }
         }
 
-        return state == "succeeded" ? ExitCodes.Ok : ExitCodes.OperationFailed;
+        return state switch
+        {
+            Succeeded => partial ? ExitCodes.EndedWithFailures : ExitCodes.Ok,
+            Running => ExitCodes.StillRunning,
+            _ => ExitCodes.OperationFailed,
+        };
     }
 
     public static Table Table(JsonElement operations)

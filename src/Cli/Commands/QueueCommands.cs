@@ -9,7 +9,7 @@ public sealed class QueuesCommand : ConveyorCommand<ApiSettings>
 {
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, ApiSettings settings, CancellationToken cancellationToken)
     {
-        var queues = await client.GetAsync("api/error-queues", cancellationToken);
+        var queues = Answers.ExpectArray(await client.GetAsync("api/error-queues", cancellationToken), "the error queues");
         if (settings.Json)
         {
             WriteJson(cli, queues);
@@ -40,7 +40,7 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
             path += $"?limit={limit.ToString(CultureInfo.InvariantCulture)}";
         }
 
-        var result = await client.GetAsync(path, cancellationToken);
+        var result = Answers.ExpectObject(await client.GetAsync(path, cancellationToken), "an error queue's messages", "messages");
         if (settings.Json)
         {
             WriteJson(cli, result);
@@ -86,7 +86,7 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             path += $"?limit={limit.ToString(CultureInfo.InvariantCulture)}";
         }
 
-        var result = await client.GetAsync(path, cancellationToken);
+        var result = Answers.ExpectObject(await client.GetAsync(path, cancellationToken), "an error queue's groups", "groups");
         if (settings.Json)
         {
             WriteJson(cli, result);

@@ -79,11 +79,20 @@ public class FilterSettings : QueueSettings
     [Description("Print the operation id and return without waiting for the end.")]
     public bool NoWait { get; set; }
 
+    [CommandOption("--timeout <SECONDS>")]
+    [Description("Stop waiting after this many seconds; the operation goes on (exit code 7 while it runs).")]
+    public int? Timeout { get; set; }
+
     public override ValidationResult Validate()
     {
         if (Limit is < 1)
         {
             return ValidationResult.Error("--limit must be at least 1.");
+        }
+
+        if (Timeout is < 1 || (Timeout is not null && NoWait))
+        {
+            return ValidationResult.Error("--timeout must be at least 1 second, and needs waiting (not --no-wait).");
         }
 
         foreach (var (name, value) in new[] { ("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter) })
@@ -165,6 +174,15 @@ public sealed class OperationSettings : ApiSettings
     [CommandOption("--wait")]
     [Description("Wait until it ends, showing progress.")]
     public bool Wait { get; set; }
+
+    [CommandOption("--timeout <SECONDS>")]
+    [Description("With --wait: stop waiting after this many seconds; the operation goes on (exit code 7 while it runs).")]
+    public int? Timeout { get; set; }
+
+    public override ValidationResult Validate() =>
+        Timeout is < 1 || (Timeout is not null && !Wait)
+            ? ValidationResult.Error("--timeout must be at least 1 second, and needs --wait.")
+            : ValidationResult.Success();
 }
 
 public sealed class AuditSettings : ApiSettings

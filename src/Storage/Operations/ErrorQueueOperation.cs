@@ -64,7 +64,10 @@ public sealed class ErrorQueueOperation
     /// <summary>Messages moved per target queue: a JSON object.</summary>
     public required string Targets { get; set; }
 
-    /// <summary>Why it failed, or stopped before examining every message; the reasons copies were refused.</summary>
+    /// <summary>
+    /// Why it failed, or stopped before examining every message; the reasons copies were refused. A
+    /// <c>succeeded</c> operation has one only when it did part of its work (the Api shows it as partial).
+    /// </summary>
     public string? Detail { get; set; }
 
     public DateTimeOffset CreatedAt { get; set; }

@@ -11,6 +11,9 @@ public static class ErrorQueueOperationStates
     /// <summary>Stopped early because the Api shut down; messages it had not finished with stay.</summary>
     public const string Cancelled = "cancelled";
 
-    /// <summary>The process running it died; found so by the next operation on the queue.</summary>
+    /// <summary>
+    /// The process running it died; found so by the next operation on the queue, or when operations are
+    /// read and it has recorded no progress for <c>ErrorQueues:AbandonedAfterSeconds</c>.
+    /// </summary>
     public const string Interrupted = "interrupted";
 }

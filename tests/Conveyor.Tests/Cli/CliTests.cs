@@ -106,6 +106,30 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_move_whose_original_queue_does_not_exist_moves_nothing_and_exits_with_failures()
+    {
+        // Consumed from a queue that has since been deleted: every copy comes back unroutable.
+        var gone = new Dictionary<string, object?> { ["MT-Fault-InputAddress"] = "rabbitmq://127.0.0.1/test/charge-payment-retired" };
+        for (var i = 0; i < 3; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: gone);
+        }
+
+        var json = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--json");
+        var table = await RunAsync("move", ErrorQueueKit.ChargeErrors);
+
+        Assert.True(json.ExitCode == ExitCodes.EndedWithFailures, $"{json.ExitCode}: {json.Err}");
+        var operation = JsonDocument.Parse(json.Out).RootElement;
+        Assert.Equal(("succeeded", true, 0L, 3L), (
+            operation.GetProperty("state").GetString(), operation.GetProperty("partial").GetBoolean(),
+            operation.GetProperty("moved").GetInt64(), operation.GetProperty("failed").GetInt64()));
+        Assert.Equal(ExitCodes.EndedWithFailures, table.ExitCode);
+        Assert.Contains("ended with failures", table.Err, StringComparison.Ordinal);
+        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Fact]
     public async Task Move_by_job_id_moves_that_jobs_command_only()
     {
         var job = Guid.NewGuid();
@@ -333,6 +357,16 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("messages charge-payment_error", 200, "application/json", "[1,2]", ExitCodes.UnexpectedAnswer)]
     [InlineData("move charge-payment_error --dry-run", 202, "application/json", """{"operationId":"not-a-uuid"}""", ExitCodes.UnexpectedAnswer)]
     [InlineData("operation 0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182", 200, "application/json", """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
+    // With --json too: nothing is printed as if a Conveyor Api had said it.
+    [InlineData("queues --json", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
+    [InlineData("queues --json", 200, "application/json", """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData("operations --json", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
+    [InlineData("audit --json", 200, "application/json", "[1,2]", ExitCodes.UnexpectedAnswer)]
+    [InlineData("messages charge-payment_error --json", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
+    [InlineData("groups charge-payment_error --json", 200, "application/json", "[]", ExitCodes.UnexpectedAnswer)]
+    [InlineData("operation 0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182 --json", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
+    [InlineData("job 0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182 --json", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
+    [InlineData("jobs --json", 200, "application/json", """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
     [InlineData("queues", 400, "application/problem+json", """{"title":"Nope","errors":{"limit":"too big","x":[7]}}""", ExitCodes.Usage)]
     public async Task An_answer_no_conveyor_api_gives_is_reported_without_a_crash(string command, int status, string mediaType, string body, int exitCode)
     {
@@ -352,6 +386,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         if (exitCode == ExitCodes.UnexpectedAnswer)
         {
             Assert.Contains(CliContext.ApiUrlVariable, stderr.ToString(), StringComparison.Ordinal);
+            Assert.Equal("", stdout.ToString());
         }
         else
         {

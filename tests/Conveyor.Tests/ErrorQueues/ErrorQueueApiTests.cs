@@ -372,6 +372,10 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         { """{"filter":{"messageIds":["\udc01"]}}""", ["filter"] },
         { """{"filter":{"jobIds":["not-a-uuid"]}}""", ["filter.jobIds"] },
         { """{"filter":{"jobIds":[]}}""", ["filter.jobIds"] },
+        // Names the management API's URL would read as path steps (the queue listing, not a queue).
+        { """{"target":"."}""", ["target"] },
+        { """{"target":".."}""", ["target"] },
+        { """{"target":" .. "}""", ["target"] },
     };
 
     [Theory]
@@ -385,6 +389,42 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.Equal(fields.ToHashSet(), await response.ErrorFieldsAsync());
         Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    public static TheoryData<string, string, string[]> AmbiguousOperations => new()
+    {
+        // One field twice in different casings: which value counts would be a guess.
+        { "purge", """{"confirm":"charge-payment_error","Filter":null,"filter":{"messageIds":["m1"]}}""", ["filter"] },
+        { "purge", """{"confirm":"charge-payment_error","filter":{"MessageIds":null,"messageIds":["m1"]}}""", ["filter.messageIds"] },
+        { "move", """{"filter":{"messageIds":["m1"],"MESSAGEIDS":null}}""", ["filter.MESSAGEIDS"] },
+        { "move", """{"DryRun":null,"dryRun":true}""", ["dryRun"] },
+        { "purge", """{"confirm":"charge-payment_error","dryRun":true,"DRYRUN":false}""", ["DRYRUN"] },
+        // An explicit null must not read as "not given", which means "no restriction".
+        { "purge", """{"confirm":"charge-payment_error","filter":null}""", ["filter"] },
+        { "purge", """{"confirm":"charge-payment_error","filter":{"messageIds":null}}""", ["filter.messageIds"] },
+        { "purge", """{"confirm":"charge-payment_error","filter":{"exceptionType":"X","groupId":null}}""", ["filter.groupId"] },
+        { "move", """{"filter":{"jobIds":null,"faultedBefore":null}}""", ["filter.jobIds", "filter.faultedBefore"] },
+        { "move", """{"dryRun":null}""", ["dryRun"] },
+        { "move", """{"limit":null}""", ["limit"] },
+        { "move", """{"target":null}""", ["target"] },
+    };
+
+    [Theory]
+    [MemberData(nameof(AmbiguousOperations))]
+    public async Task A_field_given_twice_in_different_casings_or_as_null_is_a_400_and_nothing_moves(string kind, string json, string[] fields)
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "x");
+        }
+
+        using var content = new StringContent(json, System.Text.Encoding.UTF8, "application/json");
+
+        using var response = await _admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{kind}", UriKind.Relative), content);
+
+        Assert.Equal(fields.ToHashSet(), await response.ErrorFieldsAsync());
+        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]

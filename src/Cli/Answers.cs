@@ -1,0 +1,28 @@
+using System.Text.Json;
+
+namespace Conveyor.Cli;
+
+/// <summary>
+/// Checks that an answer has the shape the Api documents before anything of it is used or printed, so
+/// that a proxy's page or another service's JSON ends with <see cref="ExitCodes.UnexpectedAnswer"/>
+/// instead of being printed (with <c>--json</c>) as if a Conveyor Api had given it.
+/// </summary>
+internal static class Answers
+{
+    /// <summary>The answer, when it is a JSON array of objects.</summary>
+    public static JsonElement ExpectArray(JsonElement answer, string what) =>
+        answer.ValueKind == JsonValueKind.Array && answer.EnumerateArray().All(item => item.ValueKind == JsonValueKind.Object)
+            ? answer
+            : throw Unexpected($"expected {what}: a JSON array of objects");
+
+    /// <summary>The answer, when it is a JSON object with each of <paramref name="properties"/>.</summary>
+    public static JsonElement ExpectObject(JsonElement answer, string what, params string[] properties) =>
+        answer.ValueKind == JsonValueKind.Object && properties.All(name => answer.TryGetProperty(name, out _))
+            ? answer
+            : throw Unexpected($"expected {what}: a JSON object with {string.Join(", ", properties)}");
+
+    public static CliFailureException Unexpected(string reason) =>
+        new(ExitCodes.UnexpectedAnswer,
+            $"the answer is not one a Conveyor Api gives ({reason}).{Environment.NewLine}"
+            + $"Is --api (or {CliContext.ApiUrlVariable}) the address of a Conveyor Api of this version?");
+}
