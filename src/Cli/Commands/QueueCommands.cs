@@ -103,6 +103,11 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
         }
 
         cli.Out.Write(table);
+        if (result.TryGetProperty("ungrouped", out var ungrouped) && ungrouped.ValueKind == JsonValueKind.Number && ungrouped.GetInt64() > 0)
+        {
+            cli.Out.WriteLine($"{ungrouped.GetInt64().ToString(CultureInfo.InvariantCulture)} more message(s) did not fit in the groups shown (at most 1,000 groups).");
+        }
+
         cli.Out.WriteLine("Move a group back with: conveyor move <queue> --group <GROUP>");
         return ExitCodes.Ok;
     }
