@@ -30,8 +30,24 @@ public static class DatabaseFailures
     /// <summary>
     /// SQL state classes 08 (connection exception), 53 (insufficient resources), 57 (operator
     /// intervention: <c>57P01 admin_shutdown</c> is what a stopping server sends to every session,
-    /// <c>57P03 cannot_connect_now</c> what a starting one answers) and 58 (system error).
+    /// <c>57P03 cannot_connect_now</c> what a starting one answers) and 58 (system error), except
+    /// <c>57014 query_canceled</c>: the server is up and stopped a statement that ran past
+    /// <c>statement_timeout</c> (or was cancelled), which a slow query will do again.
     /// </summary>
     public static bool IsUnavailableState(string sqlState) =>
-        sqlState.Length == 5 && sqlState[..2] is "08" or "53" or "57" or "58";
+        sqlState.Length == 5 && sqlState[..2] is "08" or "53" or "57" or "58" && sqlState != PostgresErrorCodes.QueryCanceled;
+
+    /// <summary>True when the server cancelled a statement of <paramref name="exception"/> (<c>statement_timeout</c>, or a cancel request).</summary>
+    public static bool IsQueryCanceled(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is PostgresException { SqlState: PostgresErrorCodes.QueryCanceled })
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 }

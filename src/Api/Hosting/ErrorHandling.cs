@@ -37,13 +37,16 @@ internal static partial class ErrorHandling
         return app;
     }
 
-    /// <summary>PostgreSQL down, restarting or out of connections: "try again later", not a bug.</summary>
+    /// <summary>
+    /// PostgreSQL down, restarting or out of connections, or a statement stopped at its
+    /// <c>statement_timeout</c>: "try again later", not a bug.
+    /// </summary>
     private sealed partial class DatabaseUnavailableHandler(IProblemDetailsService problems, ILogger<DatabaseUnavailableHandler> logger)
         : IExceptionHandler
     {
         public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken cancellationToken)
         {
-            if (!DatabaseFailures.IsUnavailable(exception))
+            if (!DatabaseFailures.IsUnavailable(exception) && !DatabaseFailures.IsQueryCanceled(exception))
             {
                 return false;
             }

@@ -36,7 +36,8 @@ public static class FailureClassifier
     public static bool IsTransientStatus(HttpStatusCode status) =>
         status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests || (int)status >= 500;
 
-    // Serialization failures and deadlocks are resolved by running the transaction again.
+    // Serialization failures and deadlocks are resolved by running the transaction again; a statement
+    // cancelled at statement_timeout may pass when the database is less busy, within the retry budget.
     private static bool IsTransientSqlState(NpgsqlException exception) =>
-        exception is PostgresException { SqlState: PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected };
+        exception is PostgresException { SqlState: PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected or PostgresErrorCodes.QueryCanceled };
 }

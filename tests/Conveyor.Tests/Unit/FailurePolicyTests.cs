@@ -89,6 +89,7 @@ public sealed class FailurePolicyTests
     [InlineData("08006", true)] // connection_failure
     [InlineData("53300", true)] // too_many_connections
     [InlineData("23505", false)] // unique_violation: a bug or bad data, not an outage
+    [InlineData("57014", false)] // query_canceled: statement_timeout on a server that is up (retried within the budget, below)
     [InlineData("42P01", false)] // undefined_table
     public void Database_outages_are_told_apart_from_errors_in_what_was_asked(string sqlState, bool unavailable)
     {
@@ -96,7 +97,7 @@ public sealed class FailurePolicyTests
 
         Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(postgres));
         Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(new DbUpdateException("wrapped", postgres)));
-        Assert.Equal(unavailable, FailureClassifier.IsTransient(postgres));
+        Assert.Equal(unavailable || sqlState == PostgresErrorCodes.QueryCanceled, FailureClassifier.IsTransient(postgres));
     }
 
     [Fact]
