@@ -37,7 +37,12 @@ public static class RedeliveryHeaders
         return null;
     }
 
-    /// <summary>The headers worth storing with a copy to publish later: strings only, broker headers removed.</summary>
+    /// <summary>
+    /// The headers worth storing with a copy to publish later: strings only, broker headers removed.
+    /// NUL characters are dropped from names and values: PostgreSQL's <c>jsonb</c> refuses them, and a
+    /// header a producer filled with them must not make the message impossible to store (it would be
+    /// dead-lettered for a transient failure).
+    /// </summary>
     public static Dictionary<string, string> ForStorage(IEnumerable<KeyValuePair<string, object>> headers)
     {
         var kept = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -48,14 +53,16 @@ public static class RedeliveryHeaders
                 continue;
             }
 
-            if (AsText(value) is { } text)
+            if (AsText(value) is { } text && WithoutNul(key) is { Length: > 0 } name)
             {
-                kept[key] = text;
+                kept[name] = WithoutNul(text);
             }
         }
 
         return kept;
     }
+
+    private static string WithoutNul(string text) => text.Contains('\0', StringComparison.Ordinal) ? text.Replace("\0", "", StringComparison.Ordinal) : text;
 
     private static string? AsText(object? value) => value switch
     {

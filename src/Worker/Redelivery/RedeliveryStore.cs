@@ -34,7 +34,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
             headers[key] = value;
         }
 
-        var contentType = received.ContentType?.ToString();
+        var contentType = StorableContentType(received.ContentType);
         var body = received.Body.GetBytes();
         var headersJson = JsonSerializer.Serialize(headers);
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
@@ -47,4 +47,18 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
             SELECT pg_notify({Channel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}) FROM stored
             """, cancellationToken);
     }
+
+    /// <summary>
+    /// The content type as received, or only its media type (which is what selects the deserializer)
+    /// when its parameters make it longer than the column: a producer's odd header must not make the
+    /// message impossible to store.
+    /// </summary>
+    internal static string? StorableContentType(System.Net.Mime.ContentType? contentType)
+    {
+        var text = contentType?.ToString();
+        return text is { Length: > MaxContentTypeLength } ? contentType!.MediaType[..Math.Min(contentType.MediaType.Length, MaxContentTypeLength)] : text;
+    }
+
+    /// <summary>The length of <c>scheduled_messages.content_type</c>.</summary>
+    private const int MaxContentTypeLength = 200;
 }

@@ -178,6 +178,42 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         return job!;
     }
 
+    [Fact]
+    public async Task A_transient_failure_of_a_message_with_odd_headers_is_still_stored_for_its_redelivery()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway,
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "600000")));
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var paymentId = Guid.NewGuid();
+        var messageId = Guid.NewGuid();
+        var envelope = new
+        {
+            messageId,
+            messageType = new[] { "urn:message:Conveyor.Contracts.Payments:ChargePayment" },
+            message = new { paymentId, accountId = "acct-odd", amountMinor = 900, currency = "EUR" },
+        };
+
+        // Another producer's headers: a NUL inside a value (PostgreSQL's jsonb refuses it) and a content
+        // type whose parameters are longer than the stored column.
+        await producer.PublishRawAsync(
+            "Conveyor.Contracts.Payments:ChargePayment",
+            JsonSerializer.SerializeToUtf8Bytes(envelope, JsonSerializerOptions.Web),
+            $"{RawAmqpProducer.EnvelopeContentType}; note={new string('x', 200)}",
+            messageId.ToString(),
+            new Dictionary<string, string> { ["X-Trace-Note"] = "before\0after" });
+
+        var job = await WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
+        Assert.Equal(1, job.Attempts);
+        await using var check = fixture.CreateDbContext();
+        var stored = await check.ScheduledMessages.SingleAsync();
+        Assert.Equal(RawAmqpProducer.EnvelopeContentType, stored.ContentType);
+        using var headers = JsonDocument.Parse(stored.Headers);
+        Assert.Equal("beforeafter", headers.RootElement.GetProperty("X-Trace-Note").GetString());
+    }
+
     private static Dictionary<string, string?> Settings(FakePaymentGateway? gateway, params (string Key, string Value)[] overrides) =>
         WorkerSettings.With(gateway).Override(overrides);
 
