@@ -53,10 +53,22 @@ public static class ContractRules
         : CurrencyCodes.IsActive(value) ? null
         : "Must be an active ISO 4217 currency code in upper case, such as EUR.";
 
-    public static string? EventType(string? value) =>
-        string.IsNullOrWhiteSpace(value) || value.Length > MaxEventTypeLength
-            ? $"Must be 1 to {MaxEventTypeLength} characters long and not blank."
+    /// <summary>
+    /// Sent as an HTTP header (<c>Conveyor-Event-Type</c>), so only what a header value can hold:
+    /// printable ASCII. HttpClient refuses anything else when it sends, and that refusal looks like a
+    /// network failure, which would be retried for hours.
+    /// </summary>
+    public static string? EventType(string? value)
+    {
+        if (string.IsNullOrWhiteSpace(value) || value.Length > MaxEventTypeLength)
+        {
+            return $"Must be 1 to {MaxEventTypeLength} characters long and not blank.";
+        }
+
+        return value.AsSpan().ContainsAnyExceptInRange(' ', '~')
+            ? "May contain only printable ASCII characters (letters a-z and A-Z, digits, spaces and punctuation): it is sent as an HTTP header."
             : null;
+    }
 
     /// <summary>
     /// An absolute http or https URL with a host. Where it may point is checked where it is used:

@@ -1,11 +1,29 @@
 using System.Net.Http.Headers;
+using System.Text;
 
 namespace Conveyor.Worker.Failures;
 
 /// <summary>Turns a remote side's non-success answer into a transient or permanent failure.</summary>
 public static class HttpFailures
 {
-    public static async Task EnsureSuccessAsync(HttpResponseMessage response, string what, CancellationToken cancellationToken)
+    /// <summary>Characters of an error body kept in the failure's message.</summary>
+    public const int MaxSnippetChars = 500;
+
+    /// <summary>
+    /// Bytes of an error body read at most: enough for <see cref="MaxSnippetChars"/> characters in any
+    /// UTF-8 text, so a remote side that answers with an endless or huge body costs no more than this.
+    /// </summary>
+    public const int MaxSnippetBytes = 4 * 1024;
+
+    /// <summary>
+    /// Returns on a 2xx answer; otherwise throws a failure that the status code classifies, with the
+    /// start of the body in its message. The body is only a clue for a person: at most
+    /// <see cref="MaxSnippetBytes"/> of it are read, for at most <paramref name="bodyTimeout"/>
+    /// (a response read with <see cref="HttpCompletionOption.ResponseHeadersRead"/> is no longer under
+    /// <see cref="HttpClient.Timeout"/>), and a body that is slow, broken or missing changes nothing
+    /// but the message.
+    /// </summary>
+    public static async Task EnsureSuccessAsync(HttpResponseMessage response, string what, TimeSpan bodyTimeout, CancellationToken cancellationToken)
     {
         if (response.IsSuccessStatusCode)
         {
@@ -13,7 +31,7 @@ public static class HttpFailures
         }
 
         var status = response.StatusCode;
-        var body = await ReadSnippetAsync(response, cancellationToken);
+        var body = await ReadSnippetAsync(response.Content, bodyTimeout, cancellationToken);
         var message = $"{what} answered {(int)status} {status}: {body}";
         if (FailureClassifier.IsTransientStatus(status))
         {
@@ -30,17 +48,57 @@ public static class HttpFailures
         _ => null,
     };
 
-    private static async Task<string> ReadSnippetAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    private static async Task<string> ReadSnippetAsync(HttpContent content, TimeSpan timeout, CancellationToken cancellationToken)
     {
+        var buffer = new byte[MaxSnippetBytes];
+        var read = 0;
+        string? cutShort = null;
+        var budget = timeout > TimeSpan.Zero ? timeout : TimeSpan.Zero;
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        limit.CancelAfter(budget);
         try
         {
-            var text = await response.Content.ReadAsStringAsync(cancellationToken);
-            return text.Length <= 500 ? text : text[..500];
+            await using var stream = await content.ReadAsStreamAsync(limit.Token);
+            int chunk;
+            while (read < buffer.Length && (chunk = await stream.ReadAsync(buffer.AsMemory(read), limit.Token)) > 0)
+            {
+                read += chunk;
+            }
         }
-        catch (HttpRequestException)
+        catch (Exception exception)
+            when ((exception is OperationCanceledException or HttpRequestException or IOException) && !cancellationToken.IsCancellationRequested)
         {
-            return "(no body)";
+            // A shutdown (the caller's token) is not caught: it ends the attempt as a shutdown does.
+            cutShort = limit.IsCancellationRequested ? $"(body not read within {budget.TotalSeconds:0.#} s)" : "(body unreadable)";
         }
+
+        var text = TextOf(content, buffer.AsSpan(0, read));
+        if (text.Length > MaxSnippetChars)
+        {
+            text = text[..MaxSnippetChars];
+        }
+
+        return cutShort is null ? text
+            : text.Length == 0 ? cutShort
+            : $"{text}… {cutShort}";
+    }
+
+    private static string TextOf(HttpContent content, ReadOnlySpan<byte> bytes)
+    {
+        var encoding = Encoding.UTF8;
+        if (content.Headers.ContentType?.CharSet is { Length: > 0 } charset)
+        {
+            try
+            {
+                encoding = Encoding.GetEncoding(charset.Trim('"'));
+            }
+            catch (ArgumentException)
+            {
+                // An unknown charset: UTF-8 shows ASCII, which most error bodies are, as it is.
+            }
+        }
+
+        return encoding.GetString(bytes);
     }
 
     public static bool IsTimeout(Exception exception, CancellationToken callerToken) =>

@@ -52,6 +52,8 @@ public static class JobEndpointPipeline
             if (rabbitMq.QuorumQueues)
             {
                 rabbit.SetQuorumQueue();
+                // Before anything consumes: what the existing _error and _skipped queues are.
+                context.GetRequiredService<QueueModeProbe>().ProbeOnce();
             }
             else if (rabbitMq.LazyQueues)
             {

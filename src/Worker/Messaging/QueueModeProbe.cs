@@ -16,19 +16,36 @@ namespace Conveyor.Worker.Messaging;
 /// for an <c>_error</c> queue from dead-lettering. Such a queue is declared as it is, with a warning
 /// that says how to make it lazy. Queues this worker cannot probe (the broker is down) are declared
 /// lazy, as configured.
+/// The <c>_error</c> and <c>_skipped</c> queues are classic queues whatever the job queues are
+/// (<see cref="ConfigureErrorQueue"/>; ADR 0002: moves and peeks requeue the messages they keep), except
+/// one that already exists as a quorum queue (declared so before), which is kept with a warning.
 /// </summary>
 /// <remarks>
 /// Over AMQP the only way to learn a queue's arguments is to have the broker compare them: a passive
 /// declaration says whether the queue exists (creating nothing), then a declaration with
-/// <c>x-queue-mode=lazy</c> succeeds or is refused. Every job queue and its <c>_error</c> and
-/// <c>_skipped</c> queues are probed together, on one connection, the first time MassTransit
+/// <c>x-queue-mode=lazy</c> (and <c>x-queue-type=classic</c> for an <c>_error</c> or <c>_skipped</c>
+/// queue) succeeds or is refused; refused for its type, a declaration as a quorum queue tells whether
+/// it is one. Every job queue (but quorum ones) and its <c>_error</c> and <c>_skipped</c> queues are probed together, on one connection, the first time MassTransit
 /// configures an endpoint: that configuration is synchronous, so start-up waits for the probe there,
 /// once, before anything consumes. MassTransit declares the <c>_error</c> and <c>_skipped</c> queues
-/// later, at their first message; <see cref="Match"/> then only reads what was found.
+/// later, at their first message; <see cref="ConfigureErrorQueue"/> then only reads what was found.
 /// </remarks>
 public sealed partial class QueueModeProbe
 {
+    private const string QueueTypeArgument = "x-queue-type";
+    private const string ClassicQueueType = "classic";
+    private const string QuorumQueueType = "quorum";
+
     private static readonly Dictionary<string, object?> LazyArguments = new() { [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode };
+
+    /// <summary>What an error queue is declared with when it is new: explicit, so neither a quorum job queue's arguments nor a vhost's default queue type decide.</summary>
+    private static readonly Dictionary<string, object?> ClassicLazyArguments = new()
+    {
+        [QueueTypeArgument] = ClassicQueueType,
+        [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode,
+    };
+
+    private static readonly Dictionary<string, object?> QuorumArguments = new() { [QueueTypeArgument] = QuorumQueueType };
 
     private readonly IOptions<RabbitMqOptions> _options;
     private readonly ILogger<QueueModeProbe> _logger;
@@ -44,26 +61,48 @@ public sealed partial class QueueModeProbe
     private enum QueueMode
     {
         Missing,
+
+        /// <summary>A classic queue that takes <c>x-queue-mode=lazy</c> (it is lazy already).</summary>
         Lazy,
+
+        /// <summary>A classic queue in the broker's default mode.</summary>
         Default,
+
+        /// <summary>A quorum queue.</summary>
+        Quorum,
     }
 
     /// <summary>True when <paramref name="queue"/> may be declared with <c>x-queue-mode=lazy</c>.</summary>
     public bool MayDeclareLazy(string queue) => _modes.Value.GetValueOrDefault(queue) != QueueMode.Default;
 
     /// <summary>
-    /// For MassTransit's <c>_error</c> and <c>_skipped</c> queues, which copy the job queue's arguments:
-    /// declares an existing one in the mode it had at start-up. Reads the probe's findings only.
+    /// Probes the queues now, if that has not happened yet: for a worker whose job queues are quorum
+    /// queues, which asks <see cref="MayDeclareLazy"/> nothing, before <see cref="ConfigureErrorQueue"/> reads the findings.
     /// </summary>
-    public void Match(IRabbitMqQueueBindingConfigurator settings)
+    public void ProbeOnce() => _ = _modes.Value;
+
+    /// <summary>
+    /// For MassTransit's <c>_error</c> and <c>_skipped</c> queues, which copy every argument of their
+    /// job queue (<c>x-queue-type=quorum</c> included): declares them as classic queues, lazy as the job
+    /// queues are (or as <see cref="RabbitMqOptions.LazyQueues"/> says, for quorum job queues); an existing
+    /// one in the type and mode it had at start-up. Reads the probe's findings only.
+    /// </summary>
+    public void ConfigureErrorQueue(IRabbitMqQueueBindingConfigurator settings)
     {
         // MassTransit names the _error (_skipped) exchange and queue alike.
-        if (!_modes.IsValueCreated || settings is not EntitySettings { ExchangeName: { } queue })
+        var found = _modes.IsValueCreated && settings is EntitySettings { ExchangeName: { } queue }
+            ? _modes.Value.GetValueOrDefault(queue)
+            : QueueMode.Missing;
+        if (found == QueueMode.Quorum)
         {
+            // Kept as it is (warned at start-up): the broker refuses to redeclare it as another type.
+            settings.SetQueueArgument(QueueTypeArgument, QuorumQueueType);
+            settings.SetQueueArgument(RabbitMqOptions.QueueModeArgument, null);
             return;
         }
 
-        switch (_modes.Value.GetValueOrDefault(queue))
+        settings.SetQueueArgument(QueueTypeArgument, ClassicQueueType);
+        switch (found)
         {
             case QueueMode.Default:
                 // Null removes the argument (MassTransit's Lazy = false would write "default", which
@@ -72,6 +111,10 @@ public sealed partial class QueueModeProbe
                 break;
             case QueueMode.Lazy:
                 settings.SetQueueArgument(RabbitMqOptions.QueueModeArgument, RabbitMqOptions.LazyQueueMode);
+                break;
+            case QueueMode.Missing when _options.Value.QuorumQueues:
+                // Nothing to copy from a quorum job queue: the mode is the setting's.
+                settings.SetQueueArgument(RabbitMqOptions.QueueModeArgument, _options.Value.LazyQueues ? RabbitMqOptions.LazyQueueMode : null);
                 break;
         }
     }
@@ -100,14 +143,21 @@ public sealed partial class QueueModeProbe
         await using var connection = await broker.ConnectAsync("conveyor-worker-queue-probe", cancellationToken);
         foreach (var kind in JobKinds.All)
         {
-            foreach (var queue in new[] { kind, kind + RabbitMqOptions.ErrorQueueSuffix, kind + RabbitMqOptions.SkippedQueueSuffix })
+            // Quorum job queues take no mode: only their _error and _skipped queues are probed.
+            if (!broker.QuorumQueues)
             {
-                modes[queue] = await ProbeAsync(connection, broker, queue, cancellationToken);
+                modes[kind] = await ProbeAsync(connection, broker, kind, LazyArguments, cancellationToken);
+            }
+
+            foreach (var queue in new[] { kind + RabbitMqOptions.ErrorQueueSuffix, kind + RabbitMqOptions.SkippedQueueSuffix })
+            {
+                modes[queue] = await ProbeAsync(connection, broker, queue, ClassicLazyArguments, cancellationToken);
             }
         }
     }
 
-    private async Task<QueueMode> ProbeAsync(IConnection connection, RabbitMqOptions broker, string queue, CancellationToken cancellationToken)
+    private async Task<QueueMode> ProbeAsync(
+        IConnection connection, RabbitMqOptions broker, string queue, Dictionary<string, object?> lazy, CancellationToken cancellationToken)
     {
         // A passive declaration of a missing queue closes its channel, hence a channel of its own.
         await using (var passive = await connection.CreateChannelAsync(cancellationToken: cancellationToken))
@@ -122,23 +172,42 @@ public sealed partial class QueueModeProbe
             }
         }
 
-        await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
-        try
+        await using (var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken))
         {
-            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, LazyArguments, cancellationToken: cancellationToken);
-            return QueueMode.Lazy;
+            try
+            {
+                await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, lazy, cancellationToken: cancellationToken);
+                return QueueMode.Lazy;
+            }
+            catch (OperationInterruptedException exception)
+                when (exception.ShutdownReason is { ReplyCode: 406 } reason && reason.ReplyText.Contains(RabbitMqOptions.QueueModeArgument, StringComparison.Ordinal))
+            {
+                LogKeptDefaultMode(_logger, queue, broker.VirtualHost);
+                return QueueMode.Default;
+            }
+            catch (OperationInterruptedException exception)
+                when (exception.ShutdownReason is { ReplyCode: 406 } reason && reason.ReplyText.Contains(QueueTypeArgument, StringComparison.Ordinal))
+            {
+                // Not a classic queue (the broker compares the type before the mode): a quorum one, as
+                // an earlier version declared the error queues of quorum job queues, or the declaration
+                // below fails too and nothing more is probed.
+            }
         }
-        catch (OperationInterruptedException exception)
-            when (exception.ShutdownReason is { ReplyCode: 406 } reason && reason.ReplyText.Contains(RabbitMqOptions.QueueModeArgument, StringComparison.Ordinal))
-        {
-            LogKeptDefaultMode(_logger, queue, broker.VirtualHost);
-            return QueueMode.Default;
-        }
+
+        await using var quorum = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        await quorum.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QuorumArguments, cancellationToken: cancellationToken);
+        LogKeptQuorum(_logger, queue, broker.VirtualHost);
+        return QueueMode.Quorum;
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Queue {Queue} in vhost {VirtualHost} exists in the broker's default mode, not lazy; it is declared as it is. " +
         "To make it lazy (ADR 0005): apply a policy with queue-mode=lazy to it, or drain and delete it so that the worker declares it anew; RabbitMq__LazyQueues=false silences this.")]
     private static partial void LogKeptDefaultMode(ILogger logger, string queue, string virtualHost);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Queue {Queue} in vhost {VirtualHost} is a quorum queue; error and skipped queues should be classic, since moves and peeks " +
+        "requeue the messages they keep, which a quorum queue puts elsewhere and counts against its delivery limit (ADR 0002). It is declared as it is. To make it classic: " +
+        "move its messages back or purge them, then delete it, and the worker declares it anew.")]
+    private static partial void LogKeptQuorum(ILogger logger, string queue, string virtualHost);
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "Could not probe the job queues' modes; those not probed are declared lazy as configured")]
     private static partial void LogNotProbed(ILogger logger, Exception exception);

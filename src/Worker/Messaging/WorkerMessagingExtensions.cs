@@ -56,12 +56,13 @@ public static class WorkerMessagingExtensions
             bus.UsingRabbitMq((context, cfg) =>
             {
                 cfg.UseConveyorBroker(broker, "conveyor-worker");
-                if (broker.LazyQueues && !broker.QuorumQueues)
+                if (broker.LazyQueues || broker.QuorumQueues)
                 {
-                    // The _error and _skipped queues copy their job queue's arguments; existing ones keep their mode.
+                    // The _error and _skipped queues copy their job queue's arguments, x-queue-type included:
+                    // classic they stay (ADR 0002), lazy as configured; existing ones keep their type and mode.
                     var probe = context.GetRequiredService<QueueModeProbe>();
-                    cfg.SendTopology.ConfigureErrorSettings = probe.Match;
-                    cfg.SendTopology.ConfigureDeadLetterSettings = probe.Match;
+                    cfg.SendTopology.ConfigureErrorSettings = probe.ConfigureErrorQueue;
+                    cfg.SendTopology.ConfigureDeadLetterSettings = probe.ConfigureErrorQueue;
                 }
                 cfg.ConfigureEndpoints(context, KebabCaseEndpointNameFormatter.Instance);
             });

@@ -35,7 +35,8 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
 
         using (response)
         {
-            await HttpFailures.EnsureSuccessAsync(response, "The payment gateway", cancellationToken);
+            // Read with ResponseContentRead: the body is already buffered, within HttpClient.Timeout.
+            await HttpFailures.EnsureSuccessAsync(response, "The payment gateway", http.Timeout, cancellationToken);
             var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
             return string.IsNullOrEmpty(body?.Id)
                 ? throw new TransientFailureException("The payment gateway answered without a charge id")

@@ -38,10 +38,23 @@ public sealed partial class RedeliveryDispatcher(
             {
                 await using var listener = await ListenAsync(stoppingToken);
                 failures = 0;
+                var emptyRounds = 0;
                 while (!stoppingToken.IsCancellationRequested)
                 {
-                    await DispatchDueAsync(stoppingToken);
+                    var dispatched = await DispatchDueAsync(stoppingToken);
                     var wait = await TimeUntilNextDueAsync(stoppingToken);
+                    if (wait <= TimeSpan.Zero && dispatched == 0)
+                    {
+                        // Rows are due, yet none could be claimed: another dispatcher holds them (SKIP
+                        // LOCKED), for as long as its publishes take (minutes in a broker alarm). Asking
+                        // again at once would spin on the database until it lets go.
+                        wait = ClaimedElsewhereBackoff(++emptyRounds);
+                    }
+                    else
+                    {
+                        emptyRounds = 0;
+                    }
+
                     if (wait > TimeSpan.Zero)
                     {
                         // Returns early when a NOTIFY arrives: a new row may be due sooner.
@@ -118,6 +131,14 @@ public sealed partial class RedeliveryDispatcher(
             }
         }
     }
+
+    /// <summary>
+    /// The pause after the <paramref name="emptyRounds"/>th round in a row that found due rows and
+    /// claimed none: 50 ms, doubling up to 1 s. Short, since the rows are due and their holder may let
+    /// go of them (roll back) at any moment; a NOTIFY ends it early all the same.
+    /// </summary>
+    private static TimeSpan ClaimedElsewhereBackoff(int emptyRounds) =>
+        TimeSpan.FromMilliseconds(Math.Min(1_000, 50 * Math.Pow(2, Math.Min(emptyRounds - 1, 5))));
 
     /// <summary>
     /// The wait rounded up to whole milliseconds: Npgsql takes a timeout that truncates to zero

@@ -23,6 +23,10 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         request.Headers.Add(WebhookSignature.HeaderName,
             WebhookSignature.Create(options.Value.SigningSecret, time.GetUtcNow().ToUnixTimeSeconds(), body.Span));
 
+        // The whole delivery, error body included, within Webhooks:TimeoutSeconds: HttpClient.Timeout
+        // ends at the response headers (ResponseHeadersRead).
+        var timeout = TimeSpan.FromSeconds(options.Value.TimeoutSeconds);
+        var started = time.GetTimestamp();
         HttpResponseMessage response;
         try
         {
@@ -40,7 +44,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
 
         using (response)
         {
-            await HttpFailures.EnsureSuccessAsync(response, $"The webhook receiver at {url.Host}", cancellationToken);
+            await HttpFailures.EnsureSuccessAsync(response, $"The webhook receiver at {url.Host}", timeout - time.GetElapsedTime(started), cancellationToken);
             return new WebhookResult((int)response.StatusCode);
         }
     }

@@ -56,6 +56,17 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
             ["url", "payload"]
         },
         {
+            // Sent as an HTTP header, which HttpClient refuses to send with anything but ASCII in it.
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"commande.créée","payload":{}}""",
+            ["eventType"]
+        },
+        {
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid\r\nX-Forged: 1","payload":{}}""",
+            ["eventType"]
+        },
+        {
             "generate-report",
             """{"reportId":"00000000-0000-0000-0000-000000000000","accountId":"","currency":"usd","pageSize":10001}""",
             ["reportId", "accountId", "currency", "pageSize"]

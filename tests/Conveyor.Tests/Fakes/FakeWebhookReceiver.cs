@@ -15,6 +15,7 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ConcurrentQueue<Received> _received = new();
+    private int _endlessBodiesAbandoned;
 
     private FakeWebhookReceiver(WebApplication app) => _app = app;
 
@@ -22,6 +23,15 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
 
     /// <summary>When set, every delivery is answered with this status.</summary>
     public HttpStatusCode? AnswerWith { get; set; }
+
+    /// <summary>
+    /// When set, every delivery is answered with this status and a body that never ends: a few bytes
+    /// at a time, until the sender closes the connection.
+    /// </summary>
+    public HttpStatusCode? TrickleEndlessBodyWith { get; set; }
+
+    /// <summary>Endless bodies whose sender closed the connection (it stopped reading).</summary>
+    public int EndlessBodiesAbandoned => Volatile.Read(ref _endlessBodiesAbandoned);
 
     public IReadOnlyCollection<Received> Deliveries => [.. _received];
 
@@ -47,7 +57,33 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         await context.Request.Body.CopyToAsync(buffer);
         var headers = context.Request.Headers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase);
         _received.Enqueue(new Received(context.Request.Path, headers, buffer.ToArray()));
+        if (TrickleEndlessBodyWith is { } status)
+        {
+            await TrickleEndlessBodyAsync(context, status);
+            return Results.Empty;
+        }
+
         return Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));
+    }
+
+    private async Task TrickleEndlessBodyAsync(HttpContext context, HttpStatusCode status)
+    {
+        context.Response.StatusCode = (int)status;
+        context.Response.ContentType = "text/plain";
+        try
+        {
+            // Until the sender goes away; its stopping to read is what the test waits for.
+            while (true)
+            {
+                await context.Response.WriteAsync("still failing... ", context.RequestAborted);
+                await context.Response.Body.FlushAsync(context.RequestAborted);
+                await Task.Delay(TimeSpan.FromMilliseconds(50), context.RequestAborted);
+            }
+        }
+        catch (Exception exception) when (exception is OperationCanceledException or IOException)
+        {
+            Interlocked.Increment(ref _endlessBodiesAbandoned);
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -63,6 +63,25 @@ public sealed class ContractRulesTests
         Assert.Equal(["currency"], new GenerateReport { ReportId = Guid.NewGuid(), Currency = currency }.Validate().Select(v => v.Field));
     }
 
+    [Theory]
+    [InlineData("commande.créée")]
+    [InlineData("order.paid\r\nX-Forged: 1")]
+    [InlineData("order\tpaid")]
+    [InlineData("order.\u007f")]
+    [InlineData("\ud83d\ude00")]
+    public void Event_types_that_cannot_be_an_http_header_value_break_the_rule(string eventType)
+    {
+        var violation = Assert.Single((Webhook with { EventType = eventType }).Validate());
+        Assert.Equal("eventType", violation.Field);
+        Assert.Contains("ASCII", violation.Problem, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("order.paid")]
+    [InlineData("Order Paid/v2 (EU) ~#1")]
+    public void Event_types_of_printable_ascii_are_valid(string eventType) =>
+        Assert.Empty((Webhook with { EventType = eventType }).Validate());
+
     [Fact]
     public void Nulls_in_required_fields_that_deserialization_let_through_break_the_rules()
     {

@@ -87,6 +87,41 @@ public sealed class OtherProducersTests(ConveyorFixture fixture) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task A_webhook_whose_event_type_cannot_be_a_header_goes_to_error_after_one_attempt_with_the_reason()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = receiver.Url(),
+            EventType = "commande.créée",
+            Payload = JsonDocument.Parse("""{"orderId":42}""").RootElement,
+        };
+
+        await publisher.PublishAsync(webhook);
+
+        // Refused before any request: HttpClient could not send the header, and would have looked transient.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == webhook.WebhookId.ToString());
+            Assert.Equal(JobStatus.DeadLettered, job.Status);
+            Assert.Equal(1, job.Attempts);
+            Assert.Contains("eventType", job.LastError, StringComparison.Ordinal);
+        }, () => PipelineState.DescribeAsync(fixture));
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync("deliver-webhook_error")));
+        Assert.StartsWith("Invalid DeliverWebhook: eventType: May contain only printable ASCII", dead!.Header("MT-Fault-Message"), StringComparison.Ordinal);
+        Assert.Equal("1", dead.Header("Conveyor-Attempts"));
+        Assert.Contains("permanent", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Empty(receiver.Deliveries);
+    }
+
+    [Fact]
     public async Task A_report_totals_the_ledger_per_currency_and_reaches_full_progress()
     {
         await using var publisher = await TestPublisher.StartAsync(fixture);

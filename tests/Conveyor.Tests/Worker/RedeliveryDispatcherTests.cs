@@ -1,12 +1,15 @@
+using System.Data.Common;
 using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
+using Conveyor.Storage;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Diagnostics;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using Npgsql;
@@ -97,6 +100,62 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         {
             await dispatcher.StopAsync(CancellationToken.None);
         }
+    }
+
+    [Fact]
+    public async Task Due_rows_another_dispatcher_holds_are_not_asked_for_in_a_loop_and_are_published_once_let_go()
+    {
+        var ids = new[] { await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-5)), await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-5)) };
+        // Another dispatcher's claim: the due rows locked in an open transaction (its publishes wait out
+        // a broker alarm, say), on a connection of its own.
+        var unpooled = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Pooling = false };
+        await using var holder = new NpgsqlConnection(unpooled.ConnectionString);
+        await holder.OpenAsync();
+        await using var claim = await holder.BeginTransactionAsync();
+        await using (var lockRows = new NpgsqlCommand("SELECT id FROM scheduled_messages FOR UPDATE", holder, claim))
+        {
+            await lockRows.ExecuteNonQueryAsync();
+        }
+
+        var commands = new CommandCounter();
+        await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
+        using var dispatcher = new RedeliveryDispatcher(commands.Factory(fixture), publisher,
+            Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        await dispatcher.StartAsync(CancellationToken.None);
+        try
+        {
+            // Running, and it has found the rows it cannot claim at least twice.
+            await Eventually.AssertAsync(() => Assert.True(commands.Count >= 4, $"{commands.Count} commands"), TimeSpan.FromSeconds(30));
+            var before = commands.Count;
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            var during = commands.Count - before;
+
+            // A few rounds a second at most (two commands each), not one after the other.
+            Assert.True(during <= 40, $"{during} database commands in 2 s while the due rows were held elsewhere");
+            await using (var db = fixture.CreateDbContext())
+            {
+                Assert.Equal(2, await db.ScheduledMessages.CountAsync());
+            }
+
+            await claim.RollbackAsync();
+            await Eventually.AssertAsync(async () =>
+            {
+                await using var db = fixture.CreateDbContext();
+                Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+            }, TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            await dispatcher.StopAsync(CancellationToken.None);
+        }
+
+        var published = new List<string>();
+        while (await _channel.BasicGetAsync(_queue, autoAck: true) is { } copy)
+        {
+            published.Add(copy.BasicProperties.MessageId!);
+        }
+
+        Assert.Equal(ids.Order(), published.Order());
     }
 
     /// <summary>
@@ -197,6 +256,33 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         Assert.NotNull(line);
         var value = line[(line.LastIndexOf('}') is var brace and >= 0 ? brace + 1 : name.Length)..].Trim().Split(' ')[0];
         return double.Parse(value, CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Counts the database commands of the contexts its <see cref="Factory"/> makes.</summary>
+    private sealed class CommandCounter : DbCommandInterceptor
+    {
+        private int _count;
+
+        public int Count => Volatile.Read(ref _count);
+
+        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => new Contexts(fixture.ConnectionString, this);
+
+        public override DbCommand CommandInitialized(CommandEndEventData eventData, DbCommand result)
+        {
+            Interlocked.Increment(ref _count);
+            return result;
+        }
+
+        private sealed class Contexts(string connectionString, IInterceptor counter) : IDbContextFactory<ConveyorDbContext>
+        {
+            public ConveyorDbContext CreateDbContext()
+            {
+                var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+                StorageServiceCollectionExtensions.Configure(options, connectionString);
+                options.AddInterceptors(counter);
+                return new ConveyorDbContext(options.Options);
+            }
+        }
     }
 
     /// <summary>A clock that moves on by <paramref name="step"/> each time it is read.</summary>

@@ -1,0 +1,68 @@
+using System.Net;
+using System.Text.Json;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Failures;
+
+/// <summary>A remote side's error body is a clue for a person, never something an attempt waits on.</summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_webhook_receiver_answering_500_with_an_endless_body_fails_the_attempt_as_transient_within_the_timeout()
+    {
+        await using var trickling = await FakeWebhookReceiver.StartAsync();
+        trickling.TrickleEndlessBodyWith = HttpStatusCode.InternalServerError;
+        await using var healthy = await FakeWebhookReceiver.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:TimeoutSeconds", "2"),
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            // Far beyond the test: the job stays retry-scheduled once its attempt has ended.
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var stuck = Webhook(trickling.Url());
+        var other = Webhook(healthy.Url());
+
+        await publisher.PublishAsync(stuck);
+        await publisher.PublishAsync(other);
+
+        // The status code decides (500: transient, so a later attempt), though the body never ended.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == stuck.WebhookId.ToString());
+            Assert.Equal(JobStatus.RetryScheduled, job.Status);
+            Assert.Equal(1, job.Attempts);
+            Assert.NotNull(job.NextAttemptAt);
+            Assert.Contains("answered 500", job.LastError, StringComparison.Ordinal);
+            Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
+        // The worker stopped reading and closed the connection rather than leave it open.
+        await Eventually.AssertAsync(() => Assert.Equal(1, trickling.EndlessBodiesAbandoned), TimeSpan.FromSeconds(30));
+        Assert.Single(trickling.Deliveries);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == other.WebhookId.ToString());
+            Assert.Equal(JobStatus.Succeeded, job.Status);
+        }, TimeSpan.FromSeconds(30));
+    }
+
+    private static DeliverWebhook Webhook(Uri url) => new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = url,
+        EventType = "invoice.created",
+        Payload = JsonDocument.Parse("""{"invoice":7}""").RootElement,
+    };
+}
