@@ -372,6 +372,9 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         { """{"filter":{"messageIds":["\udc01"]}}""", ["filter"] },
         { """{"filter":{"jobIds":["not-a-uuid"]}}""", ["filter.jobIds"] },
         { """{"filter":{"jobIds":[]}}""", ["filter.jobIds"] },
+        // Recorded with the operation as jsonb, which refuses a NUL.
+        { """{"filter":{"exceptionType":"System.TimeoutException\u0000","messageType":"\u0000"}}""", ["filter.exceptionType", "filter.messageType"] },
+        { """{"filter":{"messageIds":["a\u0000"]}}""", ["filter.messageIds"] },
     };
 
     [Theory]
