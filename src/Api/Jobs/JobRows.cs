@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
+using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
 namespace Conveyor.Api.Jobs;
@@ -75,9 +76,12 @@ internal sealed class JobRows : IAsyncDisposable
         ObjectDisposedException.ThrowIf(!_pending.Writer.TryWrite(row), this);
 
         var (inserted, failure) = await row.Outcome.Task;
+        // Wrapped for this caller's stack, as EF Core wraps a failed save: the cause stays the inner
+        // exception, which tells an unreachable database (503) from a failed statement (500), see
+        // DatabaseFailures. Not an NpgsqlException, which would say "unreachable" whatever the cause.
         return failure is null
             ? inserted
-            : throw new NpgsqlException("Inserting the job row failed.", failure);
+            : throw new DbUpdateException("Inserting the job row failed.", failure);
     }
 
     public async ValueTask DisposeAsync()
