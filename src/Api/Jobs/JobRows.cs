@@ -27,7 +27,7 @@ namespace Conveyor.Api.Jobs;
 /// same Npgsql pool, whose connections are not reset between uses.
 /// </para>
 /// </remarks>
-internal sealed class JobRows : IAsyncDisposable
+public sealed class JobRows : IAsyncDisposable
 {
     /// <summary>
     /// Batches written at once, each on a pooled connection. Enough that a submission seldom waits
@@ -118,29 +118,28 @@ internal sealed class JobRows : IAsyncDisposable
     {
         try
         {
-            HashSet<Guid> inserted;
-            try
-            {
-                inserted = await InsertAsync(batch);
-            }
-            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DeadlockDetected && batch.Count > 1)
-            {
-                // Two batches (of this replica or another) each hold a key the other waits for. Rows
-                // one by one cannot hold one key while waiting for another.
-                inserted = [];
-                foreach (var row in batch)
-                {
-                    inserted.UnionWith(await InsertAsync([row]));
-                }
-            }
-
+            await WriteRowsAsync(batch);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DeadlockDetected && batch.Count > 1)
+        {
+            // Two batches (of this replica or another) each hold a key the other waits for. Rows
+            // one by one cannot hold one key while waiting for another. Each commits alone, so each
+            // has its own outcome: a row written stays written whatever happens to the next one.
             foreach (var row in batch)
             {
-                row.Outcome.TrySetResult((inserted.Contains(row.Job.Id), null));
+                try
+                {
+                    await WriteRowsAsync([row]);
+                }
+                catch (Exception rowFailure)
+                {
+                    row.Outcome.TrySetResult((false, rowFailure));
+                }
             }
         }
         catch (Exception ex)
         {
+            // The batch's one transaction did not commit: none of its rows was written.
             foreach (var row in batch)
             {
                 row.Outcome.TrySetResult((false, ex));
@@ -149,6 +148,16 @@ internal sealed class JobRows : IAsyncDisposable
         finally
         {
             _batchSlots.Release();
+        }
+    }
+
+    /// <summary>Inserts the rows in one transaction and completes each with whether it was inserted.</summary>
+    private async Task WriteRowsAsync(List<PendingRow> rows)
+    {
+        var inserted = await InsertAsync(rows);
+        foreach (var row in rows)
+        {
+            row.Outcome.TrySetResult((inserted.Contains(row.Job.Id), null));
         }
     }
 
