@@ -15,17 +15,19 @@ namespace Conveyor.Api.Backpressure;
 /// </remarks>
 internal sealed class SubmissionRateLimiter : IAsyncDisposable
 {
+    /// <summary>A bucket gains <see cref="_permitsPerRefill"/> at once, every this long.</summary>
+    private static readonly TimeSpan RefillPeriod = TimeSpan.FromSeconds(1);
+
     /// <summary>Null when rate limiting is off.</summary>
     private readonly PartitionedRateLimiter<string>? _buckets;
 
-    /// <summary>How long the bucket takes to gain one permit.</summary>
-    private readonly TimeSpan _refillOne;
+    private readonly int _permitsPerRefill;
 
     public SubmissionRateLimiter(IOptions<RateLimitingOptions> options)
     {
         var settings = options.Value;
         Burst = settings.Enabled ? settings.Burst : int.MaxValue;
-        _refillOne = TimeSpan.FromSeconds(1.0 / settings.PermitsPerSecond);
+        _permitsPerRefill = settings.PermitsPerSecond;
         if (!settings.Enabled)
         {
             return;
@@ -35,13 +37,16 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         {
             TokenLimit = settings.Burst,
             TokensPerPeriod = settings.PermitsPerSecond,
-            ReplenishmentPeriod = TimeSpan.FromSeconds(1),
+            ReplenishmentPeriod = RefillPeriod,
             // Refuse at once: a queued request holds a connection and answers late anyway.
             QueueLimit = 0,
             AutoReplenishment = true,
         };
-        // Buckets of clients gone quiet (full again) are dropped by the partitioned limiter.
-        _buckets = PartitionedRateLimiter.Create<string, string>(client => RateLimitPartition.GetTokenBucketLimiter(client, _ => bucket));
+        // Buckets of clients gone quiet (full again) are dropped by the partitioned limiter. Each bucket
+        // refills on a timer of its own, every RefillPeriod exactly: RateLimitPartition.GetTokenBucketLimiter
+        // would refill them all from the partitioned limiter's 100 ms heartbeat instead, up to 100 ms
+        // after a refill is due, so a client that waited its Retry-After could find it had not come yet.
+        _buckets = PartitionedRateLimiter.Create<string, string>(client => RateLimitPartition.Get(client, _ => new TokenBucketRateLimiter(bucket)));
     }
 
     /// <summary>The most permits one request can ever get at once: the bucket's size.</summary>
@@ -61,13 +66,16 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
             return true;
         }
 
-        using var lease = _buckets.AttemptAcquire(ClientOf(context), permits);
+        var client = ClientOf(context);
+        using var lease = _buckets.AttemptAcquire(client, permits);
         if (lease.IsAcquired)
         {
             return true;
         }
 
-        retryAfter = lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? wait : TimeSpan.FromSeconds(1);
+        // Not the lease's own hint: it rounds the refills needed down (5 permits missing at 2 a refill
+        // gave 2 refills, when 3 are needed).
+        retryAfter = WaitFor(permits, _buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
         return false;
     }
 
@@ -80,12 +88,12 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     public bool HasPermit(HttpContext context, out TimeSpan retryAfter)
     {
         retryAfter = TimeSpan.Zero;
-        if (_buckets is null || _buckets.GetStatistics(ClientOf(context)) is not { CurrentAvailablePermits: < 1 })
+        if (_buckets is null || _buckets.GetStatistics(ClientOf(context)) is not { CurrentAvailablePermits: < 1 } statistics)
         {
             return true;
         }
 
-        retryAfter = _refillOne;
+        retryAfter = WaitFor(1, statistics.CurrentAvailablePermits);
         return false;
     }
 
@@ -96,6 +104,19 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         {
             using var lease = _buckets.AttemptAcquire(ClientOf(context), 1);
         }
+    }
+
+    /// <summary>
+    /// The longest it takes a bucket holding <paramref name="available"/> to hold <paramref name="permits"/>
+    /// (while nothing else spends them): it gains <see cref="_permitsPerRefill"/> at a time, so as many
+    /// refill periods as refills cover the shortfall, rounded up. Sooner when the next refill is nearer
+    /// than a period.
+    /// </summary>
+    private TimeSpan WaitFor(int permits, long available)
+    {
+        var missing = Math.Max(1, permits - Math.Max(0, available));
+        var refills = (missing + _permitsPerRefill - 1) / _permitsPerRefill;
+        return RefillPeriod * refills;
     }
 
     private static string ClientOf(HttpContext context) =>

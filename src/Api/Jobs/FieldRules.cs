@@ -15,7 +15,16 @@ internal static class FieldRules
 
     public static string? Currency(string value) => ContractRules.Currency(value);
 
-    public static string? EventType(string value) => ContractRules.EventType(value);
+    /// <summary>Sent as a header and stored as text by the worker: <see cref="Text"/> applies too.</summary>
+    public static string? EventType(string value) => ContractRules.EventType(value) ?? Text(value);
+
+    /// <summary>
+    /// Text that ends up in a PostgreSQL text or jsonb column, stored or compared (here, or in the
+    /// worker's tables): PostgreSQL refuses the character U+0000 in both, so a client's "\u0000" would
+    /// otherwise be a 500; and no other control character belongs in a name, type, key or URL either.
+    /// </summary>
+    public static string? Text(string value) =>
+        value.Any(char.IsControl) ? "Must not contain control characters." : null;
 
     /// <param name="allowPrivateHosts">
     /// False: an address literal that is not public (<see cref="NetworkAddresses.IsPublic"/>) or a
@@ -24,7 +33,8 @@ internal static class FieldRules
     /// </param>
     public static string? WebhookUrl(string value, bool allowPrivateHosts)
     {
-        if (ContractRules.WebhookUrl(value) is { } problem)
+        // A URL accepts a raw control character (it is kept as given), and the worker stores the URL as text.
+        if ((Text(value) ?? ContractRules.WebhookUrl(value)) is { } problem)
         {
             return problem;
         }

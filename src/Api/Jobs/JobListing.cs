@@ -60,9 +60,6 @@ internal static class JobListing
     public const int DefaultLimit = 50;
     public const int MaxLimit = 500;
 
-    /// <summary>Longer than any business key a contract has (UUIDs).</summary>
-    public const int MaxBusinessKeyLength = 200;
-
     public static IReadOnlyList<string> Statuses { get; } =
     [
         JobStatus.Scheduled, JobStatus.Queued, JobStatus.Running, JobStatus.RetryScheduled,
@@ -82,10 +79,19 @@ internal static class JobListing
             errors.Add("kind", $"Must be one of: {string.Join(", ", JobKinds.All)}.");
         }
 
-        // Unique per kind (and indexed so): without the kind it would scan every job.
-        if (businessKey is not null && (businessKey.Length is 0 or > MaxBusinessKeyLength || kind is null))
+        // Every kind's business key is a UUID (paymentId, webhookId, reportId), stored in its "D" form:
+        // anything else finds nothing, and text PostgreSQL refuses (a NUL) would be a 500. Unique per
+        // kind (and indexed so): without the kind it would scan every job.
+        if (businessKey is not null)
         {
-            errors.Add("businessKey", $"Must be 1 to {MaxBusinessKeyLength} characters long, with kind given too.");
+            if (!Guid.TryParseExact(businessKey, "D", out var id) || kind is null)
+            {
+                errors.Add("businessKey", "Must be a UUID such as 0b6f3f3e-5d55-4b43-9d6c-6f1f8c7e2a10 (a paymentId, webhookId or reportId), with kind given too.");
+            }
+            else
+            {
+                businessKey = id.ToString("D");
+            }
         }
 
         if (!QueryIntegers.TryRead(limit, DefaultLimit, 1, MaxLimit, out var pageSize))

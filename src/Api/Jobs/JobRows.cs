@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
+using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
 namespace Conveyor.Api.Jobs;
@@ -26,7 +27,7 @@ namespace Conveyor.Api.Jobs;
 /// same Npgsql pool, whose connections are not reset between uses.
 /// </para>
 /// </remarks>
-internal sealed class JobRows : IAsyncDisposable
+public sealed class JobRows : IAsyncDisposable
 {
     /// <summary>
     /// Batches written at once, each on a pooled connection. Enough that a submission seldom waits
@@ -75,9 +76,12 @@ internal sealed class JobRows : IAsyncDisposable
         ObjectDisposedException.ThrowIf(!_pending.Writer.TryWrite(row), this);
 
         var (inserted, failure) = await row.Outcome.Task;
+        // Wrapped for this caller's stack, as EF Core wraps a failed save: the cause stays the inner
+        // exception, which tells an unreachable database (503) from a failed statement (500), see
+        // DatabaseFailures. Not an NpgsqlException, which would say "unreachable" whatever the cause.
         return failure is null
             ? inserted
-            : throw new NpgsqlException("Inserting the job row failed.", failure);
+            : throw new DbUpdateException("Inserting the job row failed.", failure);
     }
 
     public async ValueTask DisposeAsync()
@@ -114,29 +118,28 @@ internal sealed class JobRows : IAsyncDisposable
     {
         try
         {
-            HashSet<Guid> inserted;
-            try
-            {
-                inserted = await InsertAsync(batch);
-            }
-            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DeadlockDetected && batch.Count > 1)
-            {
-                // Two batches (of this replica or another) each hold a key the other waits for. Rows
-                // one by one cannot hold one key while waiting for another.
-                inserted = [];
-                foreach (var row in batch)
-                {
-                    inserted.UnionWith(await InsertAsync([row]));
-                }
-            }
-
+            await WriteRowsAsync(batch);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DeadlockDetected && batch.Count > 1)
+        {
+            // Two batches (of this replica or another) each hold a key the other waits for. Rows
+            // one by one cannot hold one key while waiting for another. Each commits alone, so each
+            // has its own outcome: a row written stays written whatever happens to the next one.
             foreach (var row in batch)
             {
-                row.Outcome.TrySetResult((inserted.Contains(row.Job.Id), null));
+                try
+                {
+                    await WriteRowsAsync([row]);
+                }
+                catch (Exception rowFailure)
+                {
+                    row.Outcome.TrySetResult((false, rowFailure));
+                }
             }
         }
         catch (Exception ex)
         {
+            // The batch's one transaction did not commit: none of its rows was written.
             foreach (var row in batch)
             {
                 row.Outcome.TrySetResult((false, ex));
@@ -145,6 +148,16 @@ internal sealed class JobRows : IAsyncDisposable
         finally
         {
             _batchSlots.Release();
+        }
+    }
+
+    /// <summary>Inserts the rows in one transaction and completes each with whether it was inserted.</summary>
+    private async Task WriteRowsAsync(List<PendingRow> rows)
+    {
+        var inserted = await InsertAsync(rows);
+        foreach (var row in rows)
+        {
+            row.Outcome.TrySetResult((inserted.Contains(row.Job.Id), null));
         }
     }
 

@@ -180,16 +180,34 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
         return value;
     }
 
-    /// <summary>Any JSON value but null; cloned so it outlives the parsed document.</summary>
-    public JsonElement RequiredValue(string name)
+    /// <summary>
+    /// Any JSON value but null, nesting objects and arrays at most <paramref name="maxDepth"/> deep (the
+    /// value itself, when an object or array, is level 1); cloned so it outlives the parsed document.
+    /// </summary>
+    public JsonElement RequiredValue(string name, int maxDepth)
     {
         if (!TryFindRequired(name, out var value))
         {
             return default;
         }
 
+        if (NestsDeeper(value, maxDepth))
+        {
+            errors.Add(name, $"Must nest objects and arrays at most {maxDepth} levels deep.");
+            return default;
+        }
+
         return value.Clone();
     }
+
+    /// <summary>Whether <paramref name="value"/> holds objects or arrays more than <paramref name="levels"/> deep.</summary>
+    private static bool NestsDeeper(JsonElement value, int levels) => value.ValueKind switch
+    {
+        // Recursion is bounded: the parser refuses a document deeper than 64 levels.
+        JsonValueKind.Object => levels == 0 || value.EnumerateObject().Any(property => NestsDeeper(property.Value, levels - 1)),
+        JsonValueKind.Array => levels == 0 || value.EnumerateArray().Any(element => NestsDeeper(element, levels - 1)),
+        _ => false,
+    };
 
     /// <summary>Without an offset a time would be read in the server's zone: a guess.</summary>
     private static bool HasExplicitOffset(string text) =>

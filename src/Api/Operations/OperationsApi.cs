@@ -1,5 +1,6 @@
 using System.Globalization;
 using Conveyor.Api.Hosting;
+using Conveyor.Api.Jobs;
 using Conveyor.Api.Security;
 using Conveyor.Storage;
 using Conveyor.Storage.Operations;
@@ -75,6 +76,7 @@ internal static class OperationsApi
             errors["state"] = [$"Must be one of {string.Join(", ", states)}."];
         }
 
+        CheckText(queue, nameof(queue), errors);
         var count = ReadLimit(limit, errors);
         if (errors.Count > 0)
         {
@@ -107,6 +109,8 @@ internal static class OperationsApi
             }
         }
 
+        CheckText(queue, nameof(queue), errors);
+        CheckText(requestedBy, nameof(requestedBy), errors);
         var count = ReadLimit(limit, errors);
         if (errors.Count > 0)
         {
@@ -120,6 +124,15 @@ internal static class OperationsApi
         query = from is null ? query : query.Where(o => o.CreatedAt >= from);
         var rows = await query.OrderByDescending(o => o.CreatedAt).Take(count).ToListAsync(cancellationToken);
         return TypedResults.Ok<IReadOnlyList<OperationView>>([.. rows.Select(OperationView.From)]);
+    }
+
+    /// <summary>A filter compared with a text column: text PostgreSQL refuses there (a NUL) would be a 500.</summary>
+    private static void CheckText(string? text, string parameter, Dictionary<string, string[]> errors)
+    {
+        if (text is not null && FieldRules.Text(text) is { } problem)
+        {
+            errors[parameter] = [problem];
+        }
     }
 
     private static int ReadLimit(string? text, Dictionary<string, string[]> errors)

@@ -79,6 +79,8 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
         var job = Assert.Single(found);
         Assert.Equal((charge.JobId, paymentId.ToString()), (job.JobId, job.BusinessKey));
         Assert.Empty(await ListAllAsync($"kind=charge-payment&businessKey={Guid.NewGuid()}"));
+        // A UUID in upper case is the same key.
+        Assert.Equal(charge.JobId, Assert.Single(await ListAllAsync($"kind=charge-payment&businessKey={paymentId.ToString().ToUpperInvariant()}")).JobId);
         Assert.Equal(paymentId.ToString(), (await _api.Client.GetJobAsync(charge.JobId)).BusinessKey);
     }
 
@@ -95,9 +97,24 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("cursor=f_________8AAAAAAAAAAAAAAAAAAAAA", "cursor")] // a time far past DateTimeOffset.MaxValue
     [InlineData("businessKey=0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11", "businessKey")] // without its kind
     [InlineData("kind=charge-payment&businessKey=", "businessKey")]
+    [InlineData("kind=charge-payment&businessKey=%00", "businessKey")] // text PostgreSQL refuses
+    [InlineData("kind=charge-payment&businessKey=order-42", "businessKey")] // every kind's key is a UUID
     public async Task A_bad_query_parameter_is_a_400_naming_it(string query, string field)
     {
         using var response = await _api.Client.GetAsync(new Uri($"/api/jobs?{query}", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ReadErrorFieldsAsync());
+    }
+
+    /// <summary>Filters compared with text columns: PostgreSQL refuses a NUL there, which would be a 500.</summary>
+    [Theory]
+    [InlineData("/api/operations?queue=charge-payment_error%00", "queue")]
+    [InlineData("/api/audit?queue=%00", "queue")]
+    [InlineData("/api/audit?requestedBy=ops%00", "requestedBy")]
+    public async Task A_filter_with_a_control_character_is_a_400_naming_it(string pathAndQuery, string field)
+    {
+        using var response = await _api.Client.GetAsync(new Uri(pathAndQuery, UriKind.Relative));
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal([field], await response.ReadErrorFieldsAsync());

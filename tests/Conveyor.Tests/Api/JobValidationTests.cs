@@ -83,6 +83,12 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
             ["page_size"]
         },
         {
+            // Control characters: the worker sends the event type as a header and stores both as text, where PostgreSQL refuses a NUL.
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x\u0000","eventType":"order.paid\u0000","payload":{}}""",
+            ["url", "eventType"]
+        },
+        {
             // One field twice in different casings: which one counts would be a guess.
             "charge-payment",
             """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"acct-1","AccountId":"acct-2","amountMinor":5,"currency":"EUR"}""",
@@ -147,6 +153,22 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal([badField], await response.ReadErrorFieldsAsync());
         await AssertNoJobsAsync();
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_nul_inside_a_payload_is_data_and_accepted(bool scheduled)
+    {
+        // The request body and a scheduled job's command are stored as bytes (bytea), not text or jsonb, which refuse it.
+        var runAt = scheduled ? $",\"runAt\":\"{DateTimeOffset.UtcNow.AddHours(1):O}\"" : "";
+        using var response = await _api.Client.PostJobAsync(
+            "deliver-webhook",
+            $$"""{"webhookId":"{{Guid.NewGuid()}}","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"note":"a\u0000b"}{{runAt}}}""");
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
     }
 
     [Fact]

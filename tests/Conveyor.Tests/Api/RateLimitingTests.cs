@@ -50,6 +50,60 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_over_the_permits_left_is_accepted_when_sent_again_after_its_retry_after()
+    {
+        // Two permits a second, added together once a second: a slow refill, so a batch waits for several.
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "2",
+            ["RateLimiting:Burst"] = "6",
+        });
+        using (var first = await PostChargesAsync(api, 5))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        }
+
+        // One permit left (or a refill more): six need three refills (two), not two (one).
+        var six = Charges(6);
+        TimeSpan retryAfter;
+        using (var refused = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, six))
+        {
+            await refused.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            retryAfter = refused.Headers.RetryAfter?.Delta ?? TimeSpan.Zero;
+        }
+
+        await Task.Delay(retryAfter);
+        using var retried = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, six);
+
+        Assert.True(retried.StatusCode == HttpStatusCode.Accepted,
+            $"after Retry-After {retryAfter.TotalSeconds} s: {(int)retried.StatusCode} {await retried.Content.ReadAsStringAsync()}");
+    }
+
+    [Fact]
+    public async Task A_single_job_over_the_limit_is_accepted_when_sent_again_after_its_retry_after()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "1",
+        });
+        await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+
+        var job = JobRequests.ChargePayment(Guid.NewGuid());
+        TimeSpan retryAfter;
+        using (var refused = await api.Client.PostJobAsync(JobKinds.ChargePayment, job))
+        {
+            await refused.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            retryAfter = refused.Headers.RetryAfter?.Delta ?? TimeSpan.Zero;
+        }
+
+        await Task.Delay(retryAfter);
+        using var retried = await api.Client.PostJobAsync(JobKinds.ChargePayment, job);
+
+        Assert.Equal(HttpStatusCode.Accepted, retried.StatusCode);
+    }
+
+    [Fact]
     public async Task Each_api_key_has_its_own_allowance()
     {
         const string aliceKey = "alice-key-0123456789abcdefghij";
@@ -92,6 +146,12 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
             response.Dispose();
         }
     }
+
+    private static string Charges(int count) =>
+        JobBatchTests.Batch(Enumerable.Range(0, count).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())));
+
+    private static Task<HttpResponseMessage> PostChargesAsync(RunningApp api, int count) =>
+        JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, Charges(count));
 
     private static async Task<HttpStatusCode> PostAsync(RunningApp api, string apiKey)
     {

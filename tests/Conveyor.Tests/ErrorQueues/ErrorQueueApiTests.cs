@@ -376,6 +376,9 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         { """{"target":"."}""", ["target"] },
         { """{"target":".."}""", ["target"] },
         { """{"target":" .. "}""", ["target"] },
+        // Recorded with the operation as jsonb, which refuses a NUL.
+        { """{"filter":{"exceptionType":"System.TimeoutException\u0000","messageType":"\u0000"}}""", ["filter.exceptionType", "filter.messageType"] },
+        { """{"filter":{"messageIds":["a\u0000"]}}""", ["filter.messageIds"] },
     };
 
     [Theory]
