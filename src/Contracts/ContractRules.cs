@@ -86,6 +86,12 @@ public static class ContractRules
             return $"Must be at most {MaxUrlLength} characters long.";
         }
 
+        // Uri keeps some of them as they are; the worker stores the URL as text, which refuses a NUL.
+        if (value.AsSpan().ContainsAnyInRange('\u0000', '\u001f') || value.Contains('\u007f', StringComparison.Ordinal))
+        {
+            return "Must not contain control characters.";
+        }
+
         return Uri.TryCreate(value, UriKind.Absolute, out var url)
             && (url.Scheme == Uri.UriSchemeHttp || url.Scheme == Uri.UriSchemeHttps)
             && url.Host.Length > 0

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Conveyor.Contracts;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
 using Conveyor.Contracts.Webhooks;
@@ -81,6 +82,20 @@ public sealed class ContractRulesTests
     [InlineData("Order Paid/v2 (EU) ~#1")]
     public void Event_types_of_printable_ascii_are_valid(string eventType) =>
         Assert.Empty((Webhook with { EventType = eventType }).Validate());
+
+    [Theory]
+    [InlineData("https://hooks.example.com/a\u0000b")]
+    [InlineData("https://hooks.example.com/a\tb")]
+    [InlineData("https://hooks.example.com/a\u007fb")]
+    public void Webhook_urls_with_control_characters_break_the_rule(string url)
+    {
+        Assert.NotNull(ContractRules.WebhookUrl(url));
+        if (Uri.TryCreate(url, UriKind.Absolute, out var parsed))
+        {
+            // What a directly published command deserializes to: refused by the worker's check too.
+            Assert.Equal(["url"], (Webhook with { Url = parsed }).Validate().Select(v => v.Field));
+        }
+    }
 
     [Fact]
     public void Nulls_in_required_fields_that_deserialization_let_through_break_the_rules()
