@@ -36,6 +36,36 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
         return [.. results.OfType<long>()];
     }
 
+    /// <summary>
+    /// Gives up the channel and its connection without waiting: the next publish opens new ones. They
+    /// are closed in the background, since a close waits for the broker's answer and the broker may be
+    /// the one not answering. Called by the dispatcher's loop, which never publishes at the same time.
+    /// </summary>
+    public void Abandon()
+    {
+        var (channel, connection) = (_channel, _connection);
+        (_channel, _connection) = (null, null);
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                if (channel is not null)
+                {
+                    await channel.DisposeAsync();
+                }
+
+                if (connection is not null)
+                {
+                    await connection.DisposeAsync();
+                }
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // Gone either way.
+            }
+        });
+    }
+
     private static BasicProperties PropertiesOf(ScheduledMessage message)
     {
         var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(message.Headers) ?? [];

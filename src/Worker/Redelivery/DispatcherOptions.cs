@@ -17,6 +17,15 @@ public sealed class DispatcherOptions
     [Range(1, 300)]
     public int MaxIdleSeconds { get; set; } = 10;
 
+    /// <summary>
+    /// How long one batch's publishes may wait for their confirms (a broker blocking publishers in a
+    /// memory or disk alarm sends none). Past it the batch's claim is rolled back, so its rows are free
+    /// for any dispatcher again, and this one backs off; copies already published then go out again
+    /// later, which the inbox absorbs.
+    /// </summary>
+    [Range(1, 600)]
+    public int PublishTimeoutSeconds { get; set; } = 30;
+
     /// <summary>How long a row whose publish failed (queue gone, broker refused) waits before the next try.</summary>
     [Range(1, 3_600)]
     public int FailedPublishBackoffSeconds { get; set; } = 30;

@@ -1,5 +1,6 @@
 using System.Diagnostics.Metrics;
 using Conveyor.Storage;
+using Conveyor.Storage.Redelivery;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -100,7 +101,7 @@ public sealed partial class RedeliveryDispatcher(
                 return total;
             }
 
-            var confirmed = await publisher.PublishAsync(due, cancellationToken);
+            var confirmed = await PublishWithinTimeoutAsync(due, cancellationToken);
             var published = time.GetUtcNow();
             var confirmedIds = confirmed.ToArray();
             await db.Database.ExecuteSqlInterpolatedAsync(
@@ -129,6 +130,29 @@ public sealed partial class RedeliveryDispatcher(
             {
                 return total;
             }
+        }
+    }
+
+    /// <summary>
+    /// Publishes a claimed batch, waiting for its confirms at most <see cref="DispatcherOptions.PublishTimeoutSeconds"/>:
+    /// a dispatcher must not hold its rows locked and its transaction open for as long as a broker
+    /// alarm lasts. On a timeout the publisher's channel is given up (its outstanding confirms can no
+    /// longer be matched; closing it may wait on the same stalled broker, so that happens aside) and
+    /// the caller's transaction rolls back.
+    /// </summary>
+    private async Task<IReadOnlyList<long>> PublishWithinTimeoutAsync(List<ScheduledMessage> due, CancellationToken cancellationToken)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(TimeSpan.FromSeconds(options.Value.PublishTimeoutSeconds));
+        try
+        {
+            return await publisher.PublishAsync(due, timeout.Token);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            publisher.Abandon();
+            throw new TimeoutException(
+                $"The broker did not confirm a batch of {due.Count} scheduled message(s) within {options.Value.PublishTimeoutSeconds} s; their claim is released for another try.");
         }
     }
 

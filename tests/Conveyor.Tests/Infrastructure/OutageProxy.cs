@@ -17,6 +17,7 @@ public sealed class OutageProxy : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private readonly Task _acceptLoop;
     private volatile bool _cut;
+    private volatile bool _stalled;
     private int _refused;
 
     private OutageProxy(IPEndPoint target)
@@ -57,6 +58,14 @@ public sealed class OutageProxy : IAsyncDisposable
     }
 
     public void Restore() => _cut = false;
+
+    /// <summary>
+    /// Relayed connections stay open but no byte moves either way until <see cref="Resume"/>: a server
+    /// that stops answering without closing anything, as a broker blocking its publishers does.
+    /// </summary>
+    public void Stall() => _stalled = true;
+
+    public void Resume() => _stalled = false;
 
     public async ValueTask DisposeAsync()
     {
@@ -128,15 +137,31 @@ public sealed class OutageProxy : IAsyncDisposable
         }
     }
 
+    /// <summary>Copies until the source closes; bytes read while stalled are held until the stall ends.</summary>
+    private async Task PumpAsync(NetworkStream from, NetworkStream to)
+    {
+        var buffer = new byte[16 * 1024];
+        int read;
+        while ((read = await from.ReadAsync(buffer, _stopping.Token)) > 0)
+        {
+            while (_stalled)
+            {
+                await Task.Delay(20, _stopping.Token);
+            }
+
+            await to.WriteAsync(buffer.AsMemory(0, read), _stopping.Token);
+        }
+    }
+
     private async Task RelayAsync(TcpClient inbound, TcpClient outbound)
     {
         try
         {
-            var upstream = inbound.GetStream().CopyToAsync(outbound.GetStream());
-            var downstream = outbound.GetStream().CopyToAsync(inbound.GetStream());
+            var upstream = PumpAsync(inbound.GetStream(), outbound.GetStream());
+            var downstream = PumpAsync(outbound.GetStream(), inbound.GetStream());
             await Task.WhenAny(upstream, downstream);
         }
-        catch (Exception exception) when (exception is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        catch (Exception exception) when (exception is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
         {
             // Cut, or one side closed.
         }

@@ -219,6 +219,59 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    [Fact]
+    public async Task A_batch_whose_confirms_never_come_is_released_after_the_publish_timeout_for_another_dispatcher()
+    {
+        var rabbit = fixture.RabbitOptions();
+        await using var proxy = await OutageProxy.ToAsync(rabbit.Host, rabbit.Port);
+        var viaProxy = fixture.RabbitOptions();
+        viaProxy.Port = proxy.Port;
+        await using var stalledPublisher = new BrokerPublisher(Options.Create(viaProxy));
+        using var stalled = new RedeliveryDispatcher(fixture.DbContextFactory(), stalledPublisher,
+            Options.Create(new DispatcherOptions { PublishTimeoutSeconds = 2 }), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        await stalled.StartAsync(CancellationToken.None);
+        await using var healthyPublisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
+        using var healthy = new RedeliveryDispatcher(fixture.DbContextFactory(), healthyPublisher,
+            Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        try
+        {
+            // The first dispatcher's connection works, then its broker stops answering (as in an alarm).
+            await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+            await Eventually.AssertAsync(async () => Assert.Equal(1u, await _channel.MessageCountAsync(_queue)), TimeSpan.FromSeconds(30));
+            proxy.Stall();
+            var held = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+            await Eventually.AssertAsync(async () => Assert.True(await IsLockedAsync(), "the stalled dispatcher has not claimed the row"), TimeSpan.FromSeconds(30));
+
+            // Another dispatcher cannot take the row while it is held; once the publish timeout has
+            // rolled the claim back, it does.
+            await healthy.StartAsync(CancellationToken.None);
+            await Eventually.AssertAsync(async () =>
+            {
+                await using var db = fixture.CreateDbContext();
+                Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+            }, TimeSpan.FromSeconds(30));
+            await _channel.BasicGetAsync(_queue, autoAck: true);
+            var copy = await _channel.BasicGetAsync(_queue, autoAck: true);
+            Assert.Equal(held, copy?.BasicProperties.MessageId);
+        }
+        finally
+        {
+            proxy.Resume();
+            await healthy.StopAsync(CancellationToken.None);
+            await stalled.StopAsync(CancellationToken.None);
+        }
+    }
+
+    /// <summary>Whether another session holds a lock on a scheduled row (the dispatcher's claim).</summary>
+    private async Task<bool> IsLockedAsync()
+    {
+        await using var db = fixture.CreateDbContext();
+        await using var transaction = await db.Database.BeginTransactionAsync();
+        var free = await db.ScheduledMessages.FromSqlRaw("SELECT * FROM scheduled_messages FOR UPDATE SKIP LOCKED").CountAsync();
+        var all = await db.ScheduledMessages.CountAsync();
+        return free < all;
+    }
+
     private async Task<string> ScheduleAsync(DateTimeOffset dueAt)
     {
         var messageId = Guid.NewGuid().ToString();
