@@ -26,6 +26,12 @@ internal enum SubmitStatus
 
     /// <summary>The broker did not confirm the command in time; the job row was removed again.</summary>
     PublishFailed,
+
+    /// <summary>
+    /// The database could not be reached for this job (a job of a batch: a single submission lets the
+    /// exception answer 503). Whether its row was committed is unknown; sending it again is safe.
+    /// </summary>
+    DatabaseUnavailable,
 }
 
 internal readonly record struct SubmitResult(SubmitStatus Status, Job? Job = null);

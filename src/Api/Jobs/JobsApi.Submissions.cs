@@ -1,5 +1,7 @@
 using Conveyor.Api.Backpressure;
+using Conveyor.Api.Hosting;
 using Conveyor.Contracts;
+using Conveyor.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
 using System.Diagnostics;
@@ -109,8 +111,19 @@ internal static partial class JobsApi
         await Parallel.ForEachAsync(
             Enumerable.Range(0, items.Count),
             new ParallelOptions { MaxDegreeOfParallelism = MaxJobsInFlightPerBatch, CancellationToken = cancellationToken },
-            async (index, token) => results[index] = await submitter.SubmitAsync(
-                items[index].Request, IdempotencyKey.ForBatchJob(batchKey, index), items[index].Body, token));
+            async (index, token) =>
+            {
+                try
+                {
+                    results[index] = await submitter.SubmitAsync(
+                        items[index].Request, IdempotencyKey.ForBatchJob(batchKey, index), items[index].Body, token);
+                }
+                catch (Exception exception) when (DatabaseFailures.IsUnavailable(exception) && !token.IsCancellationRequested)
+                {
+                    // This job's answer, not the whole batch's: the others keep theirs.
+                    results[index] = new SubmitResult(SubmitStatus.DatabaseUnavailable);
+                }
+            });
 
         var answers = new JobBatchResult[results.Length];
         Refusal? worst = null;
@@ -227,6 +240,8 @@ internal static partial class JobsApi
             "This Idempotency-Key was already used for a different request. Use a new key for a new job.", null, 3),
         SubmitStatus.PublishFailed => new Refusal(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
             "The job could not be queued. Retry later; the same Idempotency-Key may be reused.", RetryAfterSeconds, 2),
+        SubmitStatus.DatabaseUnavailable => new Refusal(StatusCodes.Status503ServiceUnavailable, "Database unavailable",
+            "The database cannot be reached right now. Retry later; sending the same job again is safe.", ErrorHandling.DatabaseRetryAfterSeconds, 2),
         SubmitStatus.InFlight => new Refusal(StatusCodes.Status409Conflict, "Submission in progress",
             "Another request for the same job is being processed. Retry shortly.", 1, 1),
         _ => throw new UnreachableException($"Submission ended {result.Status} without a job."),

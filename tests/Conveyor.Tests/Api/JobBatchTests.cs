@@ -288,6 +288,28 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, await db.Jobs.CountAsync());
     }
 
+    [Fact]
+    public async Task With_the_database_unreachable_a_batch_answers_each_job_with_its_503()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Conveyor"] = new Npgsql.NpgsqlConnectionStringBuilder(fixture.ConnectionString)
+            {
+                Host = "127.0.0.1",
+                Port = BrokerUnavailableTests.ClosedPort(),
+            }.ConnectionString,
+        });
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment,
+            Batch([JobRequests.ChargePayment(Guid.NewGuid()), JobRequests.ChargePayment(Guid.NewGuid())]));
+
+        await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        Assert.NotNull(response.Headers.RetryAfter);
+        var jobs = (await response.ReadJsonAsync()).GetProperty("jobs").EnumerateArray().ToList();
+        Assert.Equal([0, 1], jobs.Select(job => job.GetProperty("index").GetInt32()));
+        Assert.All(jobs, job => Assert.Equal("Database unavailable", job.GetProperty("error").GetProperty("title").GetString()));
+    }
+
     internal static string Batch(IEnumerable<string> jobs) => $$"""{"jobs":[{{string.Join(",", jobs)}}]}""";
 
     internal static async Task<HttpResponseMessage> PostBatchAsync(
