@@ -22,7 +22,8 @@ public static class FailureClassifier
         InboxBatchFailedException => true,
         OperationCanceledException => false,
         TimeoutException => true,
-        HttpRequestException http => http.StatusCode is null || IsTransientStatus(http.StatusCode.Value),
+        HttpRequestException { StatusCode: { } status } => IsTransientStatus(status),
+        HttpRequestException http => IsTransientRequestError(http.HttpRequestError),
         SocketException => true,
         IOException => true,
         NpgsqlException npgsql => npgsql.IsTransient || IsTransientSqlState(npgsql) || DatabaseFailures.IsUnavailable(npgsql),
@@ -31,6 +32,18 @@ public static class FailureClassifier
         JsonException => false,
         _ => false,
     };
+
+    /// <summary>
+    /// A request that got no answer: network trouble (name resolution, connection, TLS, a cut-off
+    /// response) may pass; a remote that needs something this client does not do (HTTP version,
+    /// extended CONNECT, proxy credentials) or answers beyond its limits (headers too large) will
+    /// answer the same way next time.
+    /// </summary>
+    public static bool IsTransientRequestError(HttpRequestError error) => error is not (
+        HttpRequestError.VersionNegotiationError
+        or HttpRequestError.ExtendedConnectNotSupported
+        or HttpRequestError.UserAuthenticationError
+        or HttpRequestError.ConfigurationLimitExceeded);
 
     /// <summary>408, 429 and every 5xx may succeed later; other statuses will not.</summary>
     public static bool IsTransientStatus(HttpStatusCode status) =>

@@ -58,6 +58,30 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
         }, TimeSpan.FromSeconds(30));
     }
 
+    [Fact]
+    public async Task A_webhook_receiver_whose_answer_is_beyond_the_clients_limits_is_a_permanent_failure()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWithOversizedHeader = true;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        // It would answer the same way every time: one attempt, then _error, no redelivery stored.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == webhook.WebhookId.ToString());
+            Assert.Equal(JobStatus.DeadLettered, job.Status);
+            Assert.Equal(1, job.Attempts);
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
+        Assert.Single(receiver.Deliveries);
+    }
+
     private static DeliverWebhook Webhook(Uri url) => new()
     {
         WebhookId = Guid.NewGuid(),

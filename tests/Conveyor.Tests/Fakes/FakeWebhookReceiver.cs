@@ -30,6 +30,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// </summary>
     public HttpStatusCode? TrickleEndlessBodyWith { get; set; }
 
+    /// <summary>When true, every delivery is answered 200 with a response header larger than any client accepts.</summary>
+    public bool AnswerWithOversizedHeader { get; set; }
+
     /// <summary>Endless bodies whose sender closed the connection (it stopped reading).</summary>
     public int EndlessBodiesAbandoned => Volatile.Read(ref _endlessBodiesAbandoned);
 
@@ -61,6 +64,12 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         {
             await TrickleEndlessBodyAsync(context, status);
             return Results.Empty;
+        }
+
+        if (AnswerWithOversizedHeader)
+        {
+            context.Response.Headers["X-Oversized"] = new string('x', 200 * 1024);
+            return Results.Ok();
         }
 
         return Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));

@@ -77,6 +77,11 @@ public sealed class FailurePolicyTests
         Assert.True(FailureClassifier.IsTransient(new TransientFailureException("down")));
         Assert.True(FailureClassifier.IsTransient(new NpgsqlException("connection reset", new IOException())));
         Assert.True(FailureClassifier.IsTransient(new HttpRequestException("no status")));
+        Assert.True(FailureClassifier.IsTransient(new HttpRequestException(HttpRequestError.ConnectionError, "refused")));
+        Assert.True(FailureClassifier.IsTransient(new HttpRequestException(HttpRequestError.NameResolutionError, "no such host")));
+        Assert.True(FailureClassifier.IsTransient(new HttpRequestException(HttpRequestError.ResponseEnded, "cut off")));
+        Assert.False(FailureClassifier.IsTransient(new HttpRequestException(HttpRequestError.ConfigurationLimitExceeded, "headers too large")));
+        Assert.False(FailureClassifier.IsTransient(new HttpRequestException(HttpRequestError.VersionNegotiationError, "HTTP/3 only")));
         Assert.False(FailureClassifier.IsTransient(new PermanentFailureException("bad")));
         Assert.False(FailureClassifier.IsTransient(new JsonException("bad json")));
         Assert.False(FailureClassifier.IsTransient(new ArgumentException("bug")));
