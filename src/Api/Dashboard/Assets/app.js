@@ -501,6 +501,12 @@
     if (!hasScope("jobs:read")) return renderForbidden("Jobs need an API key with the jobs:read scope.");
     const box = el("section", { class: "card", id: "job" }, el("p", { class: "muted", text: "Loading…" }));
     view().replaceChildren(el("p", {}, el("a", { href: "#/jobs", text: "← Jobs" })), box);
+    // Every kind's business key is a UUID (the API refuses anything else with a 400).
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(key)) {
+      box.replaceChildren(el("h1", { text: "Job not found" }),
+        el("p", { class: "muted", text: "A business key is a UUID (a paymentId, webhookId or reportId); " + key + " is not one." }));
+      return;
+    }
     const found = [];
     for (const kind of JOB_KINDS) {
       try {
