@@ -94,6 +94,20 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
     }
 
+    [Fact]
+    public async Task Without_the_broker_the_Api_still_answers_reads_and_stays_live_while_not_ready()
+    {
+        // What the Kubernetes probes rely on (deploy/k8s/README.md): readiness follows /health/live, so
+        // a broker outage leaves the Api in its Service, answering reads and 503s with Retry-After.
+        using var live = await _api.Client.GetAsync(new Uri("/health/live", UriKind.Relative));
+        using var ready = await _api.Client.GetAsync(new Uri("/health/ready", UriKind.Relative));
+        using var jobs = await _api.Client.GetAsync(new Uri("/api/jobs", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.OK, live.StatusCode);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, jobs.StatusCode);
+    }
+
     /// <summary>A loopback port that was free a moment ago, so nothing answers on it.</summary>
     internal static int ClosedPort()
     {

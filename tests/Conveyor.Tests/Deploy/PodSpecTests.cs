@@ -18,11 +18,13 @@ public sealed class PodSpecTests
     {
         var rendered = RenderedOverlay.Load(overlay);
 
-        Overlays.AssertNone(rendered, "Api and worker containers need startup, liveness (/health/live) and readiness (/health/ready) probes on the container port their Urls listens on", Problems());
+        Overlays.AssertNone(rendered, "Api and worker containers need startup, liveness (/health/live) and readiness probes on the container port their Urls listens on: the Api starts on /health/ready and stays ready on /health/live (an outage of the broker or database must not empty its Service), the worker starts on /health/live and is ready on /health/ready", Problems());
 
         IEnumerable<string> Problems()
         {
-            foreach (var workload in rendered.DeploymentsOf("api").Concat(rendered.DeploymentsOf("worker")).Select(d => d.Workload))
+            var workloads = rendered.DeploymentsOf("api").Select(d => (d.Workload, Api: true))
+                .Concat(rendered.DeploymentsOf("worker").Select(d => (d.Workload, Api: false)));
+            foreach (var (workload, api) in workloads)
             {
                 foreach (var container in workload.Pod.Containers)
                 {
@@ -37,9 +39,9 @@ public sealed class PodSpecTests
 
                     var probes = new (string Kind, V1Probe? Probe, string Path)[]
                     {
-                        ("startupProbe", container.StartupProbe, "/health/live"),
+                        ("startupProbe", container.StartupProbe, api ? "/health/ready" : "/health/live"),
                         ("livenessProbe", container.LivenessProbe, "/health/live"),
-                        ("readinessProbe", container.ReadinessProbe, "/health/ready"),
+                        ("readinessProbe", container.ReadinessProbe, api ? "/health/live" : "/health/ready"),
                     };
                     foreach (var (kind, probe, path) in probes)
                     {
