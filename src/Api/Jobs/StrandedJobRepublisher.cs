@@ -35,7 +35,10 @@ public sealed partial class StrandedJobRepublisher(
     /// <summary>Jobs published per check at most: a burst of strandings is worked off over a few checks.</summary>
     public const int BatchSize = 100;
 
-    /// <summary>Bounds the memory of which refused jobs were logged; past it, refusals are no longer logged.</summary>
+    /// <summary>
+    /// Bounds the memory of which stored requests were refused (logged once each, and left out of later
+    /// claims); past it, further refusals are neither logged nor left out.
+    /// </summary>
     private const int MaxRefusalsRemembered = 10_000;
 
     private readonly ConcurrentDictionary<Guid, byte> _refusalsLogged = new();
@@ -56,6 +59,10 @@ public sealed partial class StrandedJobRepublisher(
         }
 
         var claimedAt = time.GetUtcNow();
+        // Jobs this Api found it cannot publish stay out of the claim: they keep their old update time
+        // (still counted, still alerted on), and would otherwise take the oldest places of every
+        // claim, so a hundred of them would keep every valid stranded job behind them waiting forever.
+        var refused = _refusalsLogged.Keys.ToArray();
         var kinds = strandedBefore.Keys.ToArray();
         var befores = kinds.Select(kind => strandedBefore[kind]).ToArray();
         var latest = befores.Max();
@@ -73,6 +80,7 @@ public sealed partial class StrandedJobRepublisher(
                      WHERE j.status = {JobStatus.Queued} AND j.created_at < {latest}
                        AND j.created_at < t.stranded_before AND j.updated_at < t.stranded_before
                        AND j.request_body IS NOT NULL
+                       AND j.id <> ALL({refused})
                      ORDER BY j.updated_at
                      LIMIT {BatchSize}
                        FOR UPDATE OF j SKIP LOCKED)

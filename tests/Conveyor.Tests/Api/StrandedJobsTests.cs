@@ -212,6 +212,40 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Stored_requests_the_Api_refuses_do_not_keep_a_valid_stranded_job_waiting_behind_them()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        // More refused jobs than one check claims, all older than the valid one.
+        var older = DateTimeOffset.UtcNow.AddMinutes(-10);
+        var refused = Enumerable.Range(0, StrandedJobRepublisher.BatchSize + 1).Select(_ =>
+        {
+            var job = Job(JobKinds.ChargePayment, JobStatus.Queued, older);
+            job.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(job.BusinessKey), amountMinor: 0));
+            return job;
+        }).ToList();
+        var valid = QueuedCharge(DateTimeOffset.UtcNow.AddMinutes(-5));
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(refused);
+            db.Jobs.Add(valid);
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        await Eventually.AssertAsync(async () =>
+        {
+            await monitor.RefreshAsync(CancellationToken.None);
+            Assert.Equal(1u, await published.Channel.MessageCountAsync(published.Queue));
+        }, TimeSpan.FromSeconds(30));
+
+        var copy = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+        Assert.Equal(valid.Id.ToString(), Encoding.UTF8.GetString((byte[])copy!.BasicProperties.Headers![JobHeaders.JobId]!));
+        await using var check = fixture.CreateDbContext();
+        // The refused ones are still stranded, as they were: counted, for an operator.
+        Assert.Equal(refused.Count, await check.Jobs.CountAsync(j => j.Status == JobStatus.Queued && j.UpdatedAt < older.AddSeconds(1)));
+    }
+
+    [Fact]
     public async Task Jobs_another_api_is_claiming_are_skipped_not_waited_for_and_each_job_is_published_once()
     {
         await using var published = await ChargePaymentProbe.BindAsync(fixture);
