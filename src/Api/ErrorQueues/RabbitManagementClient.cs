@@ -8,7 +8,11 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Api.ErrorQueues;
 
 /// <summary>A queue as RabbitMQ's management API reports it (its counters lag by a few seconds).</summary>
-public sealed record QueueStats(string Name, long Messages, long Ready, long Unacknowledged, int Consumers);
+/// <param name="CountsKnown">
+/// False when the listing carried no message count (statistics off, a queue just declared, its node
+/// down, a quorum queue without a leader): the counts then read 0 without meaning an empty queue.
+/// </param>
+public sealed record QueueStats(string Name, long Messages, long Ready, long Unacknowledged, int Consumers, bool CountsKnown = true);
 
 /// <summary>The part of RabbitMQ's management HTTP API that error-queue work needs: listing queues.</summary>
 public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOptions> options)
@@ -74,7 +78,8 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
         Long(queue, "messages"),
         Long(queue, "messages_ready"),
         Long(queue, "messages_unacknowledged"),
-        (int)Long(queue, "consumers"));
+        (int)Long(queue, "consumers"),
+        queue.TryGetProperty("messages", out var messages) && messages.ValueKind == JsonValueKind.Number);
 
     // Counters appear a moment after a queue is declared.
     private static long Long(JsonElement queue, string name) =>

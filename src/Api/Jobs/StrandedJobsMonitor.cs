@@ -128,7 +128,8 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
     /// are stranded; null when none can be told from a backlog.
     /// <list type="bullet">
     /// <item>Its queue holds no message (ready or delivered; a queue that does not exist holds
-    /// none): every job queued longer than the threshold.</item>
+    /// none): every job queued longer than the threshold. A queue listed without counts is not
+    /// taken for empty; the next rule decides.</item>
     /// <item>Otherwise the queue's order tells: a job submitted through the Api that a worker has
     /// finished was published no earlier than its <c>created_at</c> (a scheduled one later still),
     /// and the queue delivers in order, so a command published a threshold before that (longer than
@@ -140,7 +141,9 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
     private static async Task<DateTimeOffset?> StrandedBeforeAsync(
         ConveyorDbContext db, string kind, IReadOnlyList<QueueStats> queues, DateTimeOffset now, TimeSpan threshold, CancellationToken cancellationToken)
     {
-        if (queues.FirstOrDefault(q => q.Name == kind) is not { Messages: > 0 })
+        // Empty only when the broker says so: a count it did not give is not a zero (a backlog whose
+        // counts are missing for a moment after a broker restart must not all be published again).
+        if (queues.FirstOrDefault(q => q.Name == kind) is not { } queue || queue is { CountsKnown: true, Messages: 0 })
         {
             return now - threshold;
         }

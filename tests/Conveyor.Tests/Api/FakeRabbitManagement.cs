@@ -22,6 +22,9 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
 
     public bool MemoryAlarm { get; set; }
 
+    /// <summary>What <c>GET /api/queues/{vhost}</c> lists, as the management API's JSON objects.</summary>
+    public IReadOnlyList<Dictionary<string, object>> Queues { get; set; } = [];
+
     public static async Task<FakeRabbitManagement> StartAsync()
     {
         var builder = WebApplication.CreateSlimBuilder();
@@ -34,6 +37,7 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
             new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
             new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
         }));
+        app.MapGet("/api/queues/{vhost}", () => Results.Json(fake.Queues));
         await app.StartAsync();
         var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
         fake.Port = address.Port;

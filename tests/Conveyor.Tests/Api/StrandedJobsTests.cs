@@ -246,6 +246,33 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_queue_listed_without_message_counts_is_not_taken_for_empty()
+    {
+        // Statistics off, or the first moments after a broker restart: the queue is listed, its counts not.
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.Queues = [new() { ["name"] = JobKinds.ChargePayment, ["consumers"] = 1 }];
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Jobs:StrandedAfterSeconds"] = "60",
+            ["Jobs:StrandedCheckSeconds"] = "3600",
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        });
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(QueuedCharge(DateTimeOffset.UtcNow.AddMinutes(-5)), QueuedCharge(DateTimeOffset.UtcNow.AddMinutes(-5)));
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = api.Services.GetRequiredService<StrandedJobsMonitor>();
+        await monitor.RefreshAsync(CancellationToken.None);
+
+        // Maybe a backlog: with no job finished after them, nothing tells, so nothing is published again.
+        Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+    }
+
+    [Fact]
     public async Task Jobs_another_api_is_claiming_are_skipped_not_waited_for_and_each_job_is_published_once()
     {
         await using var published = await ChargePaymentProbe.BindAsync(fixture);
