@@ -36,6 +36,13 @@ public sealed partial class QueueModeProbe
     private const string ClassicQueueType = "classic";
     private const string QuorumQueueType = "quorum";
 
+    /// <summary>
+    /// How long start-up keeps trying to reach the broker for the probe. Declaring the queues without
+    /// knowing their modes could be refused by the broker for good (an existing default-mode or quorum
+    /// queue), and MassTransit would retry that refusal forever while the process looked healthy.
+    /// </summary>
+    private static readonly TimeSpan UnreachableBudget = TimeSpan.FromSeconds(60);
+
     private static readonly Dictionary<string, object?> LazyArguments = new() { [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode };
 
     /// <summary>What an error queue is declared with when it is new: explicit, so neither a quorum job queue's arguments nor a vhost's default queue type decide.</summary>
@@ -122,21 +129,42 @@ public sealed partial class QueueModeProbe
     private Dictionary<string, QueueMode> ProbeAll()
     {
         var broker = _options.Value;
-        var modes = new Dictionary<string, QueueMode>(StringComparer.Ordinal);
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds));
-        try
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        for (var attempt = 1; ; attempt++)
         {
-            // Start-up, on the host's thread: MassTransit's endpoint configuration is synchronous.
-            ProbeAllAsync(broker, modes, timeout.Token).GetAwaiter().GetResult();
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            // What was not probed counts as missing: declared lazy, as configured.
-            LogNotProbed(_logger, exception);
-        }
+            var modes = new Dictionary<string, QueueMode>(StringComparer.Ordinal);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds));
+            try
+            {
+                // Start-up, on the host's thread: MassTransit's endpoint configuration is synchronous.
+                ProbeAllAsync(broker, modes, timeout.Token).GetAwaiter().GetResult();
+                return modes;
+            }
+            catch (Exception exception) when (IsUnreachable(exception))
+            {
+                if (System.Diagnostics.Stopwatch.GetElapsedTime(started) >= UnreachableBudget)
+                {
+                    // The process ends; its supervisor (Kubernetes, systemd) starts it again.
+                    throw new InvalidOperationException(
+                        $"RabbitMQ could not be reached for {UnreachableBudget.TotalSeconds:0} s at start-up to read the queues' modes; the worker stops so that it is started again.",
+                        exception);
+                }
 
-        return modes;
+                LogProbeRetry(_logger, attempt, exception.Message);
+                Thread.Sleep(TimeSpan.FromSeconds(Math.Min(5, attempt)));
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // Reached, but something else failed: what was not probed counts as missing, declared
+                // lazy as configured.
+                LogNotProbed(_logger, exception);
+                return modes;
+            }
+        }
     }
+
+    private static bool IsUnreachable(Exception exception) =>
+        exception is BrokerUnreachableException or AlreadyClosedException or OperationCanceledException or IOException or System.Net.Sockets.SocketException;
 
     private async Task ProbeAllAsync(RabbitMqOptions broker, Dictionary<string, QueueMode> modes, CancellationToken cancellationToken)
     {
@@ -209,6 +237,9 @@ public sealed partial class QueueModeProbe
         "move its messages back or purge them, then delete it, and the worker declares it anew.")]
     private static partial void LogKeptQuorum(ILogger logger, string queue, string virtualHost);
 
-    [LoggerMessage(Level = LogLevel.Debug, Message = "Could not probe the job queues' modes; those not probed are declared lazy as configured")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "RabbitMQ could not be reached to read the queues' modes (attempt {Attempt}: {Reason}); start-up waits and tries again")]
+    private static partial void LogProbeRetry(ILogger logger, int attempt, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not probe the job queues' modes; those not probed are declared lazy as configured")]
     private static partial void LogNotProbed(ILogger logger, Exception exception);
 }

@@ -35,6 +35,38 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
     }
 
     [Fact]
+    public async Task A_worker_that_starts_while_the_broker_is_away_still_keeps_an_existing_default_mode_queue_as_it_is()
+    {
+        await using var scratch = await fixture.ScratchVhostAsync("unreachable");
+        var vhost = scratch.Name;
+        await using (var connection = await fixture.AmqpFactory(vhost).CreateConnectionAsync("conveyor-tests-existing-queue"))
+        await using (var channel = await connection.CreateChannelAsync())
+        {
+            await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
+        }
+
+        // The broker is away when the worker starts, and back a few seconds later. Probing nothing and
+        // declaring the queue lazy would be refused by the broker for as long as the process lived.
+        var rabbit = fixture.RabbitOptions();
+        await using var proxy = await OutageProxy.ToAsync(rabbit.Host, rabbit.Port);
+        proxy.Cut();
+        // On a thread of its own: start-up blocks while it waits for the broker.
+        var starting = Task.Run(() => fixture.StartWorkerAsync(scratch.WorkerSettingsWith(
+            ("RabbitMq:Port", proxy.Port.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            ("RabbitMq:ConnectTimeoutSeconds", "2"))));
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        proxy.Restore();
+        await using var worker = await starting;
+
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost, "charge-payment"))?.Consumers);
+            Assert.Null((await fixture.Rabbit.QueueModeAsync(vhost, "charge-payment")).Argument);
+        }, TimeSpan.FromSeconds(30));
+        Assert.True(proxy.Refused > 0, "the worker never tried while the broker was away");
+    }
+
+    [Fact]
     public async Task Queues_that_exist_in_the_default_mode_are_kept_as_they_are_and_still_consumed_and_dead_lettered_into()
     {
         // As an earlier version (or another tool) declared them: without x-queue-mode. RabbitMQ refuses
