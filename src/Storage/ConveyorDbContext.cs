@@ -5,11 +5,12 @@ using Conveyor.Storage.Payments;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Storage.Reports;
 using Conveyor.Storage.Webhooks;
+using Microsoft.AspNetCore.DataProtection.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Storage;
 
-public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> options) : DbContext(options)
+public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> options) : DbContext(options), IDataProtectionKeyContext
 {
     public DbSet<Job> Jobs => Set<Job>();
 
@@ -26,6 +27,9 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
     public DbSet<ScheduledMessage> ScheduledMessages => Set<ScheduledMessage>();
 
     public DbSet<ErrorQueueOperation> ErrorQueueOperations => Set<ErrorQueueOperation>();
+
+    /// <summary>The Api's data-protection key ring (dashboard session cookies, anti-forgery tokens), shared by its replicas.</summary>
+    public DbSet<DataProtectionKey> DataProtectionKeys => Set<DataProtectionKey>();
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -118,6 +122,12 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             // At most one running operation per queue, whichever Api replica runs it.
             operation.HasIndex(o => o.Queue).IsUnique().HasFilter("state = 'running'").HasDatabaseName("ix_error_queue_operations_one_running_per_queue");
             operation.HasIndex(o => o.CreatedAt);
+        });
+
+        modelBuilder.Entity<DataProtectionKey>(key =>
+        {
+            key.ToTable("data_protection_keys");
+            key.HasKey(k => k.Id);
         });
 
         modelBuilder.Entity<Report>(report =>

@@ -1,4 +1,5 @@
 using System.Security.Claims;
+using Conveyor.Storage;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
@@ -38,11 +39,18 @@ public static class AccessControl
             .ValidateOnStart();
         services.AddSingleton<SessionValidator>();
 
+        // Every Api replica must share the key ring, or a sign-in form or session cookie works only on the
+        // pod that issued it and a rollout signs everyone out. By default it is kept in the database
+        // (the keys are stored unprotected: see ADR 0003); a shared directory is the alternative.
         var dataProtection = services.AddDataProtection().SetApplicationName("conveyor-api");
         if (configuration[$"{DashboardSessionOptions.SectionName}:KeysDirectory"] is { Length: > 0 } keysDirectory)
         {
-            // Several Api replicas must share the key ring, or a session cookie works only on the pod that issued it.
             dataProtection.PersistKeysToFileSystem(new DirectoryInfo(keysDirectory));
+        }
+        else
+        {
+            // Resolves the scoped ConveyorDbContext (taken from the pooled factory) in a scope of its own.
+            dataProtection.PersistKeysToDbContext<ConveyorDbContext>();
         }
 
         var session = configuration.GetSection(DashboardSessionOptions.SectionName).Get<DashboardSessionOptions>() ?? new DashboardSessionOptions();

@@ -12,8 +12,9 @@ public sealed class DashboardSessionOptions
     public int IdleMinutes { get; set; } = 30;
 
     /// <summary>
-    /// Where the data-protection key ring that encrypts session cookies is kept. Unset: in the
-    /// process's default location, which is fine for one replica; several replicas need a shared volume.
+    /// A directory to keep the data-protection key ring in (it encrypts session cookies and
+    /// anti-forgery tokens), shared by every replica. Unset: the ring is kept in the database's
+    /// <c>data_protection_keys</c> table, which every replica shares already.
     /// </summary>
     public string? KeysDirectory { get; set; }
 }
