@@ -296,13 +296,36 @@ public sealed class PodSpecTests
         }
     }
 
-    private static int ConsumerTimeoutSeconds(RabbitmqCluster cluster)
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void The_broker_refuses_messages_too_large_for_a_worker_to_hold_its_prefetch_of(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, "a RabbitmqCluster needs max_message_size of at most 4 MiB (the broker's default is 128 MiB; workers read whole deliveries before their 1 MiB check)", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var cluster in rendered.RabbitmqClusters)
+            {
+                var bytes = ConfigValue(cluster, "max_message_size");
+                if (bytes is null or > 4 * 1024 * 1024)
+                {
+                    yield return $"RabbitmqCluster: max_message_size is {bytes?.ToString(CultureInfo.InvariantCulture) ?? "not set"}";
+                }
+            }
+        }
+    }
+
+    private static int ConsumerTimeoutSeconds(RabbitmqCluster cluster) =>
+        ConfigValue(cluster, "consumer_timeout") is { } milliseconds ? (int)(milliseconds / 1000) : 1800;
+
+    /// <summary>A numeric setting of the cluster's <c>additionalConfig</c> (rabbitmq.conf lines); null when absent.</summary>
+    private static long? ConfigValue(RabbitmqCluster cluster, string key)
     {
         var config = cluster.Spec.TryGetValue("rabbitmq", out var rabbitmq) && rabbitmq is IDictionary<object, object> settings
             && settings.TryGetValue("additionalConfig", out var text) ? text as string : null;
-        var line = (config ?? "").Split('\n').Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith("consumer_timeout", StringComparison.Ordinal));
-        return line?.Split('=') is [_, var milliseconds] && int.TryParse(milliseconds.Trim(), CultureInfo.InvariantCulture, out var value)
-            ? value / 1000
-            : 1800;
+        var line = (config ?? "").Split('\n').Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith(key + " ", StringComparison.Ordinal) || l.StartsWith(key + "=", StringComparison.Ordinal));
+        return line?.Split('=') is [_, var value] && long.TryParse(value.Trim(), CultureInfo.InvariantCulture, out var number) ? number : null;
     }
 }
