@@ -3,7 +3,7 @@ using System.ComponentModel.DataAnnotations;
 namespace Conveyor.Worker.Redelivery;
 
 /// <summary>Section <c>Redelivery</c>: the dispatcher that publishes due scheduled messages, in every worker.</summary>
-public sealed class DispatcherOptions
+public sealed class DispatcherOptions : IValidatableObject
 {
     public const string SectionName = "Redelivery";
 
@@ -37,6 +37,20 @@ public sealed class DispatcherOptions
     /// </summary>
     [Range(1, 86_400)]
     public int OverdueAfterSeconds { get; set; } = 120;
+
+    /// <summary>
+    /// <see cref="OverdueAfterSeconds"/> above the waits a healthy dispatcher makes (a refused publish's
+    /// back-off, the idle sleep), or the readiness report and its alert would flag those as overdue.
+    /// </summary>
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        if (OverdueAfterSeconds <= Math.Max(FailedPublishBackoffSeconds, MaxIdleSeconds))
+        {
+            yield return new ValidationResult(
+                $"OverdueAfterSeconds ({OverdueAfterSeconds}) must be more than FailedPublishBackoffSeconds ({FailedPublishBackoffSeconds}) and MaxIdleSeconds ({MaxIdleSeconds})",
+                [nameof(OverdueAfterSeconds)]);
+        }
+    }
 
     /// <summary>How often the <see cref="ScheduledBacklog.OverdueInstrument"/> gauge is refreshed from the table.</summary>
     [Range(1, 3_600)]

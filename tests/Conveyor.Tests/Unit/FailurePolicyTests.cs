@@ -147,6 +147,18 @@ public sealed class FailurePolicyTests
     }
 
     [Theory]
+    [InlineData(120, 30, 10, true)]
+    [InlineData(30, 30, 10, false)]
+    [InlineData(120, 30, 120, false)]
+    public void The_overdue_threshold_must_exceed_the_dispatchers_own_waits(int overdue, int backoff, int idle, bool valid)
+    {
+        var options = new DispatcherOptions { OverdueAfterSeconds = overdue, FailedPublishBackoffSeconds = backoff, MaxIdleSeconds = idle };
+        var results = new List<ValidationResult>();
+
+        Assert.Equal(valid, Validator.TryValidateObject(options, new ValidationContext(options), results, validateAllProperties: true));
+    }
+
+    [Theory]
     [InlineData(20, 25, 30, true)]
     [InlineData(25, 25, 30, false)]
     [InlineData(20, 31, 30, false)]
