@@ -126,7 +126,11 @@ public sealed partial class QueueModeProbe
         }
     }
 
-    private Dictionary<string, QueueMode> ProbeAll()
+    // Start-up, on the host's thread: MassTransit's endpoint configuration is synchronous, so this is
+    // the one place that waits for the asynchronous probe.
+    private Dictionary<string, QueueMode> ProbeAll() => ProbeUntilReachedAsync().GetAwaiter().GetResult();
+
+    private async Task<Dictionary<string, QueueMode>> ProbeUntilReachedAsync()
     {
         var broker = _options.Value;
         var started = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -136,8 +140,7 @@ public sealed partial class QueueModeProbe
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds));
             try
             {
-                // Start-up, on the host's thread: MassTransit's endpoint configuration is synchronous.
-                ProbeAllAsync(broker, modes, timeout.Token).GetAwaiter().GetResult();
+                await ProbeAllAsync(broker, modes, timeout.Token);
                 return modes;
             }
             catch (Exception exception) when (IsUnreachable(exception))
@@ -151,7 +154,7 @@ public sealed partial class QueueModeProbe
                 }
 
                 LogProbeRetry(_logger, attempt, exception.Message);
-                Thread.Sleep(TimeSpan.FromSeconds(Math.Min(5, attempt)));
+                await Task.Delay(TimeSpan.FromSeconds(Math.Min(5, attempt)));
             }
             catch (Exception exception) when (exception is not OutOfMemoryException)
             {
