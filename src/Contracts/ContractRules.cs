@@ -71,6 +71,13 @@ public static class ContractRules
     }
 
     /// <summary>
+    /// Text that ends up in a PostgreSQL text or jsonb column, stored or compared: PostgreSQL refuses the
+    /// character U+0000 in both; and no other control character belongs in a name, type, key or URL.
+    /// </summary>
+    public static string? NoControlCharacters(string value) =>
+        value.Any(char.IsControl) ? "Must not contain control characters." : null;
+
+    /// <summary>
     /// An absolute http or https URL with a host. Where it may point is checked where it is used:
     /// the Api refuses internal address literals, the worker every internal address a name resolves to.
     /// </summary>
@@ -87,9 +94,9 @@ public static class ContractRules
         }
 
         // Uri keeps some of them as they are; the worker stores the URL as text, which refuses a NUL.
-        if (value.AsSpan().ContainsAnyInRange('\u0000', '\u001f') || value.Contains('\u007f', StringComparison.Ordinal))
+        if (NoControlCharacters(value) is { } problem)
         {
-            return "Must not contain control characters.";
+            return problem;
         }
 
         return Uri.TryCreate(value, UriKind.Absolute, out var url)

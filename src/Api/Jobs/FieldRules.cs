@@ -15,16 +15,14 @@ internal static class FieldRules
 
     public static string? Currency(string value) => ContractRules.Currency(value);
 
-    /// <summary>Sent as a header and stored as text by the worker: <see cref="Text"/> applies too.</summary>
-    public static string? EventType(string value) => ContractRules.EventType(value) ?? Text(value);
+    /// <summary>Sent as a header: printable ASCII only, which leaves no control character either.</summary>
+    public static string? EventType(string value) => ContractRules.EventType(value);
 
     /// <summary>
-    /// Text that ends up in a PostgreSQL text or jsonb column, stored or compared (here, or in the
-    /// worker's tables): PostgreSQL refuses the character U+0000 in both, so a client's "\u0000" would
-    /// otherwise be a 500; and no other control character belongs in a name, type, key or URL either.
+    /// Client text compared with or stored in a PostgreSQL text or jsonb column (here, or in the
+    /// worker's tables): a client's "\u0000" would otherwise be a 500 (<see cref="ContractRules.NoControlCharacters"/>).
     /// </summary>
-    public static string? Text(string value) =>
-        value.Any(char.IsControl) ? "Must not contain control characters." : null;
+    public static string? Text(string value) => ContractRules.NoControlCharacters(value);
 
     /// <param name="allowPrivateHosts">
     /// False: an address literal that is not public (<see cref="NetworkAddresses.IsPublic"/>) or a
@@ -33,8 +31,8 @@ internal static class FieldRules
     /// </param>
     public static string? WebhookUrl(string value, bool allowPrivateHosts)
     {
-        // A URL accepts a raw control character (it is kept as given), and the worker stores the URL as text.
-        if ((Text(value) ?? ContractRules.WebhookUrl(value)) is { } problem)
+        // The contract's rule refuses control characters too: a URL keeps them as given, and the worker stores it as text.
+        if (ContractRules.WebhookUrl(value) is { } problem)
         {
             return problem;
         }
