@@ -38,6 +38,19 @@ internal static class JobRequestParser
     }
 
     /// <summary>
+    /// A job's stored request (an immediate submission's body, kept in its row until a worker receives
+    /// the command) read again to publish the command once more; null when this version's rules or
+    /// settings refuse it now (the reasons in <paramref name="errors"/>), or when it no longer names the
+    /// job's <paramref name="businessKey"/> or schedules it for later (no error then).
+    /// </summary>
+    public static JobRequest? ReadStored(
+        string kind, byte[] body, string businessKey, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts)
+    {
+        var request = Parse(kind, body, errors, now, allowPrivateWebhookHosts, UnknownFields.Ignore);
+        return request is null || errors.Count > 0 || request.RunAt is not null || request.BusinessKey != businessKey ? null : request;
+    }
+
+    /// <summary>
     /// As <see cref="Parse"/>, for a JSON object parsed already (one job of a batch, whose body was
     /// checked and parsed whole).
     /// </summary>

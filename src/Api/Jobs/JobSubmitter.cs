@@ -220,8 +220,8 @@ internal sealed class JobSubmitter(
 
         var command = request.RunAt is null && found.RequestHash == requestHash
             ? request
-            : JobRequestParser.Parse(found.Kind, body, new FieldErrors(), clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, UnknownFields.Ignore);
-        if (command is null || command.RunAt is not null || command.BusinessKey != found.BusinessKey)
+            : JobRequestParser.ReadStored(found.Kind, body, found.BusinessKey, new FieldErrors(), clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+        if (command is null)
         {
             // Valid when it was submitted, refused by the rules now (a new version in between): the
             // row stays queued with its request, and the stranded-job check says why it cannot publish it.

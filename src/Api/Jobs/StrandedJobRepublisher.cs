@@ -103,9 +103,9 @@ public sealed partial class StrandedJobRepublisher(
         {
             var job = claimed[i];
             var errors = new FieldErrors();
-            var request = JobRequestParser.Parse(
-                job.Kind, job.RequestBody, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, UnknownFields.Ignore);
-            if (request is null || errors.Count > 0 || request.RunAt is not null || request.BusinessKey != job.BusinessKey)
+            var request = JobRequestParser.ReadStored(
+                job.Kind, job.RequestBody, job.BusinessKey, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+            if (request is null)
             {
                 // Valid when it was submitted; this version's rules or settings refuse it now. It stays
                 // stranded (counted by the gauge); the log says why once per job, not at every check.
