@@ -97,7 +97,7 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             scheduled.HasKey(s => s.Id);
             scheduled.Property(s => s.DedupeKey).HasMaxLength(400);
             scheduled.Property(s => s.Destination).HasMaxLength(255);
-            scheduled.Property(s => s.ContentType).HasMaxLength(200);
+            scheduled.Property(s => s.ContentType).HasMaxLength(ScheduledMessage.MaxContentTypeLength);
             scheduled.Property(s => s.MessageId).HasMaxLength(100);
             scheduled.Property(s => s.Headers).HasColumnType("jsonb");
             scheduled.HasIndex(s => s.DedupeKey).IsUnique();

@@ -21,6 +21,9 @@ public sealed class ScheduledMessage
     /// <summary>Redelivery attempt this publish starts (1 = first redelivery).</summary>
     public int Attempt { get; set; }
 
+    /// <summary>The length of the <c>content_type</c> column.</summary>
+    public const int MaxContentTypeLength = 200;
+
     public string? ContentType { get; set; }
 
     public string? MessageId { get; set; }

@@ -62,7 +62,7 @@ public static class RedeliveryHeaders
         return kept;
     }
 
-    private static string WithoutNul(string text) => text.Contains('\0', StringComparison.Ordinal) ? text.Replace("\0", "", StringComparison.Ordinal) : text;
+    private static string WithoutNul(string text) => text.Replace("\0", "", StringComparison.Ordinal);
 
     private static string? AsText(object? value) => value switch
     {

@@ -56,9 +56,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     internal static string? StorableContentType(System.Net.Mime.ContentType? contentType)
     {
         var text = contentType?.ToString();
-        return text is { Length: > MaxContentTypeLength } ? contentType!.MediaType[..Math.Min(contentType.MediaType.Length, MaxContentTypeLength)] : text;
+        const int max = Conveyor.Storage.Redelivery.ScheduledMessage.MaxContentTypeLength;
+        return text is { Length: > max } ? contentType!.MediaType[..Math.Min(contentType.MediaType.Length, max)] : text;
     }
-
-    /// <summary>The length of <c>scheduled_messages.content_type</c>.</summary>
-    private const int MaxContentTypeLength = 200;
 }
