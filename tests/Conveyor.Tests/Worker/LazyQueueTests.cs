@@ -39,11 +39,7 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
     {
         await using var scratch = await fixture.ScratchVhostAsync("unreachable");
         var vhost = scratch.Name;
-        await using (var connection = await fixture.AmqpFactory(vhost).CreateConnectionAsync("conveyor-tests-existing-queue"))
-        await using (var channel = await connection.CreateChannelAsync())
-        {
-            await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
-        }
+        await DeclareInDefaultModeAsync(vhost, "charge-payment");
 
         // The broker is away when the worker starts, and back a few seconds later. Probing nothing and
         // declaring the queue lazy would be refused by the broker for as long as the process lived.
@@ -74,12 +70,7 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
         // from dead-lettering (an _error queue whose job queue is new).
         await using var scratch = await fixture.ScratchVhostAsync("existing");
         var vhost = scratch.Name;
-        await using (var connection = await fixture.AmqpFactory(vhost).CreateConnectionAsync("conveyor-tests-existing-queue"))
-        await using (var channel = await connection.CreateChannelAsync())
-        {
-            await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false);
-            await channel.QueueDeclareAsync("deliver-webhook_error", durable: true, exclusive: false, autoDelete: false);
-        }
+        await DeclareInDefaultModeAsync(vhost, "charge-payment", "deliver-webhook_error");
 
         await using var worker = await fixture.StartWorkerAsync(scratch.WorkerSettingsWith());
 
@@ -133,4 +124,15 @@ public sealed class LazyQueueTests(ConveyorFixture fixture)
                 Assert.True(reported == effective, $"{queue}: the broker reports mode '{reported}', expected '{effective}'");
             }
         }, TimeSpan.FromSeconds(30));
+
+    /// <summary>Declares <paramref name="queues"/> as an earlier version (or another tool) did: without x-queue-mode.</summary>
+    private async Task DeclareInDefaultModeAsync(string vhost, params string[] queues)
+    {
+        await using var connection = await fixture.AmqpFactory(vhost).CreateConnectionAsync("conveyor-tests-existing-queue");
+        await using var channel = await connection.CreateChannelAsync();
+        foreach (var queue in queues)
+        {
+            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
+        }
+    }
 }

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
@@ -53,9 +54,8 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         var clock = new SteppingClock(DateTimeOffset.UtcNow, TimeSpan.FromMilliseconds(0.1));
         var messageId = await ScheduleAsync(clock.GetUtcNow().AddMilliseconds(0.5));
 
-        await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
-        using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), publisher,
-            Options.Create(new DispatcherOptions()), clock, NullLogger<RedeliveryDispatcher>.Instance);
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, clock: clock);
         await dispatcher.StartAsync(CancellationToken.None);
         try
         {
@@ -80,9 +80,8 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     {
         // The safety-net wake-up is 300 s away, beyond what the test waits: once the dispatcher has
         // read the table and gone to sleep, only the row's NOTIFY can tell it when the row is due.
-        await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
-        using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), publisher,
-            Options.Create(new DispatcherOptions { MaxIdleSeconds = 300 }), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, new DispatcherOptions { MaxIdleSeconds = 300 });
         var started = DateTimeOffset.UtcNow;
         await dispatcher.StartAsync(CancellationToken.None);
         try
@@ -118,9 +117,8 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
 
         var commands = new CommandCounter();
-        await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
-        using var dispatcher = new RedeliveryDispatcher(commands.Factory(fixture), publisher,
-            Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, database: commands.Factory(fixture));
         await dispatcher.StartAsync(CancellationToken.None);
         try
         {
@@ -226,13 +224,11 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         await using var proxy = await OutageProxy.ToAsync(rabbit.Host, rabbit.Port);
         var viaProxy = fixture.RabbitOptions();
         viaProxy.Port = proxy.Port;
-        await using var stalledPublisher = new BrokerPublisher(Options.Create(viaProxy));
-        using var stalled = new RedeliveryDispatcher(fixture.DbContextFactory(), stalledPublisher,
-            Options.Create(new DispatcherOptions { PublishTimeoutSeconds = 2 }), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        await using var stalledPublisher = Publisher(viaProxy);
+        using var stalled = Dispatcher(stalledPublisher, new DispatcherOptions { PublishTimeoutSeconds = 2 });
         await stalled.StartAsync(CancellationToken.None);
-        await using var healthyPublisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
-        using var healthy = new RedeliveryDispatcher(fixture.DbContextFactory(), healthyPublisher,
-            Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+        await using var healthyPublisher = Publisher();
+        using var healthy = Dispatcher(healthyPublisher);
         try
         {
             // The first dispatcher's connection works, then its broker stops answering (as in an alarm).
@@ -271,6 +267,15 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         var all = await db.ScheduledMessages.CountAsync();
         return free < all;
     }
+
+    /// <summary>A dispatcher's own broker connection, to the tests' vhost (or through <paramref name="rabbit"/>, a proxy).</summary>
+    private BrokerPublisher Publisher(RabbitMqOptions? rabbit = null) => new(Options.Create(rabbit ?? fixture.RabbitOptions()));
+
+    /// <summary>A dispatcher as a worker runs it, on the tests' database unless <paramref name="database"/> counts its commands.</summary>
+    private RedeliveryDispatcher Dispatcher(
+        BrokerPublisher publisher, DispatcherOptions? options = null, TimeProvider? clock = null, IDbContextFactory<ConveyorDbContext>? database = null) =>
+        new(database ?? fixture.DbContextFactory(), publisher, Options.Create(options ?? new DispatcherOptions()), clock ?? TimeProvider.System,
+            NullLogger<RedeliveryDispatcher>.Instance);
 
     private async Task<string> ScheduleAsync(DateTimeOffset dueAt)
     {
