@@ -25,6 +25,36 @@ log() { printf '[services] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Installs Debian packages without letting them start their services. On a machine with an init
+# system, the maintainer scripts would start rabbitmq-server at install time listening on every
+# interface (and epmd with it); this script would then find the port open and reuse that broker.
+# A policy-rc.d that answers 101 ("action forbidden") is what invoke-rc.d and deb-systemd-invoke
+# ask first. One that is already there (container images ship one) is left alone.
+apt_install() {
+  local policy=/usr/sbin/policy-rc.d placed="" status=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    placed=1
+  fi
+  as_root apt-get update -qq >&2 || status=$?
+  if [ "$status" = 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || status=$?
+  fi
+  if [ -n "$placed" ]; then as_root rm -f "$policy"; fi
+  return "$status"
+}
+
+# A server this script did not start may listen beyond loopback; say so rather than reuse it quietly.
+warn_if_exposed() {
+  local port=$1 what=$2 exposed
+  command -v ss >/dev/null 2>&1 || return 0
+  exposed=$(ss -ltnH "sport = :$port" 2>/dev/null | awk '{print $4}' | grep -vE '^(127\.[0-9.]+|\[::1\]|\[::ffff:127\.[0-9.]+\]):[0-9]+$' || true)
+  if [ -n "$exposed" ]; then
+    log "WARNING: $what on port $port also listens on $(echo "$exposed" | tr '\n' ' ')- not loopback only; it was not started by this script"
+  fi
+}
+
 wait_port() {
   local port=$1 what=$2 tries=${3:-120}
   for _ in $(seq "$tries"); do port_open "$port" && return 0; sleep 1; done
@@ -46,11 +76,14 @@ ENV
 rabbit_up() {
   if ! command -v rabbitmq-server >/dev/null 2>&1; then
     log "installing rabbitmq-server from Debian packages"
-    as_root apt-get update -qq >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+    apt_install rabbitmq-server
   fi
   if port_open "$RABBIT_PORT"; then
     log "RabbitMQ already listening on $RABBIT_PORT; reusing it"
+    if [ ! -f "$STATE_DIR/rabbitmq.started" ]; then
+      warn_if_exposed "$RABBIT_PORT" RabbitMQ
+      warn_if_exposed "$RABBIT_MGMT_PORT" "RabbitMQ management"
+    fi
     as_root rabbitmq-plugins enable rabbitmq_shovel rabbitmq_shovel_management >/dev/null 2>&1 \
       || log "could not enable the shovel plugins (only bench/ErrorQueueMove needs them)"
   else
@@ -100,11 +133,11 @@ pg_psql() { as_root runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1
 pg_up() {
   if ! command -v pg_lsclusters >/dev/null 2>&1; then
     log "installing postgresql from Debian packages"
-    as_root apt-get update -qq >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    apt_install postgresql
   fi
   if port_open "$PG_PORT"; then
     log "PostgreSQL already listening on $PG_PORT; reusing it"
+    [ -f "$STATE_DIR/postgres.started" ] || warn_if_exposed "$PG_PORT" PostgreSQL
   else
     local version cluster
     read -r version cluster _ < <(pg_lsclusters -h | awk -v p="$PG_PORT" '$3 == p {print $1, $2}' | head -n1) || true
