@@ -46,6 +46,37 @@ public sealed partial class SessionAcrossReplicasTests(ConveyorFixture fixture) 
         Assert.Single(await db.DataProtectionKeys.ToListAsync());
     }
 
+    /// <summary>
+    /// Two replicas started together on an empty ring can each create a key before either sees the
+    /// other's. A session issued under one key must still work on the replica whose own default is the
+    /// other: that replica reads the ring again when it meets a key it does not hold.
+    /// </summary>
+    [Fact]
+    public async Task Replicas_that_each_created_their_own_first_key_accept_each_others_sessions()
+    {
+        await using var first = await StartReplicaAsync();
+        using var browser = new Browser();
+        using var other = new Browser();
+        await browser.SignInAsync(formFrom: first, postTo: first, TestKeys.Admin);
+
+        // The second replica loads its ring while the first one's key is not visible yet, as in a race.
+        await using var db = fixture.CreateDbContext();
+        var firstKeys = await db.DataProtectionKeys.AsNoTracking().ToListAsync();
+        Assert.Single(firstKeys);
+        await db.DataProtectionKeys.ExecuteDeleteAsync();
+        await using var second = await StartReplicaAsync();
+        await other.FetchSignInFormAsync(second);
+        var secondKeys = await db.DataProtectionKeys.AsNoTracking().ToListAsync();
+        Assert.Single(secondKeys);
+        Assert.NotEqual(firstKeys[0].Xml, secondKeys[0].Xml);
+        db.DataProtectionKeys.Add(new() { FriendlyName = firstKeys[0].FriendlyName, Xml = firstKeys[0].Xml });
+        await db.SaveChangesAsync();
+
+        Assert.Equal(HttpStatusCode.OK, await browser.SessionStatusAsync(second));
+        await other.SignInAsync(formFrom: second, postTo: second, TestKeys.Admin);
+        Assert.Equal(HttpStatusCode.OK, await other.SessionStatusAsync(first));
+    }
+
     [Fact]
     public async Task A_session_outlives_a_rollout()
     {
@@ -108,6 +139,12 @@ public sealed partial class SessionAcrossReplicasTests(ConveyorFixture fixture) 
             using var form = new FormUrlEncodedContent(new Dictionary<string, string> { ["apiKey"] = key, ["__RequestVerificationToken"] = token });
             using var response = await _client.PostAsync(new Uri(postTo.BaseAddress, "/dashboard/login"), form);
             Assert.True(response.StatusCode == HttpStatusCode.Redirect, $"Sign-in answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+        }
+
+        public async Task FetchSignInFormAsync(RunningApp replica)
+        {
+            using var page = await _client.GetAsync(new Uri(replica.BaseAddress, "/dashboard/login"));
+            Assert.Equal(HttpStatusCode.OK, page.StatusCode);
         }
 
         public async Task<HttpStatusCode> SessionStatusAsync(RunningApp replica)
