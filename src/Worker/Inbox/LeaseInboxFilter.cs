@@ -43,6 +43,31 @@ public sealed partial class LeaseInboxFilter<T>(
             return;
         }
 
+        try
+        {
+            await RunAsync(context, next, job, consumerId, key, owner, lease);
+        }
+        catch (Exception exception)
+        {
+            // Whatever failed after the claim, the lease goes with it: left behind, it would make every
+            // retry of this message wait for its expiry as if another worker were running it.
+            await ReleaseQuietlyAsync(consumerId, key, owner);
+            if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                JobMetrics.AttemptFailed(job.Kind);
+                await RecordFailureQuietlyAsync(job, exception);
+            }
+
+            throw;
+        }
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-lease-inbox");
+
+    /// <summary>Runs the claimed message and commits its results.</summary>
+    private async Task RunAsync(ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, string consumerId, string key, string owner, TimeSpan lease)
+    {
+        var cancellationToken = context.CancellationToken;
         if (!await tracker.StartAttemptAsync(job, cancellationToken))
         {
             // Cancelled, or succeeded already: mark the message handled without running it.
@@ -57,29 +82,18 @@ public sealed partial class LeaseInboxFilter<T>(
         try
         {
             await next.Send(context);
-            await heartbeatStop.CancelAsync();
-            await heartbeat;
-            if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, cancellationToken))
-            {
-                JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
-            }
         }
-        catch (Exception exception)
+        finally
         {
             await heartbeatStop.CancelAsync();
             await heartbeat;
-            await ReleaseQuietlyAsync(consumerId, key, owner);
-            if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-            {
-                JobMetrics.AttemptFailed(job.Kind);
-                await RecordFailureQuietlyAsync(job, exception);
-            }
+        }
 
-            throw;
+        if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, cancellationToken))
+        {
+            JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
         }
     }
-
-    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-lease-inbox");
 
     private async Task<bool> TryClaimAsync(string consumerId, string key, Guid? messageId, string owner, TimeSpan lease, CancellationToken cancellationToken)
     {
