@@ -1,21 +1,29 @@
+using System.Diagnostics.Metrics;
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
+using Conveyor.Storage.Reports;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
 
 /// <summary>
-/// The lease inbox of long jobs (GenerateReport): a failed attempt never leaves its lease behind.
+/// The lease inbox of long jobs (GenerateReport): a failed attempt never leaves its lease behind,
+/// and a run that loses its lease stops and leaves the job to exactly one run.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
 {
+    private const string Queue = "generate-report";
     private const string Account = "acct-lease";
     private const int LedgerRows = 200;
+
+    /// <summary>What the other worker's report says, unlike any our worker computes.</summary>
+    private const string OtherWorkersTotals = "[]";
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
@@ -62,6 +70,127 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
     }
 
+    [Fact]
+    public async Task A_run_whose_lease_another_worker_takes_over_stops_and_the_other_workers_result_stands()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 1);
+        var key = report.ReportId.ToString();
+        using var skipped = new DuplicatesSkipped(Queue);
+        await using var worker = await fixture.StartWorkerAsync(SlowReports());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await publisher.PublishAsync(report);
+        await WaitUntilRunningAsync(key);
+
+        // Another worker takes the lease over, as after a pause of ours longer than the lease.
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                UPDATE inbox SET lease_owner = 'other-worker', lease_expires_at = now() + interval '20 seconds'
+                 WHERE message_key = {key} AND status = {InboxStatus.Processing}
+                """));
+        }
+
+        // Our run stops at its next heartbeat (the whole report would take close to a minute), and its
+        // copy of the message is acked, parked until the other worker's lease would lapse.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+            Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue))?.Messages);
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        await using (var db = fixture.CreateDbContext())
+        {
+            // Neither committed nor counted as a failure: the job is the other worker's now.
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal((JobStatus.Running, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
+            Assert.False(await db.Reports.AnyAsync());
+            var inbox = await db.Inbox.AsNoTracking().SingleAsync(i => i.MessageKey == key);
+            Assert.Equal((InboxStatus.Processing, "other-worker"), (inbox.Status, inbox.LeaseOwner));
+        }
+
+        await FinishAsOtherWorkerAsync(report);
+
+        // The parked copy comes back when the other lease would have lapsed, and finds the job done.
+        await Eventually.AssertAsync(() => Assert.Equal(1, skipped.Count), TimeSpan.FromSeconds(60));
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(OtherWorkersTotals, (await check.Reports.SingleAsync()).Totals);
+        var done = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.Succeeded, 1), (done.Status, done.Attempts));
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue + "_error"))?.Messages ?? 0);
+    }
+
+    [Fact]
+    public async Task A_run_whose_lease_runs_out_unrenewed_stops_and_the_job_runs_again_to_one_result()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 1);
+        var key = report.ReportId.ToString();
+        // Every renewal of the job's lease fails, as when the heartbeat cannot reach the database;
+        // a claim (a new owner) and the final commit (done) still pass.
+        var fault = await TestTrigger.CreateAsync(fixture, "lease_test_renewal_fails", "inbox", $"""
+            CREATE SEQUENCE lease_test_renewal_fails;
+            CREATE FUNCTION lease_test_renewal_fails() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              PERFORM nextval('lease_test_renewal_fails');
+              RAISE EXCEPTION 'test: the lease cannot be renewed';
+            END $$;
+            CREATE TRIGGER lease_test_renewal_fails BEFORE UPDATE ON inbox
+              FOR EACH ROW WHEN (NEW.message_key = '{key}' AND NEW.status = 'processing' AND OLD.lease_owner = NEW.lease_owner)
+              EXECUTE FUNCTION lease_test_renewal_fails();
+            """);
+        await using var dropFault = fault;
+        var settings = SlowReports();
+        var first = await fixture.StartWorkerAsync(settings);
+        await using var stopFirst = first;
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await publisher.PublishAsync(report);
+        await WaitUntilRunningAsync(key);
+
+        // The run stops once its 6 s lease has run out unrenewed (the whole report would take close to
+        // a minute), and its parked copy starts the job again.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True((await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Attempts > 1, "no second attempt yet");
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        Assert.True(await fault.FiredAsync() > 0, "no renewal failed");
+        await using (var db = fixture.CreateDbContext())
+        {
+            // The stopped run was not counted as a failure.
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal((JobStatus.Running, (string?)null), (job.Status, job.LastError));
+            Assert.False(await db.Reports.AnyAsync());
+        }
+
+        // The heartbeat reaches the database again; a worker without page delays finishes the job.
+        await fault.DisposeAsync();
+        await first.DisposeAsync();
+        settings["Reports:PageDelayMilliseconds"] = "0";
+        await using var second = await fixture.StartWorkerAsync(settings);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        }, DescribeAsync);
+        await using var check = fixture.CreateDbContext();
+        var stored = await check.Reports.SingleAsync();
+        Assert.Equal(LedgerRows, stored.RowsScanned);
+        Assert.NotEqual(OtherWorkersTotals, stored.Totals);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue + "_error"))?.Messages ?? 0);
+    }
+
+    /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
+    private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
+        ("Reports:PageDelayMilliseconds", "250"),
+        ("Consumers:GenerateReport:LeaseSeconds", "6"),
+        ("Shutdown:ConsumerStopTimeoutSeconds", "1"),
+        ("Shutdown:BusStopTimeoutSeconds", "5"),
+        ("Shutdown:HostShutdownTimeoutSeconds", "10"));
+
     private static GenerateReport NewReport(int pageSize) => new() { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = pageSize };
 
     private async Task SeedLedgerAsync()
@@ -77,6 +206,41 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
             ChargedAt = DateTimeOffset.UtcNow,
         }));
         await db.SaveChangesAsync();
+    }
+
+    private async Task WaitUntilRunningAsync(string key) =>
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal(JobStatus.Running, job.Status);
+            Assert.True(job.Progress > 0, "no progress yet");
+        }, DescribeAsync);
+
+    /// <summary>What a worker that holds the lease commits at the end of its run, in one transaction.</summary>
+    private async Task FinishAsOtherWorkerAsync(GenerateReport report)
+    {
+        var key = report.ReportId.ToString();
+        await using var db = fixture.CreateDbContext();
+        await using var transaction = await db.Database.BeginTransactionAsync();
+        Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE inbox SET status = {InboxStatus.Done}, lease_owner = NULL, lease_expires_at = NULL
+             WHERE message_key = {key} AND lease_owner = 'other-worker'
+            """));
+        db.Reports.Add(new Report
+        {
+            ReportId = report.ReportId,
+            AccountId = report.AccountId,
+            RowsScanned = LedgerRows,
+            Totals = OtherWorkersTotals,
+            CompletedAt = DateTimeOffset.UtcNow,
+        });
+        await db.SaveChangesAsync();
+        await db.Jobs.Where(j => j.BusinessKey == key).ExecuteUpdateAsync(job => job
+            .SetProperty(j => j.Status, JobStatus.Succeeded)
+            .SetProperty(j => j.Progress, 100)
+            .SetProperty(j => j.FinishedAt, DateTimeOffset.UtcNow));
+        await transaction.CommitAsync();
     }
 
     private async Task<string> DescribeAsync()
@@ -126,5 +290,38 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
             await using var command = new NpgsqlCommand(sql, connection);
             await command.ExecuteNonQueryAsync();
         }
+    }
+
+    /// <summary>Counts <c>conveyor.inbox.duplicates_skipped</c> of one consumer while it lives.</summary>
+    private sealed class DuplicatesSkipped : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private int _count;
+
+        public DuplicatesSkipped(string consumer)
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.inbox.duplicates_skipped")
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                foreach (var tag in tags)
+                {
+                    if (tag.Key == "consumer" && consumer.Equals(tag.Value as string, StringComparison.Ordinal))
+                    {
+                        Interlocked.Add(ref _count, (int)value);
+                    }
+                }
+            });
+            _listener.Start();
+        }
+
+        public int Count => Volatile.Read(ref _count);
+
+        public void Dispose() => _listener.Dispose();
     }
 }
