@@ -37,37 +37,21 @@ public sealed partial class LeaseInboxFilter<T>(
         var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
         var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
 
-        if (!await TryClaimAsync(consumerId, key, context.MessageId, owner, lease, cancellationToken))
+        if (await TryClaimAsync(consumerId, key, context.MessageId, owner, lease, cancellationToken) is not { } leasedUntil)
         {
             await DeferOrSkipAsync(context, consumerId, key, cancellationToken);
             return;
         }
 
-        if (!await tracker.StartAttemptAsync(job, cancellationToken))
-        {
-            // Cancelled, or succeeded already: mark the message handled without running it.
-            await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
-            return;
-        }
-
-        var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
-        using var logScope = JobLogScope.Begin(logger, job, context);
-        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, heartbeatStop.Token);
+        bool leaseLost;
         try
         {
-            await next.Send(context);
-            await heartbeatStop.CancelAsync();
-            await heartbeat;
-            if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, cancellationToken))
-            {
-                JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
-            }
+            leaseLost = !await RunAsync(context, next, job, consumerId, key, owner, lease, leasedUntil);
         }
         catch (Exception exception)
         {
-            await heartbeatStop.CancelAsync();
-            await heartbeat;
+            // Whatever failed after the claim, the lease goes with it: left behind, it would make every
+            // retry of this message wait for its expiry as if another worker were running it.
             await ReleaseQuietlyAsync(consumerId, key, owner);
             if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
@@ -77,11 +61,71 @@ public sealed partial class LeaseInboxFilter<T>(
 
             throw;
         }
+
+        if (leaseLost)
+        {
+            // The run stopped with nothing committed or recorded. Our copy is neither acked as handled
+            // nor failed (that would count an attempt against a job that did not fail, and send the
+            // copy through retries towards _error): it is parked like any copy that meets another's
+            // lease. A worker that took the lease over holds a copy of its own, so ours comes back to
+            // be skipped once that run is done, or to take over if that run is gone. A lease that only
+            // ran out unrenewed (the database unreachable, say) may have no other copy anywhere: there
+            // the parked copy is what runs the job again, where acking it would lose the job.
+            await DeferOrSkipAsync(context, consumerId, key, cancellationToken);
+        }
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-lease-inbox");
 
-    private async Task<bool> TryClaimAsync(string consumerId, string key, Guid? messageId, string owner, TimeSpan lease, CancellationToken cancellationToken)
+    /// <summary>
+    /// Runs the claimed message and commits its results; false when the run was stopped because its
+    /// lease was lost.
+    /// </summary>
+    private async Task<bool> RunAsync(
+        ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil)
+    {
+        var cancellationToken = context.CancellationToken;
+        if (!await tracker.StartAttemptAsync(job, cancellationToken))
+        {
+            // Cancelled, or succeeded already: mark the message handled without running it.
+            await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
+            return true;
+        }
+
+        var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
+        using var logScope = JobLogScope.Begin(logger, job, context);
+        // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then
+        // on another worker may take it over at any moment); each renewal puts it off.
+        using var leaseLost = new CancellationTokenSource(Until(leasedUntil), time);
+        using var run = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, leaseLost.Token);
+        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
+        var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, leaseLost, heartbeatStop.Token);
+        try
+        {
+            await next.Send(new LeaseConsumeContext<T>(context, run.Token));
+        }
+        catch (Exception) when (leaseLost.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            // However it ended, the run is no longer ours to commit or to count as failed.
+            LogRunAbandoned(consumerId, key);
+            return false;
+        }
+        finally
+        {
+            await heartbeatStop.CancelAsync();
+            await heartbeat;
+        }
+
+        if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, cancellationToken))
+        {
+            JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+        }
+
+        return true;
+    }
+
+    /// <summary>The lease's expiry when it is ours now, or null.</summary>
+    private async Task<DateTimeOffset?> TryClaimAsync(string consumerId, string key, Guid? messageId, string owner, TimeSpan lease, CancellationToken cancellationToken)
     {
         await using var claim = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
@@ -94,7 +138,7 @@ public sealed partial class LeaseInboxFilter<T>(
                SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id
              WHERE inbox.status = {InboxStatus.Processing} AND inbox.lease_expires_at < {now}
             """, cancellationToken);
-        return claimed == 1;
+        return claimed == 1 ? expires : null;
     }
 
     private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, CancellationToken cancellationToken)
@@ -120,7 +164,7 @@ public sealed partial class LeaseInboxFilter<T>(
         LogDeferred(consumerId, key, dueAt);
     }
 
-    private async Task HeartbeatAsync(string consumerId, string key, string owner, TimeSpan lease, CancellationToken stop)
+    private async Task HeartbeatAsync(string consumerId, string key, string owner, TimeSpan lease, CancellationTokenSource leaseLost, CancellationToken stop)
     {
         var period = lease / 3;
         while (!stop.IsCancellationRequested)
@@ -137,8 +181,11 @@ public sealed partial class LeaseInboxFilter<T>(
                 if (renewed == 0)
                 {
                     LogLeaseLost(consumerId, key);
+                    await leaseLost.CancelAsync();
                     return;
                 }
+
+                leaseLost.CancelAfter(Until(expires));
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -146,10 +193,16 @@ public sealed partial class LeaseInboxFilter<T>(
             }
             catch (Exception exception) when (exception is not OutOfMemoryException)
             {
-                // A missed beat is survivable while the lease lasts; the final commit re-checks ownership.
+                // A missed beat is survivable while the lease lasts; once it has run out, leaseLost stops the run.
                 LogHeartbeatFailed(exception, consumerId, key);
             }
         }
+    }
+
+    private TimeSpan Until(DateTimeOffset moment)
+    {
+        var left = moment - time.GetUtcNow();
+        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
     }
 
     private async Task<bool> CompleteAsync(JobRef job, string consumerId, string key, string owner, bool succeeded, CancellationToken cancellationToken)
@@ -215,6 +268,9 @@ public sealed partial class LeaseInboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the lease was lost to another worker")]
     private partial void LogLeaseLost(string consumerId, string key);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the run was stopped because its lease was lost; its results are dropped and the message is parked")]
+    private partial void LogRunAbandoned(string consumerId, string key);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: lease heartbeat failed")]
     private partial void LogHeartbeatFailed(Exception exception, string consumerId, string key);

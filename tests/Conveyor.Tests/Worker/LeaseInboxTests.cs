@@ -1,0 +1,327 @@
+using System.Diagnostics.Metrics;
+using Conveyor.Contracts.Reports;
+using Conveyor.Storage.Inbox;
+using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Payments;
+using Conveyor.Storage.Reports;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Jobs;
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// The lease inbox of long jobs (GenerateReport): a failed attempt never leaves its lease behind,
+/// and a run that loses its lease stops and leaves the job to exactly one run.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Queue = "generate-report";
+    private const string Account = "acct-lease";
+    private const int LedgerRows = 200;
+
+    /// <summary>What the other worker's report says, unlike any our worker computes.</summary>
+    private const string OtherWorkersTotals = "[]";
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_failure_between_the_claim_and_the_run_releases_the_lease_so_the_retry_runs_at_once()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 50);
+        var key = report.ReportId.ToString();
+        // The first write of the job's row, the attempt's start right after the claim, fails transiently;
+        // nextval is not rolled back with the statement it fails, so later writes pass.
+        await using var fault = await TestTrigger.CreateAsync(fixture, "lease_test_start_fails", "jobs", $"""
+            CREATE SEQUENCE lease_test_start_fails;
+            CREATE FUNCTION lease_test_start_fails() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF nextval('lease_test_start_fails') = 1 THEN
+                RAISE EXCEPTION 'test: the job row cannot be written now' USING ERRCODE = '40001';
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER lease_test_start_fails BEFORE INSERT OR UPDATE ON jobs
+              FOR EACH ROW WHEN (NEW.business_key = '{key}') EXECUTE FUNCTION lease_test_start_fails();
+            """);
+        // A lease left behind would hold every copy of the message off for ten minutes.
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:GenerateReport:LeaseSeconds", "600")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(report);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        Assert.True(await fault.FiredAsync() > 1, "the job row's first write did not fail");
+        await using var check = fixture.CreateDbContext();
+        // The in-memory retry ran it: no copy was deferred, and the start that failed counted nothing.
+        Assert.Equal(1, (await check.Jobs.SingleAsync(j => j.BusinessKey == key)).Attempts);
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+    }
+
+    [Fact]
+    public async Task A_run_whose_lease_another_worker_takes_over_stops_and_the_other_workers_result_stands()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 1);
+        var key = report.ReportId.ToString();
+        using var skipped = new DuplicatesSkipped(Queue);
+        await using var worker = await fixture.StartWorkerAsync(SlowReports());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await publisher.PublishAsync(report);
+        await WaitUntilRunningAsync(key);
+
+        // Another worker takes the lease over, as after a pause of ours longer than the lease.
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                UPDATE inbox SET lease_owner = 'other-worker', lease_expires_at = now() + interval '20 seconds'
+                 WHERE message_key = {key} AND status = {InboxStatus.Processing}
+                """));
+        }
+
+        // Our run stops at its next heartbeat (the whole report would take close to a minute), and its
+        // copy of the message is acked, parked until the other worker's lease would lapse.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+            Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue))?.Messages);
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        await using (var db = fixture.CreateDbContext())
+        {
+            // Neither committed nor counted as a failure: the job is the other worker's now.
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal((JobStatus.Running, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
+            Assert.False(await db.Reports.AnyAsync());
+            var inbox = await db.Inbox.AsNoTracking().SingleAsync(i => i.MessageKey == key);
+            Assert.Equal((InboxStatus.Processing, "other-worker"), (inbox.Status, inbox.LeaseOwner));
+        }
+
+        await FinishAsOtherWorkerAsync(report);
+
+        // The parked copy comes back when the other lease would have lapsed, and finds the job done.
+        await Eventually.AssertAsync(() => Assert.Equal(1, skipped.Count), TimeSpan.FromSeconds(60));
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(OtherWorkersTotals, (await check.Reports.SingleAsync()).Totals);
+        var done = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.Succeeded, 1), (done.Status, done.Attempts));
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue + "_error"))?.Messages ?? 0);
+    }
+
+    [Fact]
+    public async Task A_run_whose_lease_runs_out_unrenewed_stops_and_the_job_runs_again_to_one_result()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 1);
+        var key = report.ReportId.ToString();
+        // Every renewal of the job's lease fails, as when the heartbeat cannot reach the database;
+        // a claim (a new owner) and the final commit (done) still pass.
+        var fault = await TestTrigger.CreateAsync(fixture, "lease_test_renewal_fails", "inbox", $"""
+            CREATE SEQUENCE lease_test_renewal_fails;
+            CREATE FUNCTION lease_test_renewal_fails() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              PERFORM nextval('lease_test_renewal_fails');
+              RAISE EXCEPTION 'test: the lease cannot be renewed';
+            END $$;
+            CREATE TRIGGER lease_test_renewal_fails BEFORE UPDATE ON inbox
+              FOR EACH ROW WHEN (NEW.message_key = '{key}' AND NEW.status = 'processing' AND OLD.lease_owner = NEW.lease_owner)
+              EXECUTE FUNCTION lease_test_renewal_fails();
+            """);
+        await using var dropFault = fault;
+        var settings = SlowReports();
+        var first = await fixture.StartWorkerAsync(settings);
+        await using var stopFirst = first;
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await publisher.PublishAsync(report);
+        await WaitUntilRunningAsync(key);
+
+        // The run stops once its 6 s lease has run out unrenewed (the whole report would take close to
+        // a minute), and its parked copy starts the job again.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True((await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Attempts > 1, "no second attempt yet");
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        Assert.True(await fault.FiredAsync() > 0, "no renewal failed");
+        await using (var db = fixture.CreateDbContext())
+        {
+            // The stopped run was not counted as a failure.
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal((JobStatus.Running, (string?)null), (job.Status, job.LastError));
+            Assert.False(await db.Reports.AnyAsync());
+        }
+
+        // The heartbeat reaches the database again; a worker without page delays finishes the job.
+        await fault.DisposeAsync();
+        await first.DisposeAsync();
+        settings["Reports:PageDelayMilliseconds"] = "0";
+        await using var second = await fixture.StartWorkerAsync(settings);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        }, DescribeAsync);
+        await using var check = fixture.CreateDbContext();
+        var stored = await check.Reports.SingleAsync();
+        Assert.Equal(LedgerRows, stored.RowsScanned);
+        Assert.NotEqual(OtherWorkersTotals, stored.Totals);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue + "_error"))?.Messages ?? 0);
+    }
+
+    /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
+    private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
+        ("Reports:PageDelayMilliseconds", "250"),
+        ("Consumers:GenerateReport:LeaseSeconds", "6"),
+        ("Shutdown:ConsumerStopTimeoutSeconds", "1"),
+        ("Shutdown:BusStopTimeoutSeconds", "5"),
+        ("Shutdown:HostShutdownTimeoutSeconds", "10"));
+
+    private static GenerateReport NewReport(int pageSize) => new() { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = pageSize };
+
+    private async Task SeedLedgerAsync()
+    {
+        await using var db = fixture.CreateDbContext();
+        db.Ledger.AddRange(Enumerable.Range(1, LedgerRows).Select(i => new LedgerEntry
+        {
+            PaymentId = Guid.NewGuid(),
+            AccountId = Account,
+            AmountMinor = i,
+            Currency = "EUR",
+            GatewayChargeId = $"ch_{i}",
+            ChargedAt = DateTimeOffset.UtcNow,
+        }));
+        await db.SaveChangesAsync();
+    }
+
+    private async Task WaitUntilRunningAsync(string key) =>
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal(JobStatus.Running, job.Status);
+            Assert.True(job.Progress > 0, "no progress yet");
+        }, DescribeAsync);
+
+    /// <summary>What a worker that holds the lease commits at the end of its run, in one transaction.</summary>
+    private async Task FinishAsOtherWorkerAsync(GenerateReport report)
+    {
+        var key = report.ReportId.ToString();
+        await using var db = fixture.CreateDbContext();
+        await using var transaction = await db.Database.BeginTransactionAsync();
+        Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE inbox SET status = {InboxStatus.Done}, lease_owner = NULL, lease_expires_at = NULL
+             WHERE message_key = {key} AND lease_owner = 'other-worker'
+            """));
+        db.Reports.Add(new Report
+        {
+            ReportId = report.ReportId,
+            AccountId = report.AccountId,
+            RowsScanned = LedgerRows,
+            Totals = OtherWorkersTotals,
+            CompletedAt = DateTimeOffset.UtcNow,
+        });
+        await db.SaveChangesAsync();
+        await db.Jobs.Where(j => j.BusinessKey == key).ExecuteUpdateAsync(job => job
+            .SetProperty(j => j.Status, JobStatus.Succeeded)
+            .SetProperty(j => j.Progress, 100)
+            .SetProperty(j => j.FinishedAt, DateTimeOffset.UtcNow));
+        await transaction.CommitAsync();
+    }
+
+    private async Task<string> DescribeAsync()
+    {
+        await using var db = fixture.CreateDbContext();
+        var jobs = await db.Jobs.AsNoTracking().Select(j => $"job {j.Status} attempts {j.Attempts} progress {j.Progress} error {j.LastError}").ToListAsync();
+        var inbox = await db.Inbox.AsNoTracking().Select(i => $"inbox {i.Status} owner {i.LeaseOwner} until {i.LeaseExpiresAt}").ToListAsync();
+        var parked = await db.ScheduledMessages.AsNoTracking().Select(s => $"scheduled {s.DedupeKey} due {s.DueAt}").ToListAsync();
+        return string.Join(Environment.NewLine, jobs.Concat(inbox).Concat(parked));
+    }
+
+    /// <summary>
+    /// A trigger the test adds to a table of this run's database, with its function and a sequence
+    /// (all named alike) that counts how often it fired; dropped when disposed.
+    /// </summary>
+    private sealed class TestTrigger(ConveyorFixture fixture, string name, string table) : IAsyncDisposable
+    {
+        private bool _dropped;
+
+        public static async Task<TestTrigger> CreateAsync(ConveyorFixture fixture, string name, string table, string sql)
+        {
+            await ExecuteAsync(fixture, sql);
+            return new TestTrigger(fixture, name, table);
+        }
+
+        public async Task<long> FiredAsync()
+        {
+            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+            await connection.OpenAsync();
+            await using var command = new NpgsqlCommand($"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {name}", connection);
+            return (long)(await command.ExecuteScalarAsync() ?? 0L);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (!_dropped)
+            {
+                _dropped = true;
+                await ExecuteAsync(fixture, $"DROP TRIGGER IF EXISTS {name} ON {table}; DROP FUNCTION IF EXISTS {name}(); DROP SEQUENCE IF EXISTS {name}");
+            }
+        }
+
+        private static async Task ExecuteAsync(ConveyorFixture fixture, string sql)
+        {
+            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+            await connection.OpenAsync();
+            await using var command = new NpgsqlCommand(sql, connection);
+            await command.ExecuteNonQueryAsync();
+        }
+    }
+
+    /// <summary>Counts <c>conveyor.inbox.duplicates_skipped</c> of one consumer while it lives.</summary>
+    private sealed class DuplicatesSkipped : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private int _count;
+
+        public DuplicatesSkipped(string consumer)
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.inbox.duplicates_skipped")
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                foreach (var tag in tags)
+                {
+                    if (tag.Key == "consumer" && consumer.Equals(tag.Value as string, StringComparison.Ordinal))
+                    {
+                        Interlocked.Add(ref _count, (int)value);
+                    }
+                }
+            });
+            _listener.Start();
+        }
+
+        public int Count => Volatile.Read(ref _count);
+
+        public void Dispose() => _listener.Dispose();
+    }
+}
