@@ -34,15 +34,18 @@ public sealed partial class BatchedInboxFilter<T>(
             case InboxClaim.Duplicate:
                 LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
                 JobMetrics.DuplicateSkipped(consumerId);
+                await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
             case InboxClaim.DuplicateInBatch:
                 await ThrowUnlessCommittedAsync(member);
                 LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
                 JobMetrics.DuplicateSkipped(consumerId);
+                await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
             case InboxClaim.NotRunnable:
                 await ThrowUnlessCommittedAsync(member);
                 LogNotRun(job.Kind, job.BusinessKey);
+                await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
         }
 

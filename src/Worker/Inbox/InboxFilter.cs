@@ -40,6 +40,7 @@ public sealed partial class InboxFilter<T>(
             await transaction.CommitAsync(cancellationToken);
             LogDuplicate(consumerId, messageKey, context.MessageId);
             JobMetrics.DuplicateSkipped(consumerId);
+            await SettledByInbox.NotifyAsync(context, consumerId);
             return;
         }
 
@@ -48,6 +49,7 @@ public sealed partial class InboxFilter<T>(
             // Cancelled, or succeeded already: record the message as handled and do nothing.
             await transaction.CommitAsync(cancellationToken);
             LogNotRun(job!.Value.Kind, job.Value.BusinessKey);
+            await SettledByInbox.NotifyAsync(context, consumerId);
             return;
         }
 

@@ -89,6 +89,7 @@ public sealed partial class LeaseInboxFilter<T>(
         {
             // Cancelled, or succeeded already: mark the message handled without running it.
             await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
+            await SettledByInbox.NotifyAsync(context, consumerId);
             return true;
         }
 
@@ -152,6 +153,7 @@ public sealed partial class LeaseInboxFilter<T>(
         {
             LogDuplicate(consumerId, key);
             JobMetrics.DuplicateSkipped(consumerId);
+            await SettledByInbox.NotifyAsync(context, consumerId);
             return;
         }
 
@@ -162,6 +164,7 @@ public sealed partial class LeaseInboxFilter<T>(
         await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
             $"{consumerId}:{key}:deferred:{deferrals}", 0, dueAt, headers, cancellationToken);
         LogDeferred(consumerId, key, dueAt);
+        await SettledByInbox.NotifyAsync(context, consumerId);
     }
 
     private async Task HeartbeatAsync(string consumerId, string key, string owner, TimeSpan lease, CancellationTokenSource leaseLost, CancellationToken stop)
