@@ -1,4 +1,5 @@
 using System.Globalization;
+using Conveyor.ServiceDefaults;
 using k8s.Models;
 
 namespace Conveyor.Tests.Deploy;
@@ -264,6 +265,32 @@ public sealed class PodSpecTests
                     if (shutdown.ConsumerStopTimeoutSeconds >= shutdown.BusStopTimeoutSeconds)
                     {
                         yield return $"{workload}: Shutdown__ConsumerStopTimeoutSeconds must be below Shutdown__BusStopTimeoutSeconds ({chain})";
+                    }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Workers_state_the_brokers_consumer_timeout(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        var consumerTimeoutSeconds = rendered.RabbitmqClusters.Select(ConsumerTimeoutSeconds).DefaultIfEmpty(1800).Min();
+
+        Overlays.AssertNone(rendered, $"the worker checks its in-memory retries against RabbitMq__ConsumerTimeoutSeconds: it must be the broker's consumer_timeout ({consumerTimeoutSeconds} s)", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.DeploymentsOf("worker").Select(d => d.Workload))
+            {
+                foreach (var container in workload.Pod.Containers)
+                {
+                    var stated = AppConfiguration.Of(rendered, workload, container)[$"{RabbitMqOptions.SectionName}:{nameof(RabbitMqOptions.ConsumerTimeoutSeconds)}"]
+                        ?? new RabbitMqOptions().ConsumerTimeoutSeconds.ToString(CultureInfo.InvariantCulture);
+                    if (stated != consumerTimeoutSeconds.ToString(CultureInfo.InvariantCulture))
+                    {
+                        yield return $"{workload}/{container.Name}: RabbitMq__ConsumerTimeoutSeconds is {stated}";
                     }
                 }
             }
