@@ -12,7 +12,7 @@ namespace Conveyor.Worker.Messaging;
 /// <see cref="UnackedHold"/>): RabbitMQ would close the channel mid-retry, cancelling every handling on
 /// it, and deliver the message again, to be retried as long again, round after round.
 /// </summary>
-internal sealed class ConsumerTimeoutValidator(
+public sealed class ConsumerTimeoutValidator(
     IOptions<RabbitMqOptions> rabbitMq,
     IOptions<PaymentGatewayOptions> gateway,
     IOptions<WebhookOptions> webhooks) : IValidateOptions<ConsumerEndpointOptions>

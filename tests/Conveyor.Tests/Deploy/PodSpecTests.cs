@@ -1,6 +1,9 @@
 using System.Globalization;
-using Conveyor.ServiceDefaults;
+using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Payments;
+using Conveyor.Worker.Webhooks;
 using k8s.Models;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Deploy;
 
@@ -286,11 +289,41 @@ public sealed class PodSpecTests
             {
                 foreach (var container in workload.Pod.Containers)
                 {
-                    var stated = AppConfiguration.Of(rendered, workload, container)[$"{RabbitMqOptions.SectionName}:{nameof(RabbitMqOptions.ConsumerTimeoutSeconds)}"]
-                        ?? new RabbitMqOptions().ConsumerTimeoutSeconds.ToString(CultureInfo.InvariantCulture);
-                    if (stated != consumerTimeoutSeconds.ToString(CultureInfo.InvariantCulture))
+                    var stated = AppConfiguration.Of(rendered, workload, container).BrokerTimeouts.ConsumerTimeoutSeconds;
+                    if (stated != consumerTimeoutSeconds)
                     {
                         yield return $"{workload}/{container.Name}: RabbitMq__ConsumerTimeoutSeconds is {stated}";
+                    }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Worker_in_memory_retries_pass_the_consumer_timeout_check(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, "the worker refuses to start (crash loop) when in-memory retries could hold a delivery too long", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.DeploymentsOf("worker").Select(d => d.Workload))
+            {
+                foreach (var container in workload.Pod.Containers)
+                {
+                    var configuration = AppConfiguration.Of(rendered, workload, container);
+                    var validator = new ConsumerTimeoutValidator(
+                        Options.Create(configuration.BrokerTimeouts),
+                        Options.Create(configuration.Section<PaymentGatewayOptions>(PaymentGatewayOptions.SectionName)),
+                        Options.Create(configuration.Section<WebhookOptions>(WebhookOptions.SectionName)));
+                    foreach (var consumer in WorkerEndpoints.All.Select(e => e.ConsumerName))
+                    {
+                        if (validator.Validate(consumer, configuration.Consumer(consumer)) is { Failed: true } result)
+                        {
+                            yield return $"{workload}/{container.Name}: {result.FailureMessage}";
+                        }
                     }
                 }
             }
