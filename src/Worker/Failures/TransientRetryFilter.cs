@@ -4,8 +4,9 @@ namespace Conveyor.Worker.Failures;
 
 /// <summary>
 /// In-memory retry of transient failures: a few attempts, exponential intervals with random
-/// jitter (<see cref="RetryIntervals"/>), seconds in total (the message stays unacked meanwhile, so this must stay far below
-/// RabbitMQ's consumer_timeout). Each attempt passes through the inbox afresh, in a new scope.
+/// jitter (<see cref="RetryIntervals"/>), seconds in total (the message stays unacked meanwhile, so
+/// this must stay far below RabbitMQ's consumer_timeout: <see cref="Messaging.ConsumerTimeoutValidator"/>).
+/// Each attempt passes through the inbox afresh, in a new scope.
 /// Ours rather than MassTransit's UseMessageRetry, which always sits outermost in the consume
 /// pipe; here it must sit inside the delayed redelivery filter.
 /// </summary>
