@@ -32,6 +32,22 @@ public sealed class RabbitMqOptions
     public int ConnectTimeoutSeconds { get; set; } = 5;
 
     /// <summary>
+    /// The broker's <c>consumer_timeout</c>, in seconds (RabbitMQ's default: 1800): a consumer that holds a
+    /// delivery unacked longer has its channel closed, and every delivery on it goes back to the queue.
+    /// Stated here, not set: keep it equal to the broker's. 0 = the broker has none.
+    /// </summary>
+    [Range(0, 31_536_000)]
+    public int ConsumerTimeoutSeconds { get; set; } = 1_800;
+
+    /// <summary>
+    /// The worker refuses to start when its in-memory retries could hold a delivery unacked for this
+    /// percentage of <see cref="ConsumerTimeoutSeconds"/> or more (the rest is margin for what the
+    /// reckoning leaves out, such as database time).
+    /// </summary>
+    [Range(1, 100)]
+    public int MaxRetryHoldPercent { get; set; } = 50;
+
+    /// <summary>
     /// Declare the job queues as quorum queues (replicated; for a clustered RabbitMQ). Decide before
     /// the first deployment: RabbitMQ cannot change the type of an existing queue.
     /// </summary>

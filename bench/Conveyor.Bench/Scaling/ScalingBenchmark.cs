@@ -140,6 +140,10 @@ public sealed class ScalingBenchmark(BenchEnvironment environment, BenchOptions 
         values["PaymentGateway:ApiKey"] = name;
         // Charges wait at the closed gate while the queue fills: longer than the default 10 s.
         values["PaymentGateway:TimeoutSeconds"] = "120";
+        // No charge fails here (a run checks one attempt per job). With in-memory retries, every attempt
+        // up to 120 s could hold a delivery for more than half of RabbitMQ's consumer_timeout, which the
+        // worker refuses at start.
+        values["Consumers:ChargePayment:RetryLimit"] = "0";
         values["Webhooks:SigningSecret"] = "bench-only-webhook-secret-0123456789";
         values["Consumers:ChargePayment:PrefetchCount"] = settings.Prefetch.ToString(CultureInfo.InvariantCulture);
         values["Consumers:ChargePayment:ConcurrentMessageLimit"] = settings.Concurrency.ToString(CultureInfo.InvariantCulture);

@@ -80,15 +80,15 @@ public static class AccessControl
                 };
             });
 
-        services.AddAuthorizationBuilder()
-            .AddPolicy(ApiPolicies.Admin, policy => policy.RequireAuthenticatedUser()
-                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, ApiScopes.Admin))
-            .AddPolicy(ApiPolicies.JobsRead, policy => policy.RequireAuthenticatedUser()
-                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, ApiScopes.JobsRead, ApiScopes.Admin))
-            .AddPolicy(ApiPolicies.JobsPublish, policy => policy.RequireAuthenticatedUser()
-                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, ApiScopes.JobsPublish, ApiScopes.Admin))
-            // Default deny: an endpoint that names no policy still needs a signed-in caller.
-            .SetFallbackPolicy(new AuthorizationPolicyBuilder().RequireAuthenticatedUser().Build());
+        var authorization = services.AddAuthorizationBuilder();
+        foreach (var (policyName, scopes) in ApiScopes.ByPolicy)
+        {
+            authorization.AddPolicy(policyName, policy => policy.RequireAuthenticatedUser()
+                .RequireClaim(ApiKeyAuthenticationHandler.ScopeClaim, scopes));
+        }
+
+        // Default deny: an endpoint that names no policy still needs a signed-in caller.
+        authorization.SetFallbackPolicy(new AuthorizationPolicyBuilder().RequireAuthenticatedUser().Build());
 
         services.AddAntiforgery(options =>
         {

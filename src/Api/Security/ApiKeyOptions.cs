@@ -68,4 +68,7 @@ public sealed class ApiKeyOptions
 public sealed record ApiKeyEntry(string Path, string Name, string Key, IReadOnlyList<string> Scopes)
 {
     public override string ToString() => $"{Name} ({string.Join(' ', Scopes)})";
+
+    /// <summary>The scopes no policy accepts (see <see cref="ApiScopes.Known"/>): they grant nothing.</summary>
+    public IReadOnlyList<string> UnknownScopes() => [.. Scopes.Where(scope => !ApiScopes.Known.Contains(scope, StringComparer.Ordinal))];
 }

@@ -15,11 +15,26 @@ public static class ApiPolicies
     public const string JobsPublish = "jobs:publish";
 }
 
+/// <summary>The scopes an API key may carry, and which of them each policy accepts.</summary>
 public static class ApiScopes
 {
     public const string Admin = "admin";
     public const string JobsRead = "jobs:read";
     public const string JobsPublish = "jobs:publish";
+
+    /// <summary>
+    /// The scopes each policy accepts: the one place that says what a scope grants. The policies are
+    /// built from it, and <see cref="Known"/> is read from it.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string[]> ByPolicy { get; } = new Dictionary<string, string[]>(StringComparer.Ordinal)
+    {
+        [ApiPolicies.Admin] = [Admin],
+        [ApiPolicies.JobsRead] = [JobsRead, Admin],
+        [ApiPolicies.JobsPublish] = [JobsPublish, Admin],
+    };
+
+    /// <summary>Every scope some policy accepts, compared as the policies compare them (ordinal). Any other scope grants nothing.</summary>
+    public static IReadOnlyList<string> Known { get; } = [.. ByPolicy.Values.SelectMany(scopes => scopes).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal)];
 }
 
 internal static class SecurityRegistration
@@ -35,10 +50,35 @@ internal static class SecurityRegistration
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<ApiKeyOptions>, ApiKeyOptionsValidator>();
         services.AddSingleton<ApiKeyStore>();
+        services.AddHostedService<UnknownScopeWarnings>();
 
         services.AddAccessControl(configuration);
         return services;
     }
+}
+
+/// <summary>
+/// Names, at start, each key that carries a scope no policy accepts (a typo such as <c>jobs:publsh</c>):
+/// such a key authenticates, but the scope grants nothing, so its calls get 403s. A warning rather than
+/// a refusal to start: a key may carry a scope meant for a newer Api during a rollout.
+/// </summary>
+internal sealed class UnknownScopeWarnings(IOptions<ApiKeyOptions> options, ILogger<UnknownScopeWarnings> logger) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        var known = string.Join(", ", ApiScopes.Known);
+        foreach (var key in options.Value.ApiKeys)
+        {
+            if (key.UnknownScopes() is { Count: > 0 } unknown)
+            {
+                SecurityLog.UnknownScopes(logger, key.Name, key.Path, string.Join(", ", unknown), known);
+            }
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }
 
 /// <summary>Refuses to start with a nameless, short, scope-less or duplicated key.</summary>

@@ -107,12 +107,7 @@ public static class JobEndpointPipeline
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
             context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, killSwitch, time, logger));
 
-        endpoint.UseFilter(new TransientRetryFilter(
-            options.RetryLimit,
-            TimeSpan.FromMilliseconds(options.RetryMinIntervalMilliseconds),
-            TimeSpan.FromMilliseconds(options.RetryMaxIntervalMilliseconds),
-            TimeSpan.FromMilliseconds(options.RetryIntervalDeltaMilliseconds),
-            time));
+        endpoint.UseFilter(new TransientRetryFilter(RetryIntervals.From(options), time));
 
         // A scoped filter: it opens the message scope (one per attempt) that the consumer then shares.
         var inboxFilter = inbox switch

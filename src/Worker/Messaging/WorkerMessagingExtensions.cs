@@ -12,6 +12,7 @@ using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using MassTransit;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Worker.Messaging;
 
@@ -28,6 +29,10 @@ public static class WorkerMessagingExtensions
                 .ValidateDataAnnotations()
                 .ValidateOnStart();
         }
+
+        // In-memory retries must end well within RabbitMQ's consumer_timeout; a report's run is only warned about.
+        services.AddSingleton<IValidateOptions<ConsumerEndpointOptions>, ConsumerTimeoutValidator>();
+        services.AddHostedService<LongJobHoldWarning>();
 
         services.AddSingleton(new JobDescriptor<ChargePayment>(JobKinds.ChargePayment, ChargePaymentConsumerDefinition.ConsumerName, m => m.PaymentId.ToString()));
         services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, DeliverWebhookConsumerDefinition.ConsumerName, m => m.WebhookId.ToString()));

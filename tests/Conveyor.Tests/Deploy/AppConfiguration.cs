@@ -1,3 +1,4 @@
+using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Hosting;
 using Conveyor.Worker.Messaging;
 using Conveyor.Worker.Redelivery;
@@ -42,6 +43,28 @@ public sealed class AppConfiguration
 
     public DispatcherOptions Dispatcher =>
         _configuration.GetSection(DispatcherOptions.SectionName).Get<DispatcherOptions>() ?? new DispatcherOptions();
+
+    /// <summary>The options class bound to <paramref name="section"/> (its defaults where the section is absent).</summary>
+    public T Section<T>(string section)
+        where T : new() =>
+        _configuration.GetSection(section).Get<T>() ?? new T();
+
+    /// <summary>
+    /// The broker's consumer-timeout settings; the rest of the section keeps its defaults (its port comes
+    /// from a Secret, whose stand-in is no number).
+    /// </summary>
+    public RabbitMqOptions BrokerTimeouts
+    {
+        get
+        {
+            var defaults = new RabbitMqOptions();
+            return new RabbitMqOptions
+            {
+                ConsumerTimeoutSeconds = _configuration.GetValue($"{RabbitMqOptions.SectionName}:{nameof(RabbitMqOptions.ConsumerTimeoutSeconds)}", defaults.ConsumerTimeoutSeconds),
+                MaxRetryHoldPercent = _configuration.GetValue($"{RabbitMqOptions.SectionName}:{nameof(RabbitMqOptions.MaxRetryHoldPercent)}", defaults.MaxRetryHoldPercent),
+            };
+        }
+    }
 
     public ConsumerEndpointOptions Consumer(string consumerName) =>
         _configuration.GetSection($"{ConsumerEndpointOptions.SectionName}:{consumerName}").Get<ConsumerEndpointOptions>()

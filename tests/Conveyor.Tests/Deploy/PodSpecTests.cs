@@ -1,5 +1,9 @@
 using System.Globalization;
+using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Payments;
+using Conveyor.Worker.Webhooks;
 using k8s.Models;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Deploy;
 
@@ -264,6 +268,62 @@ public sealed class PodSpecTests
                     if (shutdown.ConsumerStopTimeoutSeconds >= shutdown.BusStopTimeoutSeconds)
                     {
                         yield return $"{workload}: Shutdown__ConsumerStopTimeoutSeconds must be below Shutdown__BusStopTimeoutSeconds ({chain})";
+                    }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Workers_state_the_brokers_consumer_timeout(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        var consumerTimeoutSeconds = rendered.RabbitmqClusters.Select(ConsumerTimeoutSeconds).DefaultIfEmpty(1800).Min();
+
+        Overlays.AssertNone(rendered, $"the worker checks its in-memory retries against RabbitMq__ConsumerTimeoutSeconds: it must be the broker's consumer_timeout ({consumerTimeoutSeconds} s)", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.DeploymentsOf("worker").Select(d => d.Workload))
+            {
+                foreach (var container in workload.Pod.Containers)
+                {
+                    var stated = AppConfiguration.Of(rendered, workload, container).BrokerTimeouts.ConsumerTimeoutSeconds;
+                    if (stated != consumerTimeoutSeconds)
+                    {
+                        yield return $"{workload}/{container.Name}: RabbitMq__ConsumerTimeoutSeconds is {stated}";
+                    }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Worker_in_memory_retries_pass_the_consumer_timeout_check(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, "the worker refuses to start (crash loop) when in-memory retries could hold a delivery too long", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.DeploymentsOf("worker").Select(d => d.Workload))
+            {
+                foreach (var container in workload.Pod.Containers)
+                {
+                    var configuration = AppConfiguration.Of(rendered, workload, container);
+                    var validator = new ConsumerTimeoutValidator(
+                        Options.Create(configuration.BrokerTimeouts),
+                        Options.Create(configuration.Section<PaymentGatewayOptions>(PaymentGatewayOptions.SectionName)),
+                        Options.Create(configuration.Section<WebhookOptions>(WebhookOptions.SectionName)));
+                    foreach (var consumer in WorkerEndpoints.All.Select(e => e.ConsumerName))
+                    {
+                        if (validator.Validate(consumer, configuration.Consumer(consumer)) is { Failed: true } result)
+                        {
+                            yield return $"{workload}/{container.Name}: {result.FailureMessage}";
+                        }
                     }
                 }
             }

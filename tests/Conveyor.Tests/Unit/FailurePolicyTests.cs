@@ -138,12 +138,12 @@ public sealed class FailurePolicyTests
     [Fact]
     public void In_memory_retry_intervals_double_up_to_the_cap_plus_jitter()
     {
-        var filter = new TransientRetryFilter(3, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100), TimeProvider.System);
+        var intervals = new RetryIntervals(3, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100));
 
-        Assert.Equal(200, filter.Interval(0, 0).TotalMilliseconds);
-        Assert.Equal(400, filter.Interval(1, 0).TotalMilliseconds);
-        Assert.Equal(1000, filter.Interval(5, 0).TotalMilliseconds);
-        Assert.Equal(250, filter.Interval(0, 0.5).TotalMilliseconds);
+        Assert.Equal(200, intervals.Interval(0, 0).TotalMilliseconds);
+        Assert.Equal(400, intervals.Interval(1, 0).TotalMilliseconds);
+        Assert.Equal(1000, intervals.Interval(5, 0).TotalMilliseconds);
+        Assert.Equal(250, intervals.Interval(0, 0.5).TotalMilliseconds);
     }
 
     [Theory]

@@ -1,0 +1,39 @@
+using Conveyor.Worker.Messaging;
+
+namespace Conveyor.Worker.Failures;
+
+/// <summary>
+/// The waits between in-memory retries (<see cref="TransientRetryFilter"/>): <see cref="Min"/> × 2^retry,
+/// capped at <see cref="Max"/>, plus up to <see cref="MaxJitter"/> at random, so a wait can exceed
+/// <see cref="Max"/> by up to the jitter. (Not MassTransit's <c>ExponentialRetryPolicy</c>, whose
+/// intervals are min + 2^retry × a random part of the delta, capped at max, then scaled by 0.75–1.25.)
+/// </summary>
+public sealed record RetryIntervals(int RetryLimit, TimeSpan Min, TimeSpan Max, TimeSpan MaxJitter)
+{
+    public static RetryIntervals From(ConsumerEndpointOptions options) => new(
+        options.RetryLimit,
+        TimeSpan.FromMilliseconds(options.RetryMinIntervalMilliseconds),
+        TimeSpan.FromMilliseconds(options.RetryMaxIntervalMilliseconds),
+        TimeSpan.FromMilliseconds(options.RetryIntervalDeltaMilliseconds));
+
+    /// <summary>The wait after the failure of attempt <paramref name="retry"/> (0-based).</summary>
+    /// <param name="random">A value in [0, 1) that picks the jitter; 1 gives its upper bound.</param>
+    public TimeSpan Interval(int retry, double random)
+    {
+        var exponential = Min.TotalMilliseconds * Math.Pow(2, retry);
+        var capped = Math.Min(exponential, Max.TotalMilliseconds);
+        return TimeSpan.FromMilliseconds(capped + MaxJitter.TotalMilliseconds * random);
+    }
+
+    /// <summary>The most all of one message's waits can add up to: every retry taken, each with the whole jitter.</summary>
+    public TimeSpan WorstCaseTotal()
+    {
+        var total = TimeSpan.Zero;
+        for (var retry = 0; retry < RetryLimit; retry++)
+        {
+            total += Interval(retry, 1);
+        }
+
+        return total;
+    }
+}

@@ -1,0 +1,53 @@
+using Conveyor.Tests.Infrastructure;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// RabbitMQ closes the channel of a consumer that holds a delivery unacked past its consumer_timeout
+/// (RabbitMq:ConsumerTimeoutSeconds): the worker refuses retry settings that could, and says how
+/// long a report may run.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class ConsumerTimeoutTests(ConveyorFixture fixture)
+{
+    [Fact]
+    public async Task A_worker_whose_in_memory_retries_could_outlast_the_consumer_timeout_refuses_to_start()
+    {
+        // 21 attempts × 5 s + 1410.6 s of waits, twice (32 prefetched, 16 at a time): 3031.2 s, against 50 % of 1800 s.
+        var settings = WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "20"),
+            ("Consumers:DeliverWebhook:RetryMaxIntervalMilliseconds", "120000"));
+
+        var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartWorkerAsync(settings));
+
+        Assert.Contains("Consumers:DeliverWebhook: in-memory retries can hold a delivery unacked for up to 3031.2 s", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("RabbitMq:MaxRetryHoldPercent (50 %) of RabbitMq:ConsumerTimeoutSeconds (1800 s): 900 s", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("21 attempt(s) (RetryLimit 20 + 1) × 5 s (Webhooks:TimeoutSeconds) + 1410.6 s of waits", failure.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("Consumers:ChargePayment", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_same_retries_start_against_a_broker_without_a_consumer_timeout()
+    {
+        var settings = WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "20"),
+            ("Consumers:DeliverWebhook:RetryMaxIntervalMilliseconds", "120000"),
+            ("RabbitMq:ConsumerTimeoutSeconds", "0"));
+
+        await using var worker = await fixture.StartWorkerAsync(settings);
+    }
+
+    [Fact]
+    public async Task A_worker_says_at_start_how_long_a_report_may_run()
+    {
+        var logs = new CapturedLogs();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(), builder => builder.Logging.AddProvider(logs));
+
+        // (1800 s - 2 × 2.3 s of waits) / (4 attempts × 2 prefetched, 1 at a time).
+        var warning = Assert.Single(logs.Of(LogLevel.Warning, "Conveyor.Worker.Messaging.LongJobHoldWarning"));
+        Assert.Contains("Consumers:GenerateReport:", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("A run longer than 224.4 s can outlast RabbitMQ's consumer_timeout (RabbitMq:ConsumerTimeoutSeconds 1800 s)", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("wait through 8 runs", warning.Message, StringComparison.Ordinal);
+    }
+}
