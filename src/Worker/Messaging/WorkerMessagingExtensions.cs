@@ -32,7 +32,7 @@ public static class WorkerMessagingExtensions
 
         // In-memory retries must end well within RabbitMQ's consumer_timeout; a report's run is only warned about.
         services.AddSingleton<IValidateOptions<ConsumerEndpointOptions>, ConsumerTimeoutValidator>();
-        services.AddHostedService<LongJobHoldWarning>();
+        services.AddHostedService<LongJobRunBudget>();
 
         services.AddSingleton(new JobDescriptor<ChargePayment>(JobKinds.ChargePayment, ChargePaymentConsumerDefinition.ConsumerName, m => m.PaymentId.ToString()));
         services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, DeliverWebhookConsumerDefinition.ConsumerName, m => m.WebhookId.ToString()));
