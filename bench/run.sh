@@ -7,7 +7,7 @@
 #   bench/run.sh scaling             1, 2, 3 worker processes on one queue [--workers 1,2,3 --gateway-latency 0,300 --runs 3]
 #   bench/run.sh move                error-queue move vs RabbitMQ shovel (bench/ErrorQueueMove; MOVE_ARGS)
 #   bench/run.sh move-memory         the walker's memory over error queues of 10,000 and 100,000 messages
-#   bench/run.sh faults              kill -9 ×3 and competing workers + redelivery (CONVEYOR_FAULTS_JOBS, default 10000)
+#   bench/run.sh faults              kill -9 ×3, competing workers + redelivery, RabbitMQ cut 12 s behind a relay (CONVEYOR_FAULTS_JOBS, default 10000)
 #   bench/run.sh faults-disruptive   RabbitMQ restart and PostgreSQL 20 s stop, on private servers
 #                                    (bench/private-servers.sh; CONVEYOR_FAULTS_SHARED_SERVERS=1 stops the shared ones)
 #   bench/run.sh report              rewrite docs/benchmarks.md from artifacts/bench/

@@ -127,10 +127,25 @@ public sealed class OutageProxy : IAsyncDisposable
                 continue;
             }
 
+            // Checked again under the lock Cut takes: a connection whose upstream connect was under way
+            // when Cut ran would otherwise survive the cut.
+            bool cutMeanwhile;
             lock (_gate)
             {
-                _open.Add(inbound);
-                _open.Add(outbound);
+                cutMeanwhile = _cut;
+                if (!cutMeanwhile)
+                {
+                    _open.Add(inbound);
+                    _open.Add(outbound);
+                }
+            }
+
+            if (cutMeanwhile)
+            {
+                Interlocked.Increment(ref _refused);
+                Reset(inbound);
+                Reset(outbound);
+                continue;
             }
 
             _ = RelayAsync(inbound, outbound);
