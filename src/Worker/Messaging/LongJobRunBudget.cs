@@ -22,19 +22,14 @@ internal sealed partial class LongJobRunBudget(
     public Task StartAsync(CancellationToken cancellationToken)
     {
         var consumerTimeout = rabbitMq.Value.ConsumerTimeoutSeconds;
-        if (consumerTimeout > 0 && logger.IsEnabled(LogLevel.Information))
+        if (consumerTimeout > 0)
         {
             var options = endpoints.Get(GenerateReportConsumerDefinition.ConsumerName);
             var hold = UnackedHold.Of(options, TimeSpan.Zero);
-            LogRunBudget(
-                $"{ConsumerEndpointOptions.SectionName}:{GenerateReportConsumerDefinition.ConsumerName}",
-                Seconds(hold.AttemptBudget(TimeSpan.FromSeconds(consumerTimeout))),
-                consumerTimeout,
-                hold.Handlings * hold.Attempts,
-                options.RetryLimit,
-                options.PrefetchCount,
-                options.ConcurrentMessageLimit,
-                Seconds(hold.RetryWaits * hold.Handlings));
+            var endpoint = $"{ConsumerEndpointOptions.SectionName}:{GenerateReportConsumerDefinition.ConsumerName}";
+            var budget = Seconds(hold.AttemptBudget(TimeSpan.FromSeconds(consumerTimeout)));
+            var waits = Seconds(hold.RetryWaits * hold.Handlings);
+            LogRunBudget(endpoint, budget, consumerTimeout, hold.Handlings * hold.Attempts, options.RetryLimit, options.PrefetchCount, options.ConcurrentMessageLimit, waits);
         }
 
         return Task.CompletedTask;
