@@ -42,7 +42,8 @@ public sealed class ConsumerTimeoutTests(ConveyorFixture fixture)
     public async Task A_worker_says_at_start_how_long_a_report_may_run()
     {
         var logs = new CapturedLogs();
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(), builder => builder.Logging.AddProvider(logs));
+        var settings = WorkerSettings.With().Override(("Logging:LogLevel:Conveyor.Worker.Messaging.LongJobRunBudget", "Information"));
+        await using var worker = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs));
 
         // (1800 s - 2 × 2.3 s of waits) / (4 attempts × 2 prefetched, 1 at a time).
         var budget = Assert.Single(logs.Of(LogLevel.Information, "Conveyor.Worker.Messaging.LongJobRunBudget"));
