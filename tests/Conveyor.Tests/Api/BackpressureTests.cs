@@ -95,9 +95,9 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
         var deadline = Stopwatch.StartNew();
         while (gateway.Charges.Count < jobs && deadline.Elapsed < TimeSpan.FromSeconds(90))
         {
-            if (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment) is { } queue)
+            if ((await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment))?.Unacked is { } held)
             {
-                unacked.Add(queue.Unacked);
+                unacked.Add(held);
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(200));
