@@ -55,7 +55,7 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.True(done.FinishedAt >= runAt, $"finished {done.FinishedAt:O}, due {runAt:O}");
         Assert.Equal(1, done.Attempts);
         Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString()));
-        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+        Assert.Equal(1, _gateway.SuccessfulRequestsFor(paymentId.ToString()));
         await using (var db = fixture.CreateDbContext())
         {
             Assert.Equal(0, await db.ScheduledMessages.CountAsync());

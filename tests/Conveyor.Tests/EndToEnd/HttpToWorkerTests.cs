@@ -49,7 +49,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(1, job.GetProperty("attempts").GetInt32());
         Assert.Equal(JsonValueKind.Null, job.GetProperty("lastError").ValueKind);
 
-        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+        Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString()));
         var charge = Assert.Single(_gateway.Charges);
         Assert.Equal(("acct-e2e", 1999L, "EUR"), (charge.AccountId, charge.AmountMinor, charge.Currency));
         await using var db = fixture.CreateDbContext();
@@ -101,6 +101,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal("succeeded", ended.GetProperty("status").GetString());
         Assert.Equal(jobId, ended.GetProperty("jobId").GetGuid());
         Assert.Single(_gateway.Charges);
+        Assert.Equal(1, _gateway.TotalRequests);
     }
 
     [Fact]
@@ -119,7 +120,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
             await WaitForStatusAsync(job.GetProperty("jobId").GetGuid(), "succeeded");
         }
 
-        Assert.All(paymentIds, paymentId => Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString())));
+        Assert.All(paymentIds, paymentId => Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString())));
         Assert.Equal(paymentIds.Count, _gateway.Charges.Count);
         Assert.Equal(100 + 7, _gateway.Charges.Single(c => c.AccountId == "acct-batch-7").AmountMinor);
         await using var db = fixture.CreateDbContext();

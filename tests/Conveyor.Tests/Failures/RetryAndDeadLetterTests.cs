@@ -31,7 +31,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(3, job.Attempts);
         Assert.Null(job.LastError);
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
-        Assert.Equal(1, gateway.ChargesFor(payment.PaymentId.ToString()));
+        Assert.Equal(1, gateway.SuccessfulRequestsFor(payment.PaymentId.ToString()));
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment.PaymentId));
     }
@@ -163,7 +163,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         await using var check = fixture.CreateDbContext();
         Assert.Equal(payments, await check.Ledger.CountAsync());
         Assert.Equal(0, await check.ScheduledMessages.CountAsync());
-        Assert.All(sent, p => Assert.Equal(1, gateway.ChargesFor(p.PaymentId.ToString())));
+        Assert.All(sent, p => Assert.Equal(1, gateway.SuccessfulRequestsFor(p.PaymentId.ToString())));
     }
 
     private async Task<Job> WaitForJobAsync(Guid businessId, string status)
