@@ -135,7 +135,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
             ("Consumers:ChargePayment:RetryLimit", "0"),
             ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "3000"),
             ("Consumers:ChargePayment:KillSwitchTripPercent", "0"));
-        var first = await fixture.StartWorkerAsync(settings);
+        await using var first = await fixture.StartWorkerAsync(settings);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var sent = Enumerable.Range(0, payments).Select(_ => Payment()).ToList();
         await Task.WhenAll(sent.Select(p => publisher.PublishAsync(p)));
@@ -145,7 +145,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
             await using var db = fixture.CreateDbContext();
             Assert.Equal(payments, await db.ScheduledMessages.CountAsync());
         });
-        await first.DisposeAsync();
+        await first.StopAsync();
         gateway.FailEverythingWith = null;
 
         await using (var db = fixture.CreateDbContext())
