@@ -23,27 +23,12 @@ public sealed class ScalingTests(ConveyorFixture fixture)
         const int jobs = 2000;
         await fixture.ResetAsync();
         await using var gateway = await FakePaymentGateway.StartAsync();
-        // A little latency per charge, so no worker can drain the queue before the others start.
+        // A little latency per charge, so that the work takes long enough to be shared.
         gateway.Latency = TimeSpan.FromMilliseconds(20);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var processes = new List<ServiceProcess>();
         try
         {
-            // The queue exists once the first worker has declared it; fill it while that worker is stopped.
-            var declare = await fixture.StartWorkerAsync(WorkerSettings.With(gateway, "declare"));
-            await declare.DisposeAsync();
-            var payments = Enumerable.Range(0, jobs).Select(i => new ChargePayment
-            {
-                PaymentId = Guid.NewGuid(),
-                AccountId = $"acct-scale-{i % 11}",
-                AmountMinor = 1 + i,
-                Currency = "EUR",
-            }).ToList();
-            foreach (var batch in payments.Chunk(100))
-            {
-                await Task.WhenAll(batch.Select(p => publisher.PublishAsync(p)));
-            }
-
             for (var i = 0; i < workers; i++)
             {
                 var settings = new Dictionary<string, string?>(fixture.BaseSettings);
@@ -55,6 +40,21 @@ public sealed class ScalingTests(ConveyorFixture fixture)
                 settings["Consumers:ChargePayment:PrefetchCount"] = "8";
                 settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "4";
                 processes.Add(await ServiceProcess.StartWorkerAsync(settings));
+            }
+
+            // Every process consumes before the first job is published: the broker hands the jobs out
+            // among them, however long each took to start.
+            await Eventually.AssertAsync(async () => Assert.Equal((uint)workers, await fixture.ConsumersAsync("charge-payment")));
+            var payments = Enumerable.Range(0, jobs).Select(i => new ChargePayment
+            {
+                PaymentId = Guid.NewGuid(),
+                AccountId = $"acct-scale-{i % 11}",
+                AmountMinor = 1 + i,
+                Currency = "EUR",
+            }).ToList();
+            foreach (var batch in payments.Chunk(100))
+            {
+                await Task.WhenAll(batch.Select(p => publisher.PublishAsync(p)));
             }
 
             await Eventually.AssertAsync(async () =>
