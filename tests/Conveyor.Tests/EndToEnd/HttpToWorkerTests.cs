@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Tests.Observability;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.EndToEnd;
@@ -95,6 +96,13 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal("queued", early.GetProperty("status").GetString());
 
         var waiting = _api.Client.GetFromJsonAsync<JsonElement>($"/api/jobs/{jobId}?waitSeconds=30");
+        // The job ends only once the wait is under way: the Api counts it in flight, beside the scrape
+        // that asks (GETs only: the charge held at the in-process gateway is a POST).
+        await Eventually.AssertAsync(async () =>
+        {
+            var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+            Assert.True(PrometheusText.Sum(metrics, "http_server_active_requests", "http_request_method=\"GET\"") >= 2, "the wait is not in flight yet");
+        });
         release.Set();
         var ended = await waiting;
 
