@@ -1,4 +1,5 @@
 using Conveyor.ServiceDefaults;
+using Microsoft.Extensions.DependencyInjection;
 using RabbitMQ.Client;
 
 namespace Conveyor.Tests.Infrastructure;
@@ -8,7 +9,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// management API's figures are sampled every few seconds, so a stale 0 would pass a "drained" check
 /// at once. A passive declare fails when the queue does not exist (a misspelt or undeclared queue is
 /// never taken for an empty one), and counts only ready messages, not those a consumer holds unacked:
-/// a queue is drained when its ready count is 0 after its consumers have stopped
+/// a queue is drained when its ready count is 0 and its worker holds none of its messages
 /// (<see cref="AssertDrainedAsync"/>).
 /// </summary>
 public static class BrokerQueues
@@ -36,14 +37,20 @@ public static class BrokerQueues
     }
 
     /// <summary>
-    /// Waits until <paramref name="queue"/> holds no ready message (every one was delivered), stops
-    /// <paramref name="worker"/> (gracefully: what it was handling ends, anything it did not finish goes
-    /// back to the queue), then asserts the queue is empty. After this nothing more of the test's work
-    /// can run, so what the test counts next is final.
+    /// Waits until <paramref name="queue"/> holds no ready message (every one was delivered) and
+    /// <paramref name="worker"/> (started by <see cref="ConveyorFixture.StartWorkerAsync"/>) has finished
+    /// every message it took, then stops the worker and asserts the queue is still empty: a message the
+    /// worker gave back (requeued, or not yet started when it stopped) would be in it again. After this
+    /// nothing more of the test's work can run, so what the test counts next is final.
     /// </summary>
     public static async Task AssertDrainedAsync(this ConveyorFixture fixture, RunningApp worker, string queue)
     {
-        await Eventually.AssertAsync(async () => Assert.Equal(0u, await fixture.ReadyAsync(queue)));
+        var inFlight = worker.Services.GetRequiredService<InFlightMessages>();
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.Equal(0u, await fixture.ReadyAsync(queue));
+            Assert.True(inFlight.Count == 0, $"the worker is still handling {inFlight.Count} message(s)");
+        });
         await worker.StopAsync();
         Assert.Equal(0u, await fixture.ReadyAsync(queue));
     }
