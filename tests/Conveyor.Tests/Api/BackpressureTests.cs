@@ -11,6 +11,7 @@ using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Net;
+using System.Text.Json;
 using Xunit.Abstractions;
 
 namespace Conveyor.Tests.Api;
@@ -113,28 +114,28 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     {
         await using var management = await FakeRabbitManagement.StartAsync();
         management.MemoryAlarm = true;
-        // The Api reaches the broker through a relay the test stalls, as a broker in an alarm stalls
-        // its publishers: a publish would then wait out the Api's 300 s budget, far beyond the client's
-        // timeout. Only an answer that never tried the broker can come back.
+        // The Api reaches the broker through a relay the test stalls, as a broker in an alarm stalls its
+        // publishers: a publish tried now would end in another answer (the publish's own 503, once its
+        // budget is spent), and its bytes, held in the relay, would reach the exchange on Resume.
         var broker = fixture.RabbitOptions();
         await using var relay = await OutageProxy.ToAsync(broker.Host, broker.Port);
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
             ["RabbitMq:Port"] = relay.Port.ToString(CultureInfo.InvariantCulture),
-            ["RabbitMq:ConnectTimeoutSeconds"] = "300",
-            // Must exceed what a submission may take (the publish budget above).
-            ["Jobs:StrandedAfterSeconds"] = "3600",
             ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
             ["Backpressure:RefreshMilliseconds"] = "100",
         });
         try
         {
+            // Connected through the relay, and the alarm read.
+            await api.WaitUntilReadyAsync();
             var monitor = api.Services.GetRequiredService<BrokerPressureMonitor>();
             await Eventually.AssertAsync(() => Assert.True(monitor.Current.PublishersBlocked, "the monitor has not read the alarm yet"));
             relay.Stall();
 
-            var paymentId = Guid.NewGuid();
-            using (var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId)))
+            var refused = Guid.NewGuid();
+            using (var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(refused)))
             {
                 await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
                 Assert.NotNull(response.Headers.RetryAfter);
@@ -143,7 +144,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
 
             await using (var db = fixture.CreateDbContext())
             {
-                Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == paymentId.ToString("D")));
+                Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == refused.ToString("D")));
             }
 
             // A scheduled job only writes to PostgreSQL now: it gets in with the broker stalled.
@@ -153,11 +154,19 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
 
             management.MemoryAlarm = false;
             relay.Resume();
-            await Eventually.AssertAsync(async () =>
+            await Eventually.AssertAsync(() => Assert.False(monitor.Current.PublishersBlocked, "the monitor has not read the alarm's end yet"));
+            var accepted = Guid.NewGuid();
+            using (var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(accepted)))
             {
-                using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
                 Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-            }, TimeSpan.FromSeconds(15));
+            }
+
+            // Publisher confirms: the accepted command is on the exchange by the time of its 202, behind
+            // anything the relay held. It is the only one: the refused submission published nothing.
+            Assert.Equal(1u, await published.Channel.MessageCountAsync(published.Queue));
+            var message = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+            using var envelope = JsonDocument.Parse(message!.Body);
+            Assert.Equal(accepted, envelope.RootElement.GetProperty("message").GetProperty("paymentId").GetGuid());
         }
         finally
         {
