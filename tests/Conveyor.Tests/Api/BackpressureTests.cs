@@ -11,6 +11,7 @@ using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Net;
+using System.Text.Json;
 using Xunit.Abstractions;
 
 namespace Conveyor.Tests.Api;
@@ -95,9 +96,9 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
         var deadline = Stopwatch.StartNew();
         while (gateway.Charges.Count < jobs && deadline.Elapsed < TimeSpan.FromSeconds(90))
         {
-            if (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment) is { } queue)
+            if ((await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment))?.Unacked is { } held)
             {
-                unacked.Add(queue.Unacked);
+                unacked.Add(held);
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(200));
@@ -109,46 +110,69 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     [Fact]
-    public async Task While_the_broker_blocks_publishers_submissions_answer_503_at_once_and_scheduled_jobs_still_get_in()
+    public async Task While_the_broker_blocks_publishers_submissions_answer_503_without_trying_it_and_scheduled_jobs_still_get_in()
     {
         await using var management = await FakeRabbitManagement.StartAsync();
         management.MemoryAlarm = true;
+        // The Api reaches the broker through a relay the test stalls, as a broker in an alarm stalls its
+        // publishers: a publish tried now would end in another answer (the publish's own 503, once its
+        // budget is spent), and its bytes, held in the relay, would reach the exchange on Resume.
+        var broker = fixture.RabbitOptions();
+        await using var relay = await OutageProxy.ToAsync(broker.Host, broker.Port);
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
+            ["RabbitMq:Port"] = relay.Port.ToString(CultureInfo.InvariantCulture),
             ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
             ["Backpressure:RefreshMilliseconds"] = "100",
         });
-
-        // Until the monitor's first reading a submission may still pass: each try uses a new payment.
-        var paymentId = Guid.Empty;
-        await Eventually.AssertAsync(async () =>
+        try
         {
-            paymentId = Guid.NewGuid();
-            var watch = Stopwatch.StartNew();
-            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
-            await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
-            Assert.NotNull(response.Headers.RetryAfter);
-            Assert.Contains("memory alarm on rabbit@a", (await response.ReadJsonAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
-            // Refused without trying the broker (a blocked publish waits RabbitMq:ConnectTimeoutSeconds).
-            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(2), $"took {watch.Elapsed}");
-        }, TimeSpan.FromSeconds(15));
+            // Connected through the relay, and the alarm read.
+            await api.WaitUntilReadyAsync();
+            var monitor = api.Services.GetRequiredService<BrokerPressureMonitor>();
+            await Eventually.AssertAsync(() => Assert.True(monitor.Current.PublishersBlocked, "the monitor has not read the alarm yet"));
+            relay.Stall();
 
-        await using (var db = fixture.CreateDbContext())
-        {
-            Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == paymentId.ToString("D")));
+            var refused = Guid.NewGuid();
+            using (var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(refused)))
+            {
+                await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+                Assert.NotNull(response.Headers.RetryAfter);
+                Assert.Contains("memory alarm on rabbit@a", (await response.ReadJsonAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+            }
+
+            await using (var db = fixture.CreateDbContext())
+            {
+                Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == refused.ToString("D")));
+            }
+
+            // A scheduled job only writes to PostgreSQL now: it gets in with the broker stalled.
+            var scheduled = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+                JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+            Assert.Equal(JobStatus.Scheduled, scheduled.Status);
+
+            management.MemoryAlarm = false;
+            relay.Resume();
+            await Eventually.AssertAsync(() => Assert.False(monitor.Current.PublishersBlocked, "the monitor has not read the alarm's end yet"));
+            var accepted = Guid.NewGuid();
+            using (var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(accepted)))
+            {
+                Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+            }
+
+            // Publisher confirms: the accepted command is on the exchange by the time of its 202, behind
+            // anything the relay held. It is the only one: the refused submission published nothing.
+            Assert.Equal(1u, await published.Channel.MessageCountAsync(published.Queue));
+            var message = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+            using var envelope = JsonDocument.Parse(message!.Body);
+            Assert.Equal(accepted, envelope.RootElement.GetProperty("message").GetProperty("paymentId").GetGuid());
         }
-
-        // A scheduled job only writes to PostgreSQL now.
-        var scheduled = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
-            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
-        Assert.Equal(JobStatus.Scheduled, scheduled.Status);
-
-        management.MemoryAlarm = false;
-        await Eventually.AssertAsync(async () =>
+        finally
         {
-            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
-            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        }, TimeSpan.FromSeconds(15));
+            // The Api stops through the relay.
+            relay.Resume();
+        }
     }
 
     /// <summary>What <c>conveyor.queue.depth</c> reports for <paramref name="queue"/> on this Api's meter.</summary>

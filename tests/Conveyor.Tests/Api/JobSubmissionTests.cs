@@ -64,7 +64,7 @@ public sealed class JobSubmissionTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.NotNull(details);
         Assert.Equal(accepted.JobId, details.JobId);
         Assert.Equal(kind, details.Kind);
-        Assert.False(string.IsNullOrEmpty(details.Status));
+        Assert.Equal(JobStatus.Queued, details.Status);
         Assert.True(details.CreatedAt > DateTimeOffset.UtcNow.AddMinutes(-5));
     }
 

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 using System.Net;
 using System.Text;
+using System.Text.Json;
 
 namespace Conveyor.Tests.Api;
 
@@ -174,12 +175,28 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Escaped_surrogate_pairs_are_text_like_any_other()
     {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture, ChargePaymentProbe.DeliverWebhookExchange);
+
         // An emoji written as a pair of escapes: valid, and it reaches the payload as the character.
         using var response = await _api.Client.PostJobAsync(
             "deliver-webhook",
             """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b71","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"note":"\ud83d\ude00 \u00e9"}}""");
 
         Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        const string Note = "\U0001F600 \u00e9";
+        // Publisher confirms: the command is in the queue by the time the 202 arrives.
+        var message = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
+        Assert.NotNull(message);
+        using (var envelope = JsonDocument.Parse(message.Body))
+        {
+            Assert.Equal(Note, envelope.RootElement.GetProperty("message").GetProperty("payload").GetProperty("note").GetString());
+        }
+
+        // The stored request (what a republish would send) reads the same.
+        await using var db = fixture.CreateDbContext();
+        var stored = await db.Jobs.AsNoTracking().Select(j => j.RequestBody).SingleAsync();
+        using var request = JsonDocument.Parse(stored!);
+        Assert.Equal(Note, request.RootElement.GetProperty("payload").GetProperty("note").GetString());
     }
 
     /// <summary>Hosts the worker would refuse to deliver to (loopback, private, link-local metadata, unique local, unspecified, localhost names), as written in URLs.</summary>

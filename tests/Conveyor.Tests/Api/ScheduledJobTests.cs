@@ -11,7 +11,11 @@ using System.Text.Json;
 
 namespace Conveyor.Tests.Api;
 
-/// <summary>Jobs submitted with <c>runAt</c>, and cancelling jobs before they run.</summary>
+/// <summary>
+/// Jobs submitted with <c>runAt</c>, and cancelling jobs before they run. Jobs are scheduled an hour
+/// ahead, so the dispatcher of the running worker cannot take them while the test looks at them or
+/// cancels them, and are made due by moving their stored due time (<see cref="MakeDueAsync"/>).
+/// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
 {
@@ -31,7 +35,7 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
         await using var api = await fixture.StartApiAsync();
         var paymentId = Guid.NewGuid();
-        var runAt = DateTimeOffset.UtcNow.AddSeconds(3);
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
 
         var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, runAt));
 
@@ -48,14 +52,16 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
             using var envelope = JsonDocument.Parse(message.Body);
             Assert.Equal("urn:message:Conveyor.Contracts.Payments:ChargePayment", envelope.RootElement.GetProperty("messageType")[0].GetString());
             Assert.Equal(paymentId, envelope.RootElement.GetProperty("message").GetProperty("paymentId").GetGuid());
+            Assert.Equal(runAt.ToUnixTimeMilliseconds(), message.DueAt.ToUnixTimeMilliseconds());
         }
 
+        var dueAt = await MakeDueAsync();
         var done = await WaitForStatusAsync(api, accepted.JobId, JobStatus.Succeeded);
 
-        Assert.True(done.FinishedAt >= runAt, $"finished {done.FinishedAt:O}, due {runAt:O}");
+        Assert.True(done.FinishedAt >= dueAt, $"finished {done.FinishedAt:O}, due {dueAt:O}");
         Assert.Equal(1, done.Attempts);
         Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString()));
-        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+        Assert.Equal(1, _gateway.SuccessfulRequestsFor(paymentId.ToString()));
         await using (var db = fixture.CreateDbContext())
         {
             Assert.Equal(0, await db.ScheduledMessages.CountAsync());
@@ -68,13 +74,14 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
         await using var api = await fixture.StartApiAsync();
         var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
-            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(2)));
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
         // Without its row the worker creates one, under the id the envelope's headers carry.
         await using (var db = fixture.CreateDbContext())
         {
-            await db.Jobs.Where(j => j.Id == accepted.JobId).ExecuteDeleteAsync();
+            Assert.Equal(1, await db.Jobs.Where(j => j.Id == accepted.JobId).ExecuteDeleteAsync());
         }
 
+        await MakeDueAsync();
         await WaitForStatusAsync(api, accepted.JobId, JobStatus.Succeeded);
     }
 
@@ -84,7 +91,7 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
         await using var api = await fixture.StartApiAsync();
         var paymentId = Guid.NewGuid();
-        var runAt = DateTimeOffset.UtcNow.AddSeconds(3);
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
         var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, runAt));
 
         using (var response = await api.Client.CancelJobAsync(accepted.JobId))
@@ -106,9 +113,11 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
             Assert.Equal(HttpStatusCode.OK, again.StatusCode);
         }
 
-        // A job due after it has run: the dispatcher has passed the cancelled job's due time.
+        // Everything scheduled is made due, and a job scheduled after the cancelled one has run: the
+        // dispatcher had its chance at whatever the cancel might have left behind.
         var later = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
             JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt.AddSeconds(1)));
+        await MakeDueAsync();
         await WaitForStatusAsync(api, later.JobId, JobStatus.Succeeded);
 
         Assert.Equal(JobStatus.Cancelled, (await api.Client.GetJobAsync(accepted.JobId)).Status);
@@ -140,8 +149,8 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
         var next = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
         await WaitForStatusAsync(api, next.JobId, JobStatus.Succeeded);
-        await Eventually.AssertAsync(async () =>
-            Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, JobKinds.ChargePayment))?.Messages));
+        // The cancelled command was handled too (acked without running), and nothing waits behind it.
+        await fixture.AssertDrainedAsync(worker, JobKinds.ChargePayment);
 
         var cancelled = await api.Client.GetJobAsync(queued.JobId);
         Assert.Equal(JobStatus.Cancelled, cancelled.Status);
@@ -200,6 +209,20 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal(["accountId", "runAt"], (await response.ReadErrorFieldsAsync()).Order(StringComparer.Ordinal));
+    }
+
+    /// <summary>
+    /// Makes every scheduled message due now, and wakes the dispatchers as the Api does when it stores
+    /// one (NOTIFY); returns the due time set.
+    /// </summary>
+    private async Task<DateTimeOffset> MakeDueAsync()
+    {
+        var now = DateTimeOffset.UtcNow;
+        await using var db = fixture.CreateDbContext();
+        await db.ScheduledMessages.ExecuteUpdateAsync(set => set.SetProperty(m => m.DueAt, now));
+        var dueAt = now.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await db.Database.ExecuteSqlInterpolatedAsync($"SELECT pg_notify({Conveyor.Worker.Redelivery.RedeliveryStore.Channel}, {dueAt})");
+        return now;
     }
 
     private static async Task<JobDetails> WaitForStatusAsync(RunningApp api, Guid jobId, string status)

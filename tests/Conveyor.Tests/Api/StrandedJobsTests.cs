@@ -162,7 +162,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
         await Eventually.AssertAsync(async () => Assert.Equal(0u, await _channel.MessageCountAsync(JobKinds.ChargePayment)));
         Assert.Equal(1, gateway.RequestsFor(paymentId.ToString()));
-        Assert.Equal(1, gateway.ChargesFor(paymentId.ToString()));
+        Assert.Equal(1, gateway.SuccessfulRequestsFor(paymentId.ToString()));
         var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
         Assert.Equal(1, PrometheusText.Sum(metrics, "conveyor_jobs_republished_total", "kind=\"charge-payment\""));
     }

@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Tests.Observability;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.EndToEnd;
@@ -49,7 +50,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(1, job.GetProperty("attempts").GetInt32());
         Assert.Equal(JsonValueKind.Null, job.GetProperty("lastError").ValueKind);
 
-        Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString()));
+        Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString()));
         var charge = Assert.Single(_gateway.Charges);
         Assert.Equal(("acct-e2e", 1999L, "EUR"), (charge.AccountId, charge.AmountMinor, charge.Currency));
         await using var db = fixture.CreateDbContext();
@@ -95,12 +96,20 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal("queued", early.GetProperty("status").GetString());
 
         var waiting = _api.Client.GetFromJsonAsync<JsonElement>($"/api/jobs/{jobId}?waitSeconds=30");
+        // The job ends only once the wait is under way: the Api counts it in flight, beside the scrape
+        // that asks (GETs only: the charge held at the in-process gateway is a POST).
+        await Eventually.AssertAsync(async () =>
+        {
+            var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+            Assert.True(PrometheusText.Sum(metrics, "http_server_active_requests", "http_request_method=\"GET\"") >= 2, "the wait is not in flight yet");
+        });
         release.Set();
         var ended = await waiting;
 
         Assert.Equal("succeeded", ended.GetProperty("status").GetString());
         Assert.Equal(jobId, ended.GetProperty("jobId").GetGuid());
         Assert.Single(_gateway.Charges);
+        Assert.Equal(1, _gateway.TotalRequests);
     }
 
     [Fact]
@@ -119,7 +128,7 @@ public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
             await WaitForStatusAsync(job.GetProperty("jobId").GetGuid(), "succeeded");
         }
 
-        Assert.All(paymentIds, paymentId => Assert.Equal(1, _gateway.ChargesFor(paymentId.ToString())));
+        Assert.All(paymentIds, paymentId => Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString())));
         Assert.Equal(paymentIds.Count, _gateway.Charges.Count);
         Assert.Equal(100 + 7, _gateway.Charges.Single(c => c.AccountId == "acct-batch-7").AmountMinor);
         await using var db = fixture.CreateDbContext();

@@ -48,7 +48,8 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
 
         await using var broker = await TestBroker.ConnectAsync(fixture);
         await Eventually.AssertAsync(async () => Assert.Equal((uint)Charges, await broker.CountAsync(ErrorQueueKit.ChargeErrors)));
-        Assert.Empty(_gateway.Charges);
+        // Each payment asked for once, and refused.
+        Assert.All(payments, payment => Assert.Equal(1, _gateway.RequestsFor(payment.ToString())));
 
         _gateway.FailEverythingWith = null;
         using var admin = ErrorQueueKit.Client(_api.BaseAddress);
@@ -61,7 +62,9 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
             await using var db = fixture.CreateDbContext();
             Assert.Equal(Charges, await db.Ledger.CountAsync());
         });
-        Assert.All(payments, payment => Assert.Equal(1, _gateway.ChargesFor(payment.ToString())));
+        await fixture.AssertDrainedAsync(_worker, ErrorQueueKit.ChargeQueue);
+        // The refused request and one more that charged: the copy moved back ran once.
+        Assert.All(payments, payment => Assert.Equal((2, 1), (_gateway.RequestsFor(payment.ToString()), _gateway.SuccessfulRequestsFor(payment.ToString()))));
         Assert.Equal(Charges, _gateway.Charges.Count);
         await using (var db = fixture.CreateDbContext())
         {

@@ -31,7 +31,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(3, job.Attempts);
         Assert.Null(job.LastError);
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
-        Assert.Equal(1, gateway.ChargesFor(payment.PaymentId.ToString()));
+        Assert.Equal(1, gateway.SuccessfulRequestsFor(payment.PaymentId.ToString()));
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment.PaymentId));
     }
@@ -78,8 +78,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
         gateway.FailEverythingWith = HttpStatusCode.BadGateway;
-        var requests = new List<DateTimeOffset>();
-        gateway.OnRequest = () => { lock (requests) { requests.Add(DateTimeOffset.UtcNow); } };
+        await using var stored = await StoredRedeliveries.StartAsync(fixture);
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway,
             ("Consumers:ChargePayment:RetryLimit", "0"),
             ("Consumers:ChargePayment:RedeliveryLimit", "2"),
@@ -102,17 +101,24 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         });
         var job = await WaitForJobAsync(payment.PaymentId, JobStatus.DeadLettered);
         Assert.Equal(3, job.Attempts);
+        Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
 
-        DateTimeOffset[] times;
-        lock (requests)
-        {
-            times = [.. requests];
-        }
-
-        Assert.Equal(3, times.Length);
-        // Never early: each gap is at least the configured delay less its jitter (and a little clock slack).
-        Assert.True(times[1] - times[0] >= TimeSpan.FromMilliseconds(1500 * 0.9 - 50), $"first redelivery after {times[1] - times[0]}");
-        Assert.True(times[2] - times[1] >= TimeSpan.FromMilliseconds(3000 * 0.9 - 50), $"second redelivery after {times[2] - times[1]}");
+        // The schedule as the worker stored it, on its own clock. The first delay counts from the
+        // failure's time, which the worker stores with it (the first failure's header): exactly the
+        // base delay within its jitter.
+        var rows = await stored.ReadAsync();
+        Assert.Equal([1, 2], rows.Select(r => r.Attempt));
+        var (first, second) = (rows[0], rows[1]);
+        var failedAt = DateTimeOffset.Parse(first.FirstFailureAt!, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange((first.DueAt - failedAt).TotalMilliseconds, 1500 * 0.9, 1500 * 1.1);
+        // The second failure's own time is not stored; created_at is read a moment after it, in the same
+        // method with no I/O between (half a second covers that many times over), so this is the
+        // doubled delay within its jitter, and not the base delay or a tripled one.
+        Assert.InRange((second.DueAt - second.CreatedAt).TotalMilliseconds, 3000 * 0.9 - 500, 3000 * 1.1);
+        // Never early: the second failure came once the first redelivery was due, the last (the one
+        // that dead-lettered the job) once the second was.
+        Assert.True(second.CreatedAt >= first.DueAt, $"second failure at {second.CreatedAt:O}, first redelivery due {first.DueAt:O}");
+        Assert.True(job.FinishedAt >= second.DueAt, $"last failure at {job.FinishedAt:O}, second redelivery due {second.DueAt:O}");
         await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
         RawAmqpProducer.TakenMessage? dead = null;
         await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync("charge-payment_error")));
@@ -135,7 +141,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
             ("Consumers:ChargePayment:RetryLimit", "0"),
             ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "3000"),
             ("Consumers:ChargePayment:KillSwitchTripPercent", "0"));
-        var first = await fixture.StartWorkerAsync(settings);
+        await using var first = await fixture.StartWorkerAsync(settings);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var sent = Enumerable.Range(0, payments).Select(_ => Payment()).ToList();
         await Task.WhenAll(sent.Select(p => publisher.PublishAsync(p)));
@@ -145,7 +151,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
             await using var db = fixture.CreateDbContext();
             Assert.Equal(payments, await db.ScheduledMessages.CountAsync());
         });
-        await first.DisposeAsync();
+        await first.StopAsync();
         gateway.FailEverythingWith = null;
 
         await using (var db = fixture.CreateDbContext())
@@ -163,7 +169,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         await using var check = fixture.CreateDbContext();
         Assert.Equal(payments, await check.Ledger.CountAsync());
         Assert.Equal(0, await check.ScheduledMessages.CountAsync());
-        Assert.All(sent, p => Assert.Equal(1, gateway.ChargesFor(p.PaymentId.ToString())));
+        Assert.All(sent, p => Assert.Equal(1, gateway.SuccessfulRequestsFor(p.PaymentId.ToString())));
     }
 
     private async Task<Job> WaitForJobAsync(Guid businessId, string status)
@@ -212,6 +218,61 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(RawAmqpProducer.EnvelopeContentType, stored.ContentType);
         using var headers = JsonDocument.Parse(stored.Headers);
         Assert.Equal("beforeafter", headers.RootElement.GetProperty("X-Trace-Note").GetString());
+    }
+
+    /// <summary>
+    /// A copy of every row stored in <c>scheduled_messages</c> while the test runs, made by a trigger:
+    /// the dispatcher deletes a row as soon as it has published it, before a test could be sure to read it.
+    /// </summary>
+    private sealed class StoredRedeliveries(ConveyorFixture fixture) : IAsyncDisposable
+    {
+        public static async Task<StoredRedeliveries> StartAsync(ConveyorFixture fixture)
+        {
+            await using var db = fixture.CreateDbContext();
+            await db.Database.ExecuteSqlRawAsync("""
+                CREATE TABLE test_stored_redeliveries (attempt integer, due_at timestamptz, created_at timestamptz, first_failure_at text);
+                CREATE FUNCTION test_copy_stored_redelivery() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                  INSERT INTO test_stored_redeliveries VALUES (NEW.attempt, NEW.due_at, NEW.created_at, NEW.headers ->> 'Conveyor-First-Failure-At');
+                  RETURN NULL;
+                END $$;
+                CREATE TRIGGER test_copy_stored_redelivery AFTER INSERT ON scheduled_messages
+                  FOR EACH ROW EXECUTE FUNCTION test_copy_stored_redelivery();
+                """);
+            return new StoredRedeliveries(fixture);
+        }
+
+        public async Task<IReadOnlyList<Row>> ReadAsync()
+        {
+            await using var connection = new Npgsql.NpgsqlConnection(fixture.ConnectionString);
+            await connection.OpenAsync();
+            await using var select = new Npgsql.NpgsqlCommand(
+                "SELECT attempt, due_at, created_at, first_failure_at FROM test_stored_redeliveries ORDER BY attempt", connection);
+            await using var reader = await select.ExecuteReaderAsync();
+            var rows = new List<Row>();
+            while (await reader.ReadAsync())
+            {
+                rows.Add(new Row(
+                    reader.GetInt32(0),
+                    reader.GetFieldValue<DateTimeOffset>(1),
+                    reader.GetFieldValue<DateTimeOffset>(2),
+                    reader.IsDBNull(3) ? null : reader.GetString(3)));
+            }
+
+            return rows;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await using var db = fixture.CreateDbContext();
+            await db.Database.ExecuteSqlRawAsync("""
+                DROP TRIGGER IF EXISTS test_copy_stored_redelivery ON scheduled_messages;
+                DROP FUNCTION IF EXISTS test_copy_stored_redelivery();
+                DROP TABLE IF EXISTS test_stored_redeliveries;
+                """);
+        }
+
+        public sealed record Row(int Attempt, DateTimeOffset DueAt, DateTimeOffset CreatedAt, string? FirstFailureAt);
     }
 
     private static Dictionary<string, string?> Settings(FakePaymentGateway? gateway, params (string Key, string Value)[] overrides) =>

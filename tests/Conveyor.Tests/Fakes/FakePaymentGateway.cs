@@ -16,11 +16,17 @@ namespace Conveyor.Tests.Fakes;
 /// <c>Idempotency-Key</c> charges once per key and answers repeats with the first charge. It counts
 /// everything, can be slowed down, and can be told to fail.
 /// </summary>
+/// <remarks>
+/// Because it charges once per key, <see cref="Charges"/> can never show a payment run twice. What
+/// shows it is the number of requests: <see cref="RequestsFor"/> (every request) and
+/// <see cref="SuccessfulRequestsFor"/> (requests answered with the charge).
+/// </remarks>
 public sealed class FakePaymentGateway : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ConcurrentDictionary<string, Charge> _charges = new();
     private readonly ConcurrentDictionary<string, int> _requests = new();
+    private readonly ConcurrentDictionary<string, int> _successes = new();
     private readonly ConcurrentQueue<HttpStatusCode> _scriptedFailures = new();
 
     private FakePaymentGateway(WebApplication app) => _app = app;
@@ -41,11 +47,18 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     /// <summary>How many different idempotency keys were asked for at least once.</summary>
     public int DistinctKeysRequested => _requests.Count;
 
+    /// <summary>One charge per Idempotency-Key that was charged, however often it was asked for.</summary>
     public IReadOnlyCollection<Charge> Charges => [.. _charges.Values];
 
+    /// <summary>Every request with this key, refused or answered.</summary>
     public int RequestsFor(string idempotencyKey) => _requests.GetValueOrDefault(idempotencyKey);
 
-    public int ChargesFor(string idempotencyKey) => _charges.ContainsKey(idempotencyKey) ? 1 : 0;
+    /// <summary>
+    /// Requests with this key answered with its charge: the one that charged, and every repeat after
+    /// it. More than one means the payment ran again after its charge had succeeded (the key kept the
+    /// money right), which only a lost result justifies: a killed worker, a commit cut off.
+    /// </summary>
+    public int SuccessfulRequestsFor(string idempotencyKey) => _successes.GetValueOrDefault(idempotencyKey);
 
     /// <summary>The next <paramref name="count"/> requests fail with <paramref name="status"/>.</summary>
     public void FailNext(int count, HttpStatusCode status)
@@ -103,6 +116,7 @@ public sealed class FakePaymentGateway : IAsyncDisposable
             body.RootElement.GetProperty("amountMinor").GetInt64(),
             body.RootElement.GetProperty("currency").GetString()!,
             context.Request.Headers.Authorization.ToString()));
+        _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
         return Results.Ok(new { id = charge.Id });
     }
 

@@ -4,7 +4,7 @@ using Xunit.Abstractions;
 namespace Conveyor.Tests.Faults;
 
 /// <summary>
-/// Each scenario's line: jobs accepted, processed, lost, applied twice. Written to the test output,
+/// Each scenario's line: jobs accepted, processed, lost, applied twice, charged again. Written to the test output,
 /// and appended to the file named by <c>CONVEYOR_FAULTS_REPORT</c> (bench/run.sh collects it into
 /// docs/benchmarks.md).
 /// </summary>
@@ -14,7 +14,7 @@ public static class FaultReport
 
     public static void Write(ITestOutputHelper output, string scenario, PaymentAudit audit, string details)
     {
-        output.WriteLine($"{scenario}: accepted {audit.Accepted}, processed {audit.Processed}, lost {audit.Lost}, applied twice {audit.AppliedTwice}; {details}");
+        output.WriteLine($"{scenario}: accepted {audit.Accepted}, processed {audit.Processed}, lost {audit.Lost}, applied twice {audit.AppliedTwice}, charged again {audit.ChargedAgain}; {details}");
         if (Environment.GetEnvironmentVariable("CONVEYOR_FAULTS_REPORT") is not { Length: > 0 } path)
         {
             return;
@@ -28,6 +28,7 @@ public static class FaultReport
             processed = audit.Processed,
             lost = audit.Lost,
             appliedTwice = audit.AppliedTwice,
+            chargedAgain = audit.ChargedAgain,
             details,
         });
         lock (FileLock)

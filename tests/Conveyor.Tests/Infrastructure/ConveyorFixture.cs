@@ -3,7 +3,9 @@ using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Worker;
 using Microsoft.AspNetCore.Builder;
+using MassTransit;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
 
 namespace Conveyor.Tests.Infrastructure;
@@ -141,10 +143,18 @@ public sealed class ConveyorFixture : IAsyncLifetime
         return RunningApp.StartAsync(args => ApiApp.Build(args, configure), Merge(settings), TestKeys.Admin);
     }
 
-    /// <summary>Starts a worker and waits until its bus is connected and its queues exist.</summary>
+    /// <summary>
+    /// Starts a worker and waits until its bus is connected and its queues exist. It counts the
+    /// messages it is handling (<see cref="InFlightMessages"/>, in its services).
+    /// </summary>
     public async Task<RunningApp> StartWorkerAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
     {
-        var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args, configure), Merge(overrides));
+        var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args, builder =>
+        {
+            builder.Services.AddSingleton<InFlightMessages>();
+            builder.Services.AddReceiveObserver(services => services.GetRequiredService<InFlightMessages>());
+            configure?.Invoke(builder);
+        }), Merge(overrides));
         await worker.WaitUntilReadyAsync();
         return worker;
     }

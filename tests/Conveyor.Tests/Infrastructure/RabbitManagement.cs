@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
@@ -67,8 +68,15 @@ public sealed class RabbitManagement : IDisposable
             : null;
     }
 
-    public async Task PurgeAsync(string vhost, string queue) =>
-        await _http.DeleteAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}/contents");
+    /// <summary>Empties <paramref name="queue"/>; one that no longer exists (a stopped bus's temporary queue) has nothing to empty.</summary>
+    public async Task PurgeAsync(string vhost, string queue)
+    {
+        using var response = await _http.DeleteAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}/contents");
+        if (response.StatusCode != HttpStatusCode.NotFound)
+        {
+            response.EnsureSuccessStatusCode();
+        }
+    }
 
     public void Dispose() => _http.Dispose();
 }
@@ -85,16 +93,20 @@ public sealed class ScratchVhost(string name, RabbitManagement rabbit) : IAsyncD
     public async ValueTask DisposeAsync() => await rabbit.DeleteVhostAsync(Name);
 }
 
-public sealed record QueueInfo(string Name, long Messages, long Ready, long Unacked, int Consumers)
+/// <summary>
+/// A queue as the management API last sampled it (every few seconds): figures lag behind the queue,
+/// and are null until the first sample after the queue was declared, never 0 for "not known". For an
+/// exact count at the moment of asking, see <see cref="BrokerQueues"/>.
+/// </summary>
+public sealed record QueueInfo(string Name, long? Messages, long? Ready, long? Unacked, int? Consumers)
 {
     public static QueueInfo From(JsonElement queue) => new(
         queue.GetProperty("name").GetString()!,
         Long(queue, "messages"),
         Long(queue, "messages_ready"),
         Long(queue, "messages_unacknowledged"),
-        (int)Long(queue, "consumers"));
+        (int?)Long(queue, "consumers"));
 
-    // Counters appear a moment after a queue is declared.
-    private static long Long(JsonElement queue, string name) =>
-        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;
+    private static long? Long(JsonElement queue, string name) =>
+        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : null;
 }

@@ -3,10 +3,15 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.Worker;
 
 [Collection(ConveyorCollection.Name)]
-public sealed class QuorumQueueTests(ConveyorFixture fixture)
+public sealed class QuorumQueueTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";
     private const string ChargeUrn = "urn:message:Conveyor.Contracts.Payments:ChargePayment";
+
+    /// <summary>Every worker here uses the run's database, whatever its vhost: none may find an earlier test's rows.</summary>
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
 
     [Fact]
     public async Task With_quorum_queues_on_the_worker_declares_its_job_queues_as_quorum_queues()
