@@ -46,6 +46,8 @@ public sealed class BrokerOutageTests(ConveyorFixture fixture, ITestOutputHelper
         }
 
         workerSettings["RabbitMq:Port"] = Port(workerBroker);
+        // Declared now (MassTransit would only at its first dead-letter), so it is counted exactly at the end.
+        await fixture.DeclareAsync("charge-payment_error");
         await using var worker = await ServiceProcess.StartWorkerAsync(workerSettings);
 
         using var answers = new RetryAfterCounter(new SocketsHttpHandler());
@@ -82,11 +84,11 @@ public sealed class BrokerOutageTests(ConveyorFixture fixture, ITestOutputHelper
             await AssertReadyAsync(worker.BaseAddress);
 
             var audit = await PaymentAudit.SettleAsync(fixture, gateway, submissions.Accepted, TimeSpan.FromMinutes(2));
-            var errorQueue = await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "charge-payment_error");
+            var errorMessages = await fixture.ReadyAsync("charge-payment_error");
             var whileCut = Difference(atRestore, atCut);
             var afterRestore = Difference(submissions.Outcomes, atRestore);
             FaultReport.Write(output, $"RabbitMQ connections cut for {Outage.TotalSeconds:0} s mid-run (relay)", audit,
-                $"submissions at {PerSecond}/s from {AcceptedBefore} accepted before to {AcceptedAfter} accepted after the cut ({acceptedAtRestore} accepted before the restore); answers: {submissions.Describe()}; while cut: {whileCut}; after the restore: {afterRestore}; {answers.Describe()}; reconnection attempts refused while cut: Api {apiBroker.Refused}, worker {workerBroker.Refused}; {submissions.DescribeLatency()}; worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorQueue?.Messages ?? 0} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost); {audit.GatewayRequests} gateway requests");
+                $"submissions at {PerSecond}/s from {AcceptedBefore} accepted before to {AcceptedAfter} accepted after the cut ({acceptedAtRestore} accepted before the restore); answers: {submissions.Describe()}; while cut: {whileCut}; after the restore: {afterRestore}; {answers.Describe()}; reconnection attempts refused while cut: Api {apiBroker.Refused}, worker {workerBroker.Refused}; {submissions.DescribeLatency()}; worker {(worker.HasExited ? "exited" : "kept running")}; {audit.DeadLettered} dead-lettered, {errorMessages} in charge-payment_error, {audit.ProcessedNotAccepted} processed though refused (confirm lost); {audit.GatewayRequests} gateway requests");
 
             // A client that kept its connection would never have tried again.
             Assert.True(apiBroker.Refused > 0, "the Api never reconnected while cut: its connection was not severed");
@@ -99,7 +101,7 @@ public sealed class BrokerOutageTests(ConveyorFixture fixture, ITestOutputHelper
             Assert.Equal(0, audit.Lost);
             Assert.Equal(0, audit.AppliedTwice);
             Assert.Equal(0, audit.DeadLettered);
-            Assert.Equal(0, errorQueue?.Messages ?? 0);
+            Assert.Equal(0u, errorMessages);
         }
         catch (Exception)
         {

@@ -91,24 +91,6 @@ public sealed class ConveyorFixture : IAsyncLifetime
         Password = _servers.RabbitPassword,
     };
 
-    /// <summary>
-    /// The ready messages of a queue in this run's vhost, exact (a passive declare, unlike the management
-    /// API's sampled counters); null when the queue does not exist.
-    /// </summary>
-    public async Task<uint?> ReadyCountAsync(string queue)
-    {
-        await using var connection = await AmqpFactory().CreateConnectionAsync("conveyor-tests-count");
-        await using var channel = await connection.CreateChannelAsync();
-        try
-        {
-            return (await channel.QueueDeclarePassiveAsync(queue)).MessageCount;
-        }
-        catch (RabbitMQ.Client.Exceptions.OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == 404)
-        {
-            return null;
-        }
-    }
-
     /// <summary>This run's broker and vhost as the services' options, for components a test builds itself.</summary>
     public RabbitMqOptions RabbitOptions() => new()
     {

@@ -75,6 +75,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         var report = NewReport(pageSize: 1);
         var key = report.ReportId.ToString();
         using var skipped = new DuplicatesSkipped(Queue);
+        await fixture.DeclareAsync(Queue + "_skipped");
         await using var worker = await fixture.StartWorkerAsync(SlowReports());
         await using var publisher = await TestPublisher.StartAsync(fixture);
         await publisher.PublishAsync(report);
@@ -113,7 +114,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         await Eventually.AssertAsync(() => Assert.Equal(1, skipped.Count), TimeSpan.FromSeconds(60));
         // Settled by the inbox, not left to MassTransit's _skipped queue (stopping lets it finish the copy).
         await worker.StopAsync();
-        Assert.Equal(0u, await fixture.ReadyCountAsync(Queue + "_skipped") ?? 0u);
+        Assert.Equal(0u, await fixture.ReadyAsync(Queue + "_skipped"));
         await using var check = fixture.CreateDbContext();
         Assert.Equal(OtherWorkersTotals, (await check.Reports.SingleAsync()).Totals);
         var done = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
