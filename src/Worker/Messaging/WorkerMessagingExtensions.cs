@@ -30,7 +30,7 @@ public static class WorkerMessagingExtensions
                 .ValidateOnStart();
         }
 
-        // In-memory retries must end well within RabbitMQ's consumer_timeout; a report's run is only warned about.
+        // In-memory retries must end well within RabbitMQ's consumer_timeout; a report's run budget is only logged.
         services.AddSingleton<IValidateOptions<ConsumerEndpointOptions>, ConsumerTimeoutValidator>();
         services.AddHostedService<LongJobRunBudget>();
 
