@@ -24,12 +24,14 @@ public sealed partial class RedeliveryFilter<T>(
 {
     public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
     {
+        var attempts = new FaultHoldingConsumeContext(context);
         try
         {
-            await next.Send(context);
+            await next.Send(attempts);
         }
         catch (Exception exception) when (DatabaseFailures.IsUnavailable(exception))
         {
+            await attempts.RecordHeldAsync();
             // The failure is the worker's own database, not the job: the attempt decided nothing.
             // Storing a redelivery would need that same database, and _error would lose the job
             // for an outage, so the message goes back to its queue with its budget untouched
@@ -40,6 +42,7 @@ public sealed partial class RedeliveryFilter<T>(
         {
             if (!context.TryGetMessage<T>(out var typed))
             {
+                await attempts.PublishHeldAsync();
                 throw;
             }
 
@@ -65,8 +68,11 @@ public sealed partial class RedeliveryFilter<T>(
             }
             catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure))
             {
+                await attempts.RecordHeldAsync();
                 throw new RequeueRequestedException("The redelivery store is unavailable; the message goes back to its queue", storeFailure);
             }
+
+            await attempts.RecordHeldAsync();
 
             try
             {
@@ -84,6 +90,12 @@ public sealed partial class RedeliveryFilter<T>(
             {
                 await faultObserver.ConsumeFault(typed, exception);
             }
+        }
+        catch (Exception)
+        {
+            // On its way to _error: now the fault is final, and its event is published once.
+            await attempts.PublishHeldAsync();
+            throw;
         }
     }
 

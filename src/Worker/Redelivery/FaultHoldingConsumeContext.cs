@@ -1,0 +1,41 @@
+using MassTransit;
+using MassTransit.Context;
+
+namespace Conveyor.Worker.Redelivery;
+
+/// <summary>
+/// The consume context below the redelivery filter. MassTransit publishes a <c>Fault&lt;T&gt;</c> event
+/// whenever a consumer throws; with attempts retried in memory and redelivered later, subscribers
+/// would hear of a failure for every attempt of a job that may yet succeed. So a failed attempt's
+/// fault is held (as MassTransit's own retry holds its faults): dropped when a later attempt succeeds,
+/// recorded on the received message without an event when the message will be tried again, and
+/// published once, for the last attempt, when the message goes to <c>_error</c>.
+/// </summary>
+public sealed class FaultHoldingConsumeContext(ConsumeContext context) : ConsumeContextProxy(context)
+{
+    private Func<bool, Task>? _held;
+
+    public override Task NotifyFaulted<T>(ConsumeContext<T> context, TimeSpan duration, string consumerType, Exception exception)
+    {
+        _held = publish => publish
+            ? base.NotifyFaulted(context, duration, consumerType, exception)
+            : ReceiveContext.NotifyFaulted(context, duration, consumerType, exception);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>The last attempt's fault, event included: the message is on its way to <c>_error</c>.</summary>
+    public Task PublishHeldAsync() => Release(publish: true);
+
+    /// <summary>
+    /// The last attempt's fault on the received message only (observers see it, no event is published):
+    /// the message will be tried again, from the redelivery store or from its queue.
+    /// </summary>
+    public Task RecordHeldAsync() => Release(publish: false);
+
+    private Task Release(bool publish)
+    {
+        var held = _held;
+        _held = null;
+        return held?.Invoke(publish) ?? Task.CompletedTask;
+    }
+}
