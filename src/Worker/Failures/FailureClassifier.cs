@@ -16,6 +16,8 @@ public static class FailureClassifier
         PermanentFailureException => false,
         TransientFailureException => true,
         RequeueRequestedException => true,
+        // Out of time on this delivery, not wrong: a redelivery brings a fresh one.
+        DeliveryDeadlineException => true,
         // What broke the commit decides: an unavailable database or a deadlock passes, a constraint
         // this message's own effect violates (its batch fell back to one transaction per message) does not.
         InboxBatchFailedException { InnerException: { } inner } => IsTransient(inner),

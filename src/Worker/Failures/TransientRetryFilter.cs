@@ -27,6 +27,8 @@ public sealed class TransientRetryFilter(RetryIntervals intervals, TimeProvider 
             }
             catch (Exception exception) when (retry < intervals.RetryLimit
                 && FailureClassifier.IsTransient(exception)
+                // The delivery is at its consumer_timeout: a retry on it would be cut off at once.
+                && exception is not DeliveryDeadlineException
                 && !context.CancellationToken.IsCancellationRequested)
             {
                 await Task.Delay(intervals.Interval(retry, Random.Shared.NextDouble()), time, context.CancellationToken);

@@ -1,6 +1,8 @@
 using System.Globalization;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
+using Conveyor.Worker.Failures;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
 using Conveyor.Worker.Redelivery;
@@ -15,6 +17,10 @@ namespace Conveyor.Worker.Inbox;
 /// a short transaction, renew it by heartbeat while the consumer runs, then write the consumer's
 /// results, the inbox <c>done</c> mark and the job's success in one final transaction. A copy
 /// that finds a live lease is stored for redelivery when the lease would expire, and acked.
+/// The delivery itself stays unacked for the whole run, so a run still going when the delivery nears
+/// RabbitMQ's consumer_timeout is stopped (<see cref="DeliveryDeadline"/>) and fails with a
+/// <see cref="DeliveryDeadlineException"/>: a delayed redelivery while the budget lasts, then
+/// <c>_error</c>, instead of the broker closing the channel and the job starting over forever.
 /// </summary>
 public sealed partial class LeaseInboxFilter<T>(
     ConveyorDbContext db,
@@ -22,6 +28,7 @@ public sealed partial class LeaseInboxFilter<T>(
     JobTracker tracker,
     RedeliveryStore redeliveries,
     IOptionsMonitor<ConsumerEndpointOptions> endpointOptions,
+    IOptions<RabbitMqOptions> rabbitMq,
     TimeProvider time,
     IServiceProvider services,
     ILogger<LeaseInboxFilter<T>> logger) : IFilter<ConsumeContext<T>>
@@ -36,6 +43,8 @@ public sealed partial class LeaseInboxFilter<T>(
         var job = new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context));
         var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
         var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
+        // A delivery that waited (prefetched, or through earlier attempts) until no time is left gets no run.
+        ThrowIfOutOfTime(context, DeliveryTimeLeft(context), consumerId, key);
 
         if (await TryClaimAsync(consumerId, key, context.MessageId, owner, lease, cancellationToken) is not { } leasedUntil)
         {
@@ -98,7 +107,8 @@ public sealed partial class LeaseInboxFilter<T>(
         // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then
         // on another worker may take it over at any moment); each renewal puts it off.
         using var leaseLost = new CancellationTokenSource(Until(leasedUntil), time);
-        using var run = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, leaseLost.Token);
+        using var outOfTime = new CancellationTokenSource(DeliveryTimeLeft(context) is { } left ? Positive(left) : Timeout.InfiniteTimeSpan, time);
+        using var run = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, leaseLost.Token, outOfTime.Token);
         using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
         var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, leaseLost, heartbeatStop.Token);
         try
@@ -110,6 +120,11 @@ public sealed partial class LeaseInboxFilter<T>(
             // However it ended, the run is no longer ours to commit or to count as failed.
             LogRunAbandoned(consumerId, key);
             return false;
+        }
+        catch (Exception) when (outOfTime.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            // Not wrapped: how the run ended (a cancelled query, say) must not be taken for the failure.
+            throw OutOfTime(context, consumerId, key);
         }
         finally
         {
@@ -202,10 +217,31 @@ public sealed partial class LeaseInboxFilter<T>(
         }
     }
 
-    private TimeSpan Until(DateTimeOffset moment)
+    private TimeSpan Until(DateTimeOffset moment) => Positive(moment - time.GetUtcNow());
+
+    private static TimeSpan Positive(TimeSpan span) => span > TimeSpan.Zero ? span : TimeSpan.Zero;
+
+    /// <summary>How long the delivery may stay unacked from now; null when the broker has no consumer_timeout.</summary>
+    private TimeSpan? DeliveryTimeLeft(ConsumeContext context) =>
+        DeliveryDeadline.Of(rabbitMq.Value.ConsumerTimeoutSeconds) - context.ReceiveContext.ElapsedTime;
+
+    private void ThrowIfOutOfTime(ConsumeContext context, TimeSpan? left, string consumerId, string key)
     {
-        var left = moment - time.GetUtcNow();
-        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+        if (left <= TimeSpan.Zero)
+        {
+            throw OutOfTime(context, consumerId, key);
+        }
+    }
+
+    private DeliveryDeadlineException OutOfTime(ConsumeContext context, string consumerId, string key)
+    {
+        var unacked = context.ReceiveContext.ElapsedTime.TotalSeconds.ToString("0", CultureInfo.InvariantCulture);
+        var timeout = rabbitMq.Value.ConsumerTimeoutSeconds;
+        LogOutOfTime(consumerId, key, unacked, timeout);
+        var message = $"Stopped: the delivery had been unacked for {unacked} s, close to RabbitMQ's consumer_timeout " +
+            $"(RabbitMq:ConsumerTimeoutSeconds {timeout} s), which would close the channel and start the job over. " +
+            "It goes to a delayed redelivery (a fresh delivery) while redeliveries last, then to _error.";
+        return new DeliveryDeadlineException(message);
     }
 
     private async Task<bool> CompleteAsync(JobRef job, string consumerId, string key, string owner, bool succeeded, CancellationToken cancellationToken)
@@ -274,6 +310,9 @@ public sealed partial class LeaseInboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the run was stopped because its lease was lost; its results are dropped and the message is parked")]
     private partial void LogRunAbandoned(string consumerId, string key);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: stopped after its delivery was unacked for {UnackedSeconds} s, near RabbitMQ's consumer_timeout ({ConsumerTimeoutSeconds} s); it fails as out of time")]
+    private partial void LogOutOfTime(string consumerId, string key, string unackedSeconds, int consumerTimeoutSeconds);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: lease heartbeat failed")]
     private partial void LogHeartbeatFailed(Exception exception, string consumerId, string key);

@@ -6,13 +6,13 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Worker.Messaging;
 
 /// <summary>
-/// Says at start how long a report may run before RabbitMQ's consumer_timeout takes it away (as
-/// information: it states what the settings allow, not a fault). A long job
-/// holds its delivery unacked for its whole run (the lease keeps the database transaction short, not
-/// the delivery), and nothing bounds a run: a report whose delivery outlives consumer_timeout has its
-/// channel closed, which cancels the run, and is delivered again to start over, every time. The
-/// budget is the timeout shared by every run one delivery can see (<see cref="UnackedHold"/>: its
-/// in-memory retries, and the runs of the delivery prefetched ahead of it).
+/// Says at start how long a report may run within RabbitMQ's consumer_timeout (as information: it
+/// states what the settings allow, not a fault). A long job holds its delivery unacked for its whole
+/// run (the lease keeps the database transaction short, not the delivery); a run still going when its
+/// delivery nears the timeout is stopped and fails as out of time (<see cref="DeliveryDeadline"/>).
+/// How much of that time a run gets depends on what shares the delivery: in the worst case the
+/// timeout is split over every run one delivery can see (<see cref="UnackedHold"/>: its in-memory
+/// retries, and the runs of the delivery prefetched ahead of it).
 /// </summary>
 internal sealed partial class LongJobRunBudget(
     IOptionsMonitor<ConsumerEndpointOptions> endpoints,
@@ -22,14 +22,15 @@ internal sealed partial class LongJobRunBudget(
     public Task StartAsync(CancellationToken cancellationToken)
     {
         var consumerTimeout = rabbitMq.Value.ConsumerTimeoutSeconds;
-        if (consumerTimeout > 0)
+        if (DeliveryDeadline.Of(consumerTimeout) is { } deadline)
         {
             var options = endpoints.Get(GenerateReportConsumerDefinition.ConsumerName);
             var hold = UnackedHold.Of(options, TimeSpan.Zero);
             var endpoint = $"{ConsumerEndpointOptions.SectionName}:{GenerateReportConsumerDefinition.ConsumerName}";
-            var budget = Seconds(hold.AttemptBudget(TimeSpan.FromSeconds(consumerTimeout)));
+            var budget = Seconds(hold.AttemptBudget(deadline));
             var waits = Seconds(hold.RetryWaits * hold.Handlings);
-            LogRunBudget(endpoint, budget, consumerTimeout, hold.Handlings * hold.Attempts, options.RetryLimit, options.PrefetchCount, options.ConcurrentMessageLimit, waits);
+            var stopAt = Seconds(deadline);
+            LogRunBudget(endpoint, stopAt, consumerTimeout, budget, hold.Handlings * hold.Attempts, options.RetryLimit, options.PrefetchCount, options.ConcurrentMessageLimit, waits);
         }
 
         return Task.CompletedTask;
@@ -40,11 +41,11 @@ internal sealed partial class LongJobRunBudget(
     private static string Seconds(TimeSpan time) => time.TotalSeconds.ToString("0.#", CultureInfo.InvariantCulture);
 
     [LoggerMessage(Level = LogLevel.Information,
-        Message = "{Endpoint}: a report holds its delivery unacked while it runs, and nothing limits a run. A run longer than {BudgetSeconds} s " +
-            "can outlast RabbitMQ's consumer_timeout (RabbitMq:ConsumerTimeoutSeconds {ConsumerTimeoutSeconds} s), which closes the channel, cancels the run " +
-            "and delivers the report again, to start over: one delivery can wait through {Runs} runs ((RetryLimit {RetryLimit} + 1) attempts " +
+        Message = "{Endpoint}: a report holds its delivery unacked while it runs. A run still going when its delivery has been unacked for {DeadlineSeconds} s " +
+            "(RabbitMq:ConsumerTimeoutSeconds {ConsumerTimeoutSeconds} s less a margin) is stopped and fails as out of time: a delayed redelivery, then _error. " +
+            "A run is sure of {BudgetSeconds} s: one delivery can wait through {Runs} runs ((RetryLimit {RetryLimit} + 1) attempts " +
             "× (PrefetchCount {PrefetchCount} / ConcurrentMessageLimit {ConcurrentMessageLimit}, rounded up) handlings, the delivery ahead of it included) " +
-            "and {WaitSeconds} s of retry waits. PrefetchCount 1 and RetryLimit 0 give a run the whole timeout")]
+            "and {WaitSeconds} s of retry waits. PrefetchCount 1 and RetryLimit 0 give a run the whole of it")]
     private partial void LogRunBudget(
-        string endpoint, string budgetSeconds, int consumerTimeoutSeconds, int runs, int retryLimit, int prefetchCount, int concurrentMessageLimit, string waitSeconds);
+        string endpoint, string deadlineSeconds, int consumerTimeoutSeconds, string budgetSeconds, int runs, int retryLimit, int prefetchCount, int concurrentMessageLimit, string waitSeconds);
 }

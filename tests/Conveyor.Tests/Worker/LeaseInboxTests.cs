@@ -4,6 +4,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
 using Conveyor.Storage.Reports;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Failures;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
@@ -183,6 +184,50 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.NotEqual(OtherWorkersTotals, stored.Totals);
         Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
         Assert.Equal(0, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, Queue + "_error"))?.Messages ?? 0);
+    }
+
+    [Fact]
+    public async Task A_run_that_would_outlast_its_deliverys_consumer_timeout_is_stopped_redelivered_once_then_dead_lettered()
+    {
+        await SeedLedgerAsync();
+        // 200 pages a quarter of a second apart: about 50 s, against a stated consumer_timeout of 10 s,
+        // whose deadline (less a 1 s margin) stops a run after 9 s unacked.
+        var report = NewReport(pageSize: 1);
+        var key = report.ReportId.ToString();
+        var settings = SlowReports().Override(
+            ("RabbitMq:ConsumerTimeoutSeconds", "10"),
+            ("RabbitMq:MaxRetryHoldPercent", "100"),
+            // The other endpoints' retries must fit the short timeout for the worker to start.
+            ("Consumers:ChargePayment:PrefetchCount", "1"),
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:PrefetchCount", "1"),
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:GenerateReport:PrefetchCount", "1"),
+            // An in-memory retry would be cut off at once: a stopped run is not retried on its delivery.
+            ("Consumers:GenerateReport:RetryLimit", "1"),
+            ("Consumers:GenerateReport:RedeliveryLimit", "1"),
+            ("Consumers:GenerateReport:RedeliveryBaseDelayMilliseconds", "500"));
+        await fixture.DeclareAsync(Queue + "_error");
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(report);
+
+        // Stopped on its first delivery, redelivered once with a fresh one, stopped again, then _error.
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error")), DescribeAsync, TimeSpan.FromSeconds(60));
+        Assert.Equal(typeof(DeliveryDeadlineException).FullName, dead!.Header("MT-Fault-ExceptionType"));
+        Assert.Contains("consumer_timeout (RabbitMq:ConsumerTimeoutSeconds 10 s)", dead.Header("MT-Fault-Message"), StringComparison.Ordinal);
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.DeadLettered, 2), (job.Status, job.Attempts));
+        Assert.Contains("consumer_timeout", job.LastError, StringComparison.Ordinal);
+        // Nothing of the stopped runs was committed, and neither left its lease behind.
+        Assert.False(await check.Reports.AnyAsync());
+        Assert.False(await check.Inbox.AnyAsync(i => i.MessageKey == key));
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(0u, await fixture.ReadyAsync(Queue));
     }
 
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
