@@ -13,7 +13,8 @@ namespace Conveyor.Api.Backpressure;
 /// queue (a passive queue.declare on its own AMQP connection: exact, no statistics lag) and the
 /// resource alarms of the cluster (management API <c>GET /api/nodes</c>, fields <c>mem_alarm</c> and
 /// <c>disk_free_alarm</c>). Requests read the cached result; a scrape of
-/// <c>conveyor.queue.depth</c> never waits on the broker either.
+/// <c>conveyor.queue.depth</c> or <c>conveyor.queue.consumers</c> (the same declare's consumer count,
+/// for alerting on a job queue nobody consumes) never waits on the broker either.
 /// </summary>
 /// <remarks>
 /// Alarms come from the management API, not from <c>connection.blocked</c>: RabbitMQ sends that only
@@ -23,6 +24,7 @@ namespace Conveyor.Api.Backpressure;
 public sealed class BrokerPressureMonitor : BackgroundService
 {
     public const string DepthInstrument = "conveyor.queue.depth";
+    public const string ConsumersInstrument = "conveyor.queue.consumers";
     internal const string ManagementClientName = "conveyor-broker-alarms";
 
     private readonly IOptions<BackpressureOptions> _options;
@@ -50,12 +52,17 @@ public sealed class BrokerPressureMonitor : BackgroundService
         _httpClients = httpClients;
         _clock = clock;
         _logger = logger;
-        meters.Create(ApiApp.ApiMeterName).CreateObservableGauge(
+        var meter = meters.Create(ApiApp.ApiMeterName);
+        meter.CreateObservableGauge(
             DepthInstrument,
-            () => (_depths?.Depths ?? new Dictionary<string, long>())
-                .Select(d => new Measurement<long>(d.Value, new KeyValuePair<string, object?>("queue", d.Key))),
+            () => PerQueue(_depths?.Depths),
             unit: "{message}",
             description: "Ready messages in each job queue, as the Api last read them.");
+        meter.CreateObservableGauge(
+            ConsumersInstrument,
+            () => PerQueue(_depths?.Consumers),
+            unit: "{consumer}",
+            description: "Consumers of each job queue (0 for a queue not declared yet), as the Api last read them.");
     }
 
     public BrokerPressure Current => _depths is { } depths
@@ -89,12 +96,13 @@ public sealed class BrokerPressureMonitor : BackgroundService
         try
         {
             var depths = new Dictionary<string, long>(StringComparer.Ordinal);
+            var consumers = new Dictionary<string, long>(StringComparer.Ordinal);
             foreach (var queue in JobKinds.All)
             {
-                depths[queue] = await ReadDepthAsync(queue, timeout.Token);
+                (depths[queue], consumers[queue]) = await ReadDepthAsync(queue, timeout.Token);
             }
 
-            _depths = new DepthReading(depths, _clock.GetUtcNow());
+            _depths = new DepthReading(depths, consumers, _clock.GetUtcNow());
             if (_depthsFailing)
             {
                 _depthsFailing = false;
@@ -114,20 +122,21 @@ public sealed class BrokerPressureMonitor : BackgroundService
         }
     }
 
-    private async Task<long> ReadDepthAsync(string queue, CancellationToken cancellationToken)
+    /// <summary>Ready messages and consumers of <paramref name="queue"/>.</summary>
+    private async Task<(long Messages, long Consumers)> ReadDepthAsync(string queue, CancellationToken cancellationToken)
     {
         var channel = await OpenChannelAsync(cancellationToken);
         try
         {
             var declared = await channel.QueueDeclarePassiveAsync(queue, cancellationToken);
-            return declared.MessageCount;
+            return (declared.MessageCount, declared.ConsumerCount);
         }
         catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == Constants.NotFound)
         {
-            // No queue yet (no worker has declared it): nothing waits. The broker closed the channel.
+            // No queue yet (no worker has declared it): nothing waits, nobody consumes. The broker closed the channel.
             _channel = null;
             await channel.DisposeAsync();
-            return 0;
+            return (0, 0);
         }
     }
 
@@ -246,5 +255,9 @@ public sealed class BrokerPressureMonitor : BackgroundService
     private static bool IsTrue(JsonElement node, string property) =>
         node.TryGetProperty(property, out var value) && value.ValueKind == JsonValueKind.True;
 
-    private sealed record DepthReading(IReadOnlyDictionary<string, long> Depths, DateTimeOffset ReadAt);
+    private static IEnumerable<Measurement<long>> PerQueue(IReadOnlyDictionary<string, long>? values) =>
+        (values ?? new Dictionary<string, long>())
+            .Select(v => new Measurement<long>(v.Value, new KeyValuePair<string, object?>("queue", v.Key)));
+
+    private sealed record DepthReading(IReadOnlyDictionary<string, long> Depths, IReadOnlyDictionary<string, long> Consumers, DateTimeOffset ReadAt);
 }

@@ -54,7 +54,9 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == refusedPayment.ToString("D")));
         }
 
-        Assert.True(ReadDepthGauge(api, JobKinds.ChargePayment) >= 5);
+        Assert.True(ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 5);
+        // No worker consumes the queue now: what the "no consumers" alert watches.
+        Assert.Equal(0, ReadGauge(api, BrokerPressureMonitor.ConsumersInstrument, JobKinds.ChargePayment));
         // Each kind has its own queue and limit.
         await api.Client.AcceptJobAsync(JobKinds.GenerateReport, JobRequests.GenerateReport(Guid.NewGuid()));
 
@@ -64,6 +66,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
             Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         }, TimeSpan.FromSeconds(30));
+        await Eventually.AssertAsync(() => Assert.Equal(1, ReadGauge(api, BrokerPressureMonitor.ConsumersInstrument, JobKinds.ChargePayment)));
     }
 
     [Fact]
@@ -175,15 +178,15 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
         }
     }
 
-    /// <summary>What <c>conveyor.queue.depth</c> reports for <paramref name="queue"/> on this Api's meter.</summary>
-    private static long? ReadDepthGauge(RunningApp api, string queue)
+    /// <summary>What the gauge <paramref name="instrumentName"/> reports for <paramref name="queue"/> on this Api's meter.</summary>
+    private static long? ReadGauge(RunningApp api, string instrumentName, string queue)
     {
         var meters = api.Services.GetRequiredService<IMeterFactory>();
         long? depth = null;
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter.Scope == meters && instrument.Name == BrokerPressureMonitor.DepthInstrument)
+            if (instrument.Meter.Scope == meters && instrument.Name == instrumentName)
             {
                 l.EnableMeasurementEvents(instrument);
             }
