@@ -5,6 +5,7 @@
 #   Worker:  http://127.0.0.1:8081  (/health/live, /health/ready)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v dotnet >/dev/null || { echo "the .NET 10 SDK is not on PATH (dotnet): install it first, see global.json for the version" >&2; exit 1; }
 
 eval "$(scripts/services.sh up)"
 dotnet build Worker.sln -c Release -v quiet -nologo
@@ -12,10 +13,14 @@ dotnet run --project src/Worker -c Release --no-build -- migrate
 
 # Every endpoint but health and metrics needs an API key: make a development admin key unless
 # the environment already configures keys.
+# The operator's own key is not printed: the example names the variable that holds it.
+key_note='$Auth__ApiKeys__0__Key'
 if [ -z "${Auth__ApiKeys__0__Key:-}" ]; then
   export Auth__ApiKeys__0__Name=dev-admin
   export Auth__ApiKeys__0__Key="dev-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export Auth__ApiKeys__0__Scopes=admin
+  key_note="$Auth__ApiKeys__0__Key"
+  echo "API key (development admin, made for this run): $key_note"
 fi
 
 pids=()
@@ -26,7 +31,6 @@ dotnet run --project src/Worker -c Release --no-build & pids+=($!)
 dotnet run --project src/Api -c Release --no-build & pids+=($!)
 
 echo "Conveyor is starting: API http://127.0.0.1:8080, dashboard http://127.0.0.1:8080/dashboard, worker health http://127.0.0.1:8081/health/ready"
-echo "API key (admin): $Auth__ApiKeys__0__Key"
-echo "Try: curl -i -X POST http://127.0.0.1:8080/api/jobs/charge-payment -H \"X-Api-Key: $Auth__ApiKeys__0__Key\" -H 'Content-Type: application/json' \\"
+echo "Try: curl -i -X POST http://127.0.0.1:8080/api/jobs/charge-payment -H \"X-Api-Key: $key_note\" -H 'Content-Type: application/json' \\"
 echo "       -d '{\"paymentId\":\"$(cat /proc/sys/kernel/random/uuid)\",\"accountId\":\"acct-1\",\"amountMinor\":1250,\"currency\":\"EUR\"}'"
 wait -n "${pids[@]}"

@@ -4,6 +4,7 @@
 # "N passed, N failed, N skipped" from the test results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+command -v dotnet >/dev/null || { echo "the .NET 10 SDK is not on PATH (dotnet): install it first, see global.json for the version" >&2; exit 1; }
 
 # The dashboard's browser tests drive Debian's chromium through Playwright, which never downloads a browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
