@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Text.Json;
 
 namespace Conveyor.Contracts;
 
@@ -18,6 +19,18 @@ public static class ContractRules
     public const int MaxPageSize = 10_000;
     public const int MaxUrlLength = 2048;
     public const int MaxEventTypeLength = 200;
+
+    /// <summary>
+    /// How deep a webhook's payload may nest objects and arrays (the payload object is level 1). Every
+    /// JSON writer and reader the command meets stops at 64 levels: System.Text.Json's default, which
+    /// MassTransit's serializer and the Api's scheduled-job envelope keep. The payload starts at level 3
+    /// of a message envelope (envelope, command, payload), so a payload of n levels needs n + 2 of the
+    /// 64; at level 4 of the fault MassTransit publishes about a failed command (envelope, fault,
+    /// command, payload), n + 3. The Api's body parser alone would let a payload reach 63 levels:
+    /// accepted, then never published; and a worker that ran such a command could not publish its
+    /// fault. 32 leaves half the depth for such wrappers and is far deeper than event payloads go.
+    /// </summary>
+    public const int MaxPayloadDepth = 32;
 
     internal const string Required = "Is required.";
 
@@ -69,6 +82,28 @@ public static class ContractRules
             ? "May contain only printable ASCII characters (letters a-z and A-Z, digits, spaces and punctuation): it is sent as an HTTP header."
             : null;
     }
+
+    /// <summary>Any JSON value but null, nesting objects and arrays at most <see cref="MaxPayloadDepth"/> deep.</summary>
+    public static string? Payload(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.Undefined or JsonValueKind.Null => Required,
+        _ when NestsDeeper(value, MaxPayloadDepth) => PayloadTooDeep(MaxPayloadDepth),
+        _ => null,
+    };
+
+    public static string PayloadTooDeep(int maxDepth) => $"Must nest objects and arrays at most {maxDepth} levels deep.";
+
+    /// <summary>
+    /// Whether <paramref name="value"/> holds objects or arrays more than <paramref name="levels"/> deep
+    /// (the value itself, when an object or array, is level 1).
+    /// </summary>
+    public static bool NestsDeeper(JsonElement value, int levels) => value.ValueKind switch
+    {
+        // Recursion is bounded: System.Text.Json refuses to read a document deeper than 64 levels.
+        JsonValueKind.Object => levels == 0 || value.EnumerateObject().Any(property => NestsDeeper(property.Value, levels - 1)),
+        JsonValueKind.Array => levels == 0 || value.EnumerateArray().Any(element => NestsDeeper(element, levels - 1)),
+        _ => false,
+    };
 
     /// <summary>
     /// Text that ends up in a PostgreSQL text or jsonb column, stored or compared: PostgreSQL refuses the

@@ -191,23 +191,14 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
             return default;
         }
 
-        if (NestsDeeper(value, maxDepth))
+        if (ContractRules.NestsDeeper(value, maxDepth))
         {
-            errors.Add(name, $"Must nest objects and arrays at most {maxDepth} levels deep.");
+            errors.Add(name, ContractRules.PayloadTooDeep(maxDepth));
             return default;
         }
 
         return value.Clone();
     }
-
-    /// <summary>Whether <paramref name="value"/> holds objects or arrays more than <paramref name="levels"/> deep.</summary>
-    private static bool NestsDeeper(JsonElement value, int levels) => value.ValueKind switch
-    {
-        // Recursion is bounded: the parser refuses a document deeper than 64 levels.
-        JsonValueKind.Object => levels == 0 || value.EnumerateObject().Any(property => NestsDeeper(property.Value, levels - 1)),
-        JsonValueKind.Array => levels == 0 || value.EnumerateArray().Any(element => NestsDeeper(element, levels - 1)),
-        _ => false,
-    };
 
     /// <summary>Without an offset a time would be read in the server's zone: a guess.</summary>
     private static bool HasExplicitOffset(string text) =>

@@ -24,5 +24,5 @@ public sealed record DeliverWebhook
         ("webhookId", ContractRules.Id(WebhookId)),
         ("url", Url is { IsAbsoluteUri: true } ? ContractRules.WebhookUrl(Url.OriginalString) : "Must be an absolute http or https URL."),
         ("eventType", ContractRules.EventType(EventType)),
-        ("payload", Payload.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null ? ContractRules.Required : null));
+        ("payload", ContractRules.Payload(Payload)));
 }
