@@ -99,7 +99,8 @@ internal static class OperationsApi
         DateTimeOffset? from = null;
         if (since is not null)
         {
-            if (DateTimeOffset.TryParse(since, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var parsed))
+            // In UTC: Npgsql throws on a DateTimeOffset parameter with any other offset (a 500 for the client).
+            if (DateTimeOffset.TryParse(since, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var parsed))
             {
                 from = parsed;
             }
