@@ -20,6 +20,7 @@ internal static class OperationsApi
         var operations = endpoints.MapGroup("/api/operations")
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
+            .RefuseRepeatedQueryParameters()
             .ProducesProblem(StatusCodes.Status401Unauthorized)
             .ProducesProblem(StatusCodes.Status403Forbidden);
 
@@ -35,6 +36,7 @@ internal static class OperationsApi
         endpoints.MapGet("/api/audit", Audit)
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
+            .RefuseRepeatedQueryParameters()
             .WithName("Audit")
             .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages.")
             .ProducesProblem(StatusCodes.Status401Unauthorized)

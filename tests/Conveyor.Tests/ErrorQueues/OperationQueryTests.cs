@@ -4,7 +4,8 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>
-/// Times with an offset other than UTC's in <c>/api/audit</c>'s query and in the filter a move records.
+/// What <c>/api/operations</c> and <c>/api/audit</c> make of their query parameters, and the times a
+/// move's filter records: times with an offset other than UTC's, and parameters given twice.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -70,6 +71,22 @@ public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetim
         var recordedAfter = recorded.GetProperty("faultedAfter").GetDateTimeOffset();
         Assert.Equal((before, TimeSpan.Zero), (recordedBefore, recordedBefore.Offset));
         Assert.Equal((after, TimeSpan.Zero), (recordedAfter, recordedAfter.Offset));
+    }
+
+    [Theory]
+    [InlineData("/api/operations?queue=charge-payment_error&queue=deliver-webhook_error", "queue")]
+    [InlineData("/api/operations?queue=charge-payment_error&Queue=charge-payment_error", "queue")]
+    [InlineData("/api/operations?state=running&state=failed", "state")]
+    [InlineData("/api/operations?limit=5&limit=5", "limit")]
+    [InlineData("/api/audit?queue=charge-payment_error&queue=deliver-webhook_error", "queue")]
+    [InlineData("/api/audit?requestedBy=ops-admin&requestedBy=someone-else", "requestedBy")]
+    [InlineData("/api/audit?since=2026-01-01T00:00:00Z&since=2026-02-01T00:00:00Z", "since")]
+    public async Task A_query_parameter_given_twice_is_a_400_naming_it(string path, string parameter)
+    {
+        using var response = await _admin.GetAsync(new Uri(path, UriKind.Relative));
+
+        // Named as the query string spells it: which spelling, when it has two, is the parser's choice.
+        Assert.Equal(parameter, Assert.Single(await response.ErrorFieldsAsync()), ignoreCase: true);
     }
 
     /// <summary><paramref name="instant"/> as a client at <paramref name="offset"/> writes it, escaped for a query string.</summary>
