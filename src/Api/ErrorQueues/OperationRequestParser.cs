@@ -183,10 +183,11 @@ internal static class OperationRequestParser
         return text;
     }
 
+    /// <summary>The instant in UTC, as the audit shows every other time; compared with the faults' times by instant either way.</summary>
     private static DateTimeOffset? Time(JsonElement json, string field, FieldErrors errors)
     {
         if (json.ValueKind == JsonValueKind.String
-            && DateTimeOffset.TryParse(json.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var time)
+            && DateTimeOffset.TryParse(json.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var time)
             && json.GetString()!.Contains('T', StringComparison.Ordinal))
         {
             return time;

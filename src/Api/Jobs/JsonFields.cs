@@ -113,7 +113,10 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
         return number;
     }
 
-    /// <summary>An ISO 8601 date and time with an explicit offset (<c>Z</c> or <c>+02:00</c>), or null when absent.</summary>
+    /// <summary>
+    /// An ISO 8601 date and time with an explicit offset (<c>Z</c> or <c>+02:00</c>), as the same instant
+    /// in UTC (Npgsql writes a timestamptz from nothing else), or null when absent.
+    /// </summary>
     public DateTimeOffset? OptionalTimestamp(string name)
     {
         if (!TryFind(name, out var value) || value.ValueKind == JsonValueKind.Null)
@@ -129,7 +132,7 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
             return null;
         }
 
-        return timestamp;
+        return timestamp.ToUniversalTime();
     }
 
     /// <summary>

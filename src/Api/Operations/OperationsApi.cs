@@ -20,6 +20,7 @@ internal static class OperationsApi
         var operations = endpoints.MapGroup("/api/operations")
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
+            .RefuseRepeatedQueryParameters()
             .ProducesProblem(StatusCodes.Status401Unauthorized)
             .ProducesProblem(StatusCodes.Status403Forbidden);
 
@@ -35,6 +36,7 @@ internal static class OperationsApi
         endpoints.MapGet("/api/audit", Audit)
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
+            .RefuseRepeatedQueryParameters()
             .WithName("Audit")
             .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages.")
             .ProducesProblem(StatusCodes.Status401Unauthorized)
@@ -99,7 +101,8 @@ internal static class OperationsApi
         DateTimeOffset? from = null;
         if (since is not null)
         {
-            if (DateTimeOffset.TryParse(since, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var parsed))
+            // In UTC: Npgsql throws on a DateTimeOffset parameter with any other offset (a 500 for the client).
+            if (DateTimeOffset.TryParse(since, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var parsed))
             {
                 from = parsed;
             }

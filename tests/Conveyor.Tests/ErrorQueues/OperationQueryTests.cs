@@ -1,0 +1,103 @@
+using System.Globalization;
+using Conveyor.Tests.Infrastructure;
+
+namespace Conveyor.Tests.ErrorQueues;
+
+/// <summary>
+/// What <c>/api/operations</c> and <c>/api/audit</c> make of their query parameters, and the times a
+/// move's filter records: times with an offset other than UTC's, and parameters given twice.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Timeout = "System.TimeoutException";
+
+    private RunningApp _api = null!;
+    private HttpClient _admin = null!;
+    private TestBroker _broker = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+        _admin = ErrorQueueKit.Client(_api.BaseAddress);
+        _broker = await TestBroker.ConnectAsync(fixture);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _broker.DisposeAsync();
+        _admin.Dispose();
+        await _api.DisposeAsync();
+    }
+
+    [Theory]
+    [InlineData("+01:00")]
+    [InlineData("-05:30")]
+    public async Task Audit_since_with_an_offset_lists_the_operations_from_that_instant(string offset)
+    {
+        var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString();
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { messageIds = new[] { id } } });
+        var createdAt = operation.GetProperty("createdAt").GetDateTimeOffset();
+
+        var before = await _admin.GetJsonAsync($"/api/audit?since={Since(createdAt.AddMinutes(-30), offset)}");
+        var after = await _admin.GetJsonAsync($"/api/audit?since={Since(createdAt.AddMinutes(30), offset)}");
+
+        Assert.Equal(operation.GetProperty("operationId").GetGuid(), Assert.Single(before.EnumerateArray()).GetProperty("operationId").GetGuid());
+        Assert.Empty(after.EnumerateArray());
+    }
+
+    [Fact]
+    public async Task A_filters_times_with_offsets_match_by_instant_and_are_recorded_in_utc()
+    {
+        var faultedAt = DateTimeOffset.UtcNow;
+        var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out", faultedAt)).ToString();
+        var before = WholeSeconds(faultedAt.AddMinutes(30));
+        var after = WholeSeconds(faultedAt.AddMinutes(-30));
+        var filter = new
+        {
+            faultedBefore = before.ToOffset(TimeSpan.FromHours(1)).ToString("O", CultureInfo.InvariantCulture),
+            faultedAfter = after.ToOffset(TimeSpan.FromHours(-5)).ToString("O", CultureInfo.InvariantCulture),
+        };
+
+        var operation = await _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter });
+
+        Assert.Equal(1, operation.GetProperty("moved").GetInt64());
+        Assert.Equal(id, Assert.Single(operation.GetProperty("messageIds").EnumerateArray()).GetString());
+        var recorded = Assert.Single((await _admin.GetJsonAsync("/api/audit")).EnumerateArray()).GetProperty("filter");
+        var recordedBefore = recorded.GetProperty("faultedBefore").GetDateTimeOffset();
+        var recordedAfter = recorded.GetProperty("faultedAfter").GetDateTimeOffset();
+        Assert.Equal((before, TimeSpan.Zero), (recordedBefore, recordedBefore.Offset));
+        Assert.Equal((after, TimeSpan.Zero), (recordedAfter, recordedAfter.Offset));
+    }
+
+    [Theory]
+    [InlineData("/api/operations?queue=charge-payment_error&queue=deliver-webhook_error", "queue")]
+    [InlineData("/api/operations?queue=charge-payment_error&Queue=charge-payment_error", "queue")]
+    [InlineData("/api/operations?state=running&state=failed", "state")]
+    [InlineData("/api/operations?limit=5&limit=5", "limit")]
+    [InlineData("/api/audit?queue=charge-payment_error&queue=deliver-webhook_error", "queue")]
+    [InlineData("/api/audit?requestedBy=ops-admin&requestedBy=someone-else", "requestedBy")]
+    [InlineData("/api/audit?since=2026-01-01T00:00:00Z&since=2026-02-01T00:00:00Z", "since")]
+    public async Task A_query_parameter_given_twice_is_a_400_naming_it(string path, string parameter)
+    {
+        using var response = await _admin.GetAsync(new Uri(path, UriKind.Relative));
+
+        // Named as the query string spells it: which spelling, when it has two, is the parser's choice.
+        Assert.Equal(parameter, Assert.Single(await response.ErrorFieldsAsync()), ignoreCase: true);
+    }
+
+    /// <summary><paramref name="instant"/> as a client at <paramref name="offset"/> writes it, escaped for a query string.</summary>
+    private static string Since(DateTimeOffset instant, string offset)
+    {
+        var local = instant.ToOffset(TimeSpan.Parse(offset.TrimStart('+'), CultureInfo.InvariantCulture));
+        var text = local.ToString("yyyy-MM-dd'T'HH:mm:ss.fffffffzzz", CultureInfo.InvariantCulture);
+        Assert.EndsWith(offset, text, StringComparison.Ordinal);
+        return Uri.EscapeDataString(text);
+    }
+
+    private static DateTimeOffset WholeSeconds(DateTimeOffset time) =>
+        new(time.UtcTicks - (time.UtcTicks % TimeSpan.TicksPerSecond), TimeSpan.Zero);
+}
