@@ -23,6 +23,7 @@ public sealed class OperationRunner(
     TimeProvider time,
     ILogger<OperationRunner> logger) : IHostedService, IDisposable
 {
+    private const int MaxDetailLength = 2000;
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(500);
     private static readonly string Owner = $"{Environment.MachineName}/{Environment.ProcessId}";
 
@@ -158,7 +159,8 @@ public sealed class OperationRunner(
         }
 
         operation.State = state;
-        operation.Detail = detail is { Length: > 2000 } ? detail[..2000] : detail;
+        // Broker text (returned copies' queue names, the client's exception messages) may hold control characters.
+        operation.Detail = detail is null ? null : AuditText.Clip(AuditText.Escape(detail), MaxDetailLength);
         operation.QueueDepthAtStart = progress.QueueDepthAtStart;
         operation.Examined = progress.Examined;
         operation.Matched = visitor.Matched;
