@@ -95,6 +95,28 @@ public sealed class ControlCharacterAuditTests(ConveyorFixture fixture) : IAsync
         Assert.Equal([id], await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
     }
 
+    [Fact]
+    public async Task A_message_whose_id_has_a_control_character_is_selected_by_the_id_as_the_audit_shows_it()
+    {
+        await _broker.DeadLetterChargeAsync(Timeout, "timed out", messageId: "\u0000x");
+        await _broker.DeadLetterChargeAsync(Timeout, "timed out", messageId: "x");
+        var path = $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge";
+        string[] rawIds = ["\u0000x"];
+        string[] escapedIds = [@"\u0000x"];
+
+        // A request cannot carry the raw id: PostgreSQL could not store it with the operation's filter.
+        using (var raw = await _admin.PostJsonAsync(path, new { filter = new { messageIds = rawIds }, confirm = ErrorQueueKit.ChargeErrors }))
+        {
+            Assert.Equal(["filter.messageIds"], await raw.ErrorFieldsAsync());
+        }
+
+        var purge = await RunAsync("purge", new { filter = new { messageIds = escapedIds }, confirm = ErrorQueueKit.ChargeErrors });
+
+        Assert.Equal(("succeeded", 1), (purge.GetProperty("state").GetString(), purge.GetProperty("purged").GetInt64()));
+        Assert.Equal([@"\u0000x"], Ids(purge));
+        Assert.Equal(["x"], await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     private Task<JsonElement> RunAsync(string kind, object body) =>
         _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{kind}", body, OperationTimeout);
 
