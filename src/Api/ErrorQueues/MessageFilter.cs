@@ -5,7 +5,9 @@ namespace Conveyor.Api.ErrorQueues;
 /// <summary>
 /// Which messages an operation acts on. Every condition given must hold; no condition = every message.
 /// Type names match the full name or the name without its namespace, ignoring case. Fault times
-/// match <c>faultedAfter &lt;= MT-Fault-Timestamp &lt; faultedBefore</c>.
+/// match <c>faultedAfter &lt;= MT-Fault-Timestamp &lt; faultedBefore</c>. Message ids match as the broker
+/// has them or, for an id with control characters (which a request cannot carry), as the audit trail
+/// writes it (<see cref="AuditText"/>).
 /// </summary>
 public sealed record MessageFilter
 {
@@ -30,7 +32,7 @@ public sealed record MessageFilter
 
     public bool Matches(FaultedMessage message)
     {
-        if (MessageIds is not null && (message.MessageId is null || !MessageIds.Contains(message.MessageId)))
+        if (MessageIds is not null && !MatchesId(MessageIds, message.MessageId))
         {
             return false;
         }
@@ -92,6 +94,9 @@ public sealed record MessageFilter
             json[name] = JsonValue.Create(value);
         }
     }
+
+    private static bool MatchesId(IReadOnlySet<string> ids, string? id) =>
+        id is not null && (ids.Contains(id) || (AuditText.NeedsEscaping(id) && ids.Contains(AuditText.Escape(id))));
 
     private static bool TypeNameMatches(string wanted, string? actual)
     {

@@ -120,7 +120,7 @@ internal static class OperationRequestParser
     }
 
     private static HashSet<string>? ParseIds(JsonElement json, FieldErrors errors) =>
-        ParseSet<string>(json, "messageIds", "message ids", "Each message id must be a string of 1 to 200 characters, none a control character.", ReadMessageId, StringComparer.Ordinal, errors);
+        ParseSet<string>(json, "messageIds", "message ids", "Each message id must be a string of 1 to 200 characters, none a control character (write one as the audit trail does, such as \\u0000).", ReadMessageId, StringComparer.Ordinal, errors);
 
     private static HashSet<Guid>? ParseJobIds(JsonElement json, FieldErrors errors) =>
         ParseSet<Guid>(json, "jobIds", "job ids", "Each job id must be a UUID string.", ReadJobId, null, errors);

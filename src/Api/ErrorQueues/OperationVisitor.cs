@@ -16,7 +16,8 @@ public sealed record OperationPlan(
 
 /// <summary>
 /// Moves or purges the messages that match a filter, up to a limit; keeps the others. Counts what it
-/// did and remembers (a bounded number of) the affected message ids for the audit trail.
+/// did and remembers (a bounded number of) the affected message ids for the audit trail; ids and
+/// target queue names come from the broker and are escaped as <see cref="AuditText"/> says.
 /// </summary>
 public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
 {
@@ -130,16 +131,18 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
         {
             if (_messageIds.Count < plan.MessageIdLimit)
             {
-                _messageIds.Add(message.MessageId ?? "(no message id)");
+                _messageIds.Add(message.MessageId is { } id ? AuditText.Escape(id) : "(no message id)");
             }
             else
             {
                 _idsTruncated = true;
             }
 
+            // A target comes from the message's MT-Fault-InputAddress header unless the request named one.
             if (target is not null && plan.Kind == ErrorQueueOperationKinds.Move)
             {
-                _targets[target] = _targets.GetValueOrDefault(target) + 1;
+                var name = AuditText.Escape(target);
+                _targets[name] = _targets.GetValueOrDefault(name) + 1;
             }
         }
     }

@@ -23,6 +23,7 @@ public sealed class OperationRunner(
     TimeProvider time,
     ILogger<OperationRunner> logger) : IHostedService, IDisposable
 {
+    private const int MaxDetailLength = 2000;
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(500);
     private static readonly string Owner = $"{Environment.MachineName}/{Environment.ProcessId}";
 
@@ -158,7 +159,8 @@ public sealed class OperationRunner(
         }
 
         operation.State = state;
-        operation.Detail = detail is { Length: > 2000 } ? detail[..2000] : detail;
+        // Broker text (returned copies' queue names, the client's exception messages) may hold control characters.
+        operation.Detail = detail is null ? null : AuditText.Clip(AuditText.Escape(detail), MaxDetailLength);
         operation.QueueDepthAtStart = progress.QueueDepthAtStart;
         operation.Examined = progress.Examined;
         operation.Matched = visitor.Matched;
@@ -226,22 +228,65 @@ public sealed class OperationRunner(
         }
     }
 
+    /// <summary>
+    /// Saves the result. When the database refuses it, the operation still ends, as <c>failed</c> with
+    /// its counts and the reason; its message ids and targets stay as its progress last recorded them.
+    /// Only when that fails too (the database is away) does the row stay <c>running</c>, until it is read
+    /// after <see cref="ErrorQueueOptions.AbandonedAfterSeconds"/> or the next operation on the queue
+    /// finds it, and is then marked interrupted.
+    /// </summary>
     private async Task SaveResultAsync(ErrorQueueOperation operation)
     {
+        Exception refused;
         try
         {
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
             await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
             db.ErrorQueueOperations.Update(operation);
             await db.SaveChangesAsync(timeout.Token);
+            return;
         }
-        catch (Exception exception)
+        catch (Exception exception) when (exception is not OutOfMemoryException)
         {
-            // The row stays "running" until it is read after AbandonedAfterSeconds, or the next
-            // operation on the queue finds it, and is then marked interrupted.
             OperationsLog.ResultNotSaved(logger, exception, operation.Id);
+            refused = exception;
+        }
+
+        var why = $"It ended {operation.State}, but its result could not be recorded ({Reason(refused)}): the counts are final; "
+            + "the message ids and targets are those recorded while it ran and may be incomplete.";
+        var detail = AuditText.Clip(AuditText.Escape(operation.Detail is null ? why : $"{why} {operation.Detail}"), MaxDetailLength);
+        var hadIds = operation.MessageIdsTruncated || operation.MessageIds != "[]";
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            await db.ErrorQueueOperations.Where(o => o.Id == operation.Id).ExecuteUpdateAsync(
+                set => set
+                    .SetProperty(o => o.State, ErrorQueueOperationStates.Failed)
+                    .SetProperty(o => o.Detail, detail)
+                    .SetProperty(o => o.QueueDepthAtStart, operation.QueueDepthAtStart)
+                    .SetProperty(o => o.Examined, operation.Examined)
+                    .SetProperty(o => o.Matched, operation.Matched)
+                    .SetProperty(o => o.Moved, operation.Moved)
+                    .SetProperty(o => o.Purged, operation.Purged)
+                    .SetProperty(o => o.Failed, operation.Failed)
+                    .SetProperty(o => o.Left, operation.Left)
+                    .SetProperty(o => o.MessageIdsTruncated, o => o.MessageIdsTruncated || hadIds)
+                    .SetProperty(o => o.FinishedAt, operation.FinishedAt)
+                    .SetProperty(o => o.UpdatedAt, operation.UpdatedAt),
+                timeout.Token);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            OperationsLog.FailureNotSaved(logger, exception, operation.Id);
         }
     }
+
+    private static string Reason(Exception exception) => exception.GetBaseException() switch
+    {
+        PostgresException postgres => $"{postgres.SqlState}: {postgres.MessageText}",
+        var inner => inner.Message,
+    };
 
     Task IHostedService.StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 

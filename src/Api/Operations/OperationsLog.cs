@@ -19,8 +19,12 @@ internal static partial class OperationsLog
     public static partial void LostLock(ILogger logger, Exception exception, Guid operationId);
 
     [LoggerMessage(EventId = 2005, Level = LogLevel.Error,
-        Message = "The result of operation {OperationId} could not be saved; it shows as running until it is found abandoned")]
+        Message = "The result of operation {OperationId} could not be saved; recording it as failed, with its counts")]
     public static partial void ResultNotSaved(ILogger logger, Exception exception, Guid operationId);
+
+    [LoggerMessage(EventId = 2008, Level = LogLevel.Error,
+        Message = "Operation {OperationId} could not be recorded as failed either; it shows as running until it is found abandoned")]
+    public static partial void FailureNotSaved(ILogger logger, Exception exception, Guid operationId);
 
     [LoggerMessage(EventId = 2006, Level = LogLevel.Warning,
         Message = "An operation on {Queue} was left running by a process that stopped; marked interrupted")]

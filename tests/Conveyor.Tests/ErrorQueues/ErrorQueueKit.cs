@@ -151,19 +151,21 @@ public sealed class TestBroker : IAsyncDisposable
         await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
 
     /// <summary>A charge that failed in <c>charge-payment</c>, as MassTransit dead-letters it.</summary>
+    /// <param name="messageId">The AMQP message_id, as another client may set it; by default the envelope's id.</param>
     public async Task<Guid> DeadLetterChargeAsync(
         string exceptionType,
         string exceptionMessage,
         DateTimeOffset? faultedAt = null,
         Guid? paymentId = null,
         string queue = ErrorQueueKit.ChargeErrors,
-        IDictionary<string, object?>? extraHeaders = null)
+        IDictionary<string, object?>? extraHeaders = null,
+        string? messageId = null)
     {
         var payment = paymentId ?? Guid.NewGuid();
-        var messageId = Guid.NewGuid();
+        var envelopeId = Guid.NewGuid();
         var envelope = new
         {
-            messageId,
+            messageId = envelopeId,
             conversationId = Guid.NewGuid(),
             destinationAddress = "rabbitmq://127.0.0.1/test/Conveyor.Contracts.Payments:ChargePayment",
             messageType = new[] { "urn:message:Conveyor.Contracts.Payments:ChargePayment" },
@@ -194,13 +196,13 @@ public sealed class TestBroker : IAsyncDisposable
 
         var properties = new BasicProperties
         {
-            MessageId = messageId.ToString(),
+            MessageId = messageId ?? envelopeId.ToString(),
             ContentType = "application/vnd.masstransit+json",
             DeliveryMode = DeliveryModes.Persistent,
             Headers = headers,
         };
         await _channel.BasicPublishAsync(string.Empty, queue, mandatory: true, properties, JsonSerializer.SerializeToUtf8Bytes(envelope, JsonSerializerOptions.Web));
-        return messageId;
+        return envelopeId;
     }
 
     /// <summary>Ready messages (exact, unlike the management API's sampled counters).</summary>

@@ -1,0 +1,71 @@
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.ErrorQueues;
+
+/// <summary>
+/// The database refuses an operation's result: the operation must not read "running" until it is taken
+/// for abandoned, but end at once as failed, saying why, with its counts.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class UnsavedResultTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private RunningApp _api = null!;
+    private HttpClient _admin = null!;
+    private TestBroker _broker = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+        _admin = ErrorQueueKit.Client(_api.BaseAddress);
+        _broker = await TestBroker.ConnectAsync(fixture);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _broker.DisposeAsync();
+        _admin.Dispose();
+        await _api.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task An_operation_whose_result_the_database_refuses_ends_failed_with_the_reason_and_its_counts()
+    {
+        await _broker.DeadLetterChargeAsync("System.TimeoutException", "timed out");
+        await using var db = fixture.CreateDbContext();
+        // Refuses what only the final result writes (progress updates leave the targets alone).
+        await db.Database.ExecuteSqlRawAsync("""
+            CREATE FUNCTION test_refuse_targets() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.targets IS DISTINCT FROM OLD.targets THEN RAISE EXCEPTION 'test refuses the targets'; END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_refuse_targets BEFORE UPDATE ON error_queue_operations
+              FOR EACH ROW EXECUTE FUNCTION test_refuse_targets();
+            """);
+        try
+        {
+            // Well short of the 30 s after which a row stuck as running reads interrupted.
+            var operation = await _admin.RunOperationAsync(
+                $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true }, TimeSpan.FromSeconds(20));
+
+            Assert.Equal("failed", operation.GetProperty("state").GetString());
+            var detail = operation.GetProperty("detail").GetString();
+            Assert.Contains("could not be recorded", detail, StringComparison.Ordinal);
+            Assert.Contains("test refuses the targets", detail, StringComparison.Ordinal);
+            Assert.Equal((1, 1), (operation.GetProperty("examined").GetInt64(), operation.GetProperty("matched").GetInt64()));
+            // Its ids may not all have been recorded.
+            Assert.True(operation.GetProperty("messageIdsTruncated").GetBoolean());
+            Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        }
+        finally
+        {
+            await db.Database.ExecuteSqlRawAsync("""
+                DROP TRIGGER IF EXISTS test_refuse_targets ON error_queue_operations;
+                DROP FUNCTION IF EXISTS test_refuse_targets();
+                """);
+        }
+    }
+}
