@@ -157,9 +157,10 @@ public sealed record FaultedMessage
                 }
             }
         }
-        catch (JsonException)
+        catch (Exception exception) when (exception is JsonException or InvalidOperationException)
         {
-            // Not an envelope: the caller shows what the headers say.
+            // Not an envelope (JsonException), or a string in it that is no valid UTF-16 text, such as a
+            // lone surrogate escape (InvalidOperationException): the caller shows what the headers say.
         }
 
         return (id, type);

@@ -157,6 +157,17 @@ public sealed class ErrorQueueLogicTests
         Assert.Null(FaultedMessage.Read(new BasicProperties(), "not json"u8).MessageId);
     }
 
+    [Fact]
+    public void An_envelope_whose_id_or_type_is_no_valid_text_is_read_as_if_it_had_none()
+    {
+        // Well-formed JSON, but a lone surrogate escape is no UTF-16 text: the reader refuses to make a string of it.
+        var badId = FaultedMessage.Read(new BasicProperties(), """{"messageId":"\ud800x","messageType":["urn:message:A:B"]}"""u8);
+        var badType = FaultedMessage.Read(new BasicProperties(), """{"messageId":"abc","messageType":["urn:message:\udc00"]}"""u8);
+
+        Assert.Equal((null, null), (badId.MessageId, badId.MessageType));
+        Assert.Equal(("abc", null), (badType.MessageId, badType.MessageType));
+    }
+
     [Theory]
     [InlineData(new byte[] { 0x00, 0x7B, 0x22 })]
     [InlineData(new byte[] { 0xFF, 0xFE })]
