@@ -13,9 +13,9 @@ namespace Conveyor.Tests.Security;
 
 /// <summary>
 /// A form the server cannot read (no multipart boundary, garbage parts, too many or too long fields,
-/// a body over Kestrel's limit) is the client's mistake when the sign-in form is one. It is answered
-/// 400 (413 when too large) and logged at no more than debug level, so anonymous clients cannot fill
-/// the error log.
+/// a body over Kestrel's limit) is the client's mistake wherever the anti-forgery check meets it: the
+/// sign-in form, or any state-changing call carrying the session cookie. It is answered 400 (413 when
+/// too large) and logged at no more than debug level, so anonymous clients cannot fill the error log.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -61,6 +61,30 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
         using var client = NewBrowser(out _);
 
         using var response = await client.SendAsync(TooLarge(Login));
+
+        await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
+        await AssertNoErrorLoggedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(MalformedForms))]
+    public async Task A_malformed_form_with_the_session_cookie_is_refused_as_a_forgery_and_no_error_is_logged(string form)
+    {
+        using var browser = await SignedInAsync();
+
+        using var response = await browser.PostAsync(new Uri("/api/jobs/generate-report", UriKind.Relative), MalformedForm.Create(form));
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Contains("anti-forgery", await response.Content.ReadAsStringAsync(), StringComparison.OrdinalIgnoreCase);
+        await AssertNoErrorLoggedAsync();
+    }
+
+    [Fact]
+    public async Task A_body_over_the_servers_limit_with_the_session_cookie_is_a_413_problem_and_no_error_is_logged()
+    {
+        using var browser = await SignedInAsync();
+
+        using var response = await browser.SendAsync(TooLarge("/api/jobs/generate-report"));
 
         await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
         await AssertNoErrorLoggedAsync();
