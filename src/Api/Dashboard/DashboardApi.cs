@@ -1,6 +1,7 @@
 using System.Reflection;
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.ErrorQueues;
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authentication;
@@ -68,16 +69,35 @@ internal static class DashboardApi
     internal static async Task<IResult> SignIn(
         HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, ILoggerFactory loggers)
     {
-        // Signing someone in under an attacker's key is a forgery too.
-        if (!http.Request.HasFormContentType || !await antiforgery.IsRequestValidAsync(http))
+        if (!http.Request.HasFormContentType)
         {
             return LoginResult(http, antiforgery, "The form expired; please sign in again.", StatusCodes.Status400BadRequest);
         }
 
         var logger = loggers.CreateLogger(typeof(DashboardApi).FullName!);
-        var form = await http.Request.ReadFormAsync(http.RequestAborted);
-        var presented = form["apiKey"].ToString().Trim();
         var client = http.Connection.RemoteIpAddress?.ToString();
+        // Read here, before the anti-forgery check reads it, so that a malformed form (which no browser
+        // sends) is the client's mistake, a 400, not an exception. A body that fails to arrive (cut
+        // short, too slow, too large) throws on, for the exception handler to answer with Kestrel's status.
+        IFormCollection form;
+        try
+        {
+            form = await http.Request.ReadFormAsync(http.RequestAborted);
+        }
+        catch (Exception exception) when (UnreadableForms.IsMalformed(exception, http))
+        {
+            DashboardLog.SignInFormUnreadable(logger, client, exception.Message);
+            return TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, title: "Malformed form",
+                detail: "The sign-in form could not be read: " + exception.Message);
+        }
+
+        // Signing someone in under an attacker's key is a forgery too.
+        if (!await antiforgery.IsRequestValidAsync(http))
+        {
+            return LoginResult(http, antiforgery, "The form expired; please sign in again.", StatusCodes.Status400BadRequest);
+        }
+
+        var presented = form["apiKey"].ToString().Trim();
         if (presented.Length == 0 || keys.Find(presented) is not { } identity)
         {
             DashboardLog.SignInRefused(logger, client);

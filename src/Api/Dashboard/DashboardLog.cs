@@ -11,4 +11,8 @@ internal static partial class DashboardLog
 
     [LoggerMessage(EventId = 2403, Level = LogLevel.Information, Message = "Dashboard sign-out of {Who}")]
     public static partial void SignedOut(ILogger logger, string who);
+
+    // Debug only: no browser sends such a form, and anyone may post one.
+    [LoggerMessage(EventId = 2404, Level = LogLevel.Debug, Message = "Dashboard sign-in form from {Client} could not be read: {Reason}")]
+    public static partial void SignInFormUnreadable(ILogger logger, string? client, string reason);
 }

@@ -17,24 +17,54 @@ internal static partial class ErrorHandling
             context.ProblemDetails.Extensions.TryAdd(
                 "traceId", Activity.Current?.Id ?? context.HttpContext.TraceIdentifier));
         services.AddExceptionHandler<DatabaseUnavailableHandler>();
+        services.AddExceptionHandler<BadRequestBodyHandler>();
         return services;
     }
 
     /// <summary>
     /// Unhandled exceptions become a bare 500 problem (the details go to the log, never to the
     /// client, in every environment), except an unreachable database, which is a 503 with
-    /// Retry-After like an unreachable broker; empty 4xx/5xx answers such as unmatched routes get a body.
+    /// Retry-After like an unreachable broker, and a request body the client broke, which gets the
+    /// 4xx Kestrel names; empty 4xx/5xx answers such as unmatched routes get a body.
     /// </summary>
     public static WebApplication UseApiErrorHandling(this WebApplication app)
     {
-        app.UseExceptionHandler(new ExceptionHandlerOptions
-        {
-            StatusCodeSelector = exception => exception is BadHttpRequestException bad
-                ? bad.StatusCode
-                : StatusCodes.Status500InternalServerError,
-        });
+        app.UseExceptionHandler();
         app.UseStatusCodePages();
         return app;
+    }
+
+    /// <summary>
+    /// A request body the client broke: shorter than its Content-Length, sent too slowly, badly
+    /// chunked, over the size limit. Kestrel throws it from the read with the status to answer. It is
+    /// no fault of the server, so it is logged at debug level only: an exception an
+    /// <see cref="IExceptionHandler"/> handles is not logged as an error by the middleware, and anyone
+    /// could otherwise fill the error log with stack traces.
+    /// </summary>
+    private sealed partial class BadRequestBodyHandler(IProblemDetailsService problems, ILogger<BadRequestBodyHandler> logger)
+        : IExceptionHandler
+    {
+        public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken cancellationToken)
+        {
+            if (exception is not BadHttpRequestException bad)
+            {
+                return false;
+            }
+
+            LogBadRequestBody(logger, bad.StatusCode, http.Request.Method, http.Request.Path, bad.Message);
+            http.Response.StatusCode = bad.StatusCode;
+            // Kestrel's own words for what was wrong with the request; they name no internals.
+            await problems.TryWriteAsync(new ProblemDetailsContext
+            {
+                HttpContext = http,
+                Exception = exception,
+                ProblemDetails = { Status = bad.StatusCode, Detail = bad.Message },
+            });
+            return true;
+        }
+
+        [LoggerMessage(Level = LogLevel.Debug, Message = "Answered {Status} to {Method} {Path}: the client's request body was unusable ({Reason})")]
+        private static partial void LogBadRequestBody(ILogger logger, int status, string method, PathString path, string reason);
     }
 
     /// <summary>

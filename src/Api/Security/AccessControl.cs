@@ -1,4 +1,6 @@
+using System.Runtime.ExceptionServices;
 using System.Security.Claims;
+using Conveyor.Api.Hosting;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authentication;
@@ -136,7 +138,7 @@ public static class AccessControl
             if (!IsSafeMethod(context.Request.Method) && IsSessionAuthenticated(context))
             {
                 var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
-                if (!await antiforgery.IsRequestValidAsync(context))
+                if (!await HasValidTokenAsync(antiforgery, context))
                 {
                     await TypedResults.Problem(
                         statusCode: StatusCodes.Status400BadRequest,
@@ -149,6 +151,32 @@ public static class AccessControl
 
             await next(context);
         });
+
+    /// <summary>
+    /// <see cref="IAntiforgery.IsRequestValidAsync"/>, for a body that may not be a readable form. Without
+    /// the header, the token is looked for in a form body, and a failure to read it comes wrapped in an
+    /// <see cref="AntiforgeryValidationException"/>: a malformed form (no boundary, garbage parts, too many
+    /// or too long fields) carries no token, so the request is refused as any other; a body that failed
+    /// to arrive (cut short, too slow, too large, the client gone) is rethrown as itself, to be answered
+    /// as such wherever it is read.
+    /// </summary>
+    private static async Task<bool> HasValidTokenAsync(IAntiforgery antiforgery, HttpContext context)
+    {
+        try
+        {
+            return await antiforgery.IsRequestValidAsync(context);
+        }
+        catch (AntiforgeryValidationException exception)
+            when (exception.InnerException is { } unreadable && UnreadableForms.IsMalformed(unreadable, context))
+        {
+            return false;
+        }
+        catch (AntiforgeryValidationException exception) when (exception.InnerException is IOException body)
+        {
+            ExceptionDispatchInfo.Throw(body);
+            throw;
+        }
+    }
 
     public static bool IsSafeMethod(string method) =>
         HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method) || HttpMethods.IsTrace(method);
