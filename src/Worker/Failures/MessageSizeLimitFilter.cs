@@ -1,17 +1,34 @@
+using Conveyor.Worker.Messaging;
 using MassTransit;
 
 namespace Conveyor.Worker.Failures;
 
-/// <summary>Refuses bodies over the endpoint's limit as a permanent failure, before any work is done.</summary>
-public sealed class MessageSizeLimitFilter(long maxBytes) : IFilter<ConsumeContext>
+/// <summary>
+/// Refuses bodies and header tables over the endpoint's limits as a permanent failure, before any
+/// work is done. Headers near the broker's frame limit would leave no room for what a redelivery or
+/// the move to <c>_error</c> adds to them.
+/// </summary>
+public sealed class MessageSizeLimitFilter(long maxBytes, long maxHeaderBytes) : IFilter<ConsumeContext>
 {
     public Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
     {
         var length = context.ReceiveContext.Body.Length;
-        return length > maxBytes
-            ? throw new PermanentFailureException($"The message body has {length} bytes; the limit is {maxBytes}")
+        if (length > maxBytes)
+        {
+            throw new PermanentFailureException($"The message body has {length} bytes; the limit is {maxBytes}");
+        }
+
+        var headerBytes = HeaderBytes(context.ReceiveContext);
+        return headerBytes > maxHeaderBytes
+            ? throw new PermanentFailureException($"The message headers take {headerBytes} bytes; the limit is {maxHeaderBytes}")
             : next.Send(context);
     }
+
+    /// <summary>The header table as it came over AMQP, or the transport headers of another transport.</summary>
+    public static long HeaderBytes(ReceiveContext context) =>
+        context.TryGetPayload(out RabbitMqBasicConsumeContext? amqp)
+            ? AmqpFrame.TableBytes(amqp.Properties.Headers)
+            : AmqpFrame.TableBytes(context.TransportHeaders.GetAll());
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-size-limit");
 }

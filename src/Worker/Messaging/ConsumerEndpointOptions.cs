@@ -73,6 +73,14 @@ public sealed class ConsumerEndpointOptions
     public long MaxMessageBytes { get; set; } = 1_048_576;
 
     /// <summary>
+    /// Messages whose AMQP header table takes more bytes go straight to <c>_error</c>. Headers travel in
+    /// one frame (RabbitMQ's <c>frame_max</c>, 131,072 bytes by default), and a redelivery or the move to
+    /// <c>_error</c> adds a few KiB to them, so keep this well under the frame size.
+    /// </summary>
+    [Range(1_024, 1_048_576)]
+    public int MaxHeaderBytes { get; set; } = 65_536;
+
+    /// <summary>
     /// Short jobs: at most this many messages share one inbox transaction (group commit, ADR 0004);
     /// batches form from the messages that arrive while earlier ones are being handled, so a
     /// lone message is not delayed. 1 = one transaction per message.

@@ -25,8 +25,9 @@ public enum InboxMode
 
 /// <summary>
 /// The consume pipeline every job endpoint shares, outermost first: kill switch and rate limit,
-/// job outcome (dead-lettering), size limit, delayed redelivery, in-memory retry (transient failures
-/// only), message scope + inbox, consumer. The error pipe adds Conveyor's headers to <c>_error</c> copies.
+/// job outcome (dead-lettering), size limits (body and headers), delayed redelivery, in-memory retry
+/// (transient failures only), message scope + inbox, consumer. The error pipe adds Conveyor's headers to
+/// <c>_error</c> copies; it and the dead-letter pipe keep every copy within a frame.
 /// </summary>
 public static class JobEndpointPipeline
 {
@@ -70,13 +71,21 @@ public static class JobEndpointPipeline
         endpoint.PrefetchCount = options.PrefetchCount;
         endpoint.ConcurrentMessageLimit = options.ConcurrentMessageLimit;
 
+        var frameFit = new FrameFitFilter(logger);
         endpoint.ConfigureError(error =>
         {
             // The database is away: back to the queue, not to _error (see RedeliveryFilter).
             error.UseFilter(new RequeueFilter());
             error.UseFilter(new DeadLetterHeadersFilter(time));
             error.UseFilter(new GenerateFaultFilter());
+            // A copy that would not fit in a frame would cost the worker its connection (see FrameFitFilter).
+            error.UseFilter(frameFit);
             error.UseFilter(new ErrorTransportFilter());
+        });
+        endpoint.ConfigureDeadLetter(skipped =>
+        {
+            skipped.UseFilter(frameFit);
+            skipped.UseFilter(new DeadLetterTransportFilter());
         });
 
         IConsumeObserver? killSwitch = null;
@@ -103,7 +112,7 @@ public static class JobEndpointPipeline
         }
 
         endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
-        endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes));
+        endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes, options.MaxHeaderBytes));
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
             context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, killSwitch, time, logger));
 

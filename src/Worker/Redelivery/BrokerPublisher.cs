@@ -1,40 +1,201 @@
+using System.Globalization;
 using System.Text.Json;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Redelivery;
+using Conveyor.Worker.Messaging;
 using Microsoft.Extensions.Options;
 using RabbitMQ.Client;
+using RabbitMQ.Client.Exceptions;
 
 namespace Conveyor.Worker.Redelivery;
+
+/// <summary>How one stored message's publish ended.</summary>
+public enum PublishOutcome
+{
+    /// <summary>The broker confirmed it.</summary>
+    Confirmed,
+
+    /// <summary>The broker returned it (no such queue) or did not take it: worth another try later.</summary>
+    Refused,
+
+    /// <summary>
+    /// The channel or connection failed under it: in a batch perhaps for another message's fault (the
+    /// broker closes the whole connection for one bad frame), published alone for its own or the broker's.
+    /// </summary>
+    Failed,
+
+    /// <summary>It can never be published as stored: unreadable headers, a property too long, refused for what it is.</summary>
+    Unpublishable,
+}
+
+/// <summary>The outcome of one stored message's publish, and why when it was not confirmed.</summary>
+public readonly record struct PublishResult(long Id, PublishOutcome Outcome, string? Error = null);
 
 /// <summary>
 /// Publishes stored messages straight to their queues (default exchange, persistent, mandatory)
 /// on a dedicated channel with publisher confirms, so a row is deleted only after the broker has it.
+/// Each message's publish has its own outcome: one that fails never fails the others' results.
 /// </summary>
 public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncDisposable
 {
+    /// <summary>The suffix of a queue's error queue, as MassTransit names it.</summary>
+    public const string ErrorQueueSuffix = "_error";
+
     private readonly SemaphoreSlim _gate = new(1, 1);
     private IConnection? _connection;
     private IChannel? _channel;
 
-    /// <summary>Publishes each message and waits for its confirm; returns the ids the broker confirmed.</summary>
-    public async Task<IReadOnlyList<long>> PublishAsync(IReadOnlyList<ScheduledMessage> messages, CancellationToken cancellationToken)
+    /// <summary>Publishes the messages together and waits for their confirms; one result per message, in order.</summary>
+    public async Task<IReadOnlyList<PublishResult>> PublishAsync(IReadOnlyList<ScheduledMessage> messages, CancellationToken cancellationToken)
     {
-        var channel = await ChannelAsync(cancellationToken);
-        var publishes = messages.Select(async message =>
-        {
-            try
-            {
-                await channel.BasicPublishAsync(string.Empty, message.Destination, mandatory: true, PropertiesOf(message), message.Body, cancellationToken);
-                return message.Id;
-            }
-            catch (Exception exception) when (exception is RabbitMQ.Client.Exceptions.PublishException)
-            {
-                return (long?)null;
-            }
-        }).ToList();
-        var results = await Task.WhenAll(publishes);
-        return [.. results.OfType<long>()];
+        var (channel, frameMax) = await ChannelAsync(cancellationToken);
+        return await Task.WhenAll(messages.Select(message =>
+            PublishOneAsync(channel, frameMax, message, message.Destination, extraHeaders: null, alone: false, cancellationToken)));
     }
+
+    /// <summary>
+    /// Publishes one message with nothing else in flight, on a new channel if the last one closed: a
+    /// failure is then this message's or the broker's, and one the broker blames on the message (a bad
+    /// frame, a precondition) makes it <see cref="PublishOutcome.Unpublishable"/>.
+    /// </summary>
+    public async Task<PublishResult> PublishAloneAsync(ScheduledMessage message, CancellationToken cancellationToken)
+    {
+        var (channel, frameMax) = await ChannelAsync(cancellationToken);
+        return await PublishOneAsync(channel, frameMax, message, message.Destination, extraHeaders: null, alone: true, cancellationToken);
+    }
+
+    /// <summary>
+    /// Publishes a message that cannot go to its destination to the destination's <c>_error</c> queue
+    /// instead, with <paramref name="reason"/> in the headers operators and the Api read; returned (not
+    /// confirmed) when that queue does not exist yet.
+    /// </summary>
+    public async Task<PublishResult> MoveToErrorQueueAsync(ScheduledMessage message, string reason, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var headers = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            [MassTransit.MessageHeaders.Reason] = "fault",
+            [MassTransit.MessageHeaders.FaultExceptionType] = "UnpublishableRedelivery",
+            [MassTransit.MessageHeaders.FaultMessage] = reason,
+            [MassTransit.MessageHeaders.FaultTimestamp] = now.ToString("O", CultureInfo.InvariantCulture),
+            [Failures.DeadLetterHeadersFilter.Reason] = $"the stored redelivery could not be published: {reason}",
+        };
+        var (channel, frameMax) = await ChannelAsync(cancellationToken);
+        return await PublishOneAsync(channel, frameMax, message, message.Destination + ErrorQueueSuffix, headers, alone: true, cancellationToken);
+    }
+
+    /// <param name="extraHeaders">
+    /// Headers set over the stored ones, never dropped; given for a move to <c>_error</c>, which also
+    /// salvages what it can of a message that cannot be published as stored (see <see cref="Build"/>).
+    /// </param>
+    private static async Task<PublishResult> PublishOneAsync(
+        IChannel channel,
+        uint frameMax,
+        ScheduledMessage message,
+        string routingKey,
+        IReadOnlyDictionary<string, string>? extraHeaders,
+        bool alone,
+        CancellationToken cancellationToken)
+    {
+        if (Build(message, routingKey, extraHeaders, frameMax, out var properties) is { } problem)
+        {
+            return new(message.Id, PublishOutcome.Unpublishable, problem);
+        }
+
+        try
+        {
+            await channel.BasicPublishAsync(string.Empty, routingKey, mandatory: true, properties, message.Body, cancellationToken);
+            return new(message.Id, PublishOutcome.Confirmed);
+        }
+        catch (PublishException exception)
+        {
+            return new(message.Id, PublishOutcome.Refused, exception.Message);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            return new(message.Id, alone && BlamesTheMessage(exception) ? PublishOutcome.Unpublishable : PublishOutcome.Failed, exception.Message);
+        }
+    }
+
+    /// <summary>
+    /// The properties to publish <paramref name="message"/> with, its headers within what a frame of
+    /// <paramref name="frameMax"/> holds (the largest dropped and named, see <see cref="OversizedHeaders"/>:
+    /// rows stored before the store bounded them); or why it cannot be published at all. With
+    /// <paramref name="extraHeaders"/> (a move to <c>_error</c>) nothing stored stops the copy: unreadable
+    /// headers, header names and properties AMQP cannot carry are left out.
+    /// </summary>
+    private static string? Build(
+        ScheduledMessage message, string routingKey, IReadOnlyDictionary<string, string>? extraHeaders, uint frameMax, out BasicProperties properties)
+    {
+        var salvage = extraHeaders is not null;
+        properties = new BasicProperties();
+        Dictionary<string, string?>? stored;
+        try
+        {
+            stored = JsonSerializer.Deserialize<Dictionary<string, string?>>(message.Headers);
+        }
+        catch (JsonException exception) when (!salvage)
+        {
+            return $"its stored headers are unreadable: {exception.Message}";
+        }
+        catch (JsonException)
+        {
+            stored = null;
+        }
+
+        var headers = new Dictionary<string, object?>(StringComparer.Ordinal);
+        foreach (var (key, value) in stored ?? [])
+        {
+            if (!salvage || AmqpFrame.IsShortString(key))
+            {
+                headers[key] = value;
+            }
+        }
+
+        foreach (var (key, value) in extraHeaders ?? new Dictionary<string, string>())
+        {
+            headers[key] = value;
+        }
+
+        properties.Headers = headers;
+        properties.DeliveryMode = DeliveryModes.Persistent;
+        properties.ContentType = salvage && !AmqpFrame.IsShortString(message.ContentType) ? null : message.ContentType;
+        properties.MessageId = salvage && !AmqpFrame.IsShortString(message.MessageId) ? null : message.MessageId;
+        var budget = AmqpFrame.ContentHeaderBudget(frameMax);
+        OversizedHeaders.DropLargest(headers, budget - AmqpFrame.ContentHeaderBytes(properties) + AmqpFrame.TableBytes(headers), extraHeaders?.Keys.ToList());
+        if (!AmqpFrame.IsShortString(routingKey))
+        {
+            return $"its destination '{routingKey[..Math.Min(routingKey.Length, 64)]}…' is longer than a routing key may be";
+        }
+
+        if (!AmqpFrame.IsShortString(properties.MessageId) || !AmqpFrame.IsShortString(properties.ContentType))
+        {
+            return "its message id or content type is longer than AMQP allows";
+        }
+
+        if (headers.Keys.FirstOrDefault(name => !AmqpFrame.IsShortString(name)) is { } longName)
+        {
+            return $"its header name '{longName[..Math.Min(longName.Length, 64)]}…' is longer than AMQP allows";
+        }
+
+        var bytes = AmqpFrame.ContentHeaderBytes(properties);
+        return bytes > budget ? $"its properties take {bytes} bytes, more than a frame of {frameMax} holds" : null;
+    }
+
+    /// <summary>
+    /// The broker closed the channel or connection for what was published (a frame it could not take,
+    /// a precondition such as its size limit), or the client could not even write it: the same message
+    /// will fail the same way every time.
+    /// </summary>
+    private static bool BlamesTheMessage(Exception exception) => exception switch
+    {
+        OperationInterruptedException { ShutdownReason.ReplyCode: Constants.FrameError or Constants.SyntaxError or Constants.UnexpectedFrame or Constants.PreconditionFailed or Constants.ContentTooLarge } => true,
+        WireFormattingException or ArgumentException => true,
+        _ => false,
+    };
 
     /// <summary>
     /// Gives up the channel and its connection without waiting: the next publish opens new ones. They
@@ -66,31 +227,20 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
         });
     }
 
-    private static BasicProperties PropertiesOf(ScheduledMessage message)
+    /// <summary>The open channel (a new one when the last closed) and its connection's negotiated frame size.</summary>
+    private async Task<(IChannel Channel, uint FrameMax)> ChannelAsync(CancellationToken cancellationToken)
     {
-        var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(message.Headers) ?? [];
-        return new BasicProperties
+        if (_channel is { IsOpen: true } open && _connection is { } connection)
         {
-            ContentType = message.ContentType,
-            MessageId = message.MessageId,
-            DeliveryMode = DeliveryModes.Persistent,
-            Headers = headers.ToDictionary(h => h.Key, h => (object?)h.Value),
-        };
-    }
-
-    private async Task<IChannel> ChannelAsync(CancellationToken cancellationToken)
-    {
-        if (_channel is { IsOpen: true } open)
-        {
-            return open;
+            return (open, connection.FrameMax);
         }
 
         await _gate.WaitAsync(cancellationToken);
         try
         {
-            if (_channel is { IsOpen: true } raced)
+            if (_channel is { IsOpen: true } raced && _connection is { } racedConnection)
             {
-                return raced;
+                return (raced, racedConnection.FrameMax);
             }
 
             await CloseAsync();
@@ -98,7 +248,7 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             _channel = await _connection.CreateChannelAsync(
                 new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true),
                 cancellationToken);
-            return _channel;
+            return (_channel, _connection.FrameMax);
         }
         finally
         {

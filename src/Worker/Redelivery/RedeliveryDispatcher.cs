@@ -12,6 +12,8 @@ namespace Conveyor.Worker.Redelivery;
 /// Runs in every worker: claims due rows with FOR UPDATE SKIP LOCKED, publishes them with
 /// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY from the store.
 /// A crash after a confirm and before the commit republishes once more; the inbox absorbs it.
+/// Each row settles on its own (<see cref="SettleAsync"/>): one that cannot be published never holds
+/// back the others.
 /// </summary>
 public sealed partial class RedeliveryDispatcher(
     IDbContextFactory<ConveyorDbContext> dbFactory,
@@ -24,6 +26,8 @@ public sealed partial class RedeliveryDispatcher(
         "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published");
     private static readonly Counter<long> Published = JobMetrics.Instance.CreateCounter<long>(
         "conveyor.redelivery.published", description: "Scheduled messages published by the dispatcher");
+    private static readonly Counter<long> Unpublishable = JobMetrics.Instance.CreateCounter<long>(
+        "conveyor.redelivery.unpublishable", description: "Scheduled messages that could not be published and were moved to their destination's _error queue");
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -101,31 +105,49 @@ public sealed partial class RedeliveryDispatcher(
                 return total;
             }
 
-            var confirmed = await PublishWithinTimeoutAsync(due, cancellationToken);
+            var results = await PublishWithinTimeoutAsync(due.Count, timeout => publisher.PublishAsync(due, timeout), cancellationToken);
+            var settled = new List<(ScheduledMessage Message, Settlement Settlement, PublishResult Result)>(due.Count);
+            foreach (var (message, result) in due.Zip(results))
+            {
+                settled.Add(await SettleAsync(message, result, cancellationToken));
+            }
+
             var published = time.GetUtcNow();
-            var confirmedIds = confirmed.ToArray();
+            var doneIds = settled.Where(s => s.Settlement != Settlement.Later).Select(s => s.Message.Id).ToArray();
             await db.Database.ExecuteSqlInterpolatedAsync(
-                $"DELETE FROM scheduled_messages WHERE id = ANY({confirmedIds})", cancellationToken);
-            var refusedIds = due.Select(d => d.Id).Except(confirmedIds).ToArray();
-            if (refusedIds.Length > 0)
+                $"DELETE FROM scheduled_messages WHERE id = ANY({doneIds})", cancellationToken);
+            var later = settled.Where(s => s.Settlement == Settlement.Later).ToList();
+            if (later.Count > 0)
             {
                 var retryAt = published.AddSeconds(options.Value.FailedPublishBackoffSeconds);
+                var laterIds = later.Select(s => s.Message.Id).ToArray();
                 await db.Database.ExecuteSqlInterpolatedAsync(
-                    $"UPDATE scheduled_messages SET due_at = {retryAt} WHERE id = ANY({refusedIds})", cancellationToken);
-                LogRefused(refusedIds.Length, retryAt);
+                    $"UPDATE scheduled_messages SET due_at = {retryAt} WHERE id = ANY({laterIds})", cancellationToken);
+                var refused = later.Count(s => s.Result.Outcome == PublishOutcome.Refused);
+                if (refused > 0)
+                {
+                    LogRefused(refused, retryAt);
+                }
+
+                if (later.FirstOrDefault(s => s.Result.Outcome != PublishOutcome.Refused) is { Message: not null } failed)
+                {
+                    LogFailed(later.Count - refused, retryAt, failed.Result.Error);
+                }
             }
 
             // Not cancelled by a shutdown: these commands are confirmed, and a commit cut off would
             // publish them again after the restart (harmless, but avoidable), with a failed
             // transaction in the log.
             await transaction.CommitAsync(CancellationToken.None);
-            foreach (var message in due.Where(d => confirmedIds.Contains(d.Id)))
+            var confirmed = settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message).ToList();
+            foreach (var message in confirmed)
             {
                 Lateness.Record(Math.Max(0, (published - message.DueAt).TotalSeconds));
             }
 
-            Published.Add(confirmedIds.Length);
-            total += confirmedIds.Length;
+            Published.Add(confirmed.Count);
+            Unpublishable.Add(settled.Count(s => s.Settlement == Settlement.MovedToError));
+            total += doneIds.Length;
             if (due.Count < batchSize)
             {
                 return total;
@@ -134,25 +156,71 @@ public sealed partial class RedeliveryDispatcher(
     }
 
     /// <summary>
-    /// Publishes a claimed batch, waiting for its confirms at most <see cref="DispatcherOptions.PublishTimeoutSeconds"/>:
+    /// What becomes of a row after its publish in the batch. A channel or connection that failed fails
+    /// every publish in flight on it, and RabbitMQ closes the whole connection for one message it cannot
+    /// take: a row whose publish failed is published again alone, so that one bad row never holds back
+    /// the others. A row the broker refuses for what it is, or that cannot be published at all, is
+    /// moved to its destination's <c>_error</c> queue with the reason; while that queue does not exist
+    /// (MassTransit declares it at its first message) it stays, for another try later: never lost.
+    /// </summary>
+    private async Task<(ScheduledMessage Message, Settlement Settlement, PublishResult Result)> SettleAsync(
+        ScheduledMessage message, PublishResult result, CancellationToken cancellationToken)
+    {
+        if (result.Outcome == PublishOutcome.Failed)
+        {
+            result = await PublishWithinTimeoutAsync(1, timeout => publisher.PublishAloneAsync(message, timeout), cancellationToken);
+        }
+
+        if (result.Outcome == PublishOutcome.Confirmed)
+        {
+            return (message, Settlement.Published, result);
+        }
+
+        if (result.Outcome != PublishOutcome.Unpublishable)
+        {
+            return (message, Settlement.Later, result);
+        }
+
+        var reason = result.Error ?? "no reason given";
+        var moved = await PublishWithinTimeoutAsync(
+            1, timeout => publisher.MoveToErrorQueueAsync(message, reason, time.GetUtcNow(), timeout), cancellationToken);
+        if (moved.Outcome != PublishOutcome.Confirmed)
+        {
+            LogNotMovedToError(message.Id, message.Destination, reason, moved.Error);
+            return (message, Settlement.Later, result);
+        }
+
+        LogMovedToError(message.Id, message.Destination, reason);
+        return (message, Settlement.MovedToError, result);
+    }
+
+    private enum Settlement
+    {
+        Published,
+        MovedToError,
+        Later,
+    }
+
+    /// <summary>
+    /// Publishes with confirms, waiting for them at most <see cref="DispatcherOptions.PublishTimeoutSeconds"/>:
     /// a dispatcher must not hold its rows locked and its transaction open for as long as a broker
     /// alarm lasts. On a timeout the publisher's channel is given up (its outstanding confirms can no
     /// longer be matched; closing it may wait on the same stalled broker, so that happens aside) and
     /// the caller's transaction rolls back.
     /// </summary>
-    private async Task<IReadOnlyList<long>> PublishWithinTimeoutAsync(List<ScheduledMessage> due, CancellationToken cancellationToken)
+    private async Task<T> PublishWithinTimeoutAsync<T>(int count, Func<CancellationToken, Task<T>> publish, CancellationToken cancellationToken)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(TimeSpan.FromSeconds(options.Value.PublishTimeoutSeconds));
         try
         {
-            return await publisher.PublishAsync(due, timeout.Token);
+            return await publish(timeout.Token);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
             publisher.Abandon();
             throw new TimeoutException(
-                $"The broker did not confirm a batch of {due.Count} scheduled message(s) within {options.Value.PublishTimeoutSeconds} s; their claim is released for another try.");
+                $"The broker did not confirm a batch of {count} scheduled message(s) within {options.Value.PublishTimeoutSeconds} s; their claim is released for another try.");
         }
     }
 
@@ -202,4 +270,13 @@ public sealed partial class RedeliveryDispatcher(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The broker refused {Count} scheduled message(s) (missing queue?); next try at {RetryAt:O}")]
     private partial void LogRefused(int count, DateTimeOffset retryAt);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} scheduled message(s) could not be published, even alone; next try at {RetryAt:O}: {Error}")]
+    private partial void LogFailed(int count, DateTimeOffset retryAt, string? error);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Scheduled message {Id} for {Destination} can never be published ({Reason}); moved to its _error queue")]
+    private partial void LogMovedToError(long id, string destination, string reason);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Scheduled message {Id} for {Destination} can never be published ({Reason}), nor moved to its _error queue ({Error}); kept, tried again later")]
+    private partial void LogNotMovedToError(long id, string destination, string reason, string? error);
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using Conveyor.Storage;
+using Conveyor.Worker.Messaging;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
 
@@ -16,6 +17,12 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// <summary>The NOTIFY channel that wakes the dispatchers.</summary>
     public const string Channel = "conveyor_scheduled";
 
+    /// <summary>
+    /// The most a stored copy's headers take as the dispatcher publishes them (an AMQP field table):
+    /// half of RabbitMQ's default frame, so the copy fits with room to spare.
+    /// </summary>
+    public const int MaxStoredHeaderBytes = 65_536;
+
     /// <param name="dedupeKey">Unique per intended publish: storing it twice keeps the first.</param>
     /// <param name="extraHeaders">Headers to set on the copy (overriding what it carried).</param>
     public async Task ScheduleAsync(
@@ -28,12 +35,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         IReadOnlyDictionary<string, string> extraHeaders,
         CancellationToken cancellationToken)
     {
-        var headers = RedeliveryHeaders.ForStorage(received.TransportHeaders.GetAll());
-        foreach (var (key, value) in extraHeaders)
-        {
-            headers[key] = value;
-        }
-
+        var headers = StorableHeaders(RedeliveryHeaders.ForStorage(received.TransportHeaders.GetAll()), extraHeaders);
         var contentType = StorableContentType(received.ContentType);
         var body = received.Body.GetBytes();
         var headersJson = JsonSerializer.Serialize(headers);
@@ -46,6 +48,31 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
                 RETURNING id)
             SELECT pg_notify({Channel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}) FROM stored
             """, cancellationToken);
+    }
+
+    /// <summary>
+    /// The received headers with <paramref name="extraHeaders"/> over them, within
+    /// <see cref="MaxStoredHeaderBytes"/>: the largest received ones are dropped (and named in
+    /// <see cref="OversizedHeaders.DroppedHeader"/>) when they take more. A header near the limit when
+    /// it arrived can take more once stored (bytes that are no UTF-8 come back as three each), and a row
+    /// whose headers no longer fit in a frame could never be published.
+    /// </summary>
+    internal static Dictionary<string, object?> StorableHeaders(
+        IReadOnlyDictionary<string, string> received, IReadOnlyDictionary<string, string> extraHeaders)
+    {
+        var headers = new Dictionary<string, object?>(StringComparer.Ordinal);
+        foreach (var (key, value) in received)
+        {
+            headers[key] = value;
+        }
+
+        foreach (var (key, value) in extraHeaders)
+        {
+            headers[key] = value;
+        }
+
+        OversizedHeaders.DropLargest(headers, MaxStoredHeaderBytes, extraHeaders.Keys.ToHashSet(StringComparer.Ordinal));
+        return headers;
     }
 
     /// <summary>
