@@ -84,6 +84,7 @@ public static class JobEndpointPipeline
         });
         endpoint.ConfigureDeadLetter(skipped =>
         {
+            skipped.UseFilter(new SkippedReasonFilter());
             skipped.UseFilter(frameFit);
             skipped.UseFilter(new DeadLetterTransportFilter());
         });

@@ -69,6 +69,7 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         // The unknown type is skipped; everything unreadable or invalid is an error with its reason.
         var unknown = Assert.Single(skipped);
         Assert.Contains("ShipOrder", Encoding.UTF8.GetString(unknown.Body), StringComparison.Ordinal);
+        Assert.StartsWith("no consumer on charge-payment takes this message's type", unknown.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
         Assert.Equal(6, error.Count);
         Assert.All(error, message =>
         {
