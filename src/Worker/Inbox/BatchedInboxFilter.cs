@@ -134,9 +134,9 @@ public sealed partial class BatchedInboxFilter<T>(
 
 /// <summary>
 /// The inbox batch this message was in did not commit. The inner exception is why; it decides whether
-/// the message is tried again (<see cref="Failures.FailureClassifier"/>). After a batch broken by one
-/// message's staged insert, every message with effects is applied again alone, so the inner exception
-/// of a message that still fails is its own.
+/// the message is tried again (<see cref="Failures.FailureClassifier"/>). After a batch that failed with
+/// more than one message waiting for it, each of them is settled again alone, so the inner exception of
+/// a message that still fails is its own; none means it is to be tried again.
 /// </summary>
 public sealed class InboxBatchFailedException(Exception? inner)
     : Exception("The inbox batch this message was in did not commit", inner);

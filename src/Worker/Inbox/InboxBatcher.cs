@@ -14,8 +14,8 @@ namespace Conveyor.Worker.Inbox;
 /// writes each job row once (attempt counted, final status; created when another service published
 /// directly) and removes the inbox rows of failed attempts, and one COMMIT makes it all durable.
 /// Each message keeps the single-message protocol's guarantees: its inbox row is inserted before
-/// its consumer runs, and its effects commit with it or not at all. A batch whose apply or commit fails is retried one message per transaction, so
-/// one bad message cannot fail the others.
+/// its consumer runs, and its effects commit with it or not at all. A batch whose apply or commit fails
+/// settles its messages again one per transaction, so one bad message cannot fail the others.
 /// </summary>
 public sealed partial class InboxBatcher : IAsyncDisposable
 {
@@ -262,19 +262,28 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         catch (Exception exception)
         {
             await RollBackQuietlyAsync(transaction);
-            var withEffects = members.Where(m => m.Succeeded).ToList();
-            if (withEffects.Count > 1 && !DatabaseFailures.IsUnavailable(exception))
+            // Whose the failure is cannot be told from the exception: any message's writes may have
+            // broken the batch (a staged insert, the job row of a failed attempt). Unless the database
+            // is away, or only one message waited for this commit (then it is that message's own),
+            // each one that waited is settled again in a transaction of its own, so that none is
+            // failed (perhaps for good: a constraint violation is permanent) for another's fault.
+            var waiting = members.Count(m => m.Claim != InboxClaim.Duplicate);
+            var failedOnTheirOwn = members.Count(m => m.Failed);
+            if (waiting > 1 && waiting > failedOnTheirOwn && !DatabaseFailures.IsUnavailable(exception))
             {
-                // Someone's staged insert broke the batch: each message again in a transaction of its own.
                 LogFallingBack(exception, _consumerId, members.Count);
-                foreach (var member in members.Where(m => !m.Succeeded))
+                foreach (var member in members)
                 {
-                    member.Complete(committed: false, exception);
-                }
-
-                foreach (var member in withEffects)
-                {
-                    await RunAloneAsync(member);
+                    if (member.Claim == InboxClaim.Duplicate || member.Failed)
+                    {
+                        // Acked already, or failing with its consumer's own exception whatever the batch did.
+                        member.Complete(committed: false, exception);
+                    }
+                    else
+                    {
+                        // In list order: the first copy of a message settles before a copy that waited for it.
+                        await SettleAloneAsync(member);
+                    }
                 }
 
                 return;
@@ -294,7 +303,11 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    private async Task RunAloneAsync(BatchMember member)
+    /// <summary>
+    /// A message of a batch that failed, in a transaction of its own: its inbox row claimed again and,
+    /// if its consumer succeeded, its effects applied (the consumer does not run again).
+    /// </summary>
+    private async Task SettleAloneAsync(BatchMember member)
     {
         try
         {
@@ -302,9 +315,19 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             await using var transaction = await db.Database.BeginTransactionAsync();
             db.Database.AutoSavepointsEnabled = false;
             var claim = await ClaimRowsAsync(db, [member]);
-            if (claim.TryGetValue(member.MessageKey, out var runnable) && runnable)
+            var runnable = claim.TryGetValue(member.MessageKey, out var runnableNow) && runnableNow;
+            if (runnable && member.Succeeded)
             {
                 await ApplyAsync(db, [member]);
+            }
+            else if (runnable)
+            {
+                // It did not run in the batch (the copy it waited for failed, or its job was finished and
+                // is not any more), and now it would: recorded as handled it would never run. Its
+                // failure path brings it back (no cause: a retry).
+                await transaction.RollbackAsync();
+                member.Complete(committed: false, null);
+                return;
             }
 
             // Not claimed again: another copy got there meanwhile, or the job was cancelled; its effects are dropped.
@@ -442,6 +465,9 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
 
     public Guid JobId { get; } = jobId;
 
+    /// <summary>What the inbox found, once <see cref="Claimed"/> has settled.</summary>
+    internal InboxClaim? Claim { get; private set; }
+
     /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
     public Task<InboxClaim> Claimed => _claimed.Task;
 
@@ -476,6 +502,7 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
 
     internal void SetClaim(InboxClaim claim)
     {
+        Claim = claim;
         if (claim != InboxClaim.Run)
         {
             // Nothing to wait for: its consumer does not run.
