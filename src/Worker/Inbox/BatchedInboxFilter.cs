@@ -25,9 +25,9 @@ public sealed partial class BatchedInboxFilter<T>(
     {
         var descriptor = services.GetRequiredService<JobDescriptor<T>>();
         var consumerId = InboxKeys.ConsumerIdOf(context);
-        var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.JobIdOf(context));
+        var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.ClaimedJobIdOf(context));
         var batcher = batchers.For(consumerId, descriptor);
-        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId ?? Guid.CreateVersion7());
+        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId);
 
         switch (await member.Claimed)
         {
@@ -49,6 +49,7 @@ public sealed partial class BatchedInboxFilter<T>(
                 return;
         }
 
+        job = job with { JobId = member.JobId };
         var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
         using var logScope = JobLogScope.Begin(logger, job, context);
         try
