@@ -19,11 +19,10 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
     public Task Send(ExceptionReceiveContext context, IPipe<ExceptionReceiveContext> next)
     {
         var headers = context.ExceptionHeaders;
-        var received = context.TransportHeaders.GetAll().ToList();
-        headers.Set(RedeliveryHeaders.FirstFailureAt,
-            RedeliveryHeaders.ReadString(received, RedeliveryHeaders.FirstFailureAt)
-            ?? time.GetUtcNow().ToString("O", CultureInfo.InvariantCulture));
-        headers.Set(RedeliveryHeaders.Attempt, RedeliveryHeaders.ReadInt(received, RedeliveryHeaders.Attempt).ToString(CultureInfo.InvariantCulture));
+        // As the redelivery filter checked them (RedeliverySeal), never a sender's own values.
+        var history = context.TryGetPayload(out RedeliveryHistory? received) ? received : RedeliveryHistory.None;
+        headers.Set(RedeliveryHeaders.FirstFailureAt, history.FirstFailureAt ?? time.GetUtcNow().ToString("O", CultureInfo.InvariantCulture));
+        headers.Set(RedeliveryHeaders.Attempt, history.Attempt.ToString(CultureInfo.InvariantCulture));
 
         if (context.TryGetPayload(out DeadLetterDetails? details))
         {

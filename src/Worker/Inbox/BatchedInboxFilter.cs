@@ -25,9 +25,9 @@ public sealed partial class BatchedInboxFilter<T>(
     {
         var descriptor = services.GetRequiredService<JobDescriptor<T>>();
         var consumerId = InboxKeys.ConsumerIdOf(context);
-        var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.JobIdOf(context));
+        var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.ClaimedJobIdOf(context));
         var batcher = batchers.For(consumerId, descriptor);
-        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId ?? Guid.CreateVersion7());
+        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId);
 
         switch (await member.Claimed)
         {
@@ -49,6 +49,7 @@ public sealed partial class BatchedInboxFilter<T>(
                 return;
         }
 
+        job = job with { JobId = member.JobId };
         var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
         using var logScope = JobLogScope.Begin(logger, job, context);
         try
@@ -134,9 +135,9 @@ public sealed partial class BatchedInboxFilter<T>(
 
 /// <summary>
 /// The inbox batch this message was in did not commit. The inner exception is why; it decides whether
-/// the message is tried again (<see cref="Failures.FailureClassifier"/>). After a batch broken by one
-/// message's staged insert, every message with effects is applied again alone, so the inner exception
-/// of a message that still fails is its own.
+/// the message is tried again (<see cref="Failures.FailureClassifier"/>). After a batch that failed with
+/// more than one message waiting for it, each of them is settled again alone, so the inner exception of
+/// a message that still fails is its own; none means it is to be tried again.
 /// </summary>
 public sealed class InboxBatchFailedException(Exception? inner)
     : Exception("The inbox batch this message was in did not commit", inner);

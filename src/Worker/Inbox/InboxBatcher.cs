@@ -14,8 +14,8 @@ namespace Conveyor.Worker.Inbox;
 /// writes each job row once (attempt counted, final status; created when another service published
 /// directly) and removes the inbox rows of failed attempts, and one COMMIT makes it all durable.
 /// Each message keeps the single-message protocol's guarantees: its inbox row is inserted before
-/// its consumer runs, and its effects commit with it or not at all. A batch whose apply or commit fails is retried one message per transaction, so
-/// one bad message cannot fail the others.
+/// its consumer runs, and its effects commit with it or not at all. A batch whose apply or commit fails
+/// settles its messages again one per transaction, so one bad message cannot fail the others.
 /// </summary>
 public sealed partial class InboxBatcher : IAsyncDisposable
 {
@@ -66,9 +66,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     }
 
     /// <summary>Queues a message for the next batch; <see cref="BatchMember.Claimed"/> says what the inbox found.</summary>
-    public BatchMember Join(string messageKey, Guid? messageId, Guid jobId)
+    /// <param name="claimedJobId">The job id the message claims (<see cref="JobRef"/>), if any.</param>
+    public BatchMember Join(string messageKey, Guid? messageId, Guid? claimedJobId)
     {
-        var member = new BatchMember(messageKey, messageId, jobId);
+        var member = new BatchMember(messageKey, messageId, claimedJobId);
         var waiting = Interlocked.Increment(ref _waiting);
         if (!_pending.Writer.TryWrite(member))
         {
@@ -262,19 +263,28 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         catch (Exception exception)
         {
             await RollBackQuietlyAsync(transaction);
-            var withEffects = members.Where(m => m.Succeeded).ToList();
-            if (withEffects.Count > 1 && !DatabaseFailures.IsUnavailable(exception))
+            // Whose the failure is cannot be told from the exception: any message's writes may have
+            // broken the batch (a staged insert, the job row of a failed attempt). Unless the database
+            // is away, or only one message waited for this commit (then it is that message's own),
+            // each one that waited is settled again in a transaction of its own, so that none is
+            // failed (perhaps for good: a constraint violation is permanent) for another's fault.
+            var waiting = members.Count(m => m.Claim != InboxClaim.Duplicate);
+            var failedOnTheirOwn = members.Count(m => m.Failed);
+            if (waiting > 1 && waiting > failedOnTheirOwn && !DatabaseFailures.IsUnavailable(exception))
             {
-                // Someone's staged insert broke the batch: each message again in a transaction of its own.
                 LogFallingBack(exception, _consumerId, members.Count);
-                foreach (var member in members.Where(m => !m.Succeeded))
+                foreach (var member in members)
                 {
-                    member.Complete(committed: false, exception);
-                }
-
-                foreach (var member in withEffects)
-                {
-                    await RunAloneAsync(member);
+                    if (member.Claim == InboxClaim.Duplicate || member.Failed)
+                    {
+                        // Acked already, or failing with its consumer's own exception whatever the batch did.
+                        member.Complete(committed: false, exception);
+                    }
+                    else
+                    {
+                        // In list order: the first copy of a message settles before a copy that waited for it.
+                        await SettleAloneAsync(member);
+                    }
                 }
 
                 return;
@@ -294,7 +304,11 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    private async Task RunAloneAsync(BatchMember member)
+    /// <summary>
+    /// A message of a batch that failed, in a transaction of its own: its inbox row claimed again and,
+    /// if its consumer succeeded, its effects applied (the consumer does not run again).
+    /// </summary>
+    private async Task SettleAloneAsync(BatchMember member)
     {
         try
         {
@@ -302,9 +316,20 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             await using var transaction = await db.Database.BeginTransactionAsync();
             db.Database.AutoSavepointsEnabled = false;
             var claim = await ClaimRowsAsync(db, [member]);
-            if (claim.TryGetValue(member.MessageKey, out var runnable) && runnable)
+            var runnable = claim.TryGetValue(member.MessageKey, out var row) && row.Runnable;
+            if (runnable && member.Succeeded)
             {
+                member.ResolveJobId(row!.JobId);
                 await ApplyAsync(db, [member]);
+            }
+            else if (runnable)
+            {
+                // It did not run in the batch (the copy it waited for failed, or its job was finished and
+                // is not any more), and now it would: recorded as handled it would never run. Its
+                // failure path brings it back (no cause: a retry).
+                await transaction.RollbackAsync();
+                member.Complete(committed: false, null);
+                return;
             }
 
             // Not claimed again: another copy got there meanwhile, or the job was cancelled; its effects are dropped.
@@ -324,7 +349,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         var inserters = new HashSet<string>(StringComparer.Ordinal);
         foreach (var member in members)
         {
-            if (!claimed.TryGetValue(member.MessageKey, out var runnable))
+            if (!claimed.TryGetValue(member.MessageKey, out var row))
             {
                 member.SetClaim(InboxClaim.Duplicate);
             }
@@ -335,39 +360,46 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             }
             else
             {
-                member.SetClaim(runnable ? InboxClaim.Run : InboxClaim.NotRunnable);
+                member.ResolveJobId(row.JobId);
+                member.SetClaim(row.Runnable ? InboxClaim.Run : InboxClaim.NotRunnable);
             }
         }
     }
 
-    private async Task<Dictionary<string, bool>> ClaimRowsAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
+    private async Task<Dictionary<string, BatchClaimRow>> ClaimRowsAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
     {
         var now = _time.GetUtcNow();
         var keys = members.Select(m => m.MessageKey).ToArray();
         var messageIds = members.Select(m => m.MessageId).ToArray();
+        var jobIds = members.Select(m => m.JobId).ToArray();
         // Rows are inserted and locked in key order, so two batches holding copies of the same
         // messages queue behind each other instead of deadlocking. The job rows are only locked
         // here (a cancel waits for the batch); they are written once, with the outcome, by ApplyAsync.
+        // A job's id is its row's; a job without a row yet takes the id its message claims unless
+        // another row holds it (JobRef), else a new one.
         var rows = await db.Database.SqlQuery<BatchClaimRow>($"""
             WITH input AS (
-                SELECT t.message_key, t.message_id, t.ord
-                  FROM unnest({keys}::text[], {messageIds}::uuid[]) WITH ORDINALITY AS t(message_key, message_id, ord)),
+                SELECT t.message_key, t.message_id, t.job_id, t.ord
+                  FROM unnest({keys}::text[], {messageIds}::uuid[], {jobIds}::uuid[]) WITH ORDINALITY AS t(message_key, message_id, job_id, ord)),
             inbox_rows AS (
                 INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
                 SELECT {_consumerId}, i.message_key, i.message_id, {now} FROM input i ORDER BY i.message_key, i.ord
                 ON CONFLICT DO NOTHING
                 RETURNING message_key),
             job_rows AS (
-                SELECT j.business_key, j.status
+                SELECT j.business_key, j.status, j.id
                   FROM jobs j
                  WHERE j.kind = {_kind} AND j.business_key IN (SELECT r.message_key FROM inbox_rows r)
                  ORDER BY j.business_key
                    FOR NO KEY UPDATE)
             SELECT r.message_key AS "Key",
-                   (j.status IS NULL OR j.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})) AS "Runnable"
+                   (j.status IS NULL OR j.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})) AS "Runnable",
+                   COALESCE(j.id, (SELECT i.job_id FROM input i
+                                    WHERE i.message_key = r.message_key AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = i.job_id)
+                                    ORDER BY i.ord LIMIT 1)) AS job_id
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
-        return rows.ToDictionary(r => r.Key, r => r.Runnable, StringComparer.Ordinal);
+        return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);
     }
 
     /// <summary>
@@ -391,7 +423,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
 
         var now = _time.GetUtcNow();
-        var jobIds = ran.Select(m => m.JobId).ToArray();
+        var jobIds = ran.Select(m => m.JobId ?? Guid.CreateVersion7()).ToArray();
         var keys = ran.Select(m => m.MessageKey).ToArray();
         var succeeded = ran.Select(m => m.Succeeded).ToArray();
         var failedKeys = ran.Where(m => m.Failed).Select(m => m.MessageKey).ToArray();
@@ -430,7 +462,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 }
 
 /// <summary>One message in an inbox batch: what the inbox found, what its consumer did, how the batch ended.</summary>
-public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
+public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claimedJobId)
 {
     private readonly TaskCompletionSource<InboxClaim> _claimed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _ran = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -440,7 +472,14 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
 
     public Guid? MessageId { get; } = messageId;
 
-    public Guid JobId { get; } = jobId;
+    /// <summary>
+    /// The job's id: the one its message claims until <see cref="Claimed"/> settles; then, for a
+    /// message that may run, its row's (or the one its row will be created with).
+    /// </summary>
+    public Guid? JobId { get; private set; } = claimedJobId;
+
+    /// <summary>What the inbox found, once <see cref="Claimed"/> has settled.</summary>
+    internal InboxClaim? Claim { get; private set; }
 
     /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
     public Task<InboxClaim> Claimed => _claimed.Task;
@@ -474,8 +513,11 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
         _ran.TrySetResult();
     }
 
+    internal void ResolveJobId(Guid? rowId) => JobId = rowId ?? Guid.CreateVersion7();
+
     internal void SetClaim(InboxClaim claim)
     {
+        Claim = claim;
         if (claim != InboxClaim.Run)
         {
             // Nothing to wait for: its consumer does not run.
@@ -499,10 +541,13 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid jobId)
     }
 }
 
-/// <summary>One row of the batch claim: a key whose inbox row was inserted, and whether its job may run.</summary>
+/// <summary>One row of the batch claim: a key whose inbox row was inserted, whether its job may run, and its id.</summary>
 public sealed class BatchClaimRow
 {
     public string Key { get; init; } = "";
 
     public bool Runnable { get; init; }
+
+    /// <summary>The job row's id; else the id its message claims when no other row holds it; else null.</summary>
+    public Guid? JobId { get; init; }
 }

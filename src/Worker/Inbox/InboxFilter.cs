@@ -25,16 +25,16 @@ public sealed partial class InboxFilter<T>(
         var descriptor = services.GetService<JobDescriptor<T>>();
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var messageKey = descriptor?.BusinessKey(context.Message) ?? InboxKeys.FallbackKey(context);
-        JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.JobIdOf(context));
+        JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.ClaimedJobIdOf(context));
 
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         // All or nothing: a savepoint around each SaveChanges would only cost two round trips.
         db.Database.AutoSavepointsEnabled = false;
         // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
         // first committed) or inserts (the first rolled back).
-        var claim = job is { } claimed
+        var (claim, jobId) = job is { } claimed
             ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, claimed, cancellationToken)
-            : await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, cancellationToken);
+            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, cancellationToken), null);
         if (claim == InboxClaim.Duplicate)
         {
             await transaction.CommitAsync(cancellationToken);
@@ -53,6 +53,7 @@ public sealed partial class InboxFilter<T>(
             return;
         }
 
+        job = job is { } running ? running with { JobId = jobId } : null;
         var startedAt = job is { } starting ? JobMetrics.AttemptStarted(starting.Kind, context, time) : time.GetTimestamp();
         using var logScope = JobLogScope.Begin(logger, job, context);
 

@@ -17,6 +17,10 @@ public static class InboxKeys
         (context.Headers.Get<Guid>(OriginalMessageIdHeader) ?? context.MessageId)?.ToString()
         ?? throw new InvalidOperationException("The message has neither a business key nor a MessageId.");
 
-    public static Guid? JobIdOf(ConsumeContext context) =>
+    /// <summary>
+    /// The job id the sender claims (<see cref="JobHeaders.JobId"/>): unchecked, so only a claim
+    /// (<see cref="Jobs.JobRef"/>); the job's own id is its row's.
+    /// </summary>
+    public static Guid? ClaimedJobIdOf(ConsumeContext context) =>
         Guid.TryParse(context.Headers.Get<string>(JobHeaders.JobId), out var id) ? id : null;
 }

@@ -40,7 +40,7 @@ public sealed partial class LeaseInboxFilter<T>(
         var descriptor = services.GetRequiredService<JobDescriptor<T>>();
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var key = descriptor.BusinessKey(context.Message);
-        var job = new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context));
+        var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context));
         var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
         var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
         // A delivery that waited (prefetched, or through earlier attempts) until no time is left gets no run.
@@ -94,7 +94,7 @@ public sealed partial class LeaseInboxFilter<T>(
         ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil)
     {
         var cancellationToken = context.CancellationToken;
-        if (!await tracker.StartAttemptAsync(job, cancellationToken))
+        if (await tracker.StartAttemptAsync(job, cancellationToken) is not { } jobId)
         {
             // Cancelled, or succeeded already: mark the message handled without running it.
             await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
@@ -103,7 +103,7 @@ public sealed partial class LeaseInboxFilter<T>(
         }
 
         var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
-        using var logScope = JobLogScope.Begin(logger, job, context);
+        using var logScope = JobLogScope.Begin(logger, job with { JobId = jobId }, context);
         // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then
         // on another worker may take it over at any moment); each renewal puts it off.
         using var leaseLost = new CancellationTokenSource(Until(leasedUntil), time);

@@ -22,7 +22,7 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
         }
         catch (Exception exception) when (context.TryGetMessage<T>(out var consumeContext))
         {
-            var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), InboxKeys.JobIdOf(context));
+            var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), InboxKeys.ClaimedJobIdOf(context));
             if (exception is RequeueRequestedException)
             {
                 // Its database is away: nothing to record, and the message goes back to its queue.
@@ -40,9 +40,10 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
                 {
                     JobMetrics.DeadLettered(job.Kind);
                     await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
-                    // The row's id goes into the _error message even when the message carried none.
+                    // The row's id goes into the _error message, never the id the message claimed: an
+                    // operator's move by job id must find this job's command, not one that named it.
                     var row = await tracker.FindAsync(job, CancellationToken.None);
-                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(job.JobId ?? row?.Id, job.Kind, row?.Attempts, FailureClassifier.IsTransient(exception)));
+                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(row?.Id, job.Kind, row?.Attempts, FailureClassifier.IsTransient(exception)));
                 }
             }
             catch (Exception statusException) when (statusException is not OutOfMemoryException)

@@ -1,4 +1,10 @@
 namespace Conveyor.Worker.Jobs;
 
-/// <summary>Identifies a job row: by (kind, business key), with the Api's job id when the message carried one.</summary>
+/// <summary>
+/// Identifies a job row: by (kind, business key). <paramref name="JobId"/> is the row's id once the
+/// inbox has claimed the job; before that, the id the message claims (its <c>Conveyor-Job-Id</c>
+/// header, which any sender can set). A claimed id never selects a row: it only names the row when a
+/// write creates it, and only when no other row holds that id (the Api's row was removed after an
+/// unconfirmed publish, and the command arrived anyway).
+/// </summary>
 public readonly record struct JobRef(string Kind, string BusinessKey, Guid? JobId);

@@ -14,10 +14,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
 
     /// <summary>
     /// Marks an attempt as started; creates the row when another service published directly.
-    /// False when the job must not run: it succeeded already (a replay after the inbox row was
-    /// swept) or was cancelled.
+    /// The job's row id, or null when the job must not run: it succeeded already (a replay after
+    /// the inbox row was swept) or was cancelled.
     /// </summary>
-    public Task<bool> StartAttemptAsync(JobRef job, CancellationToken cancellationToken) =>
+    public Task<Guid?> StartAttemptAsync(JobRef job, CancellationToken cancellationToken) =>
         CountAttemptAsync(job, error: null, cancellationToken);
 
     /// <summary>
@@ -26,12 +26,14 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// succeeded already or was cancelled. One round trip and no commit of its own: the attempt
     /// becomes visible with the job's outcome (a failed attempt is recorded by
     /// <see cref="RecordAttemptFailureAsync"/> with <c>countAttempt</c>, after the rollback).
+    /// With <see cref="InboxClaim.Run"/>, also the job's row id.
     /// </summary>
-    public async Task<InboxClaim> ClaimInTransactionAsync(
+    public async Task<(InboxClaim Claim, Guid? JobId)> ClaimInTransactionAsync(
         ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
-        var id = job.JobId ?? Guid.CreateVersion7();
+        var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
+        // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var claim = await db.Database.SqlQuery<ClaimRow>($"""
             WITH inbox_row AS (
                 INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
@@ -40,16 +42,19 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                 RETURNING 1),
             job_row AS (
                 INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
-                SELECT {id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}
+                SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
+                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}
                  WHERE EXISTS (SELECT 1 FROM inbox_row)
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
                        request_body = NULL
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-                RETURNING 1)
-            SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", EXISTS (SELECT 1 FROM job_row) AS "Runnable"
+                RETURNING id)
+            SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
-        return !claim[0].Inserted ? InboxClaim.Duplicate : claim[0].Runnable ? InboxClaim.Run : InboxClaim.NotRunnable;
+        return !claim[0].Inserted ? (InboxClaim.Duplicate, null)
+            : claim[0].JobId is { } jobId ? (InboxClaim.Run, jobId)
+            : (InboxClaim.NotRunnable, null);
     }
 
     /// <summary>
@@ -71,22 +76,25 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// <summary>
     /// One more attempt of a job that may still run, marked running (with <paramref name="error"/>
     /// as its last error when given); creates the row when another service published directly.
-    /// False when the job succeeded already or was cancelled.
+    /// The job's row id, or null when the job succeeded already or was cancelled.
     /// </summary>
-    private async Task<bool> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken)
+    private async Task<Guid?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
-        var id = job.JobId ?? Guid.CreateVersion7();
-        var counted = await db.Database.ExecuteSqlInterpolatedAsync($"""
+        var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
+        // The message's job id is a claim (see JobRef): an id another row holds is not taken.
+        var counted = await db.Database.SqlQuery<Guid>($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at)
-            VALUES ({id}, {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now})
+            SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
+                   {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
                    next_attempt_at = NULL, updated_at = {now}, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-            """, cancellationToken);
-        return counted == 1;
+            RETURNING id AS "Value"
+            """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
+        return counted.Count == 1 ? counted[0] : null;
     }
 
     public Task MarkRetryScheduledAsync(JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
@@ -182,5 +190,6 @@ public sealed class ClaimRow
 {
     public bool Inserted { get; init; }
 
-    public bool Runnable { get; init; }
+    /// <summary>The job's row id when the job was claimed (it may run); null when it may not.</summary>
+    public Guid? JobId { get; init; }
 }

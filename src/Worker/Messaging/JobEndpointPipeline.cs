@@ -115,7 +115,8 @@ public static class JobEndpointPipeline
         endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
         endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes, options.MaxHeaderBytes));
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
-            context.GetRequiredService<RedeliveryStore>(), RedeliveryPolicy.From(options), tracker, descriptor, killSwitch, time, logger));
+            context.GetRequiredService<RedeliveryStore>(), context.GetRequiredService<RedeliverySeal>(), RedeliveryPolicy.From(options),
+            tracker, descriptor, killSwitch, time, logger));
 
         endpoint.UseFilter(new TransientRetryFilter(RetryIntervals.From(options), time));
 

@@ -3,6 +3,7 @@ using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.ServiceDefaults;
+using Conveyor.Storage;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Payments;
@@ -11,6 +12,7 @@ using Conveyor.Worker.Retention;
 using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using MassTransit;
+using Microsoft.AspNetCore.DataProtection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Options;
 
@@ -41,6 +43,9 @@ public static class WorkerMessagingExtensions
         services.AddSingleton<QueueModeProbe>();
         services.AddSingleton<InboxBatchers>();
         services.AddSingleton<RedeliveryStore>();
+        // Seals the redelivery headers of stored copies; every worker shares the key ring through the database.
+        services.AddDataProtection().SetApplicationName(RedeliverySeal.ApplicationName).PersistKeysToDbContext<ConveyorDbContext>();
+        services.AddSingleton<RedeliverySeal>();
         services.AddSingleton<BrokerPublisher>();
         services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddHostedService<RedeliveryDispatcher>();

@@ -10,10 +10,12 @@ namespace Conveyor.Worker.Redelivery;
 /// <summary>
 /// Sits outside the in-memory retry. A transient failure that outlived those retries is stored
 /// for a delayed redelivery (if the policy allows another) and the original is acked; anything
-/// else passes on towards <c>_error</c>.
+/// else passes on towards <c>_error</c>. A copy's redeliveries so far are counted only from headers
+/// the worker sealed (<see cref="RedeliverySeal"/>), never from what a sender put there.
 /// </summary>
 public sealed partial class RedeliveryFilter<T>(
     RedeliveryStore store,
+    RedeliverySeal seal,
     RedeliveryPolicy policy,
     JobTracker tracker,
     JobDescriptor<T> descriptor,
@@ -51,12 +53,25 @@ public sealed partial class RedeliveryFilter<T>(
             var dueAt = now + policy.DelayFor(attempt, retryAfter, Random.Shared.NextDouble());
             var consumerId = InboxKeys.ConsumerIdOf(context);
             var key = descriptor.BusinessKey(typed.Message);
-            var received = context.ReceiveContext.TransportHeaders.GetAll().ToList();
+            var firstFailureAt = HistoryOf(context).FirstFailureAt ?? now.ToString("O", CultureInfo.InvariantCulture);
+            string sealedHeaders;
+            try
+            {
+                sealedHeaders = seal.Seal(consumerId, key, attempt, firstFailureAt);
+            }
+            catch (Exception sealFailure) when (sealFailure is not OutOfMemoryException)
+            {
+                // The key ring lives in the same database (it may be away, or unreadable): without a seal
+                // the copy would count as a first delivery, and redeliver forever. It waits in its queue.
+                await attempts.RecordHeldAsync();
+                throw new RequeueRequestedException("The redelivery headers could not be sealed; the message goes back to its queue", sealFailure);
+            }
+
             var headers = new Dictionary<string, string>
             {
                 [RedeliveryHeaders.Attempt] = attempt.ToString(CultureInfo.InvariantCulture),
-                [RedeliveryHeaders.FirstFailureAt] = RedeliveryHeaders.ReadString(received, RedeliveryHeaders.FirstFailureAt)
-                    ?? now.ToString("O", CultureInfo.InvariantCulture),
+                [RedeliveryHeaders.FirstFailureAt] = firstFailureAt,
+                [RedeliverySeal.Header] = sealedHeaders,
                 [RedeliveryHeaders.LastError] = JobTracker.Describe(exception, 500),
             };
 
@@ -77,7 +92,7 @@ public sealed partial class RedeliveryFilter<T>(
             try
             {
                 // Advisory: the redelivery is stored, so failing to show it must not fail the message.
-                await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.JobIdOf(context)), exception, dueAt, CancellationToken.None);
+                await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context)), exception, dueAt, CancellationToken.None);
             }
             catch (Exception statusFailure) when (statusFailure is not OutOfMemoryException)
             {
@@ -103,10 +118,19 @@ public sealed partial class RedeliveryFilter<T>(
 
     private bool IsRedeliverable(ConsumeContext context, Exception exception, out int attempt)
     {
-        attempt = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Attempt) + 1;
+        attempt = HistoryOf(context).Attempt + 1;
         var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
         return !stopping && FailureClassifier.IsTransient(exception) && policy.Allows(attempt);
     }
+
+    /// <summary>
+    /// The copy's redeliveries so far, as far as its seal vouches for them; read once per delivery and
+    /// kept on the receive context, where the error pipe takes the <c>_error</c> copy's headers from it.
+    /// </summary>
+    private RedeliveryHistory HistoryOf(ConsumeContext context) =>
+        context.ReceiveContext.GetOrAddPayload(() => context.TryGetMessage<T>(out var typed)
+            ? seal.Read(context.ReceiveContext, InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message))
+            : RedeliveryHistory.None);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);

@@ -1,0 +1,76 @@
+using System.Globalization;
+using System.Text.Json;
+using MassTransit;
+using Microsoft.AspNetCore.DataProtection;
+
+namespace Conveyor.Worker.Redelivery;
+
+/// <summary>
+/// Tells the worker's own redelivered copies from a sender's claim. Any sender can set
+/// <see cref="RedeliveryHeaders.Attempt"/> and <see cref="RedeliveryHeaders.FirstFailureAt"/>, and the
+/// copies the dispatcher publishes carry nothing else that a sender could not set as well. So when
+/// the worker stores a redelivery it seals those two headers, with the consumer and the business key,
+/// in <see cref="Header"/> (ASP.NET Core Data Protection: authenticated encryption under a key ring
+/// every worker shares through the database, <c>data_protection_keys</c>, as the Api's replicas do,
+/// ADR 0003). A received copy's headers count only when its seal opens and says exactly what they
+/// say; otherwise the copy is a first delivery (<see cref="RedeliveryHistory.None"/>): a sender's
+/// "4" neither spends the job's redeliveries nor, as "2147483647", overflows the count.
+/// </summary>
+public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
+{
+    /// <summary>The seal of a redelivered copy's attempt and first failure time.</summary>
+    public const string Header = "Conveyor-Redelivery-Seal";
+
+    /// <summary>The worker's data-protection application name (the Api's is <c>conveyor-api</c>).</summary>
+    public const string ApplicationName = "conveyor-worker";
+
+    private readonly IDataProtector _protector = dataProtection.CreateProtector("Conveyor.Worker.Redelivery.Headers.v1");
+
+    /// <summary>The seal for the headers of redelivery number <paramref name="attempt"/> of this job at this consumer.</summary>
+    public string Seal(string consumerId, string businessKey, int attempt, string firstFailureAt) =>
+        _protector.Protect(Sealed(consumerId, businessKey, attempt.ToString(CultureInfo.InvariantCulture), firstFailureAt));
+
+    /// <summary>
+    /// What the received copy's redelivery headers say, if its seal vouches for them: the seal opens
+    /// (a key of the shared ring, not tampered with), names this consumer and job, and holds the very
+    /// attempt and first failure time the headers carry. A copy moved back from <c>_error</c> has lost
+    /// its attempt header, so it starts afresh.
+    /// </summary>
+    public RedeliveryHistory Read(ReceiveContext received, string consumerId, string businessKey)
+    {
+        var headers = received.TransportHeaders.GetAll().ToList();
+        var attempt = RedeliveryHeaders.ReadString(headers, RedeliveryHeaders.Attempt);
+        var firstFailureAt = RedeliveryHeaders.ReadString(headers, RedeliveryHeaders.FirstFailureAt);
+        if (RedeliveryHeaders.ReadString(headers, Header) is not { Length: > 0 } seal || attempt is null || firstFailureAt is null
+            || !int.TryParse(attempt, NumberStyles.None, CultureInfo.InvariantCulture, out var count) || count < 1)
+        {
+            return RedeliveryHistory.None;
+        }
+
+        try
+        {
+            return string.Equals(_protector.Unprotect(seal), Sealed(consumerId, businessKey, attempt, firstFailureAt), StringComparison.Ordinal)
+                ? new RedeliveryHistory(count, firstFailureAt)
+                : RedeliveryHistory.None;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // Forged, garbled, or sealed with a key this ring does not hold: not ours to count.
+            return RedeliveryHistory.None;
+        }
+    }
+
+    private static string Sealed(string consumerId, string businessKey, string attempt, string firstFailureAt) =>
+        JsonSerializer.Serialize(new[] { consumerId, businessKey, attempt, firstFailureAt });
+}
+
+/// <summary>
+/// A received copy's redelivery history as far as the worker vouches for it (<see cref="RedeliverySeal"/>):
+/// how many delayed redeliveries it has had and when its first attempt failed. The redelivery filter
+/// keeps it on the receive context, where the error pipe finds it for the <c>_error</c> copy's headers.
+/// </summary>
+public sealed record RedeliveryHistory(int Attempt, string? FirstFailureAt)
+{
+    /// <summary>A first delivery, or a copy whose redelivery headers are a sender's own.</summary>
+    public static readonly RedeliveryHistory None = new(0, null);
+}
