@@ -17,6 +17,11 @@ namespace Conveyor.Worker.Inbox;
 /// a short transaction, renew it by heartbeat while the consumer runs, then write the consumer's
 /// results, the inbox <c>done</c> mark and the job's success in one final transaction. A copy
 /// that finds a live lease is stored for redelivery when the lease would expire, and acked.
+/// Leases are timed by the database's clock (<c>clock_timestamp()</c>), never by a worker's: a worker
+/// whose clock runs ahead would otherwise take over leases that are still live, and one whose clock
+/// lags would keep running on a lease that has lapsed. Locally, a lease only ever counts down from
+/// just before the statement that set it, so a worker gives up its run no later than the database
+/// would let another take it.
 /// The delivery itself stays unacked for the whole run, so a run still going when the delivery nears
 /// RabbitMQ's consumer_timeout is stopped (<see cref="DeliveryDeadline"/>) and fails with a
 /// <see cref="DeliveryDeadlineException"/>: a delayed redelivery while the budget lasts, then
@@ -140,30 +145,33 @@ public sealed partial class LeaseInboxFilter<T>(
         return true;
     }
 
-    /// <summary>The lease's expiry when it is ours now, or null.</summary>
+    /// <summary>
+    /// When the lease that is ours now runs out by this worker's clock (counted from just before the
+    /// claim, so no later than the database's expiry), or null when it is not ours.
+    /// </summary>
     private async Task<DateTimeOffset?> TryClaimAsync(string consumerId, string key, Guid? messageId, string owner, TimeSpan lease, CancellationToken cancellationToken)
     {
         await using var claim = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
-        var expires = now + lease;
         // A new key, or an expired lease of a holder that died, becomes ours; a live lease or a done row does not.
         var claimed = await claim.Database.ExecuteSqlInterpolatedAsync($"""
             INSERT INTO inbox (consumer_id, message_key, message_id, received_at, status, lease_owner, lease_expires_at)
-            VALUES ({consumerId}, {key}, {messageId}, {now}, {InboxStatus.Processing}, {owner}, {expires})
+            VALUES ({consumerId}, {key}, {messageId}, {now}, {InboxStatus.Processing}, {owner}, clock_timestamp() + {lease})
             ON CONFLICT (consumer_id, message_key) DO UPDATE
                SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id
-             WHERE inbox.status = {InboxStatus.Processing} AND inbox.lease_expires_at < {now}
+             WHERE inbox.status = {InboxStatus.Processing} AND inbox.lease_expires_at < clock_timestamp()
             """, cancellationToken);
-        return claimed == 1 ? expires : null;
+        return claimed == 1 ? now + lease : null;
     }
 
     private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, CancellationToken cancellationToken)
     {
         await using var read = await dbFactory.CreateDbContextAsync(cancellationToken);
-        var row = await read.Inbox.AsNoTracking()
-            .Where(i => i.ConsumerId == consumerId && i.MessageKey == key)
-            .Select(i => new { i.Status, i.LeaseExpiresAt })
-            .SingleOrDefaultAsync(cancellationToken);
+        // How long the lease has left by the database's clock, which set it.
+        var row = (await read.Database.SqlQuery<LeaseRow>($"""
+            SELECT status, EXTRACT(EPOCH FROM lease_expires_at - clock_timestamp())::float8 AS seconds_left
+              FROM inbox WHERE consumer_id = {consumerId} AND message_key = {key}
+            """).ToListAsync(cancellationToken)).SingleOrDefault();
         if (row is null || row.Status == InboxStatus.Done)
         {
             LogDuplicate(consumerId, key);
@@ -174,7 +182,8 @@ public sealed partial class LeaseInboxFilter<T>(
 
         // Another worker is running it now. Come back when its lease would lapse, not sooner.
         var deferrals = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Deferrals) + 1;
-        var dueAt = (row.LeaseExpiresAt ?? time.GetUtcNow()) + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
+        var left = TimeSpan.FromSeconds(Math.Max(0, row.SecondsLeft ?? 0));
+        var dueAt = time.GetUtcNow() + left + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
         var headers = new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture) };
         await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
             $"{consumerId}:{key}:deferred:{deferrals}", 0, dueAt, headers, cancellationToken);
@@ -191,9 +200,9 @@ public sealed partial class LeaseInboxFilter<T>(
             {
                 await Task.Delay(period, time, stop);
                 await using var beat = await dbFactory.CreateDbContextAsync(stop);
-                var expires = time.GetUtcNow() + lease;
+                var beatAt = time.GetUtcNow();
                 var renewed = await beat.Database.ExecuteSqlInterpolatedAsync($"""
-                    UPDATE inbox SET lease_expires_at = {expires}
+                    UPDATE inbox SET lease_expires_at = clock_timestamp() + {lease}
                      WHERE consumer_id = {consumerId} AND message_key = {key} AND lease_owner = {owner} AND status = {InboxStatus.Processing}
                     """, stop);
                 if (renewed == 0)
@@ -203,7 +212,7 @@ public sealed partial class LeaseInboxFilter<T>(
                     return;
                 }
 
-                leaseLost.CancelAfter(Until(expires));
+                leaseLost.CancelAfter(Until(beatAt + lease));
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -298,6 +307,9 @@ public sealed partial class LeaseInboxFilter<T>(
             LogReleaseFailed(exception, job.Kind, job.BusinessKey);
         }
     }
+
+    /// <summary>An inbox row's status and its lease's time left by the database's clock (negative once lapsed, null when none).</summary>
+    private sealed record LeaseRow(string Status, double? SecondsLeft);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {Key}")]
     private partial void LogDuplicate(string consumerId, string key);

@@ -6,6 +6,7 @@ using Conveyor.Storage.Reports;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Failures;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -230,6 +231,42 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0u, await fixture.ReadyAsync(Queue));
     }
 
+    [Fact]
+    public async Task A_worker_whose_clock_runs_ten_minutes_ahead_leaves_another_workers_live_lease_alone()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 50);
+        var key = report.ReportId.ToString();
+        var skew = TimeSpan.FromMinutes(10);
+        // Another worker holds the job's lease for another minute, by the database's clock.
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                INSERT INTO inbox (consumer_id, message_key, received_at, status, lease_owner, lease_expires_at)
+                VALUES ('generate-report', {key}, now(), {InboxStatus.Processing}, 'other-worker', now() + interval '60 seconds')
+                """));
+        }
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(), builder => builder.Services.AddSingleton<TimeProvider>(new SkewedClock(skew)));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await publisher.PublishAsync(report);
+
+        // Its copy is parked until the lease would lapse: a minute from now by its own clock, not taken over.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+        }, DescribeAsync);
+        await using var check = fixture.CreateDbContext();
+        var parked = await check.ScheduledMessages.AsNoTracking().SingleAsync();
+        Assert.EndsWith(":deferred:1", parked.DedupeKey, StringComparison.Ordinal);
+        var databaseNow = await check.Database.SqlQuery<DateTimeOffset>($"SELECT now() AS \"Value\"").SingleAsync();
+        Assert.InRange(parked.DueAt - (databaseNow + skew), TimeSpan.FromSeconds(45), TimeSpan.FromSeconds(65));
+        var inbox = await check.Inbox.AsNoTracking().SingleAsync(i => i.MessageKey == key);
+        Assert.Equal((InboxStatus.Processing, "other-worker"), (inbox.Status, inbox.LeaseOwner));
+        Assert.False(await check.Reports.AnyAsync());
+    }
+
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
     private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
         ("Reports:PageDelayMilliseconds", "250"),
@@ -297,6 +334,12 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         var inbox = await db.Inbox.AsNoTracking().Select(i => $"inbox {i.Status} owner {i.LeaseOwner} until {i.LeaseExpiresAt}").ToListAsync();
         var parked = await db.ScheduledMessages.AsNoTracking().Select(s => $"scheduled {s.DedupeKey} due {s.DueAt}").ToListAsync();
         return string.Join(Environment.NewLine, jobs.Concat(inbox).Concat(parked));
+    }
+
+    /// <summary>The system's clock, running <paramref name="skew"/> ahead, as a badly synchronised node's would.</summary>
+    private sealed class SkewedClock(TimeSpan skew) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => System.GetUtcNow() + skew;
     }
 
     /// <summary>
