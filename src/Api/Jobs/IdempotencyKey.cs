@@ -2,7 +2,11 @@ using Microsoft.Extensions.Primitives;
 
 namespace Conveyor.Api.Jobs;
 
-/// <summary>The optional <c>Idempotency-Key</c> request header: 1 to 200 printable ASCII characters.</summary>
+/// <summary>
+/// The optional <c>Idempotency-Key</c> request header: 1 to 200 printable ASCII characters but <c>#</c>,
+/// which is reserved: a batch's jobs are stored under its key with <c>#</c> and their place appended, and
+/// a client's key <c>X#0</c> would otherwise be the key of job 0 of a batch sent as <c>X</c>.
+/// </summary>
 internal static class IdempotencyKey
 {
     public const string HeaderName = "Idempotency-Key";
@@ -18,7 +22,9 @@ internal static class IdempotencyKey
     public static string? Read(IHeaderDictionary headers, FieldErrors errors) => Read(headers, errors, MaxLength);
 
     /// <summary>The key of the job at <paramref name="index"/> (0 to 99) of a batch sent with <paramref name="batchKey"/>.</summary>
-    public static string? ForBatchJob(string? batchKey, int index) => batchKey is null ? null : $"{batchKey}#{index}";
+    public static string? ForBatchJob(string? batchKey, int index) => batchKey is null ? null : $"{batchKey}{BatchSeparator}{index}";
+
+    private const char BatchSeparator = '#';
 
     /// <summary>As <see cref="Read(IHeaderDictionary, FieldErrors)"/>, for keys of at most <paramref name="maxLength"/> characters.</summary>
     public static string? Read(IHeaderDictionary headers, FieldErrors errors, int maxLength)
@@ -30,7 +36,7 @@ internal static class IdempotencyKey
 
         if (values.Count != 1 || !IsValid(values, maxLength))
         {
-            errors.Add(HeaderName, $"Must be sent once, as 1 to {maxLength} printable ASCII characters.");
+            errors.Add(HeaderName, $"Must be sent once, as 1 to {maxLength} printable ASCII characters other than # (reserved for the keys of a batch's jobs).");
             return null;
         }
 
@@ -40,6 +46,6 @@ internal static class IdempotencyKey
     private static bool IsValid(StringValues values, int maxLength)
     {
         var key = values.ToString();
-        return key.Length > 0 && key.Length <= maxLength && key.All(c => c is >= ' ' and <= '~');
+        return key.Length > 0 && key.Length <= maxLength && key.All(c => c is >= ' ' and <= '~' and not BatchSeparator);
     }
 }
