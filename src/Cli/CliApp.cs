@@ -71,12 +71,13 @@ public static class CliApp
         }
         catch (CliFailureException failure)
         {
-            await stderr.WriteLineAsync($"conveyor: {failure.Message}");
+            // A failure's message carries the Api's words (a problem's title, detail and errors).
+            await stderr.WriteLineAsync($"conveyor: {Printable.Text(failure.Message, keepLineBreaks: true)}");
             return failure.ExitCode;
         }
         catch (CommandAppException exception)
         {
-            await stderr.WriteLineAsync($"conveyor: {exception.Message}");
+            await stderr.WriteLineAsync($"conveyor: {Printable.Text(exception.Message, keepLineBreaks: true)}");
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
         }
@@ -84,7 +85,7 @@ public static class CliApp
         {
             // The commands read the Api's JSON by its documented shape; anything else lands here.
             var unexpected = Answers.Unexpected(exception.Message);
-            await stderr.WriteLineAsync($"conveyor: {unexpected.Message}");
+            await stderr.WriteLineAsync($"conveyor: {Printable.Text(unexpected.Message, keepLineBreaks: true)}");
             return unexpected.ExitCode;
         }
     }

@@ -8,11 +8,21 @@ namespace Conveyor.Cli;
 /// <summary>Talks to the Conveyor Api; every error answer becomes a <see cref="CliFailureException"/> with the matching exit code.</summary>
 public sealed class ConveyorClient : IDisposable
 {
+    /// <summary>
+    /// The largest answer read (64 MiB): the Api's largest pages (500 messages with their stack traces and
+    /// body previews) are a small part of it. A larger one is not a Conveyor Api's and is not read into memory.
+    /// </summary>
+    public const int MaxAnswerBytes = 64 * 1024 * 1024;
+
     private readonly HttpClient _http;
 
     public ConveyorClient(Uri baseAddress, string apiKey, HttpMessageHandler? handler = null)
     {
-        _http = handler is null ? new HttpClient() : new HttpClient(handler, disposeHandler: false);
+        // The Api never redirects: following one would send the key's requests (and a move's body) to
+        // whatever host the answer names, and print that host's answer as the Api's.
+        _http = handler is null
+            ? new HttpClient(new SocketsHttpHandler { AllowAutoRedirect = false })
+            : new HttpClient(handler, disposeHandler: false);
         _http.BaseAddress = baseAddress;
         _http.Timeout = TimeSpan.FromSeconds(100);
         _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", apiKey);
@@ -45,7 +55,7 @@ public sealed class ConveyorClient : IDisposable
             HttpResponseMessage response;
             try
             {
-                response = await _http.SendAsync(request, cancellationToken);
+                response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
             }
             catch (HttpRequestException exception)
             {
@@ -58,25 +68,73 @@ public sealed class ConveyorClient : IDisposable
 
             using (response)
             {
-                var text = await response.Content.ReadAsStringAsync(cancellationToken);
-                return new Answer(response.StatusCode, Parse(text), response.Headers.RetryAfter?.Delta);
+                var body = await ReadBodyAsync(response.Content, cancellationToken);
+                return new Answer(response.StatusCode, Parse(body), response.Headers.RetryAfter?.Delta, response.Headers.Location);
             }
         }
     }
 
-    /// <summary>An answer of the Api: its status, its JSON (or its text as a JSON string) and its Retry-After.</summary>
-    public readonly record struct Answer(HttpStatusCode Status, JsonElement Body, TimeSpan? RetryAfter)
+    /// <summary>The answer's bytes, at most <see cref="MaxAnswerBytes"/>, read within the client's timeout.</summary>
+    private async Task<byte[]> ReadBodyAsync(HttpContent content, CancellationToken cancellationToken)
+    {
+        if (content.Headers.ContentLength > MaxAnswerBytes)
+        {
+            throw TooLarge();
+        }
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(_http.Timeout);
+        try
+        {
+            await using var stream = await content.ReadAsStreamAsync(timeout.Token);
+            using var body = new MemoryStream();
+            var buffer = new byte[81920];
+            int read;
+            while ((read = await stream.ReadAsync(buffer, timeout.Token)) > 0)
+            {
+                if (body.Length + read > MaxAnswerBytes)
+                {
+                    throw TooLarge();
+                }
+
+                body.Write(buffer, 0, read);
+            }
+
+            return body.ToArray();
+        }
+        catch (Exception exception) when (exception is IOException or HttpRequestException)
+        {
+            throw new CliFailureException(ExitCodes.Unreachable, $"The Api at {_http.BaseAddress} broke off its answer: {exception.Message}");
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new CliFailureException(ExitCodes.Unreachable, $"The Api at {_http.BaseAddress} did not answer in time.");
+        }
+    }
+
+    private static CliFailureException TooLarge() =>
+        Answers.Unexpected($"an answer larger than {MaxAnswerBytes / (1024 * 1024)} MiB");
+
+    /// <summary>An answer of the Api: its status, its JSON (or its text as a JSON string), its Retry-After and its Location.</summary>
+    public readonly record struct Answer(HttpStatusCode Status, JsonElement Body, TimeSpan? RetryAfter, Uri? Location = null)
     {
         public bool IsSuccess => (int)Status is >= 200 and <= 299;
 
         /// <summary>The failure this answer is, with the matching exit code and the problem's words.</summary>
         /// <param name="describeField">Rewrites a field name of a 400's errors, such as a batch's <c>jobs[3]</c>.</param>
         public CliFailureException Failure(Func<string, string>? describeField = null) =>
-            new(ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
+            IsRedirect(Status)
+                ? Answers.Unexpected(
+                    $"a redirect ({(int)Status}) to {Location?.OriginalString ?? "(no Location)"}, which is not followed; "
+                    + "if the Api has moved, use its new address")
+                : new(ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
     }
+
+    private static bool IsRedirect(HttpStatusCode status) => (int)status is >= 300 and <= 399;
 
     public static int ExitCodeFor(HttpStatusCode status) => status switch
     {
+        _ when IsRedirect(status) => ExitCodes.UnexpectedAnswer,
         HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden => ExitCodes.Auth,
         HttpStatusCode.NotFound or HttpStatusCode.Conflict => ExitCodes.NotFoundOrConflict,
         HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout => ExitCodes.Unreachable,
@@ -114,8 +172,9 @@ public sealed class ConveyorClient : IDisposable
         return string.Join(Environment.NewLine, lines);
     }
 
-    private static JsonElement Parse(string text)
+    private static JsonElement Parse(byte[] body)
     {
+        var text = System.Text.Encoding.UTF8.GetString(body).TrimStart('\uFEFF');
         if (string.IsNullOrWhiteSpace(text))
         {
             return default;

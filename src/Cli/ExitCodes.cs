@@ -23,7 +23,8 @@ public static class ExitCodes
 
     /// <summary>
     /// The answer is not one a Conveyor Api gives (a proxy's HTML page, another service at that URL,
-    /// an Api of another version): nothing in it could be shown.
+    /// an Api of another version, a redirect, which is never followed, or an answer larger than
+    /// <see cref="ConveyorClient.MaxAnswerBytes"/>): nothing in it could be shown.
     /// </summary>
     public const int UnexpectedAnswer = 6;
 

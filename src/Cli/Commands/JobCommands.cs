@@ -70,7 +70,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         cli.Out.Write(grid);
         if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
         {
-            cli.Out.MarkupLine(Markup.Escape($"Its command is in {kind}_error. Move it back with: conveyor move {kind}_error --job-id {settings.Id}"));
+            cli.Out.MarkupLine(Markup.Escape(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {kind}_error --job-id {settings.Id}")));
         }
 
         return ExitCodes.Ok;

@@ -175,8 +175,7 @@ internal static class Operations
                     var operation = await client.GetAsync(path, cancellationToken);
                     var depth = Number(operation, "queueDepthAtStart");
                     var examined = Number(operation, "examined");
-                    task.Description = $"{ConveyorClient.Text(operation, "kind")} {ConveyorClient.Text(operation, "queue")}: "
-                        + $"{examined} examined, {Number(operation, "moved") + Number(operation, "purged")} done";
+                    task.Description = ProgressDescription(operation);
                     task.MaxValue = Math.Max(1, depth);
                     task.Value = Math.Min(examined, task.MaxValue);
                     if (StateOf(operation) != Running)
@@ -197,6 +196,14 @@ internal static class Operations
             });
     }
 
+    /// <summary>
+    /// The progress bar's line. Spectre reads a task's description as markup, so the Api's kind and queue are
+    /// escaped: a queue named <c>orders[bogus]_error</c> would otherwise end the command with an exception.
+    /// </summary>
+    internal static string ProgressDescription(JsonElement operation) =>
+        Markup.Escape(Printable.Text($"{ConveyorClient.Text(operation, "kind")} {ConveyorClient.Text(operation, "queue")}: "))
+        + $"{Number(operation, "examined")} examined, {Number(operation, "moved") + Number(operation, "purged")} done";
+
     /// <summary>An operation's state; an answer without one is not an operation.</summary>
     private static string StateOf(JsonElement operation) =>
         ConveyorClient.Text(operation, "state") ?? throw new KeyNotFoundException("The answer has no operation state.");
@@ -211,8 +218,8 @@ internal static class Operations
             && ((operation.TryGetProperty("partial", out var p) && p.ValueKind == JsonValueKind.True) || Number(operation, "failed") > 0);
         if (state == Running)
         {
-            cli.Err.MarkupLine(Markup.Escape(
-                $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait"));
+            cli.Err.MarkupLine(Markup.Escape(Printable.Text(
+                $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait")));
         }
         else if (partial)
         {
@@ -233,7 +240,7 @@ internal static class Operations
             var done = dryRun ? Number(operation, "matched") : Number(operation, verb);
             cli.Out.MarkupLine(dryRun
                 ? $"[bold]Dry run[/]: would have {verb} {done} message(s); nothing was changed."
-                : $"{Markup.Escape(kind ?? "operation")} [bold]{Markup.Escape(state)}[/]: {verb} {done} message(s).");
+                : $"{Markup.Escape(Printable.Text(kind ?? "operation"))} [bold]{Markup.Escape(Printable.Text(state))}[/]: {verb} {done} message(s).");
 
             var grid = new Grid().AddColumn().AddColumn();
             foreach (var (label, name) in new[]
@@ -256,7 +263,7 @@ internal static class Operations
             {
                 var shown = ids.EnumerateArray().Take(IdsShown).Select(i => i.GetString()).ToList();
                 var more = ids.GetArrayLength() > IdsShown || (operation.TryGetProperty("messageIdsTruncated", out var t) && t.ValueKind == JsonValueKind.True);
-                cli.Out.WriteLine($"Message ids: {string.Join(", ", shown)}{(more ? ", …" : "")}");
+                cli.Out.WriteLine(Printable.Text($"Message ids: {string.Join(", ", shown)}{(more ? ", …" : "")}"));
             }
         }
 
@@ -277,7 +284,7 @@ internal static class Operations
             var to = Output.Cell(operation, "target");
             if (to.Length == 0 && operation.TryGetProperty("targets", out var targets) && targets.ValueKind == JsonValueKind.Object)
             {
-                to = Markup.Escape(string.Join(", ", targets.EnumerateObject().Select(t => t.Name)));
+                to = Markup.Escape(Printable.Text(string.Join(", ", targets.EnumerateObject().Select(t => t.Name))));
             }
 
             table.AddRow(

@@ -65,9 +65,10 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
             index = 0;
             foreach (var message in messages.EnumerateArray())
             {
-                cli.Out.Write(new Rule($"#{++index} {Markup.Escape(Output.Cell(message, "messageId"))}").LeftJustified());
-                cli.Out.WriteLine(ConveyorClient.Text(message, "stackTrace") ?? "(no stack trace)");
-                cli.Out.WriteLine(ConveyorClient.Text(message, "bodyPreview") ?? "");
+                // Cell is already markup-escaped: escaping it again would show "[" as "[[".
+                cli.Out.Write(new Rule($"#{++index} {Output.Cell(message, "messageId")}").LeftJustified());
+                cli.Out.WriteLine(Output.Lines(message, "stackTrace") ?? "(no stack trace)");
+                cli.Out.WriteLine(Output.Lines(message, "bodyPreview") ?? "");
             }
         }
 
@@ -128,14 +129,18 @@ internal static class Output
             JsonValueKind.Null or JsonValueKind.Undefined => "",
             _ => value.GetRawText(),
         };
-        text = text.ReplaceLineEndings(" ");
+        text = Printable.Text(text.ReplaceLineEndings(" "));
         return Markup.Escape(text.Length > maxLength ? text[..(maxLength - 1)] + "…" : text);
     }
+
+    /// <summary>A text shown on lines of its own (a stack trace, a body), as plain text rather than markup.</summary>
+    public static string? Lines(JsonElement json, string name) =>
+        ConveyorClient.Text(json, name) is { } text ? Printable.Text(text, keepLineBreaks: true) : null;
 
     /// <summary>A type name without its namespace, to keep tables narrow.</summary>
     public static string ShortType(JsonElement json, string name)
     {
         var full = ConveyorClient.Text(json, name);
-        return full is null ? "" : Markup.Escape(full[(full.LastIndexOf('.') + 1)..]);
+        return full is null ? "" : Markup.Escape(Printable.Text(full[(full.LastIndexOf('.') + 1)..]));
     }
 }

@@ -1,0 +1,252 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Conveyor.Cli;
+using Conveyor.Cli.Commands;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Spectre.Console;
+
+namespace Conveyor.Tests.Cli;
+
+/// <summary>
+/// Answers a Conveyor Api never gives, from whatever sits at its address: control characters in its text,
+/// markup in a queue name, an endless body, a redirect. None reaches the terminal raw, crashes the CLI or is
+/// followed elsewhere.
+/// </summary>
+public sealed class CliHostileAnswerTests
+{
+    private const string Attack = "\u001b]0;PWNED\u0007\u001b[2J\u009b31m";
+    private const string OperationId = "0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182";
+
+    public static TheoryData<string, int, string> ControlCharacters => new()
+    {
+        { "queues", 200, $$$"""[{"name":"q{{{J(Attack)}}}_error","kind":"error","sourceQueue":"q","messages":1,"consumers":0}]""" },
+        {
+            "messages q_error --body", 200,
+            $$$"""{"queueDepth":1,"messages":[{"messageId":"m{{{J(Attack)}}}","messageType":"A.B{{{J(Attack)}}}","exceptionType":"E{{{J(Attack)}}}","exceptionMessage":"x{{{J(Attack)}}}","stackTrace":"at A\n{{{J(Attack)}}}","bodyPreview":"{{{J(Attack)}}}"}]}"""
+        },
+        { "groups q_error", 200, $$$"""{"examined":1,"queueDepth":1,"groups":[{"groupId":"g","count":1,"exceptionType":"E","normalisedMessage":"{{{J(Attack)}}}"}]}""" },
+        { $"job {OperationId}", 200, $$$"""{"jobId":"{{{OperationId}}}","kind":"k{{{J(Attack)}}}","status":"dead-lettered","lastError":"{{{J(Attack)}}}"}""" },
+        { "jobs", 200, $$$"""{"items":[{"jobId":"{{{OperationId}}}","status":"failed","lastError":"{{{J(Attack)}}}"}]}""" },
+        {
+            $"operation {OperationId}", 200,
+            $$$"""{"operationId":"{{{OperationId}}}","state":"running{{{J(Attack)}}}","kind":"move{{{J(Attack)}}}","queue":"{{{J(Attack)}}}","detail":"{{{J(Attack)}}}","messageIds":["{{{J(Attack)}}}"]}"""
+        },
+        { "operations", 200, $$$"""[{"operationId":"{{{OperationId}}}","state":"succeeded","kind":"move","targets":{"{{{J(Attack)}}}":1}}]""" },
+        { "queues", 400, $$$"""{"title":"Bad{{{J(Attack)}}}","detail":"{{{J(Attack)}}}","errors":{"f{{{J(Attack)}}}":["{{{J(Attack)}}}"]}}""" },
+        { "queues", 404, $$$"""{"title":"{{{J(Attack)}}}"}""" },
+        { "move q_error", 409, $$$"""{"title":"Conflict","detail":"busy with {{{J(Attack)}}}"}""" },
+    };
+
+    [Theory]
+    [MemberData(nameof(ControlCharacters))]
+    public async Task Control_characters_in_the_apis_text_are_shown_as_escapes_never_sent_to_the_terminal(string command, int status, string body)
+    {
+        using var api = new Canned(_ => Respond((HttpStatusCode)status, body));
+
+        var run = await RunAsync(command, api);
+
+        var printed = run.Out + run.Err;
+        Assert.DoesNotContain(printed, c => char.IsControl(c) && c is not '\n' and not '\r');
+        Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m", printed, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Json_output_escapes_control_characters_and_keeps_the_text()
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, $$$"""[{"name":"q{{{J(Attack)}}}_error"}]"""));
+
+        var run = await RunAsync("queues --json", api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.DoesNotContain(run.Out, c => char.IsControl(c) && c is not '\n' and not '\r');
+        Assert.Equal($"q{Attack}_error", JsonDocument.Parse(run.Out).RootElement[0].GetProperty("name").GetString());
+    }
+
+    [Fact]
+    public async Task A_message_id_with_brackets_is_shown_as_it_is_above_its_body()
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK,
+            """{"queueDepth":1,"messages":[{"messageId":"id[1]","stackTrace":"at A","bodyPreview":"{}"}]}"""));
+
+        var run = await RunAsync("messages q_error --body", api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains("#1 id[1]", run.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("[[", run.Out, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("orders[bogus]_error")]
+    [InlineData("[link=https://evil.example/]x[/]")]
+    [InlineData("q\u001b]0;PWNED\u0007")]
+    public async Task The_progress_bar_shows_a_queue_name_as_text_not_markup(string queue)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK,
+            $$$"""{"operationId":"{{{OperationId}}}","state":"succeeded","kind":"move","queue":"{{{J(queue)}}}","examined":1,"queueDepthAtStart":1}"""));
+        using var terminal = new StringWriter();
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(terminal),
+            Ansi = AnsiSupport.Yes,
+            ColorSystem = ColorSystemSupport.TrueColor,
+            Interactive = InteractionSupport.Yes,
+        });
+        console.Profile.Width = 200;
+        var cli = new CliContext(console, console, TextWriter.Null, api, _ => null);
+        using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api);
+
+        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, CancellationToken.None);
+
+        Assert.Equal("succeeded", operation.GetProperty("state").GetString());
+        var shown = terminal.ToString();
+        Assert.Contains(Printable.Text(queue), shown, StringComparison.Ordinal);
+        Assert.DoesNotContain("\u001b]8;", shown, StringComparison.Ordinal);
+        Assert.DoesNotContain("PWNED\u0007", shown, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task An_answer_larger_than_the_cap_ends_with_exit_code_6_without_reading_it_all(bool lengthGiven)
+    {
+        using var api = new Canned(_ =>
+        {
+            // "[", then spaces, then "]": a valid, empty list, one byte over the cap.
+            var content = new StreamContent(new GeneratedJson(ConveyorClient.MaxAnswerBytes + 1));
+            content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            content.Headers.ContentLength = lengthGiven ? ConveyorClient.MaxAnswerBytes + 1L : null;
+            return new HttpResponseMessage(HttpStatusCode.OK) { Content = content };
+        });
+
+        var run = await RunAsync("queues", api);
+
+        Assert.Equal(ExitCodes.UnexpectedAnswer, run.ExitCode);
+        Assert.Contains("larger than 64 MiB", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
+    [Fact]
+    public async Task A_redirect_is_not_followed_and_names_where_it_points()
+    {
+        var elsewhere = new ConcurrentQueue<string>();
+        await using var other = await LocalServer.StartAsync(async context =>
+        {
+            using var reader = new StreamReader(context.Request.Body);
+            elsewhere.Enqueue($"{context.Request.Method} {context.Request.Path} {await reader.ReadToEndAsync()}");
+            context.Response.ContentType = "application/json";
+            await context.Response.WriteAsync("""[{"name":"elsewhere_error","kind":"error","messages":1,"consumers":0}]""");
+        });
+        await using var api = await LocalServer.StartAsync(context =>
+        {
+            context.Response.StatusCode = HttpMethods.IsGet(context.Request.Method) ? StatusCodes.Status302Found : StatusCodes.Status307TemporaryRedirect;
+            context.Response.Headers.Location = new Uri(other.Address, context.Request.Path.Value!.TrimStart('/')).ToString();
+            return Task.CompletedTask;
+        });
+
+        var queues = await RunAsync($"queues --api {api.Address}", handler: null);
+        var move = await RunAsync($"move q_error --dry-run --api {api.Address}", handler: null);
+
+        Assert.Equal(ExitCodes.UnexpectedAnswer, queues.ExitCode);
+        Assert.Contains($"a redirect (302) to {other.Address}api/error-queues", queues.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("elsewhere_error", queues.Out, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.UnexpectedAnswer, move.ExitCode);
+        Assert.Contains($"a redirect (307) to {other.Address}api/error-queues/q_error/move", move.Err, StringComparison.Ordinal);
+        Assert.Empty(elsewhere);
+    }
+
+    /// <summary>A string as it goes inside a JSON string literal.</summary>
+    private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
+
+    private static HttpResponseMessage Respond(HttpStatusCode status, string body) =>
+        new(status) { Content = new StringContent(body, Encoding.UTF8, body.StartsWith('<') ? "text/html" : "application/json") };
+
+    private static async Task<CliRun> RunAsync(string command, HttpMessageHandler? handler)
+    {
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = "a-key",
+        };
+        var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr, handler, environment);
+        return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
+    }
+
+    private sealed record CliRun(int ExitCode, string Out, string Err);
+
+    private sealed class Canned(Func<HttpRequestMessage, HttpResponseMessage> answer) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
+            Task.FromResult(answer(request));
+    }
+
+    /// <summary>"[", spaces, "]", <paramref name="length"/> bytes in all, made as they are read.</summary>
+    private sealed class GeneratedJson(long length) : Stream
+    {
+        private long _position;
+
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            var read = (int)Math.Min(count, length - _position);
+            for (var i = 0; i < read; i++, _position++)
+            {
+                buffer[offset + i] = _position == 0 ? (byte)'[' : _position == length - 1 ? (byte)']' : (byte)' ';
+            }
+
+            return read;
+        }
+
+        public override void Flush()
+        {
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    /// <summary>A web server on a free local port that answers every request with <c>handle</c>.</summary>
+    private sealed class LocalServer(WebApplication app, Uri address) : IAsyncDisposable
+    {
+        public Uri Address { get; } = address;
+
+        public static async Task<LocalServer> StartAsync(RequestDelegate handle)
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            var app = builder.Build();
+            app.Run(handle);
+            await app.StartAsync();
+            var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            return new LocalServer(app, new Uri(address.TrimEnd('/') + "/"));
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+    }
+}
