@@ -60,7 +60,14 @@ public sealed class CancelDuringFailedAttemptTests(ConveyorFixture fixture) : IA
         var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == accepted.JobId);
         Assert.NotEqual(JobStatus.Cancelled, job.Status);
         Assert.Equal(1, job.Attempts);
-        Assert.Contains("500", job.LastError, StringComparison.Ordinal);
+        // The batched inbox writes the error just after its commit; the single one with it.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var later = fixture.CreateDbContext();
+            var recorded = await later.Jobs.AsNoTracking().SingleAsync(j => j.Id == accepted.JobId);
+            Assert.Contains("500", recorded.LastError, StringComparison.Ordinal);
+            Assert.Equal(1, recorded.Attempts);
+        });
         Assert.Equal(1, receiver.Deliveries);
     }
 
