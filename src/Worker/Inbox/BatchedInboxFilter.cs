@@ -75,11 +75,11 @@ public sealed partial class BatchedInboxFilter<T>(
 
         if (!await member.Completed)
         {
-            // The consumer succeeded but its effects did not commit: a failed attempt, counted as the
-            // single-message inbox counts it (that transaction rolled back), and a row for the job
-            // if this attempt was creating it.
+            // The consumer succeeded but its effects did not commit: a failed attempt, counted here
+            // (and a row for the job created, if this attempt was creating it) unless the batch
+            // counted it under the job row's lock.
             JobMetrics.AttemptFailed(job.Kind);
-            await RecordFailureQuietlyAsync(job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: true);
+            await RecordFailureQuietlyAsync(job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: !member.AttemptRecorded);
             throw new InboxBatchFailedException(member.BatchFailure);
         }
 

@@ -19,6 +19,9 @@ namespace Conveyor.Worker.Inbox;
 /// </summary>
 public sealed partial class InboxBatcher : IAsyncDisposable
 {
+    private const string ApplySavepoint = "batch_apply";
+    private const string MemberSavepoint = "batch_member";
+
     /// <summary>
     /// How long waiting messages gather, with no batch leaving the database or ending meanwhile,
     /// before a batch starts anyway: a claim waiting for a row lock (a copy of the same job in another
@@ -255,13 +258,21 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         phase.LeaveDatabase();
         await Task.WhenAll(members.Select(m => m.Ran));
         phase.EnterDatabase();
+        var applied = false;
         try
         {
-            await ApplyAsync(db, members);
+            // The savepoint rides in the apply's first command: no round trip of its own.
+            await ApplyAsync(db, members, savepoint: ApplySavepoint);
+            applied = true;
             await transaction.CommitAsync();
         }
         catch (Exception exception)
         {
+            if (!applied && !DatabaseFailures.IsUnavailable(exception) && await SettleUnderLockAsync(db, transaction, members))
+            {
+                return;
+            }
+
             await RollBackQuietlyAsync(transaction);
             // Whose the failure is cannot be told from the exception: any message's writes may have
             // broken the batch (a staged insert, the job row of a failed attempt). Unless the database
@@ -302,6 +313,64 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         {
             member.Complete(committed: true, null);
         }
+    }
+
+    /// <summary>
+    /// The batch's apply failed, its claim's row locks still held: back to the savepoint before the
+    /// apply, each succeeded message is applied alone (under a savepoint of its own), and every
+    /// attempt whose effects did not apply (its consumer failed, or its own writes did) is counted
+    /// and its inbox row removed, all in this transaction. A cancel waiting for a job row thus finds
+    /// the attempt, never a job that looks unstarted while its attempt's effect (an HTTP call) is out.
+    /// False, with no member settled, when that failed too: the caller rolls back and falls back.
+    /// </summary>
+    private async Task<bool> SettleUnderLockAsync(
+        ConveyorDbContext db, Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction, List<BatchMember> members)
+    {
+        var applied = new List<BatchMember>();
+        var failedToApply = new List<(BatchMember Member, Exception Failure)>();
+        try
+        {
+            await transaction.RollbackToSavepointAsync(ApplySavepoint);
+            foreach (var member in members.Where(m => m.Succeeded))
+            {
+                try
+                {
+                    await ApplyAsync(db, [member], savepoint: MemberSavepoint);
+                    await db.Database.ExecuteSqlRawAsync($"RELEASE SAVEPOINT {MemberSavepoint}");
+                    applied.Add(member);
+                }
+                catch (Exception exception) when (!DatabaseFailures.IsUnavailable(exception))
+                {
+                    await transaction.RollbackToSavepointAsync(MemberSavepoint);
+                    failedToApply.Add((member, exception));
+                }
+            }
+
+            var unapplied = members.Where(m => m.Failed).Concat(failedToApply.Select(f => f.Member)).ToList();
+            await WriteJobRowsAsync(db, [], unapplied, savepoint: null);
+            await transaction.CommitAsync();
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogSettleUnderLockFailed(exception, _consumerId, members.Count);
+            return false;
+        }
+
+        foreach (var member in members)
+        {
+            var own = failedToApply.FirstOrDefault(f => f.Member == member).Failure;
+            if (own is not null)
+            {
+                member.CompleteWithAttemptRecorded(own);
+            }
+            else
+            {
+                // Applied; or its consumer failed and its attempt is counted, as in a batch that commits.
+                member.Complete(committed: true, null);
+            }
+        }
+
+        return true;
     }
 
     /// <summary>
@@ -408,30 +477,43 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// creating the row when another service published directly; and the inbox rows of the
     /// attempts that failed removed.
     /// </summary>
-    private async Task ApplyAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
+    /// <param name="savepoint">If given, set in the same command before the first write.</param>
+    private async Task ApplyAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members, string? savepoint = null)
     {
-        var ran = members.Where(m => m.Succeeded || m.Failed).OrderBy(m => m.MessageKey, StringComparer.Ordinal).ToList();
-        var staged = ran.Where(m => m.Succeeded).SelectMany(m => m.Staged).ToList();
+        var succeeded = members.Where(m => m.Succeeded).ToList();
+        await WriteJobRowsAsync(db, succeeded, members.Where(m => m.Failed).ToList(), savepoint);
+        var staged = succeeded.SelectMany(m => m.Staged).ToList();
         if (staged.Count > 0)
         {
             await StagedRows.InsertAsync(db, staged, CancellationToken.None);
         }
+    }
 
+    /// <summary>
+    /// One write per job that ran: <paramref name="succeeded"/> become succeeded, <paramref name="unapplied"/>
+    /// (attempts whose effects are not committed) stay running until the failure path records the error
+    /// and lose their inbox rows, so the message can be claimed again.
+    /// </summary>
+    private async Task WriteJobRowsAsync(
+        ConveyorDbContext db, IReadOnlyList<BatchMember> succeeded, IReadOnlyList<BatchMember> unapplied, string? savepoint)
+    {
+        var ran = succeeded.Select(m => (Member: m, Ok: true)).Concat(unapplied.Select(m => (Member: m, Ok: false)))
+            .OrderBy(r => r.Member.MessageKey, StringComparer.Ordinal).ToList();
         if (ran.Count == 0)
         {
             return;
         }
 
         var now = _time.GetUtcNow();
-        var jobIds = ran.Select(m => m.JobId ?? Guid.CreateVersion7()).ToArray();
-        var keys = ran.Select(m => m.MessageKey).ToArray();
-        var succeeded = ran.Select(m => m.Succeeded).ToArray();
-        var failedKeys = ran.Where(m => m.Failed).Select(m => m.MessageKey).ToArray();
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
+        var jobIds = ran.Select(r => r.Member.JobId ?? Guid.CreateVersion7()).ToArray();
+        var keys = ran.Select(r => r.Member.MessageKey).ToArray();
+        var ok = ran.Select(r => r.Ok).ToArray();
+        var failedKeys = ran.Where(r => !r.Ok).Select(r => r.Member.MessageKey).ToArray();
+        FormattableString sql = $"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, finished_at)
             SELECT t.id, {_kind}, t.business_key, CASE WHEN t.ok THEN {JobStatus.Succeeded} ELSE {JobStatus.Running} END,
                    1, {now}, {now}, CASE WHEN t.ok THEN {now} END
-              FROM unnest({jobIds}::uuid[], {keys}::text[], {succeeded}::boolean[]) AS t(id, business_key, ok)
+              FROM unnest({jobIds}::uuid[], {keys}::text[], {ok}::boolean[]) AS t(id, business_key, ok)
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = excluded.updated_at,
                    last_error = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN NULL ELSE jobs.last_error END,
@@ -439,7 +521,13 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                    finished_at = COALESCE(excluded.finished_at, jobs.finished_at), request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled});
             DELETE FROM inbox WHERE consumer_id = {_consumerId} AND message_key = ANY({failedKeys});
-            """);
+            """;
+        if (savepoint is not null)
+        {
+            sql = System.Runtime.CompilerServices.FormattableStringFactory.Create($"SAVEPOINT {savepoint};\n" + sql.Format, sql.GetArguments());
+        }
+
+        await db.Database.ExecuteSqlAsync(sql);
     }
 
     private static async Task RollBackQuietlyAsync(Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction)
@@ -453,6 +541,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             // The connection may be gone; PostgreSQL rolls back an abandoned transaction itself.
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Inbox batch of {ConsumerId} ({Count} messages) could not settle its messages under its row locks; rolling back")]
+    private partial void LogSettleUnderLockFailed(Exception exception, string consumerId, int count);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Inbox batch of {ConsumerId} ({Count} messages) failed unexpectedly")]
     private partial void LogBatchFailed(Exception exception, string consumerId, int count);
@@ -487,8 +578,14 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// <summary>True once the batch committed (this message's effects with it), false if it rolled back.</summary>
     public Task<bool> Completed => _completed.Task;
 
-    /// <summary>Why the batch rolled back, when it did.</summary>
+    /// <summary>Why the batch rolled back, when it did; or why this message's own writes did not apply.</summary>
     public Exception? BatchFailure { get; private set; }
+
+    /// <summary>
+    /// Its effects did not commit, but its attempt did (counted, under the job row's lock): the
+    /// failure path records the error without counting it again.
+    /// </summary>
+    public bool AttemptRecorded { get; private set; }
 
     internal Task Ran => _ran.Task;
 
@@ -532,6 +629,12 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
         _ran.TrySetResult();
         _completed.TrySetResult(false);
         _claimed.TrySetException(exception);
+    }
+
+    internal void CompleteWithAttemptRecorded(Exception failure)
+    {
+        AttemptRecorded = true;
+        Complete(committed: false, failure);
     }
 
     internal void Complete(bool committed, Exception? failure)

@@ -8,7 +8,9 @@ namespace Conveyor.Worker.Inbox;
 /// <summary>
 /// The inbox of DESIGN.md: one transaction per message. The inbox row, the consumer's EF writes
 /// and the job's success commit together; a duplicate finds the row and is acked unapplied; any
-/// exception rolls all of it back and leaves the message to retry, redelivery or <c>_error</c>.
+/// exception rolls the inbox row and the consumer's writes back (to a savepoint after the job's
+/// claim, so the failed attempt is recorded in the same transaction, under the job row's lock) and
+/// leaves the message to retry, redelivery or <c>_error</c>.
 /// Resolved from the message scope, so it shares the scoped <see cref="ConveyorDbContext"/> with the consumer.
 /// </summary>
 public sealed partial class InboxFilter<T>(
@@ -19,6 +21,8 @@ public sealed partial class InboxFilter<T>(
     ILogger<InboxFilter<T>> logger) : IFilter<ConsumeContext<T>>
     where T : class
 {
+    private const string AttemptSavepoint = "attempt";
+
     public async Task Send(ConsumeContext<T> context, IPipe<ConsumeContext<T>> next)
     {
         var cancellationToken = context.CancellationToken;
@@ -54,6 +58,12 @@ public sealed partial class InboxFilter<T>(
         }
 
         job = job is { } running ? running with { JobId = jobId } : null;
+        if (job is not null)
+        {
+            // The claim holds the job row's lock: a failed attempt is recorded before it is released.
+            await transaction.CreateSavepointAsync(AttemptSavepoint, cancellationToken);
+        }
+
         var startedAt = job is { } starting ? JobMetrics.AttemptStarted(starting.Kind, context, time) : time.GetTimestamp();
         using var logScope = JobLogScope.Begin(logger, job, context);
 
@@ -74,12 +84,20 @@ public sealed partial class InboxFilter<T>(
         }
         catch (Exception exception)
         {
-            await RollBackQuietlyAsync(transaction);
             var stopping = exception is OperationCanceledException && cancellationToken.IsCancellationRequested;
             if (job is { } failed && !stopping)
             {
                 JobMetrics.AttemptFailed(failed.Kind);
-                await RecordFailureQuietlyAsync(failed, exception);
+                if (!await RecordFailureInTransactionAsync(transaction, consumerId, messageKey, failed, exception))
+                {
+                    // The attempt's count went with the rollback; a cancel may get in before this.
+                    await RollBackQuietlyAsync(transaction);
+                    await RecordFailureQuietlyAsync(failed, exception);
+                }
+            }
+            else
+            {
+                await RollBackQuietlyAsync(transaction);
             }
 
             throw;
@@ -97,6 +115,29 @@ public sealed partial class InboxFilter<T>(
             ON CONFLICT DO NOTHING
             """, cancellationToken);
         return inserted == 0 ? InboxClaim.Duplicate : InboxClaim.Run;
+    }
+
+    /// <summary>
+    /// Undoes the consumer's writes and the inbox row but keeps the claim's count and lock, records
+    /// the error and commits (<see cref="JobTracker.RecordFailedAttemptInTransactionAsync"/>). False
+    /// when that failed (the connection broke): the caller rolls back and records it afresh.
+    /// </summary>
+    private async Task<bool> RecordFailureInTransactionAsync(
+        Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction, string consumerId, string messageKey, JobRef job, Exception failure)
+    {
+        try
+        {
+            db.ChangeTracker.Clear();
+            await transaction.RollbackToSavepointAsync(AttemptSavepoint, CancellationToken.None);
+            await tracker.RecordFailedAttemptInTransactionAsync(db, consumerId, messageKey, job.JobId!.Value, failure, CancellationToken.None);
+            await transaction.CommitAsync(CancellationToken.None);
+            return true;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogFailureNotRecordedInTransaction(exception, job.Kind, job.BusinessKey);
+            return false;
+        }
     }
 
     private async Task RollBackQuietlyAsync(Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction)
@@ -132,6 +173,9 @@ public sealed partial class InboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Rolling back the inbox transaction failed")]
     private partial void LogRollbackFailed(Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record the failure of job {Kind}/{BusinessKey} in its inbox transaction; recording it after the rollback")]
+    private partial void LogFailureNotRecordedInTransaction(Exception exception, string kind, string businessKey);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record the failure of job {Kind}/{BusinessKey}")]
     private partial void LogStatusWriteFailed(Exception exception, string kind, string businessKey);

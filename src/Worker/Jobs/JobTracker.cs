@@ -24,8 +24,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// Inside the inbox transaction, in the same statement as the inbox row: counts the attempt and
     /// claims the job (creating its row when another service published directly), unless it
     /// succeeded already or was cancelled. One round trip and no commit of its own: the attempt
-    /// becomes visible with the job's outcome (a failed attempt is recorded by
-    /// <see cref="RecordAttemptFailureAsync"/> with <c>countAttempt</c>, after the rollback).
+    /// becomes visible with the job's outcome (a failed attempt by
+    /// <see cref="RecordFailedAttemptInTransactionAsync"/>, still under the row lock this takes).
     /// With <see cref="InboxClaim.Run"/>, also the job's row id.
     /// </summary>
     public async Task<(InboxClaim Claim, Guid? JobId)> ClaimInTransactionAsync(
@@ -55,6 +55,24 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         return !claim[0].Inserted ? (InboxClaim.Duplicate, null)
             : claim[0].JobId is { } jobId ? (InboxClaim.Run, jobId)
             : (InboxClaim.NotRunnable, null);
+    }
+
+    /// <summary>
+    /// Inside the inbox transaction of a claimed attempt whose consumer failed, after its writes were
+    /// rolled back to a savepoint taken after the claim: keeps the claim's count and <c>running</c>,
+    /// records the error and removes the inbox row, so the message can be claimed again. Committed
+    /// before the job row's lock is released, a cancel waiting for it sees an attempt that may have
+    /// had its effect (README, DELETE /api/jobs/{jobId}) instead of a job that never started.
+    /// </summary>
+    public async Task RecordFailedAttemptInTransactionAsync(
+        ConveyorDbContext db, string consumerId, string messageKey, Guid jobId, Exception exception, CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        var error = Describe(exception);
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE jobs SET last_error = {error}, updated_at = {now} WHERE id = {jobId};
+            DELETE FROM inbox WHERE consumer_id = {consumerId} AND message_key = {messageKey};
+            """, cancellationToken);
     }
 
     /// <summary>

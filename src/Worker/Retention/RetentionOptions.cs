@@ -3,10 +3,14 @@ using System.ComponentModel.DataAnnotations;
 namespace Conveyor.Worker.Retention;
 
 /// <summary>
-/// Section <c>Retention</c>. Keep jobs longer than inbox rows: once an inbox row is swept, a late
-/// replay of that message is still recognised by its job row's final status.
+/// Section <c>Retention</c>. Keep jobs at least as long as inbox rows: once an inbox row is swept, a late
+/// replay of that message is still recognised by its job row's final status. The reverse does not
+/// hold: a job submitted again under the business key of a swept job gets a new <c>queued</c> row,
+/// but while the old message's inbox row remains, every copy of it (and each republish of the
+/// stranded-job reconciler) is acked as a duplicate unrun, so the row never leaves <c>queued</c>.
+/// Checked at start-up while retention is enabled.
 /// </summary>
-public sealed class RetentionOptions
+public sealed class RetentionOptions : IValidatableObject
 {
     public const string SectionName = "Retention";
 
@@ -30,4 +34,16 @@ public sealed class RetentionOptions
 
     [Range(1, 86_400)]
     public int IntervalSeconds { get; set; } = 300;
+
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        if (Enabled && JobHours < InboxHours)
+        {
+            yield return new ValidationResult(
+                $"{SectionName}:{nameof(JobHours)} ({JobHours}) must be at least {SectionName}:{nameof(InboxHours)} ({InboxHours}): "
+                + "a job swept before its message's inbox row leaves a resubmission of its business key queued for good, "
+                + "its copies acked as duplicates unrun.",
+                [nameof(JobHours), nameof(InboxHours)]);
+        }
+    }
 }
