@@ -107,13 +107,15 @@ public static class AccessControl
     }
 
     /// <summary>
-    /// A key in a header wins; otherwise the dashboard's pages, and any request carrying the session
-    /// cookie, use the session; everything else is an API call without a key.
+    /// A key in a header (<c>X-Api-Key</c>, or <c>Authorization: Bearer</c>) wins; otherwise the
+    /// dashboard's pages, and any request carrying the session cookie, use the session; everything else
+    /// is an API call without a key. An Authorization header of another scheme (a proxy's Basic, say)
+    /// names no key of ours, so it leaves a session alone.
     /// </summary>
     public static string SelectScheme(HttpContext context)
     {
         var request = context.Request;
-        if (request.Headers.ContainsKey(ApiKeyAuthenticationHandler.ApiKeyHeader) || request.Headers.ContainsKey(Microsoft.Net.Http.Headers.HeaderNames.Authorization))
+        if (request.Headers.ContainsKey(ApiKeyAuthenticationHandler.ApiKeyHeader) || ApiKeyAuthenticationHandler.HasBearer(request.Headers))
         {
             return ApiKeyAuthenticationHandler.SchemeName;
         }
