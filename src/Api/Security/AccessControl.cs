@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
 using Microsoft.AspNetCore.Authorization;
 using Microsoft.AspNetCore.DataProtection;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.Security;
 
@@ -56,6 +57,7 @@ public static class AccessControl
         }
 
         var session = configuration.GetSection(DashboardSessionOptions.SectionName).Get<DashboardSessionOptions>() ?? new DashboardSessionOptions();
+        var securePolicy = session.SecureCookies ? CookieSecurePolicy.Always : CookieSecurePolicy.SameAsRequest;
         services.AddAuthentication(SelectorScheme)
             .AddPolicyScheme(SelectorScheme, "API key or dashboard session", options => options.ForwardDefaultSelector = SelectScheme)
             .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthenticationHandler>(ApiKeyAuthenticationHandler.SchemeName, null)
@@ -64,7 +66,7 @@ public static class AccessControl
                 options.Cookie.Name = SessionCookieName;
                 options.Cookie.HttpOnly = true;
                 options.Cookie.SameSite = SameSiteMode.Strict;
-                options.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+                options.Cookie.SecurePolicy = securePolicy;
                 options.Cookie.Path = "/";
                 options.ExpireTimeSpan = TimeSpan.FromMinutes(session.IdleMinutes);
                 options.SlidingExpiration = true;
@@ -99,7 +101,7 @@ public static class AccessControl
             options.Cookie.Name = AntiforgeryCookieName;
             options.Cookie.HttpOnly = true;
             options.Cookie.SameSite = SameSiteMode.Strict;
-            options.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+            options.Cookie.SecurePolicy = securePolicy;
             // The security headers middleware sends frame-ancestors 'none' and X-Frame-Options: DENY.
             options.SuppressXFrameOptionsHeader = true;
         });
@@ -123,6 +125,25 @@ public static class AccessControl
         return request.Path.StartsWithSegments(DashboardPaths.Root, StringComparison.OrdinalIgnoreCase) || request.Cookies.ContainsKey(SessionCookieName)
             ? SessionScheme
             : ApiKeyAuthenticationHandler.SchemeName;
+    }
+
+    /// <summary>
+    /// With <see cref="DashboardSessionOptions.SecureCookies"/>, takes every request as HTTPS: the Api is
+    /// then reached only through a proxy that terminates TLS, and anti-forgery refuses to issue a Secure
+    /// cookie on a request it believes is plain HTTP. No forwarded header is read, so none can be spoofed.
+    /// </summary>
+    public static IApplicationBuilder UseSecureCookieScheme(this IApplicationBuilder app)
+    {
+        if (!app.ApplicationServices.GetRequiredService<IOptions<DashboardSessionOptions>>().Value.SecureCookies)
+        {
+            return app;
+        }
+
+        return app.Use((context, next) =>
+        {
+            context.Request.Scheme = Uri.UriSchemeHttps;
+            return next(context);
+        });
     }
 
     /// <summary>True when the request was authenticated by the session cookie, which a browser sends by itself.</summary>
