@@ -34,6 +34,9 @@ public static class AccessControl
     /// <summary>A claim in the session naming which key signed in (a digest, never the key), so a rotated key ends its sessions.</summary>
     public const string KeyFingerprintClaim = "key_fp";
 
+    /// <summary>A claim naming the session's row in <c>dashboard_sessions</c> (<see cref="DashboardSessionStore"/>).</summary>
+    public const string SessionIdClaim = "sid";
+
     internal static IServiceCollection AddAccessControl(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<DashboardSessionOptions>()
@@ -41,6 +44,7 @@ public static class AccessControl
             .ValidateDataAnnotations()
             .ValidateOnStart();
         services.AddSingleton<SessionValidator>();
+        services.AddSingleton<DashboardSessionStore>();
 
         // Every Api replica must share the key ring, or a sign-in form or session cookie works only on the
         // pod that issued it and a rollout signs everyone out. By default it is kept in the database
@@ -204,13 +208,14 @@ public static class AccessControl
     public static bool IsSafeMethod(string method) =>
         HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method) || HttpMethods.IsTrace(method);
 
-    /// <summary>The principal a session carries: the key's name and scopes, and a digest naming the key.</summary>
-    public static ClaimsPrincipal SessionPrincipal(ApiKeyIdentity identity, string keyFingerprint)
+    /// <summary>The principal a session carries: the key's name and scopes, a digest naming the key, and the session's id.</summary>
+    public static ClaimsPrincipal SessionPrincipal(ApiKeyIdentity identity, string keyFingerprint, Guid sessionId)
     {
         Claim[] claims =
         [
             new(ClaimTypes.Name, identity.Name),
             new(KeyFingerprintClaim, keyFingerprint),
+            new(SessionIdClaim, sessionId.ToString("D")),
             .. identity.Scopes.Select(scope => new Claim(ApiKeyAuthenticationHandler.ScopeClaim, scope)),
         ];
         return new ClaimsPrincipal(new ClaimsIdentity(claims, SessionScheme, ClaimTypes.Name, ClaimTypes.Role));
