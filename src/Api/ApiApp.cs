@@ -43,6 +43,8 @@ public static class ApiApp
         configure?.Invoke(builder);
         var app = builder.Build();
 
+        // First, so that everything after sees the scheme the browser used.
+        app.UseSecureCookieScheme();
         app.UseApiErrorHandling();
         app.UseSecurityHeaders();
         app.UseAuthentication();

@@ -4,6 +4,7 @@ using Conveyor.Storage.Operations;
 using Conveyor.Storage.Payments;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Storage.Reports;
+using Conveyor.Storage.Sessions;
 using Conveyor.Storage.Webhooks;
 using Microsoft.AspNetCore.DataProtection.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore;
@@ -30,6 +31,9 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
 
     /// <summary>The Api's data-protection key ring (dashboard session cookies, anti-forgery tokens), shared by its replicas.</summary>
     public DbSet<DataProtectionKey> DataProtectionKeys => Set<DataProtectionKey>();
+
+    /// <summary>The dashboard's live sessions (signing out deletes one).</summary>
+    public DbSet<DashboardSessionRecord> DashboardSessions => Set<DashboardSessionRecord>();
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -128,6 +132,15 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
         {
             key.ToTable("data_protection_keys");
             key.HasKey(k => k.Id);
+        });
+
+        modelBuilder.Entity<DashboardSessionRecord>(session =>
+        {
+            session.ToTable("dashboard_sessions");
+            session.HasKey(s => s.Id);
+            session.Property(s => s.KeyName).HasMaxLength(200);
+            // Sign-in deletes the expired rows.
+            session.HasIndex(s => s.ExpiresAt);
         });
 
         modelBuilder.Entity<Report>(report =>

@@ -67,7 +67,8 @@ internal static class DashboardApi
     }
 
     internal static async Task<IResult> SignIn(
-        HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, ILoggerFactory loggers)
+        HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, DashboardSessionStore sessions,
+        IOptions<DashboardSessionOptions> options, ILoggerFactory loggers)
     {
         if (!http.Request.HasFormContentType)
         {
@@ -104,17 +105,30 @@ internal static class DashboardApi
             return LoginResult(http, antiforgery, "That API key is not valid.", StatusCodes.Status401Unauthorized);
         }
 
-        var principal = AccessControl.SessionPrincipal(identity, SessionValidator.Fingerprint(presented));
+        var sessionId = await sessions.StartAsync(identity.Name, options.Value.MaxLifetime, http.RequestAborted);
+        var principal = AccessControl.SessionPrincipal(identity, SessionValidator.Fingerprint(presented), sessionId);
         await http.SignInAsync(AccessControl.SessionScheme, principal, new AuthenticationProperties { IsPersistent = false });
         DashboardLog.SignedIn(logger, identity.Name, client);
         return TypedResults.Redirect(DashboardPaths.Root + "/");
     }
 
-    internal static async Task<NoContent> SignOut(HttpContext http, ILoggerFactory loggers)
+    /// <summary>
+    /// Ends the session the cookie names, on every replica (its row is deleted, so a saved copy of the
+    /// cookie is refused), and clears the cookie. A caller with an API key and no session signs nobody out.
+    /// </summary>
+    internal static async Task<NoContent> SignOut(HttpContext http, DashboardSessionStore sessions, ILoggerFactory loggers)
     {
-        var who = http.User.Identity?.Name ?? "(unknown)";
-        var logger = loggers.CreateLogger(typeof(DashboardApi).FullName!);
-        DashboardLog.SignedOut(logger, who);
+        // The session itself, whichever scheme authenticated the request (a key header wins there).
+        var session = await http.AuthenticateAsync(AccessControl.SessionScheme);
+        if (session is { Succeeded: true, Principal: { } principal }
+            && Guid.TryParse(principal.FindFirst(AccessControl.SessionIdClaim)?.Value, out var sessionId))
+        {
+            await sessions.EndAsync(sessionId, http.RequestAborted);
+            var logger = loggers.CreateLogger(typeof(DashboardApi).FullName!);
+            var who = principal.Identity?.Name ?? "(unknown)";
+            DashboardLog.SignedOut(logger, who);
+        }
+
         await http.SignOutAsync(AccessControl.SessionScheme);
         return TypedResults.NoContent();
     }

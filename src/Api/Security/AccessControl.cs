@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
 using Microsoft.AspNetCore.Authorization;
 using Microsoft.AspNetCore.DataProtection;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.Security;
 
@@ -33,6 +34,9 @@ public static class AccessControl
     /// <summary>A claim in the session naming which key signed in (a digest, never the key), so a rotated key ends its sessions.</summary>
     public const string KeyFingerprintClaim = "key_fp";
 
+    /// <summary>A claim naming the session's row in <c>dashboard_sessions</c> (<see cref="DashboardSessionStore"/>).</summary>
+    public const string SessionIdClaim = "sid";
+
     internal static IServiceCollection AddAccessControl(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<DashboardSessionOptions>()
@@ -40,6 +44,7 @@ public static class AccessControl
             .ValidateDataAnnotations()
             .ValidateOnStart();
         services.AddSingleton<SessionValidator>();
+        services.AddSingleton<DashboardSessionStore>();
 
         // Every Api replica must share the key ring, or a sign-in form or session cookie works only on the
         // pod that issued it and a rollout signs everyone out. By default it is kept in the database
@@ -56,6 +61,7 @@ public static class AccessControl
         }
 
         var session = configuration.GetSection(DashboardSessionOptions.SectionName).Get<DashboardSessionOptions>() ?? new DashboardSessionOptions();
+        var securePolicy = session.SecureCookies ? CookieSecurePolicy.Always : CookieSecurePolicy.SameAsRequest;
         services.AddAuthentication(SelectorScheme)
             .AddPolicyScheme(SelectorScheme, "API key or dashboard session", options => options.ForwardDefaultSelector = SelectScheme)
             .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthenticationHandler>(ApiKeyAuthenticationHandler.SchemeName, null)
@@ -64,7 +70,7 @@ public static class AccessControl
                 options.Cookie.Name = SessionCookieName;
                 options.Cookie.HttpOnly = true;
                 options.Cookie.SameSite = SameSiteMode.Strict;
-                options.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+                options.Cookie.SecurePolicy = securePolicy;
                 options.Cookie.Path = "/";
                 options.ExpireTimeSpan = TimeSpan.FromMinutes(session.IdleMinutes);
                 options.SlidingExpiration = true;
@@ -99,7 +105,7 @@ public static class AccessControl
             options.Cookie.Name = AntiforgeryCookieName;
             options.Cookie.HttpOnly = true;
             options.Cookie.SameSite = SameSiteMode.Strict;
-            options.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+            options.Cookie.SecurePolicy = securePolicy;
             // The security headers middleware sends frame-ancestors 'none' and X-Frame-Options: DENY.
             options.SuppressXFrameOptionsHeader = true;
         });
@@ -107,13 +113,15 @@ public static class AccessControl
     }
 
     /// <summary>
-    /// A key in a header wins; otherwise the dashboard's pages, and any request carrying the session
-    /// cookie, use the session; everything else is an API call without a key.
+    /// A key in a header (<c>X-Api-Key</c>, or <c>Authorization: Bearer</c>) wins; otherwise the
+    /// dashboard's pages, and any request carrying the session cookie, use the session; everything else
+    /// is an API call without a key. An Authorization header of another scheme (a proxy's Basic, say)
+    /// names no key of ours, so it leaves a session alone.
     /// </summary>
     public static string SelectScheme(HttpContext context)
     {
         var request = context.Request;
-        if (request.Headers.ContainsKey(ApiKeyAuthenticationHandler.ApiKeyHeader) || request.Headers.ContainsKey(Microsoft.Net.Http.Headers.HeaderNames.Authorization))
+        if (request.Headers.ContainsKey(ApiKeyAuthenticationHandler.ApiKeyHeader) || ApiKeyAuthenticationHandler.HasBearer(request.Headers))
         {
             return ApiKeyAuthenticationHandler.SchemeName;
         }
@@ -121,6 +129,25 @@ public static class AccessControl
         return request.Path.StartsWithSegments(DashboardPaths.Root, StringComparison.OrdinalIgnoreCase) || request.Cookies.ContainsKey(SessionCookieName)
             ? SessionScheme
             : ApiKeyAuthenticationHandler.SchemeName;
+    }
+
+    /// <summary>
+    /// With <see cref="DashboardSessionOptions.SecureCookies"/>, takes every request as HTTPS: the Api is
+    /// then reached only through a proxy that terminates TLS, and anti-forgery refuses to issue a Secure
+    /// cookie on a request it believes is plain HTTP. No forwarded header is read, so none can be spoofed.
+    /// </summary>
+    public static IApplicationBuilder UseSecureCookieScheme(this IApplicationBuilder app)
+    {
+        if (!app.ApplicationServices.GetRequiredService<IOptions<DashboardSessionOptions>>().Value.SecureCookies)
+        {
+            return app;
+        }
+
+        return app.Use((context, next) =>
+        {
+            context.Request.Scheme = Uri.UriSchemeHttps;
+            return next(context);
+        });
     }
 
     /// <summary>True when the request was authenticated by the session cookie, which a browser sends by itself.</summary>
@@ -181,13 +208,14 @@ public static class AccessControl
     public static bool IsSafeMethod(string method) =>
         HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method) || HttpMethods.IsTrace(method);
 
-    /// <summary>The principal a session carries: the key's name and scopes, and a digest naming the key.</summary>
-    public static ClaimsPrincipal SessionPrincipal(ApiKeyIdentity identity, string keyFingerprint)
+    /// <summary>The principal a session carries: the key's name and scopes, a digest naming the key, and the session's id.</summary>
+    public static ClaimsPrincipal SessionPrincipal(ApiKeyIdentity identity, string keyFingerprint, Guid sessionId)
     {
         Claim[] claims =
         [
             new(ClaimTypes.Name, identity.Name),
             new(KeyFingerprintClaim, keyFingerprint),
+            new(SessionIdClaim, sessionId.ToString("D")),
             .. identity.Scopes.Select(scope => new Claim(ApiKeyAuthenticationHandler.ScopeClaim, scope)),
         ];
         return new ClaimsPrincipal(new ClaimsIdentity(claims, SessionScheme, ClaimTypes.Name, ClaimTypes.Role));

@@ -52,17 +52,25 @@ public sealed class ApiKeyAuthenticationHandler(
         return base.HandleChallengeAsync(properties);
     }
 
+    /// <summary>True when the request has an <c>Authorization</c> header of the Bearer scheme, ours or not.</summary>
+    public static bool HasBearer(IHeaderDictionary headers) =>
+        headers.TryGetValue(HeaderNames.Authorization, out var authorization)
+        && authorization.Any(value => value is not null && IsBearer(value));
+
+    private static bool IsBearer(string value) =>
+        value.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase) || value.Trim().Equals(BearerPrefix.Trim(), StringComparison.OrdinalIgnoreCase);
+
     /// <summary>
     /// The key from either header; empty when a header is present but carries none, or when both
     /// headers carry keys that differ (which one counts would be a guess, and a proxy or a log could
-    /// read the other); null when neither is. An Authorization header of another scheme (a proxy's
-    /// Basic, say) beside X-Api-Key is not ours and is left alone.
+    /// read the other); null when neither is. An Authorization header of another scheme only (a
+    /// proxy's Basic, say) is not ours and is left alone.
     /// </summary>
     private static string? PresentedKey(IHeaderDictionary headers)
     {
-        var bearer = headers.TryGetValue(HeaderNames.Authorization, out var authorization)
-            ? authorization.Count == 1 && authorization[0] is { } value && value.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase)
-                ? value[BearerPrefix.Length..].Trim()
+        var bearer = HasBearer(headers)
+            ? headers[HeaderNames.Authorization] is { Count: 1 } authorization && authorization[0]!.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase)
+                ? authorization[0]![BearerPrefix.Length..].Trim()
                 : ""
             : null;
         if (headers.TryGetValue(ApiKeyHeader, out var apiKey))

@@ -2,7 +2,10 @@ using System.ComponentModel.DataAnnotations;
 
 namespace Conveyor.Api.Security;
 
-/// <summary>The dashboard's sign-in session (<c>Dashboard__Session__IdleMinutes</c>, <c>Dashboard__Session__KeysDirectory</c>).</summary>
+/// <summary>
+/// The dashboard's sign-in session (<c>Dashboard__Session__IdleMinutes</c>, <c>Dashboard__Session__MaxLifetime</c>,
+/// <c>Dashboard__Session__SecureCookies</c>, <c>Dashboard__Session__KeysDirectory</c>).
+/// </summary>
 public sealed class DashboardSessionOptions
 {
     public const string SectionName = "Dashboard:Session";
@@ -10,6 +13,17 @@ public sealed class DashboardSessionOptions
     /// <summary>A session ends after this long without a request; each request renews it (sliding).</summary>
     [Range(1, 24 * 60)]
     public int IdleMinutes { get; set; } = 30;
+
+    /// <summary>A session ends this long after its sign-in, however active it is (<c>12:00:00</c>).</summary>
+    [Range(typeof(TimeSpan), "00:00:01", "7.00:00:00")]
+    public TimeSpan MaxLifetime { get; set; } = TimeSpan.FromHours(12);
+
+    /// <summary>
+    /// Marks the session and anti-forgery cookies Secure whatever the request's scheme. Needed behind a
+    /// TLS-terminating proxy, where the Api sees plain HTTP and would otherwise leave the flag off.
+    /// Off: Secure only on requests that reach the Api over HTTPS.
+    /// </summary>
+    public bool SecureCookies { get; set; }
 
     /// <summary>
     /// A directory to keep the data-protection key ring in (it encrypts session cookies and

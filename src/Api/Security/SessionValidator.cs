@@ -7,10 +7,11 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Api.Security;
 
 /// <summary>
-/// Ends a dashboard session whose key is no longer configured (removed or rotated), and refreshes its
-/// name and scopes from the configuration, so a session never outlives or outranks its key.
+/// Ends a dashboard session whose key is no longer configured (removed or rotated), or that was signed
+/// out or outlived its absolute lifetime (its row in <see cref="DashboardSessionStore"/>), and refreshes
+/// its name and scopes from the configuration, so a session never outlives or outranks its key.
 /// </summary>
-public sealed class SessionValidator(IOptions<ApiKeyOptions> options)
+public sealed class SessionValidator(IOptions<ApiKeyOptions> options, DashboardSessionStore sessions)
 {
     private readonly Dictionary<string, ApiKeyIdentity> _byFingerprint = options.Value.ApiKeys
         .ToDictionary(k => Fingerprint(k.Key), k => new ApiKeyIdentity(k.Name, k.Scopes), StringComparer.Ordinal);
@@ -22,7 +23,10 @@ public sealed class SessionValidator(IOptions<ApiKeyOptions> options)
     public async Task ValidateAsync(CookieValidatePrincipalContext context)
     {
         var fingerprint = context.Principal?.FindFirst(AccessControl.KeyFingerprintClaim)?.Value;
-        if (fingerprint is null || !_byFingerprint.TryGetValue(fingerprint, out var identity))
+        // A cookie issued before sessions had rows names none: it signs in again.
+        if (fingerprint is null || !_byFingerprint.TryGetValue(fingerprint, out var identity)
+            || !Guid.TryParse(context.Principal!.FindFirst(AccessControl.SessionIdClaim)?.Value, out var sessionId)
+            || !await sessions.IsLiveAsync(sessionId, context.HttpContext.RequestAborted))
         {
             context.RejectPrincipal();
             await context.HttpContext.SignOutAsync(AccessControl.SessionScheme);
@@ -33,7 +37,7 @@ public sealed class SessionValidator(IOptions<ApiKeyOptions> options)
         var scopes = current.FindAll(ApiKeyAuthenticationHandler.ScopeClaim).Select(c => c.Value).Order(StringComparer.Ordinal);
         if (current.Identity?.Name != identity.Name || !scopes.SequenceEqual(identity.Scopes.Order(StringComparer.Ordinal), StringComparer.Ordinal))
         {
-            context.ReplacePrincipal(AccessControl.SessionPrincipal(identity, fingerprint));
+            context.ReplacePrincipal(AccessControl.SessionPrincipal(identity, fingerprint, sessionId));
             context.ShouldRenew = true;
         }
     }

@@ -1,0 +1,92 @@
+using System.Net;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Tests.Security;
+
+/// <summary>
+/// A dashboard session ends for good: signing out refuses every saved copy of its cookie, and no
+/// activity keeps it past <c>Dashboard:Session:MaxLifetime</c>. A sign-out is logged only for a real session.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class SessionLifetimeTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string DashboardCategory = "Conveyor.Api.Dashboard.DashboardApi";
+
+    private readonly CapturedLogs _logs = new();
+    private RunningApp _api = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _api = await fixture.StartApiAsync(
+            new Dictionary<string, string?>
+            {
+                ["RateLimiting:Enabled"] = "false",
+                [$"Logging:LogLevel:{DashboardCategory}"] = "Information",
+            },
+            builder => builder.Logging.AddProvider(_logs));
+    }
+
+    public async Task DisposeAsync() => await _api.DisposeAsync();
+
+    [Fact]
+    public async Task After_signing_out_a_saved_copy_of_the_session_cookie_is_refused()
+    {
+        using var browser = DashboardBrowser.Open(_api.BaseAddress, out var cookies);
+        await DashboardBrowser.SignInAsync(browser, TestKeys.Admin);
+        var saved = cookies.GetCookieHeader(_api.BaseAddress);
+        Assert.Contains("conveyor.session=", saved, StringComparison.Ordinal);
+        using (var signOut = DashboardBrowser.SignOut(await DashboardBrowser.CsrfTokenAsync(browser)))
+        using (var signedOut = await browser.SendAsync(signOut))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, signedOut.StatusCode);
+        }
+
+        using var replay = new HttpClient(new HttpClientHandler { UseCookies = false, AllowAutoRedirect = false }) { BaseAddress = _api.BaseAddress };
+        foreach (var path in new[] { "/dashboard/api/session", "/api/audit" })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(path, UriKind.Relative));
+            request.Headers.Add("Cookie", saved);
+            using var response = await replay.SendAsync(request);
+            Assert.True(response.StatusCode == HttpStatusCode.Unauthorized, $"{path}: {response.StatusCode}");
+        }
+
+        var signOuts = _logs.Of(LogLevel.Information, DashboardCategory).Where(e => e.EventId.Id == 2403).ToList();
+        Assert.Equal($"Dashboard sign-out of {TestKeys.AdminName}", Assert.Single(signOuts).Message);
+    }
+
+    [Fact]
+    public async Task A_session_ends_at_its_maximum_lifetime_however_active_it_is()
+    {
+        await using var api = await fixture.StartApiAsync(
+            new Dictionary<string, string?> { ["RateLimiting:Enabled"] = "false", ["Dashboard:Session:MaxLifetime"] = "00:00:04" });
+        using var browser = DashboardBrowser.Open(api.BaseAddress, out _);
+        await DashboardBrowser.SignInAsync(browser, TestKeys.Reader);
+        var signedIn = DateTime.UtcNow;
+        using (var first = await browser.GetAsync(new Uri("/dashboard/api/session", UriKind.Relative)))
+        {
+            Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        }
+
+        // A request at least every half second: far more active than the 30-minute idle limit asks.
+        await Eventually.AssertAsync(async () =>
+        {
+            using var response = await browser.GetAsync(new Uri("/dashboard/api/session", UriKind.Relative));
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        }, TimeSpan.FromSeconds(30));
+
+        Assert.True(DateTime.UtcNow - signedIn >= TimeSpan.FromSeconds(3), "The session ended before its lifetime.");
+        using var page = await browser.GetAsync(new Uri("/dashboard/", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.Redirect, page.StatusCode);
+    }
+
+    [Fact]
+    public async Task Signing_out_with_only_an_API_key_logs_no_sign_out()
+    {
+        using var response = await _api.Client.PostAsync(new Uri("/dashboard/logout", UriKind.Relative), null);
+
+        Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
+        Assert.DoesNotContain(_logs.Of(LogLevel.Information, DashboardCategory), e => e.EventId.Id == 2403);
+    }
+}
