@@ -6,7 +6,9 @@ namespace Conveyor.Cli;
 /// <summary>
 /// Text from the Api made safe to print: a control character (C0, DEL, C1) would otherwise reach the
 /// terminal as it is, so an error message or a queue name could clear the screen, retitle the window or
-/// forge output. Each one is shown as its escape, <c>\u001B</c>; the text itself is never lost.
+/// forge output; an invisible format character (bidirectional overrides such as U+202E, zero-width
+/// characters) or a Unicode line or paragraph separator could reorder or hide what is shown. Each one
+/// is shown as its escape, <c>\u001B</c>; the text itself is never lost.
 /// </summary>
 internal static class Printable
 {
@@ -19,7 +21,7 @@ internal static class Printable
             text = text.ReplaceLineEndings("\n");
         }
 
-        if (!text.Any(char.IsControl))
+        if (!text.Any(Hidden))
         {
             return text;
         }
@@ -27,7 +29,7 @@ internal static class Printable
         var visible = new StringBuilder(text.Length + 16);
         foreach (var c in text)
         {
-            if (!char.IsControl(c) || (keepLineBreaks && c is '\n' or '\t'))
+            if (!Hidden(c) || (keepLineBreaks && c is '\n' or '\t'))
             {
                 visible.Append(c);
             }
@@ -39,4 +41,7 @@ internal static class Printable
 
         return visible.ToString();
     }
+
+    private static bool Hidden(char c) => char.IsControl(c)
+        || CharUnicodeInfo.GetUnicodeCategory(c) is UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator;
 }

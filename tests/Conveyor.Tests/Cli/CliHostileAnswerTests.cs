@@ -22,7 +22,7 @@ namespace Conveyor.Tests.Cli;
 /// </summary>
 public sealed class CliHostileAnswerTests
 {
-    private const string Attack = "\u001b]0;PWNED\u0007\u001b[2J\u009b31m";
+    private const string Attack = "\u001b]0;PWNED\u0007\u001b[2J\u009b31m\u202egpj.exe";
     private const string OperationId = "0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182";
 
     public static TheoryData<string, int, string> ControlCharacters => new()
@@ -54,8 +54,8 @@ public sealed class CliHostileAnswerTests
         var run = await RunAsync(command, api);
 
         var printed = run.Out + run.Err;
-        Assert.DoesNotContain(printed, c => char.IsControl(c) && c is not '\n' and not '\r');
-        Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m", printed, StringComparison.Ordinal);
+        Assert.DoesNotContain(printed, c => (char.IsControl(c) && c is not '\n' and not '\r') || c == '\u202e');
+        Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m\u202Egpj.exe", printed, StringComparison.Ordinal);
     }
 
     [Fact]
