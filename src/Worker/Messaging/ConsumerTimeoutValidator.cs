@@ -1,3 +1,4 @@
+using System.ComponentModel.DataAnnotations;
 using System.Globalization;
 using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Payments;
@@ -23,6 +24,13 @@ public sealed class ConsumerTimeoutValidator(
         if (broker.ConsumerTimeoutSeconds == 0 || name is null)
         {
             return ValidateOptionsResult.Success;
+        }
+
+        // A setting out of its range (a limit of 0 would divide by zero below) is the range check's
+        // to report, by name.
+        if (!Validator.TryValidateObject(options, new ValidationContext(options), null, validateAllProperties: true))
+        {
+            return ValidateOptionsResult.Skip;
         }
 
         var (attemptTimeout, bySetting) = AttemptTimeout(name);

@@ -27,6 +27,22 @@ public sealed class ConsumerTimeoutTests(ConveyorFixture fixture)
         Assert.DoesNotContain("Consumers:ChargePayment", failure.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("ConcurrentMessageLimit", "0")]
+    [InlineData("PrefetchCount", "0")]
+    [InlineData("RetryLimit", "-1")]
+    public async Task A_worker_with_an_endpoint_setting_out_of_range_refuses_to_start_naming_it(string setting, string value)
+    {
+        var settings = WorkerSettings.With().Override(($"Consumers:ChargePayment:{setting}", value));
+
+        var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartWorkerAsync(settings));
+
+        // The range check's message, not an arithmetic failure of the consumer_timeout check.
+        Assert.IsNotType<DivideByZeroException>(failure);
+        Assert.Contains(setting, failure.Message, StringComparison.Ordinal);
+        Assert.Contains("must be between", failure.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task The_same_retries_start_against_a_broker_without_a_consumer_timeout()
     {
