@@ -26,6 +26,7 @@ public sealed partial class BatchedInboxFilter<T>(
         var descriptor = services.GetRequiredService<JobDescriptor<T>>();
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.ClaimedJobIdOf(context));
+        ClaimedAttempt.Set(context, null);
         var batcher = batchers.For(consumerId, descriptor);
         var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId);
 
@@ -49,7 +50,8 @@ public sealed partial class BatchedInboxFilter<T>(
                 return;
         }
 
-        job = job with { JobId = member.JobId };
+        job = job with { JobId = member.JobId, Attempt = member.Attempt };
+        ClaimedAttempt.Set(context, member.Attempt);
         var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
         using var logScope = JobLogScope.Begin(logger, job, context);
         try
@@ -67,7 +69,7 @@ public sealed partial class BatchedInboxFilter<T>(
             if (!stopping)
             {
                 JobMetrics.AttemptFailed(job.Kind);
-                await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed);
+                ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed));
             }
 
             throw;
@@ -79,7 +81,8 @@ public sealed partial class BatchedInboxFilter<T>(
             // (and a row for the job created, if this attempt was creating it) unless the batch
             // counted it under the job row's lock.
             JobMetrics.AttemptFailed(job.Kind);
-            await RecordFailureQuietlyAsync(job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: !member.AttemptRecorded);
+            ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(
+                job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: !member.AttemptRecorded));
             throw new InboxBatchFailedException(member.BatchFailure);
         }
 
@@ -111,15 +114,20 @@ public sealed partial class BatchedInboxFilter<T>(
         return staged;
     }
 
-    private async Task RecordFailureQuietlyAsync(JobRef job, Exception failure, bool countAttempt)
+    /// <summary>
+    /// The attempt the failure is recorded under: the batch's (its count committed) or one counted afresh
+    /// (the batch's count rolled back); null when that could not be counted.
+    /// </summary>
+    private async Task<int?> RecordFailureQuietlyAsync(JobRef job, Exception failure, bool countAttempt)
     {
         try
         {
-            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt, CancellationToken.None);
+            return await tracker.RecordAttemptFailureAsync(countAttempt ? job with { Attempt = null } : job, failure, countAttempt, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
             LogStatusWriteFailed(exception, job.Kind, job.BusinessKey);
+            return countAttempt ? null : job.Attempt;
         }
     }
 

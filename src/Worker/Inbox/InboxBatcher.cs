@@ -388,7 +388,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             var runnable = claim.TryGetValue(member.MessageKey, out var row) && row.Runnable;
             if (runnable && member.Succeeded)
             {
-                member.ResolveJobId(row!.JobId);
+                member.ResolveJob(row!.JobId, row.Attempt);
                 await ApplyAsync(db, [member]);
             }
             else if (runnable)
@@ -429,7 +429,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             }
             else
             {
-                member.ResolveJobId(row.JobId);
+                member.ResolveJob(row.JobId, row.Attempt);
                 member.SetClaim(row.Runnable ? InboxClaim.Run : InboxClaim.NotRunnable);
             }
         }
@@ -456,7 +456,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                 ON CONFLICT DO NOTHING
                 RETURNING message_key),
             job_rows AS (
-                SELECT j.business_key, j.status, j.id
+                SELECT j.business_key, j.status, j.id, j.attempts
                   FROM jobs j
                  WHERE j.kind = {_kind} AND j.business_key IN (SELECT r.message_key FROM inbox_rows r)
                  ORDER BY j.business_key
@@ -465,7 +465,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                    (j.status IS NULL OR j.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})) AS "Runnable",
                    COALESCE(j.id, (SELECT i.job_id FROM input i
                                     WHERE i.message_key = r.message_key AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = i.job_id)
-                                    ORDER BY i.ord LIMIT 1)) AS job_id
+                                    ORDER BY i.ord LIMIT 1)) AS job_id,
+                   COALESCE(j.attempts, 0) + 1 AS attempt
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
         return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);
@@ -572,6 +573,12 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// <summary>What the inbox found, once <see cref="Claimed"/> has settled.</summary>
     internal InboxClaim? Claim { get; private set; }
 
+    /// <summary>
+    /// For a message that may run, the attempt its batch counts when it commits (<see cref="JobRef.Attempt"/>):
+    /// the job row stays locked from the claim to the commit, so no other attempt is counted in between.
+    /// </summary>
+    public int? Attempt { get; private set; }
+
     /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
     public Task<InboxClaim> Claimed => _claimed.Task;
 
@@ -610,7 +617,11 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
         _ran.TrySetResult();
     }
 
-    internal void ResolveJobId(Guid? rowId) => JobId = rowId ?? Guid.CreateVersion7();
+    internal void ResolveJob(Guid? rowId, int attempt)
+    {
+        JobId = rowId ?? Guid.CreateVersion7();
+        Attempt = attempt;
+    }
 
     internal void SetClaim(InboxClaim claim)
     {
@@ -653,4 +664,7 @@ public sealed class BatchClaimRow
 
     /// <summary>The job row's id; else the id its message claims when no other row holds it; else null.</summary>
     public Guid? JobId { get; init; }
+
+    /// <summary>The attempt the batch counts for it: one more than the locked row's (1 for a row it creates).</summary>
+    public int Attempt { get; init; }
 }

@@ -30,15 +30,16 @@ public sealed partial class InboxFilter<T>(
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var messageKey = descriptor?.BusinessKey(context.Message) ?? InboxKeys.FallbackKey(context);
         JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.ClaimedJobIdOf(context));
+        ClaimedAttempt.Set(context, null);
 
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         // All or nothing: a savepoint around each SaveChanges would only cost two round trips.
         db.Database.AutoSavepointsEnabled = false;
         // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
         // first committed) or inserts (the first rolled back).
-        var (claim, jobId) = job is { } claimed
+        var (claim, jobId, attempt) = job is { } claimed
             ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, claimed, cancellationToken)
-            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, cancellationToken), null);
+            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, cancellationToken), null, null);
         if (claim == InboxClaim.Duplicate)
         {
             await transaction.CommitAsync(cancellationToken);
@@ -57,9 +58,10 @@ public sealed partial class InboxFilter<T>(
             return;
         }
 
-        job = job is { } running ? running with { JobId = jobId } : null;
+        job = job is { } running ? running with { JobId = jobId, Attempt = attempt } : null;
         if (job is not null)
         {
+            ClaimedAttempt.Set(context, attempt);
             // The claim holds the job row's lock: a failed attempt is recorded before it is released.
             await transaction.CreateSavepointAsync(AttemptSavepoint, cancellationToken);
         }
@@ -92,7 +94,7 @@ public sealed partial class InboxFilter<T>(
                 {
                     // The attempt's count went with the rollback; a cancel may get in before this.
                     await RollBackQuietlyAsync(transaction);
-                    await RecordFailureQuietlyAsync(failed, exception);
+                    ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(failed, exception));
                 }
             }
             else
@@ -153,15 +155,17 @@ public sealed partial class InboxFilter<T>(
         }
     }
 
-    private async Task RecordFailureQuietlyAsync(JobRef job, Exception failure)
+    /// <summary>The attempt counted afresh; null when it could not be.</summary>
+    private async Task<int?> RecordFailureQuietlyAsync(JobRef job, Exception failure)
     {
         try
         {
-            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt: true, CancellationToken.None);
+            return await tracker.RecordAttemptFailureAsync(job with { Attempt = null }, failure, countAttempt: true, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
             LogStatusWriteFailed(exception, job.Kind, job.BusinessKey);
+            return null;
         }
     }
 

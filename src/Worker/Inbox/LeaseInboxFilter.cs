@@ -46,6 +46,7 @@ public sealed partial class LeaseInboxFilter<T>(
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var key = descriptor.BusinessKey(context.Message);
         var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context));
+        ClaimedAttempt.Set(context, null);
         var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
         var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
         // A delivery that waited (prefetched, or through earlier attempts) until no time is left gets no run.
@@ -70,7 +71,8 @@ public sealed partial class LeaseInboxFilter<T>(
             if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
                 JobMetrics.AttemptFailed(job.Kind);
-                await RecordFailureQuietlyAsync(job, exception);
+                // Only while this run's attempt is the latest: a run that took the lease over counted a newer one.
+                await RecordFailureQuietlyAsync(job with { Attempt = ClaimedAttempt.Of(context) }, exception);
             }
 
             throw;
@@ -99,7 +101,7 @@ public sealed partial class LeaseInboxFilter<T>(
         ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil)
     {
         var cancellationToken = context.CancellationToken;
-        if (await tracker.StartAttemptAsync(job, cancellationToken) is not { } jobId)
+        if (await tracker.StartAttemptAsync(job, cancellationToken) is not (var jobId, var attempt))
         {
             // Cancelled, or succeeded already: mark the message handled without running it.
             await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
@@ -107,6 +109,7 @@ public sealed partial class LeaseInboxFilter<T>(
             return true;
         }
 
+        ClaimedAttempt.Set(context, attempt);
         var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
         using var logScope = JobLogScope.Begin(logger, job with { JobId = jobId }, context);
         // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then

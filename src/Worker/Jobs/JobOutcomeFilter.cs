@@ -22,7 +22,8 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
         }
         catch (Exception exception) when (context.TryGetMessage<T>(out var consumeContext))
         {
-            var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), InboxKeys.ClaimedJobIdOf(context));
+            // Scoped to the attempt this delivery's claim counted: a newer attempt's status stands.
+            var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(consumeContext.Message), InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
             if (exception is RequeueRequestedException)
             {
                 // Its database is away: nothing to record, and the message goes back to its queue.

@@ -12,12 +12,15 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
 {
     private const int MaxErrorLength = 4000;
 
+    /// <summary>No attempt is numbered 0: a write for an attempt not known applies to the latest one.</summary>
+    private const int UnknownAttempt = 0;
+
     /// <summary>
     /// Marks an attempt as started; creates the row when another service published directly.
-    /// The job's row id, or null when the job must not run: it succeeded already (a replay after
-    /// the inbox row was swept) or was cancelled.
+    /// The job's row id and the attempt counted, or null when the job must not run: it succeeded
+    /// already (a replay after the inbox row was swept) or was cancelled.
     /// </summary>
-    public Task<Guid?> StartAttemptAsync(JobRef job, CancellationToken cancellationToken) =>
+    public Task<(Guid Id, int Attempt)?> StartAttemptAsync(JobRef job, CancellationToken cancellationToken) =>
         CountAttemptAsync(job, error: null, cancellationToken);
 
     /// <summary>
@@ -26,9 +29,9 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// succeeded already or was cancelled. One round trip and no commit of its own: the attempt
     /// becomes visible with the job's outcome (a failed attempt by
     /// <see cref="RecordFailedAttemptInTransactionAsync"/>, still under the row lock this takes).
-    /// With <see cref="InboxClaim.Run"/>, also the job's row id.
+    /// With <see cref="InboxClaim.Run"/>, also the job's row id and the attempt counted (see <see cref="JobRef"/>).
     /// </summary>
-    public async Task<(InboxClaim Claim, Guid? JobId)> ClaimInTransactionAsync(
+    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt)> ClaimInTransactionAsync(
         ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -49,12 +52,13 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
                        request_body = NULL
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-                RETURNING id)
-            SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id
+                RETURNING id, attempts)
+            SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
+                   (SELECT j.attempts FROM job_row j) AS attempt
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
-        return !claim[0].Inserted ? (InboxClaim.Duplicate, null)
-            : claim[0].JobId is { } jobId ? (InboxClaim.Run, jobId)
-            : (InboxClaim.NotRunnable, null);
+        return !claim[0].Inserted ? (InboxClaim.Duplicate, null, null)
+            : claim[0].JobId is { } jobId ? (InboxClaim.Run, jobId, claim[0].Attempt)
+            : (InboxClaim.NotRunnable, null, null);
     }
 
     /// <summary>
@@ -78,31 +82,33 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// <summary>
     /// Records the error of a failed attempt that will be retried. With <paramref name="countAttempt"/>
     /// (the attempt was counted in a transaction that rolled back) it counts it again here, and
-    /// creates the row if that transaction was the one creating it.
+    /// creates the row if that transaction was the one creating it. Without it, the error is recorded
+    /// only while <paramref name="job"/>'s attempt is the latest. The attempt the failure is now
+    /// recorded under (the one counted here, or <paramref name="job"/>'s), for the failure path's later writes.
     /// </summary>
-    public async Task RecordAttemptFailureAsync(JobRef job, Exception exception, bool countAttempt, CancellationToken cancellationToken)
+    public async Task<int?> RecordAttemptFailureAsync(JobRef job, Exception exception, bool countAttempt, CancellationToken cancellationToken)
     {
         if (!countAttempt)
         {
             await UpdateAsync(job, JobStatus.Running, exception, null, finished: false, cancellationToken);
-            return;
+            return job.Attempt;
         }
 
-        await CountAttemptAsync(job, Describe(exception), cancellationToken);
+        return (await CountAttemptAsync(job, Describe(exception), cancellationToken))?.Attempt;
     }
 
     /// <summary>
     /// One more attempt of a job that may still run, marked running (with <paramref name="error"/>
     /// as its last error when given); creates the row when another service published directly.
-    /// The job's row id, or null when the job succeeded already or was cancelled.
+    /// The job's row id and the attempt counted, or null when the job succeeded already or was cancelled.
     /// </summary>
-    private async Task<Guid?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken)
+    private async Task<(Guid Id, int Attempt)?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
-        var counted = await db.Database.SqlQuery<Guid>($"""
+        var counted = await db.Database.SqlQuery<CountedAttempt>($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at)
             SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
                    {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}
@@ -110,9 +116,9 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
                    next_attempt_at = NULL, updated_at = {now}, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-            RETURNING id AS "Value"
+            RETURNING id, attempts
             """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
-        return counted.Count == 1 ? counted[0] : null;
+        return counted.Count == 1 ? (counted[0].Id, counted[0].Attempts) : null;
     }
 
     public Task MarkRetryScheduledAsync(JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
@@ -125,14 +131,17 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     public Task MarkInterruptedAsync(JobRef job, CancellationToken cancellationToken) =>
         UpdateAsync(job, JobStatus.Queued, new OperationCanceledException("Interrupted by a worker shutdown; the message returns to the queue"), null, finished: false, cancellationToken);
 
+    /// <summary>The progress of a running attempt; with <see cref="JobRef.Attempt"/>, only while it is the job's latest.</summary>
     public async Task ReportProgressAsync(JobRef job, int percent, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         var clamped = Math.Clamp(percent, 0, 100);
+        var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET progress = {clamped}, updated_at = {now}
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status = {JobStatus.Running}
+               AND ({attempt} = {UnknownAttempt} OR attempts = {attempt})
             """, cancellationToken);
     }
 
@@ -179,10 +188,14 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var now = time.GetUtcNow();
         var error = Describe(exception);
         DateTimeOffset? finishedAt = finished ? now : null;
+        // An attempt's failure path writes its own status only: once a newer attempt was counted (another
+        // copy, a run that took the lease over), that attempt's status stands.
+        var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
                    updated_at = {now}, finished_at = COALESCE({finishedAt}, finished_at)
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+               AND ({attempt} = {UnknownAttempt} OR attempts = {attempt})
             """, cancellationToken);
     }
 }
@@ -210,4 +223,15 @@ public sealed class ClaimRow
 
     /// <summary>The job's row id when the job was claimed (it may run); null when it may not.</summary>
     public Guid? JobId { get; init; }
+
+    /// <summary>The attempt the claim counted, when it claimed the job.</summary>
+    public int? Attempt { get; init; }
+}
+
+/// <summary>An attempt counted outside the inbox transaction: the job's row id and its attempts now.</summary>
+public sealed class CountedAttempt
+{
+    public Guid Id { get; init; }
+
+    public int Attempts { get; init; }
 }

@@ -92,7 +92,8 @@ public sealed partial class RedeliveryFilter<T>(
             try
             {
                 // Advisory: the redelivery is stored, so failing to show it must not fail the message.
-                await tracker.MarkRetryScheduledAsync(new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context)), exception, dueAt, CancellationToken.None);
+                await tracker.MarkRetryScheduledAsync(
+                    new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context)), exception, dueAt, CancellationToken.None);
             }
             catch (Exception statusFailure) when (statusFailure is not OutOfMemoryException)
             {

@@ -26,7 +26,8 @@ public sealed class GenerateReportConsumer(
         var cancellationToken = context.CancellationToken;
         PermanentFailureException.ThrowIfInvalid(nameof(GenerateReport), report.Validate());
 
-        var job = new JobRef(JobKinds.GenerateReport, report.ReportId.ToString(), null);
+        // Progress of this attempt only: a run that lost its lease stops reporting over the run that took it.
+        var job = new JobRef(JobKinds.GenerateReport, report.ReportId.ToString(), null, ClaimedAttempt.Of(context));
         var pageSize = report.PageSize ?? options.Value.DefaultPageSize;
         var aggregator = new LedgerAggregator(db);
         var total = await aggregator.CountAsync(report.AccountId, report.Currency, cancellationToken);
