@@ -519,7 +519,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = excluded.updated_at,
                    last_error = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN NULL ELSE jobs.last_error END,
                    progress = CASE WHEN excluded.status = {JobStatus.Succeeded} AND jobs.progress IS NOT NULL THEN 100 ELSE jobs.progress END,
-                   finished_at = COALESCE(excluded.finished_at, jobs.finished_at), request_body = NULL
+                   finished_at = excluded.finished_at, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled});
             DELETE FROM inbox WHERE consumer_id = {_consumerId} AND message_key = ANY({failedKeys});
             """;

@@ -50,7 +50,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                  WHERE EXISTS (SELECT 1 FROM inbox_row)
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
-                       request_body = NULL
+                       finished_at = NULL, request_body = NULL
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                 RETURNING id, attempts)
             SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
@@ -114,7 +114,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                    {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
-                   next_attempt_at = NULL, updated_at = {now}, request_body = NULL
+                   next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
             RETURNING id, attempts
             """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
@@ -193,7 +193,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
-                   updated_at = {now}, finished_at = COALESCE({finishedAt}, finished_at)
+                   updated_at = {now}, finished_at = {finishedAt}
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                AND ({attempt} = {UnknownAttempt} OR attempts = {attempt})
             """, cancellationToken);

@@ -1,5 +1,6 @@
 using System.Net;
 using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
@@ -72,5 +73,43 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
         }
 
         Assert.Equal(0u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task A_dead_lettered_job_moved_back_is_no_longer_finished_while_it_waits_for_another_attempt()
+    {
+        // Dead-lettered (a permanent 400): a final status, with its finish time.
+        _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
+        var payment = Guid.NewGuid();
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            await publisher.PublishAsync(new ChargePayment { PaymentId = payment, AccountId = "acct-again", AmountMinor = 700, Currency = "EUR" });
+        }
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var dead = await JobAsync(payment);
+            Assert.Equal(JobStatus.DeadLettered, dead?.Status);
+            Assert.NotNull(dead!.FinishedAt);
+        });
+
+        // Moved back while the gateway is down (503, transient): the job waits for a delayed redelivery.
+        _gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        using var admin = ErrorQueueKit.Client(_api.BaseAddress);
+        await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var waiting = await JobAsync(payment);
+            Assert.Equal(JobStatus.RetryScheduled, waiting?.Status);
+            Assert.Null(waiting!.FinishedAt);
+            Assert.NotNull(waiting.NextAttemptAt);
+        });
+    }
+
+    private async Task<Job?> JobAsync(Guid payment)
+    {
+        await using var db = fixture.CreateDbContext();
+        return await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == payment.ToString());
     }
 }
