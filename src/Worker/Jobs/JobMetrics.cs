@@ -28,12 +28,23 @@ public static class JobMetrics
     private static readonly Counter<long> DuplicatesSkippedCounter =
         Meter.CreateCounter<long>("conveyor.inbox.duplicates_skipped", description: "Messages the inbox recognised as already applied");
 
+    /// <summary>
+    /// Bucket bounds for the worker's histograms in seconds, from 5 ms to 2 h (a report may run for up
+    /// to half an hour; a backlog may wait longer). OpenTelemetry's default bounds (0, 5, 10, 25, …, 10000)
+    /// are made for milliseconds: every job under 5 s would fall in one bucket, and a p99 read from
+    /// them could not tell 30 ms from 4.9 s.
+    /// </summary>
+    public static readonly IReadOnlyList<double> SecondsBuckets =
+        [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200];
+
     private static readonly Histogram<double> DurationHistogram =
-        Meter.CreateHistogram<double>("conveyor.jobs.duration", "s", "Time from the start of an attempt to its commit");
+        Meter.CreateHistogram("conveyor.jobs.duration", "s", "Time from the start of an attempt to its commit",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
 
     private static readonly Histogram<double> WaitHistogram =
-        Meter.CreateHistogram<double>("conveyor.jobs.wait", "s",
-            "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue");
+        Meter.CreateHistogram("conveyor.jobs.wait", "s",
+            "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
 
     public static Meter Instance => Meter;
 

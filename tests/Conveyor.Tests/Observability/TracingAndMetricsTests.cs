@@ -12,6 +12,8 @@ namespace Conveyor.Tests.Observability;
 [Collection(ConveyorCollection.Name)]
 public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
+    private static readonly string[] WorkerHistograms = ["conveyor_jobs_duration_seconds_bucket{", "conveyor_jobs_wait_seconds_bucket{"];
+
     private readonly List<Activity> _apiActivities = [];
     private readonly List<Activity> _workerActivities = [];
     private FakePaymentGateway _gateway = null!;
@@ -81,6 +83,13 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
             var text = await _worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
             Assert.True(PrometheusText.Sum(text, "conveyor_jobs_succeeded_total", "kind=\"charge-payment\"") >= 3, "jobs succeeded");
             Assert.Contains("conveyor_jobs_duration_seconds_bucket", text, StringComparison.Ordinal);
+            // Second-scale buckets, not OpenTelemetry's millisecond-made defaults (0, 5, 10, ...: every job under 5 s in one).
+            foreach (var histogram in WorkerHistograms)
+            {
+                Assert.Contains(text.Split('\n'), line => line.StartsWith(histogram, StringComparison.Ordinal)
+                    && line.Contains("kind=\"charge-payment\"", StringComparison.Ordinal) && line.Contains("le=\"0.05\"", StringComparison.Ordinal));
+            }
+
             // Every attempt records how long its command waited in the queue.
             Assert.True(PrometheusText.Sum(text, "conveyor_jobs_wait_seconds_count", "kind=\"charge-payment\"") >= 3, "waits recorded");
             Assert.Matches("(dotnet|process_runtime_dotnet)_gc_collections", text);
