@@ -43,6 +43,11 @@ internal static class ScheduledJobs
             // long a job waited in its queue (conveyor.jobs.wait) starts there, not at the submission.
             Body = request.ToEnvelope(messageId, jobId, runAt),
             CreatedAt = now,
+            // The row this command runs, inserted in the same transaction with no attempts yet: should
+            // the command never be publishable, the dispatcher dead-letters this job, and only while no
+            // delivery has claimed it since.
+            JobId = jobId,
+            JobAttempts = 0,
         };
     }
 

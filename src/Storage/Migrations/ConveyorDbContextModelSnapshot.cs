@@ -419,6 +419,14 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("jsonb")
                         .HasColumnName("headers");
 
+                    b.Property<int?>("JobAttempts")
+                        .HasColumnType("integer")
+                        .HasColumnName("job_attempts");
+
+                    b.Property<Guid?>("JobId")
+                        .HasColumnType("uuid")
+                        .HasColumnName("job_id");
+
                     b.Property<string>("MessageId")
                         .HasMaxLength(100)
                         .HasColumnType("character varying(100)")

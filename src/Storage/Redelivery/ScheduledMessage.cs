@@ -34,4 +34,19 @@ public sealed class ScheduledMessage
     public required byte[] Body { get; set; }
 
     public DateTimeOffset CreatedAt { get; set; }
+
+    /// <summary>
+    /// The row id of the job this message would run, as the writer found it (never a header, which any
+    /// sender can set); null for a message of no job, a lease deferral, and rows stored before the
+    /// column existed. A row that can never be published dead-letters this job (see
+    /// <see cref="JobAttempts"/>).
+    /// </summary>
+    public Guid? JobId { get; set; }
+
+    /// <summary>
+    /// The job's <c>attempts</c> when this row was stored. The job is waiting for this row only while it
+    /// still has that count: any later delivery of its command claims it and counts one more, so a row
+    /// that has fallen behind can no longer dead-letter the job.
+    /// </summary>
+    public int? JobAttempts { get; set; }
 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Conveyor.Contracts;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Worker.Messaging;
@@ -79,6 +80,13 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             [MassTransit.MessageHeaders.FaultTimestamp] = now.ToString("O", CultureInfo.InvariantCulture),
             [Failures.DeadLetterHeadersFilter.Reason] = $"the stored redelivery could not be published: {reason}",
         };
+        if (message.JobId is { } jobId)
+        {
+            // The job's row id as the store found it, over the id the message claimed: an operator's
+            // move by job id must find this job's command, as for any other dead-lettered job.
+            headers[JobHeaders.JobId] = jobId.ToString("D");
+        }
+
         var (channel, frameMax) = await ChannelAsync(cancellationToken);
         return await PublishOneAsync(channel, frameMax, message, message.Destination + ErrorQueueSuffix, headers, alone: true, cancellationToken);
     }

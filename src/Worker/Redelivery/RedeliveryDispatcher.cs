@@ -1,5 +1,6 @@
 using System.Diagnostics.Metrics;
 using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
@@ -22,6 +23,9 @@ public sealed partial class RedeliveryDispatcher(
     TimeProvider time,
     ILogger<RedeliveryDispatcher> logger) : BackgroundService
 {
+    /// <summary>The length of <c>jobs.last_error</c> as the worker writes it (JobTracker's).</summary>
+    private const int MaxErrorLength = 4000;
+
     private static readonly Histogram<double> Lateness = JobMetrics.Instance.CreateHistogram<double>(
         "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published");
     private static readonly Counter<long> Published = JobMetrics.Instance.CreateCounter<long>(
@@ -113,6 +117,17 @@ public sealed partial class RedeliveryDispatcher(
             }
 
             var published = time.GetUtcNow();
+            // In the transaction that deletes their rows: a crash leaves both the row and the job's status
+            // as they were (the row is moved to _error again), or neither.
+            var deadLettered = new List<(ScheduledMessage Message, string Kind)>();
+            foreach (var (message, _, result) in settled.Where(s => s.Settlement == Settlement.MovedToError))
+            {
+                if (await DeadLetterJobAsync(db, message, ReasonOf(result), published, cancellationToken) is { } kind)
+                {
+                    deadLettered.Add((message, kind));
+                }
+            }
+
             var doneIds = settled.Where(s => s.Settlement != Settlement.Later).Select(s => s.Message.Id).ToArray();
             await db.Database.ExecuteSqlInterpolatedAsync(
                 $"DELETE FROM scheduled_messages WHERE id = ANY({doneIds})", cancellationToken);
@@ -147,6 +162,12 @@ public sealed partial class RedeliveryDispatcher(
 
             Published.Add(confirmed.Count);
             Unpublishable.Add(settled.Count(s => s.Settlement == Settlement.MovedToError));
+            foreach (var (message, kind) in deadLettered)
+            {
+                JobMetrics.DeadLettered(kind);
+                LogJobDeadLettered(message.JobId!.Value, kind, message.Id);
+            }
+
             total += doneIds.Length;
             if (due.Count < batchSize)
             {
@@ -181,7 +202,7 @@ public sealed partial class RedeliveryDispatcher(
             return (message, Settlement.Later, result);
         }
 
-        var reason = result.Error ?? "no reason given";
+        var reason = ReasonOf(result);
         var moved = await PublishWithinTimeoutAsync(
             1, timeout => publisher.MoveToErrorQueueAsync(message, reason, time.GetUtcNow(), timeout), cancellationToken);
         if (moved.Outcome != PublishOutcome.Confirmed)
@@ -192,6 +213,39 @@ public sealed partial class RedeliveryDispatcher(
 
         LogMovedToError(message.Id, message.Destination, reason);
         return (message, Settlement.MovedToError, result);
+    }
+
+    private static string ReasonOf(PublishResult result) => result.Error ?? "no reason given";
+
+    /// <summary>
+    /// The job <paramref name="message"/> was stored for becomes <c>dead-lettered</c>, as a job whose
+    /// message reached <c>_error</c> through its consumer does: else its status would wait forever for a
+    /// publish that never comes. Only while the job still waits for this row: in a waiting status with
+    /// the attempts it had when the row was stored. A delivery since (a copy moved back from
+    /// <c>_error</c>, a duplicate, a republish) claimed it and counted an attempt, and that run settles
+    /// the job, not this stale row; a job that is running, succeeded or was cancelled is left alone.
+    /// The job is the row's <see cref="ScheduledMessage.JobId"/>, set by whoever stored it, never a
+    /// header of the message. The job's kind when it was dead-lettered; null when the row names no job
+    /// (stored before the column, a lease deferral) or the job has moved on.
+    /// </summary>
+    private static async Task<string?> DeadLetterJobAsync(
+        ConveyorDbContext db, ScheduledMessage message, string reason, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        if (message is not { JobId: { } jobId, JobAttempts: { } attempts })
+        {
+            return null;
+        }
+
+        var error = $"UnpublishableRedelivery: its stored command could not be published ({reason}); moved to {message.Destination}{BrokerPublisher.ErrorQueueSuffix}";
+        error = error.Length <= MaxErrorLength ? error : error[..MaxErrorLength];
+        var kinds = await db.Database.SqlQuery<string>($"""
+            UPDATE jobs SET status = {JobStatus.DeadLettered}, last_error = {error}, next_attempt_at = NULL,
+                   updated_at = {now}, finished_at = {now}
+             WHERE id = {jobId} AND attempts = {attempts}
+               AND status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})
+            RETURNING kind AS "Value"
+            """).ToListAsync(cancellationToken); // not composed: an UPDATE cannot be a subquery
+        return kinds.Count == 1 ? kinds[0] : null;
     }
 
     private enum Settlement
@@ -276,6 +330,9 @@ public sealed partial class RedeliveryDispatcher(
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Scheduled message {Id} for {Destination} can never be published ({Reason}); moved to its _error queue")]
     private partial void LogMovedToError(long id, string destination, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId} ({Kind}) dead-lettered: its scheduled message {Id} can never be published")]
+    private partial void LogJobDeadLettered(Guid jobId, string kind, long id);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Scheduled message {Id} for {Destination} can never be published ({Reason}), nor moved to its _error queue ({Error}); kept, tried again later")]
     private partial void LogNotMovedToError(long id, string destination, string reason, string? error);

@@ -76,10 +76,11 @@ public sealed partial class RedeliveryFilter<T>(
             };
 
             // Stored (committed) before this method returns and MassTransit acks the original.
+            var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
             try
             {
                 await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
-                    attempt, dueAt, headers, CancellationToken.None);
+                    attempt, dueAt, headers, job, CancellationToken.None);
             }
             catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure))
             {
@@ -92,8 +93,7 @@ public sealed partial class RedeliveryFilter<T>(
             try
             {
                 // Advisory: the redelivery is stored, so failing to show it must not fail the message.
-                await tracker.MarkRetryScheduledAsync(
-                    new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context)), exception, dueAt, CancellationToken.None);
+                await tracker.MarkRetryScheduledAsync(job, exception, dueAt, CancellationToken.None);
             }
             catch (Exception statusFailure) when (statusFailure is not OutOfMemoryException)
             {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using Conveyor.Storage;
+using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
@@ -23,8 +24,26 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// </summary>
     public const int MaxStoredHeaderBytes = 65_536;
 
+    /// <summary>Stores a copy no job waits for (a lease deferral), see the overload with a job.</summary>
+    public Task ScheduleAsync(
+        ReceiveContext received,
+        Guid? messageId,
+        string destination,
+        string dedupeKey,
+        int attempt,
+        DateTimeOffset dueAt,
+        IReadOnlyDictionary<string, string> extraHeaders,
+        CancellationToken cancellationToken) =>
+        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, dueAt, extraHeaders, job: null, cancellationToken);
+
     /// <param name="dedupeKey">Unique per intended publish: storing it twice keeps the first.</param>
     /// <param name="extraHeaders">Headers to set on the copy (overriding what it carried).</param>
+    /// <param name="job">
+    /// The job that waits for this copy (a delayed redelivery), or null when none does (a lease
+    /// deferral: the job runs on another worker's live lease, and that run settles it). Its row id and
+    /// attempts are stored with the copy, so a copy that can never be published dead-letters the job
+    /// it was stored for (<see cref="RedeliveryDispatcher"/>).
+    /// </param>
     public async Task ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
@@ -33,6 +52,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         int attempt,
         DateTimeOffset dueAt,
         IReadOnlyDictionary<string, string> extraHeaders,
+        JobRef? job,
         CancellationToken cancellationToken)
     {
         var headers = StorableHeaders(RedeliveryHeaders.ForStorage(received.TransportHeaders.GetAll()), extraHeaders);
@@ -40,10 +60,17 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         var body = received.Body.GetBytes();
         var headersJson = JsonSerializer.Serialize(headers);
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        // The job's row is found by its kind and business key, as every status write finds it, never by
+        // the job id the message claims (a header any sender can set): a copy of one job must not
+        // dead-letter another. None found (no job, or its row is gone): stored without one.
+        var (jobKind, businessKey) = job is { } waiting ? (waiting.Kind, waiting.BusinessKey) : (null, null);
         await db.Database.ExecuteSqlInterpolatedAsync($"""
-            WITH stored AS (
-                INSERT INTO scheduled_messages (dedupe_key, destination, due_at, attempt, content_type, message_id, headers, body, created_at)
-                VALUES ({dedupeKey}, {destination}, {dueAt}, {attempt}, {contentType}, {messageId?.ToString()}, CAST({headersJson} AS jsonb), {body}, {time.GetUtcNow()})
+            WITH job AS (
+                SELECT id, attempts FROM jobs WHERE kind = {jobKind} AND business_key = {businessKey}),
+            stored AS (
+                INSERT INTO scheduled_messages (dedupe_key, destination, due_at, attempt, content_type, message_id, headers, body, created_at, job_id, job_attempts)
+                VALUES ({dedupeKey}, {destination}, {dueAt}, {attempt}, {contentType}, {messageId?.ToString()}, CAST({headersJson} AS jsonb), {body}, {time.GetUtcNow()},
+                        (SELECT id FROM job), (SELECT attempts FROM job))
                 ON CONFLICT (dedupe_key) DO NOTHING
                 RETURNING id)
             SELECT pg_notify({Channel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}) FROM stored

@@ -1,0 +1,313 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Conveyor.Api.Jobs;
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Redelivery;
+using Conveyor.Tests.Api;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Redelivery;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using RabbitMQ.Client;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// A stored message that can never be published goes to its destination's <c>_error</c> queue
+/// (<see cref="UnpublishableRedeliveryTests"/>), and the job waiting for it becomes dead-lettered with
+/// the reason, in the transaction that deletes the row. Before, the job stayed <c>retry-scheduled</c>
+/// (or <c>scheduled</c>) forever while its command sat in <c>_error</c>. The job is the one the row was
+/// stored for, never one a header of the message names, and only while it still waits for that row.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";
+    private const string WebhookUrn = "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook";
+
+    /// <summary>Longer than AMQP allows a header name: no publish can carry it, a move to _error drops it.</summary>
+    private static readonly string LongHeaderName = new('n', 300);
+
+    private readonly string _queue = $"unpublishable-status-test-{Guid.NewGuid():N}";
+    private IConnection _connection = null!;
+    private IChannel _channel = null!;
+
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        _connection = await fixture.AmqpFactory().CreateConnectionAsync();
+        _channel = await _connection.CreateChannelAsync();
+        await _channel.QueueDeclareAsync(_queue, durable: true, exclusive: false, autoDelete: false);
+        await _channel.QueueDeclareAsync(_queue + BrokerPublisher.ErrorQueueSuffix, durable: true, exclusive: false, autoDelete: false);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _channel.QueueDeleteAsync(_queue);
+        await _channel.QueueDeleteAsync(_queue + BrokerPublisher.ErrorQueueSuffix);
+        await _channel.DisposeAsync();
+        await _connection.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Only_the_job_still_waiting_for_the_row_it_was_stored_for_is_dead_lettered()
+    {
+        var waiting = await AddJobAsync(JobStatus.RetryScheduled, attempts: 2);
+        var succeeded = await AddJobAsync(JobStatus.Succeeded, attempts: 2);
+        var cancelled = await AddJobAsync(JobStatus.Cancelled, attempts: 0);
+        // Claimed by a newer delivery since its row was stored: running now, or failed again and waiting for another row.
+        var running = await AddJobAsync(JobStatus.Running, attempts: 3);
+        var movedOn = await AddJobAsync(JobStatus.RetryScheduled, attempts: 3);
+        // Named only by the header of the rows: a header is a sender's claim, never which job a row is for.
+        var named = await AddJobAsync(JobStatus.RetryScheduled, attempts: 1);
+
+        var due = DateTimeOffset.UtcNow.AddSeconds(-5);
+        await ScheduleAsync(due, waiting.Id, 2, named.Id);
+        await ScheduleAsync(due, succeeded.Id, 2, named.Id);
+        await ScheduleAsync(due, cancelled.Id, 0, named.Id);
+        await ScheduleAsync(due, running.Id, 2, named.Id);
+        await ScheduleAsync(due, movedOn.Id, 2, named.Id);
+        // Stored before rows named their job: moved as before, no job touched.
+        await ScheduleAsync(due, jobId: null, jobAttempts: null, named.Id);
+
+        await using (var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions())))
+        {
+            using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), publisher, Options.Create(new DispatcherOptions()),
+                TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+            await dispatcher.StartAsync(CancellationToken.None);
+            try
+            {
+                await Eventually.AssertAsync(async () =>
+                {
+                    await using var db = fixture.CreateDbContext();
+                    Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+                }, TimeSpan.FromSeconds(30));
+            }
+            finally
+            {
+                await dispatcher.StopAsync(CancellationToken.None);
+            }
+        }
+
+        await using var read = fixture.CreateDbContext();
+        var jobs = await read.Jobs.AsNoTracking().ToDictionaryAsync(j => j.Id);
+        var deadLettered = jobs[waiting.Id];
+        Assert.Equal(JobStatus.DeadLettered, deadLettered.Status);
+        Assert.StartsWith("UnpublishableRedelivery: ", deadLettered.LastError, StringComparison.Ordinal);
+        Assert.Contains("header name", deadLettered.LastError, StringComparison.Ordinal);
+        Assert.Contains(_queue + BrokerPublisher.ErrorQueueSuffix, deadLettered.LastError, StringComparison.Ordinal);
+        Assert.NotNull(deadLettered.FinishedAt);
+        Assert.Null(deadLettered.NextAttemptAt);
+        Assert.Equal(2, deadLettered.Attempts);
+
+        foreach (var untouched in new[] { succeeded, cancelled, running, movedOn, named })
+        {
+            var now = jobs[untouched.Id];
+            Assert.Equal((untouched.Status, untouched.Attempts, untouched.LastError, untouched.UpdatedAt.ToUnixTimeMilliseconds()),
+                (now.Status, now.Attempts, now.LastError, now.UpdatedAt.ToUnixTimeMilliseconds()));
+        }
+
+        // Every row went to _error all the same; the copy of a row that names its job carries the job's own id.
+        var moved = await TakeAllAsync(_queue + BrokerPublisher.ErrorQueueSuffix);
+        Assert.Equal(6, moved.Count);
+        var jobIds = moved.Select(m => Text(m.BasicProperties.Headers![JobHeaders.JobId])).ToList();
+        Assert.Equal(
+            new[] { waiting.Id, succeeded.Id, cancelled.Id, running.Id, movedOn.Id, named.Id }.Select(id => id.ToString("D")).Order(),
+            jobIds.Order());
+    }
+
+    [Fact]
+    public async Task A_redelivery_the_worker_stored_that_cannot_be_published_dead_letters_its_job_not_the_one_its_header_names()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = HttpStatusCode.InternalServerError;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0")));
+        await fixture.DeclareAsync("deliver-webhook_error");
+        // Another job, waiting for a redelivery of its own, whose id the command claims.
+        var other = await AddJobAsync(JobStatus.RetryScheduled, attempts: 1, kind: JobKinds.DeliverWebhook);
+        var webhookId = Guid.NewGuid();
+        await PublishWebhookAsync(webhookId, receiver.Url(), claimedJobId: other.Id);
+
+        Job job = null!;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Kind == JobKinds.DeliverWebhook && j.BusinessKey == webhookId.ToString());
+            Assert.Equal(JobStatus.RetryScheduled, job.Status);
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
+        Assert.NotEqual(other.Id, job.Id);
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync();
+            Assert.Equal((job.Id, job.Attempts), (stored.JobId, stored.JobAttempts));
+        }
+
+        // As a row stored before the store bounded headers would be: it can never be published.
+        await MakeUnpublishableAndDueAsync();
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var now = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == job.Id);
+            Assert.Equal(JobStatus.DeadLettered, now.Status);
+            Assert.Contains("header name", now.LastError, StringComparison.Ordinal);
+            Assert.Contains("deliver-webhook_error", now.LastError, StringComparison.Ordinal);
+            Assert.NotNull(now.FinishedAt);
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var untouched = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == other.Id);
+            Assert.Equal((JobStatus.RetryScheduled, 1, (DateTimeOffset?)null), (untouched.Status, untouched.Attempts, untouched.FinishedAt));
+        }
+
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var moved = Assert.Single(await producer.TakeAllAsync("deliver-webhook_error"));
+        Assert.Equal(job.Id.ToString("D"), moved.Header(JobHeaders.JobId));
+        Assert.Single(receiver.Deliveries);
+    }
+
+    [Fact]
+    public async Task A_job_scheduled_with_runAt_whose_command_cannot_be_published_shows_dead_lettered_with_the_reason()
+    {
+        await using var worker = await fixture.StartWorkerAsync();
+        await using var api = await fixture.StartApiAsync();
+        await fixture.DeclareAsync("charge-payment_error");
+        var accepted = await api.Client.AcceptJobAsync(
+            JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync();
+            Assert.Equal((accepted.JobId, 0), (stored.JobId, stored.JobAttempts));
+        }
+
+        await MakeUnpublishableAndDueAsync();
+
+        JobDetails shown = null!;
+        await Eventually.AssertAsync(async () =>
+        {
+            shown = await api.Client.GetJobAsync(accepted.JobId);
+            Assert.Equal(JobStatus.DeadLettered, shown.Status);
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
+        Assert.StartsWith("UnpublishableRedelivery: ", shown.LastError, StringComparison.Ordinal);
+        Assert.Contains("charge-payment_error", shown.LastError, StringComparison.Ordinal);
+        Assert.NotNull(shown.FinishedAt);
+        Assert.Equal(0, shown.Attempts);
+
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var moved = Assert.Single(await producer.TakeAllAsync("charge-payment_error"));
+        Assert.Equal(accepted.JobId.ToString("D"), moved.Header(JobHeaders.JobId));
+    }
+
+    private async Task<Job> AddJobAsync(string status, int attempts, string kind = JobKinds.ChargePayment)
+    {
+        var created = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var job = new Job
+        {
+            Id = Guid.CreateVersion7(),
+            Kind = kind,
+            BusinessKey = Guid.NewGuid().ToString(),
+            Status = status,
+            Attempts = attempts,
+            LastError = attempts > 0 && status != JobStatus.Succeeded ? "HttpRequestException: 503" : null,
+            CreatedAt = created,
+            UpdatedAt = created,
+            FinishedAt = status is JobStatus.Succeeded or JobStatus.Cancelled ? created : null,
+            NextAttemptAt = status == JobStatus.RetryScheduled ? created.AddHours(1) : null,
+        };
+        await using var db = fixture.CreateDbContext();
+        db.Jobs.Add(job);
+        await db.SaveChangesAsync();
+        return job;
+    }
+
+    private async Task ScheduleAsync(DateTimeOffset dueAt, Guid? jobId, int? jobAttempts, Guid claimedJobId)
+    {
+        var messageId = Guid.NewGuid().ToString();
+        await using var db = fixture.CreateDbContext();
+        db.ScheduledMessages.Add(new ScheduledMessage
+        {
+            DedupeKey = messageId,
+            Destination = _queue,
+            DueAt = dueAt,
+            Attempt = 1,
+            ContentType = "application/json",
+            MessageId = messageId,
+            Headers = JsonSerializer.Serialize(new Dictionary<string, string>
+            {
+                [LongHeaderName] = "x",
+                [JobHeaders.JobId] = claimedJobId.ToString("D"),
+            }),
+            Body = Encoding.UTF8.GetBytes("{}"),
+            CreatedAt = DateTimeOffset.UtcNow,
+            JobId = jobId,
+            JobAttempts = jobAttempts,
+        });
+        await db.SaveChangesAsync();
+    }
+
+    /// <summary>Gives every stored row a header no AMQP publish can carry, makes it due and wakes the dispatchers.</summary>
+    private async Task MakeUnpublishableAndDueAsync()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(
+            $"""
+            UPDATE scheduled_messages SET headers = headers || jsonb_build_object(@name, 'x'), due_at = now() - interval '1 second';
+            SELECT pg_notify('{RedeliveryStore.Channel}', '0');
+            """,
+            connection);
+        command.Parameters.AddWithValue("name", LongHeaderName);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    private async Task<List<BasicGetResult>> TakeAllAsync(string queue)
+    {
+        var taken = new List<BasicGetResult>();
+        while (await _channel.BasicGetAsync(queue, autoAck: true) is { } message)
+        {
+            taken.Add(message);
+        }
+
+        return taken;
+    }
+
+    /// <summary>A webhook command from a raw producer that claims <paramref name="claimedJobId"/> as its job.</summary>
+    private async Task PublishWebhookAsync(Guid webhookId, Uri url, Guid claimedJobId)
+    {
+        var messageId = Guid.NewGuid();
+        var envelope = new
+        {
+            messageId,
+            messageType = new[] { WebhookUrn },
+            headers = new Dictionary<string, string> { [JobHeaders.JobId] = claimedJobId.ToString("D") },
+            message = new { webhookId, url, eventType = "invoice.created", payload = new { invoice = 7 } },
+        };
+        await using var channel = await _connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        var properties = new BasicProperties
+        {
+            ContentType = RawAmqpProducer.EnvelopeContentType,
+            MessageId = messageId.ToString(),
+            DeliveryMode = DeliveryModes.Persistent,
+            Headers = new Dictionary<string, object?> { [JobHeaders.JobId] = claimedJobId.ToString("D") },
+        };
+        await channel.BasicPublishAsync(WebhookExchange, string.Empty, mandatory: false, properties,
+            JsonSerializer.SerializeToUtf8Bytes(envelope, JsonSerializerOptions.Web));
+    }
+
+    private static string? Text(object? value) => value is byte[] bytes ? Encoding.UTF8.GetString(bytes) : value?.ToString();
+}
