@@ -26,8 +26,9 @@ public sealed partial class RedeliveryDispatcher(
     /// <summary>The length of <c>jobs.last_error</c> as the worker writes it (JobTracker's).</summary>
     private const int MaxErrorLength = 4000;
 
-    private static readonly Histogram<double> Lateness = JobMetrics.Instance.CreateHistogram<double>(
-        "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published");
+    private static readonly Histogram<double> Lateness = JobMetrics.Instance.CreateHistogram(
+        "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published",
+        advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = JobMetrics.SecondsBuckets });
     private static readonly Counter<long> Published = JobMetrics.Instance.CreateCounter<long>(
         "conveyor.redelivery.published", description: "Scheduled messages published by the dispatcher");
     private static readonly Counter<long> Unpublishable = JobMetrics.Instance.CreateCounter<long>(

@@ -49,6 +49,14 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
         await publisher.PublishAsync(plain);
         Assert.Equal(1, (await WaitForSuccessAsync(plain.PaymentId)).Attempts);
 
+        if (failures > retryLimit)
+        {
+            // The redeliveries' lateness, in second-scale buckets (OpenTelemetry's defaults, 0, 5, 10, ..., are made for milliseconds).
+            var metrics = await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+            Assert.Contains(metrics.Split('\n'), line => line.StartsWith("conveyor_redelivery_lateness_seconds_bucket{", StringComparison.Ordinal)
+                && line.Contains("le=\"0.05\"", StringComparison.Ordinal));
+        }
+
         // Two first attempts, whatever came between.
         var recorded = waits.Recorded;
         Assert.Equal(2, recorded.Length);
