@@ -125,6 +125,17 @@ public sealed class FailurePolicyTests
     }
 
     [Fact]
+    public void A_dead_letter_reason_without_a_job_says_unreadable_only_for_a_message_that_could_not_be_read()
+    {
+        Assert.StartsWith("unreadable message: ", DeadLetterHeadersFilter.ReasonWithoutJob(
+            new System.Runtime.Serialization.SerializationException("envelope", new JsonException("bad json"))), StringComparison.Ordinal);
+        Assert.StartsWith("database error: ", DeadLetterHeadersFilter.ReasonWithoutJob(
+            new DbUpdateException("wrapped", new PostgresException("duplicate key", "ERROR", "ERROR", PostgresErrorCodes.UniqueViolation))), StringComparison.Ordinal);
+        Assert.StartsWith("permanent failure; not retried: ", DeadLetterHeadersFilter.ReasonWithoutJob(new PermanentFailureException("declined")), StringComparison.Ordinal);
+        Assert.StartsWith("transient failure; every retry and redelivery spent: ", DeadLetterHeadersFilter.ReasonWithoutJob(new TimeoutException("slow")), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_client_side_database_failure_is_an_outage_and_an_unrelated_exception_is_not()
     {
         Assert.True(DatabaseFailures.IsUnavailable(new NpgsqlException("Failed to connect", new SocketException())));
