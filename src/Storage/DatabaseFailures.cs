@@ -3,9 +3,10 @@ using Npgsql;
 namespace Conveyor.Storage;
 
 /// <summary>
-/// Tells "PostgreSQL cannot be reached right now" (down, restarting, refusing connections, out of
-/// connections) apart from errors in what was asked of it. The first is worth waiting out; the
-/// second is a bug or bad data and will fail the same way again.
+/// Tells "the database cannot be used right now" (down, restarting, refusing connections, out of
+/// connections, refusing this service's login or its grants) apart from errors in what was asked of
+/// it. The first is worth waiting out, and no message causes it; the second is a bug or bad data and
+/// will fail the same way again.
 /// </summary>
 public static class DatabaseFailures
 {
@@ -17,7 +18,7 @@ public static class DatabaseFailures
             switch (current)
             {
                 case PostgresException postgres:
-                    return IsUnavailableState(postgres.SqlState);
+                    return IsUnavailable(postgres);
                 case NpgsqlException:
                     // Not an error reported by the server: connecting, the pool, or the socket failed.
                     return true;
@@ -27,15 +28,45 @@ public static class DatabaseFailures
         return false;
     }
 
+    /// <summary>True when <paramref name="exception"/> or any exception it wraps is an error from or about the database.</summary>
+    public static bool IsDatabaseError(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is NpgsqlException)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Whether the server's error says it cannot be used right now, whatever the statement.</summary>
+    public static bool IsUnavailable(PostgresException exception) =>
+        IsUnavailableState(exception.SqlState)
+        // object_not_in_prerequisite_state covers statement errors too (currval before nextval); only
+        // when it ends the session (FATAL, the severity field, not the localised text) is it the
+        // server refusing the connection: ALTER DATABASE ... ALLOW_CONNECTIONS false.
+        || (exception.SqlState == PostgresErrorCodes.ObjectNotInPrerequisiteState && IsFatal(exception));
+
     /// <summary>
-    /// SQL state classes 08 (connection exception), 53 (insufficient resources), 57 (operator
+    /// SQL states that say the database cannot serve this service now, and that no message's data
+    /// can cause: classes 08 (connection exception), 53 (insufficient resources), 57 (operator
     /// intervention: <c>57P01 admin_shutdown</c> is what a stopping server sends to every session,
-    /// <c>57P03 cannot_connect_now</c> what a starting one answers) and 58 (system error), except
-    /// <c>57014 query_canceled</c>: the server is up and stopped a statement that ran past
-    /// <c>statement_timeout</c> (or was cancelled), which a slow query will do again.
+    /// <c>57P03 cannot_connect_now</c> what a starting one answers), 58 (system error), 28 (invalid
+    /// authorization: a wrong or rotated password, a role that may not log in, <c>pg_hba.conf</c>),
+    /// <c>3D000 invalid_catalog_name</c> (the database does not exist, or not yet) and <c>42501
+    /// insufficient_privilege</c> (no CONNECT on the database, or a GRANT missing on a table: the
+    /// worker's statements are fixed by its code, so a missing grant fails every message alike until
+    /// an operator adds it). Not <c>57014 query_canceled</c>: the server is up and stopped a statement
+    /// that ran past <c>statement_timeout</c> (or was cancelled), which a slow query will do again.
     /// </summary>
     public static bool IsUnavailableState(string sqlState) =>
-        sqlState.Length == 5 && sqlState[..2] is "08" or "53" or "57" or "58" && sqlState != PostgresErrorCodes.QueryCanceled;
+        sqlState.Length == 5
+        && (sqlState[..2] is "08" or "53" or "57" or "58" or "28"
+            || sqlState is PostgresErrorCodes.InvalidCatalogName or PostgresErrorCodes.InsufficientPrivilege)
+        && sqlState != PostgresErrorCodes.QueryCanceled;
 
     /// <summary>True when the server cancelled a statement of <paramref name="exception"/> (<c>statement_timeout</c>, or a cancel request).</summary>
     public static bool IsQueryCanceled(Exception exception)
@@ -50,4 +81,7 @@ public static class DatabaseFailures
 
         return false;
     }
+
+    private static bool IsFatal(PostgresException exception) =>
+        exception.InvariantSeverity is "FATAL" or "PANIC";
 }

@@ -21,11 +21,36 @@ public static class StorageServiceCollectionExtensions
         return services;
     }
 
-    /// <summary>The configured <c>ConnectionStrings:Conveyor</c>, as given; it must be set.</summary>
-    public static string ConnectionString(IConfiguration configuration) =>
-        configuration.GetConnectionString(ConnectionStringName)
-        ?? throw new InvalidOperationException(
-            $"ConnectionStrings:{ConnectionStringName} (env ConnectionStrings__{ConnectionStringName}) is not set.");
+    /// <summary>
+    /// The configured <c>ConnectionStrings:Conveyor</c>, as given. Read when the services are
+    /// registered, so a value no connection could ever be opened with (unset, empty, malformed, no
+    /// host) stops the Api or worker at start, naming the setting, instead of failing every request
+    /// and message later as if it were their fault.
+    /// </summary>
+    public static string ConnectionString(IConfiguration configuration)
+    {
+        var setting = $"ConnectionStrings:{ConnectionStringName} (env ConnectionStrings__{ConnectionStringName})";
+        var connectionString = configuration.GetConnectionString(ConnectionStringName);
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            throw new InvalidOperationException($"{setting} is {(connectionString is null ? "not set" : "empty")}.");
+        }
+
+        Npgsql.NpgsqlConnectionStringBuilder parsed;
+        try
+        {
+            parsed = new Npgsql.NpgsqlConnectionStringBuilder(connectionString);
+        }
+        catch (Exception invalid) when (invalid is ArgumentException or FormatException)
+        {
+            // The parser's message names the keyword or position, never a value (the password stays out).
+            throw new InvalidOperationException($"{setting} is not a valid Npgsql connection string: {invalid.Message}", invalid);
+        }
+
+        return string.IsNullOrWhiteSpace(parsed.Host)
+            ? throw new InvalidOperationException($"{setting} names no Host.")
+            : connectionString;
+    }
 
     public static void Configure(DbContextOptionsBuilder options, string connectionString) =>
         options

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Conveyor.Contracts;
+using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Redelivery;
 using MassTransit;
@@ -41,11 +42,47 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
         }
         else
         {
-            headers.Set(Reason, $"unreadable message: {JobTracker.Describe(context.Exception, 500)}");
+            headers.Set(Reason, ReasonWithoutJob(context.Exception));
         }
 
         return next.Send(context);
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-dead-letter-headers");
+
+    /// <summary>
+    /// The reason when the job outcome filter handed over no details: the message could not be read
+    /// as its job (MassTransit wraps every failure to read one in a <see cref="System.Runtime.Serialization.SerializationException"/>),
+    /// or it was read and the job's row could not be written either. Only the first is unreadable.
+    /// </summary>
+    public static string ReasonWithoutJob(Exception exception)
+    {
+        var described = JobTracker.Describe(exception, 500);
+        if (IsUnreadable(exception))
+        {
+            return $"unreadable message: {described}";
+        }
+
+        if (DatabaseFailures.IsDatabaseError(exception))
+        {
+            return $"database error: {described}";
+        }
+
+        return FailureClassifier.IsTransient(exception)
+            ? $"transient failure; every retry and redelivery spent: {described}"
+            : $"permanent failure; not retried: {described}";
+    }
+
+    private static bool IsUnreadable(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is System.Runtime.Serialization.SerializationException)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 }

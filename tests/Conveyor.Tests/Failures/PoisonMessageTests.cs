@@ -76,7 +76,10 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
             Assert.False(string.IsNullOrWhiteSpace(message.Header("MT-Fault-Message")), "an _error message without MT-Fault-Message");
             Assert.False(string.IsNullOrWhiteSpace(message.Header("Conveyor-Dead-Letter-Reason")), "an _error message without a Conveyor reason");
         });
-        Assert.Contains(error, m => m.ContentType == "text/plain");
+        // Only what could not be read as a job says so: the rest was read, and failed for its own reason.
+        Assert.StartsWith("unreadable message: ", error.Single(m => m.ContentType == "text/plain").Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        Assert.StartsWith("unreadable message: ", error.Single(m => Encoding.UTF8.GetString(m.Body).EndsWith("\"paymentId\":", StringComparison.Ordinal)).Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        Assert.Equal(2, error.Count(m => m.Header("Conveyor-Dead-Letter-Reason")!.StartsWith("unreadable message: ", StringComparison.Ordinal)));
         Assert.Contains(error, m => m.Header("MT-Fault-Message")!.StartsWith("Invalid ChargePayment: amountMinor: Must be between 1 and", StringComparison.Ordinal));
         Assert.Contains(error, m => m.Header("MT-Fault-Message") == "Invalid ChargePayment: accountId: May contain only letters, digits and the characters _ - : .; currency: Must be an active ISO 4217 currency code in upper case, such as EUR.");
         Assert.Contains(error, m => m.Header("MT-Fault-Message")!.Contains("limit is", StringComparison.Ordinal));

@@ -2,6 +2,7 @@ using Conveyor.Storage;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Failures;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace Conveyor.Tests.Storage;
 
@@ -23,5 +24,89 @@ public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
         Assert.True(DatabaseFailures.IsQueryCanceled(failure), failure.ToString());
         Assert.False(DatabaseFailures.IsUnavailable(failure), failure.ToString());
         Assert.True(FailureClassifier.IsTransient(failure));
+    }
+
+    [Fact]
+    public async Task A_login_the_server_refuses_is_an_outage()
+    {
+        var wrongPassword = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Password = "not-the-password", Pooling = false };
+        var missingDatabase = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Database = $"{fixture.DatabaseName}_missing", Pooling = false };
+
+        AssertOutage(await OpenFailureAsync(wrongPassword.ConnectionString), PostgresErrorCodes.InvalidPassword);
+        AssertOutage(await OpenFailureAsync(missingDatabase.ConnectionString), PostgresErrorCodes.InvalidCatalogName);
+    }
+
+    [Fact]
+    public async Task A_database_closed_to_connections_or_to_this_role_is_an_outage()
+    {
+        var scratch = $"{fixture.DatabaseName}_closed";
+        await ExecuteAsync($"CREATE DATABASE \"{scratch}\"");
+        try
+        {
+            var connectionString = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Database = scratch, Pooling = false }.ConnectionString;
+
+            await ExecuteAsync($"ALTER DATABASE \"{scratch}\" ALLOW_CONNECTIONS false");
+            var closed = await OpenFailureAsync(connectionString);
+            AssertOutage(closed, PostgresErrorCodes.ObjectNotInPrerequisiteState);
+            Assert.Equal("FATAL", Assert.IsType<PostgresException>(closed).InvariantSeverity);
+
+            await ExecuteAsync($"ALTER DATABASE \"{scratch}\" ALLOW_CONNECTIONS true");
+            await ExecuteAsync($"REVOKE CONNECT ON DATABASE \"{scratch}\" FROM PUBLIC, CURRENT_USER");
+            AssertOutage(await OpenFailureAsync(connectionString), PostgresErrorCodes.InsufficientPrivilege);
+        }
+        finally
+        {
+            await ExecuteAsync($"DROP DATABASE IF EXISTS \"{scratch}\" WITH (FORCE)");
+        }
+    }
+
+    [Fact]
+    public async Task What_a_statement_or_its_data_breaks_is_no_outage()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using (var setup = new NpgsqlCommand("CREATE TEMP TABLE t (id int PRIMARY KEY); CREATE TEMP SEQUENCE s; INSERT INTO t VALUES (1)", connection))
+        {
+            await setup.ExecuteNonQueryAsync();
+        }
+
+        // The same SQL state as a database closed to connections, raised by a statement (ERROR, not FATAL).
+        AssertNoOutage(await StatementFailureAsync(connection, "SELECT currval('s')"), PostgresErrorCodes.ObjectNotInPrerequisiteState);
+        AssertNoOutage(await StatementFailureAsync(connection, "INSERT INTO t VALUES (1)"), PostgresErrorCodes.UniqueViolation);
+        AssertNoOutage(await StatementFailureAsync(connection, "SELECT 'x'::int"), PostgresErrorCodes.InvalidTextRepresentation);
+    }
+
+    private static void AssertOutage(Exception failure, string sqlState)
+    {
+        Assert.Equal(sqlState, Assert.IsType<PostgresException>(failure).SqlState);
+        Assert.True(DatabaseFailures.IsUnavailable(failure), failure.ToString());
+        Assert.True(DatabaseFailures.IsUnavailable(new DbUpdateException("wrapped", failure)), failure.ToString());
+    }
+
+    private static void AssertNoOutage(Exception failure, string sqlState)
+    {
+        Assert.Equal(sqlState, Assert.IsType<PostgresException>(failure).SqlState);
+        Assert.False(DatabaseFailures.IsUnavailable(failure), failure.ToString());
+        Assert.False(DatabaseFailures.IsUnavailable(new DbUpdateException("wrapped", failure)), failure.ToString());
+    }
+
+    private static async Task<Exception> OpenFailureAsync(string connectionString)
+    {
+        await using var connection = new NpgsqlConnection(connectionString);
+        return await Assert.ThrowsAnyAsync<Exception>(() => connection.OpenAsync());
+    }
+
+    private static async Task<Exception> StatementFailureAsync(NpgsqlConnection connection, string sql)
+    {
+        await using var command = new NpgsqlCommand(sql, connection);
+        return await Assert.ThrowsAnyAsync<Exception>(() => command.ExecuteNonQueryAsync());
+    }
+
+    private async Task ExecuteAsync(string sql)
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
     }
 }

@@ -96,6 +96,13 @@ public sealed class FailurePolicyTests
     [InlineData("23505", false)] // unique_violation: a bug or bad data, not an outage
     [InlineData("57014", false)] // query_canceled: statement_timeout on a server that is up (retried within the budget, below)
     [InlineData("42P01", false)] // undefined_table
+    [InlineData("28P01", true)] // invalid_password: a wrong or rotated password refuses every message alike
+    [InlineData("28000", true)] // invalid_authorization_specification: no such role, may not log in, pg_hba.conf
+    [InlineData("3D000", true)] // invalid_catalog_name: the database does not exist (yet)
+    [InlineData("42501", true)] // insufficient_privilege: no CONNECT, or a GRANT missing after a migration
+    [InlineData("23503", false)] // foreign_key_violation: the message's own data
+    [InlineData("22P02", false)] // invalid_text_representation: the message's own data
+    [InlineData("22001", false)] // string_data_right_truncation: the message's own data
     public void Database_outages_are_told_apart_from_errors_in_what_was_asked(string sqlState, bool unavailable)
     {
         var postgres = new PostgresException("x", "FATAL", "FATAL", sqlState);
@@ -103,6 +110,29 @@ public sealed class FailurePolicyTests
         Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(postgres));
         Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(new DbUpdateException("wrapped", postgres)));
         Assert.Equal(unavailable || sqlState == PostgresErrorCodes.QueryCanceled, FailureClassifier.IsTransient(postgres));
+    }
+
+    [Theory]
+    [InlineData("FATAL", true)] // the server refusing the session: ALTER DATABASE ... ALLOW_CONNECTIONS false
+    [InlineData("ERROR", false)] // a statement's prerequisite: currval before nextval in this session
+    public void Object_not_in_prerequisite_state_is_an_outage_only_when_it_refuses_the_session(string severity, bool unavailable)
+    {
+        var postgres = new PostgresException("x", severity, severity, PostgresErrorCodes.ObjectNotInPrerequisiteState);
+
+        Assert.Equal(unavailable, DatabaseFailures.IsUnavailable(postgres));
+        // Either way retried (Npgsql counts 55000 transient): as an outage without spending the budget.
+        Assert.True(FailureClassifier.IsTransient(postgres));
+    }
+
+    [Fact]
+    public void A_dead_letter_reason_without_a_job_says_unreadable_only_for_a_message_that_could_not_be_read()
+    {
+        Assert.StartsWith("unreadable message: ", DeadLetterHeadersFilter.ReasonWithoutJob(
+            new System.Runtime.Serialization.SerializationException("envelope", new JsonException("bad json"))), StringComparison.Ordinal);
+        Assert.StartsWith("database error: ", DeadLetterHeadersFilter.ReasonWithoutJob(
+            new DbUpdateException("wrapped", new PostgresException("duplicate key", "ERROR", "ERROR", PostgresErrorCodes.UniqueViolation))), StringComparison.Ordinal);
+        Assert.StartsWith("permanent failure; not retried: ", DeadLetterHeadersFilter.ReasonWithoutJob(new PermanentFailureException("declined")), StringComparison.Ordinal);
+        Assert.StartsWith("transient failure; every retry and redelivery spent: ", DeadLetterHeadersFilter.ReasonWithoutJob(new TimeoutException("slow")), StringComparison.Ordinal);
     }
 
     [Fact]
