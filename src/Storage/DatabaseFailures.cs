@@ -59,13 +59,16 @@ public static class DatabaseFailures
     /// <c>3D000 invalid_catalog_name</c> (the database does not exist, or not yet) and <c>42501
     /// insufficient_privilege</c> (no CONNECT on the database, or a GRANT missing on a table: the
     /// worker's statements are fixed by its code, so a missing grant fails every message alike until
-    /// an operator adds it). Not <c>57014 query_canceled</c>: the server is up and stopped a statement
+    /// an operator adds it), and for the same reason <c>42P01 undefined_table</c> and <c>42703
+    /// undefined_column</c>: the schema is behind the code (a pod started before its migration Job
+    /// ran), which every message meets alike until the migration is applied. Not <c>57014 query_canceled</c>: the server is up and stopped a statement
     /// that ran past <c>statement_timeout</c> (or was cancelled), which a slow query will do again.
     /// </summary>
     public static bool IsUnavailableState(string sqlState) =>
         sqlState.Length == 5
         && (sqlState[..2] is "08" or "53" or "57" or "58" or "28"
-            || sqlState is PostgresErrorCodes.InvalidCatalogName or PostgresErrorCodes.InsufficientPrivilege)
+            || sqlState is PostgresErrorCodes.InvalidCatalogName or PostgresErrorCodes.InsufficientPrivilege
+                or PostgresErrorCodes.UndefinedTable or PostgresErrorCodes.UndefinedColumn)
         && sqlState != PostgresErrorCodes.QueryCanceled;
 
     /// <summary>True when the server cancelled a statement of <paramref name="exception"/> (<c>statement_timeout</c>, or a cancel request).</summary>

@@ -13,17 +13,24 @@ namespace Conveyor.Tests.Failures;
 
 /// <summary>
 /// A server that is up but refuses this service (a wrong or rotated password, a database that does
-/// not exist yet) is an outage of the service's own store like an unreachable one: the worker keeps
+/// not exist yet, a schema the migrations have not reached) is an outage of the service's own store like an unreachable one: the worker keeps
 /// its messages in their queue, the Api answers 503, and nothing is dead-lettered for it.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncLifetime
 {
-    public Task InitializeAsync() => fixture.ResetAsync();
+    public async Task InitializeAsync()
+    {
+        await fixture.ResetAsync();
+        await ExecuteAsync($"CREATE DATABASE \"{WithoutSchema}\"");
+    }
 
-    public Task DisposeAsync() => Task.CompletedTask;
+    public Task DisposeAsync() => ExecuteAsync($"DROP DATABASE IF EXISTS \"{WithoutSchema}\" WITH (FORCE)");
 
-    public static TheoryData<string> Refusals => ["wrong password", "missing database"];
+    public static TheoryData<string> Refusals => ["wrong password", "missing database", "database without its schema"];
+
+    /// <summary>A database the migrations have not reached yet: a pod started before its migration Job ran.</summary>
+    private string WithoutSchema => $"{fixture.DatabaseName}_no_schema";
 
     [Theory]
     [MemberData(nameof(Refusals))]
@@ -110,11 +117,22 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncL
             case "missing database":
                 connection.Database = $"{fixture.DatabaseName}_missing"; // 3D000
                 break;
+            case "database without its schema":
+                connection.Database = WithoutSchema; // 42P01
+                break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(refusal), refusal, null);
         }
 
         return connection.ConnectionString;
+    }
+
+    private async Task ExecuteAsync(string sql)
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
     }
 
     private Dictionary<string, string?> Merged(Dictionary<string, string?> overrides)

@@ -61,6 +61,21 @@ public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
     }
 
     [Fact]
+    public async Task A_schema_behind_the_code_is_an_outage()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using (var setup = new NpgsqlCommand("CREATE TEMP TABLE old_shape (id int)", connection))
+        {
+            await setup.ExecuteNonQueryAsync();
+        }
+
+        // What a pod started before its migration meets, for every message alike.
+        AssertOutage(await StatementFailureAsync(connection, "SELECT * FROM table_of_a_later_migration"), PostgresErrorCodes.UndefinedTable);
+        AssertOutage(await StatementFailureAsync(connection, "SELECT column_of_a_later_migration FROM old_shape"), PostgresErrorCodes.UndefinedColumn);
+    }
+
+    [Fact]
     public async Task What_a_statement_or_its_data_breaks_is_no_outage()
     {
         await using var connection = new NpgsqlConnection(fixture.ConnectionString);

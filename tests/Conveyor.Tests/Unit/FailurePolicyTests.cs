@@ -95,7 +95,9 @@ public sealed class FailurePolicyTests
     [InlineData("53300", true)] // too_many_connections
     [InlineData("23505", false)] // unique_violation: a bug or bad data, not an outage
     [InlineData("57014", false)] // query_canceled: statement_timeout on a server that is up (retried within the budget, below)
-    [InlineData("42P01", false)] // undefined_table
+    [InlineData("42P01", true)] // undefined_table: the schema is behind the code (a pod started before its migration)
+    [InlineData("42703", true)] // undefined_column: likewise
+    [InlineData("42601", false)] // syntax_error: a bug
     [InlineData("28P01", true)] // invalid_password: a wrong or rotated password refuses every message alike
     [InlineData("28000", true)] // invalid_authorization_specification: no such role, may not log in, pg_hba.conf
     [InlineData("3D000", true)] // invalid_catalog_name: the database does not exist (yet)
