@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Reflection;
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.ErrorQueues;
@@ -68,8 +69,16 @@ internal static class DashboardApi
 
     internal static async Task<IResult> SignIn(
         HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, DashboardSessionStore sessions,
-        IOptions<DashboardSessionOptions> options, ILoggerFactory loggers)
+        IOptions<DashboardSessionOptions> options, AuthThrottle throttle, ILoggerFactory loggers)
     {
+        // Before anything is read or checked: a locked-out address learns nothing, not even from the timing.
+        if (throttle.RetryAfterSeconds(AuthThrottleKind.SignIn, http.Connection.RemoteIpAddress) is { } seconds)
+        {
+            http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+            return LoginResult(http, antiforgery, $"Too many failed sign-ins from your address; try again in {seconds} s.",
+                StatusCodes.Status429TooManyRequests);
+        }
+
         if (!http.Request.HasFormContentType)
         {
             return LoginResult(http, antiforgery, "The form expired; please sign in again.", StatusCodes.Status400BadRequest);
@@ -101,6 +110,7 @@ internal static class DashboardApi
         var presented = form["apiKey"].ToString().Trim();
         if (presented.Length == 0 || keys.Find(presented) is not { } identity)
         {
+            throttle.Failed(AuthThrottleKind.SignIn, http.Connection.RemoteIpAddress);
             DashboardLog.SignInRefused(logger, client);
             return LoginResult(http, antiforgery, "That API key is not valid.", StatusCodes.Status401Unauthorized);
         }

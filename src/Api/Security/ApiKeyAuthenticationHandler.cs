@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Security.Claims;
 using System.Text.Encodings.Web;
 using Microsoft.AspNetCore.Authentication;
@@ -9,13 +10,15 @@ namespace Conveyor.Api.Security;
 /// <summary>
 /// Authenticates a request by the API key in <c>Authorization: Bearer &lt;key&gt;</c> or
 /// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). An unknown key: 401.
-/// The key itself is never logged or echoed.
+/// From an address locked out for too many unknown keys (<see cref="AuthThrottle"/>): 429 with
+/// <c>Retry-After</c>, whatever the key, which is not even checked. The key itself is never logged or echoed.
 /// </summary>
 public sealed class ApiKeyAuthenticationHandler(
     IOptionsMonitor<AuthenticationSchemeOptions> options,
     ILoggerFactory loggerFactory,
     UrlEncoder encoder,
-    ApiKeyStore keys)
+    ApiKeyStore keys,
+    AuthThrottle throttle)
     : AuthenticationHandler<AuthenticationSchemeOptions>(options, loggerFactory, encoder)
 {
     public const string SchemeName = "ApiKey";
@@ -23,6 +26,8 @@ public sealed class ApiKeyAuthenticationHandler(
     public const string ScopeClaim = "scope";
 
     private const string BearerPrefix = "Bearer ";
+
+    private int? _retryAfterSeconds;
 
     protected override Task<AuthenticateResult> HandleAuthenticateAsync()
     {
@@ -32,8 +37,20 @@ public sealed class ApiKeyAuthenticationHandler(
             return Task.FromResult(AuthenticateResult.NoResult());
         }
 
-        if (presented.Length == 0 || keys.Find(presented) is not { } identity)
+        if (throttle.RetryAfterSeconds(AuthThrottleKind.ApiKey, Context.Connection.RemoteIpAddress) is { } seconds)
         {
+            _retryAfterSeconds = seconds;
+            return Task.FromResult(AuthenticateResult.Fail("Too many unknown API keys from this address."));
+        }
+
+        if (presented.Length == 0)
+        {
+            return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
+        }
+
+        if (keys.Find(presented) is not { } identity)
+        {
+            throttle.Failed(AuthThrottleKind.ApiKey, Context.Connection.RemoteIpAddress);
             return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
         }
 
@@ -46,10 +63,19 @@ public sealed class ApiKeyAuthenticationHandler(
         return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, SchemeName)));
     }
 
-    protected override Task HandleChallengeAsync(AuthenticationProperties properties)
+    protected override async Task HandleChallengeAsync(AuthenticationProperties properties)
     {
+        // Authenticate ran on this handler for this request (the challenge follows it), so the refusal is known.
+        await HandleAuthenticateOnceSafeAsync();
+        if (_retryAfterSeconds is { } seconds)
+        {
+            Response.StatusCode = StatusCodes.Status429TooManyRequests;
+            Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+            return;
+        }
+
         Response.Headers.WWWAuthenticate = "Bearer";
-        return base.HandleChallengeAsync(properties);
+        await base.HandleChallengeAsync(properties);
     }
 
     /// <summary>True when the request has an <c>Authorization</c> header of the Bearer scheme, ours or not.</summary>
