@@ -2,10 +2,11 @@ namespace Conveyor.Api.Security;
 
 /// <summary>
 /// Failed authentications per client address, and the lockouts they caused, for one kind (sign-in or
-/// API key). Bounded: an entry is dropped <see cref="AuthThrottleLimits.Window"/> after its window or its
-/// last lockout ends, and beyond <c>maxEntries</c> the entries closest to expiring are dropped first.
-/// Only failures take the lock; <see cref="RetryAfter"/> reads without one, and costs one volatile
-/// read while no address in the table has been locked out.
+/// API key). Bounded: an entry is dropped when its window ends, or a <see cref="AuthThrottleLimits.Window"/>
+/// after its last lockout ends, and beyond <c>maxEntries</c> the entries closest to expiring are dropped
+/// first. Only failures take the lock; <see cref="RetryAfter"/> reads an immutable snapshot of the
+/// lockouts without one, and costs one volatile read while that is empty (an ended lockout leaves it
+/// at the next failure's sweep).
 /// </summary>
 internal sealed class FailureTable(AuthThrottleLimits limits, int maxEntries, TimeProvider clock)
 {
@@ -51,8 +52,9 @@ internal sealed class FailureTable(AuthThrottleLimits limits, int maxEntries, Ti
                 Sweep(now);
             }
 
-            if (!_entries.TryGetValue(address, out var entry))
+            if (!_entries.TryGetValue(address, out var entry) || Expiry(entry) <= now)
             {
+                // New, or expired and not swept yet: its past lockouts are forgotten too.
                 entry = new Entry { WindowStartTicks = now };
                 _entries[address] = entry;
             }

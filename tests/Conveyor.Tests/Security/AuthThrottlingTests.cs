@@ -107,6 +107,35 @@ public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task A_lockout_is_forgotten_a_window_after_it_ends()
+    {
+        using var browser = Browser(Attacker);
+        for (var i = 0; i < 3; i++)
+        {
+            await SignInAsync(browser, WrongKey);
+        }
+
+        // The table is swept (by another address's failure) a moment before the entry expires, so the
+        // entry is still there, expired, at the next failure.
+        _clock.Advance(TimeSpan.FromMinutes(1) + TimeSpan.FromMinutes(15) - TimeSpan.FromSeconds(2));
+        using (var bystander = Browser(Bystander))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, await SignInAsync(bystander, WrongKey));
+        }
+
+        _clock.Advance(TimeSpan.FromSeconds(3));
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, await SignInAsync(browser, WrongKey));
+        }
+
+        // A first lockout again, not a doubled one.
+        using var locked = await PostSignInAsync(browser, TestKeys.Admin);
+        Assert.Equal(HttpStatusCode.TooManyRequests, locked.StatusCode);
+        Assert.InRange(locked.Headers.RetryAfter?.Delta ?? TimeSpan.Zero, TimeSpan.FromSeconds(1), TimeSpan.FromMinutes(1));
+    }
+
+    [Fact]
     public async Task A_valid_sign_in_between_failures_does_not_reset_the_addresss_count()
     {
         // Else anyone holding one key (a reader's, say) could guess for another without limit.
