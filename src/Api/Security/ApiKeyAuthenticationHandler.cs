@@ -9,9 +9,10 @@ namespace Conveyor.Api.Security;
 
 /// <summary>
 /// Authenticates a request by the API key in <c>Authorization: Bearer &lt;key&gt;</c> or
-/// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). An unknown key: 401.
-/// From an address locked out for too many unknown keys (<see cref="AuthThrottle"/>): 429 with
-/// <c>Retry-After</c>, whatever the key, which is not even checked. The key itself is never logged or echoed.
+/// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). A valid key is accepted
+/// whatever the client address, locked out or not. An unknown key: 401, counted against the address
+/// (<see cref="AuthThrottle"/>); from an address locked out for too many of them, 429 with
+/// <c>Retry-After</c> instead. The key itself is never logged or echoed.
 /// </summary>
 public sealed class ApiKeyAuthenticationHandler(
     IOptionsMonitor<AuthenticationSchemeOptions> options,
@@ -37,21 +38,11 @@ public sealed class ApiKeyAuthenticationHandler(
             return Task.FromResult(AuthenticateResult.NoResult());
         }
 
-        if (throttle.RetryAfterSeconds(AuthThrottleKind.ApiKey, Context.Connection.RemoteIpAddress) is { } seconds)
+        // The key first: a valid one is accepted without consulting the throttle, so a locked-out address
+        // (the ingress's, shared by every client behind it) never locks out a client that holds a key.
+        if (presented.Length == 0 || keys.Find(presented) is not { } identity)
         {
-            _retryAfterSeconds = seconds;
-            return Task.FromResult(AuthenticateResult.Fail("Too many unknown API keys from this address."));
-        }
-
-        if (presented.Length == 0)
-        {
-            return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
-        }
-
-        if (keys.Find(presented) is not { } identity)
-        {
-            throttle.Failed(AuthThrottleKind.ApiKey, Context.Connection.RemoteIpAddress);
-            return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
+            return Task.FromResult(Unknown(presented.Length > 0));
         }
 
         Claim[] claims =
@@ -61,6 +52,27 @@ public sealed class ApiKeyAuthenticationHandler(
         ];
         var principal = new ClaimsPrincipal(new ClaimsIdentity(claims, SchemeName, ClaimTypes.Name, ClaimTypes.Role));
         return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, SchemeName)));
+    }
+
+    /// <summary>
+    /// An unknown (or empty) key: from a locked-out address, refused with 429 (see the challenge), neither
+    /// counted again nor extending the lockout; otherwise 401, and a non-empty key counts toward a lockout.
+    /// </summary>
+    private AuthenticateResult Unknown(bool counts)
+    {
+        var address = Context.Connection.RemoteIpAddress;
+        if (throttle.RetryAfterSeconds(AuthThrottleKind.ApiKey, address) is { } seconds)
+        {
+            _retryAfterSeconds = seconds;
+            return AuthenticateResult.Fail("Too many unknown API keys from this address.");
+        }
+
+        if (counts)
+        {
+            throttle.Failed(AuthThrottleKind.ApiKey, address);
+        }
+
+        return AuthenticateResult.Fail("Unknown API key.");
     }
 
     protected override async Task HandleChallengeAsync(AuthenticationProperties properties)

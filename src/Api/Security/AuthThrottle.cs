@@ -13,12 +13,15 @@ public enum AuthThrottleKind
 }
 
 /// <summary>
-/// Throttles guessing of API keys, per client address and per kind: once an address has failed
-/// <see cref="AuthThrottleLimits.MaxFailures"/> times within the window, every key it presents is refused
-/// with 429 and <c>Retry-After</c>, valid or not and without being checked, until the lockout ends
-/// (a valid key would otherwise tell the guesser it had won). Each lockout is logged once and counted in
-/// <c>conveyor.api.auth.lockouts</c>; each refused request in <c>conveyor.api.auth.throttled</c>. State
-/// is per replica: with N replicas behind a balancer an address gets up to N times the limit.
+/// Throttles guessing of API keys, per client address and per kind: once an address has presented
+/// <see cref="AuthThrottleLimits.MaxFailures"/> unknown keys within the window, every further unknown key
+/// from it is refused with 429 and <c>Retry-After</c> (instead of 401) until the lockout ends, neither
+/// counted nor extending the lockout. A valid key is always accepted and never consults the throttle:
+/// keys are long and random, so refusing them would stop no guesser, while every client behind the
+/// ingress shares its addresses, so it would let anyone lock every service out (ADR 0003 decision 11).
+/// The throttle sheds and flags scanners: each lockout is logged once and counted in
+/// <c>conveyor.api.auth.lockouts</c>; each request refused with 429 in <c>conveyor.api.auth.throttled</c>.
+/// State is per replica: with N replicas behind a balancer an address gets up to N times the limit.
 /// </summary>
 public sealed class AuthThrottle
 {
@@ -42,7 +45,7 @@ public sealed class AuthThrottle
 
         var meter = meters.Create(ApiApp.ApiMeterName);
         _throttled = meter.CreateCounter<long>(ThrottledInstrumentName, unit: "{request}",
-            description: "Authentication attempts refused unchecked because the client address is locked out (kind=signin|apikey)");
+            description: "Unknown keys refused with 429 because the client address is locked out (kind=signin|apikey)");
         _lockouts = meter.CreateCounter<long>(LockoutsInstrumentName, unit: "{lockout}",
             description: "Client addresses locked out after too many failed authentications (kind=signin|apikey)");
         _logger = logger;
@@ -52,8 +55,10 @@ public sealed class AuthThrottle
     public int Tracked(AuthThrottleKind kind) => Table(kind)?.Count ?? 0;
 
     /// <summary>
-    /// Null when <paramref name="address"/> may try; otherwise the whole seconds until it may (at least 1),
-    /// and the refusal is counted.
+    /// For an unknown key only (a valid one is accepted without asking): null when <paramref name="address"/>
+    /// is not locked out, so the key is refused with 401 and <see cref="Failed"/> counts it; otherwise the
+    /// whole seconds until the lockout ends (at least 1), and the 429 is counted in
+    /// <c>conveyor.api.auth.throttled</c>.
     /// </summary>
     public int? RetryAfterSeconds(AuthThrottleKind kind, IPAddress? address)
     {
@@ -66,7 +71,9 @@ public sealed class AuthThrottle
         return Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));
     }
 
-    /// <summary>Counts a failed authentication from <paramref name="address"/>; logs the lockout it starts, if any.</summary>
+    /// <summary>
+    /// Counts an unknown key from <paramref name="address"/> (one not locked out); logs the lockout it starts, if any.
+    /// </summary>
     public void Failed(AuthThrottleKind kind, IPAddress? address)
     {
         var key = ClientAddresses.Key(address);

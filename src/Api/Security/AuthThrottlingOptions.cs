@@ -3,7 +3,8 @@ using System.ComponentModel.DataAnnotations;
 namespace Conveyor.Api.Security;
 
 /// <summary>
-/// Limits on failed authentication per client address (see <see cref="AuthThrottle"/> and ADR 0003).
+/// Limits on failed authentication per client address (see <see cref="AuthThrottle"/> and ADR 0003): a
+/// locked-out address has its unknown keys refused with 429; valid keys are always accepted.
 /// Environment variables: <c>Auth__Throttling__Enabled</c>, <c>Auth__Throttling__MaxEntries</c>, and for
 /// each of <c>SignIn</c> (the dashboard's sign-in form) and <c>ApiKeys</c> (a key header):
 /// <c>Auth__Throttling__SignIn__MaxFailures</c>, <c>__Window</c>, <c>__Lockout</c>, <c>__MaxLockout</c>.
@@ -22,7 +23,7 @@ public sealed class AuthThrottlingOptions : IValidatableObject
     public int MaxEntries { get; set; } = 10_000;
 
     /// <summary>
-    /// The sign-in form: 10 failures from one address within 15 minutes lock it out for 1 minute, then
+    /// The sign-in form: 10 unknown keys from one address within 15 minutes lock it out for 1 minute, then
     /// 2, 4, ... up to 15 for each further lockout that follows within 15 minutes of the last.
     /// </summary>
     public AuthThrottleLimits SignIn { get; set; } = new()
@@ -67,7 +68,7 @@ public sealed class AuthThrottlingOptions : IValidatableObject
 /// <summary>When failures from one address lock it out, and for how long.</summary>
 public sealed class AuthThrottleLimits
 {
-    /// <summary>Failures within <see cref="Window"/> that start a lockout.</summary>
+    /// <summary>Unknown keys within <see cref="Window"/> that start a lockout.</summary>
     [Range(1, 1_000_000)]
     public int MaxFailures { get; set; }
 

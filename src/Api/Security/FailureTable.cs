@@ -4,9 +4,9 @@ namespace Conveyor.Api.Security;
 /// Failed authentications per client address, and the lockouts they caused, for one kind (sign-in or
 /// API key). Bounded: an entry is dropped when its window ends, or a <see cref="AuthThrottleLimits.Window"/>
 /// after its last lockout ends, and beyond <c>maxEntries</c> the entries closest to expiring are dropped
-/// first. Only failures take the lock; <see cref="RetryAfter"/> reads an immutable snapshot of the
-/// lockouts without one, and costs one volatile read while that is empty (an ended lockout leaves it
-/// at the next failure's sweep).
+/// first. Only unknown keys reach the table at all (a valid key never consults it); counting one takes
+/// the lock, while <see cref="RetryAfter"/> reads an immutable snapshot of the lockouts without one, and
+/// costs one volatile read while that is empty (an ended lockout leaves it at the next failure's sweep).
 /// </summary>
 internal sealed class FailureTable(AuthThrottleLimits limits, int maxEntries, TimeProvider clock)
 {
@@ -28,7 +28,7 @@ internal sealed class FailureTable(AuthThrottleLimits limits, int maxEntries, Ti
         }
     }
 
-    /// <summary>How long the address stays locked out; null when it is not.</summary>
+    /// <summary>How long the address stays locked out (its unknown keys refused with 429); null when it is not.</summary>
     public TimeSpan? RetryAfter(System.Net.IPAddress? address)
     {
         var locks = _locks;

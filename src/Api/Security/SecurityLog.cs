@@ -9,6 +9,6 @@ internal static partial class SecurityLog
 
     // Once per lockout, not per refused request: an attack must not flood the log.
     [LoggerMessage(EventId = 2502, Level = LogLevel.Warning,
-        Message = "Too many failed authentications ({Kind}) from {Client}: refused unchecked for {LockoutSeconds} s")]
+        Message = "Too many failed authentications ({Kind}) from {Client}: its unknown keys are refused with 429 for {LockoutSeconds} s (valid keys are still accepted)")]
     public static partial void LockedOut(ILogger logger, string kind, string client, string lockoutSeconds);
 }
