@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Reflection;
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.ErrorQueues;
@@ -68,7 +69,7 @@ internal static class DashboardApi
 
     internal static async Task<IResult> SignIn(
         HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, DashboardSessionStore sessions,
-        IOptions<DashboardSessionOptions> options, ILoggerFactory loggers)
+        IOptions<DashboardSessionOptions> options, AuthThrottle throttle, ILoggerFactory loggers)
     {
         if (!http.Request.HasFormContentType)
         {
@@ -98,9 +99,19 @@ internal static class DashboardApi
             return LoginResult(http, antiforgery, "The form expired; please sign in again.", StatusCodes.Status400BadRequest);
         }
 
+        // A valid key signs in whatever the address's state (the throttle is not consulted). An unknown one
+        // from a locked-out address is refused with 429, not logged (the lockout was, once) and not counted.
         var presented = form["apiKey"].ToString().Trim();
         if (presented.Length == 0 || keys.Find(presented) is not { } identity)
         {
+            if (throttle.RetryAfterSeconds(AuthThrottleKind.SignIn, http.Connection.RemoteIpAddress) is { } seconds)
+            {
+                http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+                return LoginResult(http, antiforgery, $"Too many failed sign-ins from your address; try again in {seconds} s.",
+                    StatusCodes.Status429TooManyRequests);
+            }
+
+            throttle.Failed(AuthThrottleKind.SignIn, http.Connection.RemoteIpAddress);
             DashboardLog.SignInRefused(logger, client);
             return LoginResult(http, antiforgery, "That API key is not valid.", StatusCodes.Status401Unauthorized);
         }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Security.Claims;
 using System.Text.Encodings.Web;
 using Microsoft.AspNetCore.Authentication;
@@ -8,14 +9,17 @@ namespace Conveyor.Api.Security;
 
 /// <summary>
 /// Authenticates a request by the API key in <c>Authorization: Bearer &lt;key&gt;</c> or
-/// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). An unknown key: 401.
-/// The key itself is never logged or echoed.
+/// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). A valid key is accepted
+/// whatever the client address, locked out or not. An unknown key: 401, counted against the address
+/// (<see cref="AuthThrottle"/>); from an address locked out for too many of them, 429 with
+/// <c>Retry-After</c> instead. The key itself is never logged or echoed.
 /// </summary>
 public sealed class ApiKeyAuthenticationHandler(
     IOptionsMonitor<AuthenticationSchemeOptions> options,
     ILoggerFactory loggerFactory,
     UrlEncoder encoder,
-    ApiKeyStore keys)
+    ApiKeyStore keys,
+    AuthThrottle throttle)
     : AuthenticationHandler<AuthenticationSchemeOptions>(options, loggerFactory, encoder)
 {
     public const string SchemeName = "ApiKey";
@@ -23,6 +27,8 @@ public sealed class ApiKeyAuthenticationHandler(
     public const string ScopeClaim = "scope";
 
     private const string BearerPrefix = "Bearer ";
+
+    private int? _retryAfterSeconds;
 
     protected override Task<AuthenticateResult> HandleAuthenticateAsync()
     {
@@ -32,9 +38,11 @@ public sealed class ApiKeyAuthenticationHandler(
             return Task.FromResult(AuthenticateResult.NoResult());
         }
 
+        // The key first: a valid one is accepted without consulting the throttle, so a locked-out address
+        // (the ingress's, shared by every client behind it) never locks out a client that holds a key.
         if (presented.Length == 0 || keys.Find(presented) is not { } identity)
         {
-            return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
+            return Task.FromResult(Unknown(presented.Length > 0));
         }
 
         Claim[] claims =
@@ -46,10 +54,40 @@ public sealed class ApiKeyAuthenticationHandler(
         return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, SchemeName)));
     }
 
-    protected override Task HandleChallengeAsync(AuthenticationProperties properties)
+    /// <summary>
+    /// An unknown (or empty) key: from a locked-out address, refused with 429 (see the challenge), neither
+    /// counted again nor extending the lockout; otherwise 401, and a non-empty key counts toward a lockout.
+    /// </summary>
+    private AuthenticateResult Unknown(bool counts)
     {
+        var address = Context.Connection.RemoteIpAddress;
+        if (throttle.RetryAfterSeconds(AuthThrottleKind.ApiKey, address) is { } seconds)
+        {
+            _retryAfterSeconds = seconds;
+            return AuthenticateResult.Fail("Too many unknown API keys from this address.");
+        }
+
+        if (counts)
+        {
+            throttle.Failed(AuthThrottleKind.ApiKey, address);
+        }
+
+        return AuthenticateResult.Fail("Unknown API key.");
+    }
+
+    protected override async Task HandleChallengeAsync(AuthenticationProperties properties)
+    {
+        // Authenticate ran on this handler for this request (the challenge follows it), so the refusal is known.
+        await HandleAuthenticateOnceSafeAsync();
+        if (_retryAfterSeconds is { } seconds)
+        {
+            Response.StatusCode = StatusCodes.Status429TooManyRequests;
+            Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+            return;
+        }
+
         Response.Headers.WWWAuthenticate = "Bearer";
-        return base.HandleChallengeAsync(properties);
+        await base.HandleChallengeAsync(properties);
     }
 
     /// <summary>True when the request has an <c>Authorization</c> header of the Bearer scheme, ours or not.</summary>

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.Security;
@@ -50,6 +51,12 @@ internal static class SecurityRegistration
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<ApiKeyOptions>, ApiKeyOptionsValidator>();
         services.AddSingleton<ApiKeyStore>();
+        services.AddOptions<AuthThrottlingOptions>()
+            .BindConfiguration(AuthThrottlingOptions.SectionName)
+            .ValidateDataAnnotations()
+            .ValidateOnStart();
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddSingleton<AuthThrottle>();
         services.AddHostedService<UnknownScopeWarnings>();
 
         services.AddAccessControl(configuration);
