@@ -30,12 +30,30 @@ public sealed class FaultHoldingConsumeContext(ConsumeContext context) : Consume
     /// The last attempt's fault on the received message only (observers see it, no event is published):
     /// the message will be tried again, from the redelivery store or from its queue.
     /// </summary>
-    public Task RecordHeldAsync() => Release(publish: false);
+    public async Task RecordHeldAsync()
+    {
+        if (Take() is not { } held)
+        {
+            return;
+        }
 
-    private Task Release(bool publish)
+        // The received message must still learn of the fault (MassTransit's dead-letter filter would
+        // otherwise take an unacknowledged-by-any-consumer message for one nobody consumes, and move it
+        // to _skipped), but MassTransit logs every fault it is told of as an Error with the stack trace
+        // (R-FAULT). This one will be tried again, and the caller logs that at Warning: an Error per
+        // retry would page an operator for failures that heal. The log context is async-local, so
+        // clearing it here silences only this call; the fault of a message on its way to _error is
+        // still logged, once.
+        LogContext.Current = null;
+        await held(false);
+    }
+
+    private Task Release(bool publish) => Take()?.Invoke(publish) ?? Task.CompletedTask;
+
+    private Func<bool, Task>? Take()
     {
         var held = _held;
         _held = null;
-        return held?.Invoke(publish) ?? Task.CompletedTask;
+        return held;
     }
 }
