@@ -93,5 +93,30 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(2, await check.Ledger.CountAsync());
     }
 
+    [Fact]
+    public async Task A_message_skipped_without_any_transport_header_still_says_why()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        await fixture.DeclareAsync("charge-payment_skipped");
+        await fixture.DeclareAsync("charge-payment_error");
+
+        // What a producer that sets no AMQP headers at all sends (no header table on the wire): an
+        // envelope of a type no consumer here takes, and one that names no type.
+        await producer.PublishEnvelopeAsync(Exchange, "urn:message:Acme.Shipping:ShipOrder", new { orderId = 12 });
+        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8("""{"messageId":"2f1b6f0e-8a7c-4c53-9d1a-4f3e2b1c0d9e","message":{"paymentId":"2f1b6f0e-8a7c-4c53-9d1a-4f3e2b1c0d9e"}}"""), RawAmqpProducer.EnvelopeContentType);
+
+        var taken = new List<RawAmqpProducer.TakenMessage>();
+        await Eventually.AssertAsync(async () =>
+        {
+            taken.AddRange(await producer.TakeAllAsync("charge-payment_skipped"));
+            taken.AddRange(await producer.TakeAllAsync("charge-payment_error"));
+            Assert.Equal(2, taken.Count);
+        });
+
+        Assert.All(taken, message => Assert.False(string.IsNullOrWhiteSpace(message.Header("Conveyor-Dead-Letter-Reason")),
+            $"no reason on a copy of {Encoding.UTF8.GetString(message.Body)}: {string.Join(", ", message.Headers.Keys)}"));
+    }
+
     private static object Good(Guid paymentId) => new { paymentId, accountId = "acct-good", amountMinor = 250, currency = "EUR" };
 }
