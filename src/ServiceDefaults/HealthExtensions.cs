@@ -1,4 +1,3 @@
-using Conveyor.Storage;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Http;
@@ -13,11 +12,20 @@ public static class HealthExtensions
 {
     public const string ReadyTag = "ready";
 
+    /// <summary>
+    /// On a readiness check whose Degraded is information, not unreadiness (the worker's
+    /// <c>scheduled-messages</c>): its Degraded still answers 200. Any other check's Degraded answers
+    /// 503, MassTransit's bus check above all: it says Degraded ("Degraded Endpoints: ...") when its
+    /// receive endpoints cannot reach the broker, and a worker that consumes nothing is not ready.
+    /// </summary>
+    public const string AdvisoryTag = "advisory";
+
     /// <summary>Readiness = the bus (MassTransit registers its own check, tagged ready) and the database.</summary>
     public static IServiceCollection AddConveyorHealthChecks(this IServiceCollection services)
     {
+        services.AddSingleton<HealthTransitions>();
         services.AddHealthChecks()
-            .AddDbContextCheck<ConveyorDbContext>("database", tags: [ReadyTag]);
+            .AddCheck<DatabaseHealthCheck>("database", HealthStatus.Unhealthy, [ReadyTag]);
         return services;
     }
 
@@ -32,9 +40,26 @@ public static class HealthExtensions
         endpoints.MapHealthChecks("/health/ready", new HealthCheckOptions
         {
             Predicate = check => check.Tags.Contains(ReadyTag),
-            ResponseWriter = WriteResponse,
+            ResponseWriter = WriteReadiness,
         });
         return endpoints;
+    }
+
+    /// <summary>503 when a check is Unhealthy, or Degraded without <see cref="AdvisoryTag"/>; otherwise 200.</summary>
+    public static bool IsReady(HealthReport report) =>
+        report.Entries.Values.All(e => e.Status == HealthStatus.Healthy
+            || e.Status == HealthStatus.Degraded && e.Tags.Contains(AdvisoryTag));
+
+    /// <summary>The entry's description, or else its exception's cause (bounded, no secrets).</summary>
+    internal static string? ReasonOf(HealthReportEntry entry) =>
+        entry.Description ?? (entry.Exception is { } exception ? HealthReasons.Describe(exception) : null);
+
+    private static Task WriteReadiness(HttpContext context, HealthReport report)
+    {
+        context.RequestServices.GetRequiredService<HealthTransitions>().Observe(report);
+        // The middleware has set the status code from report.Status alone, which lets every Degraded through.
+        context.Response.StatusCode = IsReady(report) ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable;
+        return WriteResponse(context, report);
     }
 
     private static Task WriteResponse(HttpContext context, HealthReport report)
@@ -45,7 +70,7 @@ public static class HealthExtensions
             status = report.Status.ToString(),
             checks = report.Entries.ToDictionary(
                 e => e.Key,
-                e => new { status = e.Value.Status.ToString(), description = e.Value.Description }),
+                e => new { status = e.Value.Status.ToString(), description = ReasonOf(e.Value) }),
         };
         return context.Response.WriteAsync(JsonSerializer.Serialize(body));
     }

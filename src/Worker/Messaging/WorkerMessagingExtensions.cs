@@ -52,8 +52,9 @@ public static class WorkerMessagingExtensions
         services.AddSingleton<ScheduledBacklog>();
         services.AddHostedService(provider => provider.GetRequiredService<ScheduledBacklog>());
         // A failed reading (the database is down) is Degraded here: the database check already says Unhealthy.
+        // Advisory: overdue messages leave the worker ready (200), see HealthExtensions.AdvisoryTag.
         services.AddHealthChecks().AddCheck<ScheduledBacklog>(
-            ScheduledBacklog.HealthCheckName, HealthStatus.Degraded, [HealthExtensions.ReadyTag]);
+            ScheduledBacklog.HealthCheckName, HealthStatus.Degraded, [HealthExtensions.ReadyTag, HealthExtensions.AdvisoryTag]);
         services.AddOptions<RetentionOptions>().BindConfiguration(RetentionOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<RetentionSweeper>();
         services.AddHostedService(provider => provider.GetRequiredService<RetentionSweeper>());
