@@ -47,6 +47,7 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
             var metrics = await MetricsAsync(api);
             Assert.Equal(1, PrometheusText.Sum(metrics, "conveyor_queue_consumers", $"queue=\"{JobKinds.ChargePayment}\""));
             Assert.Equal(3, PrometheusText.Sum(metrics, "conveyor_error_queue_depth", "queue=\"charge-payment_error\""));
+            Assert.Equal(2, Samples(metrics, JobQueuesAge).Length);
             Assert.InRange(PrometheusText.Sum(metrics, JobQueuesAge, "reading=\"job-queues\""), 0, 1);
         });
 
