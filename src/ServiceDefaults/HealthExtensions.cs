@@ -14,9 +14,10 @@ public static class HealthExtensions
 
     /// <summary>
     /// On a readiness check whose Degraded is information, not unreadiness (the worker's
-    /// <c>scheduled-messages</c>): its Degraded still answers 200. Any other check's Degraded answers
-    /// 503, MassTransit's bus check above all: it says Degraded ("Degraded Endpoints: ...") when its
-    /// receive endpoints cannot reach the broker, and a worker that consumes nothing is not ready.
+    /// <c>scheduled-messages</c>, <c>consuming</c> while a kill switch pauses some endpoints, and
+    /// <c>masstransit-bus</c>): its Degraded still answers 200. Any other check's Degraded answers 503:
+    /// by default (ASP.NET Core's mapping) every Degraded answered 200, so a worker whose bus said
+    /// "Degraded Endpoints: ..." for want of a broker, consuming nothing, looked ready.
     /// </summary>
     public const string AdvisoryTag = "advisory";
 
@@ -28,6 +29,25 @@ public static class HealthExtensions
             .AddCheck<DatabaseHealthCheck>("database", HealthStatus.Unhealthy, [ReadyTag]);
         return services;
     }
+
+    /// <summary>
+    /// Makes MassTransit's bus check (<c>masstransit-bus</c>) advisory, for a host whose readiness
+    /// <see cref="ConsumingHealthCheck"/> decides. Done on the registration MassTransit adds, after it.
+    /// </summary>
+    public static IServiceCollection MarkBusHealthCheckAdvisory(this IServiceCollection services)
+    {
+        services.PostConfigure<HealthCheckServiceOptions>(options =>
+        {
+            foreach (var registration in options.Registrations.Where(r => r.Name == BusCheckName))
+            {
+                registration.Tags.Add(AdvisoryTag);
+            }
+        });
+        return services;
+    }
+
+    /// <summary>The name MassTransit gives its check of the default bus.</summary>
+    public const string BusCheckName = "masstransit-bus";
 
     /// <summary><c>/health/live</c>: the process answers. <c>/health/ready</c>: bus and database are usable.</summary>
     public static IEndpointRouteBuilder MapConveyorHealthEndpoints(this IEndpointRouteBuilder endpoints)

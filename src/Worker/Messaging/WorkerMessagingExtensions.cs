@@ -59,6 +59,12 @@ public static class WorkerMessagingExtensions
         services.AddSingleton<RetentionSweeper>();
         services.AddHostedService(provider => provider.GetRequiredService<RetentionSweeper>());
 
+        // Readiness follows "consuming": 503 once no receive endpoint consumes (broker out of reach), 200
+        // while a kill switch pauses only some (Degraded, advisory). MassTransit's own check says Degraded
+        // in both cases, so it is advisory here.
+        services.AddHealthChecks().AddCheck<ConsumingHealthCheck>(
+            ConsumingHealthCheck.Name, HealthStatus.Unhealthy, [HealthExtensions.ReadyTag, HealthExtensions.AdvisoryTag]);
+        services.MarkBusHealthCheckAdvisory();
         services.AddMassTransit(bus =>
         {
             bus.AddConsumer<ChargePaymentConsumer, ChargePaymentConsumerDefinition>();

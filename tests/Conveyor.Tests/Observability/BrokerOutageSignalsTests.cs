@@ -2,6 +2,8 @@ using System.Globalization;
 using System.Net;
 using System.Text.Json;
 using Conveyor.Contracts;
+using Conveyor.Contracts.Payments;
+using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 
@@ -112,6 +114,9 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
                 var (status, checks) = await ReadinessAsync(worker);
                 Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
                 Assert.NotEqual("Healthy", checks.GetProperty("masstransit-bus").GetProperty("status").GetString());
+                var consuming = checks.GetProperty("consuming");
+                Assert.True("Unhealthy" == consuming.GetProperty("status").GetString(), checks.ToString());
+                Assert.Contains("No receive endpoint consumes", consuming.GetProperty("description").GetString(), StringComparison.Ordinal);
             }, TimeSpan.FromSeconds(30));
         }
         finally
@@ -120,6 +125,35 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
         }
 
         await worker.WaitUntilReadyAsync();
+    }
+
+    [Fact]
+    public async Task A_worker_whose_kill_switch_paused_one_endpoint_stays_ready()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "60000"),
+            ("Consumers:ChargePayment:KillSwitchActivationThreshold", "3"),
+            ("Consumers:ChargePayment:KillSwitchTripPercent", "20"),
+            ("Consumers:ChargePayment:KillSwitchRestartSeconds", "60")));
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            for (var i = 0; i < 10; i++)
+            {
+                await publisher.PublishAsync(new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-paused", AmountMinor = 100 + i, Currency = "EUR" });
+            }
+        }
+
+        // Paused by design for a downstream outage; the pod still consumes its other queues.
+        await Eventually.AssertAsync(async () =>
+        {
+            var (status, checks) = await ReadinessAsync(worker);
+            Assert.Equal("Degraded", checks.GetProperty("consuming").GetProperty("status").GetString());
+            Assert.Contains(JobKinds.ChargePayment, checks.GetProperty("consuming").GetProperty("description").GetString(), StringComparison.Ordinal);
+            Assert.True(HttpStatusCode.OK == status, checks.ToString());
+        }, TimeSpan.FromSeconds(30));
     }
 
     private static Task<string> MetricsAsync(RunningApp app) =>
