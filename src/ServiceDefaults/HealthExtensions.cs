@@ -1,4 +1,3 @@
-using Conveyor.Storage;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Http;
@@ -13,13 +12,42 @@ public static class HealthExtensions
 {
     public const string ReadyTag = "ready";
 
+    /// <summary>
+    /// On a readiness check whose Degraded is information, not unreadiness (the worker's
+    /// <c>scheduled-messages</c>, <c>consuming</c> while a kill switch pauses some endpoints, and
+    /// <c>masstransit-bus</c>): its Degraded still answers 200. Any other check's Degraded answers 503:
+    /// by default (ASP.NET Core's mapping) every Degraded answered 200, so a worker whose bus said
+    /// "Degraded Endpoints: ..." for want of a broker, consuming nothing, looked ready.
+    /// </summary>
+    public const string AdvisoryTag = "advisory";
+
     /// <summary>Readiness = the bus (MassTransit registers its own check, tagged ready) and the database.</summary>
     public static IServiceCollection AddConveyorHealthChecks(this IServiceCollection services)
     {
+        services.AddSingleton<HealthTransitions>();
         services.AddHealthChecks()
-            .AddDbContextCheck<ConveyorDbContext>("database", tags: [ReadyTag]);
+            .AddCheck<DatabaseHealthCheck>("database", HealthStatus.Unhealthy, [ReadyTag]);
         return services;
     }
+
+    /// <summary>
+    /// Makes MassTransit's bus check (<c>masstransit-bus</c>) advisory, for a host whose readiness
+    /// <see cref="ConsumingHealthCheck"/> decides. Done on the registration MassTransit adds, after it.
+    /// </summary>
+    public static IServiceCollection MarkBusHealthCheckAdvisory(this IServiceCollection services)
+    {
+        services.PostConfigure<HealthCheckServiceOptions>(options =>
+        {
+            foreach (var registration in options.Registrations.Where(r => r.Name == BusCheckName))
+            {
+                registration.Tags.Add(AdvisoryTag);
+            }
+        });
+        return services;
+    }
+
+    /// <summary>The name MassTransit gives its check of the default bus.</summary>
+    public const string BusCheckName = "masstransit-bus";
 
     /// <summary><c>/health/live</c>: the process answers. <c>/health/ready</c>: bus and database are usable.</summary>
     public static IEndpointRouteBuilder MapConveyorHealthEndpoints(this IEndpointRouteBuilder endpoints)
@@ -32,9 +60,26 @@ public static class HealthExtensions
         endpoints.MapHealthChecks("/health/ready", new HealthCheckOptions
         {
             Predicate = check => check.Tags.Contains(ReadyTag),
-            ResponseWriter = WriteResponse,
+            ResponseWriter = WriteReadiness,
         });
         return endpoints;
+    }
+
+    /// <summary>503 when a check is Unhealthy, or Degraded without <see cref="AdvisoryTag"/>; otherwise 200.</summary>
+    public static bool IsReady(HealthReport report) =>
+        report.Entries.Values.All(e => e.Status == HealthStatus.Healthy
+            || e.Status == HealthStatus.Degraded && e.Tags.Contains(AdvisoryTag));
+
+    /// <summary>The entry's description, or else its exception's cause (bounded, no secrets).</summary>
+    internal static string? ReasonOf(HealthReportEntry entry) =>
+        entry.Description ?? (entry.Exception is { } exception ? HealthReasons.Describe(exception) : null);
+
+    private static Task WriteReadiness(HttpContext context, HealthReport report)
+    {
+        context.RequestServices.GetRequiredService<HealthTransitions>().Observe(report);
+        // The middleware has set the status code from report.Status alone, which lets every Degraded through.
+        context.Response.StatusCode = IsReady(report) ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable;
+        return WriteResponse(context, report);
     }
 
     private static Task WriteResponse(HttpContext context, HealthReport report)
@@ -45,7 +90,7 @@ public static class HealthExtensions
             status = report.Status.ToString(),
             checks = report.Entries.ToDictionary(
                 e => e.Key,
-                e => new { status = e.Value.Status.ToString(), description = e.Value.Description }),
+                e => new { status = e.Value.Status.ToString(), description = ReasonOf(e.Value) }),
         };
         return context.Response.WriteAsync(JsonSerializer.Serialize(body));
     }

@@ -17,13 +17,13 @@ internal readonly record struct AdmissionDecision(Admission Admission, string De
 
 /// <summary>
 /// Decides from the monitor's latest reading, without any I/O, whether a job may be queued now.
-/// A reading older than a few refresh periods is ignored (the broker is then unreachable and the
-/// publish itself answers 503), so a stale "full" never outlives the queue it described.
+/// A reading older than <see cref="BrokerPressureMonitor.StaleAfter"/> is ignored: the limits fail open
+/// (the broker is then unreachable and the publish itself answers 503 after
+/// <c>RabbitMq:ConnectTimeoutSeconds</c>), so a stale "full" never outlives the queue it described
+/// and a stale "empty" admits nothing the broker would not take.
 /// </summary>
 internal sealed class BackpressureGate(BrokerPressureMonitor monitor, IOptions<BackpressureOptions> options, TimeProvider clock)
 {
-    private const int StaleAfterRefreshes = 5;
-
     public int RetryAfterSeconds => options.Value.RetryAfterSeconds;
 
     public AdmissionDecision Check(string kind)
@@ -36,7 +36,7 @@ internal sealed class BackpressureGate(BrokerPressureMonitor monitor, IOptions<B
         }
 
         var limit = options.Value.LimitFor(kind);
-        var maxAge = TimeSpan.FromMilliseconds(options.Value.RefreshMilliseconds * StaleAfterRefreshes);
+        var maxAge = monitor.StaleAfter;
         if (limit > 0
             && pressure.DepthsReadAt is { } readAt
             && clock.GetUtcNow() - readAt <= maxAge

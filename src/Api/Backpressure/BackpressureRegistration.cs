@@ -1,5 +1,6 @@
 using Conveyor.ServiceDefaults;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Options;
 using System.Net.Http.Headers;
 using System.Text;
@@ -31,9 +32,12 @@ internal static class BackpressureRegistration
             http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
                 "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{broker.Username}:{broker.Password}")));
         });
+        services.TryAddSingleton<BrokerReadings>();
         services.AddSingleton<BrokerPressureMonitor>();
         services.AddHostedService(provider => provider.GetRequiredService<BrokerPressureMonitor>());
         services.AddSingleton<BackpressureGate>();
+        services.AddHealthChecks().AddCheck<BrokerHealthCheck>(
+            BrokerHealthCheck.Name, HealthStatus.Unhealthy, [HealthExtensions.ReadyTag]);
 
         services.AddSingleton<SubmissionRateLimiter>();
         return services;

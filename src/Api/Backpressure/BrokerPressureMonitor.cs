@@ -17,27 +17,37 @@ namespace Conveyor.Api.Backpressure;
 /// for alerting on a job queue nobody consumes) never waits on the broker either.
 /// </summary>
 /// <remarks>
+/// A reading older than <see cref="StaleAfter"/> (five refresh periods) describes a broker the Api
+/// cannot reach: the two gauges then report nothing (their series go absent, so an alert on them
+/// neither fires nor stays frozen on the last value), <see cref="BrokerReadings"/> shows the age, the
+/// <c>broker</c> readiness check (<see cref="BrokerHealthCheck"/>) says Unhealthy and the gate
+/// ignores the depths (<see cref="BackpressureGate"/>).
+/// <para>
 /// Alarms come from the management API, not from <c>connection.blocked</c>: RabbitMQ sends that only
 /// to a connection once it publishes during an alarm, and then stops reading from it, which would
 /// stall the depth readings on this connection too.
+/// </para>
 /// </remarks>
 public sealed class BrokerPressureMonitor : BackgroundService
 {
     public const string DepthInstrument = "conveyor.queue.depth";
     public const string ConsumersInstrument = "conveyor.queue.consumers";
     internal const string ManagementClientName = "conveyor-broker-alarms";
+    private const int StaleAfterRefreshes = 5;
 
     private readonly IOptions<BackpressureOptions> _options;
     private readonly RabbitMqOptions _broker;
     private readonly IHttpClientFactory _httpClients;
     private readonly TimeProvider _clock;
     private readonly ILogger<BrokerPressureMonitor> _logger;
+    private readonly BrokerReadings _readings;
     private volatile DepthReading? _depths;
     private volatile string[] _alarms = [];
     private IConnection? _connection;
     private IChannel? _channel;
     private bool _depthsFailing;
     private bool _alarmsFailing;
+    private volatile string? _lastFailure;
 
     public BrokerPressureMonitor(
         IMeterFactory meters,
@@ -45,8 +55,10 @@ public sealed class BrokerPressureMonitor : BackgroundService
         IOptions<RabbitMqOptions> broker,
         IHttpClientFactory httpClients,
         TimeProvider clock,
+        BrokerReadings readings,
         ILogger<BrokerPressureMonitor> logger)
     {
+        _readings = readings;
         _options = options;
         _broker = broker.Value;
         _httpClients = httpClients;
@@ -55,21 +67,32 @@ public sealed class BrokerPressureMonitor : BackgroundService
         var meter = meters.Create(ApiApp.ApiMeterName);
         meter.CreateObservableGauge(
             DepthInstrument,
-            () => PerQueue(_depths?.Depths),
+            () => PerQueue(FreshReading()?.Depths),
             unit: "{message}",
-            description: "Ready messages in each job queue, as the Api last read them.");
+            description: "Ready messages in each job queue, as the Api last read them; absent while that reading is stale.");
         meter.CreateObservableGauge(
             ConsumersInstrument,
-            () => PerQueue(_depths?.Consumers),
+            () => PerQueue(FreshReading()?.Consumers),
             unit: "{consumer}",
-            description: "Consumers of each job queue (0 for a queue not declared yet), as the Api last read them.");
+            description: "Consumers of each job queue (0 for a queue not declared yet), as the Api last read them; absent while that reading is stale.");
     }
 
     public BrokerPressure Current => _depths is { } depths
         ? new BrokerPressure(depths.Depths, depths.ReadAt, _alarms)
         : BrokerPressure.Unknown with { Alarms = _alarms };
 
+    /// <summary>The age past which the depths describe a broker the Api cannot reach any more.</summary>
+    public TimeSpan StaleAfter => Period * StaleAfterRefreshes;
+
+    /// <summary>Time since the depths were last read (since the start of the process if never).</summary>
+    public TimeSpan DepthsAge => _readings.Age(BrokerReadings.JobQueues);
+
+    /// <summary>Why the latest reading failed (bounded, no secrets); null while readings succeed.</summary>
+    public string? LastFailure => _lastFailure;
+
     private TimeSpan Period => TimeSpan.FromMilliseconds(_options.Value.RefreshMilliseconds);
+
+    private DepthReading? FreshReading() => DepthsAge <= StaleAfter ? _depths : null;
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
         Task.WhenAll(ReadDepthsAsync(stoppingToken), ReadAlarmsAsync(stoppingToken));
@@ -103,6 +126,8 @@ public sealed class BrokerPressureMonitor : BackgroundService
             }
 
             _depths = new DepthReading(depths, consumers, _clock.GetUtcNow());
+            _readings.Read(BrokerReadings.JobQueues);
+            _lastFailure = null;
             if (_depthsFailing)
             {
                 _depthsFailing = false;
@@ -111,7 +136,8 @@ public sealed class BrokerPressureMonitor : BackgroundService
         }
         catch (Exception exception) when (!stoppingToken.IsCancellationRequested)
         {
-            // Logged once per outage; the readings age out in the gate and the connection is rebuilt.
+            // Logged once per outage; the readings age out (gate, gauges, readiness) and the connection is rebuilt.
+            _lastFailure = HealthReasons.Describe(exception);
             if (!_depthsFailing)
             {
                 _depthsFailing = true;

@@ -1,9 +1,11 @@
+using Conveyor.Api.Backpressure;
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 using Conveyor.Api.Operations;
 using Conveyor.Api.Security;
 using Conveyor.Storage.Operations;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 
 namespace Conveyor.Api.ErrorQueues;
 
@@ -33,6 +35,7 @@ internal static class ErrorQueuesApi
         services.AddSingleton<AbandonedOperations>();
         services.AddHostedService(provider => provider.GetRequiredService<OperationRunner>());
         services.AddSingleton<ErrorQueueInspector>();
+        services.TryAddSingleton<BrokerReadings>();
         services.AddSingleton<ErrorQueueDepthMonitor>();
         services.AddHostedService(provider => provider.GetRequiredService<ErrorQueueDepthMonitor>());
         return services;

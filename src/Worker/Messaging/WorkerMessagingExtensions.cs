@@ -52,12 +52,19 @@ public static class WorkerMessagingExtensions
         services.AddSingleton<ScheduledBacklog>();
         services.AddHostedService(provider => provider.GetRequiredService<ScheduledBacklog>());
         // A failed reading (the database is down) is Degraded here: the database check already says Unhealthy.
+        // Advisory: overdue messages leave the worker ready (200), see HealthExtensions.AdvisoryTag.
         services.AddHealthChecks().AddCheck<ScheduledBacklog>(
-            ScheduledBacklog.HealthCheckName, HealthStatus.Degraded, [HealthExtensions.ReadyTag]);
+            ScheduledBacklog.HealthCheckName, HealthStatus.Degraded, [HealthExtensions.ReadyTag, HealthExtensions.AdvisoryTag]);
         services.AddOptions<RetentionOptions>().BindConfiguration(RetentionOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<RetentionSweeper>();
         services.AddHostedService(provider => provider.GetRequiredService<RetentionSweeper>());
 
+        // Readiness follows "consuming": 503 once no receive endpoint consumes (broker out of reach), 200
+        // while a kill switch pauses only some (Degraded, advisory). MassTransit's own check says Degraded
+        // in both cases, so it is advisory here.
+        services.AddHealthChecks().AddCheck<ConsumingHealthCheck>(
+            ConsumingHealthCheck.Name, HealthStatus.Unhealthy, [HealthExtensions.ReadyTag, HealthExtensions.AdvisoryTag]);
+        services.MarkBusHealthCheckAdvisory();
         services.AddMassTransit(bus =>
         {
             bus.AddConsumer<ChargePaymentConsumer, ChargePaymentConsumerDefinition>();

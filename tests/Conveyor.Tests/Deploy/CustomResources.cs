@@ -17,6 +17,7 @@ internal static class CustomResources
         ["keda.sh/v1alpha1/TriggerAuthentication"] = typeof(TriggerAuthentication),
         ["rabbitmq.com/v1beta1/RabbitmqCluster"] = typeof(RabbitmqCluster),
         ["postgresql.cnpg.io/v1/Cluster"] = typeof(CnpgCluster),
+        ["monitoring.coreos.com/v1/PodMonitor"] = typeof(PodMonitor),
     };
 }
 
@@ -132,4 +133,28 @@ public sealed class CnpgCluster : IKubernetesObject<V1ObjectMeta>
     public string Kind { get; set; } = "";
     public V1ObjectMeta Metadata { get; set; } = new();
     public Dictionary<string, object> Spec { get; set; } = [];
+}
+
+/// <summary>The Prometheus Operator's PodMonitor, with the fields the overlays use.</summary>
+public sealed class PodMonitor : IKubernetesObject<V1ObjectMeta>
+{
+    public string ApiVersion { get; set; } = "";
+    public string Kind { get; set; } = "";
+    public V1ObjectMeta Metadata { get; set; } = new();
+    public PodMonitorSpec Spec { get; set; } = new();
+}
+
+public sealed class PodMonitorSpec
+{
+    public string? JobLabel { get; set; }
+    public V1LabelSelector Selector { get; set; } = new();
+    public List<PodMetricsEndpoint> PodMetricsEndpoints { get; set; } = [];
+}
+
+public sealed class PodMetricsEndpoint
+{
+    public string? Port { get; set; }
+    public string? Path { get; set; }
+    public string? Interval { get; set; }
+    public string? ScrapeTimeout { get; set; }
 }

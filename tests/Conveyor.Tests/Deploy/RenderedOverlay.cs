@@ -54,6 +54,8 @@ public sealed partial class RenderedOverlay
 
     public IEnumerable<CnpgCluster> CnpgClusters => Objects.OfType<CnpgCluster>();
 
+    public IEnumerable<PodMonitor> PodMonitors => Objects.OfType<PodMonitor>();
+
     public IEnumerable<Workload> Workloads =>
         Deployments.Select(d => new Workload("Deployment", d.Metadata.Name, d.Spec.Template))
             .Concat(Jobs.Select(j => new Workload("Job", j.Metadata.Name, j.Spec.Template)));
