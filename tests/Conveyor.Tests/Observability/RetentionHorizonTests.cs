@@ -123,7 +123,12 @@ public sealed class RetentionHorizonTests(ConveyorFixture fixture) : IAsyncLifet
         await using var last = await StartWorkerAsync();
         var rerun = await SubmitAsync(api, paymentId);
         await Eventually.AssertAsync(async () => Assert.Equal(2, _gateway.RequestsFor(paymentId.ToString())));
-        await Eventually.AssertAsync(async () => Assert.NotEqual(JobStatus.Queued, (await api.Client.GetJobAsync(rerun)).Status));
+        await Eventually.AssertAsync(async () =>
+        {
+            var job = await api.Client.GetJobAsync(rerun);
+            Assert.Equal(JobStatus.DeadLettered, job.Status);
+            Assert.Contains("pk_ledger_entries", job.LastError, StringComparison.Ordinal);
+        });
     }
 
     private Task<RunningApp> StartWorkerAsync() => fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
