@@ -73,8 +73,8 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
             db.Jobs.AddRange(scheduledBefore, redelivered, replayed, alone);
             // A scheduled job's command stored before rows named their job: found by its dedupe key.
             db.ScheduledMessages.Add(Stored($"job:{scheduledBefore.Id:D}", jobId: null, now.AddDays(200)));
-            // A redelivery the broker keeps refusing: found by its job id.
-            db.ScheduledMessages.Add(Stored($"{redelivered.BusinessKey}:2", redelivered.Id, now));
+            // A redelivery the broker keeps refusing, due at its next try: found by its job id.
+            db.ScheduledMessages.Add(Stored($"{redelivered.BusinessKey}:2", redelivered.Id, now.AddHours(1)));
             // A replay recorded a day ago, under the job's consumer (its queue, named after the kind).
             db.Inbox.Add(Inbox(replayed.BusinessKey, now.AddDays(-1), InboxStatus.Done));
             await db.SaveChangesAsync();
