@@ -106,6 +106,12 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             scheduled.Property(s => s.Headers).HasColumnType("jsonb");
             scheduled.HasIndex(s => s.DedupeKey).IsUnique();
             scheduled.HasIndex(s => s.DueAt);
+            scheduled.Property(s => s.Refusal).HasMaxLength(ScheduledMessage.MaxRefusalLength);
+            // The retention sweep keeps a job while a stored command of it waits (it would run the job
+            // again once its row is gone); partial: lease deferrals and older rows name no job.
+            scheduled.HasIndex(s => s.JobId).HasFilter("job_id IS NOT NULL");
+            // The backlog's reading of refused rows: few or none, so a partial index stays tiny.
+            scheduled.HasIndex(s => s.FirstRefusedAt).HasFilter("first_refused_at IS NOT NULL");
         });
 
         modelBuilder.Entity<ErrorQueueOperation>(operation =>

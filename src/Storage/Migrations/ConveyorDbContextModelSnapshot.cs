@@ -414,6 +414,10 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("due_at");
 
+                    b.Property<DateTimeOffset?>("FirstRefusedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("first_refused_at");
+
                     b.Property<string>("Headers")
                         .IsRequired()
                         .HasColumnType("jsonb")
@@ -432,6 +436,11 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("character varying(100)")
                         .HasColumnName("message_id");
 
+                    b.Property<string>("Refusal")
+                        .HasMaxLength(1000)
+                        .HasColumnType("character varying(1000)")
+                        .HasColumnName("refusal");
+
                     b.HasKey("Id")
                         .HasName("pk_scheduled_messages");
 
@@ -441,6 +450,14 @@ namespace Conveyor.Storage.Migrations
 
                     b.HasIndex("DueAt")
                         .HasDatabaseName("ix_scheduled_messages_due_at");
+
+                    b.HasIndex("FirstRefusedAt")
+                        .HasDatabaseName("ix_scheduled_messages_first_refused_at")
+                        .HasFilter("first_refused_at IS NOT NULL");
+
+                    b.HasIndex("JobId")
+                        .HasDatabaseName("ix_scheduled_messages_job_id")
+                        .HasFilter("job_id IS NOT NULL");
 
                     b.ToTable("scheduled_messages", (string)null);
                 });

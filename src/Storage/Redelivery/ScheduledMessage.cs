@@ -49,4 +49,17 @@ public sealed class ScheduledMessage
     /// that has fallen behind can no longer dead-letter the job.
     /// </summary>
     public int? JobAttempts { get; set; }
+
+    /// <summary>The length of the <c>refusal</c> column.</summary>
+    public const int MaxRefusalLength = 1000;
+
+    /// <summary>
+    /// When the broker first refused (or failed) to take this row, kept across every later try: the
+    /// dispatcher moves <see cref="DueAt"/> on to the next try, so without it a row refused for good
+    /// (its queue deleted) would never look overdue. Null while no publish of it has failed.
+    /// </summary>
+    public DateTimeOffset? FirstRefusedAt { get; set; }
+
+    /// <summary>Why the latest publish failed (the broker's answer), while <see cref="FirstRefusedAt"/> is set.</summary>
+    public string? Refusal { get; set; }
 }

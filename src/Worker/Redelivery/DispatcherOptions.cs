@@ -33,7 +33,8 @@ public sealed class DispatcherOptions : IValidatableObject
     /// <summary>
     /// How long past its due time a scheduled message may wait before the worker's readiness report
     /// marks <see cref="ScheduledBacklog.HealthCheckName"/> Degraded. Above <see cref="FailedPublishBackoffSeconds"/>
-    /// and <see cref="MaxIdleSeconds"/>, so a refused publish waiting for its next try or a dispatcher between wake-ups is not reported.
+    /// and <see cref="MaxIdleSeconds"/>, so a publish refused once and taken at its next try, or a dispatcher between wake-ups,
+    /// is not reported; a row refused for longer counts as overdue since its first refusal.
     /// </summary>
     [Range(1, 86_400)]
     public int OverdueAfterSeconds { get; set; } = 120;

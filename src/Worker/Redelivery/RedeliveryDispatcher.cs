@@ -136,9 +136,7 @@ public sealed partial class RedeliveryDispatcher(
             if (later.Count > 0)
             {
                 var retryAt = published.AddSeconds(options.Value.FailedPublishBackoffSeconds);
-                var laterIds = later.Select(s => s.Message.Id).ToArray();
-                await db.Database.ExecuteSqlInterpolatedAsync(
-                    $"UPDATE scheduled_messages SET due_at = {retryAt} WHERE id = ANY({laterIds})", cancellationToken);
+                await KeepForLaterAsync(db, later.Select(s => (s.Message, ReasonOf(s.Result))).ToList(), published, retryAt, cancellationToken);
                 var refused = later.Count(s => s.Result.Outcome == PublishOutcome.Refused);
                 if (refused > 0)
                 {
@@ -219,6 +217,51 @@ public sealed partial class RedeliveryDispatcher(
     private static string ReasonOf(PublishResult result) => result.Error ?? "no reason given";
 
     /// <summary>
+    /// Rows the broker did not take (no queue to route to, a publish that failed even alone, or
+    /// unpublishable while their <c>_error</c> queue is missing) wait for another try at <paramref name="retryAt"/>, never lost. Their due time
+    /// moves on with each try, so each keeps when it was first refused and why, which is what
+    /// <see cref="ScheduledBacklog"/> reports: a row refused for good (its queue deleted) stays in
+    /// sight. The job still waiting for such a row says so in its <c>last_error</c>, and its
+    /// <c>next_attempt_at</c> is the next try, not a due time long past. Two statements, whatever the
+    /// number of rows, in the dispatcher's transaction; the consume path is untouched.
+    /// </summary>
+    private static async Task KeepForLaterAsync(
+        ConveyorDbContext db, IReadOnlyList<(ScheduledMessage Message, string Reason)> later, DateTimeOffset now, DateTimeOffset retryAt,
+        CancellationToken cancellationToken)
+    {
+        var ids = later.Select(l => l.Message.Id).ToArray();
+        var reasons = later.Select(l => Bounded(l.Reason, ScheduledMessage.MaxRefusalLength)).ToArray();
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE scheduled_messages s
+               SET due_at = {retryAt}, first_refused_at = COALESCE(s.first_refused_at, {now}), refusal = r.reason
+              FROM unnest({ids}, {reasons}) AS r(id, reason)
+             WHERE s.id = r.id
+            """, cancellationToken);
+
+        var waiting = later.Where(l => l.Message is { JobId: not null, JobAttempts: not null }).ToList();
+        if (waiting.Count == 0)
+        {
+            return;
+        }
+
+        var jobIds = waiting.Select(l => l.Message.JobId!.Value).ToArray();
+        var attempts = waiting.Select(l => l.Message.JobAttempts!.Value).ToArray();
+        var errors = waiting.Select(l => Bounded(
+            $"PublishRefused: the broker has not taken this job's stored command for queue {l.Message.Destination} "
+            + $"since {(l.Message.FirstRefusedAt ?? now):O} ({l.Reason}); it is kept and tried again",
+            MaxErrorLength)).ToArray();
+        // As for a dead-lettered row: only while the job still waits for this row (see DeadLetterJobAsync).
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE jobs j SET last_error = r.error, next_attempt_at = {retryAt}, updated_at = {now}
+              FROM unnest({jobIds}, {attempts}, {errors}) AS r(id, attempts, error)
+             WHERE j.id = r.id AND j.attempts = r.attempts
+               AND j.status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})
+            """, cancellationToken);
+    }
+
+    private static string Bounded(string text, int maxLength) => text.Length <= maxLength ? text : text[..maxLength];
+
+    /// <summary>
     /// The job <paramref name="message"/> was stored for becomes <c>dead-lettered</c>, as a job whose
     /// message reached <c>_error</c> through its consumer does: else its status would wait forever for a
     /// publish that never comes. Only while the job still waits for this row: in a waiting status with
@@ -238,7 +281,7 @@ public sealed partial class RedeliveryDispatcher(
         }
 
         var error = $"UnpublishableRedelivery: its stored command could not be published ({reason}); moved to {message.Destination}{BrokerPublisher.ErrorQueueSuffix}";
-        error = error.Length <= MaxErrorLength ? error : error[..MaxErrorLength];
+        error = Bounded(error, MaxErrorLength);
         var kinds = await db.Database.SqlQuery<string>($"""
             UPDATE jobs SET status = {JobStatus.DeadLettered}, last_error = {error}, next_attempt_at = NULL,
                    updated_at = {now}, finished_at = {now}

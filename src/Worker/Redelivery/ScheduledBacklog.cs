@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
+using Conveyor.Storage.Redelivery;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -9,12 +10,17 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Worker.Redelivery;
 
 /// <summary>
-/// How late the oldest scheduled message (a delayed redelivery or a job scheduled for later) is.
-/// It reads the table, not a dispatcher's own state, so it sees a stall whatever its cause (every
-/// dispatcher disabled or stuck, the broker refusing). Exposed twice:
+/// How late the oldest scheduled message (a delayed redelivery or a job scheduled for later) is, and
+/// which ones the broker keeps refusing. It reads the table, not a dispatcher's own state, so it sees
+/// a stall whatever its cause (every dispatcher disabled or stuck, the broker refusing). A refused
+/// row's due time moves on with every try, so it counts as due since it was first refused
+/// (<see cref="ScheduledMessage.FirstRefusedAt"/>): a row whose queue was deleted is kept for good
+/// and, without that, would never look late. Exposed as:
 /// <list type="bullet">
-/// <item>the gauge <c>conveyor.redelivery.overdue</c> (seconds; 0 when nothing is overdue),
-/// refreshed in the background so that a scrape never waits on PostgreSQL;</item>
+/// <item>the gauge <c>conveyor.redelivery.overdue</c> (seconds; 0 when nothing is overdue), and the
+/// gauges <c>conveyor.redelivery.refused</c> (rows the broker has refused and that still wait) and
+/// <c>conveyor.redelivery.refused_for</c> (seconds since the longest-refused of them was first
+/// refused; 0 when none), refreshed in the background so that a scrape never waits on PostgreSQL;</item>
 /// <item>the readiness entry <c>scheduled-messages</c>, read afresh on each probe: Degraded past
 /// <see cref="DispatcherOptions.OverdueAfterSeconds"/>. Degraded still answers 200, so the worker
 /// keeps consuming while the report says what is wrong.</item>
@@ -24,6 +30,8 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
 {
     public const string HealthCheckName = "scheduled-messages";
     public const string OverdueInstrument = "conveyor.redelivery.overdue";
+    public const string RefusedInstrument = "conveyor.redelivery.refused";
+    public const string RefusedForInstrument = "conveyor.redelivery.refused_for";
 
     private readonly IDbContextFactory<ConveyorDbContext> _dbFactory;
     private readonly IOptions<DispatcherOptions> _options;
@@ -43,21 +51,37 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         _options = options;
         _time = time;
         _logger = logger;
-        meters.Create(JobMetrics.MeterName).CreateObservableGauge(
+        var meter = meters.Create(JobMetrics.MeterName);
+        meter.CreateObservableGauge(
             OverdueInstrument,
             () => _reading is { } reading ? [new Measurement<double>(OverdueBy(reading).TotalSeconds)] : Array.Empty<Measurement<double>>(),
             unit: "s",
-            description: "How long past its due time the oldest scheduled message is (0 when none is overdue)");
+            description: "How long past its due time the oldest scheduled message is, a refused one counting from its first refusal (0 when none is overdue)");
+        meter.CreateObservableGauge(
+            RefusedInstrument,
+            () => _reading is { } reading ? [new Measurement<long>(reading.Refused)] : Array.Empty<Measurement<long>>(),
+            description: "Scheduled messages the broker did not take (no queue to route to, a failed publish) that wait for another try");
+        meter.CreateObservableGauge(
+            RefusedForInstrument,
+            () => _reading is { } reading ? [new Measurement<double>(Since(reading.OldestRefused).TotalSeconds)] : Array.Empty<Measurement<double>>(),
+            unit: "s",
+            description: "How long the broker has refused the longest-refused scheduled message (0 when none is refused)");
     }
 
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
-        var late = OverdueBy(await RefreshAsync(cancellationToken));
+        var reading = await RefreshAsync(cancellationToken);
+        var late = OverdueBy(reading);
         var limit = TimeSpan.FromSeconds(_options.Value.OverdueAfterSeconds);
+        var refused = reading.Refused > 0
+            ? $"; the broker has refused {reading.Refused} of them for up to {Since(reading.OldestRefused).TotalSeconds:F0} s (is their queue missing?)"
+            : string.Empty;
         return late > limit
             ? HealthCheckResult.Degraded(
-                $"Scheduled messages are overdue: the oldest was due {late.TotalSeconds:F0} s ago (more than {limit.TotalSeconds:F0} s); no redelivery dispatcher is publishing them")
-            : HealthCheckResult.Healthy(late > TimeSpan.Zero ? $"The oldest scheduled message is {late.TotalSeconds:F0} s past due" : "No scheduled message is overdue");
+                $"Scheduled messages are overdue: the oldest was due {late.TotalSeconds:F0} s ago (more than {limit.TotalSeconds:F0} s)"
+                + (reading.Refused > 0 ? refused : "; no redelivery dispatcher is publishing them"))
+            : HealthCheckResult.Healthy(
+                (late > TimeSpan.Zero ? $"The oldest scheduled message is {late.TotalSeconds:F0} s past due" : "No scheduled message is overdue") + refused);
     }
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
@@ -84,18 +108,39 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
     private async Task<Reading> RefreshAsync(CancellationToken cancellationToken)
     {
         await using var db = await _dbFactory.CreateDbContextAsync(cancellationToken);
-        var reading = new Reading(await db.ScheduledMessages.MinAsync(s => (DateTimeOffset?)s.DueAt, cancellationToken));
+        // One round trip; each part reads an index (due_at, and the partial one on first_refused_at).
+        var row = (await db.Database.SqlQuery<BacklogRow>($"""
+            SELECT (SELECT MIN(due_at) FROM scheduled_messages) AS oldest_due,
+                   (SELECT MIN(first_refused_at) FROM scheduled_messages WHERE first_refused_at IS NOT NULL) AS oldest_refused,
+                   (SELECT COUNT(*) FROM scheduled_messages WHERE first_refused_at IS NOT NULL) AS refused
+            """).ToListAsync(cancellationToken))[0];
+        var reading = new Reading(row.OldestDue, row.OldestRefused, row.Refused);
         _reading = reading;
         return reading;
     }
 
     private TimeSpan OverdueBy(Reading reading)
     {
-        var late = reading.OldestDue is { } due ? _time.GetUtcNow() - due : TimeSpan.Zero;
-        return late > TimeSpan.Zero ? late : TimeSpan.Zero;
+        var (due, refused) = (Since(reading.OldestDue), Since(reading.OldestRefused));
+        return due > refused ? due : refused;
     }
 
-    private sealed record Reading(DateTimeOffset? OldestDue);
+    private TimeSpan Since(DateTimeOffset? moment)
+    {
+        var elapsed = moment is { } at ? _time.GetUtcNow() - at : TimeSpan.Zero;
+        return elapsed > TimeSpan.Zero ? elapsed : TimeSpan.Zero;
+    }
+
+    private sealed record Reading(DateTimeOffset? OldestDue, DateTimeOffset? OldestRefused, long Refused);
+
+    private sealed class BacklogRow
+    {
+        public DateTimeOffset? OldestDue { get; init; }
+
+        public DateTimeOffset? OldestRefused { get; init; }
+
+        public long Refused { get; init; }
+    }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not read how late the scheduled messages are; the gauge keeps its last reading")]
     private partial void LogRefreshFailed(Exception exception);

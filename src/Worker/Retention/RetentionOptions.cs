@@ -4,10 +4,11 @@ namespace Conveyor.Worker.Retention;
 
 /// <summary>
 /// Section <c>Retention</c>. Keep jobs at least as long as inbox rows: once an inbox row is swept, a late
-/// replay of that message is still recognised by its job row's final status. The reverse does not
-/// hold: a job submitted again under the business key of a swept job gets a new <c>queued</c> row,
-/// but while the old message's inbox row remains, every copy of it (and each republish of the
-/// stranded-job reconciler) is acked as a duplicate unrun, so the row never leaves <c>queued</c>.
+/// replay of that message is still recognised by its job row's final status, until the job row goes
+/// too (the deduplication horizon, README). The sweep never deletes a job while an inbox row of its
+/// command or a stored command of it remains (see <see cref="RetentionSweeper"/>); this check keeps the
+/// ordinary case from depending on that: a job swept before its message's inbox row would leave a
+/// resubmission of its business key <c>queued</c>, every copy of it acked as a duplicate unrun.
 /// Checked at start-up while retention is enabled.
 /// </summary>
 public sealed class RetentionOptions : IValidatableObject

@@ -1,7 +1,9 @@
+using System.Diagnostics.Metrics;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
+using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 
@@ -19,6 +21,12 @@ public sealed partial class RetentionSweeper(
     TimeProvider time,
     ILogger<RetentionSweeper> logger) : BackgroundService
 {
+    private static readonly Counter<long> Deleted = JobMetrics.Instance.CreateCounter<long>(
+        "conveyor.retention.deleted", description: "Rows the retention sweep deleted, by table");
+
+    private static readonly Counter<long> Failures = JobMetrics.Instance.CreateCounter<long>(
+        "conveyor.retention.failures", description: "Retention sweeps that failed (each is tried again at the next interval)");
+
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
         options.Value.Enabled
             ? Periodically.RunAsync(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time, SweepQuietlyAsync, stoppingToken)
@@ -38,6 +46,7 @@ public sealed partial class RetentionSweeper(
         catch (Exception exception) when (exception is not OutOfMemoryException
             && !(exception is OperationCanceledException && stoppingToken.IsCancellationRequested))
         {
+            Failures.Add(1);
             LogSweepFailed(exception);
         }
     }
@@ -51,19 +60,35 @@ public sealed partial class RetentionSweeper(
         var auditBefore = now.AddHours(-settings.AuditHours);
         var batch = settings.BatchSize;
 
-        var inbox = await DeleteInBatchesAsync(db => db.Database.ExecuteSqlInterpolatedAsync($"""
+        var inbox = await DeleteInBatchesAsync("inbox", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM inbox WHERE ctid IN (
                 SELECT ctid FROM inbox WHERE status = {InboxStatus.Done} AND received_at < {inboxBefore}
                  LIMIT {batch} FOR UPDATE SKIP LOCKED)
             """, cancellationToken), batch, cancellationToken);
-        var jobs = await DeleteInBatchesAsync(db => db.Database.ExecuteSqlInterpolatedAsync($"""
+        // A finished job is kept while anything could still deliver its command, so that delivery meets
+        // the job's final status instead of no row at all, which runs the job again:
+        // - a stored command (a job scheduled for later that ran early through another delivery, a
+        //   redelivery the broker keeps refusing), by job_id or, for rows stored before that column,
+        //   by a scheduled job's dedupe key; the job goes at the first sweep after the row is published.
+        // - an inbox row of its command. A replay that finds the job finished is recorded in the inbox
+        //   with its own received_at while the job keeps its old updated_at; were the job swept first,
+        //   a resubmission of its business key would get a new row whose command the inbox acks as a
+        //   duplicate, unrun, leaving it queued. Checked here rather than on the claim (dropping that
+        //   inbox row or touching the job there), which keeps the consume path's one statement as it is,
+        //   and holds for every inbox path (single, batched, lease). A job consumer's inbox id is its
+        //   queue's name, which is the job's kind (JobKinds), so the lookup is the inbox's primary key.
+        // The inbox sweep above runs first: a job whose inbox row expired now goes in this same sweep.
+        var jobs = await DeleteInBatchesAsync("jobs", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM jobs WHERE id IN (
-                SELECT id FROM jobs
-                 WHERE status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})
-                   AND created_at < {jobsBefore} AND updated_at < {jobsBefore}
-                 LIMIT {batch} FOR UPDATE SKIP LOCKED)
+                SELECT j.id FROM jobs j
+                 WHERE j.status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})
+                   AND j.created_at < {jobsBefore} AND j.updated_at < {jobsBefore}
+                   AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer_id = j.kind AND i.message_key = j.business_key)
+                   AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.job_id = j.id)
+                   AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = 'job:' || j.id::text)
+                 LIMIT {batch} FOR UPDATE OF j SKIP LOCKED)
             """, cancellationToken), batch, cancellationToken);
-        var audit = await DeleteInBatchesAsync(db => db.Database.ExecuteSqlInterpolatedAsync($"""
+        var audit = await DeleteInBatchesAsync("error_queue_operations", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM error_queue_operations WHERE id IN (
                 SELECT id FROM error_queue_operations WHERE state <> 'running' AND created_at < {auditBefore}
                  LIMIT {batch} FOR UPDATE SKIP LOCKED)
@@ -71,7 +96,7 @@ public sealed partial class RetentionSweeper(
         return new SweepResult(inbox, jobs, audit);
     }
 
-    private async Task<int> DeleteInBatchesAsync(Func<ConveyorDbContext, Task<int>> deleteBatch, int batchSize, CancellationToken cancellationToken)
+    private async Task<int> DeleteInBatchesAsync(string table, Func<ConveyorDbContext, Task<int>> deleteBatch, int batchSize, CancellationToken cancellationToken)
     {
         var total = 0;
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
@@ -79,6 +104,12 @@ public sealed partial class RetentionSweeper(
         {
             var deleted = await deleteBatch(db);
             total += deleted;
+            // Per batch: a sweep that fails halfway still counts what it deleted.
+            if (deleted > 0)
+            {
+                Deleted.Add(deleted, new KeyValuePair<string, object?>("table", table));
+            }
+
             if (deleted < batchSize)
             {
                 return total;

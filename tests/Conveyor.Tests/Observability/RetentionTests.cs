@@ -1,5 +1,6 @@
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Retention;
 using Microsoft.EntityFrameworkCore;
@@ -58,6 +59,72 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(["long-running-succeeded", "old-queued", "old-retrying", "recent-succeeded"], await check.Jobs.Select(j => j.BusinessKey).OrderBy(k => k).ToListAsync());
         Assert.Equal(new SweepResult(0, 0, 0), await sweeper.SweepAsync(now, CancellationToken.None));
     }
+
+    [Fact]
+    public async Task A_finished_job_is_kept_while_a_stored_command_or_an_inbox_row_of_it_remains()
+    {
+        var now = DateTimeOffset.UtcNow;
+        var old = now.AddDays(-40);
+        var (scheduledBefore, redelivered, replayed, alone) =
+            (Job("scheduled-before-job-id", JobStatus.Succeeded, old), Job("redelivered", JobStatus.DeadLettered, old),
+             Job("replayed", JobStatus.Succeeded, old), Job("alone", JobStatus.Succeeded, old));
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(scheduledBefore, redelivered, replayed, alone);
+            // A scheduled job's command stored before rows named their job: found by its dedupe key.
+            db.ScheduledMessages.Add(Stored($"job:{scheduledBefore.Id:D}", jobId: null, now.AddDays(200)));
+            // A redelivery the broker keeps refusing, due at its next try: found by its job id.
+            db.ScheduledMessages.Add(Stored($"{redelivered.BusinessKey}:2", redelivered.Id, now.AddHours(1)));
+            // A replay recorded a day ago, under the job's consumer (its queue, named after the kind).
+            db.Inbox.Add(Inbox(replayed.BusinessKey, now.AddDays(-1), InboxStatus.Done));
+            await db.SaveChangesAsync();
+        }
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(("Retention:Enabled", "false")));
+        var swept = await worker.Services.GetRequiredService<RetentionSweeper>().SweepAsync(now, CancellationToken.None);
+
+        Assert.Equal(new SweepResult(0, 1, 0), swept);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(["redelivered", "replayed", "scheduled-before-job-id"], await check.Jobs.Select(j => j.BusinessKey).OrderBy(k => k).ToListAsync());
+        var metrics = await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        Assert.True(PrometheusText.Sum(metrics, "conveyor_retention_deleted_total", "table=\"jobs\"") >= 1, "deleted jobs counted");
+    }
+
+    [Fact]
+    public async Task A_failing_sweep_is_counted()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Retention:Enabled", "true"), ("Retention:IntervalSeconds", "1")));
+        var before = await FailuresAsync(worker);
+        await using (var db = fixture.CreateDbContext())
+        {
+            await db.Database.ExecuteSqlRawAsync("ALTER TABLE error_queue_operations RENAME TO error_queue_operations_away");
+        }
+
+        try
+        {
+            await Eventually.AssertAsync(async () => Assert.True(await FailuresAsync(worker) > before, "no failed sweep counted"));
+        }
+        finally
+        {
+            await using var db = fixture.CreateDbContext();
+            await db.Database.ExecuteSqlRawAsync("ALTER TABLE error_queue_operations_away RENAME TO error_queue_operations");
+        }
+    }
+
+    private static async Task<double> FailuresAsync(RunningApp worker) =>
+        PrometheusText.Sum(await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative)), "conveyor_retention_failures_total");
+
+    private static ScheduledMessage Stored(string dedupeKey, Guid? jobId, DateTimeOffset dueAt) => new()
+    {
+        DedupeKey = dedupeKey,
+        Destination = "charge-payment",
+        DueAt = dueAt,
+        Headers = "{}",
+        Body = [],
+        CreatedAt = dueAt,
+        JobId = jobId,
+    };
 
     private static InboxRecord Inbox(string key, DateTimeOffset receivedAt, string status) => new()
     {
