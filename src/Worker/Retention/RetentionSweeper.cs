@@ -27,10 +27,18 @@ public sealed partial class RetentionSweeper(
     private static readonly Counter<long> Failures = JobMetrics.Instance.CreateCounter<long>(
         "conveyor.retention.failures", description: "Retention sweeps that failed (each is tried again at the next interval)");
 
-    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
-        options.Value.Enabled
-            ? Periodically.RunAsync(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time, SweepQuietlyAsync, stoppingToken)
-            : Task.CompletedTask;
+    protected override Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (!options.Value.Enabled)
+        {
+            return Task.CompletedTask;
+        }
+
+        // Exported from the start at 0: Prometheus' increase() cannot see the first failure of a
+        // series that appears with it, so an alert on failures would miss a sweep that always fails.
+        Failures.Add(0);
+        return Periodically.RunAsync(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time, SweepQuietlyAsync, stoppingToken);
+    }
 
     /// <summary>One sweep as of now; a failure is logged and the next period tries again.</summary>
     private async Task SweepQuietlyAsync(CancellationToken stoppingToken)
