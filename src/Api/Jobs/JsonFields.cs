@@ -11,7 +11,7 @@ namespace Conveyor.Api.Jobs;
 internal sealed class JsonFields(JsonElement body, FieldErrors errors)
 {
     /// <summary>Unknown fields named in one answer at most; the rest are left out.</summary>
-    private const int MaxUnknownReported = 20;
+    private const int MaxUnknownReported = ContractFields.MaxReported;
 
     /// <summary>The fields the readers asked for, whether present or not.</summary>
     private readonly HashSet<string> _known = new(StringComparer.OrdinalIgnoreCase);
@@ -34,8 +34,9 @@ internal sealed class JsonFields(JsonElement body, FieldErrors errors)
         var reported = 0;
         foreach (var property in body.EnumerateObject())
         {
-            var problem = !_known.Contains(property.Name) ? $"Is not a field of {owner}; the fields are: {string.Join(", ", _known)}."
-                : !seen.Add(property.Name) ? "Is given more than once, in different casings."
+            // Worded as the worker words the same refusal of a command published straight to RabbitMQ.
+            var problem = !_known.Contains(property.Name) ? ContractFields.NotAField(owner, _known)
+                : !seen.Add(property.Name) ? ContractFields.GivenTwiceInDifferentCasings
                 : null;
             if (problem is not null && reported++ < MaxUnknownReported)
             {

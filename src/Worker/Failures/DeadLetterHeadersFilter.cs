@@ -2,6 +2,7 @@ using System.Globalization;
 using Conveyor.Contracts;
 using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Messaging;
 using Conveyor.Worker.Redelivery;
 using MassTransit;
 
@@ -16,6 +17,9 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
     public const string JobKind = "Conveyor-Job-Kind";
     public const string Attempts = "Conveyor-Attempts";
     public const string Reason = "Conveyor-Dead-Letter-Reason";
+
+    /// <summary>How much of a failure's own message a reason carries.</summary>
+    private const int MaxCauseLength = 500;
 
     public Task Send(ExceptionReceiveContext context, IPipe<ExceptionReceiveContext> next)
     {
@@ -38,11 +42,14 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
                 headers.Set(Attempts, attempts.ToString(CultureInfo.InvariantCulture));
             }
 
-            headers.Set(Reason, details.Transient ? "transient failure; every retry and redelivery spent" : "permanent failure; not retried");
+            // A permanent failure's own words say what to fix (an invalid command names its fields).
+            headers.Set(Reason, details.Transient
+                ? "transient failure; every retry and redelivery spent"
+                : $"permanent failure; not retried: {PermanentCause(context.Exception)}");
         }
         else
         {
-            headers.Set(Reason, ReasonWithoutJob(context.Exception));
+            headers.Set(Reason, ReasonWithoutJob(context.Exception, context.Body.GetBytes()));
         }
 
         return next.Send(context);
@@ -55,12 +62,15 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
     /// as its job (MassTransit wraps every failure to read one in a <see cref="System.Runtime.Serialization.SerializationException"/>),
     /// or it was read and the job's row could not be written either. Only the first is unreadable.
     /// </summary>
-    public static string ReasonWithoutJob(Exception exception)
+    /// <param name="body">The message as it arrived: a body that is no envelope gets a reason the producer can act on.</param>
+    public static string ReasonWithoutJob(Exception exception, ReadOnlySpan<byte> body = default)
     {
         var described = JobTracker.Describe(exception, 500);
         if (IsUnreadable(exception))
         {
-            return $"unreadable message: {described}";
+            // MassTransit's own words for a body that is no envelope name its internals (a null 'envelope'
+            // parameter); MT-Fault-Message keeps them.
+            return $"unreadable message: {EnvelopeReader.EnvelopeProblem(body) ?? described}";
         }
 
         if (DatabaseFailures.IsDatabaseError(exception))
@@ -72,6 +82,10 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             ? $"transient failure; every retry and redelivery spent: {described}"
             : $"permanent failure; not retried: {described}";
     }
+
+    private static string PermanentCause(Exception exception) => exception is PermanentFailureException
+        ? exception.Message.Length <= MaxCauseLength ? exception.Message : exception.Message[..MaxCauseLength]
+        : JobTracker.Describe(exception, MaxCauseLength);
 
     private static bool IsUnreadable(Exception exception)
     {

@@ -16,7 +16,7 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbCon
     public async Task Consume(ConsumeContext<ChargePayment> context)
     {
         var payment = context.Message;
-        PermanentFailureException.ThrowIfInvalid(nameof(ChargePayment), payment.Validate());
+        PermanentFailureException.ThrowIfInvalid(context, payment.Validate());
 
         var charge = await gateway.ChargeAsync(
             new ChargeRequest(payment.AccountId, payment.AmountMinor, payment.Currency),

@@ -24,7 +24,7 @@ public sealed class GenerateReportConsumer(
     {
         var report = context.Message;
         var cancellationToken = context.CancellationToken;
-        PermanentFailureException.ThrowIfInvalid(nameof(GenerateReport), report.Validate());
+        PermanentFailureException.ThrowIfInvalid(context, report.Validate());
 
         // Progress of this attempt only: a run that lost its lease stops reporting over the run that took it.
         var job = new JobRef(JobKinds.GenerateReport, report.ReportId.ToString(), null, ClaimedAttempt.Of(context));

@@ -17,7 +17,7 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbConte
     public async Task Consume(ConsumeContext<DeliverWebhook> context)
     {
         var webhook = context.Message;
-        PermanentFailureException.ThrowIfInvalid(nameof(DeliverWebhook), webhook.Validate());
+        PermanentFailureException.ThrowIfInvalid(context, webhook.Validate());
 
         var body = Encoding.UTF8.GetBytes(webhook.Payload.GetRawText());
         var result = await sender.SendAsync(webhook.WebhookId, webhook.Url, webhook.EventType, body, context.CancellationToken);

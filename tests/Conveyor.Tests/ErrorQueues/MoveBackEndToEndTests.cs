@@ -107,6 +107,27 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
         });
     }
 
+    [Fact]
+    public async Task A_command_published_straight_to_the_broker_and_moved_back_passes_the_field_checks_again()
+    {
+        // As README's raw producers publish it, in PascalCase: one casing per field is fine.
+        _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
+        var payment = Guid.NewGuid();
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        await producer.PublishEnvelopeAsync(
+            "Conveyor.Contracts.Payments:ChargePayment", "urn:message:Conveyor.Contracts.Payments:ChargePayment",
+            new Dictionary<string, object> { ["PaymentId"] = payment, ["AccountId"] = "acct-raw", ["AmountMinor"] = 700, ["Currency"] = "EUR" });
+        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.DeadLettered, (await JobAsync(payment))?.Status));
+
+        _gateway.FailEverythingWith = null;
+        using var admin = ErrorQueueKit.Client(_api.BaseAddress);
+        var operation = await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+
+        Assert.Equal(1, operation.GetProperty("moved").GetInt64());
+        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, (await JobAsync(payment))?.Status));
+        Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
+    }
+
     private async Task<Job?> JobAsync(Guid payment)
     {
         await using var db = fixture.CreateDbContext();

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
+using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
@@ -32,6 +33,13 @@ public sealed class PayloadDepthTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await producer.PublishEnvelopeAsync(Exchange, WebhookUrn, Webhook(tooDeep, receiver, ContractRules.MaxPayloadDepth + 1));
         await producer.PublishEnvelopeAsync(Exchange, WebhookUrn, Webhook(atLimit, receiver, ContractRules.MaxPayloadDepth));
+
+        // Declared as the worker declares it at its first fault: taking from a queue that is not there
+        // yet would close the producer's channel for every later try.
+        await using (var broker = await TestBroker.ConnectAsync(fixture))
+        {
+            await broker.DeclareAsync("deliver-webhook_error");
+        }
 
         RawAmqpProducer.TakenMessage? dead = null;
         await Eventually.AssertAsync(async () => dead = Assert.Single(await producer.TakeAllAsync("deliver-webhook_error")));

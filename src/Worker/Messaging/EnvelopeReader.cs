@@ -1,0 +1,117 @@
+using System.Text;
+using System.Text.Json;
+using Conveyor.Contracts;
+using MassTransit;
+
+namespace Conveyor.Worker.Messaging;
+
+/// <summary>
+/// Reads a MassTransit JSON envelope as it arrived, for what MassTransit's own reader lets through or
+/// words for nobody: a command's fields that its contract does not have or that are given twice (it
+/// drops the first and matches names in any casing), and a body that is no envelope at all.
+/// </summary>
+public static class EnvelopeReader
+{
+    public const string NotAnEnvelope =
+        "not a MassTransit envelope: wrap the command in {\"messageType\": [\"urn:message:…\"], \"message\": {…}} as in README 'Publishing without the API'";
+
+    public const string ByteOrderMark =
+        "the body starts with a UTF-8 byte order mark (EF BB BF): send the JSON without it";
+
+    /// <summary>As MassTransit reads an envelope (its serializer's settings).</summary>
+    private static readonly JsonReaderOptions Options = new()
+    {
+        AllowTrailingCommas = true,
+        CommentHandling = JsonCommentHandling.Skip,
+    };
+
+    /// <summary>
+    /// What is wrong with the field names of the command in the envelope <paramref name="body"/>, read
+    /// as a <typeparamref name="T"/> (<see cref="ContractFields.Check{T}"/>), and an envelope that gives
+    /// its <c>message</c> twice. Empty when there is nothing to say, or when the body is not a JSON
+    /// envelope (MassTransit read it some other way). One forward pass of a reader over the bytes, which
+    /// MassTransit's deserializer already holds (<see cref="MessageBody.GetBytes"/> keeps them): no copy, no document.
+    /// </summary>
+    public static IReadOnlyList<ContractViolation> FieldProblems<T>(ReadOnlySpan<byte> body) where T : class
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(body, Options);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return [];
+            }
+
+            IReadOnlyList<ContractViolation> problems = [];
+            var messages = 0;
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isMessage = IsMessageProperty(ref reader);
+                reader.Read();
+                if (isMessage && reader.TokenType == JsonTokenType.StartObject)
+                {
+                    messages++;
+                    problems = ContractFields.Check<T>(ref reader);
+                }
+                else
+                {
+                    messages += isMessage ? 1 : 0;
+                    reader.Skip();
+                }
+            }
+
+            return messages > 1 ? [new ContractViolation("message", "Is given more than once in the envelope.")] : problems;
+        }
+        catch (JsonException)
+        {
+            return [];
+        }
+    }
+
+    /// <summary>
+    /// Why MassTransit could not read <paramref name="body"/> as an envelope, for the producer to fix;
+    /// null when the body is one (it failed for a reason MassTransit's own message gives).
+    /// </summary>
+    public static string? EnvelopeProblem(ReadOnlySpan<byte> body)
+    {
+        if (body.StartsWith(Encoding.UTF8.Preamble))
+        {
+            return ByteOrderMark;
+        }
+
+        try
+        {
+            var reader = new Utf8JsonReader(body, Options);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return NotAnEnvelope;
+            }
+
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isMessage = IsMessageProperty(ref reader);
+                reader.Read();
+                if (isMessage)
+                {
+                    return reader.TokenType == JsonTokenType.StartObject ? null : $"{NotAnEnvelope}; its \"message\" must be the command as a JSON object";
+                }
+
+                reader.Skip();
+            }
+
+            return NotAnEnvelope;
+        }
+        catch (JsonException)
+        {
+            // Not JSON: MassTransit's message says where it broke.
+            return null;
+        }
+    }
+
+    /// <summary>MassTransit matches the envelope's names in any casing.</summary>
+    private static bool IsMessageProperty(ref Utf8JsonReader reader) =>
+        reader.ValueTextEquals("message"u8)
+        || (reader.ValueIsEscaped
+            ? string.Equals(reader.GetString(), "message", StringComparison.OrdinalIgnoreCase)
+            : Ascii.EqualsIgnoreCase(reader.ValueSpan, "message"u8));
+}
