@@ -66,9 +66,10 @@ public sealed class ErrorQueueDepthMonitor : BackgroundService
             _readings.Read(BrokerReadings.ErrorQueues);
             _failing = false;
         }
-        catch (BrokerUnavailableException exception)
+        catch (Exception exception) when (!cancellationToken.IsCancellationRequested)
         {
-            // Logged once per outage; the gauge stops reporting once the listing is stale.
+            // Whatever the failure (an exception escaping here would end the refresh loop for good, and
+            // the gauge with it): logged once per outage; the gauge stops reporting once the listing is stale.
             if (!_failing)
             {
                 ErrorQueuesLog.DepthRefreshFailed(_logger, exception);

@@ -66,7 +66,9 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
             await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
             return await JsonDocument.ParseAsync(body, cancellationToken: cancellationToken);
         }
-        catch (Exception exception) when (exception is HttpRequestException or JsonException
+        // SocketException: HttpClient lets some connection failures through unwrapped (a connection reset
+        // just after it was made: "Transport endpoint is not connected"); IOException: one cut mid-answer.
+        catch (Exception exception) when (exception is HttpRequestException or JsonException or IOException or System.Net.Sockets.SocketException
             || (exception is TaskCanceledException && !cancellationToken.IsCancellationRequested))
         {
             throw new BrokerUnavailableException("The RabbitMQ management API could not be reached.", exception);
