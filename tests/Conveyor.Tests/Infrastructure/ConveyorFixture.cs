@@ -137,7 +137,18 @@ public sealed class ConveyorFixture : IAsyncLifetime
             builder.Services.AddReceiveObserver(services => services.GetRequiredService<InFlightMessages>());
             configure?.Invoke(builder);
         }), Merge(overrides));
-        await worker.WaitUntilReadyAsync();
+        try
+        {
+            await worker.WaitUntilReadyAsync();
+        }
+        catch
+        {
+            // A worker that never got ready may still connect later: left running, it would take messages
+            // from the next tests' queues.
+            await worker.DisposeAsync();
+            throw;
+        }
+
         return worker;
     }
 

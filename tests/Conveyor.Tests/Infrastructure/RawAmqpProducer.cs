@@ -64,9 +64,23 @@ public sealed class RawAmqpProducer : IAsyncDisposable
     public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
 
     /// <summary>Takes every message now in <paramref name="queue"/> (destructively): for asserting on what landed there.</summary>
+    /// <remarks>A queue that does not exist yet (MassTransit declares <c>_error</c> at its first message) holds
+    /// none: asked on a channel of its own, whose closing by the broker's 404 cannot take this one along.</remarks>
     public async Task<IReadOnlyList<TakenMessage>> TakeAllAsync(string queue)
     {
         var taken = new List<TakenMessage>();
+        await using (var probe = await _connection.CreateChannelAsync())
+        {
+            try
+            {
+                await probe.QueueDeclarePassiveAsync(queue);
+            }
+            catch (RabbitMQ.Client.Exceptions.OperationInterruptedException missing) when (missing.ShutdownReason?.ReplyCode == Constants.NotFound)
+            {
+                return taken;
+            }
+        }
+
         while (await _channel.BasicGetAsync(queue, autoAck: true) is { } result)
         {
             var headers = (result.BasicProperties.Headers ?? new Dictionary<string, object?>())

@@ -38,7 +38,18 @@ public sealed class RunningApp : IAsyncDisposable
             .Append("--urls=http://127.0.0.1:0")
             .ToArray();
         var app = build(args);
-        await app.StartAsync();
+        try
+        {
+            await app.StartAsync();
+        }
+        catch
+        {
+            // Hosted services that started before the failure (a bus among them) would otherwise run on
+            // for the rest of the test run, consuming from its vhost.
+            await app.DisposeAsync();
+            throw;
+        }
+
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new RunningApp(app, new Uri(address), apiKey);
     }
