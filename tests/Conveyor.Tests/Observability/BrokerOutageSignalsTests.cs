@@ -102,8 +102,12 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
     public async Task A_worker_that_cannot_reach_the_broker_is_unready_until_it_can_again()
     {
         var broker = fixture.RabbitOptions();
+        // A vhost of its own, deleted at the end: should this worker's bus outlive the test and reconnect
+        // through another test's relay on a reused port, it finds no vhost instead of that test's queues.
+        await using var scratch = await fixture.ScratchVhostAsync("unready-worker");
         await using var amqp = await OutageProxy.ToAsync(broker.Host, broker.Port);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("RabbitMq:VirtualHost", scratch.Name),
             ("RabbitMq:Port", amqp.Port.ToString(CultureInfo.InvariantCulture)),
             ("RabbitMq:ConnectTimeoutSeconds", "2")));
 
