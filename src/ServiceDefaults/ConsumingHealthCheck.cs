@@ -24,14 +24,14 @@ public sealed class ConsumingHealthCheck(IBusControl bus) : IHealthCheck
             .Where(e => e.Value.Status != BusHealthStatus.Healthy)
             .Select(e => $"{e.Key[(e.Key.LastIndexOf('/') + 1)..]} ({e.Value.Status}{(string.IsNullOrEmpty(e.Value.Description) ? "" : $": {e.Value.Description}")})")
             .ToList();
-        string Listed() => Bounded(string.Join("; ", stopped));
+        string Listed() => HealthReasons.Bounded(string.Join("; ", stopped));
 
         HealthCheckResult result;
         if (health.Status == BusHealthStatus.Unhealthy || endpoints.Count == 0)
         {
             result = health.Status == BusHealthStatus.Healthy
                 ? HealthCheckResult.Healthy(health.Description)
-                : new HealthCheckResult(context.Registration.FailureStatus, Bounded($"The bus is {health.Status}: {health.Description}"));
+                : new HealthCheckResult(context.Registration.FailureStatus, HealthReasons.Bounded($"The bus is {health.Status}: {health.Description}"));
         }
         else if (stopped.Count == endpoints.Count)
         {
@@ -46,7 +46,4 @@ public sealed class ConsumingHealthCheck(IBusControl bus) : IHealthCheck
 
         return Task.FromResult(result);
     }
-
-    private static string Bounded(string text) =>
-        text.Length <= HealthReasons.MaxLength ? text : string.Concat(text.AsSpan(0, HealthReasons.MaxLength - 1), "…");
 }

@@ -24,9 +24,12 @@ public static class HealthReasons
             text = text.Replace(secret, "***", StringComparison.Ordinal);
         }
 
-        text = text.ReplaceLineEndings(" ");
-        return text.Length <= MaxLength ? text : string.Concat(text.AsSpan(0, MaxLength - 1), "…");
+        return Bounded(text.ReplaceLineEndings(" "));
     }
+
+    /// <summary><paramref name="text"/> cut to <see cref="MaxLength"/>, an ellipsis marking the cut.</summary>
+    public static string Bounded(string text) =>
+        text.Length <= MaxLength ? text : string.Concat(text.AsSpan(0, MaxLength - 1), "…");
 
     private static IEnumerable<string> Secrets(string? connectionString)
     {

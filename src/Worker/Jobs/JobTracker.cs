@@ -10,7 +10,8 @@ namespace Conveyor.Worker.Jobs;
 /// </summary>
 public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider time)
 {
-    private const int MaxErrorLength = 4000;
+    /// <summary>The longest <c>jobs.last_error</c> the worker writes.</summary>
+    public const int MaxErrorLength = 4000;
 
     /// <summary>No attempt is numbered 0: a write for an attempt not known applies to the latest one.</summary>
     private const int UnknownAttempt = 0;

@@ -23,9 +23,6 @@ public sealed partial class RedeliveryDispatcher(
     TimeProvider time,
     ILogger<RedeliveryDispatcher> logger) : BackgroundService
 {
-    /// <summary>The length of <c>jobs.last_error</c> as the worker writes it (JobTracker's).</summary>
-    private const int MaxErrorLength = 4000;
-
     private static readonly Histogram<double> Lateness = JobMetrics.Instance.CreateHistogram(
         "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published",
         advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = JobMetrics.SecondsBuckets });
@@ -249,7 +246,7 @@ public sealed partial class RedeliveryDispatcher(
         var errors = waiting.Select(l => Bounded(
             $"PublishRefused: the broker has not taken this job's stored command for queue {l.Message.Destination} "
             + $"since {(l.Message.FirstRefusedAt ?? now):O} ({l.Reason}); it is kept and tried again",
-            MaxErrorLength)).ToArray();
+            JobTracker.MaxErrorLength)).ToArray();
         // As for a dead-lettered row: only while the job still waits for this row (see DeadLetterJobAsync).
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs j SET last_error = r.error, next_attempt_at = {retryAt}, updated_at = {now}
@@ -281,7 +278,7 @@ public sealed partial class RedeliveryDispatcher(
         }
 
         var error = $"UnpublishableRedelivery: its stored command could not be published ({reason}); moved to {message.Destination}{BrokerPublisher.ErrorQueueSuffix}";
-        error = Bounded(error, MaxErrorLength);
+        error = Bounded(error, JobTracker.MaxErrorLength);
         var kinds = await db.Database.SqlQuery<string>($"""
             UPDATE jobs SET status = {JobStatus.DeadLettered}, last_error = {error}, next_attempt_at = NULL,
                    updated_at = {now}, finished_at = {now}
