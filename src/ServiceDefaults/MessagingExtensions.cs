@@ -18,7 +18,7 @@ public static class MessagingExtensions
     /// <summary>Points a MassTransit bus at the configured broker, with publisher confirms on.</summary>
     public static void UseConveyorBroker(this IRabbitMqBusFactoryConfigurator cfg, RabbitMqOptions options, string connectionName)
     {
-        cfg.Host(options.Host, (ushort)options.Port, options.VirtualHost, connectionName, h =>
+        cfg.Host(options.Host, (ushort)options.Port, options.VirtualHost, options.ClientName(connectionName), h =>
         {
             h.Username(options.Username);
             h.Password(options.Password);

@@ -22,6 +22,6 @@ public static class RabbitMqConnections
             AutomaticRecoveryEnabled = false,
             TopologyRecoveryEnabled = false,
         };
-        return factory.CreateConnectionAsync(clientName, cancellationToken);
+        return factory.CreateConnectionAsync(broker.ClientName(clientName), cancellationToken);
     }
 }

@@ -27,6 +27,18 @@ public sealed class RabbitMqOptions
     [Range(1, 65535)]
     public int ManagementPort { get; set; } = 15672;
 
+    /// <summary>
+    /// Names this process in the broker: its connections show as <c>conveyor-worker (name)</c> in the
+    /// management UI and in <c>rabbitmqctl list_connections client_properties</c>, so an operator can
+    /// tell which pod holds a consumer. Default: the host name (the pod's name on Kubernetes).
+    /// </summary>
+    [MaxLength(200)]
+    public string? InstanceName { get; set; }
+
+    /// <summary>The name a connection of <paramref name="component"/> gives the broker: the component and <see cref="InstanceName"/>.</summary>
+    public string ClientName(string component) =>
+        $"{component} ({(string.IsNullOrWhiteSpace(InstanceName) ? Environment.MachineName : InstanceName.Trim())})";
+
     /// <summary>Seconds to wait for a connection or a publisher confirm before giving up.</summary>
     [Range(1, 300)]
     public int ConnectTimeoutSeconds { get; set; } = 5;

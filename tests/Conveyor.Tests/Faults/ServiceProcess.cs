@@ -73,10 +73,26 @@ public sealed class ServiceProcess : IAsyncDisposable
             start.ArgumentList.Add($"--{key}={value}");
         }
 
+        if (!settings.ContainsKey("RabbitMq:InstanceName"))
+        {
+            start.ArgumentList.Add($"--RabbitMq:InstanceName={CallingTest.Name()}");
+        }
+
         start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");
         var (process, output) = OutputTail.Start(start, KeptLines);
         var service = new ServiceProcess(process, output, new Uri($"http://127.0.0.1:{port}"), project);
-        await service.WaitUntilReadyAsync();
+        try
+        {
+            await service.WaitUntilReadyAsync();
+        }
+        catch
+        {
+            // A process that was slow to get ready would otherwise outlive the test (and this test run),
+            // consuming from the run's vhost.
+            await service.DisposeAsync();
+            throw;
+        }
+
         return service;
     }
 

@@ -116,7 +116,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
     /// <summary>Starts an Api that accepts <see cref="TestKeys"/> (and any keys in <paramref name="overrides"/>); its client sends the admin key.</summary>
     public Task<RunningApp> StartApiAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
     {
-        var settings = new Dictionary<string, string?>(TestKeys.Settings);
+        var settings = new Dictionary<string, string?>(TestKeys.Settings) { ["RabbitMq:InstanceName"] = CallingTest.Name() };
         foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
         {
             settings[key] = value;
@@ -136,7 +136,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
             builder.Services.AddSingleton<InFlightMessages>();
             builder.Services.AddReceiveObserver(services => services.GetRequiredService<InFlightMessages>());
             configure?.Invoke(builder);
-        }), Merge(overrides));
+        }), Merge(new Dictionary<string, string?> { ["RabbitMq:InstanceName"] = CallingTest.Name() }, overrides));
         try
         {
             await worker.WaitUntilReadyAsync();
@@ -152,9 +152,13 @@ public sealed class ConveyorFixture : IAsyncLifetime
         return worker;
     }
 
-    /// <summary>Empties every table and queue of this run.</summary>
+    /// <summary>
+    /// Empties every table and queue of this run. Fails when an earlier test left a connection open
+    /// in this run's vhost (a host or bus it never stopped would take this test's messages), naming it.
+    /// </summary>
     public async Task ResetAsync()
     {
+        await CloseLeftoverConnectionsAsync();
         await using (var db = CreateDbContext())
         {
             // Every table but the migrations history, so tables added later are reset too.
@@ -173,10 +177,41 @@ public sealed class ConveyorFixture : IAsyncLifetime
         }
     }
 
-    private Dictionary<string, string?> Merge(IDictionary<string, string?>? overrides)
+    /// <summary>
+    /// A test calls <see cref="ResetAsync"/> before it starts anything, so any connection open in the
+    /// run's vhost then belongs to an earlier test (its hosts name their connections after it, see
+    /// <see cref="CallingTest"/>). A stopped host may take a moment to close them; one still open
+    /// after that is closed, and this test fails naming it, instead of failing later for no visible reason.
+    /// </summary>
+    private async Task CloseLeftoverConnectionsAsync()
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        var open = await Rabbit.ConnectionsAsync(VirtualHost);
+        while (open.Count > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(250);
+            open = await Rabbit.ConnectionsAsync(VirtualHost);
+        }
+
+        if (open.Count == 0)
+        {
+            return;
+        }
+
+        foreach (var (name, _) in open)
+        {
+            await Rabbit.CloseConnectionAsync(name, "left open by an earlier test");
+        }
+
+        throw new InvalidOperationException(
+            $"An earlier test left {open.Count} connection(s) open in this run's vhost (closed now): "
+            + string.Join("; ", open.Select(c => c.ClientName ?? c.Name)));
+    }
+
+    private Dictionary<string, string?> Merge(params IDictionary<string, string?>?[] overrides)
     {
         var settings = new Dictionary<string, string?>(BaseSettings);
-        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
+        foreach (var (key, value) in overrides.SelectMany(o => o ?? new Dictionary<string, string?>()))
         {
             settings[key] = value;
         }

@@ -68,6 +68,28 @@ public sealed class RabbitManagement : IDisposable
             : null;
     }
 
+    /// <summary>The connections open to <paramref name="vhost"/>: the broker's name for each and the name its client gave.</summary>
+    public async Task<IReadOnlyList<(string Name, string? ClientName)>> ConnectionsAsync(string vhost)
+    {
+        var connections = await _http.GetFromJsonAsync<JsonElement>($"vhosts/{Uri.EscapeDataString(vhost)}/connections?columns=name,client_properties");
+        return [.. connections.EnumerateArray().Select(c => (
+            c.GetProperty("name").GetString()!,
+            c.TryGetProperty("client_properties", out var client) && client.ValueKind == JsonValueKind.Object
+                && client.TryGetProperty("connection_name", out var given) ? given.GetString() : null))];
+    }
+
+    /// <summary>Closes a connection as an operator would, with <paramref name="reason"/>; one already gone is no error.</summary>
+    public async Task CloseConnectionAsync(string name, string reason)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Delete, $"connections/{Uri.EscapeDataString(name)}");
+        request.Headers.Add("X-Reason", reason);
+        using var response = await _http.SendAsync(request);
+        if (response.StatusCode != HttpStatusCode.NotFound)
+        {
+            response.EnsureSuccessStatusCode();
+        }
+    }
+
     /// <summary>Empties <paramref name="queue"/>; one that no longer exists (a stopped bus's temporary queue) has nothing to empty.</summary>
     public async Task PurgeAsync(string vhost, string queue)
     {

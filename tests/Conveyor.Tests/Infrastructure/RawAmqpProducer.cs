@@ -23,7 +23,7 @@ public sealed class RawAmqpProducer : IAsyncDisposable
 
     public static async Task<RawAmqpProducer> ConnectAsync(ConveyorFixture fixture, string? virtualHost = null)
     {
-        var connection = await fixture.AmqpFactory(virtualHost).CreateConnectionAsync("conveyor-tests-raw-producer");
+        var connection = await fixture.AmqpFactory(virtualHost).CreateConnectionAsync($"conveyor-tests-raw-producer ({CallingTest.Name()})");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         return new RawAmqpProducer(connection, channel);

@@ -16,7 +16,7 @@ public sealed class TestPublisher : IAsyncDisposable
     {
         var servers = fixture.Servers;
         var bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
-            cfg.Host(servers.RabbitHost, (ushort)servers.RabbitPort, fixture.VirtualHost, h =>
+            cfg.Host(servers.RabbitHost, (ushort)servers.RabbitPort, fixture.VirtualHost, $"test-publisher ({CallingTest.Name()})", h =>
             {
                 h.Username(servers.RabbitUser);
                 h.Password(servers.RabbitPassword);
