@@ -102,7 +102,8 @@ public static class JobEndpointPipeline
                 .SetTrackingPeriod(TimeSpan.FromSeconds(options.KillSwitchTrackingPeriodSeconds))
                 .SetRestartTimeout(TimeSpan.FromSeconds(options.KillSwitchRestartSeconds))
                 .SetExceptionFilter(filter => filter.Handle<Exception>(FailureClassifier.IsTransient));
-            var endpointKillSwitch = new KillSwitch(killSwitchOptions);
+            var endpointKillSwitch = new StopAwareKillSwitch(killSwitchOptions, endpoint.InputAddress.AbsolutePath.Split('/')[^1],
+                logger, context.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping);
             endpoint.ConnectReceiveEndpointObserver(endpointKillSwitch);
             killSwitch = endpointKillSwitch;
         }

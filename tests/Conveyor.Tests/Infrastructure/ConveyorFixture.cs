@@ -116,7 +116,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
     /// <summary>Starts an Api that accepts <see cref="TestKeys"/> (and any keys in <paramref name="overrides"/>); its client sends the admin key.</summary>
     public Task<RunningApp> StartApiAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
     {
-        var settings = new Dictionary<string, string?>(TestKeys.Settings) { ["RabbitMq:InstanceName"] = CallingTest.Name() };
+        var settings = new Dictionary<string, string?>(TestKeys.Settings);
         foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
         {
             settings[key] = value;
@@ -136,7 +136,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
             builder.Services.AddSingleton<InFlightMessages>();
             builder.Services.AddReceiveObserver(services => services.GetRequiredService<InFlightMessages>());
             configure?.Invoke(builder);
-        }), Merge(new Dictionary<string, string?> { ["RabbitMq:InstanceName"] = CallingTest.Name() }, overrides));
+        }), Merge(overrides));
         try
         {
             await worker.WaitUntilReadyAsync();
@@ -208,10 +208,10 @@ public sealed class ConveyorFixture : IAsyncLifetime
             + string.Join("; ", open.Select(c => c.ClientName ?? c.Name)));
     }
 
-    private Dictionary<string, string?> Merge(params IDictionary<string, string?>?[] overrides)
+    private Dictionary<string, string?> Merge(IDictionary<string, string?>? overrides)
     {
         var settings = new Dictionary<string, string?>(BaseSettings);
-        foreach (var (key, value) in overrides.SelectMany(o => o ?? new Dictionary<string, string?>()))
+        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
         {
             settings[key] = value;
         }
