@@ -12,8 +12,9 @@ public sealed class StrandedJobsOptions
     /// <summary>
     /// A job still <c>queued</c> this long after its last update while its queue holds no message,
     /// or this long before a job of its kind that has already succeeded was submitted, is stranded.
+    /// Its lower bound is <see cref="StrandedJobsOptionsValidator"/>'s: longer than a submission can take.
     /// </summary>
-    [Range(60, 86_400)]
+    [Range(1, 86_400)]
     public int StrandedAfterSeconds { get; set; } = 600;
 
     /// <summary>How often the Api looks for stranded jobs.</summary>

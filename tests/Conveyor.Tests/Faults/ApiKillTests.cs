@@ -17,8 +17,11 @@ namespace Conveyor.Tests.Faults;
 [Trait("Category", "Faults")]
 public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {
-    /// <summary>The shortest threshold the Api accepts; the test waits that long for the strandings.</summary>
-    private const int StrandedAfterSeconds = 60;
+    /// <summary>
+    /// Just over the shortest threshold the Api accepts (its publish budget, 5 s, plus 10 s to remove an
+    /// unconfirmed row); the test waits that long for the strandings.
+    /// </summary>
+    private const int StrandedAfterSeconds = 20;
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
