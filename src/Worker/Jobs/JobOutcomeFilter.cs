@@ -42,9 +42,11 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
                     JobMetrics.DeadLettered(job.Kind);
                     await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
                     // The row's id goes into the _error message, never the id the message claimed: an
-                    // operator's move by job id must find this job's command, not one that named it.
+                    // operator's move by job id must find this job's command, not one that named it. Its
+                    // attempt count is this delivery's own: a newer copy may have claimed the row since.
                     var row = await tracker.FindAsync(job, CancellationToken.None);
-                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(row?.Id, job.Kind, row?.Attempts, FailureClassifier.IsTransient(exception)));
+                    context.ReceiveContext.GetOrAddPayload(() => new DeadLetterDetails(
+                        row?.Id, job.Kind, job.Attempt ?? row?.Attempts, FailureClassifier.IsTransient(exception)));
                 }
             }
             catch (Exception statusException) when (statusException is not OutOfMemoryException)

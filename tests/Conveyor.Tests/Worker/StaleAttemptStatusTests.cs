@@ -73,6 +73,12 @@ public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Null(after.FinishedAt);
         Assert.Contains("503", after.LastError, StringComparison.Ordinal);
         Assert.Equal(1, await check.ScheduledMessages.CountAsync());
+
+        // A's copy in _error says how many attempts A had, not the count B's claim left in the row.
+        await using var reader = await RawAmqpProducer.ConnectAsync(fixture);
+        var dead = Assert.Single(await reader.TakeAllAsync(Queue + "_error"));
+        Assert.Equal("1", dead.Header("Conveyor-Attempts"));
+        Assert.Equal(after.Id.ToString(), dead.Header(JobHeaders.JobId));
     }
 
     /// <summary>
