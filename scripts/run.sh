@@ -23,6 +23,13 @@ if [ -z "${Auth__ApiKeys__0__Key:-}" ]; then
   echo "API key (development admin, made for this run): $key_note"
 fi
 
+# Webhooks are signed with a secret only the deployment knows (none ships with the worker, which
+# refuses to start without one): make one for this run unless the environment gives it.
+if [ -z "${Webhooks__SigningSecret:-}" ]; then
+  export Webhooks__SigningSecret="dev-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  echo "Webhook signing secret (development, made for this run): $Webhooks__SigningSecret"
+fi
+
 pids=()
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap stop EXIT INT TERM

@@ -43,6 +43,9 @@ public sealed class SettingNamesTests
         [ErrorQueueOptions.SectionName] = typeof(ErrorQueueOptions),
         [DashboardSessionOptions.SectionName] = typeof(DashboardSessionOptions),
         [StrandedJobsOptions.SectionName] = typeof(StrandedJobsOptions),
+        [AuthThrottlingOptions.SectionName] = typeof(AuthThrottlingOptions),
+        [$"{AuthThrottlingOptions.SectionName}:{nameof(AuthThrottlingOptions.SignIn)}"] = typeof(AuthThrottleLimits),
+        [$"{AuthThrottlingOptions.SectionName}:{nameof(AuthThrottlingOptions.ApiKeys)}"] = typeof(AuthThrottleLimits),
     };
 
     /// <summary>Read by the hosts themselves (ASP.NET Core, logging, connection strings, telemetry), by either process.</summary>
@@ -96,6 +99,12 @@ public sealed class SettingNamesTests
     [InlineData("Auth:ApiKeys:0:Scopes", true, true)]
     [InlineData("Auth:ApiKeys:0:Scope", true, false)]
     [InlineData("Dashboard:Session:IdleMinutes", true, true)]
+    // deploy/k8s/README.md tells how to turn the throttle off.
+    [InlineData("Auth:Throttling:Enabled", true, true)]
+    [InlineData("Auth:Throttling:ApiKeys:MaxFailures", true, true)]
+    [InlineData("Auth:Throttling:SignIn:Lockout", true, true)]
+    [InlineData("Auth:Throttling:SignIn:Lockuot", true, false)]
+    [InlineData("Auth:Throttling:Enabled", false, false)]
     [InlineData("Logging:LogLevel:Default", false, true)]
     [InlineData("Webhooks:AllowPrivateNetworks", true, true)]
     [InlineData("Webhooks:SigningSecret", true, false)]
