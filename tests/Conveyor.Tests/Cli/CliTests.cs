@@ -166,6 +166,30 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_misspelt_option_or_an_extra_argument_is_a_usage_error_and_changes_nothing()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Declined, "declined");
+        }
+
+        // Dropping the misspelt filter would purge the whole queue; dropping --dryrun would really move.
+        var purge = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--confirm", ErrorQueueKit.ChargeErrors, "--mesage-id", "x");
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--dryrun");
+        var queues = await RunAsync("queues", "--bogus");
+        var extra = await RunAsync("queues", "extra");
+
+        Assert.Equal((ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage), (purge.ExitCode, move.ExitCode, queues.ExitCode, extra.ExitCode));
+        Assert.Contains("mesage-id", purge.Err, StringComparison.Ordinal);
+        Assert.Contains("dryrun", move.Err, StringComparison.Ordinal);
+        Assert.Equal("", queues.Out);
+        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        // No request was sent: the Api has no operation to show.
+        Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
+    }
+
+    [Fact]
     public async Task Job_and_jobs_show_a_job_found_by_id_or_by_business_key()
     {
         var paymentId = Guid.NewGuid();
