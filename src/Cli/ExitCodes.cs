@@ -12,7 +12,7 @@ public static class ExitCodes
     /// <summary>The command line or the request was wrong (unknown option, missing argument, 400, 413, 415).</summary>
     public const int Usage = 2;
 
-    /// <summary>No API key, an unknown key (401) or a key without the needed scope (403).</summary>
+    /// <summary>No API key or a malformed one (control or non-ASCII characters), an unknown key (401) or a key without the needed scope (403).</summary>
     public const int Auth = 3;
 
     /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>

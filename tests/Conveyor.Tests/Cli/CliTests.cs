@@ -374,6 +374,22 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("Cannot reach the Api", unreachable.Err, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("\n")]
+    [InlineData("\r\n")]
+    [InlineData("é")]
+    public async Task A_malformed_api_key_is_an_auth_error_that_does_not_show_the_key(string added)
+    {
+        var key = ErrorQueueKit.AdminKey + added;
+
+        var run = await RunAsync(["queues"], key);
+
+        Assert.Equal(ExitCodes.Auth, run.ExitCode);
+        Assert.Contains($"{CliContext.ApiKeyVariable} is malformed", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain(ErrorQueueKit.AdminKey, run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
     /// <summary>Another server at the Api's address (a proxy's sign-in page, some other service): a message and its own exit code, no crash.</summary>
     [Theory]
     [InlineData("queues", 200, "text/html", "<html><body>Sign in</body></html>", ExitCodes.UnexpectedAnswer)]
