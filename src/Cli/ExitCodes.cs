@@ -18,12 +18,13 @@ public static class ExitCodes
     /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>
     public const int NotFoundOrConflict = 4;
 
-    /// <summary>The Api could not be reached, timed out, or answered 502/503/504.</summary>
+    /// <summary>The Api could not be reached, timed out, or answered 502/503/504 (it or a gateway in front of it).</summary>
     public const int Unreachable = 5;
 
     /// <summary>
     /// The answer is not one a Conveyor Api gives (a proxy's HTML page, another service at that URL,
-    /// an Api of another version, a redirect, which is never followed, or an answer larger than
+    /// an Api of another version, an error other than 502/503/504 that is not a problem document,
+    /// a redirect, which is never followed, or an answer larger than
     /// <see cref="ConveyorClient.MaxAnswerBytes"/>): nothing in it could be shown.
     /// </summary>
     public const int UnexpectedAnswer = 6;

@@ -369,6 +369,8 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: "not-a-configured-key-000000000000")).ExitCode);
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: ErrorQueueKit.ReaderKey)).ExitCode);
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: null)).ExitCode);
+        // The Api's 404 for a path it does not know is a problem document too, so not taken for another server's page.
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("queues", "--api", new Uri(_api.BaseAddress, "no-such-prefix/").ToString())).ExitCode);
         var unreachable = await RunAsync(["queues", "--api", "http://127.0.0.1:1"]);
         Assert.Equal(ExitCodes.Unreachable, unreachable.ExitCode);
         Assert.Contains("Cannot reach the Api", unreachable.Err, StringComparison.Ordinal);
