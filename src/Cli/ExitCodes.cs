@@ -30,7 +30,7 @@ public static class ExitCodes
     public const int UnexpectedAnswer = 6;
 
     /// <summary>
-    /// The operation is still running: shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
+    /// The operation is still running: started with <c>--no-wait</c>, shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
     /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
     /// </summary>
     public const int StillRunning = 7;

@@ -172,6 +172,21 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(exitCode, run.ExitCode);
     }
 
+    /// <summary>An Api that answers a move with an operation already over: --no-wait reports how it ended.</summary>
+    [Fact]
+    public async Task Without_waiting_an_operation_the_answer_shows_finished_exits_as_it_ended()
+    {
+        using var api = new Canned(request => request.Method == HttpMethod.Post
+            ? Respond(HttpStatusCode.Accepted, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","dryRun":false}""")
+            : Respond(HttpStatusCode.OK, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}"""));
+
+        var run = await RunAsync("move q_error --no-wait", api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains("moved 3 message(s)", run.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("Follow it with", run.Err, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task A_redirect_is_not_followed_and_names_where_it_points()
     {

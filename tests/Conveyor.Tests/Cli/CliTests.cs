@@ -106,6 +106,31 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Move_and_purge_without_waiting_exit_with_still_running_and_say_how_to_follow()
+    {
+        for (var i = 0; i < 4; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        }
+
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--limit", "2", "--no-wait", "--json");
+        var moveId = JsonDocument.Parse(move.Out).RootElement.GetProperty("operationId").GetString();
+        Assert.Equal(ExitCodes.Ok, (await RunAsync("operation", moveId!, "--wait")).ExitCode);
+        var purge = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--confirm", ErrorQueueKit.ChargeErrors, "--no-wait");
+
+        Assert.Equal(ExitCodes.StillRunning, move.ExitCode);
+        Assert.Contains($"Follow it with: conveyor operation {moveId} --wait", move.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.StillRunning, purge.ExitCode);
+        Assert.Contains("Started purge ", purge.Out, StringComparison.Ordinal);
+        Assert.Contains("Follow it with: conveyor operation ", purge.Err, StringComparison.Ordinal);
+        // It goes on without the CLI.
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--state", "running", "--json")).Out).RootElement.GetArrayLength()));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(2u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Fact]
     public async Task A_move_whose_original_queue_does_not_exist_moves_nothing_and_exits_with_failures()
     {
         // Consumed from a queue that has since been deleted: every copy comes back unroutable.
