@@ -103,6 +103,10 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
 
         var operations = await RunAsync("operations", "--json");
         Assert.Equal(2, JsonDocument.Parse(operations.Out).RootElement.GetArrayLength());
+
+        var usDate = await RunAsync("audit", "--since", "12/01/2026");
+        Assert.Equal(ExitCodes.Usage, usDate.ExitCode);
+        Assert.Contains("since: Must be an ISO 8601 date and time", usDate.Err, StringComparison.Ordinal);
     }
 
     [Fact]
