@@ -29,6 +29,9 @@ public static class CliApp
             config.SetApplicationName("conveyor");
             config.ConfigureConsole(output);
             config.PropagateExceptions();
+            // An unknown or misspelt option is a usage error, never dropped: `purge --mesage-id x` would
+            // otherwise purge the whole queue, and `move --dryrun` would really move.
+            config.UseStrictParsing();
             config.AddCommand<QueuesCommand>("queues").WithData(cli)
                 .WithDescription("List every _error and _skipped queue with its depth.");
             config.AddCommand<MessagesCommand>("messages").WithData(cli)

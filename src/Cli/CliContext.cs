@@ -40,6 +40,15 @@ public sealed class CliContext(
             throw new CliFailureException(ExitCodes.Auth, $"Set {ApiKeyVariable} to an API key with the admin scope.");
         }
 
+        // Such a key cannot go into a header: without this, the request fails as if the Api could not be
+        // reached or had given a strange answer. The key itself is not shown.
+        if (key.Any(c => char.IsControl(c) || !char.IsAscii(c)))
+        {
+            throw new CliFailureException(ExitCodes.Auth,
+                $"{ApiKeyVariable} is malformed: it holds control characters (such as the line break at the end of a file it was read from) "
+                + "or non-ASCII characters, which no API key has.");
+        }
+
         // Paths are relative ("api/..."), so an Api behind a path prefix works too.
         var root = baseAddress.AbsoluteUri.EndsWith('/') ? baseAddress : new Uri(baseAddress.AbsoluteUri + "/");
         return new ConveyorClient(root, key, handler);

@@ -69,7 +69,8 @@ public sealed class ConveyorClient : IDisposable
             using (response)
             {
                 var body = await ReadBodyAsync(response.Content, cancellationToken);
-                return new Answer(response.StatusCode, Parse(body), response.Headers.RetryAfter?.Delta, response.Headers.Location);
+                return new Answer(
+                    response.StatusCode, Parse(body), response.Headers.RetryAfter?.Delta, response.Headers.Location, response.Content.Headers.ContentType?.MediaType);
             }
         }
     }
@@ -115,20 +116,33 @@ public sealed class ConveyorClient : IDisposable
     private static CliFailureException TooLarge() =>
         Answers.Unexpected($"an answer larger than {MaxAnswerBytes / (1024 * 1024)} MiB");
 
-    /// <summary>An answer of the Api: its status, its JSON (or its text as a JSON string), its Retry-After and its Location.</summary>
-    public readonly record struct Answer(HttpStatusCode Status, JsonElement Body, TimeSpan? RetryAfter, Uri? Location = null)
+    /// <summary>An answer of the Api: its status, its JSON (or its text as a JSON string), its Retry-After, its Location and its media type.</summary>
+    public readonly record struct Answer(HttpStatusCode Status, JsonElement Body, TimeSpan? RetryAfter, Uri? Location = null, string? MediaType = null)
     {
         public bool IsSuccess => (int)Status is >= 200 and <= 299;
 
-        /// <summary>The failure this answer is, with the matching exit code and the problem's words.</summary>
+        /// <summary>
+        /// The failure this answer is, with the matching exit code and the problem's words. The Api answers every
+        /// error with a problem document (401 and 403 included, and 404 for a path it does not know), so an error
+        /// without one comes from another server at that address and its status says nothing of the Api: a web
+        /// server's HTML 404 is no missing queue. A 502, 503 or 504 without one is a gateway in front of the Api
+        /// saying that it cannot reach it.
+        /// </summary>
         /// <param name="describeField">Rewrites a field name of a 400's errors, such as a batch's <c>jobs[3]</c>.</param>
         public CliFailureException Failure(Func<string, string>? describeField = null) =>
             IsRedirect(Status)
                 ? Answers.Unexpected(
                     $"a redirect ({(int)Status}) to {Location?.OriginalString ?? "(no Location)"}, which is not followed; "
                     + "if the Api has moved, use its new address")
-                : new(ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
+                : !IsProblem && ExitCodeFor(Status) != ExitCodes.Unreachable
+                    ? Answers.Unexpected($"{(int)Status} with {(MediaType is null ? "no body type" : $"a {MediaType} body")}, not the problem document the Api answers errors with")
+                    : new(ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
+
+        private bool IsProblem =>
+            string.Equals(MediaType, ProblemMediaType, StringComparison.OrdinalIgnoreCase) && Body.ValueKind == JsonValueKind.Object;
     }
+
+    private const string ProblemMediaType = "application/problem+json";
 
     private static bool IsRedirect(HttpStatusCode status) => (int)status is >= 300 and <= 399;
 

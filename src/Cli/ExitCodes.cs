@@ -12,24 +12,25 @@ public static class ExitCodes
     /// <summary>The command line or the request was wrong (unknown option, missing argument, 400, 413, 415).</summary>
     public const int Usage = 2;
 
-    /// <summary>No API key, an unknown key (401) or a key without the needed scope (403).</summary>
+    /// <summary>No API key or a malformed one (control or non-ASCII characters), an unknown key (401) or a key without the needed scope (403).</summary>
     public const int Auth = 3;
 
     /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>
     public const int NotFoundOrConflict = 4;
 
-    /// <summary>The Api could not be reached, timed out, or answered 502/503/504.</summary>
+    /// <summary>The Api could not be reached, timed out, or answered 502/503/504 (it or a gateway in front of it).</summary>
     public const int Unreachable = 5;
 
     /// <summary>
     /// The answer is not one a Conveyor Api gives (a proxy's HTML page, another service at that URL,
-    /// an Api of another version, a redirect, which is never followed, or an answer larger than
+    /// an Api of another version, an error other than 502/503/504 that is not a problem document,
+    /// a redirect, which is never followed, or an answer larger than
     /// <see cref="ConveyorClient.MaxAnswerBytes"/>): nothing in it could be shown.
     /// </summary>
     public const int UnexpectedAnswer = 6;
 
     /// <summary>
-    /// The operation is still running: shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
+    /// The operation is still running: started with <c>--no-wait</c>, shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
     /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
     /// </summary>
     public const int StillRunning = 7;

@@ -1,5 +1,5 @@
-using System.Globalization;
 using System.Text.Json;
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 
 namespace Conveyor.Api.ErrorQueues;
@@ -186,14 +186,12 @@ internal static class OperationRequestParser
     /// <summary>The instant in UTC, as the audit shows every other time; compared with the faults' times by instant either way.</summary>
     private static DateTimeOffset? Time(JsonElement json, string field, FieldErrors errors)
     {
-        if (json.ValueKind == JsonValueKind.String
-            && DateTimeOffset.TryParse(json.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var time)
-            && json.GetString()!.Contains('T', StringComparison.Ordinal))
+        if (json.ValueKind == JsonValueKind.String && IsoTimes.TryParse(json.GetString(), out var time))
         {
             return time;
         }
 
-        errors.Add(field, "Must be an ISO 8601 date and time, such as 2026-11-28T06:25:00Z.");
+        errors.Add(field, IsoTimes.Expected);
         return null;
     }
 }

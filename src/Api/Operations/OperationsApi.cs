@@ -1,4 +1,3 @@
-using System.Globalization;
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 using Conveyor.Api.Security;
@@ -101,14 +100,14 @@ internal static class OperationsApi
         DateTimeOffset? from = null;
         if (since is not null)
         {
-            // In UTC: Npgsql throws on a DateTimeOffset parameter with any other offset (a 500 for the client).
-            if (DateTimeOffset.TryParse(since, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var parsed))
+            // As a move's filter reads its times: never a culture's format, such as 12/01/2026.
+            if (IsoTimes.TryParse(since, out var parsed))
             {
                 from = parsed;
             }
             else
             {
-                errors["since"] = ["Must be an ISO 8601 date and time."];
+                errors["since"] = [IsoTimes.Expected];
             }
         }
 

@@ -122,16 +122,24 @@ internal static class Operations
         var id = accepted.GetProperty("operationId").GetGuid();
         if (settings.NoWait)
         {
+            if (ConveyorClient.Text(accepted, "state") is { } state && state != Running)
+            {
+                // Already over: its outcome, as for an operation that was waited for.
+                return Report(cli, await client.GetAsync($"api/operations/{id}", cancellationToken), settings.Json);
+            }
+
             if (settings.Json)
             {
                 cli.RawOut.WriteLine(JsonSerializer.Serialize(accepted, Indented));
             }
             else
             {
-                cli.Out.MarkupLine($"Started {kind} [bold]{id}[/]. Follow it with: conveyor operation {id} --wait");
+                cli.Out.MarkupLine($"Started {kind} [bold]{id}[/].");
             }
 
-            return ExitCodes.Ok;
+            // Not "done" (0): a script must not take a started move for a finished one.
+            cli.Err.MarkupLine($"It is running. Follow it with: conveyor operation {id} --wait");
+            return ExitCodes.StillRunning;
         }
 
         var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);

@@ -76,7 +76,7 @@ public class FilterSettings : QueueSettings
     public bool DryRun { get; set; }
 
     [CommandOption("--no-wait")]
-    [Description("Print the operation id and return without waiting for the end.")]
+    [Description("Print the operation id and return without waiting for the end (exit code 7: still running).")]
     public bool NoWait { get; set; }
 
     [CommandOption("--timeout <SECONDS>")]

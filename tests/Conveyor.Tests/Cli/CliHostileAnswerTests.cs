@@ -133,6 +133,60 @@ public sealed class CliHostileAnswerTests
         Assert.Equal("", run.Out);
     }
 
+    /// <summary>
+    /// The Api answers every error with a problem document; another server's error (a web server's page, the
+    /// RabbitMQ management port's 406) says nothing of the Api, whatever its status.
+    /// </summary>
+    [Theory]
+    [InlineData("queues", 404, "text/html", "<html><body>Not Found</body></html>")]
+    [InlineData("messages q_error", 406, "application/json", """{"error":"not_acceptable","reason":"Not Acceptable"}""")]
+    [InlineData("queues", 401, "text/html", "<html><body>Sign in</body></html>")]
+    [InlineData("move q_error --dry-run", 409, "text/plain", "Conflict")]
+    [InlineData("queues", 500, "text/html", "<html><body>Internal Server Error</body></html>")]
+    [InlineData("queues", 404, "application/problem+json", "[1]")]
+    public async Task An_error_that_is_not_a_problem_document_ends_with_exit_code_6_whatever_its_status(
+        string command, int status, string mediaType, string body)
+    {
+        using var api = new Canned(_ => Respond((HttpStatusCode)status, body, mediaType));
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.UnexpectedAnswer, run.ExitCode);
+        Assert.Contains($"the answer is not one a Conveyor Api gives ({status} with a {mediaType} body", run.Err, StringComparison.Ordinal);
+        Assert.Contains(CliContext.ApiUrlVariable, run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
+    [Theory]
+    [InlineData(404, "application/problem+json", """{"title":"Queue not found"}""", ExitCodes.NotFoundOrConflict)]
+    [InlineData(401, "application/problem+json", """{"title":"Unauthorized"}""", ExitCodes.Auth)]
+    // A gateway in front of the Api that cannot reach it says so in its own words.
+    [InlineData(502, "text/html", "<html><body>Bad Gateway</body></html>", ExitCodes.Unreachable)]
+    [InlineData(504, "text/plain", "Gateway Timeout", ExitCodes.Unreachable)]
+    public async Task A_problem_document_and_a_gateways_page_keep_the_exit_code_of_their_status(int status, string mediaType, string body, int exitCode)
+    {
+        using var api = new Canned(_ => Respond((HttpStatusCode)status, body, mediaType));
+
+        var run = await RunAsync("queues", api);
+
+        Assert.Equal(exitCode, run.ExitCode);
+    }
+
+    /// <summary>An Api that answers a move with an operation already over: --no-wait reports how it ended.</summary>
+    [Fact]
+    public async Task Without_waiting_an_operation_the_answer_shows_finished_exits_as_it_ended()
+    {
+        using var api = new Canned(request => request.Method == HttpMethod.Post
+            ? Respond(HttpStatusCode.Accepted, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","dryRun":false}""")
+            : Respond(HttpStatusCode.OK, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}"""));
+
+        var run = await RunAsync("move q_error --no-wait", api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains("moved 3 message(s)", run.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("Follow it with", run.Err, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task A_redirect_is_not_followed_and_names_where_it_points()
     {
@@ -165,8 +219,12 @@ public sealed class CliHostileAnswerTests
     /// <summary>A string as it goes inside a JSON string literal.</summary>
     private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
 
+    /// <summary>HTML, or JSON as the Api sends it: an error as a problem document.</summary>
     private static HttpResponseMessage Respond(HttpStatusCode status, string body) =>
-        new(status) { Content = new StringContent(body, Encoding.UTF8, body.StartsWith('<') ? "text/html" : "application/json") };
+        Respond(status, body, body.StartsWith('<') ? "text/html" : (int)status >= 400 ? "application/problem+json" : "application/json");
+
+    private static HttpResponseMessage Respond(HttpStatusCode status, string body, string mediaType) =>
+        new(status) { Content = new StringContent(body, Encoding.UTF8, mediaType) };
 
     private static async Task<CliRun> RunAsync(string command, HttpMessageHandler? handler)
     {

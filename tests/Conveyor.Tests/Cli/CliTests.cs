@@ -103,6 +103,35 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
 
         var operations = await RunAsync("operations", "--json");
         Assert.Equal(2, JsonDocument.Parse(operations.Out).RootElement.GetArrayLength());
+
+        var usDate = await RunAsync("audit", "--since", "12/01/2026");
+        Assert.Equal(ExitCodes.Usage, usDate.ExitCode);
+        Assert.Contains("since: Must be an ISO 8601 date and time", usDate.Err, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Move_and_purge_without_waiting_exit_with_still_running_and_say_how_to_follow()
+    {
+        for (var i = 0; i < 4; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        }
+
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--limit", "2", "--no-wait", "--json");
+        var moveId = JsonDocument.Parse(move.Out).RootElement.GetProperty("operationId").GetString();
+        Assert.Equal(ExitCodes.Ok, (await RunAsync("operation", moveId!, "--wait")).ExitCode);
+        var purge = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--confirm", ErrorQueueKit.ChargeErrors, "--no-wait");
+
+        Assert.Equal(ExitCodes.StillRunning, move.ExitCode);
+        Assert.Contains($"Follow it with: conveyor operation {moveId} --wait", move.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.StillRunning, purge.ExitCode);
+        Assert.Contains("Started purge ", purge.Out, StringComparison.Ordinal);
+        Assert.Contains("Follow it with: conveyor operation ", purge.Err, StringComparison.Ordinal);
+        // It goes on without the CLI.
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--state", "running", "--json")).Out).RootElement.GetArrayLength()));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(2u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
@@ -163,6 +192,30 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Ok, purged.ExitCode);
         Assert.Contains("purged 3 message(s)", purged.Out, StringComparison.Ordinal);
         Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    [Fact]
+    public async Task A_misspelt_option_or_an_extra_argument_is_a_usage_error_and_changes_nothing()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            await _broker.DeadLetterChargeAsync(Declined, "declined");
+        }
+
+        // Dropping the misspelt filter would purge the whole queue; dropping --dryrun would really move.
+        var purge = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--confirm", ErrorQueueKit.ChargeErrors, "--mesage-id", "x");
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--dryrun");
+        var queues = await RunAsync("queues", "--bogus");
+        var extra = await RunAsync("queues", "extra");
+
+        Assert.Equal((ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage), (purge.ExitCode, move.ExitCode, queues.ExitCode, extra.ExitCode));
+        Assert.Contains("mesage-id", purge.Err, StringComparison.Ordinal);
+        Assert.Contains("dryrun", move.Err, StringComparison.Ordinal);
+        Assert.Equal("", queues.Out);
+        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        // No request was sent: the Api has no operation to show.
+        Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
     }
 
     [Fact]
@@ -345,9 +398,27 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: "not-a-configured-key-000000000000")).ExitCode);
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: ErrorQueueKit.ReaderKey)).ExitCode);
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: null)).ExitCode);
+        // The Api's 404 for a path it does not know is a problem document too, so not taken for another server's page.
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("queues", "--api", new Uri(_api.BaseAddress, "no-such-prefix/").ToString())).ExitCode);
         var unreachable = await RunAsync(["queues", "--api", "http://127.0.0.1:1"]);
         Assert.Equal(ExitCodes.Unreachable, unreachable.ExitCode);
         Assert.Contains("Cannot reach the Api", unreachable.Err, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("\n")]
+    [InlineData("\r\n")]
+    [InlineData("é")]
+    public async Task A_malformed_api_key_is_an_auth_error_that_does_not_show_the_key(string added)
+    {
+        var key = ErrorQueueKit.AdminKey + added;
+
+        var run = await RunAsync(["queues"], key);
+
+        Assert.Equal(ExitCodes.Auth, run.ExitCode);
+        Assert.Contains($"{CliContext.ApiKeyVariable} is malformed", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain(ErrorQueueKit.AdminKey, run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
     }
 
     /// <summary>Another server at the Api's address (a proxy's sign-in page, some other service): a message and its own exit code, no crash.</summary>

@@ -73,6 +73,19 @@ public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetim
         Assert.Equal((after, TimeSpan.Zero), (recordedAfter, recordedAfter.Offset));
     }
 
+    /// <summary>Read as a move's filter reads its times: 12/01/2026 is not taken for the 1st of December (or the 12th of January).</summary>
+    [Theory]
+    [InlineData("12/01/2026")]
+    [InlineData("12/01/2026 06:00:00")]
+    [InlineData("2026-12-01")]
+    [InlineData("yesterday")]
+    public async Task Audit_since_that_is_not_an_iso_8601_date_and_time_is_a_400_naming_it(string since)
+    {
+        using var response = await _admin.GetAsync(new Uri($"/api/audit?since={Uri.EscapeDataString(since)}", UriKind.Relative));
+
+        Assert.Equal(["since"], await response.ErrorFieldsAsync());
+    }
+
     [Theory]
     [InlineData("/api/operations?queue=charge-payment_error&queue=deliver-webhook_error", "queue")]
     [InlineData("/api/operations?queue=charge-payment_error&Queue=charge-payment_error", "queue")]
