@@ -131,12 +131,19 @@ public sealed class ConveyorFixture : IAsyncLifetime
     /// </summary>
     public async Task<RunningApp> StartWorkerAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
     {
+        // No signing secret ships with the worker; a test that gives none gets the tests' own.
+        var settings = new Dictionary<string, string?> { ["Webhooks:SigningSecret"] = WorkerSettings.SigningSecret };
+        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
+        {
+            settings[key] = value;
+        }
+
         var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args, builder =>
         {
             builder.Services.AddSingleton<InFlightMessages>();
             builder.Services.AddReceiveObserver(services => services.GetRequiredService<InFlightMessages>());
             configure?.Invoke(builder);
-        }), Merge(overrides));
+        }), Merge(settings));
         try
         {
             await worker.WaitUntilReadyAsync();
