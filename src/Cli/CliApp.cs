@@ -80,7 +80,8 @@ public static class CliApp
         }
         catch (CommandAppException exception)
         {
-            await stderr.WriteLineAsync($"conveyor: {Printable.Text(exception.Message, keepLineBreaks: true)}");
+            var message = UnconvertibleValue(exception.Message, args) ?? exception.Message;
+            await stderr.WriteLineAsync($"conveyor: {Printable.Text(message, keepLineBreaks: true)}");
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
         }
@@ -91,6 +92,37 @@ public static class CliApp
             await stderr.WriteLineAsync($"conveyor: {Printable.Text(unexpected.Message, keepLineBreaks: true)}");
             return unexpected.ExitCode;
         }
+    }
+
+    /// <summary>
+    /// Spectre's words for an option value of the wrong kind name a .NET type ("Failed to convert 'x' to
+    /// Nullable`1"): said instead with the option the value was given to, as the command line has it.
+    /// Null for any other message.
+    /// </summary>
+    internal static string? UnconvertibleValue(string message, IReadOnlyList<string> args)
+    {
+        const string Prefix = "Failed to convert '";
+        var end = message.LastIndexOf("' to ", StringComparison.Ordinal);
+        if (!message.StartsWith(Prefix, StringComparison.Ordinal) || end < Prefix.Length)
+        {
+            return null;
+        }
+
+        var value = message[Prefix.Length..end];
+        string? option = null;
+        for (var i = 0; i < args.Count && option is null; i++)
+        {
+            if (args[i] == value && i > 0 && args[i - 1].StartsWith('-'))
+            {
+                option = args[i - 1];
+            }
+            else if (args[i].StartsWith("--", StringComparison.Ordinal) && args[i].EndsWith($"={value}", StringComparison.Ordinal))
+            {
+                option = args[i][..args[i].IndexOf('=', StringComparison.Ordinal)];
+            }
+        }
+
+        return $"'{value}' is not a valid value for {option ?? "an option"} (a number out of range, or not the kind of value it takes: see --help).";
     }
 
     /// <summary>What reading a JSON answer of the wrong shape throws: a missing property, a value of another kind, an unparsable id or time.</summary>

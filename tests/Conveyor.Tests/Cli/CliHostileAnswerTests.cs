@@ -58,6 +58,28 @@ public sealed class CliHostileAnswerTests
         Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m\u202Egpj.exe", printed, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("messages q_error --limit 99999999999", "'99999999999' is not a valid value for --limit")]
+    [InlineData("move q_error --job-id nope", "'nope' is not a valid value for --job-id")]
+    [InlineData("move q_error --timeout=soon", "'soon' is not a valid value for --timeout")]
+    public async Task An_option_value_of_the_wrong_kind_is_a_usage_error_naming_the_option_not_a_dotnet_type(string command, string said)
+    {
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            return Respond(HttpStatusCode.OK, "[]");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains(said, run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("Nullable", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("Guid", run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, requests);
+    }
+
     [Fact]
     public async Task Json_output_escapes_control_characters_and_keeps_the_text()
     {
