@@ -22,9 +22,10 @@ internal static class SecurityHeaders
             headers.XContentTypeOptions = "nosniff";
             headers.XFrameOptions = "DENY";
             headers["Referrer-Policy"] = "no-referrer";
-            if (dashboard)
+            if (dashboard || context.Request.Path.StartsWithSegments("/api", StringComparison.OrdinalIgnoreCase))
             {
-                // Pages and data show queue contents: never keep them in a shared or back-button cache.
+                // Pages and data show queue contents (message bodies, fault texts) and jobs: never keep them in a
+                // shared or back-button cache, whether the dashboard fetched them or a browser opened the URL.
                 headers.CacheControl = "no-store";
             }
 

@@ -163,6 +163,20 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(expected, response.StatusCode);
     }
 
+    [Theory]
+    [InlineData("/api/error-queues")]
+    [InlineData("/api/jobs")]
+    [InlineData("/api/audit")]
+    public async Task Answers_with_queue_contents_or_jobs_are_never_cached(string path)
+    {
+        using var admin = Client(TestKeys.Admin);
+
+        using var response = await admin.GetAsync(new Uri(path, UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(response.Headers.CacheControl?.NoStore, $"{path}: Cache-Control {response.Headers.CacheControl}");
+    }
+
     [Fact]
     public async Task Problem_answers_carry_no_stack_trace_and_every_answer_forbids_sniffing_and_framing()
     {

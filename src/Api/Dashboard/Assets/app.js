@@ -211,6 +211,7 @@
     const purgeAll = el("button", { type: "button", id: "purge-all", class: "danger", text: "Purge all" });
     const reload = el("button", { type: "button", id: "reload", text: "Reload messages" });
     const inspectNote = el("span", { class: "muted" });
+    const selectionNote = el("span", { class: "muted", id: "selection-note" });
 
     view().replaceChildren(
       el("section", { class: "card" },
@@ -225,19 +226,25 @@
           el("th", { text: "Last seen" }), el("th", { text: "" }))), groupsBody)),
       el("div", { class: "split" },
         el("section", { class: "card" },
-          el("div", { class: "row" }, el("h2", { class: "grow", text: "Messages" }), moveSelected, purgeSelected, moveAll, purgeAll),
+          el("div", { class: "row" }, el("h2", { class: "grow", text: "Messages" }), selectionNote, moveSelected, purgeSelected, moveAll, purgeAll),
           el("table", { id: "messages" }, el("thead", {}, el("tr", {},
             el("th", {}, selectAll), el("th", { text: "Message id" }), el("th", { text: "Type" }),
             el("th", { text: "Exception" }), el("th", { text: "Faulted" }))), messagesBody)),
         el("section", { class: "card" }, el("h2", { text: "Message" }), detail)));
 
+    // Selection is by message id, the only thing a move or purge can name; several shown messages may share one
+    // (duplicate publishes, redeliveries, a producer's own ids). They are selected together, the counts are
+    // messages, and an action on them carries a limit of that many: the walk goes from the head of the queue,
+    // so it acts on exactly the messages shown and never on a later one with the same id.
+    const selectedShown = () => state.messages.filter((m) => m.messageId && state.selected.has(m.messageId)).length;
     const updateButtons = () => {
-      const n = state.selected.size;
+      const n = selectedShown();
       moveSelected.disabled = n === 0;
       purgeSelected.disabled = n === 0;
       moveSelected.textContent = n ? "Move selected (" + n + ")" : "Move selected";
       purgeSelected.textContent = n ? "Purge selected (" + n + ")" : "Purge selected";
       selectAll.checked = n > 0 && n === state.messages.filter((m) => m.messageId).length;
+      selectionNote.textContent = n > state.selected.size ? "Messages that share a message id are selected together." : "";
     };
 
     const showDetail = (m) => {
@@ -270,7 +277,13 @@
         box.addEventListener("click", (e) => {
           e.stopPropagation();
           if (box.checked) state.selected.add(m.messageId); else state.selected.delete(m.messageId);
-          row.classList.toggle("selected", box.checked);
+          // Every shown message with this id follows.
+          messagesBody.querySelectorAll("tr[data-message-id]").forEach((other) => {
+            if (other.getAttribute("data-message-id") !== m.messageId) return;
+            other.classList.toggle("selected", box.checked);
+            const otherBox = other.querySelector("input[type=checkbox]");
+            if (otherBox) otherBox.checked = box.checked;
+          });
           updateButtons();
         });
         row.addEventListener("click", () => showDetail(m));
@@ -316,7 +329,7 @@
       }
     };
 
-    async function start(kind, filter, what) {
+    async function start(kind, filter, what, limit) {
       const move = kind === "move";
       const ok = await confirmDialog(
         (move ? "Move " : "Purge ") + what,
@@ -325,6 +338,7 @@
         { danger: !move, typeToConfirm: move ? null : queue, confirmLabel: move ? "Move" : "Purge" });
       if (!ok) return;
       const body = filter ? { filter } : {};
+      if (limit) body.limit = limit;
       if (!move) body.confirm = queue;
       try {
         const accepted = await api("POST", "/api/error-queues/" + encodeURIComponent(queue) + "/" + kind, body);
@@ -359,8 +373,12 @@
       state.selected = selectAll.checked ? new Set(state.messages.map((m) => m.messageId).filter(Boolean)) : new Set();
       renderMessages();
     });
-    moveSelected.addEventListener("click", () => start("move", { messageIds: [...state.selected] }, state.selected.size + " selected message(s)"));
-    purgeSelected.addEventListener("click", () => start("purge", { messageIds: [...state.selected] }, state.selected.size + " selected message(s)"));
+    const startSelected = (kind) => {
+      const n = selectedShown();
+      start(kind, { messageIds: [...state.selected] }, n + " selected message(s)", n);
+    };
+    moveSelected.addEventListener("click", () => startSelected("move"));
+    purgeSelected.addEventListener("click", () => startSelected("purge"));
     moveAll.addEventListener("click", () => start("move", null, "every message in " + queue));
     purgeAll.addEventListener("click", () => start("purge", null, "every message in " + queue));
     reload.addEventListener("click", () => inspect().catch((e) => showBanner(e.message)));

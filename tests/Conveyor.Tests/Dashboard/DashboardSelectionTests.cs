@@ -1,0 +1,87 @@
+using Conveyor.Tests.ErrorQueues;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.Playwright;
+using static Microsoft.Playwright.Assertions;
+
+namespace Conveyor.Tests.Dashboard;
+
+/// <summary>
+/// A move or purge can name messages only by their ids, and an error queue may hold several messages
+/// with one id (duplicate publishes, redeliveries, or a hostile producer's choice). What an operator
+/// selects in the browser, and what the dialog counts, is what is acted on: the shown messages with
+/// that id, together, and never one further down the queue the operator has not seen.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class DashboardSelectionTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string SharedId = "shared-id-0001";
+    private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };
+
+    private RunningApp _api = null!;
+    private IPlaywright _playwright = null!;
+    private IBrowser _browser = null!;
+
+    public async Task InitializeAsync()
+    {
+        (_playwright, _browser) = await Chromium.LaunchAsync();
+        await fixture.ResetAsync();
+        await ErrorQueueKit.ClearOperationsAsync(fixture);
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _browser.DisposeAsync();
+        _playwright.Dispose();
+        await _api.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Purging_a_selected_message_whose_id_others_share_purges_the_shown_ones_counted_and_no_later_one()
+    {
+        // Shown (the page shows the first 50): the shared id 1st and 3rd. Not shown: the shared id again, 55th.
+        await using var broker = await TestBroker.ConnectAsync(fixture);
+        await broker.DeclareAsync(ErrorQueueKit.ChargeErrors);
+        await broker.DeadLetterChargeAsync("System.TimeoutException", "first", messageId: SharedId);
+        await broker.DeadLetterChargeAsync("System.TimeoutException", "second");
+        await broker.DeadLetterChargeAsync("System.TimeoutException", "third", messageId: SharedId);
+        for (var i = 0; i < 51; i++)
+        {
+            await broker.DeadLetterChargeAsync("System.TimeoutException", $"filler {i}");
+        }
+
+        await broker.DeadLetterChargeAsync("System.TimeoutException", "unseen", messageId: SharedId);
+        Assert.Equal(55u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+
+        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        var page = await context.NewPageAsync();
+        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
+        await page.FillAsync("#apiKey", ErrorQueueKit.AdminKey);
+        await page.ClickAsync("#sign-in");
+        await Expect(page.Locator("#who-name")).ToHaveTextAsync(ErrorQueueKit.AdminName, Patiently);
+        await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/error-queues/{ErrorQueueKit.ChargeErrors}").ToString());
+        var shared = page.Locator($"#messages tr[data-message-id='{SharedId}']");
+        await Expect(shared).ToHaveCountAsync(2, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
+
+        // Ticking one ticks both, and the count is of messages.
+        await shared.First.Locator("input[type=checkbox]").ClickAsync();
+        await Expect(shared.Nth(1).Locator("input[type=checkbox]")).ToBeCheckedAsync();
+        await Expect(page.Locator("#purge-selected")).ToHaveTextAsync("Purge selected (2)");
+        await Expect(page.Locator("#selection-note")).ToContainTextAsync("selected together");
+
+        await page.ClickAsync("#purge-selected");
+        await Expect(page.Locator("#dialog")).ToContainTextAsync("2 selected message(s)");
+        await page.FillAsync("#dialog-input", ErrorQueueKit.ChargeErrors);
+        await page.ClickAsync("#dialog-confirm");
+        await Expect(page.Locator("#operation-state")).ToHaveTextAsync("succeeded", Patiently);
+        await Expect(page.Locator("#operation-numbers")).ToContainTextAsync("purged 2");
+
+        // The unseen one is still there, and nothing else went.
+        var ids = await broker.IdsAsync(ErrorQueueKit.ChargeErrors);
+        Assert.Equal(53, ids.Count);
+        Assert.Equal(1, ids.Count(id => id == SharedId));
+        Assert.Equal(SharedId, ids[^1]);
+        Assert.Equal(53u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        await Expect(page.Locator("#queue-depth")).ToHaveTextAsync("53", Patiently);
+    }
+}
