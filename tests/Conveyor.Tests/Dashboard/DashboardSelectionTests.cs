@@ -76,12 +76,16 @@ public sealed class DashboardSelectionTests(ConveyorFixture fixture) : IAsyncLif
         await Expect(page.Locator("#operation-state")).ToHaveTextAsync("succeeded", Patiently);
         await Expect(page.Locator("#operation-numbers")).ToContainTextAsync("purged 2");
 
-        // The unseen one is still there, and nothing else went.
-        var ids = await broker.IdsAsync(ErrorQueueKit.ChargeErrors);
-        Assert.Equal(53, ids.Count);
-        Assert.Equal(1, ids.Count(id => id == SharedId));
-        Assert.Equal(SharedId, ids[^1]);
-        Assert.Equal(53u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        // The unseen one is still there, and nothing else went. The page inspects the queue again after the
+        // operation, holding its messages for a moment: the queue is read once that is over.
         await Expect(page.Locator("#queue-depth")).ToHaveTextAsync("53", Patiently);
+        await page.CloseAsync();
+        await Eventually.AssertAsync(async () =>
+        {
+            var ids = await broker.IdsAsync(ErrorQueueKit.ChargeErrors);
+            Assert.Equal(53, ids.Count);
+            Assert.Equal(1, ids.Count(id => id == SharedId));
+            Assert.Equal(SharedId, ids[^1]);
+        });
     }
 }
