@@ -55,7 +55,7 @@ internal static class JobBatchParser
             }
 
             var jobErrors = new FieldErrors();
-            var request = JobRequestParser.Read(kind, element, jobErrors, now, allowPrivateWebhookHosts);
+            var request = JobRequestParser.Read(kind, element, jobErrors, now, allowPrivateWebhookHosts, deferRunAtWindow: true);
             if (request is null)
             {
                 errors.AddAll(jobErrors, path);

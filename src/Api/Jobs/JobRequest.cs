@@ -15,6 +15,12 @@ internal abstract class JobRequest(string kind, Guid businessId)
     /// <summary>When the job is to run; null = now.</summary>
     public DateTimeOffset? RunAt { get; set; }
 
+    /// <summary>
+    /// <see cref="RunAt"/> is past or too far ahead (read with <c>deferRunAtWindow</c>): only a repeat of
+    /// a request accepted while it was ahead may name it, and it gets the job it created, never a new one.
+    /// </summary>
+    public bool RunAtOutsideWindow { get; set; }
+
     public static JobRequest For<TCommand>(string kind, Guid businessId, TCommand command)
         where TCommand : class =>
         new Typed<TCommand>(kind, businessId, command);

@@ -14,6 +14,9 @@ internal static class JobRequestParser
     /// <summary>How far ahead a job may be scheduled.</summary>
     public const int MaxRunAheadDays = 365;
 
+    /// <summary>What a new job's <see cref="RunAtField"/> outside its window is told.</summary>
+    public static readonly string RunAtWindowError = $"Must be in the future and at most {MaxRunAheadDays} days ahead.";
+
     /// <summary>The field of a kind's body that holds its business id, the job's unique key within the kind.</summary>
     public static string BusinessIdField(string kind) => kind switch
     {
@@ -29,12 +32,17 @@ internal static class JobRequestParser
     /// <see cref="UnknownFields.Refuse"/> for a new submission; <see cref="UnknownFields.Ignore"/> for a
     /// body accepted earlier (a stored request), which an Api of an earlier version may have let through.
     /// </param>
+    /// <param name="deferRunAtWindow">
+    /// True for a submission: a <see cref="RunAtField"/> in the past or too far ahead is no error here but
+    /// <see cref="JobRequest.RunAtOutsideWindow"/>, for the submitter, which answers a repeat of an accepted
+    /// request with its job (its time may have passed since) and refuses a new one.
+    /// </param>
     public static JobRequest? Parse(
         string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false,
-        UnknownFields unknownFields = UnknownFields.Refuse)
+        UnknownFields unknownFields = UnknownFields.Refuse, bool deferRunAtWindow = false)
     {
         using var document = JsonBody.ParseObject(body, errors, InvalidJson);
-        return document is null ? null : Read(kind, document.RootElement, errors, now, allowPrivateWebhookHosts, unknownFields);
+        return document is null ? null : Read(kind, document.RootElement, errors, now, allowPrivateWebhookHosts, unknownFields, deferRunAtWindow);
     }
 
     /// <summary>
@@ -56,10 +64,10 @@ internal static class JobRequestParser
     /// </summary>
     public static JobRequest? Read(
         string kind, JsonElement body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts,
-        UnknownFields unknownFields = UnknownFields.Refuse)
+        UnknownFields unknownFields = UnknownFields.Refuse, bool deferRunAtWindow = false)
     {
         var fields = new JsonFields(body, errors);
-        var runAt = ReadRunAt(fields, errors, now);
+        var (runAt, outsideWindow) = ReadRunAt(fields, errors, now, deferRunAtWindow);
         var request = kind switch
         {
             JobKinds.ChargePayment => ChargePaymentRequest.Read(fields),
@@ -74,10 +82,17 @@ internal static class JobRequestParser
 
         if (request is null || fields.HasErrors)
         {
+            // Not a repeat of an accepted request either: every bad field is named at once.
+            if (outsideWindow)
+            {
+                errors.Add(RunAtField, RunAtWindowError);
+            }
+
             return null;
         }
 
         request.RunAt = runAt;
+        request.RunAtOutsideWindow = outsideWindow;
         return request;
     }
 
@@ -87,20 +102,25 @@ internal static class JobRequestParser
             ? $"The body is not valid JSON (line {line + 1}, byte {position + 1})."
             : "The body is not valid JSON; each field may appear once.";
 
-    private static DateTimeOffset? ReadRunAt(JsonFields fields, FieldErrors errors, DateTimeOffset now)
+    private static (DateTimeOffset? RunAt, bool OutsideWindow) ReadRunAt(JsonFields fields, FieldErrors errors, DateTimeOffset now, bool deferWindow)
     {
         if (fields.OptionalTimestamp(RunAtField) is not { } runAt)
         {
-            return null;
+            return (null, false);
         }
 
         if (runAt <= now || runAt > now.AddDays(MaxRunAheadDays))
         {
-            errors.Add(RunAtField, $"Must be in the future and at most {MaxRunAheadDays} days ahead.");
-            return null;
+            if (deferWindow)
+            {
+                return (runAt, true);
+            }
+
+            errors.Add(RunAtField, RunAtWindowError);
+            return (null, false);
         }
 
-        return runAt;
+        return (runAt, false);
     }
 }
 

@@ -28,6 +28,12 @@ internal enum SubmitStatus
     PublishFailed,
 
     /// <summary>
+    /// The request's <c>runAt</c> is past or too far ahead and no job was submitted before for it (same
+    /// Idempotency-Key and body, or same business id): a new job with that time is refused (400).
+    /// </summary>
+    RunAtOutsideWindow,
+
+    /// <summary>
     /// The database could not be reached for this job (a job of a batch: a single submission lets the
     /// exception answer 503). Whether its row was committed is unknown; sending it again is safe.
     /// </summary>
@@ -61,6 +67,14 @@ internal sealed class JobSubmitter(
         // the removal of an unpublished row compares with (RemoveUnpublishedAsync).
         var now = ToMicroseconds(clock.GetUtcNow());
         var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
+        if (request.RunAtOutsideWindow)
+        {
+            // A repeat of a request accepted while its time was ahead (its answer lost, say) gets its job
+            // as any repeat does; a new job is never made with a time it cannot have.
+            return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
+                ?? new SubmitResult(SubmitStatus.RunAtOutsideWindow);
+        }
+
         var job = new Job
         {
             Id = Guid.CreateVersion7(now),
@@ -253,6 +267,10 @@ internal sealed class JobSubmitter(
             .Where(j => j.Id == jobId && j.Status == JobStatus.Queued)
             .ExecuteUpdateAsync(set => set.SetProperty(j => j.UpdatedAt, now), cancellationToken);
     }
+
+    /// <summary>The job a repeat of this request would get (<see cref="SubmitStatus.Duplicate"/> or <see cref="SubmitStatus.KeyReused"/>); null when none was submitted.</summary>
+    public Task<SubmitResult?> ExistingJobAsync(JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken) =>
+        FindExistingAsync(request, idempotencyKey, Convert.ToHexStringLower(SHA256.HashData(body)), cancellationToken);
 
     private async Task<SubmitResult?> FindExistingAsync(
         JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)

@@ -39,7 +39,7 @@ internal static partial class JobsApi
 
         var errors = new FieldErrors();
         var idempotencyKey = IdempotencyKey.Read(http.Request.Headers, errors);
-        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, deferRunAtWindow: true);
         if (job is null || errors.Count > 0)
         {
             return TypedResults.ValidationProblem(errors.ToDictionary());
@@ -53,6 +53,11 @@ internal static partial class JobsApi
         }
 
         var result = await submitter.SubmitAsync(job, idempotencyKey, body, cancellationToken);
+        if (result.Status == SubmitStatus.RunAtOutsideWindow)
+        {
+            return TypedResults.ValidationProblem(new Dictionary<string, string[]> { [JobRequestParser.RunAtField] = [JobRequestParser.RunAtWindowError] });
+        }
+
         if (RefusalOf(result) is { } refusal)
         {
             if (refusal.RetryAfterSeconds is { } seconds)
@@ -88,6 +93,22 @@ internal static partial class JobsApi
         var maxJobs = Math.Min(MaxBatchJobs, rateLimiter.Burst);
         var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, maxJobs, MaxBodyBytes);
         if (items is null || errors.Count > 0)
+        {
+            rateLimiter.Spend(http);
+            return TypedResults.ValidationProblem(errors.ToDictionary());
+        }
+
+        // A job whose runAt is past or too far ahead is only a repeat of one accepted before (the same batch
+        // sent again after its time came); if any is new, the whole batch is refused as for any bad job.
+        foreach (var (item, index) in items.Select((item, index) => (item, index)).Where(x => x.item.Request.RunAtOutsideWindow))
+        {
+            if (await submitter.ExistingJobAsync(item.Request, IdempotencyKey.ForBatchJob(batchKey, index), item.Body, cancellationToken) is null)
+            {
+                errors.Add($"{JobBatchParser.JobsField}[{index}].{JobRequestParser.RunAtField}", JobRequestParser.RunAtWindowError);
+            }
+        }
+
+        if (errors.Count > 0)
         {
             rateLimiter.Spend(http);
             return TypedResults.ValidationProblem(errors.ToDictionary());
@@ -244,6 +265,9 @@ internal static partial class JobsApi
             "The database cannot be reached right now. Retry later; sending the same job again is safe.", ErrorHandling.DatabaseRetryAfterSeconds, 2),
         SubmitStatus.InFlight => new Refusal(StatusCodes.Status409Conflict, "Submission in progress",
             "Another request for the same job is being processed. Retry shortly.", 1, 1),
+        // A batch's job whose earlier submission was there when the batch was checked, and gone since.
+        SubmitStatus.RunAtOutsideWindow => new Refusal(StatusCodes.Status400BadRequest, "Invalid runAt",
+            $"{JobRequestParser.RunAtField}: {JobRequestParser.RunAtWindowError}", null, 3),
         _ => throw new UnreachableException($"Submission ended {result.Status} without a job."),
     };
 

@@ -200,6 +200,64 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_scheduled_request_sent_again_after_its_runAt_gets_its_job_and_a_new_one_with_that_time_is_refused()
+    {
+        // No worker: the jobs stay scheduled however late it gets.
+        await using var api = await fixture.StartApiAsync();
+        var runAt = DateTimeOffset.UtcNow.AddSeconds(2);
+        var single = JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt);
+        var batch = JobBatchTests.Batch([JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt), JobRequests.ChargePayment(Guid.NewGuid())]);
+        var singleKey = $"sched-{Guid.NewGuid()}";
+        var batchKey = $"sched-batch-{Guid.NewGuid()}";
+        Guid singleJob;
+        using (var first = await api.Client.PostJobAsync(JobKinds.ChargePayment, single, singleKey))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+            singleJob = (await first.Content.ReadFromJsonAsync<JobAccepted>())!.JobId;
+        }
+
+        IReadOnlyList<JobBatchResult> batchJobs;
+        using (var first = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, batch, batchKey))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+            batchJobs = (await first.Content.ReadFromJsonAsync<JobBatchAccepted>())!.Jobs;
+        }
+
+        // The client lost its answers and sends the same requests again, after their time has come.
+        await Eventually.AssertAsync(() => Assert.True(DateTimeOffset.UtcNow > runAt.AddMilliseconds(200)));
+        using (var again = await api.Client.PostJobAsync(JobKinds.ChargePayment, single, singleKey))
+        {
+            Assert.True(again.StatusCode == HttpStatusCode.Accepted, await again.Content.ReadAsStringAsync());
+            Assert.Equal(singleJob, (await again.Content.ReadFromJsonAsync<JobAccepted>())!.JobId);
+        }
+
+        using (var again = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, batch, batchKey))
+        {
+            Assert.True(again.StatusCode == HttpStatusCode.Accepted, await again.Content.ReadAsStringAsync());
+            Assert.Equal(batchJobs.Select(j => j.JobId), (await again.Content.ReadFromJsonAsync<JobBatchAccepted>())!.Jobs.Select(j => j.JobId));
+        }
+
+        // A job nobody submitted before cannot have that time, alone or in a batch.
+        using (var late = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt)))
+        {
+            await late.AssertProblemAsync(StatusCodes.Status400BadRequest);
+            Assert.Contains("runAt", await late.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+
+        var mixed = JobBatchTests.Batch([JobRequests.ChargePayment(Guid.NewGuid()), JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt)]);
+        using (var late = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, mixed))
+        {
+            await late.AssertProblemAsync(StatusCodes.Status400BadRequest);
+            Assert.Contains("jobs[1].runAt", await late.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+
+        await using var db = fixture.CreateDbContext();
+        // Two scheduled, one queued (the batch's immediate job); the refused batch left nothing.
+        Assert.Equal(3, await db.Jobs.CountAsync());
+        Assert.Equal(2, await db.ScheduledMessages.CountAsync());
+    }
+
+    [Fact]
     public async Task A_runAt_does_not_hide_errors_in_the_command_fields()
     {
         await using var api = await fixture.StartApiAsync();
