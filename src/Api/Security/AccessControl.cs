@@ -167,6 +167,16 @@ public static class AccessControl
                 var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
                 if (!await HasValidTokenAsync(antiforgery, context))
                 {
+                    if (context.Request.Path.Equals(DashboardPaths.Login, StringComparison.OrdinalIgnoreCase))
+                    {
+                        // The sign-in form again from a browser that is signed in already (a second tab, the
+                        // back button): its token was made before the sign-in. Nothing is done; the browser
+                        // goes to the dashboard it is signed in to, not to a JSON error.
+                        context.Response.StatusCode = StatusCodes.Status303SeeOther;
+                        context.Response.Headers.Location = DashboardPaths.Root + "/";
+                        return;
+                    }
+
                     await TypedResults.Problem(
                         statusCode: StatusCodes.Status400BadRequest,
                         title: "Missing or invalid anti-forgery token",

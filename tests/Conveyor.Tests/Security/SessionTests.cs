@@ -98,6 +98,31 @@ public sealed partial class SessionTests(ConveyorFixture fixture) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task The_sign_in_form_sent_again_by_a_signed_in_browser_goes_to_the_dashboard_and_changes_nothing()
+    {
+        using var browser = NewBrowser(out var cookies);
+        var form = await LoginFormTokenAsync(browser);
+        using (var first = await browser.PostAsync(new Uri("/dashboard/login", UriKind.Relative), LoginForm(TestKeys.Reader, form)))
+        {
+            Assert.Equal(HttpStatusCode.Redirect, first.StatusCode);
+        }
+
+        var session = cookies.GetCookies(_api.BaseAddress)["conveyor.session"]?.Value;
+
+        // The same form again (the back button), and with another key: no JSON error, no new session.
+        foreach (var key in new[] { TestKeys.Reader, TestKeys.Admin })
+        {
+            using var again = await browser.PostAsync(new Uri("/dashboard/login", UriKind.Relative), LoginForm(key, form));
+            Assert.Equal(HttpStatusCode.SeeOther, again.StatusCode);
+            Assert.Equal("/dashboard/", again.Headers.Location?.OriginalString);
+            Assert.False(again.Headers.Contains("Set-Cookie"));
+        }
+
+        Assert.Equal(session, cookies.GetCookies(_api.BaseAddress)["conveyor.session"]?.Value);
+        Assert.Equal(TestKeys.ReaderName, (await SessionAsync(browser)).GetProperty("name").GetString());
+    }
+
+    [Fact]
     public async Task A_wrong_key_or_a_form_without_its_token_signs_nobody_in()
     {
         using var browser = NewBrowser(out var cookies);
