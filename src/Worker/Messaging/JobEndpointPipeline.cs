@@ -48,6 +48,7 @@ public static class JobEndpointPipeline
         var logger = context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs");
 
         var rabbitMq = context.GetRequiredService<IOptions<RabbitMqOptions>>().Value;
+        var queue = endpoint.InputAddress.AbsolutePath.Split('/')[^1];
         if (endpoint is IRabbitMqReceiveEndpointConfigurator rabbit)
         {
             if (rabbitMq.QuorumQueues)
@@ -58,7 +59,6 @@ public static class JobEndpointPipeline
             }
             else if (rabbitMq.LazyQueues)
             {
-                var queue = rabbit.InputAddress.AbsolutePath.Split('/')[^1];
                 if (context.GetRequiredService<QueueModeProbe>().MayDeclareLazy(queue))
                 {
                     // Only ever true: false would declare x-queue-mode=default, which an existing queue
@@ -102,8 +102,8 @@ public static class JobEndpointPipeline
                 .SetTrackingPeriod(TimeSpan.FromSeconds(options.KillSwitchTrackingPeriodSeconds))
                 .SetRestartTimeout(TimeSpan.FromSeconds(options.KillSwitchRestartSeconds))
                 .SetExceptionFilter(filter => filter.Handle<Exception>(FailureClassifier.IsTransient));
-            var endpointKillSwitch = new StopAwareKillSwitch(killSwitchOptions, endpoint.InputAddress.AbsolutePath.Split('/')[^1],
-                logger, context.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping);
+            var endpointKillSwitch = new StopAwareKillSwitch(
+                killSwitchOptions, queue, logger, context.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping);
             endpoint.ConnectReceiveEndpointObserver(endpointKillSwitch);
             killSwitch = endpointKillSwitch;
         }

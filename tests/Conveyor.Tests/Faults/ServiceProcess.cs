@@ -73,9 +73,9 @@ public sealed class ServiceProcess : IAsyncDisposable
             start.ArgumentList.Add($"--{key}={value}");
         }
 
-        if (!settings.ContainsKey("RabbitMq:InstanceName"))
+        foreach (var argument in CallingTest.InstanceNameArgument(settings))
         {
-            start.ArgumentList.Add($"--RabbitMq:InstanceName={CallingTest.Name()}");
+            start.ArgumentList.Add(argument);
         }
 
         start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");

@@ -59,5 +59,14 @@ public static class CallingTest
         return outermost ?? "unknown test";
     }
 
+    /// <summary>
+    /// The command-line argument that names a host's broker connections after the calling test, unless
+    /// <paramref name="settings"/> name them already; for the hosts started in this process and as processes.
+    /// </summary>
+    public static IEnumerable<string> InstanceNameArgument(IReadOnlyDictionary<string, string?> settings) =>
+        settings.ContainsKey(InstanceNameSetting) ? [] : [$"--{InstanceNameSetting}={Name()}"];
+
+    private const string InstanceNameSetting = "RabbitMq:InstanceName";
+
     private static string Bound(string name) => name.Length <= MaxLength ? name : name[..MaxLength];
 }

@@ -131,19 +131,16 @@ public sealed class ConveyorFixture : IAsyncLifetime
     /// </summary>
     public async Task<RunningApp> StartWorkerAsync(IDictionary<string, string?>? overrides = null, Action<WebApplicationBuilder>? configure = null)
     {
+        var settings = Merge(overrides);
         // No signing secret ships with the worker; a test that gives none gets the tests' own.
-        var settings = new Dictionary<string, string?> { ["Webhooks:SigningSecret"] = WorkerSettings.SigningSecret };
-        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
-        {
-            settings[key] = value;
-        }
+        settings.TryAdd("Webhooks:SigningSecret", WorkerSettings.SigningSecret);
 
         var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args, builder =>
         {
             builder.Services.AddSingleton<InFlightMessages>();
             builder.Services.AddReceiveObserver(services => services.GetRequiredService<InFlightMessages>());
             configure?.Invoke(builder);
-        }), Merge(settings));
+        }), settings);
         try
         {
             await worker.WaitUntilReadyAsync();

@@ -37,7 +37,7 @@ public sealed class RunningApp : IAsyncDisposable
             .Select(s => $"--{s.Key}={s.Value}")
             .Append("--urls=http://127.0.0.1:0")
             // Its broker connections carry the test's name: one left open says whose it is.
-            .Concat(settings.ContainsKey("RabbitMq:InstanceName") ? [] : [$"--RabbitMq:InstanceName={CallingTest.Name()}"])
+            .Concat(CallingTest.InstanceNameArgument(settings))
             .ToArray();
         var app = build(args);
         try
