@@ -68,9 +68,15 @@ public sealed partial class RetentionSweeper(
         var auditBefore = now.AddHours(-settings.AuditHours);
         var batch = settings.BatchSize;
 
+        // Besides handled messages: the lease row of a long job whose worker died and whose message never
+        // came back to take it over (purged, say), once the lease has been out for the inbox's window.
+        // A message that does come back later is claimed afresh, as it would be had the row been taken
+        // over. A live lease (a job still renewing it) is never old enough.
         var inbox = await DeleteInBatchesAsync("inbox", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM inbox WHERE ctid IN (
-                SELECT ctid FROM inbox WHERE status = {InboxStatus.Done} AND received_at < {inboxBefore}
+                SELECT ctid FROM inbox
+                 WHERE received_at < {inboxBefore}
+                   AND (status = {InboxStatus.Done} OR (status = {InboxStatus.Processing} AND lease_expires_at < {inboxBefore}))
                  LIMIT {batch} FOR UPDATE SKIP LOCKED)
             """, cancellationToken), batch, cancellationToken);
         // A finished job is kept while anything could still deliver its command, so that delivery meets

@@ -28,7 +28,12 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
                 Inbox("old-done-2", old, InboxStatus.Done),
                 Inbox("old-done-3", old, InboxStatus.Done),
                 Inbox("recent-done", recent, InboxStatus.Done),
-                Inbox("old-processing", old, InboxStatus.Processing));
+                // A long job's lease, its worker killed 40 days ago and its message never back.
+                Inbox("old-processing", old, InboxStatus.Processing),
+                // A long job that started long ago and still renews its lease.
+                Inbox("old-processing-live", old, InboxStatus.Processing, leaseExpiresAt: now.AddMinutes(1)),
+                // A lease that ran out an hour ago: its message may still come back to take it over.
+                Inbox("old-processing-lapsed-lately", old, InboxStatus.Processing, leaseExpiresAt: recent));
             db.Jobs.AddRange(
                 Job("old-succeeded", JobStatus.Succeeded, old),
                 Job("old-dead", JobStatus.DeadLettered, old),
@@ -52,10 +57,10 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
 
         var swept = await sweeper.SweepAsync(now, CancellationToken.None);
 
-        Assert.Equal(3, swept.InboxRows);
+        Assert.Equal(4, swept.InboxRows);
         Assert.Equal(3, swept.Jobs);
         await using var check = fixture.CreateDbContext();
-        Assert.Equal(["old-processing", "recent-done"], await check.Inbox.Select(i => i.MessageKey).OrderBy(k => k).ToListAsync());
+        Assert.Equal(["old-processing-lapsed-lately", "old-processing-live", "recent-done"], await check.Inbox.Select(i => i.MessageKey).OrderBy(k => k).ToListAsync());
         Assert.Equal(["long-running-succeeded", "old-queued", "old-retrying", "recent-succeeded"], await check.Jobs.Select(j => j.BusinessKey).OrderBy(k => k).ToListAsync());
         Assert.Equal(new SweepResult(0, 0, 0), await sweeper.SweepAsync(now, CancellationToken.None));
     }
@@ -126,14 +131,14 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         JobId = jobId,
     };
 
-    private static InboxRecord Inbox(string key, DateTimeOffset receivedAt, string status) => new()
+    private static InboxRecord Inbox(string key, DateTimeOffset receivedAt, string status, DateTimeOffset? leaseExpiresAt = null) => new()
     {
         ConsumerId = "charge-payment",
         MessageKey = key,
         ReceivedAt = receivedAt,
         Status = status,
         LeaseOwner = status == InboxStatus.Processing ? "someone" : null,
-        LeaseExpiresAt = status == InboxStatus.Processing ? receivedAt.AddMinutes(1) : null,
+        LeaseExpiresAt = status == InboxStatus.Processing ? leaseExpiresAt ?? receivedAt.AddMinutes(1) : null,
     };
 
     private static Job Job(string key, string status, DateTimeOffset updatedAt, DateTimeOffset? createdAt = null) => new()
