@@ -446,6 +446,13 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         // here (a cancel waits for the batch); they are written once, with the outcome, by ApplyAsync.
         // A job's id is its row's; a job without a row yet takes the id its message claims unless
         // another row holds it (JobRef), else a new one.
+        // Each inserted key looks its job up on its own (LATERAL, locking inside, so the planner cannot
+        // turn it into a join): one probe of the (kind, business_key) index per key, whatever the
+        // table's statistics say. Planned as a join or an array lookup, statistics that lag behind the
+        // table (a new deployment, a kind that was rare when the table was last analysed and is now
+        // busy, a burst) made every full batch read every job of its kind: 18 ms (array) and 107 ms
+        // (join) against 2 ms for 64 keys among 10,000 such jobs. The keys go in sorted, so the row
+        // locks are taken in key order.
         var rows = await db.Database.SqlQuery<BatchClaimRow>($"""
             WITH input AS (
                 SELECT t.message_key, t.message_id, t.job_id, t.ord
@@ -457,10 +464,12 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                 RETURNING message_key),
             job_rows AS (
                 SELECT j.business_key, j.status, j.id, j.attempts
-                  FROM jobs j
-                 WHERE j.kind = {_kind} AND j.business_key IN (SELECT r.message_key FROM inbox_rows r)
-                 ORDER BY j.business_key
-                   FOR NO KEY UPDATE)
+                  FROM (SELECT r.message_key FROM inbox_rows r ORDER BY r.message_key) k
+                 CROSS JOIN LATERAL (
+                       SELECT o.business_key, o.status, o.id, o.attempts
+                         FROM jobs o
+                        WHERE o.kind = {_kind} AND o.business_key = k.message_key
+                          FOR NO KEY UPDATE) j)
             SELECT r.message_key AS "Key",
                    (j.status IS NULL OR j.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})) AS "Runnable",
                    COALESCE(j.id, (SELECT i.job_id FROM input i
