@@ -1,4 +1,5 @@
 using Conveyor.Storage;
+using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Inbox;
@@ -10,17 +11,19 @@ using Npgsql;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>
-/// A full inbox batch probes the (kind, business_key) index once per message, whatever the planner
-/// believes of the jobs table: never analysed (a new deployment, a table that grew faster than
-/// autovacuum analysed it), or analysed before the batch's kind was busy (a kind deployed since).
-/// Planned as a join against the inserted keys, or as a lookup of an array of them, such statistics
-/// made every full batch read every job of its kind. A database of the test's own, so that the
-/// table's counters count only the batch and its statistics stay as the test left them.
+/// A full inbox batch finds its job rows, and the inbox rows of its failed attempts, with one index
+/// probe per message, whatever the planner believes of the tables: never analysed (a new deployment,
+/// a table that grew faster than autovacuum analysed it), or analysed before the batch's kind was
+/// busy (a kind deployed since). Planned as a join against the batch's keys, or as a lookup of an
+/// array of them, such statistics made every full batch read every job (and every inbox row) of its
+/// kind. A database of the test's own, so that the tables' counters count only the batch and their
+/// statistics stay as the test left them.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";
+    private const string Consumer = "charge-payment";
     private const int Batch = 64;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
 
@@ -43,51 +46,60 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task A_full_batch_reads_no_other_job_of_its_kind_whatever_the_statistics_say(bool analysedBeforeTheKindWasBusy)
+    public async Task A_full_batch_reads_no_other_row_of_its_kind_whatever_the_statistics_say(bool analysedBeforeTheKindWasBusy)
     {
         await using (var db = Context())
         {
             await db.Database.MigrateAsync();
         }
 
-        await ExecuteAsync(ConnectionString, "ALTER TABLE jobs SET (autovacuum_enabled = false)");
+        await ExecuteAsync(ConnectionString, "ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false)");
         if (analysedBeforeTheKindWasBusy)
         {
-            // Statistics that know the table but not the kind: a kind deployed, or busy, since the last ANALYZE.
+            // Statistics that know the tables but not the kind: a kind deployed, or busy, since the last ANALYZE.
             await ExecuteAsync(ConnectionString, $"""
                 INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
                 SELECT gen_random_uuid(), 'deliver-webhook', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
                   FROM generate_series(1, 500);
+                INSERT INTO inbox (consumer_id, message_key, received_at, status)
+                SELECT 'deliver-webhook', gen_random_uuid()::text, now(), '{InboxStatus.Done}' FROM generate_series(1, 500);
                 ANALYZE jobs;
+                ANALYZE inbox;
                 """);
         }
 
-        // Twenty thousand jobs of other messages of the kind, none of them analysed.
+        // Twenty thousand earlier messages of the kind, with their jobs, none of them analysed.
         await ExecuteAsync(ConnectionString, $"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
-              FROM generate_series(1, 20000)
+              FROM generate_series(1, 20000);
+            INSERT INTO inbox (consumer_id, message_key, received_at, status)
+            SELECT '{Consumer}', business_key, now(), '{InboxStatus.Done}' FROM jobs WHERE kind = '{Kind}';
             """);
-        var before = await JobReadsAsync();
+        var before = await ReadsAsync();
 
-        var members = await RunOneFullBatchAsync();
+        var (succeeded, failed) = await RunOneFullBatchAsync();
 
-        var after = await JobReadsAsync();
+        var after = await ReadsAsync();
         // The batch's keys are new: each lookup misses in the index and reads no row. Reading the kind's
-        // jobs to filter them would read all 20,000, once per batch.
-        Assert.True(after.Rows - before.Rows < 1000, $"the batch read {after.Rows - before.Rows} job rows");
-        Assert.True(after.Scans > before.Scans, "the batch's job lookups were counted");
+        // rows to filter them would read all 20,000 of a table, once per batch.
+        Assert.True(after.Jobs - before.Jobs < 1000, $"the batch read {after.Jobs - before.Jobs} job rows");
+        Assert.True(after.Inbox - before.Inbox < 1000, $"the batch read {after.Inbox - before.Inbox} inbox rows");
         await using var check = Context();
-        Assert.Equal(Batch + 1, await check.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded && members.Contains(j.BusinessKey)));
+        Assert.Equal(succeeded.Count, await check.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded && succeeded.Contains(j.BusinessKey)));
+        // A failed attempt's inbox row goes, so that its message is claimed again; a handled one's stays.
+        Assert.Equal(succeeded.Order(StringComparer.Ordinal),
+            await check.Inbox.Where(i => succeeded.Contains(i.MessageKey) || failed.Contains(i.MessageKey)).Select(i => i.MessageKey).OrderBy(k => k).ToListAsync());
     }
 
     /// <summary>
     /// One message, then <see cref="Batch"/> more while its consumer runs: with one batch at a time
-    /// they wait together and go into the database as one full batch when the first ends.
+    /// they wait together and go into the database as one full batch when the first ends. Every
+    /// other message of the full batch fails.
     /// </summary>
-    private async Task<List<string>> RunOneFullBatchAsync()
+    private async Task<(List<string> Succeeded, List<string> Failed)> RunOneFullBatchAsync()
     {
-        await using var batcher = new InboxBatcher("inbox-plan-test", Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
+        await using var batcher = new InboxBatcher(Consumer, Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
             new Contexts(this), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
         var first = batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid());
         Assert.Equal(InboxClaim.Run, await first.Claimed.WaitAsync(Patience));
@@ -95,32 +107,42 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
         var full = Enumerable.Range(0, Batch).Select(_ => batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid())).ToList();
         first.RanSuccessfully([]);
         Assert.True(await first.Completed.WaitAsync(Patience));
-        foreach (var member in full)
+        var (succeeded, failed) = (new List<string> { first.MessageKey }, new List<string>());
+        for (var i = 0; i < full.Count; i++)
         {
-            Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
-            member.RanSuccessfully([]);
+            Assert.Equal(InboxClaim.Run, await full[i].Claimed.WaitAsync(Patience));
+            if (i % 2 == 0)
+            {
+                full[i].RanSuccessfully([]);
+                succeeded.Add(full[i].MessageKey);
+            }
+            else
+            {
+                full[i].RanAndFailed();
+                failed.Add(full[i].MessageKey);
+            }
         }
 
         foreach (var member in full)
         {
-            Assert.True(await member.Completed.WaitAsync(Patience));
+            await member.Completed.WaitAsync(Patience);
         }
 
-        return [first.MessageKey, .. full.Select(m => m.MessageKey)];
+        return (succeeded, failed);
     }
 
     /// <summary>
-    /// The jobs table's scans, and the rows they read (sequentially or fetched through an index), once
+    /// The rows the jobs and inbox tables' scans read (sequentially, or fetched through an index), once
     /// every other connection to the database has ended: a backend reports its counts when it exits, so
     /// these include everything done until now.
     /// </summary>
-    private async Task<(long Scans, long Rows)> JobReadsAsync()
+    private async Task<(long Jobs, long Inbox)> ReadsAsync()
     {
         NpgsqlConnection.ClearAllPools();
         await Eventually.AssertAsync(async () => Assert.Equal(0L, await ScalarAsync(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()")));
-        return (await ScalarAsync("SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'jobs'"),
-            await ScalarAsync("SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'jobs'"));
+        const string Read = "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = ";
+        return (await ScalarAsync(Read + "'jobs'"), await ScalarAsync(Read + "'inbox'"));
     }
 
     private async Task<long> ScalarAsync(string sql)
