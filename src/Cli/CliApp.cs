@@ -23,6 +23,15 @@ public static class CliApp
         var cli = new CliContext(output, errors, stdout, handler,
             name => environment is null ? Environment.GetEnvironmentVariable(name) : environment.GetValueOrDefault(name));
 
+        // Each command's settings type, by its name: which of its options take a value (MissingValue).
+        var commands = new Dictionary<string, Type>(StringComparer.Ordinal);
+        ICommandConfigurator Add<TCommand>(IConfigurator config, string name)
+            where TCommand : class, ICommand
+        {
+            commands[name] = typeof(TCommand);
+            return config.AddCommand<TCommand>(name).WithData(cli);
+        }
+
         var app = new CommandApp();
         app.Configure(config =>
         {
@@ -32,32 +41,32 @@ public static class CliApp
             // An unknown or misspelt option is a usage error, never dropped: `purge --mesage-id x` would
             // otherwise purge the whole queue, and `move --dryrun` would really move.
             config.UseStrictParsing();
-            config.AddCommand<QueuesCommand>("queues").WithData(cli)
+            Add<QueuesCommand>(config, "queues")
                 .WithDescription("List every _error and _skipped queue with its depth.");
-            config.AddCommand<MessagesCommand>("messages").WithData(cli)
+            Add<MessagesCommand>(config, "messages")
                 .WithDescription("Show the first messages of an error queue and their faults (nothing is removed).")
                 .WithExample("messages", "charge-payment_error", "--limit", "50");
-            config.AddCommand<GroupsCommand>("groups").WithData(cli)
+            Add<GroupsCommand>(config, "groups")
                 .WithDescription("Group an error queue's messages by fault (exception type and normalised message).");
-            config.AddCommand<MoveCommand>("move").WithData(cli)
+            Add<MoveCommand>(config, "move")
                 .WithDescription("Move matching messages back to their original queue (or --target), loss-free.")
                 .WithExample("move", "charge-payment_error", "--group", "3f9a0c41d2e7", "--dry-run");
-            config.AddCommand<PurgeCommand>("purge").WithData(cli)
+            Add<PurgeCommand>(config, "purge")
                 .WithDescription("Delete matching messages for good; --confirm must repeat the queue name.")
                 .WithExample("purge", "charge-payment_error", "--exception-type", "JsonException", "--confirm", "charge-payment_error");
-            config.AddCommand<OperationsCommand>("operations").WithData(cli)
+            Add<OperationsCommand>(config, "operations")
                 .WithDescription("List recent moves and purges.");
-            config.AddCommand<OperationCommand>("operation").WithData(cli)
+            Add<OperationCommand>(config, "operation")
                 .WithDescription("Show one move or purge; --wait follows it to the end.");
-            config.AddCommand<AuditCommand>("audit").WithData(cli)
+            Add<AuditCommand>(config, "audit")
                 .WithDescription("Who moved or purged what, when, from where to where.");
-            config.AddCommand<JobCommand>("job").WithData(cli)
+            Add<JobCommand>(config, "job")
                 .WithDescription("Show one job: status, attempts, last error; --wait N waits up to N seconds for it to end.")
                 .WithExample("job", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "30");
-            config.AddCommand<JobsCommand>("jobs").WithData(cli)
+            Add<JobsCommand>(config, "jobs")
                 .WithDescription("List jobs, newest first; --kind with --business-key finds the job of a paymentId, webhookId or reportId.")
                 .WithExample("jobs", "--kind", "charge-payment", "--business-key", "0b6f3f3e-5d55-4b43-9d6c-6f1f8c7e2a10");
-            config.AddCommand<SubmitCommand>("submit").WithData(cli)
+            Add<SubmitCommand>(config, "submit")
                 .WithDescription("Submit the jobs of a file or standard input (JSON lines or a JSON array) in batches; running it again submits nothing twice.")
                 .WithExample("submit", "charge-payment", "charges.jsonl", "--batch-size", "50");
         });
@@ -67,6 +76,13 @@ public static class CliApp
             if (args.Length == 0)
             {
                 await app.RunAsync(["--help"], cancellationToken);
+                return ExitCodes.Usage;
+            }
+
+            if (MissingValue(args, commands) is { } missing)
+            {
+                await stderr.WriteLineAsync($"conveyor: {missing}");
+                await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
                 return ExitCodes.Usage;
             }
 
@@ -123,6 +139,53 @@ public static class CliApp
         }
 
         return $"'{value}' is not a valid value for {option ?? "an option"} (a number out of range, or not the kind of value it takes: see --help).";
+    }
+
+    /// <summary>
+    /// An option that takes a value given none: last on the line, or followed by another option.
+    /// Spectre gives such an option a placeholder of its own ("__default_command"), which a command
+    /// would then take for the value: <c>move q_error --target</c> would name a queue
+    /// "__default_command". Null when every such option of the command has its value.
+    /// </summary>
+    internal static string? MissingValue(IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
+    {
+        if (args.Count == 0 || !commands.TryGetValue(args[0], out var command))
+        {
+            return null;
+        }
+
+        var options = ValueOptions(command);
+        for (var i = 1; i < args.Count; i++)
+        {
+            if (args[i] == "--")
+            {
+                return null;
+            }
+
+            if (options.TryGetValue(args[i], out var valueName)
+                && (i + 1 == args.Count || args[i + 1].StartsWith("--", StringComparison.Ordinal)))
+            {
+                return $"{args[i]} needs a value ({valueName}).";
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The options of a command that take a value, with the name of the value (--limit: N).</summary>
+    private static Dictionary<string, string> ValueOptions(Type command)
+    {
+        var settings = command;
+        while (settings is not null && !(settings.IsGenericType && settings.GetGenericArguments() is [var argument] && typeof(CommandSettings).IsAssignableFrom(argument)))
+        {
+            settings = settings.BaseType;
+        }
+
+        return (settings?.GetGenericArguments()[0].GetProperties() ?? [])
+            .Select(property => property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault())
+            .Where(option => option is { ValueName: not null, ValueIsOptional: false })
+            .SelectMany(option => option!.LongNames.Select(name => (Name: $"--{name}", Value: option.ValueName!)))
+            .ToDictionary(option => option.Name, option => option.Value, StringComparer.Ordinal);
     }
 
     /// <summary>What reading a JSON answer of the wrong shape throws: a missing property, a value of another kind, an unparsable id or time.</summary>

@@ -207,8 +207,17 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--dryrun");
         var queues = await RunAsync("queues", "--bogus");
         var extra = await RunAsync("queues", "extra");
+        // An option's value left out: the option is not given a placeholder for a value (a queue named
+        // "__default_command", a purge by a message id of that name).
+        var noTarget = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--target");
+        var noId = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--message-id", "--confirm", ErrorQueueKit.ChargeErrors);
+        var noApi = await RunAsync("queues", "--api");
 
         Assert.Equal((ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage), (purge.ExitCode, move.ExitCode, queues.ExitCode, extra.ExitCode));
+        Assert.Equal((ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage), (noTarget.ExitCode, noId.ExitCode, noApi.ExitCode));
+        Assert.Contains("--target needs a value (QUEUE)", noTarget.Err, StringComparison.Ordinal);
+        Assert.Contains("--message-id needs a value (ID)", noId.Err, StringComparison.Ordinal);
+        Assert.Contains("--api needs a value (URL)", noApi.Err, StringComparison.Ordinal);
         Assert.Contains("mesage-id", purge.Err, StringComparison.Ordinal);
         Assert.Contains("dryrun", move.Err, StringComparison.Ordinal);
         Assert.Equal("", queues.Out);
