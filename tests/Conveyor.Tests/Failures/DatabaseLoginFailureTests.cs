@@ -19,18 +19,20 @@ namespace Conveyor.Tests.Failures;
 [Collection(ConveyorCollection.Name)]
 public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncLifetime
 {
+    private ScratchDatabase _withoutSchema = null!;
+
     public async Task InitializeAsync()
     {
         await fixture.ResetAsync();
-        await ExecuteAsync($"CREATE DATABASE \"{WithoutSchema}\"");
+        _withoutSchema = await ScratchDatabase.CreateAsync(fixture, "no_schema");
     }
 
-    public Task DisposeAsync() => ExecuteAsync($"DROP DATABASE IF EXISTS \"{WithoutSchema}\" WITH (FORCE)");
+    public async Task DisposeAsync() => await _withoutSchema.DisposeAsync();
 
     public static TheoryData<string> Refusals => ["wrong password", "missing database", "database without its schema"];
 
     /// <summary>A database the migrations have not reached yet: a pod started before its migration Job ran.</summary>
-    private string WithoutSchema => $"{fixture.DatabaseName}_no_schema";
+    private string WithoutSchema => _withoutSchema.Name;
 
     [Theory]
     [MemberData(nameof(Refusals))]
@@ -125,14 +127,6 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncL
         }
 
         return connection.ConnectionString;
-    }
-
-    private async Task ExecuteAsync(string sql)
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var command = new NpgsqlCommand(sql, connection);
-        await command.ExecuteNonQueryAsync();
     }
 
     private Dictionary<string, string?> Merged(Dictionary<string, string?> overrides)

@@ -1,10 +1,8 @@
 using System.Net;
-using Conveyor.Storage;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Infrastructure;
 using Microsoft.EntityFrameworkCore.Migrations;
-using Npgsql;
 
 namespace Conveyor.Tests.Observability;
 
@@ -16,27 +14,23 @@ namespace Conveyor.Tests.Observability;
 [Collection(ConveyorCollection.Name)]
 public sealed class SchemaReadinessTests(ConveyorFixture fixture) : IAsyncLifetime
 {
-    private string Database => $"{fixture.DatabaseName}_behind";
+    private ScratchDatabase _database = null!;
 
-    private string ConnectionString => new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Database = Database }.ConnectionString;
+    private string ConnectionString => _database.ConnectionString;
 
     public async Task InitializeAsync()
     {
         await fixture.ResetAsync();
-        await ExecuteAsync($"CREATE DATABASE \"{Database}\"");
+        _database = await ScratchDatabase.CreateAsync(fixture, "behind");
     }
 
-    public async Task DisposeAsync()
-    {
-        NpgsqlConnection.ClearAllPools();
-        await ExecuteAsync($"DROP DATABASE IF EXISTS \"{Database}\" WITH (FORCE)");
-    }
+    public async Task DisposeAsync() => await _database.DisposeAsync();
 
     [Fact]
     public async Task An_api_one_migration_ahead_of_its_database_is_unready_naming_it_until_the_migration_runs()
     {
         List<string> migrations;
-        await using (var db = Context())
+        await using (var db = _database.CreateDbContext())
         {
             migrations = [.. db.Database.GetMigrations()];
             await db.Database.GetService<IMigrator>().MigrateAsync(migrations[^2]);
@@ -54,7 +48,7 @@ public sealed class SchemaReadinessTests(ConveyorFixture fixture) : IAsyncLifeti
             Assert.Contains($"the newest applied is {migrations[^2]}", description, StringComparison.Ordinal);
         }, TimeSpan.FromSeconds(30));
 
-        await using (var db = Context())
+        await using (var db = _database.CreateDbContext())
         {
             await db.Database.MigrateAsync();
         }
@@ -77,20 +71,5 @@ public sealed class SchemaReadinessTests(ConveyorFixture fixture) : IAsyncLifeti
             Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
             Assert.Contains("the newest applied is none", checks.GetProperty("database").GetProperty("description").GetString(), StringComparison.Ordinal);
         }, TimeSpan.FromSeconds(30));
-    }
-
-    private ConveyorDbContext Context()
-    {
-        var options = new DbContextOptionsBuilder<ConveyorDbContext>();
-        StorageServiceCollectionExtensions.Configure(options, ConnectionString);
-        return new ConveyorDbContext(options.Options);
-    }
-
-    private async Task ExecuteAsync(string sql)
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var command = new NpgsqlCommand(sql, connection);
-        await command.ExecuteNonQueryAsync();
     }
 }

@@ -39,25 +39,17 @@ public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
     [Fact]
     public async Task A_database_closed_to_connections_or_to_this_role_is_an_outage()
     {
-        var scratch = $"{fixture.DatabaseName}_closed";
-        await ExecuteAsync($"CREATE DATABASE \"{scratch}\"");
-        try
-        {
-            var connectionString = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Database = scratch, Pooling = false }.ConnectionString;
+        await using var scratch = await ScratchDatabase.CreateAsync(fixture, "closed");
+        var connectionString = new NpgsqlConnectionStringBuilder(scratch.ConnectionString) { Pooling = false }.ConnectionString;
 
-            await ExecuteAsync($"ALTER DATABASE \"{scratch}\" ALLOW_CONNECTIONS false");
-            var closed = await OpenFailureAsync(connectionString);
-            AssertOutage(closed, PostgresErrorCodes.ObjectNotInPrerequisiteState);
-            Assert.Equal("FATAL", Assert.IsType<PostgresException>(closed).InvariantSeverity);
+        await scratch.ExecuteInRunDatabaseAsync($"ALTER DATABASE \"{scratch.Name}\" ALLOW_CONNECTIONS false");
+        var closed = await OpenFailureAsync(connectionString);
+        AssertOutage(closed, PostgresErrorCodes.ObjectNotInPrerequisiteState);
+        Assert.Equal("FATAL", Assert.IsType<PostgresException>(closed).InvariantSeverity);
 
-            await ExecuteAsync($"ALTER DATABASE \"{scratch}\" ALLOW_CONNECTIONS true");
-            await ExecuteAsync($"REVOKE CONNECT ON DATABASE \"{scratch}\" FROM PUBLIC, CURRENT_USER");
-            AssertOutage(await OpenFailureAsync(connectionString), PostgresErrorCodes.InsufficientPrivilege);
-        }
-        finally
-        {
-            await ExecuteAsync($"DROP DATABASE IF EXISTS \"{scratch}\" WITH (FORCE)");
-        }
+        await scratch.ExecuteInRunDatabaseAsync($"ALTER DATABASE \"{scratch.Name}\" ALLOW_CONNECTIONS true");
+        await scratch.ExecuteInRunDatabaseAsync($"REVOKE CONNECT ON DATABASE \"{scratch.Name}\" FROM PUBLIC, CURRENT_USER");
+        AssertOutage(await OpenFailureAsync(connectionString), PostgresErrorCodes.InsufficientPrivilege);
     }
 
     [Fact]
@@ -115,13 +107,5 @@ public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
     {
         await using var command = new NpgsqlCommand(sql, connection);
         return await Assert.ThrowsAnyAsync<Exception>(() => command.ExecuteNonQueryAsync());
-    }
-
-    private async Task ExecuteAsync(string sql)
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var command = new NpgsqlCommand(sql, connection);
-        await command.ExecuteNonQueryAsync();
     }
 }

@@ -1,4 +1,3 @@
-using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
@@ -27,37 +26,31 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     private const int Batch = 64;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
 
-    private string Database => $"{fixture.DatabaseName}_plan";
-
-    private string ConnectionString => new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Database = Database }.ConnectionString;
+    private ScratchDatabase _database = null!;
 
     public async Task InitializeAsync()
     {
         await fixture.ResetAsync();
-        await ExecuteAsync(fixture.ConnectionString, $"CREATE DATABASE \"{Database}\"");
+        _database = await ScratchDatabase.CreateAsync(fixture, "plan");
     }
 
-    public async Task DisposeAsync()
-    {
-        NpgsqlConnection.ClearAllPools();
-        await ExecuteAsync(fixture.ConnectionString, $"DROP DATABASE IF EXISTS \"{Database}\" WITH (FORCE)");
-    }
+    public async Task DisposeAsync() => await _database.DisposeAsync();
 
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
     public async Task A_full_batch_reads_no_other_row_of_its_kind_whatever_the_statistics_say(bool analysedBeforeTheKindWasBusy)
     {
-        await using (var db = Context())
+        await using (var db = _database.CreateDbContext())
         {
             await db.Database.MigrateAsync();
         }
 
-        await ExecuteAsync(ConnectionString, "ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false)");
+        await _database.ExecuteAsync("ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false)");
         if (analysedBeforeTheKindWasBusy)
         {
             // Statistics that know the tables but not the kind: a kind deployed, or busy, since the last ANALYZE.
-            await ExecuteAsync(ConnectionString, $"""
+            await _database.ExecuteAsync($"""
                 INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
                 SELECT gen_random_uuid(), 'deliver-webhook', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
                   FROM generate_series(1, 500);
@@ -69,7 +62,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
         }
 
         // Twenty thousand earlier messages of the kind, with their jobs, none of them analysed.
-        await ExecuteAsync(ConnectionString, $"""
+        await _database.ExecuteAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
               FROM generate_series(1, 20000);
@@ -85,7 +78,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
         // rows to filter them would read all 20,000 of a table, once per batch.
         Assert.True(after.Jobs - before.Jobs < 1000, $"the batch read {after.Jobs - before.Jobs} job rows");
         Assert.True(after.Inbox - before.Inbox < 1000, $"the batch read {after.Inbox - before.Inbox} inbox rows");
-        await using var check = Context();
+        await using var check = _database.CreateDbContext();
         Assert.Equal(succeeded.Count, await check.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded && succeeded.Contains(j.BusinessKey)));
         // A failed attempt's inbox row goes, so that its message is claimed again; a handled one's stays.
         Assert.Equal(succeeded.Order(StringComparer.Ordinal),
@@ -100,7 +93,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     private async Task<(List<string> Succeeded, List<string> Failed)> RunOneFullBatchAsync()
     {
         await using var batcher = new InboxBatcher(Consumer, Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
-            new Contexts(this), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+            _database.DbContextFactory(), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
         var first = batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid());
         Assert.Equal(InboxClaim.Run, await first.Claimed.WaitAsync(Patience));
 
@@ -148,29 +141,9 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     private async Task<long> ScalarAsync(string sql)
     {
         // Pooling off: this connection must not be one that a later count waits for.
-        await using var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(ConnectionString) { Pooling = false }.ConnectionString);
+        await using var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(_database.ConnectionString) { Pooling = false }.ConnectionString);
         await connection.OpenAsync();
         await using var command = new NpgsqlCommand(sql, connection);
         return Convert.ToInt64(await command.ExecuteScalarAsync(), System.Globalization.CultureInfo.InvariantCulture);
-    }
-
-    private ConveyorDbContext Context()
-    {
-        var options = new DbContextOptionsBuilder<ConveyorDbContext>();
-        StorageServiceCollectionExtensions.Configure(options, ConnectionString);
-        return new ConveyorDbContext(options.Options);
-    }
-
-    private static async Task ExecuteAsync(string connectionString, string sql)
-    {
-        await using var connection = new NpgsqlConnection(connectionString);
-        await connection.OpenAsync();
-        await using var command = new NpgsqlCommand(sql, connection);
-        await command.ExecuteNonQueryAsync();
-    }
-
-    private sealed class Contexts(InboxClaimPlanTests test) : IDbContextFactory<ConveyorDbContext>
-    {
-        public ConveyorDbContext CreateDbContext() => test.Context();
     }
 }
