@@ -153,10 +153,11 @@ public sealed partial class StrandedJobRepublisher(
         try
         {
             await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            // "IS TRUE": found by primary key, not through the status index (see JobSubmitter.SecureRecentAsync).
             await db.Database.ExecuteSqlInterpolatedAsync($"""
                 UPDATE jobs SET updated_at = t.previous
                   FROM unnest({ids}::uuid[], {previous}::timestamptz[]) AS t(id, previous)
-                 WHERE jobs.id = t.id AND jobs.status = {JobStatus.Queued} AND jobs.updated_at = {claimedAt}
+                 WHERE jobs.id = t.id AND (jobs.status = {JobStatus.Queued} AND jobs.updated_at = {claimedAt}) IS TRUE
                 """, timeout.Token);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)

@@ -248,11 +248,13 @@ public sealed partial class RedeliveryDispatcher(
             + $"since {(l.Message.FirstRefusedAt ?? now):O} ({l.Reason}); it is kept and tried again",
             JobTracker.MaxErrorLength)).ToArray();
         // As for a dead-lettered row: only while the job still waits for this row (see DeadLetterJobAsync).
+        // "IS TRUE": each job found by its primary key, never through the status index, which statistics
+        // taken while few jobs waited would choose during a backlog, reading every waiting job.
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs j SET last_error = r.error, next_attempt_at = {retryAt}, updated_at = {now}
               FROM unnest({jobIds}, {attempts}, {errors}) AS r(id, attempts, error)
-             WHERE j.id = r.id AND j.attempts = r.attempts
-               AND j.status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})
+             WHERE j.id = r.id
+               AND (j.attempts = r.attempts AND j.status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})) IS TRUE
             """, cancellationToken);
     }
 

@@ -38,6 +38,23 @@ public sealed class ScratchDatabase : IAsyncDisposable
     /// <summary>Runs <paramref name="sql"/> (one or more statements) in this database.</summary>
     public Task ExecuteAsync(string sql) => ExecuteAsync(ConnectionString, sql);
 
+    /// <summary>
+    /// Reads <paramref name="sql"/> (a number from the statistics views) once every other connection to
+    /// this database has ended: a backend reports its counts when it exits, so the number includes all
+    /// that was done until now. Pooled connections are closed for it, in this process (the services a
+    /// test hosts in-process included) as soon as they are idle.
+    /// </summary>
+    public async Task<long> StatisticAsync(string sql)
+    {
+        await Eventually.AssertAsync(async () =>
+        {
+            NpgsqlConnection.ClearAllPools();
+            Assert.Equal(0L, await ScalarAsync(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()"));
+        });
+        return await ScalarAsync(sql);
+    }
+
     public ConveyorDbContext CreateDbContext()
     {
         var options = new DbContextOptionsBuilder<ConveyorDbContext>();
@@ -53,6 +70,15 @@ public sealed class ScratchDatabase : IAsyncDisposable
         // Pooled connections to it would hold the database open; DROP … WITH (FORCE) ends the rest.
         NpgsqlConnection.ClearAllPools();
         await ExecuteAsync(_runConnectionString, $"DROP DATABASE IF EXISTS \"{Name}\" WITH (FORCE)");
+    }
+
+    private async Task<long> ScalarAsync(string sql)
+    {
+        // Unpooled: not a connection that a later count would wait for.
+        await using var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(ConnectionString) { Pooling = false }.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(sql, connection);
+        return Convert.ToInt64(await command.ExecuteScalarAsync(), System.Globalization.CultureInfo.InvariantCulture);
     }
 
     private static async Task ExecuteAsync(string connectionString, string sql)
