@@ -109,10 +109,15 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
     {
         await using var db = await _dbFactory.CreateDbContextAsync(cancellationToken);
         // One round trip; each part reads an index (due_at, and the partial one on first_refused_at).
+        // The refused ones are counted between the oldest and the newest refusal, a range the planner
+        // cannot know in advance, so it counts them in the partial index: as "first_refused_at IS NOT
+        // NULL" alone, a table never analysed (or analysed while small) was scanned whole, every
+        // refresh and every health probe, however few messages were refused.
         var row = (await db.Database.SqlQuery<BacklogRow>($"""
-            SELECT (SELECT MIN(due_at) FROM scheduled_messages) AS oldest_due,
-                   (SELECT MIN(first_refused_at) FROM scheduled_messages WHERE first_refused_at IS NOT NULL) AS oldest_refused,
-                   (SELECT COUNT(*) FROM scheduled_messages WHERE first_refused_at IS NOT NULL) AS refused
+            SELECT (SELECT MIN(due_at) FROM scheduled_messages) AS oldest_due, b.oldest AS oldest_refused,
+                   (SELECT COUNT(*) FROM scheduled_messages WHERE first_refused_at BETWEEN b.oldest AND b.newest) AS refused
+              FROM (SELECT MIN(first_refused_at) AS oldest, MAX(first_refused_at) AS newest
+                      FROM scheduled_messages WHERE first_refused_at IS NOT NULL) b
             """).ToListAsync(cancellationToken))[0];
         var reading = new Reading(row.OldestDue, row.OldestRefused, row.Refused);
         _reading = reading;
