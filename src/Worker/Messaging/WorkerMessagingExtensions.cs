@@ -84,6 +84,7 @@ public static class WorkerMessagingExtensions
                 cfg.ConfigureEndpoints(context, KebabCaseEndpointNameFormatter.Instance);
             });
         });
+        services.AddBusStartGuard();
         return services;
     }
 
