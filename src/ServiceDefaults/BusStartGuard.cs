@@ -42,7 +42,7 @@ public sealed partial class BusStartGuard(ILogger<BusStartGuard> logger) : IBusO
         }
         finally
         {
-            // From here on MassTransit's stop has run, or is running: a start that ends later is stopped here.
+            // MassTransit's stop comes next and stops only a started bus: a start that ends from now on is stopped here.
             Volatile.Write(ref _stopped, 1);
         }
     }
