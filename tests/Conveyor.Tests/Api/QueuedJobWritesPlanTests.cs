@@ -3,7 +3,6 @@ using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
-using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Api;
 
@@ -33,10 +32,7 @@ public sealed class QueuedJobWritesPlanTests(ConveyorFixture fixture) : IAsyncLi
     [Fact]
     public async Task A_repeated_submission_during_a_backlog_touches_its_job_without_reading_the_backlog()
     {
-        await using (var db = _database.CreateDbContext())
-        {
-            await db.Database.MigrateAsync();
-        }
+        await _database.MigrateAsync();
 
         // Statistics from a quiet spell (finished jobs, none queued), then a backlog they know nothing of.
         await _database.ExecuteAsync($"""

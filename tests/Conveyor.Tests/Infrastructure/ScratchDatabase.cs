@@ -55,6 +55,13 @@ public sealed class ScratchDatabase : IAsyncDisposable
         return await ScalarAsync(sql);
     }
 
+    /// <summary>Applies every migration: the schema the code expects.</summary>
+    public async Task MigrateAsync()
+    {
+        await using var db = CreateDbContext();
+        await db.Database.MigrateAsync();
+    }
+
     public ConveyorDbContext CreateDbContext()
     {
         var options = new DbContextOptionsBuilder<ConveyorDbContext>();

@@ -1,6 +1,5 @@
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
-using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -31,10 +30,7 @@ public sealed class ScheduledBacklogPlanTests(ConveyorFixture fixture) : IAsyncL
     [Fact]
     public async Task A_backlog_of_scheduled_messages_is_not_read_to_count_the_few_refused_ones()
     {
-        await using (var db = _database.CreateDbContext())
-        {
-            await db.Database.MigrateAsync();
-        }
+        await _database.MigrateAsync();
 
         // 25,000 redeliveries due in an hour, 3 of them refused by the broker; never analysed.
         await _database.ExecuteAsync("""

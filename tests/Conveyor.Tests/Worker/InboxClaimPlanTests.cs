@@ -40,10 +40,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     [InlineData(true)]
     public async Task A_full_batch_reads_no_other_row_of_its_kind_whatever_the_statistics_say(bool analysedBeforeTheKindWasBusy)
     {
-        await using (var db = _database.CreateDbContext())
-        {
-            await db.Database.MigrateAsync();
-        }
+        await _database.MigrateAsync();
 
         await _database.ExecuteAsync("ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false)");
         if (analysedBeforeTheKindWasBusy)
