@@ -44,7 +44,7 @@ public sealed class ScratchDatabase : IAsyncDisposable
     /// that was done until now. Pooled connections are closed for it, in this process (the services a
     /// test hosts in-process included) as soon as they are idle.
     /// </summary>
-    public async Task<long> StatisticAsync(string sql)
+    private async Task<long> StatisticAsync(string sql)
     {
         await Eventually.AssertAsync(async () =>
         {
@@ -54,6 +54,14 @@ public sealed class ScratchDatabase : IAsyncDisposable
         });
         return await ScalarAsync(sql);
     }
+
+    /// <summary>Rows of <paramref name="table"/> its scans have read so far, sequentially or fetched through an index.</summary>
+    public Task<long> RowsReadAsync(string table) => StatisticAsync(
+        $"SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = '{table}'");
+
+    /// <summary>Pages of <paramref name="table"/> and its indexes read so far, from the cache or the disk.</summary>
+    public Task<long> PagesReadAsync(string table) => StatisticAsync(
+        $"SELECT heap_blks_read + heap_blks_hit + coalesce(idx_blks_read + idx_blks_hit, 0) FROM pg_statio_user_tables WHERE relname = '{table}'");
 
     /// <summary>Applies every migration: the schema the code expects.</summary>
     public async Task MigrateAsync()

@@ -43,16 +43,12 @@ public sealed class ScheduledBacklogPlanTests(ConveyorFixture fixture) : IAsyncL
         using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
         var backlog = new ScheduledBacklog(services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), _database.DbContextFactory(),
             Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<ScheduledBacklog>.Instance);
-        var before = await ReadAsync();
+        var before = await _database.RowsReadAsync("scheduled_messages");
 
         var health = await backlog.CheckHealthAsync(new HealthCheckContext());
 
-        var read = await ReadAsync() - before;
+        var read = await _database.RowsReadAsync("scheduled_messages") - before;
         Assert.Contains("the broker has refused 3 of them", health.Description, StringComparison.Ordinal);
         Assert.True(read < 100, $"the reading read {read} rows of scheduled_messages");
     }
-
-    /// <summary>The rows of scheduled_messages read so far (sequentially, or fetched through an index).</summary>
-    private Task<long> ReadAsync() => _database.StatisticAsync(
-        "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'scheduled_messages'");
 }

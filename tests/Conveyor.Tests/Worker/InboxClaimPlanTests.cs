@@ -121,9 +121,6 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     }
 
     /// <summary>The rows the jobs and inbox tables' scans have read (sequentially, or fetched through an index).</summary>
-    private async Task<(long Jobs, long Inbox)> ReadsAsync()
-    {
-        const string Read = "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = ";
-        return (await _database.StatisticAsync(Read + "'jobs'"), await _database.StatisticAsync(Read + "'inbox'"));
-    }
+    private async Task<(long Jobs, long Inbox)> ReadsAsync() =>
+        (await _database.RowsReadAsync("jobs"), await _database.RowsReadAsync("inbox"));
 }
