@@ -49,11 +49,15 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             job.HasIndex(j => new { j.Kind, j.BusinessKey }).IsUnique();
             // Only the Api's keyed submissions carry one: rows without a key stay out of the index.
             job.HasIndex(j => j.IdempotencyKey).IsUnique().HasFilter("idempotency_key IS NOT NULL");
-            // No (status, updated_at) index: every job write would pay for it, and the retention
-            // sweep finds old finished jobs through (status, created_at, id), since created_at <= updated_at.
-            // GET /api/jobs: newest first, keyset paging on (created_at, id), optionally by status.
-            job.HasIndex(j => new { j.CreatedAt, j.Id });
-            job.HasIndex(j => new { j.Status, j.CreatedAt, j.Id });
+            // One index for every read by time (ADR 0010): GET /api/jobs (keyset paging on (created_at,
+            // id) within each kind and status, merged), the stranded-job check and the retention sweep
+            // (created_at <= updated_at). Each reads one index range per kind and status, so what they
+            // read follows what they return, not the table's size or its statistics. No (status,
+            // updated_at) or (created_at, id) index: every job write would pay for them.
+            // Partial on every status, so that lookups by kind and business key keep to the unique index.
+            job.HasIndex(j => new { j.Kind, j.Status, j.CreatedAt, j.Id })
+                .HasFilter("status IN " + JobIndexRanges.Statuses)
+                .IsCreatedConcurrently();
         });
 
         modelBuilder.Entity<InboxRecord>(inbox =>

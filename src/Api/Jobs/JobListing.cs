@@ -3,6 +3,7 @@ using Conveyor.Contracts;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 using System.Buffers.Binary;
 using System.Buffers.Text;
 
@@ -60,11 +61,7 @@ internal static class JobListing
     public const int DefaultLimit = 50;
     public const int MaxLimit = 500;
 
-    public static IReadOnlyList<string> Statuses { get; } =
-    [
-        JobStatus.Scheduled, JobStatus.Queued, JobStatus.Running, JobStatus.RetryScheduled,
-        JobStatus.Succeeded, JobStatus.DeadLettered, JobStatus.Cancelled,
-    ];
+    public static IReadOnlyList<string> Statuses => JobStatus.All;
 
     /// <summary>Null when <paramref name="errors"/> received at least one error, each under its query parameter's name.</summary>
     public static JobQuery? Parse(string? status, string? kind, string? businessKey, string? limit, string? cursor, FieldErrors errors)
@@ -108,36 +105,66 @@ internal static class JobListing
         return errors.Count > 0 ? null : new JobQuery(status, kind, businessKey, pageSize, after);
     }
 
+    /// <summary>
+    /// The newest jobs before the cursor, per (kind, status) pair one backward index range of at most
+    /// a page (<see cref="JobIndexRanges"/>), merged: a page reads at most a page per pair present,
+    /// whatever the table's size and whichever filters are given. Then the page's rows themselves.
+    /// </summary>
+    private const string PageSql = $"""
+        WITH RECURSIVE {JobIndexRanges.KindStatusPairs},
+        page AS (
+            SELECT r.id, r.created_at
+              FROM job_pairs p
+             CROSS JOIN LATERAL (
+                   SELECT j.id, j.created_at FROM jobs j
+                    WHERE j.kind = p.kind AND j.status = p.status AND j.status IN {JobIndexRanges.Statuses}
+                      AND (j.created_at, j.id) < (@before_created_at, @before_id)
+                    ORDER BY j.created_at DESC, j.id DESC
+                    LIMIT @take) r
+             WHERE (@kind IS NULL OR p.kind = @kind) AND (@status IS NULL OR p.status = @status)
+             ORDER BY r.created_at DESC, r.id DESC
+             LIMIT @take)
+        SELECT j.* FROM page JOIN jobs j ON j.id = page.id
+        """;
+
     public static async Task<JobPage> ListAsync(ConveyorDbContext db, JobQuery query, CancellationToken cancellationToken)
     {
-        var jobs = db.Jobs.AsNoTracking();
-        if (query.Status is not null)
-        {
-            jobs = jobs.Where(j => j.Status == query.Status);
-        }
-
-        if (query.Kind is not null)
-        {
-            jobs = jobs.Where(j => j.Kind == query.Kind);
-        }
-
+        // One more than asked for tells whether another page follows.
+        var take = query.Limit + 1;
+        IQueryable<Job> jobs;
         if (query.BusinessKey is not null)
         {
-            jobs = jobs.Where(j => j.BusinessKey == query.BusinessKey);
-        }
+            // At most one job: the (kind, business_key) unique index.
+            jobs = db.Jobs.Where(j => j.Kind == query.Kind && j.BusinessKey == query.BusinessKey);
+            if (query.Status is not null)
+            {
+                jobs = jobs.Where(j => j.Status == query.Status);
+            }
 
-        if (query.After is { } after)
+            if (query.After is { } after)
+            {
+                jobs = jobs.Where(j => EF.Functions.LessThan(
+                    ValueTuple.Create(j.CreatedAt, j.Id), ValueTuple.Create(after.CreatedAt, after.Id)));
+            }
+        }
+        else
         {
-            // A row comparison, (created_at, id) < (@createdAt, @id): one index range, ties broken by id.
-            jobs = jobs.Where(j => EF.Functions.LessThan(
-                ValueTuple.Create(j.CreatedAt, j.Id), ValueTuple.Create(after.CreatedAt, after.Id)));
+            // No cursor: before the latest time PostgreSQL keeps, so one statement serves every page.
+            var before = query.After ?? new JobCursor(DateTimeOffset.MaxValue, Guid.AllBitsSet);
+            jobs = db.Jobs.FromSqlRaw(
+                PageSql,
+                new NpgsqlParameter<string?>("kind", query.Kind),
+                new NpgsqlParameter<string?>("status", query.Status),
+                new NpgsqlParameter<DateTimeOffset>("before_created_at", before.CreatedAt),
+                new NpgsqlParameter<Guid>("before_id", before.Id),
+                new NpgsqlParameter<int>("take", take));
         }
 
-        // One more than asked for tells whether another page follows.
         var rows = await jobs
+            .AsNoTracking()
             .OrderByDescending(j => j.CreatedAt)
             .ThenByDescending(j => j.Id)
-            .Take(query.Limit + 1)
+            .Take(take)
             .WithoutRequestBody()
             .ToListAsync(cancellationToken);
 

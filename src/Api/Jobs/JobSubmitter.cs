@@ -216,8 +216,9 @@ internal sealed class JobSubmitter(
             var now = ToMicroseconds(clock.GetUtcNow());
             // "(status = …) IS TRUE" here and in the other writes of one queued job: a condition no index
             // can serve, so the row is found by its primary key. Written plainly, statistics taken while
-            // few jobs were queued sent it through the (status, created_at, id) index, reading every
-            // queued job: during a backlog (a broker outage, a burst), exactly when these run most.
+            // few jobs were queued sent it through the (status, created_at, id) index jobs then had,
+            // reading every queued job: during a backlog (a broker outage, a burst), exactly when these
+            // run most. Any index led by the status would invite the same plan.
             stored = await db.Database.SqlQuery<StoredRequest>($"""
                 UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', {now})
                  WHERE id = {found.Id} AND (status = {JobStatus.Queued}) IS TRUE

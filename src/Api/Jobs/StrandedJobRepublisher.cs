@@ -65,25 +65,29 @@ public sealed partial class StrandedJobRepublisher(
         var refused = _refusalsLogged.Keys.ToArray();
         var kinds = strandedBefore.Keys.ToArray();
         var befores = kinds.Select(kind => strandedBefore[kind]).ToArray();
-        var latest = befores.Max();
         List<ClaimedJob> claimed;
         await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
         {
-            // created_at <= updated_at: bounding both, the latest time as a constant too (the planner
-            // cannot range an index on the joined times alone), keeps a backlog's newer rows out of
-            // the index range the query reads.
+            // Per kind, one range of the (kind, status, created_at, id) index (created_at <= updated_at,
+            // so bounding created_at keeps a backlog's newer rows out of it): another kind's backlog is
+            // never read, whatever the statistics say. Each kind's oldest updates first, then the
+            // oldest of those. The status is a literal, not a parameter: the index is partial on the
+            // statuses (JobIndexRanges.Statuses), which a generic plan can prove only of a literal.
             claimed = await db.Database.SqlQuery<ClaimedJob>($"""
                 WITH picked AS (
-                    SELECT j.id, j.updated_at
-                      FROM jobs j
-                      JOIN unnest({kinds}::text[], {befores}::timestamptz[]) AS t(kind, stranded_before) ON t.kind = j.kind
-                     WHERE j.status = {JobStatus.Queued} AND j.created_at < {latest}
-                       AND j.created_at < t.stranded_before AND j.updated_at < t.stranded_before
-                       AND j.request_body IS NOT NULL
-                       AND j.id <> ALL({refused})
-                     ORDER BY j.updated_at
-                     LIMIT {BatchSize}
-                       FOR UPDATE OF j SKIP LOCKED)
+                    SELECT c.id, c.updated_at
+                      FROM unnest({kinds}::text[], {befores}::timestamptz[]) AS t(kind, stranded_before)
+                     CROSS JOIN LATERAL (
+                           SELECT j.id, j.updated_at FROM jobs j
+                            WHERE j.kind = t.kind AND j.status = 'queued'
+                              AND j.created_at < t.stranded_before AND j.updated_at < t.stranded_before
+                              AND j.request_body IS NOT NULL
+                              AND j.id <> ALL({refused})
+                            ORDER BY j.updated_at
+                            LIMIT {BatchSize}
+                              FOR UPDATE OF j SKIP LOCKED) c
+                     ORDER BY c.updated_at
+                     LIMIT {BatchSize})
                 UPDATE jobs SET updated_at = {claimedAt}
                   FROM picked
                  WHERE jobs.id = picked.id

@@ -95,7 +95,8 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
                 await _republisher.RepublishAsync(strandedBefore, cancellationToken);
                 foreach (var (kind, before) in strandedBefore)
                 {
-                    // created_at <= updated_at: the bound on it keeps a backlog's newer rows out of the index range.
+                    // The kind's queued range of the (kind, status, created_at, id) index; created_at <=
+                    // updated_at, so the bound on it keeps a backlog's newer rows out of the range.
                     counts[kind] = await db.Jobs.LongCountAsync(
                         j => j.Status == JobStatus.Queued && j.CreatedAt < before && j.UpdatedAt < before && j.Kind == kind, cancellationToken);
                 }
@@ -148,8 +149,8 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
             return now - threshold;
         }
 
-        // The newest one through the (status, created_at, id) index; a day back at most, so a kind
-        // that seldom runs does not make this a scan of every job.
+        // The newest one: the kind's succeeded range of the (kind, status, created_at, id) index, read
+        // backwards; a day back at most, so a kind that seldom runs does not read every job it has.
         var since = now.AddDays(-1);
         var newestFinished = await db.Jobs
             .Where(j => j.Status == JobStatus.Succeeded && j.CreatedAt > since && j.Kind == kind && j.RequestHash != null)

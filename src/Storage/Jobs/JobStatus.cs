@@ -16,4 +16,7 @@ public static class JobStatus
 
     /// <summary>Cancelled before it ran; a worker that receives it acks it without running it.</summary>
     public const string Cancelled = "cancelled";
+
+    /// <summary>Every status, in the order a job can reach them.</summary>
+    public static IReadOnlyList<string> All { get; } = [Scheduled, Queued, Running, RetryScheduled, Succeeded, DeadLettered, Cancelled];
 }

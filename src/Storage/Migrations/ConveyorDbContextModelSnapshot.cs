@@ -143,15 +143,14 @@ namespace Conveyor.Storage.Migrations
                         .HasDatabaseName("ix_jobs_idempotency_key")
                         .HasFilter("idempotency_key IS NOT NULL");
 
-                    b.HasIndex("CreatedAt", "Id")
-                        .HasDatabaseName("ix_jobs_created_at_id");
-
                     b.HasIndex("Kind", "BusinessKey")
                         .IsUnique()
                         .HasDatabaseName("ix_jobs_kind_business_key");
 
-                    b.HasIndex("Status", "CreatedAt", "Id")
-                        .HasDatabaseName("ix_jobs_status_created_at_id");
+                    b.HasIndex("Kind", "Status", "CreatedAt", "Id")
+                        .HasDatabaseName("ix_jobs_kind_status_created_at_id")
+                        .HasFilter("status IN ('scheduled', 'queued', 'running', 'retry-scheduled', 'succeeded', 'dead-lettered', 'cancelled')")
+                        .HasAnnotation("Npgsql:CreatedConcurrently", true);
 
                     b.ToTable("jobs", (string)null);
                 });

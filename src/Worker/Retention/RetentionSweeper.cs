@@ -6,6 +6,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
+using Npgsql;
 
 namespace Conveyor.Worker.Retention;
 
@@ -59,6 +60,29 @@ public sealed partial class RetentionSweeper(
         }
     }
 
+    /// <summary>
+    /// Finished jobs older than <c>@before</c>, at most <c>@batch</c>: per kind and finished status one
+    /// range of the (kind, status, created_at, id) index (<see cref="JobIndexRanges"/>; created_at &lt;=
+    /// updated_at), so a sweep reads the rows it deletes and those kept, not the live jobs.
+    /// </summary>
+    private const string JobsSweepSql = $"""
+        WITH RECURSIVE {JobIndexRanges.KindStatusPairs}
+        DELETE FROM jobs WHERE id IN (
+            SELECT r.id
+              FROM job_pairs p
+             CROSS JOIN LATERAL (
+                   SELECT j.id FROM jobs j
+                    WHERE j.kind = p.kind AND j.status = p.status AND j.status IN {JobIndexRanges.Statuses}
+                      AND j.created_at < @before AND j.updated_at < @before
+                      AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer_id = j.kind AND i.message_key = j.business_key)
+                      AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.job_id = j.id)
+                      AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = 'job:' || j.id::text)
+                    LIMIT @batch
+                      FOR UPDATE OF j SKIP LOCKED) r
+             WHERE p.status = ANY(@finished)
+             LIMIT @batch)
+        """;
+
     /// <summary>One full sweep as of <paramref name="now"/>.</summary>
     public async Task<SweepResult> SweepAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
@@ -92,16 +116,14 @@ public sealed partial class RetentionSweeper(
         //   and holds for every inbox path (single, batched, lease). A job consumer's inbox id is its
         //   queue's name, which is the job's kind (JobKinds), so the lookup is the inbox's primary key.
         // The inbox sweep above runs first: a job whose inbox row expired now goes in this same sweep.
-        var jobs = await DeleteInBatchesAsync("jobs", db => db.Database.ExecuteSqlInterpolatedAsync($"""
-            DELETE FROM jobs WHERE id IN (
-                SELECT j.id FROM jobs j
-                 WHERE j.status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})
-                   AND j.created_at < {jobsBefore} AND j.updated_at < {jobsBefore}
-                   AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer_id = j.kind AND i.message_key = j.business_key)
-                   AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.job_id = j.id)
-                   AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = 'job:' || j.id::text)
-                 LIMIT {batch} FOR UPDATE OF j SKIP LOCKED)
-            """, cancellationToken), batch, cancellationToken);
+        var jobs = await DeleteInBatchesAsync("jobs", db => db.Database.ExecuteSqlRawAsync(
+            JobsSweepSql,
+            [
+                new NpgsqlParameter<string[]>("finished", [JobStatus.Succeeded, JobStatus.DeadLettered, JobStatus.Cancelled]),
+                new NpgsqlParameter<DateTimeOffset>("before", jobsBefore),
+                new NpgsqlParameter<int>("batch", batch),
+            ],
+            cancellationToken), batch, cancellationToken);
         var audit = await DeleteInBatchesAsync("error_queue_operations", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM error_queue_operations WHERE id IN (
                 SELECT id FROM error_queue_operations WHERE state <> 'running' AND created_at < {auditBefore}

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Api;
 /// unpublished row is removed; the stranded-job reconciler hands claims back; the redelivery
 /// dispatcher notes a refused publish) find the row by its primary key, whatever the statistics say
 /// of the <c>queued</c> status. Statistics taken while few jobs were queued sent them through the
-/// (status, created_at, id) index, over every queued job: during a backlog, when they run most.
+/// (status, created_at, id) index jobs then had, over every queued job: during a backlog, when they run most.
 /// A database of the test's own, so that its counters count only this Api and its statistics stay
 /// as the test left them.
 /// </summary>

@@ -63,11 +63,11 @@ public sealed class ScratchDatabase : IAsyncDisposable
     public Task<long> PagesReadAsync(string table) => StatisticAsync(
         $"SELECT heap_blks_read + heap_blks_hit + coalesce(idx_blks_read + idx_blks_hit, 0) FROM pg_statio_user_tables WHERE relname = '{table}'");
 
-    /// <summary>Applies every migration: the schema the code expects.</summary>
-    public async Task MigrateAsync()
+    /// <summary>Applies every migration (the schema the code expects), or those up to <paramref name="target"/>.</summary>
+    public async Task MigrateAsync(string? target = null)
     {
         await using var db = CreateDbContext();
-        await db.Database.MigrateAsync();
+        await db.Database.MigrateAsync(target);
     }
 
     public ConveyorDbContext CreateDbContext()

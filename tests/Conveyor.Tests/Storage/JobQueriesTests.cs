@@ -1,6 +1,7 @@
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
+using System.Reflection;
 
 namespace Conveyor.Tests.Storage;
 
@@ -10,6 +11,24 @@ public sealed class JobQueriesTests(ConveyorFixture fixture) : IAsyncLifetime
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public Task DisposeAsync() => Task.CompletedTask;
+
+    /// <summary>
+    /// The index that every read by time goes through holds only the statuses it lists (ADR 0010): a
+    /// status added later but not to <see cref="JobStatus.All"/> and to the index, by a migration,
+    /// would leave its jobs out of every listing and every retention sweep.
+    /// </summary>
+    [Fact]
+    public async Task Every_status_is_in_the_index_that_reads_by_time()
+    {
+        var constants = typeof(JobStatus).GetFields(BindingFlags.Public | BindingFlags.Static)
+            .Where(f => f.IsLiteral).Select(f => (string)f.GetRawConstantValue()!);
+        Assert.Equal(constants.Order(StringComparer.Ordinal), JobStatus.All.Order(StringComparer.Ordinal));
+
+        await using var db = fixture.CreateDbContext();
+        var definition = await db.Database.SqlQuery<string>(
+            $"SELECT indexdef AS \"Value\" FROM pg_indexes WHERE tablename = 'jobs' AND indexname = 'ix_jobs_kind_status_created_at_id'").SingleAsync();
+        Assert.All(JobStatus.All, status => Assert.Contains($"'{status}'", definition, StringComparison.Ordinal));
+    }
 
     /// <summary>
     /// <see cref="JobQueries.WithoutRequestBody"/> lists the columns it reads by hand: a column added to
