@@ -149,7 +149,7 @@ internal static class JobListing
         }
         else
         {
-            // No cursor: before the latest time PostgreSQL keeps, so one statement serves every page.
+            // No cursor: before any job (.NET's latest time), so one statement serves every page.
             var before = query.After ?? new JobCursor(DateTimeOffset.MaxValue, Guid.AllBitsSet);
             jobs = db.Jobs.FromSqlRaw(
                 PageSql,
