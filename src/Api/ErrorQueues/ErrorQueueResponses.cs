@@ -9,11 +9,17 @@ public sealed record ErrorQueueSummary(
 /// <summary>Body of <c>GET /api/error-queues/{queue}/messages</c>.</summary>
 public sealed record ErrorQueueMessages(string Queue, long QueueDepth, IReadOnlyList<ErrorQueueMessage> Messages);
 
+/// <param name="JobStatus">
+/// The status of the message's job now (<see cref="JobStatusNow"/>): <c>missing</c> when the message
+/// names a job whose row is gone (swept after <c>Retention:JobHours</c>, so moving the message back
+/// runs the job again); null when the message names no job or the database could not be read.
+/// </param>
 public sealed record ErrorQueueMessage(
     string? MessageId,
     string? MessageType,
     string? JobId,
     string? JobKind,
+    string? JobStatus,
     string? ExceptionType,
     string? ExceptionMessage,
     string? StackTrace,
@@ -29,15 +35,26 @@ public sealed record ErrorQueueMessage(
     string BodyPreview,
     bool BodyTruncated)
 {
-    internal static ErrorQueueMessage From(string queue, PeekedMessage peeked)
+    /// <summary>The value of <see cref="JobStatus"/> for a job id that names no row.</summary>
+    public const string JobStatusMissing = "missing";
+
+    /// <param name="jobStatuses">Each job's status by its id; null when the database could not be read.</param>
+    internal static ErrorQueueMessage From(string queue, PeekedMessage peeked, IReadOnlyDictionary<Guid, string>? jobStatuses)
     {
         var m = peeked.Message;
         return new ErrorQueueMessage(
-            m.MessageId, m.MessageType, m.JobId, m.JobKind, m.ExceptionType, m.ExceptionMessage, m.StackTrace, m.FaultedAt,
+            m.MessageId, m.MessageType, m.JobId, m.JobKind, JobStatusNow(m.JobId, jobStatuses), m.ExceptionType, m.ExceptionMessage, m.StackTrace, m.FaultedAt,
             ErrorQueueNames.OriginalQueueOf(m.InputAddress, queue), m.Attempts, m.Reason, m.DeadLetterReason, m.GroupId,
             ParseHistory(m.FaultHistory), m.ContentType, m.BodyBytes, peeked.BodyPreview,
             peeked.BodyPreview.Length < m.BodyBytes && System.Text.Encoding.UTF8.GetByteCount(peeked.BodyPreview) < m.BodyBytes);
     }
+
+    /// <summary>Job ids of the peeked messages, as the jobs table keys them.</summary>
+    internal static IReadOnlyList<Guid> JobIds(IEnumerable<PeekedMessage> peeked) =>
+        [.. peeked.Select(p => Guid.TryParse(p.Message.JobId, out var id) ? id : (Guid?)null).OfType<Guid>().Distinct()];
+
+    private static string? JobStatusNow(string? jobId, IReadOnlyDictionary<Guid, string>? jobStatuses) =>
+        jobStatuses is null || !Guid.TryParse(jobId, out var id) ? null : jobStatuses.GetValueOrDefault(id, JobStatusMissing);
 
     private static JsonElement? ParseHistory(string? history)
     {

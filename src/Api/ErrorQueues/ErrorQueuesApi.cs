@@ -3,8 +3,10 @@ using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 using Conveyor.Api.Operations;
 using Conveyor.Api.Security;
+using Conveyor.Storage;
 using Conveyor.Storage.Operations;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 
 namespace Conveyor.Api.ErrorQueues;
@@ -111,12 +113,43 @@ internal static class ErrorQueuesApi
 
     internal static Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
-        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken) =>
+        IDbContextFactory<ConveyorDbContext> dbFactory, ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken) =>
         InspectAsync(
             queue, limit, (DefaultPeekLimit, MaxPeekLimit), "messages", http, management, logger,
             count => inspector.PeekAsync(queue, count, cancellationToken),
-            inspection => new ErrorQueueMessages(queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m))]),
+            async inspection =>
+            {
+                var statuses = await JobStatusesAsync(queue, ErrorQueueMessage.JobIds(inspection.Result!), dbFactory, logger, cancellationToken);
+                return new ErrorQueueMessages(queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m, statuses))]);
+            },
             cancellationToken);
+
+    /// <summary>
+    /// The current status of each job by id (a job whose row is gone is left out). Null when the
+    /// database cannot be read: a peek still shows the messages, which live in the broker.
+    /// </summary>
+    private static async Task<IReadOnlyDictionary<Guid, string>?> JobStatusesAsync(
+        string queue, IReadOnlyList<Guid> jobIds, IDbContextFactory<ConveyorDbContext> dbFactory, ILogger logger, CancellationToken cancellationToken)
+    {
+        if (jobIds.Count == 0)
+        {
+            return new Dictionary<Guid, string>();
+        }
+
+        try
+        {
+            await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+            return await db.Jobs
+                .Where(j => jobIds.Contains(j.Id))
+                .Select(j => new { j.Id, j.Status })
+                .ToDictionaryAsync(j => j.Id, j => j.Status, cancellationToken);
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            ErrorQueuesLog.JobStatusesUnread(logger, queue, exception);
+            return null;
+        }
+    }
 
     internal static Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
@@ -124,14 +157,14 @@ internal static class ErrorQueuesApi
         InspectAsync(
             queue, limit, (DefaultGroupsLimit, MaxGroupsLimit), "groups", http, management, logger,
             count => inspector.GroupsAsync(queue, count, cancellationToken),
-            inspection => new ErrorQueueGroups(
-                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Groups.Select(ErrorQueueGroup.From)], inspection.Result.Ungrouped),
+            inspection => Task.FromResult(new ErrorQueueGroups(
+                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Groups.Select(ErrorQueueGroup.From)], inspection.Result.Ungrouped)),
             cancellationToken);
 
     /// <summary>A read of an error queue (peek or groups): the limit, the queue, the walk, the answer or why there is none.</summary>
     private static async Task<Results<Ok<TAnswer>, ValidationProblem, ProblemHttpResult>> InspectAsync<TFound, TAnswer>(
         string queue, string? limit, (int Default, int Max) limits, string what, HttpContext http, RabbitManagementClient management,
-        ILogger<ErrorQueueInspector> logger, Func<int, Task<Inspection<TFound>>> inspect, Func<Inspection<TFound>, TAnswer> answer,
+        ILogger<ErrorQueueInspector> logger, Func<int, Task<Inspection<TFound>>> inspect, Func<Inspection<TFound>, Task<TAnswer>> answer,
         CancellationToken cancellationToken)
     {
         if (!QueryIntegers.TryRead(limit, limits.Default, 1, limits.Max, out var count))
@@ -154,7 +187,7 @@ internal static class ErrorQueuesApi
 
             var who = Who(http);
             ErrorQueuesLog.Inspected(logger, who, queue, what, inspection.Examined);
-            return TypedResults.Ok(answer(inspection));
+            return TypedResults.Ok(await answer(inspection));
         }
         catch (QueueNotFoundException)
         {

@@ -49,13 +49,13 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
 
         var messages = result.GetProperty("messages");
         cli.Out.MarkupLine($"[bold]{Markup.Escape(settings.Queue)}[/]: {Output.Cell(result, "queueDepth")} message(s); showing {messages.GetArrayLength()}.");
-        var table = new Table().AddColumns("#", "Message id", "Type", "Job", "Exception", "Message", "Failed at", "Attempts", "Group");
+        var table = new Table().AddColumns("#", "Message id", "Type", "Job", "Job status", "Exception", "Message", "Failed at", "Attempts", "Group");
         var index = 0;
         foreach (var message in messages.EnumerateArray())
         {
             table.AddRow(
                 (++index).ToString(CultureInfo.InvariantCulture), Output.Cell(message, "messageId"), Output.ShortType(message, "messageType"),
-                Output.Cell(message, "jobId"), Output.ShortType(message, "exceptionType"), Output.Cell(message, "exceptionMessage", 80),
+                Output.Cell(message, "jobId"), Output.Cell(message, "jobStatus"), Output.ShortType(message, "exceptionType"), Output.Cell(message, "exceptionMessage", 80),
                 Output.Cell(message, "faultedAt"), Output.Cell(message, "attempts"), Output.Cell(message, "groupId"));
         }
 

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Conveyor.Api.ErrorQueues;
 using Conveyor.Cli;
 using Conveyor.Contracts;
 using Conveyor.Tests.Api;
@@ -55,7 +56,9 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Messages_and_groups_show_faults_without_changing_the_queue()
     {
-        var first = await _broker.DeadLetterChargeAsync(Declined, "Account acct-1 was not found");
+        // The first names a job whose row is gone: moving it back would run it again.
+        var first = await _broker.DeadLetterChargeAsync(Declined, "Account acct-1 was not found",
+            extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = Guid.NewGuid().ToString() });
         await _broker.DeadLetterChargeAsync(Declined, "Account acct-2 was not found");
         await _broker.DeadLetterChargeAsync(Timeout, "timed out");
 
@@ -64,6 +67,8 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains(first.ToString(), messages.Out, StringComparison.Ordinal);
         Assert.Contains("PermanentFailureException", messages.Out, StringComparison.Ordinal);
         Assert.Contains("\"paymentId\"", messages.Out, StringComparison.Ordinal);
+        Assert.Contains("Job status", messages.Out, StringComparison.Ordinal);
+        Assert.Contains(ErrorQueueMessage.JobStatusMissing, messages.Out, StringComparison.Ordinal);
 
         var groups = await RunAsync("groups", ErrorQueueKit.ChargeErrors, "--json");
         Assert.Equal(ExitCodes.Ok, groups.ExitCode);

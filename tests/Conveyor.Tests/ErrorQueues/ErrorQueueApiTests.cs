@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using System.Net;
 using System.Text.Json;
 using Conveyor.Api.ErrorQueues;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -123,6 +124,40 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var all = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=10");
         Assert.Equal(ids, all.GetProperty("messages").EnumerateArray().Select(m => m.GetProperty("messageId").GetString()));
         Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    /// <summary>
+    /// Whether moving a message back is safe shows in the peek: a job still dead-lettered runs again
+    /// through the inbox's rules; a job whose row is gone (swept after Retention:JobHours) would run
+    /// again unguarded; a message that names no job says nothing.
+    /// </summary>
+    [Fact]
+    public async Task Peek_shows_the_status_of_each_messages_job_now()
+    {
+        var deadLettered = Guid.NewGuid();
+        var succeeded = Guid.NewGuid();
+        var swept = Guid.NewGuid();
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(
+                new Job { Id = deadLettered, Kind = "charge-payment", BusinessKey = Guid.NewGuid().ToString(), Status = JobStatus.DeadLettered, CreatedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow },
+                new Job { Id = succeeded, Kind = "charge-payment", BusinessKey = Guid.NewGuid().ToString(), Status = JobStatus.Succeeded, CreatedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow });
+            await db.SaveChangesAsync();
+        }
+
+        foreach (var job in new[] { deadLettered, succeeded, swept })
+        {
+            await _broker.DeadLetterChargeAsync(Declined, "declined",
+                extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = job.ToString() });
+        }
+
+        await _broker.DeadLetterChargeAsync(Declined, "declined");
+
+        var peeked = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages");
+
+        var statuses = peeked.GetProperty("messages").EnumerateArray()
+            .Select(m => m.GetProperty("jobStatus") is { ValueKind: JsonValueKind.String } status ? status.GetString() : null);
+        Assert.Equal([JobStatus.DeadLettered, JobStatus.Succeeded, ErrorQueueMessage.JobStatusMissing, null], statuses);
     }
 
     [Fact]

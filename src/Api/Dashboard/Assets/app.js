@@ -250,6 +250,7 @@
     const showDetail = (m) => {
       const fields = [
         ["Message id", m.messageId], ["Message type", m.messageType], ["Job", m.jobId], ["Job kind", m.jobKind],
+        ["Job status", m.jobStatus === "missing" ? "missing: its row was swept, so moving this message back runs the job again" : m.jobStatus],
         ["Original queue", m.originalQueue], ["Attempts", m.attempts], ["Faulted at", fmtTime(m.faultedAt)],
         ["Exception", m.exceptionType], ["Exception message", m.exceptionMessage], ["Reason", m.reason],
         ["Dead-letter reason", m.deadLetterReason], ["Group", m.groupId], ["Content type", m.contentType],
