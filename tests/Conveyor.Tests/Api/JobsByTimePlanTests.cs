@@ -19,7 +19,7 @@ namespace Conveyor.Tests.Api;
 /// left them (taken in a quiet spell, before the jobs below existed).
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "bytime")
 {
     private const int PerKind = 30_000;
     private const int Page = 50;
@@ -27,14 +27,11 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
     /// <summary>Far more than any read below needs, far less than reading the other kinds' rows.</summary>
     private const int PagesAllowed = 1_000;
 
-    private ScratchDatabase _database = null!;
-
-    public async Task InitializeAsync()
+    public override async Task InitializeAsync()
     {
-        await fixture.ResetAsync();
-        _database = await ScratchDatabase.CreateAsync(fixture, "bytime");
-        await _database.MigrateAsync();
-        await _database.ExecuteAsync($"""
+        await base.InitializeAsync();
+        await Database.MigrateAsync();
+        await Database.ExecuteAsync($"""
             ALTER TABLE jobs SET (autovacuum_enabled = false);
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{JobKinds.GenerateReport}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1,
@@ -44,13 +41,11 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
             """);
     }
 
-    public async Task DisposeAsync() => await _database.DisposeAsync();
-
     [Fact]
     public async Task A_page_of_one_kind_reads_about_a_page_however_many_newer_jobs_other_kinds_have()
     {
         // Old charges, then twice as many newer webhooks, then one job of a kind this version no longer runs.
-        await _database.ExecuteAsync($"""
+        await Database.ExecuteAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{JobKinds.ChargePayment}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1,
                    now() - interval '3 hours' + g * interval '1 ms', now() - interval '3 hours' + g * interval '1 ms'
@@ -92,7 +87,7 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
         // Webhooks: a backlog, their queue holding messages, none finished yet, so none is stranded.
         // Charges: three queued long ago, though one submitted after them has finished: stranded,
         // whether the broker's (lagging) counts show their queue empty or not.
-        await _database.ExecuteAsync($"""
+        await Database.ExecuteAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{JobKinds.DeliverWebhook}', gen_random_uuid()::text, '{JobStatus.Queued}', 0,
                    now() - interval '2 hours', now() - interval '2 hours'
@@ -105,7 +100,7 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
             VALUES (gen_random_uuid(), '{JobKinds.ChargePayment}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, 'hash',
                     now() - interval '10 minutes', now() - interval '10 minutes');
             """);
-        await using (var connection = await fixture.AmqpFactory().CreateConnectionAsync())
+        await using (var connection = await Fixture.AmqpFactory().CreateConnectionAsync())
         await using (var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true)))
         {
@@ -122,11 +117,11 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
             var queues = await scope.ServiceProvider.GetRequiredService<RabbitManagementClient>().QueuesAsync(CancellationToken.None);
             Assert.Contains(queues, q => q is { Name: JobKinds.DeliverWebhook, CountsKnown: true, Messages: > 0 });
         }, TimeSpan.FromSeconds(30));
-        var before = await _database.PagesReadAsync("jobs");
+        var before = await Database.PagesReadAsync("jobs");
 
         await monitor.RefreshAsync(CancellationToken.None);
 
-        var read = await _database.PagesReadAsync("jobs");
+        var read = await Database.PagesReadAsync("jobs");
         Assert.Equal(3, monitor.Stranded[JobKinds.ChargePayment]);
         Assert.Equal(0, monitor.Stranded[JobKinds.DeliverWebhook]);
         Assert.True(read - before < PagesAllowed, $"the check read {read - before} pages of jobs and its indexes");
@@ -135,9 +130,9 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
     /// <summary>An Api on this database whose first stranded-job check is over, so the counters count only what the test does.</summary>
     private async Task<RunningApp> StartApiAsync()
     {
-        var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        var api = await Fixture.StartApiAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:Conveyor"] = _database.ConnectionString,
+            ["ConnectionStrings:Conveyor"] = Database.ConnectionString,
             ["Jobs:StrandedAfterSeconds"] = "60",
             ["Jobs:StrandedCheckSeconds"] = "3600",
         });
@@ -152,9 +147,9 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : IAsyncLifetim
 
     private async Task<(JobPage Page, long PagesRead)> ListAsync(RunningApp api, string query)
     {
-        var before = await _database.PagesReadAsync("jobs");
+        var before = await Database.PagesReadAsync("jobs");
         var page = await api.Client.GetFromJsonAsync<JobPage>(new Uri($"/api/jobs?{query}", UriKind.Relative));
-        var after = await _database.PagesReadAsync("jobs");
+        var after = await Database.PagesReadAsync("jobs");
         Assert.NotNull(page);
         return (page, after - before);
     }

@@ -16,46 +16,37 @@ namespace Conveyor.Tests.Api;
 /// as the test left them.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class QueuedJobWritesPlanTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class QueuedJobWritesPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "queued")
 {
     private const int Backlog = 60_000;
-    private ScratchDatabase _database = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        _database = await ScratchDatabase.CreateAsync(fixture, "queued");
-    }
-
-    public async Task DisposeAsync() => await _database.DisposeAsync();
 
     [Fact]
     public async Task A_repeated_submission_during_a_backlog_touches_its_job_without_reading_the_backlog()
     {
-        await _database.MigrateAsync();
+        await Database.MigrateAsync();
 
         // Statistics from a quiet spell (finished jobs, none queued), then a backlog they know nothing of.
-        await _database.ExecuteAsync($"""
+        await Database.ExecuteAsync($"""
             ALTER TABLE jobs SET (autovacuum_enabled = false);
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{JobKinds.ChargePayment}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
               FROM generate_series(1, 500);
             ANALYZE jobs;
             """);
-        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = _database.ConnectionString });
-        await _database.ExecuteAsync($"""
+        await using var api = await Fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = Database.ConnectionString });
+        await Database.ExecuteAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{JobKinds.ChargePayment}', gen_random_uuid()::text, '{JobStatus.Queued}', 0, now() - interval '1 hour', now() - interval '1 hour'
               FROM generate_series(1, {Backlog});
             """);
         var request = JobRequests.ChargePayment(Guid.NewGuid());
         var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, request);
-        var before = await _database.PagesReadAsync("jobs");
+        var before = await Database.PagesReadAsync("jobs");
 
         // Sent again at once (its answer lost): the Api re-reads the queued row and publishes again.
         using var repeated = await api.Client.PostJobAsync(JobKinds.ChargePayment, request);
 
-        var after = await _database.PagesReadAsync("jobs");
+        var after = await Database.PagesReadAsync("jobs");
         Assert.True(repeated.IsSuccessStatusCode, $"{(int)repeated.StatusCode}");
         Assert.Equal(accepted.JobId, (await repeated.Content.ReadFromJsonAsync<JobAccepted>())!.JobId);
         // A few index descents and row reads; the queued part of the status index alone is hundreds of pages.

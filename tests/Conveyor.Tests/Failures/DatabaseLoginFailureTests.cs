@@ -17,22 +17,12 @@ namespace Conveyor.Tests.Failures;
 /// its messages in their queue, the Api answers 503, and nothing is dead-lettered for it.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "no_schema")
 {
-    private ScratchDatabase _withoutSchema = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        _withoutSchema = await ScratchDatabase.CreateAsync(fixture, "no_schema");
-    }
-
-    public async Task DisposeAsync() => await _withoutSchema.DisposeAsync();
-
     public static TheoryData<string> Refusals => ["wrong password", "missing database", "database without its schema"];
 
     /// <summary>A database the migrations have not reached yet: a pod started before its migration Job ran.</summary>
-    private string WithoutSchema => _withoutSchema.Name;
+    private string WithoutSchema => Database.Name;
 
     [Theory]
     [MemberData(nameof(Refusals))]
@@ -49,12 +39,12 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncL
             ("Consumers:ChargePayment:KillSwitchRestartSeconds", "600"));
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-db-login", AmountMinor = 700, Currency = "EUR" };
 
-        // Not fixture.StartWorkerAsync: that waits for /health/ready, which a refused database never gives.
+        // Not Fixture.StartWorkerAsync: that waits for /health/ready, which a refused database never gives.
         await using (var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args), Merged(refused)))
         {
-            await fixture.DeclareAsync("charge-payment_error");
-            await Eventually.AssertAsync(async () => Assert.Equal(1u, await fixture.ConsumersAsync("charge-payment")), TimeSpan.FromSeconds(30));
-            await using (var publisher = await TestPublisher.StartAsync(fixture))
+            await Fixture.DeclareAsync("charge-payment_error");
+            await Eventually.AssertAsync(async () => Assert.Equal(1u, await Fixture.ConsumersAsync("charge-payment")), TimeSpan.FromSeconds(30));
+            await using (var publisher = await TestPublisher.StartAsync(Fixture))
             {
                 await publisher.PublishAsync(payment);
             }
@@ -62,37 +52,37 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncL
             // Tried, refused, given back: the kill switch paused the endpoint with the message ready again.
             await Eventually.AssertAsync(async () =>
             {
-                Assert.Equal(0u, await fixture.ConsumersAsync("charge-payment"));
-                Assert.Equal(1u, await fixture.ReadyAsync("charge-payment"));
+                Assert.Equal(0u, await Fixture.ConsumersAsync("charge-payment"));
+                Assert.Equal(1u, await Fixture.ReadyAsync("charge-payment"));
             }, TimeSpan.FromSeconds(60));
-            Assert.Equal(0u, await fixture.ReadyAsync("charge-payment_error"));
+            Assert.Equal(0u, await Fixture.ReadyAsync("charge-payment_error"));
             Assert.Equal(0, gateway.DistinctKeysRequested);
         }
 
-        await using (var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway)))
+        await using (var worker = await Fixture.StartWorkerAsync(WorkerSettings.With(gateway)))
         {
             await Eventually.AssertAsync(async () =>
             {
-                await using var db = fixture.CreateDbContext();
+                await using var db = Fixture.CreateDbContext();
                 Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync()).Status);
             });
-            await fixture.AssertDrainedAsync(worker, "charge-payment");
+            await Fixture.AssertDrainedAsync(worker, "charge-payment");
         }
 
-        await using var check = fixture.CreateDbContext();
+        await using var check = Fixture.CreateDbContext();
         var job = await check.Jobs.SingleAsync();
         // The refused attempts wrote nothing and spent nothing: the one that ran is the first.
         Assert.Equal(1, job.Attempts);
         Assert.Equal(1, await check.Ledger.CountAsync());
         Assert.Equal(1, gateway.SuccessfulRequestsFor(payment.PaymentId.ToString()));
-        Assert.Equal(0u, await fixture.ReadyAsync("charge-payment_error"));
+        Assert.Equal(0u, await Fixture.ReadyAsync("charge-payment_error"));
     }
 
     [Theory]
     [MemberData(nameof(Refusals))]
     public async Task The_api_answers_503_with_retry_after_when_the_database_refuses_it(string refusal)
     {
-        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        await using var api = await Fixture.StartApiAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:Conveyor"] = Refused(refusal),
         });
@@ -110,14 +100,14 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncL
 
     private string Refused(string refusal)
     {
-        var connection = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        var connection = new NpgsqlConnectionStringBuilder(Fixture.ConnectionString);
         switch (refusal)
         {
             case "wrong password":
                 connection.Password = "not-the-password"; // 28P01
                 break;
             case "missing database":
-                connection.Database = $"{fixture.DatabaseName}_missing"; // 3D000
+                connection.Database = $"{Fixture.DatabaseName}_missing"; // 3D000
                 break;
             case "database without its schema":
                 connection.Database = WithoutSchema; // 42P01
@@ -131,7 +121,7 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : IAsyncL
 
     private Dictionary<string, string?> Merged(Dictionary<string, string?> overrides)
     {
-        var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+        var settings = new Dictionary<string, string?>(Fixture.BaseSettings);
         foreach (var (key, value) in overrides)
         {
             settings[key] = value;

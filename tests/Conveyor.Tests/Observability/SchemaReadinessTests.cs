@@ -12,31 +12,21 @@ namespace Conveyor.Tests.Observability;
 /// every submission. It gets ready by itself once the migrations are applied.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class SchemaReadinessTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class SchemaReadinessTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "behind")
 {
-    private ScratchDatabase _database = null!;
-
-    private string ConnectionString => _database.ConnectionString;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        _database = await ScratchDatabase.CreateAsync(fixture, "behind");
-    }
-
-    public async Task DisposeAsync() => await _database.DisposeAsync();
+    private string ConnectionString => Database.ConnectionString;
 
     [Fact]
     public async Task An_api_one_migration_ahead_of_its_database_is_unready_naming_it_until_the_migration_runs()
     {
         List<string> migrations;
-        await using (var db = _database.CreateDbContext())
+        await using (var db = Database.CreateDbContext())
         {
             migrations = [.. db.Database.GetMigrations()];
             await db.Database.GetService<IMigrator>().MigrateAsync(migrations[^2]);
         }
 
-        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
+        await using var api = await Fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
         await Eventually.AssertAsync(async () =>
         {
             var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(api);
@@ -48,7 +38,7 @@ public sealed class SchemaReadinessTests(ConveyorFixture fixture) : IAsyncLifeti
             Assert.Contains($"the newest applied is {migrations[^2]}", description, StringComparison.Ordinal);
         }, TimeSpan.FromSeconds(30));
 
-        await using (var db = _database.CreateDbContext())
+        await using (var db = Database.CreateDbContext())
         {
             await db.Database.MigrateAsync();
         }
@@ -64,7 +54,7 @@ public sealed class SchemaReadinessTests(ConveyorFixture fixture) : IAsyncLifeti
     [Fact]
     public async Task An_api_on_a_database_never_migrated_is_unready_and_says_so()
     {
-        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
+        await using var api = await Fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
         await Eventually.AssertAsync(async () =>
         {
             var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(api);

@@ -15,25 +15,15 @@ namespace Conveyor.Tests.Redelivery;
 /// count only the reading.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class ScheduledBacklogPlanTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class ScheduledBacklogPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "backlog")
 {
-    private ScratchDatabase _database = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        _database = await ScratchDatabase.CreateAsync(fixture, "backlog");
-    }
-
-    public async Task DisposeAsync() => await _database.DisposeAsync();
-
     [Fact]
     public async Task A_backlog_of_scheduled_messages_is_not_read_to_count_the_few_refused_ones()
     {
-        await _database.MigrateAsync();
+        await Database.MigrateAsync();
 
         // 25,000 redeliveries due in an hour, 3 of them refused by the broker; never analysed.
-        await _database.ExecuteAsync("""
+        await Database.ExecuteAsync("""
             ALTER TABLE scheduled_messages SET (autovacuum_enabled = false);
             INSERT INTO scheduled_messages (dedupe_key, destination, due_at, attempt, headers, body, created_at, first_refused_at)
             SELECT 'm' || g, 'charge-payment', now() + interval '1 hour', 1, '{}', '\x00', now(),
@@ -41,13 +31,13 @@ public sealed class ScheduledBacklogPlanTests(ConveyorFixture fixture) : IAsyncL
               FROM generate_series(1, 25000) AS g;
             """);
         using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
-        var backlog = new ScheduledBacklog(services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), _database.DbContextFactory(),
+        var backlog = new ScheduledBacklog(services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), Database.DbContextFactory(),
             Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<ScheduledBacklog>.Instance);
-        var before = await _database.RowsReadAsync("scheduled_messages");
+        var before = await Database.RowsReadAsync("scheduled_messages");
 
         var health = await backlog.CheckHealthAsync(new HealthCheckContext());
 
-        var read = await _database.RowsReadAsync("scheduled_messages") - before;
+        var read = await Database.RowsReadAsync("scheduled_messages") - before;
         Assert.Contains("the broker has refused 3 of them", health.Description, StringComparison.Ordinal);
         Assert.True(read < 100, $"the reading read {read} rows of scheduled_messages");
     }

@@ -10,24 +10,15 @@ namespace Conveyor.Tests.Storage;
 /// (the new index left behind, the old ones still there) completes when run again.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class JobIndexMigrationTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class JobIndexMigrationTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "jobindex")
 {
     private const string Before = "20261129234136_ScheduledMessageRefusal";
-    private ScratchDatabase _database = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        _database = await ScratchDatabase.CreateAsync(fixture, "jobindex");
-    }
-
-    public async Task DisposeAsync() => await _database.DisposeAsync();
 
     [Fact]
     public async Task Run_again_after_stopping_halfway_it_leaves_one_valid_index_by_kind_status_and_time()
     {
-        await _database.MigrateAsync(Before);
-        await _database.ExecuteAsync($"""
+        await Database.MigrateAsync(Before);
+        await Database.ExecuteAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), 'charge-payment', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
               FROM generate_series(1, 2000);
@@ -35,9 +26,9 @@ public sealed class JobIndexMigrationTests(ConveyorFixture fixture) : IAsyncLife
             CREATE INDEX ix_jobs_kind_status_created_at_id ON jobs (kind);
             """);
 
-        await _database.MigrateAsync();
+        await Database.MigrateAsync();
 
-        await using var db = _database.CreateDbContext();
+        await using var db = Database.CreateDbContext();
         var indexes = await db.Database.SqlQuery<IndexRow>($"""
             SELECT c.relname AS name, pg_get_indexdef(c.oid) AS definition, i.indisvalid AS valid
               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid

@@ -18,35 +18,26 @@ namespace Conveyor.Tests.Worker;
 /// statistics stay as the test left them.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "plan")
 {
     private const string Kind = "charge-payment";
     private const string Consumer = "charge-payment";
     private const int Batch = 64;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
 
-    private ScratchDatabase _database = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        _database = await ScratchDatabase.CreateAsync(fixture, "plan");
-    }
-
-    public async Task DisposeAsync() => await _database.DisposeAsync();
 
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
     public async Task A_full_batch_reads_no_other_row_of_its_kind_whatever_the_statistics_say(bool analysedBeforeTheKindWasBusy)
     {
-        await _database.MigrateAsync();
+        await Database.MigrateAsync();
 
-        await _database.ExecuteAsync("ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false)");
+        await Database.ExecuteAsync("ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false)");
         if (analysedBeforeTheKindWasBusy)
         {
             // Statistics that know the tables but not the kind: a kind deployed, or busy, since the last ANALYZE.
-            await _database.ExecuteAsync($"""
+            await Database.ExecuteAsync($"""
                 INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
                 SELECT gen_random_uuid(), 'deliver-webhook', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
                   FROM generate_series(1, 500);
@@ -58,7 +49,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
         }
 
         // Twenty thousand earlier messages of the kind, with their jobs, none of them analysed.
-        await _database.ExecuteAsync($"""
+        await Database.ExecuteAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
             SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
               FROM generate_series(1, 20000);
@@ -74,7 +65,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
         // rows to filter them would read all 20,000 of a table, once per batch.
         Assert.True(after.Jobs - before.Jobs < 1000, $"the batch read {after.Jobs - before.Jobs} job rows");
         Assert.True(after.Inbox - before.Inbox < 1000, $"the batch read {after.Inbox - before.Inbox} inbox rows");
-        await using var check = _database.CreateDbContext();
+        await using var check = Database.CreateDbContext();
         Assert.Equal(succeeded.Count, await check.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded && succeeded.Contains(j.BusinessKey)));
         // A failed attempt's inbox row goes, so that its message is claimed again; a handled one's stays.
         Assert.Equal(succeeded.Order(StringComparer.Ordinal),
@@ -89,7 +80,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
     private async Task<(List<string> Succeeded, List<string> Failed)> RunOneFullBatchAsync()
     {
         await using var batcher = new InboxBatcher(Consumer, Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
-            _database.DbContextFactory(), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+            Database.DbContextFactory(), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
         var first = batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid());
         Assert.Equal(InboxClaim.Run, await first.Claimed.WaitAsync(Patience));
 
@@ -122,5 +113,5 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : IAsyncLifetim
 
     /// <summary>The rows the jobs and inbox tables' scans have read (sequentially, or fetched through an index).</summary>
     private async Task<(long Jobs, long Inbox)> ReadsAsync() =>
-        (await _database.RowsReadAsync("jobs"), await _database.RowsReadAsync("inbox"));
+        (await Database.RowsReadAsync("jobs"), await Database.RowsReadAsync("inbox"));
 }
