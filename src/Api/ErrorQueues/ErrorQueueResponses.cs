@@ -12,7 +12,7 @@ public sealed record ErrorQueueMessages(string Queue, long QueueDepth, IReadOnly
 /// <param name="JobStatus">
 /// The status of the message's job now (<see cref="JobStatusNow"/>): <c>missing</c> when the message
 /// names a job whose row is gone (swept after <c>Retention:JobHours</c>, so moving the message back
-/// runs the job again); null when the message names no job or the database could not be read.
+/// runs the job again); null when the message names no job.
 /// </param>
 public sealed record ErrorQueueMessage(
     string? MessageId,
@@ -38,8 +38,8 @@ public sealed record ErrorQueueMessage(
     /// <summary>The value of <see cref="JobStatus"/> for a job id that names no row.</summary>
     public const string JobStatusMissing = "missing";
 
-    /// <param name="jobStatuses">Each job's status by its id; null when the database could not be read.</param>
-    internal static ErrorQueueMessage From(string queue, PeekedMessage peeked, IReadOnlyDictionary<Guid, string>? jobStatuses)
+    /// <param name="jobStatuses">Each job's status by its id.</param>
+    internal static ErrorQueueMessage From(string queue, PeekedMessage peeked, IReadOnlyDictionary<Guid, string> jobStatuses)
     {
         var m = peeked.Message;
         return new ErrorQueueMessage(
@@ -53,8 +53,8 @@ public sealed record ErrorQueueMessage(
     internal static IReadOnlyList<Guid> JobIds(IEnumerable<PeekedMessage> peeked) =>
         [.. peeked.Select(p => Guid.TryParse(p.Message.JobId, out var id) ? id : (Guid?)null).OfType<Guid>().Distinct()];
 
-    private static string? JobStatusNow(string? jobId, IReadOnlyDictionary<Guid, string>? jobStatuses) =>
-        jobStatuses is null || !Guid.TryParse(jobId, out var id) ? null : jobStatuses.GetValueOrDefault(id, JobStatusMissing);
+    private static string? JobStatusNow(string? jobId, IReadOnlyDictionary<Guid, string> jobStatuses) =>
+        Guid.TryParse(jobId, out var id) ? jobStatuses.GetValueOrDefault(id, JobStatusMissing) : null;
 
     private static JsonElement? ParseHistory(string? history)
     {

@@ -119,36 +119,29 @@ internal static class ErrorQueuesApi
             count => inspector.PeekAsync(queue, count, cancellationToken),
             async inspection =>
             {
-                var statuses = await JobStatusesAsync(queue, ErrorQueueMessage.JobIds(inspection.Result!), dbFactory, logger, cancellationToken);
+                var statuses = await JobStatusesAsync(ErrorQueueMessage.JobIds(inspection.Result!), dbFactory, cancellationToken);
                 return new ErrorQueueMessages(queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m, statuses))]);
             },
             cancellationToken);
 
     /// <summary>
-    /// The current status of each job by id (a job whose row is gone is left out). Null when the
-    /// database cannot be read: a peek still shows the messages, which live in the broker.
+    /// The current status of each job by id; a job whose row is gone is left out. The peek has just
+    /// used the database (its lock against a running operation), so a failure here is one more
+    /// outage answered as any other (503).
     /// </summary>
-    private static async Task<IReadOnlyDictionary<Guid, string>?> JobStatusesAsync(
-        string queue, IReadOnlyList<Guid> jobIds, IDbContextFactory<ConveyorDbContext> dbFactory, ILogger logger, CancellationToken cancellationToken)
+    private static async Task<IReadOnlyDictionary<Guid, string>> JobStatusesAsync(
+        IReadOnlyList<Guid> jobIds, IDbContextFactory<ConveyorDbContext> dbFactory, CancellationToken cancellationToken)
     {
         if (jobIds.Count == 0)
         {
             return new Dictionary<Guid, string>();
         }
 
-        try
-        {
-            await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-            return await db.Jobs
-                .Where(j => jobIds.Contains(j.Id))
-                .Select(j => new { j.Id, j.Status })
-                .ToDictionaryAsync(j => j.Id, j => j.Status, cancellationToken);
-        }
-        catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-        {
-            ErrorQueuesLog.JobStatusesUnread(logger, queue, exception);
-            return null;
-        }
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        return await db.Jobs
+            .Where(j => jobIds.Contains(j.Id))
+            .Select(j => new { j.Id, j.Status })
+            .ToDictionaryAsync(j => j.Id, j => j.Status, cancellationToken);
     }
 
     internal static Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(

@@ -9,8 +9,4 @@ internal static partial class ErrorQueuesLog
     [LoggerMessage(EventId = 2102, Level = LogLevel.Information,
         Message = "{Who} inspected {Queue} ({What}: {Examined} message(s) examined)")]
     public static partial void Inspected(ILogger logger, string who, string queue, string what, long examined);
-
-    [LoggerMessage(EventId = 2103, Level = LogLevel.Warning,
-        Message = "Could not read the jobs of the messages peeked in {Queue}; their job status is left out")]
-    public static partial void JobStatusesUnread(ILogger logger, string queue, Exception exception);
 }
