@@ -17,21 +17,38 @@ public sealed record OperationPlan(
 /// <summary>
 /// Moves or purges the messages that match a filter, up to a limit; keeps the others. Counts what it
 /// did and remembers (a bounded number of) the affected message ids for the audit trail; ids and
-/// target queue names come from the broker and are escaped as <see cref="AuditText"/> says.
+/// target queue names come from the broker and are escaped as <see cref="AuditText"/> says. Also
+/// collects the distinct job ids of the messages it selects, so that the runner can count those whose
+/// job row is gone (<see cref="ErrorQueueOperation.JobsMissing"/>).
 /// </summary>
 public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
 {
+    /// <summary>
+    /// At most this many job ids are kept (16 bytes each plus the set's overhead: a few MB); the jobs
+    /// of further messages are not checked, and <see cref="JobIds"/> says so.
+    /// </summary>
+    public const int MaxJobIdsKept = 100_000;
+
+    /// <summary>
+    /// The operation's detail says so when <see cref="MaxJobIdsKept"/> was reached. It is a caveat on
+    /// the count, not on the work: alone, it does not make a succeeded operation partial.
+    /// </summary>
+    public const string JobIdsPartialDetail =
+        "Job rows were checked for the first 100,000 distinct jobs of the selected messages only; jobsMissing counts among those.";
+
     private const int MaxErrorsKept = 5;
 
     private readonly object _gate = new();
     private readonly List<string> _messageIds = [];
     private readonly Dictionary<string, long> _targets = new(StringComparer.Ordinal);
     private readonly List<string> _errors = [];
+    private readonly HashSet<Guid> _jobIds = [];
     private long _matched;
     private long _moved;
     private long _purged;
     private long _failed;
     private bool _idsTruncated;
+    private bool _jobIdsPartial;
 
     public long Matched => Interlocked.Read(ref _matched);
 
@@ -125,8 +142,26 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
         }
     }
 
+    /// <summary>
+    /// The distinct job ids of the selected messages, and whether some were left out (more than
+    /// <see cref="MaxJobIdsKept"/>). Read once the walk has ended.
+    /// </summary>
+    public (IReadOnlyList<Guid> Ids, bool Partial) JobIds()
+    {
+        lock (_gate)
+        {
+            return ([.. _jobIds], _jobIdsPartial);
+        }
+    }
+
+    /// <summary>
+    /// Records a selected message (moved, purged, or for a dry run would be) under one lock: its id, its
+    /// target, its job id. A message that names no job, or one whose header is not a UUID (no row could
+    /// have that id), adds no job id: only a job that had a row can have lost it to retention.
+    /// </summary>
     private void RecordId(FaultedMessage message, string? target)
     {
+        var hasJobId = Guid.TryParse(message.JobId, out var jobId);
         lock (_gate)
         {
             if (_messageIds.Count < plan.MessageIdLimit)
@@ -143,6 +178,18 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
             {
                 var name = AuditText.Escape(target);
                 _targets[name] = _targets.GetValueOrDefault(name) + 1;
+            }
+
+            if (hasJobId)
+            {
+                if (_jobIds.Count < MaxJobIdsKept)
+                {
+                    _jobIds.Add(jobId);
+                }
+                else if (!_jobIds.Contains(jobId))
+                {
+                    _jobIdsPartial = true;
+                }
             }
         }
     }

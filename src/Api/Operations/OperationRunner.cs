@@ -24,6 +24,8 @@ public sealed class OperationRunner(
     ILogger<OperationRunner> logger) : IHostedService, IDisposable
 {
     private const int MaxDetailLength = 2000;
+    private const int JobIdsPerStatement = 1000;
+    private static readonly TimeSpan JobsCheckTimeout = TimeSpan.FromSeconds(10);
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(500);
     private static readonly string Owner = $"{Environment.MachineName}/{Environment.ProcessId}";
 
@@ -152,10 +154,17 @@ public sealed class OperationRunner(
         await cancel.CancelAsync();
         await reporter;
 
+        var (jobIds, jobIdsPartial) = visitor.JobIds();
+        var jobsMissing = await CountJobsMissingAsync(operation.Id, jobIds);
         var (messageIds, truncated, targets, errors) = visitor.Snapshot();
         if (errors.Count > 0)
         {
             detail = string.Join(" ", [.. detail is null ? [] : new[] { detail }, .. errors]);
+        }
+
+        if (jobIdsPartial && jobsMissing is not null)
+        {
+            detail = detail is null ? OperationVisitor.JobIdsPartialDetail : $"{detail} {OperationVisitor.JobIdsPartialDetail}";
         }
 
         operation.State = state;
@@ -168,6 +177,7 @@ public sealed class OperationRunner(
         operation.Purged = visitor.Purged;
         operation.Failed = visitor.Failed;
         operation.Left = left;
+        operation.JobsMissing = jobsMissing;
         operation.MessageIds = JsonSerializer.Serialize(messageIds);
         operation.MessageIdsTruncated = truncated;
         operation.Targets = JsonSerializer.Serialize(targets);
@@ -271,6 +281,7 @@ public sealed class OperationRunner(
                     .SetProperty(o => o.Purged, operation.Purged)
                     .SetProperty(o => o.Failed, operation.Failed)
                     .SetProperty(o => o.Left, operation.Left)
+                    .SetProperty(o => o.JobsMissing, operation.JobsMissing)
                     .SetProperty(o => o.MessageIdsTruncated, o => o.MessageIdsTruncated || hadIds)
                     .SetProperty(o => o.FinishedAt, operation.FinishedAt)
                     .SetProperty(o => o.UpdatedAt, operation.UpdatedAt),
@@ -279,6 +290,50 @@ public sealed class OperationRunner(
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
             OperationsLog.FailureNotSaved(logger, exception, operation.Id);
+        }
+    }
+
+    /// <summary>
+    /// How many of <paramref name="jobIds"/> have no row in <c>jobs</c>: swept after
+    /// <c>Retention:JobHours</c>, so their messages, once moved back, run again with no deduplication.
+    /// One primary-key probe per id (a <c>LATERAL … LIMIT 1</c> the planner cannot turn into a join that
+    /// reads the table, whatever its statistics: ADR 0010), a thousand ids a statement. Null when the
+    /// database cannot be read within <see cref="JobsCheckTimeout"/>: the count is advice for the
+    /// operator, so it never fails the operation, which has already done its work.
+    /// </summary>
+    private async Task<long?> CountJobsMissingAsync(Guid operationId, IReadOnlyList<Guid> jobIds)
+    {
+        if (jobIds.Count == 0)
+        {
+            return 0;
+        }
+
+        try
+        {
+            using var timeout = new CancellationTokenSource(JobsCheckTimeout);
+            await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            await db.Database.OpenConnectionAsync(timeout.Token);
+            var connection = (NpgsqlConnection)db.Database.GetDbConnection();
+            long missing = 0;
+            foreach (var chunk in jobIds.Chunk(JobIdsPerStatement))
+            {
+                await using var count = new NpgsqlCommand(
+                    """
+                    SELECT count(*)
+                      FROM unnest(@ids) AS t(id)
+                      LEFT JOIN LATERAL (SELECT 1 AS found FROM jobs j WHERE j.id = t.id LIMIT 1) job ON true
+                     WHERE job.found IS NULL
+                    """, connection);
+                count.Parameters.Add(new NpgsqlParameter<Guid[]>("ids", chunk));
+                missing += (long)(await count.ExecuteScalarAsync(timeout.Token))!;
+            }
+
+            return missing;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            OperationsLog.JobsNotChecked(logger, exception, operationId);
+            return null;
         }
     }
 

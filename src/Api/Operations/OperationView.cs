@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Conveyor.Api.ErrorQueues;
 using Conveyor.Storage.Operations;
 
 namespace Conveyor.Api.Operations;
@@ -10,7 +11,9 @@ namespace Conveyor.Api.Operations;
 /// <see cref="Partial"/> marks a <c>succeeded</c> operation that did only part of what it set out to:
 /// matched messages it could not move (<see cref="Failed"/>, such as a target queue that does not exist;
 /// they stay in the error queue), or a walk that stopped before examining every message (<see cref="Detail"/>
-/// says why).
+/// says why). <see cref="JobsMissing"/>: of the jobs the selected messages name, those whose row is gone
+/// (swept after <c>Retention:JobHours</c>), so moving their messages back runs them again with no
+/// deduplication; null while it runs or when the database could not be read.
 /// </summary>
 public sealed record OperationView(
     Guid OperationId,
@@ -32,6 +35,7 @@ public sealed record OperationView(
     long Purged,
     long Failed,
     long? Left,
+    long? JobsMissing,
     IReadOnlyList<string> MessageIds,
     bool MessageIdsTruncated,
     string? Detail,
@@ -49,8 +53,10 @@ public sealed record OperationView(
         o.Limit,
         o.DryRun,
         o.State,
-        // A succeeded operation records a detail only when it failed to move some or stopped early.
-        o.State == ErrorQueueOperationStates.Succeeded && (o.Failed > 0 || o.Detail is not null),
+        // A succeeded operation records a detail only when it failed to move some or stopped early, or
+        // (which is no failure) when it checked the job rows of only part of what it selected.
+        o.State == ErrorQueueOperationStates.Succeeded
+            && (o.Failed > 0 || (o.Detail is not null && o.Detail != OperationVisitor.JobIdsPartialDetail)),
         o.RequestedBy,
         o.ClientAddress,
         o.QueueDepthAtStart,
@@ -61,6 +67,7 @@ public sealed record OperationView(
         o.Failed,
         // While it runs: what is left of the messages it set out to examine.
         o.Left ?? (o.State == ErrorQueueOperationStates.Running ? Math.Max(0, o.QueueDepthAtStart - o.Moved - o.Purged) : null),
+        o.JobsMissing,
         JsonSerializer.Deserialize<List<string>>(o.MessageIds) ?? [],
         o.MessageIdsTruncated,
         o.Detail,

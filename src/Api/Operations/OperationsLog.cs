@@ -33,4 +33,8 @@ internal static partial class OperationsLog
     [LoggerMessage(EventId = 2007, Level = LogLevel.Warning,
         Message = "{Count} operation(s) had recorded no progress for {Seconds} s: their process stopped; marked interrupted")]
     public static partial void FoundAbandoned(ILogger logger, int count, int seconds);
+
+    [LoggerMessage(EventId = 2009, Level = LogLevel.Warning,
+        Message = "Operation {OperationId}: could not count the selected messages whose job row is gone; its jobsMissing is left unknown")]
+    public static partial void JobsNotChecked(ILogger logger, Exception exception, Guid operationId);
 }

@@ -236,6 +236,15 @@ internal static class Operations
                 + "or it stopped before examining every message (see its detail)."));
         }
 
+        var missing = Number(operation, "jobsMissing");
+        if (missing > 0)
+        {
+            // Said before a move, above all by a dry run: these messages are no longer deduplicated.
+            cli.Err.MarkupLine(
+                $"[yellow]Warning: {missing} job(s) of the selected messages have no row any more (swept after Retention:JobHours): "
+                + "moving their messages back runs those jobs again, with no deduplication.[/]");
+        }
+
         if (json)
         {
             cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, Indented));
@@ -255,7 +264,7 @@ internal static class Operations
             {
                 ("Operation", "operationId"), ("State", "state"), ("Queue", "queue"), ("Target", "target"), ("Targets", "targets"),
                 ("Filter", "filter"), ("Limit", "limit"), ("Examined", "examined"), ("Matched", "matched"), ("Moved", "moved"),
-                ("Purged", "purged"), ("Failed", "failed"), ("Left", "left"), ("Requested by", "requestedBy"),
+                ("Purged", "purged"), ("Failed", "failed"), ("Left", "left"), ("Jobs missing", "jobsMissing"), ("Requested by", "requestedBy"),
                 ("Started", "createdAt"), ("Finished", "finishedAt"), ("Detail", "detail"),
             })
             {
@@ -285,7 +294,7 @@ internal static class Operations
 
     public static Table Table(JsonElement operations)
     {
-        var table = new Table().AddColumns("When", "Who", "What", "From", "To", "Matched", "Moved", "Purged", "Failed", "State", "Id");
+        var table = new Table().AddColumns("When", "Who", "What", "From", "To", "Matched", "Moved", "Purged", "Failed", "Jobs missing", "State", "Id");
         foreach (var operation in operations.EnumerateArray())
         {
             var what = Output.Cell(operation, "kind") + (operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True ? " (dry run)" : "");
@@ -298,7 +307,7 @@ internal static class Operations
             table.AddRow(
                 Output.Cell(operation, "createdAt"), Output.Cell(operation, "requestedBy"), what, Output.Cell(operation, "queue"), to,
                 Output.Cell(operation, "matched"), Output.Cell(operation, "moved"), Output.Cell(operation, "purged"),
-                Output.Cell(operation, "failed"), Output.Cell(operation, "state"), Output.Cell(operation, "operationId"));
+                Output.Cell(operation, "failed"), Output.Cell(operation, "jobsMissing"), Output.Cell(operation, "state"), Output.Cell(operation, "operationId"));
         }
 
         return table;

@@ -197,6 +197,10 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("finished_at");
 
+                    b.Property<long?>("JobsMissing")
+                        .HasColumnType("bigint")
+                        .HasColumnName("jobs_missing");
+
                     b.Property<string>("Kind")
                         .IsRequired()
                         .HasMaxLength(16)

@@ -55,6 +55,14 @@ public sealed class ErrorQueueOperation
     /// <summary>Messages in the queue when the operation ended.</summary>
     public long? Left { get; set; }
 
+    /// <summary>
+    /// Of the jobs named by the messages it selected (moved, purged, or for a dry run would be), how
+    /// many have no row in <c>jobs</c> when it ended: swept after <c>Retention:JobHours</c>, so a message
+    /// of theirs moved back runs its job again with no deduplication. Null while it runs, or when the
+    /// database could not be read.
+    /// </summary>
+    public long? JobsMissing { get; set; }
+
     /// <summary>Message ids moved or purged (would be, for a dry run): a JSON array, bounded.</summary>
     public required string MessageIds { get; set; }
 
@@ -66,7 +74,8 @@ public sealed class ErrorQueueOperation
 
     /// <summary>
     /// Why it failed, or stopped before examining every message; the reasons copies were refused. A
-    /// <c>succeeded</c> operation has one only when it did part of its work (the Api shows it as partial).
+    /// <c>succeeded</c> operation has one only when it did part of its work (the Api shows it as partial),
+    /// or when it had more jobs to check than <see cref="JobsMissing"/> counts (a caveat, not partial).
     /// </summary>
     public string? Detail { get; set; }
 

@@ -114,6 +114,22 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("since: Must be an ISO 8601 date and time", usDate.Err, StringComparison.Ordinal);
     }
 
+    /// <summary>A dry run warns, before anything moves, of messages whose job row was swept: moved back, they would run again.</summary>
+    [Fact]
+    public async Task A_dry_run_move_warns_of_jobs_whose_row_is_gone()
+    {
+        await _broker.DeadLetterChargeAsync(Declined, "declined",
+            extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = Guid.NewGuid().ToString() });
+        await _broker.DeadLetterChargeAsync(Declined, "declined");
+
+        var dryRun = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--dry-run");
+
+        Assert.Equal(ExitCodes.Ok, dryRun.ExitCode);
+        Assert.Matches(@"Jobs missing\s+1", dryRun.Out);
+        Assert.Contains("Warning: 1 job(s) of the selected messages have no row any more", dryRun.Err, StringComparison.Ordinal);
+        Assert.Equal(2u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     [Fact]
     public async Task Move_and_purge_without_waiting_exit_with_still_running_and_say_how_to_follow()
     {

@@ -160,6 +160,73 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal([JobStatus.DeadLettered, JobStatus.Succeeded, ErrorQueueMessage.JobStatusMissing, null], statuses);
     }
 
+    /// <summary>
+    /// Before moving thousands of messages back, a dry run tells how many of their jobs have lost their
+    /// row (swept after Retention:JobHours): those would run again unguarded. A job whose row exists
+    /// is not counted, nor is a message that names no job.
+    /// </summary>
+    [Fact]
+    public async Task A_dry_run_counts_the_selected_messages_jobs_whose_row_is_gone()
+    {
+        var ids = await DeadLetterWithJobsAsync();
+
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true });
+
+        Assert.Equal(("succeeded", false), (operation.GetProperty("state").GetString(), operation.GetProperty("partial").GetBoolean()));
+        Assert.Equal((4, 0, 2), (
+            operation.GetProperty("matched").GetInt64(), operation.GetProperty("moved").GetInt64(), operation.GetProperty("jobsMissing").GetInt64()));
+        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    /// <summary>A real move reports the same count: the jobs it has just set to run again without deduplication.</summary>
+    [Fact]
+    public async Task A_move_reports_how_many_of_the_moved_messages_jobs_have_no_row()
+    {
+        var ids = await DeadLetterWithJobsAsync();
+
+        var operation = await _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+
+        Assert.Equal(("succeeded", 4L, 2L), (
+            operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64(), operation.GetProperty("jobsMissing").GetInt64()));
+        Assert.Equal(ids, (await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
+        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+
+        // The audit trail keeps it.
+        var listed = (await _admin.GetJsonAsync($"/api/operations?queue={ErrorQueueKit.ChargeErrors}")).EnumerateArray()
+            .Single(o => o.GetProperty("operationId").GetString() == operation.GetProperty("operationId").GetString());
+        Assert.Equal(2, listed.GetProperty("jobsMissing").GetInt64());
+    }
+
+    /// <summary>
+    /// Four messages: one of a job whose row exists, two of jobs with no row, one that names no job.
+    /// Returns the message ids in queue order.
+    /// </summary>
+    private async Task<List<string>> DeadLetterWithJobsAsync()
+    {
+        var kept = Guid.NewGuid();
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.Add(new Job
+            {
+                Id = kept, Kind = "charge-payment", BusinessKey = Guid.NewGuid().ToString(), Status = JobStatus.DeadLettered,
+                CreatedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
+            });
+            await db.SaveChangesAsync();
+        }
+
+        var ids = new List<string>();
+        foreach (var job in new[] { kept, Guid.NewGuid(), Guid.NewGuid() })
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined",
+                extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = job.ToString() })).ToString());
+        }
+
+        ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
+        return ids;
+    }
+
     [Fact]
     public async Task Groups_faults_whose_messages_differ_only_in_ids_and_numbers()
     {

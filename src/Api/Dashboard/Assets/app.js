@@ -363,6 +363,8 @@
         bar.style.width = Math.min(100, Math.round(100 * (op.state === "running" ? done / total : 1))) + "%";
         numbers.textContent = "Examined " + fmtNumber(op.examined) + " · matched " + fmtNumber(op.matched) + " · moved " + fmtNumber(op.moved)
           + " · purged " + fmtNumber(op.purged) + " · failed " + fmtNumber(op.failed) + (op.left !== null ? " · left " + fmtNumber(op.left) : "")
+          + (op.jobsMissing !== null ? " · jobs missing " + fmtNumber(op.jobsMissing)
+            + (op.jobsMissing > 0 ? " (their rows were swept: moving their messages back runs those jobs again)" : "") : "")
           + (op.detail ? " · " + op.detail : "");
       });
       if (!ended) return;
