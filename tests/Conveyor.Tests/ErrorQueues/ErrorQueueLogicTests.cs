@@ -234,4 +234,31 @@ public sealed class ErrorQueueLogicTests
         Assert.Equal(5, problems.Count);
         Assert.DoesNotContain(problems, p => p.Contains("same-0123", StringComparison.Ordinal) || p.Contains("short", StringComparison.Ordinal));
     }
+    /// <summary>
+    /// A move keeps at most <see cref="OperationVisitor.MaxJobIdsKept"/> distinct job ids to check
+    /// (bounded memory over any queue), says when it left some out, and counts a job once however many
+    /// of its messages it moved; a message without a job id, or with one that is not a UUID, adds none.
+    /// </summary>
+    [Fact]
+    public void A_move_keeps_a_bounded_set_of_distinct_job_ids_and_says_when_it_left_some_out()
+    {
+        var visitor = new OperationVisitor(new OperationPlan(
+            Conveyor.Storage.Operations.ErrorQueueOperationKinds.Move, "q_error", MessageFilter.All, null, null, false, Guid.NewGuid(), 10));
+        var repeated = Guid.NewGuid().ToString();
+        visitor.Completed(new FaultedMessage { JobId = repeated }, WalkOutcome.Forwarded, "q", null);
+        visitor.Completed(new FaultedMessage { JobId = repeated }, WalkOutcome.Forwarded, "q", null);
+        visitor.Completed(new FaultedMessage(), WalkOutcome.Forwarded, "q", null);
+        visitor.Completed(new FaultedMessage { JobId = "not-a-uuid" }, WalkOutcome.Forwarded, "q", null);
+
+        Assert.Equal((1, false), (visitor.JobIds().Ids.Count, visitor.JobIds().Partial));
+
+        for (var i = 0; i < OperationVisitor.MaxJobIdsKept; i++)
+        {
+            visitor.Completed(new FaultedMessage { JobId = Guid.NewGuid().ToString() }, WalkOutcome.Forwarded, "q", null);
+        }
+
+        var (ids, partial) = visitor.JobIds();
+        Assert.Equal(OperationVisitor.MaxJobIdsKept, ids.Count);
+        Assert.True(partial);
+    }
 }
