@@ -234,6 +234,7 @@ public sealed class ErrorQueueLogicTests
         Assert.Equal(5, problems.Count);
         Assert.DoesNotContain(problems, p => p.Contains("same-0123", StringComparison.Ordinal) || p.Contains("short", StringComparison.Ordinal));
     }
+
     /// <summary>
     /// A move keeps at most <see cref="OperationVisitor.MaxJobIdsKept"/> distinct job ids to check
     /// (bounded memory over any queue), says when it left some out, and counts a job once however many
