@@ -328,8 +328,9 @@ namespace Conveyor.Storage.Migrations
                     b.HasKey("PaymentId")
                         .HasName("pk_ledger_entries");
 
-                    b.HasIndex("AccountId", "Currency")
-                        .HasDatabaseName("ix_ledger_entries_account_id_currency");
+                    b.HasIndex("AccountId", "Currency", "PaymentId")
+                        .HasDatabaseName("ix_ledger_entries_account_id_currency_payment_id")
+                        .HasAnnotation("Npgsql:CreatedConcurrently", true);
 
                     b.ToTable("ledger_entries", (string)null);
                 });

@@ -8,10 +8,40 @@ namespace Conveyor.Worker.Reports;
 
 public sealed record CurrencyTotal(string Currency, long Count, long TotalMinor);
 
-/// <summary>Walks the ledger in keyset pages (by payment id) and sums amounts per currency.</summary>
+/// <summary>
+/// Walks the ledger in keyset pages and sums amounts per currency. A report of one account pages in
+/// (currency, payment id) order through the (account_id, currency, payment_id) index, one range per
+/// page; a report of every account in payment id order through the primary key. Each page reads only
+/// the rows it returns, whatever the planner's statistics (ADR 0010).
+/// </summary>
 public sealed class LedgerAggregator(ConveyorDbContext db)
 {
+    private const string AccountPage = """
+        SELECT payment_id, currency, amount_minor FROM ledger_entries
+         WHERE account_id = @account
+           AND (currency, payment_id) > (CAST(@after_currency AS character(3)), @after)
+         ORDER BY currency, payment_id
+         LIMIT @limit
+        """;
+
+    private const string AccountCurrencyPage = """
+        SELECT payment_id, currency, amount_minor FROM ledger_entries
+         WHERE account_id = @account AND currency = CAST(@currency AS character(3))
+           AND payment_id > @after
+         ORDER BY payment_id
+         LIMIT @limit
+        """;
+
+    private const string LedgerPage = """
+        SELECT payment_id, currency, amount_minor FROM ledger_entries
+         WHERE payment_id > @after
+           AND (@currency::text IS NULL OR currency = @currency)
+         ORDER BY payment_id
+         LIMIT @limit
+        """;
+
     private readonly SortedDictionary<string, (long Count, long Total)> _totals = new(StringComparer.Ordinal);
+    private string _afterCurrency = "";
     private Guid _after = Guid.Empty;
 
     public long RowsScanned { get; private set; }
@@ -31,17 +61,16 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
         await db.Database.OpenConnectionAsync(cancellationToken);
         await using var command = db.Database.GetDbConnection().CreateCommand();
         command.Transaction = db.Database.CurrentTransaction?.GetDbTransaction();
-        command.CommandText = """
-            SELECT payment_id, currency, amount_minor FROM ledger_entries
-             WHERE payment_id > @after
-               AND (@account::text IS NULL OR account_id = @account)
-               AND (@currency::text IS NULL OR currency = @currency)
-             ORDER BY payment_id
-             LIMIT @limit
-            """;
-        Add(command, "after", _after);
+        command.CommandText = (accountId, currency) switch
+        {
+            (null, _) => LedgerPage,
+            (_, null) => AccountPage,
+            _ => AccountCurrencyPage,
+        };
         Add(command, "account", (object?)accountId ?? DBNull.Value);
         Add(command, "currency", (object?)currency ?? DBNull.Value);
+        Add(command, "after_currency", _afterCurrency);
+        Add(command, "after", _after);
         Add(command, "limit", pageSize);
 
         var rows = 0;
@@ -50,6 +79,7 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
         {
             _after = reader.GetGuid(0);
             var code = reader.GetString(1);
+            _afterCurrency = code;
             var amount = reader.GetInt64(2);
             var (count, total) = _totals.GetValueOrDefault(code);
             _totals[code] = (count + 1, checked(total + amount));
