@@ -11,8 +11,9 @@ public sealed record CurrencyTotal(string Currency, long Count, long TotalMinor)
 /// <summary>
 /// Walks the ledger in keyset pages and sums amounts per currency. A report of one account pages in
 /// (currency, payment id) order through the (account_id, currency, payment_id) index, one range per
-/// page; a report of every account in payment id order through the primary key. Each page reads only
-/// the rows it returns, whatever the planner's statistics (ADR 0010).
+/// page, reading only the rows it returns whatever the planner's statistics (ADR 0010). A report of
+/// every account walks the primary key once, in payment id order (with a currency, the other
+/// currencies' rows are read on the way, once in all).
 /// </summary>
 public sealed class LedgerAggregator(ConveyorDbContext db)
 {
