@@ -4,6 +4,7 @@ using Conveyor.Api.Jobs;
 using Conveyor.Api.Operations;
 using Conveyor.Api.Security;
 using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Operations;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
@@ -132,16 +133,8 @@ internal static class ErrorQueuesApi
     private static async Task<IReadOnlyDictionary<Guid, string>> JobStatusesAsync(
         IReadOnlyList<Guid> jobIds, IDbContextFactory<ConveyorDbContext> dbFactory, CancellationToken cancellationToken)
     {
-        if (jobIds.Count == 0)
-        {
-            return new Dictionary<Guid, string>();
-        }
-
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        return await db.Jobs
-            .Where(j => jobIds.Contains(j.Id))
-            .Select(j => new { j.Id, j.Status })
-            .ToDictionaryAsync(j => j.Id, j => j.Status, cancellationToken);
+        return await db.StatusesByIdAsync(jobIds, cancellationToken);
     }
 
     internal static Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(

@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Operations;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -24,7 +25,6 @@ public sealed class OperationRunner(
     ILogger<OperationRunner> logger) : IHostedService, IDisposable
 {
     private const int MaxDetailLength = 2000;
-    private const int JobIdsPerStatement = 1000;
     private static readonly TimeSpan JobsCheckTimeout = TimeSpan.FromSeconds(10);
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(500);
     private static readonly string Owner = $"{Environment.MachineName}/{Environment.ProcessId}";
@@ -294,12 +294,11 @@ public sealed class OperationRunner(
     }
 
     /// <summary>
-    /// How many of <paramref name="jobIds"/> have no row in <c>jobs</c>: swept after
-    /// <c>Retention:JobHours</c>, so their messages, once moved back, run again with no deduplication.
-    /// One primary-key probe per id (a <c>LATERAL … LIMIT 1</c> the planner cannot turn into a join that
-    /// reads the table, whatever its statistics: ADR 0010), a thousand ids a statement. Null when the
-    /// database cannot be read within <see cref="JobsCheckTimeout"/>: the count is advice for the
-    /// operator, so it never fails the operation, which has already done its work.
+    /// How many of <paramref name="jobIds"/> (distinct) have no row in <c>jobs</c>: swept after
+    /// <c>Retention:JobHours</c>, so their messages, once moved back, run again with no deduplication
+    /// (<see cref="JobQueries.StatusesByIdAsync"/>, as the peek's job statuses). Null when the database
+    /// cannot be read within <see cref="JobsCheckTimeout"/>: the count is advice for the operator, so it
+    /// never fails the operation, which has already done its work.
     /// </summary>
     private async Task<long?> CountJobsMissingAsync(Guid operationId, IReadOnlyList<Guid> jobIds)
     {
@@ -312,23 +311,7 @@ public sealed class OperationRunner(
         {
             using var timeout = new CancellationTokenSource(JobsCheckTimeout);
             await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
-            await db.Database.OpenConnectionAsync(timeout.Token);
-            var connection = (NpgsqlConnection)db.Database.GetDbConnection();
-            long missing = 0;
-            foreach (var chunk in jobIds.Chunk(JobIdsPerStatement))
-            {
-                await using var count = new NpgsqlCommand(
-                    """
-                    SELECT count(*)
-                      FROM unnest(@ids) AS t(id)
-                      LEFT JOIN LATERAL (SELECT 1 AS found FROM jobs j WHERE j.id = t.id LIMIT 1) job ON true
-                     WHERE job.found IS NULL
-                    """, connection);
-                count.Parameters.Add(new NpgsqlParameter<Guid[]>("ids", chunk));
-                missing += (long)(await count.ExecuteScalarAsync(timeout.Token))!;
-            }
-
-            return missing;
+            return jobIds.Count - (await db.StatusesByIdAsync(jobIds, timeout.Token)).Count;
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -1,3 +1,5 @@
+using Microsoft.EntityFrameworkCore;
+
 namespace Conveyor.Storage.Jobs;
 
 public static class JobQueries
@@ -23,4 +25,35 @@ public static class JobQueries
             FinishedAt = j.FinishedAt,
             NextAttemptAt = j.NextAttemptAt,
         });
+
+    /// <summary>How many ids one statement of <see cref="StatusesByIdAsync"/> probes.</summary>
+    private const int IdsPerStatement = 1000;
+
+    /// <summary>
+    /// The current status of each of <paramref name="ids"/> that has a row (an id whose row is gone,
+    /// swept by retention, is left out). One primary-key probe per id, a <c>LATERAL … LIMIT 1</c> the
+    /// planner cannot turn into a join or an array scan that reads the table, whatever its statistics
+    /// (ADR 0010); a thousand ids a statement.
+    /// </summary>
+    public static async Task<Dictionary<Guid, string>> StatusesByIdAsync(
+        this ConveyorDbContext db, IReadOnlyCollection<Guid> ids, CancellationToken cancellationToken)
+    {
+        var statuses = new Dictionary<Guid, string>(ids.Count);
+        foreach (var chunk in ids.Chunk(IdsPerStatement))
+        {
+            var rows = await db.Database.SqlQuery<IdAndStatus>($"""
+                SELECT j.id, j.status
+                  FROM unnest({chunk}::uuid[]) AS t(id)
+                 CROSS JOIN LATERAL (SELECT o.id, o.status FROM jobs o WHERE o.id = t.id LIMIT 1) j
+                """).ToListAsync(cancellationToken);
+            foreach (var row in rows)
+            {
+                statuses[row.Id] = row.Status;
+            }
+        }
+
+        return statuses;
+    }
+
+    private sealed record IdAndStatus(Guid Id, string Status);
 }
