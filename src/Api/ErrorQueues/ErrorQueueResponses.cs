@@ -43,7 +43,7 @@ public sealed record ErrorQueueMessage(
     {
         var m = peeked.Message;
         return new ErrorQueueMessage(
-            m.MessageId, m.MessageType, m.JobId, m.JobKind, JobStatusNow(m.JobId, jobStatuses), m.ExceptionType, m.ExceptionMessage, m.StackTrace, m.FaultedAt,
+            m.MessageId, m.MessageType, m.JobId, m.JobKind, JobStatusNow(m.JobRowId, jobStatuses), m.ExceptionType, m.ExceptionMessage, m.StackTrace, m.FaultedAt,
             ErrorQueueNames.OriginalQueueOf(m.InputAddress, queue), m.Attempts, m.Reason, m.DeadLetterReason, m.GroupId,
             ParseHistory(m.FaultHistory), m.ContentType, m.BodyBytes, peeked.BodyPreview,
             peeked.BodyPreview.Length < m.BodyBytes && System.Text.Encoding.UTF8.GetByteCount(peeked.BodyPreview) < m.BodyBytes);
@@ -51,10 +51,10 @@ public sealed record ErrorQueueMessage(
 
     /// <summary>Job ids of the peeked messages, as the jobs table keys them.</summary>
     internal static IReadOnlyList<Guid> JobIds(IEnumerable<PeekedMessage> peeked) =>
-        [.. peeked.Select(p => Guid.TryParse(p.Message.JobId, out var id) ? id : (Guid?)null).OfType<Guid>().Distinct()];
+        [.. peeked.Select(p => p.Message.JobRowId).OfType<Guid>().Distinct()];
 
-    private static string? JobStatusNow(string? jobId, IReadOnlyDictionary<Guid, string> jobStatuses) =>
-        Guid.TryParse(jobId, out var id) ? jobStatuses.GetValueOrDefault(id, JobStatusMissing) : null;
+    private static string? JobStatusNow(Guid? jobId, IReadOnlyDictionary<Guid, string> jobStatuses) =>
+        jobId is { } id ? jobStatuses.GetValueOrDefault(id, JobStatusMissing) : null;
 
     private static JsonElement? ParseHistory(string? history)
     {

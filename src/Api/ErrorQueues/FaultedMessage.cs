@@ -17,6 +17,12 @@ public sealed record FaultedMessage
 
     public string? JobId { get; init; }
 
+    /// <summary>
+    /// <see cref="JobId"/> as the jobs table keys it; null when the message names no job or the header
+    /// is not a UUID (no job row can have it).
+    /// </summary>
+    public Guid? JobRowId => Guid.TryParse(JobId, out var id) ? id : null;
+
     public string? JobKind { get; init; }
 
     public string? ExceptionType { get; init; }

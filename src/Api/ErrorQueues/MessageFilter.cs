@@ -37,7 +37,7 @@ public sealed record MessageFilter
             return false;
         }
 
-        if (JobIds is not null && (!Guid.TryParse(message.JobId, out var jobId) || !JobIds.Contains(jobId)))
+        if (JobIds is not null && (message.JobRowId is not { } jobId || !JobIds.Contains(jobId)))
         {
             return false;
         }

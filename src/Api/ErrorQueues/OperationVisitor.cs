@@ -161,7 +161,7 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
     /// </summary>
     private void RecordId(FaultedMessage message, string? target)
     {
-        var hasJobId = Guid.TryParse(message.JobId, out var jobId);
+        var jobId = message.JobRowId;
         lock (_gate)
         {
             if (_messageIds.Count < plan.MessageIdLimit)
@@ -180,13 +180,13 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
                 _targets[name] = _targets.GetValueOrDefault(name) + 1;
             }
 
-            if (hasJobId)
+            if (jobId is { } job)
             {
                 if (_jobIds.Count < MaxJobIdsKept)
                 {
-                    _jobIds.Add(jobId);
+                    _jobIds.Add(job);
                 }
-                else if (!_jobIds.Contains(jobId))
+                else if (!_jobIds.Contains(job))
                 {
                     _jobIdsPartial = true;
                 }
