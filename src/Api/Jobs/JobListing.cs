@@ -61,14 +61,12 @@ internal static class JobListing
     public const int DefaultLimit = 50;
     public const int MaxLimit = 500;
 
-    public static IReadOnlyList<string> Statuses => JobStatus.All;
-
     /// <summary>Null when <paramref name="errors"/> received at least one error, each under its query parameter's name.</summary>
     public static JobQuery? Parse(string? status, string? kind, string? businessKey, string? limit, string? cursor, FieldErrors errors)
     {
-        if (status is not null && !Statuses.Contains(status, StringComparer.Ordinal))
+        if (status is not null && !JobStatus.All.Contains(status, StringComparer.Ordinal))
         {
-            errors.Add("status", $"Must be one of: {string.Join(", ", Statuses)}.");
+            errors.Add("status", $"Must be one of: {string.Join(", ", JobStatus.All)}.");
         }
 
         if (kind is not null && !JobKinds.All.Contains(kind, StringComparer.Ordinal))
