@@ -14,6 +14,12 @@ public sealed class InboxRecord
 
     public DateTimeOffset ReceivedAt { get; set; }
 
+    /// <summary>
+    /// What the applied command said (16 bytes of SHA-256 over it, ADR 0011): a later message under the same
+    /// key that says something else is a conflict, not a duplicate. Null in rows written before it was kept.
+    /// </summary>
+    public byte[]? PayloadHash { get; set; }
+
     /// <summary><c>done</c>, or <c>processing</c> while a long job holds the lease.</summary>
     public string Status { get; set; } = InboxStatus.Done;
 

@@ -47,6 +47,10 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("uuid")
                         .HasColumnName("message_id");
 
+                    b.Property<byte[]>("PayloadHash")
+                        .HasColumnType("bytea")
+                        .HasColumnName("payload_hash");
+
                     b.Property<DateTimeOffset>("ReceivedAt")
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("received_at");

@@ -43,8 +43,8 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             }
 
             // A permanent failure's own words say what to fix (an invalid command names its fields).
-            headers.Set(Reason, details.Transient
-                ? "transient failure; every retry and redelivery spent"
+            headers.Set(Reason, details.Transient ? "transient failure; every retry and redelivery spent"
+                : context.Exception is IdempotencyConflictException ? $"idempotency conflict; not applied: {PermanentCause(context.Exception)}"
                 : $"permanent failure; not retried: {PermanentCause(context.Exception)}");
         }
         else
@@ -83,7 +83,7 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             : $"permanent failure; not retried: {described}";
     }
 
-    private static string PermanentCause(Exception exception) => exception is PermanentFailureException
+    private static string PermanentCause(Exception exception) => exception is PermanentFailureException or IdempotencyConflictException
         ? exception.Message.Length <= MaxCauseLength ? exception.Message : exception.Message[..MaxCauseLength]
         : JobTracker.Describe(exception, MaxCauseLength);
 

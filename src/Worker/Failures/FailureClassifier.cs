@@ -14,6 +14,8 @@ public static class FailureClassifier
     public static bool IsTransient(Exception exception) => exception switch
     {
         PermanentFailureException => false,
+        // The applied command stands whatever happens next: trying again cannot change the answer.
+        IdempotencyConflictException => false,
         TransientFailureException => true,
         RequeueRequestedException => true,
         // Out of time on this delivery, not wrong: a redelivery brings a fresh one.

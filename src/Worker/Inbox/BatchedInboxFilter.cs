@@ -1,3 +1,4 @@
+using Conveyor.Worker.Failures;
 using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
@@ -28,10 +29,17 @@ public sealed partial class BatchedInboxFilter<T>(
         var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.ClaimedJobIdOf(context));
         ClaimedAttempt.Set(context, null);
         var batcher = batchers.For(consumerId, descriptor);
-        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId);
+        var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId, PayloadFingerprint.Of(context.Message));
 
         switch (await member.Claimed)
         {
+            case InboxClaim.Duplicate when member.ConflictingFingerprint is { } applied:
+                throw InboxConflicts.Found(logger, consumerId, job.BusinessKey, context.MessageId, applied, member.Fingerprint);
+            case InboxClaim.DuplicateInBatch when member.DiffersFromCopyInBatch:
+                // Which of the two is applied depends on whether the one that runs succeeds: this one
+                // claims again on its own after a retry's pause (its claim waits for that batch).
+                throw new TransientFailureException(
+                    $"Another message with key '{job.BusinessKey}' and other content runs in this inbox batch; this one is tried again after it");
             case InboxClaim.Duplicate:
                 LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
                 JobMetrics.DuplicateSkipped(consumerId);

@@ -70,9 +70,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
     /// <summary>Queues a message for the next batch; <see cref="BatchMember.Claimed"/> says what the inbox found.</summary>
     /// <param name="claimedJobId">The job id the message claims (<see cref="JobRef"/>), if any.</param>
-    public BatchMember Join(string messageKey, Guid? messageId, Guid? claimedJobId)
+    /// <param name="fingerprint">What the command says (<see cref="PayloadFingerprint"/>), kept with its inbox row.</param>
+    public BatchMember Join(string messageKey, Guid? messageId, Guid? claimedJobId, byte[]? fingerprint)
     {
-        var member = new BatchMember(messageKey, messageId, claimedJobId);
+        var member = new BatchMember(messageKey, messageId, claimedJobId, fingerprint);
         var waiting = Interlocked.Increment(ref _waiting);
         if (!_pending.Writer.TryWrite(member))
         {
@@ -415,23 +416,36 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private async Task ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
     {
         var claimed = await ClaimRowsAsync(db, members);
-        var inserters = new HashSet<string>(StringComparer.Ordinal);
+        // Keys taken already: what their rows' commands said, unless no member here has a fingerprint to compare.
+        var taken = members.Where(m => m.Fingerprint is not null && !claimed.ContainsKey(m.MessageKey)).Select(m => m.MessageKey).ToList();
+        var applied = taken.Count == 0 ? null : await InboxConflicts.StoredFingerprintsAsync(db, _consumerId, taken, CancellationToken.None);
+        var inserters = new Dictionary<string, BatchMember>(StringComparer.Ordinal);
+        var claims = new List<(BatchMember Member, InboxClaim Claim)>(members.Count);
         foreach (var member in members)
         {
             if (!claimed.TryGetValue(member.MessageKey, out var row))
             {
-                member.SetClaim(InboxClaim.Duplicate);
+                member.CompareWithApplied(applied?.GetValueOrDefault(member.MessageKey));
+                claims.Add((member, InboxClaim.Duplicate));
             }
-            else if (!inserters.Add(member.MessageKey))
+            else if (inserters.TryGetValue(member.MessageKey, out var first))
             {
                 // Two copies in one batch: the first runs, this one waits for its outcome.
-                member.SetClaim(InboxClaim.DuplicateInBatch);
+                member.CompareWithCopyInBatch(first.Fingerprint);
+                claims.Add((member, InboxClaim.DuplicateInBatch));
             }
             else
             {
+                inserters.Add(member.MessageKey, member);
                 member.ResolveJob(row.JobId, row.Attempt);
-                member.SetClaim(row.Runnable ? InboxClaim.Run : InboxClaim.NotRunnable);
+                claims.Add((member, row.Runnable ? InboxClaim.Run : InboxClaim.NotRunnable));
             }
+        }
+
+        // Settled only once all are known: a member's filter goes on as soon as its claim settles.
+        foreach (var (member, claim) in claims)
+        {
+            member.SetClaim(claim);
         }
     }
 
@@ -441,6 +455,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         var keys = members.Select(m => m.MessageKey).ToArray();
         var messageIds = members.Select(m => m.MessageId).ToArray();
         var jobIds = members.Select(m => m.JobId).ToArray();
+        var fingerprints = members.Select(m => m.Fingerprint).ToArray();
         // Rows are inserted and locked in key order, so two batches holding copies of the same
         // messages queue behind each other instead of deadlocking. The job rows are only locked
         // here (a cancel waits for the batch); they are written once, with the outcome, by ApplyAsync.
@@ -455,11 +470,12 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         // locks are taken in key order.
         var rows = await db.Database.SqlQuery<BatchClaimRow>($"""
             WITH input AS (
-                SELECT t.message_key, t.message_id, t.job_id, t.ord
-                  FROM unnest({keys}::text[], {messageIds}::uuid[], {jobIds}::uuid[]) WITH ORDINALITY AS t(message_key, message_id, job_id, ord)),
+                SELECT t.message_key, t.message_id, t.job_id, t.payload_hash, t.ord
+                  FROM unnest({keys}::text[], {messageIds}::uuid[], {jobIds}::uuid[], {fingerprints}::bytea[])
+                       WITH ORDINALITY AS t(message_key, message_id, job_id, payload_hash, ord)),
             inbox_rows AS (
-                INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
-                SELECT {_consumerId}, i.message_key, i.message_id, {now} FROM input i ORDER BY i.message_key, i.ord
+                INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
+                SELECT {_consumerId}, i.message_key, i.message_id, {now}, i.payload_hash FROM input i ORDER BY i.message_key, i.ord
                 ON CONFLICT DO NOTHING
                 RETURNING message_key),
             job_rows AS (
@@ -572,7 +588,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 }
 
 /// <summary>One message in an inbox batch: what the inbox found, what its consumer did, how the batch ended.</summary>
-public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claimedJobId)
+public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claimedJobId, byte[]? fingerprint)
 {
     private readonly TaskCompletionSource<InboxClaim> _claimed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _ran = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -581,6 +597,21 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     public string MessageKey { get; } = messageKey;
 
     public Guid? MessageId { get; } = messageId;
+
+    /// <summary>What its command says (<see cref="PayloadFingerprint"/>); null when it has no fingerprint.</summary>
+    public byte[]? Fingerprint { get; } = fingerprint;
+
+    /// <summary>
+    /// For a <see cref="InboxClaim.Duplicate"/>: the fingerprint of the command its key was applied from,
+    /// when that one says something else (ADR 0011); then the message is a conflict, not a duplicate.
+    /// </summary>
+    public byte[]? ConflictingFingerprint { get; private set; }
+
+    /// <summary>
+    /// For a <see cref="InboxClaim.DuplicateInBatch"/>: the copy that runs says something else, so this
+    /// one is no copy of it; it is tried again after that one settled, and then applied or found in conflict.
+    /// </summary>
+    public bool DiffersFromCopyInBatch { get; private set; }
 
     /// <summary>
     /// The job's id: the one its message claims until <see cref="Claimed"/> settles; then, for a
@@ -634,6 +665,16 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
         Failed = true;
         _ran.TrySetResult();
     }
+
+    internal void CompareWithApplied(byte[]? applied)
+    {
+        if (PayloadFingerprint.Conflicts(applied, Fingerprint))
+        {
+            ConflictingFingerprint = applied;
+        }
+    }
+
+    internal void CompareWithCopyInBatch(byte[]? first) => DiffersFromCopyInBatch = PayloadFingerprint.Conflicts(first, Fingerprint);
 
     internal void ResolveJob(Guid? rowId, int attempt)
     {

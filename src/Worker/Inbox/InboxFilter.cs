@@ -37,12 +37,20 @@ public sealed partial class InboxFilter<T>(
         db.Database.AutoSavepointsEnabled = false;
         // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
         // first committed) or inserts (the first rolled back).
+        var fingerprint = PayloadFingerprint.Of(context.Message);
         var (claim, jobId, attempt) = job is { } claimed
-            ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, claimed, cancellationToken)
-            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, cancellationToken), null, null);
+            ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, fingerprint, claimed, cancellationToken)
+            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, fingerprint, cancellationToken), null, null);
         if (claim == InboxClaim.Duplicate)
         {
+            // A new statement, so it sees the row of a copy whose commit the claim waited for.
+            var applied = await InboxConflicts.StoredFingerprintAsync(db, consumerId, messageKey, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
+            if (PayloadFingerprint.Conflicts(applied, fingerprint))
+            {
+                throw InboxConflicts.Found(logger, consumerId, messageKey, context.MessageId, applied, fingerprint);
+            }
+
             LogDuplicate(consumerId, messageKey, context.MessageId);
             JobMetrics.DuplicateSkipped(consumerId);
             await SettledByInbox.NotifyAsync(context, consumerId);
@@ -108,12 +116,12 @@ public sealed partial class InboxFilter<T>(
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox");
 
-    private async Task<InboxClaim> InsertInboxRowAsync(string consumerId, string messageKey, Guid? messageId, CancellationToken cancellationToken)
+    private async Task<InboxClaim> InsertInboxRowAsync(string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
         var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
-            INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
-            VALUES ({consumerId}, {messageKey}, {messageId}, {now})
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
+            VALUES ({consumerId}, {messageKey}, {messageId}, {now}, {fingerprint})
             ON CONFLICT DO NOTHING
             """, cancellationToken);
         return inserted == 0 ? InboxClaim.Duplicate : InboxClaim.Run;

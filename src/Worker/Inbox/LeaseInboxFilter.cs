@@ -52,9 +52,10 @@ public sealed partial class LeaseInboxFilter<T>(
         // A delivery that waited (prefetched, or through earlier attempts) until no time is left gets no run.
         ThrowIfOutOfTime(context, DeliveryTimeLeft(context), consumerId, key);
 
-        if (await TryClaimAsync(consumerId, key, context.MessageId, owner, lease, cancellationToken) is not { } leasedUntil)
+        var fingerprint = PayloadFingerprint.Of(context.Message);
+        if (await TryClaimAsync(consumerId, key, context.MessageId, fingerprint, owner, lease, cancellationToken) is not { } leasedUntil)
         {
-            await DeferOrSkipAsync(context, consumerId, key, cancellationToken);
+            await DeferOrSkipAsync(context, consumerId, key, fingerprint, cancellationToken);
             return;
         }
 
@@ -87,7 +88,7 @@ public sealed partial class LeaseInboxFilter<T>(
             // be skipped once that run is done, or to take over if that run is gone. A lease that only
             // ran out unrenewed (the database unreachable, say) may have no other copy anywhere: there
             // the parked copy is what runs the job again, where acking it would lose the job.
-            await DeferOrSkipAsync(context, consumerId, key, cancellationToken);
+            await DeferOrSkipAsync(context, consumerId, key, fingerprint, cancellationToken);
         }
     }
 
@@ -152,29 +153,38 @@ public sealed partial class LeaseInboxFilter<T>(
     /// When the lease that is ours now runs out by this worker's clock (counted from just before the
     /// claim, so no later than the database's expiry), or null when it is not ours.
     /// </summary>
-    private async Task<DateTimeOffset?> TryClaimAsync(string consumerId, string key, Guid? messageId, string owner, TimeSpan lease, CancellationToken cancellationToken)
+    private async Task<DateTimeOffset?> TryClaimAsync(
+        string consumerId, string key, Guid? messageId, byte[]? fingerprint, string owner, TimeSpan lease, CancellationToken cancellationToken)
     {
         await using var claim = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         // A new key, or an expired lease of a holder that died, becomes ours; a live lease or a done row does not.
+        // A takeover runs this message's command, so the row says what this one says (nothing of the dead run's committed).
         var claimed = await claim.Database.ExecuteSqlInterpolatedAsync($"""
-            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, status, lease_owner, lease_expires_at)
-            VALUES ({consumerId}, {key}, {messageId}, {now}, {InboxStatus.Processing}, {owner}, clock_timestamp() + {lease})
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, status, lease_owner, lease_expires_at, payload_hash)
+            VALUES ({consumerId}, {key}, {messageId}, {now}, {InboxStatus.Processing}, {owner}, clock_timestamp() + {lease}, {fingerprint})
             ON CONFLICT (consumer_id, message_key) DO UPDATE
-               SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id
+               SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id,
+                   payload_hash = EXCLUDED.payload_hash
              WHERE inbox.status = {InboxStatus.Processing} AND inbox.lease_expires_at < clock_timestamp()
             """, cancellationToken);
         return claimed == 1 ? now + lease : null;
     }
 
-    private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, CancellationToken cancellationToken)
+    private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, byte[]? fingerprint, CancellationToken cancellationToken)
     {
         await using var read = await dbFactory.CreateDbContextAsync(cancellationToken);
         // How long the lease has left by the database's clock, which set it.
         var row = (await read.Database.SqlQuery<LeaseRow>($"""
-            SELECT status, EXTRACT(EPOCH FROM lease_expires_at - clock_timestamp())::float8 AS seconds_left
+            SELECT status, EXTRACT(EPOCH FROM lease_expires_at - clock_timestamp())::float8 AS seconds_left, payload_hash
               FROM inbox WHERE consumer_id = {consumerId} AND message_key = {key}
             """).ToListAsync(cancellationToken)).SingleOrDefault();
+        if (row is { Status: InboxStatus.Done } && PayloadFingerprint.Conflicts(row.PayloadHash, fingerprint))
+        {
+            // Only against a finished run: a live lease's run may still fail, and then this one is the job.
+            throw InboxConflicts.Found(logger, consumerId, key, context.MessageId, row.PayloadHash, fingerprint);
+        }
+
         if (row is null || row.Status == InboxStatus.Done)
         {
             LogDuplicate(consumerId, key);
@@ -312,7 +322,7 @@ public sealed partial class LeaseInboxFilter<T>(
     }
 
     /// <summary>An inbox row's status and its lease's time left by the database's clock (negative once lapsed, null when none).</summary>
-    private sealed record LeaseRow(string Status, double? SecondsLeft);
+    private sealed record LeaseRow(string Status, double? SecondsLeft, byte[]? PayloadHash);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {Key}")]
     private partial void LogDuplicate(string consumerId, string key);

@@ -28,6 +28,9 @@ public static class JobMetrics
     private static readonly Counter<long> DuplicatesSkippedCounter =
         Meter.CreateCounter<long>("conveyor.inbox.duplicates_skipped", description: "Messages the inbox recognised as already applied");
 
+    private static readonly Counter<long> ConflictsCounter =
+        Meter.CreateCounter<long>("conveyor.inbox.conflicts", description: "Messages whose key was applied already from a command with other content (dead-lettered)");
+
     /// <summary>
     /// Bucket bounds for the worker's histograms in seconds, from 5 ms to 2 h (a report may run for up
     /// to half an hour; a backlog may wait longer). OpenTelemetry's default bounds (0, 5, 10, 25, …, 10000)
@@ -85,4 +88,6 @@ public static class JobMetrics
     public static void RetryScheduled(string kind) => RetriesScheduledCounter.Add(1, new KeyValuePair<string, object?>("kind", kind));
 
     public static void DuplicateSkipped(string consumer) => DuplicatesSkippedCounter.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
+
+    public static void Conflict(string consumer) => ConflictsCounter.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
 }

@@ -33,15 +33,15 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// With <see cref="InboxClaim.Run"/>, also the job's row id and the attempt counted (see <see cref="JobRef"/>).
     /// </summary>
     public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt)> ClaimInTransactionAsync(
-        ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, JobRef job, CancellationToken cancellationToken)
+        ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
         var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var claim = await db.Database.SqlQuery<ClaimRow>($"""
             WITH inbox_row AS (
-                INSERT INTO inbox (consumer_id, message_key, message_id, received_at)
-                VALUES ({consumerId}, {messageKey}, {messageId}, {now})
+                INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
+                VALUES ({consumerId}, {messageKey}, {messageId}, {now}, {fingerprint})
                 ON CONFLICT DO NOTHING
                 RETURNING 1),
             job_row AS (

@@ -49,7 +49,7 @@ public sealed class CancelDuringBatchApplyFailureTests(ConveyorFixture fixture) 
         await using var api = await fixture.StartApiAsync();
         _batcher = new("inbox-cancel-test", Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
             TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
-        var member = _batcher.Join(key, Guid.NewGuid(), jobId);
+        var member = _batcher.Join(key, Guid.NewGuid(), jobId, fingerprint: null);
         Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
 
         // The consumer is "running" (its effect is out); the cancel waits for the batch's row lock.

@@ -25,7 +25,7 @@ public sealed class DuplicateSettlementTests(ConveyorFixture fixture)
         await using var gateway = await FakePaymentGateway.StartAsync();
         var settings = WorkerSettings.With(gateway);
         settings["Consumers:ChargePayment:InboxBatchSize"] = inboxBatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        using var duplicates = new DuplicatesSkipped(Queue);
+        using var duplicates = InboxCounter.Duplicates(Queue);
         // Declared up front, as MassTransit would declare it for its first skipped message, so it can be counted.
         await fixture.DeclareAsync(Queue + "_skipped");
         await using var worker = await fixture.StartWorkerAsync(settings);

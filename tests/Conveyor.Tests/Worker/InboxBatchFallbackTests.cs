@@ -137,7 +137,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
 
     private BatchMember Join(string key)
     {
-        var member = _batcher!.Join(key, Guid.NewGuid(), Guid.NewGuid());
+        var member = _batcher!.Join(key, Guid.NewGuid(), Guid.NewGuid(), fingerprint: null);
         _joined.Add(member);
         return member;
     }

@@ -108,14 +108,46 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(2, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
     }
 
+    [Fact]
+    public async Task A_message_under_a_key_taken_with_other_content_is_told_apart_from_a_true_copy_in_its_batch_and_after_it()
+    {
+        // ADR 0011. The three messages under one key share a batch: the first runs, the true copy waits
+        // for it, and the one with other content is marked so that its filter tries it again later.
+        var (batcher, hold, blocked) = await BlockFirstBatchAsync(maxBatch: 64);
+        await using var releaseAtEnd = hold;
+        var key = NewKey();
+        byte[] said = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        byte[] other = [.. said.Select(b => (byte)(b + 1))];
+        var first = Join(batcher, key, said);
+        var copy = Join(batcher, key, said);
+        var different = Join(batcher, key, other);
+        await hold.ReleaseAsync();
+
+        await RunAllAsync([blocked, first]);
+        Assert.Equal((InboxClaim.DuplicateInBatch, false), (await copy.Claimed.WaitAsync(Patience), copy.DiffersFromCopyInBatch));
+        Assert.Equal((InboxClaim.DuplicateInBatch, true), (await different.Claimed.WaitAsync(Patience), different.DiffersFromCopyInBatch));
+
+        // Once the first is applied: the same content is a duplicate, other content a conflict that names what was applied.
+        var again = Join(batcher, key, said);
+        var conflicting = Join(batcher, key, other);
+        var unknown = Join(batcher, key, fingerprint: null);
+        Assert.Equal(InboxClaim.Duplicate, await again.Claimed.WaitAsync(Patience));
+        Assert.Null(again.ConflictingFingerprint);
+        Assert.Equal(InboxClaim.Duplicate, await conflicting.Claimed.WaitAsync(Patience));
+        Assert.Equal(said, conflicting.ConflictingFingerprint);
+        Assert.Null(unknown.ConflictingFingerprint);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(said, (await db.Inbox.SingleAsync(i => i.MessageKey == key)).PayloadHash);
+    }
+
     /// <summary>By default messages gather for as long as a batch is in the database (no time limit), so nothing here depends on timing.</summary>
     private InboxBatcher NewBatcher(int maxBatch, int concurrentBatches, TimeSpan? gatherLimit = null) =>
         _batcher = new("inbox-batching-test", Kind, maxBatch, concurrentBatches, eagerBatches: 1, fixture.DbContextFactory(), TimeProvider.System,
             NullLogger.Instance, gatherLimit ?? Timeout.InfiniteTimeSpan);
 
-    private BatchMember Join(InboxBatcher batcher, string key)
+    private BatchMember Join(InboxBatcher batcher, string key, byte[]? fingerprint = null)
     {
-        var member = batcher.Join(key, Guid.NewGuid(), Guid.NewGuid());
+        var member = batcher.Join(key, Guid.NewGuid(), Guid.NewGuid(), fingerprint);
         _joined.Add(member);
         return member;
     }

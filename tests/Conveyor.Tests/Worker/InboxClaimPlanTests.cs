@@ -72,6 +72,39 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
             await check.Inbox.Where(i => succeeded.Contains(i.MessageKey) || failed.Contains(i.MessageKey)).Select(i => i.MessageKey).OrderBy(k => k).ToListAsync());
     }
 
+    [Fact]
+    public async Task A_full_batch_of_copies_reads_only_their_own_inbox_rows_to_compare_what_they_say()
+    {
+        // ADR 0011: copies of applied messages read their rows' fingerprints, one primary-key probe each.
+        await Database.MigrateAsync();
+        await Database.ExecuteAsync($"""
+            ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false);
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+            SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
+              FROM generate_series(1, 20000);
+            INSERT INTO inbox (consumer_id, message_key, received_at, status, payload_hash)
+            SELECT '{Consumer}', business_key, now(), '{InboxStatus.Done}', decode(md5(business_key), 'hex') FROM jobs WHERE kind = '{Kind}';
+            """);
+        await using var keys = Database.CreateDbContext();
+        var copies = await keys.Inbox.OrderBy(i => i.MessageKey).Take(Batch).Select(i => new { i.MessageKey, i.PayloadHash }).ToListAsync();
+        var before = await ReadsAsync();
+
+        await using var batcher = new InboxBatcher(Consumer, Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
+            Database.DbContextFactory(), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+        // Half of them say what was applied, half something else.
+        var members = copies.Select((c, i) => batcher.Join(c.MessageKey, Guid.NewGuid(), null, i % 2 == 0 ? c.PayloadHash : [.. c.PayloadHash!.Reverse()])).ToList();
+        foreach (var member in members)
+        {
+            Assert.Equal(InboxClaim.Duplicate, await member.Claimed.WaitAsync(Patience));
+            await member.Completed.WaitAsync(Patience);
+        }
+
+        var after = await ReadsAsync();
+        Assert.True(after.Inbox - before.Inbox < 1000, $"the copies read {after.Inbox - before.Inbox} inbox rows");
+        Assert.Equal(copies.Count / 2, members.Count(m => m.ConflictingFingerprint is not null));
+        Assert.All(members.Where((_, i) => i % 2 == 1), m => Assert.Equal(copies.Single(c => c.MessageKey == m.MessageKey).PayloadHash, m.ConflictingFingerprint));
+    }
+
     /// <summary>
     /// One message, then <see cref="Batch"/> more while its consumer runs: with one batch at a time
     /// they wait together and go into the database as one full batch when the first ends. Every
@@ -81,10 +114,10 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
     {
         await using var batcher = new InboxBatcher(Consumer, Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
             Database.DbContextFactory(), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
-        var first = batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid());
+        var first = batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid(), fingerprint: null);
         Assert.Equal(InboxClaim.Run, await first.Claimed.WaitAsync(Patience));
 
-        var full = Enumerable.Range(0, Batch).Select(_ => batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid())).ToList();
+        var full = Enumerable.Range(0, Batch).Select(_ => batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid(), fingerprint: null)).ToList();
         first.RanSuccessfully([]);
         Assert.True(await first.Completed.WaitAsync(Patience));
         var (succeeded, failed) = (new List<string> { first.MessageKey }, new List<string>());

@@ -76,7 +76,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         await SeedLedgerAsync();
         var report = NewReport(pageSize: 1);
         var key = report.ReportId.ToString();
-        using var skipped = new DuplicatesSkipped(Queue);
+        using var skipped = InboxCounter.Duplicates(Queue);
         await fixture.DeclareAsync(Queue + "_skipped");
         await using var worker = await fixture.StartWorkerAsync(SlowReports());
         await using var publisher = await TestPublisher.StartAsync(fixture);

@@ -3,17 +3,17 @@ using Conveyor.Worker.Jobs;
 
 namespace Conveyor.Tests.Infrastructure;
 
-/// <summary>Counts <c>conveyor.inbox.duplicates_skipped</c> of one consumer (in-process workers) while it lives.</summary>
-public sealed class DuplicatesSkipped : IDisposable
+/// <summary>Counts one of the inbox's counters for one consumer (in-process workers) while it lives.</summary>
+public sealed class InboxCounter : IDisposable
 {
     private readonly MeterListener _listener = new();
     private int _count;
 
-    public DuplicatesSkipped(string consumer)
+    private InboxCounter(string name, string consumer)
     {
         _listener.InstrumentPublished = (instrument, listener) =>
         {
-            if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.inbox.duplicates_skipped")
+            if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == name)
             {
                 listener.EnableMeasurementEvents(instrument);
             }
@@ -30,6 +30,12 @@ public sealed class DuplicatesSkipped : IDisposable
         });
         _listener.Start();
     }
+
+    /// <summary><c>conveyor.inbox.duplicates_skipped</c>: messages acked as applied already.</summary>
+    public static InboxCounter Duplicates(string consumer) => new("conveyor.inbox.duplicates_skipped", consumer);
+
+    /// <summary><c>conveyor.inbox.conflicts</c>: messages whose key was applied from other content (ADR 0011).</summary>
+    public static InboxCounter Conflicts(string consumer) => new("conveyor.inbox.conflicts", consumer);
 
     public int Count => Volatile.Read(ref _count);
 

@@ -1,0 +1,74 @@
+using System.Text.Json;
+using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Reports;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Worker.Inbox;
+
+namespace Conveyor.Tests.Unit;
+
+/// <summary>What the inbox takes for "the same command" (ADR 0011).</summary>
+public sealed class PayloadFingerprintTests
+{
+    private static readonly JsonSerializerOptions Wire = new(JsonSerializerDefaults.Web);
+
+    [Fact]
+    public void Commands_with_the_same_fields_have_one_fingerprint_whatever_order_or_casing_their_fields_arrived_in()
+    {
+        var id = Guid.NewGuid();
+        var first = JsonSerializer.Deserialize<ChargePayment>(
+            $$"""{"paymentId":"{{id}}","accountId":"acct-1","amountMinor":500,"currency":"EUR"}""", Wire)!;
+        var second = JsonSerializer.Deserialize<ChargePayment>(
+            $$"""{ "Currency": "EUR", "AmountMinor": 500, "accountId": "acct-1", "paymentId": "{{id}}" }""", Wire)!;
+
+        Assert.Equal(PayloadFingerprint.Length, PayloadFingerprint.Of(first)!.Length);
+        Assert.Equal(PayloadFingerprint.Of(first), PayloadFingerprint.Of(second));
+        Assert.False(PayloadFingerprint.Conflicts(PayloadFingerprint.Of(first), PayloadFingerprint.Of(second)));
+    }
+
+    [Fact]
+    public void Any_field_with_another_value_gives_another_fingerprint()
+    {
+        var charge = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-1", AmountMinor = 500, Currency = "EUR" };
+        var fingerprint = PayloadFingerprint.Of(charge);
+
+        Assert.All(
+            new[] { charge with { AmountMinor = 501 }, charge with { AccountId = "acct-2" }, charge with { Currency = "USD" } },
+            changed => Assert.True(PayloadFingerprint.Conflicts(fingerprint, PayloadFingerprint.Of(changed))));
+    }
+
+    [Fact]
+    public void An_optional_field_left_out_and_one_given_as_null_are_the_same_command_and_a_value_is_not()
+    {
+        var id = Guid.NewGuid();
+        var without = JsonSerializer.Deserialize<GenerateReport>($$"""{"reportId":"{{id}}"}""", Wire)!;
+        var asNull = JsonSerializer.Deserialize<GenerateReport>($$"""{"reportId":"{{id}}","pageSize":null,"currency":null}""", Wire)!;
+        var withValue = JsonSerializer.Deserialize<GenerateReport>($$"""{"reportId":"{{id}}","pageSize":100}""", Wire)!;
+
+        Assert.Equal(PayloadFingerprint.Of(without), PayloadFingerprint.Of(asNull));
+        Assert.True(PayloadFingerprint.Conflicts(PayloadFingerprint.Of(without), PayloadFingerprint.Of(withValue)));
+    }
+
+    [Fact]
+    public void A_webhook_payload_counts_by_its_content_not_by_its_whitespace()
+    {
+        var url = new Uri("https://hooks.example.com/in");
+        var id = Guid.NewGuid();
+        DeliverWebhook With(string payload) => new() { WebhookId = id, Url = url, EventType = "invoice.paid", Payload = JsonDocument.Parse(payload).RootElement.Clone() };
+
+        Assert.Equal(PayloadFingerprint.Of(With("""{"invoice":7,"lines":[1,2]}""")), PayloadFingerprint.Of(With("""{ "invoice": 7, "lines": [ 1, 2 ] }""")));
+        Assert.True(PayloadFingerprint.Conflicts(PayloadFingerprint.Of(With("""{"invoice":7}""")), PayloadFingerprint.Of(With("""{"invoice":8}"""))));
+    }
+
+    [Fact]
+    public void A_command_that_cannot_be_written_again_has_no_fingerprint_and_nothing_conflicts_with_none()
+    {
+        // An unset payload no writer takes: the consumer refuses such a command with the reason, so the inbox must not throw first.
+        var broken = new DeliverWebhook { WebhookId = Guid.NewGuid(), Url = new Uri("https://hooks.example.com/in"), EventType = "x", Payload = default };
+        var some = PayloadFingerprint.Of(new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "a", AmountMinor = 1, Currency = "EUR" });
+
+        Assert.Null(PayloadFingerprint.Of(broken));
+        Assert.False(PayloadFingerprint.Conflicts(null, some));
+        Assert.False(PayloadFingerprint.Conflicts(some, null));
+        Assert.Equal("none", PayloadFingerprint.Describe(null));
+    }
+}

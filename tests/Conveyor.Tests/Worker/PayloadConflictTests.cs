@@ -1,0 +1,207 @@
+using System.Globalization;
+using System.Text.Json;
+using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Reports;
+using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Payments;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// ADR 0011: a message whose key the inbox applied already from a command with other content is a
+/// conflict, not a duplicate. It goes to <c>_error</c> with the reason and changes nothing; a true
+/// copy is still acked unapplied.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Queue = "charge-payment";
+    private const string ConflictType = "Conveyor.Worker.Failures.IdempotencyConflictException";
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    public async Task A_second_command_under_an_applied_key_with_other_content_goes_to_the_error_queue_and_changes_nothing(int inboxBatchSize)
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        using var duplicates = InboxCounter.Duplicates(Queue);
+        using var conflicts = InboxCounter.Conflicts(Queue);
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-conflict", AmountMinor = 1_250, Currency = "EUR" };
+        var key = payment.PaymentId.ToString();
+
+        await publisher.PublishAsync(payment, Guid.NewGuid());
+        var job = await WaitForJobAsync(key, JobStatus.Succeeded);
+        await publisher.PublishAsync(payment with { AmountMinor = 9_999 }, Guid.NewGuid());
+
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error")));
+        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        Assert.Contains($"Key '{key}' of {Queue} was applied already from a command with other content", dead.Header("MT-Fault-Message"), StringComparison.Ordinal);
+        Assert.StartsWith("idempotency conflict; not applied: ", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        Assert.Equal(job.Id.ToString(), dead.Header("Conveyor-Job-Id"));
+        using (var body = JsonDocument.Parse(dead.Body))
+        {
+            Assert.Equal(9_999, body.RootElement.GetProperty("message").GetProperty("amountMinor").GetInt64());
+        }
+
+        Assert.Equal(1, conflicts.Count);
+        Assert.Equal(0, duplicates.Count);
+
+        // A true copy of the applied command is still a duplicate.
+        await publisher.PublishAsync(payment, Guid.NewGuid());
+        await Eventually.AssertAsync(() => Assert.Equal(1, duplicates.Count));
+        await fixture.AssertDrainedAsync(worker, Queue);
+
+        Assert.Equal(0u, await fixture.ReadyAsync(Queue + "_error"));
+        Assert.Equal(1, conflicts.Count);
+        Assert.Equal(1, gateway.RequestsFor(key));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1_250, (await db.Ledger.SingleAsync(l => l.PaymentId == payment.PaymentId)).AmountMinor);
+        var after = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.Succeeded, 1, null), (after.Status, after.Attempts, after.LastError));
+    }
+
+    [Fact]
+    public async Task Of_two_commands_under_one_key_published_together_exactly_one_is_applied_and_the_other_is_dead_lettered()
+    {
+        const int Payments = 24;
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        using var conflicts = InboxCounter.Conflicts(Queue);
+        // Both of a pair are prefetched at once and mostly land in one inbox batch; some do not.
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 16));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payments = Enumerable.Range(1, Payments)
+            .Select(i => new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-pair", AmountMinor = i * 100, Currency = "EUR" })
+            .ToList();
+
+        await Task.WhenAll(payments.SelectMany(p => new[]
+        {
+            publisher.PublishAsync(p, Guid.NewGuid()),
+            publisher.PublishAsync(p with { AmountMinor = p.AmountMinor + 1 }, Guid.NewGuid()),
+        }));
+
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        var dead = new List<RawAmqpProducer.TakenMessage>();
+        await Eventually.AssertAsync(async () =>
+        {
+            dead.AddRange(await amqp.TakeAllAsync(Queue + "_error"));
+            Assert.Equal(Payments, dead.Count);
+        }, timeout: TimeSpan.FromSeconds(60));
+        await fixture.AssertDrainedAsync(worker, Queue);
+
+        Assert.All(dead, d => Assert.Equal(ConflictType, d.Header("MT-Fault-ExceptionType")));
+        Assert.Equal(Payments, conflicts.Count);
+        var deadAmounts = dead.ToDictionary(
+            d => JsonDocument.Parse(d.Body).RootElement.GetProperty("message").GetProperty("paymentId").GetGuid(),
+            d => JsonDocument.Parse(d.Body).RootElement.GetProperty("message").GetProperty("amountMinor").GetInt64());
+        await using var db = fixture.CreateDbContext();
+        var ledger = await db.Ledger.Where(l => l.AccountId == "acct-pair").ToDictionaryAsync(l => l.PaymentId, l => l.AmountMinor);
+        Assert.Equal(Payments, ledger.Count);
+        foreach (var payment in payments)
+        {
+            // One of the two amounts was charged, the other one is in _error.
+            var charged = ledger[payment.PaymentId];
+            Assert.Contains(charged, new[] { payment.AmountMinor, payment.AmountMinor + 1 });
+            Assert.Equal(charged == payment.AmountMinor ? payment.AmountMinor + 1 : payment.AmountMinor, deadAmounts[payment.PaymentId]);
+            Assert.Equal(1, gateway.SuccessfulRequestsFor(payment.PaymentId.ToString()));
+            Assert.Equal(charged, gateway.Charges.Single(c => c.IdempotencyKey == payment.PaymentId.ToString()).AmountMinor);
+        }
+
+        Assert.Equal(Payments, await db.Jobs.CountAsync(j => j.Kind == "charge-payment" && j.Status == JobStatus.Succeeded));
+    }
+
+    [Fact]
+    public async Task A_long_job_under_a_finished_key_with_other_content_is_dead_lettered_and_the_report_stands()
+    {
+        const string ReportQueue = "generate-report";
+        await using (var seed = fixture.CreateDbContext())
+        {
+            seed.Ledger.Add(new LedgerEntry
+            {
+                PaymentId = Guid.NewGuid(), AccountId = "acct-report-conflict", AmountMinor = 700, Currency = "EUR",
+                GatewayChargeId = "ch_conflict", ChargedAt = DateTimeOffset.UtcNow,
+            });
+            await seed.SaveChangesAsync();
+        }
+
+        using var conflicts = InboxCounter.Conflicts(ReportQueue);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-report-conflict", Currency = "EUR" };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report, Guid.NewGuid());
+        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await publisher.PublishAsync(report with { Currency = "USD" }, Guid.NewGuid());
+
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(ReportQueue + "_error")));
+        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        await fixture.AssertDrainedAsync(worker, ReportQueue);
+        Assert.Equal(1, conflicts.Count);
+        await using var db = fixture.CreateDbContext();
+        var stored = await db.Reports.SingleAsync(r => r.ReportId == report.ReportId);
+        Assert.Equal(("EUR", 1L), (stored.Currency, stored.RowsScanned));
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.Succeeded, 1), (job.Status, job.Attempts));
+    }
+
+    [Fact]
+    public async Task An_inbox_row_written_before_fingerprints_were_kept_treats_any_later_command_as_a_duplicate()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        using var duplicates = InboxCounter.Duplicates(Queue);
+        using var conflicts = InboxCounter.Conflicts(Queue);
+        // Declared up front, as MassTransit would declare it for its first failed message, so it can be counted.
+        await fixture.DeclareAsync(Queue + "_error");
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 16));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-old-row", AmountMinor = 300, Currency = "EUR" };
+        var key = payment.PaymentId.ToString();
+        await publisher.PublishAsync(payment, Guid.NewGuid());
+        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync(
+                $"UPDATE inbox SET payload_hash = NULL WHERE consumer_id = {Queue} AND message_key = {key} AND payload_hash IS NOT NULL"));
+        }
+
+        await publisher.PublishAsync(payment with { AmountMinor = 301 }, Guid.NewGuid());
+
+        await Eventually.AssertAsync(() => Assert.Equal(1, duplicates.Count));
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(0, conflicts.Count);
+        Assert.Equal(0u, await fixture.ReadyAsync(Queue + "_error"));
+        Assert.Equal(1, gateway.RequestsFor(key));
+    }
+
+    private static Dictionary<string, string?> Settings(FakePaymentGateway gateway, int inboxBatchSize)
+    {
+        var settings = WorkerSettings.With(gateway);
+        settings["Consumers:ChargePayment:InboxBatchSize"] = inboxBatchSize.ToString(CultureInfo.InvariantCulture);
+        return settings;
+    }
+
+    private async Task<Job> WaitForJobAsync(string key, string status)
+    {
+        Job? job = null;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == key);
+            Assert.Equal(status, job?.Status);
+        });
+        return job!;
+    }
+}
