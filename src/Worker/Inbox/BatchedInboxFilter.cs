@@ -1,5 +1,5 @@
-using Conveyor.Worker.Failures;
 using Conveyor.Storage;
+using Conveyor.Worker.Failures;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
 using MassTransit;

@@ -40,7 +40,7 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             ("Redelivery:BacklogRefreshSeconds", "1")));
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?> { ["ErrorQueues:DepthRefreshSeconds"] = "1", ["Jobs:StrandedCheckSeconds"] = "1" });
 
-        // A transient failure, redelivered, then a success; a permanent failure; a duplicate.
+        // A transient failure, redelivered, then a success; a permanent failure; a duplicate; a conflict (ADR 0011).
         gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
         var retried = await SubmitAsync(api);
         await WaitForJobAsync(retried, JobStatus.Succeeded);
@@ -50,6 +50,7 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         await using (var publisher = await TestPublisher.StartAsync(fixture))
         {
             await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 500, Currency = "EUR" });
+            await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 501, Currency = "EUR" });
         }
 
         // A batch of two.
