@@ -1,7 +1,9 @@
 using System.Text.Json;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
+using Conveyor.Api.ErrorQueues;
 using Conveyor.Contracts.Webhooks;
+using Conveyor.Worker.Failures;
 using Conveyor.Worker.Inbox;
 
 namespace Conveyor.Tests.Unit;
@@ -57,6 +59,24 @@ public sealed class PayloadFingerprintTests
 
         Assert.Equal(PayloadFingerprint.Of(With("""{"invoice":7,"lines":[1,2]}""")), PayloadFingerprint.Of(With("""{ "invoice": 7, "lines": [ 1, 2 ] }""")));
         Assert.True(PayloadFingerprint.Conflicts(PayloadFingerprint.Of(With("""{"invoice":7}""")), PayloadFingerprint.Of(With("""{"invoice":8}"""))));
+    }
+
+    [Fact]
+    public void Conflicts_of_one_consumer_fall_into_one_error_queue_group_whatever_their_keys_and_fingerprints()
+    {
+        // Fixed ids, so the test does not depend on chance: a fingerprint's hex with no digit in it
+        // (about 1 in 100,000) is not taken for an id, and would make a group of its own.
+        string Message(string paymentId)
+        {
+            var payment = new ChargePayment { PaymentId = Guid.Parse(paymentId), AccountId = "acct-1", AmountMinor = 500, Currency = "EUR" };
+            return new IdempotencyConflictException("charge-payment", payment.PaymentId.ToString(),
+                PayloadFingerprint.Of(payment), PayloadFingerprint.Of(payment with { AmountMinor = 501 })).Message;
+        }
+
+        var type = typeof(IdempotencyConflictException).FullName;
+        Assert.Equal(
+            FaultFingerprint.GroupId(type, Message("6c0f1f4e-2b7a-4d59-9a51-0c3e8f2d7b61")),
+            FaultFingerprint.GroupId(type, Message("e9b3a7d2-51c4-4f08-8e6d-3a2b1c0d9f84")));
     }
 
     [Fact]
