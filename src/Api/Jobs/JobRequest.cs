@@ -1,3 +1,4 @@
+using Conveyor.Storage;
 using Conveyor.Contracts;
 using MassTransit;
 
@@ -25,6 +26,12 @@ internal abstract class JobRequest(string kind, Guid businessId)
         where TCommand : class =>
         new Typed<TCommand>(kind, businessId, command);
 
+    /// <summary>
+    /// What the command says (<see cref="PayloadFingerprint"/>, as the worker's inbox takes it; <c>runAt</c> is
+    /// not part of it): a business id submitted again with another command is refused (ADR 0011).
+    /// </summary>
+    public abstract byte[]? Fingerprint { get; }
+
     /// <summary>Publishes the command stamped with the job id; returns once the broker has confirmed it.</summary>
     public abstract Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken);
 
@@ -35,6 +42,10 @@ internal abstract class JobRequest(string kind, Guid businessId)
         : JobRequest(kind, businessId)
         where TCommand : class
     {
+        private readonly Lazy<byte[]?> _fingerprint = new(() => PayloadFingerprint.Of(command));
+
+        public override byte[]? Fingerprint => _fingerprint.Value;
+
         public override Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken) =>
             endpoint.Publish(
                 command,

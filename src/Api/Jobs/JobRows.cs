@@ -39,10 +39,10 @@ public sealed class JobRows : IAsyncDisposable
     private const int MaxBatchSize = 128;
 
     private const string InsertSql = """
-        INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, request_body, created_at, updated_at)
-        SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, request_body, created_at, updated_at
-          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[], $9::timestamptz[])
-               AS row (id, kind, business_key, status, idempotency_key, request_hash, request_body, created_at, updated_at)
+        INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
+        SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::timestamptz[])
+               AS row (id, kind, business_key, status, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
         ON CONFLICT DO NOTHING
         RETURNING id
         """;
@@ -177,6 +177,7 @@ public sealed class JobRows : IAsyncDisposable
                 new NpgsqlParameter<string[]> { TypedValue = [.. jobs.Select(j => j.Status)] },
                 new NpgsqlParameter<string?[]> { TypedValue = [.. jobs.Select(j => j.IdempotencyKey)] },
                 new NpgsqlParameter<string?[]> { TypedValue = [.. jobs.Select(j => j.RequestHash)] },
+                new NpgsqlParameter<byte[]?[]> { TypedValue = [.. jobs.Select(j => j.PayloadHash)] },
                 new NpgsqlParameter<byte[]?[]> { TypedValue = [.. jobs.Select(j => j.RequestBody)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.CreatedAt)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.UpdatedAt)] },

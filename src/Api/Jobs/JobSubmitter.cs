@@ -21,6 +21,12 @@ internal enum SubmitStatus
     /// <summary>The Idempotency-Key was used before with another body or kind.</summary>
     KeyReused,
 
+    /// <summary>
+    /// The business id names a job submitted before with another command (ADR 0011): refused, never
+    /// answered with that job, whose command the client did not send. <see cref="SubmitResult.Job"/> is that job.
+    /// </summary>
+    ContentConflict,
+
     /// <summary>Another request for the same job is half-way: it holds the key but its row is gone again.</summary>
     InFlight,
 
@@ -84,6 +90,7 @@ internal sealed class JobSubmitter(
             Attempts = 0,
             IdempotencyKey = idempotencyKey,
             RequestHash = requestHash,
+            PayloadHash = request.Fingerprint,
             // A scheduled job's command is stored whole, with its row (TryInsertScheduledAsync).
             RequestBody = request.RunAt is null ? body : null,
             CreatedAt = now,
@@ -159,8 +166,8 @@ internal sealed class JobSubmitter(
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
-            INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, created_at, updated_at, next_attempt_at)
-            VALUES ({job.Id}, {job.Kind}, {job.BusinessKey}, {job.Status}, 0, {job.IdempotencyKey}, {job.RequestHash}, {job.CreatedAt}, {job.UpdatedAt}, {runAt})
+            INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, created_at, updated_at, next_attempt_at)
+            VALUES ({job.Id}, {job.Kind}, {job.BusinessKey}, {job.Status}, 0, {job.IdempotencyKey}, {job.RequestHash}, {job.PayloadHash}, {job.CreatedAt}, {job.UpdatedAt}, {runAt})
             ON CONFLICT DO NOTHING
             """, cancellationToken);
         if (inserted == 0)
@@ -272,7 +279,10 @@ internal sealed class JobSubmitter(
             $"UPDATE jobs SET updated_at = {now} WHERE id = {jobId} AND (status = {JobStatus.Queued}) IS TRUE", cancellationToken);
     }
 
-    /// <summary>The job a repeat of this request would get (<see cref="SubmitStatus.Duplicate"/> or <see cref="SubmitStatus.KeyReused"/>); null when none was submitted.</summary>
+    /// <summary>
+    /// The job a repeat of this request would get (<see cref="SubmitStatus.Duplicate"/>), or why it would be
+    /// refused (<see cref="SubmitStatus.KeyReused"/>, <see cref="SubmitStatus.ContentConflict"/>); null when none was submitted.
+    /// </summary>
     public Task<SubmitResult?> ExistingJobAsync(JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken) =>
         FindExistingAsync(request, idempotencyKey, Convert.ToHexStringLower(SHA256.HashData(body)), cancellationToken);
 
@@ -299,6 +309,13 @@ internal sealed class JobSubmitter(
 
         var byBusinessKey = await db.Jobs.AsNoTracking().WithoutRequestBody()
             .FirstOrDefaultAsync(j => j.Kind == request.Kind && j.BusinessKey == request.BusinessKey, cancellationToken);
+        if (byBusinessKey is not null && PayloadFingerprint.Conflicts(byBusinessKey.PayloadHash, request.Fingerprint))
+        {
+            // Rows without a fingerprint (written by a worker for a direct publish, or before it was kept) conflict with nothing.
+            JobsLog.BusinessIdReused(logger, byBusinessKey.Id, byBusinessKey.Kind, byBusinessKey.BusinessKey);
+            return new SubmitResult(SubmitStatus.ContentConflict, byBusinessKey);
+        }
+
         return byBusinessKey is null ? null : new SubmitResult(SubmitStatus.Duplicate, byBusinessKey);
     }
 

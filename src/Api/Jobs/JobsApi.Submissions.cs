@@ -259,6 +259,9 @@ internal static partial class JobsApi
         SubmitStatus.Created or SubmitStatus.Duplicate when result.Job is not null => null,
         SubmitStatus.KeyReused => new Refusal(StatusCodes.Status422UnprocessableEntity, "Idempotency-Key reused",
             "This Idempotency-Key was already used for a different request. Use a new key for a new job.", null, 3),
+        SubmitStatus.ContentConflict when result.Job is { } existing => new Refusal(StatusCodes.Status422UnprocessableEntity, "Business id reused",
+            $"{JobRequestParser.BusinessIdField(existing.Kind)}: {existing.BusinessKey} names job {existing.Id}, submitted with other content. " +
+            $"A new job needs a new {JobRequestParser.BusinessIdField(existing.Kind)}; the same content again gets that job.", null, 3),
         SubmitStatus.PublishFailed => new Refusal(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
             "The job could not be queued. Retry later; the same Idempotency-Key may be reused.", RetryAfterSeconds, 2),
         SubmitStatus.DatabaseUnavailable => new Refusal(StatusCodes.Status503ServiceUnavailable, "Database unavailable",

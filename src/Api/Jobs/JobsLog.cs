@@ -12,6 +12,10 @@ internal static partial class JobsLog
         Message = "Idempotency-Key of job {JobId} reused with another request; refused")]
     public static partial void IdempotencyKeyReused(ILogger logger, Guid jobId);
 
+    [LoggerMessage(EventId = 1013, Level = LogLevel.Information,
+        Message = "Business id of job {JobId} ({Kind} {BusinessKey}) submitted again with another command; refused (ADR 0011)")]
+    public static partial void BusinessIdReused(ILogger logger, Guid jobId, string kind, string businessKey);
+
     [LoggerMessage(EventId = 1003, Level = LogLevel.Warning,
         Message = "Publishing job {JobId} ({Kind}) was not confirmed; removing its row and answering 503")]
     public static partial void PublishFailed(ILogger logger, Exception exception, Guid jobId, string kind);

@@ -29,6 +29,12 @@ public sealed class Job
     public string? RequestHash { get; set; }
 
     /// <summary>
+    /// The submitted command's <see cref="PayloadFingerprint"/> (Api submissions only): a submission that
+    /// names this job's business id with another command is refused, not answered with this job (ADR 0011).
+    /// </summary>
+    public byte[]? PayloadHash { get; set; }
+
+    /// <summary>
     /// The body the job was submitted with through the Api, kept while the job waits for its first
     /// delivery: the Api republishes a job that stays <c>queued</c> without a command (ADR 0007). A
     /// worker clears it when it receives the command, a cancel when it cancels the job; null for

@@ -20,6 +20,7 @@ public static class JobQueries
             Progress = j.Progress,
             IdempotencyKey = j.IdempotencyKey,
             RequestHash = j.RequestHash,
+            PayloadHash = j.PayloadHash,
             CreatedAt = j.CreatedAt,
             UpdatedAt = j.UpdatedAt,
             FinishedAt = j.FinishedAt,

@@ -1,4 +1,4 @@
-using Conveyor.Worker.Inbox;
+using Conveyor.Storage;
 
 namespace Conveyor.Worker.Failures;
 

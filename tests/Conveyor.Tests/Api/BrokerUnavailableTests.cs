@@ -67,10 +67,10 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
             Assert.True(await db.Jobs.AnyAsync(j => j.BusinessKey == businessKey, deadline.Token), "the first request's job row");
         }, TimeSpan.FromSeconds(10));
 
-        // A client that gave up waiting repeats it: byte for byte, or the same payment with another body and key.
+        // A client that gave up waiting repeats it: byte for byte, or the same payment in another body with another key.
         using var repeat = await _api.Client.PostJobAsync(
             JobKinds.ChargePayment,
-            sameRequest ? JobRequests.ChargePayment(paymentId) : JobRequests.ChargePayment(paymentId, amountMinor: 999),
+            sameRequest ? JobRequests.ChargePayment(paymentId) : JobRequests.ChargePaymentReordered(paymentId),
             sameRequest ? "first-key" : "second-key",
             deadline.Token);
         using var firstResponse = await first;
@@ -92,6 +92,34 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         using var again = await _api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_repeat_with_another_command_while_the_first_request_publishes_is_refused_and_keeps_nothing_alive()
+    {
+        var paymentId = Guid.NewGuid();
+        var businessKey = paymentId.ToString("D");
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var first = _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100), "first-key", deadline.Token);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True(await db.Jobs.AnyAsync(j => j.BusinessKey == businessKey, deadline.Token), "the first request's job row");
+        }, TimeSpan.FromSeconds(10));
+
+        // Another amount under the same paymentId (ADR 0011): not this job's command, so it neither gets
+        // the job nor takes its row out of the first request's reach.
+        using var other = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999), "second-key", deadline.Token);
+        await other.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        Assert.StartsWith($"paymentId: {businessKey} names job ", (await other.ReadJsonAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+        using var firstResponse = await first;
+        await firstResponse.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+
+        // Nobody was told the job was accepted, and the first request removed its row as it does after a failed publish.
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(0, await check.Jobs.CountAsync(j => j.BusinessKey == businessKey, deadline.Token));
     }
 
     [Fact]

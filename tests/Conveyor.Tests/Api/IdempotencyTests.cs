@@ -83,6 +83,50 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Same_business_id_with_another_command_is_a_422_problem_naming_the_field_and_the_job_stays_as_it_was()
+    {
+        var paymentId = Guid.NewGuid();
+        var first = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100), $"k-{Guid.NewGuid()}");
+
+        foreach (var (json, key) in new[]
+        {
+            (JobRequests.ChargePayment(paymentId, amountMinor: 101), (string?)null),
+            (JobRequests.ChargePayment(paymentId, amountMinor: 100, currency: "USD"), $"k-{Guid.NewGuid()}"),
+        })
+        {
+            using var response = await _api.Client.PostJobAsync(JobKinds.ChargePayment, json, key);
+            await response.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+            var problem = await response.ReadJsonAsync();
+            Assert.Equal("Business id reused", problem.GetProperty("title").GetString());
+            Assert.Equal(
+                $"paymentId: {paymentId:D} names job {first.JobId}, submitted with other content. A new job needs a new paymentId; the same content again gets that job.",
+                problem.GetProperty("detail").GetString());
+        }
+
+        // The same command in other bytes is the same job, and a new paymentId a new one.
+        Assert.Equal(first.JobId, (await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePaymentReordered(paymentId, amountMinor: 100))).JobId);
+        Assert.NotEqual(first.JobId, (await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid(), amountMinor: 101))).JobId);
+        await using var db = fixture.CreateDbContext();
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == paymentId.ToString("D"));
+        Assert.Equal(first.JobId, job.Id);
+        Assert.Equal(Conveyor.Storage.PayloadFingerprint.Length, job.PayloadHash?.Length);
+    }
+
+    [Fact]
+    public async Task A_job_row_without_a_fingerprint_answers_any_command_under_its_business_id_with_the_job()
+    {
+        // Rows written by a worker for a direct publish, or before fingerprints were kept.
+        var paymentId = Guid.NewGuid();
+        var first = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100));
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Jobs.Where(j => j.Id == first.JobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.PayloadHash, (byte[]?)null)));
+        }
+
+        Assert.Equal(first.JobId, (await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999))).JobId);
+    }
+
+    [Fact]
     public async Task Concurrent_identical_requests_create_one_job()
     {
         var key = $"order-{Guid.NewGuid()}";
@@ -173,8 +217,8 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         await published.Channel.QueuePurgeAsync(published.Queue);
 
         // Within the first request's time it may still be publishing, and would remove the row if that
-        // failed: a repeat, even with another body, publishes the job's stored command itself before its 202.
-        var early = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999));
+        // failed: a repeat, even in another body, publishes the job's stored command itself before its 202.
+        var early = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePaymentReordered(paymentId, amountMinor: 100));
         Assert.Equal(first.JobId, early.JobId);
         var command = await published.Channel.BasicGetAsync(published.Queue, autoAck: true);
         Assert.NotNull(command);
@@ -185,10 +229,18 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
 
-        // Another body for the same business id: which command the job was meant to run is not known.
+        // Another body with the same command: whether this client got an answer before is not known, so it gets the job and publishes nothing.
         await fixture.BackdateJobAsync(first.JobId, TimeSpan.FromMinutes(1));
-        var other = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999));
+        var other = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePaymentReordered(paymentId, amountMinor: 100));
         Assert.Equal(first.JobId, other.JobId);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+
+        // Another command under the same business id is refused, early or late (ADR 0011).
+        using (var conflicting = await _api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999)))
+        {
+            await conflicting.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        }
+
         Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
 
         // A worker has taken it: its command did arrive.

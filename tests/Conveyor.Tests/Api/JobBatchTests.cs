@@ -125,6 +125,30 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_job_of_a_batch_naming_a_business_id_submitted_with_another_command_is_refused_and_the_others_are_accepted()
+    {
+        // ADR 0011, without a batch key: the business id alone ties the job to the earlier one.
+        await using var api = await fixture.StartApiAsync();
+        var (reused, fresh) = (Guid.NewGuid(), Guid.NewGuid());
+        var earlier = await AcceptBatchAsync(api, Batch([JobRequests.ChargePayment(reused, amountMinor: 100)]), idempotencyKey: null);
+
+        using var response = await PostBatchAsync(api, JobKinds.ChargePayment,
+            Batch([JobRequests.ChargePayment(reused, amountMinor: 999), JobRequests.ChargePayment(fresh)]), idempotencyKey: null);
+
+        await response.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        var problem = await response.ReadJsonAsync();
+        Assert.Equal("Business id reused", problem.GetProperty("title").GetString());
+        var jobs = problem.GetProperty("jobs").EnumerateArray().ToList();
+        var error = jobs[0].GetProperty("error");
+        Assert.Equal(422, error.GetProperty("status").GetInt32());
+        Assert.StartsWith($"paymentId: {reused:D} names job {earlier.Jobs[0].JobId}", error.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.False(jobs[0].TryGetProperty("jobId", out _));
+        Assert.NotEqual(Guid.Empty, jobs[1].GetProperty("jobId").GetGuid());
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(2, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task One_bad_job_refuses_the_whole_batch_with_each_problem_named_by_its_place()
     {
         await using var api = await fixture.StartApiAsync();

@@ -13,6 +13,13 @@ internal static class JobRequests
     public static string ChargePayment(Guid paymentId, long amountMinor = 1250, string currency = "EUR") =>
         JsonSerializer.Serialize(new { paymentId, accountId = "acct-42", amountMinor, currency });
 
+    /// <summary>
+    /// The command of <see cref="ChargePayment"/> in other bytes: its fields in another order, spaced out.
+    /// Another body for the Api, the same command for the worker's inbox and the Api's business-id check.
+    /// </summary>
+    public static string ChargePaymentReordered(Guid paymentId, long amountMinor = 1250, string currency = "EUR") =>
+        $$"""{ "currency": "{{currency}}", "amountMinor": {{amountMinor}}, "accountId": "acct-42", "paymentId": "{{paymentId}}" }""";
+
     /// <summary>A charge to run at <paramref name="runAt"/>, sent with its offset as ISO 8601.</summary>
     public static string ScheduledChargePayment(Guid paymentId, DateTimeOffset runAt) =>
         JsonSerializer.Serialize(new { paymentId, accountId = "acct-42", amountMinor = 1250, currency = "EUR", runAt = runAt.ToString("O") });

@@ -4,7 +4,7 @@ using Conveyor.Contracts.Reports;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Worker.Failures;
-using Conveyor.Worker.Inbox;
+using Conveyor.Storage;
 
 namespace Conveyor.Tests.Unit;
 

@@ -2,7 +2,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
-namespace Conveyor.Worker.Inbox;
+namespace Conveyor.Storage;
 
 /// <summary>
 /// What a command says, as 16 bytes the inbox keeps beside its key (ADR 0011): a later message under
