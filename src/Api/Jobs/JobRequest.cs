@@ -1,5 +1,5 @@
-using Conveyor.Storage;
 using Conveyor.Contracts;
+using Conveyor.Storage;
 using MassTransit;
 
 namespace Conveyor.Api.Jobs;
