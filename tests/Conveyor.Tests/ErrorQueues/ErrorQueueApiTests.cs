@@ -5,6 +5,7 @@ using Conveyor.Api.ErrorQueues;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
 
 namespace Conveyor.Tests.ErrorQueues;
 
@@ -197,6 +198,32 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var listed = (await _admin.GetJsonAsync($"/api/operations?queue={ErrorQueueKit.ChargeErrors}")).EnumerateArray()
             .Single(o => o.GetProperty("operationId").GetString() == operation.GetProperty("operationId").GetString());
         Assert.Equal(2, listed.GetProperty("jobsMissing").GetInt64());
+    }
+
+    /// <summary>
+    /// The count is advice, taken after the walk: when the job rows cannot be read (here a lock held
+    /// past the check's 10 s), the operation still ends as it did, with <c>jobsMissing</c> unknown
+    /// (null), never a 0 that would read as "all guarded".
+    /// </summary>
+    [Fact]
+    public async Task When_the_job_rows_cannot_be_read_the_operation_ends_as_it_did_with_jobs_missing_unknown()
+    {
+        var ids = await DeadLetterWithJobsAsync();
+        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await holder.OpenAsync();
+        await using var locked = await holder.BeginTransactionAsync();
+        await using (var lockJobs = new NpgsqlCommand("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE", holder, locked))
+        {
+            await lockJobs.ExecuteNonQueryAsync();
+        }
+
+        var operation = await _admin.RunOperationAsync(
+            $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true }, TimeSpan.FromSeconds(60));
+        await locked.RollbackAsync();
+
+        Assert.Equal(("succeeded", 4L), (operation.GetProperty("state").GetString(), operation.GetProperty("matched").GetInt64()));
+        Assert.Equal(JsonValueKind.Null, operation.GetProperty("jobsMissing").ValueKind);
+        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
     }
 
     /// <summary>
