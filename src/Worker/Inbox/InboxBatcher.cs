@@ -416,23 +416,45 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private async Task ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
     {
         var claimed = await ClaimRowsAsync(db, members);
+        // A key new to the inbox whose job row was created for another command (the Api accepted that one,
+        // ADR 0011): this message is the conflict, and its inbox row goes again before anything runs.
+        var againstJob = members.GroupBy(m => m.MessageKey, StringComparer.Ordinal)
+            .Select(g => g.First())
+            .Where(m => claimed.TryGetValue(m.MessageKey, out var row) && PayloadFingerprint.Conflicts(row.JobFingerprint, m.Fingerprint))
+            .ToList();
+        if (againstJob.Count > 0)
+        {
+            await InboxConflicts.RemoveRowsAsync(db, _consumerId, [.. againstJob.Select(m => m.MessageKey)], CancellationToken.None);
+            foreach (var member in againstJob)
+            {
+                member.CompareWithApplied(claimed[member.MessageKey].JobFingerprint);
+                claimed.Remove(member.MessageKey);
+            }
+        }
+
         // Keys taken already: what their rows' commands said, unless no member here has a fingerprint to compare.
-        var taken = members.Where(m => m.Fingerprint is not null && !claimed.ContainsKey(m.MessageKey)).Select(m => m.MessageKey).ToList();
+        var taken = members.Where(m => m.Fingerprint is not null && !claimed.ContainsKey(m.MessageKey) && !againstJob.Contains(m))
+            .Select(m => m.MessageKey).ToList();
         var applied = taken.Count == 0 ? null : await InboxConflicts.StoredFingerprintsAsync(db, _consumerId, taken, CancellationToken.None);
-        var inserters = new Dictionary<string, BatchMember>(StringComparer.Ordinal);
+        var inserters = againstJob.ToDictionary(m => m.MessageKey, StringComparer.Ordinal);
         var claims = new List<(BatchMember Member, InboxClaim Claim)>(members.Count);
         foreach (var member in members)
         {
-            if (!claimed.TryGetValue(member.MessageKey, out var row))
+            if (againstJob.Contains(member))
             {
-                member.CompareWithApplied(applied?.GetValueOrDefault(member.MessageKey));
                 claims.Add((member, InboxClaim.Duplicate));
             }
             else if (inserters.TryGetValue(member.MessageKey, out var first))
             {
-                // Two copies in one batch: the first runs, this one waits for its outcome.
+                // Two copies in one batch: the first runs (or is the conflict with its job, which keeps one
+                // in _error), this one waits for the batch; a copy with another command is tried again alone.
                 member.CompareWithCopyInBatch(first.Fingerprint);
                 claims.Add((member, InboxClaim.DuplicateInBatch));
+            }
+            else if (!claimed.TryGetValue(member.MessageKey, out var row))
+            {
+                member.CompareWithApplied(applied?.GetValueOrDefault(member.MessageKey));
+                claims.Add((member, InboxClaim.Duplicate));
             }
             else
             {
@@ -479,10 +501,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                 ON CONFLICT DO NOTHING
                 RETURNING message_key),
             job_rows AS (
-                SELECT j.business_key, j.status, j.id, j.attempts
+                SELECT j.business_key, j.status, j.id, j.attempts, j.payload_hash
                   FROM (SELECT r.message_key FROM inbox_rows r ORDER BY r.message_key) k
                  CROSS JOIN LATERAL (
-                       SELECT o.business_key, o.status, o.id, o.attempts
+                       SELECT o.business_key, o.status, o.id, o.attempts, o.payload_hash
                          FROM jobs o
                         WHERE o.kind = {_kind} AND o.business_key = k.message_key
                           FOR NO KEY UPDATE) j)
@@ -491,7 +513,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                    COALESCE(j.id, (SELECT i.job_id FROM input i
                                     WHERE i.message_key = r.message_key AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = i.job_id)
                                     ORDER BY i.ord LIMIT 1)) AS job_id,
-                   COALESCE(j.attempts, 0) + 1 AS attempt
+                   COALESCE(j.attempts, 0) + 1 AS attempt,
+                   j.payload_hash AS job_fingerprint
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
         return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);
@@ -533,6 +556,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         var now = _time.GetUtcNow();
         var jobIds = ran.Select(r => r.Member.JobId ?? Guid.CreateVersion7()).ToArray();
         var keys = ran.Select(r => r.Member.MessageKey).ToArray();
+        var fingerprints = ran.Select(r => r.Member.Fingerprint).ToArray();
         var ok = ran.Select(r => r.Ok).ToArray();
         var failedKeys = ran.Where(r => !r.Ok).Select(r => r.Member.MessageKey).ToArray();
         // The failed attempts' inbox rows are found one index probe per key (LATERAL, LIMIT 1 keeps it
@@ -541,10 +565,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         // lag behind the inbox made it read every row of the consumer, and it ran with every batch,
         // failures or not (7 ms against 0.1 ms for 20,000 rows).
         FormattableString sql = $"""
-            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, finished_at)
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, finished_at, payload_hash)
             SELECT t.id, {_kind}, t.business_key, CASE WHEN t.ok THEN {JobStatus.Succeeded} ELSE {JobStatus.Running} END,
-                   1, {now}, {now}, CASE WHEN t.ok THEN {now} END
-              FROM unnest({jobIds}::uuid[], {keys}::text[], {ok}::boolean[]) AS t(id, business_key, ok)
+                   1, {now}, {now}, CASE WHEN t.ok THEN {now} END, t.payload_hash
+              FROM unnest({jobIds}::uuid[], {keys}::text[], {ok}::boolean[], {fingerprints}::bytea[]) AS t(id, business_key, ok, payload_hash)
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = excluded.updated_at,
                    last_error = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN NULL ELSE jobs.last_error END,
@@ -603,7 +627,8 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
 
     /// <summary>
     /// For a <see cref="InboxClaim.Duplicate"/>: the fingerprint of the command its key was applied from,
-    /// when that one says something else (ADR 0011); then the message is a conflict, not a duplicate.
+    /// or its job row created for, when that one says something else (ADR 0011); then the message is a
+    /// conflict, not a duplicate.
     /// </summary>
     public byte[]? ConflictingFingerprint { get; private set; }
 
@@ -726,4 +751,7 @@ public sealed class BatchClaimRow
 
     /// <summary>The attempt the batch counts for it: one more than the locked row's (1 for a row it creates).</summary>
     public int Attempt { get; init; }
+
+    /// <summary>The fingerprint of the command the job row was created for (ADR 0011), when it has one.</summary>
+    public byte[]? JobFingerprint { get; init; }
 }

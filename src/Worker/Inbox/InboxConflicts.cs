@@ -42,6 +42,16 @@ public static partial class InboxConflicts
         return rows.ToDictionary(r => r.Key, r => r.Fingerprint, StringComparer.Ordinal);
     }
 
+    /// <summary>Removes inbox rows this transaction inserted for messages found in conflict with their job (one probe per key).</summary>
+    public static Task RemoveRowsAsync(ConveyorDbContext db, string consumerId, string[] keys, CancellationToken cancellationToken) =>
+        db.Database.ExecuteSqlAsync($"""
+            DELETE FROM inbox
+             WHERE ctid = ANY (ARRAY(
+                   SELECT i.ctid FROM unnest({keys}::text[]) AS k(message_key)
+                    CROSS JOIN LATERAL (
+                          SELECT ctid FROM inbox WHERE consumer_id = {consumerId} AND message_key = k.message_key LIMIT 1) i))
+            """, cancellationToken);
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Key {MessageKey} of {ConsumerId} was applied already from a command with other content ({Applied} applied, {Arrived} in message {MessageId}); the message goes to the error queue unapplied")]
     private static partial void LogConflict(ILogger logger, string consumerId, string messageKey, Guid? messageId, string applied, string arrived);
 

@@ -38,9 +38,16 @@ public sealed partial class InboxFilter<T>(
         // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
         // first committed) or inserts (the first rolled back).
         var fingerprint = PayloadFingerprint.Of(context.Message);
-        var (claim, jobId, attempt) = job is { } claimed
+        var (claim, jobId, attempt, jobConflict) = job is { } claimed
             ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, fingerprint, claimed, cancellationToken)
-            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, fingerprint, cancellationToken), null, null);
+            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, fingerprint, cancellationToken), null, null, null);
+        if (jobConflict is not null)
+        {
+            // The job row was created for another command (the Api accepted that one): nothing of this one stays.
+            await transaction.RollbackAsync(cancellationToken);
+            throw InboxConflicts.Found(logger, consumerId, messageKey, context.MessageId, jobConflict, fingerprint);
+        }
+
         if (claim == InboxClaim.Duplicate)
         {
             // A new statement, so it sees the row of a copy whose commit the claim waited for.

@@ -62,14 +62,14 @@ public sealed partial class LeaseInboxFilter<T>(
         bool leaseLost;
         try
         {
-            leaseLost = !await RunAsync(context, next, job, consumerId, key, owner, lease, leasedUntil);
+            leaseLost = !await RunAsync(context, next, job, fingerprint, consumerId, key, owner, lease, leasedUntil);
         }
         catch (Exception exception)
         {
             // Whatever failed after the claim, the lease goes with it: left behind, it would make every
             // retry of this message wait for its expiry as if another worker were running it.
             await ReleaseQuietlyAsync(consumerId, key, owner);
-            if (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            if (exception is not IdempotencyConflictException && (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested))
             {
                 JobMetrics.AttemptFailed(job.Kind);
                 // Only while this run's attempt is the latest: a run that took the lease over counted a newer one.
@@ -99,11 +99,19 @@ public sealed partial class LeaseInboxFilter<T>(
     /// lease was lost.
     /// </summary>
     private async Task<bool> RunAsync(
-        ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil)
+        ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, byte[]? fingerprint,
+        string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil)
     {
         var cancellationToken = context.CancellationToken;
-        if (await tracker.StartAttemptAsync(job, cancellationToken) is not (var jobId, var attempt))
+        if (await tracker.StartAttemptAsync(job, fingerprint, cancellationToken) is not (var jobId, var attempt))
         {
+            if (await tracker.ConflictingJobFingerprintAsync(job, fingerprint, cancellationToken) is { } jobConflict)
+            {
+                // The job row was created for another command (the Api accepted that one): the lease goes
+                // with the exception, and the job stays as it is.
+                throw InboxConflicts.Found(logger, consumerId, key, context.MessageId, jobConflict, fingerprint);
+            }
+
             // Cancelled, or succeeded already: mark the message handled without running it.
             await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
             await SettledByInbox.NotifyAsync(context, consumerId);

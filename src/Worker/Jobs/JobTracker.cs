@@ -21,8 +21,24 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// The job's row id and the attempt counted, or null when the job must not run: it succeeded
     /// already (a replay after the inbox row was swept) or was cancelled.
     /// </summary>
-    public Task<(Guid Id, int Attempt)?> StartAttemptAsync(JobRef job, CancellationToken cancellationToken) =>
-        CountAttemptAsync(job, error: null, cancellationToken);
+    /// <param name="fingerprint">What the message's command says: a job row created for another command
+    /// (ADR 0011) is not started either (<see cref="ConflictingJobFingerprintAsync"/> tells it apart).</param>
+    public Task<(Guid Id, int Attempt)?> StartAttemptAsync(JobRef job, byte[]? fingerprint, CancellationToken cancellationToken) =>
+        CountAttemptAsync(job, error: null, cancellationToken, fingerprint);
+
+    /// <summary>
+    /// The fingerprint of the command <paramref name="job"/>'s row was created for, when it says something
+    /// else than <paramref name="fingerprint"/> (ADR 0011); else null.
+    /// </summary>
+    public async Task<byte[]?> ConflictingJobFingerprintAsync(JobRef job, byte[]? fingerprint, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var stored = await db.Jobs.AsNoTracking()
+            .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey)
+            .Select(j => j.PayloadHash)
+            .FirstOrDefaultAsync(cancellationToken);
+        return PayloadFingerprint.Conflicts(stored, fingerprint) ? stored : null;
+    }
 
     /// <summary>
     /// Inside the inbox transaction, in the same statement as the inbox row: counts the attempt and
@@ -31,8 +47,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// becomes visible with the job's outcome (a failed attempt by
     /// <see cref="RecordFailedAttemptInTransactionAsync"/>, still under the row lock this takes).
     /// With <see cref="InboxClaim.Run"/>, also the job's row id and the attempt counted (see <see cref="JobRef"/>).
+    /// A job row created for another command (ADR 0011) is not claimed: <see cref="InboxClaim.NotRunnable"/>
+    /// with that command's fingerprint as <c>JobConflict</c>, and the caller rolls the inbox row back.
     /// </summary>
-    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt)> ClaimInTransactionAsync(
+    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict)> ClaimInTransactionAsync(
         ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -45,21 +63,25 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                 ON CONFLICT DO NOTHING
                 RETURNING 1),
             job_row AS (
-                INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+                INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, payload_hash)
                 SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
-                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}
+                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}, {fingerprint}::bytea
                  WHERE EXISTS (SELECT 1 FROM inbox_row)
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
                        finished_at = NULL, request_body = NULL
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+                   AND (jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL OR jobs.payload_hash = excluded.payload_hash)
                 RETURNING id, attempts)
             SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
-                   (SELECT j.attempts FROM job_row j) AS attempt
+                   (SELECT j.attempts FROM job_row j) AS attempt,
+                   (SELECT o.payload_hash FROM jobs o WHERE o.kind = {job.Kind} AND o.business_key = {job.BusinessKey}) AS job_fingerprint
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
-        return !claim[0].Inserted ? (InboxClaim.Duplicate, null, null)
-            : claim[0].JobId is { } jobId ? (InboxClaim.Run, jobId, claim[0].Attempt)
-            : (InboxClaim.NotRunnable, null, null);
+        var row = claim[0];
+        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null)
+            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null)
+            : PayloadFingerprint.Conflicts(row.JobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, row.JobFingerprint)
+            : (InboxClaim.NotRunnable, null, null, null);
     }
 
     /// <summary>
@@ -103,20 +125,22 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// as its last error when given); creates the row when another service published directly.
     /// The job's row id and the attempt counted, or null when the job succeeded already or was cancelled.
     /// </summary>
-    private async Task<(Guid Id, int Attempt)?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken)
+    /// <param name="fingerprint">When given, a row created for another command is not counted either (ADR 0011).</param>
+    private async Task<(Guid Id, int Attempt)?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken, byte[]? fingerprint = null)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var counted = await db.Database.SqlQuery<CountedAttempt>($"""
-            INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at)
+            INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at, payload_hash)
             SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
-                   {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}
+                   {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}, {fingerprint}::bytea
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
                    next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+               AND (jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL OR jobs.payload_hash = excluded.payload_hash)
             RETURNING id, attempts
             """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
         return counted.Count == 1 ? (counted[0].Id, counted[0].Attempts) : null;
@@ -227,6 +251,9 @@ public sealed class ClaimRow
 
     /// <summary>The attempt the claim counted, when it claimed the job.</summary>
     public int? Attempt { get; init; }
+
+    /// <summary>The fingerprint of the command the job row was created for (ADR 0011), when it has one.</summary>
+    public byte[]? JobFingerprint { get; init; }
 }
 
 /// <summary>An attempt counted outside the inbox transaction: the job's row id and its attempts now.</summary>

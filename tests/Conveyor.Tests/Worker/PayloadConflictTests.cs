@@ -1,9 +1,12 @@
 using System.Globalization;
+using System.Net.Http.Json;
 using System.Text.Json;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
+using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
@@ -20,6 +23,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
 {
     private const string Queue = "charge-payment";
     private const string ConflictType = "Conveyor.Worker.Failures.IdempotencyConflictException";
+    private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
@@ -184,6 +188,110 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Equal(0, conflicts.Count);
         Assert.Equal(0u, await fixture.ReadyAsync(Queue + "_error"));
         Assert.Equal(1, gateway.RequestsFor(key));
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    public async Task A_direct_publish_of_another_command_for_a_job_the_Api_accepted_goes_to_the_error_queue_and_the_Api_command_runs(int inboxBatchSize)
+    {
+        // The Api has committed the job's row for its command and not yet published it (or its command
+        // waits behind others): a producer publishes another command under the same paymentId first.
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        using var conflicts = InboxCounter.Conflicts(Queue);
+        var accepted = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-accepted", AmountMinor = 2_000, Currency = "EUR" };
+        var key = accepted.PaymentId.ToString();
+        var jobId = await InsertAcceptedJobAsync("charge-payment", key, accepted);
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(accepted with { AmountMinor = 7_777 }, Guid.NewGuid());
+
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error")));
+        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        Assert.Equal(jobId.ToString(), dead.Header("Conveyor-Job-Id"));
+        await using (var db = fixture.CreateDbContext())
+        {
+            var untouched = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+            Assert.Equal((JobStatus.Queued, 0, null), (untouched.Status, untouched.Attempts, untouched.LastError));
+            Assert.False(await db.Inbox.AnyAsync(i => i.MessageKey == key), "the conflicting message left its inbox row");
+        }
+
+        // The Api's command, when it comes, runs.
+        await publisher.PublishAsync(accepted, Guid.NewGuid());
+        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(1, conflicts.Count);
+        Assert.Equal(2_000, gateway.Charges.Single(c => c.IdempotencyKey == key).AmountMinor);
+        Assert.Equal(1, gateway.RequestsFor(key));
+    }
+
+    [Fact]
+    public async Task A_direct_publish_of_another_report_for_a_job_the_Api_accepted_goes_to_the_error_queue_and_the_lease_goes_with_it()
+    {
+        const string ReportQueue = "generate-report";
+        using var conflicts = InboxCounter.Conflicts(ReportQueue);
+        var accepted = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-accepted-report", Currency = "EUR" };
+        var key = accepted.ReportId.ToString();
+        var jobId = await InsertAcceptedJobAsync("generate-report", key, accepted);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(accepted with { Currency = "USD" }, Guid.NewGuid());
+
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(ReportQueue + "_error")));
+        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        await using (var db = fixture.CreateDbContext())
+        {
+            var untouched = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+            Assert.Equal((JobStatus.Queued, 0, null), (untouched.Status, untouched.Attempts, untouched.LastError));
+            Assert.False(await db.Inbox.AnyAsync(i => i.MessageKey == key), "the conflicting message left its lease behind");
+        }
+
+        await publisher.PublishAsync(accepted, Guid.NewGuid());
+        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(worker, ReportQueue);
+        Assert.Equal(1, conflicts.Count);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal("EUR", (await check.Reports.SingleAsync(r => r.ReportId == accepted.ReportId)).Currency);
+    }
+
+    [Fact]
+    public async Task The_Api_refuses_another_command_under_a_business_id_a_direct_publish_created_the_job_for()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 16));
+        await using var api = await fixture.StartApiAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var direct = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-direct", AmountMinor = 300, Currency = "EUR" };
+        await publisher.PublishAsync(direct, Guid.NewGuid());
+        var job = await WaitForJobAsync(direct.PaymentId.ToString(), JobStatus.Succeeded);
+
+        using var other = await api.Client.PostJobAsync("charge-payment", JsonSerializer.Serialize(direct with { AmountMinor = 301 }, Web));
+        using var same = await api.Client.PostJobAsync("charge-payment", JsonSerializer.Serialize(direct, Web));
+
+        Assert.Equal(422, (int)other.StatusCode);
+        Assert.Equal(202, (int)same.StatusCode);
+        Assert.Equal(job.Id, (await same.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid());
+    }
+
+    /// <summary>A job row as the Api commits it before publishing: queued, with its command's fingerprint.</summary>
+    private async Task<Guid> InsertAcceptedJobAsync(string kind, string key, object command)
+    {
+        await using var db = fixture.CreateDbContext();
+        var now = DateTimeOffset.UtcNow;
+        var job = new Job
+        {
+            Id = Guid.CreateVersion7(), Kind = kind, BusinessKey = key, Status = JobStatus.Queued,
+            PayloadHash = PayloadFingerprint.Of(command), CreatedAt = now, UpdatedAt = now,
+        };
+        db.Jobs.Add(job);
+        await db.SaveChangesAsync();
+        return job.Id;
     }
 
     private static Dictionary<string, string?> Settings(FakePaymentGateway gateway, int inboxBatchSize)
