@@ -417,7 +417,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     {
         var claimed = await ClaimRowsAsync(db, members);
         // A key new to the inbox whose job row was created for another command (the Api accepted that one,
-        // ADR 0011): this message is the conflict, and its inbox row goes again before anything runs.
+        // ADR 0011): this message is the conflict, and its inbox row goes again before anything runs. Not
+        // against a dead-lettered job: its command failed for good, and a corrected one may take its place.
         var againstJob = members.GroupBy(m => m.MessageKey, StringComparer.Ordinal)
             .Select(g => g.First())
             .Where(m => claimed.TryGetValue(m.MessageKey, out var row) && PayloadFingerprint.Conflicts(row.JobFingerprint, m.Fingerprint))
@@ -514,7 +515,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                                     WHERE i.message_key = r.message_key AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = i.job_id)
                                     ORDER BY i.ord LIMIT 1)) AS job_id,
                    COALESCE(j.attempts, 0) + 1 AS attempt,
-                   j.payload_hash AS job_fingerprint
+                   CASE WHEN j.status <> {JobStatus.DeadLettered} THEN j.payload_hash END AS job_fingerprint
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
         return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);

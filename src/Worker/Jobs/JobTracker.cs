@@ -28,13 +28,14 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
 
     /// <summary>
     /// The fingerprint of the command <paramref name="job"/>'s row was created for, when it says something
-    /// else than <paramref name="fingerprint"/> (ADR 0011); else null.
+    /// else than <paramref name="fingerprint"/> (ADR 0011); else null. A dead-lettered job's command failed
+    /// for good: a corrected command under its key may run, so it conflicts with nothing.
     /// </summary>
     public async Task<byte[]?> ConflictingJobFingerprintAsync(JobRef job, byte[]? fingerprint, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var stored = await db.Jobs.AsNoTracking()
-            .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey)
+            .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey && j.Status != JobStatus.DeadLettered)
             .Select(j => j.PayloadHash)
             .FirstOrDefaultAsync(cancellationToken);
         return PayloadFingerprint.Conflicts(stored, fingerprint) ? stored : null;
@@ -71,11 +72,13 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
                        finished_at = NULL, request_body = NULL
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-                   AND (jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL OR jobs.payload_hash = excluded.payload_hash)
+                   AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
+                        OR jobs.payload_hash = excluded.payload_hash)
                 RETURNING id, attempts)
             SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
                    (SELECT j.attempts FROM job_row j) AS attempt,
-                   (SELECT o.payload_hash FROM jobs o WHERE o.kind = {job.Kind} AND o.business_key = {job.BusinessKey}) AS job_fingerprint
+                   (SELECT o.payload_hash FROM jobs o
+                     WHERE o.kind = {job.Kind} AND o.business_key = {job.BusinessKey} AND o.status <> {JobStatus.DeadLettered}) AS job_fingerprint
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
         var row = claim[0];
         return !row.Inserted ? (InboxClaim.Duplicate, null, null, null)
@@ -140,7 +143,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
                    next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-               AND (jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL OR jobs.payload_hash = excluded.payload_hash)
+               AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
+                    OR jobs.payload_hash = excluded.payload_hash)
             RETURNING id, attempts
             """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
         return counted.Count == 1 ? (counted[0].Id, counted[0].Attempts) : null;

@@ -279,6 +279,49 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Equal(job.Id, (await same.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid());
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    public async Task A_corrected_command_under_the_key_of_a_dead_lettered_job_runs(int inboxBatchSize)
+    {
+        // The first command failed for good (refused as invalid): it owns the key no more, so a producer
+        // that fixes it and publishes again under the same paymentId gets it run.
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        using var conflicts = InboxCounter.Conflicts(Queue);
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var invalid = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-fixed", AmountMinor = 0, Currency = "EUR" };
+        var key = invalid.PaymentId.ToString();
+
+        await publisher.PublishAsync(invalid, Guid.NewGuid());
+        await WaitForJobAsync(key, JobStatus.DeadLettered);
+        await publisher.PublishAsync(invalid with { AmountMinor = 450 }, Guid.NewGuid());
+
+        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(0, conflicts.Count);
+        Assert.Equal(450, gateway.Charges.Single(c => c.IdempotencyKey == key).AmountMinor);
+    }
+
+    [Fact]
+    public async Task A_corrected_report_under_the_key_of_a_dead_lettered_one_runs()
+    {
+        const string ReportQueue = "generate-report";
+        using var conflicts = InboxCounter.Conflicts(ReportQueue);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var invalid = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-fixed-report", PageSize = 0 };
+        var key = invalid.ReportId.ToString();
+
+        await publisher.PublishAsync(invalid, Guid.NewGuid());
+        await WaitForJobAsync(key, JobStatus.DeadLettered);
+        await publisher.PublishAsync(invalid with { PageSize = 100 }, Guid.NewGuid());
+
+        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(worker, ReportQueue);
+        Assert.Equal(0, conflicts.Count);
+    }
+
     /// <summary>A job row as the Api commits it before publishing: queued, with its command's fingerprint.</summary>
     private async Task<Guid> InsertAcceptedJobAsync(string kind, string key, object command)
     {
