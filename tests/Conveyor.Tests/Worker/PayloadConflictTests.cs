@@ -46,10 +46,8 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var job = await WaitForJobAsync(key, JobStatus.Succeeded);
         await publisher.PublishAsync(payment with { AmountMinor = 9_999 }, Guid.NewGuid());
 
-        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
-        RawAmqpProducer.TakenMessage? dead = null;
-        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error")));
-        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        var dead = await SingleDeadLetteredAsync(Queue + "_error");
+        Assert.Equal(ConflictType, dead.Header("MT-Fault-ExceptionType"));
         Assert.Contains($"Key '{key}' of {Queue} was applied already from a command with other content", dead.Header("MT-Fault-Message"), StringComparison.Ordinal);
         Assert.StartsWith("idempotency conflict; not applied: ", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
         Assert.Equal(job.Id.ToString(), dead.Header("Conveyor-Job-Id"));
@@ -148,10 +146,8 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         await WaitForJobAsync(key, JobStatus.Succeeded);
         await publisher.PublishAsync(report with { Currency = "USD" }, Guid.NewGuid());
 
-        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
-        RawAmqpProducer.TakenMessage? dead = null;
-        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(ReportQueue + "_error")));
-        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        var dead = await SingleDeadLetteredAsync(ReportQueue + "_error");
+        Assert.Equal(ConflictType, dead.Header("MT-Fault-ExceptionType"));
         await fixture.AssertDrainedAsync(worker, ReportQueue);
         Assert.Equal(1, conflicts.Count);
         await using var db = fixture.CreateDbContext();
@@ -207,10 +203,8 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
 
         await publisher.PublishAsync(accepted with { AmountMinor = 7_777 }, Guid.NewGuid());
 
-        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
-        RawAmqpProducer.TakenMessage? dead = null;
-        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error")));
-        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        var dead = await SingleDeadLetteredAsync(Queue + "_error");
+        Assert.Equal(ConflictType, dead.Header("MT-Fault-ExceptionType"));
         Assert.Equal(jobId.ToString(), dead.Header("Conveyor-Job-Id"));
         await using (var db = fixture.CreateDbContext())
         {
@@ -241,10 +235,8 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
 
         await publisher.PublishAsync(accepted with { Currency = "USD" }, Guid.NewGuid());
 
-        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
-        RawAmqpProducer.TakenMessage? dead = null;
-        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(ReportQueue + "_error")));
-        Assert.Equal(ConflictType, dead!.Header("MT-Fault-ExceptionType"));
+        var dead = await SingleDeadLetteredAsync(ReportQueue + "_error");
+        Assert.Equal(ConflictType, dead.Header("MT-Fault-ExceptionType"));
         await using (var db = fixture.CreateDbContext())
         {
             var untouched = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
@@ -320,6 +312,15 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         await WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, ReportQueue);
         Assert.Equal(0, conflicts.Count);
+    }
+
+    /// <summary>Waits for exactly one message in <paramref name="errorQueue"/> and takes it.</summary>
+    private async Task<RawAmqpProducer.TakenMessage> SingleDeadLetteredAsync(string errorQueue)
+    {
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(errorQueue)));
+        return dead!;
     }
 
     /// <summary>A job row as the Api commits it before publishing: queued, with its command's fingerprint.</summary>
