@@ -574,7 +574,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = excluded.updated_at,
                    last_error = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN NULL ELSE jobs.last_error END,
                    progress = CASE WHEN excluded.status = {JobStatus.Succeeded} AND jobs.progress IS NOT NULL THEN 100 ELSE jobs.progress END,
-                   finished_at = excluded.finished_at, request_body = NULL
+                   finished_at = excluded.finished_at, request_body = NULL,
+                   -- A corrected command taking a dead-lettered job's place: the job is its job now (ADR 0011).
+                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled});
             DELETE FROM inbox
              WHERE ctid = ANY (ARRAY(

@@ -70,7 +70,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                  WHERE EXISTS (SELECT 1 FROM inbox_row)
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
-                       finished_at = NULL, request_body = NULL
+                       finished_at = NULL, request_body = NULL,
+                       payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                    AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
                         OR jobs.payload_hash = excluded.payload_hash)
@@ -141,7 +142,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                    {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}, {fingerprint}::bytea
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
-                   next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL
+                   next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL,
+                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
                     OR jobs.payload_hash = excluded.payload_hash)

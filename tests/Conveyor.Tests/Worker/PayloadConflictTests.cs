@@ -289,10 +289,12 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         await WaitForJobAsync(key, JobStatus.DeadLettered);
         await publisher.PublishAsync(invalid with { AmountMinor = 450 }, Guid.NewGuid());
 
-        await WaitForJobAsync(key, JobStatus.Succeeded);
+        var job = await WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, Queue);
         Assert.Equal(0, conflicts.Count);
         Assert.Equal(450, gateway.Charges.Single(c => c.IdempotencyKey == key).AmountMinor);
+        // The job is the corrected command's now: another command under its key is the conflict.
+        Assert.Equal(PayloadFingerprint.Of(invalid with { AmountMinor = 450 }), job.PayloadHash);
     }
 
     [Fact]
@@ -309,9 +311,10 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         await WaitForJobAsync(key, JobStatus.DeadLettered);
         await publisher.PublishAsync(invalid with { PageSize = 100 }, Guid.NewGuid());
 
-        await WaitForJobAsync(key, JobStatus.Succeeded);
+        var job = await WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, ReportQueue);
         Assert.Equal(0, conflicts.Count);
+        Assert.Equal(PayloadFingerprint.Of(invalid with { PageSize = 100 }), job.PayloadHash);
     }
 
     /// <summary>Waits for exactly one message in <paramref name="errorQueue"/> and takes it.</summary>
