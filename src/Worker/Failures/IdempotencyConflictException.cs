@@ -14,8 +14,6 @@ public sealed class IdempotencyConflictException : Exception
                $"(fingerprint {PayloadFingerprint.Describe(applied)} applied, {PayloadFingerprint.Describe(arrived)} here); this message was not applied. " +
                "If it is a job of its own, send it under a new key; if it replaces the applied one, that one must be undone first; otherwise purge it.")
     {
-        ConsumerId = consumerId;
-        Key = key;
     }
 
     public IdempotencyConflictException() { }
@@ -23,8 +21,4 @@ public sealed class IdempotencyConflictException : Exception
     public IdempotencyConflictException(string message) : base(message) { }
 
     public IdempotencyConflictException(string message, Exception innerException) : base(message, innerException) { }
-
-    public string? ConsumerId { get; }
-
-    public string? Key { get; }
 }

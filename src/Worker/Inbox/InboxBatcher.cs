@@ -433,19 +433,21 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             }
         }
 
+        // The first member of each inserted key: the conflicts with their jobs now, the others as the loop meets them.
+        var inserters = againstJob.ToDictionary(m => m.MessageKey, StringComparer.Ordinal);
         // Keys taken already: what their rows' commands said, unless no member here has a fingerprint to compare.
-        var taken = members.Where(m => m.Fingerprint is not null && !claimed.ContainsKey(m.MessageKey) && !againstJob.Contains(m))
+        var taken = members.Where(m => m.Fingerprint is not null && !claimed.ContainsKey(m.MessageKey) && !inserters.ContainsKey(m.MessageKey))
             .Select(m => m.MessageKey).ToList();
         var applied = taken.Count == 0 ? null : await InboxConflicts.StoredFingerprintsAsync(db, _consumerId, taken, CancellationToken.None);
-        var inserters = againstJob.ToDictionary(m => m.MessageKey, StringComparer.Ordinal);
         var claims = new List<(BatchMember Member, InboxClaim Claim)>(members.Count);
         foreach (var member in members)
         {
-            if (againstJob.Contains(member))
+            if (inserters.TryGetValue(member.MessageKey, out var first) && first == member)
             {
+                // In conflict with its job (ConflictingFingerprint set above): settled like a duplicate, never run.
                 claims.Add((member, InboxClaim.Duplicate));
             }
-            else if (inserters.TryGetValue(member.MessageKey, out var first))
+            else if (first is not null)
             {
                 // Two copies in one batch: the first runs (or is the conflict with its job, which keeps one
                 // in _error), this one waits for the batch; a copy with another command is tried again alone.

@@ -20,14 +20,6 @@ public static partial class InboxConflicts
         return new IdempotencyConflictException(consumerId, key, applied, arrived);
     }
 
-    public static async Task<byte[]?> StoredFingerprintAsync(ConveyorDbContext db, string consumerId, string key, CancellationToken cancellationToken)
-    {
-        var rows = await db.Database.SqlQuery<StoredFingerprint>($"""
-            SELECT message_key AS key, payload_hash AS fingerprint FROM inbox WHERE consumer_id = {consumerId} AND message_key = {key}
-            """).ToListAsync(cancellationToken);
-        return rows.Count == 1 ? rows[0].Fingerprint : null;
-    }
-
     /// <summary>One primary-key probe per key (LATERAL, so no plan reads the consumer's whole inbox, ADR 0010).</summary>
     public static async Task<Dictionary<string, byte[]?>> StoredFingerprintsAsync(
         ConveyorDbContext db, string consumerId, IReadOnlyCollection<string> keys, CancellationToken cancellationToken)

@@ -51,7 +51,8 @@ public sealed partial class InboxFilter<T>(
         if (claim == InboxClaim.Duplicate)
         {
             // A new statement, so it sees the row of a copy whose commit the claim waited for.
-            var applied = fingerprint is null ? null : await InboxConflicts.StoredFingerprintAsync(db, consumerId, messageKey, cancellationToken);
+            var applied = fingerprint is null ? null
+                : (await InboxConflicts.StoredFingerprintsAsync(db, consumerId, [messageKey], cancellationToken)).GetValueOrDefault(messageKey);
             await transaction.CommitAsync(cancellationToken);
             if (PayloadFingerprint.Conflicts(applied, fingerprint))
             {
