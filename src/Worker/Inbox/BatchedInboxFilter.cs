@@ -46,13 +46,13 @@ public sealed partial class BatchedInboxFilter<T>(
                 await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
             case InboxClaim.DuplicateInBatch:
-                await ThrowUnlessCommittedAsync(member);
+                await ThrowUnlessCommittedAsync(member, consumerId, job, context.MessageId);
                 LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
                 JobMetrics.DuplicateSkipped(consumerId);
                 await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
             case InboxClaim.NotRunnable:
-                await ThrowUnlessCommittedAsync(member);
+                await ThrowUnlessCommittedAsync(member, consumerId, job, context.MessageId);
                 LogNotRun(job.Kind, job.BusinessKey);
                 await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
@@ -85,6 +85,13 @@ public sealed partial class BatchedInboxFilter<T>(
 
         if (!await member.Completed)
         {
+            if (member.ConflictingFingerprint is { } applied)
+            {
+                // Settled again alone after its batch failed, it found its key taken by another command
+                // meanwhile: its effects are dropped, and the job (the other command's) is not touched.
+                throw InboxConflicts.Found(logger, consumerId, job.BusinessKey, context.MessageId, applied, member.Fingerprint);
+            }
+
             // The consumer succeeded but its effects did not commit: a failed attempt, counted here
             // (and a row for the job created, if this attempt was creating it) unless the batch
             // counted it under the job row's lock.
@@ -99,11 +106,13 @@ public sealed partial class BatchedInboxFilter<T>(
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox-batched");
 
-    private static async Task ThrowUnlessCommittedAsync(BatchMember member)
+    private async Task ThrowUnlessCommittedAsync(BatchMember member, string consumerId, JobRef job, Guid? messageId)
     {
         if (!await member.Completed)
         {
-            throw new InboxBatchFailedException(member.BatchFailure);
+            throw member.ConflictingFingerprint is { } applied
+                ? InboxConflicts.Found(logger, consumerId, job.BusinessKey, messageId, applied, member.Fingerprint)
+                : new InboxBatchFailedException(member.BatchFailure);
         }
     }
 

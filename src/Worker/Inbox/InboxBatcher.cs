@@ -376,7 +376,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
     /// <summary>
     /// A message of a batch that failed, in a transaction of its own: its inbox row claimed again and,
-    /// if its consumer succeeded, its effects applied (the consumer does not run again).
+    /// if its consumer succeeded, its effects applied (the consumer does not run again); unless its key
+    /// now names another command (<see cref="BatchMember.ConflictingFingerprint"/>), which it is not.
     /// </summary>
     private async Task SettleAloneAsync(BatchMember member)
     {
@@ -386,7 +387,20 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             await using var transaction = await db.Database.BeginTransactionAsync();
             db.Database.AutoSavepointsEnabled = false;
             var claim = await ClaimRowsAsync(db, [member]);
-            var runnable = claim.TryGetValue(member.MessageKey, out var row) && row.Runnable;
+            var claimed = claim.TryGetValue(member.MessageKey, out var row);
+            // As in the batch's claim (ADR 0011): its key may have been applied from another command since,
+            // or its job row created for one; then it is the conflict, and nothing of it is kept.
+            member.CompareWithApplied(claimed ? row!.JobFingerprint
+                : member.Fingerprint is null ? null
+                : (await InboxConflicts.StoredFingerprintsAsync(db, _consumerId, [member.MessageKey], CancellationToken.None)).GetValueOrDefault(member.MessageKey));
+            if (member.ConflictingFingerprint is not null)
+            {
+                await transaction.RollbackAsync();
+                member.Complete(committed: false, null);
+                return;
+            }
+
+            var runnable = claimed && row!.Runnable;
             if (runnable && member.Succeeded)
             {
                 member.ResolveJob(row!.JobId, row.Attempt);
@@ -633,7 +647,8 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// <summary>
     /// For a <see cref="InboxClaim.Duplicate"/>: the fingerprint of the command its key was applied from,
     /// or its job row created for, when that one says something else (ADR 0011); then the message is a
-    /// conflict, not a duplicate.
+    /// conflict, not a duplicate. Also set, with <see cref="Completed"/> false, on a message of a failed
+    /// batch that found such a command when it was settled again alone.
     /// </summary>
     public byte[]? ConflictingFingerprint { get; private set; }
 

@@ -18,6 +18,7 @@ namespace Conveyor.Tests.Worker;
 public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";
+    private const string ConsumerId = "inbox-fallback-test";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
     private readonly List<BatchMember> _joined = [];
     private InboxBatcher? _batcher;
@@ -80,6 +81,58 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.Kind == Kind && j.BusinessKey == twice)).Status);
     }
 
+    [Fact]
+    public async Task A_message_settled_alone_after_its_batch_failed_is_a_conflict_when_its_key_was_applied_from_another_command_meanwhile()
+    {
+        // The message ran in the batch; before it is settled again alone, another pod commits its key
+        // from a command with other content (ADR 0011). Its effects must not apply, nor may it be acked
+        // as handled: it is the conflict. A queued job ahead of it in the list, whose row the test locks
+        // as the batch lets go, holds the fallback back until the other command's row has committed.
+        var (culprit, ahead, reused) = (Key(), Key(), Key());
+        await InsertJobAsync(ahead, JobStatus.Queued);
+        var (ours, theirs) = (Enumerable.Repeat((byte)0x0A, 16).ToArray(), Enumerable.Repeat((byte)0x0B, 16).ToArray());
+        var members = await JoinOneBatchAsync([(culprit, null), (ahead, null), (reused, ours)]);
+        Assert.Equal(InboxClaim.Run, await members[2].Claimed);
+
+        await using var other = new NpgsqlConnection(fixture.ConnectionString);
+        await other.OpenAsync();
+        await using var otherPod = await other.BeginTransactionAsync();
+        await using var insert = new NpgsqlCommand(
+            "INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash, status) VALUES (@consumer, @key, @id, now(), @hash, 'done') ON CONFLICT DO NOTHING",
+            other, otherPod);
+        insert.Parameters.AddWithValue("consumer", ConsumerId);
+        insert.Parameters.AddWithValue("key", reused);
+        insert.Parameters.AddWithValue("id", Guid.NewGuid());
+        insert.Parameters.AddWithValue("hash", theirs);
+        var inserted = insert.ExecuteNonQueryAsync();
+        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await holder.OpenAsync();
+        await using var hold = await holder.BeginTransactionAsync();
+        await using var lockAhead = new NpgsqlCommand("SELECT 1 FROM jobs WHERE business_key = @key FOR UPDATE", holder, hold);
+        lockAhead.Parameters.AddWithValue("key", ahead);
+        var locked = lockAhead.ExecuteScalarAsync();
+        await AssertWaitingForLocksAsync(2);
+
+        var payment = Guid.NewGuid();
+        await TakeJobIdAsync(members[0]);
+        members[0].RanAndFailed();
+        members[1].RanSuccessfully([]);
+        members[2].RanSuccessfully([Ledger(payment)]);
+        Assert.Equal(1, await inserted.WaitAsync(Patience));
+        await otherPod.CommitAsync();
+        await locked.WaitAsync(Patience);
+        await hold.CommitAsync();
+
+        Assert.False(await members[0].Completed.WaitAsync(Patience));
+        Assert.True(await members[1].Completed.WaitAsync(Patience), $"the job ahead failed with the batch: {members[1].BatchFailure}");
+        Assert.False(await members[2].Completed.WaitAsync(Patience), "the message was settled as handled under a key another command took");
+        Assert.Equal(theirs, members[2].ConflictingFingerprint);
+        await using var db = fixture.CreateDbContext();
+        Assert.False(await db.Ledger.AnyAsync(l => l.PaymentId == payment));
+        Assert.Equal(theirs, (await db.Inbox.SingleAsync(i => i.ConsumerId == ConsumerId && i.MessageKey == reused)).PayloadHash);
+        Assert.False(await db.Jobs.AnyAsync(j => j.Kind == Kind && j.BusinessKey == reused));
+    }
+
     private static string Key() => Guid.NewGuid().ToString();
 
     private static LedgerEntry Ledger(Guid paymentId) => new()
@@ -96,9 +149,12 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     /// Members for <paramref name="keys"/>, all claimed in one batch: a first batch waits in its claim
     /// for a job-row lock the test holds while they join, and they start together once it is released.
     /// </summary>
-    private async Task<IReadOnlyList<BatchMember>> JoinOneBatchAsync(params string[] keys)
+    private Task<IReadOnlyList<BatchMember>> JoinOneBatchAsync(params string[] keys) =>
+        JoinOneBatchAsync([.. keys.Select(k => (k, (byte[]?)null))]);
+
+    private async Task<IReadOnlyList<BatchMember>> JoinOneBatchAsync((string Key, byte[]? Fingerprint)[] messages)
     {
-        _batcher = new("inbox-fallback-test", Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
+        _batcher = new(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
             TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
         var blockedKey = Key();
         await InsertJobAsync(blockedKey, JobStatus.Queued);
@@ -112,15 +168,8 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         }
 
         var blocked = Join(blockedKey);
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var watcher = new NpgsqlConnection(fixture.ConnectionString);
-            await watcher.OpenAsync();
-            await using var waiting = new NpgsqlCommand(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", watcher);
-            Assert.Equal(1L, (long)(await waiting.ExecuteScalarAsync() ?? 0L));
-        });
-        var members = keys.Select(Join).ToList();
+        await AssertWaitingForLocksAsync(1);
+        var members = messages.Select(m => Join(m.Key, m.Fingerprint)).ToList();
         Assert.DoesNotContain(members, m => m.Claimed.IsCompleted);
         await hold.CommitAsync();
 
@@ -135,12 +184,23 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         return members;
     }
 
-    private BatchMember Join(string key)
+    private BatchMember Join(string key) => Join(key, fingerprint: null);
+
+    private BatchMember Join(string key, byte[]? fingerprint)
     {
-        var member = _batcher!.Join(key, Guid.NewGuid(), Guid.NewGuid(), fingerprint: null);
+        var member = _batcher!.Join(key, Guid.NewGuid(), Guid.NewGuid(), fingerprint);
         _joined.Add(member);
         return member;
     }
+
+    private async Task AssertWaitingForLocksAsync(long sessions) => await Eventually.AssertAsync(async () =>
+    {
+        await using var watcher = new NpgsqlConnection(fixture.ConnectionString);
+        await watcher.OpenAsync();
+        await using var waiting = new NpgsqlCommand(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", watcher);
+        Assert.Equal(sessions, (long)(await waiting.ExecuteScalarAsync() ?? 0L));
+    });
 
     /// <summary>Another job's row takes the id the member's job row is about to be created with.</summary>
     private async Task TakeJobIdAsync(BatchMember member)
