@@ -391,8 +391,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             // As in the batch's claim (ADR 0011): its key may have been applied from another command since,
             // or its job row created for one; then it is the conflict, and nothing of it is kept.
             member.CompareWithApplied(claimed ? row!.JobFingerprint
-                : member.Fingerprint is null ? null
-                : (await InboxConflicts.StoredFingerprintsAsync(db, _consumerId, [member.MessageKey], CancellationToken.None)).GetValueOrDefault(member.MessageKey));
+                : await InboxConflicts.StoredFingerprintAsync(db, _consumerId, member.MessageKey, member.Fingerprint, CancellationToken.None));
             if (member.ConflictingFingerprint is not null)
             {
                 await transaction.RollbackAsync();

@@ -34,6 +34,14 @@ public static partial class InboxConflicts
         return rows.ToDictionary(r => r.Key, r => r.Fingerprint, StringComparer.Ordinal);
     }
 
+    /// <summary>
+    /// The stored fingerprint of one taken key, through the same per-key probe; null, without a query,
+    /// when the message has no fingerprint of its own to compare with it.
+    /// </summary>
+    public static async Task<byte[]?> StoredFingerprintAsync(
+        ConveyorDbContext db, string consumerId, string key, byte[]? arrived, CancellationToken cancellationToken) =>
+        arrived is null ? null : (await StoredFingerprintsAsync(db, consumerId, [key], cancellationToken)).GetValueOrDefault(key);
+
     /// <summary>Removes inbox rows this transaction inserted for messages found in conflict with their job (one probe per key).</summary>
     public static Task RemoveRowsAsync(ConveyorDbContext db, string consumerId, string[] keys, CancellationToken cancellationToken) =>
         db.Database.ExecuteSqlAsync($"""

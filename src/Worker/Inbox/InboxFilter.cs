@@ -51,8 +51,7 @@ public sealed partial class InboxFilter<T>(
         if (claim == InboxClaim.Duplicate)
         {
             // A new statement, so it sees the row of a copy whose commit the claim waited for.
-            var applied = fingerprint is null ? null
-                : (await InboxConflicts.StoredFingerprintsAsync(db, consumerId, [messageKey], cancellationToken)).GetValueOrDefault(messageKey);
+            var applied = await InboxConflicts.StoredFingerprintAsync(db, consumerId, messageKey, fingerprint, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
             if (PayloadFingerprint.Conflicts(applied, fingerprint))
             {
