@@ -27,7 +27,7 @@ public static class MemoryBenchmark
 
     public static Task<int> RunAsync(BenchSettings settings) => BenchVhost.RunAsync(settings, "memory", async scratch =>
     {
-        Console.WriteLine($"Walker memory: error queues of {settings.Messages / 10:N0} and {settings.Messages:N0} messages of {settings.BodyBytes} bytes, vhost {scratch.Name}");
+        Console.WriteLine($"Walker memory: error queues of {settings.Messages / 10:N0} and {settings.Messages:N0} messages ({MoveBenchmark.Describe(settings)}), vhost {scratch.Name}");
         Console.WriteLine();
         Console.WriteLine("| walk | messages in the error queue | moved | left in the error queue | peak live heap growth, MiB | peak RSS growth, MiB |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");

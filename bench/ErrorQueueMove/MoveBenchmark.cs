@@ -26,7 +26,7 @@ public static class MoveBenchmark
     public static Task<int> RunAsync(BenchSettings settings) => BenchVhost.RunAsync(settings, "move", async scratch =>
     {
         var (connection, management, broker, vhost) = (scratch.Connection, scratch.Management, scratch.Broker, scratch.Name);
-        Console.WriteLine($"Moving {settings.Messages:N0} messages of {settings.BodyBytes} bytes, {settings.Runs} rounds, vhost {vhost}");
+        Console.WriteLine($"Moving {settings.Messages:N0} messages ({Describe(settings)}), {settings.Runs} rounds, vhost {vhost}");
         var cpu = new CpuClock(await BrokerPidAsync(management));
         var methods = new List<Method> { new("shovel", null) };
         methods.AddRange(settings.Prefetches.Select(prefetch => new Method("conveyor", prefetch)));
@@ -87,9 +87,15 @@ public static class MoveBenchmark
 
     private static readonly Dictionary<string, object?>? QueueArguments = new RabbitMqOptions { LazyQueues = LazyQueues }.JobQueueArguments();
 
+    /// <summary>What the error queue holds, for the output.</summary>
+    internal static string Describe(BenchSettings settings) => settings.Faults == FaultKinds.Worker
+        ? $"the worker's dead-lettered charge, {WorkerFault.Load().BodyBytes} B body + its fault headers"
+        : $"{settings.BodyBytes} B, synthetic fault headers";
+
     /// <summary>
-    /// Puts N dead-letter-like messages (MassTransit fault headers, 1 KiB body) into queue_error; the
-    /// i-th carries <paramref name="exceptionTypeOf"/>(i) as its fault's exception type (default: a timeout).
+    /// Puts N dead-lettered messages into queue_error (<see cref="BenchSettings.Faults"/>: a random body under
+    /// five short MassTransit fault headers, or copies of one the worker dead-lettered); the i-th carries
+    /// <paramref name="exceptionTypeOf"/>(i) as its fault's exception type (default: as the kind has it).
     /// </summary>
     internal static async Task FillAsync(IConnection connection, string queue, BenchSettings settings, Func<int, string>? exceptionTypeOf = null)
     {
@@ -101,24 +107,20 @@ public static class MoveBenchmark
         await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, QueueArguments);
         var body = new byte[settings.BodyBytes];
         Random.Shared.NextBytes(body);
+        var workerFault = settings.Faults == FaultKinds.Worker ? WorkerFault.Load() : null;
         var pending = new List<Task>(1000);
         for (var i = 0; i < settings.Messages; i++)
         {
-            var properties = new BasicProperties
+            if (workerFault is not null)
             {
-                MessageId = Guid.NewGuid().ToString(),
-                ContentType = "application/vnd.masstransit+json",
-                DeliveryMode = DeliveryModes.Persistent,
-                Headers = new Dictionary<string, object?>
-                {
-                    [FaultHeaders.ExceptionType] = exceptionTypeOf?.Invoke(i) ?? "System.TimeoutException",
-                    [FaultHeaders.Message] = $"The payment gateway timed out after {i % 30} seconds",
-                    [FaultHeaders.Timestamp] = DateTime.UtcNow.ToString("O", CultureInfo.InvariantCulture),
-                    [FaultHeaders.InputAddress] = $"rabbitmq://localhost/bench/{queue}",
-                    [FaultHeaders.Reason] = "fault",
-                },
-            };
-            pending.Add(channel.BasicPublishAsync(string.Empty, queue + ErrorQueueNames.ErrorSuffix, mandatory: true, properties, body).AsTask());
+                var (copy, copyBody) = workerFault.Copy(queue, exceptionTypeOf?.Invoke(i));
+                pending.Add(channel.BasicPublishAsync(string.Empty, queue + ErrorQueueNames.ErrorSuffix, mandatory: true, copy, copyBody).AsTask());
+            }
+            else
+            {
+                pending.Add(channel.BasicPublishAsync(string.Empty, queue + ErrorQueueNames.ErrorSuffix, mandatory: true, SyntheticProperties(queue, i, exceptionTypeOf), body).AsTask());
+            }
+
             if (pending.Count == 1000)
             {
                 await Task.WhenAll(pending);
@@ -128,6 +130,23 @@ public static class MoveBenchmark
 
         await Task.WhenAll(pending);
     }
+
+    /// <summary>Five short MassTransit fault headers (<see cref="FaultKinds.Synthetic"/>).</summary>
+    private static BasicProperties SyntheticProperties(string queue, int i, Func<int, string>? exceptionTypeOf) =>
+        new BasicProperties
+        {
+            MessageId = Guid.NewGuid().ToString(),
+            ContentType = "application/vnd.masstransit+json",
+            DeliveryMode = DeliveryModes.Persistent,
+            Headers = new Dictionary<string, object?>
+            {
+                [FaultHeaders.ExceptionType] = exceptionTypeOf?.Invoke(i) ?? "System.TimeoutException",
+                [FaultHeaders.Message] = $"The payment gateway timed out after {i % 30} seconds",
+                [FaultHeaders.Timestamp] = DateTime.UtcNow.ToString("O", CultureInfo.InvariantCulture),
+                [FaultHeaders.InputAddress] = $"rabbitmq://localhost/bench/{queue}",
+                [FaultHeaders.Reason] = "fault",
+            },
+        };
 
     private static async Task<double> MoveWithConveyorAsync(IConnection connection, RabbitMqOptions broker, string queue, int prefetch, int messages)
     {
@@ -221,7 +240,7 @@ public static class MoveBenchmark
     {
         var shovel = results[methods[0]];
         Console.WriteLine();
-        Console.WriteLine($"| {settings.Messages:N0} × {settings.BodyBytes} B, {settings.Runs} rounds, {(LazyQueues ? "lazy" : "default-mode")} classic queues | median msg/s | min | max | CPU µs/msg, bench process | CPU µs/msg, broker |");
+        Console.WriteLine($"| {settings.Messages:N0} × {Describe(settings)}, {settings.Runs} rounds, {(LazyQueues ? "lazy" : "default-mode")} classic queues | median msg/s | min | max | CPU µs/msg, bench process | CPU µs/msg, broker |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
         foreach (var method in methods.Skip(1))
         {
