@@ -95,7 +95,7 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
                     results[name].Add(measured);
                     var load = measured.Load;
                     Console.WriteLine($"enqueue: round {round + 1}, {name}: {Formats.Rate(measured.JobsPerSecond)} jobs/s, p50 {Formats.Ms(load.P50)} ms, p99 {Formats.Ms(load.P99)} ms, "
-                        + $"CPU {Formats.Number(measured.CpuMsPerJob, "0.00")} ms/job, DB {Formats.Number(measured.CommandsPerJob, "0.00")} commands/job, "
+                        + $"CPU {Formats.Number(measured.CpuMsPerJob, "0.00")} ms/job (PostgreSQL {Formats.Number(measured.PostgresMsPerJob, "0.00")}, RabbitMQ {Formats.Number(measured.RabbitMsPerJob, "0.00")}), DB {Formats.Number(measured.CommandsPerJob, "0.00")} commands/job, "
                         + $"machine {Formats.Number(measured.MachineBusy * 100, "0")}% busy, JIT {measured.JitMs:0} ms, GC pauses {measured.GcPauseMs:0} ms, "
                         + $"failures {load.Failures} ({string.Join(", ", load.Outcomes.Select(o => $"{o.Key}={o.Value}"))})"
                         + (measured.Phases is { } p ? $"; waits: row commit p50 {Formats.Ms(p.RowP50)} / p99 {Formats.Ms(p.RowP99)} ms, publish confirm p50 {Formats.Ms(p.PublishP50)} / p99 {Formats.Ms(p.PublishP99)} ms" : string.Empty));
@@ -149,6 +149,8 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             r.Value.Sum(x => x.Load.Failures).ToString(System.Globalization.CultureInfo.InvariantCulture),
             r.Key == "raw-publish" ? "1.00×" : Formats.Ratio(RatioOf(r.Value)),
             Formats.Number(Stats.Median(r.Value.Select(x => x.CpuMsPerJob)), "0.00"),
+            Formats.Number(Stats.Median(r.Value.Select(x => x.PostgresMsPerJob)), "0.00"),
+            Formats.Number(Stats.Median(r.Value.Select(x => x.RabbitMsPerJob)), "0.00"),
             Formats.Number(Stats.Median(r.Value.Select(x => x.CommandsPerJob)), "0.00"),
             Formats.Number(Stats.Median(r.Value.Select(x => x.MachineBusy)) * 100, "0") + "%",
         ]).ToList();
@@ -159,11 +161,11 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             "2. Api enqueue vs raw MassTransit publish",
             DateTimeOffset.UtcNow,
             $"{options.Requests} operations per round, {options.Concurrency} in flight, {options.Runs} rounds, warm-up passes of {options.WarmupRequests}; Api pool {options.ApiPoolSize}",
-            ["variant", "median jobs/s", "runs jobs/s", "p50 ms", "p99 ms", "failures", "vs raw-publish", "bench-process CPU ms/job", "DB commands/job", "machine busy"],
+            ["variant", "median jobs/s", "runs jobs/s", "p50 ms", "p99 ms", "failures", "vs raw-publish", "bench-process CPU ms/job", "PostgreSQL CPU ms/job", "RabbitMQ CPU ms/job", "DB commands/job", "machine busy"],
             rows,
             [
                 "api: POST /api/jobs/charge-payment with an API key (authentication, validation, job row insert, publish with confirm) answered 202, Api hosted in the benchmark process (ApiApp.Build), HTTP/1.1 keep-alive clients, one connection each, in the same process as the Api; the Api's shipped log levels (Information); RateLimiting:Enabled=false and Backpressure:DefaultMaxQueueDepth=0, since one key's token bucket (200/s) and the queue-depth gate would otherwise refuse most of the load.",
-                "bench-process CPU ms/job: CPU time of the whole benchmark process (HTTP clients and the Api for the api variants; the publishing bus for raw-publish) per job submitted or message published; DB commands/job: Npgsql commands (round trips) per job; machine busy: share of both cores busy during the round, all processes (PostgreSQL and RabbitMQ included).",
+                "bench-process CPU ms/job: CPU time of the whole benchmark process (HTTP clients and the Api for the api variants; the publishing bus for raw-publish) per job submitted or message published; PostgreSQL and RabbitMQ CPU ms/job: the same for every PostgreSQL process and the RabbitMQ node (from /proc, in 10 ms ticks); DB commands/job: Npgsql commands (round trips) per job; machine busy: share of both cores busy during the round, all processes (PostgreSQL and RabbitMQ included).",
                 "raw-publish: MassTransit IBus.Publish of the same ChargePayment with the job-id header, publisher confirms, awaited.",
                 $"{BatchVariant} (not a target, for comparison): POST /api/jobs/charge-payment/batch with {BatchSize} charges per request, the same {options.Concurrency} clients, so {options.Concurrency * BatchSize} jobs in flight; the same number of jobs per round; its p50/p99 are per request of {BatchSize} jobs.",
                 "jobs/s counts jobs of successful operations only (202, or a confirmed publish); p50/p99 are per-round percentiles over all operations, then the median over rounds; the ratio is the median of the per-round ratios.",
@@ -270,6 +272,7 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
         var gcBefore = GC.GetTotalPauseDuration();
         var load = await LoadLoop.RunAsync(options.Requests / jobsPerOperation, options.Concurrency, operation);
         var (processMs, machineBusy) = cpu.Read();
+        var (postgresMs, rabbitMs) = cpu.ReadServers();
         var jobs = (double)load.Operations * jobsPerOperation;
         return new Round(
             load,
@@ -278,11 +281,21 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             (commands.Commands - commandsBefore) / jobs,
             machineBusy,
             (JitInfo.GetCompilationTime() - jitBefore).TotalMilliseconds,
-            (GC.GetTotalPauseDuration() - gcBefore).TotalMilliseconds);
+            (GC.GetTotalPauseDuration() - gcBefore).TotalMilliseconds)
+        {
+            PostgresMsPerJob = postgresMs / jobs,
+            RabbitMsPerJob = rabbitMs / jobs,
+        };
     }
 
     private sealed record Round(LoadLoop.Result Load, int JobsPerOperation, double CpuMsPerJob, double CommandsPerJob, double MachineBusy, double JitMs, double GcPauseMs)
     {
+        /// <summary>CPU of every PostgreSQL process per job (10 ms clock ticks, so coarse in short rounds).</summary>
+        public double PostgresMsPerJob { get; init; } = double.NaN;
+
+        /// <summary>CPU of the RabbitMQ node per job.</summary>
+        public double RabbitMsPerJob { get; init; } = double.NaN;
+
         /// <summary>Jobs (or raw publishes) accepted per second.</summary>
         public double JobsPerSecond => Load.PerSecond * JobsPerOperation;
 
