@@ -30,9 +30,10 @@ public static partial class WorkerApp
     {
         // The slim builder: the worker serves plain-HTTP health and metrics only, so it leaves out
         // Kestrel's HTTPS and HTTP/3 (QUIC), IIS integration and regex route constraints, whose
-        // assemblies cost ~2.5 MiB of the worker's peak memory (bench/analysis.md §5). The same
-        // configuration sources; of the logging providers it keeps the console, and the EventSource
-        // one is added back so dotnet-trace and dotnet-monitor still collect logs.
+        // assemblies cost ~2.5 MiB of the worker's peak memory (bench/analysis.md §5). Configuration
+        // is read as before (appsettings.json, the environment, the command line); of the logging
+        // providers it keeps the console, and the EventSource one is added back so dotnet-trace and
+        // dotnet-monitor still collect logs.
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
             Args = args,
