@@ -126,9 +126,10 @@ public sealed class ServiceProcess : IAsyncDisposable
                     return;
                 }
             }
-            catch (Exception exception) when (exception is HttpRequestException or TaskCanceledException)
+            catch (Exception exception) when (exception is HttpRequestException or TaskCanceledException
+                                                  or System.Net.Sockets.SocketException or IOException)
             {
-                // Not listening yet.
+                // Not listening yet (a bare SocketException or IOException as in JobSubmissions).
             }
 
             if (DateTime.UtcNow > deadline)
