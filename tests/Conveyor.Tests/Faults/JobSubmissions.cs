@@ -109,12 +109,8 @@ public sealed class JobSubmissions(int batchSize = 1)
 
             outcome = ((int)response.StatusCode).ToString(CultureInfo.InvariantCulture);
         }
-        // A transport failure is an answer-less submission (the Api is being killed): not recorded as
-        // accepted. HttpClient wraps most of them in HttpRequestException, but not all: a connection
-        // whose peer died between connect and the first read can surface as a bare SocketException
-        // (from reading the socket's remote end point) or IOException.
-        catch (Exception exception) when (exception is HttpRequestException or TaskCanceledException
-                                              or System.Net.Sockets.SocketException or IOException)
+        // An answer-less submission (the Api is being killed): not recorded as accepted.
+        catch (Exception exception) when (HttpNoAnswer.Is(exception))
         {
             outcome = exception.GetType().Name;
         }

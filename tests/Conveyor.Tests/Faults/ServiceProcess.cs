@@ -126,10 +126,9 @@ public sealed class ServiceProcess : IAsyncDisposable
                     return;
                 }
             }
-            catch (Exception exception) when (exception is HttpRequestException or TaskCanceledException
-                                                  or System.Net.Sockets.SocketException or IOException)
+            catch (Exception exception) when (HttpNoAnswer.Is(exception))
             {
-                // Not listening yet (a bare SocketException or IOException as in JobSubmissions).
+                // Not listening yet.
             }
 
             if (DateTime.UtcNow > deadline)
