@@ -89,7 +89,7 @@ public static class MoveBenchmark
 
     /// <summary>What the error queue holds, for the output.</summary>
     internal static string Describe(BenchSettings settings) => settings.Faults == FaultKinds.Worker
-        ? $"the worker's dead-lettered charge, {WorkerFault.Load().BodyBytes} B body + its fault headers"
+        ? $"the worker's dead-lettered charge, {WorkerFault.Instance.BodyBytes} B body + its fault headers"
         : $"{settings.BodyBytes} B, synthetic fault headers";
 
     /// <summary>
@@ -107,20 +107,12 @@ public static class MoveBenchmark
         await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, QueueArguments);
         var body = new byte[settings.BodyBytes];
         Random.Shared.NextBytes(body);
-        var workerFault = settings.Faults == FaultKinds.Worker ? WorkerFault.Load() : null;
+        var workerFault = settings.Faults == FaultKinds.Worker ? WorkerFault.Instance : null;
         var pending = new List<Task>(1000);
         for (var i = 0; i < settings.Messages; i++)
         {
-            if (workerFault is not null)
-            {
-                var (copy, copyBody) = workerFault.Copy(queue, exceptionTypeOf?.Invoke(i));
-                pending.Add(channel.BasicPublishAsync(string.Empty, queue + ErrorQueueNames.ErrorSuffix, mandatory: true, copy, copyBody).AsTask());
-            }
-            else
-            {
-                pending.Add(channel.BasicPublishAsync(string.Empty, queue + ErrorQueueNames.ErrorSuffix, mandatory: true, SyntheticProperties(queue, i, exceptionTypeOf), body).AsTask());
-            }
-
+            var (properties, messageBody) = workerFault?.Copy(queue, exceptionTypeOf?.Invoke(i)) ?? (SyntheticProperties(queue, i, exceptionTypeOf), body);
+            pending.Add(channel.BasicPublishAsync(string.Empty, queue + ErrorQueueNames.ErrorSuffix, mandatory: true, properties, messageBody).AsTask());
             if (pending.Count == 1000)
             {
                 await Task.WhenAll(pending);

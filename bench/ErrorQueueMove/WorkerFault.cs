@@ -22,7 +22,12 @@ internal sealed class WorkerFault
     private WorkerFault(string contentType, string messageId, string jobId, Dictionary<string, object?> headers, string body) =>
         (_contentType, _messageId, _jobId, _headers, _body) = (contentType, messageId, jobId, headers, body);
 
-    public static WorkerFault Load()
+    private static readonly Lazy<WorkerFault> Fixture = new(Load);
+
+    /// <summary>The fixture, read once per process.</summary>
+    public static WorkerFault Instance => Fixture.Value;
+
+    private static WorkerFault Load()
     {
         using var fixture = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "Fixtures", "worker-fault.json")));
         var root = fixture.RootElement;
@@ -32,8 +37,15 @@ internal sealed class WorkerFault
             headers[header.Name] = header.Value.ValueKind == JsonValueKind.Number ? header.Value.GetInt64() : header.Value.GetString();
         }
 
+        // Each copy writes fresh UUIDs over these two, in place: the copies keep the fixture's sizes.
+        var messageId = root.GetProperty("messageId").GetString()!;
         var jobId = (string)headers[Contracts.JobHeaders.JobId]!;
-        return new WorkerFault(root.GetProperty("contentType").GetString()!, root.GetProperty("messageId").GetString()!, jobId, headers, root.GetProperty("body").GetString()!);
+        if (!Guid.TryParseExact(messageId, "D", out _) || !Guid.TryParseExact(jobId, "D", out _))
+        {
+            throw new InvalidDataException($"The fixture's message id and job id must be UUIDs: {messageId}, {jobId}");
+        }
+
+        return new WorkerFault(root.GetProperty("contentType").GetString()!, messageId, jobId, headers, root.GetProperty("body").GetString()!);
     }
 
     /// <summary>The body's size in bytes, the same for every copy.</summary>
@@ -41,8 +53,8 @@ internal sealed class WorkerFault
 
     public (BasicProperties Properties, byte[] Body) Copy(string queue, string? exceptionType)
     {
-        var messageId = NewId(_messageId);
-        var jobId = NewId(_jobId);
+        var messageId = Guid.NewGuid().ToString("D");
+        var jobId = Guid.NewGuid().ToString("D");
         var headers = new Dictionary<string, object?>(_headers, StringComparer.Ordinal)
         {
             [FaultHeaders.InputAddress] = $"rabbitmq://localhost/bench/{queue}",
@@ -63,7 +75,4 @@ internal sealed class WorkerFault
         };
         return (properties, Encoding.UTF8.GetBytes(_body.Replace(_messageId, messageId, StringComparison.Ordinal).Replace(_jobId, jobId, StringComparison.Ordinal)));
     }
-
-    /// <summary>A fresh id written as <paramref name="like"/> is (both are 36-character UUIDs).</summary>
-    private static string NewId(string like) => like.Length == 36 ? Guid.NewGuid().ToString("D") : throw new InvalidDataException($"Not a UUID: {like}");
 }
