@@ -19,9 +19,9 @@ public sealed class BenchOptions
     public int WarmupMessages { get; init; } = 2_000;
 
     /// <summary>
-    /// Most warm-up drains per variant and settings group. The worker tiers up over ~25,000–30,000
-    /// messages on two busy cores; at 256/128 that is 12–15 drains of 2,000 (8, the old bound,
-    /// left the first measured round still compiling when that group ran alone).
+    /// Most warm-up drains per variant and settings group. At 256/128 the worker took 26,000–36,000
+    /// messages (13–18 drains of 2,000) to tier up on two busy cores; 8, the old bound, left the
+    /// first measured rounds still compiling when that group ran alone (bench/analysis.md §1).
     /// </summary>
     public int WarmupPasses { get; init; } = 20;
 
