@@ -193,13 +193,16 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
     /// Runs both variants in passes until the JIT is done with them. The Api's path (Kestrel, ASP.NET
     /// Core, EF Core, Npgsql, MassTransit, OpenTelemetry) is tens of thousands of methods, and tiered
     /// compilation re-JITs the hot ones twice (instrumented, then optimized); on a busy 2-core machine
-    /// that takes tens of seconds, during which a measurement counts the JIT, not the Api. A pass is
-    /// warm when it compiles for less than 1 % of its wall time.
+    /// that takes tens of seconds, during which a measurement counts the JIT, not the Api. Warm is two
+    /// passes in a row that compile for less than 1 % of their wall time: tier-ups come in bursts, and
+    /// a single quiet pass was often followed by a first round that compiled for most of a second.
     /// </summary>
     private async Task<string> WarmUpAsync((string Name, Func<int, Task<string>> Operation)[] variants)
     {
-        const int maxPasses = 20;
+        const int maxPasses = 40;
+        const int quietPassesNeeded = 2;
         var deadline = Stopwatch.StartNew();
+        var quietPasses = 0;
         for (var pass = 1; ; pass++)
         {
             var started = Stopwatch.GetTimestamp();
@@ -212,9 +215,11 @@ public sealed class EnqueueBenchmark(BenchEnvironment environment, BenchOptions 
             var jit = JitInfo.GetCompilationTime() - jitBefore;
             var wall = Stopwatch.GetElapsedTime(started);
             Console.WriteLine($"enqueue: warm-up pass {pass}, {options.WarmupRequests} operations per variant in {wall.TotalSeconds:0.0} s, JIT {jit.TotalMilliseconds:0} ms");
-            if (jit < wall * 0.01 || pass == maxPasses || deadline.Elapsed > TimeSpan.FromMinutes(3))
+            quietPasses = jit < wall * 0.01 ? quietPasses + 1 : 0;
+            if (quietPasses == quietPassesNeeded || pass == maxPasses || deadline.Elapsed > TimeSpan.FromMinutes(5))
             {
-                return $"warm-up: {pass} passes of {options.WarmupRequests} operations per variant in {deadline.Elapsed.TotalSeconds:0} s, until a pass spent under 1 % of its time in the JIT (last pass: {jit.TotalMilliseconds:0} ms of {wall.TotalSeconds:0.0} s)";
+                var settled = quietPasses == quietPassesNeeded ? "" : " (not settled: the first rounds include JIT time)";
+                return $"warm-up: {pass} passes of {options.WarmupRequests} operations per variant in {deadline.Elapsed.TotalSeconds:0} s, until {quietPassesNeeded} passes in a row spent under 1 % of their time in the JIT (last pass: {jit.TotalMilliseconds:0} ms of {wall.TotalSeconds:0.0} s){settled}";
             }
         }
     }
