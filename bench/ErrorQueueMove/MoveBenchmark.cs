@@ -35,9 +35,10 @@ public static class MoveBenchmark
         var results = methods.ToDictionary(m => m, _ => new List<Measured>());
 
         // Not measured: loads the shovel plugin's code once, and compiles the walker's, as a running
-        // broker and Api have them. Tiering the walk's hot path up takes several thousand messages on
-        // two busy cores, so Conveyor's move repeats its warm-up until one spends under 1 % of its time
-        // in the JIT.
+        // broker and Api have them. Tiering the walk's async code up takes many passes on two busy
+        // cores, so Conveyor's move repeats its warm-up until one spends under 1 % of its time in the
+        // JIT, at most 10 times. Passes of 2,000 seldom get there, but the rounds of 50,000 after ten of
+        // them compiled for 0.2–1.3 % of their time (bench/analysis.md §4); each round prints its share.
         var warmup = settings with { Messages = Math.Min(settings.Messages, 2000) };
         foreach (var method in methods)
         {
