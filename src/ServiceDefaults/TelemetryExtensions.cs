@@ -16,6 +16,16 @@ namespace Conveyor.ServiceDefaults;
 public static class TelemetryExtensions
 {
     /// <summary>
+    /// Distinct tag sets kept per metric of the runtime, ASP.NET Core, HttpClient and MassTransit;
+    /// more are counted in one series tagged <c>otel_metric_overflow="true"</c>. Each metric stream
+    /// allocates room for its limit up front (~115 bytes a tag set), and the SDK's default of 2,000
+    /// put ~11.5 MiB on the large-object heap of an idle worker for series that never exist: those
+    /// metrics carry a few bounded tags (route, method, status, message type, endpoint). Conveyor's
+    /// own meters keep the default, since their queue-named gauges get one series per queue.
+    /// </summary>
+    public const int LibraryCardinalityLimit = 500;
+
+    /// <summary>
     /// Traces (ASP.NET Core, HttpClient, MassTransit, Npgsql: one trace from the API request through
     /// the publish and the consume to the database and HTTP calls), metrics (MassTransit's meter,
     /// ours, runtime) and logs carrying the trace id. OTLP export follows the standard
@@ -50,12 +60,16 @@ public static class TelemetryExtensions
                 .AddNpgsql());
         }
 
+        var ownMeters = meters.ToHashSet(StringComparer.Ordinal);
         telemetry.WithMetrics(metrics => metrics
             .AddMeter(InstrumentationOptions.MeterName)
             .AddMeter(meters)
             .AddAspNetCoreInstrumentation()
             .AddHttpClientInstrumentation()
             .AddRuntimeInstrumentation()
+            .AddView(instrument => ownMeters.Contains(instrument.Meter.Name)
+                ? null
+                : new MetricStreamConfiguration { CardinalityLimit = LibraryCardinalityLimit })
             .AddPrometheusExporter());
 
         if (exporting)

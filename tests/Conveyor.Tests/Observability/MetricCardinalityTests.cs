@@ -1,0 +1,64 @@
+using System.Diagnostics.Metrics;
+using System.Globalization;
+using Conveyor.ServiceDefaults;
+using MassTransit.Monitoring;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Conveyor.Tests.Observability;
+
+/// <summary>
+/// The services' metrics keep the SDK's 2,000 tag sets per metric for Conveyor's own meters (gauges
+/// with one series per queue) and a smaller limit for the libraries' (bench/analysis.md §5: the
+/// default's preallocated room was ~11.5 MiB of an idle worker). Scraped from the real /metrics.
+/// </summary>
+public sealed class MetricCardinalityTests
+{
+    private const string OwnMeter = "Conveyor.CardinalityTest";
+    private const int TagSets = TelemetryExtensions.LibraryCardinalityLimit + 100;
+
+    [Fact]
+    public async Task Own_meters_keep_every_series_and_library_meters_fold_the_excess_into_one_overflow_series()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        builder.AddConveyorTelemetry("cardinality-test", OwnMeter);
+        await using var app = builder.Build();
+        app.MapConveyorMetrics();
+        await app.StartAsync();
+
+        // Instruments are matched when created, so after the meter provider exists.
+        using var own = new Meter(OwnMeter);
+        using var library = new Meter(InstrumentationOptions.MeterName);
+        var ownCounter = own.CreateCounter<long>("cardinality_test_own");
+        var libraryCounter = library.CreateCounter<long>("cardinality_test_library");
+        for (var i = 0; i < TagSets; i++)
+        {
+            var tag = new KeyValuePair<string, object?>("queue", "q" + i.ToString(CultureInfo.InvariantCulture));
+            ownCounter.Add(1, tag);
+            libraryCounter.Add(1, tag);
+        }
+
+        using var http = new HttpClient { BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First()) };
+        var exposition = await http.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+
+        var ownSeries = Series(exposition, "cardinality_test_own_total");
+        Assert.Equal(TagSets, ownSeries.Count);
+        Assert.DoesNotContain(ownSeries, line => line.Contains("otel_metric_overflow", StringComparison.Ordinal));
+
+        var librarySeries = Series(exposition, "cardinality_test_library_total");
+        var overflow = Assert.Single(librarySeries, line => line.Contains("otel_metric_overflow=\"true\"", StringComparison.Ordinal));
+        Assert.InRange(librarySeries.Count - 1, TelemetryExtensions.LibraryCardinalityLimit - 1, TelemetryExtensions.LibraryCardinalityLimit);
+        // Nothing is lost: the overflow series counts what the others do not.
+        Assert.Equal(TagSets, PrometheusText.Sum(exposition, "cardinality_test_library_total"));
+        Assert.Equal(TagSets - (librarySeries.Count - 1), PrometheusText.Sum(overflow, "cardinality_test_library_total"));
+    }
+
+    private static List<string> Series(string exposition, string name) =>
+        [.. exposition.Split('\n').Where(line => line.StartsWith(name + "{", StringComparison.Ordinal))];
+}
