@@ -54,6 +54,9 @@ public sealed class BenchOptions
 
     public int RssRuns { get; init; } = 1;
 
+    /// <summary>How many of the RSS benchmark's configurations run, in their order (the first is the shipped one).</summary>
+    public int RssConfigurations { get; init; } = int.MaxValue;
+
     /// <summary>Worker process counts the scaling benchmark compares (the first is the baseline).</summary>
     public IReadOnlyList<int> WorkerCounts { get; init; } = [1, 2, 3];
 
@@ -108,6 +111,7 @@ public sealed class BenchOptions
             BurstMessages = Int("burst", defaults.BurstMessages),
             RssSeconds = Int("rss-seconds", defaults.RssSeconds),
             RssRuns = Int("rss-runs", defaults.RssRuns),
+            RssConfigurations = Int("rss-configurations", defaults.RssConfigurations),
             WorkerCounts = Ints("workers", defaults.WorkerCounts),
             GatewayLatencies = Ints("gateway-latency", defaults.GatewayLatencies),
             ScalingLatencyMessages = Int("scaling-latency-messages", defaults.ScalingLatencyMessages),

@@ -35,10 +35,12 @@ public sealed class RssBenchmark(BenchEnvironment environment, BenchOptions opti
         await environment.DeclareChargePaymentQueueAsync();
         await using var gateway = await InstantGateway.StartAsync();
         await using var publisher = await ContractPublisher.StartAsync(environment);
-        var samples = Configurations.ToDictionary(c => c.Name, _ => new List<RunSample>());
+        // --rss-configurations 1 measures what ships alone, for A/B runs of two builds.
+        var configurations = Configurations.Take(Math.Max(1, options.RssConfigurations)).ToArray();
+        var samples = configurations.ToDictionary(c => c.Name, _ => new List<RunSample>());
         for (var round = 0; round < Math.Max(1, options.RssRuns); round++)
         {
-            foreach (var (name, overrides) in round % 2 == 0 ? Configurations : Configurations.Reverse())
+            foreach (var (name, overrides) in round % 2 == 0 ? configurations : configurations.Reverse())
             {
                 await environment.PurgeAsync(ConsumeBenchmark.Queue);
                 await environment.TruncateAsync();
