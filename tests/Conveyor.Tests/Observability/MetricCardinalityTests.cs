@@ -1,12 +1,9 @@
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using Conveyor.ServiceDefaults;
+using Conveyor.Tests.Infrastructure;
 using MassTransit.Monitoring;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Tests.Observability;
@@ -24,13 +21,15 @@ public sealed class MetricCardinalityTests
     [Fact]
     public async Task Own_meters_keep_every_series_and_library_meters_fold_the_excess_into_one_overflow_series()
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        builder.AddConveyorTelemetry("cardinality-test", OwnMeter);
-        await using var app = builder.Build();
-        app.MapConveyorMetrics();
-        await app.StartAsync();
+        await using var app = await RunningApp.StartAsync(args =>
+        {
+            var builder = WebApplication.CreateSlimBuilder(args);
+            builder.Logging.ClearProviders();
+            builder.AddConveyorTelemetry("cardinality-test", OwnMeter);
+            var web = builder.Build();
+            web.MapConveyorMetrics();
+            return web;
+        }, new Dictionary<string, string?>());
 
         // Instruments are matched when created, so after the meter provider exists.
         using var own = new Meter(OwnMeter);
@@ -44,21 +43,17 @@ public sealed class MetricCardinalityTests
             libraryCounter.Add(1, tag);
         }
 
-        using var http = new HttpClient { BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First()) };
-        var exposition = await http.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        var exposition = await app.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
 
-        var ownSeries = Series(exposition, "cardinality_test_own_total");
+        var ownSeries = PrometheusText.Samples(exposition, "cardinality_test_own_total");
         Assert.Equal(TagSets, ownSeries.Count);
         Assert.DoesNotContain(ownSeries, line => line.Contains("otel_metric_overflow", StringComparison.Ordinal));
 
-        var librarySeries = Series(exposition, "cardinality_test_library_total");
+        var librarySeries = PrometheusText.Samples(exposition, "cardinality_test_library_total");
         var overflow = Assert.Single(librarySeries, line => line.Contains("otel_metric_overflow=\"true\"", StringComparison.Ordinal));
         Assert.InRange(librarySeries.Count - 1, TelemetryExtensions.LibraryCardinalityLimit - 1, TelemetryExtensions.LibraryCardinalityLimit);
         // Nothing is lost: the overflow series counts what the others do not.
         Assert.Equal(TagSets, PrometheusText.Sum(exposition, "cardinality_test_library_total"));
         Assert.Equal(TagSets - (librarySeries.Count - 1), PrometheusText.Sum(overflow, "cardinality_test_library_total"));
     }
-
-    private static List<string> Series(string exposition, string name) =>
-        [.. exposition.Split('\n').Where(line => line.StartsWith(name + "{", StringComparison.Ordinal))];
 }
