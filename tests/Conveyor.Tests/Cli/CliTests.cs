@@ -11,32 +11,15 @@ namespace Conveyor.Tests.Cli;
 
 /// <summary>The <c>conveyor</c> CLI, run in-process against a running Api with an admin key.</summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     private const string Timeout = "System.TimeoutException";
     private const string Declined = "Conveyor.Worker.Failures.PermanentFailureException";
 
-    private RunningApp _api = null!;
-    private TestBroker _broker = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        await ErrorQueueKit.ClearOperationsAsync(fixture);
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-        _broker = await TestBroker.ConnectAsync(fixture);
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _broker.DisposeAsync();
-        await _api.DisposeAsync();
-    }
-
     [Fact]
     public async Task Queues_lists_the_error_queues_as_a_table_and_as_json()
     {
-        await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        await Broker.DeadLetterChargeAsync(Timeout, "timed out");
 
         await Eventually.AssertAsync(async () =>
         {
@@ -57,10 +40,10 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     public async Task Messages_and_groups_show_faults_without_changing_the_queue()
     {
         // The first names a job whose row is gone: moving it back would run it again.
-        var first = await _broker.DeadLetterChargeAsync(Declined, "Account acct-1 was not found",
+        var first = await Broker.DeadLetterChargeAsync(Declined, "Account acct-1 was not found",
             extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = Guid.NewGuid().ToString() });
-        await _broker.DeadLetterChargeAsync(Declined, "Account acct-2 was not found");
-        await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+        await Broker.DeadLetterChargeAsync(Declined, "Account acct-2 was not found");
+        await Broker.DeadLetterChargeAsync(Timeout, "timed out");
 
         var messages = await RunAsync("messages", ErrorQueueKit.ChargeErrors, "--limit", "2", "--body");
         Assert.Equal(ExitCodes.Ok, messages.ExitCode);
@@ -74,7 +57,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Ok, groups.ExitCode);
         var counts = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups").EnumerateArray().Select(g => g.GetProperty("count").GetInt64());
         Assert.Equal([2L, 1L], counts);
-        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
@@ -82,20 +65,20 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         for (var i = 0; i < 30; i++)
         {
-            await _broker.DeadLetterChargeAsync(i % 2 == 0 ? Timeout : Declined, "failed");
+            await Broker.DeadLetterChargeAsync(i % 2 == 0 ? Timeout : Declined, "failed");
         }
 
         var dryRun = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--exception-type", "TimeoutException", "--dry-run");
         Assert.Equal(ExitCodes.Ok, dryRun.ExitCode);
         Assert.Contains("would have moved 15 message(s)", dryRun.Out, StringComparison.Ordinal);
-        Assert.Equal(30u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(30u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
 
         var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--exception-type", "TimeoutException", "--json");
         Assert.Equal(ExitCodes.Ok, move.ExitCode);
         var operation = JsonDocument.Parse(move.Out).RootElement;
         Assert.Equal(("succeeded", 15), (operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64()));
-        Assert.Equal(15u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(15u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(15u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(15u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
 
         var shown = await RunAsync("operation", operation.GetProperty("operationId").GetString()!);
         Assert.Equal(ExitCodes.Ok, shown.ExitCode);
@@ -118,16 +101,16 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_dry_run_move_warns_of_jobs_whose_row_is_gone()
     {
-        await _broker.DeadLetterChargeAsync(Declined, "declined",
+        await Broker.DeadLetterChargeAsync(Declined, "declined",
             extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = Guid.NewGuid().ToString() });
-        await _broker.DeadLetterChargeAsync(Declined, "declined");
+        await Broker.DeadLetterChargeAsync(Declined, "declined");
 
         var dryRun = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--dry-run");
 
         Assert.Equal(ExitCodes.Ok, dryRun.ExitCode);
         Assert.Matches(@"Jobs missing\s+1", dryRun.Out);
         Assert.Contains("Warning: 1 job(s) of the selected messages have no row any more", dryRun.Err, StringComparison.Ordinal);
-        Assert.Equal(2u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(2u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
@@ -135,7 +118,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         for (var i = 0; i < 4; i++)
         {
-            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+            await Broker.DeadLetterChargeAsync(Timeout, "timed out");
         }
 
         var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--limit", "2", "--no-wait", "--json");
@@ -151,8 +134,8 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         // It goes on without the CLI.
         await Eventually.AssertAsync(async () =>
             Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--state", "running", "--json")).Out).RootElement.GetArrayLength()));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(2u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(2u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
@@ -162,7 +145,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         var gone = new Dictionary<string, object?> { ["MT-Fault-InputAddress"] = "rabbitmq://127.0.0.1/test/charge-payment-retired" };
         for (var i = 0; i < 3; i++)
         {
-            await _broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: gone);
+            await Broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: gone);
         }
 
         var json = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--json");
@@ -175,24 +158,24 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
             operation.GetProperty("moved").GetInt64(), operation.GetProperty("failed").GetInt64()));
         Assert.Equal(ExitCodes.EndedWithFailures, table.ExitCode);
         Assert.Contains("ended with failures", table.Err, StringComparison.Ordinal);
-        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
     public async Task Move_by_job_id_moves_that_jobs_command_only()
     {
         var job = Guid.NewGuid();
-        var wanted = await _broker.DeadLetterChargeAsync(Declined, "declined",
+        var wanted = await Broker.DeadLetterChargeAsync(Declined, "declined",
             extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = job.ToString() });
-        await _broker.DeadLetterChargeAsync(Declined, "declined",
+        await Broker.DeadLetterChargeAsync(Declined, "declined",
             extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = Guid.NewGuid().ToString() });
 
         var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--job-id", job.ToString(), "--json");
 
         Assert.Equal(ExitCodes.Ok, move.ExitCode);
         Assert.Equal(1, JsonDocument.Parse(move.Out).RootElement.GetProperty("moved").GetInt64());
-        Assert.Equal([wanted.ToString()], (await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
+        Assert.Equal([wanted.ToString()], (await Broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
         Assert.Equal(ExitCodes.Usage, (await RunAsync("move", ErrorQueueKit.ChargeErrors, "--job-id", "not-a-uuid")).ExitCode);
     }
 
@@ -201,18 +184,18 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         for (var i = 0; i < 4; i++)
         {
-            await _broker.DeadLetterChargeAsync(Declined, "declined");
+            await Broker.DeadLetterChargeAsync(Declined, "declined");
         }
 
         var refused = await RunAsync("purge", ErrorQueueKit.ChargeErrors);
         Assert.Equal(ExitCodes.Usage, refused.ExitCode);
         Assert.Contains("confirm", refused.Err, StringComparison.Ordinal);
-        Assert.Equal(4u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(4u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
 
         var purged = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--limit", "3", "--confirm", ErrorQueueKit.ChargeErrors);
         Assert.Equal(ExitCodes.Ok, purged.ExitCode);
         Assert.Contains("purged 3 message(s)", purged.Out, StringComparison.Ordinal);
-        Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
@@ -220,7 +203,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         for (var i = 0; i < 3; i++)
         {
-            await _broker.DeadLetterChargeAsync(Declined, "declined");
+            await Broker.DeadLetterChargeAsync(Declined, "declined");
         }
 
         // Dropping the misspelt filter would purge the whole queue; dropping --dryrun would really move.
@@ -242,8 +225,8 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("mesage-id", purge.Err, StringComparison.Ordinal);
         Assert.Contains("dryrun", move.Err, StringComparison.Ordinal);
         Assert.Equal("", queues.Out);
-        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
         // No request was sent: the Api has no operation to show.
         Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
     }
@@ -252,7 +235,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
     public async Task Job_and_jobs_show_a_job_found_by_id_or_by_business_key()
     {
         var paymentId = Guid.NewGuid();
-        var accepted = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+        var accepted = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
 
         var found = await RunAsync("jobs", "--kind", "charge-payment", "--business-key", paymentId.ToString(), "--json");
         Assert.Equal(ExitCodes.Ok, found.ExitCode);
@@ -287,7 +270,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
             CreatedAt = DateTimeOffset.UtcNow,
             UpdatedAt = DateTimeOffset.UtcNow,
         };
-        await using (var db = fixture.CreateDbContext())
+        await using (var db = Fixture.CreateDbContext())
         {
             db.Jobs.Add(job);
             await db.SaveChangesAsync();
@@ -317,7 +300,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("5 jobs accepted so far", first.Err, StringComparison.Ordinal);
         Assert.Equal(ExitCodes.Ok, again.ExitCode);
         Assert.Contains("5 charge-payment jobs accepted in 1 request.", again.Out, StringComparison.Ordinal);
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         var rows = await db.Jobs.AsNoTracking().ToDictionaryAsync(j => j.BusinessKey, j => j.Id);
         Assert.Equal(5, rows.Count);
         for (var i = 0; i < paymentIds.Count; i++)
@@ -349,7 +332,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Usage, missing.ExitCode);
         Assert.Equal(ExitCodes.Usage, (await RunAsync("submit", "charge-payment", array.Path, "--batch-size", "101")).ExitCode);
         Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("submit", "mine-bitcoin", array.Path)).ExitCode);
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
     }
 
@@ -366,7 +349,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         var jobs = JsonDocument.Parse(run.Out).RootElement.EnumerateArray().ToList();
         Assert.Equal(["item 1", "item 2", "item 3"], jobs.Select(j => j.GetProperty("source").GetString()));
         Assert.Contains("2 jobs accepted so far", run.Err, StringComparison.Ordinal);
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         Assert.Equal(3, await db.Jobs.CountAsync());
     }
 
@@ -396,7 +379,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Usage, run.ExitCode);
         Assert.Contains("line 3 is not valid JSON", run.Err, StringComparison.Ordinal);
         Assert.Contains("The 2 jobs before it were accepted.", run.Err, StringComparison.Ordinal);
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         Assert.Equal(2, await db.Jobs.CountAsync());
     }
 
@@ -406,14 +389,14 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         var settings = ErrorQueueKit.ApiSettings();
         settings["RateLimiting:PermitsPerSecond"] = "1";
         settings["RateLimiting:Burst"] = "2";
-        await using var limited = await fixture.StartApiAsync(settings);
+        await using var limited = await Fixture.StartApiAsync(settings);
         using var file = new TempFile(string.Join("\n", Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))));
 
         var run = await RunAsync("submit", "charge-payment", file.Path, "--batch-size", "2", "--api", limited.BaseAddress.ToString());
 
         Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
         Assert.Contains("The Api answered 429 for line 3 to line 4; sending them again", run.Err, StringComparison.Ordinal);
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         Assert.Equal(4, await db.Jobs.CountAsync());
     }
 
@@ -429,7 +412,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: ErrorQueueKit.ReaderKey)).ExitCode);
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["queues"], key: null)).ExitCode);
         // The Api's 404 for a path it does not know is a problem document too, so not taken for another server's page.
-        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("queues", "--api", new Uri(_api.BaseAddress, "no-such-prefix/").ToString())).ExitCode);
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("queues", "--api", new Uri(App.BaseAddress, "no-such-prefix/").ToString())).ExitCode);
         var unreachable = await RunAsync(["queues", "--api", "http://127.0.0.1:1"]);
         Assert.Equal(ExitCodes.Unreachable, unreachable.ExitCode);
         Assert.Contains("Cannot reach the Api", unreachable.Err, StringComparison.Ordinal);
@@ -525,7 +508,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         using var stderr = new StringWriter();
         var environment = new Dictionary<string, string?>
         {
-            [CliContext.ApiUrlVariable] = _api.BaseAddress.ToString(),
+            [CliContext.ApiUrlVariable] = App.BaseAddress.ToString(),
             [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey,
         };
 
@@ -542,7 +525,7 @@ public sealed class CliTests(ConveyorFixture fixture) : IAsyncLifetime
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
         var environment = new Dictionary<string, string?> { [CliContext.ApiKeyVariable] = key };
-        var withApi = args.Contains("--api") ? args : [.. args, "--api", _api.BaseAddress.ToString()];
+        var withApi = args.Contains("--api") ? args : [.. args, "--api", App.BaseAddress.ToString()];
         var exitCode = await CliApp.RunAsync(withApi, stdout, stderr, environment: environment);
         return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
     }

@@ -11,45 +11,25 @@ namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>Listing, inspecting, grouping, moving and purging error-queue messages through the Api.</summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     private const string Timeout = "System.TimeoutException";
     private const string Declined = "Conveyor.Worker.Failures.PermanentFailureException";
 
-    private RunningApp _api = null!;
-    private HttpClient _admin = null!;
-    private TestBroker _broker = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        await ErrorQueueKit.ClearOperationsAsync(fixture);
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-        _admin = ErrorQueueKit.Client(_api.BaseAddress);
-        _broker = await TestBroker.ConnectAsync(fixture);
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _broker.DisposeAsync();
-        _admin.Dispose();
-        await _api.DisposeAsync();
-    }
-
     [Fact]
     public async Task Lists_error_and_skipped_queues_with_depth_and_source_queue()
     {
-        await _broker.DeclareAsync("deliver-webhook_skipped");
+        await Broker.DeclareAsync("deliver-webhook_skipped");
         for (var i = 0; i < 3; i++)
         {
-            await _broker.DeadLetterChargeAsync(Timeout, "The gateway timed out");
+            await Broker.DeadLetterChargeAsync(Timeout, "The gateway timed out");
         }
 
-        await _broker.DeadLetterChargeAsync(Timeout, "x", queue: "deliver-webhook_skipped");
+        await Broker.DeadLetterChargeAsync(Timeout, "x", queue: "deliver-webhook_skipped");
 
         await Eventually.AssertAsync(async () =>
         {
-            var queues = (await _admin.GetJsonAsync("/api/error-queues")).EnumerateArray().ToDictionary(q => q.GetProperty("name").GetString()!);
+            var queues = (await Admin.GetJsonAsync("/api/error-queues")).EnumerateArray().ToDictionary(q => q.GetProperty("name").GetString()!);
             // Other tests of this run may have left more (empty) error queues behind.
             Assert.Contains("charge-payment_error", queues.Keys);
             Assert.Contains("deliver-webhook_skipped", queues.Keys);
@@ -68,10 +48,10 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         for (var i = 0; i < 2; i++)
         {
-            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+            await Broker.DeadLetterChargeAsync(Timeout, "timed out");
         }
 
-        var monitor = _api.Services.GetRequiredService<ErrorQueueDepthMonitor>();
+        var monitor = App.Services.GetRequiredService<ErrorQueueDepthMonitor>();
         var depths = new Dictionary<string, long>();
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
@@ -101,10 +81,10 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var ids = new List<string>();
         for (var i = 0; i < 5; i++)
         {
-            ids.Add((await _broker.DeadLetterChargeAsync(Declined, $"The payment gateway answered 400 for payment {i}", faultedAt.AddMinutes(i))).ToString());
+            ids.Add((await Broker.DeadLetterChargeAsync(Declined, $"The payment gateway answered 400 for payment {i}", faultedAt.AddMinutes(i))).ToString());
         }
 
-        var peeked = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=3");
+        var peeked = await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=3");
 
         Assert.Equal(5, peeked.GetProperty("queueDepth").GetInt64());
         var messages = peeked.GetProperty("messages").EnumerateArray().ToList();
@@ -121,10 +101,10 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(12, first.GetProperty("groupId").GetString()!.Length);
 
         // Nothing was taken away or reordered, by this peek or the one before.
-        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
-        var all = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=10");
+        Assert.Equal(ids, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        var all = await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=10");
         Assert.Equal(ids, all.GetProperty("messages").EnumerateArray().Select(m => m.GetProperty("messageId").GetString()));
-        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(ids, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
     }
 
     /// <summary>
@@ -138,7 +118,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var deadLettered = Guid.NewGuid();
         var succeeded = Guid.NewGuid();
         var swept = Guid.NewGuid();
-        await using (var db = fixture.CreateDbContext())
+        await using (var db = Fixture.CreateDbContext())
         {
             db.Jobs.AddRange(
                 new Job { Id = deadLettered, Kind = "charge-payment", BusinessKey = Guid.NewGuid().ToString(), Status = JobStatus.DeadLettered, CreatedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow },
@@ -148,13 +128,13 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
 
         foreach (var job in new[] { deadLettered, succeeded, swept })
         {
-            await _broker.DeadLetterChargeAsync(Declined, "declined",
+            await Broker.DeadLetterChargeAsync(Declined, "declined",
                 extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = job.ToString() });
         }
 
-        await _broker.DeadLetterChargeAsync(Declined, "declined");
+        await Broker.DeadLetterChargeAsync(Declined, "declined");
 
-        var peeked = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages");
+        var peeked = await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages");
 
         var statuses = peeked.GetProperty("messages").EnumerateArray()
             .Select(m => m.GetProperty("jobStatus") is { ValueKind: JsonValueKind.String } status ? status.GetString() : null);
@@ -171,14 +151,14 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         var ids = await DeadLetterWithJobsAsync();
 
-        var operation = await _admin.RunOperationAsync(
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true });
 
         Assert.Equal(("succeeded", false), (operation.GetProperty("state").GetString(), operation.GetProperty("partial").GetBoolean()));
         Assert.Equal((4, 0, 2), (
             operation.GetProperty("matched").GetInt64(), operation.GetProperty("moved").GetInt64(), operation.GetProperty("jobsMissing").GetInt64()));
-        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(ids, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     /// <summary>A real move reports the same count: the jobs it has just set to run again without deduplication.</summary>
@@ -187,15 +167,15 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         var ids = await DeadLetterWithJobsAsync();
 
-        var operation = await _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+        var operation = await Admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
 
         Assert.Equal(("succeeded", 4L, 2L), (
             operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64(), operation.GetProperty("jobsMissing").GetInt64()));
-        Assert.Equal(ids, (await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(ids, (await Broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
 
         // The audit trail keeps it.
-        var listed = (await _admin.GetJsonAsync($"/api/operations?queue={ErrorQueueKit.ChargeErrors}")).EnumerateArray()
+        var listed = (await Admin.GetJsonAsync($"/api/operations?queue={ErrorQueueKit.ChargeErrors}")).EnumerateArray()
             .Single(o => o.GetProperty("operationId").GetString() == operation.GetProperty("operationId").GetString());
         Assert.Equal(2, listed.GetProperty("jobsMissing").GetInt64());
     }
@@ -209,7 +189,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     public async Task When_the_job_rows_cannot_be_read_the_operation_ends_as_it_did_with_jobs_missing_unknown()
     {
         var ids = await DeadLetterWithJobsAsync();
-        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await using var holder = new NpgsqlConnection(Fixture.ConnectionString);
         await holder.OpenAsync();
         await using var locked = await holder.BeginTransactionAsync();
         await using (var lockJobs = new NpgsqlCommand("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE", holder, locked))
@@ -217,13 +197,13 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
             await lockJobs.ExecuteNonQueryAsync();
         }
 
-        var operation = await _admin.RunOperationAsync(
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true }, TimeSpan.FromSeconds(60));
         await locked.RollbackAsync();
 
         Assert.Equal(("succeeded", 4L), (operation.GetProperty("state").GetString(), operation.GetProperty("matched").GetInt64()));
         Assert.Equal(JsonValueKind.Null, operation.GetProperty("jobsMissing").ValueKind);
-        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(ids, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
     }
 
     /// <summary>
@@ -233,7 +213,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     private async Task<List<string>> DeadLetterWithJobsAsync()
     {
         var kept = Guid.NewGuid();
-        await using (var db = fixture.CreateDbContext())
+        await using (var db = Fixture.CreateDbContext())
         {
             db.Jobs.Add(new Job
             {
@@ -246,11 +226,11 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var ids = new List<string>();
         foreach (var job in new[] { kept, Guid.NewGuid(), Guid.NewGuid() })
         {
-            ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined",
+            ids.Add((await Broker.DeadLetterChargeAsync(Declined, "declined",
                 extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = job.ToString() })).ToString());
         }
 
-        ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
+        ids.Add((await Broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
         return ids;
     }
 
@@ -260,13 +240,13 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var start = new DateTimeOffset(2026, 11, 21, 0, 0, 0, TimeSpan.Zero);
         for (var i = 0; i < 4; i++)
         {
-            await _broker.DeadLetterChargeAsync(Declined, $"Account acct-{i} was not found (payment {Guid.NewGuid()})", start.AddHours(i));
+            await Broker.DeadLetterChargeAsync(Declined, $"Account acct-{i} was not found (payment {Guid.NewGuid()})", start.AddHours(i));
         }
 
-        await _broker.DeadLetterChargeAsync(Timeout, "No answer after 30 seconds", start.AddDays(1));
-        await _broker.DeadLetterChargeAsync(Timeout, "No answer after 45 seconds", start.AddDays(2));
+        await Broker.DeadLetterChargeAsync(Timeout, "No answer after 30 seconds", start.AddDays(1));
+        await Broker.DeadLetterChargeAsync(Timeout, "No answer after 45 seconds", start.AddDays(2));
 
-        var result = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups");
+        var result = await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups");
 
         Assert.Equal(6, result.GetProperty("examined").GetInt64());
         var groups = result.GetProperty("groups").EnumerateArray().ToList();
@@ -277,7 +257,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(start.AddHours(3), groups[0].GetProperty("lastSeen").GetDateTimeOffset());
         Assert.Equal((2, Timeout), (groups[1].GetProperty("count").GetInt64(), groups[1].GetProperty("exceptionType").GetString()));
         Assert.NotEqual(groups[0].GetProperty("groupId").GetString(), groups[1].GetProperty("groupId").GetString());
-        Assert.Equal(6u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(6u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
@@ -289,11 +269,11 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         for (var i = 0; i < 240; i++)
         {
             var timeout = i % 3 == 0;
-            var id = (await _broker.DeadLetterChargeAsync(timeout ? Timeout : Declined, timeout ? "timed out" : "declined")).ToString();
+            var id = (await Broker.DeadLetterChargeAsync(timeout ? Timeout : Declined, timeout ? "timed out" : "declined")).ToString();
             (timeout ? moved : kept).Add(id);
         }
 
-        var operation = await _admin.RunOperationAsync(
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { exceptionType = "TimeoutException" } });
 
         Assert.Equal("succeeded", operation.GetProperty("state").GetString());
@@ -302,9 +282,9 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
             operation.GetProperty("moved").GetInt64(), operation.GetProperty("failed").GetInt64()));
         Assert.Equal(160, operation.GetProperty("left").GetInt64());
         Assert.Equal(80, operation.GetProperty("targets").GetProperty(ErrorQueueKit.ChargeQueue).GetInt64());
-        Assert.Equal(kept, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(kept, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
 
-        var copies = await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue);
+        var copies = await Broker.ReadAllAsync(ErrorQueueKit.ChargeQueue);
         Assert.Equal(moved, copies.Select(c => c.MessageId));
         var copy = copies[0];
         Assert.DoesNotContain(copy.Headers.Keys, h => h.StartsWith("MT-Fault-", StringComparison.Ordinal));
@@ -323,45 +303,45 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var ids = new List<string>();
         foreach (var job in jobs)
         {
-            ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined",
+            ids.Add((await Broker.DeadLetterChargeAsync(Declined, "declined",
                 extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = job.ToString() })).ToString());
         }
 
         // A message without a job id (a command published before its job row existed) never matches.
-        ids.Add((await _broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
+        ids.Add((await Broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
 
-        var operation = await _admin.RunOperationAsync(
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { jobIds = new[] { jobs[1], jobs[3] } } });
 
         Assert.Equal(("succeeded", 2L), (operation.GetProperty("state").GetString(), operation.GetProperty("moved").GetInt64()));
-        Assert.Equal([ids[1], ids[3]], (await _broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
-        Assert.Equal([ids[0], ids[2], ids[4]], await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal([ids[1], ids[3]], (await Broker.ReadAllAsync(ErrorQueueKit.ChargeQueue)).Select(c => c.MessageId));
+        Assert.Equal([ids[0], ids[2], ids[4]], await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
         Assert.Equal(2, operation.GetProperty("filter").GetProperty("jobIds").GetArrayLength());
     }
 
     [Fact]
     public async Task Moving_a_group_with_a_limit_and_a_target_moves_that_many_of_that_group()
     {
-        await _broker.DeclareAsync("charge-payment-replay");
+        await Broker.DeclareAsync("charge-payment-replay");
         var grouped = new List<string>();
         for (var i = 0; i < 10; i++)
         {
-            grouped.Add((await _broker.DeadLetterChargeAsync(Declined, $"Account acct-{i} was not found")).ToString());
-            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+            grouped.Add((await Broker.DeadLetterChargeAsync(Declined, $"Account acct-{i} was not found")).ToString());
+            await Broker.DeadLetterChargeAsync(Timeout, "timed out");
         }
 
-        var groups = await _admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups");
+        var groups = await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups");
         var groupId = groups.GetProperty("groups").EnumerateArray()
             .Single(g => g.GetProperty("exceptionType").GetString() == Declined).GetProperty("groupId").GetString();
 
-        var operation = await _admin.RunOperationAsync(
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { groupId }, target = "charge-payment-replay", limit = 4 });
 
         Assert.Equal(4, operation.GetProperty("moved").GetInt64());
-        Assert.Equal(grouped.Take(4), await _broker.IdsAsync("charge-payment-replay"));
+        Assert.Equal(grouped.Take(4), await Broker.IdsAsync("charge-payment-replay"));
         Assert.Equal(grouped.Take(4), operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
-        Assert.Equal(16u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(16u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
@@ -370,18 +350,18 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         var ids = new List<string>();
         for (var i = 0; i < 6; i++)
         {
-            ids.Add((await _broker.DeadLetterChargeAsync(i < 4 ? Timeout : Declined, "failed")).ToString());
+            ids.Add((await Broker.DeadLetterChargeAsync(i < 4 ? Timeout : Declined, "failed")).ToString());
         }
 
-        var operation = await _admin.RunOperationAsync(
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { exceptionType = Timeout }, dryRun = true });
 
         Assert.Equal("succeeded", operation.GetProperty("state").GetString());
         Assert.True(operation.GetProperty("dryRun").GetBoolean());
         Assert.Equal((4, 0), (operation.GetProperty("matched").GetInt64(), operation.GetProperty("moved").GetInt64()));
         Assert.Equal(ids.Take(4), operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
-        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(ids, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
@@ -393,39 +373,39 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         for (var i = 0; i < 8; i++)
         {
             var isOld = i % 2 == 0;
-            var id = await _broker.DeadLetterChargeAsync(Declined, "declined", isOld ? before.AddDays(-1) : before.AddDays(1));
+            var id = await Broker.DeadLetterChargeAsync(Declined, "declined", isOld ? before.AddDays(-1) : before.AddDays(1));
             (isOld ? old : recent).Add(id.ToString());
         }
 
         var path = $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge";
         var filter = new { faultedBefore = before };
-        using (var missing = await _admin.PostJsonAsync(path, new { filter }))
+        using (var missing = await Admin.PostJsonAsync(path, new { filter }))
         {
             Assert.Equal(["confirm"], await missing.ErrorFieldsAsync());
         }
 
-        using (var wrong = await _admin.PostJsonAsync(path, new { filter, confirm = "charge-payment" }))
+        using (var wrong = await Admin.PostJsonAsync(path, new { filter, confirm = "charge-payment" }))
         {
             Assert.Equal(["confirm"], await wrong.ErrorFieldsAsync());
         }
 
-        Assert.Equal(8u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(8u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
 
-        var operation = await _admin.RunOperationAsync(path, new { filter, confirm = ErrorQueueKit.ChargeErrors });
+        var operation = await Admin.RunOperationAsync(path, new { filter, confirm = ErrorQueueKit.ChargeErrors });
 
         Assert.Equal(("succeeded", 4), (operation.GetProperty("state").GetString(), operation.GetProperty("purged").GetInt64()));
         Assert.Equal(old, operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
-        Assert.Equal(recent, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(recent, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
     public async Task The_audit_trail_names_who_did_what_to_which_messages()
     {
-        var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString();
-        await _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { messageIds = new[] { id } } });
+        var id = (await Broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString();
+        await Admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { messageIds = new[] { id } } });
 
-        var entry = Assert.Single((await _admin.GetJsonAsync("/api/audit")).EnumerateArray());
+        var entry = Assert.Single((await Admin.GetJsonAsync("/api/audit")).EnumerateArray());
 
         Assert.Equal(ErrorQueueKit.AdminName, entry.GetProperty("requestedBy").GetString());
         Assert.Equal("move", entry.GetProperty("kind").GetString());
@@ -435,7 +415,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(id, Assert.Single(entry.GetProperty("messageIds").EnumerateArray()).GetString());
         Assert.Equal(1, entry.GetProperty("moved").GetInt64());
         Assert.True(entry.GetProperty("finishedAt").GetDateTimeOffset() >= entry.GetProperty("createdAt").GetDateTimeOffset());
-        Assert.Empty((await _admin.GetJsonAsync($"/api/audit?requestedBy=someone-else")).EnumerateArray());
+        Assert.Empty((await Admin.GetJsonAsync($"/api/audit?requestedBy=someone-else")).EnumerateArray());
     }
 
     [Fact]
@@ -444,30 +424,30 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
         // Paced at two messages a second, the move cannot end in less than 14.5 s, however fast the
         // machine: the requests below all come while it runs.
         const int Messages = 30;
-        await using var slowApi = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings(maxMessagesPerSecond: 2));
+        await using var slowApi = await Fixture.StartApiAsync(ErrorQueueKit.ApiSettings(maxMessagesPerSecond: 2));
         using var slow = ErrorQueueKit.Client(slowApi.BaseAddress);
         for (var i = 0; i < Messages; i++)
         {
-            await _broker.DeadLetterChargeAsync(Timeout, "timed out");
+            await Broker.DeadLetterChargeAsync(Timeout, "timed out");
         }
 
         using var first = await slow.PostJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
         var running = (await first.JsonAsync()).GetProperty("operationId").GetGuid();
 
         // Another Api replica, same database: refused too, naming the running operation.
-        using var second = await _admin.PostJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge", new { confirm = ErrorQueueKit.ChargeErrors });
+        using var second = await Admin.PostJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge", new { confirm = ErrorQueueKit.ChargeErrors });
         Assert.Equal(HttpStatusCode.Conflict, second.StatusCode);
         var problem = JsonDocument.Parse(await second.Content.ReadAsStringAsync()).RootElement;
         Assert.Equal(running, problem.GetProperty("operationId").GetGuid());
-        using var peek = await _admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages", UriKind.Relative));
+        using var peek = await Admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages", UriKind.Relative));
         Assert.Equal(HttpStatusCode.Conflict, peek.StatusCode);
 
         var progress = await slow.GetJsonAsync($"/api/operations/{running}");
         Assert.Equal("running", progress.GetProperty("state").GetString());
         var done = await slow.WaitForOperationAsync(running);
         Assert.Equal(("succeeded", Messages), (done.GetProperty("state").GetString(), done.GetProperty("moved").GetInt64()));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal((uint)Messages, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal((uint)Messages, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Theory]
@@ -475,7 +455,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("no-such-queue_error", 404)]
     public async Task Queues_that_are_not_existing_error_queues_are_404(string queue, int status)
     {
-        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
         foreach (var (method, path) in new[] { ("GET", "messages"), ("GET", "groups"), ("POST", "move"), ("POST", "purge") })
         {
             using var request = new HttpRequestMessage(new HttpMethod(method), new Uri($"/api/error-queues/{queue}/{path}", UriKind.Relative));
@@ -484,7 +464,7 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
                 request.Content = JsonContent(new { confirm = queue });
             }
 
-            using var response = await _admin.SendAsync(request);
+            using var response = await Admin.SendAsync(request);
             Assert.Equal(status, (int)response.StatusCode);
             Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         }
@@ -517,13 +497,13 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     [MemberData(nameof(InvalidMoves))]
     public async Task An_invalid_move_is_a_400_naming_each_bad_field(string json, string[] fields)
     {
-        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
         using var content = new StringContent(json, System.Text.Encoding.UTF8, "application/json");
 
-        using var response = await _admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
+        using var response = await Admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
 
         Assert.Equal(fields.ToHashSet(), await response.ErrorFieldsAsync());
-        Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     public static TheoryData<string, string, string[]> AmbiguousOperations => new()
@@ -550,38 +530,38 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         for (var i = 0; i < 3; i++)
         {
-            await _broker.DeadLetterChargeAsync(Timeout, "x");
+            await Broker.DeadLetterChargeAsync(Timeout, "x");
         }
 
         using var content = new StringContent(json, System.Text.Encoding.UTF8, "application/json");
 
-        using var response = await _admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{kind}", UriKind.Relative), content);
+        using var response = await Admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{kind}", UriKind.Relative), content);
 
         Assert.Equal(fields.ToHashSet(), await response.ErrorFieldsAsync());
-        Assert.Equal(3u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
-        Assert.Equal(0u, await _broker.CountAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
     [Fact]
     public async Task A_move_whose_body_is_not_utf8_is_a_400_naming_the_body()
     {
-        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
         byte[] body = [.. "{\"filter\":{\"exceptionType\":\""u8, 0xFF, 0xFE, .. "\"}}"u8];
         using var content = new ByteArrayContent(body);
         content.Headers.ContentType = new("application/json");
 
-        using var response = await _admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
+        using var response = await Admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
 
         Assert.Equal(["$"], await response.ErrorFieldsAsync());
-        Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
     public async Task A_bad_limit_on_a_peek_is_a_400_naming_limit()
     {
-        await _broker.DeadLetterChargeAsync(Timeout, "x");
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
 
-        using var response = await _admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=0", UriKind.Relative));
+        using var response = await Admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages?limit=0", UriKind.Relative));
 
         Assert.Equal(["limit"], await response.ErrorFieldsAsync());
     }

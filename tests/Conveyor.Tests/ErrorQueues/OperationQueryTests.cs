@@ -8,42 +8,22 @@ namespace Conveyor.Tests.ErrorQueues;
 /// move's filter records: times with an offset other than UTC's, and parameters given twice.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class OperationQueryTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     private const string Timeout = "System.TimeoutException";
-
-    private RunningApp _api = null!;
-    private HttpClient _admin = null!;
-    private TestBroker _broker = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        await ErrorQueueKit.ClearOperationsAsync(fixture);
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-        _admin = ErrorQueueKit.Client(_api.BaseAddress);
-        _broker = await TestBroker.ConnectAsync(fixture);
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _broker.DisposeAsync();
-        _admin.Dispose();
-        await _api.DisposeAsync();
-    }
 
     [Theory]
     [InlineData("+01:00")]
     [InlineData("-05:30")]
     public async Task Audit_since_with_an_offset_lists_the_operations_from_that_instant(string offset)
     {
-        var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString();
-        var operation = await _admin.RunOperationAsync(
+        var id = (await Broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString();
+        var operation = await Admin.RunOperationAsync(
             $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter = new { messageIds = new[] { id } } });
         var createdAt = operation.GetProperty("createdAt").GetDateTimeOffset();
 
-        var before = await _admin.GetJsonAsync($"/api/audit?since={Since(createdAt.AddMinutes(-30), offset)}");
-        var after = await _admin.GetJsonAsync($"/api/audit?since={Since(createdAt.AddMinutes(30), offset)}");
+        var before = await Admin.GetJsonAsync($"/api/audit?since={Since(createdAt.AddMinutes(-30), offset)}");
+        var after = await Admin.GetJsonAsync($"/api/audit?since={Since(createdAt.AddMinutes(30), offset)}");
 
         Assert.Equal(operation.GetProperty("operationId").GetGuid(), Assert.Single(before.EnumerateArray()).GetProperty("operationId").GetGuid());
         Assert.Empty(after.EnumerateArray());
@@ -53,7 +33,7 @@ public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetim
     public async Task A_filters_times_with_offsets_match_by_instant_and_are_recorded_in_utc()
     {
         var faultedAt = DateTimeOffset.UtcNow;
-        var id = (await _broker.DeadLetterChargeAsync(Timeout, "timed out", faultedAt)).ToString();
+        var id = (await Broker.DeadLetterChargeAsync(Timeout, "timed out", faultedAt)).ToString();
         var before = WholeSeconds(faultedAt.AddMinutes(30));
         var after = WholeSeconds(faultedAt.AddMinutes(-30));
         var filter = new
@@ -62,11 +42,11 @@ public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetim
             faultedAfter = after.ToOffset(TimeSpan.FromHours(-5)).ToString("O", CultureInfo.InvariantCulture),
         };
 
-        var operation = await _admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter });
+        var operation = await Admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { filter });
 
         Assert.Equal(1, operation.GetProperty("moved").GetInt64());
         Assert.Equal(id, Assert.Single(operation.GetProperty("messageIds").EnumerateArray()).GetString());
-        var recorded = Assert.Single((await _admin.GetJsonAsync("/api/audit")).EnumerateArray()).GetProperty("filter");
+        var recorded = Assert.Single((await Admin.GetJsonAsync("/api/audit")).EnumerateArray()).GetProperty("filter");
         var recordedBefore = recorded.GetProperty("faultedBefore").GetDateTimeOffset();
         var recordedAfter = recorded.GetProperty("faultedAfter").GetDateTimeOffset();
         Assert.Equal((before, TimeSpan.Zero), (recordedBefore, recordedBefore.Offset));
@@ -81,7 +61,7 @@ public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetim
     [InlineData("yesterday")]
     public async Task Audit_since_that_is_not_an_iso_8601_date_and_time_is_a_400_naming_it(string since)
     {
-        using var response = await _admin.GetAsync(new Uri($"/api/audit?since={Uri.EscapeDataString(since)}", UriKind.Relative));
+        using var response = await Admin.GetAsync(new Uri($"/api/audit?since={Uri.EscapeDataString(since)}", UriKind.Relative));
 
         Assert.Equal(["since"], await response.ErrorFieldsAsync());
     }
@@ -96,7 +76,7 @@ public sealed class OperationQueryTests(ConveyorFixture fixture) : IAsyncLifetim
     [InlineData("/api/audit?since=2026-01-01T00:00:00Z&since=2026-02-01T00:00:00Z", "since")]
     public async Task A_query_parameter_given_twice_is_a_400_naming_it(string path, string parameter)
     {
-        using var response = await _admin.GetAsync(new Uri(path, UriKind.Relative));
+        using var response = await Admin.GetAsync(new Uri(path, UriKind.Relative));
 
         // Named as the query string spells it: which spelling, when it has two, is the parser's choice.
         Assert.Equal(parameter, Assert.Single(await response.ErrorFieldsAsync()), ignoreCase: true);

@@ -8,33 +8,14 @@ namespace Conveyor.Tests.ErrorQueues;
 /// for abandoned, but end at once as failed, saying why, with its counts.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class UnsavedResultTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class UnsavedResultTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
-    private RunningApp _api = null!;
-    private HttpClient _admin = null!;
-    private TestBroker _broker = null!;
-
-    public async Task InitializeAsync()
-    {
-        await fixture.ResetAsync();
-        await ErrorQueueKit.ClearOperationsAsync(fixture);
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-        _admin = ErrorQueueKit.Client(_api.BaseAddress);
-        _broker = await TestBroker.ConnectAsync(fixture);
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _broker.DisposeAsync();
-        _admin.Dispose();
-        await _api.DisposeAsync();
-    }
 
     [Fact]
     public async Task An_operation_whose_result_the_database_refuses_ends_failed_with_the_reason_and_its_counts()
     {
-        await _broker.DeadLetterChargeAsync("System.TimeoutException", "timed out");
-        await using var db = fixture.CreateDbContext();
+        await Broker.DeadLetterChargeAsync("System.TimeoutException", "timed out");
+        await using var db = Fixture.CreateDbContext();
         // Refuses what only the final result writes (progress updates leave the targets alone).
         await db.Database.ExecuteSqlRawAsync("""
             CREATE FUNCTION test_refuse_targets() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -48,7 +29,7 @@ public sealed class UnsavedResultTests(ConveyorFixture fixture) : IAsyncLifetime
         try
         {
             // Well short of the 30 s after which a row stuck as running reads interrupted.
-            var operation = await _admin.RunOperationAsync(
+            var operation = await Admin.RunOperationAsync(
                 $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true }, TimeSpan.FromSeconds(20));
 
             Assert.Equal("failed", operation.GetProperty("state").GetString());
@@ -58,7 +39,7 @@ public sealed class UnsavedResultTests(ConveyorFixture fixture) : IAsyncLifetime
             Assert.Equal((1, 1), (operation.GetProperty("examined").GetInt64(), operation.GetProperty("matched").GetInt64()));
             // Its ids may not all have been recorded.
             Assert.True(operation.GetProperty("messageIdsTruncated").GetBoolean());
-            Assert.Equal(1u, await _broker.CountAsync(ErrorQueueKit.ChargeErrors));
+            Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
         }
         finally
         {
