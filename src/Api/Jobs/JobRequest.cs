@@ -32,7 +32,7 @@ internal abstract class JobRequest(string kind, Guid businessId)
     /// </summary>
     public abstract byte[]? Fingerprint { get; }
 
-    /// <summary>Publishes the command stamped with the job id; returns once the broker has confirmed it.</summary>
+    /// <summary>Publishes the command stamped with the job id; returns once the broker has confirmed it into a queue.</summary>
     public abstract Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken);
 
     /// <summary>The command as a MassTransit JSON envelope, the bytes a scheduled job is published with.</summary>
@@ -49,7 +49,18 @@ internal abstract class JobRequest(string kind, Guid businessId)
         public override Task PublishAsync(IPublishEndpoint endpoint, Guid jobId, CancellationToken cancellationToken) =>
             endpoint.Publish(
                 command,
-                context => context.Headers.Set(JobHeaders.JobId, jobId.ToString()),
+                context =>
+                {
+                    context.Headers.Set(JobHeaders.JobId, jobId.ToString());
+                    // A confirm alone does not say a queue took the command: with no queue bound to
+                    // its exchange (no worker has declared it yet, or the queue was deleted) the broker
+                    // confirms and drops it. Mandatory, it is returned and the publish throws, so the
+                    // job is refused (503) instead of accepted and lost.
+                    if (context.TryGetPayload(out RabbitMqSendContext? rabbit))
+                    {
+                        rabbit.Mandatory = true;
+                    }
+                },
                 cancellationToken);
 
         public override byte[] ToEnvelope(Guid messageId, Guid jobId, DateTimeOffset sentTime) =>

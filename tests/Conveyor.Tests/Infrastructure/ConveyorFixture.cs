@@ -68,6 +68,13 @@ public sealed class ConveyorFixture : IAsyncLifetime
             ["Logging:LogLevel:MassTransit"] = "Warning",
             ["Logging:LogLevel:Microsoft.Extensions.Diagnostics.HealthChecks"] = "None",
         };
+
+        // The job queues and their bindings, as a deployment has them once a worker has started: the
+        // Api publishes mandatory, so without them it refuses every submission (503), whichever test
+        // happens to run first.
+        await using (await StartWorkerAsync())
+        {
+        }
     }
 
     /// <summary>
