@@ -25,7 +25,9 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbConte
         db.WebhookDeliveries.Add(new WebhookDelivery
         {
             WebhookId = webhook.WebhookId,
-            Url = webhook.Url.ToString(),
+            // As sent, which the contract limits to the column's length; the canonical form can be
+            // longer (a '/' before a query with no path) and would be cut short to fit.
+            Url = webhook.Url.OriginalString,
             EventType = webhook.EventType,
             StatusCode = result.StatusCode,
             DeliveredAt = time.GetUtcNow(),
