@@ -356,10 +356,20 @@ public sealed partial class RedeliveryDispatcher(
         // Unpooled: the LISTEN belongs to this one session for as long as it lives.
         var connectionString = new NpgsqlConnectionStringBuilder(db.Database.GetConnectionString()) { Pooling = false, KeepAlive = 30 };
         var connection = new NpgsqlConnection(connectionString.ConnectionString);
-        await connection.OpenAsync(cancellationToken);
-        await using var listen = new NpgsqlCommand($"LISTEN {RedeliveryStore.Channel}", connection);
-        await listen.ExecuteNonQueryAsync(cancellationToken);
-        return connection;
+        try
+        {
+            await connection.OpenAsync(cancellationToken);
+            await using var listen = new NpgsqlCommand($"LISTEN {RedeliveryStore.Channel}", connection);
+            await listen.ExecuteNonQueryAsync(cancellationToken);
+            return connection;
+        }
+        catch
+        {
+            // Unpooled, so not returned anywhere: a session that could not LISTEN (a standby during a
+            // failover, a cancelled start) is closed here, not left open until the loop's next try.
+            await connection.DisposeAsync();
+            throw;
+        }
     }
 
     [LoggerMessage(Level = LogLevel.Error, Message = "The redelivery dispatcher failed; retrying")]
