@@ -63,7 +63,8 @@ public static class StorageServiceCollectionExtensions
     /// per connection instead of parsed on every call (still planned on every call, see below), and a
     /// connection taken from the pool is not reset first (the reset is a statement of its own, parsed
     /// every time, and these users keep no session state: no temporary tables, session settings or
-    /// session-level locks). Code that does keep session state opens its own, unpooled connections:
+    /// session-level locks); the server stops a statement at <see cref="StatementTimeoutSeconds"/>,
+    /// before the client gives up at <see cref="CommandTimeoutSeconds"/>. Code that does keep session state opens its own, unpooled connections:
     /// the Api's queue locks (advisory locks) and the redelivery dispatcher's LISTEN.
     /// </summary>
     public static string ForContexts(string connectionString)
@@ -89,14 +90,54 @@ public static class StorageServiceCollectionExtensions
             builder.NoResetOnClose = true;
         }
 
-        if (!Sets("Options"))
+        // Server settings, each unless the string's Options names it: prepared, but planned on every
+        // execution, since a generic plan made while a table was small (a new deployment, a truncated
+        // table) would keep scanning it sequentially as it grows (preparing still saves the parse and
+        // analysis); and a statement limit the server enforces (StatementTimeoutSeconds).
+        var options = Sets("Options") ? builder.Options ?? string.Empty : string.Empty;
+        foreach (var (name, value) in new[] { ("plan_cache_mode", "force_custom_plan"), ("statement_timeout", $"{StatementTimeoutSeconds}s") })
         {
-            // Prepared, but planned on every execution: a generic plan made while a table was
-            // small (a new deployment, a truncated table) would keep scanning it sequentially as
-            // it grows. Preparing still saves the parse and analysis.
-            builder.Options = "-c plan_cache_mode=force_custom_plan";
+            if (!options.Contains(name, StringComparison.OrdinalIgnoreCase))
+            {
+                options = $"{options} -c {name}={value}".Trim();
+            }
+        }
+
+        builder.Options = options;
+        if (!Sets("Command Timeout"))
+        {
+            builder.CommandTimeout = CommandTimeoutSeconds;
         }
 
         return builder.ConnectionString;
+    }
+
+    /// <summary>
+    /// The server stops a statement that runs longer (<c>statement_timeout</c>, SQL state 57014): a
+    /// query that is too slow fails as a statement, which a job's retry budget covers and which ends
+    /// in its <c>_error</c> queue if it is always too slow (<see cref="DatabaseFailures"/>).
+    /// </summary>
+    public const int StatementTimeoutSeconds = 30;
+
+    /// <summary>
+    /// The client waits longer than <see cref="StatementTimeoutSeconds"/> before it gives up on a
+    /// statement (Npgsql's <c>Command Timeout</c>, 30 s by default). Npgsql reports its own timeout as a
+    /// read that failed, which says nothing about the statement, so it is taken for an unavailable
+    /// database and waited out without spending a budget: with the client's limit first, a query that
+    /// is always too slow was requeued for ever. Now the client's limit is reached only when the server
+    /// does not answer even the cancellation.
+    /// </summary>
+    public const int CommandTimeoutSeconds = StatementTimeoutSeconds + 15;
+
+    /// <summary>
+    /// For schema changes (<c>migrate</c>): no statement limit on either side, since an index built
+    /// <c>CONCURRENTLY</c> on a large table takes as long as it takes; stopped at a limit, it would
+    /// leave an invalid index and start over on every run.
+    /// </summary>
+    public static async Task WithoutStatementLimitsAsync(DbContext db, CancellationToken cancellationToken = default)
+    {
+        db.Database.SetCommandTimeout(TimeSpan.Zero);
+        await db.Database.OpenConnectionAsync(cancellationToken);
+        await db.Database.ExecuteSqlRawAsync("SET statement_timeout = 0", cancellationToken);
     }
 }

@@ -68,6 +68,7 @@ public static partial class WorkerApp
         using var host = builder.Build();
         var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Migrate");
         await using var db = await host.Services.GetRequiredService<IDbContextFactory<ConveyorDbContext>>().CreateDbContextAsync();
+        await StorageServiceCollectionExtensions.WithoutStatementLimitsAsync(db);
         // On a new database EF Core reads the history table before it creates it, and logs the
         // failed read at Error level (dotnet/efcore#37328); created first, nothing fails.
         await db.GetService<IHistoryRepository>().CreateIfNotExistsAsync();

@@ -27,6 +27,29 @@ public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
     }
 
     [Fact]
+    public async Task Contexts_get_the_servers_statement_limit_and_a_longer_client_one_and_migrations_neither()
+    {
+        // Npgsql's own timeout is a read that failed, which reads as an outage (a query that is always
+        // too slow went round for ever); the server's limit, reached first, is a statement failure.
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal($"{StorageServiceCollectionExtensions.StatementTimeoutSeconds}s", await ShowStatementTimeoutAsync(db));
+            Assert.Equal(StorageServiceCollectionExtensions.CommandTimeoutSeconds, new NpgsqlConnectionStringBuilder(db.Database.GetConnectionString()).CommandTimeout);
+        }
+
+        await using (var migrating = fixture.CreateDbContext())
+        {
+            await StorageServiceCollectionExtensions.WithoutStatementLimitsAsync(migrating);
+
+            Assert.Equal("0", await ShowStatementTimeoutAsync(migrating));
+            Assert.Equal(0, migrating.Database.GetCommandTimeout());
+        }
+    }
+
+    private static async Task<string> ShowStatementTimeoutAsync(DbContext db) =>
+        (await db.Database.SqlQueryRaw<string>("SELECT current_setting('statement_timeout') AS \"Value\"").ToListAsync()).Single();
+
+    [Fact]
     public async Task A_login_the_server_refuses_is_an_outage()
     {
         var wrongPassword = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Password = "not-the-password", Pooling = false };
