@@ -104,7 +104,7 @@ public static class MoveBenchmark
     /// <summary>Lazy classic queues, as the worker declares them by default; <c>CONVEYOR_BENCH_LAZY=0</c>: the broker's default mode.</summary>
     private static readonly bool LazyQueues = Environment.GetEnvironmentVariable("CONVEYOR_BENCH_LAZY") != "0";
 
-    private static readonly Dictionary<string, object?>? QueueArguments = new RabbitMqOptions { LazyQueues = LazyQueues }.JobQueueArguments();
+    private static Dictionary<string, object?>? QueueArguments(string queue) => new RabbitMqOptions { LazyQueues = LazyQueues }.JobQueueArguments(queue);
 
     /// <summary>What the error queue holds, for the output.</summary>
     internal static string Describe(BenchSettings settings) => settings.Faults == FaultKinds.Worker
@@ -122,8 +122,8 @@ public static class MoveBenchmark
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true,
             outstandingPublisherConfirmationsRateLimiter: new ThrottlingRateLimiter(2000)));
         // As the worker declares a job queue and MassTransit its _error queue (RabbitMq:LazyQueues).
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
-        await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, QueueArguments);
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments(queue));
+        await channel.QueueDeclareAsync(queue + ErrorQueueNames.ErrorSuffix, durable: true, exclusive: false, autoDelete: false, QueueArguments(queue));
         var body = new byte[settings.BodyBytes];
         Random.Shared.NextBytes(body);
         var workerFault = settings.Faults == FaultKinds.Worker ? WorkerFault.Instance : null;

@@ -66,6 +66,18 @@ public sealed class RabbitMqOptions
     public bool QuorumQueues { get; set; }
 
     /// <summary>
+    /// Deliveries a quorum job queue allows one message (<c>x-delivery-limit</c>) before it dead-letters
+    /// it into the queue's <c>_error</c> queue, at least once (<see cref="QuorumJobQueueArguments"/>).
+    /// Retries happen in the consumer or as new publishes, so only returns count: a consumer that stops
+    /// or crashes with the message unacknowledged, and a requeue while the database is away. RabbitMQ
+    /// 4.0 gives quorum queues a limit of 20 and no dead-letter route: a message requeued that often
+    /// during a long database outage was dropped. High, so an outage is waited out; still a bound on
+    /// a message that crashes every worker it reaches.
+    /// </summary>
+    [Range(1, int.MaxValue)]
+    public int QuorumDeliveryLimit { get; set; } = 1000;
+
+    /// <summary>
     /// Declare the classic job queues in lazy mode (<c>x-queue-mode=lazy</c>; MassTransit gives their
     /// <c>_error</c> and <c>_skipped</c> queues the same arguments): the broker keeps their messages
     /// on disk instead of in its memory. On RabbitMQ 3.10/3.11 a classic queue holding thousands of
@@ -91,11 +103,48 @@ public sealed class RabbitMqOptions
     public const string SkippedQueueSuffix = "_skipped";
 
     /// <summary>
-    /// The arguments the worker declares its job queues with; for tools and tests that declare such
-    /// a queue before the worker does (the broker compares the arguments of every declaration).
+    /// The arguments the worker declares job queue <paramref name="queue"/> with; for tools and tests that
+    /// declare such a queue before the worker does (the broker compares the arguments of every declaration).
     /// </summary>
-    public Dictionary<string, object?>? JobQueueArguments() =>
-        QuorumQueues ? new() { ["x-queue-type"] = "quorum" }
+    public Dictionary<string, object?>? JobQueueArguments(string queue) =>
+        QuorumQueues ? QuorumJobQueueArguments(queue)
         : LazyQueues ? new() { [QueueModeArgument] = LazyQueueMode }
         : null;
+
+    /// <summary>
+    /// A quorum job queue: its type and <see cref="QuorumGuardArguments"/>. A message past the delivery
+    /// limit goes to <c>queue_error</c> through the default exchange, dead-lettered at least once (the
+    /// broker keeps it until the <c>_error</c> queue has confirmed it; that strategy needs
+    /// <c>x-overflow=reject-publish</c>, which changes nothing for a queue without a length limit).
+    /// </summary>
+    public Dictionary<string, object?> QuorumJobQueueArguments(string queue)
+    {
+        var arguments = new Dictionary<string, object?>(StringComparer.Ordinal) { [QueueTypeArgument] = "quorum" };
+        foreach (var (name, value) in QuorumGuard(queue))
+        {
+            arguments[name] = value;
+        }
+
+        return arguments;
+    }
+
+    /// <summary>The delivery limit and dead-letter route of quorum job queue <paramref name="queue"/> (<see cref="QuorumDeliveryLimit"/>).</summary>
+    public IEnumerable<KeyValuePair<string, object?>> QuorumGuard(string queue) =>
+    [
+        new(DeliveryLimitArgument, QuorumDeliveryLimit),
+        new("x-dead-letter-exchange", string.Empty),
+        new("x-dead-letter-routing-key", queue + ErrorQueueSuffix),
+        new("x-dead-letter-strategy", "at-least-once"),
+        new("x-overflow", "reject-publish"),
+    ];
+
+    /// <summary>The arguments of <see cref="QuorumGuard"/>: MassTransit copies a job queue's arguments to its <c>_error</c> and <c>_skipped</c> queues, which must not take them.</summary>
+    public static readonly IReadOnlyList<string> QuorumGuardArguments =
+        [DeliveryLimitArgument, "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow"];
+
+    /// <summary>The queue argument that selects a queue's type.</summary>
+    public const string QueueTypeArgument = "x-queue-type";
+
+    /// <summary>A quorum queue's delivery limit.</summary>
+    public const string DeliveryLimitArgument = "x-delivery-limit";
 }

@@ -174,7 +174,7 @@ public sealed class BenchEnvironment : IAsyncDisposable
         await channel.ExchangeDeclareAsync(exchange, "fanout", durable: true, autoDelete: false);
         await channel.ExchangeDeclareAsync(queue, "fanout", durable: true, autoDelete: false);
         await channel.ExchangeBindAsync(queue, exchange, string.Empty);
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueSettings.JobQueueArguments());
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueSettings.JobQueueArguments(queue));
         await channel.QueueBindAsync(queue, queue, string.Empty);
     }
 

@@ -54,8 +54,14 @@ public static class JobEndpointPipeline
             if (rabbitMq.QuorumQueues)
             {
                 rabbit.SetQuorumQueue();
-                // Before anything consumes: what the existing _error and _skipped queues are.
-                context.GetRequiredService<QueueModeProbe>().ProbeOnce();
+                // Before anything consumes: what the existing job, _error and _skipped queues are.
+                if (context.GetRequiredService<QueueModeProbe>().MayGuardQuorum(queue))
+                {
+                    foreach (var (name, value) in rabbitMq.QuorumGuard(queue))
+                    {
+                        rabbit.SetQueueArgument(name, value);
+                    }
+                }
             }
             else if (rabbitMq.LazyQueues)
             {

@@ -25,14 +25,15 @@ namespace Conveyor.Worker.Messaging;
 /// declaration says whether the queue exists (creating nothing), then a declaration with
 /// <c>x-queue-mode=lazy</c> (and <c>x-queue-type=classic</c> for an <c>_error</c> or <c>_skipped</c>
 /// queue) succeeds or is refused; refused for its type, a declaration as a quorum queue tells whether
-/// it is one. Every job queue (but quorum ones) and its <c>_error</c> and <c>_skipped</c> queues are probed together, on one connection, the first time MassTransit
+/// it is one; a quorum job queue is declared with its delivery limit and dead-letter route
+/// (<see cref="RabbitMqOptions.QuorumGuard"/>), and refused, as a plain quorum queue. Every job queue and its <c>_error</c> and <c>_skipped</c> queues are probed together, on one connection, the first time MassTransit
 /// configures an endpoint: that configuration is synchronous, so start-up waits for the probe there,
 /// once, before anything consumes. MassTransit declares the <c>_error</c> and <c>_skipped</c> queues
 /// later, at their first message; <see cref="ConfigureErrorQueue"/> then only reads what was found.
 /// </remarks>
 public sealed partial class QueueModeProbe
 {
-    private const string QueueTypeArgument = "x-queue-type";
+    private const string QueueTypeArgument = RabbitMqOptions.QueueTypeArgument;
     private const string ClassicQueueType = "classic";
     private const string QuorumQueueType = "quorum";
 
@@ -51,6 +52,8 @@ public sealed partial class QueueModeProbe
         [QueueTypeArgument] = ClassicQueueType,
         [RabbitMqOptions.QueueModeArgument] = RabbitMqOptions.LazyQueueMode,
     };
+
+    private static readonly Dictionary<string, object?> ClassicArguments = new() { [QueueTypeArgument] = ClassicQueueType };
 
     private static readonly Dictionary<string, object?> QuorumArguments = new() { [QueueTypeArgument] = QuorumQueueType };
 
@@ -75,18 +78,22 @@ public sealed partial class QueueModeProbe
         /// <summary>A classic queue in the broker's default mode.</summary>
         Default,
 
-        /// <summary>A quorum queue.</summary>
+        /// <summary>A quorum queue (declared without <see cref="RabbitMqOptions.QuorumGuard"/>, when a job queue).</summary>
         Quorum,
+
+        /// <summary>A quorum job queue that takes <see cref="RabbitMqOptions.QuorumJobQueueArguments"/> (it has them already).</summary>
+        QuorumGuarded,
     }
 
     /// <summary>True when <paramref name="queue"/> may be declared with <c>x-queue-mode=lazy</c>.</summary>
     public bool MayDeclareLazy(string queue) => _modes.Value.GetValueOrDefault(queue) != QueueMode.Default;
 
     /// <summary>
-    /// Probes the queues now, if that has not happened yet: for a worker whose job queues are quorum
-    /// queues, which asks <see cref="MayDeclareLazy"/> nothing, before <see cref="ConfigureErrorQueue"/> reads the findings.
+    /// True when quorum job queue <paramref name="queue"/> may be declared with its delivery limit and
+    /// dead-letter route (<see cref="RabbitMqOptions.QuorumGuard"/>): it is new or has them; not one an
+    /// earlier version declared without them, which the broker would refuse to redeclare.
     /// </summary>
-    public void ProbeOnce() => _ = _modes.Value;
+    public bool MayGuardQuorum(string queue) => _modes.Value.GetValueOrDefault(queue) != QueueMode.Quorum;
 
     /// <summary>
     /// For MassTransit's <c>_error</c> and <c>_skipped</c> queues, which copy every argument of their
@@ -100,6 +107,13 @@ public sealed partial class QueueModeProbe
         var found = _modes.IsValueCreated && settings is EntitySettings { ExchangeName: { } queue }
             ? _modes.Value.GetValueOrDefault(queue)
             : QueueMode.Missing;
+        // Copied from a quorum job queue; a classic queue takes none of them, and an _error queue
+        // dead-lettering into itself would be a loop.
+        foreach (var argument in RabbitMqOptions.QuorumGuardArguments)
+        {
+            settings.SetQueueArgument(argument, null);
+        }
+
         if (found == QueueMode.Quorum)
         {
             // Kept as it is (warned at start-up): the broker refuses to redeclare it as another type.
@@ -174,15 +188,25 @@ public sealed partial class QueueModeProbe
         await using var connection = await broker.ConnectAsync("conveyor-worker-queue-probe", cancellationToken);
         foreach (var kind in JobKinds.All)
         {
-            // Quorum job queues take no mode: only their _error and _skipped queues are probed.
-            if (!broker.QuorumQueues)
-            {
-                modes[kind] = await ProbeAsync(connection, broker, kind, LazyArguments, cancellationToken);
-            }
+            // Quorum job queues take no mode, but a delivery limit and a dead-letter route.
+            modes[kind] = broker.QuorumQueues
+                ? await ProbeQuorumAsync(connection, broker, kind, cancellationToken)
+                : await ProbeAsync(connection, broker, kind, LazyArguments, cancellationToken);
 
             foreach (var queue in new[] { kind + RabbitMqOptions.ErrorQueueSuffix, kind + RabbitMqOptions.SkippedQueueSuffix })
             {
                 modes[queue] = await ProbeAsync(connection, broker, queue, ClassicLazyArguments, cancellationToken);
+            }
+
+            var errorQueue = kind + RabbitMqOptions.ErrorQueueSuffix;
+            if (broker.QuorumQueues && modes[errorQueue] == QueueMode.Missing)
+            {
+                // The broker dead-letters into it (the guard's route); MassTransit would declare it only
+                // at the first fault, and until then a message past the limit would wait, unseen, in the
+                // job queue. Declared as ConfigureErrorQueue declares a new one.
+                await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+                await channel.QueueDeclareAsync(errorQueue, durable: true, exclusive: false, autoDelete: false,
+                    broker.LazyQueues ? ClassicLazyArguments : ClassicArguments, cancellationToken: cancellationToken);
             }
         }
     }
@@ -190,17 +214,9 @@ public sealed partial class QueueModeProbe
     private async Task<QueueMode> ProbeAsync(
         IConnection connection, RabbitMqOptions broker, string queue, Dictionary<string, object?> lazy, CancellationToken cancellationToken)
     {
-        // A passive declaration of a missing queue closes its channel, hence a channel of its own.
-        await using (var passive = await connection.CreateChannelAsync(cancellationToken: cancellationToken))
+        if (!await ExistsAsync(connection, queue, cancellationToken))
         {
-            try
-            {
-                await passive.QueueDeclarePassiveAsync(queue, cancellationToken);
-            }
-            catch (OperationInterruptedException exception) when (exception.ShutdownReason is { ReplyCode: 404 })
-            {
-                return QueueMode.Missing;
-            }
+            return QueueMode.Missing;
         }
 
         await using (var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken))
@@ -230,6 +246,54 @@ public sealed partial class QueueModeProbe
         LogKeptQuorum(_logger, queue, broker.VirtualHost);
         return QueueMode.Quorum;
     }
+
+    /// <summary>A quorum job queue: new, declared with its guard already, or declared without it by an earlier version (kept, with a warning).</summary>
+    private async Task<QueueMode> ProbeQuorumAsync(IConnection connection, RabbitMqOptions broker, string queue, CancellationToken cancellationToken)
+    {
+        if (!await ExistsAsync(connection, queue, cancellationToken))
+        {
+            return QueueMode.Missing;
+        }
+
+        await using (var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken))
+        {
+            try
+            {
+                await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, broker.QuorumJobQueueArguments(queue), cancellationToken: cancellationToken);
+                return QueueMode.QuorumGuarded;
+            }
+            catch (OperationInterruptedException exception) when (exception.ShutdownReason is { ReplyCode: 406 })
+            {
+                // Other arguments (or another type, which MassTransit's own declaration will report).
+            }
+        }
+
+        await using var plain = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        await plain.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QuorumArguments, cancellationToken: cancellationToken);
+        LogKeptUnguardedQuorum(_logger, queue, broker.VirtualHost, broker.QuorumDeliveryLimit);
+        return QueueMode.Quorum;
+    }
+
+    private static async Task<bool> ExistsAsync(IConnection connection, string queue, CancellationToken cancellationToken)
+    {
+        // A passive declaration of a missing queue closes its channel, hence a channel of its own.
+        await using var passive = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        try
+        {
+            await passive.QueueDeclarePassiveAsync(queue, cancellationToken);
+            return true;
+        }
+        catch (OperationInterruptedException exception) when (exception.ShutdownReason is { ReplyCode: 404 })
+        {
+            return false;
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Quorum queue {Queue} in vhost {VirtualHost} was declared without a delivery limit and dead-letter route; it is declared as it is. " +
+        "On RabbitMQ 4.0 and later it drops a message delivered 20 times (each requeue while the database is away counts). To guard it: apply a policy with " +
+        "delivery-limit={DeliveryLimit}, dead-letter-exchange=\"\", dead-letter-routing-key={Queue}_error, dead-letter-strategy=at-least-once and overflow=reject-publish, " +
+        "or drain and delete it so that the worker declares it anew.")]
+    private static partial void LogKeptUnguardedQuorum(ILogger logger, string queue, string virtualHost, int deliveryLimit);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Queue {Queue} in vhost {VirtualHost} exists in the broker's default mode, not lazy; it is declared as it is. " +
         "To make it lazy (ADR 0005): apply a policy with queue-mode=lazy to it, or drain and delete it so that the worker declares it anew; RabbitMq__LazyQueues=false silences this.")]

@@ -104,7 +104,7 @@ public sealed class JobsByTimePlanTests(ConveyorFixture fixture) : ScratchDataba
         await using (var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true)))
         {
-            await channel.QueueDeclareAsync(JobKinds.DeliverWebhook, durable: true, exclusive: false, autoDelete: false, new RabbitMqOptions().JobQueueArguments());
+            await channel.QueueDeclareAsync(JobKinds.DeliverWebhook, durable: true, exclusive: false, autoDelete: false, new RabbitMqOptions().JobQueueArguments(JobKinds.DeliverWebhook));
             await channel.BasicPublishAsync(string.Empty, JobKinds.DeliverWebhook, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
         }
 

@@ -334,7 +334,7 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     /// </summary>
     private async Task HoldAMessageInAsync(string queue)
     {
-        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, new RabbitMqOptions().JobQueueArguments());
+        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, new RabbitMqOptions().JobQueueArguments(queue));
         await _channel.BasicPublishAsync(string.Empty, queue, mandatory: true, new BasicProperties { Persistent = true }, "{}"u8.ToArray());
     }
 

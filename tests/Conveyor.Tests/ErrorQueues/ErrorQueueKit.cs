@@ -129,7 +129,7 @@ public sealed class TestBroker : IAsyncDisposable
         _channel = channel;
     }
 
-    private static readonly Dictionary<string, object?>? QueueArguments = new RabbitMqOptions().JobQueueArguments();
+    private static Dictionary<string, object?>? QueueArguments(string queue) => new RabbitMqOptions().JobQueueArguments(queue);
 
     public static async Task<TestBroker> ConnectAsync(ConveyorFixture fixture)
     {
@@ -141,14 +141,14 @@ public sealed class TestBroker : IAsyncDisposable
         // gives the _error queue the job queue's arguments).
         foreach (var queue in new[] { ErrorQueueKit.ChargeQueue, ErrorQueueKit.ChargeErrors })
         {
-            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
+            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments(queue));
         }
 
         return broker;
     }
 
     public async Task DeclareAsync(string queue) =>
-        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments);
+        await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments(queue));
 
     /// <summary>A charge that failed in <c>charge-payment</c>, as MassTransit dead-letters it.</summary>
     /// <param name="messageId">The AMQP message_id, as another client may set it; by default the envelope's id.</param>

@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// </summary>
 public static class BrokerQueues
 {
-    private static readonly Dictionary<string, object?>? JobQueueArguments = new RabbitMqOptions().JobQueueArguments();
+    private static Dictionary<string, object?>? JobQueueArguments(string queue) => new RabbitMqOptions().JobQueueArguments(queue);
 
     /// <summary>Messages ready in <paramref name="queue"/> now; throws when the queue does not exist.</summary>
     public static async Task<uint> ReadyAsync(this ConveyorFixture fixture, string queue, string? virtualHost = null) =>
@@ -33,7 +33,7 @@ public static class BrokerQueues
     {
         await using var connection = await fixture.AmqpFactory(virtualHost).CreateConnectionAsync("conveyor-tests-declare");
         await using var channel = await connection.CreateChannelAsync();
-        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, JobQueueArguments);
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, JobQueueArguments(queue));
     }
 
     /// <summary>

@@ -59,6 +59,20 @@ public sealed class RabbitManagement : IDisposable
         return (argument, effective);
     }
 
+    /// <summary>The queue's argument <paramref name="name"/> as text; null when the queue or the argument does not exist.</summary>
+    public async Task<string?> QueueArgumentAsync(string vhost, string queue, string name)
+    {
+        using var response = await _http.GetAsync($"queues/{Uri.EscapeDataString(vhost)}/{Uri.EscapeDataString(queue)}");
+        if (!response.IsSuccessStatusCode)
+        {
+            return null;
+        }
+
+        var info = await response.Content.ReadFromJsonAsync<JsonElement>();
+        return info.TryGetProperty("arguments", out var arguments) && arguments.ValueKind == JsonValueKind.Object
+            && arguments.TryGetProperty(name, out var value) ? value.ToString() : null;
+    }
+
     /// <summary>"classic", "quorum" or "stream"; null when the queue does not exist.</summary>
     public async Task<string?> QueueTypeAsync(string vhost, string queue)
     {

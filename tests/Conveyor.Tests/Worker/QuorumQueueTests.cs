@@ -1,4 +1,6 @@
 using Conveyor.Tests.Infrastructure;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
 
 namespace Conveyor.Tests.Worker;
 
@@ -79,5 +81,66 @@ public sealed class QuorumQueueTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal("quorum", await fixture.Rabbit.QueueTypeAsync(vhost.Name, "charge-payment_error"));
         // A new one is classic all the same.
         Assert.Equal("classic", await fixture.Rabbit.QueueTypeAsync(vhost.Name, "deliver-webhook_error"));
+    }
+
+    [Fact]
+    public async Task A_message_returned_past_the_delivery_limit_is_dead_lettered_into_the_error_queue_not_dropped()
+    {
+        // RabbitMQ 4.0 gives quorum queues a delivery limit of 20 and no dead-letter route: a message
+        // a worker requeues while the database is away, or holds when it stops, was dropped after that.
+        await using var vhost = await fixture.ScratchVhostAsync("quorum-limit");
+        await using (await fixture.StartWorkerAsync(vhost.WorkerSettingsWith(("RabbitMq:QuorumQueues", "true"), ("RabbitMq:QuorumDeliveryLimit", "2"))))
+        {
+            // The worker declares the queues; it is gone before the message comes.
+        }
+
+        Assert.Equal(0, (await fixture.Rabbit.QueueAsync(vhost.Name, "charge-payment_error"))?.Messages ?? 0);
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture, vhost.Name);
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, new { paymentId = Guid.NewGuid(), accountId = "acct-limit", amountMinor = 100, currency = "EUR" });
+
+        // A consumer that returns every delivery, as a worker does while the database is away.
+        await using var connection = await fixture.AmqpFactory(vhost.Name).CreateConnectionAsync("conveyor-tests-returns");
+        await using var channel = await connection.CreateChannelAsync();
+        var deliveries = 0;
+        var consumer = new AsyncEventingBasicConsumer(channel);
+        consumer.ReceivedAsync += async (_, delivery) =>
+        {
+            Interlocked.Increment(ref deliveries);
+            await channel.BasicNackAsync(delivery.DeliveryTag, multiple: false, requeue: true);
+        };
+        await channel.BasicConsumeAsync("charge-payment", autoAck: false, consumer);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost.Name, "charge-payment_error"))?.Messages);
+            Assert.Equal(0, (await fixture.Rabbit.QueueAsync(vhost.Name, "charge-payment"))?.Messages);
+        }, TimeSpan.FromSeconds(30));
+        Assert.InRange(Volatile.Read(ref deliveries), 2, 3);
+    }
+
+    [Fact]
+    public async Task A_quorum_job_queue_declared_without_the_limit_is_kept_as_it_is_and_consumed()
+    {
+        // As versions before the limit declared it: the broker refuses to redeclare it with other
+        // arguments, which would keep the worker from consuming at all.
+        await using var vhost = await fixture.ScratchVhostAsync("quorum-unguarded");
+        await using (var connection = await fixture.AmqpFactory(vhost.Name).CreateConnectionAsync("conveyor-tests-unguarded"))
+        await using (var channel = await connection.CreateChannelAsync())
+        {
+            await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false,
+                new Dictionary<string, object?> { ["x-queue-type"] = "quorum" });
+        }
+
+        await using var worker = await fixture.StartWorkerAsync(vhost.WorkerSettingsWith(("RabbitMq:QuorumQueues", "true")));
+
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost.Name, "charge-payment"))?.Consumers);
+            // The others, new, are declared with it.
+            Assert.Equal(1, (await fixture.Rabbit.QueueAsync(vhost.Name, "deliver-webhook"))?.Consumers);
+        }, TimeSpan.FromSeconds(30));
+        Assert.Null(await fixture.Rabbit.QueueArgumentAsync(vhost.Name, "charge-payment", "x-delivery-limit"));
+        Assert.Equal("1000", await fixture.Rabbit.QueueArgumentAsync(vhost.Name, "deliver-webhook", "x-delivery-limit"));
+        Assert.Equal("deliver-webhook_error", await fixture.Rabbit.QueueArgumentAsync(vhost.Name, "deliver-webhook", "x-dead-letter-routing-key"));
     }
 }
