@@ -76,8 +76,9 @@ internal sealed class JobSubmitter(
         if (request.RunAtOutsideWindow)
         {
             // A repeat of a request accepted while its time was ahead (its answer lost, say) gets its job
-            // as any repeat does; a new job is never made with a time it cannot have.
-            return await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken)
+            // as any repeat does (a job still publishing secured first); a new job is never made with a
+            // time it cannot have.
+            return await AnswerRepeatAsync(request, idempotencyKey, requestHash, now, cancellationToken)
                 ?? new SubmitResult(SubmitStatus.RunAtOutsideWindow);
         }
 
@@ -119,25 +120,8 @@ internal sealed class JobSubmitter(
         {
             // The job that holds the key was committed; none found means its publish failed since and
             // its row was removed again, so the client retries.
-            var existing = await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken);
-            if (existing is { Status: SubmitStatus.Duplicate, Job: { Status: JobStatus.Queued } recent }
-                && now - recent.CreatedAt <= PublishBudget)
-            {
-                return await SecureRecentAsync(recent, request, requestHash, cancellationToken);
-            }
-
-            if (existing is { Status: SubmitStatus.Duplicate, Job: { } found } && MayBeUnpublished(found, request, requestHash, now))
-            {
-                if (!await TryPublishAsync(request, found.Id, cancellationToken))
-                {
-                    return new SubmitResult(SubmitStatus.PublishFailed);
-                }
-
-                JobsLog.JobRepublished(logger, found.Id, found.Kind, found.BusinessKey, now - found.UpdatedAt);
-                await TouchQueuedAsync(found.Id, cancellationToken);
-            }
-
-            return existing ?? new SubmitResult(SubmitStatus.InFlight);
+            return await AnswerRepeatAsync(request, idempotencyKey, requestHash, now, cancellationToken)
+                ?? new SubmitResult(SubmitStatus.InFlight);
         }
 
         if (request.RunAt is { } scheduledFor)
@@ -182,6 +166,36 @@ internal sealed class JobSubmitter(
             $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAtMilliseconds})", cancellationToken);
         await transaction.CommitAsync(cancellationToken);
         return true;
+    }
+
+    /// <summary>
+    /// The answer to a submission whose job exists (same Idempotency-Key and body, or same business
+    /// id), or null when none does: a job that may still be publishing is secured first
+    /// (<see cref="SecureRecentAsync"/>), one that may never have been published is published again
+    /// (<see cref="MayBeUnpublished"/>).
+    /// </summary>
+    private async Task<SubmitResult?> AnswerRepeatAsync(
+        JobRequest request, string? idempotencyKey, string requestHash, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var existing = await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken);
+        if (existing is { Status: SubmitStatus.Duplicate, Job: { Status: JobStatus.Queued } recent }
+            && now - recent.CreatedAt <= PublishBudget)
+        {
+            return await SecureRecentAsync(recent, request, requestHash, cancellationToken);
+        }
+
+        if (existing is { Status: SubmitStatus.Duplicate, Job: { } found } && MayBeUnpublished(found, request, requestHash, now))
+        {
+            if (!await TryPublishAsync(request, found.Id, cancellationToken))
+            {
+                return new SubmitResult(SubmitStatus.PublishFailed);
+            }
+
+            JobsLog.JobRepublished(logger, found.Id, found.Kind, found.BusinessKey, now - found.UpdatedAt);
+            await TouchQueuedAsync(found.Id, cancellationToken);
+        }
+
+        return existing;
     }
 
     /// <summary>

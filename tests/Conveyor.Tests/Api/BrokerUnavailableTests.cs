@@ -95,6 +95,34 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
     }
 
     [Fact]
+    public async Task A_repeat_with_a_past_runAt_while_the_first_request_publishes_is_not_accepted_for_a_job_that_then_vanishes()
+    {
+        // The same payment with a runAt already past: only a repeat of an accepted job may name it, and
+        // it gets that job, which here may still lose its row when its publish fails.
+        var paymentId = Guid.NewGuid();
+        var businessKey = paymentId.ToString("D");
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var first = _api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True(await db.Jobs.AnyAsync(j => j.BusinessKey == businessKey, deadline.Token), "the first request's job row");
+        }, TimeSpan.FromSeconds(10));
+
+        using var repeat = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, DateTimeOffset.UtcNow.AddMinutes(-1)), "second-key", deadline.Token);
+        using var firstResponse = await first;
+
+        // Before: 202 for the job at once, and the first request then removed its row.
+        await repeat.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        await firstResponse.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(JobStatus.Queued, (await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessKey, deadline.Token)).Status);
+        }
+    }
+
+    [Fact]
     public async Task A_repeat_with_another_command_while_the_first_request_publishes_is_refused_and_keeps_nothing_alive()
     {
         var paymentId = Guid.NewGuid();
