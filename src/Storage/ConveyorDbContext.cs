@@ -77,7 +77,7 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             ledger.HasKey(l => l.PaymentId);
             ledger.Property(l => l.AccountId).HasMaxLength(100);
             ledger.Property(l => l.Currency).HasMaxLength(3).IsFixedLength();
-            ledger.Property(l => l.GatewayChargeId).HasMaxLength(100);
+            ledger.Property(l => l.GatewayChargeId).HasMaxLength(LedgerEntry.MaxGatewayChargeIdLength);
             // A report of one account pages through this index in (currency, payment_id) order: one
             // range per page, whatever the statistics (ADR 0010); with only (account_id, currency) each
             // page sorted the account's remaining rows or walked the whole ledger.

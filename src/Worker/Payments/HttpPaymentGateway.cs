@@ -1,4 +1,5 @@
 using System.Net.Http.Headers;
+using Conveyor.Storage.Payments;
 using Conveyor.Worker.Failures;
 
 namespace Conveyor.Worker.Payments;
@@ -38,9 +39,21 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
             // Read with ResponseContentRead: the body is already buffered, within HttpClient.Timeout.
             await HttpFailures.EnsureSuccessAsync(response, "The payment gateway", http.Timeout, cancellationToken);
             var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
-            return string.IsNullOrEmpty(body?.Id)
-                ? throw new TransientFailureException("The payment gateway answered without a charge id")
-                : new ChargeResult(body.Id);
+            if (string.IsNullOrEmpty(body?.Id))
+            {
+                throw new TransientFailureException("The payment gateway answered without a charge id");
+            }
+
+            // The charge is made, but an id the ledger cannot hold as it is would be recorded cut short
+            // (or not at all): the job is dead-lettered saying so, and the gateway answers a move back
+            // with the same charge and the same id.
+            if (body.Id.Length > LedgerEntry.MaxGatewayChargeIdLength || body.Id.Any(char.IsControl))
+            {
+                throw new PermanentFailureException(
+                    $"The payment gateway answered a charge id the ledger cannot record ({body.Id.Length} characters{(body.Id.Any(char.IsControl) ? ", control characters among them" : "")}; at most {LedgerEntry.MaxGatewayChargeIdLength}, printable)");
+            }
+
+            return new ChargeResult(body.Id);
         }
     }
 

@@ -60,6 +60,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     /// </summary>
     public int SuccessfulRequestsFor(string idempotencyKey) => _successes.GetValueOrDefault(idempotencyKey);
 
+    /// <summary>The id a new charge gets; by default <c>ch_</c> and 32 hexadecimal digits.</summary>
+    public Func<string> NewChargeId { get; set; } = () => $"ch_{Guid.NewGuid():N}";
+
     /// <summary>The next <paramref name="count"/> requests fail with <paramref name="status"/>.</summary>
     public void FailNext(int count, HttpStatusCode status)
     {
@@ -110,7 +113,7 @@ public sealed class FakePaymentGateway : IAsyncDisposable
 
         using var body = await JsonDocument.ParseAsync(context.Request.Body);
         var charge = _charges.GetOrAdd(key, k => new Charge(
-            $"ch_{Guid.NewGuid():N}",
+            NewChargeId(),
             k,
             body.RootElement.GetProperty("accountId").GetString()!,
             body.RootElement.GetProperty("amountMinor").GetInt64(),
