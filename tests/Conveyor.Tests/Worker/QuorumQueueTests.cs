@@ -60,12 +60,7 @@ public sealed class QuorumQueueTests(ConveyorFixture fixture) : IAsyncLifetime
         // As an earlier version declared it (a copy of its quorum job queue's arguments): RabbitMQ
         // refuses to redeclare it as a classic queue, which would stop dead-lettering altogether.
         await using var vhost = await fixture.ScratchVhostAsync("quorum-existing");
-        await using (var connection = await fixture.AmqpFactory(vhost.Name).CreateConnectionAsync("conveyor-tests-existing-quorum"))
-        await using (var channel = await connection.CreateChannelAsync())
-        {
-            await channel.QueueDeclareAsync("charge-payment_error", durable: true, exclusive: false, autoDelete: false,
-                new Dictionary<string, object?> { ["x-queue-type"] = "quorum" });
-        }
+        await DeclarePlainQuorumAsync(vhost.Name, "charge-payment_error");
 
         await using var worker = await fixture.StartWorkerAsync(vhost.WorkerSettingsWith(("RabbitMq:QuorumQueues", "true")));
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture, vhost.Name);
@@ -124,12 +119,7 @@ public sealed class QuorumQueueTests(ConveyorFixture fixture) : IAsyncLifetime
         // As versions before the limit declared it: the broker refuses to redeclare it with other
         // arguments, which would keep the worker from consuming at all.
         await using var vhost = await fixture.ScratchVhostAsync("quorum-unguarded");
-        await using (var connection = await fixture.AmqpFactory(vhost.Name).CreateConnectionAsync("conveyor-tests-unguarded"))
-        await using (var channel = await connection.CreateChannelAsync())
-        {
-            await channel.QueueDeclareAsync("charge-payment", durable: true, exclusive: false, autoDelete: false,
-                new Dictionary<string, object?> { ["x-queue-type"] = "quorum" });
-        }
+        await DeclarePlainQuorumAsync(vhost.Name, "charge-payment");
 
         await using var worker = await fixture.StartWorkerAsync(vhost.WorkerSettingsWith(("RabbitMq:QuorumQueues", "true")));
 
@@ -142,5 +132,14 @@ public sealed class QuorumQueueTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Null(await fixture.Rabbit.QueueArgumentAsync(vhost.Name, "charge-payment", "x-delivery-limit"));
         Assert.Equal("1000", await fixture.Rabbit.QueueArgumentAsync(vhost.Name, "deliver-webhook", "x-delivery-limit"));
         Assert.Equal("deliver-webhook_error", await fixture.Rabbit.QueueArgumentAsync(vhost.Name, "deliver-webhook", "x-dead-letter-routing-key"));
+    }
+
+    /// <summary>A quorum queue with no other argument, as earlier versions declared some.</summary>
+    private async Task DeclarePlainQuorumAsync(string vhost, string queue)
+    {
+        await using var connection = await fixture.AmqpFactory(vhost).CreateConnectionAsync("conveyor-tests-existing-quorum");
+        await using var channel = await connection.CreateChannelAsync();
+        await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false,
+            new Dictionary<string, object?> { ["x-queue-type"] = "quorum" });
     }
 }
