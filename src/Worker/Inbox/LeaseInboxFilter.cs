@@ -193,7 +193,7 @@ public sealed partial class LeaseInboxFilter<T>(
             throw InboxConflicts.Found(logger, consumerId, key, context.MessageId, row.PayloadHash, fingerprint);
         }
 
-        if (row is null || row.Status == InboxStatus.Done)
+        if (row is { Status: InboxStatus.Done })
         {
             LogDuplicate(consumerId, key);
             JobMetrics.DuplicateSkipped(consumerId);
@@ -201,9 +201,13 @@ public sealed partial class LeaseInboxFilter<T>(
             return;
         }
 
-        // Another worker is running it now. Come back when its lease would lapse, not sooner.
+        // Another worker is running it now: come back when its lease would lapse, not sooner. Or the
+        // row is gone since the claim was refused (its run failed and let go of it to be claimed again,
+        // or a command of other content took the lease and let go of it as a conflict): nobody holds
+        // the job and nobody finished it, so this message is no duplicate; it comes back in a moment and
+        // claims it (a missing row is always claimed).
         var deferrals = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Deferrals) + 1;
-        var left = TimeSpan.FromSeconds(Math.Max(0, row.SecondsLeft ?? 0));
+        var left = TimeSpan.FromSeconds(Math.Max(0, row?.SecondsLeft ?? 0));
         var dueAt = time.GetUtcNow() + left + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
         var headers = new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture) };
         await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,

@@ -267,6 +267,54 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.False(await check.Reports.AnyAsync());
     }
 
+    [Fact]
+    public async Task A_copy_whose_claim_meets_a_lease_let_go_of_before_it_looks_again_is_deferred_and_runs_the_job()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 50);
+        var key = report.ReportId.ToString();
+        // Another worker holds the job's lease, and lets go of it (its run failed, or met a command of
+        // other content) just after this worker's claim was refused: the trigger deletes that lease at
+        // the end of the refused claim's statement, before the copy looks at the row again.
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                INSERT INTO inbox (consumer_id, message_key, received_at, status, lease_owner, lease_expires_at)
+                VALUES ('generate-report', {key}, now(), {InboxStatus.Processing}, 'other-worker', now() + interval '10 minutes')
+                """));
+        }
+
+        await using var letGo = await TestTrigger.CreateAsync(fixture, "lease_test_let_go", "inbox", $"""
+            CREATE SEQUENCE lease_test_let_go;
+            CREATE FUNCTION lease_test_let_go() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF EXISTS (SELECT 1 FROM inbox WHERE message_key = '{key}' AND lease_owner = 'other-worker') THEN
+                PERFORM nextval('lease_test_let_go');
+                DELETE FROM inbox WHERE message_key = '{key}' AND lease_owner = 'other-worker';
+              END IF;
+              RETURN NULL;
+            END $$;
+            CREATE TRIGGER lease_test_let_go AFTER INSERT ON inbox FOR EACH STATEMENT EXECUTE FUNCTION lease_test_let_go();
+            """);
+        using var skipped = InboxCounter.Duplicates(Queue);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(report);
+
+        // Nobody holds the job and nobody finished it: not a duplicate. Before, the copy was settled as
+        // one, and the job never ran.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        Assert.Equal(1, await letGo.FiredAsync());
+        Assert.Equal(0, skipped.Count);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+    }
+
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
     private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
         ("Reports:PageDelayMilliseconds", "250"),
