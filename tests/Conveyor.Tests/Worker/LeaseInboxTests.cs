@@ -56,11 +56,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await publisher.PublishAsync(report);
 
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
-        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        await WaitUntilSucceededAsync(key);
         Assert.True(await fault.FiredAsync() > 1, "the job row's first write did not fail");
         await using var check = fixture.CreateDbContext();
         // The in-memory retry ran it: no copy was deferred, and the start that failed counted nothing.
@@ -304,11 +300,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
 
         // Nobody holds the job and nobody finished it: not a duplicate. Before, the copy was settled as
         // one, and the job never ran.
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
-        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        await WaitUntilSucceededAsync(key);
         Assert.Equal(1, await letGo.FiredAsync());
         Assert.Equal(0, skipped.Count);
         await using var check = fixture.CreateDbContext();
@@ -339,6 +331,13 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         }));
         await db.SaveChangesAsync();
     }
+
+    private async Task WaitUntilSucceededAsync(string key) =>
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
 
     private async Task WaitUntilRunningAsync(string key) =>
         await Eventually.AssertAsync(async () =>
