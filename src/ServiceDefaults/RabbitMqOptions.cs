@@ -117,16 +117,8 @@ public sealed class RabbitMqOptions
     /// broker keeps it until the <c>_error</c> queue has confirmed it; that strategy needs
     /// <c>x-overflow=reject-publish</c>, which changes nothing for a queue without a length limit).
     /// </summary>
-    public Dictionary<string, object?> QuorumJobQueueArguments(string queue)
-    {
-        var arguments = new Dictionary<string, object?>(StringComparer.Ordinal) { [QueueTypeArgument] = "quorum" };
-        foreach (var (name, value) in QuorumGuard(queue))
-        {
-            arguments[name] = value;
-        }
-
-        return arguments;
-    }
+    public Dictionary<string, object?> QuorumJobQueueArguments(string queue) =>
+        new(QuorumGuard(queue), StringComparer.Ordinal) { [QueueTypeArgument] = "quorum" };
 
     /// <summary>The delivery limit and dead-letter route of quorum job queue <paramref name="queue"/> (<see cref="QuorumDeliveryLimit"/>).</summary>
     public IEnumerable<KeyValuePair<string, object?>> QuorumGuard(string queue) =>
@@ -139,8 +131,7 @@ public sealed class RabbitMqOptions
     ];
 
     /// <summary>The arguments of <see cref="QuorumGuard"/>: MassTransit copies a job queue's arguments to its <c>_error</c> and <c>_skipped</c> queues, which must not take them.</summary>
-    public static readonly IReadOnlyList<string> QuorumGuardArguments =
-        [DeliveryLimitArgument, "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow"];
+    public static readonly IReadOnlyList<string> QuorumGuardArguments = [.. new RabbitMqOptions().QuorumGuard(string.Empty).Select(argument => argument.Key)];
 
     /// <summary>The queue argument that selects a queue's type.</summary>
     public const string QueueTypeArgument = "x-queue-type";

@@ -47,10 +47,11 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
             // The charge is made, but an id the ledger cannot hold as it is would be recorded cut short
             // (or not at all): the job is dead-lettered saying so, and the gateway answers a move back
             // with the same charge and the same id.
-            if (body.Id.Length > LedgerEntry.MaxGatewayChargeIdLength || body.Id.Any(char.IsControl))
+            var controlCharacters = body.Id.Any(char.IsControl);
+            if (body.Id.Length > LedgerEntry.MaxGatewayChargeIdLength || controlCharacters)
             {
                 throw new PermanentFailureException(
-                    $"The payment gateway answered a charge id the ledger cannot record ({body.Id.Length} characters{(body.Id.Any(char.IsControl) ? ", control characters among them" : "")}; at most {LedgerEntry.MaxGatewayChargeIdLength}, printable)");
+                    $"The payment gateway answered a charge id the ledger cannot record ({body.Id.Length} characters{(controlCharacters ? ", control characters among them" : "")}; at most {LedgerEntry.MaxGatewayChargeIdLength}, printable)");
             }
 
             return new ChargeResult(body.Id);
