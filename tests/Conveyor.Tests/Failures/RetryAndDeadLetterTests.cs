@@ -27,7 +27,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
 
         await publisher.PublishAsync(payment);
 
-        var job = await WaitForJobAsync(payment.PaymentId, JobStatus.Succeeded);
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, JobStatus.Succeeded);
         Assert.Equal(3, job.Attempts);
         Assert.Null(job.LastError);
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
@@ -53,7 +53,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
 
         await publisher.PublishAsync(webhook);
 
-        var job = await WaitForJobAsync(webhook.WebhookId, JobStatus.DeadLettered);
+        var job = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.DeadLettered);
         Assert.Equal(1, job.Attempts);
         Assert.Contains("400", job.LastError, StringComparison.Ordinal);
         Assert.Single(receiver.Deliveries);
@@ -99,7 +99,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
             Assert.NotNull(waiting.NextAttemptAt);
             Assert.Contains("502", waiting.LastError, StringComparison.Ordinal);
         });
-        var job = await WaitForJobAsync(payment.PaymentId, JobStatus.DeadLettered);
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, JobStatus.DeadLettered);
         Assert.Equal(3, job.Attempts);
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
 
@@ -172,18 +172,6 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.All(sent, p => Assert.Equal(1, gateway.SuccessfulRequestsFor(p.PaymentId.ToString())));
     }
 
-    private async Task<Job> WaitForJobAsync(Guid businessId, string status)
-    {
-        Job? job = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessId.ToString());
-            Assert.Equal(status, job.Status);
-        });
-        return job!;
-    }
-
     [Fact]
     public async Task A_transient_failure_of_a_message_with_odd_headers_is_still_stored_for_its_redelivery()
     {
@@ -211,7 +199,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
             messageId.ToString(),
             new Dictionary<string, string> { ["X-Trace-Note"] = "before\0after" });
 
-        var job = await WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
+        var job = await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
         Assert.Equal(1, job.Attempts);
         await using var check = fixture.CreateDbContext();
         var stored = await check.ScheduledMessages.SingleAsync();

@@ -46,7 +46,7 @@ public sealed class SpoofedRedeliveryHeadersTests(ConveyorFixture fixture) : IAs
 
         await PublishChargeAsync(producer, paymentId, "EUR", new() { [Attempt] = claimed, [FirstFailureAt] = LongAgo });
 
-        var job = await WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
+        var job = await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
         Assert.Equal(1, job.Attempts);
         await using var db = fixture.CreateDbContext();
         var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync();
@@ -69,7 +69,7 @@ public sealed class SpoofedRedeliveryHeadersTests(ConveyorFixture fixture) : IAs
         // An unknown currency: permanent, straight to _error.
         await PublishChargeAsync(producer, paymentId, "XXX", new() { [Attempt] = "3", [FirstFailureAt] = LongAgo });
 
-        await WaitForJobAsync(paymentId, JobStatus.DeadLettered);
+        await fixture.WaitForJobAsync(paymentId, JobStatus.DeadLettered);
         RawAmqpProducer.TakenMessage? dead = null;
         await Eventually.AssertAsync(async () => dead = Assert.Single(await producer.TakeAllAsync("charge-payment_error")));
         Assert.Equal("0", dead!.Header(Attempt));
@@ -87,7 +87,7 @@ public sealed class SpoofedRedeliveryHeadersTests(ConveyorFixture fixture) : IAs
         var (first, second) = (Guid.NewGuid(), Guid.NewGuid());
 
         await PublishChargeAsync(producer, first, "EUR", []);
-        await WaitForJobAsync(first, JobStatus.RetryScheduled);
+        await fixture.WaitForJobAsync(first, JobStatus.RetryScheduled);
         Dictionary<string, string> sealedHeaders;
         await using (var db = fixture.CreateDbContext())
         {
@@ -100,7 +100,7 @@ public sealed class SpoofedRedeliveryHeadersTests(ConveyorFixture fixture) : IAs
         var copied = sealedHeaders.Where(h => h.Key.StartsWith("Conveyor-", StringComparison.Ordinal)).ToDictionary();
         await PublishChargeAsync(producer, second, "EUR", copied);
 
-        await WaitForJobAsync(second, JobStatus.RetryScheduled);
+        await fixture.WaitForJobAsync(second, JobStatus.RetryScheduled);
         await using var check = fixture.CreateDbContext();
         var stored = await check.ScheduledMessages.AsNoTracking().ToListAsync();
         Assert.Equal([1, 1], stored.Select(s => s.Attempt));
@@ -117,16 +117,4 @@ public sealed class SpoofedRedeliveryHeadersTests(ConveyorFixture fixture) : IAs
     private static Task PublishChargeAsync(RawAmqpProducer producer, Guid paymentId, string currency, Dictionary<string, string> headers) =>
         producer.PublishEnvelopeAsync(
             Exchange, MessageUrn, new { paymentId, accountId = "acct-spoof", amountMinor = 700, currency }, headers: headers);
-
-    private async Task<Job> WaitForJobAsync(Guid businessId, string status)
-    {
-        Job? job = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessId.ToString());
-            Assert.Equal(status, job.Status);
-        });
-        return job!;
-    }
 }

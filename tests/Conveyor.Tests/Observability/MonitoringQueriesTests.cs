@@ -43,10 +43,10 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         // A transient failure, redelivered, then a success; a permanent failure; a duplicate; a conflict (ADR 0011).
         gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
         var retried = await SubmitAsync(api);
-        await WaitForJobAsync(retried, JobStatus.Succeeded);
+        await fixture.WaitForJobAsync(retried, JobStatus.Succeeded);
         gateway.FailNext(1, HttpStatusCode.BadRequest);
         var refused = await SubmitAsync(api);
-        await WaitForJobAsync(refused, JobStatus.DeadLettered);
+        await fixture.WaitForJobAsync(refused, JobStatus.DeadLettered);
         await using (var publisher = await TestPublisher.StartAsync(fixture))
         {
             await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 500, Currency = "EUR" });
@@ -80,7 +80,7 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             await db.SaveChangesAsync();
         }
 
-        await WaitForJobAsync(stranded, JobStatus.Succeeded);
+        await fixture.WaitForJobAsync(stranded, JobStatus.Succeeded);
 
         await Eventually.AssertAsync(async () =>
         {
@@ -117,13 +117,6 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         return paymentId;
     }
-
-    private async Task WaitForJobAsync(Guid paymentId, string status) =>
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.Equal(status, await db.Jobs.AsNoTracking().Where(j => j.BusinessKey == paymentId.ToString()).Select(j => j.Status).SingleOrDefaultAsync());
-        });
 
     [GeneratedRegex("conveyor_[a-z0-9_]+")]
     private static partial Regex MetricName();

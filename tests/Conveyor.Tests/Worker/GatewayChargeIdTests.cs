@@ -33,13 +33,7 @@ public sealed class GatewayChargeIdTests(ConveyorFixture fixture) : IAsyncLifeti
 
         await publisher.PublishAsync(payment);
 
-        Job? job = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == payment.PaymentId.ToString());
-            Assert.Equal(fits ? JobStatus.Succeeded : JobStatus.DeadLettered, job.Status);
-        });
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, fits ? JobStatus.Succeeded : JobStatus.DeadLettered);
         await using var check = fixture.CreateDbContext();
         var ledger = await check.Ledger.AsNoTracking().SingleOrDefaultAsync(l => l.PaymentId == payment.PaymentId);
         if (fits)
@@ -49,7 +43,7 @@ public sealed class GatewayChargeIdTests(ConveyorFixture fixture) : IAsyncLifeti
         else
         {
             Assert.Null(ledger);
-            Assert.Contains("charge id the ledger cannot record", job!.LastError, StringComparison.Ordinal);
+            Assert.Contains("charge id the ledger cannot record", job.LastError, StringComparison.Ordinal);
         }
     }
 }

@@ -43,7 +43,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var key = payment.PaymentId.ToString();
 
         await publisher.PublishAsync(payment, Guid.NewGuid());
-        var job = await WaitForJobAsync(key, JobStatus.Succeeded);
+        var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await publisher.PublishAsync(payment with { AmountMinor = 9_999 }, Guid.NewGuid());
 
         var dead = await SingleDeadLetteredAsync(Queue + "_error");
@@ -143,7 +143,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var key = report.ReportId.ToString();
 
         await publisher.PublishAsync(report, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await publisher.PublishAsync(report with { Currency = "USD" }, Guid.NewGuid());
 
         var dead = await SingleDeadLetteredAsync(ReportQueue + "_error");
@@ -170,7 +170,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-old-row", AmountMinor = 300, Currency = "EUR" };
         var key = payment.PaymentId.ToString();
         await publisher.PublishAsync(payment, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await using (var db = fixture.CreateDbContext())
         {
             Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync(
@@ -215,7 +215,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
 
         // The Api's command, when it comes, runs.
         await publisher.PublishAsync(accepted, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, Queue);
         Assert.Equal(1, conflicts.Count);
         Assert.Equal(2_000, gateway.Charges.Single(c => c.IdempotencyKey == key).AmountMinor);
@@ -245,7 +245,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         }
 
         await publisher.PublishAsync(accepted, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, ReportQueue);
         Assert.Equal(1, conflicts.Count);
         await using var check = fixture.CreateDbContext();
@@ -261,7 +261,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var direct = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-direct", AmountMinor = 300, Currency = "EUR" };
         await publisher.PublishAsync(direct, Guid.NewGuid());
-        var job = await WaitForJobAsync(direct.PaymentId.ToString(), JobStatus.Succeeded);
+        var job = await fixture.WaitForJobAsync(direct.PaymentId.ToString(), JobStatus.Succeeded);
 
         using var other = await api.Client.PostJobAsync("charge-payment", JsonSerializer.Serialize(direct with { AmountMinor = 301 }, Web));
         using var same = await api.Client.PostJobAsync("charge-payment", JsonSerializer.Serialize(direct, Web));
@@ -286,10 +286,10 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var key = invalid.PaymentId.ToString();
 
         await publisher.PublishAsync(invalid, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.DeadLettered);
+        await fixture.WaitForJobAsync(key, JobStatus.DeadLettered);
         await publisher.PublishAsync(invalid with { AmountMinor = 450 }, Guid.NewGuid());
 
-        var job = await WaitForJobAsync(key, JobStatus.Succeeded);
+        var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, Queue);
         Assert.Equal(0, conflicts.Count);
         Assert.Equal(450, gateway.Charges.Single(c => c.IdempotencyKey == key).AmountMinor);
@@ -308,10 +308,10 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var key = invalid.ReportId.ToString();
 
         await publisher.PublishAsync(invalid, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.DeadLettered);
+        await fixture.WaitForJobAsync(key, JobStatus.DeadLettered);
         await publisher.PublishAsync(invalid with { PageSize = 100 }, Guid.NewGuid());
 
-        var job = await WaitForJobAsync(key, JobStatus.Succeeded);
+        var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, ReportQueue);
         Assert.Equal(0, conflicts.Count);
         Assert.Equal(PayloadFingerprint.Of(invalid with { PageSize = 100 }), job.PayloadHash);
@@ -346,17 +346,5 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var settings = WorkerSettings.With(gateway);
         settings["Consumers:ChargePayment:InboxBatchSize"] = inboxBatchSize.ToString(CultureInfo.InvariantCulture);
         return settings;
-    }
-
-    private async Task<Job> WaitForJobAsync(string key, string status)
-    {
-        Job? job = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == key);
-            Assert.Equal(status, job?.Status);
-        });
-        return job!;
     }
 }
