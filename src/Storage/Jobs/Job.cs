@@ -35,6 +35,15 @@ public sealed class Job
     public byte[]? PayloadHash { get; set; }
 
     /// <summary>
+    /// The fingerprint of the command this job was first created for, kept once a corrected command
+    /// took the job over after it was dead-lettered (ADR 0011, amendment); null until then. An external
+    /// call keyed by the business id alone (the payment gateway's <c>Idempotency-Key</c>) takes the
+    /// corrected command's fingerprint into its key, so the gateway does not answer it with what it
+    /// answered the first command.
+    /// </summary>
+    public byte[]? OriginalPayloadHash { get; set; }
+
+    /// <summary>
     /// The body the job was submitted with through the Api, kept while the job waits for its first
     /// delivery: the Api republishes a job that stays <c>queued</c> without a command (ADR 0007). A
     /// worker clears it when it receives the command, a cancel when it cancels the job; null for

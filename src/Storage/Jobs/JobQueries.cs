@@ -21,6 +21,7 @@ public static class JobQueries
             IdempotencyKey = j.IdempotencyKey,
             RequestHash = j.RequestHash,
             PayloadHash = j.PayloadHash,
+            OriginalPayloadHash = j.OriginalPayloadHash,
             CreatedAt = j.CreatedAt,
             UpdatedAt = j.UpdatedAt,
             FinishedAt = j.FinishedAt,

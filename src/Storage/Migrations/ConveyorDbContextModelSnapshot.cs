@@ -116,6 +116,10 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("next_attempt_at");
 
+                    b.Property<byte[]>("OriginalPayloadHash")
+                        .HasColumnType("bytea")
+                        .HasColumnName("original_payload_hash");
+
                     b.Property<byte[]>("PayloadHash")
                         .HasColumnType("bytea")
                         .HasColumnName("payload_hash");

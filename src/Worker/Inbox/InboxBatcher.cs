@@ -591,7 +591,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                    progress = CASE WHEN excluded.status = {JobStatus.Succeeded} AND jobs.progress IS NOT NULL THEN 100 ELSE jobs.progress END,
                    finished_at = excluded.finished_at, request_body = NULL,
                    -- A corrected command taking a dead-lettered job's place: the job is its job now (ADR 0011).
-                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END
+                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
+                   original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
+                                                     AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
+                                                ELSE jobs.original_payload_hash END
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled});
             DELETE FROM inbox
              WHERE ctid = ANY (ARRAY(

@@ -71,7 +71,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
                        finished_at = NULL, request_body = NULL,
-                       payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END
+                       payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
+                       original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
+                                                         AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
+                                                    ELSE jobs.original_payload_hash END
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                    AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
                         OR jobs.payload_hash = excluded.payload_hash)
@@ -143,7 +146,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
                    next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL,
-                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END
+                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
+                   original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
+                                                     AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
+                                                ELSE jobs.original_payload_hash END
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
                     OR jobs.payload_hash = excluded.payload_hash)

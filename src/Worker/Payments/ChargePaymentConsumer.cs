@@ -7,10 +7,11 @@ using MassTransit;
 namespace Conveyor.Worker.Payments;
 
 /// <summary>
-/// Charges through the gateway with the PaymentId as its idempotency key, then records the ledger
-/// row in the inbox transaction. A retry after a crash charges nothing new: the gateway dedupes.
+/// Charges through the gateway with the PaymentId as its idempotency key (a corrected command under
+/// a dead-lettered payment's id adds its fingerprint: <see cref="ChargeIdempotencyKeys"/>), then records
+/// the ledger row in the inbox transaction. A retry after a crash charges nothing new: the gateway dedupes.
 /// </summary>
-public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbContext db, TimeProvider time)
+public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ChargeIdempotencyKeys keys, ConveyorDbContext db, TimeProvider time)
     : IConsumer<ChargePayment>
 {
     public async Task Consume(ConsumeContext<ChargePayment> context)
@@ -20,7 +21,7 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ConveyorDbCon
 
         var charge = await gateway.ChargeAsync(
             new ChargeRequest(payment.AccountId, payment.AmountMinor, payment.Currency),
-            payment.PaymentId.ToString(),
+            await keys.ForAsync(payment, context.CancellationToken),
             context.CancellationToken);
 
         db.Ledger.Add(new LedgerEntry

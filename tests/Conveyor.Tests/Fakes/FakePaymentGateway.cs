@@ -13,8 +13,9 @@ namespace Conveyor.Tests.Fakes;
 
 /// <summary>
 /// A payment gateway on a loopback port that behaves like a real one: <c>POST /charges</c> with an
-/// <c>Idempotency-Key</c> charges once per key and answers repeats with the first charge. It counts
-/// everything, can be slowed down, and can be told to fail.
+/// <c>Idempotency-Key</c> charges once per key and answers repeats with the first charge (a decline
+/// with the decline), and refuses a key reused with other parameters. It counts everything, can be
+/// slowed down, and can be told to fail or to decline.
 /// </summary>
 /// <remarks>
 /// Because it charges once per key, <see cref="Charges"/> can never show a payment run twice. What
@@ -28,6 +29,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     private readonly ConcurrentDictionary<string, int> _requests = new();
     private readonly ConcurrentDictionary<string, int> _successes = new();
     private readonly ConcurrentQueue<HttpStatusCode> _scriptedFailures = new();
+    private readonly ConcurrentQueue<bool> _scriptedDeclines = new();
+    private readonly ConcurrentDictionary<string, Charged> _declined = new();
+    private readonly ConcurrentDictionary<string, int> _reusedKeys = new();
 
     private FakePaymentGateway(WebApplication app) => _app = app;
 
@@ -62,6 +66,21 @@ public sealed class FakePaymentGateway : IAsyncDisposable
 
     /// <summary>The id a new charge gets; by default <c>ch_</c> and 32 hexadecimal digits.</summary>
     public Func<string> NewChargeId { get; set; } = () => $"ch_{Guid.NewGuid():N}";
+
+    /// <summary>
+    /// The next <paramref name="count"/> keys not yet answered are declined (402), and their declines kept:
+    /// asked again with the same parameters the gateway declines again, with others it answers 400.
+    /// </summary>
+    public void DeclineNext(int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            _scriptedDeclines.Enqueue(true);
+        }
+    }
+
+    /// <summary>Requests with this key refused because it was first used with other parameters.</summary>
+    public int ReusedKeyRequestsFor(string idempotencyKey) => _reusedKeys.GetValueOrDefault(idempotencyKey);
 
     /// <summary>The next <paramref name="count"/> requests fail with <paramref name="status"/>.</summary>
     public void FailNext(int count, HttpStatusCode status)
@@ -112,13 +131,28 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         }
 
         using var body = await JsonDocument.ParseAsync(context.Request.Body);
-        var charge = _charges.GetOrAdd(key, k => new Charge(
-            NewChargeId(),
-            k,
+        var asked = new Charged(
             body.RootElement.GetProperty("accountId").GetString()!,
             body.RootElement.GetProperty("amountMinor").GetInt64(),
-            body.RootElement.GetProperty("currency").GetString()!,
-            context.Request.Headers.Authorization.ToString()));
+            body.RootElement.GetProperty("currency").GetString()!);
+        // What a key was answered is kept, a decline as a charge, and a key is bound to the parameters
+        // it was first used with (as Stripe does): a repeat gets the same answer, other parameters a 400.
+        var kept = _declined.TryGetValue(key, out var declined) ? declined
+            : _charges.TryGetValue(key, out var made) ? new Charged(made.AccountId, made.AmountMinor, made.Currency)
+            : null;
+        if (kept is not null && kept != asked)
+        {
+            _reusedKeys.AddOrUpdate(key, 1, (_, n) => n + 1);
+            return Results.BadRequest(new { error = "Keys for idempotent requests can only be used with the same parameters they were first used with" });
+        }
+
+        if (declined is not null || (kept is null && _scriptedDeclines.TryDequeue(out _) && _declined.TryAdd(key, asked)))
+        {
+            return Results.StatusCode(StatusCodes.Status402PaymentRequired);
+        }
+
+        var charge = _charges.GetOrAdd(key, k => new Charge(
+            NewChargeId(), k, asked.AccountId, asked.AmountMinor, asked.Currency, context.Request.Headers.Authorization.ToString()));
         _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
         return Results.Ok(new { id = charge.Id });
     }
@@ -128,6 +162,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
     }
+
+    /// <summary>What a request asked to charge.</summary>
+    private sealed record Charged(string AccountId, long AmountMinor, string Currency);
 
     /// <summary>A charge as the gateway recorded it; <see cref="Caller"/> is the Authorization header.</summary>
     public sealed record Charge(string Id, string IdempotencyKey, string AccountId, long AmountMinor, string Currency, string Caller);

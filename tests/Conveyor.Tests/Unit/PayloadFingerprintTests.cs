@@ -4,6 +4,7 @@ using Conveyor.Contracts.Reports;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Worker.Failures;
+using Conveyor.Worker.Payments;
 using Conveyor.Storage;
 
 namespace Conveyor.Tests.Unit;
@@ -90,5 +91,19 @@ public sealed class PayloadFingerprintTests
         Assert.False(PayloadFingerprint.Conflicts(null, some));
         Assert.False(PayloadFingerprint.Conflicts(some, null));
         Assert.Equal("none", PayloadFingerprint.Describe(null));
+    }
+
+    [Fact]
+    public void A_charge_is_keyed_by_its_payment_id_unless_it_corrects_the_command_its_job_was_first_created_for()
+    {
+        var first = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-1", AmountMinor = 500, Currency = "EUR" };
+        var corrected = first with { AmountMinor = 400 };
+        var id = first.PaymentId.ToString();
+        var (original, fingerprint) = (PayloadFingerprint.Of(first), PayloadFingerprint.Of(corrected)!);
+
+        Assert.Equal(id, ChargeIdempotencyKeys.For(id, original, PayloadFingerprint.Of(first with { })));
+        Assert.Equal(id, ChargeIdempotencyKeys.For(id, null, fingerprint));
+        Assert.Equal(id, ChargeIdempotencyKeys.For(id, original, null));
+        Assert.Equal($"{id}:{Convert.ToHexStringLower(fingerprint)}", ChargeIdempotencyKeys.For(id, original, fingerprint));
     }
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
 using Conveyor.Contracts.Payments;
@@ -292,9 +293,51 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, Queue);
         Assert.Equal(0, conflicts.Count);
-        Assert.Equal(450, gateway.Charges.Single(c => c.IdempotencyKey == key).AmountMinor);
+        // Charged under a key of its own, which the refused command never used (ChargeIdempotencyKeys).
+        var corrected = PayloadFingerprint.Of(invalid with { AmountMinor = 450 });
+        Assert.Equal(450, gateway.Charges.Single(c => c.IdempotencyKey == $"{key}:{Convert.ToHexStringLower(corrected!)}").AmountMinor);
         // The job is the corrected command's now: another command under its key is the conflict.
-        Assert.Equal(PayloadFingerprint.Of(invalid with { AmountMinor = 450 }), job.PayloadHash);
+        Assert.Equal(corrected, job.PayloadHash);
+        Assert.Equal(PayloadFingerprint.Of(invalid), job.OriginalPayloadHash);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    public async Task A_corrected_charge_after_a_declined_one_is_charged_under_a_key_of_its_own_on_every_attempt(int inboxBatchSize)
+    {
+        // A gateway keeps its answer per Idempotency-Key, a decline too, and refuses a key reused with
+        // other parameters: under the declined payment's key the corrected one could never be charged.
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var declined = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-declined", AmountMinor = 125_000, Currency = "EUR" };
+        var key = declined.PaymentId.ToString();
+        gateway.DeclineNext(1);
+
+        await publisher.PublishAsync(declined, Guid.NewGuid());
+        await fixture.WaitForJobAsync(key, JobStatus.DeadLettered);
+        Assert.Equal(1, gateway.RequestsFor(key));
+
+        // The corrected command's first call fails on the way: its retry, after the takeover was
+        // recorded in the job row, must ask under the same key, or a lost answer would charge twice.
+        gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
+        var correction = declined with { AmountMinor = 25_000 };
+        await publisher.PublishAsync(correction, Guid.NewGuid());
+
+        var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(worker, Queue);
+        var correctedKey = $"{key}:{Convert.ToHexStringLower(PayloadFingerprint.Of(correction)!)}";
+        var charge = Assert.Single(gateway.Charges);
+        Assert.Equal((correctedKey, 25_000), (charge.IdempotencyKey, charge.AmountMinor));
+        Assert.Equal(2, gateway.RequestsFor(correctedKey));
+        Assert.Equal(1, gateway.RequestsFor(key));
+        Assert.Equal(0, gateway.ReusedKeyRequestsFor(key));
+        Assert.Equal(3, job.Attempts);
+        await using var db = fixture.CreateDbContext();
+        var ledger = await db.Ledger.SingleAsync(l => l.PaymentId == declined.PaymentId);
+        Assert.Equal((25_000, charge.Id), (ledger.AmountMinor, ledger.GatewayChargeId));
+        Assert.Equal(PayloadFingerprint.Of(declined), job.OriginalPayloadHash);
     }
 
     [Fact]
