@@ -85,9 +85,22 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                      WHERE o.kind = {job.Kind} AND o.business_key = {job.BusinessKey} AND o.status <> {JobStatus.DeadLettered}) AS job_fingerprint
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
         var row = claim[0];
+        var jobFingerprint = row.JobFingerprint;
+        if (row.Inserted && row.JobId is null && jobFingerprint is null && fingerprint is not null)
+        {
+            // Not claimed, and no conflict in the statement's snapshot. That snapshot is older than a job
+            // row that a claim of another command under this key committed while this insert waited for
+            // its inbox row (it failed and let its row go): the upsert met that row and left it, the
+            // lookup did not see it. A new statement does; without it this message was settled unrun.
+            jobFingerprint = await db.Jobs.AsNoTracking()
+                .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey && j.Status != JobStatus.DeadLettered)
+                .Select(j => j.PayloadHash)
+                .FirstOrDefaultAsync(cancellationToken);
+        }
+
         return !row.Inserted ? (InboxClaim.Duplicate, null, null, null)
             : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null)
-            : PayloadFingerprint.Conflicts(row.JobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, row.JobFingerprint)
+            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint)
             : (InboxClaim.NotRunnable, null, null, null);
     }
 

@@ -1,9 +1,10 @@
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace Conveyor.Tests.Infrastructure;
 
-/// <summary>Waits, within <see cref="Eventually.DefaultTimeout"/>, for a job's row to reach a status.</summary>
+/// <summary>Waits, within <see cref="Eventually.DefaultTimeout"/>, for a job's row to reach a status, or for sessions to wait for locks.</summary>
 public static class JobWaits
 {
     /// <summary>The row of the job with <paramref name="businessKey"/> once its status is <paramref name="status"/> (it may not exist yet).</summary>
@@ -22,4 +23,15 @@ public static class JobWaits
     /// <inheritdoc cref="WaitForJobAsync(ConveyorFixture, string, string)"/>
     public static Task<Job> WaitForJobAsync(this ConveyorFixture fixture, Guid businessId, string status) =>
         fixture.WaitForJobAsync(businessId.ToString(), status);
+
+    /// <summary>Until exactly <paramref name="sessions"/> backends of this run's database wait for a lock (a row, a key being inserted).</summary>
+    public static Task WaitForLockWaitersAsync(this ConveyorFixture fixture, long sessions) =>
+        Eventually.AssertAsync(async () =>
+        {
+            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+            await connection.OpenAsync();
+            await using var waiting = new NpgsqlCommand(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
+            Assert.Equal(sessions, (long)(await waiting.ExecuteScalarAsync() ?? 0L));
+        });
 }

@@ -111,7 +111,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         await using var lockAhead = new NpgsqlCommand("SELECT 1 FROM jobs WHERE business_key = @key FOR UPDATE", holder, hold);
         lockAhead.Parameters.AddWithValue("key", ahead);
         var locked = lockAhead.ExecuteScalarAsync();
-        await AssertWaitingForLocksAsync(2);
+        await fixture.WaitForLockWaitersAsync(2);
 
         var payment = Guid.NewGuid();
         await TakeJobIdAsync(members[0]);
@@ -168,7 +168,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         }
 
         var blocked = Join(blockedKey);
-        await AssertWaitingForLocksAsync(1);
+        await fixture.WaitForLockWaitersAsync(1);
         var members = messages.Select(m => Join(m.Key, m.Fingerprint)).ToList();
         Assert.DoesNotContain(members, m => m.Claimed.IsCompleted);
         await hold.CommitAsync();
@@ -192,15 +192,6 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         _joined.Add(member);
         return member;
     }
-
-    private async Task AssertWaitingForLocksAsync(long sessions) => await Eventually.AssertAsync(async () =>
-    {
-        await using var watcher = new NpgsqlConnection(fixture.ConnectionString);
-        await watcher.OpenAsync();
-        await using var waiting = new NpgsqlCommand(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", watcher);
-        Assert.Equal(sessions, (long)(await waiting.ExecuteScalarAsync() ?? 0L));
-    });
 
     /// <summary>Another job's row takes the id the member's job row is about to be created with.</summary>
     private async Task TakeJobIdAsync(BatchMember member)

@@ -159,7 +159,7 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
         var blockedKey = NewKey();
         var hold = await HoldJobRowAsync(blockedKey);
         var first = Join(batcher, blockedKey);
-        await WaitUntilBlockedAsync();
+        await fixture.WaitForLockWaitersAsync(1);
         return (batcher, hold, first);
     }
 
@@ -216,17 +216,6 @@ public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
         await lockRow.ExecuteScalarAsync();
         return new RowHold(connection, transaction);
     }
-
-    /// <summary>Until some backend of this run's database waits for a row lock (the first batch's claim).</summary>
-    private async Task WaitUntilBlockedAsync() =>
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-            await connection.OpenAsync();
-            await using var command = new NpgsqlCommand(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
-            Assert.Equal(1L, (long)(await command.ExecuteScalarAsync() ?? 0L));
-        });
 
     private sealed class RowHold(NpgsqlConnection connection, NpgsqlTransaction transaction) : IAsyncDisposable
     {

@@ -272,6 +272,55 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Equal(job.Id, (await same.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("jobId").GetGuid());
     }
 
+    [Fact]
+    public async Task A_second_command_whose_claim_waited_for_the_first_ones_failed_attempt_goes_to_the_error_queue_and_the_first_runs()
+    {
+        // One message at a time (no batches). The first command's attempt holds its new inbox and job rows
+        // uncommitted while the gateway holds its answer; the second's claim starts then and waits for the
+        // inbox key. The first fails (503), lets its inbox row go and commits its job row: the second's
+        // insert goes through, and its claim must still find that job row, which its statement's snapshot
+        // predates. It is the conflict; the first runs on its retry.
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        using var release = new ManualResetEventSlim();
+        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var requests = 0;
+        gateway.OnRequest = () =>
+        {
+            if (Interlocked.Increment(ref requests) == 1)
+            {
+                held.TrySetResult();
+                release.Wait(TimeSpan.FromSeconds(60));
+            }
+        };
+        gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
+        using var conflicts = InboxCounter.Conflicts(Queue);
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 1));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var first = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-waited", AmountMinor = 700, Currency = "EUR" };
+        var key = first.PaymentId.ToString();
+
+        await publisher.PublishAsync(first, Guid.NewGuid());
+        await held.Task.WaitAsync(Eventually.DefaultTimeout);
+        await publisher.PublishAsync(first with { AmountMinor = 800 }, Guid.NewGuid());
+        await fixture.WaitForLockWaitersAsync(1);
+        release.Set();
+
+        var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
+        var dead = await SingleDeadLetteredAsync(Queue + "_error");
+        Assert.Equal(ConflictType, dead.Header("MT-Fault-ExceptionType"));
+        using (var body = JsonDocument.Parse(dead.Body))
+        {
+            Assert.Equal(800, body.RootElement.GetProperty("message").GetProperty("amountMinor").GetInt64());
+        }
+
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(1, conflicts.Count);
+        Assert.Equal((key, 700), (gateway.Charges.Single().IdempotencyKey, gateway.Charges.Single().AmountMinor));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(700, (await db.Ledger.SingleAsync(l => l.PaymentId == first.PaymentId)).AmountMinor);
+        Assert.Equal(PayloadFingerprint.Of(first), job.PayloadHash);
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(16)]
