@@ -28,7 +28,7 @@ internal readonly record struct CancelResult(CancelStatus Status, Job? Job = nul
 /// started: the attempt may have had its effect outside (a charge at the gateway), which only running
 /// the job again settles, so it is not cancelled. A scheduled
 /// job's stored command is deleted in the same transaction; if the dispatcher holds it at that
-/// moment, it is published anyway and the worker skips it.
+/// moment, the cancel waits for it: it is published anyway and the worker skips it.
 /// </summary>
 internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider clock, ILogger<JobCanceller> logger)
 {
@@ -36,6 +36,12 @@ internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactor
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        // The dispatcher locks a stored command's row, then, when its publish fails, writes the job's row.
+        // Taken in that order here too, a cancel waits for a dispatch under way to end; updating the job
+        // first, the two waited for each other and PostgreSQL aborted one (a 500, or a dispatch redone).
+        var dedupeKey = ScheduledJobs.DedupeKey(jobId);
+        await db.Database.ExecuteSqlInterpolatedAsync(
+            $"SELECT 1 FROM scheduled_messages WHERE dedupe_key = {dedupeKey} FOR UPDATE", cancellationToken);
         var now = clock.GetUtcNow();
         var cancelled = await db.Jobs
             .Where(j => j.Id == jobId
@@ -50,7 +56,6 @@ internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactor
                 cancellationToken);
         if (cancelled == 1)
         {
-            var dedupeKey = ScheduledJobs.DedupeKey(jobId);
             await db.ScheduledMessages.Where(s => s.DedupeKey == dedupeKey).ExecuteDeleteAsync(cancellationToken);
         }
 

@@ -5,6 +5,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
@@ -122,6 +123,40 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.Equal(JobStatus.Cancelled, (await api.Client.GetJobAsync(accepted.JobId)).Status);
         Assert.Equal(0, _gateway.RequestsFor(paymentId.ToString()));
+    }
+
+    [Fact]
+    public async Task A_cancel_waits_for_a_dispatch_that_holds_the_stored_command_and_writes_the_job_instead_of_deadlocking()
+    {
+        await using var api = await fixture.StartApiAsync();
+        var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+
+        // What the dispatcher does with a due row whose publish failed: the row locked, then its job written.
+        await using var dispatcher = new NpgsqlConnection(fixture.ConnectionString);
+        await dispatcher.OpenAsync();
+        await using var transaction = await dispatcher.BeginTransactionAsync();
+        await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM scheduled_messages WHERE dedupe_key = $1 FOR UPDATE", dispatcher, transaction))
+        {
+            lockRow.Parameters.AddWithValue($"job:{accepted.JobId}");
+            Assert.Equal(1, await lockRow.ExecuteScalarAsync());
+        }
+
+        var cancel = api.Client.CancelJobAsync(accepted.JobId);
+        await fixture.WaitForLockWaitersAsync(1);
+        await using (var writeJob = new NpgsqlCommand(
+            "UPDATE jobs SET last_error = 'PublishRefused: test', updated_at = now() WHERE id = $1 AND status = 'scheduled'", dispatcher, transaction))
+        {
+            writeJob.Parameters.AddWithValue(accepted.JobId);
+            Assert.Equal(1, await writeJob.ExecuteNonQueryAsync());
+        }
+
+        await transaction.CommitAsync();
+        using var response = await cancel;
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(JobStatus.Cancelled, (await response.Content.ReadFromJsonAsync<JobDetails>())?.Status);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.ScheduledMessages.CountAsync());
     }
 
     [Fact]
