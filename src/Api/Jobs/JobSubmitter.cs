@@ -130,13 +130,17 @@ internal sealed class JobSubmitter(
             return new SubmitResult(SubmitStatus.Created, job);
         }
 
-        if (await TryPublishAsync(request, job.Id, cancellationToken))
+        // A repeat takes the row for settled once the publish budget has passed since the row's created_at
+        // (AnswerRepeatAsync): this request's publish and the removal of its row must end by then, counted
+        // from the same instant, not from the end of an insert that may have waited (a database stall).
+        var publishLeft = now + ConnectTimeout - clock.GetUtcNow();
+        if (await TryPublishAsync(request, job.Id, cancellationToken, publishLeft > TimeSpan.Zero ? publishLeft : ConnectTimeout))
         {
             JobsLog.JobQueued(logger, job.Id, job.Kind, job.BusinessKey);
             return new SubmitResult(SubmitStatus.Created, job);
         }
 
-        return await RemoveUnpublishedAsync(job);
+        return await RemoveUnpublishedAsync(job, removeBy: now + PublishBudget);
     }
 
     /// <summary>
@@ -213,8 +217,13 @@ internal sealed class JobSubmitter(
         && found.RequestHash == requestHash
         && now - found.UpdatedAt > PublishBudget;
 
-    /// <summary>The longest the request that commits a row can go on with it: its publish, then the removal of its row.</summary>
-    private TimeSpan PublishBudget => TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds) + CleanupTimeout;
+    /// <summary>
+    /// The longest the request that commits a row can go on with it, from the row's <c>created_at</c>:
+    /// its publish, then the removal of its row.
+    /// </summary>
+    private TimeSpan PublishBudget => ConnectTimeout + CleanupTimeout;
+
+    private TimeSpan ConnectTimeout => TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds);
 
     /// <summary>
     /// A repeat that finds its job <c>queued</c> within the publish budget of the row's creation: the
@@ -333,12 +342,13 @@ internal sealed class JobSubmitter(
         return byBusinessKey is null ? null : new SubmitResult(SubmitStatus.Duplicate, byBusinessKey);
     }
 
-    private async Task<bool> TryPublishAsync(JobRequest request, Guid jobId, CancellationToken cancellationToken)
+    /// <param name="within">How long the publish may take; a connection attempt's budget when not given.</param>
+    private async Task<bool> TryPublishAsync(JobRequest request, Guid jobId, CancellationToken cancellationToken, TimeSpan? within = null)
     {
         // Publish waits for the broker's confirm; when the broker is unreachable it would wait for a
         // connection indefinitely, so the request gets the same budget as a connection attempt.
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        timeout.CancelAfter(TimeSpan.FromSeconds(rabbitMq.Value.ConnectTimeoutSeconds));
+        timeout.CancelAfter(within ?? ConnectTimeout);
         var started = Stopwatch.GetTimestamp();
         try
         {
@@ -357,11 +367,21 @@ internal sealed class JobSubmitter(
     /// <summary>
     /// Deletes the row of a job whose command was not confirmed, so the client can retry with the
     /// same Idempotency-Key. A row a worker has already moved on from <c>queued</c> proves the command
-    /// did arrive (the confirm alone was lost): that job is kept and reported as accepted.
+    /// did arrive (the confirm alone was lost): that job is kept and reported as accepted. Only until
+    /// <paramref name="removeBy"/>: a repeat after it may have been answered with the job, so a row
+    /// whose insert waited that long stays <c>queued</c> with its request, for the stranded-job check
+    /// or a repeat to publish (the client still gets the 503, as when the removal fails).
     /// </summary>
-    private async Task<SubmitResult> RemoveUnpublishedAsync(Job job)
+    private async Task<SubmitResult> RemoveUnpublishedAsync(Job job, DateTimeOffset removeBy)
     {
-        using var timeout = new CancellationTokenSource(CleanupTimeout);
+        var left = removeBy - clock.GetUtcNow();
+        if (left <= TimeSpan.Zero)
+        {
+            JobsLog.UnpublishedRowKept(logger, job.Id);
+            return new SubmitResult(SubmitStatus.PublishFailed);
+        }
+
+        using var timeout = new CancellationTokenSource(left < CleanupTimeout ? left : CleanupTimeout);
         try
         {
             await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);

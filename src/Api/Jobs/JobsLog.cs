@@ -24,6 +24,10 @@ internal static partial class JobsLog
         Message = "Could not remove the row of unpublished job {JobId}; it stays queued until the same request is submitted again or the stranded-job check publishes it from the stored request")]
     public static partial void RemoveUnpublishedFailed(ILogger logger, Exception exception, Guid jobId);
 
+    [LoggerMessage(EventId = 1014, Level = LogLevel.Warning,
+        Message = "Job {JobId} was not published, and its row is kept: its insert waited so long that a repeat may have been answered with it since; it stays queued until the same request is submitted again or the stranded-job check publishes it from the stored request")]
+    public static partial void UnpublishedRowKept(ILogger logger, Guid jobId);
+
     [LoggerMessage(EventId = 1005, Level = LogLevel.Debug,
         Message = "Job {JobId} ({Kind} {BusinessKey}) scheduled for {RunAt:O}")]
     public static partial void JobScheduled(ILogger logger, Guid jobId, string kind, string businessKey, DateTimeOffset runAt);

@@ -6,6 +6,7 @@ using Microsoft.EntityFrameworkCore;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using Npgsql;
 
 namespace Conveyor.Tests.Api;
 
@@ -148,6 +149,53 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         // Nobody was told the job was accepted, and the first request removed its row as it does after a failed publish.
         await using var check = fixture.CreateDbContext();
         Assert.Equal(0, await check.Jobs.CountAsync(j => j.BusinessKey == businessKey, deadline.Token));
+    }
+
+    [Fact]
+    public async Task A_first_request_whose_row_waited_past_its_publish_budget_keeps_the_row_a_later_repeat_is_answered_with()
+    {
+        // A repeat answers with a queued job, unsecured, once the publish budget (here 2 s to publish and
+        // 10 s to remove the row) has passed since the row's created_at. The first request's insert waits
+        // here for 11 s (another transaction holds its business key), so its publish fails after that
+        // budget: removing its row then could take a job from under a repeat answered 202 meanwhile.
+        var paymentId = Guid.NewGuid();
+        var businessKey = paymentId.ToString("D");
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await holder.OpenAsync(deadline.Token);
+        await using var hold = await holder.BeginTransactionAsync(deadline.Token);
+        await using (var insert = new NpgsqlCommand(
+            "INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at) VALUES ($1, $2, $3, 'queued', 0, now(), now())", holder, hold))
+        {
+            insert.Parameters.AddWithValue(Guid.NewGuid());
+            insert.Parameters.AddWithValue(JobKinds.ChargePayment);
+            insert.Parameters.AddWithValue(businessKey);
+            await insert.ExecuteNonQueryAsync(deadline.Token);
+        }
+
+        var first = _api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
+        await fixture.WaitForLockWaitersAsync(1);
+        await Task.Delay(TimeSpan.FromSeconds(11), deadline.Token);
+        await hold.RollbackAsync(deadline.Token);
+
+        using (var firstResponse = await first)
+        {
+            await firstResponse.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        }
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessKey, deadline.Token);
+            Assert.Equal(JobStatus.Queued, job.Status);
+            Assert.NotNull(job.RequestBody);
+        }
+
+        // The same payment in other bytes gets the job, and the job stays for the stranded-job check to publish.
+        using var repeat = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ChargePaymentReordered(paymentId), "second-key", deadline.Token);
+        Assert.Equal(HttpStatusCode.Accepted, repeat.StatusCode);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(1, await check.Jobs.CountAsync(j => j.BusinessKey == businessKey && j.Status == JobStatus.Queued, deadline.Token));
     }
 
     [Fact]
