@@ -100,8 +100,8 @@ public sealed class ApiKeyAuthenticationHandler(
 
     /// <summary>
     /// The key from either header; empty when a header is present but carries none, or when both
-    /// headers carry keys that differ (which one counts would be a guess, and a proxy or a log could
-    /// read the other); null when neither is. An Authorization header of another scheme only (a
+    /// headers are given and do not carry the same key (which one counts would be a guess, and a proxy
+    /// or a log could read the other); null when neither is. An Authorization header of another scheme only (a
     /// proxy's Basic, say) is not ours and is left alone.
     /// </summary>
     private static string? PresentedKey(IHeaderDictionary headers)
@@ -114,7 +114,9 @@ public sealed class ApiKeyAuthenticationHandler(
         if (headers.TryGetValue(ApiKeyHeader, out var apiKey))
         {
             var key = apiKey.Count == 1 ? apiKey[0]!.Trim() : "";
-            return bearer is { Length: > 0 } && !string.Equals(bearer, key, StringComparison.Ordinal) ? "" : key;
+            // A Bearer header that cannot be read as one key (given twice, among other schemes, or empty)
+            // may hold another key: refused as well, not passed over for this one.
+            return bearer is not null && !string.Equals(bearer, key, StringComparison.Ordinal) ? "" : key;
         }
 
         return bearer;

@@ -178,10 +178,19 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
         foreach (var job in jobs.EnumerateArray())
         {
-            if (job.TryGetProperty("error", out var error) && job.GetProperty("index").GetInt32() is var index && index < batch.Length)
+            if (!job.TryGetProperty("error", out var error))
             {
-                yield return $"  {batch[index].Source}: {error.GetProperty("status").GetInt32()} {ConveyorClient.Text(error, "title")}";
+                continue;
             }
+
+            var index = job.GetProperty("index").GetInt32();
+            if (index < 0 || index >= batch.Length)
+            {
+                // Not an answer the Api gives for this batch (IsUnexpectedShape: exit code 6).
+                throw new FormatException($"The Api refused job {index} of a batch of {batch.Length}.");
+            }
+
+            yield return $"  {batch[index].Source}: {error.GetProperty("status").GetInt32()} {ConveyorClient.Text(error, "title")}";
         }
     }
 
@@ -191,9 +200,10 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         {
             return File.OpenRead(path);
         }
-        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            throw new CliFailureException(ExitCodes.Usage, $"Cannot read {path}: {exception.Message}");
+            // ArgumentException: an empty path ("$JOBS" unset) or one with a NUL in it.
+            throw new CliFailureException(ExitCodes.Usage, path.Length == 0 ? "The file name is empty." : $"Cannot read {path}: {exception.Message}");
         }
     }
 

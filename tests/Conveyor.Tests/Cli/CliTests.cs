@@ -321,6 +321,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         var broken = await RunAsync("submit", "charge-payment", notJson.Path);
         var numbers = await RunAsync("submit", "charge-payment", notObject.Path);
         var missing = await RunAsync("submit", "charge-payment", array.Path + ".missing");
+        var unnamed = await RunAsync("submit", "charge-payment", "");
 
         Assert.Equal(ExitCodes.Usage, refused.ExitCode);
         Assert.Contains("item 2: amountMinor:", refused.Err, StringComparison.Ordinal);
@@ -330,6 +331,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Usage, numbers.ExitCode);
         Assert.Contains("item 1: a job must be a JSON object", numbers.Err, StringComparison.Ordinal);
         Assert.Equal(ExitCodes.Usage, missing.ExitCode);
+        Assert.Equal((ExitCodes.Usage, "conveyor: The file name is empty."), (unnamed.ExitCode, unnamed.Err.Trim()));
         Assert.Equal(ExitCodes.Usage, (await RunAsync("submit", "charge-payment", array.Path, "--batch-size", "101")).ExitCode);
         Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("submit", "mine-bitcoin", array.Path)).ExitCode);
         await using var db = Fixture.CreateDbContext();
@@ -483,6 +485,8 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     [InlineData(202, """{"hello":1}""", ExitCodes.UnexpectedAnswer)]
     [InlineData(202, """{"jobs":[]}""", ExitCodes.UnexpectedAnswer)]
     [InlineData(503, "<html>Service Unavailable</html>", ExitCodes.Unreachable)]
+    [InlineData(400, """{"title":"Refused","jobs":[{"index":-1,"error":{"status":400}}]}""", ExitCodes.UnexpectedAnswer)]
+    [InlineData(400, """{"title":"Refused","jobs":[{"index":1,"error":{"status":400}}]}""", ExitCodes.UnexpectedAnswer)]
     public async Task Submit_reports_an_answer_no_conveyor_api_gives_without_a_crash(int status, string body, int exitCode)
     {
         using var impostor = new CannedAnswer((System.Net.HttpStatusCode)status, body.StartsWith('<') ? "text/html" : "application/json", body);

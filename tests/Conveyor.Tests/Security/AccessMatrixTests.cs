@@ -152,6 +152,7 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("Bearer " + TestKeys.Admin, HttpStatusCode.Unauthorized)] // two keys: which one counts would be a guess
     [InlineData("Bearer " + TestKeys.Reader, HttpStatusCode.OK)] // the same key twice
     [InlineData("Basic cHJveHk6c2VjcmV0", HttpStatusCode.OK)] // a proxy's own credentials are not a key
+    [InlineData("Bearer", HttpStatusCode.Unauthorized)] // a Bearer header without its key
     public async Task A_key_in_both_headers_must_be_the_same_key(string authorization, HttpStatusCode expected)
     {
         using var client = Client(TestKeys.Reader);
@@ -161,6 +162,25 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
         using var response = await client.SendAsync(request);
 
         Assert.Equal(expected, response.StatusCode);
+    }
+
+    [Theory]
+    [InlineData("Basic cHJveHk6c2VjcmV0", "Bearer " + TestKeys.Admin)] // another key beside a proxy's credentials
+    [InlineData("Bearer " + TestKeys.Reader, "Bearer " + TestKeys.Admin)]
+    public async Task A_key_among_several_authorization_headers_is_not_passed_over_for_the_other_header(string first, string second)
+    {
+        // Two header lines, as a client or a proxy may send them (HttpClient would fold them into one).
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(_api.BaseAddress.Host, _api.BaseAddress.Port);
+        await using var stream = tcp.GetStream();
+        var request = $"GET /api/jobs HTTP/1.1\r\nHost: {_api.BaseAddress.Authority}\r\nX-Api-Key: {TestKeys.Reader}\r\n"
+            + $"Authorization: {first}\r\nAuthorization: {second}\r\nConnection: close\r\n\r\n";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(request));
+        using var reader = new StreamReader(stream, Encoding.ASCII);
+
+        var statusLine = await reader.ReadLineAsync();
+
+        Assert.StartsWith("HTTP/1.1 401 ", statusLine, StringComparison.Ordinal);
     }
 
     [Theory]
