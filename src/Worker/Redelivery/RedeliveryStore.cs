@@ -95,6 +95,15 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
 
         foreach (var (key, value) in extraHeaders)
         {
+            // Ours replace a received header of the same name in any casing: headers are read back
+            // ignoring case, first match first, and PostgreSQL's jsonb orders 'CONVEYOR-…' before
+            // 'Conveyor-…', so a sender's upper-cased copy of the seal would be read instead of ours,
+            // and every redelivery would count as the first.
+            foreach (var shadow in headers.Keys.Where(k => string.Equals(k, key, StringComparison.OrdinalIgnoreCase)).ToList())
+            {
+                headers.Remove(shadow);
+            }
+
             headers[key] = value;
         }
 

@@ -107,6 +107,33 @@ public sealed class SpoofedRedeliveryHeadersTests(ConveyorFixture fixture) : IAs
         Assert.Empty(await producer.TakeAllAsync("charge-payment_error"));
     }
 
+    [Theory]
+    [InlineData("CONVEYOR-REDELIVERY-SEAL")]
+    [InlineData("CONVEYOR-REDELIVERY-ATTEMPT")]
+    public async Task A_senders_header_in_other_casing_does_not_take_the_place_of_the_workers_own_so_redeliveries_run_out(string forged)
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:ChargePayment:RedeliveryLimit", "2"),
+            ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "200"),
+            ("Consumers:ChargePayment:KillSwitchTripPercent", "0")));
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var paymentId = Guid.NewGuid();
+
+        await PublishChargeAsync(producer, paymentId, "EUR", new() { [forged] = "0" });
+
+        // Before: every stored copy carried the sender's header first, read instead of the worker's own,
+        // so each redelivery counted as the first and the job was redelivered for ever.
+        var job = await fixture.WaitForJobAsync(paymentId, JobStatus.DeadLettered);
+        Assert.Equal(3, job.Attempts);
+        RawAmqpProducer.TakenMessage? dead = null;
+        await Eventually.AssertAsync(async () => dead = Assert.Single(await producer.TakeAllAsync("charge-payment_error")));
+        Assert.Equal("2", dead!.Header(Attempt));
+        Assert.Equal(3, gateway.RequestsFor(paymentId.ToString()));
+    }
+
     private static Dictionary<string, string?> Settings(FakePaymentGateway gateway) => WorkerSettings.With(gateway).Override(
         ("Consumers:ChargePayment:RetryLimit", "0"),
         ("Consumers:ChargePayment:RedeliveryLimit", "2"),
