@@ -45,16 +45,7 @@ public static class AuditText
     }
 
     /// <summary>At most <paramref name="maxLength"/> characters, without cutting a surrogate pair in half.</summary>
-    public static string Clip(string text, int maxLength)
-    {
-        if (text.Length <= maxLength)
-        {
-            return text;
-        }
-
-        var end = char.IsHighSurrogate(text[maxLength - 1]) ? maxLength - 1 : maxLength;
-        return text[..end];
-    }
+    public static string Clip(string text, int maxLength) => Conveyor.Storage.StoredText.Clip(text, maxLength);
 
     private static int FirstToEscape(string text)
     {

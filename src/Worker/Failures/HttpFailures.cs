@@ -72,11 +72,7 @@ public static class HttpFailures
             cutShort = limit.IsCancellationRequested ? $"(body not read within {budget.TotalSeconds:0.#} s)" : "(body unreadable)";
         }
 
-        var text = TextOf(content, buffer.AsSpan(0, read));
-        if (text.Length > MaxSnippetChars)
-        {
-            text = text[..MaxSnippetChars];
-        }
+        var text = Conveyor.Storage.StoredText.Clip(TextOf(content, buffer.AsSpan(0, read)), MaxSnippetChars);
 
         return cutShort is null ? text
             : text.Length == 0 ? cutShort

@@ -229,7 +229,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             text += $" ({cause.GetType().Name}: {cause.Message})";
         }
 
-        return text.Length <= maxLength ? text : text[..maxLength];
+        // Remote text goes into it (an error body, a producer's field): as the column can hold it.
+        return StoredText.Storable(text, maxLength);
     }
 
     private async Task UpdateAsync(JobRef job, string status, Exception exception, DateTimeOffset? nextAttemptAt, bool finished, CancellationToken cancellationToken)

@@ -258,7 +258,7 @@ public sealed partial class RedeliveryDispatcher(
             """, cancellationToken);
     }
 
-    private static string Bounded(string text, int maxLength) => text.Length <= maxLength ? text : text[..maxLength];
+    private static string Bounded(string text, int maxLength) => StoredText.Storable(text, maxLength);
 
     /// <summary>
     /// The job <paramref name="message"/> was stored for becomes <c>dead-lettered</c>, as a job whose

@@ -59,6 +59,34 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task An_error_body_cut_inside_a_surrogate_pair_or_holding_a_nul_is_recorded_as_the_jobs_last_error()
+    {
+        // 499 characters, then an emoji whose two UTF-16 halves straddle the 500-character snippet, in
+        // one answer; a NUL in the next. PostgreSQL takes neither a NUL nor half a pair: before, each
+        // status write of the failed attempt threw, and the job stayed running for good.
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = HttpStatusCode.ServiceUnavailable;
+        receiver.AnswerBody = new string('x', 499) + "\U0001F600 and more";
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "1"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "200")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url());
+
+        await publisher.PublishAsync(webhook);
+        var scheduled = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.RetryScheduled);
+        receiver.AnswerBody = "busy\0 try later";
+
+        Assert.Contains("answered 503", scheduled.LastError, StringComparison.Ordinal);
+        Assert.Contains(new string('x', 499), scheduled.LastError, StringComparison.Ordinal);
+        Assert.DoesNotContain(scheduled.LastError!, char.IsSurrogate);
+        var dead = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.DeadLettered);
+        Assert.Contains("busy try later", dead.LastError, StringComparison.Ordinal);
+        Assert.Equal(2, receiver.Deliveries.Count);
+    }
+
+    [Fact]
     public async Task A_webhook_receiver_whose_answer_is_beyond_the_clients_limits_is_a_permanent_failure()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();

@@ -24,6 +24,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// <summary>When set, every delivery is answered with this status.</summary>
     public HttpStatusCode? AnswerWith { get; set; }
 
+    /// <summary>A text body sent with <see cref="AnswerWith"/>.</summary>
+    public string? AnswerBody { get; set; }
+
     /// <summary>
     /// When set, every delivery is answered with this status and a body that never ends: a few bytes
     /// at a time, until the sender closes the connection.
@@ -72,7 +75,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
             return Results.Ok();
         }
 
-        return Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));
+        return AnswerBody is { } text
+            ? Results.Text(text, "text/plain; charset=utf-8", System.Text.Encoding.UTF8, (int)(AnswerWith ?? HttpStatusCode.OK))
+            : Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));
     }
 
     private async Task TrickleEndlessBodyAsync(HttpContext context, HttpStatusCode status)
