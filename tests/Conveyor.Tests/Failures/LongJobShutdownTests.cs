@@ -5,15 +5,24 @@ using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
+using RabbitMQ.Client;
 
 namespace Conveyor.Tests.Failures;
 
 [Collection(ConveyorCollection.Name)]
 public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifetime
 {
+    private const string FaultExchange = "MassTransit:Fault--Conveyor.Contracts.Reports:GenerateReport--";
+    private const string FaultSubscriber = "generate-report-fault-subscriber";
+
     public Task InitializeAsync() => fixture.ResetAsync();
 
-    public Task DisposeAsync() => Task.CompletedTask;
+    public async Task DisposeAsync()
+    {
+        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-fault-subscriber");
+        await using var channel = await connection.CreateChannelAsync();
+        await channel.QueueDeleteAsync(FaultSubscriber);
+    }
 
     [Fact]
     public async Task A_report_interrupted_by_a_graceful_shutdown_completes_once_after_restart()
@@ -38,6 +47,15 @@ public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifeti
         settings["Shutdown:ConsumerStopTimeoutSeconds"] = "1";
         settings["Shutdown:BusStopTimeoutSeconds"] = "5";
         settings["Shutdown:HostShutdownTimeoutSeconds"] = "10";
+        // A subscriber of Fault<GenerateReport>: an attempt cut short by a shutdown runs again, so it is no fault.
+        await using (var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-fault-subscriber"))
+        await using (var channel = await connection.CreateChannelAsync())
+        {
+            await channel.ExchangeDeclareAsync(FaultExchange, ExchangeType.Fanout, durable: true);
+            await channel.QueueDeclareAsync(FaultSubscriber, durable: false, exclusive: false, autoDelete: false);
+            await channel.QueueBindAsync(FaultSubscriber, FaultExchange, string.Empty);
+        }
+
         var first = await fixture.StartWorkerAsync(settings);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-long", PageSize = 5 };
@@ -67,6 +85,7 @@ public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifeti
         // The broker has the message back, neither acked nor dead-lettered.
         await Eventually.AssertAsync(async () =>
             Assert.Equal(1, (await fixture.Rabbit.QueueAsync(fixture.VirtualHost, "generate-report"))?.Messages));
+        Assert.Equal(0u, await fixture.ReadyAsync(FaultSubscriber));
 
         // Queued again, but started: the cut attempt may have had effects outside, so no cancel.
         await using (var api = await fixture.StartApiAsync())
@@ -91,5 +110,6 @@ public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifeti
         var stored = await check.Reports.SingleAsync(r => r.ReportId == report.ReportId);
         Assert.Equal(ledgerRows, stored.RowsScanned);
         Assert.Equal("done", (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        Assert.Equal(0u, await fixture.ReadyAsync(FaultSubscriber));
     }
 }
