@@ -92,10 +92,19 @@ public sealed class OperationRunner(
             }
         }
 
-        var now = time.GetUtcNow();
+        // The database's clock, as the progress writes and the check for abandoned operations use: an Api
+        // whose clock is behind would otherwise write a row that check takes for abandoned at once.
+        DateTimeOffset now;
+        await using (var clock = new NpgsqlCommand("SELECT now()", lease.Connection))
+        await using (var read = await clock.ExecuteReaderAsync(cancellationToken))
+        {
+            await read.ReadAsync(cancellationToken);
+            now = read.GetFieldValue<DateTimeOffset>(0);
+        }
+
         var operation = new ErrorQueueOperation
         {
-            Id = Guid.CreateVersion7(now),
+            Id = Guid.CreateVersion7(time.GetUtcNow()),
             Kind = request.Kind,
             Queue = request.Queue,
             Target = request.Target,

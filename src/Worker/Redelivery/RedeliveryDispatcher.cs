@@ -44,12 +44,14 @@ public sealed partial class RedeliveryDispatcher(
             try
             {
                 await using var listener = await ListenAsync(stoppingToken);
-                failures = 0;
                 var emptyRounds = 0;
                 while (!stoppingToken.IsCancellationRequested)
                 {
                     var dispatched = await DispatchDueAsync(stoppingToken);
                     var wait = await TimeUntilNextDueAsync(stoppingToken);
+                    // Only a round that went through ends the backoff: a listener that connects while every
+                    // round fails (the broker away, PostgreSQL up) must not retry every half second.
+                    failures = 0;
                     if (wait <= TimeSpan.Zero && dispatched == 0)
                     {
                         // Rows are due, yet none could be claimed: another dispatcher holds them (SKIP
