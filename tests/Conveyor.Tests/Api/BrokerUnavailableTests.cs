@@ -83,12 +83,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         // Nobody was told the job was accepted. Its row is kept with the stored request, since either
         // request's command might still have reached the broker: a later repeat or the stranded-job
         // check publishes it, and the inbox applies it once.
-        await using (var db = fixture.CreateDbContext())
-        {
-            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessKey, deadline.Token);
-            Assert.Equal(JobStatus.Queued, job.Status);
-            Assert.NotNull(job.RequestBody);
-        }
+        await AssertQueuedWithItsRequestAsync(businessKey, deadline.Token);
 
         using var again = await _api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
@@ -183,12 +178,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
             await firstResponse.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
         }
 
-        await using (var db = fixture.CreateDbContext())
-        {
-            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessKey, deadline.Token);
-            Assert.Equal(JobStatus.Queued, job.Status);
-            Assert.NotNull(job.RequestBody);
-        }
+        await AssertQueuedWithItsRequestAsync(businessKey, deadline.Token);
 
         // The same payment in other bytes gets the job, and the job stays for the stranded-job check to publish.
         using var repeat = await _api.Client.PostJobAsync(
@@ -220,5 +210,14 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         var port = ((IPEndPoint)listener.LocalEndpoint).Port;
         listener.Stop();
         return port;
+    }
+
+    /// <summary>The job's row is kept, queued with its stored request, for a repeat or the stranded-job check to publish.</summary>
+    private async Task AssertQueuedWithItsRequestAsync(string businessKey, CancellationToken cancellationToken)
+    {
+        await using var db = fixture.CreateDbContext();
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == businessKey, cancellationToken);
+        Assert.Equal(JobStatus.Queued, job.Status);
+        Assert.NotNull(job.RequestBody);
     }
 }
