@@ -130,16 +130,15 @@ internal sealed class JobSubmitter(
             return new SubmitResult(SubmitStatus.Created, job);
         }
 
-        // A repeat takes the row for settled once the publish budget has passed since the row's created_at
-        // (AnswerRepeatAsync): this request's publish and the removal of its row must end by then, counted
-        // from the same instant, not from the end of an insert that may have waited (a database stall).
-        var publishLeft = now + ConnectTimeout - clock.GetUtcNow();
-        if (await TryPublishAsync(request, job.Id, cancellationToken, publishLeft > TimeSpan.Zero ? publishLeft : ConnectTimeout))
+        if (await TryPublishAsync(request, job.Id, cancellationToken))
         {
             JobsLog.JobQueued(logger, job.Id, job.Kind, job.BusinessKey);
             return new SubmitResult(SubmitStatus.Created, job);
         }
 
+        // A repeat takes the row for settled once the publish budget has passed since the row's created_at
+        // (AnswerRepeatAsync): the removal must end by then, counted from that instant, not from the end
+        // of an insert that may have waited (a database stall).
         return await RemoveUnpublishedAsync(job, removeBy: now + PublishBudget);
     }
 
@@ -342,13 +341,12 @@ internal sealed class JobSubmitter(
         return byBusinessKey is null ? null : new SubmitResult(SubmitStatus.Duplicate, byBusinessKey);
     }
 
-    /// <param name="within">How long the publish may take; a connection attempt's budget when not given.</param>
-    private async Task<bool> TryPublishAsync(JobRequest request, Guid jobId, CancellationToken cancellationToken, TimeSpan? within = null)
+    private async Task<bool> TryPublishAsync(JobRequest request, Guid jobId, CancellationToken cancellationToken)
     {
         // Publish waits for the broker's confirm; when the broker is unreachable it would wait for a
         // connection indefinitely, so the request gets the same budget as a connection attempt.
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        timeout.CancelAfter(within ?? ConnectTimeout);
+        timeout.CancelAfter(ConnectTimeout);
         var started = Stopwatch.GetTimestamp();
         try
         {
