@@ -28,12 +28,20 @@ public sealed class FaultHoldingConsumeContext(ConsumeContext context) : Consume
 
     /// <summary>
     /// The last attempt's fault on the received message only (observers see it, no event is published):
-    /// the message will be tried again, from the redelivery store or from its queue.
+    /// the message will be tried again, from the redelivery store or from its queue. With no fault held
+    /// (the attempt failed before a consumer ran: the inbox's claim), <paramref name="whenNoneHeld"/>
+    /// tells the received message instead.
     /// </summary>
-    public async Task RecordHeldAsync()
+    public async Task RecordHeldAsync(Func<Task>? whenNoneHeld = null)
     {
         if (Take() is not { } held)
         {
+            if (whenNoneHeld is not null)
+            {
+                LogContext.Current = null;
+                await whenNoneHeld();
+            }
+
             return;
         }
 

@@ -88,7 +88,11 @@ public sealed partial class RedeliveryFilter<T>(
                 throw new RequeueRequestedException("The redelivery store is unavailable; the message goes back to its queue", storeFailure);
             }
 
-            await attempts.RecordHeldAsync();
+            // A failure before any consumer ran (the inbox's claim: a deadlock, a statement timeout) holds no
+            // fault: the received message is told here, or MassTransit would take it for one no consumer
+            // takes and copy it to _skipped beside the stored redelivery.
+            await attempts.RecordHeldAsync(whenNoneHeld: () =>
+                context.ReceiveContext.NotifyFaulted(typed, TimeSpan.Zero, "conveyor-redelivery", exception));
 
             try
             {
