@@ -34,12 +34,19 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     public async Task<byte[]?> ConflictingJobFingerprintAsync(JobRef job, byte[]? fingerprint, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        var stored = await db.Jobs.AsNoTracking()
+        var stored = await LiveJobFingerprintAsync(db, job, cancellationToken);
+        return PayloadFingerprint.Conflicts(stored, fingerprint) ? stored : null;
+    }
+
+    /// <summary>
+    /// The fingerprint of the command <paramref name="job"/>'s row was created for, unless the job was
+    /// dead-lettered (its command failed for good, and a corrected one may take its place); null without one.
+    /// </summary>
+    private static Task<byte[]?> LiveJobFingerprintAsync(ConveyorDbContext db, JobRef job, CancellationToken cancellationToken) =>
+        db.Jobs.AsNoTracking()
             .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey && j.Status != JobStatus.DeadLettered)
             .Select(j => j.PayloadHash)
             .FirstOrDefaultAsync(cancellationToken);
-        return PayloadFingerprint.Conflicts(stored, fingerprint) ? stored : null;
-    }
 
     /// <summary>
     /// Inside the inbox transaction, in the same statement as the inbox row: counts the attempt and
@@ -92,10 +99,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             // row that a claim of another command under this key committed while this insert waited for
             // its inbox row (it failed and let its row go): the upsert met that row and left it, the
             // lookup did not see it. A new statement does; without it this message was settled unrun.
-            jobFingerprint = await db.Jobs.AsNoTracking()
-                .Where(j => j.Kind == job.Kind && j.BusinessKey == job.BusinessKey && j.Status != JobStatus.DeadLettered)
-                .Select(j => j.PayloadHash)
-                .FirstOrDefaultAsync(cancellationToken);
+            jobFingerprint = await LiveJobFingerprintAsync(db, job, cancellationToken);
         }
 
         return !row.Inserted ? (InboxClaim.Duplicate, null, null, null)
