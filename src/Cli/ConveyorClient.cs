@@ -136,11 +136,21 @@ public sealed class ConveyorClient : IDisposable
                     + "if the Api has moved, use its new address")
                 : !IsProblem && ExitCodeFor(Status) != ExitCodes.Unreachable
                     ? Answers.Unexpected($"{(int)Status} with {(MediaType is null ? "no body type" : $"a {MediaType} body")}, not the problem document the Api answers errors with")
-                    : new(ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
+                    : new(IsKeyLockout ? ExitCodes.Auth : ExitCodeFor(Status), Describe(Status, Body, describeField ?? (name => name)));
+
+        /// <summary>
+        /// The Api's 429 for an unknown key from an address locked out for sending too many: the key is wrong,
+        /// and sending it again after the wait would only be refused again.
+        /// </summary>
+        public bool IsKeyLockout =>
+            Status == HttpStatusCode.TooManyRequests && IsProblem && Text(Body, "type") == KeyLockoutProblemType;
 
         private bool IsProblem =>
             string.Equals(MediaType, ProblemMediaType, StringComparison.OrdinalIgnoreCase) && Body.ValueKind == JsonValueKind.Object;
     }
+
+    /// <summary>The problem type of the Api's lockout 429 (<c>ApiKeyAuthenticationHandler.LockoutProblemType</c>).</summary>
+    public const string KeyLockoutProblemType = "urn:conveyor:problem:unknown-key-lockout";
 
     private const string ProblemMediaType = "application/problem+json";
 
@@ -178,7 +188,7 @@ public sealed class ConveyorClient : IDisposable
             }
         }
 
-        if (status == HttpStatusCode.Unauthorized)
+        if (status == HttpStatusCode.Unauthorized || Text(problem, "type") == KeyLockoutProblemType)
         {
             lines.Add($"Check {CliContext.ApiKeyVariable}.");
         }

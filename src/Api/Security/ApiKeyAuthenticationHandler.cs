@@ -26,6 +26,13 @@ public sealed class ApiKeyAuthenticationHandler(
     public const string ApiKeyHeader = "X-Api-Key";
     public const string ScopeClaim = "scope";
 
+    /// <summary>
+    /// The problem type of the 429 that refuses an unknown key from a locked-out address, so a client can
+    /// tell it from the backpressure's 429 (which asks it to send again): this one asks for another key.
+    /// The CLI knows it by this value.
+    /// </summary>
+    public const string LockoutProblemType = "urn:conveyor:problem:unknown-key-lockout";
+
     private const string BearerPrefix = "Bearer ";
 
     private int? _retryAfterSeconds;
@@ -83,6 +90,18 @@ public sealed class ApiKeyAuthenticationHandler(
         {
             Response.StatusCode = StatusCodes.Status429TooManyRequests;
             Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+            await Context.RequestServices.GetRequiredService<IProblemDetailsService>().TryWriteAsync(new ProblemDetailsContext
+            {
+                HttpContext = Context,
+                ProblemDetails =
+                {
+                    Status = StatusCodes.Status429TooManyRequests,
+                    Type = LockoutProblemType,
+                    Title = "Too many unknown API keys",
+                    Detail = "This address sent too many unknown API keys, so an unknown key is refused until the lockout ends. "
+                        + "A valid key is accepted all along: check the key.",
+                },
+            });
             return;
         }
 

@@ -142,7 +142,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
                 return answer;
             }
 
-            if (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && attempt <= settings.Retries)
+            if (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && !answer.IsKeyLockout && attempt <= settings.Retries)
             {
                 var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Clamp(asked.Ticks, TimeSpan.TicksPerSecond, MaxWait.Ticks)) : TimeSpan.FromSeconds(1);
                 cli.Err.MarkupLine(Markup.Escape(

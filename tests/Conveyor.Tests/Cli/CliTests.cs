@@ -403,6 +403,35 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     }
 
     [Fact]
+    public async Task An_unknown_key_from_a_locked_out_address_is_an_auth_failure_that_submit_does_not_send_again()
+    {
+        var settings = ErrorQueueKit.ApiSettings();
+        settings["Auth:Throttling:ApiKeys:MaxFailures"] = "1";
+        settings["Auth:Throttling:ApiKeys:Lockout"] = "00:05:00";
+        await using var api = await Fixture.StartApiAsync(settings);
+        var address = api.BaseAddress.ToString();
+        const string unknownKey = "not-a-configured-key-111111111111";
+        using var file = new TempFile(JobRequests.ChargePayment(Guid.NewGuid()));
+
+        var first = await RunAsync(["queues", "--api", address], unknownKey);
+        var locked = await RunAsync(["queues", "--api", address], unknownKey);
+        var submit = await RunAsync(["submit", "charge-payment", file.Path, "--api", address], unknownKey);
+
+        Assert.Equal(ExitCodes.Auth, first.ExitCode);
+        Assert.Contains("401", first.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Auth, locked.ExitCode);
+        Assert.Contains("429 Too many unknown API keys", locked.Err, StringComparison.Ordinal);
+        Assert.Contains($"Check {CliContext.ApiKeyVariable}.", locked.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Auth, submit.ExitCode);
+        Assert.DoesNotContain("sending them again", submit.Err, StringComparison.Ordinal);
+        // The Api's own key still works from the locked-out address, and the CLI's other 429 is still sent again
+        // (Submit_waits_as_told_when_the_rate_limit_refuses_a_batch_and_sends_it_again).
+        Assert.Equal(ExitCodes.Ok, (await RunAsync(["queues", "--api", address], ErrorQueueKit.AdminKey)).ExitCode);
+        await using var db = Fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task Exit_codes_tell_usage_auth_not_found_and_unreachable_apart()
     {
         Assert.Equal(ExitCodes.Usage, (await RunAsync("move")).ExitCode);

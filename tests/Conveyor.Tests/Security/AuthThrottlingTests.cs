@@ -191,6 +191,10 @@ public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetim
             Assert.Equal(HttpStatusCode.TooManyRequests, locked.StatusCode);
             Assert.InRange(locked.Headers.RetryAfter?.Delta ?? TimeSpan.Zero, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30));
             Assert.Equal("application/problem+json", locked.Content.Headers.ContentType?.MediaType);
+            // Its own problem type, which the CLI tells from the backpressure's 429 by (CliTests).
+            using var problem = System.Text.Json.JsonDocument.Parse(await locked.Content.ReadAsStringAsync());
+            Assert.Equal(ApiKeyAuthenticationHandler.LockoutProblemType, problem.RootElement.GetProperty("type").GetString());
+            Assert.Equal(ApiKeyAuthenticationHandler.LockoutProblemType, Conveyor.Cli.ConveyorClient.KeyLockoutProblemType);
         }
 
         // A service behind the same address (the ingress's, say) is not locked out with the guesser.
