@@ -12,8 +12,9 @@ public static class NetworkAddresses
 {
     /// <summary>
     /// False for loopback, private, shared (carrier-grade NAT), link-local (cloud metadata), unique
-    /// local, multicast, documentation, benchmarking, reserved and unspecified addresses, in IPv4,
-    /// IPv6 and IPv4 embedded in IPv6 alike.
+    /// local, multicast, documentation, benchmarking, reserved, discard-only and unspecified addresses,
+    /// in IPv4, IPv6 and IPv4 embedded in IPv6 alike (mapped, translated, NAT64 and 6to4; Teredo and
+    /// NAT64's local-use prefix, whose IPv4 address cannot be read, are never public).
     /// </summary>
     public static bool IsPublic(IPAddress address)
     {
@@ -42,13 +43,26 @@ public static class NetworkAddresses
         }
 
         var v6 = address.GetAddressBytes();
-        // NAT64 (64:ff9b::/96) carries an IPv4 address in its last four bytes: judged by that one.
-        if (v6[0] == 0x00 && v6[1] == 0x64 && v6[2] == 0xff && v6[3] == 0x9b && v6.AsSpan(4, 8).IndexOfAnyExcept((byte)0) < 0)
+        // Forms that carry an IPv4 address a gateway or relay may deliver to: each judged by that address.
+        // NAT64's well-known prefix (64:ff9b::/96) and the IPv4-translated ::ffff:0:a.b.c.d, in their last
+        // four bytes; 6to4 (2002::/16), in the four after the prefix.
+        if ((v6[0] == 0x00 && v6[1] == 0x64 && v6[2] == 0xff && v6[3] == 0x9b && v6.AsSpan(4, 8).IndexOfAnyExcept((byte)0) < 0)
+            || (v6.AsSpan(0, 8).IndexOfAnyExcept((byte)0) < 0 && v6[8] == 0xff && v6[9] == 0xff && v6[10] == 0 && v6[11] == 0))
         {
             return IsPublic(new IPAddress(v6.AsSpan(12, 4)));
         }
 
+        if (v6[0] == 0x20 && v6[1] == 0x02)
+        {
+            return IsPublic(new IPAddress(v6.AsSpan(2, 4)));
+        }
+
         return !(IPAddress.IsLoopback(address)
+            // NAT64's local-use prefix (64:ff9b:1::/48, RFC 8215) places the IPv4 address where the
+            // network's own prefix length says, which the worker cannot know; Teredo (2001::/32) hides it.
+            || (v6[0] == 0x00 && v6[1] == 0x64 && v6[2] == 0xff && v6[3] == 0x9b && v6[4] == 0x00 && v6[5] == 0x01)
+            || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x00 && v6[3] == 0x00)
+            || (v6[0] == 0x01 && v6.AsSpan(1, 7).IndexOfAnyExcept((byte)0) < 0) // 100::/64, discard-only
             || address.Equals(IPAddress.IPv6None)
             || v6.AsSpan(0, 12).IndexOfAnyExcept((byte)0) < 0 // :: and the deprecated IPv4-compatible ::a.b.c.d
             || address.IsIPv6LinkLocal

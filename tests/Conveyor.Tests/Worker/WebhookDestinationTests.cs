@@ -47,6 +47,17 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
     [InlineData("fd00:ec2::254", false)]
     [InlineData("ff02::1", false)]
     [InlineData("2001:db8::1", false)]
+    [InlineData("2002:808:808::1", true)]
+    [InlineData("2002:7f00:1::1", false)]
+    [InlineData("2002:a9fe:a9fe::1", false)]
+    [InlineData("::ffff:0:808:808", true)]
+    [InlineData("::ffff:0:7f00:1", false)]
+    [InlineData("::ffff:0:a9fe:a9fe", false)]
+    [InlineData("64:ff9b:1::a9fe:a9fe", false)]
+    [InlineData("64:ff9b:1:a9fe:a9:fe00::", false)]
+    [InlineData("2001:0:4136:e378:8000:63bf:3fff:fdd2", false)]
+    [InlineData("100::1", false)]
+    [InlineData("2001:4860:4860::8888", true)]
     public void Only_public_addresses_count_as_public(string address, bool expected) =>
         Assert.Equal(expected, NetworkAddresses.IsPublic(IPAddress.Parse(address)));
 
