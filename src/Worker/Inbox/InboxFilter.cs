@@ -87,13 +87,16 @@ public sealed partial class InboxFilter<T>(
         try
         {
             await next.Send(context);
+            // The consumer's effects happened (an HTTP call cannot be taken back): a shutdown from here on
+            // must not roll their record back, or the next delivery would apply them again. The statement
+            // timeout bounds the wait.
             if (job is { } succeeded)
             {
-                await tracker.MarkSucceededAsync(db, succeeded, cancellationToken);
+                await tracker.MarkSucceededAsync(db, succeeded, CancellationToken.None);
             }
 
-            await db.SaveChangesAsync(cancellationToken);
-            await transaction.CommitAsync(cancellationToken);
+            await db.SaveChangesAsync(CancellationToken.None);
+            await transaction.CommitAsync(CancellationToken.None);
             if (job is { } done)
             {
                 JobMetrics.Succeeded(done.Kind, time.GetElapsedTime(startedAt));

@@ -149,7 +149,8 @@ public sealed partial class LeaseInboxFilter<T>(
             await heartbeat;
         }
 
-        if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, cancellationToken))
+        // The run is over: a shutdown from here on must not throw its result away (the statement timeout bounds the wait).
+        if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, CancellationToken.None))
         {
             JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
         }
