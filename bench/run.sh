@@ -19,7 +19,8 @@ what="${1:-all}"
 [ $# -gt 0 ] && shift
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-eval "$(scripts/services.sh up)"
+env_lines=$(scripts/services.sh up) || { echo "[bench] could not start RabbitMQ and PostgreSQL (scripts/services.sh up)" >&2; exit 1; }
+eval "$env_lines"
 echo "[bench] building Release" >&2
 dotnet build Worker.sln -c Release -v quiet -nologo >&2
 mkdir -p artifacts/bench
@@ -52,9 +53,12 @@ faults_disruptive() {
     return
   fi
   # Private servers: stopping them disturbs nothing else running on this machine.
-  bench/private-servers.sh up >&2
+  # Called as `faults_disruptive || status=$?`, where set -e does not apply: each failure returns.
+  bench/private-servers.sh up >&2 || { echo "[bench] could not start the private servers" >&2; return 1; }
   trap 'bench/private-servers.sh down >&2' RETURN
-  eval "$(bench/private-servers.sh env)"
+  local private_env
+  private_env=$(bench/private-servers.sh env) || return 1
+  eval "$private_env"
   CONVEYOR_FAULTS_JOBS="${CONVEYOR_FAULTS_JOBS:-3000}" faults "Category=FaultsDisruptive"
 }
 

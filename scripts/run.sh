@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v dotnet >/dev/null || { echo "the .NET 10 SDK is not on PATH (dotnet): install it first, see global.json for the version" >&2; exit 1; }
 
-eval "$(scripts/services.sh up)"
+# Not `eval "$(...)"`: set -e does not see a failure inside it, and the run would go on without servers.
+env_lines=$(scripts/services.sh up) || { echo "could not start RabbitMQ and PostgreSQL (scripts/services.sh up)" >&2; exit 1; }
+eval "$env_lines"
 dotnet build Worker.sln -c Release -v quiet -nologo
 dotnet run --project src/Worker -c Release --no-build -- migrate
 
