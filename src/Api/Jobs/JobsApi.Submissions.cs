@@ -98,6 +98,20 @@ internal static partial class JobsApi
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
+        // Checked first: it needs no I/O, and a batch the queue cannot take now spends none of its permits,
+        // so following Retry-After through a long refusal does not use up the client's allowance.
+        if (items.Any(item => item.Request.RunAt is null) && RefuseAdmission(kind, http, backpressure) is { } full)
+        {
+            return full;
+        }
+
+        // All of the batch's permits at once, or none: its Retry-After is the time until there are that many.
+        // Taken before any lookup below, so every database query a batch makes is paid for.
+        if (!rateLimiter.TryAcquire(http, items.Count, out var wait))
+        {
+            return TooManyRequests(http, wait);
+        }
+
         // A job whose runAt is past or too far ahead is only a repeat of one accepted before (the same batch
         // sent again after its time came); if any is new, the whole batch is refused as for any bad job.
         foreach (var (item, index) in items.Select((item, index) => (item, index)).Where(x => x.item.Request.RunAtOutsideWindow))
@@ -110,19 +124,7 @@ internal static partial class JobsApi
 
         if (errors.Count > 0)
         {
-            rateLimiter.Spend(http);
             return TypedResults.ValidationProblem(errors.ToDictionary());
-        }
-
-        // All of the batch's permits at once, or none: its Retry-After is the time until there are that many.
-        if (!rateLimiter.TryAcquire(http, items.Count, out var wait))
-        {
-            return TooManyRequests(http, wait);
-        }
-
-        if (items.Any(item => item.Request.RunAt is null) && RefuseAdmission(kind, http, backpressure) is { } full)
-        {
-            return full;
         }
 
         // Submitted side by side: the rows meet in the same group commits, the publishes' confirms
@@ -184,8 +186,8 @@ internal static partial class JobsApi
     /// <summary>
     /// The body, once the request passed the checks that need no parsing: the client's rate limit (429;
     /// a single submission takes its permit here, a batch only needs one to be there and takes all of
-    /// its permits once its size is known), a known kind (404), JSON (415), at most
-    /// <paramref name="maxBodyBytes"/> (413).
+    /// its permits once its size is known, or one when it is refused here), a known kind (404), JSON
+    /// (415), at most <paramref name="maxBodyBytes"/> (413).
     /// </summary>
     private static async Task<(byte[] Body, ProblemHttpResult? Refused)> ReadAsync(Submission submission, int maxBodyBytes, bool batch)
     {
@@ -198,11 +200,27 @@ internal static partial class JobsApi
 
         if (RefuseRequest(submission.Kind, http.Request, maxBodyBytes) is { } refused)
         {
+            SpendIfBatch();
             return ([], refused);
         }
 
         var body = await RequestBody.ReadAtMostAsync(http.Request.Body, http.Request.ContentLength, maxBodyBytes, submission.CancellationToken);
-        return body is null ? ([], BodyTooLarge(maxBodyBytes)) : (body, null);
+        if (body is null)
+        {
+            SpendIfBatch();
+            return ([], BodyTooLarge(maxBodyBytes));
+        }
+
+        return (body, null);
+
+        // A refused batch pays one permit, as a single submission does, so refusals are not free to send.
+        void SpendIfBatch()
+        {
+            if (batch)
+            {
+                limiter.Spend(http);
+            }
+        }
     }
 
     /// <summary>A refusal of the request before its body is parsed: unknown kind (404), wrong media type (415), too large (413).</summary>

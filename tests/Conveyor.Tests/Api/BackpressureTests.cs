@@ -70,6 +70,34 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     [Fact]
+    public async Task A_batch_refused_for_a_full_queue_spends_none_of_the_clients_permits()
+    {
+        await (await fixture.StartWorkerAsync(WorkerSettings.With())).DisposeAsync();
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Backpressure:RefreshMilliseconds"] = "100",
+            ["Backpressure:MaxQueueDepth:charge-payment"] = "1",
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "4",
+        });
+        await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await Eventually.AssertAsync(() => Assert.True(ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
+
+        var now = JobBatchTests.Batch(Enumerable.Range(0, 3).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())));
+        using (var full = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, now))
+        {
+            await full.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            Assert.Equal("Job queue full", (await full.ReadJsonAsync()).GetProperty("title").GetString());
+        }
+
+        // The client's three permits (or four) are still there: scheduled jobs do not wait for the queue.
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
+        var later = JobBatchTests.Batch(Enumerable.Range(0, 3).Select(_ => JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt)));
+        using var scheduled = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, later);
+        Assert.True(scheduled.StatusCode == HttpStatusCode.Accepted, $"{(int)scheduled.StatusCode} {await scheduled.Content.ReadAsStringAsync()}");
+    }
+
+    [Fact]
     public async Task A_slow_consumer_never_holds_more_unacked_messages_than_its_prefetch()
     {
         const int prefetch = 3;

@@ -80,6 +80,50 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_whose_jobs_the_Api_had_to_look_up_pays_for_each_even_when_it_is_refused()
+    {
+        // One permit a second: a slow refill, next to the batches' sizes.
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "6",
+        });
+        // Times past: each job could only be the repeat of one accepted before, so each is looked up.
+        var past = DateTimeOffset.UtcNow.AddHours(-1);
+        var stale = JobBatchTests.Batch(Enumerable.Range(0, 6).Select(_ => JobRequests.ScheduledChargePayment(Guid.NewGuid(), past)));
+
+        using (var refused = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, stale))
+        {
+            await refused.AssertProblemAsync(StatusCodes.Status400BadRequest);
+            Assert.Contains("jobs[5].runAt", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+
+        // Its six lookups took six permits, not the one an unread bad batch pays (and refills since add fewer than three).
+        using var next = await PostChargesAsync(api, 3);
+        await next.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+    }
+
+    [Fact]
+    public async Task A_batch_refused_before_its_body_is_read_pays_one_permit()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "4",
+        });
+
+        for (var i = 0; i < 4; i++)
+        {
+            using var unknownKind = await JobBatchTests.PostBatchAsync(api, "mine-bitcoin", Charges(1));
+            await unknownKind.AssertProblemAsync(StatusCodes.Status404NotFound);
+        }
+
+        // Refills since add fewer than three.
+        using var next = await PostChargesAsync(api, 3);
+        await next.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+    }
+
+    [Fact]
     public async Task A_single_job_over_the_limit_is_accepted_when_sent_again_after_its_retry_after()
     {
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
