@@ -4,34 +4,68 @@ using System.Text;
 namespace Conveyor.Worker.Webhooks;
 
 /// <summary>
-/// <c>Conveyor-Signature: t=&lt;unix seconds&gt;,v1=&lt;hex HMAC-SHA256 of "t.body"&gt;</c>. Signing the
-/// timestamp with the body lets a receiver reject replays of old deliveries.
+/// <c>Conveyor-Signature: t=&lt;unix seconds&gt;,v1=&lt;hex HMAC-SHA256 of "t.body"&gt;,v2=&lt;hex HMAC-SHA256 of
+/// "t.id.eventType\nbody"&gt;</c>, where <c>id</c> is the <c>Conveyor-Webhook-Id</c> and <c>eventType</c> the
+/// <c>Conveyor-Event-Type</c> sent with it. Signing the timestamp lets a receiver reject replays of old
+/// deliveries; <c>v2</c> also binds the headers a receiver acts on, so a captured delivery cannot be sent
+/// again within the receiver's tolerance under a fresh id (past its deduplication) or as another event.
+/// An event type holds no control character (the contract refuses one), so the line break ends it.
+/// <c>v1</c> is kept for receivers written against it; new receivers verify <c>v2</c>
+/// (<see cref="Verify"/>).
 /// </summary>
 public static class WebhookSignature
 {
     public const string HeaderName = "Conveyor-Signature";
 
-    public static string Create(string secret, long unixSeconds, ReadOnlySpan<byte> body)
+    /// <summary>How far a delivery's timestamp may be from the receiver's clock in <see cref="Verify"/> unless told otherwise.</summary>
+    public static readonly TimeSpan DefaultTolerance = TimeSpan.FromMinutes(5);
+
+    public static string Create(string secret, long unixSeconds, string webhookId, string eventType, ReadOnlySpan<byte> body)
     {
-        var prefix = Encoding.UTF8.GetBytes($"{unixSeconds}.");
-        var signed = new byte[prefix.Length + body.Length];
-        prefix.CopyTo(signed, 0);
-        body.CopyTo(signed.AsSpan(prefix.Length));
-        var mac = HMACSHA256.HashData(Encoding.UTF8.GetBytes(secret), signed);
-        return $"t={unixSeconds},v1={Convert.ToHexStringLower(mac)}";
+        var key = Encoding.UTF8.GetBytes(secret);
+        return $"t={unixSeconds},v1={Mac(key, $"{unixSeconds}.", body)},v2={Mac(key, $"{unixSeconds}.{webhookId}.{eventType}\n", body)}";
     }
 
-    /// <summary>What a receiver does: recompute and compare in constant time.</summary>
-    public static bool Verify(string secret, string header, ReadOnlySpan<byte> body)
+    /// <summary>
+    /// What a receiver does: reads <c>t</c> and <c>v2</c>, refuses a timestamp further than
+    /// <paramref name="tolerance"/> (default <see cref="DefaultTolerance"/>) from <paramref name="now"/>,
+    /// recomputes <c>v2</c> over the id, event type and body received, and compares in constant time.
+    /// </summary>
+    public static bool Verify(
+        string secret, string header, string webhookId, string eventType, ReadOnlySpan<byte> body, DateTimeOffset now, TimeSpan? tolerance = null)
     {
-        var parts = header.Split(',', StringSplitOptions.TrimEntries);
-        var timestamp = parts.FirstOrDefault(p => p.StartsWith("t=", StringComparison.Ordinal))?[2..];
-        if (!long.TryParse(timestamp, out var seconds))
+        string? timestamp = null;
+        string? signature = null;
+        foreach (var part in header.Split(',', StringSplitOptions.TrimEntries))
+        {
+            if (part.StartsWith("t=", StringComparison.Ordinal))
+            {
+                timestamp = part[2..];
+            }
+            else if (part.StartsWith("v2=", StringComparison.Ordinal))
+            {
+                signature = part[3..];
+            }
+        }
+
+        if (!long.TryParse(timestamp, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var seconds)
+            || signature is null
+            || seconds > DateTimeOffset.MaxValue.ToUnixTimeSeconds()
+            || (now - DateTimeOffset.FromUnixTimeSeconds(seconds)).Duration() > (tolerance ?? DefaultTolerance))
         {
             return false;
         }
 
-        var expected = Encoding.ASCII.GetBytes(Create(secret, seconds, body));
-        return CryptographicOperations.FixedTimeEquals(expected, Encoding.ASCII.GetBytes(header));
+        var expected = Encoding.ASCII.GetBytes(Mac(Encoding.UTF8.GetBytes(secret), $"{seconds}.{webhookId}.{eventType}\n", body));
+        return CryptographicOperations.FixedTimeEquals(expected, Encoding.ASCII.GetBytes(signature));
+    }
+
+    private static string Mac(byte[] key, string prefix, ReadOnlySpan<byte> body)
+    {
+        var head = Encoding.UTF8.GetBytes(prefix);
+        var signed = new byte[head.Length + body.Length];
+        head.CopyTo(signed, 0);
+        body.CopyTo(signed.AsSpan(head.Length));
+        return Convert.ToHexStringLower(HMACSHA256.HashData(key, signed));
     }
 }

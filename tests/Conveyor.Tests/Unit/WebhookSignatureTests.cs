@@ -5,18 +5,49 @@ namespace Conveyor.Tests.Unit;
 
 public sealed class WebhookSignatureTests
 {
+    private const string Secret = "secret-0123456789";
+    private const string Id = "5f0c6a54-2f4e-4c0b-9d7e-0a4f3f1c2b11";
+    private const string EventType = "order.paid";
     private static readonly byte[] Body = Encoding.UTF8.GetBytes("""{"a":1}""");
+    private static readonly DateTimeOffset SentAt = DateTimeOffset.FromUnixTimeSeconds(1_700_000_000);
 
     [Fact]
-    public void A_signature_verifies_with_its_secret_and_body_only()
+    public void A_signature_verifies_with_its_secret_id_event_type_and_body_only()
     {
-        var header = WebhookSignature.Create("secret-0123456789", 1_700_000_000, Body);
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);
 
-        Assert.StartsWith("t=1700000000,v1=", header, StringComparison.Ordinal);
-        Assert.True(WebhookSignature.Verify("secret-0123456789", header, Body));
-        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Body));
-        Assert.False(WebhookSignature.Verify("secret-0123456789", header, Encoding.UTF8.GetBytes("""{"a":2}""")));
-        Assert.False(WebhookSignature.Verify("secret-0123456789", header.Replace("t=1700000000", "t=1700000001", StringComparison.Ordinal), Body));
-        Assert.False(WebhookSignature.Verify("secret-0123456789", "garbage", Body));
+        Assert.Matches("^t=1700000000,v1=[0-9a-f]{64},v2=[0-9a-f]{64}$", header);
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, EventType, Encoding.UTF8.GetBytes("""{"a":2}"""), SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, Guid.NewGuid().ToString(), EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, "order.refunded", Body, SentAt));
+        // The event type's end is fixed: bytes cannot move between it and the body.
+        Assert.False(WebhookSignature.Verify(Secret, WebhookSignature.Create(Secret, 1_700_000_000, Id, "order", Encoding.UTF8.GetBytes(".paid\n{\"a\":1}")), Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header.Replace("t=1700000000", "t=1700000001", StringComparison.Ordinal), Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, "garbage", Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, "t=99999999999999999999,v2=00", Id, EventType, Body, SentAt));
+    }
+
+    [Fact]
+    public void A_signature_older_or_newer_than_the_tolerance_is_refused()
+    {
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);
+
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(4)));
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(-4)));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(6)));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(-6)));
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(20), TimeSpan.FromMinutes(30)));
+    }
+
+    [Fact]
+    public void The_v1_signature_is_the_hmac_of_the_timestamp_and_body_as_before()
+    {
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);
+        var expected = Convert.ToHexStringLower(System.Security.Cryptography.HMACSHA256.HashData(
+            Encoding.UTF8.GetBytes(Secret), (byte[])[.. Encoding.UTF8.GetBytes("1700000000."), .. Body]));
+
+        Assert.Contains($",v1={expected},", header, StringComparison.Ordinal);
     }
 }

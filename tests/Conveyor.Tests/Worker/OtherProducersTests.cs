@@ -81,9 +81,18 @@ public sealed class OtherProducersTests(ConveyorFixture fixture) : IAsyncLifetim
         Assert.Equal(webhook.WebhookId.ToString(), received.Headers["Idempotency-Key"]);
         using var body = JsonDocument.Parse(received.Body);
         Assert.Equal(42, body.RootElement.GetProperty("orderId").GetInt32());
-        Assert.True(WebhookSignature.Verify(WorkerSettings.SigningSecret, received.Headers[WebhookSignature.HeaderName], received.Body));
-        Assert.False(WebhookSignature.Verify("another-secret-entirely", received.Headers[WebhookSignature.HeaderName], received.Body));
-        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, received.Headers[WebhookSignature.HeaderName], Encoding.UTF8.GetBytes("{}")));
+        var signature = received.Headers[WebhookSignature.HeaderName];
+        var id = received.Headers[WebhookSender.WebhookIdHeader];
+        var eventType = received.Headers[WebhookSender.EventTypeHeader];
+        var now = DateTimeOffset.UtcNow;
+        Assert.True(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify("another-secret-entirely", signature, id, eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, eventType, Encoding.UTF8.GetBytes("{}"), now));
+        // A captured delivery sent again under a fresh id (past the receiver's deduplication) or as another event.
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, Guid.NewGuid().ToString(), eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, "order.refunded", received.Body, now));
+        // Or later than the receiver's tolerance.
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, eventType, received.Body, now.AddMinutes(10)));
     }
 
     [Fact]
