@@ -27,6 +27,12 @@ public enum PublishOutcome
 
     /// <summary>It can never be published as stored: unreadable headers, a property too long, refused for what it is.</summary>
     Unpublishable,
+
+    /// <summary>
+    /// Its publish was cut short (the caller's token cancelled: a timeout, a shutdown) before a confirm
+    /// came: the broker may have taken it or not.
+    /// </summary>
+    Unsettled,
 }
 
 /// <summary>The outcome of one stored message's publish, and why when it was not confirmed.</summary>
@@ -35,7 +41,8 @@ public readonly record struct PublishResult(long Id, PublishOutcome Outcome, str
 /// <summary>
 /// Publishes stored messages straight to their queues (default exchange, persistent, mandatory)
 /// on a dedicated channel with publisher confirms, so a row is deleted only after the broker has it.
-/// Each message's publish has its own outcome: one that fails never fails the others' results.
+/// Each message's publish has its own outcome: one that fails or is cut short never fails the
+/// others' results, which a caller needs for the messages the broker did confirm.
 /// </summary>
 public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncDisposable
 {
@@ -46,7 +53,10 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
     private IConnection? _connection;
     private IChannel? _channel;
 
-    /// <summary>Publishes the messages together and waits for their confirms; one result per message, in order.</summary>
+    /// <summary>
+    /// Publishes the messages together and waits for their confirms; one result per message, in order.
+    /// Throws only when no channel can be had, before anything is published.
+    /// </summary>
     public async Task<IReadOnlyList<PublishResult>> PublishAsync(IReadOnlyList<ScheduledMessage> messages, CancellationToken cancellationToken)
     {
         var (channel, frameMax) = await ChannelAsync(cancellationToken);
@@ -120,7 +130,7 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            throw;
+            return new(message.Id, PublishOutcome.Unsettled);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -19,9 +19,10 @@ public sealed class DispatcherOptions : IValidatableObject
 
     /// <summary>
     /// How long one batch's publishes may wait for their confirms (a broker blocking publishers in a
-    /// memory or disk alarm sends none). Past it the batch's claim is rolled back, so its rows are free
-    /// for any dispatcher again, and this one backs off; copies already published then go out again
-    /// later, which the inbox absorbs.
+    /// memory or disk alarm sends none). Past it the rows not confirmed are left as they were and the
+    /// rows confirmed are deleted, in one commit, so the former are free for any dispatcher again, and
+    /// this one backs off; a copy the broker took without its confirm arriving goes out again later,
+    /// which the inbox absorbs.
     /// </summary>
     [Range(1, 600)]
     public int PublishTimeoutSeconds { get; set; } = 30;

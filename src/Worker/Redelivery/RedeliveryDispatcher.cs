@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Runtime.ExceptionServices;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Redelivery;
@@ -14,7 +15,8 @@ namespace Conveyor.Worker.Redelivery;
 /// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY from the store.
 /// A crash after a confirm and before the commit republishes once more; the inbox absorbs it.
 /// Each row settles on its own (<see cref="SettleAsync"/>): one that cannot be published never holds
-/// back the others.
+/// back the others, and a round cut short (a shutdown, a publish timeout) still commits what its
+/// confirmed rows settled.
 /// </summary>
 public sealed partial class RedeliveryDispatcher(
     IDbContextFactory<ConveyorDbContext> dbFactory,
@@ -85,7 +87,15 @@ public sealed partial class RedeliveryDispatcher(
         }
     }
 
-    /// <summary>Publishes every row that is due now, batch by batch.</summary>
+    /// <summary>
+    /// Publishes every row that is due now, batch by batch. Once a batch's publishes have begun, its
+    /// bookkeeping (the jobs dead-lettered, the DELETE, the rows kept for later, the commit) runs to the
+    /// end whatever becomes of the publishes or of <paramref name="cancellationToken"/>, bounded by the
+    /// server's <c>statement_timeout</c>: rolled back, it would leave the rows the broker had confirmed
+    /// for another dispatcher to publish again, and copy again to <c>_error</c> those moved there. A
+    /// batch cut short (a shutdown, a publish timeout, a reconnect that failed) leaves the rows it did
+    /// not settle as they were, free for any dispatcher once committed, and then throws what cut it short.
+    /// </summary>
     public async Task<int> DispatchDueAsync(CancellationToken cancellationToken)
     {
         var total = 0;
@@ -109,11 +119,13 @@ public sealed partial class RedeliveryDispatcher(
                 return total;
             }
 
-            var results = await PublishWithinTimeoutAsync(due.Count, timeout => publisher.PublishAsync(due, timeout), cancellationToken);
+            // From here on nothing takes the caller's token but the publishes themselves.
+            var round = new Round(cancellationToken);
+            var results = await PublishWithinTimeoutAsync(round, due, timeout => publisher.PublishAsync(due, timeout));
             var settled = new List<(ScheduledMessage Message, Settlement Settlement, PublishResult Result)>(due.Count);
             foreach (var (message, result) in due.Zip(results))
             {
-                settled.Add(await SettleAsync(message, result, cancellationToken));
+                settled.Add(await SettleAsync(round, message, result));
             }
 
             var published = time.GetUtcNow();
@@ -122,20 +134,20 @@ public sealed partial class RedeliveryDispatcher(
             var deadLettered = new List<(ScheduledMessage Message, string Kind)>();
             foreach (var (message, _, result) in settled.Where(s => s.Settlement == Settlement.MovedToError))
             {
-                if (await DeadLetterJobAsync(db, message, ReasonOf(result), published, cancellationToken) is { } kind)
+                if (await DeadLetterJobAsync(db, message, ReasonOf(result), published, CancellationToken.None) is { } kind)
                 {
                     deadLettered.Add((message, kind));
                 }
             }
 
-            var doneIds = settled.Where(s => s.Settlement != Settlement.Later).Select(s => s.Message.Id).ToArray();
+            var doneIds = settled.Where(s => s.Settlement is Settlement.Published or Settlement.MovedToError).Select(s => s.Message.Id).ToArray();
             await db.Database.ExecuteSqlInterpolatedAsync(
-                $"DELETE FROM scheduled_messages WHERE id = ANY({doneIds})", cancellationToken);
+                $"DELETE FROM scheduled_messages WHERE id = ANY({doneIds})", CancellationToken.None);
             var later = settled.Where(s => s.Settlement == Settlement.Later).ToList();
             if (later.Count > 0)
             {
                 var retryAt = published.AddSeconds(options.Value.FailedPublishBackoffSeconds);
-                await KeepForLaterAsync(db, later.Select(s => (s.Message, ReasonOf(s.Result))).ToList(), published, retryAt, cancellationToken);
+                await KeepForLaterAsync(db, later.Select(s => (s.Message, ReasonOf(s.Result))).ToList(), published, retryAt, CancellationToken.None);
                 var refused = later.Count(s => s.Result.Outcome == PublishOutcome.Refused);
                 if (refused > 0)
                 {
@@ -167,6 +179,7 @@ public sealed partial class RedeliveryDispatcher(
             }
 
             total += doneIds.Length;
+            round.ThrowIfCutShort();
             if (due.Count < batchSize)
             {
                 return total;
@@ -180,29 +193,35 @@ public sealed partial class RedeliveryDispatcher(
     /// take: a row whose publish failed is published again alone, so that one bad row never holds back
     /// the others. A row the broker refuses for what it is, or that cannot be published at all, is
     /// moved to its destination's <c>_error</c> queue with the reason; while that queue does not exist
-    /// (MassTransit declares it at its first message) it stays, for another try later: never lost.
+    /// (MassTransit declares it at its first message) it stays, for another try later: never lost. A
+    /// row whose publish or move the <paramref name="round"/> cut short stays as it was.
     /// </summary>
     private async Task<(ScheduledMessage Message, Settlement Settlement, PublishResult Result)> SettleAsync(
-        ScheduledMessage message, PublishResult result, CancellationToken cancellationToken)
+        Round round, ScheduledMessage message, PublishResult result)
     {
         if (result.Outcome == PublishOutcome.Failed)
         {
-            result = await PublishWithinTimeoutAsync(1, timeout => publisher.PublishAloneAsync(message, timeout), cancellationToken);
+            result = (await PublishWithinTimeoutAsync(round, [message], async timeout => [await publisher.PublishAloneAsync(message, timeout)]))[0];
         }
 
-        if (result.Outcome == PublishOutcome.Confirmed)
+        switch (result.Outcome)
         {
-            return (message, Settlement.Published, result);
-        }
-
-        if (result.Outcome != PublishOutcome.Unpublishable)
-        {
-            return (message, Settlement.Later, result);
+            case PublishOutcome.Confirmed:
+                return (message, Settlement.Published, result);
+            case PublishOutcome.Unsettled:
+                return (message, Settlement.Unsettled, result);
+            case PublishOutcome.Refused or PublishOutcome.Failed:
+                return (message, Settlement.Later, result);
         }
 
         var reason = ReasonOf(result);
-        var moved = await PublishWithinTimeoutAsync(
-            1, timeout => publisher.MoveToErrorQueueAsync(message, reason, time.GetUtcNow(), timeout), cancellationToken);
+        var moved = (await PublishWithinTimeoutAsync(
+            round, [message], async timeout => [await publisher.MoveToErrorQueueAsync(message, reason, time.GetUtcNow(), timeout)]))[0];
+        if (moved.Outcome == PublishOutcome.Unsettled)
+        {
+            return (message, Settlement.Unsettled, result);
+        }
+
         if (moved.Outcome != PublishOutcome.Confirmed)
         {
             LogNotMovedToError(message.Id, message.Destination, reason, moved.Error);
@@ -298,30 +317,87 @@ public sealed partial class RedeliveryDispatcher(
         Published,
         MovedToError,
         Later,
+
+        /// <summary>Cut short in this round: the row stays as it was, for the next round of any dispatcher.</summary>
+        Unsettled,
+    }
+
+    /// <summary>
+    /// One batch's publishes and what cut them short, if anything: after that nothing more is tried in
+    /// the batch (a broker that let one publish time out would make each of the others wait as long,
+    /// their rows locked), and the batch throws it once its bookkeeping is committed.
+    /// </summary>
+    private sealed class Round(CancellationToken stopping)
+    {
+        public CancellationToken Stopping { get; } = stopping;
+
+        public Exception? CutShort { get; set; }
+
+        public void ThrowIfCutShort()
+        {
+            if (CutShort is { } exception)
+            {
+                ExceptionDispatchInfo.Throw(exception);
+            }
+        }
     }
 
     /// <summary>
     /// Publishes with confirms, waiting for them at most <see cref="DispatcherOptions.PublishTimeoutSeconds"/>:
     /// a dispatcher must not hold its rows locked and its transaction open for as long as a broker
-    /// alarm lasts. On a timeout the publisher's channel is given up (its outstanding confirms can no
-    /// longer be matched; closing it may wait on the same stalled broker, so that happens aside) and
-    /// the caller's transaction rolls back.
+    /// alarm lasts. Never throws, so the results of the messages the broker did confirm are never lost:
+    /// a publish cut short (the timeout, the shutdown) or never sent (no channel could be had: a
+    /// reconnect that failed) is <see cref="PublishOutcome.Unsettled"/>, and the <paramref name="round"/>
+    /// records why. On a timeout the publisher's channel is given up (its outstanding confirms can no
+    /// longer be matched; closing it may wait on the same stalled broker, so that happens aside).
     /// </summary>
-    private async Task<T> PublishWithinTimeoutAsync<T>(int count, Func<CancellationToken, Task<T>> publish, CancellationToken cancellationToken)
+    private async Task<IReadOnlyList<PublishResult>> PublishWithinTimeoutAsync(
+        Round round, List<ScheduledMessage> messages, Func<CancellationToken, Task<IReadOnlyList<PublishResult>>> publish)
     {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        if (round.CutShort is not null)
+        {
+            return Unsettled(messages, "not tried: an earlier publish of its batch was cut short");
+        }
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(round.Stopping);
         timeout.CancelAfter(TimeSpan.FromSeconds(options.Value.PublishTimeoutSeconds));
+        IReadOnlyList<PublishResult> results;
         try
         {
-            return await publish(timeout.Token);
+            results = await publish(timeout.Token);
         }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // Only ever before anything was sent: the publisher could not open a channel.
+            results = Unsettled(messages, exception.Message);
+            if (!timeout.IsCancellationRequested)
+            {
+                round.CutShort = exception;
+                return results;
+            }
+        }
+
+        if (!results.Any(r => r.Outcome == PublishOutcome.Unsettled))
+        {
+            return results;
+        }
+
+        if (round.Stopping.IsCancellationRequested)
+        {
+            round.CutShort = new OperationCanceledException(round.Stopping);
+        }
+        else
         {
             publisher.Abandon();
-            throw new TimeoutException(
-                $"The broker did not confirm a batch of {count} scheduled message(s) within {options.Value.PublishTimeoutSeconds} s; their claim is released for another try.");
+            round.CutShort = new TimeoutException(
+                $"The broker did not confirm {messages.Count} scheduled message(s) within {options.Value.PublishTimeoutSeconds} s; those not confirmed are released for another try.");
         }
+
+        return results;
     }
+
+    private static List<PublishResult> Unsettled(List<ScheduledMessage> messages, string reason) =>
+        messages.Select(m => new PublishResult(m.Id, PublishOutcome.Unsettled, reason)).ToList();
 
     /// <summary>
     /// The pause after the <paramref name="emptyRounds"/>th round in a row that found due rows and

@@ -4,8 +4,10 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
+using Conveyor.Contracts;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
@@ -156,6 +158,93 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         Assert.Equal(ids.Order(), published.Order());
     }
 
+    [Fact]
+    public async Task A_dispatcher_stopped_after_its_confirms_commits_them_and_no_row_goes_out_twice()
+    {
+        var errorQueue = _queue + BrokerPublisher.ErrorQueueSuffix;
+        await _channel.QueueDeclareAsync(errorQueue, durable: true, exclusive: false, autoDelete: false);
+        try
+        {
+            var due = DateTimeOffset.UtcNow.AddSeconds(-5);
+            var published = new[] { await ScheduleAsync(due), await ScheduleAsync(due), await ScheduleAsync(due) };
+            // Headers that are no map of strings: the row goes to _error and dead-letters its job.
+            var job = await AddWaitingJobAsync();
+            var unpublishable = await ScheduleAsync(due, """{"X-Count": 5}""", job);
+
+            // The shutdown (SIGTERM) comes once every row is confirmed or moved, as the round starts writing
+            // what it did: the dead-lettered job's status.
+            RedeliveryDispatcher dispatcher = null!;
+            Task? stopping = null;
+            var stopper = new OnFirstCommand("UPDATE jobs SET status", () => stopping = dispatcher.StopAsync(CancellationToken.None));
+            await using var publisher = Publisher();
+            using (dispatcher = Dispatcher(publisher, database: stopper.Factory(fixture)))
+            {
+                await dispatcher.StartAsync(CancellationToken.None);
+                try
+                {
+                    await Eventually.AssertAsync(() => Assert.NotNull(stopping), TimeSpan.FromSeconds(30));
+                    await stopping!.WaitAsync(TimeSpan.FromSeconds(60));
+                }
+                finally
+                {
+                    await dispatcher.StopAsync(CancellationToken.None);
+                }
+            }
+
+            await using (var db = fixture.CreateDbContext())
+            {
+                Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+                Assert.Equal(JobStatus.DeadLettered, (await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == job.Id)).Status);
+            }
+
+            // Another pod's dispatcher finds nothing left to publish again.
+            await using var otherPublisher = Publisher();
+            using var other = Dispatcher(otherPublisher);
+            Assert.Equal(0, await other.DispatchDueAsync(CancellationToken.None));
+
+            Assert.Equal(published.Order(), (await TakeAllAsync(_queue)).Order());
+            Assert.Equal([unpublishable], await TakeAllAsync(errorQueue));
+        }
+        finally
+        {
+            await _channel.QueueDeleteAsync(errorQueue);
+        }
+    }
+
+    /// <summary>A job waiting for its redelivery, as the worker leaves it when it stores one.</summary>
+    private async Task<Job> AddWaitingJobAsync()
+    {
+        var created = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var job = new Job
+        {
+            Id = Guid.CreateVersion7(),
+            Kind = JobKinds.ChargePayment,
+            BusinessKey = Guid.NewGuid().ToString(),
+            Status = JobStatus.RetryScheduled,
+            Attempts = 1,
+            LastError = "HttpRequestException: 503",
+            CreatedAt = created,
+            UpdatedAt = created,
+            NextAttemptAt = created.AddMinutes(1),
+        };
+        await using var db = fixture.CreateDbContext();
+        db.Jobs.Add(job);
+        await db.SaveChangesAsync();
+        return job;
+    }
+
+    /// <summary>The message ids <paramref name="queue"/> holds, taken from it.</summary>
+    private async Task<List<string>> TakeAllAsync(string queue)
+    {
+        var taken = new List<string>();
+        while (await _channel.BasicGetAsync(queue, autoAck: true) is { } message)
+        {
+            taken.Add(message.BasicProperties.MessageId!);
+        }
+
+        return taken;
+    }
+
     /// <summary>
     /// A session of this run's database is idle after a query for the next due time made since
     /// <paramref name="since"/>. Asked on a connection of its own, outside the pool the dispatcher
@@ -277,7 +366,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         new(database ?? fixture.DbContextFactory(), publisher, Options.Create(options ?? new DispatcherOptions()), clock ?? TimeProvider.System,
             NullLogger<RedeliveryDispatcher>.Instance);
 
-    private async Task<string> ScheduleAsync(DateTimeOffset dueAt)
+    private async Task<string> ScheduleAsync(DateTimeOffset dueAt, string headers = "{}", Job? job = null)
     {
         var messageId = Guid.NewGuid().ToString();
         await using var db = fixture.CreateDbContext();
@@ -289,9 +378,11 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             Attempt = 1,
             ContentType = "application/json",
             MessageId = messageId,
-            Headers = "{}",
+            Headers = headers,
             Body = Encoding.UTF8.GetBytes("{}"),
             CreatedAt = DateTimeOffset.UtcNow,
+            JobId = job?.Id,
+            JobAttempts = job?.Attempts,
         });
         await db.SaveChangesAsync();
         return messageId;
@@ -338,6 +429,39 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
                 var options = new DbContextOptionsBuilder<ConveyorDbContext>();
                 StorageServiceCollectionExtensions.Configure(options, connectionString);
                 options.AddInterceptors(counter);
+                return new ConveyorDbContext(options.Options);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="action"/> once, when the contexts its <see cref="Factory"/> makes first run a
+    /// command whose text contains <paramref name="text"/>, just before that command executes.
+    /// </summary>
+    private sealed class OnFirstCommand(string text, Action action) : DbCommandInterceptor
+    {
+        private int _seen;
+
+        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => new Contexts(fixture.ConnectionString, this);
+
+        public override ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
+            DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
+        {
+            if (command.CommandText.Contains(text, StringComparison.Ordinal) && Interlocked.Exchange(ref _seen, 1) == 0)
+            {
+                action();
+            }
+
+            return ValueTask.FromResult(result);
+        }
+
+        private sealed class Contexts(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
+        {
+            public ConveyorDbContext CreateDbContext()
+            {
+                var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+                StorageServiceCollectionExtensions.Configure(options, connectionString);
+                options.AddInterceptors(interceptor);
                 return new ConveyorDbContext(options.Options);
             }
         }
