@@ -13,7 +13,10 @@ public sealed class DispatcherOptions : IValidatableObject
     [Range(1, 5_000)]
     public int BatchSize { get; set; } = 200;
 
-    /// <summary>The longest sleep without a NOTIFY; a safety net, not the normal wake-up.</summary>
+    /// <summary>
+    /// The longest sleep without a NOTIFY; a safety net, not the normal wake-up. A dispatcher that
+    /// cannot open its LISTEN session dispatches on this poll alone and tries LISTEN again this often.
+    /// </summary>
     [Range(1, 300)]
     public int MaxIdleSeconds { get; set; } = 10;
 

@@ -12,11 +12,12 @@ namespace Conveyor.Worker.Redelivery;
 
 /// <summary>
 /// Runs in every worker: claims due rows with FOR UPDATE SKIP LOCKED, publishes them with
-/// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY from the store.
-/// A crash after a confirm and before the commit republishes once more; the inbox absorbs it.
-/// Each row settles on its own (<see cref="SettleAsync"/>): one that cannot be published never holds
-/// back the others, and a round cut short (a shutdown, a publish timeout) still commits what its
-/// confirmed rows settled.
+/// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY from the store; the
+/// NOTIFY only wakes it early, so a dispatcher that cannot LISTEN polls every
+/// <see cref="DispatcherOptions.MaxIdleSeconds"/> instead. A crash after a confirm and before the
+/// commit republishes once more; the inbox absorbs it. Each row settles on its own
+/// (<see cref="SettleAsync"/>): one that cannot be published never holds back the others, and a
+/// round cut short (a shutdown, a publish timeout) still commits what its confirmed rows settled.
 /// </summary>
 public sealed partial class RedeliveryDispatcher(
     IDbContextFactory<ConveyorDbContext> dbFactory,
@@ -41,14 +42,23 @@ public sealed partial class RedeliveryDispatcher(
         }
 
         var failures = 0;
-        while (!stoppingToken.IsCancellationRequested)
+        var emptyRounds = 0;
+        NpgsqlConnection? listener = null;
+        var listenAgainAt = DateTimeOffset.MinValue;
+        try
         {
-            try
+            while (!stoppingToken.IsCancellationRequested)
             {
-                await using var listener = await ListenAsync(stoppingToken);
-                var emptyRounds = 0;
-                while (!stoppingToken.IsCancellationRequested)
+                try
                 {
+                    if (listener is null && time.GetUtcNow() >= listenAgainAt)
+                    {
+                        // At most once per idle poll: a session refused (a connection limit) is not asked
+                        // for again on every busy round.
+                        listener = await TryListenAsync(stoppingToken);
+                        listenAgainAt = time.GetUtcNow().AddSeconds(options.Value.MaxIdleSeconds);
+                    }
+
                     var dispatched = await DispatchDueAsync(stoppingToken);
                     var wait = await TimeUntilNextDueAsync(stoppingToken);
                     // Only a round that went through ends the backoff: a listener that connects while every
@@ -66,26 +76,57 @@ public sealed partial class RedeliveryDispatcher(
                         emptyRounds = 0;
                     }
 
-                    if (wait > TimeSpan.Zero)
+                    if (wait <= TimeSpan.Zero)
+                    {
+                        continue;
+                    }
+
+                    if (listener is not null)
                     {
                         // Returns early when a NOTIFY arrives: a new row may be due sooner.
                         await listener.WaitAsync(ListenTimeout(wait), stoppingToken);
                     }
+                    else
+                    {
+                        await Task.Delay(wait, time, stoppingToken);
+                    }
+                }
+                catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (Exception exception) when (exception is not OutOfMemoryException)
+                {
+                    failures++;
+                    emptyRounds = 0;
+                    LogDispatchFailed(exception);
+                    if (listener is not null)
+                    {
+                        // The session may be what failed (PostgreSQL restarted): the next round opens another.
+                        await listener.DisposeAsync();
+                        listener = null;
+                        listenAgainAt = DateTimeOffset.MinValue;
+                    }
+
+                    var backoff = TimeSpan.FromMilliseconds(Math.Min(30_000, 250 * Math.Pow(2, Math.Min(failures, 7))));
+                    await Task.Delay(backoff, time, stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
                 }
             }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        }
+        finally
+        {
+            if (listener is not null)
             {
-                return;
-            }
-            catch (Exception exception) when (exception is not OutOfMemoryException)
-            {
-                failures++;
-                LogDispatchFailed(exception);
-                var backoff = TimeSpan.FromMilliseconds(Math.Min(30_000, 250 * Math.Pow(2, Math.Min(failures, 7))));
-                await Task.Delay(backoff, time, stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
+                await listener.DisposeAsync();
             }
         }
     }
+
+    /// <summary>
+    /// The database the LISTEN session connects to, when not the store's own: a seam for tests, which
+    /// point it at a database that is not there.
+    /// </summary>
+    internal string? ListenConnectionString { get; set; }
 
     /// <summary>
     /// Publishes every row that is due now, batch by batch. Once a batch's publishes have begun, its
@@ -428,11 +469,29 @@ public sealed partial class RedeliveryDispatcher(
         return wait < maxIdle ? wait : maxIdle;
     }
 
+    /// <summary>
+    /// The session that LISTENs for new rows, or null when it cannot be had (a connection limit, a
+    /// standby during a failover): the NOTIFY only wakes the dispatcher early, and its idle poll still
+    /// finds every due row, so the dispatcher goes on without it and tries again on a later round.
+    /// </summary>
+    private async Task<NpgsqlConnection?> TryListenAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await ListenAsync(cancellationToken);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException && !cancellationToken.IsCancellationRequested)
+        {
+            LogListenFailed(exception, options.Value.MaxIdleSeconds);
+            return null;
+        }
+    }
+
     private async Task<NpgsqlConnection> ListenAsync(CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         // Unpooled: the LISTEN belongs to this one session for as long as it lives.
-        var connectionString = new NpgsqlConnectionStringBuilder(db.Database.GetConnectionString()) { Pooling = false, KeepAlive = 30 };
+        var connectionString = new NpgsqlConnectionStringBuilder(ListenConnectionString ?? db.Database.GetConnectionString()) { Pooling = false, KeepAlive = 30 };
         var connection = new NpgsqlConnection(connectionString.ConnectionString);
         try
         {
@@ -452,6 +511,9 @@ public sealed partial class RedeliveryDispatcher(
 
     [LoggerMessage(Level = LogLevel.Error, Message = "The redelivery dispatcher failed; retrying")]
     private partial void LogDispatchFailed(Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The redelivery dispatcher could not LISTEN for new scheduled messages; it looks for due ones every {MaxIdleSeconds} s and tries again")]
+    private partial void LogListenFailed(Exception exception, int maxIdleSeconds);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The broker refused {Count} scheduled message(s) (missing queue?); next try at {RetryAt:O}")]
     private partial void LogRefused(int count, DateTimeOffset retryAt);

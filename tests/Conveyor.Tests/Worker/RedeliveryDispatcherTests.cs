@@ -159,6 +159,38 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     }
 
     [Fact]
+    public async Task A_dispatcher_that_cannot_listen_publishes_due_rows_on_its_idle_poll_and_listens_once_it_can()
+    {
+        // The LISTEN session's database does not exist; the store's own is fine. Nothing sends a NOTIFY.
+        var first = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, new DispatcherOptions { MaxIdleSeconds = 1 });
+        dispatcher.ListenConnectionString = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Database = $"no_such_database_{Guid.NewGuid():N}" }.ConnectionString;
+        await dispatcher.StartAsync(CancellationToken.None);
+        try
+        {
+            BasicGetResult? copy = null;
+            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)), TimeSpan.FromSeconds(30));
+            Assert.Equal(first, copy!.BasicProperties.MessageId);
+
+            // A row stored while it sleeps, with no NOTIFY it could hear, is found by its idle poll.
+            var asleep = DateTimeOffset.UtcNow;
+            await Eventually.AssertAsync(async () => Assert.True(await DispatcherHasReadItsNextWakeUpAsync(asleep)), TimeSpan.FromSeconds(30));
+            var second = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)), TimeSpan.FromSeconds(30));
+            Assert.Equal(second, copy!.BasicProperties.MessageId);
+
+            // Once its database is there, a later round opens the session and LISTENs again.
+            dispatcher.ListenConnectionString = null;
+            await Eventually.AssertAsync(async () => Assert.True(await SomeSessionListensAsync()), TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            await dispatcher.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
     public async Task A_dispatcher_stopped_after_its_confirms_commits_them_and_no_row_goes_out_twice()
     {
         var errorQueue = _queue + BrokerPublisher.ErrorQueueSuffix;
@@ -243,6 +275,19 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
 
         return taken;
+    }
+
+    /// <summary>Whether a session of this run's database has LISTENed (asked on a connection of its own, as below).</summary>
+    private async Task<bool> SomeSessionListensAsync()
+    {
+        var unpooled = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Pooling = false };
+        await using var connection = new NpgsqlConnection(unpooled.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand("""
+            SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND query ILIKE 'LISTEN %')
+            """, connection);
+        return (bool)(await command.ExecuteScalarAsync())!;
     }
 
     /// <summary>
