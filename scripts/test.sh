@@ -17,6 +17,14 @@ if [ ! -x /usr/bin/chromium ]; then
     || { echo "could not install chromium (needed by the dashboard's browser tests)" >&2; no_run; }
 fi
 
+# The deploy tests render deploy/k8s with `kubectl kustomize` (Components need kubectl 1.21+). The machine
+# image's apt sources carry it; without it those tests fail and say so, the others still run.
+if ! command -v kubectl >/dev/null; then
+  as_root=""; [ "$(id -u)" -eq 0 ] || as_root="sudo"
+  { $as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl; } \
+    || echo "could not install kubectl: the deploy tests will fail" >&2
+fi
+
 if [ -z "${ConnectionStrings__Conveyor:-}" ] || [ -z "${RabbitMq__Host:-}" ]; then
   env_lines=$(scripts/services.sh up) || { echo "could not start the services" >&2; no_run; }
   eval "$env_lines"
