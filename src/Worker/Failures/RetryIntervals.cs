@@ -25,6 +25,26 @@ public sealed record RetryIntervals(int RetryLimit, TimeSpan Min, TimeSpan Max, 
         return TimeSpan.FromMilliseconds(capped + MaxJitter.TotalMilliseconds * random);
     }
 
+    /// <summary>
+    /// The wait before retry <paramref name="retry"/> (0-based) after a failure whose remote side asked for
+    /// <paramref name="retryAfter"/>, when <paramref name="waited"/> has been spent waiting so far; null when
+    /// the message should not wait in memory at all. A Retry-After longer than the usual interval is waited
+    /// out when it fits in the budget (<see cref="WorstCaseTotal"/>, the hold checked against RabbitMQ's
+    /// consumer_timeout), and otherwise left to the delayed redelivery, which honours it: retrying sooner
+    /// would ask again of a remote side that said when it could answer.
+    /// </summary>
+    /// <param name="random">A value in [0, 1) that picks the jitter; 1 gives its upper bound.</param>
+    public TimeSpan? WaitBefore(int retry, double random, TimeSpan? retryAfter, TimeSpan waited)
+    {
+        var wait = Interval(retry, random);
+        if (retryAfter is { } asked && asked > wait)
+        {
+            wait = asked;
+        }
+
+        return waited + wait <= WorstCaseTotal() ? wait : null;
+    }
+
     /// <summary>The most all of one message's waits can add up to: every retry taken, each with the whole jitter.</summary>
     public TimeSpan WorstCaseTotal()
     {

@@ -6,6 +6,8 @@ namespace Conveyor.Worker.Failures;
 /// In-memory retry of transient failures: a few attempts, exponential intervals with random
 /// jitter (<see cref="RetryIntervals"/>), seconds in total (the message stays unacked meanwhile, so
 /// this must stay far below RabbitMQ's consumer_timeout: <see cref="Messaging.ConsumerTimeoutValidator"/>).
+/// A remote side's Retry-After is waited out when it fits in that total; a longer one ends the
+/// in-memory retries, and the delayed redelivery waits it out instead.
 /// Each attempt passes through the inbox afresh, in a new scope.
 /// Ours rather than MassTransit's UseMessageRetry, which always sits outermost in the consume
 /// pipe; here it must sit inside the delayed redelivery filter.
@@ -17,6 +19,7 @@ public sealed class TransientRetryFilter(RetryIntervals intervals, TimeProvider 
     {
         // MassTransit's GetRetryAttempt() reads its own retry filter's payload, which this one is not.
         var attempt = context.GetOrAddPayload(() => new TransientRetryAttempt());
+        var waited = TimeSpan.Zero;
         for (var retry = 0; ; retry++)
         {
             attempt.Retry = retry;
@@ -29,9 +32,12 @@ public sealed class TransientRetryFilter(RetryIntervals intervals, TimeProvider 
                 && FailureClassifier.IsTransient(exception)
                 // The delivery is at its consumer_timeout: a retry on it would be cut off at once.
                 && exception is not DeliveryDeadlineException
-                && !context.CancellationToken.IsCancellationRequested)
+                && !context.CancellationToken.IsCancellationRequested
+                // A remote side that asked for more time than is left here gets it from the delayed redelivery.
+                && intervals.WaitBefore(retry, Random.Shared.NextDouble(), (exception as TransientFailureException)?.RetryAfter, waited) is { } wait)
             {
-                await Task.Delay(intervals.Interval(retry, Random.Shared.NextDouble()), time, context.CancellationToken);
+                await Task.Delay(wait, time, context.CancellationToken);
+                waited += wait;
             }
         }
     }

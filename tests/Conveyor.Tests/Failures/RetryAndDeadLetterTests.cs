@@ -74,6 +74,52 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     [Fact]
+    public async Task A_webhook_receiver_that_asks_to_retry_after_30_s_is_not_asked_again_in_memory_but_left_to_the_redelivery()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = HttpStatusCode.TooManyRequests;
+        receiver.RetryAfter = TimeSpan.FromSeconds(30);
+        await using var worker = await fixture.StartWorkerAsync(Settings(null, ("Consumers:DeliverWebhook:RetryLimit", "3")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = receiver.Url(),
+            EventType = "invoice.created",
+            Payload = JsonDocument.Parse("""{"invoice":8}""").RootElement,
+        };
+
+        await publisher.PublishAsync(webhook);
+
+        // The redelivery is stored before the job says so, and only after the in-memory retries.
+        var job = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.RetryScheduled);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+        Assert.Single(receiver.Deliveries);
+        Assert.Equal(1, job.Attempts);
+        Assert.Contains("429", job.LastError, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_payment_gateway_that_asks_to_retry_after_30_s_is_not_asked_again_in_memory_but_left_to_the_redelivery()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.TooManyRequests;
+        gateway.RetryAfter = TimeSpan.FromSeconds(30);
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway, ("Consumers:ChargePayment:RetryLimit", "3")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = Payment();
+
+        await publisher.PublishAsync(payment);
+
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, JobStatus.RetryScheduled);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.ScheduledMessages.CountAsync());
+        Assert.Equal(1, gateway.RequestsFor(payment.PaymentId.ToString()));
+        Assert.Equal(1, job.Attempts);
+    }
+
+    [Fact]
     public async Task An_always_transient_failure_is_redelivered_at_the_configured_delays_then_dead_lettered()
     {
         await using var gateway = await FakePaymentGateway.StartAsync();

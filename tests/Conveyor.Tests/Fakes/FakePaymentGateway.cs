@@ -46,6 +46,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     /// <summary>When set, every request is answered with this status.</summary>
     public HttpStatusCode? FailEverythingWith { get; set; }
 
+    /// <summary>When set, every failure answered carries a <c>Retry-After</c> header of this many whole seconds.</summary>
+    public TimeSpan? RetryAfter { get; set; }
+
     public int TotalRequests => _requests.Values.Sum();
 
     /// <summary>How many different idempotency keys were asked for at least once.</summary>
@@ -122,12 +125,12 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         OnRequest?.Invoke();
         if (FailEverythingWith is { } always)
         {
-            return Results.StatusCode((int)always);
+            return Failure(context, always);
         }
 
         if (_scriptedFailures.TryDequeue(out var status))
         {
-            return Results.StatusCode((int)status);
+            return Failure(context, status);
         }
 
         using var body = await JsonDocument.ParseAsync(context.Request.Body);
@@ -155,6 +158,16 @@ public sealed class FakePaymentGateway : IAsyncDisposable
             NewChargeId(), k, asked.AccountId, asked.AmountMinor, asked.Currency, context.Request.Headers.Authorization.ToString()));
         _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
         return Results.Ok(new { id = charge.Id });
+    }
+
+    private IResult Failure(HttpContext context, HttpStatusCode status)
+    {
+        if (RetryAfter is { } retryAfter)
+        {
+            context.Response.Headers.RetryAfter = ((int)retryAfter.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        return Results.StatusCode((int)status);
     }
 
     public async ValueTask DisposeAsync()

@@ -24,6 +24,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// <summary>When set, every delivery is answered with this status.</summary>
     public HttpStatusCode? AnswerWith { get; set; }
 
+    /// <summary>When set, every answer carries a <c>Retry-After</c> header of this many whole seconds.</summary>
+    public TimeSpan? RetryAfter { get; set; }
+
     /// <summary>A text body sent with <see cref="AnswerWith"/>.</summary>
     public string? AnswerBody { get; set; }
 
@@ -63,6 +66,11 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         await context.Request.Body.CopyToAsync(buffer);
         var headers = context.Request.Headers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase);
         _received.Enqueue(new Received(context.Request.Path, headers, buffer.ToArray()));
+        if (RetryAfter is { } retryAfter)
+        {
+            context.Response.Headers.RetryAfter = ((int)retryAfter.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
         if (TrickleEndlessBodyWith is { } status)
         {
             await TrickleEndlessBodyAsync(context, status);

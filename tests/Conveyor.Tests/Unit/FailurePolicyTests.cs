@@ -178,6 +178,24 @@ public sealed class FailurePolicyTests
         Assert.Equal(250, intervals.Interval(0, 0.5).TotalMilliseconds);
     }
 
+    [Fact]
+    public void A_remote_retry_after_is_waited_out_in_memory_only_while_it_fits_in_the_retry_budget()
+    {
+        // Worst case: 300 + 500 + 1100 ms = 1.9 s.
+        var intervals = new RetryIntervals(3, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100));
+
+        Assert.Equal(TimeSpan.FromMilliseconds(200), intervals.WaitBefore(0, 0, null, TimeSpan.Zero));
+        // Shorter than the usual wait: changes nothing.
+        Assert.Equal(TimeSpan.FromMilliseconds(200), intervals.WaitBefore(0, 0, TimeSpan.FromMilliseconds(100), TimeSpan.Zero));
+        // Longer, but within the budget: waited out.
+        Assert.Equal(TimeSpan.FromSeconds(1), intervals.WaitBefore(0, 0, TimeSpan.FromSeconds(1), TimeSpan.Zero));
+        // Beyond what is left of the budget: no in-memory retry; the delayed redelivery honours it.
+        Assert.Null(intervals.WaitBefore(1, 0, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        Assert.Null(intervals.WaitBefore(0, 0, TimeSpan.FromSeconds(30), TimeSpan.Zero));
+        // Nor does a usual wait overrun the budget after a long Retry-After was waited out.
+        Assert.Null(intervals.WaitBefore(1, 0, null, TimeSpan.FromMilliseconds(1700)));
+    }
+
     [Theory]
     [InlineData(120, 30, 10, true)]
     [InlineData(30, 30, 10, false)]
