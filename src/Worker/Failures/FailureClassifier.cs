@@ -38,6 +38,13 @@ public static class FailureClassifier
     };
 
     /// <summary>
+    /// The worker's own store is out of reach (the message goes back to its queue): no message and no
+    /// remote side causes it, and every message of every endpoint meets it alike.
+    /// </summary>
+    public static bool IsWorkerOutage(Exception exception) =>
+        exception is RequeueRequestedException || DatabaseFailures.IsUnavailable(exception);
+
+    /// <summary>
     /// A request that got no answer: network trouble (name resolution, connection, TLS, a cut-off
     /// response) may pass; a remote that needs something this client does not do (HTTP version,
     /// extended CONNECT, proxy credentials) or answers beyond its limits (headers too large) will

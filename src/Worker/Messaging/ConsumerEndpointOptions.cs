@@ -64,6 +64,15 @@ public sealed class ConsumerEndpointOptions
     [Range(1, 3_600)]
     public int KillSwitchRestartSeconds { get; set; } = 60;
 
+    /// <summary>
+    /// Whether the kill switch counts the remote side's transient failures (HTTP 408, 429, 5xx, timeouts,
+    /// connection errors) or only the worker's own database being unavailable. True for an endpoint whose
+    /// remote side is one service (the payment gateway): its outage is every message's. False by default
+    /// for <c>DeliverWebhook</c>, whose messages go to many customers' receivers through one queue: one
+    /// receiver failing must not pause the deliveries to all the others.
+    /// </summary>
+    public bool KillSwitchCountsRemoteFailures { get; set; } = true;
+
     /// <summary>At most this many messages per second through this endpoint (per worker); 0 = unlimited.</summary>
     [Range(0, 100_000)]
     public int RateLimitPerSecond { get; set; }

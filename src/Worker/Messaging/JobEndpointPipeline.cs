@@ -101,13 +101,16 @@ public static class JobEndpointPipeline
             // A downstream outage pauses the endpoint (messages wait in the queue) instead of
             // burning every message's attempts in seconds. MassTransit's kill switch counts only
             // faults that escape the consume pipe; the redelivery filter swallows transient ones
-            // after storing them, so it reports those to the kill switch itself.
+            // after storing them, so it reports those to the kill switch itself. An endpoint whose
+            // messages go to many independent remote sides (webhooks) counts only the worker's own
+            // outage: one failing receiver is no reason to stop delivering to the others.
+            Func<Exception, bool> counts = options.KillSwitchCountsRemoteFailures ? FailureClassifier.IsTransient : FailureClassifier.IsWorkerOutage;
             var killSwitchOptions = new KillSwitchOptions()
                 .SetActivationThreshold(options.KillSwitchActivationThreshold)
                 .SetTripThreshold(options.KillSwitchTripPercent)
                 .SetTrackingPeriod(TimeSpan.FromSeconds(options.KillSwitchTrackingPeriodSeconds))
                 .SetRestartTimeout(TimeSpan.FromSeconds(options.KillSwitchRestartSeconds))
-                .SetExceptionFilter(filter => filter.Handle<Exception>(FailureClassifier.IsTransient));
+                .SetExceptionFilter(filter => filter.Handle<Exception>(counts));
             var endpointKillSwitch = new StopAwareKillSwitch(
                 killSwitchOptions, queue, logger, context.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping);
             endpoint.ConnectReceiveEndpointObserver(endpointKillSwitch);

@@ -26,7 +26,14 @@ public static class WorkerMessagingExtensions
         var broker = services.AddRabbitMqOptions(configuration);
         foreach (var name in new[] { ChargePaymentConsumerDefinition.ConsumerName, DeliverWebhookConsumerDefinition.ConsumerName, GenerateReportConsumerDefinition.ConsumerName })
         {
-            services.AddOptions<ConsumerEndpointOptions>(name)
+            var endpoint = services.AddOptions<ConsumerEndpointOptions>(name);
+            if (name == DeliverWebhookConsumerDefinition.ConsumerName)
+            {
+                // Before the configuration is bound, so that a setting still overrides it.
+                endpoint.Configure(options => options.KillSwitchCountsRemoteFailures = false);
+            }
+
+            endpoint
                 .BindConfiguration($"{ConsumerEndpointOptions.SectionName}:{name}")
                 .ValidateDataAnnotations()
                 .ValidateOnStart();

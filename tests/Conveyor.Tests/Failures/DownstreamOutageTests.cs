@@ -1,5 +1,7 @@
 using System.Net;
+using System.Text.Json;
 using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
@@ -67,4 +69,50 @@ public sealed class DownstreamOutageTests(ConveyorFixture fixture) : IAsyncLifet
         // Refused until the gateway was back, then charged by one successful request each.
         Assert.All(sent, p => Assert.Equal(1, gateway.SuccessfulRequestsFor(p.PaymentId.ToString())));
     }
+
+    [Fact]
+    public async Task One_failing_webhook_receiver_does_not_pause_the_deliveries_to_the_others()
+    {
+        const int webhooks = 30;
+        await using var failing = await FakeWebhookReceiver.StartAsync();
+        failing.AnswerWith = HttpStatusCode.ServiceUnavailable;
+        await using var healthy = await FakeWebhookReceiver.StartAsync();
+        // The kill switch's own settings left at their defaults.
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        // One customer's receiver is down: every webhook to it fails, far past the kill switch's threshold.
+        var refused = Enumerable.Range(0, webhooks).Select(i => Webhook(failing, i)).ToList();
+        await Task.WhenAll(refused.Select(w => publisher.PublishAsync(w)));
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(webhooks, await db.Jobs.CountAsync(j => j.Status == JobStatus.RetryScheduled));
+        }, () => PipelineState.DescribeAsync(fixture));
+
+        // The other customers' webhooks, with more to the failing receiver among them, are delivered
+        // all the same: well before a paused endpoint would restart (60 s by default).
+        var delivered = Enumerable.Range(0, webhooks).Select(i => Webhook(healthy, i)).ToList();
+        var refusedAgain = Enumerable.Range(webhooks, webhooks).Select(i => Webhook(failing, i)).ToList();
+        await Task.WhenAll(delivered.Zip(refusedAgain)
+            .SelectMany(pair => new[] { publisher.PublishAsync(pair.First), publisher.PublishAsync(pair.Second) }));
+        var deliveredIds = delivered.Select(w => w.WebhookId.ToString()).ToList();
+        var refusedIds = refusedAgain.Select(w => w.WebhookId.ToString()).ToList();
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(webhooks, await db.Jobs.CountAsync(j => deliveredIds.Contains(j.BusinessKey) && j.Status == JobStatus.Succeeded));
+            Assert.Equal(webhooks, await db.Jobs.CountAsync(j => refusedIds.Contains(j.BusinessKey) && j.Status == JobStatus.RetryScheduled));
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(40));
+        Assert.Equal(webhooks, healthy.Deliveries.Count);
+        Assert.Equal(1u, await fixture.ConsumersAsync("deliver-webhook"));
+    }
+
+    private static DeliverWebhook Webhook(FakeWebhookReceiver receiver, int number) => new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = receiver.Url(),
+        EventType = "invoice.created",
+        Payload = JsonDocument.Parse($$"""{"invoice":{{number}}}""").RootElement,
+    };
 }
