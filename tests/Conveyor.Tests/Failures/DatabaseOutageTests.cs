@@ -1,5 +1,6 @@
 using Conveyor.Contracts;
 using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Api;
 using Conveyor.Tests.Fakes;
@@ -7,6 +8,7 @@ using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
+using System.Text.Json;
 
 namespace Conveyor.Tests.Failures;
 
@@ -78,6 +80,57 @@ public sealed class DatabaseOutageTests(ConveyorFixture fixture) : IAsyncLifetim
         // Restored before any charge was asked for: each payment charged by one successful request.
         Assert.All(sent, p => Assert.Equal(1, gateway.SuccessfulRequestsFor(p.PaymentId.ToString())));
         Assert.Equal(0u, await fixture.ReadyAsync("charge-payment_error"));
+    }
+
+    /// <summary>
+    /// The webhook endpoint's kill switch ignores its receivers' failures (one customer's receiver is no
+    /// reason to pause the others'), but not the worker's own database: without the pause, every message
+    /// would go back to the queue and come straight back, round after round, for the whole outage.
+    /// </summary>
+    [Fact]
+    public async Task While_the_database_is_unreachable_the_webhook_endpoint_pauses_with_its_default_kill_switch()
+    {
+        const int webhooks = 30;
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var database = await ProxiedDatabaseAsync();
+        var settings = WorkerSettings.With();
+        settings["ConnectionStrings:Conveyor"] = database.ConnectionString;
+        settings["Consumers:DeliverWebhook:RetryLimit"] = "1";
+        // Thresholds at their defaults; a shorter pause, so that the test sees the endpoint come back.
+        settings["Consumers:DeliverWebhook:KillSwitchRestartSeconds"] = "15";
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var sent = Enumerable.Range(0, webhooks).Select(i => new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = receiver.Url(),
+            EventType = "invoice.created",
+            Payload = JsonDocument.Parse($$"""{"invoice":{{i}}}""").RootElement,
+        }).ToList();
+
+        await fixture.DeclareAsync("deliver-webhook_error");
+        await Eventually.AssertAsync(async () => Assert.Equal(1u, await fixture.ConsumersAsync("deliver-webhook")), TimeSpan.FromSeconds(30));
+        database.Proxy.Cut();
+        await Task.WhenAll(sent.Select(w => publisher.PublishAsync(w)));
+
+        await Eventually.AssertAsync(async () =>
+        {
+            Assert.True(database.Proxy.Refused > 0, "the worker never tried the database");
+            Assert.Equal(0u, await fixture.ConsumersAsync("deliver-webhook"));
+            Assert.Equal((uint)webhooks, await fixture.ReadyAsync("deliver-webhook"));
+        }, TimeSpan.FromSeconds(60));
+        Assert.Equal(0u, await fixture.ReadyAsync("deliver-webhook_error"));
+        Assert.Empty(receiver.Deliveries);
+
+        database.Proxy.Restore();
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(webhooks, await db.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded));
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromMinutes(2));
+        Assert.Equal(webhooks, receiver.Deliveries.Count);
+        Assert.Equal(0u, await fixture.ReadyAsync("deliver-webhook_error"));
     }
 
     [Fact]
