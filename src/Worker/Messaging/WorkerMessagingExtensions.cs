@@ -102,7 +102,7 @@ public static class WorkerMessagingExtensions
         services.AddOptions<WebhookOptions>().BindConfiguration(WebhookOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<ReportOptions>().BindConfiguration(ReportOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
 
-        services.AddSingleton<ChargeIdempotencyKeys>();
+        services.AddSingleton<RemoteIdempotencyKeys>();
         var gateway = configuration.GetSection(PaymentGatewayOptions.SectionName).Get<PaymentGatewayOptions>() ?? new PaymentGatewayOptions();
         if (string.IsNullOrWhiteSpace(gateway.BaseUrl))
         {

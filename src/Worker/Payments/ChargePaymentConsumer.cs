@@ -1,17 +1,19 @@
+using Conveyor.Contracts;
 using Conveyor.Contracts.Payments;
 using Conveyor.Storage;
 using Conveyor.Storage.Payments;
 using Conveyor.Worker.Failures;
+using Conveyor.Worker.Jobs;
 using MassTransit;
 
 namespace Conveyor.Worker.Payments;
 
 /// <summary>
 /// Charges through the gateway with the PaymentId as its idempotency key (a corrected command under
-/// a dead-lettered payment's id adds its fingerprint: <see cref="ChargeIdempotencyKeys"/>), then records
+/// a dead-lettered payment's id adds its fingerprint: <see cref="RemoteIdempotencyKeys"/>), then records
 /// the ledger row in the inbox transaction. A retry after a crash charges nothing new: the gateway dedupes.
 /// </summary>
-public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ChargeIdempotencyKeys keys, ConveyorDbContext db, TimeProvider time)
+public sealed class ChargePaymentConsumer(IPaymentGateway gateway, RemoteIdempotencyKeys keys, ConveyorDbContext db, TimeProvider time)
     : IConsumer<ChargePayment>
 {
     public async Task Consume(ConsumeContext<ChargePayment> context)
@@ -21,7 +23,7 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, ChargeIdempot
 
         var charge = await gateway.ChargeAsync(
             new ChargeRequest(payment.AccountId, payment.AmountMinor, payment.Currency),
-            await keys.ForAsync(payment, context.CancellationToken),
+            await keys.ForAsync(JobKinds.ChargePayment, payment.PaymentId.ToString(), payment, context.CancellationToken),
             context.CancellationToken);
 
         db.Ledger.Add(new LedgerEntry

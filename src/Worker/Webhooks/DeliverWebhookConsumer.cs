@@ -1,17 +1,20 @@
 using System.Text;
+using Conveyor.Contracts;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage;
 using Conveyor.Storage.Webhooks;
 using Conveyor.Worker.Failures;
+using Conveyor.Worker.Jobs;
 using MassTransit;
 
 namespace Conveyor.Worker.Webhooks;
 
 /// <summary>
 /// Delivers the payload and records the delivery in the inbox transaction. The receiver gets the
-/// WebhookId as its idempotency key, since an HTTP call cannot be rolled back.
+/// WebhookId as its idempotency key, since an HTTP call cannot be rolled back (a corrected command under
+/// a dead-lettered webhook's id adds its fingerprint: <see cref="RemoteIdempotencyKeys"/>).
 /// </summary>
-public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbContext db, TimeProvider time)
+public sealed class DeliverWebhookConsumer(WebhookSender sender, RemoteIdempotencyKeys keys, ConveyorDbContext db, TimeProvider time)
     : IConsumer<DeliverWebhook>
 {
     public async Task Consume(ConsumeContext<DeliverWebhook> context)
@@ -20,7 +23,8 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, ConveyorDbConte
         PermanentFailureException.ThrowIfInvalid(context, webhook.Validate());
 
         var body = Encoding.UTF8.GetBytes(webhook.Payload.GetRawText());
-        var result = await sender.SendAsync(webhook.WebhookId, webhook.Url, webhook.EventType, body, context.CancellationToken);
+        var idempotencyKey = await keys.ForAsync(JobKinds.DeliverWebhook, webhook.WebhookId.ToString(), webhook, context.CancellationToken);
+        var result = await sender.SendAsync(webhook.WebhookId, idempotencyKey, webhook.Url, webhook.EventType, body, context.CancellationToken);
 
         db.WebhookDeliveries.Add(new WebhookDelivery
         {

@@ -12,13 +12,15 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     public const string WebhookIdHeader = "Conveyor-Webhook-Id";
     public const string EventTypeHeader = "Conveyor-Event-Type";
 
-    public async Task<WebhookResult> SendAsync(Guid webhookId, Uri url, string eventType, ReadOnlyMemory<byte> body, CancellationToken cancellationToken)
+    /// <param name="idempotencyKey">The webhook id, or for a corrected command the key <see cref="Jobs.RemoteIdempotencyKeys"/> gives it.</param>
+    public async Task<WebhookResult> SendAsync(
+        Guid webhookId, string idempotencyKey, Uri url, string eventType, ReadOnlyMemory<byte> body, CancellationToken cancellationToken)
     {
         var content = new ByteArrayContent(body.ToArray());
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
         using var request = new HttpRequestMessage(HttpMethod.Post, url) { Content = content };
         request.Headers.Add(WebhookIdHeader, webhookId.ToString());
-        request.Headers.Add("Idempotency-Key", webhookId.ToString());
+        request.Headers.Add("Idempotency-Key", idempotencyKey);
         request.Headers.Add(EventTypeHeader, eventType);
         request.Headers.Add(WebhookSignature.HeaderName,
             WebhookSignature.Create(options.Value.SigningSecret, time.GetUtcNow().ToUnixTimeSeconds(), webhookId.ToString(), eventType, body.Span));

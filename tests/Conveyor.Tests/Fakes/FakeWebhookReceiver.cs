@@ -15,6 +15,7 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ConcurrentQueue<Received> _received = new();
+    private readonly ConcurrentDictionary<string, byte[]> _bodiesByKey = new(StringComparer.Ordinal);
     private int _endlessBodiesAbandoned;
 
     private FakeWebhookReceiver(WebApplication app) => _app = app;
@@ -35,6 +36,13 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// at a time, until the sender closes the connection.
     /// </summary>
     public HttpStatusCode? TrickleEndlessBodyWith { get; set; }
+
+    /// <summary>
+    /// When true, a receiver that keeps each <c>Idempotency-Key</c> with the first body sent under it,
+    /// whatever it answered (as Stripe and the IETF Idempotency-Key draft do): the key sent again with
+    /// another body is answered 422.
+    /// </summary>
+    public bool RefusesKeyReuse { get; set; }
 
     /// <summary>When true, every delivery is answered 200 with a response header larger than any client accepts.</summary>
     public bool AnswerWithOversizedHeader { get; set; }
@@ -65,7 +73,14 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         using var buffer = new MemoryStream();
         await context.Request.Body.CopyToAsync(buffer);
         var headers = context.Request.Headers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase);
-        _received.Enqueue(new Received(context.Request.Path, headers, buffer.ToArray()));
+        var body = buffer.ToArray();
+        _received.Enqueue(new Received(context.Request.Path, headers, body));
+        if (RefusesKeyReuse && headers.TryGetValue("Idempotency-Key", out var key)
+            && !_bodiesByKey.GetOrAdd(key, body).AsSpan().SequenceEqual(body))
+        {
+            return Results.StatusCode(StatusCodes.Status422UnprocessableEntity);
+        }
+
         if (RetryAfter is { } retryAfter)
         {
             context.Response.Headers.RetryAfter = ((int)retryAfter.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);

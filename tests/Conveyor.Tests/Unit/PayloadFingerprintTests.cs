@@ -4,7 +4,7 @@ using Conveyor.Contracts.Reports;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Worker.Failures;
-using Conveyor.Worker.Payments;
+using Conveyor.Worker.Jobs;
 using Conveyor.Storage;
 
 namespace Conveyor.Tests.Unit;
@@ -101,9 +101,9 @@ public sealed class PayloadFingerprintTests
         var id = first.PaymentId.ToString();
         var (original, fingerprint) = (PayloadFingerprint.Of(first), PayloadFingerprint.Of(corrected)!);
 
-        Assert.Equal(id, ChargeIdempotencyKeys.For(id, original, PayloadFingerprint.Of(first with { })));
-        Assert.Equal(id, ChargeIdempotencyKeys.For(id, null, fingerprint));
-        Assert.Equal(id, ChargeIdempotencyKeys.For(id, original, null));
-        Assert.Equal($"{id}:{Convert.ToHexStringLower(fingerprint)}", ChargeIdempotencyKeys.For(id, original, fingerprint));
+        Assert.Equal(id, RemoteIdempotencyKeys.For(id, original, PayloadFingerprint.Of(first with { })));
+        Assert.Equal(id, RemoteIdempotencyKeys.For(id, null, fingerprint));
+        Assert.Equal(id, RemoteIdempotencyKeys.For(id, original, null));
+        Assert.Equal($"{id}:{Convert.ToHexStringLower(fingerprint)}", RemoteIdempotencyKeys.For(id, original, fingerprint));
     }
 }

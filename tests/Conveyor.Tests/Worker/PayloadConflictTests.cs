@@ -4,6 +4,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
+using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
@@ -342,7 +343,7 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
         await fixture.AssertDrainedAsync(worker, Queue);
         Assert.Equal(0, conflicts.Count);
-        // Charged under a key of its own, which the refused command never used (ChargeIdempotencyKeys).
+        // Charged under a key of its own, which the refused command never used (RemoteIdempotencyKeys).
         var corrected = PayloadFingerprint.Of(invalid with { AmountMinor = 450 });
         Assert.Equal(450, gateway.Charges.Single(c => c.IdempotencyKey == $"{key}:{Convert.ToHexStringLower(corrected!)}").AmountMinor);
         // The job is the corrected command's now: another command under its key is the conflict.
@@ -387,6 +388,47 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         var ledger = await db.Ledger.SingleAsync(l => l.PaymentId == declined.PaymentId);
         Assert.Equal((25_000, charge.Id), (ledger.AmountMinor, ledger.GatewayChargeId));
         Assert.Equal(PayloadFingerprint.Of(declined), job.OriginalPayloadHash);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    public async Task A_corrected_webhook_after_one_its_receiver_refused_is_sent_under_a_key_of_its_own(int inboxBatchSize)
+    {
+        // A receiver keeps each Idempotency-Key with the first body sent under it, a refused one too, and
+        // answers 422 for the key with another body: under the refused webhook's key the corrected one
+        // could never be delivered.
+        const string WebhookQueue = "deliver-webhook";
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.RefusesKeyReuse = true;
+        receiver.AnswerWith = HttpStatusCode.UnprocessableEntity;
+        var settings = WorkerSettings.With();
+        settings["Consumers:DeliverWebhook:InboxBatchSize"] = inboxBatchSize.ToString(CultureInfo.InvariantCulture);
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var refused = new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = receiver.Url(),
+            EventType = "order.paid",
+            Payload = JsonSerializer.SerializeToElement(new { orderId = 7, total = "ten" }),
+        };
+        var key = refused.WebhookId.ToString();
+
+        await publisher.PublishAsync(refused, Guid.NewGuid());
+        await fixture.WaitForJobAsync(key, JobStatus.DeadLettered);
+        receiver.AnswerWith = null;
+        var corrected = refused with { Payload = JsonSerializer.SerializeToElement(new { orderId = 7, total = "10.00" }) };
+        await publisher.PublishAsync(corrected, Guid.NewGuid());
+
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(worker, WebhookQueue);
+        Assert.Equal(2, receiver.Deliveries.Count);
+        var delivered = receiver.Deliveries.Last();
+        Assert.Equal($"{key}:{Convert.ToHexStringLower(PayloadFingerprint.Of(corrected)!)}", delivered.Headers["Idempotency-Key"]);
+        // The receiver still knows it by its webhook id.
+        Assert.Equal(key, delivered.Headers[Conveyor.Worker.Webhooks.WebhookSender.WebhookIdHeader]);
+        Assert.Equal(key, receiver.Deliveries.First().Headers["Idempotency-Key"]);
     }
 
     [Fact]

@@ -1,0 +1,41 @@
+using Conveyor.Storage;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Worker.Jobs;
+
+/// <summary>
+/// The <c>Idempotency-Key</c> a job sends to a remote side (the payment gateway, a webhook receiver): the
+/// job's business id, unless the command is a corrected one that took a dead-lettered job over (ADR 0011,
+/// amendment); then the business id, a colon and the command's fingerprint in hexadecimal. A remote side
+/// keeps what it answered a key (Stripe keeps a decline as it keeps a charge, and refuses a key reused
+/// with other parameters; a receiver following the IETF Idempotency-Key draft answers 422), so under the
+/// first command's key the corrected one could only get the first one's answer. Every delivery of one
+/// command gets the same key, whichever attempt and whichever pod: the key follows from the command and
+/// from what the job row says was its first command, which a later takeover keeps
+/// (<c>jobs.original_payload_hash</c>).
+/// </summary>
+public sealed class RemoteIdempotencyKeys(IDbContextFactory<ConveyorDbContext> dbFactory)
+{
+    /// <summary>The key for <paramref name="command"/>, the job of <paramref name="kind"/> and <paramref name="businessKey"/>.</summary>
+    public async Task<string> ForAsync(string kind, string businessKey, object command, CancellationToken cancellationToken)
+    {
+        // Read as committed, outside the inbox's transaction: before a takeover commits, the row still
+        // holds the first command's fingerprint; after it, the original column does.
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var job = await db.Jobs.AsNoTracking()
+            .Where(j => j.Kind == kind && j.BusinessKey == businessKey)
+            .Select(j => new { j.PayloadHash, j.OriginalPayloadHash })
+            .FirstOrDefaultAsync(cancellationToken);
+        return For(businessKey, job?.OriginalPayloadHash ?? job?.PayloadHash, PayloadFingerprint.Of(command));
+    }
+
+    /// <summary>
+    /// The key for a command with <paramref name="fingerprint"/> under a job first created for a
+    /// command with <paramref name="first"/>. Without either (a job not written yet, rows from before
+    /// fingerprints were kept) the business id, as for every first command.
+    /// </summary>
+    public static string For(string businessKey, byte[]? first, byte[]? fingerprint) =>
+        first is null || fingerprint is null || first.AsSpan().SequenceEqual(fingerprint)
+            ? businessKey
+            : $"{businessKey}:{Convert.ToHexStringLower(fingerprint)}";
+}
