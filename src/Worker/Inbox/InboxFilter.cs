@@ -105,9 +105,16 @@ public sealed partial class InboxFilter<T>(
         catch (Exception exception)
         {
             var stopping = exception is OperationCanceledException && cancellationToken.IsCancellationRequested;
-            if (job is { } failed && !stopping)
+            if (job is { } failed)
             {
-                JobMetrics.AttemptFailed(failed.Kind);
+                // A shutdown's too: the consumer ran and may have had its effect (a charge made before its
+                // answer was cut off), so the claim's count and an error stay, and a cancel is refused. Rolled
+                // back, the job read as never started; JobOutcomeFilter's write then found no such attempt.
+                if (!stopping)
+                {
+                    JobMetrics.AttemptFailed(failed.Kind);
+                }
+
                 if (!await RecordFailureInTransactionAsync(transaction, consumerId, messageKey, failed, exception))
                 {
                     // The attempt's count went with the rollback; a cancel may get in before this.

@@ -1,8 +1,10 @@
 using System.Text.Json;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Failures;
@@ -24,13 +26,7 @@ public sealed class ShutdownAfterEffectTests(ConveyorFixture fixture) : IAsyncLi
     public async Task A_webhook_delivered_just_before_the_consumer_stop_timeout_is_recorded_once_and_never_sent_again()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        var webhook = new DeliverWebhook
-        {
-            WebhookId = Guid.NewGuid(),
-            Url = receiver.Url(),
-            EventType = "order.shipped",
-            Payload = JsonSerializer.SerializeToElement(new { orderId = 7 }),
-        };
+        var webhook = Webhook(receiver);
         // The delivery's record is written slowly, once: longer than the consumer stop timeout below.
         await using var slowRecord = await TestTrigger.CreateAsync(fixture, "test_slow_delivery_record", "webhook_deliveries", """
             CREATE SEQUENCE test_slow_delivery_record;
@@ -44,11 +40,7 @@ public sealed class ShutdownAfterEffectTests(ConveyorFixture fixture) : IAsyncLi
             CREATE TRIGGER test_slow_delivery_record BEFORE INSERT ON webhook_deliveries
               FOR EACH ROW EXECUTE FUNCTION test_slow_delivery_record();
             """);
-        var settings = WorkerSettings.With().Override(
-            ("Consumers:DeliverWebhook:InboxBatchSize", "1"),
-            ("Shutdown:ConsumerStopTimeoutSeconds", "1"),
-            ("Shutdown:BusStopTimeoutSeconds", "8"),
-            ("Shutdown:HostShutdownTimeoutSeconds", "12"));
+        var settings = Settings();
         var first = await fixture.StartWorkerAsync(settings);
         await using (var publisher = await TestPublisher.StartAsync(fixture))
         {
@@ -81,4 +73,62 @@ public sealed class ShutdownAfterEffectTests(ConveyorFixture fixture) : IAsyncLi
         await using var check = fixture.CreateDbContext();
         Assert.Equal(1, (await check.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == webhook.WebhookId.ToString())).Attempts);
     }
+
+    [Fact]
+    public async Task A_webhook_cut_off_by_a_shutdown_while_its_receiver_answers_keeps_its_attempt_and_cannot_be_cancelled()
+    {
+        // The receiver may have acted on the request before the worker stopped waiting for its answer:
+        // the attempt stays counted, with its error, so the job reads as started and a cancel is refused.
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerAfter = TimeSpan.FromSeconds(60);
+        var webhook = Webhook(receiver);
+        var key = webhook.WebhookId.ToString();
+        var settings = Settings();
+        var first = await fixture.StartWorkerAsync(settings);
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            await publisher.PublishAsync(webhook);
+        }
+
+        await Eventually.AssertAsync(() => Assert.Single(receiver.Deliveries));
+        await first.DisposeAsync();
+
+        Guid jobId;
+        await using (var db = fixture.CreateDbContext())
+        {
+            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+            Assert.Equal(JobStatus.Queued, job.Status);
+            Assert.Equal(1, job.Attempts);
+            Assert.Contains("shutdown", job.LastError, StringComparison.OrdinalIgnoreCase);
+            jobId = job.Id;
+        }
+
+        await using (var api = await fixture.StartApiAsync())
+        {
+            using var cancel = await api.Client.CancelJobAsync(jobId);
+            await cancel.AssertProblemAsync(StatusCodes.Status409Conflict);
+        }
+
+        receiver.AnswerAfter = null;
+        var second = await fixture.StartWorkerAsync(settings);
+        var done = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
+        await fixture.AssertDrainedAsync(second, "deliver-webhook");
+        await second.DisposeAsync();
+        Assert.Equal(2, done.Attempts);
+        Assert.Equal(2, receiver.Deliveries.Count);
+    }
+
+    private static DeliverWebhook Webhook(FakeWebhookReceiver receiver) => new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = receiver.Url(),
+        EventType = "order.shipped",
+        Payload = JsonSerializer.SerializeToElement(new { orderId = 7 }),
+    };
+
+    private static Dictionary<string, string?> Settings() => WorkerSettings.With().Override(
+        ("Consumers:DeliverWebhook:InboxBatchSize", "1"),
+        ("Shutdown:ConsumerStopTimeoutSeconds", "1"),
+        ("Shutdown:BusStopTimeoutSeconds", "8"),
+        ("Shutdown:HostShutdownTimeoutSeconds", "12"));
 }

@@ -25,6 +25,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// <summary>When set, every delivery is answered with this status.</summary>
     public HttpStatusCode? AnswerWith { get; set; }
 
+    /// <summary>When set, every delivery is answered only after this long (or when its sender gives up).</summary>
+    public TimeSpan? AnswerAfter { get; set; }
+
     /// <summary>When set, every answer carries a <c>Retry-After</c> header of this many whole seconds.</summary>
     public TimeSpan? RetryAfter { get; set; }
 
@@ -75,6 +78,18 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         var headers = context.Request.Headers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase);
         var body = buffer.ToArray();
         _received.Enqueue(new Received(context.Request.Path, headers, body));
+        if (AnswerAfter is { } delay)
+        {
+            try
+            {
+                await Task.Delay(delay, context.RequestAborted);
+            }
+            catch (OperationCanceledException)
+            {
+                return Results.Empty;
+            }
+        }
+
         if (RefusesKeyReuse && headers.TryGetValue("Idempotency-Key", out var key)
             && !_bodiesByKey.GetOrAdd(key, body).AsSpan().SequenceEqual(body))
         {
