@@ -79,6 +79,12 @@ public sealed partial class BatchedInboxFilter<T>(
                 JobMetrics.AttemptFailed(job.Kind);
                 ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed));
             }
+            else if (!committed)
+            {
+                // Cut off by a shutdown, it may have had its effect: counted again when its batch's count
+                // rolled back, so the job does not read as never started (a cancel would then be allowed).
+                ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: true));
+            }
 
             throw;
         }
