@@ -82,8 +82,9 @@ public sealed partial class RedeliveryFilter<T>(
                 await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
                     attempt, dueAt, headers, job, CancellationToken.None);
             }
-            catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure))
+            catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure) || FailureClassifier.IsTransient(storeFailure))
             {
+                // Away, or busy (a statement timeout, a deadlock): no reason to give the job up for good.
                 await attempts.RecordHeldAsync();
                 throw new RequeueRequestedException("The redelivery store is unavailable; the message goes back to its queue", storeFailure);
             }

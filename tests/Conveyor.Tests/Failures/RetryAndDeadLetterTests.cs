@@ -254,6 +254,42 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal("beforeafter", headers.RootElement.GetProperty("X-Trace-Note").GetString());
     }
 
+    [Fact]
+    public async Task A_redelivery_whose_storing_times_out_once_goes_back_to_its_queue_instead_of_dead_lettering_the_job()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        // The first store of a redelivery is cancelled as PostgreSQL cancels a statement at its statement_timeout.
+        await using var busy = await TestTrigger.CreateAsync(fixture, "test_store_times_out", "scheduled_messages", """
+            CREATE SEQUENCE test_store_times_out;
+            CREATE FUNCTION test_store_times_out() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF nextval('test_store_times_out') = 1 THEN
+                RAISE EXCEPTION 'test: canceling statement due to statement timeout' USING ERRCODE = '57014';
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_store_times_out BEFORE INSERT ON scheduled_messages
+              FOR EACH ROW EXECUTE FUNCTION test_store_times_out();
+            """);
+        await fixture.DeclareAsync("charge-payment_error");
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway,
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "600000")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-busy-store", AmountMinor = 700, Currency = "EUR" };
+
+        await publisher.PublishAsync(payment);
+
+        // Delivered again from its queue, it failed again and its redelivery was stored: no _error copy.
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, JobStatus.RetryScheduled);
+        Assert.Equal(2, await busy.FiredAsync());
+        Assert.Equal(2, job.Attempts);
+        Assert.Equal(0u, await fixture.ReadyAsync("charge-payment_error"));
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(1, await check.ScheduledMessages.CountAsync());
+    }
+
     /// <summary>
     /// A copy of every row stored in <c>scheduled_messages</c> while the test runs, made by a trigger:
     /// the dispatcher deletes a row as soon as it has published it, before a test could be sure to read it.
