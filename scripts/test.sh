@@ -32,7 +32,7 @@ fi
 
 results=artifacts/test-results
 rm -rf "$results"
-# A test that hangs is stopped after 10 minutes (none takes more than a few), so the run still ends and
+# A test that hangs is stopped after 10 minutes (the longest takes under a minute), so the run still ends and
 # says which test it was, instead of running into CI's limit without a summary.
 dotnet test Worker.sln --logger "trx;LogFilePrefix=results" --logger "console;verbosity=normal" \
   --blame-hang-timeout 10m --blame-hang-dump-type none --results-directory "$results" "$@"
