@@ -214,13 +214,14 @@ public sealed class OperationRunner(
             {
                 using var timeout = new CancellationTokenSource(writeTimeout, time);
                 using var write = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token, timeout.Token);
-                var (messageIds, truncated, _, _) = visitor.Snapshot();
+                // The targets too: a row whose process died, or whose result is refused, still says where its messages went.
+                var (messageIds, truncated, targets, _) = visitor.Snapshot();
                 await using var update = new NpgsqlCommand(
                     """
                     UPDATE error_queue_operations
                        SET queue_depth_at_start = @depth, examined = @examined, matched = @matched, moved = @moved,
                            purged = @purged, failed = @failed, message_ids = @ids::jsonb, message_ids_truncated = @truncated,
-                           updated_at = now()
+                           targets = @targets::jsonb, updated_at = now()
                      WHERE id = @id
                     """, lease.Connection);
                 update.Parameters.AddWithValue("id", id);
@@ -232,6 +233,7 @@ public sealed class OperationRunner(
                 update.Parameters.AddWithValue("failed", visitor.Failed);
                 update.Parameters.AddWithValue("ids", JsonSerializer.Serialize(messageIds));
                 update.Parameters.AddWithValue("truncated", truncated);
+                update.Parameters.AddWithValue("targets", JsonSerializer.Serialize(targets));
                 await update.ExecuteNonQueryAsync(write.Token);
             }
         }

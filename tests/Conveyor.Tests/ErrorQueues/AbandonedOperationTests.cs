@@ -68,6 +68,8 @@ public sealed class AbandonedOperationTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal("interrupted", operation.GetProperty("state").GetString());
         Assert.Contains("stopped before it finished", operation.GetProperty("detail").GetString(), StringComparison.Ordinal);
         Assert.True(operation.TryGetProperty("finishedAt", out var finished) && finished.ValueKind != System.Text.Json.JsonValueKind.Null);
+        // Where its messages went, as its progress recorded it: the audit's "to" of a move that never saved its result.
+        Assert.True(operation.GetProperty("targets").GetProperty(ErrorQueueKit.ChargeQueue).GetInt64() >= 10, operation.ToString());
 
         var waited = await waiting;
         Assert.True(waited.ExitCode == ExitCodes.OperationFailed, $"{waited.ExitCode}: {waited.Err}");

@@ -16,15 +16,15 @@ public sealed class UnsavedResultTests(ConveyorFixture fixture) : ErrorQueueApiS
     {
         await Broker.DeadLetterChargeAsync("System.TimeoutException", "timed out");
         await using var db = Fixture.CreateDbContext();
-        // Refuses what only the final result writes (progress updates leave the targets alone).
+        // Refuses the result's own state (progress keeps it running; the fallback after a refusal writes failed).
         await db.Database.ExecuteSqlRawAsync("""
-            CREATE FUNCTION test_refuse_targets() RETURNS trigger LANGUAGE plpgsql AS $$
+            CREATE FUNCTION test_refuse_result() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-              IF NEW.targets IS DISTINCT FROM OLD.targets THEN RAISE EXCEPTION 'test refuses the targets'; END IF;
+              IF NEW.state NOT IN ('running', 'failed') THEN RAISE EXCEPTION 'test refuses the result'; END IF;
               RETURN NEW;
             END $$;
-            CREATE TRIGGER test_refuse_targets BEFORE UPDATE ON error_queue_operations
-              FOR EACH ROW EXECUTE FUNCTION test_refuse_targets();
+            CREATE TRIGGER test_refuse_result BEFORE UPDATE ON error_queue_operations
+              FOR EACH ROW EXECUTE FUNCTION test_refuse_result();
             """);
         try
         {
@@ -35,7 +35,7 @@ public sealed class UnsavedResultTests(ConveyorFixture fixture) : ErrorQueueApiS
             Assert.Equal("failed", operation.GetProperty("state").GetString());
             var detail = operation.GetProperty("detail").GetString();
             Assert.Contains("could not be recorded", detail, StringComparison.Ordinal);
-            Assert.Contains("test refuses the targets", detail, StringComparison.Ordinal);
+            Assert.Contains("test refuses the result", detail, StringComparison.Ordinal);
             Assert.Equal((1, 1), (operation.GetProperty("examined").GetInt64(), operation.GetProperty("matched").GetInt64()));
             // Its ids may not all have been recorded.
             Assert.True(operation.GetProperty("messageIdsTruncated").GetBoolean());
@@ -44,8 +44,8 @@ public sealed class UnsavedResultTests(ConveyorFixture fixture) : ErrorQueueApiS
         finally
         {
             await db.Database.ExecuteSqlRawAsync("""
-                DROP TRIGGER IF EXISTS test_refuse_targets ON error_queue_operations;
-                DROP FUNCTION IF EXISTS test_refuse_targets();
+                DROP TRIGGER IF EXISTS test_refuse_result ON error_queue_operations;
+                DROP FUNCTION IF EXISTS test_refuse_result();
                 """);
         }
     }
