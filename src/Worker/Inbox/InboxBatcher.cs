@@ -285,12 +285,20 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             if (waiting > 1 && waiting > failedOnTheirOwn && !DatabaseFailures.IsUnavailable(exception))
             {
                 LogFallingBack(exception, _consumerId, members.Count);
+                var failedRunners = members.Where(m => m.Claim == InboxClaim.Run && m.Failed).Select(m => m.MessageKey).ToHashSet(StringComparer.Ordinal);
                 foreach (var member in members)
                 {
                     if (member.Claim == InboxClaim.Duplicate || member.Failed)
                     {
                         // Acked already, or failing with its consumer's own exception whatever the batch did.
                         member.Complete(committed: false, exception);
+                    }
+                    else if (member.Claim == InboxClaim.DuplicateInBatch && !member.DiffersFromCopyInBatch && failedRunners.Contains(member.MessageKey))
+                    {
+                        // A copy of a message whose run failed on its own: as in a batch that commits, that
+                        // copy carries the command through its retries, and this one is acked. Settled again,
+                        // it would be runnable and come back to run its consumer beside the other.
+                        member.Complete(committed: true, null);
                     }
                     else
                     {

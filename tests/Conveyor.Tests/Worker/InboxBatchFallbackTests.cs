@@ -82,6 +82,28 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     [Fact]
+    public async Task A_copy_of_the_message_that_broke_its_batch_is_acked_with_it_not_run_again()
+    {
+        var (culprit, good) = (Key(), Key());
+        var payment = Guid.NewGuid();
+        var members = await JoinOneBatchAsync(culprit, culprit, good);
+        Assert.Equal(InboxClaim.DuplicateInBatch, await members[1].Claimed);
+
+        await TakeJobIdAsync(members[0]);
+        members[0].RanAndFailed();
+        members[2].RanSuccessfully([Ledger(payment)]);
+
+        Assert.False(await members[0].Completed.WaitAsync(Patience));
+        // The failed copy carries the command through its retries, as in a batch that commits: the other
+        // is acked, where settling it again made it runnable and its consumer ran a second time.
+        Assert.True(await members[1].Completed.WaitAsync(Patience), $"the copy was sent round to run again: {members[1].BatchFailure}");
+        Assert.True(await members[2].Completed.WaitAsync(Patience), $"the good message failed with the batch: {members[2].BatchFailure}");
+        await using var db = fixture.CreateDbContext();
+        Assert.False(await db.Inbox.AnyAsync(i => i.MessageKey == culprit));
+        Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment));
+    }
+
+    [Fact]
     public async Task A_message_settled_alone_after_its_batch_failed_is_a_conflict_when_its_key_was_applied_from_another_command_meanwhile()
     {
         // The message ran in the batch; before it is settled again alone, another pod commits its key
