@@ -181,9 +181,13 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     public Task MarkDeadLetteredAsync(JobRef job, Exception exception, CancellationToken cancellationToken) =>
         UpdateAsync(job, JobStatus.DeadLettered, exception, null, finished: true, cancellationToken);
 
-    /// <summary>A shutdown interrupted the attempt; the broker hands the message out again.</summary>
+    /// <summary>
+    /// A shutdown interrupted the attempt; the broker hands the message out again. Only an attempt this
+    /// delivery claimed is marked: one stopped before its claim (or whose count could not be recorded)
+    /// has no attempt of its own, and the job's status is another delivery's (a worker running it now).
+    /// </summary>
     public Task MarkInterruptedAsync(JobRef job, CancellationToken cancellationToken) =>
-        UpdateAsync(job, JobStatus.Queued, new OperationCanceledException("Interrupted by a worker shutdown; the message returns to the queue"), null, finished: false, cancellationToken);
+        job.Attempt is null ? Task.CompletedTask : UpdateAsync(job, JobStatus.Queued, new OperationCanceledException("Interrupted by a worker shutdown; the message returns to the queue"), null, finished: false, cancellationToken);
 
     /// <summary>The progress of a running attempt; with <see cref="JobRef.Attempt"/>, only while it is the job's latest.</summary>
     public async Task ReportProgressAsync(JobRef job, int percent, CancellationToken cancellationToken)
