@@ -43,13 +43,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         receiver.AnswerWith = HttpStatusCode.BadRequest;
         await using var worker = await fixture.StartWorkerAsync(Settings(null, ("Consumers:DeliverWebhook:RetryLimit", "3"), ("Consumers:DeliverWebhook:RedeliveryLimit", "3")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
-        var webhook = new DeliverWebhook
-        {
-            WebhookId = Guid.NewGuid(),
-            Url = receiver.Url(),
-            EventType = "invoice.created",
-            Payload = JsonDocument.Parse("""{"invoice":7}""").RootElement,
-        };
+        var webhook = InvoiceWebhook(receiver, 7);
 
         await publisher.PublishAsync(webhook);
 
@@ -81,13 +75,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         receiver.RetryAfter = TimeSpan.FromSeconds(30);
         await using var worker = await fixture.StartWorkerAsync(Settings(null, ("Consumers:DeliverWebhook:RetryLimit", "3")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
-        var webhook = new DeliverWebhook
-        {
-            WebhookId = Guid.NewGuid(),
-            Url = receiver.Url(),
-            EventType = "invoice.created",
-            Payload = JsonDocument.Parse("""{"invoice":8}""").RootElement,
-        };
+        var webhook = InvoiceWebhook(receiver, 8);
 
         await publisher.PublishAsync(webhook);
 
@@ -289,6 +277,14 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         await using var check = fixture.CreateDbContext();
         Assert.Equal(1, await check.ScheduledMessages.CountAsync());
     }
+
+    private static DeliverWebhook InvoiceWebhook(FakeWebhookReceiver receiver, int invoice) => new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = receiver.Url(),
+        EventType = "invoice.created",
+        Payload = JsonSerializer.SerializeToElement(new { invoice }),
+    };
 
     /// <summary>
     /// A copy of every row stored in <c>scheduled_messages</c> while the test runs, made by a trigger:
