@@ -64,6 +64,11 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
 
         await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
         await AssertNoErrorLoggedAsync();
+        // The exception handler clears the response before it writes the problem: the headers are set again.
+        Assert.Equal("nosniff", response.Headers.GetValues("X-Content-Type-Options").Single());
+        Assert.Equal("DENY", response.Headers.GetValues("X-Frame-Options").Single());
+        Assert.Contains("frame-ancestors 'none'", response.Headers.GetValues("Content-Security-Policy").Single(), StringComparison.Ordinal);
+        Assert.Equal("no-referrer", response.Headers.GetValues("Referrer-Policy").Single());
     }
 
     [Theory]
