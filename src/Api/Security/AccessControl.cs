@@ -31,6 +31,9 @@ public static class AccessControl
     public const string AntiforgeryHeaderName = "X-CSRF-TOKEN";
     public const string AntiforgeryFieldName = "__RequestVerificationToken";
 
+    /// <summary>Sent by the dashboard page on the requests of its periodic refreshes, which do not extend a session's idle limit.</summary>
+    public const string RefreshHeader = "X-Conveyor-Refresh";
+
     /// <summary>A claim in the session naming which key signed in (a digest, never the key), so a rotated key ends its sessions.</summary>
     public const string KeyFingerprintClaim = "key_fp";
 
@@ -85,6 +88,17 @@ public static class AccessControl
                         return Task.CompletedTask;
                     },
                     OnValidatePrincipal = context => context.HttpContext.RequestServices.GetRequiredService<SessionValidator>().ValidateAsync(context),
+                    // The page's own refreshes (it polls while open) are no sign of someone at the screen: they
+                    // do not extend the idle limit, which an open tab would otherwise never reach.
+                    OnCheckSlidingExpiration = context =>
+                    {
+                        if (context.Request.Headers.ContainsKey(RefreshHeader))
+                        {
+                            context.ShouldRenew = false;
+                        }
+
+                        return Task.CompletedTask;
+                    },
                 };
             });
 

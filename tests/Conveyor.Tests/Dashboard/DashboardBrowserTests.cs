@@ -75,6 +75,15 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
             }
         };
         page.PageError += (_, error) => _browserErrors.Add(error);
+        // Whether each read of the overview was marked as the page's own refresh (not counted as activity).
+        var overviewReads = new System.Collections.Concurrent.ConcurrentQueue<bool>();
+        page.Request += (_, request) =>
+        {
+            if (request.Url.EndsWith("/dashboard/api/overview", StringComparison.Ordinal))
+            {
+                overviewReads.Enqueue(request.Headers.ContainsKey("x-conveyor-refresh"));
+            }
+        };
         page.Response += (_, response) =>
         {
             if (response.Status >= 400)
@@ -129,6 +138,9 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         await page.ClickAsync("nav a[data-nav='overview']");
         await Expect(overviewErrors).ToHaveTextAsync("0", Patiently);
         await Screenshot(page, "06-overview-after-move");
+        // Opening the overview is the operator's doing; its refreshes every few seconds are the page's own.
+        Assert.False(overviewReads.First(), "the first read of the overview was marked as a refresh");
+        await Eventually.AssertAsync(() => Assert.Contains(true, overviewReads));
 
         // Jobs: the list filtered to succeeded jobs, and one job's timeline.
         await page.ClickAsync("nav a[data-nav='jobs']");

@@ -313,14 +313,4 @@ public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetim
         request.Headers.TryAddWithoutValidation(bearer ? "Authorization" : "X-Api-Key", bearer ? "Bearer " + key : key);
         return await client.SendAsync(request);
     }
-
-    /// <summary>The real clock, plus however far a test has moved it on.</summary>
-    private sealed class MovableClock : TimeProvider
-    {
-        private long _offsetTicks;
-
-        public void Advance(TimeSpan by) => Interlocked.Add(ref _offsetTicks, by.Ticks);
-
-        public override DateTimeOffset GetUtcNow() => base.GetUtcNow().AddTicks(Interlocked.Read(ref _offsetTicks));
-    }
 }

@@ -1,5 +1,6 @@
 using System.Net;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Tests.Security;
@@ -54,6 +55,40 @@ public sealed class SessionLifetimeTests(ConveyorFixture fixture) : IAsyncLifeti
 
         var signOuts = _logs.Of(LogLevel.Information, DashboardCategory).Where(e => e.EventId.Id == 2403).ToList();
         Assert.Equal($"Dashboard sign-out of {TestKeys.AdminName}", Assert.Single(signOuts).Message);
+    }
+
+    [Fact]
+    public async Task The_pages_own_refreshes_do_not_keep_an_idle_session_alive_but_a_request_of_the_user_does()
+    {
+        var clock = new MovableClock();
+        await using var api = await fixture.StartApiAsync(
+            new Dictionary<string, string?> { ["RateLimiting:Enabled"] = "false", ["Dashboard:Session:IdleMinutes"] = "10" },
+            builder => builder.Services.AddSingleton<TimeProvider>(clock));
+        using var idle = DashboardBrowser.Open(api.BaseAddress, out _);
+        await DashboardBrowser.SignInAsync(idle, TestKeys.Reader);
+        using var active = DashboardBrowser.Open(api.BaseAddress, out _);
+        await DashboardBrowser.SignInAsync(active, TestKeys.Reader);
+
+        // Past half the idle limit a request renews the cookie: the user's does, the page's refresh does not.
+        clock.Advance(TimeSpan.FromMinutes(6));
+        Assert.Equal(HttpStatusCode.OK, await SessionAsync(idle, refresh: true));
+        Assert.Equal(HttpStatusCode.OK, await SessionAsync(active, refresh: false));
+
+        clock.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(HttpStatusCode.Unauthorized, await SessionAsync(idle, refresh: true));
+        Assert.Equal(HttpStatusCode.OK, await SessionAsync(active, refresh: false));
+    }
+
+    private static async Task<HttpStatusCode> SessionAsync(HttpClient browser, bool refresh)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, new Uri("/dashboard/api/session", UriKind.Relative));
+        if (refresh)
+        {
+            request.Headers.Add(Conveyor.Api.Security.AccessControl.RefreshHeader, "1");
+        }
+
+        using var response = await browser.SendAsync(request);
+        return response.StatusCode;
     }
 
     [Fact]

@@ -42,11 +42,20 @@
 
   function badge(text) { return el("span", { class: "badge " + text, text: text }); }
 
+  // True only while a refresh tick starts its requests (synchronously, before its first await): api()
+  // then marks them, and the server does not count them as activity toward the session's idle limit.
+  let inRefreshTick = false;
+
   function every(ms, fn) {
     const token = renderToken;
     const tick = async () => {
       if (token !== renderToken) return;
-      try { await fn(); } catch (e) { showBanner(e.message); }
+      try {
+        inRefreshTick = true;
+        const run = fn();
+        inRefreshTick = false;
+        await run;
+      } catch (e) { inRefreshTick = false; showBanner(e.message); }
       if (token === renderToken) timers.push(setTimeout(tick, ms));
     };
     timers.push(setTimeout(tick, ms));
@@ -68,6 +77,7 @@
 
   async function api(method, path, body) {
     const headers = { Accept: "application/json" };
+    if (inRefreshTick) headers["X-Conveyor-Refresh"] = "1";
     if (method !== "GET") {
       headers[session.csrfHeader] = session.csrfToken;
       if (body !== undefined) headers["Content-Type"] = "application/json";
