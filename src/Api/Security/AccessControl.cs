@@ -232,12 +232,18 @@ public static class AccessControl
     public static bool IsSafeMethod(string method) =>
         HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method) || HttpMethods.IsTrace(method);
 
-    /// <summary>The principal a session carries: the key's name and scopes, a digest naming the key, and the session's id.</summary>
+    /// <summary>
+    /// The principal a session carries: the key's name and scopes, a digest naming the key, and the session's
+    /// id, also as its name identifier, to which antiforgery binds its tokens. Without one it bound them to a
+    /// digest of every claim, so a token the page read before its key's scopes changed was refused, sign-out
+    /// included.
+    /// </summary>
     public static ClaimsPrincipal SessionPrincipal(ApiKeyIdentity identity, string keyFingerprint, Guid sessionId)
     {
         Claim[] claims =
         [
             new(ClaimTypes.Name, identity.Name),
+            new(ClaimTypes.NameIdentifier, sessionId.ToString("D")),
             new(KeyFingerprintClaim, keyFingerprint),
             new(SessionIdClaim, sessionId.ToString("D")),
             .. identity.Scopes.Select(scope => new Claim(ApiKeyAuthenticationHandler.ScopeClaim, scope)),

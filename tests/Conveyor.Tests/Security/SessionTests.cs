@@ -158,6 +158,42 @@ public sealed partial class SessionTests(ConveyorFixture fixture) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task A_token_taken_before_the_keys_scopes_changed_still_signs_out()
+    {
+        // The page keeps the token it read at start; a rollout that changes its key's scopes refreshes the
+        // session's claims. The token is bound to the session, not to those claims, or signing out failed.
+        const string key = "rescoped-key-0123456789abcdefghij";
+        Dictionary<string, string?> Settings(string scopes) => new()
+        {
+            ["RateLimiting:Enabled"] = "false",
+            ["Auth:ApiKeys:rescoped:Name"] = "rescoped",
+            ["Auth:ApiKeys:rescoped:Key"] = key,
+            ["Auth:ApiKeys:rescoped:Scopes"] = scopes,
+        };
+        // One browser: its cookies go to either replica (cookies do not name a port).
+        var cookies = new System.Net.CookieContainer();
+        HttpClient Browser(Uri api) => new(new HttpClientHandler { CookieContainer = cookies, AllowAutoRedirect = false }) { BaseAddress = api };
+        string token;
+        await using (var before = await fixture.StartApiAsync(Settings("jobs:read")))
+        {
+            using var first = Browser(before.BaseAddress);
+            await DashboardBrowser.SignInAsync(first, key);
+            token = (await SessionAsync(first)).GetProperty("csrfToken").GetString()!;
+        }
+
+        await using var after = await fixture.StartApiAsync(Settings("jobs:read jobs:publish"));
+        using var browser = Browser(after.BaseAddress);
+        Assert.Contains("jobs:publish", (await SessionAsync(browser)).GetProperty("scopes").EnumerateArray().Select(s => s.GetString()));
+
+        using var request = Post("/dashboard/logout", token);
+        using var signedOut = await browser.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.NoContent, signedOut.StatusCode);
+        using var gone = await browser.GetAsync(new Uri("/dashboard/api/session", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.Unauthorized, gone.StatusCode);
+    }
+
+    [Fact]
     public async Task Dashboard_pages_carry_a_strict_content_security_policy()
     {
         using var browser = await SignedInAsync(TestKeys.Admin);

@@ -602,8 +602,13 @@
     document.getElementById("who-name").textContent = session.name;
     document.getElementById("who-scopes").textContent = "(" + session.scopes.join(", ") + ")";
     document.getElementById("sign-out").addEventListener("click", async () => {
-      await api("POST", "/dashboard/logout");
-      window.location.assign("/dashboard/login");
+      try {
+        await api("POST", "/dashboard/logout");
+        window.location.assign("/dashboard/login");
+      } catch (e) {
+        // Never silently: the session is still live until this succeeds.
+        showBanner("Not signed out: " + e.message);
+      }
     });
     window.addEventListener("hashchange", route);
     await route();
