@@ -74,16 +74,16 @@ public sealed partial class BatchedInboxFilter<T>(
             // The batch removes this message's inbox row; its attempt stays counted if the batch commits.
             var committed = await member.Completed;
             var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
-            if (!stopping)
+            // A shutdown's attempt is recorded too when its batch's count rolled back: it may have had its
+            // effect, so the job must not read as never started (a cancel would then be allowed).
+            if (!stopping || !committed)
             {
-                JobMetrics.AttemptFailed(job.Kind);
+                if (!stopping)
+                {
+                    JobMetrics.AttemptFailed(job.Kind);
+                }
+
                 ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed));
-            }
-            else if (!committed)
-            {
-                // Cut off by a shutdown, it may have had its effect: counted again when its batch's count
-                // rolled back, so the job does not read as never started (a cancel would then be allowed).
-                ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: true));
             }
 
             throw;

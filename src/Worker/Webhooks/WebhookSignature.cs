@@ -23,7 +23,7 @@ public static class WebhookSignature
     public static string Create(string secret, long unixSeconds, string webhookId, string eventType, ReadOnlySpan<byte> body)
     {
         var key = Encoding.UTF8.GetBytes(secret);
-        return $"t={unixSeconds},v1={Mac(key, $"{unixSeconds}.", body)},v2={Mac(key, $"{unixSeconds}.{webhookId}.{eventType}\n", body)}";
+        return $"t={unixSeconds},v1={Mac(key, $"{unixSeconds}.", body)},v2={V2(key, unixSeconds, webhookId, eventType, body)}";
     }
 
     /// <summary>
@@ -56,9 +56,13 @@ public static class WebhookSignature
             return false;
         }
 
-        var expected = Encoding.ASCII.GetBytes(Mac(Encoding.UTF8.GetBytes(secret), $"{seconds}.{webhookId}.{eventType}\n", body));
+        var expected = Encoding.ASCII.GetBytes(V2(Encoding.UTF8.GetBytes(secret), seconds, webhookId, eventType, body));
         return CryptographicOperations.FixedTimeEquals(expected, Encoding.ASCII.GetBytes(signature));
     }
+
+    /// <summary>The <c>v2</c> signature: what the signer sends and the receiver recomputes, one format for both.</summary>
+    private static string V2(byte[] key, long unixSeconds, string webhookId, string eventType, ReadOnlySpan<byte> body) =>
+        Mac(key, $"{unixSeconds}.{webhookId}.{eventType}\n", body);
 
     private static string Mac(byte[] key, string prefix, ReadOnlySpan<byte> body)
     {
