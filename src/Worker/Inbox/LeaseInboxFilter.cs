@@ -209,10 +209,11 @@ public sealed partial class LeaseInboxFilter<T>(
         // claims it (a missing row is always claimed).
         var deferrals = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Deferrals) + 1;
         var left = TimeSpan.FromSeconds(Math.Max(0, row?.SecondsLeft ?? 0));
-        var dueAt = time.GetUtcNow() + left + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
+        // Counted from the database's clock too (RedeliveryStore): this pod's own may be off.
+        var delay = left + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
         var headers = new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture) };
-        await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
-            $"{consumerId}:{key}:deferred:{deferrals}", 0, dueAt, headers, cancellationToken);
+        var dueAt = await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
+            $"{consumerId}:{key}:deferred:{deferrals}", 0, delay, headers, cancellationToken);
         LogDeferred(consumerId, key, dueAt);
         await SettledByInbox.NotifyAsync(context, consumerId);
     }

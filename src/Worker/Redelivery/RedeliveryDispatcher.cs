@@ -145,10 +145,11 @@ public sealed partial class RedeliveryDispatcher(
         {
             await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
             await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
-            var now = time.GetUtcNow();
+            // Due by the database's clock, as every writer counts due times (RedeliveryStore): the pods'
+            // own clocks may disagree with it and with each other.
             var due = await db.ScheduledMessages
                 .FromSqlInterpolated($"""
-                    SELECT * FROM scheduled_messages WHERE due_at <= {now}
+                    SELECT * FROM scheduled_messages WHERE due_at <= clock_timestamp()
                      ORDER BY due_at LIMIT {batchSize} FOR UPDATE SKIP LOCKED
                     """)
                 .AsNoTracking()
@@ -182,13 +183,19 @@ public sealed partial class RedeliveryDispatcher(
             }
 
             var doneIds = settled.Where(s => s.Settlement is Settlement.Published or Settlement.MovedToError).Select(s => s.Message.Id).ToArray();
-            await db.Database.ExecuteSqlInterpolatedAsync(
-                $"DELETE FROM scheduled_messages WHERE id = ANY({doneIds})", CancellationToken.None);
+            // Each row's lateness by the database's clock, which its due time was set by.
+            var deleted = await db.Database.SqlQuery<DeletedRow>(
+                    $"""
+                    DELETE FROM scheduled_messages WHERE id = ANY({doneIds})
+                    RETURNING id, EXTRACT(EPOCH FROM clock_timestamp() - due_at)::float8 AS seconds_late
+                    """)
+                .ToListAsync(CancellationToken.None);
+            var secondsLate = deleted.ToDictionary(r => r.Id, r => r.SecondsLate);
             var later = settled.Where(s => s.Settlement == Settlement.Later).ToList();
             if (later.Count > 0)
             {
-                var retryAt = published.AddSeconds(options.Value.FailedPublishBackoffSeconds);
-                await KeepForLaterAsync(db, later.Select(s => (s.Message, ReasonOf(s.Result))).ToList(), published, retryAt, CancellationToken.None);
+                var backoff = TimeSpan.FromSeconds(options.Value.FailedPublishBackoffSeconds);
+                var retryAt = await KeepForLaterAsync(db, later.Select(s => (s.Message, ReasonOf(s.Result))).ToList(), backoff, CancellationToken.None);
                 var refused = later.Count(s => s.Result.Outcome == PublishOutcome.Refused);
                 if (refused > 0)
                 {
@@ -208,7 +215,7 @@ public sealed partial class RedeliveryDispatcher(
             var confirmed = settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message).ToList();
             foreach (var message in confirmed)
             {
-                Lateness.Record(Math.Max(0, (published - message.DueAt).TotalSeconds));
+                Lateness.Record(Math.Max(0, secondsLate.GetValueOrDefault(message.Id)));
             }
 
             Published.Add(confirmed.Count);
@@ -277,30 +284,35 @@ public sealed partial class RedeliveryDispatcher(
 
     /// <summary>
     /// Rows the broker did not take (no queue to route to, a publish that failed even alone, or
-    /// unpublishable while their <c>_error</c> queue is missing) wait for another try at <paramref name="retryAt"/>, never lost. Their due time
-    /// moves on with each try, so each keeps when it was first refused and why, which is what
+    /// unpublishable while their <c>_error</c> queue is missing) wait for another try
+    /// <paramref name="backoff"/> from now by the database's clock, never lost; that time comes back.
+    /// Their due time moves on with each try, so each keeps when it was first refused and why, which is what
     /// <see cref="ScheduledBacklog"/> reports: a row refused for good (its queue deleted) stays in
     /// sight. The job still waiting for such a row says so in its <c>last_error</c>, and its
     /// <c>next_attempt_at</c> is the next try, not a due time long past. Two statements, whatever the
     /// number of rows, in the dispatcher's transaction; the consume path is untouched.
     /// </summary>
-    private static async Task KeepForLaterAsync(
-        ConveyorDbContext db, IReadOnlyList<(ScheduledMessage Message, string Reason)> later, DateTimeOffset now, DateTimeOffset retryAt,
+    private static async Task<DateTimeOffset> KeepForLaterAsync(
+        ConveyorDbContext db, IReadOnlyList<(ScheduledMessage Message, string Reason)> later, TimeSpan backoff,
         CancellationToken cancellationToken)
     {
         var ids = later.Select(l => l.Message.Id).ToArray();
         var reasons = later.Select(l => Bounded(l.Reason, ScheduledMessage.MaxRefusalLength)).ToArray();
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
+        // On the database's clock, as due times are (RedeliveryStore); the time of the next try comes back.
+        var kept = await db.Database.SqlQuery<RefusalTimes>($"""
+            WITH at AS (SELECT clock_timestamp() AS now)
             UPDATE scheduled_messages s
-               SET due_at = {retryAt}, first_refused_at = COALESCE(s.first_refused_at, {now}), refusal = r.reason
-              FROM unnest({ids}, {reasons}) AS r(id, reason)
+               SET due_at = at.now + {backoff}, first_refused_at = COALESCE(s.first_refused_at, at.now), refusal = r.reason
+              FROM unnest({ids}, {reasons}) AS r(id, reason), at
              WHERE s.id = r.id
-            """, cancellationToken);
-
+            RETURNING at.now AS now, s.due_at AS retry_at
+            """).ToListAsync(cancellationToken);
+        // Every row is this round's, locked by its claim: each comes back, with the same two times.
+        var (now, retryAt) = (kept[0].Now, kept[0].RetryAt);
         var waiting = later.Where(l => l.Message is { JobId: not null, JobAttempts: not null }).ToList();
         if (waiting.Count == 0)
         {
-            return;
+            return retryAt;
         }
 
         var jobIds = waiting.Select(l => l.Message.JobId!.Value).ToArray();
@@ -318,9 +330,14 @@ public sealed partial class RedeliveryDispatcher(
              WHERE j.id = r.id
                AND (j.attempts = r.attempts AND j.status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})) IS TRUE
             """, cancellationToken);
+        return retryAt;
     }
 
     private static string Bounded(string text, int maxLength) => StoredText.Storable(text, maxLength);
+
+    private sealed record DeletedRow(long Id, double SecondsLate);
+
+    private sealed record RefusalTimes(DateTimeOffset Now, DateTimeOffset RetryAt);
 
     /// <summary>
     /// The job <paramref name="message"/> was stored for becomes <c>dead-lettered</c>, as a job whose
@@ -453,20 +470,22 @@ public sealed partial class RedeliveryDispatcher(
     /// milliseconds as "no timeout", so a row due in under a millisecond would wait for the next
     /// NOTIFY, however long that takes.
     /// </summary>
-    private static TimeSpan ListenTimeout(TimeSpan wait) => TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
+    internal static TimeSpan ListenTimeout(TimeSpan wait) => TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
 
     private async Task<TimeSpan> TimeUntilNextDueAsync(CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        var next = await db.ScheduledMessages.MinAsync(s => (DateTimeOffset?)s.DueAt, cancellationToken);
+        // On the database's clock, which due times are counted on (RedeliveryStore).
+        var secondsLeft = await db.Database
+            .SqlQuery<double?>($"""SELECT EXTRACT(EPOCH FROM MIN(due_at) - clock_timestamp())::float8 AS "Value" FROM scheduled_messages""")
+            .FirstAsync(cancellationToken);
         var maxIdle = TimeSpan.FromSeconds(options.Value.MaxIdleSeconds);
-        if (next is null)
+        if (secondsLeft is not { } left)
         {
             return maxIdle;
         }
 
-        var wait = next.Value - time.GetUtcNow();
-        return wait < maxIdle ? wait : maxIdle;
+        return left < maxIdle.TotalSeconds ? TimeSpan.FromSeconds(left) : maxIdle;
     }
 
     /// <summary>

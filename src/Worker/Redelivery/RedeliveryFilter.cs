@@ -50,7 +50,7 @@ public sealed partial class RedeliveryFilter<T>(
 
             var now = time.GetUtcNow();
             var retryAfter = (exception as TransientFailureException)?.RetryAfter;
-            var dueAt = now + policy.DelayFor(attempt, retryAfter, Random.Shared.NextDouble());
+            var delay = policy.DelayFor(attempt, retryAfter, Random.Shared.NextDouble());
             var consumerId = InboxKeys.ConsumerIdOf(context);
             var key = descriptor.BusinessKey(typed.Message);
             var firstFailureAt = HistoryOf(context).FirstFailureAt ?? now.ToString("O", CultureInfo.InvariantCulture);
@@ -77,10 +77,11 @@ public sealed partial class RedeliveryFilter<T>(
 
             // Stored (committed) before this method returns and MassTransit acks the original.
             var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
+            DateTimeOffset dueAt;
             try
             {
-                await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
-                    attempt, dueAt, headers, job, CancellationToken.None);
+                dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
+                    attempt, delay, headers, job, CancellationToken.None);
             }
             catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure) || FailureClassifier.IsTransient(storeFailure))
             {

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
@@ -13,7 +12,7 @@ namespace Conveyor.Worker.Redelivery;
 /// commits before the original is acked, so a crash in between leaves a duplicate, never a loss;
 /// the inbox absorbs the duplicate.
 /// </summary>
-public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider time)
+public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFactory)
 {
     /// <summary>The NOTIFY channel that wakes the dispatchers.</summary>
     public const string Channel = "conveyor_scheduled";
@@ -25,16 +24,16 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     public const int MaxStoredHeaderBytes = 65_536;
 
     /// <summary>Stores a copy no job waits for (a lease deferral), see the overload with a job.</summary>
-    public Task ScheduleAsync(
+    public Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
         string destination,
         string dedupeKey,
         int attempt,
-        DateTimeOffset dueAt,
+        TimeSpan delay,
         IReadOnlyDictionary<string, string> extraHeaders,
         CancellationToken cancellationToken) =>
-        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, dueAt, extraHeaders, job: null, cancellationToken);
+        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, cancellationToken);
 
     /// <param name="dedupeKey">Unique per intended publish: storing it twice keeps the first.</param>
     /// <param name="extraHeaders">Headers to set on the copy (overriding what it carried).</param>
@@ -44,13 +43,19 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// attempts are stored with the copy, so a copy that can never be published dead-letters the job
     /// it was stored for (<see cref="RedeliveryDispatcher"/>).
     /// </param>
-    public async Task ScheduleAsync(
+    /// <param name="delay">
+    /// How long from now the copy is due, counted on the database's clock, as every dispatcher reads
+    /// due times: a pod whose clock is off would otherwise store copies due early or late for the
+    /// others (<see cref="RedeliveryDispatcher"/>).
+    /// </param>
+    /// <returns>When the copy is due, by the database's clock.</returns>
+    public async Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
         string destination,
         string dedupeKey,
         int attempt,
-        DateTimeOffset dueAt,
+        TimeSpan delay,
         IReadOnlyDictionary<string, string> extraHeaders,
         JobRef? job,
         CancellationToken cancellationToken)
@@ -64,17 +69,24 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         // the job id the message claims (a header any sender can set): a copy of one job must not
         // dead-letter another. None found (no job, or its row is gone): stored without one.
         var (jobKind, businessKey) = job is { } waiting ? (waiting.Kind, waiting.BusinessKey) : (null, null);
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
+        // The NOTIFY's payload is the due time in Unix milliseconds; count() makes it run for the stored row.
+        // Not composed (no SingleAsync): EF would wrap the statement, and a data-modifying WITH cannot be nested.
+        var due = await db.Database.SqlQuery<DateTimeOffset>($"""
             WITH job AS (
                 SELECT id, attempts FROM jobs WHERE kind = {jobKind} AND business_key = {businessKey}),
+            due AS (
+                SELECT clock_timestamp() AS stored_at, clock_timestamp() + {delay} AS due_at),
             stored AS (
                 INSERT INTO scheduled_messages (dedupe_key, destination, due_at, attempt, content_type, message_id, headers, body, created_at, job_id, job_attempts)
-                VALUES ({dedupeKey}, {destination}, {dueAt}, {attempt}, {contentType}, {messageId?.ToString()}, CAST({headersJson} AS jsonb), {body}, {time.GetUtcNow()},
-                        (SELECT id FROM job), (SELECT attempts FROM job))
+                SELECT {dedupeKey}, {destination}, due.due_at, {attempt}, {contentType}, {messageId?.ToString()}, CAST({headersJson} AS jsonb), {body}, due.stored_at,
+                       (SELECT id FROM job), (SELECT attempts FROM job)
+                  FROM due
                 ON CONFLICT (dedupe_key) DO NOTHING
-                RETURNING id)
-            SELECT pg_notify({Channel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}) FROM stored
-            """, cancellationToken);
+                RETURNING due_at)
+            SELECT due.due_at AS "Value"
+              FROM due, (SELECT count(pg_notify({Channel}, floor(EXTRACT(EPOCH FROM stored.due_at) * 1000)::bigint::text)) FROM stored) AS notified
+            """).ToListAsync(cancellationToken);
+        return due.Single();
     }
 
     /// <summary>

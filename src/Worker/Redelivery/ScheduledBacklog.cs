@@ -63,7 +63,7 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
             description: "Scheduled messages the broker did not take (no queue to route to, a failed publish) that wait for another try");
         meter.CreateObservableGauge(
             RefusedForInstrument,
-            () => _reading is { } reading ? [new Measurement<double>(Since(reading.OldestRefused).TotalSeconds)] : Array.Empty<Measurement<double>>(),
+            () => _reading is { } reading ? [new Measurement<double>(Since(reading, reading.OldestRefused).TotalSeconds)] : Array.Empty<Measurement<double>>(),
             unit: "s",
             description: "How long the broker has refused the longest-refused scheduled message (0 when none is refused)");
     }
@@ -74,7 +74,7 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         var late = OverdueBy(reading);
         var limit = TimeSpan.FromSeconds(_options.Value.OverdueAfterSeconds);
         var refused = reading.Refused > 0
-            ? $"; the broker has refused {reading.Refused} of them for up to {Since(reading.OldestRefused).TotalSeconds:F0} s (is their queue missing?)"
+            ? $"; the broker has refused {reading.Refused} of them for up to {Since(reading, reading.OldestRefused).TotalSeconds:F0} s (is their queue missing?)"
             : string.Empty;
         return late > limit
             ? HealthCheckResult.Degraded(
@@ -114,32 +114,37 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         // NULL" alone, a table never analysed (or analysed while small) was scanned whole, every
         // refresh and every health probe, however few messages were refused.
         var row = (await db.Database.SqlQuery<BacklogRow>($"""
-            SELECT (SELECT MIN(due_at) FROM scheduled_messages) AS oldest_due, b.oldest AS oldest_refused,
+            SELECT clock_timestamp() AS database_now, (SELECT MIN(due_at) FROM scheduled_messages) AS oldest_due, b.oldest AS oldest_refused,
                    (SELECT COUNT(*) FROM scheduled_messages WHERE first_refused_at BETWEEN b.oldest AND b.newest) AS refused
               FROM (SELECT MIN(first_refused_at) AS oldest, MAX(first_refused_at) AS newest
                       FROM scheduled_messages WHERE first_refused_at IS NOT NULL) b
             """).ToListAsync(cancellationToken))[0];
-        var reading = new Reading(row.OldestDue, row.OldestRefused, row.Refused);
+        // Due and refusal times are the database's (RedeliveryStore); this pod's clock may be off from it.
+        var reading = new Reading(row.OldestDue, row.OldestRefused, row.Refused, row.DatabaseNow - _time.GetUtcNow());
         _reading = reading;
         return reading;
     }
 
     private TimeSpan OverdueBy(Reading reading)
     {
-        var (due, refused) = (Since(reading.OldestDue), Since(reading.OldestRefused));
+        var (due, refused) = (Since(reading, reading.OldestDue), Since(reading, reading.OldestRefused));
         return due > refused ? due : refused;
     }
 
-    private TimeSpan Since(DateTimeOffset? moment)
+    /// <summary>How long ago <paramref name="moment"/> (a database time) was, by the database's clock.</summary>
+    private TimeSpan Since(Reading reading, DateTimeOffset? moment)
     {
-        var elapsed = moment is { } at ? _time.GetUtcNow() - at : TimeSpan.Zero;
+        var elapsed = moment is { } at ? _time.GetUtcNow() + reading.ClockOffset - at : TimeSpan.Zero;
         return elapsed > TimeSpan.Zero ? elapsed : TimeSpan.Zero;
     }
 
-    private sealed record Reading(DateTimeOffset? OldestDue, DateTimeOffset? OldestRefused, long Refused);
+    /// <param name="ClockOffset">The database's clock minus this pod's, when read.</param>
+    private sealed record Reading(DateTimeOffset? OldestDue, DateTimeOffset? OldestRefused, long Refused, TimeSpan ClockOffset);
 
     private sealed class BacklogRow
     {
+        public DateTimeOffset DatabaseNow { get; init; }
+
         public DateTimeOffset? OldestDue { get; init; }
 
         public DateTimeOffset? OldestRefused { get; init; }

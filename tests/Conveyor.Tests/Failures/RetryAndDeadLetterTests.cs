@@ -5,6 +5,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 using System.Text.Json;
 
 namespace Conveyor.Tests.Failures;
@@ -108,6 +109,32 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     [Fact]
+    public async Task A_worker_whose_clock_runs_ahead_stores_its_redelivery_due_by_the_databases_clock()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway,
+                ("Consumers:ChargePayment:RetryLimit", "0"),
+                ("Consumers:ChargePayment:RedeliveryLimit", "2"),
+                ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "60000"),
+                ("Consumers:ChargePayment:RedeliveryJitter", "0.1")),
+            builder => builder.Services.AddSingleton<TimeProvider>(new SkewedClock(TimeSpan.FromMinutes(10))));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = Payment();
+
+        await publisher.PublishAsync(payment);
+
+        // Due a minute (within its jitter) from now by the clock every dispatcher reads, not eleven: this
+        // pod's clock is ten minutes ahead. The job shows the same time for its next attempt.
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, JobStatus.RetryScheduled);
+        await using var db = fixture.CreateDbContext();
+        var row = await db.ScheduledMessages.AsNoTracking().SingleAsync();
+        var databaseNow = await db.Database.SqlQuery<DateTimeOffset>($"SELECT clock_timestamp() AS \"Value\"").SingleAsync();
+        Assert.InRange(row.DueAt - databaseNow, TimeSpan.FromSeconds(40), TimeSpan.FromSeconds(66));
+        Assert.Equal(row.DueAt, job.NextAttemptAt);
+    }
+
+    [Fact]
     public async Task An_always_transient_failure_is_redelivered_at_the_configured_delays_then_dead_lettered()
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
@@ -137,7 +164,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(3, job.Attempts);
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
 
-        // The schedule as the worker stored it, on its own clock. The first delay counts from the
+        // The schedule as the worker stored it, on the database's clock (this machine's). The first delay counts from the
         // failure's time, which the worker stores with it (the first failure's header): exactly the
         // base delay within its jitter.
         var rows = await stored.ReadAsync();

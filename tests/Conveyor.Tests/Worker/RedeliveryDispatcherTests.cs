@@ -13,6 +13,8 @@ using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Diagnostics;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using Npgsql;
@@ -48,33 +50,59 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     }
 
     [Fact]
-    public async Task A_row_due_in_less_than_a_millisecond_is_published_without_waiting_for_a_notify()
+    public void A_wait_of_less_than_a_millisecond_is_not_taken_for_no_timeout()
     {
-        // Each reading of the clock is a tenth of a millisecond later than the one before. The row is
-        // due half a millisecond after the test's reading, so the dispatcher's first readings find it
-        // not due yet and a wait of less than a millisecond; nothing sends a NOTIFY.
-        var clock = new SteppingClock(DateTimeOffset.UtcNow, TimeSpan.FromMilliseconds(0.1));
-        var messageId = await ScheduleAsync(clock.GetUtcNow().AddMilliseconds(0.5));
+        // Npgsql reads a timeout that truncates to zero milliseconds as "wait for a NOTIFY, however long".
+        Assert.Equal(TimeSpan.FromMilliseconds(1), RedeliveryDispatcher.ListenTimeout(TimeSpan.FromMilliseconds(0.4)));
+        Assert.Equal(TimeSpan.FromMilliseconds(3), RedeliveryDispatcher.ListenTimeout(TimeSpan.FromMilliseconds(2.01)));
+    }
 
+    [Fact]
+    public async Task A_dispatcher_whose_clock_runs_behind_publishes_what_is_due_by_the_databases_clock()
+    {
+        var messageId = await ScheduleAsync(await DatabaseNowAsync() - TimeSpan.FromSeconds(1));
         await using var publisher = Publisher();
-        using var dispatcher = Dispatcher(publisher, clock: clock);
-        await dispatcher.StartAsync(CancellationToken.None);
-        try
-        {
-            await Eventually.AssertAsync(async () =>
-            {
-                await using var db = fixture.CreateDbContext();
-                Assert.Equal(0, await db.ScheduledMessages.CountAsync());
-            }, TimeSpan.FromSeconds(30));
-        }
-        finally
-        {
-            await dispatcher.StopAsync(CancellationToken.None);
-        }
+        using var dispatcher = Dispatcher(publisher, clock: new SkewedClock(TimeSpan.FromMinutes(-10)));
+
+        Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
 
         var copy = await _channel.BasicGetAsync(_queue, autoAck: true);
-        Assert.NotNull(copy);
-        Assert.Equal(messageId, copy.BasicProperties.MessageId);
+        Assert.Equal(messageId, copy?.BasicProperties.MessageId);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+    }
+
+    [Fact]
+    public async Task A_dispatcher_whose_clock_runs_ahead_leaves_what_is_not_due_by_the_databases_clock()
+    {
+        var messageId = await ScheduleAsync(await DatabaseNowAsync() + TimeSpan.FromMinutes(5));
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, clock: new SkewedClock(TimeSpan.FromMinutes(10)));
+
+        Assert.Equal(0, await dispatcher.DispatchDueAsync(CancellationToken.None));
+
+        Assert.Null(await _channel.BasicGetAsync(_queue, autoAck: true));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(messageId, (await db.ScheduledMessages.SingleAsync()).MessageId);
+    }
+
+    [Fact]
+    public async Task The_backlog_reads_how_late_scheduled_messages_are_by_the_databases_clock()
+    {
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        ScheduledBacklog Backlog(TimeSpan skew) => new(services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), fixture.DbContextFactory(),
+            Options.Create(new DispatcherOptions()), new SkewedClock(skew), NullLogger<ScheduledBacklog>.Instance);
+
+        // Due in a minute: not overdue, though a pod ten minutes ahead would count it nine minutes late.
+        await ScheduleAsync(await DatabaseNowAsync() + TimeSpan.FromMinutes(1));
+        var ahead = await Backlog(TimeSpan.FromMinutes(10)).CheckHealthAsync(new HealthCheckContext());
+        Assert.Equal((HealthStatus.Healthy, "No scheduled message is overdue"), (ahead.Status, ahead.Description));
+
+        // Due five minutes ago: overdue past the two-minute limit, though a pod ten minutes behind would not see it due yet.
+        await ScheduleAsync(await DatabaseNowAsync() - TimeSpan.FromMinutes(5));
+        var behind = await Backlog(TimeSpan.FromMinutes(-10)).CheckHealthAsync(new HealthCheckContext());
+        Assert.Equal(HealthStatus.Degraded, behind.Status);
+        Assert.StartsWith("Scheduled messages are overdue: the oldest was due 30", behind.Description, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -411,6 +439,12 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         new(database ?? fixture.DbContextFactory(), publisher, Options.Create(options ?? new DispatcherOptions()), clock ?? TimeProvider.System,
             NullLogger<RedeliveryDispatcher>.Instance);
 
+    private async Task<DateTimeOffset> DatabaseNowAsync()
+    {
+        await using var db = fixture.CreateDbContext();
+        return await db.Database.SqlQuery<DateTimeOffset>($"SELECT clock_timestamp() AS \"Value\"").SingleAsync();
+    }
+
     private async Task<string> ScheduleAsync(DateTimeOffset dueAt, string headers = "{}", Job? job = null)
     {
         var messageId = Guid.NewGuid().ToString();
@@ -510,13 +544,5 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
                 return new ConveyorDbContext(options.Options);
             }
         }
-    }
-
-    /// <summary>A clock that moves on by <paramref name="step"/> each time it is read.</summary>
-    private sealed class SteppingClock(DateTimeOffset start, TimeSpan step) : TimeProvider
-    {
-        private long _readings;
-
-        public override DateTimeOffset GetUtcNow() => start + (step * Interlocked.Increment(ref _readings));
     }
 }
