@@ -69,7 +69,7 @@ public static class TelemetryExtensions
             .AddRuntimeInstrumentation()
             .AddView(instrument => ownMeters.Contains(instrument.Meter.Name)
                 ? null
-                : new MetricStreamConfiguration { CardinalityLimit = LibraryCardinalityLimit })
+                : new MetricStreamConfiguration { CardinalityLimit = LibraryCardinalityLimit, TagKeys = KeptTags(instrument.Meter.Name) })
             .AddPrometheusExporter());
 
         if (exporting)
@@ -79,6 +79,24 @@ public static class TelemetryExtensions
 
         return builder;
     }
+
+    /// <summary>
+    /// The tags kept on HttpClient's and DNS's metrics, which otherwise name the remote host and the
+    /// peer's address: a webhook's URL comes from whoever published the command, so each receiver host
+    /// would add its own series (about 37 across those instruments) for the life of the process, name
+    /// customers' hosts in the scrape, and, past the limit above, fold the payment gateway's series
+    /// into the overflow. Null (every tag) for the other meters.
+    /// </summary>
+    private static string[]? KeptTags(string meterName) => meterName switch
+    {
+        "System.Net.Http" =>
+        [
+            "http.request.method", "http.response.status_code", "error.type", "network.protocol.version",
+            "url.scheme", "http.connection.state",
+        ],
+        "System.Net.NameResolution" => ["error.type"],
+        _ => null,
+    };
 
     /// <summary>Prometheus scrape endpoint at <c>/metrics</c>.</summary>
     public static IEndpointRouteBuilder MapConveyorMetrics(this IEndpointRouteBuilder endpoints)

@@ -56,4 +56,42 @@ public sealed class MetricCardinalityTests
         Assert.Equal(TagSets, PrometheusText.Sum(exposition, "cardinality_test_library_total"));
         Assert.Equal(TagSets - (librarySeries.Count - 1), PrometheusText.Sum(overflow, "cardinality_test_library_total"));
     }
+
+    [Fact]
+    public async Task HttpClient_and_DNS_metrics_do_not_name_the_hosts_called()
+    {
+        await using var app = await RunningApp.StartAsync(args =>
+        {
+            var builder = WebApplication.CreateSlimBuilder(args);
+            builder.Logging.ClearProviders();
+            builder.AddConveyorTelemetry("host-tags-test");
+            var web = builder.Build();
+            web.MapConveyorMetrics();
+            return web;
+        }, new Dictionary<string, string?>());
+
+        // Two names of one host, as a webhook's URL can name any host: one by address, one looked up.
+        var port = app.Client.BaseAddress!.Port;
+        using var client = new HttpClient();
+        foreach (var host in new[] { "127.0.0.1", "localhost" })
+        {
+            using var answer = await client.GetAsync(new Uri($"http://{host}:{port}/metrics"));
+            Assert.Equal(System.Net.HttpStatusCode.OK, answer.StatusCode);
+        }
+
+        // The exporter answers a scrape from its cache for a moment: the calls above were scrapes too.
+        var exposition = string.Empty;
+        await Eventually.AssertAsync(async () =>
+        {
+            exposition = await app.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+            Assert.True(PrometheusText.Sum(exposition, "http_client_request_duration_seconds_count") >= 2);
+            Assert.NotEmpty(PrometheusText.Samples(exposition, "dns_lookup_duration_seconds_count"));
+        });
+        var lines = exposition.Split('\n').Where(line => line.StartsWith("http_client_", StringComparison.Ordinal) || line.StartsWith("dns_", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(lines);
+        Assert.DoesNotContain(lines, line => line.Contains("server_address", StringComparison.Ordinal)
+            || line.Contains("network_peer_address", StringComparison.Ordinal)
+            || line.Contains("dns_question_name", StringComparison.Ordinal)
+            || line.Contains("localhost", StringComparison.Ordinal));
+    }
 }
