@@ -21,12 +21,30 @@ public static class HealthExtensions
     /// </summary>
     public const string AdvisoryTag = "advisory";
 
+    /// <summary>
+    /// How long a check may take before it counts as failed: under the probes' own timeouts (2 s for
+    /// the Api's startup probe, 3 s for the worker's readiness), so that a database or broker that
+    /// stops answering without closing anything (a failover, a network black hole, an exhausted pool)
+    /// gives a 503 that names the check, and its warning in the log, instead of a probe the kubelet
+    /// abandons with no reason anywhere.
+    /// </summary>
+    public static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(1.5);
+
     /// <summary>Readiness = the bus (MassTransit registers its own check, tagged ready) and the database.</summary>
     public static IServiceCollection AddConveyorHealthChecks(this IServiceCollection services)
     {
         services.AddSingleton<HealthTransitions>();
         services.AddHealthChecks()
             .AddCheck<DatabaseHealthCheck>("database", HealthStatus.Unhealthy, [ReadyTag]);
+        // Every check, whoever registered it (MassTransit's too), and after all of them are added.
+        services.PostConfigure<HealthCheckServiceOptions>(options =>
+        {
+            foreach (var registration in options.Registrations)
+            {
+                var create = registration.Factory;
+                registration.Factory = provider => new BoundedHealthCheck(create(provider), CheckTimeout);
+            }
+        });
         return services;
     }
 

@@ -58,4 +58,37 @@ public sealed class DatabaseReadinessTests(ConveyorFixture fixture)
         Assert.Contains(reason, line.Message, StringComparison.Ordinal);
         Assert.DoesNotContain(Password, line.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task A_database_that_stops_answering_makes_readiness_answer_503_with_the_reason_not_hang()
+    {
+        var server = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        await using var proxy = await OutageProxy.ToAsync(server.Host!, server.Port);
+        var connection = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port };
+        var logs = new CapturedLogs();
+        await using var api = await fixture.StartApiAsync(
+            new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = connection.ConnectionString },
+            builder => builder.Logging.AddProvider(logs));
+        await Eventually.AssertAsync(async () => Assert.Equal(HttpStatusCode.OK, (await BrokerOutageSignalsTests.ReadinessAsync(api)).Status));
+
+        // Connections stay open and nothing answers: a failover in progress, a network dropping packets.
+        proxy.Stall();
+        try
+        {
+            // Bounded far above the check's own limit: without it the probe waited for Npgsql's timeouts.
+            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(api).WaitAsync(TimeSpan.FromSeconds(10));
+
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+            var database = checks.GetProperty("database");
+            Assert.Equal("Unhealthy", database.GetProperty("status").GetString());
+            Assert.StartsWith("No answer within 1.5 s", database.GetProperty("description").GetString(), StringComparison.Ordinal);
+            var warning = Assert.Single(logs.Of(LogLevel.Warning, "Conveyor.ServiceDefaults.HealthTransitions"),
+                e => e.Message.Contains("database", StringComparison.Ordinal));
+            Assert.Contains("No answer within", warning.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            proxy.Resume();
+        }
+    }
 }
