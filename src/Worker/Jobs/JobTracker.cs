@@ -13,7 +13,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// <summary>The longest <c>jobs.last_error</c> the worker writes.</summary>
     public const int MaxErrorLength = 4000;
 
-    /// <summary>No attempt is numbered 0: a write for an attempt not known applies to the latest one.</summary>
+    /// <summary>
+    /// No attempt is numbered 0: progress for an attempt not known applies to the latest one; a failure
+    /// of a delivery that claimed no attempt only to a job nothing has taken up (<see cref="UpdateAsync"/>).
+    /// </summary>
     private const int UnknownAttempt = 0;
 
     /// <summary>
@@ -137,6 +140,13 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     {
         if (!countAttempt)
         {
+            if (job.Attempt is null)
+            {
+                // Nothing was claimed: the job's status is whichever attempt's holds it, and the failure
+                // path's later writes record this delivery's error where it may.
+                return null;
+            }
+
             await UpdateAsync(job, JobStatus.Running, exception, null, finished: false, cancellationToken);
             return job.Attempt;
         }
@@ -248,13 +258,16 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var error = Describe(exception);
         DateTimeOffset? finishedAt = finished ? now : null;
         // An attempt's failure path writes its own status only: once a newer attempt was counted (another
-        // copy, a run that took the lease over), that attempt's status stands.
+        // copy, a run that took the lease over), that attempt's status stands. A delivery that failed before
+        // any claim (refused by a filter, its deferral not stored) has no attempt: it may only settle a job
+        // that nothing has taken up, one still queued or scheduled (its message is likely this one). A job
+        // another delivery runs or waits to retry, or that ended, is that delivery's.
         var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
                    updated_at = {now}, finished_at = {finishedAt}
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-               AND ({attempt} = {UnknownAttempt} OR attempts = {attempt})
+               AND CASE WHEN {attempt} = {UnknownAttempt} THEN status IN ({JobStatus.Queued}, {JobStatus.Scheduled}) ELSE attempts = {attempt} END
             """, cancellationToken);
     }
 }
