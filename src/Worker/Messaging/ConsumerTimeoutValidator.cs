@@ -2,6 +2,7 @@ using System.ComponentModel.DataAnnotations;
 using System.Globalization;
 using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Payments;
+using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using Microsoft.Extensions.Options;
 
@@ -11,7 +12,8 @@ namespace Conveyor.Worker.Messaging;
 /// Refuses an endpoint whose in-memory retries could hold a delivery unacked for
 /// <c>RabbitMq:MaxRetryHoldPercent</c> of <c>RabbitMq:ConsumerTimeoutSeconds</c> or more (see
 /// <see cref="UnackedHold"/>): RabbitMQ would close the channel mid-retry, cancelling every handling on
-/// it, and deliver the message again, to be retried as long again, round after round.
+/// it, and deliver the message again, to be retried as long again, round after round. Refuses a
+/// long-job endpoint (the lease inbox) that prefetches more than it runs at once.
 /// </summary>
 public sealed class ConsumerTimeoutValidator(
     IOptions<RabbitMqOptions> rabbitMq,
@@ -31,6 +33,20 @@ public sealed class ConsumerTimeoutValidator(
         if (!Validator.TryValidateObject(options, new ValidationContext(options), null, validateAllProperties: true))
         {
             return ValidateOptionsResult.Skip;
+        }
+
+        if (name == GenerateReportConsumerDefinition.ConsumerName && options.PrefetchCount > options.ConcurrentMessageLimit)
+        {
+            // The lease inbox stops a run by how long its delivery has been unacked (DeliveryDeadline), but it
+            // can only count from when the delivery was handed to it: one prefetched beyond the concurrency
+            // limit waits unacked inside the client first, unseen, and its run would still get the whole
+            // deadline; the broker then closes the channel mid-run and the report starts over, forever.
+            var endpoint = $"{ConsumerEndpointOptions.SectionName}:{name}";
+            return ValidateOptionsResult.Fail(
+                $"{endpoint}:PrefetchCount ({options.PrefetchCount}) must not exceed {endpoint}:ConcurrentMessageLimit ({options.ConcurrentMessageLimit}) " +
+                $"while RabbitMq:ConsumerTimeoutSeconds is set ({broker.ConsumerTimeoutSeconds} s): a report prefetched beyond the limit waits unacked " +
+                "for the runs ahead of it, which its own run's stop before RabbitMQ's consumer_timeout cannot see. " +
+                $"Set {endpoint}:PrefetchCount to at most {options.ConcurrentMessageLimit}.");
         }
 
         var (attemptTimeout, bySetting) = AttemptTimeout(name);

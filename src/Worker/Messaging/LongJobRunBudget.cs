@@ -12,7 +12,7 @@ namespace Conveyor.Worker.Messaging;
 /// delivery nears the timeout is stopped and fails as out of time (<see cref="DeliveryDeadline"/>).
 /// How much of that time a run gets depends on what shares the delivery: in the worst case the
 /// timeout is split over every run one delivery can see (<see cref="UnackedHold"/>: its in-memory
-/// retries, and the runs of the delivery prefetched ahead of it).
+/// retries; no delivery waits prefetched behind another, <see cref="ConsumerTimeoutValidator"/>).
 /// </summary>
 internal sealed partial class LongJobRunBudget(
     IOptionsMonitor<ConsumerEndpointOptions> endpoints,
@@ -45,7 +45,7 @@ internal sealed partial class LongJobRunBudget(
             "(RabbitMq:ConsumerTimeoutSeconds {ConsumerTimeoutSeconds} s less a margin) is stopped and fails as out of time: a delayed redelivery, then _error. " +
             "A run is sure of {BudgetSeconds} s: one delivery can wait through {Runs} runs ((RetryLimit {RetryLimit} + 1) attempts " +
             "× (PrefetchCount {PrefetchCount} / ConcurrentMessageLimit {ConcurrentMessageLimit}, rounded up) handlings, the delivery ahead of it included) " +
-            "and {WaitSeconds} s of retry waits. PrefetchCount 1 and RetryLimit 0 give a run the whole of it")]
+            "and {WaitSeconds} s of retry waits. RetryLimit 0 gives a run the whole of it (PrefetchCount may not exceed ConcurrentMessageLimit here)")]
     private partial void LogRunBudget(
         string endpoint, string deadlineSeconds, int consumerTimeoutSeconds, string budgetSeconds, int runs, int retryLimit, int prefetchCount, int concurrentMessageLimit, string waitSeconds);
 }

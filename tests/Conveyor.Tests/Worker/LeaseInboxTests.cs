@@ -307,6 +307,20 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
     }
 
+    [Fact]
+    public async Task A_worker_whose_report_endpoint_prefetches_more_than_it_runs_at_once_refuses_to_start()
+    {
+        // A second report prefetched behind a long one waited unacked inside the client, unseen by its run's
+        // deadline, and then got the whole deadline of its own: the broker closed the channel mid-run.
+        var settings = WorkerSettings.With().Override(
+            ("Consumers:GenerateReport:PrefetchCount", "2"),
+            ("Consumers:GenerateReport:ConcurrentMessageLimit", "1"));
+
+        var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartWorkerAsync(settings));
+
+        Assert.Contains("Consumers:GenerateReport:PrefetchCount (2) must not exceed Consumers:GenerateReport:ConcurrentMessageLimit (1)", failure.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
     private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
         ("Reports:PageDelayMilliseconds", "250"),
