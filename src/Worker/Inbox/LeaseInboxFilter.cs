@@ -124,7 +124,7 @@ public sealed partial class LeaseInboxFilter<T>(
         // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then
         // on another worker may take it over at any moment); each renewal puts it off.
         using var leaseLost = new CancellationTokenSource(Until(leasedUntil), time);
-        using var outOfTime = new CancellationTokenSource(DeliveryTimeLeft(context) is { } left ? Positive(left) : Timeout.InfiniteTimeSpan, time);
+        using var outOfTime = new CancellationTokenSource(DeliveryTimeLeft(context) is { } left ? TimerDelay(left) : Timeout.InfiniteTimeSpan, time);
         using var run = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, leaseLost.Token, outOfTime.Token);
         using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
         var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, leaseLost, heartbeatStop.Token);
@@ -256,6 +256,15 @@ public sealed partial class LeaseInboxFilter<T>(
     private TimeSpan Until(DateTimeOffset moment) => Positive(moment - time.GetUtcNow());
 
     private static TimeSpan Positive(TimeSpan span) => span > TimeSpan.Zero ? span : TimeSpan.Zero;
+
+    /// <summary>
+    /// <paramref name="span"/> as a timer can hold it: a timer refuses more than about 49.7 days, which a
+    /// consumer_timeout of up to a year leaves. A run that long is stopped early, never late.
+    /// </summary>
+    private static TimeSpan TimerDelay(TimeSpan span) => span < MaxTimerDelay ? Positive(span) : MaxTimerDelay;
+
+    /// <summary>The longest delay a timer takes (<c>CancellationTokenSource</c> refuses more): 2^32 - 2 ms.</summary>
+    private static readonly TimeSpan MaxTimerDelay = TimeSpan.FromMilliseconds(uint.MaxValue - 1);
 
     /// <summary>How long the delivery may stay unacked from now; null when the broker has no consumer_timeout.</summary>
     private TimeSpan? DeliveryTimeLeft(ConsumeContext context) =>

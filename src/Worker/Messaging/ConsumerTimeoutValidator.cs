@@ -51,7 +51,7 @@ public sealed class ConsumerTimeoutValidator(
 
         var (attemptTimeout, bySetting) = AttemptTimeout(name);
         var hold = UnackedHold.Of(options, attemptTimeout);
-        var limit = TimeSpan.FromSeconds(broker.ConsumerTimeoutSeconds * broker.MaxRetryHoldPercent / 100.0);
+        var limit = TimeSpan.FromSeconds(broker.ConsumerTimeoutSeconds * (long)broker.MaxRetryHoldPercent / 100.0);
         if (hold.Total < limit)
         {
             return ValidateOptionsResult.Success;

@@ -321,6 +321,23 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("Consumers:GenerateReport:PrefetchCount (2) must not exceed Consumers:GenerateReport:ConcurrentMessageLimit (1)", failure.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_report_runs_to_success_against_a_consumer_timeout_of_a_year()
+    {
+        await SeedLedgerAsync();
+        var report = NewReport(pageSize: 50);
+        // The largest timeout the setting allows: its deadline is more than a timer can hold.
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("RabbitMq:ConsumerTimeoutSeconds", "31536000")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(report);
+
+        await WaitUntilSucceededAsync(report.ReportId.ToString());
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+    }
+
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
     private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
         ("Reports:PageDelayMilliseconds", "250"),
