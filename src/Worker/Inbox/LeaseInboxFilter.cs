@@ -212,8 +212,12 @@ public sealed partial class LeaseInboxFilter<T>(
         // Counted from the database's clock too (RedeliveryStore): this pod's own may be off.
         var delay = left + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
         var headers = new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture) };
+        // One stored copy per message and deferral: the broker's redelivery of this very copy is the same
+        // row, while another copy under the key (a second publish, a command of other content) is parked
+        // beside it instead of being acked with nothing stored.
+        var copy = context.MessageId?.ToString("N") ?? Convert.ToHexString(fingerprint ?? []);
         var dueAt = await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
-            $"{consumerId}:{key}:deferred:{deferrals}", 0, delay, headers, cancellationToken);
+            $"{consumerId}:{key}:deferred:{copy}:{deferrals}", 0, delay, headers, cancellationToken);
         LogDeferred(consumerId, key, dueAt);
         await SettledByInbox.NotifyAsync(context, consumerId);
     }

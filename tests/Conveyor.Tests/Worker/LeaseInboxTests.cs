@@ -255,7 +255,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         }, DescribeAsync);
         await using var check = fixture.CreateDbContext();
         var parked = await check.ScheduledMessages.AsNoTracking().SingleAsync();
-        Assert.EndsWith(":deferred:1", parked.DedupeKey, StringComparison.Ordinal);
+        Assert.Matches(":deferred:[0-9a-f]{32}:1$", parked.DedupeKey);
         var databaseNow = await check.Database.SqlQuery<DateTimeOffset>($"SELECT now() AS \"Value\"").SingleAsync();
         Assert.InRange(parked.DueAt - databaseNow, TimeSpan.FromSeconds(45), TimeSpan.FromSeconds(65));
         var inbox = await check.Inbox.AsNoTracking().SingleAsync(i => i.MessageKey == key);
@@ -336,6 +336,38 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         await WaitUntilSucceededAsync(report.ReportId.ToString());
         await using var check = fixture.CreateDbContext();
         Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+    }
+
+    [Fact]
+    public async Task Two_different_copies_that_meet_another_workers_live_lease_are_both_parked()
+    {
+        var report = NewReport(pageSize: 50);
+        var key = report.ReportId.ToString();
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                INSERT INTO inbox (consumer_id, message_key, received_at, status, lease_owner, lease_expires_at)
+                VALUES ('generate-report', {key}, now(), {InboxStatus.Processing}, 'other-worker', now() + interval '10 minutes')
+                """));
+        }
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        // The same report id with other content (ADR 0011): should the other worker's run fail, either may be the job.
+        await publisher.PublishAsync(report);
+        await publisher.PublishAsync(report with { AccountId = "acct-other" });
+
+        // Before, both took the same dedupe key and the second was acked with nothing stored.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(2, await db.ScheduledMessages.CountAsync());
+            Assert.Equal(0u, await fixture.ReadyAsync(Queue));
+        }, DescribeAsync, TimeSpan.FromSeconds(20));
+        await using var check = fixture.CreateDbContext();
+        Assert.All(await check.ScheduledMessages.AsNoTracking().Select(m => m.DedupeKey).ToListAsync(),
+            dedupeKey => Assert.Matches(":deferred:[0-9a-f]{32}:1$", dedupeKey));
     }
 
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
