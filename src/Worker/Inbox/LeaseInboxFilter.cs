@@ -88,6 +88,9 @@ public sealed partial class LeaseInboxFilter<T>(
             // be skipped once that run is done, or to take over if that run is gone. A lease that only
             // ran out unrenewed (the database unreachable, say) may have no other copy anywhere: there
             // the parked copy is what runs the job again, where acking it would lose the job.
+            // A lease still ours (a renewal that committed but answered too late) goes first, as on every
+            // other way out: left behind, the parked copy would wait it out, and so would every other.
+            await ReleaseQuietlyAsync(consumerId, key, owner);
             await DeferOrSkipAsync(context, consumerId, key, fingerprint, cancellationToken);
         }
     }
