@@ -260,14 +260,19 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         // An attempt's failure path writes its own status only: once a newer attempt was counted (another
         // copy, a run that took the lease over), that attempt's status stands. A delivery that failed before
         // any claim (refused by a filter, its deferral not stored) has no attempt: it may only settle a job
-        // that nothing has taken up, one still queued or scheduled (its message is likely this one). A job
-        // another delivery runs or waits to retry, or that ended, is that delivery's.
+        // that nothing has taken up, one still queued or scheduled, or one whose redelivery was due (its
+        // message is likely this one: left alone, a redelivered copy refused on its way in would leave the
+        // job waiting for a retry for ever). A job another delivery runs or waits to retry, or that ended,
+        // is that delivery's. Due times are the database's (RedeliveryStore).
         var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
                    updated_at = {now}, finished_at = {finishedAt}
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-               AND CASE WHEN {attempt} = {UnknownAttempt} THEN status IN ({JobStatus.Queued}, {JobStatus.Scheduled}) ELSE attempts = {attempt} END
+               AND CASE WHEN {attempt} = {UnknownAttempt}
+                        THEN status IN ({JobStatus.Queued}, {JobStatus.Scheduled})
+                          OR status = {JobStatus.RetryScheduled} AND next_attempt_at <= clock_timestamp()
+                        ELSE attempts = {attempt} END
             """, cancellationToken);
     }
 }

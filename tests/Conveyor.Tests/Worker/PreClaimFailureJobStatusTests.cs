@@ -110,8 +110,14 @@ public sealed class PreClaimFailureJobStatusTests(ConveyorFixture fixture) : IAs
         Assert.StartsWith("TransientFailureException", job.LastError, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task A_queued_charge_whose_only_message_is_refused_for_its_headers_is_dead_lettered()
+    /// <param name="retryDue">
+    /// The job waits for a redelivery that was due a minute ago (the refused copy is likely that
+    /// redelivery), rather than being queued.
+    /// </param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_charge_whose_only_message_is_refused_for_its_headers_is_dead_lettered(bool retryDue)
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
         var payment = Guid.NewGuid();
@@ -119,7 +125,9 @@ public sealed class PreClaimFailureJobStatusTests(ConveyorFixture fixture) : IAs
         {
             db.Jobs.Add(new Job
             {
-                Id = Guid.CreateVersion7(), Kind = JobKinds.ChargePayment, BusinessKey = payment.ToString(), Status = JobStatus.Queued,
+                Id = Guid.CreateVersion7(), Kind = JobKinds.ChargePayment, BusinessKey = payment.ToString(),
+                Status = retryDue ? JobStatus.RetryScheduled : JobStatus.Queued, Attempts = retryDue ? 1 : 0,
+                NextAttemptAt = retryDue ? DateTimeOffset.UtcNow.AddMinutes(-1) : null,
                 CreatedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
             });
             await db.SaveChangesAsync();
