@@ -133,8 +133,11 @@ public sealed class OperationRunner(
             request.Kind, request.Queue, request.Filter, request.Target, request.Limit, request.DryRun, operation.Id, settings.AuditMessageIdLimit));
         var progress = new WalkProgress();
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+        // The row's heartbeat outlives the walk: checking the jobs and saving the result can take tens of
+        // seconds, and a row without progress for AbandonedAfterSeconds reads interrupted meanwhile.
+        using var saved = new CancellationTokenSource();
         var lostLock = new StrongBox<bool>();
-        var reporter = ReportProgressAsync(operation.Id, lease, visitor, progress, cancel, lostLock);
+        var reporter = ReportProgressAsync(operation.Id, lease, visitor, progress, cancel, lostLock, saved.Token);
         string state;
         string? detail = null;
         long? left = null;
@@ -159,9 +162,6 @@ public sealed class OperationRunner(
                 : exception.Message;
             OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
         }
-
-        await cancel.CancelAsync();
-        await reporter;
 
         var (jobIds, jobIdsPartial) = visitor.JobIds();
         var jobsMissing = await CountJobsMissingAsync(operation.Id, jobIds);
@@ -192,39 +192,44 @@ public sealed class OperationRunner(
         operation.Targets = JsonSerializer.Serialize(targets);
         operation.FinishedAt = operation.UpdatedAt = time.GetUtcNow();
         await SaveResultAsync(operation);
+        await saved.CancelAsync();
+        await reporter;
         await lease.DisposeAsync();
         OperationsLog.Finished(logger, operation.Id, operation.Kind, operation.Queue, state,
             operation.Examined, operation.Matched, operation.Moved, operation.Purged, operation.Failed);
     }
 
     /// <summary>
-    /// Writes the counters through the lock's own connection: if that connection is lost, so is the
-    /// lock, and the operation stops rather than run beside another one. A write that takes more than a
-    /// third of <see cref="ErrorQueueOptions.AbandonedAfterSeconds"/> stops it too: a row without progress
-    /// for that long is taken for one whose process died (<see cref="AbandonedOperations"/>).
+    /// Writes the counters through the lock's own connection until the result is saved: if that connection
+    /// is lost, so is the lock, and the walk stops rather than run beside another one. A write that takes
+    /// more than a third of <see cref="ErrorQueueOptions.AbandonedAfterSeconds"/> stops it too: a row without
+    /// progress for that long is taken for one whose process died (<see cref="AbandonedOperations"/>).
     /// </summary>
     private async Task ReportProgressAsync(
-        Guid id, QueueLease lease, OperationVisitor visitor, WalkProgress progress, CancellationTokenSource cancel, StrongBox<bool> lostLock)
+        Guid id, QueueLease lease, OperationVisitor visitor, WalkProgress progress, CancellationTokenSource cancel, StrongBox<bool> lostLock,
+        CancellationToken saved)
     {
         var writeTimeout = TimeSpan.FromSeconds(options.Value.AbandonedAfterSeconds) / 3;
         using var timer = new PeriodicTimer(ProgressInterval, time);
         try
         {
-            while (await timer.WaitForNextTickAsync(cancel.Token))
+            while (await timer.WaitForNextTickAsync(saved))
             {
                 using var timeout = new CancellationTokenSource(writeTimeout, time);
-                using var write = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token, timeout.Token);
+                using var write = CancellationTokenSource.CreateLinkedTokenSource(saved, timeout.Token);
                 // The targets too: a row whose process died, or whose result is refused, still says where its messages went.
                 var (messageIds, truncated, targets, _) = visitor.Snapshot();
+                // Only while running: a write that crosses the saved result must not touch it.
                 await using var update = new NpgsqlCommand(
                     """
                     UPDATE error_queue_operations
                        SET queue_depth_at_start = @depth, examined = @examined, matched = @matched, moved = @moved,
                            purged = @purged, failed = @failed, message_ids = @ids::jsonb, message_ids_truncated = @truncated,
                            targets = @targets::jsonb, updated_at = now()
-                     WHERE id = @id
+                     WHERE id = @id AND state = @running
                     """, lease.Connection);
                 update.Parameters.AddWithValue("id", id);
+                update.Parameters.AddWithValue("running", ErrorQueueOperationStates.Running);
                 update.Parameters.AddWithValue("depth", progress.QueueDepthAtStart);
                 update.Parameters.AddWithValue("examined", progress.Examined);
                 update.Parameters.AddWithValue("matched", visitor.Matched);
@@ -237,9 +242,9 @@ public sealed class OperationRunner(
                 await update.ExecuteNonQueryAsync(write.Token);
             }
         }
-        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        catch (OperationCanceledException) when (saved.IsCancellationRequested)
         {
-            // The operation ended.
+            // The result is saved.
         }
         catch (Exception exception)
         {
