@@ -69,7 +69,7 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
             return null;
         }
 
-        if (!Publishes)
+        if (plan.Kind != ErrorQueueOperationKinds.Move)
         {
             return Match.Instance;
         }
@@ -80,7 +80,10 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
             return new Refused($"The message's original queue is '{target}' itself.");
         }
 
-        return new ForwardCopy(target, FreshCopy.Build(properties, message, plan.Queue, plan.OperationId), body.ToArray());
+        // A dry run resolves and checks the target as a move does, so it predicts the move's failures too.
+        return plan.DryRun
+            ? ForwardCopy.Unpublished(target)
+            : new ForwardCopy(target, FreshCopy.Build(properties, message, plan.Queue, plan.OperationId), body.ToArray());
     }
 
     public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
@@ -99,12 +102,12 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
                 return (WalkAction.Keep, null);
 
             case ForwardCopy copy:
-                return (WalkAction.Forward, copy);
+                return (plan.DryRun ? WalkAction.CheckTarget : WalkAction.Forward, copy);
 
             default:
                 if (plan.DryRun)
                 {
-                    RecordId(message, plan.Target ?? ErrorQueueNames.OriginalQueueOf(message.InputAddress, plan.Queue));
+                    RecordId(message, null);
                     return (WalkAction.Keep, null);
                 }
 
@@ -124,6 +127,10 @@ public sealed class OperationVisitor(OperationPlan plan) : WalkVisitor
             case WalkOutcome.Removed:
                 Interlocked.Increment(ref _purged);
                 RecordId(message, null);
+                break;
+
+            case WalkOutcome.WouldForward:
+                RecordId(message, target);
                 break;
 
             default:

@@ -17,6 +17,13 @@ public enum WalkAction
 
     /// <summary>Acknowledge it: it leaves the queue.</summary>
     Remove,
+
+    /// <summary>
+    /// A dry run of <see cref="Forward"/>: keep it, publish nothing, but check that the copy's target
+    /// exists, so the visitor hears what a forward would have done (<see cref="WalkOutcome.WouldForward"/>
+    /// or <see cref="WalkOutcome.ForwardFailed"/>).
+    /// </summary>
+    CheckTarget,
 }
 
 /// <summary>How a forwarded or removed message ended.</summary>
@@ -25,10 +32,17 @@ public enum WalkOutcome
     Forwarded,
     ForwardFailed,
     Removed,
+
+    /// <summary>Kept by a dry run; a forward would have been published to an existing queue.</summary>
+    WouldForward,
 }
 
 /// <summary>A copy to publish: to <paramref name="Target"/> through the default exchange.</summary>
-public sealed record ForwardCopy(string Target, BasicProperties Properties, ReadOnlyMemory<byte> Body);
+public sealed record ForwardCopy(string Target, BasicProperties Properties, ReadOnlyMemory<byte> Body)
+{
+    /// <summary>A dry run's copy (<see cref="WalkAction.CheckTarget"/>): only its target is used.</summary>
+    public static ForwardCopy Unpublished(string target) => new(target, new BasicProperties(), ReadOnlyMemory<byte>.Empty);
+}
 
 /// <summary>
 /// Decides the fate of each message of a walk. <see cref="Inspect"/> runs on the client's dispatch
@@ -120,6 +134,9 @@ public sealed class QueueWalker
     private readonly List<Lane> _lanes = [];
     private readonly ConfirmWindow _window = new();
     private readonly List<Forwarded> _run = [];
+
+    /// <summary>A dry run's targets, checked once each: null when the queue exists, else why a copy would fail.</summary>
+    private readonly Dictionary<string, string?> _targetProblems = new(StringComparer.Ordinal);
     private ushort _prefetch = 1;
     private int _rotateAt = 1;
     private Lane? _current;
@@ -225,6 +242,12 @@ public sealed class QueueWalker
                     await PaceAsync(cancellationToken);
                     await ForwardAsync(lane, item.Tag, item.Message!, copy);
                     await WaitForRoomAsync(cancellationToken);
+                    break;
+
+                case WalkAction.CheckTarget when copy is not null:
+                    lane.Kept++;
+                    var problem = await TargetProblemAsync(copy.Target, cancellationToken);
+                    _visitor.Completed(item.Message!, problem is null ? WalkOutcome.WouldForward : WalkOutcome.ForwardFailed, copy.Target, problem);
                     break;
 
                 case WalkAction.Remove:
@@ -673,14 +696,43 @@ public sealed class QueueWalker
         }
     }
 
-    /// <summary>Ready messages in the queue; null when the queue does not exist.</summary>
-    private async Task<long?> ReadyCountAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Why a copy to <paramref name="target"/> would fail, or null when it would be routed: a real move's
+    /// copy to a missing queue comes back from the broker (<c>mandatory</c>), so a dry run says the same.
+    /// </summary>
+    private async Task<string?> TargetProblemAsync(string target, CancellationToken cancellationToken)
+    {
+        if (!_targetProblems.TryGetValue(target, out var problem))
+        {
+            try
+            {
+                problem = await ReadyCountAsync(target, cancellationToken) is null
+                    ? $"The copy would come back from the broker: there is no queue '{target}'."
+                    : null;
+            }
+            catch (Exception exception) when (exception is not OperationCanceledException && _connection.IsOpen)
+            {
+                // The broker refused to look the queue up (a name it does not accept): a publish would fail too.
+                problem = $"The copy would not be published to '{target}': {exception.Message}";
+            }
+
+            _targetProblems[target] = problem;
+        }
+
+        return problem;
+    }
+
+    /// <summary>Ready messages in the walked queue; null when it does not exist.</summary>
+    private Task<long?> ReadyCountAsync(CancellationToken cancellationToken) => ReadyCountAsync(_plan.Queue, cancellationToken);
+
+    /// <summary>Ready messages in a queue; null when the queue does not exist.</summary>
+    private async Task<long?> ReadyCountAsync(string queue, CancellationToken cancellationToken)
     {
         // A passive declare of a missing queue closes its channel, hence a channel of its own.
         await using var probe = await _connection.CreateChannelAsync(cancellationToken: cancellationToken);
         try
         {
-            var ok = await probe.QueueDeclarePassiveAsync(_plan.Queue, cancellationToken);
+            var ok = await probe.QueueDeclarePassiveAsync(queue, cancellationToken);
             return ok.MessageCount;
         }
         catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == 404)

@@ -365,6 +365,30 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
     }
 
     [Fact]
+    public async Task A_dry_run_reports_as_failed_the_messages_a_move_could_not_deliver_and_changes_nothing()
+    {
+        // Consumed from a queue that has since been deleted: a move's copies of these come back unroutable.
+        var gone = new Dictionary<string, object?> { ["MT-Fault-InputAddress"] = "rabbitmq://127.0.0.1/test/charge-payment-retired" };
+        var ids = new List<string>();
+        for (var i = 0; i < 4; i++)
+        {
+            ids.Add((await Broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: i < 3 ? gone : null)).ToString());
+        }
+
+        var operation = await Admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { dryRun = true });
+
+        Assert.Equal(("succeeded", true), (operation.GetProperty("state").GetString(), operation.GetProperty("partial").GetBoolean()));
+        Assert.Equal((4L, 0L, 3L), (
+            operation.GetProperty("matched").GetInt64(), operation.GetProperty("moved").GetInt64(), operation.GetProperty("failed").GetInt64()));
+        Assert.Contains("no queue 'charge-payment-retired'", operation.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        // Only the message that would move is listed, under the queue it would go to.
+        Assert.Equal([ids[3]], operation.GetProperty("messageIds").EnumerateArray().Select(i => i.GetString()));
+        Assert.Equal(1L, operation.GetProperty("targets").GetProperty(ErrorQueueKit.ChargeQueue).GetInt64());
+        Assert.Equal(ids, await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
+    [Fact]
     public async Task Purge_needs_the_queue_name_as_confirmation_and_removes_only_the_selected_messages()
     {
         var before = new DateTimeOffset(2026, 11, 1, 0, 0, 0, TimeSpan.Zero);
