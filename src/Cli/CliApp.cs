@@ -79,7 +79,7 @@ public static class CliApp
                 return ExitCodes.Usage;
             }
 
-            if (MissingValue(args, commands) is { } missing)
+            if ((EndOfOptions(args) ?? MissingValue(args, commands) ?? GivenTwice(args, commands)) is { } missing)
             {
                 await stderr.WriteLineAsync($"conveyor: {missing}");
                 await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
@@ -172,8 +172,50 @@ public static class CliApp
         return null;
     }
 
+    /// <summary>
+    /// A <c>--</c> on the line. Spectre reads everything after it as remaining arguments, which strict
+    /// parsing lets through and no command reads: <c>purge q_error --confirm q_error -- --message-id x</c>
+    /// would purge the whole queue, <c>move q_error -- --dry-run</c> really move. No command takes one.
+    /// </summary>
+    internal static string? EndOfOptions(IReadOnlyList<string> args) =>
+        args.Skip(1).Contains("--", StringComparer.Ordinal)
+            ? "'--' is not accepted: no command reads arguments after it, so the options that follow would be ignored. Remove it."
+            : null;
+
+    /// <summary>
+    /// An option that takes one value given twice: Spectre keeps the last, so <c>--exception-type A
+    /// --exception-type B</c> would act on B alone. Options that may be repeated (<c>--message-id</c>) are arrays.
+    /// </summary>
+    internal static string? GivenTwice(IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
+    {
+        if (args.Count == 0 || !commands.TryGetValue(args[0], out var command))
+        {
+            return null;
+        }
+
+        var single = Options(command).Where(option => option.ValueName is not null && !option.Repeatable).ToList();
+        foreach (var option in single)
+        {
+            var given = args.Skip(1).Count(arg => option.Names.Any(name =>
+                arg == name || arg.StartsWith(name + "=", StringComparison.Ordinal) || arg.StartsWith(name + ":", StringComparison.Ordinal)));
+            if (given > 1)
+            {
+                return $"{option.Names[0]} is given {given} times; it takes one value ({option.ValueName}).";
+            }
+        }
+
+        return null;
+    }
+
     /// <summary>The options of a command that take a value, with the name of the value (--limit: N).</summary>
-    private static Dictionary<string, string> ValueOptions(Type command)
+    private static Dictionary<string, string> ValueOptions(Type command) =>
+        Options(command)
+            .Where(option => option is { ValueName: not null, ValueIsOptional: false })
+            .SelectMany(option => option.Names.Select(name => (Name: name, Value: option.ValueName!)))
+            .ToDictionary(option => option.Name, option => option.Value, StringComparer.Ordinal);
+
+    /// <summary>The options of a command's settings: their names as typed (--limit, -l), value name, and whether they may be repeated.</summary>
+    private static List<(string[] Names, string? ValueName, bool ValueIsOptional, bool Repeatable)> Options(Type command)
     {
         var settings = command;
         while (settings is not null && !(settings.IsGenericType && settings.GetGenericArguments() is [var argument] && typeof(CommandSettings).IsAssignableFrom(argument)))
@@ -181,11 +223,14 @@ public static class CliApp
             settings = settings.BaseType;
         }
 
-        return (settings?.GetGenericArguments()[0].GetProperties() ?? [])
-            .Select(property => property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault())
-            .Where(option => option is { ValueName: not null, ValueIsOptional: false })
-            .SelectMany(option => option!.LongNames.Select(name => (Name: $"--{name}", Value: option.ValueName!)))
-            .ToDictionary(option => option.Name, option => option.Value, StringComparer.Ordinal);
+        return [.. (settings?.GetGenericArguments()[0].GetProperties() ?? [])
+            .Select(property => (Property: property, Option: property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault()))
+            .Where(p => p.Option is not null)
+            .Select(p => (
+                Names: p.Option!.LongNames.Select(name => $"--{name}").Concat(p.Option.ShortNames.Select(name => $"-{name}")).ToArray(),
+                p.Option.ValueName,
+                p.Option.ValueIsOptional,
+                Repeatable: p.Property.PropertyType.IsArray))];
     }
 
     /// <summary>What reading a JSON answer of the wrong shape throws: a missing property, a value of another kind, an unparsable id or time.</summary>

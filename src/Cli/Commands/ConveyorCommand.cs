@@ -12,6 +12,13 @@ public abstract class ConveyorCommand<TSettings> : AsyncCommand<TSettings>
     public sealed override async Task<int> ExecuteAsync(CommandContext context, TSettings settings, CancellationToken cancellationToken)
     {
         var cli = (CliContext)context.Data!;
+        // Arguments Spectre matched to nothing (after a "--") would be dropped silently, filters among them.
+        if (context.Remaining.Raw.Count > 0 || context.Remaining.Parsed.Count > 0)
+        {
+            throw new CliFailureException(ExitCodes.Usage,
+                $"Arguments that no option takes: {string.Join(' ', context.Remaining.Raw)}. Nothing was sent.");
+        }
+
         using var client = cli.Client(settings.Api);
         return await RunAsync(cli, client, settings, cancellationToken);
     }

@@ -80,6 +80,35 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(0, requests);
     }
 
+    /// <summary>
+    /// Spectre reads what follows a <c>--</c> as remaining arguments, which no command reads, and keeps only the last
+    /// value of an option given twice: either would widen a purge or make a dry run real. Refused before any request.
+    /// </summary>
+    [Theory]
+    [InlineData("purge q_error --confirm q_error -- --message-id abc", "'--' is not accepted")]
+    [InlineData("move q_error -- --dry-run", "'--' is not accepted")]
+    [InlineData("move q_error --dry-run --", "'--' is not accepted")]
+    [InlineData("move q_error --exception-type A --exception-type B", "--exception-type is given 2 times")]
+    [InlineData("purge q_error --group g1 --group=g2 --confirm q_error", "--group is given 2 times")]
+    [InlineData("move q_error --target a --target b", "--target is given 2 times")]
+    [InlineData("move q_error --faulted-before 2026-11-28T06:00:00Z --faulted-before 2026-11-29T06:00:00Z", "--faulted-before is given 2 times")]
+    public async Task Arguments_after_a_double_dash_or_an_option_given_twice_are_a_usage_error_and_nothing_is_sent(string command, string said)
+    {
+        var requests = 0;
+        using var api = new Canned(request =>
+        {
+            Interlocked.Increment(ref requests);
+            return Respond(request.Method == HttpMethod.Post ? HttpStatusCode.Accepted : HttpStatusCode.OK,
+                $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}""");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains(said, run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, requests);
+    }
+
     [Fact]
     public async Task Json_output_escapes_control_characters_and_keeps_the_text()
     {
