@@ -26,6 +26,12 @@ public sealed class CliContext(
     /// <summary>How often a waiting command asks for an operation's progress.</summary>
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(500);
 
+    /// <summary>
+    /// How long a waiting command keeps trying to read an operation's progress while the Api cannot be reached
+    /// (or answers 429/502/503/504) before it gives up with <see cref="ExitCodes.ProgressUnknown"/>; <c>--timeout</c> may end it sooner.
+    /// </summary>
+    public TimeSpan PollFailureBudget { get; init; } = TimeSpan.FromMinutes(2);
+
     public ConveyorClient Client(string? apiOption)
     {
         var url = apiOption ?? environment(ApiUrlVariable) ?? DefaultApiUrl;

@@ -32,6 +32,10 @@ public sealed class ConveyorClient : IDisposable
     public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken) =>
         SendAsync(new HttpRequestMessage(HttpMethod.Get, Relative(path)), cancellationToken);
 
+    /// <summary>Gets <paramref name="path"/> and returns the answer whatever its status, for a caller that retries some of them; only an Api that cannot be reached throws.</summary>
+    public Task<Answer> GetAnswerAsync(string path, CancellationToken cancellationToken) =>
+        AnswerAsync(new HttpRequestMessage(HttpMethod.Get, Relative(path)), cancellationToken);
+
     public Task<JsonElement> PostAsync(string path, object body, CancellationToken cancellationToken) =>
         SendAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = JsonContent.Create(body) }, cancellationToken);
 

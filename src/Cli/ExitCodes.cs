@@ -41,4 +41,11 @@ public static class ExitCodes
     /// every message.
     /// </summary>
     public const int EndedWithFailures = 8;
+
+    /// <summary>
+    /// A move or purge was started (its id is on stderr), but its progress could not be read before giving up: the Api
+    /// stayed unreachable or answered 429/502/503/504 while the CLI tried again. It may still be running or have ended:
+    /// do not start it again; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
+    /// </summary>
+    public const int ProgressUnknown = 9;
 }

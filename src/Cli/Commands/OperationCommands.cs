@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Net;
 using System.Text.Json;
 using Spectre.Console;
 
@@ -113,6 +114,7 @@ internal static class Operations
     private const string Running = "running";
     private const string Succeeded = "succeeded";
     private const int IdsShown = 20;
+    private static readonly TimeSpan MaxPollPause = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     public static async Task<int> StartAndWaitAsync(
@@ -125,7 +127,7 @@ internal static class Operations
             if (ConveyorClient.Text(accepted, "state") is { } state && state != Running)
             {
                 // Already over: its outcome, as for an operation that was waited for.
-                return Report(cli, await client.GetAsync($"api/operations/{id}", cancellationToken), settings.Json);
+                return Report(cli, await ReadAsync(cli, client, id, Stopwatch.GetTimestamp(), timeout: null, cancellationToken), settings.Json);
             }
 
             if (settings.Json)
@@ -142,6 +144,8 @@ internal static class Operations
             return ExitCodes.StillRunning;
         }
 
+        // Said at once: should its progress not be readable later, the operation is not lost (nor started again).
+        cli.Err.WriteLine($"Started {kind} {id}.");
         var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);
         return Report(cli, operation, settings.Json);
     }
@@ -155,14 +159,13 @@ internal static class Operations
     public static async Task<JsonElement> WaitAsync(
         CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, CancellationToken cancellationToken)
     {
-        var path = $"api/operations/{id}";
         var started = Stopwatch.GetTimestamp();
         bool Waited() => timeout is { } limit && Stopwatch.GetElapsedTime(started) >= limit;
         if (!showProgress || !cli.Err.Profile.Capabilities.Interactive)
         {
             while (true)
             {
-                var operation = await client.GetAsync(path, cancellationToken);
+                var operation = await ReadAsync(cli, client, id, started, timeout, cancellationToken);
                 if (StateOf(operation) != Running || Waited())
                 {
                     return operation;
@@ -180,7 +183,7 @@ internal static class Operations
                 var task = progress.AddTask($"Operation {id}", autoStart: true, maxValue: 1);
                 while (true)
                 {
-                    var operation = await client.GetAsync(path, cancellationToken);
+                    var operation = await ReadAsync(cli, client, id, started, timeout, cancellationToken);
                     var depth = Number(operation, "queueDepthAtStart");
                     var examined = Number(operation, "examined");
                     task.Description = ProgressDescription(operation);
@@ -202,6 +205,66 @@ internal static class Operations
                     await Task.Delay(cli.PollInterval, cancellationToken);
                 }
             });
+    }
+
+    /// <summary>
+    /// One read of an operation. A failure that may pass (the Api or a gateway unreachable, a 502, 503 or 504, a 429)
+    /// is tried again, after the answer's Retry-After or a pause that doubles, for <see cref="CliContext.PollFailureBudget"/>
+    /// and never past <paramref name="timeout"/>: ending with "could not reach the Api" (5) would tell a script that
+    /// nothing was started, and it would start the move again. Giving up says which operation to follow (9).
+    /// </summary>
+    private static async Task<JsonElement> ReadAsync(
+        CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, CancellationToken cancellationToken)
+    {
+        var path = $"api/operations/{id}";
+        long? failingSince = null;
+        var pause = cli.PollInterval;
+        while (true)
+        {
+            CliFailureException failure;
+            TimeSpan? asked = null;
+            try
+            {
+                var answer = await client.GetAnswerAsync(path, cancellationToken);
+                if (answer.IsSuccess)
+                {
+                    return answer.Body;
+                }
+
+                var transient = answer.Status is HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout
+                    || (answer.Status == HttpStatusCode.TooManyRequests && !answer.IsKeyLockout);
+                failure = answer.Failure();
+                if (!transient)
+                {
+                    throw failure;
+                }
+
+                asked = answer.RetryAfter;
+            }
+            catch (CliFailureException unreachable) when (unreachable.ExitCode == ExitCodes.Unreachable)
+            {
+                failure = unreachable;
+            }
+
+            failingSince ??= Stopwatch.GetTimestamp();
+            var wait = asked is { } retryAfter ? TimeSpan.FromTicks(Math.Clamp(retryAfter.Ticks, cli.PollInterval.Ticks, MaxPollPause.Ticks)) : pause;
+            var left = cli.PollFailureBudget - Stopwatch.GetElapsedTime(failingSince.Value);
+            if (timeout is { } limit && limit - Stopwatch.GetElapsedTime(started) < left)
+            {
+                left = limit - Stopwatch.GetElapsedTime(started);
+            }
+
+            if (wait > left)
+            {
+                throw new CliFailureException(ExitCodes.ProgressUnknown,
+                    $"{failure.Message}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
+                    + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait");
+            }
+
+            cli.Err.WriteLine(Printable.Text($"Could not read operation {id} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."));
+            await Task.Delay(wait, cancellationToken);
+            pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, MaxPollPause.Ticks));
+        }
     }
 
     /// <summary>

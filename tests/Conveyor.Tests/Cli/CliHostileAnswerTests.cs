@@ -109,6 +109,71 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(0, requests);
     }
 
+    /// <summary>
+    /// A move the Api accepted is not lost when reading its progress fails for a while: the CLI reads it again,
+    /// and says at once which operation it started.
+    /// </summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(502)]
+    [InlineData(503)]
+    [InlineData(504)]
+    [InlineData(429)]
+    public async Task A_failed_read_of_an_accepted_moves_progress_is_tried_again(int failure)
+    {
+        var reads = 0;
+        using var api = new Canned(request =>
+        {
+            if (request.Method == HttpMethod.Post)
+            {
+                return Respond(HttpStatusCode.Accepted, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""");
+            }
+
+            if (Interlocked.Increment(ref reads) == 1)
+            {
+                if (failure == 0)
+                {
+                    throw new HttpRequestException("Connection reset by peer");
+                }
+
+                var answer = Respond((HttpStatusCode)failure, """{"title":"Try later"}""");
+                answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
+                return answer;
+            }
+
+            return Respond(HttpStatusCode.OK, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}""");
+        });
+
+        var run = await RunAsync("move q_error", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Contains("moved 3 message(s)", run.Out, StringComparison.Ordinal);
+        Assert.Contains($"Started move {OperationId}.", run.Err, StringComparison.Ordinal);
+        Assert.Equal(2, reads);
+    }
+
+    [Fact]
+    public async Task An_accepted_move_whose_progress_cannot_be_read_ends_with_its_own_exit_code_naming_the_operation()
+    {
+        var posts = 0;
+        using var api = new Canned(request =>
+        {
+            if (request.Method == HttpMethod.Post)
+            {
+                Interlocked.Increment(ref posts);
+                return Respond(HttpStatusCode.Accepted, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""");
+            }
+
+            throw new HttpRequestException("Connection refused");
+        });
+
+        var run = await RunAsync("move q_error --timeout 2", api);
+
+        Assert.Equal(ExitCodes.ProgressUnknown, run.ExitCode);
+        Assert.Contains($"Follow it with: conveyor operation {OperationId} --wait", run.Err, StringComparison.OrdinalIgnoreCase);
+        Assert.Equal(1, posts);
+    }
+
     [Fact]
     public async Task Json_output_escapes_control_characters_and_keeps_the_text()
     {
