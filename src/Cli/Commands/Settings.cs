@@ -1,5 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
+using System.Text.RegularExpressions;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -60,11 +61,11 @@ public class FilterSettings : QueueSettings
     public string? GroupId { get; set; }
 
     [CommandOption("--faulted-before <TIME>")]
-    [Description("Only messages that failed before this ISO 8601 time.")]
+    [Description("Only messages that failed before this ISO 8601 time with an offset (Z or ±hh:mm).")]
     public string? FaultedBefore { get; set; }
 
     [CommandOption("--faulted-after <TIME>")]
-    [Description("Only messages that failed at or after this ISO 8601 time.")]
+    [Description("Only messages that failed at or after this ISO 8601 time with an offset (Z or ±hh:mm).")]
     public string? FaultedAfter { get; set; }
 
     [CommandOption("--limit <N>")]
@@ -95,15 +96,7 @@ public class FilterSettings : QueueSettings
             return ValidationResult.Error("--timeout must be at least 1 second, and needs waiting (not --no-wait).");
         }
 
-        foreach (var (name, value) in new[] { ("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter) })
-        {
-            if (value is not null && !DateTimeOffset.TryParse(value, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out _))
-            {
-                return ValidationResult.Error($"{name} must be an ISO 8601 time, such as 2026-11-28T06:00:00Z.");
-            }
-        }
-
-        return ValidationResult.Success();
+        return IsoTime.Check(("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter));
     }
 
     public Dictionary<string, object?> Filter()
@@ -196,10 +189,37 @@ public sealed class AuditSettings : ApiSettings
     public string? Who { get; set; }
 
     [CommandOption("--since <TIME>")]
-    [Description("Only entries since this ISO 8601 time.")]
+    [Description("Only entries since this ISO 8601 time with an offset, such as 2026-11-28T06:00:00Z.")]
     public string? Since { get; set; }
 
     [CommandOption("--limit <N>")]
     [Description("At most this many, newest first (default 50).")]
     public int? Limit { get; set; }
+
+    public override ValidationResult Validate() => IsoTime.Check(("--since", Since));
+}
+
+/// <summary>
+/// The times the Api takes (its <c>IsoTimes</c>): an ISO 8601 date and time with an explicit offset, checked before
+/// anything is sent. Without an offset ISO 8601 means local time, which the Api, in another zone, could only guess.
+/// </summary>
+internal static partial class IsoTime
+{
+    public static ValidationResult Check(params (string Option, string? Value)[] times)
+    {
+        foreach (var (option, value) in times)
+        {
+            if (value is not null && !(Shape().IsMatch(value) && DateTimeOffset.TryParse(value, CultureInfo.InvariantCulture, DateTimeStyles.None, out _)))
+            {
+                return ValidationResult.Error(
+                    $"{option} must be an ISO 8601 date and time with an offset (Z or ±hh:mm), such as 2026-11-28T06:00:00Z or 2026-11-28T07:00:00+01:00; "
+                    + $"'{Printable.Text(value)}' is not.");
+            }
+        }
+
+        return ValidationResult.Success();
+    }
+
+    [GeneratedRegex(@"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,7})?)?(Z|[+-][0-9]{2}:[0-9]{2})\z", RegexOptions.CultureInvariant, matchTimeoutMilliseconds: 1000)]
+    private static partial Regex Shape();
 }

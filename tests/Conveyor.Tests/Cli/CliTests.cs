@@ -1,3 +1,4 @@
+using System.Net.Http.Json;
 using System.Text.Json;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.Cli;
@@ -94,7 +95,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
 
         var usDate = await RunAsync("audit", "--since", "12/01/2026");
         Assert.Equal(ExitCodes.Usage, usDate.ExitCode);
-        Assert.Contains("since: Must be an ISO 8601 date and time", usDate.Err, StringComparison.Ordinal);
+        Assert.Contains("--since must be an ISO 8601 date and time with an offset", usDate.Err, StringComparison.Ordinal);
     }
 
     /// <summary>A dry run warns, before anything moves, of messages whose job row was swept: moved back, they would run again.</summary>
@@ -308,6 +309,32 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
             Assert.Equal(rows[paymentIds[i].ToString("D")], jobs[i].GetProperty("jobId").GetGuid());
             Assert.Contains(rows[paymentIds[i].ToString("D")].ToString(), again.Out, StringComparison.Ordinal);
         }
+    }
+
+    /// <summary>
+    /// A time without an offset is local time in ISO 8601, which the Api cannot know; a culture's format is
+    /// ambiguous. The CLI refuses both before sending, and the Api answers 400 naming the field.
+    /// </summary>
+    [Fact]
+    public async Task A_time_without_an_offset_or_in_a_cultures_format_is_refused_by_the_cli_and_by_the_api()
+    {
+        await Broker.DeadLetterChargeAsync(Timeout, "timed out");
+
+        var since = await RunAsync("audit", "--since", "2026-11-28T09:00");
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--faulted-before", "12/01/2026 06:00 GMT");
+        using var audit = await Admin.GetAsync(new Uri("/api/audit?since=2026-11-28T09:00", UriKind.Relative));
+        using var purge = await Admin.PostAsJsonAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/purge", UriKind.Relative),
+            new { filter = new { faultedBefore = "12/01/2026 06:00 GMT" }, confirm = ErrorQueueKit.ChargeErrors });
+
+        Assert.Equal(ExitCodes.Usage, since.ExitCode);
+        Assert.Contains("--since must be an ISO 8601 date and time with an offset", since.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Usage, move.ExitCode);
+        Assert.Contains("--faulted-before must be an ISO 8601 date and time with an offset", move.Err, StringComparison.Ordinal);
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, audit.StatusCode);
+        Assert.Contains("with an offset", (await audit.Content.ReadAsStringAsync()), StringComparison.Ordinal);
+        Assert.Equal(["since"], await audit.ErrorFieldsAsync());
+        Assert.Equal(["filter.faultedBefore"], await purge.ErrorFieldsAsync());
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
