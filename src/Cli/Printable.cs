@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Globalization;
 using System.Text;
 
@@ -8,7 +9,7 @@ namespace Conveyor.Cli;
 /// terminal as it is, so an error message or a queue name could clear the screen, retitle the window or
 /// forge output; an invisible format character (bidirectional overrides such as U+202E, zero-width
 /// characters) or a Unicode line or paragraph separator could reorder or hide what is shown. Each one
-/// is shown as its escape, <c>\u001B</c>; the text itself is never lost.
+/// is shown as its escape, <c>\u001B</c> (<c>\U000E0041</c> beyond U+FFFF); the text itself is never lost.
 /// </summary>
 internal static class Printable
 {
@@ -21,27 +22,41 @@ internal static class Printable
             text = text.ReplaceLineEndings("\n");
         }
 
-        if (!text.Any(Hidden))
-        {
-            return text;
-        }
-
+        // By code point, not by char: the tag characters (U+E0001..U+E007F) are format characters stored as
+        // surrogate pairs, whose halves alone are not. A lone surrogate is escaped as the char it is.
         var visible = new StringBuilder(text.Length + 16);
-        foreach (var c in text)
+        var changed = false;
+        for (var i = 0; i < text.Length;)
         {
-            if (!Hidden(c) || (keepLineBreaks && c is '\n' or '\t'))
+            var decoded = Rune.DecodeFromUtf16(text.AsSpan(i), out var rune, out var length) == OperationStatus.Done;
+            if (decoded && (!Hidden(rune) || (keepLineBreaks && rune.Value is '\n' or '\t')))
             {
-                visible.Append(c);
+                visible.Append(text, i, length);
             }
             else
             {
-                visible.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:X4}");
+                changed = true;
+                if (decoded && !rune.IsBmp)
+                {
+                    visible.Append(CultureInfo.InvariantCulture, $"\\U{rune.Value:X8}");
+                }
+                else
+                {
+                    visible.Append(CultureInfo.InvariantCulture, $"\\u{(int)text[i]:X4}");
+                }
             }
+
+            i += decoded ? length : 1;
         }
 
-        return visible.ToString();
+        return changed ? visible.ToString() : text;
     }
 
-    private static bool Hidden(char c) => char.IsControl(c)
-        || CharUnicodeInfo.GetUnicodeCategory(c) is UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator;
+    /// <summary>
+    /// Control and format characters, line and paragraph separators, and what no terminal can be trusted to
+    /// show as itself: code points not yet assigned (a later Unicode may make them format characters) and private use.
+    /// </summary>
+    private static bool Hidden(Rune rune) => Rune.GetUnicodeCategory(rune)
+        is UnicodeCategory.Control or UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator
+        or UnicodeCategory.OtherNotAssigned or UnicodeCategory.PrivateUse or UnicodeCategory.Surrogate;
 }

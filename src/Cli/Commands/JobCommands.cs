@@ -64,13 +64,13 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
             ("Next attempt", "nextAttemptAt"), ("Finished", "finishedAt"),
         })
         {
-            grid.AddRow($"[bold]{label}[/]", Output.Cell(job, name, maxLength: 2000));
+            grid.AddRow(new Text(label, Output.Bold), Output.Cell(job, name, maxLength: 2000));
         }
 
         cli.Out.Write(grid);
         if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
         {
-            cli.Out.MarkupLine(Markup.Escape(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {kind}_error --job-id {settings.Id}")));
+            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {kind}_error --job-id {settings.Id}"));
         }
 
         return ExitCodes.Ok;

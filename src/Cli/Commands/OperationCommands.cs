@@ -289,8 +289,8 @@ internal static class Operations
             && ((operation.TryGetProperty("partial", out var p) && p.ValueKind == JsonValueKind.True) || Number(operation, "failed") > 0);
         if (state == Running)
         {
-            cli.Err.MarkupLine(Markup.Escape(Printable.Text(
-                $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait")));
+            cli.Err.WriteLine(Printable.Text(
+                $"Still running. Follow it with: conveyor operation {ConveyorClient.Text(operation, "operationId")} --wait"));
         }
         else if (partial)
         {
@@ -318,9 +318,16 @@ internal static class Operations
             var dryRun = operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True;
             var verb = kind == "purge" ? "purged" : "moved";
             var done = dryRun ? Number(operation, "matched") : Number(operation, verb);
-            cli.Out.MarkupLine(dryRun
-                ? $"[bold]Dry run[/]: would have {verb} {done} message(s); nothing was changed."
-                : $"{Markup.Escape(Printable.Text(kind ?? "operation"))} [bold]{Markup.Escape(Printable.Text(state))}[/]: {verb} {done} message(s).");
+            if (dryRun)
+            {
+                cli.Out.MarkupLine($"[bold]Dry run[/]: would have {verb} {done} message(s); nothing was changed.");
+            }
+            else
+            {
+                cli.Out.Write(new Text($"{Printable.Text(kind ?? "operation")} "));
+                cli.Out.Write(new Text(Printable.Text(state), Output.Bold));
+                cli.Out.WriteLine($": {verb} {done} message(s).");
+            }
 
             var grid = new Grid().AddColumn().AddColumn();
             foreach (var (label, name) in new[]
@@ -331,10 +338,10 @@ internal static class Operations
                 ("Started", "createdAt"), ("Finished", "finishedAt"), ("Detail", "detail"),
             })
             {
-                var value = Output.Cell(operation, name, 500);
+                var value = Output.Plain(operation, name, 500);
                 if (value.Length > 0 && value != "{}")
                 {
-                    grid.AddRow(label, value);
+                    grid.AddRow(new Text(label), new Text(value));
                 }
             }
 
@@ -360,15 +367,15 @@ internal static class Operations
         var table = new Table().AddColumns("When", "Who", "What", "From", "To", "Matched", "Moved", "Purged", "Failed", "Jobs missing", "State", "Id");
         foreach (var operation in operations.EnumerateArray())
         {
-            var what = Output.Cell(operation, "kind") + (operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True ? " (dry run)" : "");
-            var to = Output.Cell(operation, "target");
+            var what = Output.Plain(operation, "kind") + (operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True ? " (dry run)" : "");
+            var to = Output.Plain(operation, "target");
             if (to.Length == 0 && operation.TryGetProperty("targets", out var targets) && targets.ValueKind == JsonValueKind.Object)
             {
-                to = Markup.Escape(Printable.Text(string.Join(", ", targets.EnumerateObject().Select(t => t.Name))));
+                to = Printable.Text(string.Join(", ", targets.EnumerateObject().Select(t => t.Name)));
             }
 
             table.AddRow(
-                Output.Cell(operation, "createdAt"), Output.Cell(operation, "requestedBy"), what, Output.Cell(operation, "queue"), to,
+                Output.Cell(operation, "createdAt"), Output.Cell(operation, "requestedBy"), new Text(what), Output.Cell(operation, "queue"), new Text(to),
                 Output.Cell(operation, "matched"), Output.Cell(operation, "moved"), Output.Cell(operation, "purged"),
                 Output.Cell(operation, "failed"), Output.Cell(operation, "jobsMissing"), Output.Cell(operation, "state"), Output.Cell(operation, "operationId"));
         }

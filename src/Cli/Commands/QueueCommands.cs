@@ -48,13 +48,14 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
         }
 
         var messages = result.GetProperty("messages");
-        cli.Out.MarkupLine($"[bold]{Markup.Escape(settings.Queue)}[/]: {Output.Cell(result, "queueDepth")} message(s); showing {messages.GetArrayLength()}.");
+        cli.Out.Write(new Text(settings.Queue, Output.Bold));
+        cli.Out.WriteLine($": {Output.Plain(result, "queueDepth")} message(s); showing {messages.GetArrayLength()}.");
         var table = new Table().AddColumns("#", "Message id", "Type", "Job", "Job status", "Exception", "Message", "Failed at", "Attempts", "Group");
         var index = 0;
         foreach (var message in messages.EnumerateArray())
         {
             table.AddRow(
-                (++index).ToString(CultureInfo.InvariantCulture), Output.Cell(message, "messageId"), Output.ShortType(message, "messageType"),
+                new Text((++index).ToString(CultureInfo.InvariantCulture)), Output.Cell(message, "messageId"), Output.ShortType(message, "messageType"),
                 Output.Cell(message, "jobId"), Output.Cell(message, "jobStatus"), Output.ShortType(message, "exceptionType"), Output.Cell(message, "exceptionMessage", 80),
                 Output.Cell(message, "faultedAt"), Output.Cell(message, "attempts"), Output.Cell(message, "groupId"));
         }
@@ -65,8 +66,9 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
             index = 0;
             foreach (var message in messages.EnumerateArray())
             {
-                // Cell is already markup-escaped: escaping it again would show "[" as "[[".
-                cli.Out.Write(new Rule($"#{++index} {Output.Cell(message, "messageId")}").LeftJustified());
+                // A rule's title is markup: the id goes on a line of its own, as text.
+                cli.Out.Write(new Rule());
+                cli.Out.WriteLine($"#{++index} {Output.Plain(message, "messageId")}");
                 cli.Out.WriteLine(Output.Lines(message, "stackTrace") ?? "(no stack trace)");
                 cli.Out.WriteLine(Output.Lines(message, "bodyPreview") ?? "");
             }
@@ -94,7 +96,8 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             return ExitCodes.Ok;
         }
 
-        cli.Out.MarkupLine($"[bold]{Markup.Escape(settings.Queue)}[/]: {Output.Cell(result, "examined")} of {Output.Cell(result, "queueDepth")} message(s) examined.");
+        cli.Out.Write(new Text(settings.Queue, Output.Bold));
+        cli.Out.WriteLine($": {Output.Plain(result, "examined")} of {Output.Plain(result, "queueDepth")} message(s) examined.");
         var table = new Table().AddColumns("Group", "Count", "Exception", "Message", "First", "Last");
         foreach (var group in result.GetProperty("groups").EnumerateArray())
         {
@@ -116,7 +119,14 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
 
 internal static class Output
 {
-    public static string Cell(JsonElement json, string name, int maxLength = 200)
+    /// <summary>
+    /// A field as a table cell: plain text, never read as markup, so brackets stay as they are and Spectre, which
+    /// turns <c>:name:</c> in markup into an emoji, leaves <c>:warning:</c> in a queue name or exception message alone.
+    /// </summary>
+    public static Text Cell(JsonElement json, string name, int maxLength = 200) => new(Plain(json, name, maxLength));
+
+    /// <summary>A field as one line of printable text, cut to <paramref name="maxLength"/>.</summary>
+    public static string Plain(JsonElement json, string name, int maxLength = 200)
     {
         if (json.ValueKind != JsonValueKind.Object || !json.TryGetProperty(name, out var value))
         {
@@ -130,17 +140,19 @@ internal static class Output
             _ => value.GetRawText(),
         };
         text = Printable.Text(text.ReplaceLineEndings(" "));
-        return Markup.Escape(text.Length > maxLength ? text[..(maxLength - 1)] + "…" : text);
+        return text.Length > maxLength ? text[..(maxLength - 1)] + "…" : text;
     }
+
+    public static readonly Style Bold = new(decoration: Decoration.Bold);
 
     /// <summary>A text shown on lines of its own (a stack trace, a body), as plain text rather than markup.</summary>
     public static string? Lines(JsonElement json, string name) =>
         ConveyorClient.Text(json, name) is { } text ? Printable.Text(text, keepLineBreaks: true) : null;
 
     /// <summary>A type name without its namespace, to keep tables narrow.</summary>
-    public static string ShortType(JsonElement json, string name)
+    public static Text ShortType(JsonElement json, string name)
     {
         var full = ConveyorClient.Text(json, name);
-        return full is null ? "" : Markup.Escape(Printable.Text(full[(full.LastIndexOf('.') + 1)..]));
+        return new(full is null ? "" : Printable.Text(full[(full.LastIndexOf('.') + 1)..]));
     }
 }

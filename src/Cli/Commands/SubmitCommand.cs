@@ -99,7 +99,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         var table = new Table().AddColumns("From", "Job", "Status");
         foreach (var (source, job) in accepted)
         {
-            table.AddRow(Markup.Escape(source), Output.Cell(job, "jobId"), Output.Cell(job, "status"));
+            table.AddRow(new Text(source), Output.Cell(job, "jobId"), Output.Cell(job, "status"));
         }
 
         cli.Out.Write(table);

@@ -22,7 +22,8 @@ namespace Conveyor.Tests.Cli;
 /// </summary>
 public sealed class CliHostileAnswerTests
 {
-    private const string Attack = "\u001b]0;PWNED\u0007\u001b[2J\u009b31m\u202egpj.exe";
+    // Tag characters (U+E0001, U+E0041: invisible, stored as surrogate pairs) hide text as the override reorders it.
+    private const string Attack = "\u001b]0;PWNED\u0007\u001b[2J\u009b31m\u202egpj.exe\U000E0001\U000E0041";
     private const string OperationId = "0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182";
 
     public static TheoryData<string, int, string> ControlCharacters => new()
@@ -54,8 +55,8 @@ public sealed class CliHostileAnswerTests
         var run = await RunAsync(command, api);
 
         var printed = run.Out + run.Err;
-        Assert.DoesNotContain(printed, c => (char.IsControl(c) && c is not '\n' and not '\r') || c == '\u202e');
-        Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m\u202Egpj.exe", printed, StringComparison.Ordinal);
+        Assert.DoesNotContain(printed, c => (char.IsControl(c) && c is not '\n' and not '\r') || c == '\u202e' || char.IsSurrogate(c));
+        Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m\u202Egpj.exe\U000E0001\U000E0041", printed, StringComparison.Ordinal);
     }
 
     [Theory]
@@ -78,6 +79,22 @@ public sealed class CliHostileAnswerTests
         Assert.DoesNotContain("Nullable", run.Err, StringComparison.Ordinal);
         Assert.DoesNotContain("Guid", run.Err, StringComparison.Ordinal);
         Assert.Equal(0, requests);
+    }
+
+    /// <summary>Spectre turns <c>:name:</c> in markup into an emoji: text from the Api is shown as the Api wrote it.</summary>
+    [Theory]
+    [InlineData("queues", """[{"name":"q:warning:_error","kind":"error","sourceQueue":"q:warning:","messages":1,"consumers":0}]""")]
+    [InlineData("messages q_error", """{"queueDepth":1,"messages":[{"messageId":"m:warning:","exceptionType":"A.B:warning:","exceptionMessage":"x :warning: y"}]}""")]
+    [InlineData($"operation {OperationId}", $$"""{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","queue":"q:warning:_error","detail":":warning:"}""")]
+    public async Task Emoji_shortcodes_in_the_apis_text_are_shown_as_written_not_as_emoji(string command, string body)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.True(run.Out.Contains(":warning:", StringComparison.Ordinal), run.Out);
+        Assert.DoesNotContain("\u26A0", run.Out, StringComparison.Ordinal);
     }
 
     /// <summary>
