@@ -154,6 +154,13 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             var failure = answer.Failure(field => Source(field, batch));
             var lines = new List<string> { failure.Message };
             lines.AddRange(Refused(answer.Body, batch));
+            // A partial answer (ADR 0009) leaves the batch's other jobs accepted: said, so nobody takes them for lost.
+            var acceptedHere = AcceptedOfPartial(answer.Body, batch);
+            if (acceptedHere.Count > 0)
+            {
+                lines.Add($"Accepted from this batch ({acceptedHere.Count} of {batch.Length}): {string.Join(", ", acceptedHere)}.");
+            }
+
             lines.Add(acceptedBefore == 0 ? "No job was accepted before this batch." : AcceptedBefore(acceptedBefore));
             throw new CliFailureException(failure.ExitCode, string.Join(Environment.NewLine, lines));
         }
@@ -192,6 +199,23 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
             yield return $"  {batch[index].Source}: {error.GetProperty("status").GetInt32()} {ConveyorClient.Text(error, "title")}";
         }
+    }
+
+    /// <summary>The jobs a partial answer accepted, each as its place in the file and its job id.</summary>
+    private static List<string> AcceptedOfPartial(JsonElement problem, JobFile.Job[] batch)
+    {
+        if (problem.ValueKind != JsonValueKind.Object || !problem.TryGetProperty("jobs", out var jobs) || jobs.ValueKind != JsonValueKind.Array)
+        {
+            return [];
+        }
+
+        // Refused() has checked every refused job's index; an accepted one's is checked here.
+        return [.. jobs.EnumerateArray()
+            .Where(job => job.ValueKind == JsonValueKind.Object && !job.TryGetProperty("error", out _))
+            .Select(job => (Index: job.GetProperty("index").GetInt32(), JobId: ConveyorClient.Text(job, "jobId")))
+            .Select(job => job.Index >= 0 && job.Index < batch.Length
+                ? $"{batch[job.Index].Source} (job {job.JobId})"
+                : throw new FormatException($"The Api accepted job {job.Index} of a batch of {batch.Length}."))];
     }
 
     private static FileStream OpenFile(string path)

@@ -311,6 +311,24 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         }
     }
 
+    /// <summary>A batch the Api accepted in part (ADR 0009): the message names the jobs it accepted, not only the refused ones.</summary>
+    [Fact]
+    public async Task Submit_of_a_batch_accepted_in_part_says_which_jobs_were_accepted()
+    {
+        var (fresh, reused) = (Guid.NewGuid(), Guid.NewGuid());
+        await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(reused, amountMinor: 100));
+        // The same business id with another amount is refused (422); the fresh job beside it is accepted.
+        using var file = new TempFile(JobRequests.ChargePayment(fresh) + "\n" + JobRequests.ChargePayment(reused, amountMinor: 999));
+
+        var run = await RunAsync("submit", "charge-payment", file.Path);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        await using var db = Fixture.CreateDbContext();
+        var freshJob = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == fresh.ToString("D"));
+        Assert.Contains("line 2: 422", run.Err, StringComparison.Ordinal);
+        Assert.Contains($"Accepted from this batch (1 of 2): line 1 (job {freshJob.Id})", run.Err, StringComparison.Ordinal);
+    }
+
     /// <summary>
     /// A time without an offset is local time in ISO 8601, which the Api cannot know; a culture's format is
     /// ambiguous. The CLI refuses both before sending, and the Api answers 400 naming the field.
