@@ -317,10 +317,13 @@ internal static class Operations
             var kind = ConveyorClient.Text(operation, "kind");
             var dryRun = operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True;
             var verb = kind == "purge" ? "purged" : "moved";
-            var done = dryRun ? Number(operation, "matched") : Number(operation, verb);
+            // A dry run counts the matches a move could not deliver as failed (a target queue missing).
+            var done = dryRun ? Number(operation, "matched") - Number(operation, "failed") : Number(operation, verb);
             if (dryRun)
             {
-                cli.Out.MarkupLine($"[bold]Dry run[/]: would have {verb} {done} message(s); nothing was changed.");
+                var failing = Number(operation, "failed");
+                cli.Out.MarkupLine($"[bold]Dry run[/]: would have {verb} {done} message(s)"
+                    + (failing > 0 ? $"; {failing} would fail (see Detail)" : string.Empty) + "; nothing was changed.");
             }
             else
             {

@@ -149,6 +149,11 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
             await Broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: gone);
         }
 
+        // The dry run says so first: nothing would move, three would fail.
+        var dryRun = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--dry-run");
+        Assert.True(dryRun.ExitCode == ExitCodes.EndedWithFailures, $"{dryRun.ExitCode}: {dryRun.Err}");
+        Assert.Contains("would have moved 0 message(s); 3 would fail", dryRun.Out, StringComparison.Ordinal);
+
         var json = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--json");
         var table = await RunAsync("move", ErrorQueueKit.ChargeErrors);
 
