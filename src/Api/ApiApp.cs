@@ -16,6 +16,14 @@ public static class ApiApp
     /// <summary>The meter of the Api's own metrics (queue depths, error-queue depths).</summary>
     public const string ApiMeterName = "Conveyor.Api";
 
+    /// <summary>
+    /// The largest request body the server reads at all (Kestrel's default is about 30 MB), a longer one is
+    /// refused with 413: twice a job batch's limit, the largest any endpoint takes. Each endpoint enforces its
+    /// own limit exactly and says so in its 413; this one stops whatever no endpoint would read (a form read
+    /// for its anti-forgery token, say) from filling memory or the temporary directory.
+    /// </summary>
+    public const int MaxRequestBodyBytes = 2 * JobsApi.MaxBatchBodyBytes;
+
     /// <param name="configure">Lets tests add to the host before it is built (an in-memory exporter, say).</param>
     public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
@@ -28,6 +36,7 @@ public static class ApiApp
             ApplicationName = typeof(ApiApp).Assembly.GetName().Name,
         });
 
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Limits.MaxRequestBodySize = MaxRequestBodyBytes);
         builder.AddConveyorTelemetry("conveyor-api", ApiMeterName);
         builder.Services.AddConveyorStorage(builder.Configuration);
         builder.Services.AddApiMessaging(builder.Configuration);

@@ -6,8 +6,10 @@ using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
+using Microsoft.Net.Http.Headers;
 
 namespace Conveyor.Api.Dashboard;
 
@@ -19,6 +21,12 @@ namespace Conveyor.Api.Dashboard;
 /// </summary>
 internal static class DashboardApi
 {
+    /// <summary>
+    /// The largest sign-in body: a key and the anti-forgery token take a few hundred bytes. Anyone may
+    /// post the form, so nothing larger is read at all (ADR 0003, amendment of 2026-12-01).
+    /// </summary>
+    public const int MaxSignInBodyBytes = 8 * 1024;
+
     private static readonly (string Path, string Resource, string ContentType)[] Assets =
     [
         ("/dashboard/app.js", "Dashboard/app.js", "text/javascript; charset=utf-8"),
@@ -71,9 +79,9 @@ internal static class DashboardApi
         HttpContext http, IAntiforgery antiforgery, ApiKeyStore keys, DashboardSessionStore sessions,
         IOptions<DashboardSessionOptions> options, AuthThrottle throttle, ILoggerFactory loggers)
     {
-        if (!http.Request.HasFormContentType)
+        if (RefuseSignInBody(http) is { } refused)
         {
-            return LoginResult(http, antiforgery, "The form expired; please sign in again.", StatusCodes.Status400BadRequest);
+            return refused;
         }
 
         var logger = loggers.CreateLogger(typeof(DashboardApi).FullName!);
@@ -121,6 +129,36 @@ internal static class DashboardApi
         await http.SignInAsync(AccessControl.SessionScheme, principal, new AuthenticationProperties { IsPersistent = false });
         DashboardLog.SignedIn(logger, identity.Name, client);
         return TypedResults.Redirect(DashboardPaths.Root + "/");
+    }
+
+    /// <summary>
+    /// Refuses a sign-in body before anything reads it: larger than <see cref="MaxSignInBodyBytes"/> (413)
+    /// or not <c>application/x-www-form-urlencoded</c> (415; the form sends nothing else, and a multipart
+    /// body would be buffered, its file parts to disk, to look for the anti-forgery token). A body of no
+    /// declared length is cut off at the limit as it is read: the server answers 413.
+    /// </summary>
+    private static ProblemHttpResult? RefuseSignInBody(HttpContext http)
+    {
+        var request = http.Request;
+        if (request.ContentLength > MaxSignInBodyBytes)
+        {
+            return TypedResults.Problem(statusCode: StatusCodes.Status413PayloadTooLarge, title: "Request body too large",
+                detail: $"The sign-in form must be at most {MaxSignInBodyBytes} bytes.");
+        }
+
+        if (!MediaTypeHeaderValue.TryParse(request.ContentType, out var type)
+            || !type.MediaType.Equals("application/x-www-form-urlencoded", StringComparison.OrdinalIgnoreCase))
+        {
+            return TypedResults.Problem(statusCode: StatusCodes.Status415UnsupportedMediaType, title: "Unsupported media type",
+                detail: "The sign-in form is read as application/x-www-form-urlencoded only.");
+        }
+
+        if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+        {
+            limit.MaxRequestBodySize = MaxSignInBodyBytes;
+        }
+
+        return null;
     }
 
     /// <summary>

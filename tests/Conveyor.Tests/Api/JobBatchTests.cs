@@ -16,6 +16,9 @@ namespace Conveyor.Tests.Api;
 [Collection(ConveyorCollection.Name)]
 public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
 {
+    /// <summary>The largest batch body (JobsApi.MaxBatchBodyBytes).</summary>
+    private const int MaxBatchBodyBytes = 1024 * 1024;
+
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public Task DisposeAsync() => Task.CompletedTask;
@@ -227,6 +230,39 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(new HashSet<string>(["jobs[1]"]), await response.ReadErrorFieldsAsync());
+    }
+
+    /// <summary>The server refuses bodies larger than any endpoint takes: a batch of the largest size still goes in.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_batch_of_a_hundred_jobs_and_exactly_the_largest_body_is_accepted(bool chunked)
+    {
+        await using var api = await fixture.StartApiAsync();
+        string Job(int padding) => JsonSerializer.Serialize(new
+        {
+            webhookId = Guid.NewGuid(),
+            url = "https://hooks.example.com/orders",
+            eventType = "order.paid",
+            payload = new { text = new string('x', padding) },
+        });
+        // The most jobs a batch holds, in a body of exactly a batch's limit.
+        var jobs = Enumerable.Range(0, 100).Select(_ => Job(10_000)).ToList();
+        // The last job's padding makes up what the body lacks of the limit.
+        jobs[^1] = Job(10_000 + MaxBatchBodyBytes - Encoding.UTF8.GetByteCount(Batch(jobs)));
+        var body = Batch(jobs);
+        Assert.Equal(MaxBatchBodyBytes, Encoding.UTF8.GetByteCount(body));
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri($"/api/jobs/{JobKinds.DeliverWebhook}/batch", UriKind.Relative))
+        {
+            Content = new StringContent(body, Encoding.UTF8, "application/json"),
+        };
+        request.Headers.TransferEncodingChunked = chunked;
+
+        using var response = await api.Client.SendAsync(request);
+
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted, $"{(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(100, await db.Jobs.CountAsync());
     }
 
     [Fact]

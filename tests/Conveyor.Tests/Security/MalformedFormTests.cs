@@ -13,9 +13,9 @@ namespace Conveyor.Tests.Security;
 
 /// <summary>
 /// A form the server cannot read (no multipart boundary, garbage parts, too many or too long fields,
-/// a body over Kestrel's limit) is the client's mistake wherever the anti-forgery check meets it: the
+/// a body over the server's limit) is the client's mistake wherever the anti-forgery check meets it: the
 /// sign-in form, or any state-changing call carrying the session cookie. It is answered 400 (413 when
-/// too large) and logged at no more than debug level, so anonymous clients cannot fill the error log.
+/// too large; the sign-in form takes no more than a few KiB, url-encoded only, 415 otherwise) and logged at no more than debug level, so anonymous clients cannot fill the error log.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -43,15 +43,75 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
 
     public static TheoryData<string> MalformedForms => new(MalformedForm.Names);
 
+    /// <summary>Each malformed form and what the sign-in answers: only a small url-encoded body is read at all.</summary>
+    public static TheoryData<string, int> MalformedSignIns => new()
+    {
+        { MalformedForm.NoBoundary, StatusCodes.Status415UnsupportedMediaType },
+        { MalformedForm.GarbageParts, StatusCodes.Status415UnsupportedMediaType },
+        { MalformedForm.TooManyShortFields, StatusCodes.Status400BadRequest },
+        { MalformedForm.TooManyFields, StatusCodes.Status413PayloadTooLarge },
+        { MalformedForm.FieldTooLong, StatusCodes.Status413PayloadTooLarge },
+    };
+
     [Theory]
-    [MemberData(nameof(MalformedForms))]
-    public async Task A_malformed_sign_in_form_is_a_400_problem_and_no_error_is_logged(string form)
+    [MemberData(nameof(MalformedSignIns))]
+    public async Task A_malformed_sign_in_form_is_a_problem_and_no_error_is_logged(string form, int status)
     {
         using var client = NewBrowser(out _);
 
-        using var response = await client.PostAsync(new Uri(Login, UriKind.Relative), MalformedForm.Create(form));
+        using var response = await client.SendAsync(Post(Login, MalformedForm.Create(form)));
 
-        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        await response.AssertProblemAsync(status);
+        await AssertNoErrorLoggedAsync();
+    }
+
+    /// <summary>
+    /// Anyone may post the sign-in form: a body larger than a form needs, or of another kind than the form
+    /// sends (a multipart one is buffered, its files on disk, to look for the token), is refused before the
+    /// server reads it. Sent with <c>Expect: 100-continue</c> and a client that waits for the server's go:
+    /// a body the server never asked for was never read.
+    /// </summary>
+    [Fact]
+    public async Task A_large_or_multipart_sign_in_is_refused_before_its_body_is_read()
+    {
+        using var client = NewBrowser(out _, expectContinue: true);
+        var token = await DashboardBrowser.FormTokenAsync(client);
+        var multipart = new WatchedContent(Multipart(token, fileBytes: 5 * 1024 * 1024), "multipart/form-data; boundary=conveyor-boundary");
+        var urlEncoded = new WatchedContent(UrlEncoded(token, padding: 100 * 1024), "application/x-www-form-urlencoded");
+        foreach (var content in new[] { multipart, urlEncoded })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(Login, UriKind.Relative)) { Content = content };
+            request.Headers.ExpectContinue = true;
+            using var response = await client.SendAsync(request);
+
+            await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
+            Assert.False(content.Sent, $"The {content.Headers.ContentType} body of {content.Headers.ContentLength} bytes was read.");
+        }
+
+        // A small one too: the server may take in what is left of it after answering, to keep the connection.
+        using (var small = await client.PostAsync(new Uri(Login, UriKind.Relative),
+            new WatchedContent(Multipart(token, fileBytes: 16), "multipart/form-data; boundary=conveyor-boundary")))
+        {
+            await small.AssertProblemAsync(StatusCodes.Status415UnsupportedMediaType);
+        }
+
+        await AssertNoErrorLoggedAsync();
+    }
+
+    [Fact]
+    public async Task A_sign_in_body_of_no_declared_length_is_cut_off_at_the_forms_limit()
+    {
+        using var client = NewBrowser(out _);
+        var token = await DashboardBrowser.FormTokenAsync(client);
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(Login, UriKind.Relative))
+        {
+            Content = new WatchedContent(UrlEncoded(token, padding: 100 * 1024), "application/x-www-form-urlencoded"),
+        };
+        request.Headers.TransferEncodingChunked = true;
+
+        using var response = await client.SendAsync(request);
+
+        await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
         await AssertNoErrorLoggedAsync();
     }
 
@@ -77,10 +137,19 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
     {
         using var browser = await SignedInAsync();
 
-        using var response = await browser.PostAsync(new Uri("/api/jobs/generate-report", UriKind.Relative), MalformedForm.Create(form));
+        using var response = await browser.SendAsync(Post("/api/jobs/generate-report", MalformedForm.Create(form)));
 
-        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
-        Assert.Contains("anti-forgery", await response.Content.ReadAsStringAsync(), StringComparison.OrdinalIgnoreCase);
+        if (form == MalformedForm.FieldTooLong)
+        {
+            // Over the server's limit of any body: refused as the token is looked for in it.
+            await response.AssertProblemAsync(StatusCodes.Status413PayloadTooLarge);
+        }
+        else
+        {
+            await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+            Assert.Contains("anti-forgery", await response.Content.ReadAsStringAsync(), StringComparison.OrdinalIgnoreCase);
+        }
+
         await AssertNoErrorLoggedAsync();
     }
 
@@ -113,12 +182,12 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
     }
 
     /// <summary>
-    /// A form over Kestrel's 30 MB request limit. Sent with <c>Expect: 100-continue</c>, as curl sends a
+    /// A form over the server's 2 MiB request limit (<see cref="Conveyor.Api.ApiApp.MaxRequestBodyBytes"/>). Sent with <c>Expect: 100-continue</c>, as curl sends a
     /// large body: the server answers from the declared length and the client need not send it all.
     /// </summary>
     private static HttpRequestMessage TooLarge(string path)
     {
-        var body = new byte[40 * 1024 * 1024];
+        var body = new byte[4 * 1024 * 1024];
         Array.Fill(body, (byte)'a');
         "apiKey="u8.CopyTo(body);
         var content = new ByteArrayContent(body);
@@ -144,11 +213,46 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
         return browser;
     }
 
+    /// <summary>
+    /// A POST of <paramref name="content"/> with <c>Expect: 100-continue</c>, as curl sends a large body: a body
+    /// the server refuses unread is then not sent, rather than cut off by the server's close.
+    /// </summary>
+    private static HttpRequestMessage Post(string path, HttpContent content)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, new Uri(path, UriKind.Relative)) { Content = content };
+        request.Headers.ExpectContinue = true;
+        return request;
+    }
+
+    /// <summary>A sign-in form with the right key and token, padded with a field of <paramref name="padding"/> bytes.</summary>
+    private static byte[] UrlEncoded(string token, int padding) => Encoding.ASCII.GetBytes(
+        $"apiKey={TestKeys.Admin}&__RequestVerificationToken={Uri.EscapeDataString(token)}&padding={new string('a', padding)}");
+
+    /// <summary>A multipart sign-in form with the right key and token and a file part of <paramref name="fileBytes"/> bytes.</summary>
+    private static byte[] Multipart(string token, int fileBytes)
+    {
+        static string Field(string name, string value) =>
+            $"--conveyor-boundary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n";
+        var head = Field("apiKey", TestKeys.Admin) + Field("__RequestVerificationToken", token)
+            + "--conveyor-boundary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n"
+            + "Content-Type: application/octet-stream\r\n\r\n";
+        return [.. Encoding.ASCII.GetBytes(head), .. new byte[fileBytes], .. "\r\n--conveyor-boundary--\r\n"u8];
+    }
+
     /// <summary>A client that keeps cookies like a browser and sends no API key.</summary>
-    private HttpClient NewBrowser(out CookieContainer cookies)
+    /// <param name="expectContinue">
+    /// Sends a body announced with <c>Expect: 100-continue</c> only once the server asks for it (it asks when it
+    /// starts reading), however long that takes.
+    /// </param>
+    private HttpClient NewBrowser(out CookieContainer cookies, bool expectContinue = false)
     {
         cookies = new CookieContainer();
-        var handler = new HttpClientHandler { CookieContainer = cookies, AllowAutoRedirect = false };
+        var handler = new SocketsHttpHandler
+        {
+            CookieContainer = cookies,
+            AllowAutoRedirect = false,
+            Expect100ContinueTimeout = expectContinue ? TimeSpan.FromSeconds(60) : TimeSpan.FromSeconds(1),
+        };
         return new HttpClient(new Counting(handler, () => Interlocked.Increment(ref _sent)))
         {
             BaseAddress = _api.BaseAddress,
@@ -165,6 +269,33 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
         }
     }
 
+    /// <summary>A body that records whether the client sent it.</summary>
+    private sealed class WatchedContent : HttpContent
+    {
+        private readonly byte[] _body;
+        private int _sent;
+
+        public WatchedContent(byte[] body, string contentType)
+        {
+            _body = body;
+            Headers.TryAddWithoutValidation("Content-Type", contentType);
+        }
+
+        public bool Sent => Volatile.Read(ref _sent) != 0;
+
+        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context)
+        {
+            Volatile.Write(ref _sent, 1);
+            await stream.WriteAsync(_body);
+        }
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = _body.Length;
+            return true;
+        }
+    }
+
     [GeneratedRegex("name=\"__RequestVerificationToken\" value=\"(?<token>[^\"]+)\"")]
     private static partial Regex FormToken();
 
@@ -174,15 +305,17 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
         public const string NoBoundary = "multipart without a boundary";
         public const string GarbageParts = "multipart with garbage for parts";
         public const string TooManyFields = "2000 urlencoded fields";
+        public const string TooManyShortFields = "2000 urlencoded fields in 4 KB";
         public const string FieldTooLong = "a 5 MB urlencoded field";
 
-        public static string[] Names => [NoBoundary, GarbageParts, TooManyFields, FieldTooLong];
+        public static string[] Names => [NoBoundary, GarbageParts, TooManyFields, TooManyShortFields, FieldTooLong];
 
         public static ByteArrayContent Create(string name) => name switch
         {
             NoBoundary => Raw("x", "multipart/form-data"),
             GarbageParts => Raw("this is not a multipart body\r\n", "multipart/form-data; boundary=conveyor-boundary"),
             TooManyFields => Raw(string.Join('&', Enumerable.Range(0, 2000).Select(i => $"f{i}=v")), "application/x-www-form-urlencoded"),
+            TooManyShortFields => Raw(string.Join('&', Enumerable.Repeat("f", 2000)), "application/x-www-form-urlencoded"),
             FieldTooLong => Raw("apiKey=" + new string('a', 5 * 1024 * 1024), "application/x-www-form-urlencoded"),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
         };
