@@ -12,7 +12,8 @@ namespace Conveyor.Api.Security;
 /// <c>X-Api-Key</c>. No key: no identity (endpoints that need one answer 401). A valid key is accepted
 /// whatever the client address, locked out or not. An unknown key: 401, counted against the address
 /// (<see cref="AuthThrottle"/>); from an address locked out for too many of them, 429 with
-/// <c>Retry-After</c> instead. The key itself is never logged or echoed.
+/// <c>Retry-After</c> instead. The key itself is never logged or echoed, and refusals are not logged one
+/// by one (the throttle logs each lockout once).
 /// </summary>
 public sealed class ApiKeyAuthenticationHandler(
     IOptionsMonitor<AuthenticationSchemeOptions> options,
@@ -20,7 +21,7 @@ public sealed class ApiKeyAuthenticationHandler(
     UrlEncoder encoder,
     ApiKeyStore keys,
     AuthThrottle throttle)
-    : AuthenticationHandler<AuthenticationSchemeOptions>(options, loggerFactory, encoder)
+    : AuthenticationHandler<AuthenticationSchemeOptions>(options, new WarningsOnlyLoggerFactory(loggerFactory), encoder)
 {
     public const string SchemeName = "ApiKey";
     public const string ApiKeyHeader = "X-Api-Key";
@@ -139,5 +140,39 @@ public sealed class ApiKeyAuthenticationHandler(
         }
 
         return bearer;
+    }
+
+    /// <summary>
+    /// The base class's logger. It logs every unknown key ("ApiKey was not authenticated") and every
+    /// challenge at Information, so anonymous clients could write log lines at request rate (twice each),
+    /// whatever the log level of this category says elsewhere; ADR 0003 promises refusals are not logged
+    /// one by one. Its warnings and errors still get through.
+    /// </summary>
+    private sealed class WarningsOnlyLoggerFactory(ILoggerFactory inner) : ILoggerFactory
+    {
+        public ILogger CreateLogger(string categoryName) => new WarningsOnlyLogger(inner.CreateLogger(categoryName));
+
+        public void AddProvider(ILoggerProvider provider) => inner.AddProvider(provider);
+
+        // The host owns the factory it wraps.
+        public void Dispose()
+        {
+        }
+
+        private sealed class WarningsOnlyLogger(ILogger inner) : ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state)
+                where TState : notnull => inner.BeginScope(state);
+
+            public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Warning && inner.IsEnabled(logLevel);
+
+            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+            {
+                if (IsEnabled(logLevel))
+                {
+                    inner.Log(logLevel, eventId, state, exception, formatter);
+                }
+            }
+        }
     }
 }
