@@ -7,7 +7,8 @@ namespace Conveyor.Api.Backpressure;
 /// The per-client allowance for job submissions: a token bucket per client (the authenticated
 /// principal's name, else the remote address), one permit per job. A single submission takes one
 /// permit, a batch one per job, from the same bucket, so batching does not raise a client's rate.
-/// An invalid batch costs one permit, as an invalid single submission does.
+/// A batch refused once read (invalid, over the bucket's permits, for a full queue) costs one permit, as a
+/// refused single submission does.
 /// </summary>
 /// <remarks>
 /// Checked by the submission endpoints themselves, not by ASP.NET Core's rate-limiting middleware:
@@ -53,8 +54,10 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     public int Burst { get; }
 
     /// <summary>
-    /// Takes <paramref name="permits"/> (1 to <see cref="Burst"/>) from the caller's bucket; false,
-    /// taking none, with the time until that many will be there when the bucket holds fewer.
+    /// Takes <paramref name="permits"/> (1 to <see cref="Burst"/>) from the caller's bucket. When the bucket
+    /// holds fewer: false, taking one if there is one (a batch refused once read pays as a refused single
+    /// submission does, so resending it drains the bucket instead of costing nothing), with the time until
+    /// that many will be there.
     /// </summary>
     public bool TryAcquire(HttpContext context, int permits, out TimeSpan retryAfter)
     {
@@ -73,6 +76,7 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
             return true;
         }
 
+        using var spent = _buckets.AttemptAcquire(client, 1);
         // Not the lease's own hint: it rounds the refills needed down (5 permits missing at 2 a refill
         // gave 2 refills, when 3 are needed).
         retryAfter = WaitFor(permits, _buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
@@ -97,7 +101,7 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         return false;
     }
 
-    /// <summary>Takes one permit if there is one, for a request refused after it was read (an invalid batch).</summary>
+    /// <summary>Takes one permit if there is one, for a request refused after it was read (an invalid batch, a full queue).</summary>
     public void Spend(HttpContext context)
     {
         if (_buckets is not null)

@@ -76,7 +76,7 @@ internal static partial class JobsApi
     /// Submits up to <see cref="MaxBatchJobs"/> jobs of one kind in one request: each is recorded and
     /// published exactly as by <see cref="SubmitJob"/> (same rules, same idempotency), their rows go to
     /// the database together and their publishes are confirmed together. One bad job refuses the whole
-    /// batch (400). Each job takes one permit of the client's rate limit.
+    /// batch (400). Each job takes one permit of the client's rate limit; a refused batch takes one.
     /// </summary>
     internal static async Task<Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult>> SubmitBatch(
         [AsParameters] Submission submission)
@@ -98,15 +98,17 @@ internal static partial class JobsApi
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        // Checked first: it needs no I/O, and a batch the queue cannot take now spends none of its permits,
-        // so following Retry-After through a long refusal does not use up the client's allowance.
+        // Checked first: it needs no I/O. A batch the queue cannot take now spends one permit, not all of its
+        // own: it was read and parsed, so resending it is not free, yet following Retry-After through a long
+        // refusal costs little of the client's allowance.
         if (items.Any(item => item.Request.RunAt is null) && RefuseAdmission(kind, http, backpressure) is { } full)
         {
+            rateLimiter.Spend(http);
             return full;
         }
 
-        // All of the batch's permits at once, or none: its Retry-After is the time until there are that many.
-        // Taken before any lookup below, so every database query a batch makes is paid for.
+        // All of the batch's permits at once, or one when there are fewer (it was read): its Retry-After is the
+        // time until there are that many. Taken before any lookup below, so every database query a batch makes is paid for.
         if (!rateLimiter.TryAcquire(http, items.Count, out var wait))
         {
             return TooManyRequests(http, wait);
@@ -186,8 +188,8 @@ internal static partial class JobsApi
     /// <summary>
     /// The body, once the request passed the checks that need no parsing: the client's rate limit (429;
     /// a single submission takes its permit here, a batch only needs one to be there and takes all of
-    /// its permits once its size is known, or one when it is refused here), a known kind (404), JSON
-    /// (415), at most <paramref name="maxBodyBytes"/> (413).
+    /// its permits once its size is known, or one when it is refused, here or after it was read), a known
+    /// kind (404), JSON (415), at most <paramref name="maxBodyBytes"/> (413).
     /// </summary>
     private static async Task<(byte[] Body, ProblemHttpResult? Refused)> ReadAsync(Submission submission, int maxBodyBytes, bool batch)
     {

@@ -291,6 +291,30 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_refused_for_its_rate_once_read_spends_a_permit_so_resending_it_drains_the_bucket()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "4",
+        });
+        await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+
+        // Three permits left, four needed: each is read and refused. More than three, since a permit refills each second.
+        for (var i = 0; i < 6; i++)
+        {
+            using var batch = await PostBatchAsync(api, JobKinds.ChargePayment,
+                Batch([.. Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid()))]));
+            await batch.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+        }
+
+        using var single = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await single.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task A_batch_refused_for_its_rate_gets_in_when_retried_after_the_time_it_was_told()
     {
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
