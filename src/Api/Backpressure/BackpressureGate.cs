@@ -26,6 +26,14 @@ internal sealed class BackpressureGate(BrokerPressureMonitor monitor, IOptions<B
 {
     public int RetryAfterSeconds => options.Value.RetryAfterSeconds;
 
+    /// <summary>
+    /// Whether a job to run at <paramref name="runAt"/> (null: now) must pass <see cref="Check"/>: an immediate
+    /// one, or one due within <see cref="BackpressureOptions.GateScheduledWithinSeconds"/>. A job due later
+    /// publishes nothing now, so neither the queue's depth nor a broker alarm concerns it.
+    /// </summary>
+    public bool Gates(DateTimeOffset? runAt) =>
+        runAt is not { } at || at - clock.GetUtcNow() <= TimeSpan.FromSeconds(options.Value.GateScheduledWithinSeconds);
+
     public AdmissionDecision Check(string kind)
     {
         var pressure = monitor.Current;

@@ -26,6 +26,14 @@ public sealed class BackpressureOptions : IValidatableObject
     [Range(1, 3600)]
     public int RetryAfterSeconds { get; set; } = 5;
 
+    /// <summary>
+    /// Jobs scheduled to run within this many seconds pass the same gate as immediate ones (a full queue's
+    /// 429, a broker alarm's 503): they join the queue about as soon, and a client told 429 could otherwise
+    /// send the job again with a <c>runAt</c> a second ahead. 0 gates immediate jobs only.
+    /// </summary>
+    [Range(0, 86_400)]
+    public int GateScheduledWithinSeconds { get; set; } = 60;
+
     public int LimitFor(string kind) =>
         MaxQueueDepth.TryGetValue(kind, out var limit) ? limit : DefaultMaxQueueDepth;
 

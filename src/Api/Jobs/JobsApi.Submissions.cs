@@ -45,9 +45,8 @@ internal static partial class JobsApi
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        // Checked before the row is written. A scheduled job publishes nothing now, so neither the
-        // queue's depth nor a broker alarm concerns it.
-        if (job.RunAt is null && RefuseAdmission(kind, http, backpressure) is { } full)
+        // Checked before the row is written, for a job that runs now or soon.
+        if (IsGated(job, backpressure) && RefuseAdmission(kind, http, backpressure) is { } full)
         {
             return full;
         }
@@ -101,7 +100,7 @@ internal static partial class JobsApi
         // Checked first: it needs no I/O. A batch the queue cannot take now spends one permit, not all of its
         // own: it was read and parsed, so resending it is not free, yet following Retry-After through a long
         // refusal costs little of the client's allowance.
-        if (items.Any(item => item.Request.RunAt is null) && RefuseAdmission(kind, http, backpressure) is { } full)
+        if (items.Any(item => IsGated(item.Request, backpressure)) && RefuseAdmission(kind, http, backpressure) is { } full)
         {
             rateLimiter.Spend(http);
             return full;
@@ -241,6 +240,13 @@ internal static partial class JobsApi
 
         return request.ContentLength > maxBodyBytes ? BodyTooLarge(maxBodyBytes) : null;
     }
+
+    /// <summary>
+    /// Whether <paramref name="job"/> waits for the queue's depth and the broker's alarms: it runs now or soon.
+    /// Not a <c>runAt</c> outside its window: that is a repeat answered with its job, or refused.
+    /// </summary>
+    private static bool IsGated(JobRequest job, BackpressureGate backpressure) =>
+        !job.RunAtOutsideWindow && backpressure.Gates(job.RunAt);
 
     /// <summary>429 while the kind's queue is full, 503 while the broker blocks publishers; null when a job may be queued.</summary>
     private static ProblemHttpResult? RefuseAdmission(string kind, HttpContext http, BackpressureGate backpressure)

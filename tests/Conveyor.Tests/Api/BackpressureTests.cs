@@ -98,6 +98,39 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     [Fact]
+    public async Task A_job_scheduled_to_run_within_a_minute_waits_for_a_full_queue_as_an_immediate_one_does()
+    {
+        await (await fixture.StartWorkerAsync(WorkerSettings.With())).DisposeAsync();
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Backpressure:RefreshMilliseconds"] = "100",
+            ["Backpressure:MaxQueueDepth:charge-payment"] = "1",
+            ["RateLimiting:Enabled"] = "false",
+        });
+        await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await Eventually.AssertAsync(() => Assert.True(ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
+
+        // Told 429, a client sends the job again to run a second from now: it would join the queue as soon.
+        var soon = Guid.NewGuid();
+        using (var single = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(soon, DateTimeOffset.UtcNow.AddSeconds(1))))
+        {
+            await single.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+        }
+
+        using (var batch = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment,
+            JobBatchTests.Batch([JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(1))])))
+        {
+            await batch.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+        }
+
+        // One due later is accepted, the queue being full or not.
+        await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddMinutes(10)));
+        await using var db = fixture.CreateDbContext();
+        Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == soon.ToString("D")));
+        Assert.Equal(2, await db.Jobs.CountAsync());
+    }
+
+    [Fact]
     public async Task A_slow_consumer_never_holds_more_unacked_messages_than_its_prefetch()
     {
         const int prefetch = 3;
