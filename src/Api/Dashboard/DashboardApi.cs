@@ -114,6 +114,7 @@ internal static class DashboardApi
         {
             if (throttle.RetryAfterSeconds(AuthThrottleKind.SignIn, http.Connection.RemoteIpAddress) is { } seconds)
             {
+                throttle.Throttled(AuthThrottleKind.SignIn);
                 http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
                 return LoginResult(http, antiforgery, $"Too many failed sign-ins from your address; try again in {seconds} s.",
                     StatusCodes.Status429TooManyRequests);

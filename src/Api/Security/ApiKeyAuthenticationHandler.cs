@@ -89,6 +89,7 @@ public sealed class ApiKeyAuthenticationHandler(
         await HandleAuthenticateOnceSafeAsync();
         if (_retryAfterSeconds is { } seconds)
         {
+            throttle.Throttled(AuthThrottleKind.ApiKey);
             Response.StatusCode = StatusCodes.Status429TooManyRequests;
             Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
             await Context.RequestServices.GetRequiredService<IProblemDetailsService>().TryWriteAsync(new ProblemDetailsContext

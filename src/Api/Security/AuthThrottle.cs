@@ -57,19 +57,18 @@ public sealed class AuthThrottle
     /// <summary>
     /// For an unknown key only (a valid one is accepted without asking): null when <paramref name="address"/>
     /// is not locked out, so the key is refused with 401 and <see cref="Failed"/> counts it; otherwise the
-    /// whole seconds until the lockout ends (at least 1), and the 429 is counted in
-    /// <c>conveyor.api.auth.throttled</c>.
+    /// whole seconds until the lockout ends (at least 1), for the 429 that <see cref="Throttled"/> counts.
     /// </summary>
-    public int? RetryAfterSeconds(AuthThrottleKind kind, IPAddress? address)
-    {
-        if (Table(kind)?.RetryAfter(address) is not { } wait)
-        {
-            return null;
-        }
+    public int? RetryAfterSeconds(AuthThrottleKind kind, IPAddress? address) =>
+        Table(kind)?.RetryAfter(address) is { } wait ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : null;
 
+    /// <summary>
+    /// Counts a request refused with 429 for its address's lockout in <c>conveyor.api.auth.throttled</c>. Not
+    /// counted where the key is only looked at: an endpoint open to anyone (<c>/health/live</c>) answers
+    /// an unknown key from a locked-out address as if there were none.
+    /// </summary>
+    public void Throttled(AuthThrottleKind kind) =>
         _throttled.Add(1, new KeyValuePair<string, object?>("kind", TagOf(kind)));
-        return Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));
-    }
 
     /// <summary>
     /// Counts an unknown key from <paramref name="address"/> (one not locked out); logs the lockout it starts, if any.

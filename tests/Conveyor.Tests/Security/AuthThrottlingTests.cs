@@ -222,6 +222,29 @@ public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task Only_requests_refused_with_429_count_as_throttled()
+    {
+        using var guesser = Client(Attacker);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, await GetJobsAsync(guesser, WrongKey));
+        }
+
+        // Locked out now; an endpoint open to anyone answers as ever, refusing nothing.
+        for (var i = 0; i < 3; i++)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, new Uri("/health/live", UriKind.Relative));
+            request.Headers.Add("X-Api-Key", WrongKey);
+            using var live = await guesser.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, live.StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.TooManyRequests, await GetJobsAsync(guesser, WrongKey));
+        var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        Assert.Equal(1, PrometheusText.Sum(metrics, "conveyor_api_auth_throttled_total", "kind=\"apikey\""));
+    }
+
+    [Fact]
     public void Failures_from_ever_more_addresses_keep_the_table_within_its_cap()
     {
         var throttle = _api.Services.GetRequiredService<AuthThrottle>();
