@@ -125,7 +125,15 @@ internal static class DashboardApi
             return LoginResult(http, antiforgery, "That API key is not valid.", StatusCodes.Status401Unauthorized);
         }
 
-        var sessionId = await sessions.StartAsync(identity.Name, options.Value.MaxLifetime, http.RequestAborted);
+        // A browser signed in already (its session's anti-forgery token lets it post the form) gets a new
+        // session in place of that one: left live, the old cookie, and any copy of it, would still work.
+        if (await http.AuthenticateAsync(AccessControl.SessionScheme) is { Succeeded: true, Principal: { } previous }
+            && Guid.TryParse(previous.FindFirst(AccessControl.SessionIdClaim)?.Value, out var previousId))
+        {
+            await sessions.EndAsync(previousId, http.RequestAborted);
+        }
+
+        var sessionId = await sessions.StartAsync(identity.Name, options.Value.MaxLifetime, options.Value.MaxSessionsPerKey, http.RequestAborted);
         var principal = AccessControl.SessionPrincipal(identity, SessionValidator.Fingerprint(presented), sessionId);
         await http.SignInAsync(AccessControl.SessionScheme, principal, new AuthenticationProperties { IsPersistent = false });
         DashboardLog.SignedIn(logger, identity.Name, client);

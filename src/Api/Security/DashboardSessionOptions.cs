@@ -4,7 +4,7 @@ namespace Conveyor.Api.Security;
 
 /// <summary>
 /// The dashboard's sign-in session (<c>Dashboard__Session__IdleMinutes</c>, <c>Dashboard__Session__MaxLifetime</c>,
-/// <c>Dashboard__Session__SecureCookies</c>, <c>Dashboard__Session__KeysDirectory</c>).
+/// <c>Dashboard__Session__MaxSessionsPerKey</c>, <c>Dashboard__Session__SecureCookies</c>, <c>Dashboard__Session__KeysDirectory</c>).
 /// </summary>
 public sealed class DashboardSessionOptions
 {
@@ -17,6 +17,13 @@ public sealed class DashboardSessionOptions
     /// <summary>A session ends this long after its sign-in, however active it is (<c>12:00:00</c>).</summary>
     [Range(typeof(TimeSpan), "00:00:01", "7.00:00:00")]
     public TimeSpan MaxLifetime { get; set; } = TimeSpan.FromHours(12);
+
+    /// <summary>
+    /// Live sessions one key may have; a sign-in beyond it ends that key's oldest, so signing in again and
+    /// again (which no throttle slows down with a valid key) cannot grow <c>dashboard_sessions</c> without bound.
+    /// </summary>
+    [Range(1, 100_000)]
+    public int MaxSessionsPerKey { get; set; } = 100;
 
     /// <summary>
     /// Marks the session and anti-forgery cookies Secure whatever the request's scheme. Needed behind a

@@ -10,8 +10,11 @@ namespace Conveyor.Api.Security;
 /// </summary>
 public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> contexts)
 {
-    /// <summary>Records a new session lasting at most <paramref name="lifetime"/>, and returns its id.</summary>
-    public async Task<Guid> StartAsync(string keyName, TimeSpan lifetime, CancellationToken cancellationToken)
+    /// <summary>
+    /// Records a new session lasting at most <paramref name="lifetime"/>, and returns its id; the key's oldest
+    /// sessions beyond <paramref name="maxPerKey"/> end.
+    /// </summary>
+    public async Task<Guid> StartAsync(string keyName, TimeSpan lifetime, int maxPerKey, CancellationToken cancellationToken)
     {
         var id = Guid.NewGuid();
         await using var db = await contexts.CreateDbContextAsync(cancellationToken);
@@ -19,6 +22,13 @@ public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> c
         await db.Database.ExecuteSqlAsync($"DELETE FROM dashboard_sessions WHERE expires_at <= now()", cancellationToken);
         await db.Database.ExecuteSqlAsync(
             $"INSERT INTO dashboard_sessions (id, key_name, started_at, expires_at) VALUES ({id}, {keyName}, now(), now() + {lifetime})",
+            cancellationToken);
+        var othersKept = maxPerKey - 1;
+        await db.Database.ExecuteSqlAsync(
+            $"""
+            DELETE FROM dashboard_sessions WHERE key_name = {keyName} AND id <> {id} AND id NOT IN (
+                SELECT id FROM dashboard_sessions WHERE key_name = {keyName} AND id <> {id} ORDER BY started_at DESC LIMIT {othersKept})
+            """,
             cancellationToken);
         return id;
     }

@@ -58,6 +58,50 @@ public sealed class SessionLifetimeTests(ConveyorFixture fixture) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task Signing_in_again_from_a_signed_in_browser_ends_its_earlier_session()
+    {
+        using var browser = DashboardBrowser.Open(_api.BaseAddress, out var cookies);
+        await DashboardBrowser.SignInAsync(browser, TestKeys.Reader);
+        var saved = cookies.GetCookieHeader(_api.BaseAddress);
+
+        // The session's own token passes the form's anti-forgery check.
+        using (var again = await browser.PostAsync(new Uri("/dashboard/login", UriKind.Relative),
+            DashboardBrowser.LoginForm(TestKeys.Admin, await DashboardBrowser.CsrfTokenAsync(browser))))
+        {
+            Assert.Equal(HttpStatusCode.Redirect, again.StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await SessionStatusAsync(saved));
+        Assert.Equal(HttpStatusCode.OK, await SessionStatusAsync(cookies.GetCookieHeader(_api.BaseAddress)));
+    }
+
+    [Fact]
+    public async Task A_key_keeps_no_more_live_sessions_than_its_limit_and_the_oldest_end_first()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:Enabled"] = "false",
+            ["Dashboard:Session:MaxSessionsPerKey"] = "2",
+        });
+        var saved = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            using var browser = DashboardBrowser.Open(api.BaseAddress, out var cookies);
+            await DashboardBrowser.SignInAsync(browser, TestKeys.Admin);
+            saved.Add(cookies.GetCookieHeader(api.BaseAddress));
+        }
+
+        using var reader = DashboardBrowser.Open(api.BaseAddress, out var readerCookies);
+        await DashboardBrowser.SignInAsync(reader, TestKeys.Reader);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await SessionStatusAsync(saved[0], api));
+        Assert.Equal(HttpStatusCode.OK, await SessionStatusAsync(saved[1], api));
+        Assert.Equal(HttpStatusCode.OK, await SessionStatusAsync(saved[2], api));
+        // Another key's sessions are its own.
+        Assert.Equal(HttpStatusCode.OK, await SessionStatusAsync(readerCookies.GetCookieHeader(api.BaseAddress), api));
+    }
+
+    [Fact]
     public async Task The_pages_own_refreshes_do_not_keep_an_idle_session_alive_but_a_request_of_the_user_does()
     {
         var clock = new MovableClock();
@@ -123,5 +167,15 @@ public sealed class SessionLifetimeTests(ConveyorFixture fixture) : IAsyncLifeti
 
         Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
         Assert.DoesNotContain(_logs.Of(LogLevel.Information, DashboardCategory), e => e.EventId.Id == 2403);
+    }
+
+    /// <summary>What <c>GET /dashboard/api/session</c> answers a request carrying <paramref name="cookies"/> and nothing else.</summary>
+    private async Task<HttpStatusCode> SessionStatusAsync(string cookies, RunningApp? api = null)
+    {
+        using var client = new HttpClient(new HttpClientHandler { UseCookies = false, AllowAutoRedirect = false }) { BaseAddress = (api ?? _api).BaseAddress };
+        using var request = new HttpRequestMessage(HttpMethod.Get, new Uri("/dashboard/api/session", UriKind.Relative));
+        request.Headers.Add("Cookie", cookies);
+        using var response = await client.SendAsync(request);
+        return response.StatusCode;
     }
 }
