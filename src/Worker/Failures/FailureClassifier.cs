@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Text.Json;
 using Conveyor.Storage;
 using Conveyor.Worker.Inbox;
+using MassTransit;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
@@ -25,6 +26,9 @@ public static class FailureClassifier
         InboxBatchFailedException { InnerException: { } inner } => IsTransient(inner),
         InboxBatchFailedException => true,
         OperationCanceledException => false,
+        // MassTransit's stand-in for a consumer's cancellation while the delivery's own token was not
+        // cancelled (a shutdown keeps the original exception): something timed out, not a shutdown.
+        ConsumerCanceledException => true,
         TimeoutException => true,
         HttpRequestException { StatusCode: { } status } => IsTransientStatus(status),
         HttpRequestException http => IsTransientRequestError(http.HttpRequestError),

@@ -97,6 +97,17 @@ public static class HttpFailures
         return encoding.GetString(bytes);
     }
 
+    /// <summary>
+    /// The failure of a request that ran out of <see cref="HttpClient.Timeout"/> (a remote that never
+    /// answered, or never answered the connect). HttpClient's exception ends in its timer's
+    /// cancellation, and MassTransit takes a consumer's exception whose innermost cause is a
+    /// cancellation (while the delivery's token is not cancelled) for the consumer cancelling itself:
+    /// it throws a <c>ConsumerCanceledException</c> without a cause in its place, which would be
+    /// dead-lettered at once. So the timeout is kept as a cause without the cancellation below it.
+    /// </summary>
+    public static TransientFailureException TimedOut(string message, TaskCanceledException exception) =>
+        new(message, null, new TimeoutException(exception.Message));
+
     public static bool IsTimeout(Exception exception, CancellationToken callerToken) =>
         exception is TaskCanceledException && !callerToken.IsCancellationRequested;
 }

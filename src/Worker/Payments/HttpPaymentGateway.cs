@@ -31,7 +31,7 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
         }
         catch (TaskCanceledException exception) when (HttpFailures.IsTimeout(exception, cancellationToken))
         {
-            throw new TransientFailureException("The payment gateway timed out", null, exception);
+            throw HttpFailures.TimedOut("The payment gateway timed out", exception);
         }
 
         using (response)

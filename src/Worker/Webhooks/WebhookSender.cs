@@ -36,7 +36,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         }
         catch (TaskCanceledException exception) when (HttpFailures.IsTimeout(exception, cancellationToken))
         {
-            throw new TransientFailureException($"The webhook receiver at {url.Host} timed out", null, exception);
+            throw HttpFailures.TimedOut($"The webhook receiver at {url.Host} timed out", exception);
         }
         catch (HttpRequestException exception) when (exception.InnerException is WebhookDestinationRefusedException refused)
         {
