@@ -1,3 +1,4 @@
+using System.Text.Json;
 using Conveyor.Contracts;
 using MassTransit;
 
@@ -21,6 +22,16 @@ public static class InboxKeys
     /// The job id the sender claims (<see cref="JobHeaders.JobId"/>): unchecked, so only a claim
     /// (<see cref="Jobs.JobRef"/>); the job's own id is its row's.
     /// </summary>
+    /// <remarks>
+    /// Any sender can put any JSON there: a number or an object is no claim, and ignored like an
+    /// unknown id (<c>Headers.Get&lt;string&gt;</c> threw for them, and the command never ran).
+    /// </remarks>
     public static Guid? ClaimedJobIdOf(ConsumeContext context) =>
-        Guid.TryParse(context.Headers.Get<string>(JobHeaders.JobId), out var id) ? id : null;
+        context.Headers.TryGetHeader(JobHeaders.JobId, out var value) ? value switch
+        {
+            Guid id => id,
+            string text when Guid.TryParse(text, out var id) => id,
+            JsonElement { ValueKind: JsonValueKind.String } element when Guid.TryParse(element.GetString(), out var id) => id,
+            _ => null,
+        } : null;
 }
