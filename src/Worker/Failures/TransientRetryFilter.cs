@@ -1,3 +1,4 @@
+using Conveyor.Worker.Redelivery;
 using MassTransit;
 
 namespace Conveyor.Worker.Failures;
@@ -23,6 +24,11 @@ public sealed class TransientRetryFilter(RetryIntervals intervals, TimeProvider 
         for (var retry = 0; ; retry++)
         {
             attempt.Retry = retry;
+            if (context.TryGetPayload(out FaultHoldingConsumeContext? faults))
+            {
+                faults.BeginAttempt();
+            }
+
             try
             {
                 await next.Send(context);

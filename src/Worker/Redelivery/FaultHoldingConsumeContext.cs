@@ -23,6 +23,14 @@ public sealed class FaultHoldingConsumeContext(ConsumeContext context) : Consume
         return Task.CompletedTask;
     }
 
+    /// <summary>
+    /// Another attempt starts (the in-memory retry, which finds this context as a payload: MassTransit
+    /// hands it a message context around it): an earlier attempt's fault is no longer the last one.
+    /// Kept, it would be told (and published) for an attempt that failed before its consumer ran,
+    /// naming a failure a later attempt got past.
+    /// </summary>
+    public void BeginAttempt() => _held = null;
+
     /// <summary>The last attempt's fault, event included: the message is on its way to <c>_error</c>.</summary>
     public Task PublishHeldAsync() => Release(publish: true);
 

@@ -27,6 +27,7 @@ public sealed partial class RedeliveryFilter<T>(
     public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
     {
         var attempts = new FaultHoldingConsumeContext(context);
+        context.AddOrUpdatePayload(() => attempts, _ => attempts);
         try
         {
             await next.Send(attempts);

@@ -75,6 +75,61 @@ public sealed class FaultEventTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(1u, await fixture.ReadyAsync(Subscriber));
     }
 
+    [Fact]
+    public async Task A_fault_event_names_the_failure_of_the_last_attempt_not_an_earlier_ones()
+    {
+        var payment = NewPayment();
+        var key = payment.PaymentId.ToString();
+        await using (var db = fixture.CreateDbContext())
+        {
+            // The claim of this job once it has been attempted (the in-memory retry's) fails for good.
+            var sql = """
+                CREATE FUNCTION fail_second_claim() RETURNS trigger LANGUAGE plpgsql AS $f$
+                BEGIN
+                    IF NEW.message_key = '@key' AND EXISTS (SELECT 1 FROM jobs WHERE business_key = '@key' AND attempts >= 1) THEN
+                        RAISE EXCEPTION 'injected claim refusal';
+                    END IF;
+                    RETURN NEW;
+                END $f$;
+                CREATE TRIGGER fail_second_claim BEFORE INSERT ON inbox FOR EACH ROW EXECUTE FUNCTION fail_second_claim();
+                """;
+            await db.Database.ExecuteSqlRawAsync(sql.Replace("@key", key, StringComparison.Ordinal));
+        }
+
+        try
+        {
+            await using var gateway = await FakePaymentGateway.StartAsync();
+            gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
+            await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
+                // One transaction per message: the failed attempt's job row stays, its inbox row does not.
+                ("Consumers:ChargePayment:InboxBatchSize", "1"),
+                ("Consumers:ChargePayment:RetryLimit", "1"),
+                ("Consumers:ChargePayment:RetryMinIntervalMilliseconds", "50")));
+            await using var publisher = await TestPublisher.StartAsync(fixture);
+
+            await publisher.PublishAsync(payment);
+
+            // Attempt 1: the gateway's 503 (retried in memory); attempt 2: its claim, before the consumer ran.
+            await WaitForStatusAsync(payment, JobStatus.DeadLettered);
+            await fixture.AssertDrainedAsync(worker, Queue);
+            Assert.Equal(1, gateway.RequestsFor(key));
+            await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+            var dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error"));
+            Assert.Contains("injected claim refusal", dead.Header("MT-Fault-Message"), StringComparison.Ordinal);
+            // A subscriber is not told the job failed of a 503 that a later attempt got past.
+            var faults = await amqp.TakeAllAsync(Subscriber);
+            Assert.DoesNotContain(faults, fault => System.Text.Encoding.UTF8.GetString(fault.Body).Contains("answered 503", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await using var db = fixture.CreateDbContext();
+            await db.Database.ExecuteSqlRawAsync("""
+                DROP TRIGGER IF EXISTS fail_second_claim ON inbox;
+                DROP FUNCTION IF EXISTS fail_second_claim();
+                """);
+        }
+    }
+
     private static ChargePayment NewPayment() =>
         new() { PaymentId = Guid.NewGuid(), AccountId = "acct-faults", AmountMinor = 2_500, Currency = "EUR" };
 
