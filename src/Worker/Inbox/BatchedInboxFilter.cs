@@ -27,7 +27,6 @@ public sealed partial class BatchedInboxFilter<T>(
         var descriptor = services.GetRequiredService<JobDescriptor<T>>();
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var job = new JobRef(descriptor.Kind, descriptor.BusinessKey(context.Message), InboxKeys.ClaimedJobIdOf(context));
-        ClaimedAttempt.Set(context, null);
         var batcher = batchers.For(consumerId, descriptor);
         var member = batcher.Join(job.BusinessKey, context.MessageId, job.JobId, PayloadFingerprint.Of(context.Message));
 

@@ -30,7 +30,6 @@ public sealed partial class InboxFilter<T>(
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var messageKey = descriptor?.BusinessKey(context.Message) ?? InboxKeys.FallbackKey(context);
         JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.ClaimedJobIdOf(context));
-        ClaimedAttempt.Set(context, null);
 
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         // All or nothing: a savepoint around each SaveChanges would only cost two round trips.

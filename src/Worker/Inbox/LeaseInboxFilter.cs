@@ -46,7 +46,6 @@ public sealed partial class LeaseInboxFilter<T>(
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var key = descriptor.BusinessKey(context.Message);
         var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context));
-        ClaimedAttempt.Set(context, null);
         var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
         var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
         // A delivery that waited (prefetched, or through earlier attempts) until no time is left gets no run.
