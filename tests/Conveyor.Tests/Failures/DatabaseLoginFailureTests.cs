@@ -71,7 +71,7 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : Scratch
 
         await using var check = Fixture.CreateDbContext();
         var job = await check.Jobs.SingleAsync();
-        // The refused attempts wrote nothing and spent nothing: the one that ran is the first.
+        // The job ran once, in one attempt (the refused worker could not write to this database at all).
         Assert.Equal(1, job.Attempts);
         Assert.Equal(1, await check.Ledger.CountAsync());
         Assert.Equal(1, gateway.SuccessfulRequestsFor(payment.PaymentId.ToString()));

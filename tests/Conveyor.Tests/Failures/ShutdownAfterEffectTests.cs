@@ -64,9 +64,15 @@ public sealed class ShutdownAfterEffectTests(ConveyorFixture fixture) : IAsyncLi
             Assert.Equal(1, await db.WebhookDeliveries.CountAsync(d => d.WebhookId == webhook.WebhookId));
         }
 
-        // The broker may have the message back (the channel can close before its ack): the next worker
-        // finds it done in the inbox and does not deliver it again.
+        // The broker may have the message back (the channel can close before its ack), and a copy is
+        // published again besides, so that the next worker surely meets one: it finds the webhook done
+        // in the inbox and does not deliver it again.
         var second = await fixture.StartWorkerAsync(settings);
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            await publisher.PublishAsync(webhook);
+        }
+
         await fixture.AssertDrainedAsync(second, "deliver-webhook");
         await second.DisposeAsync();
         Assert.Single(receiver.Deliveries);
