@@ -95,10 +95,7 @@ public sealed class PreClaimFailureJobStatusTests(ConveyorFixture fixture) : IAs
         await fixture.DeclareAsync("charge-payment_error");
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
 
-        // A copy over MaxHeaderBytes (64 KiB) is refused before any claim.
-        await producer.PublishEnvelopeAsync(ChargeExchange, ChargeUrn,
-            new { paymentId = payment, accountId = "acct-padded", amountMinor = 1250, currency = "EUR" },
-            headers: new Dictionary<string, string> { ["X-Pad"] = new string('p', 70_000) });
+        await PublishOversizedCopyAsync(producer, payment);
 
         await Eventually.AssertAsync(async () => Assert.Single(await producer.TakeAllAsync("charge-payment_error")),
             () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
@@ -137,9 +134,7 @@ public sealed class PreClaimFailureJobStatusTests(ConveyorFixture fixture) : IAs
         await fixture.DeclareAsync("charge-payment_error");
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
 
-        await producer.PublishEnvelopeAsync(ChargeExchange, ChargeUrn,
-            new { paymentId = payment, accountId = "acct-padded", amountMinor = 1250, currency = "EUR" },
-            headers: new Dictionary<string, string> { ["X-Pad"] = new string('p', 70_000) });
+        await PublishOversizedCopyAsync(producer, payment);
 
         // Nothing else will run it: the job says so instead of reading queued for ever.
         await Eventually.AssertAsync(async () =>
@@ -148,4 +143,10 @@ public sealed class PreClaimFailureJobStatusTests(ConveyorFixture fixture) : IAs
             Assert.Equal(JobStatus.DeadLettered, (await db.Jobs.SingleAsync(j => j.BusinessKey == payment.ToString())).Status);
         }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
     }
+
+    /// <summary>A copy of the charge over MaxHeaderBytes (64 KiB): refused before any claim.</summary>
+    private static Task PublishOversizedCopyAsync(RawAmqpProducer producer, Guid payment) =>
+        producer.PublishEnvelopeAsync(ChargeExchange, ChargeUrn,
+            new { paymentId = payment, accountId = "acct-padded", amountMinor = 1250, currency = "EUR" },
+            headers: new Dictionary<string, string> { ["X-Pad"] = new string('p', 70_000) });
 }
