@@ -1,11 +1,17 @@
 using System.Net;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Tests.Observability;
 using Microsoft.EntityFrameworkCore;
 using Xunit.Abstractions;
 
 namespace Conveyor.Tests.Faults;
 
+/// <summary>
+/// Two workers, each with its redelivery dispatcher, share the stored redeliveries of a flaky gateway.
+/// The workers run as processes of their own: the dispatcher's counter is a static instrument, which
+/// workers in one process would share, so only each process's own /metrics tells the dispatchers apart.
+/// </summary>
 [Collection(ConveyorCollection.Name)]
 [Trait("Category", "Faults")]
 public sealed class CompetingRedeliveryTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
@@ -32,8 +38,8 @@ public sealed class CompetingRedeliveryTests(ConveyorFixture fixture, ITestOutpu
             }
         };
 
-        await using var workerA = await fixture.StartWorkerAsync(Settings(gateway, "worker-a"));
-        await using var workerB = await fixture.StartWorkerAsync(Settings(gateway, "worker-b"));
+        await using var workerA = await ServiceProcess.StartWorkerAsync(Settings(gateway, "worker-a"));
+        await using var workerB = await ServiceProcess.StartWorkerAsync(Settings(gateway, "worker-b"));
         await using var api = await fixture.StartApiAsync(FaultReport.ApiSettings);
         // Declared now, as MassTransit would on the first dead-letter, so that "nothing in it" is a count.
         await fixture.DeclareAsync("charge-payment_error");
@@ -49,8 +55,9 @@ public sealed class CompetingRedeliveryTests(ConveyorFixture fixture, ITestOutpu
         var leftScheduled = await db.ScheduledMessages.CountAsync();
         var deadLetters = await fixture.ReadyAsync("charge-payment_error");
         var byWorker = gateway.Charges.GroupBy(c => c.Caller).ToDictionary(g => g.Key, g => g.Count());
+        var (publishedA, publishedB) = (await PublishedAsync(workerA), await PublishedAsync(workerB));
         FaultReport.Write(output, "two workers + dispatchers, gateway failing 30% with 503", audit,
-            $"{injected} injected 503s, each stored and redelivered by one of two dispatchers; charges by worker A/B {byWorker.GetValueOrDefault("Bearer worker-a")}/{byWorker.GetValueOrDefault("Bearer worker-b")}; {audit.DeadLettered} dead-lettered, {leftScheduled} left scheduled, {deadLetters} in charge-payment_error");
+            $"{injected} injected 503s, each stored and redelivered by one of two dispatchers (published by dispatcher A/B {publishedA}/{publishedB}); charges by worker A/B {byWorker.GetValueOrDefault("Bearer worker-a")}/{byWorker.GetValueOrDefault("Bearer worker-b")}; {audit.DeadLettered} dead-lettered, {leftScheduled} left scheduled, {deadLetters} in charge-payment_error");
 
         Assert.Equal(jobs, submissions.AcceptedCount);
         Assert.True(injected > 0, "no failure was injected");
@@ -61,14 +68,28 @@ public sealed class CompetingRedeliveryTests(ConveyorFixture fixture, ITestOutpu
         // Nothing is killed here: a copy redelivered by both dispatchers must not run again once charged.
         Assert.Equal(0, audit.ChargedAgain);
         Assert.True(byWorker.GetValueOrDefault("Bearer worker-a") > 0 && byWorker.GetValueOrDefault("Bearer worker-b") > 0, "one worker did all the work");
+        // Both dispatchers took due rows from the shared table: the one redelivery path is not another's alone.
+        Assert.True(publishedA > 0 && publishedB > 0, $"one dispatcher published every redelivery (A {publishedA}, B {publishedB})");
         Assert.Equal(0, leftScheduled);
         Assert.Equal(0u, deadLetters);
     }
 
-    /// <summary>Every failure goes straight to a delayed redelivery (no in-memory retry), short delays, kill switch off.</summary>
-    private static Dictionary<string, string?> Settings(FakePaymentGateway gateway, string caller)
+    /// <summary>A worker's <c>conveyor_redelivery_published_total</c>: the scheduled messages its own dispatcher published.</summary>
+    private static async Task<double> PublishedAsync(ServiceProcess worker)
     {
-        var settings = WorkerSettings.With(gateway, caller);
+        using var http = new HttpClient { BaseAddress = worker.BaseAddress };
+        return PrometheusText.Sum(await http.GetStringAsync(new Uri("/metrics", UriKind.Relative)), "conveyor_redelivery_published_total");
+    }
+
+    /// <summary>Every failure goes straight to a delayed redelivery (no in-memory retry), short delays, kill switch off.</summary>
+    private Dictionary<string, string?> Settings(FakePaymentGateway gateway, string caller)
+    {
+        var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+        foreach (var (key, value) in WorkerSettings.With(gateway, caller))
+        {
+            settings[key] = value;
+        }
+
         settings["Consumers:ChargePayment:PrefetchCount"] = "16";
         settings["Consumers:ChargePayment:ConcurrentMessageLimit"] = "8";
         settings["Consumers:ChargePayment:RetryLimit"] = "0";
