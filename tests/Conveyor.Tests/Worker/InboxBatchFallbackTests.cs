@@ -4,7 +4,7 @@ using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -21,6 +21,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     private const string ConsumerId = "inbox-fallback-test";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
     private readonly List<BatchMember> _joined = [];
+    private readonly CapturedLogs _logs = new();
     private InboxBatcher? _batcher;
 
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -50,6 +51,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         members[1].RanSuccessfully([Ledger(payment)]);
 
         Assert.False(await members[0].Completed.WaitAsync(Patience));
+        AssertBatchBrokeAndFellBack(members[0]);
         Assert.True(await members[1].Completed.WaitAsync(Patience), $"the good message failed with the batch: {members[1].BatchFailure}");
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment));
@@ -72,6 +74,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         members[2].RanSuccessfully([]);
 
         Assert.False(await members[0].Completed.WaitAsync(Patience));
+        AssertBatchBrokeAndFellBack(members[0]);
         // A finished job's copy is recorded as handled; the copy that waited for its twin acks with it.
         Assert.True(await members[1].Completed.WaitAsync(Patience), $"the finished job's copy failed with the batch: {members[1].BatchFailure}");
         Assert.True(await members[2].Completed.WaitAsync(Patience), $"the first copy failed with the batch: {members[2].BatchFailure}");
@@ -94,6 +97,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         members[2].RanSuccessfully([Ledger(payment)]);
 
         Assert.False(await members[0].Completed.WaitAsync(Patience));
+        AssertBatchBrokeAndFellBack(members[0]);
         // The failed copy carries the command through its retries, as in a batch that commits: the other
         // is acked, where settling it again made it runnable and its consumer ran a second time.
         Assert.True(await members[1].Completed.WaitAsync(Patience), $"the copy was sent round to run again: {members[1].BatchFailure}");
@@ -146,6 +150,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         await hold.CommitAsync();
 
         Assert.False(await members[0].Completed.WaitAsync(Patience));
+        AssertBatchBrokeAndFellBack(members[0]);
         Assert.True(await members[1].Completed.WaitAsync(Patience), $"the job ahead failed with the batch: {members[1].BatchFailure}");
         Assert.False(await members[2].Completed.WaitAsync(Patience), "the message was settled as handled under a key another command took");
         Assert.Equal(theirs, members[2].ConflictingFingerprint);
@@ -156,6 +161,18 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     private static string Key() => Guid.NewGuid().ToString();
+
+    /// <summary>
+    /// The batch did break on the culprit's job row (its id taken: a unique violation on the primary key)
+    /// and its messages were settled one by one; else the others' outcomes prove nothing of the fallback.
+    /// </summary>
+    private void AssertBatchBrokeAndFellBack(BatchMember culprit)
+    {
+        var failure = Assert.IsType<PostgresException>(culprit.BatchFailure);
+        Assert.Equal(PostgresErrorCodes.UniqueViolation, failure.SqlState);
+        Assert.Equal("pk_jobs", failure.ConstraintName);
+        Assert.Contains(_logs.Entries, e => e.Level == LogLevel.Warning && e.Message.Contains("committing its messages one by one", StringComparison.Ordinal));
+    }
 
     private static LedgerEntry Ledger(Guid paymentId) => new()
     {
@@ -177,7 +194,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     private async Task<IReadOnlyList<BatchMember>> JoinOneBatchAsync((string Key, byte[]? Fingerprint)[] messages)
     {
         _batcher = new(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
-            TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+            TimeProvider.System, _logs.CreateLogger(nameof(InboxBatcher)), Timeout.InfiniteTimeSpan);
         var blockedKey = Key();
         await InsertJobAsync(blockedKey, JobStatus.Queued);
         await using var connection = new NpgsqlConnection(fixture.ConnectionString);
