@@ -231,7 +231,8 @@ internal static class Operations
                     return answer.Body;
                 }
 
-                var transient = answer.Status is HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout
+                // A gateway that cannot reach the Api (what exit code 5 means), or a 429 that asks to come back.
+                var transient = ConveyorClient.ExitCodeFor(answer.Status) == ExitCodes.Unreachable
                     || (answer.Status == HttpStatusCode.TooManyRequests && !answer.IsKeyLockout);
                 failure = answer.Failure();
                 if (!transient)
@@ -318,10 +319,10 @@ internal static class Operations
             var dryRun = operation.TryGetProperty("dryRun", out var d) && d.ValueKind == JsonValueKind.True;
             var verb = kind == "purge" ? "purged" : "moved";
             // A dry run counts the matches a move could not deliver as failed (a target queue missing).
-            var done = dryRun ? Number(operation, "matched") - Number(operation, "failed") : Number(operation, verb);
+            var failing = Number(operation, "failed");
+            var done = dryRun ? Number(operation, "matched") - failing : Number(operation, verb);
             if (dryRun)
             {
-                var failing = Number(operation, "failed");
                 cli.Out.MarkupLine($"[bold]Dry run[/]: would have {verb} {done} message(s)"
                     + (failing > 0 ? $"; {failing} would fail (see Detail)" : string.Empty) + "; nothing was changed.");
             }
