@@ -35,7 +35,10 @@ public sealed class ErrorQueueOptions
     [Range(100, 60_000)]
     public int IdleCheckMilliseconds { get; set; } = 1000;
 
-    /// <summary>How long the end of a walk waits for outstanding confirms before leaving those originals in place.</summary>
+    /// <summary>
+    /// How long a walk waits for the broker: a confirm while its window is full, a write that does not drain,
+    /// an answer at its end. Past it the walk ends as failed and drops its connection (the originals stay).
+    /// </summary>
     [Range(1, 600)]
     public int ConfirmTimeoutSeconds { get; set; } = 30;
 

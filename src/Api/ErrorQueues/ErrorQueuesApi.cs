@@ -277,7 +277,8 @@ internal static class ErrorQueuesApi
 
     private static bool IsBrokerFailure(Exception exception) =>
         exception is BrokerUnavailableException or RabbitMQ.Client.Exceptions.BrokerUnreachableException
-            or RabbitMQ.Client.Exceptions.AlreadyClosedException or RabbitMQ.Client.Exceptions.OperationInterruptedException;
+            or RabbitMQ.Client.Exceptions.AlreadyClosedException or RabbitMQ.Client.Exceptions.OperationInterruptedException
+            or WalkInterruptedException;
 
     internal static string Who(HttpContext http) => http.User.Identity?.Name ?? "(unknown)";
 

@@ -147,6 +147,15 @@ public sealed class QueueWalker
     private bool _settlingStopped;
     private string? _publisherClosed;
     private CancellationTokenSource? _waitTimer;
+
+    /// <summary>
+    /// Set when the broker stopped answering (no confirm, a write that never drained, no reply at the end):
+    /// the walk then ends without waiting for anything more and drops its connection.
+    /// </summary>
+    private string? _stuck;
+
+    /// <summary>Why the broker blocked this connection (<c>connection.blocked</c>: a memory or disk alarm), while it does.</summary>
+    private volatile string? _blocked;
     private long _actions;
     private long _rateStart;
     private long? _left;
@@ -165,6 +174,33 @@ public sealed class QueueWalker
 
     /// <summary>Walks the queue; returns the number of messages in it afterwards.</summary>
     public async Task<long> RunAsync(CancellationToken cancellationToken)
+    {
+        _connection.ConnectionBlockedAsync += OnBlockedAsync;
+        _connection.ConnectionUnblockedAsync += OnUnblockedAsync;
+        try
+        {
+            return await WalkAsync(cancellationToken);
+        }
+        finally
+        {
+            _connection.ConnectionBlockedAsync -= OnBlockedAsync;
+            _connection.ConnectionUnblockedAsync -= OnUnblockedAsync;
+        }
+    }
+
+    private Task OnBlockedAsync(object sender, ConnectionBlockedEventArgs args)
+    {
+        _blocked = args.Reason;
+        return Task.CompletedTask;
+    }
+
+    private Task OnUnblockedAsync(object sender, AsyncEventArgs args)
+    {
+        _blocked = null;
+        return Task.CompletedTask;
+    }
+
+    private async Task<long> WalkAsync(CancellationToken cancellationToken)
     {
         var depth = await ReadyCountAsync(cancellationToken) ?? throw new QueueNotFoundException(_plan.Queue);
         _progress.QueueDepthAtStart = depth;
@@ -185,10 +221,21 @@ public sealed class QueueWalker
                 await StartLaneAsync(cancellationToken);
                 await LoopAsync(limit, cancellationToken);
             }
+            catch (Exception exception) when (exception is TimeoutException || (exception is OperationCanceledException && !cancellationToken.IsCancellationRequested))
+            {
+                // A request the broker left unanswered for the client's continuation timeout.
+                throw Stuck($"The broker did not answer a request in time ({exception.Message})");
+            }
             finally
             {
                 await FinishAsync();
             }
+        }
+
+        if (_stuck is not null)
+        {
+            // The walk itself ended, but the broker stopped answering at its end: the counts are not known.
+            throw new WalkInterruptedException(_stuck);
         }
 
         return _left ?? await ReadyCountAsync(CancellationToken.None) ?? 0;
@@ -239,7 +286,7 @@ public sealed class QueueWalker
             switch (action)
             {
                 case WalkAction.Forward when copy is not null && _publisher is not null:
-                    await PaceAsync(cancellationToken);
+                    await PaceAsync(lane, item.Message!, copy.Target, cancellationToken);
                     await ForwardAsync(lane, item.Tag, item.Message!, copy);
                     await WaitForRoomAsync(cancellationToken);
                     break;
@@ -251,8 +298,18 @@ public sealed class QueueWalker
                     break;
 
                 case WalkAction.Remove:
-                    await PaceAsync(cancellationToken);
-                    await lane.Channel.BasicAckAsync(item.Tag, multiple: false, CancellationToken.None);
+                    await PaceAsync(lane, item.Message!, null, cancellationToken);
+                    try
+                    {
+                        await BoundedAsync(lane.Channel.BasicAckAsync(item.Tag, multiple: false, CancellationToken.None), "acknowledgement");
+                    }
+                    catch (Exception)
+                    {
+                        lane.Kept++;
+                        _visitor.Completed(item.Message!, WalkOutcome.ForwardFailed, null, "Not removed: its acknowledgement could not be sent.");
+                        throw;
+                    }
+
                     lane.Acked++;
                     _visitor.Completed(item.Message!, WalkOutcome.Removed, null, null);
                     break;
@@ -288,8 +345,15 @@ public sealed class QueueWalker
 
             var headers = copy.Properties.Headers ??= new Dictionary<string, object?>(StringComparer.Ordinal);
             headers[SequenceHeader] = (long)sequence;
-            await publisher.BasicPublishAsync(string.Empty, copy.Target, mandatory: true, copy.Properties, copy.Body, CancellationToken.None);
+            await BoundedAsync(publisher.BasicPublishAsync(string.Empty, copy.Target, mandatory: true, copy.Properties, copy.Body, CancellationToken.None), "publish");
             _window.Add(sequence, new Forwarded(lane, tag, message, copy.Target, copy.Body.Length));
+        }
+        catch (WalkInterruptedException) when (_stuck is not null)
+        {
+            // The copy may still leave if the broker reads again: a duplicate at worst, its original stays.
+            lane.Kept++;
+            _visitor.Completed(message, WalkOutcome.ForwardFailed, copy.Target, "Not confirmed: the broker stopped taking publishes.");
+            throw;
         }
         catch (Exception exception) when (exception is not WalkInterruptedException)
         {
@@ -305,9 +369,11 @@ public sealed class QueueWalker
 
     /// <summary>
     /// Waits while the copies awaiting a confirm fill the window or the byte budget. Deliveries read
-    /// meanwhile wait their turn. No confirm within the timeout counts as a failure: the original
-    /// stays (released with the kept ones), and the copy may still arrive, which leaves a duplicate,
-    /// never a loss.
+    /// meanwhile wait their turn. No confirm within the timeout ends the walk: a broker that confirms
+    /// nothing for that long has stopped (a memory or disk alarm blocks publishers until an operator
+    /// acts), and waiting that long again for each copy in the window would hold the operation for hours.
+    /// The originals stay (the connection is dropped, so the broker requeues them), and a copy may still
+    /// arrive, which leaves a duplicate, never a loss.
     /// </summary>
     private async Task WaitForRoomAsync(CancellationToken cancellationToken)
     {
@@ -317,12 +383,49 @@ public sealed class QueueWalker
             {
                 await SettleAsync();
             }
-            else if (!DrainControlEvents() && !await WaitForEventAsync(TimeSpan.FromSeconds(_plan.Options.ConfirmTimeoutSeconds), cancellationToken))
+            else if (!DrainControlEvents() && !await WaitForEventAsync(ConfirmTimeout, cancellationToken))
             {
-                _window.FailHead("The broker did not confirm the copy in time.");
+                throw Stuck($"The broker confirmed no copy for {_plan.Options.ConfirmTimeoutSeconds} s");
             }
         }
     }
+
+    private TimeSpan ConfirmTimeout => TimeSpan.FromSeconds(_plan.Options.ConfirmTimeoutSeconds);
+
+    /// <summary>
+    /// Awaits a write to the broker (a publish, an acknowledgement) for at most the confirm timeout. A write
+    /// completes at once unless the client's outgoing buffers are full, which happens only when the broker
+    /// stopped reading: then the walk is stuck and ends. No timer is armed on the fast path.
+    /// </summary>
+    private async ValueTask BoundedAsync(ValueTask write, string what)
+    {
+        if (write.IsCompleted)
+        {
+            await write;
+            return;
+        }
+
+        var pending = write.AsTask();
+        try
+        {
+            await pending.WaitAsync(ConfirmTimeout);
+        }
+        catch (TimeoutException)
+        {
+            // It ends with the connection the walk drops; observed here so its failure is not unobserved.
+            _ = pending.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            throw Stuck($"The broker took no {what} for {_plan.Options.ConfirmTimeoutSeconds} s");
+        }
+    }
+
+    /// <summary>Records that the broker stopped answering and says so, naming the alarm when the broker gave one.</summary>
+    private WalkInterruptedException Stuck(string what)
+    {
+        _stuck ??= $"{what}{BlockedText}; stopped. Messages not yet moved or purged stayed in the queue.";
+        return new WalkInterruptedException(_stuck);
+    }
+
+    private string? BlockedText => _blocked is { } reason ? $" (RabbitMQ blocked the connection: {reason})" : null;
 
     /// <summary>The next delivery to decide; confirms and returns read on the way are applied.</summary>
     private bool TryTakeDelivery(out WalkEvent delivery)
@@ -414,7 +517,16 @@ public sealed class QueueWalker
             else if (forwarded.Lane.Kept > 0)
             {
                 await AckRunAsync();
-                await forwarded.Lane.Channel.BasicAckAsync(forwarded.Tag, multiple: false, CancellationToken.None);
+                try
+                {
+                    await BoundedAsync(forwarded.Lane.Channel.BasicAckAsync(forwarded.Tag, multiple: false, CancellationToken.None), "acknowledgement");
+                }
+                catch (Exception)
+                {
+                    AckFailed(forwarded);
+                    throw;
+                }
+
                 forwarded.Lane.Acked++;
                 _visitor.Completed(forwarded.Message, WalkOutcome.Forwarded, forwarded.Target, null);
             }
@@ -440,7 +552,21 @@ public sealed class QueueWalker
         }
 
         var lane = _run[^1].Lane;
-        await lane.Channel.BasicAckAsync(_run[^1].Tag, multiple: true, CancellationToken.None);
+        try
+        {
+            await BoundedAsync(lane.Channel.BasicAckAsync(_run[^1].Tag, multiple: true, CancellationToken.None), "acknowledgement");
+        }
+        catch (Exception)
+        {
+            foreach (var forwarded in _run)
+            {
+                AckFailed(forwarded);
+            }
+
+            _run.Clear();
+            throw;
+        }
+
         lane.Acked += _run.Count;
         foreach (var forwarded in _run)
         {
@@ -448,6 +574,18 @@ public sealed class QueueWalker
         }
 
         _run.Clear();
+    }
+
+    /// <summary>
+    /// A copy was confirmed but its original's acknowledgement could not be sent: the original stays (or
+    /// returns) and the copy is in its target too, a duplicate the consumers' inbox makes harmless. Recorded,
+    /// so the audit and the counts still account for it.
+    /// </summary>
+    private void AckFailed(Forwarded forwarded)
+    {
+        forwarded.Lane.Kept++;
+        _visitor.Completed(forwarded.Message, WalkOutcome.ForwardFailed, forwarded.Target,
+            "The copy was confirmed, but the original could not be acknowledged: it stays in the queue as well.");
     }
 
     /// <summary>Waits for the next event, up to a timeout; false = none came.</summary>
@@ -473,6 +611,24 @@ public sealed class QueueWalker
             _waitTimer = null;
             cancellationToken.ThrowIfCancellationRequested();
             return false;
+        }
+    }
+
+    /// <summary>
+    /// Paces the action on one message. Cancelled during the pause, the message is left as it is and
+    /// recorded as not done, so the counts still add up (every match is moved, purged or failed).
+    /// </summary>
+    private async Task PaceAsync(Lane lane, FaultedMessage message, string? target, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await PaceAsync(cancellationToken);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            lane.Kept++;
+            _visitor.Completed(message, WalkOutcome.ForwardFailed, target, "Not done: the operation was cancelled while it waited for its turn (MaxMessagesPerSecond).");
+            throw;
         }
     }
 
@@ -591,7 +747,7 @@ public sealed class QueueWalker
     /// <summary>Stops the current channel's consumer (its kept messages stay unacknowledged) and consumes on a new channel.</summary>
     private async Task RotateAsync(CancellationToken cancellationToken)
     {
-        await StopConsumingAsync(_current!);
+        await StopConsumingAsync(_current!, cancellationToken);
         await StartLaneAsync(cancellationToken);
     }
 
@@ -599,14 +755,14 @@ public sealed class QueueWalker
     /// Cancels a lane's consumer and waits until the client has handed over every delivery that
     /// preceded the cancel-ok, so messages are still decided in queue order.
     /// </summary>
-    private static async Task StopConsumingAsync(Lane lane)
+    private static async Task StopConsumingAsync(Lane lane, CancellationToken cancellationToken)
     {
         if (lane.ConsumerTag is null || !lane.Channel.IsOpen)
         {
             return;
         }
 
-        await lane.Channel.BasicCancelAsync(lane.ConsumerTag, noWait: false, CancellationToken.None);
+        await lane.Channel.BasicCancelAsync(lane.ConsumerTag, noWait: false, cancellationToken);
         await WaitQuietlyAsync(lane.Unregistered.Task, TimeSpan.FromSeconds(10), CancellationToken.None);
         lane.ConsumerTag = null;
     }
@@ -615,54 +771,120 @@ public sealed class QueueWalker
     /// Ends the walk whatever happened: stop consuming, settle what was confirmed (waiting a while for
     /// outstanding confirms), and release every message still unacknowledged with requeue. Runs
     /// without the caller's cancellation token: a shutdown must still end the walk cleanly (a failure
-    /// here is still safe: closing the channels requeues all).
+    /// here is still safe: closing the channels requeues all). Each step waits for the broker at most
+    /// the confirm timeout; once the broker stopped answering, the rest is skipped and the connection
+    /// is dropped instead, which requeues the same messages.
     /// </summary>
     private async Task FinishAsync()
     {
         foreach (var lane in _lanes)
         {
-            await TryAsync(() => StopConsumingAsync(lane));
+            await StepAsync(token => StopConsumingAsync(lane, token));
         }
 
-        await TryAsync(SettleAllAsync);
+        await StepAsync(_ => SettleAllAsync(), ConfirmTimeout * 2);
 
         // What stays: the ready messages plus those this walk still holds, which the release below
         // requeues (counted now: the broker applies a release asynchronously).
-        await TryAsync(async () => _left = await ReadyCountAsync(CancellationToken.None) + _lanes.Sum(l => (long)Volatile.Read(ref l.Delivered) - l.Acked));
+        await StepAsync(async token => _left = await ReadyCountAsync(token) + _lanes.Sum(l => (long)Volatile.Read(ref l.Delivered) - l.Acked));
         foreach (var lane in _lanes)
         {
             lane.ClosingByUs = true;
-            await TryAsync(async () =>
+            await StepAsync(async token =>
             {
                 if (lane.Channel.IsOpen)
                 {
                     // Tag 0 with multiple: every message still unacknowledged on this channel.
-                    await lane.Channel.BasicNackAsync(0, multiple: true, requeue: true, CancellationToken.None);
-                    await lane.Channel.CloseAsync(CancellationToken.None);
+                    await lane.Channel.BasicNackAsync(0, multiple: true, requeue: true, token);
+                    await lane.Channel.CloseAsync(token);
                 }
             });
-            await lane.Channel.DisposeAsync();
         }
 
         if (_publisher is not null)
         {
             _closingPublisher = true;
-            await TryAsync(() => _publisher.CloseAsync(CancellationToken.None));
-            await _publisher.DisposeAsync();
+            await StepAsync(token => _publisher.CloseAsync(token));
+        }
+
+        if (_stuck is not null)
+        {
+            _left = null;
+            await AbandonConnectionAsync();
+        }
+
+        FailUnsettled();
+        foreach (var lane in _lanes)
+        {
+            await TryAsync(() => lane.Channel.DisposeAsync().AsTask().WaitAsync(ConfirmTimeout));
+        }
+
+        if (_publisher is not null)
+        {
+            await TryAsync(() => _publisher.DisposeAsync().AsTask().WaitAsync(ConfirmTimeout));
         }
 
         _waitTimer?.Dispose();
         _events.Writer.TryComplete();
     }
 
-    /// <summary>Waits for the outstanding confirms (up to the confirm timeout), then settles; unconfirmed copies count as failed.</summary>
+    /// <summary>
+    /// Runs one step of the end of a walk, unless the broker already stopped answering. A step the broker
+    /// leaves unanswered for <paramref name="budget"/> (the confirm timeout by default) marks the walk stuck.
+    /// Other failures are ignored: what is left unacknowledged is requeued when the channels close.
+    /// </summary>
+    private async Task StepAsync(Func<CancellationToken, Task> step, TimeSpan? budget = null)
+    {
+        if (_stuck is not null)
+        {
+            return;
+        }
+
+        var wait = budget ?? ConfirmTimeout;
+        using var timeout = new CancellationTokenSource(wait);
+        Task? running = null;
+        try
+        {
+            running = step(timeout.Token);
+            await running.WaitAsync(wait + TimeSpan.FromSeconds(1));
+        }
+        catch (Exception exception) when (exception is TimeoutException || timeout.IsCancellationRequested)
+        {
+            Stuck($"The broker did not answer within {wait.TotalSeconds:0} s at the end of the walk");
+            _ = running?.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        }
+        catch (Exception)
+        {
+            // Best effort at the end of a walk: whatever is still unacknowledged is requeued by the
+            // broker when the channel or connection closes. A stuck broker is recorded by now.
+        }
+    }
+
+    /// <summary>
+    /// Drops the connection of a walk whose broker stopped answering: the broker requeues what the walk had
+    /// not acknowledged once it sees the connection go. Not awaited beyond a few seconds: a close that cannot
+    /// even be written (the client's buffers full) completes when the broker reads again.
+    /// </summary>
+    private async Task AbandonConnectionAsync()
+    {
+        var closing = _connection.CloseAsync(Constants.ConnectionForced, "Conveyor gave up on a broker that stopped answering", TimeSpan.FromSeconds(2), abort: true, CancellationToken.None);
+        try
+        {
+            await closing.WaitAsync(TimeSpan.FromSeconds(5));
+        }
+        catch (Exception)
+        {
+            _ = closing.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        }
+    }
+
+    /// <summary>Waits for the outstanding confirms (up to the confirm timeout), then settles.</summary>
     private async Task SettleAllAsync()
     {
         // The loop's timer may be linked to a cancelled token; the end of a walk waits on its own.
         _waitTimer?.Dispose();
         _waitTimer = null;
         var deadline = _time.GetTimestamp();
-        var timeout = TimeSpan.FromSeconds(_plan.Options.ConfirmTimeoutSeconds);
         while (_window.Count > 0)
         {
             try
@@ -675,7 +897,7 @@ public sealed class QueueWalker
             }
 
             await SettleAsync();
-            var left = timeout - _time.GetElapsedTime(deadline);
+            var left = ConfirmTimeout - _time.GetElapsedTime(deadline);
             if (_window.Count == 0 || _settlingStopped || _publisher is not { IsOpen: true } || left <= TimeSpan.Zero)
             {
                 break;
@@ -683,16 +905,22 @@ public sealed class QueueWalker
 
             await WaitForEventAsync(left, CancellationToken.None);
         }
+    }
 
+    /// <summary>Counts every copy still unsettled as failed: its original stays in (or returns to) the queue.</summary>
+    private void FailUnsettled()
+    {
         while (_window.Count > 0)
         {
             var forwarded = _window.TakeHead();
             forwarded.Lane.Kept++;
             _visitor.Completed(forwarded.Message, WalkOutcome.ForwardFailed, forwarded.Target, _settlingStopped
                 ? "Not acknowledged: a copy came back from the broker that could not be told apart."
-                : _publisherClosed is { } reason
-                    ? $"The publishing channel closed before the copy was confirmed: {reason}"
-                    : "The broker did not confirm the copy in time.");
+                : _stuck is not null
+                    ? "Not acknowledged: the broker stopped answering."
+                    : _publisherClosed is { } reason
+                        ? $"The publishing channel closed before the copy was confirmed: {reason}"
+                        : "The broker did not confirm the copy in time.");
         }
     }
 
@@ -890,15 +1118,6 @@ public sealed class QueueWalker
             if (sequence >= _headSequence && sequence < NextSequence)
             {
                 _failures[Slot(sequence)] ??= reason;
-            }
-        }
-
-        public void FailHead(string reason)
-        {
-            if (Count > 0 && !_resolved[_head])
-            {
-                _resolved[_head] = true;
-                _failures[_head] = reason;
             }
         }
 

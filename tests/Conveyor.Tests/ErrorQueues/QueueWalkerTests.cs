@@ -144,6 +144,89 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(all.Except(declined).ToHashSet(), (await _broker.IdsAsync(ErrorQueueKit.ChargeQueue)).ToHashSet());
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(97)]
+    public async Task A_walk_whose_broker_stops_answering_ends_and_loses_nothing(int stallAt)
+    {
+        var all = new List<string?>();
+        for (var i = 0; i < 300; i++)
+        {
+            all.Add((await _broker.DeadLetterChargeAsync(Timeout, "failed")).ToString());
+        }
+
+        // Through a relay that stops moving bytes, as a broker blocking its publishers (memory or disk
+        // alarm) stops reading: no confirm, no cancel-ok, and writes that never drain.
+        var broker = fixture.RabbitOptions();
+        await using var relay = await OutageProxy.ToAsync(broker.Host, broker.Port);
+        broker.Port = relay.Port;
+        var connection = await ErrorQueueBroker.ConnectAsync(broker, "tests-walker-stalled", CancellationToken.None);
+        var visitor = new CuttingVisitor(Visitor(MessageFilter.All), stallAt, () =>
+        {
+            relay.Stall();
+            return Task.CompletedTask;
+        });
+        var options = new ErrorQueueOptions { Prefetch = 40, IdleCheckMilliseconds = 500, ConfirmTimeoutSeconds = 2 };
+        var walker = new QueueWalker(connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, options), visitor, new WalkProgress());
+
+        // Bounded, not timed: before the fix the walk waited for ever.
+        var walk = walker.RunAsync(CancellationToken.None);
+        var ended = await Task.WhenAny(walk, Task.Delay(TimeSpan.FromMinutes(2)));
+        Assert.True(ended == walk, "the walk did not end while the broker stopped answering");
+        var failure = await Assert.ThrowsAsync<WalkInterruptedException>(() => walk);
+        // No confirm within the timeout, or no answer to a request (the client's own timeout), whichever came first.
+        Assert.Matches("^The broker (confirmed no copy|did not answer).*; stopped", failure.Message);
+        Assert.False(connection.IsOpen, "the walk left its stuck connection open");
+        var disposing = connection.DisposeAsync().AsTask();
+        Assert.True(await Task.WhenAny(disposing, Task.Delay(TimeSpan.FromMinutes(1))) == disposing, "disposing the walk's connection hung");
+
+        // The broker sees the connection go once the relay moves again; what was not acknowledged returns.
+        relay.Resume();
+        IReadOnlyList<string?> errors = [];
+        IReadOnlyList<string?> copies = [];
+        await Eventually.AssertAsync(async () =>
+        {
+            errors = await _broker.IdsAsync(ErrorQueueKit.ChargeErrors);
+            copies = await _broker.IdsAsync(ErrorQueueKit.ChargeQueue);
+            Assert.Equal(all.ToHashSet(), errors.Concat(copies).ToHashSet());
+        });
+
+        // Not the order: reading a queue here takes and requeues its messages, which interleaves with the
+        // broker requeueing the dropped connection's (the cut-off test above checks the order).
+        Assert.True(visitor.Cut, "the walk ended before the stall");
+        Assert.True(errors.Count > 0, "every message moved: the stall came too late to test anything");
+    }
+
+    [Fact]
+    public async Task A_throttled_move_cancelled_while_it_waits_for_its_turn_accounts_for_every_match()
+    {
+        var all = new List<string?>();
+        for (var i = 0; i < 5; i++)
+        {
+            all.Add((await _broker.DeadLetterChargeAsync(Timeout, "failed")).ToString());
+        }
+
+        // One message a second: the second match waits for its turn, and the operation is cancelled then.
+        using var cancel = new CancellationTokenSource();
+        var visitor = new CuttingVisitor(Visitor(MessageFilter.All), 2, () => cancel.CancelAsync());
+        await using var connection = await ConnectAsync();
+        var options = new ErrorQueueOptions { Prefetch = 40, IdleCheckMilliseconds = 500, MaxMessagesPerSecond = 1 };
+        var walker = new QueueWalker(connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, options), visitor, new WalkProgress());
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => walker.RunAsync(cancel.Token));
+
+        var inner = visitor.Inner;
+        Assert.True(inner.Matched >= 2, $"only {inner.Matched} matched before the cancellation");
+        Assert.Equal(inner.Matched, inner.Moved + inner.Failed);
+        Assert.Contains(inner.Snapshot().Errors, error => error.Contains("cancelled", StringComparison.Ordinal));
+        await Eventually.AssertAsync(async () =>
+        {
+            var errors = await _broker.IdsAsync(ErrorQueueKit.ChargeErrors);
+            var copies = await _broker.IdsAsync(ErrorQueueKit.ChargeQueue);
+            Assert.Equal(inner.Moved, copies.Count);
+            Assert.Equal(all, copies.Concat(errors));
+        });
+    }
+
     private Task<IConnection> ConnectAsync() => ErrorQueueBroker.ConnectAsync(
         fixture.RabbitOptions(),
         "tests-walker",
@@ -161,6 +244,8 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         private int _decided;
 
         public bool Cut { get; private set; }
+
+        public OperationVisitor Inner => inner;
 
         public override bool Publishes => inner.Publishes;
 
