@@ -54,6 +54,8 @@ public static class ApiApp
 
         // First, so that everything after sees the scheme the browser used.
         app.UseSecureCookieScheme();
+        // Then, over HTTPS, the session and anti-forgery cookies are __Host- cookies, which no other host can plant.
+        app.UseHostPrefixedCookies();
         app.UseApiErrorHandling();
         app.UseSecurityHeaders();
         app.UseAuthentication();

@@ -26,8 +26,12 @@ public static class AccessControl
     /// <summary>The dashboard's cookie session.</summary>
     public const string SessionScheme = "DashboardSession";
 
+    /// <summary>The session cookie; over HTTPS it travels as <c>__Host-conveyor.session</c> (<see cref="HostPrefixedCookies"/>).</summary>
     public const string SessionCookieName = "conveyor.session";
+
+    /// <summary>The anti-forgery cookie; over HTTPS it travels as <c>__Host-conveyor.csrf</c> (<see cref="HostPrefixedCookies"/>).</summary>
     public const string AntiforgeryCookieName = "conveyor.csrf";
+
     public const string AntiforgeryHeaderName = "X-CSRF-TOKEN";
     public const string AntiforgeryFieldName = "__RequestVerificationToken";
 

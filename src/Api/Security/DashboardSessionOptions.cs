@@ -26,9 +26,10 @@ public sealed class DashboardSessionOptions
     public int MaxSessionsPerKey { get; set; } = 100;
 
     /// <summary>
-    /// Marks the session and anti-forgery cookies Secure whatever the request's scheme. Needed behind a
-    /// TLS-terminating proxy, where the Api sees plain HTTP and would otherwise leave the flag off.
-    /// Off: Secure only on requests that reach the Api over HTTPS.
+    /// Takes every request as HTTPS, so the session and anti-forgery cookies are Secure <c>__Host-</c> cookies
+    /// whatever the scheme the Api sees (<see cref="HostPrefixedCookies"/>). Needed behind a TLS-terminating
+    /// proxy, where the Api sees plain HTTP and would otherwise issue them under their plain names, unprotected.
+    /// Off: they are so only on requests that reach the Api over HTTPS.
     /// </summary>
     public bool SecureCookies { get; set; }
 

@@ -44,7 +44,13 @@ internal static partial class DashboardBrowser
     {
         using var response = await browser.GetAsync(new Uri("/dashboard/login", UriKind.Relative));
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        var match = FormToken().Match(await response.Content.ReadAsStringAsync());
+        return FormToken(await response.Content.ReadAsStringAsync());
+    }
+
+    /// <summary>The anti-forgery token in the sign-in form's HTML.</summary>
+    public static string FormToken(string html)
+    {
+        var match = FormTokenField().Match(html);
         Assert.True(match.Success, "The sign-in form has no anti-forgery field.");
         return WebUtility.HtmlDecode(match.Groups["token"].Value);
     }
@@ -53,5 +59,5 @@ internal static partial class DashboardBrowser
         new(new Dictionary<string, string> { ["apiKey"] = key, ["__RequestVerificationToken"] = token });
 
     [GeneratedRegex("name=\"__RequestVerificationToken\" value=\"(?<token>[^\"]+)\"")]
-    private static partial Regex FormToken();
+    private static partial Regex FormTokenField();
 }
