@@ -80,7 +80,7 @@ public sealed partial class InboxFilter<T>(
             await transaction.CreateSavepointAsync(AttemptSavepoint, cancellationToken);
         }
 
-        var startedAt = job is { } starting ? JobMetrics.AttemptStarted(starting.Kind, context, time) : time.GetTimestamp();
+        var startedAt = job is { } starting ? JobMetrics.AttemptStarted(starting, context, time) : time.GetTimestamp();
         using var logScope = JobLogScope.Begin(logger, job, context);
 
         try

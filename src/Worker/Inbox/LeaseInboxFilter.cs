@@ -121,7 +121,7 @@ public sealed partial class LeaseInboxFilter<T>(
         }
 
         ClaimedAttempt.Set(context, attempt);
-        var startedAt = JobMetrics.AttemptStarted(job.Kind, context, time);
+        var startedAt = JobMetrics.AttemptStarted(job with { Attempt = attempt }, context, time);
         using var logScope = JobLogScope.Begin(logger, job with { JobId = jobId }, context);
         // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then
         // on another worker may take it over at any moment); each renewal puts it off.

@@ -51,24 +51,33 @@ public static class JobMetrics
 
     public static Meter Instance => Meter;
 
+    /// <summary>The attempt a job's first claim counts (<c>jobs.attempts</c> starts at 0).</summary>
+    private const int FirstAttempt = 1;
+
     /// <summary>
-    /// Returns the attempt's start for <see cref="Succeeded"/>. On a command's first attempt, also
-    /// records how long it waited since it was sent (the publisher's clock: skew between hosts can make
-    /// it negative, which counts as 0). Later attempts are left out: an in-memory retry, a delayed
-    /// redelivery and a copy moved back from <c>_error</c> keep the first publish's sent time, so their
-    /// wait would include the failures before them.
+    /// Returns the attempt's start for <see cref="Succeeded"/>. On a job's first attempt, also records how
+    /// long its command waited since it was sent (the publisher's clock: skew between hosts can make it
+    /// negative, which counts as 0). Later attempts are left out, as their wait would include the
+    /// failures before them. Which attempt this is, <paramref name="job"/>'s <see cref="JobRef.Attempt"/>
+    /// (the count its claim left) says: a copy the broker hands out again after an attempt started (a
+    /// shutdown or a closed channel cut it off, a worker died in a leased run) looks like a first delivery,
+    /// with none of the headers below. The headers still leave out an in-memory retry, a delayed
+    /// redelivery and a copy moved back from <c>_error</c> whose earlier attempts went uncounted (a count
+    /// that rolled back with the database away, a copy refused before its claim): they keep the first
+    /// publish's sent time.
     /// </summary>
-    public static long AttemptStarted(string kind, ConsumeContext context, TimeProvider time)
+    public static long AttemptStarted(JobRef job, ConsumeContext context, TimeProvider time)
     {
         var headers = context.ReceiveContext.TransportHeaders;
-        if (context.SentTime is { } sent
+        if (job.Attempt == FirstAttempt
+            && context.SentTime is { } sent
             && TransientRetryAttempt.Of(context) == 0
             && !headers.TryGetHeader(RedeliveryHeaders.Attempt, out _)
             && !headers.TryGetHeader(RedeliveryHeaders.Deferrals, out _)
             && !headers.TryGetHeader(JobHeaders.MovedFrom, out _))
         {
             var waited = time.GetUtcNow().UtcDateTime - DateTime.SpecifyKind(sent, DateTimeKind.Utc);
-            WaitHistogram.Record(Math.Max(0, waited.TotalSeconds), new KeyValuePair<string, object?>("kind", kind));
+            WaitHistogram.Record(Math.Max(0, waited.TotalSeconds), new KeyValuePair<string, object?>("kind", job.Kind));
         }
 
         return time.GetTimestamp();

@@ -1,18 +1,14 @@
-using System.Collections.Concurrent;
-using System.Diagnostics.Metrics;
 using System.Net;
 using Conveyor.Contracts.Payments;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
-using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Observability;
 
 /// <summary>
-/// <c>conveyor.jobs.wait</c> counts a job's time in its queue once, at its first attempt. Tests of this
-/// assembly run one at a time, so the measurements a listener sees during a test are this test's.
+/// <c>conveyor.jobs.wait</c> counts a job's time in its queue once, at its first attempt (<see cref="JobWaitListener"/>).
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -33,7 +29,7 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData(2, 2)] // in-memory retries only
     public async Task Only_a_jobs_first_attempt_records_its_wait_not_its_retries_or_redeliveries(int retryLimit, int failures)
     {
-        using var waits = new WaitListener();
+        using var waits = new JobWaitListener();
         await using var gateway = await FakePaymentGateway.StartAsync();
         gateway.FailNext(failures, HttpStatusCode.ServiceUnavailable);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
@@ -70,7 +66,7 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_copy_moved_back_from_the_error_queue_records_no_wait()
     {
-        using var waits = new WaitListener();
+        using var waits = new JobWaitListener();
         await using var gateway = await FakePaymentGateway.StartAsync();
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
@@ -86,39 +82,6 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
         await WaitForSuccessAsync(fresh.PaymentId);
 
         Assert.Single(waits.Recorded);
-    }
-
-    /// <summary>The measurements of <c>conveyor.jobs.wait</c> while it lives.</summary>
-    private sealed class WaitListener : IDisposable
-    {
-        private readonly MeterListener _listener = new();
-        private readonly ConcurrentQueue<(string? Kind, double Seconds)> _waits = new();
-
-        public WaitListener()
-        {
-            _listener.InstrumentPublished = (instrument, listener) =>
-            {
-                if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.jobs.wait")
-                {
-                    listener.EnableMeasurementEvents(instrument);
-                }
-            };
-            _listener.SetMeasurementEventCallback<double>((_, seconds, tags, _) =>
-            {
-                string? kind = null;
-                foreach (var tag in tags)
-                {
-                    kind = tag.Key == "kind" ? tag.Value as string : kind;
-                }
-
-                _waits.Enqueue((kind, seconds));
-            });
-            _listener.Start();
-        }
-
-        public (string? Kind, double Seconds)[] Recorded => [.. _waits];
-
-        public void Dispose() => _listener.Dispose();
     }
 
     private async Task<Job> WaitForSuccessAsync(Guid paymentId)
