@@ -80,11 +80,12 @@ public sealed partial class LeaseInboxFilter<T>(
 
         if (leaseLost)
         {
-            // The run stopped with nothing committed or recorded. Our copy is neither acked as handled
-            // nor failed (that would count an attempt against a job that did not fail, and send the
-            // copy through retries towards _error): it is parked like any copy that meets another's
-            // lease. A worker that took the lease over holds a copy of its own, so ours comes back to
-            // be skipped once that run is done, or to take over if that run is gone. A lease that only
+            // The run stopped (or found at its commit that the lease was another's) with nothing committed
+            // or recorded. Our copy is neither acked as handled nor failed (that would count an attempt
+            // against a job that did not fail, and send the copy through retries towards _error): it is
+            // parked like any copy that meets another's lease. A worker that took the lease over holds a
+            // copy of its own, so ours comes back to be skipped once that run is done, or to take over if
+            // that run is gone (it failed, or its command conflicted with the job). A lease that only
             // ran out unrenewed (the database unreachable, say) may have no other copy anywhere: there
             // the parked copy is what runs the job again, where acking it would lose the job.
             // A lease still ours (a renewal that committed but answered too late) goes first, as on every
@@ -97,8 +98,8 @@ public sealed partial class LeaseInboxFilter<T>(
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-lease-inbox");
 
     /// <summary>
-    /// Runs the claimed message and commits its results; false when the run was stopped because its
-    /// lease was lost.
+    /// Runs the claimed message and commits its results; false when its lease was lost: the run was
+    /// stopped, or its results found the lease another's when they came to commit.
     /// </summary>
     private async Task<bool> RunAsync(
         ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, byte[]? fingerprint,
@@ -152,11 +153,16 @@ public sealed partial class LeaseInboxFilter<T>(
         }
 
         // The run is over: a shutdown from here on must not throw its result away (the statement timeout bounds the wait).
-        if (await CompleteAsync(job, consumerId, key, owner, succeeded: true, CancellationToken.None))
+        if (!await CompleteAsync(job, consumerId, key, owner, succeeded: true, CancellationToken.None))
         {
-            JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+            // The lease was lost between the run's end and its commit: nothing of the run committed, and
+            // its copy is parked as when the lease is lost during the run. Acked, it could be the job's
+            // last copy: a delivery that took the lease over and let it go again (its command conflicted
+            // with the job, ADR 0011) holds none, and the job read running for good, its report never made.
+            return false;
         }
 
+        JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
         return true;
     }
 
