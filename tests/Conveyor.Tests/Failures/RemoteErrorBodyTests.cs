@@ -4,6 +4,7 @@ using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Failures;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Failures;
@@ -17,25 +18,30 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
     public Task DisposeAsync() => Task.CompletedTask;
 
     [Fact]
-    public async Task A_webhook_receiver_answering_500_with_an_endless_body_fails_the_attempt_as_transient_within_the_timeout()
+    public async Task A_webhook_receiver_answering_500_with_an_endless_body_fails_the_attempt_as_transient_once_a_bounded_start_is_read()
     {
-        await using var trickling = await FakeWebhookReceiver.StartAsync();
-        trickling.TrickleEndlessBodyWith = HttpStatusCode.InternalServerError;
+        await using var endless = await FakeWebhookReceiver.StartAsync();
+        endless.TrickleEndlessBodyWith = HttpStatusCode.InternalServerError;
+        // As fast as the worker reads: only the bound on what is read can end the read.
+        endless.EndlessBodyPause = TimeSpan.Zero;
         await using var healthy = await FakeWebhookReceiver.StartAsync();
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
-            ("Webhooks:TimeoutSeconds", "2"),
+            // Far beyond the test: no timer ends the read.
+            ("Webhooks:TimeoutSeconds", "60"),
             ("Consumers:DeliverWebhook:RetryLimit", "0"),
             ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
             // Far beyond the test: the job stays retry-scheduled once its attempt has ended.
             ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
-        var stuck = Webhook(trickling.Url());
+        var stuck = Webhook(endless.Url());
         var other = Webhook(healthy.Url());
 
         await publisher.PublishAsync(stuck);
         await publisher.PublishAsync(other);
 
-        // The status code decides (500: transient, so a later attempt), though the body never ended.
+        // The status code decides (500: transient, so a later attempt), though the body never ended; the
+        // error keeps the body's start, cut at the snippet's length, and no note of a read cut short by time.
+        var start = string.Concat(Enumerable.Repeat(FakeWebhookReceiver.EndlessBodyChunk, HttpFailures.MaxSnippetChars))[..HttpFailures.MaxSnippetChars];
         await Eventually.AssertAsync(async () =>
         {
             await using var db = fixture.CreateDbContext();
@@ -43,12 +49,12 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
             Assert.Equal(JobStatus.RetryScheduled, job.Status);
             Assert.Equal(1, job.Attempts);
             Assert.NotNull(job.NextAttemptAt);
-            Assert.Contains("answered 500", job.LastError, StringComparison.Ordinal);
+            Assert.EndsWith($"answered 500 InternalServerError: {start}", job.LastError, StringComparison.Ordinal);
             Assert.Equal(1, await db.ScheduledMessages.CountAsync());
         }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
         // The worker stopped reading and closed the connection rather than leave it open.
-        await Eventually.AssertAsync(() => Assert.Equal(1, trickling.EndlessBodiesAbandoned), TimeSpan.FromSeconds(30));
-        Assert.Single(trickling.Deliveries);
+        await Eventually.AssertAsync(() => Assert.Equal(1, endless.EndlessBodiesAbandoned), TimeSpan.FromSeconds(30));
+        Assert.Single(endless.Deliveries);
 
         await Eventually.AssertAsync(async () =>
         {
@@ -56,6 +62,31 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
             var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == other.WebhookId.ToString());
             Assert.Equal(JobStatus.Succeeded, job.Status);
         }, TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task A_webhook_receiver_answering_500_with_a_body_that_stalls_fails_the_attempt_as_transient_once_the_delivery_time_is_spent()
+    {
+        await using var stalling = await FakeWebhookReceiver.StartAsync();
+        stalling.TrickleEndlessBodyWith = HttpStatusCode.InternalServerError;
+        // One chunk, then nothing, without an end: far from the bound on what is read, so only the
+        // delivery's time (Webhooks:TimeoutSeconds, the 5 s every webhook test has) can end the read.
+        stalling.EndlessBodyPause = Timeout.InfiniteTimeSpan;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(stalling.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        // What was read is kept, with a note that the rest never came; the status code still decides.
+        var job = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.RetryScheduled);
+        Assert.Equal(1, job.Attempts);
+        Assert.Contains($"answered 500 InternalServerError: {FakeWebhookReceiver.EndlessBodyChunk}… (body not read within ", job.LastError, StringComparison.Ordinal);
+        await Eventually.AssertAsync(() => Assert.Equal(1, stalling.EndlessBodiesAbandoned), TimeSpan.FromSeconds(30));
+        Assert.Single(stalling.Deliveries);
     }
 
     [Fact]
@@ -70,13 +101,17 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
             ("Consumers:DeliverWebhook:RetryLimit", "0"),
             ("Consumers:DeliverWebhook:RedeliveryLimit", "1"),
-            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "200")));
+            // Far beyond the test: the second attempt comes when the test makes it due, once the
+            // receiver's answer has changed, not when a short delay happens to run out.
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var webhook = Webhook(receiver.Url());
 
         await publisher.PublishAsync(webhook);
         var scheduled = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.RetryScheduled);
+        Assert.Single(receiver.Deliveries);
         receiver.AnswerBody = "busy\0 try later";
+        await fixture.MakeScheduledMessagesDueAsync();
 
         Assert.Contains("answered 503", scheduled.LastError, StringComparison.Ordinal);
         Assert.Contains(new string('x', 499), scheduled.LastError, StringComparison.Ordinal);

@@ -13,6 +13,9 @@ namespace Conveyor.Tests.Fakes;
 /// <summary>A customer's webhook endpoint on a loopback port: records what arrives, can fail on demand.</summary>
 public sealed class FakeWebhookReceiver : IAsyncDisposable
 {
+    /// <summary>What an endless body (<see cref="TrickleEndlessBodyWith"/>) repeats.</summary>
+    public const string EndlessBodyChunk = "still failing... ";
+
     private readonly WebApplication _app;
     private readonly ConcurrentQueue<Received> _received = new();
     private readonly ConcurrentDictionary<string, byte[]> _bodiesByKey = new(StringComparer.Ordinal);
@@ -39,6 +42,12 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// at a time, until the sender closes the connection.
     /// </summary>
     public HttpStatusCode? TrickleEndlessBodyWith { get; set; }
+
+    /// <summary>
+    /// How long the endless body waits after each <see cref="EndlessBodyChunk"/>: zero sends it as fast
+    /// as the sender reads, <see cref="Timeout.InfiniteTimeSpan"/> sends one chunk and then stalls.
+    /// </summary>
+    public TimeSpan EndlessBodyPause { get; set; } = TimeSpan.FromMilliseconds(50);
 
     /// <summary>
     /// When true, a receiver that keeps each <c>Idempotency-Key</c> with the first body sent under it,
@@ -127,9 +136,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
             // Until the sender goes away; its stopping to read is what the test waits for.
             while (true)
             {
-                await context.Response.WriteAsync("still failing... ", context.RequestAborted);
+                await context.Response.WriteAsync(EndlessBodyChunk, context.RequestAborted);
                 await context.Response.Body.FlushAsync(context.RequestAborted);
-                await Task.Delay(TimeSpan.FromMilliseconds(50), context.RequestAborted);
+                await Task.Delay(EndlessBodyPause, context.RequestAborted);
             }
         }
         catch (Exception exception) when (exception is OperationCanceledException or IOException)
