@@ -1,3 +1,4 @@
+using System.Text;
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
@@ -111,5 +112,18 @@ public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Equal(ledgerRows, stored.RowsScanned);
         Assert.Equal("done", (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
         Assert.Equal(0u, await fixture.ReadyAsync(FaultSubscriber));
+
+        // The control: a report refused for good does publish a Fault<GenerateReport>, and the same
+        // subscriber receives it. Without it, a subscriber bound where no fault ever goes (a misnamed
+        // exchange, faults not published at all) would have passed both checks of 0 above.
+        var refused = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-long", PageSize = 0 };
+        await publisher.PublishAsync(refused);
+        await fixture.WaitForJobAsync(refused.ReportId, JobStatus.DeadLettered);
+        await Eventually.AssertAsync(async () => Assert.Equal(1u, await fixture.ReadyAsync(FaultSubscriber)));
+        await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+        var fault = Assert.Single(await amqp.TakeAllAsync(FaultSubscriber));
+        var faultBody = Encoding.UTF8.GetString(fault.Body);
+        Assert.Contains(refused.ReportId.ToString(), faultBody, StringComparison.Ordinal);
+        Assert.DoesNotContain(key, faultBody, StringComparison.Ordinal);
     }
 }
