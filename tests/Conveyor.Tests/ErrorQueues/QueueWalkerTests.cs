@@ -119,14 +119,7 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         await connection.DisposeAsync();
         Assert.True(visitor.Cut, "the walk ended before the cut");
 
-        IReadOnlyList<string?> errors = [];
-        IReadOnlyList<string?> copies = [];
-        await Eventually.AssertAsync(async () =>
-        {
-            errors = await _broker.IdsAsync(ErrorQueueKit.ChargeErrors);
-            copies = await _broker.IdsAsync(ErrorQueueKit.ChargeQueue);
-            Assert.Equal(all.ToHashSet(), errors.Concat(copies).ToHashSet());
-        });
+        var (errors, copies) = await AccountedForAsync(all);
 
         // What stayed is in its original order, the kept ones all among it; only matches were copied.
         Assert.Equal(all.Where(errors.Contains), errors);
@@ -182,14 +175,7 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
 
         // The broker sees the connection go once the relay moves again; what was not acknowledged returns.
         relay.Resume();
-        IReadOnlyList<string?> errors = [];
-        IReadOnlyList<string?> copies = [];
-        await Eventually.AssertAsync(async () =>
-        {
-            errors = await _broker.IdsAsync(ErrorQueueKit.ChargeErrors);
-            copies = await _broker.IdsAsync(ErrorQueueKit.ChargeQueue);
-            Assert.Equal(all.ToHashSet(), errors.Concat(copies).ToHashSet());
-        });
+        var (errors, _) = await AccountedForAsync(all);
 
         // Not the order: reading a queue here takes and requeues its messages, which interleaves with the
         // broker requeueing the dropped connection's (the cut-off test above checks the order).
@@ -225,6 +211,20 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
             Assert.Equal(inner.Moved, copies.Count);
             Assert.Equal(all, copies.Concat(errors));
         });
+    }
+
+    /// <summary>Waits until every message is in the error queue or among the copies, and reads both queues.</summary>
+    private async Task<(IReadOnlyList<string?> Errors, IReadOnlyList<string?> Copies)> AccountedForAsync(IReadOnlyList<string?> all)
+    {
+        IReadOnlyList<string?> errors = [];
+        IReadOnlyList<string?> copies = [];
+        await Eventually.AssertAsync(async () =>
+        {
+            errors = await _broker.IdsAsync(ErrorQueueKit.ChargeErrors);
+            copies = await _broker.IdsAsync(ErrorQueueKit.ChargeQueue);
+            Assert.Equal(all.ToHashSet(), errors.Concat(copies).ToHashSet());
+        });
+        return (errors, copies);
     }
 
     private Task<IConnection> ConnectAsync() => ErrorQueueBroker.ConnectAsync(
