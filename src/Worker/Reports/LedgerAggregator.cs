@@ -1,4 +1,5 @@
 using System.Data.Common;
+using System.Globalization;
 using Conveyor.Storage;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Storage;
@@ -12,8 +13,9 @@ public sealed record CurrencyTotal(string Currency, long Count, long TotalMinor)
 /// Walks the ledger in keyset pages and sums amounts per currency. A report of one account pages in
 /// (currency, payment id) order through the (account_id, currency, payment_id) index, one range per
 /// page, reading only the rows it returns whatever the planner's statistics (ADR 0010). A report of
-/// every account walks the primary key once, in payment id order (with a currency, the other
-/// currencies' rows are read on the way, once in all).
+/// every account in one currency pages in payment id order through the (currency::text, payment_id)
+/// index the same way, so a currency nobody pays in is a probe, not a walk of the whole ledger into the
+/// statement timeout. A report of every account and currency walks the primary key once.
 /// </summary>
 public sealed class LedgerAggregator(ConveyorDbContext db)
 {
@@ -33,13 +35,36 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
          LIMIT @limit
         """;
 
-    private const string LedgerPage = """
+    /// <summary>
+    /// Through the index on <c>(currency::text, payment_id)</c>, which only this expression matches
+    /// (migration <c>LedgerCurrencyPaging</c>): the account pages compare the <c>character(3)</c> column
+    /// itself, so they cannot be planned through it.
+    /// </summary>
+    private const string CurrencyPage = """
         SELECT payment_id, currency, amount_minor FROM ledger_entries
-         WHERE payment_id > @after
-           AND (@currency::text IS NULL OR currency = @currency)
+         WHERE currency::text = CAST(@currency AS text)
+           AND payment_id > @after
          ORDER BY payment_id
          LIMIT @limit
         """;
+
+    private const string LedgerPage = """
+        SELECT payment_id, currency, amount_minor FROM ledger_entries
+         WHERE payment_id > @after
+         ORDER BY payment_id
+         LIMIT @limit
+        """;
+
+    // The counts filter as the pages do, so each one reads the index its pages read.
+    private const string AccountCount = "SELECT count(*) FROM ledger_entries WHERE account_id = @account";
+
+    private const string AccountCurrencyCount = """
+        SELECT count(*) FROM ledger_entries WHERE account_id = @account AND currency = CAST(@currency AS character(3))
+        """;
+
+    private const string CurrencyCount = "SELECT count(*) FROM ledger_entries WHERE currency::text = CAST(@currency AS text)";
+
+    private const string LedgerCount = "SELECT count(*) FROM ledger_entries";
 
     private readonly SortedDictionary<string, (long Count, long Total)> _totals = new(StringComparer.Ordinal);
     private string _afterCurrency = "";
@@ -50,26 +75,31 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
     public IReadOnlyList<CurrencyTotal> Totals =>
         [.. _totals.Select(t => new CurrencyTotal(t.Key, t.Value.Count, t.Value.Total))];
 
-    public Task<int> CountAsync(string? accountId, string? currency, CancellationToken cancellationToken) =>
-        db.Ledger.AsNoTracking()
-            .Where(l => accountId == null || l.AccountId == accountId)
-            .Where(l => currency == null || l.Currency == currency)
-            .CountAsync(cancellationToken);
+    /// <summary>The rows the report will read, for its progress.</summary>
+    public async Task<long> CountAsync(string? accountId, string? currency, CancellationToken cancellationToken)
+    {
+        var sql = (accountId, currency) switch
+        {
+            (null, null) => LedgerCount,
+            (null, _) => CurrencyCount,
+            (_, null) => AccountCount,
+            _ => AccountCurrencyCount,
+        };
+        await using var command = await CommandAsync(sql, accountId, currency, cancellationToken);
+        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+    }
 
     /// <summary>Reads the next page; false when the ledger is exhausted.</summary>
     public async Task<bool> NextPageAsync(string? accountId, string? currency, int pageSize, CancellationToken cancellationToken)
     {
-        await db.Database.OpenConnectionAsync(cancellationToken);
-        await using var command = db.Database.GetDbConnection().CreateCommand();
-        command.Transaction = db.Database.CurrentTransaction?.GetDbTransaction();
-        command.CommandText = (accountId, currency) switch
+        var sql = (accountId, currency) switch
         {
-            (null, _) => LedgerPage,
+            (null, null) => LedgerPage,
+            (null, _) => CurrencyPage,
             (_, null) => AccountPage,
             _ => AccountCurrencyPage,
         };
-        Add(command, "account", (object?)accountId ?? DBNull.Value);
-        Add(command, "currency", (object?)currency ?? DBNull.Value);
+        await using var command = await CommandAsync(sql, accountId, currency, cancellationToken);
         Add(command, "after_currency", _afterCurrency);
         Add(command, "after", _after);
         Add(command, "limit", pageSize);
@@ -89,6 +119,17 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
 
         RowsScanned += rows;
         return rows == pageSize;
+    }
+
+    private async Task<DbCommand> CommandAsync(string sql, string? accountId, string? currency, CancellationToken cancellationToken)
+    {
+        await db.Database.OpenConnectionAsync(cancellationToken);
+        var command = db.Database.GetDbConnection().CreateCommand();
+        command.Transaction = db.Database.CurrentTransaction?.GetDbTransaction();
+        command.CommandText = sql;
+        Add(command, "account", (object?)accountId ?? DBNull.Value);
+        Add(command, "currency", (object?)currency ?? DBNull.Value);
+        return command;
     }
 
     private static void Add(DbCommand command, string name, object value) =>
