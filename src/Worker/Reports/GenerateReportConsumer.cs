@@ -11,8 +11,10 @@ using Microsoft.Extensions.Options;
 namespace Conveyor.Worker.Reports;
 
 /// <summary>
-/// Aggregates the ledger page by page, reporting progress on the job as it goes. A long job: it runs
-/// under the lease inbox, which holds no transaction while it works and commits the totals at the end.
+/// Aggregates the ledger page by page, as it was when the report started, reporting progress on the job
+/// as it goes. A long job: it runs under the lease inbox, which holds no transaction while it works and
+/// commits the totals at the end; the pages share one read-only snapshot
+/// (<see cref="LedgerAggregator.BeginSnapshotAsync"/>), ended before that final transaction.
 /// </summary>
 public sealed class GenerateReportConsumer(
     ConveyorDbContext db,
@@ -30,16 +32,20 @@ public sealed class GenerateReportConsumer(
         var job = new JobRef(JobKinds.GenerateReport, report.ReportId.ToString(), null, ClaimedAttempt.Of(context));
         var pageSize = report.PageSize ?? options.Value.DefaultPageSize;
         var aggregator = new LedgerAggregator(db);
-        var total = await aggregator.CountAsync(report.AccountId, report.Currency, cancellationToken);
-        await tracker.ReportProgressAsync(job, 0, cancellationToken);
-
-        while (await aggregator.NextPageAsync(report.AccountId, report.Currency, pageSize, cancellationToken))
+        // Ended here, on every way out: the lease inbox opens its final transaction on this same context.
+        await using (await aggregator.BeginSnapshotAsync(cancellationToken))
         {
-            var percent = total == 0 ? 99 : (int)Math.Min(99, aggregator.RowsScanned * 100 / total);
-            await tracker.ReportProgressAsync(job, percent, cancellationToken);
-            if (options.Value.PageDelayMilliseconds > 0)
+            var total = await aggregator.CountAsync(report.AccountId, report.Currency, cancellationToken);
+            await tracker.ReportProgressAsync(job, 0, cancellationToken);
+
+            while (await aggregator.NextPageAsync(report.AccountId, report.Currency, pageSize, cancellationToken))
             {
-                await Task.Delay(TimeSpan.FromMilliseconds(options.Value.PageDelayMilliseconds), time, cancellationToken);
+                var percent = total == 0 ? 99 : (int)Math.Min(99, aggregator.RowsScanned * 100 / total);
+                await tracker.ReportProgressAsync(job, percent, cancellationToken);
+                if (options.Value.PageDelayMilliseconds > 0)
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(options.Value.PageDelayMilliseconds), time, cancellationToken);
+                }
             }
         }
 

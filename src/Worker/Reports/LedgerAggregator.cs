@@ -1,3 +1,4 @@
+using System.Data;
 using System.Data.Common;
 using System.Globalization;
 using Conveyor.Storage;
@@ -74,6 +75,40 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
 
     public IReadOnlyList<CurrencyTotal> Totals =>
         [.. _totals.Select(t => new CurrencyTotal(t.Key, t.Value.Count, t.Value.Total))];
+
+    /// <summary>
+    /// Makes the count and every page after it read the ledger as it was at the first of them, until the
+    /// returned transaction is disposed: a charge committed while the report runs is in none of its pages.
+    /// Read page by page in statements of their own, such a charge was counted when its key fell ahead of
+    /// the page boundary and missed when it fell behind, so the totals were those of no moment of the
+    /// ledger, and the count disagreed with them.
+    /// One read-only REPEATABLE READ transaction rather than a high-water mark taken at the start: the
+    /// ledger has no key in commit order to take it on. Payment ids are the producers' (random); charged_at
+    /// is a worker's clock, read before its transaction commits, and a sequence number is drawn before
+    /// commit too, so a row below any such mark can still commit while the report runs, and be read or
+    /// not depending on the page it falls in.
+    /// Its cost: while the report runs, the database's oldest snapshot is its, so vacuum cannot remove the
+    /// row versions that updates and deletes leave behind in any table, and schema changes wait for it
+    /// (an ALTER of ledger_entries for its lock, CREATE INDEX CONCURRENTLY for its snapshot). Both last no
+    /// longer than the run, which the lease inbox stops when its lease is lost or at its delivery's deadline
+    /// (consumer_timeout less a margin; none when the broker has no consumer_timeout), and a stopped run
+    /// rolls it back. It takes no row locks; the lease's heartbeat and the progress updates use
+    /// connections of their own.
+    /// </summary>
+    public async Task<IDbContextTransaction> BeginSnapshotAsync(CancellationToken cancellationToken)
+    {
+        var transaction = await db.Database.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
+        try
+        {
+            await db.Database.ExecuteSqlRawAsync("SET TRANSACTION READ ONLY", cancellationToken);
+            return transaction;
+        }
+        catch
+        {
+            await transaction.DisposeAsync();
+            throw;
+        }
+    }
 
     /// <summary>The rows the report will read, for its progress.</summary>
     public async Task<long> CountAsync(string? accountId, string? currency, CancellationToken cancellationToken)
