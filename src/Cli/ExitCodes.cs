@@ -9,10 +9,16 @@ public static class ExitCodes
     /// <summary>The operation failed, was cancelled or interrupted, or the server answered 500.</summary>
     public const int OperationFailed = 1;
 
-    /// <summary>The command line or the request was wrong (unknown option, missing argument, 400, 413, 415).</summary>
+    /// <summary>
+    /// The command line or the request was wrong (unknown option, missing argument, 400, 413, 415, 422), or a 429 of
+    /// the rate limit was still there after <c>submit --retries</c>.
+    /// </summary>
     public const int Usage = 2;
 
-    /// <summary>No API key or a malformed one (control or non-ASCII characters), an unknown key (401) or a key without the needed scope (403).</summary>
+    /// <summary>
+    /// No API key or a malformed one (control or non-ASCII characters), an unknown key (401, or the 429 of an address locked
+    /// out for sending too many: <see cref="ConveyorClient.Answer.IsKeyLockout"/>) or a key without the needed scope (403).
+    /// </summary>
     public const int Auth = 3;
 
     /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>
