@@ -245,8 +245,9 @@ internal static class JobFile
     public sealed record Job(string Source, string Json);
 
     /// <summary>
-    /// The jobs in batches of <paramref name="size"/>. A job that is not one JSON object ends the
-    /// reading with a usage error naming it; the batches before it have been yielded (and sent).
+    /// The jobs in batches of <paramref name="size"/>. A job that is not one JSON object, or that the Api
+    /// would refuse without naming it (<see cref="BatchBodyRules"/>), ends the reading with a usage error
+    /// naming it; the batches before it have been yielded (and sent).
     /// </summary>
     public static async IAsyncEnumerable<Job[]> ReadBatchesAsync(
         Stream input, int size, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
@@ -330,9 +331,11 @@ internal static class JobFile
     }
 
     private static Job Object(JsonElement element, string source) =>
-        element.ValueKind == JsonValueKind.Object
-            ? new Job(source, element.GetRawText())
-            : throw new CliFailureException(ExitCodes.Usage, $"{source}: a job must be a JSON object, not {element.ValueKind.ToString().ToLowerInvariant()}.");
+        element.ValueKind != JsonValueKind.Object
+            ? throw new CliFailureException(ExitCodes.Usage, $"{source}: a job must be a JSON object, not {element.ValueKind.ToString().ToLowerInvariant()}.")
+            : BatchBodyRules.FirstProblem(element) is { } problem
+                ? throw new CliFailureException(ExitCodes.Usage, $"{source}: {problem}")
+                : new Job(source, element.GetRawText());
 
     private static JsonDocument ParseJson(string text, string source)
     {

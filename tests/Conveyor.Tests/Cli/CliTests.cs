@@ -435,6 +435,50 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(2, await db.Jobs.CountAsync());
     }
 
+    /// <summary>
+    /// A job that gives a field twice. The Api parses a batch whole and refuses such a body as invalid JSON
+    /// (which value counts would be a guess), which names no job: the CLI finds it first, names its line and
+    /// field, and sends nothing of its batch.
+    /// </summary>
+    [Fact]
+    public async Task Submit_names_the_line_and_field_of_a_job_that_gives_a_field_twice_and_sends_nothing_of_its_batch()
+    {
+        var lines = Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())).ToList();
+        lines[2] = lines[2][..^1] + $",\"paymentId\":\"{Guid.NewGuid()}\"}}";
+        using var file = new TempFile(string.Join("\n", lines));
+
+        var run = await RunAsync("submit", "charge-payment", file.Path, "--batch-size", "2");
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains("line 3: paymentId: Is given more than once.", run.Err, StringComparison.Ordinal);
+        Assert.Contains("The 2 jobs before it were accepted.", run.Err, StringComparison.Ordinal);
+        await using var db = Fixture.CreateDbContext();
+        Assert.Equal(2, await db.Jobs.CountAsync());
+    }
+
+    /// <summary>
+    /// In a JSON array the job is named by its item, and a field given twice inside a value (a webhook's payload)
+    /// by its path, since the Api refuses that as well; a name the CLI cannot read to compare (a lone surrogate
+    /// escape) is named too, not taken for a strange answer of the Api.
+    /// </summary>
+    [Fact]
+    public async Task Submit_names_the_item_and_path_of_a_field_given_twice_inside_a_job_of_an_array()
+    {
+        var twice = JobRequests.DeliverWebhook(Guid.NewGuid()).Replace("\"orderId\":7", "\"orderId\":7,\"orderId\":8", StringComparison.Ordinal);
+        using var array = new TempFile($"[\n{JobRequests.DeliverWebhook(Guid.NewGuid())},\n{twice}\n]");
+        using var unreadable = new TempFile(JobRequests.DeliverWebhook(Guid.NewGuid()).Replace("\"paid\"", "\"\\ud800\"", StringComparison.Ordinal));
+
+        var run = await RunAsync("submit", "deliver-webhook", array.Path);
+        var broken = await RunAsync("submit", "deliver-webhook", unreadable.Path);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains("item 2: payload.orderId: Is given more than once.", run.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Usage, broken.ExitCode);
+        Assert.Contains("line 1: payload: a field name in it is not valid Unicode text", broken.Err, StringComparison.Ordinal);
+        await using var db = Fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
     [Fact]
     public async Task Submit_waits_as_told_when_the_rate_limit_refuses_a_batch_and_sends_it_again()
     {
