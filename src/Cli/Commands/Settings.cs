@@ -202,6 +202,9 @@ public sealed class AuditSettings : ApiSettings
 /// <summary>
 /// The times the Api takes (its <c>IsoTimes</c>): an ISO 8601 date and time with an explicit offset, checked before
 /// anything is sent. Without an offset ISO 8601 means local time, which the Api, in another zone, could only guess.
+/// A copy of the Api's shape, not a reference to it: the Api's project would bring the server into the CLI, and the one
+/// project without dependencies, Conveyor.Contracts, is the package of message contracts that producers install, where
+/// the time format of the Api's filters does not belong. IsoTimesTests holds both to the same samples.
 /// </summary>
 internal static partial class IsoTime
 {
