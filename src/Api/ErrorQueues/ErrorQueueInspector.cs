@@ -10,14 +10,17 @@ public sealed record Inspection<T>(T? Result, long QueueDepth, long Examined, bo
 /// Reads error queues without changing them (peek, groups). An inspection takes every message it
 /// examines and releases them with requeue, so it holds the queue's lock like an operation: two walks
 /// at once would each see only part of the queue. It waits briefly for another inspection to finish
-/// and refuses at once while a move or purge runs.
+/// and refuses at once while a move or purge runs. The lock lives as long as its database session, so
+/// the walk watches that session and stops (<see cref="QueueLockLostException"/>, a 503) when it is
+/// lost: a move could then take the queue beside it.
 /// </summary>
 public sealed class ErrorQueueInspector(
     QueueLocks locks,
     OperationRunner operations,
     ErrorQueueBroker broker,
     IOptions<ErrorQueueOptions> options,
-    TimeProvider time)
+    TimeProvider time,
+    ILogger<ErrorQueueInspector> logger)
 {
     private static readonly TimeSpan RetryInterval = TimeSpan.FromMilliseconds(100);
 
@@ -54,11 +57,67 @@ public sealed class ErrorQueueInspector(
 
         await using (lease)
         {
-            await using var connection = await broker.ConnectAsync("error-queue-inspection", cancellationToken);
-            var progress = new WalkProgress();
-            var walker = new QueueWalker(connection, new WalkPlan(queue, limit, options.Value), visitor, progress, time);
-            await walker.RunAsync(cancellationToken);
-            return new Inspection<T>(result(), progress.QueueDepthAtStart, progress.Examined, Busy: false, null);
+            return await WalkAsync(queue, limit, lease, visitor, result, cancellationToken);
         }
+    }
+
+    /// <summary>
+    /// The walk under <paramref name="lease"/>. The session is checked while the walk runs, which stops
+    /// it early, and once more after it, which proves the lock was held to the end: a session-level lock
+    /// cannot be lost and taken again on the same session.
+    /// </summary>
+    private async Task<Inspection<T>> WalkAsync<T>(
+        string queue, int limit, QueueLease lease, WalkVisitor visitor, Func<T> result, CancellationToken cancellationToken)
+    {
+        using var lost = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using var walked = new CancellationTokenSource();
+        var watch = lease.WatchAsync(lost, time, walked.Token);
+        var progress = new WalkProgress();
+        try
+        {
+            await using var connection = await broker.ConnectAsync("error-queue-inspection", lost.Token);
+            var walker = new QueueWalker(connection, new WalkPlan(queue, limit, options.Value), visitor, progress, time);
+            await walker.RunAsync(lost.Token);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The watch uses the lease's connection: it must end before the lease is released.
+            await walked.CancelAsync();
+            if (await watch is { } failure && !cancellationToken.IsCancellationRequested)
+            {
+                // Stopped by the watch, or failed on its own meanwhile: either way the lock's loss is the news.
+                throw LockLost(queue, failure);
+            }
+
+            throw;
+        }
+
+        await walked.CancelAsync();
+        if ((await watch ?? await HeldToTheEndAsync(lease)) is { } lostAfter)
+        {
+            throw LockLost(queue, lostAfter);
+        }
+
+        return new Inspection<T>(result(), progress.QueueDepthAtStart, progress.Examined, Busy: false, null);
+    }
+
+    /// <summary>Null when the lock's session still answers, so it held the lock throughout; otherwise why not.</summary>
+    private static async Task<Exception?> HeldToTheEndAsync(QueueLease lease)
+    {
+        try
+        {
+            await lease.CheckAsync();
+            return null;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            return exception;
+        }
+    }
+
+    private QueueLockLostException LockLost(string queue, Exception failure)
+    {
+        OperationsLog.InspectionLostLock(logger, failure, queue);
+        return new QueueLockLostException(queue, failure);
     }
 }

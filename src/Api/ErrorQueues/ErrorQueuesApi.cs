@@ -179,6 +179,10 @@ internal static class ErrorQueuesApi
         {
             return QueueNotFound(queue);
         }
+        catch (QueueLockLostException exception)
+        {
+            return Problem(StatusCodes.Status503ServiceUnavailable, "Queue lock lost", exception.Message);
+        }
         catch (Exception exception) when (IsBrokerFailure(exception))
         {
             return BrokerUnavailable(exception);

@@ -37,4 +37,8 @@ internal static partial class OperationsLog
     [LoggerMessage(EventId = 2009, Level = LogLevel.Warning,
         Message = "Operation {OperationId}: could not count the selected messages whose job row is gone; its jobsMissing is left unknown")]
     public static partial void JobsNotChecked(ILogger logger, Exception exception, Guid operationId);
+
+    [LoggerMessage(EventId = 2010, Level = LogLevel.Warning,
+        Message = "An inspection of {Queue} lost the database session that holds its queue lock, or it stopped answering; stopped the inspection")]
+    public static partial void InspectionLostLock(ILogger logger, Exception exception, string queue);
 }

@@ -69,10 +69,64 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
         BinaryPrimitives.ReadInt32BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes($"{broker.Value.VirtualHost}\n{queue}")));
 }
 
-/// <summary>A held queue lock and the connection that holds it; progress is written through it, so losing it is noticed.</summary>
+/// <summary>
+/// A held queue lock and the connection that holds it. An operation writes its progress through it and
+/// an inspection watches it (<see cref="WatchAsync"/>), so losing it is noticed.
+/// </summary>
 public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int key) : IAsyncDisposable
 {
+    /// <summary>
+    /// How long a check of the session may take. The server ends a session it cannot reach after about
+    /// 30 s (<see cref="QueueLocks"/>) and releases the lock; a walk whose session has not answered for a
+    /// third of that stops well before then.
+    /// </summary>
+    private static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
+
+    private static readonly TimeSpan WatchInterval = TimeSpan.FromMilliseconds(500);
+
     public NpgsqlConnection Connection { get; } = connection;
+
+    /// <summary>
+    /// Throws unless the lock's session answers within <see cref="CheckTimeout"/>. A session-level lock
+    /// lives exactly as long as its session, and an unpooled connection never opens a new one behind our
+    /// back, so an answer means the lock has been held without a break since it was taken.
+    /// </summary>
+    public async Task CheckAsync()
+    {
+        using var timeout = new CancellationTokenSource(CheckTimeout);
+        await using var command = new NpgsqlCommand("SELECT 1", Connection);
+        await command.ExecuteScalarAsync(timeout.Token);
+    }
+
+    /// <summary>
+    /// For a walk that writes nothing through the lock's connection (an inspection): checks the session
+    /// twice a second until <paramref name="until"/>, and cancels <paramref name="lost"/> at the first
+    /// check that fails, returning why. Checking also keeps the session from looking idle to the server
+    /// (<c>idle_session_timeout</c>). Only one check runs at a time on the connection; the caller must
+    /// await this before using the connection again (or disposing the lease).
+    /// </summary>
+    public async Task<Exception?> WatchAsync(CancellationTokenSource lost, TimeProvider time, CancellationToken until)
+    {
+        using var timer = new PeriodicTimer(WatchInterval, time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(until))
+            {
+                await CheckAsync();
+            }
+        }
+        catch (OperationCanceledException) when (until.IsCancellationRequested)
+        {
+            // The walk ended; the caller checks once more.
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            await lost.CancelAsync();
+            return exception;
+        }
+
+        return null;
+    }
 
     public async ValueTask DisposeAsync()
     {
@@ -91,4 +145,15 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
 
         await Connection.DisposeAsync();
     }
+}
+
+/// <summary>
+/// The session holding a queue's lock was lost (the server restarted, the session was terminated or
+/// timed out, the network failed) or stopped answering while work ran under the lock: another walk may
+/// have taken the queue meanwhile, so what this one saw cannot be trusted to be the whole queue.
+/// </summary>
+public sealed class QueueLockLostException(string queue, Exception innerException)
+    : Exception($"Lost the database session that holds the lock on '{queue}' while reading it; stopped, since a move or purge could have started on the queue meanwhile. Retry.", innerException)
+{
+    public string Queue { get; } = queue;
 }
