@@ -1,4 +1,4 @@
-using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Redelivery;
 using MassTransit;
 
 namespace Conveyor.Worker.Failures;
@@ -6,7 +6,10 @@ namespace Conveyor.Worker.Failures;
 /// <summary>
 /// Refuses bodies and header tables over the endpoint's limits as a permanent failure, before any
 /// work is done. Headers near the broker's frame limit would leave no room for what a redelivery or
-/// the move to <c>_error</c> adds to them.
+/// the move to <c>_error</c> adds to them. The headers the worker writes itself on a copy it publishes
+/// again are not counted, up to <see cref="RedeliveryHeaders.OwnAllowance"/>
+/// (<see cref="RedeliveryHeaders.CountedBytes"/>): a delayed redelivery of a command that came just under
+/// the limit is measured as the command was.
 /// </summary>
 public sealed class MessageSizeLimitFilter(long maxBytes, long maxHeaderBytes) : IFilter<ConsumeContext>
 {
@@ -24,11 +27,14 @@ public sealed class MessageSizeLimitFilter(long maxBytes, long maxHeaderBytes) :
             : next.Send(context);
     }
 
-    /// <summary>The header table as it came over AMQP, or the transport headers of another transport.</summary>
+    /// <summary>
+    /// The header table as it came over AMQP, or the transport headers of another transport, less the
+    /// worker's own headers up to their allowance.
+    /// </summary>
     public static long HeaderBytes(ReceiveContext context) =>
         context.TryGetPayload(out RabbitMqBasicConsumeContext? amqp)
-            ? AmqpFrame.TableBytes(amqp.Properties.Headers)
-            : AmqpFrame.TableBytes(context.TransportHeaders.GetAll());
+            ? RedeliveryHeaders.CountedBytes(amqp.Properties.Headers)
+            : RedeliveryHeaders.CountedBytes(context.TransportHeaders.GetAll());
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-size-limit");
 }

@@ -82,7 +82,7 @@ public sealed partial class RedeliveryFilter<T>(
             try
             {
                 dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
-                    attempt, delay, headers, job, CancellationToken.None);
+                    attempt, delay, headers, job, policy.MaxHeaderBytes, CancellationToken.None);
             }
             catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure) || FailureClassifier.IsTransient(storeFailure))
             {

@@ -1,5 +1,7 @@
+using System.Collections.Frozen;
 using System.Globalization;
 using System.Text;
+using Conveyor.Worker.Messaging;
 
 namespace Conveyor.Worker.Redelivery;
 
@@ -18,8 +20,65 @@ public static class RedeliveryHeaders
     /// <summary>How many times a long job was deferred because another worker held its lease.</summary>
     public const string Deferrals = "Conveyor-Lease-Deferrals";
 
-    // Broker bookkeeping and fault details that must not travel with a fresh copy.
-    private static readonly string[] StrippedPrefixes = ["x-death", "x-first-death", "x-last-death", "x-delivery-count", "MT-Fault-", "MT-Reason", "MT-Redelivery-Count"];
+    /// <summary>
+    /// The most the worker's own headers (<see cref="IsOwn"/>) take on a copy before they count against
+    /// an endpoint's <c>MaxHeaderBytes</c>. All of them together take at most 3,227 bytes
+    /// (<c>RedeliveryHeaderBudgetTests</c>): the attempt, the first failure time, the seal (about 290
+    /// bytes with a GUID key, 530 with a 200-character one), the last error (500 characters, up to
+    /// 1,500 bytes), a deferral count, a note of dropped headers (1 KiB) and the publish sequence number.
+    /// </summary>
+    public const int OwnAllowance = 4_096;
+
+    /// <summary>
+    /// The headers the worker writes on a copy it publishes again (a delayed redelivery, a lease
+    /// deferral, a copy trimmed to fit), and the one its AMQP client adds to every publish under
+    /// confirms. Matched ignoring case, as they are read.
+    /// </summary>
+    private static readonly FrozenSet<string> OwnNames = new[]
+    {
+        Attempt, FirstFailureAt, LastError, Deferrals, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
+        RabbitMQ.Client.Constants.PublishSequenceNumberHeader,
+    }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+
+    // Broker bookkeeping, the last publisher's client bookkeeping and fault details that must not travel
+    // with a fresh copy (the dispatcher's client sets a sequence number of its own).
+    private static readonly string[] StrippedPrefixes =
+    [
+        "x-death", "x-first-death", "x-last-death", "x-delivery-count", RabbitMQ.Client.Constants.PublishSequenceNumberHeader,
+        "MT-Fault-", "MT-Reason", "MT-Redelivery-Count",
+    ];
+
+    /// <summary>True for a header the worker itself writes on the copies it publishes again (see <see cref="OwnAllowance"/>).</summary>
+    public static bool IsOwn(string name) => OwnNames.Contains(name);
+
+    /// <summary>
+    /// What a header table takes as measured against an endpoint's <c>MaxHeaderBytes</c>: every entry,
+    /// less the worker's own (<see cref="IsOwn"/>) up to <see cref="OwnAllowance"/>. A copy the worker
+    /// publishes again carries what the sender sent plus the worker's bookkeeping, and must be measured
+    /// as the sender's message was, or a command that came just under the limit comes back over it and
+    /// is refused instead of retried. Anyone can send headers under those names, so they are left out
+    /// only up to the allowance: a sender gains at most <see cref="OwnAllowance"/> bytes, and the limit
+    /// keeps bounding what reaches a consumer.
+    /// </summary>
+    public static long CountedBytes<TValue>(IEnumerable<KeyValuePair<string, TValue>>? headers)
+    {
+        long own = 0;
+        long theirs = 0;
+        foreach (var (name, value) in headers ?? [])
+        {
+            var bytes = AmqpFrame.EntryBytes(name, value);
+            if (IsOwn(name))
+            {
+                own += bytes;
+            }
+            else
+            {
+                theirs += bytes;
+            }
+        }
+
+        return theirs + Math.Max(0, own - OwnAllowance);
+    }
 
     public static int ReadInt(IEnumerable<KeyValuePair<string, object>> headers, string name) =>
         int.TryParse(ReadString(headers, name), NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) ? value : 0;
@@ -43,7 +102,7 @@ public static class RedeliveryHeaders
     /// header a producer filled with them must not make the message impossible to store (it would be
     /// dead-lettered for a transient failure).
     /// </summary>
-    public static Dictionary<string, string> ForStorage(IEnumerable<KeyValuePair<string, object>> headers)
+    public static Dictionary<string, string> ForStorage<TValue>(IEnumerable<KeyValuePair<string, TValue>> headers)
     {
         var kept = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (key, value) in headers)

@@ -2,8 +2,12 @@ using Conveyor.Worker.Messaging;
 
 namespace Conveyor.Worker.Redelivery;
 
-/// <summary>Exponential backoff with jitter for delayed redeliveries; a remote Retry-After lengthens it.</summary>
-public sealed class RedeliveryPolicy(int limit, TimeSpan baseDelay, double factor, TimeSpan maxDelay, double jitter)
+/// <summary>
+/// Exponential backoff with jitter for delayed redeliveries; a remote Retry-After lengthens it. With the
+/// endpoint's header limit, which a stored copy must still meet when it comes back.
+/// </summary>
+public sealed class RedeliveryPolicy(
+    int limit, TimeSpan baseDelay, double factor, TimeSpan maxDelay, double jitter, long maxHeaderBytes = RedeliveryStore.MaxStoredHeaderBytes)
 {
     /// <summary>Honour a remote Retry-After up to this long, however long it asks for.</summary>
     public static readonly TimeSpan MaxRetryAfter = TimeSpan.FromHours(24);
@@ -13,9 +17,17 @@ public sealed class RedeliveryPolicy(int limit, TimeSpan baseDelay, double facto
         TimeSpan.FromMilliseconds(options.RedeliveryBaseDelayMilliseconds),
         options.RedeliveryFactor,
         TimeSpan.FromMilliseconds(options.RedeliveryMaxDelayMilliseconds),
-        options.RedeliveryJitter);
+        options.RedeliveryJitter,
+        options.MaxHeaderBytes);
 
     public int Limit { get; } = limit;
+
+    /// <summary>
+    /// The endpoint's <see cref="ConsumerEndpointOptions.MaxHeaderBytes"/>: a stored copy's headers are
+    /// kept within it, as <see cref="RedeliveryHeaders.CountedBytes"/> measures them, so that the copy
+    /// is not refused for its headers when it comes back (<see cref="RedeliveryStore.StorableHeaders"/>).
+    /// </summary>
+    public long MaxHeaderBytes { get; } = maxHeaderBytes;
 
     /// <summary>True when redelivery number <paramref name="attempt"/> (1-based) is still allowed.</summary>
     public bool Allows(int attempt) => attempt >= 1 && attempt <= Limit;

@@ -18,12 +18,16 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     public const string Channel = "conveyor_scheduled";
 
     /// <summary>
-    /// The most a stored copy's headers take as the dispatcher publishes them (an AMQP field table):
-    /// half of RabbitMQ's default frame, so the copy fits with room to spare.
+    /// The most a stored copy's headers take as the dispatcher publishes them (an AMQP field table), the
+    /// worker's own headers aside (<see cref="RedeliveryHeaders.CountedBytes"/>): half of RabbitMQ's
+    /// default frame, so the copy fits with room to spare.
     /// </summary>
     public const int MaxStoredHeaderBytes = 65_536;
 
-    /// <summary>Stores a copy no job waits for (a lease deferral), see the overload with a job.</summary>
+    /// <summary>
+    /// Stores a copy no job waits for (a lease deferral), see the overload with a job. Its headers are
+    /// kept within <see cref="MaxStoredHeaderBytes"/>, as the endpoint's own limit is not known here.
+    /// </summary>
     public Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
@@ -33,7 +37,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         TimeSpan delay,
         IReadOnlyDictionary<string, string> extraHeaders,
         CancellationToken cancellationToken) =>
-        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, cancellationToken);
+        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, MaxStoredHeaderBytes, cancellationToken);
 
     /// <param name="dedupeKey">Unique per intended publish: storing it twice keeps the first.</param>
     /// <param name="extraHeaders">Headers to set on the copy (overriding what it carried).</param>
@@ -48,6 +52,10 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// due times: a pod whose clock is off would otherwise store copies due early or late for the
     /// others (<see cref="RedeliveryDispatcher"/>).
     /// </param>
+    /// <param name="maxHeaderBytes">
+    /// The destination endpoint's <c>MaxHeaderBytes</c>, which the copy must meet when it comes back:
+    /// see <see cref="StorableHeaders"/>.
+    /// </param>
     /// <returns>When the copy is due, by the database's clock.</returns>
     public async Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
@@ -58,9 +66,10 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         TimeSpan delay,
         IReadOnlyDictionary<string, string> extraHeaders,
         JobRef? job,
+        long maxHeaderBytes,
         CancellationToken cancellationToken)
     {
-        var headers = StorableHeaders(RedeliveryHeaders.ForStorage(received.TransportHeaders.GetAll()), extraHeaders);
+        var headers = StorableHeaders(SentHeaders(received), extraHeaders, maxHeaderBytes);
         var contentType = StorableContentType(received.ContentType);
         var body = received.Body.GetBytes();
         var headersJson = JsonSerializer.Serialize(headers);
@@ -90,36 +99,66 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     }
 
     /// <summary>
-    /// The received headers with <paramref name="extraHeaders"/> over them, within
-    /// <see cref="MaxStoredHeaderBytes"/>: the largest received ones are dropped (and named in
-    /// <see cref="OversizedHeaders.DroppedHeader"/>) when they take more. A header near the limit when
-    /// it arrived can take more once stored (bytes that are no UTF-8 come back as three each), and a row
-    /// whose headers no longer fit in a frame could never be published.
+    /// The headers the copy was sent with, as they can be stored (<see cref="RedeliveryHeaders.ForStorage"/>):
+    /// its AMQP header table. MassTransit's transport headers add its view of this one delivery (the
+    /// exchange, consumer tag and delivery tag, the message id property), which are no headers of the
+    /// message: stored, they became headers of every later copy, and took room under the endpoint's
+    /// limit that the message never used. The message id is stored in its own column.
+    /// </summary>
+    private static Dictionary<string, string> SentHeaders(ReceiveContext received) =>
+        received.TryGetPayload(out RabbitMqBasicConsumeContext? amqp)
+            ? RedeliveryHeaders.ForStorage(amqp.Properties.Headers ?? new Dictionary<string, object?>())
+            : RedeliveryHeaders.ForStorage(received.TransportHeaders.GetAll());
+
+    /// <summary>
+    /// The received headers with <paramref name="extraHeaders"/> (the worker's own) over them. The
+    /// sender's headers are kept within <paramref name="maxHeaderBytes"/> (at most
+    /// <see cref="MaxStoredHeaderBytes"/>), the largest dropped (and named in
+    /// <see cref="OversizedHeaders.DroppedHeader"/>) when they take more; the worker's own headers come
+    /// on top, uncounted up to <see cref="RedeliveryHeaders.OwnAllowance"/>, as the size check counts
+    /// them. So a copy that met the endpoint's limit when it arrived meets it when it comes back, with
+    /// every header of the sender's, instead of being refused for the worker's bookkeeping, or losing
+    /// the sender's largest header to make room for it. A header within the limit when it arrived can
+    /// still take more once stored (bytes that are no UTF-8 come back as three each, numbers as text):
+    /// such a header is dropped rather than have the copy refused, or unpublishable, when it comes back.
+    /// A sender's headers under the worker's own names that take more than their allowance are what
+    /// goes first should the whole still be larger than a stored copy may be.
     /// </summary>
     internal static Dictionary<string, object?> StorableHeaders(
-        IReadOnlyDictionary<string, string> received, IReadOnlyDictionary<string, string> extraHeaders)
+        IReadOnlyDictionary<string, string> received, IReadOnlyDictionary<string, string> extraHeaders, long maxHeaderBytes)
     {
-        var headers = new Dictionary<string, object?>(StringComparer.Ordinal);
+        var senders = new Dictionary<string, object?>(StringComparer.Ordinal);
+        var own = new Dictionary<string, object?>(StringComparer.Ordinal);
         foreach (var (key, value) in received)
+        {
+            // Ours replace a received header of the same name in any casing: headers are read back
+            // ignoring case, first match first, and PostgreSQL's jsonb orders 'CONVEYOR-…' before
+            // 'Conveyor-…', so a sender's upper-cased copy of the seal would be read instead of ours,
+            // and every redelivery would count as the first.
+            if (extraHeaders.Keys.Any(k => string.Equals(k, key, StringComparison.OrdinalIgnoreCase)))
+            {
+                continue;
+            }
+
+            // An earlier note of dropped headers stays with the sender's headers, where a new note
+            // continues it (and where it is counted, which only leaves more room than needed).
+            var isOwn = RedeliveryHeaders.IsOwn(key) && !string.Equals(key, OversizedHeaders.DroppedHeader, StringComparison.OrdinalIgnoreCase);
+            (isOwn ? own : senders)[key] = value;
+        }
+
+        OversizedHeaders.DropLargest(senders, Math.Min(maxHeaderBytes, MaxStoredHeaderBytes));
+        var headers = new Dictionary<string, object?>(senders, StringComparer.Ordinal);
+        foreach (var (key, value) in own)
         {
             headers[key] = value;
         }
 
         foreach (var (key, value) in extraHeaders)
         {
-            // Ours replace a received header of the same name in any casing: headers are read back
-            // ignoring case, first match first, and PostgreSQL's jsonb orders 'CONVEYOR-…' before
-            // 'Conveyor-…', so a sender's upper-cased copy of the seal would be read instead of ours,
-            // and every redelivery would count as the first.
-            foreach (var shadow in headers.Keys.Where(k => string.Equals(k, key, StringComparison.OrdinalIgnoreCase)).ToList())
-            {
-                headers.Remove(shadow);
-            }
-
             headers[key] = value;
         }
 
-        OversizedHeaders.DropLargest(headers, MaxStoredHeaderBytes, extraHeaders.Keys.ToHashSet(StringComparer.Ordinal));
+        OversizedHeaders.DropLargest(headers, MaxStoredHeaderBytes + RedeliveryHeaders.OwnAllowance, extraHeaders.Keys.ToHashSet(StringComparer.Ordinal));
         return headers;
     }
 
