@@ -129,6 +129,8 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             operation.HasKey(o => o.Id);
             operation.Property(o => o.Kind).HasMaxLength(16);
             operation.Property(o => o.Queue).HasMaxLength(255);
+            // AMQP carries a vhost's name in a short string: at most 255 bytes, so at most 255 characters.
+            operation.Property(o => o.VirtualHost).HasMaxLength(255);
             operation.Property(o => o.Target).HasMaxLength(255);
             operation.Property(o => o.Filter).HasColumnType("jsonb");
             operation.Property(o => o.State).HasMaxLength(16);
@@ -138,8 +140,9 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             operation.Property(o => o.MessageIds).HasColumnType("jsonb");
             operation.Property(o => o.Targets).HasColumnType("jsonb");
             operation.Property(o => o.Detail).HasMaxLength(2000);
-            // At most one running operation per queue, whichever Api replica runs it.
-            operation.HasIndex(o => o.Queue).IsUnique().HasFilter("state = 'running'").HasDatabaseName("ix_error_queue_operations_one_running_per_queue");
+            // At most one running operation per queue of a vhost, whichever Api replica runs it.
+            operation.HasIndex(o => new { o.VirtualHost, o.Queue }).IsUnique().HasFilter("state = 'running'")
+                .HasDatabaseName("ix_error_queue_operations_one_running_per_vhost_queue");
             operation.HasIndex(o => o.CreatedAt);
         });
 

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Conveyor.Api.ErrorQueues;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Operations;
@@ -21,6 +22,7 @@ public sealed class OperationRunner(
     QueueLocks locks,
     ErrorQueueBroker broker,
     IOptions<ErrorQueueOptions> options,
+    IOptions<RabbitMqOptions> rabbit,
     TimeProvider time,
     ILogger<OperationRunner> logger) : IHostedService, IDisposable
 {
@@ -67,6 +69,7 @@ public sealed class OperationRunner(
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         return await db.ErrorQueueOperations.AsNoTracking()
+            .OfVirtualHost(rabbit.Value.VirtualHost)
             .Where(o => o.Queue == queue && o.State == ErrorQueueOperationStates.Running)
             .Select(o => (Guid?)o.Id)
             .FirstOrDefaultAsync(cancellationToken);
@@ -74,17 +77,21 @@ public sealed class OperationRunner(
 
     private async Task<ErrorQueueOperation> RecordAsync(OperationRequest request, QueueLease lease, CancellationToken cancellationToken)
     {
-        // The lock is free, so a row still "running" on this queue belongs to a process that died.
+        // The lock (of this vhost's queue) is free, so a row of this vhost still "running" on the queue
+        // belongs to a process that died. A queue of the same name in another vhost is another queue, and
+        // its operation may well be alive; so may one recorded before rows named their vhost, which is
+        // left to the check for abandoned operations (it goes by staleness, right for any of them).
         await using (var stale = new NpgsqlCommand(
             """
             UPDATE error_queue_operations
                SET state = @interrupted, finished_at = now(), updated_at = now(),
                    detail = 'The process running it stopped before it finished; unfinished messages stayed in the queue.'
-             WHERE queue = @queue AND state = @running
+             WHERE virtual_host = @vhost AND queue = @queue AND state = @running
             """, lease.Connection))
         {
             stale.Parameters.AddWithValue("interrupted", ErrorQueueOperationStates.Interrupted);
             stale.Parameters.AddWithValue("running", ErrorQueueOperationStates.Running);
+            stale.Parameters.AddWithValue("vhost", rabbit.Value.VirtualHost);
             stale.Parameters.AddWithValue("queue", request.Queue);
             if (await stale.ExecuteNonQueryAsync(cancellationToken) > 0)
             {
@@ -107,6 +114,7 @@ public sealed class OperationRunner(
             Id = Guid.CreateVersion7(time.GetUtcNow()),
             Kind = request.Kind,
             Queue = request.Queue,
+            VirtualHost = rabbit.Value.VirtualHost,
             Target = request.Target,
             Filter = request.Filter.ToJson().ToJsonString(),
             Limit = request.Limit,

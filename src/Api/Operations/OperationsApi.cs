@@ -1,14 +1,20 @@
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 using Conveyor.Api.Security;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Operations;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.Operations;
 
-/// <summary><c>/api/operations</c> (progress and results of moves and purges) and <c>/api/audit</c>. Admin only.</summary>
+/// <summary>
+/// <c>/api/operations</c> (progress and results of moves and purges) and <c>/api/audit</c>. Admin only.
+/// Each shows the operations of this Api's vhost (<see cref="ErrorQueueOperationQueries.OfVirtualHost"/>):
+/// deployments on other vhosts may share the database.
+/// </summary>
 internal static class OperationsApi
 {
     public const int DefaultListLimit = 50;
@@ -45,17 +51,19 @@ internal static class OperationsApi
     }
 
     internal static async Task<Results<Ok<OperationView>, ValidationProblem, ProblemHttpResult>> GetOperation(
-        string operationId, ConveyorDbContext db, AbandonedOperations abandoned, CancellationToken cancellationToken)
+        string operationId, ConveyorDbContext db, AbandonedOperations abandoned, IOptions<RabbitMqOptions> rabbit,
+        CancellationToken cancellationToken)
     {
         if (!RouteIds.TryParse(operationId, nameof(operationId), out var id, out var invalid))
         {
             return invalid;
         }
 
-        var operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
+        var operations = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
+        var operation = await operations.FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
         if (operation?.State == ErrorQueueOperationStates.Running && await abandoned.SettleAsync(cancellationToken) > 0)
         {
-            operation = await db.ErrorQueueOperations.AsNoTracking().FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
+            operation = await operations.FirstOrDefaultAsync(o => o.Id == id, cancellationToken);
         }
 
         return operation is null
@@ -64,7 +72,8 @@ internal static class OperationsApi
     }
 
     internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> ListOperations(
-        string? queue, string? state, string? limit, ConveyorDbContext db, AbandonedOperations abandoned, CancellationToken cancellationToken)
+        string? queue, string? state, string? limit, ConveyorDbContext db, AbandonedOperations abandoned, IOptions<RabbitMqOptions> rabbit,
+        CancellationToken cancellationToken)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         string[] states =
@@ -85,7 +94,7 @@ internal static class OperationsApi
         }
 
         await abandoned.SettleAsync(cancellationToken);
-        var query = db.ErrorQueueOperations.AsNoTracking();
+        var query = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
         query = queue is null ? query : query.Where(o => o.Queue == queue);
         query = state is null ? query : query.Where(o => o.State == state);
         var rows = await query.OrderByDescending(o => o.CreatedAt).Take(count).ToListAsync(cancellationToken);
@@ -94,7 +103,7 @@ internal static class OperationsApi
 
     internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> Audit(
         string? queue, string? requestedBy, string? since, string? limit, ConveyorDbContext db, AbandonedOperations abandoned,
-        CancellationToken cancellationToken)
+        IOptions<RabbitMqOptions> rabbit, CancellationToken cancellationToken)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         DateTimeOffset? from = null;
@@ -120,7 +129,7 @@ internal static class OperationsApi
         }
 
         await abandoned.SettleAsync(cancellationToken);
-        var query = db.ErrorQueueOperations.AsNoTracking();
+        var query = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
         query = queue is null ? query : query.Where(o => o.Queue == queue);
         query = requestedBy is null ? query : query.Where(o => o.RequestedBy == requestedBy);
         query = from is null ? query : query.Where(o => o.CreatedAt >= from);

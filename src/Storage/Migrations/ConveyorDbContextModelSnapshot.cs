@@ -289,15 +289,20 @@ namespace Conveyor.Storage.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("updated_at");
 
+                    b.Property<string>("VirtualHost")
+                        .HasMaxLength(255)
+                        .HasColumnType("character varying(255)")
+                        .HasColumnName("virtual_host");
+
                     b.HasKey("Id")
                         .HasName("pk_error_queue_operations");
 
                     b.HasIndex("CreatedAt")
                         .HasDatabaseName("ix_error_queue_operations_created_at");
 
-                    b.HasIndex("Queue")
+                    b.HasIndex("VirtualHost", "Queue")
                         .IsUnique()
-                        .HasDatabaseName("ix_error_queue_operations_one_running_per_queue")
+                        .HasDatabaseName("ix_error_queue_operations_one_running_per_vhost_queue")
                         .HasFilter("state = 'running'");
 
                     b.ToTable("error_queue_operations", (string)null);

@@ -14,6 +14,13 @@ public sealed class ErrorQueueOperation
     /// <summary>The queue messages are taken from.</summary>
     public required string Queue { get; set; }
 
+    /// <summary>
+    /// The RabbitMQ vhost of <see cref="Queue"/>: Api deployments on different vhosts may share one
+    /// database, and each sees and settles only its own operations. Null for rows recorded before
+    /// operations named their vhost, which every deployment sees, as it did then.
+    /// </summary>
+    public string? VirtualHost { get; set; }
+
     /// <summary>The queue named in the request; null = each message's original queue.</summary>
     public string? Target { get; set; }
 

@@ -131,9 +131,10 @@ public sealed class TestBroker : IAsyncDisposable
 
     private static Dictionary<string, object?>? QueueArguments(string queue) => new RabbitMqOptions().JobQueueArguments(queue);
 
-    public static async Task<TestBroker> ConnectAsync(ConveyorFixture fixture)
+    /// <param name="virtualHost">Another vhost than the run's (a scratch vhost).</param>
+    public static async Task<TestBroker> ConnectAsync(ConveyorFixture fixture, string? virtualHost = null)
     {
-        var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-error-queues");
+        var connection = await fixture.AmqpFactory(virtualHost).CreateConnectionAsync("conveyor-tests-error-queues");
         var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         var broker = new TestBroker(connection, channel);
