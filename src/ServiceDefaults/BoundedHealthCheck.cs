@@ -21,8 +21,7 @@ internal sealed class BoundedHealthCheck(IHealthCheck inner, TimeSpan timeout) :
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
             // The wrapped check finishes on its own; what it says then is not waited for.
-            _ = check.ContinueWith(static finished => finished.Exception, CancellationToken.None,
-                TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            check.Abandon();
             return new HealthCheckResult(context.Registration.FailureStatus,
                 $"No answer within {timeout.TotalSeconds:0.#} s: the check's server is not answering (a failover, a network that drops packets, no free connection)");
         }

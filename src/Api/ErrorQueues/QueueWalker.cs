@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Threading.Channels;
+using Conveyor.ServiceDefaults;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 using RabbitMQ.Client.Exceptions;
@@ -412,18 +413,18 @@ public sealed class QueueWalker
         }
         catch (TimeoutException)
         {
-            // It ends with the connection the walk drops; observed here so its failure is not unobserved.
-            _ = pending.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            // It ends with the connection the walk drops.
+            pending.Abandon();
             throw Stuck($"The broker took no {what} for {_plan.Options.ConfirmTimeoutSeconds} s");
         }
     }
 
-    /// <summary>Records that the broker stopped answering and says so, naming the alarm when the broker gave one.</summary>
-    private WalkInterruptedException Stuck(string what)
-    {
+    /// <summary>Records that the broker stopped answering (the first reason stays), naming the alarm when the broker gave one.</summary>
+    private string MarkStuck(string what) =>
         _stuck ??= $"{what}{BlockedText}; stopped. Messages not yet moved or purged stayed in the queue.";
-        return new WalkInterruptedException(_stuck);
-    }
+
+    /// <summary>Records that the broker stopped answering and says so.</summary>
+    private WalkInterruptedException Stuck(string what) => new(MarkStuck(what));
 
     private string? BlockedText => _blocked is { } reason ? $" (RabbitMQ blocked the connection: {reason})" : null;
 
@@ -850,8 +851,8 @@ public sealed class QueueWalker
         }
         catch (Exception exception) when (exception is TimeoutException || timeout.IsCancellationRequested)
         {
-            Stuck($"The broker did not answer within {wait.TotalSeconds:0} s at the end of the walk");
-            _ = running?.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            MarkStuck($"The broker did not answer within {wait.TotalSeconds:0} s at the end of the walk");
+            running?.Abandon();
         }
         catch (Exception)
         {
@@ -874,7 +875,7 @@ public sealed class QueueWalker
         }
         catch (Exception)
         {
-            _ = closing.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            closing.Abandon();
         }
     }
 
