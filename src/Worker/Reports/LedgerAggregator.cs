@@ -113,28 +113,14 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
     /// <summary>The rows the report will read, for its progress.</summary>
     public async Task<long> CountAsync(string? accountId, string? currency, CancellationToken cancellationToken)
     {
-        var sql = (accountId, currency) switch
-        {
-            (null, null) => LedgerCount,
-            (null, _) => CurrencyCount,
-            (_, null) => AccountCount,
-            _ => AccountCurrencyCount,
-        };
-        await using var command = await CommandAsync(sql, accountId, currency, cancellationToken);
+        await using var command = await CommandAsync(QueriesFor(accountId, currency).Count, accountId, currency, cancellationToken);
         return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
     }
 
     /// <summary>Reads the next page; false when the ledger is exhausted.</summary>
     public async Task<bool> NextPageAsync(string? accountId, string? currency, int pageSize, CancellationToken cancellationToken)
     {
-        var sql = (accountId, currency) switch
-        {
-            (null, null) => LedgerPage,
-            (null, _) => CurrencyPage,
-            (_, null) => AccountPage,
-            _ => AccountCurrencyPage,
-        };
-        await using var command = await CommandAsync(sql, accountId, currency, cancellationToken);
+        await using var command = await CommandAsync(QueriesFor(accountId, currency).Page, accountId, currency, cancellationToken);
         Add(command, "after_currency", _afterCurrency);
         Add(command, "after", _after);
         Add(command, "limit", pageSize);
@@ -155,6 +141,15 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
         RowsScanned += rows;
         return rows == pageSize;
     }
+
+    /// <summary>A report's count and its page, side by side: each count filters as its pages do, reading the same index.</summary>
+    private static (string Count, string Page) QueriesFor(string? accountId, string? currency) => (accountId, currency) switch
+    {
+        (null, null) => (LedgerCount, LedgerPage),
+        (null, _) => (CurrencyCount, CurrencyPage),
+        (_, null) => (AccountCount, AccountPage),
+        _ => (AccountCurrencyCount, AccountCurrencyPage),
+    };
 
     private async Task<DbCommand> CommandAsync(string sql, string? accountId, string? currency, CancellationToken cancellationToken)
     {
