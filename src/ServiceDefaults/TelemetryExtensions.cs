@@ -26,6 +26,12 @@ public static class TelemetryExtensions
     public const int LibraryCardinalityLimit = 500;
 
     /// <summary>
+    /// Conveyor's own spans (an inbox batch: the database work several messages share, linked to each
+    /// message's trace), traced with the libraries' whenever tracing is on.
+    /// </summary>
+    public const string ActivitySourceName = "Conveyor";
+
+    /// <summary>
     /// Traces (ASP.NET Core, HttpClient, MassTransit, Npgsql: one trace from the API request through
     /// the publish and the consume to the database and HTTP calls), metrics (MassTransit's meter,
     /// ours, runtime) and logs carrying the trace id. OTLP export follows the standard
@@ -52,7 +58,7 @@ public static class TelemetryExtensions
         if (traced)
         {
             telemetry.WithTracing(tracing => tracing
-                .AddSource(DiagnosticHeaders.DefaultListenerName)
+                .AddSource(DiagnosticHeaders.DefaultListenerName, ActivitySourceName)
                 .AddAspNetCoreInstrumentation(options =>
                     options.Filter = context => !context.Request.Path.StartsWithSegments("/health")
                         && !context.Request.Path.StartsWithSegments("/metrics"))

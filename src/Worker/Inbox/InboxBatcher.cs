@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Threading.Channels;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Worker.Jobs;
@@ -21,6 +23,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 {
     private const string ApplySavepoint = "batch_apply";
     private const string MemberSavepoint = "batch_member";
+
+    private static readonly ActivitySource Spans = new(TelemetryExtensions.ActivitySourceName);
 
     /// <summary>
     /// How long waiting messages gather, with no batch leaving the database or ending meanwhile,
@@ -65,7 +69,13 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         _dbFactory = dbFactory;
         _time = time;
         _logger = logger;
-        _loop = Task.Run(LoopAsync);
+        // The loop and its batches belong to no message: without this they would run for the worker's
+        // lifetime inside the context of the message that happened to create the batcher, every batch's
+        // database spans in that one message's trace and its log lines in its scope.
+        using (ExecutionContext.SuppressFlow())
+        {
+            _loop = Task.Run(LoopAsync);
+        }
     }
 
     /// <summary>Queues a message for the next batch; <see cref="BatchMember.Claimed"/> says what the inbox found.</summary>
@@ -73,7 +83,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// <param name="fingerprint">What the command says (<see cref="PayloadFingerprint"/>), kept with its inbox row.</param>
     public BatchMember Join(string messageKey, Guid? messageId, Guid? claimedJobId, byte[]? fingerprint)
     {
-        var member = new BatchMember(messageKey, messageId, claimedJobId, fingerprint);
+        var member = new BatchMember(messageKey, messageId, claimedJobId, fingerprint) { ConsumeSpan = Activity.Current?.Context ?? default };
         var waiting = Interlocked.Increment(ref _waiting);
         if (!_pending.Writer.TryWrite(member))
         {
@@ -168,6 +178,14 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
     private async Task RunAsync(List<BatchMember> members)
     {
+        // A span of its own, linked to each member's consume span: the batch's commands are shared by all
+        // of them, and a trace per message could only hold them once.
+        using var span = Spans.StartActivity(
+            "inbox batch",
+            ActivityKind.Internal,
+            parentContext: default,
+            tags: [new("conveyor.consumer_id", _consumerId), new("messaging.batch.message_count", members.Count)],
+            links: members.Where(m => m.ConsumeSpan != default).Select(m => new ActivityLink(m.ConsumeSpan)));
         var phase = new BatchPhase(this);
         try
         {
@@ -410,7 +428,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             var runnable = claimed && row!.Runnable;
             if (runnable && member.Succeeded)
             {
-                member.ResolveJob(row!.JobId, row.Attempt);
+                member.ResolveJob(row!);
                 await ApplyAsync(db, [member]);
             }
             else if (runnable)
@@ -483,7 +501,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             else
             {
                 inserters.Add(member.MessageKey, member);
-                member.ResolveJob(row.JobId, row.Attempt);
+                member.ResolveJob(row);
                 claims.Add((member, row.Runnable ? InboxClaim.Run : InboxClaim.NotRunnable));
             }
         }
@@ -525,10 +543,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                 ON CONFLICT DO NOTHING
                 RETURNING message_key),
             job_rows AS (
-                SELECT j.business_key, j.status, j.id, j.attempts, j.payload_hash
+                SELECT j.business_key, j.status, j.id, j.attempts, j.payload_hash, j.original_payload_hash
                   FROM (SELECT r.message_key FROM inbox_rows r ORDER BY r.message_key) k
                  CROSS JOIN LATERAL (
-                       SELECT o.business_key, o.status, o.id, o.attempts, o.payload_hash
+                       SELECT o.business_key, o.status, o.id, o.attempts, o.payload_hash, o.original_payload_hash
                          FROM jobs o
                         WHERE o.kind = {_kind} AND o.business_key = k.message_key
                           FOR NO KEY UPDATE) j)
@@ -538,7 +556,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                                     WHERE i.message_key = r.message_key AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = i.job_id)
                                     ORDER BY i.ord LIMIT 1)) AS job_id,
                    COALESCE(j.attempts, 0) + 1 AS attempt,
-                   CASE WHEN j.status <> {JobStatus.DeadLettered} THEN j.payload_hash END AS job_fingerprint
+                   CASE WHEN j.status <> {JobStatus.DeadLettered} THEN j.payload_hash END AS job_fingerprint,
+                   COALESCE(j.original_payload_hash, j.payload_hash) AS first_fingerprint
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
         return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);
@@ -651,6 +670,9 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
 
     public Guid? MessageId { get; } = messageId;
 
+    /// <summary>The span the message was joined from (its consume), which the batch's span links to; default when untraced.</summary>
+    public ActivityContext ConsumeSpan { get; init; }
+
     /// <summary>What its command says (<see cref="PayloadFingerprint"/>); null when it has no fingerprint.</summary>
     public byte[]? Fingerprint { get; } = fingerprint;
 
@@ -682,6 +704,9 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// the job row stays locked from the claim to the commit, so no other attempt is counted in between.
     /// </summary>
     public int? Attempt { get; private set; }
+
+    /// <summary>For a message that may run, its job's first command as its claim read it (<see cref="FirstCommandFingerprint"/>).</summary>
+    public byte[]? FirstFingerprint { get; private set; }
 
     /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
     public Task<InboxClaim> Claimed => _claimed.Task;
@@ -731,10 +756,11 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
 
     internal void CompareWithCopyInBatch(byte[]? first) => DiffersFromCopyInBatch = PayloadFingerprint.Conflicts(first, Fingerprint);
 
-    internal void ResolveJob(Guid? rowId, int attempt)
+    internal void ResolveJob(BatchClaimRow row)
     {
-        JobId = rowId ?? Guid.CreateVersion7();
-        Attempt = attempt;
+        JobId = row.JobId ?? Guid.CreateVersion7();
+        Attempt = row.Attempt;
+        FirstFingerprint = row.FirstFingerprint;
     }
 
     internal void SetClaim(InboxClaim claim)
@@ -784,4 +810,10 @@ public sealed class BatchClaimRow
 
     /// <summary>The fingerprint of the command the job row was created for (ADR 0011), when it has one.</summary>
     public byte[]? JobFingerprint { get; init; }
+
+    /// <summary>
+    /// The job's first command as the locked row says (<see cref="FirstCommandFingerprint"/>), dead-lettered
+    /// or not: its original fingerprint after a takeover, else its own; null without a row.
+    /// </summary>
+    public byte[]? FirstFingerprint { get; init; }
 }

@@ -37,9 +37,9 @@ public sealed partial class InboxFilter<T>(
         // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
         // first committed) or inserts (the first rolled back).
         var fingerprint = PayloadFingerprint.Of(context.Message);
-        var (claim, jobId, attempt, jobConflict) = job is { } claimed
+        var (claim, jobId, attempt, jobConflict, firstFingerprint) = job is { } claimed
             ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, fingerprint, claimed, cancellationToken)
-            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, fingerprint, cancellationToken), null, null, null);
+            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, fingerprint, cancellationToken), null, null, null, null);
         if (jobConflict is not null)
         {
             // The job row was created for another command (the Api accepted that one): nothing of this one stays.
@@ -76,6 +76,7 @@ public sealed partial class InboxFilter<T>(
         if (job is not null)
         {
             ClaimedAttempt.Set(context, attempt);
+            FirstCommandFingerprint.Set(context, firstFingerprint);
             // The claim holds the job row's lock: a failed attempt is recorded before it is released.
             await transaction.CreateSavepointAsync(AttemptSavepoint, cancellationToken);
         }

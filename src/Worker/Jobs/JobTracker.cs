@@ -61,7 +61,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// A job row created for another command (ADR 0011) is not claimed: <see cref="InboxClaim.NotRunnable"/>
     /// with that command's fingerprint as <c>JobConflict</c>, and the caller rolls the inbox row back.
     /// </summary>
-    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict)> ClaimInTransactionAsync(
+    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint)> ClaimInTransactionAsync(
         ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -88,9 +88,9 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                    AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
                         OR jobs.payload_hash = excluded.payload_hash)
-                RETURNING id, attempts)
+                RETURNING id, attempts, COALESCE(original_payload_hash, payload_hash) AS first_fingerprint)
             SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
-                   (SELECT j.attempts FROM job_row j) AS attempt,
+                   (SELECT j.attempts FROM job_row j) AS attempt, (SELECT j.first_fingerprint FROM job_row j) AS first_fingerprint,
                    (SELECT o.payload_hash FROM jobs o
                      WHERE o.kind = {job.Kind} AND o.business_key = {job.BusinessKey} AND o.status <> {JobStatus.DeadLettered}) AS job_fingerprint
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
@@ -105,10 +105,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             jobFingerprint = await LiveJobFingerprintAsync(db, job, cancellationToken);
         }
 
-        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null)
-            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null)
-            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint)
-            : (InboxClaim.NotRunnable, null, null, null);
+        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null, null)
+            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null, row.FirstFingerprint)
+            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint, null)
+            : (InboxClaim.NotRunnable, null, null, null, null);
     }
 
     /// <summary>
@@ -306,6 +306,13 @@ public sealed class ClaimRow
 
     /// <summary>The fingerprint of the command the job row was created for (ADR 0011), when it has one.</summary>
     public byte[]? JobFingerprint { get; init; }
+
+    /// <summary>
+    /// When it claimed the job, the job's first command (<see cref="FirstCommandFingerprint"/>). Read from the
+    /// row as this claim wrote it, which names the same command as before: a takeover moves the first
+    /// command's fingerprint to the original column, and a row this claim creates is its own command's.
+    /// </summary>
+    public byte[]? FirstFingerprint { get; init; }
 }
 
 /// <summary>An attempt counted outside the inbox transaction: the job's row id and its attempts now.</summary>

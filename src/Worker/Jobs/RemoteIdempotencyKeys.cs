@@ -1,4 +1,5 @@
 using Conveyor.Storage;
+using MassTransit;
 using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Worker.Jobs;
@@ -17,16 +18,26 @@ namespace Conveyor.Worker.Jobs;
 public sealed class RemoteIdempotencyKeys(IDbContextFactory<ConveyorDbContext> dbFactory)
 {
     /// <summary>The key for <paramref name="command"/>, the job of <paramref name="kind"/> and <paramref name="businessKey"/>.</summary>
-    public async Task<string> ForAsync(string kind, string businessKey, object command, CancellationToken cancellationToken)
+    /// <param name="context">
+    /// The delivery; its inbox claim's reading of the job row (<see cref="FirstCommandFingerprint"/>) is used
+    /// when there is one, else the row is read here.
+    /// </param>
+    public async Task<string> ForAsync(ConsumeContext context, string kind, string businessKey, object command)
     {
-        // Read as committed, outside the inbox's transaction: before a takeover commits, the row still
+        var fingerprint = PayloadFingerprint.Of(command);
+        if (FirstCommandFingerprint.TryGet(context, out var claimed))
+        {
+            return For(businessKey, claimed, fingerprint);
+        }
+
+        // Read as committed, outside any inbox transaction: before a takeover commits, the row still
         // holds the first command's fingerprint; after it, the original column does.
-        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        await using var db = await dbFactory.CreateDbContextAsync(context.CancellationToken);
         var job = await db.Jobs.AsNoTracking()
             .Where(j => j.Kind == kind && j.BusinessKey == businessKey)
             .Select(j => new { j.PayloadHash, j.OriginalPayloadHash })
-            .FirstOrDefaultAsync(cancellationToken);
-        return For(businessKey, job?.OriginalPayloadHash ?? job?.PayloadHash, PayloadFingerprint.Of(command));
+            .FirstOrDefaultAsync(context.CancellationToken);
+        return For(businessKey, job?.OriginalPayloadHash ?? job?.PayloadHash, fingerprint);
     }
 
     /// <summary>
