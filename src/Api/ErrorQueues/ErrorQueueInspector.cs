@@ -3,8 +3,13 @@ using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.ErrorQueues;
 
-/// <summary>The result of an inspection; <see cref="RunningOperationId"/> is set when the queue was busy instead.</summary>
-public sealed record Inspection<T>(T? Result, long QueueDepth, long Examined, bool Busy, Guid? RunningOperationId);
+/// <summary>
+/// The result of an inspection; <see cref="RunningOperationId"/> is set when the queue was busy instead.
+/// <see cref="StoppedEarly"/> says why the walk ended before it had seen what it set out to see (the
+/// messages it expected never arrived: another consumer took them, or holds the queue), so the result
+/// covers only part of the queue.
+/// </summary>
+public sealed record Inspection<T>(T? Result, long QueueDepth, long Examined, bool Busy, Guid? RunningOperationId, string? StoppedEarly = null);
 
 /// <summary>
 /// Reads error queues without changing them (peek, groups). An inspection takes every message it
@@ -73,11 +78,13 @@ public sealed class ErrorQueueInspector(
         using var walked = new CancellationTokenSource();
         var watch = lease.WatchAsync(lost, time, walked.Token);
         var progress = new WalkProgress();
+        string? stoppedEarly;
         try
         {
             await using var connection = await broker.ConnectAsync("error-queue-inspection", lost.Token);
             var walker = new QueueWalker(connection, new WalkPlan(queue, limit, options.Value), visitor, progress, time);
             await walker.RunAsync(lost.Token);
+            stoppedEarly = walker.StoppedEarly;
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
@@ -98,7 +105,7 @@ public sealed class ErrorQueueInspector(
             throw LockLost(queue, lostAfter);
         }
 
-        return new Inspection<T>(result(), progress.QueueDepthAtStart, progress.Examined, Busy: false, null);
+        return new Inspection<T>(result(), progress.QueueDepthAtStart, progress.Examined, Busy: false, null, stoppedEarly);
     }
 
     /// <summary>Null when the lock's session still answers, so it held the lock throughout; otherwise why not.</summary>

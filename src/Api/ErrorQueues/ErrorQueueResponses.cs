@@ -7,7 +7,12 @@ public sealed record ErrorQueueSummary(
     string Name, string Kind, string SourceQueue, long Messages, long Ready, long Unacknowledged, int Consumers);
 
 /// <summary>Body of <c>GET /api/error-queues/{queue}/messages</c>.</summary>
-public sealed record ErrorQueueMessages(string Queue, long QueueDepth, IReadOnlyList<ErrorQueueMessage> Messages);
+/// <param name="StoppedEarly">
+/// Why the peek ended before it had seen <c>limit</c> messages or the whole queue (the messages it
+/// expected never came: another consumer took or holds them), so <c>messages</c> shows only part of
+/// what is there; null when it saw all it set out to.
+/// </param>
+public sealed record ErrorQueueMessages(string Queue, long QueueDepth, IReadOnlyList<ErrorQueueMessage> Messages, string? StoppedEarly = null);
 
 /// <param name="JobStatus">
 /// The status of the message's job now (<see cref="JobStatusNow"/>): <c>missing</c> when the message
@@ -78,7 +83,8 @@ public sealed record ErrorQueueMessage(
 /// Body of <c>GET /api/error-queues/{queue}/groups</c>. <paramref name="Ungrouped"/>: messages examined
 /// after <see cref="GroupsVisitor.MaxGroups"/> groups existed whose fingerprint matched none of them.
 /// </summary>
-public sealed record ErrorQueueGroups(string Queue, long QueueDepth, long Examined, IReadOnlyList<ErrorQueueGroup> Groups, long Ungrouped);
+/// <param name="StoppedEarly">As for a peek (<see cref="ErrorQueueMessages.StoppedEarly"/>): the groups count only the messages examined.</param>
+public sealed record ErrorQueueGroups(string Queue, long QueueDepth, long Examined, IReadOnlyList<ErrorQueueGroup> Groups, long Ungrouped, string? StoppedEarly = null);
 
 public sealed record ErrorQueueGroup(
     string GroupId,

@@ -121,7 +121,8 @@ internal static class ErrorQueuesApi
             async inspection =>
             {
                 var statuses = await JobStatusesAsync(ErrorQueueMessage.JobIds(inspection.Result!), dbFactory, cancellationToken);
-                return new ErrorQueueMessages(queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m, statuses))]);
+                return new ErrorQueueMessages(
+                    queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m, statuses))], inspection.StoppedEarly);
             },
             cancellationToken);
 
@@ -144,7 +145,8 @@ internal static class ErrorQueuesApi
             queue, limit, (DefaultGroupsLimit, MaxGroupsLimit), "groups", http, management, logger,
             count => inspector.GroupsAsync(queue, count, cancellationToken),
             inspection => Task.FromResult(new ErrorQueueGroups(
-                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Groups.Select(ErrorQueueGroup.From)], inspection.Result.Ungrouped)),
+                queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Groups.Select(ErrorQueueGroup.From)], inspection.Result.Ungrouped,
+                inspection.StoppedEarly)),
             cancellationToken);
 
     /// <summary>A read of an error queue (peek or groups): the limit, the queue, the walk, the answer or why there is none.</summary>
@@ -172,7 +174,14 @@ internal static class ErrorQueuesApi
             }
 
             var who = Who(http);
-            ErrorQueuesLog.Inspected(logger, who, queue, what, inspection.Examined);
+            if (inspection.StoppedEarly is { } reason)
+            {
+                ErrorQueuesLog.InspectedPartly(logger, who, queue, what, inspection.Examined, reason);
+            }
+            else
+            {
+                ErrorQueuesLog.Inspected(logger, who, queue, what, inspection.Examined);
+            }
             return TypedResults.Ok(await answer(inspection));
         }
         catch (QueueNotFoundException)

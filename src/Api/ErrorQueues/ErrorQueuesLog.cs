@@ -9,4 +9,8 @@ internal static partial class ErrorQueuesLog
     [LoggerMessage(EventId = 2102, Level = LogLevel.Information,
         Message = "{Who} inspected {Queue} ({What}: {Examined} message(s) examined)")]
     public static partial void Inspected(ILogger logger, string who, string queue, string what, long examined);
+
+    [LoggerMessage(EventId = 2103, Level = LogLevel.Warning,
+        Message = "{Who} inspected {Queue} ({What}: {Examined} message(s) examined), which stopped early: {Reason}")]
+    public static partial void InspectedPartly(ILogger logger, string who, string queue, string what, long examined, string reason);
 }

@@ -50,6 +50,7 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
         var messages = result.GetProperty("messages");
         cli.Out.Write(new Text(settings.Queue, Output.Bold));
         cli.Out.WriteLine($": {Output.Plain(result, "queueDepth")} message(s); showing {messages.GetArrayLength()}.");
+        Output.StoppedEarly(cli, result);
         var table = new Table().AddColumns("#", "Message id", "Type", "Job", "Job status", "Exception", "Message", "Failed at", "Attempts", "Group");
         var index = 0;
         foreach (var message in messages.EnumerateArray())
@@ -98,6 +99,7 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
 
         cli.Out.Write(new Text(settings.Queue, Output.Bold));
         cli.Out.WriteLine($": {Output.Plain(result, "examined")} of {Output.Plain(result, "queueDepth")} message(s) examined.");
+        Output.StoppedEarly(cli, result);
         var table = new Table().AddColumns("Group", "Count", "Exception", "Message", "First", "Last");
         foreach (var group in result.GetProperty("groups").EnumerateArray())
         {
@@ -124,6 +126,15 @@ internal static class Output
     /// turns <c>:name:</c> in markup into an emoji, leaves <c>:warning:</c> in a queue name or exception message alone.
     /// </summary>
     public static Text Cell(JsonElement json, string name, int maxLength = 200) => new(Plain(json, name, maxLength));
+
+    /// <summary>An inspection whose walk ended before it saw what it set out to (<c>stoppedEarly</c>): says so, and why.</summary>
+    public static void StoppedEarly(CliContext cli, JsonElement result)
+    {
+        if (result.TryGetProperty("stoppedEarly", out var reason) && reason.ValueKind == JsonValueKind.String)
+        {
+            cli.Out.WriteLine($"Only part of the queue was seen: {Plain(result, "stoppedEarly")}");
+        }
+    }
 
     /// <summary>A field as one line of printable text, cut to <paramref name="maxLength"/>.</summary>
     public static string Plain(JsonElement json, string name, int maxLength = 200)

@@ -203,6 +203,19 @@ public sealed class CliHostileAnswerTests
         Assert.Equal($"q{Attack}_error", JsonDocument.Parse(run.Out).RootElement[0].GetProperty("name").GetString());
     }
 
+    [Theory]
+    [InlineData("messages q_error", """{"queueDepth":4,"messages":[],"stoppedEarly":"No more [messages] arrived."}""")]
+    [InlineData("groups q_error", """{"queueDepth":4,"examined":0,"groups":[],"ungrouped":0,"stoppedEarly":"No more [messages] arrived."}""")]
+    public async Task An_inspection_that_stopped_early_says_only_part_of_the_queue_was_seen_and_why(string command, string body)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains("Only part of the queue was seen: No more [messages] arrived.", run.Out, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task A_message_id_with_brackets_is_shown_as_it_is_above_its_body()
     {
