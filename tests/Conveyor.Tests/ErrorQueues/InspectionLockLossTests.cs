@@ -2,8 +2,6 @@ using System.Net;
 using System.Text.Json;
 using Conveyor.Tests.Infrastructure;
 using Npgsql;
-using RabbitMQ.Client;
-using RabbitMQ.Client.Events;
 
 namespace Conveyor.Tests.ErrorQueues;
 
@@ -32,62 +30,32 @@ public sealed class InspectionLockLossTests(ConveyorFixture fixture) : IAsyncLif
     public async Task An_inspection_whose_lock_session_is_terminated_answers_503_and_a_move_started_next_runs_and_loses_nothing()
     {
         await using var broker = await TestBroker.ConnectAsync(fixture);
-        await using var amqp = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-inspection-lock");
-        await using var setup = await amqp.CreateChannelAsync();
-        await setup.QueueDeclareAsync(Queue, durable: true, exclusive: false, autoDelete: false,
-            new Dictionary<string, object?> { ["x-single-active-consumer"] = true });
-        try
-        {
-            var ids = new List<string?>();
-            for (var i = 0; i < Messages; i++)
-            {
-                ids.Add((await broker.DeadLetterChargeAsync("System.TimeoutException", "timed out", queue: Queue)).ToString());
-            }
+        // The walk's consumer waits behind the held queue's and, with messages ready, checks again every
+        // 2 s up to 30 times: a minute in which the walk is surely running when its lock's session is terminated.
+        await using var held = await HeldErrorQueue.CreateAsync(fixture, broker, Queue, Messages);
+        var settings = ErrorQueueKit.ApiSettings();
+        settings["ErrorQueues:IdleCheckMilliseconds"] = "2000";
+        await using var api = await fixture.StartApiAsync(settings);
+        using var admin = ErrorQueueKit.Client(api.BaseAddress, ErrorQueueKit.AdminKey);
+        admin.Timeout = TimeSpan.FromMinutes(3);
 
-            // The active consumer holds one message and leaves the rest ready; the walk's consumer waits
-            // behind it and, with messages ready, checks again every 2 s up to 30 times: a minute in
-            // which the walk is surely running when its lock's session is terminated.
-            await using var holder = await amqp.CreateChannelAsync();
-            await holder.BasicQosAsync(0, 1, global: false);
-            var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            var consumer = new AsyncEventingBasicConsumer(holder);
-            consumer.ReceivedAsync += (_, _) =>
-            {
-                held.TrySetResult();
-                return Task.CompletedTask;
-            };
-            var holderTag = await holder.BasicConsumeAsync(Queue, autoAck: false, consumer);
-            await held.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var inspection = admin.GetAsync(new Uri($"/api/error-queues/{Queue}/messages", UriKind.Relative));
+        var lockSession = await LockSessionAsync(inspection);
+        Assert.True(await TerminateAsync(lockSession), "the lock's session had already ended: the inspection was no longer walking");
 
-            var settings = ErrorQueueKit.ApiSettings();
-            settings["ErrorQueues:IdleCheckMilliseconds"] = "2000";
-            await using var api = await fixture.StartApiAsync(settings);
-            using var admin = ErrorQueueKit.Client(api.BaseAddress, ErrorQueueKit.AdminKey);
-            admin.Timeout = TimeSpan.FromMinutes(3);
+        using var answer = await inspection.WaitAsync(TimeSpan.FromMinutes(3));
+        var text = await answer.Content.ReadAsStringAsync();
+        Assert.True(answer.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)answer.StatusCode}: {text}");
+        var problem = JsonDocument.Parse(text).RootElement;
+        Assert.Equal("Queue lock lost", problem.GetProperty("title").GetString());
+        Assert.Contains(Queue, problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
 
-            var inspection = admin.GetAsync(new Uri($"/api/error-queues/{Queue}/messages", UriKind.Relative));
-            var lockSession = await LockSessionAsync(inspection);
-            Assert.True(await TerminateAsync(lockSession), "the lock's session had already ended: the inspection was no longer walking");
-
-            using var answer = await inspection.WaitAsync(TimeSpan.FromMinutes(3));
-            var text = await answer.Content.ReadAsStringAsync();
-            Assert.True(answer.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)answer.StatusCode}: {text}");
-            var problem = JsonDocument.Parse(text).RootElement;
-            Assert.Equal("Queue lock lost", problem.GetProperty("title").GetString());
-            Assert.Contains(Queue, problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
-
-            // The queue is free: a move is accepted and takes every message, the held one too once it is released.
-            await holder.BasicCancelAsync(holderTag);
-            await holder.CloseAsync();
-            var moved = await admin.RunOperationAsync($"/api/error-queues/{Queue}/move", new { });
-            Assert.Equal(("succeeded", (long)Messages), (moved.GetProperty("state").GetString(), moved.GetProperty("moved").GetInt64()));
-            Assert.Equal(0u, await broker.CountAsync(Queue));
-            Assert.Equal(ids.ToHashSet(), (await broker.IdsAsync(ErrorQueueKit.ChargeQueue)).ToHashSet());
-        }
-        finally
-        {
-            await setup.QueueDeleteAsync(Queue);
-        }
+        // The queue is free: a move is accepted and takes every message, the held one too once it is released.
+        await held.ReleaseAsync();
+        var moved = await admin.RunOperationAsync($"/api/error-queues/{Queue}/move", new { });
+        Assert.Equal(("succeeded", (long)Messages), (moved.GetProperty("state").GetString(), moved.GetProperty("moved").GetInt64()));
+        Assert.Equal(0u, await broker.CountAsync(Queue));
+        Assert.Equal(held.MessageIds.ToHashSet(), (await broker.IdsAsync(ErrorQueueKit.ChargeQueue)).Select(id => id!).ToHashSet());
     }
 
     /// <summary>The backend of the Api's session that holds an advisory lock: the inspection's lock, once it has taken it.</summary>

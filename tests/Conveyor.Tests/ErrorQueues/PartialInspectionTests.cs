@@ -1,7 +1,5 @@
 using System.Globalization;
 using Conveyor.Tests.Infrastructure;
-using RabbitMQ.Client;
-using RabbitMQ.Client.Events;
 
 namespace Conveyor.Tests.ErrorQueues;
 
@@ -30,59 +28,30 @@ public sealed class PartialInspectionTests(ConveyorFixture fixture) : IAsyncLife
     public async Task A_peek_and_a_grouping_that_could_not_see_the_queue_say_they_stopped_early_and_a_complete_one_does_not()
     {
         await using var broker = await TestBroker.ConnectAsync(fixture);
-        await using var amqp = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-partial-inspection");
-        await using var setup = await amqp.CreateChannelAsync();
-        await setup.QueueDeclareAsync(Queue, durable: true, exclusive: false, autoDelete: false,
-            new Dictionary<string, object?> { ["x-single-active-consumer"] = true });
-        try
-        {
-            for (var i = 0; i < Messages; i++)
-            {
-                await broker.DeadLetterChargeAsync("System.TimeoutException", "timed out", queue: Queue);
-            }
+        await using var held = await HeldErrorQueue.CreateAsync(fixture, broker, Queue, Messages);
+        var settings = ErrorQueueKit.ApiSettings();
+        settings["ErrorQueues:IdleCheckMilliseconds"] = 100.ToString(CultureInfo.InvariantCulture);
+        await using var api = await fixture.StartApiAsync(settings);
+        using var admin = ErrorQueueKit.Client(api.BaseAddress, ErrorQueueKit.AdminKey);
 
-            // The active consumer holds one message and leaves the rest ready; the walk's consumer waits behind it.
-            await using var holder = await amqp.CreateChannelAsync();
-            await holder.BasicQosAsync(0, 1, global: false);
-            var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            var consumer = new AsyncEventingBasicConsumer(holder);
-            consumer.ReceivedAsync += (_, _) =>
-            {
-                held.TrySetResult();
-                return Task.CompletedTask;
-            };
-            var holderTag = await holder.BasicConsumeAsync(Queue, autoAck: false, consumer);
-            await held.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var peek = await admin.GetJsonAsync($"/api/error-queues/{Queue}/messages");
+        Assert.Equal(Messages - 1, peek.GetProperty("queueDepth").GetInt64());
+        Assert.Equal(0, peek.GetProperty("messages").GetArrayLength());
+        Assert.Contains("No more messages arrived", peek.GetProperty("stoppedEarly").GetString(), StringComparison.Ordinal);
 
-            var settings = ErrorQueueKit.ApiSettings();
-            settings["ErrorQueues:IdleCheckMilliseconds"] = 100.ToString(CultureInfo.InvariantCulture);
-            await using var api = await fixture.StartApiAsync(settings);
-            using var admin = ErrorQueueKit.Client(api.BaseAddress, ErrorQueueKit.AdminKey);
+        var groups = await admin.GetJsonAsync($"/api/error-queues/{Queue}/groups");
+        Assert.Equal(0, groups.GetProperty("examined").GetInt64());
+        Assert.Contains("No more messages arrived", groups.GetProperty("stoppedEarly").GetString(), StringComparison.Ordinal);
 
-            var peek = await admin.GetJsonAsync($"/api/error-queues/{Queue}/messages");
-            Assert.Equal(Messages - 1, peek.GetProperty("queueDepth").GetInt64());
-            Assert.Equal(0, peek.GetProperty("messages").GetArrayLength());
-            Assert.Contains("No more messages arrived", peek.GetProperty("stoppedEarly").GetString(), StringComparison.Ordinal);
-
-            var groups = await admin.GetJsonAsync($"/api/error-queues/{Queue}/groups");
-            Assert.Equal(0, groups.GetProperty("examined").GetInt64());
-            Assert.Contains("No more messages arrived", groups.GetProperty("stoppedEarly").GetString(), StringComparison.Ordinal);
-
-            // The queue free again: the walk sees every message and has nothing to add.
-            await holder.BasicCancelAsync(holderTag);
-            await holder.CloseAsync();
-            await Eventually.AssertAsync(async () => Assert.Equal((uint)Messages, await broker.CountAsync(Queue)));
-            peek = await admin.GetJsonAsync($"/api/error-queues/{Queue}/messages");
-            Assert.Equal(Messages, peek.GetProperty("messages").GetArrayLength());
-            Assert.True(IsAbsentOrNull(peek, "stoppedEarly"), peek.ToString());
-            groups = await admin.GetJsonAsync($"/api/error-queues/{Queue}/groups");
-            Assert.Equal(Messages, groups.GetProperty("examined").GetInt64());
-            Assert.True(IsAbsentOrNull(groups, "stoppedEarly"), groups.ToString());
-        }
-        finally
-        {
-            await setup.QueueDeleteAsync(Queue);
-        }
+        // The queue free again: the walk sees every message and has nothing to add.
+        await held.ReleaseAsync();
+        await Eventually.AssertAsync(async () => Assert.Equal((uint)Messages, await broker.CountAsync(Queue)));
+        peek = await admin.GetJsonAsync($"/api/error-queues/{Queue}/messages");
+        Assert.Equal(Messages, peek.GetProperty("messages").GetArrayLength());
+        Assert.True(IsAbsentOrNull(peek, "stoppedEarly"), peek.ToString());
+        groups = await admin.GetJsonAsync($"/api/error-queues/{Queue}/groups");
+        Assert.Equal(Messages, groups.GetProperty("examined").GetInt64());
+        Assert.True(IsAbsentOrNull(groups, "stoppedEarly"), groups.ToString());
     }
 
     private static bool IsAbsentOrNull(System.Text.Json.JsonElement answer, string property) =>
