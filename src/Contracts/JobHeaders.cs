@@ -8,4 +8,16 @@ public static class JobHeaders
 
     /// <summary>On a copy moved back from an error queue: the queue it was moved from.</summary>
     public const string MovedFrom = "Conveyor-Moved-From";
+
+    /// <summary>On a copy moved back from an error queue: the id of the operation that moved it.</summary>
+    public const string MovedByOperation = "Conveyor-Moved-By-Operation";
+
+    /// <summary>On a copy moved back from an error queue: the last few faults it had, newest last (a JSON array).</summary>
+    public const string FaultHistory = "Conveyor-Fault-History";
+
+    /// <summary>
+    /// The most UTF-8 bytes a move writes in <see cref="FaultHistory"/>: older faults drop off to keep it
+    /// within this, so a consumer's header size check can leave a move's headers out up to a known bound.
+    /// </summary>
+    public const int MaxFaultHistoryBytes = 8_192;
 }

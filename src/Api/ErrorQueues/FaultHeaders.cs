@@ -22,11 +22,11 @@ public static class FaultHeaders
     public const string RedeliveryAttempt = "Conveyor-Redelivery-Attempt";
 
     /// <summary>Added to a moved copy: the last few faults it had, newest last (a JSON array).</summary>
-    public const string FaultHistory = "Conveyor-Fault-History";
+    public const string FaultHistory = Contracts.JobHeaders.FaultHistory;
 
     /// <summary>Added to a moved copy: the queue it was moved from.</summary>
     public const string MovedFrom = Contracts.JobHeaders.MovedFrom;
 
     /// <summary>Added to a moved copy: the id of the operation that moved it.</summary>
-    public const string MovedBy = "Conveyor-Moved-By-Operation";
+    public const string MovedBy = Contracts.JobHeaders.MovedByOperation;
 }

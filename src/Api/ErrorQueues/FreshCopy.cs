@@ -19,9 +19,13 @@ public static class FreshCopy
     /// <summary>Characters kept of each fault message in the history.</summary>
     public const int HistoryMessageChars = 300;
 
+    /// <summary>Characters kept of each exception type in the history.</summary>
+    public const int HistoryTypeChars = 200;
+
     private static readonly string[] StrippedPrefixes =
     [
-        "MT-Fault-", FaultHeaders.Reason, "MT-Redelivery-Count",
+        // MT-Host-*: the host that moved the message to _error, written with the fault headers.
+        "MT-Fault-", "MT-Host-", FaultHeaders.Reason, "MT-Redelivery-Count",
         "x-death", "x-first-death", "x-last-death", "x-delivery-count", "x-dotnet-pub-seq-no",
         FaultHeaders.RedeliveryAttempt, FaultHeaders.FirstFailureAt, FaultHeaders.Attempts,
         FaultHeaders.DeadLetterReason, FaultHeaders.JobKind, "Conveyor-Last-Error", "Conveyor-Lease-Deferrals", "Conveyor-Redelivery-Seal",
@@ -72,40 +76,65 @@ public static class FreshCopy
         };
     }
 
-    /// <summary>The earlier history plus this fault, newest last, at most <see cref="HistoryLength"/> entries; null when there is nothing to record.</summary>
+    /// <summary>
+    /// The earlier history plus this fault, newest last, at most <see cref="HistoryLength"/> entries and
+    /// <see cref="Contracts.JobHeaders.MaxFaultHistoryBytes"/> bytes (the oldest go first; an earlier entry is
+    /// carried as it came, so one written by someone else may be large); null when there is nothing to record.
+    /// </summary>
     public static string? History(FaultedMessage message)
     {
         var hasFault = message.ExceptionType is not null || message.ExceptionMessage is not null;
         using var earlier = Parse(message.FaultHistory);
-        var entries = earlier is null ? [] : earlier.RootElement.EnumerateArray().Where(e => e.ValueKind == JsonValueKind.Object).ToList();
-        if (entries.Count == 0 && !hasFault)
+        var entries = earlier is null
+            ? []
+            : earlier.RootElement.EnumerateArray().Where(e => e.ValueKind == JsonValueKind.Object).Select(e => e.GetRawText()).ToList();
+        if (hasFault)
         {
-            return null;
+            entries.Add(Entry(message));
         }
 
+        if (entries.Count > HistoryLength)
+        {
+            entries.RemoveRange(0, entries.Count - HistoryLength);
+        }
+
+        // The brackets, and a comma between entries.
+        var bytes = 2 + entries.Sum(e => Encoding.UTF8.GetByteCount(e) + 1);
+        while (bytes > Contracts.JobHeaders.MaxFaultHistoryBytes && entries.Count > 0)
+        {
+            bytes -= Encoding.UTF8.GetByteCount(entries[0]) + 1;
+            entries.RemoveAt(0);
+        }
+
+        return entries.Count == 0 ? null : $"[{string.Join(',', entries)}]";
+    }
+
+    /// <summary>This fault as a history entry: well under the history's byte bound, escapes included.</summary>
+    private static string Entry(FaultedMessage message)
+    {
         var buffer = new ArrayBufferWriter<byte>(256);
         using (var writer = new Utf8JsonWriter(buffer))
         {
-            writer.WriteStartArray();
-            foreach (var entry in entries.Skip(Math.Max(0, entries.Count + (hasFault ? 1 : 0) - HistoryLength)))
-            {
-                entry.WriteTo(writer);
-            }
-
-            if (hasFault)
-            {
-                var text = message.ExceptionMessage ?? "";
-                writer.WriteStartObject();
-                writer.WriteString("exceptionType"u8, message.ExceptionType);
-                writer.WriteString("message"u8, text.Length > HistoryMessageChars ? text.AsSpan(0, HistoryMessageChars) : text);
-                writer.WriteString("faultedAt"u8, message.FaultedAt?.ToString("O", CultureInfo.InvariantCulture));
-                writer.WriteEndObject();
-            }
-
-            writer.WriteEndArray();
+            writer.WriteStartObject();
+            writer.WriteString("exceptionType"u8, Cut(message.ExceptionType, HistoryTypeChars));
+            writer.WriteString("message"u8, Cut(message.ExceptionMessage ?? "", HistoryMessageChars));
+            writer.WriteString("faultedAt"u8, message.FaultedAt?.ToString("O", CultureInfo.InvariantCulture));
+            writer.WriteEndObject();
         }
 
         return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    /// <summary>At most <paramref name="chars"/> characters, never ending inside a surrogate pair.</summary>
+    private static string? Cut(string? text, int chars)
+    {
+        if (text is null || text.Length <= chars)
+        {
+            return text;
+        }
+
+        var length = char.IsHighSurrogate(text[chars - 1]) ? chars - 1 : chars;
+        return text[..length];
     }
 
     /// <summary>A mangled history is dropped rather than carried along.</summary>

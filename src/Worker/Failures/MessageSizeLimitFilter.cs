@@ -7,9 +7,10 @@ namespace Conveyor.Worker.Failures;
 /// Refuses bodies and header tables over the endpoint's limits as a permanent failure, before any
 /// work is done. Headers near the broker's frame limit would leave no room for what a redelivery or
 /// the move to <c>_error</c> adds to them. The headers the worker writes itself on a copy it publishes
-/// again are not counted, up to <see cref="RedeliveryHeaders.OwnAllowance"/>
-/// (<see cref="RedeliveryHeaders.CountedBytes"/>): a delayed redelivery of a command that came just under
-/// the limit is measured as the command was.
+/// again are not counted, up to <see cref="RedeliveryHeaders.OwnAllowance"/>, nor those an error-queue
+/// move writes on a copy it moves back, up to <see cref="RedeliveryHeaders.MoveAllowance"/>
+/// (<see cref="RedeliveryHeaders.CountedBytes"/>): a delayed redelivery, or a move back, of a command that
+/// came just under the limit is measured as the command was.
 /// </summary>
 public sealed class MessageSizeLimitFilter(long maxBytes, long maxHeaderBytes) : IFilter<ConsumeContext>
 {

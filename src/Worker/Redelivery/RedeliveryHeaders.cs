@@ -30,6 +30,16 @@ public static class RedeliveryHeaders
     public const int OwnAllowance = 4_096;
 
     /// <summary>
+    /// The most an error-queue move's headers take on a copy it moved back before they count against
+    /// an endpoint's <c>MaxHeaderBytes</c>: the fault history (at most
+    /// <see cref="Contracts.JobHeaders.MaxFaultHistoryBytes"/>), the queue it came from (a queue name is at
+    /// most 255 bytes) and the operation's id, with their table entries. Without it, a command that came
+    /// just under the limit was refused for its headers when an operator moved it back, and went
+    /// straight back to <c>_error</c>.
+    /// </summary>
+    public const int MoveAllowance = Contracts.JobHeaders.MaxFaultHistoryBytes + 512;
+
+    /// <summary>
     /// The headers the worker writes on a copy it publishes again (a delayed redelivery, a lease
     /// deferral, a copy trimmed to fit), and the one its AMQP client adds to every publish under
     /// confirms. Matched ignoring case, as they are read.
@@ -38,6 +48,12 @@ public static class RedeliveryHeaders
     {
         Attempt, FirstFailureAt, LastError, Deferrals, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
         RabbitMQ.Client.Constants.PublishSequenceNumberHeader,
+    }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>The headers an error-queue move writes on the copy it moves back (see <see cref="MoveAllowance"/>).</summary>
+    private static readonly FrozenSet<string> MoveNames = new[]
+    {
+        Contracts.JobHeaders.FaultHistory, Contracts.JobHeaders.MovedFrom, Contracts.JobHeaders.MovedByOperation,
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 
     // Broker bookkeeping, the last publisher's client bookkeeping and fault details that must not travel
@@ -51,18 +67,23 @@ public static class RedeliveryHeaders
     /// <summary>True for a header the worker itself writes on the copies it publishes again (see <see cref="OwnAllowance"/>).</summary>
     public static bool IsOwn(string name) => OwnNames.Contains(name);
 
+    /// <summary>True for a header an error-queue move writes on the copy it moves back (see <see cref="MoveAllowance"/>).</summary>
+    public static bool IsMove(string name) => MoveNames.Contains(name);
+
     /// <summary>
     /// What a header table takes as measured against an endpoint's <c>MaxHeaderBytes</c>: every entry,
-    /// less the worker's own (<see cref="IsOwn"/>) up to <see cref="OwnAllowance"/>. A copy the worker
+    /// less the worker's own (<see cref="IsOwn"/>) up to <see cref="OwnAllowance"/> and an error-queue
+    /// move's up to <see cref="MoveAllowance"/>. A copy the worker
     /// publishes again carries what the sender sent plus the worker's bookkeeping, and must be measured
     /// as the sender's message was, or a command that came just under the limit comes back over it and
-    /// is refused instead of retried. Anyone can send headers under those names, so they are left out
-    /// only up to the allowance: a sender gains at most <see cref="OwnAllowance"/> bytes, and the limit
-    /// keeps bounding what reaches a consumer.
+    /// is refused instead of retried; so must a copy an operator moved back. Anyone can send headers under
+    /// those names, so they are left out only up to the allowances: a sender gains at most their sum, and
+    /// the limit keeps bounding what reaches a consumer.
     /// </summary>
     public static long CountedBytes<TValue>(IEnumerable<KeyValuePair<string, TValue>>? headers)
     {
         long own = 0;
+        long moved = 0;
         long theirs = 0;
         foreach (var (name, value) in headers ?? [])
         {
@@ -71,13 +92,17 @@ public static class RedeliveryHeaders
             {
                 own += bytes;
             }
+            else if (IsMove(name))
+            {
+                moved += bytes;
+            }
             else
             {
                 theirs += bytes;
             }
         }
 
-        return theirs + Math.Max(0, own - OwnAllowance);
+        return theirs + Math.Max(0, own - OwnAllowance) + Math.Max(0, moved - MoveAllowance);
     }
 
     public static int ReadInt(IEnumerable<KeyValuePair<string, object>> headers, string name) =>

@@ -116,7 +116,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// <see cref="MaxStoredHeaderBytes"/>), the largest dropped (and named in
     /// <see cref="OversizedHeaders.DroppedHeader"/>) when they take more; the worker's own headers come
     /// on top, uncounted up to <see cref="RedeliveryHeaders.OwnAllowance"/>, as the size check counts
-    /// them. So a copy that met the endpoint's limit when it arrived meets it when it comes back, with
+    /// them, and so do an error-queue move's (up to <see cref="RedeliveryHeaders.MoveAllowance"/>). So a copy that met the endpoint's limit when it arrived meets it when it comes back, with
     /// every header of the sender's, instead of being refused for the worker's bookkeeping, or losing
     /// the sender's largest header to make room for it. A header within the limit when it arrived can
     /// still take more once stored (bytes that are no UTF-8 come back as three each, numbers as text):
@@ -142,7 +142,9 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
 
             // An earlier note of dropped headers stays with the sender's headers, where a new note
             // continues it (and where it is counted, which only leaves more room than needed).
-            var isOwn = RedeliveryHeaders.IsOwn(key) && !string.Equals(key, OversizedHeaders.DroppedHeader, StringComparison.OrdinalIgnoreCase);
+            // A move's headers (on a copy an operator moved back) count as the size check counts them: on top.
+            var isOwn = (RedeliveryHeaders.IsOwn(key) || RedeliveryHeaders.IsMove(key))
+                && !string.Equals(key, OversizedHeaders.DroppedHeader, StringComparison.OrdinalIgnoreCase);
             (isOwn ? own : senders)[key] = value;
         }
 
@@ -158,7 +160,8 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
             headers[key] = value;
         }
 
-        OversizedHeaders.DropLargest(headers, MaxStoredHeaderBytes + RedeliveryHeaders.OwnAllowance, extraHeaders.Keys.ToHashSet(StringComparer.Ordinal));
+        OversizedHeaders.DropLargest(
+            headers, MaxStoredHeaderBytes + RedeliveryHeaders.OwnAllowance + RedeliveryHeaders.MoveAllowance, extraHeaders.Keys.ToHashSet(StringComparer.Ordinal));
         return headers;
     }
 

@@ -106,6 +106,8 @@ public sealed class ErrorQueueLogicTests
                 ["MT-Fault-ExceptionType"] = Encoding.UTF8.GetBytes("System.TimeoutException"),
                 ["MT-Fault-Message"] = Encoding.UTF8.GetBytes(new string('x', 1000)),
                 ["MT-Reason"] = Encoding.UTF8.GetBytes("fault"),
+                ["MT-Host-MachineName"] = Encoding.UTF8.GetBytes("worker-7"),
+                ["MT-Host-ProcessId"] = Encoding.UTF8.GetBytes("4242"),
                 ["x-death"] = new List<object>(),
                 ["Conveyor-Redelivery-Attempt"] = Encoding.UTF8.GetBytes("3"),
                 ["Conveyor-Attempts"] = Encoding.UTF8.GetBytes("4"),
@@ -127,6 +129,33 @@ public sealed class ErrorQueueLogicTests
         Assert.Equal("E1", history[0].GetProperty("exceptionType").GetString());
         Assert.Equal("System.TimeoutException", history[^1].GetProperty("exceptionType").GetString());
         Assert.Equal(FreshCopy.HistoryMessageChars, history[^1].GetProperty("message").GetString()!.Length);
+    }
+
+    [Fact]
+    public void A_moved_copys_fault_history_stays_within_its_byte_bound_whatever_the_earlier_history_carried()
+    {
+        // Earlier entries are carried as they came: someone else's may be large. Control characters take
+        // six bytes each once escaped, so this fault's own entry is at its largest too.
+        var earlier = JsonSerializer.Serialize(Enumerable.Range(0, 4).Select(i => new { exceptionType = "E" + i, message = new string('m', 3_000) }));
+        var original = new BasicProperties
+        {
+            MessageId = "msg-2",
+            Headers = new Dictionary<string, object?>
+            {
+                ["MT-Fault-ExceptionType"] = Encoding.UTF8.GetBytes(new string('\u0001', 5_000)),
+                ["MT-Fault-Message"] = Encoding.UTF8.GetBytes(new string('\u0002', 5_000)),
+                ["Conveyor-Fault-History"] = Encoding.UTF8.GetBytes(earlier),
+            },
+        };
+        var message = FaultedMessage.Read(original, "{}"u8);
+
+        var history = (string)FreshCopy.Build(original, message, "charge-payment_error", Guid.Empty).Headers!["Conveyor-Fault-History"]!;
+
+        Assert.True(Encoding.UTF8.GetByteCount(history) <= Contracts.JobHeaders.MaxFaultHistoryBytes, $"{Encoding.UTF8.GetByteCount(history)} bytes");
+        var entries = JsonDocument.Parse(history).RootElement.EnumerateArray().ToList();
+        // The oldest went first; this fault, cut to its lengths, is always kept.
+        Assert.Equal(["E3", new string('\u0001', FreshCopy.HistoryTypeChars)], entries.Select(e => e.GetProperty("exceptionType").GetString()));
+        Assert.Equal(new string('\u0002', FreshCopy.HistoryMessageChars), entries[^1].GetProperty("message").GetString());
     }
 
     [Theory]

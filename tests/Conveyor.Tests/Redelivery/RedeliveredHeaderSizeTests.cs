@@ -82,6 +82,41 @@ public sealed class RedeliveredHeaderSizeTests(ConveyorFixture fixture) : IAsync
     }
 
     [Fact]
+    public async Task A_charge_whose_headers_are_just_under_the_limit_runs_when_an_operator_moves_it_back_from_the_error_queue()
+    {
+        // A move back gives the copy a fault history and says where it came from and which operation moved
+        // it. Counted against the limit, a command that had come just under it was refused for its headers
+        // when moved back, and went straight back to _error: no way to run it again.
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.BadRequest;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
+            ("Consumers:ChargePayment:MaxHeaderBytes", "16384")));
+        await ErrorQueues.ErrorQueueKit.ClearOperationsAsync(fixture);
+        await using var api = await fixture.StartApiAsync(ErrorQueues.ErrorQueueKit.ApiSettings());
+        await fixture.DeclareAsync("charge-payment_error");
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var payment = Guid.NewGuid();
+        var pad = new string('p', 16_384 - UnderTheLimit);
+
+        await producer.PublishEnvelopeAsync(ChargeExchange, ChargeUrn,
+            new { paymentId = payment, accountId = "acct-moved-near-the-limit", amountMinor = 1250, currency = "EUR" },
+            headers: new Dictionary<string, string> { ["X-Pad"] = pad });
+        await fixture.WaitForJobAsync(payment, JobStatus.DeadLettered);
+        Assert.Equal(1, gateway.RequestsFor(payment.ToString()));
+
+        gateway.FailEverythingWith = null;
+        using var admin = ErrorQueues.ErrorQueueKit.Client(api.BaseAddress);
+        var moved = await ErrorQueues.ErrorQueueKit.RunOperationAsync(admin, "/api/error-queues/charge-payment_error/move", new { });
+        Assert.Equal(("succeeded", 1L), (moved.GetProperty("state").GetString(), moved.GetProperty("moved").GetInt64()));
+
+        var job = await fixture.WaitForJobAsync(payment, JobStatus.Succeeded);
+        Assert.Equal(2, job.Attempts);
+        Assert.Equal((2, 1), (gateway.RequestsFor(payment.ToString()), gateway.SuccessfulRequestsFor(payment.ToString())));
+        await fixture.AssertDrainedAsync(worker, "charge-payment");
+        Assert.Empty(await producer.TakeAllAsync("charge-payment_error"));
+    }
+
+    [Fact]
     public async Task A_sender_cannot_pass_more_than_the_limit_under_the_workers_own_header_names()
     {
         await using var gateway = await FakePaymentGateway.StartAsync();

@@ -16,6 +16,22 @@ public sealed class RedeliveryHeaderBudgetTests
     private const int Limit = 16_384;
 
     [Fact]
+    public void An_error_queue_moves_headers_at_their_largest_are_not_counted_and_a_sender_cannot_stretch_their_allowance()
+    {
+        var moved = new Dictionary<string, object?>
+        {
+            [Contracts.JobHeaders.FaultHistory] = new string('h', Contracts.JobHeaders.MaxFaultHistoryBytes),
+            [Contracts.JobHeaders.MovedFrom] = new string('q', 255),
+            [Contracts.JobHeaders.MovedByOperation] = Guid.NewGuid().ToString(),
+        };
+        Assert.True(AmqpFrame.TableBytes(moved) <= RedeliveryHeaders.MoveAllowance, $"{AmqpFrame.TableBytes(moved)} bytes");
+        Assert.Equal(0, RedeliveryHeaders.CountedBytes(moved));
+
+        moved[Contracts.JobHeaders.FaultHistory] = new string('h', RedeliveryHeaders.MoveAllowance + 1_000);
+        Assert.True(RedeliveryHeaders.CountedBytes(moved) >= 1_000);
+    }
+
+    [Fact]
     public void The_workers_own_headers_at_their_largest_fit_in_their_allowance()
     {
         var seal = new RedeliverySeal(new EphemeralDataProtectionProvider());
