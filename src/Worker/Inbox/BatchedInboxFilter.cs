@@ -59,7 +59,7 @@ public sealed partial class BatchedInboxFilter<T>(
 
         job = job with { JobId = member.JobId, Attempt = member.Attempt };
         ClaimedAttempt.Set(context, member.Attempt);
-        FirstCommandFingerprint.Set(context, member.FirstFingerprint);
+        ClaimedFingerprints.Set(context, member.Fingerprint, member.FirstFingerprint);
         var startedAt = JobMetrics.AttemptStarted(job, context, time);
         using var logScope = JobLogScope.Begin(logger, job, context);
         try

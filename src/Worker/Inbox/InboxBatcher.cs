@@ -705,7 +705,7 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// </summary>
     public int? Attempt { get; private set; }
 
-    /// <summary>For a message that may run, its job's first command as its claim read it (<see cref="FirstCommandFingerprint"/>).</summary>
+    /// <summary>For a message that may run, its job's first command as its claim read it (<see cref="ClaimedFingerprints"/>).</summary>
     public byte[]? FirstFingerprint { get; private set; }
 
     /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
@@ -812,7 +812,7 @@ public sealed class BatchClaimRow
     public byte[]? JobFingerprint { get; init; }
 
     /// <summary>
-    /// The job's first command as the locked row says (<see cref="FirstCommandFingerprint"/>), dead-lettered
+    /// The job's first command as the locked row says (<see cref="ClaimedFingerprints"/>), dead-lettered
     /// or not: its original fingerprint after a takeover, else its own; null without a row.
     /// </summary>
     public byte[]? FirstFingerprint { get; init; }

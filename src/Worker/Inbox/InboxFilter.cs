@@ -76,7 +76,7 @@ public sealed partial class InboxFilter<T>(
         if (job is not null)
         {
             ClaimedAttempt.Set(context, attempt);
-            FirstCommandFingerprint.Set(context, firstFingerprint);
+            ClaimedFingerprints.Set(context, fingerprint, firstFingerprint);
             // The claim holds the job row's lock: a failed attempt is recorded before it is released.
             await transaction.CreateSavepointAsync(AttemptSavepoint, cancellationToken);
         }

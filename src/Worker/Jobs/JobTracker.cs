@@ -308,7 +308,7 @@ public sealed class ClaimRow
     public byte[]? JobFingerprint { get; init; }
 
     /// <summary>
-    /// When it claimed the job, the job's first command (<see cref="FirstCommandFingerprint"/>). Read from the
+    /// When it claimed the job, the job's first command (<see cref="ClaimedFingerprints"/>). Read from the
     /// row as this claim wrote it, which names the same command as before: a takeover moves the first
     /// command's fingerprint to the original column, and a row this claim creates is its own command's.
     /// </summary>

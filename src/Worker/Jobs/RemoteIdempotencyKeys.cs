@@ -17,17 +17,17 @@ namespace Conveyor.Worker.Jobs;
 /// </summary>
 public sealed class RemoteIdempotencyKeys(IDbContextFactory<ConveyorDbContext> dbFactory)
 {
-    /// <summary>The key for <paramref name="command"/>, the job of <paramref name="kind"/> and <paramref name="businessKey"/>.</summary>
+    /// <summary>The key for the command <paramref name="context"/> delivers, the job of <paramref name="kind"/> and <paramref name="businessKey"/>.</summary>
     /// <param name="context">
-    /// The delivery; its inbox claim's reading of the job row (<see cref="FirstCommandFingerprint"/>) is used
-    /// when there is one, else the row is read here.
+    /// The delivery; what its inbox claim worked with (<see cref="ClaimedFingerprints"/>) is used when there
+    /// is one, else the command is fingerprinted and the job row read here.
     /// </param>
-    public async Task<string> ForAsync(ConsumeContext context, string kind, string businessKey, object command)
+    public async Task<string> ForAsync<T>(ConsumeContext<T> context, string kind, string businessKey)
+        where T : class
     {
-        var fingerprint = PayloadFingerprint.Of(command);
-        if (FirstCommandFingerprint.TryGet(context, out var claimed))
+        if (ClaimedFingerprints.TryGet(context, out var command, out var claimed))
         {
-            return For(businessKey, claimed, fingerprint);
+            return For(businessKey, claimed, command);
         }
 
         // Read as committed, outside any inbox transaction: before a takeover commits, the row still
@@ -37,7 +37,7 @@ public sealed class RemoteIdempotencyKeys(IDbContextFactory<ConveyorDbContext> d
             .Where(j => j.Kind == kind && j.BusinessKey == businessKey)
             .Select(j => new { j.PayloadHash, j.OriginalPayloadHash })
             .FirstOrDefaultAsync(context.CancellationToken);
-        return For(businessKey, job?.OriginalPayloadHash ?? job?.PayloadHash, fingerprint);
+        return For(businessKey, job?.OriginalPayloadHash ?? job?.PayloadHash, PayloadFingerprint.Of(context.Message));
     }
 
     /// <summary>

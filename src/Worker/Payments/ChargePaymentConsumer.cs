@@ -23,7 +23,7 @@ public sealed class ChargePaymentConsumer(IPaymentGateway gateway, RemoteIdempot
 
         var charge = await gateway.ChargeAsync(
             new ChargeRequest(payment.AccountId, payment.AmountMinor, payment.Currency),
-            await keys.ForAsync(context, JobKinds.ChargePayment, payment.PaymentId.ToString(), payment),
+            await keys.ForAsync(context, JobKinds.ChargePayment, payment.PaymentId.ToString()),
             context.CancellationToken);
 
         db.Ledger.Add(new LedgerEntry

@@ -116,8 +116,9 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// <see cref="MaxStoredHeaderBytes"/>), the largest dropped (and named in
     /// <see cref="OversizedHeaders.DroppedHeader"/>) when they take more; the worker's own headers come
     /// on top, uncounted up to <see cref="RedeliveryHeaders.OwnAllowance"/>, as the size check counts
-    /// them, and so do an error-queue move's (up to <see cref="RedeliveryHeaders.MoveAllowance"/>). So a copy that met the endpoint's limit when it arrived meets it when it comes back, with
-    /// every header of the sender's, instead of being refused for the worker's bookkeeping, or losing
+    /// them, and so do an error-queue move's (up to <see cref="RedeliveryHeaders.MoveAllowance"/>). So a
+    /// copy that met the endpoint's limit when it arrived meets it when it comes back, with every header
+    /// of the sender's, instead of being refused for the worker's bookkeeping, or losing
     /// the sender's largest header to make room for it. A header within the limit when it arrived can
     /// still take more once stored (bytes that are no UTF-8 come back as three each, numbers as text):
     /// such a header is dropped rather than have the copy refused, or unpublishable, when it comes back.
@@ -140,9 +141,10 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
                 continue;
             }
 
-            // An earlier note of dropped headers stays with the sender's headers, where a new note
-            // continues it (and where it is counted, which only leaves more room than needed).
-            // A move's headers (on a copy an operator moved back) count as the size check counts them: on top.
+            // The worker's own headers and a move's (on a copy an operator moved back) go on top, as the
+            // size check leaves them out. An earlier note of dropped headers stays with the sender's
+            // headers, where a new note continues it (and where it is counted, which only leaves more
+            // room than needed).
             var isOwn = (RedeliveryHeaders.IsOwn(key) || RedeliveryHeaders.IsMove(key))
                 && !string.Equals(key, OversizedHeaders.DroppedHeader, StringComparison.OrdinalIgnoreCase);
             (isOwn ? own : senders)[key] = value;

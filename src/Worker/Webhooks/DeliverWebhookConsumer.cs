@@ -23,7 +23,7 @@ public sealed class DeliverWebhookConsumer(WebhookSender sender, RemoteIdempoten
         PermanentFailureException.ThrowIfInvalid(context, webhook.Validate());
 
         var body = Encoding.UTF8.GetBytes(webhook.Payload.GetRawText());
-        var idempotencyKey = await keys.ForAsync(context, JobKinds.DeliverWebhook, webhook.WebhookId.ToString(), webhook);
+        var idempotencyKey = await keys.ForAsync(context, JobKinds.DeliverWebhook, webhook.WebhookId.ToString());
         var result = await sender.SendAsync(webhook.WebhookId, idempotencyKey, webhook.Url, webhook.EventType, body, context.CancellationToken);
 
         db.WebhookDeliveries.Add(new WebhookDelivery
