@@ -151,7 +151,20 @@ internal static class Output
             _ => value.GetRawText(),
         };
         text = Printable.Text(text.ReplaceLineEndings(" "));
-        return text.Length > maxLength ? text[..(maxLength - 1)] + "…" : text;
+        if (text.Length <= maxLength)
+        {
+            return text;
+        }
+
+        // Never between the halves of a surrogate pair (an emoji): the first half alone would reach the terminal
+        // as a lone surrogate, which Printable.Text escapes everywhere else. Printable text holds only whole pairs.
+        var end = maxLength - 1;
+        if (char.IsHighSurrogate(text[end - 1]))
+        {
+            end--;
+        }
+
+        return text[..end] + "…";
     }
 
     public static readonly Style Bold = new(decoration: Decoration.Bold);

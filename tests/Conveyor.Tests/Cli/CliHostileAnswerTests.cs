@@ -81,6 +81,27 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(0, requests);
     }
 
+    /// <summary>
+    /// A cell is cut to its column's width: never between the two halves of a character beyond U+FFFF (an emoji),
+    /// whose first half alone would reach the terminal as the lone surrogate no answer may put there.
+    /// </summary>
+    [Theory]
+    [InlineData("messages q_error", """{"queueDepth":1,"messages":[{"messageId":"m","exceptionMessage":"{0}"}]}""")]
+    [InlineData("groups q_error", """{"queueDepth":1,"examined":1,"groups":[{"groupId":"g","count":1,"normalisedMessage":"{0}"}]}""")]
+    [InlineData("jobs", """{"items":[{"jobId":"j","status":"dead-lettered","lastError":"{0}"}]}""")]
+    public async Task A_cell_cut_to_its_width_never_splits_a_character_in_two(string command, string template)
+    {
+        // 78 letters, then an emoji on the 79th and 80th chars: the 80-character cell keeps 79 chars and an ellipsis.
+        var text = new string('a', 78) + "\ud83d\ude00 and more";
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, template.Replace("{0}", text, StringComparison.Ordinal)));
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.DoesNotContain(run.Out, char.IsSurrogate);
+        Assert.Contains(new string('a', 78) + "…", run.Out, StringComparison.Ordinal);
+    }
+
     /// <summary>Spectre turns <c>:name:</c> in markup into an emoji: text from the Api is shown as the Api wrote it.</summary>
     [Theory]
     [InlineData("queues", """[{"name":"q:warning:_error","kind":"error","sourceQueue":"q:warning:","messages":1,"consumers":0}]""")]
