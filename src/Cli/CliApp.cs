@@ -1,3 +1,4 @@
+using System.ComponentModel;
 using Conveyor.Cli.Commands;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -96,7 +97,7 @@ public static class CliApp
         }
         catch (CommandAppException exception)
         {
-            var message = UnconvertibleValue(exception.Message, args) ?? exception.Message;
+            var message = UnconvertibleValue(exception.Message, args, commands) ?? exception.Message;
             await stderr.WriteLineAsync($"conveyor: {Printable.Text(message, keepLineBreaks: true)}");
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
@@ -111,11 +112,11 @@ public static class CliApp
     }
 
     /// <summary>
-    /// Spectre's words for an option value of the wrong kind name a .NET type ("Failed to convert 'x' to
-    /// Nullable`1"): said instead with the option the value was given to, as the command line has it.
+    /// Spectre's words for an option or argument value of the wrong kind name a .NET type ("Failed to convert 'x' to
+    /// Nullable`1"): said instead with the option or argument the value was given to, as the command line has it.
     /// Null for any other message.
     /// </summary>
-    internal static string? UnconvertibleValue(string message, IReadOnlyList<string> args)
+    internal static string? UnconvertibleValue(string message, IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
     {
         const string Prefix = "Failed to convert '";
         var end = message.LastIndexOf("' to ", StringComparison.Ordinal);
@@ -125,7 +126,7 @@ public static class CliApp
         }
 
         var value = message[Prefix.Length..end];
-        string? option = null;
+        var option = args.Count > 0 && commands.TryGetValue(args[0], out var command) ? NotConvertibleAt(value, args, command) : null;
         for (var i = 0; i < args.Count && option is null; i++)
         {
             if (args[i] == value && i > 0 && args[i - 1].StartsWith('-'))
@@ -139,6 +140,68 @@ public static class CliApp
         }
 
         return $"'{value}' is not a valid value for {option ?? "an option"} (a number out of range, or not the kind of value it takes: see --help).";
+    }
+
+    /// <summary>
+    /// The option (<c>--wait</c>) or argument (<c>&lt;job-id&gt;</c>) of the line given <paramref name="value"/> that cannot
+    /// take it. The same text may be given to several, and is wrong for one only: in <c>job 5 --wait 5</c> the job id is
+    /// wrong, not the wait, which the first option before an equal text would have named. Null when none is found.
+    /// </summary>
+    private static string? NotConvertibleAt(string value, IReadOnlyList<string> args, Type command)
+    {
+        var properties = SettingsOf(command)?.GetProperties() ?? [];
+        var options = properties
+            .Select(property => (property.PropertyType, Option: property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault()))
+            .Where(p => p.Option is not null)
+            .SelectMany(p => p.Option!.LongNames.Select(name => $"--{name}").Concat(p.Option.ShortNames.Select(name => $"-{name}"))
+                .Select(name => (Name: name, p.PropertyType, TakesValue: p.Option.ValueName is not null)))
+            .ToDictionary(o => o.Name, o => (o.PropertyType, o.TakesValue), StringComparer.Ordinal);
+        var arguments = properties
+            .Select(property => (property.PropertyType, Argument: property.GetCustomAttributes(typeof(CommandArgumentAttribute), inherit: true).OfType<CommandArgumentAttribute>().FirstOrDefault()))
+            .Where(p => p.Argument is not null)
+            .OrderBy(p => p.Argument!.Position)
+            .Select(p => (Name: $"<{p.Argument!.ValueName}>", p.PropertyType))
+            .ToList();
+
+        var position = 0;
+        for (var i = 1; i < args.Count; i++)
+        {
+            (string Name, string Given, Type Type)? given = null;
+            var equals = args[i].IndexOf('=', StringComparison.Ordinal);
+            if (args[i].StartsWith("--", StringComparison.Ordinal) && equals > 0)
+            {
+                if (options.TryGetValue(args[i][..equals], out var option))
+                {
+                    given = (args[i][..equals], args[i][(equals + 1)..], option.PropertyType);
+                }
+            }
+            else if (options.TryGetValue(args[i], out var option))
+            {
+                if (option.TakesValue && i + 1 < args.Count)
+                {
+                    given = (args[i], args[++i], option.PropertyType);
+                }
+            }
+            else if (!args[i].StartsWith('-') && position < arguments.Count)
+            {
+                given = (arguments[position].Name, args[i], arguments[position].PropertyType);
+                position++;
+            }
+
+            if (given is { } g && g.Given == value && !Converts(g.Given, g.Type))
+            {
+                return g.Name;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Whether <paramref name="text"/> converts to <paramref name="type"/> (an array's element, a nullable's value) as Spectre converts it, by its type converter.</summary>
+    private static bool Converts(string text, Type type)
+    {
+        var target = type.IsArray ? type.GetElementType()! : Nullable.GetUnderlyingType(type) ?? type;
+        return TypeDescriptor.GetConverter(target).IsValid(text);
     }
 
     /// <summary>
@@ -217,13 +280,7 @@ public static class CliApp
     /// <summary>The options of a command's settings: their names as typed (--limit, -l), value name, and whether they may be repeated.</summary>
     private static List<(string[] Names, string? ValueName, bool ValueIsOptional, bool Repeatable)> Options(Type command)
     {
-        var settings = command;
-        while (settings is not null && !(settings.IsGenericType && settings.GetGenericArguments() is [var argument] && typeof(CommandSettings).IsAssignableFrom(argument)))
-        {
-            settings = settings.BaseType;
-        }
-
-        return [.. (settings?.GetGenericArguments()[0].GetProperties() ?? [])
+        return [.. (SettingsOf(command)?.GetProperties() ?? [])
             .Select(property => (Property: property, Option: property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault()))
             .Where(p => p.Option is not null)
             .Select(p => (
@@ -231,6 +288,18 @@ public static class CliApp
                 p.Option.ValueName,
                 p.Option.ValueIsOptional,
                 Repeatable: p.Property.PropertyType.IsArray))];
+    }
+
+    /// <summary>The settings type of a command (<c>JobSettings</c> for <c>JobCommand</c>), or null.</summary>
+    private static Type? SettingsOf(Type command)
+    {
+        var type = command;
+        while (type is not null && !(type.IsGenericType && type.GetGenericArguments() is [var argument] && typeof(CommandSettings).IsAssignableFrom(argument)))
+        {
+            type = type.BaseType;
+        }
+
+        return type?.GetGenericArguments()[0];
     }
 
     /// <summary>What reading a JSON answer of the wrong shape throws: a missing property, a value of another kind, an unparsable id or time.</summary>

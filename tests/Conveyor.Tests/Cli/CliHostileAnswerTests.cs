@@ -82,6 +82,32 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A value of the wrong kind for the command's argument is named as that argument, even when an option of the
+    /// line has the same text as its (valid) value: <c>job 5 --wait 5</c> is a bad job id, not a bad wait.
+    /// </summary>
+    [Theory]
+    [InlineData("job 5 --wait 5", "'5' is not a valid value for <job-id>")]
+    [InlineData("operation nope", "'nope' is not a valid value for <id>")]
+    [InlineData("operation 30 --wait --timeout 30", "'30' is not a valid value for <id>")]
+    public async Task An_argument_value_of_the_wrong_kind_is_a_usage_error_naming_the_argument(string command, string said)
+    {
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            return Respond(HttpStatusCode.OK, "[]");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains(said, run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("--wait", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("--timeout", run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, requests);
+    }
+
+    /// <summary>
     /// A cell is cut to its column's width: never between the two halves of a character beyond U+FFFF (an emoji),
     /// whose first half alone would reach the terminal as the lone surrogate no answer may put there.
     /// </summary>
