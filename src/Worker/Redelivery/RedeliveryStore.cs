@@ -39,7 +39,10 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         CancellationToken cancellationToken) =>
         ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, MaxStoredHeaderBytes, cancellationToken);
 
-    /// <param name="dedupeKey">Unique per intended publish: storing it twice keeps the first.</param>
+    /// <param name="dedupeKey">
+    /// Unique per intended publish: storing it twice keeps the first, which then stands for the job's
+    /// latest attempt (see the statement) and whose due time is returned.
+    /// </param>
     /// <param name="extraHeaders">Headers to set on the copy (overriding what it carried).</param>
     /// <param name="job">
     /// The job that waits for this copy (a delayed redelivery), or null when none does (a lease
@@ -56,7 +59,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// The destination endpoint's <c>MaxHeaderBytes</c>, which the copy must meet when it comes back:
     /// see <see cref="StorableHeaders"/>.
     /// </param>
-    /// <returns>When the copy is due, by the database's clock.</returns>
+    /// <returns>When the copy (or the one stored before under <paramref name="dedupeKey"/>) is due, by the database's clock.</returns>
     public async Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
@@ -79,6 +82,12 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         // dead-letter another. None found (no job, or its row is gone): stored without one.
         var (jobKind, businessKey) = job is { } waiting ? (waiting.Kind, waiting.BusinessKey) : (null, null);
         // The NOTIFY's payload is the due time in Unix milliseconds; count() makes it run for the stored row.
+        // A copy already stored under this key (another copy of the command failed first, and its
+        // redelivery waits) stays the only one, but it now stands for this attempt: it takes the job's
+        // attempts as this failure left them, and its due time is the one returned. Kept at the first
+        // copy's count, it no longer dead-lettered the job when it could not be published (nor showed
+        // the job a refusal), and the job showed a due time no row had. A row a dispatcher holds (it
+        // is being published now) is passed over (SKIP LOCKED), not waited for.
         // Not composed (no SingleAsync): EF would wrap the statement, and a data-modifying WITH cannot be nested.
         var due = await db.Database.SqlQuery<DateTimeOffset>($"""
             WITH job AS (
@@ -91,8 +100,14 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
                        (SELECT id FROM job), (SELECT attempts FROM job)
                   FROM due
                 ON CONFLICT (dedupe_key) DO NOTHING
-                RETURNING due_at)
-            SELECT due.due_at AS "Value"
+                RETURNING due_at),
+            adopted AS (
+                UPDATE scheduled_messages s SET job_attempts = job.attempts
+                  FROM job
+                 WHERE s.id = (SELECT e.id FROM scheduled_messages e WHERE e.dedupe_key = {dedupeKey} FOR UPDATE SKIP LOCKED)
+                   AND s.job_id = job.id
+                RETURNING s.due_at)
+            SELECT COALESCE((SELECT stored.due_at FROM stored), (SELECT adopted.due_at FROM adopted), due.due_at) AS "Value"
               FROM due, (SELECT count(pg_notify({Channel}, floor(EXTRACT(EPOCH FROM stored.due_at) * 1000)::bigint::text)) FROM stored) AS notified
             """).ToListAsync(cancellationToken);
         return due.Single();

@@ -1,0 +1,101 @@
+using System.Net;
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Redelivery;
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// A second copy of a job's command (a producer's repeated publish, the Api publishing a stranded job
+/// again) that fails transiently while the first copy's redelivery waits is stored under the same
+/// dedupe key, so no second row is stored. Its attempt is counted all the same: the row that waits must
+/// stand for the job's latest attempt, and the job must show that row's due time. Before, the row kept
+/// the first copy's attempt count and the job the second copy's own due time (a row that does not
+/// exist): when the row could then never be published it went to <c>_error</c> and the job stayed
+/// <c>retry-scheduled</c> for good, since the row no longer counted as the one the job waits for.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";
+    private const string WebhookUrn = "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook";
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_second_copy_failing_while_the_first_ones_redelivery_waits_leaves_one_row_that_its_job_waits_for()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = HttpStatusCode.InternalServerError;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:RedeliveryJitter", "0.5"),
+            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0")));
+        await fixture.DeclareAsync("deliver-webhook_error");
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var webhookId = Guid.NewGuid();
+        var command = new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 7 } };
+
+        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
+        await WaitForRetryScheduledAsync(webhookId, attempts: 1);
+        // The same command again, as a new message: it claims the job and fails like the first.
+        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
+        var job = await WaitForRetryScheduledAsync(webhookId, attempts: 2);
+        Assert.Equal(2, receiver.Deliveries.Count);
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync();
+            Assert.Equal((job.Id, 2), (stored.JobId, stored.JobAttempts));
+            Assert.Equal(stored.DueAt.ToUnixTimeMilliseconds(), job.NextAttemptAt?.ToUnixTimeMilliseconds());
+        }
+
+        // The one row there is can never be published: the job waiting for it ends dead-lettered.
+        await MakeUnpublishableAndDueAsync();
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var now = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == job.Id);
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+            Assert.Equal(JobStatus.DeadLettered, now.Status);
+            Assert.StartsWith("UnpublishableRedelivery: ", now.LastError, StringComparison.Ordinal);
+            Assert.NotNull(now.FinishedAt);
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
+    }
+
+    private async Task<Job> WaitForRetryScheduledAsync(Guid webhookId, int attempts)
+    {
+        Job job = null!;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Kind == JobKinds.DeliverWebhook && j.BusinessKey == webhookId.ToString());
+            Assert.Equal((JobStatus.RetryScheduled, attempts), (job.Status, job.Attempts));
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
+        return job;
+    }
+
+    /// <summary>Gives every stored row a header name no AMQP publish can carry, makes it due and wakes the dispatchers.</summary>
+    private async Task MakeUnpublishableAndDueAsync()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(
+            $"""
+            UPDATE scheduled_messages SET headers = headers || jsonb_build_object(@name, 'x'), due_at = now() - interval '1 second';
+            SELECT pg_notify('{RedeliveryStore.Channel}', '0');
+            """,
+            connection);
+        command.Parameters.AddWithValue("name", new string('n', 300));
+        await command.ExecuteNonQueryAsync();
+    }
+}
