@@ -15,6 +15,9 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
 {
     public DbSet<Job> Jobs => Set<Job>();
 
+    /// <summary>Idempotency-Keys answered with a job they did not create (<see cref="JobKeyAlias"/>).</summary>
+    public DbSet<JobKeyAlias> JobKeyAliases => Set<JobKeyAlias>();
+
     public DbSet<InboxRecord> Inbox => Set<InboxRecord>();
 
     public DbSet<LedgerEntry> Ledger => Set<LedgerEntry>();
@@ -58,6 +61,16 @@ public sealed class ConveyorDbContext(DbContextOptions<ConveyorDbContext> option
             job.HasIndex(j => new { j.Kind, j.Status, j.CreatedAt, j.Id })
                 .HasFilter("status IN " + JobIndexRanges.Statuses)
                 .IsCreatedConcurrently();
+        });
+
+        modelBuilder.Entity<JobKeyAlias>(alias =>
+        {
+            alias.ToTable("job_key_aliases");
+            alias.HasKey(a => a.IdempotencyKey);
+            alias.Property(a => a.IdempotencyKey).HasMaxLength(200);
+            alias.Property(a => a.RequestHash).HasMaxLength(64);
+            // Removed with its job (an unpublished row taken back, the retention sweep); indexed for those deletes.
+            alias.HasOne<Job>().WithMany().HasForeignKey(a => a.JobId).OnDelete(DeleteBehavior.Cascade);
         });
 
         modelBuilder.Entity<InboxRecord>(inbox =>

@@ -20,6 +20,13 @@ namespace Conveyor.Api.Jobs;
 /// means the other row is committed and can be read.
 /// </para>
 /// <para>
+/// So is a row whose Idempotency-Key names another job as an alias (<see cref="JobKeyAlias"/>). Aliases
+/// live in a table of their own, which no unique index shares with the jobs: a batch holding keyed rows
+/// first takes each key's lock (<see cref="KeyLocks"/>) shared, in the same transaction, so an alias being
+/// recorded for one of them (under the lock held exclusively) is committed before the insert looks for it,
+/// and an alias recorded later finds the row.
+/// </para>
+/// <para>
 /// Plain Npgsql, not EF Core: a context, the change tracker and SaveChanges cost more CPU than the
 /// insert itself, and EF Core cannot say ON CONFLICT. The statement takes arrays, so it is one
 /// prepared statement whatever the batch size, and the connection string is the one EF Core's
@@ -43,9 +50,15 @@ public sealed class JobRows : IAsyncDisposable
         SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at
           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::timestamptz[])
                AS row (id, kind, business_key, status, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
+         WHERE row.idempotency_key IS NULL
+            OR NOT EXISTS (SELECT 1 FROM job_key_aliases a WHERE a.idempotency_key = row.idempotency_key)
         ON CONFLICT DO NOTHING
         RETURNING id
         """;
+
+    /// <summary>Takes each key's lock shared (<see cref="KeyLocks.Shared"/>).</summary>
+    private static readonly string LockKeysSql =
+        $"SELECT pg_advisory_xact_lock_shared({KeyLocks.LockClass}, hashtext(k.key)) FROM unnest($1::text[]) AS k(key)";
 
     private readonly string _connectionString;
     private readonly Channel<PendingRow> _pending = Channel.CreateUnbounded<PendingRow>(new UnboundedChannelOptions { SingleReader = true });
@@ -165,9 +178,18 @@ public sealed class JobRows : IAsyncDisposable
     private async Task<HashSet<Guid>> InsertAsync(List<PendingRow> batch)
     {
         var jobs = batch.ConvertAll(row => row.Job);
+        string[] keys = [.. jobs.Select(j => j.IdempotencyKey).OfType<string>()];
         await using var connection = new NpgsqlConnection(_connectionString);
         await connection.OpenAsync();
-        await using var command = new NpgsqlCommand(InsertSql, connection)
+        // Still one round trip: the statements of a batch run in one implicit transaction, which holds the
+        // locks to its commit, and each statement reads what was committed when it starts, after the locks.
+        await using var command = new NpgsqlBatch(connection);
+        if (keys.Length > 0)
+        {
+            command.BatchCommands.Add(new NpgsqlBatchCommand(LockKeysSql) { Parameters = { new NpgsqlParameter<string[]> { TypedValue = keys } } });
+        }
+
+        command.BatchCommands.Add(new NpgsqlBatchCommand(InsertSql)
         {
             Parameters =
             {
@@ -182,10 +204,16 @@ public sealed class JobRows : IAsyncDisposable
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.CreatedAt)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.UpdatedAt)] },
             },
-        };
+        });
         await command.PrepareAsync();
         var inserted = new HashSet<Guid>();
         await using var reader = await command.ExecuteReaderAsync();
+        if (keys.Length > 0)
+        {
+            // Past the locks' rows (one per key, void) to the insert's.
+            await reader.NextResultAsync();
+        }
+
         while (await reader.ReadAsync())
         {
             inserted.Add(reader.GetGuid(0));

@@ -2,6 +2,7 @@ using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using MassTransit;
+using Npgsql;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 using System.Diagnostics;
@@ -152,9 +153,16 @@ internal sealed class JobSubmitter(
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        if (job.IdempotencyKey is { } key)
+        {
+            // As JobRows does: an alias of the key being recorded is committed before the insert looks for it.
+            await db.Database.ExecuteSqlInterpolatedAsync(KeyLocks.Shared(key), cancellationToken);
+        }
+
         var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, created_at, updated_at, next_attempt_at)
-            VALUES ({job.Id}, {job.Kind}, {job.BusinessKey}, {job.Status}, 0, {job.IdempotencyKey}, {job.RequestHash}, {job.PayloadHash}, {job.CreatedAt}, {job.UpdatedAt}, {runAt})
+            SELECT {job.Id}, {job.Kind}, {job.BusinessKey}, {job.Status}, 0, {job.IdempotencyKey}, {job.RequestHash}, {job.PayloadHash}, {job.CreatedAt}, {job.UpdatedAt}, {runAt}
+             WHERE NOT EXISTS (SELECT 1 FROM job_key_aliases a WHERE a.idempotency_key = {job.IdempotencyKey})
             ON CONFLICT DO NOTHING
             """, cancellationToken);
         if (inserted == 0)
@@ -180,7 +188,7 @@ internal sealed class JobSubmitter(
     private async Task<SubmitResult?> AnswerRepeatAsync(
         JobRequest request, string? idempotencyKey, string requestHash, DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var existing = await FindExistingAsync(request, idempotencyKey, requestHash, cancellationToken);
+        var existing = await FindExistingAsync(request, idempotencyKey, requestHash, bindKey: true, cancellationToken);
         if (existing is { Status: SubmitStatus.Duplicate, Job: { Status: JobStatus.Queued } recent }
             && now - recent.CreatedAt <= PublishBudget)
         {
@@ -304,29 +312,20 @@ internal sealed class JobSubmitter(
     /// <summary>
     /// The job a repeat of this request would get (<see cref="SubmitStatus.Duplicate"/>), or why it would be
     /// refused (<see cref="SubmitStatus.KeyReused"/>, <see cref="SubmitStatus.ContentConflict"/>); null when none was submitted.
+    /// Only a look: the key is not recorded as an alias of the job found (the request may still be refused).
     /// </summary>
     public Task<SubmitResult?> ExistingJobAsync(JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken) =>
-        FindExistingAsync(request, idempotencyKey, Convert.ToHexStringLower(SHA256.HashData(body)), cancellationToken);
+        FindExistingAsync(request, idempotencyKey, Convert.ToHexStringLower(SHA256.HashData(body)), bindKey: false, cancellationToken);
 
+    /// <param name="bindKey">Whether a key answered with the job of the business id is recorded as its alias (<see cref="BindKeyAsync"/>).</param>
     private async Task<SubmitResult?> FindExistingAsync(
-        JobRequest request, string? idempotencyKey, string requestHash, CancellationToken cancellationToken)
+        JobRequest request, string? idempotencyKey, string requestHash, bool bindKey, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
 
-        if (idempotencyKey is not null)
+        if (idempotencyKey is not null && await FindByKeyAsync(db, request, idempotencyKey, requestHash, cancellationToken) is { } byKey)
         {
-            var byKey = await db.Jobs.AsNoTracking().WithoutRequestBody()
-                .FirstOrDefaultAsync(j => j.IdempotencyKey == idempotencyKey, cancellationToken);
-            if (byKey is not null)
-            {
-                if (byKey.Kind == request.Kind && byKey.RequestHash == requestHash)
-                {
-                    return new SubmitResult(SubmitStatus.Duplicate, byKey);
-                }
-
-                JobsLog.IdempotencyKeyReused(logger, byKey.Id);
-                return new SubmitResult(SubmitStatus.KeyReused);
-            }
+            return byKey;
         }
 
         var byBusinessKey = await db.Jobs.AsNoTracking().WithoutRequestBody()
@@ -338,7 +337,86 @@ internal sealed class JobSubmitter(
             return new SubmitResult(SubmitStatus.ContentConflict, byBusinessKey);
         }
 
-        return byBusinessKey is null ? null : new SubmitResult(SubmitStatus.Duplicate, byBusinessKey);
+        if (byBusinessKey is null)
+        {
+            return null;
+        }
+
+        return idempotencyKey is null || !bindKey
+            ? new SubmitResult(SubmitStatus.Duplicate, byBusinessKey)
+            : await BindKeyAsync(db, request, idempotencyKey, requestHash, byBusinessKey, cancellationToken);
+    }
+
+    /// <summary>
+    /// The job <paramref name="idempotencyKey"/> names, as its own key or as an alias (<see cref="JobKeyAlias"/>):
+    /// <see cref="SubmitStatus.Duplicate"/> for the request it was first sent with, <see cref="SubmitStatus.KeyReused"/>
+    /// for any other; null when it names none.
+    /// </summary>
+    private async Task<SubmitResult?> FindByKeyAsync(
+        ConveyorDbContext db, JobRequest request, string idempotencyKey, string requestHash, CancellationToken cancellationToken)
+    {
+        var job = await db.Jobs.AsNoTracking().WithoutRequestBody()
+            .FirstOrDefaultAsync(j => j.IdempotencyKey == idempotencyKey, cancellationToken);
+        var sentWith = job?.RequestHash;
+        if (job is null)
+        {
+            var alias = await db.JobKeyAliases.AsNoTracking().FirstOrDefaultAsync(a => a.IdempotencyKey == idempotencyKey, cancellationToken);
+            if (alias is null)
+            {
+                return null;
+            }
+
+            // Null only while the job's removal (which takes its aliases along) commits: named by nothing then.
+            job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == alias.JobId, cancellationToken);
+            sentWith = alias.RequestHash;
+        }
+
+        if (job is null)
+        {
+            return null;
+        }
+
+        if (job.Kind == request.Kind && sentWith == requestHash)
+        {
+            return new SubmitResult(SubmitStatus.Duplicate, job);
+        }
+
+        JobsLog.IdempotencyKeyReused(logger, job.Id);
+        return new SubmitResult(SubmitStatus.KeyReused);
+    }
+
+    /// <summary>
+    /// Answers a keyed request with <paramref name="job"/>, the job of its business id, and records its key as
+    /// that job's alias: the key now names the job as one that created it would, so the same request again gets
+    /// the job (<see cref="FindByKeyAsync"/>) and another body under the key is refused as a reused key. Under the
+    /// key's lock (<see cref="KeyLocks"/>), so a job inserted with the key meanwhile is found here, or finds the alias.
+    /// </summary>
+    private async Task<SubmitResult?> BindKeyAsync(
+        ConveyorDbContext db, JobRequest request, string idempotencyKey, string requestHash, Job job, CancellationToken cancellationToken)
+    {
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        await db.Database.ExecuteSqlInterpolatedAsync(KeyLocks.Exclusive(idempotencyKey), cancellationToken);
+        if (await FindByKeyAsync(db, request, idempotencyKey, requestHash, cancellationToken) is { } taken)
+        {
+            return taken;
+        }
+
+        // No row, or a foreign key refused (the removal committing meanwhile): the job was removed since it was
+        // read (its publish failed), so the key names nothing and the client retries.
+        var now = clock.GetUtcNow();
+        try
+        {
+            var recorded = await db.Database.ExecuteSqlInterpolatedAsync($"""
+                INSERT INTO job_key_aliases (idempotency_key, job_id, request_hash, created_at)
+                SELECT {idempotencyKey}, id, {requestHash}, {now} FROM jobs WHERE id = {job.Id}
+                """, cancellationToken);
+            await transaction.CommitAsync(cancellationToken);
+            return recorded == 1 ? new SubmitResult(SubmitStatus.Duplicate, job) : null;
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.ForeignKeyViolation)
+        {
+            return null;
+        }
     }
 
     private async Task<bool> TryPublishAsync(JobRequest request, Guid jobId, CancellationToken cancellationToken)

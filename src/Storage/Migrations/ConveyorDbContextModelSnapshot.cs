@@ -167,6 +167,36 @@ namespace Conveyor.Storage.Migrations
                     b.ToTable("jobs", (string)null);
                 });
 
+            modelBuilder.Entity("Conveyor.Storage.Jobs.JobKeyAlias", b =>
+                {
+                    b.Property<string>("IdempotencyKey")
+                        .HasMaxLength(200)
+                        .HasColumnType("character varying(200)")
+                        .HasColumnName("idempotency_key");
+
+                    b.Property<DateTimeOffset>("CreatedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("created_at");
+
+                    b.Property<Guid>("JobId")
+                        .HasColumnType("uuid")
+                        .HasColumnName("job_id");
+
+                    b.Property<string>("RequestHash")
+                        .IsRequired()
+                        .HasMaxLength(64)
+                        .HasColumnType("character varying(64)")
+                        .HasColumnName("request_hash");
+
+                    b.HasKey("IdempotencyKey")
+                        .HasName("pk_job_key_aliases");
+
+                    b.HasIndex("JobId")
+                        .HasDatabaseName("ix_job_key_aliases_job_id");
+
+                    b.ToTable("job_key_aliases", (string)null);
+                });
+
             modelBuilder.Entity("Conveyor.Storage.Operations.ErrorQueueOperation", b =>
                 {
                     b.Property<Guid>("Id")
@@ -604,6 +634,16 @@ namespace Conveyor.Storage.Migrations
                         .HasName("pk_data_protection_keys");
 
                     b.ToTable("data_protection_keys", (string)null);
+                });
+
+            modelBuilder.Entity("Conveyor.Storage.Jobs.JobKeyAlias", b =>
+                {
+                    b.HasOne("Conveyor.Storage.Jobs.Job", null)
+                        .WithMany()
+                        .HasForeignKey("JobId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired()
+                        .HasConstraintName("fk_job_key_aliases_jobs_job_id");
                 });
 #pragma warning restore 612, 618
         }

@@ -82,6 +82,33 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(1, await db.Jobs.CountAsync(j => j.BusinessKey == paymentId.ToString("D")));
     }
 
+    /// <summary>
+    /// A key first sent with a job that existed already (same business id, same command) is answered
+    /// with that job, so it names that job from then on, as a key that created its job does: another
+    /// body under it is a 422, and the first request repeated still gets its job.
+    /// </summary>
+    [Fact]
+    public async Task A_key_answered_with_an_existing_job_names_that_job_and_another_body_with_it_is_a_422_problem()
+    {
+        var paymentId = Guid.NewGuid();
+        var existing = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+        var key = $"order-{Guid.NewGuid()}";
+        var keyed = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), key);
+        Assert.Equal(existing.JobId, keyed.JobId);
+
+        using var reused = await _api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()), key);
+        using var reusedScheduled = await _api.Client.PostJobAsync(
+            JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)), key);
+
+        await reused.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        await reusedScheduled.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        var repeated = await AcceptAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), key);
+        Assert.Equal(existing.JobId, repeated.JobId);
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Jobs.CountAsync());
+        Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+    }
+
     [Fact]
     public async Task Same_business_id_with_another_command_is_a_422_problem_naming_the_field_and_the_job_stays_as_it_was()
     {

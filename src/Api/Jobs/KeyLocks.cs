@@ -1,0 +1,21 @@
+namespace Conveyor.Api.Jobs;
+
+/// <summary>
+/// PostgreSQL advisory locks on an <c>Idempotency-Key</c>, held to the end of a transaction: an insert of
+/// keyed job rows (<see cref="JobRows"/>, a scheduled job's insert) holds its keys' locks shared; recording
+/// a key as an alias of an existing job (<see cref="Storage.Jobs.JobKeyAlias"/>) holds its key's lock
+/// exclusively. The two write different tables, so no unique index can keep one key from naming two
+/// jobs: the lock orders them, and each looks for the other's row once it holds it. Two keys with the
+/// same hash only wait for each other.
+/// </summary>
+internal static class KeyLocks
+{
+    /// <summary>First half of every lock key ("CJKY"), so these locks cannot collide with other advisory locks.</summary>
+    public const int LockClass = 0x43_4A_4B_59;
+
+    /// <summary>Takes the lock of <paramref name="key"/> shared.</summary>
+    public static FormattableString Shared(string key) => $"SELECT pg_advisory_xact_lock_shared({LockClass}, hashtext({key}))";
+
+    /// <summary>Takes the lock of <paramref name="key"/> exclusively.</summary>
+    public static FormattableString Exclusive(string key) => $"SELECT pg_advisory_xact_lock({LockClass}, hashtext({key}))";
+}
