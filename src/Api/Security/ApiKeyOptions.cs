@@ -15,7 +15,13 @@ public sealed class ApiKeyOptions
 
     public IReadOnlyList<ApiKeyEntry> ApiKeys { get; set; } = [];
 
-    /// <summary>Reads the keys; a scope list may be written as one string or as an array.</summary>
+    /// <summary>
+    /// Reads the keys; a scope list may be written as one string or as an array. A key is read without the
+    /// whitespace around it (a secret file's trailing newline, an env file's trailing blanks): no request can
+    /// carry that whitespace (HTTP drops it around a header value, and the key handler and the sign-in form
+    /// trim what they are given), so kept, it made a key that nobody could ever present, and it counted
+    /// toward <see cref="MinimumKeyLength"/>.
+    /// </summary>
     public static ApiKeyOptions From(IConfiguration configuration)
     {
         var keys = new List<ApiKeyEntry>();
@@ -25,7 +31,7 @@ public sealed class ApiKeyOptions
             var listed = scopes.Value is { } text
                 ? text.Split([' ', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 : scopes.GetChildren().Select(s => s.Value?.Trim()).OfType<string>().Where(s => s.Length > 0);
-            keys.Add(new ApiKeyEntry(entry.Path, entry["Name"] ?? "", entry["Key"] ?? "", [.. listed.Distinct(StringComparer.Ordinal)]));
+            keys.Add(new ApiKeyEntry(entry.Path, entry["Name"] ?? "", entry["Key"]?.Trim() ?? "", [.. listed.Distinct(StringComparer.Ordinal)]));
         }
 
         return new ApiKeyOptions { ApiKeys = keys };
