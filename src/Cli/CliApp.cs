@@ -149,14 +149,10 @@ public static class CliApp
     /// </summary>
     private static string? NotConvertibleAt(string value, IReadOnlyList<string> args, Type command)
     {
-        var properties = SettingsOf(command)?.GetProperties() ?? [];
-        var options = properties
-            .Select(property => (property.PropertyType, Option: property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault()))
-            .Where(p => p.Option is not null)
-            .SelectMany(p => p.Option!.LongNames.Select(name => $"--{name}").Concat(p.Option.ShortNames.Select(name => $"-{name}"))
-                .Select(name => (Name: name, p.PropertyType, TakesValue: p.Option.ValueName is not null)))
+        var options = Options(command)
+            .SelectMany(option => option.Names.Select(name => (Name: name, PropertyType: option.Type, TakesValue: option.ValueName is not null)))
             .ToDictionary(o => o.Name, o => (o.PropertyType, o.TakesValue), StringComparer.Ordinal);
-        var arguments = properties
+        var arguments = (SettingsOf(command)?.GetProperties() ?? [])
             .Select(property => (property.PropertyType, Argument: property.GetCustomAttributes(typeof(CommandArgumentAttribute), inherit: true).OfType<CommandArgumentAttribute>().FirstOrDefault()))
             .Where(p => p.Argument is not null)
             .OrderBy(p => p.Argument!.Position)
@@ -256,7 +252,7 @@ public static class CliApp
             return null;
         }
 
-        var single = Options(command).Where(option => option.ValueName is not null && !option.Repeatable).ToList();
+        var single = Options(command).Where(option => option.ValueName is not null && !option.Type.IsArray).ToList();
         foreach (var option in single)
         {
             var given = args.Skip(1).Count(arg => option.Names.Any(name =>
@@ -277,8 +273,8 @@ public static class CliApp
             .SelectMany(option => option.Names.Select(name => (Name: name, Value: option.ValueName!)))
             .ToDictionary(option => option.Name, option => option.Value, StringComparer.Ordinal);
 
-    /// <summary>The options of a command's settings: their names as typed (--limit, -l), value name, and whether they may be repeated.</summary>
-    private static List<(string[] Names, string? ValueName, bool ValueIsOptional, bool Repeatable)> Options(Type command)
+    /// <summary>The options of a command's settings: their names as typed (--limit, -l), value name, and the type of their property (an array when they may be repeated).</summary>
+    private static List<(string[] Names, string? ValueName, bool ValueIsOptional, Type Type)> Options(Type command)
     {
         return [.. (SettingsOf(command)?.GetProperties() ?? [])
             .Select(property => (Property: property, Option: property.GetCustomAttributes(typeof(CommandOptionAttribute), inherit: true).OfType<CommandOptionAttribute>().FirstOrDefault()))
@@ -287,7 +283,7 @@ public static class CliApp
                 Names: p.Option!.LongNames.Select(name => $"--{name}").Concat(p.Option.ShortNames.Select(name => $"-{name}")).ToArray(),
                 p.Option.ValueName,
                 p.Option.ValueIsOptional,
-                Repeatable: p.Property.PropertyType.IsArray))];
+                p.Property.PropertyType))];
     }
 
     /// <summary>The settings type of a command (<c>JobSettings</c> for <c>JobCommand</c>), or null.</summary>
