@@ -56,10 +56,6 @@ public sealed class JobRows : IAsyncDisposable
         RETURNING id
         """;
 
-    /// <summary>Takes each key's lock shared (<see cref="KeyLocks.Shared"/>).</summary>
-    private static readonly string LockKeysSql =
-        $"SELECT pg_advisory_xact_lock_shared({KeyLocks.LockClass}, hashtext(k.key)) FROM unnest($1::text[]) AS k(key)";
-
     private readonly string _connectionString;
     private readonly Channel<PendingRow> _pending = Channel.CreateUnbounded<PendingRow>(new UnboundedChannelOptions { SingleReader = true });
     private readonly SemaphoreSlim _batchSlots = new(ConcurrentBatches, ConcurrentBatches);
@@ -186,7 +182,7 @@ public sealed class JobRows : IAsyncDisposable
         await using var command = new NpgsqlBatch(connection);
         if (keys.Length > 0)
         {
-            command.BatchCommands.Add(new NpgsqlBatchCommand(LockKeysSql) { Parameters = { new NpgsqlParameter<string[]> { TypedValue = keys } } });
+            command.BatchCommands.Add(new NpgsqlBatchCommand(KeyLocks.SharedEachSql) { Parameters = { new NpgsqlParameter<string[]> { TypedValue = keys } } });
         }
 
         command.BatchCommands.Add(new NpgsqlBatchCommand(InsertSql)

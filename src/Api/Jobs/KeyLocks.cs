@@ -11,10 +11,14 @@ namespace Conveyor.Api.Jobs;
 internal static class KeyLocks
 {
     /// <summary>First half of every lock key ("CJKY"), so these locks cannot collide with other advisory locks.</summary>
-    public const int LockClass = 0x43_4A_4B_59;
+    private const int LockClass = 0x43_4A_4B_59;
 
     /// <summary>Takes the lock of <paramref name="key"/> shared.</summary>
     public static FormattableString Shared(string key) => $"SELECT pg_advisory_xact_lock_shared({LockClass}, hashtext({key}))";
+
+    /// <summary>Takes the lock of each key in the text array <c>$1</c> shared, as <see cref="Shared"/> takes one.</summary>
+    public static readonly string SharedEachSql =
+        $"SELECT pg_advisory_xact_lock_shared({LockClass}, hashtext(k.key)) FROM unnest($1::text[]) AS k(key)";
 
     /// <summary>Takes the lock of <paramref name="key"/> exclusively.</summary>
     public static FormattableString Exclusive(string key) => $"SELECT pg_advisory_xact_lock({LockClass}, hashtext({key}))";
