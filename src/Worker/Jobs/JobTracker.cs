@@ -6,7 +6,8 @@ namespace Conveyor.Worker.Jobs;
 
 /// <summary>
 /// Writes job status in short transactions of its own, so that status stays visible while the
-/// inbox transaction is open and survives when that transaction rolls back.
+/// inbox transaction is open and survives when that transaction rolls back. The writes that take a
+/// <see cref="ConveyorDbContext"/> join the caller's transaction instead, to commit with what they show.
 /// </summary>
 public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider time)
 {
@@ -185,8 +186,13 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         return counted.Count == 1 ? (counted[0].Id, counted[0].Attempts) : null;
     }
 
-    public Task MarkRetryScheduledAsync(JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
-        UpdateAsync(job, JobStatus.RetryScheduled, exception, nextAttemptAt, finished: false, cancellationToken);
+    /// <summary>
+    /// Marks the job waiting for its stored redelivery, inside the caller's transaction: the one that
+    /// stores the row (<see cref="Redelivery.RedeliveryStore"/>), so that no dispatcher can settle the row
+    /// before the job shows that it waits for it.
+    /// </summary>
+    public Task MarkRetryScheduledAsync(ConveyorDbContext db, JobRef job, Exception exception, DateTimeOffset nextAttemptAt, CancellationToken cancellationToken) =>
+        UpdateStatusAsync(db, job, JobStatus.RetryScheduled, exception, nextAttemptAt, finished: false, cancellationToken);
 
     public Task MarkDeadLetteredAsync(JobRef job, Exception exception, CancellationToken cancellationToken) =>
         UpdateAsync(job, JobStatus.DeadLettered, exception, null, finished: true, cancellationToken);
@@ -254,6 +260,12 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     private async Task UpdateAsync(JobRef job, string status, Exception exception, DateTimeOffset? nextAttemptAt, bool finished, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        await UpdateStatusAsync(db, job, status, exception, nextAttemptAt, finished, cancellationToken);
+    }
+
+    private async Task UpdateStatusAsync(
+        ConveyorDbContext db, JobRef job, string status, Exception exception, DateTimeOffset? nextAttemptAt, bool finished, CancellationToken cancellationToken)
+    {
         var now = time.GetUtcNow();
         var error = Describe(exception);
         DateTimeOffset? finishedAt = finished ? now : null;

@@ -76,13 +76,15 @@ public sealed partial class RedeliveryFilter<T>(
                 [RedeliveryHeaders.LastError] = JobTracker.Describe(exception, 500),
             };
 
-            // Stored (committed) before this method returns and MassTransit acks the original.
+            // Stored (committed) before this method returns and MassTransit acks the original, with the
+            // job's status in the same transaction (see the store's markWaiting).
             var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
             DateTimeOffset dueAt;
             try
             {
                 dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
-                    attempt, delay, headers, job, policy.MaxHeaderBytes, CancellationToken.None);
+                    attempt, delay, headers, job, policy.MaxHeaderBytes,
+                    (db, due) => tracker.MarkRetryScheduledAsync(db, job, exception, due, CancellationToken.None), CancellationToken.None);
             }
             catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure) || FailureClassifier.IsTransient(storeFailure))
             {
@@ -96,16 +98,6 @@ public sealed partial class RedeliveryFilter<T>(
             // takes and copy it to _skipped beside the stored redelivery.
             await attempts.RecordHeldAsync(whenNoneHeld: () =>
                 context.ReceiveContext.NotifyFaulted(typed, TimeSpan.Zero, "conveyor-redelivery", exception));
-
-            try
-            {
-                // Advisory: the redelivery is stored, so failing to show it must not fail the message.
-                await tracker.MarkRetryScheduledAsync(job, exception, dueAt, CancellationToken.None);
-            }
-            catch (Exception statusFailure) when (statusFailure is not OutOfMemoryException)
-            {
-                LogStatusWriteFailed(statusFailure, consumerId, key);
-            }
 
             JobMetrics.RetryScheduled(descriptor.Kind);
             LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
@@ -142,7 +134,4 @@ public sealed partial class RedeliveryFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: redelivery stored, but the job status could not be updated")]
-    private partial void LogStatusWriteFailed(Exception exception, string consumerId, string key);
 }

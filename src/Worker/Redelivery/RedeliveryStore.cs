@@ -37,7 +37,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         TimeSpan delay,
         IReadOnlyDictionary<string, string> extraHeaders,
         CancellationToken cancellationToken) =>
-        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, MaxStoredHeaderBytes, cancellationToken);
+        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, MaxStoredHeaderBytes, markWaiting: null, cancellationToken);
 
     /// <param name="dedupeKey">
     /// Unique per intended publish: storing it twice keeps the first, which then stands for the job's
@@ -59,6 +59,14 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// The destination endpoint's <c>MaxHeaderBytes</c>, which the copy must meet when it comes back:
     /// see <see cref="StorableHeaders"/>.
     /// </param>
+    /// <param name="markWaiting">
+    /// Shows the job waiting for the copy, given the due time returned; run in the transaction that stores
+    /// the copy. A dispatcher sees the row only once it commits, so it finds the job waiting for it: a copy
+    /// due at once that can never be published must find the job in a waiting status to dead-letter it
+    /// (<see cref="RedeliveryDispatcher"/>). Written after the row committed, the status could come after
+    /// the dispatcher had given up on the job as still running, and leave it waiting for a row that was
+    /// gone. A failure of either rolls both back, and the message is handled as for a store that failed.
+    /// </param>
     /// <returns>When the copy (or the one stored before under <paramref name="dedupeKey"/>) is due, by the database's clock.</returns>
     public async Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
@@ -70,6 +78,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         IReadOnlyDictionary<string, string> extraHeaders,
         JobRef? job,
         long maxHeaderBytes,
+        Func<ConveyorDbContext, DateTimeOffset, Task>? markWaiting,
         CancellationToken cancellationToken)
     {
         var headers = StorableHeaders(SentHeaders(received), extraHeaders, maxHeaderBytes);
@@ -77,6 +86,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         var body = received.Body.GetBytes();
         var headersJson = JsonSerializer.Serialize(headers);
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        await using var transaction = markWaiting is null ? null : await db.Database.BeginTransactionAsync(cancellationToken);
         // The job's row is found by its kind and business key, as every status write finds it, never by
         // the job id the message claims (a header any sender can set): a copy of one job must not
         // dead-letter another. None found (no job, or its row is gone): stored without one.
@@ -110,6 +120,12 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
             SELECT COALESCE((SELECT stored.due_at FROM stored), (SELECT adopted.due_at FROM adopted), due.due_at) AS "Value"
               FROM due, (SELECT count(pg_notify({Channel}, floor(EXTRACT(EPOCH FROM stored.due_at) * 1000)::bigint::text)) FROM stored) AS notified
             """).ToListAsync(cancellationToken);
+        if (transaction is not null)
+        {
+            await markWaiting!(db, due.Single());
+            await transaction.CommitAsync(cancellationToken);
+        }
+
         return due.Single();
     }
 
