@@ -11,7 +11,10 @@ public sealed class Report
 
     public long RowsScanned { get; set; }
 
-    /// <summary>JSON: <c>[{ "currency", "count", "totalMinor" }]</c>.</summary>
+    /// <summary>
+    /// JSON: <c>[{ "currency", "count", "totalMinor" }]</c>, both numbers integers. <c>totalMinor</c> can
+    /// exceed a 64-bit integer (a sum of many charges): read it as a decimal, not a long.
+    /// </summary>
     public required string Totals { get; set; }
 
     public DateTimeOffset CompletedAt { get; set; }

@@ -8,7 +8,13 @@ using Npgsql;
 
 namespace Conveyor.Worker.Reports;
 
-public sealed record CurrencyTotal(string Currency, long Count, long TotalMinor);
+/// <summary>
+/// A currency's rows and the sum of their amounts. <see cref="TotalMinor"/> is a decimal, always a whole
+/// number: a long overflows after some 9,224 charges at the largest amount a charge may have
+/// (<c>ContractRules.MaxAmountMinor</c>), a decimal only after some 79 trillion (its 28 digits hold each
+/// sum exactly), and it serializes as a JSON integer, as the long did.
+/// </summary>
+public sealed record CurrencyTotal(string Currency, long Count, decimal TotalMinor);
 
 /// <summary>
 /// Walks the ledger in keyset pages and sums amounts per currency. A report of one account pages in
@@ -67,7 +73,7 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
 
     private const string LedgerCount = "SELECT count(*) FROM ledger_entries";
 
-    private readonly SortedDictionary<string, (long Count, long Total)> _totals = new(StringComparer.Ordinal);
+    private readonly SortedDictionary<string, (long Count, decimal Total)> _totals = new(StringComparer.Ordinal);
     private string _afterCurrency = "";
     private Guid _after = Guid.Empty;
 
@@ -134,7 +140,7 @@ public sealed class LedgerAggregator(ConveyorDbContext db)
             _afterCurrency = code;
             var amount = reader.GetInt64(2);
             var (count, total) = _totals.GetValueOrDefault(code);
-            _totals[code] = (count + 1, checked(total + amount));
+            _totals[code] = (count + 1, total + amount);
             rows++;
         }
 
