@@ -82,7 +82,8 @@ public sealed partial class RedeliveryFilter<T>(
             DateTimeOffset dueAt;
             try
             {
-                dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId, $"{consumerId}:{key}:redelivery:{attempt}",
+                dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
+                    DedupeKey(consumerId, key, FingerprintOf(context, typed.Message), attempt),
                     attempt, delay, headers, job, policy.MaxHeaderBytes,
                     (db, due) => tracker.MarkRetryScheduledAsync(db, job, exception, due, CancellationToken.None), CancellationToken.None);
             }
@@ -122,6 +123,30 @@ public sealed partial class RedeliveryFilter<T>(
         var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
         return !stopping && FailureClassifier.IsTransient(exception) && policy.Allows(attempt);
     }
+
+    /// <summary>
+    /// What a redelivery is stored under. Copies of one command failing at the same redelivery count
+    /// share it, so that one row stands for the job's latest attempt (<see cref="RedeliveryStore"/>). The
+    /// command's fingerprint (ADR 0011) keeps another command under the same business key out of that
+    /// row: a corrected command that took a dead-lettered job over can fail at the count of a row the
+    /// first command left waiting, and folded into it, the correction would be acked with nothing stored
+    /// and the first command's body redelivered in its place. A command without a fingerprint (none can
+    /// be written for it) keeps the key without one. At most 33 characters more than before, within the
+    /// column (business keys are ids).
+    /// </summary>
+    private static string DedupeKey(string consumerId, string businessKey, byte[]? fingerprint, int attempt) =>
+        fingerprint is null
+            ? $"{consumerId}:{businessKey}:redelivery:{attempt}"
+            : $"{consumerId}:{businessKey}:redelivery:{Convert.ToHexStringLower(fingerprint)}:{attempt}";
+
+    /// <summary>
+    /// The command's fingerprint as the delivery's inbox claim computed it, or computed here where no claim
+    /// did (the lease inbox, a failure before the claim): the same function over the same message.
+    /// </summary>
+    private static byte[]? FingerprintOf(ConsumeContext context, T message) =>
+        ClaimedFingerprints.TryGet(context, out var claimed, out _) && claimed is not null
+            ? claimed
+            : PayloadFingerprint.Of(message);
 
     /// <summary>
     /// The copy's redeliveries so far, as far as its seal vouches for them; read once per delivery and
