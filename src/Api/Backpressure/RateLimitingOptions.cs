@@ -6,7 +6,7 @@ namespace Conveyor.Api.Backpressure;
 /// Per-client limit on job submissions (a token bucket per API-key name, else per remote address).
 /// Environment variables: <c>RateLimiting__Enabled</c>, <c>RateLimiting__PermitsPerSecond</c>, <c>RateLimiting__Burst</c>.
 /// </summary>
-public sealed class RateLimitingOptions
+public sealed class RateLimitingOptions : IValidatableObject
 {
     public const string SectionName = "RateLimiting";
 
@@ -16,7 +16,20 @@ public sealed class RateLimitingOptions
     [Range(1, 1_000_000)]
     public int PermitsPerSecond { get; set; } = 200;
 
-    /// <summary>Submissions a client may make at once after a quiet spell (the bucket's size).</summary>
+    /// <summary>Submissions a client may make at once after a quiet spell (the bucket's size); at least <see cref="PermitsPerSecond"/>.</summary>
     [Range(1, 1_000_000)]
     public int Burst { get; set; } = 400;
+
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        // The bucket gains a second's permits at once and holds no more than Burst, so a smaller Burst
+        // would cap every client at Burst a second, whatever PermitsPerSecond says.
+        if (Enabled && Burst < PermitsPerSecond)
+        {
+            yield return new ValidationResult(
+                $"RateLimiting:Burst ({Burst}) must be at least RateLimiting:PermitsPerSecond ({PermitsPerSecond}): " +
+                "the bucket is refilled once a second and holds at most Burst permits, so a client could never send more than Burst a second.",
+                [nameof(Burst), nameof(PermitsPerSecond)]);
+        }
+    }
 }

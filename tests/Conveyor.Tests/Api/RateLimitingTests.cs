@@ -1,6 +1,7 @@
 using Conveyor.Contracts;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Options;
 using System.Net;
 
 namespace Conveyor.Tests.Api;
@@ -189,6 +190,26 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
         {
             response.Dispose();
         }
+    }
+
+    [Fact]
+    public async Task A_burst_smaller_than_a_seconds_permits_stops_the_Api_from_starting()
+    {
+        // Refilled once a second and holding at most Burst, such a bucket would let a client send 2 a second, not 20.
+        var refused = await Assert.ThrowsAsync<OptionsValidationException>(() => fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "20",
+            ["RateLimiting:Burst"] = "2",
+        }));
+        Assert.Contains("RateLimiting:Burst (2) must be at least RateLimiting:PermitsPerSecond (20)", refused.Message, StringComparison.Ordinal);
+
+        // Off, the two are not used: nothing to refuse.
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:Enabled"] = "false",
+            ["RateLimiting:PermitsPerSecond"] = "20",
+            ["RateLimiting:Burst"] = "2",
+        });
     }
 
     private static string Charges(int count) =>
