@@ -22,6 +22,12 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
 
     public bool MemoryAlarm { get; set; }
 
+    /// <summary>
+    /// Whether <c>GET /api/nodes</c> answers 401 as RabbitMQ does to a user without the <c>monitoring</c>
+    /// tag (one with <c>management</c> still lists the vhost's queues).
+    /// </summary>
+    public bool NodesRefused { get; set; }
+
     /// <summary>What <c>GET /api/queues/{vhost}</c> lists, as the management API's JSON objects.</summary>
     public IReadOnlyList<Dictionary<string, object>> Queues { get; set; } = [];
 
@@ -32,11 +38,13 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         var app = builder.Build();
         var fake = new FakeRabbitManagement(app);
-        app.MapGet("/api/nodes", () => Results.Json(new[]
-        {
-            new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
-            new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
-        }));
+        app.MapGet("/api/nodes", () => fake.NodesRefused
+            ? Results.Json(new { error = "not_authorised", reason = "Not monitor user" }, statusCode: StatusCodes.Status401Unauthorized)
+            : Results.Json(new[]
+            {
+                new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
+                new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
+            }));
         app.MapGet("/api/queues/{vhost}", () => Results.Json(fake.Queues));
         await app.StartAsync();
         var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());

@@ -50,7 +50,7 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
             // At least this test's worker (a worker of an earlier test may not have left the vhost yet).
             Assert.True(PrometheusText.Sum(metrics, "conveyor_queue_consumers", $"queue=\"{JobKinds.ChargePayment}\"") >= 1, "no consumer reported");
             Assert.Equal(3, PrometheusText.Sum(metrics, "conveyor_error_queue_depth", "queue=\"charge-payment_error\""));
-            Assert.Equal(2, Samples(metrics, JobQueuesAge).Length);
+            Assert.Equal(3, Samples(metrics, JobQueuesAge).Length);
             Assert.InRange(PrometheusText.Sum(metrics, JobQueuesAge, "reading=\"job-queues\""), 0, 1);
         });
 
@@ -96,6 +96,33 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
             Assert.Equal(3, PrometheusText.Sum(metrics, "conveyor_error_queue_depth", "queue=\"charge-payment_error\""));
             Assert.InRange(PrometheusText.Sum(metrics, JobQueuesAge, "reading=\"job-queues\""), 0, 1);
         });
+    }
+
+    [Fact]
+    public async Task An_Api_that_cannot_read_the_broker_alarms_shows_it_in_their_reading_age()
+    {
+        // RabbitMQ refuses GET /api/nodes to a user without the monitoring tag: the Api then assumes no
+        // alarm, and a publish during one waits out RabbitMq:ConnectTimeoutSeconds instead of a 503 at once.
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.NodesRefused = true;
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
+            ["Backpressure:RefreshMilliseconds"] = "200",
+        });
+
+        // Not unready for it: submissions still go through, the broker answering their publishes.
+        await AssertReadyAsync(api);
+        await Eventually.AssertAsync(async () =>
+        {
+            var metrics = await MetricsAsync(api);
+            Assert.InRange(PrometheusText.Sum(metrics, JobQueuesAge, "reading=\"job-queues\""), 0, 1);
+            Assert.True(PrometheusText.Sum(metrics, JobQueuesAge, "reading=\"alarms\"") > 1, "the alarms' reading age did not grow");
+        }, TimeSpan.FromSeconds(30));
+
+        management.NodesRefused = false;
+        await Eventually.AssertAsync(async () =>
+            Assert.InRange(PrometheusText.Sum(await MetricsAsync(api), JobQueuesAge, "reading=\"alarms\""), 0, 1));
     }
 
     [Fact]
