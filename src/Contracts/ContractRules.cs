@@ -69,7 +69,9 @@ public static class ContractRules
     /// <summary>
     /// Sent as an HTTP header (<c>Conveyor-Event-Type</c>), so only what a header value can hold:
     /// printable ASCII. HttpClient refuses anything else when it sends, and that refusal looks like a
-    /// network failure, which would be retried for hours.
+    /// network failure, which would be retried for hours. Nor a space at either end: HTTP drops those
+    /// from a header value, so the receiver reads another event type than the one the signature's
+    /// <c>v2</c> covers, and no delivery of it could ever be verified.
     /// </summary>
     public static string? EventType(string? value)
     {
@@ -78,8 +80,13 @@ public static class ContractRules
             return $"Must be 1 to {MaxEventTypeLength} characters long and not blank.";
         }
 
-        return value.AsSpan().ContainsAnyExceptInRange(' ', '~')
-            ? "May contain only printable ASCII characters (letters a-z and A-Z, digits, spaces and punctuation): it is sent as an HTTP header."
+        if (value.AsSpan().ContainsAnyExceptInRange(' ', '~'))
+        {
+            return "May contain only printable ASCII characters (letters a-z and A-Z, digits, spaces and punctuation): it is sent as an HTTP header.";
+        }
+
+        return value[0] == ' ' || value[^1] == ' '
+            ? "Must not begin or end with a space: it is sent as an HTTP header, whose receiver drops them, and the signature covers it as sent."
             : null;
     }
 

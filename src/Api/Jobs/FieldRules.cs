@@ -15,7 +15,7 @@ internal static class FieldRules
 
     public static string? Currency(string value) => ContractRules.Currency(value);
 
-    /// <summary>Sent as a header: printable ASCII only, which leaves no control character either.</summary>
+    /// <summary>Sent as a header: printable ASCII only, which leaves no control character either, and no space at either end.</summary>
     public static string? EventType(string value) => ContractRules.EventType(value);
 
     /// <summary>

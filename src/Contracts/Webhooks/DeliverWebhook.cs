@@ -13,7 +13,7 @@ public sealed record DeliverWebhook
     /// <summary>Absolute http or https URL.</summary>
     public required Uri Url { get; init; }
 
-    /// <summary>Printable ASCII, such as <c>order.paid</c> (<see cref="ContractRules.EventType"/>): it is sent as the <c>Conveyor-Event-Type</c> header.</summary>
+    /// <summary>Printable ASCII with no space at either end, such as <c>order.paid</c> (<see cref="ContractRules.EventType"/>): it is sent as the <c>Conveyor-Event-Type</c> header.</summary>
     public required string EventType { get; init; }
 
     /// <summary>Any JSON value; sent as the request body verbatim.</summary>

@@ -78,6 +78,18 @@ public sealed class ContractRulesTests
     }
 
     [Theory]
+    [InlineData("order.paid ")]
+    [InlineData(" order.paid")]
+    [InlineData(" order.paid ")]
+    public void Event_types_with_a_space_at_either_end_break_the_rule(string eventType)
+    {
+        // HTTP drops those spaces from the header value, so the receiver could not verify the signature.
+        var violation = Assert.Single((Webhook with { EventType = eventType }).Validate());
+        Assert.Equal("eventType", violation.Field);
+        Assert.Contains("space", violation.Problem, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData("order.paid")]
     [InlineData("Order Paid/v2 (EU) ~#1")]
     public void Event_types_of_printable_ascii_are_valid(string eventType) =>

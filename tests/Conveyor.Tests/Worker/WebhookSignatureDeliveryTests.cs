@@ -1,0 +1,88 @@
+using System.Text.Json;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Webhooks;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// A delivered webhook verifies as the README documents it, from what its receiver got: the
+/// <c>Conveyor-Signature</c>, <c>Conveyor-Webhook-Id</c> and <c>Conveyor-Event-Type</c> headers and the
+/// body. HTTP drops spaces at either end of a header value, so an event type with one was received
+/// as another than the signature covers: every delivery of it failed verification at its receiver.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_delivered_webhook_verifies_with_the_headers_and_body_its_receiver_got()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver, "Order Paid/v2 (EU)");
+
+        await publisher.PublishAsync(webhook);
+
+        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, await StatusAsync(webhook)));
+        var delivery = Assert.Single(receiver.Deliveries);
+        Assert.Equal(webhook.EventType, delivery.Headers[WebhookSender.EventTypeHeader]);
+        Assert.True(Verifies(delivery), "the signature verifies with what the receiver got");
+    }
+
+    [Theory]
+    [InlineData("order.paid ")]
+    [InlineData(" order.paid")]
+    public async Task A_webhook_whose_event_type_begins_or_ends_with_a_space_is_dead_lettered_with_the_reason_before_any_request(string eventType)
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver, eventType);
+
+        await publisher.PublishAsync(webhook);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().WithoutRequestBody().SingleOrDefaultAsync(j => j.BusinessKey == webhook.WebhookId.ToString());
+            Assert.NotNull(job);
+            Assert.True(job.Status is JobStatus.DeadLettered or JobStatus.Succeeded, job.Status);
+            // Had it been delivered, its receiver could not have verified it.
+            Assert.All(receiver.Deliveries, delivery => Assert.True(Verifies(delivery), "a delivery its receiver cannot verify"));
+            Assert.Equal(JobStatus.DeadLettered, job.Status);
+            Assert.Contains("eventType: Must not begin or end with a space", job.LastError, StringComparison.Ordinal);
+        });
+        Assert.Empty(receiver.Deliveries);
+    }
+
+    private static DeliverWebhook Webhook(FakeWebhookReceiver receiver, string eventType) => new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = receiver.Url(),
+        EventType = eventType,
+        Payload = JsonDocument.Parse("""{ "invoice" : 7 }""").RootElement,
+    };
+
+    private static bool Verifies(FakeWebhookReceiver.Received delivery) => WebhookSignature.Verify(
+        WorkerSettings.SigningSecret,
+        delivery.Headers[WebhookSignature.HeaderName],
+        delivery.Headers[WebhookSender.WebhookIdHeader],
+        delivery.Headers[WebhookSender.EventTypeHeader],
+        delivery.Body,
+        DateTimeOffset.UtcNow);
+
+    private async Task<string?> StatusAsync(DeliverWebhook webhook)
+    {
+        await using var db = fixture.CreateDbContext();
+        return await db.Jobs.AsNoTracking().WithoutRequestBody()
+            .Where(j => j.BusinessKey == webhook.WebhookId.ToString()).Select(j => j.Status).SingleOrDefaultAsync();
+    }
+}
