@@ -2,13 +2,23 @@ using System.ComponentModel.DataAnnotations;
 
 namespace Conveyor.Worker.Webhooks;
 
-/// <summary>Section <c>Webhooks</c>; the signing secret comes from the environment (<c>Webhooks__SigningSecret</c>).</summary>
-public sealed class WebhookOptions
+/// <summary>Section <c>Webhooks</c>; the signing secrets come from the environment (<c>Webhooks__SigningSecret</c>).</summary>
+public sealed class WebhookOptions : IValidatableObject
 {
     public const string SectionName = "Webhooks";
 
     [Required, MinLength(16)]
     public string SigningSecret { get; set; } = "";
+
+    /// <summary>
+    /// Secrets being rotated out (<c>Webhooks__PreviousSigningSecrets__0</c>, ...): every delivery is signed
+    /// with each of them too, after <see cref="SigningSecret"/>. One secret signs every receiver's
+    /// webhooks, and receivers cannot all change theirs at the moment the worker does: without this
+    /// overlap a rotation made every delivery fail verification at each receiver not yet changed (and
+    /// at every receiver while pods with either secret deliver), which a receiver answering 400 or 401
+    /// sent to <c>_error</c>.
+    /// </summary>
+    public string[] PreviousSigningSecrets { get; set; } = [];
 
     [Range(1, 120)]
     public int TimeoutSeconds { get; set; } = 10;
@@ -18,4 +28,17 @@ public sealed class WebhookOptions
     /// (<see cref="WebhookDestinations"/>). Off by default: a job's URL is the submitter's choice.
     /// </summary>
     public bool AllowPrivateNetworks { get; set; }
+
+    /// <summary>The secrets every delivery is signed with, the current one first.</summary>
+    public IReadOnlyList<string> SigningSecrets() => [SigningSecret, .. PreviousSigningSecrets];
+
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        if (PreviousSigningSecrets.Any(secret => secret is null || secret.Length < 16))
+        {
+            yield return new ValidationResult(
+                $"Each of {SectionName}:{nameof(PreviousSigningSecrets)} must be at least 16 characters long, as {SectionName}:{nameof(SigningSecret)}.",
+                [nameof(PreviousSigningSecrets)]);
+        }
+    }
 }

@@ -42,6 +42,31 @@ public sealed class WebhookSignatureTests
     }
 
     [Fact]
+    public void A_header_signed_with_the_current_and_a_previous_secret_verifies_with_either_and_starts_as_before()
+    {
+        const string Previous = "previous-secret-0123456789";
+        var header = WebhookSignature.Create([Secret, Previous], 1_700_000_000, Id, EventType, Body);
+
+        // The current secret's pair first, as a header signed with it alone: receivers reading the first pair keep working.
+        Assert.StartsWith(WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body) + ",v1=", header, StringComparison.Ordinal);
+        Assert.Matches("^t=1700000000(,v1=[0-9a-f]{64},v2=[0-9a-f]{64}){2}$", header);
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt));
+        Assert.True(WebhookSignature.Verify(Previous, header, Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Previous, header, Id, "order.refunded", Body, SentAt));
+    }
+
+    [Fact]
+    public void A_previous_signing_secret_under_16_characters_is_refused()
+    {
+        var options = new WebhookOptions { SigningSecret = Secret, PreviousSigningSecrets = ["too-short"] };
+        var results = new List<System.ComponentModel.DataAnnotations.ValidationResult>();
+
+        Assert.False(System.ComponentModel.DataAnnotations.Validator.TryValidateObject(options, new(options), results, validateAllProperties: true));
+        Assert.Contains(results, r => r.MemberNames.Contains(nameof(WebhookOptions.PreviousSigningSecrets)));
+    }
+
+    [Fact]
     public void The_v1_signature_is_the_hmac_of_the_timestamp_and_body_as_before()
     {
         var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);

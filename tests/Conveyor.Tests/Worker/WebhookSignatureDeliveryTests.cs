@@ -13,6 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// <c>Conveyor-Signature</c>, <c>Conveyor-Webhook-Id</c> and <c>Conveyor-Event-Type</c> headers and the
 /// body. HTTP drops spaces at either end of a header value, so an event type with one was received
 /// as another than the signature covers: every delivery of it failed verification at its receiver.
+/// While a signing secret is rotated out, receivers holding either secret verify every delivery.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -35,6 +36,27 @@ public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAs
         var delivery = Assert.Single(receiver.Deliveries);
         Assert.Equal(webhook.EventType, delivery.Headers[WebhookSender.EventTypeHeader]);
         Assert.True(Verifies(delivery), "the signature verifies with what the receiver got");
+    }
+
+    [Fact]
+    public async Task While_a_signing_secret_is_rotated_out_a_delivery_verifies_with_the_old_secret_and_with_the_new()
+    {
+        const string OldSecret = WorkerSettings.SigningSecret;
+        const string NewSecret = "rotated-signing-secret-9876543210";
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:SigningSecret", NewSecret), ("Webhooks:PreviousSigningSecrets:0", OldSecret)));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver, "order.paid");
+
+        await publisher.PublishAsync(webhook);
+
+        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, await StatusAsync(webhook)));
+        var delivery = Assert.Single(receiver.Deliveries);
+        // A receiver not yet given the new secret, and one that already has it.
+        Assert.True(Verifies(delivery, OldSecret), "verifies with the secret being rotated out");
+        Assert.True(Verifies(delivery, NewSecret), "verifies with the new secret");
+        Assert.False(Verifies(delivery, "some-other-secret-0123456789"), "verifies with a secret never configured");
     }
 
     [Theory]
@@ -71,8 +93,8 @@ public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAs
         Payload = JsonDocument.Parse("""{ "invoice" : 7 }""").RootElement,
     };
 
-    private static bool Verifies(FakeWebhookReceiver.Received delivery) => WebhookSignature.Verify(
-        WorkerSettings.SigningSecret,
+    private static bool Verifies(FakeWebhookReceiver.Received delivery, string secret = WorkerSettings.SigningSecret) => WebhookSignature.Verify(
+        secret,
         delivery.Headers[WebhookSignature.HeaderName],
         delivery.Headers[WebhookSender.WebhookIdHeader],
         delivery.Headers[WebhookSender.EventTypeHeader],
