@@ -191,6 +191,7 @@ public sealed partial class RedeliveryDispatcher(
                     """)
                 .ToListAsync(CancellationToken.None);
             var secondsLate = deleted.ToDictionary(r => r.Id, r => r.SecondsLate);
+            await KeepFinishedJobsAsync(db, settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message), CancellationToken.None);
             var later = settled.Where(s => s.Settlement == Settlement.Later).ToList();
             if (later.Count > 0)
             {
@@ -332,6 +333,38 @@ public sealed partial class RedeliveryDispatcher(
             """, cancellationToken);
         return retryAt;
     }
+
+    /// <summary>
+    /// A finished job whose stored command was just published (a scheduled job that ran early through
+    /// another delivery, say) starts its retention window again. The retention sweep keeps such a job
+    /// while the row waits, and the row is now gone while the command may still wait in its queue
+    /// (a backlog, consumers paused): a sweep meanwhile deleted the job, and the command, meeting
+    /// neither its job's final status nor an inbox row (long swept), ran the job again. Found by its
+    /// row's job id or, for rows stored before that column, by a scheduled job's dedupe key, as the
+    /// sweep finds them.
+    /// </summary>
+    private static async Task KeepFinishedJobsAsync(ConveyorDbContext db, IEnumerable<ScheduledMessage> published, CancellationToken cancellationToken)
+    {
+        var jobIds = published
+            .Select(m => m.JobId ?? (m.DedupeKey.StartsWith(ScheduledJobKeyPrefix, StringComparison.Ordinal)
+                && Guid.TryParseExact(m.DedupeKey.AsSpan(ScheduledJobKeyPrefix.Length), "D", out var id) ? id : null))
+            .OfType<Guid>()
+            .Distinct()
+            .ToArray();
+        if (jobIds.Length == 0)
+        {
+            return;
+        }
+
+        // "IS TRUE", as in KeepForLaterAsync: each job by its primary key, never through the status index.
+        await db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE jobs SET updated_at = clock_timestamp()
+             WHERE id = ANY({jobIds}) AND (status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})) IS TRUE
+            """, cancellationToken);
+    }
+
+    /// <summary>How a scheduled job's stored command is keyed (the Api's <c>ScheduledJobs.DedupeKey</c>): <c>job:</c> and its id.</summary>
+    private const string ScheduledJobKeyPrefix = "job:";
 
     private static string Bounded(string text, int maxLength) => StoredText.Storable(text, maxLength);
 

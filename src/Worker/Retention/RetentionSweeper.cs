@@ -133,7 +133,8 @@ public sealed partial class RetentionSweeper(
         // the job's final status instead of no row at all, which runs the job again:
         // - a stored command (a job scheduled for later that ran early through another delivery, a
         //   redelivery the broker keeps refusing), by job_id or, for rows stored before that column,
-        //   by a scheduled job's dedupe key; the job goes at the first sweep after the row is published.
+        //   by a scheduled job's dedupe key. Once the row is published the command may still wait in its
+        //   queue, so the dispatcher starts a finished job's window again then (JobHours from the publish).
         // - an inbox row of its command. A replay that finds the job finished is recorded in the inbox
         //   with its own received_at while the job keeps its old updated_at; were the job swept first,
         //   a resubmission of its business key would get a new row whose command the inbox acks as a

@@ -79,6 +79,62 @@ public sealed class RetentionHorizonTests(ConveyorFixture fixture) : IAsyncLifet
     }
 
     [Fact]
+    public async Task A_finished_job_whose_stored_command_was_published_is_kept_while_the_command_waits_in_its_queue_which_then_does_not_run_it_again()
+    {
+        var now = DateTimeOffset.UtcNow;
+        var paymentId = Guid.NewGuid();
+        Guid jobId;
+        await using (var worker = await StartWorkerAsync())
+        await using (var api = await fixture.StartApiAsync())
+        {
+            jobId = (await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, now.AddDays(60)))).JobId;
+            await using var publisher = await TestPublisher.StartAsync(fixture);
+            await publisher.PublishAsync(Charge(paymentId));
+            await WaitForStatusAsync(jobId, JobStatus.Succeeded);
+        }
+
+        // The job ran early 40 days ago; its inbox row went after 7; its stored command kept it.
+        await using (var db = fixture.CreateDbContext())
+        {
+            var longAgo = now.AddDays(-40);
+            await db.Jobs.ExecuteUpdateAsync(set => set
+                .SetProperty(j => j.CreatedAt, longAgo).SetProperty(j => j.UpdatedAt, longAgo).SetProperty(j => j.FinishedAt, longAgo));
+            await db.Inbox.ExecuteDeleteAsync();
+        }
+
+        Assert.Equal(new SweepResult(0, 0, 0), await Sweeper().SweepAsync(DateTimeOffset.UtcNow, CancellationToken.None));
+
+        // Its runAt comes while no worker consumes the queue (a backlog ahead of it, consumers paused):
+        // the command is published and waits there, and a sweep runs meanwhile.
+        await using (var db = fixture.CreateDbContext())
+        {
+            await db.ScheduledMessages.ExecuteUpdateAsync(set => set.SetProperty(m => m.DueAt, DateTimeOffset.UtcNow.AddSeconds(-1)));
+        }
+
+        await using (var brokerPublisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions())))
+        {
+            using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), brokerPublisher, Options.Create(new DispatcherOptions()),
+                TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+            Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
+        }
+
+        Assert.Equal(1u, await fixture.ReadyAsync(JobKinds.ChargePayment));
+        var swept = await Sweeper().SweepAsync(DateTimeOffset.UtcNow, CancellationToken.None);
+
+        // The command is consumed at last: it finds the job's final status and is acked unrun.
+        await using (var worker = await StartWorkerAsync())
+        {
+            await fixture.AssertDrainedAsync(worker, JobKinds.ChargePayment);
+        }
+
+        Assert.Equal(1, _gateway.RequestsFor(paymentId.ToString()));
+        Assert.Equal(0, swept.Jobs);
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.AsNoTracking().WithoutRequestBody().SingleAsync(j => j.BusinessKey == paymentId.ToString());
+        Assert.Equal((jobId, JobStatus.Succeeded, 1), (job.Id, job.Status, job.Attempts));
+    }
+
+    [Fact]
     public async Task A_replay_of_a_long_finished_job_keeps_the_job_as_long_as_its_inbox_row_so_a_resubmission_is_not_left_queued()
     {
         var now = DateTimeOffset.UtcNow;
