@@ -23,7 +23,7 @@ internal static class ScheduledJobs
     };
 
     /// <summary>The row's key: one scheduled publish per job, found again to cancel it.</summary>
-    public static string DedupeKey(Guid jobId) => $"job:{jobId:D}";
+    public static string DedupeKey(Guid jobId) => $"{ScheduledMessage.ScheduledJobKeyPrefix}{jobId:D}";
 
     public static ScheduledMessage ToScheduledMessage(JobRequest request, Guid jobId, DateTimeOffset runAt, DateTimeOffset now)
     {

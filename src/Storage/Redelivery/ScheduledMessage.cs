@@ -10,6 +10,13 @@ public sealed class ScheduledMessage
 {
     public long Id { get; set; }
 
+    /// <summary>
+    /// How a job scheduled for later keys its stored command: this and the job's id (<c>D</c> format),
+    /// one row per job. The Api writes it; the dispatcher and the retention sweep find a row's job by it
+    /// when the row was stored before <see cref="JobId"/> was.
+    /// </summary>
+    public const string ScheduledJobKeyPrefix = "job:";
+
     /// <summary>Unique: storing the same redelivery twice (two failing copies) keeps one.</summary>
     public required string DedupeKey { get; set; }
 

@@ -346,8 +346,8 @@ public sealed partial class RedeliveryDispatcher(
     private static async Task KeepFinishedJobsAsync(ConveyorDbContext db, IEnumerable<ScheduledMessage> published, CancellationToken cancellationToken)
     {
         var jobIds = published
-            .Select(m => m.JobId ?? (m.DedupeKey.StartsWith(ScheduledJobKeyPrefix, StringComparison.Ordinal)
-                && Guid.TryParseExact(m.DedupeKey.AsSpan(ScheduledJobKeyPrefix.Length), "D", out var id) ? id : null))
+            .Select(m => m.JobId ?? (m.DedupeKey.StartsWith(ScheduledMessage.ScheduledJobKeyPrefix, StringComparison.Ordinal)
+                && Guid.TryParseExact(m.DedupeKey.AsSpan(ScheduledMessage.ScheduledJobKeyPrefix.Length), "D", out var id) ? id : null))
             .OfType<Guid>()
             .Distinct()
             .ToArray();
@@ -362,9 +362,6 @@ public sealed partial class RedeliveryDispatcher(
              WHERE id = ANY({jobIds}) AND (status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})) IS TRUE
             """, cancellationToken);
     }
-
-    /// <summary>How a scheduled job's stored command is keyed (the Api's <c>ScheduledJobs.DedupeKey</c>): <c>job:</c> and its id.</summary>
-    private const string ScheduledJobKeyPrefix = "job:";
 
     private static string Bounded(string text, int maxLength) => StoredText.Storable(text, maxLength);
 

@@ -3,6 +3,7 @@ using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Redelivery;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -76,7 +77,7 @@ public sealed partial class RetentionSweeper(
                       AND j.created_at < @before AND j.updated_at < @before
                       AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer_id = j.kind AND i.message_key = j.business_key)
                       AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.job_id = j.id)
-                      AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = 'job:' || j.id::text)
+                      AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = '{ScheduledMessage.ScheduledJobKeyPrefix}' || j.id::text)
                     LIMIT @batch
                       FOR UPDATE OF j SKIP LOCKED) r
              WHERE p.status = ANY(@finished)
