@@ -1,3 +1,4 @@
+using Conveyor.Storage;
 using Conveyor.Worker.Payments;
 using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
@@ -79,6 +80,36 @@ public sealed class RenderingTests
                     {
                         yield return $"{job}/{container.Name}: no ConnectionStrings__Conveyor";
                     }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <c>migrate</c> lifts every statement limit (<see cref="StorageServiceCollectionExtensions.WithoutStatementLimitsAsync"/>):
+    /// an index built CONCURRENTLY and stopped halfway is left invalid, and the next run drops it and
+    /// starts over. A deadline on the Job (or its pod) is such a stop, taken again on every attempt.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Migration_job_has_no_deadline_that_stops_an_index_build_halfway(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, "the migration Job must run until its migrations are applied", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var job in rendered.Jobs.Where(j => new Workload("Job", j.Metadata.Name, j.Spec.Template).Component == "migrations"))
+            {
+                if (job.Spec.ActiveDeadlineSeconds is { } jobDeadline)
+                {
+                    yield return $"Job/{job.Metadata.Name}: activeDeadlineSeconds {jobDeadline} stops an index build that takes longer, and every retry rebuilds it from the start";
+                }
+
+                if (job.Spec.Template.Spec.ActiveDeadlineSeconds is { } podDeadline)
+                {
+                    yield return $"Job/{job.Metadata.Name}: pod activeDeadlineSeconds {podDeadline} stops an index build that takes longer, and every retry rebuilds it from the start";
                 }
             }
         }
