@@ -64,6 +64,16 @@ public static class FailureClassifier
     public static bool IsTransientStatus(HttpStatusCode status) =>
         status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests || (int)status >= 500;
 
+    /// <summary>
+    /// As <see cref="IsTransientStatus"/>, for a remote side that keeps idempotency keys (the payment
+    /// gateway), and 409 too: Stripe (as the IETF Idempotency-Key draft) answers 409 while an earlier
+    /// request with the same key is still in progress, such as an attempt that timed out here while the
+    /// gateway went on charging. That charge may well succeed, and only a later attempt with the key can
+    /// get its answer: dead-lettered, the job would leave a charge the ledger never records.
+    /// </summary>
+    public static bool IsTransientIdempotentStatus(HttpStatusCode status) =>
+        status is HttpStatusCode.Conflict || IsTransientStatus(status);
+
     // Serialization failures and deadlocks are resolved by running the transaction again; a statement
     // cancelled at statement_timeout may pass when the database is less busy, within the retry budget.
     private static bool IsTransientSqlState(NpgsqlException exception) =>

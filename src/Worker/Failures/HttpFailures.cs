@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 
@@ -23,7 +24,13 @@ public static class HttpFailures
     /// <see cref="HttpClient.Timeout"/>), and a body that is slow, broken or missing changes nothing
     /// but the message.
     /// </summary>
-    public static async Task EnsureSuccessAsync(HttpResponseMessage response, string what, TimeSpan bodyTimeout, CancellationToken cancellationToken)
+    public static Task EnsureSuccessAsync(HttpResponseMessage response, string what, TimeSpan bodyTimeout, CancellationToken cancellationToken) =>
+        EnsureSuccessAsync(response, what, bodyTimeout, FailureClassifier.IsTransientStatus, cancellationToken);
+
+    /// <inheritdoc cref="EnsureSuccessAsync(HttpResponseMessage, string, TimeSpan, CancellationToken)"/>
+    /// <param name="isTransient">Which statuses this remote side may answer otherwise later.</param>
+    public static async Task EnsureSuccessAsync(
+        HttpResponseMessage response, string what, TimeSpan bodyTimeout, Func<HttpStatusCode, bool> isTransient, CancellationToken cancellationToken)
     {
         if (response.IsSuccessStatusCode)
         {
@@ -33,7 +40,7 @@ public static class HttpFailures
         var status = response.StatusCode;
         var body = await ReadSnippetAsync(response.Content, bodyTimeout, cancellationToken);
         var message = $"{what} answered {(int)status} {status}: {body}";
-        if (FailureClassifier.IsTransientStatus(status))
+        if (isTransient(status))
         {
             throw new TransientFailureException(message, RetryAfter(response.Headers.RetryAfter));
         }

@@ -6,7 +6,7 @@ namespace Conveyor.Worker.Payments;
 
 /// <summary>
 /// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
-/// 408, 429 and 5xx are transient; other 4xx are permanent.
+/// 408, 409 (the key's first request still in progress), 429 and 5xx are transient; other 4xx are permanent.
 /// </summary>
 public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
 {
@@ -37,7 +37,8 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
         using (response)
         {
             // Read with ResponseContentRead: the body is already buffered, within HttpClient.Timeout.
-            await HttpFailures.EnsureSuccessAsync(response, "The payment gateway", http.Timeout, cancellationToken);
+            await HttpFailures.EnsureSuccessAsync(
+                response, "The payment gateway", http.Timeout, FailureClassifier.IsTransientIdempotentStatus, cancellationToken);
             var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
             if (string.IsNullOrEmpty(body?.Id))
             {

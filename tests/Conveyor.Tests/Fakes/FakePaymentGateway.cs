@@ -32,6 +32,8 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     private readonly ConcurrentQueue<bool> _scriptedDeclines = new();
     private readonly ConcurrentDictionary<string, Charged> _declined = new();
     private readonly ConcurrentDictionary<string, int> _reusedKeys = new();
+    private readonly ConcurrentDictionary<string, byte> _inProgress = new();
+    private readonly ConcurrentDictionary<string, int> _inProgressConflicts = new();
 
     private FakePaymentGateway(WebApplication app) => _app = app;
 
@@ -48,6 +50,16 @@ public sealed class FakePaymentGateway : IAsyncDisposable
 
     /// <summary>When set, every failure answered carries a <c>Retry-After</c> header of this many whole seconds.</summary>
     public TimeSpan? RetryAfter { get; set; }
+
+    /// <summary>
+    /// When set, a request that would make a new charge waits for this task before it charges and answers
+    /// (a charge the gateway is still working on, whether or not its caller still waits), and a request
+    /// with the same key meanwhile is answered 409, as Stripe answers a key whose request is in progress.
+    /// </summary>
+    public Task? HoldNewCharges { get; set; }
+
+    /// <summary>Requests with this key answered 409 because an earlier one with it was still in progress.</summary>
+    public int InProgressConflictsFor(string idempotencyKey) => _inProgressConflicts.GetValueOrDefault(idempotencyKey);
 
     public int TotalRequests => _requests.Values.Sum();
 
@@ -133,6 +145,11 @@ public sealed class FakePaymentGateway : IAsyncDisposable
             return Failure(context, status);
         }
 
+        if (_inProgress.ContainsKey(key))
+        {
+            return InProgress(key);
+        }
+
         using var body = await JsonDocument.ParseAsync(context.Request.Body);
         var asked = new Charged(
             body.RootElement.GetProperty("accountId").GetString()!,
@@ -154,10 +171,33 @@ public sealed class FakePaymentGateway : IAsyncDisposable
             return Results.StatusCode(StatusCodes.Status402PaymentRequired);
         }
 
+        if (HoldNewCharges is { } hold && !_charges.ContainsKey(key))
+        {
+            if (!_inProgress.TryAdd(key, 0))
+            {
+                return InProgress(key);
+            }
+
+            try
+            {
+                await hold;
+            }
+            finally
+            {
+                _inProgress.TryRemove(key, out _);
+            }
+        }
+
         var charge = _charges.GetOrAdd(key, k => new Charge(
             NewChargeId(), k, asked.AccountId, asked.AmountMinor, asked.Currency, context.Request.Headers.Authorization.ToString()));
         _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
         return Results.Ok(new { id = charge.Id });
+    }
+
+    private IResult InProgress(string key)
+    {
+        _inProgressConflicts.AddOrUpdate(key, 1, (_, n) => n + 1);
+        return Results.Conflict(new { error = "There is currently another in-progress request using this Idempotency-Key" });
     }
 
     private IResult Failure(HttpContext context, HttpStatusCode status)

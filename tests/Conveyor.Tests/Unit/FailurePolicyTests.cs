@@ -69,6 +69,16 @@ public sealed class FailurePolicyTests
         Assert.Equal(transient, FailureClassifier.IsTransient(new HttpRequestException("x", null, status)));
     }
 
+    [Theory]
+    [InlineData(HttpStatusCode.Conflict, true)]
+    [InlineData(HttpStatusCode.TooManyRequests, true)]
+    [InlineData(HttpStatusCode.ServiceUnavailable, true)]
+    [InlineData(HttpStatusCode.BadRequest, false)]
+    [InlineData(HttpStatusCode.PaymentRequired, false)]
+    [InlineData(HttpStatusCode.UnprocessableEntity, false)]
+    public void A_remote_side_that_keeps_idempotency_keys_may_answer_409_otherwise_later(HttpStatusCode status, bool transient) =>
+        Assert.Equal(transient, FailureClassifier.IsTransientIdempotentStatus(status));
+
     [Fact]
     public void Exceptions_are_classified()
     {
