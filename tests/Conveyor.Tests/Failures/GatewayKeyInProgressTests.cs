@@ -46,24 +46,12 @@ public sealed class GatewayKeyInProgressTests(ConveyorFixture fixture) : IAsyncL
             gatewayWorking.TrySetResult();
         }
 
-        var job = await WaitForFinalStatusAsync(key);
+        var job = await fixture.WaitForSettledJobAsync(key);
 
         Assert.Equal(JobStatus.Succeeded, job.Status);
         var charge = Assert.Single(gateway.Charges);
         await using var db = fixture.CreateDbContext();
         var ledger = await db.Ledger.AsNoTracking().SingleOrDefaultAsync(l => l.PaymentId == payment.PaymentId);
         Assert.Equal(charge.Id, ledger?.GatewayChargeId);
-    }
-
-    private async Task<Job> WaitForFinalStatusAsync(string businessKey)
-    {
-        Job? job = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == businessKey);
-            Assert.Contains(job?.Status, new[] { JobStatus.Succeeded, JobStatus.DeadLettered });
-        }, () => PipelineState.DescribeAsync(fixture));
-        return job!;
     }
 }

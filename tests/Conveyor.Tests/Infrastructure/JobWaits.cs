@@ -24,6 +24,22 @@ public static class JobWaits
     public static Task<Job> WaitForJobAsync(this ConveyorFixture fixture, Guid businessId, string status) =>
         fixture.WaitForJobAsync(businessId.ToString(), status);
 
+    /// <summary>
+    /// The row of the job with <paramref name="businessKey"/> once it has ended <c>succeeded</c> or
+    /// <c>dead-lettered</c>, whichever it is: a test then asserts which, and says why with the row's error.
+    /// </summary>
+    public static async Task<Job> WaitForSettledJobAsync(this ConveyorFixture fixture, string businessKey)
+    {
+        Job? job = null;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == businessKey);
+            Assert.Contains(job?.Status, new[] { JobStatus.Succeeded, JobStatus.DeadLettered });
+        }, () => PipelineState.DescribeAsync(fixture));
+        return job!;
+    }
+
     /// <summary>Until exactly <paramref name="sessions"/> backends of this run's database wait for a lock (a row, a key being inserted).</summary>
     public static Task WaitForLockWaitersAsync(this ConveyorFixture fixture, long sessions) =>
         Eventually.AssertAsync(async () =>

@@ -58,14 +58,8 @@ public sealed class ReportTotalBeyondInt64Tests(ConveyorFixture fixture) : IAsyn
             var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = accountId, Currency = currency, PageSize = 1_000 };
             await publisher.PublishAsync(report);
 
-            Job? job = null;
-            await Eventually.AssertAsync(async () =>
-            {
-                await using var db = fixture.CreateDbContext();
-                job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == report.ReportId.ToString());
-                Assert.Contains(job?.Status, new[] { JobStatus.Succeeded, JobStatus.DeadLettered });
-            });
-            Assert.True(job!.Status == JobStatus.Succeeded, $"the report ended {job.Status}: {job.LastError}");
+            var job = await fixture.WaitForSettledJobAsync(report.ReportId.ToString());
+            Assert.True(job.Status == JobStatus.Succeeded, $"the report ended {job.Status}: {job.LastError}");
 
             await using var check = fixture.CreateDbContext();
             var stored = await check.Reports.SingleAsync(r => r.ReportId == report.ReportId);
