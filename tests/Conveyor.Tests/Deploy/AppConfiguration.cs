@@ -72,8 +72,10 @@ public sealed class AppConfiguration
 
     /// <summary>The ports in <c>Urls</c> (<c>;</c>-separated, as ASP.NET Core reads it).</summary>
     public IReadOnlyList<int> UrlPorts =>
-        (_configuration["Urls"] ?? "")
-            .Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(url => url.LastIndexOf(':') is var colon and > 0 && int.TryParse(url[(colon + 1)..].TrimEnd('/'), out var port) ? port : -1)
+        Urls.Select(url => url.LastIndexOf(':') is var colon and > 0 && int.TryParse(url[(colon + 1)..].TrimEnd('/'), out var port) ? port : -1)
             .ToList();
+
+    /// <summary>The addresses in <c>Urls</c>, each as given.</summary>
+    public IReadOnlyList<string> Urls =>
+        (_configuration["Urls"] ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 }

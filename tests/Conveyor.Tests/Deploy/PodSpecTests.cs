@@ -71,6 +71,49 @@ public sealed class PodSpecTests
         }
     }
 
+    /// <summary>
+    /// Kestrel's any-address form (<c>+</c>) listens on IPv6 and IPv4 both (a dual-mode socket; IPv4 alone
+    /// where the node has no IPv6), while <c>0.0.0.0</c> is IPv4 only: on an IPv6-only or IPv6-first
+    /// cluster the kubelet probes the pod's IPv6 address, every probe is refused, and the pods restart
+    /// for ever. The images set the same default, for a container run outside these manifests.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Urls_listen_on_IPv6_and_IPv4(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+
+        Overlays.AssertNone(rendered, "Api and worker containers must listen on every address, IPv6 and IPv4 (http://+:<port>), not 0.0.0.0 (IPv4 only)", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var (_, workload) in rendered.DeploymentsOf("api").Concat(rendered.DeploymentsOf("worker")))
+            {
+                foreach (var container in workload.Pod.Containers)
+                {
+                    foreach (var url in AppConfiguration.Of(rendered, workload, container).Urls.Where(url => !IsAnyAddress(url)))
+                    {
+                        yield return $"{workload}/{container.Name}: Urls {url}";
+                    }
+                }
+            }
+
+            foreach (var project in new[] { "Api", "Worker" })
+            {
+                var urls = File.ReadLines(RepositoryRoot.Combine("src", project, "Dockerfile"))
+                    .Where(line => line.StartsWith("ENV Urls=", StringComparison.Ordinal))
+                    .Select(line => line["ENV Urls=".Length..].Trim())
+                    .ToList();
+                if (urls.Count != 1 || !IsAnyAddress(urls[0]))
+                {
+                    yield return $"src/{project}/Dockerfile: ENV Urls [{string.Join(", ", urls)}]";
+                }
+            }
+        }
+
+        static bool IsAnyAddress(string url) => url.StartsWith("http://+:", StringComparison.Ordinal);
+    }
+
     [Theory]
     [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
     public void Containers_run_as_the_app_user_with_a_read_only_root_and_no_privileges(string overlay)
