@@ -183,15 +183,21 @@ public sealed partial class RedeliveryDispatcher(
             }
 
             var doneIds = settled.Where(s => s.Settlement is Settlement.Published or Settlement.MovedToError).Select(s => s.Message.Id).ToArray();
-            // Each row's lateness by the database's clock, which its due time was set by.
+            var keptJobIds = FinishedJobsToKeep(settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message));
+            // Each row's lateness by the database's clock, which its due time was set by. In the same
+            // statement, the finished jobs of the published rows start their retention window again
+            // (FinishedJobsToKeep); "IS TRUE", as in KeepForLaterAsync: each job by its primary key,
+            // never through the status index.
             var deleted = await db.Database.SqlQuery<DeletedRow>(
                     $"""
+                    WITH kept AS (
+                        UPDATE jobs SET updated_at = clock_timestamp()
+                         WHERE id = ANY({keptJobIds}) AND (status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})) IS TRUE)
                     DELETE FROM scheduled_messages WHERE id = ANY({doneIds})
                     RETURNING id, EXTRACT(EPOCH FROM clock_timestamp() - due_at)::float8 AS seconds_late
                     """)
                 .ToListAsync(CancellationToken.None);
             var secondsLate = deleted.ToDictionary(r => r.Id, r => r.SecondsLate);
-            await KeepFinishedJobsAsync(db, settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message), CancellationToken.None);
             var later = settled.Where(s => s.Settlement == Settlement.Later).ToList();
             if (later.Count > 0)
             {
@@ -335,33 +341,21 @@ public sealed partial class RedeliveryDispatcher(
     }
 
     /// <summary>
-    /// A finished job whose stored command was just published (a scheduled job that ran early through
-    /// another delivery, say) starts its retention window again. The retention sweep keeps such a job
-    /// while the row waits, and the row is now gone while the command may still wait in its queue
-    /// (a backlog, consumers paused): a sweep meanwhile deleted the job, and the command, meeting
+    /// The jobs of stored commands just published, whose retention window starts again if they have
+    /// finished (a scheduled job that ran early through another delivery, say). The retention sweep keeps
+    /// such a job while the row waits, and the row is now gone while the command may still wait in its
+    /// queue (a backlog, consumers paused): a sweep meanwhile deleted the job, and the command, meeting
     /// neither its job's final status nor an inbox row (long swept), ran the job again. Found by its
     /// row's job id or, for rows stored before that column, by a scheduled job's dedupe key, as the
     /// sweep finds them.
     /// </summary>
-    private static async Task KeepFinishedJobsAsync(ConveyorDbContext db, IEnumerable<ScheduledMessage> published, CancellationToken cancellationToken)
-    {
-        var jobIds = published
+    private static Guid[] FinishedJobsToKeep(IEnumerable<ScheduledMessage> published) =>
+        published
             .Select(m => m.JobId ?? (m.DedupeKey.StartsWith(ScheduledMessage.ScheduledJobKeyPrefix, StringComparison.Ordinal)
                 && Guid.TryParseExact(m.DedupeKey.AsSpan(ScheduledMessage.ScheduledJobKeyPrefix.Length), "D", out var id) ? id : null))
             .OfType<Guid>()
             .Distinct()
             .ToArray();
-        if (jobIds.Length == 0)
-        {
-            return;
-        }
-
-        // "IS TRUE", as in KeepForLaterAsync: each job by its primary key, never through the status index.
-        await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs SET updated_at = clock_timestamp()
-             WHERE id = ANY({jobIds}) AND (status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})) IS TRUE
-            """, cancellationToken);
-    }
 
     private static string Bounded(string text, int maxLength) => StoredText.Storable(text, maxLength);
 
