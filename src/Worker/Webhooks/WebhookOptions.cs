@@ -7,7 +7,10 @@ public sealed class WebhookOptions : IValidatableObject
 {
     public const string SectionName = "Webhooks";
 
-    [Required, MinLength(16)]
+    /// <summary>The shortest signing secret, current or previous, the worker starts with.</summary>
+    public const int MinSecretLength = 16;
+
+    [Required, MinLength(MinSecretLength)]
     public string SigningSecret { get; set; } = "";
 
     /// <summary>
@@ -34,10 +37,10 @@ public sealed class WebhookOptions : IValidatableObject
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
     {
-        if (PreviousSigningSecrets.Any(secret => secret is null || secret.Length < 16))
+        if (PreviousSigningSecrets.Any(secret => secret is null || secret.Length < MinSecretLength))
         {
             yield return new ValidationResult(
-                $"Each of {SectionName}:{nameof(PreviousSigningSecrets)} must be at least 16 characters long, as {SectionName}:{nameof(SigningSecret)}.",
+                $"Each of {SectionName}:{nameof(PreviousSigningSecrets)} must be at least {MinSecretLength} characters long, as {SectionName}:{nameof(SigningSecret)}.",
                 [nameof(PreviousSigningSecrets)]);
         }
     }
