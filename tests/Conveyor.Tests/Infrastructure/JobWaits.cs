@@ -20,6 +20,23 @@ public static class JobWaits
         return job!;
     }
 
+    /// <summary>
+    /// The row of the job with <paramref name="businessKey"/> once its status is <paramref name="status"/>
+    /// after exactly <paramref name="attempts"/> attempts; the pipeline's state is told when it is not by
+    /// <paramref name="timeout"/> (default <see cref="Eventually.DefaultTimeout"/>).
+    /// </summary>
+    public static async Task<Job> WaitForJobAsync(this ConveyorFixture fixture, string businessKey, string status, int attempts, TimeSpan? timeout = null)
+    {
+        Job? job = null;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == businessKey);
+            Assert.Equal((status, attempts), (job?.Status, job?.Attempts));
+        }, () => PipelineState.DescribeAsync(fixture), timeout);
+        return job!;
+    }
+
     /// <inheritdoc cref="WaitForJobAsync(ConveyorFixture, string, string)"/>
     public static Task<Job> WaitForJobAsync(this ConveyorFixture fixture, Guid businessId, string status) =>
         fixture.WaitForJobAsync(businessId.ToString(), status);

@@ -28,6 +28,8 @@ public sealed class CorrectedCommandRedeliveryTests(ConveyorFixture fixture) : I
     private const string Queue = "deliver-webhook";
     private const string ConflictType = "Conveyor.Worker.Failures.IdempotencyConflictException";
 
+    private static readonly TimeSpan WaitTimeout = TimeSpan.FromSeconds(45);
+
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public Task DisposeAsync() => Task.CompletedTask;
@@ -60,17 +62,17 @@ public sealed class CorrectedCommandRedeliveryTests(ConveyorFixture fixture) : I
         var key = first.WebhookId.ToString();
 
         await publisher.PublishAsync(first, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.RetryScheduled, attempts: 1);
+        await fixture.WaitForJobAsync(key, JobStatus.RetryScheduled, attempts: 1, WaitTimeout);
         // A repeated publish of the same command, refused for good by the receiver: the job is
         // dead-lettered while the first copy's redelivery still waits.
         receiver.AnswerWith = HttpStatusCode.BadRequest;
         await publisher.PublishAsync(first, Guid.NewGuid());
-        await WaitForJobAsync(key, JobStatus.DeadLettered, attempts: 2);
+        await fixture.WaitForJobAsync(key, JobStatus.DeadLettered, attempts: 2, WaitTimeout);
         // The corrected command takes the job over and fails transiently on its first delivery, as the
         // first command's copy did.
         receiver.AnswerWith = HttpStatusCode.ServiceUnavailable;
         await publisher.PublishAsync(corrected, Guid.NewGuid());
-        var job = await WaitForJobAsync(key, JobStatus.RetryScheduled, attempts: 3);
+        var job = await fixture.WaitForJobAsync(key, JobStatus.RetryScheduled, attempts: 3, WaitTimeout);
         Assert.Equal(PayloadFingerprint.Of(corrected), job.PayloadHash);
 
         // Its own copy is stored, and the job waits for that row; the first command's row is left as it was.
@@ -98,30 +100,18 @@ public sealed class CorrectedCommandRedeliveryTests(ConveyorFixture fixture) : I
             Assert.Equal(7, InvoiceOf(conflict.Body));
         }
 
-        var waiting = await WaitForJobAsync(key, JobStatus.RetryScheduled, attempts: 3);
+        var waiting = await fixture.WaitForJobAsync(key, JobStatus.RetryScheduled, attempts: 3, WaitTimeout);
         Assert.Equal(job.NextAttemptAt, waiting.NextAttemptAt);
 
         // The correction's row then delivers the corrected webhook.
         await MakeDueAsync(invoice: 8);
-        await WaitForJobAsync(key, JobStatus.Succeeded, attempts: 4);
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded, attempts: 4, WaitTimeout);
         await fixture.AssertDrainedAsync(worker, Queue);
         Assert.Equal([7, 7, 8, 8], receiver.Deliveries.Select(d => JsonDocument.Parse(d.Body).RootElement.GetProperty("invoice").GetInt32()));
         await using (var db = fixture.CreateDbContext())
         {
             Assert.Equal(0, await db.ScheduledMessages.CountAsync());
         }
-    }
-
-    private async Task<Job> WaitForJobAsync(string key, string status, int attempts)
-    {
-        Job job = null!;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Kind == Conveyor.Contracts.JobKinds.DeliverWebhook && j.BusinessKey == key);
-            Assert.Equal((status, attempts), (job.Status, job.Attempts));
-        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
-        return job;
     }
 
     /// <summary>The webhook payload's invoice number in a stored or dead-lettered MassTransit envelope.</summary>
