@@ -15,11 +15,29 @@ namespace Conveyor.ServiceDefaults;
 /// after the new version's migration) is fine: migrations only add. It talks to the connection directly
 /// rather than through EF Core, so a database outage costs no EF Core error line per probe:
 /// <see cref="HealthTransitions"/> logs one warning when the state changes.
+/// A migration holds the history table locked (EF Core's migration lock, <c>ACCESS EXCLUSIVE</c>) for
+/// as long as it runs, which for an index built on a large table is minutes: the probe waits for that
+/// lock at most <see cref="HistoryLockWaitMilliseconds"/>, and then answers from what this process saw before. A
+/// process that has seen its schema applied stays ready (migrations only add, so the running one cannot
+/// take its schema away); every pod of a deployment turning unready for the length of the next
+/// version's migration would take the Api out of its Service. One that has not seen it stays unready.
 /// </summary>
-internal sealed class DatabaseHealthCheck(IServiceScopeFactory scopes) : IHealthCheck
+internal sealed class DatabaseHealthCheck(IServiceScopeFactory scopes, DatabaseHealthCheck.SchemaSeen seen) : IHealthCheck
 {
+    /// <summary>
+    /// How long a probe waits for the migrations history while a migration holds it: well under
+    /// <see cref="HealthExtensions.CheckTimeout"/>, so the answer is this check's, not the timeout's.
+    /// </summary>
+    internal const int HistoryLockWaitMilliseconds = 300;
+
     /// <summary>The newest migration of this build (the same for every probe of the process).</summary>
     private static string? _newestMigration;
+
+    /// <summary>Whether this process has seen its schema applied (one per process: a singleton).</summary>
+    internal sealed class SchemaSeen
+    {
+        public volatile bool Applied;
+    }
 
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
@@ -31,7 +49,12 @@ internal sealed class DatabaseHealthCheck(IServiceScopeFactory scopes) : IHealth
         try
         {
             await connection.OpenAsync(cancellationToken);
+            // The lock timeout is the transaction's own (SET LOCAL): the connection goes back to the pool as it came.
+            await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
             await using var command = connection.CreateCommand();
+            command.Transaction = transaction;
+            command.CommandText = $"SET LOCAL lock_timeout = {HistoryLockWaitMilliseconds}";
+            await command.ExecuteNonQueryAsync(cancellationToken);
             command.CommandText = "SELECT max(migration_id) FROM __ef_migrations_history";
             string? applied;
             try
@@ -43,6 +66,15 @@ internal sealed class DatabaseHealthCheck(IServiceScopeFactory scopes) : IHealth
                 // No history table at all: a database never migrated.
                 applied = null;
             }
+            catch (PostgresException exception) when (exception.SqlState == PostgresErrorCodes.LockNotAvailable)
+            {
+                return seen.Applied
+                    ? HealthCheckResult.Healthy(
+                        "PostgreSQL answers; a migration is running (it holds the migrations history), and this version's schema was applied before it")
+                    : new HealthCheckResult(context.Registration.FailureStatus,
+                        $"A migration is running (it holds the migrations history); this version needs migration {newest}, " +
+                        "which this process has not seen applied yet.");
+            }
 
             if (applied is null || string.CompareOrdinal(applied, newest) < 0)
             {
@@ -51,6 +83,7 @@ internal sealed class DatabaseHealthCheck(IServiceScopeFactory scopes) : IHealth
                     "Run the migrations (`Conveyor.Worker migrate`, the migration Job) before this version.");
             }
 
+            seen.Applied = true;
             return HealthCheckResult.Healthy("PostgreSQL answers; the schema is this version's or newer");
         }
         catch (Exception exception) when (!cancellationToken.IsCancellationRequested)

@@ -34,6 +34,7 @@ public static class HealthExtensions
     public static IServiceCollection AddConveyorHealthChecks(this IServiceCollection services)
     {
         services.AddSingleton<HealthTransitions>();
+        services.AddSingleton<DatabaseHealthCheck.SchemaSeen>();
         services.AddHealthChecks()
             .AddCheck<DatabaseHealthCheck>("database", HealthStatus.Unhealthy, [ReadyTag]);
         // Every check, whoever registered it (MassTransit's too), and after all of them are added.

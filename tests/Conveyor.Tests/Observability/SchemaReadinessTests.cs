@@ -3,13 +3,16 @@ using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Infrastructure;
 using Microsoft.EntityFrameworkCore.Migrations;
+using Npgsql;
 
 namespace Conveyor.Tests.Observability;
 
 /// <summary>
 /// A pod whose database schema is behind its code (started before its migration Job ran) is not
 /// ready: Kubernetes sends it no traffic and a rollout waits, instead of a ready Api answering 503 to
-/// every submission. It gets ready by itself once the migrations are applied.
+/// every submission. It gets ready by itself once the migrations are applied. While a migration runs
+/// (EF Core holds the migrations history locked for its whole length), a pod that has seen its schema
+/// stays ready and one that has not stays unready, each saying why, instead of every probe timing out.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class SchemaReadinessTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "behind")
@@ -60,6 +63,56 @@ public sealed class SchemaReadinessTests(ConveyorFixture fixture) : ScratchDatab
             var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(api);
             Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
             Assert.Contains("the newest applied is none", checks.GetProperty("database").GetProperty("description").GetString(), StringComparison.Ordinal);
+        }, TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task While_a_migration_holds_the_history_a_ready_api_stays_ready_and_a_new_one_waits_saying_why()
+    {
+        await using (var db = Database.CreateDbContext())
+        {
+            await db.Database.MigrateAsync();
+        }
+
+        await using var ready = await Fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
+        await Eventually.AssertAsync(async () =>
+        {
+            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(ready);
+            Assert.True(status == HttpStatusCode.OK, checks.ToString());
+        }, TimeSpan.FromSeconds(30));
+
+        // What EF Core's migrator does for as long as it runs: the history locked in its transaction.
+        await using var migration = new NpgsqlConnection(ConnectionString);
+        await migration.OpenAsync();
+        await using var transaction = await migration.BeginTransactionAsync();
+        await using (var lockHistory = new NpgsqlCommand("LOCK TABLE __ef_migrations_history IN ACCESS EXCLUSIVE MODE", migration, transaction))
+        {
+            await lockHistory.ExecuteNonQueryAsync();
+        }
+
+        await using var starting = await Fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
+        for (var probe = 0; probe < 3; probe++)
+        {
+            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(ready);
+            var database = checks.GetProperty("database");
+            Assert.True(status == HttpStatusCode.OK, checks.ToString());
+            Assert.Contains("a migration is running", database.GetProperty("description").GetString(), StringComparison.Ordinal);
+        }
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(starting);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+            var database = checks.GetProperty("database");
+            Assert.Equal("Unhealthy", database.GetProperty("status").GetString());
+            Assert.StartsWith("A migration is running", database.GetProperty("description").GetString(), StringComparison.Ordinal);
+        }, TimeSpan.FromSeconds(30));
+
+        await transaction.RollbackAsync();
+        await Eventually.AssertAsync(async () =>
+        {
+            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(starting);
+            Assert.True(status == HttpStatusCode.OK, checks.ToString());
         }, TimeSpan.FromSeconds(30));
     }
 }
