@@ -76,12 +76,37 @@ public abstract class WalkVisitor
 public sealed class WalkProgress
 {
     private long _examined;
+    private long _peakHeldBytes;
 
     public long QueueDepthAtStart { get; internal set; }
 
     public long Examined => Interlocked.Read(ref _examined);
 
+    /// <summary>
+    /// The most body bytes of selected messages the walk held at once: copies read and not yet decided,
+    /// plus copies awaiting their confirm (<see cref="ErrorQueueOptions.MaxPendingBytes"/>).
+    /// </summary>
+    public long PeakHeldBytes => Interlocked.Read(ref _peakHeldBytes);
+
     internal void CountExamined() => Interlocked.Increment(ref _examined);
+
+    internal void NoteHeld(long bytes) => RaiseTo(ref _peakHeldBytes, bytes);
+
+    /// <summary>Sets <paramref name="location"/> to <paramref name="value"/> if that is larger, whichever thread writes it too.</summary>
+    internal static void RaiseTo(ref long location, long value)
+    {
+        var current = Interlocked.Read(ref location);
+        while (value > current)
+        {
+            var seen = Interlocked.CompareExchange(ref location, value, current);
+            if (seen == current)
+            {
+                return;
+            }
+
+            current = seen;
+        }
+    }
 }
 
 /// <summary>What a walk's settings are.</summary>
@@ -100,8 +125,14 @@ public sealed record WalkPlan(string Queue, long MaxExamine, ErrorQueueOptions O
 /// <para>Kept messages stay unacknowledged until the end and so occupy the prefetch window. When
 /// half the current channel's window is kept messages, the walker cancels its consumer (the kept
 /// messages stay unacknowledged on that channel) and consumes on a fresh channel, whose window is
-/// empty. Memory stays bounded: per kept message only a count; bodies only for copies awaiting a
-/// confirm (bounded by the window and by <see cref="ErrorQueueOptions.MaxPendingBytes"/>).</para>
+/// empty. Memory stays bounded: per kept message only a count; bodies only for selected messages,
+/// read and not yet decided or awaiting their copy's confirm. RabbitMQ bounds a consumer's window by
+/// messages, not bytes (it ignores <c>prefetch_size</c>), so a moving walk sizes each channel's window
+/// from the largest message it has selected: at most <see cref="ErrorQueueOptions.MaxPendingBytes"/> of
+/// them, and it starts on a window of <see cref="FirstMovingWindow"/> until it has seen some. When
+/// the size it would choose now differs twofold from the current channel's, it moves to a channel with
+/// that window (as it does for kept messages), so bodies held stay near <c>MaxPendingBytes</c> for a
+/// queue of large messages instead of <c>Prefetch</c> times their size.</para>
 /// <para>Confirms are tracked here, not by the client library: each copy carries its publish
 /// sequence number (the header the library itself uses, so a <c>basic.return</c> names the copy it
 /// returns), and one event loop reads deliveries, confirms, returns and channel closures in the order
@@ -123,6 +154,12 @@ public sealed class QueueWalker
     /// <summary>Idle checks in a row, with messages ready that never arrive, before a walk gives up.</summary>
     private const int MaxIdleChecks = 30;
 
+    /// <summary>
+    /// The window of a moving walk's first channel, before it has seen a message's size: a queue of
+    /// messages of several MiB holds this many of them in memory at most before the window shrinks.
+    /// </summary>
+    public const int FirstMovingWindow = 16;
+
     private readonly IConnection _connection;
     private readonly WalkPlan _plan;
     private readonly WalkVisitor _visitor;
@@ -138,8 +175,20 @@ public sealed class QueueWalker
 
     /// <summary>A dry run's targets, checked once each: null when the queue exists, else why a copy would fail.</summary>
     private readonly Dictionary<string, string?> _targetProblems = new(StringComparer.Ordinal);
+    /// <summary>The most a channel's window may be: <see cref="ErrorQueueOptions.Prefetch"/>, or the messages to examine when fewer.</summary>
     private ushort _prefetch = 1;
-    private int _rotateAt = 1;
+
+    /// <summary>The largest body of a message this walk selected (written by the dispatch thread).</summary>
+    private long _largestSelected;
+
+    /// <summary>Whether any message was delivered to this walk yet (written by the dispatch thread).</summary>
+    private volatile bool _delivered;
+
+    /// <summary>Body bytes of selected deliveries read and not yet decided (written by both threads).</summary>
+    private long _undecidedBytes;
+
+    /// <summary>The current channel stopped consuming to be replaced by one with another window (<see cref="ShouldResize"/>).</summary>
+    private bool _resizing;
     private Lane? _current;
     private IChannel? _publisher;
     private bool _closingPublisher;
@@ -209,8 +258,6 @@ public sealed class QueueWalker
         if (limit > 0)
         {
             _prefetch = (ushort)Math.Clamp(Math.Min(_plan.Options.Prefetch, limit), 1, ushort.MaxValue);
-            // A walk that forwards needs room in the window for copies awaiting their confirm.
-            _rotateAt = _visitor.Publishes ? Math.Max(1, _prefetch / 2) : _prefetch;
             try
             {
                 if (_visitor.Publishes)
@@ -248,7 +295,7 @@ public sealed class QueueWalker
         while (_progress.Examined < limit && !_visitor.IsDone)
         {
             // The current channel's window is (nearly) full of kept messages and more are to come.
-            if (_current!.Kept >= _rotateAt && limit - _progress.Examined > _prefetch - _current.Kept)
+            if (!_resizing && _current!.Kept >= _current.RotateAt && limit - _progress.Examined > _current.Prefetch - _current.Kept)
             {
                 if (_lanes.Count >= _plan.Options.MaxChannels)
                 {
@@ -258,9 +305,22 @@ public sealed class QueueWalker
 
                 await RotateAsync(cancellationToken);
             }
+            else if (ShouldResize(limit))
+            {
+                // The new window starts once what the current one delivered is decided, so the two never add up.
+                await StopConsumingAsync(_current!, cancellationToken);
+                _resizing = true;
+            }
 
             if (!TryTakeDelivery(out var item))
             {
+                if (_resizing)
+                {
+                    _resizing = false;
+                    await StartLaneAsync(cancellationToken);
+                    continue;
+                }
+
                 await SettleAsync();
                 if (await WaitForEventAsync(TimeSpan.FromMilliseconds(_plan.Options.IdleCheckMilliseconds), cancellationToken))
                 {
@@ -281,6 +341,11 @@ public sealed class QueueWalker
 
             _progress.CountExamined();
             var lane = item.Lane!;
+            if (item.Inspection is ForwardCopy { Body.Length: > 0 } taken)
+            {
+                Interlocked.Add(ref _undecidedBytes, -taken.Body.Length);
+            }
+
             var (action, copy) = item.Message is null
                 ? (WalkAction.Keep, null)
                 : _visitor.Decide(item.Message, item.Inspection);
@@ -348,6 +413,7 @@ public sealed class QueueWalker
             headers[SequenceHeader] = (long)sequence;
             await BoundedAsync(publisher.BasicPublishAsync(string.Empty, copy.Target, mandatory: true, copy.Properties, copy.Body, CancellationToken.None), "publish");
             _window.Add(sequence, new Forwarded(lane, tag, message, copy.Target, copy.Body.Length));
+            _progress.NoteHeld(_window.Bytes + Interlocked.Read(ref _undecidedBytes));
         }
         catch (WalkInterruptedException) when (_stuck is not null)
         {
@@ -378,7 +444,7 @@ public sealed class QueueWalker
     /// </summary>
     private async Task WaitForRoomAsync(CancellationToken cancellationToken)
     {
-        while (_window.Count >= _prefetch || _window.Bytes >= _plan.Options.MaxPendingBytes)
+        while (_window.Count >= _current!.Prefetch || _window.Bytes >= _plan.Options.MaxPendingBytes)
         {
             if (_window.HeadResolved)
             {
@@ -703,7 +769,9 @@ public sealed class QueueWalker
     private async Task StartLaneAsync(CancellationToken cancellationToken)
     {
         var channel = await _connection.CreateChannelAsync(cancellationToken: cancellationToken);
-        var lane = new Lane(channel);
+        var prefetch = WindowForNextChannel();
+        // A walk that forwards needs room in the window for copies awaiting their confirm.
+        var lane = new Lane(channel, prefetch, _visitor.Publishes ? Math.Max(1, prefetch / 2) : prefetch);
         _lanes.Add(lane);
         channel.ChannelShutdownAsync += (_, args) =>
         {
@@ -715,7 +783,7 @@ public sealed class QueueWalker
             return Task.CompletedTask;
         };
 
-        await channel.BasicQosAsync(0, _prefetch, global: false, cancellationToken);
+        await channel.BasicQosAsync(0, prefetch, global: false, cancellationToken);
         var consumer = new AsyncEventingBasicConsumer(channel);
         consumer.ReceivedAsync += (_, delivery) =>
         {
@@ -725,6 +793,11 @@ public sealed class QueueWalker
             {
                 message = FaultedMessage.Read(delivery.BasicProperties, delivery.Body.Span);
                 inspection = _visitor.Inspect(message, delivery.BasicProperties, delivery.Body);
+                if (inspection is ForwardCopy { Body.Length: > 0 } copy)
+                {
+                    WalkProgress.RaiseTo(ref _largestSelected, copy.Body.Length);
+                    _progress.NoteHeld(Interlocked.Add(ref _undecidedBytes, copy.Body.Length) + _window.Bytes);
+                }
             }
             catch (Exception)
             {
@@ -732,6 +805,7 @@ public sealed class QueueWalker
                 message = null;
             }
 
+            _delivered = true;
             Interlocked.Increment(ref lane.Delivered);
             _events.Writer.TryWrite(WalkEvent.Delivery(lane, delivery.DeliveryTag, message, inspection));
             return Task.CompletedTask;
@@ -743,6 +817,46 @@ public sealed class QueueWalker
         };
         lane.ConsumerTag = await channel.BasicConsumeAsync(_plan.Queue, autoAck: false, consumer, cancellationToken);
         _current = lane;
+    }
+
+    /// <summary>
+    /// The window of the next channel. A walk that only reads (an inspection, a purge) holds no bodies:
+    /// <see cref="_prefetch"/>. A moving walk holds the body of each selected message until its copy is
+    /// confirmed: <see cref="ErrorQueueOptions.MaxPendingBytes"/> divided by the largest selected message,
+    /// at least 1, at most <see cref="_prefetch"/>; <see cref="FirstMovingWindow"/> before any message came,
+    /// and <see cref="_prefetch"/> while none came that it selects (a message it leaves holds no body).
+    /// </summary>
+    private ushort WindowForNextChannel()
+    {
+        if (!_visitor.Publishes)
+        {
+            return _prefetch;
+        }
+
+        var largest = Interlocked.Read(ref _largestSelected);
+        var window = largest > 0 ? _plan.Options.MaxPendingBytes / largest
+            : _delivered ? _prefetch
+            : FirstMovingWindow;
+        return (ushort)Math.Clamp(window, 1, _prefetch);
+    }
+
+    /// <summary>
+    /// Whether a moving walk should go on with a channel of another window: the one it would choose now is
+    /// at most half the current (a larger message came), or at least twice it once the current channel
+    /// has delivered a full window (the first channel's sizes were seen). A channel fewer than the most
+    /// allowed is kept for messages left behind; more messages must be coming.
+    /// </summary>
+    private bool ShouldResize(long limit)
+    {
+        var current = _current!;
+        if (!_visitor.Publishes || _resizing || _lanes.Count >= _plan.Options.MaxChannels - 1 || limit - _progress.Examined <= current.Prefetch)
+        {
+            return false;
+        }
+
+        var next = WindowForNextChannel();
+        return next * 2 <= current.Prefetch
+            || (next >= current.Prefetch * 2 && Volatile.Read(ref current.Delivered) >= current.Prefetch);
     }
 
     /// <summary>Stops the current channel's consumer (its kept messages stay unacknowledged) and consumes on a new channel.</summary>
@@ -996,9 +1110,15 @@ public sealed class QueueWalker
         }
     }
 
-    private sealed class Lane(IChannel channel)
+    private sealed class Lane(IChannel channel, ushort prefetch, int rotateAt)
     {
         public IChannel Channel { get; } = channel;
+
+        /// <summary>This channel's consumer window (<c>basic.qos</c>, per consumer).</summary>
+        public ushort Prefetch { get; } = prefetch;
+
+        /// <summary>Kept messages on this channel after which the walk moves to a new one.</summary>
+        public int RotateAt { get; } = rotateAt;
 
         public string? ConsumerTag { get; set; }
 

@@ -153,6 +153,7 @@ public sealed class TestBroker : IAsyncDisposable
 
     /// <summary>A charge that failed in <c>charge-payment</c>, as MassTransit dead-letters it.</summary>
     /// <param name="messageId">The AMQP message_id, as another client may set it; by default the envelope's id.</param>
+    /// <param name="bodyPadding">Characters added to the account id, for a body that large.</param>
     public async Task<Guid> DeadLetterChargeAsync(
         string exceptionType,
         string exceptionMessage,
@@ -160,7 +161,8 @@ public sealed class TestBroker : IAsyncDisposable
         Guid? paymentId = null,
         string queue = ErrorQueueKit.ChargeErrors,
         IDictionary<string, object?>? extraHeaders = null,
-        string? messageId = null)
+        string? messageId = null,
+        int bodyPadding = 0)
     {
         var payment = paymentId ?? Guid.NewGuid();
         var envelopeId = Guid.NewGuid();
@@ -170,7 +172,7 @@ public sealed class TestBroker : IAsyncDisposable
             conversationId = Guid.NewGuid(),
             destinationAddress = "rabbitmq://127.0.0.1/test/Conveyor.Contracts.Payments:ChargePayment",
             messageType = new[] { "urn:message:Conveyor.Contracts.Payments:ChargePayment" },
-            message = new { paymentId = payment, accountId = "acct-eq", amountMinor = 1000, currency = "EUR" },
+            message = new { paymentId = payment, accountId = "acct-eq" + new string('x', bodyPadding), amountMinor = 1000, currency = "EUR" },
             sentTime = DateTimeOffset.UtcNow,
             headers = new Dictionary<string, object>(),
         };

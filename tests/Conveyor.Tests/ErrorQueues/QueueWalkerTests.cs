@@ -213,6 +213,31 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         });
     }
 
+    [Fact]
+    public async Task A_move_of_large_messages_holds_about_MaxPendingBytes_of_them_not_a_prefetch_window()
+    {
+        // 120 messages of 256 KiB under the default window of 1,000 and a 1 MiB budget: a window sized in
+        // messages alone would have all 30 MiB delivered and held at once.
+        const int Size = 256 * 1024;
+        var ids = new List<string?>();
+        for (var i = 0; i < 120; i++)
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(Timeout, "timed out", bodyPadding: Size)).ToString());
+        }
+
+        await using var connection = await ConnectAsync();
+        var visitor = Visitor(MessageFilter.All);
+        var progress = new WalkProgress();
+        var options = new ErrorQueueOptions { MaxPendingBytes = 1024 * 1024, IdleCheckMilliseconds = 500 };
+        var left = await new QueueWalker(connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, options), visitor, progress)
+            .RunAsync(CancellationToken.None);
+
+        Assert.Equal((120L, 120L, 0L, 0L), (visitor.Matched, visitor.Moved, visitor.Failed, left));
+        Assert.Equal(ids, await _broker.IdsAsync(ErrorQueueKit.ChargeQueue));
+        // At most the first channel's window, taken before any size was known; then about the budget.
+        Assert.InRange(progress.PeakHeldBytes, Size, (QueueWalker.FirstMovingWindow + 1) * (Size + 2048L));
+    }
+
     /// <summary>Waits until every message is in the error queue or among the copies, and reads both queues.</summary>
     private async Task<(IReadOnlyList<string?> Errors, IReadOnlyList<string?> Copies)> AccountedForAsync(IReadOnlyList<string?> all)
     {
