@@ -8,7 +8,8 @@ namespace Conveyor.Api.Backpressure;
 /// principal's name, else the remote address), one permit per job. A single submission takes one
 /// permit, a batch one per job, from the same bucket, so batching does not raise a client's rate.
 /// A batch refused once read (invalid, over the bucket's permits, for a full queue) costs one permit, as a
-/// refused single submission does.
+/// refused single submission does; all of its own when, refused for a full queue or a broker alarm, it was
+/// looked up as a batch sent again (its first job a repeat) and then found a job to publish.
 /// </summary>
 /// <remarks>
 /// Checked by the submission endpoints themselves, not by ASP.NET Core's rate-limiting middleware:

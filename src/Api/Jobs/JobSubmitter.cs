@@ -189,8 +189,7 @@ internal sealed class JobSubmitter(
         JobRequest request, string? idempotencyKey, string requestHash, DateTimeOffset now, CancellationToken cancellationToken)
     {
         var existing = await FindExistingAsync(request, idempotencyKey, requestHash, bindKey: true, cancellationToken);
-        if (existing is { Status: SubmitStatus.Duplicate, Job: { Status: JobStatus.Queued } recent }
-            && now - recent.CreatedAt <= PublishBudget)
+        if (existing is { Status: SubmitStatus.Duplicate, Job: { } recent } && MayStillBePublishing(recent, now))
         {
             return await SecureRecentAsync(recent, request, requestHash, cancellationToken);
         }
@@ -208,6 +207,46 @@ internal sealed class JobSubmitter(
 
         return existing;
     }
+
+    /// <summary>
+    /// The answer to a repeat of an accepted request that publishes nothing, for a submission the backpressure
+    /// gate refuses (its kind's queue full, the broker blocking publishers): the job, as
+    /// <see cref="SubmitAsync"/> answers that repeat (a key answered with the job of its business id is recorded
+    /// as its alias there too), or the refusal of a reused key or business id. Null when no job was submitted
+    /// for the request, or when the repeat would publish its command (<see cref="MayStillBePublishing"/>,
+    /// <see cref="MayBeUnpublished"/>): that command would join the queue the gate keeps it from, so the
+    /// request waits for it as a new job does. Null as well when the database cannot be reached: the gate's
+    /// refusal tells the client to retry as a 503 for the database would.
+    /// </summary>
+    /// <param name="body">The body <paramref name="request"/> was parsed from, as it arrived.</param>
+    public async Task<SubmitResult?> AnswerRepeatWithoutPublishAsync(
+        JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken)
+    {
+        var now = ToMicroseconds(clock.GetUtcNow());
+        var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
+        SubmitResult? existing;
+        try
+        {
+            existing = await FindExistingAsync(request, idempotencyKey, requestHash, bindKey: true, cancellationToken);
+        }
+        catch (Exception exception) when (DatabaseFailures.IsUnavailable(exception) && !cancellationToken.IsCancellationRequested)
+        {
+            JobsLog.RepeatLookupFailed(logger, exception, request.Kind);
+            return null;
+        }
+
+        return existing is { Status: SubmitStatus.Duplicate, Job: { } found }
+            && (MayStillBePublishing(found, now) || MayBeUnpublished(found, request, requestHash, now))
+            ? null
+            : existing;
+    }
+
+    /// <summary>
+    /// A repeat finds its job <c>queued</c> within the publish budget of the row's creation: the request that
+    /// committed the row may still be waiting for its confirm (<see cref="SecureRecentAsync"/>).
+    /// </summary>
+    private bool MayStillBePublishing(Job found, DateTimeOffset now) =>
+        found.Status == JobStatus.Queued && now - found.CreatedAt <= PublishBudget;
 
     /// <summary>
     /// A repeat of the same request (byte for byte) finds its job still <c>queued</c> longer after its

@@ -45,13 +45,22 @@ internal static partial class JobsApi
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        // Checked before the row is written, for a job that runs now or soon.
-        if (IsGated(job, backpressure) && RefuseAdmission(kind, http, backpressure) is { } full)
+        // Checked before the row is written, for a job that runs now or soon. A repeat of a job accepted
+        // before (its answer lost, typically, under this very pressure) still gets that job when answering
+        // it publishes nothing.
+        if (IsGated(job, backpressure) && Refused(kind, backpressure) is { } pressure)
         {
-            return full;
+            return await submitter.AnswerRepeatWithoutPublishAsync(job, idempotencyKey, body, cancellationToken) is { } repeat
+                ? Answer(http, repeat)
+                : RefuseAdmission(http, pressure, backpressure);
         }
 
-        var result = await submitter.SubmitAsync(job, idempotencyKey, body, cancellationToken);
+        return Answer(http, await submitter.SubmitAsync(job, idempotencyKey, body, cancellationToken));
+    }
+
+    /// <summary>The answer to a single submission: its job (202), or why it was not accepted.</summary>
+    private static Results<Accepted<JobAccepted>, ValidationProblem, ProblemHttpResult> Answer(HttpContext http, SubmitResult result)
+    {
         if (result.Status == SubmitStatus.RunAtOutsideWindow)
         {
             return TypedResults.ValidationProblem(new Dictionary<string, string[]> { [JobRequestParser.RunAtField] = [JobRequestParser.RunAtWindowError] });
@@ -99,11 +108,13 @@ internal static partial class JobsApi
 
         // Checked first: it needs no I/O. A batch the queue cannot take now spends one permit, not all of its
         // own: it was read and parsed, so resending it is not free, yet following Retry-After through a long
-        // refusal costs little of the client's allowance.
-        if (items.Any(item => IsGated(item.Request, backpressure)) && RefuseAdmission(kind, http, backpressure) is { } full)
+        // refusal costs little of the client's allowance. A batch sent again whose every job was accepted before
+        // still gets its answers when they publish nothing (RepeatedBatchAsync).
+        if (items.Any(item => IsGated(item.Request, backpressure)) && Refused(kind, backpressure) is { } pressure)
         {
-            rateLimiter.Spend(http);
-            return full;
+            return await RepeatedBatchAsync(submission, items, batchKey) is { } repeats
+                ? AnswerBatch(submission, repeats)
+                : RefuseAdmission(http, pressure, backpressure);
         }
 
         // All of the batch's permits at once, or one when there are fewer (it was read): its Retry-After is the
@@ -149,6 +160,61 @@ internal static partial class JobsApi
                 }
             });
 
+        return AnswerBatch(submission, results);
+    }
+
+    /// <summary>
+    /// The results of a batch the backpressure gate refused, when it is one sent again whose every job is
+    /// answered without a publish (<see cref="JobSubmitter.AnswerRepeatWithoutPublishAsync"/>); null when
+    /// it is refused. Its first job is looked up on the permit a refused batch spends anyway: a batch of new
+    /// jobs costs one lookup. The others are paid for as the jobs of an accepted batch, all of its permits at
+    /// once; lacking them, the batch is refused (one permit taken, as before).
+    /// </summary>
+    private static async Task<SubmitResult[]?> RepeatedBatchAsync(Submission submission, IReadOnlyList<JobBatchItem> items, string? batchKey)
+    {
+        var (_, http, submitter, _, rateLimiter, _, _, _, cancellationToken) = submission;
+        var results = new SubmitResult[items.Count];
+        var repeated = await submitter.AnswerRepeatWithoutPublishAsync(
+            items[0].Request, IdempotencyKey.ForBatchJob(batchKey, 0), items[0].Body, cancellationToken);
+        if (repeated is not { } first || !rateLimiter.TryAcquire(http, items.Count, out _))
+        {
+            if (repeated is null)
+            {
+                rateLimiter.Spend(http);
+            }
+
+            return null;
+        }
+
+        results[0] = first;
+        var allRepeated = true;
+        await Parallel.ForEachAsync(
+            Enumerable.Range(1, items.Count - 1),
+            new ParallelOptions { MaxDegreeOfParallelism = MaxJobsInFlightPerBatch, CancellationToken = cancellationToken },
+            async (index, token) =>
+            {
+                if (!Volatile.Read(ref allRepeated))
+                {
+                    return;
+                }
+
+                if (await submitter.AnswerRepeatWithoutPublishAsync(
+                    items[index].Request, IdempotencyKey.ForBatchJob(batchKey, index), items[index].Body, token) is { } result)
+                {
+                    results[index] = result;
+                }
+                else
+                {
+                    Volatile.Write(ref allRepeated, false);
+                }
+            });
+        return allRepeated ? results : null;
+    }
+
+    /// <summary>The answer to a batch: every job's (202), or, when any was not accepted, the most severe refusal with each job's answer.</summary>
+    private static Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult> AnswerBatch(Submission submission, SubmitResult[] results)
+    {
+        var (kind, http, _, _, _, _, _, _, _) = submission;
         var answers = new JobBatchResult[results.Length];
         Refusal? worst = null;
         for (var index = 0; index < results.Length; index++)
@@ -248,14 +314,13 @@ internal static partial class JobsApi
     private static bool IsGated(JobRequest job, BackpressureGate backpressure) =>
         !job.RunAtOutsideWindow && backpressure.Gates(job.RunAt);
 
-    /// <summary>429 while the kind's queue is full, 503 while the broker blocks publishers; null when a job may be queued.</summary>
-    private static ProblemHttpResult? RefuseAdmission(string kind, HttpContext http, BackpressureGate backpressure)
-    {
-        if (backpressure.Check(kind) is not { Admission: not Admission.Admitted } refused)
-        {
-            return null;
-        }
+    /// <summary>Why a job of <paramref name="kind"/> may not be queued now; null when it may.</summary>
+    private static AdmissionDecision? Refused(string kind, BackpressureGate backpressure) =>
+        backpressure.Check(kind) is { Admission: not Admission.Admitted } refused ? refused : null;
 
+    /// <summary>429 while the kind's queue is full, 503 while the broker blocks publishers.</summary>
+    private static ProblemHttpResult RefuseAdmission(HttpContext http, AdmissionDecision refused, BackpressureGate backpressure)
+    {
         http.Response.Headers.RetryAfter = backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
         return refused.Admission == Admission.QueueFull
             ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full",

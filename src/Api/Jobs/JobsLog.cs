@@ -42,4 +42,8 @@ internal static partial class JobsLog
     [LoggerMessage(EventId = 1012, Level = LogLevel.Debug,
         Message = "Job {JobId} ({Kind} {BusinessKey}) was submitted again while the request that created it could still be publishing: this request published its command too (the inbox applies it once)")]
     public static partial void RecentJobPublished(ILogger logger, Guid jobId, string kind, string businessKey);
+
+    [LoggerMessage(EventId = 1015, Level = LogLevel.Warning,
+        Message = "A {Kind} submission refused for backpressure could not be looked up as a repeat of an accepted job: the database is unavailable; answering the refusal")]
+    public static partial void RepeatLookupFailed(ILogger logger, Exception exception, string kind);
 }

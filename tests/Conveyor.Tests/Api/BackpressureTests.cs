@@ -98,6 +98,190 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     [Fact]
+    public async Task A_repeat_of_an_accepted_job_is_answered_with_it_while_the_queue_is_full_and_a_new_job_is_not()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var api = await StartWithQueueLimitOfOneAsync();
+        var paymentId = Guid.NewGuid();
+        var key = $"repeat-{paymentId:N}";
+        var request = JobRequests.ChargePayment(paymentId);
+        await using (await fixture.StartWorkerAsync(WorkerSettings.With(gateway)))
+        {
+            using var accepted = await api.Client.PostJobAsync(JobKinds.ChargePayment, request, key);
+            Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+            await fixture.WaitForJobAsync(paymentId, JobStatus.Succeeded);
+        }
+
+        // What a repeat gets while the queue is not full: the job, 202.
+        using var unpressured = await api.Client.PostJobAsync(JobKinds.ChargePayment, request, key);
+        Assert.Equal(HttpStatusCode.Accepted, unpressured.StatusCode);
+        var answer = await unpressured.Content.ReadAsStringAsync();
+        var queued = await FillQueueAsync(api);
+
+        // The client whose answer was lost repeats its request: by its key, or by the business id alone.
+        foreach (var repeatKey in new[] { key, null })
+        {
+            using var repeat = await api.Client.PostJobAsync(JobKinds.ChargePayment, request, repeatKey);
+            Assert.Equal(HttpStatusCode.Accepted, repeat.StatusCode);
+            Assert.Equal(answer, await repeat.Content.ReadAsStringAsync());
+            Assert.Null(repeat.Headers.RetryAfter);
+        }
+
+        // The key with another request is refused as without pressure.
+        using (var reused = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()), key))
+        {
+            await reused.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+            Assert.Equal("Idempotency-Key reused", (await reused.ReadJsonAsync()).GetProperty("title").GetString());
+        }
+
+        // A new job waits for the queue; so does a repeat of the job in it, whose command it would publish again.
+        foreach (var refused in new[] { JobRequests.ChargePayment(Guid.NewGuid()), JobRequests.ChargePayment(queued) })
+        {
+            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, refused);
+            await response.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            Assert.Equal("Job queue full", (await response.ReadJsonAsync()).GetProperty("title").GetString());
+            Assert.Equal(TimeSpan.FromSeconds(3), response.Headers.RetryAfter?.Delta);
+        }
+
+        Assert.Single(gateway.Charges);
+    }
+
+    [Fact]
+    public async Task A_batch_sent_again_while_the_queue_is_full_gets_its_answers_when_every_job_was_accepted_before()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var api = await StartWithQueueLimitOfOneAsync();
+        var paymentIds = new[] { Guid.NewGuid(), Guid.NewGuid() };
+        var batch = JobBatchTests.Batch(paymentIds.Select(id => JobRequests.ChargePayment(id)));
+        var key = $"batch-{paymentIds[0]:N}";
+        await using (await fixture.StartWorkerAsync(WorkerSettings.With(gateway)))
+        {
+            using var accepted = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, batch, key);
+            Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+            foreach (var paymentId in paymentIds)
+            {
+                await fixture.WaitForJobAsync(paymentId, JobStatus.Succeeded);
+            }
+        }
+
+        using var unpressured = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, batch, key);
+        Assert.Equal(HttpStatusCode.Accepted, unpressured.StatusCode);
+        var answer = await unpressured.Content.ReadAsStringAsync();
+        await FillQueueAsync(api);
+
+        using (var repeat = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, batch, key))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, repeat.StatusCode);
+            Assert.Equal(answer, await repeat.Content.ReadAsStringAsync());
+        }
+
+        // The same jobs and a new one: the new one would join the queue, so the batch waits for it.
+        var newPayment = Guid.NewGuid();
+        var grown = JobBatchTests.Batch([.. paymentIds.Select(id => JobRequests.ChargePayment(id)), JobRequests.ChargePayment(newPayment)]);
+        using (var refused = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, grown, key))
+        {
+            await refused.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            Assert.Equal("Job queue full", (await refused.ReadJsonAsync()).GetProperty("title").GetString());
+            Assert.Equal(TimeSpan.FromSeconds(3), refused.Headers.RetryAfter?.Delta);
+        }
+
+        await using var db = fixture.CreateDbContext();
+        Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == newPayment.ToString("D")));
+    }
+
+    [Fact]
+    public async Task While_the_broker_blocks_publishers_a_repeat_of_a_job_due_soon_is_answered_with_it_and_a_new_job_gets_503()
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
+            ["Backpressure:RefreshMilliseconds"] = "100",
+            ["RateLimiting:Enabled"] = "false",
+        });
+        // Due within the gate's minute: it waits for the broker as an immediate job does, yet its row holds its
+        // command until then, so a repeat publishes nothing.
+        var paymentId = Guid.NewGuid();
+        var request = JobRequests.ScheduledChargePayment(paymentId, DateTimeOffset.UtcNow.AddSeconds(45));
+        var key = $"soon-{paymentId:N}";
+        using (var accepted = await api.Client.PostJobAsync(JobKinds.ChargePayment, request, key))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        }
+
+        using var unpressured = await api.Client.PostJobAsync(JobKinds.ChargePayment, request, key);
+        Assert.Equal(HttpStatusCode.Accepted, unpressured.StatusCode);
+        var answer = await unpressured.Content.ReadAsStringAsync();
+
+        management.MemoryAlarm = true;
+        var monitor = api.Services.GetRequiredService<BrokerPressureMonitor>();
+        await Eventually.AssertAsync(() => Assert.True(monitor.Current.PublishersBlocked, "the monitor has not read the alarm yet"));
+
+        using (var repeat = await api.Client.PostJobAsync(JobKinds.ChargePayment, request, key))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, repeat.StatusCode);
+            Assert.Equal(answer, await repeat.Content.ReadAsStringAsync());
+        }
+
+        using var refused = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await refused.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        Assert.NotNull(refused.Headers.RetryAfter);
+    }
+
+    [Fact]
+    public async Task A_submission_refused_for_a_broker_alarm_keeps_its_503_when_the_database_cannot_be_read_for_a_repeat()
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.MemoryAlarm = true;
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Conveyor"] = new Npgsql.NpgsqlConnectionStringBuilder(fixture.ConnectionString)
+            {
+                Host = "127.0.0.1",
+                Port = BrokerUnavailableTests.ClosedPort(),
+            }.ConnectionString,
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
+            ["Backpressure:RefreshMilliseconds"] = "100",
+            ["Backpressure:RetryAfterSeconds"] = "3",
+            ["RateLimiting:Enabled"] = "false",
+        });
+        var monitor = api.Services.GetRequiredService<BrokerPressureMonitor>();
+        await Eventually.AssertAsync(() => Assert.True(monitor.Current.PublishersBlocked, "the monitor has not read the alarm yet"));
+
+        // The lookup for a repeat fails: the gate's answer stands, not the database's 503 (nor a 500).
+        using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()), "key-of-a-repeat");
+        await response.AssertProblemAsync(StatusCodes.Status503ServiceUnavailable);
+        Assert.Equal("Message broker blocking publishers", (await response.ReadJsonAsync()).GetProperty("title").GetString());
+        Assert.Equal(TimeSpan.FromSeconds(3), response.Headers.RetryAfter?.Delta);
+    }
+
+    /// <summary>An Api whose charge-payment queue is full with one waiting job, its depth read every 100 ms.</summary>
+    private Task<RunningApp> StartWithQueueLimitOfOneAsync() =>
+        fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Backpressure:RefreshMilliseconds"] = "100",
+            ["Backpressure:MaxQueueDepth:charge-payment"] = "1",
+            ["Backpressure:RetryAfterSeconds"] = "3",
+            ["RateLimiting:Enabled"] = "false",
+        });
+
+    /// <summary>
+    /// Queues one charge while no worker consumes (a worker ran before, so the queue exists), until the Api
+    /// refuses a new one for the full queue; the charge's payment id.
+    /// </summary>
+    private static async Task<Guid> FillQueueAsync(RunningApp api)
+    {
+        var paymentId = Guid.NewGuid();
+        await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId));
+        await Eventually.AssertAsync(async () =>
+        {
+            using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+            await response.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+        }, TimeSpan.FromSeconds(15));
+        return paymentId;
+    }
+
+    [Fact]
     public async Task A_job_scheduled_to_run_within_a_minute_waits_for_a_full_queue_as_an_immediate_one_does()
     {
         await (await fixture.StartWorkerAsync(WorkerSettings.With())).DisposeAsync();
