@@ -40,7 +40,7 @@ public sealed class RawClientVariant(BenchEnvironment environment, InstantGatewa
     /// <summary>One connection and channel for the whole group; a resume is a basic.consume, a pause its basic.cancel.</summary>
     private sealed class Session(Action onResume, IConnection connection, IChannel channel, HttpClient http) : IConsumeSession
     {
-        private readonly HttpPaymentGateway _payments = new(http);
+        private readonly HttpPaymentGateway _payments = new(http, TimeProvider.System);
         private string? _consumerTag;
         private DrainClock? _clock;
 

@@ -112,9 +112,9 @@ public static class HttpFailures
     /// it throws a <c>ConsumerCanceledException</c> without a cause in its place, which would be
     /// dead-lettered at once. So the timeout is kept as a cause without the cancellation below it.
     /// </summary>
-    public static TransientFailureException TimedOut(string message, TaskCanceledException exception) =>
+    public static TransientFailureException TimedOut(string message, OperationCanceledException exception) =>
         new(message, null, new TimeoutException(exception.Message));
 
     public static bool IsTimeout(Exception exception, CancellationToken callerToken) =>
-        exception is TaskCanceledException && !callerToken.IsCancellationRequested;
+        exception is OperationCanceledException && !callerToken.IsCancellationRequested;
 }

@@ -8,8 +8,15 @@ namespace Conveyor.Worker.Payments;
 /// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
 /// 408, 409 (the key's first request still in progress), 429 and 5xx are transient; other 4xx are permanent.
 /// </summary>
-public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
+public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPaymentGateway
 {
+    /// <summary>
+    /// Bytes of a charge's answer read at most, far above any real one (an id and a few fields). HttpClient
+    /// would otherwise buffer whatever a misbehaving gateway, or a proxy in front of it, answers (up to
+    /// 2 GB by default), in a worker that must stay under 200 MiB.
+    /// </summary>
+    public const int MaxAnswerBytes = 64 * 1024;
+
     public async Task<ChargeResult> ChargeAsync(ChargeRequest request, string idempotencyKey, CancellationToken cancellationToken)
     {
         using var message = new HttpRequestMessage(HttpMethod.Post, "charges")
@@ -24,10 +31,13 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
         message.Headers.Add("Idempotency-Key", idempotencyKey);
         message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
 
+        // The whole charge, its answer's body included, within PaymentGateway:TimeoutSeconds: HttpClient.Timeout
+        // ends at the response headers (ResponseHeadersRead).
+        var started = time.GetTimestamp();
         HttpResponseMessage response;
         try
         {
-            response = await http.SendAsync(message, cancellationToken);
+            response = await http.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
         }
         catch (TaskCanceledException exception) when (HttpFailures.IsTimeout(exception, cancellationToken))
         {
@@ -36,9 +46,9 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
 
         using (response)
         {
-            // Read with ResponseContentRead: the body is already buffered, within HttpClient.Timeout.
             await HttpFailures.EnsureSuccessAsync(
-                response, "The payment gateway", http.Timeout, FailureClassifier.IsTransientIdempotentStatus, cancellationToken);
+                response, "The payment gateway", http.Timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, cancellationToken);
+            await LoadAnswerAsync(response.Content, http.Timeout - time.GetElapsedTime(started), cancellationToken);
             var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
             if (string.IsNullOrEmpty(body?.Id))
             {
@@ -56,6 +66,33 @@ public sealed class HttpPaymentGateway(HttpClient http) : IPaymentGateway
             }
 
             return new ChargeResult(body.Id);
+        }
+    }
+
+    /// <summary>
+    /// Buffers a 2xx answer's body, at most <see cref="MaxAnswerBytes"/> of it and within
+    /// <paramref name="timeLeft"/>. Either limit reached is a transient failure: the charge may have been
+    /// made, and a later attempt with the same Idempotency-Key gets it again (the gateway keeps the key's
+    /// answer), so dead-lettering the job could leave a charge the ledger never records.
+    /// </summary>
+    private static async Task LoadAnswerAsync(HttpContent content, TimeSpan timeLeft, CancellationToken cancellationToken)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        limit.CancelAfter(timeLeft > TimeSpan.Zero ? timeLeft : TimeSpan.Zero);
+        try
+        {
+            await content.LoadIntoBufferAsync(MaxAnswerBytes, limit.Token);
+        }
+        catch (HttpRequestException exception) when (exception.HttpRequestError == HttpRequestError.ConfigurationLimitExceeded)
+        {
+            // Not the client's limit on headers (permanent): the headers were read, this is the body's bound.
+            throw new TransientFailureException(
+                $"The payment gateway answered a charge with a body over {MaxAnswerBytes / 1024} KiB, not read further; the charge may have been made, and a later attempt asks for it again with the same Idempotency-Key",
+                exception);
+        }
+        catch (OperationCanceledException exception) when (HttpFailures.IsTimeout(exception, cancellationToken))
+        {
+            throw HttpFailures.TimedOut("The payment gateway's answer was not read within its timeout", exception);
         }
     }
 

@@ -58,6 +58,12 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     /// </summary>
     public Task? HoldNewCharges { get; set; }
 
+    /// <summary>
+    /// When above zero, a charge is answered with its id and a field of this many characters besides,
+    /// as a misbehaving gateway or a proxy in front of it might answer.
+    /// </summary>
+    public int PadChargeAnswersWith { get; set; }
+
     /// <summary>Requests with this key answered 409 because an earlier one with it was still in progress.</summary>
     public int InProgressConflictsFor(string idempotencyKey) => _inProgressConflicts.GetValueOrDefault(idempotencyKey);
 
@@ -191,7 +197,9 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         var charge = _charges.GetOrAdd(key, k => new Charge(
             NewChargeId(), k, asked.AccountId, asked.AmountMinor, asked.Currency, context.Request.Headers.Authorization.ToString()));
         _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
-        return Results.Ok(new { id = charge.Id });
+        return PadChargeAnswersWith > 0
+            ? Results.Ok(new { id = charge.Id, padding = new string('x', PadChargeAnswersWith) })
+            : Results.Ok(new { id = charge.Id });
     }
 
     private IResult InProgress(string key)
