@@ -65,11 +65,12 @@ public static class FailureClassifier
         status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests || (int)status >= 500;
 
     /// <summary>
-    /// As <see cref="IsTransientStatus"/>, for a remote side that keeps idempotency keys (the payment
-    /// gateway), and 409 too: Stripe (as the IETF Idempotency-Key draft) answers 409 while an earlier
-    /// request with the same key is still in progress, such as an attempt that timed out here while the
-    /// gateway went on charging. That charge may well succeed, and only a later attempt with the key can
-    /// get its answer: dead-lettered, the job would leave a charge the ledger never records.
+    /// As <see cref="IsTransientStatus"/>, for a remote side that is sent an Idempotency-Key (the payment
+    /// gateway, webhook receivers), and 409 too: Stripe (as the IETF Idempotency-Key draft) answers 409
+    /// while an earlier request with the same key is still in progress, such as an attempt that timed out
+    /// here while the remote side went on working. That request may well succeed, and only a later attempt
+    /// with the key can get its answer: dead-lettered, a payment's job would leave a charge the ledger never
+    /// records, and a webhook's would read undelivered while its receiver has it.
     /// </summary>
     public static bool IsTransientIdempotentStatus(HttpStatusCode status) =>
         status is HttpStatusCode.Conflict || IsTransientStatus(status);

@@ -24,11 +24,10 @@ public static class HttpFailures
     /// <see cref="HttpClient.Timeout"/>), and a body that is slow, broken or missing changes nothing
     /// but the message.
     /// </summary>
-    public static Task EnsureSuccessAsync(HttpResponseMessage response, string what, TimeSpan bodyTimeout, CancellationToken cancellationToken) =>
-        EnsureSuccessAsync(response, what, bodyTimeout, FailureClassifier.IsTransientStatus, cancellationToken);
-
-    /// <inheritdoc cref="EnsureSuccessAsync(HttpResponseMessage, string, TimeSpan, CancellationToken)"/>
-    /// <param name="isTransient">Which statuses this remote side may answer otherwise later.</param>
+    /// <param name="isTransient">
+    /// Which statuses this remote side may answer otherwise later (<see cref="FailureClassifier.IsTransientStatus"/>,
+    /// or <see cref="FailureClassifier.IsTransientIdempotentStatus"/> for one sent an Idempotency-Key).
+    /// </param>
     public static async Task EnsureSuccessAsync(
         HttpResponseMessage response, string what, TimeSpan bodyTimeout, Func<HttpStatusCode, bool> isTransient, CancellationToken cancellationToken)
     {

@@ -6,7 +6,10 @@ namespace Conveyor.Worker.Webhooks;
 
 public sealed record WebhookResult(int StatusCode);
 
-/// <summary>POSTs a signed payload. 2xx is delivered; 408, 429, 5xx and timeouts are transient; other 4xx permanent.</summary>
+/// <summary>
+/// POSTs a signed payload. 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
+/// receiver), 429, 5xx and timeouts are transient; other 4xx permanent.
+/// </summary>
 public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, TimeProvider time)
 {
     public const string WebhookIdHeader = "Conveyor-Webhook-Id";
@@ -46,7 +49,11 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
 
         using (response)
         {
-            await HttpFailures.EnsureSuccessAsync(response, $"The webhook receiver at {url.Host}", timeout - time.GetElapsedTime(started), cancellationToken);
+            // The delivery carries an Idempotency-Key, and a receiver that keeps them answers 409 while an
+            // earlier delivery with the key is still in progress (one this worker gave up on): a later
+            // attempt gets the answer, where dead-lettering it would report a webhook that was delivered.
+            await HttpFailures.EnsureSuccessAsync(
+                response, $"The webhook receiver at {url.Host}", timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, cancellationToken);
             return new WebhookResult((int)response.StatusCode);
         }
     }

@@ -19,6 +19,8 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     private readonly WebApplication _app;
     private readonly ConcurrentQueue<Received> _received = new();
     private readonly ConcurrentDictionary<string, byte[]> _bodiesByKey = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, byte> _inProgress = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, int> _inProgressConflicts = new(StringComparer.Ordinal);
     private int _endlessBodiesAbandoned;
 
     private FakeWebhookReceiver(WebApplication app) => _app = app;
@@ -55,6 +57,16 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// another body is answered 422.
     /// </summary>
     public bool RefusesKeyReuse { get; set; }
+
+    /// <summary>
+    /// When set, a delivery waits for this task before it is answered (a receiver still working on it,
+    /// whether or not its sender still waits), and a delivery with the same <c>Idempotency-Key</c>
+    /// meanwhile is answered 409, as a receiver following the IETF Idempotency-Key draft (as Stripe) does.
+    /// </summary>
+    public Task? HoldDeliveries { get; set; }
+
+    /// <summary>Deliveries with this key answered 409 because an earlier one with it was still in progress.</summary>
+    public int InProgressConflictsFor(string idempotencyKey) => _inProgressConflicts.GetValueOrDefault(idempotencyKey);
 
     /// <summary>When true, every delivery is answered 200 with a response header larger than any client accepts.</summary>
     public bool AnswerWithOversizedHeader { get; set; }
@@ -96,6 +108,24 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
             catch (OperationCanceledException)
             {
                 return Results.Empty;
+            }
+        }
+
+        if (HoldDeliveries is { } hold && headers.TryGetValue("Idempotency-Key", out var heldKey))
+        {
+            if (!_inProgress.TryAdd(heldKey, 0))
+            {
+                _inProgressConflicts.AddOrUpdate(heldKey, 1, (_, n) => n + 1);
+                return Results.Conflict(new { error = "There is currently another in-progress request using this Idempotency-Key" });
+            }
+
+            try
+            {
+                await hold;
+            }
+            finally
+            {
+                _inProgress.TryRemove(heldKey, out _);
             }
         }
 
