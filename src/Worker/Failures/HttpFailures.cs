@@ -28,8 +28,9 @@ public static class HttpFailures
     /// Which statuses this remote side may answer otherwise later (<see cref="FailureClassifier.IsTransientStatus"/>,
     /// or <see cref="FailureClassifier.IsTransientIdempotentStatus"/> for one sent an Idempotency-Key).
     /// </param>
+    /// <param name="time">The worker's clock, which a <c>Retry-After</c> given as a date is measured on.</param>
     public static async Task EnsureSuccessAsync(
-        HttpResponseMessage response, string what, TimeSpan bodyTimeout, Func<HttpStatusCode, bool> isTransient, CancellationToken cancellationToken)
+        HttpResponseMessage response, string what, TimeSpan bodyTimeout, Func<HttpStatusCode, bool> isTransient, TimeProvider time, CancellationToken cancellationToken)
     {
         if (response.IsSuccessStatusCode)
         {
@@ -41,16 +42,21 @@ public static class HttpFailures
         var message = $"{what} answered {(int)status} {status}: {body}";
         if (isTransient(status))
         {
-            throw new TransientFailureException(message, RetryAfter(response.Headers.RetryAfter));
+            throw new TransientFailureException(message, RetryAfter(response.Headers.RetryAfter, time));
         }
 
         throw new PermanentFailureException(message);
     }
 
-    private static TimeSpan? RetryAfter(RetryConditionHeaderValue? header) => header switch
+    /// <summary>
+    /// A date is measured on the worker's clock (its <see cref="TimeProvider"/>), the one the redelivery's
+    /// due time is set on: the system's clock would make it another wait wherever the two differ, as a
+    /// test's clock does.
+    /// </summary>
+    private static TimeSpan? RetryAfter(RetryConditionHeaderValue? header, TimeProvider time) => header switch
     {
         { Delta: { } delta } => delta,
-        { Date: { } date } => date - DateTimeOffset.UtcNow is { } wait && wait > TimeSpan.Zero ? wait : TimeSpan.Zero,
+        { Date: { } date } => date - time.GetUtcNow() is { } wait && wait > TimeSpan.Zero ? wait : TimeSpan.Zero,
         _ => null,
     };
 

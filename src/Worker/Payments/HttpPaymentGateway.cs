@@ -47,7 +47,7 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
         using (response)
         {
             await HttpFailures.EnsureSuccessAsync(
-                response, "The payment gateway", http.Timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, cancellationToken);
+                response, "The payment gateway", http.Timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
             await LoadAnswerAsync(response.Content, http.Timeout - time.GetElapsedTime(started), cancellationToken);
             var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
             if (string.IsNullOrEmpty(body?.Id))

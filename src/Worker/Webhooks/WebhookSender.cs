@@ -53,7 +53,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             // earlier delivery with the key is still in progress (one this worker gave up on): a later
             // attempt gets the answer, where dead-lettering it would report a webhook that was delivered.
             await HttpFailures.EnsureSuccessAsync(
-                response, $"The webhook receiver at {url.Host}", timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, cancellationToken);
+                response, $"The webhook receiver at {url.Host}", timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
             return new WebhookResult((int)response.StatusCode);
         }
     }

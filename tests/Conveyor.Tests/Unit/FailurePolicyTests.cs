@@ -1,5 +1,6 @@
 using System.ComponentModel.DataAnnotations;
 using System.Net;
+using System.Net.Http.Headers;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
@@ -78,6 +79,20 @@ public sealed class FailurePolicyTests
     [InlineData(HttpStatusCode.UnprocessableEntity, false)]
     public void A_remote_side_that_keeps_idempotency_keys_may_answer_409_otherwise_later(HttpStatusCode status, bool transient) =>
         Assert.Equal(transient, FailureClassifier.IsTransientIdempotentStatus(status));
+
+    [Fact]
+    public async Task A_retry_after_date_is_measured_on_the_workers_clock()
+    {
+        // Far from the system's clock, as a test's clock may be.
+        var clock = new StoppedClock(new DateTimeOffset(2031, 5, 4, 3, 2, 1, TimeSpan.Zero));
+        using var response = new HttpResponseMessage(HttpStatusCode.ServiceUnavailable);
+        response.Headers.RetryAfter = new RetryConditionHeaderValue(clock.GetUtcNow().AddSeconds(30));
+
+        var failure = await Assert.ThrowsAsync<TransientFailureException>(() => HttpFailures.EnsureSuccessAsync(
+            response, "The payment gateway", TimeSpan.FromSeconds(1), FailureClassifier.IsTransientStatus, clock, CancellationToken.None));
+
+        Assert.Equal(TimeSpan.FromSeconds(30), failure.RetryAfter);
+    }
 
     [Fact]
     public void Exceptions_are_classified()
@@ -228,5 +243,10 @@ public sealed class FailurePolicyTests
         var results = new List<ValidationResult>();
 
         Assert.Equal(valid, Validator.TryValidateObject(options, new ValidationContext(options), results, validateAllProperties: true));
+    }
+
+    private sealed class StoppedClock(DateTimeOffset now) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => now;
     }
 }
