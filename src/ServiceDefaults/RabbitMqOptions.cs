@@ -3,7 +3,7 @@ using System.ComponentModel.DataAnnotations;
 namespace Conveyor.ServiceDefaults;
 
 /// <summary>Where the broker is. Environment variables: <c>RabbitMq__Host</c>, <c>RabbitMq__Port</c>, ...</summary>
-public sealed class RabbitMqOptions
+public sealed class RabbitMqOptions : IValidatableObject
 {
     public const string SectionName = "RabbitMq";
 
@@ -26,6 +26,69 @@ public sealed class RabbitMqOptions
     /// <summary>HTTP port of the management plugin (queue depths, error-queue operations).</summary>
     [Range(1, 65535)]
     public int ManagementPort { get; set; } = 15672;
+
+    /// <summary>
+    /// Where the management plugin is when <c>http://Host:ManagementPort/</c> does not reach it: over TLS, or
+    /// published under a path (an ingress at <c>https://ops.example.com/rabbitmq/</c>). An absolute http or
+    /// https URL of the management UI, with or without a trailing slash; the Api's requests go to
+    /// <c>api/...</c> under it (<see cref="ManagementApiAddress"/>). No query, fragment or credentials:
+    /// <see cref="Username"/> and <see cref="Password"/> sign in. Unset: <see cref="Host"/> and <see cref="ManagementPort"/>.
+    /// </summary>
+    public string? ManagementUrl { get; set; }
+
+    /// <summary>The configuration key of <see cref="ManagementUrl"/>, as its validation errors name it.</summary>
+    public const string ManagementUrlSetting = SectionName + ":" + nameof(ManagementUrl);
+
+    /// <summary>
+    /// The base address of the management HTTP API: <c>api/</c> under <see cref="ManagementUrl"/>, else
+    /// <c>http://Host:ManagementPort/api/</c>. It ends in a slash, so that a relative request
+    /// (<c>queues/vhost</c>) resolves under it instead of replacing its last segment.
+    /// </summary>
+    public Uri ManagementApiAddress()
+    {
+        // UriBuilder puts an IPv6 literal (::1) in brackets; written into the URL as it is, it made an invalid URI.
+        var root = string.IsNullOrWhiteSpace(ManagementUrl)
+            ? new UriBuilder(Uri.UriSchemeHttp, Host, ManagementPort).Uri
+            : new Uri(ManagementUrl.Trim(), UriKind.Absolute);
+        if (!root.AbsolutePath.EndsWith('/'))
+        {
+            root = new Uri(root.GetLeftPart(UriPartial.Path) + "/", UriKind.Absolute);
+        }
+
+        return new Uri(root, "api/");
+    }
+
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        // The value is not repeated in the message: it may hold a password.
+        if (ManagementUrlProblem(ManagementUrl) is { } problem)
+        {
+            yield return new ValidationResult($"{ManagementUrlSetting} {problem}", [nameof(ManagementUrl)]);
+        }
+    }
+
+    private static string? ManagementUrlProblem(string? url)
+    {
+        if (string.IsNullOrWhiteSpace(url))
+        {
+            return null;
+        }
+
+        // On Unix a path alone ("/rabbitmq") parses as an absolute file: URI, hence the scheme check.
+        if (!Uri.TryCreate(url.Trim(), UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+        {
+            return "must be an absolute http or https URL of the management plugin, such as https://ops.example.com/rabbitmq/.";
+        }
+
+        if (uri.UserInfo.Length > 0)
+        {
+            return "must not carry credentials: RabbitMq:Username and RabbitMq:Password sign in to the management API.";
+        }
+
+        return uri.Query.Length > 0 || uri.Fragment.Length > 0 || url.Contains('?', StringComparison.Ordinal) || url.Contains('#', StringComparison.Ordinal)
+            ? "must not have a query or a fragment: the Api appends the management API's paths to it."
+            : null;
+    }
 
     /// <summary>
     /// Names this process in the broker: its connections show as <c>conveyor-worker (name)</c> in the

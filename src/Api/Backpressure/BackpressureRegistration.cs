@@ -26,7 +26,7 @@ internal static class BackpressureRegistration
         {
             var broker = provider.GetRequiredService<IOptions<RabbitMqOptions>>().Value;
             var refresh = provider.GetRequiredService<IOptions<BackpressureOptions>>().Value.RefreshMilliseconds;
-            http.BaseAddress = new Uri($"http://{broker.Host}:{broker.ManagementPort}/api/");
+            http.BaseAddress = broker.ManagementApiAddress();
             // A slow answer is dropped rather than queued behind: the next refresh asks again.
             http.Timeout = TimeSpan.FromMilliseconds(Math.Max(1000, refresh * 2));
             http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(

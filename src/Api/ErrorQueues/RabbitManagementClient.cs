@@ -21,7 +21,7 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
 
     public static void Configure(HttpClient http, RabbitMqOptions broker)
     {
-        http.BaseAddress = new Uri($"http://{broker.Host}:{broker.ManagementPort}/api/");
+        http.BaseAddress = broker.ManagementApiAddress();
         http.Timeout = TimeSpan.FromSeconds(broker.ConnectTimeoutSeconds * 2);
         http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
             "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{broker.Username}:{broker.Password}")));

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -10,11 +11,13 @@ namespace Conveyor.Tests.Api;
 
 /// <summary>
 /// Stands in for RabbitMQ's management API where a test needs a resource alarm, which cannot be
-/// raised on the shared broker without blocking every other publisher on it.
+/// raised on the shared broker without blocking every other publisher on it, or the API published
+/// under a path (an ingress's <c>/rabbitmq/api/...</c>).
 /// </summary>
 internal sealed class FakeRabbitManagement : IAsyncDisposable
 {
     private readonly WebApplication _app;
+    private readonly ConcurrentQueue<string> _requestPaths = new();
 
     private FakeRabbitManagement(WebApplication app) => _app = app;
 
@@ -31,21 +34,30 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
     /// <summary>What <c>GET /api/queues/{vhost}</c> lists, as the management API's JSON objects.</summary>
     public IReadOnlyList<Dictionary<string, object>> Queues { get; set; } = [];
 
-    public static async Task<FakeRabbitManagement> StartAsync()
+    /// <summary>The path of every request it got, answered or not.</summary>
+    public IReadOnlyCollection<string> RequestPaths => _requestPaths;
+
+    /// <param name="pathPrefix">Where the API is published (<c>/rabbitmq</c>): it answers under <c>{pathPrefix}/api/</c> only.</param>
+    public static async Task<FakeRabbitManagement> StartAsync(string pathPrefix = "")
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         var app = builder.Build();
         var fake = new FakeRabbitManagement(app);
-        app.MapGet("/api/nodes", () => fake.NodesRefused
+        app.Use((context, next) =>
+        {
+            fake._requestPaths.Enqueue(context.Request.Path.Value ?? "");
+            return next(context);
+        });
+        app.MapGet($"{pathPrefix}/api/nodes", () => fake.NodesRefused
             ? Results.Json(new { error = "not_authorised", reason = "Not monitor user" }, statusCode: StatusCodes.Status401Unauthorized)
             : Results.Json(new[]
             {
                 new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
                 new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
             }));
-        app.MapGet("/api/queues/{vhost}", () => Results.Json(fake.Queues));
+        app.MapGet($"{pathPrefix}/api/queues/{{vhost}}", () => Results.Json(fake.Queues));
         await app.StartAsync();
         var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
         fake.Port = address.Port;

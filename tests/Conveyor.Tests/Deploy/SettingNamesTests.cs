@@ -93,6 +93,8 @@ public sealed class SettingNamesTests
     [InlineData("Consumers:ChargePayment:PrefetchCont", false, false)]
     [InlineData("Consumers:ChargePaymentt:PrefetchCount", false, false)]
     [InlineData("RabbitMq:ManagementPort", true, true)]
+    // deploy/k8s/README.md and common.env tell how to set it.
+    [InlineData("RabbitMq:ManagementUrl", true, true)]
     [InlineData("Redelivery:BatchSize", true, false)]
     [InlineData("Redelivery:BatchSize", false, true)]
     [InlineData("Backpressure:MaxQueueDepth:charge-payment", true, true)]
