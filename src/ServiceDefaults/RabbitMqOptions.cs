@@ -40,7 +40,8 @@ public sealed class RabbitMqOptions : IValidatableObject
     public const string ManagementUrlSetting = SectionName + ":" + nameof(ManagementUrl);
 
     /// <summary>
-    /// The base address of the management HTTP API: <c>api/</c> under <see cref="ManagementUrl"/>, else
+    /// The base address of the management HTTP API: <c>api/</c> under <see cref="ManagementUrl"/> (the URL
+    /// itself when it already ends in <c>/api</c>), else
     /// <c>http://Host:ManagementPort/api/</c>. It ends in a slash, so that a relative request
     /// (<c>queues/vhost</c>) resolves under it instead of replacing its last segment.
     /// </summary>
@@ -55,7 +56,8 @@ public sealed class RabbitMqOptions : IValidatableObject
             root = new Uri(root.GetLeftPart(UriPartial.Path) + "/", UriKind.Absolute);
         }
 
-        return new Uri(root, "api/");
+        // The API's own address given for the UI's (the URL its documentation shows): not api/api/.
+        return root.AbsolutePath.EndsWith("/api/", StringComparison.OrdinalIgnoreCase) ? root : new Uri(root, "api/");
     }
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)

@@ -40,6 +40,12 @@ public sealed class ManagementAddressTests
     }
 
     [Theory]
+    [InlineData("https://ops.example.com/rabbitmq/api", "https://ops.example.com/rabbitmq/api/")]
+    [InlineData("http://rabbit.internal:15672/api/", "http://rabbit.internal:15672/api/")]
+    public void A_management_url_that_is_already_the_api_is_used_as_it_is(string url, string expected) =>
+        Assert.Equal(expected, new RabbitMqOptions { ManagementUrl = url }.ManagementApiAddress().AbsoluteUri);
+
+    [Theory]
     [InlineData("https://rabbit.example.com:15671", "https://rabbit.example.com:15671/api/")]
     [InlineData("https://rabbit.example.com/", "https://rabbit.example.com/api/")]
     [InlineData("http://[fd00::5]:15672", "http://[fd00::5]:15672/api/")]
