@@ -130,9 +130,11 @@ public sealed record WalkPlan(string Queue, long MaxExamine, ErrorQueueOptions O
 /// messages, not bytes (it ignores <c>prefetch_size</c>), so a moving walk sizes each channel's window
 /// from the largest message it has selected: at most <see cref="ErrorQueueOptions.MaxPendingBytes"/> of
 /// them, and it starts on a window of <see cref="FirstMovingWindow"/> until it has seen some. When
-/// the size it would choose now differs twofold from the current channel's, it moves to a channel with
-/// that window (as it does for kept messages), so bodies held stay near <c>MaxPendingBytes</c> for a
-/// queue of large messages instead of <c>Prefetch</c> times their size.</para>
+/// the size it would choose now differs twofold from the current channel's, and that channel keeps no
+/// message, it moves to a channel with that window, so bodies held stay near <c>MaxPendingBytes</c> for a
+/// move of large messages instead of <c>Prefetch</c> times their size. A channel opened because kept
+/// messages filled the last one has the full window, as before: a smaller one would leave a walk
+/// fewer messages it may pass over (<see cref="ErrorQueueOptions.MaxChannels"/>).</para>
 /// <para>Confirms are tracked here, not by the client library: each copy carries its publish
 /// sequence number (the header the library itself uses, so a <c>basic.return</c> names the copy it
 /// returns), and one event loop reads deliveries, confirms, returns and channel closures in the order
@@ -766,12 +768,12 @@ public sealed class QueueWalker
             }
             : null;
 
-    private async Task StartLaneAsync(CancellationToken cancellationToken)
+    private async Task StartLaneAsync(CancellationToken cancellationToken, bool fullWindow = false)
     {
         var channel = await _connection.CreateChannelAsync(cancellationToken: cancellationToken);
-        var prefetch = WindowForNextChannel();
+        var prefetch = fullWindow ? _prefetch : WindowForNextChannel();
         // A walk that forwards needs room in the window for copies awaiting their confirm.
-        var lane = new Lane(channel, prefetch, _visitor.Publishes ? Math.Max(1, prefetch / 2) : prefetch);
+        var lane = new Lane(channel, prefetch, _visitor.Publishes ? Math.Max(1, prefetch / 2) : prefetch, fullWindow);
         _lanes.Add(lane);
         channel.ChannelShutdownAsync += (_, args) =>
         {
@@ -843,13 +845,16 @@ public sealed class QueueWalker
     /// <summary>
     /// Whether a moving walk should go on with a channel of another window: the one it would choose now is
     /// at most half the current (a larger message came), or at least twice it once the current channel
-    /// has delivered a full window (the first channel's sizes were seen). A channel fewer than the most
-    /// allowed is kept for messages left behind; more messages must be coming.
+    /// has delivered a full window (the first channel's sizes were seen). Only on a channel opened with a
+    /// sized window that keeps no message yet: one that keeps messages moves on by <see cref="RotateAsync"/>,
+    /// to a full window, which stays. A channel fewer than the most allowed is kept for messages left
+    /// behind; more messages must be coming.
     /// </summary>
     private bool ShouldResize(long limit)
     {
         var current = _current!;
-        if (!_visitor.Publishes || _resizing || _lanes.Count >= _plan.Options.MaxChannels - 1 || limit - _progress.Examined <= current.Prefetch)
+        if (!_visitor.Publishes || _resizing || current.FullWindow || current.Kept > 0 || _lanes.Count >= _plan.Options.MaxChannels - 1
+            || limit - _progress.Examined <= current.Prefetch)
         {
             return false;
         }
@@ -859,11 +864,16 @@ public sealed class QueueWalker
             || (next >= current.Prefetch * 2 && Volatile.Read(ref current.Delivered) >= current.Prefetch);
     }
 
-    /// <summary>Stops the current channel's consumer (its kept messages stay unacknowledged) and consumes on a new channel.</summary>
+    /// <summary>
+    /// Stops the current channel's consumer (its kept messages stay unacknowledged) and consumes on a new
+    /// channel with the full window: a channel passes over half its window of kept messages, and
+    /// <see cref="ErrorQueueOptions.MaxChannels"/> of them bound how many one walk may leave behind, so a
+    /// window sized for large selected messages would leave it few.
+    /// </summary>
     private async Task RotateAsync(CancellationToken cancellationToken)
     {
         await StopConsumingAsync(_current!, cancellationToken);
-        await StartLaneAsync(cancellationToken);
+        await StartLaneAsync(cancellationToken, fullWindow: true);
     }
 
     /// <summary>
@@ -1110,7 +1120,7 @@ public sealed class QueueWalker
         }
     }
 
-    private sealed class Lane(IChannel channel, ushort prefetch, int rotateAt)
+    private sealed class Lane(IChannel channel, ushort prefetch, int rotateAt, bool fullWindow)
     {
         public IChannel Channel { get; } = channel;
 
@@ -1119,6 +1129,9 @@ public sealed class QueueWalker
 
         /// <summary>Kept messages on this channel after which the walk moves to a new one.</summary>
         public int RotateAt { get; } = rotateAt;
+
+        /// <summary>Opened with the full window because kept messages filled the last channel; never resized.</summary>
+        public bool FullWindow { get; } = fullWindow;
 
         public string? ConsumerTag { get; set; }
 

@@ -238,6 +238,33 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.InRange(progress.PeakHeldBytes, Size, (QueueWalker.FirstMovingWindow + 1) * (Size + 2048L));
     }
 
+    [Fact]
+    public async Task A_move_that_selects_large_messages_still_passes_over_as_many_as_the_full_window_lets_it()
+    {
+        // A large match first sizes the window down (1 MiB over ~257 KiB: 3); the 2,000 small messages the
+        // filter leaves behind still get channels of the full window, 500 kept each, not 1 or 2 each.
+        const int Size = 256 * 1024;
+        var kept = new List<string?>();
+        var moved = new List<string?> { (await _broker.DeadLetterChargeAsync(Timeout, "timed out", bodyPadding: Size)).ToString() };
+        for (var i = 0; i < 2000; i++)
+        {
+            kept.Add((await _broker.DeadLetterChargeAsync(Declined, "declined")).ToString());
+        }
+
+        moved.Add((await _broker.DeadLetterChargeAsync(Timeout, "timed out", bodyPadding: Size)).ToString());
+
+        await using var connection = await ConnectAsync();
+        var visitor = Visitor(new MessageFilter { ExceptionType = Timeout });
+        var options = new ErrorQueueOptions { MaxPendingBytes = 1024 * 1024, MaxChannels = 12, IdleCheckMilliseconds = 500 };
+        var walker = new QueueWalker(connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, options), visitor, new WalkProgress());
+        var left = await walker.RunAsync(CancellationToken.None);
+
+        Assert.Null(walker.StoppedEarly);
+        Assert.Equal((2L, 2000L), (visitor.Moved, left));
+        Assert.Equal(moved, await _broker.IdsAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal(kept, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     /// <summary>Waits until every message is in the error queue or among the copies, and reads both queues.</summary>
     private async Task<(IReadOnlyList<string?> Errors, IReadOnlyList<string?> Copies)> AccountedForAsync(IReadOnlyList<string?> all)
     {
