@@ -175,8 +175,17 @@ down() {
   fi
 }
 
+# One `up` at a time: the quick start's two commands (run, test) started together raced on installs,
+# server starts and the role's ALTER ROLE ("tuple concurrently updated"), and one of them gave up. The
+# second now waits for the first and then finds everything up. The lock goes with this process.
+lock_up() {
+  mkdir -p "$STATE_DIR" 2>/dev/null || return 0
+  command -v flock >/dev/null || return 0
+  if { exec 9>>"$STATE_DIR/up.lock"; } 2>/dev/null; then flock 9; fi
+}
+
 case "${1:-up}" in
-  up) rabbit_up; pg_up; print_env ;;
+  up) lock_up; rabbit_up; pg_up; print_env ;;
   down) down ;;
   env) print_env ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
