@@ -73,7 +73,7 @@ internal sealed class JobSubmitter(
         // PostgreSQL keeps microseconds: the row's updated_at must read back equal to this value, which
         // the removal of an unpublished row compares with (RemoveUnpublishedAsync).
         var now = ToMicroseconds(clock.GetUtcNow());
-        var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
+        var requestHash = RequestHash(body);
         if (request.RunAtOutsideWindow)
         {
             // A repeat of a request accepted while its time was ahead (its answer lost, say) gets its job
@@ -223,7 +223,7 @@ internal sealed class JobSubmitter(
         JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken)
     {
         var now = ToMicroseconds(clock.GetUtcNow());
-        var requestHash = Convert.ToHexStringLower(SHA256.HashData(body));
+        var requestHash = RequestHash(body);
         SubmitResult? existing;
         try
         {
@@ -354,7 +354,10 @@ internal sealed class JobSubmitter(
     /// Only a look: the key is not recorded as an alias of the job found (the request may still be refused).
     /// </summary>
     public Task<SubmitResult?> ExistingJobAsync(JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken) =>
-        FindExistingAsync(request, idempotencyKey, Convert.ToHexStringLower(SHA256.HashData(body)), bindKey: false, cancellationToken);
+        FindExistingAsync(request, idempotencyKey, RequestHash(body), bindKey: false, cancellationToken);
+
+    /// <summary>What a repeat is recognised by beside its key: the body as it arrived, hashed.</summary>
+    private static string RequestHash(byte[] body) => Convert.ToHexStringLower(SHA256.HashData(body));
 
     /// <param name="bindKey">Whether a key answered with the job of the business id is recorded as its alias (<see cref="BindKeyAsync"/>).</param>
     private async Task<SubmitResult?> FindExistingAsync(

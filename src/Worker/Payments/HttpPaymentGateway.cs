@@ -46,9 +46,11 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
 
         using (response)
         {
+            // What is left for the body, an error's snippet or the charge's answer (only one is read).
+            var timeLeft = http.Timeout - time.GetElapsedTime(started);
             await HttpFailures.EnsureSuccessAsync(
-                response, "The payment gateway", http.Timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
-            await LoadAnswerAsync(response.Content, http.Timeout - time.GetElapsedTime(started), cancellationToken);
+                response, "The payment gateway", timeLeft, FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
+            await LoadAnswerAsync(response.Content, timeLeft, cancellationToken);
             var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
             if (string.IsNullOrEmpty(body?.Id))
             {
