@@ -1,3 +1,4 @@
+using System.ComponentModel.DataAnnotations;
 using System.Globalization;
 using Conveyor.ServiceDefaults;
 
@@ -7,7 +8,8 @@ namespace Conveyor.Bench.ErrorQueueMove;
 /// <c>--messages 50000 --size 1024 --runs 5 [--prefetch 1000,5000] [--mode move|memory] [--faults synthetic|worker]</c> (prefetch: Conveyor's
 /// <see cref="Conveyor.Api.ErrorQueues.ErrorQueueOptions.Prefetch"/>, one variant per value; default the
 /// option's default; mode memory: <see cref="MemoryBenchmark"/>; faults: what the error queue holds, <see cref="FaultKinds"/>); the broker from the same <c>RabbitMq__*</c> variables as
-/// the services (<c>eval "$(scripts/services.sh env)"</c>).
+/// the services (<c>eval "$(scripts/services.sh env)"</c>), the management API's address included
+/// (<c>RabbitMq__ManagementUrl</c>, <see cref="RabbitMqOptions.ManagementApiAddress"/>).
 /// </summary>
 public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, IReadOnlyList<int> Prefetches, RabbitMqOptions Broker, string Mode = "move", string Faults = FaultKinds.Synthetic)
 {
@@ -27,10 +29,13 @@ public sealed record BenchSettings(int Messages, int BodyBytes, int Runs, IReadO
             Host = environment("RabbitMq__Host") ?? "127.0.0.1",
             Port = int.Parse(environment("RabbitMq__Port") ?? "5672", CultureInfo.InvariantCulture),
             ManagementPort = int.Parse(environment("RabbitMq__ManagementPort") ?? "15672", CultureInfo.InvariantCulture),
+            ManagementUrl = environment("RabbitMq__ManagementUrl"),
             Username = environment("RabbitMq__Username") ?? "guest",
             Password = environment("RabbitMq__Password") ?? "guest",
             ConnectTimeoutSeconds = 30,
         };
+        // As the services refuse it at start: a bad RabbitMq__ManagementUrl fails here, not after the queues are filled.
+        Validator.ValidateObject(broker, new ValidationContext(broker), validateAllProperties: true);
         IReadOnlyList<int> prefetches = options.TryGetValue("prefetch", out var list)
             ? [.. list.Split(',').Select(p => int.Parse(p, CultureInfo.InvariantCulture))]
             : [new Conveyor.Api.ErrorQueues.ErrorQueueOptions().Prefetch];

@@ -38,6 +38,7 @@ public sealed class BenchVhost
             Host = settings.Broker.Host,
             Port = settings.Broker.Port,
             ManagementPort = settings.Broker.ManagementPort,
+            ManagementUrl = settings.Broker.ManagementUrl,
             Username = settings.Broker.Username,
             Password = settings.Broker.Password,
             ConnectTimeoutSeconds = settings.Broker.ConnectTimeoutSeconds,
@@ -45,7 +46,7 @@ public sealed class BenchVhost
         };
         using var management = new HttpClient
         {
-            BaseAddress = new Uri($"http://{broker.Host}:{broker.ManagementPort}/api/"),
+            BaseAddress = broker.ManagementApiAddress(),
             Timeout = TimeSpan.FromSeconds(60),
         };
         management.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(

@@ -1,3 +1,4 @@
+using System.ComponentModel.DataAnnotations;
 using System.Globalization;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
@@ -25,13 +26,17 @@ public sealed class BenchEnvironment : IAsyncDisposable
         RabbitHost = Setting("RabbitMq__Host", "127.0.0.1");
         RabbitPort = int.Parse(Setting("RabbitMq__Port", "5672"), CultureInfo.InvariantCulture);
         RabbitManagementPort = int.Parse(Setting("RabbitMq__ManagementPort", "15672"), CultureInfo.InvariantCulture);
+        RabbitManagementUrl = Environment.GetEnvironmentVariable("RabbitMq__ManagementUrl") is { Length: > 0 } url ? url : null;
         RabbitUser = Setting("RabbitMq__Username", "guest");
         RabbitPassword = Setting("RabbitMq__Password", "guest");
         DatabaseName = $"conveyor_bench_{runId}";
         VirtualHost = $"conveyor-bench-{runId}";
+        // The services' own address rules (TLS, a path prefix, an IPv6 host), and their refusal of a bad URL before anything is created.
+        var broker = new RabbitMqOptions { Host = RabbitHost, ManagementPort = RabbitManagementPort, ManagementUrl = RabbitManagementUrl };
+        Validator.ValidateObject(broker, new ValidationContext(broker), validateAllProperties: true);
         _management = new HttpClient
         {
-            BaseAddress = new Uri($"http://{RabbitHost}:{RabbitManagementPort}/api/"),
+            BaseAddress = broker.ManagementApiAddress(),
             Timeout = TimeSpan.FromSeconds(30),
         };
         _management.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
@@ -43,6 +48,9 @@ public sealed class BenchEnvironment : IAsyncDisposable
     public int RabbitPort { get; }
 
     public int RabbitManagementPort { get; }
+
+    /// <summary><c>RabbitMq__ManagementUrl</c>, as the services read it (<see cref="RabbitMqOptions.ManagementUrl"/>); null: <see cref="RabbitHost"/> and <see cref="RabbitManagementPort"/>.</summary>
+    public string? RabbitManagementUrl { get; }
 
     public string RabbitUser { get; }
 
@@ -103,6 +111,7 @@ public sealed class BenchEnvironment : IAsyncDisposable
         ["RabbitMq:Host"] = RabbitHost,
         ["RabbitMq:Port"] = RabbitPort.ToString(CultureInfo.InvariantCulture),
         ["RabbitMq:ManagementPort"] = RabbitManagementPort.ToString(CultureInfo.InvariantCulture),
+        ["RabbitMq:ManagementUrl"] = RabbitManagementUrl,
         ["RabbitMq:VirtualHost"] = VirtualHost,
         ["RabbitMq:Username"] = RabbitUser,
         ["RabbitMq:Password"] = RabbitPassword,
