@@ -52,7 +52,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
             await db.Database.MigrateAsync();
         }
 
-        Rabbit = new RabbitManagement(_servers.RabbitHost, _servers.RabbitManagementPort, _servers.RabbitUser, _servers.RabbitPassword);
+        Rabbit = new RabbitManagement(RabbitOptions());
         await Rabbit.CreateVhostAsync(VirtualHost, _servers.RabbitUser);
 
         BaseSettings = new Dictionary<string, string?>

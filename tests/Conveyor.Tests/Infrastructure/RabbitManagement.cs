@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
+using Conveyor.ServiceDefaults;
 
 namespace Conveyor.Tests.Infrastructure;
 
@@ -11,11 +12,12 @@ public sealed class RabbitManagement : IDisposable
 {
     private readonly HttpClient _http;
 
-    public RabbitManagement(string host, int port, string user, string password)
+    /// <summary>The management API of <paramref name="broker"/>, at the address the services use (<see cref="RabbitMqOptions.ManagementApiAddress"/>).</summary>
+    public RabbitManagement(RabbitMqOptions broker)
     {
-        _http = new HttpClient { BaseAddress = new Uri($"http://{host}:{port}/api/"), Timeout = TimeSpan.FromSeconds(30) };
+        _http = new HttpClient { BaseAddress = broker.ManagementApiAddress(), Timeout = TimeSpan.FromSeconds(30) };
         _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
-            "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{user}:{password}")));
+            "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{broker.Username}:{broker.Password}")));
     }
 
     public async Task CreateVhostAsync(string vhost, string user)
