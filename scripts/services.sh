@@ -55,6 +55,20 @@ warn_if_exposed() {
   fi
 }
 
+# Runs a command that starts a daemon with none of this script's descriptors past stderr. A daemon that
+# inherits one keeps it open for as long as it runs: the pipe a CI runner or `$(services.sh up)` reads
+# (the caller would wait for its end for ever), or the lock `up` holds (lock_up), which then stays taken
+# and makes every later `up` wait for ever.
+without_inherited_fds() {
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    "$@"
+  )
+}
+
 wait_port() {
   local port=$1 what=$2 tries=${3:-120}
   for _ in $(seq "$tries"); do port_open "$port" && return 0; sleep 1; done
@@ -104,15 +118,7 @@ CONF
     # Shovel: only the error-queue benchmark's comparison (bench/ErrorQueueMove) uses it.
     as_root rabbitmq-plugins enable --offline rabbitmq_management rabbitmq_shovel rabbitmq_shovel_management >/dev/null
     mkdir -p "$STATE_DIR"
-    # Detached, with none of the caller's descriptors past stderr: a daemon that inherits one (the
-    # lock of a caller's flock, the pipe a CI runner reads) would hold it for as long as it runs.
-    (
-      for fd in /proc/"$BASHPID"/fd/*; do
-        fd=${fd##*/}
-        if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
-      done
-      as_root sh -c 'nohup rabbitmq-server </dev/null >/tmp/conveyor-rabbitmq.log 2>&1 &'
-    )
+    without_inherited_fds as_root sh -c 'nohup rabbitmq-server </dev/null >/tmp/conveyor-rabbitmq.log 2>&1 &'
     touch "$STATE_DIR/rabbitmq.started"
     wait_port "$RABBIT_PORT" RabbitMQ 180
     as_root rabbitmqctl await_startup >/dev/null
@@ -150,7 +156,7 @@ pg_up() {
     as_root sed -i "s/^#\?listen_addresses.*/listen_addresses = '127.0.0.1'/" "/etc/postgresql/$version/$cluster/postgresql.conf"
     as_root sed -i "s/^#\?max_connections.*/max_connections = 300/" "/etc/postgresql/$version/$cluster/postgresql.conf"
     # stdout is for `env`/`up` output that callers eval: pg_ctlcluster can say "Removed stale pid file."
-    as_root pg_ctlcluster "$version" "$cluster" start >&2
+    without_inherited_fds as_root pg_ctlcluster "$version" "$cluster" start >&2
     mkdir -p "$STATE_DIR"
     echo "$version $cluster" > "$STATE_DIR/postgres.started"
     wait_port "$PG_PORT" PostgreSQL 60
@@ -177,11 +183,22 @@ down() {
 
 # One `up` at a time: the quick start's two commands (run, test) started together raced on installs,
 # server starts and the role's ALTER ROLE ("tuple concurrently updated"), and one of them gave up. The
-# second now waits for the first and then finds everything up. The lock goes with this process.
+# second now waits for the first and then finds everything up. The lock goes with this process (the
+# servers it starts do not inherit it: without_inherited_fds). The wait is bounded, so that a holder
+# that never lets go is reported instead of hanging the caller.
 lock_up() {
+  local seconds="${CONVEYOR_UP_LOCK_SECONDS:-900}"
   mkdir -p "$STATE_DIR" 2>/dev/null || return 0
   command -v flock >/dev/null || return 0
-  if { exec 9>>"$STATE_DIR/up.lock"; } 2>/dev/null; then flock 9; fi
+  { exec 9>>"$STATE_DIR/up.lock"; } 2>/dev/null || return 0
+  if ! flock -w "$seconds" 9; then
+    log "another 'services.sh up' has held $STATE_DIR/up.lock for $seconds s; these processes have it open:"
+    exec 9>&-
+    find /proc/[0-9]*/fd -lname "$STATE_DIR/up.lock" 2>/dev/null | cut -d/ -f3 | sort -un | while read -r pid; do
+      log "  pid $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)"
+    done
+    exit 1
+  fi
 }
 
 case "${1:-up}" in
