@@ -103,6 +103,7 @@ public static class WorkerMessagingExtensions
         services.AddOptions<ReportOptions>().BindConfiguration(ReportOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
 
         services.AddSingleton<RemoteIdempotencyKeys>();
+        services.AddSingleton<WebhookSigningKeys>();
         var gateway = configuration.GetSection(PaymentGatewayOptions.SectionName).Get<PaymentGatewayOptions>() ?? new PaymentGatewayOptions();
         if (string.IsNullOrWhiteSpace(gateway.BaseUrl))
         {

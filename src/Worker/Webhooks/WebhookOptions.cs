@@ -2,7 +2,10 @@ using System.ComponentModel.DataAnnotations;
 
 namespace Conveyor.Worker.Webhooks;
 
-/// <summary>Section <c>Webhooks</c>; the signing secrets come from the environment (<c>Webhooks__SigningSecret</c>).</summary>
+/// <summary>
+/// Section <c>Webhooks</c>; the signing secrets come from the environment (<c>Webhooks__SigningSecret</c>,
+/// <c>Webhooks__Receivers__0__SigningSecret</c>).
+/// </summary>
 public sealed class WebhookOptions : IValidatableObject
 {
     public const string SectionName = "Webhooks";
@@ -14,9 +17,9 @@ public sealed class WebhookOptions : IValidatableObject
     public string SigningSecret { get; set; } = "";
 
     /// <summary>
-    /// Secrets being rotated out (<c>Webhooks__PreviousSigningSecrets__0</c>, ...): every delivery is signed
-    /// with each of them too, after <see cref="SigningSecret"/>. One secret signs every receiver's
-    /// webhooks, and receivers cannot all change theirs at the moment the worker does: without this
+    /// Secrets being rotated out (<c>Webhooks__PreviousSigningSecrets__0</c>, ...): every delivery the shared
+    /// secret signs is signed with each of them too, after <see cref="SigningSecret"/>. One secret signs
+    /// every unregistered receiver's webhooks, and receivers cannot all change theirs at the moment the worker does: without this
     /// overlap a rotation made every delivery fail verification at each receiver not yet changed (and
     /// at every receiver while pods with either secret deliver), which a receiver answering 400 or 401
     /// sent to <c>_error</c>.
@@ -32,7 +35,20 @@ public sealed class WebhookOptions : IValidatableObject
     /// </summary>
     public bool AllowPrivateNetworks { get; set; }
 
-    /// <summary>The secrets every delivery is signed with, the current one first.</summary>
+    /// <summary>
+    /// Receivers with secrets of their own (<see cref="WebhookSigningKeys"/>). The shared secret is known to
+    /// every receiver that verifies with it, so any of them could sign a delivery that another accepts;
+    /// a delivery to a registered origin is signed with its receiver's secrets only.
+    /// </summary>
+    public WebhookReceiverOptions[] Receivers { get; set; } = [];
+
+    /// <summary>
+    /// Whether a delivery to an origin not in <see cref="Receivers"/> is refused (permanently, to
+    /// <c>_error</c>, before any request) instead of signed with the shared secret.
+    /// </summary>
+    public bool RequireRegisteredReceivers { get; set; }
+
+    /// <summary>The secrets a delivery to an unregistered receiver is signed with, the current one first.</summary>
     public IReadOnlyList<string> SigningSecrets() => [SigningSecret, .. PreviousSigningSecrets];
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
@@ -42,6 +58,48 @@ public sealed class WebhookOptions : IValidatableObject
             yield return new ValidationResult(
                 $"Each of {SectionName}:{nameof(PreviousSigningSecrets)} must be at least {MinSecretLength} characters long, as {SectionName}:{nameof(SigningSecret)}.",
                 [nameof(PreviousSigningSecrets)]);
+        }
+
+        var origins = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
+        for (var i = 0; i < Receivers.Length; i++)
+        {
+            var setting = $"{SectionName}:{nameof(Receivers)}:{i}";
+            var receiver = Receivers[i];
+            if (receiver is null)
+            {
+                yield return new ValidationResult($"{setting} is empty; give its {nameof(WebhookReceiverOptions.Origin)} and {nameof(WebhookReceiverOptions.SigningSecret)}.", [nameof(Receivers)]);
+                continue;
+            }
+
+            if (WebhookOrigin.Read(receiver.Origin, out var origin) is { } problem)
+            {
+                yield return new ValidationResult($"{setting}:{nameof(WebhookReceiverOptions.Origin)} {problem}.", [nameof(Receivers)]);
+            }
+            else if (!origins.TryAdd(origin, i))
+            {
+                yield return new ValidationResult(
+                    $"{setting}:{nameof(WebhookReceiverOptions.Origin)} is {origin}, as {SectionName}:{nameof(Receivers)}:{origins[origin]}:{nameof(WebhookReceiverOptions.Origin)}: an origin has one receiver and one set of secrets.",
+                    [nameof(Receivers)]);
+            }
+
+            if (receiver.SigningSecret is null || receiver.SigningSecret.Length < MinSecretLength)
+            {
+                yield return new ValidationResult(
+                    $"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)} is required and must be at least {MinSecretLength} characters long.", [nameof(Receivers)]);
+            }
+            else if (receiver.SigningSecret == SigningSecret)
+            {
+                // Every unregistered receiver holds the shared secret: the receiver would be no safer than before.
+                yield return new ValidationResult(
+                    $"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)} is {SectionName}:{nameof(SigningSecret)}; a registered receiver needs a secret of its own (the shared one may be among its {nameof(WebhookReceiverOptions.PreviousSigningSecrets)} while it moves over).",
+                    [nameof(Receivers)]);
+            }
+
+            if ((receiver.PreviousSigningSecrets ?? []).Any(secret => secret is null || secret.Length < MinSecretLength))
+            {
+                yield return new ValidationResult(
+                    $"Each of {setting}:{nameof(WebhookReceiverOptions.PreviousSigningSecrets)} must be at least {MinSecretLength} characters long.", [nameof(Receivers)]);
+            }
         }
     }
 }

@@ -7,10 +7,10 @@ namespace Conveyor.Worker.Webhooks;
 public sealed record WebhookResult(int StatusCode);
 
 /// <summary>
-/// POSTs a signed payload. 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
+/// POSTs a payload signed with its receiver's secrets (<see cref="WebhookSigningKeys"/>). 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
 /// receiver), 429, 5xx and timeouts are transient; other 4xx permanent.
 /// </summary>
-public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, TimeProvider time)
+public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, WebhookSigningKeys signingKeys, TimeProvider time)
 {
     public const string WebhookIdHeader = "Conveyor-Webhook-Id";
     public const string EventTypeHeader = "Conveyor-Event-Type";
@@ -19,6 +19,8 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     public async Task<WebhookResult> SendAsync(
         Guid webhookId, string idempotencyKey, Uri url, string eventType, ReadOnlyMemory<byte> body, CancellationToken cancellationToken)
     {
+        // Before anything else: a delivery refused for its receiver makes no request.
+        var secrets = signingKeys.For(url);
         var content = new ByteArrayContent(body.ToArray());
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
         using var request = new HttpRequestMessage(HttpMethod.Post, url) { Content = content };
@@ -26,7 +28,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         request.Headers.Add("Idempotency-Key", idempotencyKey);
         request.Headers.Add(EventTypeHeader, eventType);
         request.Headers.Add(WebhookSignature.HeaderName,
-            WebhookSignature.Create(options.Value.SigningSecrets(), time.GetUtcNow().ToUnixTimeSeconds(), webhookId.ToString(), eventType, body.Span));
+            WebhookSignature.Create(secrets, time.GetUtcNow().ToUnixTimeSeconds(), webhookId.ToString(), eventType, body.Span));
 
         // The whole delivery, error body included, within Webhooks:TimeoutSeconds: HttpClient.Timeout
         // ends at the response headers (ResponseHeadersRead).

@@ -64,7 +64,8 @@ public sealed class WebhookKeyInProgressTests(ConveyorFixture fixture) : IAsyncL
         await using var receiver = await FakeWebhookReceiver.StartAsync();
         receiver.AnswerWith = status;
         using var http = new HttpClient();
-        var sender = new WebhookSender(http, Options.Create(new WebhookOptions { SigningSecret = WorkerSettings.SigningSecret }), TimeProvider.System);
+        var options = Options.Create(new WebhookOptions { SigningSecret = WorkerSettings.SigningSecret });
+        var sender = new WebhookSender(http, options, new WebhookSigningKeys(options), TimeProvider.System);
 
         var failure = await Assert.ThrowsAnyAsync<Exception>(() => sender.SendAsync(
             Guid.NewGuid(), "key", receiver.Url(), "invoice.created", """{"invoice":7}"""u8.ToArray(), CancellationToken.None));
