@@ -110,6 +110,13 @@ public sealed class SettingNamesTests
     [InlineData("Logging:LogLevel:Default", false, true)]
     [InlineData("Webhooks:AllowPrivateNetworks", true, true)]
     [InlineData("Webhooks:SigningSecret", true, false)]
+    // base/config/worker.env and worker-deployment.yaml show how to register a receiver.
+    [InlineData("Webhooks:Receivers:0:Origin", false, true)]
+    [InlineData("Webhooks:Receivers:0:SigningSecret", false, true)]
+    [InlineData("Webhooks:Receivers:3:PreviousSigningSecrets:0", false, true)]
+    [InlineData("Webhooks:Receivers:0:Orgin", false, false)]
+    [InlineData("Webhooks:Receivers:0:Origin", true, false)]
+    [InlineData("Webhooks:RequireRegisteredReceivers", false, true)]
     public void The_check_knows_settings_from_typos(string key, bool api, bool known) =>
         Assert.Equal(known, Known(key, api));
 
@@ -138,6 +145,14 @@ public sealed class SettingNamesTests
         else if (parts is [var consumers, var consumer, var property] && Is(consumers, ConsumerEndpointOptions.SectionName))
         {
             return WorkerEndpoints.All.Any(e => Is(e.ConsumerName, consumer)) && HasProperty(typeof(ConsumerEndpointOptions), property);
+        }
+        else if (parts is [var webhooks, var receivers, var index, var field, ..] && Is(webhooks, WebhookOptions.SectionName)
+            && Is(receivers, nameof(WebhookOptions.Receivers)))
+        {
+            // Webhooks:Receivers:<n>:Origin|SigningSecret|PreviousSigningSecrets[:<n>].
+            return int.TryParse(index, out _) && (parts.Length == 4
+                ? HasProperty(typeof(WebhookReceiverOptions), field)
+                : parts.Length == 5 && Is(field, nameof(WebhookReceiverOptions.PreviousSigningSecrets)) && int.TryParse(parts[4], out _));
         }
 
         // The longest section that matches (Dashboard:Session before a plain Dashboard), then one property.
