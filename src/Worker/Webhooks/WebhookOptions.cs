@@ -19,8 +19,8 @@ public sealed class WebhookOptions : IValidatableObject
     /// <summary>
     /// Secrets being rotated out (<c>Webhooks__PreviousSigningSecrets__0</c>, ...): every delivery the shared
     /// secret signs is signed with each of them too, after <see cref="SigningSecret"/>. One secret signs
-    /// every unregistered receiver's webhooks, and receivers cannot all change theirs at the moment the worker does: without this
-    /// overlap a rotation made every delivery fail verification at each receiver not yet changed (and
+    /// every unregistered receiver's webhooks, and receivers cannot all change theirs at the moment the
+    /// worker does: without this overlap a rotation made every delivery fail verification at each receiver not yet changed (and
     /// at every receiver while pods with either secret deliver), which a receiver answering 400 or 401
     /// sent to <c>_error</c>.
     /// </summary>

@@ -4,7 +4,7 @@ namespace Conveyor.Worker.Webhooks;
 
 /// <summary>
 /// A webhook receiver's origin, <c>scheme://host:port</c>, in one spelling: lower case, the host in
-/// its ASCII (punycode) form, the port always written, default ports included. So
+/// its ASCII (punycode) form without a final dot, the port always written, default ports included. So
 /// <c>HTTPS://Hooks.Example.com</c>, <c>https://hooks.example.com:443/</c> and a delivery URL
 /// <c>https://hooks.example.com/a?b=c</c> are one origin, and <c>http://</c> or another port is another
 /// receiver. User information in a URL is no part of it.
@@ -14,8 +14,9 @@ public static class WebhookOrigin
     /// <summary>The origin of an absolute http or https URL (a delivery's, which its contract checked).</summary>
     public static string Of(Uri url)
     {
-        // IdnHost drops an IPv6 literal's brackets, which the written form needs to stay unambiguous.
-        var host = url.HostNameType == UriHostNameType.IPv6 ? url.Host : url.IdnHost;
+        // IdnHost drops an IPv6 literal's brackets, which the written form needs to stay unambiguous. A
+        // name's final dot (the root) names the same host, so a URL cannot step around its receiver with one.
+        var host = url.HostNameType == UriHostNameType.IPv6 ? url.Host : url.IdnHost.TrimEnd('.');
         return string.Create(CultureInfo.InvariantCulture, $"{url.Scheme}://{host}:{url.Port}").ToLowerInvariant();
     }
 

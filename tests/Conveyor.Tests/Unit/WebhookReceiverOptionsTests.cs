@@ -63,6 +63,7 @@ public sealed class WebhookReceiverOptionsTests
     [Theory]
     [InlineData("https://hooks.example.com/customers/7/events?x=1", true)]
     [InlineData("https://HOOKS.example.com:443/", true)]
+    [InlineData("https://hooks.example.com./", true)]
     [InlineData("https://hooks.example.com:8443/", false)]
     [InlineData("http://hooks.example.com/", false)]
     [InlineData("https://other.example.com/", false)]

@@ -5,6 +5,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Webhooks;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Worker;
 
@@ -96,6 +97,19 @@ public sealed class WebhookReceiverSecretTests(ConveyorFixture fixture) : IAsync
         await fixture.AssertDrainedAsync(worker, "deliver-webhook");
         Assert.Empty(unregistered.Deliveries);
         Assert.Equal(1u, await fixture.ReadyAsync("deliver-webhook_error"));
+    }
+
+    [Fact]
+    public async Task The_worker_refuses_to_start_with_a_receiver_entry_it_cannot_use_naming_the_setting()
+    {
+        var refused = await Assert.ThrowsAsync<OptionsValidationException>(() => fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:Receivers:0:Origin", "https://hooks.example.com"),
+            ("Webhooks:Receivers:0:SigningSecret", OwnSecret),
+            ("Webhooks:Receivers:1:Origin", "https://hooks.example.com/customer-b"),
+            ("Webhooks:Receivers:1:SigningSecret", "short"))));
+
+        Assert.Contains("Webhooks:Receivers:1:Origin 'https://hooks.example.com/customer-b' has a path", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("Webhooks:Receivers:1:SigningSecret is required and must be at least 16 characters long", refused.Message, StringComparison.Ordinal);
     }
 
     private static DeliverWebhook Webhook(FakeWebhookReceiver receiver) => new()
