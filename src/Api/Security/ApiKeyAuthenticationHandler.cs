@@ -37,6 +37,7 @@ public sealed class ApiKeyAuthenticationHandler(
     private const string BearerPrefix = "Bearer ";
 
     private int? _retryAfterSeconds;
+    private bool _countsWhenRefused;
 
     protected override Task<AuthenticateResult> HandleAuthenticateAsync()
     {
@@ -64,7 +65,10 @@ public sealed class ApiKeyAuthenticationHandler(
 
     /// <summary>
     /// An unknown (or empty) key: from a locked-out address, refused with 429 (see the challenge), neither
-    /// counted again nor extending the lockout; otherwise 401, and a non-empty key counts toward a lockout.
+    /// counted again nor extending the lockout; otherwise 401, and a non-empty key counts toward a lockout
+    /// when the challenge refuses it. Authentication runs for every request, open endpoints included
+    /// (health, metrics, the OpenAPI document), and those refuse nothing: a monitor polling them with a
+    /// stale key would otherwise lock its address out of the API.
     /// </summary>
     private AuthenticateResult Unknown(bool counts)
     {
@@ -75,11 +79,7 @@ public sealed class ApiKeyAuthenticationHandler(
             return AuthenticateResult.Fail("Too many unknown API keys from this address.");
         }
 
-        if (counts)
-        {
-            throttle.Failed(AuthThrottleKind.ApiKey, address);
-        }
-
+        _countsWhenRefused = counts;
         return AuthenticateResult.Fail("Unknown API key.");
     }
 
@@ -105,6 +105,12 @@ public sealed class ApiKeyAuthenticationHandler(
                 },
             });
             return;
+        }
+
+        if (_countsWhenRefused)
+        {
+            _countsWhenRefused = false;
+            throttle.Failed(AuthThrottleKind.ApiKey, Context.Connection.RemoteIpAddress);
         }
 
         Response.Headers.WWWAuthenticate = "Bearer";

@@ -245,6 +245,31 @@ public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task Unknown_keys_sent_to_open_endpoints_do_not_count_toward_a_lockout()
+    {
+        // A monitor or scraper polling the open endpoints with a stale key: nothing refuses it there.
+        using var monitor = Client(Attacker);
+        foreach (var path in new[] { "/health/live", "/metrics", "/health/live", "/metrics", "/health/live" })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(path, UriKind.Relative));
+            request.Headers.Add("X-Api-Key", WrongKey);
+            using var answer = await monitor.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        }
+
+        // So an unknown key at the API from that address is refused as unknown (401), not locked out (429).
+        Assert.Equal(HttpStatusCode.Unauthorized, await GetJobsAsync(monitor, WrongKey));
+        Assert.Empty(_logs.Of(LogLevel.Warning, typeof(AuthThrottle).FullName!));
+        var metrics = await _api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+        Assert.Equal(0, PrometheusText.Sum(metrics, "conveyor_api_auth_lockouts_total", "kind=\"apikey\""));
+
+        // Refused ones still count: two more make three, and the fourth is locked out.
+        Assert.Equal(HttpStatusCode.Unauthorized, await GetJobsAsync(monitor, WrongKey));
+        Assert.Equal(HttpStatusCode.Unauthorized, await GetJobsAsync(monitor, WrongKey));
+        Assert.Equal(HttpStatusCode.TooManyRequests, await GetJobsAsync(monitor, WrongKey));
+    }
+
+    [Fact]
     public void Failures_from_ever_more_addresses_keep_the_table_within_its_cap()
     {
         var throttle = _api.Services.GetRequiredService<AuthThrottle>();
