@@ -1,4 +1,5 @@
 using System.Net.Http.Headers;
+using System.Text.Json;
 using Conveyor.Storage.Payments;
 using Conveyor.Worker.Failures;
 
@@ -7,6 +8,7 @@ namespace Conveyor.Worker.Payments;
 /// <summary>
 /// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
 /// 408, 409 (the key's first request still in progress), 429 and 5xx are transient; other 4xx are permanent.
+/// A 2xx whose body is too large, too slow or no charge is transient: the charge may have been made.
 /// </summary>
 public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPaymentGateway
 {
@@ -51,23 +53,19 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
             await HttpFailures.EnsureSuccessAsync(
                 response, "The payment gateway", timeLeft, FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
             await LoadAnswerAsync(response.Content, timeLeft, cancellationToken);
-            var body = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
-            if (string.IsNullOrEmpty(body?.Id))
-            {
-                throw new TransientFailureException("The payment gateway answered without a charge id");
-            }
+            var id = await ReadChargeIdAsync(response, cancellationToken);
 
             // The charge is made, but an id the ledger cannot hold as it is would be recorded cut short
             // (or not at all): the job is dead-lettered saying so, and the gateway answers a move back
             // with the same charge and the same id.
-            var controlCharacters = body.Id.Any(char.IsControl);
-            if (body.Id.Length > LedgerEntry.MaxGatewayChargeIdLength || controlCharacters)
+            var controlCharacters = id.Any(char.IsControl);
+            if (id.Length > LedgerEntry.MaxGatewayChargeIdLength || controlCharacters)
             {
                 throw new PermanentFailureException(
-                    $"The payment gateway answered a charge id the ledger cannot record ({body.Id.Length} characters{(controlCharacters ? ", control characters among them" : "")}; at most {LedgerEntry.MaxGatewayChargeIdLength}, printable)");
+                    $"The payment gateway answered a charge id the ledger cannot record ({id.Length} characters{(controlCharacters ? ", control characters among them" : "")}; at most {LedgerEntry.MaxGatewayChargeIdLength}, printable)");
             }
 
-            return new ChargeResult(body.Id);
+            return new ChargeResult(id);
         }
     }
 
@@ -97,6 +95,35 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
             throw HttpFailures.TimedOut("The payment gateway's answer was not read within its timeout", exception);
         }
     }
+
+    /// <summary>
+    /// The charge id of a 2xx answer whose body <see cref="LoadAnswerAsync"/> buffered. A body that is no
+    /// charge (a proxy's HTML page, JSON cut short, an id that is no string, a charset .NET does not know, no
+    /// id at all) is a transient failure like a body too large: the 2xx says the charge may have been made,
+    /// and only a later attempt with the same Idempotency-Key gets it. Left to the classifier, the JSON
+    /// reader's exceptions read as a malformed message (permanent), which dead-lettered the job at once.
+    /// </summary>
+    private static async Task<string> ReadChargeIdAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        GatewayCharge? charge;
+        try
+        {
+            charge = await response.Content.ReadFromJsonAsync<GatewayCharge>(cancellationToken);
+        }
+        catch (Exception exception) when (exception is JsonException or NotSupportedException or InvalidOperationException)
+        {
+            // InvalidOperationException: the answer's charset is unknown (the body is already buffered,
+            // so no read of the connection is behind it).
+            throw Unreadable(response, exception.Message, exception);
+        }
+
+        return string.IsNullOrWhiteSpace(charge?.Id) ? throw Unreadable(response, "no charge id", null) : charge.Id;
+    }
+
+    private static TransientFailureException Unreadable(HttpResponseMessage response, string why, Exception? exception) => new(
+        $"The payment gateway answered {(int)response.StatusCode} with a body that is not a charge ({response.Content.Headers.ContentType?.ToString() ?? "no content type"}: {why}); the charge may have been made, and a later attempt asks for it again with the same Idempotency-Key",
+        null,
+        exception);
 
     private sealed record GatewayCharge(string? Id);
 }

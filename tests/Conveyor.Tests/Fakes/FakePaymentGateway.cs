@@ -34,6 +34,7 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     private readonly ConcurrentDictionary<string, int> _reusedKeys = new();
     private readonly ConcurrentDictionary<string, byte> _inProgress = new();
     private readonly ConcurrentDictionary<string, int> _inProgressConflicts = new();
+    private readonly ConcurrentQueue<UnreadableAnswer> _unreadableAnswers = new();
 
     private FakePaymentGateway(WebApplication app) => _app = app;
 
@@ -63,6 +64,20 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     /// as a misbehaving gateway or a proxy in front of it might answer.
     /// </summary>
     public int PadChargeAnswersWith { get; set; }
+
+    /// <summary>
+    /// The next <paramref name="count"/> charges are made but answered 200 with <paramref name="body"/>
+    /// (given the charge's id) as <paramref name="contentType"/>, as a proxy in front of a gateway or a
+    /// gateway in trouble might answer: an HTML page, JSON cut short. Repeats with the same key are
+    /// answered normally afterwards. Such an answer does not count in <see cref="SuccessfulRequestsFor"/>.
+    /// </summary>
+    public void AnswerNextChargesUnreadably(int count, string contentType, Func<string, string> body)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            _unreadableAnswers.Enqueue(new UnreadableAnswer(contentType, body));
+        }
+    }
 
     /// <summary>Requests with this key answered 409 because an earlier one with it was still in progress.</summary>
     public int InProgressConflictsFor(string idempotencyKey) => _inProgressConflicts.GetValueOrDefault(idempotencyKey);
@@ -196,6 +211,15 @@ public sealed class FakePaymentGateway : IAsyncDisposable
 
         var charge = _charges.GetOrAdd(key, k => new Charge(
             NewChargeId(), k, asked.AccountId, asked.AmountMinor, asked.Currency, context.Request.Headers.Authorization.ToString()));
+        if (_unreadableAnswers.TryDequeue(out var unreadable))
+        {
+            // Written as it is: a typed result would check the content type's charset.
+            context.Response.StatusCode = StatusCodes.Status200OK;
+            context.Response.ContentType = unreadable.ContentType;
+            await context.Response.WriteAsync(unreadable.Body(charge.Id));
+            return Results.Empty;
+        }
+
         _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
         return PadChargeAnswersWith > 0
             ? Results.Ok(new { id = charge.Id, padding = new string('x', PadChargeAnswersWith) })
@@ -223,6 +247,8 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
     }
+
+    private sealed record UnreadableAnswer(string ContentType, Func<string, string> Body);
 
     /// <summary>What a request asked to charge.</summary>
     private sealed record Charged(string AccountId, long AmountMinor, string Currency);
