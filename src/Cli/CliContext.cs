@@ -43,7 +43,7 @@ public sealed class CliContext(
         var key = environment(ApiKeyVariable);
         if (string.IsNullOrWhiteSpace(key))
         {
-            throw new CliFailureException(ExitCodes.Auth, $"Set {ApiKeyVariable} to an API key with the admin scope.");
+            throw new CliFailureException(ExitCodes.Auth, $"Set {ApiKeyVariable} to an API key with the scope the command needs: admin for the error-queue commands, jobs:read for job and jobs, jobs:publish for submit.");
         }
 
         // Such a key cannot go into a header: without this, the request fails as if the Api could not be

@@ -6,7 +6,10 @@ public static class ExitCodes
     /// <summary>Done; for move and purge, the operation succeeded in full.</summary>
     public const int Ok = 0;
 
-    /// <summary>The operation failed, was cancelled or interrupted, or the server answered 500.</summary>
+    /// <summary>
+    /// The operation failed, was cancelled or interrupted, or the server answered 500; <c>job --wait</c>: the job
+    /// ended dead-lettered or cancelled.
+    /// </summary>
     public const int OperationFailed = 1;
 
     /// <summary>
@@ -37,7 +40,7 @@ public static class ExitCodes
 
     /// <summary>
     /// The operation is still running: started with <c>--no-wait</c>, shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
-    /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
+    /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>. For <c>job --wait</c>: the job had not ended when the wait did.
     /// </summary>
     public const int StillRunning = 7;
 

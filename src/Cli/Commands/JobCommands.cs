@@ -50,10 +50,11 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     {
         var wait = settings.Wait is { } seconds ? $"?waitSeconds={seconds.ToString(CultureInfo.InvariantCulture)}" : "";
         var job = Answers.ExpectObject(await client.GetAsync($"api/jobs/{settings.Id}{wait}", cancellationToken), "a job", "jobId", "status");
+        var exitCode = settings.Wait is null ? ExitCodes.Ok : WaitOutcome(ConveyorClient.Text(job, "status"));
         if (settings.Json)
         {
             WriteJson(cli, job);
-            return ExitCodes.Ok;
+            return exitCode;
         }
 
         var grid = new Grid().AddColumn().AddColumn();
@@ -73,8 +74,19 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
             cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {kind}_error --job-id {settings.Id}"));
         }
 
-        return ExitCodes.Ok;
+        return exitCode;
     }
+
+    /// <summary>
+    /// With <c>--wait</c>, the exit code says how the wait ended, as <c>operation --wait</c> does, so that
+    /// <c>conveyor job ID --wait 30 &amp;&amp; next-step</c> goes on only after the job succeeded.
+    /// </summary>
+    private static int WaitOutcome(string? status) => status switch
+    {
+        "succeeded" => ExitCodes.Ok,
+        "dead-lettered" or "cancelled" => ExitCodes.OperationFailed,
+        _ => ExitCodes.StillRunning,
+    };
 }
 
 /// <summary><c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N]</c>: jobs, newest first.</summary>

@@ -248,9 +248,11 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         var item = Assert.Single(JsonDocument.Parse(found.Out).RootElement.GetProperty("items").EnumerateArray());
         Assert.Equal(accepted.JobId, item.GetProperty("jobId").GetGuid());
 
-        // No worker runs here: a short wait ends with the job still queued.
+        // No worker runs here: a short wait ends with the job still queued, which its exit code says.
         var shown = await RunAsync("job", accepted.JobId.ToString(), "--wait", "1");
-        Assert.Equal(ExitCodes.Ok, shown.ExitCode);
+        Assert.Equal(ExitCodes.StillRunning, shown.ExitCode);
+        Assert.Equal(ExitCodes.StillRunning, (await RunAsync("job", accepted.JobId.ToString(), "--wait", "0", "--json")).ExitCode);
+        Assert.Equal(ExitCodes.Ok, (await RunAsync("job", accepted.JobId.ToString())).ExitCode);
         Assert.Contains("queued", shown.Out, StringComparison.Ordinal);
         Assert.Contains(paymentId.ToString(), shown.Out, StringComparison.Ordinal);
 
@@ -286,6 +288,14 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
 
         Assert.Equal(ExitCodes.Ok, shown.ExitCode);
         Assert.Contains($"conveyor move charge-payment_error --job-id {job.Id}", shown.Out, StringComparison.Ordinal);
+        // Waited for, a job that ended dead-lettered is a failure to a script, one that succeeded is not.
+        Assert.Equal(ExitCodes.OperationFailed, (await RunAsync("job", job.Id.ToString(), "--wait", "1")).ExitCode);
+        await using (var db = Fixture.CreateDbContext())
+        {
+            await db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdateAsync(set => set.SetProperty(j => j.Status, Conveyor.Storage.Jobs.JobStatus.Succeeded));
+        }
+
+        Assert.Equal(ExitCodes.Ok, (await RunAsync("job", job.Id.ToString(), "--wait", "1")).ExitCode);
     }
 
     [Fact]
