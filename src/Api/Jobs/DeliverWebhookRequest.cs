@@ -1,5 +1,6 @@
 using Conveyor.Contracts;
 using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage;
 
 namespace Conveyor.Api.Jobs;
 
@@ -16,14 +17,22 @@ internal static class DeliverWebhookRequest
         var eventType = fields.RequiredString("eventType", FieldRules.EventType);
         var payload = fields.RequiredValue("payload", ContractRules.MaxPayloadDepth);
 
-        return fields.HasErrors
-            ? null
-            : JobRequest.For(JobKinds.DeliverWebhook, webhookId, new DeliverWebhook
-            {
-                WebhookId = webhookId,
-                Url = new Uri(url, UriKind.Absolute),
-                EventType = eventType,
-                Payload = payload,
-            });
+        if (fields.HasErrors)
+        {
+            return null;
+        }
+
+        var command = new DeliverWebhook
+        {
+            WebhookId = webhookId,
+            Url = new Uri(url, UriKind.Absolute),
+            EventType = eventType,
+            Payload = payload,
+        };
+
+        // Published with the payload's object members in name order, so that a worker from before
+        // fingerprints took that order (ADR 0011, amendment), which fingerprints members as they arrive,
+        // takes the job row's fingerprint for its own during a rolling deploy instead of a conflict.
+        return JobRequest.For(JobKinds.DeliverWebhook, webhookId, command with { Payload = PayloadFingerprint.InNameOrder(payload) }, command);
     }
 }

@@ -22,9 +22,12 @@ internal abstract class JobRequest(string kind, Guid businessId)
     /// </summary>
     public bool RunAtOutsideWindow { get; set; }
 
-    public static JobRequest For<TCommand>(string kind, Guid businessId, TCommand command)
+    /// <param name="fingerprinted">The command as the client wrote it, when <paramref name="command"/> is
+    /// published otherwise (a webhook's payload in name order): its fingerprint also knows the legacy one
+    /// that rows from before hold (ADR 0011, amendment).</param>
+    public static JobRequest For<TCommand>(string kind, Guid businessId, TCommand command, TCommand? fingerprinted = null)
         where TCommand : class =>
-        new Typed<TCommand>(kind, businessId, command);
+        new Typed<TCommand>(kind, businessId, command, fingerprinted ?? command);
 
     /// <summary>
     /// What the command says (<see cref="PayloadFingerprint"/>, as the worker's inbox takes it; <c>runAt</c> is
@@ -38,11 +41,11 @@ internal abstract class JobRequest(string kind, Guid businessId)
     /// <summary>The command as a MassTransit JSON envelope, the bytes a scheduled job is published with.</summary>
     public abstract byte[] ToEnvelope(Guid messageId, Guid jobId, DateTimeOffset sentTime);
 
-    private sealed class Typed<TCommand>(string kind, Guid businessId, TCommand command)
+    private sealed class Typed<TCommand>(string kind, Guid businessId, TCommand command, TCommand fingerprinted)
         : JobRequest(kind, businessId)
         where TCommand : class
     {
-        private readonly Lazy<byte[]?> _fingerprint = new(() => PayloadFingerprint.Of(command));
+        private readonly Lazy<byte[]?> _fingerprint = new(() => PayloadFingerprint.Of(fingerprinted));
 
         public override byte[]? Fingerprint => _fingerprint.Value;
 

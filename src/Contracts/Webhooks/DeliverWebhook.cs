@@ -16,7 +16,7 @@ public sealed record DeliverWebhook
     /// <summary>Printable ASCII with no space at either end, such as <c>order.paid</c> (<see cref="ContractRules.EventType"/>): it is sent as the <c>Conveyor-Event-Type</c> header.</summary>
     public required string EventType { get; init; }
 
-    /// <summary>Any JSON value; sent as the request body verbatim.</summary>
+    /// <summary>Any JSON value; sent as the request body verbatim, as published (the Api puts each object's members in name order).</summary>
     public required JsonElement Payload { get; init; }
 
     /// <summary>What breaks the rules of <see cref="ContractRules"/>; empty when the command is valid.</summary>

@@ -67,6 +67,9 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     {
         var now = time.GetUtcNow();
         var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
+        // A row an older pod wrote holds the fingerprint from before name order (ADR 0011, amendment):
+        // the same command. Null, and so matching nothing, for most commands.
+        var legacy = PayloadFingerprint.LegacyOf(fingerprint);
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var claim = await db.Database.SqlQuery<ClaimRow>($"""
             WITH inbox_row AS (
@@ -88,7 +91,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                                                     ELSE jobs.original_payload_hash END
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                    AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
-                        OR jobs.payload_hash = excluded.payload_hash)
+                        OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = {legacy}::bytea)
                 RETURNING id, attempts, COALESCE(original_payload_hash, payload_hash) AS first_fingerprint)
             SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
                    (SELECT j.attempts FROM job_row j) AS attempt, (SELECT j.first_fingerprint FROM job_row j) AS first_fingerprint,
@@ -166,6 +169,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
         var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
+        var legacy = PayloadFingerprint.LegacyOf(fingerprint);
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var counted = await db.Database.SqlQuery<CountedAttempt>($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at, payload_hash)
@@ -180,7 +184,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                                                 ELSE jobs.original_payload_hash END
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
-                    OR jobs.payload_hash = excluded.payload_hash)
+                    OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = {legacy}::bytea)
             RETURNING id, attempts
             """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
         return counted.Count == 1 ? (counted[0].Id, counted[0].Attempts) : null;

@@ -43,10 +43,12 @@ public sealed class RemoteIdempotencyKeys(IDbContextFactory<ConveyorDbContext> d
     /// <summary>
     /// The key for a command with <paramref name="fingerprint"/> under a job first created for a
     /// command with <paramref name="first"/>. Without either (a job not written yet, rows from before
-    /// fingerprints were kept) the business id, as for every first command.
+    /// fingerprints were kept) the business id, as for every first command. A job row holding the
+    /// command's legacy fingerprint (written before objects were fingerprinted in name order) is the same
+    /// command: a key of its own there would let the remote side apply it twice.
     /// </summary>
     public static string For(string businessKey, byte[]? first, byte[]? fingerprint) =>
-        first is null || fingerprint is null || first.AsSpan().SequenceEqual(fingerprint)
+        !PayloadFingerprint.Conflicts(first, fingerprint)
             ? businessKey
             : $"{businessKey}:{Convert.ToHexStringLower(fingerprint)}";
 }

@@ -140,6 +140,44 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Same_webhook_id_with_the_payload_members_in_another_order_gets_the_same_job_and_another_value_is_a_422_problem()
+    {
+        // A client whose JSON library writes the payload again on a retry may order its members otherwise.
+        var webhookId = Guid.NewGuid();
+        string Webhook(string payload) =>
+            $$"""{"webhookId":"{{webhookId}}","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{{payload}}}""";
+        var first = await AcceptAsync(JobKinds.DeliverWebhook, Webhook("""{"orderId":42,"amount":12.5,"customer":{"tier":"gold","id":7}}"""));
+
+        Assert.Equal(first.JobId, (await AcceptAsync(JobKinds.DeliverWebhook, Webhook("""{"customer":{"id":7,"tier":"gold"},"amount":12.5,"orderId":42}"""))).JobId);
+        // Numbers keep their text: 12.50 is another payload.
+        using var response = await _api.Client.PostJobAsync(JobKinds.DeliverWebhook, Webhook("""{"orderId":42,"amount":12.50,"customer":{"tier":"gold","id":7}}"""));
+        await response.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
+        Assert.Equal("Business id reused", (await response.ReadJsonAsync()).GetProperty("title").GetString());
+    }
+
+    [Fact]
+    public async Task A_job_row_an_older_Api_wrote_for_a_payload_out_of_name_order_answers_the_same_request_with_the_job()
+    {
+        // Before the fingerprint put object members in name order, it took them as they came; rows keep that.
+        var webhookId = Guid.NewGuid();
+        var json = $$$"""{"webhookId":"{{{webhookId}}}","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{"orderId":42,"amount":12.5}}""";
+        var first = await AcceptAsync(JobKinds.DeliverWebhook, json);
+        var command = new Conveyor.Contracts.Webhooks.DeliverWebhook
+        {
+            WebhookId = webhookId, Url = new Uri("https://hooks.example.com/orders"), EventType = "order.paid",
+            Payload = JsonDocument.Parse("""{"orderId":42,"amount":12.5}""").RootElement.Clone(),
+        };
+        var legacy = LegacyFingerprints.Of(command);
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.NotEqual(legacy, (await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == first.JobId)).PayloadHash);
+            Assert.Equal(1, await db.Jobs.Where(j => j.Id == first.JobId).ExecuteUpdateAsync(s => s.SetProperty(j => j.PayloadHash, legacy)));
+        }
+
+        Assert.Equal(first.JobId, (await AcceptAsync(JobKinds.DeliverWebhook, json)).JobId);
+    }
+
+    [Fact]
     public async Task A_job_row_without_a_fingerprint_answers_any_command_under_its_business_id_with_the_job()
     {
         // Rows written by a worker for a direct publish, or before fingerprints were kept.

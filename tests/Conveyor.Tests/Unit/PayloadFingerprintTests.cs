@@ -6,6 +6,7 @@ using Conveyor.Contracts.Webhooks;
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Jobs;
 using Conveyor.Storage;
+using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Tests.Unit;
 
@@ -60,6 +61,71 @@ public sealed class PayloadFingerprintTests
 
         Assert.Equal(PayloadFingerprint.Of(With("""{"invoice":7,"lines":[1,2]}""")), PayloadFingerprint.Of(With("""{ "invoice": 7, "lines": [ 1, 2 ] }""")));
         Assert.True(PayloadFingerprint.Conflicts(PayloadFingerprint.Of(With("""{"invoice":7}""")), PayloadFingerprint.Of(With("""{"invoice":8}"""))));
+    }
+
+    [Fact]
+    public void A_webhook_payload_counts_by_its_members_not_by_the_order_they_came_in_at_any_depth()
+    {
+        var url = new Uri("https://hooks.example.com/in");
+        var id = Guid.NewGuid();
+        DeliverWebhook With(string payload) => new() { WebhookId = id, Url = url, EventType = "order.paid", Payload = JsonDocument.Parse(payload).RootElement.Clone() };
+        var fingerprint = PayloadFingerprint.Of(With("""{"orderId":42,"amount":12.5,"customer":{"tier":"gold","id":7},"lines":[{"sku":"a","qty":1}]}"""));
+
+        Assert.Equal(fingerprint, PayloadFingerprint.Of(With("""{"lines":[{"qty":1,"sku":"a"}],"customer":{"id":7,"tier":"gold"},"amount":12.5,"orderId":42}""")));
+        // Arrays keep their order, numbers their text, and a member's value stays its own.
+        string[] others =
+            [
+                """{"orderId":42,"amount":12.5,"customer":{"tier":"gold","id":7},"lines":[{"sku":"a","qty":1},{"sku":"b","qty":1}]}""",
+                """{"orderId":42,"amount":12.50,"customer":{"tier":"gold","id":7},"lines":[{"sku":"a","qty":1}]}""",
+                """{"orderId":42,"amount":12.5,"customer":{"tier":"gold","id":8},"lines":[{"sku":"a","qty":1}]}""",
+                """{"orderId":42,"amount":12.5,"customer":{"tier":7,"id":"gold"},"lines":[{"sku":"a","qty":1}]}""",
+            ];
+        Assert.All(others, other => Assert.True(PayloadFingerprint.Conflicts(fingerprint, PayloadFingerprint.Of(With(other)))));
+        Assert.True(PayloadFingerprint.Conflicts(PayloadFingerprint.Of(With("[1,2]")), PayloadFingerprint.Of(With("[2,1]"))));
+    }
+
+    [Fact]
+    public void A_row_holding_the_fingerprint_from_before_name_order_is_the_same_command_and_only_for_the_order_it_was_taken_in()
+    {
+        var url = new Uri("https://hooks.example.com/in");
+        var id = Guid.NewGuid();
+        DeliverWebhook With(string payload) => new() { WebhookId = id, Url = url, EventType = "order.paid", Payload = JsonDocument.Parse(payload).RootElement.Clone() };
+        var arrived = With("""{"orderId":42,"amount":12.5}""");
+        var stored = LegacyFingerprints.Of(arrived);
+        var fingerprint = PayloadFingerprint.Of(arrived);
+
+        Assert.NotEqual(stored, fingerprint);
+        Assert.Equal(stored, PayloadFingerprint.LegacyOf(fingerprint));
+        Assert.False(PayloadFingerprint.Conflicts(stored, fingerprint));
+        Assert.Equal(id.ToString(), RemoteIdempotencyKeys.For(id.ToString(), stored, fingerprint));
+        // Another order of it was never fingerprinted as that row says (nothing can tell), nor is another command.
+        Assert.True(PayloadFingerprint.Conflicts(stored, PayloadFingerprint.Of(With("""{"amount":12.5,"orderId":42}"""))));
+        Assert.True(PayloadFingerprint.Conflicts(stored, PayloadFingerprint.Of(With("""{"orderId":43,"amount":12.5}"""))));
+
+        // Objects in name order, and commands without any, were fingerprinted the same way before: no second pass.
+        var sorted = With("""{"amount":12.5,"orderId":42}""");
+        Assert.Equal(LegacyFingerprints.Of(sorted), PayloadFingerprint.Of(sorted));
+        Assert.Null(PayloadFingerprint.LegacyOf(PayloadFingerprint.Of(sorted)));
+        var charge = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "a", AmountMinor = 1, Currency = "EUR" };
+        Assert.Equal(LegacyFingerprints.Of(charge), PayloadFingerprint.Of(charge));
+    }
+
+    [Fact]
+    public void A_payload_put_in_name_order_is_fingerprinted_alike_by_pods_from_before_and_after()
+    {
+        // What the Api publishes, so that an older worker's fingerprint of it is the one the Api stored.
+        var command = new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(), Url = new Uri("https://hooks.example.com/in"), EventType = "order.paid",
+            Payload = JsonDocument.Parse("""{"z":{"b":"\u00e9\"x","a":1.50e3},"a":[{"y":null,"x":true}],"m":"tab\t"}""").RootElement.Clone(),
+        };
+        var published = command with { Payload = PayloadFingerprint.InNameOrder(command.Payload) };
+
+        Assert.Equal("""{"a":[{"x":true,"y":null}],"m":"tab\t","z":{"a":1.50e3,"b":"\u00E9\u0022x"}}""", published.Payload.GetRawText());
+        Assert.Equal(PayloadFingerprint.Of(command), LegacyFingerprints.Of(published));
+        Assert.Equal(PayloadFingerprint.Of(command), PayloadFingerprint.Of(published));
+        var alreadySorted = published with { Payload = PayloadFingerprint.InNameOrder(published.Payload) };
+        Assert.Equal(published.Payload.GetRawText(), alreadySorted.Payload.GetRawText());
     }
 
     [Fact]

@@ -191,6 +191,72 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     [Theory]
     [InlineData(1)]
     [InlineData(16)]
+    public async Task A_webhook_published_again_with_its_payload_members_in_another_order_is_a_duplicate(int inboxBatchSize)
+    {
+        const string WebhookQueue = "deliver-webhook";
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        using var duplicates = InboxCounter.Duplicates(WebhookQueue);
+        using var conflicts = InboxCounter.Conflicts(WebhookQueue);
+        await using var worker = await fixture.StartWorkerAsync(WebhookSettings(inboxBatchSize));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver, """{"orderId":42,"amount":12.5,"customer":{"tier":"gold","id":7}}""");
+        var key = webhook.WebhookId.ToString();
+
+        await publisher.PublishAsync(webhook, Guid.NewGuid());
+        await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
+        await publisher.PublishAsync(webhook with { Payload = JsonElementOf("""{"customer":{"id":7,"tier":"gold"},"amount":12.5,"orderId":42}""") }, Guid.NewGuid());
+
+        await Eventually.AssertAsync(() => Assert.Equal(1, duplicates.Count));
+        await fixture.AssertDrainedAsync(worker, WebhookQueue);
+        Assert.Equal(0, conflicts.Count);
+        Assert.Single(receiver.Deliveries);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    public async Task Job_and_inbox_rows_an_older_pod_fingerprinted_in_arrival_order_take_the_same_webhook_for_the_same_command(int inboxBatchSize)
+    {
+        // Rows from before the fingerprint put object members in name order: an older Api's job row for a
+        // webhook whose payload is out of name order, queued, and then that webhook's inbox row as an older
+        // worker wrote it. Its command, and a copy of it, must neither conflict nor get another remote key.
+        const string WebhookQueue = "deliver-webhook";
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        using var duplicates = InboxCounter.Duplicates(WebhookQueue);
+        using var conflicts = InboxCounter.Conflicts(WebhookQueue);
+        var webhook = Webhook(receiver, """{"orderId":42,"amount":12.5}""");
+        var key = webhook.WebhookId.ToString();
+        var legacy = LegacyFingerprints.Of(webhook);
+        Assert.NotEqual(legacy, PayloadFingerprint.Of(webhook));
+        var jobId = await InsertAcceptedJobAsync(WebhookQueue, key, webhook, legacy);
+        // Declared up front, as MassTransit would declare it for its first failed message, so it can be counted.
+        await fixture.DeclareAsync(WebhookQueue + "_error");
+        await using var worker = await fixture.StartWorkerAsync(WebhookSettings(inboxBatchSize));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(webhook, Guid.NewGuid());
+
+        var job = await fixture.WaitForJobAsync(key, JobStatus.Succeeded);
+        Assert.Equal(jobId, job.Id);
+        Assert.Equal(key, Assert.Single(receiver.Deliveries).Headers["Idempotency-Key"]);
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync(
+                $"UPDATE inbox SET payload_hash = {legacy} WHERE consumer_id = {WebhookQueue} AND message_key = {key}"));
+        }
+
+        await publisher.PublishAsync(webhook, Guid.NewGuid());
+
+        await Eventually.AssertAsync(() => Assert.Equal(1, duplicates.Count));
+        await fixture.AssertDrainedAsync(worker, WebhookQueue);
+        Assert.Equal(0, conflicts.Count);
+        Assert.Equal(0u, await fixture.ReadyAsync(WebhookQueue + "_error"));
+        Assert.Single(receiver.Deliveries);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
     public async Task A_direct_publish_of_another_command_for_a_job_the_Api_accepted_goes_to_the_error_queue_and_the_Api_command_runs(int inboxBatchSize)
     {
         // The Api has committed the job's row for its command and not yet published it (or its command
@@ -461,18 +527,37 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     }
 
     /// <summary>A job row as the Api commits it before publishing: queued, with its command's fingerprint.</summary>
-    private async Task<Guid> InsertAcceptedJobAsync(string kind, string key, object command)
+    /// <param name="fingerprint">The fingerprint the row holds, if not the command's.</param>
+    private async Task<Guid> InsertAcceptedJobAsync(string kind, string key, object command, byte[]? fingerprint = null)
     {
         await using var db = fixture.CreateDbContext();
         var now = DateTimeOffset.UtcNow;
         var job = new Job
         {
             Id = Guid.CreateVersion7(), Kind = kind, BusinessKey = key, Status = JobStatus.Queued,
-            PayloadHash = PayloadFingerprint.Of(command), CreatedAt = now, UpdatedAt = now,
+            PayloadHash = fingerprint ?? PayloadFingerprint.Of(command), CreatedAt = now, UpdatedAt = now,
         };
         db.Jobs.Add(job);
         await db.SaveChangesAsync();
         return job.Id;
+    }
+
+    private static DeliverWebhook Webhook(FakeWebhookReceiver receiver, string payload) => new()
+    {
+        WebhookId = Guid.NewGuid(), Url = receiver.Url(), EventType = "order.paid", Payload = JsonElementOf(payload),
+    };
+
+    private static JsonElement JsonElementOf(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        return document.RootElement.Clone();
+    }
+
+    private static Dictionary<string, string?> WebhookSettings(int inboxBatchSize)
+    {
+        var settings = WorkerSettings.With();
+        settings["Consumers:DeliverWebhook:InboxBatchSize"] = inboxBatchSize.ToString(CultureInfo.InvariantCulture);
+        return settings;
     }
 
     private static Dictionary<string, string?> Settings(FakePaymentGateway gateway, int inboxBatchSize)
