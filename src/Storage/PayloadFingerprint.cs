@@ -21,7 +21,7 @@ namespace Conveyor.Storage;
 /// its objects written in ordinal name order, at every depth; arrays keep their order, and numbers
 /// their text (<c>12.5</c> and <c>12.50</c> differ).
 /// <para>
-/// Until the twenty-eighth session such a value was written in the order its members arrived. Rows and
+/// Until 2026-12-02 such a value was written in the order its members arrived. Rows and
 /// older pods keep that fingerprint (ADR 0011, amendment), so a command whose objects were not in name
 /// order also has a legacy fingerprint (<see cref="LegacyOf"/>), and <see cref="Conflicts"/> takes
 /// either as the same command.

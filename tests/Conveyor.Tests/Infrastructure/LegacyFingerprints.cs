@@ -5,7 +5,7 @@ using System.Text.Json.Serialization;
 namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
-/// The fingerprint as pods before the twenty-eighth session computed it, free-form JSON objects written in
+/// The fingerprint as pods before 2026-12-02 computed it, free-form JSON objects written in
 /// the order their members arrived (ADR 0011, amendment), for rows the tests write as such a pod would.
 /// </summary>
 public static class LegacyFingerprints
