@@ -61,20 +61,80 @@ public sealed record ErrorQueueMessage(
     private static string? JobStatusNow(Guid? jobId, IReadOnlyDictionary<Guid, string> jobStatuses) =>
         jobId is { } id ? jobStatuses.GetValueOrDefault(id, JobStatusMissing) : null;
 
-    private static JsonElement? ParseHistory(string? history)
+    /// <summary>
+    /// The history as JSON when it has the shape a move writes (<see cref="FreshCopy.History"/>): an array of at
+    /// most <see cref="FreshCopy.HistoryLength"/> flat objects whose values are strings, numbers or null, within
+    /// <see cref="Contracts.JobHeaders.MaxFaultHistoryBytes"/>, every string valid text. Anything else came from
+    /// whoever sent the command (the worker keeps headers it does not own) and is shown as its text, cut to that
+    /// bound: embedded as it came, an array nested near the writer's depth limit or a lone surrogate escape
+    /// (<c>"\ud800"</c>) would fail the whole answer, for every peek that reaches the message.
+    /// </summary>
+    internal static JsonElement? ParseHistory(string? history)
     {
         if (history is null)
         {
             return null;
         }
 
+        if (System.Text.Encoding.UTF8.GetByteCount(history) <= Contracts.JobHeaders.MaxFaultHistoryBytes)
+        {
+            try
+            {
+                // Depth 2 is the array and its objects: anything deeper is not a history a move wrote.
+                using var document = JsonDocument.Parse(history, new JsonDocumentOptions { MaxDepth = 2 });
+                if (IsWrittenHistory(document.RootElement))
+                {
+                    return document.RootElement.Clone();
+                }
+            }
+            catch (JsonException)
+            {
+                // Shown as text below.
+            }
+        }
+
+        return JsonSerializer.SerializeToElement(FaultedMessage.Cut(history, Contracts.JobHeaders.MaxFaultHistoryBytes));
+    }
+
+    private static bool IsWrittenHistory(JsonElement history)
+    {
+        if (history.ValueKind != JsonValueKind.Array || history.GetArrayLength() > FreshCopy.HistoryLength)
+        {
+            return false;
+        }
+
+        foreach (var entry in history.EnumerateArray())
+        {
+            if (entry.ValueKind != JsonValueKind.Object)
+            {
+                return false;
+            }
+
+            foreach (var field in entry.EnumerateObject())
+            {
+                if (!IsText(() => field.Name)
+                    || field.Value.ValueKind is not (JsonValueKind.String or JsonValueKind.Number or JsonValueKind.Null)
+                    || (field.Value.ValueKind == JsonValueKind.String && !IsText(field.Value.GetString)))
+                {
+                    return false;
+                }
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>False for a JSON string whose escapes make no valid UTF-16 text (a lone surrogate), which no writer writes.</summary>
+    private static bool IsText(Func<string?> read)
+    {
         try
         {
-            return JsonSerializer.Deserialize<JsonElement>(history);
+            _ = read();
+            return true;
         }
-        catch (JsonException)
+        catch (InvalidOperationException)
         {
-            return JsonSerializer.SerializeToElement(history);
+            return false;
         }
     }
 }

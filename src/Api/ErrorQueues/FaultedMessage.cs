@@ -105,6 +105,19 @@ public sealed record FaultedMessage
         return Encoding.UTF8.GetString(body[..end]);
     }
 
+    /// <summary>At most <paramref name="chars"/> characters of <paramref name="text"/>, never ending inside a surrogate pair.</summary>
+    [return: System.Diagnostics.CodeAnalysis.NotNullIfNotNull(nameof(text))]
+    public static string? Cut(string? text, int chars)
+    {
+        if (text is null || text.Length <= chars)
+        {
+            return text;
+        }
+
+        var length = char.IsHighSurrogate(text[chars - 1]) ? chars - 1 : chars;
+        return text[..length];
+    }
+
     /// <summary>
     /// <c>messageId</c> and the first <c>messageType</c> of a MassTransit JSON envelope, for messages
     /// whose headers lack them (<c>_skipped</c> ones); nulls for any other body.

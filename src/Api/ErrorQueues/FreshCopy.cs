@@ -116,25 +116,13 @@ public static class FreshCopy
         using (var writer = new Utf8JsonWriter(buffer))
         {
             writer.WriteStartObject();
-            writer.WriteString("exceptionType"u8, Cut(message.ExceptionType, HistoryTypeChars));
-            writer.WriteString("message"u8, Cut(message.ExceptionMessage ?? "", HistoryMessageChars));
+            writer.WriteString("exceptionType"u8, FaultedMessage.Cut(message.ExceptionType, HistoryTypeChars));
+            writer.WriteString("message"u8, FaultedMessage.Cut(message.ExceptionMessage ?? "", HistoryMessageChars));
             writer.WriteString("faultedAt"u8, message.FaultedAt?.ToString("O", CultureInfo.InvariantCulture));
             writer.WriteEndObject();
         }
 
         return Encoding.UTF8.GetString(buffer.WrittenSpan);
-    }
-
-    /// <summary>At most <paramref name="chars"/> characters, never ending inside a surrogate pair.</summary>
-    private static string? Cut(string? text, int chars)
-    {
-        if (text is null || text.Length <= chars)
-        {
-            return text;
-        }
-
-        var length = char.IsHighSurrogate(text[chars - 1]) ? chars - 1 : chars;
-        return text[..length];
     }
 
     /// <summary>A mangled history is dropped rather than carried along.</summary>

@@ -104,7 +104,7 @@ public sealed class GroupsVisitor : WalkVisitor
                 return (WalkAction.Keep, null);
             }
 
-            var example = message.ExceptionMessage is { Length: > 500 } text ? text[..500] : message.ExceptionMessage;
+            var example = FaultedMessage.Cut(message.ExceptionMessage, 500);
             group = new FaultGroup(id, message.ExceptionType, FaultFingerprint.Normalise(message.ExceptionMessage), example);
             _groups[id] = group;
         }

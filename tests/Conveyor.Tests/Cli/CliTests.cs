@@ -61,6 +61,28 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
+    /// <summary>Headers another producer made up (see <see cref="HostileHeaderTests"/>) break neither the table nor the JSON.</summary>
+    [Fact]
+    public async Task Messages_and_groups_of_a_queue_with_hostile_headers_print_every_message()
+    {
+        var hostile = await HostileMessages.DeadLetterAsync(Broker);
+
+        var table = await RunAsync("messages", ErrorQueueKit.ChargeErrors, "--limit", "50", "--body");
+        Assert.Equal(ExitCodes.Ok, table.ExitCode);
+        Assert.All(hostile.All, id => Assert.Contains(id, table.Out, StringComparison.Ordinal));
+
+        var json = await RunAsync("messages", ErrorQueueKit.ChargeErrors, "--limit", "50", "--json");
+        Assert.Equal(ExitCodes.Ok, json.ExitCode);
+        var histories = JsonDocument.Parse(json.Out).RootElement.GetProperty("messages").EnumerateArray()
+            .ToDictionary(m => m.GetProperty("messageId").GetString()!, m => m.GetProperty("faultHistory"));
+        Assert.Equal(JsonValueKind.Array, histories[hostile.Harmless].ValueKind);
+        Assert.All(hostile.Histories, h => Assert.Equal(h.Value, histories[h.Key].GetString()));
+
+        var groups = await RunAsync("groups", ErrorQueueKit.ChargeErrors);
+        Assert.Equal(ExitCodes.Ok, groups.ExitCode);
+        Assert.Contains($"{hostile.All.Count} of {hostile.All.Count} message(s) examined", groups.Out, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Move_dry_run_then_move_by_exception_type_then_audit()
     {
