@@ -33,7 +33,7 @@ internal static class OperationRequestParser
         string? target = null;
         if (!purge && fields.OptionalNotNull("target") is { } targetJson)
         {
-            target = Text(targetJson, "target", ErrorQueueNames.MaxQueueNameBytes, errors);
+            target = Text(targetJson, "target", ErrorQueueNames.MaxQueueNameBytes, errors, exact: true);
         }
 
         int? limit = null;
@@ -164,11 +164,22 @@ internal static class OperationRequestParser
         return set;
     }
 
-    private static string? Text(JsonElement json, string field, int maxLength, FieldErrors errors)
+    /// <param name="exact">
+    /// The text names something as it is (a queue, in which RabbitMQ keeps spaces), so whitespace around it is
+    /// refused rather than trimmed: trimmed, <c>" charge-payment"</c> would move to another queue than the one
+    /// named. Otherwise (type names and group ids, matched loosely anyway) it is trimmed.
+    /// </param>
+    private static string? Text(JsonElement json, string field, int maxLength, FieldErrors errors, bool exact = false)
     {
         if (json.ValueKind != JsonValueKind.String || json.GetString() is not { } text || string.IsNullOrWhiteSpace(text) || text.Length > maxLength)
         {
             errors.Add(field, $"Must be a non-blank string of at most {maxLength} characters.");
+            return null;
+        }
+
+        if (exact && text.Length != text.Trim().Length)
+        {
+            errors.Add(field, "Must not begin or end with whitespace: give the name exactly.");
             return null;
         }
 

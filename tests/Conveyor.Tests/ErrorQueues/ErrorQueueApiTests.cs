@@ -512,6 +512,9 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         { """{"target":"."}""", ["target"] },
         { """{"target":".."}""", ["target"] },
         { """{"target":" .. "}""", ["target"] },
+        // A queue name is taken as given, never trimmed into another queue's (charge-payment exists).
+        { """{"target":" charge-payment"}""", ["target"] },
+        { """{"target":"charge-payment\n"}""", ["target"] },
         // Recorded with the operation as jsonb, which refuses a NUL.
         { """{"filter":{"exceptionType":"System.TimeoutException\u0000","messageType":"\u0000"}}""", ["filter.exceptionType", "filter.messageType"] },
         { """{"filter":{"messageIds":["a\u0000"]}}""", ["filter.messageIds"] },
