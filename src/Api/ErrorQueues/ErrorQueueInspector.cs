@@ -48,16 +48,24 @@ public sealed class ErrorQueueInspector(
         string queue, int limit, WalkVisitor visitor, Func<T> result, CancellationToken cancellationToken)
     {
         var waitUntil = time.GetUtcNow() + TimeSpan.FromSeconds(options.Value.InspectionWaitSeconds);
-        QueueLease? lease;
-        while ((lease = await locks.TryAcquireAsync(queue, cancellationToken)) is null)
-        {
-            var running = await operations.RunningOperationIdAsync(queue, cancellationToken);
-            if (running is not null || time.GetUtcNow() >= waitUntil)
+        Guid? running = null;
+        var lease = await locks.AcquireAsync(
+            queue,
+            async token =>
             {
-                return new Inspection<T>(default, 0, 0, Busy: true, running);
-            }
+                running = await operations.RunningOperationIdAsync(queue, token);
+                if (running is not null || time.GetUtcNow() >= waitUntil)
+                {
+                    return false;
+                }
 
-            await Task.Delay(RetryInterval, time, cancellationToken);
+                await Task.Delay(RetryInterval, time, token);
+                return true;
+            },
+            cancellationToken);
+        if (lease is null)
+        {
+            return new Inspection<T>(default, 0, 0, Busy: true, running);
         }
 
         await using (lease)

@@ -41,7 +41,15 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
     }
 
     /// <summary>The lock, or null when someone else holds it.</summary>
-    public async Task<QueueLease?> TryAcquireAsync(string queue, CancellationToken cancellationToken)
+    public Task<QueueLease?> TryAcquireAsync(string queue, CancellationToken cancellationToken) =>
+        AcquireAsync(queue, _ => Task.FromResult(false), cancellationToken);
+
+    /// <summary>
+    /// The lock, tried on one session until it is free or <paramref name="tryAgain"/> (called after each
+    /// refusal, and free to wait before it answers) says to give up; null then. A refused try takes nothing,
+    /// so the session can try again: a wait costs one connection, not one (unpooled) per try.
+    /// </summary>
+    public async Task<QueueLease?> AcquireAsync(string queue, Func<CancellationToken, Task<bool>> tryAgain, CancellationToken cancellationToken)
     {
         var connection = new NpgsqlConnection(_connectionString);
         try
@@ -50,10 +58,14 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
             await using var command = new NpgsqlCommand("SELECT pg_try_advisory_lock(@class, @key)", connection);
             command.Parameters.AddWithValue("class", LockClass);
             command.Parameters.AddWithValue("key", KeyOf(queue));
-            if (await command.ExecuteScalarAsync(cancellationToken) is true)
+            do
             {
-                return new QueueLease(connection, LockClass, KeyOf(queue));
+                if (await command.ExecuteScalarAsync(cancellationToken) is true)
+                {
+                    return new QueueLease(connection, LockClass, KeyOf(queue));
+                }
             }
+            while (await tryAgain(cancellationToken));
         }
         catch
         {
