@@ -69,7 +69,7 @@ public sealed record ErrorQueueMessage(
     /// bound: embedded as it came, an array nested near the writer's depth limit or a lone surrogate escape
     /// (<c>"\ud800"</c>) would fail the whole answer, for every peek that reaches the message.
     /// </summary>
-    internal static JsonElement? ParseHistory(string? history)
+    private static JsonElement? ParseHistory(string? history)
     {
         if (history is null)
         {
