@@ -93,9 +93,11 @@ public sealed class SchemaReadinessTests(ConveyorFixture fixture) : ScratchDatab
         await using var starting = await Fixture.StartApiAsync(new Dictionary<string, string?> { ["ConnectionStrings:Conveyor"] = ConnectionString });
         for (var probe = 0; probe < 3; probe++)
         {
-            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(ready);
+            // The database check is what the migration could turn unready; the broker's readings are another
+            // check, which a busy machine's slow management API can hold up for a few seconds on its own.
+            var (_, checks) = await BrokerOutageSignalsTests.ReadinessAsync(ready);
             var database = checks.GetProperty("database");
-            Assert.True(status == HttpStatusCode.OK, checks.ToString());
+            Assert.True(database.GetProperty("status").GetString() == "Healthy", checks.ToString());
             Assert.Contains("a migration is running", database.GetProperty("description").GetString(), StringComparison.Ordinal);
         }
 
