@@ -502,7 +502,7 @@ public sealed partial class RedeliveryDispatcher(
         // On the database's clock, which due times are counted on (RedeliveryStore).
         var secondsLeft = await db.Database
             .SqlQuery<double?>($"""SELECT EXTRACT(EPOCH FROM MIN(due_at) - clock_timestamp())::float8 AS "Value" FROM scheduled_messages""")
-            .FirstAsync(cancellationToken);
+            .SingleAsync(cancellationToken); // one row, an aggregate's (First logged EF's "First without OrderBy" warning at every start)
         var maxIdle = TimeSpan.FromSeconds(options.Value.MaxIdleSeconds);
         if (secondsLeft is not { } left)
         {
