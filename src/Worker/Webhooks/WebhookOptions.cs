@@ -53,7 +53,7 @@ public sealed class WebhookOptions : IValidatableObject
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
     {
-        if (PreviousSigningSecrets.Any(secret => secret is null || secret.Length < MinSecretLength))
+        if (PreviousSigningSecrets.Any(IsTooShort))
         {
             yield return new ValidationResult(
                 $"Each of {SectionName}:{nameof(PreviousSigningSecrets)} must be at least {MinSecretLength} characters long, as {SectionName}:{nameof(SigningSecret)}.",
@@ -82,7 +82,7 @@ public sealed class WebhookOptions : IValidatableObject
                     [nameof(Receivers)]);
             }
 
-            if (receiver.SigningSecret is null || receiver.SigningSecret.Length < MinSecretLength)
+            if (IsTooShort(receiver.SigningSecret))
             {
                 yield return new ValidationResult(
                     $"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)} is required and must be at least {MinSecretLength} characters long.", [nameof(Receivers)]);
@@ -95,11 +95,14 @@ public sealed class WebhookOptions : IValidatableObject
                     [nameof(Receivers)]);
             }
 
-            if ((receiver.PreviousSigningSecrets ?? []).Any(secret => secret is null || secret.Length < MinSecretLength))
+            if ((receiver.PreviousSigningSecrets ?? []).Any(IsTooShort))
             {
                 yield return new ValidationResult(
                     $"Each of {setting}:{nameof(WebhookReceiverOptions.PreviousSigningSecrets)} must be at least {MinSecretLength} characters long.", [nameof(Receivers)]);
             }
         }
     }
+
+    /// <summary>Missing or shorter than <see cref="MinSecretLength"/>: the one rule for every secret, shared or a receiver's, current or previous.</summary>
+    private static bool IsTooShort(string? secret) => secret is null || secret.Length < MinSecretLength;
 }
