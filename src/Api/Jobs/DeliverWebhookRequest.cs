@@ -10,10 +10,10 @@ internal static class DeliverWebhookRequest
     /// <summary>The business id: the job's unique key within its kind.</summary>
     public const string BusinessIdField = "webhookId";
 
-    public static JobRequest? Read(JsonFields fields, bool allowPrivateHosts)
+    public static JobRequest? Read(JsonFields fields, WebhookUrlRules webhookUrls)
     {
         var webhookId = fields.RequiredId(BusinessIdField);
-        var url = fields.RequiredString("url", value => FieldRules.WebhookUrl(value, allowPrivateHosts));
+        var url = fields.RequiredString("url", value => FieldRules.WebhookUrl(value, webhookUrls));
         var eventType = fields.RequiredString("eventType", FieldRules.EventType);
         var payload = fields.RequiredValue("payload", ContractRules.MaxPayloadDepth);
 

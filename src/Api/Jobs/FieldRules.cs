@@ -24,12 +24,13 @@ internal static class FieldRules
     /// </summary>
     public static string? Text(string value) => ContractRules.NoControlCharacters(value);
 
-    /// <param name="allowPrivateHosts">
-    /// False: an address literal that is not public (<see cref="NetworkAddresses.IsPublic"/>) or a
-    /// localhost name is refused, as the worker would refuse to deliver there. Other names are left
-    /// to the worker, which checks the addresses they resolve to when it connects.
+    /// <param name="rules">
+    /// Unless private networks are allowed, an address literal that is not public
+    /// (<see cref="NetworkAddresses.IsPublic"/>) or a localhost name is refused, as the worker would
+    /// refuse to deliver there. Other names are left to the worker, which checks the addresses they
+    /// resolve to when it connects. When registration is required, so is an unregistered origin.
     /// </param>
-    public static string? WebhookUrl(string value, bool allowPrivateHosts)
+    public static string? WebhookUrl(string value, WebhookUrlRules rules)
     {
         // The contract's rule refuses control characters too: a URL keeps them as given, and the worker stores it as text.
         if (ContractRules.WebhookUrl(value) is { } problem)
@@ -41,8 +42,8 @@ internal static class FieldRules
         var internalHost = url.HostNameType is UriHostNameType.IPv4 or UriHostNameType.IPv6
             ? IPAddress.TryParse(url.DnsSafeHost, out var address) && !NetworkAddresses.IsPublic(address)
             : NetworkAddresses.IsLocalHostName(url.DnsSafeHost);
-        return internalHost && !allowPrivateHosts
+        return internalHost && !rules.AllowPrivateNetworks
             ? "Must not point to a loopback, private, link-local or other internal address (Webhooks:AllowPrivateNetworks allows it)."
-            : null;
+            : rules.UnregisteredReceiver(url);
     }
 }

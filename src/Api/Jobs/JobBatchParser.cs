@@ -19,7 +19,7 @@ internal static class JobBatchParser
     /// <param name="maxJobs">The most jobs a batch may hold (the caller's rate limit may make it fewer than usual).</param>
     /// <param name="maxJobBytes">The largest job, as for the body of a single submission.</param>
     public static IReadOnlyList<JobBatchItem>? Parse(
-        string kind, byte[] body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts, int maxJobs, int maxJobBytes)
+        string kind, byte[] body, FieldErrors errors, DateTimeOffset now, WebhookUrlRules webhookUrls, int maxJobs, int maxJobBytes)
     {
         // Checked and parsed once, whole; each job is then read from this document.
         using var document = JsonBody.ParseObject(body, errors, JobRequestParser.InvalidJson);
@@ -55,7 +55,7 @@ internal static class JobBatchParser
             }
 
             var jobErrors = new FieldErrors();
-            var request = JobRequestParser.Read(kind, element, jobErrors, now, allowPrivateWebhookHosts, deferRunAtWindow: true);
+            var request = JobRequestParser.Read(kind, element, jobErrors, now, webhookUrls, deferRunAtWindow: true);
             if (request is null)
             {
                 errors.AddAll(jobErrors, path);

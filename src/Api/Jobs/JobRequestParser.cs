@@ -27,7 +27,7 @@ internal static class JobRequestParser
     };
 
     /// <summary>Null when <paramref name="errors"/> received at least one error.</summary>
-    /// <param name="allowPrivateWebhookHosts"><see cref="WebhookUrlOptions.AllowPrivateNetworks"/>.</param>
+    /// <param name="webhookUrls">What the settings allow as a webhook's URL.</param>
     /// <param name="unknownFields">
     /// <see cref="UnknownFields.Refuse"/> for a new submission; <see cref="UnknownFields.Ignore"/> for a
     /// body accepted earlier (a stored request), which an Api of an earlier version may have let through.
@@ -38,11 +38,11 @@ internal static class JobRequestParser
     /// request with its job (its time may have passed since) and refuses a new one.
     /// </param>
     public static JobRequest? Parse(
-        string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts = false,
+        string kind, ReadOnlyMemory<byte> body, FieldErrors errors, DateTimeOffset now, WebhookUrlRules webhookUrls,
         UnknownFields unknownFields = UnknownFields.Refuse, bool deferRunAtWindow = false)
     {
         using var document = JsonBody.ParseObject(body, errors, InvalidJson);
-        return document is null ? null : Read(kind, document.RootElement, errors, now, allowPrivateWebhookHosts, unknownFields, deferRunAtWindow);
+        return document is null ? null : Read(kind, document.RootElement, errors, now, webhookUrls, unknownFields, deferRunAtWindow);
     }
 
     /// <summary>
@@ -52,9 +52,9 @@ internal static class JobRequestParser
     /// job's <paramref name="businessKey"/> or schedules it for later (no error then).
     /// </summary>
     public static JobRequest? ReadStored(
-        string kind, byte[] body, string businessKey, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts)
+        string kind, byte[] body, string businessKey, FieldErrors errors, DateTimeOffset now, WebhookUrlRules webhookUrls)
     {
-        var request = Parse(kind, body, errors, now, allowPrivateWebhookHosts, UnknownFields.Ignore);
+        var request = Parse(kind, body, errors, now, webhookUrls, UnknownFields.Ignore);
         return request is null || errors.Count > 0 || request.RunAt is not null || request.BusinessKey != businessKey ? null : request;
     }
 
@@ -63,7 +63,7 @@ internal static class JobRequestParser
     /// checked and parsed whole).
     /// </summary>
     public static JobRequest? Read(
-        string kind, JsonElement body, FieldErrors errors, DateTimeOffset now, bool allowPrivateWebhookHosts,
+        string kind, JsonElement body, FieldErrors errors, DateTimeOffset now, WebhookUrlRules webhookUrls,
         UnknownFields unknownFields = UnknownFields.Refuse, bool deferRunAtWindow = false)
     {
         var fields = new JsonFields(body, errors);
@@ -71,7 +71,7 @@ internal static class JobRequestParser
         var request = kind switch
         {
             JobKinds.ChargePayment => ChargePaymentRequest.Read(fields),
-            JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields, allowPrivateWebhookHosts),
+            JobKinds.DeliverWebhook => DeliverWebhookRequest.Read(fields, webhookUrls),
             JobKinds.GenerateReport => GenerateReportRequest.Read(fields),
             _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Not a job kind."),
         };

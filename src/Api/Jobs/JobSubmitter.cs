@@ -59,7 +59,7 @@ internal sealed class JobSubmitter(
     SubmissionMetrics metrics,
     IPublishEndpoint publishEndpoint,
     IOptions<RabbitMqOptions> rabbitMq,
-    IOptions<WebhookUrlOptions> webhookUrls,
+    WebhookUrlRules webhookUrls,
     TimeProvider clock,
     ILogger<JobSubmitter> logger)
 {
@@ -315,7 +315,7 @@ internal sealed class JobSubmitter(
 
         var command = request.RunAt is null && found.RequestHash == requestHash
             ? request
-            : JobRequestParser.ReadStored(found.Kind, body, found.BusinessKey, new FieldErrors(), clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+            : JobRequestParser.ReadStored(found.Kind, body, found.BusinessKey, new FieldErrors(), clock.GetUtcNow(), webhookUrls);
         if (command is null)
         {
             // Valid when it was submitted, refused by the rules now (a new version in between): the

@@ -3,7 +3,6 @@ using Conveyor.Api.Hosting;
 using Conveyor.Contracts;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
-using Microsoft.Extensions.Options;
 using System.Diagnostics;
 using System.Globalization;
 
@@ -24,7 +23,7 @@ internal static partial class JobsApi
         SubmissionRateLimiter RateLimiter,
         SubmissionMetrics Metrics,
         TimeProvider Clock,
-        IOptions<WebhookUrlOptions> WebhookUrls,
+        WebhookUrlRules WebhookUrls,
         CancellationToken CancellationToken);
 
     internal static async Task<Results<Accepted<JobAccepted>, ValidationProblem, ProblemHttpResult>> SubmitJob(
@@ -39,7 +38,7 @@ internal static partial class JobsApi
 
         var errors = new FieldErrors();
         var idempotencyKey = IdempotencyKey.Read(http.Request.Headers, errors);
-        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, deferRunAtWindow: true);
+        var job = JobRequestParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls, deferRunAtWindow: true);
         if (job is null || errors.Count > 0)
         {
             return TypedResults.ValidationProblem(errors.ToDictionary());
@@ -99,7 +98,7 @@ internal static partial class JobsApi
         var errors = new FieldErrors();
         var batchKey = IdempotencyKey.Read(http.Request.Headers, errors, IdempotencyKey.MaxBatchLength);
         var maxJobs = Math.Min(MaxBatchJobs, rateLimiter.Burst);
-        var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks, maxJobs, MaxBodyBytes);
+        var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls, maxJobs, MaxBodyBytes);
         if (items is null || errors.Count > 0)
         {
             rateLimiter.Spend(http);

@@ -35,7 +35,8 @@ internal static partial class JobsApi
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<JobRows>();
         services.AddSingleton<SubmissionMetrics>();
-        services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName);
+        services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<WebhookUrlRules>();
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
         services.AddOptions<StrandedJobsOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();

@@ -25,7 +25,7 @@ public sealed partial class StrandedJobRepublisher(
     IServiceScopeFactory scopes,
     IDbContextFactory<ConveyorDbContext> dbFactory,
     IOptions<RabbitMqOptions> rabbitMq,
-    IOptions<WebhookUrlOptions> webhookUrls,
+    WebhookUrlRules webhookUrls,
     IMeterFactory meters,
     TimeProvider time,
     ILogger<StrandedJobRepublisher> logger)
@@ -108,7 +108,7 @@ public sealed partial class StrandedJobRepublisher(
             var job = claimed[i];
             var errors = new FieldErrors();
             var request = JobRequestParser.ReadStored(
-                job.Kind, job.RequestBody, job.BusinessKey, errors, time.GetUtcNow(), webhookUrls.Value.AllowPrivateNetworks);
+                job.Kind, job.RequestBody, job.BusinessKey, errors, time.GetUtcNow(), webhookUrls);
             if (request is null)
             {
                 // Valid when it was submitted; this version's rules or settings refuse it now. It stays

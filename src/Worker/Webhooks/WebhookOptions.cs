@@ -1,4 +1,5 @@
 using System.ComponentModel.DataAnnotations;
+using Conveyor.ServiceDefaults;
 
 namespace Conveyor.Worker.Webhooks;
 
@@ -60,7 +61,8 @@ public sealed class WebhookOptions : IValidatableObject
                 [nameof(PreviousSigningSecrets)]);
         }
 
-        var origins = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
+        // The Api reads the origins the same way (WebhookReceiverOrigins), and refuses the same ones at start.
+        WebhookReceiverOrigins.Read([.. Receivers.Select(r => r?.Origin)], out var originErrors);
         for (var i = 0; i < Receivers.Length; i++)
         {
             var setting = $"{SectionName}:{nameof(Receivers)}:{i}";
@@ -71,15 +73,9 @@ public sealed class WebhookOptions : IValidatableObject
                 continue;
             }
 
-            if (WebhookOrigin.Read(receiver.Origin, out var origin) is { } problem)
+            if (originErrors.TryGetValue(i, out var originError))
             {
-                yield return new ValidationResult($"{setting}:{nameof(WebhookReceiverOptions.Origin)} {problem}.", [nameof(Receivers)]);
-            }
-            else if (!origins.TryAdd(origin, i))
-            {
-                yield return new ValidationResult(
-                    $"{setting}:{nameof(WebhookReceiverOptions.Origin)} is {origin}, as {SectionName}:{nameof(Receivers)}:{origins[origin]}:{nameof(WebhookReceiverOptions.Origin)}: an origin has one receiver and one set of secrets.",
-                    [nameof(Receivers)]);
+                yield return new ValidationResult(originError, [nameof(Receivers)]);
             }
 
             if (IsTooShort(receiver.SigningSecret))

@@ -7,7 +7,7 @@ namespace Conveyor.Worker.Webhooks;
 /// </summary>
 public sealed class WebhookReceiverOptions
 {
-    /// <summary>Scheme, host and port of the receiver's webhook URLs (<see cref="WebhookOrigin"/>).</summary>
+    /// <summary>Scheme, host and port of the receiver's webhook URLs (<see cref="ServiceDefaults.WebhookOrigin"/>).</summary>
     public string Origin { get; set; } = "";
 
     public string SigningSecret { get; set; } = "";

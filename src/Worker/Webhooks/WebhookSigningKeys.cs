@@ -1,4 +1,4 @@
-using System.Collections.Frozen;
+using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Failures;
 using Microsoft.Extensions.Options;
 
@@ -12,7 +12,8 @@ namespace Conveyor.Worker.Webhooks;
 /// </summary>
 public sealed class WebhookSigningKeys
 {
-    private readonly FrozenDictionary<string, IReadOnlyList<string>> _byOrigin;
+    private readonly WebhookReceiverOrigins _receivers;
+    private readonly IReadOnlyList<string>[] _receiverSecrets;
     private readonly IReadOnlyList<string> _shared;
     private readonly bool _requireRegistered;
 
@@ -21,32 +22,23 @@ public sealed class WebhookSigningKeys
         var webhooks = options.Value;
         _shared = webhooks.SigningSecrets();
         _requireRegistered = webhooks.RequireRegisteredReceivers;
-        var byOrigin = new Dictionary<string, IReadOnlyList<string>>(StringComparer.OrdinalIgnoreCase);
-        foreach (var receiver in webhooks.Receivers)
-        {
-            // The options were validated at start; this only keeps an unreadable entry from matching anything.
-            if (WebhookOrigin.Read(receiver.Origin, out var origin) is null)
-            {
-                byOrigin.TryAdd(origin, receiver.SigningSecrets());
-            }
-        }
-
-        _byOrigin = byOrigin.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+        // The options were validated at start; an unreadable entry matches nothing.
+        _receivers = WebhookReceiverOrigins.Read([.. webhooks.Receivers.Select(r => r?.Origin)], out _);
+        _receiverSecrets = [.. webhooks.Receivers.Select(r => r?.SigningSecrets() ?? [])];
     }
 
     /// <summary>The secrets to sign a delivery to <paramref name="url"/> with, the current one first.</summary>
     /// <exception cref="PermanentFailureException">The origin is not registered and registration is required.</exception>
     public IReadOnlyList<string> For(Uri url)
     {
-        var origin = WebhookOrigin.Of(url);
-        if (_byOrigin.TryGetValue(origin, out var secrets))
+        if (_receivers.IndexOf(url) is { } receiver)
         {
-            return secrets;
+            return _receiverSecrets[receiver];
         }
 
         return _requireRegistered
             ? throw new PermanentFailureException(
-                $"The webhook URL's origin {origin} is not a registered receiver ({WebhookOptions.SectionName}:{nameof(WebhookOptions.Receivers)}), and {WebhookOptions.SectionName}:{nameof(WebhookOptions.RequireRegisteredReceivers)} refuses deliveries to any other; no request was made.")
+                $"The webhook URL's origin {WebhookOrigin.Of(url)} is not a registered receiver ({WebhookOptions.SectionName}:{nameof(WebhookOptions.Receivers)}), and {WebhookOptions.SectionName}:{nameof(WebhookOptions.RequireRegisteredReceivers)} refuses deliveries to any other; no request was made.")
             : _shared;
     }
 }

@@ -110,13 +110,18 @@ public sealed class SettingNamesTests
     [InlineData("Logging:LogLevel:Default", false, true)]
     [InlineData("Webhooks:AllowPrivateNetworks", true, true)]
     [InlineData("Webhooks:SigningSecret", true, false)]
-    // base/config/worker.env and worker-deployment.yaml show how to register a receiver.
+    // base/config/common.env and worker-deployment.yaml show how to register a receiver.
     [InlineData("Webhooks:Receivers:0:Origin", false, true)]
     [InlineData("Webhooks:Receivers:0:SigningSecret", false, true)]
     [InlineData("Webhooks:Receivers:3:PreviousSigningSecrets:0", false, true)]
     [InlineData("Webhooks:Receivers:0:Orgin", false, false)]
-    [InlineData("Webhooks:Receivers:0:Origin", true, false)]
+    // The Api reads the origins and the requirement (base/config/common.env), not the secrets.
+    [InlineData("Webhooks:Receivers:0:Origin", true, true)]
+    [InlineData("Webhooks:Receivers:0:Orgin", true, false)]
+    [InlineData("Webhooks:Receivers:0:SigningSecret", true, false)]
+    [InlineData("Webhooks:Receivers:0:PreviousSigningSecrets:0", true, false)]
     [InlineData("Webhooks:RequireRegisteredReceivers", false, true)]
+    [InlineData("Webhooks:RequireRegisteredReceivers", true, true)]
     public void The_check_knows_settings_from_typos(string key, bool api, bool known) =>
         Assert.Equal(known, Known(key, api));
 
@@ -140,6 +145,12 @@ public sealed class SettingNamesTests
             if (parts is [var backpressure, var depth, _] && Is(backpressure, BackpressureOptions.SectionName) && Is(depth, nameof(BackpressureOptions.MaxQueueDepth)))
             {
                 return true;
+            }
+
+            // Webhooks:Receivers:<n>:Origin.
+            if (parts is [var webhooks, var receivers, var index, ..] && Is(webhooks, WebhookUrlOptions.SectionName) && Is(receivers, nameof(WebhookUrlOptions.Receivers)))
+            {
+                return parts.Length == 4 && int.TryParse(index, out _) && HasProperty(typeof(WebhookReceiverUrlOptions), parts[3]);
             }
         }
         else if (parts is [var consumers, var consumer, var property] && Is(consumers, ConsumerEndpointOptions.SectionName))

@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Conveyor.Worker.Webhooks;
+namespace Conveyor.ServiceDefaults;
 
 /// <summary>
 /// A webhook receiver's origin, <c>scheme://host:port</c>, in one spelling: lower case, the host in
