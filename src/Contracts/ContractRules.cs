@@ -120,8 +120,10 @@ public static class ContractRules
         value.Any(char.IsControl) ? "Must not contain control characters." : null;
 
     /// <summary>
-    /// An absolute http or https URL with a host. Where it may point is checked where it is used:
-    /// the Api refuses internal address literals, the worker every internal address a name resolves to.
+    /// An absolute http or https URL with a host and no user information. Where it may point is checked
+    /// where it is used: the Api refuses internal address literals, the worker every internal address a
+    /// name resolves to. Credentials in the URL are refused: the delivery would not send them, and the
+    /// job's row, its status and the logs would show them.
     /// </summary>
     public static string? WebhookUrl(string? value)
     {
@@ -141,11 +143,16 @@ public static class ContractRules
             return problem;
         }
 
-        return Uri.TryCreate(value, UriKind.Absolute, out var url)
-            && (url.Scheme == Uri.UriSchemeHttp || url.Scheme == Uri.UriSchemeHttps)
-            && url.Host.Length > 0
-                ? null
-                : "Must be an absolute http or https URL.";
+        if (!Uri.TryCreate(value, UriKind.Absolute, out var url)
+            || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps)
+            || url.Host.Length == 0)
+        {
+            return "Must be an absolute http or https URL.";
+        }
+
+        return url.UserInfo.Length > 0
+            ? "Must not contain user information (user:password@): deliveries are authenticated by their signature, and the URL is stored and shown as given."
+            : null;
     }
 }
 

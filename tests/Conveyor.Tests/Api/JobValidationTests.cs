@@ -68,6 +68,12 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
             ["eventType"]
         },
         {
+            // Credentials in the URL: the worker would not send them, and the job's row and status would show them.
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hook:s3cret@hooks.example.com/x","eventType":"order.paid","payload":{}}""",
+            ["url"]
+        },
+        {
             "generate-report",
             """{"reportId":"00000000-0000-0000-0000-000000000000","accountId":"","currency":"usd","pageSize":10001}""",
             ["reportId", "accountId", "currency", "pageSize"]

@@ -109,6 +109,16 @@ public sealed class ContractRulesTests
         }
     }
 
+    [Theory]
+    [InlineData("https://hook:s3cret@hooks.example.com/x")]
+    [InlineData("https://hook@hooks.example.com/x")]
+    [InlineData("http://:s3cret@hooks.example.com/")]
+    public void Webhook_urls_with_user_information_break_the_rule(string url)
+    {
+        Assert.NotNull(ContractRules.WebhookUrl(url));
+        Assert.Equal(["url"], (Webhook with { Url = new Uri(url) }).Validate().Select(v => v.Field));
+    }
+
     [Fact]
     public void Nulls_in_required_fields_that_deserialization_let_through_break_the_rules()
     {
