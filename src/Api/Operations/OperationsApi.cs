@@ -31,7 +31,7 @@ internal static class OperationsApi
 
         operations.MapGet("/", ListOperations)
             .WithName("ListOperations")
-            .WithSummary("Recent moves and purges, newest first; state=running shows those in progress.");
+            .WithSummary("Recent moves and purges, newest first; state=running shows those in progress; before=<operationId> continues after that one.");
 
         operations.MapGet("/{operationId}", GetOperation)
             .WithName("GetOperation")
@@ -43,7 +43,7 @@ internal static class OperationsApi
             .RequireAuthorization(ApiPolicies.Admin)
             .RefuseRepeatedQueryParameters()
             .WithName("Audit")
-            .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages.")
+            .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages; before=<operationId> continues after that one.")
             .ProducesProblem(StatusCodes.Status401Unauthorized)
             .ProducesProblem(StatusCodes.Status403Forbidden);
 
@@ -72,8 +72,8 @@ internal static class OperationsApi
     }
 
     internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> ListOperations(
-        string? queue, string? state, string? limit, ConveyorDbContext db, AbandonedOperations abandoned, IOptions<RabbitMqOptions> rabbit,
-        CancellationToken cancellationToken)
+        string? queue, string? state, string? limit, string? before, ConveyorDbContext db, AbandonedOperations abandoned,
+        IOptions<RabbitMqOptions> rabbit, CancellationToken cancellationToken)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         string[] states =
@@ -88,22 +88,22 @@ internal static class OperationsApi
 
         CheckText(queue, nameof(queue), errors);
         var count = ReadLimit(limit, errors);
+        var after = ReadBefore(before, errors);
         if (errors.Count > 0)
         {
             return TypedResults.ValidationProblem(errors);
         }
 
         await abandoned.SettleAsync(cancellationToken);
-        var query = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
-        query = queue is null ? query : query.Where(o => o.Queue == queue);
+        var operations = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
+        var query = queue is null ? operations : operations.Where(o => o.Queue == queue);
         query = state is null ? query : query.Where(o => o.State == state);
-        var rows = await query.OrderByDescending(o => o.CreatedAt).Take(count).ToListAsync(cancellationToken);
-        return TypedResults.Ok<IReadOnlyList<OperationView>>([.. rows.Select(OperationView.From)]);
+        return await PageAsync(operations, query, after, count, cancellationToken);
     }
 
     internal static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> Audit(
-        string? queue, string? requestedBy, string? since, string? limit, ConveyorDbContext db, AbandonedOperations abandoned,
-        IOptions<RabbitMqOptions> rabbit, CancellationToken cancellationToken)
+        string? queue, string? requestedBy, string? since, string? limit, string? before, ConveyorDbContext db,
+        AbandonedOperations abandoned, IOptions<RabbitMqOptions> rabbit, CancellationToken cancellationToken)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         DateTimeOffset? from = null;
@@ -123,18 +123,63 @@ internal static class OperationsApi
         CheckText(queue, nameof(queue), errors);
         CheckText(requestedBy, nameof(requestedBy), errors);
         var count = ReadLimit(limit, errors);
+        var after = ReadBefore(before, errors);
         if (errors.Count > 0)
         {
             return TypedResults.ValidationProblem(errors);
         }
 
         await abandoned.SettleAsync(cancellationToken);
-        var query = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
-        query = queue is null ? query : query.Where(o => o.Queue == queue);
+        var operations = db.ErrorQueueOperations.AsNoTracking().OfVirtualHost(rabbit.Value.VirtualHost);
+        var query = queue is null ? operations : operations.Where(o => o.Queue == queue);
         query = requestedBy is null ? query : query.Where(o => o.RequestedBy == requestedBy);
         query = from is null ? query : query.Where(o => o.CreatedAt >= from);
-        var rows = await query.OrderByDescending(o => o.CreatedAt).Take(count).ToListAsync(cancellationToken);
+        return await PageAsync(operations, query, after, count, cancellationToken);
+    }
+
+    /// <summary>
+    /// One page of <paramref name="query"/>, newest first (operations created in the same instant by id). With
+    /// <paramref name="before"/>, the page starts after that operation, as the previous page listed it: a client reads
+    /// past the newest <see cref="MaxListLimit"/> by passing the id of the last one it got, so every entry of the audit
+    /// trail can be read. The operation is looked up among all of this vhost's (it may have changed state since, or
+    /// be one that no longer matches a filter); one that is not there is a 400 naming <c>before</c>.
+    /// </summary>
+    private static async Task<Results<Ok<IReadOnlyList<OperationView>>, ValidationProblem>> PageAsync(
+        IQueryable<ErrorQueueOperation> operations, IQueryable<ErrorQueueOperation> query, Guid? before, int count,
+        CancellationToken cancellationToken)
+    {
+        if (before is { } id)
+        {
+            var last = await operations.Where(o => o.Id == id).Select(o => (DateTimeOffset?)o.CreatedAt).FirstOrDefaultAsync(cancellationToken);
+            if (last is not { } createdAt)
+            {
+                return TypedResults.ValidationProblem(new Dictionary<string, string[]>(StringComparer.Ordinal)
+                {
+                    ["before"] = [$"There is no operation {id}: give the operationId of the last entry of the previous page."],
+                });
+            }
+
+            query = query.Where(o => o.CreatedAt < createdAt || (o.CreatedAt == createdAt && o.Id.CompareTo(id) < 0));
+        }
+
+        var rows = await query.OrderByDescending(o => o.CreatedAt).ThenByDescending(o => o.Id).Take(count).ToListAsync(cancellationToken);
         return TypedResults.Ok<IReadOnlyList<OperationView>>([.. rows.Select(OperationView.From)]);
+    }
+
+    private static Guid? ReadBefore(string? text, Dictionary<string, string[]> errors)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+
+        if (Guid.TryParse(text, out var id))
+        {
+            return id;
+        }
+
+        errors["before"] = ["Must be an operation id (a UUID), such as the operationId of the last entry of the previous page."];
+        return null;
     }
 
     /// <summary>A filter compared with a text column: text PostgreSQL refuses there (a NUL) would be a 500.</summary>

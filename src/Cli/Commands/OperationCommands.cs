@@ -59,7 +59,9 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
 {
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationsSettings settings, CancellationToken cancellationToken)
     {
-        var query = Query(("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
+        var query = Query(
+            ("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)),
+            ("before", settings.Before?.ToString()));
         var operations = Answers.ExpectArray(await client.GetAsync("api/operations" + query, cancellationToken), "operations");
         if (settings.Json)
         {
@@ -68,6 +70,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
         }
 
         cli.Out.Write(Operations.Table(operations));
+        Operations.SayHowToPage(cli, operations, settings.Limit);
         return ExitCodes.Ok;
     }
 
@@ -96,7 +99,8 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, AuditSettings settings, CancellationToken cancellationToken)
     {
         var query = OperationsCommand.Query(
-            ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
+            ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)),
+            ("before", settings.Before?.ToString()));
         var entries = Answers.ExpectArray(await client.GetAsync("api/audit" + query, cancellationToken), "audit entries");
         if (settings.Json)
         {
@@ -105,6 +109,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
         }
 
         cli.Out.Write(Operations.Table(entries));
+        Operations.SayHowToPage(cli, entries, settings.Limit);
         return ExitCodes.Ok;
     }
 }
@@ -114,6 +119,9 @@ internal static class Operations
     private const string Running = "running";
     private const string Succeeded = "succeeded";
     private const int IdsShown = 20;
+
+    /// <summary>The Api's page size when no --limit is given.</summary>
+    private const int DefaultPageSize = 50;
     private static readonly TimeSpan MaxPollPause = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
@@ -364,6 +372,16 @@ internal static class Operations
             Running => ExitCodes.StillRunning,
             _ => ExitCodes.OperationFailed,
         };
+    }
+
+    /// <summary>A full page may have older entries after it: says how to list them (on stderr, so the table stays alone on stdout).</summary>
+    public static void SayHowToPage(CliContext cli, JsonElement page, int? limit)
+    {
+        var count = page.GetArrayLength();
+        if (count > 0 && count >= (limit ?? DefaultPageSize) && ConveyorClient.Text(page[count - 1], "operationId") is { } last)
+        {
+            cli.Err.WriteLine(Printable.Text($"Older entries may follow: add --before {last}"));
+        }
     }
 
     public static Table Table(JsonElement operations)

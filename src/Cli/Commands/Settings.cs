@@ -156,6 +156,10 @@ public sealed class OperationsSettings : ApiSettings
     [CommandOption("--limit <N>")]
     [Description("At most this many, newest first (default 50).")]
     public int? Limit { get; set; }
+
+    [CommandOption("--before <OPERATION_ID>")]
+    [Description("Only those listed after this one: the id of the last row of the previous page, for the next page.")]
+    public Guid? Before { get; set; }
 }
 
 public sealed class OperationSettings : ApiSettings
@@ -195,6 +199,10 @@ public sealed class AuditSettings : ApiSettings
     [CommandOption("--limit <N>")]
     [Description("At most this many, newest first (default 50).")]
     public int? Limit { get; set; }
+
+    [CommandOption("--before <OPERATION_ID>")]
+    [Description("Only those listed after this one: the id of the last row of the previous page, for the next page.")]
+    public Guid? Before { get; set; }
 
     public override ValidationResult Validate() => IsoTime.Check(("--since", Since));
 }
