@@ -183,6 +183,33 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.True(errors.Count > 0, "every message moved: the stall came too late to test anything");
     }
 
+    /// <summary>
+    /// A header written as an AMQP timestamp in milliseconds, not seconds (a producer's slip), lies past the year
+    /// 9999: reading it threw, the whole message was taken as unreadable and kept without a word, so a purge of
+    /// every message succeeded in full and left it in the queue.
+    /// </summary>
+    [Theory]
+    [InlineData(ErrorQueueOperationKinds.Purge)]
+    [InlineData(ErrorQueueOperationKinds.Move)]
+    public async Task A_message_with_a_timestamp_header_no_date_can_hold_is_purged_or_moved_as_any_other(string kind)
+    {
+        var milliseconds = new Dictionary<string, object?> { ["MT-Fault-Timestamp"] = new AmqpTimestamp(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()) };
+        var ids = new List<string>
+        {
+            (await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString(),
+            (await _broker.DeadLetterChargeAsync(Timeout, "timed out", extraHeaders: milliseconds)).ToString(),
+            (await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString(),
+        };
+
+        await using var connection = await ConnectAsync();
+        var visitor = new OperationVisitor(new OperationPlan(kind, ErrorQueueKit.ChargeErrors, MessageFilter.All, null, null, false, Guid.NewGuid(), 1000));
+        var left = await Walker(connection, visitor, prefetch: 40).RunAsync(CancellationToken.None);
+
+        Assert.Equal((3L, 3L, 0L, 0L), (visitor.Matched, visitor.Moved + visitor.Purged, visitor.Failed, left));
+        Assert.Empty(await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(kind == ErrorQueueOperationKinds.Move ? ids : [], await _broker.IdsAsync(ErrorQueueKit.ChargeQueue));
+    }
+
     [Fact]
     public async Task A_throttled_move_cancelled_while_it_waits_for_its_turn_accounts_for_every_match()
     {
