@@ -84,6 +84,9 @@ public sealed class BrokerPressureMonitor : BackgroundService
     /// <summary>The age past which the depths describe a broker the Api cannot reach any more.</summary>
     public TimeSpan StaleAfter => Period * StaleAfterRefreshes;
 
+    /// <summary>Whether the depths have been read at least once since the process started.</summary>
+    public bool HasReadDepths => _depths is not null;
+
     /// <summary>Time since the depths were last read (since the start of the process if never).</summary>
     public TimeSpan DepthsAge => _readings.Age(BrokerReadings.JobQueues);
 

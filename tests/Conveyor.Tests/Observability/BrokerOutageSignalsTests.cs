@@ -99,6 +99,30 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
     }
 
     [Fact]
+    public async Task An_Api_that_has_never_reached_the_broker_does_not_call_it_healthy()
+    {
+        // Refreshed once a minute, so the reading counts as fresh for five minutes after the start: an age
+        // counted from the start of the process, before any reading, is still no answer from RabbitMQ.
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:Port"] = BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:ConnectTimeoutSeconds"] = "2",
+            ["Backpressure:RefreshMilliseconds"] = "60000",
+        });
+
+        await Eventually.AssertAsync(async () =>
+        {
+            var (status, checks) = await ReadinessAsync(api);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+            var check = checks.GetProperty("broker");
+            Assert.True(check.GetProperty("status").GetString() == "Unhealthy", $"broker: {check}");
+            // The first reading's failure, once it has failed: the cause, not a made-up answer.
+            Assert.Contains("RabbitMQ has not answered since the Api started", check.GetProperty("description").GetString(), StringComparison.Ordinal);
+            Assert.DoesNotContain("no reading yet", check.GetProperty("description").GetString(), StringComparison.Ordinal);
+        }, TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
     public async Task An_Api_that_cannot_read_the_broker_alarms_shows_it_in_their_reading_age()
     {
         // RabbitMQ refuses GET /api/nodes to a user without the monitoring tag: the Api then assumes no
