@@ -6,7 +6,11 @@ using System.Diagnostics.Metrics;
 
 namespace Conveyor.Worker.Jobs;
 
-/// <summary>The worker's own metrics (meter <c>Conveyor.Worker</c>), beside MassTransit's.</summary>
+/// <summary>
+/// The worker's own metrics (meter <c>Conveyor.Worker</c>), beside MassTransit's. Each instrument states
+/// its unit, as OpenTelemetry's conventions ask: seconds (<c>s</c>) or what it counts (<c>{job}</c>,
+/// <c>{message}</c>); a count's braces add nothing to its Prometheus name (<c>conveyor_jobs_succeeded_total</c>).
+/// </summary>
 public static class JobMetrics
 {
     public const string MeterName = "Conveyor.Worker";
@@ -14,22 +18,22 @@ public static class JobMetrics
     private static readonly Meter Meter = new(MeterName);
 
     private static readonly Counter<long> SucceededCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.succeeded", description: "Jobs whose effect committed");
+        Meter.CreateCounter<long>("conveyor.jobs.succeeded", "{job}", "Jobs whose effect committed");
 
     private static readonly Counter<long> AttemptsFailedCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.attempts_failed", description: "Attempts that failed (each retry counts)");
+        Meter.CreateCounter<long>("conveyor.jobs.attempts_failed", "{attempt}", "Attempts that failed (each retry counts)");
 
     private static readonly Counter<long> DeadLetteredCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.dead_lettered", description: "Jobs moved to the error queue");
+        Meter.CreateCounter<long>("conveyor.jobs.dead_lettered", "{job}", "Jobs moved to the error queue");
 
     private static readonly Counter<long> RetriesScheduledCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.retries_scheduled", description: "Delayed redeliveries stored");
+        Meter.CreateCounter<long>("conveyor.jobs.retries_scheduled", "{message}", "Delayed redeliveries stored");
 
     private static readonly Counter<long> DuplicatesSkippedCounter =
-        Meter.CreateCounter<long>("conveyor.inbox.duplicates_skipped", description: "Messages the inbox recognised as already applied");
+        Meter.CreateCounter<long>("conveyor.inbox.duplicates_skipped", "{message}", "Messages the inbox recognised as already applied");
 
     private static readonly Counter<long> ConflictsCounter =
-        Meter.CreateCounter<long>("conveyor.inbox.conflicts", description: "Messages whose key was applied already from a command with other content (dead-lettered)");
+        Meter.CreateCounter<long>("conveyor.inbox.conflicts", "{message}", "Messages whose key was applied already from a command with other content (dead-lettered)");
 
     /// <summary>
     /// Bucket bounds for the worker's histograms in seconds, from 5 ms to 2 h (a report may run for up

@@ -30,9 +30,9 @@ public sealed partial class RedeliveryDispatcher(
         "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published",
         advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = JobMetrics.SecondsBuckets });
     private static readonly Counter<long> Published = JobMetrics.Instance.CreateCounter<long>(
-        "conveyor.redelivery.published", description: "Scheduled messages published by the dispatcher");
+        "conveyor.redelivery.published", "{message}", "Scheduled messages published by the dispatcher");
     private static readonly Counter<long> Unpublishable = JobMetrics.Instance.CreateCounter<long>(
-        "conveyor.redelivery.unpublishable", description: "Scheduled messages that could not be published and were moved to their destination's _error queue");
+        "conveyor.redelivery.unpublishable", "{message}", "Scheduled messages that could not be published and were moved to their destination's _error queue");
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

@@ -60,6 +60,7 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         meter.CreateObservableGauge(
             RefusedInstrument,
             () => _reading is { } reading ? [new Measurement<long>(reading.Refused)] : Array.Empty<Measurement<long>>(),
+            unit: "{message}",
             description: "Scheduled messages the broker did not take (no queue to route to, a failed publish) that wait for another try");
         meter.CreateObservableGauge(
             RefusedForInstrument,

@@ -24,10 +24,10 @@ public sealed partial class RetentionSweeper(
     ILogger<RetentionSweeper> logger) : BackgroundService
 {
     private static readonly Counter<long> Deleted = JobMetrics.Instance.CreateCounter<long>(
-        "conveyor.retention.deleted", description: "Rows the retention sweep deleted, by table");
+        "conveyor.retention.deleted", "{row}", "Rows the retention sweep deleted, by table");
 
     private static readonly Counter<long> Failures = JobMetrics.Instance.CreateCounter<long>(
-        "conveyor.retention.failures", description: "Retention sweeps that failed (each is tried again at the next interval)");
+        "conveyor.retention.failures", "{sweep}", "Retention sweeps that failed (each is tried again at the next interval)");
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
     {
