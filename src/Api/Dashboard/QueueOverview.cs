@@ -73,9 +73,16 @@ public sealed class QueueOverviewSource(IHttpClientFactory httpClients, IOptions
 
             await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
             using var document = await JsonDocument.ParseAsync(body, cancellationToken: cancellationToken);
+            // Anything but the list of queues (another service at that address) is "unavailable", a 503, not a 500.
+            if (document.RootElement.ValueKind != JsonValueKind.Array)
+            {
+                throw new JsonException("GET /api/queues did not answer with an array.");
+            }
+
             return
             [
                 .. document.RootElement.EnumerateArray()
+                    .Where(q => q.ValueKind == JsonValueKind.Object && q.TryGetProperty("name", out var name) && name.ValueKind == JsonValueKind.String)
                     // Auto-delete queues are the buses' own reply queues, not work.
                     .Where(q => !(q.TryGetProperty("auto_delete", out var autoDelete) && autoDelete.ValueKind == JsonValueKind.True))
                     .Select(Read)

@@ -34,6 +34,9 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
     /// <summary>What <c>GET /api/queues/{vhost}</c> lists, as the management API's JSON objects.</summary>
     public IReadOnlyList<Dictionary<string, object>> Queues { get; set; } = [];
 
+    /// <summary>When set, what <c>GET /api/queues/{vhost}</c> answers (200, JSON) instead of <see cref="Queues"/>.</summary>
+    public string? QueuesAnswer { get; set; }
+
     /// <summary>The path of every request it got, answered or not.</summary>
     public IReadOnlyCollection<string> RequestPaths => _requestPaths;
 
@@ -57,7 +60,9 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
                 new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
                 new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
             }));
-        app.MapGet($"{pathPrefix}/api/queues/{{vhost}}", () => Results.Json(fake.Queues));
+        app.MapGet($"{pathPrefix}/api/queues/{{vhost}}", () => fake.QueuesAnswer is { } answer
+            ? Results.Text(answer, "application/json")
+            : Results.Json(fake.Queues));
         await app.StartAsync();
         var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
         fake.Port = address.Port;

@@ -1,0 +1,58 @@
+using System.Globalization;
+using System.Net;
+using System.Text.Json;
+using Conveyor.Tests.Api;
+using Conveyor.Tests.Infrastructure;
+
+namespace Conveyor.Tests.Dashboard;
+
+/// <summary>
+/// <c>GET /dashboard/api/overview</c> when the management API answers something other than its list of
+/// queues (another service at that address, a proxy's JSON): "broker unavailable, retry" (503), as for
+/// an unreachable one, never a 500.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Theory]
+    [InlineData("""{"error":"not_found","reason":"Not Found"}""")]
+    [InlineData("\"queues\"")]
+    public async Task An_answer_that_is_not_a_list_of_queues_is_a_503_not_a_500(string answer)
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.QueuesAnswer = answer;
+        await using var api = await StartApiAsync(management);
+
+        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
+        var body = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)response.StatusCode}: {body}");
+        Assert.Equal("Message broker unavailable", JsonDocument.Parse(body).RootElement.GetProperty("title").GetString());
+    }
+
+    [Fact]
+    public async Task A_listed_entry_without_a_name_is_left_out_and_the_queues_are_shown()
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.QueuesAnswer = """[{"messages":3}, {"name":42}, {"name":"charge-payment","messages":2,"consumers":1}]""";
+        await using var api = await StartApiAsync(management);
+
+        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
+        var body = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.OK, $"{(int)response.StatusCode}: {body}");
+        var queue = Assert.Single(JsonDocument.Parse(body).RootElement.GetProperty("queues").EnumerateArray());
+        Assert.Equal("charge-payment", queue.GetProperty("name").GetString());
+        Assert.Equal(2, queue.GetProperty("messages").GetInt64());
+    }
+
+    private Task<RunningApp> StartApiAsync(FakeRabbitManagement management) =>
+        fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
+        });
+}
