@@ -34,22 +34,39 @@ public sealed record RetryIntervals(int RetryLimit, TimeSpan Min, TimeSpan Max, 
     /// would ask again of a remote side that said when it could answer.
     /// </summary>
     /// <param name="random">A value in [0, 1) that picks the jitter; 1 gives its upper bound.</param>
-    public TimeSpan? WaitBefore(int retry, double random, TimeSpan? retryAfter, TimeSpan waited)
+    /// <param name="redeliveryAhead">
+    /// Whether a delayed redelivery may follow once the retries end. When none can, ending them for a long
+    /// Retry-After sent the message to <c>_error</c> after fewer attempts than configured (one, when the
+    /// first answer asked for it): instead the wait is as long as the budget allows while leaving every
+    /// later retry its longest interval, and never shorter than the usual one, so every retry is taken
+    /// and all of them stay within <see cref="WorstCaseTotal"/>.
+    /// </param>
+    public TimeSpan? WaitBefore(int retry, double random, TimeSpan? retryAfter, TimeSpan waited, bool redeliveryAhead = true)
     {
         var wait = Interval(retry, random);
-        if (retryAfter is { } asked && asked > wait)
+        if (!redeliveryAhead)
         {
-            wait = asked;
+            var room = WorstCaseTotal() - waited - WorstCaseFrom(retry + 1);
+            var asked = retryAfter is { } longer && longer > wait ? (longer < room ? longer : room) : wait;
+            return asked > wait ? asked : wait;
+        }
+
+        if (retryAfter is { } remote && remote > wait)
+        {
+            wait = remote;
         }
 
         return waited + wait <= WorstCaseTotal() ? wait : null;
     }
 
     /// <summary>The most all of one message's waits can add up to: every retry taken, each with the whole jitter.</summary>
-    public TimeSpan WorstCaseTotal()
+    public TimeSpan WorstCaseTotal() => WorstCaseFrom(0);
+
+    /// <summary>The most the waits before retries <paramref name="retry"/> (0-based) onwards can add up to.</summary>
+    private TimeSpan WorstCaseFrom(int retry)
     {
         var total = TimeSpan.Zero;
-        for (var retry = 0; retry < RetryLimit; retry++)
+        for (; retry < RetryLimit; retry++)
         {
             total += Interval(retry, 1);
         }

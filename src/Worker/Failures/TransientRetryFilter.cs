@@ -8,7 +8,9 @@ namespace Conveyor.Worker.Failures;
 /// jitter (<see cref="RetryIntervals"/>), seconds in total (the message stays unacked meanwhile, so
 /// this must stay far below RabbitMQ's consumer_timeout: <see cref="Messaging.ConsumerTimeoutValidator"/>).
 /// A remote side's Retry-After is waited out when it fits in that total; a longer one ends the
-/// in-memory retries, and the delayed redelivery waits it out instead.
+/// in-memory retries, and the delayed redelivery waits it out instead, when one may still follow
+/// (<see cref="RedeliveryAhead"/>): where none can, the retries go on, so the job still gets every
+/// attempt configured.
 /// Each attempt passes through the inbox afresh, in a new scope.
 /// Ours rather than MassTransit's UseMessageRetry, which always sits outermost in the consume
 /// pipe; here it must sit inside the delayed redelivery filter.
@@ -39,8 +41,10 @@ public sealed class TransientRetryFilter(RetryIntervals intervals, TimeProvider 
                 // The delivery is at its consumer_timeout: a retry on it would be cut off at once.
                 && exception is not DeliveryDeadlineException
                 && !context.CancellationToken.IsCancellationRequested
-                // A remote side that asked for more time than is left here gets it from the delayed redelivery.
-                && intervals.WaitBefore(retry, Random.Shared.NextDouble(), (exception as TransientFailureException)?.RetryAfter, waited) is { } wait)
+                // A remote side that asked for more time than is left here gets it from the delayed redelivery,
+                // when one may follow; else the retries go on, as long after it as the budget allows.
+                && intervals.WaitBefore(
+                    retry, Random.Shared.NextDouble(), (exception as TransientFailureException)?.RetryAfter, waited, RedeliveryAhead.Of(context)) is { } wait)
             {
                 await Task.Delay(wait, time, context.CancellationToken);
                 waited += wait;

@@ -28,6 +28,7 @@ public sealed partial class RedeliveryFilter<T>(
     {
         var attempts = new FaultHoldingConsumeContext(context);
         context.AddOrUpdatePayload(() => attempts, _ => attempts);
+        context.GetOrAddPayload(() => new RedeliveryAhead(() => policy.Allows(HistoryOf(context).Attempt + 1)));
         try
         {
             await next.Send(attempts);

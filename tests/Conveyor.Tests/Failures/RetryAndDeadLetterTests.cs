@@ -109,6 +109,30 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     [Fact]
+    public async Task A_gateway_that_asks_to_retry_after_30_s_when_no_redelivery_is_left_still_gets_the_in_memory_retries()
+    {
+        // Nothing would wait the 30 s out (no redelivery configured): ending the in-memory retries for it
+        // dead-lettered the job after one attempt of the three configured, though the next one succeeds.
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailNext(1, HttpStatusCode.TooManyRequests);
+        gateway.RetryAfter = TimeSpan.FromSeconds(30);
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway,
+            ("Consumers:ChargePayment:RetryLimit", "2"),
+            ("Consumers:ChargePayment:RedeliveryLimit", "0")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = Payment();
+
+        await publisher.PublishAsync(payment);
+
+        var job = await fixture.WaitForJobAsync(payment.PaymentId, JobStatus.Succeeded);
+        Assert.Equal(2, job.Attempts);
+        Assert.Equal(2, gateway.RequestsFor(payment.PaymentId.ToString()));
+        Assert.Equal(1, gateway.SuccessfulRequestsFor(payment.PaymentId.ToString()));
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+    }
+
+    [Fact]
     public async Task A_worker_whose_clock_runs_ahead_stores_its_redelivery_due_by_the_databases_clock()
     {
         await using var gateway = await FakePaymentGateway.StartAsync();

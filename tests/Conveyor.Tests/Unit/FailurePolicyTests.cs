@@ -221,6 +221,28 @@ public sealed class FailurePolicyTests
         Assert.Null(intervals.WaitBefore(1, 0, null, TimeSpan.FromMilliseconds(1700)));
     }
 
+    [Fact]
+    public void With_no_redelivery_to_follow_a_long_retry_after_leaves_every_retry_taken_within_the_budget()
+    {
+        // Worst case: 300 + 500 + 900 ms = 1.7 s.
+        var intervals = new RetryIntervals(3, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100));
+
+        // Each wait takes what the later retries' worst case leaves, never less than the usual interval.
+        var waited = TimeSpan.Zero;
+        foreach (var (retry, expected) in new[] { (0, 300), (1, 500), (2, 900) })
+        {
+            var wait = intervals.WaitBefore(retry, 0, TimeSpan.FromSeconds(30), waited, redeliveryAhead: false);
+            Assert.Equal(TimeSpan.FromMilliseconds(expected), wait);
+            waited += wait!.Value;
+        }
+
+        Assert.Equal(intervals.WorstCaseTotal(), waited);
+        // A Retry-After within that room is waited out as asked; a shorter one changes nothing.
+        Assert.Equal(TimeSpan.FromMilliseconds(280), intervals.WaitBefore(0, 0, TimeSpan.FromMilliseconds(280), TimeSpan.Zero, redeliveryAhead: false));
+        Assert.Equal(TimeSpan.FromMilliseconds(200), intervals.WaitBefore(0, 0, TimeSpan.FromMilliseconds(100), TimeSpan.Zero, redeliveryAhead: false));
+        Assert.Equal(TimeSpan.FromMilliseconds(200), intervals.WaitBefore(0, 0, null, TimeSpan.Zero, redeliveryAhead: false));
+    }
+
     [Theory]
     [InlineData(120, 30, 10, true)]
     [InlineData(30, 30, 10, false)]
