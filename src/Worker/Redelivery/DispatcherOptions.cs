@@ -25,7 +25,8 @@ public sealed class DispatcherOptions : IValidatableObject
     /// memory or disk alarm sends none). Past it the rows not confirmed are left as they were and the
     /// rows confirmed are deleted, in one commit, so the former are free for any dispatcher again, and
     /// this one backs off; a copy the broker took without its confirm arriving goes out again later,
-    /// which the inbox absorbs.
+    /// which the inbox absorbs. Also bounds how long a claim may stay idle in its transaction
+    /// (<see cref="RedeliveryDispatcher.ClaimIdleLimit"/>), so a dispatcher that vanished mid-batch lets its rows go.
     /// </summary>
     [Range(1, 600)]
     public int PublishTimeoutSeconds { get; set; } = 30;

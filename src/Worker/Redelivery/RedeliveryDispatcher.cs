@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Globalization;
 using System.Runtime.ExceptionServices;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
@@ -145,6 +146,14 @@ public sealed partial class RedeliveryDispatcher(
         {
             await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
             await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+            // A dispatcher that vanishes mid-batch (its node died, its network went) sends nothing more, not
+            // even a FIN: the server would keep its session, and its claim, until TCP keepalive gave up on
+            // it (over two hours by default), and every other dispatcher would pass over those rows (SKIP
+            // LOCKED). A live one is idle in its transaction only while it publishes (ClaimIdleLimit), so
+            // past that the server ends the session and the rows are free again.
+            await db.Database.ExecuteSqlInterpolatedAsync(
+                $"SELECT set_config('idle_in_transaction_session_timeout', {ClaimIdleLimit(options.Value).TotalMilliseconds.ToString(CultureInfo.InvariantCulture)}, true)",
+                cancellationToken);
             // Due by the database's clock, as every writer counts due times (RedeliveryStore): the pods'
             // own clocks may disagree with it and with each other.
             var due = await db.ScheduledMessages
@@ -288,6 +297,15 @@ public sealed partial class RedeliveryDispatcher(
     }
 
     private static string ReasonOf(PublishResult result) => result.Error ?? "no reason given";
+
+    /// <summary>
+    /// The longest a dispatcher's claim may stay idle in its transaction before the server ends the
+    /// session: its batch's publishes and one more cut short by <see cref="DispatcherOptions.PublishTimeoutSeconds"/>
+    /// (a row published alone, a move to <c>_error</c>), each twice over, and 30 s for the quick ones around
+    /// them (rows published alone after a connection the broker closed). A live dispatcher that takes longer
+    /// only loses its round: its rows go out again, and the inbox absorbs the copies.
+    /// </summary>
+    internal static TimeSpan ClaimIdleLimit(DispatcherOptions options) => TimeSpan.FromSeconds(4 * options.PublishTimeoutSeconds + 30);
 
     /// <summary>
     /// Rows the broker did not take (no queue to route to, a publish that failed even alone, or

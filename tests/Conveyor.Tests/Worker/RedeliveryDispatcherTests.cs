@@ -420,6 +420,52 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    [Fact]
+    public async Task A_batch_claimed_by_a_dispatcher_that_vanished_mid_batch_is_released_for_another_dispatcher()
+    {
+        // The first dispatcher reaches its database through a relay that goes silent once its publishes are
+        // confirmed, as its node's network does when the node dies: no byte and no FIN reaches the server,
+        // which holds the session, idle in its transaction, until TCP keepalive gives up (over two hours by
+        // default). No command timeout on its side either: a dead client never gives up its connection.
+        var database = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        await using var proxy = await OutageProxy.ToAsync(database.Host!, database.Port);
+        var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = proxy.Port, CommandTimeout = 0 };
+        var ids = new[] { await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1)), await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1)) };
+        var silence = new OnFirstCommand("DELETE FROM scheduled_messages", proxy.Stall);
+        await using var vanishedPublisher = Publisher();
+        using var vanished = Dispatcher(vanishedPublisher, new DispatcherOptions { PublishTimeoutSeconds = 1 }, database: silence.FactoryOn(viaProxy.ConnectionString));
+        await vanished.StartAsync(CancellationToken.None);
+        await using var healthyPublisher = Publisher();
+        using var healthy = Dispatcher(healthyPublisher);
+        try
+        {
+            await Eventually.AssertAsync(async () => Assert.True(await IsLockedAsync(), "the first dispatcher has not claimed the rows"), TimeSpan.FromSeconds(30));
+            await Eventually.AssertAsync(async () => Assert.Equal(2u, await _channel.MessageCountAsync(_queue)), TimeSpan.FromSeconds(30));
+
+            // The rows it claimed go out again through another dispatcher (the inbox absorbs the copies),
+            // instead of waiting for the server to notice that their claimant is gone.
+            await healthy.StartAsync(CancellationToken.None);
+            await Eventually.AssertAsync(async () =>
+            {
+                await using var db = fixture.CreateDbContext();
+                Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+            }, TimeSpan.FromSeconds(90));
+            var published = new List<string>();
+            while (await _channel.BasicGetAsync(_queue, autoAck: true) is { } copy)
+            {
+                published.Add(copy.BasicProperties.MessageId!);
+            }
+
+            Assert.Equal(ids.Concat(ids).Order(), published.Order());
+        }
+        finally
+        {
+            proxy.Cut();
+            await healthy.StopAsync(CancellationToken.None);
+            await vanished.StopAsync(CancellationToken.None);
+        }
+    }
+
     /// <summary>Whether another session holds a lock on a scheduled row (the dispatcher's claim).</summary>
     private async Task<bool> IsLockedAsync()
     {
@@ -521,7 +567,9 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     {
         private int _seen;
 
-        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => new Contexts(fixture.ConnectionString, this);
+        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => FactoryOn(fixture.ConnectionString);
+
+        public IDbContextFactory<ConveyorDbContext> FactoryOn(string connectionString) => new Contexts(connectionString, this);
 
         public override ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
             DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
