@@ -40,6 +40,13 @@ public sealed class CliContext(
             throw new CliFailureException(ExitCodes.Usage, $"'{url}' is not an http(s) URL (--api or {ApiUrlVariable}).");
         }
 
+        // HttpClient would not send them, and every message naming the Api would print the password.
+        if (baseAddress.UserInfo.Length > 0)
+        {
+            throw new CliFailureException(ExitCodes.Usage,
+                $"The Api URL (--api or {ApiUrlVariable}) holds a user or password, which the CLI does not send; give it without them. The API key goes in {ApiKeyVariable}.");
+        }
+
         var key = environment(ApiKeyVariable);
         if (string.IsNullOrWhiteSpace(key))
         {

@@ -409,6 +409,30 @@ public sealed class CliHostileAnswerTests
         Assert.Empty(elsewhere);
     }
 
+    /// <summary>
+    /// An Api URL with a user and password: HttpClient would not send them, and every message naming the
+    /// Api (such as "Cannot reach the Api at …") would print the password. Refused before any request, unshown.
+    /// </summary>
+    [Theory]
+    [InlineData("http://ops:s3cret-pass@127.0.0.1:9/")]
+    [InlineData("https://s3cret-pass@conveyor.example.com/")]
+    public async Task An_api_url_with_credentials_is_a_usage_error_that_does_not_print_them(string url)
+    {
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            return Respond(HttpStatusCode.OK, "[]");
+        });
+
+        var run = await RunAsync($"queues --api {url}", api);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains("--api", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cret-pass", run.Out + run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, requests);
+    }
+
     /// <summary>A string as it goes inside a JSON string literal.</summary>
     private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
 
