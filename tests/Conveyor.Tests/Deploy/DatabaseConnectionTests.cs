@@ -68,6 +68,36 @@ public sealed class DatabaseConnectionTests
             $"with {ReservedConnections} reserved that exceeds PostgreSQL max_connections {maxConnections}. Raise max_connections or lower pools or replicas.");
     }
 
+    /// <summary>
+    /// A pod whose node died leaves its sessions, and the row locks of any transaction it had open (an inbox
+    /// batch's claimed jobs), on the server until TCP keepalive ends them: two hours with the kernel's
+    /// defaults, while other pods' claims of those messages wait. Every cluster the overlays deploy probes
+    /// idle peers soon enough to end such a session within five minutes.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void The_database_ends_a_vanished_pods_sessions_within_minutes(string overlay)
+    {
+        foreach (var cluster in RenderedOverlay.Load(overlay).CnpgClusters)
+        {
+            var idle = Parameter(cluster, "tcp_keepalives_idle");
+            var interval = Parameter(cluster, "tcp_keepalives_interval");
+            var count = Parameter(cluster, "tcp_keepalives_count");
+            Assert.True(
+                idle is > 0 && interval is > 0 && count is > 0 && idle + (interval * count) <= 300,
+                $"overlays/{overlay}: {cluster.Metadata.Name} sets tcp_keepalives_idle {idle}, _interval {interval}, _count {count}; "
+                + "all three must be set, and idle + interval x count at most 300 s");
+        }
+    }
+
+    private static int? Parameter(CnpgCluster cluster, string name) =>
+        cluster.Spec.TryGetValue("postgresql", out var postgresql) && postgresql is IDictionary<object, object> settings
+        && settings.TryGetValue("parameters", out var parameters) && parameters is IDictionary<object, object> values
+        && values.TryGetValue(name, out var text)
+        && int.TryParse(Convert.ToString(text, CultureInfo.InvariantCulture), CultureInfo.InvariantCulture, out var value)
+            ? value
+            : null;
+
     /// <summary>The pool, plus the redelivery dispatcher's LISTEN connection in a worker: it is opened unpooled.</summary>
     private static int ConnectionsOf(RenderedOverlay rendered, Workload workload, V1Container container)
     {
@@ -106,11 +136,5 @@ public sealed class DatabaseConnectionTests
             : int.Parse(value, CultureInfo.InvariantCulture);
     }
 
-    private static int MaxConnections(CnpgCluster cluster) =>
-        cluster.Spec.TryGetValue("postgresql", out var postgresql) && postgresql is IDictionary<object, object> settings
-        && settings.TryGetValue("parameters", out var parameters) && parameters is IDictionary<object, object> values
-        && values.TryGetValue("max_connections", out var text)
-        && int.TryParse(Convert.ToString(text, CultureInfo.InvariantCulture), CultureInfo.InvariantCulture, out var max)
-            ? max
-            : PostgresDefaultMaxConnections;
+    private static int MaxConnections(CnpgCluster cluster) => Parameter(cluster, "max_connections") ?? PostgresDefaultMaxConnections;
 }
