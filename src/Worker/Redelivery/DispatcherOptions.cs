@@ -14,6 +14,15 @@ public sealed class DispatcherOptions : IValidatableObject
     public int BatchSize { get; set; } = 200;
 
     /// <summary>
+    /// The most body and header bytes one batch loads and publishes, whatever <see cref="BatchSize"/>
+    /// allows: a batch of large redeliveries (bodies up to <c>Consumers:*:MaxMessageBytes</c>) would
+    /// otherwise hold hundreds of MiB at once, past the worker's memory limit, and every pod that then
+    /// claimed the same rows would be killed in turn. A row larger than this on its own goes out alone.
+    /// </summary>
+    [Range(65_536, 1_073_741_824)]
+    public int MaxBatchBytes { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>
     /// The longest sleep without a NOTIFY; a safety net, not the normal wake-up. A dispatcher that
     /// cannot open its LISTEN session dispatches on this poll alone and tries LISTEN again this often.
     /// </summary>

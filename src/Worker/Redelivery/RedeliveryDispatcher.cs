@@ -130,8 +130,9 @@ public sealed partial class RedeliveryDispatcher(
     internal string? ListenConnectionString { get; set; }
 
     /// <summary>
-    /// Publishes every row that is due now, batch by batch. Once a batch's publishes have begun, its
-    /// bookkeeping (the jobs dead-lettered, the DELETE, the rows kept for later, the commit) runs to the
+    /// Publishes every row that is due now, batch by batch: at most <see cref="DispatcherOptions.BatchSize"/>
+    /// rows and <see cref="DispatcherOptions.MaxBatchBytes"/> of bodies and headers each. Once a batch's
+    /// publishes have begun, its bookkeeping (the jobs dead-lettered, the DELETE, the rows kept for later, the commit) runs to the
     /// end whatever becomes of the publishes or of <paramref name="cancellationToken"/>, bounded by the
     /// server's <c>statement_timeout</c>: rolled back, it would leave the rows the broker had confirmed
     /// for another dispatcher to publish again, and copy again to <c>_error</c> those moved there. A
@@ -155,20 +156,29 @@ public sealed partial class RedeliveryDispatcher(
                 $"SELECT set_config('idle_in_transaction_session_timeout', {ClaimIdleLimit(options.Value).TotalMilliseconds.ToString(CultureInfo.InvariantCulture)}, true)",
                 cancellationToken);
             // Due by the database's clock, as every writer counts due times (RedeliveryStore): the pods'
-            // own clocks may disagree with it and with each other.
-            var due = await db.ScheduledMessages
-                .FromSqlInterpolated($"""
-                    SELECT * FROM scheduled_messages WHERE due_at <= clock_timestamp()
+            // own clocks may disagree with it and with each other. Sizes only: octet_length reads a body's
+            // length from its TOAST pointer, so the bodies of rows past the byte budget are never read.
+            var claimed = await db.Database.SqlQuery<ClaimedRow>($"""
+                    SELECT id, octet_length(body)::bigint + octet_length(headers::text) AS bytes
+                      FROM scheduled_messages WHERE due_at <= clock_timestamp()
                      ORDER BY due_at LIMIT {batchSize} FOR UPDATE SKIP LOCKED
                     """)
-                .AsNoTracking()
                 .ToListAsync(cancellationToken);
-            if (due.Count == 0)
+            if (claimed.Count == 0)
             {
                 // Nothing was locked; disposing the transaction rolls it back, which a shutdown cannot
                 // turn into a failed commit.
                 return total;
             }
+
+            // The rows claimed past the budget stay as they are, locked until the commit, and lead the
+            // next batch.
+            var ids = WithinBudget(claimed, options.Value.MaxBatchBytes);
+            var due = await db.ScheduledMessages
+                .Where(m => ids.Contains(m.Id))
+                .OrderBy(m => m.DueAt)
+                .AsNoTracking()
+                .ToListAsync(cancellationToken);
 
             // From here on nothing takes the caller's token but the publishes themselves.
             var round = new Round(cancellationToken);
@@ -244,12 +254,38 @@ public sealed partial class RedeliveryDispatcher(
 
             total += doneIds.Length;
             round.ThrowIfCutShort();
-            if (due.Count < batchSize)
+            if (claimed.Count < batchSize && ids.Length == claimed.Count)
             {
                 return total;
             }
         }
     }
+
+    /// <summary>
+    /// The ids of the longest run of <paramref name="claimed"/>, in their due order, whose bytes add up
+    /// to at most <paramref name="maxBytes"/>; the first row even when it alone is larger, so no row is
+    /// ever held back for its size.
+    /// </summary>
+    internal static long[] WithinBudget(IReadOnlyList<ClaimedRow> claimed, long maxBytes)
+    {
+        var count = 0;
+        var bytes = 0L;
+        foreach (var row in claimed)
+        {
+            bytes += row.Bytes;
+            if (count > 0 && bytes > maxBytes)
+            {
+                break;
+            }
+
+            count++;
+        }
+
+        return claimed.Take(count).Select(c => c.Id).ToArray();
+    }
+
+    /// <summary>A row a batch has locked, and the bytes of its body and headers.</summary>
+    internal sealed record ClaimedRow(long Id, long Bytes);
 
     /// <summary>
     /// What becomes of a row after its publish in the batch. A channel or connection that failed fails

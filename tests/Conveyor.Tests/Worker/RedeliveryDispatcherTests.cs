@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Data.Common;
 using System.Globalization;
 using System.Net;
@@ -13,6 +14,7 @@ using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Diagnostics;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -466,6 +468,46 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    [Fact]
+    public async Task A_batch_loads_and_publishes_only_the_due_rows_its_byte_budget_holds_and_a_larger_row_alone()
+    {
+        // Bodies of 400 KiB under a 1 MiB budget (bound from configuration, as the worker binds it), with
+        // room for far more rows in BatchSize: two rows a batch. One of 1.5 MiB, over the budget on its own,
+        // goes out alone, and the next batch starts after it.
+        var options = new DispatcherOptions();
+        new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["MaxBatchBytes"] = "1048576" })
+            .Build()
+            .Bind(options);
+        var start = await DatabaseNowAsync() - TimeSpan.FromMinutes(1);
+        var kib = new[] { 400, 400, 400, 1536, 400, 400 };
+        var messageIds = new List<string>();
+        for (var i = 0; i < kib.Length; i++)
+        {
+            messageIds.Add(await ScheduleAsync(start.AddSeconds(i), body: new byte[kib[i] * 1024]));
+        }
+
+        List<long> rows;
+        await using (var db = fixture.CreateDbContext())
+        {
+            rows = await db.ScheduledMessages.OrderBy(m => m.DueAt).Select(m => m.Id).ToListAsync();
+        }
+
+        var deletes = new DeletedBatches();
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, options, database: deletes.Factory(fixture));
+
+        Assert.Equal(kib.Length, await dispatcher.DispatchDueAsync(CancellationToken.None));
+
+        // What each batch published and deleted, in due order; every row once.
+        Assert.Equal<long[]>([[rows[0], rows[1]], [rows[2]], [rows[3]], [rows[4], rows[5]]], deletes.Batches);
+        Assert.Equal(messageIds, await TakeAllAsync(_queue));
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }
+    }
+
     /// <summary>Whether another session holds a lock on a scheduled row (the dispatcher's claim).</summary>
     private async Task<bool> IsLockedAsync()
     {
@@ -491,7 +533,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         return await db.Database.SqlQuery<DateTimeOffset>($"SELECT clock_timestamp() AS \"Value\"").SingleAsync();
     }
 
-    private async Task<string> ScheduleAsync(DateTimeOffset dueAt, string headers = "{}", Job? job = null)
+    private async Task<string> ScheduleAsync(DateTimeOffset dueAt, string headers = "{}", Job? job = null, byte[]? body = null)
     {
         var messageId = Guid.NewGuid().ToString();
         await using var db = fixture.CreateDbContext();
@@ -504,7 +546,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             ContentType = "application/json",
             MessageId = messageId,
             Headers = headers,
-            Body = Encoding.UTF8.GetBytes("{}"),
+            Body = body ?? Encoding.UTF8.GetBytes("{}"),
             CreatedAt = DateTimeOffset.UtcNow,
             JobId = job?.Id,
             JobAttempts = job?.Attempts,
@@ -554,6 +596,41 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
                 var options = new DbContextOptionsBuilder<ConveyorDbContext>();
                 StorageServiceCollectionExtensions.Configure(options, connectionString);
                 options.AddInterceptors(counter);
+                return new ConveyorDbContext(options.Options);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The row ids each DELETE of the contexts its <see cref="Factory"/> makes removes: what each batch of
+    /// a dispatcher published, batch by batch.
+    /// </summary>
+    private sealed class DeletedBatches : DbCommandInterceptor
+    {
+        private readonly ConcurrentQueue<long[]> _batches = new();
+
+        public IReadOnlyList<long[]> Batches => [.. _batches];
+
+        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => new Contexts(fixture.ConnectionString, this);
+
+        public override ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
+            DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
+        {
+            if (command.CommandText.Contains("DELETE FROM scheduled_messages", StringComparison.Ordinal))
+            {
+                _batches.Enqueue(command.Parameters.Cast<DbParameter>().Select(p => p.Value).OfType<long[]>().Single());
+            }
+
+            return ValueTask.FromResult(result);
+        }
+
+        private sealed class Contexts(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
+        {
+            public ConveyorDbContext CreateDbContext()
+            {
+                var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+                StorageServiceCollectionExtensions.Configure(options, connectionString);
+                options.AddInterceptors(interceptor);
                 return new ConveyorDbContext(options.Options);
             }
         }
