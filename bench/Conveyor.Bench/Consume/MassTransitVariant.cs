@@ -24,7 +24,11 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
     public async Task<IConsumeSession> OpenAsync(ConsumeSettings settings)
     {
         var builder = Host.CreateApplicationBuilder();
+        // A dependency the baseline lacks fails here, at once, not as an error per message.
+        builder.ConfigureContainer(new DefaultServiceProviderFactory(new ServiceProviderOptions { ValidateOnBuild = true, ValidateScopes = true }));
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        // As the worker registers it (WorkerApp): the gateway client reads Retry-After dates on it.
+        builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddHttpClient<IPaymentGateway, HttpPaymentGateway>(http =>
         {
             http.BaseAddress = gateway.BaseAddress;
