@@ -581,23 +581,12 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
 
         public int Count => Volatile.Read(ref _count);
 
-        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => new Contexts(fixture.ConnectionString, this);
+        public InterceptedContexts Factory(ConveyorFixture fixture) => new InterceptedContexts(fixture.ConnectionString, this);
 
         public override DbCommand CommandInitialized(CommandEndEventData eventData, DbCommand result)
         {
             Interlocked.Increment(ref _count);
             return result;
-        }
-
-        private sealed class Contexts(string connectionString, IInterceptor counter) : IDbContextFactory<ConveyorDbContext>
-        {
-            public ConveyorDbContext CreateDbContext()
-            {
-                var options = new DbContextOptionsBuilder<ConveyorDbContext>();
-                StorageServiceCollectionExtensions.Configure(options, connectionString);
-                options.AddInterceptors(counter);
-                return new ConveyorDbContext(options.Options);
-            }
         }
     }
 
@@ -611,7 +600,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
 
         public IReadOnlyList<long[]> Batches => [.. _batches];
 
-        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => new Contexts(fixture.ConnectionString, this);
+        public InterceptedContexts Factory(ConveyorFixture fixture) => new InterceptedContexts(fixture.ConnectionString, this);
 
         public override ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
             DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
@@ -623,17 +612,6 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
 
             return ValueTask.FromResult(result);
         }
-
-        private sealed class Contexts(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
-        {
-            public ConveyorDbContext CreateDbContext()
-            {
-                var options = new DbContextOptionsBuilder<ConveyorDbContext>();
-                StorageServiceCollectionExtensions.Configure(options, connectionString);
-                options.AddInterceptors(interceptor);
-                return new ConveyorDbContext(options.Options);
-            }
-        }
     }
 
     /// <summary>
@@ -644,9 +622,9 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     {
         private int _seen;
 
-        public IDbContextFactory<ConveyorDbContext> Factory(ConveyorFixture fixture) => FactoryOn(fixture.ConnectionString);
+        public InterceptedContexts Factory(ConveyorFixture fixture) => FactoryOn(fixture.ConnectionString);
 
-        public IDbContextFactory<ConveyorDbContext> FactoryOn(string connectionString) => new Contexts(connectionString, this);
+        public InterceptedContexts FactoryOn(string connectionString) => new InterceptedContexts(connectionString, this);
 
         public override ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
             DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
@@ -658,16 +636,17 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
 
             return ValueTask.FromResult(result);
         }
+    }
 
-        private sealed class Contexts(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
+    /// <summary>Contexts on <paramref name="connectionString"/>, as the worker configures them, with <paramref name="interceptor"/> added.</summary>
+    private sealed class InterceptedContexts(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
+    {
+        public ConveyorDbContext CreateDbContext()
         {
-            public ConveyorDbContext CreateDbContext()
-            {
-                var options = new DbContextOptionsBuilder<ConveyorDbContext>();
-                StorageServiceCollectionExtensions.Configure(options, connectionString);
-                options.AddInterceptors(interceptor);
-                return new ConveyorDbContext(options.Options);
-            }
+            var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+            StorageServiceCollectionExtensions.Configure(options, connectionString);
+            options.AddInterceptors(interceptor);
+            return new ConveyorDbContext(options.Options);
         }
     }
 }
