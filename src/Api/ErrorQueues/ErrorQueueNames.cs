@@ -1,4 +1,5 @@
 using Conveyor.ServiceDefaults;
+using Microsoft.AspNetCore.Http.Features;
 
 namespace Conveyor.Api.ErrorQueues;
 
@@ -21,6 +22,26 @@ public static class ErrorQueueNames
         : System.Text.Encoding.UTF8.GetByteCount(name) > MaxQueueNameBytes ? $"Must be at most {MaxQueueNameBytes} bytes long."
         : name is "." or ".." ? "Must be a queue name, not . or .."
         : null;
+
+    /// <summary>
+    /// The queue a <c>/api/error-queues/{queue}/…</c> request names. Kestrel decodes every escape in
+    /// the path except <c>%2F</c>, so a queue whose name holds a <c>/</c> arrives as <c>a%2Fb</c>, as does
+    /// one whose name holds <c>%2F</c> itself (sent as <c>a%252Fb</c>). The raw request target tells the
+    /// two apart: the queue is its path's second-to-last segment (every route here ends in an action), decoded once.
+    /// </summary>
+    public static string FromRoute(HttpContext http, string routeValue)
+    {
+        if (!routeValue.Contains('%', StringComparison.Ordinal)
+            || http.Features.Get<IHttpRequestFeature>()?.RawTarget is not { Length: > 0 } target)
+        {
+            return routeValue;
+        }
+
+        var query = target.IndexOf('?', StringComparison.Ordinal);
+        // Routing also matches with a trailing slash.
+        var segments = (query < 0 ? target : target[..query]).TrimEnd('/').Split('/');
+        return segments.Length >= 2 ? Uri.UnescapeDataString(segments[^2]) : routeValue;
+    }
 
     public static bool IsErrorOrSkipped(string queue) =>
         Kind(queue) is not null && queue.Length > SuffixOf(queue)!.Length;

@@ -114,8 +114,10 @@ internal static class ErrorQueuesApi
 
     internal static Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
-        IDbContextFactory<ConveyorDbContext> dbFactory, ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken) =>
-        InspectAsync(
+        IDbContextFactory<ConveyorDbContext> dbFactory, ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken)
+    {
+        queue = ErrorQueueNames.FromRoute(http, queue);
+        return InspectAsync(
             queue, limit, (DefaultPeekLimit, MaxPeekLimit), "messages", http, management, logger,
             count => inspector.PeekAsync(queue, count, cancellationToken),
             async inspection =>
@@ -125,6 +127,7 @@ internal static class ErrorQueuesApi
                     queue, inspection.QueueDepth, [.. inspection.Result!.Select(m => ErrorQueueMessage.From(queue, m, statuses))], inspection.StoppedEarly);
             },
             cancellationToken);
+    }
 
     /// <summary>
     /// The current status of each job by id; a job whose row is gone is left out. The peek has just
@@ -140,14 +143,17 @@ internal static class ErrorQueuesApi
 
     internal static Task<Results<Ok<ErrorQueueGroups>, ValidationProblem, ProblemHttpResult>> Groups(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,
-        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken) =>
-        InspectAsync(
+        ILogger<ErrorQueueInspector> logger, CancellationToken cancellationToken)
+    {
+        queue = ErrorQueueNames.FromRoute(http, queue);
+        return InspectAsync(
             queue, limit, (DefaultGroupsLimit, MaxGroupsLimit), "groups", http, management, logger,
             count => inspector.GroupsAsync(queue, count, cancellationToken),
             inspection => Task.FromResult(new ErrorQueueGroups(
                 queue, inspection.QueueDepth, inspection.Examined, [.. inspection.Result!.Groups.Select(ErrorQueueGroup.From)], inspection.Result.Ungrouped,
                 inspection.StoppedEarly)),
             cancellationToken);
+    }
 
     /// <summary>A read of an error queue (peek or groups): the limit, the queue, the walk, the answer or why there is none.</summary>
     private static async Task<Results<Ok<TAnswer>, ValidationProblem, ProblemHttpResult>> InspectAsync<TFound, TAnswer>(
@@ -201,6 +207,7 @@ internal static class ErrorQueuesApi
     internal static async Task<Results<Accepted<OperationAccepted>, ValidationProblem, ProblemHttpResult>> StartOperation(
         string kind, string queue, HttpContext http, RabbitManagementClient management, OperationRunner runner, CancellationToken cancellationToken)
     {
+        queue = ErrorQueueNames.FromRoute(http, queue);
         var purge = kind == ErrorQueueOperationKinds.Purge;
         try
         {
