@@ -77,6 +77,8 @@ public sealed class WalkProgress
 {
     private long _examined;
     private long _peakHeldBytes;
+    private long _unreadable;
+    private string? _firstUnreadable;
 
     public long QueueDepthAtStart { get; internal set; }
 
@@ -88,7 +90,22 @@ public sealed class WalkProgress
     /// </summary>
     public long PeakHeldBytes => Interlocked.Read(ref _peakHeldBytes);
 
+    /// <summary>Messages that could not be read or decided on (an exception in reading them): each was kept in its place.</summary>
+    public long Unreadable => Interlocked.Read(ref _unreadable);
+
+    /// <summary>Why the first of the <see cref="Unreadable"/> messages could not be read: its id, the exception's type and message.</summary>
+    public string? FirstUnreadable => Volatile.Read(ref _firstUnreadable);
+
     internal void CountExamined() => Interlocked.Increment(ref _examined);
+
+    internal void CountUnreadable(string? messageId, Exception exception)
+    {
+        Interlocked.Increment(ref _unreadable);
+        Interlocked.CompareExchange(
+            ref _firstUnreadable,
+            $"message {(string.IsNullOrEmpty(messageId) ? "without an id" : messageId)}: {exception.GetType().FullName}: {exception.Message}",
+            null);
+    }
 
     internal void NoteHeld(long bytes) => RaiseTo(ref _peakHeldBytes, bytes);
 
@@ -801,10 +818,11 @@ public sealed class QueueWalker
                     _progress.NoteHeld(Interlocked.Add(ref _undecidedBytes, copy.Body.Length) + _window.Bytes);
                 }
             }
-            catch (Exception)
+            catch (Exception exception)
             {
-                // Unreadable: examined and kept.
+                // Unreadable: examined and kept, and reported with the walk's result.
                 message = null;
+                _progress.CountUnreadable(delivery.BasicProperties.MessageId, exception);
             }
 
             _delivered = true;

@@ -171,6 +171,13 @@ public sealed class OperationRunner(
             OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
         }
 
+        if (progress.Unreadable > 0)
+        {
+            var unreadable = $"{progress.Unreadable} message(s) could not be read and stayed in the queue; the first: {progress.FirstUnreadable}";
+            detail = detail is null ? unreadable : $"{detail} {unreadable}";
+            OperationsLog.Unreadable(logger, operation.Id, operation.Queue, progress.Unreadable, progress.FirstUnreadable);
+        }
+
         var (jobIds, jobIdsPartial) = visitor.JobIds();
         var jobsMissing = await CountJobsMissingAsync(operation.Id, jobIds);
         var (messageIds, truncated, targets, errors) = visitor.Snapshot();

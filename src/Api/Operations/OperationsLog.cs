@@ -11,6 +11,10 @@ internal static partial class OperationsLog
     public static partial void Finished(ILogger logger, Guid operationId, string kind, string queue, string state,
         long examined, long matched, long moved, long purged, long failed);
 
+    [LoggerMessage(EventId = 2011, Level = LogLevel.Warning,
+        Message = "Operation {OperationId} on {Queue} could not read {Unreadable} message(s) and left them in place; the first: {FirstUnreadable}")]
+    public static partial void Unreadable(ILogger logger, Guid operationId, string queue, long unreadable, string? firstUnreadable);
+
     [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "Operation {OperationId} on {Queue} failed")]
     public static partial void Failed(ILogger logger, Exception exception, Guid operationId, string queue);
 

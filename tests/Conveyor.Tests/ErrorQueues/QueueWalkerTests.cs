@@ -306,6 +306,28 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         return (errors, copies);
     }
 
+    [Fact]
+    public async Task A_message_that_cannot_be_read_is_kept_in_place_counted_and_its_reason_reported()
+    {
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            ids.Add((await _broker.DeadLetterChargeAsync(Timeout, "timed out")).ToString());
+        }
+
+        await using var connection = await ConnectAsync();
+        var visitor = new FailingInspectionVisitor(Visitor(MessageFilter.All), ids[1]);
+        var progress = new WalkProgress();
+        var left = await new QueueWalker(
+                connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, new ErrorQueueOptions { IdleCheckMilliseconds = 500 }), visitor, progress)
+            .RunAsync(CancellationToken.None);
+
+        Assert.Equal((3L, 2L, 1L), (progress.Examined, visitor.Inner.Moved, left));
+        Assert.Equal([ids[1]], await _broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(1, progress.Unreadable);
+        Assert.Equal($"message {ids[1]}: System.FormatException: header out of its format", progress.FirstUnreadable);
+    }
+
     private Task<IConnection> ConnectAsync() => ErrorQueueBroker.ConnectAsync(
         fixture.RabbitOptions(),
         "tests-walker",
@@ -316,6 +338,22 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
 
     private static QueueWalker Walker(IConnection connection, WalkVisitor visitor, int prefetch) =>
         new(connection, new WalkPlan(ErrorQueueKit.ChargeErrors, long.MaxValue, new ErrorQueueOptions { Prefetch = prefetch, IdleCheckMilliseconds = 500 }), visitor, new WalkProgress());
+
+    /// <summary>Decides as the move does, but reading the message with id <c>failOn</c> throws.</summary>
+    private sealed class FailingInspectionVisitor(OperationVisitor inner, string failOn) : WalkVisitor
+    {
+        public OperationVisitor Inner => inner;
+
+        public override bool Publishes => inner.Publishes;
+
+        public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) =>
+            message.MessageId == failOn ? throw new FormatException("header out of its format") : inner.Inspect(message, properties, body);
+
+        public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection) => inner.Decide(message, inspection);
+
+        public override void Completed(FaultedMessage message, WalkOutcome outcome, string? target, string? failure) =>
+            inner.Completed(message, outcome, target, failure);
+    }
 
     /// <summary>Decides as the move does, and drops the connection when deciding message number <c>cutAt</c>.</summary>
     private sealed class CuttingVisitor(OperationVisitor inner, int cutAt, Func<Task> cut) : WalkVisitor
