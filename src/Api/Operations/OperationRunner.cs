@@ -230,8 +230,6 @@ public sealed class OperationRunner(
         {
             while (await timer.WaitForNextTickAsync(saved))
             {
-                using var timeout = new CancellationTokenSource(writeTimeout, time);
-                using var write = CancellationTokenSource.CreateLinkedTokenSource(saved, timeout.Token);
                 // The targets too: a row whose process died, or whose result is refused, still says where its messages went.
                 var (messageIds, truncated, targets, _) = visitor.Snapshot();
                 // Only while running: a write that crosses the saved result must not touch it.
@@ -254,7 +252,8 @@ public sealed class OperationRunner(
                 update.Parameters.AddWithValue("ids", JsonSerializer.Serialize(messageIds));
                 update.Parameters.AddWithValue("truncated", truncated);
                 update.Parameters.AddWithValue("targets", JsonSerializer.Serialize(targets));
-                await update.ExecuteNonQueryAsync(write.Token);
+                // Not cancelled by the result's save: a write under way ends (within the timeout) before the lease is released.
+                await QueueLease.RunAsync(update, writeTimeout, time);
             }
         }
         catch (OperationCanceledException) when (saved.IsCancellationRequested)

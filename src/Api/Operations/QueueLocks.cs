@@ -105,10 +105,20 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
     /// </summary>
     public async Task CheckAsync()
     {
-        using var timeout = new CancellationTokenSource(CheckTimeout);
         await using var command = new NpgsqlCommand("SELECT 1", Connection);
-        await command.ExecuteScalarAsync(timeout.Token);
+        await RunAsync(command, CheckTimeout);
     }
+
+    /// <summary>
+    /// Runs <paramref name="command"/> on the lock's session; throws <see cref="TimeoutException"/> if it has not
+    /// answered within <paramref name="timeout"/>. The command gets no cancellation token: Npgsql cancels one by
+    /// sending the server a cancel request and waiting, without bound, for the server to close that request's
+    /// connection, so a server that stopped answering (a partition, a stalled host) kept the caller waiting for
+    /// good, however short its timeout. A command that times out may still run: the caller gives the session up,
+    /// and disposing the lease closes it.
+    /// </summary>
+    internal static async Task RunAsync(NpgsqlCommand command, TimeSpan timeout, TimeProvider? time = null) =>
+        await command.ExecuteScalarAsync(CancellationToken.None).WaitAsync(timeout, time ?? TimeProvider.System);
 
     /// <summary>
     /// For a walk that writes nothing through the lock's connection (an inspection): checks the session
@@ -147,10 +157,9 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
             await using var command = new NpgsqlCommand("SELECT pg_advisory_unlock(@class, @key)", Connection);
             command.Parameters.AddWithValue("class", lockClass);
             command.Parameters.AddWithValue("key", key);
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            await command.ExecuteScalarAsync(timeout.Token);
+            await RunAsync(command, TimeSpan.FromSeconds(5));
         }
-        catch (Exception exception) when (exception is NpgsqlException or OperationCanceledException or InvalidOperationException)
+        catch (Exception exception) when (exception is NpgsqlException or TimeoutException or InvalidOperationException)
         {
             // Closing the (unpooled) connection below ends the session and its locks anyway.
         }
