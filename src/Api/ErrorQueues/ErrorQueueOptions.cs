@@ -58,7 +58,8 @@ public sealed class ErrorQueueOptions
     /// A move or purge still "running" whose progress has not been written for this long is shown, and
     /// recorded, as <c>interrupted</c>: the process running it stopped (killed, out of memory, a shutdown
     /// out of time). A live operation writes its progress twice a second, and stops itself when it
-    /// cannot for a third of this time, so it is never taken for one; set the same on every replica.
+    /// cannot for a third of this time (at most 10 s, before PostgreSQL could release its lock to another),
+    /// so it is never taken for one; set the same on every replica.
     /// </summary>
     [Range(2, 86_400)]
     public int AbandonedAfterSeconds { get; set; } = 30;

@@ -218,13 +218,16 @@ public sealed class OperationRunner(
     /// Writes the counters through the lock's own connection until the result is saved: if that connection
     /// is lost, so is the lock, and the walk stops rather than run beside another one. A write that takes
     /// more than a third of <see cref="ErrorQueueOptions.AbandonedAfterSeconds"/> stops it too: a row without
-    /// progress for that long is taken for one whose process died (<see cref="AbandonedOperations"/>).
+    /// progress for that long is taken for one whose process died (<see cref="AbandonedOperations"/>). And
+    /// one that takes more than <see cref="QueueLease.CheckTimeout"/> (10 s), whatever that setting: a session
+    /// that does not answer may be one the server cannot reach, and the server ends such a session, releasing
+    /// the lock for the next operation, after about 30 s (<see cref="QueueLocks"/>).
     /// </summary>
     private async Task ReportProgressAsync(
         Guid id, QueueLease lease, OperationVisitor visitor, WalkProgress progress, CancellationTokenSource cancel, StrongBox<bool> lostLock,
         CancellationToken saved)
     {
-        var writeTimeout = TimeSpan.FromSeconds(options.Value.AbandonedAfterSeconds) / 3;
+        var writeTimeout = TimeSpan.FromSeconds(Math.Min(options.Value.AbandonedAfterSeconds / 3.0, QueueLease.CheckTimeout.TotalSeconds));
         using var timer = new PeriodicTimer(ProgressInterval, time);
         try
         {

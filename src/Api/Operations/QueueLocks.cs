@@ -90,9 +90,10 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
     /// <summary>
     /// How long a check of the session may take. The server ends a session it cannot reach after about
     /// 30 s (<see cref="QueueLocks"/>) and releases the lock; a walk whose session has not answered for a
-    /// third of that stops well before then.
+    /// third of that stops well before then. An operation's progress write waits no longer either
+    /// (<see cref="OperationRunner"/>).
     /// </summary>
-    private static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
+    internal static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
 
     private static readonly TimeSpan WatchInterval = TimeSpan.FromMilliseconds(500);
 

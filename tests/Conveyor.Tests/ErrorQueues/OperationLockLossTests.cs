@@ -29,9 +29,12 @@ public sealed class OperationLockLossTests(ConveyorFixture fixture) : IAsyncLife
 
     public Task DisposeAsync() => Task.CompletedTask;
 
-    /// <param name="abandonedAfterSeconds"><c>ErrorQueues:AbandonedAfterSeconds</c>: the default.</param>
+    /// <param name="abandonedAfterSeconds">
+    /// <c>ErrorQueues:AbandonedAfterSeconds</c>: the default, and one whose third (200 s) is far longer than the server keeps the lock.
+    /// </param>
     [Theory]
     [InlineData(30)]
+    [InlineData(600)]
     public async Task A_move_whose_lock_session_stops_answering_stops_walking_before_the_server_could_release_the_lock(int abandonedAfterSeconds)
     {
         await using var broker = await TestBroker.ConnectAsync(fixture);
