@@ -10,7 +10,7 @@ namespace Conveyor.Worker.Inbox;
 
 /// <summary>
 /// Group commit for the inbox of one endpoint (ADR 0004). Messages that arrive while earlier ones
-/// are being handled share one transaction: one statement inserts their inbox rows and locks their
+/// are being handled share one transaction: one round trip inserts their inbox rows and locks their
 /// existing job rows (a job that succeeded or was cancelled does not run), the consumers run
 /// (concurrently, staging their EF inserts), then one round trip applies every staged insert, one
 /// writes each job row once (attempt counted, final status; created when another service published
@@ -451,7 +451,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    /// <summary>One statement: the inbox rows (a conflict means a duplicate) and the job claims.</summary>
+    /// <summary>One round trip: the inbox rows (a conflict means a duplicate) and the job claims.</summary>
     private async Task ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
     {
         var claimed = await ClaimRowsAsync(db, members);
@@ -532,16 +532,31 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         // busy, a burst) made every full batch read every job of its kind: 18 ms (array) and 107 ms
         // (join) against 2 ms for 64 keys among 10,000 such jobs. The keys go in sorted, so the row
         // locks are taken in key order.
+        // Two statements in one round trip: the inserts, then the lookups. Under READ COMMITTED a statement
+        // sees the rows committed before it started, and an insert may wait for another batch's uncommitted
+        // row of the same key: that batch's failed attempt then commits, removing its row and creating the
+        // job's (a command published directly). Looked up in the inserting statement, such a job was not
+        // there: the claim took no lock on it, counted attempt 1 under an id of its own, and ran a command
+        // of other content under the first one's job (ADR 0011). The second statement sees it. The keys
+        // this transaction inserted are those whose rows it wrote (xmin), found one primary-key probe each
+        // (LIMIT 1 keeps the probe from being turned into a join).
         var rows = await db.Database.SqlQuery<BatchClaimRow>($"""
             WITH input AS (
-                SELECT t.message_key, t.message_id, t.job_id, t.payload_hash, t.ord
-                  FROM unnest({keys}::text[], {messageIds}::uuid[], {jobIds}::uuid[], {fingerprints}::bytea[])
-                       WITH ORDINALITY AS t(message_key, message_id, job_id, payload_hash, ord)),
+                SELECT t.message_key, t.message_id, t.payload_hash, t.ord
+                  FROM unnest({keys}::text[], {messageIds}::uuid[], {fingerprints}::bytea[])
+                       WITH ORDINALITY AS t(message_key, message_id, payload_hash, ord))
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
+            SELECT {_consumerId}, i.message_key, i.message_id, {now}, i.payload_hash FROM input i ORDER BY i.message_key, i.ord
+            ON CONFLICT DO NOTHING;
+            WITH input AS (
+                SELECT t.message_key, t.job_id, t.ord
+                  FROM unnest({keys}::text[], {jobIds}::uuid[]) WITH ORDINALITY AS t(message_key, job_id, ord)),
             inbox_rows AS (
-                INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
-                SELECT {_consumerId}, i.message_key, i.message_id, {now}, i.payload_hash FROM input i ORDER BY i.message_key, i.ord
-                ON CONFLICT DO NOTHING
-                RETURNING message_key),
+                SELECT k.message_key
+                  FROM (SELECT DISTINCT i.message_key FROM input i ORDER BY i.message_key) k
+                 CROSS JOIN LATERAL (
+                       SELECT 1 FROM inbox b
+                        WHERE b.consumer_id = {_consumerId} AND b.message_key = k.message_key AND b.xmin = pg_current_xact_id_if_assigned()::xid LIMIT 1) b),
             job_rows AS (
                 SELECT j.business_key, j.status, j.id, j.attempts, j.payload_hash, j.original_payload_hash
                   FROM (SELECT r.message_key FROM inbox_rows r ORDER BY r.message_key) k
@@ -559,7 +574,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                    CASE WHEN j.status <> {JobStatus.DeadLettered} THEN j.payload_hash END AS job_fingerprint,
                    COALESCE(j.original_payload_hash, j.payload_hash) AS first_fingerprint
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
-            """).ToListAsync(); // not composed: a data-modifying WITH must stay at the top level
+            """).ToListAsync(); // not composed: two statements
         return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);
     }
 
@@ -708,7 +723,7 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// <summary>For a message that may run, its job's first command as its claim read it (<see cref="ClaimedFingerprints"/>).</summary>
     public byte[]? FirstFingerprint { get; private set; }
 
-    /// <summary>Settled after the batch's first statement; faulted if that statement failed.</summary>
+    /// <summary>Settled after the batch's claim; faulted if the claim failed.</summary>
     public Task<InboxClaim> Claimed => _claimed.Task;
 
     /// <summary>True once the batch committed (this message's effects with it), false if it rolled back.</summary>
