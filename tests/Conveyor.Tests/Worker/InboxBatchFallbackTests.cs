@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Worker;
 /// <summary>
 /// An inbox batch that one message breaks must not fail the others (<see cref="InboxBatcher"/>),
 /// driven directly against the real database. The culprit is a failed attempt whose job row cannot
-/// be written: another job took its id between the batch's claim and its commit.
+/// be written: a trigger refuses it as a unique violation of the jobs' primary key.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -22,6 +22,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
     private readonly List<BatchMember> _joined = [];
     private readonly CapturedLogs _logs = new();
+    private readonly List<TestTrigger> _culprits = [];
     private InboxBatcher? _batcher;
 
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -37,6 +38,11 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         {
             await _batcher.DisposeAsync();
         }
+
+        foreach (var culprit in _culprits)
+        {
+            await culprit.DisposeAsync();
+        }
     }
 
     [Fact]
@@ -46,7 +52,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         var payment = Guid.NewGuid();
         var members = await JoinOneBatchAsync(culprit, good);
 
-        await TakeJobIdAsync(members[0]);
+        await BreakJobRowAsync(members[0]);
         members[0].RanAndFailed();
         members[1].RanSuccessfully([Ledger(payment)]);
 
@@ -69,7 +75,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(InboxClaim.NotRunnable, await members[1].Claimed);
         Assert.Equal(InboxClaim.DuplicateInBatch, await members[3].Claimed);
 
-        await TakeJobIdAsync(members[0]);
+        await BreakJobRowAsync(members[0]);
         members[0].RanAndFailed();
         members[2].RanSuccessfully([]);
 
@@ -92,7 +98,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         var members = await JoinOneBatchAsync(culprit, culprit, good);
         Assert.Equal(InboxClaim.DuplicateInBatch, await members[1].Claimed);
 
-        await TakeJobIdAsync(members[0]);
+        await BreakJobRowAsync(members[0]);
         members[0].RanAndFailed();
         members[2].RanSuccessfully([Ledger(payment)]);
 
@@ -140,7 +146,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         await fixture.WaitForLockWaitersAsync(2);
 
         var payment = Guid.NewGuid();
-        await TakeJobIdAsync(members[0]);
+        await BreakJobRowAsync(members[0]);
         members[0].RanAndFailed();
         members[1].RanSuccessfully([]);
         members[2].RanSuccessfully([Ledger(payment)]);
@@ -232,12 +238,20 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         return member;
     }
 
-    /// <summary>Another job's row takes the id the member's job row is about to be created with.</summary>
-    private async Task TakeJobIdAsync(BatchMember member)
+    /// <summary>
+    /// The member's job row cannot be written: a trigger refuses it as a unique violation of the jobs'
+    /// primary key, as a row whose id another job held once did.
+    /// </summary>
+    private async Task BreakJobRowAsync(BatchMember member)
     {
-        Guid? id = member.JobId;
-        Assert.True(id.HasValue, "the claim gave the job an id");
-        await InsertJobAsync(Key(), JobStatus.Succeeded, id, kind: "generate-report");
+        var name = $"inbox_fallback_culprit_{_culprits.Count}";
+        _culprits.Add(await TestTrigger.CreateAsync(fixture, name, "jobs", $"""
+            CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'the job row of % cannot be written', NEW.business_key USING ERRCODE = 'unique_violation', CONSTRAINT = 'pk_jobs';
+            END $$;
+            CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON jobs FOR EACH ROW WHEN (NEW.business_key = '{member.MessageKey}') EXECUTE FUNCTION {name}();
+            """));
     }
 
     private async Task InsertJobAsync(string key, string status, Guid? id = null, string kind = Kind)
