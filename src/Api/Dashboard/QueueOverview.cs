@@ -104,19 +104,25 @@ public sealed class QueueOverviewSource(IHttpClientFactory httpClients, IOptions
         queue.TryGetProperty("message_stats", out var stats);
         return new QueueOverviewItem(
             name, kind, kind == "job" ? null : ErrorQueueNames.SourceQueueOf(name),
-            Long(queue, "messages"), Long(queue, "messages_ready"), Long(queue, "messages_unacknowledged"), (int)Long(queue, "consumers"),
+            Long(queue, "messages"), Long(queue, "messages_ready"), Long(queue, "messages_unacknowledged"),
+            (int)Math.Min(Long(queue, "consumers"), int.MaxValue),
             Rate(stats, "publish_details"), Rate(stats, "deliver_get_details"), Rate(stats, "ack_details"));
     }
 
-    // Counters and rates appear a moment after a queue is declared, and rates only once something moved.
+    // Counters and rates appear a moment after a queue is declared, and rates only once something moved. A value
+    // of another shape (a count that is no whole number, details that are no object, a rate beyond a double)
+    // counts as absent too: it is no reason to show no queue at all, and it threw, answering a 500.
     private static long Long(JsonElement queue, string name) =>
-        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;
+        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) ? number : 0;
 
     private static double Rate(JsonElement stats, string name) =>
         stats.ValueKind == JsonValueKind.Object
         && stats.TryGetProperty(name, out var details)
+        && details.ValueKind == JsonValueKind.Object
         && details.TryGetProperty("rate", out var rate)
         && rate.ValueKind == JsonValueKind.Number
-            ? Math.Round(rate.GetDouble(), 2)
+        && rate.TryGetDouble(out var perSecond)
+        && double.IsFinite(perSecond)
+            ? Math.Round(perSecond, 2)
             : 0;
 }

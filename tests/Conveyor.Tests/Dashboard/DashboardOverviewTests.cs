@@ -50,6 +50,27 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
         Assert.Equal(2, queue.GetProperty("messages").GetInt64());
     }
 
+    [Theory]
+    [InlineData("""[{"name":"charge-payment","messages":2.5,"consumers":1}]""")] // a count that is no whole number
+    [InlineData("""[{"name":"charge-payment","messages":1e30,"consumers":1}]""")] // nor fits in one
+    [InlineData("""[{"name":"charge-payment","consumers":1,"message_stats":{"publish_details":null}}]""")] // details that are no object
+    [InlineData("""[{"name":"charge-payment","consumers":1,"message_stats":{"ack_details":{"rate":1e400}}}]""")] // a rate beyond a double
+    public async Task A_listed_value_of_an_unexpected_shape_counts_as_absent_and_the_queues_are_shown(string answer)
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.QueuesAnswer = answer;
+        await using var api = await StartApiAsync(management);
+
+        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
+        var body = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.OK, $"{(int)response.StatusCode}: {body}");
+        var queue = Assert.Single(JsonDocument.Parse(body).RootElement.GetProperty("queues").EnumerateArray());
+        Assert.Equal("charge-payment", queue.GetProperty("name").GetString());
+        Assert.Equal(1, queue.GetProperty("consumers").GetInt32());
+        Assert.Equal(0, queue.GetProperty("ackRate").GetDouble());
+    }
+
     private Task<RunningApp> StartApiAsync(FakeRabbitManagement management) =>
         fixture.StartApiAsync(new Dictionary<string, string?>
         {
