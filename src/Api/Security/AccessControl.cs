@@ -35,6 +35,9 @@ public static class AccessControl
     public const string AntiforgeryHeaderName = "X-CSRF-TOKEN";
     public const string AntiforgeryFieldName = "__RequestVerificationToken";
 
+    /// <summary>The logger category of ASP.NET Core's anti-forgery, silenced (see <see cref="AddAccessControl"/>).</summary>
+    public const string AntiforgeryLogCategory = "Microsoft.AspNetCore.Antiforgery";
+
     /// <summary>Sent by the dashboard page on the requests of its periodic refreshes, which do not extend a session's idle limit.</summary>
     public const string RefreshHeader = "X-Conveyor-Refresh";
 
@@ -127,6 +130,13 @@ public static class AccessControl
             // The security headers middleware sends frame-ancestors 'none' and X-Frame-Options: DENY.
             options.SuppressXFrameOptionsHeader = true;
         });
+        // Anti-forgery logs what clients send it: an Error with a stack trace for each cookie or token it cannot
+        // decrypt, a Warning for each one missing, and a Warning for every page it issues a token on (the
+        // sign-in form included), since it replaces the no-store the security headers set. Anyone can send a
+        // forged cookie, so anyone could write the error log at request rate. Every refusal is answered by our
+        // own code (the CSRF 400, the sign-in form's "expired"); the category is silenced, whatever the
+        // configured levels, as the key handler's Information lines are.
+        services.AddLogging(logging => logging.AddFilter(AntiforgeryLogCategory, LogLevel.None));
         return services;
     }
 

@@ -41,4 +41,45 @@ public sealed class UnknownKeyLogTests(ConveyorFixture fixture)
         Assert.DoesNotContain(logs.Entries, e => e.Category == typeof(ApiKeyAuthenticationHandler).FullName && e.Level < LogLevel.Warning);
         Assert.Single(logs.Of(LogLevel.Warning, typeof(AuthThrottle).FullName!));
     }
+
+    [Fact]
+    public async Task The_sign_in_page_and_unreadable_anti_forgery_tokens_from_anonymous_clients_write_no_warning_or_error()
+    {
+        var logs = new CapturedLogs();
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            // As in production (appsettings.json, the pods' common.env).
+            ["Logging:LogLevel:Default"] = "Information",
+            ["Logging:LogLevel:Microsoft.AspNetCore"] = "Warning",
+        }, builder => builder.Logging.AddProvider(logs));
+        using var anonymous = new HttpClient(new HttpClientHandler { UseCookies = false, AllowAutoRedirect = false }) { BaseAddress = api.BaseAddress };
+
+        var statuses = new List<HttpStatusCode>();
+        for (var i = 0; i < 3; i++)
+        {
+            using (var page = await anonymous.GetAsync(new Uri("/dashboard/login", UriKind.Relative)))
+            {
+                statuses.Add(page.StatusCode);
+            }
+
+            using var forged = new HttpRequestMessage(HttpMethod.Get, new Uri("/dashboard/login", UriKind.Relative));
+            forged.Headers.Add("Cookie", "conveyor.csrf=not-a-token");
+            using (var page = await anonymous.SendAsync(forged))
+            {
+                statuses.Add(page.StatusCode);
+            }
+
+            using var post = new HttpRequestMessage(HttpMethod.Post, new Uri("/dashboard/login", UriKind.Relative))
+            {
+                Content = new FormUrlEncodedContent(new Dictionary<string, string> { ["apiKey"] = WrongKey, ["__RequestVerificationToken"] = "not-a-token" }),
+            };
+            post.Headers.Add("Cookie", "conveyor.csrf=not-a-token");
+            using var refused = await anonymous.SendAsync(post);
+            statuses.Add(refused.StatusCode);
+        }
+
+        Assert.Equal([.. Enumerable.Repeat<HttpStatusCode[]>([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.BadRequest], 3).SelectMany(s => s)], statuses);
+        var written = logs.Entries.Where(e => e.Level >= LogLevel.Warning && e.Category.StartsWith("Microsoft.AspNetCore.Antiforgery", StringComparison.Ordinal)).ToList();
+        Assert.True(written.Count == 0, string.Join(Environment.NewLine, written.Select(e => $"{e.Level} {e.Category}[{e.EventId.Id}]: {e.Message}")));
+    }
 }
