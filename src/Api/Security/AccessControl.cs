@@ -141,14 +141,23 @@ public static class AccessControl
     }
 
     /// <summary>
-    /// A key in a header (<c>X-Api-Key</c>, or <c>Authorization: Bearer</c>) wins; otherwise the
-    /// dashboard's pages, and any request carrying the session cookie, use the session; everything else
-    /// is an API call without a key. An Authorization header of another scheme (a proxy's Basic, say)
-    /// names no key of ours, so it leaves a session alone.
+    /// The sign-in form uses the session only: its key is the form's. Elsewhere a key in a header
+    /// (<c>X-Api-Key</c>, or <c>Authorization: Bearer</c>) wins; otherwise the dashboard's pages, and any
+    /// request carrying the session cookie, use the session; everything else is an API call without a key.
+    /// An Authorization header of another scheme (a proxy's Basic, say) names no key of ours, so it leaves
+    /// a session alone.
     /// </summary>
     public static string SelectScheme(HttpContext context)
     {
         var request = context.Request;
+        // The form is open to anyone, so an unknown header key is neither refused nor counted there; read, a
+        // valid one made the form's anti-forgery check fail (its token was issued to no one) where an unknown
+        // one let it pass: a way to test keys past the throttle.
+        if (request.Path.StartsWithSegments(DashboardPaths.Login, StringComparison.OrdinalIgnoreCase))
+        {
+            return SessionScheme;
+        }
+
         if (request.Headers.ContainsKey(ApiKeyAuthenticationHandler.ApiKeyHeader) || ApiKeyAuthenticationHandler.HasBearer(request.Headers))
         {
             return ApiKeyAuthenticationHandler.SchemeName;

@@ -1,5 +1,7 @@
 using System.Net;
+using System.Net.Http.Json;
 using System.Net.Sockets;
+using System.Text.Json;
 using Conveyor.Api.Security;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Tests.Observability;
@@ -306,6 +308,44 @@ public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetim
             ["Auth:Throttling:ApiKeys:MaxLockout"] = "00:01:00",
         }));
         Assert.Contains("MaxLockout", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("X-Api-Key", "")]
+    [InlineData("Authorization", "Bearer ")]
+    public async Task A_key_header_at_the_sign_in_form_is_not_read_so_it_cannot_test_keys_past_the_throttle(string header, string prefix)
+    {
+        // The form is open to anyone, so a header's unknown key is never refused (nor counted) there; a valid
+        // one changed who the form's anti-forgery token was checked for, and the form "expired": an oracle.
+        var statuses = new List<HttpStatusCode>();
+        foreach (var key in new[] { TestKeys.Admin, WrongKey })
+        {
+            using var browser = Browser(Attacker);
+            using var response = await PostSignInWithHeaderAsync(browser, WrongKey, header, prefix + key);
+            statuses.Add(response.StatusCode);
+        }
+
+        Assert.Equal([HttpStatusCode.Unauthorized, HttpStatusCode.Unauthorized], statuses);
+
+        // The form's key signs in, whatever key a header beside it names.
+        using var holder = Browser(Bystander);
+        using (var signedIn = await PostSignInWithHeaderAsync(holder, TestKeys.Reader, header, prefix + TestKeys.Admin))
+        {
+            Assert.Equal(HttpStatusCode.Redirect, signedIn.StatusCode);
+        }
+
+        using var session = await holder.GetAsync(new Uri("/dashboard/api/session", UriKind.Relative));
+        Assert.Equal(TestKeys.ReaderName, (await session.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("name").GetString());
+    }
+
+    private static async Task<HttpResponseMessage> PostSignInWithHeaderAsync(HttpClient browser, string formKey, string header, string value)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri("/dashboard/login", UriKind.Relative))
+        {
+            Content = DashboardBrowser.LoginForm(formKey, await DashboardBrowser.FormTokenAsync(browser)),
+        };
+        request.Headers.TryAddWithoutValidation(header, value);
+        return await browser.SendAsync(request);
     }
 
     private HttpClient Browser(string localAddress) => From(localAddress, new CookieContainer());
