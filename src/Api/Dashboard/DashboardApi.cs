@@ -142,7 +142,7 @@ internal static class DashboardApi
 
     /// <summary>
     /// Refuses a sign-in body before anything reads it: larger than <see cref="MaxSignInBodyBytes"/> (413)
-    /// or not <c>application/x-www-form-urlencoded</c> (415; the form sends nothing else, and a multipart
+    /// or not <c>application/x-www-form-urlencoded</c> in UTF-8 (415; the form sends nothing else, and a multipart
     /// body would be buffered, its file parts to disk, to look for the anti-forgery token). A body of no
     /// declared length is cut off at the limit as it is read: the server answers 413.
     /// </summary>
@@ -155,11 +155,13 @@ internal static class DashboardApi
                 detail: $"The sign-in form must be at most {MaxSignInBodyBytes} bytes.");
         }
 
+        // A charset other than UTF-8 (a browser names none) is refused too: UTF-7 made the form reader throw, a 500.
         if (!MediaTypeHeaderValue.TryParse(request.ContentType, out var type)
-            || !type.MediaType.Equals("application/x-www-form-urlencoded", StringComparison.OrdinalIgnoreCase))
+            || !type.MediaType.Equals("application/x-www-form-urlencoded", StringComparison.OrdinalIgnoreCase)
+            || (type.Charset.HasValue && !HeaderUtilities.RemoveQuotes(type.Charset).Equals("utf-8", StringComparison.OrdinalIgnoreCase)))
         {
             return TypedResults.Problem(statusCode: StatusCodes.Status415UnsupportedMediaType, title: "Unsupported media type",
-                detail: "The sign-in form is read as application/x-www-form-urlencoded only.");
+                detail: "The sign-in form is read as application/x-www-form-urlencoded (UTF-8) only.");
         }
 
         if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)

@@ -230,7 +230,8 @@ public static class AccessControl
     /// <see cref="IAntiforgery.IsRequestValidAsync"/>, for a body that may not be a readable form. Without
     /// the header, the token is looked for in a form body, and a failure to read it comes wrapped in an
     /// <see cref="AntiforgeryValidationException"/>: a malformed form (no boundary, garbage parts, too many
-    /// or too long fields) carries no token, so the request is refused as any other; a body that failed
+    /// or too long fields, a charset that cannot be decoded, which comes unwrapped) carries no token, so the
+    /// request is refused as any other; a body that failed
     /// to arrive (cut short, too slow, too large, the client gone) is rethrown as itself, to be answered
     /// as such wherever it is read.
     /// </summary>
@@ -242,6 +243,10 @@ public static class AccessControl
         }
         catch (AntiforgeryValidationException exception)
             when (exception.InnerException is { } unreadable && UnreadableForms.IsMalformed(unreadable, context))
+        {
+            return false;
+        }
+        catch (NotSupportedException charset) when (UnreadableForms.IsMalformed(charset, context))
         {
             return false;
         }

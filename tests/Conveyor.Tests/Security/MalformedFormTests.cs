@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Security;
 
 /// <summary>
 /// A form the server cannot read (no multipart boundary, garbage parts, too many or too long fields,
-/// a body over the server's limit) is the client's mistake wherever the anti-forgery check meets it: the
+/// a body over the server's limit, a charset it cannot decode) is the client's mistake wherever the anti-forgery check meets it: the
 /// sign-in form, or any state-changing call carrying the session cookie. It is answered 400 (413 when
 /// too large; the sign-in form takes no more than a few KiB, url-encoded only, 415 otherwise) and logged at no more than debug level, so anonymous clients cannot fill the error log.
 /// </summary>
@@ -51,6 +51,7 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
         { MalformedForm.TooManyShortFields, StatusCodes.Status400BadRequest },
         { MalformedForm.TooManyFields, StatusCodes.Status413PayloadTooLarge },
         { MalformedForm.FieldTooLong, StatusCodes.Status413PayloadTooLarge },
+        { MalformedForm.Utf7, StatusCodes.Status415UnsupportedMediaType },
     };
 
     [Theory]
@@ -307,8 +308,9 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
         public const string TooManyFields = "2000 urlencoded fields";
         public const string TooManyShortFields = "2000 urlencoded fields in 4 KB";
         public const string FieldTooLong = "a 5 MB urlencoded field";
+        public const string Utf7 = "urlencoded in UTF-7, which .NET refuses to decode";
 
-        public static string[] Names => [NoBoundary, GarbageParts, TooManyFields, TooManyShortFields, FieldTooLong];
+        public static string[] Names => [NoBoundary, GarbageParts, TooManyFields, TooManyShortFields, FieldTooLong, Utf7];
 
         public static ByteArrayContent Create(string name) => name switch
         {
@@ -317,6 +319,7 @@ public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsync
             TooManyFields => Raw(string.Join('&', Enumerable.Range(0, 2000).Select(i => $"f{i}=v")), "application/x-www-form-urlencoded"),
             TooManyShortFields => Raw(string.Join('&', Enumerable.Repeat("f", 2000)), "application/x-www-form-urlencoded"),
             FieldTooLong => Raw("apiKey=" + new string('a', 5 * 1024 * 1024), "application/x-www-form-urlencoded"),
+            Utf7 => Raw("apiKey=x", "application/x-www-form-urlencoded; charset=utf-7"),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
         };
 
