@@ -32,7 +32,12 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
         var vhost = Uri.EscapeDataString(options.Value.VirtualHost);
         using var document = await GetAsync($"queues/{vhost}?columns={Columns}", cancellationToken)
             ?? throw new BrokerUnavailableException($"The management API knows no vhost '{options.Value.VirtualHost}'.");
-        return [.. document.RootElement.EnumerateArray().Select(Read)];
+        if (document.RootElement.ValueKind != JsonValueKind.Array)
+        {
+            throw new BrokerUnavailableException("The management API's answer was not a list of queues.");
+        }
+
+        return [.. document.RootElement.EnumerateArray().Select(Read).OfType<QueueStats>()];
     }
 
     /// <summary>The queue, or null when it does not exist (or its name cannot be put in the URL, see <see cref="ErrorQueueNames.NameProblem"/>).</summary>
@@ -45,7 +50,8 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
 
         var path = $"queues/{Uri.EscapeDataString(options.Value.VirtualHost)}/{Uri.EscapeDataString(name)}?columns={Columns}";
         using var document = await GetAsync(path, cancellationToken);
-        return document is null ? null : Read(document.RootElement);
+        return document is null ? null
+            : Read(document.RootElement) ?? throw new BrokerUnavailableException($"The management API's answer for '{name}' was not a queue.");
     }
 
     private async Task<JsonDocument?> GetAsync(string path, CancellationToken cancellationToken)
@@ -75,17 +81,33 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
         }
     }
 
-    private static QueueStats Read(JsonElement queue) => new(
-        queue.GetProperty("name").GetString()!,
-        Long(queue, "messages"),
-        Long(queue, "messages_ready"),
-        Long(queue, "messages_unacknowledged"),
-        (int)Long(queue, "consumers"),
-        queue.TryGetProperty("messages", out var messages) && messages.ValueKind == JsonValueKind.Number);
+    /// <summary>
+    /// The queue, or null for an entry that names none. A count that is not a whole number in range (an
+    /// answer from something other than RabbitMQ, a proxy's page) reads as absent, as one not yet there does.
+    /// </summary>
+    private static QueueStats? Read(JsonElement queue)
+    {
+        if (queue.ValueKind != JsonValueKind.Object
+            || !queue.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String)
+        {
+            return null;
+        }
+
+        var messages = Long(queue, "messages");
+        return new QueueStats(
+            name.GetString()!,
+            messages ?? 0,
+            Long(queue, "messages_ready") ?? 0,
+            Long(queue, "messages_unacknowledged") ?? 0,
+            (int)Math.Clamp(Long(queue, "consumers") ?? 0, 0, int.MaxValue),
+            messages is not null);
+    }
 
     // Counters appear a moment after a queue is declared.
-    private static long Long(JsonElement queue, string name) =>
-        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;
+    private static long? Long(JsonElement queue, string name) =>
+        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) && number >= 0
+            ? number
+            : null;
 }
 
 /// <summary>RabbitMQ (its management API or AMQP port) did not answer.</summary>

@@ -46,11 +46,64 @@ public sealed class ManagementClientFailureTests
         Assert.Empty(monitor.Queues);
     }
 
-    private static HttpClient Http()
+    [Theory]
+    [InlineData("""[{"name":"a_error","messages":2.5,"messages_ready":1e30,"messages_unacknowledged":-1,"consumers":99999999999}]""", int.MaxValue)]
+    [InlineData("""[{"name":"a_error","messages":"7","messages_ready":null,"messages_unacknowledged":{},"consumers":[]}]""", 0)]
+    public async Task A_count_that_is_not_a_whole_number_in_range_reads_as_unknown(string answer, int consumers)
     {
-        var http = new HttpClient(new ResetHandler());
+        var client = new RabbitManagementClient(Http(new AnswerHandler(answer)), Options.Create(Broker));
+
+        var queue = Assert.Single(await client.QueuesAsync(CancellationToken.None));
+
+        Assert.Equal(new QueueStats("a_error", 0, 0, 0, consumers, CountsKnown: false), queue);
+        Assert.Equal(queue, await client.QueueAsync("a_error", CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Entries_that_name_no_queue_are_left_out_of_the_listing()
+    {
+        var client = new RabbitManagementClient(
+            Http(new AnswerHandler("""[5, null, {"messages":1}, {"name":7}, {"name":"b_error","messages":3,"consumers":1}]""")), Options.Create(Broker));
+
+        var queue = Assert.Single(await client.QueuesAsync(CancellationToken.None));
+
+        Assert.Equal(new QueueStats("b_error", 3, 0, 0, 1), queue);
+    }
+
+    [Theory]
+    [InlineData("""{"error":"not_authorised"}""")]
+    [InlineData("""
+        "queues"
+        """)]
+    [InlineData("42")]
+    public async Task An_answer_that_is_not_a_list_or_a_queue_is_an_unavailable_broker(string answer)
+    {
+        var client = new RabbitManagementClient(Http(new AnswerHandler(answer)), Options.Create(Broker));
+
+        await Assert.ThrowsAsync<BrokerUnavailableException>(() => client.QueuesAsync(CancellationToken.None));
+        await Assert.ThrowsAsync<BrokerUnavailableException>(() => client.QueueAsync("a_error", CancellationToken.None));
+    }
+
+    private static HttpClient Http(HttpMessageHandler? handler = null)
+    {
+        var http = new HttpClient(handler ?? new ResetHandler());
         RabbitManagementClient.Configure(http, Broker);
         return http;
+    }
+
+    /// <summary>Answers every request with <c>json</c>; a single queue's request with the listing's first entry, as RabbitMQ would.</summary>
+    private sealed class AnswerHandler(string json) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var body = request.RequestUri!.AbsolutePath.EndsWith("/a_error", StringComparison.Ordinal) && json.StartsWith('[')
+                ? System.Text.Json.JsonDocument.Parse(json).RootElement[0].GetRawText()
+                : json;
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK)
+            {
+                Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json"),
+            });
+        }
     }
 
     private sealed class ResetHandler : HttpMessageHandler
