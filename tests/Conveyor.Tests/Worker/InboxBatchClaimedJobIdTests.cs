@@ -3,7 +3,6 @@ using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Conveyor.Tests.Worker;
 
@@ -15,20 +14,13 @@ namespace Conveyor.Tests.Worker;
 [Collection(ConveyorCollection.Name)]
 public sealed class InboxBatchClaimedJobIdTests(ConveyorFixture fixture) : IAsyncLifetime
 {
-    private const string Kind = "charge-payment";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
-    private readonly List<BatchMember> _joined = [];
-    private InboxBatcher? _batcher;
+    private DrivenBatcher? _batcher;
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public async Task DisposeAsync()
     {
-        foreach (var member in _joined.Where(m => !m.Completed.IsCompleted))
-        {
-            member.RanAndFailed();
-        }
-
         if (_batcher is not null)
         {
             await _batcher.DisposeAsync();
@@ -38,8 +30,7 @@ public sealed class InboxBatchClaimedJobIdTests(ConveyorFixture fixture) : IAsyn
     [Fact]
     public async Task Two_commands_claiming_the_same_unused_job_id_in_two_batches_at_once_both_commit()
     {
-        _batcher = new("inbox-claimed-id-test", Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
-            TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+        _batcher = DrivenBatcher.Start(fixture, "inbox-claimed-id-test");
         var claimed = Guid.NewGuid();
         var a = Join(Guid.NewGuid().ToString(), claimed);
         Assert.Equal(InboxClaim.Run, await a.Claimed.WaitAsync(Patience));
@@ -57,10 +48,5 @@ public sealed class InboxBatchClaimedJobIdTests(ConveyorFixture fixture) : IAsyn
         Assert.Equal(claimed, jobs.Single(j => j.BusinessKey == a.MessageKey).Id);
     }
 
-    private BatchMember Join(string key, Guid claimedJobId)
-    {
-        var member = _batcher!.Join(key, Guid.NewGuid(), claimedJobId, fingerprint: null);
-        _joined.Add(member);
-        return member;
-    }
+    private BatchMember Join(string key, Guid claimedJobId) => _batcher!.Join(key, claimedJobId, fingerprint: null);
 }

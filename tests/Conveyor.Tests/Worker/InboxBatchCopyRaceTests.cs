@@ -2,7 +2,6 @@ using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Conveyor.Tests.Worker;
 
@@ -17,18 +16,12 @@ public sealed class InboxBatchCopyRaceTests(ConveyorFixture fixture) : IAsyncLif
 {
     private const string Kind = "charge-payment";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
-    private readonly List<BatchMember> _joined = [];
-    private InboxBatcher? _batcher;
+    private DrivenBatcher? _batcher;
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public async Task DisposeAsync()
     {
-        foreach (var member in _joined.Where(m => !m.Completed.IsCompleted))
-        {
-            member.RanAndFailed();
-        }
-
         if (_batcher is not null)
         {
             await _batcher.DisposeAsync();
@@ -80,8 +73,7 @@ public sealed class InboxBatchCopyRaceTests(ConveyorFixture fixture) : IAsyncLif
     /// </summary>
     private async Task<(BatchMember First, BatchMember Second)> ClaimWhileTheFirstCopyFailsAsync(string key, byte[] firstCommand, byte[] secondCommand)
     {
-        _batcher = new("inbox-copy-race-test", Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
-            TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+        _batcher = DrivenBatcher.Start(fixture, "inbox-copy-race-test");
         var first = Join(key, firstCommand);
         Assert.Equal(InboxClaim.Run, await first.Claimed.WaitAsync(Patience));
 
@@ -94,10 +86,5 @@ public sealed class InboxBatchCopyRaceTests(ConveyorFixture fixture) : IAsyncLif
         return (first, second);
     }
 
-    private BatchMember Join(string key, byte[] fingerprint)
-    {
-        var member = _batcher!.Join(key, Guid.NewGuid(), claimedJobId: null, fingerprint);
-        _joined.Add(member);
-        return member;
-    }
+    private BatchMember Join(string key, byte[] fingerprint) => _batcher!.Join(key, claimedJobId: null, fingerprint);
 }

@@ -20,20 +20,14 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     private const string Kind = "charge-payment";
     private const string ConsumerId = "inbox-fallback-test";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
-    private readonly List<BatchMember> _joined = [];
     private readonly CapturedLogs _logs = new();
     private readonly List<TestTrigger> _culprits = [];
-    private InboxBatcher? _batcher;
+    private DrivenBatcher? _batcher;
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public async Task DisposeAsync()
     {
-        foreach (var member in _joined.Where(m => !m.Completed.IsCompleted))
-        {
-            member.RanAndFailed();
-        }
-
         if (_batcher is not null)
         {
             await _batcher.DisposeAsync();
@@ -199,8 +193,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
 
     private async Task<IReadOnlyList<BatchMember>> JoinOneBatchAsync((string Key, byte[]? Fingerprint)[] messages)
     {
-        _batcher = new(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1, fixture.DbContextFactory(),
-            TimeProvider.System, _logs.CreateLogger(nameof(InboxBatcher)), Timeout.InfiniteTimeSpan);
+        _batcher = DrivenBatcher.Start(fixture, ConsumerId, _logs.CreateLogger(nameof(InboxBatcher)));
         var blockedKey = Key();
         await InsertJobAsync(blockedKey, JobStatus.Queued);
         await using var connection = new NpgsqlConnection(fixture.ConnectionString);
@@ -231,12 +224,7 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
 
     private BatchMember Join(string key) => Join(key, fingerprint: null);
 
-    private BatchMember Join(string key, byte[]? fingerprint)
-    {
-        var member = _batcher!.Join(key, Guid.NewGuid(), Guid.NewGuid(), fingerprint);
-        _joined.Add(member);
-        return member;
-    }
+    private BatchMember Join(string key, byte[]? fingerprint) => _batcher!.Join(key, Guid.NewGuid(), fingerprint);
 
     /// <summary>
     /// The member's job row cannot be written: a trigger refuses it as a unique violation of the jobs'
