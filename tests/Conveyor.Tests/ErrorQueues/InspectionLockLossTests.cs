@@ -1,7 +1,6 @@
 using System.Net;
 using System.Text.Json;
 using Conveyor.Tests.Infrastructure;
-using Npgsql;
 
 namespace Conveyor.Tests.ErrorQueues;
 
@@ -40,8 +39,8 @@ public sealed class InspectionLockLossTests(ConveyorFixture fixture) : IAsyncLif
         admin.Timeout = TimeSpan.FromMinutes(3);
 
         var inspection = admin.GetAsync(new Uri($"/api/error-queues/{Queue}/messages", UriKind.Relative));
-        var lockSession = await LockSessionAsync(inspection);
-        Assert.True(await TerminateAsync(lockSession), "the lock's session had already ended: the inspection was no longer walking");
+        var lockSession = await QueueLockSessions.FindAsync(fixture, () => Assert.False(inspection.IsCompleted, "the inspection ended before its lock was seen"));
+        Assert.True(await QueueLockSessions.TerminateAsync(fixture, lockSession), "the lock's session had already ended: the inspection was no longer walking");
 
         using var answer = await inspection.WaitAsync(TimeSpan.FromMinutes(3));
         var text = await answer.Content.ReadAsStringAsync();
@@ -56,35 +55,5 @@ public sealed class InspectionLockLossTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(("succeeded", (long)Messages), (moved.GetProperty("state").GetString(), moved.GetProperty("moved").GetInt64()));
         Assert.Equal(0u, await broker.CountAsync(Queue));
         Assert.Equal(held.MessageIds.ToHashSet(), (await broker.IdsAsync(ErrorQueueKit.ChargeQueue)).Select(id => id!).ToHashSet());
-    }
-
-    /// <summary>The backend of the Api's session that holds an advisory lock: the inspection's lock, once it has taken it.</summary>
-    private async Task<int> LockSessionAsync(Task<HttpResponseMessage> inspection)
-    {
-        int? pid = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            Assert.False(inspection.IsCompleted, "the inspection ended before its lock was seen");
-            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-            await connection.OpenAsync();
-            await using var find = new NpgsqlCommand(
-                """
-                SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
-                   AND a.application_name = 'conveyor-api-queue-lock'
-                """, connection);
-            pid = (int?)await find.ExecuteScalarAsync();
-            Assert.NotNull(pid);
-        });
-        return pid!.Value;
-    }
-
-    private async Task<bool> TerminateAsync(int pid)
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var terminate = new NpgsqlCommand("SELECT pg_terminate_backend(@pid)", connection);
-        terminate.Parameters.AddWithValue("pid", pid);
-        return await terminate.ExecuteScalarAsync() is true;
     }
 }

@@ -57,13 +57,13 @@ public sealed class OperationLockLossTests(ConveyorFixture fixture) : IAsyncLife
         var id = (await started.JsonAsync()).GetProperty("operationId").GetGuid();
         await Eventually.AssertAsync(async () =>
             Assert.True((await channel.QueueDeclarePassiveAsync(Queue)).ConsumerCount >= 2, "the walk does not consume the queue yet"));
-        var lockSession = await LockSessionAsync();
+        var lockSession = await QueueLockSessions.FindAsync(fixture);
 
         try
         {
             // The lock's session stops answering, and the server gives it up (as it does after its probes).
             relay.Stall();
-            Assert.True(await TerminateAsync(lockSession), "the lock's session had already ended");
+            Assert.True(await QueueLockSessions.TerminateAsync(fixture, lockSession), "the lock's session had already ended");
 
             await Eventually.AssertAsync(
                 async () => Assert.Equal(1u, (await channel.QueueDeclarePassiveAsync(Queue)).ConsumerCount),
@@ -80,34 +80,5 @@ public sealed class OperationLockLossTests(ConveyorFixture fixture) : IAsyncLife
         Assert.StartsWith("Lost the database connection that holds the queue's lock", operation.GetProperty("detail").GetString(), StringComparison.Ordinal);
         await held.ReleaseAsync();
         Assert.Equal((uint)Messages, await broker.CountAsync(Queue));
-    }
-
-    /// <summary>The backend of the Api's session that holds an advisory lock: the move's lock.</summary>
-    private async Task<int> LockSessionAsync()
-    {
-        int? pid = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-            await connection.OpenAsync();
-            await using var find = new NpgsqlCommand(
-                """
-                SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
-                   AND a.application_name = 'conveyor-api-queue-lock'
-                """, connection);
-            pid = (int?)await find.ExecuteScalarAsync();
-            Assert.NotNull(pid);
-        });
-        return pid!.Value;
-    }
-
-    private async Task<bool> TerminateAsync(int pid)
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var terminate = new NpgsqlCommand("SELECT pg_terminate_backend(@pid)", connection);
-        terminate.Parameters.AddWithValue("pid", pid);
-        return await terminate.ExecuteScalarAsync() is true;
     }
 }
