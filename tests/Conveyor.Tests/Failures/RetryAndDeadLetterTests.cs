@@ -188,18 +188,21 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(3, job.Attempts);
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
 
-        // The schedule as the worker stored it, on the database's clock (this machine's). The first delay counts from the
-        // failure's time, which the worker stores with it (the first failure's header): exactly the
-        // base delay within its jitter.
+        // The schedule as the worker stored it, on the database's clock (this machine's): each due time is the
+        // row's store time (created_at) plus its delay, so the first is exactly the base delay within its
+        // jitter (a millisecond for the two clock readings of the one statement). Counted from the failure's
+        // time (the first failure's header), it also holds the moment between the failure and the store: a
+        // delay drawn near the top of its jitter read as too long.
         var rows = await stored.ReadAsync();
         Assert.Equal([1, 2], rows.Select(r => r.Attempt));
         var (first, second) = (rows[0], rows[1]);
         var failedAt = DateTimeOffset.Parse(first.FirstFailureAt!, System.Globalization.CultureInfo.InvariantCulture);
-        Assert.InRange((first.DueAt - failedAt).TotalMilliseconds, 1500 * 0.9, 1500 * 1.1);
+        Assert.InRange((first.DueAt - first.CreatedAt).TotalMilliseconds, 1500 * 0.9, 1500 * 1.1 + 1);
+        Assert.InRange((first.CreatedAt - failedAt).TotalMilliseconds, 0, 500);
         // The second failure's own time is not stored; created_at is read a moment after it, in the same
         // method with no I/O between (half a second covers that many times over), so this is the
         // doubled delay within its jitter, and not the base delay or a tripled one.
-        Assert.InRange((second.DueAt - second.CreatedAt).TotalMilliseconds, 3000 * 0.9 - 500, 3000 * 1.1);
+        Assert.InRange((second.DueAt - second.CreatedAt).TotalMilliseconds, 3000 * 0.9 - 500, 3000 * 1.1 + 1);
         // Never early: the second failure came once the first redelivery was due, the last (the one
         // that dead-lettered the job) once the second was.
         Assert.True(second.CreatedAt >= first.DueAt, $"second failure at {second.CreatedAt:O}, first redelivery due {first.DueAt:O}");
