@@ -82,7 +82,7 @@ public sealed class QueueOverviewSource(IHttpClientFactory httpClients, IOptions
             return
             [
                 .. document.RootElement.EnumerateArray()
-                    .Where(q => q.ValueKind == JsonValueKind.Object && q.TryGetProperty("name", out var name) && name.ValueKind == JsonValueKind.String)
+                    .Where(q => ManagementQueueJson.Name(q) is not null)
                     // Auto-delete queues are the buses' own reply queues, not work.
                     .Where(q => !(q.TryGetProperty("auto_delete", out var autoDelete) && autoDelete.ValueKind == JsonValueKind.True))
                     .Select(Read)
@@ -112,8 +112,7 @@ public sealed class QueueOverviewSource(IHttpClientFactory httpClients, IOptions
     // Counters and rates appear a moment after a queue is declared, and rates only once something moved. A value
     // of another shape (a count that is no whole number, details that are no object, a rate beyond a double)
     // counts as absent too: it is no reason to show no queue at all, and it threw, answering a 500.
-    private static long Long(JsonElement queue, string name) =>
-        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) ? number : 0;
+    private static long Long(JsonElement queue, string name) => ManagementQueueJson.Count(queue, name) ?? 0;
 
     private static double Rate(JsonElement stats, string name) =>
         stats.ValueKind == JsonValueKind.Object

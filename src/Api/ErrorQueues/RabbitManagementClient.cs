@@ -87,15 +87,14 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
     /// </summary>
     private static QueueStats? Read(JsonElement queue)
     {
-        if (queue.ValueKind != JsonValueKind.Object
-            || !queue.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String)
+        if (ManagementQueueJson.Name(queue) is not { } name)
         {
             return null;
         }
 
         var messages = Long(queue, "messages");
         return new QueueStats(
-            name.GetString()!,
+            name,
             messages ?? 0,
             Long(queue, "messages_ready") ?? 0,
             Long(queue, "messages_unacknowledged") ?? 0,
@@ -103,11 +102,7 @@ public sealed class RabbitManagementClient(HttpClient http, IOptions<RabbitMqOpt
             messages is not null);
     }
 
-    // Counters appear a moment after a queue is declared.
-    private static long? Long(JsonElement queue, string name) =>
-        queue.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) && number >= 0
-            ? number
-            : null;
+    private static long? Long(JsonElement queue, string name) => ManagementQueueJson.Count(queue, name) is >= 0 and var number ? number : null;
 }
 
 /// <summary>RabbitMQ (its management API or AMQP port) did not answer.</summary>

@@ -23,28 +23,18 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
     [InlineData("\"queues\"")]
     public async Task An_answer_that_is_not_a_list_of_queues_is_a_503_not_a_500(string answer)
     {
-        await using var management = await FakeRabbitManagement.StartAsync();
-        management.QueuesAnswer = answer;
-        await using var api = await StartApiAsync(management);
+        var (status, body) = await OverviewAsync(answer);
 
-        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
-        var body = await response.Content.ReadAsStringAsync();
-
-        Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)response.StatusCode}: {body}");
+        Assert.True(status == HttpStatusCode.ServiceUnavailable, $"{(int)status}: {body}");
         Assert.Equal("Message broker unavailable", JsonDocument.Parse(body).RootElement.GetProperty("title").GetString());
     }
 
     [Fact]
     public async Task A_listed_entry_without_a_name_is_left_out_and_the_queues_are_shown()
     {
-        await using var management = await FakeRabbitManagement.StartAsync();
-        management.QueuesAnswer = """[{"messages":3}, {"name":42}, {"name":"charge-payment","messages":2,"consumers":1}]""";
-        await using var api = await StartApiAsync(management);
+        var (status, body) = await OverviewAsync("""[{"messages":3}, {"name":42}, {"name":"charge-payment","messages":2,"consumers":1}]""");
 
-        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
-        var body = await response.Content.ReadAsStringAsync();
-
-        Assert.True(response.StatusCode == HttpStatusCode.OK, $"{(int)response.StatusCode}: {body}");
+        Assert.True(status == HttpStatusCode.OK, $"{(int)status}: {body}");
         var queue = Assert.Single(JsonDocument.Parse(body).RootElement.GetProperty("queues").EnumerateArray());
         Assert.Equal("charge-payment", queue.GetProperty("name").GetString());
         Assert.Equal(2, queue.GetProperty("messages").GetInt64());
@@ -57,23 +47,25 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
     [InlineData("""[{"name":"charge-payment","consumers":1,"message_stats":{"ack_details":{"rate":1e400}}}]""")] // a rate beyond a double
     public async Task A_listed_value_of_an_unexpected_shape_counts_as_absent_and_the_queues_are_shown(string answer)
     {
-        await using var management = await FakeRabbitManagement.StartAsync();
-        management.QueuesAnswer = answer;
-        await using var api = await StartApiAsync(management);
+        var (status, body) = await OverviewAsync(answer);
 
-        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
-        var body = await response.Content.ReadAsStringAsync();
-
-        Assert.True(response.StatusCode == HttpStatusCode.OK, $"{(int)response.StatusCode}: {body}");
+        Assert.True(status == HttpStatusCode.OK, $"{(int)status}: {body}");
         var queue = Assert.Single(JsonDocument.Parse(body).RootElement.GetProperty("queues").EnumerateArray());
         Assert.Equal("charge-payment", queue.GetProperty("name").GetString());
         Assert.Equal(1, queue.GetProperty("consumers").GetInt32());
         Assert.Equal(0, queue.GetProperty("ackRate").GetDouble());
     }
 
-    private Task<RunningApp> StartApiAsync(FakeRabbitManagement management) =>
-        fixture.StartApiAsync(new Dictionary<string, string?>
+    /// <summary>The dashboard's overview from an Api whose management API answers the queue listing with <paramref name="queuesAnswer"/>.</summary>
+    private async Task<(HttpStatusCode Status, string Body)> OverviewAsync(string queuesAnswer)
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.QueuesAnswer = queuesAnswer;
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
             ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
         });
+        using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
+        return (response.StatusCode, await response.Content.ReadAsStringAsync());
+    }
 }
