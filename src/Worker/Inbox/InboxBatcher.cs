@@ -613,7 +613,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
         var now = _time.GetUtcNow();
         var jobIds = ran.Select(r => r.Member.JobId ?? Guid.CreateVersion7()).ToArray();
-        var freshIds = ran.Select(_ => Guid.CreateVersion7()).ToArray();
+        // A fresh id only for a row whose id is a message's claim; one made here is nobody's yet.
+        var freshIds = ran.Select(r => r.Member.JobId is null ? (Guid?)null : Guid.CreateVersion7()).ToArray();
         var keys = ran.Select(r => r.Member.MessageKey).ToArray();
         var fingerprints = ran.Select(r => r.Member.Fingerprint).ToArray();
         var ok = ran.Select(r => r.Ok).ToArray();
@@ -626,10 +627,10 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         // A row created here takes the id its claim chose unless another row holds it by now (a message
         // under another key claiming the same id, JobRef, committed in the meantime): it is only a claim,
         // and taken it failed this message's writes for good (a unique violation) after its effect. A
-        // scalar subquery, one primary-key probe per row: an EXISTS may be planned as a hash of every job id.
+        // scalar subquery, one primary-key probe per claimed id: an EXISTS may be planned as a hash of every job id.
         FormattableString sql = $"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, finished_at, payload_hash)
-            SELECT COALESCE((SELECT t.fresh FROM jobs o WHERE o.id = t.id), t.id),
+            SELECT CASE WHEN t.fresh IS NULL THEN t.id ELSE COALESCE((SELECT t.fresh FROM jobs o WHERE o.id = t.id), t.id) END,
                    {_kind}, t.business_key, CASE WHEN t.ok THEN {JobStatus.Succeeded} ELSE {JobStatus.Running} END,
                    1, {now}, {now}, CASE WHEN t.ok THEN {now} END, t.payload_hash
               FROM unnest({jobIds}::uuid[], {freshIds}::uuid[], {keys}::text[], {ok}::boolean[], {fingerprints}::bytea[])
