@@ -10,9 +10,14 @@ namespace Conveyor.Api.Security;
 /// </summary>
 public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> contexts)
 {
+    /// <summary>First half of the advisory lock that sign-ins of one key take turns on ("CDSS"); the second is a hash of the key's name.</summary>
+    private const int LockClass = 0x43_44_53_53;
+
     /// <summary>
     /// Records a new session lasting at most <paramref name="lifetime"/>, and returns its id; the key's oldest
-    /// sessions beyond <paramref name="maxPerKey"/> end.
+    /// sessions beyond <paramref name="maxPerKey"/> end. Sign-ins of one key take turns (a transaction-scoped
+    /// advisory lock on the key's name): two at once would each count the other's row among the sessions to
+    /// trim, and at the limit could end each other's new sessions, leaving fewer than the limit, or none.
     /// </summary>
     public async Task<Guid> StartAsync(string keyName, TimeSpan lifetime, int maxPerKey, CancellationToken cancellationToken)
     {
@@ -20,16 +25,21 @@ public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> c
         await using var db = await contexts.CreateDbContextAsync(cancellationToken);
         // The expired rows go here rather than in a sweeper: there are as many as sign-ins, and the index finds them.
         await db.Database.ExecuteSqlAsync($"DELETE FROM dashboard_sessions WHERE expires_at <= now()", cancellationToken);
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         await db.Database.ExecuteSqlAsync(
-            $"INSERT INTO dashboard_sessions (id, key_name, started_at, expires_at) VALUES ({id}, {keyName}, now(), now() + {lifetime})",
+            $"SELECT pg_advisory_xact_lock({LockClass}, hashtext({keyName}))", cancellationToken);
+        // clock_timestamp(), not now(): the transaction's start, which now() gives, is before the wait for the lock.
+        await db.Database.ExecuteSqlAsync(
+            $"INSERT INTO dashboard_sessions (id, key_name, started_at, expires_at) VALUES ({id}, {keyName}, clock_timestamp(), clock_timestamp() + {lifetime})",
             cancellationToken);
         var othersKept = maxPerKey - 1;
         await db.Database.ExecuteSqlAsync(
             $"""
             DELETE FROM dashboard_sessions WHERE key_name = {keyName} AND id <> {id} AND id NOT IN (
-                SELECT id FROM dashboard_sessions WHERE key_name = {keyName} AND id <> {id} ORDER BY started_at DESC LIMIT {othersKept})
+                SELECT id FROM dashboard_sessions WHERE key_name = {keyName} AND id <> {id} ORDER BY started_at DESC, id LIMIT {othersKept})
             """,
             cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
         return id;
     }
 
