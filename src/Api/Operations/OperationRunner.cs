@@ -58,7 +58,6 @@ public sealed class OperationRunner(
             throw;
         }
 
-        OperationsLog.Started(logger, operation.Id, operation.Kind, operation.Queue, operation.DryRun, operation.RequestedBy);
         var run = Task.Run(() => ExecuteAsync(operation, request, lease), CancellationToken.None);
         _running[operation.Id] = run;
         _ = run.ContinueWith(_ => _running.TryRemove(operation.Id, out Task? _), TaskScheduler.Default);
@@ -134,7 +133,30 @@ public sealed class OperationRunner(
         return operation;
     }
 
+    /// <summary>
+    /// Runs the operation to its end and always gives the queue's lock back: were anything to throw past
+    /// the walk's own handling, the lock would otherwise be held (and the queue refused to every other
+    /// operation, 409) until the process exits. The row then stays <c>running</c> until the next operation
+    /// on the queue, or the check for abandoned operations, marks it interrupted.
+    /// </summary>
     private async Task ExecuteAsync(ErrorQueueOperation operation, OperationRequest request, QueueLease lease)
+    {
+        try
+        {
+            OperationsLog.Started(logger, operation.Id, operation.Kind, operation.Queue, operation.DryRun, operation.RequestedBy);
+            await RunToEndAsync(operation, request, lease);
+        }
+        catch (Exception exception)
+        {
+            OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
+        }
+        finally
+        {
+            await lease.DisposeAsync();
+        }
+    }
+
+    private async Task RunToEndAsync(ErrorQueueOperation operation, OperationRequest request, QueueLease lease)
     {
         var settings = options.Value;
         var visitor = new OperationVisitor(new OperationPlan(
@@ -146,72 +168,78 @@ public sealed class OperationRunner(
         using var saved = new CancellationTokenSource();
         var lostLock = new StrongBox<bool>();
         var reporter = ReportProgressAsync(operation.Id, lease, visitor, progress, cancel, lostLock, saved.Token);
-        string state;
-        string? detail = null;
-        long? left = null;
         try
         {
-            await using var connection = await broker.ConnectAsync("error-queue-operation", cancel.Token);
-            var walker = new QueueWalker(connection, new WalkPlan(request.Queue, long.MaxValue, settings), visitor, progress, time);
-            left = await walker.RunAsync(cancel.Token);
-            state = ErrorQueueOperationStates.Succeeded;
-            detail = walker.StoppedEarly;
-        }
-        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
-        {
-            state = ErrorQueueOperationStates.Cancelled;
-            detail = "The Api shut down; messages not yet moved or purged stayed in the queue.";
-        }
-        catch (Exception exception)
-        {
-            state = ErrorQueueOperationStates.Failed;
-            detail = lostLock.Value
-                ? "Lost the database connection that holds the queue's lock, or it did not record progress in time; stopped. Messages not yet moved or purged stayed in the queue."
-                : exception.Message;
-            OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
-        }
+            string state;
+            string? detail = null;
+            long? left = null;
+            try
+            {
+                await using var connection = await broker.ConnectAsync("error-queue-operation", cancel.Token);
+                var walker = new QueueWalker(connection, new WalkPlan(request.Queue, long.MaxValue, settings), visitor, progress, time);
+                left = await walker.RunAsync(cancel.Token);
+                state = ErrorQueueOperationStates.Succeeded;
+                detail = walker.StoppedEarly;
+            }
+            catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+            {
+                state = ErrorQueueOperationStates.Cancelled;
+                detail = "The Api shut down; messages not yet moved or purged stayed in the queue.";
+            }
+            catch (Exception exception)
+            {
+                state = ErrorQueueOperationStates.Failed;
+                detail = lostLock.Value
+                    ? "Lost the database connection that holds the queue's lock, or it did not record progress in time; stopped. Messages not yet moved or purged stayed in the queue."
+                    : exception.Message;
+                OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
+            }
 
-        if (progress.Unreadable > 0)
-        {
-            var unreadable = $"{progress.Unreadable} message(s) could not be read and stayed in the queue; the first: {progress.FirstUnreadable}";
-            detail = detail is null ? unreadable : $"{detail} {unreadable}";
-            OperationsLog.Unreadable(logger, operation.Id, operation.Queue, progress.Unreadable, progress.FirstUnreadable);
-        }
+            if (progress.Unreadable > 0)
+            {
+                var unreadable = $"{progress.Unreadable} message(s) could not be read and stayed in the queue; the first: {progress.FirstUnreadable}";
+                detail = detail is null ? unreadable : $"{detail} {unreadable}";
+                OperationsLog.Unreadable(logger, operation.Id, operation.Queue, progress.Unreadable, progress.FirstUnreadable);
+            }
 
-        var (jobIds, jobIdsPartial) = visitor.JobIds();
-        var jobsMissing = await CountJobsMissingAsync(operation.Id, jobIds);
-        var (messageIds, truncated, targets, errors) = visitor.Snapshot();
-        if (errors.Count > 0)
-        {
-            detail = string.Join(" ", [.. detail is null ? [] : new[] { detail }, .. errors]);
-        }
+            var (jobIds, jobIdsPartial) = visitor.JobIds();
+            var jobsMissing = await CountJobsMissingAsync(operation.Id, jobIds);
+            var (messageIds, truncated, targets, errors) = visitor.Snapshot();
+            if (errors.Count > 0)
+            {
+                detail = string.Join(" ", [.. detail is null ? [] : new[] { detail }, .. errors]);
+            }
 
-        if (jobIdsPartial && jobsMissing is not null)
-        {
-            detail = detail is null ? OperationVisitor.JobIdsPartialDetail : $"{detail} {OperationVisitor.JobIdsPartialDetail}";
-        }
+            if (jobIdsPartial && jobsMissing is not null)
+            {
+                detail = detail is null ? OperationVisitor.JobIdsPartialDetail : $"{detail} {OperationVisitor.JobIdsPartialDetail}";
+            }
 
-        operation.State = state;
-        // Broker text (returned copies' queue names, the client's exception messages) may hold control characters.
-        operation.Detail = detail is null ? null : AuditText.Clip(AuditText.Escape(detail), MaxDetailLength);
-        operation.QueueDepthAtStart = progress.QueueDepthAtStart;
-        operation.Examined = progress.Examined;
-        operation.Matched = visitor.Matched;
-        operation.Moved = visitor.Moved;
-        operation.Purged = visitor.Purged;
-        operation.Failed = visitor.Failed;
-        operation.Left = left;
-        operation.JobsMissing = jobsMissing;
-        operation.MessageIds = JsonSerializer.Serialize(messageIds);
-        operation.MessageIdsTruncated = truncated;
-        operation.Targets = JsonSerializer.Serialize(targets);
-        operation.FinishedAt = operation.UpdatedAt = time.GetUtcNow();
-        await SaveResultAsync(operation);
-        await saved.CancelAsync();
-        await reporter;
-        await lease.DisposeAsync();
-        OperationsLog.Finished(logger, operation.Id, operation.Kind, operation.Queue, state,
-            operation.Examined, operation.Matched, operation.Moved, operation.Purged, operation.Failed);
+            operation.State = state;
+            // Broker text (returned copies' queue names, the client's exception messages) may hold control characters.
+            operation.Detail = detail is null ? null : AuditText.Clip(AuditText.Escape(detail), MaxDetailLength);
+            operation.QueueDepthAtStart = progress.QueueDepthAtStart;
+            operation.Examined = progress.Examined;
+            operation.Matched = visitor.Matched;
+            operation.Moved = visitor.Moved;
+            operation.Purged = visitor.Purged;
+            operation.Failed = visitor.Failed;
+            operation.Left = left;
+            operation.JobsMissing = jobsMissing;
+            operation.MessageIds = JsonSerializer.Serialize(messageIds);
+            operation.MessageIdsTruncated = truncated;
+            operation.Targets = JsonSerializer.Serialize(targets);
+            operation.FinishedAt = operation.UpdatedAt = time.GetUtcNow();
+            await SaveResultAsync(operation);
+            OperationsLog.Finished(logger, operation.Id, operation.Kind, operation.Queue, state,
+                operation.Examined, operation.Matched, operation.Moved, operation.Purged, operation.Failed);
+        }
+        finally
+        {
+            // The progress writes use the lock's connection: they end before the caller releases it.
+            await saved.CancelAsync();
+            await reporter;
+        }
     }
 
     /// <summary>
