@@ -565,6 +565,14 @@
     view().replaceChildren(el("section", { class: "card" }, el("h1", { text: "Not allowed" }), el("p", { text: text })));
   }
 
+  function renderBadAddress(hash) {
+    document.querySelectorAll("[data-nav]").forEach((a) => a.classList.remove("active"));
+    view().replaceChildren(el("section", { class: "card", id: "bad-address" },
+      el("h1", { text: "Not a valid address" }),
+      el("p", { text: "The part after # is not valid percent-encoding: " + hash }),
+      el("p", {}, el("a", { href: "#/overview", text: "Go to the overview" }))));
+  }
+
   // ---- routing -------------------------------------------------------------------------------
 
   async function route() {
@@ -575,7 +583,14 @@
     const hash = window.location.hash || "#/overview";
     const [path, query] = hash.slice(1).split("?");
     const params = new URLSearchParams(query || "");
-    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    let parts;
+    try {
+      parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    } catch (e) {
+      // A hand-edited or truncated link ("%E0%A4"): say so, rather than leave the last view standing.
+      renderBadAddress(hash);
+      return;
+    }
     document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === (parts[0] || "overview")));
     try {
       if (parts[0] === "error-queues" && parts[1]) await renderErrorQueue(token, parts[1]);
