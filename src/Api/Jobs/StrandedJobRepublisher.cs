@@ -32,7 +32,7 @@ public sealed partial class StrandedJobRepublisher(
 {
     public const string Instrument = "conveyor.jobs.republished";
 
-    /// <summary>Jobs published per check at most: a burst of strandings is worked off over a few checks.</summary>
+    /// <summary>Jobs claimed and published per call at most; a check calls again while a call publishes any.</summary>
     public const int BatchSize = 100;
 
     /// <summary>

@@ -92,7 +92,17 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
             var counts = JobKinds.All.ToDictionary(kind => kind, _ => 0L, StringComparer.Ordinal);
             if (strandedBefore.Count > 0)
             {
-                await _republisher.RepublishAsync(strandedBefore, cancellationToken);
+                // Claimed again until a claim publishes nothing: the count below is of the jobs that need an
+                // operator, so a burst larger than one claim (an Api killed amid many submissions) must not
+                // leave jobs that would publish fine in it, with a warning to cancel or repeat them. Every
+                // published job is updated now, out of this check's reach, so the claims run out.
+                int published;
+                do
+                {
+                    published = await _republisher.RepublishAsync(strandedBefore, cancellationToken);
+                }
+                while (published > 0);
+
                 foreach (var (kind, before) in strandedBefore)
                 {
                     // The kind's queued range of the (kind, status, created_at, id) index; created_at <=

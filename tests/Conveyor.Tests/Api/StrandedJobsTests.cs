@@ -315,6 +315,34 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
     }
 
+    /// <summary>
+    /// More stranded jobs than one claim takes, as an Api killed amid a burst of submissions leaves
+    /// them: one check publishes them all, and counts none of them as left over for an operator to
+    /// cancel or submit again.
+    /// </summary>
+    [Fact]
+    public async Task A_burst_of_stranded_jobs_larger_than_a_claim_is_published_in_one_check_and_none_is_counted_as_left_over()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var old = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var jobs = Enumerable.Range(0, StrandedJobRepublisher.BatchSize + 20).Select(_ => QueuedCharge(old)).ToList();
+        // Stranded by the queue's order too, whatever the queue's statistics show.
+        var finished = Job(JobKinds.ChargePayment, JobStatus.Succeeded, DateTimeOffset.UtcNow);
+        finished.RequestHash = "submitted through the Api";
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(jobs);
+            db.Jobs.Add(finished);
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        await monitor.RefreshAsync(CancellationToken.None);
+
+        Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
+        Assert.Equal((uint)jobs.Count, await published.Channel.MessageCountAsync(published.Queue));
+    }
+
     [Fact]
     public async Task An_api_whose_stranding_threshold_is_within_a_submissions_time_refuses_to_start()
     {
