@@ -204,7 +204,10 @@ public static class CliApp
     /// An option that takes a value given none: last on the line, or followed by another option.
     /// Spectre gives such an option a placeholder of its own ("__default_command"), which a command
     /// would then take for the value: <c>move q_error --target</c> would name a queue
-    /// "__default_command". Null when every such option of the command has its value.
+    /// "__default_command". An empty value (<c>--limit "$N"</c> with N unset) is none too: Spectre reads
+    /// it as no option at all for a number, an id or a time, so <c>purge q_error --limit "" --confirm q_error</c>
+    /// would purge the whole queue, <c>job ID --wait ""</c> exit 0 for a dead-lettered job, and
+    /// <c>move --timeout ""</c> wait without end. Null when every such option of the command has its value.
     /// </summary>
     internal static string? MissingValue(IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
     {
@@ -225,6 +228,11 @@ public static class CliApp
                 && (i + 1 == args.Count || args[i + 1].StartsWith("--", StringComparison.Ordinal)))
             {
                 return $"{args[i]} needs a value ({valueName}).";
+            }
+
+            if (options.TryGetValue(args[i], out valueName) && args[i + 1].Length == 0)
+            {
+                return $"{args[i]} was given an empty value; it needs a value ({valueName}), or leave the option out.";
             }
         }
 

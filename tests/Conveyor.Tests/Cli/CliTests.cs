@@ -259,6 +259,31 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
     }
 
+    /// <summary>
+    /// An option given an empty value, as a script's <c>--limit "$N"</c> with N unset gives it, is refused: read as
+    /// no option at all, it would purge the whole queue instead of N messages, or make <c>job --wait</c> exit 0
+    /// for a job that has not succeeded.
+    /// </summary>
+    [Fact]
+    public async Task An_option_given_an_empty_value_is_a_usage_error_and_changes_nothing()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            await Broker.DeadLetterChargeAsync(Declined, "declined");
+        }
+
+        var purge = await RunAsync("purge", ErrorQueueKit.ChargeErrors, "--limit", "", "--confirm", ErrorQueueKit.ChargeErrors);
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--limit", "", "--dry-run");
+        var job = await RunAsync("job", Guid.NewGuid().ToString(), "--wait", "");
+
+        Assert.Equal((ExitCodes.Usage, ExitCodes.Usage, ExitCodes.Usage), (purge.ExitCode, move.ExitCode, job.ExitCode));
+        Assert.Contains("--limit was given an empty value", purge.Err, StringComparison.Ordinal);
+        Assert.Contains("--wait was given an empty value", job.Err, StringComparison.Ordinal);
+        Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        // No request was sent: the Api has no operation to show.
+        Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
+    }
+
     [Fact]
     public async Task Job_and_jobs_show_a_job_found_by_id_or_by_business_key()
     {
