@@ -11,6 +11,34 @@ namespace Conveyor.Cli;
 /// </summary>
 public static class CliApp
 {
+    /// <summary>
+    /// The command in this process's console. The first Ctrl+C cancels the command instead of killing the process, so
+    /// that it ends as it should: a progress bar gives the cursor back, and a move or purge being waited for is named,
+    /// as it goes on in the Api. A second Ctrl+C, should the first not end it, kills the process as usual.
+    /// </summary>
+    public static async Task<int> RunInConsoleAsync(string[] args)
+    {
+        using var interrupted = new CancellationTokenSource();
+        void OnCancelKeyPress(object? sender, ConsoleCancelEventArgs press)
+        {
+            if (!interrupted.IsCancellationRequested)
+            {
+                press.Cancel = true;
+                interrupted.Cancel();
+            }
+        }
+
+        Console.CancelKeyPress += OnCancelKeyPress;
+        try
+        {
+            return await RunAsync(args, Console.Out, Console.Error, cancellationToken: interrupted.Token);
+        }
+        finally
+        {
+            Console.CancelKeyPress -= OnCancelKeyPress;
+        }
+    }
+
     public static async Task<int> RunAsync(
         string[] args,
         TextWriter stdout,
@@ -101,6 +129,12 @@ public static class CliApp
             await stderr.WriteLineAsync($"conveyor: {Printable.Text(message, keepLineBreaks: true)}");
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Ctrl+C: no stack trace. A started move or purge has said which it is (a CliFailureException above).
+            await stderr.WriteLineAsync("conveyor: interrupted.");
+            return ExitCodes.Interrupted;
         }
         catch (Exception exception) when (IsUnexpectedShape(exception))
         {

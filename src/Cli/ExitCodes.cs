@@ -57,4 +57,10 @@ public static class ExitCodes
     /// do not start it again; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
     /// </summary>
     public const int ProgressUnknown = 9;
+
+    /// <summary>
+    /// Ctrl+C (128 + SIGINT, as a shell reports a command it interrupted). A move or purge already started goes on: the
+    /// message names it, to follow with <c>conveyor operation &lt;id&gt; --wait</c>. A second Ctrl+C ends the process at once.
+    /// </summary>
+    public const int Interrupted = 130;
 }

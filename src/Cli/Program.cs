@@ -1,1 +1,1 @@
-return await Conveyor.Cli.CliApp.RunAsync(args, Console.Out, Console.Error);
+return await Conveyor.Cli.CliApp.RunInConsoleAsync(args);

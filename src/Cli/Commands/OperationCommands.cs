@@ -87,7 +87,7 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationSettings settings, CancellationToken cancellationToken)
     {
         var operation = settings.Wait
-            ? await Operations.WaitAsync(cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), cancellationToken)
+            ? await Operations.FollowAsync(cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), cancellationToken)
             : await client.GetAsync($"api/operations/{settings.Id}", cancellationToken);
         return Operations.Report(cli, operation, settings.Json);
     }
@@ -154,8 +154,26 @@ internal static class Operations
 
         // Said at once: should its progress not be readable later, the operation is not lost (nor started again).
         cli.Err.WriteLine($"Started {kind} {id}.");
-        var operation = await WaitAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);
+        var operation = await FollowAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);
         return Report(cli, operation, settings.Json);
+    }
+
+    /// <summary>
+    /// <see cref="WaitAsync"/>, and on Ctrl+C the words that the operation goes on in the Api, and how to follow it:
+    /// stopping the wait stops nothing else, and a script or an operator must not take it for a cancelled move.
+    /// </summary>
+    public static async Task<JsonElement> FollowAsync(
+        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await WaitAsync(cli, client, id, showProgress, timeout, cancellationToken);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new CliFailureException(ExitCodes.Interrupted,
+                $"interrupted: stopped waiting for operation {id}, which goes on. Follow it with: conveyor operation {id} --wait");
+        }
     }
 
     public static TimeSpan? Seconds(int? seconds) => seconds is { } s ? TimeSpan.FromSeconds(s) : null;

@@ -502,7 +502,7 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>A web server on a free local port that answers every request with <c>handle</c>.</summary>
-    private sealed class LocalServer(WebApplication app, Uri address) : IAsyncDisposable
+    internal sealed class LocalServer(WebApplication app, Uri address) : IAsyncDisposable
     {
         public Uri Address { get; } = address;
 

@@ -1,0 +1,136 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using Conveyor.Cli;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+
+namespace Conveyor.Tests.Cli;
+
+/// <summary>
+/// Ctrl+C while the CLI waits for a move: the wait ends with its own exit code and no stack trace, and the
+/// operator is told that the move goes on and how to follow it, which it does whatever the CLI does.
+/// </summary>
+public sealed class CliInterruptTests
+{
+    private const string OperationId = "0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182";
+    private const string Running = $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running","examined":1,"queueDepthAtStart":9}""";
+
+    /// <summary>The command's cancellation (what Ctrl+C triggers) during the wait: a clear ending, never an exception.</summary>
+    [Theory]
+    [InlineData("move q_error")]
+    [InlineData("move q_error --json")]
+    [InlineData($"operation {OperationId} --wait")]
+    public async Task A_cancelled_wait_for_an_operation_names_it_and_ends_with_exit_code_130(string command)
+    {
+        using var interrupt = new CancellationTokenSource();
+        using var api = new Canned(request =>
+        {
+            if (request.Method == HttpMethod.Get)
+            {
+                // Ctrl+C while the CLI reads the operation's progress.
+                interrupt.Cancel();
+            }
+
+            return new HttpResponseMessage(request.Method == HttpMethod.Post ? HttpStatusCode.Accepted : HttpStatusCode.OK)
+            {
+                Content = new StringContent(Running, Encoding.UTF8, "application/json"),
+            };
+        });
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = "a-key",
+        };
+
+        var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr, api, environment, interrupt.Token);
+
+        Assert.Equal(ExitCodes.Interrupted, exitCode);
+        Assert.Contains($"stopped waiting for operation {OperationId}, which goes on", stderr.ToString(), StringComparison.Ordinal);
+        Assert.Contains($"Follow it with: conveyor operation {OperationId} --wait", stderr.ToString(), StringComparison.Ordinal);
+        Assert.Equal("", stdout.ToString());
+    }
+
+    /// <summary>
+    /// The conveyor process itself, sent SIGINT (what Ctrl+C sends) while it waits for a move: it ends as above,
+    /// saying which move goes on, instead of dying where it stood.
+    /// </summary>
+    [Fact]
+    public async Task Ctrl_c_while_the_conveyor_process_waits_for_a_move_says_the_move_goes_on()
+    {
+        await using var api = await CliHostileAnswerTests.LocalServer.StartAsync(async context =>
+        {
+            context.Response.StatusCode = HttpMethods.IsPost(context.Request.Method) ? StatusCodes.Status202Accepted : StatusCodes.Status200OK;
+            context.Response.ContentType = "application/json";
+            await context.Response.WriteAsync(Running);
+        });
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Conveyor.Cli.dll"));
+        foreach (var arg in new[] { "move", "q_error", "--api", api.Address.ToString() })
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        start.Environment[CliContext.ApiKeyVariable] = "a-key";
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start the conveyor process");
+        var stderr = new StringBuilder();
+        process.ErrorDataReceived += (_, line) =>
+        {
+            lock (stderr)
+            {
+                stderr.AppendLine(line.Data);
+            }
+        };
+        process.BeginErrorReadLine();
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        string Err()
+        {
+            lock (stderr)
+            {
+                return stderr.ToString();
+            }
+        }
+
+        try
+        {
+            await Eventually.AssertAsync(() =>
+            {
+                Assert.Contains($"Started move {OperationId}.", Err(), StringComparison.Ordinal);
+                return Task.CompletedTask;
+            });
+
+            using (var kill = Process.Start("kill", ["-INT", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                await kill.WaitForExitAsync();
+            }
+
+            using var ended = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            await process.WaitForExitAsync(ended.Token);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+        }
+
+        await stdout;
+        Assert.Equal(ExitCodes.Interrupted, process.ExitCode);
+        Assert.Contains($"Follow it with: conveyor operation {OperationId} --wait", Err(), StringComparison.Ordinal);
+    }
+
+    private sealed class Canned(Func<HttpRequestMessage, HttpResponseMessage> answer) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
+            Task.FromResult(answer(request));
+    }
+}
