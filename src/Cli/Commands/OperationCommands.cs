@@ -249,9 +249,17 @@ internal static class Operations
         {
             CliFailureException failure;
             TimeSpan? asked = null;
+            // Within --timeout: an Api that takes the request and does not answer would otherwise hold the wait for the
+            // client's own timeout (100 s) past it. At least one poll interval, so that a read can still be answered.
+            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            if (timeout is { } until)
+            {
+                bounded.CancelAfter(TimeSpan.FromTicks(Math.Max((until - Stopwatch.GetElapsedTime(started)).Ticks, cli.PollInterval.Ticks)));
+            }
+
             try
             {
-                var answer = await client.GetAnswerAsync(path, cancellationToken);
+                var answer = await client.GetAnswerAsync(path, bounded.Token);
                 if (answer.IsSuccess)
                 {
                     return answer.Body;
@@ -271,6 +279,10 @@ internal static class Operations
             catch (CliFailureException unreachable) when (unreachable.ExitCode == ExitCodes.Unreachable)
             {
                 failure = unreachable;
+            }
+            catch (OperationCanceledException) when (bounded.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                failure = new CliFailureException(ExitCodes.Unreachable, "The Api did not answer before --timeout passed.");
             }
 
             failingSince ??= Stopwatch.GetTimestamp();

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using Conveyor.Cli;
 using Conveyor.Cli.Commands;
+using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -238,6 +239,46 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(1, posts);
     }
 
+    /// <summary>
+    /// An Api that takes the read of a move's progress and never answers: <c>--timeout</c> still ends the wait, with the
+    /// operation named, rather than the client's own timeout (100 s) long after it.
+    /// </summary>
+    [Fact]
+    public async Task A_read_of_progress_that_is_never_answered_ends_at_the_timeout_naming_the_operation()
+    {
+        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var api = new Holding(async (request, cancellationToken) =>
+        {
+            if (request.Method == HttpMethod.Get)
+            {
+                // Answered only when the test lets go of it, or when the CLI gives up on it.
+                await held.Task.WaitAsync(cancellationToken);
+            }
+
+            return Respond(request.Method == HttpMethod.Post ? HttpStatusCode.Accepted : HttpStatusCode.OK,
+                $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""");
+        });
+
+        var move = RunAsync("move q_error --timeout 1", api);
+        try
+        {
+            await Eventually.AssertAsync(() =>
+            {
+                Assert.True(move.IsCompleted, "The move is still waiting for the read the Api holds.");
+                return Task.CompletedTask;
+            }, TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            held.TrySetResult();
+        }
+
+        var run = await move;
+        Assert.Equal(ExitCodes.ProgressUnknown, run.ExitCode);
+        Assert.Contains("did not answer before --timeout passed", run.Err, StringComparison.Ordinal);
+        Assert.Contains($"follow it with: conveyor operation {OperationId} --wait", run.Err, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Json_output_escapes_control_characters_and_keeps_the_text()
     {
@@ -462,6 +503,13 @@ public sealed class CliHostileAnswerTests
     {
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
             Task.FromResult(answer(request));
+    }
+
+    /// <summary>Answers with <c>answer</c>, which may take its time and is given the request's cancellation.</summary>
+    private sealed class Holding(Func<HttpRequestMessage, CancellationToken, Task<HttpResponseMessage>> answer) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
+            answer(request, cancellationToken);
     }
 
     /// <summary>"[", spaces, "]", <paramref name="length"/> bytes in all, made as they are read.</summary>
