@@ -74,10 +74,22 @@ public sealed class ConveyorClient : IDisposable
             {
                 var body = await ReadBodyAsync(response.Content, cancellationToken);
                 return new Answer(
-                    response.StatusCode, Parse(body), response.Headers.RetryAfter?.Delta, response.Headers.Location, response.Content.Headers.ContentType?.MediaType);
+                    response.StatusCode, Parse(body), RetryAfter(response), response.Headers.Location, response.Content.Headers.ContentType?.MediaType);
             }
         }
     }
+
+    /// <summary>
+    /// The wait an answer asks for, in either form HTTP allows: seconds, as the Api sends it, or a date, as a gateway or
+    /// load balancer in front of it may. A date is counted from the answer's own <c>Date</c>, so that the two clocks need
+    /// not agree; without one, from this machine's. Null when the answer asks for none.
+    /// </summary>
+    private static TimeSpan? RetryAfter(HttpResponseMessage response) => response.Headers.RetryAfter switch
+    {
+        { Delta: { } delta } => delta,
+        { Date: { } date } => TimeSpan.FromTicks(Math.Max(0, (date - (response.Headers.Date ?? DateTimeOffset.UtcNow)).Ticks)),
+        _ => null,
+    };
 
     /// <summary>The answer's bytes, at most <see cref="MaxAnswerBytes"/>, read within the client's timeout.</summary>
     private async Task<byte[]> ReadBodyAsync(HttpContent content, CancellationToken cancellationToken)

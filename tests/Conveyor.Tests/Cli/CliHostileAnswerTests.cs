@@ -217,6 +217,43 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(2, reads);
     }
 
+    /// <summary>
+    /// A gateway's 503 may ask for its wait as a date rather than seconds (HTTP allows both): the CLI waits as asked, not
+    /// its own half second, counted from the answer's Date so that the clocks need not agree.
+    /// </summary>
+    [Fact]
+    public async Task A_retry_after_given_as_a_date_is_the_wait_before_the_next_read()
+    {
+        var reads = 0;
+        using var api = new Canned(request =>
+        {
+            if (request.Method == HttpMethod.Post)
+            {
+                return Respond(HttpStatusCode.Accepted, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""");
+            }
+
+            if (Interlocked.Increment(ref reads) == 1)
+            {
+                // The gateway's clock is a day off this machine's: only the difference of its two headers counts.
+                var gatewayNow = DateTimeOffset.UtcNow.AddDays(1);
+                var answer = Respond(HttpStatusCode.ServiceUnavailable, "<html><body>Maintenance</body></html>");
+                answer.Headers.Date = gatewayNow;
+                answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(gatewayNow.AddSeconds(3));
+                return answer;
+            }
+
+            return Respond(HttpStatusCode.OK, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}""");
+        });
+
+        var run = await RunAsync("move q_error", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        var said = System.Text.RegularExpressions.Regex.Match(run.Err, @"trying again in (?<seconds>[0-9.]+) s");
+        Assert.True(said.Success, run.Err);
+        Assert.Equal(3, double.Parse(said.Groups["seconds"].Value, System.Globalization.CultureInfo.InvariantCulture), tolerance: 1);
+        Assert.Equal(2, reads);
+    }
+
     [Fact]
     public async Task An_accepted_move_whose_progress_cannot_be_read_ends_with_its_own_exit_code_naming_the_operation()
     {
