@@ -38,7 +38,7 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
     private readonly TimeProvider _time;
     private readonly ILogger<ScheduledBacklog> _logger;
     private volatile Reading? _reading;
-    private bool _failing;
+    private volatile bool _failing;
 
     public ScheduledBacklog(
         IMeterFactory meters,
@@ -121,14 +121,25 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
                       FROM scheduled_messages WHERE first_refused_at IS NOT NULL) b
             """).ToListAsync(cancellationToken))[0];
         // Due and refusal times are the database's (RedeliveryStore); this pod's clock may be off from it.
-        var reading = new Reading(row.OldestDue, row.OldestRefused, row.Refused, row.DatabaseNow - _time.GetUtcNow());
+        var reading = new Reading(row.OldestDue, row.OldestRefused, row.Refused, row.DatabaseNow, row.DatabaseNow - _time.GetUtcNow());
         _reading = reading;
         return reading;
     }
 
+    /// <summary>
+    /// How late the oldest message is now, as far as the last reading tells. The gauge reads between two
+    /// readings (<see cref="DispatcherOptions.BacklogRefreshSeconds"/> apart, up to an hour), so a message
+    /// not yet due when the table was read counts for nothing until a reading finds it still there: it
+    /// may well have been published on time since, and counted from its due time, a reading an hour old
+    /// reported it an hour overdue, for as long, and fired the overdue alert while every message went
+    /// out on time. One overdue when read is overdue since its due time, and stays so until the next reading.
+    /// While the table cannot be read, neither can a dispatcher claim a row in it: every message counts
+    /// from its due time then, as nothing is being published.
+    /// </summary>
     private TimeSpan OverdueBy(Reading reading)
     {
-        var (due, refused) = (Since(reading, reading.OldestDue), Since(reading, reading.OldestRefused));
+        var due = reading.OldestDue <= reading.ReadAt || _failing ? Since(reading, reading.OldestDue) : TimeSpan.Zero;
+        var refused = Since(reading, reading.OldestRefused);
         return due > refused ? due : refused;
     }
 
@@ -139,8 +150,9 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         return elapsed > TimeSpan.Zero ? elapsed : TimeSpan.Zero;
     }
 
+    /// <param name="ReadAt">When the table was read, by the database's clock.</param>
     /// <param name="ClockOffset">The database's clock minus this pod's, when read.</param>
-    private sealed record Reading(DateTimeOffset? OldestDue, DateTimeOffset? OldestRefused, long Refused, TimeSpan ClockOffset);
+    private sealed record Reading(DateTimeOffset? OldestDue, DateTimeOffset? OldestRefused, long Refused, DateTimeOffset ReadAt, TimeSpan ClockOffset);
 
     private sealed class BacklogRow
     {
