@@ -123,7 +123,9 @@ public static class ContractRules
     /// An absolute http or https URL with a host and no user information. Where it may point is checked
     /// where it is used: the Api refuses internal address literals, the worker every internal address a
     /// name resolves to. Credentials in the URL are refused: the delivery would not send them, and the
-    /// job's row, its status and the logs would show them.
+    /// job's row, its status and the logs would show them. Port 0 is refused too: no TCP connection can
+    /// be made to it, and each attempt's refused or unanswered connect reads as a network failure, which
+    /// would be retried and redelivered for about an hour before the webhook reached <c>_error</c>.
     /// </summary>
     public static string? WebhookUrl(string? value)
     {
@@ -148,6 +150,11 @@ public static class ContractRules
             || url.Host.Length == 0)
         {
             return "Must be an absolute http or https URL.";
+        }
+
+        if (url.Port == 0)
+        {
+            return "Must not name port 0: no connection can be made to it.";
         }
 
         return url.UserInfo.Length > 0

@@ -74,6 +74,12 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
             ["url"]
         },
         {
+            // Port 0: no connection can be made, and each failed connect would be retried as a network failure.
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com:0/x","eventType":"order.paid","payload":{}}""",
+            ["url"]
+        },
+        {
             "generate-report",
             """{"reportId":"00000000-0000-0000-0000-000000000000","accountId":"","currency":"usd","pageSize":10001}""",
             ["reportId", "accountId", "currency", "pageSize"]

@@ -119,6 +119,16 @@ public sealed class ContractRulesTests
         Assert.Equal(["url"], (Webhook with { Url = new Uri(url) }).Validate().Select(v => v.Field));
     }
 
+    [Theory]
+    [InlineData("https://hooks.example.com:0/x")]
+    [InlineData("http://93.184.215.14:00/")]
+    [InlineData("http://[2606:4700::1]:0/x")]
+    public void Webhook_urls_naming_port_0_break_the_rule(string url)
+    {
+        Assert.NotNull(ContractRules.WebhookUrl(url));
+        Assert.Equal(["url"], (Webhook with { Url = new Uri(url) }).Validate().Select(v => v.Field));
+    }
+
     [Fact]
     public void Nulls_in_required_fields_that_deserialization_let_through_break_the_rules()
     {
