@@ -100,9 +100,11 @@ public static class HttpFailures
             {
                 encoding = Encoding.GetEncoding(charset.Trim('"'));
             }
-            catch (ArgumentException)
+            catch (Exception exception) when (exception is ArgumentException or NotSupportedException)
             {
-                // An unknown charset: UTF-8 shows ASCII, which most error bodies are, as it is.
+                // An unknown charset, or one .NET knows and refuses (UTF-7: NotSupportedException, which
+                // escaping would have replaced the answer's failure, a 503's transient one included, with a
+                // permanent one): UTF-8 shows ASCII, which most error bodies are, as it is.
             }
         }
 

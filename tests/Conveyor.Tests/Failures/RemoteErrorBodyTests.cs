@@ -145,6 +145,39 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Single(receiver.Deliveries);
     }
 
+    [Theory]
+    [InlineData("text/plain; charset=utf-7")]
+    [InlineData("text/plain; charset=\"UTF-7\"")]
+    public async Task A_503_whose_body_names_a_charset_dotnet_refuses_is_transient_with_its_body_in_the_last_error(string contentType)
+    {
+        // UTF-7 is a charset .NET knows by name and refuses to decode (NotSupportedException, not the
+        // ArgumentException of an unknown name): before, that exception replaced the 503's transient
+        // failure, and being no known failure it was permanent: the webhook went to _error at once.
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = HttpStatusCode.ServiceUnavailable;
+        receiver.AnswerBody = "busy, try later";
+        receiver.AnswerBodyContentType = contentType;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "1"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var job = await db.Jobs.AsNoTracking().WithoutRequestBody().SingleOrDefaultAsync(j => j.BusinessKey == webhook.WebhookId.ToString());
+            Assert.NotNull(job);
+            Assert.True(job.Status is JobStatus.RetryScheduled or JobStatus.DeadLettered, job.Status);
+            Assert.Equal(JobStatus.RetryScheduled, job.Status);
+            Assert.Contains("answered 503", job.LastError, StringComparison.Ordinal);
+            Assert.Contains("busy, try later", job.LastError, StringComparison.Ordinal);
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
+    }
+
     private static DeliverWebhook Webhook(Uri url) => new()
     {
         WebhookId = Guid.NewGuid(),

@@ -39,6 +39,9 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// <summary>A text body sent with <see cref="AnswerWith"/>.</summary>
     public string? AnswerBody { get; set; }
 
+    /// <summary>The Content-Type of <see cref="AnswerBody"/>, written as given (its bytes are UTF-8 whatever its charset says).</summary>
+    public string AnswerBodyContentType { get; set; } = "text/plain; charset=utf-8";
+
     /// <summary>
     /// When set, every delivery is answered with this status and a body that never ends: a few bytes
     /// at a time, until the sender closes the connection.
@@ -152,9 +155,16 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
             return Results.Ok();
         }
 
-        return AnswerBody is { } text
-            ? Results.Text(text, "text/plain; charset=utf-8", System.Text.Encoding.UTF8, (int)(AnswerWith ?? HttpStatusCode.OK))
-            : Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));
+        if (AnswerBody is { } text)
+        {
+            // Written by hand: Results.Text would encode by the charset, which may be one .NET refuses.
+            context.Response.StatusCode = (int)(AnswerWith ?? HttpStatusCode.OK);
+            context.Response.Headers.ContentType = AnswerBodyContentType;
+            await context.Response.Body.WriteAsync(System.Text.Encoding.UTF8.GetBytes(text));
+            return Results.Empty;
+        }
+
+        return Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.NoContent));
     }
 
     private async Task TrickleEndlessBodyAsync(HttpContext context, HttpStatusCode status)
