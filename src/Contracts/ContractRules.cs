@@ -20,6 +20,12 @@ public static class ContractRules
     public const int MaxUrlLength = 2048;
     public const int MaxEventTypeLength = 200;
 
+    /// <summary>The longest host name DNS can resolve (RFC 1035), in its ASCII form and without a final dot.</summary>
+    public const int MaxHostNameLength = 253;
+
+    /// <summary>The longest dot-separated label of a host name DNS can resolve (RFC 1035).</summary>
+    public const int MaxHostLabelLength = 63;
+
     /// <summary>
     /// How deep a webhook's payload may nest objects and arrays (the payload object is level 1). Every
     /// JSON writer and reader the command meets stops at 64 levels: System.Text.Json's default, which
@@ -157,9 +163,38 @@ public static class ContractRules
             return "Must not name port 0: no connection can be made to it.";
         }
 
+        // A name with a label over 63 characters is no DNS name to Uri, which calls its host Basic.
+        if ((url.HostNameType is UriHostNameType.Dns or UriHostNameType.Basic) && !IsResolvableHostName(url.IdnHost.TrimEnd('.')))
+        {
+            return $"Its host name must be at most {MaxHostNameLength} characters long (in its ASCII form), each dot-separated part at most {MaxHostLabelLength}: no longer one can be resolved.";
+        }
+
         return url.UserInfo.Length > 0
             ? "Must not contain user information (user:password@): deliveries are authenticated by their signature, and the URL is stored and shown as given."
             : null;
+    }
+
+    /// <summary>
+    /// Whether DNS could resolve <paramref name="host"/> at all. A longer name never resolves (.NET refuses
+    /// it before asking), and that failure reads as a network failure, which would be retried and
+    /// redelivered for about an hour before the webhook reached <c>_error</c>.
+    /// </summary>
+    private static bool IsResolvableHostName(string host)
+    {
+        if (host.Length > MaxHostNameLength)
+        {
+            return false;
+        }
+
+        foreach (var label in host.Split('.'))
+        {
+            if (label.Length > MaxHostLabelLength)
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 }
 

@@ -80,6 +80,12 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
             ["url"]
         },
         {
+            // A label of 64 characters: DNS cannot resolve it, and each failed lookup would be retried as a network failure.
+            "deliver-webhook",
+            """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.com/x","eventType":"order.paid","payload":{}}""",
+            ["url"]
+        },
+        {
             "generate-report",
             """{"reportId":"00000000-0000-0000-0000-000000000000","accountId":"","currency":"usd","pageSize":10001}""",
             ["reportId", "accountId", "currency", "pageSize"]

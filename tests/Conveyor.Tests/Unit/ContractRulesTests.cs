@@ -130,6 +130,25 @@ public sealed class ContractRulesTests
     }
 
     [Fact]
+    public void Webhook_urls_whose_host_name_DNS_cannot_resolve_break_the_rule()
+    {
+        // 5 labels of 60 and ".com": 308 characters, beyond DNS's 253.
+        var longName = string.Join('.', Enumerable.Repeat(new string('a', 60), 5)) + ".com";
+        var longLabel = new string('b', 64) + ".example.com";
+        foreach (var url in new[] { $"https://{longName}/x", $"https://{longLabel}/x" })
+        {
+            Assert.NotNull(ContractRules.WebhookUrl(url));
+            Assert.Equal(["url"], (Webhook with { Url = new Uri(url) }).Validate().Select(v => v.Field));
+        }
+
+        // At the limits (253 characters, labels of 63, a final dot not counted) and an address literal: fine.
+        var longest = string.Join('.', Enumerable.Repeat(new string('c', 63), 3)) + "." + new string('d', 61);
+        Assert.Equal(253, longest.Length);
+        Assert.Null(ContractRules.WebhookUrl($"https://{longest}./x"));
+        Assert.Null(ContractRules.WebhookUrl("https://[2606:4700:4700:0000:0000:0000:0000:1111]/x"));
+    }
+
+    [Fact]
     public void Nulls_in_required_fields_that_deserialization_let_through_break_the_rules()
     {
         // System.Text.Json fills a required non-nullable string with an explicit null.
