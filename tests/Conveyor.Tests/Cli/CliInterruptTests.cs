@@ -66,13 +66,17 @@ public sealed class CliInterruptTests
             context.Response.ContentType = "application/json";
             await context.Response.WriteAsync(Running);
         });
-        var start = new ProcessStartInfo("dotnet")
+        // Through env(1), which sets SIGINT back to its default: a test run started in the background (scripts/test.sh
+        // under CI, any "cmd &") passes SIGINT on ignored, and .NET leaves an ignored signal ignored, as it should.
+        var start = new ProcessStartInfo("env")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
+        start.ArgumentList.Add("--default-signal=INT");
+        start.ArgumentList.Add("dotnet");
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Conveyor.Cli.dll"));
         foreach (var arg in new[] { "move", "q_error", "--api", api.Address.ToString() })
         {
