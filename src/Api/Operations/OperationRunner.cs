@@ -170,31 +170,7 @@ public sealed class OperationRunner(
         var reporter = ReportProgressAsync(operation.Id, lease, visitor, progress, cancel, lostLock, saved.Token);
         try
         {
-            string state;
-            string? detail = null;
-            long? left = null;
-            try
-            {
-                await using var connection = await broker.ConnectAsync("error-queue-operation", cancel.Token);
-                var walker = new QueueWalker(connection, new WalkPlan(request.Queue, long.MaxValue, settings), visitor, progress, time);
-                left = await walker.RunAsync(cancel.Token);
-                state = ErrorQueueOperationStates.Succeeded;
-                detail = walker.StoppedEarly;
-            }
-            catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
-            {
-                state = ErrorQueueOperationStates.Cancelled;
-                detail = "The Api shut down; messages not yet moved or purged stayed in the queue.";
-            }
-            catch (Exception exception)
-            {
-                state = ErrorQueueOperationStates.Failed;
-                detail = lostLock.Value
-                    ? "Lost the database connection that holds the queue's lock, or it did not record progress in time; stopped. Messages not yet moved or purged stayed in the queue."
-                    : exception.Message;
-                OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
-            }
-
+            var (state, detail, left) = await WalkAsync(operation, request, visitor, progress, cancel, lostLock);
             if (progress.Unreadable > 0)
             {
                 var unreadable = $"{progress.Unreadable} message(s) could not be read and stayed in the queue; the first: {progress.FirstUnreadable}";
@@ -239,6 +215,33 @@ public sealed class OperationRunner(
             // The progress writes use the lock's connection: they end before the caller releases it.
             await saved.CancelAsync();
             await reporter;
+        }
+    }
+
+    /// <summary>The walk itself: how it ended (a state and why), and how many messages it left in the queue when known.</summary>
+    private async Task<(string State, string? Detail, long? Left)> WalkAsync(
+        ErrorQueueOperation operation, OperationRequest request, OperationVisitor visitor, WalkProgress progress, CancellationTokenSource cancel,
+        StrongBox<bool> lostLock)
+    {
+        try
+        {
+            await using var connection = await broker.ConnectAsync("error-queue-operation", cancel.Token);
+            var walker = new QueueWalker(connection, new WalkPlan(request.Queue, long.MaxValue, options.Value), visitor, progress, time);
+            var left = await walker.RunAsync(cancel.Token);
+            return (ErrorQueueOperationStates.Succeeded, walker.StoppedEarly, left);
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+            return (ErrorQueueOperationStates.Cancelled, "The Api shut down; messages not yet moved or purged stayed in the queue.", null);
+        }
+        catch (Exception exception)
+        {
+            OperationsLog.Failed(logger, exception, operation.Id, operation.Queue);
+            return (ErrorQueueOperationStates.Failed,
+                lostLock.Value
+                    ? "Lost the database connection that holds the queue's lock, or it did not record progress in time; stopped. Messages not yet moved or purged stayed in the queue."
+                    : exception.Message,
+                null);
         }
     }
 
