@@ -204,7 +204,7 @@ public sealed partial class RedeliveryDispatcher(
             var doneIds = settled.Where(s => s.Settlement is Settlement.Published or Settlement.MovedToError).Select(s => s.Message.Id).ToArray();
             var keptJobIds = FinishedJobsToKeep(settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message));
             // Each row's lateness by the database's clock, which its due time was set by; a row the broker
-            // refused is late since its first refusal, as ScheduledBacklog counts it: its due time moved on
+            // refused is late since its first refusal (LEAST skips a null), as ScheduledBacklog counts it: its due time moved on
             // with every try, and counted from the last one, a command kept for an hour read as a second
             // late. In the same statement, the finished jobs of the published rows start their retention window again
             // (FinishedJobsToKeep); "IS TRUE", as in KeepForLaterAsync: each job by its primary key,
@@ -215,7 +215,7 @@ public sealed partial class RedeliveryDispatcher(
                         UPDATE jobs SET updated_at = clock_timestamp()
                          WHERE id = ANY({keptJobIds}) AND (status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})) IS TRUE)
                     DELETE FROM scheduled_messages WHERE id = ANY({doneIds})
-                    RETURNING id, EXTRACT(EPOCH FROM clock_timestamp() - LEAST(due_at, COALESCE(first_refused_at, due_at)))::float8 AS seconds_late
+                    RETURNING id, EXTRACT(EPOCH FROM clock_timestamp() - LEAST(due_at, first_refused_at))::float8 AS seconds_late
                     """)
                 .ToListAsync(CancellationToken.None);
             var secondsLate = deleted.ToDictionary(r => r.Id, r => r.SecondsLate);
