@@ -287,7 +287,7 @@ public sealed class OperationRunner(
                 update.Parameters.AddWithValue("truncated", truncated);
                 update.Parameters.AddWithValue("targets", JsonSerializer.Serialize(targets));
                 // Not cancelled by the result's save: a write under way ends (within the timeout) before the lease is released.
-                await QueueLease.RunAsync(update, writeTimeout, time);
+                await QueueLease.RunAsync(update, writeTimeout, time, CancellationToken.None);
             }
         }
         catch (OperationCanceledException) when (saved.IsCancellationRequested)

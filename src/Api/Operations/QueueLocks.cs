@@ -47,7 +47,11 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
     /// <summary>
     /// The lock, tried on one session until it is free or <paramref name="tryAgain"/> (called after each
     /// refusal, and free to wait before it answers) says to give up; null then. A refused try takes nothing,
-    /// so the session can try again: a wait costs one connection, not one (unpooled) per try.
+    /// so the session can try again: a wait costs one connection, not one (unpooled) per try. A try waits at
+    /// most <see cref="QueueLease.CheckTimeout"/> (then a <see cref="NpgsqlException"/>: the database is
+    /// unavailable) and stops waiting when <paramref name="cancellationToken"/> is cancelled, without Npgsql's
+    /// cancellation (<see cref="QueueLease.RunAsync"/>); either way the session is closed, so a try still under
+    /// way cannot leave the lock taken.
     /// </summary>
     public async Task<QueueLease?> AcquireAsync(string queue, Func<CancellationToken, Task<bool>> tryAgain, CancellationToken cancellationToken)
     {
@@ -60,7 +64,7 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
             command.Parameters.AddWithValue("key", KeyOf(queue));
             do
             {
-                if (await command.ExecuteScalarAsync(cancellationToken) is true)
+                if (await TryLockAsync(command, queue, cancellationToken))
                 {
                     return new QueueLease(connection, LockClass, KeyOf(queue));
                 }
@@ -69,12 +73,35 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
         }
         catch
         {
-            await connection.DisposeAsync();
+            try
+            {
+                await connection.DisposeAsync();
+            }
+            catch (NpgsqlException)
+            {
+                // A try no longer waited for is still reading: Npgsql's close fails on it, and breaks the connection,
+                // which ends the session all the same.
+            }
+
             throw;
         }
 
         await connection.DisposeAsync();
         return null;
+    }
+
+    private static async Task<bool> TryLockAsync(NpgsqlCommand command, string queue, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await QueueLease.RunAsync(command, QueueLease.CheckTimeout, cancellationToken: cancellationToken) is true;
+        }
+        catch (TimeoutException exception)
+        {
+            // As a connection that cannot be opened: the Api answers 503.
+            throw new NpgsqlException(
+                $"The database did not answer a try of the lock on '{queue}' within {QueueLease.CheckTimeout.TotalSeconds:0} s.", exception);
+        }
     }
 
     private int KeyOf(string queue) =>
@@ -115,11 +142,13 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
     /// answered within <paramref name="timeout"/>. The command gets no cancellation token: Npgsql cancels one by
     /// sending the server a cancel request and waiting, without bound, for the server to close that request's
     /// connection, so a server that stopped answering (a partition, a stalled host) kept the caller waiting for
-    /// good, however short its timeout. A command that times out may still run: the caller gives the session up,
-    /// and disposing the lease closes it.
+    /// good, however short its timeout. <paramref name="cancellationToken"/> only stops the wait, as the timeout does. A
+    /// command waited for no longer may still run: the caller gives the session up, and disposing the lease (or its
+    /// connection) closes it.
     /// </summary>
-    internal static async Task RunAsync(NpgsqlCommand command, TimeSpan timeout, TimeProvider? time = null) =>
-        await command.ExecuteScalarAsync(CancellationToken.None).WaitAsync(timeout, time ?? TimeProvider.System);
+    internal static async Task<object?> RunAsync(
+        NpgsqlCommand command, TimeSpan timeout, TimeProvider? time = null, CancellationToken cancellationToken = default) =>
+        await command.ExecuteScalarAsync(CancellationToken.None).WaitAsync(timeout, time ?? TimeProvider.System, cancellationToken);
 
     /// <summary>
     /// For a walk that writes nothing through the lock's connection (an inspection): checks the session

@@ -19,6 +19,7 @@ public sealed class OutageProxy : IAsyncDisposable
     private volatile bool _cut;
     private volatile bool _stalled;
     private int _refused;
+    private int _held;
 
     private OutageProxy(IPEndPoint target)
     {
@@ -33,6 +34,9 @@ public sealed class OutageProxy : IAsyncDisposable
 
     /// <summary>Connections attempted (and reset) while cut: evidence that the client kept trying.</summary>
     public int Refused => Volatile.Read(ref _refused);
+
+    /// <summary>Reads held back by a <see cref="Stall"/>: evidence that something was sent into it.</summary>
+    public int Held => Volatile.Read(ref _held);
 
     public static async Task<OutageProxy> ToAsync(string host, int port)
     {
@@ -159,6 +163,11 @@ public sealed class OutageProxy : IAsyncDisposable
         int read;
         while ((read = await from.ReadAsync(buffer, _stopping.Token)) > 0)
         {
+            if (_stalled)
+            {
+                Interlocked.Increment(ref _held);
+            }
+
             while (_stalled)
             {
                 await Task.Delay(20, _stopping.Token);
