@@ -378,8 +378,7 @@ public sealed class QueueWalker
 
                 case WalkAction.CheckTarget when copy is not null:
                     lane.Kept++;
-                    var problem = await TargetProblemAsync(copy.Target, cancellationToken);
-                    _visitor.Completed(item.Message!, problem is null ? WalkOutcome.WouldForward : WalkOutcome.ForwardFailed, copy.Target, problem);
+                    await CheckTargetAsync(item.Message!, copy.Target, cancellationToken);
                     break;
 
                 case WalkAction.Remove:
@@ -1065,6 +1064,26 @@ public sealed class QueueWalker
                         ? $"The publishing channel closed before the copy was confirmed: {reason}"
                         : "The broker did not confirm the copy in time.");
         }
+    }
+
+    /// <summary>
+    /// A dry run's match: would it move, or why not. A check that throws (cancelled, the connection lost) still
+    /// accounts for the match, as failed with the reason, so a dry run's matches are its would-moves and its failures.
+    /// </summary>
+    private async Task CheckTargetAsync(FaultedMessage message, string target, CancellationToken cancellationToken)
+    {
+        string? problem;
+        try
+        {
+            problem = await TargetProblemAsync(target, cancellationToken);
+        }
+        catch (Exception)
+        {
+            _visitor.Completed(message, WalkOutcome.ForwardFailed, target, "Not checked: the walk stopped before it could look up the target queue.");
+            throw;
+        }
+
+        _visitor.Completed(message, problem is null ? WalkOutcome.WouldForward : WalkOutcome.ForwardFailed, target, problem);
     }
 
     /// <summary>

@@ -240,6 +240,42 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         });
     }
 
+    /// <summary>
+    /// A dry run counts a match, then checks that its target queue exists. A check that threw (the operation cancelled
+    /// while it waited for the broker's answer: the Api shutting down, the queue's lock lost; or the connection gone)
+    /// left the match counted but neither as a message that would move nor as one that would fail, so the dry run's
+    /// "would move" (matched less failed) counted a message whose target nobody had checked.
+    /// </summary>
+    [Fact]
+    public async Task A_dry_run_stopped_while_it_checks_a_target_accounts_for_every_match()
+    {
+        var elsewhere = new Dictionary<string, object?> { ["MT-Fault-InputAddress"] = "rabbitmq://127.0.0.1/test/dry-run-elsewhere" };
+        var all = new List<string>
+        {
+            (await _broker.DeadLetterChargeAsync(Timeout, "failed")).ToString(),
+            (await _broker.DeadLetterChargeAsync(Timeout, "failed", extraHeaders: elsewhere)).ToString(),
+            (await _broker.DeadLetterChargeAsync(Timeout, "failed")).ToString(),
+        };
+
+        // The second message names a target not checked yet: the operation is cancelled as it is decided, so its check throws.
+        using var cancel = new CancellationTokenSource();
+        var visitor = new CancellingVisitor(
+            new OperationVisitor(new OperationPlan(ErrorQueueOperationKinds.Move, ErrorQueueKit.ChargeErrors, MessageFilter.All, null, null, true, Guid.NewGuid(), 1000)),
+            2,
+            cancel);
+        await using var connection = await ConnectAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Walker(connection, visitor, prefetch: 40).RunAsync(cancel.Token));
+
+        var inner = visitor.Inner;
+        var (messageIds, _, targets, errors) = inner.Snapshot();
+        Assert.Equal([all[0]], messageIds);
+        Assert.Equal(new Dictionary<string, long> { [ErrorQueueKit.ChargeQueue] = 1 }, targets);
+        Assert.Equal(2, inner.Matched);
+        Assert.Equal(inner.Matched, messageIds.Count + inner.Failed);
+        Assert.Contains(errors, error => error.StartsWith("Not checked", StringComparison.Ordinal));
+        await Eventually.AssertAsync(async () => Assert.Equal(all, await _broker.IdsAsync(ErrorQueueKit.ChargeErrors)));
+    }
+
     [Fact]
     public async Task A_move_of_large_messages_holds_about_MaxPendingBytes_of_them_not_a_prefetch_window()
     {
@@ -375,6 +411,32 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
             {
                 Cut = true;
                 _ = Task.Run(cut);
+            }
+
+            return inner.Decide(message, inspection);
+        }
+
+        public override void Completed(FaultedMessage message, WalkOutcome outcome, string? target, string? failure) =>
+            inner.Completed(message, outcome, target, failure);
+    }
+
+    /// <summary>Decides as the operation does, and cancels it (at once, on the walk's loop) when deciding message number <c>cancelAt</c>.</summary>
+    private sealed class CancellingVisitor(OperationVisitor inner, int cancelAt, CancellationTokenSource cancel) : WalkVisitor
+    {
+        private int _decided;
+
+        public OperationVisitor Inner => inner;
+
+        public override bool Publishes => inner.Publishes;
+
+        public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) =>
+            inner.Inspect(message, properties, body);
+
+        public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
+        {
+            if (++_decided == cancelAt)
+            {
+                cancel.Cancel();
             }
 
             return inner.Decide(message, inspection);
