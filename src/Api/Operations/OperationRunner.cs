@@ -80,19 +80,24 @@ public sealed class OperationRunner(
         // belongs to a process that died. A queue of the same name in another vhost is another queue, and
         // its operation may well be alive; so may one recorded before rows named their vhost, which is
         // left to the check for abandoned operations (it goes by staleness, right for any of them).
+        // Both commands run on the lock's session, through the lease's bounded waits (no token for Npgsql, whose
+        // cancel of a command on a server that stopped answering would hold the lock while it waits).
         await using (var stale = new NpgsqlCommand(
             """
-            UPDATE error_queue_operations
-               SET state = @interrupted, finished_at = now(), updated_at = now(),
-                   detail = 'The process running it stopped before it finished; unfinished messages stayed in the queue.'
-             WHERE virtual_host = @vhost AND queue = @queue AND state = @running
+            WITH stale AS (
+                UPDATE error_queue_operations
+                   SET state = @interrupted, finished_at = now(), updated_at = now(),
+                       detail = 'The process running it stopped before it finished; unfinished messages stayed in the queue.'
+                 WHERE virtual_host = @vhost AND queue = @queue AND state = @running
+             RETURNING 1)
+            SELECT count(*) FROM stale
             """, lease.Connection))
         {
             stale.Parameters.AddWithValue("interrupted", ErrorQueueOperationStates.Interrupted);
             stale.Parameters.AddWithValue("running", ErrorQueueOperationStates.Running);
             stale.Parameters.AddWithValue("vhost", rabbit.Value.VirtualHost);
             stale.Parameters.AddWithValue("queue", request.Queue);
-            if (await stale.ExecuteNonQueryAsync(cancellationToken) > 0)
+            if (await QueueLease.RunForRequestAsync(stale, $"on the lock's session of '{request.Queue}'", cancellationToken) is > 0L)
             {
                 OperationsLog.FoundInterrupted(logger, request.Queue);
             }
@@ -102,10 +107,8 @@ public sealed class OperationRunner(
         // whose clock is behind would otherwise write a row that check takes for abandoned at once.
         DateTimeOffset now;
         await using (var clock = new NpgsqlCommand("SELECT now()", lease.Connection))
-        await using (var read = await clock.ExecuteReaderAsync(cancellationToken))
         {
-            await read.ReadAsync(cancellationToken);
-            now = read.GetFieldValue<DateTimeOffset>(0);
+            now = new DateTimeOffset((DateTime)(await QueueLease.RunForRequestAsync(clock, $"on the lock's session of '{request.Queue}'", cancellationToken))!);
         }
 
         var operation = new ErrorQueueOperation

@@ -73,16 +73,7 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
         }
         catch
         {
-            try
-            {
-                await connection.DisposeAsync();
-            }
-            catch (NpgsqlException)
-            {
-                // A try no longer waited for is still reading: Npgsql's close fails on it, and breaks the connection,
-                // which ends the session all the same.
-            }
-
+            await QueueLease.CloseAsync(connection);
             throw;
         }
 
@@ -90,19 +81,8 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
         return null;
     }
 
-    private static async Task<bool> TryLockAsync(NpgsqlCommand command, string queue, CancellationToken cancellationToken)
-    {
-        try
-        {
-            return await QueueLease.RunAsync(command, QueueLease.CheckTimeout, cancellationToken: cancellationToken) is true;
-        }
-        catch (TimeoutException exception)
-        {
-            // As a connection that cannot be opened: the Api answers 503.
-            throw new NpgsqlException(
-                $"The database did not answer a try of the lock on '{queue}' within {QueueLease.CheckTimeout.TotalSeconds:0} s.", exception);
-        }
-    }
+    private static async Task<bool> TryLockAsync(NpgsqlCommand command, string queue, CancellationToken cancellationToken) =>
+        await QueueLease.RunForRequestAsync(command, $"a try of the lock on '{queue}'", cancellationToken) is true;
 
     private int KeyOf(string queue) =>
         BinaryPrimitives.ReadInt32BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes($"{broker.Value.VirtualHost}\n{queue}")));
@@ -151,6 +131,36 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
         await command.ExecuteScalarAsync(CancellationToken.None).WaitAsync(timeout, time ?? TimeProvider.System, cancellationToken);
 
     /// <summary>
+    /// <see cref="RunAsync"/> within <see cref="CheckTimeout"/> for a request waiting on it: a server that does not answer
+    /// in time is the database unavailable (a <see cref="NpgsqlException"/>, which the Api answers 503).
+    /// </summary>
+    internal static async Task<object?> RunForRequestAsync(NpgsqlCommand command, string what, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await RunAsync(command, CheckTimeout, cancellationToken: cancellationToken);
+        }
+        catch (TimeoutException exception)
+        {
+            throw new NpgsqlException($"The database did not answer {what} within {CheckTimeout.TotalSeconds:0} s.", exception);
+        }
+    }
+
+    /// <summary>Closes a lock's connection, which ends its session and so its lock, even when a command on it is still reading.</summary>
+    internal static async ValueTask CloseAsync(NpgsqlConnection connection)
+    {
+        try
+        {
+            await connection.DisposeAsync();
+        }
+        catch (NpgsqlException)
+        {
+            // A command no longer waited for is still reading: Npgsql's close fails on it, and breaks the connection,
+            // which ends the session all the same.
+        }
+    }
+
+    /// <summary>
     /// For a walk that writes nothing through the lock's connection (an inspection): checks the session
     /// twice a second until <paramref name="until"/>, and cancels <paramref name="lost"/> at the first
     /// check that fails, returning why. Checking also keeps the session from looking idle to the server
@@ -194,7 +204,7 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
             // Closing the (unpooled) connection below ends the session and its locks anyway.
         }
 
-        await Connection.DisposeAsync();
+        await CloseAsync(Connection);
     }
 }
 

@@ -27,6 +27,17 @@ public static class QueueLockSessions
         return pid!.Value;
     }
 
+    /// <summary>Sessions of this run's database that hold or try a queue lock.</summary>
+    public static async Task<long> CountAsync(ConveyorFixture fixture)
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var count = new NpgsqlCommand(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'conveyor-api-queue-lock'",
+            connection);
+        return (long)(await count.ExecuteScalarAsync())!;
+    }
+
     /// <summary>True when the backend was there to end.</summary>
     public static async Task<bool> TerminateAsync(ConveyorFixture fixture, int pid)
     {

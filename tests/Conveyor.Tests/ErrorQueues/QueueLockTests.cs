@@ -85,20 +85,9 @@ public sealed class QueueLockTests(ConveyorFixture fixture)
         }
 
         // The try that was under way reaches the server now, after the holder let go: its session must end with it.
-        await Eventually.AssertAsync(async () => Assert.Equal(0L, await LockSessionsAsync()));
+        await Eventually.AssertAsync(async () => Assert.Equal(0L, await QueueLockSessions.CountAsync(fixture)));
         await using var again = await direct.TryAcquireAsync(queue, CancellationToken.None);
         Assert.NotNull(again);
-    }
-
-    /// <summary>Sessions of this run's database that hold or try a queue lock.</summary>
-    private async Task<long> LockSessionsAsync()
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var count = new NpgsqlCommand(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'conveyor-api-queue-lock'",
-            connection);
-        return (long)(await count.ExecuteScalarAsync())!;
     }
 
     private static IConfiguration Configuration(string connectionString) =>

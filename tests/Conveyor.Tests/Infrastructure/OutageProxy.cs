@@ -18,6 +18,7 @@ public sealed class OutageProxy : IAsyncDisposable
     private readonly Task _acceptLoop;
     private volatile bool _cut;
     private volatile bool _stalled;
+    private volatile bool _passCloses;
     private int _refused;
     private int _held;
 
@@ -35,7 +36,7 @@ public sealed class OutageProxy : IAsyncDisposable
     /// <summary>Connections attempted (and reset) while cut: evidence that the client kept trying.</summary>
     public int Refused => Volatile.Read(ref _refused);
 
-    /// <summary>Reads held back by a <see cref="Stall"/>: evidence that something was sent into it.</summary>
+    /// <summary>Reads held back by a <see cref="Stall()"/>: evidence that something was sent into it.</summary>
     public int Held => Volatile.Read(ref _held);
 
     public static async Task<OutageProxy> ToAsync(string host, int port)
@@ -67,7 +68,16 @@ public sealed class OutageProxy : IAsyncDisposable
     /// Relayed connections stay open but no byte moves either way until <see cref="Resume"/>: a server
     /// that stops answering without closing anything, as a broker blocking its publishers does.
     /// </summary>
-    public void Stall() => _stalled = true;
+    public void Stall() => Stall(passCloses: false);
+
+    /// <summary>As <see cref="Stall()"/>, but a side that closes its connection meanwhile ends the relayed connection at
+    /// once, so the other side sees it closed (a client giving its session up, which the server then ends), rather than
+    /// when the stall ends.</summary>
+    public void Stall(bool passCloses)
+    {
+        _passCloses = passCloses;
+        _stalled = true;
+    }
 
     public void Resume() => _stalled = false;
 
@@ -170,12 +180,20 @@ public sealed class OutageProxy : IAsyncDisposable
 
             while (_stalled)
             {
+                if (_passCloses && ClosedByPeer(from.Socket))
+                {
+                    return;
+                }
+
                 await Task.Delay(20, _stopping.Token);
             }
 
             await to.WriteAsync(buffer.AsMemory(0, read), _stopping.Token);
         }
     }
+
+    /// <summary>Readable with nothing to read: the peer closed (or reset) its side.</summary>
+    private static bool ClosedByPeer(Socket socket) => socket.Poll(0, SelectMode.SelectRead) && socket.Available == 0;
 
     private async Task RelayAsync(TcpClient inbound, TcpClient outbound)
     {
