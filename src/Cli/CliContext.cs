@@ -29,6 +29,7 @@ public sealed class CliContext(
     /// <summary>
     /// How long a waiting command keeps trying to read an operation's progress while the Api cannot be reached
     /// (or answers 429/502/503/504) before it gives up with <see cref="ExitCodes.ProgressUnknown"/>; <c>--timeout</c> may end it sooner.
+    /// Also how long any other read refused with 429 is tried again before it ends with <see cref="ExitCodes.Unreachable"/>.
     /// </summary>
     public TimeSpan PollFailureBudget { get; init; } = TimeSpan.FromMinutes(2);
 
@@ -64,6 +65,11 @@ public sealed class CliContext(
 
         // Paths are relative ("api/..."), so an Api behind a path prefix works too.
         var root = baseAddress.AbsoluteUri.EndsWith('/') ? baseAddress : new Uri(baseAddress.AbsoluteUri + "/");
-        return new ConveyorClient(root, key, handler);
+        return new ConveyorClient(root, key, handler)
+        {
+            ReadRetryBudget = PollFailureBudget,
+            ReadRetryPause = PollInterval,
+            Retrying = line => Err.WriteLine(Printable.Text(line)),
+        };
     }
 }

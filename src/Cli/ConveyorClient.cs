@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
@@ -14,6 +15,9 @@ public sealed class ConveyorClient : IDisposable
     /// </summary>
     public const int MaxAnswerBytes = 64 * 1024 * 1024;
 
+    /// <summary>The longest pause between two tries of a refused read that came without a Retry-After.</summary>
+    private static readonly TimeSpan MaxReadRetryPause = TimeSpan.FromSeconds(10);
+
     private readonly HttpClient _http;
 
     public ConveyorClient(Uri baseAddress, string apiKey, HttpMessageHandler? handler = null)
@@ -29,8 +33,54 @@ public sealed class ConveyorClient : IDisposable
         _http.DefaultRequestHeaders.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
     }
 
-    public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken) =>
-        SendAsync(new HttpRequestMessage(HttpMethod.Get, Relative(path)), cancellationToken);
+    /// <summary>How long a read refused with 429 is tried again, from its first refusal (<see cref="CliContext.PollFailureBudget"/>).</summary>
+    public TimeSpan ReadRetryBudget { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>The first pause before a read refused with 429 without a Retry-After is tried again, and the shortest of any.</summary>
+    public TimeSpan ReadRetryPause { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>Told, as one line of text, each time a refused read is about to be tried again.</summary>
+    public Action<string>? Retrying { get; init; }
+
+    /// <summary>
+    /// A read. A 429 (a rate limit of the Api or of a gateway in front of it, not a key lockout) asks to come back: it is
+    /// read again after the answer's Retry-After, or after a pause that doubles, for <see cref="ReadRetryBudget"/>; a 429
+    /// still there then, or one asking for a longer wait than is left, ends with <see cref="ExitCodes.Unreachable"/> (try
+    /// later), as a 503 does.
+    /// </summary>
+    public async Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken)
+    {
+        long? refusedSince = null;
+        var pause = ReadRetryPause;
+        while (true)
+        {
+            var answer = await GetAnswerAsync(path, cancellationToken);
+            if (answer.IsSuccess)
+            {
+                return answer.Body;
+            }
+
+            var failure = answer.Failure();
+            if (answer.Status != HttpStatusCode.TooManyRequests || answer.IsKeyLockout)
+            {
+                throw failure;
+            }
+
+            refusedSince ??= Stopwatch.GetTimestamp();
+            var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Max(asked.Ticks, ReadRetryPause.Ticks)) : pause;
+            var tried = Stopwatch.GetElapsedTime(refusedSince.Value);
+            if (wait > ReadRetryBudget - tried)
+            {
+                throw new CliFailureException(failure.ExitCode,
+                    $"{failure.Message}{Environment.NewLine}The Api is refusing reads for now (it asks to wait {wait.TotalSeconds:0.#} s; "
+                    + $"tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later.");
+            }
+
+            Retrying?.Invoke($"The Api answered 429 to {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s.");
+            await Task.Delay(wait, cancellationToken);
+            pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, MaxReadRetryPause.Ticks));
+        }
+    }
 
     /// <summary>Gets <paramref name="path"/> and returns the answer whatever its status, for a caller that retries some of them; only an Api that cannot be reached throws.</summary>
     public Task<Answer> GetAnswerAsync(string path, CancellationToken cancellationToken) =>
@@ -142,7 +192,7 @@ public sealed class ConveyorClient : IDisposable
         /// error with a problem document (401 and 403 included, and 404 for a path it does not know), so an error
         /// without one comes from another server at that address and its status says nothing of the Api: a web
         /// server's HTML 404 is no missing queue. A 502, 503 or 504 without one is a gateway in front of the Api
-        /// saying that it cannot reach it.
+        /// saying that it cannot reach it, a 429 without one a gateway's rate limit.
         /// </summary>
         /// <param name="describeField">Rewrites a field name of a 400's errors, such as a batch's <c>jobs[3]</c>.</param>
         public CliFailureException Failure(Func<string, string>? describeField = null) =>
@@ -177,7 +227,9 @@ public sealed class ConveyorClient : IDisposable
         _ when IsRedirect(status) => ExitCodes.UnexpectedAnswer,
         HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden => ExitCodes.Auth,
         HttpStatusCode.NotFound or HttpStatusCode.Conflict => ExitCodes.NotFoundOrConflict,
-        HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout => ExitCodes.Unreachable,
+        // Try later: a gateway that cannot reach the Api, or a rate limit (of the Api or of a gateway) still refusing.
+        HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout or HttpStatusCode.TooManyRequests
+            => ExitCodes.Unreachable,
         >= HttpStatusCode.InternalServerError => ExitCodes.OperationFailed,
         _ => ExitCodes.Usage,
     };

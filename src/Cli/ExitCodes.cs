@@ -13,8 +13,8 @@ public static class ExitCodes
     public const int OperationFailed = 1;
 
     /// <summary>
-    /// The command line or the request was wrong (unknown option, missing argument, 400, 413, 415, 422), or a 429 of
-    /// the rate limit was still there after <c>submit --retries</c>.
+    /// The command line or the request was wrong (unknown option, missing argument, 400, 413, 415, 422). Never a 429,
+    /// which says "try later" (<see cref="Unreachable"/>).
     /// </summary>
     public const int Usage = 2;
 
@@ -27,7 +27,11 @@ public static class ExitCodes
     /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>
     public const int NotFoundOrConflict = 4;
 
-    /// <summary>The Api could not be reached, timed out, or answered 502/503/504 (it or a gateway in front of it).</summary>
+    /// <summary>
+    /// Try later: the Api could not be reached, timed out, or answered 502/503/504 (it or a gateway in front of it), or a
+    /// 429 (a rate limit, not a key lockout) was still there after the CLI tried again: a read for up to two minutes, after
+    /// each Retry-After; <c>submit</c> <c>--retries</c> times.
+    /// </summary>
     public const int Unreachable = 5;
 
     /// <summary>

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
 using System.Text.Json;
 using Spectre.Console;
 
@@ -265,11 +264,9 @@ internal static class Operations
                     return answer.Body;
                 }
 
-                // A gateway that cannot reach the Api (what exit code 5 means), or a 429 that asks to come back.
-                var transient = ConveyorClient.ExitCodeFor(answer.Status) == ExitCodes.Unreachable
-                    || (answer.Status == HttpStatusCode.TooManyRequests && !answer.IsKeyLockout);
+                // A gateway that cannot reach the Api, or a 429 that asks to come back (what exit code 5 means; not a key lockout).
                 failure = answer.Failure();
-                if (!transient)
+                if (failure.ExitCode != ExitCodes.Unreachable)
                 {
                     throw failure;
                 }

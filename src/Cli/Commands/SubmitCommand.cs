@@ -153,6 +153,11 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
             var failure = answer.Failure(field => Source(field, batch));
             var lines = new List<string> { failure.Message };
+            if (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && !answer.IsKeyLockout)
+            {
+                lines.Add($"Still refused after {settings.Retries} {(settings.Retries == 1 ? "retry" : "retries")}: try again later.");
+            }
+
             lines.AddRange(Refused(answer.Body, batch));
             // A partial answer (ADR 0009) leaves the batch's other jobs accepted: said, so nobody takes them for lost.
             var acceptedHere = AcceptedOfPartial(answer.Body, batch);

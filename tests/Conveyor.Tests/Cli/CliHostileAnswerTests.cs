@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using Conveyor.Cli;
 using Conveyor.Cli.Commands;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -252,6 +253,131 @@ public sealed class CliHostileAnswerTests
         Assert.True(said.Success, run.Err);
         Assert.Equal(3, double.Parse(said.Groups["seconds"].Value, System.Globalization.CultureInfo.InvariantCulture), tolerance: 1);
         Assert.Equal(2, reads);
+    }
+
+    /// <summary>
+    /// A read refused with 429 (a rate limit of the Api or of a gateway in front of it) is no usage error: the CLI reads
+    /// again after the wait the answer asks for, in seconds or as a date, whatever the refusal's body, as it does for a
+    /// move's progress and submit does for a batch.
+    /// </summary>
+    [Theory]
+    [InlineData("queues", "[]")]
+    [InlineData("messages q_error", """{"queueDepth":0,"messages":[]}""")]
+    [InlineData("groups q_error", """{"queueDepth":0,"examined":0,"groups":[]}""")]
+    [InlineData("operations", "[]")]
+    [InlineData($"operation {OperationId}", $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}""")]
+    [InlineData("audit", "[]")]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"queued"}""")]
+    [InlineData("jobs", """{"items":[]}""")]
+    public async Task A_read_refused_with_429_is_read_again_after_the_wait_the_answer_asks_for(string command, string body)
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            if (Interlocked.Increment(ref reads) == 1)
+            {
+                var refused = Respond(HttpStatusCode.TooManyRequests, """{"title":"Too many requests","detail":"Try again in 1 s."}""");
+                refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
+                return refused;
+            }
+
+            return Respond(HttpStatusCode.OK, body);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Contains("429", run.Err, StringComparison.Ordinal);
+        Assert.Contains("trying again in 1 s", run.Err, StringComparison.Ordinal);
+        Assert.Equal(2, reads);
+    }
+
+    /// <summary>A gateway's 429 is its own page, not a problem document, and may ask for its wait as a date: read again all the same.</summary>
+    [Theory]
+    [InlineData("text/html", "<html><body>429 Too Many Requests</body></html>")]
+    [InlineData("text/plain", "rate limited")]
+    public async Task A_gateways_429_on_a_read_is_read_again_after_the_date_it_asks_for(string mediaType, string page)
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            if (Interlocked.Increment(ref reads) == 1)
+            {
+                // The gateway's clock is a day off this machine's: only the difference of its two headers counts.
+                var gatewayNow = DateTimeOffset.UtcNow.AddDays(1);
+                var refused = Respond(HttpStatusCode.TooManyRequests, page, mediaType);
+                refused.Headers.Date = gatewayNow;
+                refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(gatewayNow.AddSeconds(2));
+                return refused;
+            }
+
+            return Respond(HttpStatusCode.OK, "[]");
+        });
+
+        var run = await RunAsync("queues", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        var said = System.Text.RegularExpressions.Regex.Match(run.Err, @"trying again in (?<seconds>[0-9.]+) s");
+        Assert.True(said.Success, run.Err);
+        Assert.Equal(2, double.Parse(said.Groups["seconds"].Value, System.Globalization.CultureInfo.InvariantCulture), tolerance: 1);
+        Assert.Equal(2, reads);
+    }
+
+    /// <summary>
+    /// A 429 still there when the CLI stops trying (here at once: the wait asked for is longer than the CLI waits) says
+    /// "try later", as 502/503/504 do (exit code 5), never "your command is wrong" (2); submit's 429 after its retries too.
+    /// </summary>
+    [Theory]
+    [InlineData("queues")]
+    [InlineData("jobs")]
+    [InlineData($"job {OperationId} --wait 5")]
+    [InlineData("submit charge-payment {file} --retries 0")]
+    public async Task A_429_still_there_when_the_cli_stops_trying_ends_with_the_try_later_exit_code_not_usage(string command)
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            var refused = Respond(HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}""");
+            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
+            return refused;
+        });
+
+        try
+        {
+            var run = await RunAsync(command.Replace("{file}", file, StringComparison.Ordinal), api);
+
+            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+            Assert.Contains("429 Too many requests", run.Err, StringComparison.Ordinal);
+            Assert.Contains("try again later", run.Err, StringComparison.OrdinalIgnoreCase);
+            Assert.Equal(1, requests);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    /// <summary>The Api's 429 for an unknown key from a locked-out address is about the key: not read again, exit code 3.</summary>
+    [Fact]
+    public async Task A_key_lockout_429_on_a_read_is_an_auth_failure_that_is_not_read_again()
+    {
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            var refused = Respond(HttpStatusCode.TooManyRequests, $$"""{"type":"{{ConveyorClient.KeyLockoutProblemType}}","title":"Too many unknown API keys"}""");
+            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
+            return refused;
+        });
+
+        var run = await RunAsync("queues", api);
+
+        Assert.Equal(ExitCodes.Auth, run.ExitCode);
+        Assert.DoesNotContain("trying again", run.Err, StringComparison.Ordinal);
+        Assert.Equal(1, requests);
     }
 
     [Fact]
