@@ -60,22 +60,35 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         // Every answer for --json; for the table, only the rows it shows, so a long file stays cheap.
         var accepted = new List<(string Source, JsonElement Job)>();
         var acceptedCount = 0;
+        string? lastAccepted = null;
         var batches = 0;
+        // The batch sent and not yet answered: on Ctrl+C, the Api may have accepted it, in full or in part.
+        JobFile.Job[]? sending = null;
         await using var reading = JobFile.ReadBatchesAsync(input, settings.BatchSize, cancellationToken).GetAsyncEnumerator(cancellationToken);
-        while (await NextBatchAsync(reading, acceptedCount) is { } batch)
+        try
         {
-            var answer = await SendAsync(cli, client, settings, batch, acceptedCount, cancellationToken);
-            batches++;
-            var answers = answer.Body.GetProperty("jobs").EnumerateArray().ToList();
-            if (answers.Count != batch.Length)
+            while (await NextBatchAsync(reading, acceptedCount) is { } batch)
             {
-                throw new FormatException($"The Api answered {answers.Count} jobs for a batch of {batch.Length}.");
-            }
+                sending = batch;
+                var answer = await SendAsync(cli, client, settings, batch, acceptedCount, cancellationToken);
+                sending = null;
+                batches++;
+                var answers = answer.Body.GetProperty("jobs").EnumerateArray().ToList();
+                if (answers.Count != batch.Length)
+                {
+                    throw new FormatException($"The Api answered {answers.Count} jobs for a batch of {batch.Length}.");
+                }
 
-            var kept = settings.Json ? batch.Length : Math.Clamp(MaxRows - accepted.Count, 0, batch.Length);
-            accepted.AddRange(batch.Take(kept).Select((job, index) => (job.Source, answers[index].Clone())));
-            acceptedCount += batch.Length;
-            cli.Err.MarkupLine(Markup.Escape($"{acceptedCount} jobs accepted so far"));
+                var kept = settings.Json ? batch.Length : Math.Clamp(MaxRows - accepted.Count, 0, batch.Length);
+                accepted.AddRange(batch.Take(kept).Select((job, index) => (job.Source, answers[index].Clone())));
+                acceptedCount += batch.Length;
+                lastAccepted = batch[^1].Source;
+                cli.Err.MarkupLine(Markup.Escape($"{acceptedCount} jobs accepted so far"));
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw Interrupted(cli, settings, accepted, acceptedCount, lastAccepted, sending);
         }
 
         if (batches == 0)
@@ -85,17 +98,67 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
         if (settings.Json)
         {
-            var list = accepted.Select(a => new
-            {
-                source = a.Source,
-                jobId = a.Job.GetProperty("jobId").GetGuid(),
-                kind = a.Job.GetProperty("kind").GetString(),
-                status = a.Job.GetProperty("status").GetString(),
-            });
-            WriteJson(cli, JsonSerializer.SerializeToElement(list));
+            WriteJson(cli, JsonSerializer.SerializeToElement(JobList(accepted)));
             return ExitCodes.Ok;
         }
 
+        WriteTable(cli, accepted, acceptedCount);
+        cli.Out.MarkupLine(Markup.Escape($"{acceptedCount} {settings.Kind} jobs accepted in {batches} {(batches == 1 ? "request" : "requests")}."));
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>
+    /// Ctrl+C: what the Api accepted before it (the table, or with <c>--json</c> a summary: <c>interrupted</c>, the
+    /// <c>accepted</c> count, every accepted job, and the batch <c>inFlight</c>, null when none was), and on stderr how
+    /// many, from where to where, and which jobs may have been accepted without an answer, so that the user knows what
+    /// is left to send; sending the whole file again is safe.
+    /// </summary>
+    private static CliFailureException Interrupted(
+        CliContext cli, SubmitSettings settings, List<(string Source, JsonElement Job)> accepted, int acceptedCount, string? lastAccepted, JobFile.Job[]? sending)
+    {
+        if (settings.Json)
+        {
+            WriteJson(cli, JsonSerializer.SerializeToElement(new
+            {
+                interrupted = true,
+                accepted = acceptedCount,
+                jobs = JobList(accepted),
+                inFlight = sending is null ? null : new { from = sending[0].Source, to = sending[^1].Source },
+            }));
+        }
+        else if (acceptedCount > 0)
+        {
+            WriteTable(cli, accepted, acceptedCount);
+        }
+
+        var lines = new List<string>
+        {
+            acceptedCount == 0
+                ? "interrupted: no job was accepted."
+                : $"interrupted: {acceptedCount} {settings.Kind} jobs were accepted ({accepted[0].Source} to {lastAccepted}), listed on stdout.",
+        };
+        if (sending is not null)
+        {
+            lines.Add($"{sending[0].Source} to {sending[^1].Source} were being sent: the Api may have accepted some or all of them.");
+        }
+
+        lines.Add("Running the same command again is safe: jobs accepted before are answered again, not submitted twice.");
+        return new CliFailureException(ExitCodes.Interrupted, string.Join(Environment.NewLine, lines));
+    }
+
+    /// <summary>The accepted jobs as <c>--json</c> lists them: where each is in the file, its id, kind and status.</summary>
+    private static IEnumerable<object> JobList(List<(string Source, JsonElement Job)> accepted) =>
+        accepted.Select(a => new
+        {
+            source = a.Source,
+            jobId = a.Job.GetProperty("jobId").GetGuid(),
+            kind = a.Job.GetProperty("kind").GetString(),
+            status = a.Job.GetProperty("status").GetString(),
+        });
+
+    /// <summary>The accepted jobs as a table, at most <see cref="MaxRows"/> of them.</summary>
+    private static void WriteTable(CliContext cli, List<(string Source, JsonElement Job)> accepted, int acceptedCount)
+    {
         var table = new Table().AddColumns("From", "Job", "Status");
         foreach (var (source, job) in accepted)
         {
@@ -107,9 +170,6 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         {
             cli.Out.MarkupLine(Markup.Escape($"… and {acceptedCount - accepted.Count} more (--json lists every job)."));
         }
-
-        cli.Out.MarkupLine(Markup.Escape($"{acceptedCount} {settings.Kind} jobs accepted in {batches} {(batches == 1 ? "request" : "requests")}."));
-        return ExitCodes.Ok;
     }
 
     /// <summary>The next batch of the file, or null at its end; a bad line after accepted jobs says how far the file got.</summary>

@@ -1,7 +1,10 @@
 using System.Diagnostics;
 using System.Net;
+using System.Net.Http.Json;
 using System.Text;
+using System.Text.Json;
 using Conveyor.Cli;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 
@@ -132,9 +135,90 @@ public sealed class CliInterruptTests
         Assert.Contains($"Follow it with: conveyor operation {OperationId} --wait", Err(), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// Ctrl+C while submit sends its second batch: the first was accepted, the second may or may not have been. The CLI
+    /// says how many jobs were accepted, which, and which were in flight, on stdout as the table or (with --json) as a
+    /// summary a script can read, so that nobody has to guess what to send again; exit code 130 as for any Ctrl+C.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Ctrl_c_during_submit_says_which_jobs_were_accepted_and_which_were_in_flight(bool json)
+    {
+        using var interrupt = new CancellationTokenSource();
+        var jobIds = new List<Guid>();
+        var posts = 0;
+        using var api = new Holding(async (request, cancellationToken) =>
+        {
+            if (Interlocked.Increment(ref posts) > 1)
+            {
+                // Ctrl+C while the second batch is on its way: the Api's answer never comes.
+                interrupt.Cancel();
+                await Task.Delay(Timeout.Infinite, cancellationToken);
+            }
+
+            var batch = await request.Content!.ReadFromJsonAsync<JsonElement>(cancellationToken);
+            var answers = batch.GetProperty("jobs").EnumerateArray().Select((_, index) =>
+            {
+                var jobId = Guid.NewGuid();
+                jobIds.Add(jobId);
+                return new { index, jobId, kind = "charge-payment", status = "queued" };
+            }).ToList();
+            return new HttpResponseMessage(HttpStatusCode.Accepted) { Content = JsonContent.Create(new { jobs = answers }) };
+        });
+        var file = Path.GetTempFileName();
+        await File.WriteAllLinesAsync(file, Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())));
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = "a-key",
+        };
+
+        string[] args = ["submit", "charge-payment", file, "--batch-size", "2", .. json ? new[] { "--json" } : []];
+        int exitCode;
+        try
+        {
+            exitCode = await CliApp.RunAsync(args, stdout, stderr, api, environment, interrupt.Token);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+
+        Assert.Equal(ExitCodes.Interrupted, exitCode);
+        Assert.Equal(2, jobIds.Count);
+        var err = stderr.ToString();
+        Assert.Contains("2 charge-payment jobs were accepted (line 1 to line 2)", err, StringComparison.Ordinal);
+        Assert.Contains("line 3 to line 4 were being sent", err, StringComparison.Ordinal);
+        Assert.Contains("Running the same command again is safe", err, StringComparison.Ordinal);
+        if (json)
+        {
+            var summary = JsonDocument.Parse(stdout.ToString()).RootElement;
+            Assert.True(summary.GetProperty("interrupted").GetBoolean());
+            Assert.Equal(2, summary.GetProperty("accepted").GetInt32());
+            Assert.Equal(jobIds, summary.GetProperty("jobs").EnumerateArray().Select(j => j.GetProperty("jobId").GetGuid()));
+            Assert.Equal(["line 1", "line 2"], summary.GetProperty("jobs").EnumerateArray().Select(j => j.GetProperty("source").GetString()));
+            Assert.Equal("line 3", summary.GetProperty("inFlight").GetProperty("from").GetString());
+            Assert.Equal("line 4", summary.GetProperty("inFlight").GetProperty("to").GetString());
+        }
+        else
+        {
+            Assert.All(jobIds, id => Assert.Contains(id.ToString(), stdout.ToString(), StringComparison.Ordinal));
+        }
+    }
+
     private sealed class Canned(Func<HttpRequestMessage, HttpResponseMessage> answer) : HttpMessageHandler
     {
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
             Task.FromResult(answer(request));
+    }
+
+    /// <summary>Answers with <c>answer</c>, which may take its time and is given the request's cancellation.</summary>
+    private sealed class Holding(Func<HttpRequestMessage, CancellationToken, Task<HttpResponseMessage>> answer) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
+            answer(request, cancellationToken);
     }
 }
