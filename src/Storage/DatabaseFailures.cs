@@ -85,6 +85,23 @@ public static class DatabaseFailures
         return false;
     }
 
+    /// <summary>
+    /// True when a statement of <paramref name="exception"/> gave up waiting for a lock at its <c>lock_timeout</c>
+    /// (EF Core wraps it, as a failure it takes for transient).
+    /// </summary>
+    public static bool IsLockNotAvailable(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is PostgresException { SqlState: PostgresErrorCodes.LockNotAvailable })
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     private static bool IsFatal(PostgresException exception) =>
         exception.InvariantSeverity is "FATAL" or "PANIC";
 }

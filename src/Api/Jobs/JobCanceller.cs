@@ -1,3 +1,4 @@
+using System.Globalization;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
@@ -16,6 +17,12 @@ internal enum CancelStatus
 
     /// <summary>Running, waiting for a retry, or finished: too late to cancel.</summary>
     TooLate,
+
+    /// <summary>
+    /// Another transaction held the job's row (a worker claiming or running it) or its stored command
+    /// (the dispatcher publishing it) longer than <see cref="JobCanceller.LockWaitMilliseconds"/>: nothing changed.
+    /// </summary>
+    Busy,
 }
 
 internal readonly record struct CancelResult(CancelStatus Status, Job? Job = null);
@@ -29,13 +36,39 @@ internal readonly record struct CancelResult(CancelStatus Status, Job? Job = nul
 /// the job again settles, so it is not cancelled. A scheduled
 /// job's stored command is deleted in the same transaction; if the dispatcher holds it at that
 /// moment, the cancel waits for it: it is published anyway and the worker skips it.
+/// A worker holds the job's row for as long as an attempt runs (the claim is in its inbox transaction),
+/// so the cancel waits for either lock at most <see cref="LockWaitMilliseconds"/>, and then answers
+/// <see cref="CancelStatus.Busy"/> instead of holding the request and a pooled connection until the
+/// statement timeout (which the Api answered as an unreachable database).
 /// </summary>
 internal sealed class JobCanceller(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider clock, ILogger<JobCanceller> logger)
 {
+    /// <summary>
+    /// How long a cancel waits for a row another transaction holds: a dispatch's confirm or a group
+    /// commit ends well within it; an attempt that runs longer has most likely started the job.
+    /// </summary>
+    public const int LockWaitMilliseconds = 5000;
+
     public async Task<CancelResult> CancelAsync(Guid jobId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await TryCancelAsync(jobId, cancellationToken);
+        }
+        catch (Exception exception) when (DatabaseFailures.IsLockNotAvailable(exception))
+        {
+            // The transaction rolled back: the job is as it was.
+            return new CancelResult(CancelStatus.Busy);
+        }
+    }
+
+    private async Task<CancelResult> TryCancelAsync(Guid jobId, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        // The transaction's own setting (is_local): the pooled connection goes back as it came.
+        await db.Database.ExecuteSqlInterpolatedAsync(
+            $"SELECT set_config('lock_timeout', {LockWaitMilliseconds.ToString(CultureInfo.InvariantCulture)}, true)", cancellationToken);
         // The dispatcher locks a stored command's row, then, when its publish fails, writes the job's row.
         // Taken in that order here too, a cancel waits for a dispatch under way to end; updating the job
         // first, the two waited for each other and PostgreSQL aborted one (a 500, or a dispatch redone).

@@ -5,6 +5,7 @@ using Conveyor.Storage.Jobs;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
+using System.Globalization;
 using System.Text.Json;
 
 namespace Conveyor.Api.Jobs;
@@ -166,7 +167,7 @@ internal static partial class JobsApi
     }
 
     internal static async Task<Results<Ok<JobDetails>, ValidationProblem, ProblemHttpResult>> CancelJob(
-        string jobId, JobCanceller canceller, CancellationToken cancellationToken)
+        string jobId, JobCanceller canceller, HttpContext http, CancellationToken cancellationToken)
     {
         if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
         {
@@ -181,8 +182,18 @@ internal static partial class JobsApi
                 job.Status == JobStatus.Queued
                     ? $"Job {id} is queued again after an attempt that was cut short; only jobs that have not started can be cancelled."
                     : $"Job {id} is {job.Status}; only queued or scheduled jobs can be cancelled."),
+            { Status: CancelStatus.Busy } => Busy(http, id),
             _ => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}."),
         };
+    }
+
+    /// <summary>A cancel that found the job held by another transaction: nothing changed, and a retry may settle it.</summary>
+    private static ProblemHttpResult Busy(HttpContext http, Guid id)
+    {
+        http.Response.Headers.RetryAfter = RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
+        return Problem(StatusCodes.Status409Conflict, "Job busy",
+            $"Job {id} is being written by a worker or the scheduler right now (most likely it is starting), so it was left as it was. " +
+            "Retry later: a job that has not started by then is cancelled; one that has is answered as such.");
     }
 
     private static ProblemHttpResult Problem(int status, string title, string detail) =>

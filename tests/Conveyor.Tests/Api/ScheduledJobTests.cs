@@ -160,6 +160,58 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_cancel_of_a_job_whose_row_another_transaction_holds_answers_409_busy_and_changes_nothing()
+    {
+        await using var api = await fixture.StartApiAsync();
+        var job = new Job
+        {
+            Id = Guid.CreateVersion7(),
+            Kind = JobKinds.ChargePayment,
+            BusinessKey = Guid.NewGuid().ToString("D"),
+            Status = JobStatus.Queued,
+            CreatedAt = DateTimeOffset.UtcNow,
+            UpdatedAt = DateTimeOffset.UtcNow,
+            RequestBody = "{}"u8.ToArray(),
+        };
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.Add(job);
+            await db.SaveChangesAsync();
+        }
+
+        // What a worker's inbox transaction does while an attempt of the job runs: the job's row locked.
+        await using var worker = new NpgsqlConnection(fixture.ConnectionString);
+        await worker.OpenAsync();
+        await using (var transaction = await worker.BeginTransactionAsync())
+        {
+            await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", worker, transaction))
+            {
+                lockRow.Parameters.AddWithValue(job.Id);
+                Assert.Equal(1, await lockRow.ExecuteScalarAsync());
+            }
+
+            using var busy = await api.Client.CancelJobAsync(job.Id);
+            await busy.AssertProblemAsync(StatusCodes.Status409Conflict);
+            Assert.Equal("Job busy", (await busy.ReadJsonAsync()).GetProperty("title").GetString());
+            Assert.NotNull(busy.Headers.RetryAfter);
+            await transaction.RollbackAsync();
+        }
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            var row = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == job.Id);
+            Assert.Equal(JobStatus.Queued, row.Status);
+            Assert.Equal(job.RequestBody, row.RequestBody);
+            Assert.Null(row.FinishedAt);
+        }
+
+        // Released, the same cancel goes through.
+        using var response = await api.Client.CancelJobAsync(job.Id);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(JobStatus.Cancelled, (await response.Content.ReadFromJsonAsync<JobDetails>())?.Status);
+    }
+
+    [Fact]
     public async Task A_queued_job_cancelled_while_no_worker_runs_is_skipped_when_one_starts()
     {
         // A worker declares the queues and leaves, so the command waits in charge-payment.
