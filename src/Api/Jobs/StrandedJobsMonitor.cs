@@ -106,9 +106,16 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
                 foreach (var (kind, before) in strandedBefore)
                 {
                     // The kind's queued range of the (kind, status, created_at, id) index; created_at <=
-                    // updated_at, so the bound on it keeps a backlog's newer rows out of the range.
-                    counts[kind] = await db.Jobs.LongCountAsync(
-                        j => j.Status == JobStatus.Queued && j.CreatedAt < before && j.UpdatedAt < before && j.Kind == kind, cancellationToken);
+                    // updated_at, so the bound on it keeps a backlog's newer rows out of the range (the
+                    // status a literal, as in the claim: the index is partial on the statuses). Rows another
+                    // Api's claim holds (FOR UPDATE) are being published, not left over: the weakest row
+                    // lock, skipped where it conflicts, leaves them out, and for the statement only.
+                    counts[kind] = await db.Database.SqlQuery<long>($"""
+                        SELECT count(*) AS "Value" FROM (
+                            SELECT 1 FROM jobs j
+                             WHERE j.kind = {kind} AND j.status = 'queued' AND j.created_at < {before} AND j.updated_at < {before}
+                               FOR KEY SHARE SKIP LOCKED) s
+                        """).SingleAsync(cancellationToken);
                 }
             }
 

@@ -315,6 +315,37 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(0, monitor.Stranded[JobKinds.ChargePayment]);
     }
 
+    [Fact]
+    public async Task Jobs_another_api_holds_in_its_claim_are_not_counted_as_left_over()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var old = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var claimedElsewhere = new[] { QueuedCharge(old), QueuedCharge(old) };
+        var withoutRequest = Job(JobKinds.ChargePayment, JobStatus.Queued, old);
+        // Stranded by the queue's order, whatever the queue's statistics show.
+        var finished = Job(JobKinds.ChargePayment, JobStatus.Succeeded, DateTimeOffset.UtcNow);
+        finished.RequestHash = "submitted through the Api";
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(claimedElsewhere);
+            db.Jobs.AddRange(withoutRequest, finished);
+            await db.SaveChangesAsync();
+        }
+
+        var monitor = _api.Services.GetRequiredService<StrandedJobsMonitor>();
+        var ids = claimedElsewhere.Select(j => j.Id).ToArray();
+        await using var otherReplica = fixture.CreateDbContext();
+        await using var claim = await otherReplica.Database.BeginTransactionAsync();
+        // Another Api's claim in progress holds these rows: it is publishing them, no operator need act.
+        await otherReplica.Database.ExecuteSqlInterpolatedAsync($"SELECT 1 FROM jobs WHERE id = ANY({ids}) FOR UPDATE");
+        using var bounded = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await monitor.RefreshAsync(bounded.Token);
+
+        Assert.Equal(1, monitor.Stranded[JobKinds.ChargePayment]);
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+        await claim.RollbackAsync();
+    }
+
     /// <summary>
     /// More stranded jobs than one claim takes, as an Api killed amid a burst of submissions leaves
     /// them: one check publishes them all, and counts none of them as left over for an operator to
