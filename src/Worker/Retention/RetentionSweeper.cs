@@ -42,12 +42,16 @@ public sealed partial class RetentionSweeper(
         return Periodically.RunAsync(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time, SweepQuietlyAsync, stoppingToken);
     }
 
-    /// <summary>One sweep as of now; a failure is logged and the next period tries again.</summary>
+    /// <summary>
+    /// One sweep as of the database's now; a failure is logged and the next period tries again. The
+    /// database's clock, not this worker's: the dispatcher's job updates and the leases are written by
+    /// it, and every worker's sweep then measures a window alike, whatever its own clock says.
+    /// </summary>
     private async Task SweepQuietlyAsync(CancellationToken stoppingToken)
     {
         try
         {
-            var swept = await SweepAsync(time.GetUtcNow(), stoppingToken);
+            var swept = await SweepAsync(await DatabaseNowAsync(stoppingToken), stoppingToken);
             if (swept.InboxRows + swept.Jobs + swept.AuditRows > 0)
             {
                 LogSwept(swept.InboxRows, swept.Jobs, swept.AuditRows);
@@ -59,6 +63,12 @@ public sealed partial class RetentionSweeper(
             Failures.Add(1);
             LogSweepFailed(exception);
         }
+    }
+
+    private async Task<DateTimeOffset> DatabaseNowAsync(CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        return await db.Database.SqlQuery<DateTimeOffset>($"SELECT clock_timestamp() AS \"Value\"").SingleAsync(cancellationToken);
     }
 
     /// <summary>

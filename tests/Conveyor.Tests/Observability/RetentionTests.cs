@@ -5,6 +5,8 @@ using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Retention;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Observability;
 
@@ -130,6 +132,46 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         CreatedAt = dueAt,
         JobId = jobId,
     };
+
+    [Fact]
+    public async Task The_background_sweep_measures_its_windows_by_the_database_clock_not_the_workers()
+    {
+        await using (var db = fixture.CreateDbContext())
+        {
+            // Both finished by the database's clock, which the dispatcher's and the leases' writes use.
+            var databaseNow = await db.Database.SqlQuery<DateTimeOffset>($"SELECT clock_timestamp() AS \"Value\"").SingleAsync();
+            db.Jobs.AddRange(
+                Job("inside-window", JobStatus.Succeeded, databaseNow.AddHours(-23)),
+                Job("past-window", JobStatus.Succeeded, databaseNow.AddHours(-48)));
+            await db.SaveChangesAsync();
+        }
+
+        // A worker whose clock runs two hours ahead of the database's.
+        var sweeper = new RetentionSweeper(
+            fixture.DbContextFactory(), Options.Create(new RetentionOptions { JobHours = 24, IntervalSeconds = 3600 }),
+            new ClockAhead(TimeSpan.FromHours(2)), NullLogger<RetentionSweeper>.Instance);
+        await sweeper.StartAsync(CancellationToken.None);
+        try
+        {
+            await Eventually.AssertAsync(async () =>
+            {
+                await using var db = fixture.CreateDbContext();
+                Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == "past-window"));
+            });
+        }
+        finally
+        {
+            await sweeper.StopAsync(CancellationToken.None);
+        }
+
+        await using var check = fixture.CreateDbContext();
+        Assert.True(await check.Jobs.AnyAsync(j => j.BusinessKey == "inside-window"), "a job 23 h old by the database's clock is inside a 24 h window");
+    }
+
+    private sealed class ClockAhead(TimeSpan ahead) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => base.GetUtcNow() + ahead;
+    }
 
     private static InboxRecord Inbox(string key, DateTimeOffset receivedAt, string status, DateTimeOffset? leaseExpiresAt = null) => new()
     {
