@@ -181,7 +181,7 @@ public sealed partial class RedeliveryDispatcher(
                 .ToListAsync(cancellationToken);
 
             // From here on nothing takes the caller's token but the publishes themselves.
-            var round = new Round(cancellationToken);
+            var round = new Round(db, cancellationToken);
             var results = await PublishWithinTimeoutAsync(round, due, timeout => publisher.PublishAsync(due, timeout));
             var settled = new List<(ScheduledMessage Message, Settlement Settlement, PublishResult Result)>(due.Count);
             foreach (var (message, result) in due.Zip(results))
@@ -296,13 +296,15 @@ public sealed partial class RedeliveryDispatcher(
     /// the others. A row the broker refuses for what it is, or that cannot be published at all, is
     /// moved to its destination's <c>_error</c> queue with the reason; while that queue does not exist
     /// (MassTransit declares it at its first message) it stays, for another try later: never lost. A
-    /// row whose publish or move the <paramref name="round"/> cut short stays as it was.
+    /// row whose publish or move the <paramref name="round"/> cut short stays as it was. Each publish
+    /// alone and each move first renews the claim (<see cref="Round.RenewClaimAsync"/>).
     /// </summary>
     private async Task<(ScheduledMessage Message, Settlement Settlement, PublishResult Result)> SettleAsync(
         Round round, ScheduledMessage message, PublishResult result)
     {
         if (result.Outcome == PublishOutcome.Failed)
         {
+            await round.RenewClaimAsync();
             result = (await PublishWithinTimeoutAsync(round, [message], async timeout => [await publisher.PublishAloneAsync(message, timeout)]))[0];
         }
 
@@ -317,6 +319,7 @@ public sealed partial class RedeliveryDispatcher(
         }
 
         var reason = ReasonOf(result);
+        await round.RenewClaimAsync();
         var moved = (await PublishWithinTimeoutAsync(
             round, [message], async timeout => [await publisher.MoveToErrorQueueAsync(message, reason, time.GetUtcNow(), timeout)]))[0];
         if (moved.Outcome == PublishOutcome.Unsettled)
@@ -339,9 +342,10 @@ public sealed partial class RedeliveryDispatcher(
     /// <summary>
     /// The longest a dispatcher's claim may stay idle in its transaction before the server ends the
     /// session: its batch's publishes and one more cut short by <see cref="DispatcherOptions.PublishTimeoutSeconds"/>
-    /// (a row published alone, a move to <c>_error</c>), each twice over, and 30 s for the quick ones around
-    /// them (rows published alone after a connection the broker closed). A live dispatcher that takes longer
-    /// only loses its round: its rows go out again, and the inbox absorbs the copies.
+    /// (a row published alone, a move to <c>_error</c>), each twice over, and 30 s around them. The rows
+    /// published alone or moved one by one may take far longer together, so each renews the claim first
+    /// (<see cref="Round.RenewClaimAsync"/>): a claim lapsed under them would leave every row for another
+    /// round, which would copy to <c>_error</c> again those already moved there.
     /// </summary>
     internal static TimeSpan ClaimIdleLimit(DispatcherOptions options) => TimeSpan.FromSeconds(4 * options.PublishTimeoutSeconds + 30);
 
@@ -465,11 +469,35 @@ public sealed partial class RedeliveryDispatcher(
     /// the batch (a broker that let one publish time out would make each of the others wait as long,
     /// their rows locked), and the batch throws it once its bookkeeping is committed.
     /// </summary>
-    private sealed class Round(CancellationToken stopping)
+    private sealed class Round(ConveyorDbContext db, CancellationToken stopping)
     {
         public CancellationToken Stopping { get; } = stopping;
 
         public Exception? CutShort { get; set; }
+
+        /// <summary>
+        /// Starts the claim's idle time (<see cref="ClaimIdleLimit"/>) again with a statement in its
+        /// transaction, before a row's publish alone or move to <c>_error</c>: each of those is bounded by
+        /// <see cref="DispatcherOptions.PublishTimeoutSeconds"/>, but not all of a batch together. A dispatcher
+        /// that vanished renews nothing, so its rows are still let go. Not cancelled by a shutdown (the batch's
+        /// publishes have begun); a renewal that fails cuts the round short, as the claim is lost with it.
+        /// </summary>
+        public async Task RenewClaimAsync()
+        {
+            if (CutShort is not null)
+            {
+                return;
+            }
+
+            try
+            {
+                await db.Database.ExecuteSqlAsync($"SELECT 1", CancellationToken.None);
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                CutShort = exception;
+            }
+        }
 
         public void ThrowIfCutShort()
         {

@@ -19,6 +19,7 @@ public sealed class OutageProxy : IAsyncDisposable
     private volatile bool _cut;
     private volatile bool _stalled;
     private volatile bool _passCloses;
+    private long _latencyTicks;
     private int _refused;
     private int _held;
 
@@ -80,6 +81,16 @@ public sealed class OutageProxy : IAsyncDisposable
     }
 
     public void Resume() => _stalled = false;
+
+    /// <summary>
+    /// How long each relayed chunk waits, either way, before it is passed on: a server that answers every
+    /// request, but slowly. Zero (the default) passes bytes on at once.
+    /// </summary>
+    public TimeSpan Latency
+    {
+        get => TimeSpan.FromTicks(Volatile.Read(ref _latencyTicks));
+        set => Volatile.Write(ref _latencyTicks, value.Ticks);
+    }
 
     public async ValueTask DisposeAsync()
     {
@@ -186,6 +197,11 @@ public sealed class OutageProxy : IAsyncDisposable
                 }
 
                 await Task.Delay(20, _stopping.Token);
+            }
+
+            if (Latency is { Ticks: > 0 } latency)
+            {
+                await Task.Delay(latency, _stopping.Token);
             }
 
             await to.WriteAsync(buffer.AsMemory(0, read), _stopping.Token);

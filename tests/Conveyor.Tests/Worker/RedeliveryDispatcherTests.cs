@@ -508,6 +508,58 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    [Fact]
+    public async Task Rows_moved_to_error_one_by_one_for_longer_than_the_claims_idle_limit_are_moved_once()
+    {
+        // Fifteen rows that can never be published, so each is moved to _error on its own, through a broker
+        // that confirms every publish, but slowly: the moves together take longer than the claim may stay
+        // idle in its transaction, while each one alone takes far less. The limit is cut to 3 s (from
+        // 4 x PublishTimeoutSeconds + 30 s) so that the test need not wait minutes; in production, 200 rows
+        // each confirmed in a second outlast the 150 s the same way.
+        var errorQueue = _queue + BrokerPublisher.ErrorQueueSuffix;
+        await _channel.QueueDeclareAsync(errorQueue, durable: true, exclusive: false, autoDelete: false);
+        var rabbit = fixture.RabbitOptions();
+        await using var proxy = await OutageProxy.ToAsync(rabbit.Host, rabbit.Port);
+        var viaProxy = fixture.RabbitOptions();
+        viaProxy.Port = proxy.Port;
+        var shortClaims = new ClaimIdleLimitOf(TimeSpan.FromSeconds(3));
+        await using var slowPublisher = Publisher(viaProxy);
+        using var slow = Dispatcher(slowPublisher, database: shortClaims.Factory(fixture));
+        try
+        {
+            // Its broker connection is open before the broker slows down.
+            var warmUp = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+            Assert.Equal(1, await slow.DispatchDueAsync(CancellationToken.None));
+            Assert.Equal([warmUp], await TakeAllAsync(_queue));
+
+            var due = DateTimeOffset.UtcNow.AddSeconds(-5);
+            var unpublishable = new List<string>();
+            for (var i = 0; i < 15; i++)
+            {
+                // Headers that are no map of strings: the row goes to _error.
+                unpublishable.Add(await ScheduleAsync(due, """{"X-Count": 5}"""));
+            }
+
+            proxy.Latency = TimeSpan.FromMilliseconds(200);
+            var failed = await Record.ExceptionAsync(() => slow.DispatchDueAsync(CancellationToken.None));
+            proxy.Latency = TimeSpan.Zero;
+
+            // Another pod's dispatcher then finds nothing left to move again.
+            await using var otherPublisher = Publisher();
+            using var other = Dispatcher(otherPublisher);
+            await other.DispatchDueAsync(CancellationToken.None);
+
+            Assert.Equal(unpublishable.Order(), (await TakeAllAsync(errorQueue)).Order());
+            Assert.Null(failed);
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }
+        finally
+        {
+            await _channel.QueueDeleteAsync(errorQueue);
+        }
+    }
+
     /// <summary>Whether another session holds a lock on a scheduled row (the dispatcher's claim).</summary>
     private async Task<bool> IsLockedAsync()
     {
@@ -632,6 +684,26 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             if (command.CommandText.Contains(text, StringComparison.Ordinal) && Interlocked.Exchange(ref _seen, 1) == 0)
             {
                 action();
+            }
+
+            return ValueTask.FromResult(result);
+        }
+    }
+
+    /// <summary>
+    /// Sets the <c>idle_in_transaction_session_timeout</c> a claim of the contexts its <see cref="Factory"/>
+    /// makes asks for to <paramref name="limit"/>: the server ends a session idle in its claim that long.
+    /// </summary>
+    private sealed class ClaimIdleLimitOf(TimeSpan limit) : DbCommandInterceptor
+    {
+        public InterceptedContexts Factory(ConveyorFixture fixture) => new InterceptedContexts(fixture.ConnectionString, this);
+
+        public override ValueTask<InterceptionResult<int>> NonQueryExecutingAsync(
+            DbCommand command, CommandEventData eventData, InterceptionResult<int> result, CancellationToken cancellationToken = default)
+        {
+            if (command.CommandText.Contains("idle_in_transaction_session_timeout", StringComparison.Ordinal))
+            {
+                command.Parameters[0].Value = limit.TotalMilliseconds.ToString(CultureInfo.InvariantCulture);
             }
 
             return ValueTask.FromResult(result);
