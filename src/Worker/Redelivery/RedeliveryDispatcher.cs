@@ -131,7 +131,8 @@ public sealed partial class RedeliveryDispatcher(
 
     /// <summary>
     /// Publishes every row that is due now, batch by batch: at most <see cref="DispatcherOptions.BatchSize"/>
-    /// rows and <see cref="DispatcherOptions.MaxBatchBytes"/> of bodies and headers each. Once a batch's
+    /// rows and <see cref="DispatcherOptions.MaxBatchBytes"/> of bodies and headers each, and only those
+    /// rows locked while it publishes: the due rows past its budget are free for another dispatcher. Once a batch's
     /// publishes have begun, its bookkeeping (the jobs dead-lettered, the DELETE, the rows kept for later, the commit) runs to the
     /// end whatever becomes of the publishes or of <paramref name="cancellationToken"/>, bounded by the
     /// server's <c>statement_timeout</c>: rolled back, it would leave the rows the broker had confirmed
@@ -157,7 +158,9 @@ public sealed partial class RedeliveryDispatcher(
                 cancellationToken);
             // Due by the database's clock, as every writer counts due times (RedeliveryStore): the pods'
             // own clocks may disagree with it and with each other. Sizes only: octet_length reads a body's
-            // length from its TOAST pointer, so the bodies of rows past the byte budget are never read.
+            // length from its TOAST pointer, so the bodies of rows past the byte budget are never read. Under
+            // a savepoint, whose rollback lets go of the rows past the budget at once.
+            await transaction.CreateSavepointAsync(ClaimSavepoint, cancellationToken);
             var claimed = await db.Database.SqlQuery<ClaimedRow>($"""
                     SELECT id, octet_length(body)::bigint + octet_length(headers::text) AS bytes
                       FROM scheduled_messages WHERE due_at <= clock_timestamp()
@@ -171,14 +174,26 @@ public sealed partial class RedeliveryDispatcher(
                 return total;
             }
 
-            // The rows claimed past the budget stay as they are, locked until the commit, and lead the
-            // next batch.
             var ids = WithinBudget(claimed, options.Value.MaxBatchBytes);
+            if (ids.Length < claimed.Count)
+            {
+                // The rows claimed past the budget are not this batch's: locked until its commit, no other
+                // dispatcher could publish them meanwhile. Rolling the claim back frees them all, and the rows
+                // within the budget are claimed again as they are loaded; one taken by another dispatcher in
+                // between (or no longer due) is that one's, and this batch goes without it.
+                await transaction.RollbackToSavepointAsync(ClaimSavepoint, cancellationToken);
+            }
+
             var due = await db.ScheduledMessages
-                .Where(m => ids.Contains(m.Id))
+                .FromSql($"SELECT * FROM scheduled_messages WHERE id = ANY({ids}) AND due_at <= clock_timestamp() FOR UPDATE SKIP LOCKED")
                 .OrderBy(m => m.DueAt)
                 .AsNoTracking()
                 .ToListAsync(cancellationToken);
+            if (due.Count == 0)
+            {
+                // All taken by other dispatchers since the claim: claim again.
+                continue;
+            }
 
             // From here on nothing takes the caller's token but the publishes themselves.
             var round = new Round(db, cancellationToken);
@@ -285,6 +300,8 @@ public sealed partial class RedeliveryDispatcher(
 
         return claimed.Take(count).Select(c => c.Id).ToArray();
     }
+
+    private const string ClaimSavepoint = "claim";
 
     /// <summary>A row a batch has locked, and the bytes of its body and headers.</summary>
     internal sealed record ClaimedRow(long Id, long Bytes);

@@ -560,6 +560,65 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    [Fact]
+    public async Task Rows_claimed_past_the_byte_budget_are_free_for_another_dispatcher_while_the_batch_publishes()
+    {
+        // The first dispatcher's budget (the least allowed, 64 KiB) holds one row of 40 KiB; three are due.
+        // Its broker stops answering once its batch is loaded, so its publish waits (as in an alarm).
+        var rabbit = fixture.RabbitOptions();
+        await using var proxy = await OutageProxy.ToAsync(rabbit.Host, rabbit.Port);
+        var viaProxy = fixture.RabbitOptions();
+        viaProxy.Port = proxy.Port;
+        var loaded = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stall = new OnBatchLoaded(() =>
+        {
+            proxy.Stall();
+            loaded.TrySetResult();
+        });
+        await using var stalledPublisher = Publisher(viaProxy);
+        using var stalled = Dispatcher(
+            stalledPublisher, new DispatcherOptions { MaxBatchBytes = 65_536, PublishTimeoutSeconds = 120 }, database: stall.Factory(fixture));
+        await using var healthyPublisher = Publisher();
+        using var healthy = Dispatcher(healthyPublisher);
+        Task<int>? first = null;
+        try
+        {
+            var warmUp = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+            Assert.Equal(1, await stalled.DispatchDueAsync(CancellationToken.None));
+            Assert.Equal([warmUp], await TakeAllAsync(_queue));
+            stall.Arm();
+
+            var start = await DatabaseNowAsync() - TimeSpan.FromMinutes(1);
+            var ids = new List<string>();
+            for (var i = 0; i < 3; i++)
+            {
+                ids.Add(await ScheduleAsync(start.AddSeconds(i), body: new byte[40 * 1024]));
+            }
+
+            first = stalled.DispatchDueAsync(CancellationToken.None);
+            await loaded.Task.WaitAsync(TimeSpan.FromSeconds(60));
+
+            // The rows the first dispatcher claimed but will not publish in this batch go out through
+            // another dispatcher now, not after the first one's batch.
+            Assert.Equal(2, await healthy.DispatchDueAsync(CancellationToken.None));
+            Assert.Equal(ids[1..], await TakeAllAsync(_queue));
+
+            proxy.Resume();
+            Assert.Equal(1, await first.WaitAsync(TimeSpan.FromSeconds(120)));
+            Assert.Equal([ids[0]], await TakeAllAsync(_queue));
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+        }
+        finally
+        {
+            proxy.Resume();
+            if (first is not null)
+            {
+                await Record.ExceptionAsync(() => first);
+            }
+        }
+    }
+
     /// <summary>Whether another session holds a lock on a scheduled row (the dispatcher's claim).</summary>
     private async Task<bool> IsLockedAsync()
     {
@@ -707,6 +766,29 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             }
 
             return ValueTask.FromResult(result);
+        }
+    }
+
+    /// <summary>
+    /// Once <see cref="Arm"/>ed, runs <paramref name="action"/> once, when the contexts its <see cref="Factory"/>
+    /// makes have read the rows of a batch to publish (their bodies), before anything is published.
+    /// </summary>
+    private sealed class OnBatchLoaded(Action action) : DbCommandInterceptor
+    {
+        private int _armed;
+
+        public InterceptedContexts Factory(ConveyorFixture fixture) => new InterceptedContexts(fixture.ConnectionString, this);
+
+        public void Arm() => Volatile.Write(ref _armed, 1);
+
+        public override InterceptionResult DataReaderDisposing(DbCommand command, DataReaderDisposingEventData eventData, InterceptionResult result)
+        {
+            if (command.CommandText.Contains(".body", StringComparison.Ordinal) && Interlocked.Exchange(ref _armed, 0) == 1)
+            {
+                action();
+            }
+
+            return result;
         }
     }
 
