@@ -72,28 +72,20 @@ public static class DatabaseFailures
         && sqlState != PostgresErrorCodes.QueryCanceled;
 
     /// <summary>True when the server cancelled a statement of <paramref name="exception"/> (<c>statement_timeout</c>, or a cancel request).</summary>
-    public static bool IsQueryCanceled(Exception exception)
-    {
-        for (var current = exception; current is not null; current = current.InnerException)
-        {
-            if (current is PostgresException { SqlState: PostgresErrorCodes.QueryCanceled })
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
+    public static bool IsQueryCanceled(Exception exception) => HasServerError(exception, PostgresErrorCodes.QueryCanceled);
 
     /// <summary>
     /// True when a statement of <paramref name="exception"/> gave up waiting for a lock at its <c>lock_timeout</c>
     /// (EF Core wraps it, as a failure it takes for transient).
     /// </summary>
-    public static bool IsLockNotAvailable(Exception exception)
+    public static bool IsLockNotAvailable(Exception exception) => HasServerError(exception, PostgresErrorCodes.LockNotAvailable);
+
+    /// <summary>True when <paramref name="exception"/> or any exception it wraps is the server's error <paramref name="sqlState"/>.</summary>
+    private static bool HasServerError(Exception exception, string sqlState)
     {
         for (var current = exception; current is not null; current = current.InnerException)
         {
-            if (current is PostgresException { SqlState: PostgresErrorCodes.LockNotAvailable })
+            if (current is PostgresException postgres && postgres.SqlState == sqlState)
             {
                 return true;
             }
