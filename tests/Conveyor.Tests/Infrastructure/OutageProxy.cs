@@ -22,6 +22,7 @@ public sealed class OutageProxy : IAsyncDisposable
     private long _latencyTicks;
     private int _refused;
     private int _held;
+    private int _roundTrips;
 
     private OutageProxy(IPEndPoint target)
     {
@@ -39,6 +40,13 @@ public sealed class OutageProxy : IAsyncDisposable
 
     /// <summary>Reads held back by a <see cref="Stall()"/>: evidence that something was sent into it.</summary>
     public int Held => Volatile.Read(ref _held);
+
+    /// <summary>
+    /// Round trips made through the relay, over all its connections: the times a client sent something
+    /// after the server last answered it (or first, on a new connection), however many chunks each
+    /// request took. A client that writes several statements together before it waits makes one.
+    /// </summary>
+    public int RoundTrips => Volatile.Read(ref _roundTrips);
 
     public static async Task<OutageProxy> ToAsync(string host, int port)
     {
@@ -177,13 +185,24 @@ public sealed class OutageProxy : IAsyncDisposable
         }
     }
 
-    /// <summary>Copies until the source closes; bytes read while stalled are held until the stall ends.</summary>
-    private async Task PumpAsync(NetworkStream from, NetworkStream to)
+    /// <summary>
+    /// Copies until the source closes; bytes read while stalled are held until the stall ends. The
+    /// <paramref name="turn"/> is shared by a connection's two pumps: a read from the client while the
+    /// server spoke last starts a round trip.
+    /// </summary>
+    private async Task PumpAsync(NetworkStream from, NetworkStream to, Turn turn, bool fromClient)
     {
         var buffer = new byte[16 * 1024];
         int read;
         while ((read = await from.ReadAsync(buffer, _stopping.Token)) > 0)
         {
+            // Before the bytes are passed on: the client can send its next request only once the answer
+            // it waits for has been written to it, so that request always finds the server's turn recorded.
+            if (turn.Pass(fromClient))
+            {
+                Interlocked.Increment(ref _roundTrips);
+            }
+
             if (_stalled)
             {
                 Interlocked.Increment(ref _held);
@@ -215,8 +234,9 @@ public sealed class OutageProxy : IAsyncDisposable
     {
         try
         {
-            var upstream = PumpAsync(inbound.GetStream(), outbound.GetStream());
-            var downstream = PumpAsync(outbound.GetStream(), inbound.GetStream());
+            var turn = new Turn();
+            var upstream = PumpAsync(inbound.GetStream(), outbound.GetStream(), turn, fromClient: true);
+            var downstream = PumpAsync(outbound.GetStream(), inbound.GetStream(), turn, fromClient: false);
             await Task.WhenAny(upstream, downstream);
         }
         catch (Exception exception) when (exception is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
@@ -234,5 +254,14 @@ public sealed class OutageProxy : IAsyncDisposable
             inbound.Dispose();
             outbound.Dispose();
         }
+    }
+
+    /// <summary>Which side of one relayed connection spoke last.</summary>
+    private sealed class Turn
+    {
+        private int _clientSpokeLast;
+
+        /// <summary>Records who speaks now; true when the client speaks after the server (or first).</summary>
+        public bool Pass(bool fromClient) => Interlocked.Exchange(ref _clientSpokeLast, fromClient ? 1 : 0) == 0 && fromClient;
     }
 }

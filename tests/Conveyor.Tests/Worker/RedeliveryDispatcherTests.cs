@@ -619,6 +619,35 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    [Fact]
+    public async Task A_plain_batch_costs_five_database_round_trips()
+    {
+        // Counted on the wire, through a relay in front of the database: EF's and Npgsql's own events miss
+        // what the driver sends of its own (BEGIN, COMMIT) and cannot tell statements sent together from
+        // statements sent one by one. A plain batch: one due row, published at once, nothing past the budget.
+        var database = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        await using var proxy = await OutageProxy.ToAsync(database.Host!, database.Port);
+        var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = proxy.Port };
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, database: new InterceptedContexts(viaProxy.ConnectionString, new CommandCounter()));
+
+        // Its pooled connection is open (the handshake and the type loading are behind it), its statements known.
+        for (var i = 0; i < 3; i++)
+        {
+            await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+            Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
+        }
+
+        var messageId = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
+        var before = proxy.RoundTrips;
+        Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
+        var roundTrips = proxy.RoundTrips - before;
+
+        // BEGIN with the claim's idle limit; the claim with its savepoint; the load; the DELETE; the COMMIT.
+        Assert.Equal(5, roundTrips);
+        Assert.Equal(messageId, (await TakeAllAsync(_queue))[^1]);
+    }
+
     /// <summary>Whether another session holds a lock on a scheduled row (the dispatcher's claim).</summary>
     private async Task<bool> IsLockedAsync()
     {
