@@ -20,11 +20,14 @@ namespace Conveyor.Api.Jobs;
 /// statement with <c>FOR UPDATE SKIP LOCKED</c>, so two Api replicas never both publish it, and the
 /// same job is not published again before another threshold has passed. A job whose publish fails
 /// gets its old <c>updated_at</c> back: it still counts as stranded and is tried at the next check.
+/// The claim commits on its own, so a claim whose answer is lost on the way back leaves its jobs
+/// claimed, unpublished, until another threshold has passed: a warning says how many and from when.
 /// </remarks>
 public sealed partial class StrandedJobRepublisher(
     IServiceScopeFactory scopes,
     IDbContextFactory<ConveyorDbContext> dbFactory,
     IOptions<RabbitMqOptions> rabbitMq,
+    IOptions<StrandedJobsOptions> options,
     WebhookUrlRules webhookUrls,
     IMeterFactory meters,
     TimeProvider time,
@@ -68,31 +71,45 @@ public sealed partial class StrandedJobRepublisher(
         List<ClaimedJob> claimed;
         await using (var db = await dbFactory.CreateDbContextAsync(cancellationToken))
         {
-            // Per kind, one range of the (kind, status, created_at, id) index (created_at <= updated_at,
-            // so bounding created_at keeps a backlog's newer rows out of it): another kind's backlog is
-            // never read, whatever the statistics say. Each kind's oldest updates first, then the
-            // oldest of those. The status is a literal, not a parameter: the index is partial on the
-            // statuses (JobIndexRanges.Statuses), which a generic plan can prove only of a literal.
-            claimed = await db.Database.SqlQuery<ClaimedJob>($"""
-                WITH picked AS (
-                    SELECT c.id, c.updated_at
-                      FROM unnest({kinds}::text[], {befores}::timestamptz[]) AS t(kind, stranded_before)
-                     CROSS JOIN LATERAL (
-                           SELECT j.id, j.updated_at FROM jobs j
-                            WHERE j.kind = t.kind AND j.status = 'queued'
-                              AND j.created_at < t.stranded_before AND j.updated_at < t.stranded_before
-                              AND j.request_body IS NOT NULL
-                              AND j.id <> ALL({refused})
-                            ORDER BY j.updated_at
-                            LIMIT {BatchSize}
-                              FOR UPDATE OF j SKIP LOCKED) c
-                     ORDER BY c.updated_at
-                     LIMIT {BatchSize})
-                UPDATE jobs SET updated_at = {claimedAt}
-                  FROM picked
-                 WHERE jobs.id = picked.id
-                RETURNING jobs.id, jobs.kind, jobs.business_key, jobs.request_body, picked.updated_at AS previous_update
-                """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
+            // Opened first: a claim that could not even be sent (the database away) took nothing, and
+            // the check's own failure says so, once per outage.
+            await db.Database.OpenConnectionAsync(cancellationToken);
+            try
+            {
+                // Per kind, one range of the (kind, status, created_at, id) index (created_at <= updated_at,
+                // so bounding created_at keeps a backlog's newer rows out of it): another kind's backlog is
+                // never read, whatever the statistics say. Each kind's oldest updates first, then the
+                // oldest of those. The status is a literal, not a parameter: the index is partial on the
+                // statuses (JobIndexRanges.Statuses), which a generic plan can prove only of a literal.
+                claimed = await db.Database.SqlQuery<ClaimedJob>($"""
+                    WITH picked AS (
+                        SELECT c.id, c.updated_at
+                          FROM unnest({kinds}::text[], {befores}::timestamptz[]) AS t(kind, stranded_before)
+                         CROSS JOIN LATERAL (
+                               SELECT j.id, j.updated_at FROM jobs j
+                                WHERE j.kind = t.kind AND j.status = 'queued'
+                                  AND j.created_at < t.stranded_before AND j.updated_at < t.stranded_before
+                                  AND j.request_body IS NOT NULL
+                                  AND j.id <> ALL({refused})
+                                ORDER BY j.updated_at
+                                LIMIT {BatchSize}
+                                  FOR UPDATE OF j SKIP LOCKED) c
+                         ORDER BY c.updated_at
+                         LIMIT {BatchSize})
+                    UPDATE jobs SET updated_at = {claimedAt}
+                      FROM picked
+                     WHERE jobs.id = picked.id
+                    RETURNING jobs.id, jobs.kind, jobs.business_key, jobs.request_body, picked.updated_at AS previous_update
+                    """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // The statement commits on its own: a read of its answer that fails (a connection lost, a
+                // shutdown) may leave jobs claimed, out of the stranded count and of every check until a
+                // threshold has passed since the claim, with nothing in the log to say so.
+                await LogClaimNotReadAsync(kinds, claimedAt);
+                throw;
+            }
         }
 
         if (claimed.Count == 0)
@@ -147,6 +164,36 @@ public sealed partial class StrandedJobRepublisher(
         return published;
     }
 
+    /// <summary>
+    /// After a claim whose answer could not be read, says how many jobs it took, if any, and when they are
+    /// tried again. They are not lost: still <c>queued</c>, updated at the claim, so stranded again once the
+    /// threshold has passed since it. Their old <c>updated_at</c> went with the answer, so they cannot be
+    /// handed back as <see cref="RestoreAsync"/> does. Counted by the claim's own time, which only its
+    /// rows carry; not tied to the caller's cancellation, which may be what cut the read short.
+    /// </summary>
+    private async Task LogClaimNotReadAsync(string[] kinds, DateTimeOffset claimedAt)
+    {
+        var retryAt = claimedAt.AddSeconds(options.Value.StrandedAfterSeconds);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        try
+        {
+            await using var db = await dbFactory.CreateDbContextAsync(timeout.Token);
+            var count = await db.Database.SqlQuery<long>($"""
+                SELECT count(*) AS "Value" FROM jobs
+                 WHERE kind = ANY({kinds}) AND status = 'queued' AND updated_at = {claimedAt}
+                """).SingleAsync(timeout.Token);
+            if (count > 0)
+            {
+                LogClaimNotRead(logger, count, claimedAt, retryAt);
+            }
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // Nor can it be counted (the database is away): what the claim may have taken, at most.
+            LogClaimNotCounted(logger, exception, BatchSize, claimedAt, retryAt);
+        }
+    }
+
     /// <summary>Gives jobs that were claimed and not published their old <c>updated_at</c> back.</summary>
     private async Task RestoreAsync(IReadOnlyList<ClaimedJob> jobs, DateTimeOffset claimedAt)
     {
@@ -188,4 +235,12 @@ public sealed partial class StrandedJobRepublisher(
     [LoggerMessage(EventId = 1011, Level = LogLevel.Warning,
         Message = "Could not hand back the claim on {Count} stranded job(s) that were not published; they are tried again after the stranding threshold")]
     private static partial void LogRestoreFailed(ILogger logger, Exception exception, int count);
+
+    [LoggerMessage(EventId = 1016, Level = LogLevel.Warning,
+        Message = "{Count} stranded job(s) were claimed at {ClaimedAt:O}, but the claim's answer could not be read, so they were not published; they count as updated at the claim, and are tried again from {RetryAt:O} on, once the stranding threshold has passed since it")]
+    private static partial void LogClaimNotRead(ILogger logger, long count, DateTimeOffset claimedAt, DateTimeOffset retryAt);
+
+    [LoggerMessage(EventId = 1017, Level = LogLevel.Warning,
+        Message = "A claim of stranded jobs at {ClaimedAt:O} could not be read, nor could the jobs it took be counted: up to {Count} job(s) may have been claimed and not published; any are tried again from {RetryAt:O} on, once the stranding threshold has passed since the claim")]
+    private static partial void LogClaimNotCounted(ILogger logger, Exception exception, int count, DateTimeOffset claimedAt, DateTimeOffset retryAt);
 }

@@ -1,15 +1,20 @@
+using System.Data.Common;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
 using Conveyor.ServiceDefaults;
+using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Tests.Observability;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Diagnostics;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Npgsql;
 using RabbitMQ.Client;
 
 namespace Conveyor.Tests.Api;
@@ -375,6 +380,55 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_claim_whose_answer_cannot_be_read_says_how_many_jobs_it_took_and_when_they_are_tried_again_and_loses_none()
+    {
+        await using var published = await ChargePaymentProbe.BindAsync(fixture);
+        var old = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var jobs = new[] { QueuedCharge(old), QueuedCharge(old) };
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(jobs);
+            await db.SaveChangesAsync();
+        }
+
+        // The claim commits, then its answer is lost on the way back (a connection that breaks, a shutdown).
+        // On a clock stopped at a whole second, so the times logged read as the database keeps them.
+        var claimedAt = DateTimeOffset.FromUnixTimeSeconds(DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+        var logs = new CapturedLogs();
+        using var loggers = LoggerFactory.Create(builder => builder.AddProvider(logs));
+        var lost = ActivatorUtilities.CreateInstance<StrandedJobRepublisher>(
+            _api.Services, new ContextsWith(fixture.ConnectionString, new ClaimAnswerLost()), new StoppedClock(claimedAt),
+            loggers.CreateLogger<StrandedJobRepublisher>());
+        Dictionary<string, DateTimeOffset> StrandedBefore(DateTimeOffset before) => new() { [JobKinds.ChargePayment] = before };
+
+        await Assert.ThrowsAsync<NpgsqlException>(() => lost.RepublishAsync(StrandedBefore(claimedAt.AddSeconds(-60)), CancellationToken.None));
+
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.All(
+                await db.Jobs.AsNoTracking().Where(j => j.Kind == JobKinds.ChargePayment).ToListAsync(),
+                job => Assert.Equal((JobStatus.Queued, claimedAt), (job.Status, job.UpdatedAt)));
+        }
+
+        Assert.Equal(0u, await published.Channel.MessageCountAsync(published.Queue));
+        var warning = Assert.Single(logs.Of(LogLevel.Warning, typeof(StrandedJobRepublisher).FullName!));
+        Assert.StartsWith($"2 stranded job(s) were claimed at {claimedAt:O}", warning.Message, StringComparison.Ordinal);
+        Assert.Contains($"tried again from {claimedAt.AddSeconds(60):O} on", warning.Message, StringComparison.Ordinal);
+
+        // Nothing is lost: a check before then leaves them; one from then on (Jobs:StrandedAfterSeconds is 60) publishes both.
+        var republisher = _api.Services.GetRequiredService<StrandedJobRepublisher>();
+        Assert.Equal(0, await republisher.RepublishAsync(StrandedBefore(claimedAt), CancellationToken.None));
+        Assert.Equal(2, await republisher.RepublishAsync(StrandedBefore(claimedAt.AddTicks(10)), CancellationToken.None));
+        var jobIds = new List<string>();
+        while (await published.Channel.BasicGetAsync(published.Queue, autoAck: true) is { } copy)
+        {
+            jobIds.Add(Encoding.UTF8.GetString((byte[])copy.BasicProperties.Headers![JobHeaders.JobId]!));
+        }
+
+        Assert.Equal(jobs.Select(j => j.Id.ToString()).Order(), jobIds.Order());
+    }
+
+    [Fact]
     public async Task An_api_whose_stranding_threshold_is_within_a_submissions_time_refuses_to_start()
     {
         var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartApiAsync(new Dictionary<string, string?>
@@ -403,6 +457,33 @@ public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
         var job = Job(JobKinds.ChargePayment, JobStatus.Queued, updatedAt);
         job.RequestBody = Encoding.UTF8.GetBytes(JobRequests.ChargePayment(Guid.Parse(job.BusinessKey)));
         return job;
+    }
+
+    /// <summary>Throws once the claim of stranded jobs has run and committed, before its rows are read.</summary>
+    private sealed class ClaimAnswerLost : DbCommandInterceptor
+    {
+        public override ValueTask<DbDataReader> ReaderExecutedAsync(
+            DbCommand command, CommandExecutedEventData eventData, DbDataReader result, CancellationToken cancellationToken = default) =>
+            command.CommandText.Contains("UPDATE jobs SET updated_at", StringComparison.Ordinal)
+                ? throw new NpgsqlException("The connection was lost while the claim's answer was read (simulated)")
+                : ValueTask.FromResult(result);
+    }
+
+    /// <summary>Contexts on <paramref name="connectionString"/>, as the Api configures them, with <paramref name="interceptor"/> added.</summary>
+    private sealed class ContextsWith(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
+    {
+        public ConveyorDbContext CreateDbContext()
+        {
+            var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+            StorageServiceCollectionExtensions.Configure(options, connectionString);
+            options.AddInterceptors(interceptor);
+            return new ConveyorDbContext(options.Options);
+        }
+    }
+
+    private sealed class StoppedClock(DateTimeOffset now) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => now;
     }
 
     private static Job Job(string kind, string status, DateTimeOffset updatedAt) => new()
