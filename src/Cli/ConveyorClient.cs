@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
@@ -14,9 +13,6 @@ public sealed class ConveyorClient : IDisposable
     /// body previews) are a small part of it. A larger one is not a Conveyor Api's and is not read into memory.
     /// </summary>
     public const int MaxAnswerBytes = 64 * 1024 * 1024;
-
-    /// <summary>The longest pause between two tries of a refused read that came without a Retry-After.</summary>
-    private static readonly TimeSpan MaxReadRetryPause = TimeSpan.FromSeconds(10);
 
     private readonly HttpClient _http;
 
@@ -48,39 +44,18 @@ public sealed class ConveyorClient : IDisposable
     /// still there then, or one asking for a longer wait than is left, ends with <see cref="ExitCodes.Unreachable"/> (try
     /// later), as a 503 does.
     /// </summary>
-    public async Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken)
-    {
-        long? refusedSince = null;
-        var pause = ReadRetryPause;
-        while (true)
+    public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken) =>
+        new ReadRetry
         {
-            var answer = await GetAnswerAsync(path, cancellationToken);
-            if (answer.IsSuccess)
-            {
-                return answer.Body;
-            }
-
-            var failure = answer.Failure();
-            if (answer.Status != HttpStatusCode.TooManyRequests || answer.IsKeyLockout)
-            {
-                throw failure;
-            }
-
-            refusedSince ??= Stopwatch.GetTimestamp();
-            var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Max(asked.Ticks, ReadRetryPause.Ticks)) : pause;
-            var tried = Stopwatch.GetElapsedTime(refusedSince.Value);
-            if (wait > ReadRetryBudget - tried)
-            {
-                throw new CliFailureException(failure.ExitCode,
-                    $"{failure.Message}{Environment.NewLine}The Api is refusing reads for now (it asks to wait {wait.TotalSeconds:0.#} s; "
-                    + $"tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later.");
-            }
-
-            Retrying?.Invoke($"The Api answered 429 to {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s.");
-            await Task.Delay(wait, cancellationToken);
-            pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, MaxReadRetryPause.Ticks));
-        }
-    }
+            MayPass = answer => answer?.Status == HttpStatusCode.TooManyRequests,
+            Budget = ReadRetryBudget,
+            ShortestPause = ReadRetryPause,
+            Retrying = (failure, wait) =>
+                Retrying?.Invoke($"The Api answered 429 to {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
+            GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,
+                $"{failure.Message}{Environment.NewLine}The Api is refusing reads for now (it asks to wait {wait.TotalSeconds:0.#} s; "
+                + $"tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later."),
+        }.ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
 
     /// <summary>Gets <paramref name="path"/> and returns the answer whatever its status, for a caller that retries some of them; only an Api that cannot be reached throws.</summary>
     public Task<Answer> GetAnswerAsync(string path, CancellationToken cancellationToken) =>

@@ -238,69 +238,46 @@ internal static class Operations
     /// and never past <paramref name="timeout"/>: ending with "could not reach the Api" (5) would tell a script that
     /// nothing was started, and it would start the move again. Giving up says which operation to follow (9).
     /// </summary>
-    private static async Task<JsonElement> ReadAsync(
+    private static Task<JsonElement> ReadAsync(
         CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, CancellationToken cancellationToken)
     {
         var path = $"api/operations/{id}";
-        long? failingSince = null;
-        var pause = cli.PollInterval;
-        while (true)
+        return new ReadRetry
         {
-            CliFailureException failure;
-            TimeSpan? asked = null;
-            // Within --timeout: an Api that takes the request and does not answer would otherwise hold the wait for the
-            // client's own timeout (100 s) past it. At least one poll interval, so that a read can still be answered.
-            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            if (timeout is { } until)
+            // A gateway that cannot reach the Api, a 429 that asks to come back (what exit code 5 means; not a key lockout),
+            // or no answer at all.
+            MayPass = _ => true,
+            Budget = cli.PollFailureBudget,
+            ShortestPause = cli.PollInterval,
+            LongestPause = MaxPollPause,
+            LongestRetryAfter = MaxPollPause,
+            OtherLimitLeft = timeout is { } limit ? () => limit - Stopwatch.GetElapsedTime(started) : null,
+            Retrying = (failure, wait) => cli.Err.WriteLine(
+                Printable.Text($"Could not read operation {id} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s.")),
+            GiveUp = (failure, _, _) => new CliFailureException(ExitCodes.ProgressUnknown,
+                $"{failure.Message}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
+                + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait"),
+        }.ReadAsync(
+            async token =>
             {
-                bounded.CancelAfter(TimeSpan.FromTicks(Math.Max((until - Stopwatch.GetElapsedTime(started)).Ticks, cli.PollInterval.Ticks)));
-            }
-
-            try
-            {
-                var answer = await client.GetAnswerAsync(path, bounded.Token);
-                if (answer.IsSuccess)
+                // Within --timeout: an Api that takes the request and does not answer would otherwise hold the wait for the
+                // client's own timeout (100 s) past it. At least one poll interval, so that a read can still be answered.
+                using var bounded = CancellationTokenSource.CreateLinkedTokenSource(token);
+                if (timeout is { } until)
                 {
-                    return answer.Body;
+                    bounded.CancelAfter(TimeSpan.FromTicks(Math.Max((until - Stopwatch.GetElapsedTime(started)).Ticks, cli.PollInterval.Ticks)));
                 }
 
-                // A gateway that cannot reach the Api, or a 429 that asks to come back (what exit code 5 means; not a key lockout).
-                failure = answer.Failure();
-                if (failure.ExitCode != ExitCodes.Unreachable)
+                try
                 {
-                    throw failure;
+                    return await client.GetAnswerAsync(path, bounded.Token);
                 }
-
-                asked = answer.RetryAfter;
-            }
-            catch (CliFailureException unreachable) when (unreachable.ExitCode == ExitCodes.Unreachable)
-            {
-                failure = unreachable;
-            }
-            catch (OperationCanceledException) when (bounded.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-            {
-                failure = new CliFailureException(ExitCodes.Unreachable, "The Api did not answer before --timeout passed.");
-            }
-
-            failingSince ??= Stopwatch.GetTimestamp();
-            var wait = asked is { } retryAfter ? TimeSpan.FromTicks(Math.Clamp(retryAfter.Ticks, cli.PollInterval.Ticks, MaxPollPause.Ticks)) : pause;
-            var left = cli.PollFailureBudget - Stopwatch.GetElapsedTime(failingSince.Value);
-            if (timeout is { } limit && limit - Stopwatch.GetElapsedTime(started) < left)
-            {
-                left = limit - Stopwatch.GetElapsedTime(started);
-            }
-
-            if (wait > left)
-            {
-                throw new CliFailureException(ExitCodes.ProgressUnknown,
-                    $"{failure.Message}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
-                    + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait");
-            }
-
-            cli.Err.WriteLine(Printable.Text($"Could not read operation {id} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."));
-            await Task.Delay(wait, cancellationToken);
-            pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, MaxPollPause.Ticks));
-        }
+                catch (OperationCanceledException) when (bounded.IsCancellationRequested && !token.IsCancellationRequested)
+                {
+                    throw new CliFailureException(ExitCodes.Unreachable, "The Api did not answer before --timeout passed.");
+                }
+            },
+            cancellationToken);
     }
 
     /// <summary>
