@@ -29,32 +29,34 @@ public sealed class ConveyorClient : IDisposable
         _http.DefaultRequestHeaders.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
     }
 
-    /// <summary>How long a read refused with 429 is tried again, from its first refusal (<see cref="CliContext.PollFailureBudget"/>).</summary>
+    /// <summary>How long a read refused with 429, 502, 503 or 504 is tried again, from its first refusal (<see cref="CliContext.PollFailureBudget"/>).</summary>
     public TimeSpan ReadRetryBudget { get; init; } = TimeSpan.FromMinutes(2);
 
-    /// <summary>The first pause before a read refused with 429 without a Retry-After is tried again, and the shortest of any.</summary>
+    /// <summary>The first pause before a refused read without a Retry-After is tried again, and the shortest of any.</summary>
     public TimeSpan ReadRetryPause { get; init; } = TimeSpan.FromMilliseconds(500);
 
     /// <summary>Told, as one line of text, each time a refused read is about to be tried again.</summary>
     public Action<string>? Retrying { get; init; }
 
     /// <summary>
-    /// A read. A 429 (a rate limit of the Api or of a gateway in front of it, not a key lockout) asks to come back: it is
-    /// read again after the answer's Retry-After, or after a pause that doubles, for <see cref="ReadRetryBudget"/>; a 429
-    /// still there then, or one asking for a longer wait than is left, ends with <see cref="ExitCodes.Unreachable"/> (try
-    /// later), as a 503 does.
+    /// A read. An answer that says "try later" asks to come back: a 429 (a rate limit of the Api or of a gateway in front
+    /// of it, not a key lockout), or a 502, 503 or 504 (a gateway that cannot reach the Api, or the Api that cannot reach its
+    /// broker or database). A GET changes nothing, so it is read again after the answer's Retry-After, or after a pause that
+    /// doubles, for <see cref="ReadRetryBudget"/>, as an operation's progress is; one still refused then, or asking for a
+    /// longer wait than is left, ends with <see cref="ExitCodes.Unreachable"/> (try later). An Api that cannot be reached at
+    /// all is not tried again: a mistyped address would otherwise keep the user waiting two minutes to hear of it.
     /// </summary>
     public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken) =>
         new ReadRetry
         {
-            MayPass = answer => answer?.Status == HttpStatusCode.TooManyRequests,
+            MayPass = answer => answer is not null,
             Budget = ReadRetryBudget,
             ShortestPause = ReadRetryPause,
             Retrying = (failure, wait) =>
-                Retrying?.Invoke($"The Api answered 429 to {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
+                Retrying?.Invoke($"Could not read {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
             GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,
-                $"{failure.Message}{Environment.NewLine}The Api is refusing reads for now (it asks to wait {wait.TotalSeconds:0.#} s; "
-                + $"tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later."),
+                $"{failure.Message}{Environment.NewLine}The Api, or a gateway in front of it, is refusing reads for now (the next try would be in "
+                + $"{wait.TotalSeconds:0.#} s; tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later."),
         }.ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
 
     /// <summary>Gets <paramref name="path"/> and returns the answer whatever its status, for a caller that retries some of them; only an Api that cannot be reached throws.</summary>

@@ -28,9 +28,9 @@ public static class ExitCodes
     public const int NotFoundOrConflict = 4;
 
     /// <summary>
-    /// Try later: the Api could not be reached, timed out, or answered 502/503/504 (it or a gateway in front of it), or a
+    /// Try later: the Api could not be reached or timed out, or a 502/503/504 (of it or of a gateway in front of it) or a
     /// 429 (a rate limit, not a key lockout) was still there after the CLI tried again: a read for up to two minutes, after
-    /// each Retry-After; <c>submit</c> <c>--retries</c> times.
+    /// each Retry-After; <c>submit</c> <c>--retries</c> times (502 and 504 not at all).
     /// </summary>
     public const int Unreachable = 5;
 

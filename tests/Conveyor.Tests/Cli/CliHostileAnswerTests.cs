@@ -360,6 +360,106 @@ public sealed class CliHostileAnswerTests
         }
     }
 
+    /// <summary>
+    /// A plain read answered 502, 503 or 504 (a gateway that cannot reach the Api, or the Api that cannot reach its broker or
+    /// database) may pass as a 429 does: the GET changes nothing, so it is sent again, as the progress poll does, and the
+    /// command shows what the Api answered once it could.
+    /// </summary>
+    [Theory]
+    [InlineData("queues", "[]", 503, 1)]
+    [InlineData("messages q_error", """{"queueDepth":0,"messages":[]}""", 503, 2)]
+    [InlineData("groups q_error", """{"queueDepth":0,"examined":0,"groups":[]}""", 502, 1)]
+    [InlineData("operations", "[]", 504, 1)]
+    [InlineData($"operation {OperationId}", $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}""", 503, 1)]
+    [InlineData("audit", "[]", 502, 2)]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"queued"}""", 503, 2)]
+    [InlineData("jobs", """{"items":[{"jobId":"j-after-503","status":"queued"}]}""", 503, 1)]
+    public async Task A_plain_read_answered_502_503_or_504_is_read_again_and_shows_the_answer_that_follows(
+        string command, string body, int status, int failures)
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            if (Interlocked.Increment(ref reads) > failures)
+            {
+                return Respond(HttpStatusCode.OK, body);
+            }
+
+            // The Api's own 503 (broker or database down) with its Retry-After; a gateway's page without one.
+            if (status == 503)
+            {
+                var unavailable = Respond(HttpStatusCode.ServiceUnavailable, """{"title":"The database cannot be reached right now"}""");
+                unavailable.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
+                return unavailable;
+            }
+
+            return Respond((HttpStatusCode)status, $"<html><body>{status} from the gateway</body></html>");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Contains(status.ToString(System.Globalization.CultureInfo.InvariantCulture), run.Err, StringComparison.Ordinal);
+        Assert.Contains("trying again in", run.Err, StringComparison.Ordinal);
+        Assert.Equal(failures + 1, reads);
+        if (command == "jobs")
+        {
+            Assert.Contains("j-after-503", run.Out, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>
+    /// A 503 that lasts past the budget ends with "try later" (5), after the read was tried again with growing pauses,
+    /// and says so; here with a budget of one second, as the CLI's own (two minutes) is set from <see cref="CliContext.PollFailureBudget"/>.
+    /// </summary>
+    [Fact]
+    public async Task A_plain_read_answered_503_past_the_budget_ends_with_the_try_later_exit_code_saying_so()
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref reads);
+            return Respond(HttpStatusCode.ServiceUnavailable, "<html><body>Service Unavailable</body></html>");
+        });
+        var retrying = new ConcurrentQueue<string>();
+        using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api)
+        {
+            ReadRetryBudget = TimeSpan.FromSeconds(1),
+            ReadRetryPause = TimeSpan.FromMilliseconds(100),
+            Retrying = retrying.Enqueue,
+        };
+
+        var failure = await Assert.ThrowsAsync<CliFailureException>(() => client.GetAsync("api/error-queues", CancellationToken.None));
+
+        Assert.Equal(ExitCodes.Unreachable, failure.ExitCode);
+        Assert.StartsWith("503", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("try again later", failure.Message, StringComparison.Ordinal);
+        Assert.True(reads > 1, $"read {reads} time(s)");
+        Assert.Equal(reads - 1, retrying.Count);
+    }
+
+    /// <summary>A 503 that asks for a longer wait than the CLI waits in all ends at once, with 5 and the wait it asked for.</summary>
+    [Fact]
+    public async Task A_plain_read_answered_503_asking_for_a_longer_wait_than_the_budget_ends_at_once_saying_so()
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref reads);
+            var unavailable = Respond(HttpStatusCode.ServiceUnavailable, """{"title":"Service Unavailable"}""");
+            unavailable.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
+            return unavailable;
+        });
+
+        var run = await RunAsync("queues", api);
+
+        Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+        Assert.Contains("503 Service Unavailable", run.Err, StringComparison.Ordinal);
+        Assert.Contains("3600 s", run.Err, StringComparison.Ordinal);
+        Assert.Contains("try again later", run.Err, StringComparison.Ordinal);
+        Assert.Equal(1, reads);
+    }
+
     /// <summary>The Api's 429 for an unknown key from a locked-out address is about the key: not read again, exit code 3.</summary>
     [Fact]
     public async Task A_key_lockout_429_on_a_read_is_an_auth_failure_that_is_not_read_again()
@@ -562,7 +662,13 @@ public sealed class CliHostileAnswerTests
     [InlineData(504, "text/plain", "Gateway Timeout", ExitCodes.Unreachable)]
     public async Task A_problem_document_and_a_gateways_page_keep_the_exit_code_of_their_status(int status, string mediaType, string body, int exitCode)
     {
-        using var api = new Canned(_ => Respond((HttpStatusCode)status, body, mediaType));
+        using var api = new Canned(_ =>
+        {
+            var answer = Respond((HttpStatusCode)status, body, mediaType);
+            // A read refused with 502 or 504 is tried again; a wait longer than the CLI's budget ends it at once.
+            answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
+            return answer;
+        });
 
         var run = await RunAsync("queues", api);
 
