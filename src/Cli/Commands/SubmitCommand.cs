@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Text;
@@ -26,7 +27,7 @@ public sealed class SubmitSettings : ApiSettings
     public int BatchSize { get; set; } = MaxBatchSize;
 
     [CommandOption("--retries <N>")]
-    [Description("How often to send a batch again after a 429 or 503, each time after the wait the Api asks for (default 5).")]
+    [Description("How often to send a batch again after a 429 or 503, each time after the wait the Api asks for (default 5); a batch waits two minutes in all at most.")]
     public int Retries { get; set; } = 5;
 
     public override ValidationResult Validate() =>
@@ -42,9 +43,6 @@ public sealed class SubmitSettings : ApiSettings
 /// </summary>
 public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 {
-    /// <summary>The longest wait between two attempts at one batch, whatever Retry-After says.</summary>
-    private static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(60);
-
     /// <summary>Jobs listed in a table; <c>--json</c> lists every one.</summary>
     private const int MaxRows = 50;
 
@@ -188,12 +186,18 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
     private static string AcceptedBefore(int count) =>
         $"The {count} jobs before it were accepted. Running the same command again (once it is fixed) is safe: jobs accepted before are answered again, not submitted twice.";
 
-    /// <summary>Sends one batch, again after a 429 or 503 as often as allowed; the accepted answer, or a failure that says where the file stands.</summary>
+    /// <summary>
+    /// Sends one batch, again after a 429 or 503 as often as allowed, each time after the whole Retry-After: sooner would
+    /// only be refused again, spending a retry and one of the key's permits. The waits of a batch end within
+    /// <see cref="CliContext.PollFailureBudget"/> of its first refusal (as a read's do): a wait asked for past it ends the
+    /// command at once, saying when to send again. The accepted answer, or a failure that says where the file stands.
+    /// </summary>
     private static async Task<ConveyorClient.Answer> SendAsync(
         CliContext cli, ConveyorClient client, SubmitSettings settings, JobFile.Job[] batch, int acceptedBefore, CancellationToken cancellationToken)
     {
         var body = new StringBuilder("{\"jobs\":[").AppendJoin(',', batch.Select(j => j.Json)).Append("]}").ToString();
         var path = $"api/jobs/{Escape(settings.Kind)}/batch";
+        long? refusedSince = null;
         for (var attempt = 1; ; attempt++)
         {
             var answer = await client.PostRawAsync(path, body, cancellationToken);
@@ -202,18 +206,35 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
                 return answer;
             }
 
-            if (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && !answer.IsKeyLockout && attempt <= settings.Retries)
+            var mayPass = answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && !answer.IsKeyLockout;
+            TimeSpan? tooLong = null;
+            if (mayPass && attempt <= settings.Retries)
             {
-                var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Clamp(asked.Ticks, TimeSpan.TicksPerSecond, MaxWait.Ticks)) : TimeSpan.FromSeconds(1);
-                cli.Err.MarkupLine(Markup.Escape(
-                    $"The Api answered {(int)answer.Status} for {batch[0].Source} to {batch[^1].Source}; sending them again in {wait.TotalSeconds:0} s ({attempt} of {settings.Retries})."));
-                await Task.Delay(wait, cancellationToken);
-                continue;
+                refusedSince ??= Stopwatch.GetTimestamp();
+                var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Max(asked.Ticks, TimeSpan.TicksPerSecond)) : TimeSpan.FromSeconds(1);
+                if (wait <= cli.PollFailureBudget - Stopwatch.GetElapsedTime(refusedSince.Value))
+                {
+                    cli.Err.MarkupLine(Markup.Escape(
+                        $"The Api answered {(int)answer.Status} for {batch[0].Source} to {batch[^1].Source}; sending them again in {wait.TotalSeconds:0} s ({attempt} of {settings.Retries})."));
+                    await Task.Delay(wait, cancellationToken);
+                    continue;
+                }
+
+                tooLong = wait;
             }
 
             var failure = answer.Failure(field => Source(field, batch));
             var lines = new List<string> { failure.Message };
-            if (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && !answer.IsKeyLockout)
+            if (tooLong is { } asks)
+            {
+                // A gateway's Retry-After date may lie thousands of years ahead of its Date: no time to name then.
+                var until = DateTimeOffset.MaxValue - DateTimeOffset.UtcNow > asks
+                    ? $"until {(DateTimeOffset.UtcNow + asks).ToString("u", CultureInfo.InvariantCulture)}"
+                    : "past any date";
+                lines.Add($"The Api asks to wait {asks.TotalSeconds:0} s ({until}), "
+                    + $"longer than submit waits for a batch ({cli.PollFailureBudget.TotalSeconds:0} s in all): send them again then, not sooner.");
+            }
+            else if (mayPass)
             {
                 lines.Add($"Still refused after {settings.Retries} {(settings.Retries == 1 ? "retry" : "retries")}: try again later.");
             }

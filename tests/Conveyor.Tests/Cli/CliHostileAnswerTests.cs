@@ -460,6 +460,116 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(1, reads);
     }
 
+    /// <summary>
+    /// Submit waits the whole Retry-After the Api (or a gateway) asks for: coming back sooner is refused again, and spends
+    /// one of the key's permits and one of <c>--retries</c> for nothing. Stopped (as Ctrl+C does) once the wait is said.
+    /// </summary>
+    [Fact]
+    public async Task Submit_waits_the_whole_retry_after_asked_for_not_a_shorter_one()
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            var refused = Respond(HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}""");
+            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(90));
+            return refused;
+        });
+        using var interrupt = new CancellationTokenSource();
+        var stderr = new SharedText();
+
+        var submit = RunAsync($"submit charge-payment {file}", api, stderr, interrupt.Token);
+        try
+        {
+            await Eventually.AssertAsync(() =>
+            {
+                Assert.Contains("sending them again in", stderr.ToString(), StringComparison.Ordinal);
+                return Task.CompletedTask;
+            }, TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            await interrupt.CancelAsync();
+            await submit;
+            File.Delete(file);
+        }
+
+        Assert.Contains("sending them again in 90 s", stderr.ToString(), StringComparison.Ordinal);
+        Assert.Equal(1, requests);
+    }
+
+    /// <summary>
+    /// A Retry-After longer than submit waits for a batch (the read budget, two minutes) ends at once with 5 (try later),
+    /// saying when to send again, rather than after a shorter wait whose resend is only refused again.
+    /// </summary>
+    [Fact]
+    public async Task Submit_told_to_wait_longer_than_it_waits_ends_at_once_saying_when_to_send_again()
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            var refused = Respond(HttpStatusCode.ServiceUnavailable, """{"title":"The job could not be queued"}""");
+            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
+            return refused;
+        });
+        using var stop = new CancellationTokenSource();
+
+        var submit = RunAsync($"submit charge-payment {file}", api, new SharedText(), stop.Token);
+        try
+        {
+            await Eventually.AssertAsync(() =>
+            {
+                Assert.True(submit.IsCompleted, "submit is still waiting to send the batch again");
+                return Task.CompletedTask;
+            }, TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await submit;
+            File.Delete(file);
+        }
+
+        var run = await submit;
+        Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+        Assert.Contains("503 The job could not be queued", run.Err, StringComparison.Ordinal);
+        Assert.Contains("The Api asks to wait 3600 s (until ", run.Err, StringComparison.Ordinal);
+        Assert.Contains("No job was accepted before this batch.", run.Err, StringComparison.Ordinal);
+        Assert.Equal(1, requests);
+    }
+
+    /// <summary>A gateway's Retry-After date thousands of years past its own Date: said, not a crash.</summary>
+    [Fact]
+    public async Task Submit_told_to_wait_past_any_date_ends_at_once_without_a_crash()
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var api = new Canned(_ =>
+        {
+            var refused = Respond(HttpStatusCode.ServiceUnavailable, "<html><body>Maintenance</body></html>");
+            refused.Headers.Date = new DateTimeOffset(1970, 1, 1, 0, 0, 0, TimeSpan.Zero);
+            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(new DateTimeOffset(9999, 1, 1, 0, 0, 0, TimeSpan.Zero));
+            return refused;
+        });
+
+        try
+        {
+            var run = await RunAsync($"submit charge-payment {file}", api);
+
+            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+            Assert.Contains("(past any date)", run.Err, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
     /// <summary>The Api's 429 for an unknown key from a locked-out address is about the key: not read again, exit code 3.</summary>
     [Fact]
     public async Task A_key_lockout_429_on_a_read_is_an_auth_failure_that_is_not_read_again()
@@ -753,17 +863,39 @@ public sealed class CliHostileAnswerTests
     private static HttpResponseMessage Respond(HttpStatusCode status, string body, string mediaType) =>
         new(status) { Content = new StringContent(body, Encoding.UTF8, mediaType) };
 
-    private static async Task<CliRun> RunAsync(string command, HttpMessageHandler? handler)
+    private static Task<CliRun> RunAsync(string command, HttpMessageHandler? handler) =>
+        RunAsync(command, handler, new SharedText(), CancellationToken.None);
+
+    /// <summary>With a stderr the test may read while the command runs, and its Ctrl+C.</summary>
+    private static async Task<CliRun> RunAsync(string command, HttpMessageHandler? handler, SharedText stderr, CancellationToken interrupt)
     {
         using var stdout = new StringWriter();
-        using var stderr = new StringWriter();
         var environment = new Dictionary<string, string?>
         {
             [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
             [CliContext.ApiKeyVariable] = "a-key",
         };
-        var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr, handler, environment);
+        var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr.Writer, handler, environment, interrupt);
         return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>Text written by the command and read by the test at the same time.</summary>
+    private sealed class SharedText
+    {
+        private readonly StringWriter _text = new();
+
+        public SharedText() => Writer = TextWriter.Synchronized(_text);
+
+        /// <summary>Locks itself for every write (<see cref="TextWriter.Synchronized"/>).</summary>
+        public TextWriter Writer { get; }
+
+        public override string ToString()
+        {
+            lock (Writer)
+            {
+                return _text.ToString();
+            }
+        }
     }
 
     private sealed record CliRun(int ExitCode, string Out, string Err);
