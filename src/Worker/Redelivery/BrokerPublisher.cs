@@ -95,6 +95,12 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             // The job's row id as the store found it, over the id the message claimed: an operator's
             // move by job id must find this job's command, as for any other dead-lettered job.
             headers[JobHeaders.JobId] = jobId.ToString("D");
+            // As the error pipe writes on every other _error copy of a job: its attempts as the failure
+            // that stored this copy left them, which the Api's listing of the queue shows.
+            if (message.JobAttempts is { } attempts)
+            {
+                headers[Failures.DeadLetterHeadersFilter.Attempts] = attempts.ToString(CultureInfo.InvariantCulture);
+            }
         }
 
         var (channel, frameMax) = await ChannelAsync(cancellationToken);

@@ -176,6 +176,8 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var moved = Assert.Single(await producer.TakeAllAsync("deliver-webhook_error"));
         Assert.Equal(job.Id.ToString("D"), moved.Header(JobHeaders.JobId));
+        // As on every _error copy of a job: the attempts it had, which the Api's listing shows.
+        Assert.Equal("1", moved.Header("Conveyor-Attempts"));
         Assert.Single(receiver.Deliveries);
     }
 
@@ -210,6 +212,7 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var moved = Assert.Single(await producer.TakeAllAsync("charge-payment_error"));
         Assert.Equal(accepted.JobId.ToString("D"), moved.Header(JobHeaders.JobId));
+        Assert.Equal("0", moved.Header("Conveyor-Attempts"));
     }
 
     private async Task<Job> AddJobAsync(string status, int attempts, string kind = JobKinds.ChargePayment)
