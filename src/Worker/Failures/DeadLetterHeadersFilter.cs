@@ -36,6 +36,10 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             {
                 headers.Set(JobHeaders.JobId, jobId.ToString());
             }
+            else
+            {
+                ForgetClaimedJobId(context);
+            }
 
             if (details.Attempts is { } attempts)
             {
@@ -81,6 +85,23 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
         return FailureClassifier.IsTransient(exception)
             ? $"transient failure; every retry and redelivery spent: {described}"
             : $"permanent failure; not retried: {described}";
+    }
+
+    /// <summary>
+    /// The job has no row (its command was refused before one was made): a job id the message came with
+    /// is only its sender's claim, and may be another job's. Left on the copy, the Api's listing showed
+    /// that job's status beside this command, and an operator's move by that job's id took this command
+    /// along. Removed from the received headers, which MassTransit's move copies (see <see cref="FrameFitFilter"/>).
+    /// </summary>
+    private static void ForgetClaimedJobId(ReceiveContext context)
+    {
+        if (context.TryGetPayload(out RabbitMqBasicConsumeContext? amqp) && amqp.Properties.Headers is { IsReadOnly: false } received)
+        {
+            foreach (var name in received.Keys.Where(name => string.Equals(name, JobHeaders.JobId, StringComparison.OrdinalIgnoreCase)).ToList())
+            {
+                received.Remove(name);
+            }
+        }
     }
 
     private static string PermanentCause(Exception exception) => exception is PermanentFailureException or IdempotencyConflictException

@@ -1,3 +1,4 @@
+using Conveyor.Contracts;
 using System.Collections.Concurrent;
 using System.Text;
 using Conveyor.Tests.Fakes;
@@ -125,6 +126,46 @@ public sealed class OversizedHeadersTests(ConveyorFixture fixture) : IAsyncLifet
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Ledger.CountAsync());
         Assert.Equal(0, await db.Jobs.CountAsync(j => j.BusinessKey == payment.ToString() && j.Attempts > 0));
+    }
+
+    [Fact]
+    public async Task A_command_refused_before_its_job_has_a_row_does_not_name_the_job_its_header_claims_in_error()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
+        await fixture.DeclareAsync("charge-payment_error");
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var other = await PublishedJobAsync();
+        var payment = Guid.NewGuid();
+
+        // Published straight to RabbitMQ (no row made for it), claiming another job's id, and refused for
+        // its headers before any row could be made: no job of its own to name.
+        await producer.PublishEnvelopeAsync(ChargeExchange, ChargeUrn,
+            new { paymentId = payment, accountId = "acct-claims", amountMinor = 1250, currency = "EUR" },
+            headers: new Dictionary<string, string> { ["X-Pad"] = new string('p', 70_000), [JobHeaders.JobId] = other.ToString() });
+
+        var error = new List<RawAmqpProducer.TakenMessage>();
+        await Eventually.AssertAsync(async () =>
+        {
+            error.AddRange(await producer.TakeAllAsync("charge-payment_error"));
+            Assert.Single(error);
+        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(30));
+
+        Assert.Contains("headers take", error[0].Header("MT-Fault-Message"), StringComparison.Ordinal);
+        // An operator's move by the other job's id must not take this command along, nor the Api's listing
+        // show that job's status beside it.
+        Assert.Null(error[0].Header(JobHeaders.JobId));
+        await using var db = fixture.CreateDbContext();
+        Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == payment.ToString()));
+    }
+
+    /// <summary>The id of a job the worker ran: a charge published and succeeded.</summary>
+    private async Task<Guid> PublishedJobAsync()
+    {
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = new Conveyor.Contracts.Payments.ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-other", AmountMinor = 500, Currency = "EUR" };
+        await publisher.PublishAsync(payment);
+        return (await fixture.WaitForJobAsync(payment.PaymentId, Conveyor.Storage.Jobs.JobStatus.Succeeded)).Id;
     }
 
     /// <summary>How often each receive endpoint became ready (once per consumer start) and how often one faulted.</summary>
