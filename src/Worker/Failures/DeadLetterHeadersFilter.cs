@@ -38,12 +38,16 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             }
             else
             {
-                ForgetClaimedJobId(context);
+                ForgetClaim(context, JobHeaders.JobId);
             }
 
             if (details.Attempts is { } attempts)
             {
                 headers.Set(Attempts, attempts.ToString(CultureInfo.InvariantCulture));
+            }
+            else
+            {
+                ForgetClaim(context, Attempts);
             }
 
             // A permanent failure's own words say what to fix (an invalid command names its fields).
@@ -88,16 +92,17 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
     }
 
     /// <summary>
-    /// The job has no row (its command was refused before one was made): a job id the message came with
-    /// is only its sender's claim, and may be another job's. Left on the copy, the Api's listing showed
-    /// that job's status beside this command, and an operator's move by that job's id took this command
-    /// along. Removed from the received headers, which MassTransit's move copies (see <see cref="FrameFitFilter"/>).
+    /// The job has no row (its command was refused before one was made), or no attempt: a job id or an
+    /// attempt count the message came with is only its sender's claim, and the job id may be another
+    /// job's. Left on the copy, the Api's listing showed that job's status beside this command, and an
+    /// operator's move by that job's id took this command along. Removed from the received headers, which
+    /// MassTransit's move copies (see <see cref="FrameFitFilter"/>).
     /// </summary>
-    private static void ForgetClaimedJobId(ReceiveContext context)
+    private static void ForgetClaim(ReceiveContext context, string header)
     {
         if (context.TryGetPayload(out RabbitMqBasicConsumeContext? amqp) && amqp.Properties.Headers is { IsReadOnly: false } received)
         {
-            foreach (var name in received.Keys.Where(name => string.Equals(name, JobHeaders.JobId, StringComparison.OrdinalIgnoreCase)).ToList())
+            foreach (var name in received.Keys.Where(name => string.Equals(name, header, StringComparison.OrdinalIgnoreCase)).ToList())
             {
                 received.Remove(name);
             }

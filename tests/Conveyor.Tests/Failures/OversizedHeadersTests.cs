@@ -142,7 +142,12 @@ public sealed class OversizedHeadersTests(ConveyorFixture fixture) : IAsyncLifet
         // its headers before any row could be made: no job of its own to name.
         await producer.PublishEnvelopeAsync(ChargeExchange, ChargeUrn,
             new { paymentId = payment, accountId = "acct-claims", amountMinor = 1250, currency = "EUR" },
-            headers: new Dictionary<string, string> { ["X-Pad"] = new string('p', 70_000), [JobHeaders.JobId] = other.ToString() });
+            headers: new Dictionary<string, string>
+            {
+                ["X-Pad"] = new string('p', 70_000),
+                [JobHeaders.JobId] = other.ToString(),
+                ["Conveyor-Attempts"] = "7",
+            });
 
         var error = new List<RawAmqpProducer.TakenMessage>();
         await Eventually.AssertAsync(async () =>
@@ -155,6 +160,8 @@ public sealed class OversizedHeadersTests(ConveyorFixture fixture) : IAsyncLifet
         // An operator's move by the other job's id must not take this command along, nor the Api's listing
         // show that job's status beside it.
         Assert.Null(error[0].Header(JobHeaders.JobId));
+        // Nor a count of attempts it never had: nothing ran.
+        Assert.Null(error[0].Header("Conveyor-Attempts"));
         await using var db = fixture.CreateDbContext();
         Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == payment.ToString()));
     }
