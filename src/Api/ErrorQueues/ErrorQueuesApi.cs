@@ -49,9 +49,8 @@ internal static class ErrorQueuesApi
         var queues = endpoints.MapGroup("/api/error-queues")
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
-            .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status403Forbidden)
-            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+            // Its 503 is also the broker's (unreachable, or a queue's lock lost).
+            .ProducesCallerProblems();
 
         queues.MapGet("/", ListQueues)
             .WithName("ListErrorQueues")

@@ -51,23 +51,23 @@ internal static partial class JobsApi
         return services;
     }
 
-    /// <summary>A JSON body, and the problems a submission may answer besides 400, 401 and 403.</summary>
+    /// <summary>
+    /// A JSON body, and the problems a submission may answer besides 400 and those of any call (whose 429 and 503
+    /// a submission also answers for the client's rate limit, a full queue, and the broker).
+    /// </summary>
     private static RouteHandlerBuilder AcceptsSubmission(this RouteHandlerBuilder endpoint) => endpoint
         .Accepts<JsonElement>("application/json")
         .ProducesProblem(StatusCodes.Status404NotFound)
         .ProducesProblem(StatusCodes.Status409Conflict)
         .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
         .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
-        .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
-        .ProducesProblem(StatusCodes.Status429TooManyRequests)
-        .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+        .ProducesProblem(StatusCodes.Status422UnprocessableEntity);
 
     public static IEndpointRouteBuilder MapJobsApi(this IEndpointRouteBuilder endpoints)
     {
         var jobs = endpoints.MapGroup("/api/jobs")
             .WithTags("Jobs")
-            .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status403Forbidden);
+            .ProducesCallerProblems();
 
         jobs.MapPost("/{kind}", SubmitJob)
             .WithName("SubmitJob")
@@ -89,12 +89,15 @@ internal static partial class JobsApi
         jobs.MapGet("/{jobId}", GetJob)
             .WithName("GetJob")
             .RequireAuthorization(ApiPolicies.JobsRead)
-            .WithSummary("The status of a job; with waitSeconds, answers once the job has ended or that long has passed.");
+            .WithSummary("The status of a job; with waitSeconds, answers once the job has ended or that long has passed.")
+            .ProducesProblem(StatusCodes.Status404NotFound);
 
         jobs.MapDelete("/{jobId}", CancelJob)
             .WithName("CancelJob")
             .RequireAuthorization(ApiPolicies.JobsPublish)
-            .WithSummary("Cancel a queued or scheduled job.");
+            .WithSummary("Cancel a queued or scheduled job; 409 when it has started, or, with Retry-After, while a worker or the scheduler holds it.")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict);
 
         return endpoints;
     }

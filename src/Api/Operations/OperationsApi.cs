@@ -26,8 +26,7 @@ internal static class OperationsApi
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
             .RefuseRepeatedQueryParameters()
-            .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status403Forbidden);
+            .ProducesCallerProblems();
 
         operations.MapGet("/", ListOperations)
             .WithName("ListOperations")
@@ -44,8 +43,7 @@ internal static class OperationsApi
             .RefuseRepeatedQueryParameters()
             .WithName("Audit")
             .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages; before=<operationId> continues after that one.")
-            .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status403Forbidden);
+            .ProducesCallerProblems();
 
         return endpoints;
     }

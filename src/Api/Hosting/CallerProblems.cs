@@ -1,0 +1,19 @@
+namespace Conveyor.Api.Hosting;
+
+/// <summary>The problems the OpenAPI document declares for every endpoint that needs a caller.</summary>
+internal static class CallerProblems
+{
+    /// <summary>
+    /// What is answered in front of the handler of any endpoint that needs a caller, whatever the handler does:
+    /// 401 (no key, an unknown one, or no live session), 403 (a key without the endpoint's scope), 429 (an
+    /// unknown key from an address locked out for too many of them, <see cref="Security.AuthThrottle"/>), and 503
+    /// with Retry-After (the database unavailable, answered by <see cref="ErrorHandling"/>: the handlers read it,
+    /// and a dashboard session is checked against it). Declared once here, so that no endpoint leaves one out.
+    /// </summary>
+    public static TBuilder ProducesCallerProblems<TBuilder>(this TBuilder builder)
+        where TBuilder : IEndpointConventionBuilder => builder
+        .ProducesProblem(StatusCodes.Status401Unauthorized)
+        .ProducesProblem(StatusCodes.Status403Forbidden)
+        .ProducesProblem(StatusCodes.Status429TooManyRequests)
+        .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+}
