@@ -26,12 +26,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private const string ApplySavepoint = "batch_apply";
     private const string MemberSavepoint = "batch_member";
 
-    /// <summary>First half of the advisory locks on claimed job ids ("CJID"), so they cannot collide with other advisory locks.</summary>
-    private const int ClaimedIdLockClass = 0x43_4A_49_44;
-
     /// <summary>Takes, in one order, the lock of each claimed job id in the uuid array <c>$1</c>; two ids with the same hash only wait for each other.</summary>
     private static readonly string LockClaimedIdsSql = $"""
-        SELECT pg_advisory_xact_lock({ClaimedIdLockClass}, k.h)
+        SELECT pg_advisory_xact_lock({ClaimedJobIdLocks.LockClass}, k.h)
           FROM (SELECT DISTINCT hashtext(i.id::text) AS h FROM unnest($1::uuid[]) AS i(id) ORDER BY 1) k
         """;
 

@@ -70,6 +70,19 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         // A row an older pod wrote holds the fingerprint from before name order (ADR 0011, amendment):
         // the same command. Null, and so matching nothing, for most commands.
         var legacy = PayloadFingerprint.LegacyOf(fingerprint);
+        if (job.JobId is { } claimed)
+        {
+            // The claim statement may create the job's row under this id if no row holds it, which its
+            // snapshot cannot tell while another inbox transaction holds an uncommitted row under it (a
+            // command under another key claiming the same id, its consumer running): the insert waited
+            // for that one and failed with a unique violation on pk_jobs, permanent, so the message went
+            // to _error unrun. Under the id's lock, taken first, the claim statement sees what the lock's
+            // previous holder committed and takes a fresh id instead. One more round trip, only for a
+            // message that claims an id (InboxClaimedJobIdRaceTests).
+            await db.Database.ExecuteSqlInterpolatedAsync(
+                $"SELECT pg_advisory_xact_lock({ClaimedJobIdLocks.LockClass}, hashtext(CAST({claimed} AS uuid)::text))", cancellationToken);
+        }
+
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var claim = await db.Database.SqlQuery<ClaimRow>($"""
             WITH inbox_row AS (
