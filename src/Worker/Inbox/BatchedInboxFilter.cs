@@ -61,7 +61,7 @@ public sealed partial class BatchedInboxFilter<T>(
         ClaimedAttempt.Set(context, member.Attempt);
         ClaimedFingerprints.Set(context, member.Fingerprint, member.FirstFingerprint);
         var startedAt = JobMetrics.AttemptStarted(job, context, time);
-        using var logScope = JobLogScope.Begin(logger, job, context);
+        using var logScope = new JobLogScope.Switchable(logger, job, context);
         try
         {
             await next.Send(context);
@@ -73,6 +73,7 @@ public sealed partial class BatchedInboxFilter<T>(
             db.ChangeTracker.Clear();
             // The batch removes this message's inbox row; its attempt stays counted if the batch commits.
             var committed = await member.Completed;
+            job = logScope.Follow(member.JobId);
             var stopping = exception is OperationCanceledException && context.CancellationToken.IsCancellationRequested;
             // A shutdown's attempt is recorded too when its batch's count rolled back: it may have had its
             // effect, so the job must not read as never started (a cancel would then be allowed).
@@ -89,7 +90,9 @@ public sealed partial class BatchedInboxFilter<T>(
             throw;
         }
 
-        if (!await member.Completed)
+        var completed = await member.Completed;
+        job = logScope.Follow(member.JobId);
+        if (!completed)
         {
             if (member.ConflictingFingerprint is { } applied)
             {
