@@ -27,7 +27,7 @@ public sealed class SubmitSettings : ApiSettings
     public int BatchSize { get; set; } = MaxBatchSize;
 
     [CommandOption("--retries <N>")]
-    [Description("How often to send a batch again after a 429 or 503, each time after the wait the Api asks for (default 5); a batch waits two minutes in all at most.")]
+    [Description("How often to send a batch again after a 429, 502, 503 or 504, each time after the wait the Api asks for (default 5); a batch waits two minutes in all at most.")]
     public int Retries { get; set; } = 5;
 
     public override ValidationResult Validate() =>
@@ -187,7 +187,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         $"The {count} jobs before it were accepted. Running the same command again (once it is fixed) is safe: jobs accepted before are answered again, not submitted twice.";
 
     /// <summary>
-    /// Sends one batch, again after a 429 or 503 as often as allowed, each time after the whole Retry-After: sooner would
+    /// Sends one batch, again after a 429, 502, 503 or 504 as often as allowed, each time after the whole Retry-After: sooner would
     /// only be refused again, spending a retry and one of the key's permits. The waits of a batch end within
     /// <see cref="CliContext.PollFailureBudget"/> of its first refusal (as a read's do): a wait asked for past it ends the
     /// command at once, saying when to send again. The accepted answer, or a failure that says where the file stands.
@@ -206,7 +206,10 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
                 return answer;
             }
 
-            var mayPass = answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable && !answer.IsKeyLockout;
+            // A gateway's 502 or 504 leaves unknown whether the Api took the batch; sending it again is safe all the same,
+            // as every job carries its business id: a job accepted before is answered again, not submitted twice.
+            var mayPass = answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable
+                or HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout && !answer.IsKeyLockout;
             TimeSpan? tooLong = null;
             if (mayPass && attempt <= settings.Retries)
             {

@@ -543,6 +543,66 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(1, requests);
     }
 
+    /// <summary>
+    /// A gateway's 502 or 504 to a batch says nothing of whether the Api took it: submit sends it again, as after a 503,
+    /// which is safe since each job carries its business id (a job accepted before is answered again, not submitted twice).
+    /// Here the gateway fails the second batch once; every job ends accepted, each batch counted once.
+    /// </summary>
+    [Theory]
+    [InlineData(HttpStatusCode.BadGateway)]
+    [InlineData(HttpStatusCode.GatewayTimeout)]
+    public async Task Submit_sends_a_batch_again_after_a_gateways_502_or_504_and_reports_every_job_accepted(HttpStatusCode status)
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var posts = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref posts) == 2
+            ? Respond(status, "<html><body>Gateway failure</body></html>")
+            : Respond(HttpStatusCode.Accepted, $$"""{"jobs":[{"index":0,"jobId":"{{Guid.NewGuid()}}","kind":"charge-payment","status":"queued"}]}"""));
+
+        try
+        {
+            var run = await RunAsync($"submit charge-payment {file} --batch-size 1 --retries 1", api);
+
+            Assert.Equal(ExitCodes.Ok, run.ExitCode);
+            Assert.Contains($"The Api answered {(int)status} for line 2 to line 2; sending them again in 1 s (1 of 1).", run.Err, StringComparison.Ordinal);
+            Assert.Contains("2 charge-payment jobs accepted in 2 requests.", run.Out, StringComparison.Ordinal);
+            Assert.Equal(3, posts);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    /// <summary>A 502 or 504 still there after <c>--retries</c> ends with 5 (try later), saying which jobs were accepted.</summary>
+    [Theory]
+    [InlineData(HttpStatusCode.BadGateway)]
+    [InlineData(HttpStatusCode.GatewayTimeout)]
+    public async Task Submit_answered_502_or_504_past_its_retries_ends_with_try_later_saying_what_was_accepted(HttpStatusCode status)
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var posts = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref posts) == 1
+            ? Respond(HttpStatusCode.Accepted, $$"""{"jobs":[{"index":0,"jobId":"{{Guid.NewGuid()}}","kind":"charge-payment","status":"queued"}]}""")
+            : Respond(status, "<html><body>Gateway failure</body></html>"));
+
+        try
+        {
+            var run = await RunAsync($"submit charge-payment {file} --batch-size 1 --retries 1", api);
+
+            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+            Assert.Contains("Still refused after 1 retry: try again later.", run.Err, StringComparison.Ordinal);
+            Assert.Contains("The 1 jobs before it were accepted.", run.Err, StringComparison.Ordinal);
+            Assert.Equal(3, posts);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
     /// <summary>A gateway's Retry-After date thousands of years past its own Date: said, not a crash.</summary>
     [Fact]
     public async Task Submit_told_to_wait_past_any_date_ends_at_once_without_a_crash()
