@@ -28,7 +28,9 @@ public sealed partial class RedeliveryFilter<T>(
     {
         var attempts = new FaultHoldingConsumeContext(context);
         context.AddOrUpdatePayload(() => attempts, _ => attempts);
-        context.GetOrAddPayload(() => new RedeliveryAhead(() => policy.Allows(HistoryOf(context).Attempt + 1)));
+        // Called from the retry filter's exception filter, where a throw would be swallowed: a seal that
+        // could not be checked allows nothing here, and the delivery is requeued below.
+        context.GetOrAddPayload(() => new RedeliveryAhead(() => SealUncheckedOf(context) is null && policy.Allows(HistoryOf(context).Attempt + 1)));
         try
         {
             await next.Send(attempts);
@@ -41,6 +43,15 @@ public sealed partial class RedeliveryFilter<T>(
             // for an outage, so the message goes back to its queue with its budget untouched
             // (the kill switch pauses the endpoint while the outage lasts).
             throw new RequeueRequestedException("The database is unavailable; the message goes back to its queue", exception);
+        }
+        catch (Exception) when (SealUncheckedOf(context) is { } unreadable)
+        {
+            // The copy's seal could not be checked (the key ring is in the same database, which did not
+            // answer): counted as a first delivery, a genuine copy would start its redeliveries and its first
+            // failure time afresh, and the _error copy would say so. It waits in its queue, and its seal is
+            // read again on its next delivery.
+            await attempts.RecordHeldAsync();
+            throw new RequeueRequestedException("The redelivery seal could not be checked; the message goes back to its queue", unreadable);
         }
         catch (Exception exception) when (IsRedeliverable(context, exception, out var attempt))
         {
@@ -152,11 +163,39 @@ public sealed partial class RedeliveryFilter<T>(
     /// <summary>
     /// The copy's redeliveries so far, as far as its seal vouches for them; read once per delivery and
     /// kept on the receive context, where the error pipe takes the <c>_error</c> copy's headers from it.
+    /// <see cref="RedeliveryHistory.None"/> when the seal could not be checked (<see cref="SealUncheckedOf"/>),
+    /// which the caller rules out first.
     /// </summary>
-    private RedeliveryHistory HistoryOf(ConsumeContext context) =>
-        context.ReceiveContext.GetOrAddPayload(() => context.TryGetMessage<T>(out var typed)
-            ? seal.Read(context.ReceiveContext, InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message))
-            : RedeliveryHistory.None);
+    private RedeliveryHistory HistoryOf(ConsumeContext context) => CheckOf(context).History ?? RedeliveryHistory.None;
+
+    /// <summary>Why the copy's seal could not be checked on this delivery, or null when it was (or there was none).</summary>
+    private Exception? SealUncheckedOf(ConsumeContext context) => CheckOf(context).Unreadable;
+
+    /// <summary>
+    /// The seal is read once per delivery, a failure too, so that one delivery never counts one way and
+    /// then the other.
+    /// </summary>
+    private SealCheck CheckOf(ConsumeContext context) =>
+        context.ReceiveContext.GetOrAddPayload(() =>
+        {
+            if (!context.TryGetMessage<T>(out var typed))
+            {
+                return new SealCheck(context.ReceiveContext.GetOrAddPayload(() => RedeliveryHistory.None), null);
+            }
+
+            try
+            {
+                var history = seal.Read(context.ReceiveContext, InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message));
+                return new SealCheck(context.ReceiveContext.GetOrAddPayload(() => history), null);
+            }
+            catch (Exception exception) when (DatabaseFailures.IsDatabaseError(exception))
+            {
+                return new SealCheck(null, exception);
+            }
+        });
+
+    /// <summary>What reading the copy's seal gave: its history, or the failure that kept it from being checked.</summary>
+    private sealed record SealCheck(RedeliveryHistory? History, Exception? Unreadable);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Conveyor.Storage;
 using MassTransit;
 using Microsoft.AspNetCore.DataProtection;
 
@@ -34,7 +35,10 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
     /// What the received copy's redelivery headers say, if its seal vouches for them: the seal opens
     /// (a key of the shared ring, not tampered with), names this consumer and job, and holds the very
     /// attempt and first failure time the headers carry. A copy moved back from <c>_error</c> has lost
-    /// its attempt header, so it starts afresh.
+    /// its attempt header, so it starts afresh. Throws when the seal cannot be checked at all: Data
+    /// Protection keeps the ring in memory but reads it from the database where it has none, daily, and
+    /// for a key it does not know just after starting, and that read failed (Data Protection wraps the
+    /// database's error in a <see cref="System.Security.Cryptography.CryptographicException"/>).
     /// </summary>
     public RedeliveryHistory Read(ReceiveContext received, string consumerId, string businessKey)
     {
@@ -53,9 +57,10 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
                 ? new RedeliveryHistory(count, firstFailureAt)
                 : RedeliveryHistory.None;
         }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
+        catch (Exception exception) when (exception is not OutOfMemoryException && !DatabaseFailures.IsDatabaseError(exception))
         {
-            // Forged, garbled, or sealed with a key this ring does not hold: not ours to count.
+            // Forged, garbled, or sealed with a key this ring does not hold: not ours to count. Not a ring
+            // the database could not give: a genuine copy taken for a first delivery would count from 1 again.
             return RedeliveryHistory.None;
         }
     }
