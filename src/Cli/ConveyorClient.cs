@@ -188,7 +188,8 @@ public sealed class ConveyorClient : IDisposable
         public bool IsKeyLockout =>
             Status == HttpStatusCode.TooManyRequests && IsProblem && Text(Body, "type") == KeyLockoutProblemType;
 
-        private bool IsProblem =>
+        /// <summary>Whether the answer is a problem document, as the Api answers every error.</summary>
+        public bool IsProblem =>
             string.Equals(MediaType, ProblemMediaType, StringComparison.OrdinalIgnoreCase) && Body.ValueKind == JsonValueKind.Object;
     }
 

@@ -30,7 +30,7 @@ public static class ExitCodes
     /// <summary>
     /// Try later: the Api could not be reached or timed out, or a 502/503/504 (of it or of a gateway in front of it) or a
     /// 429 (a rate limit, not a key lockout) was still there after the CLI tried again: a read for up to two minutes, after
-    /// each Retry-After; <c>submit</c> <c>--retries</c> times (502 and 504 not at all).
+    /// each Retry-After; <c>submit</c> <c>--retries</c> times, as its 409 "Submission in progress".
     /// </summary>
     public const int Unreachable = 5;
 

@@ -27,7 +27,7 @@ public sealed class SubmitSettings : ApiSettings
     public int BatchSize { get; set; } = MaxBatchSize;
 
     [CommandOption("--retries <N>")]
-    [Description("How often to send a batch again after a 429, 502, 503 or 504, each time after the wait the Api asks for (default 5); a batch waits two minutes in all at most.")]
+    [Description("How often to send a batch again after a 429, 502, 503, 504 or 409 \"Submission in progress\", each time after the wait the Api asks for (default 5); a batch waits two minutes in all at most.")]
     public int Retries { get; set; } = 5;
 
     public override ValidationResult Validate() =>
@@ -45,6 +45,9 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 {
     /// <summary>Jobs listed in a table; <c>--json</c> lists every one.</summary>
     private const int MaxRows = 50;
+
+    /// <summary>The title of the Api's refusal of a job whose earlier submission is still in progress (<c>JobsApi.RefusalOf</c>).</summary>
+    private const string SubmissionInProgressTitle = "Submission in progress";
 
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, SubmitSettings settings, CancellationToken cancellationToken)
     {
@@ -187,7 +190,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         $"The {count} jobs before it were accepted. Running the same command again (once it is fixed) is safe: jobs accepted before are answered again, not submitted twice.";
 
     /// <summary>
-    /// Sends one batch, again after a 429, 502, 503 or 504 as often as allowed, each time after the whole Retry-After: sooner would
+    /// Sends one batch, again after a 429, 502, 503, 504 or a 409 for a submission in progress as often as allowed, each time after the whole Retry-After: sooner would
     /// only be refused again, spending a retry and one of the key's permits. The waits of a batch end within
     /// <see cref="CliContext.PollFailureBudget"/> of its first refusal (as a read's do): a wait asked for past it ends the
     /// command at once, saying when to send again. The accepted answer, or a failure that says where the file stands.
@@ -208,8 +211,9 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 
             // A gateway's 502 or 504 leaves unknown whether the Api took the batch; sending it again is safe all the same,
             // as every job carries its business id: a job accepted before is answered again, not submitted twice.
-            var mayPass = answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable
-                or HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout && !answer.IsKeyLockout;
+            var inProgress = IsSubmissionInProgress(answer);
+            var mayPass = (answer.Status is HttpStatusCode.TooManyRequests or HttpStatusCode.ServiceUnavailable
+                or HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout && !answer.IsKeyLockout) || inProgress;
             TimeSpan? tooLong = null;
             if (mayPass && attempt <= settings.Retries)
             {
@@ -251,8 +255,33 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             }
 
             lines.Add(acceptedBefore == 0 ? "No job was accepted before this batch." : AcceptedBefore(acceptedBefore));
-            throw new CliFailureException(failure.ExitCode, string.Join(Environment.NewLine, lines));
+            // A submission still in progress is no conflict to resolve, only to wait out: try later, as after a 503.
+            throw new CliFailureException(inProgress ? ExitCodes.Unreachable : failure.ExitCode, string.Join(Environment.NewLine, lines));
         }
+    }
+
+    /// <summary>
+    /// The Api's 409 "Submission in progress" for a batch (<c>SubmitStatus.InFlight</c>): an earlier request for a job, such
+    /// as one a 504 cut off, still holds its key, and only a retry is needed. Every refused job must say so: any other
+    /// refusal outranks it in the answer's status (a reused key is 422), so a 409 that names another is a real conflict.
+    /// </summary>
+    private static bool IsSubmissionInProgress(ConveyorClient.Answer answer)
+    {
+        if (answer.Status != HttpStatusCode.Conflict || !answer.IsProblem
+            || !answer.Body.TryGetProperty("jobs", out var jobs) || jobs.ValueKind != JsonValueKind.Array)
+        {
+            return false;
+        }
+
+        var errors = jobs.EnumerateArray()
+            .Where(job => job.ValueKind == JsonValueKind.Object)
+            .Select(job => job.TryGetProperty("error", out var error) ? error : default)
+            .Where(error => error.ValueKind != JsonValueKind.Undefined)
+            .ToList();
+        return errors.Count > 0 && errors.All(error => error.ValueKind == JsonValueKind.Object
+            && error.TryGetProperty("status", out var status) && status.ValueKind == JsonValueKind.Number
+            && status.TryGetInt32(out var code) && code == (int)HttpStatusCode.Conflict
+            && ConveyorClient.Text(error, "title") == SubmissionInProgressTitle);
     }
 
     /// <summary>A batch's field name (<c>jobs[3].amountMinor</c>) as the place in the file (<c>line 12: amountMinor</c>).</summary>

@@ -603,6 +603,102 @@ public sealed class CliHostileAnswerTests
         }
     }
 
+    /// <summary>
+    /// The Api's 409 "Submission in progress" for a batch's job (SubmitStatus.InFlight: an earlier request, such as the
+    /// one a 504 cut off, still holds its key) asks only for a retry, with Retry-After: 1. submit sends the batch again
+    /// under the --retries rules, as after a 503; the job accepted in the first answer is answered again, not lost.
+    /// One refused job or both: the answer's title differs (its own, or the batch's), the retry does not.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task Submit_sends_a_batch_again_after_a_submission_in_progress_409_and_reports_every_job_accepted(int refused)
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var posts = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref posts) == 1
+            ? InProgress(refused)
+            : Respond(HttpStatusCode.Accepted, $$"""{"jobs":[{{AcceptedJob(0)}},{{AcceptedJob(1)}}]}"""));
+
+        try
+        {
+            var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
+
+            Assert.Equal(ExitCodes.Ok, run.ExitCode);
+            Assert.Contains("The Api answered 409 for line 1 to line 2; sending them again in 1 s (1 of 1).", run.Err, StringComparison.Ordinal);
+            Assert.Contains("2 charge-payment jobs accepted in 1 request.", run.Out, StringComparison.Ordinal);
+            Assert.Equal(2, posts);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    /// <summary>An in-progress 409 still there after <c>--retries</c> ends as a lasting 503 does: 5 (try later), saying what was accepted.</summary>
+    [Fact]
+    public async Task Submit_answered_submission_in_progress_past_its_retries_ends_with_try_later()
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var posts = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref posts);
+            return InProgress(1);
+        });
+
+        try
+        {
+            var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
+
+            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+            Assert.Contains("Still refused after 1 retry: try again later.", run.Err, StringComparison.Ordinal);
+            Assert.Contains("line 2: 409 Submission in progress", run.Err, StringComparison.Ordinal);
+            Assert.Contains("Accepted from this batch (1 of 2): line 1 (job ", run.Err, StringComparison.Ordinal);
+            Assert.Equal(2, posts);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    /// <summary>
+    /// Only the in-progress refusal is sent again: any other 409 (not one the batch endpoint gives today, but a conflict
+    /// all the same) ends at once with 4, as does a 409 whose refused jobs are not all in progress.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"title":"Conflict","status":409,"detail":"Something else conflicts."}""")]
+    [InlineData("""{"title":"Some jobs of the batch were not accepted","status":409,"jobs":[{"index":0,"error":{"status":409,"title":"Submission in progress","detail":"Retry shortly."}},{"index":1,"error":{"status":409,"title":"Job busy","detail":"Another conflict."}}]}""")]
+    public async Task Submit_answered_another_409_ends_at_once_with_not_found_or_conflict(string problem)
+    {
+        var file = Path.GetTempFileName();
+        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        var posts = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref posts);
+            var conflict = Respond(HttpStatusCode.Conflict, problem);
+            conflict.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
+            return conflict;
+        });
+
+        try
+        {
+            var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
+
+            Assert.Equal(ExitCodes.NotFoundOrConflict, run.ExitCode);
+            Assert.DoesNotContain("sending them again", run.Err, StringComparison.Ordinal);
+            Assert.Equal(1, posts);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
     /// <summary>A gateway's Retry-After date thousands of years past its own Date: said, not a crash.</summary>
     [Fact]
     public async Task Submit_told_to_wait_past_any_date_ends_at_once_without_a_crash()
@@ -917,6 +1013,24 @@ public sealed class CliHostileAnswerTests
     private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
 
     /// <summary>HTML, or JSON as the Api sends it: an error as a problem document.</summary>
+    /// <summary>
+    /// The Api's answer to a batch of two whose last <paramref name="refused"/> jobs met a submission in progress
+    /// (JobsApi.AnswerBatch with SubmitStatus.InFlight): 409 with Retry-After: 1, each job's answer in <c>jobs</c>.
+    /// </summary>
+    private static HttpResponseMessage InProgress(int refused)
+    {
+        const string error = """{"status":409,"title":"Submission in progress","detail":"Another request for the same job is being processed. Retry shortly."}""";
+        var jobs = Enumerable.Range(0, 2).Select(index => index < 2 - refused ? AcceptedJob(index) : $$"""{"index":{{index}},"error":{{error}}}""");
+        var title = refused == 1 ? "Submission in progress" : "Some jobs of the batch were not accepted";
+        var answer = Respond(HttpStatusCode.Conflict,
+            $$"""{"type":"https://tools.ietf.org/html/rfc9110#section-15.5.10","title":"{{title}}","status":409,"detail":"{{2 - refused}} of 2 jobs were accepted; the answer of each is in 'jobs'.","jobs":[{{string.Join(',', jobs)}}]}""");
+        answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
+        return answer;
+    }
+
+    private static string AcceptedJob(int index) =>
+        $$"""{"index":{{index}},"jobId":"{{Guid.NewGuid()}}","kind":"charge-payment","status":"queued"}""";
+
     private static HttpResponseMessage Respond(HttpStatusCode status, string body) =>
         Respond(status, body, body.StartsWith('<') ? "text/html" : (int)status >= 400 ? "application/problem+json" : "application/json");
 
