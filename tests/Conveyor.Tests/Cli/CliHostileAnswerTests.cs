@@ -334,8 +334,7 @@ public sealed class CliHostileAnswerTests
     [InlineData("submit charge-payment {file} --retries 0")]
     public async Task A_429_still_there_when_the_cli_stops_trying_ends_with_the_try_later_exit_code_not_usage(string command)
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(1);
         var requests = 0;
         using var api = new Canned(_ =>
         {
@@ -345,19 +344,12 @@ public sealed class CliHostileAnswerTests
             return refused;
         });
 
-        try
-        {
-            var run = await RunAsync(command.Replace("{file}", file, StringComparison.Ordinal), api);
+        var run = await RunAsync(command.Replace("{file}", file.Path, StringComparison.Ordinal), api);
 
-            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
-            Assert.Contains("429 Too many requests", run.Err, StringComparison.Ordinal);
-            Assert.Contains("try again later", run.Err, StringComparison.OrdinalIgnoreCase);
-            Assert.Equal(1, requests);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+        Assert.Contains("429 Too many requests", run.Err, StringComparison.Ordinal);
+        Assert.Contains("try again later", run.Err, StringComparison.OrdinalIgnoreCase);
+        Assert.Equal(1, requests);
     }
 
     /// <summary>
@@ -467,8 +459,7 @@ public sealed class CliHostileAnswerTests
     [Fact]
     public async Task Submit_waits_the_whole_retry_after_asked_for_not_a_shorter_one()
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(1);
         var requests = 0;
         using var api = new Canned(_ =>
         {
@@ -493,7 +484,6 @@ public sealed class CliHostileAnswerTests
         {
             await interrupt.CancelAsync();
             await submit;
-            File.Delete(file);
         }
 
         Assert.Contains("sending them again in 90 s", stderr.ToString(), StringComparison.Ordinal);
@@ -507,8 +497,7 @@ public sealed class CliHostileAnswerTests
     [Fact]
     public async Task Submit_told_to_wait_longer_than_it_waits_ends_at_once_saying_when_to_send_again()
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(1);
         var requests = 0;
         using var api = new Canned(_ =>
         {
@@ -532,7 +521,6 @@ public sealed class CliHostileAnswerTests
         {
             await stop.CancelAsync();
             await submit;
-            File.Delete(file);
         }
 
         var run = await submit;
@@ -553,26 +541,18 @@ public sealed class CliHostileAnswerTests
     [InlineData(HttpStatusCode.GatewayTimeout)]
     public async Task Submit_sends_a_batch_again_after_a_gateways_502_or_504_and_reports_every_job_accepted(HttpStatusCode status)
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(2);
         var posts = 0;
         using var api = new Canned(_ => Interlocked.Increment(ref posts) == 2
             ? Respond(status, "<html><body>Gateway failure</body></html>")
             : Respond(HttpStatusCode.Accepted, $$"""{"jobs":[{"index":0,"jobId":"{{Guid.NewGuid()}}","kind":"charge-payment","status":"queued"}]}"""));
 
-        try
-        {
-            var run = await RunAsync($"submit charge-payment {file} --batch-size 1 --retries 1", api);
+        var run = await RunAsync($"submit charge-payment {file} --batch-size 1 --retries 1", api);
 
-            Assert.Equal(ExitCodes.Ok, run.ExitCode);
-            Assert.Contains($"The Api answered {(int)status} for line 2 to line 2; sending them again in 1 s (1 of 1).", run.Err, StringComparison.Ordinal);
-            Assert.Contains("2 charge-payment jobs accepted in 2 requests.", run.Out, StringComparison.Ordinal);
-            Assert.Equal(3, posts);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains($"The Api answered {(int)status} for line 2 to line 2; sending them again in 1 s (1 of 1).", run.Err, StringComparison.Ordinal);
+        Assert.Contains("2 charge-payment jobs accepted in 2 requests.", run.Out, StringComparison.Ordinal);
+        Assert.Equal(3, posts);
     }
 
     /// <summary>A 502 or 504 still there after <c>--retries</c> ends with 5 (try later), saying which jobs were accepted.</summary>
@@ -581,26 +561,18 @@ public sealed class CliHostileAnswerTests
     [InlineData(HttpStatusCode.GatewayTimeout)]
     public async Task Submit_answered_502_or_504_past_its_retries_ends_with_try_later_saying_what_was_accepted(HttpStatusCode status)
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(2);
         var posts = 0;
         using var api = new Canned(_ => Interlocked.Increment(ref posts) == 1
             ? Respond(HttpStatusCode.Accepted, $$"""{"jobs":[{"index":0,"jobId":"{{Guid.NewGuid()}}","kind":"charge-payment","status":"queued"}]}""")
             : Respond(status, "<html><body>Gateway failure</body></html>"));
 
-        try
-        {
-            var run = await RunAsync($"submit charge-payment {file} --batch-size 1 --retries 1", api);
+        var run = await RunAsync($"submit charge-payment {file} --batch-size 1 --retries 1", api);
 
-            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
-            Assert.Contains("Still refused after 1 retry: try again later.", run.Err, StringComparison.Ordinal);
-            Assert.Contains("The 1 jobs before it were accepted.", run.Err, StringComparison.Ordinal);
-            Assert.Equal(3, posts);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+        Assert.Contains("Still refused after 1 retry: try again later.", run.Err, StringComparison.Ordinal);
+        Assert.Contains("The 1 jobs before it were accepted.", run.Err, StringComparison.Ordinal);
+        Assert.Equal(3, posts);
     }
 
     /// <summary>
@@ -614,34 +586,25 @@ public sealed class CliHostileAnswerTests
     [InlineData(2)]
     public async Task Submit_sends_a_batch_again_after_a_submission_in_progress_409_and_reports_every_job_accepted(int refused)
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(2);
         var posts = 0;
         using var api = new Canned(_ => Interlocked.Increment(ref posts) == 1
             ? InProgress(refused)
             : Respond(HttpStatusCode.Accepted, $$"""{"jobs":[{{AcceptedJob(0)}},{{AcceptedJob(1)}}]}"""));
 
-        try
-        {
-            var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
+        var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
 
-            Assert.Equal(ExitCodes.Ok, run.ExitCode);
-            Assert.Contains("The Api answered 409 for line 1 to line 2; sending them again in 1 s (1 of 1).", run.Err, StringComparison.Ordinal);
-            Assert.Contains("2 charge-payment jobs accepted in 1 request.", run.Out, StringComparison.Ordinal);
-            Assert.Equal(2, posts);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains("The Api answered 409 for line 1 to line 2; sending them again in 1 s (1 of 1).", run.Err, StringComparison.Ordinal);
+        Assert.Contains("2 charge-payment jobs accepted in 1 request.", run.Out, StringComparison.Ordinal);
+        Assert.Equal(2, posts);
     }
 
     /// <summary>An in-progress 409 still there after <c>--retries</c> ends as a lasting 503 does: 5 (try later), saying what was accepted.</summary>
     [Fact]
     public async Task Submit_answered_submission_in_progress_past_its_retries_ends_with_try_later()
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(2);
         var posts = 0;
         using var api = new Canned(_ =>
         {
@@ -649,20 +612,13 @@ public sealed class CliHostileAnswerTests
             return InProgress(1);
         });
 
-        try
-        {
-            var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
+        var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
 
-            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
-            Assert.Contains("Still refused after 1 retry: try again later.", run.Err, StringComparison.Ordinal);
-            Assert.Contains("line 2: 409 Submission in progress", run.Err, StringComparison.Ordinal);
-            Assert.Contains("Accepted from this batch (1 of 2): line 1 (job ", run.Err, StringComparison.Ordinal);
-            Assert.Equal(2, posts);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+        Assert.Contains("Still refused after 1 retry: try again later.", run.Err, StringComparison.Ordinal);
+        Assert.Contains("line 2: 409 Submission in progress", run.Err, StringComparison.Ordinal);
+        Assert.Contains("Accepted from this batch (1 of 2): line 1 (job ", run.Err, StringComparison.Ordinal);
+        Assert.Equal(2, posts);
     }
 
     /// <summary>
@@ -674,8 +630,7 @@ public sealed class CliHostileAnswerTests
     [InlineData("""{"title":"Some jobs of the batch were not accepted","status":409,"jobs":[{"index":0,"error":{"status":409,"title":"Submission in progress","detail":"Retry shortly."}},{"index":1,"error":{"status":409,"title":"Job busy","detail":"Another conflict."}}]}""")]
     public async Task Submit_answered_another_409_ends_at_once_with_not_found_or_conflict(string problem)
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n" + JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(2);
         var posts = 0;
         using var api = new Canned(_ =>
         {
@@ -685,26 +640,18 @@ public sealed class CliHostileAnswerTests
             return conflict;
         });
 
-        try
-        {
-            var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
+        var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
 
-            Assert.Equal(ExitCodes.NotFoundOrConflict, run.ExitCode);
-            Assert.DoesNotContain("sending them again", run.Err, StringComparison.Ordinal);
-            Assert.Equal(1, posts);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.NotFoundOrConflict, run.ExitCode);
+        Assert.DoesNotContain("sending them again", run.Err, StringComparison.Ordinal);
+        Assert.Equal(1, posts);
     }
 
     /// <summary>A gateway's Retry-After date thousands of years past its own Date: said, not a crash.</summary>
     [Fact]
     public async Task Submit_told_to_wait_past_any_date_ends_at_once_without_a_crash()
     {
-        var file = Path.GetTempFileName();
-        await File.WriteAllTextAsync(file, JobRequests.ChargePayment(Guid.NewGuid()) + "\n");
+        using var file = await ChargeFile.WriteAsync(1);
         using var api = new Canned(_ =>
         {
             var refused = Respond(HttpStatusCode.ServiceUnavailable, "<html><body>Maintenance</body></html>");
@@ -713,17 +660,10 @@ public sealed class CliHostileAnswerTests
             return refused;
         });
 
-        try
-        {
-            var run = await RunAsync($"submit charge-payment {file}", api);
+        var run = await RunAsync($"submit charge-payment {file}", api);
 
-            Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
-            Assert.Contains("(past any date)", run.Err, StringComparison.Ordinal);
-        }
-        finally
-        {
-            File.Delete(file);
-        }
+        Assert.Equal(ExitCodes.Unreachable, run.ExitCode);
+        Assert.Contains("(past any date)", run.Err, StringComparison.Ordinal);
     }
 
     /// <summary>The Api's 429 for an unknown key from a locked-out address is about the key: not read again, exit code 3.</summary>
@@ -1073,6 +1013,26 @@ public sealed class CliHostileAnswerTests
     }
 
     private sealed record CliRun(int ExitCode, string Out, string Err);
+
+    /// <summary>A file of charge-payment job requests, one a line, for submit; deleted on dispose.</summary>
+    private sealed class ChargeFile : IDisposable
+    {
+        private ChargeFile(string path) => Path = path;
+
+        public string Path { get; }
+
+        public static async Task<ChargeFile> WriteAsync(int count)
+        {
+            var file = new ChargeFile(System.IO.Path.GetTempFileName());
+            await File.WriteAllLinesAsync(file.Path, Enumerable.Range(0, count).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())));
+            return file;
+        }
+
+        /// <summary>The path, so that a command line can name the file as <c>{file}</c>.</summary>
+        public override string ToString() => Path;
+
+        public void Dispose() => File.Delete(Path);
+    }
 
     private sealed class Canned(Func<HttpRequestMessage, HttpResponseMessage> answer) : HttpMessageHandler
     {
