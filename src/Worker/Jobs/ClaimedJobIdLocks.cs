@@ -6,7 +6,8 @@ namespace Conveyor.Worker.Jobs;
 /// no row holds the id: no snapshot shows a row another transaction is writing under it at that moment,
 /// and an insert meeting that row would wait for it and then fail with a unique violation (permanent).
 /// Both inboxes (<see cref="Inbox.InboxBatcher"/>, <see cref="Inbox.InboxFilter{T}"/>) lock the same
-/// key for an id, so pods with and without batching exclude each other too.
+/// key for an id, so pods with and without batching exclude each other too, and so does an attempt counted
+/// outside an inbox transaction (the lease inbox, a failure whose count rolled back) that may create the row.
 /// </summary>
 public static class ClaimedJobIdLocks
 {

@@ -180,27 +180,59 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     private async Task<(Guid Id, int Attempt)?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken, byte[]? fingerprint = null)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var counted = await RunCountStatementAsync(db, job, error, fingerprint, onlyIfClaimedIdTaken: job.JobId is not null, cancellationToken);
+        if (counted.ClaimedIdFree)
+        {
+            // No row this statement saw holds the claimed id, so a row under it would be created here, and
+            // another inbox transaction may hold an uncommitted one (a command under another key claiming the
+            // same id, its consumer running): the insert waited for it and failed with a unique violation on
+            // pk_jobs, the lease claim for good and a failure unrecorded. So that case alone counts again under
+            // the id's lock (ClaimedJobIdLocks), in a statement of its own, which sees what the lock's previous
+            // holder committed and takes a fresh id. A message without a claimed id, or whose id already has
+            // a row (the Api's jobs), is counted in one round trip as before (InboxClaimedJobIdRaceTests).
+            await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+            await db.Database.ExecuteSqlInterpolatedAsync(
+                $"SELECT pg_advisory_xact_lock({ClaimedJobIdLocks.LockClass}, hashtext(CAST({job.JobId} AS uuid)::text))", cancellationToken);
+            counted = await RunCountStatementAsync(db, job, error, fingerprint, onlyIfClaimedIdTaken: false, cancellationToken);
+            await transaction.CommitAsync(cancellationToken);
+        }
+
+        return counted is { Id: { } id, Attempts: { } attempts } ? (id, attempts) : null;
+    }
+
+    /// <summary>
+    /// The statement of <see cref="CountAttemptAsync"/>. With
+    /// <paramref name="onlyIfClaimedIdTaken"/> it writes nothing unless a row it sees holds the claimed id,
+    /// and says so (<see cref="CountedAttempt.ClaimedIdFree"/>).
+    /// </summary>
+    private async Task<CountedAttempt> RunCountStatementAsync(
+        ConveyorDbContext db, JobRef job, string? error, byte[]? fingerprint, bool onlyIfClaimedIdTaken, CancellationToken cancellationToken)
+    {
         var now = time.GetUtcNow();
         var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
         var legacy = PayloadFingerprint.LegacyOf(fingerprint);
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
         var counted = await db.Database.SqlQuery<CountedAttempt>($"""
-            INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at, payload_hash)
-            SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
-                   {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}, {fingerprint}::bytea
-            ON CONFLICT (kind, business_key) DO UPDATE
-               SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
-                   next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL,
-                   payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
-                   original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
-                                                     AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
-                                                ELSE jobs.original_payload_hash END
-             WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-               AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
-                    OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = {legacy}::bytea)
-            RETURNING id, attempts
-            """).ToListAsync(cancellationToken); // not composed: an INSERT cannot be a subquery
-        return counted.Count == 1 ? (counted[0].Id, counted[0].Attempts) : null;
+            WITH counted AS (
+                INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at, payload_hash)
+                SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
+                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}, {fingerprint}::bytea
+                 WHERE NOT {onlyIfClaimedIdTaken} OR EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id})
+                ON CONFLICT (kind, business_key) DO UPDATE
+                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
+                       next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL,
+                       payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
+                       original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
+                                                         AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
+                                                    ELSE jobs.original_payload_hash END
+                 WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
+                   AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
+                        OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = {legacy}::bytea)
+                RETURNING id, attempts)
+            SELECT (SELECT c.id FROM counted c) AS id, (SELECT c.attempts FROM counted c) AS attempts,
+                   {onlyIfClaimedIdTaken} AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) AS claimed_id_free
+            """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
+        return counted[0];
     }
 
     /// <summary>
@@ -344,10 +376,13 @@ public sealed class ClaimRow
     public byte[]? FirstFingerprint { get; init; }
 }
 
-/// <summary>An attempt counted outside the inbox transaction: the job's row id and its attempts now.</summary>
+/// <summary>An attempt counted outside the inbox transaction: the job's row id and its attempts now, when it was counted.</summary>
 public sealed class CountedAttempt
 {
-    public Guid Id { get; init; }
+    public Guid? Id { get; init; }
 
-    public int Attempts { get; init; }
+    public int? Attempts { get; init; }
+
+    /// <summary>Nothing was written: the message claims a job id that no row the statement saw holds.</summary>
+    public bool ClaimedIdFree { get; init; }
 }

@@ -9,7 +9,8 @@ namespace Conveyor.Tests.Worker;
 /// The single-message inbox (<see cref="Conveyor.Worker.Inbox.InboxFilter{T}"/>) claims the job in its
 /// first statement. Two commands under different keys that claim the same unused job id, in two inbox
 /// transactions at once, must both run: the second under an id of its own, not failed (for good: a
-/// unique violation is permanent) for the first one's claim.
+/// unique violation is permanent) for the first one's claim. So must an attempt counted outside an inbox
+/// transaction (<see cref="JobTracker.StartAttemptAsync"/>, <see cref="JobTracker.RecordAttemptFailureAsync"/>).
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -55,6 +56,73 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
         Assert.Equal(2, jobs.Count);
         Assert.Equal(claimed, jobs[keyA].Id);
         Assert.Equal(claimB.JobId, jobs[keyB].Id);
+        Assert.All(jobs.Values, j => Assert.Equal((JobStatus.Running, 1), (j.Status, j.Attempts)));
+    }
+
+    /// <summary>
+    /// The lease inbox counts its attempt outside any inbox transaction (<see cref="JobTracker.StartAttemptAsync"/>):
+    /// a command claiming the id a single-message inbox transaction holds uncommitted must start under an id of its own.
+    /// </summary>
+    [Fact]
+    public async Task An_attempt_started_under_a_job_id_another_inbox_transaction_holds_uncommitted_starts_under_a_fresh_id()
+    {
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var (claimed, keyA, keyB, started) = await WhileAnotherHoldsTheClaimAsync(
+            tracker, job => tracker.StartAttemptAsync(job, null, CancellationToken.None));
+
+        Assert.NotNull(started);
+        Assert.Equal(1, started.Value.Attempt);
+        await AssertBothRunningAsync(claimed, keyA, keyB, started.Value.Id);
+    }
+
+    /// <summary>
+    /// A failure whose count rolled back with its inbox transaction is counted again on its own
+    /// (<see cref="JobTracker.RecordAttemptFailureAsync"/>): recorded, not lost to the other transaction's row.
+    /// </summary>
+    [Fact]
+    public async Task A_failure_counted_under_a_job_id_another_inbox_transaction_holds_uncommitted_is_recorded_under_a_fresh_id()
+    {
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var (claimed, keyA, keyB, attempt) = await WhileAnotherHoldsTheClaimAsync(tracker, job => tracker.RecordAttemptFailureAsync(
+            job, new InvalidOperationException("gateway down"), countAttempt: true, CancellationToken.None));
+
+        Assert.Equal(1, attempt);
+        await using var db = fixture.CreateDbContext();
+        var failed = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == keyB);
+        Assert.Contains("gateway down", failed.LastError);
+        await AssertBothRunningAsync(claimed, keyA, keyB, failed.Id);
+    }
+
+    /// <summary>
+    /// A claims an unused id in an inbox transaction and holds it uncommitted (its consumer running) while
+    /// <paramref name="write"/> counts an attempt of B, under another key, claiming the same id; then A commits.
+    /// </summary>
+    private async Task<(Guid Claimed, string KeyA, string KeyB, TResult Result)> WhileAnotherHoldsTheClaimAsync<TResult>(
+        JobTracker tracker, Func<JobRef, Task<TResult>> write)
+    {
+        var claimed = Guid.NewGuid();
+        var (keyA, keyB) = (Guid.NewGuid().ToString(), Guid.NewGuid().ToString());
+
+        await using var dbA = fixture.CreateDbContext();
+        await using var transactionA = await dbA.Database.BeginTransactionAsync();
+        var a = await tracker.ClaimInTransactionAsync(dbA, ConsumerId, keyA, Guid.NewGuid(), null, new JobRef(Kind, keyA, claimed), CancellationToken.None);
+        Assert.Equal((InboxClaim.Run, claimed), (a.Claim, a.JobId));
+
+        var b = Task.Run(() => write(new JobRef(Kind, keyB, claimed)));
+        await fixture.WaitForLockWaitersAsync(1);
+        await transactionA.CommitAsync();
+
+        return (claimed, keyA, keyB, await b.WaitAsync(Patience));
+    }
+
+    private async Task AssertBothRunningAsync(Guid claimed, string keyA, string keyB, Guid idB)
+    {
+        Assert.NotEqual(claimed, idB);
+        await using var db = fixture.CreateDbContext();
+        var jobs = await db.Jobs.AsNoTracking().Where(j => j.BusinessKey == keyA || j.BusinessKey == keyB).ToDictionaryAsync(j => j.BusinessKey);
+        Assert.Equal(2, jobs.Count);
+        Assert.Equal(claimed, jobs[keyA].Id);
+        Assert.Equal(idB, jobs[keyB].Id);
         Assert.All(jobs.Values, j => Assert.Equal((JobStatus.Running, 1), (j.Status, j.Attempts)));
     }
 }
