@@ -26,12 +26,6 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private const string ApplySavepoint = "batch_apply";
     private const string MemberSavepoint = "batch_member";
 
-    /// <summary>Takes, in one order, the lock of each claimed job id in the uuid array <c>$1</c>; two ids with the same hash only wait for each other.</summary>
-    private static readonly string LockClaimedIdsSql = $"""
-        SELECT pg_advisory_xact_lock({ClaimedJobIdLocks.LockClass}, k.h)
-          FROM (SELECT DISTINCT hashtext(i.id::text) AS h FROM unnest($1::uuid[]) AS i(id) ORDER BY 1) k
-        """;
-
     private static readonly ActivitySource Spans = new(TelemetryExtensions.ActivitySourceName);
 
     /// <summary>
@@ -689,7 +683,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             batch.BatchCommands.Add(new NpgsqlBatchCommand($"SAVEPOINT {savepoint}"));
         }
 
-        batch.BatchCommands.Add(new NpgsqlBatchCommand(LockClaimedIdsSql) { Parameters = { new NpgsqlParameter<Guid[]> { TypedValue = ids } } });
+        batch.BatchCommands.Add(new NpgsqlBatchCommand(ClaimedJobIdLocks.EachSql) { Parameters = { new NpgsqlParameter<Guid[]> { TypedValue = ids } } });
         // A scalar subquery, one primary-key probe per id: "id = ANY(…)" or an EXISTS may be planned as a
         // scan or a hash of every job when the statistics lag behind the table (InboxClaimPlanTests).
         batch.BatchCommands.Add(new NpgsqlBatchCommand("""

@@ -12,5 +12,17 @@ namespace Conveyor.Worker.Jobs;
 public static class ClaimedJobIdLocks
 {
     /// <summary>First half of each lock's key ("CJID"), so they cannot collide with other advisory locks; the second is <c>hashtext(id::text)</c>.</summary>
-    public const int LockClass = 0x43_4A_49_44;
+    private const int LockClass = 0x43_4A_49_44;
+
+    /// <summary>Takes the lock of <paramref name="id"/>.</summary>
+    public static FormattableString One(Guid id) => $"SELECT pg_advisory_xact_lock({LockClass}, hashtext(CAST({id} AS uuid)::text))";
+
+    /// <summary>
+    /// Takes, in one order, the lock of each claimed job id in the uuid array <c>$1</c>, as <see cref="One"/> takes
+    /// one; two ids with the same hash only wait for each other.
+    /// </summary>
+    public static readonly string EachSql = $"""
+        SELECT pg_advisory_xact_lock({LockClass}, k.h)
+          FROM (SELECT DISTINCT hashtext(i.id::text) AS h FROM unnest($1::uuid[]) AS i(id) ORDER BY 1) k
+        """;
 }

@@ -79,8 +79,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             // to _error unrun. Under the id's lock, taken first, the claim statement sees what the lock's
             // previous holder committed and takes a fresh id instead. One more round trip, only for a
             // message that claims an id (InboxClaimedJobIdRaceTests).
-            await db.Database.ExecuteSqlInterpolatedAsync(
-                $"SELECT pg_advisory_xact_lock({ClaimedJobIdLocks.LockClass}, hashtext(CAST({claimed} AS uuid)::text))", cancellationToken);
+            await db.Database.ExecuteSqlInterpolatedAsync(ClaimedJobIdLocks.One(claimed), cancellationToken);
         }
 
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
@@ -191,8 +190,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             // holder committed and takes a fresh id. A message without a claimed id, or whose id already has
             // a row (the Api's jobs), is counted in one round trip as before (InboxClaimedJobIdRaceTests).
             await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
-            await db.Database.ExecuteSqlInterpolatedAsync(
-                $"SELECT pg_advisory_xact_lock({ClaimedJobIdLocks.LockClass}, hashtext(CAST({job.JobId} AS uuid)::text))", cancellationToken);
+            await db.Database.ExecuteSqlInterpolatedAsync(ClaimedJobIdLocks.One(job.JobId!.Value), cancellationToken);
             counted = await RunCountStatementAsync(db, job, error, fingerprint, onlyIfClaimedIdTaken: false, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
         }
