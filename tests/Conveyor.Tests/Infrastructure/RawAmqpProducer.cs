@@ -63,6 +63,22 @@ public sealed class RawAmqpProducer : IAsyncDisposable
 
     public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
 
+    /// <summary>
+    /// Takes what lands in <paramref name="queue"/> until it has been exactly one message, within
+    /// <paramref name="timeout"/> (30 s by default), and returns it; <paramref name="describe"/> says where
+    /// the pipeline stands when it does not.
+    /// </summary>
+    public async Task<TakenMessage> TakeOnlyAsync(string queue, Func<Task<string>> describe, TimeSpan? timeout = null)
+    {
+        var taken = new List<TakenMessage>();
+        await Eventually.AssertAsync(async () =>
+        {
+            taken.AddRange(await TakeAllAsync(queue));
+            Assert.Single(taken);
+        }, describe, timeout ?? TimeSpan.FromSeconds(30));
+        return taken[0];
+    }
+
     /// <summary>Takes every message now in <paramref name="queue"/> (destructively): for asserting on what landed there.</summary>
     /// <remarks>A queue that does not exist yet (MassTransit declares <c>_error</c> at its first message) holds
     /// none: asked on a channel of its own, whose closing by the broker's 404 cannot take this one along.</remarks>
