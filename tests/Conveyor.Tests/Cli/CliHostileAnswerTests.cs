@@ -202,9 +202,7 @@ public sealed class CliHostileAnswerTests
                     throw new HttpRequestException("Connection reset by peer");
                 }
 
-                var answer = Respond((HttpStatusCode)failure, """{"title":"Try later"}""");
-                answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
-                return answer;
+                return RespondAfter(TimeSpan.FromSeconds(1), (HttpStatusCode)failure, """{"title":"Try later"}""");
             }
 
             return Respond(HttpStatusCode.OK, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}""");
@@ -276,9 +274,7 @@ public sealed class CliHostileAnswerTests
         {
             if (Interlocked.Increment(ref reads) == 1)
             {
-                var refused = Respond(HttpStatusCode.TooManyRequests, """{"title":"Too many requests","detail":"Try again in 1 s."}""");
-                refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
-                return refused;
+                return RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.TooManyRequests, """{"title":"Too many requests","detail":"Try again in 1 s."}""");
             }
 
             return Respond(HttpStatusCode.OK, body);
@@ -339,9 +335,7 @@ public sealed class CliHostileAnswerTests
         using var api = new Canned(_ =>
         {
             Interlocked.Increment(ref requests);
-            var refused = Respond(HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}""");
-            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
-            return refused;
+            return RespondAfter(TimeSpan.FromHours(1), HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}""");
         });
 
         var run = await RunAsync(command.Replace("{file}", file.Path, StringComparison.Ordinal), api);
@@ -380,9 +374,7 @@ public sealed class CliHostileAnswerTests
             // The Api's own 503 (broker or database down) with its Retry-After; a gateway's page without one.
             if (status == 503)
             {
-                var unavailable = Respond(HttpStatusCode.ServiceUnavailable, """{"title":"The database cannot be reached right now"}""");
-                unavailable.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
-                return unavailable;
+                return RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.ServiceUnavailable, """{"title":"The database cannot be reached right now"}""");
             }
 
             return Respond((HttpStatusCode)status, $"<html><body>{status} from the gateway</body></html>");
@@ -438,9 +430,7 @@ public sealed class CliHostileAnswerTests
         using var api = new Canned(_ =>
         {
             Interlocked.Increment(ref reads);
-            var unavailable = Respond(HttpStatusCode.ServiceUnavailable, """{"title":"Service Unavailable"}""");
-            unavailable.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
-            return unavailable;
+            return RespondAfter(TimeSpan.FromHours(1), HttpStatusCode.ServiceUnavailable, """{"title":"Service Unavailable"}""");
         });
 
         var run = await RunAsync("queues", api);
@@ -464,9 +454,7 @@ public sealed class CliHostileAnswerTests
         using var api = new Canned(_ =>
         {
             Interlocked.Increment(ref requests);
-            var refused = Respond(HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}""");
-            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(90));
-            return refused;
+            return RespondAfter(TimeSpan.FromSeconds(90), HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}""");
         });
         using var interrupt = new CancellationTokenSource();
         var stderr = new SharedText();
@@ -502,9 +490,7 @@ public sealed class CliHostileAnswerTests
         using var api = new Canned(_ =>
         {
             Interlocked.Increment(ref requests);
-            var refused = Respond(HttpStatusCode.ServiceUnavailable, """{"title":"The job could not be queued"}""");
-            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromHours(1));
-            return refused;
+            return RespondAfter(TimeSpan.FromHours(1), HttpStatusCode.ServiceUnavailable, """{"title":"The job could not be queued"}""");
         });
         using var stop = new CancellationTokenSource();
 
@@ -635,9 +621,7 @@ public sealed class CliHostileAnswerTests
         using var api = new Canned(_ =>
         {
             Interlocked.Increment(ref posts);
-            var conflict = Respond(HttpStatusCode.Conflict, problem);
-            conflict.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
-            return conflict;
+            return RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.Conflict, problem);
         });
 
         var run = await RunAsync($"submit charge-payment {file} --retries 1", api);
@@ -674,9 +658,7 @@ public sealed class CliHostileAnswerTests
         using var api = new Canned(_ =>
         {
             Interlocked.Increment(ref requests);
-            var refused = Respond(HttpStatusCode.TooManyRequests, $$"""{"type":"{{ConveyorClient.KeyLockoutProblemType}}","title":"Too many unknown API keys"}""");
-            refused.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
-            return refused;
+            return RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.TooManyRequests, $$"""{"type":"{{ConveyorClient.KeyLockoutProblemType}}","title":"Too many unknown API keys"}""");
         });
 
         var run = await RunAsync("queues", api);
@@ -962,10 +944,8 @@ public sealed class CliHostileAnswerTests
         const string error = """{"status":409,"title":"Submission in progress","detail":"Another request for the same job is being processed. Retry shortly."}""";
         var jobs = Enumerable.Range(0, 2).Select(index => index < 2 - refused ? AcceptedJob(index) : $$"""{"index":{{index}},"error":{{error}}}""");
         var title = refused == 1 ? "Submission in progress" : "Some jobs of the batch were not accepted";
-        var answer = Respond(HttpStatusCode.Conflict,
+        return RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.Conflict,
             $$"""{"type":"https://tools.ietf.org/html/rfc9110#section-15.5.10","title":"{{title}}","status":409,"detail":"{{2 - refused}} of 2 jobs were accepted; the answer of each is in 'jobs'.","jobs":[{{string.Join(',', jobs)}}]}""");
-        answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(1));
-        return answer;
     }
 
     private static string AcceptedJob(int index) =>
@@ -973,6 +953,14 @@ public sealed class CliHostileAnswerTests
 
     private static HttpResponseMessage Respond(HttpStatusCode status, string body) =>
         Respond(status, body, body.StartsWith('<') ? "text/html" : (int)status >= 400 ? "application/problem+json" : "application/json");
+
+    /// <summary>As <see cref="Respond(HttpStatusCode, string)"/>, asking to come back after <paramref name="retryAfter"/>.</summary>
+    private static HttpResponseMessage RespondAfter(TimeSpan retryAfter, HttpStatusCode status, string body)
+    {
+        var answer = Respond(status, body);
+        answer.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(retryAfter);
+        return answer;
+    }
 
     private static HttpResponseMessage Respond(HttpStatusCode status, string body, string mediaType) =>
         new(status) { Content = new StringContent(body, Encoding.UTF8, mediaType) };
