@@ -41,10 +41,15 @@ public sealed class ConsumerEndpointOptions
     [Range(1.0, 100.0)]
     public double RedeliveryFactor { get; set; } = 4.5;
 
+    /// <summary>No redelivery waits longer than this, jitter included (only a remote Retry-After may ask for longer).</summary>
     [Range(1, 86_400_000)]
     public int RedeliveryMaxDelayMilliseconds { get; set; } = 3_600_000;
 
-    /// <summary>Each delay is spread by up to ± this fraction, so failed messages do not return in lockstep.</summary>
+    /// <summary>
+    /// Each delay is spread by up to ± this fraction, so failed messages do not return in lockstep; the
+    /// spread stops at <see cref="RedeliveryMaxDelayMilliseconds"/>, and a delay at that cap is spread
+    /// only below it.
+    /// </summary>
     [Range(0.0, 1.0)]
     public double RedeliveryJitter { get; set; } = 0.2;
 

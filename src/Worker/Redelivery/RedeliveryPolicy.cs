@@ -3,7 +3,7 @@ using Conveyor.Worker.Messaging;
 namespace Conveyor.Worker.Redelivery;
 
 /// <summary>
-/// Exponential backoff with jitter for delayed redeliveries; a remote Retry-After lengthens it. With the
+/// Exponential backoff with jitter, capped at a maximum, for delayed redeliveries; a remote Retry-After lengthens it. With the
 /// endpoint's header limit, which a stored copy must still meet when it comes back.
 /// </summary>
 public sealed class RedeliveryPolicy(
@@ -32,15 +32,22 @@ public sealed class RedeliveryPolicy(
     /// <summary>True when redelivery number <paramref name="attempt"/> (1-based) is still allowed.</summary>
     public bool Allows(int attempt) => attempt >= 1 && attempt <= Limit;
 
-    /// <summary>The delay before redelivery number <paramref name="attempt"/> (1-based).</summary>
+    /// <summary>
+    /// The delay before redelivery number <paramref name="attempt"/> (1-based): the exponential delay
+    /// spread by ± the jitter fraction, but never beyond the maximum delay. The jitter band is cut at the
+    /// maximum, and at the cap it lies wholly below it ([max × (1 − jitter), max]), so messages that have
+    /// reached the cap still come back spread out. Only a remote Retry-After may make it longer.
+    /// </summary>
     /// <param name="random">A value in [0, 1) that picks the jitter.</param>
     public TimeSpan DelayFor(int attempt, TimeSpan? retryAfter, double random)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(attempt, 1);
+        var max = maxDelay.TotalMilliseconds;
         var exponential = baseDelay.TotalMilliseconds * Math.Pow(factor, attempt - 1);
-        var capped = Math.Min(exponential, maxDelay.TotalMilliseconds);
-        var spread = capped * (1 + jitter * (2 * random - 1));
-        var delay = TimeSpan.FromMilliseconds(Math.Max(0, spread));
+        var lowest = Math.Min(exponential, max) * (1 - jitter);
+        var highest = Math.Min(exponential * (1 + jitter), max);
+        var spread = lowest + (highest - lowest) * random;
+        var delay = TimeSpan.FromMilliseconds(Math.Clamp(spread, 0, max));
         if (retryAfter is { } asked && asked > delay)
         {
             delay = asked < MaxRetryAfter ? asked : MaxRetryAfter;

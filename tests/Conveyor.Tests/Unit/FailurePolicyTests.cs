@@ -23,18 +23,56 @@ public sealed class FailurePolicyTests
     [InlineData(2, 135)]
     [InlineData(3, 607.5)]
     [InlineData(4, 2733.75)]
-    [InlineData(9, 3600)]
-    public void Redelivery_delays_grow_exponentially_up_to_the_cap(int attempt, double expectedSeconds)
+    public void Redelivery_delays_grow_exponentially_below_the_cap(int attempt, double expectedSeconds)
     {
         // random = 0.5 is the middle of the jitter band: no jitter.
         Assert.Equal(expectedSeconds, Policy.DelayFor(attempt, null, 0.5).TotalSeconds, 3);
     }
 
-    [Fact]
-    public void Redelivery_jitter_stays_within_its_band()
+    [Theory]
+    [InlineData(1, 24, 36)]
+    [InlineData(4, 2187, 3280.5)]
+    public void Redelivery_jitter_spreads_a_delay_below_the_cap_by_its_fraction_either_way(int attempt, double lowestSeconds, double highestSeconds)
     {
-        Assert.Equal(24, Policy.DelayFor(1, null, 0).TotalSeconds, 3);
-        Assert.Equal(36, Policy.DelayFor(1, null, 0.999999).TotalSeconds, 2);
+        Assert.Equal(lowestSeconds, Policy.DelayFor(attempt, null, 0).TotalSeconds, 3);
+        Assert.Equal(highestSeconds, Policy.DelayFor(attempt, null, 0.999999).TotalSeconds, 2);
+    }
+
+    [Theory]
+    [InlineData(5)]
+    [InlineData(9)]
+    [InlineData(50)]
+    public void A_redelivery_delay_at_the_cap_never_exceeds_the_configured_maximum(int attempt)
+    {
+        Assert.True(Policy.DelayFor(attempt, null, 0.999999) <= TimeSpan.FromHours(1));
+        Assert.Equal(3600, Policy.DelayFor(attempt, null, 0.999999).TotalSeconds, 1);
+    }
+
+    [Fact]
+    public void Redelivery_delays_at_the_cap_still_spread_below_it_so_failed_messages_do_not_return_together()
+    {
+        // The cap is 1 h; the jitter takes up to 20 % off it, never adds any.
+        Assert.Equal(2880, Policy.DelayFor(9, null, 0).TotalSeconds, 3);
+        Assert.Equal(3240, Policy.DelayFor(9, null, 0.5).TotalSeconds, 3);
+        // Attempt 5 (1 h 42 min uncapped) and attempt 9 share the capped band.
+        Assert.Equal(Policy.DelayFor(9, null, 0.25), Policy.DelayFor(5, null, 0.25));
+    }
+
+    [Fact]
+    public void A_delay_whose_jitter_band_crosses_the_cap_keeps_its_lower_half_and_stops_at_the_cap()
+    {
+        // 3000 s uncapped: ±20 % would be 2400 s to 3600 s; the cap (3200 s) cuts only the top.
+        var policy = new RedeliveryPolicy(4, TimeSpan.FromSeconds(3000), 2, TimeSpan.FromSeconds(3200), 0.2);
+        Assert.Equal(2400, policy.DelayFor(1, null, 0).TotalSeconds, 3);
+        Assert.Equal(3200, policy.DelayFor(1, null, 0.999999).TotalSeconds, 1);
+        Assert.True(policy.DelayFor(1, null, 0.999999) <= TimeSpan.FromSeconds(3200));
+    }
+
+    [Fact]
+    public void A_remote_retry_after_may_still_lengthen_a_delay_at_the_cap_beyond_the_maximum()
+    {
+        Assert.Equal(TimeSpan.FromHours(2), Policy.DelayFor(9, TimeSpan.FromHours(2), 0.999999));
+        Assert.Equal(RedeliveryPolicy.MaxRetryAfter, Policy.DelayFor(9, TimeSpan.FromDays(30), 0.5));
     }
 
     [Fact]
