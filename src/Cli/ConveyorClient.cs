@@ -50,8 +50,7 @@ public sealed class ConveyorClient : IDisposable
         new ReadRetry
         {
             MayPass = answer => answer is not null,
-            Budget = ReadRetryBudget,
-            ShortestPause = ReadRetryPause,
+            Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
             Retrying = (failure, wait) =>
                 Retrying?.Invoke($"Could not read {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
             GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,

@@ -1,13 +1,13 @@
-using System.Diagnostics;
 using System.Text.Json;
 
 namespace Conveyor.Cli;
 
 /// <summary>
 /// How a read that failed in a way that may pass is tried again: after the answer's Retry-After, or after a pause that
-/// doubles, for a budget counted from its first failure. Only a failure that says "try later" (<see cref="ExitCodes.Unreachable"/>)
-/// is ever tried again, never a key lockout, a 4xx or a 500; <see cref="MayPass"/> narrows that further. One place, so that
-/// the plain reads (<see cref="ConveyorClient.GetAsync"/>) and an operation's progress poll wait alike.
+/// doubles, for a budget counted from its first failure (<see cref="RetryBudget"/>). Only a failure that says "try later"
+/// (<see cref="ExitCodes.Unreachable"/>) is ever tried again, never a key lockout, a 4xx or a 500; <see cref="MayPass"/>
+/// narrows that further. One place, so that the plain reads (<see cref="ConveyorClient.GetAsync"/>) and an operation's
+/// progress poll wait alike.
 /// </summary>
 internal sealed class ReadRetry
 {
@@ -17,23 +17,8 @@ internal sealed class ReadRetry
     /// </summary>
     public required Func<ConveyorClient.Answer?, bool> MayPass { get; init; }
 
-    /// <summary>How long, from the first failure, the read is tried again.</summary>
-    public required TimeSpan Budget { get; init; }
-
-    /// <summary>The first pause when the answer asks for none, and the shortest wait of any.</summary>
-    public required TimeSpan ShortestPause { get; init; }
-
-    /// <summary>The longest pause when the answer asks for none: the doubling stops there.</summary>
-    public TimeSpan LongestPause { get; init; } = TimeSpan.FromSeconds(10);
-
-    /// <summary>
-    /// The longest Retry-After waited as asked; a longer one is cut to it. <see cref="TimeSpan.MaxValue"/>: honoured as
-    /// asked, so that one longer than what is left of the budget ends the read at once.
-    /// </summary>
-    public TimeSpan LongestRetryAfter { get; init; } = TimeSpan.MaxValue;
-
-    /// <summary>What is left of another limit than <see cref="Budget"/> (such as <c>--timeout</c>), asked before each wait; null: none.</summary>
-    public Func<TimeSpan>? OtherLimitLeft { get; init; }
+    /// <summary>The waits between the tries and the budget they end within; a new one for each read.</summary>
+    public required RetryBudget Waits { get; init; }
 
     /// <summary>Told the failure and the wait each time the read is about to be tried again.</summary>
     public required Action<CliFailureException, TimeSpan> Retrying { get; init; }
@@ -47,8 +32,6 @@ internal sealed class ReadRetry
     /// </summary>
     public async Task<JsonElement> ReadAsync(Func<CancellationToken, Task<ConveyorClient.Answer>> read, CancellationToken cancellationToken)
     {
-        long? failingSince = null;
-        var pause = ShortestPause;
         while (true)
         {
             CliFailureException failure;
@@ -74,25 +57,14 @@ internal sealed class ReadRetry
                 throw failure;
             }
 
-            failingSince ??= Stopwatch.GetTimestamp();
-            var wait = answer?.RetryAfter is { } asked
-                ? TimeSpan.FromTicks(Math.Clamp(asked.Ticks, ShortestPause.Ticks, Math.Max(ShortestPause.Ticks, LongestRetryAfter.Ticks)))
-                : pause;
-            var tried = Stopwatch.GetElapsedTime(failingSince.Value);
-            var left = Budget - tried;
-            if (OtherLimitLeft?.Invoke() is { } other && other < left)
-            {
-                left = other;
-            }
-
-            if (wait > left)
+            var (wait, tried, fits) = Waits.Next(answer?.RetryAfter);
+            if (!fits)
             {
                 throw GiveUp(failure, wait, tried);
             }
 
             Retrying(failure, wait);
             await Task.Delay(wait, cancellationToken);
-            pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, LongestPause.Ticks));
         }
     }
 }

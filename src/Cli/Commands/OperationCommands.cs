@@ -247,11 +247,14 @@ internal static class Operations
             // A gateway that cannot reach the Api, a 429 that asks to come back (what exit code 5 means; not a key lockout),
             // or no answer at all.
             MayPass = _ => true,
-            Budget = cli.PollFailureBudget,
-            ShortestPause = cli.PollInterval,
-            LongestPause = MaxPollPause,
-            LongestRetryAfter = MaxPollPause,
-            OtherLimitLeft = timeout is { } limit ? () => limit - Stopwatch.GetElapsedTime(started) : null,
+            Waits = new RetryBudget
+            {
+                Budget = cli.PollFailureBudget,
+                ShortestPause = cli.PollInterval,
+                LongestPause = MaxPollPause,
+                LongestRetryAfter = MaxPollPause,
+                OtherLimitLeft = timeout is { } limit ? () => limit - Stopwatch.GetElapsedTime(started) : null,
+            },
             Retrying = (failure, wait) => cli.Err.WriteLine(
                 Printable.Text($"Could not read operation {id} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s.")),
             GiveUp = (failure, _, _) => new CliFailureException(ExitCodes.ProgressUnknown,

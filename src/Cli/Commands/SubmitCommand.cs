@@ -1,5 +1,4 @@
 using System.ComponentModel;
-using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Text;
@@ -45,6 +44,9 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
 {
     /// <summary>Jobs listed in a table; <c>--json</c> lists every one.</summary>
     private const int MaxRows = 50;
+
+    /// <summary>The wait before a batch is sent again when the answer asks for none, and the shortest of any.</summary>
+    private static readonly TimeSpan ShortestWait = TimeSpan.FromSeconds(1);
 
     /// <summary>The title of the Api's refusal of a job whose earlier submission is still in progress (<c>JobsApi.RefusalOf</c>).</summary>
     private const string SubmissionInProgressTitle = "Submission in progress";
@@ -200,7 +202,7 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
     {
         var body = new StringBuilder("{\"jobs\":[").AppendJoin(',', batch.Select(j => j.Json)).Append("]}").ToString();
         var path = $"api/jobs/{Escape(settings.Kind)}/batch";
-        long? refusedSince = null;
+        var waits = new RetryBudget { Budget = cli.PollFailureBudget, ShortestPause = ShortestWait, LongestPause = ShortestWait };
         for (var attempt = 1; ; attempt++)
         {
             var answer = await client.PostRawAsync(path, body, cancellationToken);
@@ -217,9 +219,8 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
             TimeSpan? tooLong = null;
             if (mayPass && attempt <= settings.Retries)
             {
-                refusedSince ??= Stopwatch.GetTimestamp();
-                var wait = answer.RetryAfter is { } asked ? TimeSpan.FromTicks(Math.Max(asked.Ticks, TimeSpan.TicksPerSecond)) : TimeSpan.FromSeconds(1);
-                if (wait <= cli.PollFailureBudget - Stopwatch.GetElapsedTime(refusedSince.Value))
+                var (wait, _, fits) = waits.Next(answer.RetryAfter);
+                if (fits)
                 {
                     cli.Err.MarkupLine(Markup.Escape(
                         $"The Api answered {(int)answer.Status} for {batch[0].Source} to {batch[^1].Source}; sending them again in {wait.TotalSeconds:0} s ({attempt} of {settings.Retries})."));
