@@ -8,12 +8,13 @@ internal static class CallerProblems
     /// 401 (no key, an unknown one, or no live session), 403 (a key without the endpoint's scope), 429 (an
     /// unknown key from an address locked out for too many of them, <see cref="Security.AuthThrottle"/>), and 503
     /// with Retry-After (the database unavailable, answered by <see cref="ErrorHandling"/>: the handlers read it,
-    /// and a dashboard session is checked against it). Declared once here, so that no endpoint leaves one out.
+    /// and a dashboard session is checked against it). Declared once here, so that no endpoint leaves one out; the
+    /// 429 and the 503 with their Retry-After (<see cref="RetryAfterResponses"/>).
     /// </summary>
     public static TBuilder ProducesCallerProblems<TBuilder>(this TBuilder builder)
         where TBuilder : IEndpointConventionBuilder => builder
         .ProducesProblem(StatusCodes.Status401Unauthorized)
         .ProducesProblem(StatusCodes.Status403Forbidden)
-        .ProducesProblem(StatusCodes.Status429TooManyRequests)
-        .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+        .ProducesProblemWithRetryAfter(StatusCodes.Status429TooManyRequests)
+        .ProducesProblemWithRetryAfter(StatusCodes.Status503ServiceUnavailable);
 }

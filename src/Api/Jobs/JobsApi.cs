@@ -53,12 +53,13 @@ internal static partial class JobsApi
 
     /// <summary>
     /// A JSON body, and the problems a submission may answer besides 400 and those of any call (whose 429 and 503
-    /// a submission also answers for the client's rate limit, a full queue, and the broker).
+    /// a submission also answers for the client's rate limit, a full queue, and the broker); its 409, a submission
+    /// of the same job in progress, with Retry-After.
     /// </summary>
     private static RouteHandlerBuilder AcceptsSubmission(this RouteHandlerBuilder endpoint) => endpoint
         .Accepts<JsonElement>("application/json")
         .ProducesProblem(StatusCodes.Status404NotFound)
-        .ProducesProblem(StatusCodes.Status409Conflict)
+        .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict)
         .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
         .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
         .ProducesProblem(StatusCodes.Status422UnprocessableEntity);
@@ -97,7 +98,7 @@ internal static partial class JobsApi
             .RequireAuthorization(ApiPolicies.JobsPublish)
             .WithSummary("Cancel a queued or scheduled job; 409 when it has started, or, with Retry-After, while a worker or the scheduler holds it.")
             .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict);
+            .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict);
 
         return endpoints;
     }

@@ -1,4 +1,7 @@
 using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Http;
+using System.Globalization;
+using System.Net;
 using System.Text.Json;
 
 namespace Conveyor.Tests.Api;
@@ -6,7 +9,8 @@ namespace Conveyor.Tests.Api;
 /// <summary>
 /// The served OpenAPI document declares, for each operation, every error status its handler (or the access
 /// control and error handling in front of it) can answer, each as a problem document: a client generated
-/// from the document otherwise has no type for the answer it gets.
+/// from the document otherwise has no type for the answer it gets. Each response that can come with a
+/// <c>Retry-After</c> declares that header, and no other does: a generated client otherwise cannot read it.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -50,6 +54,26 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         ["GET /api/audit"] = [400],
     };
 
+    /// <summary>
+    /// Of <see cref="AnyCall"/>, those that can come with Retry-After on every operation: the lockout's 429
+    /// (<c>ApiKeyAuthenticationHandler</c>) and the unavailable database's 503 (<c>ErrorHandling</c>).
+    /// </summary>
+    private static readonly int[] AnyCallWithRetryAfter = [429, 503];
+
+    /// <summary>
+    /// Each operation's statuses besides <see cref="AnyCallWithRetryAfter"/> that can come with Retry-After. An
+    /// operation not named here answers none. Its 429 and 503 may carry it for reasons of its own too (a
+    /// submission's rate limit, full queue or unconfirmed publish), which changes nothing here.
+    /// </summary>
+    private static readonly Dictionary<string, int[]> RetryAfterBesidesAnyCall = new(StringComparer.Ordinal)
+    {
+        // 409 "Submission in progress" (a batch's answer when that is its worst job's).
+        ["POST /api/jobs/{kind}"] = [409],
+        ["POST /api/jobs/{kind}/batch"] = [409],
+        // 409 "Job busy" (not "Job cannot be cancelled").
+        ["DELETE /api/jobs/{jobId}"] = [409],
+    };
+
     private RunningApp _api = null!;
 
     public async Task InitializeAsync() => _api = await fixture.StartApiAsync();
@@ -59,16 +83,7 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
     [Fact]
     public async Task Every_operation_declares_each_problem_it_can_answer()
     {
-        using var document = JsonDocument.Parse(await _api.Client.GetStringAsync(new Uri("/openapi/v1.json", UriKind.Relative)));
-        var operations = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
-        foreach (var path in document.RootElement.GetProperty("paths").EnumerateObject())
-        {
-            foreach (var operation in path.Value.EnumerateObject().Where(o => o.Name != "parameters"))
-            {
-                operations[$"{operation.Name.ToUpperInvariant()} {path.Name}"] = operation.Value;
-            }
-        }
-
+        var operations = await OperationsAsync(_api);
         Assert.True(operations.Keys.Order(StringComparer.Ordinal).SequenceEqual(Expected.Keys.Order(StringComparer.Ordinal)),
             $"Described: {string.Join(", ", operations.Keys.Order(StringComparer.Ordinal))}; expected: {string.Join(", ", Expected.Keys.Order(StringComparer.Ordinal))}");
 
@@ -78,7 +93,7 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
             var responses = operations[name].GetProperty("responses");
             foreach (var status in AnyCall.Concat(statuses).Distinct().Order())
             {
-                if (!responses.TryGetProperty(status.ToString(System.Globalization.CultureInfo.InvariantCulture), out var response))
+                if (!responses.TryGetProperty(status.ToString(CultureInfo.InvariantCulture), out var response))
                 {
                     missing.Add($"{name}: {status} not declared");
                 }
@@ -90,5 +105,132 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         }
 
         Assert.True(missing.Count == 0, string.Join(Environment.NewLine, missing));
+    }
+
+    [Fact]
+    public async Task Every_response_that_can_carry_Retry_After_declares_it_and_no_other_does()
+    {
+        Assert.Empty(RetryAfterBesidesAnyCall.Keys.Except(Expected.Keys));
+        var operations = await OperationsAsync(_api);
+
+        var wrong = new List<string>();
+        foreach (var (name, operation) in operations)
+        {
+            var carrying = AnyCallWithRetryAfter.Concat(RetryAfterBesidesAnyCall.GetValueOrDefault(name, [])).ToHashSet();
+            var responses = operation.GetProperty("responses");
+            foreach (var status in carrying.Where(s => !responses.TryGetProperty(s.ToString(CultureInfo.InvariantCulture), out _)))
+            {
+                wrong.Add($"{name}: {status} not declared at all");
+            }
+
+            foreach (var response in responses.EnumerateObject())
+            {
+                var header = RetryAfterHeaderOf(response.Value);
+                var expected = int.TryParse(response.Name, NumberStyles.None, CultureInfo.InvariantCulture, out var status) && carrying.Contains(status);
+                if (expected && header is null)
+                {
+                    wrong.Add($"{name}: {response.Name} does not declare Retry-After");
+                }
+                else if (!expected && header is not null)
+                {
+                    wrong.Add($"{name}: {response.Name} declares Retry-After, which it is never answered with");
+                }
+                else if (header is { } declared && HeaderProblem(declared) is { } problem)
+                {
+                    wrong.Add($"{name}: {response.Name}'s Retry-After {problem}");
+                }
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join(Environment.NewLine, wrong));
+    }
+
+    [Fact]
+    public async Task A_rate_limited_submission_carries_the_Retry_After_its_declared_429_describes()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "1",
+        });
+        var operations = await OperationsAsync(api);
+        var declared = RetryAfterHeaderOf(operations["POST /api/jobs/{kind}"].GetProperty("responses").GetProperty("429"));
+        Assert.True(declared is not null, "POST /api/jobs/{kind}: 429 declares no Retry-After");
+        Assert.Null(HeaderProblem(declared.Value));
+        var minimum = declared.Value.GetProperty("schema").GetProperty("minimum").GetInt32();
+
+        // A submission of an unknown kind takes its permit (and writes nothing): sent again until one finds
+        // the bucket empty, which the second does unless the bucket refilled (once a second) in between.
+        HttpResponseMessage? limited = null;
+        for (var sent = 0; sent < 20 && limited is null; sent++)
+        {
+            var response = await api.Client.PostJobAsync("no-such-kind", "{}");
+            if (response.StatusCode == HttpStatusCode.TooManyRequests)
+            {
+                limited = response;
+                continue;
+            }
+
+            using (response)
+            {
+                await response.AssertProblemAsync(StatusCodes.Status404NotFound);
+            }
+        }
+
+        Assert.True(limited is not null, "20 submissions in a row, with a burst of 1 and 1 a second, were never refused with 429");
+        using (limited)
+        {
+            await limited.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            var value = Assert.Single(limited.Headers.GetValues("Retry-After"));
+            // As declared: whole seconds, never an HTTP date, at least the declared minimum.
+            Assert.True(int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds >= minimum,
+                $"Retry-After: {value}; declared as an integer of at least {minimum}");
+        }
+    }
+
+    /// <summary>Each operation of the served document, by method and path.</summary>
+    private static async Task<Dictionary<string, JsonElement>> OperationsAsync(RunningApp api)
+    {
+        using var document = JsonDocument.Parse(await api.Client.GetStringAsync(new Uri("/openapi/v1.json", UriKind.Relative)));
+        var operations = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+        foreach (var path in document.RootElement.GetProperty("paths").EnumerateObject())
+        {
+            foreach (var operation in path.Value.EnumerateObject().Where(o => o.Name != "parameters"))
+            {
+                operations[$"{operation.Name.ToUpperInvariant()} {path.Name}"] = operation.Value.Clone();
+            }
+        }
+
+        return operations;
+    }
+
+    /// <summary>The response's Retry-After header (header names are case-insensitive); null when it declares none.</summary>
+    private static JsonElement? RetryAfterHeaderOf(JsonElement response) =>
+        response.TryGetProperty("headers", out var headers)
+            ? headers.EnumerateObject().Where(h => h.Name.Equals("Retry-After", StringComparison.OrdinalIgnoreCase))
+                .Select(h => (JsonElement?)h.Value).FirstOrDefault()
+            : null;
+
+    /// <summary>
+    /// What is wrong with a declared Retry-After, null when nothing: it must be an integer of seconds (at least
+    /// 1, as every answer sends), described, and not required, since not every answer of its status carries it.
+    /// </summary>
+    private static string? HeaderProblem(JsonElement header)
+    {
+        if (!header.TryGetProperty("description", out var description) || string.IsNullOrWhiteSpace(description.GetString()))
+        {
+            return "has no description";
+        }
+
+        if (header.TryGetProperty("required", out var required) && required.ValueKind == JsonValueKind.True)
+        {
+            return "is required, yet not every answer of this status carries it";
+        }
+
+        return header.TryGetProperty("schema", out var schema)
+            && schema.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "integer"
+            && schema.TryGetProperty("minimum", out var minimum) && minimum.TryGetInt32(out var least) && least == 1
+                ? null
+                : $"is not declared as an integer of at least 1: {header.GetRawText()}";
     }
 }

@@ -1,0 +1,54 @@
+using System.Globalization;
+using Microsoft.AspNetCore.OpenApi;
+using Microsoft.Net.Http.Headers;
+using Microsoft.OpenApi;
+
+namespace Conveyor.Api.Hosting;
+
+/// <summary>
+/// Problems that may come with a <c>Retry-After</c> header, and that header in the OpenAPI document. An endpoint
+/// declares such a problem with <see cref="ProducesProblemWithRetryAfter"/>; the document's operation transformer
+/// (<see cref="DeclareRetryAfterHeaders"/>) then declares the header on that response of that operation, and on
+/// no other, so a client generated from the document can read it where the Api sends it.
+/// </summary>
+internal static class RetryAfterResponses
+{
+    /// <summary>
+    /// Declares a problem of <paramref name="statusCode"/> whose answer may carry <c>Retry-After</c>: not
+    /// necessarily every answer of that status does (an error queue's broker outage does not, say).
+    /// </summary>
+    public static TBuilder ProducesProblemWithRetryAfter<TBuilder>(this TBuilder builder, int statusCode)
+        where TBuilder : IEndpointConventionBuilder => builder
+        .ProducesProblem(statusCode)
+        .WithMetadata(new RetryAfterMetadata(statusCode));
+
+    /// <summary>Adds the header to each response an endpoint declared with <see cref="ProducesProblemWithRetryAfter"/>.</summary>
+    public static OpenApiOptions DeclareRetryAfterHeaders(this OpenApiOptions options) =>
+        options.AddOperationTransformer((operation, context, _) =>
+        {
+            var statuses = context.Description.ActionDescriptor.EndpointMetadata
+                .OfType<RetryAfterMetadata>()
+                .Select(metadata => metadata.StatusCode.ToString(CultureInfo.InvariantCulture));
+            foreach (var status in statuses)
+            {
+                if (operation.Responses?.GetValueOrDefault(status) is OpenApiResponse response)
+                {
+                    response.Headers ??= new Dictionary<string, IOpenApiHeader>(StringComparer.OrdinalIgnoreCase);
+                    response.Headers[HeaderNames.RetryAfter] = Header();
+                }
+            }
+
+            return Task.CompletedTask;
+        });
+
+    // Every Retry-After the Api sends is a whole number of seconds, at least 1; never an HTTP date.
+    private static OpenApiHeader Header() => new()
+    {
+        Description = "Seconds to wait before sending the request again: a whole number, at least 1, never an HTTP date. "
+            + "Not every answer of this status carries it; one that does asks the client to wait that long and retry.",
+        Schema = new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
+    };
+
+    /// <summary>Endpoint metadata: a problem of this status may carry <c>Retry-After</c>.</summary>
+    private sealed record RetryAfterMetadata(int StatusCode);
+}
