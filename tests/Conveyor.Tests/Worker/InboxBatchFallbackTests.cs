@@ -112,13 +112,15 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     {
         // The message ran in the batch; before it is settled again alone, another pod commits its key
         // from a command with other content (ADR 0011). Its effects must not apply, nor may it be acked
-        // as handled: it is the conflict. A queued job ahead of it in the list, whose row the test locks
-        // as the batch lets go, holds the fallback back until the other command's row has committed.
-        var (culprit, ahead, reused) = (Key(), Key(), Key());
-        await InsertJobAsync(ahead, JobStatus.Queued);
+        // as handled: it is the conflict. The other pod's insert waits for the batch's inbox row, and a
+        // lock on the inbox table asked for behind it holds the fallback back (each message settled
+        // alone claims its inbox row again) until the other command's row has committed. Not a row lock
+        // waiting for the batch: when the batch rolls back, a waiter for a row or key has no place in
+        // line, and the fallback's claim may take it first; table locks are granted in the order asked.
+        var (culprit, reused) = (Key(), Key());
         var (ours, theirs) = (Enumerable.Repeat((byte)0x0A, 16).ToArray(), Enumerable.Repeat((byte)0x0B, 16).ToArray());
-        var members = await JoinOneBatchAsync([(culprit, null), (ahead, null), (reused, ours)]);
-        Assert.Equal(InboxClaim.Run, await members[2].Claimed);
+        var members = await JoinOneBatchAsync([(culprit, null), (reused, ours)]);
+        Assert.Equal(InboxClaim.Run, await members[1].Claimed);
 
         await using var other = new NpgsqlConnection(fixture.ConnectionString);
         await other.OpenAsync();
@@ -131,19 +133,19 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         insert.Parameters.AddWithValue("id", Guid.NewGuid());
         insert.Parameters.AddWithValue("hash", theirs);
         var inserted = insert.ExecuteNonQueryAsync();
+        // Waiting for the batch's row of the key, the insert holds its lock on the table: the one asked next waits for both.
+        await fixture.WaitForLockWaitersAsync(1);
         await using var holder = new NpgsqlConnection(fixture.ConnectionString);
         await holder.OpenAsync();
         await using var hold = await holder.BeginTransactionAsync();
-        await using var lockAhead = new NpgsqlCommand("SELECT 1 FROM jobs WHERE business_key = @key FOR UPDATE", holder, hold);
-        lockAhead.Parameters.AddWithValue("key", ahead);
-        var locked = lockAhead.ExecuteScalarAsync();
+        await using var lockInbox = new NpgsqlCommand("LOCK TABLE inbox IN SHARE MODE", holder, hold);
+        var locked = lockInbox.ExecuteNonQueryAsync();
         await fixture.WaitForLockWaitersAsync(2);
 
         var payment = Guid.NewGuid();
         await BreakJobRowAsync(members[0]);
         members[0].RanAndFailed();
-        members[1].RanSuccessfully([]);
-        members[2].RanSuccessfully([Ledger(payment)]);
+        members[1].RanSuccessfully([Ledger(payment)]);
         Assert.Equal(1, await inserted.WaitAsync(Patience));
         await otherPod.CommitAsync();
         await locked.WaitAsync(Patience);
@@ -151,9 +153,8 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
 
         Assert.False(await members[0].Completed.WaitAsync(Patience));
         AssertBatchBrokeAndFellBack(members[0]);
-        Assert.True(await members[1].Completed.WaitAsync(Patience), $"the job ahead failed with the batch: {members[1].BatchFailure}");
-        Assert.False(await members[2].Completed.WaitAsync(Patience), "the message was settled as handled under a key another command took");
-        Assert.Equal(theirs, members[2].ConflictingFingerprint);
+        Assert.False(await members[1].Completed.WaitAsync(Patience), "the message was settled as handled under a key another command took");
+        Assert.Equal(theirs, members[1].ConflictingFingerprint);
         await using var db = fixture.CreateDbContext();
         Assert.False(await db.Ledger.AnyAsync(l => l.PaymentId == payment));
         Assert.Equal(theirs, (await db.Inbox.SingleAsync(i => i.ConsumerId == ConsumerId && i.MessageKey == reused)).PayloadHash);
