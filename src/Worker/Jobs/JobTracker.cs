@@ -1,6 +1,8 @@
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Storage;
+using Npgsql;
 
 namespace Conveyor.Worker.Jobs;
 
@@ -70,47 +72,23 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         // A row an older pod wrote holds the fingerprint from before name order (ADR 0011, amendment):
         // the same command. Null, and so matching nothing, for most commands.
         var legacy = PayloadFingerprint.LegacyOf(fingerprint);
-        if (job.JobId is { } claimed)
-        {
-            // The claim statement may create the job's row under this id if no row holds it, which its
-            // snapshot cannot tell while another inbox transaction holds an uncommitted row under it (a
-            // command under another key claiming the same id, its consumer running): the insert waited
-            // for that one and failed with a unique violation on pk_jobs, permanent, so the message went
-            // to _error unrun. Under the id's lock, taken first, the claim statement sees what the lock's
-            // previous holder committed and takes a fresh id instead. One more round trip, only for a
-            // message that claims an id (InboxClaimedJobIdRaceTests).
-            await db.Database.ExecuteSqlInterpolatedAsync(ClaimedJobIdLocks.One(claimed), cancellationToken);
-        }
-
         // The message's job id is a claim (see JobRef): an id another row holds is not taken.
-        var claim = await db.Database.SqlQuery<ClaimRow>($"""
-            WITH inbox_row AS (
-                INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
-                VALUES ({consumerId}, {messageKey}, {messageId}, {now}, {fingerprint})
-                ON CONFLICT DO NOTHING
-                RETURNING 1),
-            job_row AS (
-                INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, payload_hash)
-                SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
-                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {now}, {now}, {fingerprint}::bytea
-                 WHERE EXISTS (SELECT 1 FROM inbox_row)
-                ON CONFLICT (kind, business_key) DO UPDATE
-                   SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
-                       finished_at = NULL, request_body = NULL,
-                       payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
-                       original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
-                                                         AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
-                                                    ELSE jobs.original_payload_hash END
-                 WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
-                   AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
-                        OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = {legacy}::bytea)
-                RETURNING id, attempts, COALESCE(original_payload_hash, payload_hash) AS first_fingerprint)
-            SELECT EXISTS (SELECT 1 FROM inbox_row) AS "Inserted", (SELECT j.id FROM job_row j) AS job_id,
-                   (SELECT j.attempts FROM job_row j) AS attempt, (SELECT j.first_fingerprint FROM job_row j) AS first_fingerprint,
-                   (SELECT o.payload_hash FROM jobs o
-                     WHERE o.kind = {job.Kind} AND o.business_key = {job.BusinessKey} AND o.status <> {JobStatus.DeadLettered}) AS job_fingerprint
-            """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
-        var row = claim[0];
+        var row = await RunClaimStatementAsync(db, job.JobId, new NpgsqlBatchCommand(ClaimSql)
+        {
+            Parameters =
+            {
+                new NpgsqlParameter<string>("consumer_id", consumerId),
+                new NpgsqlParameter<string>("message_key", messageKey),
+                new NpgsqlParameter<Guid?>("message_id", messageId),
+                new NpgsqlParameter<DateTimeOffset>("now", now),
+                new NpgsqlParameter<byte[]?>("fingerprint", fingerprint),
+                new NpgsqlParameter<byte[]?>("legacy", legacy),
+                new NpgsqlParameter<Guid>("id", id),
+                new NpgsqlParameter<Guid>("fresh", fresh),
+                new NpgsqlParameter<string>("kind", job.Kind),
+                new NpgsqlParameter<string>("business_key", job.BusinessKey),
+            },
+        }, cancellationToken);
         var jobFingerprint = row.JobFingerprint;
         if (row.Inserted && row.JobId is null && jobFingerprint is null && fingerprint is not null)
         {
@@ -125,6 +103,81 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null, row.FirstFingerprint)
             : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint, null)
             : (InboxClaim.NotRunnable, null, null, null, null);
+    }
+
+    /// <summary>
+    /// The claim of <see cref="ClaimInTransactionAsync"/>: the inbox row, and the job's row counted, claimed
+    /// or created, in one statement (not composed: a data-modifying WITH must stay at the top level).
+    /// </summary>
+    private const string ClaimSql = $"""
+        WITH inbox_row AS (
+            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, payload_hash)
+            VALUES (@consumer_id, @message_key, @message_id, @now, @fingerprint)
+            ON CONFLICT DO NOTHING
+            RETURNING 1),
+        job_row AS (
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, payload_hash)
+            SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = @id) THEN @fresh ELSE @id END,
+                   @kind, @business_key, '{JobStatus.Running}', 1, @now, @now, @fingerprint
+             WHERE EXISTS (SELECT 1 FROM inbox_row)
+            ON CONFLICT (kind, business_key) DO UPDATE
+               SET status = '{JobStatus.Running}', attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = @now,
+                   finished_at = NULL, request_body = NULL,
+                   payload_hash = CASE WHEN jobs.status = '{JobStatus.DeadLettered}' THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
+                   original_payload_hash = CASE WHEN jobs.status = '{JobStatus.DeadLettered}' AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
+                                                     AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
+                                                ELSE jobs.original_payload_hash END
+             WHERE jobs.status NOT IN ('{JobStatus.Succeeded}', '{JobStatus.Cancelled}')
+               AND (jobs.status = '{JobStatus.DeadLettered}' OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
+                    OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = @legacy)
+            RETURNING id, attempts, COALESCE(original_payload_hash, payload_hash) AS first_fingerprint)
+        SELECT EXISTS (SELECT 1 FROM inbox_row) AS inserted, (SELECT j.id FROM job_row j) AS job_id,
+               (SELECT j.attempts FROM job_row j) AS attempt, (SELECT j.first_fingerprint FROM job_row j) AS first_fingerprint,
+               (SELECT o.payload_hash FROM jobs o
+                 WHERE o.kind = @kind AND o.business_key = @business_key AND o.status <> '{JobStatus.DeadLettered}') AS job_fingerprint
+        """;
+
+    /// <summary>
+    /// Runs <paramref name="claim"/> (<see cref="ClaimSql"/>) in the inbox transaction, after the lock of the
+    /// <paramref name="claimedId"/> when the message claims one, in one round trip.
+    /// </summary>
+    /// <remarks>
+    /// The claim may create the job's row under the claimed id if no row holds it, which its snapshot cannot
+    /// tell while another inbox transaction holds an uncommitted row under it (a command under another key
+    /// claiming the same id, its consumer running): the insert waited for that one and failed with a unique
+    /// violation on pk_jobs, permanent, so the message went to _error unrun. Under the id's lock, taken in a
+    /// statement before the claim, the claim sees what the lock's previous holder committed and takes a fresh
+    /// id instead (InboxClaimedJobIdRaceTests). The two are sent as one batch: the server runs the claim
+    /// only once the lock statement has finished, and takes the claim's snapshot then, so sending them
+    /// together costs the lock no round trip of its own (EF's commands are one each).
+    /// </remarks>
+    private static async Task<ClaimRow> RunClaimStatementAsync(
+        ConveyorDbContext db, Guid? claimedId, NpgsqlBatchCommand claim, CancellationToken cancellationToken)
+    {
+        var connection = (NpgsqlConnection)db.Database.GetDbConnection();
+        await using var batch = new NpgsqlBatch(connection) { Transaction = (NpgsqlTransaction?)db.Database.CurrentTransaction?.GetDbTransaction() };
+        if (claimedId is { } id)
+        {
+            batch.BatchCommands.Add(new NpgsqlBatchCommand(ClaimedJobIdLocks.EachSql) { Parameters = { new NpgsqlParameter<Guid[]> { TypedValue = [id] } } });
+        }
+
+        batch.BatchCommands.Add(claim);
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        if (claimedId is not null)
+        {
+            // Past the lock's row (void) to the claim's.
+            await reader.NextResultAsync(cancellationToken);
+        }
+
+        await reader.ReadAsync(cancellationToken);
+        return new ClaimRow
+        {
+            Inserted = reader.GetBoolean(0),
+            JobId = await reader.IsDBNullAsync(1, cancellationToken) ? null : reader.GetGuid(1),
+            Attempt = await reader.IsDBNullAsync(2, cancellationToken) ? null : reader.GetInt32(2),
+            FirstFingerprint = await reader.IsDBNullAsync(3, cancellationToken) ? null : reader.GetFieldValue<byte[]>(3),
+            JobFingerprint = await reader.IsDBNullAsync(4, cancellationToken) ? null : reader.GetFieldValue<byte[]>(4),
+        };
     }
 
     /// <summary>

@@ -1,7 +1,9 @@
+using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace Conveyor.Tests.Worker;
 
@@ -60,6 +62,37 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
     }
 
     /// <summary>
+    /// The id's lock costs the claim no round trip of its own: it is sent with the claim statement, which
+    /// still runs after it, so the race above stays closed (<see cref="Two_commands_claiming_the_same_unused_job_id_in_two_inbox_transactions_at_once_both_run"/>).
+    /// </summary>
+    [Fact]
+    public async Task A_claim_of_an_unused_job_id_costs_one_database_round_trip()
+    {
+        // Counted on the wire, through a relay in front of the database, as RedeliveryDispatcherTests counts
+        // a dispatch: the driver's own events cannot tell statements sent together from statements sent one by one.
+        var database = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        await using var proxy = await OutageProxy.ToAsync(database.Host!, database.Port);
+        var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = proxy.Port }.ConnectionString;
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+
+        // Its pooled connection is open (the handshake and the type loading are behind it), its statements known.
+        for (var i = 0; i < 3; i++)
+        {
+            await ClaimThroughAsync(proxy, viaProxy, tracker, Guid.NewGuid().ToString(), Guid.NewGuid());
+        }
+
+        var (key, claimed) = (Guid.NewGuid().ToString(), Guid.NewGuid());
+        var (claim, roundTrips) = await ClaimThroughAsync(proxy, viaProxy, tracker, key, claimed);
+
+        // The BEGIN, the id's lock and the claim, sent together.
+        Assert.Equal(1, roundTrips);
+        Assert.Equal((InboxClaim.Run, claimed, 1), (claim.Claim, claim.JobId, claim.Attempt));
+        await using var db = fixture.CreateDbContext();
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((claimed, JobStatus.Running, 1), (job.Id, job.Status, job.Attempts));
+    }
+
+    /// <summary>
     /// The lease inbox counts its attempt outside any inbox transaction (<see cref="JobTracker.StartAttemptAsync"/>):
     /// a command claiming the id a single-message inbox transaction holds uncommitted must start under an id of its own.
     /// </summary>
@@ -113,6 +146,24 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
         await transactionA.CommitAsync();
 
         return (claimed, keyA, keyB, await b.WaitAsync(Patience));
+    }
+
+    /// <summary>
+    /// Claims <paramref name="claimed"/> for <paramref name="key"/> in an inbox transaction on a connection
+    /// through <paramref name="proxy"/> and commits; the claim and the round trips the claim alone made.
+    /// </summary>
+    private static async Task<((InboxClaim Claim, Guid? JobId, int? Attempt) Claim, int RoundTrips)> ClaimThroughAsync(
+        OutageProxy proxy, string connectionString, JobTracker tracker, string key, Guid claimed)
+    {
+        var options = new DbContextOptionsBuilder<ConveyorDbContext>();
+        StorageServiceCollectionExtensions.Configure(options, connectionString);
+        await using var db = new ConveyorDbContext(options.Options);
+        await using var transaction = await db.Database.BeginTransactionAsync();
+        var before = proxy.RoundTrips;
+        var claim = await tracker.ClaimInTransactionAsync(db, ConsumerId, key, Guid.NewGuid(), null, new JobRef(Kind, key, claimed), CancellationToken.None);
+        var roundTrips = proxy.RoundTrips - before;
+        await transaction.CommitAsync();
+        return ((claim.Claim, claim.JobId, claim.Attempt), roundTrips);
     }
 
     private async Task AssertBothRunningAsync(Guid claimed, string keyA, string keyB, Guid idB)
