@@ -24,12 +24,21 @@ public sealed partial class RedeliveryFilter<T>(
     ILogger logger) : IFilter<ConsumeContext>
     where T : class
 {
+    /// <summary>
+    /// The waits before each new read of a seal the key ring could not check (<see cref="SealCheckedAgainAsync"/>):
+    /// under four seconds in all, the delivery unacked, far within RabbitMQ's consumer_timeout; long enough
+    /// that a blip of the database passes without the copy going round its queue.
+    /// </summary>
+    private static readonly TimeSpan[] SealRereadWaits =
+        [TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2)];
+
     public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
     {
         var attempts = new FaultHoldingConsumeContext(context);
         context.AddOrUpdatePayload(() => attempts, _ => attempts);
         // Called from the retry filter's exception filter, where a throw would be swallowed: a seal that
-        // could not be checked allows nothing here, and the delivery is requeued below.
+        // could not be checked allows nothing here; it is read again below, and the delivery requeued if
+        // it still cannot be.
         context.GetOrAddPayload(() => new RedeliveryAhead(() => SealUncheckedOf(context) is null && policy.Allows(HistoryOf(context).Attempt + 1)));
         try
         {
@@ -44,14 +53,27 @@ public sealed partial class RedeliveryFilter<T>(
             // (the kill switch pauses the endpoint while the outage lasts).
             throw new RequeueRequestedException("The database is unavailable; the message goes back to its queue", exception);
         }
-        catch (Exception) when (SealUncheckedOf(context) is { } unreadable)
+        catch (Exception exception) when (SealUncheckedOf(context) is not null && context.TryGetMessage<T>(out var typed))
         {
             // The copy's seal could not be checked (the key ring is in the same database, which did not
             // answer): counted as a first delivery, a genuine copy would start its redeliveries and its first
-            // failure time afresh, and the _error copy would say so. It waits in its queue, and its seal is
-            // read again on its next delivery.
-            await attempts.RecordHeldAsync();
-            throw new RequeueRequestedException("The redelivery seal could not be checked; the message goes back to its queue", unreadable);
+            // failure time afresh, and the _error copy would say so. Given back at once, it would be delivered
+            // again at once, for as long as the ring stays unreadable: the seal is read again here first.
+            if (await SealCheckedAgainAsync(context) is { } unreadable)
+            {
+                await attempts.RecordHeldAsync();
+                LogSealUnchecked(InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message), unreadable.Message);
+                throw new RequeueRequestedException("The redelivery seal could not be checked; the message goes back to its queue", unreadable);
+            }
+
+            // The ring answered in time: the delivery counts as if its seal had been read at once.
+            if (!IsRedeliverable(context, exception, out var attempt))
+            {
+                await attempts.PublishHeldAsync();
+                throw;
+            }
+
+            await RedeliverAsync(context, typed, attempts, exception, attempt);
         }
         catch (Exception exception) when (IsRedeliverable(context, exception, out var attempt))
         {
@@ -61,69 +83,79 @@ public sealed partial class RedeliveryFilter<T>(
                 throw;
             }
 
-            var now = time.GetUtcNow();
-            var retryAfter = (exception as TransientFailureException)?.RetryAfter;
-            var delay = policy.DelayFor(attempt, retryAfter, Random.Shared.NextDouble());
-            var consumerId = InboxKeys.ConsumerIdOf(context);
-            var key = descriptor.BusinessKey(typed.Message);
-            var firstFailureAt = HistoryOf(context).FirstFailureAt ?? now.ToString("O", CultureInfo.InvariantCulture);
-            string sealedHeaders;
-            try
-            {
-                sealedHeaders = seal.Seal(consumerId, key, attempt, firstFailureAt);
-            }
-            catch (Exception sealFailure) when (sealFailure is not OutOfMemoryException)
-            {
-                // The key ring lives in the same database (it may be away, or unreadable): without a seal
-                // the copy would count as a first delivery, and redeliver forever. It waits in its queue.
-                await attempts.RecordHeldAsync();
-                throw new RequeueRequestedException("The redelivery headers could not be sealed; the message goes back to its queue", sealFailure);
-            }
-
-            var headers = new Dictionary<string, string>
-            {
-                [RedeliveryHeaders.Attempt] = attempt.ToString(CultureInfo.InvariantCulture),
-                [RedeliveryHeaders.FirstFailureAt] = firstFailureAt,
-                [RedeliverySeal.Header] = sealedHeaders,
-                [RedeliveryHeaders.LastError] = JobTracker.Describe(exception, 500),
-            };
-
-            // Stored (committed) before this method returns and MassTransit acks the original, with the
-            // job's status in the same transaction (see the store's markWaiting).
-            var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
-            DateTimeOffset dueAt;
-            try
-            {
-                dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
-                    DedupeKey(consumerId, key, FingerprintOf(context, typed.Message), attempt),
-                    attempt, delay, headers, job, policy.MaxHeaderBytes,
-                    (db, due) => tracker.MarkRetryScheduledAsync(db, job, exception, due, CancellationToken.None), CancellationToken.None);
-            }
-            catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure) || FailureClassifier.IsTransient(storeFailure))
-            {
-                // Away, or busy (a statement timeout, a deadlock): no reason to give the job up for good.
-                await attempts.RecordHeldAsync();
-                throw new RequeueRequestedException("The redelivery store is unavailable; the message goes back to its queue", storeFailure);
-            }
-
-            // A failure before any consumer ran (the inbox's claim: a deadlock, a statement timeout) holds no
-            // fault: the received message is told here, or MassTransit would take it for one no consumer
-            // takes and copy it to _skipped beside the stored redelivery.
-            await attempts.RecordHeldAsync(whenNoneHeld: () =>
-                context.ReceiveContext.NotifyFaulted(typed, TimeSpan.Zero, "conveyor-redelivery", exception));
-
-            JobMetrics.RetryScheduled(descriptor.Kind);
-            LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
-            if (faultObserver is not null)
-            {
-                await faultObserver.ConsumeFault(typed, exception);
-            }
+            await RedeliverAsync(context, typed, attempts, exception, attempt);
         }
         catch (Exception)
         {
             // On its way to _error: now the fault is final, and its event is published once.
             await attempts.PublishHeldAsync();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Stores redelivery number <paramref name="attempt"/> of the failed delivery, sealed, and tells the
+    /// kill switch; the original is acked when this returns. Requeues it when the store or the seal cannot
+    /// be written.
+    /// </summary>
+    private async Task RedeliverAsync(ConsumeContext context, ConsumeContext<T> typed, FaultHoldingConsumeContext attempts, Exception exception, int attempt)
+    {
+        var now = time.GetUtcNow();
+        var retryAfter = (exception as TransientFailureException)?.RetryAfter;
+        var delay = policy.DelayFor(attempt, retryAfter, Random.Shared.NextDouble());
+        var consumerId = InboxKeys.ConsumerIdOf(context);
+        var key = descriptor.BusinessKey(typed.Message);
+        var firstFailureAt = HistoryOf(context).FirstFailureAt ?? now.ToString("O", CultureInfo.InvariantCulture);
+        string sealedHeaders;
+        try
+        {
+            sealedHeaders = seal.Seal(consumerId, key, attempt, firstFailureAt);
+        }
+        catch (Exception sealFailure) when (sealFailure is not OutOfMemoryException)
+        {
+            // The key ring lives in the same database (it may be away, or unreadable): without a seal
+            // the copy would count as a first delivery, and redeliver forever. It waits in its queue.
+            await attempts.RecordHeldAsync();
+            throw new RequeueRequestedException("The redelivery headers could not be sealed; the message goes back to its queue", sealFailure);
+        }
+
+        var headers = new Dictionary<string, string>
+        {
+            [RedeliveryHeaders.Attempt] = attempt.ToString(CultureInfo.InvariantCulture),
+            [RedeliveryHeaders.FirstFailureAt] = firstFailureAt,
+            [RedeliverySeal.Header] = sealedHeaders,
+            [RedeliveryHeaders.LastError] = JobTracker.Describe(exception, 500),
+        };
+
+        // Stored (committed) before this method returns and MassTransit acks the original, with the
+        // job's status in the same transaction (see the store's markWaiting).
+        var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
+        DateTimeOffset dueAt;
+        try
+        {
+            dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
+                DedupeKey(consumerId, key, FingerprintOf(context, typed.Message), attempt),
+                attempt, delay, headers, job, policy.MaxHeaderBytes,
+                (db, due) => tracker.MarkRetryScheduledAsync(db, job, exception, due, CancellationToken.None), CancellationToken.None);
+        }
+        catch (Exception storeFailure) when (DatabaseFailures.IsUnavailable(storeFailure) || FailureClassifier.IsTransient(storeFailure))
+        {
+            // Away, or busy (a statement timeout, a deadlock): no reason to give the job up for good.
+            await attempts.RecordHeldAsync();
+            throw new RequeueRequestedException("The redelivery store is unavailable; the message goes back to its queue", storeFailure);
+        }
+
+        // A failure before any consumer ran (the inbox's claim: a deadlock, a statement timeout) holds no
+        // fault: the received message is told here, or MassTransit would take it for one no consumer
+        // takes and copy it to _skipped beside the stored redelivery.
+        await attempts.RecordHeldAsync(whenNoneHeld: () =>
+            context.ReceiveContext.NotifyFaulted(typed, TimeSpan.Zero, "conveyor-redelivery", exception));
+
+        JobMetrics.RetryScheduled(descriptor.Kind);
+        LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
+        if (faultObserver is not null)
+        {
+            await faultObserver.ConsumeFault(typed, exception);
         }
     }
 
@@ -173,29 +205,66 @@ public sealed partial class RedeliveryFilter<T>(
 
     /// <summary>
     /// The seal is read once per delivery, a failure too, so that one delivery never counts one way and
-    /// then the other.
+    /// then the other; only <see cref="SealCheckedAgainAsync"/> reads it again, before the failure is acted on.
     /// </summary>
-    private SealCheck CheckOf(ConsumeContext context) =>
-        context.ReceiveContext.GetOrAddPayload(() =>
-        {
-            if (!context.TryGetMessage<T>(out var typed))
-            {
-                return new SealCheck(context.ReceiveContext.GetOrAddPayload(() => RedeliveryHistory.None), null);
-            }
+    private SealCheck CheckOf(ConsumeContext context) => context.ReceiveContext.GetOrAddPayload(() => ReadSeal(context));
 
+    private SealCheck ReadSeal(ConsumeContext context)
+    {
+        if (!context.TryGetMessage<T>(out var typed))
+        {
+            return new SealCheck(context.ReceiveContext.GetOrAddPayload(() => RedeliveryHistory.None), null);
+        }
+
+        try
+        {
+            var history = seal.Read(context.ReceiveContext, InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message));
+            return new SealCheck(context.ReceiveContext.GetOrAddPayload(() => history), null);
+        }
+        catch (Exception exception) when (DatabaseFailures.IsDatabaseError(exception))
+        {
+            return new SealCheck(null, exception);
+        }
+    }
+
+    /// <summary>
+    /// Reads a seal that could not be checked again, after each of <see cref="SealRereadWaits"/> (a few
+    /// seconds in all: the delivery stays unacked meanwhile), until the key ring answers, and keeps the
+    /// outcome on the receive context in place of the failed one. Returns why the seal still could not be
+    /// checked, or null once it was. The worker stopping ends the waits early, so shutdown is not held.
+    /// </summary>
+    private async Task<Exception?> SealCheckedAgainAsync(ConsumeContext context)
+    {
+        foreach (var wait in SealRereadWaits)
+        {
             try
             {
-                var history = seal.Read(context.ReceiveContext, InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message));
-                return new SealCheck(context.ReceiveContext.GetOrAddPayload(() => history), null);
+                await Task.Delay(wait, time, context.CancellationToken);
             }
-            catch (Exception exception) when (DatabaseFailures.IsDatabaseError(exception))
+            catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
             {
-                return new SealCheck(null, exception);
+                break;
             }
-        });
+
+            var check = ReadSeal(context);
+            context.ReceiveContext.AddOrUpdatePayload(() => check, _ => check);
+            if (check.Unreadable is null)
+            {
+                return null;
+            }
+        }
+
+        return SealUncheckedOf(context);
+    }
 
     /// <summary>What reading the copy's seal gave: its history, or the failure that kept it from being checked.</summary>
     private sealed record SealCheck(RedeliveryHistory? History, Exception? Unreadable);
+
+    // One line per delivery given back, not per read: while the ring stays unreadable, every redelivered
+    // copy in flight comes back every few seconds.
+    [LoggerMessage(EventId = 3101, Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: its redelivery seal could not be checked, the key ring " +
+        "unreadable for a few seconds; the message goes back to its queue with its redeliveries untouched: {Error}")]
+    private partial void LogSealUnchecked(string consumerId, string key, string error);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);

@@ -5,10 +5,12 @@ using System.Xml.Linq;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.DataProtection.KeyManagement;
 using Microsoft.AspNetCore.DataProtection.Repositories;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace Conveyor.Tests.Redelivery;
@@ -27,6 +29,9 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
     private const string Attempt = "Conveyor-Redelivery-Attempt";
     private const string FirstFailureAt = "Conveyor-First-Failure-At";
 
+    /// <summary>The worker's warning for a copy given back because its seal could not be checked.</summary>
+    private const int SealUncheckedEventId = 3101;
+
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public Task DisposeAsync() => Task.CompletedTask;
@@ -38,49 +43,88 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
         gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var paymentId = Guid.NewGuid();
-        var charge = new { paymentId, accountId = "acct-ring", amountMinor = 700, currency = "EUR" };
-
-        // A first worker fails the job and seals its first redelivery.
-        Dictionary<string, string> sealedHeaders;
-        await using (await fixture.StartWorkerAsync(Settings(gateway)))
-        {
-            await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge);
-            await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
-        }
-
-        await using (var db = fixture.CreateDbContext())
-        {
-            var first = await db.ScheduledMessages.SingleAsync();
-            sealedHeaders = JsonSerializer.Deserialize<Dictionary<string, string>>(first.Headers)!;
-            // Only what the next worker stores is left to read.
-            db.ScheduledMessages.Remove(first);
-            await db.SaveChangesAsync();
-        }
-
-        Assert.Equal("1", sealedHeaders[Attempt]);
+        var charge = Charge(paymentId);
+        var sealedHeaders = await SealFirstRedeliveryAsync(gateway, producer, paymentId, charge);
 
         // Another worker starts while the ring cannot be read, and reads it once more in vain when the
         // copy comes: a short outage, over by the time the worker would seal the next redelivery.
         var ring = new FlakyKeyRing();
-        await using var worker = await fixture.StartWorkerAsync(Settings(gateway), builder =>
-            builder.Services.AddOptions<KeyManagementOptions>().PostConfigure(options => options.XmlRepository = ring.Around(options.XmlRepository!)));
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway), ring.Configure);
         ring.FailNextReads(1);
-        var copied = sealedHeaders.Where(h => h.Key.StartsWith("Conveyor-", StringComparison.Ordinal)).ToDictionary();
-        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: copied);
+        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: Copied(sealedHeaders));
 
         // Before: the unreadable ring made the genuine copy a first delivery, stored as redelivery 1 again
         // with a new first failure time.
-        ScheduledMessageSnapshot? stored = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            var row = Assert.Single(await db.ScheduledMessages.AsNoTracking().ToListAsync());
-            stored = new(row.Attempt, JsonSerializer.Deserialize<Dictionary<string, string>>(row.Headers)!);
-        });
+        var stored = await StoredRedeliveryAsync();
         Assert.Equal(0, ring.ReadsLeftToFail);
-        Assert.Equal(2, stored!.Attempt);
+        Assert.Equal(2, stored.Attempt);
         Assert.Equal("2", stored.Headers[Attempt]);
         Assert.Equal(sealedHeaders[FirstFailureAt], stored.Headers[FirstFailureAt]);
+    }
+
+    [Fact]
+    public async Task A_key_ring_readable_again_within_seconds_checks_the_seal_on_the_copys_one_delivery()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var paymentId = Guid.NewGuid();
+        var charge = Charge(paymentId);
+        var sealedHeaders = await SealFirstRedeliveryAsync(gateway, producer, paymentId, charge);
+
+        // The ring fails three reads in a row when the copy comes: a blip of the database, over in seconds.
+        var ring = new FlakyKeyRing();
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway), ring.Configure);
+        ring.FailNextReads(3);
+        var requestsBefore = gateway.TotalRequests;
+        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: Copied(sealedHeaders));
+
+        var stored = await StoredRedeliveryAsync();
+        Assert.Equal(0, ring.ReadsLeftToFail);
+        Assert.Equal(2, stored.Attempt);
+        Assert.Equal(sealedHeaders[FirstFailureAt], stored.Headers[FirstFailureAt]);
+        // Delivered once, so charged once (RetryLimit 0). Before: given back to its queue at each failed
+        // read and delivered again at once, the gateway asked once per read, four times.
+        Assert.Equal(1, gateway.TotalRequests - requestsBefore);
+    }
+
+    [Fact]
+    public async Task A_copy_whose_key_ring_stays_unreadable_goes_back_to_its_queue_with_one_warning_each_time_until_the_ring_answers()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var paymentId = Guid.NewGuid();
+        var charge = Charge(paymentId);
+        var sealedHeaders = await SealFirstRedeliveryAsync(gateway, producer, paymentId, charge);
+
+        // An outage longer than the worker waits for the ring on one delivery.
+        var logs = new CapturedLogs();
+        var ring = new FlakyKeyRing();
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway), builder =>
+        {
+            ring.Configure(builder);
+            builder.Logging.AddProvider(logs);
+        });
+        var requestsBefore = gateway.TotalRequests;
+        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: Copied(sealedHeaders));
+
+        // Given back and delivered again, not lost; and not taken for a first delivery meanwhile.
+        await Eventually.AssertAsync(() => Assert.True(gateway.TotalRequests - requestsBefore >= 2));
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Empty(await db.ScheduledMessages.AsNoTracking().ToListAsync());
+        }
+
+        ring.FailNextReads(0);
+        var stored = await StoredRedeliveryAsync();
+        Assert.Equal(2, stored.Attempt);
+        Assert.Equal(sealedHeaders[FirstFailureAt], stored.Headers[FirstFailureAt]);
+        // Every delivery but the last went back to its queue, each with one warning, not one per read.
+        var deliveries = gateway.TotalRequests - requestsBefore;
+        var warnings = logs.Entries.Where(e => e.EventId.Id == SealUncheckedEventId).ToList();
+        Assert.Equal(deliveries - 1, warnings.Count);
+        Assert.All(warnings, w => Assert.Equal(LogLevel.Warning, w.Level));
     }
 
     [Fact]
@@ -99,6 +143,46 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
         await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, (await db.ScheduledMessages.AsNoTracking().SingleAsync()).Attempt);
+    }
+
+    private static object Charge(Guid paymentId) => new { paymentId, accountId = "acct-ring", amountMinor = 700, currency = "EUR" };
+
+    /// <summary>
+    /// A first worker fails the charge and seals its first redelivery; the stored row is removed, so that
+    /// only what the next worker stores is left to read. Returns the row's headers.
+    /// </summary>
+    private async Task<Dictionary<string, string>> SealFirstRedeliveryAsync(FakePaymentGateway gateway, RawAmqpProducer producer, Guid paymentId, object charge)
+    {
+        await using (await fixture.StartWorkerAsync(Settings(gateway)))
+        {
+            await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge);
+            await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
+        }
+
+        await using var context = fixture.CreateDbContext();
+        var first = await context.ScheduledMessages.SingleAsync();
+        var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(first.Headers)!;
+        context.ScheduledMessages.Remove(first);
+        await context.SaveChangesAsync();
+        Assert.Equal("1", headers[Attempt]);
+        return headers;
+    }
+
+    /// <summary>The redelivery headers a copy of the sealed redelivery carries, as the dispatcher publishes them.</summary>
+    private static Dictionary<string, string> Copied(Dictionary<string, string> sealedHeaders) =>
+        sealedHeaders.Where(h => h.Key.StartsWith("Conveyor-", StringComparison.Ordinal)).ToDictionary();
+
+    /// <summary>The one redelivery stored, once there is one.</summary>
+    private async Task<ScheduledMessageSnapshot> StoredRedeliveryAsync()
+    {
+        ScheduledMessageSnapshot? stored = null;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            var row = Assert.Single(await db.ScheduledMessages.AsNoTracking().ToListAsync());
+            stored = new(row.Attempt, JsonSerializer.Deserialize<Dictionary<string, string>>(row.Headers)!);
+        });
+        return stored!;
     }
 
     private static Dictionary<string, string?> Settings(FakePaymentGateway gateway) => WorkerSettings.With(gateway).Override(
@@ -122,7 +206,9 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
 
         public void FailNextReads(int count) => Volatile.Write(ref _readsLeftToFail, count);
 
-        public IXmlRepository Around(IXmlRepository database) => new Repository(this, database);
+        /// <summary>Puts this ring around the worker's own, in the database.</summary>
+        public void Configure(WebApplicationBuilder builder) =>
+            builder.Services.AddOptions<KeyManagementOptions>().PostConfigure(options => options.XmlRepository = new Repository(this, options.XmlRepository!));
 
         private sealed class Repository(FlakyKeyRing ring, IXmlRepository database) : IXmlRepository
         {
