@@ -232,11 +232,21 @@ public sealed partial class RedeliveryFilter<T>(
     /// seconds in all: the delivery stays unacked meanwhile), until the key ring answers, and keeps the
     /// outcome on the receive context in place of the failed one. Returns why the seal still could not be
     /// checked, or null once it was. The worker stopping ends the waits early, so shutdown is not held.
+    /// A read is synchronous (Data Protection's): against a database that stalls rather than refuses, one
+    /// read can take a whole command timeout, so no read starts once the waits' total has passed.
     /// </summary>
     private async Task<Exception?> SealCheckedAgainAsync(ConsumeContext context)
     {
+        var started = time.GetTimestamp();
+        var total = TimeSpan.Zero;
         foreach (var wait in SealRereadWaits)
         {
+            total += wait;
+            if (time.GetElapsedTime(started) >= total)
+            {
+                break;
+            }
+
             try
             {
                 await Task.Delay(wait, time, context.CancellationToken);
