@@ -54,8 +54,21 @@ public static class StorageServiceCollectionExtensions
 
     public static void Configure(DbContextOptionsBuilder options, string connectionString) =>
         options
-            .UseNpgsql(ForContexts(connectionString), npgsql => npgsql.MigrationsHistoryTable("__ef_migrations_history"))
+            .UseNpgsql(ForContexts(connectionString), NpgsqlSettings)
             .UseSnakeCaseNamingConvention();
+
+    /// <summary>
+    /// Options for a context on a connection its caller opened and closes (one whose session must end with
+    /// the work, not go back to a pool); <paramref name="connection"/>'s string should come from <see cref="ForContexts"/>.
+    /// </summary>
+    public static DbContextOptions<ConveyorDbContext> On(Npgsql.NpgsqlConnection connection) =>
+        new DbContextOptionsBuilder<ConveyorDbContext>()
+            .UseNpgsql(connection, NpgsqlSettings)
+            .UseSnakeCaseNamingConvention()
+            .Options;
+
+    private static void NpgsqlSettings(Npgsql.EntityFrameworkCore.PostgreSQL.Infrastructure.NpgsqlDbContextOptionsBuilder npgsql) =>
+        npgsql.MigrationsHistoryTable("__ef_migrations_history");
 
     /// <summary>
     /// The connection string EF contexts (and the Api's job-row batches) use, unless it says otherwise

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text;
+using Conveyor.Api.Hosting;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Microsoft.Extensions.Options;
@@ -73,7 +74,7 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
         }
         catch
         {
-            await QueueLease.CloseAsync(connection);
+            await HeldSessions.CloseAsync(connection);
             throw;
         }
 
@@ -131,34 +132,11 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
         await command.ExecuteScalarAsync(CancellationToken.None).WaitAsync(timeout, time ?? TimeProvider.System, cancellationToken);
 
     /// <summary>
-    /// <see cref="RunAsync"/> within <see cref="CheckTimeout"/> for a request waiting on it: a server that does not answer
-    /// in time is the database unavailable (a <see cref="NpgsqlException"/>, which the Api answers 503).
+    /// Runs <paramref name="command"/> on the lock's session, as <see cref="RunAsync"/> does, for a request waiting on it
+    /// at most <see cref="CheckTimeout"/> (<see cref="HeldSessions.WaitForRequestAsync(Task, TimeSpan, string, CancellationToken)"/>).
     /// </summary>
-    internal static async Task<object?> RunForRequestAsync(NpgsqlCommand command, string what, CancellationToken cancellationToken)
-    {
-        try
-        {
-            return await RunAsync(command, CheckTimeout, cancellationToken: cancellationToken);
-        }
-        catch (TimeoutException exception)
-        {
-            throw new NpgsqlException($"The database did not answer {what} within {CheckTimeout.TotalSeconds:0} s.", exception);
-        }
-    }
-
-    /// <summary>Closes a lock's connection, which ends its session and so its lock, even when a command on it is still reading.</summary>
-    internal static async ValueTask CloseAsync(NpgsqlConnection connection)
-    {
-        try
-        {
-            await connection.DisposeAsync();
-        }
-        catch (NpgsqlException)
-        {
-            // A command no longer waited for is still reading: Npgsql's close fails on it, and breaks the connection,
-            // which ends the session all the same.
-        }
-    }
+    internal static Task<object?> RunForRequestAsync(NpgsqlCommand command, string what, CancellationToken cancellationToken) =>
+        HeldSessions.WaitForRequestAsync(command.ExecuteScalarAsync(CancellationToken.None), CheckTimeout, what, cancellationToken);
 
     /// <summary>
     /// For a walk that writes nothing through the lock's connection (an inspection): checks the session
@@ -204,7 +182,7 @@ public sealed class QueueLease(NpgsqlConnection connection, int lockClass, int k
             // Closing the (unpooled) connection below ends the session and its locks anyway.
         }
 
-        await CloseAsync(Connection);
+        await HeldSessions.CloseAsync(Connection);
     }
 }
 
