@@ -108,6 +108,48 @@ public static class EnvelopeReader
         }
     }
 
+    /// <summary>
+    /// The contract's type name (<c>Conveyor.Contracts.Payments.ChargePayment</c>) of the first of the
+    /// envelope's <c>messageType</c> URNs, as MassTransit names it in <c>MT-Fault-MessageType</c>; null
+    /// when <paramref name="body"/> is no JSON envelope or names no type.
+    /// </summary>
+    public static string? MessageTypeOf(ReadOnlySpan<byte> body)
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(body, Options);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return null;
+            }
+
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isType = reader.ValueTextEquals("messageType"u8);
+                reader.Read();
+                if (isType && reader.TokenType == JsonTokenType.StartArray)
+                {
+                    return reader.Read() && reader.TokenType == JsonTokenType.String ? TypeNameOfUrn(reader.GetString()!) : null;
+                }
+
+                reader.Skip();
+            }
+
+            return null;
+        }
+        catch (Exception exception) when (exception is JsonException or InvalidOperationException)
+        {
+            // Not JSON, or a string that is no valid text (a lone surrogate escape): no type to name.
+            return null;
+        }
+    }
+
+    /// <summary><c>urn:message:Conveyor.Contracts.Payments:ChargePayment</c> → <c>Conveyor.Contracts.Payments.ChargePayment</c>.</summary>
+    private static string TypeNameOfUrn(string urn) =>
+        urn.StartsWith(UrnPrefix, StringComparison.Ordinal) ? urn[UrnPrefix.Length..].Replace(':', '.') : urn;
+
+    private const string UrnPrefix = "urn:message:";
+
     /// <summary>MassTransit matches the envelope's names in any casing.</summary>
     private static bool IsMessageProperty(ref Utf8JsonReader reader) =>
         reader.ValueTextEquals("message"u8)

@@ -78,9 +78,13 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
     /// <summary>
     /// Publishes a message that cannot go to its destination to the destination's <c>_error</c> queue
     /// instead, with <paramref name="reason"/> in the headers operators and the Api read; returned (not
-    /// confirmed) when that queue does not exist yet.
+    /// confirmed) when that queue does not exist yet. The copy says what it is and where it failed as the
+    /// error pipe's copies do (DeadLetterHeadersFilter and MassTransit's fault headers): its job's
+    /// <paramref name="jobKind"/>, the input address of the queue it was for (which an operator's move
+    /// takes it back to), its contract, and this host.
     /// </summary>
-    public async Task<PublishResult> MoveToErrorQueueAsync(ScheduledMessage message, string reason, DateTimeOffset now, CancellationToken cancellationToken)
+    public async Task<PublishResult> MoveToErrorQueueAsync(
+        ScheduledMessage message, string? jobKind, string reason, DateTimeOffset now, CancellationToken cancellationToken)
     {
         var headers = new Dictionary<string, string>(StringComparer.Ordinal)
         {
@@ -88,8 +92,24 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             [MassTransit.MessageHeaders.FaultExceptionType] = "UnpublishableRedelivery",
             [MassTransit.MessageHeaders.FaultMessage] = reason,
             [MassTransit.MessageHeaders.FaultTimestamp] = now.ToString("O", CultureInfo.InvariantCulture),
+            [MassTransit.MessageHeaders.FaultInputAddress] = InputAddressOf(message.Destination),
             [Failures.DeadLetterHeadersFilter.Reason] = $"the stored redelivery could not be published: {reason}",
         };
+        if (EnvelopeReader.MessageTypeOf(message.Body) is { } messageType)
+        {
+            headers[MassTransit.MessageHeaders.FaultMessageType] = messageType;
+        }
+
+        if (jobKind is not null)
+        {
+            headers[Failures.DeadLetterHeadersFilter.JobKind] = jobKind;
+        }
+
+        foreach (var (name, value) in HostHeaders)
+        {
+            headers[name] = value;
+        }
+
         if (message.JobId is { } jobId)
         {
             // The job's row id as the store found it, over the id the message claimed: an operator's
@@ -106,6 +126,36 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
         var (channel, frameMax) = await ChannelAsync(cancellationToken);
         return await PublishOneAsync(channel, frameMax, message, message.Destination + ErrorQueueSuffix, headers, alone: true, cancellationToken);
     }
+
+    /// <summary>
+    /// The address a receive endpoint consuming <paramref name="queue"/> on this broker has, as MassTransit
+    /// writes it in <c>MT-Fault-InputAddress</c> (<c>rabbitmq://host/vhost/queue</c>).
+    /// </summary>
+    internal string InputAddressOf(string queue)
+    {
+        var broker = options.Value;
+        var host = new MassTransit.RabbitMqHostAddress(broker.Host, broker.Port, broker.VirtualHost);
+        Uri address = new MassTransit.RabbitMqEndpointAddress(host, queue);
+        return address.ToString();
+    }
+
+    /// <summary>MassTransit's <c>MT-Host-*</c> headers for this process, as on every copy its error pipe moves.</summary>
+    private static readonly IReadOnlyList<KeyValuePair<string, string>> HostHeaders = HostHeadersOf(MassTransit.Metadata.HostMetadataCache.Host);
+
+    private static List<KeyValuePair<string, string>> HostHeadersOf(MassTransit.HostInfo host) =>
+    [
+        .. new (string Name, string? Value)[]
+        {
+            (MassTransit.MessageHeaders.Host.MachineName, host.MachineName),
+            (MassTransit.MessageHeaders.Host.ProcessName, host.ProcessName),
+            (MassTransit.MessageHeaders.Host.ProcessId, host.ProcessId.ToString(CultureInfo.InvariantCulture)),
+            (MassTransit.MessageHeaders.Host.Assembly, host.Assembly),
+            (MassTransit.MessageHeaders.Host.AssemblyVersion, host.AssemblyVersion),
+            (MassTransit.MessageHeaders.Host.MassTransitVersion, host.MassTransitVersion),
+            (MassTransit.MessageHeaders.Host.FrameworkVersion, host.FrameworkVersion),
+            (MassTransit.MessageHeaders.Host.OperatingSystemVersion, host.OperatingSystemVersion),
+        }.Where(h => h.Value is not null).Select(h => KeyValuePair.Create(h.Name, h.Value!)),
+    ];
 
     /// <param name="extraHeaders">
     /// Headers set over the stored ones, never dropped; given for a move to <c>_error</c>, which also

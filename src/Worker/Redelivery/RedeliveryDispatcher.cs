@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Runtime.ExceptionServices;
+using Conveyor.Contracts;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Redelivery;
@@ -356,9 +357,9 @@ public sealed partial class RedeliveryDispatcher(
         }
 
         var reason = ReasonOf(result);
-        await round.RenewClaimAsync();
+        var kind = await round.RenewClaimAsync(message.JobId) ?? KindOfQueue(message.Destination);
         var moved = (await PublishWithinTimeoutAsync(
-            round, [message], async timeout => [await publisher.MoveToErrorQueueAsync(message, reason, time.GetUtcNow(), timeout)]))[0];
+            round, [message], async timeout => [await publisher.MoveToErrorQueueAsync(message, kind, reason, time.GetUtcNow(), timeout)]))[0];
         if (moved.Outcome == PublishOutcome.Unsettled)
         {
             return (message, Settlement.Unsettled, result);
@@ -375,6 +376,13 @@ public sealed partial class RedeliveryDispatcher(
     }
 
     private static string ReasonOf(PublishResult result) => result.Error ?? "no reason given";
+
+    /// <summary>
+    /// The job kind whose commands <paramref name="queue"/> holds, for a row that names no job (a lease
+    /// deferral, a row stored before rows named their job, a job whose row is gone): job queues are named
+    /// after their kind, and the error pipe names the endpoint's kind on every copy, with a job row or without.
+    /// </summary>
+    private static string? KindOfQueue(string queue) => JobKinds.All.Contains(queue, StringComparer.Ordinal) ? queue : null;
 
     /// <summary>
     /// The longest a dispatcher's claim may stay idle in its transaction before the server ends the
@@ -518,21 +526,27 @@ public sealed partial class RedeliveryDispatcher(
         /// <see cref="DispatcherOptions.PublishTimeoutSeconds"/>, but not all of a batch together. A dispatcher
         /// that vanished renews nothing, so its rows are still let go. Not cancelled by a shutdown (the batch's
         /// publishes have begun); a renewal that fails cuts the round short, as the claim is lost with it.
+        /// The statement reads the kind of the job <paramref name="jobId"/> names, for a row about to be
+        /// moved to <c>_error</c>, whose copy names its job's kind as every other <c>_error</c> copy of a
+        /// job does; null when no job is named, its row is gone, or the round is cut short.
         /// </summary>
-        public async Task RenewClaimAsync()
+        public async Task<string?> RenewClaimAsync(Guid? jobId = null)
         {
             if (CutShort is not null)
             {
-                return;
+                return null;
             }
 
             try
             {
-                await db.Database.ExecuteSqlAsync($"SELECT 1", CancellationToken.None);
+                var kinds = await db.Database.SqlQuery<string>($"""SELECT kind AS "Value" FROM jobs WHERE id = {jobId}""")
+                    .ToListAsync(CancellationToken.None);
+                return kinds.Count == 1 ? kinds[0] : null;
             }
             catch (Exception exception) when (exception is not OutOfMemoryException)
             {
                 CutShort = exception;
+                return null;
             }
         }
 

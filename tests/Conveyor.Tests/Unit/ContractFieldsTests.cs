@@ -85,6 +85,17 @@ public sealed class ContractFieldsTests
         Assert.Equal(EnvelopeReader.ByteOrderMark, EnvelopeReader.EnvelopeProblem(body));
     }
 
+    [Theory]
+    [InlineData("""{"messageId":"1","messageType":["urn:message:Conveyor.Contracts.Payments:ChargePayment","urn:message:Other:Base"],"message":{}}""", "Conveyor.Contracts.Payments.ChargePayment")]
+    [InlineData("""{"message":{"messageType":["urn:message:A:B"]},"messageType":["urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook"]}""", "Conveyor.Contracts.Webhooks.DeliverWebhook")]
+    [InlineData("""{"messageType":[],"message":{}}""", null)]
+    [InlineData("""{"messageType":"urn:message:A:B","message":{}}""", null)]
+    [InlineData("""{"messageType":["\ud800"],"message":{}}""", null)]
+    [InlineData("""[{"messageType":["urn:message:A:B"]}]""", null)]
+    [InlineData("not json", null)]
+    public void The_contract_an_envelope_names_first_is_its_message_type(string body, string? messageType) =>
+        Assert.Equal(messageType, EnvelopeReader.MessageTypeOf(Encoding.UTF8.GetBytes(body)));
+
     private static IReadOnlyList<ContractViolation> Check<T>(string json) where T : class
     {
         var reader = new Utf8JsonReader(Encoding.UTF8.GetBytes(json));

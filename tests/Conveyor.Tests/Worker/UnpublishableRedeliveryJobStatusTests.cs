@@ -1,11 +1,13 @@
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using Conveyor.Api.ErrorQueues;
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Api;
+using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
@@ -119,6 +121,15 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         Assert.Equal(
             new[] { waiting.Id, succeeded.Id, cancelled.Id, running.Id, movedOn.Id, named.Id }.Select(id => id.ToString("D")).Order(),
             jobIds.Order());
+        // Each names the kind of the job its row was stored for, whatever that job has become since; the row
+        // of no job names none (its queue is no job's), not the kind of the job its header claims.
+        var kinds = moved.ToDictionary(
+            m => Text(m.BasicProperties.Headers![JobHeaders.JobId])!,
+            m => m.BasicProperties.Headers!.TryGetValue("Conveyor-Job-Kind", out var kind) ? Text(kind) : null);
+        Assert.Null(kinds[named.Id.ToString("D")]);
+        Assert.All(kinds.Where(k => k.Key != named.Id.ToString("D")), k => Assert.Equal(JobKinds.ChargePayment, k.Value));
+        Assert.All(moved, m => Assert.Equal(
+            _queue, ErrorQueueNames.OriginalQueueOf(Text(m.BasicProperties.Headers!["MT-Fault-InputAddress"]), "elsewhere_error")));
     }
 
     [Fact]
@@ -178,6 +189,7 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         Assert.Equal(job.Id.ToString("D"), moved.Header(JobHeaders.JobId));
         // As on every _error copy of a job: the attempts it had, which the Api's listing shows.
         Assert.Equal("1", moved.Header("Conveyor-Attempts"));
+        AssertIdentifiesItsJob(moved, JobKinds.DeliverWebhook, "deliver-webhook", "Conveyor.Contracts.Webhooks.DeliverWebhook");
         Assert.Single(receiver.Deliveries);
     }
 
@@ -209,10 +221,38 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         Assert.NotNull(shown.FinishedAt);
         Assert.Equal(0, shown.Attempts);
 
+        // The Api's listing of the queue shows the copy as it shows any dead-lettered job's command: its
+        // kind, and the queue it came from as its MT-Fault-InputAddress names it.
+        var listed = Assert.Single((await api.Client.GetJsonAsync("/api/error-queues/charge-payment_error/messages")).GetProperty("messages").EnumerateArray());
+        Assert.Equal(accepted.JobId.ToString("D"), listed.GetProperty("jobId").GetString());
+        Assert.Equal(JobKinds.ChargePayment, listed.GetProperty("jobKind").GetString());
+        Assert.Equal("charge-payment", listed.GetProperty("originalQueue").GetString());
+        Assert.Equal("Conveyor.Contracts.Payments.ChargePayment", listed.GetProperty("messageType").GetString());
+        Assert.Equal(0, listed.GetProperty("attempts").GetInt32());
+
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var moved = Assert.Single(await producer.TakeAllAsync("charge-payment_error"));
         Assert.Equal(accepted.JobId.ToString("D"), moved.Header(JobHeaders.JobId));
         Assert.Equal("0", moved.Header("Conveyor-Attempts"));
+        AssertIdentifiesItsJob(moved, JobKinds.ChargePayment, "charge-payment", "Conveyor.Contracts.Payments.ChargePayment");
+    }
+
+    /// <summary>
+    /// The headers that say what a dead-lettered copy is and where it failed, as the error pipe writes them
+    /// on every other <c>_error</c> copy of a job: its kind, the queue it was on its way to (the target of
+    /// an operator's move), its contract, and the host that gave up on it.
+    /// </summary>
+    private static void AssertIdentifiesItsJob(RawAmqpProducer.TakenMessage moved, string kind, string queue, string messageType)
+    {
+        Assert.Equal(kind, moved.Header("Conveyor-Job-Kind"));
+        var inputAddress = moved.Header("MT-Fault-InputAddress");
+        Assert.StartsWith("rabbitmq://", inputAddress, StringComparison.Ordinal);
+        // Read as the Api reads it: the queue comes from the address, not from the error queue's name.
+        Assert.Equal(queue, ErrorQueueNames.OriginalQueueOf(inputAddress, "elsewhere_error"));
+        Assert.Equal(messageType, moved.Header("MT-Fault-MessageType"));
+        Assert.Equal(Environment.MachineName, moved.Header("MT-Host-MachineName"));
+        Assert.Equal(Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture), moved.Header("MT-Host-ProcessId"));
+        Assert.Equal("fault", moved.Header("MT-Reason"));
     }
 
     private async Task<Job> AddJobAsync(string status, int attempts, string kind = JobKinds.ChargePayment)
