@@ -9,8 +9,9 @@ namespace Conveyor.Worker.Messaging;
 /// take its longest. A prefetched delivery also waits, unacked, for the handlings of the deliveries
 /// ahead of it: at most <c>ceil(PrefetchCount / ConcurrentMessageLimit)</c> handlings, its own included.
 /// Not counted: database time, the optional rate limit, a long job's run (no setting bounds it;
-/// <see cref="DeliveryDeadline"/> stops it near the timeout), and the few seconds a redelivered copy waits
-/// for a key ring that cannot be read (<see cref="Redelivery.RedeliveryFilter{T}"/>).
+/// <see cref="DeliveryDeadline"/> stops it near the timeout), and the few seconds a failed delivery waits
+/// for a key ring that cannot be read, to check its seal or to seal its redelivery
+/// (<see cref="Redelivery.RedeliveryFilter{T}"/>).
 /// </summary>
 /// <param name="Handlings">Handlings from delivery to ack at the most, its own included.</param>
 /// <param name="Attempts">Attempts of one handling: the first and every in-memory retry.</param>

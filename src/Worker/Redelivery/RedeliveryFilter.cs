@@ -25,11 +25,12 @@ public sealed partial class RedeliveryFilter<T>(
     where T : class
 {
     /// <summary>
-    /// The waits before each new read of a seal the key ring could not check (<see cref="SealCheckedAgainAsync"/>):
-    /// under four seconds in all, the delivery unacked, far within RabbitMQ's consumer_timeout; long enough
-    /// that a blip of the database passes without the copy going round its queue.
+    /// The waits before each new try of what an unreadable key ring kept from happening: checking a copy's seal
+    /// (<see cref="SealCheckedAgainAsync"/>) or sealing a failed delivery's redelivery (<see cref="RedeliverAsync"/>).
+    /// Under four seconds in all, the delivery unacked, far within RabbitMQ's consumer_timeout; long enough
+    /// that a blip of the database passes without the delivery going round its queue.
     /// </summary>
-    private static readonly TimeSpan[] SealRereadWaits =
+    private static readonly TimeSpan[] KeyRingWaits =
         [TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2)];
 
     public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
@@ -53,13 +54,13 @@ public sealed partial class RedeliveryFilter<T>(
             // (the kill switch pauses the endpoint while the outage lasts).
             throw new RequeueRequestedException("The database is unavailable; the message goes back to its queue", exception);
         }
-        catch (Exception exception) when (SealUncheckedOf(context) is not null && context.TryGetMessage<T>(out var typed))
+        catch (Exception exception) when (SealUncheckedOf(context) is { } unreadableSeal && context.TryGetMessage<T>(out var typed))
         {
             // The copy's seal could not be checked (the key ring is in the same database, which did not
             // answer): counted as a first delivery, a genuine copy would start its redeliveries and its first
             // failure time afresh, and the _error copy would say so. Given back at once, it would be delivered
             // again at once, for as long as the ring stays unreadable: the seal is read again here first.
-            if (await SealCheckedAgainAsync(context) is { } unreadable)
+            if (await SealCheckedAgainAsync(context, unreadableSeal) is { } unreadable)
             {
                 await attempts.RecordHeldAsync();
                 LogSealUnchecked(InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(typed.Message), unreadable.Message);
@@ -96,7 +97,7 @@ public sealed partial class RedeliveryFilter<T>(
     /// <summary>
     /// Stores redelivery number <paramref name="attempt"/> of the failed delivery, sealed, and tells the
     /// kill switch; the original is acked when this returns. Requeues it when the store or the seal cannot
-    /// be written.
+    /// be written (the seal only after a few seconds' tries: see <see cref="KeyRingWaits"/>).
     /// </summary>
     private async Task RedeliverAsync(ConsumeContext context, ConsumeContext<T> typed, FaultHoldingConsumeContext attempts, Exception exception, int attempt)
     {
@@ -106,24 +107,37 @@ public sealed partial class RedeliveryFilter<T>(
         var consumerId = InboxKeys.ConsumerIdOf(context);
         var key = descriptor.BusinessKey(typed.Message);
         var firstFailureAt = HistoryOf(context).FirstFailureAt ?? now.ToString("O", CultureInfo.InvariantCulture);
-        string sealedHeaders;
-        try
+        string? sealedHeaders = null;
+        Exception? SealOnce()
         {
-            sealedHeaders = seal.Seal(consumerId, key, attempt, firstFailureAt);
+            try
+            {
+                sealedHeaders = seal.Seal(consumerId, key, attempt, firstFailureAt);
+                return null;
+            }
+            catch (Exception sealFailure) when (sealFailure is not OutOfMemoryException)
+            {
+                return sealFailure;
+            }
         }
-        catch (Exception sealFailure) when (sealFailure is not OutOfMemoryException)
+
+        // The key ring lives in the same database (it may be away, or unreadable): without a seal the copy
+        // would count as a first delivery, and redeliver forever, so the delivery goes back to its queue.
+        // Given back at once, it would be delivered again at once (the gateway asked each time) for as long
+        // as the ring stays unreadable: it is sealed again here first.
+        if (SealOnce() is { } unsealed && await AgainWhileKeyRingUnreadableAsync(unsealed, SealOnce, context.CancellationToken) is { } unsealable)
         {
-            // The key ring lives in the same database (it may be away, or unreadable): without a seal
-            // the copy would count as a first delivery, and redeliver forever. It waits in its queue.
             await attempts.RecordHeldAsync();
-            throw new RequeueRequestedException("The redelivery headers could not be sealed; the message goes back to its queue", sealFailure);
+            LogUnsealed(consumerId, key, attempt, unsealable.Message);
+            throw new RequeueRequestedException("The redelivery headers could not be sealed; the message goes back to its queue", unsealable);
         }
 
         var headers = new Dictionary<string, string>
         {
             [RedeliveryHeaders.Attempt] = attempt.ToString(CultureInfo.InvariantCulture),
             [RedeliveryHeaders.FirstFailureAt] = firstFailureAt,
-            [RedeliverySeal.Header] = sealedHeaders,
+            // Set by the SealOnce that answered.
+            [RedeliverySeal.Header] = sealedHeaders!,
             [RedeliveryHeaders.LastError] = JobTracker.Describe(exception, 500),
         };
 
@@ -228,18 +242,31 @@ public sealed partial class RedeliveryFilter<T>(
     }
 
     /// <summary>
-    /// Reads a seal that could not be checked again, after each of <see cref="SealRereadWaits"/> (a few
-    /// seconds in all: the delivery stays unacked meanwhile), until the key ring answers, and keeps the
-    /// outcome on the receive context in place of the failed one. Returns why the seal still could not be
-    /// checked, or null once it was. The worker stopping ends the waits early, so shutdown is not held.
-    /// A read is synchronous (Data Protection's): against a database that stalls rather than refuses, one
-    /// read can take a whole command timeout, so no read starts once the waits' total has passed.
+    /// Reads a seal that could not be checked again (<see cref="AgainWhileKeyRingUnreadableAsync"/>), and keeps
+    /// each read's outcome on the receive context in place of the failed one. Returns why the seal still could
+    /// not be checked, or null once it was.
     /// </summary>
-    private async Task<Exception?> SealCheckedAgainAsync(ConsumeContext context)
+    private Task<Exception?> SealCheckedAgainAsync(ConsumeContext context, Exception unreadable) =>
+        AgainWhileKeyRingUnreadableAsync(unreadable, () =>
+        {
+            var check = ReadSeal(context);
+            context.ReceiveContext.AddOrUpdatePayload(() => check, _ => check);
+            return check.Unreadable;
+        }, context.CancellationToken);
+
+    /// <summary>
+    /// Tries again what failed with <paramref name="failure"/> because the key ring could not be read, after
+    /// each of <see cref="KeyRingWaits"/> (a few seconds in all: the delivery stays unacked meanwhile), until
+    /// <paramref name="tryAgain"/> returns no failure. Returns the latest failure, or null once a try succeeded.
+    /// The worker stopping ends the waits early, so shutdown is not held. A try is synchronous (Data
+    /// Protection reads the ring): against a database that stalls rather than refuses, one can take a whole
+    /// command timeout, so none starts once the waits' total has passed.
+    /// </summary>
+    private async Task<Exception?> AgainWhileKeyRingUnreadableAsync(Exception failure, Func<Exception?> tryAgain, CancellationToken cancellationToken)
     {
         var started = time.GetTimestamp();
         var total = TimeSpan.Zero;
-        foreach (var wait in SealRereadWaits)
+        foreach (var wait in KeyRingWaits)
         {
             total += wait;
             if (time.GetElapsedTime(started) >= total)
@@ -249,22 +276,22 @@ public sealed partial class RedeliveryFilter<T>(
 
             try
             {
-                await Task.Delay(wait, time, context.CancellationToken);
+                await Task.Delay(wait, time, cancellationToken);
             }
-            catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
                 break;
             }
 
-            var check = ReadSeal(context);
-            context.ReceiveContext.AddOrUpdatePayload(() => check, _ => check);
-            if (check.Unreadable is null)
+            if (tryAgain() is not { } again)
             {
                 return null;
             }
+
+            failure = again;
         }
 
-        return SealUncheckedOf(context);
+        return failure;
     }
 
     /// <summary>What reading the copy's seal gave: its history, or the failure that kept it from being checked.</summary>
@@ -275,6 +302,11 @@ public sealed partial class RedeliveryFilter<T>(
     [LoggerMessage(EventId = 3101, Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: its redelivery seal could not be checked, the key ring " +
         "unreadable for a few seconds; the message goes back to its queue with its redeliveries untouched: {Error}")]
     private partial void LogSealUnchecked(string consumerId, string key, string error);
+
+    // Likewise one line per delivery given back, not per try.
+    [LoggerMessage(EventId = 3102, Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: redelivery {Attempt} could not be sealed for a few seconds " +
+        "(the key ring is read from the database); the message goes back to its queue with its redeliveries untouched: {Error}")]
+    private partial void LogUnsealed(string consumerId, string key, int attempt, string error);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);

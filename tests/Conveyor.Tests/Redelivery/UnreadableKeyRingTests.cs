@@ -19,7 +19,9 @@ namespace Conveyor.Tests.Redelivery;
 /// A redelivered copy's seal is checked against the key ring the workers share in the database. Data
 /// Protection keeps the ring in memory, but reads it again where it has none (a worker that started
 /// during an outage), every day, and for a key it does not know just after starting; a read that fails
-/// then must not turn a genuine copy into a first delivery, whose count starts again.
+/// then must not turn a genuine copy into a first delivery, whose count starts again. Sealing a failed
+/// delivery's redelivery reads it too, and a failure there must not send the delivery round its queue
+/// at once, to the gateway again.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -31,6 +33,9 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
 
     /// <summary>The worker's warning for a copy given back because its seal could not be checked.</summary>
     private const int SealUncheckedEventId = 3101;
+
+    /// <summary>The worker's warning for a failed delivery given back because its redelivery could not be sealed.</summary>
+    private const int UnsealedEventId = 3102;
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
@@ -143,6 +148,66 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
         await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, (await db.ScheduledMessages.AsNoTracking().SingleAsync()).Attempt);
+    }
+
+    [Fact]
+    public async Task A_first_failure_whose_redelivery_cannot_be_sealed_for_a_few_reads_is_stored_after_one_gateway_request()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+
+        // A worker started while the ring could not be read has none in memory: sealing the first failure's
+        // redelivery reads it, and the database is back after three reads.
+        var ring = new FlakyKeyRing();
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway), ring.Configure);
+        ring.FailNextReads(3);
+        var paymentId = Guid.NewGuid();
+        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, Charge(paymentId));
+
+        var stored = await StoredRedeliveryAsync();
+        Assert.Equal(0, ring.ReadsLeftToFail);
+        Assert.Equal(1, stored.Attempt);
+        Assert.Equal("1", stored.Headers[Attempt]);
+        // Delivered once, so charged once (RetryLimit 0). Before: given back to its queue at each failed
+        // seal and delivered again at once, the gateway asked once per read, four times.
+        Assert.Equal(1, gateway.TotalRequests);
+    }
+
+    [Fact]
+    public async Task A_failure_whose_redelivery_stays_unsealable_goes_back_to_its_queue_with_one_warning_each_time_until_the_ring_answers()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+
+        // An outage longer than the worker waits for the ring on one delivery.
+        var logs = new CapturedLogs();
+        var ring = new FlakyKeyRing();
+        await using var worker = await fixture.StartWorkerAsync(Settings(gateway), builder =>
+        {
+            ring.Configure(builder);
+            builder.Logging.AddProvider(logs);
+        });
+        var paymentId = Guid.NewGuid();
+        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, Charge(paymentId));
+
+        // Given back and delivered again, not lost, nor stored unsealed.
+        await Eventually.AssertAsync(() => Assert.True(gateway.TotalRequests >= 2));
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Empty(await db.ScheduledMessages.AsNoTracking().ToListAsync());
+        }
+
+        ring.FailNextReads(0);
+        var stored = await StoredRedeliveryAsync();
+        Assert.Equal(1, stored.Attempt);
+        Assert.Equal("1", stored.Headers[Attempt]);
+        // Every delivery but the last went back to its queue, each with one warning, not one per read.
+        var deliveries = gateway.TotalRequests;
+        var warnings = logs.Entries.Where(e => e.EventId.Id == UnsealedEventId).ToList();
+        Assert.Equal(deliveries - 1, warnings.Count);
+        Assert.All(warnings, w => Assert.Equal(LogLevel.Warning, w.Level));
     }
 
     private static object Charge(Guid paymentId) => new { paymentId, accountId = "acct-ring", amountMinor = 700, currency = "EUR" };
