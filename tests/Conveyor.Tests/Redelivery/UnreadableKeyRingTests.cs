@@ -44,19 +44,15 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task A_redelivered_copy_whose_seal_cannot_be_checked_waits_for_the_ring_and_keeps_its_count()
     {
-        await using var gateway = await FakePaymentGateway.StartAsync();
-        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
-        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
-        var paymentId = Guid.NewGuid();
-        var charge = Charge(paymentId);
-        var sealedHeaders = await SealFirstRedeliveryAsync(gateway, producer, paymentId, charge);
+        await using var first = await SealFirstRedeliveryAsync();
+        var (gateway, sealedHeaders) = (first.Gateway, first.SealedHeaders);
 
         // Another worker starts while the ring cannot be read, and reads it once more in vain when the
         // copy comes: a short outage, over by the time the worker would seal the next redelivery.
         var ring = new FlakyKeyRing();
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway), ring.Configure);
         ring.FailNextReads(1);
-        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: Copied(sealedHeaders));
+        await first.SendCopyAsync();
 
         // Before: the unreadable ring made the genuine copy a first delivery, stored as redelivery 1 again
         // with a new first failure time.
@@ -70,19 +66,15 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task A_key_ring_readable_again_within_seconds_checks_the_seal_on_the_copys_one_delivery()
     {
-        await using var gateway = await FakePaymentGateway.StartAsync();
-        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
-        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
-        var paymentId = Guid.NewGuid();
-        var charge = Charge(paymentId);
-        var sealedHeaders = await SealFirstRedeliveryAsync(gateway, producer, paymentId, charge);
+        await using var first = await SealFirstRedeliveryAsync();
+        var (gateway, sealedHeaders) = (first.Gateway, first.SealedHeaders);
 
         // The ring fails three reads in a row when the copy comes: a blip of the database, over in seconds.
         var ring = new FlakyKeyRing();
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway), ring.Configure);
         ring.FailNextReads(3);
         var requestsBefore = gateway.TotalRequests;
-        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: Copied(sealedHeaders));
+        await first.SendCopyAsync();
 
         var stored = await StoredRedeliveryAsync();
         Assert.Equal(0, ring.ReadsLeftToFail);
@@ -96,12 +88,8 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task A_copy_whose_key_ring_stays_unreadable_goes_back_to_its_queue_with_one_warning_each_time_until_the_ring_answers()
     {
-        await using var gateway = await FakePaymentGateway.StartAsync();
-        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
-        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
-        var paymentId = Guid.NewGuid();
-        var charge = Charge(paymentId);
-        var sealedHeaders = await SealFirstRedeliveryAsync(gateway, producer, paymentId, charge);
+        await using var first = await SealFirstRedeliveryAsync();
+        var (gateway, sealedHeaders) = (first.Gateway, first.SealedHeaders);
 
         // An outage longer than the worker waits for the ring on one delivery.
         var logs = new CapturedLogs();
@@ -112,7 +100,7 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
             builder.Logging.AddProvider(logs);
         });
         var requestsBefore = gateway.TotalRequests;
-        await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge, headers: Copied(sealedHeaders));
+        await first.SendCopyAsync();
 
         // Given back and delivered again, not lost; and not taken for a first delivery meanwhile.
         await Eventually.AssertAsync(() => Assert.True(gateway.TotalRequests - requestsBefore >= 2));
@@ -213,29 +201,52 @@ public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLife
     private static object Charge(Guid paymentId) => new { paymentId, accountId = "acct-ring", amountMinor = 700, currency = "EUR" };
 
     /// <summary>
-    /// A first worker fails the charge and seals its first redelivery; the stored row is removed, so that
-    /// only what the next worker stores is left to read. Returns the row's headers.
+    /// A first worker fails a charge against a gateway that refuses everything and seals its first
+    /// redelivery; the stored row is removed, so that only what the next worker stores is left to read.
     /// </summary>
-    private async Task<Dictionary<string, string>> SealFirstRedeliveryAsync(FakePaymentGateway gateway, RawAmqpProducer producer, Guid paymentId, object charge)
+    private async Task<FirstRedelivery> SealFirstRedeliveryAsync()
     {
-        await using (await fixture.StartWorkerAsync(Settings(gateway)))
+        var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailEverythingWith = HttpStatusCode.ServiceUnavailable;
+        var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var paymentId = Guid.NewGuid();
+        var first = new FirstRedelivery(gateway, producer, Charge(paymentId), []);
+        try
         {
-            await producer.PublishEnvelopeAsync(Exchange, MessageUrn, charge);
-            await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
-        }
+            await using (await fixture.StartWorkerAsync(Settings(gateway)))
+            {
+                await producer.PublishEnvelopeAsync(Exchange, MessageUrn, first.Charge);
+                await fixture.WaitForJobAsync(paymentId, JobStatus.RetryScheduled);
+            }
 
-        await using var context = fixture.CreateDbContext();
-        var first = await context.ScheduledMessages.SingleAsync();
-        var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(first.Headers)!;
-        context.ScheduledMessages.Remove(first);
-        await context.SaveChangesAsync();
-        Assert.Equal("1", headers[Attempt]);
-        return headers;
+            await using var context = fixture.CreateDbContext();
+            var row = await context.ScheduledMessages.SingleAsync();
+            var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(row.Headers)!;
+            context.ScheduledMessages.Remove(row);
+            await context.SaveChangesAsync();
+            Assert.Equal("1", headers[Attempt]);
+            return first with { SealedHeaders = headers };
+        }
+        catch
+        {
+            await first.DisposeAsync();
+            throw;
+        }
     }
 
-    /// <summary>The redelivery headers a copy of the sealed redelivery carries, as the dispatcher publishes them.</summary>
-    private static Dictionary<string, string> Copied(Dictionary<string, string> sealedHeaders) =>
-        sealedHeaders.Where(h => h.Key.StartsWith("Conveyor-", StringComparison.Ordinal)).ToDictionary();
+    /// <summary>A charge whose first redelivery was sealed, with the gateway and producer it went through.</summary>
+    private sealed record FirstRedelivery(FakePaymentGateway Gateway, RawAmqpProducer Producer, object Charge, Dictionary<string, string> SealedHeaders) : IAsyncDisposable
+    {
+        /// <summary>Sends the charge again with the redelivery headers a copy carries, as the dispatcher publishes them.</summary>
+        public Task SendCopyAsync() => Producer.PublishEnvelopeAsync(Exchange, MessageUrn, Charge,
+            headers: SealedHeaders.Where(h => h.Key.StartsWith("Conveyor-", StringComparison.Ordinal)).ToDictionary());
+
+        public async ValueTask DisposeAsync()
+        {
+            await Producer.DisposeAsync();
+            await Gateway.DisposeAsync();
+        }
+    }
 
     /// <summary>The one redelivery stored, once there is one.</summary>
     private async Task<ScheduledMessageSnapshot> StoredRedeliveryAsync()
