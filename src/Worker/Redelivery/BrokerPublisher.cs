@@ -86,7 +86,8 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
     public async Task<PublishResult> MoveToErrorQueueAsync(
         ScheduledMessage message, string? jobKind, string reason, DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var headers = new Dictionary<string, string>(StringComparer.Ordinal)
+        // A null value removes the stored header of that name (in any case).
+        var headers = new Dictionary<string, string?>(StringComparer.Ordinal)
         {
             [MassTransit.MessageHeaders.Reason] = "fault",
             [MassTransit.MessageHeaders.FaultExceptionType] = "UnpublishableRedelivery",
@@ -94,15 +95,22 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             [MassTransit.MessageHeaders.FaultTimestamp] = now.ToString("O", CultureInfo.InvariantCulture),
             [MassTransit.MessageHeaders.FaultInputAddress] = InputAddressOf(message.Destination),
             [Failures.DeadLetterHeadersFilter.Reason] = $"the stored redelivery could not be published: {reason}",
+            [MassTransit.MessageHeaders.FaultMessageType] = EnvelopeReader.MessageTypeOf(message.Body),
+            // The kind the dispatcher found for the row (its job's, or its queue's); never a sender's.
+            [Failures.DeadLetterHeadersFilter.JobKind] = jobKind,
+            // The job's row id as the store found it, over the id the message claimed: an operator's move
+            // by job id must find this job's command, as for any other dead-lettered job. A row of no job
+            // keeps no job id nor attempts a sender claimed (as DeadLetterHeadersFilter forgets them):
+            // left, the Api's listing showed another job's status beside the copy, and a move by that
+            // job's id took it along.
+            [JobHeaders.JobId] = message.JobId?.ToString("D"),
+            // As the error pipe writes on every other _error copy of a job: its attempts as the failure
+            // that stored this copy left them, which the Api's listing of the queue shows.
+            [Failures.DeadLetterHeadersFilter.Attempts] = message.JobId is null ? null : message.JobAttempts?.ToString(CultureInfo.InvariantCulture),
         };
-        if (EnvelopeReader.MessageTypeOf(message.Body) is { } messageType)
+        foreach (var (name, value) in RedeliveryHistoryOf(message, now))
         {
-            headers[MassTransit.MessageHeaders.FaultMessageType] = messageType;
-        }
-
-        if (jobKind is not null)
-        {
-            headers[Failures.DeadLetterHeadersFilter.JobKind] = jobKind;
+            headers[name] = value;
         }
 
         foreach (var (name, value) in HostHeaders)
@@ -110,21 +118,38 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             headers[name] = value;
         }
 
-        if (message.JobId is { } jobId)
-        {
-            // The job's row id as the store found it, over the id the message claimed: an operator's
-            // move by job id must find this job's command, as for any other dead-lettered job.
-            headers[JobHeaders.JobId] = jobId.ToString("D");
-            // As the error pipe writes on every other _error copy of a job: its attempts as the failure
-            // that stored this copy left them, which the Api's listing of the queue shows.
-            if (message.JobAttempts is { } attempts)
-            {
-                headers[Failures.DeadLetterHeadersFilter.Attempts] = attempts.ToString(CultureInfo.InvariantCulture);
-            }
-        }
-
         var (channel, frameMax) = await ChannelAsync(cancellationToken);
         return await PublishOneAsync(channel, frameMax, message, message.Destination + ErrorQueueSuffix, headers, alone: true, cancellationToken);
+    }
+
+    /// <summary>
+    /// The redelivery history the error pipe writes on every <c>_error</c> copy (the redeliveries the
+    /// failed delivery had had, and when its first attempt failed), as it would for the delivery that
+    /// stored <paramref name="message"/>. A redelivery the worker stored (attempt N) stands for the
+    /// delivery N-1 that failed; the worker wrote its first failure time itself, over whatever the
+    /// message came with. A row of attempt 0 (a job scheduled for later, a lease deferral) carries only
+    /// what its sender sent, which no one checked here: its copy says what the pipe says of a delivery
+    /// with no history it can trust, none, and failed first now.
+    /// </summary>
+    private static IEnumerable<KeyValuePair<string, string>> RedeliveryHistoryOf(ScheduledMessage message, DateTimeOffset now)
+    {
+        var firstFailureAt = message.Attempt > 0 ? StoredHeader(message, RedeliveryHeaders.FirstFailureAt) : null;
+        yield return KeyValuePair.Create(RedeliveryHeaders.Attempt, Math.Max(0, message.Attempt - 1).ToString(CultureInfo.InvariantCulture));
+        yield return KeyValuePair.Create(RedeliveryHeaders.FirstFailureAt, firstFailureAt ?? now.ToString("O", CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>A stored header's value (its name matched ignoring case); null when absent or the headers are unreadable.</summary>
+    private static string? StoredHeader(ScheduledMessage message, string name)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<Dictionary<string, string?>>(message.Headers)?
+                .FirstOrDefault(h => string.Equals(h.Key, name, StringComparison.OrdinalIgnoreCase)).Value;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
     }
 
     /// <summary>
@@ -158,15 +183,16 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
     ];
 
     /// <param name="extraHeaders">
-    /// Headers set over the stored ones, never dropped; given for a move to <c>_error</c>, which also
-    /// salvages what it can of a message that cannot be published as stored (see <see cref="Build"/>).
+    /// Headers set over the stored ones of the same name in any case, never dropped, and stored ones
+    /// removed (a null value); given for a move to <c>_error</c>, which also salvages what it can of a
+    /// message that cannot be published as stored (see <see cref="Build"/>).
     /// </param>
     private static async Task<PublishResult> PublishOneAsync(
         IChannel channel,
         uint frameMax,
         ScheduledMessage message,
         string routingKey,
-        IReadOnlyDictionary<string, string>? extraHeaders,
+        IReadOnlyDictionary<string, string?>? extraHeaders,
         bool alone,
         CancellationToken cancellationToken)
     {
@@ -202,7 +228,7 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
     /// headers, header names and properties AMQP cannot carry are left out.
     /// </summary>
     private static string? Build(
-        ScheduledMessage message, string routingKey, IReadOnlyDictionary<string, string>? extraHeaders, uint frameMax, out BasicProperties properties)
+        ScheduledMessage message, string routingKey, IReadOnlyDictionary<string, string?>? extraHeaders, uint frameMax, out BasicProperties properties)
     {
         var salvage = extraHeaders is not null;
         properties = new BasicProperties();
@@ -229,9 +255,18 @@ public sealed class BrokerPublisher(IOptions<RabbitMqOptions> options) : IAsyncD
             }
         }
 
-        foreach (var (key, value) in extraHeaders ?? new Dictionary<string, string>())
+        foreach (var (key, value) in extraHeaders ?? new Dictionary<string, string?>())
         {
-            headers[key] = value;
+            // A sender's copy of a header under another case would otherwise travel beside the one set here.
+            foreach (var same in headers.Keys.Where(name => string.Equals(name, key, StringComparison.OrdinalIgnoreCase)).ToList())
+            {
+                headers.Remove(same);
+            }
+
+            if (value is not null)
+            {
+                headers[key] = value;
+            }
         }
 
         properties.Headers = headers;

@@ -69,13 +69,14 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         var named = await AddJobAsync(JobStatus.RetryScheduled, attempts: 1);
 
         var due = DateTimeOffset.UtcNow.AddSeconds(-5);
-        await ScheduleAsync(due, waiting.Id, 2, named.Id);
-        await ScheduleAsync(due, succeeded.Id, 2, named.Id);
-        await ScheduleAsync(due, cancelled.Id, 0, named.Id);
-        await ScheduleAsync(due, running.Id, 2, named.Id);
-        await ScheduleAsync(due, movedOn.Id, 2, named.Id);
+        var rows = new Dictionary<string, (Guid? JobId, int? Attempts)>();
+        foreach (var (job, attempts) in new[] { (waiting, 2), (succeeded, 2), (cancelled, 0), (running, 2), (movedOn, 2) })
+        {
+            rows[await ScheduleAsync(due, job.Id, attempts, named.Id)] = (job.Id, attempts);
+        }
+
         // Stored before rows named their job: moved as before, no job touched.
-        await ScheduleAsync(due, jobId: null, jobAttempts: null, named.Id);
+        rows[await ScheduleAsync(due, jobId: null, jobAttempts: null, named.Id)] = (null, null);
 
         await using (var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions())))
         {
@@ -114,20 +115,25 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
                 (now.Status, now.Attempts, now.LastError, now.UpdatedAt.ToUnixTimeMilliseconds()));
         }
 
-        // Every row went to _error all the same; the copy of a row that names its job carries the job's own id.
+        // Every row went to _error all the same; the copy of a row that names its job carries the job's own
+        // id and attempts, and the kind of that job, whatever it has become since. The row of no job keeps
+        // none of the job id, attempts and kind its sender claimed (its queue is no job's): the Api's
+        // listing would show another job beside it, and a move by that job's id would take it along.
         var moved = await TakeAllAsync(_queue + BrokerPublisher.ErrorQueueSuffix);
-        Assert.Equal(6, moved.Count);
-        var jobIds = moved.Select(m => Text(m.BasicProperties.Headers![JobHeaders.JobId])).ToList();
-        Assert.Equal(
-            new[] { waiting.Id, succeeded.Id, cancelled.Id, running.Id, movedOn.Id, named.Id }.Select(id => id.ToString("D")).Order(),
-            jobIds.Order());
-        // Each names the kind of the job its row was stored for, whatever that job has become since; the row
-        // of no job names none (its queue is no job's), not the kind of the job its header claims.
-        var kinds = moved.ToDictionary(
-            m => Text(m.BasicProperties.Headers![JobHeaders.JobId])!,
-            m => m.BasicProperties.Headers!.TryGetValue("Conveyor-Job-Kind", out var kind) ? Text(kind) : null);
-        Assert.Null(kinds[named.Id.ToString("D")]);
-        Assert.All(kinds.Where(k => k.Key != named.Id.ToString("D")), k => Assert.Equal(JobKinds.ChargePayment, k.Value));
+        Assert.Equal(rows.Keys.Order(), moved.Select(m => m.BasicProperties.MessageId).Order());
+        foreach (var copy in moved)
+        {
+            var (jobId, attempts) = rows[copy.BasicProperties.MessageId!];
+            var headers = copy.BasicProperties.Headers!;
+            Assert.Equal(jobId is null ? [] : [jobId.Value.ToString("D")], HeaderValues(headers, JobHeaders.JobId));
+            Assert.Equal(attempts is { } count ? [count.ToString(System.Globalization.CultureInfo.InvariantCulture)] : [], HeaderValues(headers, "Conveyor-Attempts"));
+            Assert.Equal(jobId is null ? [] : [JobKinds.ChargePayment], HeaderValues(headers, "Conveyor-Job-Kind"));
+            // As DeadLetterHeadersFilter writes on every _error copy: the failed delivery was the one before
+            // the redelivery stored (attempt 1), and its first failure is the time the worker stored.
+            Assert.Equal("0", Assert.Single(HeaderValues(headers, "Conveyor-Redelivery-Attempt")));
+            Assert.Equal(StoredFirstFailureAt, Assert.Single(HeaderValues(headers, "Conveyor-First-Failure-At")));
+        }
+
         Assert.All(moved, m => Assert.Equal(
             _queue, ErrorQueueNames.OriginalQueueOf(Text(m.BasicProperties.Headers!["MT-Fault-InputAddress"]), "elsewhere_error")));
     }
@@ -158,10 +164,12 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
         Assert.NotEqual(other.Id, job.Id);
 
+        string? firstFailureAt;
         await using (var db = fixture.CreateDbContext())
         {
             var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync();
-            Assert.Equal((job.Id, job.Attempts), (stored.JobId, stored.JobAttempts));
+            Assert.Equal((job.Id, job.Attempts, 1), (stored.JobId, stored.JobAttempts, stored.Attempt));
+            firstFailureAt = JsonSerializer.Deserialize<Dictionary<string, string>>(stored.Headers)!["Conveyor-First-Failure-At"];
         }
 
         // As a row stored before the store bounded headers would be: it can never be published.
@@ -189,6 +197,10 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         Assert.Equal(job.Id.ToString("D"), moved.Header(JobHeaders.JobId));
         // As on every _error copy of a job: the attempts it had, which the Api's listing shows.
         Assert.Equal("1", moved.Header("Conveyor-Attempts"));
+        // As the error pipe would have written had that first delivery been dead-lettered: no redelivery
+        // yet (the stored one, attempt 1, never happened), and its first failure as the worker stored it.
+        Assert.Equal("0", moved.Header("Conveyor-Redelivery-Attempt"));
+        Assert.Equal(firstFailureAt, moved.Header("Conveyor-First-Failure-At"));
         AssertIdentifiesItsJob(moved, JobKinds.DeliverWebhook, "deliver-webhook", "Conveyor.Contracts.Webhooks.DeliverWebhook");
         Assert.Single(receiver.Deliveries);
     }
@@ -208,6 +220,7 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
             Assert.Equal((accepted.JobId, 0), (stored.JobId, stored.JobAttempts));
         }
 
+        var beforeFailure = DateTimeOffset.UtcNow;
         await MakeUnpublishableAndDueAsync();
 
         JobDetails shown = null!;
@@ -234,6 +247,10 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         var moved = Assert.Single(await producer.TakeAllAsync("charge-payment_error"));
         Assert.Equal(accepted.JobId.ToString("D"), moved.Header(JobHeaders.JobId));
         Assert.Equal("0", moved.Header("Conveyor-Attempts"));
+        // A first delivery dead-lettered: no redelivery, and it failed first when its command could not be published.
+        Assert.Equal("0", moved.Header("Conveyor-Redelivery-Attempt"));
+        var failedAt = DateTimeOffset.Parse(moved.Header("Conveyor-First-Failure-At")!, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(failedAt, beforeFailure.AddSeconds(-5), DateTimeOffset.UtcNow.AddSeconds(5));
         AssertIdentifiesItsJob(moved, JobKinds.ChargePayment, "charge-payment", "Conveyor.Contracts.Payments.ChargePayment");
     }
 
@@ -277,7 +294,18 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         return job;
     }
 
-    private async Task ScheduleAsync(DateTimeOffset dueAt, Guid? jobId, int? jobAttempts, Guid claimedJobId)
+    /// <summary>The first failure time the stored rows carry, as a worker that stored a redelivery writes it.</summary>
+    private const string StoredFirstFailureAt = "2026-01-02T03:04:05.0000000+00:00";
+
+    /// <summary>The values of every header named <paramref name="name"/> in any case.</summary>
+    private static string?[] HeaderValues(IDictionary<string, object?> headers, string name) =>
+        [.. headers.Where(h => string.Equals(h.Key, name, StringComparison.OrdinalIgnoreCase)).Select(h => Text(h.Value))];
+
+    /// <summary>
+    /// Stores a first redelivery of a command to the test's queue whose sender claimed
+    /// <paramref name="claimedJobId"/>, its attempts and another kind (one of them in another case); its message id.
+    /// </summary>
+    private async Task<string> ScheduleAsync(DateTimeOffset dueAt, Guid? jobId, int? jobAttempts, Guid claimedJobId)
     {
         var messageId = Guid.NewGuid().ToString();
         await using var db = fixture.CreateDbContext();
@@ -293,6 +321,10 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
             {
                 [LongHeaderName] = "x",
                 [JobHeaders.JobId] = claimedJobId.ToString("D"),
+                ["conveyor-attempts"] = "7",
+                ["Conveyor-Job-Kind"] = JobKinds.DeliverWebhook,
+                ["Conveyor-Redelivery-Attempt"] = "1",
+                ["Conveyor-First-Failure-At"] = StoredFirstFailureAt,
             }),
             Body = Encoding.UTF8.GetBytes("{}"),
             CreatedAt = DateTimeOffset.UtcNow,
@@ -300,6 +332,7 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
             JobAttempts = jobAttempts,
         });
         await db.SaveChangesAsync();
+        return messageId;
     }
 
     /// <summary>Gives every stored row a header no AMQP publish can carry, makes it due and wakes the dispatchers.</summary>
