@@ -72,26 +72,52 @@ public sealed partial class RetentionSweeper(
     }
 
     /// <summary>
-    /// Finished jobs older than <c>@before</c>, at most <c>@batch</c>: per kind and finished status one
-    /// range of the (kind, status, created_at, id) index (<see cref="JobIndexRanges"/>; created_at &lt;=
-    /// updated_at), so a sweep reads the rows it deletes and those kept, not the live jobs.
+    /// Locks finished jobs older than <c>@before</c>, at most <c>@batch</c>, that nothing could still
+    /// deliver the command of, and returns their ids: per kind and finished status one range of the
+    /// (kind, status, created_at, id) index (<see cref="JobIndexRanges"/>; created_at &lt;= updated_at),
+    /// so a sweep reads the rows it deletes and those kept, not the live jobs. The first of a batch's two
+    /// statements (see <see cref="DeleteLockedJobsSql"/>).
     /// </summary>
-    private const string JobsSweepSql = $"""
+    internal const string LockFinishedJobsSql = $"""
         WITH RECURSIVE {JobIndexRanges.KindStatusPairs}
-        DELETE FROM jobs WHERE id IN (
-            SELECT r.id
-              FROM job_pairs p
-             CROSS JOIN LATERAL (
-                   SELECT j.id FROM jobs j
-                    WHERE j.kind = p.kind AND j.status = p.status AND j.status IN {JobIndexRanges.Statuses}
-                      AND j.created_at < @before AND j.updated_at < @before
-                      AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer_id = j.kind AND i.message_key = j.business_key)
-                      AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.job_id = j.id)
-                      AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = '{ScheduledMessage.ScheduledJobKeyPrefix}' || j.id::text)
-                    LIMIT @batch
-                      FOR UPDATE OF j SKIP LOCKED) r
-             WHERE p.status = ANY(@finished)
-             LIMIT @batch)
+        SELECT r.id AS "Value"
+          FROM job_pairs p
+         CROSS JOIN LATERAL (
+               SELECT j.id FROM jobs j
+                WHERE j.kind = p.kind AND j.status = p.status AND j.status IN {JobIndexRanges.Statuses}
+                  AND j.created_at < @before AND j.updated_at < @before
+                  AND {NothingDeliversItsCommand}
+                LIMIT @batch
+                  FOR UPDATE OF j SKIP LOCKED) r
+         WHERE p.status = ANY(@finished)
+         LIMIT @batch
+        """;
+
+    /// <summary>
+    /// Deletes the jobs <see cref="LockFinishedJobsSql"/> locked (<c>@ids</c>) that nothing delivers the
+    /// command of still, as a new statement sees it. The lock statement tested that as of its own start, and
+    /// it may lock a row much later in its scan: a replay that found the job finished and committed its inbox
+    /// row meanwhile (its claim had the job's row locked, and let go of it at its commit) was not seen, and
+    /// the job went. A resubmission of its business key then got a new job whose command the inbox acked as
+    /// a duplicate of that replay, unrun: queued for good. Tested again once the jobs are locked, a replay
+    /// that committed before is seen, and one that had not cannot yet have found the job (every inbox path
+    /// locks the job's row before it writes a status from it: the single claim's upsert, the batched claim's
+    /// FOR NO KEY UPDATE, the lease path's attempt after its lease): it waits for the sweep, finds no job,
+    /// and runs the command as a new one, as it would have just after the sweep.
+    /// </summary>
+    internal const string DeleteLockedJobsSql = $"""
+        DELETE FROM jobs j WHERE j.id = ANY(@ids) AND {NothingDeliversItsCommand}
+        """;
+
+    /// <summary>
+    /// No inbox row of the job's command (by the inbox's primary key: a job consumer's inbox id is its
+    /// queue's name, which is the job's kind), and no stored command of it, by job id or, for rows stored
+    /// before that column, by a scheduled job's dedupe key.
+    /// </summary>
+    private const string NothingDeliversItsCommand = $"""
+        NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer_id = j.kind AND i.message_key = j.business_key)
+                  AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.job_id = j.id)
+                  AND NOT EXISTS (SELECT 1 FROM scheduled_messages s WHERE s.dedupe_key = '{ScheduledMessage.ScheduledJobKeyPrefix}' || j.id::text)
         """;
 
     /// <summary>
@@ -153,15 +179,10 @@ public sealed partial class RetentionSweeper(
         //   inbox row or touching the job there), which keeps the consume path's one statement as it is,
         //   and holds for every inbox path (single, batched, lease). A job consumer's inbox id is its
         //   queue's name, which is the job's kind (JobKinds), so the lookup is the inbox's primary key.
+        //   Tested again once the batch's jobs are locked, for a replay that committed meanwhile
+        //   (DeleteLockedJobsSql).
         // The inbox sweep above runs first: a job whose inbox row expired now goes in this same sweep.
-        var jobs = await DeleteInBatchesAsync("jobs", db => db.Database.ExecuteSqlRawAsync(
-            JobsSweepSql,
-            [
-                new NpgsqlParameter<string[]>("finished", [JobStatus.Succeeded, JobStatus.DeadLettered, JobStatus.Cancelled]),
-                new NpgsqlParameter<DateTimeOffset>("before", jobsBefore),
-                new NpgsqlParameter<int>("batch", batch),
-            ],
-            cancellationToken), batch, cancellationToken);
+        var jobs = await SweepJobsAsync(jobsBefore, batch, cancellationToken);
         var audit = await DeleteInBatchesAsync("error_queue_operations", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM error_queue_operations WHERE id IN (
                 SELECT id FROM error_queue_operations WHERE state <> 'running' AND created_at < {auditBefore}
@@ -214,6 +235,52 @@ public sealed partial class RetentionSweeper(
     }
 
     private sealed record InboxBatch(DateTimeOffset? LastReceivedAt, long Deleted);
+
+    /// <summary>
+    /// Deletes the finished jobs past <paramref name="before"/>, batch after batch, each in a transaction of
+    /// two statements: the jobs locked (<see cref="LockFinishedJobsSql"/>), then deleted unless something
+    /// delivers their command after all (<see cref="DeleteLockedJobsSql"/>). Stops after a batch that
+    /// locked fewer than a whole one.
+    /// </summary>
+    private async Task<int> SweepJobsAsync(DateTimeOffset before, int batchSize, CancellationToken cancellationToken)
+    {
+        var total = 0;
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        while (true)
+        {
+            int locked, deleted;
+            await using (var transaction = await db.Database.BeginTransactionAsync(cancellationToken))
+            {
+                var ids = await LockFinishedJobsAsync(db, before, batchSize, cancellationToken);
+                locked = ids.Length;
+                deleted = locked == 0 ? 0 : await DeleteLockedJobsAsync(db, ids, cancellationToken);
+                await transaction.CommitAsync(cancellationToken);
+            }
+
+            total += deleted;
+            if (deleted > 0)
+            {
+                Deleted.Add(deleted, new KeyValuePair<string, object?>("table", "jobs"));
+            }
+
+            if (locked < batchSize)
+            {
+                return total;
+            }
+        }
+    }
+
+    /// <summary>The first statement of a batch of the job sweep, in the caller's transaction (<see cref="LockFinishedJobsSql"/>).</summary>
+    internal static async Task<Guid[]> LockFinishedJobsAsync(ConveyorDbContext db, DateTimeOffset before, int batchSize, CancellationToken cancellationToken) =>
+        [.. await db.Database.SqlQueryRaw<Guid>(
+            LockFinishedJobsSql,
+            new NpgsqlParameter<string[]>("finished", [JobStatus.Succeeded, JobStatus.DeadLettered, JobStatus.Cancelled]),
+            new NpgsqlParameter<DateTimeOffset>("before", before),
+            new NpgsqlParameter<int>("batch", batchSize)).ToListAsync(cancellationToken)];
+
+    /// <summary>The second statement of a batch of the job sweep, in the caller's transaction (<see cref="DeleteLockedJobsSql"/>).</summary>
+    internal static Task<int> DeleteLockedJobsAsync(ConveyorDbContext db, Guid[] ids, CancellationToken cancellationToken) =>
+        db.Database.ExecuteSqlRawAsync(DeleteLockedJobsSql, [new NpgsqlParameter<Guid[]>("ids", ids)], cancellationToken);
 
     private async Task<int> DeleteInBatchesAsync(string table, Func<ConveyorDbContext, Task<int>> deleteBatch, int batchSize, CancellationToken cancellationToken)
     {

@@ -97,6 +97,50 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.True(PrometheusText.Sum(metrics, "conveyor_retention_deleted_total", "table=\"jobs\"") >= 1, "deleted jobs counted");
     }
 
+    /// <summary>
+    /// A replay that finds a finished job records its inbox row; committed after the sweep's batch chose the
+    /// job (its first statement's snapshot is older), the job was deleted all the same, and a resubmission of
+    /// its business key then made a new job whose command the inbox acked as that replay's duplicate, unrun.
+    /// The batch's second statement tests again, with the jobs locked. Run here step by step, a commit of the
+    /// test's between them: within the old single statement the moment cannot be chosen from outside.
+    /// </summary>
+    [Fact]
+    public async Task A_finished_job_is_kept_when_its_command_is_recorded_after_the_sweep_chose_it()
+    {
+        var now = DateTimeOffset.UtcNow;
+        var old = now.AddDays(-40);
+        var (replayed, redelivered, alone) =
+            (Job("replayed-meanwhile", JobStatus.Succeeded, old), Job("redelivered-meanwhile", JobStatus.DeadLettered, old), Job("alone", JobStatus.Cancelled, old));
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(replayed, redelivered, alone);
+            await db.SaveChangesAsync();
+        }
+
+        await using var sweep = fixture.CreateDbContext();
+        await using (var transaction = await sweep.Database.BeginTransactionAsync())
+        {
+            var locked = await RetentionSweeper.LockFinishedJobsAsync(sweep, now.AddDays(-30), 100, CancellationToken.None);
+            Assert.Equal(new[] { replayed.Id, redelivered.Id, alone.Id }.Order(), locked.Order());
+
+            // Meanwhile a replay's inbox row commits (a lease claim commits its row before it reads the job),
+            // and so does a stored command of another.
+            await using (var meanwhile = fixture.CreateDbContext())
+            {
+                meanwhile.Inbox.Add(Inbox(replayed.BusinessKey, now, InboxStatus.Done));
+                meanwhile.ScheduledMessages.Add(Stored($"{redelivered.BusinessKey}:1", redelivered.Id, now.AddHours(1)));
+                await meanwhile.SaveChangesAsync();
+            }
+
+            Assert.Equal(1, await RetentionSweeper.DeleteLockedJobsAsync(sweep, locked, CancellationToken.None));
+            await transaction.CommitAsync();
+        }
+
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(["redelivered-meanwhile", "replayed-meanwhile"], await check.Jobs.Select(j => j.BusinessKey).OrderBy(k => k).ToListAsync());
+        Assert.Equal(JobStatus.Succeeded, (await check.Jobs.SingleAsync(j => j.Id == replayed.Id)).Status);
+    }
+
     [Fact]
     public async Task A_failing_sweep_is_counted()
     {
