@@ -203,7 +203,7 @@ internal static class DashboardApi
     }
 
     internal static async Task<Results<Ok<QueueOverview>, ProblemHttpResult>> Overview(
-        QueueOverviewSource source, BrokerPressureMonitor pressure, CancellationToken cancellationToken)
+        HttpContext http, QueueOverviewSource source, BrokerPressureMonitor pressure, CancellationToken cancellationToken)
     {
         try
         {
@@ -211,8 +211,9 @@ internal static class DashboardApi
         }
         catch (BrokerUnavailableException)
         {
-            return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable,
-                title: "Message broker unavailable", detail: "RabbitMQ's management API could not be reached; retry later.");
+            return ErrorQueues.ErrorQueuesApi.RetryLater(http, ErrorQueues.ErrorQueuesApi.RetryAfterSeconds, TypedResults.Problem(
+                statusCode: StatusCodes.Status503ServiceUnavailable,
+                title: "Message broker unavailable", detail: "RabbitMQ's management API could not be reached; retry later."));
         }
     }
 

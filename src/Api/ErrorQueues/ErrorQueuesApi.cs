@@ -24,6 +24,13 @@ internal static class ErrorQueuesApi
     public const int MaxGroupsLimit = 100_000;
     public const int MaxBodyBytes = 256 * 1024;
 
+    /// <summary>
+    /// Seconds a client is told to wait when the queue is busy (another inspection or operation holds its
+    /// lock, for a time no one knows ahead: a short wait, then a new try) or the broker cannot be reached
+    /// (as a submission is told, <see cref="JobsApi.RetryAfterSeconds"/>).
+    /// </summary>
+    public const int RetryAfterSeconds = JobsApi.RetryAfterSeconds;
+
     public static IServiceCollection AddErrorQueues(this IServiceCollection services)
     {
         services.AddOptions<ErrorQueueOptions>()
@@ -60,20 +67,20 @@ internal static class ErrorQueuesApi
             .WithName("PeekErrorQueueMessages")
             .WithSummary("The first messages of an error queue with their faults; nothing is removed or reordered.")
             .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict);
+            .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict);
 
         queues.MapGet("/{queue}/groups", Groups)
             .WithName("GroupErrorQueueMessages")
             .WithSummary("Messages grouped by fault fingerprint (exception type and normalised message).")
             .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict);
+            .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict);
 
         queues.MapPost("/{queue}/move", (string queue, HttpContext http, RabbitManagementClient management, OperationRunner runner, CancellationToken cancellationToken) =>
                 StartOperation(ErrorQueueOperationKinds.Move, queue, http, management, runner, cancellationToken))
             .WithName("MoveErrorQueueMessages")
             .WithSummary("Starts moving matching messages back to their original queue (or a target); answers 202 with the operation.")
             .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
 
@@ -82,7 +89,7 @@ internal static class ErrorQueuesApi
             .WithName("PurgeErrorQueueMessages")
             .WithSummary("Starts deleting matching messages; the body must confirm the queue name. Answers 202 with the operation.")
             .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
 
@@ -90,7 +97,7 @@ internal static class ErrorQueuesApi
     }
 
     internal static async Task<Results<Ok<IReadOnlyList<ErrorQueueSummary>>, ProblemHttpResult>> ListQueues(
-        RabbitManagementClient management, CancellationToken cancellationToken)
+        HttpContext http, RabbitManagementClient management, CancellationToken cancellationToken)
     {
         try
         {
@@ -107,7 +114,7 @@ internal static class ErrorQueuesApi
         }
         catch (BrokerUnavailableException exception)
         {
-            return BrokerUnavailable(exception);
+            return BrokerUnavailable(http, exception);
         }
     }
 
@@ -175,7 +182,7 @@ internal static class ErrorQueuesApi
             var inspection = await inspect(count);
             if (inspection.Busy)
             {
-                return Busy(queue, inspection.RunningOperationId);
+                return Busy(http, queue, inspection.RunningOperationId);
             }
 
             var who = Who(http);
@@ -195,11 +202,12 @@ internal static class ErrorQueuesApi
         }
         catch (QueueLockLostException exception)
         {
-            return Problem(StatusCodes.Status503ServiceUnavailable, "Queue lock lost", exception.Message);
+            // The database session holding the queue's lock went away: the database's outage, as ErrorHandling answers one.
+            return RetryLater(http, ErrorHandling.DatabaseRetryAfterSeconds, Problem(StatusCodes.Status503ServiceUnavailable, "Queue lock lost", exception.Message));
         }
         catch (Exception exception) when (IsBrokerFailure(exception))
         {
-            return BrokerUnavailable(exception);
+            return BrokerUnavailable(http, exception);
         }
     }
 
@@ -249,11 +257,11 @@ internal static class ErrorQueuesApi
             return started.Status == StartStatus.Started
                 ? TypedResults.Accepted($"/api/operations/{started.OperationId}",
                     new OperationAccepted(started.OperationId!.Value, kind, queue, ErrorQueueOperationStates.Running, request.DryRun))
-                : Busy(queue, started.RunningOperationId);
+                : Busy(http, queue, started.RunningOperationId);
         }
         catch (Exception exception) when (IsBrokerFailure(exception))
         {
-            return BrokerUnavailable(exception);
+            return BrokerUnavailable(http, exception);
         }
     }
 
@@ -304,21 +312,29 @@ internal static class ErrorQueuesApi
     private static ProblemHttpResult QueueNotFound(string queue) =>
         Problem(StatusCodes.Status404NotFound, "Queue not found", $"There is no queue '{queue}' in this vhost.");
 
-    private static ProblemHttpResult Busy(string queue, Guid? operationId)
+    /// <summary>409, with <see cref="RetryAfterSeconds"/>: the queue is free again once the inspection or operation ends.</summary>
+    private static ProblemHttpResult Busy(HttpContext http, string queue, Guid? operationId)
     {
         var detail = operationId is { } id
             ? $"Operation {id} is running on '{queue}'; wait for it to end (GET /api/operations/{id})."
             : $"Another inspection or operation is using '{queue}'; retry shortly.";
-        return TypedResults.Problem(
+        return RetryLater(http, RetryAfterSeconds, TypedResults.Problem(
             statusCode: StatusCodes.Status409Conflict,
             title: "Queue busy",
             detail: detail,
-            extensions: operationId is { } running ? new Dictionary<string, object?> { ["operationId"] = running } : null);
+            extensions: operationId is { } running ? new Dictionary<string, object?> { ["operationId"] = running } : null));
     }
 
-    private static ProblemHttpResult BrokerUnavailable(Exception exception) =>
-        Problem(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
-            exception is BrokerUnavailableException ? exception.Message : "RabbitMQ could not be reached; retry later.");
+    private static ProblemHttpResult BrokerUnavailable(HttpContext http, Exception exception) =>
+        RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
+            exception is BrokerUnavailableException ? exception.Message : "RabbitMQ could not be reached; retry later."));
+
+    /// <summary><paramref name="problem"/>, its answer carrying <c>Retry-After</c> (whole seconds): one that says "retry" says when.</summary>
+    internal static ProblemHttpResult RetryLater(HttpContext http, int seconds, ProblemHttpResult problem)
+    {
+        http.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return problem;
+    }
 
     private static ProblemHttpResult Problem(int status, string title, string detail) =>
         TypedResults.Problem(statusCode: status, title: title, detail: detail);

@@ -15,7 +15,7 @@ internal static class RetryAfterResponses
 {
     /// <summary>
     /// Declares a problem of <paramref name="statusCode"/> whose answer may carry <c>Retry-After</c>: not
-    /// necessarily every answer of that status does (an error queue's broker outage does not, say).
+    /// necessarily every answer of that status does (a job's 409 "Job cannot be cancelled" does not, say).
     /// </summary>
     public static TBuilder ProducesProblemWithRetryAfter<TBuilder>(this TBuilder builder, int statusCode)
         where TBuilder : IEndpointConventionBuilder => builder

@@ -72,6 +72,11 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         ["POST /api/jobs/{kind}/batch"] = [409],
         // 409 "Job busy" (not "Job cannot be cancelled").
         ["DELETE /api/jobs/{jobId}"] = [409],
+        // 409 "Queue busy" (another inspection or operation holds the queue).
+        ["GET /api/error-queues/{queue}/messages"] = [409],
+        ["GET /api/error-queues/{queue}/groups"] = [409],
+        ["POST /api/error-queues/{queue}/move"] = [409],
+        ["POST /api/error-queues/{queue}/purge"] = [409],
     };
 
     private RunningApp _api = null!;

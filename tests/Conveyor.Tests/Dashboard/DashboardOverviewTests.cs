@@ -23,16 +23,17 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
     [InlineData("\"queues\"")]
     public async Task An_answer_that_is_not_a_list_of_queues_is_a_503_not_a_500(string answer)
     {
-        var (status, body) = await OverviewAsync(answer);
+        var (status, body, retryAfter) = await OverviewAsync(answer);
 
         Assert.True(status == HttpStatusCode.ServiceUnavailable, $"{(int)status}: {body}");
         Assert.Equal("Message broker unavailable", JsonDocument.Parse(body).RootElement.GetProperty("title").GetString());
+        Assert.Equal(TimeSpan.FromSeconds(5), retryAfter);
     }
 
     [Fact]
     public async Task A_listed_entry_without_a_name_is_left_out_and_the_queues_are_shown()
     {
-        var (status, body) = await OverviewAsync("""[{"messages":3}, {"name":42}, {"name":"charge-payment","messages":2,"consumers":1}]""");
+        var (status, body, _) = await OverviewAsync("""[{"messages":3}, {"name":42}, {"name":"charge-payment","messages":2,"consumers":1}]""");
 
         Assert.True(status == HttpStatusCode.OK, $"{(int)status}: {body}");
         var queue = Assert.Single(JsonDocument.Parse(body).RootElement.GetProperty("queues").EnumerateArray());
@@ -47,7 +48,7 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
     [InlineData("""[{"name":"charge-payment","consumers":1,"message_stats":{"ack_details":{"rate":1e400}}}]""")] // a rate beyond a double
     public async Task A_listed_value_of_an_unexpected_shape_counts_as_absent_and_the_queues_are_shown(string answer)
     {
-        var (status, body) = await OverviewAsync(answer);
+        var (status, body, _) = await OverviewAsync(answer);
 
         Assert.True(status == HttpStatusCode.OK, $"{(int)status}: {body}");
         var queue = Assert.Single(JsonDocument.Parse(body).RootElement.GetProperty("queues").EnumerateArray());
@@ -57,7 +58,7 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
     }
 
     /// <summary>The dashboard's overview from an Api whose management API answers the queue listing with <paramref name="queuesAnswer"/>.</summary>
-    private async Task<(HttpStatusCode Status, string Body)> OverviewAsync(string queuesAnswer)
+    private async Task<(HttpStatusCode Status, string Body, TimeSpan? RetryAfter)> OverviewAsync(string queuesAnswer)
     {
         await using var management = await FakeRabbitManagement.StartAsync();
         management.QueuesAnswer = queuesAnswer;
@@ -66,6 +67,6 @@ public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLife
             ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
         });
         using var response = await api.Client.GetAsync(new Uri("/dashboard/api/overview", UriKind.Relative));
-        return (response.StatusCode, await response.Content.ReadAsStringAsync());
+        return (response.StatusCode, await response.Content.ReadAsStringAsync(), response.Headers.RetryAfter?.Delta);
     }
 }

@@ -465,6 +465,9 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         Assert.Equal(running, problem.GetProperty("operationId").GetGuid());
         using var peek = await Admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages", UriKind.Relative));
         Assert.Equal(HttpStatusCode.Conflict, peek.StatusCode);
+        // "Queue busy" is no conflict for good: both say when to try again.
+        Assert.Equal(TimeSpan.FromSeconds(5), second.Headers.RetryAfter?.Delta);
+        Assert.Equal(TimeSpan.FromSeconds(5), peek.Headers.RetryAfter?.Delta);
 
         var progress = await slow.GetJsonAsync($"/api/operations/{running}");
         Assert.Equal("running", progress.GetProperty("state").GetString());

@@ -47,6 +47,8 @@ public sealed class InspectionLockLossTests(ConveyorFixture fixture) : IAsyncLif
         Assert.True(answer.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)answer.StatusCode}: {text}");
         var problem = JsonDocument.Parse(text).RootElement;
         Assert.Equal("Queue lock lost", problem.GetProperty("title").GetString());
+        // The database session went away, as in a database outage: the same wait (ErrorHandling).
+        Assert.Equal(TimeSpan.FromSeconds(5), answer.Headers.RetryAfter?.Delta);
         Assert.Contains(Queue, problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
 
         // The queue is free: a move is accepted and takes every message, the held one too once it is released.
