@@ -57,6 +57,11 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
         }
         else
         {
+            // Unreadable as its job, or its job's row could not be read: no job is known that the copy could
+            // name, so it names none a sender claimed either (see ForgetClaim), nor that job's kind or attempts.
+            ForgetClaim(context, JobHeaders.JobId);
+            ForgetClaim(context, Attempts);
+            ForgetClaim(context, JobKind);
             headers.Set(Reason, ReasonWithoutJob(context.Exception, context.Body.GetBytes()));
         }
 
@@ -92,9 +97,9 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
     }
 
     /// <summary>
-    /// The job has no row (its command was refused before one was made), or no attempt: a job id or an
-    /// attempt count the message came with is only its sender's claim, and the job id may be another
-    /// job's. Left on the copy, the Api's listing showed that job's status beside this command, and an
+    /// The job has no row (its command was refused before one was made, or could not even be read), or no
+    /// attempt: a job id, an attempt count or a kind the message came with is only its sender's claim, and
+    /// the job id may be another job's. Left on the copy, the Api's listing showed that job's status beside this command, and an
     /// operator's move by that job's id took this command along. Removed from the received headers, which
     /// MassTransit's move copies (see <see cref="FrameFitFilter"/>).
     /// </summary>

@@ -118,5 +118,37 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
             $"no reason on a copy of {Encoding.UTF8.GetString(message.Body)}: {string.Join(", ", message.Headers.Keys)}"));
     }
 
+    /// <summary>
+    /// A message that cannot be read as its job has no job the worker could name in <c>_error</c>: a job id,
+    /// attempts or kind it came with are its sender's claims, and the id may be another job's. Left on the
+    /// copy, the Api's listing showed that job's status beside it, and a move by that job's id took it along.
+    /// </summary>
+    [Fact]
+    public async Task An_unreadable_message_does_not_name_in_error_the_job_its_headers_claim()
+    {
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
+        await fixture.DeclareAsync("charge-payment_error");
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var other = Guid.NewGuid();
+        await producer.PublishEnvelopeAsync(Exchange, ChargeUrn, Good(other));
+        var otherJob = await fixture.WaitForJobAsync(other, JobStatus.Succeeded);
+
+        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8("""{"messageId":"1f0c","message":{"paymentId":"""), RawAmqpProducer.EnvelopeContentType,
+            headers: new Dictionary<string, string>
+            {
+                ["Conveyor-Job-Id"] = otherJob.Id.ToString(),
+                ["conveyor-attempts"] = "7",
+                ["Conveyor-Job-Kind"] = "deliver-webhook",
+            });
+
+        var error = await producer.TakeOnlyAsync("charge-payment_error", () => PipelineState.DescribeAsync(fixture));
+        Assert.StartsWith("unreadable message: ", error.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        var claims = error.Headers.Keys.Where(name =>
+            name.Equals("Conveyor-Job-Id", StringComparison.OrdinalIgnoreCase) || name.Equals("Conveyor-Attempts", StringComparison.OrdinalIgnoreCase)
+            || name.Equals("Conveyor-Job-Kind", StringComparison.OrdinalIgnoreCase));
+        Assert.Empty(claims);
+    }
+
     private static object Good(Guid paymentId) => new { paymentId, accountId = "acct-good", amountMinor = 250, currency = "EUR" };
 }
