@@ -99,9 +99,9 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
     /// <summary>
     /// The job has no row (its command was refused before one was made, or could not even be read), or no
     /// attempt: a job id, an attempt count or a kind the message came with is only its sender's claim, and
-    /// the job id may be another job's. Left on the copy, the Api's listing showed that job's status beside this command, and an
-    /// operator's move by that job's id took this command along. Removed from the received headers, which
-    /// MassTransit's move copies (see <see cref="FrameFitFilter"/>).
+    /// the job id may be another job's. Left on the copy, the Api's listing showed that job's status beside
+    /// this command, and an operator's move by that job's id took this command along. Removed from the
+    /// received headers, which MassTransit's move copies (see <see cref="FrameFitFilter"/>).
     /// </summary>
     private static void ForgetClaim(ReceiveContext context, string header)
     {

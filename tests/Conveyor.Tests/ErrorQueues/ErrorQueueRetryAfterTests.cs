@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Net;
-using System.Net.Sockets;
 using System.Text.Json;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Tests.ErrorQueues;
@@ -23,13 +23,9 @@ public sealed class ErrorQueueRetryAfterTests(ConveyorFixture fixture) : IAsyncL
     [InlineData("/api/error-queues/charge-payment_error/groups")]
     public async Task A_broker_that_cannot_be_read_is_a_503_with_Retry_After(string path)
     {
-        // RabbitMQ's management API refuses connections: a port nothing listens on.
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var closedPort = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
         var settings = ErrorQueueKit.ApiSettings();
-        settings["RabbitMq:ManagementPort"] = closedPort.ToString(CultureInfo.InvariantCulture);
+        // RabbitMQ's management API refuses connections: a port nothing listens on.
+        settings["RabbitMq:ManagementPort"] = BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture);
         await using var api = await fixture.StartApiAsync(settings);
         using var admin = ErrorQueueKit.Client(api.BaseAddress);
 
