@@ -211,7 +211,7 @@ internal static class DashboardApi
         }
         catch (BrokerUnavailableException)
         {
-            return ErrorQueues.ErrorQueuesApi.RetryLater(http, ErrorQueues.ErrorQueuesApi.RetryAfterSeconds, TypedResults.Problem(
+            return RetryAfterResponses.RetryLater(http, ErrorQueuesApi.RetryAfterSeconds, TypedResults.Problem(
                 statusCode: StatusCodes.Status503ServiceUnavailable,
                 title: "Message broker unavailable", detail: "RabbitMQ's management API could not be reached; retry later."));
         }

@@ -203,7 +203,7 @@ internal static class ErrorQueuesApi
         catch (QueueLockLostException exception)
         {
             // The database session holding the queue's lock went away: the database's outage, as ErrorHandling answers one.
-            return RetryLater(http, ErrorHandling.DatabaseRetryAfterSeconds, Problem(StatusCodes.Status503ServiceUnavailable, "Queue lock lost", exception.Message));
+            return RetryAfterResponses.RetryLater(http, ErrorHandling.DatabaseRetryAfterSeconds, Problem(StatusCodes.Status503ServiceUnavailable, "Queue lock lost", exception.Message));
         }
         catch (Exception exception) when (IsBrokerFailure(exception))
         {
@@ -318,7 +318,7 @@ internal static class ErrorQueuesApi
         var detail = operationId is { } id
             ? $"Operation {id} is running on '{queue}'; wait for it to end (GET /api/operations/{id})."
             : $"Another inspection or operation is using '{queue}'; retry shortly.";
-        return RetryLater(http, RetryAfterSeconds, TypedResults.Problem(
+        return RetryAfterResponses.RetryLater(http, RetryAfterSeconds, TypedResults.Problem(
             statusCode: StatusCodes.Status409Conflict,
             title: "Queue busy",
             detail: detail,
@@ -326,15 +326,8 @@ internal static class ErrorQueuesApi
     }
 
     private static ProblemHttpResult BrokerUnavailable(HttpContext http, Exception exception) =>
-        RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
+        RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status503ServiceUnavailable, "Message broker unavailable",
             exception is BrokerUnavailableException ? exception.Message : "RabbitMQ could not be reached; retry later."));
-
-    /// <summary><paramref name="problem"/>, its answer carrying <c>Retry-After</c> (whole seconds): one that says "retry" says when.</summary>
-    internal static ProblemHttpResult RetryLater(HttpContext http, int seconds, ProblemHttpResult problem)
-    {
-        http.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        return problem;
-    }
 
     private static ProblemHttpResult Problem(int status, string title, string detail) =>
         TypedResults.Problem(statusCode: status, title: title, detail: detail);

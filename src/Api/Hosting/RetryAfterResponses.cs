@@ -1,4 +1,5 @@
 using System.Globalization;
+using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.OpenApi;
 using Microsoft.Net.Http.Headers;
 using Microsoft.OpenApi;
@@ -21,6 +22,16 @@ internal static class RetryAfterResponses
         where TBuilder : IEndpointConventionBuilder => builder
         .ProducesProblem(statusCode)
         .WithMetadata(new RetryAfterMetadata(statusCode));
+
+    /// <summary>
+    /// <paramref name="problem"/>, its answer carrying <c>Retry-After</c> of <paramref name="seconds"/>: a handler's
+    /// problem that says "retry" says when.
+    /// </summary>
+    public static ProblemHttpResult RetryLater(HttpContext http, int seconds, ProblemHttpResult problem)
+    {
+        http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+        return problem;
+    }
 
     /// <summary>Adds the header to each response an endpoint declared with <see cref="ProducesProblemWithRetryAfter"/>.</summary>
     public static OpenApiOptions DeclareRetryAfterHeaders(this OpenApiOptions options) =>
