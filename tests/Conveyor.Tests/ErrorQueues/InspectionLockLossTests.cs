@@ -53,6 +53,8 @@ public sealed class InspectionLockLossTests(ConveyorFixture fixture) : IAsyncLif
 
         // The queue is free: a move is accepted and takes every message, the held one too once it is released.
         await held.ReleaseAsync();
+        // The broker requeues the held message after the holder's channel has closed, not before the close returns.
+        await Eventually.AssertAsync(async () => Assert.Equal((uint)Messages, await broker.CountAsync(Queue)));
         var moved = await admin.RunOperationAsync($"/api/error-queues/{Queue}/move", new { });
         Assert.Equal(("succeeded", (long)Messages), (moved.GetProperty("state").GetString(), moved.GetProperty("moved").GetInt64()));
         Assert.Equal(0u, await broker.CountAsync(Queue));

@@ -79,6 +79,7 @@ public sealed class OperationLockLossTests(ConveyorFixture fixture) : IAsyncLife
         Assert.Equal("failed", operation.GetProperty("state").GetString());
         Assert.StartsWith("Lost the database connection that holds the queue's lock", operation.GetProperty("detail").GetString(), StringComparison.Ordinal);
         await held.ReleaseAsync();
-        Assert.Equal((uint)Messages, await broker.CountAsync(Queue));
+        // The broker requeues the held message after the holder's channel has closed, not before the close returns.
+        await Eventually.AssertAsync(async () => Assert.Equal((uint)Messages, await broker.CountAsync(Queue)));
     }
 }
