@@ -1,3 +1,4 @@
+using Conveyor.Api.Hosting;
 using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
@@ -153,11 +154,10 @@ internal sealed class JobSubmitter(
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
-        if (job.IdempotencyKey is { } key)
-        {
-            // As JobRows does: an alias of the key being recorded is committed before the insert looks for it.
-            await db.Database.ExecuteSqlInterpolatedAsync(KeyLocks.Shared(key), cancellationToken);
-        }
+        // As JobRows does: an alias of the key being recorded is committed before the insert looks for it.
+        // Either statement bounds how long the server keeps the transaction (its row, its lock) waiting for the Api.
+        await db.Database.ExecuteSqlInterpolatedAsync(
+            job.IdempotencyKey is { } key ? KeyLocks.Shared(key) : IdleTransactions.SetLimit(), cancellationToken);
 
         var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, created_at, updated_at, next_attempt_at)

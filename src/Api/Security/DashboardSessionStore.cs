@@ -1,3 +1,4 @@
+using Conveyor.Api.Hosting;
 using Conveyor.Storage;
 using Microsoft.EntityFrameworkCore;
 
@@ -26,8 +27,13 @@ public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> c
         // The expired rows go here rather than in a sweeper: there are as many as sign-ins, and the index finds them.
         await db.Database.ExecuteSqlAsync($"DELETE FROM dashboard_sessions WHERE expires_at <= now()", cancellationToken);
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        // Other sign-ins of the key wait for this lock: the server ends the transaction if the Api falls silent in it (IdleTransactions).
         await db.Database.ExecuteSqlAsync(
-            $"SELECT pg_advisory_xact_lock({LockClass}, hashtext({keyName}))", cancellationToken);
+            $"""
+            SELECT set_config('idle_in_transaction_session_timeout', {IdleTransactions.LimitMilliseconds}, true),
+                   pg_advisory_xact_lock({LockClass}, hashtext({keyName}))
+            """,
+            cancellationToken);
         // clock_timestamp(), not now(): the transaction's start, which now() gives, is before the wait for the lock.
         await db.Database.ExecuteSqlAsync(
             $"INSERT INTO dashboard_sessions (id, key_name, started_at, expires_at) VALUES ({id}, {keyName}, clock_timestamp(), clock_timestamp() + {lifetime})",
