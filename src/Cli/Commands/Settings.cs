@@ -81,8 +81,14 @@ public class FilterSettings : QueueSettings
     public bool NoWait { get; set; }
 
     [CommandOption("--timeout <SECONDS>")]
-    [Description("Stop waiting after this many seconds; the operation goes on (exit code 7 while it runs).")]
+    [Description("Stop waiting after this many seconds, at most 2592000 (30 days); the operation goes on (exit code 7 while it runs).")]
     public int? Timeout { get; set; }
+
+    /// <summary>
+    /// The longest <c>--timeout</c>: a read of the operation's progress is bounded by what is left of it, and a bound
+    /// past about 49 days is more than a timer takes (the process ended with a stack trace once the move had started).
+    /// </summary>
+    public const int MaxTimeoutSeconds = 30 * 24 * 60 * 60;
 
     public override ValidationResult Validate()
     {
@@ -91,9 +97,9 @@ public class FilterSettings : QueueSettings
             return ValidationResult.Error("--limit must be at least 1.");
         }
 
-        if (Timeout is < 1 || (Timeout is not null && NoWait))
+        if (Timeout is < 1 or > MaxTimeoutSeconds || (Timeout is not null && NoWait))
         {
-            return ValidationResult.Error("--timeout must be at least 1 second, and needs waiting (not --no-wait).");
+            return ValidationResult.Error($"--timeout must be from 1 to {MaxTimeoutSeconds} seconds (30 days), and needs waiting (not --no-wait).");
         }
 
         return IsoTime.Check(("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter));
@@ -173,12 +179,12 @@ public sealed class OperationSettings : ApiSettings
     public bool Wait { get; set; }
 
     [CommandOption("--timeout <SECONDS>")]
-    [Description("With --wait: stop waiting after this many seconds; the operation goes on (exit code 7 while it runs).")]
+    [Description("With --wait: stop waiting after this many seconds, at most 2592000 (30 days); the operation goes on (exit code 7 while it runs).")]
     public int? Timeout { get; set; }
 
     public override ValidationResult Validate() =>
-        Timeout is < 1 || (Timeout is not null && !Wait)
-            ? ValidationResult.Error("--timeout must be at least 1 second, and needs --wait.")
+        Timeout is < 1 or > FilterSettings.MaxTimeoutSeconds || (Timeout is not null && !Wait)
+            ? ValidationResult.Error($"--timeout must be from 1 to {FilterSettings.MaxTimeoutSeconds} seconds (30 days), and needs --wait.")
             : ValidationResult.Success();
 }
 

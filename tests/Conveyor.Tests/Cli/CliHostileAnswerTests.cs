@@ -730,6 +730,38 @@ public sealed class CliHostileAnswerTests
         Assert.Contains($"follow it with: conveyor operation {OperationId} --wait", run.Err, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A <c>--timeout</c> longer than a timer can bound (about 49 days; a number of milliseconds given as seconds, or
+    /// int.MaxValue meaning "forever") ended the process with a stack trace (exit 134) once the move had started: it is a
+    /// usage error before anything is sent, and the longest one taken still waits as it should.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error --timeout 86400000")]
+    [InlineData("purge q_error --confirm q_error --timeout 2147483647")]
+    [InlineData($"operation {OperationId} --wait --timeout 5000000")]
+    public async Task A_timeout_past_the_longest_wait_is_a_usage_error_and_nothing_is_sent(string command)
+    {
+        var requests = 0;
+        using var api = new Canned(request =>
+        {
+            Interlocked.Increment(ref requests);
+            return Respond(request.Method == HttpMethod.Post ? HttpStatusCode.Accepted : HttpStatusCode.OK,
+                $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.Usage, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains($"--timeout must be from 1 to {FilterSettings.MaxTimeoutSeconds} seconds", run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, requests);
+
+        using var ended = new Canned(request => Respond(request.Method == HttpMethod.Post ? HttpStatusCode.Accepted : HttpStatusCode.OK,
+            $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"succeeded","moved":3}"""));
+        var longest = await RunAsync($"move q_error --timeout {FilterSettings.MaxTimeoutSeconds}", ended);
+        Assert.True(longest.ExitCode == ExitCodes.Ok, $"{longest.ExitCode}: {longest.Err}");
+        Assert.Contains("moved 3 message(s)", longest.Out, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Json_output_escapes_control_characters_and_keeps_the_text()
     {
