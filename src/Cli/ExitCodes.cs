@@ -7,7 +7,8 @@ public static class ExitCodes
     public const int Ok = 0;
 
     /// <summary>
-    /// The operation failed, was cancelled or interrupted, or the server answered 500; <c>job --wait</c>: the job
+    /// The operation failed, was cancelled or interrupted, or the server answered 500 (not to a read of the progress of an
+    /// operation being followed: <see cref="ProgressUnknown"/>); <c>job --wait</c>: the job
     /// ended dead-lettered or cancelled.
     /// </summary>
     public const int OperationFailed = 1;
@@ -57,7 +58,8 @@ public static class ExitCodes
 
     /// <summary>
     /// A move or purge was started (its id is on stderr), but its progress could not be read before giving up: the Api
-    /// stayed unreachable or answered 429/502/503/504 while the CLI tried again. It may still be running or have ended:
+    /// stayed unreachable or answered 429/502/503/504 while the CLI tried again, or answered a read of it with 500 (which
+    /// says nothing of the operation; <c>operation --wait</c> too). It may still be running or have ended:
     /// do not start it again; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
     /// </summary>
     public const int ProgressUnknown = 9;

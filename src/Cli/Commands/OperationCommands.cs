@@ -236,9 +236,28 @@ internal static class Operations
     /// One read of an operation. A failure that may pass (the Api or a gateway unreachable, a 502, 503 or 504, a 429)
     /// is tried again, after the answer's Retry-After or a pause that doubles, for <see cref="CliContext.PollFailureBudget"/>
     /// and never past <paramref name="timeout"/>: ending with "could not reach the Api" (5) would tell a script that
-    /// nothing was started, and it would start the move again. Giving up says which operation to follow (9).
+    /// nothing was started, and it would start the move again. Giving up says which operation to follow (9), as does a 500
+    /// of the Api to the read, which says nothing of the operation: ending with 1 would tell a script that it failed.
     /// </summary>
-    private static Task<JsonElement> ReadAsync(
+    private static async Task<JsonElement> ReadAsync(
+        CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
+        }
+        catch (CliFailureException failure) when (failure.ExitCode == ExitCodes.OperationFailed)
+        {
+            throw ProgressUnknown(id, failure);
+        }
+    }
+
+    private static CliFailureException ProgressUnknown(Guid id, CliFailureException failure) =>
+        new(ExitCodes.ProgressUnknown,
+            $"{failure.Message}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
+            + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait");
+
+    private static Task<JsonElement> ReadRetryingAsync(
         CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, CancellationToken cancellationToken)
     {
         var path = $"api/operations/{id}";
@@ -257,9 +276,7 @@ internal static class Operations
             },
             Retrying = (failure, wait) => cli.Err.WriteLine(
                 Printable.Text($"Could not read operation {id} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s.")),
-            GiveUp = (failure, _, _) => new CliFailureException(ExitCodes.ProgressUnknown,
-                $"{failure.Message}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
-                + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait"),
+            GiveUp = (failure, _, _) => ProgressUnknown(id, failure),
         }.ReadAsync(
             async token =>
             {

@@ -691,6 +691,38 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A 500 of the Api to a read of a started operation's progress says nothing of the operation, which goes on: it
+    /// ended with 1, which says the operation failed, so a script would take a running move for a failed one (and start
+    /// it again). It ends with 9 and names the operation to follow, as when the Api cannot be reached.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error")]
+    [InlineData("purge q_error --confirm q_error --json")]
+    [InlineData($"operation {OperationId} --wait")]
+    public async Task A_500_to_a_read_of_a_started_operations_progress_ends_as_progress_unknown_naming_it(string command)
+    {
+        var posts = 0;
+        using var api = new Canned(request =>
+        {
+            if (request.Method == HttpMethod.Post)
+            {
+                Interlocked.Increment(ref posts);
+                return Respond(HttpStatusCode.Accepted, $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""");
+            }
+
+            return Respond(HttpStatusCode.InternalServerError, """{"title":"An error occurred while processing your request.","status":500}""");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.ProgressUnknown, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("500 An error occurred", run.Err, StringComparison.Ordinal);
+        Assert.Contains($"follow it with: conveyor operation {OperationId} --wait", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+        Assert.True(posts <= 1);
+    }
+
+    /// <summary>
     /// An Api that takes the read of a move's progress and never answers: <c>--timeout</c> still ends the wait, with the
     /// operation named, rather than the client's own timeout (100 s) long after it.
     /// </summary>
