@@ -66,7 +66,8 @@ public static class ExitCodes
 
     /// <summary>
     /// Ctrl+C (128 + SIGINT, as a shell reports a command it interrupted). A move or purge already started goes on: the
-    /// message names it, to follow with <c>conveyor operation &lt;id&gt; --wait</c>; <c>submit</c> lists the jobs the Api accepted
+    /// message names it, to follow with <c>conveyor operation &lt;id&gt; --wait</c> (before the Api answered the request to start
+    /// it, the message says that it may have started); <c>submit</c> lists the jobs the Api accepted
     /// before it and names the batch in flight. A second Ctrl+C ends the process at once.
     /// </summary>
     public const int Interrupted = 130;

@@ -127,7 +127,19 @@ internal static class Operations
     public static async Task<int> StartAndWaitAsync(
         CliContext cli, ConveyorClient client, FilterSettings settings, string kind, Dictionary<string, object?> body, CancellationToken cancellationToken)
     {
-        var accepted = await client.PostAsync($"api/error-queues/{Uri.EscapeDataString(settings.Queue)}/{kind}", body, cancellationToken);
+        JsonElement accepted;
+        try
+        {
+            accepted = await client.PostAsync($"api/error-queues/{Uri.EscapeDataString(settings.Queue)}/{kind}", body, cancellationToken);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Ctrl+C with the request on its way: the Api may have taken it, and an operation it started goes on.
+            throw new CliFailureException(ExitCodes.Interrupted,
+                $"interrupted before the Api answered the request to start the {kind}: it may have started it, and it would go on. "
+                + $"See: conveyor operations --queue {settings.Queue} --state running");
+        }
+
         var id = accepted.GetProperty("operationId").GetGuid();
         if (settings.NoWait)
         {

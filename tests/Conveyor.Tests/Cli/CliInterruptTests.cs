@@ -136,6 +136,44 @@ public sealed class CliInterruptTests
     }
 
     /// <summary>
+    /// Ctrl+C while the request to start a move or purge is on its way (an Api slow to check the queue or take its lock):
+    /// the Api may have started it, and goes on with it whatever the CLI does. It said only "interrupted.", which reads as
+    /// nothing done; it says the operation may have started and how to see it, still exit 130 and nothing on stdout.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error")]
+    [InlineData("purge q_error --confirm q_error --json")]
+    public async Task Ctrl_c_before_the_api_answers_the_start_of_an_operation_says_it_may_have_started(string command)
+    {
+        using var interrupt = new CancellationTokenSource();
+        var posts = 0;
+        using var api = new Holding(async (request, cancellationToken) =>
+        {
+            Assert.Equal(HttpMethod.Post, request.Method);
+            Interlocked.Increment(ref posts);
+            interrupt.Cancel();
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+            throw new InvalidOperationException("not reached");
+        });
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = "a-key",
+        };
+
+        var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr, api, environment, interrupt.Token);
+
+        Assert.Equal(ExitCodes.Interrupted, exitCode);
+        Assert.Equal(1, posts);
+        var kind = command.Split(' ')[0];
+        Assert.Contains($"before the Api answered the request to start the {kind}: it may have started it", stderr.ToString(), StringComparison.Ordinal);
+        Assert.Contains("conveyor operations --queue q_error --state running", stderr.ToString(), StringComparison.Ordinal);
+        Assert.Equal("", stdout.ToString());
+    }
+
+    /// <summary>
     /// Ctrl+C while submit sends its second batch: the first was accepted, the second may or may not have been. The CLI
     /// says how many jobs were accepted, which, and which were in flight, on stdout as the table or (with --json) as a
     /// summary a script can read, so that nobody has to guess what to send again; exit code 130 as for any Ctrl+C.
