@@ -28,7 +28,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         request.Headers.Add("Idempotency-Key", idempotencyKey);
         request.Headers.Add(EventTypeHeader, eventType);
         request.Headers.Add(WebhookSignature.HeaderName,
-            WebhookSignature.Create(secrets, time.GetUtcNow().ToUnixTimeSeconds(), webhookId.ToString(), eventType, body.Span));
+            WebhookSignature.Create(secrets, time.GetUtcNow().ToUnixTimeSeconds(), webhookId.ToString(), idempotencyKey, eventType, body.Span));
 
         // The whole delivery, error body included, within Webhooks:TimeoutSeconds: HttpClient.Timeout
         // ends at the response headers (ResponseHeadersRead).

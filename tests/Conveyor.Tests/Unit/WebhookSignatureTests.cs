@@ -7,6 +7,7 @@ public sealed class WebhookSignatureTests
 {
     private const string Secret = "secret-0123456789";
     private const string Id = "5f0c6a54-2f4e-4c0b-9d7e-0a4f3f1c2b11";
+    private const string Key = Id;
     private const string EventType = "order.paid";
     private static readonly byte[] Body = Encoding.UTF8.GetBytes("""{"a":1}""");
     private static readonly DateTimeOffset SentAt = DateTimeOffset.FromUnixTimeSeconds(1_700_000_000);
@@ -14,46 +15,52 @@ public sealed class WebhookSignatureTests
     [Fact]
     public void A_signature_verifies_with_its_secret_id_event_type_and_body_only()
     {
-        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, EventType, Body);
 
-        Assert.Matches("^t=1700000000,v1=[0-9a-f]{64},v2=[0-9a-f]{64}$", header);
-        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify(Secret, header, Id, EventType, Encoding.UTF8.GetBytes("""{"a":2}"""), SentAt));
-        Assert.False(WebhookSignature.Verify(Secret, header, Guid.NewGuid().ToString(), EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify(Secret, header, Id, "order.refunded", Body, SentAt));
+        Assert.Matches("^t=1700000000,v1=[0-9a-f]{64},v2=[0-9a-f]{64},v3=[0-9a-f]{64}$", header);
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Encoding.UTF8.GetBytes("""{"a":2}"""), SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, Guid.NewGuid().ToString(), Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, Key, "order.refunded", Body, SentAt));
+        // A captured delivery sent again under a fresh Idempotency-Key, which a receiver deduplicates by, or
+        // stripped down to the v2 that leaves the key out.
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, $"{Id}:0123456789abcdef", EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header[..header.IndexOf(",v3=", StringComparison.Ordinal)], Id, Key, EventType, Body, SentAt));
+        // The key's end is fixed too.
+        Assert.False(WebhookSignature.Verify(Secret, WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, EventType, Encoding.UTF8.GetBytes("x\n{\"a\":1}")), Id, $"{Key}\nx", EventType, Body, SentAt));
         // The event type's end is fixed: bytes cannot move between it and the body.
-        Assert.False(WebhookSignature.Verify(Secret, WebhookSignature.Create(Secret, 1_700_000_000, Id, "order", Encoding.UTF8.GetBytes(".paid\n{\"a\":1}")), Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify(Secret, header.Replace("t=1700000000", "t=1700000001", StringComparison.Ordinal), Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify(Secret, "garbage", Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify(Secret, "t=99999999999999999999,v2=00", Id, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, "order", Encoding.UTF8.GetBytes(".paid\n{\"a\":1}")), Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header.Replace("t=1700000000", "t=1700000001", StringComparison.Ordinal), Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, "garbage", Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, "t=99999999999999999999,v3=00", Id, Key, EventType, Body, SentAt));
     }
 
     [Fact]
     public void A_signature_older_or_newer_than_the_tolerance_is_refused()
     {
-        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, EventType, Body);
 
-        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(4)));
-        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(-4)));
-        Assert.False(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(6)));
-        Assert.False(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(-6)));
-        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt.AddMinutes(20), TimeSpan.FromMinutes(30)));
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt.AddMinutes(4)));
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt.AddMinutes(-4)));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt.AddMinutes(6)));
+        Assert.False(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt.AddMinutes(-6)));
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt.AddMinutes(20), TimeSpan.FromMinutes(30)));
     }
 
     [Fact]
     public void A_header_signed_with_the_current_and_a_previous_secret_verifies_with_either_and_starts_as_before()
     {
         const string Previous = "previous-secret-0123456789";
-        var header = WebhookSignature.Create([Secret, Previous], 1_700_000_000, Id, EventType, Body);
+        var header = WebhookSignature.Create([Secret, Previous], 1_700_000_000, Id, Key, EventType, Body);
 
         // The current secret's pair first, as a header signed with it alone: receivers reading the first pair keep working.
-        Assert.StartsWith(WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body) + ",v1=", header, StringComparison.Ordinal);
-        Assert.Matches("^t=1700000000(,v1=[0-9a-f]{64},v2=[0-9a-f]{64}){2}$", header);
-        Assert.True(WebhookSignature.Verify(Secret, header, Id, EventType, Body, SentAt));
-        Assert.True(WebhookSignature.Verify(Previous, header, Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Id, EventType, Body, SentAt));
-        Assert.False(WebhookSignature.Verify(Previous, header, Id, "order.refunded", Body, SentAt));
+        Assert.StartsWith(WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, EventType, Body) + ",v1=", header, StringComparison.Ordinal);
+        Assert.Matches("^t=1700000000(,v1=[0-9a-f]{64},v2=[0-9a-f]{64},v3=[0-9a-f]{64}){2}$", header);
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, Key, EventType, Body, SentAt));
+        Assert.True(WebhookSignature.Verify(Previous, header, Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify("secret-9876543210", header, Id, Key, EventType, Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Previous, header, Id, Key, "order.refunded", Body, SentAt));
     }
 
     [Fact]
@@ -69,10 +76,20 @@ public sealed class WebhookSignatureTests
     [Fact]
     public void The_v1_signature_is_the_hmac_of_the_timestamp_and_body_as_before()
     {
-        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, EventType, Body);
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, EventType, Body);
         var expected = Convert.ToHexStringLower(System.Security.Cryptography.HMACSHA256.HashData(
             Encoding.UTF8.GetBytes(Secret), (byte[])[.. Encoding.UTF8.GetBytes("1700000000."), .. Body]));
 
         Assert.Contains($",v1={expected},", header, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_v2_signature_is_the_hmac_of_the_timestamp_id_event_type_and_body_as_before()
+    {
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, $"{Id}:0123456789abcdef", EventType, Body);
+        var expected = Convert.ToHexStringLower(System.Security.Cryptography.HMACSHA256.HashData(
+            Encoding.UTF8.GetBytes(Secret), (byte[])[.. Encoding.UTF8.GetBytes($"1700000000.{Id}.{EventType}\n"), .. Body]));
+
+        Assert.Contains($",v2={expected},", header, StringComparison.Ordinal);
     }
 }

@@ -83,16 +83,18 @@ public sealed class OtherProducersTests(ConveyorFixture fixture) : IAsyncLifetim
         Assert.Equal(42, body.RootElement.GetProperty("orderId").GetInt32());
         var signature = received.Headers[WebhookSignature.HeaderName];
         var id = received.Headers[WebhookSender.WebhookIdHeader];
+        var key = received.Headers["Idempotency-Key"];
         var eventType = received.Headers[WebhookSender.EventTypeHeader];
         var now = DateTimeOffset.UtcNow;
-        Assert.True(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, eventType, received.Body, now));
-        Assert.False(WebhookSignature.Verify("another-secret-entirely", signature, id, eventType, received.Body, now));
-        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, eventType, Encoding.UTF8.GetBytes("{}"), now));
-        // A captured delivery sent again under a fresh id (past the receiver's deduplication) or as another event.
-        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, Guid.NewGuid().ToString(), eventType, received.Body, now));
-        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, "order.refunded", received.Body, now));
+        Assert.True(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, key, eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify("another-secret-entirely", signature, id, key, eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, key, eventType, Encoding.UTF8.GetBytes("{}"), now));
+        // A captured delivery sent again under a fresh id or key (past the receiver's deduplication) or as another event.
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, $"{key}:replayed", eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, Guid.NewGuid().ToString(), key, eventType, received.Body, now));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, key, "order.refunded", received.Body, now));
         // Or later than the receiver's tolerance.
-        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, eventType, received.Body, now.AddMinutes(10)));
+        Assert.False(WebhookSignature.Verify(WorkerSettings.SigningSecret, signature, id, key, eventType, received.Body, now.AddMinutes(10)));
     }
 
     [Fact]

@@ -124,6 +124,7 @@ public sealed class WebhookReceiverSecretTests(ConveyorFixture fixture) : IAsync
         secret,
         delivery.Headers[WebhookSignature.HeaderName],
         delivery.Headers[WebhookSender.WebhookIdHeader],
+        delivery.Headers["Idempotency-Key"],
         delivery.Headers[WebhookSender.EventTypeHeader],
         delivery.Body,
         DateTimeOffset.UtcNow);

@@ -39,6 +39,28 @@ public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAs
     }
 
     [Fact]
+    public async Task A_delivery_sent_again_under_a_fresh_idempotency_key_does_not_verify()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver, "order.paid");
+
+        await publisher.PublishAsync(webhook);
+
+        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, await StatusAsync(webhook)));
+        var delivery = Assert.Single(receiver.Deliveries);
+        Assert.True(Verifies(delivery), "the signature verifies with what the receiver got");
+        // A receiver deduplicates by the Idempotency-Key (a corrected webhook has one of its own under the
+        // same id, ADR 0011): a captured delivery replayed under a fresh key would be applied again.
+        var replayed = delivery with
+        {
+            Headers = new Dictionary<string, string>(delivery.Headers, StringComparer.OrdinalIgnoreCase) { ["Idempotency-Key"] = $"{webhook.WebhookId}:replayed" },
+        };
+        Assert.False(Verifies(replayed), "a delivery replayed under a fresh Idempotency-Key verifies");
+    }
+
+    [Fact]
     public async Task While_a_signing_secret_is_rotated_out_a_delivery_verifies_with_the_old_secret_and_with_the_new()
     {
         const string OldSecret = WorkerSettings.SigningSecret;
@@ -97,6 +119,7 @@ public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAs
         secret,
         delivery.Headers[WebhookSignature.HeaderName],
         delivery.Headers[WebhookSender.WebhookIdHeader],
+        delivery.Headers["Idempotency-Key"],
         delivery.Headers[WebhookSender.EventTypeHeader],
         delivery.Body,
         DateTimeOffset.UtcNow);
