@@ -41,7 +41,7 @@ internal static class FieldRules
         var url = new Uri(value, UriKind.Absolute);
         var internalHost = url.HostNameType is UriHostNameType.IPv4 or UriHostNameType.IPv6
             ? IPAddress.TryParse(url.DnsSafeHost, out var address) && !NetworkAddresses.IsPublic(address)
-            : NetworkAddresses.IsLocalHostName(url.DnsSafeHost);
+            : NetworkAddresses.IsLocalHostName(url.IdnHost); // the name the worker connects to ('。' read as '.')
         return internalHost && !rules.AllowPrivateNetworks
             ? "Must not point to a loopback, private, link-local or other internal address (Webhooks:AllowPrivateNetworks allows it)."
             : rules.UnregisteredReceiver(url);

@@ -29,6 +29,13 @@ public static class WebhookDestinations
     private static async ValueTask<Stream> ConnectToPublicAddressAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
     {
         var endpoint = context.DnsEndPoint;
+        if (NetworkAddresses.IsLocalHostName(endpoint.Host))
+        {
+            // Loopback whatever DNS says (RFC 6761), and a resolver may not answer for such a name at all,
+            // which would read as a network failure, retried and redelivered for an hour.
+            throw new WebhookDestinationRefusedException(endpoint.Host, IPAddress.Loopback);
+        }
+
         var addresses = IPAddress.TryParse(endpoint.Host, out var literal)
             ? [literal]
             : await Dns.GetHostAddressesAsync(endpoint.Host, cancellationToken);

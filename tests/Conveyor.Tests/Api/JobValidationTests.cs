@@ -223,6 +223,7 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         "http://127.0.0.1:8080/hook",
         "http://localhost/hook",
         "https://LOCALHOST./hook",
+        "https://localhost。/hook", // an ideographic full stop, which IDN reads as a dot
         "http://api.localhost/hook",
         "http://[::1]/hook",
         "http://[::ffff:10.1.2.3]/hook",
