@@ -22,10 +22,15 @@ public static class ExitCodes
     /// <summary>
     /// No API key or a malformed one (control or non-ASCII characters), an unknown key (401, or the 429 of an address locked
     /// out for sending too many: <see cref="ConveyorClient.Answer.IsKeyLockout"/>) or a key without the needed scope (403).
+    /// Refused on a read of the progress of a move or purge already started (or shown by <c>operation --wait</c>), the
+    /// message names the operation, which goes on, and how to follow it with a key that may read it.
     /// </summary>
     public const int Auth = 3;
 
-    /// <summary>No such queue or operation (404), or the queue is busy with another operation (409).</summary>
+    /// <summary>
+    /// No such queue or operation (404), or the queue is busy with another operation (409). Never for an operation the
+    /// command started or has shown: a 404 to a later read of its progress is <see cref="ProgressUnknown"/>.
+    /// </summary>
     public const int NotFoundOrConflict = 4;
 
     /// <summary>
@@ -58,9 +63,11 @@ public static class ExitCodes
 
     /// <summary>
     /// A move or purge was started (its id is on stderr), but its progress could not be read before giving up: the Api
-    /// stayed unreachable or answered 429/502/503/504 while the CLI tried again, or answered a read of it with 500 (which
-    /// says nothing of the operation; <c>operation --wait</c> too). It may still be running or have ended:
-    /// do not start it again; follow it with <c>conveyor operation &lt;id&gt; --wait</c>.
+    /// stayed unreachable or answered 429/502/503/504 while the CLI tried again, or answered a read of it with anything
+    /// else that says nothing of the operation: a 500, a 404 (once the operation was started or shown), an answer that is
+    /// no operation (a proxy's HTML page); <c>operation --wait</c> too. It may still be running or have ended:
+    /// do not start it again; follow it with <c>conveyor operation &lt;id&gt; --wait</c>. (A key refused on such a read
+    /// is <see cref="Auth"/>, with the same words.)
     /// </summary>
     public const int ProgressUnknown = 9;
 

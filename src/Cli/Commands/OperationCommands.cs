@@ -86,7 +86,8 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, OperationSettings settings, CancellationToken cancellationToken)
     {
         var operation = settings.Wait
-            ? await Operations.FollowAsync(cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), cancellationToken)
+            ? await Operations.FollowAsync(
+                cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), startedHere: false, cancellationToken)
             : await client.GetAsync($"api/operations/{settings.Id}", cancellationToken);
         return Operations.Report(cli, operation, settings.Json);
     }
@@ -146,7 +147,7 @@ internal static class Operations
             if (ConveyorClient.Text(accepted, "state") is { } state && state != Running)
             {
                 // Already over: its outcome, as for an operation that was waited for.
-                return Report(cli, await ReadAsync(cli, client, id, Stopwatch.GetTimestamp(), timeout: null, cancellationToken), settings.Json);
+                return Report(cli, await ReadAsync(cli, client, id, Stopwatch.GetTimestamp(), timeout: null, known: true, cancellationToken), settings.Json);
             }
 
             if (settings.Json)
@@ -165,7 +166,7 @@ internal static class Operations
 
         // Said at once: should its progress not be readable later, the operation is not lost (nor started again).
         cli.Err.WriteLine($"Started {kind} {id}.");
-        var operation = await FollowAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), cancellationToken);
+        var operation = await FollowAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), startedHere: true, cancellationToken);
         return Report(cli, operation, settings.Json);
     }
 
@@ -173,12 +174,15 @@ internal static class Operations
     /// <see cref="WaitAsync"/>, and on Ctrl+C the words that the operation goes on in the Api, and how to follow it:
     /// stopping the wait stops nothing else, and a script or an operator must not take it for a cancelled move.
     /// </summary>
+    /// <param name="startedHere">
+    /// Whether this command started the operation (move, purge) rather than being given its id (<c>operation --wait</c>).
+    /// </param>
     public static async Task<JsonElement> FollowAsync(
-        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, CancellationToken cancellationToken)
+        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, bool startedHere, CancellationToken cancellationToken)
     {
         try
         {
-            return await WaitAsync(cli, client, id, showProgress, timeout, cancellationToken);
+            return await WaitAsync(cli, client, id, showProgress, timeout, startedHere, cancellationToken);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -193,16 +197,20 @@ internal static class Operations
     /// Polls the operation until it ends (an operation whose process died is reported <c>interrupted</c>
     /// by the Api) or <paramref name="timeout"/> passes; with a progress bar on stderr when it is a terminal.
     /// </summary>
+    /// <param name="startedHere">Whether the operation is known to exist before its first read: this command started it.</param>
     public static async Task<JsonElement> WaitAsync(
-        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, CancellationToken cancellationToken)
+        CliContext cli, ConveyorClient client, Guid id, bool showProgress, TimeSpan? timeout, bool startedHere, CancellationToken cancellationToken)
     {
         var started = Stopwatch.GetTimestamp();
+        // Once the Api has shown the operation, a failure of a later read is a lost view of it, never "no such operation".
+        var known = startedHere;
         bool Waited() => timeout is { } limit && Stopwatch.GetElapsedTime(started) >= limit;
         if (!showProgress || !cli.Err.Profile.Capabilities.Interactive)
         {
             while (true)
             {
-                var operation = await ReadAsync(cli, client, id, started, timeout, cancellationToken);
+                var operation = await ReadAsync(cli, client, id, started, timeout, known, cancellationToken);
+                known = true;
                 if (StateOf(operation) != Running || Waited())
                 {
                     return operation;
@@ -220,7 +228,8 @@ internal static class Operations
                 var task = progress.AddTask($"Operation {id}", autoStart: true, maxValue: 1);
                 while (true)
                 {
-                    var operation = await ReadAsync(cli, client, id, started, timeout, cancellationToken);
+                    var operation = await ReadAsync(cli, client, id, started, timeout, known, cancellationToken);
+                    known = true;
                     var depth = Number(operation, "queueDepthAtStart");
                     var examined = Number(operation, "examined");
                     task.Description = ProgressDescription(operation);
@@ -248,26 +257,53 @@ internal static class Operations
     /// One read of an operation. A failure that may pass (the Api or a gateway unreachable, a 502, 503 or 504, a 429)
     /// is tried again, after the answer's Retry-After or a pause that doubles, for <see cref="CliContext.PollFailureBudget"/>
     /// and never past <paramref name="timeout"/>: ending with "could not reach the Api" (5) would tell a script that
-    /// nothing was started, and it would start the move again. Giving up says which operation to follow (9), as does a 500
-    /// of the Api to the read, which says nothing of the operation: ending with 1 would tell a script that it failed.
+    /// nothing was started, and it would start the move again. Giving up says which operation to follow (9).
+    /// <para>
+    /// Any other failure of a read of an operation that is <paramref name="known"/> (this command started it, or the Api has
+    /// shown it) names it and how to follow it too, as it goes on whatever the read was answered with: a key refused (401,
+    /// 403, a lockout) keeps 3, which says what to mend; anything else (a 500, a 404, an answer that is no operation, such
+    /// as a proxy's HTML page) says nothing of the operation and ends with 9, never 1 (failed), 4 (no such operation) or 6.
+    /// A first read of an id given to <c>operation --wait</c> answered 404 is an id the Api does not know: 4, naming it; an
+    /// answer there that is not the Api's is 6, as the address may not be one.
+    /// </para>
     /// </summary>
     private static async Task<JsonElement> ReadAsync(
-        CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, CancellationToken cancellationToken)
+        CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, bool known, CancellationToken cancellationToken)
     {
         try
         {
-            return await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
+            var operation = await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
+            return ConveyorClient.Text(operation, "state") is not null && operation.TryGetProperty("operationId", out _)
+                ? operation
+                : throw Answers.Unexpected("expected an operation: a JSON object with operationId and a state");
         }
-        catch (CliFailureException failure) when (failure.ExitCode == ExitCodes.OperationFailed)
+        catch (CliFailureException failure) when (!known && failure.ExitCode == ExitCodes.NotFoundOrConflict)
+        {
+            throw new CliFailureException(failure.ExitCode,
+                $"{failure.Message}{Environment.NewLine}No operation {id} is known to the Api; `conveyor operations` lists the recent ones.");
+        }
+        catch (CliFailureException failure) when (known && failure.ExitCode == ExitCodes.Auth)
+        {
+            throw new CliFailureException(ExitCodes.Auth,
+                $"{failure.Message}{Environment.NewLine}Operation {id} was started, but this key may not read its progress; it may still be running "
+                + $"or have ended. Do not start it again: with a key that may, follow it with: conveyor operation {id} --wait");
+        }
+        catch (CliFailureException failure) when (failure.ExitCode != ExitCodes.ProgressUnknown
+            && (known ? failure.ExitCode != ExitCodes.Auth : failure.ExitCode == ExitCodes.OperationFailed))
         {
             throw ProgressUnknown(id, failure);
         }
     }
 
-    private static CliFailureException ProgressUnknown(Guid id, CliFailureException failure) =>
-        new(ExitCodes.ProgressUnknown,
-            $"{failure.Message}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
+    private static CliFailureException ProgressUnknown(Guid id, CliFailureException failure)
+    {
+        // An answer that is not the Api's asks whether --api is the address of one; the address that accepted the move, or
+        // showed the operation, is: the question is left out, not to send the operator looking for a mistake they did not make.
+        var said = failure.ExitCode == ExitCodes.UnexpectedAnswer ? failure.Message.Split(Environment.NewLine)[0] : failure.Message;
+        return new(ExitCodes.ProgressUnknown,
+            $"{said}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
             + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait");
+    }
 
     private static Task<JsonElement> ReadRetryingAsync(
         CliContext cli, ConveyorClient client, Guid id, long started, TimeSpan? timeout, CancellationToken cancellationToken)

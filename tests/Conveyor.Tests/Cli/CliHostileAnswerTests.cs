@@ -723,6 +723,65 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// Whatever a read of a started operation's progress is answered with, the command ends naming the operation and how
+    /// to follow it: an HTML 500 ended with 6 and asked whether --api was a Conveyor Api (the address that had just
+    /// accepted the move), a 404 with 4 (no such operation) and a 401/403 with 3, none of them naming the operation, so a
+    /// script or an operator took a running move for one never started. An answer that says nothing of the operation
+    /// ends with 9 (progress unknown); a refused key keeps 3, which tells the script what to mend, and names it too.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error", 500, "<html><body>Internal Server Error</body></html>", ExitCodes.ProgressUnknown)]
+    [InlineData("purge q_error --confirm q_error --json", 200, "<html><body>Welcome</body></html>", ExitCodes.ProgressUnknown)]
+    [InlineData("move q_error", 404, """{"title":"Not Found","status":404}""", ExitCodes.ProgressUnknown)]
+    [InlineData("move q_error --json", 401, """{"title":"Unauthorized","status":401}""", ExitCodes.Auth)]
+    [InlineData("purge q_error --confirm q_error", 403, """{"title":"Forbidden","status":403}""", ExitCodes.Auth)]
+    [InlineData($"operation {OperationId} --wait --timeout 1", 502, "<html><body>Bad Gateway</body></html>", ExitCodes.ProgressUnknown, 1)]
+    [InlineData($"operation {OperationId} --wait", 404, """{"title":"Not Found","status":404}""", ExitCodes.ProgressUnknown, 1)]
+    [InlineData($"operation {OperationId} --wait", 403, """{"title":"Forbidden","status":403}""", ExitCodes.Auth, 1)]
+    public async Task Any_failure_to_read_a_started_operations_progress_names_it_and_how_to_follow_it(
+        string command, int status, string body, int exitCode, int readsAnswered = 0)
+    {
+        var reads = 0;
+        using var api = new Canned(request =>
+        {
+            var running = $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""";
+            if (request.Method == HttpMethod.Post)
+            {
+                return Respond(HttpStatusCode.Accepted, running);
+            }
+
+            // operation --wait: its first read shows it running, so that the failure comes to an operation it knows.
+            return Interlocked.Increment(ref reads) <= readsAnswered
+                ? Respond(HttpStatusCode.OK, running)
+                : Respond((HttpStatusCode)status, body);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == exitCode, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains($"Operation {OperationId} was started", run.Err, StringComparison.Ordinal);
+        Assert.Contains($"follow it with: conveyor operation {OperationId} --wait", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("Is --api", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
+    /// <summary>
+    /// <c>operation &lt;id&gt; --wait</c> for an id the Api has never known (its first read answered 404) is no started
+    /// operation whose progress was lost: it stays 4, and says which id was not found.
+    /// </summary>
+    [Fact]
+    public async Task Operation_wait_for_an_unknown_id_stays_not_found_and_names_it()
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.NotFound, """{"title":"Not Found","status":404}"""));
+
+        var run = await RunAsync($"operation {OperationId} --wait", api);
+
+        Assert.True(run.ExitCode == ExitCodes.NotFoundOrConflict, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains($"No operation {OperationId}", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
+    /// <summary>
     /// An Api that takes the read of a move's progress and never answers: <c>--timeout</c> still ends the wait, with the
     /// operation named, rather than the client's own timeout (100 s) long after it.
     /// </summary>
@@ -852,7 +911,7 @@ public sealed class CliHostileAnswerTests
         var cli = new CliContext(console, console, TextWriter.Null, api, _ => null);
         using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api);
 
-        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, CancellationToken.None);
+        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, startedHere: true, CancellationToken.None);
 
         Assert.Equal("succeeded", operation.GetProperty("state").GetString());
         var shown = terminal.ToString();
