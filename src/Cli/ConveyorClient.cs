@@ -62,8 +62,12 @@ public sealed class ConveyorClient : IDisposable
     public Task<Answer> GetAnswerAsync(string path, CancellationToken cancellationToken) =>
         AnswerAsync(new HttpRequestMessage(HttpMethod.Get, Relative(path)), cancellationToken);
 
+    /// <summary>
+    /// Posts <paramref name="body"/> as JSON. A failure without an answer says, by <see cref="CliFailureException.RequestSent"/>,
+    /// whether the request had gone out, so that the Api may have acted on it.
+    /// </summary>
     public Task<JsonElement> PostAsync(string path, object body, CancellationToken cancellationToken) =>
-        SendAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = JsonContent.Create(body) }, cancellationToken);
+        SendAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = new WatchedContent(JsonContent.Create(body)) }, cancellationToken);
 
     private async Task<JsonElement> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
@@ -89,16 +93,32 @@ public sealed class ConveyorClient : IDisposable
             }
             catch (HttpRequestException exception)
             {
-                throw new CliFailureException(ExitCodes.Unreachable, $"Cannot reach the Api at {_http.BaseAddress}: {exception.Message}");
+                throw new CliFailureException(ExitCodes.Unreachable, $"Cannot reach the Api at {_http.BaseAddress}: {exception.Message}")
+                {
+                    RequestSent = request.Content is WatchedContent { Sent: true },
+                };
             }
             catch (TaskCanceledException) when (!cancellationToken.IsCancellationRequested)
             {
-                throw new CliFailureException(ExitCodes.Unreachable, $"The Api at {_http.BaseAddress} did not answer in time.");
+                throw new CliFailureException(ExitCodes.Unreachable, $"The Api at {_http.BaseAddress} did not answer in time.")
+                {
+                    RequestSent = request.Content is WatchedContent { Sent: true },
+                };
             }
 
             using (response)
             {
-                var body = await ReadBodyAsync(response.Content, cancellationToken);
+                byte[] body;
+                try
+                {
+                    body = await ReadBodyAsync(response.Content, cancellationToken);
+                }
+                catch (CliFailureException broken) when (broken.ExitCode == ExitCodes.Unreachable)
+                {
+                    // Its status line came: the request had gone out, whatever its body would have said.
+                    throw new CliFailureException(broken.ExitCode, broken.Message) { RequestSent = true };
+                }
+
                 return new Answer(
                     response.StatusCode, Parse(body), RetryAfter(response), response.Headers.Location, response.Content.Headers.ContentType?.MediaType);
             }
@@ -265,6 +285,52 @@ public sealed class ConveyorClient : IDisposable
             : null;
 
     private static Uri Relative(string path) => new(path, UriKind.Relative);
+
+    /// <summary>
+    /// A request's body that notes when it begins to be written: the connection was made and the request is going out,
+    /// so the Api may act on it even if no answer comes. A refused connection, an unknown name or a failed TLS handshake
+    /// never gets that far.
+    /// </summary>
+    private sealed class WatchedContent : HttpContent
+    {
+        private readonly HttpContent _inner;
+
+        public WatchedContent(HttpContent inner)
+        {
+            _inner = inner;
+            foreach (var header in inner.Headers)
+            {
+                Headers.TryAddWithoutValidation(header.Key, header.Value);
+            }
+        }
+
+        public bool Sent { get; private set; }
+
+        protected override Task SerializeToStreamAsync(Stream stream, TransportContext? context) =>
+            SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context, CancellationToken cancellationToken)
+        {
+            Sent = true;
+            await _inner.CopyToAsync(stream, context, cancellationToken);
+        }
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = 0;
+            return false;
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                _inner.Dispose();
+            }
+
+            base.Dispose(disposing);
+        }
+    }
 
     public void Dispose() => _http.Dispose();
 }

@@ -36,7 +36,9 @@ public static class ExitCodes
     /// <summary>
     /// Try later: the Api could not be reached or timed out, or a 502/503/504 (of it or of a gateway in front of it) or a
     /// 429 (a rate limit, not a key lockout) was still there after the CLI tried again: a read for up to two minutes, after
-    /// each Retry-After; <c>submit</c> <c>--retries</c> times, as its 409 "Submission in progress".
+    /// each Retry-After; <c>submit</c> <c>--retries</c> times, as its 409 "Submission in progress". For move and purge: the
+    /// request to start it never reached the Api (a refused connection, an unknown name), so nothing was started; one sent
+    /// and then left unanswered is <see cref="StartUnknown"/>.
     /// </summary>
     public const int Unreachable = 5;
 
@@ -70,6 +72,13 @@ public static class ExitCodes
     /// is <see cref="Auth"/>, with the same words.)
     /// </summary>
     public const int ProgressUnknown = 9;
+
+    /// <summary>
+    /// The request to start a move or purge went out, but no answer came: the connection broke after it was sent, or the
+    /// Api did not answer in time. The Api may have started the operation, which would go on; the message says how to
+    /// look (<c>conveyor operations --queue &lt;queue&gt; --state running</c>) before starting it again.
+    /// </summary>
+    public const int StartUnknown = 10;
 
     /// <summary>
     /// Ctrl+C (128 + SIGINT, as a shell reports a command it interrupted). A move or purge already started goes on: the

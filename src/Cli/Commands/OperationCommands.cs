@@ -140,6 +140,14 @@ internal static class Operations
                 $"interrupted before the Api answered the request to start the {kind}: it may have started it, and it would go on. "
                 + $"See: conveyor operations --queue {settings.Queue} --state running");
         }
+        catch (CliFailureException failure) when (failure.ExitCode == ExitCodes.Unreachable && failure.RequestSent)
+        {
+            // Not 5 (try later), which says nothing was started: the Api may have taken the request before the connection
+            // broke or the wait for its answer ended, and an operation it started goes on.
+            throw new CliFailureException(ExitCodes.StartUnknown,
+                $"{failure.Message}{Environment.NewLine}The request to start the {kind} was sent, but no answer came: the Api may have started it, "
+                + $"and it would go on. Look before starting it again: conveyor operations --queue {settings.Queue} --state running");
+        }
 
         var id = accepted.GetProperty("operationId").GetGuid();
         if (settings.NoWait)

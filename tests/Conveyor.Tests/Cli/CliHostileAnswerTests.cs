@@ -782,6 +782,80 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// The request to start a move or purge went out and the connection then broke, or no answer came in time: the Api may
+    /// have taken it and started the operation, which goes on. It ended with 5 ("Cannot reach the Api ...") as a refused
+    /// connection does, which tells a script that nothing was started and to try again later. It ends with 10 (the start
+    /// is unknown), says it may have started and how to look, and prints nothing on stdout.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error", false)]
+    [InlineData("purge q_error --confirm q_error --json", false)]
+    [InlineData("move q_error --no-wait", true)]
+    [InlineData("purge q_error --confirm q_error", true)]
+    public async Task A_request_to_start_an_operation_cut_off_after_it_was_sent_says_it_may_have_started(string command, bool timedOut)
+    {
+        var posts = 0;
+        using var api = new Holding(async (request, cancellationToken) =>
+        {
+            Interlocked.Increment(ref posts);
+            // The Api reads the whole request; then the connection drops, or the answer does not come in time.
+            await request.Content!.ReadAsStringAsync(cancellationToken);
+            throw timedOut
+                ? new TaskCanceledException("The request was canceled due to the configured HttpClient.Timeout.", new TimeoutException())
+                : new HttpRequestException(HttpRequestError.ResponseEnded, "An error occurred while sending the request.",
+                    new HttpIOException(HttpRequestError.ResponseEnded, "The response ended prematurely."));
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.StartUnknown, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("may have started it", run.Err, StringComparison.Ordinal);
+        Assert.Contains("conveyor operations --queue q_error --state running", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+        Assert.Equal(1, posts);
+    }
+
+    /// <summary>The same against a real server that reads the request to start a move and drops the connection unanswered.</summary>
+    [Fact]
+    public async Task A_move_whose_connection_drops_after_the_request_was_read_says_it_may_have_started()
+    {
+        await using var server = await LocalServer.StartAsync(async context =>
+        {
+            using var body = new StreamReader(context.Request.Body);
+            await body.ReadToEndAsync();
+            context.Abort();
+        });
+
+        var run = await RunAsync($"move q_error --api {server.Address}", handler: null);
+
+        Assert.True(run.ExitCode == ExitCodes.StartUnknown, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("may have started it", run.Err, StringComparison.Ordinal);
+        Assert.Contains("conveyor operations --queue q_error --state running", run.Err, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A request to start a move that never left (the connection refused, by a stand-in and by a closed local port) started
+    /// nothing: it stays 5 (try later), with no word of a move that may have started.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_request_to_start_an_operation_refused_before_it_was_sent_stays_unreachable(bool realSocket)
+    {
+        using var api = new Canned(_ => throw new HttpRequestException(
+            HttpRequestError.ConnectionError, "Connection refused (conveyor.invalid:80)", new System.Net.Sockets.SocketException(111)));
+
+        var run = realSocket
+            ? await RunAsync("move q_error --api http://127.0.0.1:1", handler: null)
+            : await RunAsync("move q_error", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Unreachable, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("Cannot reach the Api", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("may have started", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
+    /// <summary>
     /// An Api that takes the read of a move's progress and never answers: <c>--timeout</c> still ends the wait, with the
     /// operation named, rather than the client's own timeout (100 s) long after it.
     /// </summary>
