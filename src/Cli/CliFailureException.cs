@@ -7,8 +7,8 @@ public sealed class CliFailureException(int exitCode, string message) : Exceptio
 
     /// <summary>
     /// For a failure without an answer (<see cref="ExitCodes.Unreachable"/>) of a request that changes something: the
-    /// request had gone out before it failed (the connection broke, or no answer came in time), so the Api may have acted
-    /// on it. False when it never left: a refused connection, an unknown name.
+    /// request had gone out before it failed (the connection broke, no answer came in time, or a gateway answered 502 or
+    /// 504), so the Api may have acted on it. False when it never left: a refused connection, an unknown name.
     /// </summary>
     public bool RequestSent { get; init; }
 }

@@ -72,7 +72,17 @@ public sealed class ConveyorClient : IDisposable
     private async Task<JsonElement> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
         var answer = await AnswerAsync(request, cancellationToken);
-        return answer.IsSuccess ? answer.Body : throw answer.Failure();
+        if (answer.IsSuccess)
+        {
+            return answer.Body;
+        }
+
+        var failure = answer.Failure();
+        // A gateway's 504 (it forwarded the request and stopped waiting for the Api) or 502 (the Api's answer broke off,
+        // or the gateway could not reach the Api: it does not say which) may follow a request the Api took.
+        throw answer.Status is HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout && failure.ExitCode == ExitCodes.Unreachable
+            ? new CliFailureException(failure.ExitCode, failure.Message) { RequestSent = true }
+            : failure;
     }
 
     /// <summary>

@@ -37,8 +37,8 @@ public static class ExitCodes
     /// Try later: the Api could not be reached or timed out, or a 502/503/504 (of it or of a gateway in front of it) or a
     /// 429 (a rate limit, not a key lockout) was still there after the CLI tried again: a read for up to two minutes, after
     /// each Retry-After; <c>submit</c> <c>--retries</c> times, as its 409 "Submission in progress". For move and purge: the
-    /// request to start it never reached the Api (a refused connection, an unknown name), so nothing was started; one sent
-    /// and then left unanswered is <see cref="StartUnknown"/>.
+    /// request to start it never reached the Api (a refused connection, an unknown name) or was refused (503, 429), so
+    /// nothing was started; one sent and then left unanswered, or answered by a gateway's 502 or 504, is <see cref="StartUnknown"/>.
     /// </summary>
     public const int Unreachable = 5;
 
@@ -74,8 +74,8 @@ public static class ExitCodes
     public const int ProgressUnknown = 9;
 
     /// <summary>
-    /// The request to start a move or purge went out, but no answer came: the connection broke after it was sent, or the
-    /// Api did not answer in time. The Api may have started the operation, which would go on; the message says how to
+    /// The request to start a move or purge went out, but the Api's answer never came: the connection broke after it was
+    /// sent, the Api did not answer in time, or a gateway in front of it answered 502 or 504 instead. The Api may have started the operation, which would go on; the message says how to
     /// look (<c>conveyor operations --queue &lt;queue&gt; --state running</c>) before starting it again.
     /// </summary>
     public const int StartUnknown = 10;

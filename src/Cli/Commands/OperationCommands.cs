@@ -143,9 +143,9 @@ internal static class Operations
         catch (CliFailureException failure) when (failure.ExitCode == ExitCodes.Unreachable && failure.RequestSent)
         {
             // Not 5 (try later), which says nothing was started: the Api may have taken the request before the connection
-            // broke or the wait for its answer ended, and an operation it started goes on.
+            // broke, the wait for its answer ended or a gateway gave up on it (502, 504), and an operation it started goes on.
             throw new CliFailureException(ExitCodes.StartUnknown,
-                $"{failure.Message}{Environment.NewLine}The request to start the {kind} was sent, but no answer came: the Api may have started it, "
+                $"{failure.Message}{Environment.NewLine}The request to start the {kind} was sent, but the Api's answer never came: it may have started it, "
                 + $"and it would go on. Look before starting it again: conveyor operations --queue {settings.Queue} --state running");
         }
 

@@ -815,6 +815,43 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(1, posts);
     }
 
+    /// <summary>
+    /// A gateway in front of the Api answers the request to start a move or purge with 504 (it forwarded the request and
+    /// stopped waiting for the Api's answer) or 502 (the Api's answer broke off, or it could not reach the Api: it cannot
+    /// tell which). Either way the Api may have started the operation: "try later" (5) read as nothing started, and a
+    /// script started the move again. A 503 (the gateway or the Api refusing it) and a 429 stay 5: nothing was started.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error", 504, "text/plain", "Gateway Timeout", ExitCodes.StartUnknown)]
+    [InlineData("purge q_error --confirm q_error --json", 502, "text/html", "<html><body>Bad Gateway</body></html>", ExitCodes.StartUnknown)]
+    [InlineData("move q_error --no-wait", 504, "text/html", "<html><body>Gateway Time-out</body></html>", ExitCodes.StartUnknown)]
+    [InlineData("move q_error", 503, "text/html", "<html><body>Service Unavailable</body></html>", ExitCodes.Unreachable)]
+    [InlineData("move q_error", 503, "application/problem+json", """{"title":"Message broker unavailable","status":503}""", ExitCodes.Unreachable)]
+    [InlineData("move q_error", 429, "application/problem+json", """{"title":"Too many requests","status":429}""", ExitCodes.Unreachable)]
+    public async Task A_gateways_502_or_504_to_the_start_of_an_operation_says_it_may_have_started(
+        string command, int status, string mediaType, string body, int exitCode)
+    {
+        var posts = 0;
+        using var api = new Canned(request =>
+        {
+            Assert.Equal(HttpMethod.Post, request.Method);
+            Interlocked.Increment(ref posts);
+            return Respond((HttpStatusCode)status, body, mediaType);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == exitCode, $"{run.ExitCode}: {run.Err}");
+        Assert.Equal(exitCode == ExitCodes.StartUnknown, run.Err.Contains("may have started it", StringComparison.Ordinal));
+        if (exitCode == ExitCodes.StartUnknown)
+        {
+            Assert.Contains("conveyor operations --queue q_error --state running", run.Err, StringComparison.Ordinal);
+        }
+
+        Assert.Equal("", run.Out);
+        Assert.Equal(1, posts);
+    }
+
     /// <summary>The same against a real server that reads the request to start a move and drops the connection unanswered.</summary>
     [Fact]
     public async Task A_move_whose_connection_drops_after_the_request_was_read_says_it_may_have_started()
