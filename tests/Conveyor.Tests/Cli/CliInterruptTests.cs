@@ -42,11 +42,7 @@ public sealed class CliInterruptTests
         });
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
-        var environment = new Dictionary<string, string?>
-        {
-            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
-            [CliContext.ApiKeyVariable] = "a-key",
-        };
+        var environment = StandInEnvironment();
 
         var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr, api, environment, interrupt.Token);
 
@@ -157,11 +153,7 @@ public sealed class CliInterruptTests
         });
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
-        var environment = new Dictionary<string, string?>
-        {
-            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
-            [CliContext.ApiKeyVariable] = "a-key",
-        };
+        var environment = StandInEnvironment();
 
         var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr, api, environment, interrupt.Token);
 
@@ -208,11 +200,7 @@ public sealed class CliInterruptTests
         await File.WriteAllLinesAsync(file, Enumerable.Range(0, 4).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())));
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
-        var environment = new Dictionary<string, string?>
-        {
-            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
-            [CliContext.ApiKeyVariable] = "a-key",
-        };
+        var environment = StandInEnvironment();
 
         string[] args = ["submit", "charge-payment", file, "--batch-size", "2", .. json ? new[] { "--json" } : []];
         int exitCode;
@@ -246,6 +234,13 @@ public sealed class CliInterruptTests
             Assert.All(jobIds, id => Assert.Contains(id.ToString(), stdout.ToString(), StringComparison.Ordinal));
         }
     }
+
+    /// <summary>The Api's address and a key, for a CLI whose requests a stand-in handler answers.</summary>
+    private static Dictionary<string, string?> StandInEnvironment() => new()
+    {
+        [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+        [CliContext.ApiKeyVariable] = "a-key",
+    };
 
     private sealed class Canned(Func<HttpRequestMessage, HttpResponseMessage> answer) : HttpMessageHandler
     {
