@@ -1,4 +1,5 @@
 using System.Net.Http.Headers;
+using System.Reflection;
 using Conveyor.Worker.Failures;
 using Microsoft.Extensions.Options;
 
@@ -15,6 +16,13 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     public const string WebhookIdHeader = "Conveyor-Webhook-Id";
     public const string EventTypeHeader = "Conveyor-Event-Type";
 
+    /// <summary>
+    /// Sent with every delivery: the bot protection in front of many receivers answers 403 to a request
+    /// without one, which is permanent. Fixed and honest, the worker's version and the product's name,
+    /// nothing about the machine or its settings.
+    /// </summary>
+    public static readonly string UserAgent = $"Conveyor-Webhooks/{Version()} (+Conveyor)";
+
     /// <param name="idempotencyKey">The webhook id, or for a corrected command the key <see cref="Jobs.RemoteIdempotencyKeys"/> gives it.</param>
     public async Task<WebhookResult> SendAsync(
         Guid webhookId, string idempotencyKey, Uri url, string eventType, ReadOnlyMemory<byte> body, CancellationToken cancellationToken)
@@ -24,6 +32,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         var content = new ByteArrayContent(body.ToArray());
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
         using var request = new HttpRequestMessage(HttpMethod.Post, url) { Content = content };
+        request.Headers.TryAddWithoutValidation("User-Agent", UserAgent);
         request.Headers.Add(WebhookIdHeader, webhookId.ToString());
         request.Headers.Add("Idempotency-Key", idempotencyKey);
         request.Headers.Add(EventTypeHeader, eventType);
@@ -58,5 +67,12 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
                 response, $"The webhook receiver at {url.Host}", timeout - time.GetElapsedTime(started), FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
             return new WebhookResult((int)response.StatusCode);
         }
+    }
+
+    /// <summary>The worker's informational version (a build's commit after a '+' included), as a User-Agent product version may hold it; else 1.0.</summary>
+    private static string Version()
+    {
+        var version = typeof(WebhookSender).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
+        return version is { Length: > 0 and <= 100 } && version.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '-' or '+') ? version : "1.0";
     }
 }

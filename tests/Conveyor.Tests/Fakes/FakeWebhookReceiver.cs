@@ -71,6 +71,12 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// <summary>Deliveries with this key answered 409 because an earlier one with it was still in progress.</summary>
     public int InProgressConflictsFor(string idempotencyKey) => _inProgressConflicts.GetValueOrDefault(idempotencyKey);
 
+    /// <summary>
+    /// When true, a delivery without a <c>User-Agent</c> (or with an empty one) is answered 403, as the bot
+    /// protection in front of many receivers answers it.
+    /// </summary>
+    public bool RefusesAnEmptyUserAgent { get; set; }
+
     /// <summary>When true, every delivery is answered 200 with a response header larger than any client accepts.</summary>
     public bool AnswerWithOversizedHeader { get; set; }
 
@@ -102,6 +108,11 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         var headers = context.Request.Headers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase);
         var body = buffer.ToArray();
         _received.Enqueue(new Received(context.Request.Path, headers, body));
+        if (RefusesAnEmptyUserAgent && string.IsNullOrWhiteSpace(headers.GetValueOrDefault("User-Agent")))
+        {
+            return Results.StatusCode(StatusCodes.Status403Forbidden);
+        }
+
         if (AnswerAfter is { } delay)
         {
             try
