@@ -1,3 +1,5 @@
+using System.Buffers;
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
@@ -15,6 +17,9 @@ public static class HttpFailures
     /// UTF-8 text, so a remote side that answers with an endless or huge body costs no more than this.
     /// </summary>
     public const int MaxSnippetBytes = 4 * 1024;
+
+    /// <summary>Characters of a redirect's <c>Location</c> kept in the failure's message, as many as of a body.</summary>
+    public const int MaxLocationChars = MaxSnippetChars;
 
     /// <summary>
     /// Returns on a 2xx answer; otherwise throws a failure that the status code classifies, with the
@@ -39,7 +44,8 @@ public static class HttpFailures
 
         var status = response.StatusCode;
         var body = await ReadSnippetAsync(response.Content, bodyTimeout, cancellationToken);
-        var message = $"{what} answered {(int)status} {status}: {body}";
+        var redirect = (int)status is >= 300 and < 400 ? $" ({Redirect(response)}, not followed)" : "";
+        var message = $"{what} answered {(int)status} {status}{redirect}: {body}";
         if (isTransient(status))
         {
             throw new TransientFailureException(message, RetryAfter(response.Headers.RetryAfter, time));
@@ -59,6 +65,56 @@ public static class HttpFailures
         { Date: { } date } => date - time.GetUtcNow() is { } wait && wait > TimeSpan.Zero ? wait : TimeSpan.Zero,
         _ => null,
     };
+
+    /// <summary>
+    /// Where a redirect points, for the person who corrects the URL: a relative <c>Location</c> as the
+    /// absolute URL it names. It is the remote side's text, so it is made printable (a control or format
+    /// character, which could rewrite a terminal or hide what is shown, as its <c>\uXXXX</c> escape) and cut
+    /// to <see cref="MaxLocationChars"/>.
+    /// </summary>
+    private static string Redirect(HttpResponseMessage response)
+    {
+        // Not validated: a Location HttpClient cannot parse is still the receiver's answer.
+        if (!response.Headers.NonValidated.TryGetValues("Location", out var values) || values.ToString() is not { Length: > 0 } location)
+        {
+            return "without a Location";
+        }
+
+        var isAbsolute = Uri.TryCreate(location, UriKind.Absolute, out var absolute) && (absolute.Scheme == Uri.UriSchemeHttp || absolute.Scheme == Uri.UriSchemeHttps);
+        if (!isAbsolute && response.RequestMessage?.RequestUri is { } requested && Uri.TryCreate(requested, location, out var resolved))
+        {
+            location = resolved.AbsoluteUri;
+        }
+
+        return $"moved to {Printable(location, MaxLocationChars)}";
+    }
+
+    /// <summary>
+    /// <paramref name="text"/> with each control or format character, line or paragraph separator and
+    /// unpaired surrogate as its escape, at most <paramref name="maxLength"/> characters (an escape is not
+    /// cut), ending in "…" when cut short.
+    /// </summary>
+    private static string Printable(string text, int maxLength)
+    {
+        var printable = new StringBuilder(Math.Min(text.Length, maxLength) + 1);
+        for (var i = 0; i < text.Length;)
+        {
+            var decoded = Rune.DecodeFromUtf16(text.AsSpan(i), out var rune, out var length) == OperationStatus.Done;
+            var piece = !decoded ? string.Create(CultureInfo.InvariantCulture, $"\\u{(int)text[i]:X4}")
+                : Rune.GetUnicodeCategory(rune) is UnicodeCategory.Control or UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator
+                    ? (rune.IsBmp ? string.Create(CultureInfo.InvariantCulture, $"\\u{rune.Value:X4}") : string.Create(CultureInfo.InvariantCulture, $"\\U{rune.Value:X8}"))
+                : text.Substring(i, length);
+            if (printable.Length + piece.Length > maxLength)
+            {
+                return printable.Append('…').ToString();
+            }
+
+            printable.Append(piece);
+            i += decoded ? length : 1;
+        }
+
+        return printable.ToString();
+    }
 
     private static async Task<string> ReadSnippetAsync(HttpContent content, TimeSpan timeout, CancellationToken cancellationToken)
     {
