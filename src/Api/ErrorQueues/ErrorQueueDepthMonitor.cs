@@ -11,6 +11,7 @@ namespace Conveyor.Api.ErrorQueues;
 /// refreshed in the background, so a metrics scrape never waits on the broker. A listing older than
 /// three refresh periods is not reported (the series go absent rather than freeze on the last depths
 /// through an outage); <c>conveyor.broker.reading_age{reading="error-queues"}</c> says how old it is.
+/// A queue the listing gives no count for (<see cref="QueueStats.CountsKnown"/>) has no series either.
 /// </summary>
 public sealed class ErrorQueueDepthMonitor : BackgroundService
 {
@@ -42,9 +43,12 @@ public sealed class ErrorQueueDepthMonitor : BackgroundService
         var meter = meters.Create(MeterName);
         meter.CreateObservableGauge(
             DepthInstrument,
-            () => (IsFresh ? _queues : []).Select(q => new Measurement<long>(q.Messages, new KeyValuePair<string, object?>("queue", q.Name))),
+            // A queue listed without a count may hold any number of messages: no series, rather than a 0
+            // that reads as empty to the alerts.
+            () => (IsFresh ? _queues : []).Where(q => q.CountsKnown)
+                .Select(q => new Measurement<long>(q.Messages, new KeyValuePair<string, object?>("queue", q.Name))),
             unit: "{message}",
-            description: "Messages in each _error and _skipped queue of the vhost; absent while the listing is stale.");
+            description: "Messages in each _error and _skipped queue of the vhost; absent while the listing is stale, and for a queue listed without a count.");
     }
 
     /// <summary>The latest listing: error and skipped queues only.</summary>

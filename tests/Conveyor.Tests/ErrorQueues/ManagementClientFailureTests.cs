@@ -70,6 +70,47 @@ public sealed class ManagementClientFailureTests
         Assert.Equal(new QueueStats("b_error", 3, 0, 0, 1), queue);
     }
 
+    /// <summary>
+    /// A queue the management API lists without a count (statistics off, a queue just declared, its node
+    /// down, a quorum queue without a leader) may hold any number of messages: exported as 0, the gauge
+    /// told the error-queue alerts that a full <c>_error</c> queue was empty. It is left out instead, as
+    /// a stale listing is, while the queues whose counts are known keep their series.
+    /// </summary>
+    [Fact]
+    public async Task An_error_queue_listed_without_a_count_has_no_depth_series_rather_than_0()
+    {
+        var services = new ServiceCollection();
+        services.AddScoped(_ => new RabbitManagementClient(
+            Http(new AnswerHandler("""[{"name":"a_error","consumers":0},{"name":"b_error","messages":4,"consumers":0},{"name":"c_skipped","messages":0,"consumers":0}]""")),
+            Options.Create(Broker)));
+        await using var provider = services.BuildServiceProvider();
+        using var meters = new MeterFactory();
+        var readings = new BrokerReadings(meters, TimeProvider.System);
+        var monitor = new ErrorQueueDepthMonitor(
+            meters, provider.GetRequiredService<IServiceScopeFactory>(), Options.Create(new ErrorQueueOptions()),
+            TimeProvider.System, readings, NullLogger<ErrorQueueDepthMonitor>.Instance);
+
+        await monitor.RefreshAsync(CancellationToken.None);
+
+        var depths = new Dictionary<string, long>(StringComparer.Ordinal);
+        using (var listener = new System.Diagnostics.Metrics.MeterListener())
+        {
+            listener.InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Name == ErrorQueueDepthMonitor.DepthInstrument && meters.Owns(instrument.Meter))
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            };
+            listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+                depths[(string)tags.ToArray().Single(t => t.Key == "queue").Value!] = value);
+            listener.Start();
+            listener.RecordObservableInstruments();
+        }
+
+        Assert.Equal(new Dictionary<string, long> { ["b_error"] = 4, ["c_skipped"] = 0 }, depths);
+    }
+
     [Theory]
     [InlineData("""{"error":"not_authorised"}""")]
     [InlineData("""
@@ -122,6 +163,8 @@ public sealed class ManagementClientFailureTests
             _meters.Add(meter);
             return meter;
         }
+
+        public bool Owns(System.Diagnostics.Metrics.Meter meter) => _meters.Contains(meter);
 
         public void Dispose() => _meters.ForEach(m => m.Dispose());
     }
