@@ -19,7 +19,7 @@ namespace Conveyor.Api.Jobs;
 /// their stored request (ADR 0007); <c>conveyor.jobs.stranded</c> (tag <c>kind</c>) on the
 /// <c>Conveyor.Api</c> meter counts those left over, which need an operator: jobs without a stored
 /// request (submitted before it was stored), with a request this version refuses, or whose publish
-/// keeps failing.
+/// keeps failing. The gauge goes absent once the last successful check is three periods old.
 /// </summary>
 /// <remarks>
 /// Queue contents come from the management API (its statistics lag by seconds, far less than the
@@ -30,6 +30,9 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
 {
     public const string Instrument = "conveyor.jobs.stranded";
 
+    /// <summary>Checks a count may be old before the gauge stops exporting it.</summary>
+    private const int StaleAfterChecks = 3;
+
     private readonly IServiceScopeFactory _scopes;
     private readonly StrandedJobRepublisher _republisher;
     private readonly IDbContextFactory<ConveyorDbContext> _dbFactory;
@@ -37,6 +40,7 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
     private readonly TimeProvider _time;
     private readonly ILogger<StrandedJobsMonitor> _logger;
     private volatile IReadOnlyDictionary<string, long> _stranded = new Dictionary<string, long>();
+    private long _checkedAtTicks;
     private bool _failing;
 
     public StrandedJobsMonitor(
@@ -56,13 +60,20 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
         _logger = logger;
         meters.Create(ApiApp.ApiMeterName).CreateObservableGauge(
             Instrument,
-            () => _stranded.Select(s => new Measurement<long>(s.Value, new KeyValuePair<string, object?>("kind", s.Key))),
+            // Absent, not frozen, while this replica cannot check: the alert takes the max over replicas,
+            // and a stale count would outvote the fresh ones of the others.
+            () => (IsFresh ? _stranded : new Dictionary<string, long>())
+                .Select(s => new Measurement<long>(s.Value, new KeyValuePair<string, object?>("kind", s.Key))),
             unit: "{job}",
-            description: "Jobs still queued though their command cannot be in their queue (most likely never published) that the Api could not publish again.");
+            description: "Jobs still queued though their command cannot be in their queue (most likely never published) that the Api could not publish again; absent while the last check is stale.");
     }
 
     /// <summary>The latest counts of stranded jobs left after republishing, per job kind (every kind, 0 when none).</summary>
     public IReadOnlyDictionary<string, long> Stranded => _stranded;
+
+    private bool IsFresh =>
+        _time.GetUtcNow() - new DateTimeOffset(Interlocked.Read(ref _checkedAtTicks), TimeSpan.Zero)
+            <= TimeSpan.FromSeconds(_options.Value.StrandedCheckSeconds * StaleAfterChecks);
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
         Periodically.RunAsync(TimeSpan.FromSeconds(_options.Value.StrandedCheckSeconds), _time, RefreshAsync, stoppingToken);
@@ -128,11 +139,12 @@ public sealed partial class StrandedJobsMonitor : BackgroundService
             }
 
             _stranded = counts;
+            Interlocked.Exchange(ref _checkedAtTicks, _time.GetUtcNow().UtcTicks);
             _failing = false;
         }
         catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
-            // Logged once per outage; the gauge keeps the last counts.
+            // Logged once per outage; the gauge keeps the last counts until they are stale.
             if (!_failing)
             {
                 _failing = true;

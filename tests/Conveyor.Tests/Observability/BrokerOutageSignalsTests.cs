@@ -3,6 +3,7 @@ using System.Net;
 using System.Text.Json;
 using Conveyor.Contracts;
 using Conveyor.Contracts.Payments;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
@@ -96,6 +97,53 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
             Assert.Equal(3, PrometheusText.Sum(metrics, "conveyor_error_queue_depth", "queue=\"charge-payment_error\""));
             Assert.InRange(PrometheusText.Sum(metrics, JobQueuesAge, "reading=\"job-queues\""), 0, 1);
         });
+    }
+
+    /// <summary>
+    /// A replica that can no longer check for stranded jobs (management API or database out of its reach)
+    /// exported the counts of its last check for as long as that lasted: under <c>max by (kind)</c> over
+    /// the replicas, its stale count outvoted the others' fresh 0, and ConveyorJobsStranded kept firing
+    /// after the jobs were published or cancelled. Like the queue figures, the gauge goes absent once the
+    /// last check is three periods old. (No other Api runs here: every Api of the process would export it.)
+    /// </summary>
+    [Fact]
+    public async Task An_Api_that_can_no_longer_check_for_stranded_jobs_stops_exporting_its_last_counts()
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.Queues = [new() { ["name"] = JobKinds.ChargePayment, ["messages"] = 0, ["messages_ready"] = 0, ["messages_unacknowledged"] = 0, ["consumers"] = 1 }];
+        var longAgo = DateTimeOffset.UtcNow.AddMinutes(-5);
+        await using (var db = fixture.CreateDbContext())
+        {
+            // No stored request: the Api cannot publish them again, so they stay counted.
+            db.Jobs.AddRange(Enumerable.Range(0, 2).Select(_ => new Job
+            {
+                Id = Guid.CreateVersion7(),
+                Kind = JobKinds.ChargePayment,
+                BusinessKey = Guid.NewGuid().ToString("D"),
+                Status = JobStatus.Queued,
+                CreatedAt = longAgo,
+                UpdatedAt = longAgo,
+            }));
+            await db.SaveChangesAsync();
+        }
+
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Jobs:StrandedAfterSeconds"] = "60",
+            ["Jobs:StrandedCheckSeconds"] = "1",
+            ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
+        });
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(2, PrometheusText.Sum(await MetricsAsync(api), "conveyor_jobs_stranded", $"kind=\"{JobKinds.ChargePayment}\"")));
+
+        management.QueuesAnswer = """{"error":"not_authorised"}""";
+
+        await Eventually.AssertAsync(async () => Assert.Empty(Samples(await MetricsAsync(api), "conveyor_jobs_stranded")), TimeSpan.FromSeconds(30));
+
+        // Checking again, it exports them again.
+        management.QueuesAnswer = null;
+        await Eventually.AssertAsync(async () =>
+            Assert.Equal(2, PrometheusText.Sum(await MetricsAsync(api), "conveyor_jobs_stranded", $"kind=\"{JobKinds.ChargePayment}\"")));
     }
 
     [Fact]
