@@ -22,9 +22,25 @@ internal static class JobBatchParser
         string kind, byte[] body, FieldErrors errors, DateTimeOffset now, WebhookUrlRules webhookUrls, int maxJobs, int maxJobBytes)
     {
         // Checked and parsed once, whole; each job is then read from this document.
-        using var document = JsonBody.ParseObject(body, errors, JobRequestParser.InvalidJson);
+        var bodyErrors = new FieldErrors();
+        using var document = JsonBody.ParseObject(body, bodyErrors, JobRequestParser.InvalidJson);
         if (document is null)
         {
+            // The parser's refusal names the body as a whole; one inside a job is named by its place.
+            if (FaultInJob(body) is { } fault)
+            {
+                errors.Add(fault.Field, fault.Message);
+                return null;
+            }
+
+            foreach (var (field, messages) in bodyErrors.ToDictionary())
+            {
+                foreach (var message in messages)
+                {
+                    errors.Add(field, message);
+                }
+            }
+
             return null;
         }
 
@@ -74,6 +90,73 @@ internal static class JobBatchParser
         }
 
         return errors.Count > 0 ? null : items;
+    }
+
+    /// <summary>
+    /// Where, in which job, a body the parser refused has a field given twice in one object: the parser
+    /// says only that the body is not valid JSON, which leaves the client of a batch of a hundred jobs to
+    /// find the job. The job's field, or the job's field that holds the object when it is nested deeper
+    /// (a webhook's payload). Null when the fault is not in a job: the parser's own words stand then.
+    /// </summary>
+    private static (string Field, string Message)? FaultInJob(byte[] body)
+    {
+        var reader = new Utf8JsonReader(body);
+        var names = new Stack<HashSet<string>>();
+        var (inJobs, index, field) = (false, -1, (string?)null);
+        try
+        {
+            while (reader.Read())
+            {
+                var depth = reader.CurrentDepth;
+                switch (reader.TokenType)
+                {
+                    case JsonTokenType.StartObject:
+                        names.Push(new HashSet<string>(StringComparer.Ordinal));
+                        break;
+                    case JsonTokenType.EndObject:
+                        names.Pop();
+                        break;
+                    case JsonTokenType.PropertyName:
+                        var name = reader.GetString()!;
+                        if (depth == 1)
+                        {
+                            inJobs = string.Equals(name, JobsField, StringComparison.OrdinalIgnoreCase);
+                        }
+                        else if (depth == 3)
+                        {
+                            field = name;
+                        }
+
+                        if (!names.Peek().Add(name))
+                        {
+                            return !inJobs || depth < 3 || index < 0 ? null
+                                : depth == 3 ? ($"{JobsField}[{index}].{name}", "Is given more than once: each field may appear once.")
+                                : ($"{JobsField}[{index}].{field}", "Holds an object with a field given more than once: each field may appear once.");
+                        }
+
+                        continue;
+                }
+
+                if (depth == 1 && reader.TokenType != JsonTokenType.StartArray)
+                {
+                    // The value of a top-level field that is not the jobs array.
+                    inJobs = false;
+                }
+
+                // A value of the top-level jobs array: the next job.
+                if (inJobs && depth == 2 && reader.TokenType is not (JsonTokenType.EndObject or JsonTokenType.EndArray))
+                {
+                    (index, field) = (index + 1, null);
+                }
+            }
+        }
+        catch (Exception exception) when (exception is JsonException or InvalidOperationException)
+        {
+            // Not JSON (the parser says where), or a name with a broken escape (JsonBody names it).
+            return null;
+        }
+
+        return null;
     }
 
     /// <summary>

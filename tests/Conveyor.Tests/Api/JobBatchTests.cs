@@ -196,6 +196,35 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains(field, await response.ReadErrorFieldsAsync());
     }
 
+    /// <summary>
+    /// The parser refuses a field given twice anywhere in the body, saying only that the body is not
+    /// valid JSON: in a batch, the job and its field are named as for any other bad job.
+    /// </summary>
+    [Theory]
+    [InlineData(JobKinds.ChargePayment,
+        """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-1","amountMinor":5,"accountId":"acct-2","currency":"EUR"}""",
+        "jobs[1].accountId")]
+    [InlineData(JobKinds.DeliverWebhook,
+        """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{"order":{"id":7,"id":8}}}""",
+        "jobs[1].payload")]
+    public async Task A_field_given_twice_in_a_job_is_a_400_naming_the_job_and_field(string kind, string job, string field)
+    {
+        await using var api = await fixture.StartApiAsync();
+        string Valid() => kind == JobKinds.ChargePayment ? JobRequests.ChargePayment(Guid.NewGuid()) : JobRequests.DeliverWebhook(Guid.NewGuid());
+        var first = Valid();
+
+        using var response = await PostBatchAsync(api, kind, Batch([first, job, Valid()]));
+        using var twice = await PostBatchAsync(api, kind, $$"""{"jobs":[{{first}}],"jobs":[{{first}}]}""");
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(new HashSet<string>([field]), await response.ReadErrorFieldsAsync());
+        // Twice at the top: the body as a whole, as before.
+        await twice.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(new HashSet<string>(["$"]), await twice.ReadErrorFieldsAsync());
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
     [Fact]
     public async Task More_jobs_than_a_batch_holds_is_a_400_and_an_unknown_kind_a_404()
     {
