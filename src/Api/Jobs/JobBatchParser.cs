@@ -93,10 +93,11 @@ internal static class JobBatchParser
     }
 
     /// <summary>
-    /// Where, in which job, a body the parser refused has a field given twice in one object: the parser
-    /// says only that the body is not valid JSON, which leaves the client of a batch of a hundred jobs to
-    /// find the job. The job's field, or the job's field that holds the object when it is nested deeper
-    /// (a webhook's payload). Null when the fault is not in a job: the parser's own words stand then.
+    /// Where, in which job, a body the parser refused has a field given twice in one object, or a <c>\u</c>
+    /// escape that is half a surrogate pair: the parser says only that the body is not valid JSON (or names
+    /// the top-level <c>jobs</c>), which leaves the client of a batch of a hundred jobs to find the job. The
+    /// job's field, or the job's field that holds the fault when it is nested deeper (a webhook's payload),
+    /// or the job itself. Null when the fault is not in a job: the parser's own words stand then.
     /// </summary>
     private static (string Field, string Message)? FaultInJob(byte[] body)
     {
@@ -117,6 +118,11 @@ internal static class JobBatchParser
                         names.Pop();
                         break;
                     case JsonTokenType.PropertyName:
+                        if (BrokenEscape(ref reader) && inJobs && depth >= 3 && index >= 0)
+                        {
+                            return (depth == 3 ? Place(index, null) : Place(index, field), BrokenEscapeError);
+                        }
+
                         var name = reader.GetString()!;
                         if (depth == 1)
                         {
@@ -130,8 +136,8 @@ internal static class JobBatchParser
                         if (!names.Peek().Add(name))
                         {
                             return !inJobs || depth < 3 || index < 0 ? null
-                                : depth == 3 ? ($"{JobsField}[{index}].{name}", "Is given more than once: each field may appear once.")
-                                : ($"{JobsField}[{index}].{field}", "Holds an object with a field given more than once: each field may appear once.");
+                                : depth == 3 ? (Place(index, name), "Is given more than once: each field may appear once.")
+                                : (Place(index, field), "Holds an object with a field given more than once: each field may appear once.");
                         }
 
                         continue;
@@ -148,15 +154,46 @@ internal static class JobBatchParser
                 {
                     (index, field) = (index + 1, null);
                 }
+
+                if (inJobs && depth >= 2 && reader.TokenType == JsonTokenType.String && BrokenEscape(ref reader))
+                {
+                    return (depth == 2 ? Place(index, null) : Place(index, field), BrokenEscapeError);
+                }
             }
         }
         catch (Exception exception) when (exception is JsonException or InvalidOperationException)
         {
-            // Not JSON (the parser says where), or a name with a broken escape (JsonBody names it).
+            // Not JSON: the parser says where. Or a name with a broken escape outside a job: JsonBody names it.
             return null;
         }
 
         return null;
+    }
+
+    /// <summary>The job at <paramref name="index"/>, or its <paramref name="field"/> (none when the job is not an object).</summary>
+    private static string Place(int index, string? field) =>
+        field is null ? $"{JobsField}[{index}]" : $"{JobsField}[{index}].{field}";
+
+    /// <summary>As <see cref="JsonBody"/> words it for a single job's field.</summary>
+    private const string BrokenEscapeError = "Must be valid Unicode text: a \\u escape in it is an unpaired surrogate.";
+
+    /// <summary>Whether the current name or string has <c>\u</c> escapes that do not form valid UTF-16 (reading it throws).</summary>
+    private static bool BrokenEscape(ref Utf8JsonReader reader)
+    {
+        if (!reader.ValueIsEscaped)
+        {
+            return false;
+        }
+
+        try
+        {
+            reader.GetString();
+            return false;
+        }
+        catch (InvalidOperationException)
+        {
+            return true;
+        }
     }
 
     /// <summary>

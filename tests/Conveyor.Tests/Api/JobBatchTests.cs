@@ -185,7 +185,10 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("""{"jobs":[{}],"priority":1}""", "priority")]
     [InlineData("""[{"jobs":[]}]""", "$")]
     [InlineData("""{"jobs":[""", "$")]
-    [InlineData("""{"jobs":["\ud800"]}""", "jobs")]
+    [InlineData("""{"jobs":["\ud800"]}""", "jobs[0]")]
+    [InlineData("""{"jobs":[{}],"\ud800":1}""", "$")]
+    [InlineData("""{"jobs":[["\ud800"]]}""", "jobs[0]")]
+    [InlineData("""{"jobs":[{},[{"a":1,"a":2}]]}""", "jobs[1]")]
     public async Task A_batch_of_the_wrong_shape_is_a_400_naming_the_field(string body, string field)
     {
         await using var api = await fixture.StartApiAsync();
@@ -221,6 +224,33 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
         // Twice at the top: the body as a whole, as before.
         await twice.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(new HashSet<string>(["$"]), await twice.ReadErrorFieldsAsync());
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    /// <summary>
+    /// A \u escape that is half a surrogate pair (text cut short mid-character by its sender, typically)
+    /// is refused before parsing: in a batch, the job and its field are named as for any other bad job.
+    /// </summary>
+    [Theory]
+    [InlineData(JobKinds.ChargePayment,
+        """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-\ud800","amountMinor":5,"currency":"EUR"}""",
+        "jobs[1].accountId")]
+    [InlineData(JobKinds.DeliverWebhook,
+        """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{"note":["cut \ud83d"]}}""",
+        "jobs[1].payload")]
+    [InlineData(JobKinds.DeliverWebhook,
+        """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{},"\udc00":1}""",
+        "jobs[1]")]
+    public async Task A_broken_unicode_escape_in_a_job_is_a_400_naming_the_job_and_field(string kind, string job, string field)
+    {
+        await using var api = await fixture.StartApiAsync();
+        string Valid() => kind == JobKinds.ChargePayment ? JobRequests.ChargePayment(Guid.NewGuid()) : JobRequests.DeliverWebhook(Guid.NewGuid());
+
+        using var response = await PostBatchAsync(api, kind, Batch([Valid(), job, Valid()]));
+
+        await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
+        Assert.Equal(new HashSet<string>([field]), await response.ReadErrorFieldsAsync());
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
     }
