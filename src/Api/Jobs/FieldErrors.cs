@@ -25,15 +25,15 @@ internal sealed class FieldErrors
     /// <summary>
     /// Every error of <paramref name="inner"/>, the errors of a part of the request, under
     /// <paramref name="path"/>: a field <c>amount</c> as <c>path.amount</c>, the part as a whole
-    /// (<see cref="JsonBody.Field"/>) as <c>path</c>.
+    /// (<see cref="JsonBody.Field"/>) as <c>path</c>. Without a path, each under its own name.
     /// </summary>
-    public void AddAll(FieldErrors inner, string path)
+    public void AddAll(FieldErrors inner, string? path = null)
     {
         foreach (var (field, messages) in inner._errors)
         {
             foreach (var message in messages)
             {
-                Add(field == JsonBody.Field ? path : $"{path}.{field}", message);
+                Add(path is null ? field : field == JsonBody.Field ? path : $"{path}.{field}", message);
             }
         }
     }

@@ -33,14 +33,7 @@ internal static class JobBatchParser
                 return null;
             }
 
-            foreach (var (field, messages) in bodyErrors.ToDictionary())
-            {
-                foreach (var message in messages)
-                {
-                    errors.Add(field, message);
-                }
-            }
-
+            errors.AddAll(bodyErrors);
             return null;
         }
 
