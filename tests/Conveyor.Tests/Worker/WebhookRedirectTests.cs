@@ -4,7 +4,6 @@ using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
-using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Worker;
 
@@ -70,20 +69,8 @@ public sealed class WebhookRedirectTests(ConveyorFixture fixture) : IAsyncLifeti
         ("Consumers:DeliverWebhook:RetryLimit", "3"),
         ("Consumers:DeliverWebhook:RedeliveryLimit", "3")));
 
-    private async Task<Job> DeadLetteredAsync(DeliverWebhook webhook)
-    {
-        Job? job = null;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().WithoutRequestBody().SingleOrDefaultAsync(j => j.BusinessKey == webhook.WebhookId.ToString());
-            Assert.NotNull(job);
-            Assert.True(job.Status is JobStatus.DeadLettered or JobStatus.RetryScheduled or JobStatus.Succeeded, job.Status);
-            Assert.Equal(JobStatus.DeadLettered, job.Status);
-            Assert.Equal(1, job.Attempts);
-        });
-        return job!;
-    }
+    private Task<Job> DeadLetteredAsync(DeliverWebhook webhook) =>
+        fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
 
     private static DeliverWebhook Webhook(Uri url) => new()
     {

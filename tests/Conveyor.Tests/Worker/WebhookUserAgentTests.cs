@@ -3,7 +3,6 @@ using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
-using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Worker;
 
@@ -36,14 +35,7 @@ public sealed class WebhookUserAgentTests(ConveyorFixture fixture) : IAsyncLifet
 
         await publisher.PublishAsync(webhook);
 
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            var job = await db.Jobs.AsNoTracking().WithoutRequestBody().SingleOrDefaultAsync(j => j.BusinessKey == webhook.WebhookId.ToString());
-            Assert.NotNull(job);
-            Assert.True(job.Status is JobStatus.Succeeded or JobStatus.DeadLettered, job.Status);
-            Assert.Equal(JobStatus.Succeeded, job.Status);
-        });
+        await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.Succeeded);
         var delivery = Assert.Single(receiver.Deliveries);
         var userAgent = Assert.Contains("User-Agent", delivery.Headers);
         Assert.Matches(@"^Conveyor-Webhooks/[0-9A-Za-z.+-]+ \(\+Conveyor\)$", userAgent);
