@@ -83,7 +83,8 @@ internal static partial class JobsApi
     /// Submits up to <see cref="MaxBatchJobs"/> jobs of one kind in one request: each is recorded and
     /// published exactly as by <see cref="SubmitJob"/> (same rules, same idempotency), their rows go to
     /// the database together and their publishes are confirmed together. One bad job refuses the whole
-    /// batch (400). Each job takes one permit of the client's rate limit; a refused batch takes one.
+    /// batch (400), a new job whose <c>runAt</c> is past or too far ahead too (<see cref="RunAtErrorsAsync"/>), before
+    /// any other refusal once read. Each job takes one permit of the client's rate limit; a refused batch takes one.
     /// </summary>
     internal static async Task<Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult>> SubmitBatch(
         [AsParameters] Submission submission)
@@ -99,16 +100,17 @@ internal static partial class JobsApi
         var batchKey = IdempotencyKey.Read(http.Request.Headers, errors, IdempotencyKey.MaxBatchLength);
         var maxJobs = Math.Min(MaxBatchJobs, rateLimiter.Burst);
         var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls, maxJobs, MaxBodyBytes);
-        if (items is null || errors.Count > 0)
+        if (items is null || errors.Count > 0
+            || await RunAtErrorsAsync(submission, items, batchKey, errors) is { Count: > 0 })
         {
             rateLimiter.Spend(http);
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        // Checked first: it needs no I/O. A batch the queue cannot take now spends one permit, not all of its
-        // own: it was read and parsed, so resending it is not free, yet following Retry-After through a long
-        // refusal costs little of the client's allowance. A batch sent again whose every job was accepted before
-        // still gets its answers when they publish nothing (RepeatedBatchAsync).
+        // Checked first among the refusals of a valid batch: it needs no I/O. A batch the queue cannot take now
+        // spends one permit, not all of its own: it was read and parsed, so resending it is not free, yet following
+        // Retry-After through a long refusal costs little of the client's allowance. A batch sent again whose every
+        // job was accepted before still gets its answers when they publish nothing (RepeatedBatchAsync).
         if (items.Any(item => IsGated(item.Request, backpressure)) && Refused(kind, backpressure) is { } pressure)
         {
             return await RepeatedBatchAsync(submission, items, batchKey) is { } repeats
@@ -117,25 +119,11 @@ internal static partial class JobsApi
         }
 
         // All of the batch's permits at once, or one when there are fewer (it was read): its Retry-After is the
-        // time until there are that many. Taken before any lookup below, so every database query a batch makes is paid for.
+        // time until there are that many. Taken before any job is looked up one by one below, so every database
+        // query a batch makes is paid for (RunAtErrorsAsync's one by these, or by the one permit of a refused batch).
         if (!rateLimiter.TryAcquire(http, items.Count, out var wait))
         {
             return TooManyRequests(http, wait);
-        }
-
-        // A job whose runAt is past or too far ahead is only a repeat of one accepted before (the same batch
-        // sent again after its time came); if any is new, the whole batch is refused as for any bad job.
-        foreach (var (item, index) in items.Select((item, index) => (item, index)).Where(x => x.item.Request.RunAtOutsideWindow))
-        {
-            if (await submitter.ExistingJobAsync(item.Request, IdempotencyKey.ForBatchJob(batchKey, index), item.Body, cancellationToken) is null)
-            {
-                errors.Add($"{JobBatchParser.JobsField}[{index}].{JobRequestParser.RunAtField}", JobRequestParser.RunAtWindowError);
-            }
-        }
-
-        if (errors.Count > 0)
-        {
-            return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
         // Submitted side by side: the rows meet in the same group commits, the publishes' confirms
@@ -160,6 +148,47 @@ internal static partial class JobsApi
             });
 
         return AnswerBatch(submission, results);
+    }
+
+    /// <summary>
+    /// Adds to <paramref name="errors"/> the <c>runAt</c> of each job whose time is past or too far ahead and that
+    /// is not a repeat of a job accepted before (the same batch sent again after its time came): a new job cannot
+    /// have that time, and the whole batch is refused as for any bad job. Checked before the backpressure gate and
+    /// the batch's permits, as the parser's errors are: the client must fix the batch whatever the queue's depth or
+    /// its allowance, and a batch refused as invalid pays one permit, not one per job, however many jobs were looked
+    /// up. They are looked up at once (<see cref="JobSubmitter.UnsubmittedAsync"/>), one lookup on that permit, as a
+    /// batch refused by the gate looks up its first job (<see cref="RepeatedBatchAsync"/>).
+    /// </summary>
+    private static async Task<FieldErrors> RunAtErrorsAsync(
+        Submission submission, IReadOnlyList<JobBatchItem> items, string? batchKey, FieldErrors errors)
+    {
+        var outside = items.Index().Where(x => x.Item.Request.RunAtOutsideWindow).ToList();
+        if (outside.Count == 0)
+        {
+            return errors;
+        }
+
+        IReadOnlyList<int> unsubmitted;
+        try
+        {
+            unsubmitted = await submission.Submitter.UnsubmittedAsync(
+                submission.Kind,
+                [.. outside.Select(x => (x.Item.Request.BusinessKey, IdempotencyKey.ForBatchJob(batchKey, x.Index)))],
+                submission.CancellationToken);
+        }
+        catch
+        {
+            // The lookup was made, so it is paid for whatever its outcome (a database outage answers 503).
+            submission.RateLimiter.Spend(submission.Http);
+            throw;
+        }
+
+        foreach (var position in unsubmitted)
+        {
+            errors.Add($"{JobBatchParser.JobsField}[{outside[position].Index}].{JobRequestParser.RunAtField}", JobRequestParser.RunAtWindowError);
+        }
+
+        return errors;
     }
 
     /// <summary>

@@ -190,6 +190,31 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     [Fact]
+    public async Task A_batch_with_a_new_job_whose_runAt_is_past_is_a_400_naming_it_while_the_queue_is_full()
+    {
+        await (await fixture.StartWorkerAsync(WorkerSettings.With())).DisposeAsync();
+        await using var api = await StartWithQueueLimitOfOneAsync();
+        await FillQueueAsync(api);
+
+        // The client must fix the batch whatever the queue's depth: a 429 would have it wait, then refuse it all the same.
+        var past = DateTimeOffset.UtcNow.AddHours(-1);
+        var batch = JobBatchTests.Batch([JobRequests.ChargePayment(Guid.NewGuid()), JobRequests.ScheduledChargePayment(Guid.NewGuid(), past)]);
+        using (var refused = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, batch))
+        {
+            Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+            Assert.Equal(["jobs[1].runAt"], await refused.ReadErrorFieldsAsync());
+            Assert.Null(refused.Headers.RetryAfter);
+        }
+
+        // Alone, such a job is not held up by the queue either.
+        using (var single = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), past)))
+        {
+            Assert.Equal(HttpStatusCode.BadRequest, single.StatusCode);
+            Assert.Equal(["runAt"], await single.ReadErrorFieldsAsync());
+        }
+    }
+
+    [Fact]
     public async Task While_the_broker_blocks_publishers_a_repeat_of_a_job_due_soon_is_answered_with_it_and_a_new_job_gets_503()
     {
         await using var management = await FakeRabbitManagement.StartAsync();
