@@ -56,6 +56,7 @@ internal static class ErrorQueuesApi
         var queues = endpoints.MapGroup("/api/error-queues")
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
+            .RefuseUnknownQueryParameters()
             // Its 503 is also the broker's (unreachable, or a queue's lock lost).
             .ProducesCallerProblems();
 

@@ -68,6 +68,7 @@ internal static partial class JobsApi
     {
         var jobs = endpoints.MapGroup("/api/jobs")
             .WithTags("Jobs")
+            .RefuseUnknownQueryParameters()
             .ProducesCallerProblems();
 
         jobs.MapPost("/{kind}", SubmitJob)

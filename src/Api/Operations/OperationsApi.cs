@@ -26,6 +26,7 @@ internal static class OperationsApi
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
             .RefuseRepeatedQueryParameters()
+            .RefuseUnknownQueryParameters()
             .ProducesCallerProblems();
 
         operations.MapGet("/", ListOperations)
@@ -41,6 +42,7 @@ internal static class OperationsApi
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
             .RefuseRepeatedQueryParameters()
+            .RefuseUnknownQueryParameters()
             .WithName("Audit")
             .WithSummary("Who moved or purged what, when, from where to where, with which filter, how many and which messages; before=<operationId> continues after that one.")
             .ProducesCallerProblems();

@@ -107,6 +107,36 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal([field], await response.ReadErrorFieldsAsync());
     }
 
+    /// <summary>A misspelt filter was ignored: <c>?stauts=dead-lettered</c> answered every job, as if no filter had been given.</summary>
+    [Theory]
+    [InlineData("/api/jobs?stauts=dead-lettered", "stauts", "status, kind, businessKey, limit, cursor")]
+    [InlineData("/api/jobs?status=dead-lettered&page=2", "page", "status, kind, businessKey, limit, cursor")]
+    [InlineData("/api/jobs/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?wait=5", "wait", "waitSeconds")]
+    [InlineData("/api/jobs/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?jobId=0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11", "jobId", "waitSeconds")] // read from the path only
+    [InlineData("/api/operations?sate=running", "sate", "queue, state, limit, before")]
+    [InlineData("/api/audit?user=ops", "user", "queue, requestedBy, since, limit, before")]
+    public async Task A_query_parameter_the_endpoint_does_not_read_is_a_400_naming_it_and_the_ones_it_reads(
+        string pathAndQuery, string field, string accepted)
+    {
+        using var response = await _api.Client.GetAsync(new Uri(pathAndQuery, UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ReadErrorFieldsAsync());
+        Assert.Contains($"the parameters are: {accepted}.", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    /// <summary>Read in any casing, as Minimal APIs bind them.</summary>
+    [Theory]
+    [InlineData("/api/jobs?Status=dead-lettered&LIMIT=5")]
+    [InlineData("/api/operations?State=running")]
+    [InlineData("/api/audit?requestedby=ops&Limit=5")]
+    public async Task A_parameter_the_endpoint_reads_is_taken_in_any_casing(string pathAndQuery)
+    {
+        using var response = await _api.Client.GetAsync(new Uri(pathAndQuery, UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
     /// <summary>Filters compared with text columns: PostgreSQL refuses a NUL there, which would be a 500.</summary>
     [Theory]
     [InlineData("/api/operations?queue=charge-payment_error%00", "queue")]

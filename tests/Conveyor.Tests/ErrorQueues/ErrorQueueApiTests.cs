@@ -596,6 +596,20 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         Assert.Equal(["limit"], await response.ErrorFieldsAsync());
     }
 
+    [Theory]
+    [InlineData("messages?limt=3", "limt")]
+    [InlineData("groups?max=5", "max")]
+    public async Task A_query_parameter_a_peek_or_grouping_does_not_read_is_a_400_naming_it(string pathAndQuery, string field)
+    {
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
+
+        using var response = await Admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{pathAndQuery}", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ErrorFieldsAsync());
+        Assert.Contains("the parameters are: limit.", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
     private static StringContent JsonContent(object body) =>
         new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");
 }
