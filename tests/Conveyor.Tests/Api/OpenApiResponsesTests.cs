@@ -34,7 +34,7 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         // 429 rate limit or queue full, 503 broker unavailable or blocking publishers.
         ["POST /api/jobs/{kind}"] = [400, 404, 409, 413, 415, 422],
         ["POST /api/jobs/{kind}/batch"] = [400, 404, 409, 413, 415, 422],
-        // 400 bad filter, limit or cursor.
+        // 400 bad filter, limit or cursor, or a query parameter it does not read (as every read that reads some).
         ["GET /api/jobs"] = [400],
         // 400 malformed id or waitSeconds, 404 no such job.
         ["GET /api/jobs/{jobId}"] = [400, 404],
@@ -191,6 +191,51 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
             Assert.True(int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds >= minimum,
                 $"Retry-After: {value}; declared as an integer of at least {minimum}");
         }
+    }
+
+    /// <summary>
+    /// The parameters a 400 for an unknown query parameter lists are read from each handler (<c>KnownQueryParameters</c>);
+    /// they must be the query parameters the document declares, which ASP.NET reads from the same handler as it binds
+    /// them. A read that declares some refuses any other, naming it; one that declares none ignores it.
+    /// </summary>
+    [Fact]
+    public async Task Each_read_refuses_a_query_parameter_it_does_not_declare_listing_those_it_does()
+    {
+        const string Unknown = "no-such-parameter";
+        const string Listing = "the parameters are: ";
+        var wrong = new List<string>();
+        foreach (var (name, operation) in (await OperationsAsync(_api)).Where(o => o.Key.StartsWith("GET ", StringComparison.Ordinal)))
+        {
+            var declared = operation.TryGetProperty("parameters", out var parameters)
+                ? parameters.EnumerateArray().Where(p => p.GetProperty("in").GetString() == "query").Select(p => p.GetProperty("name").GetString()!).ToHashSet()
+                : [];
+            var path = name["GET ".Length..]
+                .Replace("{jobId}", Guid.NewGuid().ToString(), StringComparison.Ordinal)
+                .Replace("{operationId}", Guid.NewGuid().ToString(), StringComparison.Ordinal)
+                .Replace("{queue}", "charge-payment_error", StringComparison.Ordinal);
+            using var response = await _api.Client.GetAsync(new Uri($"{path}?{Unknown}=1", UriKind.Relative));
+            var text = await response.Content.ReadAsStringAsync();
+            if (declared.Count == 0)
+            {
+                if (response.StatusCode == HttpStatusCode.BadRequest)
+                {
+                    wrong.Add($"{name} declares no query parameter, yet answered 400: {text}");
+                }
+
+                continue;
+            }
+
+            var errors = response.StatusCode == HttpStatusCode.BadRequest ? (await response.ReadErrorFieldsAsync()) : new HashSet<string>();
+            var listed = text.Contains(Listing, StringComparison.Ordinal)
+                ? text[(text.IndexOf(Listing, StringComparison.Ordinal) + Listing.Length)..].Split('.')[0].Split(", ").ToHashSet()
+                : [];
+            if (!errors.SetEquals([Unknown]) || !listed.SetEquals(declared))
+            {
+                wrong.Add($"{name} declares {string.Join(", ", declared)}; answered {(int)response.StatusCode} {text}");
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join(Environment.NewLine, wrong));
     }
 
     /// <summary>Each operation of the served document, by method and path.</summary>
