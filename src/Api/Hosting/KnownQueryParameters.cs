@@ -14,8 +14,8 @@ namespace Conveyor.Api.Hosting;
 /// The names an endpoint reads are taken from its handler, as Minimal APIs bind them: each parameter of a type
 /// read from text (a string, a number, any type with a static <c>TryParse</c>) that is not in the route pattern,
 /// under its <c>[FromQuery]</c> name if it has one. So a parameter added to a handler is accepted with no list to
-/// keep beside it. Matched in any casing, as they are bound. An endpoint that reads no query parameter is left as
-/// it is: it has nothing a misspelt one could be meant for.
+/// keep beside it. Matched in any casing, as they are bound. An endpoint that reads no query parameter refuses
+/// every one: <c>POST …/move?dryRun=true</c> was a real move, <c>POST /api/jobs/{kind}?runAt=…</c> ran at once.
 /// </remarks>
 internal static class KnownQueryParameters
 {
@@ -25,16 +25,16 @@ internal static class KnownQueryParameters
         builder.Add(endpoint =>
         {
             var route = endpoint is RouteEndpointBuilder { RoutePattern: { } pattern } ? pattern : RoutePatternFactory.Parse("/");
+            // Every endpoint here may answer this 400, also one whose handler has no 400 of its own.
+            endpoint.Metadata.Add(new ProducesResponseTypeMetadata(
+                StatusCodes.Status400BadRequest, typeof(HttpValidationProblemDetails), ["application/problem+json"]));
             endpoint.FilterFactories.Add((factory, next) =>
             {
                 var names = QueryNames(factory.MethodInfo, route);
-                if (names.Count == 0)
-                {
-                    return next;
-                }
-
                 var accepted = names.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
-                string[] unknown = [$"Is not a parameter of this request; the parameters are: {string.Join(", ", names)}."];
+                string[] unknown = [names.Count == 0
+                    ? "Is not a parameter of this request; it takes none in its query string."
+                    : $"Is not a parameter of this request; the parameters are: {string.Join(", ", names)}."];
                 return context =>
                 {
                     var refused = context.HttpContext.Request.Query.Keys

@@ -125,6 +125,37 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains($"the parameters are: {accepted}.", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A request that reads nothing from its query string refuses any parameter there: a submission's
+    /// <c>?runAt=</c> was ignored and the job ran at once; a cancel's <c>?reason=</c> was dropped.
+    /// </summary>
+    [Theory]
+    [InlineData("POST", "/api/jobs/charge-payment?runAt=2030-01-01T00:00:00Z", "runAt")]
+    [InlineData("POST", "/api/jobs/charge-payment/batch?dryRun=true", "dryRun")]
+    [InlineData("DELETE", "/api/jobs/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?reason=duplicate", "reason")]
+    [InlineData("GET", "/api/operations/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?follow=1", "follow")]
+    public async Task A_query_parameter_on_a_request_that_reads_none_is_a_400_naming_it_and_nothing_is_submitted(
+        string method, string pathAndQuery, string field)
+    {
+        var paymentId = Guid.NewGuid();
+        var body = pathAndQuery.Contains("/batch", StringComparison.Ordinal)
+            ? $$"""{"jobs":[{{JobRequests.ChargePayment(paymentId)}}]}"""
+            : JobRequests.ChargePayment(paymentId);
+        using var request = new HttpRequestMessage(new HttpMethod(method), new Uri(pathAndQuery, UriKind.Relative));
+        if (method == "POST")
+        {
+            request.Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        }
+
+        using var response = await _api.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ReadErrorFieldsAsync());
+        Assert.Contains("it takes none in its query string", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        var page = await _api.Client.GetFromJsonAsync<JobPage>("/api/jobs");
+        Assert.Empty(page!.Items);
+    }
+
     /// <summary>Read in any casing, as Minimal APIs bind them.</summary>
     [Theory]
     [InlineData("/api/jobs?Status=dead-lettered&LIMIT=5")]

@@ -610,6 +610,28 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         Assert.Contains("the parameters are: limit.", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A move or purge reads its options from the body only: <c>?dryRun=true</c> in the query was ignored, so an
+    /// operator asking for a dry run moved the messages for real.
+    /// </summary>
+    [Theory]
+    [InlineData("move?dryRun=true", "dryRun", """{}""")]
+    [InlineData("purge?dryRun=true", "dryRun", """{"confirm":"charge-payment_error"}""")]
+    public async Task A_query_parameter_on_a_move_or_purge_is_a_400_and_nothing_moves(string pathAndQuery, string field, string body)
+    {
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
+        await Broker.DeadLetterChargeAsync(Timeout, "y");
+
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        using var response = await Admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{pathAndQuery}", UriKind.Relative), content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ErrorFieldsAsync());
+        Assert.Contains("it takes none in its query string", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Equal(2u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+        Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
+    }
+
     private static StringContent JsonContent(object body) =>
         new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");
 }
