@@ -27,6 +27,11 @@ namespace Conveyor.Api.Jobs;
 /// and an alias recorded later finds the row.
 /// </para>
 /// <para>
+/// A row whose write starts later than <see cref="SettleHorizon.StartWithin"/> after its <c>created_at</c> (it waited
+/// for a batch slot, a connection or a key's lock) is not inserted and fails as the database being unavailable:
+/// the oldest-first listing counts on no row committing later than its settle horizon (ADR 0012).
+/// </para>
+/// <para>
 /// Plain Npgsql, not EF Core: a context, the change tracker and SaveChanges cost more CPU than the
 /// insert itself, and EF Core cannot say ON CONFLICT. The statement takes arrays, so it is one
 /// prepared statement whatever the batch size, and the connection string is the one EF Core's
@@ -45,18 +50,32 @@ public sealed class JobRows : IAsyncDisposable
 
     private const int MaxBatchSize = 128;
 
+    /// <summary>
+    /// Inserts the rows whose write starts in time (<see cref="SettleHorizon"/>: <c>$11</c> after their created_at,
+    /// by the database's clock, read once per row) and names each row that did not: <c>true</c> for a row inserted,
+    /// <c>false</c> for one too late. A row in time and not named conflicted.
+    /// </summary>
     private const string InsertSql = """
-        INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
-        SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at
-          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::timestamptz[])
-               AS row (id, kind, business_key, status, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
-         WHERE row.idempotency_key IS NULL
-            OR NOT EXISTS (SELECT 1 FROM job_key_aliases a WHERE a.idempotency_key = row.idempotency_key)
-        ON CONFLICT DO NOTHING
-        RETURNING id
+        WITH row AS MATERIALIZED (
+            SELECT r.*, r.created_at > clock_timestamp() - $11::interval AS in_time
+              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::timestamptz[])
+                   AS r (id, kind, business_key, status, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)),
+        inserted AS (
+            INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
+            SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at
+              FROM row
+             WHERE row.in_time
+               AND (row.idempotency_key IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM job_key_aliases a WHERE a.idempotency_key = row.idempotency_key))
+            ON CONFLICT DO NOTHING
+            RETURNING id)
+        SELECT id, true FROM inserted
+        UNION ALL
+        SELECT id, false FROM row WHERE NOT row.in_time
         """;
 
     private readonly string _connectionString;
+    private readonly SettleHorizon _horizon;
     private readonly Channel<PendingRow> _pending = Channel.CreateUnbounded<PendingRow>(new UnboundedChannelOptions { SingleReader = true });
     private readonly SemaphoreSlim _batchSlots = new(ConcurrentBatches, ConcurrentBatches);
     private readonly Task _dispatcher;
@@ -64,6 +83,7 @@ public sealed class JobRows : IAsyncDisposable
     public JobRows(IConfiguration configuration)
     {
         _connectionString = StorageServiceCollectionExtensions.ForContexts(StorageServiceCollectionExtensions.ConnectionString(configuration));
+        _horizon = SettleHorizon.From(configuration);
 
         // The batches belong to no request: keep the first caller's trace (and anything else in its
         // execution context) out of them.
@@ -160,18 +180,23 @@ public sealed class JobRows : IAsyncDisposable
         }
     }
 
-    /// <summary>Inserts the rows in one transaction and completes each with whether it was inserted.</summary>
+    /// <summary>
+    /// Inserts the rows in one transaction and completes each with whether it was inserted, or, for a row whose
+    /// write started too late to be listed in order (<see cref="SettleHorizon"/>), with that failure (503).
+    /// </summary>
     private async Task WriteRowsAsync(List<PendingRow> rows)
     {
-        var inserted = await InsertAsync(rows);
+        var written = await InsertAsync(rows);
         foreach (var row in rows)
         {
-            row.Outcome.TrySetResult((inserted.Contains(row.Job.Id), null));
+            row.Outcome.TrySetResult(written.TryGetValue(row.Job.Id, out var inTime) && !inTime
+                ? (false, SettleHorizon.TooLate(row.Job.Id))
+                : (inTime, null));
         }
     }
 
-    /// <summary>The ids of the rows inserted; the others conflicted.</summary>
-    private async Task<HashSet<Guid>> InsertAsync(List<PendingRow> batch)
+    /// <summary>The rows inserted (true) and those refused as too late (false); the others conflicted.</summary>
+    private async Task<Dictionary<Guid, bool>> InsertAsync(List<PendingRow> batch)
     {
         var jobs = batch.ConvertAll(row => row.Job);
         string[] keys = [.. jobs.Select(j => j.IdempotencyKey).OfType<string>()];
@@ -184,6 +209,11 @@ public sealed class JobRows : IAsyncDisposable
         {
             command.BatchCommands.Add(new NpgsqlBatchCommand(KeyLocks.SharedEachSql) { Parameters = { new NpgsqlParameter<string[]> { TypedValue = keys } } });
         }
+
+        // Past the locks: the insert, which checks each row's age, and so the commit that follows it in this round
+        // trip, are bounded by the server from here (ADR 0012).
+        command.BatchCommands.Add(new NpgsqlBatchCommand(
+            $"SELECT set_config('statement_timeout', '{_horizon.TailLimitMilliseconds}', true)"));
 
         command.BatchCommands.Add(new NpgsqlBatchCommand(InsertSql)
         {
@@ -199,23 +229,24 @@ public sealed class JobRows : IAsyncDisposable
                 new NpgsqlParameter<byte[]?[]> { TypedValue = [.. jobs.Select(j => j.RequestBody)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.CreatedAt)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.UpdatedAt)] },
+                _horizon.StartWithinParameter(),
             },
         });
         await command.PrepareAsync();
-        var inserted = new HashSet<Guid>();
+        var written = new Dictionary<Guid, bool>();
         await using var reader = await command.ExecuteReaderAsync();
-        if (keys.Length > 0)
+        // Past the locks' rows (one per key, void) and the setting's to the insert's.
+        for (var skipped = keys.Length > 0 ? 2 : 1; skipped > 0; skipped--)
         {
-            // Past the locks' rows (one per key, void) to the insert's.
             await reader.NextResultAsync();
         }
 
         while (await reader.ReadAsync())
         {
-            inserted.Add(reader.GetGuid(0));
+            written[reader.GetGuid(0)] = reader.GetBoolean(1);
         }
 
-        return inserted;
+        return written;
     }
 
     private sealed class PendingRow(Job job)

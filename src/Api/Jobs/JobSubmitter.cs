@@ -5,6 +5,7 @@ using Conveyor.Storage.Jobs;
 using MassTransit;
 using Npgsql;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Storage;
 using Microsoft.Extensions.Options;
 using System.Diagnostics;
 using System.Globalization;
@@ -60,6 +61,7 @@ internal sealed class JobSubmitter(
     SubmissionMetrics metrics,
     IPublishEndpoint publishEndpoint,
     IOptions<RabbitMqOptions> rabbitMq,
+    IOptions<JobListingOptions> listing,
     WebhookUrlRules webhookUrls,
     TimeProvider clock,
     ILogger<JobSubmitter> logger)
@@ -172,9 +174,30 @@ internal sealed class JobSubmitter(
 
         db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
         await db.SaveChangesAsync(cancellationToken);
+        // The last statement before the commit checks the row's age (ADR 0012): the row commits within the settle
+        // horizon of its created_at or not at all, however long the statements before waited. The server ends the
+        // transaction should the commit not follow within the tail limit.
         var dueAtMilliseconds = runAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
-        await db.Database.ExecuteSqlInterpolatedAsync(
-            $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAtMilliseconds})", cancellationToken);
+        var horizon = SettleHorizon.From(listing.Value);
+        await using var check = new NpgsqlCommand("""
+            SELECT set_config('idle_in_transaction_session_timeout', $1, true), pg_notify($2, $3)
+              FROM jobs WHERE id = $4 AND created_at > clock_timestamp() - $5::interval
+            """, (NpgsqlConnection)db.Database.GetDbConnection(), (NpgsqlTransaction)transaction.GetDbTransaction())
+        {
+            Parameters =
+            {
+                new NpgsqlParameter<string> { TypedValue = horizon.TailLimitMilliseconds },
+                new NpgsqlParameter<string> { TypedValue = ScheduledJobs.NotifyChannel },
+                new NpgsqlParameter<string> { TypedValue = dueAtMilliseconds },
+                new NpgsqlParameter<Guid> { TypedValue = job.Id },
+                horizon.StartWithinParameter(),
+            },
+        };
+        if (await check.ExecuteScalarAsync(cancellationToken) is null)
+        {
+            throw SettleHorizon.TooLate(job.Id);
+        }
+
         await transaction.CommitAsync(cancellationToken);
         return true;
     }

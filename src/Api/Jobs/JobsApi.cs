@@ -40,6 +40,7 @@ internal static partial class JobsApi
         services.AddSingleton<WebhookUrlRules>();
         services.AddScoped<JobSubmitter>();
         services.AddScoped<JobCanceller>();
+        services.AddOptions<JobListingOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<StrandedJobsOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<IValidateOptions<StrandedJobsOptions>, StrandedJobsOptionsValidator>();
         services.AddSingleton<StrandedJobRepublisher>();
