@@ -9,8 +9,8 @@ using System.Buffers.Text;
 
 namespace Conveyor.Api.Jobs;
 
-/// <summary>A validated <c>GET /api/jobs</c> query.</summary>
-internal sealed record JobQuery(string? Status, string? Kind, string? BusinessKey, int Limit, JobCursor? After);
+/// <summary>A validated <c>GET /api/jobs</c> query: <paramref name="Cursor"/> is where the previous page ended, in <paramref name="OldestFirst"/>'s order.</summary>
+internal sealed record JobQuery(string? Status, string? Kind, string? BusinessKey, int Limit, JobCursor? Cursor, bool OldestFirst = false);
 
 /// <summary>
 /// Where a page ended: the (created_at, id) of its last job. Sent to clients as opaque base64url of
@@ -55,15 +55,27 @@ internal sealed record JobCursor(DateTimeOffset CreatedAt, Guid Id)
     }
 }
 
-/// <summary><c>GET /api/jobs</c>: newest first, keyset paging on (created_at, id), optional status, kind and business-key filters.</summary>
+/// <summary>
+/// <c>GET /api/jobs</c>: newest first, keyset paging on (created_at, id), optional status, kind and business-key filters;
+/// with <c>order=oldest</c>, oldest first up to the settle horizon, a feed that misses no job (ADR 0012).
+/// </summary>
 internal static class JobListing
 {
     public const int DefaultLimit = 50;
     public const int MaxLimit = 500;
 
+    public const string NewestFirst = "newest";
+    public const string OldestFirst = "oldest";
+
     /// <summary>Null when <paramref name="errors"/> received at least one error, each under its query parameter's name.</summary>
-    public static JobQuery? Parse(string? status, string? kind, string? businessKey, string? limit, string? cursor, FieldErrors errors)
+    public static JobQuery? Parse(
+        string? status, string? kind, string? businessKey, string? limit, string? cursor, string? order, FieldErrors errors)
     {
+        if (order is not null and not NewestFirst and not OldestFirst)
+        {
+            errors.Add("order", $"Must be {NewestFirst} (the default) or {OldestFirst}.");
+        }
+
         if (status is not null && !JobStatus.All.Contains(status, StringComparer.Ordinal))
         {
             errors.Add("status", $"Must be one of: {string.Join(", ", JobStatus.All)}.");
@@ -100,7 +112,7 @@ internal static class JobListing
             errors.Add("cursor", "Must be the nextCursor of an earlier page, unchanged.");
         }
 
-        return errors.Count > 0 ? null : new JobQuery(status, kind, businessKey, pageSize, after);
+        return errors.Count > 0 ? null : new JobQuery(status, kind, businessKey, pageSize, after, order == OldestFirst);
     }
 
     /// <summary>
@@ -125,21 +137,42 @@ internal static class JobListing
         SELECT j.* FROM page JOIN jobs j ON j.id = page.id
         """;
 
-    public static async Task<JobPage> ListAsync(ConveyorDbContext db, JobQuery query, CancellationToken cancellationToken)
+    /// <summary>
+    /// <see cref="PageSql"/> the other way: the oldest jobs after the cursor and before the settle horizon, one forward
+    /// index range per (kind, status) pair.
+    /// </summary>
+    private const string OldestFirstPageSql = $"""
+        WITH RECURSIVE {JobIndexRanges.KindStatusPairs},
+        page AS (
+            SELECT r.id, r.created_at
+              FROM job_pairs p
+             CROSS JOIN LATERAL (
+                   SELECT j.id, j.created_at FROM jobs j
+                    WHERE j.kind = p.kind AND j.status = p.status AND j.status IN {JobIndexRanges.Statuses}
+                      AND (j.created_at, j.id) > (@after_created_at, @after_id) AND j.created_at < @horizon
+                    ORDER BY j.created_at, j.id
+                    LIMIT @take) r
+             WHERE (@kind IS NULL OR p.kind = @kind) AND (@status IS NULL OR p.status = @status)
+             ORDER BY r.created_at, r.id
+             LIMIT @take)
+        SELECT j.* FROM page JOIN jobs j ON j.id = page.id
+        """;
+
+    public static async Task<JobPage> ListAsync(ConveyorDbContext db, JobQuery query, SettleHorizon settle, CancellationToken cancellationToken)
     {
+        if (query.OldestFirst)
+        {
+            return await ListOldestFirstAsync(db, query, settle, cancellationToken);
+        }
+
         // One more than asked for tells whether another page follows.
         var take = query.Limit + 1;
         IQueryable<Job> jobs;
         if (query.BusinessKey is not null)
         {
             // At most one job: the (kind, business_key) unique index.
-            jobs = db.Jobs.Where(j => j.Kind == query.Kind && j.BusinessKey == query.BusinessKey);
-            if (query.Status is not null)
-            {
-                jobs = jobs.Where(j => j.Status == query.Status);
-            }
-
-            if (query.After is { } after)
+            jobs = ByBusinessKey(db, query);
+            if (query.Cursor is { } after)
             {
                 jobs = jobs.Where(j => EF.Functions.LessThan(
                     ValueTuple.Create(j.CreatedAt, j.Id), ValueTuple.Create(after.CreatedAt, after.Id)));
@@ -148,7 +181,7 @@ internal static class JobListing
         else
         {
             // No cursor: before any job (.NET's latest time), so one statement serves every page.
-            var before = query.After ?? new JobCursor(DateTimeOffset.MaxValue, Guid.AllBitsSet);
+            var before = query.Cursor ?? new JobCursor(DateTimeOffset.MaxValue, Guid.AllBitsSet);
             jobs = db.Jobs.FromSqlRaw(
                 PageSql,
                 new NpgsqlParameter<string?>("kind", query.Kind),
@@ -169,5 +202,61 @@ internal static class JobListing
         var page = rows.Take(query.Limit).ToList();
         var next = rows.Count > query.Limit ? JobCursor.From(page[^1]).Encode() : null;
         return new JobPage([.. page.Select(JobDetails.From)], next);
+    }
+
+    /// <summary>
+    /// Oldest first, only jobs created before the settle horizon (the database's clock, read before the page, less
+    /// <see cref="SettleHorizon.Horizon"/>): no job row can still commit there, so a cursor never passes a job that
+    /// appears later. The next cursor is never null: after a short page it is the horizon itself, from which the
+    /// client polls for the jobs that settle meanwhile.
+    /// </summary>
+    private static async Task<JobPage> ListOldestFirstAsync(
+        ConveyorDbContext db, JobQuery query, SettleHorizon settle, CancellationToken cancellationToken)
+    {
+        // Read in a statement of its own, before the page's: every row created before it was committed by then.
+        var now = await db.Database.SqlQuery<DateTimeOffset>($"""SELECT clock_timestamp() AS "Value" """).SingleAsync(cancellationToken);
+        var horizon = now - settle.Horizon;
+        var after = query.Cursor ?? new JobCursor(DateTimeOffset.UnixEpoch, Guid.Empty);
+
+        var take = query.Limit + 1;
+        IQueryable<Job> jobs;
+        if (query.BusinessKey is not null)
+        {
+            jobs = ByBusinessKey(db, query).Where(j => j.CreatedAt < horizon && EF.Functions.GreaterThan(
+                ValueTuple.Create(j.CreatedAt, j.Id), ValueTuple.Create(after.CreatedAt, after.Id)));
+        }
+        else
+        {
+            jobs = db.Jobs.FromSqlRaw(
+                OldestFirstPageSql,
+                new NpgsqlParameter<string?>("kind", query.Kind),
+                new NpgsqlParameter<string?>("status", query.Status),
+                new NpgsqlParameter<DateTimeOffset>("after_created_at", after.CreatedAt),
+                new NpgsqlParameter<Guid>("after_id", after.Id),
+                new NpgsqlParameter<DateTimeOffset>("horizon", horizon),
+                new NpgsqlParameter<int>("take", take));
+        }
+
+        var rows = await jobs
+            .AsNoTracking()
+            .OrderBy(j => j.CreatedAt)
+            .ThenBy(j => j.Id)
+            .Take(take)
+            .WithoutRequestBody()
+            .ToListAsync(cancellationToken);
+
+        var page = rows.Take(query.Limit).ToList();
+        // A full page: on from its last job. A short one listed every settled job after the cursor: on from the horizon
+        // (no job has the empty id), unless the cursor is there already (the database's clock stepped back since).
+        var next = rows.Count > query.Limit ? JobCursor.From(page[^1])
+            : after.CreatedAt >= horizon ? after
+            : new JobCursor(horizon, Guid.Empty);
+        return new JobPage([.. page.Select(JobDetails.From)], next.Encode());
+    }
+
+    private static IQueryable<Job> ByBusinessKey(ConveyorDbContext db, JobQuery query)
+    {
+        var jobs = db.Jobs.Where(j => j.Kind == query.Kind && j.BusinessKey == query.BusinessKey);
+        return query.Status is null ? jobs : jobs.Where(j => j.Status == query.Status);
     }
 }

@@ -87,7 +87,7 @@ internal static partial class JobsApi
         jobs.MapGet("", ListJobs)
             .WithName("ListJobs")
             .RequireAuthorization(ApiPolicies.JobsRead)
-            .WithSummary("Jobs, newest first, optionally of one status and kind (and, with the kind, one business key); page on with nextCursor.");
+            .WithSummary("Jobs, newest first (order=oldest: oldest first up to the settle horizon, a feed to poll), optionally of one status and kind (and, with the kind, one business key); page on with nextCursor.");
 
         jobs.MapGet("/{jobId}", GetJob)
             .WithName("GetJob")
@@ -168,13 +168,14 @@ internal static partial class JobsApi
         status is JobStatus.Succeeded or JobStatus.DeadLettered or JobStatus.Cancelled;
 
     internal static async Task<Results<Ok<JobPage>, ValidationProblem>> ListJobs(
-        string? status, string? kind, string? businessKey, string? limit, string? cursor, ConveyorDbContext db, CancellationToken cancellationToken)
+        string? status, string? kind, string? businessKey, string? limit, string? cursor, string? order,
+        ConveyorDbContext db, IOptions<JobListingOptions> options, CancellationToken cancellationToken)
     {
         var errors = new FieldErrors();
-        var query = JobListing.Parse(status, kind, businessKey, limit, cursor, errors);
+        var query = JobListing.Parse(status, kind, businessKey, limit, cursor, order, errors);
         return query is null
             ? TypedResults.ValidationProblem(errors.ToDictionary())
-            : TypedResults.Ok(await JobListing.ListAsync(db, query, cancellationToken));
+            : TypedResults.Ok(await JobListing.ListAsync(db, query, SettleHorizon.From(options.Value), cancellationToken));
     }
 
     internal static async Task<Results<Ok<JobDetails>, ValidationProblem, ProblemHttpResult>> CancelJob(

@@ -9,8 +9,10 @@ namespace Conveyor.Tests.Api;
 
 /// <summary>
 /// ADR 0012: the Api stamps a job's <c>created_at</c> before its row waits for anything (a batch slot, a connection, an
-/// Idempotency-Key's lock), so a row can commit after jobs created later than it. A row whose write starts too late for
-/// the settle horizon is refused (503), not written out of order.
+/// Idempotency-Key's lock), so a row can commit after jobs created later than it, and after a client's cursor has passed
+/// its place. A client following <c>GET /api/jobs?order=oldest</c> by its cursor still gets such a job, because the
+/// listing stops at the settle horizon, and a row whose write starts too late for that horizon is refused (503), not
+/// written out of order.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -21,6 +23,57 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_job_whose_row_commits_after_later_jobs_reaches_a_client_polling_with_its_cursor()
+    {
+        // 30 s: a held submission has 10 s to start its write, plenty for this test's few requests.
+        await using var api = await fixture.StartApiAsync(Settings(listingSettleSeconds: 30));
+        var old = new[]
+        {
+            (await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId,
+            (await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId,
+        };
+
+        // The late job's insert waits for its key's lock, held as recording an alias of the key holds it.
+        var key = $"late-{Guid.NewGuid():N}";
+        var held = await HoldKeyAsync(key);
+        var late = api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()), key);
+        await WaitUntilWaitingForTheLockAsync();
+
+        // Created after it, committed before it.
+        var later = new[]
+        {
+            (await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId,
+            (await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId,
+        };
+
+        // The client reads to the end of what it is given, then keeps its cursor.
+        var client = new PollingClient(api.Client, "order=oldest&limit=1");
+        while (await client.PollAsync())
+        {
+        }
+
+        await held.DisposeAsync();
+        Guid lateId;
+        using (var response = await late)
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+            lateId = (await response.Content.ReadFromJsonAsync<JobAccepted>())!.JobId;
+        }
+
+        // Polling on with its cursor, the client gets every job once, the late one in its place by createdAt.
+        Guid[] expected = [.. old, lateId, .. later];
+        await Eventually.AssertAsync(
+            async () =>
+            {
+                await client.PollAsync();
+                Assert.Contains(lateId, client.Seen);
+                Assert.Superset(expected.ToHashSet(), client.Seen.ToHashSet());
+            },
+            timeout: TimeSpan.FromSeconds(120));
+        Assert.Equal(expected, client.Seen);
+    }
 
     [Theory]
     [InlineData(false)]
@@ -53,6 +106,22 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
         // Nothing was written: the same request again creates the job.
         using var again = await api.Client.PostJobAsync(JobKinds.ChargePayment, body, key);
         Assert.Equal(HttpStatusCode.Accepted, again.StatusCode);
+    }
+
+    [Fact]
+    public async Task The_oldest_first_listing_stops_at_the_horizon_and_its_cursor_waits_there()
+    {
+        await using var api = await fixture.StartApiAsync(Settings(listingSettleSeconds: 3600));
+        var job = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+
+        // Newest first, the job is there at once; oldest first, not before it settles, and the cursor is never null.
+        Assert.Equal(job.JobId, Assert.Single((await api.Client.GetFromJsonAsync<JobPage>("/api/jobs"))!.Items).JobId);
+        var feed = (await api.Client.GetFromJsonAsync<JobPage>("/api/jobs?order=oldest"))!;
+        Assert.Empty(feed.Items);
+        Assert.NotNull(feed.NextCursor);
+        var again = (await api.Client.GetFromJsonAsync<JobPage>($"/api/jobs?order=oldest&cursor={feed.NextCursor}"))!;
+        Assert.Empty(again.Items);
+        Assert.NotNull(again.NextCursor);
     }
 
     private static Dictionary<string, string?> Settings(int listingSettleSeconds) => new()
@@ -103,5 +172,24 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
         await connection.OpenAsync();
         await using var now = new NpgsqlCommand("SELECT clock_timestamp()", connection);
         return (DateTime)(await now.ExecuteScalarAsync())!;
+    }
+
+    /// <summary>A client that reads a page at a time and goes on from the last cursor it was given.</summary>
+    private sealed class PollingClient(HttpClient http, string query)
+    {
+        private string? _cursor;
+
+        public List<Guid> Seen { get; } = [];
+
+        /// <summary>Reads one page; true when it was full and more may follow at once.</summary>
+        public async Task<bool> PollAsync()
+        {
+            var url = _cursor is null ? $"/api/jobs?{query}" : $"/api/jobs?{query}&cursor={Uri.EscapeDataString(_cursor)}";
+            var page = await http.GetFromJsonAsync<JobPage>(new Uri(url, UriKind.Relative));
+            Assert.NotNull(page);
+            Seen.AddRange(page.Items.Select(j => j.JobId));
+            _cursor = page.NextCursor ?? _cursor;
+            return page.NextCursor is not null && page.Items.Count > 0;
+        }
     }
 }

@@ -90,6 +90,8 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("limit=0", "limit")]
     [InlineData("limit=501", "limit")]
     [InlineData("limit=ten", "limit")]
+    [InlineData("order=latest", "order")]
+    [InlineData("order=Oldest", "order")]
     [InlineData("cursor=not-a-cursor", "cursor")]
     [InlineData("cursor=AAAA", "cursor")]
     [InlineData("cursor=%00%ff", "cursor")]
