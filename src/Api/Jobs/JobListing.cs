@@ -57,7 +57,7 @@ internal sealed record JobCursor(DateTimeOffset CreatedAt, Guid Id)
 
 /// <summary>
 /// <c>GET /api/jobs</c>: newest first, keyset paging on (created_at, id), optional status, kind and business-key filters;
-/// with <c>order=oldest</c>, oldest first up to the settle horizon, a feed that misses no job (ADR 0012).
+/// with <c>order=oldest</c>, oldest first up to the settle horizon, a feed that misses no job (ADR 0013).
 /// </summary>
 internal static class JobListing
 {

@@ -29,7 +29,7 @@ namespace Conveyor.Api.Jobs;
 /// <para>
 /// A row whose write starts later than <see cref="SettleHorizon.StartWithin"/> after its <c>created_at</c> (it waited
 /// for a batch slot, a connection or a key's lock) is not inserted and fails as the database being unavailable:
-/// the oldest-first listing counts on no row committing later than its settle horizon (ADR 0012).
+/// the oldest-first listing counts on no row committing later than its settle horizon (ADR 0013).
 /// </para>
 /// <para>
 /// Plain Npgsql, not EF Core: a context, the change tracker and SaveChanges cost more CPU than the
@@ -51,15 +51,17 @@ public sealed class JobRows : IAsyncDisposable
     private const int MaxBatchSize = 128;
 
     /// <summary>
-    /// Inserts the rows whose write starts in time (<see cref="SettleHorizon"/>: <c>$11</c> after their created_at,
-    /// by the database's clock, read once per row) and names each row that did not: <c>true</c> for a row inserted,
-    /// <c>false</c> for one too late. A row in time and not named conflicted.
+    /// Inserts the rows whose write starts in time (<see cref="SettleHorizon"/>: within <c>$11</c> of their created_at)
+    /// and names each row that did not: <c>true</c> for a row inserted, <c>false</c> for one too late. A row in time and
+    /// not named conflicted. A row's age is what it had waited in the Api when the batch was sent (<c>$12</c>, by the
+    /// clock that stamped its created_at) plus the time since this transaction began (the database's clock, read once
+    /// per row, after the key locks): two durations, each on one clock, so clocks that disagree change nothing.
     /// </summary>
     private const string InsertSql = """
         WITH row AS MATERIALIZED (
-            SELECT r.*, r.created_at > clock_timestamp() - $11::interval AS in_time
-              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::timestamptz[])
-                   AS r (id, kind, business_key, status, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)),
+            SELECT r.*, r.waited + (clock_timestamp() - transaction_timestamp()) < $11::interval AS in_time
+              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::timestamptz[], $12::interval[])
+                   AS r (id, kind, business_key, status, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at, waited)),
         inserted AS (
             INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at)
             SELECT id, kind, business_key, status, 0, idempotency_key, request_hash, payload_hash, request_body, created_at, updated_at
@@ -76,12 +78,15 @@ public sealed class JobRows : IAsyncDisposable
 
     private readonly string _connectionString;
     private readonly SettleHorizon _horizon;
+    private readonly TimeProvider _clock;
     private readonly Channel<PendingRow> _pending = Channel.CreateUnbounded<PendingRow>(new UnboundedChannelOptions { SingleReader = true });
     private readonly SemaphoreSlim _batchSlots = new(ConcurrentBatches, ConcurrentBatches);
     private readonly Task _dispatcher;
 
-    public JobRows(IConfiguration configuration)
+    /// <param name="clock">The clock submissions stamp their jobs' <c>created_at</c> with: how long a row waited is read from it.</param>
+    public JobRows(IConfiguration configuration, TimeProvider clock)
     {
+        _clock = clock;
         _connectionString = StorageServiceCollectionExtensions.ForContexts(StorageServiceCollectionExtensions.ConnectionString(configuration));
         _horizon = SettleHorizon.From(configuration);
 
@@ -211,7 +216,7 @@ public sealed class JobRows : IAsyncDisposable
         }
 
         // Past the locks: the insert, which checks each row's age, and so the commit that follows it in this round
-        // trip, are bounded by the server from here (ADR 0012).
+        // trip, are bounded by the server from here (ADR 0013).
         command.BatchCommands.Add(new NpgsqlBatchCommand(
             $"SELECT set_config('statement_timeout', '{_horizon.TailLimitMilliseconds}', true)"));
 
@@ -230,6 +235,7 @@ public sealed class JobRows : IAsyncDisposable
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.CreatedAt)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.UpdatedAt)] },
                 _horizon.StartWithinParameter(),
+                new NpgsqlParameter<TimeSpan[]> { TypedValue = [.. jobs.Select(j => _clock.GetUtcNow() - j.CreatedAt)] },
             },
         });
         await command.PrepareAsync();

@@ -5,7 +5,6 @@ using Conveyor.Storage.Jobs;
 using MassTransit;
 using Npgsql;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.EntityFrameworkCore.Storage;
 using Microsoft.Extensions.Options;
 using System.Diagnostics;
 using System.Globalization;
@@ -174,30 +173,20 @@ internal sealed class JobSubmitter(
 
         db.ScheduledMessages.Add(ScheduledJobs.ToScheduledMessage(request, job.Id, runAt, now));
         await db.SaveChangesAsync(cancellationToken);
-        // The last statement before the commit checks the row's age (ADR 0012): the row commits within the settle
-        // horizon of its created_at or not at all, however long the statements before waited. The server ends the
-        // transaction should the commit not follow within the tail limit.
+        // The row's age is checked before the last statement (ADR 0013): the row commits within the settle horizon of
+        // its created_at or not at all, however long the statements before waited. Its age by the clock that stamped it
+        // (as JobRows measures it), so clocks that disagree change nothing. The last statement tells the server to end
+        // the transaction should the commit not follow within the tail limit.
         var dueAtMilliseconds = runAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
         var horizon = SettleHorizon.From(listing.Value);
-        await using var check = new NpgsqlCommand("""
-            SELECT set_config('idle_in_transaction_session_timeout', $1, true), pg_notify($2, $3)
-              FROM jobs WHERE id = $4 AND created_at > clock_timestamp() - $5::interval
-            """, (NpgsqlConnection)db.Database.GetDbConnection(), (NpgsqlTransaction)transaction.GetDbTransaction())
-        {
-            Parameters =
-            {
-                new NpgsqlParameter<string> { TypedValue = horizon.TailLimitMilliseconds },
-                new NpgsqlParameter<string> { TypedValue = ScheduledJobs.NotifyChannel },
-                new NpgsqlParameter<string> { TypedValue = dueAtMilliseconds },
-                new NpgsqlParameter<Guid> { TypedValue = job.Id },
-                horizon.StartWithinParameter(),
-            },
-        };
-        if (await check.ExecuteScalarAsync(cancellationToken) is null)
+        if (clock.GetUtcNow() - job.CreatedAt >= horizon.StartWithin)
         {
             throw SettleHorizon.TooLate(job.Id);
         }
 
+        await db.Database.ExecuteSqlInterpolatedAsync(
+            $"SELECT set_config('idle_in_transaction_session_timeout', {horizon.TailLimitMilliseconds}, true), pg_notify({ScheduledJobs.NotifyChannel}, {dueAtMilliseconds})",
+            cancellationToken);
         await transaction.CommitAsync(cancellationToken);
         return true;
     }

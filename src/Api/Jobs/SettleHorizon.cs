@@ -4,7 +4,7 @@ using Npgsql;
 
 namespace Conveyor.Api.Jobs;
 
-/// <summary>Settings of the job listing's settle horizon (section <c>Jobs</c>, ADR 0012).</summary>
+/// <summary>Settings of the job listing's settle horizon (section <c>Jobs</c>, ADR 0013).</summary>
 public sealed class JobListingOptions
 {
     /// <summary>
@@ -16,7 +16,7 @@ public sealed class JobListingOptions
 }
 
 /// <summary>
-/// The promise the oldest-first listing rests on (ADR 0012): a job row commits within <see cref="Horizon"/> of its
+/// The promise the oldest-first listing rests on (ADR 0013): a job row commits within <see cref="Horizon"/> of its
 /// <c>created_at</c>, or never. The Api stamps <c>created_at</c> before its row waits for anything (a batch slot
 /// of <see cref="JobRows"/>, a pooled connection, an Idempotency-Key's lock), so the waits are bounded where they
 /// end: the statement that writes the row refuses it once the database's clock is <see cref="StartWithin"/> past
@@ -47,6 +47,6 @@ internal readonly record struct SettleHorizon(TimeSpan Horizon)
 
     /// <summary>What a submission whose row was refused for its age fails with: the database did not take it in time (503).</summary>
     public static NpgsqlException TooLate(Guid jobId) => new(
-        $"The row of job {jobId} was not written: its write started more than a third of Jobs:ListingSettleSeconds after the submission (ADR 0012).",
+        $"The row of job {jobId} was not written: its write started more than a third of Jobs:ListingSettleSeconds after the submission (ADR 0013).",
         new TimeoutException());
 }

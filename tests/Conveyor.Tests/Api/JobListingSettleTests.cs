@@ -3,12 +3,13 @@ using System.Net.Http.Json;
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
 
 namespace Conveyor.Tests.Api;
 
 /// <summary>
-/// ADR 0012: the Api stamps a job's <c>created_at</c> before its row waits for anything (a batch slot, a connection, an
+/// ADR 0013: the Api stamps a job's <c>created_at</c> before its row waits for anything (a batch slot, a connection, an
 /// Idempotency-Key's lock), so a row can commit after jobs created later than it, and after a client's cursor has passed
 /// its place. A client following <c>GET /api/jobs?order=oldest</c> by its cursor still gets such a job, because the
 /// listing stops at the settle horizon, and a row whose write starts too late for that horizon is refused (503), not
@@ -106,6 +107,29 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
         // Nothing was written: the same request again creates the job.
         using var again = await api.Client.PostJobAsync(JobKinds.ChargePayment, body, key);
         Assert.Equal(HttpStatusCode.Accepted, again.StatusCode);
+    }
+
+    /// <summary>
+    /// A row's age is read on the clock that stamped it, not against the database's: an Api whose clock is behind the
+    /// database's by more than a third of the horizon had every submission refused (503), an outage from a clock.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_submission_from_an_Api_whose_clock_is_behind_the_databases_is_written(bool scheduled)
+    {
+        // 30 s behind with a horizon of 60 s: the write must start within 20 s.
+        await using var api = await fixture.StartApiAsync(
+            Settings(listingSettleSeconds: 60), builder => builder.Services.AddSingleton<TimeProvider>(new SkewedClock(TimeSpan.FromSeconds(-30))));
+        var paymentId = Guid.NewGuid();
+        var body = scheduled
+            ? JobRequests.ScheduledChargePayment(paymentId, DateTimeOffset.UtcNow.AddHours(1))
+            : JobRequests.ChargePayment(paymentId);
+
+        using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, body, $"skewed-{Guid.NewGuid():N}");
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        Assert.Single((await api.Client.GetFromJsonAsync<JobPage>($"/api/jobs?kind=charge-payment&businessKey={paymentId}"))!.Items);
     }
 
     [Fact]

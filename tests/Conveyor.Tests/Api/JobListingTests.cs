@@ -111,8 +111,8 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
 
     /// <summary>A misspelt filter was ignored: <c>?stauts=dead-lettered</c> answered every job, as if no filter had been given.</summary>
     [Theory]
-    [InlineData("/api/jobs?stauts=dead-lettered", "stauts", "status, kind, businessKey, limit, cursor")]
-    [InlineData("/api/jobs?status=dead-lettered&page=2", "page", "status, kind, businessKey, limit, cursor")]
+    [InlineData("/api/jobs?stauts=dead-lettered", "stauts", "status, kind, businessKey, limit, cursor, order")]
+    [InlineData("/api/jobs?status=dead-lettered&page=2", "page", "status, kind, businessKey, limit, cursor, order")]
     [InlineData("/api/jobs/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?wait=5", "wait", "waitSeconds")]
     [InlineData("/api/jobs/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?jobId=0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11", "jobId", "waitSeconds")] // read from the path only
     [InlineData("/api/operations?sate=running", "sate", "queue, state, limit, before")]

@@ -37,7 +37,7 @@ public sealed class JobRowsTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var rows = new JobRows(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["ConnectionStrings:Conveyor"] = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { ApplicationName = WriterName }.ConnectionString,
-        }).Build());
+        }).Build(), TimeProvider.System);
         await using var holder = await OpenAsync();
         await using var rival = await OpenAsync();
         var deadlocksBefore = await DeadlocksAsync();
