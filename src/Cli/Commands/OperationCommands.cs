@@ -125,6 +125,9 @@ internal static class Operations
     private static readonly TimeSpan MaxPollPause = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
+    /// <summary>The counts of an operation that the CLI reads (<see cref="Number"/>) for its progress bar and summary.</summary>
+    private static readonly string[] Counts = ["queueDepthAtStart", "examined", "matched", "moved", "purged", "failed", "jobsMissing"];
+
     public static async Task<int> StartAndWaitAsync(
         CliContext cli, ConveyorClient client, FilterSettings settings, string kind, Dictionary<string, object?> body, CancellationToken cancellationToken)
     {
@@ -150,6 +153,16 @@ internal static class Operations
         }
 
         var id = accepted.GetProperty("operationId").GetGuid();
+        try
+        {
+            ExpectCounts(accepted);
+        }
+        catch (CliFailureException failure)
+        {
+            // Accepted: whatever is wrong with the rest of the answer, the operation goes on, and is named.
+            throw ProgressUnknown(id, failure);
+        }
+
         if (settings.NoWait)
         {
             if (ConveyorClient.Text(accepted, "state") is { } state && state != Running)
@@ -282,7 +295,7 @@ internal static class Operations
         {
             var operation = await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
             return ConveyorClient.Text(operation, "state") is not null && operation.TryGetProperty("operationId", out _)
-                ? operation
+                ? ExpectCounts(operation)
                 : throw Answers.Unexpected("expected an operation: a JSON object with operationId and a state");
         }
         catch (CliFailureException failure) when (!known && failure.ExitCode == ExitCodes.NotFoundOrConflict)
@@ -371,11 +384,9 @@ internal static class Operations
     /// <summary>Prints the outcome; 0 when it succeeded, 8 when it did so only in part, 7 while it still runs, 1 otherwise.</summary>
     public static int Report(CliContext cli, JsonElement operation, bool json)
     {
-        Answers.ExpectObject(operation, "an operation", "operationId", "state");
+        ExpectCounts(Answers.ExpectObject(operation, "an operation", "operationId", "state"));
         var state = StateOf(operation);
-        // An Api of an earlier version does not say "partial"; failures it does count.
-        var partial = state == Succeeded
-            && ((operation.TryGetProperty("partial", out var p) && p.ValueKind == JsonValueKind.True) || Number(operation, "failed") > 0);
+        var partial = IsPartial(operation);
         if (state == Running)
         {
             cli.Err.WriteLine(Printable.Text(
@@ -484,6 +495,34 @@ internal static class Operations
 
         return table;
     }
+
+    /// <summary>
+    /// <paramref name="operation"/>, when each of its counts that the CLI reads is a whole number (or not given, or null):
+    /// one such as <c>"moved": 1.5</c> or <c>"moved": "x"</c> is not an operation the Api shows. Checked as it is read, so
+    /// that an operation the command started or has shown is named with how to follow it (exit 9), as for any other
+    /// answer that says nothing of it, instead of failing later while its progress or summary is drawn.
+    /// </summary>
+    private static JsonElement ExpectCounts(JsonElement operation)
+    {
+        foreach (var name in Counts)
+        {
+            if (operation.TryGetProperty(name, out var value) && value.ValueKind != JsonValueKind.Null
+                && !(value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out _)))
+            {
+                throw Answers.Unexpected($"expected an operation: its {name} a whole number");
+            }
+        }
+
+        return operation;
+    }
+
+    /// <summary>
+    /// A <c>succeeded</c> operation that did only part of its work: matched messages it could not move, or a walk that
+    /// stopped early. An Api of an earlier version does not say "partial"; failures it does count.
+    /// </summary>
+    private static bool IsPartial(JsonElement operation) =>
+        StateOf(operation) == Succeeded
+        && ((operation.TryGetProperty("partial", out var p) && p.ValueKind == JsonValueKind.True) || Number(operation, "failed") > 0);
 
     private static long Number(JsonElement json, string name) =>
         json.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt64() : 0;

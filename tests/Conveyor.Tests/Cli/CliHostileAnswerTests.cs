@@ -766,6 +766,43 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A start or progress answer of a started (or shown) operation whose count is not a whole number (<c>"moved": 1.5</c>,
+    /// <c>"purged": "x"</c>) is no operation the Api shows: it ended with 6 from deep in the progress bar or the summary
+    /// (or, for a text, was read as 0 and printed as done), without naming the operation that goes on. It ends with 9 and
+    /// says how to follow it, as any other answer about a started operation that says nothing of it.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error --timeout 2", "running", "\"examined\":1.5")]
+    [InlineData("move q_error", "succeeded", "\"moved\":1.5")]
+    [InlineData("purge q_error --confirm q_error", "succeeded", "\"purged\":\"x\"")]
+    [InlineData($"operation {OperationId} --wait", "failed", "\"queueDepthAtStart\":12.5", 1)]
+    [InlineData("move q_error --no-wait --json", "running", "\"examined\":\"x\"", 0, true)]
+    public async Task A_count_that_is_not_a_whole_number_names_the_started_operation_and_how_to_follow_it(
+        string command, string state, string count, int readsAnswered = 0, bool inStartAnswer = false)
+    {
+        var reads = 0;
+        using var api = new Canned(request =>
+        {
+            var running = $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"running"}""";
+            var broken = $$"""{"operationId":"{{OperationId}}","kind":"move","queue":"q_error","state":"{{state}}",{{count}}}""";
+            if (request.Method == HttpMethod.Post)
+            {
+                return Respond(HttpStatusCode.Accepted, inStartAnswer ? broken : running);
+            }
+
+            return Respond(HttpStatusCode.OK, Interlocked.Increment(ref reads) <= readsAnswered ? running : broken);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.ProgressUnknown, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("whole number", run.Err, StringComparison.Ordinal);
+        Assert.Contains($"Operation {OperationId} was started", run.Err, StringComparison.Ordinal);
+        Assert.Contains($"follow it with: conveyor operation {OperationId} --wait", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+    }
+
+    /// <summary>
     /// <c>operation &lt;id&gt; --wait</c> for an id the Api has never known (its first read answered 404) is no started
     /// operation whose progress was lost: it stays 4, and says which id was not found.
     /// </summary>
