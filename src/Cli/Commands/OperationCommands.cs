@@ -258,7 +258,14 @@ internal static class Operations
                     task.Value = Math.Min(examined, task.MaxValue);
                     if (StateOf(operation) != Running)
                     {
-                        task.Value = task.MaxValue;
+                        // Full only for an operation that did all it set out to (a --limit or a queue that shrank may leave
+                        // messages unexamined): one that failed, was cancelled or interrupted, or did only part of its work,
+                        // keeps the share it examined, as its summary says, rather than 100 %.
+                        if (StateOf(operation) == Succeeded && !IsPartial(operation))
+                        {
+                            task.Value = task.MaxValue;
+                        }
+
                         task.StopTask();
                         return operation;
                     }

@@ -1068,6 +1068,42 @@ public sealed class CliHostileAnswerTests
         Assert.DoesNotContain("PWNED\u0007", shown, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// The progress bar of an operation that ended without doing all it set out to shows the share it examined, not
+    /// 100 %: a failed move that examined 3 of 10 messages showed a full bar above a summary of 3 examined.
+    /// A succeeded one still fills it (a --limit may leave messages unexamined).
+    /// </summary>
+    [Theory]
+    [InlineData("failed", "", "30%")]
+    [InlineData("interrupted", "", "30%")]
+    [InlineData("succeeded", ",\"partial\":true", "30%")]
+    [InlineData("succeeded", "", "100%")]
+    public async Task The_progress_bar_of_an_operation_that_did_not_complete_shows_how_far_it_got(string state, string more, string shown)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK,
+            $$"""{"operationId":"{{OperationId}}","state":"{{state}}","kind":"move","queue":"q_error","examined":3,"moved":3,"queueDepthAtStart":10{{more}}}"""));
+        using var terminal = new StringWriter();
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(terminal),
+            Ansi = AnsiSupport.Yes,
+            ColorSystem = ColorSystemSupport.TrueColor,
+            Interactive = InteractionSupport.Yes,
+        });
+        console.Profile.Width = 200;
+        var cli = new CliContext(console, console, TextWriter.Null, api, _ => null);
+        using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api);
+
+        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, startedHere: true, CancellationToken.None);
+
+        Assert.Equal(state, operation.GetProperty("state").GetString());
+        Assert.Contains(shown, terminal.ToString(), StringComparison.Ordinal);
+        if (shown != "100%")
+        {
+            Assert.DoesNotContain("100%", terminal.ToString(), StringComparison.Ordinal);
+        }
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
