@@ -71,7 +71,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         cli.Out.Write(grid);
         if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
         {
-            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {kind}_error --job-id {settings.Id}"));
+            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Quote($"{kind}_error")} --job-id {settings.Id}"));
         }
 
         return exitCode;

@@ -1069,6 +1069,28 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A command the CLI tells the operator to run quotes a value a shell would read otherwise: a queue name (RabbitMQ
+    /// takes almost any characters) or the Api's text with a space, a quote or a metacharacter was pasted as it was, so
+    /// <c>--queue orders error;rm x</c> ran another command. Such a value is put in single quotes; a plain name is not.
+    /// The command line is split at '|' here, so that an argument may hold spaces.
+    /// </summary>
+    [Theory]
+    [InlineData("move|orders error;rm x", 502, "<html>Bad Gateway</html>", "conveyor operations --queue 'orders error;rm x' --state running")]
+    [InlineData("purge|it's_error|--confirm|it's_error", 504, "<html>Gateway Timeout</html>", "conveyor operations --queue 'it'\\''s_error' --state running")]
+    [InlineData("move|q_error", 502, "<html>Bad Gateway</html>", "conveyor operations --queue q_error --state running")]
+    [InlineData($"job|{OperationId}", 200, $$"""{"jobId":"{{OperationId}}","kind":"pay $(id)","status":"dead-lettered"}""", $"conveyor move 'pay $(id)_error' --job-id {OperationId}")]
+    [InlineData($"operation|{OperationId}", 200, $$"""{"operationId":"x`y` z","kind":"move","queue":"q_error","state":"running"}""", "conveyor operation 'x`y` z' --wait")]
+    [InlineData("operations|--limit|1", 200, $$"""[{"operationId":"a&b","kind":"move","queue":"q_error","state":"succeeded"}]""", "add --before 'a&b'")]
+    public async Task A_command_the_cli_says_to_run_quotes_values_a_shell_would_read_otherwise(string command, int status, string body, string hint)
+    {
+        using var api = new Canned(_ => Respond((HttpStatusCode)status, body));
+
+        var run = await RunAsync(command.Split('|'), api);
+
+        Assert.Contains(hint, run.Out + run.Err, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// The progress bar of an operation that ended without doing all it set out to shows the share it examined, not
     /// 100 %: a failed move that examined 3 of 10 messages showed a full bar above a summary of 3 examined.
     /// A succeeded one still fills it (a --limit may leave messages unexamined).
@@ -1275,8 +1297,14 @@ public sealed class CliHostileAnswerTests
     private static Task<CliRun> RunAsync(string command, HttpMessageHandler? handler) =>
         RunAsync(command, handler, new SharedText(), CancellationToken.None);
 
+    private static Task<CliRun> RunAsync(string[] args, HttpMessageHandler? handler) =>
+        RunAsync(args, handler, new SharedText(), CancellationToken.None);
+
     /// <summary>With a stderr the test may read while the command runs, and its Ctrl+C.</summary>
-    private static async Task<CliRun> RunAsync(string command, HttpMessageHandler? handler, SharedText stderr, CancellationToken interrupt)
+    private static Task<CliRun> RunAsync(string command, HttpMessageHandler? handler, SharedText stderr, CancellationToken interrupt) =>
+        RunAsync(command.Split(' '), handler, stderr, interrupt);
+
+    private static async Task<CliRun> RunAsync(string[] args, HttpMessageHandler? handler, SharedText stderr, CancellationToken interrupt)
     {
         using var stdout = new StringWriter();
         var environment = new Dictionary<string, string?>
@@ -1284,7 +1312,7 @@ public sealed class CliHostileAnswerTests
             [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
             [CliContext.ApiKeyVariable] = "a-key",
         };
-        var exitCode = await CliApp.RunAsync(command.Split(' '), stdout, stderr.Writer, handler, environment, interrupt);
+        var exitCode = await CliApp.RunAsync(args, stdout, stderr.Writer, handler, environment, interrupt);
         return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
     }
 
