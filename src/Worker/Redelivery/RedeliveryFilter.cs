@@ -144,10 +144,10 @@ public sealed partial class RedeliveryFilter<T>(
         // Stored (committed) before this method returns and MassTransit acks the original, with the
         // job's status in the same transaction (see the store's markWaiting).
         var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context), ClaimedAttempt.Of(context));
-        DateTimeOffset dueAt;
+        ScheduledCopy scheduled;
         try
         {
-            dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
+            scheduled = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
                 DedupeKey(consumerId, key, FingerprintOf(context, typed.Message), attempt),
                 attempt, delay, headers, job, policy.MaxHeaderBytes,
                 (db, due) => tracker.MarkRetryScheduledAsync(db, job, exception, due, CancellationToken.None), CancellationToken.None);
@@ -165,8 +165,14 @@ public sealed partial class RedeliveryFilter<T>(
         await attempts.RecordHeldAsync(whenNoneHeld: () =>
             context.ReceiveContext.NotifyFaulted(typed, TimeSpan.Zero, "conveyor-redelivery", exception));
 
-        JobMetrics.RetryScheduled(descriptor.Kind);
-        LogScheduled(consumerId, key, attempt, policy.Limit, dueAt, exception.Message);
+        // Counted once per redelivery stored: a second copy of the command (a duplicate publish) failing at the same
+        // count folds into the row stored first, and no second redelivery is scheduled.
+        if (scheduled.Stored)
+        {
+            JobMetrics.RetryScheduled(descriptor.Kind);
+        }
+
+        LogScheduled(consumerId, key, attempt, policy.Limit, scheduled.DueAt, exception.Message);
         if (faultObserver is not null)
         {
             await faultObserver.ConsumeFault(typed, exception);

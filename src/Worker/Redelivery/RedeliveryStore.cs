@@ -28,7 +28,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// Stores a copy no job waits for (a lease deferral), see the overload with a job. Its headers are
     /// kept within <see cref="MaxStoredHeaderBytes"/>, as the endpoint's own limit is not known here.
     /// </summary>
-    public Task<DateTimeOffset> ScheduleAsync(
+    public async Task<DateTimeOffset> ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
         string destination,
@@ -37,7 +37,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         TimeSpan delay,
         IReadOnlyDictionary<string, string> extraHeaders,
         CancellationToken cancellationToken) =>
-        ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, MaxStoredHeaderBytes, markWaiting: null, cancellationToken);
+        (await ScheduleAsync(received, messageId, destination, dedupeKey, attempt, delay, extraHeaders, job: null, MaxStoredHeaderBytes, markWaiting: null, cancellationToken)).DueAt;
 
     /// <param name="dedupeKey">
     /// Unique per intended publish: storing it twice keeps the first, which then stands for the job's
@@ -67,8 +67,12 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
     /// the dispatcher had given up on the job as still running, and leave it waiting for a row that was
     /// gone. A failure of either rolls both back, and the message is handled as for a store that failed.
     /// </param>
-    /// <returns>When the copy (or the one stored before under <paramref name="dedupeKey"/>) is due, by the database's clock.</returns>
-    public async Task<DateTimeOffset> ScheduleAsync(
+    /// <returns>
+    /// When the copy (or the one stored before under <paramref name="dedupeKey"/>) is due, by the database's clock, and
+    /// whether this call stored a row: false when the copy folded into one stored before (another copy of the command
+    /// failed at the same count), which stays the only redelivery scheduled.
+    /// </returns>
+    public async Task<ScheduledCopy> ScheduleAsync(
         ReceiveContext received,
         Guid? messageId,
         string destination,
@@ -99,7 +103,7 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         // the job a refusal), and the job showed a due time no row had. A row a dispatcher holds (it
         // is being published now) is passed over (SKIP LOCKED), not waited for.
         // Not composed (no SingleAsync): EF would wrap the statement, and a data-modifying WITH cannot be nested.
-        var due = await db.Database.SqlQuery<DateTimeOffset>($"""
+        var due = await db.Database.SqlQuery<ScheduledCopy>($"""
             WITH job AS (
                 SELECT id, attempts FROM jobs WHERE kind = {jobKind} AND business_key = {businessKey}),
             due AS (
@@ -117,12 +121,13 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
                  WHERE s.id = (SELECT e.id FROM scheduled_messages e WHERE e.dedupe_key = {dedupeKey} FOR UPDATE SKIP LOCKED)
                    AND s.job_id = job.id
                 RETURNING s.due_at)
-            SELECT COALESCE((SELECT stored.due_at FROM stored), (SELECT adopted.due_at FROM adopted), due.due_at) AS "Value"
+            SELECT COALESCE((SELECT stored.due_at FROM stored), (SELECT adopted.due_at FROM adopted), due.due_at) AS due_at,
+                   EXISTS (SELECT 1 FROM stored) AS stored
               FROM due, (SELECT count(pg_notify({Channel}, floor(EXTRACT(EPOCH FROM stored.due_at) * 1000)::bigint::text)) FROM stored) AS notified
             """).ToListAsync(cancellationToken);
         if (transaction is not null)
         {
-            await markWaiting!(db, due.Single());
+            await markWaiting!(db, due.Single().DueAt);
             await transaction.CommitAsync(cancellationToken);
         }
 
@@ -210,3 +215,9 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         return text is { Length: > max } ? contentType!.MediaType[..Math.Min(contentType.MediaType.Length, max)] : text;
     }
 }
+
+/// <summary>
+/// A redelivery as the store left it: when it is due, by the database's clock, and whether this call stored its row
+/// (false when it folded into a copy stored before under the same dedupe key, or found that copy being published).
+/// </summary>
+public sealed record ScheduledCopy(DateTimeOffset DueAt, bool Stored);
