@@ -59,9 +59,10 @@ public sealed partial class LeaseInboxFilter<T>(
         }
 
         bool leaseLost;
+        var attempt = new AttemptStarted();
         try
         {
-            leaseLost = !await RunAsync(context, next, job, fingerprint, consumerId, key, owner, lease, leasedUntil);
+            leaseLost = !await RunAsync(context, next, job, fingerprint, consumerId, key, owner, lease, leasedUntil, attempt);
         }
         catch (Exception exception)
         {
@@ -70,7 +71,14 @@ public sealed partial class LeaseInboxFilter<T>(
             await ReleaseQuietlyAsync(consumerId, key, owner);
             if (exception is not IdempotencyConflictException && (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested))
             {
-                JobMetrics.AttemptFailed(job.Kind);
+                // Only an attempt that started failed: a start that failed itself (the database away before the job
+                // was claimed) ran nothing, as a claim that fails in the other inboxes, and counts no failed attempt.
+                // What becomes of the delivery is counted where it is decided (a retry scheduled, a dead letter).
+                if (attempt.Started)
+                {
+                    JobMetrics.AttemptFailed(job.Kind);
+                }
+
                 // Only while this run's attempt is the latest: a run that took the lease over counted a newer one.
                 await RecordFailureQuietlyAsync(job with { Attempt = ClaimedAttempt.Of(context) }, exception);
             }
@@ -101,9 +109,10 @@ public sealed partial class LeaseInboxFilter<T>(
     /// Runs the claimed message and commits its results; false when its lease was lost: the run was
     /// stopped, or its results found the lease another's when they came to commit.
     /// </summary>
+    /// <param name="started">Told once the job's attempt is counted, before anything of it runs.</param>
     private async Task<bool> RunAsync(
         ConsumeContext<T> context, IPipe<ConsumeContext<T>> next, JobRef job, byte[]? fingerprint,
-        string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil)
+        string consumerId, string key, string owner, TimeSpan lease, DateTimeOffset leasedUntil, AttemptStarted started)
     {
         var cancellationToken = context.CancellationToken;
         if (await tracker.StartAttemptAsync(job, fingerprint, cancellationToken) is not (var jobId, var attempt))
@@ -121,6 +130,7 @@ public sealed partial class LeaseInboxFilter<T>(
             return true;
         }
 
+        started.Started = true;
         ClaimedAttempt.Set(context, attempt);
         var startedAt = JobMetrics.AttemptStarted(job with { Attempt = attempt }, context, time);
         using var logScope = JobLogScope.Begin(logger, job with { JobId = jobId }, context);
@@ -354,6 +364,12 @@ public sealed partial class LeaseInboxFilter<T>(
         {
             LogReleaseFailed(exception, job.Kind, job.BusinessKey);
         }
+    }
+
+    /// <summary>Whether a run's attempt was counted (<see cref="JobTracker.StartAttemptAsync"/>): one that failed before has no attempt to fail.</summary>
+    private sealed class AttemptStarted
+    {
+        public bool Started { get; set; }
     }
 
     /// <summary>An inbox row's status and its lease's time left by the database's clock (negative once lapsed, null when none).</summary>
