@@ -48,6 +48,12 @@ public sealed class SettingNamesTests
         [$"{AuthThrottlingOptions.SectionName}:{nameof(AuthThrottlingOptions.ApiKeys)}"] = typeof(AuthThrottleLimits),
     };
 
+    /// <summary>Options classes bound to a section the map above gives another class already (the Api's <c>Jobs</c>).</summary>
+    private static readonly Dictionary<string, Type> MoreApiSections = new(StringComparer.OrdinalIgnoreCase)
+    {
+        [StrandedJobsOptions.SectionName] = typeof(JobListingOptions),
+    };
+
     /// <summary>Read by the hosts themselves (ASP.NET Core, logging, connection strings, telemetry), by either process.</summary>
     private static readonly string[] HostKeys = ["Urls", "AllowedHosts", "Telemetry:Tracing"];
 
@@ -122,6 +128,10 @@ public sealed class SettingNamesTests
     [InlineData("Webhooks:Receivers:0:PreviousSigningSecrets:0", true, false)]
     [InlineData("Webhooks:RequireRegisteredReceivers", false, true)]
     [InlineData("Webhooks:RequireRegisteredReceivers", true, true)]
+    // Two options classes read the Api's Jobs section.
+    [InlineData("Jobs:ListingSettleSeconds", true, true)]
+    [InlineData("Jobs:ListingSettleSecond", true, false)]
+    [InlineData("Jobs:ListingSettleSeconds", false, false)]
     public void The_check_knows_settings_from_typos(string key, bool api, bool known) =>
         Assert.Equal(known, Known(key, api));
 
@@ -172,7 +182,9 @@ public sealed class SettingNamesTests
         {
             if (sections.TryGetValue(string.Join(':', parts[..length]), out var options))
             {
-                return length == parts.Length - 1 && HasProperty(options, parts[^1]);
+                return length == parts.Length - 1
+                    && (HasProperty(options, parts[^1])
+                        || (api && MoreApiSections.TryGetValue(string.Join(':', parts[..length]), out var more) && HasProperty(more, parts[^1])));
             }
         }
 
