@@ -60,9 +60,15 @@ public static class FailureClassifier
         or HttpRequestError.UserAuthenticationError
         or HttpRequestError.ConfigurationLimitExceeded);
 
-    /// <summary>408, 429 and every 5xx may succeed later; other statuses will not.</summary>
+    /// <summary>
+    /// 408, 429 and the 5xx may succeed later; other statuses will not. Nor will 501 (the server does not
+    /// implement the request's method) and 505 (nor its HTTP version): a server's answer about what it
+    /// does at all, not about how it is doing, as a version the client cannot negotiate
+    /// (<see cref="IsTransientRequestError"/>) is permanent.
+    /// </summary>
     public static bool IsTransientStatus(HttpStatusCode status) =>
-        status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests || (int)status >= 500;
+        status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests
+        || ((int)status >= 500 && status is not (HttpStatusCode.NotImplemented or HttpStatusCode.HttpVersionNotSupported));
 
     /// <summary>
     /// As <see cref="IsTransientStatus"/>, for a remote side that is sent an Idempotency-Key (the payment

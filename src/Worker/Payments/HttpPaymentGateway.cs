@@ -7,7 +7,7 @@ namespace Conveyor.Worker.Payments;
 
 /// <summary>
 /// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
-/// 408, 409 (the key's first request still in progress), 429 and 5xx are transient; other 4xx are permanent.
+/// 408, 409 (the key's first request still in progress), 429 and 5xx are transient; other 4xx, 501 and 505 are permanent.
 /// A 2xx whose body is too large, too slow or no charge is transient: the charge may have been made.
 /// </summary>
 public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPaymentGateway

@@ -9,7 +9,7 @@ public sealed record WebhookResult(int StatusCode);
 
 /// <summary>
 /// POSTs a payload signed with its receiver's secrets (<see cref="WebhookSigningKeys"/>). 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
-/// receiver), 429, 5xx and timeouts are transient; other 4xx permanent.
+/// receiver), 429, 5xx (501 and 505 aside) and timeouts are transient; other 4xx, 501 and 505 permanent.
 /// </summary>
 public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, WebhookSigningKeys signingKeys, TimeProvider time)
 {
