@@ -94,7 +94,7 @@ public static class HttpFailures
     /// unpaired surrogate as its escape, at most <paramref name="maxLength"/> characters (an escape is not
     /// cut), ending in "…" when cut short.
     /// </summary>
-    private static string Printable(string text, int maxLength)
+    public static string Printable(string text, int maxLength)
     {
         var printable = new StringBuilder(Math.Min(text.Length, maxLength) + 1);
         for (var i = 0; i < text.Length;)

@@ -1,5 +1,6 @@
 using System.Net.Http.Headers;
 using System.Reflection;
+using System.Security.Authentication;
 using Conveyor.Worker.Failures;
 using Microsoft.Extensions.Options;
 
@@ -9,7 +10,8 @@ public sealed record WebhookResult(int StatusCode);
 
 /// <summary>
 /// POSTs a payload signed with its receiver's secrets (<see cref="WebhookSigningKeys"/>). 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
-/// receiver), 429, 5xx (501 and 505 aside) and timeouts are transient; other 4xx, 501 and 505 permanent.
+/// receiver), 429, 5xx (501 and 505 aside), timeouts and connection errors are transient; other 4xx, 501, 505, an answer
+/// that is not HTTP and a TLS handshake refused for the port or its certificate are permanent.
 /// </summary>
 public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, WebhookSigningKeys signingKeys, TimeProvider time)
 {
@@ -57,6 +59,10 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             // Not a network failure: retrying cannot change where the URL points.
             throw new PermanentFailureException(refused.Message, refused);
         }
+        catch (HttpRequestException exception) when (NeverAnswersOtherwise(exception, url) is { } permanent)
+        {
+            throw permanent;
+        }
 
         using (response)
         {
@@ -68,6 +74,30 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             return new WebhookResult((int)response.StatusCode);
         }
     }
+
+    /// <summary>
+    /// A request error that the receiver's URL causes, not the network: its port answers with something
+    /// that is not HTTP (another protocol's banner or reply, a malformed status or header line:
+    /// <see cref="HttpRequestError.InvalidResponse"/>), or the TLS handshake is refused for what the port or
+    /// its certificate is (https to a port that speaks plain HTTP, a certificate expired, for another
+    /// host or from no trusted authority: an <see cref="AuthenticationException"/>). It fails the same way
+    /// on every attempt, so the delivery is dead-lettered at once, naming why, as Svix and Stripe stop on
+    /// such an endpoint, instead of retried and redelivered for an hour. A handshake cut off (a reset, the
+    /// connection closed: an <see cref="IOException"/> under the same error) stays transient, as do a
+    /// connection refused or reset and a response cut off. The payment gateway keeps all of these
+    /// transient: it is one remote side, configured by the operator, whose outage the kill switch pauses,
+    /// and an invalid answer there may follow a charge that was made.
+    /// </summary>
+    private static PermanentFailureException? NeverAnswersOtherwise(HttpRequestException exception, Uri url) => exception switch
+    {
+        { HttpRequestError: HttpRequestError.InvalidResponse } => new(
+            $"The webhook receiver at {url.Host} answered with something that is not valid HTTP ({HttpFailures.Printable(exception.Message, HttpFailures.MaxSnippetChars)}); a port that speaks another protocol answers so every time: correct the webhook's URL",
+            exception),
+        { HttpRequestError: HttpRequestError.SecureConnectionError, InnerException: AuthenticationException tls } => new(
+            $"The TLS handshake with the webhook receiver at {url.Host} failed ({HttpFailures.Printable(tls.Message, HttpFailures.MaxSnippetChars)}): an https URL to a port that does not speak TLS, or a certificate that is expired, for another host or not trusted, fails so every time",
+            exception),
+        _ => null,
+    };
 
     /// <summary>The worker's informational version (a build's commit after a '+' included), as a User-Agent product version may hold it; else 1.0.</summary>
     private static string Version()

@@ -39,6 +39,78 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
         Assert.Single(receiver.Deliveries);
     }
 
+    [Fact]
+    public async Task A_receiver_answering_in_another_protocol_is_dead_lettered_after_one_attempt()
+    {
+        // An SSH server's banner, where the URL's port is not the receiver's.
+        await using var ssh = RawTcpReceiver.AnsweringWith("SSH-2.0-OpenSSH_9.6\r\n"u8.ToArray());
+        // A status line, then a header line no HTTP server writes.
+        await using var broken = RawTcpReceiver.AnsweringWith("HTTP/1.1 500 Oops\r\nnot a header\r\n\r\n"u8.ToArray());
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var toSsh = Webhook(ssh.Url());
+        var toBroken = Webhook(broken.Url());
+
+        await publisher.PublishAsync(toSsh);
+        await publisher.PublishAsync(toBroken);
+
+        var sshJob = await DeadLetteredAsync(toSsh);
+        Assert.Contains("The webhook receiver at 127.0.0.1 answered with something that is not valid HTTP", sshJob.LastError, StringComparison.Ordinal);
+        Assert.Contains("SSH-2.0-OpenSSH_9.6", sshJob.LastError, StringComparison.Ordinal);
+        var brokenJob = await DeadLetteredAsync(toBroken);
+        Assert.Contains("answered with something that is not valid HTTP", brokenJob.LastError, StringComparison.Ordinal);
+        Assert.Equal(1, ssh.Connections);
+        Assert.Equal(1, broken.Connections);
+    }
+
+    [Fact]
+    public async Task A_tls_handshake_that_fails_for_the_receivers_port_or_certificate_is_dead_lettered_after_one_attempt()
+    {
+        // https to a port that speaks plain HTTP: the server answers the ClientHello with an HTTP 400.
+        await using var plain = await FakeWebhookReceiver.StartAsync();
+        await using var untrusted = RawTcpReceiver.WithUntrustedCertificate();
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var toPlain = Webhook(new Uri($"https://127.0.0.1:{plain.BaseAddress.Port}/hooks"));
+        var toUntrusted = Webhook(untrusted.Url("https"));
+
+        await publisher.PublishAsync(toPlain);
+        await publisher.PublishAsync(toUntrusted);
+
+        var plainJob = await DeadLetteredAsync(toPlain);
+        Assert.Contains("The TLS handshake with the webhook receiver at 127.0.0.1 failed", plainJob.LastError, StringComparison.Ordinal);
+        var untrustedJob = await DeadLetteredAsync(toUntrusted);
+        Assert.Contains("The TLS handshake with the webhook receiver at 127.0.0.1 failed", untrustedJob.LastError, StringComparison.Ordinal);
+        Assert.Contains("UntrustedRoot", untrustedJob.LastError, StringComparison.Ordinal);
+        Assert.Empty(plain.Deliveries);
+        Assert.Equal(1, untrusted.Connections);
+    }
+
+    [Fact]
+    public async Task A_connection_refused_or_reset_during_the_request_or_the_tls_handshake_stays_transient()
+    {
+        await using var reset = RawTcpReceiver.ResettingOnFirstBytes();
+        var closed = RawTcpReceiver.ResettingOnFirstBytes();
+        var refusedUrl = closed.Url();
+        await closed.DisposeAsync();
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var refused = Webhook(refusedUrl);
+        var resetRequest = Webhook(reset.Url());
+        var resetHandshake = Webhook(reset.Url("https"));
+
+        await publisher.PublishAsync(refused);
+        await publisher.PublishAsync(resetRequest);
+        await publisher.PublishAsync(resetHandshake);
+
+        // Each may pass: one attempt, then a redelivery waits.
+        foreach (var webhook in new[] { refused, resetRequest, resetHandshake })
+        {
+            var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.RetryScheduled, attempts: 1);
+            Assert.NotNull(job.NextAttemptAt);
+        }
+    }
+
     /// <summary>Retries in memory none, redeliveries far beyond the test: a transient failure leaves the job retry-scheduled after one attempt.</summary>
     private Task<RunningApp> StartWorkerAsync() => fixture.StartWorkerAsync(WorkerSettings.With().Override(
         ("Consumers:DeliverWebhook:RetryLimit", "0"),

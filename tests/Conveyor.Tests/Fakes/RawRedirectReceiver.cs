@@ -59,7 +59,7 @@ public sealed class RawRedirectReceiver : IAsyncDisposable
             try
             {
                 var stream = client.GetStream();
-                await ReadRequestAsync(stream);
+                await RawRequests.ReadAsync(stream, _stop.Token);
                 Interlocked.Increment(ref _requests);
                 var head = Encoding.ASCII.GetBytes($"HTTP/1.1 {_status} Redirect\r\nLocation: ");
                 var tail = Encoding.ASCII.GetBytes("\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -73,54 +73,6 @@ public sealed class RawRedirectReceiver : IAsyncDisposable
                 // The sender went away, or the receiver is stopping.
             }
         }
-    }
-
-    /// <summary>Reads the request's head and its Content-Length of body, so the answer follows a whole request.</summary>
-    private async Task ReadRequestAsync(NetworkStream stream)
-    {
-        var received = new List<byte>();
-        var buffer = new byte[8192];
-        int headEnd;
-        while ((headEnd = IndexOfHeadEnd(received)) < 0)
-        {
-            var read = await stream.ReadAsync(buffer, _stop.Token);
-            if (read == 0)
-            {
-                throw new IOException("The request ended before its head did.");
-            }
-
-            received.AddRange(buffer.AsSpan(0, read));
-        }
-
-        var head = Encoding.ASCII.GetString([.. received.Take(headEnd)]);
-        var length = head.Split("\r\n")
-            .Where(line => line.StartsWith("Content-Length:", StringComparison.OrdinalIgnoreCase))
-            .Select(line => int.Parse(line["Content-Length:".Length..].Trim(), System.Globalization.CultureInfo.InvariantCulture))
-            .FirstOrDefault();
-        var bodyRead = received.Count - (headEnd + 4);
-        while (bodyRead < length)
-        {
-            var read = await stream.ReadAsync(buffer, _stop.Token);
-            if (read == 0)
-            {
-                throw new IOException("The request ended before its body did.");
-            }
-
-            bodyRead += read;
-        }
-    }
-
-    private static int IndexOfHeadEnd(List<byte> received)
-    {
-        for (var i = 0; i + 3 < received.Count; i++)
-        {
-            if (received[i] == '\r' && received[i + 1] == '\n' && received[i + 2] == '\r' && received[i + 3] == '\n')
-            {
-                return i;
-            }
-        }
-
-        return -1;
     }
 
     public async ValueTask DisposeAsync()

@@ -1,0 +1,137 @@
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+
+namespace Conveyor.Tests.Fakes;
+
+/// <summary>
+/// A webhook URL's port on loopback that is no well-behaved HTTP server: it answers each connection as a
+/// test says, byte for byte (another protocol, an answer cut off, a reset), or speaks TLS with a
+/// certificate no one trusts. A real server (Kestrel) would not answer so.
+/// </summary>
+public sealed class RawTcpReceiver : IAsyncDisposable
+{
+    private readonly TcpListener _listener;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Func<NetworkStream, CancellationToken, Task> _answer;
+    private readonly Task _accepting;
+    private int _connections;
+
+    private RawTcpReceiver(Func<NetworkStream, CancellationToken, Task> answer)
+    {
+        _answer = answer;
+        _listener = new TcpListener(IPAddress.Loopback, 0);
+        _listener.Start();
+        _accepting = AcceptAsync();
+    }
+
+    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+    /// <summary>Connections accepted so far.</summary>
+    public int Connections => Volatile.Read(ref _connections);
+
+    public Uri Url(string scheme = "http", string path = "/hooks") => new($"{scheme}://127.0.0.1:{Port}{path}");
+
+    /// <summary>Answers each connection with <paramref name="answer"/>; the connection is closed when it returns.</summary>
+    public static RawTcpReceiver Start(Func<NetworkStream, CancellationToken, Task> answer) => new(answer);
+
+    /// <summary>Reads a whole request, writes <paramref name="bytes"/> and closes the connection.</summary>
+    public static RawTcpReceiver AnsweringWith(byte[] bytes) => new(async (stream, cancellationToken) =>
+    {
+        await RawRequests.ReadAsync(stream, cancellationToken);
+        await stream.WriteAsync(bytes, cancellationToken);
+        await stream.FlushAsync(cancellationToken);
+    });
+
+    /// <summary>
+    /// Reads the first bytes a client sends (a request, or a TLS ClientHello) and resets the connection
+    /// (an RST, as a crashing server or a middlebox sends it).
+    /// </summary>
+    public static RawTcpReceiver ResettingOnFirstBytes() => new(async (stream, cancellationToken) =>
+    {
+        var buffer = new byte[4096];
+        _ = await stream.ReadAsync(buffer, cancellationToken);
+        stream.Socket.LingerState = new LingerOption(true, 0);
+        stream.Socket.Close();
+    });
+
+    /// <summary>
+    /// A TLS server whose certificate, for 127.0.0.1, is self-signed: valid for the host and in date, and
+    /// trusted by no one. A client that gets past the handshake is answered 204.
+    /// </summary>
+    public static RawTcpReceiver WithUntrustedCertificate()
+    {
+        var certificate = SelfSignedCertificate();
+        return new(async (stream, cancellationToken) =>
+        {
+            await using var tls = new SslStream(stream);
+            try
+            {
+                await tls.AuthenticateAsServerAsync(
+                    new SslServerAuthenticationOptions { ServerCertificate = certificate }, cancellationToken);
+            }
+            catch (AuthenticationException)
+            {
+                return; // The client refused the certificate.
+            }
+
+            await RawRequests.ReadAsync(tls, cancellationToken);
+            await tls.WriteAsync("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"u8.ToArray(), cancellationToken);
+        });
+    }
+
+    private static X509Certificate2 SelfSignedCertificate()
+    {
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var names = new SubjectAlternativeNameBuilder();
+        names.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(names.Build());
+        using var created = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        // Through PKCS #12, so that the private key is usable by SslStream on every platform.
+        return X509CertificateLoader.LoadPkcs12(created.Export(X509ContentType.Pfx), null);
+    }
+
+    private async Task AcceptAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                var client = await _listener.AcceptTcpClientAsync(_stop.Token);
+                Interlocked.Increment(ref _connections);
+                _ = AnswerAsync(client);
+            }
+        }
+        catch (Exception exception) when (exception is OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+            // Stopped.
+        }
+    }
+
+    private async Task AnswerAsync(TcpClient client)
+    {
+        using (client)
+        {
+            try
+            {
+                await _answer(client.GetStream(), _stop.Token);
+            }
+            catch (Exception exception) when (exception is OperationCanceledException or IOException or SocketException or ObjectDisposedException)
+            {
+                // The sender went away, or the receiver is stopping.
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        _listener.Stop();
+        await _accepting;
+        _stop.Dispose();
+    }
+}
