@@ -17,12 +17,16 @@ namespace Conveyor.Worker.Webhooks;
 /// </summary>
 public static class WebhookDestinations
 {
-    /// <summary>The webhook client's handler: public destinations only, unless private networks are allowed.</summary>
+    /// <summary>
+    /// The webhook client's handler: public destinations only, unless private networks are allowed. Each
+    /// connection shows the start of its answers to the delivery they answer (<see cref="AnswerStart"/>).
+    /// </summary>
     public static SocketsHttpHandler Handler(bool allowPrivateNetworks) => new()
     {
         AllowAutoRedirect = false,
         UseProxy = allowPrivateNetworks,
         ConnectCallback = allowPrivateNetworks ? null : ConnectToPublicAddressAsync,
+        PlaintextStreamFilter = (context, _) => ValueTask.FromResult<Stream>(new AnswerStartStream(context.PlaintextStream)),
     };
 
     /// <summary>Resolves the host, refuses it if any of its addresses is not public, else connects.</summary>

@@ -46,6 +46,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         var timeout = TimeSpan.FromSeconds(options.Value.TimeoutSeconds);
         var started = time.GetTimestamp();
         HttpResponseMessage response;
+        var answer = AnswerStart.Begin();
         try
         {
             response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
@@ -59,7 +60,13 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             // Not a network failure: retrying cannot change where the URL points.
             throw new PermanentFailureException(refused.Message, refused);
         }
-        catch (HttpRequestException exception) when (NeverAnswersOtherwise(exception, url) is { } permanent)
+        catch (HttpRequestException exception) when (DeliveredDespiteHeaders(exception, answer) is { } status)
+        {
+            // The receiver said it took the delivery; what follows its status line is not this worker's
+            // to judge. Sent again, it would be a duplicate its receiver answers the same way.
+            return new WebhookResult(status);
+        }
+        catch (HttpRequestException exception) when (NeverAnswersOtherwise(exception, url, answer) is { } permanent)
         {
             throw permanent;
         }
@@ -88,7 +95,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     /// transient: it is one remote side, configured by the operator, whose outage the kill switch pauses,
     /// and an invalid answer there may follow a charge that was made.
     /// </summary>
-    private static PermanentFailureException? NeverAnswersOtherwise(HttpRequestException exception, Uri url) => exception switch
+    private static PermanentFailureException? NeverAnswersOtherwise(HttpRequestException exception, Uri url, AnswerStart answer) => exception switch
     {
         { HttpRequestError: HttpRequestError.InvalidResponse } => new(
             $"The webhook receiver at {url.Host} answered with something that is not valid HTTP ({HttpFailures.Printable(exception.Message, HttpFailures.MaxSnippetChars)}); a port that speaks another protocol answers so every time: correct the webhook's URL",
@@ -98,6 +105,17 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             exception),
         _ => null,
     };
+
+    /// <summary>
+    /// The status of a delivery whose answer's status line said 2xx, where HttpClient then failed on the
+    /// headers after it: a header block over its limit (<see cref="HttpRequestError.ConfigurationLimitExceeded"/>,
+    /// 64 KiB) or a malformed header line (<see cref="HttpRequestError.InvalidResponse"/>). The receiver took
+    /// the delivery and said so; dead-lettered, the job would read undelivered, and redelivered it would be
+    /// a duplicate. Null for any other failure, and for those after another status (judged as before).
+    /// </summary>
+    private static int? DeliveredDespiteHeaders(HttpRequestException exception, AnswerStart answer) =>
+        exception.HttpRequestError is HttpRequestError.ConfigurationLimitExceeded or HttpRequestError.InvalidResponse
+        && answer.StatusCode is >= 200 and < 300 and var status ? status : null;
 
     /// <summary>The worker's informational version (a build's commit after a '+' included), as a User-Agent product version may hold it; else 1.0.</summary>
     private static string Version()

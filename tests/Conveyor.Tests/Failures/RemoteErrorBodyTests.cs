@@ -122,10 +122,12 @@ public sealed class RemoteErrorBodyTests(ConveyorFixture fixture) : IAsyncLifeti
     }
 
     [Fact]
-    public async Task A_webhook_receiver_whose_answer_is_beyond_the_clients_limits_is_a_permanent_failure()
+    public async Task A_webhook_receiver_whose_error_answer_is_beyond_the_clients_limits_is_a_permanent_failure()
     {
+        // A 2xx so answered is a delivery (WebhookAnswerHeadersTests); any other status is judged as before.
         await using var receiver = await FakeWebhookReceiver.StartAsync();
         receiver.AnswerWithOversizedHeader = true;
+        receiver.AnswerWith = HttpStatusCode.BadRequest;
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
             ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
         await using var publisher = await TestPublisher.StartAsync(fixture);

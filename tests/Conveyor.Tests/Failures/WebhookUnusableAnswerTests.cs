@@ -87,9 +87,12 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
     }
 
     [Fact]
-    public async Task A_connection_refused_or_reset_during_the_request_or_the_tls_handshake_stays_transient()
+    public async Task A_connection_refused_or_reset_or_an_answer_cut_off_stays_transient()
     {
         await using var reset = RawTcpReceiver.ResettingOnFirstBytes();
+        // An answer cut off within its status line, and a connection closed without an answer.
+        await using var cut = RawTcpReceiver.AnsweringWith("HTTP/1.1 20"u8.ToArray());
+        await using var silent = RawTcpReceiver.AnsweringWith([]);
         var closed = RawTcpReceiver.ResettingOnFirstBytes();
         var refusedUrl = closed.Url();
         await closed.DisposeAsync();
@@ -98,13 +101,17 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
         var refused = Webhook(refusedUrl);
         var resetRequest = Webhook(reset.Url());
         var resetHandshake = Webhook(reset.Url("https"));
+        var cutAnswer = Webhook(cut.Url());
+        var noAnswer = Webhook(silent.Url());
+        DeliverWebhook[] webhooks = [refused, resetRequest, resetHandshake, cutAnswer, noAnswer];
 
-        await publisher.PublishAsync(refused);
-        await publisher.PublishAsync(resetRequest);
-        await publisher.PublishAsync(resetHandshake);
+        foreach (var webhook in webhooks)
+        {
+            await publisher.PublishAsync(webhook);
+        }
 
         // Each may pass: one attempt, then a redelivery waits.
-        foreach (var webhook in new[] { refused, resetRequest, resetHandshake })
+        foreach (var webhook in webhooks)
         {
             var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.RetryScheduled, attempts: 1);
             Assert.NotNull(job.NextAttemptAt);

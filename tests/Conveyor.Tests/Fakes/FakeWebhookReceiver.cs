@@ -77,7 +77,7 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// </summary>
     public bool RefusesAnEmptyUserAgent { get; set; }
 
-    /// <summary>When true, every delivery is answered 200 with a response header larger than any client accepts.</summary>
+    /// <summary>When true, every delivery is answered <see cref="AnswerWith"/> (else 200) with a response header larger than any client accepts.</summary>
     public bool AnswerWithOversizedHeader { get; set; }
 
     /// <summary>Endless bodies whose sender closed the connection (it stopped reading).</summary>
@@ -163,7 +163,7 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         if (AnswerWithOversizedHeader)
         {
             context.Response.Headers["X-Oversized"] = new string('x', 200 * 1024);
-            return Results.Ok();
+            return Results.StatusCode((int)(AnswerWith ?? HttpStatusCode.OK));
         }
 
         if (AnswerBody is { } text)

@@ -1,0 +1,97 @@
+using System.Text;
+using System.Text.Json;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// A receiver whose status line says 2xx took the delivery, whatever follows it. HttpClient fails the
+/// request on headers over its limit (64 KiB) or on a malformed header line, without telling the status:
+/// such a delivery was dead-lettered (a permanent failure) though its receiver had it, and a move back
+/// from _error delivered it again.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_200_with_headers_over_the_clients_limit_is_delivered()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWithOversizedHeader = true;
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        Assert.Equal(200, await DeliveredStatusAsync(webhook));
+        Assert.Single(receiver.Deliveries);
+    }
+
+    [Fact]
+    public async Task A_2xx_whose_header_lines_are_malformed_or_follow_an_interim_answer_is_delivered()
+    {
+        await using var malformed = RawTcpReceiver.AnsweringWith("HTTP/1.1 202 Accepted\r\nnot a header\r\nContent-Length: 0\r\n\r\n"u8.ToArray());
+        // An interim 103 Early Hints first: the final status line decides.
+        await using var hinted = RawTcpReceiver.AnsweringWith(Encoding.ASCII.GetBytes(
+            "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            + $"HTTP/1.1 201 Created\r\nX-Oversized: {new string('x', 100 * 1024)}\r\nContent-Length: 0\r\n\r\n"));
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var toMalformed = Webhook(malformed.Url());
+        var toHinted = Webhook(hinted.Url());
+
+        await publisher.PublishAsync(toMalformed);
+        await publisher.PublishAsync(toHinted);
+
+        await fixture.WaitForJobAsync(toMalformed.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        await fixture.WaitForJobAsync(toHinted.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        Assert.Equal(202, await DeliveredStatusAsync(toMalformed));
+        Assert.Equal(201, await DeliveredStatusAsync(toHinted));
+    }
+
+    [Fact]
+    public async Task An_error_status_with_headers_over_the_limit_after_an_interim_answer_is_not_delivered()
+    {
+        // The status that decides is the final one: a 103, then a 400 with headers over the limit, is no delivery.
+        await using var receiver = RawTcpReceiver.AnsweringWith(Encoding.ASCII.GetBytes(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            + $"HTTP/1.1 400 Bad Request\r\nX-Oversized: {new string('x', 100 * 1024)}\r\nContent-Length: 0\r\n\r\n"));
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
+        Assert.Null(await DeliveredStatusAsync(webhook));
+    }
+
+    private Task<RunningApp> StartWorkerAsync() => fixture.StartWorkerAsync(WorkerSettings.With().Override(
+        ("Consumers:DeliverWebhook:RetryLimit", "0"),
+        ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+        ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
+
+    private async Task<int?> DeliveredStatusAsync(DeliverWebhook webhook)
+    {
+        await using var db = fixture.CreateDbContext();
+        return (await db.WebhookDeliveries.AsNoTracking().SingleOrDefaultAsync(d => d.WebhookId == webhook.WebhookId))?.StatusCode;
+    }
+
+    private static DeliverWebhook Webhook(Uri url) => new()
+    {
+        WebhookId = Guid.NewGuid(),
+        Url = url,
+        EventType = "invoice.paid",
+        Payload = JsonDocument.Parse("""{"invoice":9}""").RootElement,
+    };
+}
