@@ -85,7 +85,8 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     /// <summary>
     /// A request error that the receiver's URL causes, not the network: its port answers with something
     /// that is not HTTP (another protocol's banner or reply, a malformed status or header line:
-    /// <see cref="HttpRequestError.InvalidResponse"/>), or the TLS handshake is refused for what the port or
+    /// <see cref="HttpRequestError.InvalidResponse"/>; bytes that cannot begin an HTTP answer, which
+    /// HttpClient reports as an answer cut off when no line break follows: <see cref="AnswerStart.NotHttp"/>), or the TLS handshake is refused for what the port or
     /// its certificate is (https to a port that speaks plain HTTP, a certificate expired, for another
     /// host or from no trusted authority: an <see cref="AuthenticationException"/>). It fails the same way
     /// on every attempt, so the delivery is dead-lettered at once, naming why, as Svix and Stripe stop on
@@ -97,6 +98,10 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     /// </summary>
     private static PermanentFailureException? NeverAnswersOtherwise(HttpRequestException exception, Uri url, AnswerStart answer) => exception switch
     {
+        // Another protocol's bytes without a line break end as an answer cut off would (ResponseEnded).
+        _ when answer.NotHttp is { } start => new(
+            $"The webhook receiver at {url.Host} answered with something that is not valid HTTP (it began \"{start}\"); a port that speaks another protocol answers so every time: correct the webhook's URL",
+            exception),
         { HttpRequestError: HttpRequestError.InvalidResponse } => new(
             $"The webhook receiver at {url.Host} answered with something that is not valid HTTP ({HttpFailures.Printable(exception.Message, HttpFailures.MaxSnippetChars)}); a port that speaks another protocol answers so every time: correct the webhook's URL",
             exception),

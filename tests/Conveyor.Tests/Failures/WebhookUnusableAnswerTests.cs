@@ -64,6 +64,23 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
     }
 
     [Fact]
+    public async Task A_receiver_answering_bytes_of_another_protocol_without_a_line_break_is_dead_lettered_after_one_attempt()
+    {
+        // A PostgreSQL server's error message to a startup packet it cannot read: binary, no line break,
+        // then the connection closed. HttpClient says only that the answer ended, as it does for one cut off.
+        await using var database = RawTcpReceiver.AnsweringWith([(byte)'E', 0, 0, 0, 0x10, .. "SFATAL"u8, 0x1B, 0]);
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(database.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        var job = await DeadLetteredAsync(webhook);
+        Assert.Contains(@"answered with something that is not valid HTTP (it began ""E\u0000\u0000\u0000\u0010SFATAL\u001B\u0000"")", job.LastError, StringComparison.Ordinal);
+        Assert.Equal(1, database.Connections);
+    }
+
+    [Fact]
     public async Task A_tls_handshake_that_fails_for_the_receivers_port_or_certificate_is_dead_lettered_after_one_attempt()
     {
         // https to a port that speaks plain HTTP: the server answers the ClientHello with an HTTP 400.
