@@ -165,7 +165,7 @@ internal static class JobListing
             return await ListOldestFirstAsync(db, query, settle, cancellationToken);
         }
 
-        // One more than asked for tells whether another page follows.
+        // As many as ReadPageAsync reads: one more than asked for.
         var take = query.Limit + 1;
         IQueryable<Job> jobs;
         if (query.BusinessKey is not null)
@@ -191,16 +191,9 @@ internal static class JobListing
                 new NpgsqlParameter<int>("take", take));
         }
 
-        var rows = await jobs
-            .AsNoTracking()
-            .OrderByDescending(j => j.CreatedAt)
-            .ThenByDescending(j => j.Id)
-            .Take(take)
-            .WithoutRequestBody()
-            .ToListAsync(cancellationToken);
-
-        var page = rows.Take(query.Limit).ToList();
-        var next = rows.Count > query.Limit ? JobCursor.From(page[^1]).Encode() : null;
+        var (page, more) = await ReadPageAsync(
+            jobs.OrderByDescending(j => j.CreatedAt).ThenByDescending(j => j.Id), query.Limit, cancellationToken);
+        var next = more ? JobCursor.From(page[^1]).Encode() : null;
         return new JobPage([.. page.Select(JobDetails.From)], next);
     }
 
@@ -237,21 +230,21 @@ internal static class JobListing
                 new NpgsqlParameter<int>("take", take));
         }
 
-        var rows = await jobs
-            .AsNoTracking()
-            .OrderBy(j => j.CreatedAt)
-            .ThenBy(j => j.Id)
-            .Take(take)
-            .WithoutRequestBody()
-            .ToListAsync(cancellationToken);
-
-        var page = rows.Take(query.Limit).ToList();
+        var (page, more) = await ReadPageAsync(jobs.OrderBy(j => j.CreatedAt).ThenBy(j => j.Id), query.Limit, cancellationToken);
         // A full page: on from its last job. A short one listed every settled job after the cursor: on from the horizon
         // (no job has the empty id), unless the cursor is there already (the database's clock stepped back since).
-        var next = rows.Count > query.Limit ? JobCursor.From(page[^1])
+        var next = more ? JobCursor.From(page[^1])
             : after.CreatedAt >= horizon ? after
             : new JobCursor(horizon, Guid.Empty);
         return new JobPage([.. page.Select(JobDetails.From)], next.Encode());
+    }
+
+    /// <summary>The first <paramref name="limit"/> jobs in <paramref name="ordered"/>'s order, and whether more follow.</summary>
+    private static async Task<(List<Job> Page, bool More)> ReadPageAsync(IQueryable<Job> ordered, int limit, CancellationToken cancellationToken)
+    {
+        // One more than asked for tells whether another page follows.
+        var rows = await ordered.AsNoTracking().Take(limit + 1).WithoutRequestBody().ToListAsync(cancellationToken);
+        return rows.Count > limit ? (rows[..limit], true) : (rows, false);
     }
 
     private static IQueryable<Job> ByBusinessKey(ConveyorDbContext db, JobQuery query)

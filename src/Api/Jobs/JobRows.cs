@@ -2,6 +2,7 @@ using System.Threading.Channels;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 using Npgsql;
 
 namespace Conveyor.Api.Jobs;
@@ -84,11 +85,11 @@ public sealed class JobRows : IAsyncDisposable
     private readonly Task _dispatcher;
 
     /// <param name="clock">The clock submissions stamp their jobs' <c>created_at</c> with: how long a row waited is read from it.</param>
-    public JobRows(IConfiguration configuration, TimeProvider clock)
+    public JobRows(IConfiguration configuration, IOptions<JobListingOptions> listing, TimeProvider clock)
     {
         _clock = clock;
         _connectionString = StorageServiceCollectionExtensions.ForContexts(StorageServiceCollectionExtensions.ConnectionString(configuration));
-        _horizon = SettleHorizon.From(configuration);
+        _horizon = SettleHorizon.From(listing.Value);
 
         // The batches belong to no request: keep the first caller's trace (and anything else in its
         // execution context) out of them.
@@ -204,6 +205,7 @@ public sealed class JobRows : IAsyncDisposable
     private async Task<Dictionary<Guid, bool>> InsertAsync(List<PendingRow> batch)
     {
         var jobs = batch.ConvertAll(row => row.Job);
+        var sent = _clock.GetUtcNow();
         string[] keys = [.. jobs.Select(j => j.IdempotencyKey).OfType<string>()];
         await using var connection = new NpgsqlConnection(_connectionString);
         await connection.OpenAsync();
@@ -235,7 +237,7 @@ public sealed class JobRows : IAsyncDisposable
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.CreatedAt)] },
                 new NpgsqlParameter<DateTimeOffset[]> { TypedValue = [.. jobs.Select(j => j.UpdatedAt)] },
                 _horizon.StartWithinParameter(),
-                new NpgsqlParameter<TimeSpan[]> { TypedValue = [.. jobs.Select(j => _clock.GetUtcNow() - j.CreatedAt)] },
+                new NpgsqlParameter<TimeSpan[]> { TypedValue = [.. jobs.Select(j => sent - j.CreatedAt)] },
             },
         });
         await command.PrepareAsync();

@@ -19,8 +19,9 @@ public sealed class JobListingOptions
 /// The promise the oldest-first listing rests on (ADR 0013): a job row commits within <see cref="Horizon"/> of its
 /// <c>created_at</c>, or never. The Api stamps <c>created_at</c> before its row waits for anything (a batch slot
 /// of <see cref="JobRows"/>, a pooled connection, an Idempotency-Key's lock), so the waits are bounded where they
-/// end: the statement that writes the row refuses it once the database's clock is <see cref="StartWithin"/> past
-/// its <c>created_at</c> (a third of the horizon), and what follows that check in its transaction is bounded by the
+/// end: the write refuses the row once it has waited <see cref="StartWithin"/> (a third of the horizon) since its
+/// <c>created_at</c>, measured as waits, each on one clock (the Api's until the write is sent, the database's since its
+/// transaction began), never by comparing the two clocks; and what follows that check in its transaction is bounded by the
 /// server (<see cref="TailLimit"/>, another third, as <c>statement_timeout</c> or <c>idle_in_transaction_session_timeout</c>).
 /// What is left, the last third, is the margin for the commit itself. A row refused so is not written: the
 /// submission answers 503, as for a database that cannot be reached, and sending it again is safe.
@@ -28,10 +29,6 @@ public sealed class JobListingOptions
 internal readonly record struct SettleHorizon(TimeSpan Horizon)
 {
     public static SettleHorizon From(JobListingOptions options) => new(TimeSpan.FromSeconds(options.ListingSettleSeconds));
-
-    /// <summary>Read from <c>Jobs:ListingSettleSeconds</c> (for what is built from the configuration, not from options).</summary>
-    public static SettleHorizon From(IConfiguration configuration) =>
-        From(configuration.GetSection(StrandedJobsOptions.SectionName).Get<JobListingOptions>() ?? new JobListingOptions());
 
     /// <summary>The statement that writes a job row must check its age within this of its <c>created_at</c>.</summary>
     public TimeSpan StartWithin => Horizon / 3;

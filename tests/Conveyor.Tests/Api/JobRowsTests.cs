@@ -5,6 +5,7 @@ using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Options;
 using Npgsql;
 using System.Net;
 using System.Net.Sockets;
@@ -37,7 +38,7 @@ public sealed class JobRowsTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var rows = new JobRows(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["ConnectionStrings:Conveyor"] = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { ApplicationName = WriterName }.ConnectionString,
-        }).Build(), TimeProvider.System);
+        }).Build(), Options.Create(new JobListingOptions()), TimeProvider.System);
         await using var holder = await OpenAsync();
         await using var rival = await OpenAsync();
         var deadlocksBefore = await DeadlocksAsync();
