@@ -1047,22 +1047,9 @@ public sealed class CliHostileAnswerTests
     {
         using var api = new Canned(_ => Respond(HttpStatusCode.OK,
             $$$"""{"operationId":"{{{OperationId}}}","state":"succeeded","kind":"move","queue":"{{{J(queue)}}}","examined":1,"queueDepthAtStart":1}"""));
-        using var terminal = new StringWriter();
-        var console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Out = new AnsiConsoleOutput(terminal),
-            Ansi = AnsiSupport.Yes,
-            ColorSystem = ColorSystemSupport.TrueColor,
-            Interactive = InteractionSupport.Yes,
-        });
-        console.Profile.Width = 200;
-        var cli = new CliContext(console, console, TextWriter.Null, api, _ => null);
-        using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api);
-
-        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, startedHere: true, CancellationToken.None);
+        var (operation, shown) = await WaitWithProgressBarAsync(api);
 
         Assert.Equal("succeeded", operation.GetProperty("state").GetString());
-        var shown = terminal.ToString();
         Assert.Contains(Printable.Text(queue), shown, StringComparison.Ordinal);
         Assert.DoesNotContain("\u001b]8;", shown, StringComparison.Ordinal);
         Assert.DoesNotContain("PWNED\u0007", shown, StringComparison.Ordinal);
@@ -1104,25 +1091,13 @@ public sealed class CliHostileAnswerTests
     {
         using var api = new Canned(_ => Respond(HttpStatusCode.OK,
             $$"""{"operationId":"{{OperationId}}","state":"{{state}}","kind":"move","queue":"q_error","examined":3,"moved":3,"queueDepthAtStart":10{{more}}}"""));
-        using var terminal = new StringWriter();
-        var console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Out = new AnsiConsoleOutput(terminal),
-            Ansi = AnsiSupport.Yes,
-            ColorSystem = ColorSystemSupport.TrueColor,
-            Interactive = InteractionSupport.Yes,
-        });
-        console.Profile.Width = 200;
-        var cli = new CliContext(console, console, TextWriter.Null, api, _ => null);
-        using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api);
-
-        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, startedHere: true, CancellationToken.None);
+        var (operation, terminal) = await WaitWithProgressBarAsync(api);
 
         Assert.Equal(state, operation.GetProperty("state").GetString());
-        Assert.Contains(shown, terminal.ToString(), StringComparison.Ordinal);
+        Assert.Contains(shown, terminal, StringComparison.Ordinal);
         if (shown != "100%")
         {
-            Assert.DoesNotContain("100%", terminal.ToString(), StringComparison.Ordinal);
+            Assert.DoesNotContain("100%", terminal, StringComparison.Ordinal);
         }
     }
 
@@ -1261,6 +1236,25 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>A string as it goes inside a JSON string literal.</summary>
+    /// <summary>Waits for operation <see cref="OperationId"/> from <paramref name="api"/> with its progress bar drawn on an interactive ANSI terminal; what that terminal showed.</summary>
+    private static async Task<(JsonElement Operation, string Terminal)> WaitWithProgressBarAsync(Canned api)
+    {
+        using var terminal = new StringWriter();
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(terminal),
+            Ansi = AnsiSupport.Yes,
+            ColorSystem = ColorSystemSupport.TrueColor,
+            Interactive = InteractionSupport.Yes,
+        });
+        console.Profile.Width = 200;
+        var cli = new CliContext(console, console, TextWriter.Null, api, _ => null);
+        using var client = new ConveyorClient(new Uri("http://conveyor.invalid/"), "key", api);
+
+        var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, startedHere: true, CancellationToken.None);
+        return (operation, terminal.ToString());
+    }
+
     private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
 
     /// <summary>HTML, or JSON as the Api sends it: an error as a problem document.</summary>
