@@ -165,14 +165,18 @@ public sealed partial class RedeliveryFilter<T>(
         await attempts.RecordHeldAsync(whenNoneHeld: () =>
             context.ReceiveContext.NotifyFaulted(typed, TimeSpan.Zero, "conveyor-redelivery", exception));
 
-        // Counted once per redelivery stored: a second copy of the command (a duplicate publish) failing at the same
-        // count folds into the row stored first, and no second redelivery is scheduled.
+        // Counted and logged as scheduled once per redelivery stored: a second copy of the command (a duplicate
+        // publish) failing at the same count folds into the row stored first, and no second redelivery is scheduled.
         if (scheduled.Stored)
         {
             JobMetrics.RetryScheduled(descriptor.Kind);
+            LogScheduled(consumerId, key, attempt, policy.Limit, scheduled.DueAt, exception.Message);
+        }
+        else
+        {
+            LogJoined(consumerId, key, attempt, policy.Limit, scheduled.DueAt, exception.Message);
         }
 
-        LogScheduled(consumerId, key, attempt, policy.Limit, scheduled.DueAt, exception.Message);
         if (faultObserver is not null)
         {
             await faultObserver.ConsumeFault(typed, exception);
@@ -316,4 +320,9 @@ public sealed partial class RedeliveryFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} failed transiently; redelivery {Attempt} of {Limit} scheduled for {DueAt:O}: {Error}")]
     private partial void LogScheduled(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);
+
+    // Information, not a Warning: the failure's redelivery is the one already logged as scheduled, and this copy adds none.
+    [LoggerMessage(EventId = 3103, Level = LogLevel.Information, Message = "{ConsumerId} {Key} failed transiently; joined redelivery {Attempt} of {Limit}, " +
+        "stored already by an earlier delivery of the command and due at {DueAt:O}: {Error}")]
+    private partial void LogJoined(string consumerId, string key, int attempt, int limit, DateTimeOffset dueAt, string error);
 }

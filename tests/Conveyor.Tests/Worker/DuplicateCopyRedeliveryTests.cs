@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
@@ -5,6 +6,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -23,6 +25,9 @@ public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsy
 {
     private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";
     private const string WebhookUrn = "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook";
+
+    /// <summary>The worker's job pipeline logs under this category (<c>JobEndpointPipeline</c>).</summary>
+    private const string JobsCategory = "Conveyor.Worker.Jobs";
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
@@ -70,6 +75,49 @@ public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsy
             Assert.StartsWith("UnpublishableRedelivery: ", now.LastError, StringComparison.Ordinal);
             Assert.NotNull(now.FinishedAt);
         }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
+    }
+
+    /// <summary>
+    /// The second copy schedules nothing: it joins the row the first stored. It logged the first copy's Warning,
+    /// "failed transiently; redelivery 1 of 3 scheduled", so one redelivery read as two; it now says what it
+    /// did, at Information, and only the stored one is a Warning.
+    /// </summary>
+    [Fact]
+    public async Task A_second_copy_folded_into_the_stored_redelivery_logs_that_it_joined_it_not_that_it_scheduled_one()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = HttpStatusCode.InternalServerError;
+        var logs = new CapturedLogs();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0"),
+            ($"Logging:LogLevel:{JobsCategory}", "Information")), builder => builder.Logging.AddProvider(logs));
+        await fixture.DeclareAsync("deliver-webhook_error");
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var webhookId = Guid.NewGuid();
+        var command = new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 7 } };
+
+        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
+        await WaitForRetryScheduledAsync(webhookId, attempts: 1);
+        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
+        await WaitForRetryScheduledAsync(webhookId, attempts: 2);
+
+        await using var db = fixture.CreateDbContext();
+        var dueAt = (await db.ScheduledMessages.AsNoTracking().SingleAsync()).DueAt;
+        // Each copy logs once its redelivery is stored or joined, after the job's update: both are in once two are.
+        await Eventually.AssertAsync(() => Assert.Equal(2, Failures(LogLevel.Warning).Count + Failures(LogLevel.Information).Count));
+        var scheduled = Assert.Single(Failures(LogLevel.Warning));
+        Assert.Contains("failed transiently; redelivery 1 of 3 scheduled", scheduled.Message, StringComparison.Ordinal);
+        var joined = Assert.Single(Failures(LogLevel.Information));
+        Assert.Contains("failed transiently; joined redelivery 1 of 3, stored already by an earlier delivery of the command and due at", joined.Message, StringComparison.Ordinal);
+        Assert.Contains(dueAt.ToString("O", CultureInfo.InvariantCulture)[..19], joined.Message, StringComparison.Ordinal);
+
+        List<CapturedLogs.Entry> Failures(LogLevel level) =>
+            [.. logs.Of(level, JobsCategory).Where(e =>
+                e.Message.Contains(webhookId.ToString(), StringComparison.Ordinal) && e.Message.Contains("failed transiently", StringComparison.Ordinal))];
     }
 
     private async Task<Job> WaitForRetryScheduledAsync(Guid webhookId, int attempts)
