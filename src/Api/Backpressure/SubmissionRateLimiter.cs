@@ -60,35 +60,25 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     /// submission does, so resending it drains the bucket instead of costing nothing), with the time until
     /// that many will be there.
     /// </summary>
-    public bool TryAcquire(HttpContext context, int permits, out TimeSpan retryAfter)
+    public bool TryAcquire(HttpContext context, int permits, out TimeSpan retryAfter) =>
+        ForRequest(context, permits).TryTakeAll(out retryAfter);
+
+    /// <summary>
+    /// The permits of one request that needs <paramref name="permits"/> (1 to <see cref="Burst"/>), taken from the
+    /// caller's bucket as the request goes on (<see cref="RequestPermits"/>).
+    /// </summary>
+    public RequestPermits ForRequest(HttpContext context, int permits)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(permits, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(permits, Burst);
-        retryAfter = TimeSpan.Zero;
-        if (_buckets is null)
-        {
-            return true;
-        }
-
-        var client = ClientOf(context);
-        using var lease = _buckets.AttemptAcquire(client, permits);
-        if (lease.IsAcquired)
-        {
-            return true;
-        }
-
-        using var spent = _buckets.AttemptAcquire(client, 1);
-        // Not the lease's own hint: it rounds the refills needed down (5 permits missing at 2 a refill
-        // gave 2 refills, when 3 are needed).
-        retryAfter = WaitFor(permits, _buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
-        return false;
+        return new RequestPermits(this, ClientOf(context), permits);
     }
 
     /// <summary>
     /// Whether the caller's bucket holds a permit now, taking none: a batch is let in to be read only
-    /// then, and takes all its permits at once when its size is known. Taking one on arrival and the
-    /// rest later would starve a batch retried as told: each attempt would spend the permit that
-    /// refilled while it waited.
+    /// then, and takes its permits once its size is known (<see cref="RequestPermits"/>). Taking one on
+    /// arrival and the rest later, with a Retry-After that did not count it, starved a batch retried as
+    /// told: each attempt spent the permit that refilled while it waited.
     /// </summary>
     public bool HasPermit(HttpContext context, out TimeSpan retryAfter)
     {
@@ -103,13 +93,7 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     }
 
     /// <summary>Takes one permit if there is one, for a request refused after it was read (an invalid batch, a full queue).</summary>
-    public void Spend(HttpContext context)
-    {
-        if (_buckets is not null)
-        {
-            using var lease = _buckets.AttemptAcquire(ClientOf(context), 1);
-        }
-    }
+    public void Spend(HttpContext context) => ForRequest(context, 1).PayRefusal();
 
     /// <summary>
     /// The longest it takes a bucket holding <paramref name="available"/> to hold <paramref name="permits"/>
@@ -122,6 +106,86 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         var missing = Math.Max(1, permits - Math.Max(0, available));
         var refills = (missing + _permitsPerRefill - 1) / _permitsPerRefill;
         return RefillPeriod * refills;
+    }
+
+    /// <summary>
+    /// What one request took from its client's bucket, and takes as it goes: one permit before it makes a database
+    /// query it has not paid for yet (<see cref="TryTakeOne"/>), all of its own when it is accepted
+    /// (<see cref="TryTakeAll"/>), one when it is refused (<see cref="PayRefusal"/>). The permit taken first counts
+    /// towards the others, so a request pays one permit in all when refused, its own number when accepted, however
+    /// its permits were taken.
+    /// </summary>
+    public sealed class RequestPermits(SubmissionRateLimiter limiter, string client, int permits)
+    {
+        /// <summary>Permits taken so far: 0, 1 or all of them.</summary>
+        private int _taken;
+
+        /// <summary>
+        /// Takes one permit if none was taken yet: before a query the request makes whatever it ends as, so that
+        /// the query is paid for even when the rest cannot be taken. False when the bucket holds none (nothing taken;
+        /// the query must not be made), with the time until the request's permits will all be there.
+        /// </summary>
+        public bool TryTakeOne(out TimeSpan retryAfter)
+        {
+            retryAfter = TimeSpan.Zero;
+            if (limiter._buckets is not { } buckets || _taken > 0)
+            {
+                return true;
+            }
+
+            using var lease = buckets.AttemptAcquire(client, 1);
+            if (lease.IsAcquired)
+            {
+                _taken = 1;
+                return true;
+            }
+
+            retryAfter = WaitForAll(buckets);
+            return false;
+        }
+
+        /// <summary>
+        /// Takes the request's permits not taken yet. When the bucket holds fewer: false, with one permit taken in all
+        /// (the one taken before, else one now if there is one: a request refused once read pays as a refused single
+        /// submission does, so resending it drains the bucket instead of costing nothing), and the time until the
+        /// request's permits will all be there.
+        /// </summary>
+        public bool TryTakeAll(out TimeSpan retryAfter)
+        {
+            retryAfter = TimeSpan.Zero;
+            if (limiter._buckets is not { } buckets || _taken == permits)
+            {
+                return true;
+            }
+
+            using (var lease = buckets.AttemptAcquire(client, permits - _taken))
+            {
+                if (lease.IsAcquired)
+                {
+                    _taken = permits;
+                    return true;
+                }
+            }
+
+            PayRefusal();
+            // After the permit is taken: a client that waits as told finds all of its permits there.
+            retryAfter = WaitForAll(buckets);
+            return false;
+        }
+
+        /// <summary>Takes one permit, if there is one, for a request refused before it took any.</summary>
+        public void PayRefusal()
+        {
+            if (limiter._buckets is { } buckets && _taken == 0)
+            {
+                using var lease = buckets.AttemptAcquire(client, 1);
+                _taken = lease.IsAcquired ? 1 : 0;
+            }
+        }
+
+        // Not a lease's own hint: it rounds the refills needed down (5 permits missing at 2 a refill gave 2 refills, when 3 are needed).
+        private TimeSpan WaitForAll(PartitionedRateLimiter<string> buckets) =>
+            limiter.WaitFor(permits, buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
     }
 
     private static string ClientOf(HttpContext context) =>

@@ -100,11 +100,28 @@ internal static partial class JobsApi
         var batchKey = IdempotencyKey.Read(http.Request.Headers, errors, IdempotencyKey.MaxBatchLength);
         var maxJobs = Math.Min(MaxBatchJobs, rateLimiter.Burst);
         var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls, maxJobs, MaxBodyBytes);
-        if (items is null || errors.Count > 0
-            || await RunAtErrorsAsync(submission, items, batchKey, errors) is { Count: > 0 })
+        if (items is null || errors.Count > 0)
         {
             rateLimiter.Spend(http);
             return TypedResults.ValidationProblem(errors.ToDictionary());
+        }
+
+        // Taken as the batch goes, so that every database query it makes is paid for whatever it ends as: one before
+        // its first lookup (here, or for the backpressure gate), all of them before its jobs are looked up one by one
+        // below. The one taken first counts towards all, and is the one permit of a batch refused.
+        var permits = rateLimiter.ForRequest(http, items.Count);
+        if (items.Any(item => item.Request.RunAtOutsideWindow))
+        {
+            // Let in while the bucket held a permit, the batch may find none now (others of the client's took it).
+            if (!permits.TryTakeOne(out var unpaid))
+            {
+                return TooManyRequests(http, unpaid);
+            }
+
+            if ((await RunAtErrorsAsync(submission, items, batchKey, errors)).Count > 0)
+            {
+                return TypedResults.ValidationProblem(errors.ToDictionary());
+            }
         }
 
         // Checked first among the refusals of a valid batch: it needs no I/O. A batch the queue cannot take now
@@ -113,15 +130,14 @@ internal static partial class JobsApi
         // job was accepted before still gets its answers when they publish nothing (RepeatedBatchAsync).
         if (items.Any(item => IsGated(item.Request, backpressure)) && Refused(kind, backpressure) is { } pressure)
         {
-            return await RepeatedBatchAsync(submission, items, batchKey) is { } repeats
+            return await RepeatedBatchAsync(submission, items, batchKey, permits) is { } repeats
                 ? AnswerBatch(submission, repeats)
                 : RefuseAdmission(http, pressure, backpressure);
         }
 
-        // All of the batch's permits at once, or one when there are fewer (it was read): its Retry-After is the
-        // time until there are that many. Taken before any job is looked up one by one below, so every database
-        // query a batch makes is paid for (RunAtErrorsAsync's one by these, or by the one permit of a refused batch).
-        if (!rateLimiter.TryAcquire(http, items.Count, out var wait))
+        // All of the batch's permits, or, when there are fewer, one in all (it was read): its Retry-After is the time
+        // until there are that many.
+        if (!permits.TryTakeAll(out var wait))
         {
             return TooManyRequests(http, wait);
         }
@@ -154,10 +170,11 @@ internal static partial class JobsApi
     /// Adds to <paramref name="errors"/> the <c>runAt</c> of each job whose time is past or too far ahead and that
     /// is not a repeat of a job accepted before (the same batch sent again after its time came): a new job cannot
     /// have that time, and the whole batch is refused as for any bad job. Checked before the backpressure gate and
-    /// the batch's permits, as the parser's errors are: the client must fix the batch whatever the queue's depth or
-    /// its allowance, and a batch refused as invalid pays one permit, not one per job, however many jobs were looked
-    /// up. They are looked up at once (<see cref="JobSubmitter.UnsubmittedAsync"/>), one lookup on that permit, as a
-    /// batch refused by the gate looks up its first job (<see cref="RepeatedBatchAsync"/>).
+    /// the rest of the batch's permits, as the parser's errors are: the client must fix the batch whatever the queue's
+    /// depth or its allowance, and a batch refused as invalid pays one permit, not one per job, however many jobs were
+    /// looked up. They are looked up at once (<see cref="JobSubmitter.UnsubmittedAsync"/>), one lookup on the batch's
+    /// first permit, which the caller takes before, as a batch refused by the gate looks up its first job
+    /// (<see cref="RepeatedBatchAsync"/>).
     /// </summary>
     private static async Task<FieldErrors> RunAtErrorsAsync(
         Submission submission, IReadOnlyList<JobBatchItem> items, string? batchKey, FieldErrors errors)
@@ -168,21 +185,10 @@ internal static partial class JobsApi
             return errors;
         }
 
-        IReadOnlyList<int> unsubmitted;
-        try
-        {
-            unsubmitted = await submission.Submitter.UnsubmittedAsync(
-                submission.Kind,
-                [.. outside.Select(x => (x.Item.Request.BusinessKey, IdempotencyKey.ForBatchJob(batchKey, x.Index)))],
-                submission.CancellationToken);
-        }
-        catch
-        {
-            // The lookup was made, so it is paid for whatever its outcome (a database outage answers 503).
-            submission.RateLimiter.Spend(submission.Http);
-            throw;
-        }
-
+        var unsubmitted = await submission.Submitter.UnsubmittedAsync(
+            submission.Kind,
+            [.. outside.Select(x => (x.Item.Request.BusinessKey, IdempotencyKey.ForBatchJob(batchKey, x.Index)))],
+            submission.CancellationToken);
         foreach (var position in unsubmitted)
         {
             errors.Add($"{JobBatchParser.JobsField}[{outside[position].Index}].{JobRequestParser.RunAtField}", JobRequestParser.RunAtWindowError);
@@ -194,23 +200,24 @@ internal static partial class JobsApi
     /// <summary>
     /// The results of a batch the backpressure gate refused, when it is one sent again whose every job is
     /// answered without a publish (<see cref="JobSubmitter.AnswerRepeatWithoutPublishAsync"/>); null when
-    /// it is refused. Its first job is looked up on the permit a refused batch spends anyway: a batch of new
-    /// jobs costs one lookup. The others are paid for as the jobs of an accepted batch, all of its permits at
-    /// once; lacking them, the batch is refused (one permit taken, as before).
+    /// it is refused. Its first job is looked up on the one permit a refused batch pays, taken before (none
+    /// left: no lookup), so a batch of new jobs costs one permit and one lookup. The others are paid for as
+    /// the jobs of an accepted batch, all of its permits at once; lacking them, the batch is refused.
     /// </summary>
-    private static async Task<SubmitResult[]?> RepeatedBatchAsync(Submission submission, IReadOnlyList<JobBatchItem> items, string? batchKey)
+    private static async Task<SubmitResult[]?> RepeatedBatchAsync(
+        Submission submission, IReadOnlyList<JobBatchItem> items, string? batchKey, SubmissionRateLimiter.RequestPermits permits)
     {
-        var (_, http, submitter, _, rateLimiter, _, _, _, cancellationToken) = submission;
+        var (_, _, submitter, _, _, _, _, _, cancellationToken) = submission;
         var results = new SubmitResult[items.Count];
+        if (!permits.TryTakeOne(out _))
+        {
+            return null;
+        }
+
         var repeated = await submitter.AnswerRepeatWithoutPublishAsync(
             items[0].Request, IdempotencyKey.ForBatchJob(batchKey, 0), items[0].Body, cancellationToken);
-        if (repeated is not { } first || !rateLimiter.TryAcquire(http, items.Count, out _))
+        if (repeated is not { } first || !permits.TryTakeAll(out _))
         {
-            if (repeated is null)
-            {
-                rateLimiter.Spend(http);
-            }
-
             return null;
         }
 

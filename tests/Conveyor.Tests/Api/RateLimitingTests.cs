@@ -1,7 +1,9 @@
 using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Options;
+using Npgsql;
 using System.Net;
 
 namespace Conveyor.Tests.Api;
@@ -107,6 +109,69 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
         var corrected = JobBatchTests.Batch(paymentIds.Select(id => JobRequests.ScheduledChargePayment(id, future)));
         using var accepted = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, corrected);
         Assert.True(accepted.StatusCode == HttpStatusCode.Accepted, $"{(int)accepted.StatusCode} {await accepted.Content.ReadAsStringAsync()}");
+    }
+
+    /// <summary>
+    /// A batch holding a job whose <c>runAt</c> is past (the repeat of one accepted before, say) has its jobs looked up
+    /// before it takes its permits. It was let in while the bucket held a permit, and took one only once the lookup
+    /// was over: batches sent together all made their lookup on the same permit, and those left without one were
+    /// refused 429 having made it for nothing. A permit is now taken before the lookup, and a batch that finds none
+    /// is refused unread. Here the lookups wait on a lock, so that every batch has arrived before any of them ends.
+    /// </summary>
+    [Fact]
+    public async Task Batches_sent_at_once_beyond_the_clients_permits_are_refused_before_their_jobs_are_looked_up()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "2",
+        });
+        // A job accepted before (its row is what the lookup finds), sent again after its time with a new one.
+        var repeated = Guid.NewGuid();
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Jobs.Add(new Job
+            {
+                Id = Guid.NewGuid(), Kind = JobKinds.ChargePayment, BusinessKey = repeated.ToString(), Status = JobStatus.Succeeded,
+                CreatedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
+            });
+            await db.SaveChangesAsync();
+        }
+
+        var past = DateTimeOffset.UtcNow.AddDays(-1);
+        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await holder.OpenAsync();
+        await using var locked = await holder.BeginTransactionAsync();
+        await using (var lockJobs = new NpgsqlCommand("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE", holder, locked))
+        {
+            await lockJobs.ExecuteNonQueryAsync();
+        }
+
+        const int batches = 8;
+        var sends = Enumerable.Range(0, batches)
+            .Select(_ => JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, JobBatchTests.Batch(
+                [JobRequests.ScheduledChargePayment(repeated, past), JobRequests.ChargePayment(Guid.NewGuid())])))
+            .ToList();
+        List<HttpResponseMessage> answered = [];
+        try
+        {
+            // Each batch is answered, or waits in its lookup; two permits pay for two lookups (three, with a refill).
+            await Eventually.AssertAsync(async () => Assert.True(
+                sends.Count(send => send.IsCompleted) + await LookupsWaitingAsync() >= batches));
+            answered = [.. sends.Where(send => send.IsCompleted).Select(send => send.Result)];
+        }
+        finally
+        {
+            await locked.RollbackAsync();
+            foreach (var response in await Task.WhenAll(sends))
+            {
+                Assert.Contains(response.StatusCode, new[] { HttpStatusCode.Accepted, HttpStatusCode.TooManyRequests });
+                response.Dispose();
+            }
+        }
+
+        Assert.True(answered.Count > 0, $"all {batches} batches were looked up on the client's two permits");
+        Assert.All(answered, response => Assert.Equal(HttpStatusCode.TooManyRequests, response.StatusCode));
     }
 
     [Fact]
@@ -215,6 +280,16 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
             ["RateLimiting:PermitsPerSecond"] = "20",
             ["RateLimiting:Burst"] = "2",
         });
+    }
+
+    /// <summary>The Api's queries waiting for a lock on this run's database (here, the test's lock on <c>jobs</c>).</summary>
+    private async Task<long> LookupsWaitingAsync()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var waiting = new NpgsqlCommand(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
+        return (long)(await waiting.ExecuteScalarAsync() ?? 0L);
     }
 
     private static string Charges(int count) =>
