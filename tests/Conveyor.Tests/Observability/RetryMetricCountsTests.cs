@@ -1,6 +1,4 @@
-using System.Net;
 using Conveyor.Contracts;
-using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
@@ -16,9 +14,6 @@ namespace Conveyor.Tests.Observability;
 [Collection(ConveyorCollection.Name)]
 public sealed class RetryMetricCountsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
-    private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";
-    private const string WebhookUrn = "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook";
-
     public Task InitializeAsync() => fixture.ResetAsync();
 
     public Task DisposeAsync() => Task.CompletedTask;
@@ -27,27 +22,13 @@ public sealed class RetryMetricCountsTests(ConveyorFixture fixture) : IAsyncLife
     public async Task Two_copies_of_a_command_folded_into_one_stored_redelivery_count_one_retry_scheduled()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        receiver.AnswerWith = HttpStatusCode.InternalServerError;
         using var retries = JobCounter.RetriesScheduled(JobKinds.DeliverWebhook);
         var logs = new CapturedLogs();
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
-            ("Consumers:DeliverWebhook:RetryLimit", "0"),
-            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
-            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
-            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
-            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0"),
-            ("Logging:LogLevel:Conveyor.Worker.Jobs", "Information")), builder => builder.Logging.AddProvider(logs));
-        await fixture.DeclareAsync("deliver-webhook_error");
-        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
-        var webhookId = Guid.NewGuid();
-        var command = new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 7 } };
-
-        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
-        await WaitForRetryScheduledAsync(webhookId, attempts: 1);
-        await Eventually.AssertAsync(() => Assert.Equal(1, retries.Count));
-        // The same command again, as a new message: it fails at the same count, and folds into the row stored first.
-        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
-        await WaitForRetryScheduledAsync(webhookId, attempts: 2);
+        await using var worker = await FoldedWebhookCopies.StartWorkerAsync(
+            fixture, receiver, builder => builder.Logging.AddProvider(logs), ("Logging:LogLevel:Conveyor.Worker.Jobs", "Information"));
+        // The second copy fails at the same count as the first, and folds into the row stored first.
+        var (webhookId, _) = await FoldedWebhookCopies.PublishTwiceAsync(
+            fixture, receiver, betweenCopies: () => Eventually.AssertAsync(() => Assert.Equal(1, retries.Count)));
         // Each copy's handling logs its redelivery right after the count, scheduled or joined: both are in once both are logged.
         await Eventually.AssertAsync(() => Assert.Equal(2, logs.Entries.Count(e =>
             e.Message.Contains(webhookId.ToString(), StringComparison.Ordinal) && e.Message.Contains("failed transiently; ", StringComparison.Ordinal))));
@@ -57,12 +38,4 @@ public sealed class RetryMetricCountsTests(ConveyorFixture fixture) : IAsyncLife
         Assert.Equal(2, receiver.Deliveries.Count);
         Assert.Equal(1, retries.Count);
     }
-
-    private Task WaitForRetryScheduledAsync(Guid webhookId, int attempts) =>
-        Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Kind == JobKinds.DeliverWebhook && j.BusinessKey == webhookId.ToString());
-            Assert.Equal((JobStatus.RetryScheduled, attempts), (job.Status, job.Attempts));
-        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
 }

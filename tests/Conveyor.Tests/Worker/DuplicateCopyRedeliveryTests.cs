@@ -1,6 +1,4 @@
 using System.Globalization;
-using System.Net;
-using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
@@ -23,9 +21,6 @@ namespace Conveyor.Tests.Worker;
 [Collection(ConveyorCollection.Name)]
 public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
-    private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";
-    private const string WebhookUrn = "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook";
-
     /// <summary>The worker's job pipeline logs under this category (<c>JobEndpointPipeline</c>).</summary>
     private const string JobsCategory = "Conveyor.Worker.Jobs";
 
@@ -37,24 +32,8 @@ public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsy
     public async Task A_second_copy_failing_while_the_first_ones_redelivery_waits_leaves_one_row_that_its_job_waits_for()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        receiver.AnswerWith = HttpStatusCode.InternalServerError;
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
-            ("Consumers:DeliverWebhook:RetryLimit", "0"),
-            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
-            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
-            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
-            ("Consumers:DeliverWebhook:RedeliveryJitter", "0.5"),
-            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0")));
-        await fixture.DeclareAsync("deliver-webhook_error");
-        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
-        var webhookId = Guid.NewGuid();
-        var command = new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 7 } };
-
-        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
-        await WaitForRetryScheduledAsync(webhookId, attempts: 1);
-        // The same command again, as a new message: it claims the job and fails like the first.
-        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
-        var job = await WaitForRetryScheduledAsync(webhookId, attempts: 2);
+        await using var worker = await FoldedWebhookCopies.StartWorkerAsync(fixture, receiver, overrides: ("Consumers:DeliverWebhook:RedeliveryJitter", "0.5"));
+        var (_, job) = await FoldedWebhookCopies.PublishTwiceAsync(fixture, receiver);
         Assert.Equal(2, receiver.Deliveries.Count);
 
         await using (var db = fixture.CreateDbContext())
@@ -86,24 +65,10 @@ public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsy
     public async Task A_second_copy_folded_into_the_stored_redelivery_logs_that_it_joined_it_not_that_it_scheduled_one()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        receiver.AnswerWith = HttpStatusCode.InternalServerError;
         var logs = new CapturedLogs();
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
-            ("Consumers:DeliverWebhook:RetryLimit", "0"),
-            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
-            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
-            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
-            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0"),
-            ($"Logging:LogLevel:{JobsCategory}", "Information")), builder => builder.Logging.AddProvider(logs));
-        await fixture.DeclareAsync("deliver-webhook_error");
-        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
-        var webhookId = Guid.NewGuid();
-        var command = new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 7 } };
-
-        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
-        await WaitForRetryScheduledAsync(webhookId, attempts: 1);
-        await producer.PublishEnvelopeAsync(WebhookExchange, WebhookUrn, command);
-        await WaitForRetryScheduledAsync(webhookId, attempts: 2);
+        await using var worker = await FoldedWebhookCopies.StartWorkerAsync(
+            fixture, receiver, builder => builder.Logging.AddProvider(logs), ($"Logging:LogLevel:{JobsCategory}", "Information"));
+        var (webhookId, _) = await FoldedWebhookCopies.PublishTwiceAsync(fixture, receiver);
 
         await using var db = fixture.CreateDbContext();
         var dueAt = (await db.ScheduledMessages.AsNoTracking().SingleAsync()).DueAt;
@@ -118,18 +83,6 @@ public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsy
         List<CapturedLogs.Entry> Failures(LogLevel level) =>
             [.. logs.Of(level, JobsCategory).Where(e =>
                 e.Message.Contains(webhookId.ToString(), StringComparison.Ordinal) && e.Message.Contains("failed transiently", StringComparison.Ordinal))];
-    }
-
-    private async Task<Job> WaitForRetryScheduledAsync(Guid webhookId, int attempts)
-    {
-        Job job = null!;
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Kind == JobKinds.DeliverWebhook && j.BusinessKey == webhookId.ToString());
-            Assert.Equal((JobStatus.RetryScheduled, attempts), (job.Status, job.Attempts));
-        }, () => PipelineState.DescribeAsync(fixture), TimeSpan.FromSeconds(45));
-        return job;
     }
 
     /// <summary>Gives every stored row a header name no AMQP publish can carry, makes it due and wakes the dispatchers.</summary>
