@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Reflection;
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.ErrorQueues;
@@ -115,7 +114,7 @@ internal static class DashboardApi
             if (throttle.RetryAfterSeconds(AuthThrottleKind.SignIn, http.Connection.RemoteIpAddress) is { } seconds)
             {
                 throttle.Throttled(AuthThrottleKind.SignIn);
-                http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+                RetryAfterResponses.Set(http.Response, seconds);
                 return LoginResult(http, antiforgery, $"Too many failed sign-ins from your address; try again in {seconds} s.",
                     StatusCodes.Status429TooManyRequests);
             }

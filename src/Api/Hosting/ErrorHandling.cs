@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Diagnostics;
 
@@ -83,7 +82,7 @@ internal static partial class ErrorHandling
 
             LogDatabaseUnavailable(logger, exception.GetBaseException().Message);
             http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
-            http.Response.Headers.RetryAfter = DatabaseRetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
+            RetryAfterResponses.Set(http.Response, DatabaseRetryAfterSeconds);
             return await problems.TryWriteAsync(new ProblemDetailsContext
             {
                 HttpContext = http,

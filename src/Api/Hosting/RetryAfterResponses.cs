@@ -7,7 +7,8 @@ using Microsoft.OpenApi;
 namespace Conveyor.Api.Hosting;
 
 /// <summary>
-/// Problems that may come with a <c>Retry-After</c> header, and that header in the OpenAPI document. An endpoint
+/// Problems that may come with a <c>Retry-After</c> header, the header on an answer (<see cref="Set"/>, the one place
+/// it is written), and the header in the OpenAPI document. An endpoint
 /// declares such a problem with <see cref="ProducesProblemWithRetryAfter"/>; the document's operation transformer
 /// (<see cref="DeclareRetryAfterHeaders"/>) then declares the header on that response of that operation, and on
 /// no other, so a client generated from the document can read it where the Api sends it.
@@ -29,9 +30,19 @@ internal static class RetryAfterResponses
     /// </summary>
     public static ProblemHttpResult RetryLater(HttpContext http, int seconds, ProblemHttpResult problem)
     {
-        http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+        Set(http.Response, seconds);
         return problem;
     }
+
+    /// <summary>
+    /// Sets <c>Retry-After</c> on <paramref name="response"/>: <paramref name="seconds"/> as a whole number, at least 1
+    /// (see <see cref="Header"/>). Every answer of the Api that carries the header has it written here.
+    /// </summary>
+    public static void Set(HttpResponse response, int seconds) =>
+        response.Headers.RetryAfter = Math.Max(1, seconds).ToString(CultureInfo.InvariantCulture);
+
+    /// <summary><paramref name="wait"/> in the whole seconds <c>Retry-After</c> is given in: rounded up, at least 1.</summary>
+    public static int SecondsOf(TimeSpan wait) => Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));
 
     /// <summary>Adds the header to each response an endpoint declared with <see cref="ProducesProblemWithRetryAfter"/>.</summary>
     public static OpenApiOptions DeclareRetryAfterHeaders(this OpenApiOptions options) =>

@@ -4,7 +4,6 @@ using Conveyor.Contracts;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
 using System.Diagnostics;
-using System.Globalization;
 
 namespace Conveyor.Api.Jobs;
 
@@ -67,12 +66,8 @@ internal static partial class JobsApi
 
         if (RefusalOf(result) is { } refusal)
         {
-            if (refusal.RetryAfterSeconds is { } seconds)
-            {
-                http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
-            }
-
-            return Problem(refusal.Status, refusal.Title, refusal.Detail);
+            var problem = Problem(refusal.Status, refusal.Title, refusal.Detail);
+            return refusal.RetryAfterSeconds is { } seconds ? RetryAfterResponses.RetryLater(http, seconds, problem) : problem;
         }
 
         var row = result.Job!;
@@ -271,18 +266,14 @@ internal static partial class JobsApi
             return TypedResults.Accepted((string?)null, new JobBatchAccepted(answers));
         }
 
-        if (answer.RetryAfterSeconds is { } seconds)
-        {
-            http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
-        }
-
         var accepted = answers.Count(a => a.Error is null);
-        return TypedResults.Problem(
+        var problem = TypedResults.Problem(
             statusCode: answer.Status,
             title: answers.Length - accepted == 1 ? answer.Title : "Some jobs of the batch were not accepted",
             detail: $"{accepted} of {answers.Length} jobs were accepted; the answer of each is in 'jobs'. "
                 + "Sending the same batch again is safe: a job accepted before is answered again, not submitted twice.",
             extensions: new Dictionary<string, object?>(StringComparer.Ordinal) { [JobBatchParser.JobsField] = answers });
+        return answer.RetryAfterSeconds is { } seconds ? RetryAfterResponses.RetryLater(http, seconds, problem) : problem;
     }
 
     /// <summary>
@@ -354,22 +345,18 @@ internal static partial class JobsApi
         backpressure.Check(kind) is { Admission: not Admission.Admitted } refused ? refused : null;
 
     /// <summary>429 while the kind's queue is full, 503 while the broker blocks publishers.</summary>
-    private static ProblemHttpResult RefuseAdmission(HttpContext http, AdmissionDecision refused, BackpressureGate backpressure)
-    {
-        http.Response.Headers.RetryAfter = backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
-        return refused.Admission == Admission.QueueFull
+    private static ProblemHttpResult RefuseAdmission(HttpContext http, AdmissionDecision refused, BackpressureGate backpressure) =>
+        RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, refused.Admission == Admission.QueueFull
             ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full",
                 $"{refused.Detail} Retry later; the same Idempotency-Key may be reused.")
             : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers",
-                $"{refused.Detail} Retry later; the same Idempotency-Key may be reused.");
-    }
+                $"{refused.Detail} Retry later; the same Idempotency-Key may be reused."));
 
     private static ProblemHttpResult TooManyRequests(HttpContext http, TimeSpan wait)
     {
-        var seconds = Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));
-        http.Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
-        return Problem(StatusCodes.Status429TooManyRequests, "Too many requests",
-            $"This client sends jobs faster than it may. Retry after {seconds} s.");
+        var seconds = RetryAfterResponses.SecondsOf(wait);
+        return RetryAfterResponses.RetryLater(http, seconds, Problem(StatusCodes.Status429TooManyRequests, "Too many requests",
+            $"This client sends jobs faster than it may. Retry after {seconds} s."));
     }
 
     /// <summary>Why a submission was not accepted, as its problem; <see cref="Severity"/> orders a batch's refusals.</summary>

@@ -5,7 +5,6 @@ using Conveyor.Storage.Jobs;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
-using System.Globalization;
 using System.Text.Json;
 
 namespace Conveyor.Api.Jobs;
@@ -200,13 +199,10 @@ internal static partial class JobsApi
     }
 
     /// <summary>A cancel that found the job held by another transaction: nothing changed, and a retry may settle it.</summary>
-    private static ProblemHttpResult Busy(HttpContext http, Guid id)
-    {
-        http.Response.Headers.RetryAfter = RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
-        return Problem(StatusCodes.Status409Conflict, "Job busy",
+    private static ProblemHttpResult Busy(HttpContext http, Guid id) =>
+        RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy",
             $"Job {id} is being written by a worker or the scheduler right now (most likely it is starting), so it was left as it was. " +
-            "Retry later: a job that has not started by then is cancelled; one that has is answered as such.");
-    }
+            "Retry later: a job that has not started by then is cancelled; one that has is answered as such."));
 
     private static ProblemHttpResult Problem(int status, string title, string detail) =>
         TypedResults.Problem(statusCode: status, title: title, detail: detail);

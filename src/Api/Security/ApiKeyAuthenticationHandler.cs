@@ -1,6 +1,6 @@
-using System.Globalization;
 using System.Security.Claims;
 using System.Text.Encodings.Web;
+using Conveyor.Api.Hosting;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
@@ -91,7 +91,7 @@ public sealed class ApiKeyAuthenticationHandler(
         {
             throttle.Throttled(AuthThrottleKind.ApiKey);
             Response.StatusCode = StatusCodes.Status429TooManyRequests;
-            Response.Headers.RetryAfter = seconds.ToString(CultureInfo.InvariantCulture);
+            RetryAfterResponses.Set(Response, seconds);
             await Context.RequestServices.GetRequiredService<IProblemDetailsService>().TryWriteAsync(new ProblemDetailsContext
             {
                 HttpContext = Context,

@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Net;
+using Conveyor.Api.Hosting;
 using Microsoft.Extensions.Options;
 
 namespace Conveyor.Api.Security;
@@ -60,7 +61,7 @@ public sealed class AuthThrottle
     /// whole seconds until the lockout ends (at least 1), for the 429 that <see cref="Throttled"/> counts.
     /// </summary>
     public int? RetryAfterSeconds(AuthThrottleKind kind, IPAddress? address) =>
-        Table(kind)?.RetryAfter(address) is { } wait ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : null;
+        Table(kind)?.RetryAfter(address) is { } wait ? RetryAfterResponses.SecondsOf(wait) : null;
 
     /// <summary>
     /// Counts a request refused with 429 for its address's lockout in <c>conveyor.api.auth.throttled</c>. Not
