@@ -81,6 +81,16 @@ public static class FailureClassifier
     public static bool IsTransientIdempotentStatus(HttpStatusCode status) =>
         status is HttpStatusCode.Conflict || IsTransientStatus(status);
 
+    /// <summary>
+    /// As <see cref="IsTransientIdempotentStatus"/>, for the payment gateway, and 501 and 505 too: every 5xx.
+    /// The gateway is one remote side the operator configures, so a 501 or 505 from it (or from a proxy in
+    /// front of it) refuses every payment until the operator or the gateway changes something, as an outage
+    /// does: transient, the kill switch pauses the endpoint instead of every payment being dead-lettered at
+    /// once. A webhook receiver is one of many a submitter chooses, and its 501 and 505 stay permanent.
+    /// </summary>
+    public static bool IsTransientGatewayStatus(HttpStatusCode status) =>
+        (int)status >= 500 || IsTransientIdempotentStatus(status);
+
     // Serialization failures and deadlocks are resolved by running the transaction again; a statement
     // cancelled at statement_timeout may pass when the database is less busy, within the retry budget.
     private static bool IsTransientSqlState(NpgsqlException exception) =>

@@ -31,7 +31,8 @@ public static class HttpFailures
     /// </summary>
     /// <param name="isTransient">
     /// Which statuses this remote side may answer otherwise later (<see cref="FailureClassifier.IsTransientStatus"/>,
-    /// or <see cref="FailureClassifier.IsTransientIdempotentStatus"/> for one sent an Idempotency-Key).
+    /// <see cref="FailureClassifier.IsTransientIdempotentStatus"/> for one sent an Idempotency-Key, or
+    /// <see cref="FailureClassifier.IsTransientGatewayStatus"/> for the payment gateway).
     /// </param>
     /// <param name="time">The worker's clock, which a <c>Retry-After</c> given as a date is measured on.</param>
     public static async Task EnsureSuccessAsync(

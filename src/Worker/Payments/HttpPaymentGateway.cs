@@ -7,7 +7,8 @@ namespace Conveyor.Worker.Payments;
 
 /// <summary>
 /// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
-/// 408, 409 (the key's first request still in progress), 429 and 5xx are transient; other 4xx, 501 and 505 are permanent.
+/// 408, 409 (the key's first request still in progress), 429 and every 5xx (501 and 505 included: <see cref="FailureClassifier.IsTransientGatewayStatus"/>)
+/// are transient; other 4xx are permanent.
 /// A 2xx whose body is too large, too slow or no charge is transient: the charge may have been made.
 /// </summary>
 public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPaymentGateway
@@ -51,7 +52,7 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
             // What is left for the body, an error's snippet or the charge's answer (only one is read).
             var timeLeft = http.Timeout - time.GetElapsedTime(started);
             await HttpFailures.EnsureSuccessAsync(
-                response, "The payment gateway", timeLeft, FailureClassifier.IsTransientIdempotentStatus, time, cancellationToken);
+                response, "The payment gateway", timeLeft, FailureClassifier.IsTransientGatewayStatus, time, cancellationToken);
             await LoadAnswerAsync(response.Content, timeLeft, cancellationToken);
             var id = await ReadChargeIdAsync(response, cancellationToken);
 

@@ -115,11 +115,24 @@ public sealed class FailurePolicyTests
     [InlineData(HttpStatusCode.Conflict, true)]
     [InlineData(HttpStatusCode.TooManyRequests, true)]
     [InlineData(HttpStatusCode.ServiceUnavailable, true)]
+    [InlineData(HttpStatusCode.NotImplemented, false)]
     [InlineData(HttpStatusCode.BadRequest, false)]
     [InlineData(HttpStatusCode.PaymentRequired, false)]
     [InlineData(HttpStatusCode.UnprocessableEntity, false)]
     public void A_remote_side_that_keeps_idempotency_keys_may_answer_409_otherwise_later(HttpStatusCode status, bool transient) =>
         Assert.Equal(transient, FailureClassifier.IsTransientIdempotentStatus(status));
+
+    [Theory]
+    [InlineData(HttpStatusCode.NotImplemented, true)]
+    [InlineData(HttpStatusCode.HttpVersionNotSupported, true)]
+    [InlineData(HttpStatusCode.ServiceUnavailable, true)]
+    [InlineData(HttpStatusCode.Conflict, true)]
+    [InlineData(HttpStatusCode.TooManyRequests, true)]
+    [InlineData(HttpStatusCode.BadRequest, false)]
+    [InlineData(HttpStatusCode.NotFound, false)]
+    [InlineData(HttpStatusCode.PaymentRequired, false)]
+    public void The_payment_gateway_may_answer_any_5xx_otherwise_later(HttpStatusCode status, bool transient) =>
+        Assert.Equal(transient, FailureClassifier.IsTransientGatewayStatus(status));
 
     [Fact]
     public async Task A_retry_after_date_is_measured_on_the_workers_clock()
