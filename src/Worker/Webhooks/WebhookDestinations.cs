@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using Conveyor.ServiceDefaults;
 
@@ -19,7 +20,9 @@ public static class WebhookDestinations
 {
     /// <summary>
     /// The webhook client's handler: public destinations only, unless private networks are allowed. Each
-    /// connection shows the start of its answers to the delivery they answer (<see cref="AnswerStart"/>).
+    /// connection shows the start of its answers to the delivery they answer (<see cref="AnswerStart"/>),
+    /// and a certificate its TLS handshake refuses tells that delivery why (<see cref="ReceiverCertificate"/>,
+    /// which decides as the default validation does).
     /// </summary>
     public static SocketsHttpHandler Handler(bool allowPrivateNetworks) => new()
     {
@@ -27,6 +30,7 @@ public static class WebhookDestinations
         UseProxy = allowPrivateNetworks,
         ConnectCallback = allowPrivateNetworks ? null : ConnectToPublicAddressAsync,
         PlaintextStreamFilter = (context, _) => ValueTask.FromResult<Stream>(new AnswerStartStream(context.PlaintextStream)),
+        SslOptions = new SslClientAuthenticationOptions { RemoteCertificateValidationCallback = ReceiverCertificate.Validate },
     };
 
     /// <summary>Resolves the host, refuses it if any of its addresses is not public, else connects.</summary>

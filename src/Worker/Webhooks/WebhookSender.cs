@@ -10,8 +10,8 @@ public sealed record WebhookResult(int StatusCode);
 
 /// <summary>
 /// POSTs a payload signed with its receiver's secrets (<see cref="WebhookSigningKeys"/>). 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
-/// receiver), 429, 5xx (501 and 505 aside), timeouts and connection errors are transient; other 4xx, 501, 505, an answer
-/// that is not HTTP and a TLS handshake refused for the port or its certificate are permanent.
+/// receiver), 429, 5xx (501 and 505 aside), timeouts, connection errors and a certificate refused are transient; other 4xx,
+/// 501, 505, an answer that is not HTTP and https to a port that does not speak TLS are permanent.
 /// </summary>
 public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, WebhookSigningKeys signingKeys, TimeProvider time)
 {
@@ -47,6 +47,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         var started = time.GetTimestamp();
         HttpResponseMessage response;
         var answer = AnswerStart.Begin();
+        var certificate = ReceiverCertificate.Begin();
         try
         {
             response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
@@ -66,6 +67,10 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             // to judge. Sent again, it would be a duplicate its receiver answers the same way.
             return new WebhookResult(status);
         }
+        catch (HttpRequestException exception) when (CertificateRefused(exception, url, certificate) is { } transient)
+        {
+            throw transient;
+        }
         catch (HttpRequestException exception) when (NeverAnswersOtherwise(exception, url, answer) is { } permanent)
         {
             throw permanent;
@@ -83,12 +88,29 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     }
 
     /// <summary>
+    /// A TLS handshake that failed because the receiver's certificate was refused (expired, not yet valid,
+    /// for another host, from no trusted authority, a chain cut short), with the problem in words
+    /// (<see cref="ReceiverCertificate"/>). Transient: its receiver may renew or correct it, as Stripe and Svix
+    /// keep retrying such an endpoint, so the delivery is retried and redelivered on the usual schedule and
+    /// dead-lettered when they are spent, instead of dead-lettered at once, every webhook to a receiver
+    /// whose certificate lapsed then moved back by hand. The certificate is still refused as before.
+    /// </summary>
+    private static TransientFailureException? CertificateRefused(HttpRequestException exception, Uri url, ReceiverCertificate certificate) =>
+        exception is { HttpRequestError: HttpRequestError.SecureConnectionError, InnerException: AuthenticationException } && certificate.Problem is { } problem
+            ? new(
+                $"The webhook receiver at {url.Host} presented a TLS certificate that is refused ({problem}); the delivery is retried, as its receiver may renew or correct it",
+                null,
+                exception)
+            : null;
+
+    /// <summary>
     /// A request error that the receiver's URL causes, not the network: its port answers with something
     /// that is not HTTP (another protocol's banner or reply, a malformed status or header line:
     /// <see cref="HttpRequestError.InvalidResponse"/>; bytes that cannot begin an HTTP answer, which
-    /// HttpClient reports as an answer cut off when no line break follows: <see cref="AnswerStart.NotHttp"/>), or the TLS handshake is refused for what the port or
-    /// its certificate is (https to a port that speaks plain HTTP, a certificate expired, for another
-    /// host or from no trusted authority: an <see cref="AuthenticationException"/>). It fails the same way
+    /// HttpClient reports as an answer cut off when no line break follows: <see cref="AnswerStart.NotHttp"/>), or the TLS handshake fails
+    /// before any certificate is judged (https to a port that speaks plain HTTP or another protocol, whose
+    /// bytes are no TLS, or a server refusing every handshake: an <see cref="AuthenticationException"/>; a
+    /// certificate refused is <see cref="CertificateRefused"/>, transient). It fails the same way
     /// on every attempt, so the delivery is dead-lettered at once, naming why, as Svix and Stripe stop on
     /// such an endpoint, instead of retried and redelivered for an hour. A handshake cut off (a reset, the
     /// connection closed: an <see cref="IOException"/> under the same error) stays transient, as do a
@@ -106,7 +128,7 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
             $"The webhook receiver at {url.Host} answered with something that is not valid HTTP ({HttpFailures.Printable(exception.Message, HttpFailures.MaxSnippetChars)}); a port that speaks another protocol answers so every time: correct the webhook's URL",
             exception),
         { HttpRequestError: HttpRequestError.SecureConnectionError, InnerException: AuthenticationException tls } => new(
-            $"The TLS handshake with the webhook receiver at {url.Host} failed ({HttpFailures.Printable(tls.Message, HttpFailures.MaxSnippetChars)}): an https URL to a port that does not speak TLS, or a certificate that is expired, for another host or not trusted, fails so every time",
+            $"The TLS handshake with the webhook receiver at {url.Host} failed ({HttpFailures.Printable(tls.Message, HttpFailures.MaxSnippetChars)}): an https URL to a port that does not speak TLS fails so every time",
             exception),
         _ => null,
     };

@@ -10,9 +10,10 @@ namespace Conveyor.Tests.Failures;
 
 /// <summary>
 /// A webhook receiver that will never answer a delivery otherwise (a status saying it does not do what was
-/// asked) is dead-lettered after one attempt with the reason in the job's last error, as Svix and Stripe
-/// stop at once on such answers; before, each was retried and redelivered for an hour as if it might pass.
-/// Network trouble that may pass stays transient.
+/// asked, another protocol, https to a port that does not speak TLS) is dead-lettered after one attempt with
+/// the reason in the job's last error; before, each was retried and redelivered for an hour as if it might
+/// pass. Network trouble that may pass stays transient, and so does a certificate refused (expired, for
+/// another host, untrusted), which its receiver may renew or correct, as Stripe and Svix keep retrying it.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -81,26 +82,72 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
     }
 
     [Fact]
-    public async Task A_tls_handshake_that_fails_for_the_receivers_port_or_certificate_is_dead_lettered_after_one_attempt()
+    public async Task A_tls_handshake_with_a_port_that_does_not_speak_tls_is_dead_lettered_after_one_attempt()
     {
         // https to a port that speaks plain HTTP: the server answers the ClientHello with an HTTP 400.
         await using var plain = await FakeWebhookReceiver.StartAsync();
-        await using var untrusted = RawTcpReceiver.WithUntrustedCertificate();
         await using var worker = await StartWorkerAsync();
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var toPlain = Webhook(new Uri($"https://127.0.0.1:{plain.BaseAddress.Port}/hooks"));
-        var toUntrusted = Webhook(untrusted.Url("https"));
 
         await publisher.PublishAsync(toPlain);
-        await publisher.PublishAsync(toUntrusted);
 
         var plainJob = await DeadLetteredAsync(toPlain);
         Assert.Contains("The TLS handshake with the webhook receiver at 127.0.0.1 failed", plainJob.LastError, StringComparison.Ordinal);
-        var untrustedJob = await DeadLetteredAsync(toUntrusted);
-        Assert.Contains("The TLS handshake with the webhook receiver at 127.0.0.1 failed", untrustedJob.LastError, StringComparison.Ordinal);
-        Assert.Contains("UntrustedRoot", untrustedJob.LastError, StringComparison.Ordinal);
+        Assert.Contains("does not speak TLS", plainJob.LastError, StringComparison.Ordinal);
         Assert.Empty(plain.Deliveries);
-        Assert.Equal(1, untrusted.Connections);
+    }
+
+    [Theory]
+    [InlineData("expired", "certificate expired on ")]
+    [InlineData("not yet valid", "certificate not yet valid before ")]
+    [InlineData("for another host", "name mismatch")]
+    [InlineData("self-signed", "untrusted root")]
+    public async Task A_receiver_whose_certificate_is_refused_is_retried_with_the_problem_named_and_never_sent_the_delivery(string certificate, string problem)
+    {
+        var now = DateTimeOffset.UtcNow;
+        await using var receiver = RawTcpReceiver.WithCertificate(certificate switch
+        {
+            "expired" => RawTcpReceiver.SelfSignedCertificate(null, now.AddDays(-30), now.AddDays(-1)),
+            "not yet valid" => RawTcpReceiver.SelfSignedCertificate(null, now.AddDays(1), now.AddDays(30)),
+            "for another host" => RawTcpReceiver.SelfSignedCertificate("receiver.example", now.AddDays(-1), now.AddDays(30)),
+            _ => RawTcpReceiver.SelfSignedCertificate(null, now.AddDays(-1), now.AddDays(30)),
+        });
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url("https"));
+
+        await publisher.PublishAsync(webhook);
+
+        // The receiver may renew or correct its certificate: one attempt, then a redelivery waits.
+        var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.RetryScheduled, attempts: 1);
+        Assert.NotNull(job.NextAttemptAt);
+        Assert.Contains("The webhook receiver at 127.0.0.1 presented a TLS certificate that is refused (", job.LastError, StringComparison.Ordinal);
+        Assert.Contains(problem, job.LastError, StringComparison.Ordinal);
+        // Every one of them is self-signed, so untrusted too; and refused: no request was sent over it.
+        Assert.Contains("untrusted root", job.LastError, StringComparison.Ordinal);
+        Assert.Equal(1, receiver.Connections);
+        Assert.Equal(0, receiver.Requests);
+    }
+
+    [Fact]
+    public async Task A_receiver_whose_certificate_stays_refused_is_dead_lettered_once_its_attempts_are_spent()
+    {
+        var now = DateTimeOffset.UtcNow;
+        await using var receiver = RawTcpReceiver.WithCertificate(RawTcpReceiver.SelfSignedCertificate(null, now.AddDays(-30), now.AddDays(-1)));
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "1"),
+            ("Consumers:DeliverWebhook:RetryMinIntervalMilliseconds", "50"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "0")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url("https"));
+
+        await publisher.PublishAsync(webhook);
+
+        var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 2);
+        Assert.Contains("certificate expired on ", job.LastError, StringComparison.Ordinal);
+        Assert.Equal(2, receiver.Connections);
+        Assert.Equal(0, receiver.Requests);
     }
 
     [Fact]

@@ -10,7 +10,8 @@ namespace Conveyor.Tests.Fakes;
 /// <summary>
 /// A webhook URL's port on loopback that is no well-behaved HTTP server: it answers each connection as a
 /// test says, byte for byte (another protocol, an answer cut off, a reset), or speaks TLS with a
-/// certificate no one trusts. A real server (Kestrel) would not answer so.
+/// self-signed certificate a test makes (expired, for another host, or only trusted by no one). A real
+/// server (Kestrel) would not answer so.
 /// </summary>
 public sealed class RawTcpReceiver : IAsyncDisposable
 {
@@ -19,6 +20,7 @@ public sealed class RawTcpReceiver : IAsyncDisposable
     private readonly Func<NetworkStream, CancellationToken, Task> _answer;
     private readonly Task _accepting;
     private int _connections;
+    private int _requests;
 
     private RawTcpReceiver(Func<NetworkStream, CancellationToken, Task> answer)
     {
@@ -59,13 +61,13 @@ public sealed class RawTcpReceiver : IAsyncDisposable
     });
 
     /// <summary>
-    /// A TLS server whose certificate, for 127.0.0.1, is self-signed: valid for the host and in date, and
-    /// trusted by no one. A client that gets past the handshake is answered 204.
+    /// A TLS server presenting <paramref name="certificate"/> (from <see cref="SelfSignedCertificate"/>). A client
+    /// that gets past the handshake has its request counted in <see cref="Requests"/> and is answered 204.
     /// </summary>
-    public static RawTcpReceiver WithUntrustedCertificate()
+    public static RawTcpReceiver WithCertificate(X509Certificate2 certificate)
     {
-        var certificate = SelfSignedCertificate();
-        return new(async (stream, cancellationToken) =>
+        RawTcpReceiver? receiver = null;
+        receiver = new(async (stream, cancellationToken) =>
         {
             await using var tls = new SslStream(stream);
             try
@@ -79,18 +81,35 @@ public sealed class RawTcpReceiver : IAsyncDisposable
             }
 
             await RawRequests.ReadAsync(tls, cancellationToken);
+            Interlocked.Increment(ref receiver!._requests);
             await tls.WriteAsync("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"u8.ToArray(), cancellationToken);
         });
+        return receiver;
     }
 
-    private static X509Certificate2 SelfSignedCertificate()
+    /// <summary>Requests read past a TLS handshake (<see cref="WithCertificate"/>): a client that accepted the certificate.</summary>
+    public int Requests => Volatile.Read(ref _requests);
+
+    /// <summary>
+    /// A self-signed certificate (so trusted by no one) valid from <paramref name="notBefore"/> to
+    /// <paramref name="notAfter"/>, for <paramref name="dnsName"/>, or for 127.0.0.1 when it is null.
+    /// </summary>
+    public static X509Certificate2 SelfSignedCertificate(string? dnsName, DateTimeOffset notBefore, DateTimeOffset notAfter)
     {
         using var key = RSA.Create(2048);
-        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var request = new CertificateRequest($"CN={dnsName ?? "127.0.0.1"}", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
         var names = new SubjectAlternativeNameBuilder();
-        names.AddIpAddress(IPAddress.Loopback);
+        if (dnsName is null)
+        {
+            names.AddIpAddress(IPAddress.Loopback);
+        }
+        else
+        {
+            names.AddDnsName(dnsName);
+        }
+
         request.CertificateExtensions.Add(names.Build());
-        using var created = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        using var created = request.CreateSelfSigned(notBefore, notAfter);
         // Through PKCS #12, so that the private key is usable by SslStream on every platform.
         return X509CertificateLoader.LoadPkcs12(created.Export(X509ContentType.Pfx), null);
     }
