@@ -13,7 +13,8 @@ public sealed record WebhookResult(int StatusCode);
 /// receiver), 429, 5xx (501 and 505 aside), timeouts, connection errors and a certificate refused are transient; other 4xx,
 /// 501, 505, an answer that is not HTTP and https to a port that does not speak TLS are permanent.
 /// </summary>
-public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> options, WebhookSigningKeys signingKeys, TimeProvider time)
+public sealed partial class WebhookSender(
+    HttpClient http, IOptions<WebhookOptions> options, WebhookSigningKeys signingKeys, TimeProvider time, ILogger<WebhookSender> logger)
 {
     public const string WebhookIdHeader = "Conveyor-Webhook-Id";
     public const string EventTypeHeader = "Conveyor-Event-Type";
@@ -64,7 +65,9 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
         catch (HttpRequestException exception) when (DeliveredDespiteHeaders(exception, answer) is { } status)
         {
             // The receiver said it took the delivery; what follows its status line is not this worker's
-            // to judge. Sent again, it would be a duplicate its receiver answers the same way.
+            // to judge. Sent again, it would be a duplicate its receiver answers the same way. Its operator
+            // is told, so that a receiver answering badly can be found and told.
+            LogDeliveredDespiteHeaders(logger, url.Host, status, exception.HttpRequestError, HttpFailures.Printable(exception.Message, HttpFailures.MaxSnippetChars));
             return new WebhookResult(status);
         }
         catch (HttpRequestException exception) when (CertificateRefused(exception, url, certificate) is { } transient)
@@ -143,6 +146,10 @@ public sealed class WebhookSender(HttpClient http, IOptions<WebhookOptions> opti
     private static int? DeliveredDespiteHeaders(HttpRequestException exception, AnswerStart answer) =>
         exception.HttpRequestError is HttpRequestError.ConfigurationLimitExceeded or HttpRequestError.InvalidResponse
         && answer.StatusCode is >= 200 and < 300 and var status ? status : null;
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The webhook receiver at {Host} answered {StatusCode} followed by headers the HTTP client refuses ({Error}: {Reason}); "
+        + "the delivery is recorded as delivered, as the status says, but the receiver's answer should be corrected")]
+    private static partial void LogDeliveredDespiteHeaders(ILogger logger, string host, int statusCode, HttpRequestError error, string reason);
 
     /// <summary>The worker's informational version (a build's commit after a '+' included), as a User-Agent product version may hold it; else 1.0.</summary>
     private static string Version()

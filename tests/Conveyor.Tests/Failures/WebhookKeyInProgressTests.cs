@@ -6,6 +6,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Webhooks;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Failures;
@@ -65,7 +66,7 @@ public sealed class WebhookKeyInProgressTests(ConveyorFixture fixture) : IAsyncL
         receiver.AnswerWith = status;
         using var http = new HttpClient();
         var options = Options.Create(new WebhookOptions { SigningSecret = WorkerSettings.SigningSecret });
-        var sender = new WebhookSender(http, options, new WebhookSigningKeys(options), TimeProvider.System);
+        var sender = new WebhookSender(http, options, new WebhookSigningKeys(options), TimeProvider.System, NullLogger<WebhookSender>.Instance);
 
         var failure = await Assert.ThrowsAnyAsync<Exception>(() => sender.SendAsync(
             Guid.NewGuid(), "key", receiver.Url(), "invoice.created", """{"invoice":7}"""u8.ToArray(), CancellationToken.None));

@@ -4,7 +4,9 @@ using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Webhooks;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Tests.Worker;
 
@@ -12,7 +14,7 @@ namespace Conveyor.Tests.Worker;
 /// A receiver whose status line says 2xx took the delivery, whatever follows it. HttpClient fails the
 /// request on headers over its limit (64 KiB) or on a malformed header line, without telling the status:
 /// such a delivery was dead-lettered (a permanent failure) though its receiver had it, and a move back
-/// from _error delivered it again.
+/// from _error delivered it again. Each is logged as a warning naming the receiver, for its operator.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -26,7 +28,8 @@ public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncL
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
         receiver.AnswerWithOversizedHeader = true;
-        await using var worker = await StartWorkerAsync();
+        var logs = new CapturedLogs();
+        await using var worker = await StartWorkerAsync(logs);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var webhook = Webhook(receiver.Url());
 
@@ -35,6 +38,9 @@ public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncL
         await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
         Assert.Equal(200, await DeliveredStatusAsync(webhook));
         Assert.Single(receiver.Deliveries);
+        // Its operator can see the receiver that answers badly: its host, its status and what was wrong.
+        var warning = Assert.Single(logs.Of(LogLevel.Warning, typeof(WebhookSender).FullName!));
+        Assert.Contains("The webhook receiver at 127.0.0.1 answered 200 followed by headers the HTTP client refuses (ConfigurationLimitExceeded: ", warning.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -45,7 +51,8 @@ public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncL
         await using var hinted = RawTcpReceiver.AnsweringWith(Encoding.ASCII.GetBytes(
             "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
             + $"HTTP/1.1 201 Created\r\nX-Oversized: {new string('x', 100 * 1024)}\r\nContent-Length: 0\r\n\r\n"));
-        await using var worker = await StartWorkerAsync();
+        var logs = new CapturedLogs();
+        await using var worker = await StartWorkerAsync(logs);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var toMalformed = Webhook(malformed.Url());
         var toHinted = Webhook(hinted.Url());
@@ -57,6 +64,10 @@ public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncL
         await fixture.WaitForJobAsync(toHinted.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
         Assert.Equal(202, await DeliveredStatusAsync(toMalformed));
         Assert.Equal(201, await DeliveredStatusAsync(toHinted));
+        var warnings = logs.Of(LogLevel.Warning, typeof(WebhookSender).FullName!).Select(w => w.Message).ToList();
+        Assert.Equal(2, warnings.Count);
+        Assert.Contains(warnings, w => w.Contains("at 127.0.0.1 answered 202 followed by headers the HTTP client refuses (InvalidResponse: ", StringComparison.Ordinal));
+        Assert.Contains(warnings, w => w.Contains("at 127.0.0.1 answered 201 followed by headers the HTTP client refuses (ConfigurationLimitExceeded: ", StringComparison.Ordinal));
     }
 
     [Fact]
@@ -76,10 +87,18 @@ public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncL
         Assert.Null(await DeliveredStatusAsync(webhook));
     }
 
-    private Task<RunningApp> StartWorkerAsync() => fixture.StartWorkerAsync(WorkerSettings.With().Override(
-        ("Consumers:DeliverWebhook:RetryLimit", "0"),
-        ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
-        ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")));
+    private Task<RunningApp> StartWorkerAsync(CapturedLogs? logs = null) => fixture.StartWorkerAsync(
+        WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000")),
+        builder =>
+        {
+            if (logs is not null)
+            {
+                builder.Logging.AddProvider(logs);
+            }
+        });
 
     private async Task<int?> DeliveredStatusAsync(DeliverWebhook webhook)
     {
