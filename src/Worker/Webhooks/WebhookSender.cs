@@ -131,7 +131,7 @@ public sealed partial class WebhookSender(
             $"The webhook receiver at {url.Host} answered with something that is not valid HTTP ({HttpFailures.Printable(exception.Message, HttpFailures.MaxSnippetChars)}); a port that speaks another protocol answers so every time: correct the webhook's URL",
             exception),
         { HttpRequestError: HttpRequestError.SecureConnectionError, InnerException: AuthenticationException tls } => new(
-            $"The TLS handshake with the webhook receiver at {url.Host} failed ({HttpFailures.Printable(tls.Message, HttpFailures.MaxSnippetChars)}): an https URL to a port that does not speak TLS fails so every time",
+            $"The TLS handshake with the webhook receiver at {url.Host} failed before any certificate was presented ({HttpFailures.Printable(tls.Message, HttpFailures.MaxSnippetChars)}): an https URL to a port that does not speak TLS fails so every time",
             exception),
         _ => null,
     };

@@ -93,7 +93,7 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
         await publisher.PublishAsync(toPlain);
 
         var plainJob = await DeadLetteredAsync(toPlain);
-        Assert.Contains("The TLS handshake with the webhook receiver at 127.0.0.1 failed", plainJob.LastError, StringComparison.Ordinal);
+        Assert.Contains("The TLS handshake with the webhook receiver at 127.0.0.1 failed before any certificate was presented", plainJob.LastError, StringComparison.Ordinal);
         Assert.Contains("does not speak TLS", plainJob.LastError, StringComparison.Ordinal);
         Assert.Empty(plain.Deliveries);
     }
