@@ -67,7 +67,8 @@ public static class ExitCodes
     /// A move or purge was started (its id is on stderr), but its progress could not be read before giving up: the Api
     /// stayed unreachable or answered 429/502/503/504 while the CLI tried again, or answered a read of it with anything
     /// else that says nothing of the operation: a 500, a 404 (once the operation was started or shown), an answer that is
-    /// no operation (a proxy's HTML page, or counts that are not whole numbers); <c>operation --wait</c> too. It may still be running or have ended:
+    /// no operation (a proxy's HTML page, or counts that are not whole numbers); <c>operation --wait</c> too, and <c>operation &lt;id&gt;</c>
+    /// with or without <c>--wait</c> for an answer that shows the operation (its id and a state) with counts that are not whole numbers. It may still be running or have ended:
     /// do not start it again; follow it with <c>conveyor operation &lt;id&gt; --wait</c>. (A key refused on such a read
     /// is <see cref="Auth"/>, with the same words.)
     /// </summary>

@@ -88,7 +88,7 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
         var operation = settings.Wait
             ? await Operations.FollowAsync(
                 cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), startedHere: false, cancellationToken)
-            : await client.GetAsync($"api/operations/{settings.Id}", cancellationToken);
+            : Operations.ExpectShownCounts(settings.Id, await client.GetAsync($"api/operations/{settings.Id}", cancellationToken));
         return Operations.Report(cli, operation, settings.Json);
     }
 }
@@ -301,8 +301,8 @@ internal static class Operations
         try
         {
             var operation = await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
-            return ConveyorClient.Text(operation, "state") is not null && operation.TryGetProperty("operationId", out _)
-                ? ExpectCounts(operation)
+            return IsOperation(operation)
+                ? ExpectShownCounts(id, operation)
                 : throw Answers.Unexpected("expected an operation: a JSON object with operationId and a state");
         }
         catch (CliFailureException failure) when (!known && failure.ExitCode == ExitCodes.NotFoundOrConflict)
@@ -522,6 +522,34 @@ internal static class Operations
 
         return operation;
     }
+
+    /// <summary>
+    /// <paramref name="answer"/> to a read of operation <paramref name="id"/>, checked as <see cref="ExpectCounts"/> checks it
+    /// when it shows an operation (its operationId and a state): a count in it that is not a whole number ends with
+    /// <see cref="ExitCodes.ProgressUnknown"/>, naming the operation and how to follow it, for a first read as for a later
+    /// one, with <c>--wait</c> or without. The Api has shown that the operation exists; only its counts cannot be read. An
+    /// answer that is no operation at all is left to the caller (6: the address may not be an Api's).
+    /// </summary>
+    internal static JsonElement ExpectShownCounts(Guid id, JsonElement answer)
+    {
+        if (!IsOperation(answer))
+        {
+            return answer;
+        }
+
+        try
+        {
+            return ExpectCounts(answer);
+        }
+        catch (CliFailureException failure)
+        {
+            throw ProgressUnknown(id, failure);
+        }
+    }
+
+    /// <summary>Whether an answer has the shape of an operation: an object with its operationId and a state.</summary>
+    private static bool IsOperation(JsonElement answer) =>
+        ConveyorClient.Text(answer, "state") is not null && answer.TryGetProperty("operationId", out _);
 
     /// <summary>
     /// A <c>succeeded</c> operation that did only part of its work: matched messages it could not move, or a walk that

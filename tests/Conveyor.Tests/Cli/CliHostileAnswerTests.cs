@@ -769,7 +769,10 @@ public sealed class CliHostileAnswerTests
     /// A start or progress answer of a started (or shown) operation whose count is not a whole number (<c>"moved": 1.5</c>,
     /// <c>"purged": "x"</c>) is no operation the Api shows: it ended with 6 from deep in the progress bar or the summary
     /// (or, for a text, was read as 0 and printed as done), without naming the operation that goes on. It ends with 9 and
-    /// says how to follow it, as any other answer about a started operation that says nothing of it.
+    /// says how to follow it, as any other answer about a started operation that says nothing of it. So does an answer to
+    /// <c>operation &lt;id&gt;</c> that shows the operation (its id and a state) with such a count, whether it is the only
+    /// read (no <c>--wait</c>) or the first of a wait: both ended with 6, asking whether the address is an Api's, while the
+    /// same answer to a later read of the wait ended with 9.
     /// </summary>
     [Theory]
     [InlineData("move q_error --timeout 2", "running", "\"examined\":1.5")]
@@ -777,6 +780,9 @@ public sealed class CliHostileAnswerTests
     [InlineData("purge q_error --confirm q_error", "succeeded", "\"purged\":\"x\"")]
     [InlineData($"operation {OperationId} --wait", "failed", "\"queueDepthAtStart\":12.5", 1)]
     [InlineData("move q_error --no-wait --json", "running", "\"examined\":\"x\"", 0, true)]
+    [InlineData($"operation {OperationId}", "succeeded", "\"moved\":1.5")]
+    [InlineData($"operation {OperationId} --json", "running", "\"examined\":\"x\"")]
+    [InlineData($"operation {OperationId} --wait", "running", "\"examined\":1.5")]
     public async Task A_count_that_is_not_a_whole_number_names_the_started_operation_and_how_to_follow_it(
         string command, string state, string count, int readsAnswered = 0, bool inStartAnswer = false)
     {
