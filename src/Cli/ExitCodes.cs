@@ -85,7 +85,8 @@ public static class ExitCodes
     /// Ctrl+C (128 + SIGINT, as a shell reports a command it interrupted). A move or purge already started goes on: the
     /// message names it, to follow with <c>conveyor operation &lt;id&gt; --wait</c> (before the Api answered the request to start
     /// it, the message says that it may have started); <c>submit</c> lists the jobs the Api accepted
-    /// before it and names the batch in flight. A second Ctrl+C ends the process at once.
+    /// before it and names the batch in flight; <c>jobs --follow</c>, which ends no other way when nothing fails, says the command
+    /// that resumes after the last job it printed. A second Ctrl+C ends the process at once.
     /// </summary>
     public const int Interrupted = 130;
 }

@@ -1,5 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
+using System.Text.Json;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -21,6 +22,18 @@ public sealed class JobSettings : ApiSettings
 
 public sealed class JobsSettings : ApiSettings
 {
+    public const string NewestFirst = "newest";
+    public const string OldestFirst = "oldest";
+
+    /// <summary>The Api's page size when no --limit is given.</summary>
+    public const int DefaultPageSize = 50;
+
+    /// <summary>How long <c>--follow</c> waits after a page that was not full, when no <c>--interval</c> is given.</summary>
+    public const int DefaultIntervalSeconds = 5;
+
+    /// <summary>The longest <c>--interval</c>: an hour, the longest settle horizon the Api takes.</summary>
+    public const int MaxIntervalSeconds = 3600;
+
     [CommandOption("--status <STATUS>")]
     [Description("Only jobs in this status (scheduled, queued, running, retry-scheduled, succeeded, dead-lettered, cancelled).")]
     public string? Status { get; set; }
@@ -34,13 +47,67 @@ public sealed class JobsSettings : ApiSettings
     public string? BusinessKey { get; set; }
 
     [CommandOption("--limit <N>")]
-    [Description("At most this many, newest first (default 50, at most 500).")]
+    [Description("At most this many per page (default 50, at most 500).")]
     public int? Limit { get; set; }
 
-    public override ValidationResult Validate() =>
-        BusinessKey is not null && Kind is null ? ValidationResult.Error("--business-key needs --kind.")
-        : Limit is < 1 ? ValidationResult.Error("--limit must be at least 1.")
-        : ValidationResult.Success();
+    [CommandOption("--order <ORDER>")]
+    [Description("newest (the default): newest first, a job as soon as it is submitted. oldest: oldest first, only jobs older than "
+        + "the Api's settle horizon (Jobs:ListingSettleSeconds, 60 s by default), a feed that misses none when polled with --after.")]
+    public string? Order { get; set; }
+
+    [CommandOption("--after <CURSOR>")]
+    [Description("Go on from this cursor: the one the previous page printed (its nextCursor), unchanged.")]
+    public string? After { get; set; }
+
+    [CommandOption("--follow")]
+    [Description("With --order oldest: keep polling, printing each job once as it settles, until Ctrl+C.")]
+    public bool Follow { get; set; }
+
+    [CommandOption("--interval <SECONDS>")]
+    [Description("With --follow: seconds to wait after a page that was not full before polling again (default 5, 1 to 3600).")]
+    public int? Interval { get; set; }
+
+    public bool OldestFirstOrder => Order == OldestFirst;
+
+    public override ValidationResult Validate()
+    {
+        if (BusinessKey is not null && Kind is null)
+        {
+            return ValidationResult.Error("--business-key needs --kind.");
+        }
+
+        if (Limit is < 1)
+        {
+            return ValidationResult.Error("--limit must be at least 1.");
+        }
+
+        if (Order is not null and not NewestFirst and not OldestFirst)
+        {
+            return ValidationResult.Error($"--order must be {NewestFirst} (the default) or {OldestFirst}; '{Printable.Text(Order)}' is not.");
+        }
+
+        // The Api's cursor is base64url: a stray quote, space or line break pasted with it is said here, naming the option.
+        if (After is not null && !After.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_'))
+        {
+            return ValidationResult.Error(
+                $"--after must be a cursor a page of 'conveyor jobs' printed (letters, digits, '-' and '_'), unchanged; '{Printable.Text(After)}' is not.");
+        }
+
+        if (Follow && !OldestFirstOrder)
+        {
+            return ValidationResult.Error(
+                "--follow needs --order oldest: newest first, the cursor only moves to older jobs and would never reach a new one.");
+        }
+
+        if (Interval is not null && !Follow)
+        {
+            return ValidationResult.Error("--interval needs --follow.");
+        }
+
+        return Interval is < 1 or > MaxIntervalSeconds
+            ? ValidationResult.Error($"--interval must be from 1 to {MaxIntervalSeconds} seconds.")
+            : ValidationResult.Success();
+    }
 }
 
 /// <summary><c>conveyor job &lt;id&gt; [--wait N]</c>: one job's status, attempts and last error.</summary>
@@ -89,23 +156,31 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     };
 }
 
-/// <summary><c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N]</c>: jobs, newest first.</summary>
+/// <summary>
+/// <c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N] [--order newest|oldest] [--after CURSOR] [--follow]</c>:
+/// a page of jobs, newest first or oldest first up to the Api's settle horizon, and how to get the next; with <c>--follow</c>,
+/// the oldest-first feed polled until Ctrl+C.
+/// </summary>
 public sealed class JobsCommand : ConveyorCommand<JobsSettings>
 {
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, JobsSettings settings, CancellationToken cancellationToken)
     {
-        var query = OperationsCommand.Query(
-            ("status", settings.Status), ("kind", settings.Kind), ("businessKey", settings.BusinessKey),
-            ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)));
-        var page = Answers.ExpectObject(await client.GetAsync("api/jobs" + query, cancellationToken), "a page of jobs", "items");
+        if (settings.Follow)
+        {
+            return await FollowAsync(cli, client, settings, cancellationToken);
+        }
+
+        var page = await ReadPageAsync(client, settings, settings.After, cancellationToken);
         if (settings.Json)
         {
+            // The Api's page as it is: its nextCursor is what --after takes.
             WriteJson(cli, page);
             return ExitCodes.Ok;
         }
 
         var table = new Table().AddColumns("Job", "Kind", "Business key", "Status", "Attempts", "Last error", "Created", "Updated");
-        foreach (var job in page.GetProperty("items").EnumerateArray())
+        var items = page.GetProperty("items");
+        foreach (var job in items.EnumerateArray())
         {
             table.AddRow(
                 Output.Cell(job, "jobId"), Output.Cell(job, "kind"), Output.Cell(job, "businessKey"), Output.Cell(job, "status"),
@@ -113,11 +188,134 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         }
 
         cli.Out.Write(table);
-        if (ConveyorClient.Text(page, "nextCursor") is not null)
-        {
-            cli.Out.MarkupLine("[grey]More jobs follow; raise --limit or narrow the filters.[/]");
-        }
-
+        SayHowToGoOn(cli, settings, ConveyorClient.Text(page, "nextCursor"), full: items.GetArrayLength() >= PageSize(settings));
         return ExitCodes.Ok;
     }
+
+    /// <summary>
+    /// Polls the oldest-first listing from <c>--after</c> (or the oldest job) with each page's nextCursor, which never passes
+    /// a job that commits late (ADR 0013), so each job is printed once: a full page is followed at once, a short one after
+    /// <c>--interval</c>. Ends only with Ctrl+C (130) or a failure (its exit code), either saying how to resume from the
+    /// last cursor whose jobs were printed.
+    /// </summary>
+    private static async Task<int> FollowAsync(CliContext cli, ConveyorClient client, JobsSettings settings, CancellationToken cancellationToken)
+    {
+        var interval = TimeSpan.FromSeconds(settings.Interval ?? JobsSettings.DefaultIntervalSeconds);
+        var cursor = settings.After;
+        if (!settings.Json)
+        {
+            cli.Out.WriteLine(FeedLine("Created", "Job", "Kind", "Status", "Attempts", "Business key", "Last error"));
+        }
+
+        try
+        {
+            while (true)
+            {
+                var page = await ReadPageAsync(client, settings, cursor, cancellationToken);
+                // The oldest-first listing always names where to go on; an Api that leaves it out does not know order=oldest.
+                var next = ConveyorClient.Text(page, "nextCursor")
+                    ?? throw Answers.Unexpected("expected a page of the oldest-first listing: a JSON object with items and a nextCursor");
+                var items = page.GetProperty("items");
+                if (settings.Json && items.GetArrayLength() > 0)
+                {
+                    // One line per page that has jobs: its jobs and the cursor to resume after them, together.
+                    cli.RawOut.WriteLine(JsonSerializer.Serialize(page));
+                }
+                else if (!settings.Json)
+                {
+                    foreach (var job in items.EnumerateArray())
+                    {
+                        cli.Out.WriteLine(FeedLine(
+                            Output.Plain(job, "createdAt"), Output.Plain(job, "jobId"), Output.Plain(job, "kind"), Output.Plain(job, "status"),
+                            Output.Plain(job, "attempts"), Output.Plain(job, "businessKey"), Output.Plain(job, "lastError", maxLength: 80)));
+                    }
+                }
+
+                cursor = next;
+                if (items.GetArrayLength() < PageSize(settings))
+                {
+                    await Task.Delay(interval, cancellationToken);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new CliFailureException(ExitCodes.Interrupted,
+                $"interrupted: stopped following the jobs.{Resume(settings, cursor)}");
+        }
+        catch (CliFailureException failure) when (cursor is not null && failure.ExitCode != ExitCodes.Usage)
+        {
+            throw new CliFailureException(failure.ExitCode, $"{failure.Message}{Environment.NewLine}{Resume(settings, cursor).TrimStart()}");
+        }
+    }
+
+    private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken)
+    {
+        var query = OperationsCommand.Query(
+            ("status", settings.Status), ("kind", settings.Kind), ("businessKey", settings.BusinessKey),
+            ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)), ("order", settings.Order), ("cursor", cursor));
+        return Answers.ExpectObject(await client.GetAsync("api/jobs" + query, cancellationToken), "a page of jobs", "items");
+    }
+
+    private static int PageSize(JobsSettings settings) => settings.Limit ?? JobsSettings.DefaultPageSize;
+
+    /// <summary>
+    /// After a page: the command for the next one, on stderr so that the table stays alone on stdout. Newest first, a
+    /// cursor comes only when more jobs follow. Oldest first it always comes: after a full page more may follow; after a
+    /// short one it marks the settle horizon, from which jobs that settle later are listed.
+    /// </summary>
+    private static void SayHowToGoOn(CliContext cli, JobsSettings settings, string? cursor, bool full)
+    {
+        if (cursor is null)
+        {
+            return;
+        }
+
+        var next = Command(settings, cursor, follow: false);
+        cli.Err.WriteLine(Printable.Text(
+            !settings.OldestFirstOrder ? $"More jobs follow. Next page: {next}"
+            : full ? $"More jobs may follow. Next page: {next}"
+            : $"No more settled jobs for now. Newer ones, once settled: {next} (or keep polling with --follow)"));
+    }
+
+    /// <summary>" Resume with: conveyor jobs ... --follow --after CURSOR", or nothing before a first cursor.</summary>
+    private static string Resume(JobsSettings settings, string? cursor) =>
+        cursor is null ? "" : $" Resume with: {Printable.Text(Command(settings, cursor, follow: true))}";
+
+    /// <summary>This command's line again, with <paramref name="cursor"/> as --after, each value quoted for a shell where it needs it.</summary>
+    private static string Command(JobsSettings settings, string cursor, bool follow)
+    {
+        var words = new List<string> { "conveyor jobs" };
+        void Add(string option, string? value)
+        {
+            if (value is not null)
+            {
+                words.Add($"{option} {ShellWords.Quote(value)}");
+            }
+        }
+
+        Add("--status", settings.Status);
+        Add("--kind", settings.Kind);
+        Add("--business-key", settings.BusinessKey);
+        Add("--limit", settings.Limit?.ToString(CultureInfo.InvariantCulture));
+        Add("--order", settings.OldestFirstOrder ? JobsSettings.OldestFirst : null);
+        if (follow)
+        {
+            words.Add("--follow");
+            Add("--interval", settings.Interval?.ToString(CultureInfo.InvariantCulture));
+        }
+
+        if (settings.Json)
+        {
+            words.Add("--json");
+        }
+
+        Add("--after", cursor);
+        return string.Join(' ', words);
+    }
+
+    /// <summary>One job of <c>--follow</c> as a line of columns, as it comes: a table is drawn only once it is complete.</summary>
+    private static string FeedLine(string created, string job, string kind, string status, string attempts, string businessKey, string lastError) =>
+        string.Join("  ", created.PadRight(32), job.PadRight(36), kind.PadRight(15), status.PadRight(15), attempts.PadRight(8), businessKey.PadRight(36), lastError)
+            .TrimEnd();
 }

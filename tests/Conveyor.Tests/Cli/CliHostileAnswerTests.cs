@@ -809,6 +809,28 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// <c>jobs --order oldest --follow</c> against an Api whose page names no next cursor (an Api that does not know
+    /// <c>order=oldest</c> answers its newest-first last page so): polling on from no cursor would print the same jobs
+    /// again at every poll. It ends with 6, as for any answer the Api does not give.
+    /// </summary>
+    [Fact]
+    public async Task Follow_ends_with_6_when_a_page_has_no_next_cursor()
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref reads);
+            return Respond(HttpStatusCode.OK, $$"""{"items":[{"jobId":"{{OperationId}}","status":"queued"}],"nextCursor":null}""");
+        });
+
+        var run = await RunAsync("jobs --order oldest --follow --interval 1", api);
+
+        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("nextCursor", run.Err, StringComparison.Ordinal);
+        Assert.Equal(1, reads);
+    }
+
+    /// <summary>
     /// <c>operation &lt;id&gt; --wait</c> for an id the Api has never known (its first read answered 404) is no started
     /// operation whose progress was lost: it stays 4, and says which id was not found.
     /// </summary>
