@@ -128,6 +128,11 @@ public static class CliApp
         {
             var message = UnconvertibleValue(exception.Message, args, commands) ?? exception.Message;
             await stderr.WriteLineAsync($"conveyor: {Printable.Text(message, keepLineBreaks: true)}");
+            if (DashedValue(args, commands) is { } dashed)
+            {
+                await stderr.WriteLineAsync($"conveyor: {Printable.Text(dashed)}");
+            }
+
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
         }
@@ -269,6 +274,40 @@ public static class CliApp
             {
                 return $"{args[i]} was given an empty value; it needs a value ({valueName}), or leave the option out.";
             }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// How to give a value that begins with <c>-</c>, found on a line the parser refused: it reads such a word as options
+    /// (<c>move -weird_error</c>: "Short option does not have a valid name"), and takes no argument after a <c>--</c>. An
+    /// option's value is given as <c>--option=VALUE</c>, a queue as <c>--queue=NAME</c>. Null when no word of the line looks
+    /// like such a value (a negative number is read as a value already).
+    /// </summary>
+    internal static string? DashedValue(IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
+    {
+        if (args.Count == 0 || !commands.TryGetValue(args[0], out var command))
+        {
+            return null;
+        }
+
+        var options = Options(command);
+        var known = options.SelectMany(option => option.Names).Append("-h").ToHashSet(StringComparer.Ordinal);
+        var takesValue = ValueOptions(command);
+        for (var i = 1; i < args.Count; i++)
+        {
+            var word = args[i];
+            if (word.Length < 2 || word[0] != '-' || word[1] == '-' || char.IsAsciiDigit(word[1]) || known.Contains(word))
+            {
+                continue;
+            }
+
+            return takesValue.ContainsKey(args[i - 1])
+                ? $"'{word}' begins with '-', which is read as an option: give it as {args[i - 1]}={ShellWords.Quote(word)}."
+                : typeof(QueueSettings).IsAssignableFrom(SettingsOf(command))
+                    ? $"'{word}' begins with '-', which is read as an option: give a queue named so as --queue={ShellWords.Quote(word)}."
+                    : $"'{word}' begins with '-', which is read as an option: give a value beginning with '-' as --option=VALUE.";
         }
 
         return null;

@@ -138,7 +138,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         cli.Out.Write(grid);
         if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
         {
-            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Quote($"{kind}_error")} --job-id {settings.Id}"));
+            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));
         }
 
         return exitCode;
@@ -290,7 +290,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         {
             if (value is not null)
             {
-                words.Add($"{option} {ShellWords.Quote(value)}");
+                words.Add(ShellWords.Option(option, value));
             }
         }
 

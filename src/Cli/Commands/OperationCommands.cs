@@ -141,7 +141,7 @@ internal static class Operations
             // Ctrl+C with the request on its way: the Api may have taken it, and an operation it started goes on.
             throw new CliFailureException(ExitCodes.Interrupted,
                 $"interrupted before the Api answered the request to start the {kind}: it may have started it, and it would go on. "
-                + $"See: conveyor operations --queue {ShellWords.Quote(settings.Queue)} --state running");
+                + $"See: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
         }
         catch (CliFailureException failure) when (failure.ExitCode == ExitCodes.Unreachable && failure.RequestSent)
         {
@@ -149,7 +149,7 @@ internal static class Operations
             // broke, the wait for its answer ended or a gateway gave up on it (502, 504), and an operation it started goes on.
             throw new CliFailureException(ExitCodes.StartUnknown,
                 $"{failure.Message}{Environment.NewLine}The request to start the {kind} was sent, but the Api's answer never came: it may have started it, "
-                + $"and it would go on. Look before starting it again: conveyor operations --queue {ShellWords.Quote(settings.Queue)} --state running");
+                + $"and it would go on. Look before starting it again: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
         }
 
         var id = accepted.GetProperty("operationId").GetGuid();
@@ -478,7 +478,7 @@ internal static class Operations
         var count = page.GetArrayLength();
         if (count > 0 && count >= (limit ?? DefaultPageSize) && ConveyorClient.Text(page[count - 1], "operationId") is { } last)
         {
-            cli.Err.WriteLine(Printable.Text($"Older entries may follow: add --before {ShellWords.Quote(last)}"));
+            cli.Err.WriteLine(Printable.Text($"Older entries may follow: add {ShellWords.Option("--before", last)}"));
         }
     }
 

@@ -17,11 +17,30 @@ public class ApiSettings : CommandSettings
     public bool Json { get; set; }
 }
 
+/// <summary>
+/// A command on one queue, named as its argument or, for a name beginning with <c>-</c>, as <c>--queue=NAME</c>: the CLI's
+/// parser reads any word beginning with <c>-</c> as an option, and takes nothing after a <c>--</c> as an argument.
+/// </summary>
 public class QueueSettings : ApiSettings
 {
-    [CommandArgument(0, "<queue>")]
-    [Description("An _error or _skipped queue, such as charge-payment_error.")]
-    public string Queue { get; set; } = "";
+    [CommandArgument(0, "[queue]")]
+    [Description("An _error or _skipped queue, such as charge-payment_error (one whose name begins with '-': --queue=NAME).")]
+    public string? QueueArgument { get; set; }
+
+    [CommandOption("--queue <QUEUE>")]
+    [Description("The queue, instead of the argument: for a name beginning with '-', given as --queue=-name.")]
+    public string? QueueOption { get; set; }
+
+    /// <summary>The queue, as the argument or <c>--queue</c> gave it.</summary>
+    public string Queue => QueueOption ?? QueueArgument ?? "";
+
+    public override ValidationResult Validate() =>
+        (QueueArgument, QueueOption) switch
+        {
+            (null, null) => ValidationResult.Error("Name the queue: as the argument <queue>, or as --queue=NAME (for a name beginning with '-')."),
+            ({ }, { }) => ValidationResult.Error("The queue is given twice, as the argument and as --queue: give it once."),
+            _ => ValidationResult.Success(),
+        };
 }
 
 public sealed class PeekSettings : QueueSettings
@@ -35,7 +54,7 @@ public sealed class PeekSettings : QueueSettings
     public bool Body { get; set; }
 
     public override ValidationResult Validate() =>
-        Limit is < 1 ? ValidationResult.Error("--limit must be at least 1.") : ValidationResult.Success();
+        Limit is < 1 ? ValidationResult.Error("--limit must be at least 1.") : base.Validate();
 }
 
 public class FilterSettings : QueueSettings
@@ -102,7 +121,8 @@ public class FilterSettings : QueueSettings
             return ValidationResult.Error($"--timeout must be from 1 to {MaxTimeoutSeconds} seconds (30 days), and needs waiting (not --no-wait).");
         }
 
-        return IsoTime.Check(("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter));
+        var times = IsoTime.Check(("--faulted-before", FaultedBefore), ("--faulted-after", FaultedAfter));
+        return times.Successful ? base.Validate() : times;
     }
 
     public Dictionary<string, object?> Filter()

@@ -1096,6 +1096,11 @@ public sealed class CliHostileAnswerTests
     [InlineData($"job|{OperationId}", 200, $$"""{"jobId":"{{OperationId}}","kind":"pay $(id)","status":"dead-lettered"}""", $"conveyor move 'pay $(id)_error' --job-id {OperationId}")]
     [InlineData($"operation|{OperationId}", 200, $$"""{"operationId":"x`y` z","kind":"move","queue":"q_error","state":"running"}""", "conveyor operation 'x`y` z' --wait")]
     [InlineData("operations|--limit|1", 200, $$"""[{"operationId":"a&b","kind":"move","queue":"q_error","state":"succeeded"}]""", "add --before 'a&b'")]
+    // A value beginning with '-' would be read as an option: given with '=' (a queue argument as --queue=).
+    [InlineData("move|--queue=-weird error", 502, "<html>Bad Gateway</html>", "conveyor operations --queue='-weird error' --state running")]
+    [InlineData("move|--queue=-weird_error", 502, "<html>Bad Gateway</html>", "conveyor operations --queue=-weird_error --state running")]
+    [InlineData($"job|{OperationId}", 200, $$"""{"jobId":"{{OperationId}}","kind":"-weird","status":"dead-lettered"}""", $"conveyor move --queue=-weird_error --job-id {OperationId}")]
+    [InlineData("operations|--limit|1", 200, $$"""[{"operationId":"-x","kind":"move","queue":"q_error","state":"succeeded"}]""", "add --before=-x")]
     public async Task A_command_the_cli_says_to_run_quotes_values_a_shell_would_read_otherwise(string command, int status, string body, string hint)
     {
         using var api = new Canned(_ => Respond((HttpStatusCode)status, body));

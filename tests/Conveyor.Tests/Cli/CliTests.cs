@@ -345,6 +345,60 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Ok, (await RunAsync("job", job.Id.ToString(), "--wait", "1")).ExitCode);
     }
 
+    /// <summary>
+    /// A queue whose name begins with <c>-</c> (RabbitMQ allows it). The CLI's parser reads any word beginning with <c>-</c> as
+    /// options and takes no argument after a <c>--</c>, so the commands the CLI printed for it (<c>conveyor move -weird_error
+    /// --job-id …</c>, <c>conveyor operations --queue -weird_error …</c>) ended with 2 when pasted back ("Short option does
+    /// not have a valid name"), and no command could name such a queue at all. A queue may now be given as
+    /// <c>--queue=NAME</c>, and the commands printed name it so: run back through the CLI as a shell would split them, they
+    /// work against the Api.
+    /// </summary>
+    [Fact]
+    public async Task A_queue_whose_name_begins_with_a_dash_is_named_in_printed_commands_so_that_they_run_back()
+    {
+        var source = $"-weird{Guid.NewGuid():N}"[..12];
+        var errors = source + "_error";
+        await Broker.DeclareAsync(source);
+        await Broker.DeclareAsync(errors);
+        try
+        {
+            var job = Guid.NewGuid();
+            var message = await Broker.DeadLetterChargeAsync(Declined, "declined", queue: errors, extraHeaders: new Dictionary<string, object?>
+            {
+                [JobHeaders.JobId] = job.ToString(),
+                ["MT-Fault-InputAddress"] = $"rabbitmq://127.0.0.1/test/{source}",
+            });
+
+            // Pasted as an argument, the name is an option: refused, saying how to give it.
+            var asArgument = await RunAsync("messages", errors);
+            Assert.Equal(ExitCodes.Usage, asArgument.ExitCode);
+            Assert.Contains($"give a queue named so as --queue={errors}", asArgument.Err, StringComparison.Ordinal);
+            var listed = await RunAsync("messages", $"--queue={errors}");
+            Assert.True(listed.ExitCode == ExitCodes.Ok, listed.Err);
+            Assert.Contains(message.ToString(), listed.Out, StringComparison.Ordinal);
+
+            // A gateway's 504 to the start of a move: the command printed to look for it runs.
+            var cutOff = await RunWithAnswerAsync(["move", $"--queue={errors}"], System.Net.HttpStatusCode.GatewayTimeout, "text/html", "<html>Gateway Timeout</html>");
+            Assert.Equal(ExitCodes.StartUnknown, cutOff.ExitCode);
+            var look = await RunAsync(PrintedCommand(cutOff.Err, "Look before starting it again: "));
+            Assert.True(look.ExitCode == ExitCodes.Ok, look.Err);
+
+            // The job's kind names the queue (here an Api's answer with a kind beginning with '-'): its move runs and moves it.
+            var shown = await RunWithAnswerAsync(["job", job.ToString()], System.Net.HttpStatusCode.OK, "application/json",
+                $$"""{"jobId":"{{job}}","kind":"{{source}}","status":"dead-lettered"}""");
+            Assert.Equal(ExitCodes.Ok, shown.ExitCode);
+            var move = await RunAsync(PrintedCommand(shown.Out, "Move it back with: "));
+            Assert.True(move.ExitCode == ExitCodes.Ok, move.Err);
+            Assert.Equal(0u, await Broker.CountAsync(errors));
+            Assert.Equal([message.ToString()], await Broker.IdsAsync(source));
+        }
+        finally
+        {
+            await Broker.DeleteAsync(errors);
+            await Broker.DeleteAsync(source);
+        }
+    }
+
     [Fact]
     public async Task Submit_sends_a_file_of_jobs_in_batches_and_run_again_submits_nothing_twice()
     {
@@ -700,6 +754,75 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
 
         Assert.Equal(ExitCodes.Ok, exitCode);
         Assert.Equal(JsonValueKind.Array, JsonDocument.Parse(stdout.ToString()).RootElement.ValueKind);
+    }
+
+    /// <summary>The command a line of <paramref name="text"/> printed after <paramref name="prefix"/>, split into words as a POSIX shell splits it.</summary>
+    private static string[] PrintedCommand(string text, string prefix)
+    {
+        var start = text.IndexOf(prefix + "conveyor ", StringComparison.Ordinal);
+        Assert.True(start >= 0, text);
+        var line = text[(start + prefix.Length)..].Split('\n')[0].TrimEnd();
+        return [.. ShellWordsOf(line).Skip(1)];
+    }
+
+    /// <summary>Words of a command line as a POSIX shell reads plain words and single quotes (all the CLI prints).</summary>
+    private static List<string> ShellWordsOf(string line)
+    {
+        var words = new List<string>();
+        var word = new System.Text.StringBuilder();
+        var inWord = false;
+        for (var i = 0; i < line.Length; i++)
+        {
+            var c = line[i];
+            if (c == '\'')
+            {
+                var end = line.IndexOf('\'', i + 1);
+                Assert.True(end > i, $"unclosed quote: {line}");
+                word.Append(line, i + 1, end - i - 1);
+                (i, inWord) = (end, true);
+            }
+            else if (c == '\\' && i + 1 < line.Length)
+            {
+                word.Append(line[++i]);
+                inWord = true;
+            }
+            else if (c == ' ')
+            {
+                if (inWord)
+                {
+                    words.Add(word.ToString());
+                    (word, inWord) = (new System.Text.StringBuilder(), false);
+                }
+            }
+            else
+            {
+                Assert.DoesNotContain(c, "\"$`;&|<>*?()");
+                word.Append(c);
+                inWord = true;
+            }
+        }
+
+        if (inWord)
+        {
+            words.Add(word.ToString());
+        }
+
+        return words;
+    }
+
+    /// <summary>The CLI, its requests answered by a stand-in with <paramref name="status"/> and <paramref name="body"/>.</summary>
+    private static async Task<CliRun> RunWithAnswerAsync(string[] args, System.Net.HttpStatusCode status, string mediaType, string body)
+    {
+        using var answer = new CannedAnswer(status, mediaType, body);
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var environment = new Dictionary<string, string?>
+        {
+            [CliContext.ApiUrlVariable] = "http://conveyor.invalid/",
+            [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey,
+        };
+        var exitCode = await CliApp.RunAsync(args, stdout, stderr, answer, environment);
+        return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
     }
 
     private Task<CliRun> RunAsync(params string[] args) => RunAsync(args, ErrorQueueKit.AdminKey);

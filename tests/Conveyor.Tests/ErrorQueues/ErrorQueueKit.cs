@@ -151,6 +151,9 @@ public sealed class TestBroker : IAsyncDisposable
     public async Task DeclareAsync(string queue) =>
         await _channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, QueueArguments(queue));
 
+    /// <summary>Deletes a queue a test declared under a name of its own, with its messages.</summary>
+    public async Task DeleteAsync(string queue) => await _channel.QueueDeleteAsync(queue);
+
     /// <summary>A charge that failed in <c>charge-payment</c>, as MassTransit dead-letters it.</summary>
     /// <param name="messageId">The AMQP message_id, as another client may set it; by default the envelope's id.</param>
     /// <param name="bodyPadding">Characters added to the account id, for a body that large.</param>
