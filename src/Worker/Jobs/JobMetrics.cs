@@ -32,6 +32,10 @@ public static class JobMetrics
     private static readonly Counter<long> DuplicatesSkippedCounter =
         Meter.CreateCounter<long>("conveyor.inbox.duplicates_skipped", "{message}", "Messages the inbox recognised as already applied");
 
+    private static readonly Counter<long> WebhooksSetAsideCounter =
+        Meter.CreateCounter<long>("conveyor.webhooks.set_aside", "{delivery}",
+            "Webhook deliveries set aside to come back later because their receiver's origin had Webhooks:MaxConcurrentPerOrigin deliveries in flight");
+
     private static readonly Counter<long> ConflictsCounter =
         Meter.CreateCounter<long>("conveyor.inbox.conflicts", "{message}", "Messages whose key was applied already from a command with other content (dead-lettered)");
 
@@ -101,6 +105,8 @@ public static class JobMetrics
     public static void RetryScheduled(string kind) => RetriesScheduledCounter.Add(1, new KeyValuePair<string, object?>("kind", kind));
 
     public static void DuplicateSkipped(string consumer) => DuplicatesSkippedCounter.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
+
+    public static void WebhookSetAside() => WebhooksSetAsideCounter.Add(1);
 
     public static void Conflict(string consumer) => ConflictsCounter.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
 }

@@ -25,7 +25,8 @@ public enum InboxMode
 
 /// <summary>
 /// The consume pipeline every job endpoint shares, outermost first: kill switch and rate limit,
-/// job outcome (dead-lettering), size limits (body and headers), delayed redelivery, in-memory retry
+/// job outcome (dead-lettering), size limits (body and headers), the endpoint's own admission (webhooks: a limit
+/// per receiver origin), delayed redelivery, in-memory retry
 /// (transient failures only), message scope + inbox, consumer. The error pipe adds Conveyor's headers to
 /// <c>_error</c> copies; it and the dead-letter pipe keep every copy within a frame.
 /// </summary>
@@ -38,7 +39,8 @@ public static class JobEndpointPipeline
         IReceiveEndpointConfigurator endpoint,
         IRegistrationContext context,
         string consumerName,
-        InboxMode inbox = InboxMode.Transaction)
+        InboxMode inbox = InboxMode.Transaction,
+        IFilter<ConsumeContext>? admission = null)
         where TMessage : class
     {
         var options = OptionsFor(context, consumerName);
@@ -124,6 +126,12 @@ public static class JobEndpointPipeline
 
         endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
         endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes, options.MaxHeaderBytes));
+        if (admission is not null)
+        {
+            // Before any attempt is counted: a message it sets aside has not been tried (WebhookOriginLimitFilter).
+            endpoint.UseFilter(admission);
+        }
+
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
             context.GetRequiredService<RedeliveryStore>(), context.GetRequiredService<RedeliverySeal>(), RedeliveryPolicy.From(options),
             tracker, descriptor, killSwitch, time, logger));

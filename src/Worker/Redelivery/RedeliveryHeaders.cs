@@ -20,12 +20,15 @@ public static class RedeliveryHeaders
     /// <summary>How many times a long job was deferred because another worker held its lease.</summary>
     public const string Deferrals = "Conveyor-Lease-Deferrals";
 
+    /// <summary>How many times a webhook delivery was set aside because its receiver's origin was at its limit.</summary>
+    public const string OriginDeferrals = "Conveyor-Origin-Deferrals";
+
     /// <summary>
     /// The most the worker's own headers (<see cref="IsOwn"/>) take on a copy before they count against
     /// an endpoint's <c>MaxHeaderBytes</c>. All of them together take at most 3,227 bytes
     /// (<c>RedeliveryHeaderBudgetTests</c>): the attempt, the first failure time, the seal (about 290
     /// bytes with a GUID key, 530 with a 200-character one), the last error (500 characters, up to
-    /// 1,500 bytes), a deferral count, a note of dropped headers (1 KiB) and the publish sequence number.
+    /// 1,500 bytes), a deferral count or two, a note of dropped headers (1 KiB) and the publish sequence number.
     /// </summary>
     public const int OwnAllowance = 4_096;
 
@@ -46,7 +49,7 @@ public static class RedeliveryHeaders
     /// </summary>
     private static readonly FrozenSet<string> OwnNames = new[]
     {
-        Attempt, FirstFailureAt, LastError, Deferrals, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
+        Attempt, FirstFailureAt, LastError, Deferrals, OriginDeferrals, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
         RabbitMQ.Client.Constants.PublishSequenceNumberHeader,
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 

@@ -1,7 +1,9 @@
 using Conveyor.Contracts;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Worker.Messaging;
+using Conveyor.Worker.Redelivery;
 using MassTransit;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Worker.Webhooks;
 
@@ -16,5 +18,9 @@ public sealed class DeliverWebhookConsumerDefinition : ConsumerDefinition<Delive
         IConsumerConfigurator<DeliverWebhookConsumer> consumerConfigurator,
         IRegistrationContext context) =>
         JobEndpointPipeline.Configure<DeliverWebhook>(
-            endpointConfigurator, context, ConsumerName);
+            endpointConfigurator, context, ConsumerName, admission: new WebhookOriginLimitFilter(
+                context.GetRequiredService<WebhookOriginSlots>(),
+                context.GetRequiredService<RedeliveryStore>(),
+                context.GetRequiredService<IOptions<WebhookOptions>>().Value,
+                context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs")));
 }

@@ -31,6 +31,25 @@ public sealed class WebhookOptions : IValidatableObject
     public int TimeoutSeconds { get; set; } = 10;
 
     /// <summary>
+    /// Deliveries to one origin (scheme, host and port) this worker makes at once. A delivery whose origin
+    /// has this many in flight does not wait for one to end while holding a slot of the endpoint: it is
+    /// set aside and comes back a moment later (<see cref="WebhookOriginLimitFilter"/>), so a receiver that
+    /// answers slowly, or not at all until its timeout, takes at most this many of
+    /// <c>Consumers:DeliverWebhook:ConcurrentMessageLimit</c> and the other receivers' webhooks go on. Per
+    /// worker: with N workers an origin gets up to N times this.
+    /// </summary>
+    [Range(1, 1_000)]
+    public int MaxConcurrentPerOrigin { get; set; } = 4;
+
+    /// <summary>
+    /// How many times one delivery is set aside for its origin's limit before it is delivered over it, so
+    /// that a webhook to a busy origin cannot be put off without end (each time it waits longer, up to
+    /// <see cref="WebhookOriginLimitFilter.MaxDeferralWait"/>). 0 sets nothing aside: the limit is off.
+    /// </summary>
+    [Range(0, 1_000)]
+    public int MaxOriginDeferrals { get; set; } = 30;
+
+    /// <summary>
     /// Whether webhooks may go to loopback, private, link-local and other non-public addresses
     /// (<see cref="WebhookDestinations"/>). Off by default: a job's URL is the submitter's choice.
     /// </summary>

@@ -1,0 +1,116 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using Conveyor.Contracts.Webhooks;
+using Conveyor.Worker.Inbox;
+using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Redelivery;
+using MassTransit;
+
+namespace Conveyor.Worker.Webhooks;
+
+/// <summary>
+/// Keeps one slow receiver from holding back every other receiver's webhooks. A delivery takes a slot of its
+/// URL's origin (<see cref="WebhookOriginSlots"/>) for as long as it runs, retries included; when the origin
+/// has <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> in flight, the delivery is set aside instead of
+/// waiting in one of the endpoint's slots: a copy is stored (the redelivery store, due after a jittered wait
+/// that doubles each time, up to <see cref="MaxDeferralWait"/>) and the message is acked, as a lease deferral
+/// is. The copy keeps the message's id and headers, so it comes back as the same command with its retry
+/// budget as it was: no attempt is counted (the inbox has not claimed it) and its job stays as it was
+/// (<c>queued</c>). Stored before the ack, a crash in between leaves a duplicate, which the inbox absorbs.
+/// After <see cref="WebhookOptions.MaxOriginDeferrals"/> times aside (<see cref="RedeliveryHeaders.OriginDeferrals"/>)
+/// a delivery goes ahead over the limit, and so does one whose copy could not be stored: the limit shares
+/// out this worker's slots, it never loses or strands a webhook.
+/// </summary>
+public sealed partial class WebhookOriginLimitFilter(
+    WebhookOriginSlots slots, RedeliveryStore store, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
+{
+    /// <summary>The longest a delivery is set aside at a time.</summary>
+    public static readonly TimeSpan MaxDeferralWait = TimeSpan.FromSeconds(30);
+
+    /// <summary>The first time aside: about half a second, doubled each time after.</summary>
+    private static readonly TimeSpan FirstDeferralWait = TimeSpan.FromMilliseconds(500);
+
+    public async Task Send(ConsumeContext context, IPipe<ConsumeContext> next)
+    {
+        if (options.MaxOriginDeferrals == 0 || UrlOf(context) is not { } delivery)
+        {
+            // A command that cannot be read goes on to the pipeline that refuses it.
+            await next.Send(context);
+            return;
+        }
+
+        var origin = WebhookOriginSlots.OriginOf(delivery.Url);
+        var deferrals = Math.Max(0, RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.OriginDeferrals));
+        if (!slots.TryTake(origin, options.MaxConcurrentPerOrigin, overLimit: deferrals >= options.MaxOriginDeferrals))
+        {
+            if (await SetAsideAsync(delivery.Context, origin, deferrals + 1))
+            {
+                return;
+            }
+
+            slots.TryTake(origin, options.MaxConcurrentPerOrigin, overLimit: true);
+        }
+
+        try
+        {
+            await next.Send(context);
+        }
+        finally
+        {
+            slots.Release(origin);
+        }
+    }
+
+    public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-webhook-origin-limit");
+
+    /// <summary>How long a delivery set aside for the <paramref name="deferral"/>th time waits: jittered between half and all of a doubling wait.</summary>
+    public static TimeSpan DeferralWait(int deferral)
+    {
+        var full = Math.Min(MaxDeferralWait.TotalMilliseconds, FirstDeferralWait.TotalMilliseconds * Math.Pow(2, Math.Min(deferral - 1, 16)));
+        return TimeSpan.FromMilliseconds(full * (0.5 + (Random.Shared.NextDouble() / 2)));
+    }
+
+    private static (ConsumeContext<DeliverWebhook> Context, Uri Url)? UrlOf(ConsumeContext context)
+    {
+        try
+        {
+            return context.TryGetMessage<DeliverWebhook>(out var typed) && typed.Message.Url is { IsAbsoluteUri: true } url ? (typed, url) : null;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Stores the copy and settles the message; false when the copy could not be stored (the delivery then goes ahead).</summary>
+    private async Task<bool> SetAsideAsync(ConsumeContext<DeliverWebhook> context, string origin, int deferral)
+    {
+        var consumerId = InboxKeys.ConsumerIdOf(context);
+        // One stored copy per message and time aside: the broker's redelivery of this very message is the same
+        // row, while another message of the webhook (a second publish, a corrected command) is stored beside it.
+        var copy = context.MessageId?.ToString("N") ?? Convert.ToHexString(SHA256.HashData(context.ReceiveContext.Body.GetBytes()));
+        var headers = new Dictionary<string, string> { [RedeliveryHeaders.OriginDeferrals] = deferral.ToString(CultureInfo.InvariantCulture) };
+        DateTimeOffset dueAt;
+        try
+        {
+            dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
+                $"{consumerId}:origin-deferred:{copy}:{deferral}", 0, DeferralWait(deferral), headers, CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogNotSetAside(logger, exception, consumerId, context.Message.WebhookId, origin);
+            return false;
+        }
+
+        LogSetAside(logger, consumerId, context.Message.WebhookId, origin, options.MaxConcurrentPerOrigin, deferral, dueAt);
+        JobMetrics.WebhookSetAside();
+        await SettledByInbox.NotifyAsync(context, consumerId);
+        return true;
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "{ConsumerId} webhook {WebhookId}: {Origin} has {Limit} deliveries in flight; set aside ({Deferral}), back at {DueAt:O}")]
+    private static partial void LogSetAside(ILogger logger, string consumerId, Guid webhookId, string origin, int limit, int deferral, DateTimeOffset dueAt);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} webhook {WebhookId}: could not be set aside while {Origin} is at its limit; delivered over it")]
+    private static partial void LogNotSetAside(ILogger logger, Exception exception, string consumerId, Guid webhookId, string origin);
+}
