@@ -1343,25 +1343,6 @@ public sealed class CliHostileAnswerTests
         return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
     }
 
-    /// <summary>Text written by the command and read by the test at the same time.</summary>
-    private sealed class SharedText
-    {
-        private readonly StringWriter _text = new();
-
-        public SharedText() => Writer = TextWriter.Synchronized(_text);
-
-        /// <summary>Locks itself for every write (<see cref="TextWriter.Synchronized"/>).</summary>
-        public TextWriter Writer { get; }
-
-        public override string ToString()
-        {
-            lock (Writer)
-            {
-                return _text.ToString();
-            }
-        }
-    }
-
     private sealed record CliRun(int ExitCode, string Out, string Err);
 
     /// <summary>A file of charge-payment job requests, one a line, for submit; deleted on dispose.</summary>

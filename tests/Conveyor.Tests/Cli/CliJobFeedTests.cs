@@ -219,22 +219,4 @@ public sealed partial class CliJobFeedTests(ConveyorFixture fixture) : IAsyncLif
     private static partial Regex Uuid();
 
     private sealed record CliRun(int ExitCode, string Out, string Err);
-
-    /// <summary>Text written by the command and read by the test at the same time.</summary>
-    private sealed class SharedText
-    {
-        private readonly StringWriter _text = new();
-
-        public SharedText() => Writer = TextWriter.Synchronized(_text);
-
-        public TextWriter Writer { get; }
-
-        public override string ToString()
-        {
-            lock (Writer)
-            {
-                return _text.ToString();
-            }
-        }
-    }
 }
