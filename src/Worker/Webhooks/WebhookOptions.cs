@@ -44,10 +44,11 @@ public sealed class WebhookOptions : IValidatableObject
     /// <summary>
     /// How many times one delivery is set aside for its origin's limit before it is delivered over it, so
     /// that a webhook to a busy origin cannot be put off without end (each time it waits longer, up to
-    /// <see cref="WebhookOriginLimitFilter.MaxDeferralWait"/>). 0 sets nothing aside: the limit is off.
+    /// <see cref="WebhookOriginLimitFilter.MaxDeferralWait"/>; 12 times wait at most about 3.5 minutes in all, well within the Api's
+    /// stranded-job check, <c>Jobs:StrandedAfterSeconds</c>, which would publish a job left <c>queued</c> again). 0 sets nothing aside: the limit is off.
     /// </summary>
     [Range(0, 1_000)]
-    public int MaxOriginDeferrals { get; set; } = 30;
+    public int MaxOriginDeferrals { get; set; } = 12;
 
     /// <summary>
     /// Whether webhooks may go to loopback, private, link-local and other non-public addresses

@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Deploy;
 using Conveyor.Tests.Fakes;
@@ -33,7 +34,11 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         Assert.True(queried.Count >= 8, $"found only {queried.Count} Conveyor metrics in deploy/monitoring: {string.Join(", ", queried)}");
 
         await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        var holdWebhooks = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        receiver.HoldDeliveries = holdWebhooks.Task;
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
+            ("Webhooks:MaxConcurrentPerOrigin", "1"),
             ("Consumers:ChargePayment:RetryLimit", "0"),
             ("Consumers:ChargePayment:RedeliveryLimit", "1"),
             ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "300"),
@@ -52,6 +57,23 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 500, Currency = "EUR" });
             await publisher.PublishAsync(new ChargePayment { PaymentId = retried, AccountId = "acct-monitoring", AmountMinor = 501, Currency = "EUR" });
         }
+
+        // Two webhooks to one receiver, which holds the first: the second is set aside for its origin's limit.
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            foreach (var n in new[] { 1, 2 })
+            {
+                await publisher.PublishAsync(new DeliverWebhook
+                {
+                    WebhookId = Guid.NewGuid(), Url = receiver.Url(), EventType = "invoice.created", Payload = JsonDocument.Parse($$"""{"invoice":{{n}}}""").RootElement,
+                });
+            }
+        }
+
+        await Eventually.AssertAsync(async () => Assert.Contains(
+            "conveyor_webhooks_set_aside_total", await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative)), StringComparison.Ordinal));
+        Assert.Single(receiver.Deliveries);
+        holdWebhooks.SetResult();
 
         // A batch of two.
         using (var batch = await api.Client.PostAsJsonAsync("/api/jobs/charge-payment/batch", new
