@@ -103,6 +103,39 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         Assert.DoesNotContain(logs.Of(LogLevel.Debug, "Conveyor.Worker.Jobs"), e => e.Message.Contains($"webhook {first.WebhookId}: ", StringComparison.Ordinal));
     }
 
+    /// <summary>
+    /// Known open bug (fails today: 'Assert.Single() Failure: The collection was empty' after 60 s): each of the
+    /// slow origin's 4 held deliveries is alone in an inbox batch, a batch waits for its consumers before it
+    /// commits, and Consumers:DeliverWebhook:InboxConcurrentBatches (4) caps batches in flight, so no batch can
+    /// start for the other receiver's webhook (InboxBatcher's start rule). MaxConcurrentPerOrigin must stay below
+    /// the batches in flight, or a batch must not be held by one slow consumer (ADR 0004).
+    /// </summary>
+    [Fact(Skip = "Known bug: a slow origin's deliveries in separate inbox batches hold every InboxConcurrentBatches slot; see summary")]
+    public async Task A_receiver_holding_its_origins_deliveries_in_separate_inbox_batches_does_not_hold_back_another_receivers_webhook()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var slow = await FakeWebhookReceiver.StartAsync();
+        slow.HoldDeliveries = release.Task;
+        await using var fast = await FakeWebhookReceiver.StartAsync();
+        // The defaults: 16 slots, 4 per origin, 4 inbox batches in flight; held open past the wait below.
+        var settings = WorkerSettings.With().Override(("Webhooks:TimeoutSeconds", "120"), ("Consumers:DeliverWebhook:PrefetchCount", "16"));
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        // One at a time: each held delivery is the only member of its inbox batch, which waits for it.
+        for (var i = 0; i < 4; i++)
+        {
+            await publisher.PublishAsync(Webhook(slow, i));
+            await Eventually.AssertAsync(() => Assert.Equal(i + 1, slow.Deliveries.Count));
+        }
+
+        var other = Webhook(fast, 100);
+        await publisher.PublishAsync(other);
+        await Eventually.AssertAsync(() => Assert.Single(fast.Deliveries));
+        Assert.Equal(4, slow.Deliveries.Count);
+        release.SetResult();
+    }
+
     private static DeliverWebhook Webhook(FakeWebhookReceiver receiver, int n) => new()
     {
         WebhookId = Guid.NewGuid(),
