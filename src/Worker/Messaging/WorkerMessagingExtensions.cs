@@ -29,8 +29,14 @@ public static class WorkerMessagingExtensions
             var endpoint = services.AddOptions<ConsumerEndpointOptions>(name);
             if (name == DeliverWebhookConsumerDefinition.ConsumerName)
             {
-                // Before the configuration is bound, so that a setting still overrides it.
-                endpoint.Configure(options => options.KillSwitchCountsRemoteFailures = false);
+                // Before the configuration is bound, so that a setting still overrides it. One inbox transaction per
+                // delivery: a batch commits when its slowest consumer ends, and a receiver answering at its timeout
+                // held its batch, and with InboxConcurrentBatches of them every other receiver's webhooks (ADR 0004).
+                endpoint.Configure(options =>
+                {
+                    options.KillSwitchCountsRemoteFailures = false;
+                    options.InboxBatchSize = 1;
+                });
             }
 
             endpoint

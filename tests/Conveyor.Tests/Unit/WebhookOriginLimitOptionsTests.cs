@@ -19,7 +19,7 @@ public sealed class WebhookOriginLimitOptionsTests
         Assert.Empty(Errors(options));
         // Consumers:DeliverWebhook:ConcurrentMessageLimit is 16 in appsettings.json.
         Assert.Equal(4, options.MaxConcurrentPerOrigin);
-        Assert.Equal(30, options.MaxOriginDeferrals);
+        Assert.Equal(12, options.MaxOriginDeferrals);
     }
 
     [Theory]
