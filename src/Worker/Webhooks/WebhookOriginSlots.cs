@@ -13,15 +13,6 @@ public sealed class WebhookOriginSlots
     public static string OriginOf(Uri url) =>
         url.IsAbsoluteUri ? $"{url.Scheme}://{url.IdnHost}:{url.Port}".ToLowerInvariant() : "";
 
-    /// <summary>Deliveries to <paramref name="origin"/> in flight now.</summary>
-    public int InFlight(string origin)
-    {
-        lock (_lock)
-        {
-            return _inFlight.GetValueOrDefault(origin);
-        }
-    }
-
     /// <summary>
     /// Takes a slot of <paramref name="origin"/> if fewer than <paramref name="limit"/> are taken, or whatever
     /// the count when <paramref name="overLimit"/>; false (nothing taken) otherwise. Each slot taken is given
