@@ -78,9 +78,12 @@ public sealed class DownstreamOutageTests(ConveyorFixture fixture) : IAsyncLifet
         failing.AnswerWith = HttpStatusCode.ServiceUnavailable;
         await using var healthy = await FakeWebhookReceiver.StartAsync();
         // The kill switch's thresholds left at their defaults; a pause, were there one, would last longer
-        // than the waits below, so that the webhooks could not be delivered after one.
+        // than the waits below, so that the webhooks could not be delivered after one. The limit per origin
+        // as wide as the endpoint (16): this is the kill switch's test, and with the default 4 the failing
+        // receiver's 60 webhooks, each retried in memory, take longer than the waits below to be refused
+        // (WebhookOriginLimitTests covers the limit).
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With()
-            .Override(("Consumers:DeliverWebhook:KillSwitchRestartSeconds", "600")));
+            .Override(("Consumers:DeliverWebhook:KillSwitchRestartSeconds", "600"), ("Webhooks:MaxConcurrentPerOrigin", "16")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         // One customer's receiver is down: every webhook to it fails, far past the kill switch's threshold.
