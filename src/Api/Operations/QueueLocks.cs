@@ -22,24 +22,8 @@ public sealed class QueueLocks(IConfiguration configuration, IOptions<RabbitMqOp
     /// <summary>First half of every lock key, so these locks cannot collide with other advisory locks.</summary>
     private const int LockClass = 0x43_51_4F_50; // "CQOP"
 
-    /// <summary>The server's settings for a lock's session: idle 15 s, then a probe every 5 s, 3 unanswered end it; unacknowledged data 30 s.</summary>
-    private const string DeadPeerSettings =
-        "-c tcp_keepalives_idle=15 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=30000";
-
-    private readonly string _connectionString = LockConnectionString(StorageServiceCollectionExtensions.ConnectionString(configuration));
-
-    /// <summary>The store's connection string, for sessions that hold a lock.</summary>
-    private static string LockConnectionString(string connectionString)
-    {
-        var builder = new NpgsqlConnectionStringBuilder(connectionString)
-        {
-            // Closing the connection must end the session (and release the lock), not park it in a pool.
-            Pooling = false,
-            ApplicationName = "conveyor-api-queue-lock",
-        };
-        builder.Options = string.IsNullOrWhiteSpace(builder.Options) ? DeadPeerSettings : $"{builder.Options} {DeadPeerSettings}";
-        return builder.ConnectionString;
-    }
+    private readonly string _connectionString =
+        LockSessions.ConnectionString(StorageServiceCollectionExtensions.ConnectionString(configuration), "conveyor-api-queue-lock");
 
     /// <summary>The lock, or null when someone else holds it.</summary>
     public Task<QueueLease?> TryAcquireAsync(string queue, CancellationToken cancellationToken) =>

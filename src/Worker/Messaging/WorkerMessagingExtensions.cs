@@ -107,6 +107,7 @@ public static class WorkerMessagingExtensions
         services.AddOptions<PaymentGatewayOptions>().BindConfiguration(PaymentGatewayOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<WebhookOptions>().BindConfiguration(WebhookOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<WebhookOriginSlots>();
+        services.AddSingleton<WebhookOriginLeases>();
         services.AddOptions<ReportOptions>().BindConfiguration(ReportOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
 
         services.AddSingleton<RemoteIdempotencyKeys>();

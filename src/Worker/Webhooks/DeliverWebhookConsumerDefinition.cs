@@ -20,6 +20,7 @@ public sealed class DeliverWebhookConsumerDefinition : ConsumerDefinition<Delive
         JobEndpointPipeline.Configure<DeliverWebhook>(
             endpointConfigurator, context, ConsumerName, admission: new WebhookOriginLimitFilter(
                 context.GetRequiredService<WebhookOriginSlots>(),
+                context.GetRequiredService<WebhookOriginLeases>(),
                 context.GetRequiredService<RedeliveryStore>(),
                 context.GetRequiredService<IOptions<WebhookOptions>>().Value,
                 context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs")));

@@ -31,12 +31,14 @@ public sealed class WebhookOptions : IValidatableObject
     public int TimeoutSeconds { get; set; } = 10;
 
     /// <summary>
-    /// Deliveries to one origin (scheme, host and port) this worker makes at once. A delivery whose origin
-    /// has this many in flight does not wait for one to end while holding a slot of the endpoint: it is
-    /// set aside and comes back a moment later (<see cref="WebhookOriginLimitFilter"/>), so a receiver that
-    /// answers slowly, or not at all until its timeout, takes at most this many of
-    /// <c>Consumers:DeliverWebhook:ConcurrentMessageLimit</c> and the other receivers' webhooks go on. Per
-    /// worker: with N workers an origin gets up to N times this.
+    /// Deliveries to one origin (scheme, host and port) made at once, by all workers together (each
+    /// holds its slots as advisory locks in the database, <see cref="WebhookOriginLeases"/>). A delivery
+    /// whose origin has this many in flight does not wait for one to end while holding a slot of the
+    /// endpoint: it is set aside and comes back a moment later (<see cref="WebhookOriginLimitFilter"/>), so
+    /// a receiver that answers slowly, or not at all until its timeout, takes at most this many of a
+    /// worker's <c>Consumers:DeliverWebhook:ConcurrentMessageLimit</c>, the other receivers' webhooks go
+    /// on, and adding workers does not multiply the load on a receiver. While the database cannot count
+    /// the slots, each worker counts its own.
     /// </summary>
     [Range(1, 1_000)]
     public int MaxConcurrentPerOrigin { get; set; } = 4;

@@ -10,8 +10,9 @@ namespace Conveyor.Worker.Webhooks;
 
 /// <summary>
 /// Keeps one slow receiver from holding back every other receiver's webhooks. A delivery takes a slot of its
-/// URL's origin (<see cref="WebhookOriginSlots"/>) for as long as it runs, retries included; when the origin
-/// has <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> in flight, the delivery is set aside instead of
+/// URL's origin for as long as it runs, retries included, counted by this worker (<see cref="WebhookOriginSlots"/>)
+/// and by every worker together (<see cref="WebhookOriginLeases"/>); when the origin has
+/// <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> in flight, the delivery is set aside instead of
 /// waiting in one of the endpoint's slots: a copy is stored (the redelivery store, due after a jittered wait
 /// that doubles each time, up to <see cref="MaxDeferralWait"/>) and the message is acked, as a lease deferral
 /// is. The copy keeps the message's id and headers, so it comes back as the same command with its retry
@@ -19,10 +20,11 @@ namespace Conveyor.Worker.Webhooks;
 /// (<c>queued</c>). Stored before the ack, a crash in between leaves a duplicate, which the inbox absorbs.
 /// After <see cref="WebhookOptions.MaxOriginDeferrals"/> times aside (<see cref="RedeliveryHeaders.OriginDeferrals"/>)
 /// a delivery goes ahead over the limit, and so does one whose copy could not be stored: the limit shares
-/// out this worker's slots, it never loses or strands a webhook.
+/// out the receiver's capacity, it never loses or strands a webhook. When the database cannot count the
+/// workers' slots, this worker's count alone applies.
 /// </summary>
 public sealed partial class WebhookOriginLimitFilter(
-    WebhookOriginSlots slots, RedeliveryStore store, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
+    WebhookOriginSlots slots, WebhookOriginLeases leases, RedeliveryStore store, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
 {
     /// <summary>The longest a delivery is set aside at a time.</summary>
     public static readonly TimeSpan MaxDeferralWait = TimeSpan.FromSeconds(30);
@@ -41,9 +43,11 @@ public sealed partial class WebhookOriginLimitFilter(
 
         var origin = WebhookOriginSlots.OriginOf(delivery.Url);
         var deferrals = Math.Max(0, RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.OriginDeferrals));
-        if (!slots.TryTake(origin, options.MaxConcurrentPerOrigin, overLimit: deferrals >= options.MaxOriginDeferrals))
+        var overLimit = deferrals >= options.MaxOriginDeferrals;
+        var lease = overLimit ? null : await TakeAsync(origin, context.CancellationToken);
+        if (lease is null)
         {
-            if (await SetAsideAsync(delivery.Context, origin, deferrals + 1))
+            if (!overLimit && await SetAsideAsync(delivery.Context, origin, deferrals + 1))
             {
                 return;
             }
@@ -57,11 +61,48 @@ public sealed partial class WebhookOriginLimitFilter(
         }
         finally
         {
+            if (lease is { } held)
+            {
+                leases.Release(held);
+            }
+
             slots.Release(origin);
         }
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-webhook-origin-limit");
+
+    /// <summary>
+    /// A slot of <paramref name="origin"/> by this worker's count (first: no round trip when this worker alone fills
+    /// the origin) and by the workers' together; null, nothing taken, when either is full. The second may be
+    /// <see cref="OriginLease.Unknown"/>: the delivery then goes by this worker's count alone.
+    /// </summary>
+    private async Task<OriginLease?> TakeAsync(string origin, CancellationToken cancellationToken)
+    {
+        if (!slots.TryTake(origin, options.MaxConcurrentPerOrigin))
+        {
+            return null;
+        }
+
+        OriginLease lease;
+        try
+        {
+            lease = await leases.TryTakeAsync(origin, options.MaxConcurrentPerOrigin, cancellationToken);
+        }
+        catch
+        {
+            slots.Release(origin);
+            throw;
+        }
+
+        if (lease.State == OriginLeaseState.Full)
+        {
+            slots.Release(origin);
+            return null;
+        }
+
+        return lease;
+    }
 
     /// <summary>How long a delivery set aside for the <paramref name="deferral"/>th time waits: jittered between half and all of a doubling wait.</summary>
     public static TimeSpan DeferralWait(int deferral)
@@ -108,7 +149,7 @@ public sealed partial class WebhookOriginLimitFilter(
         return true;
     }
 
-    [LoggerMessage(Level = LogLevel.Debug, Message = "{ConsumerId} webhook {WebhookId}: {Origin} has {Limit} deliveries in flight; set aside ({Deferral}), back at {DueAt:O}")]
+    [LoggerMessage(Level = LogLevel.Debug, Message = "{ConsumerId} webhook {WebhookId}: {Origin} has its {Limit} deliveries in flight; set aside ({Deferral}), back at {DueAt:O}")]
     private static partial void LogSetAside(ILogger logger, string consumerId, Guid webhookId, string origin, int limit, int deferral, DateTimeOffset dueAt);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} webhook {WebhookId}: could not be set aside while {Origin} is at its limit; delivered over it")]

@@ -98,12 +98,15 @@ public sealed class DatabaseConnectionTests
             ? value
             : null;
 
-    /// <summary>The pool, plus the redelivery dispatcher's LISTEN connection in a worker: it is opened unpooled.</summary>
+    /// <summary>
+    /// The pool, plus a worker's unpooled sessions: the one holding its webhook origin slots and the redelivery
+    /// dispatcher's LISTEN connection.
+    /// </summary>
     private static int ConnectionsOf(RenderedOverlay rendered, Workload workload, V1Container container)
     {
         var configuration = AppConfiguration.Of(rendered, workload, container);
-        var listener = workload.Component == "worker" && configuration.Dispatcher.DispatcherEnabled ? 1 : 0;
-        return (PoolSize(configuration) ?? NpgsqlDefaultPool) + listener;
+        var unpooled = workload.Component == "worker" ? 1 + (configuration.Dispatcher.DispatcherEnabled ? 1 : 0) : 0;
+        return (PoolSize(configuration) ?? NpgsqlDefaultPool) + unpooled;
     }
 
     private static int? PoolSize(AppConfiguration configuration)

@@ -5,6 +5,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
+using Npgsql;
 
 namespace Conveyor.Tests.Worker;
 
@@ -101,6 +102,101 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(2, logs.Of(LogLevel.Debug, "Conveyor.Worker.Jobs").Count(e => e.Message.Contains($"webhook {second.WebhookId}: ", StringComparison.Ordinal)
             && e.Message.Contains("set aside", StringComparison.Ordinal)));
         Assert.DoesNotContain(logs.Of(LogLevel.Debug, "Conveyor.Worker.Jobs"), e => e.Message.Contains($"webhook {first.WebhookId}: ", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// The limit is the receiver's, not each worker's: two workers with two slots per origin each held four of the
+    /// slow receiver's deliveries open at once (each counted only its own). Their slots are now advisory locks in
+    /// the database, so two in all; the rest are set aside again and again until those end.
+    /// </summary>
+    [Fact]
+    public async Task Workers_together_deliver_to_an_origin_at_most_its_limit_at_once()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var slow = await FakeWebhookReceiver.StartAsync();
+        slow.HoldDeliveries = release.Task;
+        var settings = WorkerSettings.With().Override(
+            ("Consumers:DeliverWebhook:ConcurrentMessageLimit", "4"),
+            ("Consumers:DeliverWebhook:PrefetchCount", "4"),
+            ("Webhooks:MaxConcurrentPerOrigin", PerOrigin.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            ("Webhooks:TimeoutSeconds", "60"),
+            ("Logging:LogLevel:Conveyor.Worker.Jobs", "Debug"));
+        var logs = new[] { new CapturedLogs(), new CapturedLogs() };
+        await using var first = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs[0]));
+        await using var second = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs[1]));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        var held = Enumerable.Range(0, SlowWebhooks).Select(i => Webhook(slow, i)).ToList();
+        foreach (var webhook in held)
+        {
+            await publisher.PublishAsync(webhook);
+        }
+
+        // Both workers took deliveries (each has set some aside, or delivered), and the four left over have each been
+        // set aside more than once: every worker had its chance at the origin meanwhile.
+        int SetAside(CapturedLogs log) => log.Of(LogLevel.Debug, "Conveyor.Worker.Jobs").Count(e => e.Message.Contains("set aside", StringComparison.Ordinal));
+        await Eventually.AssertAsync(() => Assert.True(SetAside(logs[0]) + SetAside(logs[1]) >= 3 * (SlowWebhooks - PerOrigin),
+            $"set aside {SetAside(logs[0])} + {SetAside(logs[1])} times"), TimeSpan.FromSeconds(60));
+        Assert.Equal(PerOrigin, slow.Deliveries.Count);
+
+        release.SetResult();
+        foreach (var webhook in held)
+        {
+            await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        }
+
+        Assert.Equal(SlowWebhooks, slow.Deliveries.Count);
+    }
+
+    /// <summary>
+    /// The workers' slots live in one database session per worker. When it ends (here: terminated by the server,
+    /// as a failover or an administrator would), the limit must not stop webhooks: the worker counts its own
+    /// deliveries meanwhile, says so once, and opens a session again.
+    /// </summary>
+    [Fact]
+    public async Task Webhooks_go_on_when_the_session_holding_the_origin_slots_ends()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        var settings = WorkerSettings.With().Override(("Webhooks:MaxConcurrentPerOrigin", "1"));
+        var logs = new CapturedLogs();
+        await using var worker = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        var first = Webhook(receiver, 1);
+        await publisher.PublishAsync(first);
+        await fixture.WaitForJobAsync(first.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        Assert.Equal(1, await SlotSessionsAsync(terminate: true));
+
+        var after = Enumerable.Range(2, 3).Select(i => Webhook(receiver, i)).ToList();
+        foreach (var webhook in after)
+        {
+            await publisher.PublishAsync(webhook);
+            await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        }
+
+        Assert.Single(logs.Of(LogLevel.Warning, typeof(Conveyor.Worker.Webhooks.WebhookOriginLeases).FullName!),
+            e => e.Message.Contains("session holding them failed", StringComparison.Ordinal));
+
+        // Opened again on a later delivery, once the pause after the failure is over.
+        await Eventually.AssertAsync(async () =>
+        {
+            var next = Webhook(receiver, 10);
+            await publisher.PublishAsync(next);
+            await fixture.WaitForJobAsync(next.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+            Assert.Equal(1, await SlotSessionsAsync(terminate: false));
+        }, TimeSpan.FromSeconds(60));
+    }
+
+    /// <summary>The worker sessions holding origin slots on this run's database; ended by the server if <paramref name="terminate"/>.</summary>
+    private async Task<long> SlotSessionsAsync(bool terminate)
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand($"""
+            SELECT count(*) FILTER (WHERE {(terminate ? "pg_terminate_backend(pid)" : "true")}) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'conveyor-worker-webhook-origins'
+            """, connection);
+        return (long)(await command.ExecuteScalarAsync() ?? 0L);
     }
 
     /// <summary>

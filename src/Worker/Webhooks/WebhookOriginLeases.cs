@@ -1,0 +1,369 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+using System.Threading.Channels;
+using Conveyor.Storage;
+using Npgsql;
+
+namespace Conveyor.Worker.Webhooks;
+
+/// <summary>
+/// An origin's webhook slots across every worker: slot <c>n</c> of an origin is a PostgreSQL session-level
+/// advisory lock, held by the worker delivering in it for as long as the delivery runs. Each worker holds its
+/// slots on one connection of its own (<see cref="LockSessions"/>), so a worker that dies or loses its
+/// database gives its slots back with its session. Takes and releases queue up for that session and go out
+/// together, one round trip for all that arrived while the last one ran.
+/// <para>
+/// The limit must never stop webhooks: when the session cannot be opened or does not answer within
+/// <see cref="AnswerTimeout"/>, a take answers <see cref="OriginLease.Unknown"/> and the delivery goes ahead
+/// under this worker's own limit (<see cref="WebhookOriginSlots"/>); the session is opened again at most
+/// every <see cref="ReopenAfter"/>. A lock key is an origin's hash and a slot number, so two origins whose
+/// hashes agree (about one pair in four million) share one set of slots.
+/// </para>
+/// </summary>
+public sealed partial class WebhookOriginLeases : IAsyncDisposable
+{
+    /// <summary>First half of every lock key ("CWOS"), so these locks cannot collide with other advisory locks.</summary>
+    private const int LockClass = 0x43_57_4F_53;
+
+    /// <summary>Bits of the second half that number the slot: <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> is at most 1,000.</summary>
+    private const int SlotBits = 10;
+
+    /// <summary>The longest a delivery waits for its slot before it goes ahead under this worker's limit alone.</summary>
+    public static readonly TimeSpan AnswerTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>How long after the session failed the next take tries to open another.</summary>
+    public static readonly TimeSpan ReopenAfter = TimeSpan.FromSeconds(5);
+
+    private readonly string _connectionString;
+    private readonly TimeProvider _time;
+    private readonly ILogger<WebhookOriginLeases> _logger;
+    private readonly Channel<Request> _requests = Channel.CreateUnbounded<Request>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly Lock _startLock = new();
+    private Task? _loop;
+
+    // Touched by the loop only.
+    private readonly Dictionary<int, HashSet<int>> _held = [];
+    private NpgsqlConnection? _session;
+    private long _generation;
+    private DateTimeOffset _failedAt = DateTimeOffset.MinValue;
+
+    public WebhookOriginLeases(IConfiguration configuration, TimeProvider time, ILogger<WebhookOriginLeases> logger)
+        : this(StorageServiceCollectionExtensions.ConnectionString(configuration), time, logger)
+    {
+    }
+
+    internal WebhookOriginLeases(string connectionString, TimeProvider time, ILogger<WebhookOriginLeases> logger)
+    {
+        _connectionString = LockSessions.ConnectionString(connectionString, "conveyor-worker-webhook-origins");
+        _time = time;
+        _logger = logger;
+    }
+
+    /// <summary>
+    /// A slot of <paramref name="origin"/> among <paramref name="limit"/>, if one is free across the workers
+    /// (<see cref="OriginLease.Full"/> if not); <see cref="OriginLease.Unknown"/> when the database cannot say
+    /// within <see cref="AnswerTimeout"/>. A taken slot is given back with <see cref="Release"/>.
+    /// </summary>
+    public async Task<OriginLease> TryTakeAsync(string origin, int limit, CancellationToken cancellationToken)
+    {
+        EnsureStarted();
+        var take = new Take(KeyBaseOf(origin), Math.Clamp(limit, 1, 1 << SlotBits));
+        if (!_requests.Writer.TryWrite(take))
+        {
+            return OriginLease.Unknown;
+        }
+
+        try
+        {
+            return await take.Answer.Task.WaitAsync(AnswerTimeout, cancellationToken);
+        }
+        catch (Exception exception) when (exception is TimeoutException or OperationCanceledException)
+        {
+            // Whoever sets the answer first wins: a slot the loop takes after this is given back by the loop.
+            if (take.Answer.TrySetResult(OriginLease.Unknown))
+            {
+                if (exception is OperationCanceledException)
+                {
+                    throw;
+                }
+
+                return OriginLease.Unknown;
+            }
+
+            return await take.Answer.Task;
+        }
+    }
+
+    /// <summary>Gives back a slot <see cref="TryTakeAsync"/> took (nothing for a lease that holds none); does not wait.</summary>
+    public void Release(OriginLease lease)
+    {
+        if (lease.Holds)
+        {
+            _requests.Writer.TryWrite(new Give(lease.KeyBase, lease.Slot, lease.Generation));
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _requests.Writer.TryComplete();
+        await _stopping.CancelAsync();
+        if (_loop is not null)
+        {
+            await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        await CloseAsync();
+        _stopping.Dispose();
+    }
+
+    /// <summary>The second half of an origin's lock keys, slot 0; the slot number fills the low <see cref="SlotBits"/>.</summary>
+    internal static int KeyBaseOf(string origin) =>
+        BinaryPrimitives.ReadInt32BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes(origin))) & ~((1 << SlotBits) - 1);
+
+    private void EnsureStarted()
+    {
+        if (_loop is not null)
+        {
+            return;
+        }
+
+        lock (_startLock)
+        {
+            _loop ??= Task.Run(RunAsync);
+        }
+    }
+
+    private async Task RunAsync()
+    {
+        var pending = new List<Request>();
+        try
+        {
+            while (await _requests.Reader.WaitToReadAsync(_stopping.Token))
+            {
+                while (pending.Count < 512 && _requests.Reader.TryRead(out var request))
+                {
+                    pending.Add(request);
+                }
+
+                await RunRoundAsync(pending);
+                pending.Clear();
+            }
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+        }
+        finally
+        {
+            foreach (var take in pending.OfType<Take>())
+            {
+                take.Answer.TrySetResult(OriginLease.Unknown);
+            }
+        }
+    }
+
+    /// <summary>One round trip: the releases first, then as many slots of each origin as were asked for.</summary>
+    private async Task RunRoundAsync(List<Request> requests)
+    {
+        var gives = requests.OfType<Give>().Where(g => g.Generation == _generation).ToList();
+        var takes = requests.OfType<Take>().Where(t => !t.Answer.Task.IsCompleted).GroupBy(t => t.KeyBase).ToList();
+        if (gives.Count == 0 && takes.Count == 0)
+        {
+            return;
+        }
+
+        if (_session is null && _time.GetUtcNow() - _failedAt < ReopenAfter)
+        {
+            // Gives are of the session that failed (it took its locks with it). Opened again only after a pause.
+            Answer(takes.SelectMany(t => t), OriginLease.Unknown);
+            return;
+        }
+
+        try
+        {
+            _session ??= await OpenAsync();
+            await using var batch = new NpgsqlBatch(_session);
+            foreach (var give in gives)
+            {
+                _held.GetValueOrDefault(give.KeyBase)?.Remove(give.Slot);
+            }
+
+            if (gives.Count > 0)
+            {
+                batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT pg_advisory_unlock($1, k) FROM unnest($2::int[]) AS k")
+                {
+                    Parameters = { new NpgsqlParameter<int> { TypedValue = LockClass }, new NpgsqlParameter<int[]> { TypedValue = [.. gives.Select(g => g.KeyBase | g.Slot)] } },
+                });
+            }
+
+            foreach (var origin in takes)
+            {
+                // A session takes its own lock again without waiting, so the slots this worker holds are skipped.
+                // LIMIT stops the scan once enough were taken: a slot is only tried while more are wanted.
+                batch.BatchCommands.Add(new NpgsqlBatchCommand("""
+                    SELECT s FROM generate_series(0, $3 - 1) AS s
+                     WHERE s <> ALL($4::int[]) AND pg_try_advisory_lock($1, $2 | s)
+                     LIMIT $5
+                    """)
+                {
+                    Parameters =
+                    {
+                        new NpgsqlParameter<int> { TypedValue = LockClass },
+                        new NpgsqlParameter<int> { TypedValue = origin.Key },
+                        new NpgsqlParameter<int> { TypedValue = origin.Max(t => t.Limit) },
+                        new NpgsqlParameter<int[]> { TypedValue = [.. _held.GetValueOrDefault(origin.Key) ?? []] },
+                        new NpgsqlParameter<int> { TypedValue = origin.Count() },
+                    },
+                });
+            }
+
+            // Not given Npgsql's cancellation (it waits for the server to answer the cancel): a round that does not
+            // end in time is left, and its session closed, which ends whatever it was doing.
+            var taken = await ReadSlotsAsync(batch, gives.Count > 0, takes.Count).WaitAsync(AnswerTimeout);
+            for (var i = 0; i < takes.Count; i++)
+            {
+                HandOut(takes[i], taken[i]);
+            }
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogSessionLost(_logger, exception);
+            await CloseAsync();
+            _failedAt = _time.GetUtcNow();
+            Answer(takes.SelectMany(t => t), OriginLease.Unknown);
+        }
+    }
+
+    /// <summary>Runs a round's <paramref name="batch"/>: past the releases' result, then each origin's slots taken.</summary>
+    private static async Task<List<List<int>>> ReadSlotsAsync(NpgsqlBatch batch, bool releases, int origins)
+    {
+        var taken = new List<List<int>>(origins);
+        await using var reader = await batch.ExecuteReaderAsync();
+        if (releases)
+        {
+            await reader.NextResultAsync();
+        }
+
+        for (var i = 0; i < origins; i++)
+        {
+            var slots = new List<int>();
+            while (await reader.ReadAsync())
+            {
+                slots.Add(reader.GetInt32(0));
+            }
+
+            taken.Add(slots);
+            await reader.NextResultAsync();
+        }
+
+        return taken;
+    }
+
+    /// <summary>The slots taken go to the takes in their order, the rest answer Full; a slot whose taker gave up waiting is given back.</summary>
+    private void HandOut(IGrouping<int, Take> origin, List<int> slots)
+    {
+        var held = _held.TryGetValue(origin.Key, out var set) ? set : _held[origin.Key] = [];
+        var next = 0;
+        foreach (var take in origin)
+        {
+            if (next == slots.Count)
+            {
+                take.Answer.TrySetResult(OriginLease.Full);
+                continue;
+            }
+
+            var slot = slots[next++];
+            held.Add(slot);
+            if (!take.Answer.TrySetResult(new OriginLease(OriginLeaseState.Taken, origin.Key, slot, _generation)))
+            {
+                _requests.Writer.TryWrite(new Give(origin.Key, slot, _generation));
+            }
+        }
+
+        for (; next < slots.Count; next++)
+        {
+            // More taken than asked for cannot happen (LIMIT); given back all the same if it ever does.
+            held.Add(slots[next]);
+            _requests.Writer.TryWrite(new Give(origin.Key, slots[next], _generation));
+        }
+
+        if (held.Count == 0)
+        {
+            _held.Remove(origin.Key);
+        }
+    }
+
+    private async Task<NpgsqlConnection> OpenAsync()
+    {
+        var connection = new NpgsqlConnection(_connectionString);
+        try
+        {
+            await connection.OpenAsync().WaitAsync(AnswerTimeout);
+            return connection;
+        }
+        catch
+        {
+            connection.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Ends the session (and so every slot it holds) and forgets them; releases queued for it are dropped.</summary>
+    private async Task CloseAsync()
+    {
+        var session = _session;
+        _session = null;
+        _held.Clear();
+        _generation++;
+        if (session is not null)
+        {
+            // Not awaited without bound: a session whose server does not answer is dropped all the same.
+            await session.DisposeAsync().AsTask().WaitAsync(AnswerTimeout).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+    }
+
+    private static void Answer(IEnumerable<Take> takes, OriginLease answer)
+    {
+        foreach (var take in takes)
+        {
+            take.Answer.TrySetResult(answer);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Webhook origin slots: the database session holding them failed; deliveries count against this worker's own limit until it is back")]
+    private static partial void LogSessionLost(ILogger logger, Exception exception);
+
+    private abstract record Request;
+
+    private sealed record Take(int KeyBase, int Limit) : Request
+    {
+        public TaskCompletionSource<OriginLease> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private sealed record Give(int KeyBase, int Slot, long Generation) : Request;
+}
+
+/// <summary>What <see cref="WebhookOriginLeases.TryTakeAsync"/> answered.</summary>
+public enum OriginLeaseState
+{
+    /// <summary>The database could not say: the delivery goes by this worker's own limit.</summary>
+    Unknown,
+
+    /// <summary>Every slot of the origin is held, by this worker or others.</summary>
+    Full,
+
+    /// <summary>A slot is held for the delivery.</summary>
+    Taken,
+}
+
+/// <summary>A slot of an origin across the workers, or why there is none (<see cref="State"/>).</summary>
+public readonly record struct OriginLease(OriginLeaseState State, int KeyBase, int Slot, long Generation)
+{
+    public static readonly OriginLease Unknown = new(OriginLeaseState.Unknown, 0, 0, 0);
+
+    public static readonly OriginLease Full = new(OriginLeaseState.Full, 0, 0, 0);
+
+    /// <summary>Whether a slot is held, to be given back.</summary>
+    public bool Holds => State == OriginLeaseState.Taken;
+}
