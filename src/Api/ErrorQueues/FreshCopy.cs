@@ -28,7 +28,7 @@ public static class FreshCopy
         "MT-Fault-", "MT-Host-", FaultHeaders.Reason, "MT-Redelivery-Count",
         "x-death", "x-first-death", "x-last-death", "x-delivery-count", "x-dotnet-pub-seq-no",
         FaultHeaders.RedeliveryAttempt, FaultHeaders.FirstFailureAt, FaultHeaders.Attempts,
-        FaultHeaders.DeadLetterReason, FaultHeaders.JobKind, "Conveyor-Last-Error", "Conveyor-Lease-Deferrals", "Conveyor-Redelivery-Seal",
+        FaultHeaders.DeadLetterReason, FaultHeaders.JobKind, "Conveyor-Last-Error", "Conveyor-Lease-Deferrals", "Conveyor-Origin-Deferrals", "Conveyor-Redelivery-Seal",
         FaultHeaders.FaultHistory, FaultHeaders.MovedFrom, FaultHeaders.MovedBy,
     ];
 

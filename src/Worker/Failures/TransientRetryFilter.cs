@@ -41,6 +41,8 @@ public sealed class TransientRetryFilter(RetryIntervals intervals, TimeProvider 
                 // The delivery is at its consumer_timeout: a retry on it would be cut off at once.
                 && exception is not DeliveryDeadlineException
                 && !context.CancellationToken.IsCancellationRequested
+                // A delivery that must not hold its slot through retry waits leaves them to the delayed redelivery, if one may follow.
+                && !(context.TryGetPayload(out InMemoryRetriesWaived? _) && RedeliveryAhead.Of(context))
                 // A remote side that asked for more time than is left here gets it from the delayed redelivery,
                 // when one may follow; else the retries go on, as long after it as the budget allows.
                 && intervals.WaitBefore(
@@ -70,3 +72,11 @@ public sealed class TransientRetryAttempt
     /// <summary>The retry in progress of <paramref name="context"/>'s message; 0 outside the retry filter.</summary>
     public static int Of(ConsumeContext context) => context.TryGetPayload(out TransientRetryAttempt? attempt) ? attempt.Retry : 0;
 }
+
+/// <summary>
+/// A payload of the consume context: this delivery's transient failure goes to the delayed redelivery at
+/// once instead of being retried in memory, when a redelivery may follow (<see cref="RedeliveryAhead"/>;
+/// where none can, the retries go on, so the job still gets every attempt configured). Set for a delivery
+/// admitted over a limit it must not hold a slot past (<see cref="Webhooks.WebhookOriginLimitFilter"/>).
+/// </summary>
+public sealed class InMemoryRetriesWaived;

@@ -20,7 +20,10 @@ public static class RedeliveryHeaders
     /// <summary>How many times a long job was deferred because another worker held its lease.</summary>
     public const string Deferrals = "Conveyor-Lease-Deferrals";
 
-    /// <summary>How many times a webhook delivery was set aside because its receiver's origin was at its limit.</summary>
+    /// <summary>
+    /// How many times a webhook delivery was set aside, in its current attempt, because its receiver's origin was at
+    /// its limit. Only a set-aside copy carries it on: a retry's stored copy and an error-queue move's start from none.
+    /// </summary>
     public const string OriginDeferrals = "Conveyor-Origin-Deferrals";
 
     /// <summary>

@@ -177,6 +177,14 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
                 continue;
             }
 
+            // Times set aside for a webhook origin's limit count within one attempt: a copy stored for another
+            // reason (a retry) starts again from none, or a delivery once over the limit would be over it on
+            // every redelivery after, just when a failing receiver has a backlog.
+            if (string.Equals(key, RedeliveryHeaders.OriginDeferrals, StringComparison.OrdinalIgnoreCase))
+            {
+                continue;
+            }
+
             // The worker's own headers and a move's (on a copy an operator moved back) go on top, as the
             // size check leaves them out. An earlier note of dropped headers stays with the sender's
             // headers, where a new note continues it (and where it is counted, which only leaves more

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using Conveyor.Contracts.Webhooks;
+using Conveyor.Worker.Failures;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Redelivery;
@@ -20,7 +21,11 @@ namespace Conveyor.Worker.Webhooks;
 /// (<c>queued</c>). Stored before the ack, a crash in between leaves a duplicate, which the inbox absorbs.
 /// After <see cref="WebhookOptions.MaxOriginDeferrals"/> times aside (<see cref="RedeliveryHeaders.OriginDeferrals"/>)
 /// a delivery goes ahead over the limit, and so does one whose copy could not be stored: the limit shares
-/// out the receiver's capacity, it never loses or strands a webhook. When the database cannot count the
+/// out the receiver's capacity, it never loses or strands a webhook. Over the limit, a delivery gets one try
+/// (no in-memory retries; a transient failure goes to the delayed redelivery at once, if one may follow), so a
+/// failing receiver's deliveries over its limit do not keep endpoint slots through retry waits; and the count
+/// is of one attempt's times aside: a copy stored for any other reason (a retry, an error-queue move) starts
+/// from none. When the database cannot count the
 /// workers' slots, this worker's count alone applies.
 /// </summary>
 public sealed partial class WebhookOriginLimitFilter(
@@ -53,6 +58,8 @@ public sealed partial class WebhookOriginLimitFilter(
             }
 
             slots.TryTake(origin, options.MaxConcurrentPerOrigin, overLimit: true);
+            // Over the limit, it takes one try: a receiver that fails it does not keep an endpoint slot through retry waits.
+            context.GetOrAddPayload(() => new InMemoryRetriesWaived());
         }
 
         try

@@ -112,6 +112,9 @@ public sealed class ErrorQueueLogicTests
                 ["Conveyor-Redelivery-Attempt"] = Encoding.UTF8.GetBytes("3"),
                 ["Conveyor-Attempts"] = Encoding.UTF8.GetBytes("4"),
                 ["Conveyor-Fault-History"] = Encoding.UTF8.GetBytes(earlier),
+                // Times deferred in the last attempt: a moved copy starts a fresh budget of those too.
+                ["Conveyor-Lease-Deferrals"] = Encoding.UTF8.GetBytes("2"),
+                ["Conveyor-Origin-Deferrals"] = Encoding.UTF8.GetBytes("12"),
             },
         };
         var message = FaultedMessage.Read(original, "{}"u8);

@@ -105,6 +105,43 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     /// <summary>
+    /// A delivery that has used up its times aside goes ahead over the limit, and it did so with the endpoint's whole
+    /// in-memory retry budget: a failing receiver's deliveries over its limit held endpoint slots through every retry
+    /// wait (here four requests before the redelivery was stored). And the count travelled with the stored retry, so
+    /// every later attempt was over the limit at once. Now such a delivery gets one try, and its retry starts the
+    /// count again.
+    /// </summary>
+    [Fact]
+    public async Task A_delivery_over_its_origins_limit_gets_one_try_and_its_retry_starts_the_count_again()
+    {
+        await using var receiver = await FakeWebhookReceiver.StartAsync();
+        receiver.AnswerWith = System.Net.HttpStatusCode.ServiceUnavailable;
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:MaxConcurrentPerOrigin", "1"),
+            ("Webhooks:MaxOriginDeferrals", "2"),
+            ("Consumers:DeliverWebhook:RetryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3"),
+            // Far beyond the test: the stored retry is only looked at.
+            ("Consumers:DeliverWebhook:RedeliveryBaseDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:RedeliveryMaxDelayMilliseconds", "600000"),
+            ("Consumers:DeliverWebhook:KillSwitchTripPercent", "0")));
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        var webhookId = Guid.NewGuid();
+
+        // As it comes back after its second time aside.
+        await producer.PublishEnvelopeAsync(
+            "Conveyor.Contracts.Webhooks:DeliverWebhook", "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook",
+            new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 1 } },
+            headers: new Dictionary<string, string> { ["Conveyor-Origin-Deferrals"] = "2" });
+
+        await fixture.WaitForJobAsync(webhookId.ToString(), JobStatus.RetryScheduled, attempts: 1);
+        Assert.Single(receiver.Deliveries);
+        await using var db = fixture.CreateDbContext();
+        var stored = JsonSerializer.Deserialize<Dictionary<string, string>>((await db.ScheduledMessages.AsNoTracking().SingleAsync()).Headers)!;
+        Assert.DoesNotContain(stored.Keys, k => string.Equals(k, "Conveyor-Origin-Deferrals", StringComparison.OrdinalIgnoreCase));
+    }
+
+    /// <summary>
     /// The limit is the receiver's, not each worker's: two workers with two slots per origin each held four of the
     /// slow receiver's deliveries open at once (each counted only its own). Their slots are now advisory locks in
     /// the database, so two in all; the rest are set aside again and again until those end.
