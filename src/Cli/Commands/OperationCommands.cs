@@ -88,7 +88,8 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
         var operation = settings.Wait
             ? await Operations.FollowAsync(
                 cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), startedHere: false, cancellationToken)
-            : Operations.ExpectShownCounts(settings.Id, await client.GetAsync($"api/operations/{settings.Id}", cancellationToken));
+            : Operations.ExpectShownCounts(
+                settings.Id, Operations.ExpectAskedFor(settings.Id, await client.GetAsync($"api/operations/{settings.Id}", cancellationToken)));
         return Operations.Report(cli, operation, settings.Json);
     }
 }
@@ -302,7 +303,7 @@ internal static class Operations
         {
             var operation = await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
             return IsOperation(operation)
-                ? ExpectShownCounts(id, operation)
+                ? ExpectShownCounts(id, ExpectAskedFor(id, operation))
                 : throw Answers.Unexpected("expected an operation: a JSON object with operationId and a state");
         }
         catch (CliFailureException failure) when (!known && failure.ExitCode == ExitCodes.NotFoundOrConflict)
@@ -545,6 +546,28 @@ internal static class Operations
         {
             throw ProgressUnknown(id, failure);
         }
+    }
+
+    /// <summary>
+    /// <paramref name="answer"/> to a read of operation <paramref name="id"/>, unless it shows another operation (its
+    /// operationId another id, or no id at all): the Api answers a read of an operation with that operation, so such an answer
+    /// comes from something else at its address (a proxy or cache that mixes up paths, a wrong base URL) and says nothing of
+    /// the one asked for. It ends as any answer the Api does not give does (<see cref="ExitCodes.UnexpectedAnswer"/>, or
+    /// <see cref="ExitCodes.ProgressUnknown"/> for an operation started or shown), naming both ids. An answer that is no
+    /// operation at all is left to the caller.
+    /// </summary>
+    internal static JsonElement ExpectAskedFor(Guid id, JsonElement answer)
+    {
+        if (!IsOperation(answer))
+        {
+            return answer;
+        }
+
+        var answered = answer.GetProperty("operationId");
+        return answered.ValueKind == JsonValueKind.String && Guid.TryParse(answered.GetString(), out var other) && other == id
+            ? answer
+            : throw Answers.Unexpected(
+                $"asked for operation {id}, it answered with operation {(answered.ValueKind == JsonValueKind.String ? answered.GetString() : answered.GetRawText())}");
     }
 
     /// <summary>Whether an answer has the shape of an operation: an object with its operationId and a state.</summary>
