@@ -93,9 +93,9 @@ public static class CliApp
                 .WithDescription("Show one job: status, attempts, last error; --wait N waits up to N seconds for it to end.")
                 .WithExample("job", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "30");
             Add<JobsCommand>(config, "jobs")
-                .WithDescription("List jobs, newest first, or oldest first up to the settle horizon (--order oldest, --follow to keep polling); --kind with --business-key finds the job of a paymentId, webhookId or reportId.")
+                .WithDescription("List jobs, newest first, or oldest first up to the settle horizon (--order oldest); --follow keeps polling oldest first; --kind with --business-key finds the job of a paymentId, webhookId or reportId.")
                 .WithExample("jobs", "--kind", "charge-payment", "--business-key", "0b6f3f3e-5d55-4b43-9d6c-6f1f8c7e2a10")
-                .WithExample("jobs", "--order", "oldest", "--kind", "charge-payment", "--follow");
+                .WithExample("jobs", "--kind", "charge-payment", "--follow");
             Add<SubmitCommand>(config, "submit")
                 .WithDescription("Submit the jobs of a file or standard input (JSON lines or a JSON array) in batches; running it again submits nothing twice.")
                 .WithExample("submit", "charge-payment", "charges.jsonl", "--batch-size", "50");

@@ -46,9 +46,11 @@ public sealed class ConveyorClient : IDisposable
     /// longer wait than is left, ends with <see cref="ExitCodes.Unreachable"/> (try later). An Api that cannot be reached at
     /// all is not tried again: a mistyped address would otherwise keep the user waiting two minutes to hear of it.
     /// </summary>
-    public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken) =>
+    /// <param name="describeField">Rewrites a field name of a refused read's errors, such as the query parameter <c>cursor</c> as the option <c>--after</c>.</param>
+    public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken, Func<string, string>? describeField = null) =>
         new ReadRetry
         {
+            DescribeField = describeField,
             MayPass = answer => answer is not null,
             Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
             Retrying = (failure, wait) =>

@@ -20,6 +20,12 @@ internal sealed class ReadRetry
     /// <summary>The waits between the tries and the budget they end within; a new one for each read.</summary>
     public required RetryBudget Waits { get; init; }
 
+    /// <summary>
+    /// Rewrites a field name of a refused read's errors (<see cref="ConveyorClient.Answer.Failure"/>): a query parameter as the
+    /// option that gives it, such as <c>cursor</c> as <c>--after</c>. Null: as the Api names it.
+    /// </summary>
+    public Func<string, string>? DescribeField { get; init; }
+
     /// <summary>Told the failure and the wait each time the read is about to be tried again.</summary>
     public required Action<CliFailureException, TimeSpan> Retrying { get; init; }
 
@@ -45,7 +51,7 @@ internal sealed class ReadRetry
                 }
 
                 answer = answered;
-                failure = answered.Failure();
+                failure = answered.Failure(DescribeField);
             }
             catch (CliFailureException unanswered) when (unanswered.ExitCode == ExitCodes.Unreachable && MayPass(null))
             {

@@ -51,8 +51,9 @@ public sealed class JobsSettings : ApiSettings
     public int? Limit { get; set; }
 
     [CommandOption("--order <ORDER>")]
-    [Description("newest (the default): newest first, a job as soon as it is submitted. oldest: oldest first, only jobs older than "
-        + "the Api's settle horizon (Jobs:ListingSettleSeconds, 60 s by default), a feed that misses none when polled with --after.")]
+    [Description("newest (the default without --follow): newest first, a job as soon as it is submitted. oldest (the default with --follow, "
+        + "the only order it takes): oldest first, only jobs older than the Api's settle horizon (Jobs:ListingSettleSeconds, 60 s by default), "
+        + "a feed that misses none when polled with --after.")]
     public string? Order { get; set; }
 
     [CommandOption("--after <CURSOR>")]
@@ -60,14 +61,32 @@ public sealed class JobsSettings : ApiSettings
     public string? After { get; set; }
 
     [CommandOption("--follow")]
-    [Description("With --order oldest: keep polling, printing each job once as it settles, until Ctrl+C.")]
+    [Description("Keep polling oldest first (--order newest cannot be followed), printing each job once as it settles, until Ctrl+C.")]
     public bool Follow { get; set; }
 
     [CommandOption("--interval <SECONDS>")]
     [Description("With --follow: seconds to wait after a page that was not full before polling again (default 5, 1 to 3600).")]
     public int? Interval { get; set; }
 
-    public bool OldestFirstOrder => Order == OldestFirst;
+    /// <summary>The query parameters of <c>GET /api/jobs</c>, named in a 400's errors, as the options that give them.</summary>
+    private static readonly Dictionary<string, string> OptionsByParameter = new(StringComparer.Ordinal)
+    {
+        ["status"] = "--status",
+        ["kind"] = "--kind",
+        ["businessKey"] = "--business-key",
+        ["limit"] = "--limit",
+        ["order"] = "--order",
+        ["cursor"] = "--after",
+    };
+
+    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/> (<c>cursor</c>: <c>--after</c>); any other name as it is.</summary>
+    public static string OptionFor(string parameter) => OptionsByParameter.GetValueOrDefault(parameter, parameter);
+
+    /// <summary>Oldest first: asked for with <c>--order oldest</c>, or by <c>--follow</c> without <c>--order</c>, as only that order can be followed.</summary>
+    public bool OldestFirstOrder => Order == OldestFirst || (Order is null && Follow);
+
+    /// <summary>The Api's <c>order</c> parameter: as given, or <c>oldest</c> when following; null (the Api's newest first) otherwise.</summary>
+    public string? OrderQuery => OldestFirstOrder ? OldestFirst : Order;
 
     public override ValidationResult Validate()
     {
@@ -96,7 +115,8 @@ public sealed class JobsSettings : ApiSettings
         if (Follow && !OldestFirstOrder)
         {
             return ValidationResult.Error(
-                "--follow needs --order oldest: newest first, the cursor only moves to older jobs and would never reach a new one.");
+                "--follow cannot be given --order newest: newest first, the cursor only moves to older jobs and would never reach a new one. "
+                + "Leave --order out (--follow follows oldest first).");
         }
 
         if (Interval is not null && !Follow)
@@ -157,9 +177,9 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
 }
 
 /// <summary>
-/// <c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N] [--order newest|oldest] [--after CURSOR] [--follow]</c>:
-/// a page of jobs, newest first or oldest first up to the Api's settle horizon, and how to get the next; with <c>--follow</c>,
-/// the oldest-first feed polled until Ctrl+C.
+/// <c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N] [--order newest|oldest] [--after CURSOR] [--follow [--interval S]]</c>:
+/// a page of jobs, newest first or oldest first up to the Api's settle horizon, and how to get the next; with <c>--follow</c>
+/// (oldest first without <c>--order</c>), the oldest-first feed polled until Ctrl+C.
 /// </summary>
 public sealed class JobsCommand : ConveyorCommand<JobsSettings>
 {
@@ -202,11 +222,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     {
         var interval = TimeSpan.FromSeconds(settings.Interval ?? JobsSettings.DefaultIntervalSeconds);
         var cursor = settings.After;
-        if (!settings.Json)
-        {
-            cli.Out.WriteLine(FeedLine("Created", "Job", "Kind", "Status", "Attempts", "Business key", "Last error"));
-        }
-
+        var answered = false;
         try
         {
             while (true)
@@ -215,6 +231,13 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 // The oldest-first listing always names where to go on; an Api that leaves it out does not know order=oldest.
                 var next = ConveyorClient.Text(page, "nextCursor")
                     ?? throw Answers.Unexpected("expected a page of the oldest-first listing: a JSON object with items and a nextCursor");
+                if (!answered && !settings.Json)
+                {
+                    // Once the Api has answered with a page: a line it refuses at once (a bad --after) leaves stdout empty.
+                    cli.Out.WriteLine(FeedLine("Created", "Job", "Kind", "Status", "Attempts", "Business key", "Last error"));
+                }
+
+                answered = true;
                 var items = page.GetProperty("items");
                 if (settings.Json && items.GetArrayLength() > 0)
                 {
@@ -249,13 +272,14 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         }
     }
 
-    private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken)
-    {
-        var query = OperationsCommand.Query(
+    /// <summary>A page, read as every read is (<see cref="ConveyorClient.GetAsync"/>); a 400 names the options, such as <c>--after</c> for the cursor.</summary>
+    private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken) =>
+        Answers.ExpectObject(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.OptionFor), "a page of jobs", "items");
+
+    private static string PagePath(JobsSettings settings, string? cursor) =>
+        "api/jobs" + OperationsCommand.Query(
             ("status", settings.Status), ("kind", settings.Kind), ("businessKey", settings.BusinessKey),
-            ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)), ("order", settings.Order), ("cursor", cursor));
-        return Answers.ExpectObject(await client.GetAsync("api/jobs" + query, cancellationToken), "a page of jobs", "items");
-    }
+            ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)), ("order", settings.OrderQuery), ("cursor", cursor));
 
     private static int PageSize(JobsSettings settings) => settings.Limit ?? JobsSettings.DefaultPageSize;
 
@@ -298,7 +322,8 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         Add("--kind", settings.Kind);
         Add("--business-key", settings.BusinessKey);
         Add("--limit", settings.Limit?.ToString(CultureInfo.InvariantCulture));
-        Add("--order", settings.OldestFirstOrder ? JobsSettings.OldestFirst : null);
+        // Following, oldest first goes without saying: named only when the line named it.
+        Add("--order", settings.OldestFirstOrder && (settings.Order is not null || !follow) ? JobsSettings.OldestFirst : null);
         if (follow)
         {
             words.Add("--follow");

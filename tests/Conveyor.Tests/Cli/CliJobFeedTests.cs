@@ -108,18 +108,24 @@ public sealed partial class CliJobFeedTests(ConveyorFixture fixture) : IAsyncLif
 
     /// <summary>
     /// <c>--follow</c> prints the jobs there are and then each job as it settles, each once, in the order submitted, until
-    /// Ctrl+C, which ends it with 130 and the command that resumes after the last job printed.
+    /// Ctrl+C, which ends it with 130 and the command that resumes after the last job printed. Oldest first, the only order
+    /// it can follow, with <c>--order oldest</c> or without <c>--order</c> (which ended with 2, "--follow needs --order oldest").
     /// </summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task Follow_prints_each_job_once_as_it_settles_until_ctrl_c_and_says_how_to_resume(bool json)
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    [InlineData(false, false)]
+    public async Task Follow_prints_each_job_once_as_it_settles_until_ctrl_c_and_says_how_to_resume(bool json, bool orderGiven)
     {
         var before = await SubmitAsync(3);
         using var interrupt = new CancellationTokenSource();
         var stdout = new SharedText();
         var stderr = new SharedText();
-        string[] args = ["jobs", "--order", "oldest", "--follow", "--interval", "1", "--limit", "2", .. json ? new[] { "--json" } : [], "--api", _api.BaseAddress.ToString()];
+        string[] args =
+        [
+            "jobs", .. orderGiven ? new[] { "--order", "oldest" } : [], "--follow", "--interval", "1", "--limit", "2", .. json ? new[] { "--json" } : [],
+            "--api", _api.BaseAddress.ToString(),
+        ];
         var following = CliApp.RunAsync(args, stdout.Writer, stderr.Writer, environment: Environment(), cancellationToken: interrupt.Token);
 
         await Eventually.AssertAsync(() => Assert.Equal(before, Printed(stdout.ToString(), before, json)));
@@ -133,24 +139,31 @@ public sealed partial class CliJobFeedTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(ExitCodes.Interrupted, exitCode);
         Assert.Equal(all, Printed(stdout.ToString(), all, json));
         var resume = ResumeCommand(stderr.ToString());
-        Assert.Equal($"jobs --limit 2 --order oldest --follow --interval 1{(json ? " --json" : "")} --after", string.Join(' ', resume[..^1]));
+        Assert.Equal(
+            $"jobs --limit 2{(orderGiven ? " --order oldest" : "")} --follow --interval 1{(json ? " --json" : "")} --after", string.Join(' ', resume[..^1]));
         // It resumes after the last job printed: nothing again.
         var rest = await RunAsync("jobs", "--order", "oldest", "--json", "--after", resume[^1]);
         Assert.Empty(JsonDocument.Parse(rest.Out).RootElement.GetProperty("items").EnumerateArray());
     }
 
-    /// <summary>Options refused before anything is sent, each naming itself, as the CLI's other usage errors; a cursor the Api refuses names it.</summary>
+    /// <summary>
+    /// Options refused before anything is sent, each naming itself, as the CLI's other usage errors; a cursor the Api refuses
+    /// is named as the option that gave it, <c>--after</c>, with the Api's reason (it was named <c>cursor</c>, a word of the Api's
+    /// query that no option of the CLI has).
+    /// </summary>
     [Theory]
     [InlineData("jobs --order latest", "--order must be newest (the default) or oldest; 'latest' is not.")]
-    [InlineData("jobs --follow", "--follow needs --order oldest")]
-    [InlineData("jobs --order newest --follow", "--follow needs --order oldest")]
+    [InlineData("jobs --order newest --follow", "--follow cannot be given --order newest")]
+    [InlineData("jobs --follow --order newest --kind charge-payment", "--follow cannot be given --order newest")]
     [InlineData("jobs --order oldest --follow --interval 0", "--interval must be from 1 to 3600 seconds.")]
     [InlineData("jobs --order oldest --follow --interval 3601", "--interval must be from 1 to 3600 seconds.")]
     [InlineData("jobs --order oldest --interval 5", "--interval needs --follow.")]
     [InlineData("jobs --after AAAA'BBB", "--after must be a cursor a page of 'conveyor jobs' printed")]
     [InlineData("jobs --order oldest --after", "--after needs a value (CURSOR)")]
     [InlineData("jobs --order oldest --order newest", "--order is given 2 times")]
-    [InlineData("jobs --after AAAA", "cursor: Must be the nextCursor of an earlier page, unchanged.")]
+    // The Api's 400 names its query parameter (cursor), said as the option that gave it, with the Api's reason.
+    [InlineData("jobs --after AAAA", "--after: Must be the nextCursor of an earlier page, unchanged.")]
+    [InlineData("jobs --follow --after AAAA", "--after: Must be the nextCursor of an earlier page, unchanged.")]
     public async Task A_bad_jobs_option_is_a_usage_error_naming_it(string command, string said)
     {
         var run = await RunAsync(command.Split(' '));
