@@ -29,7 +29,8 @@ public sealed class CliContext(
     /// <summary>
     /// How long a waiting command keeps trying to read an operation's progress while the Api cannot be reached
     /// (or answers 429/502/503/504) before it gives up with <see cref="ExitCodes.ProgressUnknown"/>; <c>--timeout</c> may end it sooner.
-    /// Also how long any other read refused with 429, 502, 503 or 504 is tried again before it ends with <see cref="ExitCodes.Unreachable"/>.
+    /// Also how long any other read refused with 429, 502, 503 or 504 is tried again before it ends with <see cref="ExitCodes.Unreachable"/>,
+    /// but those of <c>jobs --follow</c>, tried until they pass or for its <c>--retry-for</c>.
     /// </summary>
     public TimeSpan PollFailureBudget { get; init; } = TimeSpan.FromMinutes(2);
 

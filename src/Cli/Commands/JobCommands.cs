@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Spectre.Console;
@@ -61,12 +62,18 @@ public sealed class JobsSettings : ApiSettings
     public string? After { get; set; }
 
     [CommandOption("--follow")]
-    [Description("Keep polling oldest first (--order newest cannot be followed), printing each job once as it settles, until Ctrl+C.")]
+    [Description("Keep polling oldest first (--order newest cannot be followed), printing each job once as it settles, until Ctrl+C. "
+        + "A read refused with 429, 502, 503 or 504, or unanswered after the first page, is tried again until it passes (see --retry-for).")]
     public bool Follow { get; set; }
 
     [CommandOption("--interval <SECONDS>")]
     [Description("With --follow: seconds to wait after a page that was not full before polling again (default 5, 1 to 3600).")]
     public int? Interval { get; set; }
+
+    [CommandOption("--retry-for <SECONDS>")]
+    [Description("With --follow: give up (exit 5) once reads have been refused (429, 502, 503, 504, or no answer after the first page) for this "
+        + "many seconds, 1 to 2592000 (30 days). Without it, --follow keeps trying until they pass or Ctrl+C.")]
+    public int? RetryFor { get; set; }
 
     /// <summary>The query parameters of <c>GET /api/jobs</c>, named in a 400's errors, as the options that give them.</summary>
     private static readonly Dictionary<string, string> OptionsByParameter = new(StringComparer.Ordinal)
@@ -124,6 +131,16 @@ public sealed class JobsSettings : ApiSettings
             return ValidationResult.Error("--interval needs --follow.");
         }
 
+        if (RetryFor is not null && !Follow)
+        {
+            return ValidationResult.Error("--retry-for needs --follow.");
+        }
+
+        if (RetryFor is < 1 or > FilterSettings.MaxTimeoutSeconds)
+        {
+            return ValidationResult.Error($"--retry-for must be from 1 to {FilterSettings.MaxTimeoutSeconds} seconds (30 days).");
+        }
+
         return Interval is < 1 or > MaxIntervalSeconds
             ? ValidationResult.Error($"--interval must be from 1 to {MaxIntervalSeconds} seconds.")
             : ValidationResult.Success();
@@ -177,12 +194,18 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
 }
 
 /// <summary>
-/// <c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N] [--order newest|oldest] [--after CURSOR] [--follow [--interval S]]</c>:
+/// <c>conveyor jobs [--status S] [--kind K [--business-key KEY]] [--limit N] [--order newest|oldest] [--after CURSOR] [--follow [--interval S] [--retry-for S]]</c>:
 /// a page of jobs, newest first or oldest first up to the Api's settle horizon, and how to get the next; with <c>--follow</c>
 /// (oldest first without <c>--order</c>), the oldest-first feed polled until Ctrl+C.
 /// </summary>
 public sealed class JobsCommand : ConveyorCommand<JobsSettings>
 {
+    /// <summary>The longest pause between two tries of a refused read of <c>--follow</c> when the answer asks for none.</summary>
+    private static readonly TimeSpan LongestFollowPause = TimeSpan.FromSeconds(30);
+
+    /// <summary>The longest Retry-After <c>--follow</c> waits as asked; a longer one is cut to it (a read sooner than asked costs one refusal).</summary>
+    private static readonly TimeSpan LongestFollowRetryAfter = TimeSpan.FromMinutes(5);
+
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, JobsSettings settings, CancellationToken cancellationToken)
     {
         if (settings.Follow)
@@ -215,8 +238,9 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     /// <summary>
     /// Polls the oldest-first listing from <c>--after</c> (or the oldest job) with each page's nextCursor, which never passes
     /// a job that commits late (ADR 0013), so each job is printed once: a full page is followed at once, a short one after
-    /// <c>--interval</c>. Ends only with Ctrl+C (130) or a failure (its exit code), either saying how to resume from the
-    /// last cursor whose jobs were printed.
+    /// <c>--interval</c>. A read refused in a way that may pass is tried again until it passes (<see cref="ReadFollowedPageAsync"/>).
+    /// Ends only with Ctrl+C (130) or a failure (its exit code), either saying how to resume from the last cursor whose jobs
+    /// were printed.
     /// </summary>
     private static async Task<int> FollowAsync(CliContext cli, ConveyorClient client, JobsSettings settings, CancellationToken cancellationToken)
     {
@@ -227,7 +251,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         {
             while (true)
             {
-                var page = await ReadPageAsync(client, settings, cursor, cancellationToken);
+                var page = await ReadFollowedPageAsync(cli, client, settings, cursor, answered, cancellationToken);
                 // The oldest-first listing always names where to go on; an Api that leaves it out does not know order=oldest.
                 var next = ConveyorClient.Text(page, "nextCursor")
                     ?? throw Answers.Unexpected("expected a page of the oldest-first listing: a JSON object with items and a nextCursor");
@@ -275,6 +299,62 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     /// <summary>A page, read as every read is (<see cref="ConveyorClient.GetAsync"/>); a 400 names the options, such as <c>--after</c> for the cursor.</summary>
     private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken) =>
         Answers.ExpectObject(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.OptionFor), "a page of jobs", "items");
+
+    /// <summary>
+    /// A page of <c>--follow</c>. A follower runs for hours, as <c>tail -F</c> does, and outlives an outage: a read answered
+    /// 429, 502, 503 or 504 (a rate limit, a gateway that cannot reach the Api, the Api that cannot reach its database), or
+    /// left unanswered once the Api has answered a first page (a restart; at first, an address that may be wrong ends with 5
+    /// at once), is tried again after the answer's Retry-After (at most <see cref="LongestFollowRetryAfter"/>), or after a
+    /// pause that doubles up to <see cref="LongestFollowPause"/>, until it passes, or for <c>--retry-for</c> if given (then
+    /// 5). One line on stderr says when reads start being refused, or are refused otherwise, and one when they pass again,
+    /// not a line per try. Errors that do not pass by waiting end it at once: a key refused (401, 403, a lockout: 3), the
+    /// request refused (400: 2), 404 (4), a 500 (1), an answer the Api does not give (6).
+    /// </summary>
+    private static async Task<JsonElement> ReadFollowedPageAsync(
+        CliContext cli, ConveyorClient client, JobsSettings settings, string? cursor, bool answeredBefore, CancellationToken cancellationToken)
+    {
+        var retryFor = settings.RetryFor is { } seconds ? TimeSpan.FromSeconds(seconds) : (TimeSpan?)null;
+        string? refusal = null;
+        long refusedSince = 0;
+        var page = await new ReadRetry
+        {
+            DescribeField = JobsSettings.OptionFor,
+            MayPass = answer => answer is not null || answeredBefore,
+            Waits = new RetryBudget
+            {
+                Budget = retryFor ?? TimeSpan.MaxValue,
+                ShortestPause = cli.PollInterval,
+                LongestPause = LongestFollowPause,
+                LongestRetryAfter = LongestFollowRetryAfter,
+            },
+            Retrying = (failure, wait) =>
+            {
+                var said = failure.Message.Split(Environment.NewLine)[0];
+                if (refusal is null)
+                {
+                    refusedSince = Stopwatch.GetTimestamp();
+                }
+
+                if (said != refusal)
+                {
+                    cli.Err.WriteLine(Printable.Text(
+                        $"Could not read the jobs ({said}); trying again in {wait.TotalSeconds:0.#} s, and on with growing pauses "
+                        + (retryFor is { } limit ? $"for up to {limit.TotalSeconds:0} s (--retry-for)." : "until they pass (Ctrl+C stops).")));
+                }
+
+                refusal = said;
+            },
+            GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,
+                $"{failure.Message}{Environment.NewLine}Could not read the jobs for {tried.TotalSeconds:0} s (--retry-for {settings.RetryFor}; "
+                + $"the next try would be in {wait.TotalSeconds:0.#} s): stopped following."),
+        }.ReadAsync(token => client.GetAnswerAsync(PagePath(settings, cursor), token), cancellationToken);
+        if (refusal is not null)
+        {
+            cli.Err.WriteLine($"Read the jobs again after {Stopwatch.GetElapsedTime(refusedSince).TotalSeconds:0} s of failed reads; following on.");
+        }
+
+        return Answers.ExpectObject(page, "a page of jobs", "items");
+    }
 
     private static string PagePath(JobsSettings settings, string? cursor) =>
         "api/jobs" + OperationsCommand.Query(
@@ -328,6 +408,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         {
             words.Add("--follow");
             Add("--interval", settings.Interval?.ToString(CultureInfo.InvariantCulture));
+            Add("--retry-for", settings.RetryFor?.ToString(CultureInfo.InvariantCulture));
         }
 
         if (settings.Json)

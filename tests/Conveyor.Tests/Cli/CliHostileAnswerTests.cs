@@ -27,6 +27,8 @@ public sealed class CliHostileAnswerTests
     // Tag characters (U+E0001, U+E0041: invisible, stored as surrogate pairs) hide text as the override reorders it.
     private const string Attack = "\u001b]0;PWNED\u0007\u001b[2J\u009b31m\u202egpj.exe\U000E0001\U000E0041";
     private const string OperationId = "0192f1c4-6f3a-7c6e-9b1d-2a4e5f607182";
+    private const string FirstJob = "0192f1c4-6f3a-7c6e-9b1d-000000000001";
+    private const string SecondJob = "0192f1c4-6f3a-7c6e-9b1d-000000000002";
 
     public static TheoryData<string, int, string> ControlCharacters => new()
     {
@@ -831,6 +833,123 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// <c>jobs --follow</c> runs for hours, as <c>tail -F</c> does: a read refused for longer than the two minutes a single read
+    /// waits (here asking for 200 s at once) ended the follower with 5, and a script or an operator had to start it again by
+    /// hand. It waits as asked, says so on one line, and goes on until the read passes or Ctrl+C, which says how to resume.
+    /// </summary>
+    [Fact]
+    public async Task Follow_keeps_trying_a_read_refused_for_longer_than_two_minutes_until_ctrl_c()
+    {
+        var reads = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref reads) == 1
+            ? Respond(HttpStatusCode.OK, $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c1"}""")
+            : RespondAfter(TimeSpan.FromSeconds(200), HttpStatusCode.ServiceUnavailable, """{"title":"The database cannot be reached right now"}"""));
+        var stderr = new SharedText();
+        using var interrupt = new CancellationTokenSource();
+
+        var following = RunAsync("jobs --follow --interval 1", api, stderr, interrupt.Token);
+        await Eventually.AssertAsync(() => Assert.Contains(
+            "Could not read the jobs (503 The database cannot be reached right now); trying again in 200 s", stderr.ToString(), StringComparison.Ordinal));
+        Assert.False(following.IsCompleted, stderr.ToString());
+        await interrupt.CancelAsync();
+        var run = await following;
+
+        Assert.True(run.ExitCode == ExitCodes.Interrupted, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("Resume with: conveyor jobs --follow --interval 1 --after c1", run.Err, StringComparison.Ordinal);
+        Assert.Contains(FirstJob, run.Out, StringComparison.Ordinal);
+        Assert.Equal(2, reads);
+    }
+
+    /// <summary>
+    /// An outage while following (the Api restarting: no answer; then its 503 while its database comes back) is ridden out:
+    /// one line when reads start failing and one each time they fail otherwise, not a line per try, and one when they pass;
+    /// every job is printed once. A read left unanswered ended the follower with 5 at once.
+    /// </summary>
+    [Fact]
+    public async Task Follow_rides_out_an_outage_saying_so_once_and_when_it_passes()
+    {
+        var reads = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref reads) switch
+        {
+            1 => Respond(HttpStatusCode.OK, $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c1"}"""),
+            2 or 3 => throw new HttpRequestException(
+                HttpRequestError.ConnectionError, "Connection refused (conveyor.invalid:80)", new System.Net.Sockets.SocketException(111)),
+            4 or 5 or 6 => RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.ServiceUnavailable, """{"title":"The database cannot be reached right now"}"""),
+            7 => Respond(HttpStatusCode.OK, $$"""{"items":[{"jobId":"{{SecondJob}}","status":"queued"}],"nextCursor":"c2"}"""),
+            _ => Respond(HttpStatusCode.OK, """{"items":[],"nextCursor":"c2"}"""),
+        });
+        var stderr = new SharedText();
+        using var interrupt = new CancellationTokenSource();
+
+        var following = RunAsync("jobs --follow --interval 1", api, stderr, interrupt.Token);
+        await Eventually.AssertAsync(() => Assert.True(Volatile.Read(ref reads) >= 8, stderr.ToString()));
+        Assert.False(following.IsCompleted, stderr.ToString());
+        await interrupt.CancelAsync();
+        var run = await following;
+
+        Assert.True(run.ExitCode == ExitCodes.Interrupted, $"{run.ExitCode}: {run.Err}");
+        Assert.Equal(1, Occurrences(run.Out, FirstJob));
+        Assert.Equal(1, Occurrences(run.Out, SecondJob));
+        Assert.Equal(1, Occurrences(run.Err, "Could not read the jobs (Cannot reach the Api"));
+        Assert.Equal(1, Occurrences(run.Err, "Could not read the jobs (503 The database cannot be reached right now)"));
+        Assert.Equal(1, Occurrences(run.Err, "Read the jobs again after"));
+        Assert.Contains("Resume with: conveyor jobs --follow --interval 1 --after c2", run.Err, StringComparison.Ordinal);
+    }
+
+    /// <summary><c>--retry-for</c> bounds how long <c>--follow</c> keeps trying: then 5, saying so and how to resume (it was an unknown option).</summary>
+    [Fact]
+    public async Task Follow_with_retry_for_gives_up_with_try_later_once_reads_were_refused_that_long()
+    {
+        var reads = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref reads) == 1
+            ? Respond(HttpStatusCode.OK, $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c1"}""")
+            : RespondAfter(TimeSpan.FromSeconds(1), HttpStatusCode.TooManyRequests, """{"title":"Too many requests"}"""));
+
+        var run = await RunAsync("jobs --follow --interval 1 --retry-for 2", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Unreachable, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("429 Too many requests", run.Err, StringComparison.Ordinal);
+        Assert.Contains("(--retry-for 2;", run.Err, StringComparison.Ordinal);
+        Assert.Contains("stopped following", run.Err, StringComparison.Ordinal);
+        Assert.Contains("Resume with: conveyor jobs --follow --interval 1 --retry-for 2 --after c1", run.Err, StringComparison.Ordinal);
+        Assert.True(reads > 2, $"read {reads} time(s)");
+    }
+
+    /// <summary>
+    /// What waiting does not mend ends <c>--follow</c> at once, with its own exit code: a key refused (401, 403), the request
+    /// refused (400), no such listing (404), a 500; and an Api that cannot be reached on the first read (a wrong address).
+    /// </summary>
+    [Theory]
+    [InlineData(401, ExitCodes.Auth)]
+    [InlineData(403, ExitCodes.Auth)]
+    [InlineData(400, ExitCodes.Usage)]
+    [InlineData(404, ExitCodes.NotFoundOrConflict)]
+    [InlineData(500, ExitCodes.OperationFailed)]
+    [InlineData(0, ExitCodes.Unreachable)]
+    public async Task Follow_ends_at_once_on_a_failure_that_waiting_does_not_mend(int status, int exitCode)
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            var read = Interlocked.Increment(ref reads);
+            if (status == 0)
+            {
+                throw new HttpRequestException(HttpRequestError.ConnectionError, "Connection refused (conveyor.invalid:80)", new System.Net.Sockets.SocketException(111));
+            }
+
+            return read == 1
+                ? Respond(HttpStatusCode.OK, $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c1"}""")
+                : Respond((HttpStatusCode)status, """{"title":"Refused"}""");
+        });
+
+        var run = await RunAsync("jobs --follow --interval 1", api);
+
+        Assert.True(run.ExitCode == exitCode, $"{run.ExitCode}: {run.Err}");
+        Assert.Equal(status == 0 ? 1 : 2, reads);
+        Assert.DoesNotContain("trying again", run.Err, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// <c>operation &lt;id&gt; --wait</c> for an id the Api has never known (its first read answered 404) is no started
     /// operation whose progress was lost: it stays 4, and says which id was not found.
     /// </summary>
@@ -1320,6 +1439,9 @@ public sealed class CliHostileAnswerTests
     }
 
     private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
+
+    private static int Occurrences(string text, string part) =>
+        System.Text.RegularExpressions.Regex.Count(text, System.Text.RegularExpressions.Regex.Escape(part));
 
     /// <summary>HTML, or JSON as the Api sends it: an error as a problem document.</summary>
     /// <summary>

@@ -158,6 +158,8 @@ public sealed partial class CliJobFeedTests(ConveyorFixture fixture) : IAsyncLif
     [InlineData("jobs --order oldest --follow --interval 0", "--interval must be from 1 to 3600 seconds.")]
     [InlineData("jobs --order oldest --follow --interval 3601", "--interval must be from 1 to 3600 seconds.")]
     [InlineData("jobs --order oldest --interval 5", "--interval needs --follow.")]
+    [InlineData("jobs --order oldest --retry-for 60", "--retry-for needs --follow.")]
+    [InlineData("jobs --follow --retry-for 0", "--retry-for must be from 1 to 2592000 seconds (30 days).")]
     [InlineData("jobs --after AAAA'BBB", "--after must be a cursor a page of 'conveyor jobs' printed")]
     [InlineData("jobs --order oldest --after", "--after needs a value (CURSOR)")]
     [InlineData("jobs --order oldest --order newest", "--order is given 2 times")]
