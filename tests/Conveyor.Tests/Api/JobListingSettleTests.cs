@@ -50,10 +50,8 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
         };
 
         // The client reads to the end of what it is given, then keeps its cursor.
-        var client = new PollingClient(api.Client, "order=oldest&limit=1");
-        while (await client.PollAsync())
-        {
-        }
+        var client = new JobFeedClient(api.Client, "order=oldest&limit=1");
+        await client.PollToTheEndAsync();
 
         await held.DisposeAsync();
         Guid lateId;
@@ -196,24 +194,5 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
         await connection.OpenAsync();
         await using var now = new NpgsqlCommand("SELECT clock_timestamp()", connection);
         return (DateTime)(await now.ExecuteScalarAsync())!;
-    }
-
-    /// <summary>A client that reads a page at a time and goes on from the last cursor it was given.</summary>
-    private sealed class PollingClient(HttpClient http, string query)
-    {
-        private string? _cursor;
-
-        public List<Guid> Seen { get; } = [];
-
-        /// <summary>Reads one page; true when it was full and more may follow at once.</summary>
-        public async Task<bool> PollAsync()
-        {
-            var url = _cursor is null ? $"/api/jobs?{query}" : $"/api/jobs?{query}&cursor={Uri.EscapeDataString(_cursor)}";
-            var page = await http.GetFromJsonAsync<JobPage>(new Uri(url, UriKind.Relative));
-            Assert.NotNull(page);
-            Seen.AddRange(page.Items.Select(j => j.JobId));
-            _cursor = page.NextCursor ?? _cursor;
-            return page.NextCursor is not null && page.Items.Count > 0;
-        }
     }
 }

@@ -27,12 +27,18 @@ public sealed class TestPublisher : IAsyncDisposable
         return new TestPublisher(bus);
     }
 
-    public Task PublishAsync<T>(T message, Guid? messageId = null) where T : class =>
+    /// <param name="headers">Envelope headers, as a producer sets them with <c>context.Headers.Set</c>.</param>
+    public Task PublishAsync<T>(T message, Guid? messageId = null, IReadOnlyDictionary<string, string>? headers = null) where T : class =>
         _bus.Publish(message, context =>
         {
             if (messageId is { } id)
             {
                 context.MessageId = id;
+            }
+
+            foreach (var (name, value) in headers ?? new Dictionary<string, string>())
+            {
+                context.Headers.Set(name, value);
             }
         });
 
