@@ -107,7 +107,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
 
     /// <summary>
     /// The claim of <see cref="ClaimInTransactionAsync"/>: the inbox row, and the job's row counted, claimed
-    /// or created, in one statement (not composed: a data-modifying WITH must stay at the top level).
+    /// or created, in one statement (not composed: a data-modifying WITH must stay at the top level). A row it
+    /// creates is stamped by the database's clock when the statement starts, as every job row the worker creates:
+    /// the oldest-first job listing's settle horizon is the database's clock, and a worker whose clock was behind
+    /// put its rows behind it, never listed to a client that had passed their place (ADR 0013).
     /// </summary>
     private const string ClaimSql = $"""
         WITH inbox_row AS (
@@ -118,7 +121,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         job_row AS (
             INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, payload_hash)
             SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = @id) THEN @fresh ELSE @id END,
-                   @kind, @business_key, '{JobStatus.Running}', 1, @now, @now, @fingerprint
+                   @kind, @business_key, '{JobStatus.Running}', 1, statement_timestamp(), statement_timestamp(), @fingerprint
              WHERE EXISTS (SELECT 1 FROM inbox_row)
             ON CONFLICT (kind, business_key) DO UPDATE
                SET status = '{JobStatus.Running}', attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = @now,
@@ -252,7 +255,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     }
 
     /// <summary>
-    /// The statement of <see cref="CountAttemptAsync"/>. With
+    /// The statement of <see cref="CountAttemptAsync"/>, in a short transaction of its own (a row it creates commits
+    /// with it, stamped by the database's clock, as in <see cref="ClaimSql"/>). With
     /// <paramref name="onlyIfClaimedIdTaken"/> it writes nothing unless a row it sees holds the claimed id,
     /// and says so (<see cref="CountedAttempt.ClaimedIdFree"/>).
     /// </summary>
@@ -267,7 +271,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             WITH counted AS (
                 INSERT INTO jobs (id, kind, business_key, status, attempts, last_error, created_at, updated_at, payload_hash)
                 SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
-                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, {now}, {now}, {fingerprint}::bytea
+                       {job.Kind}, {job.BusinessKey}, {JobStatus.Running}, 1, {error}, statement_timestamp(), statement_timestamp(), {fingerprint}::bytea
                  WHERE NOT {onlyIfClaimedIdTaken} OR EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id})
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
