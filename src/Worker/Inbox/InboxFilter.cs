@@ -2,6 +2,7 @@ using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Storage;
 
 namespace Conveyor.Worker.Inbox;
 
@@ -10,7 +11,8 @@ namespace Conveyor.Worker.Inbox;
 /// and the job's success commit together; a duplicate finds the row and is acked unapplied; any
 /// exception rolls the inbox row and the consumer's writes back (to a savepoint after the job's
 /// claim, so the failed attempt is recorded in the same transaction, under the job row's lock) and
-/// leaves the message to retry, redelivery or <c>_error</c>.
+/// leaves the message to retry, redelivery or <c>_error</c>. A job without a row (published directly) gets
+/// one first, committed on its own before the consumer runs (ADR 0013, <see cref="JobTracker.CreateRowAsync"/>).
 /// Resolved from the message scope, so it shares the scoped <see cref="ConveyorDbContext"/> with the consumer.
 /// </summary>
 public sealed partial class InboxFilter<T>(
@@ -31,15 +33,12 @@ public sealed partial class InboxFilter<T>(
         var messageKey = descriptor?.BusinessKey(context.Message) ?? InboxKeys.FallbackKey(context);
         JobRef? job = descriptor is null ? null : new JobRef(descriptor.Kind, messageKey, InboxKeys.ClaimedJobIdOf(context));
 
-        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         // All or nothing: a savepoint around each SaveChanges would only cost two round trips.
         db.Database.AutoSavepointsEnabled = false;
-        // A concurrent copy blocks on the first one's uncommitted key, then sees the conflict (the
-        // first committed) or inserts (the first rolled back).
         var fingerprint = PayloadFingerprint.Of(context.Message);
-        var (claim, jobId, attempt, jobConflict, firstFingerprint) = job is { } claimed
-            ? await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, context.MessageId, fingerprint, claimed, cancellationToken)
-            : (await InsertInboxRowAsync(consumerId, messageKey, context.MessageId, fingerprint, cancellationToken), null, null, null, null);
+        var (begun, claim, jobId, attempt, jobConflict, firstFingerprint) = await BeginAndClaimAsync(
+            consumerId, messageKey, context.MessageId, fingerprint, job, cancellationToken);
+        await using var transaction = begun;
         if (jobConflict is not null)
         {
             // The job row was created for another command (the Api accepted that one): nothing of this one stays.
@@ -133,6 +132,57 @@ public sealed partial class InboxFilter<T>(
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox");
 
+    /// <summary>
+    /// Begins the inbox transaction and claims the message in it. A concurrent copy blocks on the first one's
+    /// uncommitted key, then sees the conflict (the first committed) or inserts (the first rolled back).
+    /// </summary>
+    /// <remarks>
+    /// The job's row is not left for the inbox transaction to create: it would commit only with the consumer's outcome, up
+    /// to its timeout later, and a client polling <c>GET /api/jobs?order=oldest</c> had passed its place by then and
+    /// never got the job (ADR 0013). It is created first, committed on its own (<see cref="JobTracker.CreateRowAsync"/>),
+    /// and the claim then finds it as it finds a row the Api created. A message that claims no job id is not the Api's
+    /// (the Api names its job in every command it publishes): most likely the first delivery of a command another
+    /// service published directly, so its row is created before the transaction begins (one round trip; nothing is
+    /// written when the row exists). A message that claims one is claimed at once, in one round trip as before;
+    /// should that claim create the row after all (a direct publisher that names the id it wants), it is rolled back,
+    /// the row created, and the message claimed again in a new transaction.
+    /// </remarks>
+    private async Task<(IDbContextTransaction Transaction, InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint)> BeginAndClaimAsync(
+        string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef? job, CancellationToken cancellationToken)
+    {
+        if (job is { JobId: null } unnamed)
+        {
+            await tracker.CreateRowAsync(unnamed, fingerprint, cancellationToken);
+        }
+
+        var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        try
+        {
+            if (job is not { } claimed)
+            {
+                return (transaction, await InsertInboxRowAsync(consumerId, messageKey, messageId, fingerprint, cancellationToken), null, null, null, null);
+            }
+
+            var found = await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, messageId, fingerprint, claimed, cancellationToken);
+            if (found.CreatedJobRow)
+            {
+                await transaction.RollbackAsync(cancellationToken);
+                await transaction.DisposeAsync();
+                await tracker.CreateRowAsync(claimed, fingerprint, cancellationToken);
+                transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+                // Once only: a row gone again by now is created by this claim, as before.
+                found = await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, messageId, fingerprint, claimed, cancellationToken);
+            }
+
+            return (transaction, found.Claim, found.JobId, found.Attempt, found.JobConflict, found.FirstFingerprint);
+        }
+        catch
+        {
+            await transaction.DisposeAsync();
+            throw;
+        }
+    }
+
     private async Task<InboxClaim> InsertInboxRowAsync(string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -150,7 +200,7 @@ public sealed partial class InboxFilter<T>(
     /// when that failed (the connection broke): the caller rolls back and records it afresh.
     /// </summary>
     private async Task<bool> RecordFailureInTransactionAsync(
-        Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction, string consumerId, string messageKey, JobRef job, Exception failure)
+        IDbContextTransaction transaction, string consumerId, string messageKey, JobRef job, Exception failure)
     {
         try
         {
@@ -167,7 +217,7 @@ public sealed partial class InboxFilter<T>(
         }
     }
 
-    private async Task RollBackQuietlyAsync(Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction)
+    private async Task RollBackQuietlyAsync(IDbContextTransaction transaction)
     {
         try
         {

@@ -55,6 +55,43 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             .FirstOrDefaultAsync(cancellationToken);
 
     /// <summary>
+    /// Creates <paramref name="job"/>'s row, queued and not attempted yet, as the Api creates a job's, in a short
+    /// transaction of its own, unless the job has a row (then nothing is written). For a command another service
+    /// published directly: created by the single-message inbox's claim, the row would commit only with that
+    /// transaction, after the consumer (up to its timeout), behind the place of a client polling
+    /// <c>GET /api/jobs?order=oldest</c> that has passed it meanwhile (ADR 0013). Created here, it commits at
+    /// once, and the claim that follows counts the attempt on it like on any other job's row.
+    /// </summary>
+    /// <remarks>
+    /// Every row the worker creates is stamped (<c>created_at</c>, <c>updated_at</c>) by the database's clock when
+    /// its statement starts, never by the worker's: the settle horizon is the database's clock, and a worker whose
+    /// clock is behind put its rows behind it. The message's job id is a claim, as in the inbox (see <see cref="JobRef"/>):
+    /// under the id's lock (<see cref="ClaimedJobIdLocks"/>), a row holding it already gets a fresh id instead.
+    /// </remarks>
+    /// <param name="fingerprint">What the command says (ADR 0011): the row is this command's job.</param>
+    public async Task CreateRowAsync(JobRef job, byte[]? fingerprint, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        var (id, fresh) = (job.JobId ?? Guid.CreateVersion7(), Guid.CreateVersion7());
+        FormattableString create = $"""
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at, payload_hash)
+            SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) THEN {fresh} ELSE {id} END,
+                   {job.Kind}, {job.BusinessKey}, {JobStatus.Queued}, 0, statement_timestamp(), statement_timestamp(), {fingerprint}::bytea
+            ON CONFLICT (kind, business_key) DO NOTHING
+            """;
+        if (job.JobId is not { } claimed)
+        {
+            await db.Database.ExecuteSqlAsync(create, cancellationToken);
+            return;
+        }
+
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+        await db.Database.ExecuteSqlInterpolatedAsync(ClaimedJobIdLocks.One(claimed), cancellationToken);
+        await db.Database.ExecuteSqlAsync(create, cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+    }
+
+    /// <summary>
     /// Inside the inbox transaction, in the same statement as the inbox row: counts the attempt and
     /// claims the job (creating its row when another service published directly), unless it
     /// succeeded already or was cancelled. One round trip and no commit of its own: the attempt
@@ -63,8 +100,11 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// With <see cref="InboxClaim.Run"/>, also the job's row id and the attempt counted (see <see cref="JobRef"/>).
     /// A job row created for another command (ADR 0011) is not claimed: <see cref="InboxClaim.NotRunnable"/>
     /// with that command's fingerprint as <c>JobConflict</c>, and the caller rolls the inbox row back.
+    /// <c>CreatedJobRow</c> says that the claim created the job's row (no row was there when it began): that row
+    /// would commit only with the transaction, after the consumer, so the single-message inbox rolls back and
+    /// creates it first in a transaction of its own (<see cref="CreateRowAsync"/>, ADR 0013).
     /// </summary>
-    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint)> ClaimInTransactionAsync(
+    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint, bool CreatedJobRow)> ClaimInTransactionAsync(
         ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -99,18 +139,18 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             jobFingerprint = await LiveJobFingerprintAsync(db, job, cancellationToken);
         }
 
-        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null, null)
-            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null, row.FirstFingerprint)
-            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint, null)
-            : (InboxClaim.NotRunnable, null, null, null, null);
+        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null, null, false)
+            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null, row.FirstFingerprint, row.CreatedJobRow)
+            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint, null, false)
+            : (InboxClaim.NotRunnable, null, null, null, null, false);
     }
 
     /// <summary>
     /// The claim of <see cref="ClaimInTransactionAsync"/>: the inbox row, and the job's row counted, claimed
     /// or created, in one statement (not composed: a data-modifying WITH must stay at the top level). A row it
-    /// creates is stamped by the database's clock when the statement starts, as every job row the worker creates:
-    /// the oldest-first job listing's settle horizon is the database's clock, and a worker whose clock was behind
-    /// put its rows behind it, never listed to a client that had passed their place (ADR 0013).
+    /// creates is stamped by the database's clock (<see cref="CreateRowAsync"/> says why); <c>created_job_row</c>
+    /// tells that it created one: claimed, with no row in the statement's snapshot (a row another transaction
+    /// committed after that snapshot, which the upsert met, reads as created too: the caller only does more work).
     /// </summary>
     private const string ClaimSql = $"""
         WITH inbox_row AS (
@@ -137,7 +177,9 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         SELECT EXISTS (SELECT 1 FROM inbox_row) AS inserted, (SELECT j.id FROM job_row j) AS job_id,
                (SELECT j.attempts FROM job_row j) AS attempt, (SELECT j.first_fingerprint FROM job_row j) AS first_fingerprint,
                (SELECT o.payload_hash FROM jobs o
-                 WHERE o.kind = @kind AND o.business_key = @business_key AND o.status <> '{JobStatus.DeadLettered}') AS job_fingerprint
+                 WHERE o.kind = @kind AND o.business_key = @business_key AND o.status <> '{JobStatus.DeadLettered}') AS job_fingerprint,
+               EXISTS (SELECT 1 FROM job_row)
+                   AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = @kind AND o.business_key = @business_key) AS created_job_row
         """;
 
     /// <summary>
@@ -180,6 +222,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             Attempt = await reader.IsDBNullAsync(2, cancellationToken) ? null : reader.GetInt32(2),
             FirstFingerprint = await reader.IsDBNullAsync(3, cancellationToken) ? null : reader.GetFieldValue<byte[]>(3),
             JobFingerprint = await reader.IsDBNullAsync(4, cancellationToken) ? null : reader.GetFieldValue<byte[]>(4),
+            CreatedJobRow = reader.GetBoolean(5),
         };
     }
 
@@ -255,8 +298,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     }
 
     /// <summary>
-    /// The statement of <see cref="CountAttemptAsync"/>, in a short transaction of its own (a row it creates commits
-    /// with it, stamped by the database's clock, as in <see cref="ClaimSql"/>). With
+    /// The statement of <see cref="CountAttemptAsync"/>, in a short transaction of its own (a row it creates commits with it,
+    /// stamped by the database's clock, <see cref="CreateRowAsync"/>). With
     /// <paramref name="onlyIfClaimedIdTaken"/> it writes nothing unless a row it sees holds the claimed id,
     /// and says so (<see cref="CountedAttempt.ClaimedIdFree"/>).
     /// </summary>
@@ -422,6 +465,9 @@ public sealed class ClaimRow
 
     /// <summary>The fingerprint of the command the job row was created for (ADR 0011), when it has one.</summary>
     public byte[]? JobFingerprint { get; init; }
+
+    /// <summary>The claim created the job's row: the statement's snapshot had none.</summary>
+    public bool CreatedJobRow { get; init; }
 
     /// <summary>
     /// When it claimed the job, the job's first command (<see cref="ClaimedFingerprints"/>). Read from the
