@@ -75,27 +75,6 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     }
 
     /// <summary>
-    /// Whether the caller's bucket holds a permit now, taking none: a batch is let in to be read only
-    /// then, and takes its permits once its size is known (<see cref="RequestPermits"/>). Taking one on
-    /// arrival and the rest later, with a Retry-After that did not count it, starved a batch retried as
-    /// told: each attempt spent the permit that refilled while it waited.
-    /// </summary>
-    public bool HasPermit(HttpContext context, out TimeSpan retryAfter)
-    {
-        retryAfter = TimeSpan.Zero;
-        if (_buckets is null || _buckets.GetStatistics(ClientOf(context)) is not { CurrentAvailablePermits: < 1 } statistics)
-        {
-            return true;
-        }
-
-        retryAfter = WaitFor(1, statistics.CurrentAvailablePermits);
-        return false;
-    }
-
-    /// <summary>Takes one permit if there is one, for a request refused after it was read (an invalid batch, a full queue).</summary>
-    public void Spend(HttpContext context) => ForRequest(context, 1).PayRefusal();
-
-    /// <summary>
     /// The longest it takes a bucket holding <paramref name="available"/> to hold <paramref name="permits"/>
     /// (while nothing else spends them): it gains <see cref="_permitsPerRefill"/> at a time, so as many
     /// refill periods as refills cover the shortfall, rounded up. Sooner when the next refill is nearer
@@ -109,8 +88,8 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     }
 
     /// <summary>
-    /// What one request took from its client's bucket, and takes as it goes: one permit before it makes a database
-    /// query it has not paid for yet (<see cref="TryTakeOne"/>), all of its own when it is accepted
+    /// What one request took from its client's bucket, and takes as it goes: one permit before its body is read
+    /// (<see cref="TryTakeOne"/>; a batch knows how many it needs only after, <see cref="Need"/>), all of its own when it is accepted
     /// (<see cref="TryTakeAll"/>), one when it is refused (<see cref="PayRefusal"/>). The permit taken first counts
     /// towards the others, so a request pays one permit in all when refused, its own number when accepted, however
     /// its permits were taken.
@@ -120,10 +99,23 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         /// <summary>Permits taken so far: 0, 1 or all of them.</summary>
         private int _taken;
 
+        private int _permits = permits;
+
         /// <summary>
-        /// Takes one permit if none was taken yet: before a query the request makes whatever it ends as, so that
-        /// the query is paid for even when the rest cannot be taken. False when the bucket holds none (nothing taken;
-        /// the query must not be made), with the time until the request's permits will all be there.
+        /// Sets how many permits the request needs (1 to <see cref="Burst"/>), once it knows: a batch takes its first
+        /// permit before its body is read, on a count of 1 (<see cref="TryTakeOne"/>), and learns its size after.
+        /// </summary>
+        public void Need(int count)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(count, Math.Max(1, _taken));
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(count, limiter.Burst);
+            _permits = count;
+        }
+
+        /// <summary>
+        /// Takes one permit if none was taken yet: before the request's body is read and before any query it makes,
+        /// whatever it ends as, so that both are paid for even when the rest cannot be taken. False when the bucket holds
+        /// none (nothing taken; nothing must be read), with the time until the request's permits will all be there.
         /// </summary>
         public bool TryTakeOne(out TimeSpan retryAfter)
         {
@@ -153,16 +145,16 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         public bool TryTakeAll(out TimeSpan retryAfter)
         {
             retryAfter = TimeSpan.Zero;
-            if (limiter._buckets is not { } buckets || _taken == permits)
+            if (limiter._buckets is not { } buckets || _taken == _permits)
             {
                 return true;
             }
 
-            using (var lease = buckets.AttemptAcquire(client, permits - _taken))
+            using (var lease = buckets.AttemptAcquire(client, _permits - _taken))
             {
                 if (lease.IsAcquired)
                 {
-                    _taken = permits;
+                    _taken = _permits;
                     return true;
                 }
             }
@@ -185,7 +177,7 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
 
         // Not a lease's own hint: it rounds the refills needed down (5 permits missing at 2 a refill gave 2 refills, when 3 are needed).
         private TimeSpan WaitForAll(PartitionedRateLimiter<string> buckets) =>
-            limiter.WaitFor(permits, buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
+            limiter.WaitFor(_permits, buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
     }
 
     private static string ClientOf(HttpContext context) =>

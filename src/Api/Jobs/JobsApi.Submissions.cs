@@ -29,7 +29,7 @@ internal static partial class JobsApi
         [AsParameters] Submission submission)
     {
         var (kind, http, submitter, backpressure, _, _, clock, webhookUrls, cancellationToken) = submission;
-        var (body, refused) = await ReadAsync(submission, MaxBodyBytes, batch: false);
+        var (body, _, refused) = await ReadAsync(submission, MaxBodyBytes);
         if (refused is not null)
         {
             return refused;
@@ -85,38 +85,29 @@ internal static partial class JobsApi
         [AsParameters] Submission submission)
     {
         var (kind, http, submitter, backpressure, rateLimiter, _, clock, webhookUrls, cancellationToken) = submission;
-        var (body, refused) = await ReadAsync(submission, MaxBatchBodyBytes, batch: true);
+        var (body, permits, refused) = await ReadAsync(submission, MaxBatchBodyBytes);
         if (refused is not null)
         {
             return refused;
         }
 
+        // Refused from here on, the batch pays the permit it took to be read; accepted, one per job.
         var errors = new FieldErrors();
         var batchKey = IdempotencyKey.Read(http.Request.Headers, errors, IdempotencyKey.MaxBatchLength);
         var maxJobs = Math.Min(MaxBatchJobs, rateLimiter.Burst);
         var items = JobBatchParser.Parse(kind, body, errors, clock.GetUtcNow(), webhookUrls, maxJobs, MaxBodyBytes);
         if (items is null || errors.Count > 0)
         {
-            rateLimiter.Spend(http);
             return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
-        // Taken as the batch goes, so that every database query it makes is paid for whatever it ends as: one before
-        // its first lookup (here, or for the backpressure gate), all of them before its jobs are looked up one by one
-        // below. The one taken first counts towards all, and is the one permit of a batch refused.
-        var permits = rateLimiter.ForRequest(http, items.Count);
-        if (items.Any(item => item.Request.RunAtOutsideWindow))
+        // Every database query the batch makes is paid for whatever it ends as: its first lookups (here, or for the
+        // backpressure gate) on the permit it took to be read, its jobs one by one below once all of its permits are
+        // taken. The one taken first counts towards all, and is the one permit of a batch refused.
+        permits.Need(items.Count);
+        if (items.Any(item => item.Request.RunAtOutsideWindow) && (await RunAtErrorsAsync(submission, items, batchKey, errors)).Count > 0)
         {
-            // Let in while the bucket held a permit, the batch may find none now (others of the client's took it).
-            if (!permits.TryTakeOne(out var unpaid))
-            {
-                return TooManyRequests(http, unpaid);
-            }
-
-            if ((await RunAtErrorsAsync(submission, items, batchKey, errors)).Count > 0)
-            {
-                return TypedResults.ValidationProblem(errors.ToDictionary());
-            }
+            return TypedResults.ValidationProblem(errors.ToDictionary());
         }
 
         // Checked first among the refusals of a valid batch: it needs no I/O. A batch the queue cannot take now
@@ -168,7 +159,7 @@ internal static partial class JobsApi
     /// the rest of the batch's permits, as the parser's errors are: the client must fix the batch whatever the queue's
     /// depth or its allowance, and a batch refused as invalid pays one permit, not one per job, however many jobs were
     /// looked up. They are looked up at once (<see cref="JobSubmitter.UnsubmittedAsync"/>), one lookup on the batch's
-    /// first permit, which the caller takes before, as a batch refused by the gate looks up its first job
+    /// first permit, taken before its body was read, as a batch refused by the gate looks up its first job
     /// (<see cref="RepeatedBatchAsync"/>).
     /// </summary>
     private static async Task<FieldErrors> RunAtErrorsAsync(
@@ -195,8 +186,8 @@ internal static partial class JobsApi
     /// <summary>
     /// The results of a batch the backpressure gate refused, when it is one sent again whose every job is
     /// answered without a publish (<see cref="JobSubmitter.AnswerRepeatWithoutPublishAsync"/>); null when
-    /// it is refused. Its first job is looked up on the one permit a refused batch pays, taken before (none
-    /// left: no lookup), so a batch of new jobs costs one permit and one lookup. The others are paid for as
+    /// it is refused. Its first job is looked up on the one permit a refused batch pays, taken before its body
+    /// was read, so a batch of new jobs costs one permit and one lookup. The others are paid for as
     /// the jobs of an accepted batch, all of its permits at once; lacking them, the batch is refused.
     /// </summary>
     private static async Task<SubmitResult[]?> RepeatedBatchAsync(
@@ -204,11 +195,6 @@ internal static partial class JobsApi
     {
         var (_, _, submitter, _, _, _, _, _, cancellationToken) = submission;
         var results = new SubmitResult[items.Count];
-        if (!permits.TryTakeOne(out _))
-        {
-            return null;
-        }
-
         var repeated = await submitter.AnswerRepeatWithoutPublishAsync(
             items[0].Request, IdempotencyKey.ForBatchJob(batchKey, 0), items[0].Body, cancellationToken);
         if (repeated is not { } first || !permits.TryTakeAll(out _))
@@ -277,43 +263,30 @@ internal static partial class JobsApi
     }
 
     /// <summary>
-    /// The body, once the request passed the checks that need no parsing: the client's rate limit (429;
-    /// a single submission takes its permit here, a batch only needs one to be there and takes all of
-    /// its permits once its size is known, or one when it is refused, here or after it was read), a known
-    /// kind (404), JSON (415), at most <paramref name="maxBodyBytes"/> (413).
+    /// The body, once the request passed the checks that need no parsing: the client's rate limit (429), a known
+    /// kind (404), JSON (415), at most <paramref name="maxBodyBytes"/> (413). A permit is taken before anything is
+    /// read, a single submission's one, a batch's first (it takes the rest once its size is known): so a client
+    /// has at most as many bodies read at once as its bucket holds permits, where a batch let in on a permit merely
+    /// there had any number read side by side, up to 1 MiB each, before one of them took it. A request refused
+    /// here has paid that permit, as any refused submission does.
     /// </summary>
-    private static async Task<(byte[] Body, ProblemHttpResult? Refused)> ReadAsync(Submission submission, int maxBodyBytes, bool batch)
+    private static async Task<(byte[] Body, SubmissionRateLimiter.RequestPermits Permits, ProblemHttpResult? Refused)> ReadAsync(
+        Submission submission, int maxBodyBytes)
     {
         var http = submission.Http;
-        var limiter = submission.RateLimiter;
-        if (!(batch ? limiter.HasPermit(http, out var wait) : limiter.TryAcquire(http, 1, out wait)))
+        var permits = submission.RateLimiter.ForRequest(http, 1);
+        if (!permits.TryTakeOne(out var wait))
         {
-            return ([], TooManyRequests(http, wait));
+            return ([], permits, TooManyRequests(http, wait));
         }
 
         if (RefuseRequest(submission.Kind, http.Request, maxBodyBytes) is { } refused)
         {
-            SpendIfBatch();
-            return ([], refused);
+            return ([], permits, refused);
         }
 
         var body = await RequestBody.ReadAtMostAsync(http.Request.Body, http.Request.ContentLength, maxBodyBytes, submission.CancellationToken);
-        if (body is null)
-        {
-            SpendIfBatch();
-            return ([], BodyTooLarge(maxBodyBytes));
-        }
-
-        return (body, null);
-
-        // A refused batch pays one permit, as a single submission does, so refusals are not free to send.
-        void SpendIfBatch()
-        {
-            if (batch)
-            {
-                limiter.Spend(http);
-            }
-        }
+        return body is null ? ([], permits, BodyTooLarge(maxBodyBytes)) : (body, permits, null);
     }
 
     /// <summary>A refusal of the request before its body is parsed: unknown kind (404), wrong media type (415), too large (413).</summary>

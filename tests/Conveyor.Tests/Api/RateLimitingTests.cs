@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Options;
 using Npgsql;
 using System.Net;
+using System.Text;
 
 namespace Conveyor.Tests.Api;
 
@@ -172,6 +173,54 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.True(answered.Count > 0, $"all {batches} batches were looked up on the client's two permits");
         Assert.All(answered, response => Assert.Equal(HttpStatusCode.TooManyRequests, response.StatusCode));
+    }
+
+    /// <summary>
+    /// A batch was let in to be read on a permit merely there, taking none until its size was known: a client with
+    /// permits left had any number of batches read side by side (up to 1 MiB each), every one of these twenty slow
+    /// senders held open until its body came. A batch now takes its first permit before its body is read, so those
+    /// beyond the client's permits (two, and one a second) are refused at once, unread. Raw connections: each sends
+    /// its headers and half its body, and reads what the Api answers meanwhile.
+    /// </summary>
+    [Fact]
+    public async Task Batches_beyond_the_clients_permits_are_refused_before_their_bodies_are_read()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "2",
+        });
+        const int senders = 20;
+        var body = Encoding.UTF8.GetBytes(Charges(1));
+        var head = Encoding.ASCII.GetBytes(
+            $"POST /api/jobs/{JobKinds.ChargePayment}/batch HTTP/1.1\r\nHost: {api.Client.BaseAddress!.Authority}\r\n"
+            + $"X-Api-Key: {api.Client.DefaultRequestHeaders.GetValues("X-Api-Key").Single()}\r\n"
+            + $"Content-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n");
+        var connections = new List<System.Net.Sockets.TcpClient>();
+        try
+        {
+            var statusLines = new List<Task<string?>>();
+            for (var i = 0; i < senders; i++)
+            {
+                var connection = new System.Net.Sockets.TcpClient();
+                connections.Add(connection);
+                await connection.ConnectAsync(api.Client.BaseAddress.Host, api.Client.BaseAddress.Port);
+                var stream = connection.GetStream();
+                await stream.WriteAsync(head);
+                await stream.WriteAsync(body.AsMemory(0, body.Length / 2));
+                await stream.FlushAsync();
+                statusLines.Add(new StreamReader(stream, Encoding.ASCII).ReadLineAsync());
+            }
+
+            // Answered while every body is still half sent: refused before it was read.
+            await Eventually.AssertAsync(() => Assert.Contains(
+                statusLines, line => line.IsCompletedSuccessfully && line.Result?.Contains(" 429 ", StringComparison.Ordinal) == true));
+            Assert.DoesNotContain(statusLines, line => line.IsCompletedSuccessfully && line.Result?.Contains(" 202 ", StringComparison.Ordinal) == true);
+        }
+        finally
+        {
+            connections.ForEach(connection => connection.Dispose());
+        }
     }
 
     [Fact]
