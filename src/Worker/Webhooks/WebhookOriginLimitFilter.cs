@@ -49,7 +49,9 @@ public sealed partial class WebhookOriginLimitFilter(
         var origin = WebhookOriginSlots.OriginOf(delivery.Url);
         var deferrals = Math.Max(0, RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.OriginDeferrals));
         var overLimit = deferrals >= options.MaxOriginDeferrals;
-        var lease = overLimit ? null : await TakeAsync(origin, context.CancellationToken);
+        // Not the delivery's token: the wait is bounded (WebhookOriginLeases.AnswerTimeout), and a stop while it waits
+        // is met by the pipeline after it, as for a delivery that never waited.
+        var lease = overLimit ? null : await TakeAsync(origin);
         if (lease is null)
         {
             if (!overLimit && await SetAsideAsync(delivery.Context, origin, deferrals + 1))
@@ -84,24 +86,14 @@ public sealed partial class WebhookOriginLimitFilter(
     /// the origin) and by the workers' together; null, nothing taken, when either is full. The second may be
     /// <see cref="OriginLease.Unknown"/>: the delivery then goes by this worker's count alone.
     /// </summary>
-    private async Task<OriginLease?> TakeAsync(string origin, CancellationToken cancellationToken)
+    private async Task<OriginLease?> TakeAsync(string origin)
     {
         if (!slots.TryTake(origin, options.MaxConcurrentPerOrigin))
         {
             return null;
         }
 
-        OriginLease lease;
-        try
-        {
-            lease = await leases.TryTakeAsync(origin, options.MaxConcurrentPerOrigin, cancellationToken);
-        }
-        catch
-        {
-            slots.Release(origin);
-            throw;
-        }
-
+        var lease = await leases.TryTakeAsync(origin, options.MaxConcurrentPerOrigin, CancellationToken.None);
         if (lease.State == OriginLeaseState.Full)
         {
             slots.Release(origin);
