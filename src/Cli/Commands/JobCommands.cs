@@ -338,7 +338,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 if (said != refusal)
                 {
                     cli.Err.WriteLine(Printable.Text(
-                        $"Could not read the jobs ({said}); trying again in {wait.TotalSeconds:0.#} s, and on with growing pauses "
+                        $"Could not read the jobs ({said}); trying again in {wait.TotalSeconds:0.#} s, and on after each failure (as the Api asks, else after a growing pause) "
                         + (retryFor is { } limit ? $"for up to {limit.TotalSeconds:0} s (--retry-for)." : "until they pass (Ctrl+C stops).")));
                 }
 

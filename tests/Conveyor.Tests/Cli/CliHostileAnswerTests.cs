@@ -849,7 +849,8 @@ public sealed class CliHostileAnswerTests
 
         var following = RunAsync("jobs --follow --interval 1", api, stderr, interrupt.Token);
         await Eventually.AssertAsync(() => Assert.Contains(
-            "Could not read the jobs (503 The database cannot be reached right now); trying again in 200 s", stderr.ToString(), StringComparison.Ordinal));
+            "Could not read the jobs (503 The database cannot be reached right now); trying again in 200 s, "
+            + "and on after each failure (as the Api asks, else after a growing pause) until they pass (Ctrl+C stops).", stderr.ToString(), StringComparison.Ordinal));
         Assert.False(following.IsCompleted, stderr.ToString());
         await interrupt.CancelAsync();
         var run = await following;
