@@ -186,7 +186,10 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
             await using var batch = new NpgsqlBatch(_session);
             foreach (var give in gives)
             {
-                _held.GetValueOrDefault(give.KeyBase)?.Remove(give.Slot);
+                if (_held.TryGetValue(give.KeyBase, out var slots) && slots.Remove(give.Slot) && slots.Count == 0)
+                {
+                    _held.Remove(give.KeyBase);
+                }
             }
 
             if (gives.Count > 0)
@@ -199,11 +202,12 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
 
             foreach (var origin in takes)
             {
-                // A session takes its own lock again without waiting, so the slots this worker holds are skipped.
-                // LIMIT stops the scan once enough were taken: a slot is only tried while more are wanted.
+                // A session takes a lock it holds again (counted: one unlock would then leave it held), so the slots
+                // this worker holds are skipped, before the lock is tried: a CASE, since the planner may order the
+                // parts of an AND as it likes. LIMIT stops the scan once enough were taken.
                 batch.BatchCommands.Add(new NpgsqlBatchCommand("""
                     SELECT s FROM generate_series(0, $3 - 1) AS s
-                     WHERE s <> ALL($4::int[]) AND pg_try_advisory_lock($1, $2 | s)
+                     WHERE CASE WHEN s = ANY($4::int[]) THEN false ELSE pg_try_advisory_lock($1, $2 | s) END
                      LIMIT $5
                     """)
                 {

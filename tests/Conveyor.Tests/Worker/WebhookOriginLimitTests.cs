@@ -175,6 +175,7 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         await Eventually.AssertAsync(() => Assert.True(SetAside(logs[0]) + SetAside(logs[1]) >= 3 * (SlowWebhooks - PerOrigin),
             $"set aside {SetAside(logs[0])} + {SetAside(logs[1])} times"), TimeSpan.FromSeconds(60));
         Assert.Equal(PerOrigin, slow.Deliveries.Count);
+        Assert.Equal(PerOrigin, await OriginSlotsHeldAsync());
 
         release.SetResult();
         foreach (var webhook in held)
@@ -183,6 +184,21 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         }
 
         Assert.Equal(SlowWebhooks, slow.Deliveries.Count);
+        // Every slot given back: none is left held for the next deliveries of either worker.
+        await Eventually.AssertAsync(async () => Assert.Equal(0, await OriginSlotsHeldAsync()));
+    }
+
+    /// <summary>The origin slots (advisory locks of the class "CWOS") held on this run's database.</summary>
+    private async Task<long> OriginSlotsHeldAsync()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand("""
+            SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid = x'43574F53'::int::oid AND objsubid = 2 AND granted
+            """, connection);
+        return (long)(await command.ExecuteScalarAsync() ?? 0L);
     }
 
     /// <summary>
