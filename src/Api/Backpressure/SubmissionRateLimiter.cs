@@ -55,24 +55,10 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     public int Burst { get; }
 
     /// <summary>
-    /// Takes <paramref name="permits"/> (1 to <see cref="Burst"/>) from the caller's bucket. When the bucket
-    /// holds fewer: false, taking one if there is one (a batch refused once read pays as a refused single
-    /// submission does, so resending it drains the bucket instead of costing nothing), with the time until
-    /// that many will be there.
+    /// The permits of one request, taken from the caller's bucket as the request goes on (<see cref="RequestPermits"/>):
+    /// one to begin with, a batch's count once it is known (<see cref="RequestPermits.Need"/>).
     /// </summary>
-    public bool TryAcquire(HttpContext context, int permits, out TimeSpan retryAfter) =>
-        ForRequest(context, permits).TryTakeAll(out retryAfter);
-
-    /// <summary>
-    /// The permits of one request that needs <paramref name="permits"/> (1 to <see cref="Burst"/>), taken from the
-    /// caller's bucket as the request goes on (<see cref="RequestPermits"/>).
-    /// </summary>
-    public RequestPermits ForRequest(HttpContext context, int permits)
-    {
-        ArgumentOutOfRangeException.ThrowIfLessThan(permits, 1);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(permits, Burst);
-        return new RequestPermits(this, ClientOf(context), permits);
-    }
+    public RequestPermits ForRequest(HttpContext context) => new(this, ClientOf(context));
 
     /// <summary>
     /// The longest it takes a bucket holding <paramref name="available"/> to hold <paramref name="permits"/>
@@ -94,12 +80,13 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
     /// towards the others, so a request pays one permit in all when refused, its own number when accepted, however
     /// its permits were taken.
     /// </summary>
-    public sealed class RequestPermits(SubmissionRateLimiter limiter, string client, int permits)
+    public sealed class RequestPermits(SubmissionRateLimiter limiter, string client)
     {
         /// <summary>Permits taken so far: 0, 1 or all of them.</summary>
         private int _taken;
 
-        private int _permits = permits;
+        /// <summary>Permits the request needs: 1 until <see cref="Need"/> says otherwise.</summary>
+        private int _permits = 1;
 
         /// <summary>
         /// Sets how many permits the request needs (1 to <see cref="Burst"/>), once it knows: a batch takes its first

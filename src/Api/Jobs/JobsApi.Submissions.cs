@@ -274,7 +274,7 @@ internal static partial class JobsApi
         Submission submission, int maxBodyBytes)
     {
         var http = submission.Http;
-        var permits = submission.RateLimiter.ForRequest(http, 1);
+        var permits = submission.RateLimiter.ForRequest(http);
         if (!permits.TryTakeOne(out var wait))
         {
             return ([], permits, TooManyRequests(http, wait));

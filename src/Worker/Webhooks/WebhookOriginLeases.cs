@@ -66,7 +66,7 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     /// (<see cref="OriginLease.Full"/> if not); <see cref="OriginLease.Unknown"/> when the database cannot say
     /// within <see cref="AnswerTimeout"/>. A taken slot is given back with <see cref="Release"/>.
     /// </summary>
-    public async Task<OriginLease> TryTakeAsync(string origin, int limit, CancellationToken cancellationToken)
+    public async Task<OriginLease> TryTakeAsync(string origin, int limit)
     {
         EnsureStarted();
         var take = new Take(KeyBaseOf(origin), Math.Clamp(limit, 1, 1 << SlotBits));
@@ -77,22 +77,12 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
 
         try
         {
-            return await take.Answer.Task.WaitAsync(AnswerTimeout, cancellationToken);
+            return await take.Answer.Task.WaitAsync(AnswerTimeout);
         }
-        catch (Exception exception) when (exception is TimeoutException or OperationCanceledException)
+        catch (TimeoutException)
         {
             // Whoever sets the answer first wins: a slot the loop takes after this is given back by the loop.
-            if (take.Answer.TrySetResult(OriginLease.Unknown))
-            {
-                if (exception is OperationCanceledException)
-                {
-                    throw;
-                }
-
-                return OriginLease.Unknown;
-            }
-
-            return await take.Answer.Task;
+            return take.Answer.TrySetResult(OriginLease.Unknown) ? OriginLease.Unknown : await take.Answer.Task;
         }
     }
 

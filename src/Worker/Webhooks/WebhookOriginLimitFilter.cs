@@ -93,7 +93,7 @@ public sealed partial class WebhookOriginLimitFilter(
             return null;
         }
 
-        var lease = await leases.TryTakeAsync(origin, options.MaxConcurrentPerOrigin, CancellationToken.None);
+        var lease = await leases.TryTakeAsync(origin, options.MaxConcurrentPerOrigin);
         if (lease.State == OriginLeaseState.Full)
         {
             slots.Release(origin);
