@@ -591,11 +591,12 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private async Task ApplyAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members, string? savepoint = null)
     {
         var succeeded = members.Where(m => m.Succeeded).ToList();
-        await WriteJobRowsAsync(db, succeeded, members.Where(m => m.Failed).ToList(), savepoint);
         var staged = succeeded.SelectMany(m => m.Staged).ToList();
-        if (staged.Count > 0)
+        // The staged inserts ride in the job rows' command: one round trip for the batch's writes.
+        var others = await WriteJobRowsAsync(db, succeeded, members.Where(m => m.Failed).ToList(), savepoint, staged);
+        if (others.Count > 0)
         {
-            await StagedRows.InsertAsync(db, staged, CancellationToken.None);
+            await StagedRows.SaveAsync(db, others, CancellationToken.None);
         }
     }
 
@@ -604,14 +605,19 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// (attempts whose effects are not committed) stay running until the failure path records the error
     /// and lose their inbox rows, so the message can be claimed again.
     /// </summary>
-    private async Task WriteJobRowsAsync(
-        ConveyorDbContext db, IReadOnlyList<BatchMember> succeeded, IReadOnlyList<BatchMember> unapplied, string? savepoint)
+    /// <param name="staged">
+    /// Rows the <paramref name="succeeded"/> consumers staged, inserted in the same command after the job rows;
+    /// those <see cref="StagedRows"/> cannot write that way are returned, for SaveChanges.
+    /// </param>
+    private async Task<List<object>> WriteJobRowsAsync(
+        ConveyorDbContext db, IReadOnlyList<BatchMember> succeeded, IReadOnlyList<BatchMember> unapplied, string? savepoint,
+        IReadOnlyCollection<object>? staged = null)
     {
         var ran = succeeded.Select(m => (Member: m, Ok: true)).Concat(unapplied.Select(m => (Member: m, Ok: false)))
             .OrderBy(r => r.Member.MessageKey, StringComparer.Ordinal).ToList();
         if (ran.Count == 0)
         {
-            return;
+            return [];
         }
 
         var claiming = ran.Where(r => r.Member.ClaimsUnusedJobId).Select(r => r.Member).ToList();
@@ -653,18 +659,36 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                                                      AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
                                                 ELSE jobs.original_payload_hash END
              WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled});
-            DELETE FROM inbox
-             WHERE ctid = ANY (ARRAY(
-                   SELECT i.ctid FROM unnest({failedKeys}::text[]) AS k(message_key)
-                    CROSS JOIN LATERAL (
-                          SELECT ctid FROM inbox WHERE consumer_id = {_consumerId} AND message_key = k.message_key LIMIT 1) i));
             """;
+        if (failedKeys.Length > 0)
+        {
+            // Only with failures: run with every batch, the statement planned and found nothing (0.2 ms of
+            // planning a batch, about 4 % of PostgreSQL's time per message in the consume benchmark).
+            var arguments = sql.GetArguments();
+            sql = System.Runtime.CompilerServices.FormattableStringFactory.Create(
+                sql.Format + "\n" + $$"""
+                DELETE FROM inbox
+                 WHERE ctid = ANY (ARRAY(
+                       SELECT i.ctid FROM unnest({{{arguments.Length}}}::text[]) AS k(message_key)
+                        CROSS JOIN LATERAL (
+                              SELECT ctid FROM inbox WHERE consumer_id = {{{arguments.Length + 1}}} AND message_key = k.message_key LIMIT 1) i));
+                """,
+                [.. arguments, failedKeys, _consumerId]);
+        }
+
         if (savepoint is not null)
         {
             sql = System.Runtime.CompilerServices.FormattableStringFactory.Create($"SAVEPOINT {savepoint};\n" + sql.Format, sql.GetArguments());
         }
 
+        var others = new List<object>();
+        if (staged is { Count: > 0 })
+        {
+            sql = StagedRows.Append(db, sql, staged, others);
+        }
+
         await db.Database.ExecuteSqlAsync(sql);
+        return others;
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 using Conveyor.Storage;
 using Microsoft.EntityFrameworkCore;
@@ -11,8 +12,8 @@ namespace Conveyor.Worker.Inbox;
 /// <summary>
 /// Writes the inserts that a batch's consumers staged: one <c>INSERT … SELECT … FROM unnest(…)</c>
 /// per entity type, with one array parameter per column, instead of SaveChanges' one INSERT per
-/// row (each bound, planned and executed on its own). The statement text depends only on the
-/// entity type, so it is prepared once per connection. A type it cannot write that way (owned or
+/// row (each bound, planned and executed on its own), appended to the command that writes the batch's
+/// job rows, so the batch's writes take one round trip. A type it cannot write that way (owned or
 /// shadow properties, or a value the database or EF would have to generate) goes through
 /// SaveChanges as before.
 /// </summary>
@@ -20,9 +21,16 @@ public static class StagedRows
 {
     private static readonly ConcurrentDictionary<IEntityType, Writer?> Writers = new();
 
-    public static async Task InsertAsync(ConveyorDbContext db, IReadOnlyCollection<object> entities, CancellationToken cancellationToken)
+    /// <summary>
+    /// <paramref name="sql"/> followed by the inserts of <paramref name="entities"/>, one statement per entity
+    /// type, their array parameters after <paramref name="sql"/>'s arguments. Entities of a type this cannot
+    /// write are added to <paramref name="others"/> (for <see cref="SaveAsync"/>).
+    /// </summary>
+    public static FormattableString Append(
+        ConveyorDbContext db, FormattableString sql, IReadOnlyCollection<object> entities, List<object> others)
     {
-        var others = new List<object>();
+        var format = new StringBuilder(sql.Format);
+        var arguments = new List<object?>(sql.GetArguments());
         foreach (var group in entities.GroupBy(e => e.GetType()))
         {
             var rows = group.ToList();
@@ -34,20 +42,30 @@ public static class StagedRows
                 continue;
             }
 
-            await db.Database.ExecuteSqlRawAsync(writer.Sql, writer.Parameters(rows), cancellationToken);
+            format.Append(";\n").Append(writer.Format(arguments.Count));
+            arguments.AddRange(writer.Parameters(rows, prefix: string.Create(CultureInfo.InvariantCulture, $"staged{arguments.Count}_")));
         }
 
-        if (others.Count > 0)
-        {
-            db.AddRange(others);
-            await db.SaveChangesAsync(cancellationToken);
-            db.ChangeTracker.Clear();
-        }
+        return FormattableStringFactory.Create(format.ToString(), [.. arguments]);
     }
 
-    private sealed class Writer(string sql, IReadOnlyList<Column> columns)
+    /// <summary>Entities <see cref="Append"/> could not write, inserted through SaveChanges.</summary>
+    public static async Task SaveAsync(ConveyorDbContext db, IReadOnlyCollection<object> others, CancellationToken cancellationToken)
     {
-        public string Sql { get; } = sql;
+        db.AddRange(others);
+        await db.SaveChangesAsync(cancellationToken);
+        db.ChangeTracker.Clear();
+    }
+
+    private sealed class Writer(string table, IReadOnlyList<Column> columns)
+    {
+        /// <summary>The statement as a composite format, its array parameters numbered from <paramref name="first"/>.</summary>
+        public string Format(int first) =>
+            new StringBuilder("INSERT INTO ").Append(table).Append(" (").AppendJoin(", ", columns.Select(c => Quote(c.Name)))
+                .Append(") SELECT * FROM unnest(")
+                .AppendJoin(", ", columns.Select((c, i) => string.Create(CultureInfo.InvariantCulture, $"{{{first + i}}}::{c.Property.GetColumnType()}[]")))
+                .Append(')')
+                .ToString();
 
         public static Writer? For(IEntityType entityType)
         {
@@ -63,17 +81,8 @@ public static class StagedRows
 
             var identifier = StoreObjectIdentifier.Table(table, entityType.GetSchema());
             var columns = entityType.GetProperties().Select(p => new Column(p, p.GetColumnName(identifier) ?? p.GetColumnName())).ToList();
-            var sql = new StringBuilder("INSERT INTO ");
-            if (entityType.GetSchema() is { } schema)
-            {
-                sql.Append(Quote(schema)).Append('.');
-            }
-
-            sql.Append(Quote(table)).Append(" (").AppendJoin(", ", columns.Select(c => Quote(c.Name)))
-                .Append(") SELECT * FROM unnest(")
-                .AppendJoin(", ", columns.Select((c, i) => string.Create(CultureInfo.InvariantCulture, $"@p{i}::{c.Property.GetColumnType()}[]")))
-                .Append(')');
-            return new Writer(sql.ToString(), columns);
+            var qualified = entityType.GetSchema() is { } schema ? Quote(schema) + "." + Quote(table) : Quote(table);
+            return new Writer(qualified, columns);
         }
 
         /// <summary>False when a row leaves a generated value unset (EF or the database would fill it in).</summary>
@@ -81,7 +90,7 @@ public static class StagedRows
             columns.Where(c => c.Property.ValueGenerated != ValueGenerated.Never)
                 .All(c => rows.All(row => !c.Property.GetGetter().HasSentinelValue(row)));
 
-        public object[] Parameters(List<object> rows)
+        public object[] Parameters(List<object> rows, string prefix)
         {
             var parameters = new object[columns.Count];
             for (var i = 0; i < columns.Count; i++)
@@ -93,13 +102,15 @@ public static class StagedRows
                     values.SetValue(column.ToProvider(column.Property.GetGetter().GetClrValue(rows[r])), r);
                 }
 
-                parameters[i] = new NpgsqlParameter(string.Create(CultureInfo.InvariantCulture, $"p{i}"), values);
+                parameters[i] = new NpgsqlParameter(string.Create(CultureInfo.InvariantCulture, $"{prefix}{i}"), values);
             }
 
             return parameters;
         }
 
-        private static string Quote(string identifier) => "\"" + identifier.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+        /// <summary>Quoted, and with its braces doubled: the name goes into a composite format.</summary>
+        private static string Quote(string identifier) =>
+            ("\"" + identifier.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"").Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal);
     }
 
     private sealed class Column(IProperty property, string name)

@@ -64,6 +64,15 @@ public sealed class InboxDatabaseSpansTests(ConveyorFixture fixture) : IAsyncLif
         var claims = all.Where(s => Statement(s) is { } sql && sql.StartsWith("WITH input AS", StringComparison.Ordinal)).ToList();
         Assert.Equal(batches.Count, claims.Count);
         Assert.All(claims, claim => Assert.Contains(batches, b => b.TraceId == claim.TraceId && b.SpanId == claim.ParentSpanId));
+        // A batch's writes take one command: its job rows, then its consumers' ledger rows. No attempt failed,
+        // so none deletes an inbox row.
+        var commands = all.Where(s => s.Source.Name == "Npgsql" && batches.Any(b => b.TraceId == s.TraceId && b.SpanId == s.ParentSpanId))
+            .Select(s => Statement(s)).OfType<string>().ToList();
+        var applies = commands.Where(sql => sql.Contains("INSERT INTO jobs", StringComparison.Ordinal)).ToList();
+        Assert.Equal(batches.Count, applies.Count);
+        Assert.All(applies, sql => Assert.Contains("INSERT INTO \"ledger_entries\"", sql, StringComparison.Ordinal));
+        Assert.DoesNotContain(commands, sql => sql.TrimStart().StartsWith("INSERT INTO \"ledger_entries\"", StringComparison.Ordinal));
+        Assert.DoesNotContain(commands, sql => sql.Contains("DELETE FROM inbox", StringComparison.Ordinal));
     }
 
     /// <summary>Charges <see cref="Messages"/> payments; for each message's consume trace, its database statements in order.</summary>
