@@ -247,6 +247,15 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         var interval = TimeSpan.FromSeconds(settings.Interval ?? JobsSettings.DefaultIntervalSeconds);
         var cursor = settings.After;
         var answered = false;
+        if (settings.Status is not null)
+        {
+            // `--status dead-lettered --follow` reads like an alert on failed jobs; it is not one, which is said once.
+            cli.Err.WriteLine(Printable.Text(
+                $"Note: --status {settings.Status} is matched when a job is listed, as it settles (Jobs:ListingSettleSeconds after its submission); "
+                + "a job that reaches that status later is not listed. To see every job, follow without --status; to catch every failed job, "
+                + "watch conveyor_jobs_dead_lettered_total or the _error queues (conveyor queues)."));
+        }
+
         try
         {
             while (true)

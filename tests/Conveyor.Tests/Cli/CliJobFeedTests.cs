@@ -147,6 +147,28 @@ public sealed partial class CliJobFeedTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     /// <summary>
+    /// <c>--status dead-lettered --follow</c> reads like an alert on failed jobs, but the status is matched as each job settles
+    /// (ADR 0013), so a job that dead-letters later is never listed: said once on stderr (it said nothing), the feed going on.
+    /// </summary>
+    [Fact]
+    public async Task Following_one_status_says_that_a_job_reaching_it_later_is_not_listed()
+    {
+        using var interrupt = new CancellationTokenSource();
+        var stdout = new SharedText();
+        var stderr = new SharedText();
+        var following = CliApp.RunAsync(
+            ["jobs", "--status", "dead-lettered", "--follow", "--interval", "1", "--api", _api.BaseAddress.ToString()],
+            stdout.Writer, stderr.Writer, environment: Environment(), cancellationToken: interrupt.Token);
+
+        await Eventually.AssertAsync(() => Assert.Contains(
+            "Note: --status dead-lettered is matched when a job is listed, as it settles", stderr.ToString(), StringComparison.Ordinal));
+        Assert.False(following.IsCompleted, stderr.ToString());
+        await interrupt.CancelAsync();
+        Assert.Equal(ExitCodes.Interrupted, await following);
+        Assert.Single(Regex.Matches(stderr.ToString(), "Note: --status"));
+    }
+
+    /// <summary>
     /// Options refused before anything is sent, each naming itself, as the CLI's other usage errors; a cursor the Api refuses
     /// is named as the option that gave it, <c>--after</c>, with the Api's reason (it was named <c>cursor</c>, a word of the Api's
     /// query that no option of the CLI has).
