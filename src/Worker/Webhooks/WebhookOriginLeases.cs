@@ -1,8 +1,10 @@
 using System.Buffers.Binary;
+using System.Diagnostics.Metrics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Threading.Channels;
 using Conveyor.Storage;
+using Conveyor.Worker.Jobs;
 using Npgsql;
 
 namespace Conveyor.Worker.Webhooks;
@@ -16,9 +18,13 @@ namespace Conveyor.Worker.Webhooks;
 /// <para>
 /// The limit must never stop webhooks: when the session cannot be opened or does not answer within
 /// <see cref="AnswerTimeout"/>, a take answers <see cref="OriginLease.Unknown"/> and the delivery goes ahead
-/// under this worker's own limit (<see cref="WebhookOriginSlots"/>); the session is opened again at most
-/// every <see cref="ReopenAfter"/>. A lock key is an origin's hash and a slot number, so two origins whose
-/// hashes agree (about one pair in four million) share one set of slots.
+/// under this worker's own limit (<see cref="WebhookOriginSlots"/>); the session is opened again
+/// <see cref="ReopenAfter"/> after it failed (and then every <see cref="ReopenAfter"/> until it opens), by
+/// the next take or, with none, by the worker itself. Operators see it (meter <c>Conveyor.Worker</c>): the
+/// counter <c>conveyor.webhooks.admitted_locally</c> (tag <c>reason</c>, <see cref="OriginSlotsUnread"/>)
+/// counts the takes answered so, and the gauge <c>conveyor.webhooks.origin_session.up</c> reads 0 from a
+/// failure of the session until it is open again. A lock key is an origin's hash and a slot number, so two
+/// origins whose hashes agree (about one pair in four million) share one set of slots.
 /// </para>
 /// </summary>
 public sealed partial class WebhookOriginLeases : IAsyncDisposable
@@ -29,6 +35,12 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     /// <summary>Bits of the second half that number the slot: <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> is at most 1,000.</summary>
     private const int SlotBits = 10;
 
+    /// <summary>Counter of the takes answered <see cref="OriginLeaseState.Unknown"/>: deliveries that went by this worker's own count.</summary>
+    public const string AdmittedLocallyInstrument = "conveyor.webhooks.admitted_locally";
+
+    /// <summary>Gauge: 1, or 0 while the session that holds the slots is down.</summary>
+    public const string SessionUpInstrument = "conveyor.webhooks.origin_session.up";
+
     /// <summary>The longest a delivery waits for its slot before it goes ahead under this worker's limit alone.</summary>
     public static readonly TimeSpan AnswerTimeout = TimeSpan.FromSeconds(5);
 
@@ -38,6 +50,7 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     private readonly string _connectionString;
     private readonly TimeProvider _time;
     private readonly ILogger<WebhookOriginLeases> _logger;
+    private readonly Counter<long> _admittedLocally;
     private readonly Channel<Request> _requests = Channel.CreateUnbounded<Request>(new UnboundedChannelOptions { SingleReader = true });
     private readonly CancellationTokenSource _stopping = new();
     private readonly Lock _startLock = new();
@@ -49,41 +62,41 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     private long _generation;
     private DateTimeOffset _failedAt = DateTimeOffset.MinValue;
 
-    public WebhookOriginLeases(IConfiguration configuration, TimeProvider time, ILogger<WebhookOriginLeases> logger)
-        : this(StorageServiceCollectionExtensions.ConnectionString(configuration), time, logger)
+    // Written by the loop, read by the gauge: from a failure of the session until one is open again.
+    private volatile bool _down;
+
+    public WebhookOriginLeases(IConfiguration configuration, IMeterFactory meters, TimeProvider time, ILogger<WebhookOriginLeases> logger)
+        : this(StorageServiceCollectionExtensions.ConnectionString(configuration), meters, time, logger)
     {
     }
 
-    internal WebhookOriginLeases(string connectionString, TimeProvider time, ILogger<WebhookOriginLeases> logger)
+    internal WebhookOriginLeases(string connectionString, IMeterFactory meters, TimeProvider time, ILogger<WebhookOriginLeases> logger)
     {
         _connectionString = LockSessions.ConnectionString(connectionString, "conveyor-worker-webhook-origins");
         _time = time;
         _logger = logger;
+        var meter = meters.Create(JobMetrics.MeterName);
+        _admittedLocally = meter.CreateCounter<long>(AdmittedLocallyInstrument, "{delivery}",
+            "Webhook deliveries admitted by this worker's own count of their origin's deliveries because the slots the workers share could not be read (tag reason)");
+        meter.CreateObservableGauge(SessionUpInstrument, () => _down ? 0 : 1, "{session}",
+            "1 while the database session holding this worker's webhook origin slots is open or not yet needed; 0 from its failure until it is open again (the origin limit is then this worker's own)");
     }
 
     /// <summary>
     /// A slot of <paramref name="origin"/> among <paramref name="limit"/>, if one is free across the workers
     /// (<see cref="OriginLease.Full"/> if not); <see cref="OriginLease.Unknown"/> when the database cannot say
-    /// within <see cref="AnswerTimeout"/>. A taken slot is given back with <see cref="Release"/>.
+    /// within <see cref="AnswerTimeout"/>, counted in <see cref="AdmittedLocallyInstrument"/> (its caller, the
+    /// filter, then admits the delivery by this worker's count). A taken slot is given back with <see cref="Release"/>.
     /// </summary>
     public async Task<OriginLease> TryTakeAsync(string origin, int limit)
     {
-        EnsureStarted();
-        var take = new Take(KeyBaseOf(origin), Math.Clamp(limit, 1, 1 << SlotBits));
-        if (!_requests.Writer.TryWrite(take))
+        var lease = await AskAsync(origin, limit);
+        if (lease.State == OriginLeaseState.Unknown)
         {
-            return OriginLease.Unknown;
+            _admittedLocally.Add(1, new KeyValuePair<string, object?>("reason", lease.UnknownBecause));
         }
 
-        try
-        {
-            return await take.Answer.Task.WaitAsync(AnswerTimeout);
-        }
-        catch (TimeoutException)
-        {
-            // Whoever sets the answer first wins: a slot the loop takes after this is given back by the loop.
-            return take.Answer.TrySetResult(OriginLease.Unknown) ? OriginLease.Unknown : await take.Answer.Task;
-        }
+        return lease;
     }
 
     /// <summary>Gives back a slot <see cref="TryTakeAsync"/> took (nothing for a lease that holds none); does not wait.</summary>
@@ -108,6 +121,28 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
         _stopping.Dispose();
     }
 
+    /// <summary>The take itself: the loop's answer, or <see cref="OriginSlotsUnread.Timeout"/> when it does not come in time.</summary>
+    private async Task<OriginLease> AskAsync(string origin, int limit)
+    {
+        EnsureStarted();
+        var take = new Take(KeyBaseOf(origin), Math.Clamp(limit, 1, 1 << SlotBits));
+        if (!_requests.Writer.TryWrite(take))
+        {
+            return OriginLease.Unknown(OriginSlotsUnread.Stopping);
+        }
+
+        try
+        {
+            return await take.Answer.Task.WaitAsync(AnswerTimeout);
+        }
+        catch (TimeoutException)
+        {
+            // Whoever sets the answer first wins: a slot the loop takes after this is given back by the loop.
+            var unknown = OriginLease.Unknown(OriginSlotsUnread.Timeout);
+            return take.Answer.TrySetResult(unknown) ? unknown : await take.Answer.Task;
+        }
+    }
+
     /// <summary>The second half of an origin's lock keys, slot 0; the slot number fills the low <see cref="SlotBits"/>.</summary>
     internal static int KeyBaseOf(string origin) =>
         BinaryPrimitives.ReadInt32BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes(origin))) & ~((1 << SlotBits) - 1);
@@ -128,10 +163,36 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     private async Task RunAsync()
     {
         var pending = new List<Request>();
+        Task<bool>? arrival = null;
         try
         {
-            while (await _requests.Reader.WaitToReadAsync(_stopping.Token))
+            while (true)
             {
+                _stopping.Token.ThrowIfCancellationRequested();
+                arrival ??= _requests.Reader.WaitToReadAsync(_stopping.Token).AsTask();
+                if (!arrival.IsCompleted && _down)
+                {
+                    // Down and nothing asked: opened again once the pause is over all the same, so that the gauge
+                    // says when the limit is shared again (a worker without webhooks would otherwise read 0 for good).
+                    var pause = _failedAt + ReopenAfter - _time.GetUtcNow();
+                    if (pause > TimeSpan.Zero)
+                    {
+                        await Task.WhenAny(arrival, Task.Delay(pause, _time, _stopping.Token));
+                    }
+                    else
+                    {
+                        await ReopenAsync();
+                    }
+
+                    continue;
+                }
+
+                if (!await arrival)
+                {
+                    break;
+                }
+
+                arrival = null;
                 while (pending.Count < 512 && _requests.Reader.TryRead(out var request))
                 {
                     pending.Add(request);
@@ -146,10 +207,20 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
         }
         finally
         {
-            foreach (var take in pending.OfType<Take>())
-            {
-                take.Answer.TrySetResult(OriginLease.Unknown);
-            }
+            Answer(pending.OfType<Take>(), OriginLease.Unknown(OriginSlotsUnread.Stopping));
+        }
+    }
+
+    /// <summary>Opens the session while no round asks for it (<see cref="RunAsync"/>); a failure is noted as a round's is.</summary>
+    private async Task ReopenAsync()
+    {
+        try
+        {
+            _session = await OpenAsync();
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            await FailedAsync(exception);
         }
     }
 
@@ -166,7 +237,7 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
         if (_session is null && _time.GetUtcNow() - _failedAt < ReopenAfter)
         {
             // Gives are of the session that failed (it took its locks with it). Opened again only after a pause.
-            Answer(takes.SelectMany(t => t), OriginLease.Unknown);
+            Answer(takes.SelectMany(t => t), OriginLease.Unknown(OriginSlotsUnread.SessionDown));
             return;
         }
 
@@ -222,11 +293,29 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
-            LogSessionLost(_logger, exception);
-            await CloseAsync();
-            _failedAt = _time.GetUtcNow();
-            Answer(takes.SelectMany(t => t), OriginLease.Unknown);
+            await FailedAsync(exception);
+            Answer(takes.SelectMany(t => t), OriginLease.Unknown(exception is TimeoutException ? OriginSlotsUnread.Timeout : OriginSlotsUnread.SessionDown));
         }
+    }
+
+    /// <summary>
+    /// The session failed, or could not be opened: closed, and down until <see cref="ReopenAfter"/> has passed. Logged
+    /// as a warning once per outage (each later try to open it, at debug level), and when it is back.
+    /// </summary>
+    private async Task FailedAsync(Exception exception)
+    {
+        if (_down)
+        {
+            LogReopenFailed(_logger, exception);
+        }
+        else
+        {
+            LogSessionLost(_logger, exception);
+        }
+
+        await CloseAsync();
+        _failedAt = _time.GetUtcNow();
+        _down = true;
     }
 
     /// <summary>Runs a round's <paramref name="batch"/>: past the releases' result, then each origin's slots taken.</summary>
@@ -294,6 +383,12 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
         try
         {
             await connection.OpenAsync().WaitAsync(AnswerTimeout);
+            if (_down)
+            {
+                _down = false;
+                LogSessionBack(_logger);
+            }
+
             return connection;
         }
         catch
@@ -328,6 +423,12 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "Webhook origin slots: the database session holding them failed; deliveries count against this worker's own limit until it is back")]
     private static partial void LogSessionLost(ILogger logger, Exception exception);
 
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Webhook origin slots: the database session holding them could not be opened again; deliveries still count against this worker's own limit")]
+    private static partial void LogReopenFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Webhook origin slots: the database session holding them is open again; the limit holds across workers")]
+    private static partial void LogSessionBack(ILogger logger);
+
     private abstract record Request;
 
     private sealed record Take(int KeyBase, int Limit) : Request
@@ -351,13 +452,30 @@ public enum OriginLeaseState
     Taken,
 }
 
-/// <summary>A slot of an origin across the workers, or why there is none (<see cref="State"/>).</summary>
-public readonly record struct OriginLease(OriginLeaseState State, int KeyBase, int Slot, long Generation)
+/// <summary>
+/// A slot of an origin across the workers, or why there is none (<see cref="State"/>; for
+/// <see cref="OriginLeaseState.Unknown"/>, also <see cref="UnknownBecause"/>, one of <see cref="OriginSlotsUnread"/>).
+/// </summary>
+public readonly record struct OriginLease(OriginLeaseState State, int KeyBase, int Slot, long Generation, string? UnknownBecause = null)
 {
-    public static readonly OriginLease Unknown = new(OriginLeaseState.Unknown, 0, 0, 0);
-
     public static readonly OriginLease Full = new(OriginLeaseState.Full, 0, 0, 0);
+
+    /// <summary>The database could not say, for <paramref name="reason"/> (<see cref="OriginSlotsUnread"/>).</summary>
+    public static OriginLease Unknown(string reason) => new(OriginLeaseState.Unknown, 0, 0, 0, reason);
 
     /// <summary>Whether a slot is held, to be given back.</summary>
     public bool Holds => State == OriginLeaseState.Taken;
+}
+
+/// <summary>Why the slots the workers share could not be read: the <c>reason</c> tag of <c>conveyor.webhooks.admitted_locally</c>.</summary>
+public static class OriginSlotsUnread
+{
+    /// <summary>The database did not answer within <see cref="WebhookOriginLeases.AnswerTimeout"/> (slow, or out of reach).</summary>
+    public const string Timeout = "timeout";
+
+    /// <summary>The session failed (ended by the server, refused, not opened) or waits out <see cref="WebhookOriginLeases.ReopenAfter"/> before it is opened again.</summary>
+    public const string SessionDown = "session_down";
+
+    /// <summary>The worker is stopping.</summary>
+    public const string Stopping = "stopping";
 }

@@ -9,6 +9,7 @@ using Conveyor.Tests.Deploy;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace Conveyor.Tests.Observability;
 
@@ -76,6 +77,19 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         await Eventually.AssertAsync(() => Assert.Single(receiver.Deliveries));
         holdWebhooks.SetResult();
 
+        // The session holding the worker's origin slots ended by the server: the next delivery goes by the worker's own
+        // count (conveyor_webhooks_admitted_locally_total); the second webhook, back from aside, may be it.
+        await EndOriginSlotSessionAsync();
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            await publisher.PublishAsync(new DeliverWebhook
+            {
+                WebhookId = Guid.NewGuid(), Url = receiver.Url(), EventType = "invoice.created", Payload = JsonDocument.Parse("""{"invoice":3}""").RootElement,
+            });
+        }
+
+        await Eventually.AssertAsync(() => Assert.Equal(3, receiver.Deliveries.Count));
+
         // A batch of two.
         using (var batch = await api.Client.PostAsJsonAsync("/api/jobs/charge-payment/batch", new
         {
@@ -115,6 +129,18 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             Assert.True(missing.Count == 0,
                 $"queried in deploy/monitoring but not exposed: {string.Join(", ", missing)}; exposed: {string.Join(", ", exposed.Where(n => n.StartsWith("conveyor_", StringComparison.Ordinal)).Order())}");
         });
+    }
+
+    /// <summary>Ends, from the server, the worker's session that holds its webhook origin slots.</summary>
+    private async Task EndOriginSlotSessionAsync()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand("""
+            SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'conveyor-worker-webhook-origins'
+            """, connection);
+        Assert.Equal(1L, await command.ExecuteScalarAsync());
     }
 
     /// <summary>The <c>conveyor_*</c> names in the alert rules' and the dashboard's queries and in the README's table.</summary>

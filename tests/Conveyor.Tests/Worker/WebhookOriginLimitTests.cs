@@ -1,10 +1,16 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
 using System.Text.Json;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Webhooks;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -204,7 +210,8 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
     /// <summary>
     /// The workers' slots live in one database session per worker. When it ends (here: terminated by the server,
     /// as a failover or an administrator would), the limit must not stop webhooks: the worker counts its own
-    /// deliveries meanwhile, says so once, and opens a session again.
+    /// deliveries meanwhile, says so once (and counts each such delivery in <c>conveyor.webhooks.admitted_locally</c>,
+    /// which did not exist: nothing but one log line said the limit was no longer shared), and opens a session again.
     /// </summary>
     [Fact]
     public async Task Webhooks_go_on_when_the_session_holding_the_origin_slots_ends()
@@ -214,10 +221,13 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         var logs = new CapturedLogs();
         await using var worker = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs));
         await using var publisher = await TestPublisher.StartAsync(fixture);
+        using var metrics = new OriginSlotMetrics(worker.Services.GetRequiredService<IMeterFactory>());
 
         var first = Webhook(receiver, 1);
         await publisher.PublishAsync(first);
         await fixture.WaitForJobAsync(first.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        Assert.Empty(metrics.AdmittedLocally);
+        Assert.Equal(1, metrics.SessionUp());
         Assert.Equal(1, await SlotSessionsAsync(terminate: true));
 
         var after = Enumerable.Range(2, 3).Select(i => Webhook(receiver, i)).ToList();
@@ -227,10 +237,15 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
             await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
         }
 
-        Assert.Single(logs.Of(LogLevel.Warning, typeof(Conveyor.Worker.Webhooks.WebhookOriginLeases).FullName!),
+        Assert.Single(logs.Of(LogLevel.Warning, typeof(WebhookOriginLeases).FullName!),
             e => e.Message.Contains("session holding them failed", StringComparison.Ordinal));
+        // At least the first delivery after the session ended went by the worker's count (the later ones too, unless
+        // the session was open again by then).
+        Assert.NotEmpty(metrics.AdmittedLocally);
+        Assert.All(metrics.AdmittedLocally, reason => Assert.Equal(OriginSlotsUnread.SessionDown, reason));
 
-        // Opened again on a later delivery, once the pause after the failure is over.
+        // Opened again once the pause after the failure is over; the gauge says so.
+        await Eventually.AssertAsync(() => Assert.Equal(1, metrics.SessionUp()));
         await Eventually.AssertAsync(async () =>
         {
             var next = Webhook(receiver, 10);
@@ -238,6 +253,41 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
             await fixture.WaitForJobAsync(next.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
             Assert.Equal(1, await SlotSessionsAsync(terminate: false));
         }, TimeSpan.FromSeconds(60));
+    }
+
+    /// <summary>
+    /// The gauge <c>conveyor.webhooks.origin_session.up</c> reads 0 from the session's failure until it is open again,
+    /// however long that takes (here the clock stands still, so the pause before it is opened again does not end until
+    /// the test moves it), and each take meanwhile is counted with its reason. Before, neither instrument existed.
+    /// </summary>
+    [Fact]
+    public async Task The_origin_session_gauge_reads_0_from_the_sessions_failure_until_it_is_open_again_and_counts_each_take_meanwhile()
+    {
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var meters = services.GetRequiredService<IMeterFactory>();
+        using var metrics = new OriginSlotMetrics(meters);
+        var clock = new HeldClock(DateTimeOffset.UtcNow);
+        await using var leases = new WebhookOriginLeases(fixture.ConnectionString, meters, clock, NullLogger<WebhookOriginLeases>.Instance);
+        const string origin = "https://receiver.example:443";
+
+        Assert.Equal(1, metrics.SessionUp());
+        Assert.Equal(OriginLeaseState.Taken, (await leases.TryTakeAsync(origin, 2)).State);
+        Assert.Equal(1, await SlotSessionsAsync(terminate: true));
+
+        // The next take meets the ended session: its delivery goes by this worker's count, and so does the one after,
+        // while the session waits to be opened again.
+        Assert.Equal(OriginLeaseState.Unknown, (await leases.TryTakeAsync(origin, 2)).State);
+        Assert.Equal(0, metrics.SessionUp());
+        Assert.Equal(OriginLeaseState.Unknown, (await leases.TryTakeAsync(origin, 2)).State);
+        Assert.Equal(0, metrics.SessionUp());
+        Assert.Equal([OriginSlotsUnread.SessionDown, OriginSlotsUnread.SessionDown], metrics.AdmittedLocally);
+
+        // Once the pause is over, opened again by the worker itself, no take needed.
+        clock.Advance(WebhookOriginLeases.ReopenAfter);
+        await Eventually.AssertAsync(() => Assert.Equal(1, metrics.SessionUp()));
+        Assert.Equal(1, await SlotSessionsAsync(terminate: false));
+        Assert.Equal(OriginLeaseState.Taken, (await leases.TryTakeAsync(origin, 2)).State);
+        Assert.Equal(2, metrics.AdmittedLocally.Count);
     }
 
     /// <summary>The worker sessions holding origin slots on this run's database; ended by the server if <paramref name="terminate"/>.</summary>
@@ -281,6 +331,70 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         await Eventually.AssertAsync(() => Assert.Single(fast.Deliveries));
         Assert.Equal(4, slow.Deliveries.Count);
         release.SetResult();
+    }
+
+    /// <summary>
+    /// The origin slots' instruments of the worker (or leases) built on the meter factory given: each delivery the
+    /// counter <c>conveyor.webhooks.admitted_locally</c> counted since this was made, by reason, and the gauge now.
+    /// </summary>
+    private sealed class OriginSlotMetrics : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private readonly ConcurrentQueue<string?> _admitted = new();
+        private readonly Lock _gaugeLock = new();
+        private readonly List<int> _gauge = [];
+
+        public OriginSlotMetrics(IMeterFactory meters)
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Scope == meters && instrument.Meter.Name == JobMetrics.MeterName
+                    && instrument.Name is WebhookOriginLeases.AdmittedLocallyInstrument or WebhookOriginLeases.SessionUpInstrument)
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                string? reason = null;
+                foreach (var tag in tags)
+                {
+                    reason = tag.Key == "reason" ? tag.Value as string : reason;
+                }
+
+                for (var i = 0; i < value; i++)
+                {
+                    _admitted.Enqueue(reason);
+                }
+            });
+            _listener.SetMeasurementEventCallback<int>((_, value, _, _) => _gauge.Add(value));
+            _listener.Start();
+        }
+
+        public IReadOnlyList<string?> AdmittedLocally => [.. _admitted];
+
+        /// <summary>The gauge <c>conveyor.webhooks.origin_session.up</c>, observed now.</summary>
+        public int SessionUp()
+        {
+            lock (_gaugeLock)
+            {
+                _gauge.Clear();
+                _listener.RecordObservableInstruments();
+                return Assert.Single(_gauge);
+            }
+        }
+
+        public void Dispose() => _listener.Dispose();
+    }
+
+    /// <summary>A clock that stands still until the test moves it (its timers are the system's).</summary>
+    private sealed class HeldClock(DateTimeOffset start) : TimeProvider
+    {
+        private long _ticks = start.UtcTicks;
+
+        public void Advance(TimeSpan by) => Interlocked.Add(ref _ticks, by.Ticks);
+
+        public override DateTimeOffset GetUtcNow() => new(Interlocked.Read(ref _ticks), TimeSpan.Zero);
     }
 
     private static DeliverWebhook Webhook(FakeWebhookReceiver receiver, int n) => new()
