@@ -23,17 +23,28 @@ namespace Conveyor.Worker.Webhooks;
 /// the next take or, with none, by the worker itself. Operators see it (meter <c>Conveyor.Worker</c>): the
 /// counter <c>conveyor.webhooks.admitted_locally</c> (tag <c>reason</c>, <see cref="OriginSlotsUnread"/>)
 /// counts the takes answered so, and the gauge <c>conveyor.webhooks.origin_session.up</c> reads 0 from a
-/// failure of the session until it is open again. A lock key is an origin's hash and a slot number, so two
-/// origins whose hashes agree (about one pair in four million) share one set of slots.
+/// failure of the session until it is open again.
+/// </para>
+/// <para>
+/// A lock key is one <c>bigint</c> (<c>pg_try_advisory_lock(bigint)</c>): from the top, the class byte
+/// <see cref="LockClass"/> ("W"), <see cref="HashBits"/> bits of the origin's SHA-256 and <see cref="SlotBits"/> bits
+/// of slot number. PostgreSQL keeps the one-<c>bigint</c> keys apart from the two-<c>int</c> keys of every other
+/// advisory lock in Conveyor (the classes "CJKY", "CDSS", "CJID", "CQOP"; <c>pg_locks.objsubid</c> 1, not
+/// 2), and the class byte keeps them apart from any other one-<c>bigint</c> key that does not start with it. Two
+/// origins share slots only if 46 bits of their hashes agree: among 10,000 origins, a chance of about one in a
+/// million that any two do (the 22 bits of the earlier two-<c>int</c> key made it likely among a few thousand).
 /// </para>
 /// </summary>
 public sealed partial class WebhookOriginLeases : IAsyncDisposable
 {
-    /// <summary>First half of every lock key ("CWOS"), so these locks cannot collide with other advisory locks.</summary>
-    private const int LockClass = 0x43_57_4F_53;
+    /// <summary>Top byte of every lock key ("W"), so these locks cannot collide with another one-<c>bigint</c> advisory lock.</summary>
+    internal const long LockClass = 0x57L << 56;
 
-    /// <summary>Bits of the second half that number the slot: <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> is at most 1,000.</summary>
-    private const int SlotBits = 10;
+    /// <summary>Bits of an origin's hash in its lock keys, between the class byte and the slot number.</summary>
+    internal const int HashBits = 64 - 8 - SlotBits;
+
+    /// <summary>Low bits of a lock key that number the slot: <see cref="WebhookOptions.MaxConcurrentPerOrigin"/> is at most 1,000.</summary>
+    internal const int SlotBits = 10;
 
     /// <summary>Counter of the takes answered <see cref="OriginLeaseState.Unknown"/>: deliveries that went by this worker's own count.</summary>
     public const string AdmittedLocallyInstrument = "conveyor.webhooks.admitted_locally";
@@ -57,7 +68,7 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     private Task? _loop;
 
     // Touched by the loop only.
-    private readonly Dictionary<int, HashSet<int>> _held = [];
+    private readonly Dictionary<long, HashSet<int>> _held = [];
     private NpgsqlConnection? _session;
     private long _generation;
     private DateTimeOffset _failedAt = DateTimeOffset.MinValue;
@@ -143,9 +154,9 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
         }
     }
 
-    /// <summary>The second half of an origin's lock keys, slot 0; the slot number fills the low <see cref="SlotBits"/>.</summary>
-    internal static int KeyBaseOf(string origin) =>
-        BinaryPrimitives.ReadInt32BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes(origin))) & ~((1 << SlotBits) - 1);
+    /// <summary>An origin's lock key for slot 0: its class byte and hash; the slot number fills the low <see cref="SlotBits"/>.</summary>
+    internal static long KeyBaseOf(string origin) =>
+        LockClass | (long)(BinaryPrimitives.ReadUInt64BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes(origin))) >> (64 - HashBits) << SlotBits);
 
     private void EnsureStarted()
     {
@@ -255,9 +266,9 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
 
             if (gives.Count > 0)
             {
-                batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT pg_advisory_unlock($1, k) FROM unnest($2::int[]) AS k")
+                batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) AS k")
                 {
-                    Parameters = { new NpgsqlParameter<int> { TypedValue = LockClass }, new NpgsqlParameter<int[]> { TypedValue = [.. gives.Select(g => g.KeyBase | g.Slot)] } },
+                    Parameters = { new NpgsqlParameter<long[]> { TypedValue = [.. gives.Select(g => g.KeyBase | (long)g.Slot)] } },
                 });
             }
 
@@ -267,15 +278,14 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
                 // this worker holds are skipped, before the lock is tried: a CASE, since the planner may order the
                 // parts of an AND as it likes. LIMIT stops the scan once enough were taken.
                 batch.BatchCommands.Add(new NpgsqlBatchCommand("""
-                    SELECT s FROM generate_series(0, $3 - 1) AS s
-                     WHERE CASE WHEN s = ANY($4::int[]) THEN false ELSE pg_try_advisory_lock($1, $2 | s) END
-                     LIMIT $5
+                    SELECT s FROM generate_series(0, $2 - 1) AS s
+                     WHERE CASE WHEN s = ANY($3::int[]) THEN false ELSE pg_try_advisory_lock($1 | s::bigint) END
+                     LIMIT $4
                     """)
                 {
                     Parameters =
                     {
-                        new NpgsqlParameter<int> { TypedValue = LockClass },
-                        new NpgsqlParameter<int> { TypedValue = origin.Key },
+                        new NpgsqlParameter<long> { TypedValue = origin.Key },
                         new NpgsqlParameter<int> { TypedValue = origin.Max(t => t.Limit) },
                         new NpgsqlParameter<int[]> { TypedValue = [.. _held.GetValueOrDefault(origin.Key) ?? []] },
                         new NpgsqlParameter<int> { TypedValue = origin.Count() },
@@ -344,7 +354,7 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
     }
 
     /// <summary>The slots taken go to the takes in their order, the rest answer Full; a slot whose taker gave up waiting is given back.</summary>
-    private void HandOut(IGrouping<int, Take> origin, List<int> slots)
+    private void HandOut(IGrouping<long, Take> origin, List<int> slots)
     {
         var held = _held.TryGetValue(origin.Key, out var set) ? set : _held[origin.Key] = [];
         var next = 0;
@@ -431,12 +441,12 @@ public sealed partial class WebhookOriginLeases : IAsyncDisposable
 
     private abstract record Request;
 
-    private sealed record Take(int KeyBase, int Limit) : Request
+    private sealed record Take(long KeyBase, int Limit) : Request
     {
         public TaskCompletionSource<OriginLease> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    private sealed record Give(int KeyBase, int Slot, long Generation) : Request;
+    private sealed record Give(long KeyBase, int Slot, long Generation) : Request;
 }
 
 /// <summary>What <see cref="WebhookOriginLeases.TryTakeAsync"/> answered.</summary>
@@ -456,7 +466,7 @@ public enum OriginLeaseState
 /// A slot of an origin across the workers, or why there is none (<see cref="State"/>; for
 /// <see cref="OriginLeaseState.Unknown"/>, also <see cref="UnknownBecause"/>, one of <see cref="OriginSlotsUnread"/>).
 /// </summary>
-public readonly record struct OriginLease(OriginLeaseState State, int KeyBase, int Slot, long Generation, string? UnknownBecause = null)
+public readonly record struct OriginLease(OriginLeaseState State, long KeyBase, int Slot, long Generation, string? UnknownBecause = null)
 {
     public static readonly OriginLease Full = new(OriginLeaseState.Full, 0, 0, 0);
 

@@ -1,5 +1,8 @@
+using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
+using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
@@ -194,7 +197,45 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         await Eventually.AssertAsync(async () => Assert.Equal(0, await OriginSlotsHeldAsync()));
     }
 
-    /// <summary>The origin slots (advisory locks of the class "CWOS") held on this run's database.</summary>
+    /// <summary>
+    /// Two origins whose lock keys agreed shared one set of slots: a key held 22 bits of the origin's hash, so among a
+    /// few thousand receivers two likely agreed, and one's slow deliveries set the other's aside (here its take
+    /// answered Full while the first origin held its only slot). A key now holds 46 bits of it.
+    /// </summary>
+    [Fact]
+    public async Task Origins_whose_22_bit_hashes_agree_do_not_share_slots()
+    {
+        var (first, second) = OriginsWhose22BitHashesAgree();
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        await using var leases = new WebhookOriginLeases(
+            fixture.ConnectionString, services.GetRequiredService<IMeterFactory>(), TimeProvider.System, NullLogger<WebhookOriginLeases>.Instance);
+
+        Assert.Equal(OriginLeaseState.Taken, (await leases.TryTakeAsync(first, 1)).State);
+        Assert.Equal(OriginLeaseState.Taken, (await leases.TryTakeAsync(second, 1)).State);
+        Assert.Equal(2, await OriginSlotsHeldAsync());
+        // Each origin's own limit still holds.
+        Assert.Equal(OriginLeaseState.Full, (await leases.TryTakeAsync(first, 1)).State);
+        Assert.Equal(OriginLeaseState.Full, (await leases.TryTakeAsync(second, 1)).State);
+    }
+
+    /// <summary>Two origins (as <see cref="WebhookOriginSlots.OriginOf"/> writes them) whose SHA-256 hashes agree in their first 22 bits.</summary>
+    private static (string First, string Second) OriginsWhose22BitHashesAgree()
+    {
+        var seen = new Dictionary<uint, string>();
+        for (var i = 0; ; i++)
+        {
+            var origin = $"https://receiver-{i}.example:443";
+            var hash22 = BinaryPrimitives.ReadUInt32BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes(origin))) >> 10;
+            if (seen.TryGetValue(hash22, out var earlier))
+            {
+                return (earlier, origin);
+            }
+
+            seen[hash22] = origin;
+        }
+    }
+
+    /// <summary>The origin slots (one-bigint advisory locks whose top byte is "W") held on this run's database.</summary>
     private async Task<long> OriginSlotsHeldAsync()
     {
         await using var connection = new NpgsqlConnection(fixture.ConnectionString);
@@ -202,7 +243,7 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         await using var command = new NpgsqlCommand("""
             SELECT count(*) FROM pg_locks
              WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid = x'43574F53'::int::oid AND objsubid = 2 AND granted
+               AND objsubid = 1 AND classid::bigint >> 24 = x'57'::int AND granted
             """, connection);
         return (long)(await command.ExecuteScalarAsync() ?? 0L);
     }
