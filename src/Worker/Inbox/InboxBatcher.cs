@@ -636,7 +636,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         // A row created here (a command another service published directly) is stamped by the database's clock when
         // this statement starts, as every row the worker creates (JobTracker): it commits with the batch
         // right after, and a worker whose clock is behind put it behind the settle horizon of the oldest-first job
-        // listing (ADR 0013). An existing row's update keeps this worker's clock, as its other writes do.
+        // listing (ADR 0013). An existing row's update takes this worker's clock, but never back past the row's last
+        // write (GREATEST, as every worker write of a job's times: ADR 0013's amendment).
         // The failed attempts' inbox rows are found one index probe per key (LATERAL, LIMIT 1 keeps it
         // from being turned into a join), then deleted by their row ids, which this transaction's own
         // inserts keep stable. Written as "consumer_id = … AND message_key = ANY(…)", statistics that
@@ -649,10 +650,12 @@ public sealed partial class InboxBatcher : IAsyncDisposable
               FROM unnest({jobIds}::uuid[], {keys}::text[], {ok}::boolean[], {fingerprints}::bytea[])
                    AS t(id, business_key, ok, payload_hash)
             ON CONFLICT (kind, business_key) DO UPDATE
-               SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = {now},
+               SET status = excluded.status, attempts = jobs.attempts + 1, next_attempt_at = NULL,
+                   updated_at = GREATEST(jobs.updated_at + interval '1 microsecond', {now}),
                    last_error = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN NULL ELSE jobs.last_error END,
                    progress = CASE WHEN excluded.status = {JobStatus.Succeeded} AND jobs.progress IS NOT NULL THEN 100 ELSE jobs.progress END,
-                   finished_at = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN {now} END, request_body = NULL,
+                   finished_at = CASE WHEN excluded.status = {JobStatus.Succeeded} THEN GREATEST(jobs.updated_at + interval '1 microsecond', {now}) END,
+                   request_body = NULL,
                    -- A corrected command taking a dead-lettered job's place: the job is its job now (ADR 0011).
                    payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
                    original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash

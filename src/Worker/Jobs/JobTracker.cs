@@ -164,7 +164,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                    @kind, @business_key, '{JobStatus.Running}', 1, statement_timestamp(), statement_timestamp(), @fingerprint
              WHERE EXISTS (SELECT 1 FROM inbox_row)
             ON CONFLICT (kind, business_key) DO UPDATE
-               SET status = '{JobStatus.Running}', attempts = jobs.attempts + 1, next_attempt_at = NULL, updated_at = @now,
+               SET status = '{JobStatus.Running}', attempts = jobs.attempts + 1, next_attempt_at = NULL,
+                   updated_at = GREATEST(jobs.updated_at + interval '1 microsecond', @now),
                    finished_at = NULL, request_body = NULL,
                    payload_hash = CASE WHEN jobs.status = '{JobStatus.DeadLettered}' THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
                    original_payload_hash = CASE WHEN jobs.status = '{JobStatus.DeadLettered}' AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
@@ -239,7 +240,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var now = time.GetUtcNow();
         var error = Describe(exception);
         await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs SET last_error = {error}, updated_at = {now} WHERE id = {jobId};
+            UPDATE jobs SET last_error = {error}, updated_at = GREATEST(updated_at + interval '1 microsecond', {now}) WHERE id = {jobId};
             DELETE FROM inbox WHERE consumer_id = {consumerId} AND message_key = {messageKey};
             """, cancellationToken);
     }
@@ -318,7 +319,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                  WHERE NOT {onlyIfClaimedIdTaken} OR EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id})
                 ON CONFLICT (kind, business_key) DO UPDATE
                    SET status = {JobStatus.Running}, attempts = jobs.attempts + 1, last_error = COALESCE(excluded.last_error, jobs.last_error),
-                       next_attempt_at = NULL, updated_at = {now}, finished_at = NULL, request_body = NULL,
+                       next_attempt_at = NULL, updated_at = GREATEST(jobs.updated_at + interval '1 microsecond', {now}), finished_at = NULL, request_body = NULL,
                        payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} THEN COALESCE(excluded.payload_hash, jobs.payload_hash) ELSE jobs.payload_hash END,
                        original_payload_hash = CASE WHEN jobs.status = {JobStatus.DeadLettered} AND excluded.payload_hash IS DISTINCT FROM jobs.payload_hash
                                                          AND excluded.payload_hash IS NOT NULL THEN COALESCE(jobs.original_payload_hash, jobs.payload_hash)
@@ -360,7 +361,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var clamped = Math.Clamp(percent, 0, 100);
         var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs SET progress = {clamped}, updated_at = {now}
+            UPDATE jobs SET progress = {clamped}, updated_at = GREATEST(updated_at + interval '1 microsecond', {now})
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status = {JobStatus.Running}
                AND ({attempt} = {UnknownAttempt} OR attempts = {attempt})
             """, cancellationToken);
@@ -372,7 +373,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var now = time.GetUtcNow();
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {JobStatus.Succeeded}, last_error = NULL, next_attempt_at = NULL,
-                   progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END, updated_at = {now}, finished_at = {now}
+                   progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END,
+                   updated_at = GREATEST(updated_at + interval '1 microsecond', {now}), finished_at = GREATEST(updated_at + interval '1 microsecond', {now})
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status <> {JobStatus.Cancelled}
             """, cancellationToken);
     }
@@ -415,7 +417,6 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     {
         var now = time.GetUtcNow();
         var error = Describe(exception);
-        DateTimeOffset? finishedAt = finished ? now : null;
         // An attempt's failure path writes its own status only: once a newer attempt was counted (another
         // copy, a run that took the lease over), that attempt's status stands. A delivery that failed before
         // any claim (refused by a filter, its deferral not stored) has no attempt: it may only settle a job
@@ -426,7 +427,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
         var attempt = job.Attempt ?? UnknownAttempt;
         await db.Database.ExecuteSqlInterpolatedAsync($"""
             UPDATE jobs SET status = {status}, last_error = {error}, next_attempt_at = {nextAttemptAt},
-                   updated_at = {now}, finished_at = {finishedAt}
+                   updated_at = GREATEST(updated_at + interval '1 microsecond', {now}),
+                   finished_at = CASE WHEN {finished} THEN GREATEST(updated_at + interval '1 microsecond', {now}) END
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                AND CASE WHEN {attempt} = {UnknownAttempt}
                         THEN status IN ({JobStatus.Queued}, {JobStatus.Scheduled})

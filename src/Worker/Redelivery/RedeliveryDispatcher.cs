@@ -219,7 +219,7 @@ public sealed partial class RedeliveryDispatcher(
             var deleted = await db.Database.SqlQuery<DeletedRow>(
                     $"""
                     WITH kept AS (
-                        UPDATE jobs SET updated_at = clock_timestamp()
+                        UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', clock_timestamp())
                          WHERE id = ANY({keptJobIds}) AND (status IN ({JobStatus.Succeeded}, {JobStatus.DeadLettered}, {JobStatus.Cancelled})) IS TRUE)
                     DELETE FROM scheduled_messages WHERE id = ANY({doneIds})
                     RETURNING id, EXTRACT(EPOCH FROM clock_timestamp() - LEAST(due_at, first_refused_at))::float8 AS seconds_late
@@ -437,7 +437,7 @@ public sealed partial class RedeliveryDispatcher(
         // "IS TRUE": each job found by its primary key, never through the status index, which statistics
         // taken while few jobs waited would choose during a backlog, reading every waiting job.
         await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE jobs j SET last_error = r.error, next_attempt_at = {retryAt}, updated_at = {now}
+            UPDATE jobs j SET last_error = r.error, next_attempt_at = {retryAt}, updated_at = GREATEST(j.updated_at + interval '1 microsecond', {now})
               FROM unnest({jobIds}, {attempts}, {errors}) AS r(id, attempts, error)
              WHERE j.id = r.id
                AND (j.attempts = r.attempts AND j.status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})) IS TRUE
@@ -491,7 +491,7 @@ public sealed partial class RedeliveryDispatcher(
         error = Bounded(error, JobTracker.MaxErrorLength);
         var kinds = await db.Database.SqlQuery<string>($"""
             UPDATE jobs SET status = {JobStatus.DeadLettered}, last_error = {error}, next_attempt_at = NULL,
-                   updated_at = {now}, finished_at = {now}
+                   updated_at = GREATEST(updated_at + interval '1 microsecond', {now}), finished_at = GREATEST(updated_at + interval '1 microsecond', {now})
              WHERE id = {jobId} AND attempts = {attempts}
                AND status IN ({JobStatus.Scheduled}, {JobStatus.Queued}, {JobStatus.RetryScheduled})
             RETURNING kind AS "Value"
