@@ -36,7 +36,12 @@ public sealed class ContractPublisher : IAsyncDisposable
         Currency = "EUR",
     };
 
-    /// <summary>Publishes one ChargePayment as the Api does (job id header) and waits for its confirm.</summary>
+    /// <summary>
+    /// Publishes one ChargePayment with a job id header, as the Api stamps it, and waits for its confirm. No job row is
+    /// written first (the Api writes one): the worker creates it under the requested id, as for a command another service
+    /// publishes directly with a <c>Conveyor-Job-Id</c> (README), which costs the batch one round trip more than a job the
+    /// Api submitted (the claimed ids are locked and checked before the rows are written; bench/analysis.md §1).
+    /// </summary>
     public Task PublishAsync(ChargePayment payment, CancellationToken cancellationToken = default) =>
         _bus.Publish(payment, context => context.Headers.Set(JobHeaders.JobId, Guid.CreateVersion7().ToString()), cancellationToken);
 
