@@ -190,7 +190,7 @@ public sealed class InboxBatchers(
         {
             var endpoint = options.Get(descriptor.ConsumerName);
             return new InboxBatcher(id, descriptor.Kind, endpoint.InboxBatchSize, endpoint.InboxConcurrentBatches, endpoint.InboxEagerBatches,
-                dbFactory, time, loggers.CreateLogger<InboxBatcher>());
+                dbFactory, time, loggers.CreateLogger<InboxBatcher>()) { GenericPlans = endpoint.InboxGenericPlans };
         })).Value;
 
     public async ValueTask DisposeAsync()

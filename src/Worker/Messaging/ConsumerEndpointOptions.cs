@@ -115,6 +115,14 @@ public sealed class ConsumerEndpointOptions
     [Range(1, 100)]
     public int InboxEagerBatches { get; set; } = 1;
 
+    /// <summary>
+    /// Short jobs: the inbox batch's statements are planned once per database connection (PostgreSQL's
+    /// generic plans), with sequential scans off in the batch's transaction, instead of on every execution
+    /// (ADR 0010's amendment): about a quarter less PostgreSQL CPU per message. false plans them on every
+    /// execution, as every other statement.
+    /// </summary>
+    public bool InboxGenericPlans { get; set; } = true;
+
     /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
     [Range(5, 3_600)]
     public int LeaseSeconds { get; set; } = 60;

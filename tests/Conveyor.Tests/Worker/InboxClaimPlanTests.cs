@@ -73,6 +73,52 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
     }
 
     [Fact]
+    public async Task A_batch_plan_made_while_the_tables_were_small_still_probes_once_they_have_grown()
+    {
+        // The batch's statements are planned once per connection (a generic plan), so a plan made while the
+        // tables were analysed small (a new deployment's first jobs) is kept while they grow, until the next
+        // ANALYZE: with a sequential scan in it, every later batch would read every job and inbox row.
+        await Database.MigrateAsync();
+        await Database.ExecuteAsync($"""
+            ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false);
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+            SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
+              FROM generate_series(1, 5);
+            INSERT INTO inbox (consumer_id, message_key, received_at, status)
+            SELECT '{Consumer}', business_key, now(), '{InboxStatus.Done}' FROM jobs WHERE kind = '{Kind}';
+            ANALYZE jobs;
+            ANALYZE inbox;
+            """);
+        var before = await ReadsAsync();
+        // Batches on the small tables, each with a success and a failure, one connection for all (one batch at a
+        // time): its statements are prepared on their second use and planned then.
+        for (var i = 0; i < 3; i++)
+        {
+            await RunOneFullBatchAsync(size: 2);
+        }
+
+        // Twenty thousand more of the kind, written without reading either table (its pooled connections, and their
+        // plans, stay: the reads are counted only at the end).
+        await Database.ExecuteAsync($"""
+            WITH k AS (SELECT gen_random_uuid()::text AS business_key FROM generate_series(1, 20000)),
+                 j AS (INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+                       SELECT gen_random_uuid(), '{Kind}', k.business_key, '{JobStatus.Succeeded}', 1, now(), now() FROM k
+                       RETURNING business_key)
+            INSERT INTO inbox (consumer_id, message_key, received_at, status)
+            SELECT '{Consumer}', j.business_key, now(), '{InboxStatus.Done}' FROM j;
+            """);
+
+        var (succeeded, _) = await RunOneFullBatchAsync();
+
+        var after = await ReadsAsync();
+        // Seven small batches and a full one, one probe per key: a sequential scan would read 20,000 rows a key.
+        Assert.True(after.Jobs - before.Jobs < 1000, $"the batches read {after.Jobs - before.Jobs} job rows");
+        Assert.True(after.Inbox - before.Inbox < 1000, $"the batches read {after.Inbox - before.Inbox} inbox rows");
+        await using var check = Database.CreateDbContext();
+        Assert.Equal(succeeded.Count, await check.Jobs.CountAsync(j => j.Status == JobStatus.Succeeded && succeeded.Contains(j.BusinessKey)));
+    }
+
+    [Fact]
     public async Task A_full_batch_of_copies_reads_only_their_own_inbox_rows_to_compare_what_they_say()
     {
         // ADR 0011: copies of applied messages read their rows' fingerprints, one primary-key probe each.
@@ -110,14 +156,14 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
     /// they wait together and go into the database as one full batch when the first ends. Every
     /// other message of the full batch fails.
     /// </summary>
-    private async Task<(List<string> Succeeded, List<string> Failed)> RunOneFullBatchAsync()
+    private async Task<(List<string> Succeeded, List<string> Failed)> RunOneFullBatchAsync(int size = Batch)
     {
         await using var batcher = new InboxBatcher(Consumer, Kind, Batch, maxConcurrentBatches: 1, eagerBatches: 1,
             Database.DbContextFactory(), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
         var first = batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid(), fingerprint: null);
         Assert.Equal(InboxClaim.Run, await first.Claimed.WaitAsync(Patience));
 
-        var full = Enumerable.Range(0, Batch).Select(_ => batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid(), fingerprint: null)).ToList();
+        var full = Enumerable.Range(0, size).Select(_ => batcher.Join(Guid.NewGuid().ToString(), Guid.NewGuid(), Guid.NewGuid(), fingerprint: null)).ToList();
         first.RanSuccessfully([]);
         Assert.True(await first.Completed.WaitAsync(Patience));
         var (succeeded, failed) = (new List<string> { first.MessageKey }, new List<string>());
