@@ -111,7 +111,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
         var (succeeded, _) = await RunOneFullBatchAsync();
 
         var after = await ReadsAsync();
-        // Seven small batches and a full one, one probe per key: a sequential scan would read 20,000 rows a key.
+        // Seven batches of one or two messages and a full one, a probe per key: a scan would read 20,000 rows a key.
         Assert.True(after.Jobs - before.Jobs < 1000, $"the batches read {after.Jobs - before.Jobs} job rows");
         Assert.True(after.Inbox - before.Inbox < 1000, $"the batches read {after.Inbox - before.Inbox} inbox rows");
         await using var check = Database.CreateDbContext();
