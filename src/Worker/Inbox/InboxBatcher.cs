@@ -58,14 +58,14 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly Task _loop;
     private int _waiting;
+    private int _running;
+    private int _inDatabase;
 
     /// <summary>
     /// Whether the batch's statements take generic plans (<see cref="Messaging.ConsumerEndpointOptions.InboxGenericPlans"/>):
     /// set in the claim's round trip, for the rest of the transaction.
     /// </summary>
     public bool GenericPlans { get; init; } = true;
-    private int _running;
-    private int _inDatabase;
 
     public InboxBatcher(
         string consumerId,
@@ -601,7 +601,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             claimSql = System.Runtime.CompilerServices.FormattableStringFactory.Create(GenericPlanSettings + claimSql.Format, claimSql.GetArguments());
         }
 
-        var rows = await db.Database.SqlQuery<BatchClaimRow>(claimSql).ToListAsync(); // not composed: two statements
+        var rows = await db.Database.SqlQuery<BatchClaimRow>(claimSql).ToListAsync(); // not composed: several statements
         return rows.ToDictionary(r => r.Key, StringComparer.Ordinal);
     }
 
