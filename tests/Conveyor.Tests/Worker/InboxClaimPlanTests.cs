@@ -78,17 +78,8 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
         // The batch's statements are planned once per connection (a generic plan), so a plan made while the
         // tables were analysed small (a new deployment's first jobs) is kept while they grow, until the next
         // ANALYZE: with a sequential scan in it, every later batch would read every job and inbox row.
-        await Database.MigrateAsync();
-        await Database.ExecuteAsync($"""
-            ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false);
-            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
-            SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
-              FROM generate_series(1, 5);
-            INSERT INTO inbox (consumer_id, message_key, received_at, status)
-            SELECT '{Consumer}', business_key, now(), '{InboxStatus.Done}' FROM jobs WHERE kind = '{Kind}';
-            ANALYZE jobs;
-            ANALYZE inbox;
-            """);
+        await MigrateWithHandledJobsAsync(5);
+        await Database.ExecuteAsync("ANALYZE jobs; ANALYZE inbox");
         var before = await ReadsAsync();
         // Batches on the small tables, each with a success and a failure, one connection for all (one batch at a
         // time): its statements are prepared on their second use and planned then.
@@ -122,15 +113,7 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
     public async Task A_full_batch_of_copies_reads_only_their_own_inbox_rows_to_compare_what_they_say()
     {
         // ADR 0011: copies of applied messages read their rows' fingerprints, one primary-key probe each.
-        await Database.MigrateAsync();
-        await Database.ExecuteAsync($"""
-            ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false);
-            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
-            SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
-              FROM generate_series(1, 20000);
-            INSERT INTO inbox (consumer_id, message_key, received_at, status, payload_hash)
-            SELECT '{Consumer}', business_key, now(), '{InboxStatus.Done}', decode(md5(business_key), 'hex') FROM jobs WHERE kind = '{Kind}';
-            """);
+        await MigrateWithHandledJobsAsync(20000);
         await using var keys = Database.CreateDbContext();
         var copies = await keys.Inbox.OrderBy(i => i.MessageKey).Take(Batch).Select(i => new { i.MessageKey, i.PayloadHash }).ToListAsync();
         var before = await ReadsAsync();
@@ -188,6 +171,23 @@ public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDataba
         }
 
         return (succeeded, failed);
+    }
+
+    /// <summary>
+    /// The schema, with autovacuum off on jobs and inbox (their statistics stay as the test leaves them), and
+    /// <paramref name="count"/> handled jobs of the kind with their inbox rows, each row's fingerprint from its key.
+    /// </summary>
+    private async Task MigrateWithHandledJobsAsync(int count)
+    {
+        await Database.MigrateAsync();
+        await Database.ExecuteAsync($"""
+            ALTER TABLE jobs SET (autovacuum_enabled = false); ALTER TABLE inbox SET (autovacuum_enabled = false);
+            INSERT INTO jobs (id, kind, business_key, status, attempts, created_at, updated_at)
+            SELECT gen_random_uuid(), '{Kind}', gen_random_uuid()::text, '{JobStatus.Succeeded}', 1, now(), now()
+              FROM generate_series(1, {count});
+            INSERT INTO inbox (consumer_id, message_key, received_at, status, payload_hash)
+            SELECT '{Consumer}', business_key, now(), '{InboxStatus.Done}', decode(md5(business_key), 'hex') FROM jobs WHERE kind = '{Kind}';
+            """);
     }
 
     /// <summary>The rows the jobs and inbox tables' scans have read (sequentially, or fetched through an index).</summary>
