@@ -152,8 +152,14 @@ public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
         // alarm) stops reading: no confirm, no cancel-ok, and writes that never drain.
         var broker = fixture.RabbitOptions();
         await using var relay = await OutageProxy.ToAsync(broker.Host, broker.Port);
-        broker.Port = relay.Port;
-        var connection = await ErrorQueueBroker.ConnectAsync(broker, "tests-walker-stalled", CancellationToken.None);
+        // The client's own wait for a reply (RabbitMQ.Client's ContinuationTimeout) cut from its default of 20 s to 5 s:
+        // the walk ends on whichever comes first, that or its confirm timeout, and the disposal below waits it out once
+        // more. The walk's code is the same with either; the default only made this test wait 40 s more per case.
+        var factory = fixture.AmqpFactory();
+        factory.Port = relay.Port;
+        factory.AutomaticRecoveryEnabled = false;
+        factory.ContinuationTimeout = TimeSpan.FromSeconds(5);
+        var connection = await factory.CreateConnectionAsync("tests-walker-stalled", CancellationToken.None);
         var visitor = new CuttingVisitor(Visitor(MessageFilter.All), stallAt, () =>
         {
             relay.Stall();
