@@ -445,9 +445,9 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
     [Fact]
     public async Task A_second_operation_on_a_queue_is_refused_while_the_first_runs()
     {
-        // Paced at two messages a second, the move cannot end in less than 14.5 s, however fast the
-        // machine: the requests below all come while it runs.
-        const int Messages = 30;
+        // Paced at two messages a second, the move cannot end in less than 7.5 s, however fast the
+        // machine: the four requests below all come while it runs.
+        const int Messages = 16;
         await using var slowApi = await Fixture.StartApiAsync(ErrorQueueKit.ApiSettings(maxMessagesPerSecond: 2));
         using var slow = ErrorQueueKit.Client(slowApi.BaseAddress);
         for (var i = 0; i < Messages; i++)
