@@ -28,8 +28,10 @@ public sealed class JobListingSettleTests(ConveyorFixture fixture) : IAsyncLifet
     [Fact]
     public async Task A_job_whose_row_commits_after_later_jobs_reaches_a_client_polling_with_its_cursor()
     {
-        // 30 s: a held submission has 10 s to start its write, plenty for this test's few requests.
-        await using var api = await fixture.StartApiAsync(Settings(listingSettleSeconds: 30));
+        // 15 s: a held submission has 5 s to start its write, plenty for the few requests made while it is held
+        // (two submissions and a short poll, well under a second). The test waits out the horizon once, so a
+        // longer one only made it slower (30 s took 33 s).
+        await using var api = await fixture.StartApiAsync(Settings(listingSettleSeconds: 15));
         var old = new[]
         {
             (await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId,
