@@ -389,10 +389,12 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         var viaProxy = fixture.RabbitOptions();
         viaProxy.Port = proxy.Port;
         await using var stalledPublisher = Publisher(viaProxy);
-        using var stalled = Dispatcher(stalledPublisher, new DispatcherOptions { PublishTimeoutSeconds = 2 });
+        // The test's rows come with no NOTIFY, nor does a claim rolled back: both dispatchers poll every second
+        // (their default 10 s made the test wait 10-20 s for wake-ups).
+        using var stalled = Dispatcher(stalledPublisher, new DispatcherOptions { PublishTimeoutSeconds = 2, MaxIdleSeconds = 1 });
         await stalled.StartAsync(CancellationToken.None);
         await using var healthyPublisher = Publisher();
-        using var healthy = Dispatcher(healthyPublisher);
+        using var healthy = Dispatcher(healthyPublisher, new DispatcherOptions { MaxIdleSeconds = 1 });
         try
         {
             // The first dispatcher's connection works, then its broker stops answering (as in an alarm).
@@ -434,8 +436,13 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = proxy.Port, CommandTimeout = 0 };
         var ids = new[] { await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1)), await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1)) };
         var silence = new OnFirstCommand("DELETE FROM scheduled_messages", proxy.Stall);
+        // The server ends the silent session once it has been idle in its claim for the claim's limit: cut to
+        // 5 s here (from 4 x PublishTimeoutSeconds + 30 s, 34 s with this publish timeout) so the test need not
+        // wait it out. What the claim asks for is checked: 34 s.
+        var shortClaims = new ClaimIdleLimitOf(TimeSpan.FromSeconds(5));
+        var contexts = new InterceptedContexts(viaProxy.ConnectionString, silence, shortClaims);
         await using var vanishedPublisher = Publisher();
-        using var vanished = Dispatcher(vanishedPublisher, new DispatcherOptions { PublishTimeoutSeconds = 1 }, database: silence.FactoryOn(viaProxy.ConnectionString));
+        using var vanished = Dispatcher(vanishedPublisher, new DispatcherOptions { PublishTimeoutSeconds = 1 }, database: contexts);
         await vanished.StartAsync(CancellationToken.None);
         await using var healthyPublisher = Publisher();
         using var healthy = Dispatcher(healthyPublisher);
@@ -443,6 +450,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         {
             await Eventually.AssertAsync(async () => Assert.True(await IsLockedAsync(), "the first dispatcher has not claimed the rows"), TimeSpan.FromSeconds(30));
             await Eventually.AssertAsync(async () => Assert.Equal(2u, await _channel.MessageCountAsync(_queue)), TimeSpan.FromSeconds(30));
+            Assert.Equal("34000", shortClaims.Asked);
 
             // The rows it claimed go out again through another dispatcher (the inbox absorbs the copies),
             // instead of waiting for the server to notice that their claimant is gone.
@@ -762,9 +770,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     {
         private int _seen;
 
-        public InterceptedContexts Factory(ConveyorFixture fixture) => FactoryOn(fixture.ConnectionString);
-
-        public InterceptedContexts FactoryOn(string connectionString) => new InterceptedContexts(connectionString, this);
+        public InterceptedContexts Factory(ConveyorFixture fixture) => new InterceptedContexts(fixture.ConnectionString, this);
 
         public override ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
             DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
@@ -784,6 +790,9 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     /// </summary>
     private sealed class ClaimIdleLimitOf(TimeSpan limit) : DbCommandInterceptor
     {
+        /// <summary>The limit the claim asked for, in milliseconds, before it was cut (null until a claim ran).</summary>
+        public string? Asked { get; private set; }
+
         public InterceptedContexts Factory(ConveyorFixture fixture) => new InterceptedContexts(fixture.ConnectionString, this);
 
         public override ValueTask<InterceptionResult<int>> NonQueryExecutingAsync(
@@ -791,6 +800,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         {
             if (command.CommandText.Contains("idle_in_transaction_session_timeout", StringComparison.Ordinal))
             {
+                Asked = command.Parameters[0].Value as string;
                 command.Parameters[0].Value = limit.TotalMilliseconds.ToString(CultureInfo.InvariantCulture);
             }
 
@@ -821,14 +831,14 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
-    /// <summary>Contexts on <paramref name="connectionString"/>, as the worker configures them, with <paramref name="interceptor"/> added.</summary>
-    private sealed class InterceptedContexts(string connectionString, IInterceptor interceptor) : IDbContextFactory<ConveyorDbContext>
+    /// <summary>Contexts on <paramref name="connectionString"/>, as the worker configures them, with <paramref name="interceptors"/> added.</summary>
+    private sealed class InterceptedContexts(string connectionString, params IInterceptor[] interceptors) : IDbContextFactory<ConveyorDbContext>
     {
         public ConveyorDbContext CreateDbContext()
         {
             var options = new DbContextOptionsBuilder<ConveyorDbContext>();
             StorageServiceCollectionExtensions.Configure(options, connectionString);
-            options.AddInterceptors(interceptor);
+            options.AddInterceptors(interceptors);
             return new ConveyorDbContext(options.Options);
         }
     }
