@@ -194,6 +194,13 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// <paramref name="sql"/> with <paramref name="prefix"/> (SQL of ours, no parameters, no braces) before its text,
+    /// its parameters unchanged: statements that ride in the same round trip ahead of it.
+    /// </summary>
+    private static FormattableString Prefixed(string prefix, FormattableString sql) =>
+        System.Runtime.CompilerServices.FormattableStringFactory.Create(prefix + sql.Format, sql.GetArguments());
+
     private async Task RunAsync(List<BatchMember> members)
     {
         // A span of its own, linked to each member's consume span: the batch's commands are shared by all
@@ -598,7 +605,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             """;
         if (GenericPlans)
         {
-            claimSql = System.Runtime.CompilerServices.FormattableStringFactory.Create(GenericPlanSettings + claimSql.Format, claimSql.GetArguments());
+            claimSql = Prefixed(GenericPlanSettings, claimSql);
         }
 
         var rows = await db.Database.SqlQuery<BatchClaimRow>(claimSql).ToListAsync(); // not composed: several statements
@@ -705,7 +712,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
         if (savepoint is not null)
         {
-            sql = System.Runtime.CompilerServices.FormattableStringFactory.Create($"SAVEPOINT {savepoint};\n" + sql.Format, sql.GetArguments());
+            sql = Prefixed($"SAVEPOINT {savepoint};\n", sql);
         }
 
         var others = new List<object>();
