@@ -39,6 +39,7 @@ public static class ApiApp
         builder.WebHost.ConfigureKestrel(kestrel => kestrel.Limits.MaxRequestBodySize = MaxRequestBodyBytes);
         builder.AddConveyorTelemetry("conveyor-api", ApiMeterName);
         builder.Services.AddConveyorStorage(builder.Configuration);
+        builder.Services.AddIdleTransactionLimit();
         builder.Services.AddApiMessaging(builder.Configuration);
         builder.Services.AddConveyorHealthChecks();
         builder.Services.AddApiProblemDetails();

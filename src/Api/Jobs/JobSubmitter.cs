@@ -61,6 +61,7 @@ internal sealed class JobSubmitter(
     IPublishEndpoint publishEndpoint,
     IOptions<RabbitMqOptions> rabbitMq,
     IOptions<JobListingOptions> listing,
+    IdleTransactions idleTransactions,
     WebhookUrlRules webhookUrls,
     TimeProvider clock,
     ILogger<JobSubmitter> logger)
@@ -158,7 +159,7 @@ internal sealed class JobSubmitter(
         // As JobRows does: an alias of the key being recorded is committed before the insert looks for it.
         // Either statement bounds how long the server keeps the transaction (its row, its lock) waiting for the Api.
         await db.Database.ExecuteSqlInterpolatedAsync(
-            job.IdempotencyKey is { } key ? KeyLocks.Shared(key) : IdleTransactions.SetLimit(), cancellationToken);
+            job.IdempotencyKey is { } key ? KeyLocks.Shared(key, idleTransactions) : idleTransactions.SetLimit(), cancellationToken);
 
         var inserted = await db.Database.ExecuteSqlInterpolatedAsync($"""
             INSERT INTO jobs (id, kind, business_key, status, attempts, idempotency_key, request_hash, payload_hash, created_at, updated_at, next_attempt_at)
@@ -472,7 +473,7 @@ internal sealed class JobSubmitter(
         ConveyorDbContext db, JobRequest request, string idempotencyKey, string requestHash, Job job, CancellationToken cancellationToken)
     {
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
-        await db.Database.ExecuteSqlInterpolatedAsync(KeyLocks.Exclusive(idempotencyKey), cancellationToken);
+        await db.Database.ExecuteSqlInterpolatedAsync(KeyLocks.Exclusive(idempotencyKey, idleTransactions), cancellationToken);
         if (await FindByKeyAsync(db, request, idempotencyKey, requestHash, cancellationToken) is { } taken)
         {
             return taken;

@@ -19,14 +19,14 @@ internal static class KeyLocks
     /// Takes the lock of <paramref name="key"/> shared, as a request's transaction's first statement: it also bounds
     /// how long the server keeps the transaction waiting for the Api's next statement (<see cref="IdleTransactions"/>).
     /// </summary>
-    public static FormattableString Shared(string key) =>
-        $"SELECT set_config('idle_in_transaction_session_timeout', {IdleTransactions.LimitMilliseconds}, true), pg_advisory_xact_lock_shared({LockClass}, hashtext({key}))";
+    public static FormattableString Shared(string key, IdleTransactions idle) =>
+        $"SELECT set_config('idle_in_transaction_session_timeout', {idle.LimitMilliseconds}, true), pg_advisory_xact_lock_shared({LockClass}, hashtext({key}))";
 
     /// <summary>Takes the lock of each key in the text array <c>$1</c> shared, as <see cref="Shared"/> takes one.</summary>
     public static readonly string SharedEachSql =
         $"SELECT pg_advisory_xact_lock_shared({LockClass}, hashtext(k.key)) FROM unnest($1::text[]) AS k(key)";
 
     /// <summary>Takes the lock of <paramref name="key"/> exclusively, as a request's transaction's first statement (as <see cref="Shared"/>).</summary>
-    public static FormattableString Exclusive(string key) =>
-        $"SELECT set_config('idle_in_transaction_session_timeout', {IdleTransactions.LimitMilliseconds}, true), pg_advisory_xact_lock({LockClass}, hashtext({key}))";
+    public static FormattableString Exclusive(string key, IdleTransactions idle) =>
+        $"SELECT set_config('idle_in_transaction_session_timeout', {idle.LimitMilliseconds}, true), pg_advisory_xact_lock({LockClass}, hashtext({key}))";
 }

@@ -9,7 +9,7 @@ namespace Conveyor.Api.Security;
 /// the session cookie. Signing out deletes it, so a copy of the cookie is refused afterwards on every
 /// replica; and it carries the absolute end of the session. Times are the database's, not a replica's.
 /// </summary>
-public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> contexts)
+public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> contexts, IdleTransactions idleTransactions)
 {
     /// <summary>First half of the advisory lock that sign-ins of one key take turns on ("CDSS"); the second is a hash of the key's name.</summary>
     private const int LockClass = 0x43_44_53_53;
@@ -30,7 +30,7 @@ public sealed class DashboardSessionStore(IDbContextFactory<ConveyorDbContext> c
         // Other sign-ins of the key wait for this lock: the server ends the transaction if the Api falls silent in it (IdleTransactions).
         await db.Database.ExecuteSqlAsync(
             $"""
-            SELECT set_config('idle_in_transaction_session_timeout', {IdleTransactions.LimitMilliseconds}, true),
+            SELECT set_config('idle_in_transaction_session_timeout', {idleTransactions.LimitMilliseconds}, true),
                    pg_advisory_xact_lock({LockClass}, hashtext({keyName}))
             """,
             cancellationToken);

@@ -1,9 +1,11 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
 using Conveyor.Api.Jobs;
 using Conveyor.Contracts;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Tests.Security;
+using Microsoft.Extensions.Options;
 using Npgsql;
 
 namespace Conveyor.Tests.Api;
@@ -14,8 +16,9 @@ namespace Conveyor.Tests.Api;
 /// while it records the alias), a dashboard sign-in (its key name's lock, while it trims the name's sessions). When the
 /// Api's path to PostgreSQL stops answering once the server has granted the lock (a partition), the session sat idle in
 /// its transaction, holding the lock, until the server's TCP keepalive gave up on it (minutes), and every request for
-/// the same key or name waited that long. Each of these transactions now tells the server to end it after 10 s idle
-/// (<c>idle_in_transaction_session_timeout</c>, is_local), as a cancel's does (<see cref="CancelStallTests"/>).
+/// the same key or name waited that long. Each of these transactions now tells the server to end it once idle for
+/// <c>Database:IdleTransactionLimitSeconds</c> (<c>idle_in_transaction_session_timeout</c>, is_local; 10 s as shipped,
+/// <see cref="IdleLimitSeconds"/> here), as a cancel's does (<see cref="CancelStallTests"/>).
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class LockedRequestStallTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -24,8 +27,11 @@ public sealed class LockedRequestStallTests(ConveyorFixture fixture) : IAsyncLif
     private const int KeyLockClass = 0x43_4A_4B_59;
     private const int SignInLockClass = 0x43_44_53_53;
 
+    /// <summary>The Api's idle limit in these tests: the shipped 10 s, waited out three times, was most of the class's time.</summary>
+    private const int IdleLimitSeconds = 2;
+
     /// <summary>The idle limit and more than enough to see it act; the keepalive's minutes are far longer.</summary>
-    private static readonly TimeSpan Released = TimeSpan.FromSeconds(40);
+    private static readonly TimeSpan Released = TimeSpan.FromSeconds(30);
 
     public Task InitializeAsync() => fixture.ResetAsync();
 
@@ -97,6 +103,16 @@ public sealed class LockedRequestStallTests(ConveyorFixture fixture) : IAsyncLif
         await DashboardBrowser.SignInAsync(browser, TestKeys.Admin);
     }
 
+    [Theory]
+    [InlineData("0")]
+    [InlineData("3601")]
+    public async Task An_idle_limit_outside_one_second_to_an_hour_stops_the_Api_from_starting(string seconds)
+    {
+        var refused = await Assert.ThrowsAsync<OptionsValidationException>(() => fixture.StartApiAsync(
+            new Dictionary<string, string?> { ["Database:IdleTransactionLimitSeconds"] = seconds }));
+        Assert.Contains("IdleTransactionLimitSeconds", refused.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>
     /// Holds the lock of <paramref name="name"/> in <paramref name="lockClass"/> (exclusively or shared) until
     /// <paramref name="send"/>'s request waits for it on the server; then the relay stalls, the client gives up on the
@@ -156,6 +172,7 @@ public sealed class LockedRequestStallTests(ConveyorFixture fixture) : IAsyncLif
         {
             ["ConnectionStrings:Conveyor"] = database.ConnectionString,
             ["RateLimiting:Enabled"] = "false",
+            ["Database:IdleTransactionLimitSeconds"] = IdleLimitSeconds.ToString(CultureInfo.InvariantCulture),
         });
         return new StalledApi(relay, api);
     }

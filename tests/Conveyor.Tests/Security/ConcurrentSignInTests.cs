@@ -1,5 +1,7 @@
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Conveyor.Tests.Infrastructure;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Security;
 
@@ -23,7 +25,8 @@ public sealed class ConcurrentSignInTests(ConveyorFixture fixture) : IAsyncLifet
     [InlineData(3)]
     public async Task Sign_ins_at_once_leave_the_key_exactly_its_limit_of_live_sessions(int limit)
     {
-        var store = new DashboardSessionStore(fixture.DbContextFactory());
+        var store = new DashboardSessionStore(
+            fixture.DbContextFactory(), new IdleTransactions(Options.Create(new IdleTransactionOptions())));
         var other = await store.StartAsync("other-key", Lifetime, limit, CancellationToken.None);
 
         // Several rounds: the sign-ins of one round start together, so their statements interleave.
