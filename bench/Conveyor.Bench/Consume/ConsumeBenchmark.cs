@@ -225,6 +225,9 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
         var commandsAtFirst = 0L;
         var jitAtStart = System.Runtime.JitInfo.GetCompilationTime();
         var methodsAtStart = System.Runtime.JitInfo.GetCompiledMethodCount();
+        var allocatedAtStart = GC.GetTotalAllocatedBytes();
+        var gen0AtStart = GC.CollectionCount(0);
+        var pauseAtStart = GC.GetTotalPauseDuration();
         var clock = new DrainClock(messages)
         {
             OnFirst = () =>
@@ -249,12 +252,19 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
             var commandsPerMessage = (commands.Commands - commandsAtFirst) / (double)(messages - 1);
             var jit = System.Runtime.JitInfo.GetCompilationTime() - jitAtStart;
             var methods = System.Runtime.JitInfo.GetCompiledMethodCount() - methodsAtStart;
+            // The whole process's, publisher and prefill excluded (done before the start); the variant's drain is most of it.
+            var allocated = (GC.GetTotalAllocatedBytes() - allocatedAtStart) / (double)messages;
+            var gen0 = GC.CollectionCount(0) - gen0AtStart;
+            var pause = GC.GetTotalPauseDuration() - pauseAtStart;
             await variant.VerifyAsync(messages);
             var seconds = System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalSeconds;
             return new DrainOutcome(await clock.Rate, null, processMs / messages, machineBusy, commandsPerMessage, jit.TotalMilliseconds, methods, jit.TotalSeconds / seconds)
             {
                 PostgresMsPerMessage = postgresMs / messages,
                 RabbitMsPerMessage = rabbitMs / messages,
+                AllocatedBytesPerMessage = allocated,
+                Gen0Collections = gen0,
+                GcPauseMs = pause.TotalMilliseconds,
             };
         }
         finally
@@ -336,8 +346,15 @@ public sealed class ConsumeBenchmark(BenchEnvironment environment, BenchOptions 
 
         public double RabbitMsPerMessage { get; init; } = double.NaN;
 
+        public double AllocatedBytesPerMessage { get; init; } = double.NaN;
+
+        public int Gen0Collections { get; init; }
+
+        public double GcPauseMs { get; init; } = double.NaN;
+
         public string Describe() => Rate is { } rate
-            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg (PostgreSQL {Formats.Number(PostgresMsPerMessage, "0.00")}, RabbitMQ {Formats.Number(RabbitMsPerMessage, "0.00")}), {Formats.Number(CommandsPerMessage, "0.000")} database commands/msg, machine {MachineBusy:P0} busy, JIT {JitMs:0} ms / {JitMethods} methods during the drain"
+            ? $"{Formats.Rate(rate)} msg/s, benchmark process {Formats.Number(CpuMsPerMessage, "0.00")} CPU ms/msg (PostgreSQL {Formats.Number(PostgresMsPerMessage, "0.00")}, RabbitMQ {Formats.Number(RabbitMsPerMessage, "0.00")}), {Formats.Number(CommandsPerMessage, "0.000")} database commands/msg, machine {MachineBusy:P0} busy, JIT {JitMs:0} ms / {JitMethods} methods during the drain, "
+                + $"{Formats.Number(AllocatedBytesPerMessage / 1024, "0.0")} KiB allocated/msg, {Gen0Collections} gen0 GCs, GC pauses {GcPauseMs:0} ms"
             : Problem ?? "failed";
     }
 }
