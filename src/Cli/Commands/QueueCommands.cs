@@ -114,7 +114,15 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             cli.Out.WriteLine($"{ungrouped.GetInt64().ToString(CultureInfo.InvariantCulture)} more message(s) did not fit in the groups shown (at most 1,000 groups).");
         }
 
-        cli.Out.WriteLine("Move a group back with: conveyor move <queue> --group <GROUP>");
+        // The command to paste, for the largest group (the Api lists them by count): with this queue and that group,
+        // quoted for a shell where they need it, and shown with its control characters made visible.
+        var largest = result.GetProperty("groups").EnumerateArray().Select(g => ConveyorClient.Text(g, "groupId")).FirstOrDefault();
+        if (!string.IsNullOrEmpty(largest))
+        {
+            cli.Out.WriteLine(Printable.Text(
+                $"Move the largest group back with: conveyor move {ShellWords.Queue(settings.Queue)} {ShellWords.Option("--group", largest)}"));
+        }
+
         return ExitCodes.Ok;
     }
 }

@@ -37,7 +37,7 @@ public sealed class CliHostileAnswerTests
             "messages q_error --body", 200,
             $$$"""{"queueDepth":1,"messages":[{"messageId":"m{{{J(Attack)}}}","messageType":"A.B{{{J(Attack)}}}","exceptionType":"E{{{J(Attack)}}}","exceptionMessage":"x{{{J(Attack)}}}","stackTrace":"at A\n{{{J(Attack)}}}","bodyPreview":"{{{J(Attack)}}}"}]}"""
         },
-        { "groups q_error", 200, $$$"""{"examined":1,"queueDepth":1,"groups":[{"groupId":"g","count":1,"exceptionType":"E","normalisedMessage":"{{{J(Attack)}}}"}]}""" },
+        { "groups q_error", 200, $$$"""{"examined":1,"queueDepth":1,"groups":[{"groupId":"g{{{J(Attack)}}}","count":1,"exceptionType":"E","normalisedMessage":"{{{J(Attack)}}}"}]}""" },
         { $"job {OperationId}", 200, $$$"""{"jobId":"{{{OperationId}}}","kind":"k{{{J(Attack)}}}","status":"dead-lettered","lastError":"{{{J(Attack)}}}"}""" },
         { "jobs", 200, $$$"""{"items":[{"jobId":"{{{OperationId}}}","status":"failed","lastError":"{{{J(Attack)}}}"}]}""" },
         {
@@ -1252,6 +1252,8 @@ public sealed class CliHostileAnswerTests
     [InlineData("move|--queue=-weird_error", 502, "<html>Bad Gateway</html>", "conveyor operations --queue=-weird_error --state running")]
     [InlineData($"job|{OperationId}", 200, $$"""{"jobId":"{{OperationId}}","kind":"-weird","status":"dead-lettered"}""", $"conveyor move --queue=-weird_error --job-id {OperationId}")]
     [InlineData("operations|--limit|1", 200, $$"""[{"operationId":"-x","kind":"move","queue":"q_error","state":"succeeded"}]""", "add --before=-x")]
+    [InlineData("groups|orders error;rm x", 200, """{"examined":3,"queueDepth":3,"groups":[{"groupId":"g$(id)","count":2},{"groupId":"h","count":1}]}""", "conveyor move 'orders error;rm x' --group 'g$(id)'")]
+    [InlineData("groups|--queue=-weird_error", 200, """{"examined":1,"queueDepth":1,"groups":[{"groupId":"-g","count":1}]}""", "conveyor move --queue=-weird_error --group=-g")]
     public async Task A_command_the_cli_says_to_run_quotes_values_a_shell_would_read_otherwise(string command, int status, string body, string hint)
     {
         using var api = new Canned(_ => Respond((HttpStatusCode)status, body));

@@ -58,6 +58,16 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Ok, groups.ExitCode);
         var counts = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups").EnumerateArray().Select(g => g.GetProperty("count").GetInt64());
         Assert.Equal([2L, 1L], counts);
+
+        // The table ends with the command that moves the largest group back, which does what it says.
+        var largest = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups")[0].GetProperty("groupId").GetString()!;
+        var table = await RunAsync("groups", ErrorQueueKit.ChargeErrors);
+        Assert.Equal(ExitCodes.Ok, table.ExitCode);
+        var hint = $"Move the largest group back with: conveyor move {ErrorQueueKit.ChargeErrors} --group {largest}";
+        Assert.Contains(hint, table.Out, StringComparison.Ordinal);
+        var dryRun = await RunAsync([.. hint[(hint.IndexOf("move ", StringComparison.Ordinal))..].Split(' '), "--dry-run"]);
+        Assert.Equal(ExitCodes.Ok, dryRun.ExitCode);
+        Assert.Contains("would have moved 2 message(s)", dryRun.Out, StringComparison.Ordinal);
         Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
