@@ -100,8 +100,9 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
         cli.Out.Write(new Text(settings.Queue, Output.Bold));
         cli.Out.WriteLine($": {Output.Plain(result, "examined")} of {Output.Plain(result, "queueDepth")} message(s) examined.");
         Output.StoppedEarly(cli, result);
+        var groups = result.GetProperty("groups");
         var table = new Table().AddColumns("Group", "Count", "Exception", "Message", "First", "Last");
-        foreach (var group in result.GetProperty("groups").EnumerateArray())
+        foreach (var group in groups.EnumerateArray())
         {
             table.AddRow(
                 Output.Cell(group, "groupId"), Output.Cell(group, "count"), Output.ShortType(group, "exceptionType"),
@@ -116,7 +117,7 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
 
         // The command to paste, for the largest group (the Api lists them by count): with this queue and that group,
         // quoted for a shell where they need it, and shown with its control characters made visible.
-        var largest = result.GetProperty("groups").EnumerateArray().Select(g => ConveyorClient.Text(g, "groupId")).FirstOrDefault();
+        var largest = groups.EnumerateArray().Select(g => ConveyorClient.Text(g, "groupId")).FirstOrDefault();
         if (!string.IsNullOrEmpty(largest))
         {
             cli.Out.WriteLine(Printable.Text(

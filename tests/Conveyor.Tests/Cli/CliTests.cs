@@ -56,11 +56,12 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
 
         var groups = await RunAsync("groups", ErrorQueueKit.ChargeErrors, "--json");
         Assert.Equal(ExitCodes.Ok, groups.ExitCode);
-        var counts = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups").EnumerateArray().Select(g => g.GetProperty("count").GetInt64());
+        var listed = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups");
+        var counts = listed.EnumerateArray().Select(g => g.GetProperty("count").GetInt64());
         Assert.Equal([2L, 1L], counts);
 
         // The table ends with the command that moves the largest group back, which does what it says.
-        var largest = JsonDocument.Parse(groups.Out).RootElement.GetProperty("groups")[0].GetProperty("groupId").GetString()!;
+        var largest = listed[0].GetProperty("groupId").GetString()!;
         var table = await RunAsync("groups", ErrorQueueKit.ChargeErrors);
         Assert.Equal(ExitCodes.Ok, table.ExitCode);
         var hint = $"Move the largest group back with: conveyor move {ErrorQueueKit.ChargeErrors} --group {largest}";
