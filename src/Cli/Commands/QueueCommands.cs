@@ -1,3 +1,4 @@
+using System.Collections.Frozen;
 using System.Globalization;
 using System.Text.Json;
 using Spectre.Console;
@@ -145,7 +146,11 @@ internal static class Output
         }
     }
 
-    /// <summary>A field as one line of printable text, cut to <paramref name="maxLength"/>.</summary>
+    /// <summary>The fields of the Api's answers that hold a time, shown by <see cref="IsoTime.Display"/>.</summary>
+    private static readonly FrozenSet<string> TimeFields = FrozenSet.Create(
+        StringComparer.Ordinal, "faultedAt", "firstSeen", "lastSeen", "createdAt", "updatedAt", "finishedAt", "nextAttemptAt");
+
+    /// <summary>A field as one line of printable text, cut to <paramref name="maxLength"/>; a time in UTC at a fixed width.</summary>
     public static string Plain(JsonElement json, string name, int maxLength = 200)
     {
         if (json.ValueKind != JsonValueKind.Object || !json.TryGetProperty(name, out var value))
@@ -155,6 +160,7 @@ internal static class Output
 
         var text = value.ValueKind switch
         {
+            JsonValueKind.String when TimeFields.Contains(name) => value.GetString() is { } time ? IsoTime.Display(time) ?? time : "",
             JsonValueKind.String => value.GetString() ?? "",
             JsonValueKind.Null or JsonValueKind.Undefined => "",
             _ => value.GetRawText(),

@@ -257,6 +257,16 @@ internal static partial class IsoTime
         return ValidationResult.Success();
     }
 
+    /// <summary>
+    /// A time from the Api as the CLI's tables and views show it: in UTC, with all seven fraction digits, so a column of
+    /// times lines up (the Api's JSON drops trailing zeros and may carry an offset) and each stays exact, fit to copy into
+    /// <c>--faulted-before</c> or <c>--faulted-after</c>. Null for text of any other shape, which is then shown as it is.
+    /// </summary>
+    public static string? Display(string text) =>
+        Shape().IsMatch(text) && DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.None, out var time)
+            ? time.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fffffff'Z'", CultureInfo.InvariantCulture)
+            : null;
+
     [GeneratedRegex(@"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,7})?)?(Z|[+-][0-9]{2}:[0-9]{2})\z", RegexOptions.CultureInvariant, matchTimeoutMilliseconds: 1000)]
     private static partial Regex Shape();
 }

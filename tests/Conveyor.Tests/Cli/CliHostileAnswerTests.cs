@@ -132,6 +132,66 @@ public sealed class CliHostileAnswerTests
         Assert.Contains(new string('a', 78) + "…", run.Out, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// The Api's JSON drops a time's trailing zeros and may carry an offset: every view shows its times in UTC with all
+    /// seven fraction digits, so a column lines up and each time stays exact; a time field holding anything else is
+    /// shown as it is, escaped.
+    /// </summary>
+    [Theory]
+    [InlineData("messages q_error", """{"queueDepth":2,"messages":[{"messageId":"m1","faultedAt":"{0}"},{"messageId":"m2","faultedAt":"{1}"}]}""")]
+    [InlineData("groups q_error", """{"queueDepth":2,"examined":2,"groups":[{"groupId":"g","count":2,"firstSeen":"{0}","lastSeen":"{1}"}]}""")]
+    [InlineData("jobs", """{"items":[{"jobId":"j1","status":"queued","createdAt":"{0}","updatedAt":"{1}"}]}""")]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"k","status":"succeeded","createdAt":"{0}","finishedAt":"{1}"}""")]
+    [InlineData("operations", $$"""[{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","createdAt":"{0}"},{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","createdAt":"{1}"}]""")]
+    [InlineData($"operation {OperationId}", $$"""{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","queue":"q_error","createdAt":"{0}","finishedAt":"{1}"}""")]
+    public async Task Times_are_shown_in_utc_at_one_width_and_exact(string command, string template)
+    {
+        var body = template.Replace("{0}", "2026-12-05T16:40:12.5+01:00", StringComparison.Ordinal)
+            .Replace("{1}", "2026-12-05T15:41:00.1234567Z", StringComparison.Ordinal);
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Contains("2026-12-05T15:40:12.5000000Z", run.Out, StringComparison.Ordinal);
+        Assert.Contains("2026-12-05T15:41:00.1234567Z", run.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("+01:00", run.Out, StringComparison.Ordinal);
+
+        using var hostile = new Canned(_ => Respond(HttpStatusCode.OK, template.Replace("{0}", "soon\\u001b[2J", StringComparison.Ordinal).Replace("{1}", "2026-12-05", StringComparison.Ordinal)));
+        var odd = await RunAsync(command, hostile);
+
+        Assert.True(odd.ExitCode == ExitCodes.Ok, odd.Err);
+        Assert.Contains(@"soon\u001B[2J", odd.Out, StringComparison.Ordinal);
+        Assert.Contains("2026-12-05", odd.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("2026-12-05T00:00", odd.Out, StringComparison.Ordinal);
+    }
+
+    /// <summary>The lines of <c>jobs --follow</c> show their times as every table does.</summary>
+    [Fact]
+    public async Task A_followed_jobs_lines_show_their_times_in_utc_at_one_width()
+    {
+        using var interrupt = new CancellationTokenSource();
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            if (Interlocked.Increment(ref reads) > 1)
+            {
+                // The second poll: the first page has been printed; Ctrl+C.
+                interrupt.Cancel();
+                return Respond(HttpStatusCode.OK, """{"items":[],"nextCursor":"c1"}""");
+            }
+
+            return Respond(HttpStatusCode.OK,
+                """{"items":[{"jobId":"j1","status":"succeeded","createdAt":"2026-12-05T16:40:12.5+01:00"},{"jobId":"j2","status":"succeeded","createdAt":"2026-12-05T15:41:00.1234567Z"}],"nextCursor":"c1"}""");
+        });
+
+        var run = await RunAsync("jobs --follow --interval 1", api, new SharedText(), interrupt.Token);
+
+        Assert.True(run.ExitCode == ExitCodes.Interrupted, run.Err);
+        Assert.Contains("2026-12-05T15:40:12.5000000Z", run.Out, StringComparison.Ordinal);
+        Assert.Contains("2026-12-05T15:41:00.1234567Z", run.Out, StringComparison.Ordinal);
+    }
+
     /// <summary>Spectre turns <c>:name:</c> in markup into an emoji: text from the Api is shown as the Api wrote it.</summary>
     [Theory]
     [InlineData("queues", """[{"name":"q:warning:_error","kind":"error","sourceQueue":"q:warning:","messages":1,"consumers":0}]""")]
