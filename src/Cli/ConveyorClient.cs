@@ -60,6 +60,24 @@ public sealed class ConveyorClient : IDisposable
                 + $"{wait.TotalSeconds:0.#} s; tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later."),
         }.ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
 
+    /// <summary>
+    /// A delete, which the Api makes idempotent (a job cancelled twice is answered as cancelled): tried again as a read is
+    /// (<see cref="GetAsync"/>), and also after an answer <paramref name="alsoTryAgain"/> picks, for the same budget.
+    /// </summary>
+    /// <param name="what">What the delete does, for the line that says it is tried again ("cancel job …").</param>
+    public Task<JsonElement> DeleteAsync(string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken) =>
+        new ReadRetry
+        {
+            MayPass = answer => answer is not null,
+            AlsoTryAgain = alsoTryAgain,
+            Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
+            Retrying = (failure, wait) =>
+                Retrying?.Invoke($"Could not {what} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
+            GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,
+                $"{failure.Message}{Environment.NewLine}Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
+                + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later."),
+        }.ReadAsync(token => AnswerAsync(new HttpRequestMessage(HttpMethod.Delete, Relative(path)), token), cancellationToken);
+
     /// <summary>Gets <paramref name="path"/> and returns the answer whatever its status, for a caller that retries some of them; only an Api that cannot be reached throws.</summary>
     public Task<Answer> GetAnswerAsync(string path, CancellationToken cancellationToken) =>
         AnswerAsync(new HttpRequestMessage(HttpMethod.Get, Relative(path)), cancellationToken);

@@ -17,6 +17,13 @@ internal sealed class ReadRetry
     /// </summary>
     public required Func<ConveyorClient.Answer?, bool> MayPass { get; init; }
 
+    /// <summary>
+    /// An answer that is not a "try later" but asks to be tried again all the same, such as a cancel's 409 with Retry-After
+    /// (the job's row was held for a moment); null: none. A request that changes something is tried again only when
+    /// sending it twice does what sending it once does.
+    /// </summary>
+    public Func<ConveyorClient.Answer, bool>? AlsoTryAgain { get; init; }
+
     /// <summary>The waits between the tries and the budget they end within; a new one for each read.</summary>
     public required RetryBudget Waits { get; init; }
 
@@ -58,7 +65,10 @@ internal sealed class ReadRetry
                 failure = unanswered;
             }
 
-            if (failure.ExitCode != ExitCodes.Unreachable || (answer is not null && !MayPass(answer)))
+            var tryAgain = failure.ExitCode == ExitCodes.Unreachable
+                ? answer is null || MayPass(answer)
+                : answer is { } refused && AlsoTryAgain?.Invoke(refused) == true;
+            if (!tryAgain)
             {
                 throw failure;
             }

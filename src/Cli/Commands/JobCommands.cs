@@ -161,6 +161,18 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
             return exitCode;
         }
 
+        WriteJob(cli, job);
+        if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
+        {
+            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));
+        }
+
+        return exitCode;
+    }
+
+    /// <summary>A job's fields, one a line.</summary>
+    internal static void WriteJob(CliContext cli, JsonElement job)
+    {
         var grid = new Grid().AddColumn().AddColumn();
         foreach (var (label, name) in new[]
         {
@@ -173,12 +185,6 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         }
 
         cli.Out.Write(grid);
-        if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
-        {
-            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));
-        }
-
-        return exitCode;
     }
 
     /// <summary>
@@ -191,6 +197,50 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         "dead-lettered" or "cancelled" => ExitCodes.OperationFailed,
         _ => ExitCodes.StillRunning,
     };
+}
+
+public sealed class CancelSettings : ApiSettings
+{
+    [CommandArgument(0, "<job-id>")]
+    [Description("The job's id (the jobId of a submission).")]
+    public Guid Id { get; set; }
+}
+
+/// <summary>
+/// <c>conveyor cancel &lt;job-id&gt;</c>: cancels a job that has not started (<c>DELETE /api/jobs/{id}</c>), queued or
+/// scheduled, and shows it. The Api answers a cancel of a cancelled job as a cancel, so the request is sent again
+/// whenever that may settle it, for up to two minutes: after a 429, 502, 503 or 504, as reads are, and after a 409 with
+/// Retry-After, which says a worker or the scheduler held the job's row for a moment (most likely it was starting, and
+/// the next try then finds it started). A job that has started, or has ended, is a conflict (4) with the Api's reason;
+/// so is a row still held when the two minutes are over. An Api that cannot be reached is 5: running it again is safe.
+/// </summary>
+public sealed class CancelCommand : ConveyorCommand<CancelSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, CancelSettings settings, CancellationToken cancellationToken)
+    {
+        var answer = await client.DeleteAsync($"api/jobs/{settings.Id}", $"cancel job {settings.Id}", HeldForAMoment, cancellationToken);
+        var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
+        if (ConveyorClient.Text(job, "status") != "cancelled" || ConveyorClient.Text(job, "jobId") is not { } id
+            || !Guid.TryParse(id, out var shown) || shown != settings.Id)
+        {
+            // The Api answers a cancel only with the job it cancelled.
+            throw Answers.Unexpected($"expected job {settings.Id}, cancelled");
+        }
+
+        if (settings.Json)
+        {
+            WriteJson(cli, job);
+            return ExitCodes.Ok;
+        }
+
+        cli.Out.WriteLine($"Job {settings.Id} is cancelled: it will not run.");
+        JobCommand.WriteJob(cli, job);
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>The Api's 409 for a job's row held by another transaction: it asks to come back, unlike the 409 for a job that has started.</summary>
+    private static bool HeldForAMoment(ConveyorClient.Answer answer) =>
+        answer.Status == System.Net.HttpStatusCode.Conflict && answer.RetryAfter is not null && answer.IsProblem;
 }
 
 /// <summary>

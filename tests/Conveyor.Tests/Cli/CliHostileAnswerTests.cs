@@ -48,6 +48,8 @@ public sealed class CliHostileAnswerTests
         { "queues", 400, $$$"""{"title":"Bad{{{J(Attack)}}}","detail":"{{{J(Attack)}}}","errors":{"f{{{J(Attack)}}}":["{{{J(Attack)}}}"]}}""" },
         { "queues", 404, $$$"""{"title":"{{{J(Attack)}}}"}""" },
         { "move q_error", 409, $$$"""{"title":"Conflict","detail":"busy with {{{J(Attack)}}}"}""" },
+        { $"cancel {OperationId}", 409, $$$"""{"title":"Job cannot be cancelled","detail":"Job is {{{J(Attack)}}}"}""" },
+        { $"cancel {OperationId}", 200, $$$"""{"jobId":"{{{OperationId}}}","kind":"k{{{J(Attack)}}}","status":"cancelled"}""" },
     };
 
     [Theory]
@@ -164,6 +166,66 @@ public sealed class CliHostileAnswerTests
         Assert.Contains(@"soon\u001B[2J", odd.Out, StringComparison.Ordinal);
         Assert.Contains("2026-12-05", odd.Out, StringComparison.Ordinal);
         Assert.DoesNotContain("2026-12-05T00:00", odd.Out, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A cancel is sent again when that may settle it: after a 409 with Retry-After (the job's row was held for a moment)
+    /// and after a "try later" (429, 502, 503, 504), as reads are. A 409 without one (the job has started) ends it at
+    /// once, as does a 200 that is not the cancelled job asked for.
+    /// </summary>
+    [Theory]
+    [InlineData(409, true, 2, ExitCodes.Ok)]
+    [InlineData(503, true, 2, ExitCodes.Ok)]
+    [InlineData(502, false, 2, ExitCodes.Ok)]
+    [InlineData(429, true, 2, ExitCodes.Ok)]
+    [InlineData(409, false, 1, ExitCodes.NotFoundOrConflict)]
+    [InlineData(404, false, 1, ExitCodes.NotFoundOrConflict)]
+    [InlineData(500, false, 1, ExitCodes.OperationFailed)]
+    public async Task A_cancel_is_sent_again_only_when_that_may_settle_it(int firstStatus, bool retryAfter, int requests, int exitCode)
+    {
+        var sent = new ConcurrentQueue<HttpMethod>();
+        using var api = new Canned(request =>
+        {
+            sent.Enqueue(request.Method);
+            if (sent.Count == 1)
+            {
+                var problem = $$"""{"title":"Job busy","status":{{firstStatus}},"detail":"Job {{OperationId}} is being written right now."}""";
+                return retryAfter ? RespondAfter(TimeSpan.FromSeconds(1), (HttpStatusCode)firstStatus, problem) : Respond((HttpStatusCode)firstStatus, problem);
+            }
+
+            return Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"cancelled"}""");
+        });
+
+        var run = await RunAsync($"cancel {OperationId}", api);
+
+        Assert.True(run.ExitCode == exitCode, run.Err);
+        Assert.Equal(requests, sent.Count);
+        Assert.All(sent, method => Assert.Equal(HttpMethod.Delete, method));
+        if (exitCode == ExitCodes.Ok)
+        {
+            Assert.Contains($"Could not cancel job {OperationId}", run.Err, StringComparison.Ordinal);
+            Assert.Contains($"Job {OperationId} is cancelled: it will not run.", run.Out, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Equal("", run.Out);
+        }
+    }
+
+    /// <summary>The Api answers a cancel only with the job it cancelled: any other 200 is no Conveyor Api's, and says nothing was shown as cancelled.</summary>
+    [Theory]
+    [InlineData($$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"queued"}""")]
+    [InlineData($$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"cancelled"}""")]
+    [InlineData("""{"jobId":"x","status":"cancelled"}""")]
+    [InlineData("[]")]
+    public async Task A_cancel_answered_with_anything_but_the_cancelled_job_is_an_unexpected_answer(string body)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync($"cancel {OperationId}", api);
+
+        Assert.Equal(ExitCodes.UnexpectedAnswer, run.ExitCode);
+        Assert.Equal("", run.Out);
     }
 
     /// <summary>The lines of <c>jobs --follow</c> show their times as every table does.</summary>

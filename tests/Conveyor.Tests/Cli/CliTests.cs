@@ -323,6 +323,78 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     }
 
     [Fact]
+    public async Task Cancel_cancels_a_job_that_has_not_started_does_so_again_harmlessly_and_refuses_one_that_has_ended()
+    {
+        // No worker runs here: the jobs stay queued until cancelled.
+        var waiting = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        var ended = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await using (var db = Fixture.CreateDbContext())
+        {
+            await db.Jobs.Where(j => j.Id == ended.JobId).ExecuteUpdateAsync(set => set.SetProperty(j => j.Status, Conveyor.Storage.Jobs.JobStatus.Succeeded));
+        }
+
+        var cancelled = await RunAsync("cancel", waiting.JobId.ToString());
+
+        Assert.True(cancelled.ExitCode == ExitCodes.Ok, cancelled.Err);
+        Assert.Contains($"Job {waiting.JobId} is cancelled: it will not run.", cancelled.Out, StringComparison.Ordinal);
+        Assert.Equal(Conveyor.Storage.Jobs.JobStatus.Cancelled, await StatusOfAsync(waiting.JobId));
+
+        // Sent again (a script run twice, an answer lost on the way): answered as the cancel it was.
+        var again = await RunAsync("cancel", waiting.JobId.ToString(), "--json");
+        Assert.True(again.ExitCode == ExitCodes.Ok, again.Err);
+        Assert.Equal("cancelled", JsonDocument.Parse(again.Out).RootElement.GetProperty("status").GetString());
+
+        var refused = await RunAsync("cancel", ended.JobId.ToString());
+        Assert.Equal(ExitCodes.NotFoundOrConflict, refused.ExitCode);
+        Assert.Contains("only queued or scheduled jobs can be cancelled", refused.Err, StringComparison.Ordinal);
+        Assert.Equal("", refused.Out);
+        Assert.Equal(Conveyor.Storage.Jobs.JobStatus.Succeeded, await StatusOfAsync(ended.JobId));
+
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("cancel", Guid.NewGuid().ToString())).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("cancel", "not-a-job")).ExitCode);
+        Assert.Equal(ExitCodes.Auth, (await RunAsync(["cancel", Guid.NewGuid().ToString()], "dev-not-a-key-of-this-api")).ExitCode);
+    }
+
+    /// <summary>
+    /// A cancel that finds the job's row held (a worker claiming it, the scheduler publishing it) is answered 409 with
+    /// Retry-After, and nothing changed: the CLI sends it again, and once the row is free the job is cancelled.
+    /// </summary>
+    [Fact]
+    public async Task Cancel_of_a_job_whose_row_is_held_for_a_moment_is_sent_again_and_cancels_it()
+    {
+        var accepted = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        var stderr = new SharedText();
+        using var stdout = new StringWriter();
+        Task<int> cancel;
+        await using (var db = Fixture.CreateDbContext())
+        {
+            await using var holding = await db.Database.BeginTransactionAsync();
+            await db.Database.ExecuteSqlAsync($"SELECT 1 FROM jobs WHERE id = {accepted.JobId} FOR UPDATE");
+
+            var environment = new Dictionary<string, string?> { [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey };
+            cancel = CliApp.RunAsync(["cancel", accepted.JobId.ToString(), "--api", App.BaseAddress.ToString()], stdout, stderr.Writer, environment: environment);
+            await Eventually.AssertAsync(() =>
+            {
+                Assert.Contains($"Could not cancel job {accepted.JobId} (409 Job busy", stderr.ToString(), StringComparison.Ordinal);
+                return Task.CompletedTask;
+            });
+            Assert.False(cancel.IsCompleted);
+            Assert.Equal(Conveyor.Storage.Jobs.JobStatus.Queued, await StatusOfAsync(accepted.JobId));
+            await holding.RollbackAsync();
+        }
+
+        Assert.True(await cancel == ExitCodes.Ok, stderr.ToString());
+        Assert.Contains($"Job {accepted.JobId} is cancelled", stdout.ToString(), StringComparison.Ordinal);
+        Assert.Equal(Conveyor.Storage.Jobs.JobStatus.Cancelled, await StatusOfAsync(accepted.JobId));
+    }
+
+    private async Task<string> StatusOfAsync(Guid jobId)
+    {
+        await using var db = Fixture.CreateDbContext();
+        return await db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).SingleAsync();
+    }
+
+    [Fact]
     public async Task Job_says_how_to_move_a_dead_lettered_job_back()
     {
         var job = new Conveyor.Storage.Jobs.Job
