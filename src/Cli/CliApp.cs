@@ -91,7 +91,7 @@ public static class CliApp
                 .WithDescription("Who moved or purged what, when, from where to where.");
             Add<JobCommand>(config, "job")
                 .WithDescription("Show one job: status, attempts, last error; --wait N waits up to N seconds for it to end.")
-                .WithExample("job", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "30");
+                .WithExample("job", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "300");
             Add<CancelCommand>(config, "cancel")
                 .WithDescription("Cancel a job that has not started (queued or scheduled); one that has is a conflict (exit 4).")
                 .WithExample("cancel", "01a226c0-8294-79a4-ab6e-acec986f8a3d");

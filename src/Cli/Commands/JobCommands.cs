@@ -13,12 +13,17 @@ public sealed class JobSettings : ApiSettings
     [Description("The job's id (the jobId of a submission).")]
     public Guid Id { get; set; }
 
+    /// <summary>The longest a single read of the job is held by the Api (its <c>JobsApi.MaxWaitSeconds</c>); a longer wait is made of such reads.</summary>
+    public const int LongestReadSeconds = 30;
+
     [CommandOption("--wait <SECONDS>")]
-    [Description("Wait up to this many seconds (at most 30) for the job to end (succeeded, dead-lettered or cancelled).")]
+    [Description("Wait up to this many seconds (0 to 2592000, 30 days) for the job to end (succeeded, dead-lettered or cancelled).")]
     public int? Wait { get; set; }
 
     public override ValidationResult Validate() =>
-        Wait is < 0 or > 30 ? ValidationResult.Error("--wait must be from 0 to 30 seconds.") : ValidationResult.Success();
+        Wait is < 0 or > FilterSettings.MaxTimeoutSeconds
+            ? ValidationResult.Error($"--wait must be from 0 to {FilterSettings.MaxTimeoutSeconds} seconds (30 days).")
+            : ValidationResult.Success();
 }
 
 public sealed class JobsSettings : ApiSettings
@@ -152,8 +157,9 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
 {
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, JobSettings settings, CancellationToken cancellationToken)
     {
-        var wait = settings.Wait is { } seconds ? $"?waitSeconds={seconds.ToString(CultureInfo.InvariantCulture)}" : "";
-        var job = Answers.ExpectObject(await client.GetAsync($"api/jobs/{settings.Id}{wait}", cancellationToken), "a job", "jobId", "status");
+        var job = settings.Wait is { } seconds
+            ? await WaitAsync(client, settings.Id, TimeSpan.FromSeconds(seconds), cancellationToken)
+            : await ReadAsync(client, settings.Id, "", cancellationToken);
         var exitCode = settings.Wait is null ? ExitCodes.Ok : WaitOutcome(ConveyorClient.Text(job, "status"));
         if (settings.Json)
         {
@@ -168,6 +174,46 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         }
 
         return exitCode;
+    }
+
+    private static async Task<JsonElement> ReadAsync(ConveyorClient client, Guid id, string query, CancellationToken cancellationToken) =>
+        Answers.ExpectObject(await client.GetAsync($"api/jobs/{id}{query}", cancellationToken), "a job", "jobId", "status");
+
+    /// <summary>
+    /// The job once it has ended, or as it is when <paramref name="wait"/> is over. The Api holds a read for at most
+    /// <see cref="JobSettings.LongestReadSeconds"/>, so a longer wait is a row of such reads, each asking for what is left
+    /// (at most that). A read answered sooner than it asked while the job goes on (an Api stopping, which answers its
+    /// held reads at once) is followed by a pause of a second, so that reads never come faster than one a second; a pause
+    /// that would reach the end of the wait ends it with a last look.
+    /// </summary>
+    private static async Task<JsonElement> WaitAsync(ConveyorClient client, Guid id, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        var started = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            var left = wait - Stopwatch.GetElapsedTime(started);
+            var asked = (int)Math.Clamp(Math.Ceiling(left.TotalSeconds), 0, JobSettings.LongestReadSeconds);
+            var readStarted = Stopwatch.GetTimestamp();
+            var job = await ReadAsync(client, id, $"?waitSeconds={asked.ToString(CultureInfo.InvariantCulture)}", cancellationToken);
+            left = wait - Stopwatch.GetElapsedTime(started);
+            if (asked == 0 || left <= TimeSpan.Zero || WaitOutcome(ConveyorClient.Text(job, "status")) != ExitCodes.StillRunning)
+            {
+                return job;
+            }
+
+            var pause = TimeSpan.FromSeconds(1) - Stopwatch.GetElapsedTime(readStarted);
+            if (pause >= left)
+            {
+                // The wait ends within the pause: a last look at its end.
+                await Task.Delay(left, cancellationToken);
+                return await ReadAsync(client, id, "?waitSeconds=0", cancellationToken);
+            }
+
+            if (pause > TimeSpan.Zero)
+            {
+                await Task.Delay(pause, cancellationToken);
+            }
+        }
     }
 
     /// <summary>A job's fields, one a line.</summary>

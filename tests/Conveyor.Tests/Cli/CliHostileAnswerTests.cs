@@ -228,6 +228,53 @@ public sealed class CliHostileAnswerTests
         Assert.Equal("", run.Out);
     }
 
+    /// <summary>
+    /// The Api holds a read of a job for 30 s at most: a longer <c>--wait</c> is a row of such reads, each asking for what
+    /// is left, until the job ends.
+    /// </summary>
+    [Fact]
+    public async Task A_wait_longer_than_the_apis_longest_read_is_made_of_reads_that_ask_for_what_is_left()
+    {
+        var asked = new ConcurrentQueue<int>();
+        using var api = new Canned(request =>
+        {
+            var query = System.Web.HttpUtility.ParseQueryString(request.RequestUri!.Query);
+            asked.Enqueue(int.Parse(query["waitSeconds"]!, System.Globalization.CultureInfo.InvariantCulture));
+            // Answered at once, as an Api that is stopping answers the reads it holds; the job ends on the third.
+            var status = asked.Count < 3 ? "running" : "succeeded";
+            return Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"{{status}}"}""");
+        });
+
+        var run = await RunAsync($"job {OperationId} --wait 3600", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Equal([30, 30, 30], asked);
+        Assert.Contains("succeeded", run.Out, StringComparison.Ordinal);
+    }
+
+    /// <summary>A wait that is over before the job ends asks for what is left each time, ends with a last look, and says the job goes on (7).</summary>
+    [Fact]
+    public async Task A_wait_that_ends_before_the_job_asks_for_what_is_left_and_exits_with_still_running()
+    {
+        var asked = new ConcurrentQueue<int>();
+        using var api = new Canned(request =>
+        {
+            var query = System.Web.HttpUtility.ParseQueryString(request.RequestUri!.Query);
+            asked.Enqueue(int.Parse(query["waitSeconds"]!, System.Globalization.CultureInfo.InvariantCulture));
+            return Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"queued"}""");
+        });
+
+        var run = await RunAsync($"job {OperationId} --wait 2", api);
+
+        Assert.True(run.ExitCode == ExitCodes.StillRunning, run.Err);
+        // Answered at once, each read is followed by a pause of a second: 2, then 1 s left, then a last look (0, or 1 when
+        // a sliver of the wait was still left).
+        Assert.Equal(2, asked.First());
+        Assert.InRange(asked.Last(), 0, 1);
+        Assert.InRange(asked.Count, 2, 4);
+        Assert.True(asked.SequenceEqual(asked.OrderByDescending(seconds => seconds)), string.Join(", ", asked));
+    }
+
     /// <summary>The lines of <c>jobs --follow</c> show their times as every table does.</summary>
     [Fact]
     public async Task A_followed_jobs_lines_show_their_times_in_utc_at_one_width()

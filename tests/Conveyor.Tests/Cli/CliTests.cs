@@ -318,7 +318,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Contains(accepted.JobId.ToString(), listed.Out, StringComparison.Ordinal);
 
         Assert.Equal(ExitCodes.Usage, (await RunAsync("jobs", "--business-key", paymentId.ToString())).ExitCode);
-        Assert.Equal(ExitCodes.Usage, (await RunAsync("job", accepted.JobId.ToString(), "--wait", "31")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("job", accepted.JobId.ToString(), "--wait", "2592001")).ExitCode);
         Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("job", Guid.NewGuid().ToString())).ExitCode);
     }
 
