@@ -48,17 +48,12 @@ public sealed class ConveyorClient : IDisposable
     /// </summary>
     /// <param name="describeField">Rewrites a field name of a refused read's errors, such as the query parameter <c>cursor</c> as the option <c>--after</c>.</param>
     public Task<JsonElement> GetAsync(string path, CancellationToken cancellationToken, Func<string, string>? describeField = null) =>
-        new ReadRetry
-        {
-            DescribeField = describeField,
-            MayPass = answer => answer is not null,
-            Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
-            Retrying = (failure, wait) =>
-                Retrying?.Invoke($"Could not read {path} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
-            GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,
-                $"{failure.Message}{Environment.NewLine}The Api, or a gateway in front of it, is refusing reads for now (the next try would be in "
-                + $"{wait.TotalSeconds:0.#} s; tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later."),
-        }.ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
+        RetriedAsReads(
+            $"read {path}",
+            (wait, tried) => "The Api, or a gateway in front of it, is refusing reads for now (the next try would be in "
+                + $"{wait.TotalSeconds:0.#} s; tried for {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0}): try again later.",
+            describeField,
+            alsoTryAgain: null).ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
 
     /// <summary>
     /// A delete, which the Api makes idempotent (a job cancelled twice is answered as cancelled): tried again as a read is
@@ -66,17 +61,30 @@ public sealed class ConveyorClient : IDisposable
     /// </summary>
     /// <param name="what">What the delete does, for the line that says it is tried again ("cancel job …").</param>
     public Task<JsonElement> DeleteAsync(string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken) =>
-        new ReadRetry
-        {
-            MayPass = answer => answer is not null,
-            AlsoTryAgain = alsoTryAgain,
-            Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
-            Retrying = (failure, wait) =>
-                Retrying?.Invoke($"Could not {what} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
-            GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode,
-                $"{failure.Message}{Environment.NewLine}Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
-                + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later."),
-        }.ReadAsync(token => AnswerAsync(new HttpRequestMessage(HttpMethod.Delete, Relative(path)), token), cancellationToken);
+        RetriedAsReads(
+            what,
+            (wait, tried) => $"Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
+                + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later.",
+            describeField: null,
+            alsoTryAgain).ReadAsync(token => AnswerAsync(new HttpRequestMessage(HttpMethod.Delete, Relative(path)), token), cancellationToken);
+
+    /// <summary>
+    /// The retries of a request that changes nothing, or changes it once however often it is sent: after an answer that
+    /// says "try later" (never after no answer: a mistyped address would keep the user waiting), for <see cref="ReadRetryBudget"/>.
+    /// </summary>
+    /// <param name="what">What the request does, for the line that says it is tried again ("read …", "cancel job …").</param>
+    /// <param name="givingUp">The line added to the last failure, given the next wait and the time tried.</param>
+    private ReadRetry RetriedAsReads(
+        string what, Func<TimeSpan, TimeSpan, string> givingUp, Func<string, string>? describeField, Func<Answer, bool>? alsoTryAgain) => new()
+    {
+        DescribeField = describeField,
+        MayPass = answer => answer is not null,
+        AlsoTryAgain = alsoTryAgain,
+        Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
+        Retrying = (failure, wait) =>
+            Retrying?.Invoke($"Could not {what} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s."),
+        GiveUp = (failure, wait, tried) => new CliFailureException(failure.ExitCode, $"{failure.Message}{Environment.NewLine}{givingUp(wait, tried)}"),
+    };
 
     /// <summary>Gets <paramref name="path"/> and returns the answer whatever its status, for a caller that retries some of them; only an Api that cannot be reached throws.</summary>
     public Task<Answer> GetAnswerAsync(string path, CancellationToken cancellationToken) =>

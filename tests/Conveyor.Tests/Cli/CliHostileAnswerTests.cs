@@ -236,14 +236,8 @@ public sealed class CliHostileAnswerTests
     public async Task A_wait_longer_than_the_apis_longest_read_is_made_of_reads_that_ask_for_what_is_left()
     {
         var asked = new ConcurrentQueue<int>();
-        using var api = new Canned(request =>
-        {
-            var query = System.Web.HttpUtility.ParseQueryString(request.RequestUri!.Query);
-            asked.Enqueue(int.Parse(query["waitSeconds"]!, System.Globalization.CultureInfo.InvariantCulture));
-            // Answered at once, as an Api that is stopping answers the reads it holds; the job ends on the third.
-            var status = asked.Count < 3 ? "running" : "succeeded";
-            return Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"{{status}}"}""");
-        });
+        // Answered at once, as an Api that is stopping answers the reads it holds; the job ends on the third.
+        using var api = JobReads(asked, reads => reads < 3 ? "running" : "succeeded");
 
         var run = await RunAsync($"job {OperationId} --wait 3600", api);
 
@@ -257,12 +251,7 @@ public sealed class CliHostileAnswerTests
     public async Task A_wait_that_ends_before_the_job_asks_for_what_is_left_and_exits_with_still_running()
     {
         var asked = new ConcurrentQueue<int>();
-        using var api = new Canned(request =>
-        {
-            var query = System.Web.HttpUtility.ParseQueryString(request.RequestUri!.Query);
-            asked.Enqueue(int.Parse(query["waitSeconds"]!, System.Globalization.CultureInfo.InvariantCulture));
-            return Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"queued"}""");
-        });
+        using var api = JobReads(asked, _ => "queued");
 
         var run = await RunAsync($"job {OperationId} --wait 2", api);
 
@@ -274,6 +263,14 @@ public sealed class CliHostileAnswerTests
         Assert.InRange(asked.Count, 2, 4);
         Assert.True(asked.SequenceEqual(asked.OrderByDescending(seconds => seconds)), string.Join(", ", asked));
     }
+
+    /// <summary>Answers each read of the job at once with the status <paramref name="statusAfter"/> gives for the reads so far, noting the waitSeconds each asked for.</summary>
+    private static Canned JobReads(ConcurrentQueue<int> asked, Func<int, string> statusAfter) => new(request =>
+    {
+        var query = System.Web.HttpUtility.ParseQueryString(request.RequestUri!.Query);
+        asked.Enqueue(int.Parse(query["waitSeconds"]!, System.Globalization.CultureInfo.InvariantCulture));
+        return Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"{{statusAfter(asked.Count)}}"}""");
+    });
 
     /// <summary>The lines of <c>jobs --follow</c> show their times as every table does.</summary>
     [Fact]
