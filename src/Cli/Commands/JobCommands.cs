@@ -168,9 +168,16 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         }
 
         WriteJob(cli, job);
-        if (ConveyorClient.Text(job, "status") == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
+        var status = ConveyorClient.Text(job, "status");
+        if (status == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
         {
             cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));
+        }
+        else if (status == "scheduled" || (status == "queued" && ConveyorClient.Text(job, "lastError") is null
+            && job.TryGetProperty("attempts", out var attempts) && attempts.ValueKind == JsonValueKind.Number && attempts.TryGetInt32(out var count) && count == 0))
+        {
+            // As the Api decides: not for a job queued again after an attempt was cut short, which has started.
+            cli.Out.WriteLine($"It has not started. Cancel it with: conveyor cancel {settings.Id}");
         }
 
         return exitCode;

@@ -313,6 +313,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Ok, (await RunAsync("job", accepted.JobId.ToString())).ExitCode);
         Assert.Contains("queued", shown.Out, StringComparison.Ordinal);
         Assert.Contains(paymentId.ToString(), shown.Out, StringComparison.Ordinal);
+        Assert.Contains($"It has not started. Cancel it with: conveyor cancel {accepted.JobId}", shown.Out, StringComparison.Ordinal);
 
         var listed = await RunAsync("jobs", "--status", "queued");
         Assert.Contains(accepted.JobId.ToString(), listed.Out, StringComparison.Ordinal);
@@ -349,6 +350,22 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Contains("only queued or scheduled jobs can be cancelled", refused.Err, StringComparison.Ordinal);
         Assert.Equal("", refused.Out);
         Assert.Equal(Conveyor.Storage.Jobs.JobStatus.Succeeded, await StatusOfAsync(ended.JobId));
+
+        // Queued again after a worker's shutdown cut its attempt short: it has started, so neither a hint nor a cancel.
+        var cutShort = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        await using (var db = Fixture.CreateDbContext())
+        {
+            await db.Jobs.Where(j => j.Id == cutShort.JobId)
+                .ExecuteUpdateAsync(set => set.SetProperty(j => j.Attempts, 1).SetProperty(j => j.LastError, "The worker stopped during the attempt"));
+        }
+
+        var shown = await RunAsync("job", cutShort.JobId.ToString());
+        Assert.Equal(ExitCodes.Ok, shown.ExitCode);
+        Assert.DoesNotContain("conveyor cancel", shown.Out, StringComparison.Ordinal);
+        var tooLate = await RunAsync("cancel", cutShort.JobId.ToString());
+        Assert.Equal(ExitCodes.NotFoundOrConflict, tooLate.ExitCode);
+        Assert.Contains("queued again after an attempt that was cut short", tooLate.Err, StringComparison.Ordinal);
+        Assert.Equal(Conveyor.Storage.Jobs.JobStatus.Queued, await StatusOfAsync(cutShort.JobId));
 
         Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("cancel", Guid.NewGuid().ToString())).ExitCode);
         Assert.Equal(ExitCodes.Usage, (await RunAsync("cancel", "not-a-job")).ExitCode);
@@ -418,6 +435,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
 
         Assert.Equal(ExitCodes.Ok, shown.ExitCode);
         Assert.Contains($"conveyor move charge-payment_error --job-id {job.Id}", shown.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("conveyor cancel", shown.Out, StringComparison.Ordinal);
         // Waited for, a job that ended dead-lettered is a failure to a script, one that succeeded is not.
         Assert.Equal(ExitCodes.OperationFailed, (await RunAsync("job", job.Id.ToString(), "--wait", "1")).ExitCode);
         await using (var db = Fixture.CreateDbContext())
