@@ -160,7 +160,8 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         var job = settings.Wait is { } seconds
             ? await WaitAsync(client, settings.Id, TimeSpan.FromSeconds(seconds), cancellationToken)
             : await ReadAsync(client, settings.Id, "", cancellationToken);
-        var exitCode = settings.Wait is null ? ExitCodes.Ok : WaitOutcome(ConveyorClient.Text(job, "status"));
+        var status = ConveyorClient.Text(job, "status");
+        var exitCode = settings.Wait is null ? ExitCodes.Ok : WaitOutcome(status);
         if (settings.Json)
         {
             WriteJson(cli, job);
@@ -168,7 +169,6 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         }
 
         WriteJob(cli, job);
-        var status = ConveyorClient.Text(job, "status");
         if (status == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
         {
             cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));

@@ -388,8 +388,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
             await using var holding = await db.Database.BeginTransactionAsync();
             await db.Database.ExecuteSqlAsync($"SELECT 1 FROM jobs WHERE id = {accepted.JobId} FOR UPDATE");
 
-            var environment = new Dictionary<string, string?> { [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey };
-            cancel = CliApp.RunAsync(["cancel", accepted.JobId.ToString(), "--api", App.BaseAddress.ToString()], stdout, stderr.Writer, environment: environment);
+            cancel = StartAsync(["cancel", accepted.JobId.ToString()], ErrorQueueKit.AdminKey, stdout, stderr.Writer);
             await Eventually.AssertAsync(() =>
             {
                 Assert.Contains($"Could not cancel job {accepted.JobId} (409 Job busy", stderr.ToString(), StringComparison.Ordinal);
@@ -932,10 +931,16 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     {
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
+        var exitCode = await StartAsync(args, key, stdout, stderr);
+        return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>Runs the CLI against this Api with <paramref name="key"/>, writing where the caller reads, even while it runs.</summary>
+    private Task<int> StartAsync(string[] args, string? key, TextWriter stdout, TextWriter stderr)
+    {
         var environment = new Dictionary<string, string?> { [CliContext.ApiKeyVariable] = key };
         var withApi = args.Contains("--api") ? args : [.. args, "--api", App.BaseAddress.ToString()];
-        var exitCode = await CliApp.RunAsync(withApi, stdout, stderr, environment: environment);
-        return new CliRun(exitCode, stdout.ToString(), stderr.ToString());
+        return CliApp.RunAsync(withApi, stdout, stderr, environment: environment);
     }
 
     private sealed record CliRun(int ExitCode, string Out, string Err);
