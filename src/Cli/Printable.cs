@@ -56,7 +56,7 @@ internal static class Printable
     /// Control and format characters, line and paragraph separators, and what no terminal can be trusted to
     /// show as itself: code points not yet assigned (a later Unicode may make them format characters) and private use.
     /// </summary>
-    private static bool Hidden(Rune rune) => Rune.GetUnicodeCategory(rune)
+    internal static bool Hidden(Rune rune) => Rune.GetUnicodeCategory(rune)
         is UnicodeCategory.Control or UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator
         or UnicodeCategory.OtherNotAssigned or UnicodeCategory.PrivateUse or UnicodeCategory.Surrogate;
 }

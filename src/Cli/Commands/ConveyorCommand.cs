@@ -7,7 +7,6 @@ namespace Conveyor.Cli.Commands;
 public abstract class ConveyorCommand<TSettings> : AsyncCommand<TSettings>
     where TSettings : ApiSettings
 {
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     public sealed override async Task<int> ExecuteAsync(CommandContext context, TSettings settings, CancellationToken cancellationToken)
     {
@@ -25,7 +24,7 @@ public abstract class ConveyorCommand<TSettings> : AsyncCommand<TSettings>
 
     protected abstract Task<int> RunAsync(CliContext cli, ConveyorClient client, TSettings settings, CancellationToken cancellationToken);
 
-    protected static void WriteJson(CliContext cli, JsonElement json) => cli.RawOut.WriteLine(JsonSerializer.Serialize(json, Indented));
+    protected static void WriteJson(CliContext cli, JsonElement json) => cli.RawOut.WriteLine(JsonSerializer.Serialize(json, ReadableJson.Indented));
 
     protected static string Escape(string value) => Uri.EscapeDataString(value);
 }

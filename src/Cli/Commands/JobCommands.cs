@@ -378,7 +378,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 if (settings.Json && items.GetArrayLength() > 0)
                 {
                     // One line per page that has jobs: its jobs and the cursor to resume after them, together.
-                    cli.RawOut.WriteLine(JsonSerializer.Serialize(page));
+                    cli.RawOut.WriteLine(JsonSerializer.Serialize(page, ReadableJson.Compact));
                 }
                 else if (!settings.Json)
                 {

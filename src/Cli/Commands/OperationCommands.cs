@@ -124,7 +124,6 @@ internal static class Operations
     /// <summary>The Api's page size when no --limit is given.</summary>
     private const int DefaultPageSize = 50;
     private static readonly TimeSpan MaxPollPause = TimeSpan.FromSeconds(10);
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     /// <summary>The counts of an operation that the CLI reads (<see cref="Number"/>) for its progress bar and summary.</summary>
     private static readonly string[] Counts = ["queueDepthAtStart", "examined", "matched", "moved", "purged", "failed", "jobsMissing"];
@@ -174,7 +173,7 @@ internal static class Operations
 
             if (settings.Json)
             {
-                cli.RawOut.WriteLine(JsonSerializer.Serialize(accepted, Indented));
+                cli.RawOut.WriteLine(JsonSerializer.Serialize(accepted, ReadableJson.Indented));
             }
             else
             {
@@ -418,7 +417,7 @@ internal static class Operations
 
         if (json)
         {
-            cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, Indented));
+            cli.RawOut.WriteLine(JsonSerializer.Serialize(operation, ReadableJson.Indented));
         }
         else
         {

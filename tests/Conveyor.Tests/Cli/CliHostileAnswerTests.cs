@@ -1359,6 +1359,30 @@ public sealed class CliHostileAnswerTests
         Assert.Equal($"q{Attack}_error", JsonDocument.Parse(run.Out).RootElement[0].GetProperty("name").GetString());
     }
 
+    /// <summary>
+    /// <c>--json</c> writes text as it is where it is safe to (System.Text.Json's default would write <c>Zürich</c> as
+    /// <c>Z\u00FCrich</c> and <c>'id'</c> as <c>\u0027id\u0027</c>), and escapes what the views make visible, so piping
+    /// it to a terminal is as safe as the table.
+    /// </summary>
+    [Fact]
+    public async Task Json_output_keeps_readable_text_as_it_is_and_escapes_what_a_terminal_would_act_on_or_hide()
+    {
+        const string Readable = "Zürich 'id' a+b <none> & 日本 😀 `x` ~";
+        const string Hidden = "\u202e\u200b\u00ad\u2028\ue000\U000E0041\u001b\u0085\u007f";
+        var name = $"{Readable}\"q\"\\{Hidden}\nat A\tB";
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, $$$"""[{"name":"{{{J(name)}}}"}]"""));
+
+        var run = await RunAsync("queues --json", api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Contains(
+            $"\"{Readable}\\\"q\\\"\\\\" + @"\u202E\u200B\u00AD\u2028\uE000\uDB40\uDC41\u001B\u0085\u007F\nat A\tB" + "\"",
+            run.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain(run.Out, c => (char.IsControl(c) && c is not '\n' and not '\r') || char.GetUnicodeCategory(c) is
+            System.Globalization.UnicodeCategory.Format or System.Globalization.UnicodeCategory.LineSeparator or System.Globalization.UnicodeCategory.PrivateUse);
+        Assert.Equal(name, JsonDocument.Parse(run.Out).RootElement[0].GetProperty("name").GetString());
+    }
+
     [Theory]
     [InlineData("messages q_error", """{"queueDepth":4,"messages":[],"stoppedEarly":"No more [messages] arrived."}""")]
     [InlineData("groups q_error", """{"queueDepth":4,"examined":0,"groups":[],"ungrouped":0,"stoppedEarly":"No more [messages] arrived."}""")]
