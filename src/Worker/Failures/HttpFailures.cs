@@ -46,7 +46,8 @@ public static class HttpFailures
         var status = response.StatusCode;
         var body = await ReadSnippetAsync(response.Content, bodyTimeout, cancellationToken);
         var redirect = (int)status is >= 300 and < 400 ? $" ({Redirect(response)}, not followed)" : "";
-        var message = $"{what} answered {(int)status} {status}{redirect}: {body}";
+        // An empty body says so, rather than end the message on a colon that reads as if text were cut off.
+        var message = $"{what} answered {(int)status} {status}{redirect}{(body.Length == 0 ? " with an empty body" : $": {body}")}";
         if (isTransient(status))
         {
             throw new TransientFailureException(message, RetryAfter(response.Headers.RetryAfter, time));

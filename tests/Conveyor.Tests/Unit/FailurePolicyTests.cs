@@ -148,6 +148,19 @@ public sealed class FailurePolicyTests
         Assert.Equal(TimeSpan.FromSeconds(30), failure.RetryAfter);
     }
 
+    [Theory]
+    [InlineData("", "The webhook receiver at example.org answered 410 Gone with an empty body")]
+    [InlineData("gone for good", "The webhook receiver at example.org answered 410 Gone: gone for good")]
+    public async Task A_failed_answers_message_ends_on_its_body_or_says_it_had_none(string body, string expected)
+    {
+        using var response = new HttpResponseMessage(HttpStatusCode.Gone) { Content = new StringContent(body) };
+
+        var failure = await Assert.ThrowsAsync<PermanentFailureException>(() => HttpFailures.EnsureSuccessAsync(
+            response, "The webhook receiver at example.org", TimeSpan.FromSeconds(1), FailureClassifier.IsTransientStatus, TimeProvider.System, CancellationToken.None));
+
+        Assert.Equal(expected, failure.Message);
+    }
+
     [Fact]
     public void Exceptions_are_classified()
     {
