@@ -40,6 +40,7 @@ internal static class ErrorQueuesApi
         services.AddHttpClient<RabbitManagementClient>((provider, http) =>
             RabbitManagementClient.Configure(http, provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<ServiceDefaults.RabbitMqOptions>>().Value));
         services.AddSingleton<ErrorQueueBroker>();
+        services.AddSingleton<ExactQueueCounts>();
         services.AddSingleton<QueueLocks>();
         services.AddSingleton<OperationRunner>();
         services.AddSingleton<AbandonedOperations>();
@@ -97,19 +98,40 @@ internal static class ErrorQueuesApi
         return endpoints;
     }
 
+    /// <summary>
+    /// The management API names the queues; their ready messages and consumers are then read from the broker
+    /// itself (<see cref="ExactQueueCounts"/>), so a listing right after a move or purge shows what is left, not
+    /// the statistics of a few seconds before. Unacknowledged messages are held by a consumer (a walk: no worker
+    /// consumes these queues), so they are the management API's count while the queue has one, and 0 once it has
+    /// none: a walk that ended would otherwise still count what it held when the statistics were last collected.
+    /// Should the broker not answer those reads, the listing gives the management API's counts alone.
+    /// </summary>
     internal static async Task<Results<Ok<IReadOnlyList<ErrorQueueSummary>>, ProblemHttpResult>> ListQueues(
-        HttpContext http, RabbitManagementClient management, CancellationToken cancellationToken)
+        HttpContext http, RabbitManagementClient management, ExactQueueCounts exact, ILogger<ExactQueueCounts> logger, CancellationToken cancellationToken)
     {
         try
         {
-            var queues = await management.QueuesAsync(cancellationToken);
+            var queues = (await management.QueuesAsync(cancellationToken))
+                .Where(q => ErrorQueueNames.IsErrorOrSkipped(q.Name))
+                .OrderBy(q => q.Name, StringComparer.Ordinal)
+                .ToList();
+            IReadOnlyDictionary<string, ExactQueueCounts.Count>? now = null;
+            try
+            {
+                now = await exact.ReadAsync([.. queues.Select(q => q.Name)], cancellationToken);
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException && !cancellationToken.IsCancellationRequested)
+            {
+                ErrorQueuesLog.ExactCountsUnread(logger, exception);
+            }
+
             IReadOnlyList<ErrorQueueSummary> summaries =
             [
                 .. queues
-                    .Where(q => ErrorQueueNames.IsErrorOrSkipped(q.Name))
-                    .OrderBy(q => q.Name, StringComparer.Ordinal)
-                    .Select(q => new ErrorQueueSummary(
-                        q.Name, ErrorQueueNames.Kind(q.Name)!, ErrorQueueNames.SourceQueueOf(q.Name), q.Messages, q.Ready, q.Unacknowledged, q.Consumers)),
+                    .Where(q => now is null || now[q.Name].Exists)
+                    .Select(q => now is null
+                        ? Summary(q, q.Ready, q.Consumers)
+                        : Summary(q with { Unacknowledged = now[q.Name].Consumers == 0 ? 0 : q.Unacknowledged }, now[q.Name].Ready, now[q.Name].Consumers)),
             ];
             return TypedResults.Ok(summaries);
         }
@@ -118,6 +140,10 @@ internal static class ErrorQueuesApi
             return BrokerUnavailable(http, exception);
         }
     }
+
+    private static ErrorQueueSummary Summary(QueueStats queue, long ready, int consumers) => new(
+        queue.Name, ErrorQueueNames.Kind(queue.Name)!, ErrorQueueNames.SourceQueueOf(queue.Name),
+        ready + queue.Unacknowledged, ready, queue.Unacknowledged, consumers);
 
     internal static Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,

@@ -46,7 +46,13 @@ public sealed class ManagementUrlTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("/rabbitmq/")]
     public async Task The_Api_sends_its_management_requests_under_the_path_of_the_management_url(string path)
     {
-        // An ingress publishing the management API at /rabbitmq/: nothing answers at /api/.
+        // An ingress publishing the management API at /rabbitmq/: nothing answers at /api/. The queue it lists
+        // is on the broker, where the listing reads its counts.
+        await using (var broker = await TestBroker.ConnectAsync(fixture))
+        {
+            await broker.DeclareAsync(ErrorQueueKit.ChargeErrors);
+        }
+
         await using var management = await FakeRabbitManagement.StartAsync(pathPrefix: "/rabbitmq");
         management.Queues = [new() { ["name"] = ErrorQueueKit.ChargeErrors, ["messages"] = 7, ["consumers"] = 0 }];
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
@@ -57,12 +63,40 @@ public sealed class ManagementUrlTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await Eventually.AssertAsync(async () =>
         {
+            // The listing names the queues the management API lists (their counts are then read from the broker).
             var queues = await ErrorQueuesAsync(api);
-            Assert.Equal(7, Assert.Contains(ErrorQueueKit.ChargeErrors, queues).GetProperty("messages").GetInt64());
+            Assert.Contains(ErrorQueueKit.ChargeErrors, queues.Keys);
+            Assert.Contains(management.RequestPaths, requested => requested.StartsWith("/rabbitmq/api/queues/", StringComparison.Ordinal));
             // The alarm check (its own HttpClient) reads there too.
             Assert.Contains("/rabbitmq/api/nodes", management.RequestPaths);
         });
         Assert.All(management.RequestPaths, requested => Assert.StartsWith("/rabbitmq/api/", requested, StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// The counts are read from the broker itself over AMQP; should that fail while the management API answers,
+    /// the operator still gets the listing, with the management API's (lagging) counts, not a 503.
+    /// </summary>
+    [Fact]
+    public async Task The_listing_gives_the_management_apis_counts_when_the_broker_cannot_be_asked_for_its_own()
+    {
+        await using var management = await FakeRabbitManagement.StartAsync();
+        management.Queues =
+        [
+            new() { ["name"] = ErrorQueueKit.ChargeErrors, ["messages"] = 7, ["messages_ready"] = 5, ["messages_unacknowledged"] = 2, ["consumers"] = 1 },
+        ];
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RabbitMq:ManagementUrl"] = $"http://127.0.0.1:{management.Port.ToString(CultureInfo.InvariantCulture)}/",
+            ["RabbitMq:Port"] = Api.BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:ConnectTimeoutSeconds"] = "2",
+        });
+
+        var listed = Assert.Contains(ErrorQueueKit.ChargeErrors, await ErrorQueuesAsync(api));
+
+        Assert.Equal((7, 5, 2, 1), (
+            listed.GetProperty("messages").GetInt64(), listed.GetProperty("ready").GetInt64(),
+            listed.GetProperty("unacknowledged").GetInt64(), listed.GetProperty("consumers").GetInt32()));
     }
 
     [Theory]
