@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using System.Reflection;
 using Conveyor.Cli.Commands;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -39,6 +40,10 @@ public static class CliApp
         }
     }
 
+    /// <summary>The CLI's version as built (its informational version: the package version, and the commit when known).</summary>
+    public static string Version { get; } =
+        typeof(CliApp).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
+
     public static async Task<int> RunAsync(
         string[] args,
         TextWriter stdout,
@@ -65,6 +70,8 @@ public static class CliApp
         app.Configure(config =>
         {
             config.SetApplicationName("conveyor");
+            // -v and --version: the version a bug report or a support question needs.
+            config.SetApplicationVersion(Version);
             config.ConfigureConsole(output);
             config.PropagateExceptions();
             // An unknown or misspelt option is a usage error, never dropped: `purge --mesage-id x` would

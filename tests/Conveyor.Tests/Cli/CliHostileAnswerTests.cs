@@ -66,6 +66,26 @@ public sealed class CliHostileAnswerTests
     }
 
     [Theory]
+    [InlineData("--version")]
+    [InlineData("-v")]
+    public async Task The_version_is_printed_without_a_request(string command)
+    {
+        var requests = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref requests);
+            return Respond(HttpStatusCode.OK, "[]");
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Equal(CliApp.Version, run.Out.Trim());
+        Assert.Matches(@"^\d+\.\d+\.\d+", CliApp.Version);
+        Assert.Equal(0, requests);
+    }
+
+    [Theory]
     [InlineData("messages q_error --limit 99999999999", "'99999999999' is not a valid value for --limit")]
     [InlineData("move q_error --job-id nope", "'nope' is not a valid value for --job-id")]
     [InlineData("move q_error --timeout=soon", "'soon' is not a valid value for --timeout")]
