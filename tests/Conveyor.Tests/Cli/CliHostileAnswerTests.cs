@@ -70,19 +70,14 @@ public sealed class CliHostileAnswerTests
     [InlineData("-v")]
     public async Task The_version_is_printed_without_a_request(string command)
     {
-        var requests = 0;
-        using var api = new Canned(_ =>
-        {
-            Interlocked.Increment(ref requests);
-            return Respond(HttpStatusCode.OK, "[]");
-        });
+        using var api = new Counted(HttpStatusCode.OK, "[]");
 
         var run = await RunAsync(command, api);
 
         Assert.Equal(ExitCodes.Ok, run.ExitCode);
         Assert.Equal(CliApp.Version, run.Out.Trim());
         Assert.Matches(@"^\d+\.\d+\.\d+", CliApp.Version);
-        Assert.Equal(0, requests);
+        Assert.Equal(0, api.Requests);
     }
 
     [Theory]
@@ -91,12 +86,7 @@ public sealed class CliHostileAnswerTests
     [InlineData("move q_error --timeout=soon", "'soon' is not a valid value for --timeout")]
     public async Task An_option_value_of_the_wrong_kind_is_a_usage_error_naming_the_option_not_a_dotnet_type(string command, string said)
     {
-        var requests = 0;
-        using var api = new Canned(_ =>
-        {
-            Interlocked.Increment(ref requests);
-            return Respond(HttpStatusCode.OK, "[]");
-        });
+        using var api = new Counted(HttpStatusCode.OK, "[]");
 
         var run = await RunAsync(command, api);
 
@@ -104,7 +94,7 @@ public sealed class CliHostileAnswerTests
         Assert.Contains(said, run.Err, StringComparison.Ordinal);
         Assert.DoesNotContain("Nullable", run.Err, StringComparison.Ordinal);
         Assert.DoesNotContain("Guid", run.Err, StringComparison.Ordinal);
-        Assert.Equal(0, requests);
+        Assert.Equal(0, api.Requests);
     }
 
     /// <summary>
@@ -117,12 +107,7 @@ public sealed class CliHostileAnswerTests
     [InlineData("operation 30 --wait --timeout 30", "'30' is not a valid value for <id>")]
     public async Task An_argument_value_of_the_wrong_kind_is_a_usage_error_naming_the_argument(string command, string said)
     {
-        var requests = 0;
-        using var api = new Canned(_ =>
-        {
-            Interlocked.Increment(ref requests);
-            return Respond(HttpStatusCode.OK, "[]");
-        });
+        using var api = new Counted(HttpStatusCode.OK, "[]");
 
         var run = await RunAsync(command, api);
 
@@ -130,7 +115,7 @@ public sealed class CliHostileAnswerTests
         Assert.Contains(said, run.Err, StringComparison.Ordinal);
         Assert.DoesNotContain("--wait", run.Err, StringComparison.Ordinal);
         Assert.DoesNotContain("--timeout", run.Err, StringComparison.Ordinal);
-        Assert.Equal(0, requests);
+        Assert.Equal(0, api.Requests);
     }
 
     /// <summary>
@@ -1616,19 +1601,14 @@ public sealed class CliHostileAnswerTests
     [InlineData("https://s3cret-pass@conveyor.example.com/")]
     public async Task An_api_url_with_credentials_is_a_usage_error_that_does_not_print_them(string url)
     {
-        var requests = 0;
-        using var api = new Canned(_ =>
-        {
-            Interlocked.Increment(ref requests);
-            return Respond(HttpStatusCode.OK, "[]");
-        });
+        using var api = new Counted(HttpStatusCode.OK, "[]");
 
         var run = await RunAsync($"queues --api {url}", api);
 
         Assert.Equal(ExitCodes.Usage, run.ExitCode);
         Assert.Contains("--api", run.Err, StringComparison.Ordinal);
         Assert.DoesNotContain("s3cret-pass", run.Out + run.Err, StringComparison.Ordinal);
-        Assert.Equal(0, requests);
+        Assert.Equal(0, api.Requests);
     }
 
     /// <summary>A string as it goes inside a JSON string literal.</summary>
@@ -1735,6 +1715,20 @@ public sealed class CliHostileAnswerTests
     {
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
             Task.FromResult(answer(request));
+    }
+
+    /// <summary>Answers every request alike and counts them, for a test that checks nothing was sent.</summary>
+    private sealed class Counted(HttpStatusCode status, string body) : HttpMessageHandler
+    {
+        private int _requests;
+
+        public int Requests => Volatile.Read(ref _requests);
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _requests);
+            return Task.FromResult(Respond(status, body));
+        }
     }
 
     /// <summary>Answers with <c>answer</c>, which may take its time and is given the request's cancellation.</summary>
