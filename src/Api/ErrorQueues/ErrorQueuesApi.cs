@@ -125,14 +125,9 @@ internal static class ErrorQueuesApi
                 ErrorQueuesLog.ExactCountsUnread(logger, exception);
             }
 
-            IReadOnlyList<ErrorQueueSummary> summaries =
-            [
-                .. queues
-                    .Where(q => now is null || now[q.Name].Exists)
-                    .Select(q => now is null
-                        ? Summary(q, q.Ready, q.Consumers)
-                        : Summary(q with { Unacknowledged = now[q.Name].Consumers == 0 ? 0 : q.Unacknowledged }, now[q.Name].Ready, now[q.Name].Consumers)),
-            ];
+            IReadOnlyList<ErrorQueueSummary> summaries = now is null
+                ? [.. queues.Select(q => Summary(q.Name, q.Ready, q.Unacknowledged, q.Consumers))]
+                : [.. queues.Where(q => now[q.Name].Exists).Select(q => Summary(q.Name, now[q.Name].Ready, now[q.Name].Consumers == 0 ? 0 : q.Unacknowledged, now[q.Name].Consumers))];
             return TypedResults.Ok(summaries);
         }
         catch (BrokerUnavailableException exception)
@@ -141,9 +136,8 @@ internal static class ErrorQueuesApi
         }
     }
 
-    private static ErrorQueueSummary Summary(QueueStats queue, long ready, int consumers) => new(
-        queue.Name, ErrorQueueNames.Kind(queue.Name)!, ErrorQueueNames.SourceQueueOf(queue.Name),
-        ready + queue.Unacknowledged, ready, queue.Unacknowledged, consumers);
+    private static ErrorQueueSummary Summary(string queue, long ready, long unacknowledged, int consumers) => new(
+        queue, ErrorQueueNames.Kind(queue)!, ErrorQueueNames.SourceQueueOf(queue), ready + unacknowledged, ready, unacknowledged, consumers);
 
     internal static Task<Results<Ok<ErrorQueueMessages>, ValidationProblem, ProblemHttpResult>> PeekMessages(
         string queue, string? limit, HttpContext http, RabbitManagementClient management, ErrorQueueInspector inspector,

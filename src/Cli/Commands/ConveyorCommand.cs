@@ -7,7 +7,6 @@ namespace Conveyor.Cli.Commands;
 public abstract class ConveyorCommand<TSettings> : AsyncCommand<TSettings>
     where TSettings : ApiSettings
 {
-
     public sealed override async Task<int> ExecuteAsync(CommandContext context, TSettings settings, CancellationToken cancellationToken)
     {
         var cli = (CliContext)context.Data!;
