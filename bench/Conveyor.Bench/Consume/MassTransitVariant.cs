@@ -44,6 +44,7 @@ public sealed class MassTransitVariant(BenchEnvironment environment, InstantGate
         };
         builder.Services.AddMassTransit(bus =>
         {
+            bus.WithoutUsageTelemetry();
             bus.AddConsumer<TrivialChargeConsumer>();
             bus.UsingRabbitMq((context, cfg) =>
             {

@@ -10,7 +10,11 @@ internal static class MessagingRegistration
     {
         var options = services.AddRabbitMqOptions(configuration);
 
-        services.AddMassTransit(x => x.UsingRabbitMq((_, cfg) => cfg.UseConveyorBroker(options, "conveyor-api")));
+        services.AddMassTransit(x =>
+        {
+            x.WithoutUsageTelemetry();
+            x.UsingRabbitMq((_, cfg) => cfg.UseConveyorBroker(options, "conveyor-api"));
+        });
         services.AddBusStartGuard();
 
         services.AddOptions<MassTransitHostOptions>().Configure(host =>

@@ -80,6 +80,7 @@ public static class WorkerMessagingExtensions
         services.MarkBusHealthCheckAdvisory();
         services.AddMassTransit(bus =>
         {
+            bus.WithoutUsageTelemetry();
             bus.AddConsumer<ChargePaymentConsumer, ChargePaymentConsumerDefinition>();
             bus.AddConsumer<DeliverWebhookConsumer, DeliverWebhookConsumerDefinition>();
             bus.AddConsumer<GenerateReportConsumer, GenerateReportConsumerDefinition>();
