@@ -1,4 +1,5 @@
 using RabbitMQ.Client;
+using RabbitMQ.Client.Exceptions;
 
 namespace Conveyor.ServiceDefaults;
 
@@ -23,5 +24,21 @@ public static class RabbitMqConnections
             TopologyRecoveryEnabled = false,
         };
         return factory.CreateConnectionAsync(broker.ClientName(clientName), cancellationToken);
+    }
+
+    /// <summary>
+    /// A passive <c>queue.declare</c>: the queue's ready messages and consumers, or null when it does not exist. The broker
+    /// closes the channel of a passive declare that finds no queue, so after a null the caller needs another channel.
+    /// </summary>
+    public static async Task<QueueDeclareOk?> DeclarePassiveIfExistsAsync(this IChannel channel, string queue, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await channel.QueueDeclarePassiveAsync(queue, cancellationToken);
+        }
+        catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == Constants.NotFound)
+        {
+            return null;
+        }
     }
 }

@@ -2,7 +2,6 @@ using Conveyor.Contracts;
 using Conveyor.ServiceDefaults;
 using Microsoft.Extensions.Options;
 using RabbitMQ.Client;
-using RabbitMQ.Client.Exceptions;
 using System.Diagnostics.Metrics;
 using System.Text.Json;
 
@@ -155,18 +154,15 @@ public sealed class BrokerPressureMonitor : BackgroundService
     private async Task<(long Messages, long Consumers)> ReadDepthAsync(string queue, CancellationToken cancellationToken)
     {
         var channel = await OpenChannelAsync(cancellationToken);
-        try
+        if (await channel.DeclarePassiveIfExistsAsync(queue, cancellationToken) is { } declared)
         {
-            var declared = await channel.QueueDeclarePassiveAsync(queue, cancellationToken);
             return (declared.MessageCount, declared.ConsumerCount);
         }
-        catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == Constants.NotFound)
-        {
-            // No queue yet (no worker has declared it): nothing waits, nobody consumes. The broker closed the channel.
-            _channel = null;
-            await channel.DisposeAsync();
-            return (0, 0);
-        }
+
+        // No queue yet (no worker has declared it): nothing waits, nobody consumes. The broker closed the channel.
+        _channel = null;
+        await channel.DisposeAsync();
+        return (0, 0);
     }
 
     private async Task<IChannel> OpenChannelAsync(CancellationToken cancellationToken)

@@ -1,7 +1,6 @@
 using Conveyor.ServiceDefaults;
 using Microsoft.Extensions.Options;
 using RabbitMQ.Client;
-using RabbitMQ.Client.Exceptions;
 
 namespace Conveyor.Api.ErrorQueues;
 
@@ -36,12 +35,11 @@ public sealed class ExactQueueCounts(ErrorQueueBroker broker, IOptions<RabbitMqO
             foreach (var queue in queues)
             {
                 channel ??= await connection.CreateChannelAsync(cancellationToken: limit.Token);
-                try
+                if (await channel.DeclarePassiveIfExistsAsync(queue, limit.Token) is { } declared)
                 {
-                    var declared = await channel.QueueDeclarePassiveAsync(queue, limit.Token);
                     counts[queue] = new Count(true, declared.MessageCount, (int)Math.Min(declared.ConsumerCount, int.MaxValue));
                 }
-                catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == Constants.NotFound)
+                else
                 {
                     // Deleted since the listing. The broker closed the channel: the next queue gets another.
                     counts[queue] = new Count(false, 0, 0);

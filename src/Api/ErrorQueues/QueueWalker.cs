@@ -3,7 +3,6 @@ using System.Threading.Channels;
 using Conveyor.ServiceDefaults;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
-using RabbitMQ.Client.Exceptions;
 
 namespace Conveyor.Api.ErrorQueues;
 
@@ -1120,15 +1119,7 @@ public sealed class QueueWalker
     {
         // A passive declare of a missing queue closes its channel, hence a channel of its own.
         await using var probe = await _connection.CreateChannelAsync(cancellationToken: cancellationToken);
-        try
-        {
-            var ok = await probe.QueueDeclarePassiveAsync(queue, cancellationToken);
-            return ok.MessageCount;
-        }
-        catch (OperationInterruptedException exception) when (exception.ShutdownReason?.ReplyCode == 404)
-        {
-            return null;
-        }
+        return (await probe.DeclarePassiveIfExistsAsync(queue, cancellationToken))?.MessageCount;
     }
 
     /// <summary>Waits for a task to end, up to a timeout; the caller looks at its state. Only cancellation throws.</summary>

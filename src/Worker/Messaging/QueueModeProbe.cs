@@ -278,15 +278,7 @@ public sealed partial class QueueModeProbe
     {
         // A passive declaration of a missing queue closes its channel, hence a channel of its own.
         await using var passive = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
-        try
-        {
-            await passive.QueueDeclarePassiveAsync(queue, cancellationToken);
-            return true;
-        }
-        catch (OperationInterruptedException exception) when (exception.ShutdownReason is { ReplyCode: 404 })
-        {
-            return false;
-        }
+        return await passive.DeclarePassiveIfExistsAsync(queue, cancellationToken) is not null;
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Quorum queue {Queue} in vhost {VirtualHost} was declared without a delivery limit and dead-letter route; it is declared as it is. " +
