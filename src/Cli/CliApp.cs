@@ -99,6 +99,9 @@ public static class CliApp
             Add<JobCommand>(config, "job")
                 .WithDescription("Show one job: status, attempts, last error; --wait N waits up to N seconds for it to end.")
                 .WithExample("job", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "300");
+            Add<ResultCommand>(config, "result")
+                .WithDescription("Show what a succeeded job did: a charge's gateway charge id, a webhook's answer, a report's totals; --wait N waits up to N seconds for it.")
+                .WithExample("result", "01a226c0-8294-79a4-ab6e-acec986f8a3d", "--wait", "600");
             Add<CancelCommand>(config, "cancel")
                 .WithDescription("Cancel a job that has not started (queued or scheduled); one that has is a conflict (exit 4).")
                 .WithExample("cancel", "01a226c0-8294-79a4-ab6e-acec986f8a3d");

@@ -12,7 +12,7 @@ namespace Conveyor.Api.Jobs;
 /// <summary>
 /// <c>POST /api/jobs/{kind}</c> submits a job (now or at <c>runAt</c>), <c>POST /api/jobs/{kind}/batch</c>
 /// up to 100 of them; <c>GET /api/jobs/{jobId}</c> shows one; <c>GET /api/jobs</c> lists jobs;
-/// <c>DELETE /api/jobs/{jobId}</c> cancels one not yet started.
+/// <c>GET /api/jobs/{jobId}/result</c> what a succeeded one did; <c>DELETE /api/jobs/{jobId}</c> cancels one not yet started.
 /// </summary>
 internal static partial class JobsApi
 {
@@ -94,6 +94,13 @@ internal static partial class JobsApi
             .WithSummary("The status of a job; with waitSeconds, answers once the job has ended or that long has passed.")
             .ProducesProblem(StatusCodes.Status404NotFound);
 
+        jobs.MapGet("/{jobId}/result", GetJobResult)
+            .WithName("GetJobResult")
+            .RequireAuthorization(ApiPolicies.JobsRead)
+            .WithSummary("What a succeeded job did: a charge's gateway charge id, a webhook's answer, a report's totals; 409 until it has succeeded.")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict);
+
         jobs.MapDelete("/{jobId}", CancelJob)
             .WithName("CancelJob")
             .RequireAuthorization(ApiPolicies.JobsPublish)
@@ -160,6 +167,40 @@ internal static partial class JobsApi
 
             pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerSecond));
         }
+    }
+
+    /// <summary>
+    /// A succeeded job's result (<see cref="JobResults"/>). Any other status is a 409 whose <c>jobStatus</c> says which:
+    /// a job that has not ended may still get one (wait with <c>GET /api/jobs/{jobId}?waitSeconds=</c>), a dead-lettered
+    /// one once it is moved back and succeeds. A succeeded job whose effect's row is gone is a 404.
+    /// </summary>
+    internal static async Task<Results<Ok<JobResult>, ValidationProblem, ProblemHttpResult>> GetJobResult(
+        string jobId, ConveyorDbContext db, CancellationToken cancellationToken)
+    {
+        if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
+        {
+            return invalid;
+        }
+
+        var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
+        if (job is null)
+        {
+            return Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.");
+        }
+
+        if (job.Status != JobStatus.Succeeded)
+        {
+            var detail = HasEnded(job.Status)
+                ? $"Job {id} is {job.Status}: only a succeeded job has a result."
+                : $"Job {id} is {job.Status}: it has a result once it has succeeded. Wait for it with GET /api/jobs/{id}?waitSeconds=30.";
+            return TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "Job has no result", detail: detail,
+                extensions: new Dictionary<string, object?>(StringComparer.Ordinal) { ["jobStatus"] = job.Status });
+        }
+
+        return await JobResults.ReadAsync(db, job, cancellationToken) is { } result
+            ? TypedResults.Ok(result)
+            : Problem(StatusCodes.Status404NotFound, "Result not found",
+                $"Job {id} succeeded, but the record of its effect ({job.Kind} {job.BusinessKey}) is not in the database.");
     }
 
     /// <summary>Statuses a job rests in until someone acts (a dead-lettered one may be moved back).</summary>

@@ -12,6 +12,7 @@ namespace Conveyor.Api.Jobs;
 [JsonSerializable(typeof(JobAccepted))]
 [JsonSerializable(typeof(JobDetails))]
 [JsonSerializable(typeof(JobPage))]
+[JsonSerializable(typeof(JobResult))]
 [JsonSerializable(typeof(JobBatchAccepted))]
 [JsonSerializable(typeof(JobBatchResult[]))]
 internal sealed partial class JobsJson : JsonSerializerContext;

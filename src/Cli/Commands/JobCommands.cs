@@ -193,7 +193,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     /// held reads at once) is followed by a pause of a second, so that reads never come faster than one a second; a pause
     /// that would reach the end of the wait ends it with a last look.
     /// </summary>
-    private static async Task<JsonElement> WaitAsync(ConveyorClient client, Guid id, TimeSpan wait, CancellationToken cancellationToken)
+    internal static async Task<JsonElement> WaitAsync(ConveyorClient client, Guid id, TimeSpan wait, CancellationToken cancellationToken)
     {
         var started = Stopwatch.GetTimestamp();
         while (true)

@@ -148,7 +148,8 @@ internal static class Output
 
     /// <summary>The fields of the Api's answers that hold a time, shown by <see cref="IsoTime.Display"/>.</summary>
     private static readonly FrozenSet<string> TimeFields = FrozenSet.Create(
-        StringComparer.Ordinal, "faultedAt", "firstSeen", "lastSeen", "createdAt", "updatedAt", "finishedAt", "nextAttemptAt");
+        StringComparer.Ordinal, "faultedAt", "firstSeen", "lastSeen", "createdAt", "updatedAt", "finishedAt", "nextAttemptAt",
+        "chargedAt", "deliveredAt", "completedAt");
 
     /// <summary>A field as one line of printable text, cut to <paramref name="maxLength"/>; a time in UTC at a fixed width.</summary>
     public static string Plain(JsonElement json, string name, int maxLength = 200)

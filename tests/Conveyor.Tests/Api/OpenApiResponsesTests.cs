@@ -38,6 +38,8 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         ["GET /api/jobs"] = [400],
         // 400 malformed id or waitSeconds, 404 no such job.
         ["GET /api/jobs/{jobId}"] = [400, 404],
+        // 400 malformed id, 404 no such job or no record of its effect, 409 not succeeded.
+        ["GET /api/jobs/{jobId}/result"] = [400, 404, 409],
         // 400 malformed id (or a session's missing anti-forgery token), 404 no such job, 409 too late or "Job busy".
         ["DELETE /api/jobs/{jobId}"] = [400, 404, 409],
         // 400 a query parameter (it reads none), 503 broker unavailable.

@@ -151,6 +151,9 @@ public sealed class CliHostileAnswerTests
     [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"k","status":"succeeded","createdAt":"{0}","finishedAt":"{1}"}""")]
     [InlineData("operations", $$"""[{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","createdAt":"{0}"},{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","createdAt":"{1}"}]""")]
     [InlineData($"operation {OperationId}", $$"""{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","queue":"q_error","createdAt":"{0}","finishedAt":"{1}"}""")]
+    [InlineData($"result {OperationId}", $$$"""{"jobId":"{{{OperationId}}}","kind":"charge-payment","finishedAt":"{0}","charge":{"chargedAt":"{1}"}}""")]
+    [InlineData($"result {OperationId}", $$$"""{"jobId":"{{{OperationId}}}","kind":"deliver-webhook","finishedAt":"{0}","webhook":{"deliveredAt":"{1}"}}""")]
+    [InlineData($"result {OperationId}", $$$"""{"jobId":"{{{OperationId}}}","kind":"generate-report","finishedAt":"{0}","report":{"completedAt":"{1}","totals":[]}}""")]
     public async Task Times_are_shown_in_utc_at_one_width_and_exact(string command, string template)
     {
         var body = template.Replace("{0}", "2026-12-05T16:40:12.5+01:00", StringComparison.Ordinal)

@@ -324,6 +324,90 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     }
 
     [Fact]
+    public async Task Result_shows_what_a_succeeded_job_did_and_ends_as_its_wait_did_for_one_that_did_not()
+    {
+        // No worker runs here: the succeeded jobs and the records of their effects are written as a worker writes them.
+        var reportId = Guid.NewGuid();
+        var paymentId = Guid.NewGuid();
+        var report = SucceededJob(JobKinds.GenerateReport, reportId);
+        var charge = SucceededJob(JobKinds.ChargePayment, paymentId);
+        const string Huge = "123456789012345678901234567";
+        await using (var db = Fixture.CreateDbContext())
+        {
+            db.Jobs.AddRange(report, charge);
+            db.Reports.Add(new Conveyor.Storage.Reports.Report
+            {
+                ReportId = reportId,
+                Currency = null,
+                AccountId = "acct-cli",
+                RowsScanned = 7,
+                Totals = $$"""[{"currency":"EUR","count":5,"totalMinor":{{Huge}}},{"currency":"USD","count":2,"totalMinor":300}]""",
+                CompletedAt = DateTimeOffset.UtcNow,
+            });
+            db.Ledger.Add(new Conveyor.Storage.Payments.LedgerEntry
+            {
+                PaymentId = paymentId,
+                AccountId = "acct-cli",
+                AmountMinor = 4200,
+                Currency = "EUR",
+                GatewayChargeId = "ch_cli_0042",
+                ChargedAt = DateTimeOffset.UtcNow,
+            });
+            await db.SaveChangesAsync();
+        }
+
+        var table = await RunAsync("result", report.Id.ToString());
+        Assert.True(table.ExitCode == ExitCodes.Ok, table.Err);
+        Assert.Contains(reportId.ToString(), table.Out, StringComparison.Ordinal);
+        Assert.Contains(Huge, table.Out, StringComparison.Ordinal);
+        Assert.Matches(@"Currency\s+all", table.Out);
+        Assert.Matches(@"Rows scanned\s+7", table.Out);
+        Assert.Matches(@"USD\s.*\s2\s.*\s300", table.Out);
+
+        var json = await RunAsync("result", report.Id.ToString(), "--json");
+        Assert.True(json.ExitCode == ExitCodes.Ok, json.Err);
+        var totals = JsonDocument.Parse(json.Out).RootElement.GetProperty("report").GetProperty("totals");
+        Assert.Equal(Huge, totals[0].GetProperty("totalMinor").GetRawText());
+
+        var charged = await RunAsync("result", charge.Id.ToString(), "--wait", "1");
+        Assert.True(charged.ExitCode == ExitCodes.Ok, charged.Err);
+        Assert.Contains("ch_cli_0042", charged.Out, StringComparison.Ordinal);
+        Assert.Matches(@"Amount \(minor units\)\s+4200", charged.Out);
+
+        // A job that has not run: the Api's 409 at once; waited for, still running (7), with nothing on stdout.
+        var queued = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        var refused = await RunAsync("result", queued.JobId.ToString());
+        Assert.Equal(ExitCodes.NotFoundOrConflict, refused.ExitCode);
+        Assert.Contains("409 Job has no result", refused.Err, StringComparison.Ordinal);
+        Assert.Contains("is queued", refused.Err, StringComparison.Ordinal);
+        var waited = await RunAsync("result", queued.JobId.ToString(), "--wait", "1", "--json");
+        Assert.Equal((ExitCodes.StillRunning, ""), (waited.ExitCode, waited.Out));
+        Assert.Contains("is still queued after 1 s", waited.Err, StringComparison.Ordinal);
+
+        await using (var db = Fixture.CreateDbContext())
+        {
+            await db.Jobs.Where(j => j.Id == queued.JobId).ExecuteUpdateAsync(set => set.SetProperty(j => j.Status, Conveyor.Storage.Jobs.JobStatus.DeadLettered));
+        }
+
+        var failed = await RunAsync("result", queued.JobId.ToString(), "--wait", "1", "--json");
+        Assert.Equal((ExitCodes.OperationFailed, ""), (failed.ExitCode, failed.Out));
+        Assert.Contains($"is dead-lettered: only a succeeded job has a result. See why with: conveyor job {queued.JobId}", failed.Err, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("result", Guid.NewGuid().ToString())).ExitCode);
+    }
+
+    private static Conveyor.Storage.Jobs.Job SucceededJob(string kind, Guid businessId) => new()
+    {
+        Id = Guid.NewGuid(),
+        Kind = kind,
+        BusinessKey = businessId.ToString(),
+        Status = Conveyor.Storage.Jobs.JobStatus.Succeeded,
+        Attempts = 1,
+        CreatedAt = DateTimeOffset.UtcNow,
+        UpdatedAt = DateTimeOffset.UtcNow,
+        FinishedAt = DateTimeOffset.UtcNow,
+    };
+
+    [Fact]
     public async Task Cancel_cancels_a_job_that_has_not_started_does_so_again_harmlessly_and_refuses_one_that_has_ended()
     {
         // No worker runs here: the jobs stay queued until cancelled.

@@ -38,6 +38,7 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
         ["DELETE /api/jobs/{jobId}"] = Access.JobsPublish,
         ["GET /api/jobs/"] = Access.JobsRead,
         ["GET /api/jobs/{jobId}"] = Access.JobsRead,
+        ["GET /api/jobs/{jobId}/result"] = Access.JobsRead,
         ["GET /api/error-queues/"] = Access.Admin,
         ["GET /api/error-queues/{queue}/messages"] = Access.Admin,
         ["GET /api/error-queues/{queue}/groups"] = Access.Admin,
