@@ -151,6 +151,14 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         await page.ClickAsync("#job-lookup button[type='submit']");
         await Expect(page.Locator("#job-status")).ToHaveTextAsync("succeeded", Patiently);
         await Expect(page.Locator("#job")).ToContainTextAsync("Finished");
+        // A succeeded job shows its result: the charge the gateway made.
+        await using (var db = fixture.CreateDbContext())
+        {
+            var charged = await db.Ledger.SingleAsync(l => l.PaymentId == paymentIds[0]);
+            await Expect(page.Locator("#job-result")).ToContainTextAsync(charged.GatewayChargeId);
+            await Expect(page.Locator("#job-result")).ToContainTextAsync("1250 EUR (minor units)");
+        }
+
         await Screenshot(page, "08-job-timeline");
 
         // The lookup also finds a job by its command's business key (a charge's paymentId).

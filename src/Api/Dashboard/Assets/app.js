@@ -91,9 +91,15 @@
       throw new ApiError(401, { title: "Signed out" });
     }
     const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
+    const data = text ? JSON.parse(text, exactTotals) : null;
     if (!response.ok) throw new ApiError(response.status, data);
     return data;
+  }
+
+  // A report's totalMinor can exceed what a JavaScript number holds exactly (2^53): kept as the digits the API wrote,
+  // where the browser gives the parser the source text (elsewhere it stays a number).
+  function exactTotals(key, value, context) {
+    return key === "totalMinor" && context && typeof context.source === "string" ? context.source : value;
   }
 
   const hasScope = (scope) => session.scopes.includes("admin") || session.scopes.includes(scope);
@@ -478,6 +484,15 @@
         }
         throw e;
       }
+      let result = null;
+      if (job.status === "succeeded") {
+        try {
+          result = await api("GET", "/api/jobs/" + encodeURIComponent(id) + "/result");
+        } catch (e) {
+          // 409: moved on since it was read (no longer succeeded); 404: the record of its effect is gone.
+          if (e.status !== 404 && e.status !== 409) throw e;
+        }
+      }
       if (token !== renderToken) return false;
       const events = [el("li", {}, el("strong", { text: "Created" }), " ", fmtTime(job.createdAt))];
       if (job.attempts > 0) events.push(el("li", {}, el("strong", { text: job.attempts + " attempt(s)" }), " · last change ", fmtTime(job.updatedAt)));
@@ -498,7 +513,8 @@
           job.businessKey ? [el("dt", { text: "Business key" }), el("dd", { id: "job-business-key", text: job.businessKey })] : null,
           el("dt", { text: "Attempts" }), el("dd", { id: "job-attempts", text: job.attempts }),
           job.progress !== null && job.progress !== undefined ? [el("dt", { text: "Progress" }), el("dd", { text: job.progress + "%" })] : null),
-        el("h2", { text: "Timeline" }), el("ul", { class: "timeline" }, events));
+        el("h2", { text: "Timeline" }), el("ul", { class: "timeline" }, events),
+        ...resultSection(result));
       return !TERMINAL_JOB.includes(job.status);
     };
 
@@ -525,6 +541,40 @@
       every(JOB_REFRESH_MS, async () => { await load(); });
     };
     if (await load()) refresh();
+  }
+
+  // What a succeeded job did (GET /api/jobs/{id}/result): its charge, its webhook's answer or its report's totals.
+  function resultSection(result) {
+    if (!result) return [];
+    const rows = [];
+    const add = (label, value) => rows.push(el("dt", { text: label }), el("dd", { text: value === null || value === undefined ? "–" : value }));
+    let totals = null;
+    if (result.charge) {
+      const c = result.charge;
+      add("Gateway charge", c.gatewayChargeId);
+      add("Amount", c.amountMinor + " " + c.currency + " (minor units)");
+      add("Account", c.accountId);
+      add("Charged", fmtTime(c.chargedAt));
+    } else if (result.webhook) {
+      const w = result.webhook;
+      add("Receiver", w.receiverOrigin);
+      add("Answered", w.statusCode);
+      add("Event type", w.eventType);
+      add("Delivered", fmtTime(w.deliveredAt));
+    } else if (result.report) {
+      const r = result.report;
+      add("Account", r.accountId || "all");
+      add("Currency", r.currency || "all");
+      add("Rows scanned", fmtNumber(r.rowsScanned));
+      add("Completed", fmtTime(r.completedAt));
+      const items = Array.isArray(r.totals) ? r.totals : [];
+      totals = el("table", { id: "report-totals" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Currency" }), el("th", { class: "num", text: "Charges" }), el("th", { class: "num", text: "Total (minor units)" }))),
+        el("tbody", {}, items.length === 0
+          ? el("tr", {}, el("td", { colspan: 3, class: "muted", text: "No charges matched." }))
+          : items.map((t) => el("tr", {}, el("td", { text: t.currency }), el("td", { class: "num", text: fmtNumber(t.count) }), el("td", { class: "num", text: String(t.totalMinor) })))));
+    }
+    return [el("h2", { text: "Result" }), el("dl", { id: "job-result" }, rows), totals].filter((node) => node !== null);
   }
 
   // The jobs whose command has this business key, one kind at a time (the key is unique per kind).
