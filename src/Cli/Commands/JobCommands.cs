@@ -173,6 +173,10 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         {
             cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));
         }
+        else if (status == "succeeded")
+        {
+            cli.Out.WriteLine($"See what it did with: conveyor result {settings.Id}");
+        }
         else if (status == "scheduled" || (status == "queued" && ConveyorClient.Text(job, "lastError") is null
             && job.TryGetProperty("attempts", out var attempts) && attempts.ValueKind == JsonValueKind.Number && attempts.TryGetInt32(out var count) && count == 0))
         {

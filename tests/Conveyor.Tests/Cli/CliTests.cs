@@ -526,7 +526,9 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
             await db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdateAsync(set => set.SetProperty(j => j.Status, Conveyor.Storage.Jobs.JobStatus.Succeeded));
         }
 
-        Assert.Equal(ExitCodes.Ok, (await RunAsync("job", job.Id.ToString(), "--wait", "1")).ExitCode);
+        var succeeded = await RunAsync("job", job.Id.ToString(), "--wait", "1");
+        Assert.Equal(ExitCodes.Ok, succeeded.ExitCode);
+        Assert.Contains($"See what it did with: conveyor result {job.Id}", succeeded.Out, StringComparison.Ordinal);
     }
 
     /// <summary>
