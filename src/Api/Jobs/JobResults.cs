@@ -38,12 +38,16 @@ public sealed record WebhookResult(Guid WebhookId, string EventType, string Rece
 /// A <c>generate-report</c> job's report: the ledger's totals per currency as they were when it started.
 /// <paramref name="AccountId"/> and <paramref name="Currency"/> are its filters, null for all.
 /// </summary>
-/// <param name="Totals">
-/// <c>[{ "currency", "count", "totalMinor" }]</c> by currency. <c>totalMinor</c> is a whole number that can exceed a
-/// 64-bit integer (and the 2^53 a JavaScript number holds exactly): read it as a decimal or a big integer.
-/// </param>
+/// <param name="Totals">By currency, in the currency's order.</param>
 public sealed record ReportResult(
-    Guid ReportId, string? AccountId, string? Currency, long RowsScanned, JsonElement Totals, DateTimeOffset CompletedAt);
+    Guid ReportId, string? AccountId, string? Currency, long RowsScanned, IReadOnlyList<ReportTotal> Totals, DateTimeOffset CompletedAt);
+
+/// <summary>
+/// A currency's charges in a report: how many, and the sum of their amounts in minor units. <paramref name="TotalMinor"/>
+/// is a whole number that can exceed a 64-bit integer (and the 2^53 a JavaScript number holds exactly): read it as a
+/// decimal or a big integer.
+/// </summary>
+public sealed record ReportTotal(string Currency, long Count, decimal TotalMinor);
 
 /// <summary>Reads a succeeded job's result from the table its kind's effect is recorded in, by the job's business key.</summary>
 internal static class JobResults
@@ -80,14 +84,12 @@ internal static class JobResults
                     return null;
                 }
 
-                using (var totals = JsonDocument.Parse(report.Totals))
+                // Written by the worker from its own totals; jsonb keeps their values, not their members' order.
+                var totals = JsonSerializer.Deserialize(report.Totals, JobsJson.Default.ReportTotalArray) ?? [];
+                return result with
                 {
-                    return result with
-                    {
-                        Report = new ReportResult(
-                            report.ReportId, report.AccountId, report.Currency, report.RowsScanned, totals.RootElement.Clone(), report.CompletedAt),
-                    };
-                }
+                    Report = new ReportResult(report.ReportId, report.AccountId, report.Currency, report.RowsScanned, totals, report.CompletedAt),
+                };
 
             default:
                 return null;

@@ -13,6 +13,7 @@ namespace Conveyor.Api.Jobs;
 [JsonSerializable(typeof(JobDetails))]
 [JsonSerializable(typeof(JobPage))]
 [JsonSerializable(typeof(JobResult))]
+[JsonSerializable(typeof(ReportTotal[]))]
 [JsonSerializable(typeof(JobBatchAccepted))]
 [JsonSerializable(typeof(JobBatchResult[]))]
 internal sealed partial class JobsJson : JsonSerializerContext;

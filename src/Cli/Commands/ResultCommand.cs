@@ -39,26 +39,42 @@ public sealed class ResultCommand : ConveyorCommand<JobSettings>
             return ExitCodes.Ok;
         }
 
-        WriteFields(cli, result, [("Job", "jobId"), ("Kind", "kind"), ("Business key", "businessKey"), ("Finished", "finishedAt")]);
+        // One grid: the job's fields, then those of what it did, lined up in one column.
+        var grid = new Grid().AddColumn().AddColumn();
+        AddRows(grid, result, [("Job", "jobId", ""), ("Kind", "kind", ""), ("Business key", "businessKey", ""), ("Finished", "finishedAt", "")]);
+        JsonElement? totals = null;
         if (Member(result, "charge") is { } charge)
         {
-            WriteFields(cli, charge, [
-                ("Payment", "paymentId"), ("Account", "accountId"), ("Amount (minor units)", "amountMinor"), ("Currency", "currency"),
-                ("Gateway charge", "gatewayChargeId"), ("Charged", "chargedAt")]);
+            AddRows(grid, charge, [
+                ("Payment", "paymentId", ""), ("Account", "accountId", ""), ("Amount (minor units)", "amountMinor", ""), ("Currency", "currency", ""),
+                ("Gateway charge", "gatewayChargeId", ""), ("Charged", "chargedAt", "")]);
         }
         else if (Member(result, "webhook") is { } webhook)
         {
-            WriteFields(cli, webhook, [
-                ("Webhook", "webhookId"), ("Event type", "eventType"), ("Receiver", "receiverOrigin"), ("Answered", "statusCode"),
-                ("Delivered", "deliveredAt")]);
+            AddRows(grid, webhook, [
+                ("Webhook", "webhookId", ""), ("Event type", "eventType", ""), ("Receiver", "receiverOrigin", ""), ("Answered", "statusCode", ""),
+                ("Delivered", "deliveredAt", "")]);
         }
         else if (Member(result, "report") is { } report)
         {
-            WriteReport(cli, report);
+            // A filter the report did not have is null: it covers all.
+            AddRows(grid, report, [
+                ("Report", "reportId", ""), ("Account", "accountId", "all"), ("Currency", "currency", "all"), ("Rows scanned", "rowsScanned", ""),
+                ("Completed", "completedAt", "")]);
+            totals = report.TryGetProperty("totals", out var items) && items.ValueKind == JsonValueKind.Array
+                && items.EnumerateArray().All(total => total.ValueKind == JsonValueKind.Object)
+                    ? items
+                    : throw Answers.Unexpected("expected the report's totals: a JSON array of objects");
         }
         else
         {
             throw Answers.Unexpected("expected a charge, webhook or report in the result");
+        }
+
+        cli.Out.Write(grid);
+        if (totals is { } rows)
+        {
+            WriteTotals(cli, rows);
         }
 
         return ExitCodes.Ok;
@@ -67,38 +83,18 @@ public sealed class ResultCommand : ConveyorCommand<JobSettings>
     private static JsonElement? Member(JsonElement json, string name) =>
         json.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Object ? value : null;
 
-    private static void WriteFields(CliContext cli, JsonElement json, (string Label, string Name)[] fields)
+    private static void AddRows(Grid grid, JsonElement json, (string Label, string Name, string Missing)[] fields)
     {
-        var grid = new Grid().AddColumn().AddColumn();
-        foreach (var (label, name) in fields)
+        foreach (var (label, name, missing) in fields)
         {
-            grid.AddRow(new Text(label, Output.Bold), Output.Cell(json, name));
+            var text = Output.Plain(json, name);
+            grid.AddRow(new Text(label, Output.Bold), new Text(text.Length == 0 ? missing : text));
         }
-
-        cli.Out.Write(grid);
     }
 
-    /// <summary>The report's filters and a table of its totals, a currency a row; a total is shown as the Api wrote it, however large.</summary>
-    private static void WriteReport(CliContext cli, JsonElement report)
+    /// <summary>The report's totals, a currency a row; a total is shown as the Api wrote it, however large.</summary>
+    private static void WriteTotals(CliContext cli, JsonElement totals)
     {
-        var grid = new Grid().AddColumn().AddColumn();
-        foreach (var (label, name, none) in new[]
-        {
-            ("Report", "reportId", ""), ("Account", "accountId", "all"), ("Currency", "currency", "all"), ("Rows scanned", "rowsScanned", ""),
-            ("Completed", "completedAt", ""),
-        })
-        {
-            var text = Output.Plain(report, name);
-            grid.AddRow(new Text(label, Output.Bold), new Text(text.Length == 0 ? none : text));
-        }
-
-        cli.Out.Write(grid);
-        if (!report.TryGetProperty("totals", out var totals) || totals.ValueKind != JsonValueKind.Array
-            || totals.EnumerateArray().Any(total => total.ValueKind != JsonValueKind.Object))
-        {
-            throw Answers.Unexpected("expected the report's totals: a JSON array of objects");
-        }
-
         if (totals.GetArrayLength() == 0)
         {
             cli.Out.WriteLine("No charges matched.");

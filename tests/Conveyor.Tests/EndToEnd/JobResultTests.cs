@@ -108,6 +108,8 @@ public sealed class JobResultTests(ConveyorFixture fixture) : IAsyncLifetime
             reportResult.GetProperty("rowsScanned").GetInt64()));
         Assert.Equal(JsonValueKind.Null, reportResult.GetProperty("currency").ValueKind);
         var total = Assert.Single(reportResult.GetProperty("totals").EnumerateArray());
+        // In the documented order, not the one jsonb stores its members in (by length: count, currency, totalMinor).
+        Assert.Equal(["currency", "count", "totalMinor"], total.EnumerateObject().Select(p => p.Name));
         Assert.Equal(("EUR", 2L, 2000m), (
             total.GetProperty("currency").GetString(), total.GetProperty("count").GetInt64(), total.GetProperty("totalMinor").GetDecimal()));
         Assert.True(reportResult.GetProperty("completedAt").GetDateTimeOffset() <= reported.RootElement.GetProperty("finishedAt").GetDateTimeOffset());
