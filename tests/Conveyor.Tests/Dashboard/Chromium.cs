@@ -1,4 +1,6 @@
+using Conveyor.Tests.ErrorQueues;
 using Microsoft.Playwright;
+using static Microsoft.Playwright.Assertions;
 
 namespace Conveyor.Tests.Dashboard;
 
@@ -38,6 +40,15 @@ public static class Chromium
             playwright.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Signs <paramref name="page"/> in to the dashboard at <paramref name="baseAddress"/> with the admin key, and waits until it shows who is signed in.</summary>
+    public static async Task SignInAsAdminAsync(IPage page, Uri baseAddress)
+    {
+        await page.GotoAsync(new Uri(baseAddress, "/dashboard/login").ToString());
+        await page.FillAsync("#apiKey", ErrorQueueKit.AdminKey);
+        await page.ClickAsync("#sign-in");
+        await Expect(page.Locator("#who-name")).ToHaveTextAsync(ErrorQueueKit.AdminName, new() { Timeout = 60_000 });
     }
 
     /// <summary><c>artifacts/test-results/screenshots</c> of the repository (the folder holding Worker.sln).</summary>

@@ -39,10 +39,7 @@ public sealed class DashboardAddressTests(ConveyorFixture fixture) : IAsyncLifet
     {
         await using var context = await _browser.NewContextAsync();
         var page = await context.NewPageAsync();
-        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
-        await page.FillAsync("#apiKey", ErrorQueueKit.AdminKey);
-        await page.ClickAsync("#sign-in");
-        await Expect(page.Locator("#who-name")).ToHaveTextAsync(ErrorQueueKit.AdminName, Patiently);
+        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
         await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/#/error-queues").ToString());
         await Expect(page.Locator("[data-nav='error-queues']")).ToHaveClassAsync(new Regex("active"), new() { Timeout = 60_000 });
 

@@ -16,7 +16,6 @@ namespace Conveyor.Tests.Dashboard;
 public sealed class DashboardJobResultTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Huge = "123456789012345678901234567";
-    private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };
 
     private RunningApp _api = null!;
     private IPlaywright _playwright = null!;
@@ -68,10 +67,7 @@ public sealed class DashboardJobResultTests(ConveyorFixture fixture) : IAsyncLif
 
         await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
         var page = await context.NewPageAsync();
-        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
-        await page.FillAsync("#apiKey", ErrorQueueKit.AdminKey);
-        await page.ClickAsync("#sign-in");
-        await Expect(page.Locator("#who-name")).ToHaveTextAsync(ErrorQueueKit.AdminName, Patiently);
+        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
         await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/jobs/{job.Id}").ToString());
 
         var rows = page.Locator("#report-totals tbody tr");

@@ -55,10 +55,7 @@ public sealed class DashboardSelectionTests(ConveyorFixture fixture) : IAsyncLif
 
         await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
         var page = await context.NewPageAsync();
-        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
-        await page.FillAsync("#apiKey", ErrorQueueKit.AdminKey);
-        await page.ClickAsync("#sign-in");
-        await Expect(page.Locator("#who-name")).ToHaveTextAsync(ErrorQueueKit.AdminName, Patiently);
+        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
         await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/error-queues/{ErrorQueueKit.ChargeErrors}").ToString());
         var shared = page.Locator($"#messages tr[data-message-id='{SharedId}']");
         await Expect(shared).ToHaveCountAsync(2, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
