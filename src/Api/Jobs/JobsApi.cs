@@ -147,7 +147,7 @@ internal static partial class JobsApi
             var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
             if (job is null)
             {
-                return Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.");
+                return JobNotFound(id);
             }
 
             var left = clock.GetElapsedTime(clock.GetTimestamp(), deadline);
@@ -185,7 +185,7 @@ internal static partial class JobsApi
         var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
         if (job is null)
         {
-            return Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.");
+            return JobNotFound(id);
         }
 
         if (job.Status != JobStatus.Succeeded)
@@ -235,7 +235,7 @@ internal static partial class JobsApi
                     ? $"Job {id} is queued again after an attempt that was cut short; only jobs that have not started can be cancelled."
                     : $"Job {id} is {job.Status}; only queued or scheduled jobs can be cancelled."),
             { Status: CancelStatus.Busy } => Busy(http, id),
-            _ => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}."),
+            _ => JobNotFound(id),
         };
     }
 
@@ -244,6 +244,8 @@ internal static partial class JobsApi
         RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy",
             $"Job {id} is being written by a worker or the scheduler right now (most likely it is starting), so it was left as it was. " +
             "Retry later: a job that has not started by then is cancelled; one that has is answered as such."));
+
+    private static ProblemHttpResult JobNotFound(Guid id) => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.");
 
     private static ProblemHttpResult Problem(int status, string title, string detail) =>
         TypedResults.Problem(statusCode: status, title: title, detail: detail);

@@ -248,7 +248,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     /// With <c>--wait</c>, the exit code says how the wait ended, as <c>operation --wait</c> does, so that
     /// <c>conveyor job ID --wait 30 &amp;&amp; next-step</c> goes on only after the job succeeded.
     /// </summary>
-    private static int WaitOutcome(string? status) => status switch
+    internal static int WaitOutcome(string? status) => status switch
     {
         "succeeded" => ExitCodes.Ok,
         "dead-lettered" or "cancelled" => ExitCodes.OperationFailed,

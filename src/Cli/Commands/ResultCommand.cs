@@ -18,10 +18,10 @@ public sealed class ResultCommand : ConveyorCommand<JobSettings>
         {
             var job = await JobCommand.WaitAsync(client, settings.Id, TimeSpan.FromSeconds(seconds), cancellationToken);
             var status = ConveyorClient.Text(job, "status");
-            if (status != "succeeded")
+            var outcome = JobCommand.WaitOutcome(status);
+            if (outcome != ExitCodes.Ok)
             {
-                var ended = status is "dead-lettered" or "cancelled";
-                throw new CliFailureException(ended ? ExitCodes.OperationFailed : ExitCodes.StillRunning, Printable.Text(ended
+                throw new CliFailureException(outcome, Printable.Text(outcome == ExitCodes.OperationFailed
                     ? $"Job {settings.Id} is {status}: only a succeeded job has a result. See why with: conveyor job {settings.Id}"
                     : $"Job {settings.Id} is still {status} after {seconds} s: it has no result yet."));
             }
