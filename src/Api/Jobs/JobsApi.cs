@@ -1,3 +1,4 @@
+using Conveyor.Api.Backpressure;
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Conveyor.Storage;
@@ -38,7 +39,9 @@ internal static partial class JobsApi
         services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<WebhookUrlRules>();
         services.AddScoped<JobSubmitter>();
+        services.AddSingleton<JobRowTransactions>();
         services.AddScoped<JobCanceller>();
+        services.AddScoped<JobRunNow>();
         services.AddOptions<JobListingOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<StrandedJobsOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<IValidateOptions<StrandedJobsOptions>, StrandedJobsOptionsValidator>();
@@ -105,6 +108,13 @@ internal static partial class JobsApi
             .WithName("CancelJob")
             .RequireAuthorization(ApiPolicies.JobsPublish)
             .WithSummary("Cancel a queued or scheduled job; 409 when it has started, or, with Retry-After, while a worker or the scheduler holds it.")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict);
+
+        jobs.MapPost("/{jobId}/run-now", RunJobNow)
+            .WithName("RunJobNow")
+            .RequireAuthorization(ApiPolicies.JobsPublish)
+            .WithSummary("Make a scheduled or retry-scheduled job due now: its stored command is published at once, keeping its retry count; 409 for a job in any other status, or, with Retry-After, while a worker or the scheduler holds it.")
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict);
 
@@ -237,6 +247,47 @@ internal static partial class JobsApi
             { Status: CancelStatus.Busy } => Busy(http, id),
             _ => JobNotFound(id),
         };
+    }
+
+    /// <summary>
+    /// 202 with the job once its stored command is due now (or had been released already: a repeat, or a dispatch that came
+    /// first); the job shows <c>nextAttemptAt</c> at that time and keeps its status until a worker takes the command.
+    /// </summary>
+    internal static async Task<Results<Accepted<JobDetails>, ValidationProblem, ProblemHttpResult>> RunJobNow(
+        string jobId, JobRunNow runNow, BackpressureGate backpressure, HttpContext http, CancellationToken cancellationToken)
+    {
+        if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
+        {
+            return invalid;
+        }
+
+        var result = await runNow.RunNowAsync(id, cancellationToken);
+        return result switch
+        {
+            { Status: RunNowStatus.Due, Job: { } job } => TypedResults.Accepted($"/api/jobs/{job.Id}", JobDetails.From(job)),
+            { Status: RunNowStatus.NotWaiting, Job: { } job } => NotWaiting(job),
+            { Status: RunNowStatus.Refused, Job: { } job } => RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds,
+                result.Refusal.Admission == Admission.QueueFull
+                    ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full", $"{result.Refusal.Detail} Job {job.Id} was left waiting; retry later.")
+                    : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers",
+                        $"{result.Refusal.Detail} Job {job.Id} was left waiting; retry later.")),
+            { Status: RunNowStatus.Busy } => RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy",
+                $"Job {id} is being written by a worker or the scheduler right now (most likely its command is being published), so it was left as it was. Retry later.")),
+            _ => JobNotFound(id),
+        };
+    }
+
+    /// <summary>A run-now of a job with nothing waiting in the store: the 409 says its status, and what can be done instead.</summary>
+    private static ProblemHttpResult NotWaiting(Job job)
+    {
+        var detail = job.Status switch
+        {
+            JobStatus.Queued or JobStatus.Running => $"Job {job.Id} is {job.Status}: its command is in its queue or being run already.",
+            JobStatus.DeadLettered => $"Job {job.Id} is dead-lettered: its command is in {job.Kind}_error. Move it back with POST /api/error-queues/{job.Kind}_error/move and the filter {{ \"jobIds\": [\"{job.Id}\"] }}.",
+            _ => $"Job {job.Id} is {job.Status}: it has ended.",
+        };
+        return TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "Job not waiting", detail: detail,
+            extensions: new Dictionary<string, object?>(StringComparer.Ordinal) { ["jobStatus"] = job.Status });
     }
 
     /// <summary>A cancel that found the job held by another transaction: nothing changed, and a retry may settle it.</summary>

@@ -35,6 +35,10 @@ internal static partial class JobsLog
     [LoggerMessage(EventId = 1006, Level = LogLevel.Information, Message = "Job {JobId} ({Kind}) cancelled")]
     public static partial void JobCancelled(ILogger logger, Guid jobId, string kind);
 
+    [LoggerMessage(EventId = 1018, Level = LogLevel.Information,
+        Message = "Job {JobId} ({Kind}, {Status}) made due now on request: {Released} stored command(s) released to the dispatchers")]
+    public static partial void JobRunNow(ILogger logger, Guid jobId, string kind, string status, int released);
+
     [LoggerMessage(EventId = 1007, Level = LogLevel.Information,
         Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after it was last updated and the same request came again: its command was published again (the inbox applies it once)")]
     public static partial void JobRepublished(ILogger logger, Guid jobId, string kind, string businessKey, TimeSpan age);

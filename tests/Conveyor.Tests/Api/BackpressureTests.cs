@@ -449,7 +449,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     /// <summary>What the gauge <paramref name="instrumentName"/> reports for <paramref name="queue"/> on this Api's meter.</summary>
-    private static long? ReadGauge(RunningApp api, string instrumentName, string queue)
+    internal static long? ReadGauge(RunningApp api, string instrumentName, string queue)
     {
         var meters = api.Services.GetRequiredService<IMeterFactory>();
         long? depth = null;

@@ -42,6 +42,9 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         ["GET /api/jobs/{jobId}/result"] = [400, 404, 409],
         // 400 malformed id (or a session's missing anti-forgery token), 404 no such job, 409 too late or "Job busy".
         ["DELETE /api/jobs/{jobId}"] = [400, 404, 409],
+        // 400 malformed id, 404 no such job, 409 not waiting or "Job busy"; its 429 and 503 also for a full queue
+        // or a broker blocking publishers.
+        ["POST /api/jobs/{jobId}/run-now"] = [400, 404, 409],
         // 400 a query parameter (it reads none), 503 broker unavailable.
         ["GET /api/error-queues"] = [400],
         // 400 limit, 404 not an error queue or none such, 409 queue busy, 503 broker unavailable or lock lost.
@@ -74,6 +77,8 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         ["POST /api/jobs/{kind}/batch"] = [409],
         // 409 "Job busy" (not "Job cannot be cancelled").
         ["DELETE /api/jobs/{jobId}"] = [409],
+        // 409 "Job busy" (not "Job not waiting").
+        ["POST /api/jobs/{jobId}/run-now"] = [409],
         // 409 "Queue busy" (another inspection or operation holds the queue).
         ["GET /api/error-queues/{queue}/messages"] = [409],
         ["GET /api/error-queues/{queue}/groups"] = [409],
