@@ -56,17 +56,19 @@ public sealed class ConveyorClient : IDisposable
             alsoTryAgain: null).ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
 
     /// <summary>
-    /// A delete, which the Api makes idempotent (a job cancelled twice is answered as cancelled): tried again as a read is
-    /// (<see cref="GetAsync"/>), and also after an answer <paramref name="alsoTryAgain"/> picks, for the same budget.
+    /// A request without a body that the Api makes idempotent (a job cancelled twice is answered as cancelled, a job made
+    /// due now twice is due now): tried again as a read is (<see cref="GetAsync"/>), and also after an answer
+    /// <paramref name="alsoTryAgain"/> picks, for the same budget.
     /// </summary>
-    /// <param name="what">What the delete does, for the line that says it is tried again ("cancel job …").</param>
-    public Task<JsonElement> DeleteAsync(string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken) =>
+    /// <param name="what">What the request does, for the line that says it is tried again ("cancel job …").</param>
+    public Task<JsonElement> SendIdempotentAsync(
+        HttpMethod method, string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken) =>
         RetriedAsReads(
             what,
             (wait, tried) => $"Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
                 + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later.",
             describeField: null,
-            alsoTryAgain).ReadAsync(token => AnswerAsync(new HttpRequestMessage(HttpMethod.Delete, Relative(path)), token), cancellationToken);
+            alsoTryAgain).ReadAsync(token => AnswerAsync(new HttpRequestMessage(method, Relative(path)), token), cancellationToken);
 
     /// <summary>
     /// The retries of a request that changes nothing, or changes it once however often it is sent: after an answer that

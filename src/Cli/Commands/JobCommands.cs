@@ -177,11 +177,16 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         {
             cli.Out.WriteLine($"See what it did with: conveyor result {settings.Id}");
         }
+        else if (status == "retry-scheduled")
+        {
+            cli.Out.WriteLine($"Its next attempt waits for its time. Run it now with: conveyor run-now {settings.Id}");
+        }
         else if (status == "scheduled" || (status == "queued" && ConveyorClient.Text(job, "lastError") is null
             && job.TryGetProperty("attempts", out var attempts) && attempts.ValueKind == JsonValueKind.Number && attempts.TryGetInt32(out var count) && count == 0))
         {
             // As the Api decides: not for a job queued again after an attempt was cut short, which has started.
-            cli.Out.WriteLine($"It has not started. Cancel it with: conveyor cancel {settings.Id}");
+            cli.Out.WriteLine($"It has not started. Cancel it with: conveyor cancel {settings.Id}"
+                + (status == "scheduled" ? $" (or run it now: conveyor run-now {settings.Id})" : ""));
         }
 
         return exitCode;
@@ -275,7 +280,7 @@ public sealed class CancelCommand : ConveyorCommand<CancelSettings>
 {
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, CancelSettings settings, CancellationToken cancellationToken)
     {
-        var answer = await client.DeleteAsync($"api/jobs/{settings.Id}", $"cancel job {settings.Id}", HeldForAMoment, cancellationToken);
+        var answer = await client.SendIdempotentAsync(HttpMethod.Delete, $"api/jobs/{settings.Id}", $"cancel job {settings.Id}", HeldForAMoment, cancellationToken);
         var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
         if (ConveyorClient.Text(job, "status") != "cancelled" || ConveyorClient.Text(job, "jobId") is not { } id
             || !Guid.TryParse(id, out var shown) || shown != settings.Id)
@@ -296,8 +301,46 @@ public sealed class CancelCommand : ConveyorCommand<CancelSettings>
     }
 
     /// <summary>The Api's 409 for a job's row held by another transaction: it asks to come back, unlike the 409 for a job that has started.</summary>
-    private static bool HeldForAMoment(ConveyorClient.Answer answer) =>
+    internal static bool HeldForAMoment(ConveyorClient.Answer answer) =>
         answer.Status == System.Net.HttpStatusCode.Conflict && answer.RetryAfter is not null && answer.IsProblem;
+}
+
+public sealed class RunNowSettings : ApiSettings
+{
+    [CommandArgument(0, "<job-id>")]
+    [Description("The job's id (the jobId of a submission).")]
+    public Guid Id { get; set; }
+}
+
+/// <summary>
+/// <c>conveyor run-now &lt;job-id&gt;</c>: makes a job that waits in the store due now (<c>POST /api/jobs/{id}/run-now</c>):
+/// one scheduled for later, or one whose delayed redelivery is still ahead (after the outage that failed it is over). A
+/// worker runs it next, with the retry budget it had. Sent again as a cancel is, for up to two minutes: after a 429 (its
+/// queue full), 502, 503 or 504, and after a 409 with Retry-After (its row held for a moment); the Api makes it due again
+/// harmlessly. A job in any other status is a conflict (4) with the Api's reason.
+/// </summary>
+public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
+{
+    protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, RunNowSettings settings, CancellationToken cancellationToken)
+    {
+        var answer = await client.SendIdempotentAsync(
+            HttpMethod.Post, $"api/jobs/{settings.Id}/run-now", $"run job {settings.Id} now", CancelCommand.HeldForAMoment, cancellationToken);
+        var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
+        if (ConveyorClient.Text(job, "jobId") is not { } id || !Guid.TryParse(id, out var shown) || shown != settings.Id)
+        {
+            throw Answers.Unexpected($"expected job {settings.Id}");
+        }
+
+        if (settings.Json)
+        {
+            WriteJson(cli, job);
+            return ExitCodes.Ok;
+        }
+
+        cli.Out.WriteLine($"Job {settings.Id} is due now: a worker runs it next. Follow it with: conveyor job {settings.Id} --wait 60");
+        JobCommand.WriteJob(cli, job);
+        return ExitCodes.Ok;
+    }
 }
 
 /// <summary>

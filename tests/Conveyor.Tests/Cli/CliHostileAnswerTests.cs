@@ -50,6 +50,8 @@ public sealed class CliHostileAnswerTests
         { "move q_error", 409, $$$"""{"title":"Conflict","detail":"busy with {{{J(Attack)}}}"}""" },
         { $"cancel {OperationId}", 409, $$$"""{"title":"Job cannot be cancelled","detail":"Job is {{{J(Attack)}}}"}""" },
         { $"cancel {OperationId}", 200, $$$"""{"jobId":"{{{OperationId}}}","kind":"k{{{J(Attack)}}}","status":"cancelled"}""" },
+        { $"run-now {OperationId}", 409, $$$"""{"title":"Job not waiting","detail":"Job is {{{J(Attack)}}}"}""" },
+        { $"run-now {OperationId}", 202, $$$"""{"jobId":"{{{OperationId}}}","kind":"k{{{J(Attack)}}}","status":"scheduled{{{J(Attack)}}}"}""" },
     };
 
     [Theory]
@@ -213,6 +215,54 @@ public sealed class CliHostileAnswerTests
         {
             Assert.Contains($"Could not cancel job {OperationId}", run.Err, StringComparison.Ordinal);
             Assert.Contains($"Job {OperationId} is cancelled: it will not run.", run.Out, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Equal("", run.Out);
+        }
+    }
+
+    /// <summary>
+    /// A run-now is sent again as a cancel is (the Api makes a job due now again harmlessly): after a 409 with Retry-After
+    /// and after a "try later", such as its queue full (429); a 409 without one (the job is not waiting) ends it at once,
+    /// as does an answer that is not the job asked for.
+    /// </summary>
+    [Theory]
+    [InlineData(409, true, 202, 2, ExitCodes.Ok)]
+    [InlineData(429, true, 202, 2, ExitCodes.Ok)]
+    [InlineData(409, false, 202, 1, ExitCodes.NotFoundOrConflict)]
+    [InlineData(202, false, 202, 1, ExitCodes.UnexpectedAnswer)]
+    public async Task A_run_now_is_sent_again_only_when_that_may_settle_it(int firstStatus, bool retryAfter, int thenStatus, int requests, int exitCode)
+    {
+        var sent = new ConcurrentQueue<HttpRequestMessage>();
+        using var api = new Canned(request =>
+        {
+            sent.Enqueue(request);
+            if (sent.Count == 1)
+            {
+                // A first 202 here names another job: no Conveyor Api's answer.
+                var body = firstStatus == 202
+                    ? $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"scheduled"}"""
+                    : $$"""{"title":"Job busy","status":{{firstStatus}},"detail":"Job {{OperationId}} is being written right now."}""";
+                return retryAfter ? RespondAfter(TimeSpan.FromSeconds(1), (HttpStatusCode)firstStatus, body) : Respond((HttpStatusCode)firstStatus, body);
+            }
+
+            return Respond((HttpStatusCode)thenStatus, $$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"retry-scheduled"}""");
+        });
+
+        var run = await RunAsync($"run-now {OperationId}", api);
+
+        Assert.True(run.ExitCode == exitCode, run.Err);
+        Assert.Equal(requests, sent.Count);
+        Assert.All(sent, request =>
+        {
+            Assert.Equal(HttpMethod.Post, request.Method);
+            Assert.Equal($"/api/jobs/{OperationId}/run-now", request.RequestUri?.AbsolutePath);
+        });
+        if (exitCode == ExitCodes.Ok)
+        {
+            Assert.Contains($"Could not run job {OperationId} now", run.Err, StringComparison.Ordinal);
+            Assert.Contains($"Job {OperationId} is due now", run.Out, StringComparison.Ordinal);
         }
         else
         {

@@ -456,6 +456,43 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["cancel", Guid.NewGuid().ToString()], "dev-not-a-key-of-this-api")).ExitCode);
     }
 
+    [Fact]
+    public async Task Run_now_makes_a_scheduled_job_due_now_again_harmlessly_and_refuses_a_queued_one()
+    {
+        // No worker runs here: the stored command stays, due now, where a dispatcher would publish it at once.
+        var scheduled = await App.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+        var hinted = await RunAsync("job", scheduled.JobId.ToString());
+        Assert.Contains($"or run it now: conveyor run-now {scheduled.JobId}", hinted.Out, StringComparison.Ordinal);
+
+        var run = await RunAsync("run-now", scheduled.JobId.ToString());
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, run.Err);
+        Assert.Contains($"Job {scheduled.JobId} is due now", run.Out, StringComparison.Ordinal);
+        await using (var db = Fixture.CreateDbContext())
+        {
+            var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync(m => m.JobId == scheduled.JobId);
+            Assert.True(stored.DueAt < DateTimeOffset.UtcNow.AddMinutes(1), $"due at {stored.DueAt:O}");
+        }
+
+        // Sent again (a script run twice): still due now, the same job.
+        var again = await RunAsync("run-now", scheduled.JobId.ToString(), "--json");
+        Assert.True(again.ExitCode == ExitCodes.Ok, again.Err);
+        var job = JsonDocument.Parse(again.Out).RootElement;
+        Assert.Equal(scheduled.JobId, job.GetProperty("jobId").GetGuid());
+        Assert.Equal("scheduled", job.GetProperty("status").GetString());
+
+        var queued = await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
+        var refused = await RunAsync("run-now", queued.JobId.ToString());
+        Assert.Equal(ExitCodes.NotFoundOrConflict, refused.ExitCode);
+        Assert.Contains($"Job {queued.JobId} is queued", refused.Err, StringComparison.Ordinal);
+        Assert.Equal("", refused.Out);
+
+        Assert.Equal(ExitCodes.NotFoundOrConflict, (await RunAsync("run-now", Guid.NewGuid().ToString())).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now", "not-a-job")).ExitCode);
+        Assert.Equal(ExitCodes.Auth, (await RunAsync(["run-now", Guid.NewGuid().ToString()], "dev-not-a-key-of-this-api")).ExitCode);
+    }
+
     /// <summary>
     /// A cancel that finds the job's row held (a worker claiming it, the scheduler publishing it) is answered 409 with
     /// Retry-After, and nothing changed: the CLI sends it again, and once the row is free the job is cancelled.
