@@ -501,13 +501,16 @@
         events.push(el("li", { class: "future" }, el("strong", { text: job.status === "scheduled" ? "Due" : "Next attempt" }), " ", fmtTime(job.nextAttemptAt)));
       }
       if (job.finishedAt) events.push(el("li", { class: job.status === "succeeded" ? "" : "bad" }, el("strong", { text: "Finished (" + job.status + ")" }), " ", fmtTime(job.finishedAt)));
-      let moveBack = null;
+      let action = null;
       if (job.status === "dead-lettered" && hasScope("admin")) {
-        moveBack = el("button", { type: "button", class: "primary", id: "job-move-back", text: "Move back" });
-        moveBack.addEventListener("click", () => moveJobBack(token, job).catch((e) => showBanner(e.message)));
+        action = el("button", { type: "button", class: "primary", id: "job-move-back", text: "Move back" });
+        action.addEventListener("click", () => moveJobBack(token, job).catch((e) => showBanner(e.message)));
+      } else if ((job.status === "scheduled" || job.status === "retry-scheduled") && hasScope("jobs:publish")) {
+        action = el("button", { type: "button", class: "primary", id: "job-run-now", text: "Run now" });
+        action.addEventListener("click", () => runJobNow(job).catch((e) => showBanner(e.message)));
       }
       box.replaceChildren(
-        el("div", { class: "row" }, el("h1", { class: "grow", text: job.kind + " " + job.jobId }), moveBack, badge(job.status)),
+        el("div", { class: "row" }, el("h1", { class: "grow", text: job.kind + " " + job.jobId }), action, badge(job.status)),
         el("dl", {},
           el("dt", { text: "Status" }), el("dd", { id: "job-status", text: job.status }),
           job.businessKey ? [el("dt", { text: "Business key" }), el("dd", { id: "job-business-key", text: job.businessKey })] : null,
@@ -532,6 +535,18 @@
       // The job runs again: follow it until the page is left.
       await load();
       if (op.moved > 0) refresh();
+    }
+
+    // A job waiting in the store (scheduled, or a delayed redelivery ahead): its command is published within moments.
+    async function runJobNow(job) {
+      const ok = await confirmDialog("Run job " + job.jobId + " now",
+        (job.status === "scheduled" ? "It runs now instead of at its scheduled time" : "Its next attempt runs now instead of at its time")
+          + ", with the retry budget it has.", { confirmLabel: "Run now" });
+      if (!ok) return;
+      await api("POST", "/api/jobs/" + encodeURIComponent(job.jobId) + "/run-now");
+      moveResult.textContent = "Due now: a worker runs it next.";
+      await load();
+      refresh();
     }
 
     let refreshing = false;

@@ -1,0 +1,61 @@
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Api;
+using Conveyor.Tests.ErrorQueues;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Playwright;
+using static Microsoft.Playwright.Assertions;
+
+namespace Conveyor.Tests.Dashboard;
+
+/// <summary>
+/// A scheduled job's page offers "Run now" to a session that may publish jobs: confirmed, its stored command is due now
+/// (no worker runs here, so it stays in the store, due) and the page shows so.
+/// </summary>
+[Collection(ConveyorCollection.Name)]
+public sealed class DashboardRunNowTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private RunningApp _api = null!;
+    private IPlaywright _playwright = null!;
+    private IBrowser _browser = null!;
+
+    public async Task InitializeAsync()
+    {
+        (_playwright, _browser) = await Chromium.LaunchAsync();
+        await fixture.ResetAsync();
+        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _browser.DisposeAsync();
+        _playwright.Dispose();
+        await _api.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_scheduled_jobs_page_runs_it_now_once_confirmed()
+    {
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
+        var accepted = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
+
+        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        var page = await context.NewPageAsync();
+        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
+        await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/jobs/{accepted.JobId}").ToString());
+
+        await Expect(page.Locator("#job-status")).ToHaveTextAsync(JobStatus.Scheduled, new LocatorAssertionsToHaveTextOptions { Timeout = 60_000 });
+        await page.ClickAsync("#job-run-now");
+        await Expect(page.Locator("#dialog")).ToBeVisibleAsync();
+        await page.ClickAsync("#dialog-confirm");
+        await Expect(page.Locator("#job-move-result")).ToHaveTextAsync("Due now: a worker runs it next.");
+
+        await using var db = fixture.CreateDbContext();
+        var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync(m => m.JobId == accepted.JobId);
+        Assert.True(stored.DueAt < DateTimeOffset.UtcNow.AddMinutes(1), $"due at {stored.DueAt:O}");
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == accepted.JobId);
+        Assert.Equal(JobStatus.Scheduled, job.Status);
+        Assert.True(job.NextAttemptAt < runAt.AddMinutes(-30), $"next attempt at {job.NextAttemptAt:O}");
+    }
+}
