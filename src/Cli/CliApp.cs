@@ -106,8 +106,9 @@ public static class CliApp
                 .WithDescription("Cancel a job that has not started (queued or scheduled); one that has is a conflict (exit 4).")
                 .WithExample("cancel", "01a226c0-8294-79a4-ab6e-acec986f8a3d");
             Add<RunNowCommand>(config, "run-now")
-                .WithDescription("Run a scheduled or retry-scheduled job now instead of at its time; it keeps its retry budget.")
-                .WithExample("run-now", "01a226c0-8294-79a4-ab6e-acec986f8a3d");
+                .WithDescription("Run a scheduled or retry-scheduled job now instead of at its time, or with --kind every such job of a kind (after an outage); each keeps its retry budget.")
+                .WithExample("run-now", "01a226c0-8294-79a4-ab6e-acec986f8a3d")
+                .WithExample("run-now", "--kind", "charge-payment");
             Add<JobsCommand>(config, "jobs")
                 .WithDescription("List jobs, newest first, or oldest first up to the settle horizon (--order oldest); --follow keeps polling oldest first; --kind with --business-key finds the job of a paymentId, webhookId or reportId.")
                 .WithExample("jobs", "--kind", "charge-payment", "--business-key", "0b6f3f3e-5d55-4b43-9d6c-6f1f8c7e2a10")

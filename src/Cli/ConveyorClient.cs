@@ -56,19 +56,23 @@ public sealed class ConveyorClient : IDisposable
             alsoTryAgain: null).ReadAsync(token => GetAnswerAsync(path, token), cancellationToken);
 
     /// <summary>
-    /// A request without a body that the Api makes idempotent (a job cancelled twice is answered as cancelled, a job made
+    /// A request that the Api makes idempotent (a job cancelled twice is answered as cancelled, a job made
     /// due now twice is due now): tried again as a read is (<see cref="GetAsync"/>), and also after an answer
     /// <paramref name="alsoTryAgain"/> picks, for the same budget.
     /// </summary>
     /// <param name="what">What the request does, for the line that says it is tried again ("cancel job …").</param>
+    /// <param name="json">The body, sent as it is; null for none.</param>
     public Task<JsonElement> SendIdempotentAsync(
-        HttpMethod method, string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken) =>
+        HttpMethod method, string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken, string? json = null) =>
         RetriedAsReads(
             what,
             (wait, tried) => $"Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
                 + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later.",
             describeField: null,
-            alsoTryAgain).ReadAsync(token => AnswerAsync(new HttpRequestMessage(method, Relative(path)), token), cancellationToken);
+            alsoTryAgain).ReadAsync(token => AnswerAsync(new HttpRequestMessage(method, Relative(path))
+            {
+                Content = json is null ? null : new StringContent(json, System.Text.Encoding.UTF8, "application/json"),
+            }, token), cancellationToken);
 
     /// <summary>
     /// The retries of a request that changes nothing, or changes it once however often it is sent: after an answer that

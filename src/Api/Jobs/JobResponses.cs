@@ -47,3 +47,11 @@ public sealed record JobBatchResult(
 
 /// <summary>Why one job of a batch was not accepted: the status, title and detail of its problem.</summary>
 public sealed record JobBatchError(int Status, string Title, string Detail);
+
+/// <summary>Body of <c>POST /api/jobs/run-now</c>: how many jobs of the kind and status were made due now.</summary>
+/// <param name="Released">Jobs whose stored command is due now; a dispatcher publishes them within moments.</param>
+/// <param name="StillWaiting">
+/// Jobs of the kind and status whose command still waits for its time: past the request's limit, or held by another
+/// transaction at that moment. Send the request again until it is 0.
+/// </param>
+public sealed record JobsRunNow(string Kind, string Status, int Released, int StillWaiting);

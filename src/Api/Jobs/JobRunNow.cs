@@ -28,6 +28,9 @@ internal enum RunNowStatus
 /// <param name="Released">How many stored commands of the job were due later and are due now (0: already released).</param>
 internal sealed record RunNowResult(RunNowStatus Status, Job? Job = null, int Released = 0, AdmissionDecision Refusal = default);
 
+/// <summary>What a run-now of many jobs did: null <see cref="Summary"/> when the gate refused it (<see cref="Refusal"/>).</summary>
+internal sealed record RunNowManyResult(JobsRunNow? Summary, AdmissionDecision Refusal = default);
+
 /// <summary>
 /// Makes a job that waits in <c>scheduled_messages</c> due now: one <c>scheduled</c> for a later <c>runAt</c>, or one
 /// <c>retry-scheduled</c> whose delayed redelivery is minutes or hours away (after a downstream outage ends, say). Its
@@ -44,6 +47,69 @@ internal sealed class JobRunNow(JobRowTransactions transactions, BackpressureGat
     public async Task<RunNowResult> RunNowAsync(Guid jobId, CancellationToken cancellationToken) =>
         await transactions.RunAsync("a job's run-now", statements => RunNowOnAsync(statements, jobId), cancellationToken)
         ?? new RunNowResult(RunNowStatus.Busy);
+
+    /// <summary>
+    /// Makes up to <paramref name="limit"/> jobs of <paramref name="kind"/> in <paramref name="status"/> (scheduled or
+    /// retry-scheduled) due now, those due soonest first, each as <see cref="RunNowAsync"/> does one. Stored commands
+    /// and job rows another transaction holds (a dispatch, a worker taking the job) are passed over, not waited for:
+    /// they are on their way, or are counted in <see cref="JobsRunNow.StillWaiting"/> for the next request. The gate is
+    /// checked once, before any is released.
+    /// </summary>
+    public async Task<RunNowManyResult> RunNowManyAsync(string kind, string status, int limit, CancellationToken cancellationToken)
+    {
+        if (gate.Check(kind) is { Admission: not Admission.Admitted } refused)
+        {
+            return new RunNowManyResult(null, refused);
+        }
+
+        var summary = await transactions.RunAsync("a run-now of many jobs", async statements =>
+        {
+            var now = clock.GetUtcNow();
+            // Not composed: a data-modifying WITH cannot be nested.
+            var counts = await statements.Answered(statements.Db.Database.SqlQuery<ReleasedCounts>(
+                $"""
+                WITH picked AS (
+                    SELECT s.id, j.id AS job_id
+                      FROM jobs j JOIN scheduled_messages s ON s.job_id = j.id
+                     WHERE j.kind = {kind} AND j.status = {status} AND s.due_at > clock_timestamp()
+                     ORDER BY s.due_at, s.id
+                     LIMIT {limit}
+                       FOR UPDATE OF s, j SKIP LOCKED),
+                released AS (
+                    UPDATE scheduled_messages s SET due_at = clock_timestamp()
+                      FROM picked WHERE s.id = picked.id
+                    RETURNING s.job_id, s.due_at),
+                marked AS (
+                    UPDATE jobs SET next_attempt_at = r.due_at, updated_at = GREATEST(jobs.updated_at + interval '1 microsecond', {now})
+                      FROM (SELECT job_id, max(due_at) AS due_at FROM released GROUP BY job_id) r
+                     WHERE jobs.id = r.job_id
+                    RETURNING jobs.id)
+                SELECT (SELECT count(*)::int FROM marked) AS released,
+                       (SELECT count(DISTINCT j.id)::int
+                          FROM jobs j JOIN scheduled_messages s ON s.job_id = j.id
+                         WHERE j.kind = {kind} AND j.status = {status} AND s.due_at > clock_timestamp()
+                           AND NOT EXISTS (SELECT 1 FROM released r WHERE r.job_id = j.id)) AS still_waiting,
+                       (SELECT min(due_at) FROM released) AS due_at
+                """).ToListAsync(CancellationToken.None));
+            var result = counts.Single();
+            if (result.DueAt is { } dueAt)
+            {
+                // One wake-up for them all: every dispatcher reads every due row when it wakes.
+                await statements.Answered(statements.Db.Database.ExecuteSqlInterpolatedAsync(
+                    $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)})",
+                    CancellationToken.None));
+            }
+
+            return new JobsRunNow(kind, status, result.Released, result.StillWaiting);
+        }, cancellationToken);
+
+        // SKIP LOCKED waits for no lock, so no lock wait can run out; null is never answered.
+        var made = summary ?? new JobsRunNow(kind, status, 0, 0);
+        JobsLog.JobsRunNow(logger, made.Kind, made.Status, made.Released, made.StillWaiting);
+        return new RunNowManyResult(made);
+    }
+
+    internal sealed record ReleasedCounts(int Released, int StillWaiting, DateTimeOffset? DueAt);
 
     private async Task<RunNowResult> RunNowOnAsync(JobRowTransactions.Statements statements, Guid jobId)
     {

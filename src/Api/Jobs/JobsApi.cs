@@ -1,6 +1,7 @@
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
+using Conveyor.Contracts;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -30,6 +31,11 @@ internal static partial class JobsApi
 
     /// <summary>The longest <c>GET /api/jobs/{jobId}?waitSeconds=</c> holds an answer: below common proxy and client timeouts.</summary>
     public const int MaxWaitSeconds = 30;
+
+    /// <summary>The most jobs one <c>POST /api/jobs/run-now</c> makes due; its default.</summary>
+    public const int MaxRunNowLimit = 10_000, DefaultRunNowLimit = 1_000;
+
+    private const int MaxRunNowBodyBytes = 4096;
 
     public static IServiceCollection AddJobs(this IServiceCollection services)
     {
@@ -110,6 +116,14 @@ internal static partial class JobsApi
             .WithSummary("Cancel a queued or scheduled job; 409 when it has started, or, with Retry-After, while a worker or the scheduler holds it.")
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblemWithRetryAfter(StatusCodes.Status409Conflict);
+
+        jobs.MapPost("/run-now", RunJobsNow)
+            .WithName("RunJobsNow")
+            .RequireAuthorization(ApiPolicies.JobsPublish)
+            .WithSummary("Make up to limit jobs of a kind that wait in the store (status retry-scheduled by default, or scheduled) due now, soonest first: after an outage, the redeliveries it left waiting.")
+            .Accepts<JsonElement>("application/json")
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
 
         jobs.MapPost("/{jobId}/run-now", RunJobNow)
             .WithName("RunJobNow")
@@ -266,16 +280,59 @@ internal static partial class JobsApi
         {
             { Status: RunNowStatus.Due, Job: { } job } => TypedResults.Accepted($"/api/jobs/{job.Id}", JobDetails.From(job)),
             { Status: RunNowStatus.NotWaiting, Job: { } job } => NotWaiting(job),
-            { Status: RunNowStatus.Refused, Job: { } job } => RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds,
-                result.Refusal.Admission == Admission.QueueFull
-                    ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full", $"{result.Refusal.Detail} Job {job.Id} was left waiting; retry later.")
-                    : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers",
-                        $"{result.Refusal.Detail} Job {job.Id} was left waiting; retry later.")),
+            { Status: RunNowStatus.Refused, Job: { } job } => Refused(http, backpressure, result.Refusal, $"Job {job.Id} was left waiting"),
             { Status: RunNowStatus.Busy } => RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy",
                 $"Job {id} is being written by a worker or the scheduler right now (most likely its command is being published), so it was left as it was. Retry later.")),
             _ => JobNotFound(id),
         };
     }
+
+    /// <summary>
+    /// <c>POST /api/jobs/run-now</c> <c>{ kind, status?, limit? }</c>: every job of the kind in the status (retry-scheduled
+    /// unless given; or scheduled) whose stored command waits for its time, up to the limit, soonest first, made due now.
+    /// </summary>
+    internal static async Task<Results<Ok<JobsRunNow>, ValidationProblem, ProblemHttpResult>> RunJobsNow(
+        HttpContext http, JobRunNow runNow, BackpressureGate backpressure, CancellationToken cancellationToken)
+    {
+        if (RequestBody.UnsupportedMedia(http.Request, "the request") is { } unsupported)
+        {
+            return Problem(StatusCodes.Status415UnsupportedMediaType, "Unsupported media type", unsupported);
+        }
+
+        var body = await RequestBody.ReadAtMostAsync(http.Request.Body, MaxRunNowBodyBytes, cancellationToken);
+        if (body is null)
+        {
+            return Problem(StatusCodes.Status413PayloadTooLarge, "Request body too large", $"The body must be at most {MaxRunNowBodyBytes} bytes.");
+        }
+
+        var errors = new FieldErrors();
+        using var document = JsonBody.ParseObject(body, errors, _ => "The body is not valid JSON; each field may appear once.");
+        if (document is null)
+        {
+            return TypedResults.ValidationProblem(errors.ToDictionary());
+        }
+
+        var fields = new JsonFields(document.RootElement, errors);
+        var kind = fields.RequiredString("kind", k => JobKinds.All.Contains(k) ? null : $"Must be one of: {string.Join(", ", JobKinds.All)}.");
+        var status = fields.OptionalString("status", s => s is JobStatus.RetryScheduled or JobStatus.Scheduled
+            ? null
+            : $"Must be {JobStatus.RetryScheduled} or {JobStatus.Scheduled}: only those wait in the store.") ?? JobStatus.RetryScheduled;
+        var limit = fields.OptionalInt32("limit", 1, MaxRunNowLimit) ?? DefaultRunNowLimit;
+        fields.RejectUnknown("a run-now request");
+        if (errors.Count > 0)
+        {
+            return TypedResults.ValidationProblem(errors.ToDictionary());
+        }
+
+        var result = await runNow.RunNowManyAsync(kind, status, limit, cancellationToken);
+        return result.Summary is { } summary ? TypedResults.Ok(summary) : Refused(http, backpressure, result.Refusal, $"No {kind} job was made due now");
+    }
+
+    /// <summary>A run-now the gate refused: 429 while the kind's queue is full, 503 while the broker blocks publishers.</summary>
+    private static ProblemHttpResult Refused(HttpContext http, BackpressureGate backpressure, AdmissionDecision refusal, string what) =>
+        RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, refusal.Admission == Admission.QueueFull
+            ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refusal.Detail} {what}; retry later.")
+            : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refusal.Detail} {what}; retry later."));
 
     /// <summary>A run-now of a job with nothing waiting in the store: the 409 says its status, and what can be done instead.</summary>
     private static ProblemHttpResult NotWaiting(Job job)

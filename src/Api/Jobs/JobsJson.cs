@@ -11,6 +11,7 @@ namespace Conveyor.Api.Jobs;
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
 [JsonSerializable(typeof(JobAccepted))]
 [JsonSerializable(typeof(JobDetails))]
+[JsonSerializable(typeof(JobsRunNow))]
 [JsonSerializable(typeof(JobPage))]
 [JsonSerializable(typeof(JobResult))]
 [JsonSerializable(typeof(ReportTotal[]))]

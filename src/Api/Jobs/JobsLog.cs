@@ -39,6 +39,10 @@ internal static partial class JobsLog
         Message = "Job {JobId} ({Kind}, {Status}) made due now on request: {Released} stored command(s) released to the dispatchers")]
     public static partial void JobRunNow(ILogger logger, Guid jobId, string kind, string status, int released);
 
+    [LoggerMessage(EventId = 1019, Level = LogLevel.Information,
+        Message = "{Released} {Kind} job(s) {Status} made due now on request; {StillWaiting} still wait for their time")]
+    public static partial void JobsRunNow(ILogger logger, string kind, string status, int released, int stillWaiting);
+
     [LoggerMessage(EventId = 1007, Level = LogLevel.Information,
         Message = "Job {JobId} ({Kind} {BusinessKey}) was still queued {Age} after it was last updated and the same request came again: its command was published again (the inbox applies it once)")]
     public static partial void JobRepublished(ILogger logger, Guid jobId, string kind, string businessKey, TimeSpan age);

@@ -307,9 +307,49 @@ public sealed class CancelCommand : ConveyorCommand<CancelSettings>
 
 public sealed class RunNowSettings : ApiSettings
 {
-    [CommandArgument(0, "<job-id>")]
-    [Description("The job's id (the jobId of a submission).")]
-    public Guid Id { get; set; }
+    public const string RetryScheduled = "retry-scheduled";
+    public const string Scheduled = "scheduled";
+
+    /// <summary>The Api's most jobs per request (<c>POST /api/jobs/run-now</c>).</summary>
+    public const int MaxLimit = 10_000;
+
+    [CommandArgument(0, "[job-id]")]
+    [Description("The job's id (the jobId of a submission); or --kind for many jobs.")]
+    public Guid? Id { get; set; }
+
+    [CommandOption("--kind <KIND>")]
+    [Description("Every job of this kind that waits in the store (charge-payment, deliver-webhook, generate-report), instead of one job.")]
+    public string? Kind { get; set; }
+
+    [CommandOption("--status <STATUS>")]
+    [Description("With --kind: retry-scheduled (the default: delayed redeliveries) or scheduled (jobs before their runAt).")]
+    public string? Status { get; set; }
+
+    [CommandOption("--limit <N>")]
+    [Description("With --kind: at most this many jobs, soonest due first (1 to 10000; the Api's default 1000).")]
+    public int? Limit { get; set; }
+
+    public override ValidationResult Validate()
+    {
+        if ((Id is null) == (Kind is null))
+        {
+            return ValidationResult.Error("Give a job id, or --kind for every job of a kind that waits (not both).");
+        }
+
+        if (Kind is null && (Status is not null || Limit is not null))
+        {
+            return ValidationResult.Error("--status and --limit go with --kind.");
+        }
+
+        if (Status is not (null or RetryScheduled or Scheduled))
+        {
+            return ValidationResult.Error($"--status must be {RetryScheduled} or {Scheduled}: only those wait in the store.");
+        }
+
+        return Limit is < 1 or > MaxLimit
+            ? ValidationResult.Error($"--limit must be from 1 to {MaxLimit}.")
+            : ValidationResult.Success();
+    }
 }
 
 /// <summary>
@@ -318,17 +358,25 @@ public sealed class RunNowSettings : ApiSettings
 /// worker runs it next, with the retry budget it had. Sent again as a cancel is, for up to two minutes: after a 429 (its
 /// queue full), 502, 503 or 504, and after a 409 with Retry-After (its row held for a moment); the Api makes it due again
 /// harmlessly. A job in any other status is a conflict (4) with the Api's reason.
+/// <c>conveyor run-now --kind K [--status S] [--limit N]</c> does so for the jobs of a kind (<c>POST /api/jobs/run-now</c>)
+/// and says how many still wait, for the next run.
 /// </summary>
 public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
 {
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, RunNowSettings settings, CancellationToken cancellationToken)
     {
-        var answer = await client.SendIdempotentAsync(
-            HttpMethod.Post, $"api/jobs/{settings.Id}/run-now", $"run job {settings.Id} now", CancelCommand.HeldForAMoment, cancellationToken);
-        var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
-        if (ConveyorClient.Text(job, "jobId") is not { } id || !Guid.TryParse(id, out var shown) || shown != settings.Id)
+        if (settings.Kind is { } kind)
         {
-            throw Answers.Unexpected($"expected job {settings.Id}");
+            return await RunManyAsync(cli, client, settings, kind, cancellationToken);
+        }
+
+        var jobId = settings.Id!.Value;
+        var answer = await client.SendIdempotentAsync(
+            HttpMethod.Post, $"api/jobs/{jobId}/run-now", $"run job {jobId} now", CancelCommand.HeldForAMoment, cancellationToken);
+        var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
+        if (ConveyorClient.Text(job, "jobId") is not { } id || !Guid.TryParse(id, out var shown) || shown != jobId)
+        {
+            throw Answers.Unexpected($"expected job {jobId}");
         }
 
         if (settings.Json)
@@ -337,8 +385,46 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             return ExitCodes.Ok;
         }
 
-        cli.Out.WriteLine($"Job {settings.Id} is due now: a worker runs it next. Follow it with: conveyor job {settings.Id} --wait 60");
+        cli.Out.WriteLine($"Job {jobId} is due now: a worker runs it next. Follow it with: conveyor job {jobId} --wait 60");
         JobCommand.WriteJob(cli, job);
+        return ExitCodes.Ok;
+    }
+
+    private static async Task<int> RunManyAsync(CliContext cli, ConveyorClient client, RunNowSettings settings, string kind, CancellationToken cancellationToken)
+    {
+        var request = new System.Text.Json.Nodes.JsonObject { ["kind"] = kind };
+        if (settings.Status is { } status)
+        {
+            request["status"] = status;
+        }
+
+        if (settings.Limit is { } limit)
+        {
+            request["limit"] = limit;
+        }
+
+        var answer = await client.SendIdempotentAsync(
+            HttpMethod.Post, "api/jobs/run-now", $"run {kind} jobs now", _ => false, cancellationToken, request.ToJsonString());
+        var summary = Answers.ExpectObject(answer, "a run-now summary", "released", "stillWaiting");
+        if (settings.Json)
+        {
+            WriteJson(cli, summary);
+            return ExitCodes.Ok;
+        }
+
+        if (!summary.GetProperty("released").TryGetInt32(out var released) || !summary.GetProperty("stillWaiting").TryGetInt32(out var waiting))
+        {
+            throw Answers.Unexpected("expected counts of jobs");
+        }
+
+        var which = settings.Status ?? RunNowSettings.RetryScheduled;
+        cli.Out.WriteLine(Printable.Text($"{released} {kind} job(s) {which} made due now: workers run them next."));
+        if (waiting > 0)
+        {
+            cli.Out.WriteLine(Printable.Text($"{waiting} still wait for their time. Run it again to release them: conveyor run-now --kind {ShellWords.Queue(kind)}"
+                + (settings.Status is null ? "" : $" --status {which}")));
+        }
+
         return ExitCodes.Ok;
     }
 }

@@ -45,6 +45,8 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         // 400 malformed id, 404 no such job, 409 not waiting or "Job busy"; its 429 and 503 also for a full queue
         // or a broker blocking publishers.
         ["POST /api/jobs/{jobId}/run-now"] = [400, 404, 409],
+        // 400 invalid request, 413, 415; its 429 and 503 also for a full queue or a broker blocking publishers.
+        ["POST /api/jobs/run-now"] = [400, 413, 415],
         // 400 a query parameter (it reads none), 503 broker unavailable.
         ["GET /api/error-queues"] = [400],
         // 400 limit, 404 not an error queue or none such, 409 queue busy, 503 broker unavailable or lock lost.

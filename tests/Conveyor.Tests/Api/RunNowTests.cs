@@ -170,11 +170,70 @@ public sealed class RunNowTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Contains("jobId", await bad.ReadErrorFieldsAsync());
     }
 
+    [Fact]
+    public async Task The_redeliveries_an_outage_left_waiting_run_now_up_to_the_limit_and_the_rest_at_the_next_request()
+    {
+        _gateway.FailNext(3, HttpStatusCode.ServiceUnavailable);
+        await using var worker = await fixture.StartWorkerAsync(HourLongRedeliveries(redeliveries: 2));
+        await using var api = await fixture.StartApiAsync();
+        var payments = Enumerable.Range(0, 3).Select(_ => Guid.NewGuid()).ToList();
+        foreach (var payment in payments)
+        {
+            await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(payment));
+        }
+
+        foreach (var payment in payments)
+        {
+            await fixture.WaitForJobAsync(payment, JobStatus.RetryScheduled);
+        }
+
+        // Of another status: not touched by a run-now of the retries.
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
+        var scheduled = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
+
+        var first = await RunManyNowAsync(api, $$"""{"kind":"{{JobKinds.ChargePayment}}","limit":2}""");
+        Assert.Equal(new JobsRunNow(JobKinds.ChargePayment, JobStatus.RetryScheduled, 2, 1), first);
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(2, await db.Jobs.CountAsync(j => j.Kind == JobKinds.ChargePayment && j.Status == JobStatus.Succeeded));
+        });
+
+        var second = await RunManyNowAsync(api, $$"""{"kind":"{{JobKinds.ChargePayment}}","status":"retry-scheduled"}""");
+        Assert.Equal(new JobsRunNow(JobKinds.ChargePayment, JobStatus.RetryScheduled, 1, 0), second);
+        foreach (var payment in payments)
+        {
+            var done = await fixture.WaitForJobAsync(payment, JobStatus.Succeeded);
+            Assert.Equal(2, done.Attempts);
+            Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
+        }
+
+        var left = await api.Client.GetJobAsync(scheduled.JobId);
+        Assert.Equal(JobStatus.Scheduled, left.Status);
+        Assert.Equal(runAt.ToUnixTimeMilliseconds(), left.NextAttemptAt?.ToUnixTimeMilliseconds());
+        Assert.Equal(new JobsRunNow(JobKinds.ChargePayment, JobStatus.RetryScheduled, 0, 0),
+            await RunManyNowAsync(api, $$"""{"kind":"{{JobKinds.ChargePayment}}"}"""));
+
+        using var bad = await api.Client.PostAsync(new Uri("/api/jobs/run-now", UriKind.Relative),
+            JobRequests.Json("""{"kind":"charge-payments","status":"queued","limit":0,"dryRun":true}""", "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+        Assert.Equal(new HashSet<string>(["kind", "status", "limit", "dryRun"]), await bad.ReadErrorFieldsAsync());
+    }
+
     private Dictionary<string, string?> HourLongRedeliveries(int redeliveries) => WorkerSettings.With(_gateway).Override(
         ("Consumers:ChargePayment:RetryLimit", "0"),
         ("Consumers:ChargePayment:RedeliveryLimit", redeliveries.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "3600000"),
         ("Consumers:ChargePayment:RedeliveryMaxDelayMilliseconds", "3600000"));
+
+    private static async Task<JobsRunNow> RunManyNowAsync(RunningApp api, string json)
+    {
+        using var response = await api.Client.PostAsync(new Uri("/api/jobs/run-now", UriKind.Relative), JobRequests.Json(json, "application/json"));
+        Assert.True(response.StatusCode == HttpStatusCode.OK, $"{(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+        var summary = await response.Content.ReadFromJsonAsync<JobsRunNow>();
+        Assert.NotNull(summary);
+        return summary;
+    }
 
     private static Task<HttpResponseMessage> RunNowAsync(RunningApp api, Guid jobId) =>
         api.Client.PostAsync(new Uri($"/api/jobs/{jobId}/run-now", UriKind.Relative), content: null);

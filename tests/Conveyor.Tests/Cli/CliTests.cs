@@ -493,6 +493,51 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Auth, (await RunAsync(["run-now", Guid.NewGuid().ToString()], "dev-not-a-key-of-this-api")).ExitCode);
     }
 
+    [Fact]
+    public async Task Run_now_with_a_kind_releases_up_to_its_limit_and_says_how_to_release_the_rest()
+    {
+        // No worker runs here: the stored commands stay, due now, where a dispatcher would publish them at once.
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
+        var jobs = new List<Guid>();
+        for (var i = 0; i < 2; i++)
+        {
+            jobs.Add((await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt))).JobId);
+        }
+
+        var first = await RunAsync("run-now", "--kind", JobKinds.ChargePayment, "--status", "scheduled", "--limit", "1");
+
+        Assert.True(first.ExitCode == ExitCodes.Ok, first.Err);
+        Assert.Contains("1 charge-payment job(s) scheduled made due now", first.Out, StringComparison.Ordinal);
+        Assert.Contains("1 still wait for their time. Run it again to release them: conveyor run-now --kind charge-payment --status scheduled", first.Out, StringComparison.Ordinal);
+
+        var second = await RunAsync("run-now", "--kind", JobKinds.ChargePayment, "--status", "scheduled", "--json");
+        Assert.True(second.ExitCode == ExitCodes.Ok, second.Err);
+        var summary = JsonDocument.Parse(second.Out).RootElement;
+        Assert.Equal(1, summary.GetProperty("released").GetInt32());
+        Assert.Equal(0, summary.GetProperty("stillWaiting").GetInt32());
+        await using (var db = Fixture.CreateDbContext())
+        {
+            var due = await db.ScheduledMessages.AsNoTracking().Where(m => m.JobId != null && jobs.Contains(m.JobId.Value)).Select(m => m.DueAt).ToListAsync();
+            Assert.Equal(2, due.Count);
+            Assert.All(due, at => Assert.True(at < DateTimeOffset.UtcNow.AddMinutes(1), $"due at {at:O}"));
+        }
+
+        // The retries by default: none wait here.
+        var retries = await RunAsync("run-now", "--kind", JobKinds.ChargePayment);
+        Assert.True(retries.ExitCode == ExitCodes.Ok, retries.Err);
+        Assert.Contains("0 charge-payment job(s) retry-scheduled made due now", retries.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("still wait", retries.Out, StringComparison.Ordinal);
+
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now", jobs[0].ToString(), "--kind", JobKinds.ChargePayment)).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now", jobs[0].ToString(), "--limit", "5")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now", "--kind", JobKinds.ChargePayment, "--status", "queued")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now", "--kind", JobKinds.ChargePayment, "--limit", "0")).ExitCode);
+        var unknown = await RunAsync("run-now", "--kind", "charge-payments");
+        Assert.Equal(ExitCodes.Usage, unknown.ExitCode);
+        Assert.Contains("kind", unknown.Err, StringComparison.Ordinal);
+    }
+
     /// <summary>
     /// A cancel that finds the job's row held (a worker claiming it, the scheduler publishing it) is answered 409 with
     /// Retry-After, and nothing changed: the CLI sends it again, and once the row is free the job is cancelled.

@@ -37,6 +37,7 @@ public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
         ["POST /api/jobs/{kind}/batch"] = Access.JobsPublish,
         ["DELETE /api/jobs/{jobId}"] = Access.JobsPublish,
         ["POST /api/jobs/{jobId}/run-now"] = Access.JobsPublish,
+        ["POST /api/jobs/run-now"] = Access.JobsPublish,
         ["GET /api/jobs/"] = Access.JobsRead,
         ["GET /api/jobs/{jobId}"] = Access.JobsRead,
         ["GET /api/jobs/{jobId}/result"] = Access.JobsRead,
