@@ -58,4 +58,31 @@ public sealed class DashboardRunNowTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Equal(JobStatus.Scheduled, job.Status);
         Assert.True(job.NextAttemptAt < runAt.AddMinutes(-30), $"next attempt at {job.NextAttemptAt:O}");
     }
+
+    [Fact]
+    public async Task The_scheduled_jobs_list_runs_a_kinds_jobs_now_once_confirmed()
+    {
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
+        for (var i = 0; i < 2; i++)
+        {
+            await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
+        }
+
+        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        var page = await context.NewPageAsync();
+        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
+        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/#/jobs?status=scheduled").ToString());
+
+        await Expect(page.Locator("#jobs tbody tr")).ToHaveCountAsync(2, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
+        await page.SelectOptionAsync("#run-now-kind", JobKinds.ChargePayment);
+        await page.ClickAsync("#run-now");
+        await Expect(page.Locator("#dialog")).ToBeVisibleAsync();
+        await page.ClickAsync("#dialog-confirm");
+        await Expect(page.Locator("#run-now-result")).ToHaveTextAsync("2 charge-payment job(s) made due now.");
+
+        await using var db = fixture.CreateDbContext();
+        var due = await db.ScheduledMessages.AsNoTracking().Select(m => m.DueAt).ToListAsync();
+        Assert.Equal(2, due.Count);
+        Assert.All(due, at => Assert.True(at < DateTimeOffset.UtcNow.AddMinutes(1), $"due at {at:O}"));
+    }
 }

@@ -439,10 +439,29 @@
       window.location.hash = (lookupBy.value === "key" ? "#/jobs/by-key/" : "#/jobs/") + encodeURIComponent(value);
     });
     filter.addEventListener("change", () => { window.location.hash = "#/jobs" + (filter.value ? "?status=" + encodeURIComponent(filter.value) : ""); });
+    // Jobs waiting in the store (after an outage, the redeliveries it left): one kind's, made due now.
+    let runNow = null;
+    const runNowResult = el("p", { id: "run-now-result", class: "muted" });
+    if ((status === "retry-scheduled" || status === "scheduled") && hasScope("jobs:publish")) {
+      const kind = el("select", { id: "run-now-kind", "aria-label": "Kind to run now" }, JOB_KINDS.map((k) => el("option", { value: k, text: k })));
+      const button = el("button", { type: "button", id: "run-now", text: "Run now" });
+      button.addEventListener("click", () => runKindNow(kind.value).catch((e) => showBanner(e.message)));
+      runNow = [kind, button];
+    }
+    async function runKindNow(kind) {
+      const ok = await confirmDialog("Run " + status + " " + kind + " jobs now",
+        "Up to 1,000 of them, soonest first, run now instead of at their time, each with the retry budget it has.", { confirmLabel: "Run now" });
+      if (!ok) return;
+      const made = await api("POST", "/api/jobs/run-now", { kind, status });
+      runNowResult.textContent = made.released + " " + kind + " job(s) made due now" +
+        (made.stillWaiting > 0 ? "; " + made.stillWaiting + " still wait: run now again to release them." : ".");
+      await load(false);
+    }
     view().replaceChildren(
       el("section", { class: "card" }, el("h1", { text: "Jobs" }), form),
       el("section", { class: "card" },
-        el("div", { class: "row" }, el("h2", { class: "grow", text: "Recent jobs" }), filter),
+        el("div", { class: "row" }, el("h2", { class: "grow", text: "Recent jobs" }), runNow, filter),
+        runNowResult,
         el("table", { id: "jobs" }, el("thead", {}, el("tr", {},
           el("th", { text: "Job" }), el("th", { text: "Kind" }), el("th", { text: "Status" }), el("th", { class: "num", text: "Attempts" }),
           el("th", { text: "Last error" }), el("th", { text: "Created" }), el("th", { text: "Updated" }))), body),
