@@ -1,5 +1,4 @@
 using System.Text.RegularExpressions;
-using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.Playwright;
 using static Microsoft.Playwright.Assertions;
@@ -12,35 +11,17 @@ namespace Conveyor.Tests.Dashboard;
 /// before (no longer refreshed) with nothing to tell why; and a good address works again afterwards.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class DashboardAddressTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class DashboardAddressTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };
 
-    private RunningApp _api = null!;
-    private IPlaywright _playwright = null!;
-    private IBrowser _browser = null!;
-
-    public async Task InitializeAsync()
-    {
-        (_playwright, _browser) = await Chromium.LaunchAsync();
-        await fixture.ResetAsync();
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        _playwright.Dispose();
-        await _api.DisposeAsync();
-    }
 
     [Fact]
     public async Task An_address_that_does_not_decode_says_so_and_the_next_good_one_works()
     {
-        await using var context = await _browser.NewContextAsync();
-        var page = await context.NewPageAsync();
-        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
-        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/#/error-queues").ToString());
+        await using var context = await NewContextAsync(new BrowserNewContextOptions());
+        var page = await SignedInPageAsync(context);
+        await page.GotoAsync(new Uri(Api.BaseAddress, "/dashboard/#/error-queues").ToString());
         await Expect(page.Locator("[data-nav='error-queues']")).ToHaveClassAsync(new Regex("active"), new() { Timeout = 60_000 });
 
         // Changed in place, as a user editing the address bar does (a hashchange, no reload).

@@ -16,36 +16,30 @@ namespace Conveyor.Tests.Dashboard;
 /// Screenshots of each step go to artifacts/test-results/screenshots.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class DashboardBrowserTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private const int Charges = 6;
     private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };
 
     private FakePaymentGateway _gateway = null!;
     private RunningApp _worker = null!;
-    private RunningApp _api = null!;
-    private IPlaywright _playwright = null!;
-    private IBrowser _browser = null!;
     private readonly List<string> _browserErrors = [];
 
-    public async Task InitializeAsync()
+    public override async Task DisposeAsync()
     {
-        (_playwright, _browser) = await Chromium.LaunchAsync();
-        await fixture.ResetAsync();
-        await ErrorQueueKit.ClearOperationsAsync(fixture);
-        _gateway = await FakePaymentGateway.StartAsync();
-        _worker = await fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
-        _api = await fixture.StartApiAsync();
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        _playwright.Dispose();
-        await _api.DisposeAsync();
+        await base.DisposeAsync();
         await _worker.DisposeAsync();
         await _gateway.DisposeAsync();
     }
+
+    protected override async Task BeforeApiStartsAsync()
+    {
+        await ErrorQueueKit.ClearOperationsAsync(Fixture);
+        _gateway = await FakePaymentGateway.StartAsync();
+        _worker = await Fixture.StartWorkerAsync(WorkerSettings.With(_gateway));
+    }
+
+    protected override Task<RunningApp> StartApiAsync() => Fixture.StartApiAsync();
 
     [Fact]
     public async Task An_operator_moves_a_dead_lettered_group_back_and_watches_the_counts_change()
@@ -57,15 +51,15 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         for (var i = 0; i < Charges; i++)
         {
             paymentIds.Add(Guid.NewGuid());
-            jobs.Add((await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentIds[^1]))).JobId);
+            jobs.Add((await Api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentIds[^1]))).JobId);
         }
 
-        await using (var broker = await TestBroker.ConnectAsync(fixture))
+        await using (var broker = await TestBroker.ConnectAsync(Fixture))
         {
             await Eventually.AssertAsync(async () => Assert.Equal((uint)Charges, await broker.CountAsync(ErrorQueueKit.ChargeErrors)));
         }
 
-        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        await using var context = await NewContextAsync();
         var page = await context.NewPageAsync();
         page.Console += (_, message) =>
         {
@@ -93,8 +87,8 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         };
 
         // Signed out: the dashboard sends the browser to the sign-in form.
-        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/").ToString());
-        await Expect(page).ToHaveURLAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
+        await page.GotoAsync(new Uri(Api.BaseAddress, "/dashboard/").ToString());
+        await Expect(page).ToHaveURLAsync(new Uri(Api.BaseAddress, "/dashboard/login").ToString());
         await page.FillAsync("#apiKey", TestKeys.Admin);
         await Screenshot(page, "01-sign-in");
         await page.ClickAsync("#sign-in");
@@ -132,7 +126,7 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         // The charges go through, and the overview shows the error queue empty.
         await Eventually.AssertAsync(async () =>
         {
-            await using var db = fixture.CreateDbContext();
+            await using var db = Fixture.CreateDbContext();
             Assert.Equal(Charges, await db.Ledger.CountAsync());
         });
         await page.ClickAsync("nav a[data-nav='overview']");
@@ -152,7 +146,7 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
         await Expect(page.Locator("#job-status")).ToHaveTextAsync("succeeded", Patiently);
         await Expect(page.Locator("#job")).ToContainTextAsync("Finished");
         // A succeeded job shows its result: the charge the gateway made.
-        await using (var db = fixture.CreateDbContext())
+        await using (var db = Fixture.CreateDbContext())
         {
             var charged = await db.Ledger.SingleAsync(l => l.PaymentId == paymentIds[0]);
             await Expect(page.Locator("#job-result")).ToContainTextAsync(charged.GatewayChargeId);
@@ -176,8 +170,8 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
 
         // A job dead-lettered on its own is moved back from its page, and then runs.
         _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
-        var lone = (await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId;
-        await using (var broker = await TestBroker.ConnectAsync(fixture))
+        var lone = (await Api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))).JobId;
+        await using (var broker = await TestBroker.ConnectAsync(Fixture))
         {
             await Eventually.AssertAsync(async () => Assert.Equal(1u, await broker.CountAsync(ErrorQueueKit.ChargeErrors)));
         }
@@ -195,10 +189,10 @@ public sealed class DashboardBrowserTests(ConveyorFixture fixture) : IAsyncLifet
 
         // Signing out ends the session.
         await page.ClickAsync("#sign-out");
-        await Expect(page).ToHaveURLAsync(new Uri(_api.BaseAddress, "/dashboard/login").ToString());
+        await Expect(page).ToHaveURLAsync(new Uri(Api.BaseAddress, "/dashboard/login").ToString());
 
         Assert.Empty(_browserErrors);
-        await using var audit = fixture.CreateDbContext();
+        await using var audit = Fixture.CreateDbContext();
         Assert.Equal([TestKeys.AdminName, TestKeys.AdminName], await audit.ErrorQueueOperations.Select(o => o.RequestedBy).ToListAsync());
     }
 

@@ -1,7 +1,6 @@
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Reports;
-using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.Playwright;
 using static Microsoft.Playwright.Assertions;
@@ -13,27 +12,10 @@ namespace Conveyor.Tests.Dashboard;
 /// JavaScript number would round, keeps every digit.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class DashboardJobResultTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class DashboardJobResultTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private const string Huge = "123456789012345678901234567";
 
-    private RunningApp _api = null!;
-    private IPlaywright _playwright = null!;
-    private IBrowser _browser = null!;
-
-    public async Task InitializeAsync()
-    {
-        (_playwright, _browser) = await Chromium.LaunchAsync();
-        await fixture.ResetAsync();
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        _playwright.Dispose();
-        await _api.DisposeAsync();
-    }
 
     [Fact]
     public async Task A_report_jobs_page_shows_its_filters_and_every_digit_of_its_totals()
@@ -51,7 +33,7 @@ public sealed class DashboardJobResultTests(ConveyorFixture fixture) : IAsyncLif
             UpdatedAt = DateTimeOffset.UtcNow,
             FinishedAt = DateTimeOffset.UtcNow,
         };
-        await using (var db = fixture.CreateDbContext())
+        await using (var db = Fixture.CreateDbContext())
         {
             db.Jobs.Add(job);
             db.Reports.Add(new Report
@@ -65,10 +47,9 @@ public sealed class DashboardJobResultTests(ConveyorFixture fixture) : IAsyncLif
             await db.SaveChangesAsync();
         }
 
-        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
-        var page = await context.NewPageAsync();
-        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
-        await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/jobs/{job.Id}").ToString());
+        await using var context = await NewContextAsync();
+        var page = await SignedInPageAsync(context);
+        await page.GotoAsync(new Uri(Api.BaseAddress, $"/dashboard/#/jobs/{job.Id}").ToString());
 
         var rows = page.Locator("#report-totals tbody tr");
         await Expect(rows).ToHaveCountAsync(2, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });

@@ -1,7 +1,6 @@
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Api;
-using Conveyor.Tests.ErrorQueues;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Playwright;
@@ -14,36 +13,18 @@ namespace Conveyor.Tests.Dashboard;
 /// (no worker runs here, so it stays in the store, due) and the page shows so.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class DashboardRunNowTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class DashboardRunNowTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
-    private RunningApp _api = null!;
-    private IPlaywright _playwright = null!;
-    private IBrowser _browser = null!;
-
-    public async Task InitializeAsync()
-    {
-        (_playwright, _browser) = await Chromium.LaunchAsync();
-        await fixture.ResetAsync();
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        _playwright.Dispose();
-        await _api.DisposeAsync();
-    }
 
     [Fact]
     public async Task A_scheduled_jobs_page_runs_it_now_once_confirmed()
     {
         var runAt = DateTimeOffset.UtcNow.AddHours(1);
-        var accepted = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
+        var accepted = await Api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
 
-        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
-        var page = await context.NewPageAsync();
-        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
-        await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/jobs/{accepted.JobId}").ToString());
+        await using var context = await NewContextAsync();
+        var page = await SignedInPageAsync(context);
+        await page.GotoAsync(new Uri(Api.BaseAddress, $"/dashboard/#/jobs/{accepted.JobId}").ToString());
 
         await Expect(page.Locator("#job-status")).ToHaveTextAsync(JobStatus.Scheduled, new LocatorAssertionsToHaveTextOptions { Timeout = 60_000 });
         await page.ClickAsync("#job-run-now");
@@ -51,7 +32,7 @@ public sealed class DashboardRunNowTests(ConveyorFixture fixture) : IAsyncLifeti
         await page.ClickAsync("#dialog-confirm");
         await Expect(page.Locator("#job-move-result")).ToHaveTextAsync("Due now: a worker runs it next.");
 
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         var stored = await db.ScheduledMessages.AsNoTracking().SingleAsync(m => m.JobId == accepted.JobId);
         Assert.True(stored.DueAt < DateTimeOffset.UtcNow.AddMinutes(1), $"due at {stored.DueAt:O}");
         var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == accepted.JobId);
@@ -65,13 +46,12 @@ public sealed class DashboardRunNowTests(ConveyorFixture fixture) : IAsyncLifeti
         var runAt = DateTimeOffset.UtcNow.AddHours(1);
         for (var i = 0; i < 2; i++)
         {
-            await _api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
+            await Api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
         }
 
-        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
-        var page = await context.NewPageAsync();
-        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
-        await page.GotoAsync(new Uri(_api.BaseAddress, "/dashboard/#/jobs?status=scheduled").ToString());
+        await using var context = await NewContextAsync();
+        var page = await SignedInPageAsync(context);
+        await page.GotoAsync(new Uri(Api.BaseAddress, "/dashboard/#/jobs?status=scheduled").ToString());
 
         await Expect(page.Locator("#jobs tbody tr")).ToHaveCountAsync(2, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
         await page.SelectOptionAsync("#run-now-kind", JobKinds.ChargePayment);
@@ -80,7 +60,7 @@ public sealed class DashboardRunNowTests(ConveyorFixture fixture) : IAsyncLifeti
         await page.ClickAsync("#dialog-confirm");
         await Expect(page.Locator("#run-now-result")).ToHaveTextAsync("2 charge-payment job(s) made due now.");
 
-        await using var db = fixture.CreateDbContext();
+        await using var db = Fixture.CreateDbContext();
         var due = await db.ScheduledMessages.AsNoTracking().Select(m => m.DueAt).ToListAsync();
         Assert.Equal(2, due.Count);
         Assert.All(due, at => Assert.True(at < DateTimeOffset.UtcNow.AddMinutes(1), $"due at {at:O}"));

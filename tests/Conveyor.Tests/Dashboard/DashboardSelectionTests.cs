@@ -12,35 +12,18 @@ namespace Conveyor.Tests.Dashboard;
 /// that id, together, and never one further down the queue the operator has not seen.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
-public sealed class DashboardSelectionTests(ConveyorFixture fixture) : IAsyncLifetime
+public sealed class DashboardSelectionTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private const string SharedId = "shared-id-0001";
     private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };
 
-    private RunningApp _api = null!;
-    private IPlaywright _playwright = null!;
-    private IBrowser _browser = null!;
-
-    public async Task InitializeAsync()
-    {
-        (_playwright, _browser) = await Chromium.LaunchAsync();
-        await fixture.ResetAsync();
-        await ErrorQueueKit.ClearOperationsAsync(fixture);
-        _api = await fixture.StartApiAsync(ErrorQueueKit.ApiSettings());
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _browser.DisposeAsync();
-        _playwright.Dispose();
-        await _api.DisposeAsync();
-    }
+    protected override Task BeforeApiStartsAsync() => ErrorQueueKit.ClearOperationsAsync(Fixture);
 
     [Fact]
     public async Task Purging_a_selected_message_whose_id_others_share_purges_the_shown_ones_counted_and_no_later_one()
     {
         // Shown (the page shows the first 50): the shared id 1st and 3rd. Not shown: the shared id again, 55th.
-        await using var broker = await TestBroker.ConnectAsync(fixture);
+        await using var broker = await TestBroker.ConnectAsync(Fixture);
         await broker.DeclareAsync(ErrorQueueKit.ChargeErrors);
         await broker.DeadLetterChargeAsync("System.TimeoutException", "first", messageId: SharedId);
         await broker.DeadLetterChargeAsync("System.TimeoutException", "second");
@@ -53,10 +36,9 @@ public sealed class DashboardSelectionTests(ConveyorFixture fixture) : IAsyncLif
         await broker.DeadLetterChargeAsync("System.TimeoutException", "unseen", messageId: SharedId);
         Assert.Equal(55u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
 
-        await using var context = await _browser.NewContextAsync(new BrowserNewContextOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
-        var page = await context.NewPageAsync();
-        await Chromium.SignInAsAdminAsync(page, _api.BaseAddress);
-        await page.GotoAsync(new Uri(_api.BaseAddress, $"/dashboard/#/error-queues/{ErrorQueueKit.ChargeErrors}").ToString());
+        await using var context = await NewContextAsync();
+        var page = await SignedInPageAsync(context);
+        await page.GotoAsync(new Uri(Api.BaseAddress, $"/dashboard/#/error-queues/{ErrorQueueKit.ChargeErrors}").ToString());
         var shared = page.Locator($"#messages tr[data-message-id='{SharedId}']");
         await Expect(shared).ToHaveCountAsync(2, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
 
