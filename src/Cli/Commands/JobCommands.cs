@@ -418,7 +418,9 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
         }
 
         var which = settings.Status ?? RunNowSettings.RetryScheduled;
-        cli.Out.WriteLine(Printable.Text($"{released} {kind} job(s) {which} made due now: workers run them next."));
+        cli.Out.WriteLine(Printable.Text(released == 0 && waiting == 0
+            ? $"No {kind} job is {which} with its time ahead: none was made due now."
+            : $"{released} {kind} job(s) {which} made due now: workers run them next."));
         if (waiting > 0)
         {
             cli.Out.WriteLine(Printable.Text($"{waiting} still wait for their time. Run it again to release them: conveyor run-now --kind {ShellWords.Queue(kind)}"

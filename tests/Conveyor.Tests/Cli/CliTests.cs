@@ -525,7 +525,7 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         // The retries by default: none wait here.
         var retries = await RunAsync("run-now", "--kind", JobKinds.ChargePayment);
         Assert.True(retries.ExitCode == ExitCodes.Ok, retries.Err);
-        Assert.Contains("0 charge-payment job(s) retry-scheduled made due now", retries.Out, StringComparison.Ordinal);
+        Assert.Contains("No charge-payment job is retry-scheduled with its time ahead: none was made due now.", retries.Out, StringComparison.Ordinal);
         Assert.DoesNotContain("still wait", retries.Out, StringComparison.Ordinal);
 
         Assert.Equal(ExitCodes.Usage, (await RunAsync("run-now")).ExitCode);
