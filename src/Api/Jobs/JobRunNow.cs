@@ -2,6 +2,7 @@ using System.Globalization;
 using Conveyor.Api.Backpressure;
 using Conveyor.Storage.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace Conveyor.Api.Jobs;
 
@@ -95,18 +96,18 @@ internal sealed class JobRunNow(JobRowTransactions transactions, BackpressureGat
             if (result.DueAt is { } dueAt)
             {
                 // One wake-up for them all: every dispatcher reads every due row when it wakes.
-                await statements.Answered(statements.Db.Database.ExecuteSqlInterpolatedAsync(
-                    $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)})",
-                    CancellationToken.None));
+                await NotifyDispatchersAsync(statements, dueAt);
             }
 
             return new JobsRunNow(kind, status, result.Released, result.StillWaiting);
-        }, cancellationToken);
+        }, cancellationToken)
+            // Rows held by others are passed over (SKIP LOCKED), so only a lock on a whole table (a migration) can make it
+            // wait its lock_timeout out: nothing was released, and the database is busy rather than any job.
+            ?? throw new NpgsqlException(
+                $"The database held the jobs or their stored commands for more than {JobRowTransactions.LockWaitMilliseconds} ms: no {kind} job was made due now.");
 
-        // SKIP LOCKED waits for no lock, so no lock wait can run out; null is never answered.
-        var made = summary ?? new JobsRunNow(kind, status, 0, 0);
-        JobsLog.JobsRunNow(logger, made.Kind, made.Status, made.Released, made.StillWaiting);
-        return new RunNowManyResult(made);
+        JobsLog.JobsRunNow(logger, summary.Kind, summary.Status, summary.Released, summary.StillWaiting);
+        return new RunNowManyResult(summary);
     }
 
     internal sealed record ReleasedCounts(int Released, int StillWaiting, DateTimeOffset? DueAt);
@@ -152,10 +153,7 @@ internal sealed class JobRunNow(JobRowTransactions transactions, BackpressureGat
             await statements.Answered(db.Database.ExecuteSqlInterpolatedAsync(
                 $"UPDATE jobs SET next_attempt_at = {dueAt}, updated_at = GREATEST(updated_at + interval '1 microsecond', {now}) WHERE id = {jobId}",
                 CancellationToken.None));
-            // The payload is the due time in Unix milliseconds, as the worker's store sends it; delivered at the commit.
-            await statements.Answered(db.Database.ExecuteSqlInterpolatedAsync(
-                $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)})",
-                CancellationToken.None));
+            await NotifyDispatchersAsync(statements, dueAt);
             job = await statements.Answered(
                 db.Jobs.AsNoTracking().WithoutRequestBody().FirstAsync(j => j.Id == jobId, CancellationToken.None));
         }
@@ -163,4 +161,13 @@ internal sealed class JobRunNow(JobRowTransactions transactions, BackpressureGat
         JobsLog.JobRunNow(logger, job.Id, job.Kind, job.Status, released.Count);
         return new RunNowResult(RunNowStatus.Due, job, released.Count);
     }
+
+    /// <summary>
+    /// Wakes the dispatchers (delivered when the transaction commits); the payload is the due time in Unix milliseconds, as
+    /// the worker's store sends it.
+    /// </summary>
+    private static Task<int> NotifyDispatchersAsync(JobRowTransactions.Statements statements, DateTimeOffset dueAt) =>
+        statements.Answered(statements.Db.Database.ExecuteSqlInterpolatedAsync(
+            $"SELECT pg_notify({ScheduledJobs.NotifyChannel}, {dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)})",
+            CancellationToken.None));
 }

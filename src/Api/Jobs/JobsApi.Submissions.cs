@@ -317,13 +317,16 @@ internal static partial class JobsApi
     private static AdmissionDecision? Refused(string kind, BackpressureGate backpressure) =>
         backpressure.Check(kind) is { Admission: not Admission.Admitted } refused ? refused : null;
 
-    /// <summary>429 while the kind's queue is full, 503 while the broker blocks publishers.</summary>
-    private static ProblemHttpResult RefuseAdmission(HttpContext http, AdmissionDecision refused, BackpressureGate backpressure) =>
+    /// <summary>
+    /// 429 while the kind's queue is full, 503 while the broker blocks publishers; <paramref name="advice"/> follows the
+    /// gate's reason in the detail.
+    /// </summary>
+    private static ProblemHttpResult RefuseAdmission(
+        HttpContext http, AdmissionDecision refused, BackpressureGate backpressure,
+        string advice = "Retry later; the same Idempotency-Key may be reused.") =>
         RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, refused.Admission == Admission.QueueFull
-            ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full",
-                $"{refused.Detail} Retry later; the same Idempotency-Key may be reused.")
-            : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers",
-                $"{refused.Detail} Retry later; the same Idempotency-Key may be reused."));
+            ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refused.Detail} {advice}")
+            : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refused.Detail} {advice}"));
 
     private static ProblemHttpResult TooManyRequests(HttpContext http, TimeSpan wait)
     {

@@ -258,7 +258,9 @@ internal static partial class JobsApi
                 job.Status == JobStatus.Queued
                     ? $"Job {id} is queued again after an attempt that was cut short; only jobs that have not started can be cancelled."
                     : $"Job {id} is {job.Status}; only queued or scheduled jobs can be cancelled."),
-            { Status: CancelStatus.Busy } => Busy(http, id),
+            { Status: CancelStatus.Busy } => Busy(http,
+                $"Job {id} is being written by a worker or the scheduler right now (most likely it is starting), so it was left as it was. " +
+                "Retry later: a job that has not started by then is cancelled; one that has is answered as such."),
             _ => JobNotFound(id),
         };
     }
@@ -280,9 +282,9 @@ internal static partial class JobsApi
         {
             { Status: RunNowStatus.Due, Job: { } job } => TypedResults.Accepted($"/api/jobs/{job.Id}", JobDetails.From(job)),
             { Status: RunNowStatus.NotWaiting, Job: { } job } => NotWaiting(job),
-            { Status: RunNowStatus.Refused, Job: { } job } => Refused(http, backpressure, result.Refusal, $"Job {job.Id} was left waiting"),
-            { Status: RunNowStatus.Busy } => RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy",
-                $"Job {id} is being written by a worker or the scheduler right now (most likely its command is being published), so it was left as it was. Retry later.")),
+            { Status: RunNowStatus.Refused, Job: { } job } => RefuseAdmission(http, result.Refusal, backpressure, $"Job {job.Id} was left waiting; retry later."),
+            { Status: RunNowStatus.Busy } => Busy(http,
+                $"Job {id} is being written by a worker or the scheduler right now (most likely its command is being published), so it was left as it was. Retry later."),
             _ => JobNotFound(id),
         };
     }
@@ -325,14 +327,10 @@ internal static partial class JobsApi
         }
 
         var result = await runNow.RunNowManyAsync(kind, status, limit, cancellationToken);
-        return result.Summary is { } summary ? TypedResults.Ok(summary) : Refused(http, backpressure, result.Refusal, $"No {kind} job was made due now");
+        return result.Summary is { } summary
+            ? TypedResults.Ok(summary)
+            : RefuseAdmission(http, result.Refusal, backpressure, $"No {kind} job was made due now; retry later.");
     }
-
-    /// <summary>A run-now the gate refused: 429 while the kind's queue is full, 503 while the broker blocks publishers.</summary>
-    private static ProblemHttpResult Refused(HttpContext http, BackpressureGate backpressure, AdmissionDecision refusal, string what) =>
-        RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, refusal.Admission == Admission.QueueFull
-            ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refusal.Detail} {what}; retry later.")
-            : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refusal.Detail} {what}; retry later."));
 
     /// <summary>A run-now of a job with nothing waiting in the store: the 409 says its status, and what can be done instead.</summary>
     private static ProblemHttpResult NotWaiting(Job job)
@@ -347,11 +345,9 @@ internal static partial class JobsApi
             extensions: new Dictionary<string, object?>(StringComparer.Ordinal) { ["jobStatus"] = job.Status });
     }
 
-    /// <summary>A cancel that found the job held by another transaction: nothing changed, and a retry may settle it.</summary>
-    private static ProblemHttpResult Busy(HttpContext http, Guid id) =>
-        RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy",
-            $"Job {id} is being written by a worker or the scheduler right now (most likely it is starting), so it was left as it was. " +
-            "Retry later: a job that has not started by then is cancelled; one that has is answered as such."));
+    /// <summary>A cancel or run-now that found the job held by another transaction: nothing changed, and a retry may settle it.</summary>
+    private static ProblemHttpResult Busy(HttpContext http, string detail) =>
+        RetryAfterResponses.RetryLater(http, RetryAfterSeconds, Problem(StatusCodes.Status409Conflict, "Job busy", detail));
 
     private static ProblemHttpResult JobNotFound(Guid id) => Problem(StatusCodes.Status404NotFound, "Job not found", $"There is no job {id}.");
 
