@@ -13,7 +13,7 @@ using System.Text.Json;
 namespace Conveyor.Tests.Api;
 
 /// <summary><c>POST /api/jobs/{kind}/batch</c> against the real database and broker (no worker runs here).</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>The largest batch body (JobsApi.MaxBatchBodyBytes).</summary>

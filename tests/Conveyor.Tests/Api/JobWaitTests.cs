@@ -10,7 +10,7 @@ using Microsoft.Extensions.Hosting;
 
 namespace Conveyor.Tests.Api;
 
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class JobWaitTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -24,7 +24,7 @@ namespace Conveyor.Tests.Api;
 /// threshold while their queue holds no message. The Api publishes them again from their stored
 /// request (ADR 0007) and counts those it cannot. A backlog is not stranded.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class StrandedJobsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private RunningApp _api = null!;

@@ -9,7 +9,7 @@ using Microsoft.EntityFrameworkCore;
 namespace Conveyor.Tests.EndToEnd;
 
 /// <summary>The whole path: HTTP request → Api → RabbitMQ → Worker → gateway and database → job status.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class HttpToWorkerTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private FakePaymentGateway _gateway = null!;

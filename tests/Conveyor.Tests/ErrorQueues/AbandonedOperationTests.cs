@@ -7,7 +7,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// The Api process running a move is killed, and no other move is started: the operation must not read
 /// "running" forever, and a CLI waiting for it must stop with the exit code of an interrupted operation.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class AbandonedOperationTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int Messages = 600;

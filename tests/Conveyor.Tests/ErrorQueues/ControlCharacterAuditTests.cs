@@ -8,7 +8,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// PostgreSQL stores neither a NUL in text nor a \u0000 in jsonb: moves and purges over such
 /// messages must still end and keep their audit record, with the characters written as visible escapes.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ControlCharacterAuditTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     private const string Timeout = "System.TimeoutException";

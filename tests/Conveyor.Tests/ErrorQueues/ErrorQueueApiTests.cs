@@ -10,7 +10,7 @@ using Npgsql;
 namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>Listing, inspecting, grouping, moving and purging error-queue messages through the Api.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     private const string Timeout = "System.TimeoutException";
@@ -75,10 +75,11 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
 
         var monitor = App.Services.GetRequiredService<ErrorQueueDepthMonitor>();
         var depths = new Dictionary<string, long>();
+        var meters = App.Services.GetRequiredService<IMeterFactory>();
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter.Name == ErrorQueueDepthMonitor.MeterName && instrument.Name == ErrorQueueDepthMonitor.DepthInstrument)
+            if (instrument.Meter.Scope == meters && instrument.Meter.Name == ErrorQueueDepthMonitor.MeterName && instrument.Name == ErrorQueueDepthMonitor.DepthInstrument)
             {
                 l.EnableMeasurementEvents(instrument);
             }

@@ -5,7 +5,7 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>Every error-queue endpoint needs an API key with the admin scope.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ErrorQueueAuthTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private RunningApp _api = null!;

@@ -10,7 +10,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// An error-queue answer that tells its caller to retry (the broker unreachable) says when, in
 /// <c>Retry-After</c>, as a submission's does: a client (the CLI reads it) otherwise cannot know.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ErrorQueueRetryAfterTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

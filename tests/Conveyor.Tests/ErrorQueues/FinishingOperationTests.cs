@@ -9,7 +9,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// waits on a lock): its process is alive, so it must read <c>running</c> until it reads its result,
 /// never <c>interrupted</c> on the way.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class FinishingOperationTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public async Task InitializeAsync()

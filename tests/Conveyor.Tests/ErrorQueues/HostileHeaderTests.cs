@@ -11,7 +11,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// <c>Conveyor-Fault-History</c> it made up. One such message must not break the inspection of its queue:
 /// every peek whose window reached it answered 500, and the dashboard's list of the queue with it.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class HostileHeaderTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     [Fact]

@@ -9,7 +9,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// no move runs beside it. When that session is lost mid-walk, the lock is gone: the inspection must
 /// stop and say so, not carry on and answer as if it had had the queue to itself.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class InspectionLockLossTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>A single-active-consumer error queue: while the test's consumer is the active one, the walk's gets nothing and waits.</summary>

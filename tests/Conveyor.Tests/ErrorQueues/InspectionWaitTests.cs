@@ -9,7 +9,7 @@ using Npgsql;
 namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>An inspection that finds its queue locked by another waits for it, on one database session.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class InspectionWaitTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int TriesWatched = 5;

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// prefix) reads it through <c>RabbitMq:ManagementUrl</c>: the error-queue listing and the alarm check
 /// both go there, under its path.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ManagementUrlTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -8,7 +8,7 @@ using Microsoft.EntityFrameworkCore;
 namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>The real path: charges fail and are dead-lettered by the worker, the gateway heals, an operator moves them back.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int Charges = 40;

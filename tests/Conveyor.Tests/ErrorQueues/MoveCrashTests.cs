@@ -9,7 +9,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// error queue plus target never hold fewer than the messages there were, and once consumed,
 /// every charge has happened exactly once (copies left in both queues are absorbed by the inbox).
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class MoveCrashTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int Messages = 1200;

@@ -10,7 +10,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// (TCP keepalives, a user timeout: <c>QueueLocks</c>) and releases the lock, so another move can
 /// start: the walk must have stopped by then, whatever <c>ErrorQueues:AbandonedAfterSeconds</c> says.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class OperationLockLossTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>A single-active-consumer error queue: while the test's consumer is the active one, the walk's gets nothing and waits.</summary>

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// here comes from a logging provider that throws while the runner reports that the result could not
 /// be saved, past every handler of the walk's own.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class OperationLockReleaseTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string RunnerCategory = "Conveyor.Api.Operations.OperationRunner";

@@ -7,7 +7,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// What <c>/api/operations</c> and <c>/api/audit</c> make of their query parameters, and the times a
 /// move's filter records: times with an offset other than UTC's, and parameters given twice.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class OperationQueryTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     private const string Timeout = "System.TimeoutException";

@@ -12,7 +12,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// and the lock stayed held (every other move or purge of the queue 409) until the server answered again. Now
 /// the request stops waiting at once and the lock's session is closed, which gives the lock up.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class OperationRecordStallTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public async Task InitializeAsync()

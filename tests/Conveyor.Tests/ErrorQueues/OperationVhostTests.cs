@@ -11,7 +11,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// error-queue operations are its own. Same-named queues do not conflict, neither one marks the
 /// other's running operation interrupted, and each lists and reads only its own.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class OperationVhostTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public async Task InitializeAsync()

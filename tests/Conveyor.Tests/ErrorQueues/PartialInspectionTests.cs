@@ -8,7 +8,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// expected never arrive: another consumer holds the queue) must say so. Answered as a plain 200 with
 /// an empty list, an operator reads "nothing here" of a queue that holds messages.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class PartialInspectionTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>A single-active-consumer error queue: while the test's consumer is the active one, the walk's gets nothing.</summary>

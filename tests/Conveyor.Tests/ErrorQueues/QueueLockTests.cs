@@ -7,7 +7,7 @@ using Npgsql;
 namespace Conveyor.Tests.ErrorQueues;
 
 /// <summary>The advisory lock that keeps two operations off one queue, and the session that holds it.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class QueueLockTests(ConveyorFixture fixture)
 {
     [Fact]

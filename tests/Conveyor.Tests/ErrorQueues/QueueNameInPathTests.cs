@@ -7,7 +7,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// Error queues whose names hold characters a URL path escapes. RabbitMQ allows any name, and
 /// <c>GET /api/error-queues</c> lists them all, so each must be reachable by its escaped name.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class QueueNameInPathTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
     [Theory]

@@ -10,7 +10,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// walk spans many confirm batches: a copy the broker returns or refuses keeps its original, and a walk cut off
 /// anywhere (the connection dropped, as when the process dies) loses nothing and reorders nothing.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class QueueWalkerTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Timeout = "System.TimeoutException";

@@ -7,7 +7,7 @@ namespace Conveyor.Tests.ErrorQueues;
 /// The database refuses an operation's result: the operation must not read "running" until it is taken
 /// for abandoned, but end at once as failed, saying why, with its counts.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class UnsavedResultTests(ConveyorFixture fixture) : ErrorQueueApiSession(fixture)
 {
 

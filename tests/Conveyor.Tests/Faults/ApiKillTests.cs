@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Faults;
 /// in that gap only by chance, so the first is made to: the Api's AMQP connection goes through a
 /// relay that holds its traffic while one more submission's row commits, and drops it with the connection.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 [Trait("Category", "Faults")]
 public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {

@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Faults;
 /// <see cref="ServerOutageTests"/>' broker restart. The Api's and the worker's AMQP connections go
 /// through relays the test cuts, so the shared broker keeps running.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 [Trait("Category", "Faults")]
 public sealed class BrokerOutageTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {

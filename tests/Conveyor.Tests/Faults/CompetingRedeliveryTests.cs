@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Faults;
 /// The workers run as processes of their own: the dispatcher's counter is a static instrument, which
 /// workers in one process would share, so only each process's own /metrics tells the dispatchers apart.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 [Trait("Category", "Faults")]
 public sealed class CompetingRedeliveryTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {

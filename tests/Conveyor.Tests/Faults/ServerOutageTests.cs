@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Faults;
 /// cannot queue (503) and every job it accepted is processed once the server is back. These stop a
 /// server, so they run only from bench/run.sh faults-disruptive.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 [Trait("Category", "FaultsDisruptive")]
 public sealed class ServerOutageTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {

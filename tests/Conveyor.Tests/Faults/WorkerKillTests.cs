@@ -5,7 +5,7 @@ using Xunit.Abstractions;
 
 namespace Conveyor.Tests.Faults;
 
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 [Trait("Category", "Faults")]
 public sealed class WorkerKillTests(ConveyorFixture fixture, ITestOutputHelper output) : IAsyncLifetime
 {

@@ -16,6 +16,50 @@ public static class CallingTest
     public static string Name()
     {
         string? outermost = null;
+        foreach (var (type, name) in TestNamespaceFrames())
+        {
+            var candidate = Bound($"{type.Name}.{name}");
+            if (type.GetMethods(BindingFlags.Public | BindingFlags.Instance).Any(m => m.Name == name && m.IsDefined(typeof(FactAttribute))))
+            {
+                return candidate;
+            }
+
+            outermost = candidate;
+        }
+
+        return outermost ?? "unknown test";
+    }
+
+    /// <summary>The innermost test class on the stack (one with tests or a collection), also when a helper type nested in it is what runs; null if none is.</summary>
+    public static Type? Class()
+    {
+        foreach (var (type, _) in TestNamespaceFrames())
+        {
+            for (Type? candidate = type; candidate is not null; candidate = candidate.DeclaringType)
+            {
+                if (ProcessWide.IsTestClass(candidate))
+                {
+                    return candidate;
+                }
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// The command-line argument that names a host's broker connections after the calling test, unless
+    /// <paramref name="settings"/> name them already; for the hosts started in this process and as processes.
+    /// </summary>
+    public static IEnumerable<string> InstanceNameArgument(IReadOnlyDictionary<string, string?> settings) =>
+        settings.ContainsKey(InstanceNameSetting) ? [] : [$"--{InstanceNameSetting}={Name()}"];
+
+    /// <summary>
+    /// The methods on the stack, innermost first, declared in a test namespace (not this one): their
+    /// type and name, with an async method's or a lambda's compiler-made type and name undone.
+    /// </summary>
+    private static IEnumerable<(Type Type, string Name)> TestNamespaceFrames()
+    {
         foreach (var frame in new StackTrace().GetFrames())
         {
             if (frame.GetMethod() is not { DeclaringType: { } type } method)
@@ -47,24 +91,9 @@ public static class CallingTest
                 continue;
             }
 
-            var candidate = Bound($"{type.Name}.{name}");
-            if (type.GetMethods(BindingFlags.Public | BindingFlags.Instance).Any(m => m.Name == name && m.IsDefined(typeof(FactAttribute))))
-            {
-                return candidate;
-            }
-
-            outermost = candidate;
+            yield return (type, name);
         }
-
-        return outermost ?? "unknown test";
     }
-
-    /// <summary>
-    /// The command-line argument that names a host's broker connections after the calling test, unless
-    /// <paramref name="settings"/> name them already; for the hosts started in this process and as processes.
-    /// </summary>
-    public static IEnumerable<string> InstanceNameArgument(IReadOnlyDictionary<string, string?> settings) =>
-        settings.ContainsKey(InstanceNameSetting) ? [] : [$"--{InstanceNameSetting}={Name()}"];
 
     private const string InstanceNameSetting = "RabbitMq:InstanceName";
 

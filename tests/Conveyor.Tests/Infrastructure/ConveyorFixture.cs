@@ -11,8 +11,9 @@ using Npgsql;
 namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
-/// One database and one RabbitMQ vhost per test run, made here and removed at the end, so tests
-/// never touch the data of a running dev service. Hosts the Api and Worker in-process.
+/// One database and one RabbitMQ vhost per collection of tests (so per lane, see <see cref="ConveyorCollection"/>),
+/// made here and removed at the end, so tests never touch the data of a running dev service or of the
+/// other lane. Hosts the Api and Worker in-process.
 /// </summary>
 public sealed class ConveyorFixture : IAsyncLifetime
 {
@@ -234,7 +235,12 @@ public sealed class ConveyorFixture : IAsyncLifetime
     {
         await Rabbit.DeleteVhostAsync(VirtualHost);
         Rabbit.Dispose();
-        NpgsqlConnection.ClearAllPools();
+        // Only this fixture's pool: the other lane's connections stay. DROP … WITH (FORCE) ends the hosts' own.
+        using (var own = new NpgsqlConnection(ConnectionString))
+        {
+            NpgsqlConnection.ClearPool(own);
+        }
+
         await using (var admin = new NpgsqlConnection(_adminConnectionString))
         {
             await admin.OpenAsync();

@@ -6,7 +6,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// <summary>Counts one of the inbox's counters for one consumer (in-process workers) while it lives.</summary>
 public sealed class InboxCounter : IDisposable
 {
-    private readonly MeterListener _listener = new();
+    private readonly MeterListener _listener = ProcessWide.Listener();
     private int _count;
 
     private InboxCounter(string name, string consumer)

@@ -6,7 +6,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// <summary>Counts one of the worker's job counters for one job kind (in-process workers) while it lives.</summary>
 public sealed class JobCounter : IDisposable
 {
-    private readonly MeterListener _listener = new();
+    private readonly MeterListener _listener = ProcessWide.Listener();
     private int _count;
 
     private JobCounter(string name, string kind)

@@ -5,12 +5,12 @@ using Conveyor.Worker.Jobs;
 namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
-/// The measurements of <c>conveyor.jobs.wait</c> (in-process workers) while it lives. Tests of this
-/// assembly run one at a time, so the measurements it sees during a test are that test's.
+/// The measurements of <c>conveyor.jobs.wait</c> (in-process workers) while it lives. The tests that use
+/// it run alone (<see cref="AloneCollection"/>), so the measurements it sees during a test are that test's.
 /// </summary>
 public sealed class JobWaitListener : IDisposable
 {
-    private readonly MeterListener _listener = new();
+    private readonly MeterListener _listener = ProcessWide.Listener();
     private readonly ConcurrentQueue<(string? Kind, double Seconds)> _waits = new();
 
     public JobWaitListener()

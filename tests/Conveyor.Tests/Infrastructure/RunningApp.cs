@@ -15,7 +15,7 @@ public sealed class RunningApp : IAsyncDisposable
     {
         _app = app;
         BaseAddress = baseAddress;
-        Client = new HttpClient { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(60) };
+        Client = new HttpClient(new ProcessWide.MetricsGuard()) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(60) };
         if (apiKey is not null)
         {
             // A request that sets its own X-Api-Key keeps it: default headers never override a request's.

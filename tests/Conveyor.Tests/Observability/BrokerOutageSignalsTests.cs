@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Observability;
 /// readiness 503 and back to 200, the per-queue series absent rather than frozen on their last value,
 /// and the age of the Api's last reading growing, for the alert that says why they are absent.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string JobQueuesAge = "conveyor_broker_reading_age_seconds";

@@ -10,7 +10,7 @@ namespace Conveyor.Tests.Observability;
 /// <summary>
 /// <c>conveyor.jobs.wait</c> counts a job's time in its queue once, at its first attempt (<see cref="JobWaitListener"/>).
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";

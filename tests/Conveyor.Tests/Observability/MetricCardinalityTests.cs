@@ -13,6 +13,7 @@ namespace Conveyor.Tests.Observability;
 /// with one series per queue) and a smaller limit for the libraries' (bench/analysis.md §5: the
 /// default's preallocated room was ~11.5 MiB of an idle worker). Scraped from the real /metrics.
 /// </summary>
+[Collection(AloneCollection.Name)]
 public sealed class MetricCardinalityTests
 {
     private const string OwnMeter = "Conveyor.CardinalityTest";

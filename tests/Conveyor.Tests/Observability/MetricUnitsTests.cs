@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Observability;
 /// as <c>s</c>, counts as what they count, <c>{job}</c>): an OTLP backend shows a metric without one as a
 /// bare number and cannot tell it from a duration.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -32,7 +32,7 @@ public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
         }
 
         var instruments = new List<Instrument>();
-        using (var listener = new MeterListener())
+        using (var listener = ProcessWide.Listener())
         {
             listener.InstrumentPublished = (instrument, _) =>
             {

@@ -19,7 +19,7 @@ namespace Conveyor.Tests.Observability;
 /// that exact name, once the events it counts have happened: a renamed instrument or a typo in a
 /// query fails here, not in production when the alert should have fired.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private static readonly string[] HistogramSeries = ["_bucket", "_count", "_sum"];

@@ -10,7 +10,7 @@ using Microsoft.Extensions.Options;
 
 namespace Conveyor.Tests.Observability;
 
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -9,7 +9,7 @@ using OpenTelemetry.Trace;
 
 namespace Conveyor.Tests.Observability;
 
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private static readonly string[] WorkerHistograms = ["conveyor_jobs_duration_seconds_bucket{", "conveyor_jobs_wait_seconds_bucket{"];
@@ -112,8 +112,11 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
         // tests start and stop in one process.
     }
 
-    private static Action<WebApplicationBuilder> Export(List<Activity> into) =>
-        builder => builder.Services.ConfigureOpenTelemetryTracerProvider(tracing => tracing.AddInMemoryExporter(into));
+    private static Action<WebApplicationBuilder> Export(List<Activity> into)
+    {
+        ProcessWide.Observe("OpenTelemetry's spans");
+        return builder => builder.Services.ConfigureOpenTelemetryTracerProvider(tracing => tracing.AddInMemoryExporter(into));
+    }
 
     private static List<Activity> Snapshot(List<Activity> activities)
     {

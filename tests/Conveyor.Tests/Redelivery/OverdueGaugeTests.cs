@@ -19,7 +19,7 @@ namespace Conveyor.Tests.Redelivery;
 /// <c>BacklogRefreshSeconds</c>, up to an hour): a message that was not yet due when the table was read
 /// may have been published on time since, so it is not counted overdue until a reading says it still waits.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -126,20 +126,6 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     /// <summary>The overdue gauge of the backlog built on <paramref name="meters"/>, observed now.</summary>
-    private static double Overdue(IMeterFactory meters)
-    {
-        var values = new List<double>();
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
-        {
-            if (instrument.Meter.Scope == meters && instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == ScheduledBacklog.OverdueInstrument)
-            {
-                l.EnableMeasurementEvents(instrument);
-            }
-        };
-        listener.SetMeasurementEventCallback<double>((_, value, _, _) => values.Add(value));
-        listener.Start();
-        listener.RecordObservableInstruments();
-        return Assert.Single(values);
-    }
+    private static double Overdue(IMeterFactory meters) =>
+        Assert.Single(HostMeters.Observe(meters, JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument));
 }

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics.Metrics;
 using System.Text;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
@@ -17,7 +16,7 @@ namespace Conveyor.Tests.Redelivery;
 /// its lateness, once it is published, counts from its first refusal, as the backlog's overdue gauge
 /// counts it: from the due time of its last try, it read as a second late however long it waited.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private readonly string _queue = $"refused-lateness-{Guid.NewGuid():N}";
@@ -60,7 +59,7 @@ public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifeti
 
         await fixture.DeclareAsync(_queue);
         var recorded = new ConcurrentBag<double>();
-        using var listener = new MeterListener();
+        using var listener = ProcessWide.Listener();
         listener.InstrumentPublished = (instrument, l) =>
         {
             if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.redelivery.lateness")

@@ -18,7 +18,7 @@ namespace Conveyor.Tests.Security;
 /// long and random, and behind the ingress every client shares an address). Clients connect from distinct
 /// loopback addresses (127.0.0.1, 127.0.0.2, ...), and the Api's clock is one the test moves forward.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class AuthThrottlingTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string WrongKey = "not-a-configured-key-0123456789abcdef";

@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// Idempotency-Key) costs a round trip per message outside the batch, and cut consume throughput by
 /// half (bench/analysis.md).
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class InboxDatabaseSpansTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int Messages = 20;
@@ -80,6 +80,7 @@ public sealed class InboxDatabaseSpansTests(ConveyorFixture fixture) : IAsyncLif
     /// <summary>Charges <see cref="Messages"/> payments; for each message's consume trace, its database statements in order.</summary>
     private async Task<Dictionary<ActivityTraceId, List<string>>> ChargeAsync(int inboxBatchSize)
     {
+        ProcessWide.Observe("OpenTelemetry's spans");
         await using var gateway = await FakePaymentGateway.StartAsync();
         var settings = WorkerSettings.With(gateway);
         settings["Telemetry:Tracing"] = "true";

@@ -28,7 +28,7 @@ namespace Conveyor.Tests.Worker;
 /// The redelivery dispatcher built on its own against the real database and broker, on a clock the
 /// test controls, so what it takes for "now" does not depend on how fast the machine is.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>Where the tests' scheduled messages go: a queue of their own, removed afterwards.</summary>
@@ -366,12 +366,12 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         Assert.Equal(HttpStatusCode.OK, status); // Degraded: the worker stays in service
         Assert.Equal("Degraded", entry.GetProperty("status").GetString());
         Assert.Contains("overdue", entry.GetProperty("description").GetString(), StringComparison.Ordinal);
-        await Eventually.AssertAsync(async () => Assert.InRange(await OverdueGaugeAsync(stalled), 9 * 60, 60 * 60));
+        await Eventually.AssertAsync(() => Assert.InRange(OverdueGauge(stalled), 9 * 60, 60 * 60));
 
         await using var dispatching = await fixture.StartWorkerAsync(WorkerSettings.With());
         await Eventually.AssertAsync(async () =>
             Assert.Equal("Healthy", (await ReadinessAsync(stalled)).Entry.GetProperty("status").GetString()));
-        await Eventually.AssertAsync(async () => Assert.Equal(0, await OverdueGaugeAsync(stalled)));
+        await Eventually.AssertAsync(() => Assert.Equal(0, OverdueGauge(stalled)));
         var copy = await _channel.BasicGetAsync(_queue, autoAck: true);
         Assert.NotNull(copy);
         Assert.Equal(overdueId, copy.BasicProperties.MessageId);
@@ -711,16 +711,9 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         return (response.StatusCode, report.GetProperty("checks").GetProperty(ScheduledBacklog.HealthCheckName).Clone());
     }
 
-    /// <summary>The worker's <c>conveyor.redelivery.overdue</c> gauge as scraped from <c>/metrics</c>.</summary>
-    private static async Task<double> OverdueGaugeAsync(RunningApp worker)
-    {
-        const string name = "conveyor_redelivery_overdue_seconds";
-        var exposition = await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
-        var line = exposition.Split('\n').FirstOrDefault(l => l.StartsWith(name + "{", StringComparison.Ordinal) || l.StartsWith(name + " ", StringComparison.Ordinal));
-        Assert.NotNull(line);
-        var value = line[(line.LastIndexOf('}') is var brace and >= 0 ? brace + 1 : name.Length)..].Trim().Split(' ')[0];
-        return double.Parse(value, CultureInfo.InvariantCulture);
-    }
+    /// <summary>The worker's <c>conveyor.redelivery.overdue</c> gauge, observed now on its own meters.</summary>
+    private static double OverdueGauge(RunningApp worker) => Assert.Single(HostMeters.Observe(
+        worker.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), Conveyor.Worker.Jobs.JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument));
 
     /// <summary>Counts the database commands of the contexts its <see cref="Factory"/> makes.</summary>
     private sealed class CommandCounter : DbCommandInterceptor

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// moves on with each try, yet an operator sees it: as overdue since it was first refused, as refused
 /// rows in the gauges and the readiness report, and in its job's last error.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class RefusedRedeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private readonly string _queue = $"refused-test-{Guid.NewGuid():N}";

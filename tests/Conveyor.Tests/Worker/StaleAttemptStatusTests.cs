@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Worker;
 /// shutdown) belongs to that attempt: once a newer attempt of the job has been claimed, an older one's
 /// late write must not overwrite what the newer one says.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(AloneCollection.Name)]
 public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "charge-payment";
@@ -87,7 +87,7 @@ public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLif
     /// </summary>
     private sealed class HeldDeadLetter : IDisposable
     {
-        private readonly MeterListener _listener = new();
+        private readonly MeterListener _listener = ProcessWide.Listener();
         private readonly TaskCompletionSource _reached = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly ManualResetEventSlim _released = new();
         private int _held;
