@@ -8,7 +8,6 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
 using System.Diagnostics;
-using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Net;
 using System.Text.Json;
@@ -54,9 +53,9 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == refusedPayment.ToString("D")));
         }
 
-        Assert.True(ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 5);
+        Assert.True(HostMeters.QueueGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 5);
         // No worker consumes the queue now: what the "no consumers" alert watches.
-        Assert.Equal(0, ReadGauge(api, BrokerPressureMonitor.ConsumersInstrument, JobKinds.ChargePayment));
+        Assert.Equal(0, HostMeters.QueueGauge(api, BrokerPressureMonitor.ConsumersInstrument, JobKinds.ChargePayment));
         // Each kind has its own queue and limit.
         await api.Client.AcceptJobAsync(JobKinds.GenerateReport, JobRequests.GenerateReport(Guid.NewGuid()));
 
@@ -66,7 +65,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             using var response = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
             Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         }, TimeSpan.FromSeconds(30));
-        await Eventually.AssertAsync(() => Assert.Equal(1, ReadGauge(api, BrokerPressureMonitor.ConsumersInstrument, JobKinds.ChargePayment)));
+        await Eventually.AssertAsync(() => Assert.Equal(1, HostMeters.QueueGauge(api, BrokerPressureMonitor.ConsumersInstrument, JobKinds.ChargePayment)));
     }
 
     [Fact]
@@ -81,7 +80,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             ["RateLimiting:Burst"] = "4",
         });
         await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
-        await Eventually.AssertAsync(() => Assert.True(ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
+        await Eventually.AssertAsync(() => Assert.True(HostMeters.QueueGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
 
         var now = JobBatchTests.Batch(Enumerable.Range(0, 3).Select(_ => JobRequests.ChargePayment(Guid.NewGuid())));
         using (var full = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, now))
@@ -317,7 +316,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             ["RateLimiting:Enabled"] = "false",
         });
         await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
-        await Eventually.AssertAsync(() => Assert.True(ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
+        await Eventually.AssertAsync(() => Assert.True(HostMeters.QueueGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
 
         // Told 429, a client sends the job again to run a second from now: it would join the queue as soon.
         var soon = Guid.NewGuid();
@@ -446,33 +445,5 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             // The Api stops through the relay.
             relay.Resume();
         }
-    }
-
-    /// <summary>What the gauge <paramref name="instrumentName"/> reports for <paramref name="queue"/> on this Api's meter.</summary>
-    internal static long? ReadGauge(RunningApp api, string instrumentName, string queue)
-    {
-        var meters = api.Services.GetRequiredService<IMeterFactory>();
-        long? depth = null;
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
-        {
-            if (instrument.Meter.Scope == meters && instrument.Name == instrumentName)
-            {
-                l.EnableMeasurementEvents(instrument);
-            }
-        };
-        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
-        {
-            foreach (var tag in tags)
-            {
-                if (tag is { Key: "queue", Value: string name } && name == queue)
-                {
-                    depth = value;
-                }
-            }
-        });
-        listener.Start();
-        listener.RecordObservableInstruments();
-        return depth;
     }
 }

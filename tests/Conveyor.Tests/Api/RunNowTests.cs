@@ -143,7 +143,7 @@ public sealed class RunNowTests(ConveyorFixture fixture) : IAsyncLifetime
         var runAt = DateTimeOffset.UtcNow.AddHours(1);
         var scheduled = await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt));
         await Eventually.AssertAsync(() =>
-            Assert.True(BackpressureTests.ReadGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
+            Assert.True(HostMeters.QueueGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
         using (var full = await RunNowAsync(api, scheduled.JobId))
         {
             await full.AssertProblemAsync(StatusCodes.Status429TooManyRequests);

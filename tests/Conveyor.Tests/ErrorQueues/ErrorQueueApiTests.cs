@@ -76,22 +76,16 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         var monitor = App.Services.GetRequiredService<ErrorQueueDepthMonitor>();
         var depths = new Dictionary<string, long>();
         var meters = App.Services.GetRequiredService<IMeterFactory>();
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
-        {
-            if (instrument.Meter.Scope == meters && instrument.Meter.Name == ErrorQueueDepthMonitor.MeterName && instrument.Name == ErrorQueueDepthMonitor.DepthInstrument)
-            {
-                l.EnableMeasurementEvents(instrument);
-            }
-        };
-        listener.SetMeasurementEventCallback<long>((_, value, tags, _) => depths[(string)tags[0].Value!] = value);
-        listener.Start();
 
         // The management API's counters lag by a few seconds.
         await Eventually.AssertAsync(async () =>
         {
             await monitor.RefreshAsync(CancellationToken.None);
-            listener.RecordObservableInstruments();
+            foreach (var (depth, tags) in HostMeters.Observe(meters, ErrorQueueDepthMonitor.MeterName, ErrorQueueDepthMonitor.DepthInstrument))
+            {
+                depths[(string)tags["queue"]!] = (long)depth;
+            }
+
             Assert.Equal(2, depths.GetValueOrDefault(ErrorQueueKit.ChargeErrors));
         });
         Assert.DoesNotContain(ErrorQueueKit.ChargeQueue, depths.Keys);

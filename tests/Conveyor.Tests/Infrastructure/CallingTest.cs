@@ -37,7 +37,7 @@ public static class CallingTest
         {
             for (Type? candidate = type; candidate is not null; candidate = candidate.DeclaringType)
             {
-                if (ProcessWide.IsTestClass(candidate))
+                if (IsTestClass(candidate))
                 {
                     return candidate;
                 }
@@ -94,6 +94,10 @@ public static class CallingTest
             yield return (type, name);
         }
     }
+
+    private static bool IsTestClass(Type type) =>
+        type.IsDefined(typeof(CollectionAttribute))
+        || type.GetMethods(BindingFlags.Public | BindingFlags.Instance).Any(method => method.IsDefined(typeof(FactAttribute)));
 
     private const string InstanceNameSetting = "RabbitMq:InstanceName";
 

@@ -1,4 +1,6 @@
 using System.Diagnostics.Metrics;
+using Conveyor.Api;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Infrastructure;
 
@@ -8,10 +10,24 @@ namespace Conveyor.Tests.Infrastructure;
 /// </summary>
 public static class HostMeters
 {
-    /// <summary>What the observable instrument <paramref name="instrumentName"/> of <paramref name="meterName"/>, made on <paramref name="meters"/>, reports now: one value per series.</summary>
-    public static IReadOnlyList<double> Observe(IMeterFactory meters, string meterName, string instrumentName)
+    /// <summary>
+    /// What the observable instrument <paramref name="instrumentName"/> of <paramref name="meterName"/>, made on
+    /// <paramref name="meters"/>, reports now: each series' value and tags.
+    /// </summary>
+    public static IReadOnlyList<(double Value, IReadOnlyDictionary<string, object?> Tags)> Observe(IMeterFactory meters, string meterName, string instrumentName)
     {
-        var values = new List<double>();
+        var series = new List<(double, IReadOnlyDictionary<string, object?>)>();
+        void Add(double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            var copied = new Dictionary<string, object?>(StringComparer.Ordinal);
+            foreach (var (key, tag) in tags)
+            {
+                copied[key] = tag;
+            }
+
+            series.Add((value, copied));
+        }
+
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
@@ -20,11 +36,18 @@ public static class HostMeters
                 l.EnableMeasurementEvents(instrument);
             }
         };
-        listener.SetMeasurementEventCallback<double>((_, value, _, _) => values.Add(value));
-        listener.SetMeasurementEventCallback<long>((_, value, _, _) => values.Add(value));
-        listener.SetMeasurementEventCallback<int>((_, value, _, _) => values.Add(value));
+        listener.SetMeasurementEventCallback<double>((_, value, tags, _) => Add(value, tags));
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) => Add(value, tags));
+        listener.SetMeasurementEventCallback<int>((_, value, tags, _) => Add(value, tags));
         listener.Start();
         listener.RecordObservableInstruments();
-        return values;
+        return series;
     }
+
+    /// <summary>What the Api's gauge <paramref name="instrumentName"/> reports for <paramref name="queue"/> now; null for no such series.</summary>
+    public static long? QueueGauge(RunningApp api, string instrumentName, string queue) =>
+        Observe(api.Services.GetRequiredService<IMeterFactory>(), ApiApp.ApiMeterName, instrumentName)
+            .Where(series => series.Tags.GetValueOrDefault("queue") is string name && name == queue)
+            .Select(series => (long?)series.Value)
+            .LastOrDefault();
 }

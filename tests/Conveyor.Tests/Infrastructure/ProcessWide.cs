@@ -1,5 +1,4 @@
 using System.Diagnostics.Metrics;
-using System.Reflection;
 
 namespace Conveyor.Tests.Infrastructure;
 
@@ -53,8 +52,4 @@ public static class ProcessWide
             return base.SendAsync(request, cancellationToken);
         }
     }
-
-    internal static bool IsTestClass(Type type) =>
-        type.IsDefined(typeof(CollectionAttribute))
-        || type.GetMethods(BindingFlags.Public | BindingFlags.Instance).Any(method => method.IsDefined(typeof(FactAttribute)));
 }

@@ -127,5 +127,5 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
 
     /// <summary>The overdue gauge of the backlog built on <paramref name="meters"/>, observed now.</summary>
     private static double Overdue(IMeterFactory meters) =>
-        Assert.Single(HostMeters.Observe(meters, JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument));
+        Assert.Single(HostMeters.Observe(meters, JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument)).Value;
 }

@@ -713,7 +713,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
 
     /// <summary>The worker's <c>conveyor.redelivery.overdue</c> gauge, observed now on its own meters.</summary>
     private static double OverdueGauge(RunningApp worker) => Assert.Single(HostMeters.Observe(
-        worker.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), Conveyor.Worker.Jobs.JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument));
+        worker.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), Conveyor.Worker.Jobs.JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument)).Value;
 
     /// <summary>Counts the database commands of the contexts its <see cref="Factory"/> makes.</summary>
     private sealed class CommandCounter : DbCommandInterceptor
