@@ -1,7 +1,9 @@
+using System.Diagnostics.Metrics;
 using System.Net.Sockets;
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.ErrorQueues;
 using Conveyor.ServiceDefaults;
+using Conveyor.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
@@ -33,8 +35,9 @@ public sealed class ManagementClientFailureTests
     {
         var services = new ServiceCollection();
         services.AddScoped(_ => new RabbitManagementClient(Http(), Options.Create(Broker)));
+        services.AddMetrics();
         await using var provider = services.BuildServiceProvider();
-        using var meters = new MeterFactory();
+        var meters = provider.GetRequiredService<IMeterFactory>();
         var monitor = new ErrorQueueDepthMonitor(
             meters, provider.GetRequiredService<IServiceScopeFactory>(), Options.Create(new ErrorQueueOptions()),
             TimeProvider.System, new BrokerReadings(meters, TimeProvider.System), NullLogger<ErrorQueueDepthMonitor>.Instance);
@@ -83,8 +86,9 @@ public sealed class ManagementClientFailureTests
         services.AddScoped(_ => new RabbitManagementClient(
             Http(new AnswerHandler("""[{"name":"a_error","consumers":0},{"name":"b_error","messages":4,"consumers":0},{"name":"c_skipped","messages":0,"consumers":0}]""")),
             Options.Create(Broker)));
+        services.AddMetrics();
         await using var provider = services.BuildServiceProvider();
-        using var meters = new MeterFactory();
+        var meters = provider.GetRequiredService<IMeterFactory>();
         var readings = new BrokerReadings(meters, TimeProvider.System);
         var monitor = new ErrorQueueDepthMonitor(
             meters, provider.GetRequiredService<IServiceScopeFactory>(), Options.Create(new ErrorQueueOptions()),
@@ -92,21 +96,8 @@ public sealed class ManagementClientFailureTests
 
         await monitor.RefreshAsync(CancellationToken.None);
 
-        var depths = new Dictionary<string, long>(StringComparer.Ordinal);
-        using (var listener = new System.Diagnostics.Metrics.MeterListener())
-        {
-            listener.InstrumentPublished = (instrument, l) =>
-            {
-                if (instrument.Name == ErrorQueueDepthMonitor.DepthInstrument && meters.Owns(instrument.Meter))
-                {
-                    l.EnableMeasurementEvents(instrument);
-                }
-            };
-            listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
-                depths[(string)tags.ToArray().Single(t => t.Key == "queue").Value!] = value);
-            listener.Start();
-            listener.RecordObservableInstruments();
-        }
+        var depths = HostMeters.Observe(meters, ErrorQueueDepthMonitor.MeterName, ErrorQueueDepthMonitor.DepthInstrument)
+            .ToDictionary(series => (string)series.Tags["queue"]!, series => (long)series.Value, StringComparer.Ordinal);
 
         Assert.Equal(new Dictionary<string, long> { ["b_error"] = 4, ["c_skipped"] = 0 }, depths);
     }
@@ -151,21 +142,5 @@ public sealed class ManagementClientFailureTests
     {
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
             throw new SocketException((int)SocketError.NotConnected);
-    }
-
-    private sealed class MeterFactory : System.Diagnostics.Metrics.IMeterFactory
-    {
-        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
-
-        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
-        {
-            var meter = new System.Diagnostics.Metrics.Meter(options);
-            _meters.Add(meter);
-            return meter;
-        }
-
-        public bool Owns(System.Diagnostics.Metrics.Meter meter) => _meters.Contains(meter);
-
-        public void Dispose() => _meters.ForEach(m => m.Dispose());
     }
 }
