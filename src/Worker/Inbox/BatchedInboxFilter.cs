@@ -16,6 +16,7 @@ namespace Conveyor.Worker.Inbox;
 public sealed partial class BatchedInboxFilter<T>(
     ConveyorDbContext db,
     JobTracker tracker,
+    JobMetrics metrics,
     InboxBatchers batchers,
     TimeProvider time,
     IServiceProvider services,
@@ -33,7 +34,7 @@ public sealed partial class BatchedInboxFilter<T>(
         switch (await member.Claimed)
         {
             case InboxClaim.Duplicate when member.ConflictingFingerprint is { } applied:
-                throw InboxConflicts.Found(logger, consumerId, job.BusinessKey, context.MessageId, applied, member.Fingerprint);
+                throw InboxConflicts.Found(metrics, logger, consumerId, job.BusinessKey, context.MessageId, applied, member.Fingerprint);
             case InboxClaim.DuplicateInBatch when member.DiffersFromCopyInBatch:
                 // Which of the two is applied depends on whether the one that runs succeeds: this one
                 // claims again on its own after a retry's pause (its claim waits for that batch).
@@ -41,13 +42,13 @@ public sealed partial class BatchedInboxFilter<T>(
                     $"Another message with key '{job.BusinessKey}' and other content runs in this inbox batch; this one is tried again after it");
             case InboxClaim.Duplicate:
                 LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
-                JobMetrics.DuplicateSkipped(consumerId);
+                metrics.DuplicateSkipped(consumerId);
                 await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
             case InboxClaim.DuplicateInBatch:
                 await ThrowUnlessCommittedAsync(member, consumerId, job, context.MessageId);
                 LogDuplicate(consumerId, job.BusinessKey, context.MessageId);
-                JobMetrics.DuplicateSkipped(consumerId);
+                metrics.DuplicateSkipped(consumerId);
                 await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
             case InboxClaim.NotRunnable:
@@ -60,7 +61,7 @@ public sealed partial class BatchedInboxFilter<T>(
         job = job with { JobId = member.JobId, Attempt = member.Attempt };
         ClaimedAttempt.Set(context, member.Attempt);
         ClaimedFingerprints.Set(context, member.Fingerprint, member.FirstFingerprint);
-        var startedAt = JobMetrics.AttemptStarted(job, context, time);
+        var startedAt = metrics.AttemptStarted(job, context, time);
         using var logScope = new JobLogScope.Switchable(logger, job, context);
         try
         {
@@ -81,7 +82,7 @@ public sealed partial class BatchedInboxFilter<T>(
             {
                 if (!stopping)
                 {
-                    JobMetrics.AttemptFailed(job.Kind);
+                    metrics.AttemptFailed(job.Kind);
                 }
 
                 ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed));
@@ -98,19 +99,19 @@ public sealed partial class BatchedInboxFilter<T>(
             {
                 // Settled again alone after its batch failed, it found its key taken by another command
                 // meanwhile: its effects are dropped, and the job (the other command's) is not touched.
-                throw InboxConflicts.Found(logger, consumerId, job.BusinessKey, context.MessageId, applied, member.Fingerprint);
+                throw InboxConflicts.Found(metrics, logger, consumerId, job.BusinessKey, context.MessageId, applied, member.Fingerprint);
             }
 
             // The consumer succeeded but its effects did not commit: a failed attempt, counted here
             // (and a row for the job created, if this attempt was creating it) unless the batch
             // counted it under the job row's lock.
-            JobMetrics.AttemptFailed(job.Kind);
+            metrics.AttemptFailed(job.Kind);
             ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(
                 job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: !member.AttemptRecorded));
             throw new InboxBatchFailedException(member.BatchFailure);
         }
 
-        JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+        metrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox-batched");
@@ -120,7 +121,7 @@ public sealed partial class BatchedInboxFilter<T>(
         if (!await member.Completed)
         {
             throw member.ConflictingFingerprint is { } applied
-                ? InboxConflicts.Found(logger, consumerId, job.BusinessKey, messageId, applied, member.Fingerprint)
+                ? InboxConflicts.Found(metrics, logger, consumerId, job.BusinessKey, messageId, applied, member.Fingerprint)
                 : new InboxBatchFailedException(member.BatchFailure);
         }
     }

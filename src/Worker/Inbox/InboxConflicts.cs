@@ -13,10 +13,10 @@ namespace Conveyor.Worker.Inbox;
 public static partial class InboxConflicts
 {
     /// <summary>Logs and counts a conflict; the exception to throw, which sends the message to <c>_error</c>.</summary>
-    public static IdempotencyConflictException Found(ILogger logger, string consumerId, string key, Guid? messageId, byte[]? applied, byte[]? arrived)
+    public static IdempotencyConflictException Found(JobMetrics metrics, ILogger logger, string consumerId, string key, Guid? messageId, byte[]? applied, byte[]? arrived)
     {
         LogConflict(logger, consumerId, key, messageId, PayloadFingerprint.Describe(applied), PayloadFingerprint.Describe(arrived));
-        JobMetrics.Conflict(consumerId);
+        metrics.Conflict(consumerId);
         return new IdempotencyConflictException(consumerId, key, applied, arrived);
     }
 

@@ -18,6 +18,7 @@ namespace Conveyor.Worker.Inbox;
 public sealed partial class InboxFilter<T>(
     ConveyorDbContext db,
     JobTracker tracker,
+    JobMetrics metrics,
     TimeProvider time,
     IServiceProvider services,
     ILogger<InboxFilter<T>> logger) : IFilter<ConsumeContext<T>>
@@ -43,7 +44,7 @@ public sealed partial class InboxFilter<T>(
         {
             // The job row was created for another command (the Api accepted that one): nothing of this one stays.
             await transaction.RollbackAsync(cancellationToken);
-            throw InboxConflicts.Found(logger, consumerId, messageKey, context.MessageId, jobConflict, fingerprint);
+            throw InboxConflicts.Found(metrics, logger, consumerId, messageKey, context.MessageId, jobConflict, fingerprint);
         }
 
         if (claim == InboxClaim.Duplicate)
@@ -53,11 +54,11 @@ public sealed partial class InboxFilter<T>(
             await transaction.CommitAsync(cancellationToken);
             if (PayloadFingerprint.Conflicts(applied, fingerprint))
             {
-                throw InboxConflicts.Found(logger, consumerId, messageKey, context.MessageId, applied, fingerprint);
+                throw InboxConflicts.Found(metrics, logger, consumerId, messageKey, context.MessageId, applied, fingerprint);
             }
 
             LogDuplicate(consumerId, messageKey, context.MessageId);
-            JobMetrics.DuplicateSkipped(consumerId);
+            metrics.DuplicateSkipped(consumerId);
             await SettledByInbox.NotifyAsync(context, consumerId);
             return;
         }
@@ -80,7 +81,7 @@ public sealed partial class InboxFilter<T>(
             await transaction.CreateSavepointAsync(AttemptSavepoint, cancellationToken);
         }
 
-        var startedAt = job is { } starting ? JobMetrics.AttemptStarted(starting, context, time) : time.GetTimestamp();
+        var startedAt = job is { } starting ? metrics.AttemptStarted(starting, context, time) : time.GetTimestamp();
         using var logScope = JobLogScope.Begin(logger, job, context);
 
         try
@@ -98,7 +99,7 @@ public sealed partial class InboxFilter<T>(
             await transaction.CommitAsync(CancellationToken.None);
             if (job is { } done)
             {
-                JobMetrics.Succeeded(done.Kind, time.GetElapsedTime(startedAt));
+                metrics.Succeeded(done.Kind, time.GetElapsedTime(startedAt));
             }
         }
         catch (Exception exception)
@@ -111,7 +112,7 @@ public sealed partial class InboxFilter<T>(
                 // back, the job read as never started; JobOutcomeFilter's write then found no such attempt.
                 if (!stopping)
                 {
-                    JobMetrics.AttemptFailed(failed.Kind);
+                    metrics.AttemptFailed(failed.Kind);
                 }
 
                 if (!await RecordFailureInTransactionAsync(transaction, consumerId, messageKey, failed, exception))

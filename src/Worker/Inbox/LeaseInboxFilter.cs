@@ -31,6 +31,7 @@ public sealed partial class LeaseInboxFilter<T>(
     ConveyorDbContext db,
     IDbContextFactory<ConveyorDbContext> dbFactory,
     JobTracker tracker,
+    JobMetrics metrics,
     RedeliveryStore redeliveries,
     IOptionsMonitor<ConsumerEndpointOptions> endpointOptions,
     IOptions<RabbitMqOptions> rabbitMq,
@@ -76,7 +77,7 @@ public sealed partial class LeaseInboxFilter<T>(
                 // What becomes of the delivery is counted where it is decided (a retry scheduled, a dead letter).
                 if (attempt.Started)
                 {
-                    JobMetrics.AttemptFailed(job.Kind);
+                    metrics.AttemptFailed(job.Kind);
                 }
 
                 // Only while this run's attempt is the latest: a run that took the lease over counted a newer one.
@@ -121,7 +122,7 @@ public sealed partial class LeaseInboxFilter<T>(
             {
                 // The job row was created for another command (the Api accepted that one): the lease goes
                 // with the exception, and the job stays as it is.
-                throw InboxConflicts.Found(logger, consumerId, key, context.MessageId, jobConflict, fingerprint);
+                throw InboxConflicts.Found(metrics, logger, consumerId, key, context.MessageId, jobConflict, fingerprint);
             }
 
             // Cancelled, or succeeded already: mark the message handled without running it.
@@ -132,7 +133,7 @@ public sealed partial class LeaseInboxFilter<T>(
 
         started.Started = true;
         ClaimedAttempt.Set(context, attempt);
-        var startedAt = JobMetrics.AttemptStarted(job with { Attempt = attempt }, context, time);
+        var startedAt = metrics.AttemptStarted(job with { Attempt = attempt }, context, time);
         using var logScope = JobLogScope.Begin(logger, job with { JobId = jobId }, context);
         // Fires when another worker has taken the lease over, or when it runs out unrenewed (from then
         // on another worker may take it over at any moment); each renewal puts it off.
@@ -172,7 +173,7 @@ public sealed partial class LeaseInboxFilter<T>(
             return false;
         }
 
-        JobMetrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+        metrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
         return true;
     }
 
@@ -209,13 +210,13 @@ public sealed partial class LeaseInboxFilter<T>(
         if (row is { Status: InboxStatus.Done } && PayloadFingerprint.Conflicts(row.PayloadHash, fingerprint))
         {
             // Only against a finished run: a live lease's run may still fail, and then this one is the job.
-            throw InboxConflicts.Found(logger, consumerId, key, context.MessageId, row.PayloadHash, fingerprint);
+            throw InboxConflicts.Found(metrics, logger, consumerId, key, context.MessageId, row.PayloadHash, fingerprint);
         }
 
         if (row is { Status: InboxStatus.Done })
         {
             LogDuplicate(consumerId, key);
-            JobMetrics.DuplicateSkipped(consumerId);
+            metrics.DuplicateSkipped(consumerId);
             await SettledByInbox.NotifyAsync(context, consumerId);
             return;
         }

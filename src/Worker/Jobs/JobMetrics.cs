@@ -10,34 +10,46 @@ namespace Conveyor.Worker.Jobs;
 /// The worker's own metrics (meter <c>Conveyor.Worker</c>), beside MassTransit's. Each instrument states
 /// its unit, as OpenTelemetry's conventions ask: seconds (<c>s</c>) or what it counts (<c>{job}</c>,
 /// <c>{message}</c>); a count's braces add nothing to its Prometheus name (<c>conveyor_jobs_succeeded_total</c>).
+/// One per host (a singleton), on the meter its <see cref="IMeterFactory"/> makes, as the Api's meters are:
+/// two hosts in one process (tests, the benchmark) then keep their measurements apart, and a listener can
+/// keep to one host's by <see cref="Meter.Scope"/>.
 /// </summary>
-public static class JobMetrics
+public sealed class JobMetrics
 {
     public const string MeterName = "Conveyor.Worker";
 
-    private static readonly Meter Meter = new(MeterName);
+    private readonly Counter<long> _succeeded;
+    private readonly Counter<long> _attemptsFailed;
+    private readonly Counter<long> _deadLettered;
+    private readonly Counter<long> _retriesScheduled;
+    private readonly Counter<long> _duplicatesSkipped;
+    private readonly Counter<long> _webhooksSetAside;
+    private readonly Counter<long> _conflicts;
+    private readonly Histogram<double> _duration;
+    private readonly Histogram<double> _wait;
 
-    private static readonly Counter<long> SucceededCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.succeeded", "{job}", "Jobs whose effect committed");
-
-    private static readonly Counter<long> AttemptsFailedCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.attempts_failed", "{attempt}", "Attempts that failed (each retry counts)");
-
-    private static readonly Counter<long> DeadLetteredCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.dead_lettered", "{job}", "Jobs moved to the error queue");
-
-    private static readonly Counter<long> RetriesScheduledCounter =
-        Meter.CreateCounter<long>("conveyor.jobs.retries_scheduled", "{message}", "Delayed redeliveries stored");
-
-    private static readonly Counter<long> DuplicatesSkippedCounter =
-        Meter.CreateCounter<long>("conveyor.inbox.duplicates_skipped", "{message}", "Messages the inbox recognised as already applied");
-
-    private static readonly Counter<long> WebhooksSetAsideCounter =
-        Meter.CreateCounter<long>("conveyor.webhooks.set_aside", "{delivery}",
+    public JobMetrics(IMeterFactory meters)
+    {
+        Meter = meters.Create(MeterName);
+        _succeeded = Meter.CreateCounter<long>("conveyor.jobs.succeeded", "{job}", "Jobs whose effect committed");
+        _attemptsFailed = Meter.CreateCounter<long>("conveyor.jobs.attempts_failed", "{attempt}", "Attempts that failed (each retry counts)");
+        _deadLettered = Meter.CreateCounter<long>("conveyor.jobs.dead_lettered", "{job}", "Jobs moved to the error queue");
+        _retriesScheduled = Meter.CreateCounter<long>("conveyor.jobs.retries_scheduled", "{message}", "Delayed redeliveries stored");
+        _duplicatesSkipped = Meter.CreateCounter<long>(
+            "conveyor.inbox.duplicates_skipped", "{message}", "Messages the inbox recognised as already applied");
+        _webhooksSetAside = Meter.CreateCounter<long>("conveyor.webhooks.set_aside", "{delivery}",
             "Webhook deliveries set aside to come back later because their receiver's origin had Webhooks:MaxConcurrentPerOrigin deliveries in flight");
+        _conflicts = Meter.CreateCounter<long>(
+            "conveyor.inbox.conflicts", "{message}", "Messages whose key was applied already from a command with other content (dead-lettered)");
+        _duration = Meter.CreateHistogram("conveyor.jobs.duration", "s", "Time from the start of an attempt to its commit",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
+        _wait = Meter.CreateHistogram("conveyor.jobs.wait", "s",
+            "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
+    }
 
-    private static readonly Counter<long> ConflictsCounter =
-        Meter.CreateCounter<long>("conveyor.inbox.conflicts", "{message}", "Messages whose key was applied already from a command with other content (dead-lettered)");
+    /// <summary>The host's <c>Conveyor.Worker</c> meter, for the instruments other parts of the worker keep.</summary>
+    public Meter Meter { get; }
 
     /// <summary>
     /// Bucket bounds for the worker's histograms in seconds, from 5 ms to 2 h (a report may run for up
@@ -47,17 +59,6 @@ public static class JobMetrics
     /// </summary>
     public static readonly IReadOnlyList<double> SecondsBuckets =
         [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200];
-
-    private static readonly Histogram<double> DurationHistogram =
-        Meter.CreateHistogram("conveyor.jobs.duration", "s", "Time from the start of an attempt to its commit",
-            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
-
-    private static readonly Histogram<double> WaitHistogram =
-        Meter.CreateHistogram("conveyor.jobs.wait", "s",
-            "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue",
-            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
-
-    public static Meter Instance => Meter;
 
     /// <summary>The attempt a job's first claim counts (<c>jobs.attempts</c> starts at 0).</summary>
     private const int FirstAttempt = 1;
@@ -74,7 +75,7 @@ public static class JobMetrics
     /// that rolled back with the database away, a copy refused before its claim): they keep the first
     /// publish's sent time.
     /// </summary>
-    public static long AttemptStarted(JobRef job, ConsumeContext context, TimeProvider time)
+    public long AttemptStarted(JobRef job, ConsumeContext context, TimeProvider time)
     {
         var headers = context.ReceiveContext.TransportHeaders;
         if (job.Attempt == FirstAttempt
@@ -85,28 +86,28 @@ public static class JobMetrics
             && !headers.TryGetHeader(JobHeaders.MovedFrom, out _))
         {
             var waited = time.GetUtcNow().UtcDateTime - DateTime.SpecifyKind(sent, DateTimeKind.Utc);
-            WaitHistogram.Record(Math.Max(0, waited.TotalSeconds), new KeyValuePair<string, object?>("kind", job.Kind));
+            _wait.Record(Math.Max(0, waited.TotalSeconds), new KeyValuePair<string, object?>("kind", job.Kind));
         }
 
         return time.GetTimestamp();
     }
 
-    public static void Succeeded(string kind, TimeSpan duration)
+    public void Succeeded(string kind, TimeSpan duration)
     {
         var tag = new KeyValuePair<string, object?>("kind", kind);
-        SucceededCounter.Add(1, tag);
-        DurationHistogram.Record(duration.TotalSeconds, tag);
+        _succeeded.Add(1, tag);
+        _duration.Record(duration.TotalSeconds, tag);
     }
 
-    public static void AttemptFailed(string kind) => AttemptsFailedCounter.Add(1, new KeyValuePair<string, object?>("kind", kind));
+    public void AttemptFailed(string kind) => _attemptsFailed.Add(1, new KeyValuePair<string, object?>("kind", kind));
 
-    public static void DeadLettered(string kind) => DeadLetteredCounter.Add(1, new KeyValuePair<string, object?>("kind", kind));
+    public void DeadLettered(string kind) => _deadLettered.Add(1, new KeyValuePair<string, object?>("kind", kind));
 
-    public static void RetryScheduled(string kind) => RetriesScheduledCounter.Add(1, new KeyValuePair<string, object?>("kind", kind));
+    public void RetryScheduled(string kind) => _retriesScheduled.Add(1, new KeyValuePair<string, object?>("kind", kind));
 
-    public static void DuplicateSkipped(string consumer) => DuplicatesSkippedCounter.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
+    public void DuplicateSkipped(string consumer) => _duplicatesSkipped.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
 
-    public static void WebhookSetAside() => WebhooksSetAsideCounter.Add(1);
+    public void WebhookSetAside() => _webhooksSetAside.Add(1);
 
-    public static void Conflict(string consumer) => ConflictsCounter.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
+    public void Conflict(string consumer) => _conflicts.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
 }

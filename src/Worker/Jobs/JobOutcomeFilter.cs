@@ -10,7 +10,7 @@ namespace Conveyor.Worker.Jobs;
 /// pipe (<see cref="DeadLetterHeadersFilter"/>) before MassTransit moves the message to <c>_error</c>.
 /// An attempt cut short by a shutdown is not a failure: the broker hands the message out again.
 /// </summary>
-public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescriptor<T> descriptor, ILogger logger)
+public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobMetrics metrics, JobDescriptor<T> descriptor, ILogger logger)
     : IFilter<ConsumeContext>
     where T : class
 {
@@ -41,7 +41,7 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobDescripto
                 {
                     if (exception is not IdempotencyConflictException)
                     {
-                        JobMetrics.DeadLettered(job.Kind);
+                        metrics.DeadLettered(job.Kind);
                         await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
                     }
 

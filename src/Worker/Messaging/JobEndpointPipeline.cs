@@ -46,6 +46,7 @@ public static class JobEndpointPipeline
         var options = OptionsFor(context, consumerName);
         var time = context.GetRequiredService<TimeProvider>();
         var tracker = context.GetRequiredService<JobTracker>();
+        var metrics = context.GetRequiredService<JobMetrics>();
         var descriptor = context.GetRequiredService<JobDescriptor<TMessage>>();
         var logger = context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs");
 
@@ -124,7 +125,7 @@ public static class JobEndpointPipeline
             endpoint.UseRateLimit(options.RateLimitPerSecond, TimeSpan.FromSeconds(1));
         }
 
-        endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, descriptor, logger));
+        endpoint.UseFilter(new JobOutcomeFilter<TMessage>(tracker, metrics, descriptor, logger));
         endpoint.UseFilter(new MessageSizeLimitFilter(options.MaxMessageBytes, options.MaxHeaderBytes));
         if (admission is not null)
         {
@@ -134,7 +135,7 @@ public static class JobEndpointPipeline
 
         endpoint.UseFilter(new RedeliveryFilter<TMessage>(
             context.GetRequiredService<RedeliveryStore>(), context.GetRequiredService<RedeliverySeal>(), RedeliveryPolicy.From(options),
-            tracker, descriptor, killSwitch, time, logger));
+            tracker, metrics, descriptor, killSwitch, time, logger));
 
         endpoint.UseFilter(new TransientRetryFilter(RetryIntervals.From(options), time));
 

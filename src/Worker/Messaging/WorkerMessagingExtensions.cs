@@ -53,6 +53,7 @@ public static class WorkerMessagingExtensions
         services.AddSingleton(new JobDescriptor<DeliverWebhook>(JobKinds.DeliverWebhook, DeliverWebhookConsumerDefinition.ConsumerName, m => m.WebhookId.ToString()));
         services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, GenerateReportConsumerDefinition.ConsumerName, m => m.ReportId.ToString()));
         services.AddSingleton<JobTracker>();
+        services.AddSingleton<JobMetrics>();
         services.AddSingleton<QueueModeProbe>();
         services.AddSingleton<InboxBatchers>();
         services.AddSingleton<RedeliveryStore>();

@@ -26,15 +26,16 @@ public sealed partial class RedeliveryDispatcher(
     IDbContextFactory<ConveyorDbContext> dbFactory,
     BrokerPublisher publisher,
     IOptions<DispatcherOptions> options,
+    JobMetrics metrics,
     TimeProvider time,
     ILogger<RedeliveryDispatcher> logger) : BackgroundService
 {
-    private static readonly Histogram<double> Lateness = JobMetrics.Instance.CreateHistogram(
+    private readonly Histogram<double> _lateness = metrics.Meter.CreateHistogram(
         "conveyor.redelivery.lateness", "s", "How long after its due time a scheduled message was published",
         advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = JobMetrics.SecondsBuckets });
-    private static readonly Counter<long> Published = JobMetrics.Instance.CreateCounter<long>(
+    private readonly Counter<long> _published = metrics.Meter.CreateCounter<long>(
         "conveyor.redelivery.published", "{message}", "Scheduled messages published by the dispatcher");
-    private static readonly Counter<long> Unpublishable = JobMetrics.Instance.CreateCounter<long>(
+    private readonly Counter<long> _unpublishable = metrics.Meter.CreateCounter<long>(
         "conveyor.redelivery.unpublishable", "{message}", "Scheduled messages that could not be published and were moved to their destination's _error queue");
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -250,14 +251,14 @@ public sealed partial class RedeliveryDispatcher(
             var confirmed = settled.Where(s => s.Settlement == Settlement.Published).Select(s => s.Message).ToList();
             foreach (var message in confirmed)
             {
-                Lateness.Record(Math.Max(0, secondsLate.GetValueOrDefault(message.Id)));
+                _lateness.Record(Math.Max(0, secondsLate.GetValueOrDefault(message.Id)));
             }
 
-            Published.Add(confirmed.Count);
-            Unpublishable.Add(settled.Count(s => s.Settlement == Settlement.MovedToError));
+            _published.Add(confirmed.Count);
+            _unpublishable.Add(settled.Count(s => s.Settlement == Settlement.MovedToError));
             foreach (var (message, kind) in deadLettered)
             {
-                JobMetrics.DeadLettered(kind);
+                metrics.DeadLettered(kind);
                 LogJobDeadLettered(message.JobId!.Value, kind, message.Id);
             }
 

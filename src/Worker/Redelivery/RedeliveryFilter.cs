@@ -18,6 +18,7 @@ public sealed partial class RedeliveryFilter<T>(
     RedeliverySeal seal,
     RedeliveryPolicy policy,
     JobTracker tracker,
+    JobMetrics metrics,
     JobDescriptor<T> descriptor,
     IConsumeObserver? faultObserver,
     TimeProvider time,
@@ -169,7 +170,7 @@ public sealed partial class RedeliveryFilter<T>(
         // publish) failing at the same count folds into the row stored first, and no second redelivery is scheduled.
         if (scheduled.Stored)
         {
-            JobMetrics.RetryScheduled(descriptor.Kind);
+            metrics.RetryScheduled(descriptor.Kind);
             LogScheduled(consumerId, key, attempt, policy.Limit, scheduled.DueAt, exception.Message);
         }
         else

@@ -20,13 +20,14 @@ public sealed record SweepResult(int InboxRows, int Jobs, int AuditRows);
 public sealed partial class RetentionSweeper(
     IDbContextFactory<ConveyorDbContext> dbFactory,
     IOptions<RetentionOptions> options,
+    JobMetrics metrics,
     TimeProvider time,
     ILogger<RetentionSweeper> logger) : BackgroundService
 {
-    private static readonly Counter<long> Deleted = JobMetrics.Instance.CreateCounter<long>(
+    private readonly Counter<long> _deleted = metrics.Meter.CreateCounter<long>(
         "conveyor.retention.deleted", "{row}", "Rows the retention sweep deleted, by table");
 
-    private static readonly Counter<long> Failures = JobMetrics.Instance.CreateCounter<long>(
+    private readonly Counter<long> _failures = metrics.Meter.CreateCounter<long>(
         "conveyor.retention.failures", "{sweep}", "Retention sweeps that failed (each is tried again at the next interval)");
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
@@ -38,7 +39,7 @@ public sealed partial class RetentionSweeper(
 
         // Exported from the start at 0: Prometheus' increase() cannot see the first failure of a
         // series that appears with it, so an alert on failures would miss a sweep that always fails.
-        Failures.Add(0);
+        _failures.Add(0);
         return Periodically.RunAsync(TimeSpan.FromSeconds(options.Value.IntervalSeconds), time, SweepQuietlyAsync, stoppingToken);
     }
 
@@ -60,7 +61,7 @@ public sealed partial class RetentionSweeper(
         catch (Exception exception) when (exception is not OutOfMemoryException
             && !(exception is OperationCanceledException && stoppingToken.IsCancellationRequested))
         {
-            Failures.Add(1);
+            _failures.Add(1);
             LogSweepFailed(exception);
         }
     }
@@ -218,7 +219,7 @@ public sealed partial class RetentionSweeper(
             total += deleted;
             if (deleted > 0)
             {
-                Deleted.Add(deleted, new KeyValuePair<string, object?>("table", "inbox"));
+                _deleted.Add(deleted, new KeyValuePair<string, object?>("table", "inbox"));
             }
 
             // A whole batch deleted: there may be more. Any row kept means the batch reached the rows
@@ -260,7 +261,7 @@ public sealed partial class RetentionSweeper(
             total += deleted;
             if (deleted > 0)
             {
-                Deleted.Add(deleted, new KeyValuePair<string, object?>("table", "jobs"));
+                _deleted.Add(deleted, new KeyValuePair<string, object?>("table", "jobs"));
             }
 
             if (locked < batchSize)
@@ -293,7 +294,7 @@ public sealed partial class RetentionSweeper(
             // Per batch: a sweep that fails halfway still counts what it deleted.
             if (deleted > 0)
             {
-                Deleted.Add(deleted, new KeyValuePair<string, object?>("table", table));
+                _deleted.Add(deleted, new KeyValuePair<string, object?>("table", table));
             }
 
             if (deleted < batchSize)

@@ -1,5 +1,6 @@
 using Conveyor.Contracts;
 using Conveyor.Contracts.Webhooks;
+using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Messaging;
 using Conveyor.Worker.Redelivery;
 using MassTransit;
@@ -22,6 +23,7 @@ public sealed class DeliverWebhookConsumerDefinition : ConsumerDefinition<Delive
                 context.GetRequiredService<WebhookOriginSlots>(),
                 context.GetRequiredService<WebhookOriginLeases>(),
                 context.GetRequiredService<RedeliveryStore>(),
+                context.GetRequiredService<JobMetrics>(),
                 context.GetRequiredService<IOptions<WebhookOptions>>().Value,
                 context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs")));
 }

@@ -29,7 +29,7 @@ namespace Conveyor.Worker.Webhooks;
 /// workers' slots, this worker's count alone applies.
 /// </summary>
 public sealed partial class WebhookOriginLimitFilter(
-    WebhookOriginSlots slots, WebhookOriginLeases leases, RedeliveryStore store, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
+    WebhookOriginSlots slots, WebhookOriginLeases leases, RedeliveryStore store, JobMetrics metrics, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
 {
     /// <summary>The longest a delivery is set aside at a time.</summary>
     public static readonly TimeSpan MaxDeferralWait = TimeSpan.FromSeconds(30);
@@ -143,7 +143,7 @@ public sealed partial class WebhookOriginLimitFilter(
         }
 
         LogSetAside(logger, consumerId, context.Message.WebhookId, origin, options.MaxConcurrentPerOrigin, deferral, dueAt);
-        JobMetrics.WebhookSetAside();
+        metrics.WebhookSetAside();
         await SettledByInbox.NotifyAsync(context, consumerId);
         return true;
     }

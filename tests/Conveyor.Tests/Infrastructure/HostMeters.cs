@@ -1,5 +1,6 @@
 using System.Diagnostics.Metrics;
 using Conveyor.Api;
+using Conveyor.Worker.Jobs;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Infrastructure;
@@ -43,6 +44,13 @@ public static class HostMeters
         listener.RecordObservableInstruments();
         return series;
     }
+
+    /// <summary>
+    /// The worker's metrics on a meter factory of their own, for a dispatcher or a sweeper a test builds without
+    /// a host: a listener keeps to them by their <see cref="JobMetrics.Meter"/>.
+    /// </summary>
+    public static JobMetrics OwnJobMetrics() =>
+        new(new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>());
 
     /// <summary>What the Api's gauge <paramref name="instrumentName"/> reports for <paramref name="queue"/> now; null for no such series.</summary>
     public static long? QueueGauge(RunningApp api, string instrumentName, string queue) =>

@@ -3,8 +3,8 @@ using System.Diagnostics.Metrics;
 namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
-/// What every host in this process shares, whichever lane started it: the worker's static meter, any
-/// <see cref="MeterListener"/>, an OpenTelemetry exporter and so each host's /metrics (OpenTelemetry
+/// What every host in this process shares, whichever lane started it: a <see cref="MeterListener"/> that
+/// does not keep to one host's meters (<c>Meter.Scope</c>), an OpenTelemetry exporter and so each host's /metrics (OpenTelemetry
 /// listens to meters by name, not by host). A test that reads them would count the other lane's jobs,
 /// so it must run in <see cref="AloneCollection"/>; these guards fail it at once, naming the fix, when it
 /// does not, instead of letting it fail now and then in a full run.

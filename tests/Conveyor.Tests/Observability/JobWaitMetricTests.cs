@@ -8,7 +8,8 @@ using Microsoft.EntityFrameworkCore;
 namespace Conveyor.Tests.Observability;
 
 /// <summary>
-/// <c>conveyor.jobs.wait</c> counts a job's time in its queue once, at its first attempt (<see cref="JobWaitListener"/>).
+/// <c>conveyor.jobs.wait</c> counts a job's time in its queue once, at its first attempt (<see cref="WorkerMetric.Waits"/>). Alone: one
+/// case reads the worker's /metrics, which shows every host's meters (<see cref="ProcessWide"/>).
 /// </summary>
 [Collection(AloneCollection.Name)]
 public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -29,7 +30,7 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData(2, 2)] // in-memory retries only
     public async Task Only_a_jobs_first_attempt_records_its_wait_not_its_retries_or_redeliveries(int retryLimit, int failures)
     {
-        using var waits = new JobWaitListener();
+        using var waits = WorkerMetric.Waits();
         await using var gateway = await FakePaymentGateway.StartAsync();
         gateway.FailNext(failures, HttpStatusCode.ServiceUnavailable);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(
@@ -37,6 +38,7 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
             ("Consumers:ChargePayment:RetryMinIntervalMilliseconds", "50"),
             ("Consumers:ChargePayment:RedeliveryLimit", "3"),
             ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "200")));
+        waits.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var (retried, plain) = (Payment(), Payment());
 
@@ -58,17 +60,18 @@ public sealed class JobWaitMetricTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(2, recorded.Length);
         Assert.All(recorded, wait =>
         {
-            Assert.Equal("charge-payment", wait.Kind);
-            Assert.True(wait.Seconds >= 0);
+            Assert.Equal("charge-payment", wait.Tag);
+            Assert.True(wait.Value >= 0);
         });
     }
 
     [Fact]
     public async Task A_copy_moved_back_from_the_error_queue_records_no_wait()
     {
-        using var waits = new JobWaitListener();
+        using var waits = WorkerMetric.Waits();
         await using var gateway = await FakePaymentGateway.StartAsync();
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway));
+        waits.Watch(worker.Services);
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var (moved, fresh) = (Payment(), Payment());
 

@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Observability;
 /// attempt fails itself (<c>JobTracker.StartAttemptAsync</c>: the database away before the job is claimed) ran no
 /// attempt, as a claim that fails in the other inboxes, and counted one failed attempt all the same.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class LeaseAttemptMetricTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -20,7 +20,7 @@ public sealed class LeaseAttemptMetricTests(ConveyorFixture fixture) : IAsyncLif
     public async Task A_lease_endpoint_whose_attempt_cannot_start_counts_no_failed_attempt()
     {
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-no-start", PageSize = 50 };
-        using var failed = JobCounter.AttemptsFailed(JobKinds.GenerateReport);
+        using var failed = WorkerMetric.AttemptsFailed(JobKinds.GenerateReport);
         // Every write of the report's job row fails, as with the database away: its attempt is never counted, nor started.
         await using var fault = await TestTrigger.CreateAsync(fixture, "lease_attempt_cannot_start", "jobs", $"""
             CREATE SEQUENCE lease_attempt_cannot_start;
@@ -36,6 +36,7 @@ public sealed class LeaseAttemptMetricTests(ConveyorFixture fixture) : IAsyncLif
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
             ("Consumers:GenerateReport:RetryLimit", "0"),
             ("Consumers:GenerateReport:RedeliveryLimit", "0")));
+        failed.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         await publisher.PublishAsync(report);

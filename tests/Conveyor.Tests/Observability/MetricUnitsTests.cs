@@ -1,10 +1,8 @@
 using System.Diagnostics.Metrics;
-using System.Runtime.CompilerServices;
 using Conveyor.Api;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Jobs;
-using Conveyor.Worker.Redelivery;
-using Conveyor.Worker.Retention;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Observability;
 
@@ -13,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// as <c>s</c>, counts as what they count, <c>{job}</c>): an OTLP backend shows a metric without one as a
 /// bare number and cannot tell it from a duration.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -23,20 +21,17 @@ public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Every_instrument_of_the_api_and_the_worker_has_a_unit()
     {
-        // Their instruments are created as they start (the gauges) or with their types (the counters).
+        // Their instruments are created as they start, on each host's meter factory (Meter.Scope): the other lane's are not read.
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
         await using var api = await fixture.StartApiAsync();
-        foreach (var type in new[] { typeof(JobMetrics), typeof(RedeliveryDispatcher), typeof(RetentionSweeper) })
-        {
-            RuntimeHelpers.RunClassConstructor(type.TypeHandle);
-        }
+        object[] scopes = [worker.Services.GetRequiredService<IMeterFactory>(), api.Services.GetRequiredService<IMeterFactory>()];
 
         var instruments = new List<Instrument>();
-        using (var listener = ProcessWide.Listener())
+        using (var listener = new MeterListener())
         {
             listener.InstrumentPublished = (instrument, _) =>
             {
-                if (instrument.Meter.Name is JobMetrics.MeterName or ApiApp.ApiMeterName)
+                if (instrument.Meter.Scope is { } scope && scopes.Contains(scope) && instrument.Meter.Name is JobMetrics.MeterName or ApiApp.ApiMeterName)
                 {
                     instruments.Add(instrument);
                 }

@@ -114,7 +114,7 @@ public sealed class RetentionHorizonTests(ConveyorFixture fixture) : IAsyncLifet
         await using (var brokerPublisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions())))
         {
             using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), brokerPublisher, Options.Create(new DispatcherOptions()),
-                TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+                HostMeters.OwnJobMetrics(), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
             Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
         }
 
@@ -193,7 +193,7 @@ public sealed class RetentionHorizonTests(ConveyorFixture fixture) : IAsyncLifet
         new() { PaymentId = paymentId, AccountId = "acct-42", AmountMinor = 1250, Currency = "EUR" };
 
     private RetentionSweeper Sweeper() => new(
-        fixture.DbContextFactory(), Options.Create(new RetentionOptions()), TimeProvider.System, NullLogger<RetentionSweeper>.Instance);
+        fixture.DbContextFactory(), Options.Create(new RetentionOptions()), HostMeters.OwnJobMetrics(), TimeProvider.System, NullLogger<RetentionSweeper>.Instance);
 
     private static async Task<Guid> SubmitAsync(RunningApp api, Guid paymentId)
     {

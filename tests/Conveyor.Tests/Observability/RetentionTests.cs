@@ -193,7 +193,7 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
         // A worker whose clock runs two hours ahead of the database's.
         var sweeper = new RetentionSweeper(
             fixture.DbContextFactory(), Options.Create(new RetentionOptions { JobHours = 24, IntervalSeconds = 3600 }),
-            new ClockAhead(TimeSpan.FromHours(2)), NullLogger<RetentionSweeper>.Instance);
+            HostMeters.OwnJobMetrics(), new ClockAhead(TimeSpan.FromHours(2)), NullLogger<RetentionSweeper>.Instance);
         await sweeper.StartAsync(CancellationToken.None);
         try
         {

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// command (a duplicate publish) failing at the same count fold into one stored row (<c>RedeliveryStore</c>): one
 /// redelivery is scheduled, and it counted two.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class RetryMetricCountsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -22,10 +22,11 @@ public sealed class RetryMetricCountsTests(ConveyorFixture fixture) : IAsyncLife
     public async Task Two_copies_of_a_command_folded_into_one_stored_redelivery_count_one_retry_scheduled()
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        using var retries = JobCounter.RetriesScheduled(JobKinds.DeliverWebhook);
+        using var retries = WorkerMetric.RetriesScheduled(JobKinds.DeliverWebhook);
         var logs = new CapturedLogs();
         await using var worker = await FoldedWebhookCopies.StartWorkerAsync(
             fixture, receiver, builder => builder.Logging.AddProvider(logs), ("Logging:LogLevel:Conveyor.Worker.Jobs", "Information"));
+        retries.Watch(worker.Services);
         // The second copy fails at the same count as the first, and folds into the row stored first.
         var (webhookId, _) = await FoldedWebhookCopies.PublishTwiceAsync(
             fixture, receiver, betweenCopies: () => Eventually.AssertAsync(() => Assert.Equal(1, retries.Count)));

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
 using System.Text;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
@@ -16,7 +17,7 @@ namespace Conveyor.Tests.Redelivery;
 /// its lateness, once it is published, counts from its first refusal, as the backlog's overdue gauge
 /// counts it: from the due time of its last try, it read as a second late however long it waited.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private readonly string _queue = $"refused-lateness-{Guid.NewGuid():N}";
@@ -58,11 +59,13 @@ public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifeti
         }
 
         await fixture.DeclareAsync(_queue);
+        var metrics = HostMeters.OwnJobMetrics();
         var recorded = new ConcurrentBag<double>();
-        using var listener = ProcessWide.Listener();
+        using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.redelivery.lateness")
+            if (instrument.Meter.Scope == metrics.Meter.Scope && instrument.Meter.Name == JobMetrics.MeterName
+                && instrument.Name == "conveyor.redelivery.lateness")
             {
                 l.EnableMeasurementEvents(instrument);
             }
@@ -72,7 +75,7 @@ public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifeti
 
         await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
         using var dispatcher = new RedeliveryDispatcher(
-            fixture.DbContextFactory(), publisher, Options.Create(new DispatcherOptions()), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+            fixture.DbContextFactory(), publisher, Options.Create(new DispatcherOptions()), metrics, TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
 
         Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
 

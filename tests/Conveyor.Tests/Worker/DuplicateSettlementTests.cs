@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Worker;
 /// the queue for messages no consumer understands. Otherwise every redelivery, replay or repeated
 /// publish would leave a copy there for operators to wonder about.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DuplicateSettlementTests(ConveyorFixture fixture)
 {
     private const string Queue = "charge-payment";
@@ -25,10 +25,11 @@ public sealed class DuplicateSettlementTests(ConveyorFixture fixture)
         await using var gateway = await FakePaymentGateway.StartAsync();
         var settings = WorkerSettings.With(gateway);
         settings["Consumers:ChargePayment:InboxBatchSize"] = inboxBatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        using var duplicates = InboxCounter.Duplicates(Queue);
+        using var duplicates = WorkerMetric.Duplicates(Queue);
         // Declared up front, as MassTransit would declare it for its first skipped message, so it can be counted.
         await fixture.DeclareAsync(Queue + "_skipped");
         await using var worker = await fixture.StartWorkerAsync(settings);
+        duplicates.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-dup", AmountMinor = 1_250, Currency = "EUR" };
 

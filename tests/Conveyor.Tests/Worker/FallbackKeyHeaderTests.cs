@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Worker;
 /// (each command has a business key), so a bus of the test's own runs a keyless command through the
 /// real <see cref="InboxFilter{T}"/>, broker and database.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class FallbackKeyHeaderTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "fallback-key-probe";
@@ -37,6 +37,8 @@ public sealed class FallbackKeyHeaderTests(ConveyorFixture fixture) : IAsyncLife
         services.AddSingleton(fixture.DbContextFactory());
         services.AddScoped(provider => provider.GetRequiredService<IDbContextFactory<ConveyorDbContext>>().CreateDbContext());
         services.AddSingleton<JobTracker>();
+        services.AddMetrics();
+        services.AddSingleton<JobMetrics>();
         services.AddSingleton<ProbeRuns>();
         var servers = fixture.Servers;
         services.AddMassTransit(bus =>
@@ -87,7 +89,8 @@ public sealed class FallbackKeyHeaderTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task Copies_sent_again_under_new_message_ids_run_once_under_the_original_id_their_header_names()
     {
-        using var duplicates = InboxCounter.Duplicates(Queue);
+        using var duplicates = WorkerMetric.Duplicates(Queue);
+        duplicates.Watch(_services);
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var original = Guid.NewGuid();
 

@@ -78,7 +78,7 @@ public sealed class InboxSweepPlanTests(ConveyorFixture fixture) : ScratchDataba
         Assert.All(plan.Where(node => node.Relation == "inbox"), node => Assert.Contains(node.Type, InboxReads));
         Assert.DoesNotContain(plan, node => node.Type is "Sort" or "Incremental Sort" or "Hash Join" or "Merge Join");
 
-        var sweeper = new RetentionSweeper(Database.DbContextFactory(), Options.Create(Retention), TimeProvider.System, NullLogger<RetentionSweeper>.Instance);
+        var sweeper = new RetentionSweeper(Database.DbContextFactory(), Options.Create(Retention), HostMeters.OwnJobMetrics(), TimeProvider.System, NullLogger<RetentionSweeper>.Instance);
         var readBefore = await Database.RowsReadAsync("inbox");
 
         var swept = await sweeper.SweepAsync(now, CancellationToken.None);

@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Worker;
 /// The lease inbox of long jobs (GenerateReport): a failed attempt never leaves its lease behind,
 /// and a run that loses its lease stops and leaves the job to exactly one run.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "generate-report";
@@ -71,9 +71,10 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         await SeedLedgerAsync();
         var report = NewReport(pageSize: 1);
         var key = report.ReportId.ToString();
-        using var skipped = InboxCounter.Duplicates(Queue);
+        using var skipped = WorkerMetric.Duplicates(Queue);
         await fixture.DeclareAsync(Queue + "_skipped");
         await using var worker = await fixture.StartWorkerAsync(SlowReports());
+        skipped.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         await publisher.PublishAsync(report);
         await WaitUntilRunningAsync(key);
@@ -292,8 +293,9 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
             END $$;
             CREATE TRIGGER lease_test_let_go AFTER INSERT ON inbox FOR EACH STATEMENT EXECUTE FUNCTION lease_test_let_go();
             """);
-        using var skipped = InboxCounter.Duplicates(Queue);
+        using var skipped = WorkerMetric.Duplicates(Queue);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        skipped.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         await publisher.PublishAsync(report);

@@ -20,7 +20,7 @@ namespace Conveyor.Tests.Worker;
 /// conflict, not a duplicate. It goes to <c>_error</c> with the reason and changes nothing; a true
 /// copy is still acked unapplied.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "charge-payment";
@@ -37,9 +37,11 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     public async Task A_second_command_under_an_applied_key_with_other_content_goes_to_the_error_queue_and_changes_nothing(int inboxBatchSize)
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
-        using var duplicates = InboxCounter.Duplicates(Queue);
-        using var conflicts = InboxCounter.Conflicts(Queue);
+        using var duplicates = WorkerMetric.Duplicates(Queue);
+        using var conflicts = WorkerMetric.Conflicts(Queue);
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        duplicates.Watch(worker.Services);
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-conflict", AmountMinor = 1_250, Currency = "EUR" };
         var key = payment.PaymentId.ToString();
@@ -80,9 +82,10 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     {
         const int Payments = 24;
         await using var gateway = await FakePaymentGateway.StartAsync();
-        using var conflicts = InboxCounter.Conflicts(Queue);
+        using var conflicts = WorkerMetric.Conflicts(Queue);
         // Both of a pair are prefetched at once and mostly land in one inbox batch; some do not.
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 16));
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var payments = Enumerable.Range(1, Payments)
             .Select(i => new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-pair", AmountMinor = i * 100, Currency = "EUR" })
@@ -138,8 +141,9 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
             await seed.SaveChangesAsync();
         }
 
-        using var conflicts = InboxCounter.Conflicts(ReportQueue);
+        using var conflicts = WorkerMetric.Conflicts(ReportQueue);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-report-conflict", Currency = "EUR" };
         var key = report.ReportId.ToString();
@@ -163,11 +167,13 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     public async Task An_inbox_row_written_before_fingerprints_were_kept_treats_any_later_command_as_a_duplicate()
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
-        using var duplicates = InboxCounter.Duplicates(Queue);
-        using var conflicts = InboxCounter.Conflicts(Queue);
+        using var duplicates = WorkerMetric.Duplicates(Queue);
+        using var conflicts = WorkerMetric.Conflicts(Queue);
         // Declared up front, as MassTransit would declare it for its first failed message, so it can be counted.
         await fixture.DeclareAsync(Queue + "_error");
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 16));
+        duplicates.Watch(worker.Services);
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-old-row", AmountMinor = 300, Currency = "EUR" };
         var key = payment.PaymentId.ToString();
@@ -195,9 +201,11 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     {
         const string WebhookQueue = "deliver-webhook";
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        using var duplicates = InboxCounter.Duplicates(WebhookQueue);
-        using var conflicts = InboxCounter.Conflicts(WebhookQueue);
+        using var duplicates = WorkerMetric.Duplicates(WebhookQueue);
+        using var conflicts = WorkerMetric.Conflicts(WebhookQueue);
         await using var worker = await fixture.StartWorkerAsync(WebhookSettings(inboxBatchSize));
+        duplicates.Watch(worker.Services);
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var webhook = Webhook(receiver, """{"orderId":42,"amount":12.5,"customer":{"tier":"gold","id":7}}""");
         var key = webhook.WebhookId.ToString();
@@ -222,8 +230,8 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         // worker wrote it. Its command, and a copy of it, must neither conflict nor get another remote key.
         const string WebhookQueue = "deliver-webhook";
         await using var receiver = await FakeWebhookReceiver.StartAsync();
-        using var duplicates = InboxCounter.Duplicates(WebhookQueue);
-        using var conflicts = InboxCounter.Conflicts(WebhookQueue);
+        using var duplicates = WorkerMetric.Duplicates(WebhookQueue);
+        using var conflicts = WorkerMetric.Conflicts(WebhookQueue);
         var webhook = Webhook(receiver, """{"orderId":42,"amount":12.5}""");
         var key = webhook.WebhookId.ToString();
         var legacy = LegacyFingerprints.Of(webhook);
@@ -232,6 +240,8 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         // Declared up front, as MassTransit would declare it for its first failed message, so it can be counted.
         await fixture.DeclareAsync(WebhookQueue + "_error");
         await using var worker = await fixture.StartWorkerAsync(WebhookSettings(inboxBatchSize));
+        duplicates.Watch(worker.Services);
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         await publisher.PublishAsync(webhook, Guid.NewGuid());
@@ -262,11 +272,12 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         // The Api has committed the job's row for its command and not yet published it (or its command
         // waits behind others): a producer publishes another command under the same paymentId first.
         await using var gateway = await FakePaymentGateway.StartAsync();
-        using var conflicts = InboxCounter.Conflicts(Queue);
+        using var conflicts = WorkerMetric.Conflicts(Queue);
         var accepted = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-accepted", AmountMinor = 2_000, Currency = "EUR" };
         var key = accepted.PaymentId.ToString();
         var jobId = await InsertAcceptedJobAsync("charge-payment", key, accepted);
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         await publisher.PublishAsync(accepted with { AmountMinor = 7_777 }, Guid.NewGuid());
@@ -294,11 +305,12 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     public async Task A_direct_publish_of_another_report_for_a_job_the_Api_accepted_goes_to_the_error_queue_and_the_lease_goes_with_it()
     {
         const string ReportQueue = "generate-report";
-        using var conflicts = InboxCounter.Conflicts(ReportQueue);
+        using var conflicts = WorkerMetric.Conflicts(ReportQueue);
         var accepted = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-accepted-report", Currency = "EUR" };
         var key = accepted.ReportId.ToString();
         var jobId = await InsertAcceptedJobAsync("generate-report", key, accepted);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         await publisher.PublishAsync(accepted with { Currency = "USD" }, Guid.NewGuid());
@@ -360,8 +372,9 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
             }
         };
         gateway.FailNext(1, HttpStatusCode.ServiceUnavailable);
-        using var conflicts = InboxCounter.Conflicts(Queue);
+        using var conflicts = WorkerMetric.Conflicts(Queue);
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize: 1));
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var first = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-waited", AmountMinor = 700, Currency = "EUR" };
         var key = first.PaymentId.ToString();
@@ -396,8 +409,9 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
         // The first command failed for good (refused as invalid): it owns the key no more, so a producer
         // that fixes it and publishes again under the same paymentId gets it run.
         await using var gateway = await FakePaymentGateway.StartAsync();
-        using var conflicts = InboxCounter.Conflicts(Queue);
+        using var conflicts = WorkerMetric.Conflicts(Queue);
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway, inboxBatchSize));
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var invalid = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-fixed", AmountMinor = 0, Currency = "EUR" };
         var key = invalid.PaymentId.ToString();
@@ -501,8 +515,9 @@ public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifeti
     public async Task A_corrected_report_under_the_key_of_a_dead_lettered_one_runs()
     {
         const string ReportQueue = "generate-report";
-        using var conflicts = InboxCounter.Conflicts(ReportQueue);
+        using var conflicts = WorkerMetric.Conflicts(ReportQueue);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        conflicts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var invalid = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-fixed-report", PageSize = 0 };
         var key = invalid.ReportId.ToString();

@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// hands out again after an attempt started (here: a shutdown cut the attempt off and returned it) carries
 /// none of the redelivery headers, so only the job's count of attempts tells that it is no first attempt.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -28,7 +28,7 @@ public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyn
     [InlineData(16)]
     public async Task A_webhook_handed_out_again_after_a_shutdown_cut_its_attempt_records_its_wait_once(int inboxBatchSize)
     {
-        using var waits = new JobWaitListener();
+        using var waits = WorkerMetric.Waits();
         await using var receiver = await FakeWebhookReceiver.StartAsync();
         receiver.AnswerAfter = TimeSpan.FromSeconds(60);
         var settings = ShutdownSettings().Override(
@@ -43,6 +43,7 @@ public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyn
         };
 
         var first = await fixture.StartWorkerAsync(settings);
+        waits.Watch(first.Services);
         await using (var publisher = await TestPublisher.StartAsync(fixture))
         {
             await publisher.PublishAsync(webhook);
@@ -53,16 +54,17 @@ public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyn
         await first.DisposeAsync();
         receiver.AnswerAfter = null;
         await using var second = await fixture.StartWorkerAsync(settings);
+        waits.Watch(second.Services);
 
         var done = await fixture.WaitForJobAsync(webhook.WebhookId, JobStatus.Succeeded);
         Assert.Equal(2, done.Attempts);
-        Assert.Equal(JobKinds.DeliverWebhook, Assert.Single(waits.Recorded).Kind);
+        Assert.Equal(JobKinds.DeliverWebhook, Assert.Single(waits.Recorded).Tag);
     }
 
     [Fact]
     public async Task A_report_handed_out_again_after_a_shutdown_cut_its_leased_run_records_its_wait_once()
     {
-        using var waits = new JobWaitListener();
+        using var waits = WorkerMetric.Waits();
         await using (var db = fixture.CreateDbContext())
         {
             db.Ledger.AddRange(Enumerable.Range(1, 40).Select(i => new LedgerEntry
@@ -80,6 +82,7 @@ public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyn
         var settings = ShutdownSettings().Override(("Reports:PageDelayMilliseconds", "250"));
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-wait-redelivered", PageSize = 5 };
         var first = await fixture.StartWorkerAsync(settings);
+        waits.Watch(first.Services);
         await using (var publisher = await TestPublisher.StartAsync(fixture))
         {
             await publisher.PublishAsync(report);
@@ -94,10 +97,11 @@ public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyn
         await first.DisposeAsync();
         settings["Reports:PageDelayMilliseconds"] = "0";
         await using var second = await fixture.StartWorkerAsync(settings);
+        waits.Watch(second.Services);
 
         var done = await fixture.WaitForJobAsync(report.ReportId, JobStatus.Succeeded);
         Assert.Equal(2, done.Attempts);
-        Assert.Equal(JobKinds.GenerateReport, Assert.Single(waits.Recorded).Kind);
+        Assert.Equal(JobKinds.GenerateReport, Assert.Single(waits.Recorded).Tag);
     }
 
     /// <summary>A shutdown that stops a running consumer a second in, well before the host gives up.</summary>

@@ -672,7 +672,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
     /// <summary>A dispatcher as a worker runs it, on the tests' database unless <paramref name="database"/> counts its commands.</summary>
     private RedeliveryDispatcher Dispatcher(
         BrokerPublisher publisher, DispatcherOptions? options = null, TimeProvider? clock = null, IDbContextFactory<ConveyorDbContext>? database = null) =>
-        new(database ?? fixture.DbContextFactory(), publisher, Options.Create(options ?? new DispatcherOptions()), clock ?? TimeProvider.System,
+        new(database ?? fixture.DbContextFactory(), publisher, Options.Create(options ?? new DispatcherOptions()), HostMeters.OwnJobMetrics(), clock ?? TimeProvider.System,
             NullLogger<RedeliveryDispatcher>.Instance);
 
     private async Task<DateTimeOffset> DatabaseNowAsync()

@@ -8,6 +8,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Worker;
 
@@ -16,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// shutdown) belongs to that attempt: once a newer attempt of the job has been claimed, an older one's
 /// late write must not overwrite what the newer one says.
 /// </summary>
-[Collection(AloneCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "charge-payment";
@@ -42,7 +43,7 @@ public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLif
             // Pending for the whole test.
             ("Consumers:ChargePayment:RedeliveryBaseDelayMilliseconds", "600000")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
-        using var deadLettering = new HeldDeadLetter(JobKinds.ChargePayment);
+        using var deadLettering = new HeldDeadLetter(JobKinds.ChargePayment, worker.Services.GetRequiredService<IMeterFactory>());
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-stale", AmountMinor = 300, Currency = "EUR" };
         var key = payment.PaymentId.ToString();
 
@@ -82,21 +83,22 @@ public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     /// <summary>
-    /// Holds the first dead-lettering of <c>kind</c> (in-process workers), at its metric, which the job
+    /// Holds the first dead-lettering of <c>kind</c> by the worker whose meters <c>scope</c> made, at its metric, which the job
     /// outcome filter records just before it writes the status: a failure path that is slow there.
     /// </summary>
     private sealed class HeldDeadLetter : IDisposable
     {
-        private readonly MeterListener _listener = ProcessWide.Listener();
+        private readonly MeterListener _listener = new();
         private readonly TaskCompletionSource _reached = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly ManualResetEventSlim _released = new();
         private int _held;
 
-        public HeldDeadLetter(string kind)
+        public HeldDeadLetter(string kind, IMeterFactory scope)
         {
             _listener.InstrumentPublished = (instrument, listener) =>
             {
-                if (instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.jobs.dead_lettered")
+                // That worker's alone (Meter.Scope): the other lane's workers are not held.
+                if (instrument.Meter.Scope == scope && instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.jobs.dead_lettered")
                 {
                     listener.EnableMeasurementEvents(instrument);
                 }

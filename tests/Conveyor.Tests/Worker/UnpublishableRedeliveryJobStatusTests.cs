@@ -81,7 +81,7 @@ public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixtur
         await using (var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions())))
         {
             using var dispatcher = new RedeliveryDispatcher(fixture.DbContextFactory(), publisher, Options.Create(new DispatcherOptions()),
-                TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
+                HostMeters.OwnJobMetrics(), TimeProvider.System, NullLogger<RedeliveryDispatcher>.Instance);
             await dispatcher.StartAsync(CancellationToken.None);
             try
             {

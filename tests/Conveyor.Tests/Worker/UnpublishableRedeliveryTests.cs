@@ -161,7 +161,7 @@ public sealed class UnpublishableRedeliveryTests(ConveyorFixture fixture) : IAsy
     }
 
     private RedeliveryDispatcher Dispatcher(BrokerPublisher publisher) =>
-        new(fixture.DbContextFactory(), publisher, Options.Create(new DispatcherOptions()), TimeProvider.System,
+        new(fixture.DbContextFactory(), publisher, Options.Create(new DispatcherOptions()), HostMeters.OwnJobMetrics(), TimeProvider.System,
             NullLogger<RedeliveryDispatcher>.Instance);
 
     private async Task<string> ScheduleAsync(DateTimeOffset dueAt, string headersJson)
