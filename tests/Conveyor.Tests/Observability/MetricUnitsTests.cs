@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// as <c>s</c>, counts as what they count, <c>{job}</c>): an OTLP backend shows a metric without one as a
 /// bare number and cannot tell it from a duration.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ConveyorCollection.Name)]
 public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

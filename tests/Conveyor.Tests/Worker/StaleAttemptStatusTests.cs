@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// shutdown) belongs to that attempt: once a newer attempt of the job has been claimed, an older one's
 /// late write must not overwrite what the newer one says.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ConveyorCollection.Name)]
 public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "charge-payment";
