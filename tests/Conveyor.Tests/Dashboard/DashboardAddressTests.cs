@@ -10,7 +10,7 @@ namespace Conveyor.Tests.Dashboard;
 /// hold percent-encoding that does not decode. The page says so, instead of leaving the view it showed
 /// before (no longer refreshed) with nothing to tell why; and a good address works again afterwards.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DashboardAddressTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private static readonly LocatorAssertionsToHaveTextOptions Patiently = new() { Timeout = 60_000 };

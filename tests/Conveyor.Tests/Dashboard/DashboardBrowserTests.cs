@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Dashboard;
 /// dead-lettered, reads one, moves their group back once the gateway heals, and watches the counts fall.
 /// Screenshots of each step go to artifacts/test-results/screenshots.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DashboardBrowserTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private const int Charges = 6;

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Dashboard;
 /// A succeeded report job's page shows its totals, each exactly as the Api wrote it: a sum past 2^53, which a
 /// JavaScript number would round, keeps every digit.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DashboardJobResultTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private const string Huge = "123456789012345678901234567";

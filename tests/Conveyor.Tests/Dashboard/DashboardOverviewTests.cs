@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Dashboard;
 /// queues (another service at that address, a proxy's JSON): "broker unavailable, retry" (503), as for
 /// an unreachable one, never a 500.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DashboardOverviewTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

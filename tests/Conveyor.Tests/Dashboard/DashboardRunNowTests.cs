@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Dashboard;
 /// A scheduled job's page offers "Run now" to a session that may publish jobs: confirmed, its stored command is due now
 /// (no worker runs here, so it stays in the store, due) and the page shows so.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DashboardRunNowTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
 

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Dashboard;
 /// selects in the browser, and what the dialog counts, is what is acted on: the shown messages with
 /// that id, together, and never one further down the queue the operator has not seen.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class DashboardSelectionTests(ConveyorFixture fixture) : DashboardPageTest(fixture)
 {
     private const string SharedId = "shared-id-0001";

@@ -13,7 +13,7 @@ namespace Conveyor.Tests.EndToEnd;
 /// <c>GET /api/jobs/{jobId}/result</c>: what a succeeded job did, for each kind, read from the rows its effect
 /// wrote; a 409 naming the status for any other job.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class JobResultTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private FakePaymentGateway _gateway = null!;

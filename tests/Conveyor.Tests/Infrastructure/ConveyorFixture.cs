@@ -12,8 +12,8 @@ namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
 /// One database and one RabbitMQ vhost per collection of tests (so per lane, see <see cref="ConveyorCollection"/>),
-/// made here and removed at the end, so tests never touch the data of a running dev service or of the
-/// other lane. Hosts the Api and Worker in-process.
+/// made here and removed at the end, so tests never touch the data of a running dev service or of another
+/// lane. Hosts the Api and Worker in-process.
 /// </summary>
 public sealed class ConveyorFixture : IAsyncLifetime
 {
@@ -235,7 +235,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
     {
         await Rabbit.DeleteVhostAsync(VirtualHost);
         Rabbit.Dispose();
-        // Only this fixture's pool: the other lane's connections stay. DROP … WITH (FORCE) ends the hosts' own.
+        // Only this fixture's pool: other lanes' connections stay. DROP … WITH (FORCE) ends the hosts' own.
         using (var own = new NpgsqlConnection(ConnectionString))
         {
             NpgsqlConnection.ClearPool(own);

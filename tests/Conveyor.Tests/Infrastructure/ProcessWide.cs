@@ -5,7 +5,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// <summary>
 /// What every host in this process shares, whichever lane started it: a <see cref="MeterListener"/> that
 /// does not keep to one host's meters (<c>Meter.Scope</c>), an OpenTelemetry exporter and so each host's /metrics (OpenTelemetry
-/// listens to meters by name, not by host). A test that reads them would count the other lane's jobs,
+/// listens to meters by name, not by host). A test that reads them would count other lanes' jobs,
 /// so it must run in <see cref="AloneCollection"/>; these guards fail it at once, naming the fix, when it
 /// does not, instead of letting it fail now and then in a full run.
 /// </summary>
@@ -24,7 +24,7 @@ public static class ProcessWide
         if (collection != AloneCollection.Name)
         {
             throw new InvalidOperationException(
-                $"{test.Name} observes {what}, which every host in this process shares: the other lane's jobs would count too. "
+                $"{test.Name} observes {what}, which every host in this process shares: other lanes' jobs would count too. "
                 + $"Mark it [Collection(AloneCollection.Name)] (it is in {(collection is null ? "no collection" : $"\"{collection}\"")}).");
         }
     }

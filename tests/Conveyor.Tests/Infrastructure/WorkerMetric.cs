@@ -8,7 +8,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// <summary>
 /// The measurements of one of the worker's instruments (<see cref="JobMetrics"/>) that the hosts a test
 /// <see cref="Watch"/>es make, while it lives. Each host's <see cref="JobMetrics"/> is on its own meter factory,
-/// so what hosts of the other lane measure meanwhile is told apart by its meter's <c>Meter.Scope</c> and left
+/// so what hosts of other lanes measure meanwhile is told apart by its meter's <c>Meter.Scope</c> and left
 /// out: a test in either lane may use it. Make it before the host starts and watch the host once it is
 /// built; what the host measured in between still counts.
 /// </summary>

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// A readiness answer that fails on the database says why, without the password, and a failing probe
 /// logs one warning when the state changes, not an error per probe.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class DatabaseReadinessTests(ConveyorFixture fixture)
 {
     private const string Password = "not-the-password-7d1e";

@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Observability;
 /// attempt fails itself (<c>JobTracker.StartAttemptAsync</c>: the database away before the job is claimed) ran no
 /// attempt, as a claim that fails in the other inboxes, and counted one failed attempt all the same.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class LeaseAttemptMetricTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

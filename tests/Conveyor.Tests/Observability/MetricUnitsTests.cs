@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// as <c>s</c>, counts as what they count, <c>{job}</c>): an OTLP backend shows a metric without one as a
 /// bare number and cannot tell it from a duration.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
@@ -21,7 +21,7 @@ public sealed class MetricUnitsTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task Every_instrument_of_the_api_and_the_worker_has_a_unit()
     {
-        // Their instruments are created as they start, on each host's meter factory (Meter.Scope): the other lane's are not read.
+        // Their instruments are created as they start, on each host's meter factory (Meter.Scope): other lanes' are not read.
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
         await using var api = await fixture.StartApiAsync();
         object[] scopes = [worker.Services.GetRequiredService<IMeterFactory>(), api.Services.GetRequiredService<IMeterFactory>()];

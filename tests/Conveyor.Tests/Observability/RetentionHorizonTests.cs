@@ -20,7 +20,7 @@ namespace Conveyor.Tests.Observability;
 /// The sweeps run as of a day in the future (default windows: inbox 7 days, jobs 30 days) against
 /// rows the real claim path wrote.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RetentionHorizonTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private FakePaymentGateway _gateway = null!;

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// command (a duplicate publish) failing at the same count fold into one stored row (<c>RedeliveryStore</c>): one
 /// redelivery is scheduled, and it counted two.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RetryMetricCountsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

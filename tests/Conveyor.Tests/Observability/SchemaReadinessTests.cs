@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Observability;
 /// (EF Core holds the migrations history locked for its whole length), a pod that has seen its schema
 /// stays ready and one that has not stays unready, each saying why, instead of every probe timing out.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class SchemaReadinessTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "behind")
 {
     private string ConnectionString => Database.ConnectionString;

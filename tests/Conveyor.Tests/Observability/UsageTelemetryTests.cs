@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Observability;
 /// usage-tracking.masstransit.io five minutes after it starts, unless told not to. Neither host does: a service
 /// sends nothing to a third party unasked (MASSTRANSIT_USAGE_TELEMETRY=true opts in).
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class UsageTelemetryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

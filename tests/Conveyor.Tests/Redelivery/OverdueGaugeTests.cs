@@ -19,7 +19,7 @@ namespace Conveyor.Tests.Redelivery;
 /// <c>BacklogRefreshSeconds</c>, up to an hour): a message that was not yet due when the table was read
 /// may have been published on time since, so it is not counted overdue until a reading says it still waits.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

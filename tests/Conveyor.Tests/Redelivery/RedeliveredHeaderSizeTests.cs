@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Redelivery;
 /// under it came back over it and was refused for its headers instead of being retried, or the store
 /// dropped the sender's largest header to make room for the worker's own.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RedeliveredHeaderSizeTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string ChargeExchange = "Conveyor.Contracts.Payments:ChargePayment";

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Redelivery;
 /// its lateness, once it is published, counts from its first refusal, as the backlog's overdue gauge
 /// counts it: from the due time of its last try, it read as a second late however long it waited.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private readonly string _queue = $"refused-lateness-{Guid.NewGuid():N}";

@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Redelivery;
 /// backlog that grew faster than autovacuum). A database of the test's own, so that its counters
 /// count only the reading.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ScheduledBacklogPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "backlog")
 {
     [Fact]

@@ -23,7 +23,7 @@ namespace Conveyor.Tests.Redelivery;
 /// delivery's redelivery reads it too, and a failure there must not send the delivery round its queue
 /// at once, to the gateway again.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class UnreadableKeyRingTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Security;
 /// Every endpoint the Api maps (read from its <see cref="EndpointDataSource"/>, so a new endpoint
 /// cannot be forgotten) answered for an anonymous caller and for keys of each scope.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class AccessMatrixTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private RunningApp _api = null!;

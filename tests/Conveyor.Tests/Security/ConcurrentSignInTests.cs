@@ -10,7 +10,7 @@ namespace Conveyor.Tests.Security;
 /// and must not count another's brand-new session among them. The key keeps exactly its limit of live
 /// sessions, the newest ones; none of another key's.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ConcurrentSignInTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int SignIns = 16;

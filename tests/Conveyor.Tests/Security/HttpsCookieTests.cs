@@ -18,7 +18,7 @@ namespace Conveyor.Tests.Security;
 /// honoured over HTTPS. A browser sends a host's cookies to each of its ports, whatever the scheme, unless
 /// they are Secure.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class HttpsCookieTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private static readonly Uri Login = new("/dashboard/login", UriKind.Relative);

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Security;
 /// sign-in form, or any state-changing call carrying the session cookie. It is answered 400 (413 when
 /// too large; the sign-in form takes no more than a few KiB, url-encoded only, 415 otherwise) and logged at no more than debug level, so anonymous clients cannot fill the error log.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed partial class MalformedFormTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Login = "/dashboard/login";

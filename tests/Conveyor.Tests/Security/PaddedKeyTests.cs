@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Security;
 /// env file's trailing blanks); a request cannot carry that whitespace (HTTP drops it around a header value,
 /// the Api trims the key it is given), so the key is what lies between.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class PaddedKeyTests(ConveyorFixture fixture)
 {
     private const string PaddedKey = "test-key-padded-0123456789abcdef";

@@ -4,7 +4,7 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.Security;
 
 /// <summary>Only a key header (<c>Authorization: Bearer</c>, <c>X-Api-Key</c>) displaces the dashboard session; a proxy's own credentials do not.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class ProxyCredentialsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private RunningApp _api = null!;

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Security;
 /// a cookie under the plain name (which a sibling subdomain or a forged plain-HTTP response can plant in the
 /// browser) counts for nothing.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class SecureCookieTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string SessionCookie = "__Host-conveyor.session";

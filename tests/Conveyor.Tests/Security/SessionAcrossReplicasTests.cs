@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Security;
 /// Several Api replicas behind one Service share the data-protection key ring: a sign-in form fetched
 /// from one is accepted by another, a session cookie works on every replica and outlives a rollout.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed partial class SessionAcrossReplicasTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private static readonly Dictionary<string, string?> Settings = new() { ["RateLimiting:Enabled"] = "false" };

@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Security;
 /// A dashboard session ends for good: signing out refuses every saved copy of its cookie, and no
 /// activity keeps it past <c>Dashboard:Session:MaxLifetime</c>. A sign-out is logged only for a real session.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class SessionLifetimeTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string DashboardCategory = "Conveyor.Api.Dashboard.DashboardApi";

@@ -9,7 +9,7 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.Security;
 
 /// <summary>The dashboard's cookie session: sign-in, cookie flags, CSRF on every state-changing call, scopes, sign-out.</summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed partial class SessionTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Move = $"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move";

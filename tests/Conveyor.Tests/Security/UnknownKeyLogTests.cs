@@ -10,7 +10,7 @@ namespace Conveyor.Tests.Security;
 /// Information through: anonymous clients must not be able to write the log at request rate. A lockout
 /// is still logged, once.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class UnknownKeyLogTests(ConveyorFixture fixture)
 {
     private const string WrongKey = "not-a-configured-key-0123456789abcdef";

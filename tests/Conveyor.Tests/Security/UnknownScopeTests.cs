@@ -8,7 +8,7 @@ namespace Conveyor.Tests.Security;
 /// A scope no endpoint checks (a typo) leaves its key authenticated but useless, with nothing but 403s
 /// to show for it; the Api names such keys in a warning when it starts, and still starts.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class UnknownScopeTests(ConveyorFixture fixture)
 {
     private const string TypoKey = "test-key-typo-0123456789abcdef";

@@ -8,7 +8,7 @@ namespace Conveyor.Tests.Security;
 /// appsettings.json included), so a deployment that forgets to give one fails at start instead of
 /// signing every webhook with a value anyone can read in the image.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(SecondLaneCollection.Name)]
 public sealed class WebhookSecretTests(ConveyorFixture fixture)
 {
     [Fact]

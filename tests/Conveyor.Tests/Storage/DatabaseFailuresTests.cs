@@ -7,7 +7,7 @@ using Npgsql;
 namespace Conveyor.Tests.Storage;
 
 /// <summary>How failures the real server raises are classified.</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
 {
     [Fact]

@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Storage;
 /// migration's transaction, on a table that already holds jobs; and a run that stopped halfway
 /// (the new index left behind, the old ones still there) completes when run again.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class JobIndexMigrationTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "jobindex")
 {
     private const string Before = "20261129234136_ScheduledMessageRefusal";

@@ -5,7 +5,7 @@ using System.Reflection;
 
 namespace Conveyor.Tests.Storage;
 
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class JobQueriesTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Storage;
 /// A runAt job's command stored before <c>scheduled_messages.job_id</c> existed names its job only in its
 /// dedupe key: the migration gives it its job's id and attempts, so the many-jobs run-now finds it.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ScheduledJobRowsMigrationTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "jobrows")
 {
     private const string Before = "20261201185247_JobKeyAliases";

@@ -5,7 +5,7 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.Unit;
 
 /// <summary>
-/// The two lanes of integration tests run at once in one process, so a test that observes what every
+/// The lanes of integration tests run at once in one process, so a test that observes what every
 /// host shares must run alone (<see cref="ProcessWide"/>). These check that the guards fail a test that
 /// does so from elsewhere, and that no test observes the process past them.
 /// </summary>

@@ -6,7 +6,7 @@ namespace Conveyor.Tests.Unit;
 
 /// <summary>
 /// Each worker host's <see cref="JobMetrics"/> is on that host's meter factory, so a test counts its own
-/// worker's measurements while the other lane's workers record theirs in the same process.
+/// worker's measurements while other lanes' workers record theirs in the same process.
 /// </summary>
 public sealed class WorkerMetricTests
 {

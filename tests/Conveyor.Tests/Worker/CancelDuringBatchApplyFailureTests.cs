@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// that looks unstarted. Driven against <see cref="InboxBatcher"/> directly; the culprit is a staged
 /// ledger row whose payment is booked already.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class CancelDuringBatchApplyFailureTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

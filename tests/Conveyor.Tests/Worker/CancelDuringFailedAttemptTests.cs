@@ -20,7 +20,7 @@ namespace Conveyor.Tests.Worker;
 /// after its effect went out (the webhook was POSTed), the cancel must find the attempt recorded and
 /// answer 409, never cancel a job as if it had not started.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class CancelDuringFailedAttemptTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Worker;
 /// The <c>Conveyor-Job-Id</c> header is a claim any sender can make. A command whose header names
 /// another job (of any kind) must neither take that job's id nor break the messages handled with it.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ClaimedJobIdTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";

@@ -6,7 +6,7 @@ using Microsoft.EntityFrameworkCore;
 
 namespace Conveyor.Tests.Worker;
 
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class CompetingWorkersTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -3,7 +3,7 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>A connection string no connection could be opened with stops the worker and the Api at start, naming the setting.</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ConnectionStringTests(ConveyorFixture fixture)
 {
     [Theory]

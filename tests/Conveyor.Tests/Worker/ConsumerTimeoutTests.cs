@@ -8,7 +8,7 @@ namespace Conveyor.Tests.Worker;
 /// (RabbitMq:ConsumerTimeoutSeconds): the worker refuses retry settings that could, and says how
 /// long a report may run.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ConsumerTimeoutTests(ConveyorFixture fixture)
 {
     [Fact]

@@ -22,7 +22,7 @@ namespace Conveyor.Tests.Worker;
 /// attempt, and the corrected command was lost (what came back was the first command, a conflict with
 /// the job the correction had taken over). Only copies of one command fold into one row.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class CorrectedCommandRedeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "deliver-webhook";

@@ -18,7 +18,7 @@ namespace Conveyor.Tests.Worker;
 /// behind a cursor that had passed its place meanwhile; and a worker whose clock was behind the database's put
 /// it behind the horizon from the start. Either way the client never got the job.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class DirectlyPublishedJobFeedTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>The shortest horizon the Api takes, so that the feed moves past a job's place within seconds.</summary>

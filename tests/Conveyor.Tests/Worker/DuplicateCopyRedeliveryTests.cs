@@ -18,7 +18,7 @@ namespace Conveyor.Tests.Worker;
 /// exist): when the row could then never be published it went to <c>_error</c> and the job stayed
 /// <c>retry-scheduled</c> for good, since the row no longer counted as the one the job waits for.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class DuplicateCopyRedeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>The worker's job pipeline logs under this category (<c>JobEndpointPipeline</c>).</summary>

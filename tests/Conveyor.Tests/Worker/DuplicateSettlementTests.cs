@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Worker;
 /// the queue for messages no consumer understands. Otherwise every redelivery, replay or repeated
 /// publish would leave a copy there for operators to wonder about.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class DuplicateSettlementTests(ConveyorFixture fixture)
 {
     private const string Queue = "charge-payment";

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// for good, waiting for a row that was already in <c>_error</c>. The test makes that window certain:
 /// a trigger holds the status write for two seconds, and another makes every stored row unpublishable.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class EarlyDispatchJobStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";

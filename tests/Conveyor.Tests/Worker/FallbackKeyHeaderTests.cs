@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Worker;
 /// (each command has a business key), so a bus of the test's own runs a keyless command through the
 /// real <see cref="InboxFilter{T}"/>, broker and database.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class FallbackKeyHeaderTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "fallback-key-probe";

@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Worker;
 /// holds was cut to the column's length on the way in (the parameter takes the column's size), so
 /// the ledger named a charge the gateway does not know; now the job is dead-lettered saying why.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class GatewayChargeIdTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// the same unused id, in two inbox batches at once (<see cref="InboxBatcher"/>), must both commit, the
 /// second under an id of its own; neither may fail (for good: a unique violation is permanent) for the other's claim.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxBatchClaimedJobIdTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Worker;
 /// for the first's inbox row, and the first creates the job row as its attempt fails. The second claim must
 /// see that row when it goes on: its lock, its id, the attempt it counts and the command it was created for.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxBatchCopyRaceTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

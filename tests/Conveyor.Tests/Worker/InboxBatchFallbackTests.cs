@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Worker;
 /// driven directly against the real database. The culprit is a failed attempt whose job row cannot
 /// be written: a trigger refuses it as a unique violation of the jobs' primary key.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// the real database. A batch is held in the database by a row lock the test takes on its job row,
 /// so which messages share a transaction does not depend on timing.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxBatchingTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// kind. A database of the test's own, so that the tables' counters count only the batch and their
 /// statistics stay as the test left them.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxClaimPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "plan")
 {
     private const string Kind = "charge-payment";

@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Worker;
 /// A job id header is only a claim: when the batched inbox's apply finds the claimed id taken meanwhile,
 /// the job's row gets an id of its own, and what the inbox logs from then on must name that one.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxClaimedJobIdLogScopeTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";

@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Worker;
 /// unique violation is permanent) for the first one's claim. So must an attempt counted outside an inbox
 /// transaction (<see cref="JobTracker.StartAttemptAsync"/>, <see cref="JobTracker.RecordAttemptFailureAsync"/>).
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// few rows past the window, at every sweep of every worker. A database of the test's own, so that
 /// its counters count only the sweep and its statistics stay as the test left them.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxSweepPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "sweep")
 {
     /// <summary>

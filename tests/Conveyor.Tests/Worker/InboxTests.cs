@@ -7,11 +7,11 @@ using Microsoft.EntityFrameworkCore;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>The inbox as shipped: messages handled at the same time share a transaction (group commit).</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InboxTests(ConveyorFixture fixture) : InboxContract(fixture, inboxBatchSize: 64);
 
 /// <summary>The same guarantees with one transaction per message (<c>InboxBatchSize</c> 1).</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class SingleTransactionInboxTests(ConveyorFixture fixture) : InboxContract(fixture, inboxBatchSize: 1);
 
 public abstract class InboxContract(ConveyorFixture fixture, int inboxBatchSize) : IAsyncLifetime

@@ -6,7 +6,7 @@ using Microsoft.EntityFrameworkCore;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>What a delivery cut off by a shutdown writes into its job's row, against the real database.</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class InterruptedAttemptTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Kind = "charge-payment";

@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// by its own: on a worker whose clock is behind the database's, a job read as updated and finished before it was
 /// created, and a job written by workers whose clocks disagree could read as updated earlier than before.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class JobTimestampOrderTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

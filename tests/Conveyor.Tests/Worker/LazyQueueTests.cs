@@ -9,7 +9,7 @@ namespace Conveyor.Tests.Worker;
 /// <c>RabbitMq:LazyQueues</c>), and so do the <c>_error</c> and <c>_skipped</c> queues MassTransit
 /// declares from them.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class LazyQueueTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";

@@ -14,7 +14,7 @@ namespace Conveyor.Tests.Worker;
 /// The lease inbox of long jobs (GenerateReport): a failed attempt never leaves its lease behind,
 /// and a run that loses its lease stops and leaves the job to exactly one run.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "generate-report";

@@ -12,7 +12,7 @@ namespace Conveyor.Tests.Worker;
 /// the owner and commits nothing, and its copy of the message is parked, never acked, so that the job
 /// still runs when nothing else will run it.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class LeaseLostAtCompletionTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Account = "acct-lease-completion";

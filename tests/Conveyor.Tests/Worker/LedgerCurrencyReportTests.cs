@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// comparing every row's currency as text, and its count scanned the table, so on a large ledger the
 /// report ran into the statement timeout without finding a row. A worker on a database of the test's own.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class LedgerCurrencyReportTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "ledgercurrency")
 {
     private const int LedgerRows = 60_000;

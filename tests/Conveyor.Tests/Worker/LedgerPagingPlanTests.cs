@@ -10,7 +10,7 @@ namespace Conveyor.Tests.Worker;
 /// By (account_id, currency) alone, each page either sorted the account's remaining rows again or
 /// walked the ledger of every account. A database of the test's own (ADR 0010).
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class LedgerPagingPlanTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "ledger")
 {
     private const string Account = "acct-busy";

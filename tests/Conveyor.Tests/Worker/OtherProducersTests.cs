@@ -11,7 +11,7 @@ using System.Text.Json;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>Commands that reach the worker without the Api: raw AMQP envelopes and plain MassTransit.</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class OtherProducersTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private FakePaymentGateway _gateway = null!;

@@ -20,7 +20,7 @@ namespace Conveyor.Tests.Worker;
 /// conflict, not a duplicate. It goes to <c>_error</c> with the reason and changes nothing; a true
 /// copy is still acked unapplied.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class PayloadConflictTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "charge-payment";

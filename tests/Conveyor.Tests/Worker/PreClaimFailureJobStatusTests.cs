@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// has no attempt of its own: it must not rewrite the status of a job that another delivery is running
 /// or waits to retry.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class PreClaimFailureJobStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string ChargeExchange = "Conveyor.Contracts.Payments:ChargePayment";

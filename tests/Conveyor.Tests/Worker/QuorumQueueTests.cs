@@ -4,7 +4,7 @@ using RabbitMQ.Client.Events;
 
 namespace Conveyor.Tests.Worker;
 
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class QuorumQueueTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";

@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// hands out again after an attempt started (here: a shutdown cut the attempt off and returned it) carries
 /// none of the redelivery headers, so only the job's count of attempts tells that it is no first attempt.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -28,7 +28,7 @@ namespace Conveyor.Tests.Worker;
 /// The redelivery dispatcher built on its own against the real database and broker, on a clock the
 /// test controls, so what it takes for "now" does not depend on how fast the machine is.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>Where the tests' scheduled messages go: a queue of their own, removed afterwards.</summary>

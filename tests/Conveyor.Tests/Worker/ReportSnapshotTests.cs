@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// behind, totals of no moment of the ledger. The charges arrive between two pages for certain: a
 /// trigger writes them with the report's first progress update after a page.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ReportSnapshotTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Account = "acct-snapshot";

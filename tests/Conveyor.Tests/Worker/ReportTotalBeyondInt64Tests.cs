@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Worker;
 /// exactly, a JSON integer as before. Summed in a long, the report overflowed at that charge, was
 /// refused for good (an OverflowException is no transient failure) and could never be produced.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ReportTotalBeyondInt64Tests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Account = "acct-large";

@@ -3,7 +3,7 @@ using Conveyor.Tests.Infrastructure;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>Retention keeps job rows at least as long as inbox rows, or the worker does not start.</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class RetentionOptionsTests(ConveyorFixture fixture)
 {
     [Fact]

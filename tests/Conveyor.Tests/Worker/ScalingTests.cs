@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Worker;
 /// Scaling out is adding worker processes (pods): 1, 2, then 3 separate <c>Conveyor.Worker</c>
 /// processes on one queue, each job once, every process busy.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class ScalingTests(ConveyorFixture fixture)
 {
     [Theory]

@@ -17,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// shutdown) belongs to that attempt: once a newer attempt of the job has been claimed, an older one's
 /// late write must not overwrite what the newer one says.
 /// </summary>
-[Collection(ConveyorCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Queue = "charge-payment";
@@ -97,7 +97,7 @@ public sealed class StaleAttemptStatusTests(ConveyorFixture fixture) : IAsyncLif
         {
             _listener.InstrumentPublished = (instrument, listener) =>
             {
-                // That worker's alone (Meter.Scope): the other lane's workers are not held.
+                // That worker's alone (Meter.Scope): other lanes' workers are not held.
                 if (instrument.Meter.Scope == scope && instrument.Meter.Name == JobMetrics.MeterName && instrument.Name == "conveyor.jobs.dead_lettered")
                 {
                     listener.EnableMeasurementEvents(instrument);

@@ -26,7 +26,7 @@ namespace Conveyor.Tests.Worker;
 /// (or <c>scheduled</c>) forever while its command sat in <c>_error</c>. The job is the one the row was
 /// stored for, never one a header of the message names, and only while it still waits for that row.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class UnpublishableRedeliveryJobStatusTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";

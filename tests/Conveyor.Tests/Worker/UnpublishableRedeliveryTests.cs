@@ -18,7 +18,7 @@ namespace Conveyor.Tests.Worker;
 /// moved to its destination's <c>_error</c> queue with the reason, and none is lost or published in a
 /// loop. Before, one such row failed its whole batch, and the dispatcher retried that batch forever.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class UnpublishableRedeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string WebhookExchange = "Conveyor.Contracts.Webhooks:DeliverWebhook";

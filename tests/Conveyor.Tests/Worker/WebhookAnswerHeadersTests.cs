@@ -16,7 +16,7 @@ namespace Conveyor.Tests.Worker;
 /// such a delivery was dead-lettered (a permanent failure) though its receiver had it, and a move back
 /// from _error delivered it again. Each is logged as a warning naming the receiver, for its operator.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -10,7 +10,7 @@ using Microsoft.EntityFrameworkCore;
 namespace Conveyor.Tests.Worker;
 
 /// <summary>Webhook deliveries stay off internal networks unless Webhooks:AllowPrivateNetworks says otherwise.</summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>

@@ -24,7 +24,7 @@ namespace Conveyor.Tests.Worker;
 /// whose origin is at that limit is set aside (stored, published again a moment later) instead of
 /// holding one of the endpoint's slots while it waits, without spending an attempt.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const int SlowWebhooks = 6;

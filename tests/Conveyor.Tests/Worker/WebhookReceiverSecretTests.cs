@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// accepts. Unregistered receivers keep the shared secret, or are refused when
 /// <c>Webhooks:RequireRegisteredReceivers</c> is set.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookReceiverSecretTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     private const string Shared = WorkerSettings.SigningSecret;

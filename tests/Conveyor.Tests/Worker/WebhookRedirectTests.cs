@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// operator could not tell where the receiver had moved; it now names the <c>Location</c>, made printable
 /// and cut short as the receiver's other text is.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookRedirectTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

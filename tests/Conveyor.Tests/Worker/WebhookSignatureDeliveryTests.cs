@@ -15,7 +15,7 @@ namespace Conveyor.Tests.Worker;
 /// as another than the signature covers: every delivery of it failed verification at its receiver.
 /// While a signing secret is rotated out, receivers holding either secret verify every delivery.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookSignatureDeliveryTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// retried and redelivered for about an hour before it reached <c>_error</c>. The contract now refuses
 /// them, before any attempt, whether or not private networks are allowed.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookUndeliverableUrlTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     /// <summary>Five labels of 60 characters: each label within DNS's 63, the whole past its 253.</summary>

@@ -13,7 +13,7 @@ namespace Conveyor.Tests.Worker;
 /// was cut to the column's length on the way in (the parameter takes the column's size), so the record
 /// named a URL that was never called.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookUrlLengthTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();

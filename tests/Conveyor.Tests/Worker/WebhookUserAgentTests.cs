@@ -11,7 +11,7 @@ namespace Conveyor.Tests.Worker;
 /// request without a <c>User-Agent</c>, and a 403 is permanent: such a receiver got no webhook at all,
 /// each one dead-lettered after its first attempt.
 /// </summary>
-[Collection(SecondLaneCollection.Name)]
+[Collection(ThirdLaneCollection.Name)]
 public sealed class WebhookUserAgentTests(ConveyorFixture fixture) : IAsyncLifetime
 {
     public Task InitializeAsync() => fixture.ResetAsync();
