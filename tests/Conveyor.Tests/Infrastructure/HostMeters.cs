@@ -1,13 +1,14 @@
 using System.Diagnostics.Metrics;
 using Conveyor.Api;
 using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Redelivery;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
 /// Instruments one host made on its own meter factory: no other host in this process reports through
-/// them, so a test in either lane may read them (unlike /metrics, see <see cref="ProcessWide"/>).
+/// them, so a test in any lane may read them (unlike /metrics, see <see cref="ProcessWide"/>).
 /// </summary>
 public static class HostMeters
 {
@@ -51,6 +52,10 @@ public static class HostMeters
     /// </summary>
     public static JobMetrics OwnJobMetrics() =>
         new(new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>());
+
+    /// <summary>The worker's <c>conveyor.redelivery.overdue</c> gauge made on <paramref name="meters"/> (its one series), observed now.</summary>
+    public static double OverdueGauge(IMeterFactory meters) =>
+        Assert.Single(Observe(meters, JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument)).Value;
 
     /// <summary>What the Api's gauge <paramref name="instrumentName"/> reports for <paramref name="queue"/> now; null for no such series.</summary>
     public static long? QueueGauge(RunningApp api, string instrumentName, string queue) =>

@@ -7,9 +7,9 @@ namespace Conveyor.Tests.Infrastructure;
 
 /// <summary>
 /// The measurements of one of the worker's instruments (<see cref="JobMetrics"/>) that the hosts a test
-/// <see cref="Watch"/>es make, while it lives. Each host's <see cref="JobMetrics"/> is on its own meter factory,
+/// <c>Watch</c>es make, while it lives. Each host's <see cref="JobMetrics"/> is on its own meter factory,
 /// so what hosts of other lanes measure meanwhile is told apart by its meter's <c>Meter.Scope</c> and left
-/// out: a test in either lane may use it. Make it before the host starts and watch the host once it is
+/// out: a test in any lane may use it. Make it before the host starts and watch the host once it is
 /// built; what the host measured in between still counts.
 /// </summary>
 public sealed class WorkerMetric : IDisposable
@@ -18,11 +18,12 @@ public sealed class WorkerMetric : IDisposable
     private readonly ConcurrentQueue<(object? Scope, string? Tag, double Value)> _measurements = new();
     private readonly ConcurrentDictionary<object, bool> _watched = new();
     private readonly string _instrument;
-    private readonly string _tagKey;
+    private readonly string? _tagKey;
     private readonly string? _only;
 
+    /// <param name="tagKey">The tag each measurement is recorded with; null for an untagged instrument.</param>
     /// <param name="only">The one value of <paramref name="tagKey"/> to keep; null for every one.</param>
-    private WorkerMetric(string instrument, string tagKey, string? only)
+    private WorkerMetric(string instrument, string? tagKey, string? only)
     {
         (_instrument, _tagKey, _only) = (instrument, tagKey, only);
         _listener.InstrumentPublished = (instrument, listener) =>
@@ -52,8 +53,14 @@ public sealed class WorkerMetric : IDisposable
     /// <summary><c>conveyor.jobs.wait</c>: how long first attempts waited, each with its kind.</summary>
     public static WorkerMetric Waits() => new("conveyor.jobs.wait", "kind", only: null);
 
+    /// <summary><c>conveyor.redelivery.lateness</c>: how late the dispatcher published each scheduled message (untagged).</summary>
+    public static WorkerMetric Lateness() => new("conveyor.redelivery.lateness", tagKey: null, only: null);
+
     /// <summary>Counts what the host of <paramref name="services"/> measures (and measured since this was made).</summary>
     public void Watch(IServiceProvider services) => _watched[services.GetRequiredService<IMeterFactory>()] = true;
+
+    /// <summary>Counts what is measured on <paramref name="metrics"/>, made without a host (<see cref="HostMeters.OwnJobMetrics"/>).</summary>
+    public void Watch(JobMetrics metrics) => _watched[metrics.Meter.Scope!] = true;
 
     /// <summary>The watched hosts' measurements, each with its tag (kind or consumer), in the order they came.</summary>
     public (string? Tag, double Value)[] Recorded

@@ -3,7 +3,6 @@ using System.Text;
 using Conveyor.Storage;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
-using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
@@ -38,7 +37,7 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
         await ScheduleAsync(TimeSpan.FromMinutes(1));
 
         Assert.Equal(HealthStatus.Healthy, (await backlog.CheckHealthAsync(new HealthCheckContext())).Status);
-        Assert.Equal(0, Overdue(meters));
+        Assert.Equal(0, HostMeters.OverdueGauge(meters));
 
         // Published on time by a dispatcher; ten minutes on, the gauge has not read the table again.
         await using (var db = fixture.CreateDbContext())
@@ -47,11 +46,11 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
         }
 
         clock.Advance(TimeSpan.FromMinutes(10));
-        Assert.Equal(0, Overdue(meters));
+        Assert.Equal(0, HostMeters.OverdueGauge(meters));
 
         // The next reading: still nothing overdue.
         Assert.Equal(HealthStatus.Healthy, (await backlog.CheckHealthAsync(new HealthCheckContext())).Status);
-        Assert.Equal(0, Overdue(meters));
+        Assert.Equal(0, HostMeters.OverdueGauge(meters));
     }
 
     [Fact]
@@ -64,10 +63,10 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
         await ScheduleAsync(TimeSpan.FromMinutes(-5));
 
         Assert.Equal(HealthStatus.Degraded, (await backlog.CheckHealthAsync(new HealthCheckContext())).Status);
-        Assert.InRange(Overdue(meters), 300, 400);
+        Assert.InRange(HostMeters.OverdueGauge(meters), 300, 400);
 
         clock.Advance(TimeSpan.FromMinutes(10));
-        Assert.InRange(Overdue(meters), 900, 1000);
+        Assert.InRange(HostMeters.OverdueGauge(meters), 900, 1000);
     }
 
     [Fact]
@@ -90,7 +89,7 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
             clock.Advance(TimeSpan.FromMinutes(10));
             await Eventually.AssertAsync(() =>
             {
-                Assert.InRange(Overdue(meters), 500, 600);
+                Assert.InRange(HostMeters.OverdueGauge(meters), 500, 600);
                 return Task.CompletedTask;
             });
         }
@@ -124,8 +123,4 @@ public sealed class OverdueGaugeTests(ConveyorFixture fixture) : IAsyncLifetime
 
         public ConveyorDbContext CreateDbContext() => Away ? throw new NpgsqlException("the database is away") : fixture.CreateDbContext();
     }
-
-    /// <summary>The overdue gauge of the backlog built on <paramref name="meters"/>, observed now.</summary>
-    private static double Overdue(IMeterFactory meters) =>
-        Assert.Single(HostMeters.Observe(meters, JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument)).Value;
 }

@@ -1,9 +1,6 @@
-using System.Collections.Concurrent;
-using System.Diagnostics.Metrics;
 using System.Text;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
-using Conveyor.Worker.Jobs;
 using Conveyor.Worker.Redelivery;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -60,18 +57,8 @@ public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifeti
 
         await fixture.DeclareAsync(_queue);
         var metrics = HostMeters.OwnJobMetrics();
-        var recorded = new ConcurrentBag<double>();
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
-        {
-            if (instrument.Meter.Scope == metrics.Meter.Scope && instrument.Meter.Name == JobMetrics.MeterName
-                && instrument.Name == "conveyor.redelivery.lateness")
-            {
-                l.EnableMeasurementEvents(instrument);
-            }
-        };
-        listener.SetMeasurementEventCallback<double>((_, value, _, _) => recorded.Add(value));
-        listener.Start();
+        using var recorded = WorkerMetric.Lateness();
+        recorded.Watch(metrics);
 
         await using var publisher = new BrokerPublisher(Options.Create(fixture.RabbitOptions()));
         using var dispatcher = new RedeliveryDispatcher(
@@ -80,7 +67,7 @@ public sealed class RefusedLatenessTests(ConveyorFixture fixture) : IAsyncLifeti
         Assert.Equal(1, await dispatcher.DispatchDueAsync(CancellationToken.None));
 
         Assert.Equal(1u, await fixture.ReadyAsync(_queue));
-        var lateness = Assert.Single(recorded);
+        var lateness = Assert.Single(recorded.Recorded).Value;
         Assert.True(lateness >= 600, $"the command waited ten minutes since its first refusal, yet its lateness reads {lateness:F1} s");
     }
 }

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Data.Common;
+using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
@@ -366,12 +367,12 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         Assert.Equal(HttpStatusCode.OK, status); // Degraded: the worker stays in service
         Assert.Equal("Degraded", entry.GetProperty("status").GetString());
         Assert.Contains("overdue", entry.GetProperty("description").GetString(), StringComparison.Ordinal);
-        await Eventually.AssertAsync(() => Assert.InRange(OverdueGauge(stalled), 9 * 60, 60 * 60));
+        await Eventually.AssertAsync(() => Assert.InRange(HostMeters.OverdueGauge(stalled.Services.GetRequiredService<IMeterFactory>()), 9 * 60, 60 * 60));
 
         await using var dispatching = await fixture.StartWorkerAsync(WorkerSettings.With());
         await Eventually.AssertAsync(async () =>
             Assert.Equal("Healthy", (await ReadinessAsync(stalled)).Entry.GetProperty("status").GetString()));
-        await Eventually.AssertAsync(() => Assert.Equal(0, OverdueGauge(stalled)));
+        await Eventually.AssertAsync(() => Assert.Equal(0, HostMeters.OverdueGauge(stalled.Services.GetRequiredService<IMeterFactory>())));
         var copy = await _channel.BasicGetAsync(_queue, autoAck: true);
         Assert.NotNull(copy);
         Assert.Equal(overdueId, copy.BasicProperties.MessageId);
@@ -710,10 +711,6 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         var report = await response.Content.ReadFromJsonAsync<JsonElement>();
         return (response.StatusCode, report.GetProperty("checks").GetProperty(ScheduledBacklog.HealthCheckName).Clone());
     }
-
-    /// <summary>The worker's <c>conveyor.redelivery.overdue</c> gauge, observed now on its own meters.</summary>
-    private static double OverdueGauge(RunningApp worker) => Assert.Single(HostMeters.Observe(
-        worker.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), Conveyor.Worker.Jobs.JobMetrics.MeterName, ScheduledBacklog.OverdueInstrument)).Value;
 
     /// <summary>Counts the database commands of the contexts its <see cref="Factory"/> makes.</summary>
     private sealed class CommandCounter : DbCommandInterceptor
