@@ -54,17 +54,16 @@ internal sealed class JobCanceller(JobRowTransactions transactions, TimeProvider
         await statements.Answered(db.Database.ExecuteSqlInterpolatedAsync(
             $"SELECT 1 FROM scheduled_messages WHERE dedupe_key = {dedupeKey} FOR UPDATE", CancellationToken.None));
         var now = clock.GetUtcNow();
-        var cancelled = await statements.Answered(db.Jobs
-            .Where(j => j.Id == jobId
-                && ((j.Status == JobStatus.Queued && j.Attempts == 0 && j.LastError == null) || j.Status == JobStatus.Scheduled))
-            .ExecuteUpdateAsync(
-                set => set
-                    .SetProperty(j => j.Status, JobStatus.Cancelled)
-                    .SetProperty(j => j.NextAttemptAt, (DateTimeOffset?)null)
-                    .SetProperty(j => j.UpdatedAt, now)
-                    .SetProperty(j => j.FinishedAt, now)
-                    .SetProperty(j => j.RequestBody, (byte[]?)null), // nothing will publish it again
-                CancellationToken.None));
+        // Its times as every other write of a job sets them (ADR 0013): a replica whose clock is behind the one that
+        // wrote the row last would otherwise make it finished before it was created, and move updated_at back.
+        // The request is cleared: nothing will publish it again.
+        var cancelled = await statements.Answered(db.Database.ExecuteSqlInterpolatedAsync($"""
+            UPDATE jobs SET status = {JobStatus.Cancelled}, next_attempt_at = NULL, request_body = NULL,
+                   updated_at = GREATEST(updated_at + interval '1 microsecond', {now}),
+                   finished_at = GREATEST(updated_at + interval '1 microsecond', {now})
+             WHERE id = {jobId}
+               AND ((status = {JobStatus.Queued} AND attempts = 0 AND last_error IS NULL) OR status = {JobStatus.Scheduled})
+            """, CancellationToken.None));
         if (cancelled == 1)
         {
             await statements.Answered(db.ScheduledMessages.Where(s => s.DedupeKey == dedupeKey).ExecuteDeleteAsync(CancellationToken.None));

@@ -5,6 +5,7 @@ using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
 using System.Net;
 using System.Net.Http.Json;
@@ -157,6 +158,31 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(JobStatus.Cancelled, (await response.Content.ReadFromJsonAsync<JobDetails>())?.Status);
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.ScheduledMessages.CountAsync());
+    }
+
+    /// <summary>
+    /// A cancel answered by an Api replica whose clock is two minutes behind the one that took the job: the job's
+    /// times still read in order (createdAt ≤ finishedAt ≤ updatedAt, and updatedAt only grows), as every other write
+    /// of a job's times keeps them. Before, the cancel stamped both with its own clock: finished before it was created.
+    /// </summary>
+    [Fact]
+    public async Task A_cancel_by_an_api_whose_clock_is_behind_keeps_the_jobs_times_in_order()
+    {
+        await using var api = await fixture.StartApiAsync();
+        await using var behind = await fixture.StartApiAsync(
+            configure: builder => builder.Services.AddSingleton<TimeProvider>(new SkewedClock(TimeSpan.FromMinutes(-2))));
+        var accepted = await api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+        var before = await api.Client.GetJobAsync(accepted.JobId);
+
+        using var response = await behind.Client.CancelJobAsync(accepted.JobId);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var cancelled = await response.Content.ReadFromJsonAsync<JobDetails>();
+        Assert.Equal(JobStatus.Cancelled, cancelled?.Status);
+        Assert.True(cancelled?.FinishedAt >= cancelled?.CreatedAt, $"created {cancelled?.CreatedAt:O}, finished {cancelled?.FinishedAt:O}");
+        Assert.True(cancelled?.UpdatedAt > before.UpdatedAt, $"updated {before.UpdatedAt:O}, then {cancelled?.UpdatedAt:O}");
+        Assert.True(cancelled?.FinishedAt <= cancelled?.UpdatedAt, $"finished {cancelled?.FinishedAt:O}, updated {cancelled?.UpdatedAt:O}");
     }
 
     [Fact]
