@@ -43,7 +43,7 @@ public static class ApiApp
         builder.Services.AddApiMessaging(builder.Configuration);
         builder.Services.AddConveyorHealthChecks();
         builder.Services.AddApiProblemDetails();
-        builder.Services.AddOpenApi(options => options.DeclareRetryAfterHeaders());
+        builder.Services.AddOpenApi(options => options.DeclareRetryAfterHeaders().DeclareDecimalsExact());
         builder.Services.AddJobs();
         builder.Services.AddBackpressure();
         builder.Services.AddApiSecurity(builder.Configuration);

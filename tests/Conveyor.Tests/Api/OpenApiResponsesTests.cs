@@ -247,6 +247,21 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         Assert.True(wrong.Count == 0, string.Join(Environment.NewLine, wrong));
     }
 
+    /// <summary>
+    /// A report's <c>totalMinor</c> can pass 2^53 (and 64 bits): the document must not call it a double, which a client
+    /// generated from it reads it as, dropping digits the Api wrote. It was declared <c>format: double</c>, ASP.NET's
+    /// default for a decimal.
+    /// </summary>
+    [Fact]
+    public async Task A_reports_total_is_declared_an_exact_decimal_not_a_double()
+    {
+        using var document = JsonDocument.Parse(await _api.Client.GetStringAsync(new Uri("/openapi/v1.json", UriKind.Relative)));
+        var total = document.RootElement.GetProperty("components").GetProperty("schemas")
+            .GetProperty("ReportTotal").GetProperty("properties").GetProperty("totalMinor");
+
+        Assert.Equal("decimal", total.GetProperty("format").GetString());
+    }
+
     /// <summary>Each operation of the served document, by method and path.</summary>
     private static async Task<Dictionary<string, JsonElement>> OperationsAsync(RunningApp api)
     {
