@@ -46,6 +46,13 @@ internal enum SubmitStatus
     /// exception answer 503). Whether its row was committed is unknown; sending it again is safe.
     /// </summary>
     DatabaseUnavailable,
+
+    /// <summary>
+    /// The request repeats a job whose answer would publish its command again (<see cref="JobSubmitter.SubmitAsync"/>
+    /// without <c>publishRepeats</c>: the backpressure gate refuses the kind now); nothing was published. Refused as the
+    /// gate refuses a new job; <see cref="SubmitResult.Job"/> is that job.
+    /// </summary>
+    WouldPublish,
 }
 
 internal readonly record struct SubmitResult(SubmitStatus Status, Job? Job = null);
@@ -70,8 +77,14 @@ internal sealed class JobSubmitter(
     internal static readonly TimeSpan CleanupTimeout = TimeSpan.FromSeconds(10);
 
     /// <param name="body">The body <paramref name="request"/> was parsed from, as it arrived.</param>
+    /// <param name="publishRepeats">
+    /// False while the backpressure gate refuses the kind: a request that repeats a job whose answer would publish its
+    /// command again (<see cref="MayStillBePublishing"/>, <see cref="MayBeUnpublished"/>) publishes nothing and is
+    /// answered <see cref="SubmitStatus.WouldPublish"/>. A request scheduled for later, or whose <c>runAt</c> has passed,
+    /// passes no gate of its own, yet repeats a job submitted to run now as well as any other request does.
+    /// </param>
     public async Task<SubmitResult> SubmitAsync(
-        JobRequest request, string? idempotencyKey, byte[] body, CancellationToken cancellationToken)
+        JobRequest request, string? idempotencyKey, byte[] body, bool publishRepeats, CancellationToken cancellationToken)
     {
         // PostgreSQL keeps microseconds: the row's updated_at must read back equal to this value, which
         // the removal of an unpublished row compares with (RemoveUnpublishedAsync).
@@ -82,7 +95,7 @@ internal sealed class JobSubmitter(
             // A repeat of a request accepted while its time was ahead (its answer lost, say) gets its job
             // as any repeat does (a job still publishing secured first); a new job is never made with a
             // time it cannot have.
-            return await AnswerRepeatAsync(request, idempotencyKey, requestHash, now, cancellationToken)
+            return await AnswerRepeatAsync(request, idempotencyKey, requestHash, now, publishRepeats, cancellationToken)
                 ?? new SubmitResult(SubmitStatus.RunAtOutsideWindow);
         }
 
@@ -124,7 +137,7 @@ internal sealed class JobSubmitter(
         {
             // The job that holds the key was committed; none found means its publish failed since and
             // its row was removed again, so the client retries.
-            return await AnswerRepeatAsync(request, idempotencyKey, requestHash, now, cancellationToken)
+            return await AnswerRepeatAsync(request, idempotencyKey, requestHash, now, publishRepeats, cancellationToken)
                 ?? new SubmitResult(SubmitStatus.InFlight);
         }
 
@@ -196,12 +209,19 @@ internal sealed class JobSubmitter(
     /// The answer to a submission whose job exists (same Idempotency-Key and body, or same business
     /// id), or null when none does: a job that may still be publishing is secured first
     /// (<see cref="SecureRecentAsync"/>), one that may never have been published is published again
-    /// (<see cref="MayBeUnpublished"/>).
+    /// (<see cref="MayBeUnpublished"/>); unless <paramref name="publishRepeats"/> is false, when either is
+    /// <see cref="SubmitStatus.WouldPublish"/> instead.
     /// </summary>
     private async Task<SubmitResult?> AnswerRepeatAsync(
-        JobRequest request, string? idempotencyKey, string requestHash, DateTimeOffset now, CancellationToken cancellationToken)
+        JobRequest request, string? idempotencyKey, string requestHash, DateTimeOffset now, bool publishRepeats, CancellationToken cancellationToken)
     {
         var existing = await FindExistingAsync(request, idempotencyKey, requestHash, bindKey: true, cancellationToken);
+        if (!publishRepeats && existing is { Status: SubmitStatus.Duplicate, Job: { } held }
+            && (MayStillBePublishing(held, now) || MayBeUnpublished(held, request, requestHash, now)))
+        {
+            return new SubmitResult(SubmitStatus.WouldPublish, held);
+        }
+
         if (existing is { Status: SubmitStatus.Duplicate, Job: { } recent } && MayStillBePublishing(recent, now))
         {
             return await SecureRecentAsync(recent, request, requestHash, cancellationToken);

@@ -46,14 +46,19 @@ internal static partial class JobsApi
         // Checked before the row is written, for a job that runs now or soon. A repeat of a job accepted
         // before (its answer lost, typically, under this very pressure) still gets that job when answering
         // it publishes nothing.
-        if (IsGated(job, backpressure) && Refused(kind, backpressure) is { } pressure)
+        var pressure = Refused(kind, backpressure);
+        if (IsGated(job, backpressure) && pressure is { } gated)
         {
             return await submitter.AnswerRepeatWithoutPublishAsync(job, idempotencyKey, body, cancellationToken) is { } repeat
                 ? Answer(http, repeat)
-                : RefuseAdmission(http, pressure, backpressure);
+                : RefuseAdmission(http, gated, backpressure);
         }
 
-        return Answer(http, await submitter.SubmitAsync(job, idempotencyKey, body, cancellationToken));
+        // One scheduled for later passes no gate, but may repeat a job whose answer would publish: that waits as well.
+        var result = await submitter.SubmitAsync(job, idempotencyKey, body, publishRepeats: pressure is null, cancellationToken);
+        return result.Status == SubmitStatus.WouldPublish && pressure is { } held
+            ? RefuseAdmission(http, held, backpressure)
+            : Answer(http, result);
     }
 
     /// <summary>The answer to a single submission: its job (202), or why it was not accepted.</summary>
@@ -114,11 +119,12 @@ internal static partial class JobsApi
         // spends one permit, not all of its own: it was read and parsed, so resending it is not free, yet following
         // Retry-After through a long refusal costs little of the client's allowance. A batch sent again whose every
         // job was accepted before still gets its answers when they publish nothing (RepeatedBatchAsync).
-        if (items.Any(item => IsGated(item.Request, backpressure)) && Refused(kind, backpressure) is { } pressure)
+        var pressure = Refused(kind, backpressure);
+        if (items.Any(item => IsGated(item.Request, backpressure)) && pressure is { } gated)
         {
             return await RepeatedBatchAsync(submission, items, batchKey, permits) is { } repeats
                 ? AnswerBatch(submission, repeats)
-                : RefuseAdmission(http, pressure, backpressure);
+                : RefuseAdmission(http, gated, backpressure);
         }
 
         // All of the batch's permits, or, when there are fewer, one in all (it was read): its Retry-After is the time
@@ -139,8 +145,9 @@ internal static partial class JobsApi
             {
                 try
                 {
+                    // Jobs scheduled for later pass no gate, but one may repeat a job whose answer would publish.
                     results[index] = await submitter.SubmitAsync(
-                        items[index].Request, IdempotencyKey.ForBatchJob(batchKey, index), items[index].Body, token);
+                        items[index].Request, IdempotencyKey.ForBatchJob(batchKey, index), items[index].Body, publishRepeats: pressure is null, token);
                 }
                 catch (Exception exception) when (DatabaseFailures.IsUnavailable(exception) && !token.IsCancellationRequested)
                 {
@@ -149,7 +156,7 @@ internal static partial class JobsApi
                 }
             });
 
-        return AnswerBatch(submission, results);
+        return AnswerBatch(submission, results, pressure);
     }
 
     /// <summary>
@@ -227,15 +234,21 @@ internal static partial class JobsApi
         return allRepeated ? results : null;
     }
 
-    /// <summary>The answer to a batch: every job's (202), or, when any was not accepted, the most severe refusal with each job's answer.</summary>
-    private static Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult> AnswerBatch(Submission submission, SubmitResult[] results)
+    /// <summary>
+    /// The answer to a batch: every job's (202), or, when any was not accepted, the most severe refusal with each job's answer;
+    /// <paramref name="pressure"/> is why the gate refused the kind, for the jobs that would have published a repeat.
+    /// </summary>
+    private static Results<Accepted<JobBatchAccepted>, ValidationProblem, ProblemHttpResult> AnswerBatch(
+        Submission submission, SubmitResult[] results, AdmissionDecision? pressure = null)
     {
         var (kind, http, _, _, _, _, _, _, _) = submission;
         var answers = new JobBatchResult[results.Length];
         Refusal? worst = null;
         for (var index = 0; index < results.Length; index++)
         {
-            if (RefusalOf(results[index]) is { } refusal)
+            if ((results[index].Status == SubmitStatus.WouldPublish && pressure is { } held
+                ? GateRefusal(held, submission.Backpressure)
+                : RefusalOf(results[index])) is { } refusal)
             {
                 answers[index] = new JobBatchResult(index, Error: new JobBatchError(refusal.Status, refusal.Title, refusal.Detail));
                 worst = worst is { } before && before.Severity >= refusal.Severity ? before : refusal;
@@ -323,10 +336,18 @@ internal static partial class JobsApi
     /// </summary>
     private static ProblemHttpResult RefuseAdmission(
         HttpContext http, AdmissionDecision refused, BackpressureGate backpressure,
-        string advice = "Retry later; the same Idempotency-Key may be reused.") =>
-        RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, refused.Admission == Admission.QueueFull
-            ? Problem(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refused.Detail} {advice}")
-            : Problem(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refused.Detail} {advice}"));
+        string advice = "Retry later; the same Idempotency-Key may be reused.")
+    {
+        var refusal = GateRefusal(refused, backpressure, advice);
+        return RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, Problem(refusal.Status, refusal.Title, refusal.Detail));
+    }
+
+    /// <summary>The gate's refusal as a <see cref="Refusal"/>: a retry settles it, as it does a broker outage.</summary>
+    private static Refusal GateRefusal(
+        AdmissionDecision refused, BackpressureGate backpressure, string advice = "Retry later; the same Idempotency-Key may be reused.") =>
+        refused.Admission == Admission.QueueFull
+            ? new Refusal(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refused.Detail} {advice}", backpressure.RetryAfterSeconds, 2)
+            : new Refusal(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refused.Detail} {advice}", backpressure.RetryAfterSeconds, 2);
 
     private static ProblemHttpResult TooManyRequests(HttpContext http, TimeSpan wait)
     {

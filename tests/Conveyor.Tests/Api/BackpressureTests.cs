@@ -280,6 +280,42 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
     }
 
     /// <summary>An Api whose charge-payment queue is full with one waiting job, its depth read every 100 ms.</summary>
+    /// <summary>
+    /// A request with a runAt an hour ahead, or one whose time has passed, passes no gate of its own, yet may repeat a job
+    /// submitted to run now: answering it within that job's publish budget publishes the job's command again. While the
+    /// queue is full that waits as any such repeat does (429), alone or in a batch, and a new job scheduled for later
+    /// still gets in. Before, each such repeat was a 202 that put one more copy of the command into the full queue.
+    /// </summary>
+    [Fact]
+    public async Task A_scheduled_repeat_of_a_job_in_the_full_queue_waits_for_it_and_publishes_nothing()
+    {
+        await (await fixture.StartWorkerAsync(WorkerSettings.With())).DisposeAsync();
+        await using var api = await StartWithQueueLimitOfOneAsync();
+        var queued = await FillQueueAsync(api);
+        var ready = await fixture.ReadyAsync(JobKinds.ChargePayment);
+
+        foreach (var runAt in new[] { DateTimeOffset.UtcNow.AddHours(1), DateTimeOffset.UtcNow.AddMinutes(-1) })
+        {
+            using var repeat = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(queued, runAt));
+            await repeat.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            Assert.Equal("Job queue full", (await repeat.ReadJsonAsync()).GetProperty("title").GetString());
+            Assert.Equal(TimeSpan.FromSeconds(3), repeat.Headers.RetryAfter?.Delta);
+        }
+
+        var later = Guid.NewGuid();
+        using (var batch = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment, JobBatchTests.Batch(
+            [JobRequests.ScheduledChargePayment(later, DateTimeOffset.UtcNow.AddHours(1)), JobRequests.ScheduledChargePayment(queued, DateTimeOffset.UtcNow.AddHours(1))])))
+        {
+            await batch.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+            var jobs = (await batch.ReadJsonAsync()).GetProperty("jobs");
+            Assert.Equal(JobStatus.Scheduled, jobs[0].GetProperty("status").GetString());
+            Assert.Equal(StatusCodes.Status429TooManyRequests, jobs[1].GetProperty("error").GetProperty("status").GetInt32());
+            Assert.Equal(TimeSpan.FromSeconds(3), batch.Headers.RetryAfter?.Delta);
+        }
+
+        Assert.Equal(ready, await fixture.ReadyAsync(JobKinds.ChargePayment));
+    }
+
     private Task<RunningApp> StartWithQueueLimitOfOneAsync() =>
         fixture.StartApiAsync(new Dictionary<string, string?>
         {
