@@ -50,8 +50,7 @@ public sealed record ErrorQueueMessage(
         return new ErrorQueueMessage(
             m.MessageId, m.MessageType, m.JobId, m.JobKind, JobStatusNow(m.JobRowId, jobStatuses), m.ExceptionType, m.ExceptionMessage, m.StackTrace, m.FaultedAt,
             ErrorQueueNames.OriginalQueueOf(m.InputAddress, queue), m.Attempts, m.Reason, m.DeadLetterReason, m.GroupId,
-            ParseHistory(m.FaultHistory), m.ContentType, m.BodyBytes, peeked.BodyPreview,
-            peeked.BodyPreview.Length < m.BodyBytes && System.Text.Encoding.UTF8.GetByteCount(peeked.BodyPreview) < m.BodyBytes);
+            ParseHistory(m.FaultHistory), m.ContentType, m.BodyBytes, peeked.BodyPreview, peeked.BodyTruncated);
     }
 
     /// <summary>Job ids of the peeked messages, as the jobs table keys them.</summary>

@@ -95,9 +95,10 @@ public sealed record FaultedMessage
             return Encoding.UTF8.GetString(body);
         }
 
-        // Do not cut a multi-byte character in half.
+        // Do not cut a multi-byte character in half: back to its first byte, at most three back (a character of
+        // UTF-8 has at most three bytes after its first). A body that is no UTF-8 is cut there all the same.
         var end = maxBytes;
-        while (end > 0 && (body[end] & 0xC0) == 0x80)
+        while (end > 0 && end > maxBytes - 3 && (body[end] & 0xC0) == 0x80)
         {
             end--;
         }

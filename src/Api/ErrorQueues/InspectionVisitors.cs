@@ -3,7 +3,11 @@ using RabbitMQ.Client;
 namespace Conveyor.Api.ErrorQueues;
 
 /// <summary>A message as <c>GET .../messages</c> shows it.</summary>
-public sealed record PeekedMessage(FaultedMessage Message, string BodyPreview);
+/// <param name="BodyTruncated">
+/// Whether the body is longer than the preview's bytes: told from the body, not from the preview's text, which for a
+/// body that is no UTF-8 holds a replacement character (three bytes) per byte.
+/// </param>
+public sealed record PeekedMessage(FaultedMessage Message, string BodyPreview, bool BodyTruncated);
 
 /// <summary>Collects the first messages of a queue with a body preview; keeps every message.</summary>
 public sealed class PeekVisitor(int limit, int previewBytes) : WalkVisitor
@@ -15,13 +19,13 @@ public sealed class PeekVisitor(int limit, int previewBytes) : WalkVisitor
     public override bool IsDone => _messages.Count >= limit;
 
     public override object? Inspect(FaultedMessage message, IReadOnlyBasicProperties properties, ReadOnlyMemory<byte> body) =>
-        FaultedMessage.Preview(body.Span, previewBytes);
+        new PeekedMessage(message, FaultedMessage.Preview(body.Span, previewBytes), body.Length > previewBytes);
 
     public override (WalkAction Action, ForwardCopy? Copy) Decide(FaultedMessage message, object? inspection)
     {
         if (_messages.Count < limit)
         {
-            _messages.Add(new PeekedMessage(message, (string?)inspection ?? ""));
+            _messages.Add((PeekedMessage?)inspection ?? new PeekedMessage(message, "", message.BodyBytes > 0));
         }
 
         return (WalkAction.Keep, null);

@@ -125,6 +125,35 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
     }
 
     /// <summary>
+    /// A body that is no UTF-8 text (protobuf, compressed, any binary a producer sent) is previewed as replacement
+    /// characters, one per byte that is no text. Whether the preview was cut was told from the preview's length in
+    /// UTF-8, three bytes for each of those characters: a 2,000-byte binary body previewed as its first 1,024 bytes
+    /// read as not truncated (the dashboard said nothing of the 976 bytes left out). And the cut, moved back so as
+    /// not to split a character, went back over every byte that looked like the middle of one: a body of such bytes
+    /// was previewed as nothing at all.
+    /// </summary>
+    [Fact]
+    public async Task A_peek_of_a_body_that_is_no_text_says_its_preview_is_cut_and_shows_its_first_bytes()
+    {
+        await Broker.PublishAsync(ErrorQueueKit.ChargeErrors, new RabbitMQ.Client.BasicProperties { MessageId = "binary" }, [.. Enumerable.Repeat((byte)0xFF, 2000)]);
+        await Broker.PublishAsync(ErrorQueueKit.ChargeErrors, new RabbitMQ.Client.BasicProperties { MessageId = "continuations" }, [.. Enumerable.Repeat((byte)0x80, 2000)]);
+        await Broker.PublishAsync(ErrorQueueKit.ChargeErrors, new RabbitMQ.Client.BasicProperties { MessageId = "short" }, [0xFF, 0x80]);
+
+        var messages = (await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/messages")).GetProperty("messages")
+            .EnumerateArray().ToDictionary(m => m.GetProperty("messageId").GetString()!);
+
+        static (int Bytes, bool Truncated, string Preview) Shown(JsonElement message) => (
+            message.GetProperty("bodyBytes").GetInt32(), message.GetProperty("bodyTruncated").GetBoolean(), message.GetProperty("bodyPreview").GetString()!);
+        // The first 1,024 bytes (BodyPreviewBytes), cut there: no byte before the cut can end a character it splits.
+        Assert.Equal((2000, true, new string('\uFFFD', 1024)), Shown(messages["binary"]));
+        // Cut at most three bytes earlier, as far back as a character of UTF-8 can begin.
+        Assert.Equal((2000, true, new string('\uFFFD', 1021)), Shown(messages["continuations"]));
+        // A body within the preview is shown whole, and said to be.
+        Assert.Equal((2, false, "\uFFFD\uFFFD"), Shown(messages["short"]));
+        Assert.Equal(3u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    /// <summary>
     /// Whether moving a message back is safe shows in the peek: a job still dead-lettered runs again
     /// through the inbox's rules; a job whose row is gone (swept after Retention:JobHours) would run
     /// again unguarded; a message that names no job says nothing.

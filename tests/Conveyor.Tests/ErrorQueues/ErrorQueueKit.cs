@@ -211,6 +211,10 @@ public sealed class TestBroker : IAsyncDisposable
         return envelopeId;
     }
 
+    /// <summary>A message as another client may have put it into a queue: these properties and this body, nothing added.</summary>
+    public async Task PublishAsync(string queue, BasicProperties properties, byte[] body) =>
+        await _channel.BasicPublishAsync(string.Empty, queue, mandatory: true, properties, body);
+
     /// <summary>Ready messages (exact, unlike the management API's sampled counters).</summary>
     public async Task<uint> CountAsync(string queue) => (await _channel.QueueDeclarePassiveAsync(queue)).MessageCount;
 
