@@ -4,7 +4,8 @@ namespace Conveyor.Api.ErrorQueues;
 
 /// <summary>
 /// Which messages an operation acts on. Every condition given must hold; no condition = every message.
-/// Type names match the full name or the name without its namespace, ignoring case. Fault times
+/// Type names match the full name, the name without its namespace (<c>Outer+Inner</c> for a nested type) or a
+/// nested type's own name (<c>Inner</c>), ignoring case. Fault times
 /// match <c>faultedAfter &lt;= MT-Fault-Timestamp &lt; faultedBefore</c>. Message ids match as the broker
 /// has them or, for an id with control characters (which a request cannot carry), as the audit trail
 /// writes it (<see cref="AuditText"/>).
@@ -110,7 +111,11 @@ public sealed record MessageFilter
             return true;
         }
 
-        var shortName = actual[(actual.LastIndexOfAny(['.', '+', ':']) + 1)..];
-        return string.Equals(wanted, shortName, StringComparison.OrdinalIgnoreCase);
+        // Without its namespace (a nested type with the type it is nested in, Outer+Inner, as the CLI's tables show it),
+        // or its own name alone (Inner).
+        var withoutNamespace = actual[(actual.LastIndexOf('.') + 1)..];
+        var ownName = actual[(actual.LastIndexOfAny(['.', '+', ':']) + 1)..];
+        return string.Equals(wanted, withoutNamespace, StringComparison.OrdinalIgnoreCase)
+            || string.Equals(wanted, ownName, StringComparison.OrdinalIgnoreCase);
     }
 }

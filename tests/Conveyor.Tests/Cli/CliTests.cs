@@ -218,6 +218,30 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Usage, (await RunAsync("move", ErrorQueueKit.ChargeErrors, "--job-id", "not-a-uuid")).ExitCode);
     }
 
+    /// <summary>
+    /// The tables show a type without its namespace, an exception nested in a class as <c>GatewayClient+DeclinedException</c>,
+    /// and the filters take "full or short type names". The Api took as the short name only what follows the last <c>+</c>
+    /// (<c>DeclinedException</c>), so the name the table showed, pasted into <c>--exception-type</c>, matched nothing: the
+    /// move ended "moved 0" with exit 0, and the message stayed in the queue.
+    /// </summary>
+    [Fact]
+    public async Task A_nested_exception_type_as_the_table_shows_it_selects_its_messages()
+    {
+        var wanted = await Broker.DeadLetterChargeAsync("Conveyor.Worker.Payments.GatewayClient+DeclinedException", "declined");
+        var other = await Broker.DeadLetterChargeAsync(Timeout, "timed out");
+
+        var messages = await RunAsync("messages", ErrorQueueKit.ChargeErrors);
+        Assert.Equal(ExitCodes.Ok, messages.ExitCode);
+        Assert.Contains(" GatewayClient+DeclinedException ", messages.Out, StringComparison.Ordinal);
+
+        var move = await RunAsync("move", ErrorQueueKit.ChargeErrors, "--exception-type", "GatewayClient+DeclinedException", "--json");
+
+        Assert.Equal(ExitCodes.Ok, move.ExitCode);
+        Assert.Equal(1, JsonDocument.Parse(move.Out).RootElement.GetProperty("moved").GetInt64());
+        Assert.Equal([wanted.ToString()], await Broker.IdsAsync(ErrorQueueKit.ChargeQueue));
+        Assert.Equal([other.ToString()], await Broker.IdsAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     [Fact]
     public async Task Purge_without_the_confirmation_is_a_usage_error_and_with_it_purges()
     {
