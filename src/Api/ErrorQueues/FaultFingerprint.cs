@@ -37,13 +37,14 @@ public static partial class FaultFingerprint
             return "";
         }
 
-        var text = message.Length > MaxNormalisedInputChars ? message[..MaxNormalisedInputChars] : message;
+        // Both cuts fall between characters: half a surrogate pair kept alone is no text, and reads as a replacement character.
+        var text = FaultedMessage.Cut(message, MaxNormalisedInputChars);
         text = Guids().Replace(text, "{guid}");
         text = HexIds().Replace(text, "{hex}");
         text = MixedIds().Replace(text, "{id}");
         text = Numbers().Replace(text, "{n}");
         text = Whitespace().Replace(text, " ").Trim();
-        return text.Length > MaxMessageChars ? text[..MaxMessageChars] : text;
+        return FaultedMessage.Cut(text, MaxMessageChars);
     }
 
     [GeneratedRegex(@"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}", RegexOptions.CultureInvariant)]

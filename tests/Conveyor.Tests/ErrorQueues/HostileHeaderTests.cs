@@ -66,6 +66,23 @@ public sealed class HostileHeaderTests(ConveyorFixture fixture) : ErrorQueueApiS
         var example = groups.Single(g => g.GetProperty("exampleMessage").GetString()!.StartsWith('x')).GetProperty("exampleMessage").GetString()!;
         Assert.Equal(HostileMessages.HugeText[..499], example);
     }
+    /// <summary>
+    /// The fingerprint's message is cut to 1,000 characters after normalising. The cut was made by position, so a
+    /// message whose 1,000th character was the first half of an emoji's surrogate pair kept that half alone, which
+    /// the answer could only write as a replacement character: the group's normalised message ended in "\uFFFD",
+    /// text the fault never had. The example message beside it was already cut between characters.
+    /// </summary>
+    [Fact]
+    public async Task A_groups_normalised_message_is_cut_between_characters()
+    {
+        var text = new string('x', 999) + "\U0001F600" + new string('y', 100);
+        await Broker.DeadLetterChargeAsync("Conveyor.Worker.Failures.PermanentFailureException", text);
+
+        var group = Assert.Single((await Admin.GetJsonAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/groups")).GetProperty("groups").EnumerateArray());
+
+        Assert.Equal(new string('x', 999), group.GetProperty("normalisedMessage").GetString());
+        Assert.Equal(text[..500], group.GetProperty("exampleMessage").GetString());
+    }
 }
 
 /// <summary>Dead-lettered charges with headers another producer could have sent, and one harmless charge.</summary>
