@@ -39,6 +39,8 @@ public class QueueSettings : ApiSettings
         {
             (null, null) => ValidationResult.Error("Name the queue: as the argument <queue>, or as --queue=NAME (for a name beginning with '-')."),
             ({ }, { }) => ValidationResult.Error("The queue is given twice, as the argument and as --queue: give it once."),
+            // An unset variable ("$QUEUE"), as an empty option value is refused (CliApp.MissingValue): no queue has that name.
+            ({ Length: 0 }, null) => ValidationResult.Error("The queue is empty: name the queue (an unset variable?). Nothing was sent."),
             _ => ValidationResult.Success(),
         };
 }

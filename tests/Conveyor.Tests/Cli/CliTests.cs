@@ -319,6 +319,33 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
     }
 
+    /// <summary>
+    /// A queue given as an empty argument (<c>conveyor move "$QUEUE" --dry-run</c> with QUEUE unset) was sent as it was:
+    /// the Api answered a bare "404 Not Found" for the path with an empty segment, and the CLI ended with 4, "no such
+    /// queue", while the same queue given as <c>--queue ""</c> was a usage error naming it, as any empty value is.
+    /// </summary>
+    [Fact]
+    public async Task A_queue_given_as_an_empty_argument_is_a_usage_error_and_nothing_is_sent()
+    {
+        await Broker.DeadLetterChargeAsync(Declined, "declined");
+
+        var runs = new[]
+        {
+            await RunAsync("messages", ""),
+            await RunAsync("groups", ""),
+            await RunAsync("move", "", "--dry-run"),
+            await RunAsync("purge", "", "--dry-run"),
+        };
+
+        Assert.All(runs, run =>
+        {
+            Assert.Equal(ExitCodes.Usage, run.ExitCode);
+            Assert.Contains("The queue is empty", run.Err, StringComparison.Ordinal);
+        });
+        Assert.Equal(0, JsonDocument.Parse((await RunAsync("operations", "--json")).Out).RootElement.GetArrayLength());
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     [Fact]
     public async Task Job_and_jobs_show_a_job_found_by_id_or_by_business_key()
     {
