@@ -61,14 +61,18 @@ public static class DatabaseFailures
     /// worker's statements are fixed by its code, so a missing grant fails every message alike until
     /// an operator adds it), and for the same reason <c>42P01 undefined_table</c> and <c>42703
     /// undefined_column</c>: the schema is behind the code (a pod started before its migration Job
-    /// ran), which every message meets alike until the migration is applied. Not <c>57014 query_canceled</c>: the server is up and stopped a statement
+    /// ran), which every message meets alike until the migration is applied. <c>25006 read_only_sql_transaction</c>: the
+    /// server takes no writes (a standby that a failover or a pooler left the service on, a primary set
+    /// <c>default_transaction_read_only</c> by an operator or by a managed service whose disk is nearly full); no statement
+    /// of the services writes in a read-only transaction of its own making (a report's snapshot only reads), so every write of every message fails alike
+    /// until the server takes them again. Not <c>57014 query_canceled</c>: the server is up and stopped a statement
     /// that ran past <c>statement_timeout</c> (or was cancelled), which a slow query will do again.
     /// </summary>
     public static bool IsUnavailableState(string sqlState) =>
         sqlState.Length == 5
         && (sqlState[..2] is "08" or "53" or "57" or "58" or "28"
             || sqlState is PostgresErrorCodes.InvalidCatalogName or PostgresErrorCodes.InsufficientPrivilege
-                or PostgresErrorCodes.UndefinedTable or PostgresErrorCodes.UndefinedColumn)
+                or PostgresErrorCodes.UndefinedTable or PostgresErrorCodes.UndefinedColumn or PostgresErrorCodes.ReadOnlySqlTransaction)
         && sqlState != PostgresErrorCodes.QueryCanceled;
 
     /// <summary>True when the server cancelled a statement of <paramref name="exception"/> (<c>statement_timeout</c>, or a cancel request).</summary>

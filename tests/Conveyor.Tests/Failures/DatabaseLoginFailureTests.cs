@@ -13,19 +13,28 @@ namespace Conveyor.Tests.Failures;
 
 /// <summary>
 /// A server that is up but refuses this service (a wrong or rotated password, a database that does
-/// not exist yet, a schema the migrations have not reached) is an outage of the service's own store like an unreachable one: the worker keeps
+/// not exist yet, a schema the migrations have not reached, a server that takes no writes) is an outage of the service's own store like an unreachable one: the worker keeps
 /// its messages in their queue, the Api answers 503, and nothing is dead-lettered for it.
 /// </summary>
 [Collection(ConveyorCollection.Name)]
 public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : ScratchDatabaseTest(fixture, "no_schema")
 {
-    public static TheoryData<string> Refusals => ["wrong password", "missing database", "database without its schema"];
+    private static readonly string[] LoginRefusals = ["wrong password", "missing database", "database without its schema"];
+
+    public static TheoryData<string> Refusals => [.. LoginRefusals];
+
+    /// <summary>
+    /// And a server that lets the worker in and read but takes no writes: a standby a failover or a pooler left it
+    /// on, or a primary set read-only (by an operator, or by a managed service whose disk is nearly full). Not for
+    /// the Api's test, whose listing only reads.
+    /// </summary>
+    public static TheoryData<string> WorkerRefusals => [.. LoginRefusals, "read-only database"];
 
     /// <summary>A database the migrations have not reached yet: a pod started before its migration Job ran.</summary>
     private string WithoutSchema => Database.Name;
 
     [Theory]
-    [MemberData(nameof(Refusals))]
+    [MemberData(nameof(WorkerRefusals))]
     public async Task A_worker_the_database_refuses_keeps_the_job_in_its_queue_and_a_worker_it_accepts_runs_it_once(string refusal)
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
@@ -111,6 +120,9 @@ public sealed class DatabaseLoginFailureTests(ConveyorFixture fixture) : Scratch
                 break;
             case "database without its schema":
                 connection.Database = WithoutSchema; // 42P01
+                break;
+            case "read-only database":
+                connection.Options = "-c default_transaction_read_only=on"; // 25006 at the first write
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(refusal), refusal, null);

@@ -91,6 +91,18 @@ public sealed class DatabaseFailuresTests(ConveyorFixture fixture)
     }
 
     [Fact]
+    public async Task A_database_that_takes_no_writes_is_an_outage()
+    {
+        // A standby a failover or a pooler left the service on, or a server an operator (or a managed
+        // service whose disk is nearly full) set read-only: every write of every message fails alike.
+        var readOnly = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Options = "-c default_transaction_read_only=on", Pooling = false };
+        await using var connection = new NpgsqlConnection(readOnly.ConnectionString);
+        await connection.OpenAsync();
+
+        AssertOutage(await StatementFailureAsync(connection, "CREATE TEMP TABLE written (id int)"), PostgresErrorCodes.ReadOnlySqlTransaction);
+    }
+
+    [Fact]
     public async Task What_a_statement_or_its_data_breaks_is_no_outage()
     {
         await using var connection = new NpgsqlConnection(fixture.ConnectionString);

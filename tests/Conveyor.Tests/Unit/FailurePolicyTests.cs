@@ -194,6 +194,7 @@ public sealed class FailurePolicyTests
     [InlineData("28000", true)] // invalid_authorization_specification: no such role, may not log in, pg_hba.conf
     [InlineData("3D000", true)] // invalid_catalog_name: the database does not exist (yet)
     [InlineData("42501", true)] // insufficient_privilege: no CONNECT, or a GRANT missing after a migration
+    [InlineData("25006", true)] // read_only_sql_transaction: a standby, or a primary set read-only, takes no message's writes
     [InlineData("23503", false)] // foreign_key_violation: the message's own data
     [InlineData("22P02", false)] // invalid_text_representation: the message's own data
     [InlineData("22001", false)] // string_data_right_truncation: the message's own data
