@@ -10,10 +10,19 @@ namespace Conveyor.Worker.Redelivery;
 /// fault is held (as MassTransit's own retry holds its faults): dropped when a later attempt succeeds,
 /// recorded on the received message without an event when the message will be tried again, and
 /// published once, for the last attempt, when the message goes to <c>_error</c>.
+/// Published, never sent: MassTransit sends a fault to the envelope's <c>faultAddress</c> (else its
+/// <c>responseAddress</c>) when it names one, an address any sender writes, and a send the broker refused
+/// there (an exchange of another type, a queue declared with other arguments) closed the endpoint's channel:
+/// the message went back to its queue instead of to <c>_error</c>, and stopped the endpoint at every delivery.
+/// The worker answers no requests, so below this context neither address is seen.
 /// </summary>
 public sealed class FaultHoldingConsumeContext(ConsumeContext context) : ConsumeContextProxy(context)
 {
     private Func<bool, Task>? _held;
+
+    public override Uri? FaultAddress => null;
+
+    public override Uri? ResponseAddress => null;
 
     public override Task NotifyFaulted<T>(ConsumeContext<T> context, TimeSpan duration, string consumerType, Exception exception)
     {

@@ -130,6 +130,62 @@ public sealed class FaultEventTests(ConveyorFixture fixture) : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// An envelope may name where its sender wants a fault sent (<c>faultAddress</c>, else <c>responseAddress</c>, as
+    /// a MassTransit request client sets it), and MassTransit sends the fault there instead of publishing it. Sent
+    /// to an address the broker refuses (here an exchange the producer has of another type), the send closed the
+    /// endpoint's channel: the message went back to its queue, never to <c>_error</c>, and stopped the endpoint's
+    /// consumer on every delivery, for good. The worker answers no requests: the fault is published, as for any
+    /// other message, whatever the envelope names.
+    /// </summary>
+    [Theory]
+    [InlineData("faultAddress", "invalid")]
+    [InlineData("responseAddress", "invalid")]
+    [InlineData("faultAddress", "too large")]
+    public async Task A_fault_address_the_sender_names_neither_stalls_the_endpoint_nor_keeps_the_message_from_error(string field, string failure)
+    {
+        const string Exchange = "Conveyor.Contracts.Payments:ChargePayment";
+        const string SendersExchange = "conveyor-tests-senders-replies";
+        await using (var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-senders-replies"))
+        await using (var channel = await connection.CreateChannelAsync())
+        {
+            await channel.ExchangeDeclareAsync(SendersExchange, ExchangeType.Direct, durable: true);
+        }
+
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(gateway).Override(("Consumers:ChargePayment:MaxMessageBytes", "4096")));
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        await fixture.DeclareAsync(Queue + "_error");
+        var bad = Guid.NewGuid();
+        var good = NewPayment();
+        // Refused by its consumer (the fault held and published once), or by the size limit before any consumer ran.
+        var command = failure == "invalid"
+            ? $$"""{"paymentId":"{{bad}}","accountId":"acct-faults","amountMinor":-5,"currency":"EUR"}"""
+            : $$"""{"paymentId":"{{bad}}","accountId":"{{new string('a', 8_000)}}","amountMinor":5,"currency":"EUR"}""";
+        var envelope = $$"""{"messageId":"{{Guid.NewGuid()}}","messageType":["urn:message:{{Exchange}}"],"{{field}}":"exchange:{{SendersExchange}}","message":{{command}}}""";
+
+        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8(envelope), RawAmqpProducer.EnvelopeContentType);
+        await using (var publisher = await TestPublisher.StartAsync(fixture))
+        {
+            await publisher.PublishAsync(good);
+        }
+
+        var dead = await producer.TakeOnlyAsync(Queue + "_error", async () =>
+            $"{Queue}: {await fixture.ReadyAsync(Queue)} ready, {await fixture.ConsumersAsync(Queue)} consumer(s)");
+        Assert.StartsWith("permanent failure; not retried: ", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        await WaitForStatusAsync(good, JobStatus.Succeeded);
+        // Still consuming: the endpoint's channel was not closed under it.
+        Assert.Equal(1u, await fixture.ConsumersAsync(Queue));
+        await fixture.AssertDrainedAsync(worker, Queue);
+        if (failure == "invalid")
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(1, (await db.Jobs.SingleAsync(j => j.BusinessKey == bad.ToString())).Attempts);
+            // Published, as every other fault: a subscriber of Fault<ChargePayment> hears of it.
+            Assert.Equal(1u, await fixture.ReadyAsync(Subscriber));
+        }
+    }
+
     private static ChargePayment NewPayment() =>
         new() { PaymentId = Guid.NewGuid(), AccountId = "acct-faults", AmountMinor = 2_500, Currency = "EUR" };
 
