@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json;
 using Conveyor.Contracts;
 using Conveyor.Storage;
 using Conveyor.Worker.Jobs;
@@ -12,7 +13,10 @@ namespace Conveyor.Worker.Failures;
 /// First filter of every job endpoint's error pipe: adds Conveyor's headers (job id, attempts,
 /// first failure time, a readable reason) beside MassTransit's <c>MT-Fault-*</c> ones.
 /// </summary>
-public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<ExceptionReceiveContext>
+/// <param name="commandReadFailure">
+/// Why the envelope's command cannot be read as the endpoint's job (<see cref="EnvelopeReader.CommandReadFailure{T}"/>), or null.
+/// </param>
+public sealed class DeadLetterHeadersFilter(TimeProvider time, Func<ReadOnlyMemory<byte>, Exception?>? commandReadFailure = null) : IFilter<ExceptionReceiveContext>
 {
     public const string JobKind = "Conveyor-Job-Kind";
     public const string Attempts = "Conveyor-Attempts";
@@ -62,7 +66,7 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             ForgetClaim(context, JobHeaders.JobId);
             ForgetClaim(context, Attempts);
             ForgetClaim(context, JobKind);
-            headers.Set(Reason, ReasonWithoutJob(context.Exception, context.Body.GetBytes()));
+            headers.Set(Reason, ReasonWithoutJob(context.Exception, context.Body.GetBytes(), CannotBeReadAsJob(context)));
         }
 
         return next.Send(context);
@@ -72,14 +76,16 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
 
     /// <summary>
     /// The reason when the job outcome filter handed over no details: the message could not be read
-    /// as its job (MassTransit wraps every failure to read one in a <see cref="System.Runtime.Serialization.SerializationException"/>),
+    /// as its job (MassTransit wraps a failure to read its envelope in a <see cref="System.Runtime.Serialization.SerializationException"/>;
+    /// one to read its command comes as a bare <see cref="JsonException"/>, <paramref name="unreadable"/>),
     /// or it was read and the job's row could not be written either. Only the first is unreadable.
     /// </summary>
     /// <param name="body">The message as it arrived: a body that is no envelope gets a reason the producer can act on.</param>
-    public static string ReasonWithoutJob(Exception exception, ReadOnlySpan<byte> body = default)
+    /// <param name="unreadable">Whether the message is known not to read as its job (<see cref="CannotBeReadAsJob"/>).</param>
+    public static string ReasonWithoutJob(Exception exception, ReadOnlySpan<byte> body = default, bool unreadable = false)
     {
         var described = JobTracker.Describe(exception, 500);
-        if (IsUnreadable(exception))
+        if (unreadable || IsUnreadable(exception))
         {
             // MassTransit's own words for a body that is no envelope name its internals (a null 'envelope'
             // parameter); MT-Fault-Message keeps them.
@@ -113,6 +119,17 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time) : IFilter<Excepti
             }
         }
     }
+
+    /// <summary>
+    /// Whether the envelope was read but its command cannot be read as the job: a field of the wrong JSON type (a
+    /// string for a number, a number for a string, an amount with a fraction or beyond 64 bits, an id that is no
+    /// UUID). MassTransit reads the command only when its message-type filter first asks for it, ahead of every
+    /// filter of the endpoint, and its reader's <c>JsonException</c> comes bare, not wrapped as a body it cannot
+    /// read is: the reason read "permanent failure; not retried: JsonException", as for a command read and refused.
+    /// Read again here, from the body, as MassTransit reads it: only a command that does not read is unreadable.
+    /// </summary>
+    private bool CannotBeReadAsJob(ExceptionReceiveContext context) =>
+        context.Exception is JsonException && commandReadFailure?.Invoke(context.Body.GetBytes()) is not null;
 
     private static string PermanentCause(Exception exception) => exception is PermanentFailureException or IdempotencyConflictException
         ? exception.Message.Length <= MaxCauseLength ? exception.Message : exception.Message[..MaxCauseLength]

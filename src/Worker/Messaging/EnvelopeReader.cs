@@ -109,6 +109,50 @@ public static class EnvelopeReader
     }
 
     /// <summary>
+    /// Why the command in the envelope <paramref name="body"/> cannot be read as a <typeparamref name="T"/>, read
+    /// as MassTransit reads it (its serializer's options): a field of the wrong JSON type, an amount beyond its
+    /// type, an id that is no UUID. Null when it reads, or when the body is no JSON envelope with a <c>message</c>
+    /// object (MassTransit could not read the envelope, and says so itself).
+    /// </summary>
+    public static JsonException? CommandReadFailure<T>(ReadOnlySpan<byte> body) where T : class
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(body, Options);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return null;
+            }
+
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isMessage = IsMessageProperty(ref reader);
+                reader.Read();
+                if (isMessage && reader.TokenType == JsonTokenType.StartObject)
+                {
+                    try
+                    {
+                        JsonSerializer.Deserialize<T>(ref reader, MassTransit.Serialization.SystemTextJsonMessageSerializer.Options);
+                        return null;
+                    }
+                    catch (JsonException failure)
+                    {
+                        return failure;
+                    }
+                }
+
+                reader.Skip();
+            }
+
+            return null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
     /// The contract's type name (<c>Conveyor.Contracts.Payments.ChargePayment</c>) of the first of the
     /// envelope's <c>messageType</c> URNs, as MassTransit names it in <c>MT-Fault-MessageType</c>; null
     /// when <paramref name="body"/> is no JSON envelope or names no type.

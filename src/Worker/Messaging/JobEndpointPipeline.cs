@@ -85,7 +85,7 @@ public static class JobEndpointPipeline
         {
             // The database is away: back to the queue, not to _error (see RedeliveryFilter).
             error.UseFilter(new RequeueFilter());
-            error.UseFilter(new DeadLetterHeadersFilter(time));
+            error.UseFilter(new DeadLetterHeadersFilter(time, body => EnvelopeReader.CommandReadFailure<TMessage>(body.Span)));
             error.UseFilter(new GenerateFaultFilter());
             // A copy that would not fit in a frame would cost the worker its connection (see FrameFitFilter).
             error.UseFilter(frameFit);

@@ -79,7 +79,9 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         // Only what could not be read as a job says so: the rest was read, and failed for its own reason.
         Assert.StartsWith("unreadable message: ", error.Single(m => m.ContentType == "text/plain").Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
         Assert.StartsWith("unreadable message: ", error.Single(m => Encoding.UTF8.GetString(m.Body).EndsWith("\"paymentId\":", StringComparison.Ordinal)).Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
-        Assert.Equal(2, error.Count(m => m.Header("Conveyor-Dead-Letter-Reason")!.StartsWith("unreadable message: ", StringComparison.Ordinal)));
+        // So is a command without its required fields: MassTransit's reader refuses it, and no job is read from it.
+        Assert.StartsWith("unreadable message: ", error.Single(m => m.Header("MT-Fault-Message")!.Contains("missing required properties", StringComparison.Ordinal)).Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        Assert.Equal(3, error.Count(m => m.Header("Conveyor-Dead-Letter-Reason")!.StartsWith("unreadable message: ", StringComparison.Ordinal)));
         Assert.Contains(error, m => m.Header("MT-Fault-Message")!.StartsWith("Invalid ChargePayment: amountMinor: Must be between 1 and", StringComparison.Ordinal));
         Assert.Contains(error, m => m.Header("MT-Fault-Message") == "Invalid ChargePayment: accountId: May contain only letters, digits and the characters _ - : .; currency: Must be an active ISO 4217 currency code in upper case, such as EUR.");
         Assert.Contains(error, m => m.Header("MT-Fault-Message")!.Contains("limit is", StringComparison.Ordinal));
@@ -148,6 +150,47 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
             name.Equals("Conveyor-Job-Id", StringComparison.OrdinalIgnoreCase) || name.Equals("Conveyor-Attempts", StringComparison.OrdinalIgnoreCase)
             || name.Equals("Conveyor-Job-Kind", StringComparison.OrdinalIgnoreCase));
         Assert.Empty(claims);
+    }
+
+    /// <summary>
+    /// A command whose fields have the wrong JSON types (a string for a number, a number for a string, a fraction
+    /// or an overflow for an amount, an id that is no UUID) cannot be read as its job: no job row, no job named,
+    /// and a reason that says so and where it broke, as for a body that is no JSON. It read "permanent failure;
+    /// not retried: JsonException", as if the command had been read and refused.
+    /// </summary>
+    [Theory]
+    [InlineData("\"amountMinor\":\"five\"", "$.amountMinor")]
+    [InlineData("\"amountMinor\":1.5", "$.amountMinor")]
+    [InlineData("\"amountMinor\":99999999999999999999999", "$.amountMinor")]
+    [InlineData("\"accountId\":7", "$.accountId")]
+    public async Task A_command_whose_fields_have_the_wrong_types_goes_to_error_as_unreadable(string wrongField, string path)
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+        await fixture.DeclareAsync("charge-payment_error");
+        var fields = new Dictionary<string, string>
+        {
+            ["paymentId"] = $"\"{Guid.NewGuid()}\"",
+            ["accountId"] = "\"acct-poison\"",
+            ["amountMinor"] = "250",
+            ["currency"] = "\"EUR\"",
+        };
+        var (name, value) = (wrongField.Split(':', 2)[0].Trim('"'), wrongField.Split(':', 2)[1]);
+        fields[name] = value;
+        var command = "{" + string.Join(",", fields.Select(field => $"\"{field.Key}\":{field.Value}")) + "}";
+
+        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8(
+            $$"""{"messageId":"{{Guid.NewGuid()}}","messageType":["{{ChargeUrn}}"],"message":{{command}}}"""), RawAmqpProducer.EnvelopeContentType);
+
+        var error = await producer.TakeOnlyAsync("charge-payment_error", () => PipelineState.DescribeAsync(fixture));
+        var reason = error.Header("Conveyor-Dead-Letter-Reason");
+        Assert.StartsWith("unreadable message: ", reason, StringComparison.Ordinal);
+        Assert.Contains(path, reason, StringComparison.Ordinal);
+        Assert.Null(error.Header("Conveyor-Job-Id"));
+        Assert.Null(error.Header("Conveyor-Job-Kind"));
+        await fixture.AssertDrainedAsync(worker, "charge-payment");
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(0, await db.Jobs.CountAsync());
     }
 
     private static object Good(Guid paymentId) => new { paymentId, accountId = "acct-good", amountMinor = 250, currency = "EUR" };
