@@ -58,6 +58,8 @@ internal static class ErrorQueuesApi
             .WithTags("Error queues")
             .RequireAuthorization(ApiPolicies.Admin)
             .RefuseUnknownQueryParameters()
+            // After the unknown ones: a move or purge takes no query parameter, given once or twice.
+            .RefuseRepeatedQueryParameters()
             // Its 503 is also the broker's (unreachable, or a queue's lock lost).
             .ProducesCallerProblems();
 

@@ -642,6 +642,27 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         Assert.Equal(["limit"], await response.ErrorFieldsAsync());
     }
 
+    /// <summary>
+    /// A parameter given twice is said to be given twice, as <c>GET /api/operations</c> and <c>/api/audit</c> say it: its
+    /// values were joined to <c>1,2</c>, which was refused as no integer between 1 and the most, though each value was one.
+    /// </summary>
+    [Theory]
+    [InlineData("messages?limit=1&limit=2")]
+    [InlineData("groups?limit=1&limit=2")]
+    [InlineData("messages?limit=5&Limit=5")]
+    public async Task A_query_parameter_a_peek_or_grouping_is_given_twice_is_a_400_saying_so(string pathAndQuery)
+    {
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
+
+        using var response = await Admin.GetAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/{pathAndQuery}", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("limit", Assert.Single(await response.ErrorFieldsAsync()), ignoreCase: true);
+        var body = await response.Content.ReadAsStringAsync();
+        Assert.Contains("Must be given once.", body, StringComparison.Ordinal);
+        Assert.DoesNotContain("Must be an integer", body, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("messages?limt=3", "limt")]
     [InlineData("groups?max=5", "max")]
