@@ -409,10 +409,13 @@ internal static class Operations
         var missing = Number(operation, "jobsMissing");
         if (missing > 0)
         {
-            // Said before a move, above all by a dry run: these messages are no longer deduplicated.
+            // Said before a move, above all by a dry run: these messages are no longer deduplicated. A purge runs nothing
+            // again: it deletes the last record of those jobs.
             cli.Err.MarkupLine(
                 $"[yellow]Warning: {missing} job(s) of the selected messages have no row any more (swept after Retention:JobHours): "
-                + "moving their messages back runs those jobs again, with no deduplication.[/]");
+                + (ConveyorClient.Text(operation, "kind") == "purge"
+                    ? "their messages are the last record of those jobs, and a purge deletes them for good (it runs nothing again).[/]"
+                    : "moving their messages back runs those jobs again, with no deduplication.[/]"));
         }
 
         if (json)

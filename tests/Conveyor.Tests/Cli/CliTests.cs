@@ -144,7 +144,34 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(ExitCodes.Ok, dryRun.ExitCode);
         Assert.Matches(@"Jobs missing\s+1", dryRun.Out);
         Assert.Contains("Warning: 1 job(s) of the selected messages have no row any more", dryRun.Err, StringComparison.Ordinal);
+        Assert.Contains("moving their messages back runs those jobs again, with no deduplication.", dryRun.Err, StringComparison.Ordinal);
         Assert.Equal(2u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
+    /// <summary>
+    /// A purge, dry run or not, warns of the same jobs, but not that they would run again: a purge runs nothing again. Their
+    /// messages are the last record of them, which it deletes.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_purge_warns_of_jobs_whose_row_is_gone_as_their_last_record_not_as_jobs_that_run_again(bool dryRun)
+    {
+        await Broker.DeadLetterChargeAsync(Declined, "declined",
+            extraHeaders: new Dictionary<string, object?> { [JobHeaders.JobId] = Guid.NewGuid().ToString() });
+        await Broker.DeadLetterChargeAsync(Declined, "declined");
+
+        string[] purge = ["purge", ErrorQueueKit.ChargeErrors, "--confirm", ErrorQueueKit.ChargeErrors];
+        var run = await RunAsync(dryRun ? [.. purge, "--dry-run"] : purge);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Matches(@"Jobs missing\s+1", run.Out);
+        Assert.Contains(
+            "Warning: 1 job(s) of the selected messages have no row any more (swept after Retention:JobHours): "
+            + "their messages are the last record of those jobs, and a purge deletes them for good (it runs nothing again).",
+            run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("moving their messages back", run.Err, StringComparison.Ordinal);
+        Assert.Equal(dryRun ? 2u : 0u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
     [Fact]
