@@ -100,10 +100,11 @@ public sealed class ConveyorClient : IDisposable
     /// Posts <paramref name="body"/> as JSON. A failure without an answer says, by <see cref="CliFailureException.RequestSent"/>,
     /// whether the request had gone out, so that the Api may have acted on it.
     /// </summary>
-    public Task<JsonElement> PostAsync(string path, object body, CancellationToken cancellationToken) =>
-        SendAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = new WatchedContent(JsonContent.Create(body)) }, cancellationToken);
+    /// <param name="describeField">Rewrites a field name of a refused request's errors, such as the body's <c>filter.faultedAfter</c> as the option <c>--faulted-after</c>.</param>
+    public Task<JsonElement> PostAsync(string path, object body, CancellationToken cancellationToken, Func<string, string>? describeField = null) =>
+        SendAsync(new HttpRequestMessage(HttpMethod.Post, Relative(path)) { Content = new WatchedContent(JsonContent.Create(body)) }, describeField, cancellationToken);
 
-    private async Task<JsonElement> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+    private async Task<JsonElement> SendAsync(HttpRequestMessage request, Func<string, string>? describeField, CancellationToken cancellationToken)
     {
         var answer = await AnswerAsync(request, cancellationToken);
         if (answer.IsSuccess)
@@ -111,7 +112,7 @@ public sealed class ConveyorClient : IDisposable
             return answer.Body;
         }
 
-        var failure = answer.Failure();
+        var failure = answer.Failure(describeField);
         // A gateway's 504 (it forwarded the request and stopped waiting for the Api) or 502 (the Api's answer broke off,
         // or the gateway could not reach the Api: it does not say which) may follow a request the Api took.
         throw answer.Status is HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout && failure.ExitCode == ExitCodes.Unreachable

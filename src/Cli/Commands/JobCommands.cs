@@ -81,18 +81,11 @@ public sealed class JobsSettings : ApiSettings
     public int? RetryFor { get; set; }
 
     /// <summary>The query parameters of <c>GET /api/jobs</c>, named in a 400's errors, as the options that give them.</summary>
-    private static readonly Dictionary<string, string> OptionsByParameter = new(StringComparer.Ordinal)
-    {
-        ["status"] = "--status",
-        ["kind"] = "--kind",
-        ["businessKey"] = "--business-key",
-        ["limit"] = "--limit",
-        ["order"] = "--order",
-        ["cursor"] = "--after",
-    };
+    private static readonly OptionNames Options = new(
+        ("status", "--status"), ("kind", "--kind"), ("businessKey", "--business-key"), ("limit", "--limit"), ("order", "--order"), ("cursor", "--after"));
 
     /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/> (<c>cursor</c>: <c>--after</c>); any other name as it is.</summary>
-    public static string OptionFor(string parameter) => OptionsByParameter.GetValueOrDefault(parameter, parameter);
+    public static string OptionFor(string parameter) => Options.For(parameter);
 
     /// <summary>Oldest first: asked for with <c>--order oldest</c>, or by <c>--follow</c> without <c>--order</c>, as only that order can be followed.</summary>
     public bool OldestFirstOrder => Order == OldestFirst || (Order is null && Follow);

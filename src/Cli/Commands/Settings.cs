@@ -57,6 +57,11 @@ public sealed class PeekSettings : QueueSettings
 
     public override ValidationResult Validate() =>
         Limit is < 1 ? ValidationResult.Error("--limit must be at least 1.") : base.Validate();
+
+    private static readonly OptionNames Options = new(("limit", "--limit"));
+
+    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/>; any other name as it is.</summary>
+    public static string OptionFor(string parameter) => Options.For(parameter);
 }
 
 public class FilterSettings : QueueSettings
@@ -127,6 +132,15 @@ public class FilterSettings : QueueSettings
         return times.Successful ? base.Validate() : times;
     }
 
+    /// <summary>The fields of a move's or purge's body, named in a 400's errors, as the options that give them.</summary>
+    private static readonly OptionNames Options = new(
+        ("filter.messageIds", "--message-id"), ("filter.jobIds", "--job-id"), ("filter.exceptionType", "--exception-type"),
+        ("filter.messageType", "--message-type"), ("filter.groupId", "--group"), ("filter.faultedBefore", "--faulted-before"),
+        ("filter.faultedAfter", "--faulted-after"), ("limit", "--limit"), ("dryRun", "--dry-run"), ("target", "--target"), ("confirm", "--confirm"));
+
+    /// <summary>The option that gives the Api's field <paramref name="field"/> (<c>filter.groupId</c>: <c>--group</c>); any other name as it is.</summary>
+    public static string OptionFor(string field) => Options.For(field);
+
     public Dictionary<string, object?> Filter()
     {
         var filter = new Dictionary<string, object?>(StringComparer.Ordinal);
@@ -188,6 +202,11 @@ public sealed class OperationsSettings : ApiSettings
     [CommandOption("--before <OPERATION_ID>")]
     [Description("Only those listed after this one: the id of the last row of the previous page, for the next page.")]
     public Guid? Before { get; set; }
+
+    private static readonly OptionNames Options = new(("queue", "--queue"), ("state", "--state"), ("limit", "--limit"), ("before", "--before"));
+
+    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/>; any other name as it is.</summary>
+    public static string OptionFor(string parameter) => Options.For(parameter);
 }
 
 public sealed class OperationSettings : ApiSettings
@@ -233,6 +252,24 @@ public sealed class AuditSettings : ApiSettings
     public Guid? Before { get; set; }
 
     public override ValidationResult Validate() => IsoTime.Check(("--since", Since));
+
+    private static readonly OptionNames Options = new(
+        ("queue", "--queue"), ("requestedBy", "--who"), ("since", "--since"), ("limit", "--limit"), ("before", "--before"));
+
+    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/> (<c>requestedBy</c>: <c>--who</c>); any other name as it is.</summary>
+    public static string OptionFor(string parameter) => Options.For(parameter);
+}
+
+/// <summary>
+/// The options that give the Api's fields, so that a 400's errors name what the user typed (<c>--after</c>), not the
+/// Api's field (<c>cursor</c>): the <c>describeField</c> of <see cref="ConveyorClient.GetAsync"/> and <see cref="ConveyorClient.PostAsync"/>.
+/// A field no option gives is named as the Api names it.
+/// </summary>
+internal sealed class OptionNames(params (string Field, string Option)[] options)
+{
+    private readonly Dictionary<string, string> _optionsByField = options.ToDictionary(o => o.Field, o => o.Option, StringComparer.Ordinal);
+
+    public string For(string field) => _optionsByField.GetValueOrDefault(field, field);
 }
 
 /// <summary>

@@ -174,6 +174,34 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         Assert.Equal(dryRun ? 2u : 0u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
     }
 
+    /// <summary>
+    /// A value the CLI lets through and the Api refuses is said as the option that gave it, as for <c>conveyor jobs</c>,
+    /// not as the Api's field (<c>requestedBy</c>, <c>filter.faultedAfter</c>), which the user never typed.
+    /// </summary>
+    [Theory]
+    [InlineData("messages|charge-payment_error|--limit|501", "--limit: Must be an integer between 1 and 500.", "  limit:")]
+    [InlineData("groups|charge-payment_error|--limit|100001", "--limit: Must be an integer between 1 and 100000.", "  limit:")]
+    [InlineData("audit|--who|ops\u0001admin", "--who: ", "requestedBy")]
+    [InlineData("audit|--limit|501", "--limit: Must be an integer between 1 and 500.", "  limit:")]
+    [InlineData("operations|--state|paused", "--state: Must be one of running", "  state:")]
+    [InlineData("operations|--queue|a\u0001b", "--queue: ", "  queue:")]
+    [InlineData("move|charge-payment_error|--faulted-after|2026-12-01T00:00:00Z|--faulted-before|2026-11-01T00:00:00Z", "--faulted-after: Must be earlier than", "filter.faultedAfter")]
+    [InlineData("move|charge-payment_error|--exception-type| |--dry-run", "--exception-type: Must be a non-blank string", "filter.exceptionType")]
+    [InlineData("move|charge-payment_error|--target| charge-payment", "--target: Must not begin or end with whitespace", "  target:")]
+    [InlineData("purge|charge-payment_error|--confirm|charge-payment_error|--group|not-hex", "--group: Must be a group id", "filter.groupId")]
+    [InlineData("purge|charge-payment_error|--confirm|charge-payment_error|--limit|10000001", "--limit: Must be an integer between 1 and", "  limit:")]
+    public async Task A_value_the_api_refuses_is_named_as_the_option_that_gave_it(string command, string said, string notSaid)
+    {
+        await Broker.DeadLetterChargeAsync(Timeout, "timed out");
+
+        var run = await RunAsync(command.Split('|'));
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains(said, run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain(notSaid, run.Err, StringComparison.Ordinal);
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     [Fact]
     public async Task Move_and_purge_without_waiting_exit_with_still_running_and_say_how_to_follow()
     {
