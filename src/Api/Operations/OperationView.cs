@@ -12,8 +12,9 @@ namespace Conveyor.Api.Operations;
 /// matched messages it could not move (<see cref="Failed"/>, such as a target queue that does not exist;
 /// they stay in the error queue), or a walk that stopped before examining every message (<see cref="Detail"/>
 /// says why). <see cref="JobsMissing"/>: of the jobs the selected messages name, those whose row is gone
-/// (swept after <c>Retention:JobHours</c>), so moving their messages back runs them again with no
-/// deduplication; null while it runs or when the database could not be read.
+/// (swept after <c>Retention:JobHours</c>): moving their messages back runs them again with no
+/// deduplication, and purging them deletes the last record of those jobs; null while it runs or when the
+/// database could not be read.
 /// </summary>
 public sealed record OperationView(
     Guid OperationId,

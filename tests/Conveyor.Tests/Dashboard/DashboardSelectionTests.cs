@@ -67,4 +67,34 @@ public sealed class DashboardSelectionTests(ConveyorFixture fixture) : Dashboard
             Assert.Equal(SharedId, ids[^1]);
         });
     }
+
+    /// <summary>
+    /// A purge of messages whose jobs' rows were swept says what the operator loses: the last record of those jobs.
+    /// It used to say, as after a move, that moving them back runs those jobs again, which a purge never does.
+    /// </summary>
+    [Fact]
+    public async Task A_purge_of_messages_whose_jobs_rows_are_gone_says_it_deletes_their_last_record()
+    {
+        await using var broker = await TestBroker.ConnectAsync(Fixture);
+        await broker.DeclareAsync(ErrorQueueKit.ChargeErrors);
+        await broker.DeadLetterChargeAsync("System.TimeoutException", "swept job", messageId: SharedId,
+            extraHeaders: new Dictionary<string, object?> { [Conveyor.Contracts.JobHeaders.JobId] = Guid.NewGuid().ToString() });
+
+        await using var context = await NewContextAsync();
+        var page = await SignedInPageAsync(context);
+        await page.GotoAsync(new Uri(Api.BaseAddress, $"/dashboard/#/error-queues/{ErrorQueueKit.ChargeErrors}").ToString());
+        var row = page.Locator($"#messages tr[data-message-id='{SharedId}']");
+        await Expect(row).ToHaveCountAsync(1, new LocatorAssertionsToHaveCountOptions { Timeout = 60_000 });
+        await row.Locator("input[type=checkbox]").ClickAsync();
+        await page.ClickAsync("#purge-selected");
+        await page.FillAsync("#dialog-input", ErrorQueueKit.ChargeErrors);
+        await page.ClickAsync("#dialog-confirm");
+
+        await Expect(page.Locator("#operation-state")).ToHaveTextAsync("succeeded", Patiently);
+        var numbers = page.Locator("#operation-numbers");
+        await Expect(numbers).ToContainTextAsync("purged 1");
+        await Expect(numbers).ToContainTextAsync("jobs missing 1 (their rows were swept: these messages were their last record");
+        await Expect(numbers).Not.ToContainTextAsync("runs those jobs again");
+        Assert.Equal(0u, await broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
 }

@@ -380,7 +380,9 @@
         numbers.textContent = "Examined " + fmtNumber(op.examined) + " · matched " + fmtNumber(op.matched) + " · moved " + fmtNumber(op.moved)
           + " · purged " + fmtNumber(op.purged) + " · failed " + fmtNumber(op.failed) + (op.left !== null ? " · left " + fmtNumber(op.left) : "")
           + (op.jobsMissing !== null ? " · jobs missing " + fmtNumber(op.jobsMissing)
-            + (op.jobsMissing > 0 ? " (their rows were swept: moving their messages back runs those jobs again)" : "") : "")
+            + (op.jobsMissing > 0 ? (op.kind === "move"
+              ? " (their rows were swept: moving their messages back runs those jobs again)"
+              : " (their rows were swept: these messages were their last record, and a purge deletes them for good)") : "") : "")
           + (op.detail ? " · " + op.detail : "");
       });
       if (!ended) return;
