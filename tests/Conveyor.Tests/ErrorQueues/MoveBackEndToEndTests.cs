@@ -1,9 +1,11 @@
 using System.Net;
+using System.Text.Json;
 using Conveyor.Contracts.Payments;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
+using RabbitMQ.Client;
 
 namespace Conveyor.Tests.ErrorQueues;
 
@@ -126,6 +128,69 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
         Assert.Equal(1, operation.GetProperty("moved").GetInt64());
         await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, (await JobAsync(payment))?.Status));
         Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
+    }
+
+    /// <summary>
+    /// A command its producer published with RabbitMQ's sender-selected distribution headers: <c>CC</c> names
+    /// another queue (the broker keeps it on the delivered message, and MassTransit on its <c>_error</c> copy),
+    /// <c>BCC</c> too. Published to the contract's fanout exchange, neither routed it anywhere else; moved back
+    /// through the default exchange, a copy that kept them reached the named queue as well: another consumer's
+    /// duplicate. A header that merely starts with "CC" is the sender's own and travels on.
+    /// </summary>
+    [Fact]
+    public async Task A_command_sent_with_cc_headers_moved_back_reaches_its_own_queue_only()
+    {
+        _gateway.FailEverythingWith = HttpStatusCode.BadRequest;
+        var payment = Guid.NewGuid();
+        var witness = $"cc-witness-{Guid.NewGuid():N}";
+        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync($"conveyor-tests-cc ({CallingTest.Name()})");
+        await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        await channel.QueueDeclareAsync(witness, durable: false, exclusive: false, autoDelete: false);
+        try
+        {
+            var id = Guid.NewGuid();
+            var envelope = new
+            {
+                messageId = id,
+                messageType = new[] { "urn:message:Conveyor.Contracts.Payments:ChargePayment" },
+                message = new { paymentId = payment, accountId = "acct-cc", amountMinor = 700, currency = "EUR" },
+            };
+            var properties = new BasicProperties
+            {
+                ContentType = RawAmqpProducer.EnvelopeContentType,
+                MessageId = id.ToString(),
+                DeliveryMode = DeliveryModes.Persistent,
+                Headers = new Dictionary<string, object?>
+                {
+                    ["CC"] = new List<object> { witness },
+                    ["BCC"] = new List<object> { witness },
+                    ["CC-Note"] = "kept",
+                },
+            };
+            await channel.BasicPublishAsync("Conveyor.Contracts.Payments:ChargePayment", "", mandatory: false, properties,
+                JsonSerializer.SerializeToUtf8Bytes(envelope, JsonSerializerOptions.Web));
+            await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.DeadLettered, (await JobAsync(payment))?.Status));
+            await using (var broker = await TestBroker.ConnectAsync(fixture))
+            {
+                var dead = Assert.Single(await broker.ReadAllAsync(ErrorQueueKit.ChargeErrors));
+                Assert.True(dead.Headers.ContainsKey("CC"), "MassTransit's _error copy keeps the CC header");
+            }
+
+            _gateway.FailEverythingWith = null;
+            using var admin = ErrorQueueKit.Client(_api.BaseAddress);
+            var operation = await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+
+            Assert.Equal(1, operation.GetProperty("moved").GetInt64());
+            await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, (await JobAsync(payment))?.Status));
+            Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
+            // The move's one publish routed to every queue it would reach before the job could run.
+            Assert.Equal(0u, await channel.MessageCountAsync(witness));
+        }
+        finally
+        {
+            await channel.QueueDeleteAsync(witness);
+        }
     }
 
     private async Task<Job?> JobAsync(Guid payment)
