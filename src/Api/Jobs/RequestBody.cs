@@ -15,7 +15,8 @@ internal static class RequestBody
     {
         if (!request.HasJsonContentType())
         {
-            return $"Send {what} as a JSON body with Content-Type: application/json.";
+            var given = string.IsNullOrEmpty(request.ContentType) ? "no Content-Type" : $"Content-Type {Cut(request.ContentType)}";
+            return $"Send {what} as a JSON body with Content-Type: application/json (it came with {given}).";
         }
 
         if (MediaTypeHeaderValue.TryParse(request.ContentType, out var type)
@@ -31,6 +32,9 @@ internal static class RequestBody
             ? $"Content-Encoding '{encodings}' is not supported; send the body uncompressed."
             : null;
     }
+
+    /// <summary>A client's header as a detail quotes it: at most 100 characters.</summary>
+    private static string Cut(string text) => text.Length <= 100 ? text : string.Concat(text.AsSpan(0, 100), "…");
 
     /// <summary>
     /// The body, or null when it is longer than <paramref name="limit"/> bytes. Reads at most

@@ -330,8 +330,25 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
 
         using var response = await _api.Client.PostJobAsync("charge-payment", content);
 
+        // Answered by the endpoint, which says what came and what it takes; before, routing refused it with no detail.
         await response.AssertProblemAsync(StatusCodes.Status415UnsupportedMediaType);
+        var detail = (await response.ReadJsonAsync()).GetProperty("detail").GetString();
+        Assert.Contains("Content-Type: application/json", detail, StringComparison.Ordinal);
+        Assert.Contains(mediaType ?? "no Content-Type", detail, StringComparison.Ordinal);
         await AssertNoJobsAsync();
+    }
+
+    [Theory]
+    [InlineData("/api/jobs/mine-bitcoin")]
+    [InlineData("/api/jobs/mine-bitcoin/batch")]
+    public async Task An_unknown_kind_sent_as_another_media_type_is_a_404_problem(string path)
+    {
+        using var content = new StringContent("mine", Encoding.UTF8, "text/plain");
+
+        using var response = await _api.Client.PostAsync(new Uri(path, UriKind.Relative), content);
+
+        await response.AssertProblemAsync(StatusCodes.Status404NotFound);
+        Assert.Contains("'mine-bitcoin' is not a job kind", (await response.ReadJsonAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
     }
 
     [Theory]

@@ -262,6 +262,22 @@ public sealed class OpenApiResponsesTests(ConveyorFixture fixture) : IAsyncLifet
         Assert.Equal("decimal", total.GetProperty("format").GetString());
     }
 
+    /// <summary>
+    /// The operations that read a JSON body declare it, though their handlers, not routing, refuse another media
+    /// type (415 with a detail, after the permit and the kind's 404).
+    /// </summary>
+    [Theory]
+    [InlineData("POST /api/jobs/{kind}")]
+    [InlineData("POST /api/jobs/{kind}/batch")]
+    [InlineData("POST /api/jobs/run-now")]
+    public async Task An_operation_that_reads_json_declares_its_request_body(string operation)
+    {
+        var body = (await OperationsAsync(_api))[operation].GetProperty("requestBody");
+
+        Assert.True(body.GetProperty("required").GetBoolean());
+        Assert.Equal(["application/json"], body.GetProperty("content").EnumerateObject().Select(c => c.Name));
+    }
+
     /// <summary>Each operation of the served document, by method and path.</summary>
     private static async Task<Dictionary<string, JsonElement>> OperationsAsync(RunningApp api)
     {

@@ -244,6 +244,27 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_refused_for_its_media_type_pays_one_permit()
+    {
+        await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["RateLimiting:PermitsPerSecond"] = "1",
+            ["RateLimiting:Burst"] = "4",
+        });
+
+        for (var i = 0; i < 4; i++)
+        {
+            using var content = new StringContent(Charges(1), Encoding.UTF8, "text/plain");
+            using var notJson = await api.Client.PostAsync(new Uri("/api/jobs/charge-payment/batch", UriKind.Relative), content);
+            await notJson.AssertProblemAsync(StatusCodes.Status415UnsupportedMediaType);
+        }
+
+        // Refills since add fewer than three.
+        using var next = await PostChargesAsync(api, 3);
+        await next.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
+    }
+
+    [Fact]
     public async Task A_single_job_over_the_limit_is_accepted_when_sent_again_after_its_retry_after()
     {
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
