@@ -376,9 +376,12 @@ internal sealed class JobSubmitter(
     private async Task TouchQueuedAsync(Guid jobId, CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
-        var now = clock.GetUtcNow();
+        // As every write of a job's times (ADR 0013): another replica may have written the row since this one read
+        // it, by a clock ahead of this one's; updated_at only grows.
+        var now = ToMicroseconds(clock.GetUtcNow());
         await db.Database.ExecuteSqlInterpolatedAsync(
-            $"UPDATE jobs SET updated_at = {now} WHERE id = {jobId} AND (status = {JobStatus.Queued}) IS TRUE", cancellationToken);
+            $"UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', {now}) WHERE id = {jobId} AND (status = {JobStatus.Queued}) IS TRUE",
+            cancellationToken);
     }
 
     /// <summary>

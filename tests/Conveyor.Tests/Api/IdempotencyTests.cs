@@ -4,6 +4,8 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
@@ -271,6 +273,66 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(1u, await published.Channel.MessageCountAsync(published.Queue));
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Jobs.CountAsync());
+    }
+
+    /// <summary>
+    /// A repeat that publishes its job's command again, answered by an Api replica whose clock is two minutes behind,
+    /// while a replica whose clock is right writes the job (here the test, as another repeat or the stranded-job check
+    /// does, between the repeat's look at the row and its write): the job's <c>updatedAt</c> still only grows. Before,
+    /// the repeat stamped it with its own clock, two minutes back.
+    /// </summary>
+    [Fact]
+    public async Task A_repeat_republished_by_an_api_whose_clock_is_behind_keeps_the_jobs_updated_at_growing()
+    {
+        await using var behind = await fixture.StartApiAsync(
+            configure: builder => builder.Services.AddSingleton<TimeProvider>(new SkewedClock(TimeSpan.FromMinutes(-2))));
+        var json = JobRequests.ChargePayment(Guid.NewGuid());
+        var first = await AcceptAsync(JobKinds.ChargePayment, json);
+        // Older than a submission can take even by the clock behind: a repeat publishes the command again.
+        await fixture.BackdateJobAsync(first.JobId, TimeSpan.FromMinutes(5));
+
+        await using var other = new NpgsqlConnection(fixture.ConnectionString);
+        await other.OpenAsync();
+        Task<HttpResponseMessage> repeat;
+        DateTimeOffset written;
+        await using (var transaction = await other.BeginTransactionAsync())
+        {
+            await using (var hold = new NpgsqlCommand("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", other, transaction))
+            {
+                hold.Parameters.AddWithValue(first.JobId);
+                Assert.Equal(1, await hold.ExecuteScalarAsync());
+            }
+
+            repeat = behind.Client.PostJobAsync(JobKinds.ChargePayment, json);
+            await Eventually.AssertAsync(async () => Assert.True(await RepeatWaitsForTheRowAsync(), "the repeat's write waits for the row"));
+            await using (var write = new NpgsqlCommand(
+                "UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', now()) WHERE id = $1 RETURNING updated_at", other, transaction))
+            {
+                write.Parameters.AddWithValue(first.JobId);
+                written = new DateTimeOffset((DateTime)(await write.ExecuteScalarAsync())!);
+            }
+
+            await transaction.CommitAsync();
+        }
+
+        using (var response = await repeat)
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+
+        var after = await _api.Client.GetJobAsync(first.JobId);
+        Assert.True(after.UpdatedAt > written, $"updated {written:O} by the other writer, then {after.UpdatedAt:O}");
+    }
+
+    /// <summary>Whether a statement of the Api writing the jobs table waits for a lock (the test's on the job's row).</summary>
+    private async Task<bool> RepeatWaitsForTheRowAsync()
+    {
+        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
+        await connection.OpenAsync();
+        await using var waiting = new NpgsqlCommand(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%')",
+            connection);
+        return (bool)(await waiting.ExecuteScalarAsync())!;
     }
 
     [Fact]
