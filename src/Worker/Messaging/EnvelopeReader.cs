@@ -82,30 +82,44 @@ public static class EnvelopeReader
         try
         {
             var reader = new Utf8JsonReader(body, Options);
-            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            if (!SeekMessage(ref reader))
             {
                 return NotAnEnvelope;
             }
 
-            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
-            {
-                var isMessage = IsMessageProperty(ref reader);
-                reader.Read();
-                if (isMessage)
-                {
-                    return reader.TokenType == JsonTokenType.StartObject ? null : $"{NotAnEnvelope}; its \"message\" must be the command as a JSON object";
-                }
-
-                reader.Skip();
-            }
-
-            return NotAnEnvelope;
+            return reader.TokenType == JsonTokenType.StartObject ? null : $"{NotAnEnvelope}; its \"message\" must be the command as a JSON object";
         }
         catch (JsonException)
         {
             // Not JSON: MassTransit's message says where it broke.
             return null;
         }
+    }
+
+    /// <summary>
+    /// Moves <paramref name="reader"/> to the value of the envelope's first <c>message</c> property; false when the
+    /// body is no JSON object or has none. Throws <see cref="JsonException"/> for a body that is no JSON.
+    /// </summary>
+    private static bool SeekMessage(ref Utf8JsonReader reader)
+    {
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+        {
+            return false;
+        }
+
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            var isMessage = IsMessageProperty(ref reader);
+            reader.Read();
+            if (isMessage)
+            {
+                return true;
+            }
+
+            reader.Skip();
+        }
+
+        return false;
     }
 
     /// <summary>
@@ -119,32 +133,20 @@ public static class EnvelopeReader
         try
         {
             var reader = new Utf8JsonReader(body, Options);
-            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            if (!SeekMessage(ref reader) || reader.TokenType != JsonTokenType.StartObject)
             {
                 return null;
             }
 
-            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            try
             {
-                var isMessage = IsMessageProperty(ref reader);
-                reader.Read();
-                if (isMessage && reader.TokenType == JsonTokenType.StartObject)
-                {
-                    try
-                    {
-                        JsonSerializer.Deserialize<T>(ref reader, MassTransit.Serialization.SystemTextJsonMessageSerializer.Options);
-                        return null;
-                    }
-                    catch (JsonException failure)
-                    {
-                        return failure;
-                    }
-                }
-
-                reader.Skip();
+                JsonSerializer.Deserialize<T>(ref reader, MassTransit.Serialization.SystemTextJsonMessageSerializer.Options);
+                return null;
             }
-
-            return null;
+            catch (JsonException failure)
+            {
+                return failure;
+            }
         }
         catch (JsonException)
         {

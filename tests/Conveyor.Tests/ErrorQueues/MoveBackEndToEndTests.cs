@@ -121,13 +121,7 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
             new Dictionary<string, object> { ["PaymentId"] = payment, ["AccountId"] = "acct-raw", ["AmountMinor"] = 700, ["Currency"] = "EUR" });
         await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.DeadLettered, (await JobAsync(payment))?.Status));
 
-        _gateway.FailEverythingWith = null;
-        using var admin = ErrorQueueKit.Client(_api.BaseAddress);
-        var operation = await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
-
-        Assert.Equal(1, operation.GetProperty("moved").GetInt64());
-        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, (await JobAsync(payment))?.Status));
-        Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
+        await MoveTheChargeBackAndSeeItChargedOnceAsync(payment);
     }
 
     /// <summary>
@@ -177,13 +171,7 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
                 Assert.True(dead.Headers.ContainsKey("CC"), "MassTransit's _error copy keeps the CC header");
             }
 
-            _gateway.FailEverythingWith = null;
-            using var admin = ErrorQueueKit.Client(_api.BaseAddress);
-            var operation = await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
-
-            Assert.Equal(1, operation.GetProperty("moved").GetInt64());
-            await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, (await JobAsync(payment))?.Status));
-            Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
+            await MoveTheChargeBackAndSeeItChargedOnceAsync(payment);
             // The move's one publish routed to every queue it would reach before the job could run.
             Assert.Equal(0u, await channel.MessageCountAsync(witness));
         }
@@ -197,5 +185,20 @@ public sealed class MoveBackEndToEndTests(ConveyorFixture fixture) : IAsyncLifet
     {
         await using var db = fixture.CreateDbContext();
         return await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.BusinessKey == payment.ToString());
+    }
+
+    /// <summary>
+    /// Heals the gateway, moves the charges' error queue back, and checks that the move took one message and the
+    /// payment's job succeeded with one charge.
+    /// </summary>
+    private async Task MoveTheChargeBackAndSeeItChargedOnceAsync(Guid payment)
+    {
+        _gateway.FailEverythingWith = null;
+        using var admin = ErrorQueueKit.Client(_api.BaseAddress);
+        var operation = await admin.RunOperationAsync($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", new { });
+
+        Assert.Equal(1, operation.GetProperty("moved").GetInt64());
+        await Eventually.AssertAsync(async () => Assert.Equal(JobStatus.Succeeded, (await JobAsync(payment))?.Status));
+        Assert.Equal(1, _gateway.SuccessfulRequestsFor(payment.ToString()));
     }
 }
