@@ -32,13 +32,6 @@ public static class FreshCopy
         FaultHeaders.FaultHistory, FaultHeaders.MovedFrom, FaultHeaders.MovedBy,
     ];
 
-    /// <summary>
-    /// RabbitMQ's sender-selected distribution headers, matched as the broker matches them (exactly): a copy
-    /// published again through the default exchange would also be routed to each queue they name. The broker
-    /// keeps <c>CC</c> on the delivered message and MassTransit on its <c>_error</c> copy.
-    /// </summary>
-    private static readonly string[] StrippedNames = ["CC", "BCC"];
-
     public static BasicProperties Build(IReadOnlyBasicProperties original, FaultedMessage message, string fromQueue, Guid? operationId)
     {
         // Room for the headers added here and the publish sequence number the walker adds.
@@ -160,7 +153,10 @@ public static class FreshCopy
 
     private static bool IsStripped(string name)
     {
-        if (StrippedNames.Contains(name, StringComparer.Ordinal))
+        // RabbitMQ's sender-selected distribution headers, matched as the broker matches them (exactly): a copy
+        // published again through the default exchange would also be routed to each queue they name. The broker
+        // keeps CC on the delivered message and MassTransit on its _error copy.
+        if (name is "CC" or "BCC")
         {
             return true;
         }

@@ -216,10 +216,9 @@ internal sealed class JobSubmitter(
         JobRequest request, string? idempotencyKey, string requestHash, DateTimeOffset now, bool publishRepeats, CancellationToken cancellationToken)
     {
         var existing = await FindExistingAsync(request, idempotencyKey, requestHash, bindKey: true, cancellationToken);
-        if (!publishRepeats && existing is { Status: SubmitStatus.Duplicate, Job: { } held }
-            && (MayStillBePublishing(held, now) || MayBeUnpublished(held, request, requestHash, now)))
+        if (!publishRepeats && AnswerPublishes(existing, request, requestHash, now))
         {
-            return new SubmitResult(SubmitStatus.WouldPublish, held);
+            return new SubmitResult(SubmitStatus.WouldPublish, existing!.Value.Job);
         }
 
         if (existing is { Status: SubmitStatus.Duplicate, Job: { } recent } && MayStillBePublishing(recent, now))
@@ -268,11 +267,17 @@ internal sealed class JobSubmitter(
             return null;
         }
 
-        return existing is { Status: SubmitStatus.Duplicate, Job: { } found }
-            && (MayStillBePublishing(found, now) || MayBeUnpublished(found, request, requestHash, now))
-            ? null
-            : existing;
+        return AnswerPublishes(existing, request, requestHash, now) ? null : existing;
     }
+
+    /// <summary>
+    /// Whether answering a repeat that found <paramref name="existing"/> publishes its job's command again: a job that may
+    /// still be publishing is secured (<see cref="MayStillBePublishing"/>), one that may never have been published is
+    /// published again (<see cref="MayBeUnpublished"/>).
+    /// </summary>
+    private bool AnswerPublishes(SubmitResult? existing, JobRequest request, string requestHash, DateTimeOffset now) =>
+        existing is { Status: SubmitStatus.Duplicate, Job: { } found }
+        && (MayStillBePublishing(found, now) || MayBeUnpublished(found, request, requestHash, now));
 
     /// <summary>
     /// A repeat finds its job <c>queued</c> within the publish budget of the row's creation: the request that

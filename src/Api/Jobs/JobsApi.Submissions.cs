@@ -336,15 +336,18 @@ internal static partial class JobsApi
     /// </summary>
     private static ProblemHttpResult RefuseAdmission(
         HttpContext http, AdmissionDecision refused, BackpressureGate backpressure,
-        string advice = "Retry later; the same Idempotency-Key may be reused.")
+        string advice = GateAdvice)
     {
         var refusal = GateRefusal(refused, backpressure, advice);
         return RetryAfterResponses.RetryLater(http, backpressure.RetryAfterSeconds, Problem(refusal.Status, refusal.Title, refusal.Detail));
     }
 
+    /// <summary>What a submission the gate refused is told to do.</summary>
+    private const string GateAdvice = "Retry later; the same Idempotency-Key may be reused.";
+
     /// <summary>The gate's refusal as a <see cref="Refusal"/>: a retry settles it, as it does a broker outage.</summary>
     private static Refusal GateRefusal(
-        AdmissionDecision refused, BackpressureGate backpressure, string advice = "Retry later; the same Idempotency-Key may be reused.") =>
+        AdmissionDecision refused, BackpressureGate backpressure, string advice = GateAdvice) =>
         refused.Admission == Admission.QueueFull
             ? new Refusal(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refused.Detail} {advice}", backpressure.RetryAfterSeconds, 2)
             : new Refusal(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refused.Detail} {advice}", backpressure.RetryAfterSeconds, 2);

@@ -66,7 +66,8 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time, Func<ReadOnlyMemo
             ForgetClaim(context, JobHeaders.JobId);
             ForgetClaim(context, Attempts);
             ForgetClaim(context, JobKind);
-            headers.Set(Reason, ReasonWithoutJob(context.Exception, context.Body.GetBytes(), CannotBeReadAsJob(context)));
+            var body = context.Body.GetBytes();
+            headers.Set(Reason, ReasonWithoutJob(context.Exception, body, CannotBeReadAsJob(context.Exception, body)));
         }
 
         return next.Send(context);
@@ -128,8 +129,8 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time, Func<ReadOnlyMemo
     /// read is: the reason read "permanent failure; not retried: JsonException", as for a command read and refused.
     /// Read again here, from the body, as MassTransit reads it: only a command that does not read is unreadable.
     /// </summary>
-    private bool CannotBeReadAsJob(ExceptionReceiveContext context) =>
-        context.Exception is JsonException && commandReadFailure?.Invoke(context.Body.GetBytes()) is not null;
+    private bool CannotBeReadAsJob(Exception exception, byte[] body) =>
+        exception is JsonException && commandReadFailure?.Invoke(body) is not null;
 
     private static string PermanentCause(Exception exception) => exception is PermanentFailureException or IdempotencyConflictException
         ? exception.Message.Length <= MaxCauseLength ? exception.Message : exception.Message[..MaxCauseLength]

@@ -304,7 +304,8 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
             }
 
             repeat = behind.Client.PostJobAsync(JobKinds.ChargePayment, json);
-            await Eventually.AssertAsync(async () => Assert.True(await RepeatWaitsForTheRowAsync(), "the repeat's write waits for the row"));
+            // The repeat's write waits for the row.
+            await fixture.WaitForLockWaitersAsync(1);
             await using (var write = new NpgsqlCommand(
                 "UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', now()) WHERE id = $1 RETURNING updated_at", other, transaction))
             {
@@ -322,17 +323,6 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
 
         var after = await _api.Client.GetJobAsync(first.JobId);
         Assert.True(after.UpdatedAt > written, $"updated {written:O} by the other writer, then {after.UpdatedAt:O}");
-    }
-
-    /// <summary>Whether a statement of the Api writing the jobs table waits for a lock (the test's on the job's row).</summary>
-    private async Task<bool> RepeatWaitsForTheRowAsync()
-    {
-        await using var connection = new NpgsqlConnection(fixture.ConnectionString);
-        await connection.OpenAsync();
-        await using var waiting = new NpgsqlCommand(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%')",
-            connection);
-        return (bool)(await waiting.ExecuteScalarAsync())!;
     }
 
     [Fact]
