@@ -22,7 +22,17 @@ internal static class ErrorQueuesApi
     public const int MaxPeekLimit = 500;
     public const int DefaultGroupsLimit = 10_000;
     public const int MaxGroupsLimit = 100_000;
-    public const int MaxBodyBytes = 256 * 1024;
+
+    /// <summary>
+    /// A move's or purge's body: room for the largest filter a request may hold, the most message ids and job
+    /// ids (36-character UUIDs) it takes, with every character written as a six-byte <c>\uXXXX</c> escape
+    /// (System.Text.Json escapes every non-ASCII character so by default, and a message id may hold any), plus
+    /// 64 KiB for the other fields. About 1.4 MiB, under the server's <see cref="ApiApp.MaxRequestBodyBytes"/>.
+    /// </summary>
+    public const int MaxBodyBytes = MessageFilter.MaxMessageIds * ((MessageFilter.MaxMessageIdLength * EscapedCharBytes) + 3)
+        + (MessageFilter.MaxMessageIds * ((36 * EscapedCharBytes) + 3)) + (64 * 1024);
+
+    private const int EscapedCharBytes = 6;
 
     /// <summary>
     /// Seconds a client is told to wait when the queue is busy (another inspection or operation holds its

@@ -14,6 +14,9 @@ public sealed record MessageFilter
 {
     public const int MaxMessageIds = 1000;
 
+    /// <summary>The longest message id a filter takes, in characters (UTF-16 code units).</summary>
+    public const int MaxMessageIdLength = 200;
+
     public static MessageFilter All { get; } = new();
 
     public IReadOnlySet<string>? MessageIds { get; init; }

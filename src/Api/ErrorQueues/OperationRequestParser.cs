@@ -120,7 +120,7 @@ internal static class OperationRequestParser
     }
 
     private static HashSet<string>? ParseIds(JsonElement json, FieldErrors errors) =>
-        ParseSet<string>(json, "messageIds", "message ids", "Each message id must be a string of 1 to 200 characters, none a control character (write one as the audit trail does, such as \\u0000).", ReadMessageId, StringComparer.Ordinal, errors);
+        ParseSet<string>(json, "messageIds", "message ids", $"Each message id must be a string of 1 to {MessageFilter.MaxMessageIdLength} characters, none a control character (write one as the audit trail does, such as \\u0000).", ReadMessageId, StringComparer.Ordinal, errors);
 
     private static HashSet<Guid>? ParseJobIds(JsonElement json, FieldErrors errors) =>
         ParseSet<Guid>(json, "jobIds", "job ids", "Each job id must be a UUID string.", ReadJobId, null, errors);
@@ -128,7 +128,7 @@ internal static class OperationRequestParser
     private static bool ReadMessageId(JsonElement id, out string text)
     {
         text = id.ValueKind == JsonValueKind.String ? id.GetString() ?? "" : "";
-        return text.Length is > 0 and <= 200 && FieldRules.Text(text) is null;
+        return text.Length is > 0 and <= MessageFilter.MaxMessageIdLength && FieldRules.Text(text) is null;
     }
 
     private static bool ReadJobId(JsonElement id, out Guid jobId)
