@@ -204,7 +204,7 @@ public static class AccessControl
                 var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
                 if (!await HasValidTokenAsync(antiforgery, context))
                 {
-                    if (context.Request.Path.Equals(DashboardPaths.Login, StringComparison.OrdinalIgnoreCase))
+                    if (DashboardPaths.IsLogin(context.Request.Path))
                     {
                         // The sign-in form again from a browser that is signed in already (a second tab, the
                         // back button): its token was made before the sign-in. Nothing is done; the browser
@@ -305,4 +305,8 @@ public static class DashboardPaths
     public const string Login = "/dashboard/login";
     public const string Logout = "/dashboard/logout";
     public const string Session = "/dashboard/api/session";
+
+    /// <summary>The sign-in form's path as routing takes it: any casing, with or without a trailing slash.</summary>
+    public static bool IsLogin(PathString path) =>
+        path.StartsWithSegments(Login, StringComparison.OrdinalIgnoreCase, out var rest) && (!rest.HasValue || rest.Value == "/");
 }
