@@ -35,7 +35,10 @@ public sealed partial class StrandedJobRepublisher(
 {
     public const string Instrument = "conveyor.jobs.republished";
 
-    /// <summary>Jobs claimed and published per call at most; a check calls again while a call publishes any.</summary>
+    /// <summary>
+    /// Jobs of each kind claimed and published per call at most; a check calls again while a call publishes any. Per
+    /// kind, so that a kind whose jobs cannot be published (no queue takes its commands) never fills a whole claim.
+    /// </summary>
     public const int BatchSize = 100;
 
     /// <summary>
@@ -50,8 +53,9 @@ public sealed partial class StrandedJobRepublisher(
         Instrument, "{job}", "Stranded jobs whose command the Api published again from the stored request.");
 
     /// <summary>
-    /// Publishes the commands of up to <see cref="BatchSize"/> stranded jobs: still <c>queued</c>,
-    /// of a kind in <paramref name="strandedBefore"/> and last updated before its time there.
+    /// Publishes the commands of up to <see cref="BatchSize"/> stranded jobs of each kind: still <c>queued</c>,
+    /// of a kind in <paramref name="strandedBefore"/> and last updated before its time there. A kind whose
+    /// publish fails is left for the next check; the other kinds' jobs are still published.
     /// Returns how many were published.
     /// </summary>
     public async Task<int> RepublishAsync(IReadOnlyDictionary<string, DateTimeOffset> strandedBefore, CancellationToken cancellationToken)
@@ -78,9 +82,10 @@ public sealed partial class StrandedJobRepublisher(
             {
                 // Per kind, one range of the (kind, status, created_at, id) index (created_at <= updated_at,
                 // so bounding created_at keeps a backlog's newer rows out of it): another kind's backlog is
-                // never read, whatever the statistics say. Each kind's oldest updates first, then the
-                // oldest of those. The status is a literal, not a parameter: the index is partial on the
-                // statuses (JobIndexRanges.Statuses), which a generic plan can prove only of a literal.
+                // never read, whatever the statistics say. Each kind's oldest updates, up to a batch of each:
+                // a kind whose commands no queue takes leaves the others their places. The status is a literal,
+                // not a parameter: the index is partial on the statuses (JobIndexRanges.Statuses), which a
+                // generic plan can prove only of a literal.
                 claimed = await db.Database.SqlQuery<ClaimedJob>($"""
                     WITH picked AS (
                         SELECT c.id, c.updated_at
@@ -93,9 +98,7 @@ public sealed partial class StrandedJobRepublisher(
                                   AND j.id <> ALL({refused})
                                 ORDER BY j.updated_at
                                 LIMIT {BatchSize}
-                                  FOR UPDATE OF j SKIP LOCKED) c
-                         ORDER BY c.updated_at
-                         LIMIT {BatchSize})
+                                  FOR UPDATE OF j SKIP LOCKED) c)
                     UPDATE jobs SET updated_at = {claimedAt}
                       FROM picked
                      WHERE jobs.id = picked.id
@@ -118,11 +121,19 @@ public sealed partial class StrandedJobRepublisher(
         }
 
         var published = 0;
+        // The kinds whose publish failed in this call, and the jobs of theirs handed back unpublished.
+        var failedKinds = new HashSet<string>(StringComparer.Ordinal);
+        var notTried = new List<ClaimedJob>();
         using var scope = scopes.CreateScope();
         var publishEndpoint = scope.ServiceProvider.GetRequiredService<IPublishEndpoint>();
-        for (var i = 0; i < claimed.Count; i++)
+        foreach (var job in claimed.OrderBy(j => j.PreviousUpdate))
         {
-            var job = claimed[i];
+            if (failedKinds.Contains(job.Kind) || cancellationToken.IsCancellationRequested)
+            {
+                notTried.Add(job);
+                continue;
+            }
+
             var errors = new FieldErrors();
             var request = JobRequestParser.ReadStored(
                 job.Kind, job.RequestBody, job.BusinessKey, errors, time.GetUtcNow(), webhookUrls);
@@ -150,15 +161,24 @@ public sealed partial class StrandedJobRepublisher(
             }
             catch (Exception exception) when (exception is not OutOfMemoryException)
             {
-                // The broker is away: the rest would fail alike. All of them are tried at the next check.
+                // The broker is away, or no queue takes this kind's commands (returned to a mandatory publish):
+                // the rest of the kind would fail alike, and are tried at the next check. Another kind's jobs
+                // are still tried: ended here, a kind whose queue is missing kept every other kind's stranded
+                // jobs waiting behind its oldest, check after check.
                 LogRepublishFailed(logger, exception, job.Id, job.Kind);
-                await RestoreAsync(claimed[i..], claimedAt);
-                break;
+                failedKinds.Add(job.Kind);
+                notTried.Add(job);
+                continue;
             }
 
             published++;
             _republished.Add(1, new KeyValuePair<string, object?>("kind", job.Kind));
             LogRepublished(logger, job.Id, job.Kind, job.BusinessKey, claimedAt - job.PreviousUpdate);
+        }
+
+        if (notTried.Count > 0)
+        {
+            await RestoreAsync(notTried, claimedAt);
         }
 
         return published;
@@ -190,7 +210,7 @@ public sealed partial class StrandedJobRepublisher(
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
             // Nor can it be counted (the database is away): what the claim may have taken, at most.
-            LogClaimNotCounted(logger, exception, BatchSize, claimedAt, retryAt);
+            LogClaimNotCounted(logger, exception, BatchSize * kinds.Length, claimedAt, retryAt);
         }
     }
 
