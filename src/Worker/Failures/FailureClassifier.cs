@@ -92,7 +92,16 @@ public static class FailureClassifier
         (int)status >= 500 || IsTransientIdempotentStatus(status);
 
     // Serialization failures and deadlocks are resolved by running the transaction again; a statement
-    // cancelled at statement_timeout may pass when the database is less busy, within the retry budget.
+    // cancelled at statement_timeout may pass when the database is less busy, within the retry budget, and so
+    // may a transaction the server ended at idle_in_transaction_session_timeout (a consumer that waited on its
+    // remote side longer than the server lets a transaction idle), on a new session.
     private static bool IsTransientSqlState(NpgsqlException exception) =>
-        exception is PostgresException { SqlState: PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected or PostgresErrorCodes.QueryCanceled };
+        exception is PostgresException
+        {
+            SqlState: PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected or PostgresErrorCodes.QueryCanceled
+                or IdleInTransactionSessionTimeout,
+        };
+
+    /// <summary><c>idle_in_transaction_session_timeout</c> ended the session (FATAL); <see cref="PostgresErrorCodes"/> has no name for it.</summary>
+    private const string IdleInTransactionSessionTimeout = "25P03";
 }
