@@ -79,6 +79,18 @@ public static class DatabaseFailures
     public static bool IsQueryCanceled(Exception exception) => HasServerError(exception, PostgresErrorCodes.QueryCanceled);
 
     /// <summary>
+    /// <c>idle_in_transaction_session_timeout</c> ended the session (FATAL): its transaction waited longer than that for
+    /// the client's next statement. <see cref="PostgresErrorCodes"/> has no name for it.
+    /// </summary>
+    public const string IdleInTransactionSessionTimeout = "25P03";
+
+    /// <summary>
+    /// True when the server ended the session of <paramref name="exception"/> because its transaction sat idle past
+    /// <c>idle_in_transaction_session_timeout</c>: the work is undone, and may pass when tried again.
+    /// </summary>
+    public static bool IsIdleTransactionEnded(Exception exception) => HasServerError(exception, IdleInTransactionSessionTimeout);
+
+    /// <summary>
     /// True when a statement of <paramref name="exception"/> gave up waiting for a lock at its <c>lock_timeout</c>
     /// (EF Core wraps it, as a failure it takes for transient).
     /// </summary>

@@ -67,15 +67,17 @@ internal static partial class ErrorHandling
     }
 
     /// <summary>
-    /// PostgreSQL down, restarting or out of connections, or a statement stopped at its
-    /// <c>statement_timeout</c>: "try again later", not a bug.
+    /// PostgreSQL down, restarting or out of connections, a statement stopped at its
+    /// <c>statement_timeout</c>, or a transaction the server ended at <c>idle_in_transaction_session_timeout</c>
+    /// (the Api's own limit, <see cref="IdleTransactions"/>: the request fell silent in it): "try again later", not a bug.
     /// </summary>
     private sealed partial class DatabaseUnavailableHandler(IProblemDetailsService problems, ILogger<DatabaseUnavailableHandler> logger)
         : IExceptionHandler
     {
         public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken cancellationToken)
         {
-            if (!DatabaseFailures.IsUnavailable(exception) && !DatabaseFailures.IsQueryCanceled(exception))
+            if (!DatabaseFailures.IsUnavailable(exception) && !DatabaseFailures.IsQueryCanceled(exception)
+                && !DatabaseFailures.IsIdleTransactionEnded(exception))
             {
                 return false;
             }

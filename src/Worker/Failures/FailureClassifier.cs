@@ -99,9 +99,6 @@ public static class FailureClassifier
         exception is PostgresException
         {
             SqlState: PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected or PostgresErrorCodes.QueryCanceled
-                or IdleInTransactionSessionTimeout,
+                or DatabaseFailures.IdleInTransactionSessionTimeout,
         };
-
-    /// <summary><c>idle_in_transaction_session_timeout</c> ended the session (FATAL); <see cref="PostgresErrorCodes"/> has no name for it.</summary>
-    private const string IdleInTransactionSessionTimeout = "25P03";
 }
