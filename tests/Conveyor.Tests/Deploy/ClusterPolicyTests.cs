@@ -1,3 +1,5 @@
+using System.Net;
+using Conveyor.ServiceDefaults;
 using k8s;
 using k8s.Models;
 
@@ -9,6 +11,22 @@ public sealed class ClusterPolicyTests
     private static readonly string[] PolicyTypes = ["Ingress", "Egress"];
 
     private static readonly string[] PodLabels = [Labels.Name, Labels.Component, Labels.PartOf];
+
+    /// <summary>
+    /// Destinations inside the cluster's own network (pods, nodes, cloud metadata, loopback), and the same IPv4
+    /// ones behind NAT64 (64:ff9b::/96, and its local-use 64:ff9b:1::/48): on an IPv6-only cluster the network's
+    /// NAT64 translator delivers such an address to the IPv4 host it embeds, in the cluster's network.
+    /// </summary>
+    private static readonly string[] InternalAddresses =
+    [
+        "10.0.0.1", "172.16.0.1", "192.168.0.1", "100.64.0.1", "169.254.169.254", "127.0.0.1",
+        "fd00:ec2::254", "fe80::1", "::1",
+        "64:ff9b::a00:1", "64:ff9b::ac10:1", "64:ff9b::c0a8:1", "64:ff9b::6440:1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1",
+        "64:ff9b:1:a00:1::",
+    ];
+
+    /// <summary>Public receivers, over IPv4, IPv6 and NAT64 (an IPv4-only receiver seen from an IPv6-only cluster).</summary>
+    private static readonly string[] PublicAddresses = ["93.184.216.34", "2606:4700::1", "64:ff9b::5db8:d822"];
 
     [Theory]
     [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
@@ -57,6 +75,49 @@ public sealed class ClusterPolicyTests
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// The worker's egress to the payment gateway and webhook receivers is open to public addresses only, so a
+    /// webhook URL cannot reach inside the cluster even where the worker's own check is turned off
+    /// (<c>Webhooks:AllowPrivateNetworks</c>): whatever <see cref="NetworkAddresses.IsPublic"/> refuses, no ipBlock
+    /// admits, and public receivers stay reachable.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Egress_by_address_reaches_public_addresses_only(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        var blocks = rendered.Objects.OfType<V1NetworkPolicy>()
+            .SelectMany(p => (p.Spec.Egress ?? []).SelectMany(rule => rule.To ?? []).Where(peer => peer.IpBlock is not null)
+                .Select(peer => (Policy: p.Metadata.Name, Block: peer.IpBlock)))
+            .ToList();
+
+        Overlays.AssertNone(rendered, "an egress ipBlock must admit no address the worker counts as internal, and admit public ones", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var text in InternalAddresses)
+            {
+                var address = IPAddress.Parse(text);
+                Assert.False(NetworkAddresses.IsPublic(address), $"{text} is meant to be internal");
+                foreach (var (policy, block) in blocks.Where(b => Admits(b.Block, address)))
+                {
+                    yield return $"NetworkPolicy/{policy}: ipBlock {block.Cidr} admits the internal address {text}";
+                }
+            }
+
+            foreach (var policy in blocks.Select(b => b.Policy).Distinct())
+            {
+                foreach (var text in PublicAddresses.Where(text => !blocks.Any(b => b.Policy == policy && Admits(b.Block, IPAddress.Parse(text)))))
+                {
+                    yield return $"NetworkPolicy/{policy}: no ipBlock admits the public address {text}";
+                }
+            }
+        }
+
+        static bool Admits(V1IPBlock block, IPAddress address) =>
+            IPNetwork.Parse(block.Cidr).Contains(address) && !(block.Except ?? []).Any(except => IPNetwork.Parse(except).Contains(address));
     }
 
     [Theory]
