@@ -46,6 +46,18 @@ public sealed class JobMetrics
         _wait = Meter.CreateHistogram("conveyor.jobs.wait", "s",
             "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
+
+        // Every kind's series exported from the start at 0: Prometheus cannot see what a series counted before
+        // its first sample, and the failure-rate alert (failed / (succeeded + failed) by kind) drops a kind
+        // with no succeeded series, so it stayed silent for a kind whose every attempt failed.
+        foreach (var kind in JobKinds.All)
+        {
+            var tag = new KeyValuePair<string, object?>("kind", kind);
+            _succeeded.Add(0, tag);
+            _attemptsFailed.Add(0, tag);
+            _deadLettered.Add(0, tag);
+            _retriesScheduled.Add(0, tag);
+        }
     }
 
     /// <summary>The host's <c>Conveyor.Worker</c> meter, for the instruments other parts of the worker keep.</summary>
