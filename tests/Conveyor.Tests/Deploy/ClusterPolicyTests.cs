@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using Conveyor.ServiceDefaults;
 using k8s;
@@ -118,6 +119,48 @@ public sealed class ClusterPolicyTests
 
         static bool Admits(V1IPBlock block, IPAddress address) =>
             IPNetwork.Parse(block.Cidr).Contains(address) && !(block.Except ?? []).Any(except => IPNetwork.Parse(except).Contains(address));
+    }
+
+    /// <summary>
+    /// Each pod reaches the broker's pods on the ports its process uses: AMQP for the Api and the worker, and the
+    /// management API (15672) for the Api alone, which lists error queues and reads alarms there. The worker never
+    /// calls the management API; with the operator's default user, an administrator, that port would let a
+    /// compromised worker manage users, permissions and policies. The migration Job needs no broker at all.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void Pods_reach_the_broker_only_on_the_ports_they_use(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        var brokerPods = new Dictionary<string, string> { [Labels.Name] = "conveyor-rabbitmq" };
+        var expected = new Dictionary<string, int[]>(StringComparer.Ordinal)
+        {
+            ["api"] = [5672, 15672],
+            ["worker"] = [5672],
+            ["migrations"] = [],
+        };
+
+        Overlays.AssertNone(rendered, "egress to the broker's pods must admit exactly the ports the pod's process uses", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var workload in rendered.Workloads)
+            {
+                var admitted = rendered.Objects.OfType<V1NetworkPolicy>()
+                    .Where(p => p.Spec.PodSelector.Matches(workload.Template.Metadata.Labels))
+                    .SelectMany(p => p.Spec.Egress ?? [])
+                    .Where(rule => (rule.To ?? []).Any(peer => peer.IpBlock is null && peer.NamespaceSelector is null && peer.PodSelector.Matches(brokerPods)))
+                    .SelectMany(rule => (rule.Ports ?? []).Select(port => int.Parse(port.Port.Value, CultureInfo.InvariantCulture)))
+                    .Order()
+                    .Distinct()
+                    .ToList();
+                var wanted = expected.GetValueOrDefault(workload.Component, []);
+                if (!admitted.SequenceEqual(wanted))
+                {
+                    yield return $"{workload}: broker ports [{string.Join(", ", admitted)}], expected [{string.Join(", ", wanted)}]";
+                }
+            }
+        }
     }
 
     [Theory]
