@@ -46,10 +46,17 @@ public sealed class JobMetrics
         _wait = Meter.CreateHistogram("conveyor.jobs.wait", "s",
             "Time from a command's publish (by the Api or another service) to the start of its first attempt: how long new jobs wait in their queue",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
+    }
 
-        // Every kind's series exported from the start at 0: Prometheus cannot see what a series counted before
-        // its first sample, and the failure-rate alert (failed / (succeeded + failed) by kind) drops a kind
-        // with no succeeded series, so it stayed silent for a kind whose every attempt failed.
+    /// <summary>
+    /// Counts 0 on every kind's job counters, so their series exist from the start: Prometheus cannot see what a
+    /// series counted before its first sample, and the failure-rate alert (failed / (succeeded + failed) by kind)
+    /// drops a kind with no succeeded series, so it stayed silent for a kind whose every attempt failed. Called once
+    /// the host has started its telemetry (<see cref="JobCounterSeries"/>): a measurement made before a listener
+    /// subscribed, as in the constructor, which the hosted services' construction runs, is lost.
+    /// </summary>
+    public void ExportEveryKind()
+    {
         foreach (var kind in JobKinds.All)
         {
             var tag = new KeyValuePair<string, object?>("kind", kind);
@@ -122,4 +129,19 @@ public sealed class JobMetrics
     public void WebhookSetAside() => _webhooksSetAside.Add(1);
 
     public void Conflict(string consumer) => _conflicts.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
+}
+
+/// <summary>
+/// Exports every kind's job counters at 0 when the worker starts (<see cref="JobMetrics.ExportEveryKind"/>).
+/// Registered after the host's telemetry, whose hosted service starts the meter provider first.
+/// </summary>
+internal sealed class JobCounterSeries(JobMetrics metrics) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        metrics.ExportEveryKind();
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }

@@ -54,6 +54,7 @@ public static class WorkerMessagingExtensions
         services.AddSingleton(new JobDescriptor<GenerateReport>(JobKinds.GenerateReport, GenerateReportConsumerDefinition.ConsumerName, m => m.ReportId.ToString()));
         services.AddSingleton<JobTracker>();
         services.AddSingleton<JobMetrics>();
+        services.AddHostedService<JobCounterSeries>();
         services.AddSingleton<QueueModeProbe>();
         services.AddSingleton<InboxBatchers>();
         services.AddSingleton<RedeliveryStore>();

@@ -48,7 +48,7 @@ public sealed partial class AlertSeriesTests
         });
         listener.Start();
 
-        _ = new JobMetrics(meters);
+        new JobMetrics(meters).ExportEveryKind();
 
         var missing = read.Where(counters.Contains)
             .SelectMany(series => JobKinds.All.Where(kind => !reported.Contains((series, kind))).Select(kind => $"{series}{{kind=\"{kind}\"}}"))

@@ -73,6 +73,26 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
         });
     }
 
+    /// <summary>
+    /// Before any job ran, the worker's scrape already has every kind's job counters at 0: the alert rules divide and
+    /// rate them by kind, and a series that first appears with its first count is invisible to both
+    /// (<c>Deploy/AlertSeriesTests</c> checks the rules read these).
+    /// </summary>
+    [Fact]
+    public async Task A_worker_exports_every_kinds_job_counters_at_zero_before_any_job()
+    {
+        var text = await _worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+
+        foreach (var counter in new[] { "conveyor_jobs_succeeded_total", "conveyor_jobs_attempts_failed_total", "conveyor_jobs_dead_lettered_total", "conveyor_jobs_retries_scheduled_total" })
+        {
+            foreach (var kind in Conveyor.Contracts.JobKinds.All)
+            {
+                Assert.True(PrometheusText.Samples(text, counter, $"kind=\"{kind}\"").Count > 0, $"{counter}{{kind=\"{kind}\"}} is not exported");
+                Assert.Equal(0, PrometheusText.Sum(text, counter, $"kind=\"{kind}\""));
+            }
+        }
+    }
+
     [Fact]
     public async Task Metrics_endpoints_expose_job_inbox_and_masstransit_metrics_after_a_run()
     {
