@@ -24,6 +24,12 @@ public static class ApiApp
     /// </summary>
     public const int MaxRequestBodyBytes = 2 * JobsApi.MaxBatchBodyBytes;
 
+    /// <summary>
+    /// Database sessions a cancel or run-now opens outside the pool, at most at once per Api (<see cref="JobRowTransactions"/>):
+    /// a connection budget counts them beside <c>Maximum Pool Size</c>.
+    /// </summary>
+    public const int MaxRowLockSessions = 4;
+
     /// <param name="configure">Lets tests add to the host before it is built (an in-memory exporter, say).</param>
     public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {

@@ -17,6 +17,7 @@ internal static partial class ErrorHandling
                 "traceId", Activity.Current?.Id ?? context.HttpContext.TraceIdentifier));
         services.AddExceptionHandler<DatabaseUnavailableHandler>();
         services.AddExceptionHandler<BadRequestBodyHandler>();
+        services.AddExceptionHandler<ApiBusyHandler>();
         return services;
     }
 
@@ -101,4 +102,35 @@ internal static partial class ErrorHandling
         [LoggerMessage(Level = LogLevel.Warning, Message = "Answered 503: the database is unavailable ({Reason})")]
         private static partial void LogDatabaseUnavailable(ILogger logger, string reason);
     }
+
+    /// <summary>The Api had as many of a kind of work under way as it allows (<see cref="ApiBusyException"/>): 503, retry later.</summary>
+    private sealed partial class ApiBusyHandler(IProblemDetailsService problems, ILogger<ApiBusyHandler> logger) : IExceptionHandler
+    {
+        public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken cancellationToken)
+        {
+            if (exception is not ApiBusyException busy)
+            {
+                return false;
+            }
+
+            LogBusy(logger, busy.Message);
+            http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+            RetryAfterResponses.Set(http.Response, DatabaseRetryAfterSeconds);
+            return await problems.TryWriteAsync(new ProblemDetailsContext
+            {
+                HttpContext = http,
+                Exception = exception,
+                ProblemDetails = { Status = StatusCodes.Status503ServiceUnavailable, Title = "Too busy", Detail = busy.Message },
+            });
+        }
+
+        [LoggerMessage(Level = LogLevel.Warning, Message = "Answered 503: {Reason}")]
+        private static partial void LogBusy(ILogger logger, string reason);
+    }
 }
+
+/// <summary>
+/// The Api has as many of some work under way as it allows, and this request waited its turn long enough: nothing was
+/// done, and the same request later may go through (503 with <c>Retry-After</c>). The message says what, for the client.
+/// </summary>
+internal sealed class ApiBusyException(string message) : Exception(message);

@@ -19,7 +19,7 @@ namespace Conveyor.Api.Jobs;
 /// session itself when the Api falls silent inside the transaction for as long (a close that does not reach it, a process
 /// that vanished).
 /// </summary>
-internal sealed class JobRowTransactions(IConfiguration configuration)
+internal sealed class JobRowTransactions(IConfiguration configuration) : IDisposable
 {
     /// <summary>
     /// How long a statement waits for a row another transaction holds: a dispatch's confirm or a group commit ends well
@@ -32,6 +32,19 @@ internal sealed class JobRowTransactions(IConfiguration configuration)
     /// how long the server lets the transaction wait for the Api's next statement.
     /// </summary>
     internal static readonly TimeSpan AnswerTimeout = TimeSpan.FromMilliseconds(LockWaitMilliseconds) + TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Sessions of these transactions open at once in one Api, at most. They are outside the pool, which
+    /// <c>Maximum Pool Size</c> bounds: a burst of cancels of jobs a worker holds, each waiting up to
+    /// <see cref="LockWaitMilliseconds"/> on a session of its own, opened one per request until PostgreSQL's
+    /// <c>max_connections</c> refused every client, the workers included. A request waits for one at most
+    /// <see cref="LockWaitMilliseconds"/>, and is then answered 503 with <c>Retry-After</c>, nothing done.
+    /// </summary>
+    public const int MaxSessions = ApiApp.MaxRowLockSessions;
+
+    private readonly SemaphoreSlim _sessions = new(MaxSessions, MaxSessions);
+
+    public void Dispose() => _sessions.Dispose();
 
     /// <summary>The contexts' connection string, unpooled: closing the connection ends the session (and its transaction).</summary>
     private readonly string _connectionString = new NpgsqlConnectionStringBuilder(
@@ -46,6 +59,25 @@ internal sealed class JobRowTransactions(IConfiguration configuration)
     /// </summary>
     /// <param name="what">What the transaction does, for the error when the server does not answer ("a job's cancel").</param>
     public async Task<T?> RunAsync<T>(string what, Func<Statements, Task<T>> work, CancellationToken cancellationToken)
+        where T : class
+    {
+        if (!await _sessions.WaitAsync(LockWaitMilliseconds, cancellationToken))
+        {
+            throw new ApiBusyException(
+                $"This Api had {MaxSessions} cancels and run-nows waiting on jobs that workers or the scheduler hold for {LockWaitMilliseconds} ms; {what} was not tried. Retry later.");
+        }
+
+        try
+        {
+            return await RunOnSessionAsync(what, work, cancellationToken);
+        }
+        finally
+        {
+            _sessions.Release();
+        }
+    }
+
+    private async Task<T?> RunOnSessionAsync<T>(string what, Func<Statements, Task<T>> work, CancellationToken cancellationToken)
         where T : class
     {
         var connection = new NpgsqlConnection(_connectionString);

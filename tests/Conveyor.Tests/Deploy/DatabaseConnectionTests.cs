@@ -99,13 +99,18 @@ public sealed class DatabaseConnectionTests
             : null;
 
     /// <summary>
-    /// The pool, plus a worker's unpooled sessions: the one holding its webhook origin slots and the redelivery
-    /// dispatcher's LISTEN connection.
+    /// The pool, plus a worker's unpooled sessions (the one holding its webhook origin slots and the redelivery
+    /// dispatcher's LISTEN connection) or the Api's (its cancels and run-nows, <see cref="Conveyor.Api.ApiApp.MaxRowLockSessions"/>).
     /// </summary>
     private static int ConnectionsOf(RenderedOverlay rendered, Workload workload, V1Container container)
     {
         var configuration = AppConfiguration.Of(rendered, workload, container);
-        var unpooled = workload.Component == "worker" ? 1 + (configuration.Dispatcher.DispatcherEnabled ? 1 : 0) : 0;
+        var unpooled = workload.Component switch
+        {
+            "worker" => 1 + (configuration.Dispatcher.DispatcherEnabled ? 1 : 0),
+            "api" => Conveyor.Api.ApiApp.MaxRowLockSessions,
+            _ => 0,
+        };
         return (PoolSize(configuration) ?? NpgsqlDefaultPool) + unpooled;
     }
 
