@@ -48,7 +48,8 @@ public static class WebhookSignature
     /// <paramref name="tolerance"/> (default <see cref="DefaultTolerance"/>) from <paramref name="now"/>,
     /// recomputes <c>v3</c> over the id, idempotency key, event type and body received, and compares it in
     /// constant time with each <c>v3</c> of the header (one per secret the sender signs with). A header
-    /// without <c>v3</c> does not verify, so a capture stripped down to its <c>v2</c> gains nothing.
+    /// without <c>v3</c> does not verify, so a capture stripped down to its <c>v2</c> gains nothing; nor does
+    /// an id that is not a UUID as the sender writes it, since a dot moved between id and event type keeps the signature.
     /// </summary>
     public static bool Verify(
         string secret, string header, string webhookId, string idempotencyKey, string eventType, ReadOnlySpan<byte> body, DateTimeOffset now, TimeSpan? tolerance = null)
@@ -69,6 +70,9 @@ public static class WebhookSignature
 
         if (!long.TryParse(timestamp, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var seconds)
             || signatures.Count == 0
+            // The id is a UUID: any other text could hold a dot taken from the event type's start, which signs
+            // the same bytes ("<id>.customer" and "subscription.deleted" for "<id>" and "customer.subscription.deleted").
+            || !Guid.TryParseExact(webhookId, "D", out _)
             // A line break would move bytes between the fields the signature keeps apart.
             || eventType.Contains('\n', StringComparison.Ordinal)
             || idempotencyKey.Contains('\n', StringComparison.Ordinal)

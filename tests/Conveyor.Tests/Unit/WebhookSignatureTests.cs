@@ -36,6 +36,22 @@ public sealed class WebhookSignatureTests
         Assert.False(WebhookSignature.Verify(Secret, "t=99999999999999999999,v3=00", Id, Key, EventType, Body, SentAt));
     }
 
+    /// <summary>
+    /// The signed text joins the id and the event type with a dot, and an event type may hold dots: a capture of
+    /// <c>customer.subscription.deleted</c> sent with its id as <c>&lt;id&gt;.customer</c> and its event type as
+    /// <c>subscription.deleted</c> signs the same bytes, so it verified as another event. The id is a UUID, so one
+    /// with anything else in it is refused.
+    /// </summary>
+    [Fact]
+    public void A_delivery_does_not_verify_as_another_event_with_a_dot_moved_from_its_event_type_into_its_id()
+    {
+        var header = WebhookSignature.Create(Secret, 1_700_000_000, Id, Key, "customer.subscription.deleted", Body);
+
+        Assert.True(WebhookSignature.Verify(Secret, header, Id, Key, "customer.subscription.deleted", Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, $"{Id}.customer", Key, "subscription.deleted", Body, SentAt));
+        Assert.False(WebhookSignature.Verify(Secret, header, $"{Id}.customer.subscription", Key, "deleted", Body, SentAt));
+    }
+
     [Fact]
     public void A_signature_older_or_newer_than_the_tolerance_is_refused()
     {
