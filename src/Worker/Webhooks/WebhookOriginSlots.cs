@@ -1,3 +1,5 @@
+using Conveyor.ServiceDefaults;
+
 namespace Conveyor.Worker.Webhooks;
 
 /// <summary>
@@ -9,9 +11,12 @@ public sealed class WebhookOriginSlots
     private readonly Lock _lock = new();
     private readonly Dictionary<string, int> _inFlight = new(StringComparer.Ordinal);
 
-    /// <summary>The origin a delivery to <paramref name="url"/> counts against: its scheme, host and port, as a browser compares origins.</summary>
-    public static string OriginOf(Uri url) =>
-        url.IsAbsoluteUri ? $"{url.Scheme}://{url.IdnHost}:{url.Port}".ToLowerInvariant() : "";
+    /// <summary>
+    /// The origin a delivery to <paramref name="url"/> counts against: its scheme, host and port, as a browser
+    /// compares origins, written as <c>Webhooks:Receivers</c> compares them (<see cref="WebhookOrigin.Of"/>), so a
+    /// host's final dot, which names the same host, does not make a second origin with slots of its own.
+    /// </summary>
+    public static string OriginOf(Uri url) => url.IsAbsoluteUri ? WebhookOrigin.Of(url) : "";
 
     /// <summary>
     /// Takes a slot of <paramref name="origin"/> if fewer than <paramref name="limit"/> are taken, or whatever

@@ -64,6 +64,20 @@ public sealed class WebhookOriginLimitOptionsTests
         }
     }
 
+    /// <summary>
+    /// A host's final dot names the same host (the root), as <c>Webhooks:Receivers</c> compares origins: a
+    /// submitter writing the receiver's URLs both ways got twice its limit, the slots of each spelling.
+    /// </summary>
+    [Theory]
+    [InlineData("https://hooks.example.com./a", "https://hooks.example.com/b")]
+    [InlineData("https://HOOKS.example.com.:443/a", "https://hooks.example.com/b")]
+    [InlineData("http://hooks.example.com.:8080/a?b=c", "http://hooks.example.com:8080/")]
+    public void A_final_dot_on_the_host_is_the_same_origin_for_the_limit(string dotted, string plain)
+    {
+        Assert.Equal(WebhookOriginSlots.OriginOf(new Uri(plain)), WebhookOriginSlots.OriginOf(new Uri(dotted)));
+        Assert.NotEqual(WebhookOriginSlots.OriginOf(new Uri("https://hooks.example.com/")), WebhookOriginSlots.OriginOf(new Uri("http://hooks.example.com/")));
+    }
+
     private static List<string> Errors(WebhookOptions options)
     {
         var results = new List<ValidationResult>();
