@@ -12,7 +12,7 @@ public static class NetworkAddresses
 {
     /// <summary>
     /// False for loopback, private, shared (carrier-grade NAT), link-local (cloud metadata), unique
-    /// local, multicast, documentation, benchmarking, reserved, discard-only and unspecified addresses,
+    /// local, multicast, documentation, benchmarking, SRv6 segment identifier, reserved, discard-only and unspecified addresses,
     /// in IPv4, IPv6 and IPv4 embedded in IPv6 alike (mapped, translated, NAT64 and 6to4; Teredo and
     /// NAT64's local-use prefix, whose IPv4 address cannot be read, are never public).
     /// </summary>
@@ -69,7 +69,10 @@ public static class NetworkAddresses
             || address.IsIPv6SiteLocal
             || address.IsIPv6Multicast
             || (v6[0] & 0xfe) == 0xfc // fc00::/7, unique local
-            || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x0d && v6[3] == 0xb8)); // 2001:db8::/32, documentation
+            || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x0d && v6[3] == 0xb8) // 2001:db8::/32, documentation
+            || (v6[0] == 0x3f && v6[1] == 0xff && (v6[2] & 0xf0) == 0) // 3fff::/20, documentation (RFC 9637)
+            || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x00 && v6[3] == 0x02 && v6[4] == 0x00 && v6[5] == 0x00) // 2001:2::/48, benchmarking
+            || (v6[0] == 0x5f && v6[1] == 0x00)); // 5f00::/16, SRv6 segment identifiers (RFC 9602)
     }
 
     /// <summary>

@@ -61,6 +61,18 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
     [InlineData("2001:0:4136:e378:8000:63bf:3fff:fdd2", false)]
     [InlineData("100::1", false)]
     [InlineData("2001:4860:4860::8888", true)]
+    // IPv6 benchmarking (RFC 5180), documentation (RFC 9637, beside 2001:db8::/32) and SRv6 SIDs (RFC 9602): no
+    // public host has one, as 198.18.0.0/15 and 2001:db8::/32, though a lab or an internal network may.
+    [InlineData("2001:2::1", false)]
+    [InlineData("2001:2:0:ffff::1", false)]
+    [InlineData("3fff::1", false)]
+    [InlineData("3fff:fff:ffff::1", false)]
+    [InlineData("3fff:1000::1", true)]
+    [InlineData("5f00::1", false)]
+    [InlineData("5f00:ffff::1", false)]
+    // Their neighbours in the IETF's 2001::/23 are public anycast services (AMT 2001:3::/32, AS112 2001:4:112::/48).
+    [InlineData("2001:3::1", true)]
+    [InlineData("2001:4:112::1", true)]
     public void Only_public_addresses_count_as_public(string address, bool expected) =>
         Assert.Equal(expected, NetworkAddresses.IsPublic(IPAddress.Parse(address)));
 
@@ -101,5 +113,39 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
             });
         });
         Assert.Empty(receiver.Deliveries);
+    }
+
+    /// <summary>
+    /// IPv6 benchmarking, documentation and SRv6 addresses are no public host's, as their IPv4 and 2001:db8::/32
+    /// counterparts: refused before any connection and dead-lettered at once, where the connect failed as a network
+    /// failure would, retried and redelivered for about an hour (or reached a host of a lab or internal network using them).
+    /// </summary>
+    [Fact]
+    public async Task Webhooks_to_ipv6_benchmarking_documentation_and_srv6_addresses_are_refused_as_not_public()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:AllowPrivateNetworks", "false"),
+            ("Consumers:DeliverWebhook:RetryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        string[] hosts = ["[2001:2::1]", "[3fff::1]", "[5f00::1]"];
+        var webhooks = hosts.Select(host => new DeliverWebhook
+        {
+            WebhookId = Guid.NewGuid(),
+            Url = new Uri($"http://{host}:8080/hooks"),
+            EventType = "invoice.created",
+            Payload = JsonDocument.Parse("""{"invoice":7}""").RootElement,
+        }).ToList();
+        foreach (var webhook in webhooks)
+        {
+            await publisher.PublishAsync(webhook);
+        }
+
+        foreach (var webhook in webhooks)
+        {
+            var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
+            Assert.Contains("not a public address", job.LastError, StringComparison.Ordinal);
+        }
     }
 }
