@@ -112,6 +112,13 @@ public sealed class WebhookOptions : IValidatableObject
                     $"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)} is {SectionName}:{nameof(SigningSecret)}; a registered receiver needs a secret of its own (the shared one may be among its {nameof(WebhookReceiverOptions.PreviousSigningSecrets)} while it moves over).",
                     [nameof(Receivers)]);
             }
+            else if (PreviousSigningSecrets.Contains(receiver.SigningSecret, StringComparer.Ordinal))
+            {
+                // Held by every unregistered receiver that has not moved to the new shared secret yet, as the current one is.
+                yield return new ValidationResult(
+                    $"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)} is one of {SectionName}:{nameof(PreviousSigningSecrets)}; a registered receiver needs a secret of its own (a shared one may be among its {nameof(WebhookReceiverOptions.PreviousSigningSecrets)} while it moves over).",
+                    [nameof(Receivers)]);
+            }
 
             if ((receiver.PreviousSigningSecrets ?? []).Any(IsTooShort))
             {

@@ -60,6 +60,27 @@ public sealed class WebhookReceiverOptionsTests
             e => Assert.StartsWith("Webhooks:Receivers:3:SigningSecret is Webhooks:SigningSecret; a registered receiver needs a secret of its own", e, StringComparison.Ordinal));
     }
 
+    /// <summary>
+    /// A shared secret being rotated out is held by every unregistered receiver that has not switched yet, as the
+    /// current one is: a registered receiver signed with it alone could be sent deliveries forged by any of them.
+    /// </summary>
+    [Fact]
+    public void A_receiver_secret_that_is_a_previous_shared_secret_is_refused_naming_its_setting()
+    {
+        const string OldShared = "old-shared-signing-secret-0123";
+        var options = new WebhookOptions
+        {
+            SigningSecret = Shared,
+            PreviousSigningSecrets = [OldShared],
+            Receivers = [Receiver("https://a.example.com", Own, OldShared), Receiver("https://b.example.com", OldShared)],
+        };
+        var results = new List<ValidationResult>();
+        Validator.TryValidateObject(options, new ValidationContext(options), results, validateAllProperties: true);
+
+        var error = Assert.Single(results).ErrorMessage;
+        Assert.StartsWith("Webhooks:Receivers:1:SigningSecret is one of Webhooks:PreviousSigningSecrets; a registered receiver needs a secret of its own", error, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("https://hooks.example.com/customers/7/events?x=1", true)]
     [InlineData("https://HOOKS.example.com:443/", true)]
