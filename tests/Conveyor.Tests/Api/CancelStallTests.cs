@@ -42,14 +42,7 @@ public sealed class CancelStallTests(ConveyorFixture fixture) : IAsyncLifetime
 
         // What a worker's inbox transaction does while it claims the job: the job's row locked, so the cancel (its
         // stored command already locked) waits for it on the server.
-        await using var worker = new NpgsqlConnection(fixture.ConnectionString);
-        await worker.OpenAsync();
-        await using var hold = await worker.BeginTransactionAsync();
-        await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", worker, hold))
-        {
-            lockRow.Parameters.AddWithValue(accepted.JobId);
-            Assert.Equal(1, await lockRow.ExecuteScalarAsync());
-        }
+        await using var hold = await HeldJobRow.LockAsync(fixture, accepted.JobId);
 
         using var aborted = new CancellationTokenSource();
         var cancel = api.Client.DeleteAsync(new Uri($"/api/jobs/{accepted.JobId}", UriKind.Relative), aborted.Token);

@@ -291,29 +291,21 @@ public sealed class IdempotencyTests(ConveyorFixture fixture) : IAsyncLifetime
         // Older than a submission can take even by the clock behind: a repeat publishes the command again.
         await fixture.BackdateJobAsync(first.JobId, TimeSpan.FromMinutes(5));
 
-        await using var other = new NpgsqlConnection(fixture.ConnectionString);
-        await other.OpenAsync();
         Task<HttpResponseMessage> repeat;
         DateTimeOffset written;
-        await using (var transaction = await other.BeginTransactionAsync())
+        await using (var held = await HeldJobRow.LockAsync(fixture, first.JobId))
         {
-            await using (var hold = new NpgsqlCommand("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", other, transaction))
-            {
-                hold.Parameters.AddWithValue(first.JobId);
-                Assert.Equal(1, await hold.ExecuteScalarAsync());
-            }
-
             repeat = behind.Client.PostJobAsync(JobKinds.ChargePayment, json);
             // The repeat's write waits for the row.
             await fixture.WaitForLockWaitersAsync(1);
             await using (var write = new NpgsqlCommand(
-                "UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', now()) WHERE id = $1 RETURNING updated_at", other, transaction))
+                "UPDATE jobs SET updated_at = GREATEST(updated_at + interval '1 microsecond', now()) WHERE id = $1 RETURNING updated_at", held.Connection, held.Transaction))
             {
                 write.Parameters.AddWithValue(first.JobId);
                 written = new DateTimeOffset((DateTime)(await write.ExecuteScalarAsync())!);
             }
 
-            await transaction.CommitAsync();
+            await held.CommitAsync();
         }
 
         using (var response = await repeat)

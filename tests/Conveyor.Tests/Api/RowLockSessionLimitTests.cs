@@ -29,14 +29,7 @@ public sealed class RowLockSessionLimitTests(ConveyorFixture fixture) : IAsyncLi
             JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
 
         // The job's row held, as a worker's inbox transaction holds it while the job runs.
-        await using var worker = new NpgsqlConnection(fixture.ConnectionString);
-        await worker.OpenAsync();
-        await using var hold = await worker.BeginTransactionAsync();
-        await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", worker, hold))
-        {
-            lockRow.Parameters.AddWithValue(accepted.JobId);
-            Assert.Equal(1, await lockRow.ExecuteScalarAsync());
-        }
+        await using var hold = await HeldJobRow.LockAsync(fixture, accepted.JobId);
 
         var cancels = Enumerable.Range(0, 3 * ApiApp.MaxRowLockSessions).Select(_ => api.Client.CancelJobAsync(accepted.JobId)).ToList();
         var all = Task.WhenAll(cancels);

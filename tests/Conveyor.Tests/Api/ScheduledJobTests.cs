@@ -206,21 +206,13 @@ public sealed class ScheduledJobTests(ConveyorFixture fixture) : IAsyncLifetime
         }
 
         // What a worker's inbox transaction does while an attempt of the job runs: the job's row locked.
-        await using var worker = new NpgsqlConnection(fixture.ConnectionString);
-        await worker.OpenAsync();
-        await using (var transaction = await worker.BeginTransactionAsync())
+        await using (var held = await HeldJobRow.LockAsync(fixture, job.Id))
         {
-            await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", worker, transaction))
-            {
-                lockRow.Parameters.AddWithValue(job.Id);
-                Assert.Equal(1, await lockRow.ExecuteScalarAsync());
-            }
-
             using var busy = await api.Client.CancelJobAsync(job.Id);
             await busy.AssertProblemAsync(StatusCodes.Status409Conflict);
             Assert.Equal("Job busy", (await busy.ReadJsonAsync()).GetProperty("title").GetString());
             Assert.NotNull(busy.Headers.RetryAfter);
-            await transaction.RollbackAsync();
+            await held.RollbackAsync();
         }
 
         await using (var db = fixture.CreateDbContext())
