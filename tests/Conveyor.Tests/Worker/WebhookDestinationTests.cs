@@ -87,17 +87,7 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         var port = receiver.BaseAddress.Port;
-        var webhooks = LoopbackHosts.Select(host => new DeliverWebhook
-        {
-            WebhookId = Guid.NewGuid(),
-            Url = new Uri($"http://{host}:{port}/hooks"),
-            EventType = "invoice.created",
-            Payload = JsonDocument.Parse("""{"invoice":7}""").RootElement,
-        }).ToList();
-        foreach (var webhook in webhooks)
-        {
-            await publisher.PublishAsync(webhook);
-        }
+        var webhooks = await PublishInvoicesAsync(publisher, LoopbackHosts.Select(host => new Uri($"http://{host}:{port}/hooks")));
 
         await Eventually.AssertAsync(async () =>
         {
@@ -130,10 +120,22 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         string[] hosts = ["[2001:2::1]", "[3fff::1]", "[5f00::1]"];
-        var webhooks = hosts.Select(host => new DeliverWebhook
+        var webhooks = await PublishInvoicesAsync(publisher, hosts.Select(host => new Uri($"http://{host}:8080/hooks")));
+
+        foreach (var webhook in webhooks)
+        {
+            var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
+            Assert.Contains("not a public address", job.LastError, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>Publishes one <c>invoice.created</c> webhook to each of <paramref name="urls"/>, in order.</summary>
+    private static async Task<List<DeliverWebhook>> PublishInvoicesAsync(TestPublisher publisher, IEnumerable<Uri> urls)
+    {
+        var webhooks = urls.Select(url => new DeliverWebhook
         {
             WebhookId = Guid.NewGuid(),
-            Url = new Uri($"http://{host}:8080/hooks"),
+            Url = url,
             EventType = "invoice.created",
             Payload = JsonDocument.Parse("""{"invoice":7}""").RootElement,
         }).ToList();
@@ -142,10 +144,6 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
             await publisher.PublishAsync(webhook);
         }
 
-        foreach (var webhook in webhooks)
-        {
-            var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
-            Assert.Contains("not a public address", job.LastError, StringComparison.Ordinal);
-        }
+        return webhooks;
     }
 }
