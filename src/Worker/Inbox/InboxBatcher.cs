@@ -280,11 +280,12 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     private async Task RunBatchAsync(ConveyorDbContext db, List<BatchMember> members, BatchPhase phase)
     {
         Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction;
+        string? transactionId;
         try
         {
             transaction = await db.Database.BeginTransactionAsync();
             db.Database.AutoSavepointsEnabled = false;
-            await ClaimAsync(db, members);
+            transactionId = await ClaimAsync(db, members);
         }
         catch (Exception exception)
         {
@@ -312,6 +313,21 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
         catch (Exception exception)
         {
+            if (applied && await CommittedAfterAllAsync(transactionId))
+            {
+                // The COMMIT was applied and only its answer was lost (the connection broke after the server
+                // committed): every message's outcome is durable, as in a batch whose commit was answered.
+                // Taken for rolled back, each succeeded message failed (sent round again, to be acked as a
+                // duplicate) and each failed attempt was counted a second time by its failure path.
+                LogCommitAnswerLost(exception, _consumerId, members.Count);
+                foreach (var member in members)
+                {
+                    member.Complete(committed: true, null);
+                }
+
+                return;
+            }
+
             if (!applied && !DatabaseFailures.IsUnavailable(exception) && await SettleUnderLockAsync(db, transaction, members))
             {
                 return;
@@ -476,10 +492,38 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    /// <summary>One round trip: the inbox rows (a conflict means a duplicate) and the job claims.</summary>
-    private async Task ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
+    /// <summary>
+    /// Whether the transaction <paramref name="transactionId"/> committed, asked on a connection of its own
+    /// (<c>pg_xact_status</c>) after its COMMIT failed: a connection that broke while the COMMIT was under way
+    /// leaves its outcome unknown to the client. False when it did not, is still in progress, or cannot be told.
+    /// </summary>
+    private async Task<bool> CommittedAfterAllAsync(string? transactionId)
+    {
+        if (transactionId is null)
+        {
+            return false;
+        }
+
+        try
+        {
+            await using var db = await _dbFactory.CreateDbContextAsync();
+            var status = await db.Database.SqlQuery<string>($"SELECT pg_xact_status(CAST({transactionId} AS xid8)) AS \"Value\"").ToListAsync();
+            return status is ["committed"];
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// One round trip: the inbox rows (a conflict means a duplicate) and the job claims. The batch's transaction id
+    /// when it inserted any inbox row (<see cref="CommittedAfterAllAsync"/>), else null.
+    /// </summary>
+    private async Task<string?> ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
     {
         var claimed = await ClaimRowsAsync(db, members);
+        var transactionId = claimed.Values.Select(r => r.TransactionId).FirstOrDefault(id => id is not null);
         // A key new to the inbox whose job row was created for another command (the Api accepted that one,
         // ADR 0011): this message is the conflict, and its inbox row goes again before anything runs. Not
         // against a dead-lettered job: its command failed for good, and a corrected one may take its place.
@@ -536,6 +580,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         {
             member.SetClaim(claim);
         }
+
+        return transactionId;
     }
 
     private async Task<Dictionary<string, BatchClaimRow>> ClaimRowsAsync(ConveyorDbContext db, IReadOnlyList<BatchMember> members)
@@ -600,7 +646,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                    j.id IS NOT NULL AS job_row_found,
                    COALESCE(j.attempts, 0) + 1 AS attempt,
                    CASE WHEN j.status <> {JobStatus.DeadLettered} THEN j.payload_hash END AS job_fingerprint,
-                   COALESCE(j.original_payload_hash, j.payload_hash) AS first_fingerprint
+                   COALESCE(j.original_payload_hash, j.payload_hash) AS first_fingerprint,
+                   pg_current_xact_id_if_assigned()::text AS transaction_id
               FROM inbox_rows r LEFT JOIN job_rows j ON j.business_key = r.message_key
             """;
         if (GenericPlans)
@@ -779,6 +826,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             // The connection may be gone; PostgreSQL rolls back an abandoned transaction itself.
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Inbox batch of {ConsumerId} ({Count} messages) got no answer to its commit, which the database applied; its messages are settled as committed")]
+    private partial void LogCommitAnswerLost(Exception exception, string consumerId, int count);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Inbox batch of {ConsumerId} ({Count} messages) could not settle its messages under its row locks; rolling back")]
     private partial void LogSettleUnderLockFailed(Exception exception, string consumerId, int count);
@@ -964,4 +1014,7 @@ public sealed class BatchClaimRow
     /// or not: its original fingerprint after a takeover, else its own; null without a row.
     /// </summary>
     public byte[]? FirstFingerprint { get; init; }
+
+    /// <summary>The id of the batch's transaction (<c>xid8</c> as text), which inserted this row.</summary>
+    public string? TransactionId { get; init; }
 }
