@@ -124,7 +124,7 @@ public static class WorkerMessagingExtensions
         {
             services.AddHttpClient<IPaymentGateway, HttpPaymentGateway>(http =>
             {
-                http.BaseAddress = new Uri(gateway.BaseUrl.TrimEnd('/') + "/");
+                http.BaseAddress = new Uri(gateway.BaseUrl.Trim().TrimEnd('/') + "/");
                 http.Timeout = TimeSpan.FromSeconds(gateway.TimeoutSeconds);
                 if (!string.IsNullOrEmpty(gateway.ApiKey))
                 {
