@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net.Http.Headers;
 using System.Text.Json;
 using Conveyor.Storage.Payments;
@@ -6,7 +7,8 @@ using Conveyor.Worker.Failures;
 namespace Conveyor.Worker.Payments;
 
 /// <summary>
-/// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>.
+/// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>, and may echo
+/// the charge's <c>amountMinor</c> and <c>currency</c>, which must then be the ones asked (the currency in any casing).
 /// 408, 409 (the key's first request still in progress), 429 and every 5xx (501 and 505 included: <see cref="FailureClassifier.IsTransientGatewayStatus"/>)
 /// are transient; other 4xx are permanent.
 /// A 2xx whose body is too large, too slow or no charge is transient: the charge may have been made.
@@ -54,7 +56,18 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
             await HttpFailures.EnsureSuccessAsync(
                 response, "The payment gateway", timeLeft, FailureClassifier.IsTransientGatewayStatus, time, cancellationToken);
             await LoadAnswerAsync(response.Content, timeLeft, cancellationToken);
-            var id = await ReadChargeIdAsync(response, cancellationToken);
+            var charge = await ReadChargeAsync(response, cancellationToken);
+            var id = charge.Id!;
+
+            // The ledger records the amount asked under the id answered: a charge the gateway says is of another
+            // amount or currency would be recorded as one it is not. The gateway answers the key the same every
+            // time, so trying again cannot help: dead-lettered, naming both, for the operator to settle.
+            if ((charge.AmountMinor is { } amount && amount != request.AmountMinor)
+                || (charge.Currency is { } currency && !string.Equals(currency, request.Currency, StringComparison.OrdinalIgnoreCase)))
+            {
+                throw new PermanentFailureException(
+                    $"The payment gateway answered charge {HttpFailures.Printable(id, LedgerEntry.MaxGatewayChargeIdLength)} of {charge.AmountMinor?.ToString(CultureInfo.InvariantCulture) ?? "?"} {HttpFailures.Printable(charge.Currency ?? "?", 10)}, not the {request.AmountMinor.ToString(CultureInfo.InvariantCulture)} {request.Currency} asked; not recorded in the ledger");
+            }
 
             // The charge is made, but an id the ledger cannot hold as it is would be recorded cut short
             // (or not at all): the job is dead-lettered saying so, and the gateway answers a move back
@@ -98,13 +111,14 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
     }
 
     /// <summary>
-    /// The charge id of a 2xx answer whose body <see cref="LoadAnswerAsync"/> buffered. A body that is no
-    /// charge (a proxy's HTML page, JSON cut short, an id that is no string, a charset .NET does not know, no
-    /// id at all) is a transient failure like a body too large: the 2xx says the charge may have been made,
-    /// and only a later attempt with the same Idempotency-Key gets it. Left to the classifier, the JSON
+    /// The charge of a 2xx answer whose body <see cref="LoadAnswerAsync"/> buffered. A body that is no
+    /// charge (a proxy's HTML page, JSON cut short, an id that is no string, an echoed amount that is no
+    /// whole number or currency that is no string, a charset .NET does not know, no id at all) is a transient
+    /// failure like a body too large: the 2xx says the charge may have been made, and only a later attempt
+    /// with the same Idempotency-Key gets it. Left to the classifier, the JSON
     /// reader's exceptions read as a malformed message (permanent), which dead-lettered the job at once.
     /// </summary>
-    private static async Task<string> ReadChargeIdAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    private static async Task<GatewayCharge> ReadChargeAsync(HttpResponseMessage response, CancellationToken cancellationToken)
     {
         GatewayCharge? charge;
         try
@@ -118,7 +132,7 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
             throw Unreadable(response, exception.Message, exception);
         }
 
-        return string.IsNullOrWhiteSpace(charge?.Id) ? throw Unreadable(response, "no charge id", null) : charge.Id;
+        return string.IsNullOrWhiteSpace(charge?.Id) ? throw Unreadable(response, "no charge id", null) : charge;
     }
 
     private static TransientFailureException Unreadable(HttpResponseMessage response, string why, Exception? exception) => new(
@@ -126,5 +140,5 @@ public sealed class HttpPaymentGateway(HttpClient http, TimeProvider time) : IPa
         null,
         exception);
 
-    private sealed record GatewayCharge(string? Id);
+    private sealed record GatewayCharge(string? Id, long? AmountMinor, string? Currency);
 }

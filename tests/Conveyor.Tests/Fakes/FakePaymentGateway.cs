@@ -66,6 +66,12 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     public int PadChargeAnswersWith { get; set; }
 
     /// <summary>
+    /// When set, a charge is answered with its id and the <c>amountMinor</c> and <c>currency</c> this gives for it
+    /// (the charge as made, or what a misbehaving gateway claims it made).
+    /// </summary>
+    public Func<Charge, (long AmountMinor, string Currency)>? EchoChargesAs { get; set; }
+
+    /// <summary>
     /// The next <paramref name="count"/> charges are made but answered 200 with <paramref name="body"/>
     /// (given the charge's id) as <paramref name="contentType"/>, as a proxy in front of a gateway or a
     /// gateway in trouble might answer: an HTML page, JSON cut short. Repeats with the same key are
@@ -221,6 +227,11 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         }
 
         _successes.AddOrUpdate(key, 1, (_, n) => n + 1);
+        if (EchoChargesAs?.Invoke(charge) is var (amountMinor, currency))
+        {
+            return Results.Ok(new { id = charge.Id, amountMinor, currency });
+        }
+
         return PadChargeAnswersWith > 0
             ? Results.Ok(new { id = charge.Id, padding = new string('x', PadChargeAnswersWith) })
             : Results.Ok(new { id = charge.Id });
