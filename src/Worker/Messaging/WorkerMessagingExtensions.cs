@@ -130,7 +130,10 @@ public static class WorkerMessagingExtensions
                 {
                     http.DefaultRequestHeaders.Authorization = new("Bearer", gateway.ApiKey);
                 }
-            });
+            })
+                // A redirect is the gateway's answer, not a place to send the charge: followed, a 307 or 308 took
+                // its body and Idempotency-Key to the Location's host without the API key, a 301 or 302 became a GET.
+                .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { AllowAutoRedirect = false });
         }
 
         var webhooks = configuration.GetSection(WebhookOptions.SectionName).Get<WebhookOptions>() ?? new WebhookOptions();
