@@ -1,5 +1,7 @@
 using Conveyor.Contracts;
 using Conveyor.Storage.Redelivery;
+using MassTransit.Logging;
+using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
@@ -38,7 +40,7 @@ internal static class ScheduledJobs
             ContentType = EnvelopeContentType,
             MessageId = messageId.ToString("D"),
             // Also a transport header, as on a job published at once, for whoever inspects the queue.
-            Headers = JsonSerializer.Serialize(new Dictionary<string, string> { [JobHeaders.JobId] = jobId.ToString("D") }),
+            Headers = JsonSerializer.Serialize(StoredHeaders(jobId)),
             // Sent when due: the command is released into its queue then, and a worker's measure of how
             // long a job waited in its queue (conveyor.jobs.wait) starts there, not at the submission.
             Body = request.ToEnvelope(messageId, jobId, runAt),
@@ -49,6 +51,22 @@ internal static class ScheduledJobs
             JobId = jobId,
             JobAttempts = 0,
         };
+    }
+
+    /// <summary>
+    /// The transport headers the dispatcher publishes the command with: its job id and, when the request is
+    /// traced, the request's span as MassTransit's parent header (which its receive reads from the transport
+    /// headers), so the job's consume joins the submission's trace, as that of a job published at once does.
+    /// </summary>
+    private static Dictionary<string, string> StoredHeaders(Guid jobId)
+    {
+        var headers = new Dictionary<string, string> { [JobHeaders.JobId] = jobId.ToString("D") };
+        if (Activity.Current is { IdFormat: ActivityIdFormat.W3C, Id: { } parent })
+        {
+            headers[DiagnosticHeaders.ActivityId] = parent;
+        }
+
+        return headers;
     }
 
     /// <summary>
