@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using MassTransit.Logging;
 using MassTransit.Monitoring;
 using Microsoft.AspNetCore.Builder;
@@ -32,6 +33,14 @@ public static class TelemetryExtensions
     public const string ActivitySourceName = "Conveyor";
 
     /// <summary>
+    /// Set on a request whose URL a span must name by its origin only: a webhook's URL comes from whoever
+    /// published the command, and its path often holds the receiver's secret (chat services put their token
+    /// there), which every trace exported to a collector would carry (HttpClient's span keeps the path, and
+    /// hides only the query). The logs and the job's result name such a receiver by its origin too.
+    /// </summary>
+    public static readonly HttpRequestOptionsKey<bool> OriginOnlyInTraces = new("Conveyor.OriginOnlyInTraces");
+
+    /// <summary>
     /// Traces (ASP.NET Core, HttpClient, MassTransit, Npgsql: one trace from the API request through
     /// the publish and the consume to the database and HTTP calls), metrics (MassTransit's meter,
     /// ours, runtime) and logs carrying the trace id. OTLP export follows the standard
@@ -62,7 +71,7 @@ public static class TelemetryExtensions
                 .AddAspNetCoreInstrumentation(options =>
                     options.Filter = context => !context.Request.Path.StartsWithSegments("/health")
                         && !context.Request.Path.StartsWithSegments("/metrics"))
-                .AddHttpClientInstrumentation()
+                .AddHttpClientInstrumentation(options => options.EnrichWithHttpRequestMessage = OriginOnly)
                 .AddNpgsql());
         }
 
@@ -103,6 +112,16 @@ public static class TelemetryExtensions
         "System.Net.NameResolution" => ["error.type"],
         _ => null,
     };
+
+    private static void OriginOnly(Activity activity, HttpRequestMessage request)
+    {
+        if (request.Options.TryGetValue(OriginOnlyInTraces, out var originOnly) && originOnly
+            && request.RequestUri is { IsAbsoluteUri: true } url)
+        {
+            // Authority leaves out any user information; the path and query are marked as hidden, as HttpClient marks a query.
+            activity.SetTag("url.full", $"{url.Scheme}://{url.Authority}/*");
+        }
+    }
 
     /// <summary>Prometheus scrape endpoint at <c>/metrics</c>.</summary>
     public static IEndpointRouteBuilder MapConveyorMetrics(this IEndpointRouteBuilder endpoints)

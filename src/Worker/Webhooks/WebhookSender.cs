@@ -1,6 +1,7 @@
 using System.Net.Http.Headers;
 using System.Reflection;
 using System.Security.Authentication;
+using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Failures;
 using Microsoft.Extensions.Options;
 
@@ -35,6 +36,7 @@ public sealed partial class WebhookSender(
         var content = new ByteArrayContent(body.ToArray());
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
         using var request = new HttpRequestMessage(HttpMethod.Post, url) { Content = content };
+        request.Options.Set(TelemetryExtensions.OriginOnlyInTraces, true);
         request.Headers.TryAddWithoutValidation("User-Agent", UserAgent);
         request.Headers.Add(WebhookIdHeader, webhookId.ToString());
         request.Headers.Add("Idempotency-Key", idempotencyKey);
