@@ -2,6 +2,9 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
+using Conveyor.Contracts;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
@@ -85,12 +88,38 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
 
         foreach (var counter in new[] { "conveyor_jobs_succeeded_total", "conveyor_jobs_attempts_failed_total", "conveyor_jobs_dead_lettered_total", "conveyor_jobs_retries_scheduled_total" })
         {
-            foreach (var kind in Conveyor.Contracts.JobKinds.All)
+            foreach (var kind in JobKinds.All)
             {
                 Assert.True(PrometheusText.Samples(text, counter, $"kind=\"{kind}\"").Count > 0, $"{counter}{{kind=\"{kind}\"}} is not exported");
                 Assert.Equal(0, PrometheusText.Sum(text, counter, $"kind=\"{kind}\""));
             }
         }
+    }
+
+    /// <summary>
+    /// A job submitted with <c>runAt</c> is published later by a worker's dispatcher, not by the request: its
+    /// consume still belongs to the trace of the request that submitted it, as a job published at once does.
+    /// </summary>
+    [Fact]
+    public async Task A_scheduled_jobs_consume_belongs_to_the_trace_of_the_request_that_submitted_it()
+    {
+        var accepted = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment,
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(1)));
+        await Eventually.AssertAsync(async () =>
+        {
+            var job = await _api.Client.GetJobAsync(accepted.JobId);
+            Assert.Equal(JobStatus.Succeeded, job.Status);
+        });
+
+        await Eventually.AssertAsync(() =>
+        {
+            var request = Snapshot(_apiActivities).Single(a => a.Kind == ActivityKind.Server
+                && a.GetTagItem("http.request.method") as string == "POST"
+                && (a.GetTagItem("url.path") as string ?? "").EndsWith("/api/jobs/charge-payment", StringComparison.Ordinal));
+            Assert.Contains(Snapshot(_workerActivities), a => a.Kind == ActivityKind.Consumer && a.Source.Name == "MassTransit"
+                && a.TraceId == request.TraceId);
+            return Task.CompletedTask;
+        });
     }
 
     [Fact]
