@@ -84,23 +84,25 @@ internal static partial class ErrorHandling
             }
 
             LogDatabaseUnavailable(logger, exception.GetBaseException().Message);
-            http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
-            RetryAfterResponses.Set(http.Response, DatabaseRetryAfterSeconds);
-            return await problems.TryWriteAsync(new ProblemDetailsContext
-            {
-                HttpContext = http,
-                Exception = exception,
-                ProblemDetails =
-                {
-                    Status = StatusCodes.Status503ServiceUnavailable,
-                    Title = "Database unavailable",
-                    Detail = "The database cannot be reached right now. Try again later.",
-                },
-            });
+            return await WriteRetryLaterAsync(problems, http, exception, "Database unavailable", "The database cannot be reached right now. Try again later.");
         }
 
         [LoggerMessage(Level = LogLevel.Warning, Message = "Answered 503: the database is unavailable ({Reason})")]
         private static partial void LogDatabaseUnavailable(ILogger logger, string reason);
+    }
+
+    /// <summary>A 503 problem with <c>Retry-After</c> (<see cref="DatabaseRetryAfterSeconds"/>): nothing was done, and the same request may pass later.</summary>
+    private static async ValueTask<bool> WriteRetryLaterAsync(
+        IProblemDetailsService problems, HttpContext http, Exception exception, string title, string detail)
+    {
+        http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+        RetryAfterResponses.Set(http.Response, DatabaseRetryAfterSeconds);
+        return await problems.TryWriteAsync(new ProblemDetailsContext
+        {
+            HttpContext = http,
+            Exception = exception,
+            ProblemDetails = { Status = StatusCodes.Status503ServiceUnavailable, Title = title, Detail = detail },
+        });
     }
 
     /// <summary>The Api had as many of a kind of work under way as it allows (<see cref="ApiBusyException"/>): 503, retry later.</summary>
@@ -114,14 +116,7 @@ internal static partial class ErrorHandling
             }
 
             LogBusy(logger, busy.Message);
-            http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
-            RetryAfterResponses.Set(http.Response, DatabaseRetryAfterSeconds);
-            return await problems.TryWriteAsync(new ProblemDetailsContext
-            {
-                HttpContext = http,
-                Exception = exception,
-                ProblemDetails = { Status = StatusCodes.Status503ServiceUnavailable, Title = "Too busy", Detail = busy.Message },
-            });
+            return await WriteRetryLaterAsync(problems, http, exception, "Too busy", busy.Message);
         }
 
         [LoggerMessage(Level = LogLevel.Warning, Message = "Answered 503: {Reason}")]

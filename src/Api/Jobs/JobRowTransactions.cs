@@ -34,17 +34,13 @@ internal sealed class JobRowTransactions(IConfiguration configuration) : IDispos
     internal static readonly TimeSpan AnswerTimeout = TimeSpan.FromMilliseconds(LockWaitMilliseconds) + TimeSpan.FromSeconds(5);
 
     /// <summary>
-    /// Sessions of these transactions open at once in one Api, at most. They are outside the pool, which
-    /// <c>Maximum Pool Size</c> bounds: a burst of cancels of jobs a worker holds, each waiting up to
-    /// <see cref="LockWaitMilliseconds"/> on a session of its own, opened one per request until PostgreSQL's
+    /// These transactions' sessions open at once in this Api, at most <see cref="ApiApp.MaxRowLockSessions"/>. They are
+    /// outside the pool, which <c>Maximum Pool Size</c> bounds: a burst of cancels of jobs a worker holds, each waiting
+    /// up to <see cref="LockWaitMilliseconds"/> on a session of its own, opened one per request until PostgreSQL's
     /// <c>max_connections</c> refused every client, the workers included. A request waits for one at most
     /// <see cref="LockWaitMilliseconds"/>, and is then answered 503 with <c>Retry-After</c>, nothing done.
     /// </summary>
-    public const int MaxSessions = ApiApp.MaxRowLockSessions;
-
-    private readonly SemaphoreSlim _sessions = new(MaxSessions, MaxSessions);
-
-    public void Dispose() => _sessions.Dispose();
+    private readonly SemaphoreSlim _sessions = new(ApiApp.MaxRowLockSessions, ApiApp.MaxRowLockSessions);
 
     /// <summary>The contexts' connection string, unpooled: closing the connection ends the session (and its transaction).</summary>
     private readonly string _connectionString = new NpgsqlConnectionStringBuilder(
@@ -52,6 +48,8 @@ internal sealed class JobRowTransactions(IConfiguration configuration) : IDispos
     {
         Pooling = false,
     }.ConnectionString;
+
+    public void Dispose() => _sessions.Dispose();
 
     /// <summary>
     /// Runs <paramref name="work"/> in a transaction on a session of its own and commits it. Null when a lock wait ran
@@ -64,7 +62,7 @@ internal sealed class JobRowTransactions(IConfiguration configuration) : IDispos
         if (!await _sessions.WaitAsync(LockWaitMilliseconds, cancellationToken))
         {
             throw new ApiBusyException(
-                $"This Api had {MaxSessions} cancels and run-nows waiting on jobs that workers or the scheduler hold for {LockWaitMilliseconds} ms; {what} was not tried. Retry later.");
+                $"This Api had {ApiApp.MaxRowLockSessions} cancels and run-nows waiting on jobs that workers or the scheduler hold for {LockWaitMilliseconds} ms; {what} was not tried. Retry later.");
         }
 
         try

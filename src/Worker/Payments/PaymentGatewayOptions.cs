@@ -56,7 +56,8 @@ public sealed class PaymentGatewayOptions : IValidatableObject
             return "must not carry credentials: PaymentGateway:ApiKey signs in.";
         }
 
-        return uri.Query.Length > 0 || uri.Fragment.Length > 0 || url.Contains('?', StringComparison.Ordinal) || url.Contains('#', StringComparison.Ordinal)
+        // Looked for in the text, so that an empty query or fragment (a bare '?' or '#') counts too.
+        return url.AsSpan().IndexOfAny('?', '#') >= 0
             ? "must not have a query or a fragment: the worker appends charges to its path."
             : null;
     }
