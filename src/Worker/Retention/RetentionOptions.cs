@@ -25,7 +25,10 @@ public sealed class RetentionOptions : IValidatableObject
     [Range(1, 100_000)]
     public int JobHours { get; set; } = 30 * 24;
 
-    /// <summary>Finished error-queue operations (the audit log) older than this are deleted.</summary>
+    /// <summary>
+    /// Finished error-queue operations (the audit log) older than this are deleted, and so are operations
+    /// still marked running that have recorded no progress for this long (their process died).
+    /// </summary>
     [Range(1, 100_000)]
     public int AuditHours { get; set; } = 90 * 24;
 

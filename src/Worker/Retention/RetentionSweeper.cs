@@ -184,9 +184,13 @@ public sealed partial class RetentionSweeper(
         //   (DeleteLockedJobsSql).
         // The inbox sweep above runs first: a job whose inbox row expired now goes in this same sweep.
         var jobs = await SweepJobsAsync(jobsBefore, batch, cancellationToken);
+        // Finished operations by their start. One still marked running whose progress stopped that long ago
+        // goes too: a live operation writes its progress twice a second, and an abandoned one is marked
+        // interrupted only when an Api of its vhost reads operations, which may never happen again.
         var audit = await DeleteInBatchesAsync("error_queue_operations", db => db.Database.ExecuteSqlInterpolatedAsync($"""
             DELETE FROM error_queue_operations WHERE id IN (
-                SELECT id FROM error_queue_operations WHERE state <> 'running' AND created_at < {auditBefore}
+                SELECT id FROM error_queue_operations
+                 WHERE created_at < {auditBefore} AND (state <> 'running' OR updated_at < {auditBefore})
                  LIMIT {batch} FOR UPDATE SKIP LOCKED)
             """, cancellationToken), batch, cancellationToken);
         return new SweepResult(inbox, jobs, audit);

@@ -1,5 +1,6 @@
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Operations;
 using Conveyor.Storage.Redelivery;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Retention;
@@ -142,6 +143,40 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Audit_rows_go_after_their_window_and_so_does_an_operation_whose_progress_stopped_that_long_ago()
+    {
+        var now = DateTimeOffset.UtcNow;
+        var old = now.AddDays(-100);
+        var recent = now.AddHours(-1);
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.ErrorQueueOperations.AddRange(
+                Operation("old-finished", ErrorQueueOperationStates.Succeeded, old, old),
+                // Its process died 100 days ago and no Api of its vhost has read operations since.
+                Operation("old-abandoned", ErrorQueueOperationStates.Running, old, old),
+                // Started long ago and still writing its progress: a live walk is never swept.
+                Operation("old-live", ErrorQueueOperationStates.Running, old, recent),
+                Operation("recent-finished", ErrorQueueOperationStates.Succeeded, recent, recent),
+                Operation("recent-running", ErrorQueueOperationStates.Running, recent, recent));
+            await db.SaveChangesAsync();
+        }
+
+        var settings = WorkerSettings.With();
+        settings["Retention:AuditHours"] = "2160";
+        settings["Retention:Enabled"] = "false";
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        var sweeper = worker.Services.GetRequiredService<RetentionSweeper>();
+
+        var swept = await sweeper.SweepAsync(now, CancellationToken.None);
+
+        Assert.Equal(2, swept.AuditRows);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(
+            ["old-live", "recent-finished", "recent-running"],
+            await check.ErrorQueueOperations.Select(o => o.Queue).OrderBy(q => q).ToListAsync());
+    }
+
+    [Fact]
     public async Task A_failing_sweep_is_counted()
     {
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
@@ -216,6 +251,20 @@ public sealed class RetentionTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         public override DateTimeOffset GetUtcNow() => base.GetUtcNow() + ahead;
     }
+
+    private static ErrorQueueOperation Operation(string queue, string state, DateTimeOffset createdAt, DateTimeOffset updatedAt) => new()
+    {
+        Id = Guid.NewGuid(),
+        Kind = ErrorQueueOperationKinds.Move,
+        Queue = queue,
+        Filter = "{}",
+        State = state,
+        RequestedBy = "admin",
+        MessageIds = "[]",
+        Targets = "{}",
+        CreatedAt = createdAt,
+        UpdatedAt = updatedAt,
+    };
 
     private static InboxRecord Inbox(string key, DateTimeOffset receivedAt, string status, DateTimeOffset? leaseExpiresAt = null) => new()
     {
