@@ -80,12 +80,9 @@ public sealed class JobsSettings : ApiSettings
         + "many seconds, 1 to 2592000 (30 days). Without it, --follow keeps trying until they pass or Ctrl+C.")]
     public int? RetryFor { get; set; }
 
-    /// <summary>The query parameters of <c>GET /api/jobs</c>, named in a 400's errors, as the options that give them.</summary>
-    private static readonly OptionNames Options = new(
+    /// <summary>The query parameters of <c>GET /api/jobs</c>, named in a 400's errors, as the options that give them (<c>cursor</c>: <c>--after</c>).</summary>
+    internal static readonly OptionNames Options = new(
         ("status", "--status"), ("kind", "--kind"), ("businessKey", "--business-key"), ("limit", "--limit"), ("order", "--order"), ("cursor", "--after"));
-
-    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/> (<c>cursor</c>: <c>--after</c>); any other name as it is.</summary>
-    public static string OptionFor(string parameter) => Options.For(parameter);
 
     /// <summary>Oldest first: asked for with <c>--order oldest</c>, or by <c>--follow</c> without <c>--order</c>, as only that order can be followed.</summary>
     public bool OldestFirstOrder => Order == OldestFirst || (Order is null && Follow);
@@ -538,7 +535,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
 
     /// <summary>A page, read as every read is (<see cref="ConveyorClient.GetAsync"/>); a 400 names the options, such as <c>--after</c> for the cursor.</summary>
     private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken) =>
-        Answers.ExpectObject(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.OptionFor), "a page of jobs", "items");
+        Answers.ExpectObject(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.Options.For), "a page of jobs", "items");
 
     /// <summary>
     /// A page of <c>--follow</c>. A follower runs for hours, as <c>tail -F</c> does, and outlives an outage: a read answered
@@ -558,7 +555,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         long refusedSince = 0;
         var page = await new ReadRetry
         {
-            DescribeField = JobsSettings.OptionFor,
+            DescribeField = JobsSettings.Options.For,
             MayPass = answer => answer is not null || answeredBefore,
             Waits = new RetryBudget
             {

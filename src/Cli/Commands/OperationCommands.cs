@@ -61,7 +61,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
         var query = Query(
             ("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)),
             ("before", settings.Before?.ToString()));
-        var operations = Answers.ExpectArray(await client.GetAsync("api/operations" + query, cancellationToken, OperationsSettings.OptionFor), "operations");
+        var operations = Answers.ExpectArray(await client.GetAsync("api/operations" + query, cancellationToken, OperationsSettings.Options.For), "operations");
         if (settings.Json)
         {
             WriteJson(cli, operations);
@@ -102,7 +102,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
         var query = OperationsCommand.Query(
             ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)),
             ("before", settings.Before?.ToString()));
-        var entries = Answers.ExpectArray(await client.GetAsync("api/audit" + query, cancellationToken, AuditSettings.OptionFor), "audit entries");
+        var entries = Answers.ExpectArray(await client.GetAsync("api/audit" + query, cancellationToken, AuditSettings.Options.For), "audit entries");
         if (settings.Json)
         {
             WriteJson(cli, entries);
@@ -134,7 +134,7 @@ internal static class Operations
         JsonElement accepted;
         try
         {
-            accepted = await client.PostAsync($"api/error-queues/{Uri.EscapeDataString(settings.Queue)}/{kind}", body, cancellationToken, FilterSettings.OptionFor);
+            accepted = await client.PostAsync($"api/error-queues/{Uri.EscapeDataString(settings.Queue)}/{kind}", body, cancellationToken, FilterSettings.Options.For);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {

@@ -58,10 +58,8 @@ public sealed class PeekSettings : QueueSettings
     public override ValidationResult Validate() =>
         Limit is < 1 ? ValidationResult.Error("--limit must be at least 1.") : base.Validate();
 
-    private static readonly OptionNames Options = new(("limit", "--limit"));
-
-    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/>; any other name as it is.</summary>
-    public static string OptionFor(string parameter) => Options.For(parameter);
+    /// <summary>The query parameters of a queue's messages or groups, named in a 400's errors, as the options that give them.</summary>
+    internal static readonly OptionNames Options = new(("limit", "--limit"));
 }
 
 public class FilterSettings : QueueSettings
@@ -133,13 +131,10 @@ public class FilterSettings : QueueSettings
     }
 
     /// <summary>The fields of a move's or purge's body, named in a 400's errors, as the options that give them.</summary>
-    private static readonly OptionNames Options = new(
+    internal static readonly OptionNames Options = new(
         ("filter.messageIds", "--message-id"), ("filter.jobIds", "--job-id"), ("filter.exceptionType", "--exception-type"),
         ("filter.messageType", "--message-type"), ("filter.groupId", "--group"), ("filter.faultedBefore", "--faulted-before"),
         ("filter.faultedAfter", "--faulted-after"), ("limit", "--limit"), ("dryRun", "--dry-run"), ("target", "--target"), ("confirm", "--confirm"));
-
-    /// <summary>The option that gives the Api's field <paramref name="field"/> (<c>filter.groupId</c>: <c>--group</c>); any other name as it is.</summary>
-    public static string OptionFor(string field) => Options.For(field);
 
     public Dictionary<string, object?> Filter()
     {
@@ -203,10 +198,8 @@ public sealed class OperationsSettings : ApiSettings
     [Description("Only those listed after this one: the id of the last row of the previous page, for the next page.")]
     public Guid? Before { get; set; }
 
-    private static readonly OptionNames Options = new(("queue", "--queue"), ("state", "--state"), ("limit", "--limit"), ("before", "--before"));
-
-    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/>; any other name as it is.</summary>
-    public static string OptionFor(string parameter) => Options.For(parameter);
+    /// <summary>The query parameters of <c>GET /api/operations</c>, named in a 400's errors, as the options that give them.</summary>
+    internal static readonly OptionNames Options = new(("queue", "--queue"), ("state", "--state"), ("limit", "--limit"), ("before", "--before"));
 }
 
 public sealed class OperationSettings : ApiSettings
@@ -253,11 +246,9 @@ public sealed class AuditSettings : ApiSettings
 
     public override ValidationResult Validate() => IsoTime.Check(("--since", Since));
 
-    private static readonly OptionNames Options = new(
+    /// <summary>The query parameters of <c>GET /api/audit</c>, named in a 400's errors, as the options that give them (<c>requestedBy</c>: <c>--who</c>).</summary>
+    internal static readonly OptionNames Options = new(
         ("queue", "--queue"), ("requestedBy", "--who"), ("since", "--since"), ("limit", "--limit"), ("before", "--before"));
-
-    /// <summary>The option that gives the Api's query parameter <paramref name="parameter"/> (<c>requestedBy</c>: <c>--who</c>); any other name as it is.</summary>
-    public static string OptionFor(string parameter) => Options.For(parameter);
 }
 
 /// <summary>
