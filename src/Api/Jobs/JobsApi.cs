@@ -42,6 +42,8 @@ internal static partial class JobsApi
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<JobRows>();
         services.AddSingleton<SubmissionMetrics>();
+        services.AddOptions<JobWaitOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<JobWaitLimit>();
         services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<WebhookUrlRules>();
         services.AddScoped<JobSubmitter>();
@@ -91,6 +93,8 @@ internal static partial class JobsApi
 
     public static IEndpointRouteBuilder MapJobsApi(this IEndpointRouteBuilder endpoints)
     {
+        // Made now, not at the first wait, so that its gauge and counter are exported (at 0) from the start.
+        endpoints.ServiceProvider.GetRequiredService<JobWaitLimit>();
         var jobs = endpoints.MapGroup("/api/jobs")
             .WithTags("Jobs")
             .RefuseUnknownQueryParameters()
@@ -116,8 +120,9 @@ internal static partial class JobsApi
         jobs.MapGet("/{jobId}", GetJob)
             .WithName("GetJob")
             .RequireAuthorization(ApiPolicies.JobsRead)
-            .WithSummary("The status of a job; with waitSeconds, answers once the job has ended or that long has passed.")
-            .ProducesProblem(StatusCodes.Status404NotFound);
+            .WithSummary("The status of a job; with waitSeconds, answers once the job has ended or that long has passed (at once, with Conveyor-Wait-Skipped, while the Api holds as many waits as it allows).")
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .DeclaresWaitSkippedHeader();
 
         jobs.MapGet("/{jobId}/result", GetJobResult)
             .WithName("GetJobResult")
@@ -156,10 +161,13 @@ internal static partial class JobsApi
     /// ended (succeeded, dead-lettered or cancelled). The row is read again at growing intervals (0.1 s
     /// doubling up to 1 s), so a waiting client costs at most about one query a second. A shutdown of
     /// the Api ends the wait at once, with the job as it is, so waiting clients do not hold it up.
+    /// The Api holds at most <see cref="JobWaitOptions.MaxConcurrentWaits"/> waits at once (<see cref="JobWaitLimit"/>): one
+    /// more is answered at once, with the job as its first read found it and <see cref="JobWaitLimit.SkippedHeader"/>,
+    /// not refused, so a client that loops on waitSeconds goes on working and the reads stay bounded.
     /// </param>
     internal static async Task<Results<Ok<JobDetails>, ValidationProblem, ProblemHttpResult>> GetJob(
         string jobId, string? waitSeconds, ConveyorDbContext db, TimeProvider clock, IHostApplicationLifetime lifetime,
-        CancellationToken cancellationToken)
+        JobWaitLimit waits, HttpResponse response, CancellationToken cancellationToken)
     {
         if (!RouteIds.TryParse(jobId, nameof(jobId), out var id, out var invalid))
         {
@@ -175,23 +183,32 @@ internal static partial class JobsApi
         }
 
         var deadline = clock.GetTimestamp() + (long)(wait * (double)clock.TimestampFrequency);
+        var job = await ReadJobAsync(db, id, cancellationToken);
+        if (job is null)
+        {
+            return JobNotFound(id);
+        }
+
+        if (wait == 0 || HasEnded(job.Status) || lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            return TypedResults.Ok(JobDetails.From(job));
+        }
+
+        // Taken only by a wait that will hold its answer, given back however it ends: the job ended, the time is up,
+        // the Api stops, the client went away or a read failed.
+        using var slot = waits.TryEnter();
+        if (slot is null)
+        {
+            response.Headers[JobWaitLimit.SkippedHeader] = JobWaitLimit.TooManyWaits;
+            return TypedResults.Ok(JobDetails.From(job));
+        }
+
         var pause = TimeSpan.FromMilliseconds(100);
         using var waitEnds = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, lifetime.ApplicationStopping);
         while (true)
         {
-            // The request's token goes to Npgsql here, unlike the queue locks' commands (QueueLease.RunAsync): this
-            // read holds no lock and no session state, and the wait holds no connection between reads. Aborted while
-            // the server does not answer, it gives its pooled connection back when Npgsql's cancel request gives up
-            // (about 30 s with the default Timeout of 15 s), sooner than without the token, where the command timeout
-            // (45 s) comes first and then the same cancel request; either way a thread waits on that cancel request.
-            var job = await db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
-            if (job is null)
-            {
-                return JobNotFound(id);
-            }
-
             var left = clock.GetElapsedTime(clock.GetTimestamp(), deadline);
-            if (HasEnded(job.Status) || left <= TimeSpan.Zero || waitEnds.IsCancellationRequested)
+            if (left <= TimeSpan.Zero || waitEnds.IsCancellationRequested)
             {
                 return TypedResults.Ok(JobDetails.From(job));
             }
@@ -206,8 +223,44 @@ internal static partial class JobsApi
             }
 
             pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.TicksPerSecond));
+            job = await ReadJobAsync(db, id, cancellationToken);
+            if (job is null)
+            {
+                return JobNotFound(id);
+            }
+
+            if (HasEnded(job.Status))
+            {
+                return TypedResults.Ok(JobDetails.From(job));
+            }
         }
     }
+
+    // The request's token goes to Npgsql here, unlike the queue locks' commands (QueueLease.RunAsync): this
+    // read holds no lock and no session state, and a wait holds no connection between reads. Aborted while
+    // the server does not answer, it gives its pooled connection back when Npgsql's cancel request gives up
+    // (about 30 s with the default Timeout of 15 s), sooner than without the token, where the command timeout
+    // (45 s) comes first and then the same cancel request; either way a thread waits on that cancel request.
+    private static Task<Job?> ReadJobAsync(ConveyorDbContext db, Guid id, CancellationToken cancellationToken) =>
+        db.Jobs.AsNoTracking().WithoutRequestBody().FirstOrDefaultAsync(j => j.Id == id, cancellationToken);
+
+    /// <summary>Declares <see cref="JobWaitLimit.SkippedHeader"/> on the 200 of <c>GET /api/jobs/{jobId}</c> in the OpenAPI document.</summary>
+    private static RouteHandlerBuilder DeclaresWaitSkippedHeader(this RouteHandlerBuilder endpoint) => endpoint
+        .AddOpenApiOperationTransformer((operation, _, _) =>
+        {
+            if (operation.Responses?.GetValueOrDefault("200") is OpenApiResponse ok)
+            {
+                ok.Headers ??= new Dictionary<string, IOpenApiHeader>(StringComparer.OrdinalIgnoreCase);
+                ok.Headers[JobWaitLimit.SkippedHeader] = new OpenApiHeader
+                {
+                    Description = $"Present ({JobWaitLimit.TooManyWaits}) when waitSeconds asked for a wait and the Api already held as many as it allows "
+                        + "(Jobs:MaxConcurrentWaits): the job as it is, answered at once. A client that loops should pause before it asks again.",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+                };
+            }
+
+            return Task.CompletedTask;
+        });
 
     /// <summary>
     /// A succeeded job's result (<see cref="JobResults"/>). Any other status is a 409 whose <c>jobStatus</c> says which:

@@ -189,7 +189,8 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     /// The job once it has ended, or as it is when <paramref name="wait"/> is over. The Api holds a read for at most
     /// <see cref="JobSettings.LongestReadSeconds"/>, so a longer wait is a row of such reads, each asking for what is left
     /// (at most that). A read answered sooner than it asked while the job goes on (an Api stopping, which answers its
-    /// held reads at once) is followed by a pause of a second, so that reads never come faster than one a second; a pause
+    /// held reads at once, or one holding as many as it allows, <c>Jobs:MaxConcurrentWaits</c>, which answers at once with
+    /// <c>Conveyor-Wait-Skipped</c>) is followed by a pause of a second, so that reads never come faster than one a second; a pause
     /// that would reach the end of the wait ends it with a last look.
     /// </summary>
     internal static async Task<JsonElement> WaitAsync(ConveyorClient client, Guid id, TimeSpan wait, CancellationToken cancellationToken)

@@ -49,9 +49,9 @@ public sealed class SettingNamesTests
     };
 
     /// <summary>Options classes bound to a section the map above gives another class already (the Api's <c>Jobs</c>).</summary>
-    private static readonly Dictionary<string, Type> MoreApiSections = new(StringComparer.OrdinalIgnoreCase)
+    private static readonly Dictionary<string, Type[]> MoreApiSections = new(StringComparer.OrdinalIgnoreCase)
     {
-        [StrandedJobsOptions.SectionName] = typeof(JobListingOptions),
+        [StrandedJobsOptions.SectionName] = [typeof(JobListingOptions), typeof(JobWaitOptions)],
     };
 
     /// <summary>Read by the hosts themselves (ASP.NET Core, logging, connection strings, telemetry), by either process.</summary>
@@ -128,8 +128,10 @@ public sealed class SettingNamesTests
     [InlineData("Webhooks:Receivers:0:PreviousSigningSecrets:0", true, false)]
     [InlineData("Webhooks:RequireRegisteredReceivers", false, true)]
     [InlineData("Webhooks:RequireRegisteredReceivers", true, true)]
-    // Two options classes read the Api's Jobs section.
+    // Three options classes read the Api's Jobs section.
     [InlineData("Jobs:ListingSettleSeconds", true, true)]
+    [InlineData("Jobs:MaxConcurrentWaits", true, true)]
+    [InlineData("Jobs:MaxConcurentWaits", true, false)]
     [InlineData("Jobs:ListingSettleSecond", true, false)]
     [InlineData("Jobs:ListingSettleSeconds", false, false)]
     public void The_check_knows_settings_from_typos(string key, bool api, bool known) =>
@@ -184,7 +186,7 @@ public sealed class SettingNamesTests
             {
                 return length == parts.Length - 1
                     && (HasProperty(options, parts[^1])
-                        || (api && MoreApiSections.TryGetValue(string.Join(':', parts[..length]), out var more) && HasProperty(more, parts[^1])));
+                        || (api && MoreApiSections.TryGetValue(string.Join(':', parts[..length]), out var more) && more.Any(type => HasProperty(type, parts[^1]))));
             }
         }
 
