@@ -35,7 +35,7 @@ public sealed partial class ApiReplicaAggregationTests
         var alerts = File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml"));
         Assert.Contains("conveyor_broker_reading_age_seconds) > ", alerts, StringComparison.Ordinal);
         Assert.Contains("absent(conveyor_broker_reading_age_seconds)", alerts, StringComparison.Ordinal);
-        Assert.Contains("absent(conveyor_redelivery_overdue_seconds)", alerts, StringComparison.Ordinal);
+        Assert.Contains("absent(conveyor_jobs_succeeded_total)", alerts, StringComparison.Ordinal);
     }
 
     [GeneratedRegex("conveyor_[a-z_]+")]

@@ -5,9 +5,11 @@ using System.Text.RegularExpressions;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Deploy;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
+using Conveyor.Worker;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
@@ -131,6 +133,39 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         });
     }
 
+    /// <summary>
+    /// <c>ConveyorWorkersAbsent</c> watches a series every running worker exports from its start, so a worker that started
+    /// while PostgreSQL was out of reach (running, scraped, consuming nothing) is not reported absent: its alert is about
+    /// workers nobody scrapes. It watched <c>conveyor_redelivery_overdue_seconds</c>, which a worker exports only once it
+    /// has read the database. The Api must not export that series, or no worker at all would still look present.
+    /// </summary>
+    [Fact]
+    public async Task A_worker_started_while_the_database_is_out_of_reach_still_exports_the_series_the_absent_alert_watches()
+    {
+        var series = WorkersAbsentSeries().Match(File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml")));
+        Assert.True(series.Success, "no absent(...) expression for ConveyorWorkersAbsent in alerts.yaml");
+        var unreachable = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = BrokerUnavailableTests.ClosedPort() };
+        var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+        foreach (var (key, value) in WorkerSettings.With().Override(("ConnectionStrings:Conveyor", unreachable.ConnectionString)))
+        {
+            settings[key] = value;
+        }
+
+        // Not fixture.StartWorkerAsync: that waits for /health/ready, which a worker without its database never gives.
+        await using var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args), settings);
+        await using var api = await fixture.StartApiAsync();
+        await Eventually.AssertAsync(async () =>
+        {
+            var (status, checks) = await BrokerOutageSignalsTests.ReadinessAsync(worker);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+            Assert.Equal("Unhealthy", checks.GetProperty("database").GetProperty("status").GetString());
+        });
+
+        var name = series.Groups["series"].Value;
+        Assert.Contains(name, Families(await worker.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative))));
+        Assert.DoesNotContain(name, Families(await api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative))));
+    }
+
     /// <summary>Ends, from the server, the worker's session that holds its webhook origin slots.</summary>
     private async Task EndOriginSlotSessionAsync()
     {
@@ -166,6 +201,9 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         return paymentId;
     }
+
+    [GeneratedRegex(@"alert: ConveyorWorkersAbsent\s+expr: absent\((?<series>[a-z0-9_]+)\)")]
+    private static partial Regex WorkersAbsentSeries();
 
     [GeneratedRegex("conveyor_[a-z0-9_]+")]
     private static partial Regex MetricName();
