@@ -123,7 +123,8 @@ public sealed class ClusterPolicyTests
 
     /// <summary>
     /// Each pod reaches the broker's pods on the ports its process uses: AMQP for the Api and the worker, and the
-    /// management API (15672) for the Api alone, which lists error queues and reads alarms there. The worker never
+    /// management API (15672, and 15671, the operator's TLS listener for it) for the Api alone, which lists error queues
+    /// and reads alarms there. The worker never
     /// calls the management API; with the operator's default user, an administrator, that port would let a
     /// compromised worker manage users, permissions and policies. The migration Job needs no broker at all.
     /// </summary>
@@ -135,7 +136,7 @@ public sealed class ClusterPolicyTests
         var brokerPods = new Dictionary<string, string> { [Labels.Name] = "conveyor-rabbitmq" };
         var expected = new Dictionary<string, int[]>(StringComparer.Ordinal)
         {
-            ["api"] = [5672, 15672],
+            ["api"] = [5672, 15671, 15672],
             ["worker"] = [5672],
             ["migrations"] = [],
         };
@@ -161,6 +162,63 @@ public sealed class ClusterPolicyTests
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// The Api reaches the management API wherever its settings put it (<see cref="RabbitMqOptions.ManagementApiAddress"/>):
+    /// <c>RabbitMq__ManagementPort</c> or the port of <c>RabbitMq__ManagementUrl</c> as its ConfigMap sets them, and the
+    /// https URLs <c>config/common.env</c> offers for a TLS endpoint: the broker's own TLS listener, and an ingress in the
+    /// cluster on 443. Its policy admitted 15672 alone, so an https management URL left the Api unable to list error
+    /// queues or read alarms.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Overlays.All), MemberType = typeof(Overlays))]
+    public void The_Api_reaches_the_management_API_wherever_its_settings_put_it(string overlay)
+    {
+        var rendered = RenderedOverlay.Load(overlay);
+        var brokerPods = new Dictionary<string, string> { [Labels.Name] = "conveyor-rabbitmq" };
+        // An ingress controller's pod, in a namespace of its own.
+        var ingressNamespace = new Dictionary<string, string> { ["kubernetes.io/metadata.name"] = "ingress-nginx" };
+        var ingressPods = new Dictionary<string, string> { [Labels.Name] = "ingress-nginx" };
+
+        Overlays.AssertNone(rendered, "the Api's egress must admit the management API's address its settings may give", Problems());
+
+        IEnumerable<string> Problems()
+        {
+            foreach (var (_, workload) in rendered.DeploymentsOf("api"))
+            {
+                var rules = rendered.Objects.OfType<V1NetworkPolicy>()
+                    .Where(p => p.Spec.PodSelector.Matches(workload.Template.Metadata.Labels))
+                    .SelectMany(p => p.Spec.Egress ?? [])
+                    .ToList();
+                var configuration = AppConfiguration.Of(rendered, workload, workload.Pod.Containers[0]);
+                var configured = new RabbitMqOptions
+                {
+                    Host = "conveyor-rabbitmq",
+                    ManagementPort = int.Parse(configuration["RabbitMq:ManagementPort"] ?? "15672", CultureInfo.InvariantCulture),
+                    ManagementUrl = configuration["RabbitMq:ManagementUrl"],
+                };
+                foreach (var (address, viaIngress) in new[]
+                {
+                    (configured.ManagementApiAddress(), configured.ManagementUrl is not null),
+                    (new RabbitMqOptions { ManagementUrl = "https://conveyor-rabbitmq:15671/" }.ManagementApiAddress(), false),
+                    (new RabbitMqOptions { ManagementUrl = "https://ops.example.com/rabbitmq/" }.ManagementApiAddress(), true),
+                })
+                {
+                    var admitted = viaIngress
+                        ? Admits(rules, address.Port, peer => peer.NamespaceSelector is not null && peer.NamespaceSelector.Matches(ingressNamespace) && peer.PodSelector.Matches(ingressPods))
+                        : Admits(rules, address.Port, peer => peer.NamespaceSelector is null && peer.PodSelector.Matches(brokerPods));
+                    if (!admitted)
+                    {
+                        yield return $"{workload}: no egress to {(viaIngress ? "an ingress in the cluster" : "the broker's pods")} on {address.Port} for {address}";
+                    }
+                }
+            }
+        }
+
+        static bool Admits(List<V1NetworkPolicyEgressRule> rules, int port, Func<V1NetworkPolicyPeer, bool> peer) =>
+            rules.Any(rule => (rule.To is not { Count: > 0 } || rule.To.Any(p => p.IpBlock is null && peer(p)))
+                && (rule.Ports is not { Count: > 0 } || rule.Ports.Any(p => (p.Protocol ?? "TCP") == "TCP" && p.Port?.Value == port.ToString(CultureInfo.InvariantCulture))));
     }
 
     [Theory]
