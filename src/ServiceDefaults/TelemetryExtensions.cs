@@ -1,13 +1,16 @@
 using System.Diagnostics;
+using System.Globalization;
 using MassTransit.Logging;
 using MassTransit.Monitoring;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Npgsql;
-using OpenTelemetry;
+using OpenTelemetry.Exporter;
+using OpenTelemetry.Logs;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
@@ -32,6 +35,11 @@ public static class TelemetryExtensions
     /// </summary>
     public const string ActivitySourceName = "Conveyor";
 
+    /// <summary>The signals' names in their <c>OTEL_EXPORTER_OTLP_{SIGNAL}_*</c> variables.</summary>
+    private const string TracesSignal = "TRACES";
+    private const string MetricsSignal = "METRICS";
+    private const string LogsSignal = "LOGS";
+
     /// <summary>
     /// Set on a request whose URL a span must name by its origin only: a webhook's URL comes from whoever
     /// published the command, and its path often holds the receiver's secret (chat services put their token
@@ -44,9 +52,12 @@ public static class TelemetryExtensions
     /// Traces (ASP.NET Core, HttpClient, MassTransit, Npgsql: one trace from the API request through
     /// the publish and the consume to the database and HTTP calls), metrics (MassTransit's meter,
     /// ours, runtime) and logs carrying the trace id. OTLP export follows the standard
-    /// <c>OTEL_*</c> variables and is on when <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set; metrics
+    /// <c>OTEL_*</c> variables, per signal: traces, metrics and logs are each exported when
+    /// <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> or the signal's own endpoint (<c>OTEL_EXPORTER_OTLP_TRACES_ENDPOINT</c>,
+    /// <c>_METRICS_ENDPOINT</c>, <c>_LOGS_ENDPOINT</c>) is set, the latter used as given, as the specification says
+    /// (<see cref="ApplySignalSettings"/>); metrics
     /// are also scraped at <c>/metrics</c>. Traces are recorded only when something takes them: with
-    /// an OTLP endpoint, or with <c>Telemetry:Tracing=true</c> (<c>false</c> turns them off even then);
+    /// an OTLP endpoint for traces, or with <c>Telemetry:Tracing=true</c> (<c>false</c> turns them off even then);
     /// recording spans for every message, command and HTTP call with nowhere to send them cost
     /// CPU on every message (bench/analysis.md §1).
     /// </summary>
@@ -60,8 +71,9 @@ public static class TelemetryExtensions
             logging.IncludeFormattedMessage = true;
         });
 
-        var exporting = !string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
-        var traced = bool.TryParse(builder.Configuration["Telemetry:Tracing"], out var tracingSetting) ? tracingSetting : exporting;
+        var configuration = builder.Configuration;
+        var exportingTraces = ExportsSignal(configuration, TracesSignal);
+        var traced = bool.TryParse(configuration["Telemetry:Tracing"], out var tracingSetting) ? tracingSetting : exportingTraces;
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService(serviceName));
         if (traced)
@@ -73,6 +85,10 @@ public static class TelemetryExtensions
                         && !context.Request.Path.StartsWithSegments("/metrics"))
                 .AddHttpClientInstrumentation(options => options.EnrichWithHttpRequestMessage = OriginOnly)
                 .AddNpgsql());
+            if (exportingTraces)
+            {
+                telemetry.WithTracing(tracing => tracing.AddOtlpExporter(options => ApplySignalSettings(options, configuration, TracesSignal)));
+            }
         }
 
         var ownMeters = meters.ToHashSet(StringComparer.Ordinal);
@@ -87,12 +103,60 @@ public static class TelemetryExtensions
                 : new MetricStreamConfiguration { CardinalityLimit = LibraryCardinalityLimit, TagKeys = KeptTags(instrument.Meter.Name) })
             .AddPrometheusExporter());
 
-        if (exporting)
+        if (ExportsSignal(configuration, MetricsSignal))
         {
-            telemetry.UseOtlpExporter();
+            telemetry.WithMetrics(metrics => metrics.AddOtlpExporter(options => ApplySignalSettings(options, configuration, MetricsSignal)));
+        }
+
+        if (ExportsSignal(configuration, LogsSignal))
+        {
+            telemetry.WithLogging(logging => logging.AddOtlpExporter(options => ApplySignalSettings(options, configuration, LogsSignal)));
         }
 
         return builder;
+    }
+
+    /// <summary>Whether <paramref name="signal"/> goes to an OTLP collector: the general endpoint or its own is set.</summary>
+    private static bool ExportsSignal(IConfiguration configuration, string signal) =>
+        !string.IsNullOrWhiteSpace(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        || !string.IsNullOrWhiteSpace(configuration[$"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"]);
+
+    /// <summary>
+    /// The signal's own <c>OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT</c>, <c>_PROTOCOL</c>, <c>_HEADERS</c> and <c>_TIMEOUT</c>
+    /// over the general ones. The exporter reads the general variables itself, but a signal's own only in
+    /// <c>UseOtlpExporter</c>, which exports all three signals wherever one is configured (the others to its default
+    /// endpoint, localhost). A signal's endpoint is its full URL: set here, the exporter appends no <c>/v1/...</c> path.
+    /// </summary>
+    private static void ApplySignalSettings(OtlpExporterOptions options, IConfiguration configuration, string signal)
+    {
+        var prefix = $"OTEL_EXPORTER_OTLP_{signal}_";
+        if (configuration[prefix + "ENDPOINT"] is { } endpoint && !string.IsNullOrWhiteSpace(endpoint))
+        {
+            options.Endpoint = Uri.TryCreate(endpoint.Trim(), UriKind.Absolute, out var url)
+                && (url.Scheme == Uri.UriSchemeHttp || url.Scheme == Uri.UriSchemeHttps)
+                ? url
+                : throw new InvalidOperationException($"{prefix}ENDPOINT must be an absolute http or https URL.");
+        }
+
+        switch (configuration[prefix + "PROTOCOL"]?.Trim())
+        {
+            case "grpc":
+                options.Protocol = OtlpExportProtocol.Grpc;
+                break;
+            case "http/protobuf":
+                options.Protocol = OtlpExportProtocol.HttpProtobuf;
+                break;
+        }
+
+        if (configuration[prefix + "HEADERS"] is { } headers && !string.IsNullOrWhiteSpace(headers))
+        {
+            options.Headers = headers;
+        }
+
+        if (int.TryParse(configuration[prefix + "TIMEOUT"], NumberStyles.None, CultureInfo.InvariantCulture, out var timeout))
+        {
+            options.TimeoutMilliseconds = timeout;
+        }
     }
 
     /// <summary>

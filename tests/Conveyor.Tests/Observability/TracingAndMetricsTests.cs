@@ -15,6 +15,8 @@ namespace Conveyor.Tests.Observability;
 [Collection(AloneCollection.Name)]
 public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLifetime
 {
+    private static readonly string[] Signals = ["TRACES", "METRICS", "LOGS"];
+
     private static readonly string[] WorkerHistograms = ["conveyor_jobs_duration_seconds_bucket{", "conveyor_jobs_wait_seconds_bucket{"];
 
     private readonly List<Activity> _apiActivities = [];
@@ -94,6 +96,52 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
                 Assert.Equal(0, PrometheusText.Sum(text, counter, $"kind=\"{kind}\""));
             }
         }
+    }
+
+    /// <summary>
+    /// The OpenTelemetry specification lets each signal name its own OTLP endpoint
+    /// (<c>OTEL_EXPORTER_OTLP_TRACES_ENDPOINT</c>, <c>_METRICS_</c>, <c>_LOGS_</c>) with no general
+    /// <c>OTEL_EXPORTER_OTLP_ENDPOINT</c>: each signal is then exported there, to the URL as given, where the general
+    /// endpoint gets the signal's <c>v1/...</c> path appended. Only the general endpoint switched export on, so with the
+    /// signals' own nothing was exported. The host is stopped before the check: stopping flushes each exporter, so
+    /// nothing waits on an export period.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Each_signal_is_exported_over_otlp_when_the_general_endpoint_or_its_own_is_set(bool ownEndpoints)
+    {
+        await using var collector = await FakeOtlpCollector.StartAsync();
+        var settings = new Dictionary<string, string?> { ["Logging:LogLevel:Default"] = "Information" };
+        if (ownEndpoints)
+        {
+            foreach (var signal in Signals)
+            {
+                settings[$"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"] = collector.Url($"/collector/{signal.ToLowerInvariant()}");
+                settings[$"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"] = "http/protobuf";
+            }
+        }
+        else
+        {
+            settings["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.Url("/collector/");
+            settings["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf";
+        }
+
+        var api = await fixture.StartApiAsync(settings);
+        try
+        {
+            using var response = await api.Client.GetAsync(new Uri("/api/jobs", UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }
+        finally
+        {
+            await api.DisposeAsync();
+        }
+
+        string[] expected = ownEndpoints
+            ? ["/collector/logs", "/collector/metrics", "/collector/traces"]
+            : ["/collector/v1/logs", "/collector/v1/metrics", "/collector/v1/traces"];
+        Assert.Equal(expected, collector.Paths.Distinct().Order(StringComparer.Ordinal));
     }
 
     /// <summary>
