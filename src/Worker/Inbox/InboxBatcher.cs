@@ -492,29 +492,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    /// <summary>
-    /// Whether the transaction <paramref name="transactionId"/> committed, asked on a connection of its own
-    /// (<c>pg_xact_status</c>) after its COMMIT failed: a connection that broke while the COMMIT was under way
-    /// leaves its outcome unknown to the client. False when it did not, is still in progress, or cannot be told.
-    /// </summary>
-    private async Task<bool> CommittedAfterAllAsync(string? transactionId)
-    {
-        if (transactionId is null)
-        {
-            return false;
-        }
-
-        try
-        {
-            await using var db = await _dbFactory.CreateDbContextAsync();
-            var status = await db.Database.SqlQuery<string>($"SELECT pg_xact_status(CAST({transactionId} AS xid8)) AS \"Value\"").ToListAsync();
-            return status is ["committed"];
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            return false;
-        }
-    }
+    /// <summary>Whether the transaction <paramref name="transactionId"/> committed after all (<see cref="CommitOutcome"/>).</summary>
+    private Task<bool> CommittedAfterAllAsync(string? transactionId) => CommitOutcome.CommittedAfterAllAsync(_dbFactory, transactionId);
 
     /// <summary>
     /// One round trip: the inbox rows (a conflict means a duplicate) and the job claims. The batch's transaction id

@@ -14,9 +14,12 @@ namespace Conveyor.Worker.Inbox;
 /// leaves the message to retry, redelivery or <c>_error</c>. A job without a row (published directly) gets
 /// one first, committed on its own before the consumer runs (ADR 0013, <see cref="JobTracker.CreateRowAsync"/>).
 /// Resolved from the message scope, so it shares the scoped <see cref="ConveyorDbContext"/> with the consumer.
+/// A COMMIT whose answer was lost (the connection broke after the server applied it) is asked after on a connection
+/// of its own (<see cref="CommitOutcome"/>) and, committed, settled as the success it was (ADR 0004).
 /// </summary>
 public sealed partial class InboxFilter<T>(
     ConveyorDbContext db,
+    IDbContextFactory<ConveyorDbContext> dbFactory,
     JobTracker tracker,
     JobMetrics metrics,
     TimeProvider time,
@@ -37,7 +40,7 @@ public sealed partial class InboxFilter<T>(
         // All or nothing: a savepoint around each SaveChanges would only cost two round trips.
         db.Database.AutoSavepointsEnabled = false;
         var fingerprint = PayloadFingerprint.Of(context.Message);
-        var (begun, claim, jobId, attempt, jobConflict, firstFingerprint) = await BeginAndClaimAsync(
+        var (begun, claim, jobId, attempt, jobConflict, firstFingerprint, transactionId) = await BeginAndClaimAsync(
             consumerId, messageKey, context.MessageId, fingerprint, job, cancellationToken);
         await using var transaction = begun;
         if (jobConflict is not null)
@@ -96,7 +99,7 @@ public sealed partial class InboxFilter<T>(
             }
 
             await db.SaveChangesAsync(CancellationToken.None);
-            await transaction.CommitAsync(CancellationToken.None);
+            await CommitAsync(transaction, transactionId, consumerId, messageKey);
             if (job is { } done)
             {
                 metrics.Succeeded(done.Kind, time.GetElapsedTime(startedAt));
@@ -115,7 +118,7 @@ public sealed partial class InboxFilter<T>(
                     metrics.AttemptFailed(failed.Kind);
                 }
 
-                if (!await RecordFailureInTransactionAsync(transaction, consumerId, messageKey, failed, exception))
+                if (!await RecordFailureInTransactionAsync(transaction, transactionId, consumerId, messageKey, failed, exception))
                 {
                     // The attempt's count went with the rollback; a cancel may get in before this.
                     await RollBackQuietlyAsync(transaction);
@@ -134,6 +137,29 @@ public sealed partial class InboxFilter<T>(
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox");
 
     /// <summary>
+    /// Commits the inbox transaction of an attempt whose consumer succeeded. A COMMIT that fails is asked after
+    /// (<see cref="CommitOutcome"/>): one the server applied, its answer lost with the connection, returns as a
+    /// commit. Thrown as a failure, the attempt counted as failed and not as a success, and its retry was acked as
+    /// a duplicate (the job row read succeeded all along: its failure path's writes found it finished).
+    /// </summary>
+    private async Task CommitAsync(IDbContextTransaction transaction, string? transactionId, string consumerId, string messageKey)
+    {
+        try
+        {
+            await transaction.CommitAsync(CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            if (!await CommitOutcome.CommittedAfterAllAsync(dbFactory, transactionId))
+            {
+                throw;
+            }
+
+            LogCommitAnswerLost(exception, consumerId, messageKey);
+        }
+    }
+
+    /// <summary>
     /// Begins the inbox transaction and claims the message in it. A concurrent copy blocks on the first one's
     /// uncommitted key, then sees the conflict (the first committed) or inserts (the first rolled back).
     /// </summary>
@@ -148,7 +174,7 @@ public sealed partial class InboxFilter<T>(
     /// should that claim create the row after all (a direct publisher that names the id it wants), it is rolled back,
     /// the row created, and the message claimed again in a new transaction.
     /// </remarks>
-    private async Task<(IDbContextTransaction Transaction, InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint)> BeginAndClaimAsync(
+    private async Task<(IDbContextTransaction Transaction, InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint, string? TransactionId)> BeginAndClaimAsync(
         string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef? job, CancellationToken cancellationToken)
     {
         if (job is { JobId: null } unnamed)
@@ -161,7 +187,8 @@ public sealed partial class InboxFilter<T>(
         {
             if (job is not { } claimed)
             {
-                return (transaction, await InsertInboxRowAsync(consumerId, messageKey, messageId, fingerprint, cancellationToken), null, null, null, null);
+                // No transaction id: a lost COMMIT answer of a message that is no job still takes the failure path.
+                return (transaction, await InsertInboxRowAsync(consumerId, messageKey, messageId, fingerprint, cancellationToken), null, null, null, null, null);
             }
 
             var found = await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, messageId, fingerprint, claimed, cancellationToken);
@@ -175,7 +202,7 @@ public sealed partial class InboxFilter<T>(
                 found = await tracker.ClaimInTransactionAsync(db, consumerId, messageKey, messageId, fingerprint, claimed, cancellationToken);
             }
 
-            return (transaction, found.Claim, found.JobId, found.Attempt, found.JobConflict, found.FirstFingerprint);
+            return (transaction, found.Claim, found.JobId, found.Attempt, found.JobConflict, found.FirstFingerprint, found.TransactionId);
         }
         catch
         {
@@ -198,21 +225,31 @@ public sealed partial class InboxFilter<T>(
     /// <summary>
     /// Undoes the consumer's writes and the inbox row but keeps the claim's count and lock, records
     /// the error and commits (<see cref="JobTracker.RecordFailedAttemptInTransactionAsync"/>). False
-    /// when that failed (the connection broke): the caller rolls back and records it afresh.
+    /// when that failed (the connection broke): the caller rolls back and records it afresh. A COMMIT that fails
+    /// is asked after (<see cref="CommitOutcome"/>): applied, its answer lost with the connection, the failure is
+    /// recorded, where recorded afresh the attempt counted twice.
     /// </summary>
     private async Task<bool> RecordFailureInTransactionAsync(
-        IDbContextTransaction transaction, string consumerId, string messageKey, JobRef job, Exception failure)
+        IDbContextTransaction transaction, string? transactionId, string consumerId, string messageKey, JobRef job, Exception failure)
     {
+        var committing = false;
         try
         {
             db.ChangeTracker.Clear();
             await transaction.RollbackToSavepointAsync(AttemptSavepoint, CancellationToken.None);
             await tracker.RecordFailedAttemptInTransactionAsync(db, consumerId, messageKey, job.JobId!.Value, failure, CancellationToken.None);
+            committing = true;
             await transaction.CommitAsync(CancellationToken.None);
             return true;
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
+            if (committing && await CommitOutcome.CommittedAfterAllAsync(dbFactory, transactionId))
+            {
+                LogCommitAnswerLost(exception, consumerId, messageKey);
+                return true;
+            }
+
             LogFailureNotRecordedInTransaction(exception, job.Kind, job.BusinessKey);
             return false;
         }
@@ -250,6 +287,9 @@ public sealed partial class InboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Job {Kind}/{BusinessKey} is cancelled or already succeeded; the message is acked without running it")]
     private partial void LogNotRun(string kind, string businessKey);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The inbox transaction of consumer {ConsumerId}, key {MessageKey} got no answer to its commit, which the database applied; the message is settled as committed")]
+    private partial void LogCommitAnswerLost(Exception exception, string consumerId, string messageKey);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Rolling back the inbox transaction failed")]
     private partial void LogRollbackFailed(Exception exception);

@@ -103,8 +103,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// <c>CreatedJobRow</c> says that the claim created the job's row (no row was there when it began): that row
     /// would commit only with the transaction, after the consumer, so the single-message inbox rolls back and
     /// creates it first in a transaction of its own (<see cref="CreateRowAsync"/>, ADR 0013).
+    /// With <see cref="InboxClaim.Run"/>, also <c>TransactionId</c>: the id of the inbox transaction, which the claim's
+    /// write assigned, read in the same round trip; asked after should its COMMIT fail (ADR 0004).
     /// </summary>
-    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint, bool CreatedJobRow)> ClaimInTransactionAsync(
+    public async Task<(InboxClaim Claim, Guid? JobId, int? Attempt, byte[]? JobConflict, byte[]? FirstFingerprint, bool CreatedJobRow, string? TransactionId)> ClaimInTransactionAsync(
         ConveyorDbContext db, string consumerId, string messageKey, Guid? messageId, byte[]? fingerprint, JobRef job, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -139,10 +141,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             jobFingerprint = await LiveJobFingerprintAsync(db, job, cancellationToken);
         }
 
-        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null, null, false)
-            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null, row.FirstFingerprint, row.CreatedJobRow)
-            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint, null, false)
-            : (InboxClaim.NotRunnable, null, null, null, null, false);
+        return !row.Inserted ? (InboxClaim.Duplicate, null, null, null, null, false, null)
+            : row.JobId is { } jobId ? (InboxClaim.Run, jobId, row.Attempt, null, row.FirstFingerprint, row.CreatedJobRow, row.TransactionId)
+            : PayloadFingerprint.Conflicts(jobFingerprint, fingerprint) ? (InboxClaim.NotRunnable, null, null, jobFingerprint, null, false, null)
+            : (InboxClaim.NotRunnable, null, null, null, null, false, null);
     }
 
     /// <summary>
@@ -180,7 +182,8 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                (SELECT o.payload_hash FROM jobs o
                  WHERE o.kind = @kind AND o.business_key = @business_key AND o.status <> '{JobStatus.DeadLettered}') AS job_fingerprint,
                EXISTS (SELECT 1 FROM job_row)
-                   AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = @kind AND o.business_key = @business_key) AS created_job_row
+                   AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = @kind AND o.business_key = @business_key) AS created_job_row,
+               {Inbox.CommitOutcome.TransactionIdSql} AS transaction_id
         """;
 
     /// <summary>
@@ -224,6 +227,7 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             FirstFingerprint = await reader.IsDBNullAsync(3, cancellationToken) ? null : reader.GetFieldValue<byte[]>(3),
             JobFingerprint = await reader.IsDBNullAsync(4, cancellationToken) ? null : reader.GetFieldValue<byte[]>(4),
             CreatedJobRow = reader.GetBoolean(5),
+            TransactionId = await reader.IsDBNullAsync(6, cancellationToken) ? null : reader.GetString(6),
         };
     }
 
@@ -477,6 +481,9 @@ public sealed class ClaimRow
     /// command's fingerprint to the original column, and a row this claim creates is its own command's.
     /// </summary>
     public byte[]? FirstFingerprint { get; init; }
+
+    /// <summary>The id of the inbox transaction (<c>xid8</c> as text), assigned by the claim's write; null if it wrote nothing.</summary>
+    public string? TransactionId { get; init; }
 }
 
 /// <summary>An attempt counted outside the inbox transaction: the job's row id and its attempts now, when it was counted.</summary>

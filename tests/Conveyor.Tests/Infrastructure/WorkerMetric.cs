@@ -41,6 +41,9 @@ public sealed class WorkerMetric : IDisposable
     /// <summary><c>conveyor.jobs.retries_scheduled</c>: delayed redeliveries of <paramref name="kind"/> stored.</summary>
     public static WorkerMetric RetriesScheduled(string kind) => new("conveyor.jobs.retries_scheduled", "kind", kind);
 
+    /// <summary><c>conveyor.jobs.succeeded</c>: jobs of <paramref name="kind"/> whose effect committed.</summary>
+    public static WorkerMetric Succeeded(string kind) => new("conveyor.jobs.succeeded", "kind", kind);
+
     /// <summary><c>conveyor.jobs.attempts_failed</c>: attempts at <paramref name="kind"/> that ran and failed.</summary>
     public static WorkerMetric AttemptsFailed(string kind) => new("conveyor.jobs.attempts_failed", "kind", kind);
 

@@ -1,0 +1,43 @@
+using Conveyor.Storage;
+using Microsoft.EntityFrameworkCore;
+
+namespace Conveyor.Worker.Inbox;
+
+/// <summary>
+/// What became of an inbox transaction whose COMMIT failed. A connection that broke while the COMMIT was under
+/// way (the server applied it, its answer never came) leaves the outcome unknown to the client: taken for rolled
+/// back, an attempt that succeeded was failed and sent round again, and a failed attempt counted twice. The inboxes
+/// learn their transaction's id in a round trip they make anyway (<see cref="TransactionIdSql"/> in the claim) and
+/// ask after it here, only when the COMMIT failed (ADR 0004).
+/// </summary>
+internal static class CommitOutcome
+{
+    /// <summary>
+    /// The SQL expression of the current transaction's id (<c>xid8</c> as text), null while it has written nothing:
+    /// read in the claim, after its first write, so that it names the transaction the COMMIT ends.
+    /// </summary>
+    public const string TransactionIdSql = "pg_current_xact_id_if_assigned()::text";
+
+    /// <summary>
+    /// Whether the transaction <paramref name="transactionId"/> committed, asked on a connection of its own
+    /// (<c>pg_xact_status</c>) after its COMMIT failed. False when it did not, is still in progress, or cannot be told.
+    /// </summary>
+    public static async Task<bool> CommittedAfterAllAsync(IDbContextFactory<ConveyorDbContext> dbFactory, string? transactionId)
+    {
+        if (transactionId is null)
+        {
+            return false;
+        }
+
+        try
+        {
+            await using var db = await dbFactory.CreateDbContextAsync();
+            var status = await db.Database.SqlQuery<string>($"SELECT pg_xact_status(CAST({transactionId} AS xid8)) AS \"Value\"").ToListAsync();
+            return status is ["committed"];
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            return false;
+        }
+    }
+}

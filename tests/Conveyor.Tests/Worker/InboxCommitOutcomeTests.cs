@@ -1,0 +1,155 @@
+using System.Data.Common;
+using Conveyor.Contracts.Payments;
+using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
+using Conveyor.Tests.Fakes;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Diagnostics;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// The single-message inbox (<c>InboxBatchSize</c> 1) whose COMMIT was applied but whose answer never came (the
+/// connection dropped after the server committed): the attempt succeeded and must be settled as such, not taken
+/// for failed. Simulated, as in <see cref="InboxBatchCommitOutcomeTests"/>, by an interceptor that throws as Npgsql
+/// does for a broken socket once the server has answered the inbox transaction's COMMIT.
+/// </summary>
+[Collection(ThirdLaneCollection.Name)]
+public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Queue = "charge-payment";
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_job_whose_inbox_commit_applied_but_went_unanswered_is_settled_as_succeeded_not_as_a_failed_attempt()
+    {
+        var lost = new LostCommitAnswerAfter(MarkSucceeded);
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        var settings = WorkerSettings.With(gateway).Override(("Consumers:ChargePayment:InboxBatchSize", "1"));
+        using var succeeded = WorkerMetric.Succeeded(Queue);
+        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
+        using var duplicates = WorkerMetric.Duplicates(Queue);
+        await using var worker = await fixture.StartWorkerAsync(settings,
+            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        succeeded.Watch(worker.Services);
+        failedAttempts.Watch(worker.Services);
+        duplicates.Watch(worker.Services);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-commit-outcome", AmountMinor = 900, Currency = "EUR" };
+        var key = payment.PaymentId.ToString();
+
+        await publisher.PublishAsync(payment);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        });
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal(1, job.Attempts);
+        Assert.Null(job.LastError);
+        Assert.Equal(1, await check.Ledger.CountAsync(l => l.PaymentId == payment.PaymentId));
+        Assert.Equal(1, gateway.RequestsFor(key));
+        // Settled as the success it was, where it counted a failed attempt and no success, and its in-memory retry
+        // found the inbox row and was acked as a duplicate.
+        Assert.Equal(1, succeeded.Count);
+        Assert.Equal(0, failedAttempts.Count);
+        Assert.Equal(0, duplicates.Count);
+    }
+
+    [Fact]
+    public async Task A_failed_attempt_whose_inbox_commit_applied_but_went_unanswered_is_counted_once()
+    {
+        var lost = new LostCommitAnswerAfter(RecordFailedAttempt);
+        await using var gateway = await FakePaymentGateway.StartAsync();
+        gateway.FailNext(1, System.Net.HttpStatusCode.UnprocessableEntity);
+        var settings = WorkerSettings.With(gateway).Override(("Consumers:ChargePayment:InboxBatchSize", "1"));
+        await using var worker = await fixture.StartWorkerAsync(settings,
+            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-commit-outcome", AmountMinor = 900, Currency = "EUR" };
+        var key = payment.PaymentId.ToString();
+
+        // Refused (422): a permanent failure, dead-lettered after its one attempt.
+        await publisher.PublishAsync(payment);
+
+        await Eventually.AssertAsync(async () => Assert.Equal(1u, await fixture.ReadyAsync($"{Queue}_error")));
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal(JobStatus.DeadLettered, job.Status);
+        // Its failure was recorded, and the attempt counted, by the commit that was applied: taken for rolled back,
+        // the attempt was counted a second time and the job read attempts 2 after one attempt.
+        Assert.Equal(1, job.Attempts);
+        Assert.Contains("422", job.LastError, StringComparison.Ordinal);
+        Assert.Equal(1, gateway.RequestsFor(key));
+        Assert.False(await check.Inbox.AnyAsync(i => i.MessageKey == key));
+    }
+
+    /// <summary>Only JobTracker.MarkSucceededAsync's statement says this.</summary>
+    private const string MarkSucceeded = "progress = CASE WHEN progress IS NULL THEN NULL ELSE 100 END";
+
+    /// <summary>Only JobTracker.RecordFailedAttemptInTransactionAsync's statement says this.</summary>
+    private const string RecordFailedAttempt = "DELETE FROM inbox WHERE consumer_id = ";
+
+    /// <summary>
+    /// Fails, once, the commit of the first transaction that ran a statement saying <paramref name="marker"/> (the
+    /// inbox transaction of a run that succeeded, or of one that failed), after the server applied it: a connection
+    /// lost before the COMMIT's answer.
+    /// </summary>
+    private sealed class LostCommitAnswerAfter(string marker) : DbTransactionInterceptor, IDbCommandInterceptor
+    {
+        private readonly Lock _gate = new();
+        private Guid? _succeededOn;
+        private bool _fired;
+
+        public bool Fired
+        {
+            get
+            {
+                lock (_gate)
+                {
+                    return _fired;
+                }
+            }
+        }
+
+        public ValueTask<int> NonQueryExecutedAsync(DbCommand command, CommandExecutedEventData eventData, int result, CancellationToken cancellationToken = default)
+        {
+            if (command.CommandText.Contains(marker, StringComparison.Ordinal))
+            {
+                lock (_gate)
+                {
+                    _succeededOn ??= eventData.ConnectionId;
+                }
+            }
+
+            return ValueTask.FromResult(result);
+        }
+
+        public override Task TransactionCommittedAsync(DbTransaction transaction, TransactionEndEventData eventData, CancellationToken cancellationToken = default)
+        {
+            lock (_gate)
+            {
+                if (_fired || eventData.ConnectionId != _succeededOn)
+                {
+                    return Task.CompletedTask;
+                }
+
+                _fired = true;
+            }
+
+            throw new NpgsqlException("Exception while reading from stream", new IOException("Connection reset by peer"));
+        }
+    }
+}
