@@ -328,7 +328,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
                 return;
             }
 
-            if (!applied && !DatabaseFailures.IsUnavailable(exception) && await SettleUnderLockAsync(db, transaction, members))
+            if (!applied && !DatabaseFailures.IsUnavailable(exception) && await SettleUnderLockAsync(db, transaction, transactionId, members))
             {
                 return;
             }
@@ -389,13 +389,16 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// attempt whose effects did not apply (its consumer failed, or its own writes did) is counted
     /// and its inbox row removed, all in this transaction. A cancel waiting for a job row thus finds
     /// the attempt, never a job that looks unstarted while its attempt's effect (an HTTP call) is out.
-    /// False, with no member settled, when that failed too: the caller rolls back and falls back.
+    /// False, with no member settled, when that failed too: the caller rolls back and falls back. A COMMIT that
+    /// fails is asked after (<see cref="CommittedAfterAllAsync"/>): applied, its answer lost with the connection,
+    /// the members are settled as committed here.
     /// </summary>
     private async Task<bool> SettleUnderLockAsync(
-        ConveyorDbContext db, Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction, List<BatchMember> members)
+        ConveyorDbContext db, Microsoft.EntityFrameworkCore.Storage.IDbContextTransaction transaction, string? transactionId, List<BatchMember> members)
     {
         var applied = new List<BatchMember>();
         var failedToApply = new List<(BatchMember Member, Exception Failure)>();
+        var committing = false;
         try
         {
             await transaction.RollbackToSavepointAsync(ApplySavepoint);
@@ -416,12 +419,22 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
             var unapplied = members.Where(m => m.Failed).Concat(failedToApply.Select(f => f.Member)).ToList();
             await WriteJobRowsAsync(db, [], unapplied, savepoint: null);
+            committing = true;
             await transaction.CommitAsync();
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
-            LogSettleUnderLockFailed(exception, _consumerId, members.Count);
-            return false;
+            if (committing && await CommittedAfterAllAsync(transactionId))
+            {
+                // Settled after all: taken for rolled back, the batch fell back to settling its messages again, and
+                // every attempt counted here was left for its failure path to count a second time.
+                LogCommitAnswerLost(exception, _consumerId, members.Count);
+            }
+            else
+            {
+                LogSettleUnderLockFailed(exception, _consumerId, members.Count);
+                return false;
+            }
         }
 
         foreach (var member in members)

@@ -73,6 +73,39 @@ public sealed class InboxBatchCommitOutcomeTests(ConveyorFixture fixture) : IAsy
         Assert.False(await db.Inbox.AnyAsync(i => i.ConsumerId == ConsumerId && i.MessageKey == key));
     }
 
+    [Fact]
+    public async Task An_attempt_settled_under_the_batch_locks_whose_commit_applied_but_went_unanswered_is_counted_once()
+    {
+        // Its effect breaks the ledger's key (the payment's row is there already), so the batch's apply fails and the
+        // batch is settled under its row locks: the attempt counted on its job row, its inbox row removed, and committed.
+        var (key, payment) = (Guid.NewGuid().ToString(), Guid.NewGuid());
+        await using (var db = fixture.CreateDbContext())
+        {
+            db.Ledger.Add(Ledger(payment));
+            await db.SaveChangesAsync();
+        }
+
+        var interceptor = new LostCommitAnswer();
+        await using var batcher = new InboxBatcher(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1,
+            new InterceptedContexts(fixture, interceptor), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+
+        var member = batcher.Join(key, Guid.NewGuid(), null, null);
+        Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
+        interceptor.Armed = true;
+        member.RanSuccessfully([Ledger(payment)]);
+
+        Assert.False(await member.Completed.WaitAsync(Patience));
+        Assert.True(interceptor.Fired);
+        // That commit was applied: the failure path records the error without counting the attempt again (taken
+        // for rolled back, the attempt was left for it to count, and the job read attempts 2 after one attempt).
+        Assert.True(member.AttemptRecorded, $"a settlement that committed was taken for rolled back: {member.BatchFailure}");
+        Assert.Equal(PostgresErrorCodes.UniqueViolation, Assert.IsType<PostgresException>(member.BatchFailure?.GetBaseException()).SqlState);
+        await using var check = fixture.CreateDbContext();
+        Assert.Equal(1, (await check.Jobs.SingleAsync(j => j.Kind == Kind && j.BusinessKey == key)).Attempts);
+        Assert.False(await check.Inbox.AnyAsync(i => i.ConsumerId == ConsumerId && i.MessageKey == key));
+        Assert.Equal(1, await check.Ledger.CountAsync(l => l.PaymentId == payment));
+    }
+
     private static LedgerEntry Ledger(Guid paymentId) => new()
     {
         PaymentId = paymentId,
