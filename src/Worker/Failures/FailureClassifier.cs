@@ -61,13 +61,20 @@ public static class FailureClassifier
         or HttpRequestError.ConfigurationLimitExceeded);
 
     /// <summary>
-    /// 408, 429 and the 5xx may succeed later; other statuses will not. Nor will 501 (the server does not
+    /// 425 Too Early (RFC 8470), which <see cref="HttpStatusCode"/> does not name: the server will not process
+    /// a request that might be replayed (sent in TLS early data) and asks for it again later, once the
+    /// handshake is complete.
+    /// </summary>
+    public const HttpStatusCode TooEarly = (HttpStatusCode)425;
+
+    /// <summary>
+    /// 408, 425, 429 and the 5xx may succeed later; other statuses will not. Nor will 501 (the server does not
     /// implement the request's method) and 505 (nor its HTTP version): a server's answer about what it
     /// does at all, not about how it is doing, as a version the client cannot negotiate
     /// (<see cref="IsTransientRequestError"/>) is permanent.
     /// </summary>
     public static bool IsTransientStatus(HttpStatusCode status) =>
-        status is HttpStatusCode.RequestTimeout or HttpStatusCode.TooManyRequests
+        status is HttpStatusCode.RequestTimeout or TooEarly or HttpStatusCode.TooManyRequests
         || ((int)status >= 500 && status is not (HttpStatusCode.NotImplemented or HttpStatusCode.HttpVersionNotSupported));
 
     /// <summary>

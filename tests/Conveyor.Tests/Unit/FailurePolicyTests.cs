@@ -95,6 +95,7 @@ public sealed class FailurePolicyTests
     [Theory]
     [InlineData(HttpStatusCode.RequestTimeout, true)]
     [InlineData(HttpStatusCode.TooManyRequests, true)]
+    [InlineData((HttpStatusCode)425, true)] // Too Early (RFC 8470): the same request after the TLS handshake
     [InlineData(HttpStatusCode.InternalServerError, true)]
     [InlineData(HttpStatusCode.ServiceUnavailable, true)]
     [InlineData(HttpStatusCode.BadGateway, true)]
@@ -114,6 +115,7 @@ public sealed class FailurePolicyTests
     [Theory]
     [InlineData(HttpStatusCode.Conflict, true)]
     [InlineData(HttpStatusCode.TooManyRequests, true)]
+    [InlineData((HttpStatusCode)425, true)]
     [InlineData(HttpStatusCode.ServiceUnavailable, true)]
     [InlineData(HttpStatusCode.NotImplemented, false)]
     [InlineData(HttpStatusCode.BadRequest, false)]
@@ -128,6 +130,7 @@ public sealed class FailurePolicyTests
     [InlineData(HttpStatusCode.ServiceUnavailable, true)]
     [InlineData(HttpStatusCode.Conflict, true)]
     [InlineData(HttpStatusCode.TooManyRequests, true)]
+    [InlineData((HttpStatusCode)425, true)]
     [InlineData(HttpStatusCode.BadRequest, false)]
     [InlineData(HttpStatusCode.NotFound, false)]
     [InlineData(HttpStatusCode.PaymentRequired, false)]
