@@ -12,9 +12,10 @@ public static class NetworkAddresses
 {
     /// <summary>
     /// False for loopback, private, shared (carrier-grade NAT), link-local (cloud metadata), unique
-    /// local, multicast, documentation, benchmarking, SRv6 segment identifier, reserved, discard-only and unspecified addresses,
-    /// in IPv4, IPv6 and IPv4 embedded in IPv6 alike (mapped, translated, NAT64 and 6to4; Teredo and
-    /// NAT64's local-use prefix, whose IPv4 address cannot be read, are never public).
+    /// local, multicast, documentation, benchmarking, SRv6 segment identifier, deprecated 6to4 relay anycast,
+    /// reserved, discard-only and unspecified addresses, in IPv4, IPv6 and IPv4 embedded in IPv6 alike (mapped,
+    /// translated, NAT64 and 6to4; Teredo and NAT64's local-use prefix, whose IPv4 address cannot be read, are
+    /// never public).
     /// </summary>
     public static bool IsPublic(IPAddress address)
     {
@@ -31,6 +32,7 @@ public static class NetworkAddresses
                 || (b[0] == 169 && b[1] == 254)
                 || (b[0] == 172 && b[1] >= 16 && b[1] <= 31)
                 || (b[0] == 192 && b[1] == 0 && b[2] is 0 or 2)
+                || (b[0] == 192 && b[1] == 88 && b[2] == 99) // 192.88.99.0/24, the deprecated 6to4 relay anycast (RFC 7526)
                 || (b[0] == 192 && b[1] == 168)
                 || (b[0] == 198 && b[1] is 18 or 19)
                 || (b[0] == 198 && b[1] == 51 && b[2] == 100)

@@ -73,6 +73,13 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
     // Their neighbours in the IETF's 2001::/23 are public anycast services (AMT 2001:3::/32, AS112 2001:4:112::/48).
     [InlineData("2001:3::1", true)]
     [InlineData("2001:4:112::1", true)]
+    // The deprecated 6to4 relay anycast prefix (RFC 7526; IANA's special-purpose registry: not globally reachable),
+    // also inside a 6to4 address; its neighbours are public.
+    [InlineData("192.88.99.1", false)]
+    [InlineData("192.88.99.255", false)]
+    [InlineData("2002:c058:6301::1", false)]
+    [InlineData("192.88.98.255", true)]
+    [InlineData("192.88.100.1", true)]
     public void Only_public_addresses_count_as_public(string address, bool expected) =>
         Assert.Equal(expected, NetworkAddresses.IsPublic(IPAddress.Parse(address)));
 
@@ -120,6 +127,31 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         string[] hosts = ["[2001:2::1]", "[3fff::1]", "[5f00::1]"];
+        var webhooks = await PublishInvoicesAsync(publisher, hosts.Select(host => new Uri($"http://{host}:8080/hooks")));
+
+        foreach (var webhook in webhooks)
+        {
+            var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
+            Assert.Contains("not a public address", job.LastError, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>
+    /// The deprecated 6to4 relay anycast prefix (192.88.99.0/24, RFC 7526) is no public host's since 2015: a relay
+    /// still answering there is whichever network's nearest one, often the worker's own provider's. Refused before
+    /// any connection and dead-lettered at once, where the worker delivered to whatever answered there (or, with no
+    /// answer, retried and redelivered the delivery for about an hour).
+    /// </summary>
+    [Fact]
+    public async Task Webhooks_to_the_deprecated_6to4_relay_anycast_prefix_are_refused_as_not_public()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:AllowPrivateNetworks", "false"),
+            ("Consumers:DeliverWebhook:RetryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        string[] hosts = ["192.88.99.1", "[2002:c058:6301::1]"];
         var webhooks = await PublishInvoicesAsync(publisher, hosts.Select(host => new Uri($"http://{host}:8080/hooks")));
 
         foreach (var webhook in webhooks)
