@@ -23,15 +23,17 @@ public static class RedeliveryHeaders
     /// <summary>
     /// How many times a webhook delivery was set aside, in its current attempt, because its receiver's origin was at
     /// its limit. Only a set-aside copy carries it on: a retry's stored copy and an error-queue move's start from none.
+    /// It counts only with its seal (<see cref="RedeliverySeal.OriginDeferralsHeader"/>).
     /// </summary>
     public const string OriginDeferrals = "Conveyor-Origin-Deferrals";
 
     /// <summary>
     /// The most the worker's own headers (<see cref="IsOwn"/>) take on a copy before they count against
-    /// an endpoint's <c>MaxHeaderBytes</c>. All of them together take at most 3,227 bytes
+    /// an endpoint's <c>MaxHeaderBytes</c>. All of them together take at most 3,736 bytes
     /// (<c>RedeliveryHeaderBudgetTests</c>): the attempt, the first failure time, the seal (about 290
     /// bytes with a GUID key, 530 with a 200-character one), the last error (500 characters, up to
-    /// 1,500 bytes), a deferral count or two, a note of dropped headers (1 KiB) and the publish sequence number.
+    /// 1,500 bytes), a deferral count or two, the seal of the count of times aside (a little less than the
+    /// attempt's), a note of dropped headers (1 KiB) and the publish sequence number.
     /// </summary>
     public const int OwnAllowance = 4_096;
 
@@ -52,7 +54,7 @@ public static class RedeliveryHeaders
     /// </summary>
     private static readonly FrozenSet<string> OwnNames = new[]
     {
-        Attempt, FirstFailureAt, LastError, Deferrals, OriginDeferrals, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
+        Attempt, FirstFailureAt, LastError, Deferrals, OriginDeferrals, RedeliverySeal.OriginDeferralsHeader, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
         RabbitMQ.Client.Constants.PublishSequenceNumberHeader,
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 

@@ -15,7 +15,10 @@ namespace Conveyor.Worker.Redelivery;
 /// every worker shares through the database, <c>data_protection_keys</c>, as the Api's replicas do,
 /// ADR 0003). A received copy's headers count only when its seal opens and says exactly what they
 /// say; otherwise the copy is a first delivery (<see cref="RedeliveryHistory.None"/>): a sender's
-/// "4" neither spends the job's redeliveries nor, as "2147483647", overflows the count.
+/// "4" neither spends the job's redeliveries nor, as "2147483647", overflows the count. A webhook's count of
+/// times set aside for its origin's limit (<see cref="RedeliveryHeaders.OriginDeferrals"/>) is sealed the same
+/// way, in <see cref="OriginDeferralsHeader"/>, under a purpose of its own, so that neither seal passes for the
+/// other: a sender's count would take the delivery past the limit at once.
 /// </summary>
 public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
 {
@@ -25,7 +28,12 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
     /// <summary>The worker's data-protection application name (the Api's is <c>conveyor-api</c>).</summary>
     public const string ApplicationName = "conveyor-worker";
 
+    /// <summary>The seal of a set-aside webhook's count of times aside (<see cref="RedeliveryHeaders.OriginDeferrals"/>).</summary>
+    public const string OriginDeferralsHeader = "Conveyor-Origin-Deferrals-Seal";
+
     private readonly IDataProtector _protector = dataProtection.CreateProtector("Conveyor.Worker.Redelivery.Headers.v1");
+
+    private readonly IDataProtector _originDeferrals = dataProtection.CreateProtector("Conveyor.Worker.Webhooks.OriginDeferrals.v1");
 
     /// <summary>The seal for the headers of redelivery number <paramref name="attempt"/> of this job at this consumer.</summary>
     public string Seal(string consumerId, string businessKey, int attempt, string firstFailureAt) =>
@@ -65,8 +73,38 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
         }
     }
 
-    private static string Sealed(string consumerId, string businessKey, string attempt, string firstFailureAt) =>
-        JsonSerializer.Serialize(new[] { consumerId, businessKey, attempt, firstFailureAt });
+    /// <summary>The seal for a copy of this job at this consumer set aside for the <paramref name="deferrals"/>th time.</summary>
+    public string SealOriginDeferrals(string consumerId, string businessKey, int deferrals) =>
+        _originDeferrals.Protect(Sealed(consumerId, businessKey, deferrals.ToString(CultureInfo.InvariantCulture)));
+
+    /// <summary>
+    /// How many times the received copy was set aside for its origin's limit, if its seal vouches for the count
+    /// (as <see cref="Read"/> does for the attempt); otherwise 0, as for a delivery never set aside. Copies set
+    /// aside before the count was sealed carry none, and start from 0 again. Throws, as <see cref="Read"/> does,
+    /// when the key ring cannot be read from the database.
+    /// </summary>
+    public int ReadOriginDeferrals(ReceiveContext received, string consumerId, string businessKey)
+    {
+        var headers = received.TransportHeaders.GetAll().ToList();
+        var deferrals = RedeliveryHeaders.ReadString(headers, RedeliveryHeaders.OriginDeferrals);
+        if (RedeliveryHeaders.ReadString(headers, OriginDeferralsHeader) is not { Length: > 0 } seal || deferrals is null
+            || !int.TryParse(deferrals, NumberStyles.None, CultureInfo.InvariantCulture, out var count) || count < 1)
+        {
+            return 0;
+        }
+
+        try
+        {
+            return string.Equals(_originDeferrals.Unprotect(seal), Sealed(consumerId, businessKey, deferrals), StringComparison.Ordinal) ? count : 0;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException && !DatabaseFailures.IsDatabaseError(exception))
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>What a seal holds: its parts as a JSON array of strings (the attempt's four, since its first version).</summary>
+    private static string Sealed(params string[] parts) => JsonSerializer.Serialize(parts);
 }
 
 /// <summary>

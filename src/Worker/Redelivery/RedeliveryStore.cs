@@ -177,10 +177,11 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
                 continue;
             }
 
-            // Times set aside for a webhook origin's limit count within one attempt: a copy stored for another
-            // reason (a retry) starts again from none, or a delivery once over the limit would be over it on
+            // Times set aside for a webhook origin's limit (and their seal) count within one attempt: a copy stored for
+            // another reason (a retry) starts again from none, or a delivery once over the limit would be over it on
             // every redelivery after, just when a failing receiver has a backlog.
-            if (string.Equals(key, RedeliveryHeaders.OriginDeferrals, StringComparison.OrdinalIgnoreCase))
+            if (string.Equals(key, RedeliveryHeaders.OriginDeferrals, StringComparison.OrdinalIgnoreCase)
+                || string.Equals(key, RedeliverySeal.OriginDeferralsHeader, StringComparison.OrdinalIgnoreCase))
             {
                 continue;
             }

@@ -23,6 +23,8 @@ public sealed class DeliverWebhookConsumerDefinition : ConsumerDefinition<Delive
                 context.GetRequiredService<WebhookOriginSlots>(),
                 context.GetRequiredService<WebhookOriginLeases>(),
                 context.GetRequiredService<RedeliveryStore>(),
+                context.GetRequiredService<RedeliverySeal>(),
+                context.GetRequiredService<JobDescriptor<DeliverWebhook>>(),
                 context.GetRequiredService<JobMetrics>(),
                 context.GetRequiredService<IOptions<WebhookOptions>>().Value,
                 context.GetRequiredService<ILoggerFactory>().CreateLogger("Conveyor.Worker.Jobs")));

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using Conveyor.Contracts.Webhooks;
+using Conveyor.Storage;
 using Conveyor.Worker.Failures;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
@@ -25,11 +26,15 @@ namespace Conveyor.Worker.Webhooks;
 /// (no in-memory retries; a transient failure goes to the delayed redelivery at once, if one may follow), so a
 /// failing receiver's deliveries over its limit do not keep endpoint slots through retry waits; and the count
 /// is of one attempt's times aside: a copy stored for any other reason (a retry, an error-queue move) starts
-/// from none. When the database cannot count the
+/// from none. The count counts only when the worker sealed it (<see cref="RedeliverySeal.ReadOriginDeferrals"/>):
+/// a producer's own would take its delivery past the limit at once. When the seal cannot be checked (the key
+/// ring unreadable) the count is unknown, and a delivery whose origin is at its limit goes ahead over it, as one
+/// whose copy cannot be stored does. When the database cannot count the
 /// workers' slots, this worker's count alone applies.
 /// </summary>
 public sealed partial class WebhookOriginLimitFilter(
-    WebhookOriginSlots slots, WebhookOriginLeases leases, RedeliveryStore store, JobMetrics metrics, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
+    WebhookOriginSlots slots, WebhookOriginLeases leases, RedeliveryStore store, RedeliverySeal seal, JobDescriptor<DeliverWebhook> descriptor,
+    JobMetrics metrics, WebhookOptions options, ILogger logger) : IFilter<ConsumeContext>
 {
     /// <summary>The longest a delivery is set aside at a time.</summary>
     public static readonly TimeSpan MaxDeferralWait = TimeSpan.FromSeconds(30);
@@ -47,14 +52,14 @@ public sealed partial class WebhookOriginLimitFilter(
         }
 
         var origin = WebhookOriginSlots.OriginOf(delivery.Url);
-        var deferrals = Math.Max(0, RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.OriginDeferrals));
+        var deferrals = DeferralsOf(delivery.Context);
         var overLimit = deferrals >= options.MaxOriginDeferrals;
         // Not the delivery's token: the wait is bounded (WebhookOriginLeases.AnswerTimeout), and a stop while it waits
         // is met by the pipeline after it, as for a delivery that never waited.
         var lease = overLimit ? null : await TakeAsync(origin);
         if (lease is null)
         {
-            if (!overLimit && await SetAsideAsync(delivery.Context, origin, deferrals + 1))
+            if (!overLimit && deferrals is { } count && await SetAsideAsync(delivery.Context, origin, count + 1))
             {
                 return;
             }
@@ -103,6 +108,23 @@ public sealed partial class WebhookOriginLimitFilter(
         return lease;
     }
 
+    /// <summary>
+    /// How many times the delivery was set aside in this attempt, as far as its seal vouches (0 for a producer's own
+    /// count); null when the seal could not be checked.
+    /// </summary>
+    private int? DeferralsOf(ConsumeContext<DeliverWebhook> context)
+    {
+        try
+        {
+            return seal.ReadOriginDeferrals(context.ReceiveContext, InboxKeys.ConsumerIdOf(context), descriptor.BusinessKey(context.Message));
+        }
+        catch (Exception exception) when (DatabaseFailures.IsDatabaseError(exception))
+        {
+            LogDeferralsUnchecked(logger, exception, InboxKeys.ConsumerIdOf(context), context.Message.WebhookId);
+            return null;
+        }
+    }
+
     /// <summary>How long a delivery set aside for the <paramref name="deferral"/>th time waits: jittered between half and all of a doubling wait.</summary>
     public static TimeSpan DeferralWait(int deferral)
     {
@@ -129,10 +151,15 @@ public sealed partial class WebhookOriginLimitFilter(
         // One stored copy per message and time aside: the broker's redelivery of this very message is the same
         // row, while another message of the webhook (a second publish, a corrected command) is stored beside it.
         var copy = context.MessageId?.ToString("N") ?? Convert.ToHexString(SHA256.HashData(context.ReceiveContext.Body.GetBytes()));
-        var headers = new Dictionary<string, string> { [RedeliveryHeaders.OriginDeferrals] = deferral.ToString(CultureInfo.InvariantCulture) };
         DateTimeOffset dueAt;
         try
         {
+            // Sealed here, inside the try: a key ring that cannot be read leaves the delivery going ahead, as a store that fails does.
+            var headers = new Dictionary<string, string>
+            {
+                [RedeliveryHeaders.OriginDeferrals] = deferral.ToString(CultureInfo.InvariantCulture),
+                [RedeliverySeal.OriginDeferralsHeader] = seal.SealOriginDeferrals(consumerId, descriptor.BusinessKey(context.Message), deferral),
+            };
             dueAt = await store.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
                 $"{consumerId}:origin-deferred:{copy}:{deferral}", 0, DeferralWait(deferral), headers, CancellationToken.None);
         }
@@ -153,4 +180,8 @@ public sealed partial class WebhookOriginLimitFilter(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} webhook {WebhookId}: could not be set aside while {Origin} is at its limit; delivered over it")]
     private static partial void LogNotSetAside(ILogger logger, Exception exception, string consumerId, Guid webhookId, string origin);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} webhook {WebhookId}: the seal of its count of times aside could not be checked (the key ring is read " +
+        "from the database); delivered over its origin's limit if the origin is at it")]
+    private static partial void LogDeferralsUnchecked(ILogger logger, Exception exception, string consumerId, Guid webhookId);
 }

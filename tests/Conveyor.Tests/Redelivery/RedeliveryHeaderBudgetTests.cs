@@ -45,6 +45,8 @@ public sealed class RedeliveryHeaderBudgetTests
             [RedeliverySeal.Header] = seal.Seal("charge-payment", key, int.MaxValue, firstFailureAt),
             [RedeliveryHeaders.LastError] = JobTracker.Describe(new InvalidOperationException(new string('€', 2_000)), 500),
             [RedeliveryHeaders.Deferrals] = int.MaxValue.ToString(CultureInfo.InvariantCulture),
+            [RedeliveryHeaders.OriginDeferrals] = int.MaxValue.ToString(CultureInfo.InvariantCulture),
+            [RedeliverySeal.OriginDeferralsHeader] = seal.SealOriginDeferrals("deliver-webhook", key, int.MaxValue),
             [OversizedHeaders.DroppedHeader] = new string('d', OversizedHeaders.MaxNoteBytes),
             [RabbitMQ.Client.Constants.PublishSequenceNumberHeader] = long.MaxValue,
         };

@@ -9,6 +9,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Jobs;
+using Conveyor.Worker.Redelivery;
 using Conveyor.Worker.Webhooks;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
@@ -137,17 +138,72 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         var webhookId = Guid.NewGuid();
 
-        // As it comes back after its second time aside.
+        // As it comes back after its second time aside, sealed by the worker.
+        var sealedCount = worker.Services.GetRequiredService<RedeliverySeal>().SealOriginDeferrals(
+            Conveyor.Contracts.JobKinds.DeliverWebhook, webhookId.ToString(), 2);
         await producer.PublishEnvelopeAsync(
             "Conveyor.Contracts.Webhooks:DeliverWebhook", "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook",
             new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 1 } },
-            headers: new Dictionary<string, string> { ["Conveyor-Origin-Deferrals"] = "2" });
+            headers: new Dictionary<string, string> { ["Conveyor-Origin-Deferrals"] = "2", [RedeliverySeal.OriginDeferralsHeader] = sealedCount });
 
         await fixture.WaitForJobAsync(webhookId.ToString(), JobStatus.RetryScheduled, attempts: 1);
         Assert.Single(receiver.Deliveries);
         await using var db = fixture.CreateDbContext();
         var stored = JsonSerializer.Deserialize<Dictionary<string, string>>((await db.ScheduledMessages.AsNoTracking().SingleAsync()).Headers)!;
-        Assert.DoesNotContain(stored.Keys, k => string.Equals(k, "Conveyor-Origin-Deferrals", StringComparison.OrdinalIgnoreCase));
+        Assert.DoesNotContain(stored.Keys, k => k.StartsWith("Conveyor-Origin-Deferrals", StringComparison.OrdinalIgnoreCase));
+    }
+
+    /// <summary>
+    /// The count of times aside travels in <c>Conveyor-Origin-Deferrals</c>, which any producer can set: a command
+    /// published with "2147483647" (or the limit itself) was over its origin's limit on arrival and went straight to a
+    /// receiver that already had its limit in flight (here its second delivery while the first was held), so a
+    /// producer could put any number of one receiver's webhooks in flight at once and fill the endpoint's slots. The
+    /// count now counts only when the worker sealed it for this webhook: this one is set aside as any first delivery is.
+    /// </summary>
+    [Theory]
+    [InlineData("2147483647", false)]
+    [InlineData("2", false)]
+    [InlineData("2", true)]
+    public async Task A_producers_own_count_of_times_aside_does_not_take_a_delivery_past_its_origins_limit(string forged, bool withAnotherWebhooksSeal)
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var slow = await FakeWebhookReceiver.StartAsync();
+        slow.HoldDeliveries = release.Task;
+        var settings = WorkerSettings.With().Override(
+            ("Webhooks:MaxConcurrentPerOrigin", "1"),
+            ("Webhooks:MaxOriginDeferrals", "2"),
+            ("Webhooks:TimeoutSeconds", "60"),
+            ("Logging:LogLevel:Conveyor.Worker.Jobs", "Debug"));
+        var logs = new CapturedLogs();
+        await using var worker = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
+
+        var first = Webhook(slow, 1);
+        await publisher.PublishAsync(first);
+        await Eventually.AssertAsync(() => Assert.Single(slow.Deliveries));
+        var webhookId = Guid.NewGuid();
+        var headers = new Dictionary<string, string> { ["Conveyor-Origin-Deferrals"] = forged };
+        if (withAnotherWebhooksSeal)
+        {
+            // A genuine seal, taken from a copy of another webhook's.
+            headers[RedeliverySeal.OriginDeferralsHeader] = worker.Services.GetRequiredService<RedeliverySeal>().SealOriginDeferrals(
+                Conveyor.Contracts.JobKinds.DeliverWebhook, first.WebhookId.ToString(), int.Parse(forged, System.Globalization.CultureInfo.InvariantCulture));
+        }
+
+        await producer.PublishEnvelopeAsync(
+            "Conveyor.Contracts.Webhooks:DeliverWebhook", "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook",
+            new { webhookId, url = slow.Url(), eventType = "invoice.created", payload = new { invoice = 2 } }, headers: headers);
+
+        bool SetAside(int deferral) => logs.Of(LogLevel.Debug, "Conveyor.Worker.Jobs").Any(e =>
+            e.Message.Contains($"webhook {webhookId}: ", StringComparison.Ordinal) && e.Message.Contains($"set aside ({deferral})", StringComparison.Ordinal));
+        await Eventually.AssertAsync(() => Assert.True(SetAside(1), "set aside once"));
+        Assert.Single(slow.Deliveries);
+
+        release.SetResult();
+        await fixture.WaitForJobAsync(first.WebhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        await fixture.WaitForJobAsync(webhookId.ToString(), JobStatus.Succeeded, attempts: 1);
+        Assert.Equal(2, slow.Deliveries.Count);
     }
 
     /// <summary>
