@@ -75,16 +75,53 @@ public sealed class ConveyorClient : IDisposable
             }, token), cancellationToken);
 
     /// <summary>
+    /// A request that does its work again each time the Api acts on it (<c>run-now --kind</c> makes up to its limit more
+    /// jobs due now): tried again as a read is only after an answer that says the Api did nothing (a 429, a 503), never
+    /// after a gateway's 502 or 504, which may follow a request the Api took (the gateway stopped waiting, or the answer
+    /// broke off), nor after no answer. Such a failure ends at once with <see cref="CliFailureException.RequestSent"/>
+    /// set when the request had gone out.
+    /// </summary>
+    /// <param name="what">What the request does, for the line that says it is tried again ("run charge-payment jobs now").</param>
+    /// <param name="json">The body, sent as it is.</param>
+    public async Task<JsonElement> SendUnlessTakenAsync(HttpMethod method, string path, string what, string json, CancellationToken cancellationToken)
+    {
+        var mayHaveBeenTaken = false;
+        try
+        {
+            return await RetriedAsReads(
+                what,
+                (wait, tried) => $"Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
+                    + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later.",
+                describeField: null,
+                alsoTryAgain: null,
+                mayPass: answer =>
+                {
+                    mayHaveBeenTaken = answer is { Status: HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout };
+                    return answer is not null && !mayHaveBeenTaken;
+                }).ReadAsync(token => AnswerAsync(new HttpRequestMessage(method, Relative(path))
+                {
+                    Content = new WatchedContent(new StringContent(json, System.Text.Encoding.UTF8, "application/json")),
+                }, token), cancellationToken);
+        }
+        catch (CliFailureException failure) when (mayHaveBeenTaken && failure.ExitCode == ExitCodes.Unreachable)
+        {
+            throw new CliFailureException(failure.ExitCode, failure.Message) { RequestSent = true };
+        }
+    }
+
+    /// <summary>
     /// The retries of a request that changes nothing, or changes it once however often it is sent: after an answer that
     /// says "try later" (never after no answer: a mistyped address would keep the user waiting), for <see cref="ReadRetryBudget"/>.
     /// </summary>
     /// <param name="what">What the request does, for the line that says it is tried again ("read …", "cancel job …").</param>
     /// <param name="givingUp">The line added to the last failure, given the next wait and the time tried.</param>
+    /// <param name="mayPass">Which "try later" answers are tried again; null: every one that came (none when no answer came).</param>
     private ReadRetry RetriedAsReads(
-        string what, Func<TimeSpan, TimeSpan, string> givingUp, Func<string, string>? describeField, Func<Answer, bool>? alsoTryAgain) => new()
+        string what, Func<TimeSpan, TimeSpan, string> givingUp, Func<string, string>? describeField, Func<Answer, bool>? alsoTryAgain,
+        Func<Answer?, bool>? mayPass = null) => new()
     {
         DescribeField = describeField,
-        MayPass = answer => answer is not null,
+        MayPass = mayPass ?? (answer => answer is not null),
         AlsoTryAgain = alsoTryAgain,
         Waits = new RetryBudget { Budget = ReadRetryBudget, ShortestPause = ReadRetryPause },
         Retrying = (failure, wait) =>

@@ -36,7 +36,7 @@ public static class ExitCodes
     /// <summary>
     /// Try later: the Api could not be reached or timed out, or a 502/503/504 (of it or of a gateway in front of it) or a
     /// 429 (a rate limit, not a key lockout) was still there after the CLI tried again: a read for up to two minutes, after
-    /// each Retry-After (<c>jobs --follow</c>: for <c>--retry-for</c>, if given, else until it passes); <c>submit</c> <c>--retries</c> times, as its 409 "Submission in progress". For move and purge: the
+    /// each Retry-After (<c>jobs --follow</c>: for <c>--retry-for</c>, if given, else until it passes); <c>submit</c> <c>--retries</c> times, as its 409 "Submission in progress"; <c>run-now --kind</c> a 502 or 504 at once, as the Api may have acted on it. For move and purge: the
     /// request to start it never reached the Api (a refused connection, an unknown name) or was refused (503, 429), so
     /// nothing was started; one sent and then left unanswered, or answered by a gateway's 502 or 504, is <see cref="StartUnknown"/>.
     /// </summary>

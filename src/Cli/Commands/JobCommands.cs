@@ -304,6 +304,9 @@ public sealed class RunNowSettings : ApiSettings
     /// <summary>The Api's most jobs per request (<c>POST /api/jobs/run-now</c>).</summary>
     public const int MaxLimit = 10_000;
 
+    /// <summary>The Api's jobs per request when no <c>--limit</c> is given.</summary>
+    public const int DefaultLimit = 1000;
+
     [CommandArgument(0, "[job-id]")]
     [Description("The job's id (the jobId of a submission); or --kind for many jobs.")]
     public Guid? Id { get; set; }
@@ -394,8 +397,22 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             request["limit"] = limit;
         }
 
-        var answer = await client.SendIdempotentAsync(
-            HttpMethod.Post, "api/jobs/run-now", $"run {kind} jobs now", _ => false, cancellationToken, request.ToJsonString());
+        JsonElement answer;
+        try
+        {
+            answer = await client.SendUnlessTakenAsync(HttpMethod.Post, "api/jobs/run-now", $"run {kind} jobs now", request.ToJsonString(), cancellationToken);
+        }
+        catch (CliFailureException failure) when (failure.RequestSent)
+        {
+            // Not sent again: each run the Api acts on makes up to the limit more jobs due now, and only the last count would be shown.
+            throw new CliFailureException(failure.ExitCode,
+                $"{failure.Message}{Environment.NewLine}The request was sent, but the Api's answer never came: it may have made up to "
+                + $"{settings.Limit ?? RunNowSettings.DefaultLimit} {kind} job(s) due now. It was not sent again, which would release as many more. "
+                + $"Running it again is safe, and says how many still wait: conveyor run-now --kind {ShellWords.Quote(kind)}"
+                + (settings.Status is null ? "" : $" --status {settings.Status}")
+                + (settings.Limit is { } given ? $" --limit {given.ToString(CultureInfo.InvariantCulture)}" : ""));
+        }
+
         var summary = Answers.ExpectObject(answer, "a run-now summary", "released", "stillWaiting");
         if (settings.Json)
         {

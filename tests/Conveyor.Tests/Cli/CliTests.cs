@@ -645,6 +645,38 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     }
 
     /// <summary>
+    /// A run-now of a kind releases up to its limit each time the Api acts on it: a gateway's 504 in front of an Api that
+    /// did (the gateway stopped waiting) is not followed by the request again, which would release up to as many more and
+    /// show only the second count. It ends with 5, saying that the Api may have made jobs due now.
+    /// </summary>
+    [Fact]
+    public async Task Run_now_with_a_kind_is_not_sent_again_after_a_gateway_timeout_that_followed_it()
+    {
+        var runAt = DateTimeOffset.UtcNow.AddHours(1);
+        var jobs = new List<Guid>();
+        for (var i = 0; i < 2; i++)
+        {
+            jobs.Add((await App.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(Guid.NewGuid(), runAt))).JobId);
+        }
+
+        using var gateway = new TimingOutOnce(new SocketsHttpHandler());
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var exitCode = await CliApp.RunAsync(
+            ["run-now", "--kind", JobKinds.ChargePayment, "--status", "scheduled", "--limit", "1", "--api", App.BaseAddress.ToString()],
+            stdout, stderr, gateway, new Dictionary<string, string?> { [CliContext.ApiKeyVariable] = ErrorQueueKit.AdminKey });
+
+        Assert.True(exitCode == ExitCodes.Unreachable, stderr.ToString());
+        Assert.Equal(1, gateway.Requests);
+        Assert.Equal("", stdout.ToString());
+        Assert.Contains("may have made up to 1 charge-payment job(s) due now", stderr.ToString(), StringComparison.Ordinal);
+        await using var db = Fixture.CreateDbContext();
+        var due = await db.ScheduledMessages.AsNoTracking().Where(m => m.JobId != null && jobs.Contains(m.JobId.Value)).Select(m => m.DueAt).ToListAsync();
+        Assert.Equal(2, due.Count);
+        Assert.Single(due, at => at < DateTimeOffset.UtcNow.AddMinutes(1));
+    }
+
+    /// <summary>
     /// A cancel that finds the job's row held (a worker claiming it, the scheduler publishing it) is answered 409 with
     /// Retry-After, and nothing changed: the CLI sends it again, and once the row is free the job is cancelled.
     /// </summary>
@@ -1231,6 +1263,32 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         public string Path { get; }
 
         public void Dispose() => File.Delete(Path);
+    }
+
+    /// <summary>
+    /// A gateway in front of the Api: it forwards every request, and answers the first with its own 504 (an HTML page) once
+    /// the Api has answered it, as a gateway that stopped waiting just before the Api's answer came.
+    /// </summary>
+    private sealed class TimingOutOnce(HttpMessageHandler inner) : DelegatingHandler(inner)
+    {
+        private int _requests;
+
+        public int Requests => Volatile.Read(ref _requests);
+
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var answer = await base.SendAsync(request, cancellationToken);
+            if (Interlocked.Increment(ref _requests) > 1)
+            {
+                return answer;
+            }
+
+            answer.Dispose();
+            return new HttpResponseMessage(System.Net.HttpStatusCode.GatewayTimeout)
+            {
+                Content = new StringContent("<html><body>504 Gateway Time-out</body></html>", System.Text.Encoding.UTF8, "text/html"),
+            };
+        }
     }
 
     /// <summary>Answers every request with the same status, media type and body.</summary>
