@@ -62,14 +62,25 @@ public sealed class ConveyorClient : IDisposable
     /// </summary>
     /// <param name="what">What the request does, for the line that says it is tried again ("cancel job …").</param>
     /// <param name="json">The body, sent as it is; null for none.</param>
+    /// <param name="triedAgain">Told each "try later" answer that is about to be tried again (such as a gateway's 504, which the Api may have acted on).</param>
     public Task<JsonElement> SendIdempotentAsync(
-        HttpMethod method, string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken, string? json = null) =>
+        HttpMethod method, string path, string what, Func<Answer, bool> alsoTryAgain, CancellationToken cancellationToken, string? json = null,
+        Action<Answer>? triedAgain = null) =>
         RetriedAsReads(
             what,
             (wait, tried) => $"Still refused after {tried.TotalSeconds:0} s of at most {ReadRetryBudget.TotalSeconds:0} "
                 + $"(the next try would be in {wait.TotalSeconds:0.#} s): try again later.",
             describeField: null,
-            alsoTryAgain).ReadAsync(token => AnswerAsync(new HttpRequestMessage(method, Relative(path))
+            alsoTryAgain,
+            mayPass: answer =>
+            {
+                if (answer is { } refused)
+                {
+                    triedAgain?.Invoke(refused);
+                }
+
+                return answer is not null;
+            }).ReadAsync(token => AnswerAsync(new HttpRequestMessage(method, Relative(path))
             {
                 Content = json is null ? null : new StringContent(json, System.Text.Encoding.UTF8, "application/json"),
             }, token), cancellationToken);

@@ -365,8 +365,22 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
         }
 
         var jobId = settings.Id!.Value;
-        var answer = await client.SendIdempotentAsync(
-            HttpMethod.Post, $"api/jobs/{jobId}/run-now", $"run job {jobId} now", CancelCommand.HeldForAMoment, cancellationToken);
+        // A gateway's 502 or 504 may follow a try the Api acted on: the job made due now, and taken by a worker since.
+        var mayHaveBeenTaken = false;
+        JsonElement answer;
+        try
+        {
+            answer = await client.SendIdempotentAsync(
+                HttpMethod.Post, $"api/jobs/{jobId}/run-now", $"run job {jobId} now", CancelCommand.HeldForAMoment, cancellationToken,
+                triedAgain: refused => mayHaveBeenTaken |= refused.Status is System.Net.HttpStatusCode.BadGateway or System.Net.HttpStatusCode.GatewayTimeout);
+        }
+        catch (CliFailureException failure) when (mayHaveBeenTaken && failure.ExitCode == ExitCodes.NotFoundOrConflict)
+        {
+            throw new CliFailureException(failure.ExitCode,
+                $"{failure.Message}{Environment.NewLine}An earlier try may have made it due now: a gateway answered it 502 or 504, which the Api "
+                + $"may have acted on, and a worker may have taken the job since. See: conveyor job {jobId}");
+        }
+
         var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
         if (ConveyorClient.Text(job, "jobId") is not { } id || !Guid.TryParse(id, out var shown) || shown != jobId)
         {

@@ -270,6 +270,35 @@ public sealed class CliHostileAnswerTests
         }
     }
 
+    /// <summary>
+    /// A run-now a gateway answered 504 for may have made the job due now, and a worker may have taken it before the try
+    /// that follows: that try's 409 (the job is queued) is still a conflict, but says that the first try may have done it,
+    /// and how to look, instead of the Api's reason alone, which reads as if nothing had been done.
+    /// </summary>
+    [Theory]
+    [InlineData(504, true)]
+    [InlineData(502, true)]
+    [InlineData(503, false)]
+    public async Task A_run_now_refused_after_a_gateway_failure_says_the_first_try_may_have_done_it(int firstStatus, bool mayHaveDoneIt)
+    {
+        var sent = 0;
+        using var api = new Canned(_ => Interlocked.Increment(ref sent) == 1
+            ? firstStatus == 503
+                ? Respond(HttpStatusCode.ServiceUnavailable, """{"title":"Service unavailable","status":503,"detail":"The broker is unreachable."}""")
+                : Respond((HttpStatusCode)firstStatus, "<html><body>Gateway Time-out</body></html>")
+            : Respond(HttpStatusCode.Conflict,
+                $$"""{"title":"Job not waiting","status":409,"detail":"Job {{OperationId}} is queued: its command is in its queue or being run already."}"""));
+
+        var run = await RunAsync($"run-now {OperationId}", api);
+
+        Assert.True(run.ExitCode == ExitCodes.NotFoundOrConflict, run.Err);
+        Assert.Equal(2, sent);
+        Assert.Equal("", run.Out);
+        Assert.Contains($"Job {OperationId} is queued", run.Err, StringComparison.Ordinal);
+        Assert.Equal(mayHaveDoneIt, run.Err.Contains("An earlier try may have made it due now", StringComparison.Ordinal));
+        Assert.Equal(mayHaveDoneIt, run.Err.Contains($"See: conveyor job {OperationId}", StringComparison.Ordinal));
+    }
+
     /// <summary>The Api answers a cancel only with the job it cancelled: any other 200 is no Conveyor Api's, and says nothing was shown as cancelled.</summary>
     [Theory]
     [InlineData($$"""{"jobId":"{{OperationId}}","kind":"charge-payment","status":"queued"}""")]
