@@ -71,11 +71,21 @@ public static class FailureClassifier
     /// 408, 425, 429 and the 5xx may succeed later; other statuses will not. Nor will 501 (the server does not
     /// implement the request's method) and 505 (nor its HTTP version): a server's answer about what it
     /// does at all, not about how it is doing, as a version the client cannot negotiate
-    /// (<see cref="IsTransientRequestError"/>) is permanent.
+    /// (<see cref="IsTransientRequestError"/>) is permanent. A status of 600 to 999 counts as a 5xx
+    /// (<see cref="IsServerError"/>).
     /// </summary>
     public static bool IsTransientStatus(HttpStatusCode status) =>
         status is HttpStatusCode.RequestTimeout or TooEarly or HttpStatusCode.TooManyRequests
-        || ((int)status >= 500 && status is not (HttpStatusCode.NotImplemented or HttpStatusCode.HttpVersionNotSupported));
+        || (IsServerError(status) && status is not (HttpStatusCode.NotImplemented or HttpStatusCode.HttpVersionNotSupported));
+
+    /// <summary>
+    /// A 5xx, or a status of 600 to 999: not valid HTTP (RFC 9110 section 15 ends statuses at 599), but
+    /// HttpClient passes any three digits through, and RFC 9110 asks a client to process such an answer as a
+    /// 5xx; a 5xx the client does not know is taken for a 500 (its class's x00). Servers leak these numbers
+    /// from their libraries' internal errors, which is what a 500 says too, so every classifier treats them
+    /// as a 500: retried, and dead-lettered once the attempts are spent.
+    /// </summary>
+    private static bool IsServerError(HttpStatusCode status) => (int)status >= 500;
 
     /// <summary>
     /// As <see cref="IsTransientStatus"/>, for a remote side that is sent an Idempotency-Key (the payment
@@ -89,14 +99,15 @@ public static class FailureClassifier
         status is HttpStatusCode.Conflict || IsTransientStatus(status);
 
     /// <summary>
-    /// As <see cref="IsTransientIdempotentStatus"/>, for the payment gateway, and 501 and 505 too: every 5xx.
+    /// As <see cref="IsTransientIdempotentStatus"/>, for the payment gateway, and 501 and 505 too: every 5xx
+    /// (and every status of 600 to 999, <see cref="IsServerError"/>).
     /// The gateway is one remote side the operator configures, so a 501 or 505 from it (or from a proxy in
     /// front of it) refuses every payment until the operator or the gateway changes something, as an outage
     /// does: transient, the kill switch pauses the endpoint instead of every payment being dead-lettered at
     /// once. A webhook receiver is one of many a submitter chooses, and its 501 and 505 stay permanent.
     /// </summary>
     public static bool IsTransientGatewayStatus(HttpStatusCode status) =>
-        (int)status >= 500 || IsTransientIdempotentStatus(status);
+        IsServerError(status) || IsTransientIdempotentStatus(status);
 
     // Serialization failures and deadlocks are resolved by running the transaction again; a statement
     // cancelled at statement_timeout may pass when the database is less busy, within the retry budget, and so

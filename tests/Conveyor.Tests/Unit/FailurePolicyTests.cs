@@ -137,6 +137,21 @@ public sealed class FailurePolicyTests
     public void The_payment_gateway_may_answer_any_5xx_otherwise_later(HttpStatusCode status, bool transient) =>
         Assert.Equal(transient, FailureClassifier.IsTransientGatewayStatus(status));
 
+    [Theory]
+    [InlineData(600)]
+    [InlineData(701)]
+    [InlineData(999)]
+    public void A_status_beyond_599_is_taken_for_a_server_error_by_every_classifier(int code)
+    {
+        // RFC 9110 section 15: invalid, to be processed as a 5xx, and an unrecognized 5xx as a 500.
+        var status = (HttpStatusCode)code;
+
+        Assert.True(FailureClassifier.IsTransientStatus(status));
+        Assert.True(FailureClassifier.IsTransientIdempotentStatus(status));
+        Assert.True(FailureClassifier.IsTransientGatewayStatus(status));
+        Assert.True(FailureClassifier.IsTransient(new HttpRequestException("x", null, status)));
+    }
+
     [Fact]
     public async Task A_retry_after_date_is_measured_on_the_workers_clock()
     {
