@@ -69,14 +69,21 @@ public static class FailureClassifier
 
     /// <summary>
     /// 408, 425, 429 and the 5xx may succeed later; other statuses will not. Nor will 501 (the server does not
-    /// implement the request's method) and 505 (nor its HTTP version): a server's answer about what it
-    /// does at all, not about how it is doing, as a version the client cannot negotiate
-    /// (<see cref="IsTransientRequestError"/>) is permanent. A status of 600 to 999 counts as a 5xx
+    /// implement the request's method), 505 (nor its HTTP version) and 510 Not Extended (RFC 2774: the request
+    /// lacks an extension declaration its resource demands, which this client never sends): a server's answer
+    /// about what it does at all, not about how it is doing, as a version the client cannot negotiate
+    /// (<see cref="IsTransientRequestError"/>) is permanent. 508 Loop Detected stays transient: RFC 5842 gives
+    /// it for a WebDAV request with <c>Depth: infinity</c>, which this client never sends, so on a POST it is a
+    /// shared host's limit on its account's processes (CloudLinux's "508 Resource Limit Is Reached") or a loop
+    /// between proxies in front of the server, which pass or are mended there, as a 502 is. So does 511
+    /// Network Authentication Required: RFC 6585 gives it to an intercepting proxy on the client's own network
+    /// (origin servers must not send it), so every request from this worker meets it alike until its operator
+    /// mends the worker's way out, as a connection error. A status of 600 to 999 counts as a 5xx
     /// (<see cref="IsServerError"/>).
     /// </summary>
     public static bool IsTransientStatus(HttpStatusCode status) =>
         status is HttpStatusCode.RequestTimeout or TooEarly or HttpStatusCode.TooManyRequests
-        || (IsServerError(status) && status is not (HttpStatusCode.NotImplemented or HttpStatusCode.HttpVersionNotSupported));
+        || (IsServerError(status) && status is not (HttpStatusCode.NotImplemented or HttpStatusCode.HttpVersionNotSupported or HttpStatusCode.NotExtended));
 
     /// <summary>
     /// A 5xx, or a status of 600 to 999: not valid HTTP (RFC 9110 section 15 ends statuses at 599), but
@@ -99,12 +106,12 @@ public static class FailureClassifier
         status is HttpStatusCode.Conflict || IsTransientStatus(status);
 
     /// <summary>
-    /// As <see cref="IsTransientIdempotentStatus"/>, for the payment gateway, and 501 and 505 too: every 5xx
+    /// As <see cref="IsTransientIdempotentStatus"/>, for the payment gateway, and 501, 505 and 510 too: every 5xx
     /// (and every status of 600 to 999, <see cref="IsServerError"/>).
-    /// The gateway is one remote side the operator configures, so a 501 or 505 from it (or from a proxy in
+    /// The gateway is one remote side the operator configures, so a 501, 505 or 510 from it (or from a proxy in
     /// front of it) refuses every payment until the operator or the gateway changes something, as an outage
     /// does: transient, the kill switch pauses the endpoint instead of every payment being dead-lettered at
-    /// once. A webhook receiver is one of many a submitter chooses, and its 501 and 505 stay permanent.
+    /// once. A webhook receiver is one of many a submitter chooses, and its 501, 505 and 510 stay permanent.
     /// </summary>
     public static bool IsTransientGatewayStatus(HttpStatusCode status) =>
         IsServerError(status) || IsTransientIdempotentStatus(status);

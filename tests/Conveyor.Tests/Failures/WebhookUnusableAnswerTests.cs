@@ -25,6 +25,7 @@ public sealed class WebhookUnusableAnswerTests(ConveyorFixture fixture) : IAsync
     [Theory]
     [InlineData(HttpStatusCode.NotImplemented, "answered 501 NotImplemented")]
     [InlineData(HttpStatusCode.HttpVersionNotSupported, "answered 505 HttpVersionNotSupported")]
+    [InlineData(HttpStatusCode.NotExtended, "answered 510 NotExtended")]
     public async Task A_receiver_answering_a_status_it_will_always_answer_is_dead_lettered_after_one_attempt(HttpStatusCode status, string reason)
     {
         await using var receiver = await FakeWebhookReceiver.StartAsync();

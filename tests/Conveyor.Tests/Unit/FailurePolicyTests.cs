@@ -113,6 +113,19 @@ public sealed class FailurePolicyTests
     }
 
     [Theory]
+    [InlineData(HttpStatusCode.NotImplemented, false)]
+    [InlineData(HttpStatusCode.HttpVersionNotSupported, false)]
+    [InlineData(HttpStatusCode.NotExtended, false)] // RFC 2774: an extension declaration this client never sends
+    [InlineData(HttpStatusCode.LoopDetected, true)] // RFC 5842's meaning needs Depth: infinity; on a POST, a host's resource limit or a proxy loop
+    [InlineData(HttpStatusCode.NetworkAuthenticationRequired, true)] // RFC 6585: the worker's own network, not the receiver
+    public void A_5xx_about_what_the_server_does_at_all_is_permanent_but_to_the_gateway(HttpStatusCode status, bool transient)
+    {
+        Assert.Equal(transient, FailureClassifier.IsTransientStatus(status));
+        Assert.Equal(transient, FailureClassifier.IsTransientIdempotentStatus(status));
+        Assert.True(FailureClassifier.IsTransientGatewayStatus(status));
+    }
+
+    [Theory]
     [InlineData(HttpStatusCode.Conflict, true)]
     [InlineData(HttpStatusCode.TooManyRequests, true)]
     [InlineData((HttpStatusCode)425, true)]
