@@ -101,9 +101,15 @@ public static class FailureClassifier
     /// here while the remote side went on working. That request may well succeed, and only a later attempt
     /// with the key can get its answer: dead-lettered, a payment's job would leave a charge the ledger never
     /// records, and a webhook's would read undelivered while its receiver has it.
+    /// And 421 Misdirected Request: the server that got the request does not answer for its URL's scheme and
+    /// authority (a load balancer's node or a CDN edge set up wrong, an address moving), and RFC 9110 lets the
+    /// client retry it over a different connection. Only with a key: if the server did act on it after all,
+    /// the retry is answered as the first one and does nothing twice. A retry soon after may find the same
+    /// connection in HttpClient's pool and the same answer; a redelivery minutes later mostly goes over a new
+    /// one (an idle pooled connection is closed after a minute), and the attempts are bounded as for a 503.
     /// </summary>
     public static bool IsTransientIdempotentStatus(HttpStatusCode status) =>
-        status is HttpStatusCode.Conflict || IsTransientStatus(status);
+        status is HttpStatusCode.Conflict or HttpStatusCode.MisdirectedRequest || IsTransientStatus(status);
 
     /// <summary>
     /// As <see cref="IsTransientIdempotentStatus"/>, for the payment gateway, and 501, 505 and 510 too: every 5xx

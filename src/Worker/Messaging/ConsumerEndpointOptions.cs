@@ -70,7 +70,7 @@ public sealed class ConsumerEndpointOptions
     public int KillSwitchRestartSeconds { get; set; } = 60;
 
     /// <summary>
-    /// Whether the kill switch counts the remote side's transient failures (HTTP 408, 425, 429, 5xx, timeouts,
+    /// Whether the kill switch counts the remote side's transient failures (HTTP 408, 409, 421, 425, 429, 5xx, timeouts,
     /// connection errors) or only the worker's own database being unavailable. True for an endpoint whose
     /// remote side is one service (the payment gateway): its outage is every message's. False by default
     /// for <c>DeliverWebhook</c>, whose messages go to many customers' receivers through one queue: one

@@ -58,6 +58,7 @@ public sealed class WebhookKeyInProgressTests(ConveyorFixture fixture) : IAsyncL
 
     [Theory]
     [InlineData(HttpStatusCode.Conflict, true)]
+    [InlineData(HttpStatusCode.MisdirectedRequest, true)]
     [InlineData(HttpStatusCode.Gone, false)]
     [InlineData(HttpStatusCode.UnprocessableEntity, false)]
     public async Task A_webhook_receivers_409_is_transient_and_its_other_4xx_are_permanent(HttpStatusCode status, bool transient)

@@ -105,6 +105,7 @@ public sealed class FailurePolicyTests
     [InlineData(HttpStatusCode.Unauthorized, false)]
     [InlineData(HttpStatusCode.NotFound, false)]
     [InlineData(HttpStatusCode.Conflict, false)]
+    [InlineData(HttpStatusCode.MisdirectedRequest, false)] // retried only with an Idempotency-Key, below
     [InlineData(HttpStatusCode.UnprocessableEntity, false)]
     public void Http_statuses_are_classified(HttpStatusCode status, bool transient)
     {
@@ -127,6 +128,7 @@ public sealed class FailurePolicyTests
 
     [Theory]
     [InlineData(HttpStatusCode.Conflict, true)]
+    [InlineData(HttpStatusCode.MisdirectedRequest, true)] // RFC 9110: may be retried over another connection
     [InlineData(HttpStatusCode.TooManyRequests, true)]
     [InlineData((HttpStatusCode)425, true)]
     [InlineData(HttpStatusCode.ServiceUnavailable, true)]
@@ -142,6 +144,7 @@ public sealed class FailurePolicyTests
     [InlineData(HttpStatusCode.HttpVersionNotSupported, true)]
     [InlineData(HttpStatusCode.ServiceUnavailable, true)]
     [InlineData(HttpStatusCode.Conflict, true)]
+    [InlineData(HttpStatusCode.MisdirectedRequest, true)]
     [InlineData(HttpStatusCode.TooManyRequests, true)]
     [InlineData((HttpStatusCode)425, true)]
     [InlineData(HttpStatusCode.BadRequest, false)]
