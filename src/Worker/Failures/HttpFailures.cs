@@ -47,13 +47,32 @@ public static class HttpFailures
         var body = await ReadSnippetAsync(response.Content, bodyTimeout, cancellationToken);
         var redirect = (int)status is >= 300 and < 400 ? $" ({Redirect(response)}, not followed)" : "";
         // An empty body says so, rather than end the message on a colon that reads as if text were cut off.
-        var message = $"{what} answered {(int)status} {status}{redirect}{(body.Length == 0 ? " with an empty body" : $": {body}")}";
+        var message = $"{what} answered {StatusText(status)}{redirect}{(body.Length == 0 ? " with an empty body" : $": {body}")}";
         if (isTransient(status))
         {
             throw new TransientFailureException(message, RetryAfter(response.Headers.RetryAfter, time));
         }
 
         throw new PermanentFailureException(message);
+    }
+
+    /// <summary>
+    /// The status's number and its name in <see cref="HttpStatusCode"/> ("404 NotFound"); 425 by the name
+    /// <see cref="FailureClassifier.TooEarly"/> gives it, which the enum lacks. A status without a name
+    /// (Cloudflare's 520, an nginx 499) is its number alone, where its name would have been the number again,
+    /// and one beyond 599 says it is not valid HTTP. The answer's own reason phrase is left out: it is the
+    /// remote side's text, and HTTP/2 has none.
+    /// </summary>
+    private static string StatusText(HttpStatusCode status)
+    {
+        var code = ((int)status).ToString(CultureInfo.InvariantCulture);
+        return status switch
+        {
+            FailureClassifier.TooEarly => $"{code} {nameof(FailureClassifier.TooEarly)}",
+            _ when (int)status > 599 => $"{code} (not a valid HTTP status)",
+            _ when Enum.IsDefined(status) => $"{code} {status}",
+            _ => code,
+        };
     }
 
     /// <summary>

@@ -195,6 +195,21 @@ public sealed class FailurePolicyTests
         Assert.Equal(expected, failure.Message);
     }
 
+    [Theory]
+    [InlineData(421, "The payment gateway answered 421 MisdirectedRequest: try later")]
+    [InlineData(425, "The payment gateway answered 425 TooEarly: try later")]
+    [InlineData(520, "The payment gateway answered 520: try later")]
+    [InlineData(600, "The payment gateway answered 600 (not a valid HTTP status): try later")]
+    public async Task A_failed_answers_message_names_its_status_once_whether_or_not_dotnet_has_a_name_for_it(int code, string expected)
+    {
+        using var response = new HttpResponseMessage((HttpStatusCode)code) { Content = new StringContent("try later") };
+
+        var failure = await Assert.ThrowsAsync<TransientFailureException>(() => HttpFailures.EnsureSuccessAsync(
+            response, "The payment gateway", TimeSpan.FromSeconds(1), FailureClassifier.IsTransientGatewayStatus, TimeProvider.System, CancellationToken.None));
+
+        Assert.Equal(expected, failure.Message);
+    }
+
     [Fact]
     public void Exceptions_are_classified()
     {
