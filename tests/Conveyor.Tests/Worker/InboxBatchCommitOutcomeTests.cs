@@ -33,8 +33,7 @@ public sealed class InboxBatchCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     {
         var (key, payment) = (Guid.NewGuid().ToString(), Guid.NewGuid());
         var interceptor = new LostCommitAnswer();
-        await using var batcher = new InboxBatcher(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1,
-            new InterceptedContexts(fixture, interceptor), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+        await using var batcher = BatcherWith(interceptor);
 
         var member = batcher.Join(key, Guid.NewGuid(), null, null);
         Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
@@ -56,8 +55,7 @@ public sealed class InboxBatchCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     {
         var key = Guid.NewGuid().ToString();
         var interceptor = new LostCommitAnswer();
-        await using var batcher = new InboxBatcher(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1,
-            new InterceptedContexts(fixture, interceptor), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+        await using var batcher = BatcherWith(interceptor);
 
         var member = batcher.Join(key, Guid.NewGuid(), null, null);
         Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
@@ -86,8 +84,7 @@ public sealed class InboxBatchCommitOutcomeTests(ConveyorFixture fixture) : IAsy
         }
 
         var interceptor = new LostCommitAnswer();
-        await using var batcher = new InboxBatcher(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1,
-            new InterceptedContexts(fixture, interceptor), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+        await using var batcher = BatcherWith(interceptor);
 
         var member = batcher.Join(key, Guid.NewGuid(), null, null);
         Assert.Equal(InboxClaim.Run, await member.Claimed.WaitAsync(Patience));
@@ -117,6 +114,11 @@ public sealed class InboxBatchCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     };
 
     /// <summary>Once armed, fails the next commit after the server applied it, as a connection lost before its answer.</summary>
+    /// <summary>A batcher of this consumer whose database sessions go through <paramref name="interceptor"/>.</summary>
+    private InboxBatcher BatcherWith(LostCommitAnswer interceptor) =>
+        new(ConsumerId, Kind, maxBatch: 64, maxConcurrentBatches: 4, eagerBatches: 1,
+            new InterceptedContexts(fixture, interceptor), TimeProvider.System, NullLogger.Instance, Timeout.InfiniteTimeSpan);
+
     private sealed class LostCommitAnswer : DbTransactionInterceptor
     {
         private int _fired;

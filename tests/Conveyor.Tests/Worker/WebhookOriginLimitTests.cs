@@ -89,11 +89,7 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var slow = await FakeWebhookReceiver.StartAsync();
         slow.HoldDeliveries = release.Task;
-        var settings = WorkerSettings.With().Override(
-            ("Webhooks:MaxConcurrentPerOrigin", "1"),
-            ("Webhooks:MaxOriginDeferrals", "2"),
-            ("Webhooks:TimeoutSeconds", "60"),
-            ("Logging:LogLevel:Conveyor.Worker.Jobs", "Debug"));
+        var settings = OneSlotTwoDeferrals();
         var logs = new CapturedLogs();
         await using var worker = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs));
         await using var publisher = await TestPublisher.StartAsync(fixture);
@@ -141,10 +137,8 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         // As it comes back after its second time aside, sealed by the worker.
         var sealedCount = worker.Services.GetRequiredService<RedeliverySeal>().SealOriginDeferrals(
             Conveyor.Contracts.JobKinds.DeliverWebhook, webhookId.ToString(), 2);
-        await producer.PublishEnvelopeAsync(
-            "Conveyor.Contracts.Webhooks:DeliverWebhook", "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook",
-            new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice = 1 } },
-            headers: new Dictionary<string, string> { ["Conveyor-Origin-Deferrals"] = "2", [RedeliverySeal.OriginDeferralsHeader] = sealedCount });
+        await PublishDirectlyAsync(producer, webhookId, receiver, 1,
+            new Dictionary<string, string> { ["Conveyor-Origin-Deferrals"] = "2", [RedeliverySeal.OriginDeferralsHeader] = sealedCount });
 
         await fixture.WaitForJobAsync(webhookId.ToString(), JobStatus.RetryScheduled, attempts: 1);
         Assert.Single(receiver.Deliveries);
@@ -169,11 +163,7 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var slow = await FakeWebhookReceiver.StartAsync();
         slow.HoldDeliveries = release.Task;
-        var settings = WorkerSettings.With().Override(
-            ("Webhooks:MaxConcurrentPerOrigin", "1"),
-            ("Webhooks:MaxOriginDeferrals", "2"),
-            ("Webhooks:TimeoutSeconds", "60"),
-            ("Logging:LogLevel:Conveyor.Worker.Jobs", "Debug"));
+        var settings = OneSlotTwoDeferrals();
         var logs = new CapturedLogs();
         await using var worker = await fixture.StartWorkerAsync(settings, builder => builder.Logging.AddProvider(logs));
         await using var publisher = await TestPublisher.StartAsync(fixture);
@@ -191,9 +181,7 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
                 Conveyor.Contracts.JobKinds.DeliverWebhook, first.WebhookId.ToString(), int.Parse(forged, System.Globalization.CultureInfo.InvariantCulture));
         }
 
-        await producer.PublishEnvelopeAsync(
-            "Conveyor.Contracts.Webhooks:DeliverWebhook", "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook",
-            new { webhookId, url = slow.Url(), eventType = "invoice.created", payload = new { invoice = 2 } }, headers: headers);
+        await PublishDirectlyAsync(producer, webhookId, slow, 2, headers);
 
         bool SetAside(int deferral) => logs.Of(LogLevel.Debug, "Conveyor.Worker.Jobs").Any(e =>
             e.Message.Contains($"webhook {webhookId}: ", StringComparison.Ordinal) && e.Message.Contains($"set aside ({deferral})", StringComparison.Ordinal));
@@ -501,4 +489,17 @@ public sealed class WebhookOriginLimitTests(ConveyorFixture fixture) : IAsyncLif
         EventType = "invoice.created",
         Payload = JsonDocument.Parse($$"""{"invoice":{{n}}}""").RootElement,
     };
+
+    /// <summary>One slot per origin and two times aside, receivers held past the test's waits, and the set-asides logged.</summary>
+    private static Dictionary<string, string?> OneSlotTwoDeferrals() => WorkerSettings.With().Override(
+        ("Webhooks:MaxConcurrentPerOrigin", "1"),
+        ("Webhooks:MaxOriginDeferrals", "2"),
+        ("Webhooks:TimeoutSeconds", "60"),
+        ("Logging:LogLevel:Conveyor.Worker.Jobs", "Debug"));
+
+    /// <summary>A webhook command published as a producer of its own would, with the headers it chooses.</summary>
+    private static Task PublishDirectlyAsync(RawAmqpProducer producer, Guid webhookId, FakeWebhookReceiver receiver, int invoice, Dictionary<string, string> headers) =>
+        producer.PublishEnvelopeAsync(
+            "Conveyor.Contracts.Webhooks:DeliverWebhook", "urn:message:Conveyor.Contracts.Webhooks:DeliverWebhook",
+            new { webhookId, url = receiver.Url(), eventType = "invoice.created", payload = new { invoice } }, headers: headers);
 }
