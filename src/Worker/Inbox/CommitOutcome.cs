@@ -7,7 +7,7 @@ namespace Conveyor.Worker.Inbox;
 /// What became of an inbox transaction whose COMMIT failed. A connection that broke while the COMMIT was under
 /// way (the server applied it, its answer never came) leaves the outcome unknown to the client: taken for rolled
 /// back, an attempt that succeeded was failed and sent round again, and a failed attempt counted twice. The inboxes
-/// learn their transaction's id in a round trip they make anyway (<see cref="TransactionIdSql"/> in the claim) and
+/// learn their transaction's id in a round trip they make anyway (<see cref="TransactionIdSql"/> in the claim; in the lease inbox, in its final update of the inbox row) and
 /// ask after it here, only when the COMMIT failed (ADR 0004).
 /// </summary>
 internal static class CommitOutcome

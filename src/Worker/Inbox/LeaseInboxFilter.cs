@@ -9,6 +9,7 @@ using Conveyor.Worker.Redelivery;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
+using Npgsql;
 
 namespace Conveyor.Worker.Inbox;
 
@@ -26,6 +27,8 @@ namespace Conveyor.Worker.Inbox;
 /// RabbitMQ's consumer_timeout is stopped (<see cref="DeliveryDeadline"/>) and fails with a
 /// <see cref="DeliveryDeadlineException"/>: a delayed redelivery while the budget lasts, then
 /// <c>_error</c>, instead of the broker closing the channel and the job starting over forever.
+/// A final COMMIT whose answer was lost (the connection broke after the server applied it) is asked after on a
+/// connection of its own (<see cref="CommitOutcome"/>) and, committed, settled as the success it was (ADR 0001).
 /// </summary>
 public sealed partial class LeaseInboxFilter<T>(
     ConveyorDbContext db,
@@ -312,15 +315,25 @@ public sealed partial class LeaseInboxFilter<T>(
         return new DeliveryDeadlineException(message);
     }
 
+    /// <summary>
+    /// Marks the leased row done while the lease is still this run's; returns the transaction's id
+    /// (<see cref="CommitOutcome.TransactionIdSql"/>), no row when the lease is another's.
+    /// </summary>
+    private const string CompleteSql = $"""
+        UPDATE inbox SET status = '{InboxStatus.Done}', lease_owner = NULL, lease_expires_at = NULL
+         WHERE consumer_id = @consumer AND message_key = @key AND lease_owner = @owner AND status = '{InboxStatus.Processing}'
+        RETURNING {CommitOutcome.TransactionIdSql} AS "Value"
+        """;
+
     private async Task<bool> CompleteAsync(JobRef job, string consumerId, string key, string owner, bool succeeded, CancellationToken cancellationToken)
     {
         await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         db.Database.AutoSavepointsEnabled = false;
-        var done = await db.Database.ExecuteSqlInterpolatedAsync($"""
-            UPDATE inbox SET status = {InboxStatus.Done}, lease_owner = NULL, lease_expires_at = NULL
-             WHERE consumer_id = {consumerId} AND message_key = {key} AND lease_owner = {owner} AND status = {InboxStatus.Processing}
-            """, cancellationToken);
-        if (done == 0)
+        // The row's update also returns the transaction's id (no round trip of its own), asked after should the COMMIT fail.
+        var done = await db.Database.SqlQueryRaw<string>(CompleteSql,
+            new NpgsqlParameter("consumer", consumerId), new NpgsqlParameter("key", key), new NpgsqlParameter("owner", owner))
+            .ToListAsync(cancellationToken);
+        if (done is not [var transactionId])
         {
             // Our lease lapsed and another worker took the job over: its result will stand, not ours.
             await transaction.RollbackAsync(cancellationToken);
@@ -334,7 +347,23 @@ public sealed partial class LeaseInboxFilter<T>(
             await tracker.MarkSucceededAsync(db, job, cancellationToken);
         }
 
-        await transaction.CommitAsync(cancellationToken);
+        try
+        {
+            await transaction.CommitAsync(cancellationToken);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The connection may have broken after the server applied the COMMIT, its answer lost: taken for
+            // rolled back, a run that succeeded counted a failed attempt and no success, and its retry was
+            // skipped as a duplicate of itself. Asked after only when the COMMIT failed (ADR 0004, 0001).
+            if (!await CommitOutcome.CommittedAfterAllAsync(dbFactory, transactionId))
+            {
+                throw;
+            }
+
+            LogCommitAnswerLost(exception, consumerId, key);
+        }
+
         return true;
     }
 
@@ -390,6 +419,9 @@ public sealed partial class LeaseInboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: stopped after its delivery was unacked for {UnackedSeconds} s, near RabbitMQ's consumer_timeout ({ConsumerTimeoutSeconds} s); it fails as out of time")]
     private partial void LogOutOfTime(string consumerId, string key, string unackedSeconds, int consumerTimeoutSeconds);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the final commit failed, but the database had applied it (its answer was lost); settled as committed")]
+    private partial void LogCommitAnswerLost(Exception exception, string consumerId, string key);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: lease heartbeat failed")]
     private partial void LogHeartbeatFailed(Exception exception, string consumerId, string key);

@@ -1,7 +1,10 @@
 using System.Data.Common;
 using Conveyor.Contracts.Payments;
+using Conveyor.Contracts.Reports;
 using Conveyor.Storage;
+using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Payments;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
@@ -14,7 +17,7 @@ namespace Conveyor.Tests.Worker;
 /// <summary>
 /// The single-message inbox (<c>InboxBatchSize</c> 1) whose COMMIT was applied but whose answer never came (the
 /// connection dropped after the server committed): the attempt succeeded and must be settled as such, not taken
-/// for failed. Simulated, as in <see cref="InboxBatchCommitOutcomeTests"/>, by an interceptor that throws as Npgsql
+/// for failed. The same for the lease inbox's final transaction (GenerateReport). Simulated, as in <see cref="InboxBatchCommitOutcomeTests"/>, by an interceptor that throws as Npgsql
 /// does for a broken socket once the server has answered the inbox transaction's COMMIT.
 /// </summary>
 [Collection(ThirdLaneCollection.Name)]
@@ -94,6 +97,63 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Contains("422", job.LastError, StringComparison.Ordinal);
         Assert.Equal(1, gateway.RequestsFor(key));
         Assert.False(await check.Inbox.AnyAsync(i => i.MessageKey == key));
+    }
+
+    [Fact]
+    public async Task A_leased_report_whose_final_commit_applied_but_went_unanswered_is_settled_as_succeeded_not_as_a_failed_attempt()
+    {
+        // The lease inbox (long jobs) commits a run's results, its inbox row done and the job's success in one final
+        // transaction, which marks the job succeeded with the same statement.
+        var lost = new LostCommitAnswerAfter(MarkSucceeded);
+        const string reports = "generate-report";
+        const string account = "acct-lease-commit-outcome";
+        await using (var seed = fixture.CreateDbContext())
+        {
+            seed.Ledger.AddRange(Enumerable.Range(1, 10).Select(i => new LedgerEntry
+            {
+                PaymentId = Guid.NewGuid(),
+                AccountId = account,
+                AmountMinor = i,
+                Currency = "EUR",
+                GatewayChargeId = $"ch_{i}",
+                ChargedAt = DateTimeOffset.UtcNow,
+            }));
+            await seed.SaveChangesAsync();
+        }
+
+        using var succeeded = WorkerMetric.Succeeded(reports);
+        using var failedAttempts = WorkerMetric.AttemptsFailed(reports);
+        using var duplicates = WorkerMetric.Duplicates(reports);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(),
+            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        succeeded.Watch(worker.Services);
+        failedAttempts.Watch(worker.Services);
+        duplicates.Watch(worker.Services);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = account, PageSize = 5 };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        });
+        await fixture.AssertDrainedAsync(worker, reports);
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal(1, job.Attempts);
+        Assert.Null(job.LastError);
+        Assert.Equal(10, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        // Settled as the success it was, where it counted a failed attempt and no success, and its retry found the
+        // inbox row done and was acked as a duplicate of itself.
+        Assert.Equal(1, succeeded.Count);
+        Assert.Equal(0, failedAttempts.Count);
+        Assert.Equal(0, duplicates.Count);
+        Assert.Equal(0u, await fixture.ReadyAsync($"{reports}_error"));
     }
 
     /// <summary>Only JobTracker.MarkSucceededAsync's statement says this.</summary>
