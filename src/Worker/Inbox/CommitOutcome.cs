@@ -1,5 +1,6 @@
 using Conveyor.Storage;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Storage;
 
 namespace Conveyor.Worker.Inbox;
 
@@ -19,10 +20,34 @@ internal static class CommitOutcome
     public const string TransactionIdSql = "pg_current_xact_id_if_assigned()::text";
 
     /// <summary>
+    /// Commits <paramref name="transaction"/>. A COMMIT that throws is asked after (<see cref="CommittedAfterAllAsync"/>):
+    /// applied, its answer lost with the connection, its exception is returned, for the caller to log, as a commit;
+    /// otherwise it is thrown. Null when the COMMIT was answered.
+    /// </summary>
+    public static async Task<Exception?> CommitAsync(
+        IDbContextTransaction transaction, IDbContextFactory<ConveyorDbContext> dbFactory, string? transactionId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await transaction.CommitAsync(cancellationToken);
+            return null;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            if (await CommittedAfterAllAsync(dbFactory, transactionId))
+            {
+                return exception;
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>
     /// Whether the transaction <paramref name="transactionId"/> committed, asked on a connection of its own
     /// (<c>pg_xact_status</c>) after its COMMIT failed. False when it did not, is still in progress, or cannot be told.
     /// </summary>
-    public static async Task<bool> CommittedAfterAllAsync(IDbContextFactory<ConveyorDbContext> dbFactory, string? transactionId)
+    private static async Task<bool> CommittedAfterAllAsync(IDbContextFactory<ConveyorDbContext> dbFactory, string? transactionId)
     {
         if (transactionId is null)
         {

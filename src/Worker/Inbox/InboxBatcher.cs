@@ -309,25 +309,17 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             // The savepoint rides in the apply's first command: no round trip of its own.
             await ApplyAsync(db, members, savepoint: ApplySavepoint);
             applied = true;
-            await transaction.CommitAsync();
-        }
-        catch (Exception exception)
-        {
-            if (applied && await CommittedAfterAllAsync(transactionId))
+            if (await CommitOutcome.CommitAsync(transaction, _dbFactory, transactionId, CancellationToken.None) is { } answerLost)
             {
                 // The COMMIT was applied and only its answer was lost (the connection broke after the server
                 // committed): every message's outcome is durable, as in a batch whose commit was answered.
                 // Taken for rolled back, each succeeded message failed (sent round again, to be acked as a
                 // duplicate) and each failed attempt was counted a second time by its failure path.
-                LogCommitAnswerLost(exception, _consumerId, members.Count);
-                foreach (var member in members)
-                {
-                    member.Complete(committed: true, null);
-                }
-
-                return;
+                LogCommitAnswerLost(answerLost, _consumerId, members.Count);
             }
-
+        }
+        catch (Exception exception)
+        {
             if (!applied && !DatabaseFailures.IsUnavailable(exception) && await SettleUnderLockAsync(db, transaction, transactionId, members))
             {
                 return;
@@ -390,7 +382,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// and its inbox row removed, all in this transaction. A cancel waiting for a job row thus finds
     /// the attempt, never a job that looks unstarted while its attempt's effect (an HTTP call) is out.
     /// False, with no member settled, when that failed too: the caller rolls back and falls back. A COMMIT that
-    /// fails is asked after (<see cref="CommittedAfterAllAsync"/>): applied, its answer lost with the connection,
+    /// fails is asked after (<see cref="CommitOutcome"/>): applied, its answer lost with the connection,
     /// the members are settled as committed here.
     /// </summary>
     private async Task<bool> SettleUnderLockAsync(
@@ -398,7 +390,6 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     {
         var applied = new List<BatchMember>();
         var failedToApply = new List<(BatchMember Member, Exception Failure)>();
-        var committing = false;
         try
         {
             await transaction.RollbackToSavepointAsync(ApplySavepoint);
@@ -419,22 +410,17 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
             var unapplied = members.Where(m => m.Failed).Concat(failedToApply.Select(f => f.Member)).ToList();
             await WriteJobRowsAsync(db, [], unapplied, savepoint: null);
-            committing = true;
-            await transaction.CommitAsync();
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            if (committing && await CommittedAfterAllAsync(transactionId))
+            if (await CommitOutcome.CommitAsync(transaction, _dbFactory, transactionId, CancellationToken.None) is { } answerLost)
             {
                 // Settled after all: taken for rolled back, the batch fell back to settling its messages again, and
                 // every attempt counted here was left for its failure path to count a second time.
-                LogCommitAnswerLost(exception, _consumerId, members.Count);
+                LogCommitAnswerLost(answerLost, _consumerId, members.Count);
             }
-            else
-            {
-                LogSettleUnderLockFailed(exception, _consumerId, members.Count);
-                return false;
-            }
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogSettleUnderLockFailed(exception, _consumerId, members.Count);
+            return false;
         }
 
         foreach (var member in members)
@@ -505,12 +491,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
         }
     }
 
-    /// <summary>Whether the transaction <paramref name="transactionId"/> committed after all (<see cref="CommitOutcome"/>).</summary>
-    private Task<bool> CommittedAfterAllAsync(string? transactionId) => CommitOutcome.CommittedAfterAllAsync(_dbFactory, transactionId);
-
     /// <summary>
     /// One round trip: the inbox rows (a conflict means a duplicate) and the job claims. The batch's transaction id
-    /// when it inserted any inbox row (<see cref="CommittedAfterAllAsync"/>), else null.
+    /// when it inserted any inbox row (<see cref="CommitOutcome"/>), else null.
     /// </summary>
     private async Task<string?> ClaimAsync(ConveyorDbContext db, List<BatchMember> members)
     {

@@ -99,7 +99,12 @@ public sealed partial class InboxFilter<T>(
             }
 
             await db.SaveChangesAsync(CancellationToken.None);
-            await CommitAsync(transaction, transactionId, consumerId, messageKey);
+            // A COMMIT whose answer was lost but which the server applied is the success it was: thrown as a failure,
+            // the attempt counted as failed and not as a success, and its retry was acked as a duplicate.
+            if (await CommitOutcome.CommitAsync(transaction, dbFactory, transactionId, CancellationToken.None) is { } answerLost)
+            {
+                LogCommitAnswerLost(answerLost, consumerId, messageKey);
+            }
             if (job is { } done)
             {
                 metrics.Succeeded(done.Kind, time.GetElapsedTime(startedAt));
@@ -135,29 +140,6 @@ public sealed partial class InboxFilter<T>(
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox");
-
-    /// <summary>
-    /// Commits the inbox transaction of an attempt whose consumer succeeded. A COMMIT that fails is asked after
-    /// (<see cref="CommitOutcome"/>): one the server applied, its answer lost with the connection, returns as a
-    /// commit. Thrown as a failure, the attempt counted as failed and not as a success, and its retry was acked as
-    /// a duplicate (the job row read succeeded all along: its failure path's writes found it finished).
-    /// </summary>
-    private async Task CommitAsync(IDbContextTransaction transaction, string? transactionId, string consumerId, string messageKey)
-    {
-        try
-        {
-            await transaction.CommitAsync(CancellationToken.None);
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            if (!await CommitOutcome.CommittedAfterAllAsync(dbFactory, transactionId))
-            {
-                throw;
-            }
-
-            LogCommitAnswerLost(exception, consumerId, messageKey);
-        }
-    }
 
     /// <summary>
     /// Begins the inbox transaction and claims the message in it. A concurrent copy blocks on the first one's
@@ -232,24 +214,20 @@ public sealed partial class InboxFilter<T>(
     private async Task<bool> RecordFailureInTransactionAsync(
         IDbContextTransaction transaction, string? transactionId, string consumerId, string messageKey, JobRef job, Exception failure)
     {
-        var committing = false;
         try
         {
             db.ChangeTracker.Clear();
             await transaction.RollbackToSavepointAsync(AttemptSavepoint, CancellationToken.None);
             await tracker.RecordFailedAttemptInTransactionAsync(db, consumerId, messageKey, job.JobId!.Value, failure, CancellationToken.None);
-            committing = true;
-            await transaction.CommitAsync(CancellationToken.None);
+            if (await CommitOutcome.CommitAsync(transaction, dbFactory, transactionId, CancellationToken.None) is { } answerLost)
+            {
+                LogCommitAnswerLost(answerLost, consumerId, messageKey);
+            }
+
             return true;
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
-            if (committing && await CommitOutcome.CommittedAfterAllAsync(dbFactory, transactionId))
-            {
-                LogCommitAnswerLost(exception, consumerId, messageKey);
-                return true;
-            }
-
             LogFailureNotRecordedInTransaction(exception, job.Kind, job.BusinessKey);
             return false;
         }

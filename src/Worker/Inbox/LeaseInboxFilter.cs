@@ -347,21 +347,12 @@ public sealed partial class LeaseInboxFilter<T>(
             await tracker.MarkSucceededAsync(db, job, cancellationToken);
         }
 
-        try
+        // The connection may have broken after the server applied the COMMIT, its answer lost: taken for rolled
+        // back, a run that succeeded counted a failed attempt and no success, and its retry was skipped as a
+        // duplicate of itself. Asked after only when the COMMIT failed (ADR 0004, 0001).
+        if (await CommitOutcome.CommitAsync(transaction, dbFactory, transactionId, cancellationToken) is { } answerLost)
         {
-            await transaction.CommitAsync(cancellationToken);
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            // The connection may have broken after the server applied the COMMIT, its answer lost: taken for
-            // rolled back, a run that succeeded counted a failed attempt and no success, and its retry was
-            // skipped as a duplicate of itself. Asked after only when the COMMIT failed (ADR 0004, 0001).
-            if (!await CommitOutcome.CommittedAfterAllAsync(dbFactory, transactionId))
-            {
-                throw;
-            }
-
-            LogCommitAnswerLost(exception, consumerId, key);
+            LogCommitAnswerLost(answerLost, consumerId, key);
         }
 
         return true;
