@@ -15,7 +15,7 @@ public sealed class RabbitManagement : IDisposable
     /// <summary>The management API of <paramref name="broker"/>, at the address the services use (<see cref="RabbitMqOptions.ManagementApiAddress"/>).</summary>
     public RabbitManagement(RabbitMqOptions broker)
     {
-        _http = new HttpClient { BaseAddress = broker.ManagementApiAddress(), Timeout = TimeSpan.FromSeconds(30) };
+        _http = new HttpClient(new ManagementReadRetry { InnerHandler = new HttpClientHandler() }) { BaseAddress = broker.ManagementApiAddress(), Timeout = TimeSpan.FromSeconds(30) };
         _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue(
             "Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{broker.Username}:{broker.Password}")));
     }
