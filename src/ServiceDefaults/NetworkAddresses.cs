@@ -15,7 +15,8 @@ public static class NetworkAddresses
     /// local, multicast, documentation, benchmarking, SRv6 segment identifier, deprecated 6to4 relay anycast,
     /// reserved, discard-only and unspecified addresses, in IPv4, IPv6 and IPv4 embedded in IPv6 alike (mapped,
     /// translated, NAT64 and 6to4; Teredo and NAT64's local-use prefix, whose IPv4 address cannot be read, are
-    /// never public).
+    /// never public). In IPv6, anything outside global unicast (2000::/3) and what IANA's special-purpose
+    /// registry calls not globally reachable inside it (the IETF's 2001::/23 but a few, the documentation prefixes).
     /// </summary>
     public static bool IsPublic(IPAddress address)
     {
@@ -59,22 +60,39 @@ public static class NetworkAddresses
             return IsPublic(new IPAddress(v6.AsSpan(2, 4)));
         }
 
-        return !(IPAddress.IsLoopback(address)
-            // NAT64's local-use prefix (64:ff9b:1::/48, RFC 8215) places the IPv4 address where the
-            // network's own prefix length says, which the worker cannot know; Teredo (2001::/32) hides it.
-            || (v6[0] == 0x00 && v6[1] == 0x64 && v6[2] == 0xff && v6[3] == 0x9b && v6[4] == 0x00 && v6[5] == 0x01)
-            || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x00 && v6[3] == 0x00)
-            || (v6[0] == 0x01 && v6.AsSpan(1, 7).IndexOfAnyExcept((byte)0) < 0) // 100::/64, discard-only
-            || address.Equals(IPAddress.IPv6None)
-            || v6.AsSpan(0, 12).IndexOfAnyExcept((byte)0) < 0 // :: and the deprecated IPv4-compatible ::a.b.c.d
-            || address.IsIPv6LinkLocal
-            || address.IsIPv6SiteLocal
-            || address.IsIPv6Multicast
-            || (v6[0] & 0xfe) == 0xfc // fc00::/7, unique local
+        // Only 2000::/3 is allocated for global unicast (IANA's IPv6 address space registry): outside it every
+        // address is loopback, unspecified, discard-only or the dummy prefix (100::/64, 100:0:0:1::/64), SRv6
+        // segment identifiers (5f00::/16), unique or link local, multicast or reserved by the IETF.
+        if ((v6[0] & 0xe0) != 0x20)
+        {
+            return false;
+        }
+
+        return !(IsIetfProtocolAssignment(v6)
             || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x0d && v6[3] == 0xb8) // 2001:db8::/32, documentation
-            || (v6[0] == 0x3f && v6[1] == 0xff && (v6[2] & 0xf0) == 0) // 3fff::/20, documentation (RFC 9637)
-            || (v6[0] == 0x20 && v6[1] == 0x01 && v6[2] == 0x00 && v6[3] == 0x02 && v6[4] == 0x00 && v6[5] == 0x00) // 2001:2::/48, benchmarking
-            || (v6[0] == 0x5f && v6[1] == 0x00)); // 5f00::/16, SRv6 segment identifiers (RFC 9602)
+            || (v6[0] == 0x3f && v6[1] == 0xff && (v6[2] & 0xf0) == 0)); // 3fff::/20, documentation (RFC 9637)
+    }
+
+    /// <summary>
+    /// Whether the address is in the IETF's 2001::/23 and not one of the few there that IANA's special-purpose
+    /// registry calls globally reachable. Not reachable: Teredo (2001::/32, which hides its IPv4 address),
+    /// benchmarking (2001:2::/48), the deprecated ORCHID (2001:10::/28) and what is not assigned yet.
+    /// Reachable: the PCP, TURN and DNS-SD anycast addresses (2001:1::1 to 2001:1::3), AMT (2001:3::/32),
+    /// AS112 (2001:4:112::/48), ORCHIDv2 (2001:20::/28) and drone entity tags (2001:30::/28).
+    /// </summary>
+    private static bool IsIetfProtocolAssignment(byte[] v6)
+    {
+        if (!(v6[0] == 0x20 && v6[1] == 0x01 && (v6[2] & 0xfe) == 0))
+        {
+            return false;
+        }
+
+        var anycast = v6[2] == 0 && v6[3] == 0x01 && v6.AsSpan(4, 11).IndexOfAnyExcept((byte)0) < 0 && v6[15] is >= 1 and <= 3;
+        var globallyReachable = anycast
+            || (v6[2] == 0 && v6[3] == 0x03)
+            || (v6[2] == 0 && v6[3] == 0x04 && v6[4] == 0x01 && v6[5] == 0x12)
+            || (v6[2] == 0 && (v6[3] & 0xf0) is 0x20 or 0x30);
+        return !globallyReachable;
     }
 
     /// <summary>

@@ -80,6 +80,29 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
     [InlineData("2002:c058:6301::1", false)]
     [InlineData("192.88.98.255", true)]
     [InlineData("192.88.100.1", true)]
+    // IANA's IPv6 special-purpose registry, column "globally reachable": the dummy prefix (RFC 9780), the
+    // deprecated ORCHID (RFC 4843) and the rest of the IETF's 2001::/23 are not; ORCHIDv2 (RFC 7343), drone
+    // entity tags (RFC 9374), the PCP, TURN and DNS-SD anycast addresses and AS112's direct delegation are.
+    [InlineData("100:0:0:1::1", false)]
+    [InlineData("100:0:0:1:ffff:ffff:ffff:ffff", false)]
+    [InlineData("2001:10::1", false)]
+    [InlineData("2001:1f:ffff::1", false)]
+    [InlineData("2001:5::1", false)]
+    [InlineData("2001:1::4", false)]
+    [InlineData("2001:1ff::1", false)]
+    [InlineData("2001:1::1", true)]
+    [InlineData("2001:1::3", true)]
+    [InlineData("2001:20::1", true)]
+    [InlineData("2001:3f:ffff::1", true)]
+    [InlineData("2001:200::1", true)]
+    [InlineData("2620:4f:8000::1", true)]
+    // Only 2000::/3 is allocated for global unicast (IANA's IPv6 address space); the rest is reserved by the
+    // IETF, local or multicast, apart from the forms above that carry an IPv4 address.
+    [InlineData("1000::1", false)]
+    [InlineData("4000::1", false)]
+    [InlineData("e000::1", false)]
+    [InlineData("1fff:ffff::1", false)]
+    [InlineData("3fff:ffff::1", true)]
     public void Only_public_addresses_count_as_public(string address, bool expected) =>
         Assert.Equal(expected, NetworkAddresses.IsPublic(IPAddress.Parse(address)));
 
