@@ -1,11 +1,7 @@
 using System.Collections.Concurrent;
+using Conveyor.Tests.Fakes;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Tests.Api;
 
@@ -16,12 +12,14 @@ namespace Conveyor.Tests.Api;
 /// </summary>
 internal sealed class FakeRabbitManagement : IAsyncDisposable
 {
-    private readonly WebApplication _app;
     private readonly ConcurrentQueue<string> _requestPaths = new();
+    private LoopbackWebHost _host = null!;
 
-    private FakeRabbitManagement(WebApplication app) => _app = app;
+    private FakeRabbitManagement()
+    {
+    }
 
-    public int Port { get; private set; }
+    public int Port => _host.BaseAddress.Port;
 
     public bool MemoryAlarm { get; set; }
 
@@ -43,35 +41,27 @@ internal sealed class FakeRabbitManagement : IAsyncDisposable
     /// <param name="pathPrefix">Where the API is published (<c>/rabbitmq</c>): it answers under <c>{pathPrefix}/api/</c> only.</param>
     public static async Task<FakeRabbitManagement> StartAsync(string pathPrefix = "")
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        var app = builder.Build();
-        var fake = new FakeRabbitManagement(app);
-        app.Use((context, next) =>
+        var fake = new FakeRabbitManagement();
+        fake._host = await LoopbackWebHost.StartAsync(app =>
         {
-            fake._requestPaths.Enqueue(context.Request.Path.Value ?? "");
-            return next(context);
-        });
-        app.MapGet($"{pathPrefix}/api/nodes", () => fake.NodesRefused
-            ? Results.Json(new { error = "not_authorised", reason = "Not monitor user" }, statusCode: StatusCodes.Status401Unauthorized)
-            : Results.Json(new[]
+            app.Use((context, next) =>
             {
-                new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
-                new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
-            }));
-        app.MapGet($"{pathPrefix}/api/queues/{{vhost}}", () => fake.QueuesAnswer is { } answer
-            ? Results.Text(answer, "application/json")
-            : Results.Json(fake.Queues));
-        await app.StartAsync();
-        var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
-        fake.Port = address.Port;
+                fake._requestPaths.Enqueue(context.Request.Path.Value ?? "");
+                return next(context);
+            });
+            app.MapGet($"{pathPrefix}/api/nodes", () => fake.NodesRefused
+                ? Results.Json(new { error = "not_authorised", reason = "Not monitor user" }, statusCode: StatusCodes.Status401Unauthorized)
+                : Results.Json(new[]
+                {
+                    new Dictionary<string, object> { ["name"] = "rabbit@a", ["mem_alarm"] = fake.MemoryAlarm, ["disk_free_alarm"] = false },
+                    new Dictionary<string, object> { ["name"] = "rabbit@b", ["mem_alarm"] = false, ["disk_free_alarm"] = false },
+                }));
+            app.MapGet($"{pathPrefix}/api/queues/{{vhost}}", () => fake.QueuesAnswer is { } answer
+                ? Results.Text(answer, "application/json")
+                : Results.Json(fake.Queues));
+        });
         return fake;
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _host.DisposeAsync();
 }

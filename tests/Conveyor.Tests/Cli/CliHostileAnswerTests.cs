@@ -5,14 +5,10 @@ using System.Text.Json;
 using Conveyor.Cli;
 using Conveyor.Cli.Commands;
 using Conveyor.Tests.Api;
+using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using Spectre.Console;
 
 namespace Conveyor.Tests.Cli;
@@ -1858,26 +1854,13 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>A web server on a free local port that answers every request with <c>handle</c>.</summary>
-    internal sealed class LocalServer(WebApplication app, Uri address) : IAsyncDisposable
+    internal sealed class LocalServer(LoopbackWebHost host) : IAsyncDisposable
     {
-        public Uri Address { get; } = address;
+        public Uri Address => host.BaseAddress;
 
-        public static async Task<LocalServer> StartAsync(RequestDelegate handle)
-        {
-            var builder = WebApplication.CreateSlimBuilder();
-            builder.Logging.ClearProviders();
-            builder.WebHost.UseUrls("http://127.0.0.1:0");
-            var app = builder.Build();
-            app.Run(handle);
-            await app.StartAsync();
-            var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-            return new LocalServer(app, new Uri(address.TrimEnd('/') + "/"));
-        }
+        public static async Task<LocalServer> StartAsync(RequestDelegate handle) =>
+            new(await LoopbackWebHost.StartAsync(app => app.Run(handle)));
 
-        public async ValueTask DisposeAsync()
-        {
-            await app.StopAsync();
-            await app.DisposeAsync();
-        }
+        public ValueTask DisposeAsync() => host.DisposeAsync();
     }
 }

@@ -2,12 +2,7 @@ using System.Collections.Concurrent;
 using System.Net;
 using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Tests.Fakes;
 
@@ -24,7 +19,6 @@ namespace Conveyor.Tests.Fakes;
 /// </remarks>
 public sealed class FakePaymentGateway : IAsyncDisposable
 {
-    private readonly WebApplication _app;
     private readonly ConcurrentDictionary<string, Charge> _charges = new();
     private readonly ConcurrentDictionary<string, int> _requests = new();
     private readonly ConcurrentDictionary<string, int> _successes = new();
@@ -35,10 +29,13 @@ public sealed class FakePaymentGateway : IAsyncDisposable
     private readonly ConcurrentDictionary<string, byte> _inProgress = new();
     private readonly ConcurrentDictionary<string, int> _inProgressConflicts = new();
     private readonly ConcurrentQueue<UnreadableAnswer> _unreadableAnswers = new();
+    private LoopbackWebHost _host = null!;
 
-    private FakePaymentGateway(WebApplication app) => _app = app;
+    private FakePaymentGateway()
+    {
+    }
 
-    public Uri BaseAddress { get; private set; } = null!;
+    public Uri BaseAddress => _host.BaseAddress;
 
     /// <summary>Delay before each answer, to make concurrent deliveries overlap.</summary>
     public TimeSpan Latency { get; set; }
@@ -135,15 +132,8 @@ public sealed class FakePaymentGateway : IAsyncDisposable
 
     public static async Task<FakePaymentGateway> StartAsync()
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        var app = builder.Build();
-        var gateway = new FakePaymentGateway(app);
-        app.MapPost("/charges", (Func<HttpContext, Task<IResult>>)gateway.HandleAsync);
-        await app.StartAsync();
-        gateway.BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features
-            .Get<IServerAddressesFeature>()!.Addresses.First());
+        var gateway = new FakePaymentGateway();
+        gateway._host = await LoopbackWebHost.StartAsync(app => app.MapPost("/charges", (Func<HttpContext, Task<IResult>>)gateway.HandleAsync));
         return gateway;
     }
 
@@ -253,11 +243,7 @@ public sealed class FakePaymentGateway : IAsyncDisposable
         return Results.StatusCode((int)status);
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _host.DisposeAsync();
 
     private sealed record UnreadableAnswer(string ContentType, Func<string, string> Body);
 

@@ -1,12 +1,7 @@
 using System.Collections.Concurrent;
 using System.Net;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Tests.Fakes;
 
@@ -16,16 +11,18 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
     /// <summary>What an endless body (<see cref="TrickleEndlessBodyWith"/>) repeats.</summary>
     public const string EndlessBodyChunk = "still failing... ";
 
-    private readonly WebApplication _app;
     private readonly ConcurrentQueue<Received> _received = new();
     private readonly ConcurrentDictionary<string, byte[]> _bodiesByKey = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, byte> _inProgress = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _inProgressConflicts = new(StringComparer.Ordinal);
     private int _endlessBodiesAbandoned;
+    private LoopbackWebHost _host = null!;
 
-    private FakeWebhookReceiver(WebApplication app) => _app = app;
+    private FakeWebhookReceiver()
+    {
+    }
 
-    public Uri BaseAddress { get; private set; } = null!;
+    public Uri BaseAddress => _host.BaseAddress;
 
     /// <summary>When set, every delivery is answered with this status.</summary>
     public HttpStatusCode? AnswerWith { get; set; }
@@ -89,15 +86,8 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
 
     public static async Task<FakeWebhookReceiver> StartAsync()
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        var app = builder.Build();
-        var receiver = new FakeWebhookReceiver(app);
-        app.MapPost("/{**path}", (Func<HttpContext, Task<IResult>>)receiver.HandleAsync);
-        await app.StartAsync();
-        receiver.BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features
-            .Get<IServerAddressesFeature>()!.Addresses.First());
+        var receiver = new FakeWebhookReceiver();
+        receiver._host = await LoopbackWebHost.StartAsync(app => app.MapPost("/{**path}", (Func<HttpContext, Task<IResult>>)receiver.HandleAsync));
         return receiver;
     }
 
@@ -198,11 +188,7 @@ public sealed class FakeWebhookReceiver : IAsyncDisposable
         }
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _host.DisposeAsync();
 
     public sealed record Received(string Path, IReadOnlyDictionary<string, string> Headers, byte[] Body);
 }

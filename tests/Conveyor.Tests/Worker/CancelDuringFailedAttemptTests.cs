@@ -2,15 +2,11 @@ using System.Net;
 using Conveyor.Contracts;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Api;
+using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -93,10 +89,10 @@ public sealed class CancelDuringFailedAttemptTests(ConveyorFixture fixture) : IA
     {
         private readonly TaskCompletionSource _firstArrived = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly TaskCompletionSource<HttpStatusCode> _firstAnswer = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private WebApplication _app = null!;
+        private LoopbackWebHost _host = null!;
         private int _deliveries;
 
-        public Uri BaseAddress { get; private set; } = null!;
+        public Uri BaseAddress => _host.BaseAddress;
 
         public Task FirstArrived => _firstArrived.Task;
 
@@ -106,14 +102,8 @@ public sealed class CancelDuringFailedAttemptTests(ConveyorFixture fixture) : IA
 
         public static async Task<HeldWebhookReceiver> StartAsync()
         {
-            var builder = WebApplication.CreateSlimBuilder();
-            builder.Logging.ClearProviders();
-            builder.WebHost.UseUrls("http://127.0.0.1:0");
-            var receiver = new HeldWebhookReceiver { _app = builder.Build() };
-            receiver._app.MapPost("/{**path}", (Func<HttpContext, Task<IResult>>)receiver.HandleAsync);
-            await receiver._app.StartAsync();
-            receiver.BaseAddress = new Uri(receiver._app.Services.GetRequiredService<IServer>().Features
-                .Get<IServerAddressesFeature>()!.Addresses.First());
+            var receiver = new HeldWebhookReceiver();
+            receiver._host = await LoopbackWebHost.StartAsync(app => app.MapPost("/{**path}", (Func<HttpContext, Task<IResult>>)receiver.HandleAsync));
             return receiver;
         }
 
@@ -132,8 +122,7 @@ public sealed class CancelDuringFailedAttemptTests(ConveyorFixture fixture) : IA
         public async ValueTask DisposeAsync()
         {
             _firstAnswer.TrySetResult(HttpStatusCode.InternalServerError);
-            await _app.StopAsync();
-            await _app.DisposeAsync();
+            await _host.DisposeAsync();
         }
     }
 }
