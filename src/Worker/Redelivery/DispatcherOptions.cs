@@ -67,7 +67,10 @@ public sealed class DispatcherOptions : IValidatableObject
         }
     }
 
-    /// <summary>How often the <see cref="ScheduledBacklog.OverdueInstrument"/> gauge is refreshed from the table.</summary>
+    /// <summary>
+    /// How often the <see cref="ScheduledBacklog.OverdueInstrument"/> gauge is refreshed from the table; it reports nothing
+    /// once its last reading is <see cref="ScheduledBacklog.StaleAfterReadings"/> periods old.
+    /// </summary>
     [Range(1, 3_600)]
     public int BacklogRefreshSeconds { get; set; } = 15;
 }

@@ -20,7 +20,12 @@ namespace Conveyor.Worker.Redelivery;
 /// <item>the gauge <c>conveyor.redelivery.overdue</c> (seconds; 0 when nothing is overdue), and the
 /// gauges <c>conveyor.redelivery.refused</c> (rows the broker has refused and that still wait) and
 /// <c>conveyor.redelivery.refused_for</c> (seconds since the longest-refused of them was first
-/// refused; 0 when none), refreshed in the background so that a scrape never waits on PostgreSQL;</item>
+/// refused; 0 when none), refreshed in the background so that a scrape never waits on PostgreSQL.
+/// They report nothing before the first reading, and nothing once the last one is
+/// <see cref="StaleAfterReadings"/> refresh periods old (the table out of reach): the series go
+/// stale rather than repeat what may no longer hold. <c>conveyor.redelivery.overdue.read_age</c>
+/// (seconds since the last reading; since the start before the first) is always there, for the
+/// alert that says the others are missing;</item>
 /// <item>the readiness entry <c>scheduled-messages</c>, read afresh on each probe: Degraded past
 /// <see cref="DispatcherOptions.OverdueAfterSeconds"/>. Degraded still answers 200, so the worker
 /// keeps consuming while the report says what is wrong.</item>
@@ -32,11 +37,20 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
     public const string OverdueInstrument = "conveyor.redelivery.overdue";
     public const string RefusedInstrument = "conveyor.redelivery.refused";
     public const string RefusedForInstrument = "conveyor.redelivery.refused_for";
+    public const string ReadAgeInstrument = "conveyor.redelivery.overdue.read_age";
+
+    /// <summary>
+    /// Refresh periods a reading may be old before the gauges stop reporting it. More than one, so that one
+    /// reading missed (a slow query, a brief blip) does not make the series vanish for a scrape: its
+    /// alert's <c>for</c> would start over.
+    /// </summary>
+    public const int StaleAfterReadings = 3;
 
     private readonly IDbContextFactory<ConveyorDbContext> _dbFactory;
     private readonly IOptions<DispatcherOptions> _options;
     private readonly TimeProvider _time;
     private readonly ILogger<ScheduledBacklog> _logger;
+    private readonly DateTimeOffset _startedAt;
     private volatile Reading? _reading;
     private volatile bool _failing;
 
@@ -51,22 +65,29 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         _options = options;
         _time = time;
         _logger = logger;
+        _startedAt = time.GetUtcNow();
         var meter = meters.Create(JobMetrics.MeterName);
         meter.CreateObservableGauge(
             OverdueInstrument,
-            () => _reading is { } reading ? [new Measurement<double>(OverdueBy(reading).TotalSeconds)] : Array.Empty<Measurement<double>>(),
+            () => Fresh() is { } reading ? [new Measurement<double>(OverdueBy(reading).TotalSeconds)] : Array.Empty<Measurement<double>>(),
             unit: "s",
             description: "How long past its due time the oldest scheduled message is, a refused one counting from its first refusal (0 when none is overdue)");
         meter.CreateObservableGauge(
             RefusedInstrument,
-            () => _reading is { } reading ? [new Measurement<long>(reading.Refused)] : Array.Empty<Measurement<long>>(),
+            () => Fresh() is { } reading ? [new Measurement<long>(reading.Refused)] : Array.Empty<Measurement<long>>(),
             unit: "{message}",
             description: "Scheduled messages the broker did not take (no queue to route to, a failed publish) that wait for another try");
         meter.CreateObservableGauge(
             RefusedForInstrument,
-            () => _reading is { } reading ? [new Measurement<double>(Since(reading, reading.OldestRefused).TotalSeconds)] : Array.Empty<Measurement<double>>(),
+            () => Fresh() is { } reading ? [new Measurement<double>(Since(reading, reading.OldestRefused).TotalSeconds)] : Array.Empty<Measurement<double>>(),
             unit: "s",
             description: "How long the broker has refused the longest-refused scheduled message (0 when none is refused)");
+        meter.CreateObservableGauge(
+            ReadAgeInstrument,
+            () => ReadAge().TotalSeconds,
+            unit: "s",
+            description: "Seconds since the worker last read the scheduled messages (since its start if never); past "
+                + $"{StaleAfterReadings} refresh periods the overdue and refused gauges report nothing");
     }
 
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
@@ -97,7 +118,7 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         }
         catch (Exception exception) when (exception is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
         {
-            // Logged once per outage; the gauge keeps the last reading.
+            // Logged once per outage; the gauges go on with the last reading until it is stale.
             if (!_failing)
             {
                 LogRefreshFailed(exception);
@@ -126,6 +147,18 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         return reading;
     }
 
+    /// <summary>How long ago the table was last read, by this pod's clock; since the start if it never was.</summary>
+    private TimeSpan ReadAge() => AgeOf(_reading);
+
+    private TimeSpan AgeOf(Reading? reading) => _time.GetUtcNow() - (reading is null ? _startedAt : reading.ReadAt - reading.ClockOffset);
+
+    /// <summary>The last reading, unless it is <see cref="StaleAfterReadings"/> refresh periods old or more.</summary>
+    private Reading? Fresh()
+    {
+        var reading = _reading;
+        return reading is not null && AgeOf(reading) < TimeSpan.FromSeconds(_options.Value.BacklogRefreshSeconds * StaleAfterReadings) ? reading : null;
+    }
+
     /// <summary>
     /// How late the oldest message is now, as far as the last reading tells. The gauge reads between two
     /// readings (<see cref="DispatcherOptions.BacklogRefreshSeconds"/> apart, up to an hour), so a message
@@ -133,12 +166,12 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
     /// may well have been published on time since, and counted from its due time, a reading an hour old
     /// reported it an hour overdue, for as long, and fired the overdue alert while every message went
     /// out on time. One overdue when read is overdue since its due time, and stays so until the next reading.
-    /// While the table cannot be read, neither can a dispatcher claim a row in it: every message counts
-    /// from its due time then, as nothing is being published.
+    /// A failed refresh changes nothing here: other workers' dispatchers may still reach the table and publish
+    /// (this pod alone cut off), so the reading is not taken further; once stale it is not reported at all.
     /// </summary>
     private TimeSpan OverdueBy(Reading reading)
     {
-        var due = reading.OldestDue <= reading.ReadAt || _failing ? Since(reading, reading.OldestDue) : TimeSpan.Zero;
+        var due = reading.OldestDue <= reading.ReadAt ? Since(reading, reading.OldestDue) : TimeSpan.Zero;
         var refused = Since(reading, reading.OldestRefused);
         return due > refused ? due : refused;
     }
@@ -165,6 +198,6 @@ public sealed partial class ScheduledBacklog : BackgroundService, IHealthCheck
         public long Refused { get; init; }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not read how late the scheduled messages are; the gauge keeps its last reading")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not read how late the scheduled messages are; the overdue and refused gauges stop reporting once the last reading is stale")]
     private partial void LogRefreshFailed(Exception exception);
 }

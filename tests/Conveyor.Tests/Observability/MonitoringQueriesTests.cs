@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
@@ -166,6 +167,49 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         Assert.DoesNotContain(name, Families(await api.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative))));
     }
 
+    /// <summary>
+    /// <c>ConveyorScheduledMessagesOverdue</c> cannot fire while no worker can read <c>scheduled_messages</c>: a worker
+    /// that cannot read it stops exporting the gauge that alert watches (rather than its last value, which fired the
+    /// alert or kept it silent on a stale reading). <c>ConveyorScheduledMessagesUnread</c> covers that: it fires on the
+    /// age of the freshest reading once no worker exports the gauge. Here a worker cut off from PostgreSQL, scraped as
+    /// Prometheus scrapes it: the gauge goes, the age stays and grows.
+    /// </summary>
+    [Fact]
+    public async Task A_worker_cut_off_from_the_database_exports_the_reading_age_the_unread_alert_watches_and_no_stale_overdue_gauge()
+    {
+        var alerts = File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml"));
+        var unread = ScheduledMessagesUnreadQuery().Match(alerts);
+        Assert.True(unread.Success, "no 'min(<age>) and on() absent(<gauge>)' expression for ConveyorScheduledMessagesUnread in alerts.yaml");
+        var overdue = ScheduledMessagesOverdueQuery().Match(alerts);
+        Assert.True(overdue.Success, "no 'max(<gauge>) > ...' expression for ConveyorScheduledMessagesOverdue in alerts.yaml");
+        var (age, gauge) = (unread.Groups["age"].Value, unread.Groups["gauge"].Value);
+        Assert.Equal(overdue.Groups["series"].Value, gauge);
+
+        var server = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        await using var proxy = await OutageProxy.ToAsync(server.Host!, server.Port);
+        var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port };
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("ConnectionStrings:Conveyor", viaProxy.ConnectionString),
+            ("Redelivery:BacklogRefreshSeconds", "1")));
+        await Eventually.AssertAsync(async () => Assert.Equal(0, Assert.Single(Samples(await MetricsAsync(worker), gauge))));
+
+        proxy.Cut();
+        try
+        {
+            await Eventually.AssertAsync(async () =>
+            {
+                var exposition = await MetricsAsync(worker);
+                Assert.Empty(Samples(exposition, gauge));
+                var readAge = Assert.Single(Samples(exposition, age));
+                Assert.True(readAge >= 3, $"{age} is {readAge}");
+            });
+        }
+        finally
+        {
+            proxy.Restore();
+        }
+    }
+
     /// <summary>Ends, from the server, the worker's session that holds its webhook origin slots.</summary>
     private async Task EndOriginSlotSessionAsync()
     {
@@ -193,6 +237,14 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
             .Where(line => line.StartsWith("# TYPE ", StringComparison.Ordinal))
             .Select(line => line.Split(' ')[2]);
 
+    private static Task<string> MetricsAsync(RunningApp app) => app.Client.GetStringAsync(new Uri("/metrics", UriKind.Relative));
+
+    /// <summary>The values of <paramref name="name"/>'s samples in a Prometheus exposition, with or without labels.</summary>
+    private static List<double> Samples(string exposition, string name) =>
+        [.. exposition.Split('\n')
+            .Where(line => line.StartsWith(name + " ", StringComparison.Ordinal) || line.StartsWith(name + "{", StringComparison.Ordinal))
+            .Select(line => double.Parse(line[(line.LastIndexOf('}') is var brace and >= 0 ? brace + 1 : name.Length)..].Trim().Split(' ')[0], CultureInfo.InvariantCulture))];
+
     private static async Task<Guid> SubmitAsync(RunningApp api)
     {
         var paymentId = Guid.NewGuid();
@@ -204,6 +256,12 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
 
     [GeneratedRegex(@"alert: ConveyorWorkersAbsent\s+expr: absent\((?<series>[a-z0-9_]+)\)")]
     private static partial Regex WorkersAbsentSeries();
+
+    [GeneratedRegex(@"alert: ConveyorScheduledMessagesUnread\s+expr: min\((?<age>[a-z0-9_]+)\) and on\(\) absent\((?<gauge>[a-z0-9_]+)\)")]
+    private static partial Regex ScheduledMessagesUnreadQuery();
+
+    [GeneratedRegex(@"alert: ConveyorScheduledMessagesOverdue\s+expr: max\((?<series>[a-z0-9_]+)\) > ")]
+    private static partial Regex ScheduledMessagesOverdueQuery();
 
     [GeneratedRegex("conveyor_[a-z0-9_]+")]
     private static partial Regex MetricName();
