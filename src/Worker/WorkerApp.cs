@@ -48,6 +48,7 @@ public static partial class WorkerApp
         builder.Services.AddWorkerIntegrations(builder.Configuration);
         builder.Services.AddWorkerMessaging(builder.Configuration);
         builder.Services.AddOrderedShutdown(builder.Configuration);
+        builder.Services.AddHostedService<DatabaseContact>();
         builder.Services.AddConveyorHealthChecks();
         configure?.Invoke(builder);
 

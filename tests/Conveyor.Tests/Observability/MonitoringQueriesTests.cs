@@ -210,6 +210,67 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
         }
     }
 
+    /// <summary>
+    /// <c>ConveyorWorkerDatabaseUnreachable</c>: a worker running and scraped that cannot reach PostgreSQL for minutes
+    /// consumes nothing and publishes no scheduled message, and <c>ConveyorWorkersAbsent</c> cannot see it (the worker
+    /// exports its series); only its <c>/health/ready</c> said so. The series the alert watches counts from the
+    /// worker's start while it has had no answer, falls back under the alert's threshold once PostgreSQL answers, and
+    /// grows again from that answer when it goes away.
+    /// </summary>
+    [Fact]
+    public async Task A_worker_that_cannot_reach_the_database_exports_the_growing_age_of_its_last_answer_that_the_unreachable_alert_watches()
+    {
+        var query = DatabaseUnreachableQuery().Match(File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml")));
+        Assert.True(query.Success, "no 'max(<series>) > <seconds>' expression for ConveyorWorkerDatabaseUnreachable in alerts.yaml");
+        var series = query.Groups["series"].Value;
+        var threshold = double.Parse(query.Groups["threshold"].Value, CultureInfo.InvariantCulture);
+
+        var server = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
+        await using var proxy = await OutageProxy.ToAsync(server.Host!, server.Port);
+        var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port };
+        var settings = new Dictionary<string, string?>(fixture.BaseSettings);
+        foreach (var (key, value) in WorkerSettings.With().Override(("ConnectionStrings:Conveyor", viaProxy.ConnectionString)))
+        {
+            settings[key] = value;
+        }
+
+        // Started while PostgreSQL is out of reach (not fixture.StartWorkerAsync: it waits for /health/ready).
+        proxy.Cut();
+        await using var worker = await RunningApp.StartAsync(args => WorkerApp.Build(args), settings);
+        var neverReached = 0.0;
+        await Eventually.AssertAsync(async () => neverReached = Assert.Single(Samples(await MetricsAsync(worker), series)));
+        await Eventually.AssertAsync(async () =>
+        {
+            var age = Assert.Single(Samples(await MetricsAsync(worker), series));
+            Assert.True(age >= neverReached + 2, $"{series} is {age}, was {neverReached}");
+        });
+        Assert.Empty(Samples(await MetricsAsync(worker), "conveyor_redelivery_overdue_seconds"));
+
+        // PostgreSQL answers: the alert's query stays quiet.
+        var outage = Assert.Single(Samples(await MetricsAsync(worker), series));
+        proxy.Restore();
+        await Eventually.AssertAsync(async () =>
+        {
+            var age = Assert.Single(Samples(await MetricsAsync(worker), series));
+            Assert.True(age < outage && age < threshold, $"{series} is {age}, was {outage} in the outage");
+        });
+
+        // Away again: counted from the last answer, not reset by each failed try.
+        proxy.Cut();
+        try
+        {
+            await Eventually.AssertAsync(async () =>
+            {
+                var age = Assert.Single(Samples(await MetricsAsync(worker), series));
+                Assert.True(age >= 15, $"{series} is {age}");
+            });
+        }
+        finally
+        {
+            proxy.Restore();
+        }
+    }
+
     /// <summary>Ends, from the server, the worker's session that holds its webhook origin slots.</summary>
     private async Task EndOriginSlotSessionAsync()
     {
@@ -262,6 +323,9 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
 
     [GeneratedRegex(@"alert: ConveyorScheduledMessagesOverdue\s+expr: max\((?<series>[a-z0-9_]+)\) > ")]
     private static partial Regex ScheduledMessagesOverdueQuery();
+
+    [GeneratedRegex(@"alert: ConveyorWorkerDatabaseUnreachable\s+expr: max\((?<series>[a-z0-9_]+)\) > (?<threshold>[0-9]+)")]
+    private static partial Regex DatabaseUnreachableQuery();
 
     [GeneratedRegex("conveyor_[a-z0-9_]+")]
     private static partial Regex MetricName();
