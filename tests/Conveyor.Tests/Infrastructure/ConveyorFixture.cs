@@ -235,19 +235,13 @@ public sealed class ConveyorFixture : IAsyncLifetime
     {
         await Rabbit.DeleteVhostAsync(VirtualHost);
         Rabbit.Dispose();
-        // Only this fixture's pool: other lanes' connections stay. DROP … WITH (FORCE) ends the hosts' own.
+        // Only this fixture's pool: other lanes' connections stay. The drop ends the hosts' own.
         using (var own = new NpgsqlConnection(ConnectionString))
         {
             NpgsqlConnection.ClearPool(own);
         }
 
-        await using (var admin = new NpgsqlConnection(_adminConnectionString))
-        {
-            await admin.OpenAsync();
-            await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{DatabaseName}\" WITH (FORCE)", admin);
-            await drop.ExecuteNonQueryAsync();
-        }
-
+        await DatabaseDrop.ForceAsync(_adminConnectionString, DatabaseName);
         await _servers.DisposeAsync();
     }
 

@@ -82,24 +82,9 @@ public sealed class ScratchDatabase : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        // Pooled connections to it would hold the database open; DROP … WITH (FORCE) ends the rest. Except an
-        // autovacuum worker in it (the tests' ANALYZEs and inserts wake one): PostgreSQL 15 refuses to end a process
-        // of no role for a user who is not a superuser (42501, "must be a member of the role whose process is being
-        // terminated"), which failed the test and left the database behind for the next test's CREATE (42P04). Such
-        // a worker ends in moments: the drop is tried again for a while.
+        // Pooled connections to it would hold the database open; the drop ends the rest.
         NpgsqlConnection.ClearAllPools();
-        for (var attempt = 1; ; attempt++)
-        {
-            try
-            {
-                await ExecuteAsync(_runConnectionString, $"DROP DATABASE IF EXISTS \"{Name}\" WITH (FORCE)");
-                return;
-            }
-            catch (PostgresException exception) when (exception.SqlState == PostgresErrorCodes.InsufficientPrivilege && attempt < 120)
-            {
-                await Task.Delay(TimeSpan.FromMilliseconds(250));
-            }
-        }
+        await DatabaseDrop.ForceAsync(_runConnectionString, Name);
     }
 
     private async Task<long> ScalarAsync(string sql)
