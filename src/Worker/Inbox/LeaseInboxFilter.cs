@@ -27,8 +27,9 @@ namespace Conveyor.Worker.Inbox;
 /// RabbitMQ's consumer_timeout is stopped (<see cref="DeliveryDeadline"/>) and fails with a
 /// <see cref="DeliveryDeadlineException"/>: a delayed redelivery while the budget lasts, then
 /// <c>_error</c>, instead of the broker closing the channel and the job starting over forever.
-/// A final COMMIT whose answer was lost (the connection broke after the server applied it) is asked after on a
-/// connection of its own (<see cref="CommitOutcome"/>) and, committed, settled as the success it was (ADR 0001).
+/// A COMMIT whose answer was lost (the connection broke after the server applied it), the lease's claim's or the
+/// final one, is asked after on a connection of its own (<see cref="CommitOutcome"/>) and, committed, taken for the
+/// commit it was: the lease is this run's, the run's success settled (ADR 0001).
 /// </summary>
 public sealed partial class LeaseInboxFilter<T>(
     ConveyorDbContext db,
@@ -181,25 +182,57 @@ public sealed partial class LeaseInboxFilter<T>(
     }
 
     /// <summary>
+    /// Claims the lease for <c>@owner</c>: a new key, or an expired lease of a holder that died, becomes ours; a live
+    /// lease or a done row does not. A takeover runs this message's command, so the row says what this one says
+    /// (nothing of the dead run's committed). Returns the transaction's id (<see cref="CommitOutcome.TransactionIdSql"/>),
+    /// no row when the lease is not ours.
+    /// </summary>
+    private const string ClaimSql = $"""
+        INSERT INTO inbox (consumer_id, message_key, message_id, received_at, status, lease_owner, lease_expires_at, payload_hash)
+        VALUES (@consumer, @key, @message_id, @now, '{InboxStatus.Processing}', @owner, clock_timestamp() + @lease, @fingerprint)
+        ON CONFLICT (consumer_id, message_key) DO UPDATE
+           SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id,
+               payload_hash = EXCLUDED.payload_hash
+         WHERE inbox.status = '{InboxStatus.Processing}' AND inbox.lease_expires_at < clock_timestamp()
+        RETURNING {CommitOutcome.TransactionIdSql} AS "Value"
+        """;
+
+    /// <summary>
     /// When the lease that is ours now runs out by this worker's clock (counted from just before the
     /// claim, so no later than the database's expiry), or null when it is not ours.
     /// </summary>
+    /// <remarks>
+    /// In a transaction of its own, not as a statement committed on its own: the connection may break after the
+    /// server applied the claim, its answer lost. Taken for failed, the lease stood under an owner nobody runs, and
+    /// every copy of the message (this one's retry first) was parked until it lapsed. A statement in a transaction
+    /// that loses its answer is rolled back with the broken connection, and a COMMIT that does is asked after
+    /// (<see cref="CommitOutcome"/>, ADR 0001): committed, the lease is this run's, as it would have been.
+    /// </remarks>
     private async Task<DateTimeOffset?> TryClaimAsync(
         string consumerId, string key, Guid? messageId, byte[]? fingerprint, string owner, TimeSpan lease, CancellationToken cancellationToken)
     {
         await using var claim = await dbFactory.CreateDbContextAsync(cancellationToken);
         var now = time.GetUtcNow();
-        // A new key, or an expired lease of a holder that died, becomes ours; a live lease or a done row does not.
-        // A takeover runs this message's command, so the row says what this one says (nothing of the dead run's committed).
-        var claimed = await claim.Database.ExecuteSqlInterpolatedAsync($"""
-            INSERT INTO inbox (consumer_id, message_key, message_id, received_at, status, lease_owner, lease_expires_at, payload_hash)
-            VALUES ({consumerId}, {key}, {messageId}, {now}, {InboxStatus.Processing}, {owner}, clock_timestamp() + {lease}, {fingerprint})
-            ON CONFLICT (consumer_id, message_key) DO UPDATE
-               SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id,
-                   payload_hash = EXCLUDED.payload_hash
-             WHERE inbox.status = {InboxStatus.Processing} AND inbox.lease_expires_at < clock_timestamp()
-            """, cancellationToken);
-        return claimed == 1 ? now + lease : null;
+        await using var transaction = await claim.Database.BeginTransactionAsync(cancellationToken);
+        var claimed = await claim.Database.SqlQueryRaw<string>(ClaimSql,
+            new NpgsqlParameter<string>("consumer", consumerId), new NpgsqlParameter<string>("key", key),
+            new NpgsqlParameter<Guid?>("message_id", messageId), new NpgsqlParameter<DateTimeOffset>("now", now),
+            new NpgsqlParameter<string>("owner", owner), new NpgsqlParameter<TimeSpan>("lease", lease),
+            new NpgsqlParameter<byte[]?>("fingerprint", fingerprint))
+            .ToListAsync(cancellationToken);
+        if (claimed is not [var transactionId])
+        {
+            // Nothing of ours written: ended as the statement on its own ended, releasing the row the upsert locked.
+            await transaction.CommitAsync(cancellationToken);
+            return null;
+        }
+
+        if (await CommitOutcome.CommitAsync(transaction, dbFactory, transactionId, cancellationToken) is { } answerLost)
+        {
+            LogClaimAnswerLost(answerLost, consumerId, key);
+        }
+
+        return now + lease;
     }
 
     private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, byte[]? fingerprint, CancellationToken cancellationToken)
@@ -410,6 +443,9 @@ public sealed partial class LeaseInboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: stopped after its delivery was unacked for {UnackedSeconds} s, near RabbitMQ's consumer_timeout ({ConsumerTimeoutSeconds} s); it fails as out of time")]
     private partial void LogOutOfTime(string consumerId, string key, string unackedSeconds, int consumerTimeoutSeconds);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the lease's claim failed to commit, but the database had applied it (its answer was lost); the lease is this run's")]
+    private partial void LogClaimAnswerLost(Exception exception, string consumerId, string key);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the final commit failed, but the database had applied it (its answer was lost); settled as committed")]
     private partial void LogCommitAnswerLost(Exception exception, string consumerId, string key);

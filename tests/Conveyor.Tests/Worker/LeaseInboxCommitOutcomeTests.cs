@@ -1,0 +1,177 @@
+using System.Data.Common;
+using Conveyor.Contracts.Reports;
+using Conveyor.Storage;
+using Conveyor.Storage.Inbox;
+using Conveyor.Storage.Jobs;
+using Conveyor.Storage.Payments;
+using Conveyor.Tests.Infrastructure;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Diagnostics;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+
+namespace Conveyor.Tests.Worker;
+
+/// <summary>
+/// The lease inbox's (GenerateReport) short writes before the run, the lease's claim and the count of the run's
+/// attempt, whose commit the server applied but whose answer never came (the connection dropped after the server
+/// committed). Simulated by an interceptor that throws as Npgsql does for a broken socket where the commit's answer
+/// would have been read: after the statement itself when it ran on its own (autocommit: its answer is the
+/// commit's), after the COMMIT when it ran in a transaction. <see cref="InboxCommitOutcomeTests"/> covers the
+/// final commit.
+/// </summary>
+[Collection(ThirdLaneCollection.Name)]
+public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLifetime
+{
+    private const string Queue = "generate-report";
+    private const string Account = "acct-lease-lost-answer";
+    private const int LedgerRows = 10;
+
+    public Task InitializeAsync() => fixture.ResetAsync();
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_lease_claim_applied_but_unanswered_is_the_runs_own_and_the_retry_runs_at_once()
+    {
+        await SeedLedgerAsync();
+        var lost = new LostAnswerAfter(ClaimLease);
+        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
+        // A lease left behind under an owner nobody runs would hold every copy of the message off for ten minutes.
+        await using var worker = await fixture.StartWorkerAsync(
+            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")),
+            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        failedAttempts.Watch(worker.Services);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report);
+
+        // Either the report is made, or its copy was parked behind the lease the claim left.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True(await db.ScheduledMessages.AnyAsync() || await db.Jobs.AnyAsync(j => j.BusinessKey == key && j.Status == JobStatus.Succeeded),
+                "neither made nor parked");
+        });
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        // Parked, the copy waited out the lease that its own claim had taken (the claim taken for failed).
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.Succeeded, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(0, failedAttempts.Count);
+    }
+
+    /// <summary>Only LeaseInboxFilter's claim of a lease says this.</summary>
+    private const string ClaimLease = "SET lease_owner = EXCLUDED.lease_owner";
+
+    private async Task SeedLedgerAsync()
+    {
+        await using var db = fixture.CreateDbContext();
+        db.Ledger.AddRange(Enumerable.Range(1, LedgerRows).Select(i => new LedgerEntry
+        {
+            PaymentId = Guid.NewGuid(),
+            AccountId = Account,
+            AmountMinor = i,
+            Currency = "EUR",
+            GatewayChargeId = $"ch_{i}",
+            ChargedAt = DateTimeOffset.UtcNow,
+        }));
+        await db.SaveChangesAsync();
+    }
+
+    /// <summary>
+    /// Loses, once, the commit's answer of the first statement saying <paramref name="marker"/>, after the server
+    /// applied it: run on its own, its own answer (which carries the commit); run in a transaction, that
+    /// transaction's COMMIT's.
+    /// </summary>
+    private sealed class LostAnswerAfter(string marker) : DbTransactionInterceptor, IDbCommandInterceptor
+    {
+        private readonly Lock _gate = new();
+        private bool _seen;
+        private Guid? _inTransactionOn;
+        private bool _fired;
+
+        public bool Fired
+        {
+            get
+            {
+                lock (_gate)
+                {
+                    return _fired;
+                }
+            }
+        }
+
+        public ValueTask<int> NonQueryExecutedAsync(DbCommand command, CommandExecutedEventData eventData, int result, CancellationToken cancellationToken = default)
+        {
+            Executed(command, eventData);
+            return ValueTask.FromResult(result);
+        }
+
+        public async ValueTask<DbDataReader> ReaderExecutedAsync(DbCommand command, CommandExecutedEventData eventData, DbDataReader result, CancellationToken cancellationToken = default)
+        {
+            try
+            {
+                Executed(command, eventData);
+            }
+            catch (NpgsqlException)
+            {
+                // The statement is over on the server; its rows are never read.
+                await result.DisposeAsync();
+                throw;
+            }
+
+            return result;
+        }
+
+        public override Task TransactionCommittedAsync(DbTransaction transaction, TransactionEndEventData eventData, CancellationToken cancellationToken = default)
+        {
+            lock (_gate)
+            {
+                if (_fired || eventData.ConnectionId != _inTransactionOn)
+                {
+                    return Task.CompletedTask;
+                }
+
+                _fired = true;
+            }
+
+            throw Lost();
+        }
+
+        private void Executed(DbCommand command, CommandEventData eventData)
+        {
+            if (!command.CommandText.Contains(marker, StringComparison.Ordinal))
+            {
+                return;
+            }
+
+            lock (_gate)
+            {
+                if (_seen)
+                {
+                    return;
+                }
+
+                _seen = true;
+                if (command.Transaction is not null)
+                {
+                    _inTransactionOn = eventData.ConnectionId;
+                    return;
+                }
+
+                _fired = true;
+            }
+
+            throw Lost();
+        }
+
+        private static NpgsqlException Lost() => new("Exception while reading from stream", new IOException("Connection reset by peer"));
+    }
+}
