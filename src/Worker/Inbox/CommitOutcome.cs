@@ -8,7 +8,8 @@ namespace Conveyor.Worker.Inbox;
 /// What became of an inbox transaction whose COMMIT failed. A connection that broke while the COMMIT was under
 /// way (the server applied it, its answer never came) leaves the outcome unknown to the client: taken for rolled
 /// back, an attempt that succeeded was failed and sent round again, and a failed attempt counted twice. The inboxes
-/// learn their transaction's id in a round trip they make anyway (<see cref="TransactionIdSql"/> in the claim; in the lease inbox, in its final update of the inbox row) and
+/// learn their transaction's id in a round trip they make anyway (<see cref="TransactionIdSql"/> in the claim; in the lease inbox, in its final update of the inbox row, in the
+/// lease's claim and in the count of the run's attempt) and
 /// ask after it here, only when the COMMIT failed (ADR 0004).
 /// </summary>
 internal static class CommitOutcome

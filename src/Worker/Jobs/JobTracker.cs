@@ -11,7 +11,7 @@ namespace Conveyor.Worker.Jobs;
 /// inbox transaction is open and survives when that transaction rolls back. The writes that take a
 /// <see cref="ConveyorDbContext"/> join the caller's transaction instead, to commit with what they show.
 /// </summary>
-public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider time)
+public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, TimeProvider time, ILogger<JobTracker> logger)
 {
     /// <summary>The longest <c>jobs.last_error</c> the worker writes.</summary>
     public const int MaxErrorLength = 4000;
@@ -280,9 +280,17 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
     /// The job's row id and the attempt counted, or null when the job succeeded already or was cancelled.
     /// </summary>
     /// <param name="fingerprint">When given, a row created for another command is not counted either (ADR 0011).</param>
+    /// <remarks>
+    /// In a transaction of its own, not as a statement committed on its own: the connection may break after the
+    /// server applied the count, its answer lost. Taken for not counted, the attempt was counted again by the
+    /// retry (the job read attempts 2 after one attempt). A statement in a transaction that loses its answer is
+    /// rolled back with the broken connection, and a COMMIT that does is asked after (<see cref="Inbox.CommitOutcome"/>,
+    /// ADR 0001): committed, the count stands and is returned, as it would have been.
+    /// </remarks>
     private async Task<(Guid Id, int Attempt)?> CountAttemptAsync(JobRef job, string? error, CancellationToken cancellationToken, byte[]? fingerprint = null)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
         var counted = await RunCountStatementAsync(db, job, error, fingerprint, onlyIfClaimedIdTaken: job.JobId is not null, cancellationToken);
         if (counted.ClaimedIdFree)
         {
@@ -290,20 +298,24 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
             // another inbox transaction may hold an uncommitted one (a command under another key claiming the
             // same id, its consumer running): the insert waited for it and failed with a unique violation on
             // pk_jobs, the lease claim for good and a failure unrecorded. So that case alone counts again under
-            // the id's lock (ClaimedJobIdLocks), in a statement of its own, which sees what the lock's previous
-            // holder committed and takes a fresh id. A message without a claimed id, or whose id already has
-            // a row (the Api's jobs), is counted in one round trip as before (InboxClaimedJobIdRaceTests).
-            await using var transaction = await db.Database.BeginTransactionAsync(cancellationToken);
+            // the id's lock (ClaimedJobIdLocks), in a statement of its own (read committed: a snapshot of its own),
+            // which sees what the lock's previous holder committed and takes a fresh id. The first statement wrote
+            // nothing. A message without a claimed id, or whose id already has a row (the Api's jobs), is counted
+            // in one statement as before (InboxClaimedJobIdRaceTests).
             await db.Database.ExecuteSqlInterpolatedAsync(ClaimedJobIdLocks.One(job.JobId!.Value), cancellationToken);
             counted = await RunCountStatementAsync(db, job, error, fingerprint, onlyIfClaimedIdTaken: false, cancellationToken);
-            await transaction.CommitAsync(cancellationToken);
+        }
+
+        if (await Inbox.CommitOutcome.CommitAsync(transaction, dbFactory, counted.TransactionId, cancellationToken) is { } answerLost)
+        {
+            LogCountAnswerLost(answerLost, job.Kind, job.BusinessKey);
         }
 
         return counted is { Id: { } id, Attempts: { } attempts } ? (id, attempts) : null;
     }
 
     /// <summary>
-    /// The statement of <see cref="CountAttemptAsync"/>, in a short transaction of its own (a row it creates commits with it,
+    /// The statement of <see cref="CountAttemptAsync"/>, in its short transaction (a row it creates commits with it,
     /// stamped by the database's clock, <see cref="CreateRowAsync"/>). With
     /// <paramref name="onlyIfClaimedIdTaken"/> it writes nothing unless a row it sees holds the claimed id,
     /// and says so (<see cref="CountedAttempt.ClaimedIdFree"/>).
@@ -331,9 +343,10 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                  WHERE jobs.status NOT IN ({JobStatus.Succeeded}, {JobStatus.Cancelled})
                    AND (jobs.status = {JobStatus.DeadLettered} OR jobs.payload_hash IS NULL OR excluded.payload_hash IS NULL
                         OR jobs.payload_hash = excluded.payload_hash OR jobs.payload_hash = {legacy}::bytea)
-                RETURNING id, attempts)
+                RETURNING id, attempts, pg_current_xact_id_if_assigned()::text AS transaction_id)
             SELECT (SELECT c.id FROM counted c) AS id, (SELECT c.attempts FROM counted c) AS attempts,
-                   {onlyIfClaimedIdTaken} AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) AS claimed_id_free
+                   {onlyIfClaimedIdTaken} AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.id = {id}) AS claimed_id_free,
+                   (SELECT c.transaction_id FROM counted c) AS transaction_id
             """).ToListAsync(cancellationToken); // not composed: a data-modifying WITH must stay at the top level
         return counted[0];
     }
@@ -440,6 +453,9 @@ public sealed class JobTracker(IDbContextFactory<ConveyorDbContext> dbFactory, T
                         ELSE attempts = {attempt} END
             """, cancellationToken);
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Kind} {BusinessKey}: the attempt's count failed to commit, but the database had applied it (its answer was lost); counted once")]
+    private partial void LogCountAnswerLost(Exception exception, string kind, string businessKey);
 }
 
 /// <summary>What the inbox statement found for a message.</summary>
@@ -495,4 +511,10 @@ public sealed class CountedAttempt
 
     /// <summary>Nothing was written: the message claims a job id that no row the statement saw holds.</summary>
     public bool ClaimedIdFree { get; init; }
+
+    /// <summary>
+    /// The id of the count's transaction (<c>xid8</c> as text) when it counted, as <see cref="Inbox.CommitOutcome.TransactionIdSql"/>
+    /// reads it (written out in the statement: an interpolated value would be sent as a parameter).
+    /// </summary>
+    public string? TransactionId { get; init; }
 }

@@ -3,6 +3,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
 namespace Conveyor.Tests.Worker;
@@ -28,7 +29,7 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
     [Fact]
     public async Task Two_commands_claiming_the_same_unused_job_id_in_two_inbox_transactions_at_once_both_run()
     {
-        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, NullLogger<JobTracker>.Instance);
         var claimed = Guid.NewGuid();
         var (keyA, keyB) = (Guid.NewGuid().ToString(), Guid.NewGuid().ToString());
 
@@ -73,7 +74,7 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
         var database = new NpgsqlConnectionStringBuilder(fixture.ConnectionString);
         await using var proxy = await OutageProxy.ToAsync(database.Host!, database.Port);
         var viaProxy = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = proxy.Port }.ConnectionString;
-        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, NullLogger<JobTracker>.Instance);
 
         // Its pooled connection is open (the handshake and the type loading are behind it), its statements known.
         for (var i = 0; i < 3; i++)
@@ -99,7 +100,7 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
     [Fact]
     public async Task An_attempt_started_under_a_job_id_another_inbox_transaction_holds_uncommitted_starts_under_a_fresh_id()
     {
-        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, NullLogger<JobTracker>.Instance);
         var (claimed, keyA, keyB, started) = await WhileAnotherHoldsTheClaimAsync(
             tracker, job => tracker.StartAttemptAsync(job, null, CancellationToken.None));
 
@@ -115,7 +116,7 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
     [Fact]
     public async Task A_failure_counted_under_a_job_id_another_inbox_transaction_holds_uncommitted_is_recorded_under_a_fresh_id()
     {
-        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, NullLogger<JobTracker>.Instance);
         var (claimed, keyA, keyB, attempt) = await WhileAnotherHoldsTheClaimAsync(tracker, job => tracker.RecordAttemptFailureAsync(
             job, new InvalidOperationException("gateway down"), countAttempt: true, CancellationToken.None));
 

@@ -2,6 +2,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Jobs;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Conveyor.Tests.Worker;
 
@@ -20,7 +21,7 @@ public sealed class InterruptedAttemptTests(ConveyorFixture fixture) : IAsyncLif
     {
         var key = Guid.NewGuid().ToString();
         var id = await InsertRunningJobAsync(key, attempts: 3);
-        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, NullLogger<JobTracker>.Instance);
 
         // A copy stopped while waiting for its claim: no attempt of its own to mark.
         await tracker.MarkInterruptedAsync(new JobRef(Kind, key, id, Attempt: null), CancellationToken.None);

@@ -67,8 +67,46 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
         Assert.Equal(0, failedAttempts.Count);
     }
 
+    [Fact]
+    public async Task An_attempt_count_applied_but_unanswered_is_counted_once()
+    {
+        await SeedLedgerAsync();
+        var lost = new LostAnswerAfter(CountAttempt);
+        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
+        using var succeeded = WorkerMetric.Succeeded(Queue);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(),
+            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        failedAttempts.Watch(worker.Services);
+        succeeded.Watch(worker.Services);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        });
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        // One attempt ran. Taken for not counted, the count that was applied was counted again by the retry: attempts 2.
+        Assert.Equal((1, (string?)null), (job.Attempts, job.LastError));
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(1, succeeded.Count);
+        Assert.Equal(0, failedAttempts.Count);
+    }
+
     /// <summary>Only LeaseInboxFilter's claim of a lease says this.</summary>
     private const string ClaimLease = "SET lease_owner = EXCLUDED.lease_owner";
+
+    /// <summary>Only JobTracker's count of an attempt outside an inbox transaction says this.</summary>
+    private const string CountAttempt = "AS claimed_id_free";
 
     private async Task SeedLedgerAsync()
     {
