@@ -1,4 +1,3 @@
-using System.Data.Common;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage;
@@ -8,16 +7,14 @@ using Conveyor.Storage.Payments;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.EntityFrameworkCore.Diagnostics;
 using Microsoft.Extensions.DependencyInjection;
-using Npgsql;
 
 namespace Conveyor.Tests.Worker;
 
 /// <summary>
 /// The single-message inbox (<c>InboxBatchSize</c> 1) whose COMMIT was applied but whose answer never came (the
 /// connection dropped after the server committed): the attempt succeeded and must be settled as such, not taken
-/// for failed. The same for the lease inbox's final transaction (GenerateReport). Simulated, as in <see cref="InboxBatchCommitOutcomeTests"/>, by an interceptor that throws as Npgsql
+/// for failed. The same for the lease inbox's final transaction (GenerateReport). Simulated, as in <see cref="InboxBatchCommitOutcomeTests"/>, by an interceptor (<see cref="LostCommitAnswerAfter"/>) that throws as Npgsql
 /// does for a broken socket once the server has answered the inbox transaction's COMMIT.
 /// </summary>
 [Collection(ThirdLaneCollection.Name)]
@@ -161,55 +158,4 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
 
     /// <summary>Only JobTracker.RecordFailedAttemptInTransactionAsync's statement says this.</summary>
     private const string RecordFailedAttempt = "DELETE FROM inbox WHERE consumer_id = ";
-
-    /// <summary>
-    /// Fails, once, the commit of the first transaction that ran a statement saying <paramref name="marker"/> (the
-    /// inbox transaction of a run that succeeded, or of one that failed), after the server applied it: a connection
-    /// lost before the COMMIT's answer.
-    /// </summary>
-    private sealed class LostCommitAnswerAfter(string marker) : DbTransactionInterceptor, IDbCommandInterceptor
-    {
-        private readonly Lock _gate = new();
-        private Guid? _succeededOn;
-        private bool _fired;
-
-        public bool Fired
-        {
-            get
-            {
-                lock (_gate)
-                {
-                    return _fired;
-                }
-            }
-        }
-
-        public ValueTask<int> NonQueryExecutedAsync(DbCommand command, CommandExecutedEventData eventData, int result, CancellationToken cancellationToken = default)
-        {
-            if (command.CommandText.Contains(marker, StringComparison.Ordinal))
-            {
-                lock (_gate)
-                {
-                    _succeededOn ??= eventData.ConnectionId;
-                }
-            }
-
-            return ValueTask.FromResult(result);
-        }
-
-        public override Task TransactionCommittedAsync(DbTransaction transaction, TransactionEndEventData eventData, CancellationToken cancellationToken = default)
-        {
-            lock (_gate)
-            {
-                if (_fired || eventData.ConnectionId != _succeededOn)
-                {
-                    return Task.CompletedTask;
-                }
-
-                _fired = true;
-            }
-
-            throw new NpgsqlException("Exception while reading from stream", new IOException("Connection reset by peer"));
-        }
-    }
 }

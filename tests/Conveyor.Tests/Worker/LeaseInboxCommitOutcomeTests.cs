@@ -1,4 +1,3 @@
-using System.Data.Common;
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
@@ -6,16 +5,14 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.EntityFrameworkCore.Diagnostics;
 using Microsoft.Extensions.DependencyInjection;
-using Npgsql;
 
 namespace Conveyor.Tests.Worker;
 
 /// <summary>
 /// The lease inbox's (GenerateReport) short writes before the run, the lease's claim and the count of the run's
 /// attempt, whose commit the server applied but whose answer never came (the connection dropped after the server
-/// committed). Simulated by an interceptor that throws as Npgsql does for a broken socket where the commit's answer
+/// committed). Simulated by <see cref="LostCommitAnswerAfter"/>, which throws as Npgsql does for a broken socket where the commit's answer
 /// would have been read: after the statement itself when it ran on its own (autocommit: its answer is the
 /// commit's), after the COMMIT when it ran in a transaction. <see cref="InboxCommitOutcomeTests"/> covers the
 /// final commit.
@@ -35,7 +32,7 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     public async Task A_lease_claim_applied_but_unanswered_is_the_runs_own_and_the_retry_runs_at_once()
     {
         await SeedLedgerAsync();
-        var lost = new LostAnswerAfter(ClaimLease);
+        var lost = new LostCommitAnswerAfter(ClaimLease);
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         // A lease left behind under an owner nobody runs would hold every copy of the message off for ten minutes.
         await using var worker = await fixture.StartWorkerAsync(
@@ -71,7 +68,7 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     public async Task An_attempt_count_applied_but_unanswered_is_counted_once()
     {
         await SeedLedgerAsync();
-        var lost = new LostAnswerAfter(CountAttempt);
+        var lost = new LostCommitAnswerAfter(CountAttempt);
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         using var succeeded = WorkerMetric.Succeeded(Queue);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(),
@@ -121,95 +118,5 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
             ChargedAt = DateTimeOffset.UtcNow,
         }));
         await db.SaveChangesAsync();
-    }
-
-    /// <summary>
-    /// Loses, once, the commit's answer of the first statement saying <paramref name="marker"/>, after the server
-    /// applied it: run on its own, its own answer (which carries the commit); run in a transaction, that
-    /// transaction's COMMIT's.
-    /// </summary>
-    private sealed class LostAnswerAfter(string marker) : DbTransactionInterceptor, IDbCommandInterceptor
-    {
-        private readonly Lock _gate = new();
-        private bool _seen;
-        private Guid? _inTransactionOn;
-        private bool _fired;
-
-        public bool Fired
-        {
-            get
-            {
-                lock (_gate)
-                {
-                    return _fired;
-                }
-            }
-        }
-
-        public ValueTask<int> NonQueryExecutedAsync(DbCommand command, CommandExecutedEventData eventData, int result, CancellationToken cancellationToken = default)
-        {
-            Executed(command, eventData);
-            return ValueTask.FromResult(result);
-        }
-
-        public async ValueTask<DbDataReader> ReaderExecutedAsync(DbCommand command, CommandExecutedEventData eventData, DbDataReader result, CancellationToken cancellationToken = default)
-        {
-            try
-            {
-                Executed(command, eventData);
-            }
-            catch (NpgsqlException)
-            {
-                // The statement is over on the server; its rows are never read.
-                await result.DisposeAsync();
-                throw;
-            }
-
-            return result;
-        }
-
-        public override Task TransactionCommittedAsync(DbTransaction transaction, TransactionEndEventData eventData, CancellationToken cancellationToken = default)
-        {
-            lock (_gate)
-            {
-                if (_fired || eventData.ConnectionId != _inTransactionOn)
-                {
-                    return Task.CompletedTask;
-                }
-
-                _fired = true;
-            }
-
-            throw Lost();
-        }
-
-        private void Executed(DbCommand command, CommandEventData eventData)
-        {
-            if (!command.CommandText.Contains(marker, StringComparison.Ordinal))
-            {
-                return;
-            }
-
-            lock (_gate)
-            {
-                if (_seen)
-                {
-                    return;
-                }
-
-                _seen = true;
-                if (command.Transaction is not null)
-                {
-                    _inTransactionOn = eventData.ConnectionId;
-                    return;
-                }
-
-                _fired = true;
-            }
-
-            throw Lost();
-        }
-
-        private static NpgsqlException Lost() => new("Exception while reading from stream", new IOException("Connection reset by peer"));
     }
 }
