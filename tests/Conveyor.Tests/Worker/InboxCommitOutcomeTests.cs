@@ -121,6 +121,8 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         using var succeeded = WorkerMetric.Succeeded(reports);
         using var failedAttempts = WorkerMetric.AttemptsFailed(reports);
         using var duplicates = WorkerMetric.Duplicates(reports);
+        // Counted at the end: MassTransit declares an _error queue only when it first moves a message there.
+        await fixture.DeclareAsync($"{reports}_error");
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(),
             builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
         succeeded.Watch(worker.Services);
