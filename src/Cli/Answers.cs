@@ -21,6 +21,17 @@ internal static class Answers
             ? answer
             : throw Unexpected($"expected {what}: a JSON object with {string.Join(", ", properties)}");
 
+    /// <summary>
+    /// The answer, when it is a JSON object whose <paramref name="list"/> is a JSON array of objects (a page of jobs and its
+    /// <c>items</c>): a list given as an object, a string or a number would otherwise be printed by <c>--json</c> as the
+    /// Api's, or end the table with an error from the JSON reader.
+    /// </summary>
+    public static JsonElement ExpectObjectWithList(JsonElement answer, string what, string list) =>
+        answer.ValueKind == JsonValueKind.Object && answer.TryGetProperty(list, out var items) && items.ValueKind == JsonValueKind.Array
+        && items.EnumerateArray().All(item => item.ValueKind == JsonValueKind.Object)
+            ? answer
+            : throw Unexpected($"expected {what}: a JSON object whose {list} is a JSON array of objects");
+
     public static CliFailureException Unexpected(string reason) =>
         new(ExitCodes.UnexpectedAnswer,
             $"the answer is not one a Conveyor Api gives ({reason}).{Environment.NewLine}"

@@ -567,7 +567,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
 
     /// <summary>A page, read as every read is (<see cref="ConveyorClient.GetAsync"/>); a 400 names the options, such as <c>--after</c> for the cursor.</summary>
     private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken) =>
-        Answers.ExpectObject(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.Options.For), "a page of jobs", "items");
+        Answers.ExpectObjectWithList(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.Options.For), "a page of jobs", "items");
 
     /// <summary>
     /// A page of <c>--follow</c>. A follower runs for hours, as <c>tail -F</c> does, and outlives an outage: a read answered
@@ -622,7 +622,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
             cli.Err.WriteLine($"Read the jobs again after {Stopwatch.GetElapsedTime(refusedSince).TotalSeconds:0} s of failed reads; following on.");
         }
 
-        return Answers.ExpectObject(page, "a page of jobs", "items");
+        return Answers.ExpectObjectWithList(page, "a page of jobs", "items");
     }
 
     private static string PagePath(JobsSettings settings, string? cursor) =>

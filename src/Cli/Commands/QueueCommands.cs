@@ -41,7 +41,7 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
             path += $"?limit={limit.ToString(CultureInfo.InvariantCulture)}";
         }
 
-        var result = Answers.ExpectObject(await client.GetAsync(path, cancellationToken, PeekSettings.Options.For), "an error queue's messages", "messages");
+        var result = Answers.ExpectObjectWithList(await client.GetAsync(path, cancellationToken, PeekSettings.Options.For), "an error queue's messages", "messages");
         if (settings.Json)
         {
             WriteJson(cli, result);
@@ -91,7 +91,7 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             path += $"?limit={limit.ToString(CultureInfo.InvariantCulture)}";
         }
 
-        var result = Answers.ExpectObject(await client.GetAsync(path, cancellationToken, PeekSettings.Options.For), "an error queue's groups", "groups");
+        var result = Answers.ExpectObjectWithList(await client.GetAsync(path, cancellationToken, PeekSettings.Options.For), "an error queue's groups", "groups");
         if (settings.Json)
         {
             WriteJson(cli, result);

@@ -1060,6 +1060,45 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A page of jobs (or an error queue's messages or groups) whose list is not a JSON array of objects: an object, a
+    /// string, numbers, or no list at all. <c>--json</c> printed such a page as the Api's and exited 0, and the table ended
+    /// with the JSON reader's words ("The requested operation requires an element of type 'Array'") after printing part of
+    /// its output. Each ends with 6 naming the list, and prints nothing on stdout.
+    /// </summary>
+    [Theory]
+    [InlineData("jobs --json", """{"items":{"jobId":"j","status":"queued"},"nextCursor":null}""")]
+    [InlineData("jobs", """{"items":{"jobId":"j","status":"queued"},"nextCursor":null}""")]
+    [InlineData("jobs --json", """{"items":"none"}""")]
+    [InlineData("jobs", """{"items":"none"}""")]
+    [InlineData("jobs --json", """{"items":[1,2]}""")]
+    [InlineData("jobs", """{"items":[1,2]}""")]
+    [InlineData("jobs --json", """{"nextCursor":"abc"}""")]
+    [InlineData("jobs --follow --json", """{"items":{"jobId":"j","status":"queued"},"nextCursor":"abc"}""")]
+    [InlineData("jobs --follow", """{"items":"none","nextCursor":"abc"}""")]
+    [InlineData("messages q_error --json", """{"queueDepth":1,"messages":{"messageId":"m"}}""")]
+    [InlineData("messages q_error", """{"queueDepth":1,"messages":"none"}""")]
+    [InlineData("groups q_error --json", """{"queueDepth":1,"examined":1,"groups":"none"}""")]
+    [InlineData("groups q_error", """{"queueDepth":1,"examined":1,"groups":{"groupId":"g"}}""")]
+    public async Task A_page_whose_list_is_not_an_array_of_objects_ends_with_6_printing_nothing(string command, string body)
+    {
+        var reads = 0;
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref reads);
+            return Respond(HttpStatusCode.OK, body);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Out}{run.Err}");
+        var list = command.Split(' ')[0] == "jobs" ? "items" : command.Split(' ')[0];
+        Assert.Contains($"whose {list} is a JSON array of objects", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+        Assert.Equal(1, reads);
+    }
+
+    /// <summary>
     /// <c>jobs --order oldest --follow</c> against an Api whose page names no next cursor (an Api that does not know
     /// <c>order=oldest</c> answers its newest-first last page so): polling on from no cursor would print the same jobs
     /// again at every poll. It ends with 6, as for any answer the Api does not give.
