@@ -46,7 +46,8 @@ public static class ExitCodes
     /// The answer is not one a Conveyor Api gives (a proxy's HTML page, another service at that URL,
     /// an Api of another version, an operation other than the one asked for, an error other than 502/503/504 that is not a problem document,
     /// a redirect, which is never followed, or an answer larger than
-    /// <see cref="ConveyorClient.MaxAnswerBytes"/>): nothing in it could be shown.
+    /// <see cref="ConveyorClient.MaxAnswerBytes"/>): nothing in it could be shown. Never for an answer that accepts the start
+    /// of a move or purge but names no operation: <see cref="StartUnknown"/>.
     /// </summary>
     public const int UnexpectedAnswer = 6;
 
@@ -76,7 +77,9 @@ public static class ExitCodes
 
     /// <summary>
     /// The request to start a move or purge went out, but the Api's answer never came: the connection broke after it was
-    /// sent, the Api did not answer in time, or a gateway in front of it answered 502 or 504 instead. The Api may have started the operation, which would go on; the message says how to
+    /// sent, the Api did not answer in time, or a gateway in front of it answered 502 or 504 instead; or it was answered as
+    /// accepted (2xx) with an answer that names no operation (no <c>operationId</c>, one that is not an id, a proxy's page),
+    /// not <see cref="UnexpectedAnswer"/>, which a script would take for a start that did nothing. The Api may have started the operation, which would go on; the message says how to
     /// look (<c>conveyor operations --queue &lt;queue&gt; --state running</c>) before starting it again.
     /// </summary>
     public const int StartUnknown = 10;

@@ -152,7 +152,12 @@ internal static class Operations
                 + $"and it would go on. Look before starting it again: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
         }
 
-        var id = accepted.GetProperty("operationId").GetGuid();
+        var id = StartedId(accepted) ?? throw new CliFailureException(ExitCodes.StartUnknown,
+            // Not 6, which a script would take for a start that did nothing: whatever answered took the request as accepted,
+            // and the Api may have started the operation without naming it.
+            $"{Answers.Unexpected("expected the operation it started: a JSON object with its operationId").Message}{Environment.NewLine}"
+            + $"The request to start the {kind} was answered as accepted, but the answer names no operation: it may have started it, "
+            + $"and it would go on. Look before starting it again: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
         try
         {
             ExpectCounts(accepted);
@@ -190,6 +195,10 @@ internal static class Operations
         var operation = await FollowAsync(cli, client, id, showProgress: !settings.Json, Seconds(settings.Timeout), startedHere: true, cancellationToken);
         return Report(cli, operation, settings.Json);
     }
+
+    /// <summary>The id of the operation an accepted start names, or null when it names none (no operationId, or one that is not an id).</summary>
+    private static Guid? StartedId(JsonElement accepted) =>
+        ConveyorClient.Text(accepted, "operationId") is { } text && Guid.TryParse(text, out var id) ? id : null;
 
     /// <summary>
     /// <see cref="WaitAsync"/>, and on Ctrl+C the words that the operation goes on in the Api, and how to follow it:

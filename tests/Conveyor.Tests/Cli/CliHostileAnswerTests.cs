@@ -1357,6 +1357,41 @@ public sealed class CliHostileAnswerTests
         Assert.Equal(1, posts);
     }
 
+    /// <summary>
+    /// The request to start a move or purge was answered as accepted, but the answer names no operation: no operationId, a
+    /// null one, one that is not an id, or no JSON object at all (a proxy's page). It ended with 6 ("the answer is not one a
+    /// Conveyor Api gives"), which says nothing of the operation: the Api may have started it, and a script that took 6 for
+    /// "nothing happened" started it again. It ends with 10, as for a start whose answer never came, saying it may have
+    /// started and how to look; nothing is read after it and nothing is printed on stdout.
+    /// </summary>
+    [Theory]
+    [InlineData("move q_error", """{"kind":"move","queue":"q_error","state":"running"}""")]
+    [InlineData("purge q_error --confirm q_error --json", """{"operationId":null,"kind":"purge","queue":"q_error","state":"running"}""")]
+    [InlineData("move q_error --no-wait", """{"operationId":"not-an-id","kind":"move","queue":"q_error","state":"running"}""")]
+    [InlineData("move q_error --no-wait --json", """{"operationId":7,"kind":"move","queue":"q_error","state":"running"}""")]
+    [InlineData("purge q_error --confirm q_error", "[]")]
+    [InlineData("move q_error", "<html><body>Accepted</body></html>")]
+    public async Task An_accepted_start_whose_answer_names_no_operation_says_it_may_have_started_and_how_to_look(string command, string body)
+    {
+        var posts = 0;
+        var reads = 0;
+        using var api = new Canned(request =>
+        {
+            Interlocked.Increment(ref request.Method == HttpMethod.Post ? ref posts : ref reads);
+            return Respond(HttpStatusCode.Accepted, body);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.StartUnknown, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("operationId", run.Err, StringComparison.Ordinal);
+        Assert.Contains("may have started it", run.Err, StringComparison.Ordinal);
+        Assert.Contains("conveyor operations --queue q_error --state running", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+        Assert.Equal((1, 0), (posts, reads));
+    }
+
     /// <summary>The same against a real server that reads the request to start a move and drops the connection unanswered.</summary>
     [Fact]
     public async Task A_move_whose_connection_drops_after_the_request_was_read_says_it_may_have_started()
