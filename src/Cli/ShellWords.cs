@@ -1,3 +1,7 @@
+using System.Buffers;
+using System.Globalization;
+using System.Text;
+
 namespace Conveyor.Cli;
 
 /// <summary>
@@ -5,12 +9,17 @@ namespace Conveyor.Cli;
 /// shell where they need it. RabbitMQ takes almost any characters in a queue name, and the Api's text is the Api's: a
 /// queue named <c>orders error;rm x</c> pasted as it is would run another command. A value of only letters, digits and
 /// <c>_ - . / : , @ % +</c> is shown as it is; any other is put in single quotes, inside which a shell reads nothing,
-/// and a single quote in it as <c>'\''</c>.
+/// and a single quote in it as <c>'\''</c>. A value with a character that <see cref="Printable"/> would show as an escape
+/// (a control or format character, such as ESC, a line break or U+202E) is put in <c>$'...'</c> quotes instead, each such
+/// character as the <c>\xHH</c> escapes of its UTF-8 bytes: single quotes would hold the escape's text, <c>\u001B</c>, and
+/// the pasted command would name another queue, while the character itself would reach the terminal.
 /// </summary>
 internal static class ShellWords
 {
     public static string Quote(string value) =>
-        value.Length > 0 && value.All(IsPlain) ? value : $"'{value.Replace("'", "'\\''", StringComparison.Ordinal)}'";
+        value.Length > 0 && value.All(IsPlain) ? value
+        : NeedsEscapes(value) ? Escaped(value)
+        : $"'{value.Replace("'", "'\\''", StringComparison.Ordinal)}'";
 
     /// <summary>
     /// An option and its value as the CLI reads them back: <c>--queue Q</c>, or <c>--queue=Q</c> for a value beginning with
@@ -28,4 +37,64 @@ internal static class ShellWords
 
     /// <summary>Characters no POSIX shell (nor zsh, which expands a leading <c>=</c>) reads as anything but themselves.</summary>
     private static bool IsPlain(char c) => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or '/' or ':' or ',' or '@' or '%' or '+';
+
+    private static bool NeedsEscapes(string value)
+    {
+        for (var i = 0; i < value.Length;)
+        {
+            if (Rune.DecodeFromUtf16(value.AsSpan(i), out var rune, out var length) != OperationStatus.Done || Printable.Hidden(rune))
+            {
+                return true;
+            }
+
+            i += length;
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// <paramref name="value"/> in <c>$'...'</c> quotes (bash, zsh, ksh; POSIX since 2024): a hidden character as its UTF-8
+    /// bytes (<c>\x1B</c>), which the shell passes on as they are, whatever its locale; a backslash as <c>\\</c> and a single
+    /// quote as <c>\x27</c> (not <c>\'</c>, which bash's history expansion reads as the end of the quotes). A NUL or an
+    /// unpaired surrogate cannot be passed at all: a NUL ends an argument (in the shell and in the kernel's argument list),
+    /// and a lone surrogate has no UTF-8 form; either would name another queue, so such a value is an answer no Conveyor
+    /// Api gives (none of its names, ids or cursors holds one), and the command ends with
+    /// <see cref="ExitCodes.UnexpectedAnswer"/> instead of printing a command that would do something else.
+    /// </summary>
+    private static string Escaped(string value)
+    {
+        var word = new StringBuilder("$'", value.Length + 16);
+        Span<byte> utf8 = stackalloc byte[4];
+        for (var i = 0; i < value.Length;)
+        {
+            if (Rune.DecodeFromUtf16(value.AsSpan(i), out var rune, out var length) != OperationStatus.Done || rune.Value == 0)
+            {
+                throw Answers.Unexpected(
+                    $"'{Printable.Text(value)}' holds {(rune.Value == 0 ? "a NUL character" : "an unpaired surrogate")}, which no command line can pass on, "
+                    + "so no command naming it can be given to run");
+            }
+
+            if (Printable.Hidden(rune) || rune.Value == '\'')
+            {
+                var bytes = rune.EncodeToUtf8(utf8);
+                foreach (var b in utf8[..bytes])
+                {
+                    word.Append(CultureInfo.InvariantCulture, $"\\x{b:X2}");
+                }
+            }
+            else if (rune.Value == '\\')
+            {
+                word.Append(@"\\");
+            }
+            else
+            {
+                word.Append(value, i, length);
+            }
+
+            i += length;
+        }
+
+        return word.Append('\'').ToString();
+    }
 }

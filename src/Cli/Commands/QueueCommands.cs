@@ -49,7 +49,8 @@ public sealed class MessagesCommand : ConveyorCommand<PeekSettings>
         }
 
         var messages = result.GetProperty("messages");
-        cli.Out.Write(new Text(settings.Queue, Output.Bold));
+        // The name as given, which may have been copied from the Api's list with its control characters.
+        cli.Out.Write(new Text(Printable.Text(settings.Queue), Output.Bold));
         cli.Out.WriteLine($": {Output.Plain(result, "queueDepth")} message(s); showing {messages.GetArrayLength()}.");
         Output.StoppedEarly(cli, result);
         var table = new Table().AddColumns("#", "Message id", "Type", "Job", "Job status", "Exception", "Message", "Failed at", "Attempts", "Group");
@@ -98,7 +99,8 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             return ExitCodes.Ok;
         }
 
-        cli.Out.Write(new Text(settings.Queue, Output.Bold));
+        // The name as given, which may have been copied from the Api's list with its control characters.
+        cli.Out.Write(new Text(Printable.Text(settings.Queue), Output.Bold));
         cli.Out.WriteLine($": {Output.Plain(result, "examined")} of {Output.Plain(result, "queueDepth")} message(s) examined.");
         Output.StoppedEarly(cli, result);
         var groups = result.GetProperty("groups");

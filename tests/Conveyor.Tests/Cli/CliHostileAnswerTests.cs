@@ -1611,6 +1611,96 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A command the CLI tells the operator to run, for a queue whose name holds control or invisible characters (an escape
+    /// sequence, a carriage return, a line feed, a right-to-left override): the name was put in single quotes and then shown
+    /// with those characters as escapes (<c>'pay\u001B[2K_error'</c>), which a shell reads as they stand, so the pasted
+    /// command named another queue. Such a name is given in <c>$'...'</c> quotes with each such character as the escapes of
+    /// its UTF-8 bytes, which bash and zsh read back as the name itself: run through bash, the printed line passes the
+    /// queue's exact name, and the line itself holds no character a terminal would act on.
+    /// </summary>
+    [Theory]
+    [InlineData("pay\u001b[2K")]
+    [InlineData("pay\r\nrm -rf x")]
+    [InlineData("pay\u202eliated")]
+    [InlineData("it's \\x41 \u0085\u200b")]
+    [InlineData("-dash\u001b")]
+    public async Task A_printed_command_for_a_queue_with_control_characters_pastes_into_bash_as_that_queue(string kind)
+    {
+        var queue = kind + "_error";
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"{{J(kind)}}","status":"dead-lettered"}"""));
+
+        var run = await RunAsync($"job {OperationId}", api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, $"{run.ExitCode}: {run.Err}");
+        Assert.DoesNotContain(run.Out, c => (char.IsControl(c) && c != '\n') || char.GetUnicodeCategory(c) == System.Globalization.UnicodeCategory.Format);
+        var line = run.Out.Split('\n').Single(l => l.Contains("Move it back with: ", StringComparison.Ordinal));
+        var pasted = line[(line.IndexOf("Move it back with: ", StringComparison.Ordinal) + "Move it back with: ".Length)..];
+        var words = await WordsAsBashReadsAsync(pasted);
+        string[] queueWords = queue.StartsWith('-') ? [$"--queue={queue}"] : [queue];
+        Assert.Equal(["move", .. queueWords, "--job-id", OperationId], words);
+    }
+
+    /// <summary>
+    /// The same for the commands printed with a queue the operator gave (which may hold such characters when copied from
+    /// the Api's list): a start cut off by a gateway's 502 says how to look for it, and a queue's groups how to move the
+    /// largest. Neither line prints the queue's characters raw, and the heading of the groups' table neither.
+    /// </summary>
+    [Theory]
+    [InlineData("move", "q\u001b[2K\r_error", 502, "<html>Bad Gateway</html>", "Look before starting it again: ")]
+    [InlineData("groups", "q\u001b[2K\r_error", 200, """{"examined":1,"queueDepth":1,"groups":[{"groupId":"g1","count":1}]}""", "Move the largest group back with: ")]
+    public async Task A_queue_given_with_control_characters_is_never_printed_raw_and_pastes_back_as_itself(
+        string command, string queue, int status, string body, string lead)
+    {
+        using var api = new Canned(_ => Respond((HttpStatusCode)status, body));
+
+        var run = await RunAsync([command, queue], api);
+
+        var printed = run.Out + run.Err;
+        Assert.DoesNotContain(printed, c => char.IsControl(c) && c is not '\n');
+        var line = printed.Split('\n').Single(l => l.Contains(lead, StringComparison.Ordinal));
+        var words = await WordsAsBashReadsAsync(line[(line.IndexOf(lead, StringComparison.Ordinal) + lead.Length)..]);
+        Assert.Contains(queue, words);
+    }
+
+    /// <summary>
+    /// Names in the tables (a queue in <c>queues</c>, in <c>operations</c>) that hold a NUL, a carriage return, a line feed,
+    /// an erase-line sequence or a right-to-left override never send them to the terminal: the line breaks are shown as
+    /// spaces (a cell is one line), the others as escapes.
+    /// </summary>
+    [Theory]
+    [InlineData("queues", """[{"name":"a\u0000b\rc\nd\u001b[2Ke\u202ef_error","kind":"error","sourceQueue":"a\u0000b","messages":1,"consumers":0}]""")]
+    [InlineData("operations", $$"""[{"operationId":"{{OperationId}}","state":"succeeded","kind":"move","queue":"a\u0000b\rc\nd\u001b[2Ke\u202ef_error","target":"\r\n"}]""")]
+    public async Task A_queue_name_with_control_characters_in_a_table_is_shown_as_escapes(string command, string body)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, $"{run.ExitCode}: {run.Err}");
+        Assert.DoesNotContain(run.Out, c => (char.IsControl(c) && c is not '\n') || c == '\u202e');
+        // A cell is one line: a line break in it is shown as a space, as in an exception's message.
+        Assert.True(run.Out.Contains(@"a\u0000b c d\u001B[2Ke\u202Ef_error", StringComparison.Ordinal), run.Out);
+    }
+
+    /// <summary>
+    /// A job whose kind holds a NUL character: no command line can carry it (bash ends a word at it, and so does the
+    /// kernel's argument list), so no command could name its error queue; one that seemed to would name another queue. It
+    /// is an answer no Conveyor Api gives (6), saying why, with no command to paste.
+    /// </summary>
+    [Fact]
+    public async Task A_job_whose_kind_holds_a_nul_gets_no_command_to_paste_and_ends_as_an_unexpected_answer()
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"pay\u0000x","status":"dead-lettered"}"""));
+
+        var run = await RunAsync($"job {OperationId}", api);
+
+        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Err}");
+        Assert.Contains("NUL", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("conveyor move", run.Out + run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("\0", run.Out + run.Err, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// The progress bar of an operation that ended without doing all it set out to shows the share it examined, not
     /// 100 %: a failed move that examined 3 of 10 messages showed a full bar above a summary of 3 examined.
     /// A succeeded one still fills it (a --limit may leave messages unexamined).
@@ -1781,6 +1871,31 @@ public sealed class CliHostileAnswerTests
 
         var operation = await Operations.WaitAsync(cli, client, Guid.Parse(OperationId), showProgress: true, timeout: null, startedHere: true, CancellationToken.None);
         return (operation, terminal.ToString());
+    }
+
+    /// <summary>
+    /// The words bash passes to <c>conveyor</c> when <paramref name="line"/> (<c>conveyor move ...</c>) is pasted into it, as
+    /// they reach the CLI (decoded from UTF-8): a function of that name prints them, without running anything else.
+    /// </summary>
+    private static async Task<string[]> WordsAsBashReadsAsync(string line)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("bash")
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            StandardInputEncoding = new UTF8Encoding(false),
+            StandardOutputEncoding = Encoding.UTF8,
+        };
+        start.Environment["LC_ALL"] = "C.UTF-8";
+        using var bash = System.Diagnostics.Process.Start(start) ?? throw new InvalidOperationException("could not start bash");
+        await bash.StandardInput.WriteAsync($"conveyor() {{ printf '%s\\0' \"$@\"; }}\n{line}\n");
+        bash.StandardInput.Close();
+        var output = bash.StandardOutput.ReadToEndAsync();
+        var errors = bash.StandardError.ReadToEndAsync();
+        await bash.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(bash.ExitCode == 0, $"bash: {await errors}");
+        return (await output).Split('\0')[..^1];
     }
 
     private static string J(string text) => JsonSerializer.Serialize(text)[1..^1];
