@@ -38,20 +38,8 @@ internal static class ShellWords
     /// <summary>Characters no POSIX shell (nor zsh, which expands a leading <c>=</c>) reads as anything but themselves.</summary>
     private static bool IsPlain(char c) => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or '/' or ':' or ',' or '@' or '%' or '+';
 
-    private static bool NeedsEscapes(string value)
-    {
-        for (var i = 0; i < value.Length;)
-        {
-            if (Rune.DecodeFromUtf16(value.AsSpan(i), out var rune, out var length) != OperationStatus.Done || Printable.Hidden(rune))
-            {
-                return true;
-            }
-
-            i += length;
-        }
-
-        return false;
-    }
+    /// <summary>Whether <paramref name="value"/> holds a character that <see cref="Printable.Text"/> shows as an escape.</summary>
+    private static bool NeedsEscapes(string value) => Printable.Text(value) != value;
 
     /// <summary>
     /// <paramref name="value"/> in <c>$'...'</c> quotes (bash, zsh, ksh; POSIX since 2024): a hidden character as its UTF-8
