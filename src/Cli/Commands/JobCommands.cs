@@ -445,7 +445,7 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             : $"{released} {kind} job(s) {which} made due now: workers run them next."));
         if (waiting > 0)
         {
-            cli.Out.WriteLine(Printable.Text($"{waiting} still wait for their time. Run it again to release them: conveyor run-now --kind {ShellWords.Queue(kind)}"
+            cli.Out.WriteLine(Printable.Text($"{waiting} still wait for their time. Run it again to release them: conveyor run-now {ShellWords.Option("--kind", kind)}"
                 + (settings.Status is null ? "" : $" --status {which}")));
         }
 
