@@ -32,6 +32,16 @@ internal static class Answers
             ? answer
             : throw Unexpected($"expected {what}: a JSON object whose {list} is a JSON array of objects");
 
+    /// <summary>
+    /// <paramref name="page"/>, when its <paramref name="cursor"/> (what the next page is asked for with) is a string, null or
+    /// not given. One given as a number, an object, an array or a boolean would otherwise be read as no cursor: the page
+    /// shown as the last one, and printed by <c>--json</c> as the Api's.
+    /// </summary>
+    public static JsonElement ExpectCursor(JsonElement page, string what, string cursor) =>
+        !page.TryGetProperty(cursor, out var value) || value.ValueKind is JsonValueKind.String or JsonValueKind.Null
+            ? page
+            : throw Unexpected($"expected {what}: its {cursor} a string or null");
+
     public static CliFailureException Unexpected(string reason) =>
         new(ExitCodes.UnexpectedAnswer,
             $"the answer is not one a Conveyor Api gives ({reason}).{Environment.NewLine}"

@@ -567,7 +567,11 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
 
     /// <summary>A page, read as every read is (<see cref="ConveyorClient.GetAsync"/>); a 400 names the options, such as <c>--after</c> for the cursor.</summary>
     private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken) =>
-        Answers.ExpectObjectWithList(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.Options.For), "a page of jobs", "items");
+        ExpectPage(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.Options.For));
+
+    /// <summary>A page of jobs as the Api gives it, checked before anything of it is printed: its items and its nextCursor.</summary>
+    private static JsonElement ExpectPage(JsonElement answer) =>
+        Answers.ExpectCursor(Answers.ExpectObjectWithList(answer, "a page of jobs", "items"), "a page of jobs", "nextCursor");
 
     /// <summary>
     /// A page of <c>--follow</c>. A follower runs for hours, as <c>tail -F</c> does, and outlives an outage: a read answered
@@ -622,7 +626,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
             cli.Err.WriteLine($"Read the jobs again after {Stopwatch.GetElapsedTime(refusedSince).TotalSeconds:0} s of failed reads; following on.");
         }
 
-        return Answers.ExpectObjectWithList(page, "a page of jobs", "items");
+        return ExpectPage(page);
     }
 
     private static string PagePath(JobsSettings settings, string? cursor) =>

@@ -62,6 +62,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
             ("queue", settings.Queue), ("state", settings.State), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)),
             ("before", settings.Before?.ToString()));
         var operations = Answers.ExpectArray(await client.GetAsync("api/operations" + query, cancellationToken, OperationsSettings.Options.For), "operations");
+        var before = Operations.PageCursor(operations, settings.Limit, "operations");
         if (settings.Json)
         {
             WriteJson(cli, operations);
@@ -69,7 +70,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
         }
 
         cli.Out.Write(Operations.Table(operations));
-        Operations.SayHowToPage(cli, operations, settings.Limit);
+        Operations.SayHowToPage(cli, before);
         return ExitCodes.Ok;
     }
 
@@ -103,6 +104,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
             ("queue", settings.Queue), ("requestedBy", settings.Who), ("since", settings.Since), ("limit", settings.Limit?.ToString(CultureInfo.InvariantCulture)),
             ("before", settings.Before?.ToString()));
         var entries = Answers.ExpectArray(await client.GetAsync("api/audit" + query, cancellationToken, AuditSettings.Options.For), "audit entries");
+        var before = Operations.PageCursor(entries, settings.Limit, "audit entries");
         if (settings.Json)
         {
             WriteJson(cli, entries);
@@ -110,7 +112,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
         }
 
         cli.Out.Write(Operations.Table(entries));
-        Operations.SayHowToPage(cli, entries, settings.Limit);
+        Operations.SayHowToPage(cli, before);
         return ExitCodes.Ok;
     }
 }
@@ -484,13 +486,29 @@ internal static class Operations
         };
     }
 
-    /// <summary>A full page may have older entries after it: says how to list them (on stderr, so the table stays alone on stdout).</summary>
-    public static void SayHowToPage(CliContext cli, JsonElement page, int? limit)
+    /// <summary>
+    /// What <c>--before</c> lists the older entries of a full page with: its last entry's operationId; null for a page that is
+    /// not full. Checked before anything of the page is printed, with <c>--json</c> too: a full page whose last id is a number
+    /// or an object is not the Api's, and would otherwise be shown as if nothing older followed.
+    /// </summary>
+    public static string? PageCursor(JsonElement page, int? limit, string what)
     {
         var count = page.GetArrayLength();
-        if (count > 0 && count >= (limit ?? DefaultPageSize) && ConveyorClient.Text(page[count - 1], "operationId") is { } last)
+        if (count == 0 || count < (limit ?? DefaultPageSize))
         {
-            cli.Err.WriteLine(Printable.Text($"Older entries may follow: add {ShellWords.Option("--before", last)}"));
+            return null;
+        }
+
+        return ConveyorClient.Text(page[count - 1], "operationId")
+            ?? throw Answers.Unexpected($"expected {what}: a full page whose last entry, which --before goes on from, has its operationId a string");
+    }
+
+    /// <summary>A full page may have older entries after it: says how to list them (on stderr, so the table stays alone on stdout).</summary>
+    public static void SayHowToPage(CliContext cli, string? before)
+    {
+        if (before is not null)
+        {
+            cli.Err.WriteLine(Printable.Text($"Older entries may follow: add {ShellWords.Option("--before", before)}"));
         }
     }
 

@@ -1099,6 +1099,49 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
+    /// A page whose cursor, the value the next page is asked for with, is not a string: a page of jobs whose nextCursor is
+    /// a number, an object, an array or a boolean, or a full page of operations (or audit entries) whose last operationId,
+    /// which <c>--before</c> pages on, is one. <c>jobs</c> read such a nextCursor as no cursor: the table was printed as a
+    /// last page (no next page said) and <c>--json</c> printed the page as the Api's, both with exit 0; <c>operations</c> and
+    /// <c>audit</c> said nothing of older entries. Each ends with 6 naming the cursor, printing nothing on stdout, as a
+    /// page whose list is not one does (<c>jobs --follow</c> did already).
+    /// </summary>
+    [Theory]
+    [InlineData("jobs", "42", "nextCursor")]
+    [InlineData("jobs", """{"at":"c1"}""", "nextCursor")]
+    [InlineData("jobs", """["c1"]""", "nextCursor")]
+    [InlineData("jobs", "true", "nextCursor")]
+    [InlineData("jobs --json", "42", "nextCursor")]
+    [InlineData("jobs --json", """{"at":"c1"}""", "nextCursor")]
+    [InlineData("jobs --json", """["c1"]""", "nextCursor")]
+    [InlineData("jobs --json", "false", "nextCursor")]
+    [InlineData("jobs --order oldest", "42", "nextCursor")]
+    [InlineData("jobs --follow", "42", "nextCursor")]
+    [InlineData("jobs --follow --json", """{"at":"c1"}""", "nextCursor")]
+    [InlineData("operations --limit 1", "42", "operationId")]
+    [InlineData("operations --limit 1 --json", """{"id":"x"}""", "operationId")]
+    [InlineData("audit --limit 1", "true", "operationId")]
+    public async Task A_page_whose_cursor_is_not_a_string_ends_with_6_printing_nothing(string command, string cursor, string field)
+    {
+        var reads = 0;
+        var body = command.StartsWith("jobs", StringComparison.Ordinal)
+            ? $$"""{"items":[{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"queued"}],"nextCursor":{{cursor}}}"""
+            : $$"""[{"operationId":{{cursor}},"kind":"move","queue":"q_error","state":"succeeded"}]""";
+        using var api = new Canned(_ =>
+        {
+            Interlocked.Increment(ref reads);
+            return Respond(HttpStatusCode.OK, body);
+        });
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Out}{run.Err}");
+        Assert.Contains($"{field} a string", run.Err, StringComparison.Ordinal);
+        Assert.Equal("", run.Out);
+        Assert.Equal(1, reads);
+    }
+
+    /// <summary>
     /// <c>jobs --order oldest --follow</c> against an Api whose page names no next cursor (an Api that does not know
     /// <c>order=oldest</c> answers its newest-first last page so): polling on from no cursor would print the same jobs
     /// again at every poll. It ends with 6, as for any answer the Api does not give.
