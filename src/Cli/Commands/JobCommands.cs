@@ -158,10 +158,15 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
             return exitCode;
         }
 
+        // The command to move it back is made before the view is printed: a kind no command line can carry (a NUL) is an
+        // answer no Conveyor Api gives, which ends with 6 and nothing on stdout.
+        var moveBack = status == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind
+            ? $"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"
+            : null;
         WriteJob(cli, job);
-        if (status == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind)
+        if (moveBack is not null)
         {
-            cli.Out.WriteLine(Printable.Text($"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"));
+            cli.Out.WriteLine(Printable.Text(moveBack));
         }
         else if (status == "succeeded")
         {
@@ -481,8 +486,10 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
             return ExitCodes.Ok;
         }
 
-        var table = new Table().AddColumns("Job", "Kind", "Business key", "Status", "Attempts", "Last error", "Created", "Updated");
         var items = page.GetProperty("items");
+        // Made before the table is printed, as the command it names may not be given (a cursor holding a NUL: 6).
+        var howToGoOn = HowToGoOn(settings, ConveyorClient.Text(page, "nextCursor"), full: items.GetArrayLength() >= PageSize(settings));
+        var table = new Table().AddColumns("Job", "Kind", "Business key", "Status", "Attempts", "Last error", "Created", "Updated");
         foreach (var job in items.EnumerateArray())
         {
             table.AddRow(
@@ -491,7 +498,11 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         }
 
         cli.Out.Write(table);
-        SayHowToGoOn(cli, settings, ConveyorClient.Text(page, "nextCursor"), full: items.GetArrayLength() >= PageSize(settings));
+        if (howToGoOn is not null)
+        {
+            cli.Err.WriteLine(Printable.Text(howToGoOn));
+        }
+
         return ExitCodes.Ok;
     }
 
@@ -524,6 +535,8 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 // The oldest-first listing always names where to go on; an Api that leaves it out does not know order=oldest.
                 var next = ConveyorClient.Text(page, "nextCursor")
                     ?? throw Answers.Unexpected("expected a page of the oldest-first listing: a JSON object with items and a nextCursor");
+                // Checked before the page's jobs are printed: the cursor goes into the command that resumes the feed.
+                ShellWords.Passable(next);
                 if (!answered && !settings.Json)
                 {
                     // Once the Api has answered with a page: a line it refuses at once (a bad --after) leaves stdout empty.
@@ -637,22 +650,21 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     private static int PageSize(JobsSettings settings) => settings.Limit ?? JobsSettings.DefaultPageSize;
 
     /// <summary>
-    /// After a page: the command for the next one, on stderr so that the table stays alone on stdout. Newest first, a
+    /// After a page: the command for the next one, said on stderr so that the table stays alone on stdout. Newest first, a
     /// cursor comes only when more jobs follow. Oldest first it always comes: after a full page more may follow; after a
     /// short one it marks the settle horizon, from which jobs that settle later are listed.
     /// </summary>
-    private static void SayHowToGoOn(CliContext cli, JobsSettings settings, string? cursor, bool full)
+    private static string? HowToGoOn(JobsSettings settings, string? cursor, bool full)
     {
         if (cursor is null)
         {
-            return;
+            return null;
         }
 
         var next = Command(settings, cursor, follow: false);
-        cli.Err.WriteLine(Printable.Text(
-            !settings.OldestFirstOrder ? $"More jobs follow. Next page: {next}"
+        return !settings.OldestFirstOrder ? $"More jobs follow. Next page: {next}"
             : full ? $"More jobs may follow. Next page: {next}"
-            : $"No more settled jobs for now. Newer ones, once settled: {next} (or keep polling with --follow)"));
+            : $"No more settled jobs for now. Newer ones, once settled: {next} (or keep polling with --follow)";
     }
 
     /// <summary>" Resume with: conveyor jobs ... --follow --after CURSOR", or nothing before a first cursor.</summary>

@@ -69,8 +69,12 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
             return ExitCodes.Ok;
         }
 
+        var olderEntries = Operations.HowToPage(before);
         cli.Out.Write(Operations.Table(operations));
-        Operations.SayHowToPage(cli, before);
+        if (olderEntries is not null)
+        {
+            cli.Err.WriteLine(Printable.Text(olderEntries));
+        }
         return ExitCodes.Ok;
     }
 
@@ -111,8 +115,12 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
             return ExitCodes.Ok;
         }
 
+        var olderEntries = Operations.HowToPage(before);
         cli.Out.Write(Operations.Table(entries));
-        Operations.SayHowToPage(cli, before);
+        if (olderEntries is not null)
+        {
+            cli.Err.WriteLine(Printable.Text(olderEntries));
+        }
         return ExitCodes.Ok;
     }
 }
@@ -503,14 +511,13 @@ internal static class Operations
             ?? throw Answers.Unexpected($"expected {what}: a full page whose last entry, which --before goes on from, has its operationId a string");
     }
 
-    /// <summary>A full page may have older entries after it: says how to list them (on stderr, so the table stays alone on stdout).</summary>
-    public static void SayHowToPage(CliContext cli, string? before)
-    {
-        if (before is not null)
-        {
-            cli.Err.WriteLine(Printable.Text($"Older entries may follow: add {ShellWords.Option("--before", before)}"));
-        }
-    }
+    /// <summary>
+    /// A full page may have older entries after it: how to list them, said on stderr so that the table stays alone on stdout.
+    /// Made before the table is printed: an id no command line can carry (a NUL) is an answer no Conveyor Api gives, which
+    /// ends with 6 and nothing on stdout.
+    /// </summary>
+    public static string? HowToPage(string? before) =>
+        before is null ? null : $"Older entries may follow: add {ShellWords.Option("--before", before)}";
 
     public static Table Table(JsonElement operations)
     {

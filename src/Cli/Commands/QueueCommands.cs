@@ -99,11 +99,19 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             return ExitCodes.Ok;
         }
 
+        // The command to paste, for the largest group (the Api lists them by count): with this queue and that group,
+        // quoted for a shell where they need it. Made before anything is printed: a group id no command line can carry
+        // (a NUL) is an answer no Conveyor Api gives, which ends with 6 and nothing on stdout.
+        var groups = result.GetProperty("groups");
+        var largest = groups.EnumerateArray().Select(g => ConveyorClient.Text(g, "groupId")).FirstOrDefault();
+        var moveLargest = string.IsNullOrEmpty(largest)
+            ? null
+            : $"Move the largest group back with: conveyor move {ShellWords.Queue(settings.Queue)} {ShellWords.Option("--group", largest)}";
+
         // The name as given, which may have been copied from the Api's list with its control characters.
         cli.Out.Write(new Text(Printable.Text(settings.Queue), Output.Bold));
         cli.Out.WriteLine($": {Output.Plain(result, "examined")} of {Output.Plain(result, "queueDepth")} message(s) examined.");
         Output.StoppedEarly(cli, result);
-        var groups = result.GetProperty("groups");
         var table = new Table().AddColumns("Group", "Count", "Exception", "Message", "First", "Last");
         foreach (var group in groups.EnumerateArray())
         {
@@ -118,13 +126,10 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
             cli.Out.WriteLine($"{ungrouped.GetInt64().ToString(CultureInfo.InvariantCulture)} more message(s) did not fit in the groups shown (at most 1,000 groups).");
         }
 
-        // The command to paste, for the largest group (the Api lists them by count): with this queue and that group,
-        // quoted for a shell where they need it, and shown with its control characters made visible.
-        var largest = groups.EnumerateArray().Select(g => ConveyorClient.Text(g, "groupId")).FirstOrDefault();
-        if (!string.IsNullOrEmpty(largest))
+        if (moveLargest is not null)
         {
-            cli.Out.WriteLine(Printable.Text(
-                $"Move the largest group back with: conveyor move {ShellWords.Queue(settings.Queue)} {ShellWords.Option("--group", largest)}"));
+            // Shown with its control characters made visible.
+            cli.Out.WriteLine(Printable.Text(moveLargest));
         }
 
         return ExitCodes.Ok;

@@ -1726,20 +1726,65 @@ public sealed class CliHostileAnswerTests
     }
 
     /// <summary>
-    /// A job whose kind holds a NUL character: no command line can carry it (bash ends a word at it, and so does the
-    /// kernel's argument list), so no command could name its error queue; one that seemed to would name another queue. It
-    /// is an answer no Conveyor Api gives (6), saying why, with no command to paste.
+    /// A value that goes into a command the CLI prints to run (a dead-lettered job's kind, the largest group's id, the last
+    /// operation id of a full page, a page's nextCursor) holding a NUL or an unpaired surrogate: no command line can carry
+    /// it (bash ends a word at a NUL, and so does the kernel's argument list; a lone surrogate has no UTF-8 form), so any
+    /// such command would name something else. It is an answer no Conveyor Api gives (6), saying why, with no command to
+    /// paste; and as for any other answer the Api does not give, nothing is printed: the job's view, the groups' or the
+    /// operations' table, the page of jobs were printed first and the command ended with 6 after them. <c>--follow</c>
+    /// checks a page's cursor before printing its jobs. An unpaired surrogate, escaped in the JSON (<c>\ud800</c>), is
+    /// refused by the JSON reader when the value is read, which is now before anything is printed too.
     /// </summary>
-    [Fact]
-    public async Task A_job_whose_kind_holds_a_nul_gets_no_command_to_paste_and_ends_as_an_unexpected_answer()
+    [Theory]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"pay\u0000x","status":"dead-lettered"}""", "a NUL character")]
+    [InlineData($"job {OperationId} --wait 5", $$"""{"jobId":"{{OperationId}}","kind":"pay\u0000x","status":"dead-lettered"}""", "a NUL character")]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"pay\ud800x","status":"dead-lettered"}""", "UTF-16 JSON text")]
+    [InlineData("groups q_error", """{"examined":2,"queueDepth":2,"groups":[{"groupId":"g\u0000h","count":2}]}""", "a NUL character")]
+    [InlineData("groups q_error", """{"examined":2,"queueDepth":2,"groups":[{"groupId":"g\udc00","count":2}]}""", "UTF-16 JSON text")]
+    [InlineData("operations --limit 1", """[{"operationId":"a\u0000b","kind":"move","queue":"q_error","state":"succeeded"}]""", "a NUL character")]
+    [InlineData("audit --limit 1", """[{"operationId":"a\u0000b","kind":"purge","queue":"q_error","state":"succeeded"}]""", "a NUL character")]
+    [InlineData("jobs", $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c\u0000d"}""", "a NUL character")]
+    [InlineData("jobs --order oldest", $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c\u0000d"}""", "a NUL character")]
+    [InlineData("jobs --follow", $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c\u0000d"}""", "a NUL character")]
+    [InlineData("jobs --follow --json", $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c\u0000d"}""", "a NUL character")]
+    public async Task A_value_for_a_command_to_paste_holding_a_nul_ends_with_6_printing_nothing(string command, string body, string said)
     {
-        using var api = new Canned(_ => Respond(HttpStatusCode.OK, $$"""{"jobId":"{{OperationId}}","kind":"pay\u0000x","status":"dead-lettered"}"""));
+        var reads = 0;
+        // A second read (--follow asking for the page after the cursor) is refused, so that a follower that took the
+        // cursor ends instead of polling on.
+        using var api = new Canned(_ => Interlocked.Increment(ref reads) == 1
+            ? Respond(HttpStatusCode.OK, body)
+            : Respond(HttpStatusCode.NotFound, """{"title":"Not Found"}"""));
 
-        var run = await RunAsync($"job {OperationId}", api);
+        var run = await RunAsync(command, api);
 
-        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Err}");
-        Assert.Contains("NUL", run.Err, StringComparison.Ordinal);
-        Assert.DoesNotContain("conveyor move", run.Out + run.Err, StringComparison.Ordinal);
+        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Out}{run.Err}");
+        Assert.True(run.Err.Contains(said, StringComparison.Ordinal), run.Err);
+        Assert.Equal("", run.Out);
+        Assert.DoesNotContain("conveyor move", run.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("\0", run.Err, StringComparison.Ordinal);
+        Assert.Equal(1, reads);
+    }
+
+    /// <summary>
+    /// The same values where the CLI prints no command to run: a job that is not dead-lettered (its view names no queue),
+    /// and <c>--json</c> without <c>--follow</c>, which prints the Api's answer (a NUL as the JSON escape <c>\u0000</c>) and
+    /// no command. Nothing in them is refused: each is shown, exit 0.
+    /// </summary>
+    [Theory]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{OperationId}}","kind":"pay\u0000x","status":"queued","attempts":1}""")]
+    [InlineData($"job {OperationId} --json", $$"""{"jobId":"{{OperationId}}","kind":"pay\u0000x","status":"dead-lettered"}""")]
+    [InlineData("groups q_error --json", """{"examined":2,"queueDepth":2,"groups":[{"groupId":"g\u0000h","count":2}]}""")]
+    [InlineData("operations --limit 1 --json", """[{"operationId":"a\u0000b","kind":"move","queue":"q_error","state":"succeeded"}]""")]
+    [InlineData("jobs --json", $$"""{"items":[{"jobId":"{{FirstJob}}","status":"queued"}],"nextCursor":"c\u0000d"}""")]
+    public async Task A_value_holding_a_nul_where_no_command_is_printed_is_shown_escaped(string command, string body)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.Ok, $"{run.ExitCode}: {run.Out}{run.Err}");
+        Assert.Contains("\\u0000", run.Out, StringComparison.Ordinal);
         Assert.DoesNotContain("\0", run.Out + run.Err, StringComparison.Ordinal);
     }
 
