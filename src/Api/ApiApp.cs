@@ -69,6 +69,7 @@ public static class ApiApp
         // Before authorization, so a forged request is refused whatever the endpoint.
         app.UseSessionCsrfProtection();
         app.UseAuthorization();
+        app.UseReadRateLimit();
         // Everything else needs a caller (the fallback policy); probes, scrapes and the API description do not.
         var open = app.MapGroup("").AllowAnonymous();
         open.MapOpenApi();

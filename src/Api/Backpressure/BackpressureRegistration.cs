@@ -7,7 +7,7 @@ using System.Text;
 
 namespace Conveyor.Api.Backpressure;
 
-/// <summary>Refusing work early: per-client rate limits, full job queues and broker alarms.</summary>
+/// <summary>Refusing work early: per-client rate limits (submissions and reads), full job queues and broker alarms.</summary>
 internal static class BackpressureRegistration
 {
     public static IServiceCollection AddBackpressure(this IServiceCollection services)
@@ -39,7 +39,30 @@ internal static class BackpressureRegistration
         services.AddHealthChecks().AddCheck<BrokerHealthCheck>(
             BrokerHealthCheck.Name, HealthStatus.Unhealthy, [HealthExtensions.ReadyTag]);
 
+        services.AddSingleton<RateLimitRefusals>();
         services.AddSingleton<SubmissionRateLimiter>();
+        services.AddSingleton<ReadRateLimiter>();
         return services;
+    }
+
+    /// <summary>
+    /// Refuses a read over its client's allowance with 429 (<see cref="ReadRateLimiter"/>). After authorization, so
+    /// the read counts against its caller, and before the endpoint, so a refused read queries nothing.
+    /// </summary>
+    public static IApplicationBuilder UseReadRateLimit(this IApplicationBuilder app)
+    {
+        return app.Use(async (http, next) =>
+        {
+            // Resolved by the first request, not as the pipeline is built: the metrics exporter does not listen yet then,
+            // and the refusals' counter would miss the zeros it starts its series with.
+            var limiter = http.RequestServices.GetRequiredService<ReadRateLimiter>();
+            if (ReadRateLimiter.IsLimitedRead(http.Request) && limiter.Refusal(http) is { } refused)
+            {
+                await refused.ExecuteAsync(http);
+                return;
+            }
+
+            await next(http);
+        });
     }
 }

@@ -1,5 +1,4 @@
 using Microsoft.Extensions.Options;
-using System.Threading.RateLimiting;
 
 namespace Conveyor.Api.Backpressure;
 
@@ -15,63 +14,20 @@ namespace Conveyor.Api.Backpressure;
 /// Checked by the submission endpoints themselves, not by ASP.NET Core's rate-limiting middleware:
 /// the middleware takes one permit per request, and a batch's size is known only once its body is read.
 /// </remarks>
-internal sealed class SubmissionRateLimiter : IAsyncDisposable
+internal sealed class SubmissionRateLimiter(IOptions<RateLimitingOptions> options, RateLimitRefusals refusals) : IAsyncDisposable
 {
-    /// <summary>A bucket gains <see cref="_permitsPerRefill"/> at once, every this long.</summary>
-    private static readonly TimeSpan RefillPeriod = TimeSpan.FromSeconds(1);
+    private readonly RateLimitRefusals _refusals = refusals;
 
-    /// <summary>Null when rate limiting is off.</summary>
-    private readonly PartitionedRateLimiter<string>? _buckets;
-
-    private readonly int _permitsPerRefill;
-
-    public SubmissionRateLimiter(IOptions<RateLimitingOptions> options)
-    {
-        var settings = options.Value;
-        Burst = settings.Enabled ? settings.Burst : int.MaxValue;
-        _permitsPerRefill = settings.PermitsPerSecond;
-        if (!settings.Enabled)
-        {
-            return;
-        }
-
-        var bucket = new TokenBucketRateLimiterOptions
-        {
-            TokenLimit = settings.Burst,
-            TokensPerPeriod = settings.PermitsPerSecond,
-            ReplenishmentPeriod = RefillPeriod,
-            // Refuse at once: a queued request holds a connection and answers late anyway.
-            QueueLimit = 0,
-            AutoReplenishment = true,
-        };
-        // Buckets of clients gone quiet (full again) are dropped by the partitioned limiter. Each bucket
-        // refills on a timer of its own, every RefillPeriod exactly: RateLimitPartition.GetTokenBucketLimiter
-        // would refill them all from the partitioned limiter's 100 ms heartbeat instead, up to 100 ms
-        // after a refill is due, so a client that waited its Retry-After could find it had not come yet.
-        _buckets = PartitionedRateLimiter.Create<string, string>(client => RateLimitPartition.Get(client, _ => new TokenBucketRateLimiter(bucket)));
-    }
+    private readonly ClientBuckets _buckets = new(options.Value.Enabled, options.Value.PermitsPerSecond, options.Value.Burst);
 
     /// <summary>The most permits one request can ever get at once: the bucket's size.</summary>
-    public int Burst { get; }
+    public int Burst => _buckets.Burst;
 
     /// <summary>
     /// The permits of one request, taken from the caller's bucket as the request goes on (<see cref="RequestPermits"/>):
     /// one to begin with, a batch's count once it is known (<see cref="RequestPermits.Need"/>).
     /// </summary>
-    public RequestPermits ForRequest(HttpContext context) => new(this, ClientOf(context));
-
-    /// <summary>
-    /// The longest it takes a bucket holding <paramref name="available"/> to hold <paramref name="permits"/>
-    /// (while nothing else spends them): it gains <see cref="_permitsPerRefill"/> at a time, so as many
-    /// refill periods as refills cover the shortfall, rounded up. Sooner when the next refill is nearer
-    /// than a period.
-    /// </summary>
-    private TimeSpan WaitFor(int permits, long available)
-    {
-        var missing = Math.Max(1, permits - Math.Max(0, available));
-        var refills = (missing + _permitsPerRefill - 1) / _permitsPerRefill;
-        return RefillPeriod * refills;
-    }
+    public RequestPermits ForRequest(HttpContext context) => new(this, ClientBuckets.ClientOf(context));
 
     /// <summary>
     /// What one request took from its client's bucket, and takes as it goes: one permit before its body is read
@@ -107,19 +63,18 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         public bool TryTakeOne(out TimeSpan retryAfter)
         {
             retryAfter = TimeSpan.Zero;
-            if (limiter._buckets is not { } buckets || _taken > 0)
+            if (!limiter._buckets.Enabled || _taken > 0)
             {
                 return true;
             }
 
-            using var lease = buckets.AttemptAcquire(client, 1);
-            if (lease.IsAcquired)
+            if (limiter._buckets.TryTake(client, 1))
             {
                 _taken = 1;
                 return true;
             }
 
-            retryAfter = WaitForAll(buckets);
+            retryAfter = Refuse();
             return false;
         }
 
@@ -132,45 +87,39 @@ internal sealed class SubmissionRateLimiter : IAsyncDisposable
         public bool TryTakeAll(out TimeSpan retryAfter)
         {
             retryAfter = TimeSpan.Zero;
-            if (limiter._buckets is not { } buckets || _taken == _permits)
+            if (!limiter._buckets.Enabled || _taken == _permits)
             {
                 return true;
             }
 
-            using (var lease = buckets.AttemptAcquire(client, _permits - _taken))
+            if (limiter._buckets.TryTake(client, _permits - _taken))
             {
-                if (lease.IsAcquired)
-                {
-                    _taken = _permits;
-                    return true;
-                }
+                _taken = _permits;
+                return true;
             }
 
             PayRefusal();
             // After the permit is taken: a client that waits as told finds all of its permits there.
-            retryAfter = WaitForAll(buckets);
+            retryAfter = Refuse();
             return false;
         }
 
         /// <summary>Takes one permit, if there is one, for a request refused before it took any.</summary>
         public void PayRefusal()
         {
-            if (limiter._buckets is { } buckets && _taken == 0)
+            if (limiter._buckets.Enabled && _taken == 0)
             {
-                using var lease = buckets.AttemptAcquire(client, 1);
-                _taken = lease.IsAcquired ? 1 : 0;
+                _taken = limiter._buckets.TryTake(client, 1) ? 1 : 0;
             }
         }
 
-        // Not a lease's own hint: it rounds the refills needed down (5 permits missing at 2 a refill gave 2 refills, when 3 are needed).
-        private TimeSpan WaitForAll(PartitionedRateLimiter<string> buckets) =>
-            limiter.WaitFor(_permits, buckets.GetStatistics(client)?.CurrentAvailablePermits ?? 0);
+        /// <summary>Counts the refusal (<see cref="RateLimitRefusals"/>); the time until the request's permits will all be there.</summary>
+        private TimeSpan Refuse()
+        {
+            limiter._refusals.Refused(RateLimitRefusals.Submit);
+            return limiter._buckets.WaitFor(client, _permits);
+        }
     }
 
-    private static string ClientOf(HttpContext context) =>
-        context.User.Identity is { IsAuthenticated: true, Name: { Length: > 0 } name }
-            ? $"principal:{name}"
-            : $"address:{context.Connection.RemoteIpAddress}";
-
-    public ValueTask DisposeAsync() => _buckets?.DisposeAsync() ?? ValueTask.CompletedTask;
+    public ValueTask DisposeAsync() => _buckets.DisposeAsync();
 }

@@ -35,6 +35,17 @@ internal static class RetryAfterResponses
     }
 
     /// <summary>
+    /// The 429 of a client over its allowance (<see cref="Backpressure.ClientBuckets"/>): <c>Retry-After</c> is
+    /// <paramref name="wait"/> in whole seconds, and the detail says the client <paramref name="does"/> faster than it may.
+    /// </summary>
+    public static ProblemHttpResult TooManyRequests(HttpContext http, TimeSpan wait, string does)
+    {
+        var seconds = SecondsOf(wait);
+        return RetryLater(http, seconds, TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: "Too many requests",
+            detail: $"This client {does} faster than it may. Retry after {seconds} s."));
+    }
+
+    /// <summary>
     /// Sets <c>Retry-After</c> on <paramref name="response"/>: <paramref name="seconds"/> as a whole number, at least 1
     /// (see <see cref="Header"/>). Every answer of the Api that carries the header has it written here.
     /// </summary>

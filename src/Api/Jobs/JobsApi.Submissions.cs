@@ -352,12 +352,8 @@ internal static partial class JobsApi
             ? new Refusal(StatusCodes.Status429TooManyRequests, "Job queue full", $"{refused.Detail} {advice}", backpressure.RetryAfterSeconds, 2)
             : new Refusal(StatusCodes.Status503ServiceUnavailable, "Message broker blocking publishers", $"{refused.Detail} {advice}", backpressure.RetryAfterSeconds, 2);
 
-    private static ProblemHttpResult TooManyRequests(HttpContext http, TimeSpan wait)
-    {
-        var seconds = RetryAfterResponses.SecondsOf(wait);
-        return RetryAfterResponses.RetryLater(http, seconds, Problem(StatusCodes.Status429TooManyRequests, "Too many requests",
-            $"This client sends jobs faster than it may. Retry after {seconds} s."));
-    }
+    private static ProblemHttpResult TooManyRequests(HttpContext http, TimeSpan wait) =>
+        RetryAfterResponses.TooManyRequests(http, wait, "sends jobs");
 
     /// <summary>Why a submission was not accepted, as its problem; <see cref="Severity"/> orders a batch's refusals.</summary>
     private readonly record struct Refusal(int Status, string Title, string Detail, int? RetryAfterSeconds, int Severity);

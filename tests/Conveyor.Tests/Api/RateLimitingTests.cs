@@ -48,7 +48,7 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
             }
         }
 
-        // Reading is not limited.
+        // Reads take from a bucket of their own.
         using var list = await api.Client.GetAsync(new Uri("/api/jobs", UriKind.Relative));
         Assert.Equal(HttpStatusCode.OK, list.StatusCode);
     }
