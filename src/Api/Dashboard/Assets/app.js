@@ -48,15 +48,17 @@
 
   function every(ms, fn) {
     const token = renderToken;
+    let wait = ms;
     const tick = async () => {
       if (token !== renderToken) return;
+      wait = ms;
       try {
         inRefreshTick = true;
         const run = fn();
         inRefreshTick = false;
         await run;
-      } catch (e) { inRefreshTick = false; showBanner(e.message); }
-      if (token === renderToken) timers.push(setTimeout(tick, ms));
+      } catch (e) { inRefreshTick = false; showBanner(e.message); wait = retryDelay(e, ms); }
+      if (token === renderToken) timers.push(setTimeout(tick, wait));
     };
     timers.push(setTimeout(tick, ms));
   }
@@ -68,11 +70,29 @@
   }
 
   class ApiError extends Error {
-    constructor(status, problem) {
+    constructor(status, problem, retryAfter) {
       super(problem && (problem.detail || problem.title) ? (problem.title + (problem.detail ? ": " + problem.detail : "")) : "HTTP " + status);
       this.status = status;
       this.problem = problem;
+      // Seconds the Api asked to wait before asking again (a 429 over the client's read allowance, a 503); null if none.
+      this.retryAfter = retryAfter;
     }
+  }
+
+  // Retry-After in whole seconds, as the Api writes it; null when absent or not a number.
+  function retryAfterOf(response) {
+    const seconds = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+    return Number.isFinite(seconds) && seconds > 0 ? seconds : null;
+  }
+
+  // How long to wait before asking again after error e: the Api's Retry-After when it is longer than the usual pause ms.
+  function retryDelay(e, ms) {
+    return e && e.retryAfter ? Math.max(ms, e.retryAfter * 1000) : ms;
+  }
+
+  // Whether e asks for the same read later (over the read allowance, or the Api briefly unable), rather than failing it.
+  function isTryLater(e) {
+    return e instanceof ApiError && (e.status === 429 || e.status === 503) && e.retryAfter !== null;
   }
 
   async function api(method, path, body) {
@@ -92,7 +112,7 @@
     }
     const text = await response.text();
     const data = text ? JSON.parse(text, exactTotals) : null;
-    if (!response.ok) throw new ApiError(response.status, data);
+    if (!response.ok) throw new ApiError(response.status, data, retryAfterOf(response));
     return data;
   }
 
@@ -141,8 +161,20 @@
 
   // Reads an operation until it has ended, handing each reading to onUpdate; null once the view was left.
   async function pollOperation(token, id, onUpdate) {
+    let waited = false;
     for (;;) {
-      const op = await api("GET", "/api/operations/" + id);
+      let op;
+      try {
+        op = await api("GET", "/api/operations/" + id);
+      } catch (e) {
+        // The operation goes on in the Api whatever this read was told: wait as asked and read it again.
+        if (!isTryLater(e) || token !== renderToken) throw e;
+        showBanner(e.message);
+        waited = true;
+        await new Promise((r) => setTimeout(r, retryDelay(e, OPERATION_POLL_MS)));
+        continue;
+      }
+      if (waited) { showBanner(null); waited = false; }
       if (token !== renderToken) return null;
       onUpdate(op);
       if (op.state !== "running") return op;
@@ -694,11 +726,23 @@
   }
 
   async function start() {
-    const response = await fetch("/dashboard/api/session", { credentials: "same-origin", cache: "no-store" });
+    let response;
+    for (;;) {
+      response = await fetch("/dashboard/api/session", { credentials: "same-origin", cache: "no-store" });
+      const retryAfter = retryAfterOf(response);
+      if (response.ok || response.status === 401 || retryAfter === null) break;
+      // Signed in, but asked to wait (a 429 over the read allowance, a 503): the sign-in page would only send the
+      // browser back here, each round another read. Say why, and ask again when told.
+      let problem = null;
+      try { problem = await response.json(); } catch { /* a gateway's page: "HTTP 429" */ }
+      showBanner(new ApiError(response.status, problem, retryAfter).message);
+      await new Promise((r) => setTimeout(r, retryAfter * 1000));
+    }
     if (!response.ok) {
       window.location.assign("/dashboard/login");
       return;
     }
+    showBanner(null);
     session = await response.json();
     document.getElementById("who-name").textContent = session.name;
     document.getElementById("who-scopes").textContent = "(" + session.scopes.join(", ") + ")";
