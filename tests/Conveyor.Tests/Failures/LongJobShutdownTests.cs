@@ -1,7 +1,6 @@
 using System.Text;
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Jobs;
-using Conveyor.Storage.Payments;
 using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
@@ -29,19 +28,7 @@ public sealed class LongJobShutdownTests(ConveyorFixture fixture) : IAsyncLifeti
     public async Task A_report_interrupted_by_a_graceful_shutdown_completes_once_after_restart()
     {
         const int ledgerRows = 60;
-        await using (var db = fixture.CreateDbContext())
-        {
-            db.Ledger.AddRange(Enumerable.Range(1, ledgerRows).Select(i => new LedgerEntry
-            {
-                PaymentId = Guid.NewGuid(),
-                AccountId = "acct-long",
-                AmountMinor = i,
-                Currency = "EUR",
-                GatewayChargeId = $"ch_{i}",
-                ChargedAt = DateTimeOffset.UtcNow,
-            }));
-            await db.SaveChangesAsync();
-        }
+        await fixture.SeedLedgerAsync("acct-long", ledgerRows);
 
         var settings = WorkerSettings.With();
         settings["Reports:PageDelayMilliseconds"] = "250";

@@ -3,7 +3,6 @@ using Conveyor.Contracts.Reports;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
-using Conveyor.Storage.Payments;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
@@ -104,19 +103,7 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         var lost = new LostCommitAnswerAfter(MarkSucceeded);
         const string reports = "generate-report";
         const string account = "acct-lease-commit-outcome";
-        await using (var seed = fixture.CreateDbContext())
-        {
-            seed.Ledger.AddRange(Enumerable.Range(1, 10).Select(i => new LedgerEntry
-            {
-                PaymentId = Guid.NewGuid(),
-                AccountId = account,
-                AmountMinor = i,
-                Currency = "EUR",
-                GatewayChargeId = $"ch_{i}",
-                ChargedAt = DateTimeOffset.UtcNow,
-            }));
-            await seed.SaveChangesAsync();
-        }
+        await fixture.SeedLedgerAsync(account, 10);
 
         using var succeeded = WorkerMetric.Succeeded(reports);
         using var failedAttempts = WorkerMetric.AttemptsFailed(reports);

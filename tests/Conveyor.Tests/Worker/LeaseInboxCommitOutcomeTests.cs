@@ -2,7 +2,6 @@ using Conveyor.Contracts.Reports;
 using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
-using Conveyor.Storage.Payments;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
@@ -31,7 +30,7 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     [Fact]
     public async Task A_lease_claim_applied_but_unanswered_is_the_runs_own_and_the_retry_runs_at_once()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var lost = new LostCommitAnswerAfter(ClaimLease);
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         // A lease left behind under an owner nobody runs would hold every copy of the message off for ten minutes.
@@ -67,7 +66,7 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     [Fact]
     public async Task An_attempt_count_applied_but_unanswered_is_counted_once()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var lost = new LostCommitAnswerAfter(CountAttempt);
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         using var succeeded = WorkerMetric.Succeeded(Queue);
@@ -105,18 +104,4 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     /// <summary>Only JobTracker's count of an attempt outside an inbox transaction says this.</summary>
     private const string CountAttempt = "AS claimed_id_free";
 
-    private async Task SeedLedgerAsync()
-    {
-        await using var db = fixture.CreateDbContext();
-        db.Ledger.AddRange(Enumerable.Range(1, LedgerRows).Select(i => new LedgerEntry
-        {
-            PaymentId = Guid.NewGuid(),
-            AccountId = Account,
-            AmountMinor = i,
-            Currency = "EUR",
-            GatewayChargeId = $"ch_{i}",
-            ChargedAt = DateTimeOffset.UtcNow,
-        }));
-        await db.SaveChangesAsync();
-    }
 }

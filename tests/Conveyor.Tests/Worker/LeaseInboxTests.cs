@@ -1,7 +1,6 @@
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
-using Conveyor.Storage.Payments;
 using Conveyor.Storage.Reports;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Failures;
@@ -31,7 +30,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_failure_between_the_claim_and_the_run_releases_the_lease_so_the_retry_runs_at_once()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var report = NewReport(pageSize: 50);
         var key = report.ReportId.ToString();
         // The first write of the job's row, the attempt's start right after the claim, fails transiently;
@@ -68,7 +67,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_run_whose_lease_another_worker_takes_over_stops_and_the_other_workers_result_stands()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var report = NewReport(pageSize: 1);
         var key = report.ReportId.ToString();
         using var skipped = WorkerMetric.Duplicates(Queue);
@@ -126,7 +125,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_run_whose_lease_runs_out_unrenewed_stops_and_the_job_runs_again_to_one_result()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         // Counted at the end, exactly: MassTransit declares an _error queue only when it first moves a message there.
         await fixture.DeclareAsync(Queue + "_error");
         var report = NewReport(pageSize: 1);
@@ -189,7 +188,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_run_that_would_outlast_its_deliverys_consumer_timeout_is_stopped_redelivered_once_then_dead_lettered()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         // 200 pages a quarter of a second apart: about 50 s, against a stated consumer_timeout of 10 s,
         // whose deadline (less a 1 s margin) stops a run after 9 s unacked.
         var report = NewReport(pageSize: 1);
@@ -233,7 +232,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_worker_whose_clock_runs_ten_minutes_ahead_leaves_another_workers_live_lease_alone()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var report = NewReport(pageSize: 50);
         var key = report.ReportId.ToString();
         var skew = TimeSpan.FromMinutes(10);
@@ -270,7 +269,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_copy_whose_claim_meets_a_lease_let_go_of_before_it_looks_again_is_deferred_and_runs_the_job()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var report = NewReport(pageSize: 50);
         var key = report.ReportId.ToString();
         // Another worker holds the job's lease, and lets go of it (its run failed, or met a command of
@@ -329,7 +328,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     [Fact]
     public async Task A_report_runs_to_success_against_a_consumer_timeout_of_a_year()
     {
-        await SeedLedgerAsync();
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
         var report = NewReport(pageSize: 50);
         // The largest timeout the setting allows: its deadline is more than a timer can hold.
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
@@ -385,20 +384,6 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
 
     private static GenerateReport NewReport(int pageSize) => new() { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = pageSize };
 
-    private async Task SeedLedgerAsync()
-    {
-        await using var db = fixture.CreateDbContext();
-        db.Ledger.AddRange(Enumerable.Range(1, LedgerRows).Select(i => new LedgerEntry
-        {
-            PaymentId = Guid.NewGuid(),
-            AccountId = Account,
-            AmountMinor = i,
-            Currency = "EUR",
-            GatewayChargeId = $"ch_{i}",
-            ChargedAt = DateTimeOffset.UtcNow,
-        }));
-        await db.SaveChangesAsync();
-    }
 
     private async Task WaitUntilSucceededAsync(string key) =>
         await Eventually.AssertAsync(async () =>

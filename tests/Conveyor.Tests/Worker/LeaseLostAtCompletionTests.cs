@@ -1,7 +1,6 @@
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
-using Conveyor.Storage.Payments;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
 
@@ -27,19 +26,7 @@ public sealed class LeaseLostAtCompletionTests(ConveyorFixture fixture) : IAsync
     {
         // Counted at the end, exactly: MassTransit declares an _error queue only when it first moves a message there.
         await fixture.DeclareAsync("generate-report_error");
-        await using (var db = fixture.CreateDbContext())
-        {
-            db.Ledger.AddRange(Enumerable.Range(1, LedgerRows).Select(i => new LedgerEntry
-            {
-                PaymentId = Guid.NewGuid(),
-                AccountId = Account,
-                AmountMinor = i,
-                Currency = "EUR",
-                GatewayChargeId = $"ch_{i}",
-                ChargedAt = DateTimeOffset.UtcNow,
-            }));
-            await db.SaveChangesAsync();
-        }
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
 
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
         var key = report.ReportId.ToString();

@@ -4,7 +4,6 @@ using Conveyor.Contracts;
 using Conveyor.Contracts.Reports;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
-using Conveyor.Storage.Payments;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 
@@ -65,19 +64,7 @@ public sealed class RedeliveredAttemptWaitTests(ConveyorFixture fixture) : IAsyn
     public async Task A_report_handed_out_again_after_a_shutdown_cut_its_leased_run_records_its_wait_once()
     {
         using var waits = WorkerMetric.Waits();
-        await using (var db = fixture.CreateDbContext())
-        {
-            db.Ledger.AddRange(Enumerable.Range(1, 40).Select(i => new LedgerEntry
-            {
-                PaymentId = Guid.NewGuid(),
-                AccountId = "acct-wait-redelivered",
-                AmountMinor = i,
-                Currency = "EUR",
-                GatewayChargeId = $"ch_{i}",
-                ChargedAt = DateTimeOffset.UtcNow,
-            }));
-            await db.SaveChangesAsync();
-        }
+        await fixture.SeedLedgerAsync("acct-wait-redelivered", 40);
 
         var settings = ShutdownSettings().Override(("Reports:PageDelayMilliseconds", "250"));
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = "acct-wait-redelivered", PageSize = 5 };
