@@ -69,12 +69,7 @@ public sealed class OperationsCommand : ConveyorCommand<OperationsSettings>
             return ExitCodes.Ok;
         }
 
-        var olderEntries = Operations.HowToPage(before);
-        cli.Out.Write(Operations.Table(operations));
-        if (olderEntries is not null)
-        {
-            cli.Err.WriteLine(Printable.Text(olderEntries));
-        }
+        Operations.WritePage(cli, operations, before);
         return ExitCodes.Ok;
     }
 
@@ -115,12 +110,7 @@ public sealed class AuditCommand : ConveyorCommand<AuditSettings>
             return ExitCodes.Ok;
         }
 
-        var olderEntries = Operations.HowToPage(before);
-        cli.Out.Write(Operations.Table(entries));
-        if (olderEntries is not null)
-        {
-            cli.Err.WriteLine(Printable.Text(olderEntries));
-        }
+        Operations.WritePage(cli, entries, before);
         return ExitCodes.Ok;
     }
 }
@@ -512,12 +502,19 @@ internal static class Operations
     }
 
     /// <summary>
-    /// A full page may have older entries after it: how to list them, said on stderr so that the table stays alone on stdout.
-    /// Made before the table is printed: an id no command line can carry (a NUL) is an answer no Conveyor Api gives, which
-    /// ends with 6 and nothing on stdout.
+    /// The page as a table and, for a full one (<paramref name="before"/>, <see cref="PageCursor"/>), how to list the older
+    /// entries, said on stderr so that the table stays alone on stdout. That line is made before the table is printed: an id
+    /// no command line can carry (a NUL) is an answer no Conveyor Api gives, which ends with 6 and nothing on stdout.
     /// </summary>
-    public static string? HowToPage(string? before) =>
-        before is null ? null : $"Older entries may follow: add {ShellWords.Option("--before", before)}";
+    public static void WritePage(CliContext cli, JsonElement page, string? before)
+    {
+        var olderEntries = before is null ? null : $"Older entries may follow: add {ShellWords.Option("--before", before)}";
+        cli.Out.Write(Table(page));
+        if (olderEntries is not null)
+        {
+            cli.Err.WriteLine(Printable.Text(olderEntries));
+        }
+    }
 
     public static Table Table(JsonElement operations)
     {
