@@ -1,5 +1,8 @@
 using System.Data.Common;
+using Conveyor.Storage;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.EntityFrameworkCore.Diagnostics;
+using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
 
 namespace Conveyor.Tests.Infrastructure;
@@ -8,7 +11,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// Loses, once, the commit's answer of the first statement saying <paramref name="marker"/>, after the server
 /// applied it, throwing as Npgsql does for a broken socket: run on its own, the statement's own answer (which
 /// carries the commit); run in a transaction, that transaction's COMMIT's. Add it to the worker's
-/// <c>ConveyorDbContext</c> options (<c>ConfigureDbContext</c>); a marker is text only the statement meant says.
+/// <c>ConveyorDbContext</c> options (<see cref="AddTo"/>); a marker is text only the statement meant says.
 /// </summary>
 public sealed class LostCommitAnswerAfter(string marker) : DbTransactionInterceptor, IDbCommandInterceptor
 {
@@ -27,6 +30,10 @@ public sealed class LostCommitAnswerAfter(string marker) : DbTransactionIntercep
             }
         }
     }
+
+    /// <summary>Adds it to the worker's <c>ConveyorDbContext</c> options: <c>fixture.StartWorkerAsync(settings, lost.AddTo)</c>.</summary>
+    public void AddTo(WebApplicationBuilder builder) =>
+        builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(this));
 
     public ValueTask<int> NonQueryExecutedAsync(DbCommand command, CommandExecutedEventData eventData, int result, CancellationToken cancellationToken = default)
     {

@@ -1,12 +1,10 @@
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Reports;
-using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Worker;
 
@@ -34,8 +32,7 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         using var succeeded = WorkerMetric.Succeeded(Queue);
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         using var duplicates = WorkerMetric.Duplicates(Queue);
-        await using var worker = await fixture.StartWorkerAsync(settings,
-            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        await using var worker = await fixture.StartWorkerAsync(settings, lost.AddTo);
         succeeded.Watch(worker.Services);
         failedAttempts.Watch(worker.Services);
         duplicates.Watch(worker.Services);
@@ -72,8 +69,7 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         await using var gateway = await FakePaymentGateway.StartAsync();
         gateway.FailNext(1, System.Net.HttpStatusCode.UnprocessableEntity);
         var settings = WorkerSettings.With(gateway).Override(("Consumers:ChargePayment:InboxBatchSize", "1"));
-        await using var worker = await fixture.StartWorkerAsync(settings,
-            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        await using var worker = await fixture.StartWorkerAsync(settings, lost.AddTo);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-commit-outcome", AmountMinor = 900, Currency = "EUR" };
         var key = payment.PaymentId.ToString();
@@ -110,8 +106,7 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         using var duplicates = WorkerMetric.Duplicates(reports);
         // Counted at the end: MassTransit declares an _error queue only when it first moves a message there.
         await fixture.DeclareAsync($"{reports}_error");
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(),
-            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(), lost.AddTo);
         succeeded.Watch(worker.Services);
         failedAttempts.Watch(worker.Services);
         duplicates.Watch(worker.Services);

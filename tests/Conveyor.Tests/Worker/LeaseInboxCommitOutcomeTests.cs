@@ -1,10 +1,8 @@
 using Conveyor.Contracts.Reports;
-using Conveyor.Storage;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace Conveyor.Tests.Worker;
 
@@ -35,8 +33,7 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         // A lease left behind under an owner nobody runs would hold every copy of the message off for ten minutes.
         await using var worker = await fixture.StartWorkerAsync(
-            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")),
-            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")), lost.AddTo);
         failedAttempts.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
@@ -70,8 +67,7 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
         var lost = new LostCommitAnswerAfter(CountAttempt);
         using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
         using var succeeded = WorkerMetric.Succeeded(Queue);
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(),
-            builder => builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(lost)));
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With(), lost.AddTo);
         failedAttempts.Watch(worker.Services);
         succeeded.Watch(worker.Services);
         await using var publisher = await TestPublisher.StartAsync(fixture);
