@@ -9,7 +9,7 @@ namespace Conveyor.Worker.Payments;
 /// <summary>
 /// <c>POST {BaseUrl}/charges</c> with <c>Idempotency-Key</c>; a 2xx answer carries <c>{ "id": "..." }</c>, and may echo
 /// the charge's <c>amountMinor</c> and <c>currency</c>, which must then be the ones asked (the currency in any casing).
-/// 408, 409 (the key's first request still in progress), 421 (retried over another connection), 425, 429 and every 5xx (501, 505 and 510 included: <see cref="FailureClassifier.IsTransientGatewayStatus"/>)
+/// 408, 409 (the key's first request still in progress), 421 (retried, mostly over another connection: <see cref="FailureClassifier.IsTransientIdempotentStatus"/>), 425, 429 and every 5xx (501, 505 and 510 included: <see cref="FailureClassifier.IsTransientGatewayStatus"/>)
 /// are transient; other 4xx are permanent, and so is a redirect, which is not followed.
 /// A 2xx whose body is too large, too slow or no charge is transient: the charge may have been made.
 /// </summary>

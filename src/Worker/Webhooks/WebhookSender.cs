@@ -11,7 +11,7 @@ public sealed record WebhookResult(int StatusCode);
 
 /// <summary>
 /// POSTs a payload signed with its receiver's secrets (<see cref="WebhookSigningKeys"/>). 2xx is delivered; 408, 409 (the key's first delivery still in progress at the
-/// receiver), 421 (retried over another connection), 425, 429, 5xx (501, 505 and 510 aside), timeouts, connection errors and a certificate refused are transient; other 4xx,
+/// receiver), 421 (retried, mostly over another connection: <see cref="FailureClassifier.IsTransientIdempotentStatus"/>), 425, 429, 5xx (501, 505 and 510 aside), timeouts, connection errors and a certificate refused are transient; other 4xx,
 /// 501, 505, 510, an answer that is not HTTP and https to a port that does not speak TLS are permanent.
 /// </summary>
 public sealed partial class WebhookSender(
