@@ -90,6 +90,12 @@ public sealed class JobsSettings : ApiSettings
     /// <summary>The Api's <c>order</c> parameter: as given, or <c>oldest</c> when following; null (the Api's newest first) otherwise.</summary>
     public string? OrderQuery => OldestFirstOrder ? OldestFirst : Order;
 
+    /// <summary>
+    /// Whether <paramref name="cursor"/> is one <c>--after</c> takes: the Api's cursors are base64url, never empty. A page's
+    /// nextCursor is held to the same rule (it is printed as the <c>--after</c> of the command to go on with).
+    /// </summary>
+    internal static bool IsCursor(string cursor) => cursor.Length > 0 && cursor.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_');
+
     public override ValidationResult Validate()
     {
         if (BusinessKey is not null && Kind is null)
@@ -108,7 +114,7 @@ public sealed class JobsSettings : ApiSettings
         }
 
         // The Api's cursor is base64url: a stray quote, space or line break pasted with it is said here, naming the option.
-        if (After is not null && !After.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_'))
+        if (After is not null && !IsCursor(After))
         {
             return ValidationResult.Error(
                 $"--after must be a cursor a page of 'conveyor jobs' printed (letters, digits, '-' and '_'), unchanged; '{Printable.Text(After)}' is not.");
@@ -535,8 +541,6 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 // The oldest-first listing always names where to go on; an Api that leaves it out does not know order=oldest.
                 var next = ConveyorClient.Text(page, "nextCursor")
                     ?? throw Answers.Unexpected("expected a page of the oldest-first listing: a JSON object with items and a nextCursor");
-                // Checked before the page's jobs are printed: the cursor goes into the command that resumes the feed.
-                ShellWords.Passable(next);
                 if (!answered && !settings.Json)
                 {
                     // Once the Api has answered with a page: a line it refuses at once (a bad --after) leaves stdout empty.
@@ -582,9 +586,18 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     private static async Task<JsonElement> ReadPageAsync(ConveyorClient client, JobsSettings settings, string? cursor, CancellationToken cancellationToken) =>
         ExpectPage(await client.GetAsync(PagePath(settings, cursor), cancellationToken, JobsSettings.Options.For));
 
-    /// <summary>A page of jobs as the Api gives it, checked before anything of it is printed: its items and its nextCursor.</summary>
-    private static JsonElement ExpectPage(JsonElement answer) =>
-        Answers.ExpectCursor(Answers.ExpectObjectWithList(answer, "a page of jobs", "items"), "a page of jobs", "nextCursor");
+    /// <summary>
+    /// A page of jobs as the Api gives it, checked before anything of it is printed: its items and its nextCursor, which must be
+    /// one that <c>--after</c> takes (<see cref="JobsSettings.IsCursor"/>): the next-page and resume hints print it as the
+    /// command to go on with, and a cursor the CLI itself refuses would make that command end with 2.
+    /// </summary>
+    private static JsonElement ExpectPage(JsonElement answer)
+    {
+        var page = Answers.ExpectCursor(Answers.ExpectObjectWithList(answer, "a page of jobs", "items"), "a page of jobs", "nextCursor");
+        return ConveyorClient.Text(page, "nextCursor") is { } next && !JobsSettings.IsCursor(next)
+            ? throw Answers.Unexpected("expected a page of jobs: its nextCursor a cursor of letters, digits, '-' and '_'")
+            : page;
+    }
 
     /// <summary>
     /// A page of <c>--follow</c>. A follower runs for hours, as <c>tail -F</c> does, and outlives an outage: a read answered

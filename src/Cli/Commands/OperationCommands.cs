@@ -497,8 +497,11 @@ internal static class Operations
             return null;
         }
 
-        return ConveyorClient.Text(page[count - 1], "operationId")
-            ?? throw Answers.Unexpected($"expected {what}: a full page whose last entry, which --before goes on from, has its operationId a string");
+        // Printed as the --before of the command that lists the older entries, which takes an id only: one that is not would
+        // make that command end with 2.
+        return Guid.TryParse(ConveyorClient.Text(page[count - 1], "operationId"), out var last)
+            ? last.ToString()
+            : throw Answers.Unexpected($"expected {what}: a full page whose last entry, which --before goes on from, has its operationId an id");
     }
 
     /// <summary>
