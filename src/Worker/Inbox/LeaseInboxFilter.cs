@@ -29,7 +29,9 @@ namespace Conveyor.Worker.Inbox;
 /// <c>_error</c>, instead of the broker closing the channel and the job starting over forever.
 /// A COMMIT whose answer was lost (the connection broke after the server applied it), the lease's claim's or the
 /// final one, is asked after on a connection of its own (<see cref="CommitOutcome"/>) and, committed, taken for the
-/// commit it was: the lease is this run's, the run's success settled (ADR 0001).
+/// commit it was: the lease is this run's, the run's success settled (ADR 0001). A claim whose outcome cannot be told
+/// (the database out of reach for the question too) is released; failing that, the delivery's next in-memory attempt
+/// takes the lease back, its owner being the delivery's, not the attempt's (<see cref="DeliveryOwner"/>).
 /// </summary>
 public sealed partial class LeaseInboxFilter<T>(
     ConveyorDbContext db,
@@ -52,7 +54,7 @@ public sealed partial class LeaseInboxFilter<T>(
         var key = descriptor.BusinessKey(context.Message);
         var job = new JobRef(descriptor.Kind, key, InboxKeys.ClaimedJobIdOf(context));
         var lease = TimeSpan.FromSeconds(endpointOptions.Get(descriptor.ConsumerName).LeaseSeconds);
-        var owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
+        var owner = DeliveryOwner.Of(context);
         // A delivery that waited (prefetched, or through earlier attempts) until no time is left gets no run.
         ThrowIfOutOfTime(context, DeliveryTimeLeft(context), consumerId, key);
 
@@ -183,7 +185,9 @@ public sealed partial class LeaseInboxFilter<T>(
 
     /// <summary>
     /// Claims the lease for <c>@owner</c>: a new key, or an expired lease of a holder that died, becomes ours; a live
-    /// lease or a done row does not. A takeover runs this message's command, so the row says what this one says
+    /// lease or a done row does not, unless the lease is this delivery's own (<see cref="DeliveryOwner"/>), left by
+    /// an earlier attempt of it that is over: in-memory retries run one after another, never beside each other.
+    /// A takeover runs this message's command, so the row says what this one says
     /// (nothing of the dead run's committed). Returns the transaction's id (<see cref="CommitOutcome.TransactionIdSql"/>),
     /// no row when the lease is not ours.
     /// </summary>
@@ -193,7 +197,8 @@ public sealed partial class LeaseInboxFilter<T>(
         ON CONFLICT (consumer_id, message_key) DO UPDATE
            SET lease_owner = EXCLUDED.lease_owner, lease_expires_at = EXCLUDED.lease_expires_at, message_id = EXCLUDED.message_id,
                payload_hash = EXCLUDED.payload_hash
-         WHERE inbox.status = '{InboxStatus.Processing}' AND inbox.lease_expires_at < clock_timestamp()
+         WHERE inbox.status = '{InboxStatus.Processing}'
+           AND (inbox.lease_expires_at < clock_timestamp() OR inbox.lease_owner = EXCLUDED.lease_owner)
         RETURNING {CommitOutcome.TransactionIdSql} AS "Value"
         """;
 
@@ -206,7 +211,9 @@ public sealed partial class LeaseInboxFilter<T>(
     /// server applied the claim, its answer lost. Taken for failed, the lease stood under an owner nobody runs, and
     /// every copy of the message (this one's retry first) was parked until it lapsed. A statement in a transaction
     /// that loses its answer is rolled back with the broken connection, and a COMMIT that does is asked after
-    /// (<see cref="CommitOutcome"/>, ADR 0001): committed, the lease is this run's, as it would have been.
+    /// (<see cref="CommitOutcome"/>, ADR 0001): committed, the lease is this run's, as it would have been. A COMMIT
+    /// whose outcome cannot be told (the database out of reach for the question too) throws; the lease it may have
+    /// left is released, or, should that fail too, taken back by this delivery's next attempt, whose owner it is.
     /// </remarks>
     private async Task<DateTimeOffset?> TryClaimAsync(
         string consumerId, string key, Guid? messageId, byte[]? fingerprint, string owner, TimeSpan lease, CancellationToken cancellationToken)
@@ -227,7 +234,23 @@ public sealed partial class LeaseInboxFilter<T>(
             return null;
         }
 
-        if (await CommitOutcome.CommitAsync(transaction, dbFactory, transactionId, cancellationToken) is { } answerLost)
+        Exception? answerLost;
+        try
+        {
+            answerLost = await CommitOutcome.CommitAsync(transaction, dbFactory, transactionId, cancellationToken);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // Rolled back, or applied unseen (the question after it unanswered too): a lease of this delivery's goes, as
+            // on every way out after a claim; where nothing was written, nothing goes. Once the transaction has ended:
+            // still open, it would hold the row lock the release waits on. A release that fails too leaves the lease
+            // to this delivery's next attempt, which takes it back (DeliveryOwner).
+            await transaction.DisposeAsync();
+            await ReleaseQuietlyAsync(consumerId, key, owner);
+            throw;
+        }
+
+        if (answerLost is not null)
         {
             LogClaimAnswerLost(answerLost, consumerId, key);
         }
@@ -418,6 +441,21 @@ public sealed partial class LeaseInboxFilter<T>(
         {
             LogReleaseFailed(exception, job.Kind, job.BusinessKey);
         }
+    }
+
+    /// <summary>
+    /// The lease owner of one delivery (a payload of its receive context), the same for each of its in-memory retries
+    /// in this process: a lease that an attempt's claim may have left behind unseen (its commit's outcome unknown, its
+    /// release failed) is then recognised as the delivery's own by the next attempt, which takes it back instead of
+    /// parking its copy until the lease lapses. Any other delivery, a redelivered copy of the same message too, has an
+    /// owner of its own and meets that lease as another's. Not on the consume context: each attempt runs in a message
+    /// scope of its own, whose payloads go with it.
+    /// </summary>
+    private sealed class DeliveryOwner
+    {
+        private readonly string _value = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid():N}";
+
+        public static string Of(ConsumeContext context) => context.ReceiveContext.GetOrAddPayload(() => new DeliveryOwner())._value;
     }
 
     /// <summary>Whether a run's attempt was counted (<see cref="JobTracker.StartAttemptAsync"/>): one that failed before has no attempt to fail.</summary>

@@ -1,4 +1,5 @@
 using System.Data.Common;
+using System.Net.Sockets;
 using Conveyor.Storage;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.EntityFrameworkCore.Diagnostics;
@@ -12,13 +13,18 @@ namespace Conveyor.Tests.Infrastructure;
 /// applied it, throwing as Npgsql does for a broken socket: run on its own, the statement's own answer (which
 /// carries the commit); run in a transaction, that transaction's COMMIT's. Add it to the worker's
 /// <c>ConveyorDbContext</c> options (<see cref="AddTo"/>); a marker is text only the statement meant says.
+/// With <paramref name="thenOutOfReach"/>, the database stays out of reach a little longer: once the answer is lost,
+/// the first statement saying each of those markers fails before it reaches the server, as a connection refused
+/// would (the question after the commit's outcome, say), each once; every other statement runs.
 /// </summary>
-public sealed class LostCommitAnswerAfter(string marker) : DbTransactionInterceptor, IDbCommandInterceptor
+public sealed class LostCommitAnswerAfter(string marker, params string[] thenOutOfReach) : DbTransactionInterceptor, IDbCommandInterceptor
 {
     private readonly Lock _gate = new();
+    private readonly List<string> _outOfReach = [.. thenOutOfReach];
     private bool _seen;
     private Guid? _inTransactionOn;
     private bool _fired;
+    private int _refused;
 
     public bool Fired
     {
@@ -31,9 +37,35 @@ public sealed class LostCommitAnswerAfter(string marker) : DbTransactionIntercep
         }
     }
 
+    /// <summary>How many statements failed as out of reach after the lost answer (one per marker of <c>thenOutOfReach</c> at most).</summary>
+    public int Refused
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _refused;
+            }
+        }
+    }
+
     /// <summary>Adds it to the worker's <c>ConveyorDbContext</c> options: <c>fixture.StartWorkerAsync(settings, lost.AddTo)</c>.</summary>
     public void AddTo(WebApplicationBuilder builder) =>
         builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(this));
+
+    public ValueTask<InterceptionResult<int>> NonQueryExecutingAsync(
+        DbCommand command, CommandEventData eventData, InterceptionResult<int> result, CancellationToken cancellationToken = default)
+    {
+        Executing(command);
+        return ValueTask.FromResult(result);
+    }
+
+    public ValueTask<InterceptionResult<DbDataReader>> ReaderExecutingAsync(
+        DbCommand command, CommandEventData eventData, InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
+    {
+        Executing(command);
+        return ValueTask.FromResult(result);
+    }
 
     public ValueTask<int> NonQueryExecutedAsync(DbCommand command, CommandExecutedEventData eventData, int result, CancellationToken cancellationToken = default)
     {
@@ -72,6 +104,22 @@ public sealed class LostCommitAnswerAfter(string marker) : DbTransactionIntercep
         throw Lost();
     }
 
+    private void Executing(DbCommand command)
+    {
+        lock (_gate)
+        {
+            if (!_fired || _outOfReach.FindIndex(m => command.CommandText.Contains(m, StringComparison.Ordinal)) is not (>= 0 and var index))
+            {
+                return;
+            }
+
+            _outOfReach.RemoveAt(index);
+            _refused++;
+        }
+
+        throw OutOfReach();
+    }
+
     private void Executed(DbCommand command, CommandEventData eventData)
     {
         if (!command.CommandText.Contains(marker, StringComparison.Ordinal))
@@ -98,6 +146,9 @@ public sealed class LostCommitAnswerAfter(string marker) : DbTransactionIntercep
 
         throw Lost();
     }
+
+    private static NpgsqlException OutOfReach() =>
+        new("Failed to connect to 127.0.0.1:5432", new SocketException((int)SocketError.ConnectionRefused));
 
     private static NpgsqlException Lost() => new("Exception while reading from stream", new IOException("Connection reset by peer"));
 }

@@ -11,8 +11,9 @@ namespace Conveyor.Tests.Worker;
 /// attempt, whose commit the server applied but whose answer never came (the connection dropped after the server
 /// committed). Simulated by <see cref="LostCommitAnswerAfter"/>, which throws as Npgsql does for a broken socket where the commit's answer
 /// would have been read: after the statement itself when it ran on its own (autocommit: its answer is the
-/// commit's), after the COMMIT when it ran in a transaction. <see cref="InboxCommitOutcomeTests"/> covers the
-/// final commit.
+/// commit's), after the COMMIT when it ran in a transaction; and, for a claim whose outcome cannot be told, the
+/// statements after it that fail as the database stays out of reach a little longer. <see cref="InboxCommitOutcomeTests"/>
+/// covers the final commit.
 /// </summary>
 [Collection(ThirdLaneCollection.Name)]
 public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLifetime
@@ -60,6 +61,47 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
         Assert.Equal(0, failedAttempts.Count);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_lease_claim_applied_but_unanswered_whose_outcome_cannot_be_told_is_taken_back_by_the_retry(bool releaseOutOfReach)
+    {
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
+        // The database out of reach for the question after the claim's outcome too (and, with releaseOutOfReach, for
+        // the release of the lease the claim may have left), then back: the claim applied, and nobody can tell.
+        var lost = new LostCommitAnswerAfter(ClaimLease, releaseOutOfReach ? [OutcomeQuestion, ReleaseLease] : [OutcomeQuestion]);
+        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
+        // The lease left under the failed attempt's owner would hold every copy of the message off for ten minutes.
+        await using var worker = await fixture.StartWorkerAsync(
+            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")), lost.AddTo);
+        failedAttempts.Watch(worker.Services);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report);
+
+        // Either the report is made, or its copy was parked behind the lease the claim left.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True(await db.ScheduledMessages.AnyAsync() || await db.Jobs.AnyAsync(j => j.BusinessKey == key && j.Status == JobStatus.Succeeded),
+                "neither made nor parked");
+        });
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        // Parked, the in-memory retry of the very delivery whose claim took the lease waited it out as another's.
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(releaseOutOfReach ? 2 : 1, lost.Refused);
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        // The failed claim ran nothing and counted no attempt: the retry's run is the job's one attempt.
+        Assert.Equal((JobStatus.Succeeded, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(0, failedAttempts.Count);
+    }
+
     [Fact]
     public async Task An_attempt_count_applied_but_unanswered_is_counted_once()
     {
@@ -96,6 +138,12 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
 
     /// <summary>Only LeaseInboxFilter's claim of a lease says this.</summary>
     private const string ClaimLease = "SET lease_owner = EXCLUDED.lease_owner";
+
+    /// <summary>Only CommitOutcome's question after a COMMIT that threw says this.</summary>
+    private const string OutcomeQuestion = "pg_xact_status";
+
+    /// <summary>Only LeaseInboxFilter's release of its lease says this (its parameters numbered in order: consumer, key, owner).</summary>
+    private const string ReleaseLease = "message_key = @p1 AND lease_owner = @p2";
 
     /// <summary>Only JobTracker's count of an attempt outside an inbox transaction says this.</summary>
     private const string CountAttempt = "AS claimed_id_free";
