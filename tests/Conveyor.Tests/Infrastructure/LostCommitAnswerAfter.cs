@@ -1,7 +1,9 @@
 using System.Data.Common;
 using System.Net.Sockets;
 using Conveyor.Storage;
+using Conveyor.Storage.Jobs;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Diagnostics;
 using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
@@ -16,6 +18,7 @@ namespace Conveyor.Tests.Infrastructure;
 /// With <paramref name="thenOutOfReach"/>, the database stays out of reach a little longer: once the answer is lost,
 /// the first statement saying each of those markers fails before it reaches the server, as a connection refused
 /// would (the question after the commit's outcome, say), each once; every other statement runs.
+/// <see cref="PublishUntilSucceededAsync"/> runs a message through that worker to its job's success.
 /// </summary>
 public sealed class LostCommitAnswerAfter(string marker, params string[] thenOutOfReach) : DbTransactionInterceptor, IDbCommandInterceptor
 {
@@ -52,6 +55,28 @@ public sealed class LostCommitAnswerAfter(string marker, params string[] thenOut
     /// <summary>Adds it to the worker's <c>ConveyorDbContext</c> options: <c>fixture.StartWorkerAsync(settings, lost.AddTo)</c>.</summary>
     public void AddTo(WebApplicationBuilder builder) =>
         builder.Services.ConfigureDbContext<ConveyorDbContext>(options => options.AddInterceptors(this));
+
+    /// <summary>
+    /// Publishes <paramref name="message"/> to <paramref name="worker"/> (started with <see cref="AddTo"/>), waits
+    /// until the job of <paramref name="key"/> has succeeded and <paramref name="queue"/> is drained, and asserts that
+    /// the answer was lost on the way. The job's row as it stands then: what the tests of a lost answer go on to check.
+    /// </summary>
+    public async Task<Job> PublishUntilSucceededAsync<T>(ConveyorFixture fixture, RunningApp worker, string queue, T message, string key)
+        where T : class
+    {
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        await publisher.PublishAsync(message);
+
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        });
+        await fixture.AssertDrainedAsync(worker, queue);
+        Assert.True(Fired);
+        await using var check = fixture.CreateDbContext();
+        return await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+    }
 
     public ValueTask<InterceptionResult<int>> NonQueryExecutingAsync(
         DbCommand command, CommandEventData eventData, InterceptionResult<int> result, CancellationToken cancellationToken = default)

@@ -36,23 +36,14 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         succeeded.Watch(worker.Services);
         failedAttempts.Watch(worker.Services);
         duplicates.Watch(worker.Services);
-        await using var publisher = await TestPublisher.StartAsync(fixture);
         var payment = new ChargePayment { PaymentId = Guid.NewGuid(), AccountId = "acct-commit-outcome", AmountMinor = 900, Currency = "EUR" };
         var key = payment.PaymentId.ToString();
 
-        await publisher.PublishAsync(payment);
+        var job = await lost.PublishUntilSucceededAsync(fixture, worker, Queue, payment, key);
 
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
-        });
-        await fixture.AssertDrainedAsync(worker, Queue);
-        Assert.True(lost.Fired);
-        await using var check = fixture.CreateDbContext();
-        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
         Assert.Equal(1, job.Attempts);
         Assert.Null(job.LastError);
+        await using var check = fixture.CreateDbContext();
         Assert.Equal(1, await check.Ledger.CountAsync(l => l.PaymentId == payment.PaymentId));
         Assert.Equal(1, gateway.RequestsFor(key));
         // Settled as the success it was, where it counted a failed attempt and no success, and its in-memory retry
@@ -110,23 +101,14 @@ public sealed class InboxCommitOutcomeTests(ConveyorFixture fixture) : IAsyncLif
         succeeded.Watch(worker.Services);
         failedAttempts.Watch(worker.Services);
         duplicates.Watch(worker.Services);
-        await using var publisher = await TestPublisher.StartAsync(fixture);
         var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = account, PageSize = 5 };
         var key = report.ReportId.ToString();
 
-        await publisher.PublishAsync(report);
+        var job = await lost.PublishUntilSucceededAsync(fixture, worker, reports, report, key);
 
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
-        });
-        await fixture.AssertDrainedAsync(worker, reports);
-        Assert.True(lost.Fired);
-        await using var check = fixture.CreateDbContext();
-        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
         Assert.Equal(1, job.Attempts);
         Assert.Null(job.LastError);
+        await using var check = fixture.CreateDbContext();
         Assert.Equal(10, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
         Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
         // Settled as the success it was, where it counted a failed attempt and no success, and its retry found the
