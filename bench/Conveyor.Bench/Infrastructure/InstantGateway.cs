@@ -1,10 +1,6 @@
+using Conveyor.Tests.Fakes;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Bench.Infrastructure;
 
@@ -14,36 +10,28 @@ namespace Conveyor.Bench.Infrastructure;
 /// </summary>
 public sealed class InstantGateway : IAsyncDisposable
 {
-    private readonly WebApplication _app;
+    // Set once by StartAsync: the host's endpoint counts on this gateway, so the gateway comes first.
+    private LoopbackWebHost _host = null!;
     private long _requests;
 
-    private InstantGateway(WebApplication app) => _app = app;
+    private InstantGateway()
+    {
+    }
 
-    public Uri BaseAddress { get; private set; } = null!;
+    public Uri BaseAddress => _host.BaseAddress;
 
     public long Requests => Interlocked.Read(ref _requests);
 
     public static async Task<InstantGateway> StartAsync()
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        var app = builder.Build();
-        var gateway = new InstantGateway(app);
-        app.MapPost("/charges", (HttpContext context) =>
+        var gateway = new InstantGateway();
+        gateway._host = await LoopbackWebHost.StartAsync(app => app.MapPost("/charges", (HttpContext context) =>
         {
             Interlocked.Increment(ref gateway._requests);
             return Results.Ok(new { id = $"ch_{context.Request.Headers["Idempotency-Key"]}" });
-        });
-        await app.StartAsync();
-        gateway.BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features
-            .Get<IServerAddressesFeature>()!.Addresses.First());
+        }));
         return gateway;
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _host.DisposeAsync();
 }

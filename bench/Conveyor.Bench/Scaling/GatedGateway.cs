@@ -1,11 +1,7 @@
 using System.Collections.Concurrent;
+using Conveyor.Tests.Fakes;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace Conveyor.Bench.Scaling;
 
@@ -17,14 +13,18 @@ namespace Conveyor.Bench.Scaling;
 /// </summary>
 public sealed class GatedGateway : IAsyncDisposable
 {
-    private readonly WebApplication _app;
     private readonly ConcurrentDictionary<string, int> _byKey = new();
     private readonly ConcurrentDictionary<string, int> _byCaller = new();
     private TaskCompletionSource _gate = OpenGate();
 
-    private GatedGateway(WebApplication app) => _app = app;
+    // Set once by StartAsync: the host's endpoint is this gateway's ChargeAsync, so the gateway comes first.
+    private LoopbackWebHost _host = null!;
 
-    public Uri BaseAddress { get; private set; } = null!;
+    private GatedGateway()
+    {
+    }
+
+    public Uri BaseAddress => _host.BaseAddress;
 
     /// <summary>How long each charge takes once through the gate (a remote gateway's answer time).</summary>
     public TimeSpan Latency { get; set; }
@@ -39,15 +39,8 @@ public sealed class GatedGateway : IAsyncDisposable
 
     public static async Task<GatedGateway> StartAsync()
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        var app = builder.Build();
-        var gateway = new GatedGateway(app);
-        app.MapPost("/charges", (Func<HttpContext, Task<IResult>>)gateway.ChargeAsync);
-        await app.StartAsync();
-        gateway.BaseAddress = new Uri(app.Services.GetRequiredService<IServer>().Features
-            .Get<IServerAddressesFeature>()!.Addresses.First());
+        var gateway = new GatedGateway();
+        gateway._host = await LoopbackWebHost.StartAsync(app => app.MapPost("/charges", (Func<HttpContext, Task<IResult>>)gateway.ChargeAsync));
         return gateway;
     }
 
@@ -88,7 +81,6 @@ public sealed class GatedGateway : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         Open();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
+        await _host.DisposeAsync();
     }
 }

@@ -9,7 +9,8 @@ namespace Conveyor.Tests.Fakes;
 
 /// <summary>
 /// A minimal Kestrel host on a free loopback port, answering with the routes its caller maps: what
-/// the fake servers (a webhook receiver, a payment gateway, ...) stand on.
+/// the fake servers (a webhook receiver, a payment gateway, ...) stand on. Shared with the benchmarks' fake
+/// gateways (bench/Conveyor.Bench links it).
 /// </summary>
 internal sealed class LoopbackWebHost : IAsyncDisposable
 {
