@@ -48,7 +48,20 @@ internal static class RequestBody
     /// (Content-Length, which the server enforces) and within the limit is read straight into an array
     /// of that size, without an intermediate buffer.
     /// </summary>
-    public static async Task<byte[]?> ReadAtMostAsync(Stream body, long? declaredLength, int limit, CancellationToken cancellationToken)
+    /// <remarks>
+    /// A UTF-8 byte order mark at the start is dropped, as RFC 8259 (section 8.1) lets a parser do and ASP.NET Core's own
+    /// JSON binding does: editors and Windows PowerShell 5 write files with one, and a body sent from such a file was
+    /// refused as "not valid JSON" for three bytes the client cannot see. Dropped here, before anything reads the body,
+    /// so that the parsers, a batch's jobs cut from it, the stored request and the hash a repeat is recognised by all see
+    /// the JSON alone: the same request sent with and without the mark is one request.
+    /// </remarks>
+    public static async Task<byte[]?> ReadAtMostAsync(Stream body, long? declaredLength, int limit, CancellationToken cancellationToken) =>
+        WithoutByteOrderMark(await ReadAsync(body, declaredLength, limit, cancellationToken));
+
+    private static byte[]? WithoutByteOrderMark(byte[]? body) =>
+        body is [0xEF, 0xBB, 0xBF, ..] ? body[3..] : body;
+
+    private static async Task<byte[]?> ReadAsync(Stream body, long? declaredLength, int limit, CancellationToken cancellationToken)
     {
         if (declaredLength is { } length && length >= 0 && length <= limit)
         {

@@ -1,3 +1,4 @@
+using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
@@ -149,6 +150,43 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal(["$"], await response.ReadErrorFieldsAsync());
         await AssertNoJobsAsync();
+    }
+
+    /// <summary>
+    /// A body that begins with a UTF-8 byte order mark (what Windows PowerShell 5 and some editors write before JSON) was
+    /// refused, 400 "The body is not valid JSON", for three bytes the client cannot see. RFC 8259 lets a parser ignore it,
+    /// and ASP.NET Core's JSON binding does: the job is accepted, one and a batch alike, its command published as it would
+    /// be without the mark (the worker runs it: a published body with the mark would be dead-lettered), and the same
+    /// request sent again without the mark is its repeat, not another job.
+    /// </summary>
+    [Fact]
+    public async Task A_body_beginning_with_a_utf8_byte_order_mark_is_read_as_without_it()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
+        var paymentId = Guid.NewGuid();
+        var json = JobRequests.ChargePayment(paymentId);
+        using var content = new ByteArrayContent([0xEF, 0xBB, 0xBF, .. Encoding.UTF8.GetBytes(json)]);
+        content.Headers.ContentType = new("application/json");
+
+        using var response = await _api.Client.PostJobAsync("charge-payment", content);
+
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted, $"{(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+        var jobId = (await response.ReadJsonAsync()).GetProperty("jobId").GetGuid();
+        await fixture.WaitForJobAsync(paymentId, JobStatus.Succeeded);
+        using var again = await _api.Client.PostJobAsync("charge-payment", json);
+        Assert.Equal(HttpStatusCode.Accepted, again.StatusCode);
+        Assert.Equal(jobId, (await again.ReadJsonAsync()).GetProperty("jobId").GetGuid());
+
+        var batchPayment = Guid.NewGuid();
+        using var batch = new ByteArrayContent([0xEF, 0xBB, 0xBF, .. Encoding.UTF8.GetBytes($$"""{"jobs":[{{JobRequests.ChargePayment(batchPayment)}}]}""")]);
+        batch.Headers.ContentType = new("application/json");
+        using var batchResponse = await _api.Client.PostAsync(new Uri("/api/jobs/charge-payment/batch", UriKind.Relative), batch);
+        Assert.True(batchResponse.StatusCode == HttpStatusCode.Accepted, $"{(int)batchResponse.StatusCode}: {await batchResponse.Content.ReadAsStringAsync()}");
+        await fixture.WaitForJobAsync(batchPayment, JobStatus.Succeeded);
+
+        await using var db = fixture.CreateDbContext();
+        Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == paymentId));
+        Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == batchPayment));
     }
 
     /// <summary>
