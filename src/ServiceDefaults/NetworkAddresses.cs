@@ -96,6 +96,15 @@ public static class NetworkAddresses
     }
 
     /// <summary>
+    /// The address <paramref name="host"/> (a URL's host as a connection is made to it: its
+    /// <see cref="Uri.IdnHost"/>) is a literal of, a final dot dropped; null for a name. <see cref="Uri"/> calls
+    /// <c>10.0.0.5.</c> a name, which no resolver has, but a final dot, which makes <c>localhost.</c> the same
+    /// host as <c>localhost</c>, leaves it that address.
+    /// </summary>
+    public static IPAddress? LiteralOf(string host) =>
+        IPAddress.TryParse(host.TrimEnd('.'), out var address) ? address : null;
+
+    /// <summary>
     /// <c>localhost</c> and names under <c>.localhost</c> (RFC 6761): they resolve to loopback, on
     /// the worker's own machine, whatever DNS says.
     /// </summary>

@@ -41,7 +41,8 @@ internal static class FieldRules
         var url = new Uri(value, UriKind.Absolute);
         var internalHost = url.HostNameType is UriHostNameType.IPv4 or UriHostNameType.IPv6
             ? IPAddress.TryParse(url.DnsSafeHost, out var address) && !NetworkAddresses.IsPublic(address)
-            : NetworkAddresses.IsLocalHostName(url.IdnHost); // the name the worker connects to ('。' read as '.')
+            // The name the worker connects to ('。' read as '.'), which may be an address after all (NetworkAddresses.LiteralOf).
+            : NetworkAddresses.IsLocalHostName(url.IdnHost) || (NetworkAddresses.LiteralOf(url.IdnHost) is { } literal && !NetworkAddresses.IsPublic(literal));
         return internalHost && !rules.AllowPrivateNetworks
             ? "Must not point to a loopback, private, link-local or other internal address (Webhooks:AllowPrivateNetworks allows it)."
             : rules.UnregisteredReceiver(url);

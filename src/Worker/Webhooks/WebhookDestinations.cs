@@ -44,6 +44,13 @@ public static class WebhookDestinations
             throw new WebhookDestinationRefusedException(endpoint.Host, IPAddress.Loopback);
         }
 
+        if (NetworkAddresses.LiteralOf(endpoint.Host) is { } named && !NetworkAddresses.IsPublic(named))
+        {
+            // An internal address with a final dot ("10.0.0.5."): no name DNS resolves, whose failure would read as a
+            // network failure, retried and redelivered for an hour, where the address itself is refused at once.
+            throw new WebhookDestinationRefusedException(endpoint.Host, named);
+        }
+
         var addresses = IPAddress.TryParse(endpoint.Host, out var literal)
             ? [literal]
             : await Dns.GetHostAddressesAsync(endpoint.Host, cancellationToken);

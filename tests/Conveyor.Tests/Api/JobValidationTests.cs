@@ -271,6 +271,7 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         "http://[fd00::1]/hook",
         "http://0.0.0.0/hook",
         "http://2130706433/hook", // 127.0.0.1 as one decimal number
+        "http://10.0.0.5./hook", // an address with a final dot, as "localhost." is a name with one
     };
 
     [Theory]

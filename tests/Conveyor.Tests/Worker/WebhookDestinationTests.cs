@@ -184,6 +184,30 @@ public sealed class WebhookDestinationTests(ConveyorFixture fixture) : IAsyncLif
         }
     }
 
+    /// <summary>
+    /// An internal address written with a final dot, as <c>localhost.</c> is a name with one, is that address: refused
+    /// before any connection and dead-lettered at once, where the worker asked DNS for it as a name, which no resolver
+    /// has, and retried and redelivered the failed lookup for about an hour.
+    /// </summary>
+    [Fact]
+    public async Task Webhooks_to_an_internal_address_with_a_final_dot_are_refused_as_not_public()
+    {
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:AllowPrivateNetworks", "false"),
+            ("Consumers:DeliverWebhook:RetryLimit", "3"),
+            ("Consumers:DeliverWebhook:RedeliveryLimit", "3")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        string[] hosts = ["10.0.0.5.", "127.0.0.1."];
+        var webhooks = await PublishInvoicesAsync(publisher, hosts.Select(host => new Uri($"http://{host}:8080/hooks")));
+
+        foreach (var webhook in webhooks)
+        {
+            var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
+            Assert.Contains("not a public address", job.LastError, StringComparison.Ordinal);
+        }
+    }
+
     /// <summary>Publishes one <c>invoice.created</c> webhook to each of <paramref name="urls"/>, in order.</summary>
     private static async Task<List<DeliverWebhook>> PublishInvoicesAsync(TestPublisher publisher, IEnumerable<Uri> urls)
     {
