@@ -138,12 +138,19 @@ public sealed class AnswerStart
         }
     }
 
-    /// <summary>"HTTP/1.1 200 OK": the code is the three digits after the version and a space.</summary>
+    /// <summary>
+    /// "HTTP/1.1 200 OK": the code is the three digits after an HTTP/1 version and a space, and the line ends there
+    /// or goes on with a space (RFC 9112's status-line, as HttpClient reads it). "HTTP/1.1 2000 OK" or
+    /// "HTTP/2.0 200 OK" says no 2xx: a malformed status line, which HttpClient refuses as it does another
+    /// protocol's bytes.
+    /// </summary>
     private void StatusLineRead()
     {
         var line = _line.AsSpan(0, _length).TrimEnd((byte)'\r');
         _length = 0;
-        if (line.Length < 12 || line[8] != ' ' || !char.IsAsciiDigit((char)line[9]) || !char.IsAsciiDigit((char)line[10]) || !char.IsAsciiDigit((char)line[11]))
+        if (line.Length < 12 || !line.StartsWith("HTTP/1."u8) || !char.IsAsciiDigit((char)line[7]) || line[8] != ' '
+            || !char.IsAsciiDigit((char)line[9]) || !char.IsAsciiDigit((char)line[10]) || !char.IsAsciiDigit((char)line[11])
+            || (line.Length > 12 && line[12] != ' '))
         {
             _done = true;
             return;

@@ -87,6 +87,28 @@ public sealed class WebhookAnswerHeadersTests(ConveyorFixture fixture) : IAsyncL
         Assert.Null(await DeliveredStatusAsync(webhook));
     }
 
+    /// <summary>
+    /// A status of four digits that begins "20", or a 200 after a version that is not HTTP/1, is no 2xx: the status
+    /// line is malformed, which HttpClient refuses, and an answer that is not valid HTTP is dead-lettered naming it,
+    /// where the start of the answer was read as a 200 and the delivery recorded as delivered.
+    /// </summary>
+    [Theory]
+    [InlineData("HTTP/1.1 2000 OK")]
+    [InlineData("HTTP/2.0 200 OK")]
+    public async Task A_malformed_status_line_that_begins_like_a_200_is_not_valid_http_and_no_delivery(string statusLine)
+    {
+        await using var receiver = RawTcpReceiver.AnsweringWith(Encoding.ASCII.GetBytes($"{statusLine}\r\nContent-Length: 0\r\n\r\n"));
+        await using var worker = await StartWorkerAsync();
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var webhook = Webhook(receiver.Url());
+
+        await publisher.PublishAsync(webhook);
+
+        var job = await fixture.WaitForJobAsync(webhook.WebhookId.ToString(), JobStatus.DeadLettered, attempts: 1);
+        Assert.Contains("The webhook receiver at 127.0.0.1 answered with something that is not valid HTTP", job.LastError, StringComparison.Ordinal);
+        Assert.Null(await DeliveredStatusAsync(webhook));
+    }
+
     private Task<RunningApp> StartWorkerAsync(CapturedLogs? logs = null) => fixture.StartWorkerAsync(
         WorkerSettings.With().Override(
             ("Consumers:DeliverWebhook:RetryLimit", "0"),
