@@ -15,8 +15,8 @@ namespace Conveyor.Worker.Redelivery;
 
 /// <summary>
 /// Runs in every worker: claims due rows with FOR UPDATE SKIP LOCKED, publishes them with
-/// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY from the store; the
-/// NOTIFY only wakes it early, so a dispatcher that cannot LISTEN polls every
+/// confirms, deletes them, commits. Sleeps until the next due time or a NOTIFY of a row due before it
+/// (<see cref="SleepAsync"/>); the NOTIFY only wakes it early, so a dispatcher that cannot LISTEN polls every
 /// <see cref="DispatcherOptions.MaxIdleSeconds"/> instead. A crash after a confirm and before the
 /// commit republishes once more; the inbox absorbs it. Each row settles on its own
 /// (<see cref="SettleAsync"/>): one that cannot be published never holds back the others, and a
@@ -64,7 +64,14 @@ public sealed partial class RedeliveryDispatcher(
                     }
 
                     var dispatched = await DispatchDueAsync(stoppingToken);
-                    var wait = await TimeUntilNextDueAsync(stoppingToken);
+                    if (listener is not null)
+                    {
+                        // What they announced is in the table now (a NOTIFY is sent at its row's commit), which
+                        // the next due time is read from: they need no round of their own.
+                        await DrainNotificationsAsync(listener, stoppingToken);
+                    }
+
+                    var (wait, nextDue) = await TimeUntilNextDueAsync(stoppingToken);
                     // Only a round that went through ends the backoff: a listener that connects while every
                     // round fails (the broker away, PostgreSQL up) must not retry every half second.
                     failures = 0;
@@ -87,8 +94,8 @@ public sealed partial class RedeliveryDispatcher(
 
                     if (listener is not null)
                     {
-                        // Returns early when a NOTIFY arrives: a new row may be due sooner.
-                        await listener.WaitAsync(ListenTimeout(wait), stoppingToken);
+                        // Returns early when a NOTIFY announces a row due before the next one read.
+                        await SleepAsync(listener, wait, nextDue, stoppingToken);
                     }
                     else
                     {
@@ -632,20 +639,78 @@ public sealed partial class RedeliveryDispatcher(
     /// </summary>
     internal static TimeSpan ListenTimeout(TimeSpan wait) => TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
 
-    private async Task<TimeSpan> TimeUntilNextDueAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// How long to sleep before the next round, and when the next row is due, in Unix milliseconds on the database's
+    /// clock as a NOTIFY's payload says it (null when no row waits).
+    /// </summary>
+    private async Task<(TimeSpan Wait, long? NextDue)> TimeUntilNextDueAsync(CancellationToken cancellationToken)
     {
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         // On the database's clock, which due times are counted on (RedeliveryStore).
-        var secondsLeft = await db.Database
-            .SqlQuery<double?>($"""SELECT EXTRACT(EPOCH FROM MIN(due_at) - clock_timestamp())::float8 AS "Value" FROM scheduled_messages""")
-            .SingleAsync(cancellationToken); // one row, an aggregate's (First logged EF's "First without OrderBy" warning at every start)
+        var next = await db.Database
+            .SqlQuery<NextDueRow>($"""
+                SELECT EXTRACT(EPOCH FROM MIN(due_at) - clock_timestamp())::float8 AS seconds_left,
+                       floor(EXTRACT(EPOCH FROM MIN(due_at)) * 1000)::bigint AS due_milliseconds
+                  FROM scheduled_messages
+                """)
+            .ToListAsync(cancellationToken); // one row, an aggregate's; not composed (First logged EF's "First without OrderBy" warning at every start)
         var maxIdle = TimeSpan.FromSeconds(options.Value.MaxIdleSeconds);
-        if (secondsLeft is not { } left)
+        if (next.Single() is not { SecondsLeft: { } left, DueMilliseconds: var due })
         {
-            return maxIdle;
+            return (maxIdle, null);
         }
 
-        return left < maxIdle.TotalSeconds ? TimeSpan.FromSeconds(left) : maxIdle;
+        return (left < maxIdle.TotalSeconds ? TimeSpan.FromSeconds(left) : maxIdle, due);
+    }
+
+    private sealed record NextDueRow(double? SecondsLeft, long? DueMilliseconds);
+
+    /// <summary>
+    /// Sleeps for <paramref name="wait"/> on the LISTEN session, or until a NOTIFY announces a row due before
+    /// <paramref name="nextDue"/> (any row, when none was waiting; a payload that is no time counts as one). A row due
+    /// at or after it needs no round of its own: the dispatcher wakes by then anyway and reads the table again. Every
+    /// stored redelivery and scheduled job sends a NOTIFY: each woke every dispatcher for a round (the claim and the
+    /// next due time), to find nothing due, so a downstream outage storing redeliveries by the hundred a second cost
+    /// the database as many rounds a second per worker.
+    /// </summary>
+    private async Task SleepAsync(NpgsqlConnection listener, TimeSpan wait, long? nextDue, CancellationToken cancellationToken)
+    {
+        var sooner = false;
+        void Announced(object sender, NpgsqlNotificationEventArgs notification) =>
+            sooner |= nextDue is not { } next
+                || !long.TryParse(notification.Payload, NumberStyles.Integer, CultureInfo.InvariantCulture, out var due)
+                || due < next;
+
+        listener.Notification += Announced;
+        try
+        {
+            var started = time.GetTimestamp();
+            while (!sooner)
+            {
+                var left = wait - time.GetElapsedTime(started);
+                if (left <= TimeSpan.Zero || !await listener.WaitAsync(ListenTimeout(left), cancellationToken))
+                {
+                    return;
+                }
+            }
+        }
+        finally
+        {
+            listener.Notification -= Announced;
+        }
+    }
+
+    /// <summary>
+    /// Reads the NOTIFYs the session has received and not yet handed over (those that came during a round), without
+    /// acting on them: each is handed over by one wait that returns at once, and acted on, they would each start a
+    /// round, to find their rows published already.
+    /// </summary>
+    private static async Task DrainNotificationsAsync(NpgsqlConnection listener, CancellationToken cancellationToken)
+    {
+        // The shortest timeout Npgsql takes for one (a zero one is none); bounded, should NOTIFYs keep coming.
+        for (var i = 0; i < 10_000 && await listener.WaitAsync(TimeSpan.FromMilliseconds(1), cancellationToken); i++)
+        {
+        }
     }
 
     /// <summary>

@@ -134,6 +134,52 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         }
     }
 
+    /// <summary>
+    /// Every stored redelivery and scheduled job sends a NOTIFY; each woke every dispatcher for a whole round (the claim,
+    /// the next due time), whether or not its row was due before the one the dispatcher already sleeps for. During a
+    /// downstream outage that stores redeliveries by the hundred a second, each due half a minute on, every worker then
+    /// queried the database for each of them, to find nothing due. The payload says when the row is due: only one due
+    /// before the dispatcher's next wake-up wakes it.
+    /// </summary>
+    [Fact]
+    public async Task Notifies_of_rows_due_after_the_next_wake_up_do_not_wake_the_dispatcher_and_an_earlier_one_does()
+    {
+        await ScheduleAsync(await DatabaseNowAsync() + TimeSpan.FromMinutes(2));
+        var commands = new CommandCounter();
+        await using var publisher = Publisher();
+        using var dispatcher = Dispatcher(publisher, new DispatcherOptions { MaxIdleSeconds = 300 }, database: commands.Factory(fixture));
+        var started = DateTimeOffset.UtcNow;
+        await dispatcher.StartAsync(CancellationToken.None);
+        try
+        {
+            // Asleep until the row it holds is due, two minutes on.
+            await Eventually.AssertAsync(async () => Assert.True(await DispatcherHasReadItsNextWakeUpAsync(started)));
+            await Task.Delay(TimeSpan.FromMilliseconds(200));
+            var before = commands.Count;
+            var later = (await DatabaseNowAsync() + TimeSpan.FromMinutes(5)).ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
+            for (var i = 0; i < 50; i++)
+            {
+                await NotifyAsync(later);
+            }
+
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            var woken = commands.Count - before;
+            Assert.True(woken <= 2, $"{woken} database commands for 50 NOTIFYs of rows due after the dispatcher's next wake-up");
+
+            // A row due before it still wakes it, and goes out when due.
+            var dueAt = await DatabaseNowAsync() + TimeSpan.FromSeconds(1);
+            var soon = await ScheduleAsync(dueAt);
+            await NotifyAsync(dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture));
+            BasicGetResult? copy = null;
+            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)));
+            Assert.Equal(soon, copy!.BasicProperties.MessageId);
+        }
+        finally
+        {
+            await dispatcher.StopAsync(CancellationToken.None);
+        }
+    }
+
     [Fact]
     public async Task Due_rows_another_dispatcher_holds_are_not_asked_for_in_a_loop_and_are_published_once_let_go()
     {
