@@ -35,30 +35,6 @@ internal static class ShellWords
     /// </summary>
     public static string Queue(string queue) => queue.StartsWith('-') ? Option("--queue", queue) : Quote(queue);
 
-    /// <summary>
-    /// <paramref name="value"/>, when a command line can pass it on: one holding a NUL or an unpaired surrogate (see
-    /// <see cref="Escaped"/>) ends the command with <see cref="ExitCodes.UnexpectedAnswer"/>. Commands make the command they
-    /// will print to run before they print anything of the answer, so that such a value leaves stdout empty, as any other
-    /// answer the Api does not give does; <c>jobs --follow</c>, whose resume line names a page's cursor only when it ends,
-    /// checks each cursor with this before printing the page's jobs.
-    /// </summary>
-    public static string Passable(string value)
-    {
-        for (var i = 0; i < value.Length;)
-        {
-            if (Rune.DecodeFromUtf16(value.AsSpan(i), out var rune, out var length) != OperationStatus.Done || rune.Value == 0)
-            {
-                throw Answers.Unexpected(
-                    $"'{Printable.Text(value)}' holds {(rune.Value == 0 ? "a NUL character" : "an unpaired surrogate")}, which no command line can pass on, "
-                    + "so no command naming it can be given to run");
-            }
-
-            i += length;
-        }
-
-        return value;
-    }
-
     /// <summary>Characters no POSIX shell (nor zsh, which expands a leading <c>=</c>) reads as anything but themselves.</summary>
     private static bool IsPlain(char c) => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or '/' or ':' or ',' or '@' or '%' or '+';
 
@@ -76,12 +52,17 @@ internal static class ShellWords
     /// </summary>
     private static string Escaped(string value)
     {
-        Passable(value);
         var word = new StringBuilder("$'", value.Length + 16);
         Span<byte> utf8 = stackalloc byte[4];
         for (var i = 0; i < value.Length;)
         {
-            Rune.DecodeFromUtf16(value.AsSpan(i), out var rune, out var length);
+            if (Rune.DecodeFromUtf16(value.AsSpan(i), out var rune, out var length) != OperationStatus.Done || rune.Value == 0)
+            {
+                throw Answers.Unexpected(
+                    $"'{Printable.Text(value)}' holds {(rune.Value == 0 ? "a NUL character" : "an unpaired surrogate")}, which no command line can pass on, "
+                    + "so no command naming it can be given to run");
+            }
+
             if (Printable.Hidden(rune) || rune.Value == '\'')
             {
                 var bytes = rune.EncodeToUtf8(utf8);

@@ -493,7 +493,6 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         }
 
         var items = page.GetProperty("items");
-        // Made before the table is printed, as the command it names may not be given (a cursor holding a NUL: 6).
         var howToGoOn = HowToGoOn(settings, ConveyorClient.Text(page, "nextCursor"), full: items.GetArrayLength() >= PageSize(settings));
         var table = new Table().AddColumns("Job", "Kind", "Business key", "Status", "Attempts", "Last error", "Created", "Updated");
         foreach (var job in items.EnumerateArray())
