@@ -32,22 +32,31 @@ public sealed class RateLimitingOptions : IValidatableObject
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
     {
-        // The bucket gains a second's permits at once and holds no more than Burst, so a smaller Burst
-        // would cap every client at Burst a second, whatever PermitsPerSecond says.
-        if (Enabled && Burst < PermitsPerSecond)
+        if (!Enabled)
         {
-            yield return new ValidationResult(
-                $"RateLimiting:Burst ({Burst}) must be at least RateLimiting:PermitsPerSecond ({PermitsPerSecond}): " +
-                "the bucket is refilled once a second and holds at most Burst permits, so a client could never send more than Burst a second.",
-                [nameof(Burst), nameof(PermitsPerSecond)]);
+            yield break;
         }
 
-        if (Enabled && ReadBurst < ReadPermitsPerSecond)
+        if (BurstBelowRate(nameof(Burst), Burst, nameof(PermitsPerSecond), PermitsPerSecond, "send") is { } submissions)
         {
-            yield return new ValidationResult(
-                $"RateLimiting:ReadBurst ({ReadBurst}) must be at least RateLimiting:ReadPermitsPerSecond ({ReadPermitsPerSecond}): " +
-                "the bucket is refilled once a second and holds at most ReadBurst permits, so a client could never read more than ReadBurst a second.",
-                [nameof(ReadBurst), nameof(ReadPermitsPerSecond)]);
+            yield return submissions;
+        }
+
+        if (BurstBelowRate(nameof(ReadBurst), ReadBurst, nameof(ReadPermitsPerSecond), ReadPermitsPerSecond, "read") is { } reads)
+        {
+            yield return reads;
         }
     }
+
+    /// <summary>
+    /// The refusal of a bucket smaller than a second's permits, or null. The bucket gains a second's permits at once and
+    /// holds no more than its burst, so a smaller burst would cap every client at that many a second, whatever the rate says.
+    /// </summary>
+    private static ValidationResult? BurstBelowRate(string burstName, int burst, string rateName, int rate, string does) =>
+        burst >= rate
+            ? null
+            : new ValidationResult(
+                $"{SectionName}:{burstName} ({burst}) must be at least {SectionName}:{rateName} ({rate}): " +
+                $"the bucket is refilled once a second and holds at most {burstName} permits, so a client could never {does} more than {burstName} a second.",
+                [burstName, rateName]);
 }
