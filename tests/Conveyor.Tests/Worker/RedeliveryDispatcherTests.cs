@@ -124,9 +124,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             var messageId = await ScheduleAsync(dueAt);
             await NotifyAsync(dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture));
 
-            BasicGetResult? copy = null;
-            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)));
-            Assert.Equal(messageId, copy!.BasicProperties.MessageId);
+            await AssertPublishedNextAsync(messageId);
         }
         finally
         {
@@ -170,9 +168,7 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
             var dueAt = await DatabaseNowAsync() + TimeSpan.FromSeconds(1);
             var soon = await ScheduleAsync(dueAt);
             await NotifyAsync(dueAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture));
-            BasicGetResult? copy = null;
-            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)));
-            Assert.Equal(soon, copy!.BasicProperties.MessageId);
+            await AssertPublishedNextAsync(soon);
         }
         finally
         {
@@ -246,16 +242,13 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         await dispatcher.StartAsync(CancellationToken.None);
         try
         {
-            BasicGetResult? copy = null;
-            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)), TimeSpan.FromSeconds(30));
-            Assert.Equal(first, copy!.BasicProperties.MessageId);
+            await AssertPublishedNextAsync(first, TimeSpan.FromSeconds(30));
 
             // A row stored while it sleeps, with no NOTIFY it could hear, is found by its idle poll.
             var asleep = DateTimeOffset.UtcNow;
             await Eventually.AssertAsync(async () => Assert.True(await DispatcherHasReadItsNextWakeUpAsync(asleep)), TimeSpan.FromSeconds(30));
             var second = await ScheduleAsync(DateTimeOffset.UtcNow.AddSeconds(-1));
-            await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)), TimeSpan.FromSeconds(30));
-            Assert.Equal(second, copy!.BasicProperties.MessageId);
+            await AssertPublishedNextAsync(second, TimeSpan.FromSeconds(30));
 
             // Once its database is there, a later round opens the session and LISTENs again.
             dispatcher.ListenConnectionString = null;
@@ -340,6 +333,14 @@ public sealed class RedeliveryDispatcherTests(ConveyorFixture fixture) : IAsyncL
         db.Jobs.Add(job);
         await db.SaveChangesAsync();
         return job;
+    }
+
+    /// <summary>Waits for the next message in the queue (within <paramref name="timeout"/>, if given) and asserts it is <paramref name="messageId"/>'s.</summary>
+    private async Task AssertPublishedNextAsync(string messageId, TimeSpan? timeout = null)
+    {
+        BasicGetResult? copy = null;
+        await Eventually.AssertAsync(async () => Assert.NotNull(copy = await _channel.BasicGetAsync(_queue, autoAck: true)), timeout);
+        Assert.Equal(messageId, copy!.BasicProperties.MessageId);
     }
 
     /// <summary>The message ids <paramref name="queue"/> holds, taken from it.</summary>
