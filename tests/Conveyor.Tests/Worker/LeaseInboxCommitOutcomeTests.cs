@@ -27,80 +27,20 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     public Task DisposeAsync() => Task.CompletedTask;
 
     [Fact]
-    public async Task A_lease_claim_applied_but_unanswered_is_the_runs_own_and_the_retry_runs_at_once()
-    {
-        await fixture.SeedLedgerAsync(Account, LedgerRows);
-        var lost = new LostCommitAnswerAfter(ClaimLease);
-        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
+    public Task A_lease_claim_applied_but_unanswered_is_the_runs_own_and_the_retry_runs_at_once() =>
         // A lease left behind under an owner nobody runs would hold every copy of the message off for ten minutes.
-        await using var worker = await fixture.StartWorkerAsync(
-            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")), lost.AddTo);
-        failedAttempts.Watch(worker.Services);
-        await using var publisher = await TestPublisher.StartAsync(fixture);
-        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
-        var key = report.ReportId.ToString();
-
-        await publisher.PublishAsync(report);
-
-        // Either the report is made, or its copy was parked behind the lease the claim left.
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.True(await db.ScheduledMessages.AnyAsync() || await db.Jobs.AnyAsync(j => j.BusinessKey == key && j.Status == JobStatus.Succeeded),
-                "neither made nor parked");
-        });
-        Assert.True(lost.Fired);
-        await using var check = fixture.CreateDbContext();
-        // Parked, the copy waited out the lease that its own claim had taken (the claim taken for failed).
-        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
-        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
-        Assert.Equal((JobStatus.Succeeded, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
-        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
-        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
-        await fixture.AssertDrainedAsync(worker, Queue);
-        Assert.Equal(0, failedAttempts.Count);
-    }
+        AssertReportMadeOnceAtOnceAsync(new LostCommitAnswerAfter(ClaimLease), refused: 0);
 
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task A_lease_claim_applied_but_unanswered_whose_outcome_cannot_be_told_is_taken_back_by_the_retry(bool releaseOutOfReach)
-    {
-        await fixture.SeedLedgerAsync(Account, LedgerRows);
+    public Task A_lease_claim_applied_but_unanswered_whose_outcome_cannot_be_told_is_taken_back_by_the_retry(bool releaseOutOfReach) =>
         // The database out of reach for the question after the claim's outcome too (and, with releaseOutOfReach, for
-        // the release of the lease the claim may have left), then back: the claim applied, and nobody can tell.
-        var lost = new LostCommitAnswerAfter(ClaimLease, releaseOutOfReach ? [OutcomeQuestion, ReleaseLease] : [OutcomeQuestion]);
-        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
-        // The lease left under the failed attempt's owner would hold every copy of the message off for ten minutes.
-        await using var worker = await fixture.StartWorkerAsync(
-            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")), lost.AddTo);
-        failedAttempts.Watch(worker.Services);
-        await using var publisher = await TestPublisher.StartAsync(fixture);
-        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
-        var key = report.ReportId.ToString();
-
-        await publisher.PublishAsync(report);
-
-        // Either the report is made, or its copy was parked behind the lease the claim left.
-        await Eventually.AssertAsync(async () =>
-        {
-            await using var db = fixture.CreateDbContext();
-            Assert.True(await db.ScheduledMessages.AnyAsync() || await db.Jobs.AnyAsync(j => j.BusinessKey == key && j.Status == JobStatus.Succeeded),
-                "neither made nor parked");
-        });
-        Assert.True(lost.Fired);
-        await using var check = fixture.CreateDbContext();
-        // Parked, the in-memory retry of the very delivery whose claim took the lease waited it out as another's.
-        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
-        Assert.Equal(releaseOutOfReach ? 2 : 1, lost.Refused);
-        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
-        // The failed claim ran nothing and counted no attempt: the retry's run is the job's one attempt.
-        Assert.Equal((JobStatus.Succeeded, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
-        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
-        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
-        await fixture.AssertDrainedAsync(worker, Queue);
-        Assert.Equal(0, failedAttempts.Count);
-    }
+        // the release of the lease the claim may have left), then back: the claim applied, and nobody can tell. The
+        // lease left under the failed attempt's owner would hold every copy of the message off for ten minutes.
+        AssertReportMadeOnceAtOnceAsync(
+            new LostCommitAnswerAfter(ClaimLease, releaseOutOfReach ? [OutcomeQuestion, ReleaseLease] : [OutcomeQuestion]),
+            refused: releaseOutOfReach ? 2 : 1);
 
     [Fact]
     public async Task An_attempt_count_applied_but_unanswered_is_counted_once()
@@ -139,4 +79,44 @@ public sealed class LeaseInboxCommitOutcomeTests(ConveyorFixture fixture) : IAsy
     /// <summary>Only JobTracker's count of an attempt outside an inbox transaction says this.</summary>
     private const string CountAttempt = "AS claimed_id_free";
 
+    /// <summary>
+    /// Publishes a report to a worker whose lease claim loses its answer as <paramref name="lost"/> says (600 s leases), and
+    /// asserts the report was made once, at once: never parked behind the lease its own claim took (taken for failed, or
+    /// left by an attempt whose outcome nobody could tell, then by the in-memory retry of the very delivery), one attempt,
+    /// no failed one, the inbox row done, the queue drained; and that <paramref name="refused"/> statements were refused
+    /// as the database stayed out of reach.
+    /// </summary>
+    private async Task AssertReportMadeOnceAtOnceAsync(LostCommitAnswerAfter lost, int refused)
+    {
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
+        using var failedAttempts = WorkerMetric.AttemptsFailed(Queue);
+        await using var worker = await fixture.StartWorkerAsync(
+            WorkerSettings.With().Override(("Consumers:GenerateReport:LeaseSeconds", "600")), lost.AddTo);
+        failedAttempts.Watch(worker.Services);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var report = new GenerateReport { ReportId = Guid.NewGuid(), AccountId = Account, PageSize = 5 };
+        var key = report.ReportId.ToString();
+
+        await publisher.PublishAsync(report);
+
+        // Either the report is made, or its copy was parked behind the lease the claim left.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.True(await db.ScheduledMessages.AnyAsync() || await db.Jobs.AnyAsync(j => j.BusinessKey == key && j.Status == JobStatus.Succeeded),
+                "neither made nor parked");
+        });
+        Assert.True(lost.Fired);
+        await using var check = fixture.CreateDbContext();
+        // Parked, the copy waited out the lease that its own claim had taken.
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.Equal(refused, lost.Refused);
+        var job = await check.Jobs.SingleAsync(j => j.BusinessKey == key);
+        // A failed claim ran nothing and counted no attempt: the retry's run is the job's one attempt.
+        Assert.Equal((JobStatus.Succeeded, 1, (string?)null), (job.Status, job.Attempts, job.LastError));
+        Assert.Equal(LedgerRows, (await check.Reports.SingleAsync(r => r.ReportId == report.ReportId)).RowsScanned);
+        Assert.Equal(InboxStatus.Done, (await check.Inbox.SingleAsync(i => i.MessageKey == key)).Status);
+        await fixture.AssertDrainedAsync(worker, Queue);
+        Assert.Equal(0, failedAttempts.Count);
+    }
 }
