@@ -51,17 +51,19 @@ public sealed class JobSubmissions(int batchSize = 1)
     public async Task SubmitAsync(HttpClient api, int jobs, int clients, double? perSecond = null, CancellationToken stop = default)
     {
         var next = -1;
-        var started = DateTime.UtcNow;
+        var started = System.Diagnostics.Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, clients).Select(async _ =>
         {
             while (!stop.IsCancellationRequested && Interlocked.Increment(ref next) is var i && i < jobs)
             {
                 if (perSecond is { } rate)
                 {
-                    var due = started + TimeSpan.FromSeconds(i * (double)BatchSize / rate);
-                    if (due > DateTime.UtcNow)
+                    // The wait is read once: read twice, the clock may pass the due time in between
+                    // and hand Task.Delay a negative span (which throws).
+                    var wait = TimeSpan.FromSeconds(i * (double)BatchSize / rate) - started.Elapsed;
+                    if (wait > TimeSpan.Zero)
                     {
-                        await Task.Delay(due - DateTime.UtcNow, CancellationToken.None);
+                        await Task.Delay(wait, CancellationToken.None);
                     }
 
                     if (stop.IsCancellationRequested)
