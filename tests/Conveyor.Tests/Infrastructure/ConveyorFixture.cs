@@ -44,7 +44,7 @@ public sealed class ConveyorFixture : IAsyncLifetime
         await using (var admin = new NpgsqlConnection(_adminConnectionString))
         {
             await admin.OpenAsync();
-            await using var create = new NpgsqlCommand($"CREATE DATABASE \"{DatabaseName}\"", admin);
+            await using var create = new NpgsqlCommand($"CREATE DATABASE \"{DatabaseName}\"", admin) { CommandTimeout = DatabaseDrop.StatementTimeoutSeconds };
             await create.ExecuteNonQueryAsync();
         }
 

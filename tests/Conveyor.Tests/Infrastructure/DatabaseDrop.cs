@@ -11,6 +11,13 @@ namespace Conveyor.Tests.Infrastructure;
 /// </summary>
 public static class DatabaseDrop
 {
+    /// <summary>
+    /// How long a test waits for a statement about a whole database (CREATE, DROP) or a test's own bulk setup: far
+    /// longer than Npgsql's 30 s default, which a drop beside several builds' disk writes outlasted (the drop was
+    /// cancelled, the database left behind, and the next test's CREATE found it there).
+    /// </summary>
+    public const int StatementTimeoutSeconds = 300;
+
     /// <summary>Drops <paramref name="database"/> over <paramref name="connectionString"/> (a connection to another database).</summary>
     public static async Task ForceAsync(string connectionString, string database)
     {
@@ -20,7 +27,10 @@ public static class DatabaseDrop
             {
                 await using var connection = new NpgsqlConnection(connectionString);
                 await connection.OpenAsync();
-                await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)", connection);
+                await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)", connection)
+                {
+                    CommandTimeout = StatementTimeoutSeconds,
+                };
                 await drop.ExecuteNonQueryAsync();
                 return;
             }

@@ -24,10 +24,11 @@ public sealed class ScratchDatabase : IAsyncDisposable
 
     public string ConnectionString { get; }
 
-    /// <summary>Creates <c>{run database}_{suffix}</c>.</summary>
+    /// <summary>Creates <c>{run database}_{suffix}</c>, dropping one an earlier test failed to drop.</summary>
     public static async Task<ScratchDatabase> CreateAsync(ConveyorFixture fixture, string suffix)
     {
         var database = new ScratchDatabase(fixture.ConnectionString, $"{fixture.DatabaseName}_{suffix}");
+        await DatabaseDrop.ForceAsync(fixture.ConnectionString, database.Name);
         await ExecuteAsync(fixture.ConnectionString, $"CREATE DATABASE \"{database.Name}\"");
         return database;
     }
@@ -100,7 +101,7 @@ public sealed class ScratchDatabase : IAsyncDisposable
     {
         await using var connection = new NpgsqlConnection(connectionString);
         await connection.OpenAsync();
-        await using var command = new NpgsqlCommand(sql, connection);
+        await using var command = new NpgsqlCommand(sql, connection) { CommandTimeout = DatabaseDrop.StatementTimeoutSeconds };
         await command.ExecuteNonQueryAsync();
     }
 
