@@ -33,7 +33,8 @@ internal sealed record CancelResult(CancelStatus Status, Job? Job = null);
 /// started: the attempt may have had its effect outside (a charge at the gateway), which only running
 /// the job again settles, so it is not cancelled. A worker killed outright mid-attempt leaves no such trace (the
 /// attempt's transaction rolls back, its count with it): that job reads queued with 0 attempts and is cancelled, although
-/// the attempt may have reached the payment gateway; the README's cancel row tells the operator how to settle it. A scheduled
+/// the attempt may have reached the payment gateway; the README's cancel row tells the operator how to settle it, and the worker
+/// that acks the command, redelivered, says so in the job's last error (<c>JobTracker.RecordCancelledRedeliveryAsync</c>). A scheduled
 /// job's stored command is deleted in the same transaction; if the dispatcher holds it at that
 /// moment, the cancel waits for it: it is published anyway and the worker skips it.
 /// The transaction waits for a held row at most <see cref="JobRowTransactions.LockWaitMilliseconds"/>, and then

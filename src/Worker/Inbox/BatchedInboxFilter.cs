@@ -54,6 +54,11 @@ public sealed partial class BatchedInboxFilter<T>(
             case InboxClaim.NotRunnable:
                 await ThrowUnlessCommittedAsync(member, consumerId, job, context.MessageId);
                 LogNotRun(job.Kind, job.BusinessKey);
+                if (context.ReceiveContext.Redelivered)
+                {
+                    await RecordCancelledRedeliveryQuietlyAsync(job, context.MessageId);
+                }
+
                 await SettledByInbox.NotifyAsync(context, consumerId);
                 return;
         }
@@ -158,6 +163,24 @@ public sealed partial class BatchedInboxFilter<T>(
         }
     }
 
+    /// <summary>
+    /// A cancelled job's command delivered before may have started an attempt that left no trace (its batch rolled
+    /// back with the worker): <see cref="JobTracker.RecordCancelledRedeliveryAsync(JobRef, Guid?, CancellationToken)"/>.
+    /// Written once the batch committed (its claim holds the job rows' locks until then), so the message is settled
+    /// already: a failure is logged, not thrown, since the retry would be acked as a duplicate without writing it.
+    /// </summary>
+    private async Task RecordCancelledRedeliveryQuietlyAsync(JobRef job, Guid? messageId)
+    {
+        try
+        {
+            await tracker.RecordCancelledRedeliveryAsync(job, messageId, CancellationToken.None);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            LogCancelledRedeliveryNotRecorded(exception, job.Kind, job.BusinessKey, messageId);
+        }
+    }
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {MessageKey}, message {MessageId}")]
     private partial void LogDuplicate(string consumerId, string messageKey, Guid? messageId);
 
@@ -166,6 +189,9 @@ public sealed partial class BatchedInboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record the failure of job {Kind}/{BusinessKey}")]
     private partial void LogStatusWriteFailed(Exception exception, string kind, string businessKey);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} is cancelled or already succeeded and its command (message {MessageId}) came back redelivered, but whether it is cancelled could not be read or recorded: if it is, an earlier delivery may have started an attempt before the cancel")]
+    private partial void LogCancelledRedeliveryNotRecorded(Exception exception, string kind, string businessKey, Guid? messageId);
 }
 
 /// <summary>

@@ -68,7 +68,13 @@ public sealed partial class InboxFilter<T>(
 
         if (claim == InboxClaim.NotRunnable)
         {
-            // Cancelled, or succeeded already: record the message as handled and do nothing.
+            // Cancelled, or succeeded already: record the message as handled and do nothing. A cancelled job's
+            // command delivered before may have started an attempt that left no trace: said so, with the inbox row.
+            if (context.ReceiveContext.Redelivered)
+            {
+                await tracker.RecordCancelledRedeliveryAsync(db, job!.Value, context.MessageId, cancellationToken);
+            }
+
             await transaction.CommitAsync(cancellationToken);
             LogNotRun(job!.Value.Kind, job.Value.BusinessKey);
             await SettledByInbox.NotifyAsync(context, consumerId);

@@ -131,7 +131,10 @@ public sealed partial class LeaseInboxFilter<T>(
                 throw InboxConflicts.Found(metrics, logger, consumerId, key, context.MessageId, jobConflict, fingerprint);
             }
 
-            // Cancelled, or succeeded already: mark the message handled without running it.
+            // Cancelled, or succeeded already: mark the message handled without running it. A redelivered copy of a
+            // cancelled job's command gets no note here, unlike in the short jobs' inboxes (JobTracker.RecordCancelledRedeliveryAsync):
+            // this inbox commits an attempt's count before anything of it runs, so a worker killed mid-attempt leaves the
+            // job running, which refuses a cancel; a cancelled job's earlier deliveries started nothing.
             await CompleteAsync(job, consumerId, key, owner, succeeded: false, cancellationToken);
             await SettledByInbox.NotifyAsync(context, consumerId);
             return true;

@@ -397,6 +397,53 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     }
 
     /// <summary>
+    /// For a command the inbox settles unrun that the broker delivered with its redelivered flag set: when the job
+    /// is cancelled, says so on the job (its <c>last_error</c>, which the Api shows as <c>lastError</c>) and logs a
+    /// warning; true then. A job that succeeded already is left alone (false). An earlier delivery of the command
+    /// went out before, possibly to a worker killed mid-attempt: in the short jobs' inboxes such an attempt leaves
+    /// no trace (its transaction rolls back, its count with it), so the job read <c>queued</c> with 0 attempts and
+    /// the cancel was accepted although that attempt may have had its effect (a charge at the gateway). The flag is
+    /// all the worker can tell: a shutdown that gave back deliveries it never started sets it too, hence "may".
+    /// </summary>
+    /// <remarks>
+    /// In <paramref name="db"/>'s transaction, if any (the single-message inbox's, so the note commits with the
+    /// inbox row or the message comes back to write it). A note already there is not written again, so the job's
+    /// <c>updated_at</c> moves once per redelivered message, not with every copy; nothing else writes a cancelled
+    /// job's row, and a cancel requires <c>last_error</c> to be empty (the Api's <c>JobCanceller</c>).
+    /// </remarks>
+    public async Task<bool> RecordCancelledRedeliveryAsync(ConveyorDbContext db, JobRef job, Guid? messageId, CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        var note =
+            $"The command came back redelivered after the cancel (message {messageId?.ToString() ?? "without an id"}): an earlier delivery "
+            + "may have started an attempt before the job was cancelled (a worker killed mid-attempt leaves no trace of it), whose effect "
+            + "(a charge at the gateway) is then in no record here; check the remote side. The command was acked without running.";
+        var cancelled = await db.Database.SqlQuery<Guid>($"""
+            UPDATE jobs SET last_error = {note},
+                   updated_at = CASE WHEN last_error IS DISTINCT FROM {note} THEN GREATEST(updated_at + interval '1 microsecond', {now}) ELSE updated_at END
+             WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status = {JobStatus.Cancelled}
+            RETURNING id AS "Value"
+            """).ToListAsync(cancellationToken); // not composed: an UPDATE cannot be a subquery
+        if (cancelled is not [var jobId])
+        {
+            return false;
+        }
+
+        LogCancelledRedelivery(job.Kind, job.BusinessKey, jobId, messageId);
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="RecordCancelledRedeliveryAsync(ConveyorDbContext, JobRef, Guid?, CancellationToken)"/> in a
+    /// statement of its own, for an inbox whose message is settled already (the batched one's, after its batch committed).
+    /// </summary>
+    public async Task<bool> RecordCancelledRedeliveryAsync(JobRef job, Guid? messageId, CancellationToken cancellationToken)
+    {
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        return await RecordCancelledRedeliveryAsync(db, job, messageId, cancellationToken);
+    }
+
+    /// <summary>
     /// The job's row id and attempts so far, or null when it has no row. The id is the job's also
     /// when the message carried none (another service published it directly).
     /// </summary>
@@ -456,6 +503,9 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{Kind} {BusinessKey}: the attempt's count failed to commit, but the database had applied it (its answer was lost); counted once")]
     private partial void LogCountAnswerLost(Exception exception, string kind, string businessKey);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) is cancelled, but its command (message {MessageId}) came back redelivered: an earlier delivery may have started an attempt before the cancel, and its effect (a charge at the gateway) would be in no record; check the remote side. Acked without running; the job's lastError says so")]
+    private partial void LogCancelledRedelivery(string kind, string businessKey, Guid jobId, Guid? messageId);
 }
 
 /// <summary>What the inbox statement found for a message.</summary>
