@@ -49,6 +49,14 @@ public sealed class CliContext(
                 $"The Api URL (--api or {ApiUrlVariable}) holds a user or password, which the CLI does not send; give it without them. The API key goes in {ApiKeyVariable}.");
         }
 
+        // The paths are resolved against the address's last segment: with a query or fragment after it (a dashboard link copied
+        // whole), https://host/conveyor?x=1 would send every request to https://host/api/..., past the path prefix.
+        if (baseAddress.Query.Length > 0 || baseAddress.Fragment.Length > 0)
+        {
+            throw new CliFailureException(ExitCodes.Usage,
+                $"'{url}' holds a query or fragment (--api or {ApiUrlVariable}), which the CLI's requests cannot keep; give the Api's address without it, such as https://host/conveyor.");
+        }
+
         var key = environment(ApiKeyVariable);
         if (string.IsNullOrWhiteSpace(key))
         {

@@ -63,6 +63,46 @@ public sealed class CliHostileAnswerTests
         Assert.Contains(@"\u001B]0;PWNED\u0007\u001B[2J\u009B31m\u202Egpj.exe\U000E0001\U000E0041", printed, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// The Api's address with a query or a fragment (a dashboard link copied with its <c>?…</c> or <c>#…</c>): the CLI's paths
+    /// are relative to it, and were resolved against its last segment, so <c>https://host/conveyor?x=1</c> sent every request
+    /// to <c>https://host/api/…</c>, past the path prefix, to whatever answers there. Refused naming it; nothing is sent.
+    /// </summary>
+    [Theory]
+    [InlineData("http://conveyor.invalid/conveyor?tenant=1")]
+    [InlineData("http://conveyor.invalid/conveyor#queues")]
+    [InlineData("http://conveyor.invalid/?x")]
+    public async Task An_api_url_with_a_query_or_a_fragment_is_a_usage_error_and_nothing_is_sent(string url)
+    {
+        using var api = new Counted(HttpStatusCode.OK, "[]");
+
+        var run = await RunAsync(["queues", "--api", url], api);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains($"'{url}'", run.Err, StringComparison.Ordinal);
+        Assert.Contains("query or fragment", run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, api.Requests);
+    }
+
+    /// <summary>An Api behind a path prefix, given with or without the last slash: every request goes under it.</summary>
+    [Theory]
+    [InlineData("http://conveyor.invalid/conveyor")]
+    [InlineData("http://conveyor.invalid/conveyor/")]
+    public async Task An_api_url_with_a_path_prefix_keeps_it_in_every_request(string url)
+    {
+        var paths = new ConcurrentQueue<string>();
+        using var api = new Canned(request =>
+        {
+            paths.Enqueue(request.RequestUri!.AbsolutePath);
+            return Respond(HttpStatusCode.OK, "[]");
+        });
+
+        var run = await RunAsync(["queues", "--api", url], api);
+
+        Assert.Equal(ExitCodes.Ok, run.ExitCode);
+        Assert.Equal(["/conveyor/api/error-queues"], paths);
+    }
+
     [Theory]
     [InlineData("--version")]
     [InlineData("-v")]
