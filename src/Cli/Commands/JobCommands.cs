@@ -433,7 +433,7 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             throw new CliFailureException(failure.ExitCode,
                 $"{failure.Message}{Environment.NewLine}The request was sent, but the Api's answer never came: it may have made up to "
                 + $"{settings.Limit ?? RunNowSettings.DefaultLimit} {kind} job(s) due now. It was not sent again, which would release as many more. "
-                + $"Running it again is safe, and says how many still wait: conveyor run-now --kind {ShellWords.Quote(kind)}"
+                + $"Running it again is safe, and says how many still wait: conveyor run-now {ShellWords.Option("--kind", kind)}"
                 + (settings.Status is null ? "" : $" --status {settings.Status}")
                 + (settings.Limit is { } given ? $" --limit {given.ToString(CultureInfo.InvariantCulture)}" : ""));
         }

@@ -1732,6 +1732,9 @@ public sealed class CliHostileAnswerTests
     [InlineData($"job|{OperationId}", 200, $$"""{"jobId":"{{OperationId}}","kind":"-weird","status":"dead-lettered"}""", $"conveyor move --queue=-weird_error --job-id {OperationId}")]
     [InlineData("groups|orders error;rm x", 200, """{"examined":3,"queueDepth":3,"groups":[{"groupId":"g$(id)","count":2},{"groupId":"h","count":1}]}""", "conveyor move 'orders error;rm x' --group 'g$(id)'")]
     [InlineData("groups|--queue=-weird_error", 200, """{"examined":1,"queueDepth":1,"groups":[{"groupId":"-g","count":1}]}""", "conveyor move --queue=-weird_error --group=-g")]
+    // The run-now --kind that a gateway's 504 cut off says how to run it again: a kind beginning with '-' given with '='.
+    [InlineData("run-now|--kind=-weird|--limit|5", 504, "<html>Gateway Timeout</html>", "conveyor run-now --kind=-weird --limit 5")]
+    [InlineData("run-now|--kind|pay x", 502, "<html>Bad Gateway</html>", "conveyor run-now --kind 'pay x'")]
     public async Task A_command_the_cli_says_to_run_quotes_values_a_shell_would_read_otherwise(string command, int status, string body, string hint)
     {
         using var api = new Canned(_ => Respond((HttpStatusCode)status, body));
