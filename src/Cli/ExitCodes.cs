@@ -44,7 +44,7 @@ public static class ExitCodes
 
     /// <summary>
     /// The answer is not one a Conveyor Api gives (a proxy's HTML page, another service at that URL,
-    /// an Api of another version, an operation other than the one asked for, an error other than 502/503/504 that is not a problem document,
+    /// an Api of another version, an operation or a job other than the one asked for, an error other than 502/503/504 that is not a problem document,
     /// a redirect, which is never followed, or an answer larger than
     /// <see cref="ConveyorClient.MaxAnswerBytes"/>, or a value holding a NUL or an unpaired surrogate where a command to run
     /// would be printed, which no command line can pass on): nothing in it could be shown. Never for an answer that accepts the start

@@ -193,8 +193,20 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         return exitCode;
     }
 
-    private static async Task<JsonElement> ReadAsync(ConveyorClient client, Guid id, string query, CancellationToken cancellationToken) =>
-        Answers.ExpectObject(await client.GetAsync($"api/jobs/{id}{query}", cancellationToken), "a job", "jobId", "status");
+    /// <summary>
+    /// A read of job <paramref name="id"/>. The Api answers it with that job: an answer that shows another (a proxy or cache that
+    /// mixes up paths, a wrong <c>--api</c>) says nothing of the one asked for, and would be shown as it, its status deciding the
+    /// exit code of <c>job --wait</c> and whether <c>result --wait</c> goes on; it ends with 6 naming both, as <c>operation</c> does.
+    /// </summary>
+    private static async Task<JsonElement> ReadAsync(ConveyorClient client, Guid id, string query, CancellationToken cancellationToken)
+    {
+        var job = Answers.ExpectObject(await client.GetAsync($"api/jobs/{id}{query}", cancellationToken), "a job", "jobId", "status");
+        var answered = job.GetProperty("jobId");
+        return answered.ValueKind == JsonValueKind.String && Guid.TryParse(answered.GetString(), out var shown) && shown == id
+            ? job
+            : throw Answers.Unexpected(
+                $"asked for job {id}, it answered with job {(answered.ValueKind == JsonValueKind.String ? answered.GetString() : answered.GetRawText())}");
+    }
 
     /// <summary>
     /// The job once it has ended, or as it is when <paramref name="wait"/> is over. The Api holds a read for at most

@@ -387,6 +387,29 @@ public sealed class CliHostileAnswerTests
         Assert.True(asked.SequenceEqual(asked.OrderByDescending(seconds => seconds)), string.Join(", ", asked));
     }
 
+    /// <summary>
+    /// A read of one job answered with another job (a proxy or cache that mixes up paths, a wrong --api), as operation
+    /// checks an operation's id: it was shown as the job asked for, and <c>job --wait</c> ended with that other job's
+    /// outcome, 0 for a job that had not ended. It ends with 6, naming both, and nothing on stdout.
+    /// </summary>
+    [Theory]
+    [InlineData($"job {OperationId}", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"succeeded"}""", FirstJob)]
+    [InlineData($"job {OperationId} --json", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"succeeded"}""", FirstJob)]
+    [InlineData($"job {OperationId} --wait 5", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"succeeded"}""", FirstJob)]
+    [InlineData($"result {OperationId} --wait 5", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"succeeded"}""", FirstJob)]
+    [InlineData($"job {OperationId}", """{"jobId":"x","kind":"charge-payment","status":"queued"}""", "x")]
+    [InlineData($"job {OperationId} --json", """{"jobId":7,"kind":"charge-payment","status":"queued"}""", "7")]
+    public async Task A_job_answered_with_another_job_than_the_one_asked_for_ends_with_6_naming_both(string command, string body, string answeredId)
+    {
+        using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
+
+        var run = await RunAsync(command, api);
+
+        Assert.True(run.ExitCode == ExitCodes.UnexpectedAnswer, $"{run.ExitCode}: {run.Out}{run.Err}");
+        Assert.Equal("", run.Out);
+        Assert.Contains($"asked for job {OperationId}, it answered with job {answeredId}", run.Err, StringComparison.Ordinal);
+    }
+
     /// <summary>Answers each read of the job at once with the status <paramref name="statusAfter"/> gives for the reads so far, noting the waitSeconds each asked for.</summary>
     private static Canned JobReads(ConcurrentQueue<int> asked, Func<int, string> statusAfter) => new(request =>
     {
