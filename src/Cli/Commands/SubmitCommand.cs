@@ -29,8 +29,13 @@ public sealed class SubmitSettings : ApiSettings
     [Description("How often to send a batch again after a 429, 502, 503, 504 or 409 \"Submission in progress\", each time after the wait the Api asks for (default 5); a batch waits two minutes in all at most.")]
     public int Retries { get; set; } = 5;
 
+    /// <summary>
+    /// An empty kind (<c>submit "$KIND" jobs.jsonl</c> with KIND unset) names none, as an empty queue argument names no queue:
+    /// sent, it would be <c>POST api/jobs//batch</c>, whose answer says nothing of the jobs.
+    /// </summary>
     public override ValidationResult Validate() =>
-        BatchSize is < 1 or > MaxBatchSize ? ValidationResult.Error($"--batch-size must be from 1 to {MaxBatchSize}.")
+        string.IsNullOrWhiteSpace(Kind) ? ValidationResult.Error("The kind is empty: name the jobs' kind, such as charge-payment (an unset variable?). Nothing was sent.")
+        : BatchSize is < 1 or > MaxBatchSize ? ValidationResult.Error($"--batch-size must be from 1 to {MaxBatchSize}.")
         : Retries is < 0 or > 100 ? ValidationResult.Error("--retries must be from 0 to 100.")
         : ValidationResult.Success();
 }

@@ -637,6 +637,25 @@ public sealed class CliHostileAnswerTests
     /// A 429 still there when the CLI stops trying (here at once: the wait asked for is longer than the CLI waits) says
     /// "try later", as 502/503/504 do (exit code 5), never "your command is wrong" (2); submit's 429 after its retries too.
     /// </summary>
+    /// <summary>
+    /// <c>conveyor submit "$KIND" jobs.jsonl</c> with KIND unset names no kind, as an empty queue argument names no queue: it
+    /// was sent as <c>POST api/jobs//batch</c>, and whatever answered that path decided the exit code. A usage error; nothing is sent.
+    /// </summary>
+    [Theory]
+    [InlineData("")]
+    [InlineData(" ")]
+    public async Task Submit_given_an_empty_kind_is_a_usage_error_and_nothing_is_sent(string kind)
+    {
+        using var file = await ChargeFile.WriteAsync(1);
+        using var api = new Counted(HttpStatusCode.Accepted, """{"jobs":[]}""");
+
+        var run = await RunAsync(["submit", kind, file.Path], api);
+
+        Assert.Equal(ExitCodes.Usage, run.ExitCode);
+        Assert.Contains("The kind is empty", run.Err, StringComparison.Ordinal);
+        Assert.Equal(0, api.Requests);
+    }
+
     [Theory]
     [InlineData("queues")]
     [InlineData("jobs")]
