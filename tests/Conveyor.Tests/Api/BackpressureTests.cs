@@ -354,15 +354,17 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
         await api.Client.AcceptJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()));
         await Eventually.AssertAsync(() => Assert.True(HostMeters.QueueGauge(api, BrokerPressureMonitor.DepthInstrument, JobKinds.ChargePayment) >= 1));
 
-        // Told 429, a client sends the job again to run a second from now: it would join the queue as soon.
+        // Told 429, a client sends the job again to run half a minute from now, within the gate's minute: it would
+        // join the queue as soon. Not a second from now: a request that took that long to arrive (a busy machine)
+        // would carry a past runAt, refused as invalid (400) before any gate.
         var soon = Guid.NewGuid();
-        using (var single = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(soon, DateTimeOffset.UtcNow.AddSeconds(1))))
+        using (var single = await api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(soon, DateTimeOffset.UtcNow.AddSeconds(30))))
         {
             await single.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
         }
 
         using (var batch = await JobBatchTests.PostBatchAsync(api, JobKinds.ChargePayment,
-            JobBatchTests.Batch([JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(1))])))
+            JobBatchTests.Batch([JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(30))])))
         {
             await batch.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
         }
