@@ -34,10 +34,13 @@ public sealed class PayloadDepthTests(ConveyorFixture fixture) : IAsyncLifetime
         var payload = Nested(Limit);
 
         var now = await api.Client.AcceptJobAsync(JobKinds.DeliverWebhook, Webhook(Guid.NewGuid(), payload, receiver.Url("/now")));
+        // Due in an hour, then made due: due two seconds on, a request that took that long to arrive (a busy
+        // machine) would carry a past runAt and be refused.
         var scheduled = await api.Client.AcceptJobAsync(JobKinds.DeliverWebhook,
-            Webhook(Guid.NewGuid(), payload, receiver.Url("/later"), runAt: DateTimeOffset.UtcNow.AddSeconds(2)));
+            Webhook(Guid.NewGuid(), payload, receiver.Url("/later"), runAt: DateTimeOffset.UtcNow.AddHours(1)));
 
         Assert.Equal((JobStatus.Queued, JobStatus.Scheduled), (now.Status, scheduled.Status));
+        await fixture.MakeScheduledMessagesDueAsync();
         await Eventually.AssertAsync(async () =>
         {
             Assert.Equal(JobStatus.Succeeded, (await api.Client.GetJobAsync(now.JobId)).Status);

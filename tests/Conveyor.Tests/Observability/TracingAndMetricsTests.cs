@@ -151,8 +151,11 @@ public sealed class TracingAndMetricsTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task A_scheduled_jobs_consume_belongs_to_the_trace_of_the_request_that_submitted_it()
     {
+        // Due in an hour, then made due: due a second on, a request that took that long to arrive (a busy
+        // machine) would carry a past runAt and be refused.
         var accepted = await _api.Client.AcceptJobAsync(JobKinds.ChargePayment,
-            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddSeconds(1)));
+            JobRequests.ScheduledChargePayment(Guid.NewGuid(), DateTimeOffset.UtcNow.AddHours(1)));
+        await fixture.MakeScheduledMessagesDueAsync();
         await Eventually.AssertAsync(async () =>
         {
             var job = await _api.Client.GetJobAsync(accepted.JobId);
