@@ -27,6 +27,18 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
 
     public async Task DisposeAsync() => await _api.DisposeAsync();
 
+    /// <summary>
+    /// The Api for a test whose repeat must arrive while the first request still publishes: its publish waits 5 s for
+    /// the broker, not the class's 2 s. The repeat is sent once the first request's row is seen; sent more than a second
+    /// or so later (a busy machine), it found the row already removed after the failed publish, and was answered as a
+    /// new job (its own 503 and no row, or a 400 for its past runAt) instead of as a repeat.
+    /// </summary>
+    private Task<RunningApp> StartPublishingLongerAsync() => fixture.StartApiAsync(new Dictionary<string, string?>
+    {
+        ["RabbitMq:Port"] = ClosedPort().ToString(CultureInfo.InvariantCulture),
+        ["RabbitMq:ConnectTimeoutSeconds"] = "5",
+    });
+
     [Fact]
     public async Task Submission_is_a_503_with_retry_after_and_leaves_no_job_row()
     {
@@ -55,10 +67,11 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
     [InlineData(false)]
     public async Task A_repeat_while_the_first_request_publishes_is_not_accepted_for_a_job_that_then_vanishes(bool sameRequest)
     {
+        await using var api = await StartPublishingLongerAsync();
         var paymentId = Guid.NewGuid();
         var businessKey = paymentId.ToString("D");
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        var first = _api.Client.PostJobAsync(
+        var first = api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
 
         // The first request has committed its row and now waits for a confirm that never comes.
@@ -69,7 +82,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         }, TimeSpan.FromSeconds(10));
 
         // A client that gave up waiting repeats it: byte for byte, or the same payment in another body with another key.
-        using var repeat = await _api.Client.PostJobAsync(
+        using var repeat = await api.Client.PostJobAsync(
             JobKinds.ChargePayment,
             sameRequest ? JobRequests.ChargePayment(paymentId) : JobRequests.ChargePaymentReordered(paymentId),
             sameRequest ? "first-key" : "second-key",
@@ -85,7 +98,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         // check publishes it, and the inbox applies it once.
         await AssertQueuedWithItsRequestAsync(businessKey, deadline.Token);
 
-        using var again = await _api.Client.PostJobAsync(
+        using var again = await api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
     }
@@ -93,19 +106,20 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task A_repeat_with_a_past_runAt_while_the_first_request_publishes_is_not_accepted_for_a_job_that_then_vanishes()
     {
+        await using var api = await StartPublishingLongerAsync();
         // The same payment with a runAt already past: only a repeat of an accepted job may name it, and
         // it gets that job, which here may still lose its row when its publish fails.
         var paymentId = Guid.NewGuid();
         var businessKey = paymentId.ToString("D");
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        var first = _api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
+        var first = api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId), "first-key", deadline.Token);
         await Eventually.AssertAsync(async () =>
         {
             await using var db = fixture.CreateDbContext();
             Assert.True(await db.Jobs.AnyAsync(j => j.BusinessKey == businessKey, deadline.Token), "the first request's job row");
         }, TimeSpan.FromSeconds(10));
 
-        using var repeat = await _api.Client.PostJobAsync(
+        using var repeat = await api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ScheduledChargePayment(paymentId, DateTimeOffset.UtcNow.AddMinutes(-1)), "second-key", deadline.Token);
         using var firstResponse = await first;
 
@@ -121,10 +135,11 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
     [Fact]
     public async Task A_repeat_with_another_command_while_the_first_request_publishes_is_refused_and_keeps_nothing_alive()
     {
+        await using var api = await StartPublishingLongerAsync();
         var paymentId = Guid.NewGuid();
         var businessKey = paymentId.ToString("D");
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        var first = _api.Client.PostJobAsync(
+        var first = api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 100), "first-key", deadline.Token);
         await Eventually.AssertAsync(async () =>
         {
@@ -134,7 +149,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
 
         // Another amount under the same paymentId (ADR 0011): not this job's command, so it neither gets
         // the job nor takes its row out of the first request's reach.
-        using var other = await _api.Client.PostJobAsync(
+        using var other = await api.Client.PostJobAsync(
             JobKinds.ChargePayment, JobRequests.ChargePayment(paymentId, amountMinor: 999), "second-key", deadline.Token);
         await other.AssertProblemAsync(StatusCodes.Status422UnprocessableEntity);
         Assert.StartsWith($"paymentId: {businessKey} names job ", (await other.ReadJsonAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
