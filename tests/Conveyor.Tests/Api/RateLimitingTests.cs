@@ -25,15 +25,19 @@ public sealed class RateLimitingTests(ConveyorFixture fixture) : IAsyncLifetime
             ["RateLimiting:Burst"] = "2",
         });
 
+        var burst = System.Diagnostics.Stopwatch.StartNew();
         var responses = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ =>
             api.Client.PostJobAsync(JobKinds.ChargePayment, JobRequests.ChargePayment(Guid.NewGuid()))));
+        // A permit is refilled each second the burst was under way: usually under one, but a busy machine spreads
+        // eight requests over more (and then a third or a fourth is rightly accepted).
+        var refilled = (int)Math.Ceiling(burst.Elapsed.TotalSeconds);
         try
         {
             var limited = responses.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToList();
             var accepted = responses.Count(r => r.StatusCode == HttpStatusCode.Accepted);
             Assert.Equal(responses.Length, limited.Count + accepted);
-            // Two from the bucket, perhaps one more refilled while the burst was under way.
-            Assert.InRange(accepted, 2, 3);
+            // Two from the bucket, and at most those refilled while the burst was under way.
+            Assert.InRange(accepted, 2, 2 + refilled);
             foreach (var response in limited)
             {
                 await response.AssertProblemAsync(StatusCodes.Status429TooManyRequests);
