@@ -47,9 +47,30 @@ public static class StorageServiceCollectionExtensions
             throw new InvalidOperationException($"{setting} is not a valid Npgsql connection string: {invalid.Message}", invalid);
         }
 
-        return string.IsNullOrWhiteSpace(parsed.Host)
-            ? throw new InvalidOperationException($"{setting} names no Host.")
-            : connectionString;
+        if (string.IsNullOrWhiteSpace(parsed.Host))
+        {
+            throw new InvalidOperationException($"{setting} names no Host.");
+        }
+
+        // Npgsql takes a pool of none, and then every open waits out its Timeout for a connection that never comes.
+        if (parsed is { Pooling: true, MaxPoolSize: 0 })
+        {
+            throw new InvalidOperationException($"{setting} is not a valid Npgsql connection string: Maximum Pool Size is 0, so no connection could ever be opened.");
+        }
+
+        try
+        {
+            // Npgsql checks keywords against each other (Minimum Pool Size above Maximum Pool Size, a maximum of 0) only
+            // when a data source is built, which the first connection does: without this, such a string passed the start
+            // and every connection failed, the worker and the Api running unready for good. Building one opens nothing.
+            using var dataSource = new Npgsql.NpgsqlDataSourceBuilder(connectionString).Build();
+        }
+        catch (Exception invalid) when (invalid is ArgumentException or FormatException or NotSupportedException)
+        {
+            throw new InvalidOperationException($"{setting} is not a valid Npgsql connection string: {invalid.Message}", invalid);
+        }
+
+        return connectionString;
     }
 
     public static void Configure(DbContextOptionsBuilder options, string connectionString) =>

@@ -11,6 +11,10 @@ public sealed class ConnectionStringTests(ConveyorFixture fixture)
     [InlineData("   ", "is empty")]
     [InlineData("Database=conveyor;Username=conveyor", "names no Host")]
     [InlineData("this is no connection string", "is not a valid Npgsql connection string")]
+    // Each keyword parses alone; Npgsql refuses the combination only when a connection is opened, so the
+    // worker ran unready for good, its readiness saying why only as a database failure.
+    [InlineData("Host=127.0.0.1;Minimum Pool Size=50;Maximum Pool Size=10", "is not a valid Npgsql connection string")]
+    [InlineData("Host=127.0.0.1;Maximum Pool Size=0", "is not a valid Npgsql connection string")]
     public async Task The_worker_refuses_to_start(string connectionString, string reason)
     {
         var settings = WorkerSettings.With().Override(("ConnectionStrings:Conveyor", connectionString));
@@ -23,6 +27,7 @@ public sealed class ConnectionStringTests(ConveyorFixture fixture)
     [Theory]
     [InlineData("")]
     [InlineData("Database=conveyor;Username=conveyor")]
+    [InlineData("Host=127.0.0.1;Minimum Pool Size=50;Maximum Pool Size=10")]
     public async Task The_api_refuses_to_start(string connectionString)
     {
         var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartApiAsync(
