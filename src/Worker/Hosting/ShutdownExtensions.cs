@@ -1,4 +1,5 @@
 using MassTransit;
+using Microsoft.Extensions.Options;
 
 namespace Conveyor.Worker.Hosting;
 
@@ -14,12 +15,14 @@ public static class ShutdownExtensions
         var shutdown = configuration.GetSection(ShutdownOptions.SectionName).Get<ShutdownOptions>() ?? new ShutdownOptions();
 
         services.Configure<HostOptions>(host => host.ShutdownTimeout = TimeSpan.FromSeconds(shutdown.HostShutdownTimeoutSeconds));
-        services.Configure<MassTransitHostOptions>(bus =>
+        // From the validated options: MassTransit checks its own pair when its hosted service is built, before
+        // ValidateOnStart runs, and its refusal of a consumer stop past the bus stop named neither Shutdown setting.
+        services.AddOptions<MassTransitHostOptions>().Configure<IOptions<ShutdownOptions>>((bus, validated) =>
         {
             // The host keeps running while the broker is away; /health/ready reports it.
             bus.WaitUntilStarted = false;
-            bus.StopTimeout = TimeSpan.FromSeconds(shutdown.BusStopTimeoutSeconds);
-            bus.ConsumerStopTimeout = TimeSpan.FromSeconds(shutdown.ConsumerStopTimeoutSeconds);
+            bus.StopTimeout = TimeSpan.FromSeconds(validated.Value.BusStopTimeoutSeconds);
+            bus.ConsumerStopTimeout = TimeSpan.FromSeconds(validated.Value.ConsumerStopTimeoutSeconds);
         });
         return services;
     }

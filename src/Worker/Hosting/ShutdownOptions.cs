@@ -26,13 +26,15 @@ public sealed class ShutdownOptions : IValidatableObject
     {
         if (ConsumerStopTimeoutSeconds >= BusStopTimeoutSeconds)
         {
-            yield return new ValidationResult("ConsumerStopTimeoutSeconds must be less than BusStopTimeoutSeconds",
+            yield return new ValidationResult(
+                $"{SectionName}:{nameof(ConsumerStopTimeoutSeconds)} ({ConsumerStopTimeoutSeconds}) must be less than {SectionName}:{nameof(BusStopTimeoutSeconds)} ({BusStopTimeoutSeconds})",
                 [nameof(ConsumerStopTimeoutSeconds)]);
         }
 
         if (BusStopTimeoutSeconds > HostShutdownTimeoutSeconds)
         {
-            yield return new ValidationResult("BusStopTimeoutSeconds must not exceed HostShutdownTimeoutSeconds",
+            yield return new ValidationResult(
+                $"{SectionName}:{nameof(BusStopTimeoutSeconds)} ({BusStopTimeoutSeconds}) must not exceed {SectionName}:{nameof(HostShutdownTimeoutSeconds)} ({HostShutdownTimeoutSeconds})",
                 [nameof(BusStopTimeoutSeconds)]);
         }
     }
