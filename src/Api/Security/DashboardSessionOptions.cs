@@ -6,7 +6,7 @@ namespace Conveyor.Api.Security;
 /// The dashboard's sign-in session (<c>Dashboard__Session__IdleMinutes</c>, <c>Dashboard__Session__MaxLifetime</c>,
 /// <c>Dashboard__Session__MaxSessionsPerKey</c>, <c>Dashboard__Session__SecureCookies</c>, <c>Dashboard__Session__KeysDirectory</c>).
 /// </summary>
-public sealed class DashboardSessionOptions
+public sealed class DashboardSessionOptions : IValidatableObject
 {
     public const string SectionName = "Dashboard:Session";
 
@@ -39,4 +39,47 @@ public sealed class DashboardSessionOptions
     /// <c>data_protection_keys</c> table, which every replica shares already.
     /// </summary>
     public string? KeysDirectory { get; set; }
+
+    /// <summary>
+    /// Refuses a <see cref="KeysDirectory"/> the Api cannot keep keys in. Data protection creates the ring on first
+    /// use, so such a directory (a path on a read-only root filesystem, a file, a blank value taken as a directory of
+    /// that name) let the Api start, and only a sign-in, which needs the ring, failed.
+    /// </summary>
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        if (KeysDirectory is null || KeysDirectory.Length == 0)
+        {
+            yield break;
+        }
+
+        var setting = $"{SectionName}:{nameof(KeysDirectory)}";
+        if (string.IsNullOrWhiteSpace(KeysDirectory))
+        {
+            yield return new ValidationResult($"{setting} is blank: leave it unset to keep the key ring in the database.", [nameof(KeysDirectory)]);
+            yield break;
+        }
+
+        if (Unwritable(KeysDirectory) is { } reason)
+        {
+            yield return new ValidationResult(
+                $"{setting} cannot be written ({reason}): the data-protection key ring that signs dashboard sessions is kept there.",
+                [nameof(KeysDirectory)]);
+        }
+    }
+
+    /// <summary>Why no key file could be written in <paramref name="directory"/> (created if missing, as data protection would), or null.</summary>
+    private static string? Unwritable(string directory)
+    {
+        try
+        {
+            var probe = Path.Combine(Directory.CreateDirectory(directory).FullName, $".conveyor-write-check-{Guid.NewGuid():N}");
+            File.WriteAllBytes(probe, []);
+            File.Delete(probe);
+            return null;
+        }
+        catch (Exception failure) when (failure is IOException or UnauthorizedAccessException or NotSupportedException or ArgumentException)
+        {
+            return failure.GetType().Name + ": " + failure.Message;
+        }
+    }
 }

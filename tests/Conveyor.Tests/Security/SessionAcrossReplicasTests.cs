@@ -114,6 +114,22 @@ public sealed partial class SessionAcrossReplicasTests(ConveyorFixture fixture) 
         }
     }
 
+    [Theory]
+    // Not a directory the Api can create (procfs), and a file where the directory should be.
+    [InlineData("/proc/conveyor-keys", "cannot be written")]
+    [InlineData("/etc/hostname", "cannot be written")]
+    // Blank: neither unset (the database) nor a directory anyone meant.
+    [InlineData(" ", "is blank")]
+    public async Task A_keys_directory_the_api_cannot_keep_keys_in_stops_it_at_start(string directory, string reason)
+    {
+        var settings = new Dictionary<string, string?>(Settings) { ["Dashboard:Session:KeysDirectory"] = directory };
+
+        // Before, the Api started: data protection creates the ring on first use, so only a sign-in found out.
+        var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await StartReplicaAsync(settings));
+
+        Assert.Contains($"Dashboard:Session:KeysDirectory {reason}", failure.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>
     /// One cookie jar for every replica, as a browser has for the one address of a Service (cookies are
     /// per host, not per port); sends no API key.
