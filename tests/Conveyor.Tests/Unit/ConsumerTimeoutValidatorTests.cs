@@ -1,6 +1,7 @@
 using Conveyor.ServiceDefaults;
 using Conveyor.Worker.Messaging;
 using Conveyor.Worker.Payments;
+using Conveyor.Worker.Reports;
 using Conveyor.Worker.Webhooks;
 using Microsoft.Extensions.Options;
 
@@ -20,6 +21,19 @@ public sealed class ConsumerTimeoutValidatorTests
         var result = validator.Validate(DeliverWebhookConsumerDefinition.ConsumerName, new ConsumerEndpointOptions());
 
         Assert.True(result.Succeeded, result.FailureMessage);
+    }
+
+    [Theory]
+    [InlineData(1_800, false)]
+    // No consumer_timeout: no deadline a prefetched report's wait could eat into (README, Consumers:<Name>:PrefetchCount).
+    [InlineData(0, true)]
+    public void A_report_prefetched_beyond_the_concurrency_limit_is_refused_only_with_a_consumer_timeout(int consumerTimeoutSeconds, bool accepted)
+    {
+        var validator = Validator(new RabbitMqOptions { ConsumerTimeoutSeconds = consumerTimeoutSeconds });
+
+        var result = validator.Validate(GenerateReportConsumerDefinition.ConsumerName, new ConsumerEndpointOptions { PrefetchCount = 2, ConcurrentMessageLimit = 1 });
+
+        Assert.Equal(accepted, result.Succeeded);
     }
 
     private static ConsumerTimeoutValidator Validator(RabbitMqOptions broker) =>
