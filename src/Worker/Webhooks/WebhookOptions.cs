@@ -83,6 +83,12 @@ public sealed class WebhookOptions : IValidatableObject
                 [nameof(PreviousSigningSecrets)]);
         }
 
+        foreach (var padded in Padded($"{SectionName}:{nameof(SigningSecret)}", [SigningSecret])
+            .Concat(Padded($"{SectionName}:{nameof(PreviousSigningSecrets)}", PreviousSigningSecrets, indexed: true)))
+        {
+            yield return padded;
+        }
+
         // The Api reads the origins the same way (WebhookReceiverOrigins), and refuses the same ones at start.
         WebhookReceiverOrigins.Read([.. Receivers.Select(r => r?.Origin)], out var originErrors);
         for (var i = 0; i < Receivers.Length; i++)
@@ -124,6 +130,33 @@ public sealed class WebhookOptions : IValidatableObject
             {
                 yield return new ValidationResult(
                     $"Each of {setting}:{nameof(WebhookReceiverOptions.PreviousSigningSecrets)} must be at least {MinSecretLength} characters long.", [nameof(Receivers)]);
+            }
+
+            foreach (var padded in Padded($"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)}", [receiver.SigningSecret])
+                .Concat(Padded($"{setting}:{nameof(WebhookReceiverOptions.PreviousSigningSecrets)}", receiver.PreviousSigningSecrets ?? [], indexed: true)))
+            {
+                yield return padded;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Refuses a secret with whitespace at either end, naming <paramref name="setting"/> (with the index when
+    /// <paramref name="indexed"/>). A secret taken from a file keeps its last newline (<c>kubectl create secret
+    /// --from-file</c>); the worker signed with it, receivers verified with the secret as written, and every delivery
+    /// failed verification (a 400 or 401, so <c>_error</c>) after a start that looked fine. Not trimmed: a receiver
+    /// that does hold the padded secret would then fail instead.
+    /// </summary>
+    private static IEnumerable<ValidationResult> Padded(string setting, string?[] secrets, bool indexed = false)
+    {
+        for (var i = 0; i < secrets.Length; i++)
+        {
+            if (secrets[i] is { Length: > 0 } secret && (char.IsWhiteSpace(secret[0]) || char.IsWhiteSpace(secret[^1])))
+            {
+                var name = indexed ? $"{setting}:{i}" : setting;
+                yield return new ValidationResult(
+                    $"{name} begins or ends with whitespace (a secret file's last newline?): deliveries would be signed with it, and receivers holding the secret without it would refuse every one.",
+                    [nameof(SigningSecret)]);
             }
         }
     }

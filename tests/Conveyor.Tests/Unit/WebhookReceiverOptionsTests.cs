@@ -128,6 +128,31 @@ public sealed class WebhookReceiverOptionsTests
         Assert.Contains("Webhooks:RequireRegisteredReceivers", refused.Message, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A secret taken from a file keeps the file's last newline (<c>kubectl create secret --from-file</c>): signed with
+    /// it, every delivery failed verification at receivers that hold the secret as written, and the worker had started.
+    /// </summary>
+    [Theory]
+    [InlineData("shared", "Webhooks:SigningSecret")]
+    [InlineData("previous", "Webhooks:PreviousSigningSecrets:0")]
+    [InlineData("receiver", "Webhooks:Receivers:0:SigningSecret")]
+    [InlineData("receiver-previous", "Webhooks:Receivers:0:PreviousSigningSecrets:1")]
+    public void A_secret_with_whitespace_at_an_end_is_refused_naming_its_setting(string which, string setting)
+    {
+        const string Padded = "padded-signing-secret-0123456789\n";
+        var options = new WebhookOptions
+        {
+            SigningSecret = which == "shared" ? Padded : Shared,
+            PreviousSigningSecrets = which == "previous" ? [" " + Padded.Trim()] : [],
+            Receivers = [Receiver("https://a.example.com", which == "receiver" ? Padded + "\r" : Own, which == "receiver-previous" ? [Shared, Padded] : [])],
+        };
+        var results = new List<ValidationResult>();
+        Validator.TryValidateObject(options, new ValidationContext(options), results, validateAllProperties: true);
+
+        var error = Assert.Single(results).ErrorMessage;
+        Assert.StartsWith($"{setting} begins or ends with whitespace", error, StringComparison.Ordinal);
+    }
+
     private static WebhookReceiverOptions Receiver(string origin, string secret, params string[] previous) =>
         new() { Origin = origin, SigningSecret = secret, PreviousSigningSecrets = previous };
 
