@@ -1,6 +1,7 @@
 using System.Reflection;
 using Conveyor.Api.Backpressure;
 using Conveyor.Api.ErrorQueues;
+using Conveyor.Api.Hosting;
 using Conveyor.Api.Jobs;
 using Conveyor.Api.Security;
 using Conveyor.ServiceDefaults;
@@ -43,6 +44,7 @@ public sealed class SettingNamesTests
         [ErrorQueueOptions.SectionName] = typeof(ErrorQueueOptions),
         [DashboardSessionOptions.SectionName] = typeof(DashboardSessionOptions),
         [StrandedJobsOptions.SectionName] = typeof(StrandedJobsOptions),
+        [IdleTransactionOptions.SectionName] = typeof(IdleTransactionOptions),
         [AuthThrottlingOptions.SectionName] = typeof(AuthThrottlingOptions),
         [$"{AuthThrottlingOptions.SectionName}:{nameof(AuthThrottlingOptions.SignIn)}"] = typeof(AuthThrottleLimits),
         [$"{AuthThrottlingOptions.SectionName}:{nameof(AuthThrottlingOptions.ApiKeys)}"] = typeof(AuthThrottleLimits),
@@ -134,6 +136,9 @@ public sealed class SettingNamesTests
     [InlineData("Jobs:MaxConcurentWaits", true, false)]
     [InlineData("Jobs:ListingSettleSecond", true, false)]
     [InlineData("Jobs:ListingSettleSeconds", false, false)]
+    // The Api's idle-transaction limit (README's Database row).
+    [InlineData("Database:IdleTransactionLimitSeconds", true, true)]
+    [InlineData("Database:IdleTransactionLimitSeconds", false, false)]
     public void The_check_knows_settings_from_typos(string key, bool api, bool known) =>
         Assert.Equal(known, Known(key, api));
 
