@@ -148,6 +148,14 @@ public sealed partial class LeaseInboxFilter<T>(
         // on another worker may take it over at any moment); each renewal puts it off.
         using var leaseLost = new CancellationTokenSource(Until(leasedUntil), time);
         using var outOfTime = new CancellationTokenSource(DeliveryTimeLeft(context) is { } left ? TimerDelay(left) : Timeout.InfiniteTimeSpan, time);
+        // Whichever stopped the run first says how it ended (a lease lost and a deadline at once: the lease, as before).
+        // A run stopped at its deadline stops its heartbeat with it, so its lease runs out unrenewed while the run
+        // winds down (a cancelled query the database is slow to give up, say): taken for a lost lease, such a run
+        // was parked instead of failing as out of time, its copy ran and counted an attempt again outside the
+        // redelivery budget, and a job that always runs too long could start over for ever.
+        var stoppedBy = new FirstStop();
+        using var onLeaseLost = leaseLost.Token.Register(() => stoppedBy.Set(FirstStop.LeaseLost));
+        using var onOutOfTime = outOfTime.Token.Register(() => stoppedBy.Set(FirstStop.OutOfTime));
         using var run = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, leaseLost.Token, outOfTime.Token);
         using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(run.Token);
         var heartbeat = HeartbeatAsync(consumerId, key, owner, lease, leaseLost, heartbeatStop.Token);
@@ -155,7 +163,7 @@ public sealed partial class LeaseInboxFilter<T>(
         {
             await next.Send(new LeaseConsumeContext<T>(context, run.Token));
         }
-        catch (Exception) when (leaseLost.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        catch (Exception) when (stoppedBy.Was(FirstStop.LeaseLost) && !cancellationToken.IsCancellationRequested)
         {
             // However it ended, the run is no longer ours to commit or to count as failed.
             LogRunAbandoned(consumerId, key);
@@ -465,6 +473,23 @@ public sealed partial class LeaseInboxFilter<T>(
     private sealed class AttemptStarted
     {
         public bool Started { get; set; }
+    }
+
+    /// <summary>
+    /// What stopped a run first, of its lease lost (<see cref="LeaseLost"/>) and its delivery's deadline
+    /// (<see cref="OutOfTime"/>): set once, from the tokens' callbacks, which may run on a timer's thread.
+    /// </summary>
+    private sealed class FirstStop
+    {
+        public const int LeaseLost = 1;
+
+        public const int OutOfTime = 2;
+
+        private int _first;
+
+        public void Set(int stop) => Interlocked.CompareExchange(ref _first, stop, 0);
+
+        public bool Was(int stop) => Volatile.Read(ref _first) == stop;
     }
 
     /// <summary>An inbox row's status and its lease's time left by the database's clock (negative once lapsed, null when none).</summary>

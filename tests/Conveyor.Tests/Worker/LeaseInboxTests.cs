@@ -230,6 +230,72 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_run_stopped_at_its_deadline_whose_lease_runs_out_while_it_winds_down_fails_as_out_of_time()
+    {
+        await fixture.SeedLedgerAsync(Account, LedgerRows);
+        var report = NewReport(pageSize: 1);
+        var key = report.ReportId.ToString();
+        // The run's first progress write past 0 % waits in the database until the deadline cancels it, and the
+        // database then takes 15 s more to give the statement up: the run winds down past the end of its 12 s
+        // lease (renewed every 4 s), whose heartbeat stopped with the run. Long enough a lease that a heartbeat
+        // held up by a busy machine still keeps it until the deadline.
+        await using var slowStop = await TestTrigger.CreateAsync(fixture, "lease_test_slow_stop", "jobs", $"""
+            CREATE SEQUENCE lease_test_slow_stop;
+            CREATE FUNCTION lease_test_slow_stop() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NOT (SELECT is_called FROM lease_test_slow_stop) THEN
+                PERFORM nextval('lease_test_slow_stop');
+                BEGIN
+                  PERFORM pg_sleep(60);
+                EXCEPTION WHEN query_canceled THEN
+                  PERFORM pg_sleep(15);
+                END;
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER lease_test_slow_stop BEFORE UPDATE ON jobs
+              FOR EACH ROW WHEN (NEW.business_key = '{key}' AND NEW.progress IS DISTINCT FROM OLD.progress AND NEW.progress >= 1)
+              EXECUTE FUNCTION lease_test_slow_stop();
+            """);
+        var settings = SlowReports().Override(
+            // Npgsql waits for the cancelled statement's end, however long (its default gives up after 2 s).
+            ("ConnectionStrings:Conveyor", fixture.ConnectionString + ";Cancellation Timeout=0"),
+            ("Consumers:GenerateReport:LeaseSeconds", "12"),
+            ("RabbitMq:ConsumerTimeoutSeconds", "10"),
+            ("RabbitMq:MaxRetryHoldPercent", "100"),
+            ("Consumers:ChargePayment:PrefetchCount", "1"),
+            ("Consumers:ChargePayment:RetryLimit", "0"),
+            ("Consumers:DeliverWebhook:PrefetchCount", "1"),
+            ("Consumers:DeliverWebhook:RetryLimit", "0"),
+            ("Consumers:GenerateReport:PrefetchCount", "1"),
+            ("Consumers:GenerateReport:RetryLimit", "0"),
+            ("Consumers:GenerateReport:RedeliveryLimit", "1"),
+            // The redelivery stays stored while the test looks.
+            ("Consumers:GenerateReport:RedeliveryBaseDelayMilliseconds", "60000"));
+        await using var worker = await fixture.StartWorkerAsync(settings);
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+
+        await publisher.PublishAsync(report);
+
+        // The deadline stopped the run, not the lease that ran out after: a failed attempt, redelivered.
+        // Before, the run was taken for one whose lease was lost, and its copy parked and run again unbudgeted.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.NotEqual(JobStatus.Running, (await db.Jobs.SingleAsync(j => j.BusinessKey == key)).Status);
+        }, DescribeAsync, TimeSpan.FromSeconds(60));
+        Assert.Equal(1, await slowStop.FiredAsync());
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.RetryScheduled, 1), (job.Status, job.Attempts));
+        Assert.Contains("consumer_timeout", job.LastError, StringComparison.Ordinal);
+        var redelivery = await check.ScheduledMessages.AsNoTracking().SingleAsync();
+        Assert.Matches(":redelivery:[0-9a-f]+:1$", redelivery.DedupeKey);
+        Assert.False(await check.Reports.AnyAsync());
+        Assert.False(await check.Inbox.AnyAsync(i => i.MessageKey == key));
+    }
+
+    [Fact]
     public async Task A_worker_whose_clock_runs_ten_minutes_ahead_leaves_another_workers_live_lease_alone()
     {
         await fixture.SeedLedgerAsync(Account, LedgerRows);
