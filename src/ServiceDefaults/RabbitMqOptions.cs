@@ -67,6 +67,16 @@ public sealed class RabbitMqOptions : IValidatableObject
         {
             yield return new ValidationResult($"{ManagementUrlSetting} {problem}", [nameof(ManagementUrl)]);
         }
+
+        // A URL (amqp://rabbit, http://rabbit:5672) or a name with a space or a line break in it: the bus built its
+        // address from it and stopped the worker with "Invalid URI: The hostname could not be parsed.", naming no setting.
+        if (!string.IsNullOrEmpty(Host) && Uri.CheckHostName(Host) == UriHostNameType.Unknown)
+        {
+            yield return new ValidationResult(
+                $"{SectionName}:{nameof(Host)} must be a host name or an IP address (such as rabbitmq.internal or 10.0.0.5), not a URL: "
+                + $"its port is {SectionName}:{nameof(Port)}, its virtual host {SectionName}:{nameof(VirtualHost)}.",
+                [nameof(Host)]);
+        }
     }
 
     private static string? ManagementUrlProblem(string? url)

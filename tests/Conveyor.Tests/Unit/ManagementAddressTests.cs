@@ -78,11 +78,38 @@ public sealed class ManagementAddressTests
     public void Unset_or_an_absolute_http_url_is_accepted(string? url) =>
         Assert.Equal(url, Options(url).ManagementUrl);
 
-    /// <summary>The options as a process binds and validates them.</summary>
-    private static RabbitMqOptions Options(string? managementUrl)
+    [Theory]
+    [InlineData("amqp://rabbit.example.com")]
+    [InlineData("http://rabbit:5672")]
+    [InlineData("rabbit.example.com:5672")]
+    [InlineData("rabbit example")]
+    [InlineData("rabbit.example.com\n")]
+    public void A_broker_host_that_is_not_a_host_name_or_address_is_refused_naming_the_setting(string host)
     {
+        var refused = Assert.Throws<OptionsValidationException>(() => Options(null, host));
+
+        Assert.Contains("RabbitMq:Host must be a host name or an IP address", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1")]
+    [InlineData("rabbitmq")]
+    [InlineData("rabbitmq.conveyor.svc.cluster.local")]
+    [InlineData("::1")]
+    public void A_broker_host_name_or_address_is_accepted(string host) =>
+        Assert.Equal(host, Options(null, host).Host);
+
+    /// <summary>The options as a process binds and validates them.</summary>
+    private static RabbitMqOptions Options(string? managementUrl, string? host = null)
+    {
+        var settings = new Dictionary<string, string?> { [RabbitMqOptions.ManagementUrlSetting] = managementUrl };
+        if (host is not null)
+        {
+            settings["RabbitMq:Host"] = host;
+        }
+
         var configuration = new ConfigurationBuilder()
-            .AddInMemoryCollection(new Dictionary<string, string?> { [RabbitMqOptions.ManagementUrlSetting] = managementUrl })
+            .AddInMemoryCollection(settings)
             .Build();
         var services = new ServiceCollection().AddSingleton<IConfiguration>(configuration);
         services.AddRabbitMqOptions(configuration);
