@@ -42,6 +42,21 @@ internal static class Answers
             ? page
             : throw Unexpected($"expected {what}: its {cursor} a string or null");
 
+    /// <summary>
+    /// <paramref name="answer"/> (an object with <paramref name="property"/>) to a read of <paramref name="what"/>
+    /// <paramref name="id"/>, when its <paramref name="property"/> names that id. The Api answers such a read with what was
+    /// asked for, so an answer that shows another (or no id at all) comes from something else at its address (a proxy or
+    /// cache that mixes up paths, a wrong base URL) and says nothing of it: it ends as <see cref="Unexpected"/>, naming both.
+    /// </summary>
+    public static JsonElement ExpectAskedFor(JsonElement answer, string what, string property, Guid id)
+    {
+        var answered = answer.GetProperty(property);
+        return answered.ValueKind == JsonValueKind.String && Guid.TryParse(answered.GetString(), out var shown) && shown == id
+            ? answer
+            : throw Unexpected(
+                $"asked for {what} {id}, it answered with {what} {(answered.ValueKind == JsonValueKind.String ? answered.GetString() : answered.GetRawText())}");
+    }
+
     public static CliFailureException Unexpected(string reason) =>
         new(ExitCodes.UnexpectedAnswer,
             $"the answer is not one a Conveyor Api gives ({reason}).{Environment.NewLine}"

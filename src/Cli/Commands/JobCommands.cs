@@ -198,15 +198,9 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
     /// mixes up paths, a wrong <c>--api</c>) says nothing of the one asked for, and would be shown as it, its status deciding the
     /// exit code of <c>job --wait</c> and whether <c>result --wait</c> goes on; it ends with 6 naming both, as <c>operation</c> does.
     /// </summary>
-    private static async Task<JsonElement> ReadAsync(ConveyorClient client, Guid id, string query, CancellationToken cancellationToken)
-    {
-        var job = Answers.ExpectObject(await client.GetAsync($"api/jobs/{id}{query}", cancellationToken), "a job", "jobId", "status");
-        var answered = job.GetProperty("jobId");
-        return answered.ValueKind == JsonValueKind.String && Guid.TryParse(answered.GetString(), out var shown) && shown == id
-            ? job
-            : throw Answers.Unexpected(
-                $"asked for job {id}, it answered with job {(answered.ValueKind == JsonValueKind.String ? answered.GetString() : answered.GetRawText())}");
-    }
+    private static async Task<JsonElement> ReadAsync(ConveyorClient client, Guid id, string query, CancellationToken cancellationToken) =>
+        Answers.ExpectAskedFor(
+            Answers.ExpectObject(await client.GetAsync($"api/jobs/{id}{query}", cancellationToken), "a job", "jobId", "status"), "job", "jobId", id);
 
     /// <summary>
     /// The job once it has ended, or as it is when <paramref name="wait"/> is over. The Api holds a read for at most

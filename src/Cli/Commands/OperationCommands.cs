@@ -592,19 +592,8 @@ internal static class Operations
     /// <see cref="ExitCodes.ProgressUnknown"/> for an operation started or shown), naming both ids. An answer that is no
     /// operation at all is left to the caller.
     /// </summary>
-    internal static JsonElement ExpectAskedFor(Guid id, JsonElement answer)
-    {
-        if (!IsOperation(answer))
-        {
-            return answer;
-        }
-
-        var answered = answer.GetProperty("operationId");
-        return answered.ValueKind == JsonValueKind.String && Guid.TryParse(answered.GetString(), out var other) && other == id
-            ? answer
-            : throw Answers.Unexpected(
-                $"asked for operation {id}, it answered with operation {(answered.ValueKind == JsonValueKind.String ? answered.GetString() : answered.GetRawText())}");
-    }
+    internal static JsonElement ExpectAskedFor(Guid id, JsonElement answer) =>
+        IsOperation(answer) ? Answers.ExpectAskedFor(answer, "operation", "operationId", id) : answer;
 
     /// <summary>Whether an answer has the shape of an operation: an object with its operationId and a state.</summary>
     private static bool IsOperation(JsonElement answer) =>
