@@ -83,8 +83,7 @@ public sealed class WebhookOptions : IValidatableObject
                 [nameof(PreviousSigningSecrets)]);
         }
 
-        foreach (var padded in Padded($"{SectionName}:{nameof(SigningSecret)}", [SigningSecret])
-            .Concat(Padded($"{SectionName}:{nameof(PreviousSigningSecrets)}", PreviousSigningSecrets, indexed: true)))
+        foreach (var padded in Padded(SectionName, SigningSecret, PreviousSigningSecrets))
         {
             yield return padded;
         }
@@ -132,8 +131,7 @@ public sealed class WebhookOptions : IValidatableObject
                     $"Each of {setting}:{nameof(WebhookReceiverOptions.PreviousSigningSecrets)} must be at least {MinSecretLength} characters long.", [nameof(Receivers)]);
             }
 
-            foreach (var padded in Padded($"{setting}:{nameof(WebhookReceiverOptions.SigningSecret)}", [receiver.SigningSecret])
-                .Concat(Padded($"{setting}:{nameof(WebhookReceiverOptions.PreviousSigningSecrets)}", receiver.PreviousSigningSecrets ?? [], indexed: true)))
+            foreach (var padded in Padded(setting, receiver.SigningSecret, receiver.PreviousSigningSecrets ?? []))
             {
                 yield return padded;
             }
@@ -141,19 +139,21 @@ public sealed class WebhookOptions : IValidatableObject
     }
 
     /// <summary>
-    /// Refuses a secret with whitespace at either end, naming <paramref name="setting"/> (with the index when
-    /// <paramref name="indexed"/>). A secret taken from a file keeps its last newline (<c>kubectl create secret
+    /// Refuses each of <paramref name="current"/> and <paramref name="previous"/> (the <c>SigningSecret</c> and
+    /// <c>PreviousSigningSecrets</c> under <paramref name="owner"/>: the shared ones, or a receiver's) with whitespace at
+    /// either end, naming its setting. A secret taken from a file keeps its last newline (<c>kubectl create secret
     /// --from-file</c>); the worker signed with it, receivers verified with the secret as written, and every delivery
     /// failed verification (a 400 or 401, so <c>_error</c>) after a start that looked fine. Not trimmed: a receiver
     /// that does hold the padded secret would then fail instead.
     /// </summary>
-    private static IEnumerable<ValidationResult> Padded(string setting, string?[] secrets, bool indexed = false)
+    private static IEnumerable<ValidationResult> Padded(string owner, string? current, string[] previous)
     {
-        for (var i = 0; i < secrets.Length; i++)
+        var named = previous.Select((secret, i) => (Name: $"{owner}:{nameof(PreviousSigningSecrets)}:{i}", Secret: (string?)secret))
+            .Prepend(($"{owner}:{nameof(SigningSecret)}", current));
+        foreach (var (name, secret) in named)
         {
-            if (secrets[i] is { Length: > 0 } secret && (char.IsWhiteSpace(secret[0]) || char.IsWhiteSpace(secret[^1])))
+            if (secret is { Length: > 0 } && (char.IsWhiteSpace(secret[0]) || char.IsWhiteSpace(secret[^1])))
             {
-                var name = indexed ? $"{setting}:{i}" : setting;
                 yield return new ValidationResult(
                     $"{name} begins or ends with whitespace (a secret file's last newline?): deliveries would be signed with it, and receivers holding the secret without it would refuse every one.",
                     [nameof(SigningSecret)]);
