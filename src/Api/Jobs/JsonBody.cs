@@ -44,7 +44,17 @@ internal static class JsonBody
         }
         catch (JsonException ex)
         {
-            errors.Add(Field, invalidJson(ex));
+            // A repeated name is the one refusal a client cannot place from the parser's words (no line or
+            // byte is given for it), so the field is named, as a batch names it inside a job.
+            if (FindRepeatedName(body.Span) is { } repeated)
+            {
+                errors.Add(repeated.Field, repeated.Error);
+            }
+            else
+            {
+                errors.Add(Field, invalidJson(ex));
+            }
+
             return null;
         }
 
@@ -99,6 +109,60 @@ internal static class JsonBody
         }
 
         return null;
+    }
+
+    /// <summary>
+    /// The top-level field of the first object name given twice (compared as the parser compares them, exactly),
+    /// with why: the field itself repeated, or a name inside its value. Null when the body is not JSON apart from
+    /// that, so that a syntax error is still reported where it is, or when no name repeats.
+    /// </summary>
+    private static (string Field, string Error)? FindRepeatedName(ReadOnlySpan<byte> body)
+    {
+        var reader = new Utf8JsonReader(body);
+        // One set of names per open object; null for an open array.
+        var open = new Stack<HashSet<string>?>();
+        string? topField = null;
+        (string Field, string Error)? first = null;
+        try
+        {
+            while (reader.Read())
+            {
+                switch (reader.TokenType)
+                {
+                    case JsonTokenType.StartObject:
+                        open.Push(new HashSet<string>(StringComparer.Ordinal));
+                        break;
+                    case JsonTokenType.StartArray:
+                        open.Push(null);
+                        break;
+                    case JsonTokenType.EndObject or JsonTokenType.EndArray:
+                        open.Pop();
+                        break;
+                    case JsonTokenType.PropertyName:
+                        var name = reader.GetString()!;
+                        if (reader.CurrentDepth == 1)
+                        {
+                            topField = name;
+                        }
+
+                        if (first is null && open.Peek() is { } names && !names.Add(name))
+                        {
+                            first = reader.CurrentDepth == 1
+                                ? (name, "Is given more than once: each field may appear once.")
+                                : (topField!, "Holds an object with a field given more than once: each field may appear once.");
+                        }
+
+                        break;
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Not JSON apart from any repeated name: the parser's own words say where.
+            return null;
+        }
+
+        return first;
     }
 
     private static bool TryRead(ref Utf8JsonReader reader)

@@ -200,8 +200,8 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     /// <summary>
-    /// The parser refuses a field given twice anywhere in the body, saying only that the body is not
-    /// valid JSON: in a batch, the job and its field are named as for any other bad job.
+    /// A field given twice anywhere in the body is refused: in a batch, the job and its field are named as for
+    /// any other bad job.
     /// </summary>
     [Theory]
     [InlineData(JobKinds.ChargePayment,
@@ -221,9 +221,9 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(new HashSet<string>([field]), await response.ReadErrorFieldsAsync());
-        // Twice at the top: the body as a whole, as before.
+        // Twice at the top: that field, as a single job's body names it.
         await twice.AssertProblemAsync(StatusCodes.Status400BadRequest);
-        Assert.Equal(new HashSet<string>(["$"]), await twice.ReadErrorFieldsAsync());
+        Assert.Equal(new HashSet<string>(["jobs"]), await twice.ReadErrorFieldsAsync());
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
     }

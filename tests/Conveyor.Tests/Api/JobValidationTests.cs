@@ -127,6 +127,30 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         await AssertNoJobsAsync();
     }
 
+    /// <summary>
+    /// A name given twice is named, as a batch names it inside a job: the body was refused as "not valid JSON" under
+    /// <c>$</c>, with no line or byte, though its JSON was well formed and one field was at fault. A body broken
+    /// elsewhere as well is still refused where the parser stops.
+    /// </summary>
+    public static TheoryData<string, string, string, string> RepeatedNameBodies => new()
+    {
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a12"}""", "paymentId", "Is given more than once" },
+        { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"items":[{"sku":1,"sku":2}]}}""", "payload", "Holds an object with a field given more than once" },
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a",""", "$", "not valid JSON" },
+    };
+
+    [Theory]
+    [MemberData(nameof(RepeatedNameBodies))]
+    public async Task A_field_given_twice_is_a_400_naming_it(string kind, string json, string badField, string why)
+    {
+        using var response = await _api.Client.PostJobAsync(kind, json);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([badField], await response.ReadErrorFieldsAsync());
+        Assert.Contains(why, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        await AssertNoJobsAsync();
+    }
+
     /// <summary>JSON whose bytes are not UTF-8 in a field's value, in a field's name, in a webhook's payload.</summary>
     public static TheoryData<string, string, string> NotUtf8Bodies => new()
     {

@@ -733,6 +733,23 @@ public sealed class ErrorQueueApiTests(ConveyorFixture fixture) : ErrorQueueApiS
         Assert.Equal(0u, await Broker.CountAsync(ErrorQueueKit.ChargeQueue));
     }
 
+    /// <summary>A move's field given twice is named (it was refused as "not valid JSON" under <c>$</c>), and nothing moves.</summary>
+    [Theory]
+    [InlineData("""{"dryRun":true,"dryRun":false}""", "dryRun", "Is given more than once")]
+    [InlineData("""{"filter":{"exceptionType":"A","exceptionType":"B"}}""", "filter", "Holds an object with a field given more than once")]
+    public async Task A_move_field_given_twice_is_a_400_naming_it_and_nothing_moves(string body, string field, string why)
+    {
+        await Broker.DeadLetterChargeAsync(Timeout, "x");
+
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        using var response = await Admin.PostAsync(new Uri($"/api/error-queues/{ErrorQueueKit.ChargeErrors}/move", UriKind.Relative), content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal([field], await response.ErrorFieldsAsync());
+        Assert.Contains(why, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Equal(1u, await Broker.CountAsync(ErrorQueueKit.ChargeErrors));
+    }
+
     private static StringContent JsonContent(object body) =>
         new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");
 
