@@ -443,7 +443,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// <summary>
     /// A message of a batch that failed, in a transaction of its own: its inbox row claimed again and,
     /// if its consumer succeeded, its effects applied (the consumer does not run again); unless its key
-    /// now names another command (<see cref="BatchMember.ConflictingFingerprint"/>), which it is not.
+    /// now names another command (<see cref="BatchMember.ConflictingFingerprint"/>), which it is not. One whose consumer
+    /// ran and whose job a cancel took since the batch rolled back is acked without its effects, and the job says that
+    /// the attempt ran (<see cref="JobTracker.RecordAttemptBeforeCancelAsync"/>).
     /// </summary>
     private async Task SettleAloneAsync(BatchMember member)
     {
@@ -482,7 +484,17 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             }
 
             // Not claimed again: another copy got there meanwhile, or the job was cancelled; its effects are dropped.
+            // A cancel may have come in since the batch rolled back (its row locks went with it, and the job read queued
+            // with no attempt): the consumer ran, its effect may be out, so the job says so, in this transaction.
+            var cancelledJob = member.Succeeded
+                ? await JobTracker.RecordAttemptBeforeCancelAsync(db, _kind, member.MessageKey, member.MessageId, _time.GetUtcNow(), CancellationToken.None)
+                : null;
             await transaction.CommitAsync();
+            if (cancelledJob is { } jobId)
+            {
+                LogAttemptBeforeCancel(_kind, member.MessageKey, jobId, member.MessageId);
+            }
+
             member.Complete(committed: true, null);
         }
         catch (Exception exception)
@@ -813,6 +825,9 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Inbox batch of {ConsumerId} ({Count} messages) could not commit; committing its messages one by one")]
     private partial void LogFallingBack(Exception exception, string consumerId, int count);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) was cancelled after its attempt (message {MessageId}) ran, while its failed inbox batch was settled again: the attempt's effect (a charge at the gateway) may have applied and is in no record; check the remote side. The attempt is counted, the job stays cancelled, and its lastError says so")]
+    private partial void LogAttemptBeforeCancel(string kind, string businessKey, Guid jobId, Guid? messageId);
 }
 
 /// <summary>One message in an inbox batch: what the inbox found, what its consumer did, how the batch ended.</summary>

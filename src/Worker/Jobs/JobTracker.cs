@@ -444,6 +444,37 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     }
 
     /// <summary>
+    /// For an attempt that ran (its consumer succeeded, or failed after it started) but whose count rolled back with
+    /// its inbox transaction: when the job was cancelled meanwhile, counts the attempt and says on the job (its
+    /// <c>last_error</c>, the Api's <c>lastError</c>) that it ran before the cancel took effect and that its effect
+    /// (a charge at the gateway) may have applied, which no record here shows; the job stays cancelled. The job's row
+    /// id then, else null (the job is not cancelled: nothing written). The caller logs the warning.
+    /// </summary>
+    /// <remarks>
+    /// A rolled-back count lets the job read <c>queued</c> with 0 attempts, and a cancel is accepted then (the Api's
+    /// <c>JobCanceller</c>); a batch of the batched inbox that fails releases its job rows before its messages are
+    /// settled again, one by one. Once per message: the note names it, and a note already there is neither written nor
+    /// counted again (a retry of the write, a commit whose answer was lost). In <paramref name="db"/>'s transaction, if any.
+    /// </remarks>
+    public static async Task<Guid?> RecordAttemptBeforeCancelAsync(
+        ConveyorDbContext db, string kind, string businessKey, Guid? messageId, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var note =
+            $"An attempt (message {messageId?.ToString() ?? "without an id"}) ran before the cancel took effect: its count rolled back with "
+            + "its inbox transaction, so the job read as not started and was cancelled meanwhile. Its effect (a charge at the gateway) "
+            + "may have applied and is in no record here; check the remote side. The attempt is counted; the job stays cancelled and its "
+            + "command is not run again.";
+        var cancelled = await db.Database.SqlQuery<Guid>($"""
+            UPDATE jobs SET last_error = {note},
+                   attempts = attempts + CASE WHEN last_error IS DISTINCT FROM {note} THEN 1 ELSE 0 END,
+                   updated_at = CASE WHEN last_error IS DISTINCT FROM {note} THEN GREATEST(updated_at + interval '1 microsecond', {now}) ELSE updated_at END
+             WHERE kind = {kind} AND business_key = {businessKey} AND status = {JobStatus.Cancelled}
+            RETURNING id AS "Value"
+            """).ToListAsync(cancellationToken); // not composed: an UPDATE cannot be a subquery
+        return cancelled is [var jobId] ? jobId : null;
+    }
+
+    /// <summary>
     /// The job's row id and attempts so far, or null when it has no row. The id is the job's also
     /// when the message carried none (another service published it directly).
     /// </summary>

@@ -1,5 +1,6 @@
 using Conveyor.Storage.Jobs;
 using Conveyor.Storage.Payments;
+using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 using Conveyor.Worker.Inbox;
 using Conveyor.Worker.Jobs;
@@ -159,6 +160,58 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.False(await db.Ledger.AnyAsync(l => l.PaymentId == payment));
         Assert.Equal(theirs, (await db.Inbox.SingleAsync(i => i.ConsumerId == ConsumerId && i.MessageKey == reused)).PayloadHash);
         Assert.False(await db.Jobs.AnyAsync(j => j.Kind == Kind && j.BusinessKey == reused));
+    }
+
+    [Fact]
+    public async Task A_message_whose_job_is_cancelled_before_it_is_settled_alone_is_flagged_on_the_job_and_in_a_warning()
+    {
+        // The batch rolls back, and lets its job rows go, before its messages are settled again alone: a cancel can take
+        // a job in between, which reads queued with no attempt again, although its message's consumer ran (the charge went
+        // out). A lock on the inbox table asked for while the batch holds its inbox rows is granted when it rolls back, and
+        // holds the fallback's claim (each message settled alone claims its inbox row again) until the cancel has committed.
+        var (culprit, good, jobId) = (Key(), Key(), Guid.NewGuid());
+        await InsertJobAsync(good, JobStatus.Queued, jobId);
+        await using var api = await fixture.StartApiAsync();
+        var members = await JoinOneBatchAsync(culprit, good);
+        Assert.Equal(InboxClaim.Run, await members[1].Claimed);
+        await BreakJobRowAsync(members[0]);
+
+        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await holder.OpenAsync();
+        await using var hold = await holder.BeginTransactionAsync();
+        await using var lockInbox = new NpgsqlCommand("LOCK TABLE inbox IN SHARE MODE", holder, hold);
+        var locked = lockInbox.ExecuteNonQueryAsync();
+        await fixture.WaitForLockWaitersAsync(1);
+
+        var payment = Guid.NewGuid();
+        members[0].RanAndFailed();
+        members[1].RanSuccessfully([Ledger(payment)]);
+        // The culprit is settled first in the fallback, after the rollback: the job row is free, and the good message's claim waits.
+        Assert.False(await members[0].Completed.WaitAsync(Patience));
+        AssertBatchBrokeAndFellBack(members[0]);
+        await locked.WaitAsync(Patience);
+        await fixture.WaitForLockWaitersAsync(1);
+        using (var cancel = await api.Client.CancelJobAsync(jobId))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.OK, cancel.StatusCode);
+        }
+
+        Assert.False(members[1].Completed.IsCompleted);
+        await hold.CommitAsync();
+
+        // Its consumer ran: acked (not run again), its effects dropped, the job left cancelled but flagged.
+        Assert.True(await members[1].Completed.WaitAsync(Patience), $"the message was sent round again: {members[1].BatchFailure}");
+        await using var db = fixture.CreateDbContext();
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+        Assert.Equal((JobStatus.Cancelled, 1), (job.Status, job.Attempts));
+        Assert.NotNull(job.LastError);
+        Assert.Contains(members[1].MessageId!.Value.ToString(), job.LastError, StringComparison.Ordinal);
+        Assert.Contains("before the cancel", job.LastError, StringComparison.Ordinal);
+        Assert.False(await db.Ledger.AnyAsync(l => l.PaymentId == payment));
+        Assert.True(await db.Inbox.AnyAsync(i => i.ConsumerId == ConsumerId && i.MessageKey == good));
+        var warning = Assert.Single(_logs.Entries, e => e.Level == LogLevel.Warning && e.Message.Contains(jobId.ToString(), StringComparison.Ordinal));
+        Assert.Contains($"{Kind}/{good}", warning.Message, StringComparison.Ordinal);
+        Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
     }
 
     private static string Key() => Guid.NewGuid().ToString();
