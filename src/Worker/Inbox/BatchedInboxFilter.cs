@@ -90,7 +90,7 @@ public sealed partial class BatchedInboxFilter<T>(
                     metrics.AttemptFailed(job.Kind);
                 }
 
-                ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed));
+                ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(job, exception, countAttempt: !committed, context.MessageId));
             }
 
             throw;
@@ -112,7 +112,7 @@ public sealed partial class BatchedInboxFilter<T>(
             // counted it under the job row's lock.
             metrics.AttemptFailed(job.Kind);
             ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(
-                job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: !member.AttemptRecorded));
+                job, member.BatchFailure ?? new InboxBatchFailedException(null), countAttempt: !member.AttemptRecorded, context.MessageId));
             throw new InboxBatchFailedException(member.BatchFailure);
         }
 
@@ -150,11 +150,11 @@ public sealed partial class BatchedInboxFilter<T>(
     /// The attempt the failure is recorded under: the batch's (its count committed) or one counted afresh
     /// (the batch's count rolled back); null when that could not be counted.
     /// </summary>
-    private async Task<int?> RecordFailureQuietlyAsync(JobRef job, Exception failure, bool countAttempt)
+    private async Task<int?> RecordFailureQuietlyAsync(JobRef job, Exception failure, bool countAttempt, Guid? messageId)
     {
         try
         {
-            return await tracker.RecordAttemptFailureAsync(countAttempt ? job with { Attempt = null } : job, failure, countAttempt, CancellationToken.None);
+            return await tracker.RecordAttemptFailureAsync(countAttempt ? job with { Attempt = null } : job, failure, countAttempt, messageId, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -131,9 +131,9 @@ public sealed partial class InboxFilter<T>(
 
                 if (!await RecordFailureInTransactionAsync(transaction, transactionId, consumerId, messageKey, failed, exception))
                 {
-                    // The attempt's count went with the rollback; a cancel may get in before this.
+                    // The attempt's count went with the rollback; a cancel may get in before this (the job is then flagged instead).
                     await RollBackQuietlyAsync(transaction);
-                    ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(failed, exception));
+                    ClaimedAttempt.Set(context, await RecordFailureQuietlyAsync(failed, exception, context.MessageId));
                 }
             }
             else
@@ -253,11 +253,11 @@ public sealed partial class InboxFilter<T>(
     }
 
     /// <summary>The attempt counted afresh; null when it could not be.</summary>
-    private async Task<int?> RecordFailureQuietlyAsync(JobRef job, Exception failure)
+    private async Task<int?> RecordFailureQuietlyAsync(JobRef job, Exception failure, Guid? messageId)
     {
         try
         {
-            return await tracker.RecordAttemptFailureAsync(job with { Attempt = null }, failure, countAttempt: true, CancellationToken.None);
+            return await tracker.RecordAttemptFailureAsync(job with { Attempt = null }, failure, countAttempt: true, messageId, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -446,7 +446,7 @@ public sealed partial class LeaseInboxFilter<T>(
     {
         try
         {
-            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt: false, CancellationToken.None);
+            await tracker.RecordAttemptFailureAsync(job, failure, countAttempt: false, messageId: null, CancellationToken.None);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {

@@ -255,8 +255,12 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     /// creates the row if that transaction was the one creating it. Without it, the error is recorded
     /// only while <paramref name="job"/>'s attempt is the latest. The attempt the failure is now
     /// recorded under (the one counted here, or <paramref name="job"/>'s), for the failure path's later writes.
+    /// A job not counted here because it was cancelled meanwhile (the rolled-back count let it read as not started,
+    /// and a cancel took it) is flagged instead (<see cref="RecordAttemptBeforeCancelAsync"/>, with a warning): the
+    /// attempt ran, and its effect may be out; null then, as for a job that succeeded.
     /// </summary>
-    public async Task<int?> RecordAttemptFailureAsync(JobRef job, Exception exception, bool countAttempt, CancellationToken cancellationToken)
+    /// <param name="messageId">The failed delivery's message, named in that flag.</param>
+    public async Task<int?> RecordAttemptFailureAsync(JobRef job, Exception exception, bool countAttempt, Guid? messageId, CancellationToken cancellationToken)
     {
         if (!countAttempt)
         {
@@ -271,7 +275,20 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
             return job.Attempt;
         }
 
-        return (await CountAttemptAsync(job, Describe(exception), cancellationToken))?.Attempt;
+        if (await CountAttemptAsync(job, Describe(exception), cancellationToken) is { } counted)
+        {
+            return counted.Attempt;
+        }
+
+        // Not counted: the job succeeded already (another copy) or was cancelled. Only the latter is written, in a
+        // statement of its own (nothing else is to commit with it); the extra round trip is only ever paid here.
+        await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
+        if (await RecordAttemptBeforeCancelAsync(db, job.Kind, job.BusinessKey, messageId, time.GetUtcNow(), cancellationToken) is { } jobId)
+        {
+            LogAttemptBeforeCancel(job.Kind, job.BusinessKey, jobId, messageId, Describe(exception));
+        }
+
+        return null;
     }
 
     /// <summary>
@@ -537,6 +554,9 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) is cancelled, but its command (message {MessageId}) came back redelivered: an earlier delivery may have started an attempt before the cancel, and its effect (a charge at the gateway) would be in no record; check the remote side. Acked without running; the job's lastError says so")]
     private partial void LogCancelledRedelivery(string kind, string businessKey, Guid jobId, Guid? messageId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) was cancelled after its attempt (message {MessageId}) ran, before that attempt, which failed ({Error}), was counted: its effect (a charge at the gateway) may have applied and is in no record; check the remote side. The attempt is counted, the job stays cancelled, and its lastError says so")]
+    private partial void LogAttemptBeforeCancel(string kind, string businessKey, Guid jobId, Guid? messageId, string error);
 }
 
 /// <summary>What the inbox statement found for a message.</summary>

@@ -214,6 +214,54 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_failed_attempt_whose_job_is_cancelled_before_its_failure_path_counts_it_is_flagged_on_the_job_and_in_a_warning()
+    {
+        // A batch that rolls back lets its job rows go before each failed message's failure path counts its attempt
+        // again (JobTracker.RecordAttemptFailureAsync, as BatchedInboxFilter calls it once the batch settled the message):
+        // a cancel can take the job in between, which reads queued with no attempt, though the consumer ran (and failed
+        // after its effect may have gone out). Both messages here failed, so the batch settles them without falling back.
+        var (culprit, failed, jobId) = (Key(), Key(), Guid.NewGuid());
+        await InsertJobAsync(failed, JobStatus.Queued, jobId);
+        await using var api = await fixture.StartApiAsync();
+        var members = await JoinOneBatchAsync(culprit, failed);
+        Assert.Equal(InboxClaim.Run, await members[1].Claimed);
+        await BreakJobRowAsync(members[0]);
+
+        members[0].RanAndFailed();
+        members[1].RanAndFailed();
+        Assert.False(await members[0].Completed.WaitAsync(Patience));
+        Assert.False(await members[1].Completed.WaitAsync(Patience));
+        Assert.False(members[1].AttemptRecorded);
+        using (var cancel = await api.Client.CancelJobAsync(jobId))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.OK, cancel.StatusCode);
+        }
+
+        var logs = new CapturedLogs();
+        using var loggers = new LoggerFactory([logs]);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, loggers.CreateLogger<JobTracker>());
+        var attempt = await tracker.RecordAttemptFailureAsync(
+            new JobRef(Kind, failed, members[1].JobId), new HttpRequestException("gateway answered 502"), countAttempt: true, members[1].MessageId, CancellationToken.None);
+
+        Assert.Null(attempt);
+        await using var db = fixture.CreateDbContext();
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+        Assert.Equal((JobStatus.Cancelled, 1), (job.Status, job.Attempts));
+        Assert.NotNull(job.LastError);
+        Assert.Contains(members[1].MessageId!.Value.ToString(), job.LastError, StringComparison.Ordinal);
+        Assert.Contains("before the cancel", job.LastError, StringComparison.Ordinal);
+        var warning = Assert.Single(logs.Of(LogLevel.Warning, typeof(JobTracker).FullName!));
+        Assert.Contains($"{Kind}/{failed}", warning.Message, StringComparison.Ordinal);
+        Assert.Contains(jobId.ToString(), warning.Message, StringComparison.Ordinal);
+        Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
+
+        // Its retry finds the job cancelled and is acked unrun; counted once, whatever writes the note again.
+        Assert.Null(await tracker.RecordAttemptFailureAsync(
+            new JobRef(Kind, failed, members[1].JobId), new HttpRequestException("gateway answered 502"), countAttempt: true, members[1].MessageId, CancellationToken.None));
+        Assert.Equal(1, (await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId)).Attempts);
+    }
+
     private static string Key() => Guid.NewGuid().ToString();
 
     /// <summary>

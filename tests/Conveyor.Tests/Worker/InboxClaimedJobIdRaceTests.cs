@@ -118,7 +118,7 @@ public sealed class InboxClaimedJobIdRaceTests(ConveyorFixture fixture) : IAsync
     {
         var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, NullLogger<JobTracker>.Instance);
         var (claimed, keyA, keyB, attempt) = await WhileAnotherHoldsTheClaimAsync(tracker, job => tracker.RecordAttemptFailureAsync(
-            job, new InvalidOperationException("gateway down"), countAttempt: true, CancellationToken.None));
+            job, new InvalidOperationException("gateway down"), countAttempt: true, messageId: null, CancellationToken.None));
 
         Assert.Equal(1, attempt);
         await using var db = fixture.CreateDbContext();
