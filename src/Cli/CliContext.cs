@@ -34,6 +34,21 @@ public sealed class CliContext(
     /// </summary>
     public TimeSpan PollFailureBudget { get; init; } = TimeSpan.FromMinutes(2);
 
+    /// <summary>The <c>--api</c> the command line gave, once <see cref="Client"/> has taken it; null when none was given.</summary>
+    private string? _apiOption;
+
+    /// <summary>
+    /// A command for the user to run next, as the CLI prints it (to follow an operation, to see a job, to go on with a page):
+    /// <c>conveyor</c>, then <paramref name="words"/> (the caller quotes each value for a shell, <see cref="ShellWords"/>), then
+    /// the <c>--api</c> this command line was given, if any, so that the command, pasted, reaches the same Api: without it,
+    /// one run with <c>--api http://other:8080</c> would send the next to <see cref="ApiUrlVariable"/> or the default, another
+    /// Api, where the operation or job it names is unknown or, worse, another one. A URL from <see cref="ApiUrlVariable"/> is
+    /// not repeated: the shell that ran this command has it for the next. The API key is never printed: it comes from
+    /// <see cref="ApiKeyVariable"/> (and the URL holds no password: <see cref="Client"/> refuses one).
+    /// </summary>
+    public string Command(string words) =>
+        _apiOption is null ? $"conveyor {words}" : $"conveyor {words} {ShellWords.Option("--api", _apiOption)}";
+
     public ConveyorClient Client(string? apiOption)
     {
         var url = apiOption ?? environment(ApiUrlVariable) ?? DefaultApiUrl;
@@ -57,6 +72,7 @@ public sealed class CliContext(
                 $"'{url}' holds a query or fragment (--api or {ApiUrlVariable}), which the CLI's requests cannot keep; give the Api's address without it, such as https://host/conveyor.");
         }
 
+        _apiOption = apiOption;
         var key = environment(ApiKeyVariable);
         if (string.IsNullOrWhiteSpace(key))
         {

@@ -167,7 +167,7 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         // The command to move it back is made before the view is printed: a kind no command line can carry (a NUL) is an
         // answer no Conveyor Api gives, which ends with 6 and nothing on stdout.
         var moveBack = status == "dead-lettered" && ConveyorClient.Text(job, "kind") is { } kind
-            ? $"Its command is in {kind}_error. Move it back with: conveyor move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}"
+            ? $"Its command is in {kind}_error. Move it back with: {cli.Command($"move {ShellWords.Queue($"{kind}_error")} --job-id {settings.Id}")}"
             : null;
         WriteJob(cli, job);
         if (moveBack is not null)
@@ -176,18 +176,18 @@ public sealed class JobCommand : ConveyorCommand<JobSettings>
         }
         else if (status == "succeeded")
         {
-            cli.Out.WriteLine($"See what it did with: conveyor result {settings.Id}");
+            cli.Out.WriteLine(Printable.Text($"See what it did with: {cli.Command($"result {settings.Id}")}"));
         }
         else if (status == "retry-scheduled")
         {
-            cli.Out.WriteLine($"Its next attempt waits for its time. Run it now with: conveyor run-now {settings.Id}");
+            cli.Out.WriteLine(Printable.Text($"Its next attempt waits for its time. Run it now with: {cli.Command($"run-now {settings.Id}")}"));
         }
         else if (status == "scheduled" || (status == "queued" && ConveyorClient.Text(job, "lastError") is null
             && job.TryGetProperty("attempts", out var attempts) && attempts.ValueKind == JsonValueKind.Number && attempts.TryGetInt32(out var count) && count == 0))
         {
             // As the Api decides: not for a job queued again after an attempt was cut short, which has started.
-            cli.Out.WriteLine($"It has not started. Cancel it with: conveyor cancel {settings.Id}"
-                + (status == "scheduled" ? $" (or run it now: conveyor run-now {settings.Id})" : ""));
+            cli.Out.WriteLine(Printable.Text($"It has not started. Cancel it with: {cli.Command($"cancel {settings.Id}")}"
+                + (status == "scheduled" ? $" (or run it now: {cli.Command($"run-now {settings.Id}")})" : "")));
         }
 
         return exitCode;
@@ -395,7 +395,7 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
         {
             throw new CliFailureException(failure.ExitCode,
                 $"{failure.Message}{Environment.NewLine}An earlier try may have made it due now: a gateway answered it 502 or 504, which the Api "
-                + $"may have acted on, and a worker may have taken the job since. See: conveyor job {jobId}");
+                + $"may have acted on, and a worker may have taken the job since. See: {cli.Command($"job {jobId}")}");
         }
 
         var job = Answers.ExpectObject(answer, "a job", "jobId", "status");
@@ -410,7 +410,7 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             return ExitCodes.Ok;
         }
 
-        cli.Out.WriteLine($"Job {jobId} is due now: a worker runs it next. Follow it with: conveyor job {jobId} --wait 60");
+        cli.Out.WriteLine(Printable.Text($"Job {jobId} is due now: a worker runs it next. Follow it with: {cli.Command($"job {jobId} --wait 60")}"));
         JobCommand.WriteJob(cli, job);
         return ExitCodes.Ok;
     }
@@ -439,9 +439,10 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             throw new CliFailureException(failure.ExitCode,
                 $"{failure.Message}{Environment.NewLine}The request was sent, but the Api's answer never came: it may have made up to "
                 + $"{settings.Limit ?? RunNowSettings.DefaultLimit} {kind} job(s) due now. It was not sent again, which would release as many more. "
-                + $"Running it again is safe, and says how many still wait: conveyor run-now {ShellWords.Option("--kind", kind)}"
-                + (settings.Status is null ? "" : $" --status {settings.Status}")
-                + (settings.Limit is { } given ? $" --limit {given.ToString(CultureInfo.InvariantCulture)}" : ""));
+                + "Running it again is safe, and says how many still wait: "
+                + cli.Command($"run-now {ShellWords.Option("--kind", kind)}"
+                    + (settings.Status is null ? "" : $" --status {settings.Status}")
+                    + (settings.Limit is { } given ? $" --limit {given.ToString(CultureInfo.InvariantCulture)}" : "")));
         }
 
         var summary = Answers.ExpectObject(answer, "a run-now summary", "released", "stillWaiting");
@@ -462,8 +463,8 @@ public sealed class RunNowCommand : ConveyorCommand<RunNowSettings>
             : $"{released} {kind} job(s) {which} made due now: workers run them next."));
         if (waiting > 0)
         {
-            cli.Out.WriteLine(Printable.Text($"{waiting} still wait for their time. Run it again to release them: conveyor run-now {ShellWords.Option("--kind", kind)}"
-                + (settings.Status is null ? "" : $" --status {which}")));
+            cli.Out.WriteLine(Printable.Text($"{waiting} still wait for their time. Run it again to release them: "
+                + cli.Command($"run-now {ShellWords.Option("--kind", kind)}" + (settings.Status is null ? "" : $" --status {which}"))));
         }
 
         return ExitCodes.Ok;
@@ -499,7 +500,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         }
 
         var items = page.GetProperty("items");
-        var howToGoOn = HowToGoOn(settings, ConveyorClient.Text(page, "nextCursor"), full: items.GetArrayLength() >= PageSize(settings));
+        var howToGoOn = HowToGoOn(cli, settings, ConveyorClient.Text(page, "nextCursor"), full: items.GetArrayLength() >= PageSize(settings));
         var table = new Table().AddColumns("Job", "Kind", "Business key", "Status", "Attempts", "Last error", "Created", "Updated");
         foreach (var job in items.EnumerateArray())
         {
@@ -535,7 +536,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
             cli.Err.WriteLine(Printable.Text(
                 $"Note: --status {settings.Status} is matched when a job is listed, as it settles (Jobs:ListingSettleSeconds after its submission); "
                 + "a job that reaches that status later is not listed. To see every job, follow without --status; to catch every failed job, "
-                + "watch conveyor_jobs_dead_lettered_total or the _error queues (conveyor queues)."));
+                + $"watch conveyor_jobs_dead_lettered_total or the _error queues ({cli.Command("queues")})."));
         }
 
         try
@@ -579,11 +580,11 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             throw new CliFailureException(ExitCodes.Interrupted,
-                $"interrupted: stopped following the jobs.{Resume(settings, cursor)}");
+                $"interrupted: stopped following the jobs.{Resume(cli, settings, cursor)}");
         }
         catch (CliFailureException failure) when (cursor is not null && failure.ExitCode != ExitCodes.Usage)
         {
-            throw new CliFailureException(failure.ExitCode, $"{failure.Message}{Environment.NewLine}{Resume(settings, cursor).TrimStart()}");
+            throw new CliFailureException(failure.ExitCode, $"{failure.Message}{Environment.NewLine}{Resume(cli, settings, cursor).TrimStart()}");
         }
     }
 
@@ -672,27 +673,27 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     /// cursor comes only when more jobs follow. Oldest first it always comes: after a full page more may follow; after a
     /// short one it marks the settle horizon, from which jobs that settle later are listed.
     /// </summary>
-    private static string? HowToGoOn(JobsSettings settings, string? cursor, bool full)
+    private static string? HowToGoOn(CliContext cli, JobsSettings settings, string? cursor, bool full)
     {
         if (cursor is null)
         {
             return null;
         }
 
-        var next = Command(settings, cursor, follow: false);
+        var next = Command(cli, settings, cursor, follow: false);
         return !settings.OldestFirstOrder ? $"More jobs follow. Next page: {next}"
             : full ? $"More jobs may follow. Next page: {next}"
             : $"No more settled jobs for now. Newer ones, once settled: {next} (or keep polling with --follow)";
     }
 
     /// <summary>" Resume with: conveyor jobs ... --follow --after CURSOR", or nothing before a first cursor.</summary>
-    private static string Resume(JobsSettings settings, string? cursor) =>
-        cursor is null ? "" : $" Resume with: {Printable.Text(Command(settings, cursor, follow: true))}";
+    private static string Resume(CliContext cli, JobsSettings settings, string? cursor) =>
+        cursor is null ? "" : $" Resume with: {Printable.Text(Command(cli, settings, cursor, follow: true))}";
 
     /// <summary>This command's line again, with <paramref name="cursor"/> as --after, each value quoted for a shell where it needs it.</summary>
-    private static string Command(JobsSettings settings, string cursor, bool follow)
+    private static string Command(CliContext cli, JobsSettings settings, string cursor, bool follow)
     {
-        var words = new List<string> { "conveyor jobs" };
+        var words = new List<string> { "jobs" };
         void Add(string option, string? value)
         {
             if (value is not null)
@@ -720,7 +721,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
         }
 
         Add("--after", cursor);
-        return string.Join(' ', words);
+        return cli.Command(string.Join(' ', words));
     }
 
     /// <summary>One job of <c>--follow</c> as a line of columns, as it comes: a table is drawn only once it is complete.</summary>

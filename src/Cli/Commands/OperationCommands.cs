@@ -89,7 +89,7 @@ public sealed class OperationCommand : ConveyorCommand<OperationSettings>
             ? await Operations.FollowAsync(
                 cli, client, settings.Id, showProgress: !settings.Json, Operations.Seconds(settings.Timeout), startedHere: false, cancellationToken)
             : Operations.ExpectShownCounts(
-                settings.Id, Operations.ExpectAskedFor(settings.Id, await client.GetAsync($"api/operations/{settings.Id}", cancellationToken)));
+                cli, settings.Id, Operations.ExpectAskedFor(settings.Id, await client.GetAsync($"api/operations/{settings.Id}", cancellationToken)));
         return Operations.Report(cli, operation, settings.Json);
     }
 }
@@ -141,7 +141,7 @@ internal static class Operations
             // Ctrl+C with the request on its way: the Api may have taken it, and an operation it started goes on.
             throw new CliFailureException(ExitCodes.Interrupted,
                 $"interrupted before the Api answered the request to start the {kind}: it may have started it, and it would go on. "
-                + $"See: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
+                + $"See: {cli.Command($"operations {ShellWords.Option("--queue", settings.Queue)} --state running")}");
         }
         catch (CliFailureException failure) when (failure.ExitCode == ExitCodes.Unreachable && failure.RequestSent)
         {
@@ -149,7 +149,7 @@ internal static class Operations
             // broke, the wait for its answer ended or a gateway gave up on it (502, 504), and an operation it started goes on.
             throw new CliFailureException(ExitCodes.StartUnknown,
                 $"{failure.Message}{Environment.NewLine}The request to start the {kind} was sent, but the Api's answer never came: it may have started it, "
-                + $"and it would go on. Look before starting it again: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
+                + $"and it would go on. Look before starting it again: {cli.Command($"operations {ShellWords.Option("--queue", settings.Queue)} --state running")}");
         }
 
         var id = StartedId(accepted) ?? throw new CliFailureException(ExitCodes.StartUnknown,
@@ -157,7 +157,7 @@ internal static class Operations
             // and the Api may have started the operation without naming it.
             $"{Answers.Unexpected("expected the operation it started: a JSON object with its operationId").Message}{Environment.NewLine}"
             + $"The request to start the {kind} was answered as accepted, but the answer names no operation: it may have started it, "
-            + $"and it would go on. Look before starting it again: conveyor operations {ShellWords.Option("--queue", settings.Queue)} --state running");
+            + $"and it would go on. Look before starting it again: {cli.Command($"operations {ShellWords.Option("--queue", settings.Queue)} --state running")}");
         try
         {
             ExpectCounts(accepted);
@@ -165,7 +165,7 @@ internal static class Operations
         catch (CliFailureException failure)
         {
             // Accepted: whatever is wrong with the rest of the answer, the operation goes on, and is named.
-            throw ProgressUnknown(id, failure);
+            throw ProgressUnknown(cli, id, failure);
         }
 
         if (settings.NoWait)
@@ -186,7 +186,7 @@ internal static class Operations
             }
 
             // Not "done" (0): a script must not take a started move for a finished one.
-            cli.Err.MarkupLine($"It is running. Follow it with: conveyor operation {id} --wait");
+            cli.Err.WriteLine(Printable.Text($"It is running. Follow it with: {cli.Command($"operation {id} --wait")}"));
             return ExitCodes.StillRunning;
         }
 
@@ -217,7 +217,7 @@ internal static class Operations
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             throw new CliFailureException(ExitCodes.Interrupted,
-                $"interrupted: stopped waiting for operation {id}, which goes on. Follow it with: conveyor operation {id} --wait");
+                $"interrupted: stopped waiting for operation {id}, which goes on. Follow it with: {cli.Command($"operation {id} --wait")}");
         }
     }
 
@@ -311,35 +311,35 @@ internal static class Operations
         {
             var operation = await ReadRetryingAsync(cli, client, id, started, timeout, cancellationToken);
             return IsOperation(operation)
-                ? ExpectShownCounts(id, ExpectAskedFor(id, operation))
+                ? ExpectShownCounts(cli, id, ExpectAskedFor(id, operation))
                 : throw Answers.Unexpected("expected an operation: a JSON object with operationId and a state");
         }
         catch (CliFailureException failure) when (!known && failure.ExitCode == ExitCodes.NotFoundOrConflict)
         {
             throw new CliFailureException(failure.ExitCode,
-                $"{failure.Message}{Environment.NewLine}No operation {id} is known to the Api; `conveyor operations` lists the recent ones.");
+                $"{failure.Message}{Environment.NewLine}No operation {id} is known to the Api; `{cli.Command("operations")}` lists the recent ones.");
         }
         catch (CliFailureException failure) when (known && failure.ExitCode == ExitCodes.Auth)
         {
             throw new CliFailureException(ExitCodes.Auth,
                 $"{failure.Message}{Environment.NewLine}Operation {id} was started, but this key may not read its progress; it may still be running "
-                + $"or have ended. Do not start it again: with a key that may, follow it with: conveyor operation {id} --wait");
+                + $"or have ended. Do not start it again: with a key that may, follow it with: {cli.Command($"operation {id} --wait")}");
         }
         catch (CliFailureException failure) when (failure.ExitCode != ExitCodes.ProgressUnknown
             && (known ? failure.ExitCode != ExitCodes.Auth : failure.ExitCode == ExitCodes.OperationFailed))
         {
-            throw ProgressUnknown(id, failure);
+            throw ProgressUnknown(cli, id, failure);
         }
     }
 
-    private static CliFailureException ProgressUnknown(Guid id, CliFailureException failure)
+    private static CliFailureException ProgressUnknown(CliContext cli, Guid id, CliFailureException failure)
     {
         // An answer that is not the Api's asks whether --api is the address of one; the address that accepted the move, or
         // showed the operation, is: the question is left out, not to send the operator looking for a mistake they did not make.
         var said = failure.ExitCode == ExitCodes.UnexpectedAnswer ? failure.Message.Split(Environment.NewLine)[0] : failure.Message;
         return new(ExitCodes.ProgressUnknown,
             $"{said}{Environment.NewLine}Operation {id} was started, but its progress could not be read; it may still be running "
-            + $"or have ended. Do not start it again: follow it with: conveyor operation {id} --wait");
+            + $"or have ended. Do not start it again: follow it with: {cli.Command($"operation {id} --wait")}");
     }
 
     private static Task<JsonElement> ReadRetryingAsync(
@@ -361,7 +361,7 @@ internal static class Operations
             },
             Retrying = (failure, wait) => cli.Err.WriteLine(
                 Printable.Text($"Could not read operation {id} ({failure.Message.ReplaceLineEndings(" ")}); trying again in {wait.TotalSeconds:0.#} s.")),
-            GiveUp = (failure, _, _) => ProgressUnknown(id, failure),
+            GiveUp = (failure, _, _) => ProgressUnknown(cli, id, failure),
         }.ReadAsync(
             async token =>
             {
@@ -406,7 +406,7 @@ internal static class Operations
         if (state == Running)
         {
             cli.Err.WriteLine(Printable.Text(
-                $"Still running. Follow it with: conveyor operation {ShellWords.Quote(ConveyorClient.Text(operation, "operationId") ?? "")} --wait"));
+                $"Still running. Follow it with: {cli.Command($"operation {ShellWords.Quote(ConveyorClient.Text(operation, "operationId") ?? "")} --wait")}"));
         }
         else if (partial)
         {
@@ -567,7 +567,7 @@ internal static class Operations
     /// one, with <c>--wait</c> or without. The Api has shown that the operation exists; only its counts cannot be read. An
     /// answer that is no operation at all is left to the caller (6: the address may not be an Api's).
     /// </summary>
-    internal static JsonElement ExpectShownCounts(Guid id, JsonElement answer)
+    internal static JsonElement ExpectShownCounts(CliContext cli, Guid id, JsonElement answer)
     {
         if (!IsOperation(answer))
         {
@@ -580,7 +580,7 @@ internal static class Operations
         }
         catch (CliFailureException failure)
         {
-            throw ProgressUnknown(id, failure);
+            throw ProgressUnknown(cli, id, failure);
         }
     }
 

@@ -106,7 +106,7 @@ public sealed class GroupsCommand : ConveyorCommand<PeekSettings>
         var largest = groups.EnumerateArray().Select(g => ConveyorClient.Text(g, "groupId")).FirstOrDefault();
         var moveLargest = string.IsNullOrEmpty(largest)
             ? null
-            : $"Move the largest group back with: conveyor move {ShellWords.Queue(settings.Queue)} {ShellWords.Option("--group", largest)}";
+            : $"Move the largest group back with: {cli.Command($"move {ShellWords.Queue(settings.Queue)} {ShellWords.Option("--group", largest)}")}";
 
         // The name as given, which may have been copied from the Api's list with its control characters.
         cli.Out.Write(new Text(Printable.Text(settings.Queue), Output.Bold));

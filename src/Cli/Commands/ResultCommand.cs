@@ -22,7 +22,7 @@ public sealed class ResultCommand : ConveyorCommand<JobSettings>
             if (outcome != ExitCodes.Ok)
             {
                 throw new CliFailureException(outcome, Printable.Text(outcome == ExitCodes.OperationFailed
-                    ? $"Job {settings.Id} is {status}: only a succeeded job has a result. See why with: conveyor job {settings.Id}"
+                    ? $"Job {settings.Id} is {status}: only a succeeded job has a result. See why with: {cli.Command($"job {settings.Id}")}"
                     : $"Job {settings.Id} is still {status} after {seconds} s: it has no result yet."));
             }
         }
