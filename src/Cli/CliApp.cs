@@ -126,7 +126,7 @@ public static class CliApp
                 return ExitCodes.Usage;
             }
 
-            if ((EndOfOptions(args) ?? MissingValue(args, commands) ?? GivenTwice(args, commands)) is { } missing)
+            if ((EndOfOptions(args) ?? MissingValue(args, commands) ?? SwitchGivenAWord(args, commands) ?? GivenTwice(args, commands)) is { } missing)
             {
                 await stderr.WriteLineAsync($"conveyor: {missing}");
                 await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
@@ -341,8 +341,38 @@ public static class CliApp
             : null;
 
     /// <summary>
-    /// An option that takes one value given twice: Spectre keeps the last, so <c>--exception-type A
-    /// --exception-type B</c> would act on B alone. Options that may be repeated (<c>--message-id</c>) are arrays.
+    /// A switch (<c>--dry-run</c>, <c>--no-wait</c>, <c>--json</c>, ...: an option that takes no value) followed by the word
+    /// <c>true</c> or <c>false</c>, in any case. Spectre reads that word as the switch's value, so <c>move q_error --dry-run
+    /// false</c>, a line that says "dry run", would move every message. A switch is on when given and off when left out;
+    /// its explicit form <c>--dry-run=false</c>, which cannot be misread, is taken as written. Any other word after a switch
+    /// is an argument, as it always was (<c>move --dry-run q_error</c>), and a queue named <c>false</c> is given before the
+    /// switch or as <c>--queue=false</c>. Null when no switch is followed by such a word.
+    /// </summary>
+    internal static string? SwitchGivenAWord(IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
+    {
+        if (args.Count == 0 || !commands.TryGetValue(args[0], out var command))
+        {
+            return null;
+        }
+
+        var switches = Options(command).Where(option => option.ValueName is null).SelectMany(option => option.Names).ToHashSet(StringComparer.Ordinal);
+        for (var i = 1; i + 1 < args.Count; i++)
+        {
+            if (switches.Contains(args[i])
+                && (string.Equals(args[i + 1], "true", StringComparison.OrdinalIgnoreCase) || string.Equals(args[i + 1], "false", StringComparison.OrdinalIgnoreCase)))
+            {
+                return $"{args[i]} is a switch: it takes no value, and '{args[i + 1]}' after it is refused rather than read as one. "
+                    + $"Give {args[i]} alone to turn it on, or leave it out; {args[i]}={args[i + 1].ToLowerInvariant()} says the same plainly. Nothing was sent.";
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// An option given twice. Spectre keeps the last, so <c>--exception-type A --exception-type B</c> would act on B alone,
+    /// and <c>--dry-run --dry-run=false</c> would move: a switch given twice is refused as well, whatever its forms say.
+    /// Options that may be repeated (<c>--message-id</c>) are arrays.
     /// </summary>
     internal static string? GivenTwice(IReadOnlyList<string> args, IReadOnlyDictionary<string, Type> commands)
     {
@@ -351,14 +381,16 @@ public static class CliApp
             return null;
         }
 
-        var single = Options(command).Where(option => option.ValueName is not null && !option.Type.IsArray).ToList();
+        var single = Options(command).Where(option => !option.Type.IsArray).ToList();
         foreach (var option in single)
         {
             var given = args.Skip(1).Count(arg => option.Names.Any(name =>
                 arg == name || arg.StartsWith(name + "=", StringComparison.Ordinal) || arg.StartsWith(name + ":", StringComparison.Ordinal)));
             if (given > 1)
             {
-                return $"{option.Names[0]} is given {given} times; it takes one value ({option.ValueName}).";
+                return option.ValueName is null
+                    ? $"{option.Names[0]} is given {given} times; it is a switch: give it once."
+                    : $"{option.Names[0]} is given {given} times; it takes one value ({option.ValueName}).";
             }
         }
 
