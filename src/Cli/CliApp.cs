@@ -30,9 +30,10 @@ public static class CliApp
         }
 
         Console.CancelKeyPress += OnCancelKeyPress;
+        using var output = StandardOutput.Open();
         try
         {
-            return await RunAsync(args, Console.Out, Console.Error, cancellationToken: interrupted.Token);
+            return await RunCoreAsync(args, output.Writer, Console.Error, handler: null, environment: null, output, interrupted.Token);
         }
         finally
         {
@@ -44,18 +45,34 @@ public static class CliApp
     public static string Version { get; } =
         typeof(CliApp).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
 
-    public static async Task<int> RunAsync(
+    public static Task<int> RunAsync(
         string[] args,
         TextWriter stdout,
         TextWriter stderr,
         HttpMessageHandler? handler = null,
         IReadOnlyDictionary<string, string?>? environment = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default) =>
+        RunCoreAsync(args, stdout, stderr, handler, environment, standardOutput: null, cancellationToken);
+
+    /// <param name="standardOutput">The process's stdout, when <paramref name="stdout"/> is its writer: asked whether it was closed.</param>
+    private static async Task<int> RunCoreAsync(
+        string[] args,
+        TextWriter stdout,
+        TextWriter stderr,
+        HttpMessageHandler? handler,
+        IReadOnlyDictionary<string, string?>? environment,
+        StandardOutput? standardOutput,
+        CancellationToken cancellationToken)
     {
-        var output = ConsoleFor(stdout, ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
+        var consoleOut = ReferenceEquals(stdout, Console.Out) || ReferenceEquals(stdout, standardOutput?.Writer);
+        var output = ConsoleFor(stdout, consoleOut && !Console.IsOutputRedirected);
         var errors = ConsoleFor(stderr, ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected);
+        Func<bool> outputClosed = standardOutput is null ? () => false : standardOutput.IsClosed;
         var cli = new CliContext(output, errors, stdout, handler,
-            name => environment is null ? Environment.GetEnvironmentVariable(name) : environment.GetValueOrDefault(name));
+            name => environment is null ? Environment.GetEnvironmentVariable(name) : environment.GetValueOrDefault(name))
+        {
+            OutputClosed = outputClosed,
+        };
 
         // Each command's settings type, by its name: which of its options take a value (MissingValue).
         var commands = new Dictionary<string, Type>(StringComparer.Ordinal);
@@ -152,6 +169,13 @@ public static class CliApp
 
             await stderr.WriteLineAsync("Run 'conveyor --help' for the commands and their options.");
             return ExitCodes.Usage;
+        }
+        catch (IOException) when (outputClosed())
+        {
+            // stdout's reader has gone (`conveyor ... | head -1`): what was left to print has no one to read it. As a
+            // shell reports a command a broken pipe ended, not with a stack trace; a move or purge it waited for goes on.
+            await stderr.WriteLineAsync("conveyor: standard output was closed (broken pipe): stopped.");
+            return ExitCodes.OutputClosed;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {

@@ -23,6 +23,12 @@ public sealed class CliContext(
     /// <summary>Plain stdout, for <c>--json</c>.</summary>
     public TextWriter RawOut { get; } = rawOutput;
 
+    /// <summary>
+    /// Whether stdout can no longer be written (a pipe whose reader has gone: <c>conveyor jobs --follow | head -1</c>), asked
+    /// without writing by a command that may print nothing for long (<c>jobs --follow</c>). Never, for a writer of a test.
+    /// </summary>
+    public Func<bool> OutputClosed { get; init; } = () => false;
+
     /// <summary>How often a waiting command asks for an operation's progress.</summary>
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(500);
 

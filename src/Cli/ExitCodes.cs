@@ -89,8 +89,17 @@ public static class ExitCodes
     /// Ctrl+C (128 + SIGINT, as a shell reports a command it interrupted). A move or purge already started goes on: the
     /// message names it, to follow with <c>conveyor operation &lt;id&gt; --wait</c> (before the Api answered the request to start
     /// it, the message says that it may have started); <c>submit</c> lists the jobs the Api accepted
-    /// before it and names the batch in flight; <c>jobs --follow</c>, which ends no other way when nothing fails, says the command
+    /// before it and names the batch in flight; <c>jobs --follow</c>, which ends no other way when nothing fails and its stdout stays open (<see cref="OutputClosed"/>), says the command
     /// that resumes after the last job it printed. A second Ctrl+C ends the process at once.
     /// </summary>
     public const int Interrupted = 130;
+
+
+    /// <summary>
+    /// stdout was closed while the command had more to print: a pipe whose reader has gone (<c>conveyor jobs --follow | head -1</c>),
+    /// 128 + SIGPIPE, as a shell reports a command a broken pipe ended. One line on stderr says so, no stack trace;
+    /// <c>jobs --follow</c> notices it while it prints nothing too, and says the command that resumes where it stopped.
+    /// A move or purge it waited for goes on.
+    /// </summary>
+    public const int OutputClosed = 141;
 }

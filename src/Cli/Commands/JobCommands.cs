@@ -484,6 +484,9 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
     /// <summary>The longest Retry-After <c>--follow</c> waits as asked; a longer one is cut to it (a read sooner than asked costs one refusal).</summary>
     private static readonly TimeSpan LongestFollowRetryAfter = TimeSpan.FromMinutes(5);
 
+    /// <summary>How often <c>--follow</c> asks whether stdout was closed while it writes nothing.</summary>
+    private static readonly TimeSpan OutputCheckInterval = TimeSpan.FromSeconds(1);
+
     protected override async Task<int> RunAsync(CliContext cli, ConveyorClient client, JobsSettings settings, CancellationToken cancellationToken)
     {
         if (settings.Follow)
@@ -539,11 +542,15 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 + $"watch conveyor_jobs_dead_lettered_total or the _error queues ({cli.Command("queues")})."));
         }
 
+        // Nothing may be written for hours (no new job, a long --interval), so a stdout whose reader has gone is looked for
+        // meanwhile too, not only found by the next write: `conveyor jobs --follow | head -1` ends once head has the header.
+        using var outputClosed = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var watching = WatchOutputAsync(cli, outputClosed);
         try
         {
             while (true)
             {
-                var page = await ReadFollowedPageAsync(cli, client, settings, cursor, answered, cancellationToken);
+                var page = await ReadFollowedPageAsync(cli, client, settings, cursor, answered, outputClosed.Token);
                 // The oldest-first listing always names where to go on; an Api that leaves it out does not know order=oldest.
                 var next = ConveyorClient.Text(page, "nextCursor")
                     ?? throw Answers.Unexpected("expected a page of the oldest-first listing: a JSON object with items and a nextCursor");
@@ -573,7 +580,7 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
                 cursor = next;
                 if (items.GetArrayLength() < PageSize(settings))
                 {
-                    await Task.Delay(interval, cancellationToken);
+                    await Task.Delay(interval, outputClosed.Token);
                 }
             }
         }
@@ -582,9 +589,41 @@ public sealed class JobsCommand : ConveyorCommand<JobsSettings>
             throw new CliFailureException(ExitCodes.Interrupted,
                 $"interrupted: stopped following the jobs.{Resume(cli, settings, cursor)}");
         }
+        catch (Exception exception) when ((exception is OperationCanceledException or IOException) && cli.OutputClosed())
+        {
+            // The cursor is the one after the last page written whole: a page cut off by the closed pipe is listed again.
+            throw new CliFailureException(ExitCodes.OutputClosed,
+                $"standard output was closed (broken pipe): stopped following the jobs.{Resume(cli, settings, cursor)}");
+        }
         catch (CliFailureException failure) when (cursor is not null && failure.ExitCode != ExitCodes.Usage)
         {
             throw new CliFailureException(failure.ExitCode, $"{failure.Message}{Environment.NewLine}{Resume(cli, settings, cursor).TrimStart()}");
+        }
+        finally
+        {
+            await outputClosed.CancelAsync();
+            await watching;
+        }
+    }
+
+    /// <summary>
+    /// Asks once a second whether stdout was closed (<see cref="CliContext.OutputClosed"/>), and if so cancels
+    /// <paramref name="closed"/>, which ends the feed's read or pause; ends when it is cancelled otherwise.
+    /// </summary>
+    private static async Task WatchOutputAsync(CliContext cli, CancellationTokenSource closed)
+    {
+        try
+        {
+            while (!cli.OutputClosed())
+            {
+                await Task.Delay(OutputCheckInterval, closed.Token);
+            }
+
+            await closed.CancelAsync();
+        }
+        catch (OperationCanceledException) when (closed.IsCancellationRequested)
+        {
+            // The feed ended first (Ctrl+C, or a failure that stopped it).
         }
     }
 
