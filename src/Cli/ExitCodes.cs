@@ -8,7 +8,7 @@ public static class ExitCodes
 
     /// <summary>
     /// The operation failed, was cancelled or interrupted, or the server answered 500 (not to a read of the progress of an
-    /// operation being followed: <see cref="ProgressUnknown"/>); <c>job --wait</c>: the job
+    /// operation being followed: <see cref="ProgressUnknown"/>); <c>job --wait</c>, <c>result --wait</c>: the job
     /// ended dead-lettered or cancelled.
     /// </summary>
     public const int OperationFailed = 1;
@@ -28,7 +28,8 @@ public static class ExitCodes
     public const int Auth = 3;
 
     /// <summary>
-    /// No such queue or operation (404), or the queue is busy with another operation (409). Never for an operation the
+    /// No such queue, operation or job (404), or a conflict (409): the queue busy with another operation, a job <c>cancel</c>,
+    /// <c>run-now</c> or <c>result</c> cannot act on in its status. Never for an operation the
     /// command started or has shown: a 404 to a later read of its progress is <see cref="ProgressUnknown"/>.
     /// </summary>
     public const int NotFoundOrConflict = 4;
@@ -54,7 +55,7 @@ public static class ExitCodes
 
     /// <summary>
     /// The operation is still running: started with <c>--no-wait</c>, shown without <c>--wait</c>, or <c>--timeout</c> passed first. It
-    /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>. For <c>job --wait</c>: the job had not ended when the wait did.
+    /// goes on; follow it with <c>conveyor operation &lt;id&gt; --wait</c>. For <c>job --wait</c> and <c>result --wait</c>: the job had not ended when the wait did.
     /// </summary>
     public const int StillRunning = 7;
 

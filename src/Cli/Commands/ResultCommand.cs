@@ -27,11 +27,8 @@ public sealed class ResultCommand : ConveyorCommand<JobSettings>
             }
         }
 
-        var result = Answers.ExpectObject(await client.GetAsync($"api/jobs/{settings.Id}/result", cancellationToken), "a job's result", "jobId", "kind");
-        if (ConveyorClient.Text(result, "jobId") is not { } id || !Guid.TryParse(id, out var shown) || shown != settings.Id)
-        {
-            throw Answers.Unexpected($"expected the result of job {settings.Id}");
-        }
+        var result = Answers.ExpectAskedFor(
+            Answers.ExpectObject(await client.GetAsync($"api/jobs/{settings.Id}/result", cancellationToken), "a job's result", "jobId", "kind"), "job", "jobId", settings.Id);
 
         if (settings.Json)
         {

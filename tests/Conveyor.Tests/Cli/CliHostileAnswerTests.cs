@@ -390,7 +390,8 @@ public sealed class CliHostileAnswerTests
     /// <summary>
     /// A read of one job answered with another job (a proxy or cache that mixes up paths, a wrong --api), as operation
     /// checks an operation's id: it was shown as the job asked for, and <c>job --wait</c> ended with that other job's
-    /// outcome, 0 for a job that had not ended. It ends with 6, naming both, and nothing on stdout.
+    /// outcome, 0 for a job that had not ended. It ends with 6, naming both, and nothing on stdout; so do a result, a cancel
+    /// and a run-now answered with another job (they said only "expected job X", naming neither what came).
     /// </summary>
     [Theory]
     [InlineData($"job {OperationId}", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"succeeded"}""", FirstJob)]
@@ -399,6 +400,10 @@ public sealed class CliHostileAnswerTests
     [InlineData($"result {OperationId} --wait 5", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"succeeded"}""", FirstJob)]
     [InlineData($"job {OperationId}", """{"jobId":"x","kind":"charge-payment","status":"queued"}""", "x")]
     [InlineData($"job {OperationId} --json", """{"jobId":7,"kind":"charge-payment","status":"queued"}""", "7")]
+    [InlineData($"result {OperationId}", $$"""{"charge":{ },"jobId":"{{FirstJob}}","kind":"charge-payment"}""", FirstJob)]
+    [InlineData($"cancel {OperationId}", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"cancelled"}""", FirstJob)]
+    [InlineData($"run-now {OperationId}", $$"""{"jobId":"{{FirstJob}}","kind":"charge-payment","status":"scheduled"}""", FirstJob)]
+    [InlineData($"run-now {OperationId} --json", """{"jobId":"x","kind":"charge-payment","status":"scheduled"}""", "x")]
     public async Task A_job_answered_with_another_job_than_the_one_asked_for_ends_with_6_naming_both(string command, string body, string answeredId)
     {
         using var api = new Canned(_ => Respond(HttpStatusCode.OK, body));
