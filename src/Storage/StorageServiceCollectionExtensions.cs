@@ -129,9 +129,10 @@ public static class StorageServiceCollectionExtensions
         // table) would keep scanning it sequentially as it grows (preparing still saves the parse and
         // analysis); and a statement limit the server enforces (StatementTimeoutSeconds).
         var options = Sets("Options") ? builder.Options ?? string.Empty : string.Empty;
+        var named = ServerSettingsNamed(options);
         foreach (var (name, value) in new[] { ("plan_cache_mode", "force_custom_plan"), ("statement_timeout", $"{StatementTimeoutSeconds}s") })
         {
-            if (!options.Contains(name, StringComparison.OrdinalIgnoreCase))
+            if (!named.Contains(name))
             {
                 options = $"{options} -c {name}={value}".Trim();
             }
@@ -144,6 +145,66 @@ public static class StorageServiceCollectionExtensions
         }
 
         return builder.ConnectionString;
+    }
+
+    /// <summary>
+    /// The names of the server settings a connection string's <c>Options</c> set, as PostgreSQL reads them: the options
+    /// split into words at whitespace (a backslash keeps the character after it in the word), each setting given as
+    /// <c>-c name=value</c>, <c>-cname=value</c> or <c>--name=value</c>, its name in any casing and with dashes for
+    /// underscores (<c>--statement-timeout=5000</c> is <c>statement_timeout</c>). Returned lower-cased, with underscores.
+    /// Looked for as a substring, a name was missed in its dashed form, and ours, added after it, overrode the
+    /// operator's value; and a value that only mentioned it (<c>-c application_name=statement_timeout_probe</c>) left
+    /// the server with no statement limit at all.
+    /// </summary>
+    private static HashSet<string> ServerSettingsNamed(string options)
+    {
+        var words = new List<string>();
+        var word = new System.Text.StringBuilder();
+        var escaped = false;
+        foreach (var character in options)
+        {
+            if (!escaped && character == '\\')
+            {
+                escaped = true;
+            }
+            else if (!escaped && char.IsWhiteSpace(character))
+            {
+                if (word.Length > 0)
+                {
+                    words.Add(word.ToString());
+                    word.Clear();
+                }
+            }
+            else
+            {
+                escaped = false;
+                word.Append(character);
+            }
+        }
+
+        if (word.Length > 0)
+        {
+            words.Add(word.ToString());
+        }
+
+        var named = new HashSet<string>(StringComparer.Ordinal);
+        for (var i = 0; i < words.Count; i++)
+        {
+            var setting = words[i] switch
+            {
+                "-c" => ++i < words.Count ? words[i] : null,
+                var dashed when dashed.StartsWith("--", StringComparison.Ordinal) => dashed[2..],
+                var joined when joined.StartsWith("-c", StringComparison.Ordinal) => joined[2..],
+                _ => null,
+            };
+            if (setting is not null)
+            {
+                var end = setting.IndexOf('=', StringComparison.Ordinal);
+                named.Add((end < 0 ? setting : setting[..end]).Replace('-', '_').ToLowerInvariant());
+            }
+        }
+
+        return named;
     }
 
     /// <summary>
