@@ -57,6 +57,7 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time, Func<ReadOnlyMemo
             // A permanent failure's own words say what to fix (an invalid command names its fields).
             headers.Set(Reason, details.Transient ? "transient failure; every retry and redelivery spent"
                 : context.Exception is IdempotencyConflictException ? $"idempotency conflict; not applied: {PermanentCause(context.Exception)}"
+                : context.Exception is LeaseDeferralsSpentException ? $"lease held by another worker; not run: {PermanentCause(context.Exception)}"
                 : $"permanent failure; not retried: {PermanentCause(context.Exception)}");
         }
         else
@@ -132,7 +133,7 @@ public sealed class DeadLetterHeadersFilter(TimeProvider time, Func<ReadOnlyMemo
     private bool CannotBeReadAsJob(Exception exception, byte[] body) =>
         exception is JsonException && commandReadFailure?.Invoke(body) is not null;
 
-    private static string PermanentCause(Exception exception) => exception is PermanentFailureException or IdempotencyConflictException
+    private static string PermanentCause(Exception exception) => exception is PermanentFailureException or IdempotencyConflictException or LeaseDeferralsSpentException
         ? exception.Message.Length <= MaxCauseLength ? exception.Message : exception.Message[..MaxCauseLength]
         : JobTracker.Describe(exception, MaxCauseLength);
 

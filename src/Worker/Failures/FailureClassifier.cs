@@ -17,6 +17,8 @@ public static class FailureClassifier
         PermanentFailureException => false,
         // The applied command stands whatever happens next: trying again cannot change the answer.
         IdempotencyConflictException => false,
+        // Another worker's run holds the job: trying again would only meet its lease again.
+        LeaseDeferralsSpentException => false,
         TransientFailureException => true,
         RequeueRequestedException => true,
         // Out of time on this delivery, not wrong: a redelivery brings a fresh one.

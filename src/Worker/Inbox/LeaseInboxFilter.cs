@@ -17,7 +17,9 @@ namespace Conveyor.Worker.Inbox;
 /// The inbox for long jobs (minutes), which must not hold a transaction open: claim a lease row in
 /// a short transaction, renew it by heartbeat while the consumer runs, then write the consumer's
 /// results, the inbox <c>done</c> mark and the job's success in one final transaction. A copy
-/// that finds a live lease is stored for redelivery when the lease would expire, and acked.
+/// that finds a live lease is stored for redelivery when the lease would expire, and acked: at most
+/// <see cref="ConsumerEndpointOptions.MaxLeaseDeferrals"/> times, counted in a sealed header
+/// (<see cref="RedeliverySeal.ReadLeaseDeferrals"/>), then it goes to <c>_error</c> (<see cref="LeaseDeferralsSpentException"/>).
 /// Leases are timed by the database's clock (<c>clock_timestamp()</c>), never by a worker's: a worker
 /// whose clock runs ahead would otherwise take over leases that are still live, and one whose clock
 /// lags would keep running on a lease that has lapsed. Locally, a lease only ever counts down from
@@ -39,6 +41,7 @@ public sealed partial class LeaseInboxFilter<T>(
     JobTracker tracker,
     JobMetrics metrics,
     RedeliveryStore redeliveries,
+    RedeliverySeal seal,
     IOptionsMonitor<ConsumerEndpointOptions> endpointOptions,
     IOptions<RabbitMqOptions> rabbitMq,
     TimeProvider time,
@@ -61,7 +64,7 @@ public sealed partial class LeaseInboxFilter<T>(
         var fingerprint = PayloadFingerprint.Of(context.Message);
         if (await TryClaimAsync(consumerId, key, context.MessageId, fingerprint, owner, lease, cancellationToken) is not { } leasedUntil)
         {
-            await DeferOrSkipAsync(context, consumerId, key, fingerprint, cancellationToken);
+            await DeferOrSkipAsync(context, descriptor.ConsumerName, consumerId, key, fingerprint, cancellationToken);
             return;
         }
 
@@ -106,7 +109,7 @@ public sealed partial class LeaseInboxFilter<T>(
             // A lease still ours (a renewal that committed but answered too late) goes first, as on every
             // other way out: left behind, the parked copy would wait it out, and so would every other.
             await ReleaseQuietlyAsync(consumerId, key, owner);
-            await DeferOrSkipAsync(context, consumerId, key, fingerprint, cancellationToken);
+            await DeferOrSkipAsync(context, descriptor.ConsumerName, consumerId, key, fingerprint, cancellationToken);
         }
     }
 
@@ -269,7 +272,7 @@ public sealed partial class LeaseInboxFilter<T>(
         return now + lease;
     }
 
-    private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerId, string key, byte[]? fingerprint, CancellationToken cancellationToken)
+    private async Task DeferOrSkipAsync(ConsumeContext<T> context, string consumerName, string consumerId, string key, byte[]? fingerprint, CancellationToken cancellationToken)
     {
         await using var read = await dbFactory.CreateDbContextAsync(cancellationToken);
         // How long the lease has left by the database's clock, which set it.
@@ -296,18 +299,36 @@ public sealed partial class LeaseInboxFilter<T>(
         // or a command of other content took the lease and let go of it as a conflict): nobody holds
         // the job and nobody finished it, so this message is no duplicate; it comes back in a moment and
         // claims it (a missing row is always claimed).
-        var deferrals = RedeliveryHeaders.ReadInt(context.ReceiveContext.TransportHeaders.GetAll(), RedeliveryHeaders.Deferrals) + 1;
+        // The times this copy was parked count only as the worker sealed them: a sender's count (any text, negative, or
+        // at int.MaxValue, where one more wrapped round to a negative) counts as none, as a forged attempt does.
+        var parked = seal.ReadLeaseDeferrals(context.ReceiveContext, consumerId, key);
+        var most = endpointOptions.Get(consumerName).MaxLeaseDeferrals;
+        if (parked >= most && row is { Status: InboxStatus.Processing })
+        {
+            // A run that never ends (nothing stops one when the broker has no consumer_timeout) renews its lease for
+            // ever, and this copy came back to it for ever. The job is that run's to settle: this copy goes to _error,
+            // leaving the job as it is. Only behind a lease: a row gone since the claim is claimed when the copy is back.
+            LogDeferralsSpent(consumerId, key, parked);
+            throw new LeaseDeferralsSpentException(consumerId, key, parked,
+                $"{ConsumerEndpointOptions.SectionName}:{consumerName}:{nameof(ConsumerEndpointOptions.MaxLeaseDeferrals)}");
+        }
+
+        var deferrals = parked + 1;
         var left = TimeSpan.FromSeconds(Math.Max(0, row?.SecondsLeft ?? 0));
         // Counted from the database's clock too (RedeliveryStore): this pod's own may be off.
         var delay = left + TimeSpan.FromMilliseconds(Random.Shared.Next(250, 1500));
-        var headers = new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture) };
+        var headers = new Dictionary<string, string>
+        {
+            [RedeliveryHeaders.Deferrals] = deferrals.ToString(CultureInfo.InvariantCulture),
+            [RedeliverySeal.LeaseDeferralsHeader] = seal.SealLeaseDeferrals(consumerId, key, deferrals),
+        };
         // One stored copy per message and deferral: the broker's redelivery of this very copy is the same
         // row, while another copy under the key (a second publish, a command of other content) is parked
         // beside it instead of being acked with nothing stored.
         var copy = context.MessageId?.ToString("N") ?? Convert.ToHexString(fingerprint ?? []);
         var dueAt = await redeliveries.ScheduleAsync(context.ReceiveContext, context.MessageId, consumerId,
             $"{consumerId}:{key}:deferred:{copy}:{deferrals}", 0, delay, headers, cancellationToken);
-        LogDeferred(consumerId, key, dueAt);
+        LogDeferred(consumerId, key, dueAt, deferrals, most);
         await SettledByInbox.NotifyAsync(context, consumerId);
     }
 
@@ -498,8 +519,11 @@ public sealed partial class LeaseInboxFilter<T>(
     [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {Key}")]
     private partial void LogDuplicate(string consumerId, string key);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "{ConsumerId} {Key} is leased by another worker; deferred until {DueAt:O}")]
-    private partial void LogDeferred(string consumerId, string key, DateTimeOffset dueAt);
+    [LoggerMessage(Level = LogLevel.Information, Message = "{ConsumerId} {Key} is leased by another worker; deferred until {DueAt:O} ({Deferral} of at most {MaxDeferrals})")]
+    private partial void LogDeferred(string consumerId, string key, DateTimeOffset dueAt, int deferral, int maxDeferrals);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key} is leased by another worker again after this copy was parked {Deferrals} times, the most allowed; the copy goes to the error queue unrun, the job left to the lease's run")]
+    private partial void LogDeferralsSpent(string consumerId, string key, int deferrals);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{ConsumerId} {Key}: the lease was lost to another worker")]
     private partial void LogLeaseLost(string consumerId, string key);

@@ -39,14 +39,15 @@ public sealed partial class JobOutcomeFilter<T>(JobTracker tracker, JobMetrics m
                 }
                 else
                 {
-                    if (exception is not IdempotencyConflictException)
+                    if (exception is not (IdempotencyConflictException or LeaseDeferralsSpentException))
                     {
                         metrics.DeadLettered(job.Kind);
                         await tracker.MarkDeadLetteredAsync(job, exception, CancellationToken.None);
                     }
 
                     // A conflict leaves the job as the applied command made it: it is that command's
-                    // job. The _error message names it all the same, for the operator who decides.
+                    // job. A copy parked too often behind another worker's lease leaves it to the run that
+                    // holds the lease. The _error message names it all the same, for the operator who decides.
                     // The row's id goes into the _error message, never the id the message claimed: an
                     // operator's move by job id must find this job's command, not one that named it. Its
                     // attempt count is this delivery's own: a newer copy may have claimed the row since.

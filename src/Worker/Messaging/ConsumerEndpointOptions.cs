@@ -126,4 +126,16 @@ public sealed class ConsumerEndpointOptions
     /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
     [Range(5, 3_600)]
     public int LeaseSeconds { get; set; } = 60;
+
+    /// <summary>
+    /// Long jobs only: how many times one copy of a command is parked because another worker holds its job's lease
+    /// (<see cref="Redelivery.RedeliveryHeaders.Deferrals"/>); the next time it meets a lease it goes to <c>_error</c>
+    /// (<see cref="Failures.LeaseDeferralsSpentException"/>), leaving the job to the run that holds the lease. A copy
+    /// comes back about when the lease would lapse, and a live run renews it every third of <see cref="LeaseSeconds"/>,
+    /// so each park lasts two thirds of a lease or more: 100 with the default 60 s lease is over an hour, longer
+    /// than a run may hold its delivery (<c>RabbitMq:ConsumerTimeoutSeconds</c>, 1,800 s by default). Without a
+    /// limit, a run that never ended (with no consumer_timeout to stop it) kept every other copy parked for ever.
+    /// </summary>
+    [Range(1, 100_000)]
+    public int MaxLeaseDeferrals { get; set; } = 100;
 }

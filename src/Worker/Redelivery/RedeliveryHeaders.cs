@@ -17,7 +17,11 @@ public static class RedeliveryHeaders
     /// <summary>The error that caused the latest redelivery.</summary>
     public const string LastError = "Conveyor-Last-Error";
 
-    /// <summary>How many times a long job was deferred because another worker held its lease.</summary>
+    /// <summary>
+    /// How many times a long job's copy was parked because another worker held its lease. It counts only with its seal
+    /// (<see cref="RedeliverySeal.LeaseDeferralsHeader"/>), and a copy parked <c>MaxLeaseDeferrals</c> times goes to
+    /// <c>_error</c> the next time it meets a lease.
+    /// </summary>
     public const string Deferrals = "Conveyor-Lease-Deferrals";
 
     /// <summary>
@@ -29,11 +33,12 @@ public static class RedeliveryHeaders
 
     /// <summary>
     /// The most the worker's own headers (<see cref="IsOwn"/>) take on a copy before they count against
-    /// an endpoint's <c>MaxHeaderBytes</c>. All of them together take at most 3,736 bytes
+    /// an endpoint's <c>MaxHeaderBytes</c>. All of them together take at most 3,696 bytes
     /// (<c>RedeliveryHeaderBudgetTests</c>): the attempt, the first failure time, the seal (about 290
     /// bytes with a GUID key, 530 with a 200-character one), the last error (500 characters, up to
-    /// 1,500 bytes), a deferral count or two, the seal of the count of times aside (a little less than the
-    /// attempt's), a note of dropped headers (1 KiB) and the publish sequence number.
+    /// 1,500 bytes), the endpoint's count of deferrals and its seal (a little less than the attempt's: a long
+    /// job's times parked behind another worker's lease, or a webhook's times set aside for its origin's
+    /// limit, never both on one copy), a note of dropped headers (1 KiB) and the publish sequence number.
     /// </summary>
     public const int OwnAllowance = 4_096;
 
@@ -54,7 +59,7 @@ public static class RedeliveryHeaders
     /// </summary>
     private static readonly FrozenSet<string> OwnNames = new[]
     {
-        Attempt, FirstFailureAt, LastError, Deferrals, OriginDeferrals, RedeliverySeal.OriginDeferralsHeader, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
+        Attempt, FirstFailureAt, LastError, Deferrals, RedeliverySeal.LeaseDeferralsHeader, OriginDeferrals, RedeliverySeal.OriginDeferralsHeader, RedeliverySeal.Header, OversizedHeaders.DroppedHeader,
         RabbitMQ.Client.Constants.PublishSequenceNumberHeader,
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 

@@ -18,7 +18,10 @@ namespace Conveyor.Worker.Redelivery;
 /// "4" neither spends the job's redeliveries nor, as "2147483647", overflows the count. A webhook's count of
 /// times set aside for its origin's limit (<see cref="RedeliveryHeaders.OriginDeferrals"/>) is sealed the same
 /// way, in <see cref="OriginDeferralsHeader"/>, under a purpose of its own, so that neither seal passes for the
-/// other: a sender's count would take the delivery past the limit at once.
+/// other: a sender's count would take the delivery past the limit at once. So is a long job's count of times parked
+/// behind another worker's lease (<see cref="RedeliveryHeaders.Deferrals"/>), in <see cref="LeaseDeferralsHeader"/>:
+/// a sender's count would spend the copy's deferrals, or, negative or at <see cref="int.MaxValue"/>, keep it under
+/// its limit for ever.
 /// </summary>
 public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
 {
@@ -31,9 +34,14 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
     /// <summary>The seal of a set-aside webhook's count of times aside (<see cref="RedeliveryHeaders.OriginDeferrals"/>).</summary>
     public const string OriginDeferralsHeader = "Conveyor-Origin-Deferrals-Seal";
 
+    /// <summary>The seal of a long job's count of times parked behind another worker's lease (<see cref="RedeliveryHeaders.Deferrals"/>).</summary>
+    public const string LeaseDeferralsHeader = "Conveyor-Lease-Deferrals-Seal";
+
     private readonly IDataProtector _protector = dataProtection.CreateProtector("Conveyor.Worker.Redelivery.Headers.v1");
 
     private readonly IDataProtector _originDeferrals = dataProtection.CreateProtector("Conveyor.Worker.Webhooks.OriginDeferrals.v1");
+
+    private readonly IDataProtector _leaseDeferrals = dataProtection.CreateProtector("Conveyor.Worker.Inbox.LeaseDeferrals.v1");
 
     /// <summary>The seal for the headers of redelivery number <paramref name="attempt"/> of this job at this consumer.</summary>
     public string Seal(string consumerId, string businessKey, int attempt, string firstFailureAt) =>
@@ -83,11 +91,27 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
     /// aside before the count was sealed carry none, and start from 0 again. Throws, as <see cref="Read"/> does,
     /// when the key ring cannot be read from the database.
     /// </summary>
-    public int ReadOriginDeferrals(ReceiveContext received, string consumerId, string businessKey)
+    public int ReadOriginDeferrals(ReceiveContext received, string consumerId, string businessKey) =>
+        ReadCount(received, RedeliveryHeaders.OriginDeferrals, OriginDeferralsHeader, _originDeferrals, consumerId, businessKey);
+
+    /// <summary>The seal for a copy of this job at this consumer parked behind another worker's lease for the <paramref name="deferrals"/>th time.</summary>
+    public string SealLeaseDeferrals(string consumerId, string businessKey, int deferrals) =>
+        _leaseDeferrals.Protect(Sealed(consumerId, businessKey, deferrals.ToString(CultureInfo.InvariantCulture)));
+
+    /// <summary>
+    /// How many times the received copy was parked behind another worker's lease, if its seal vouches for the count (as
+    /// <see cref="ReadOriginDeferrals"/> does); otherwise 0, as for a copy never parked: a sender's count, one that is
+    /// no number, negative, or beyond <see cref="int.MaxValue"/>. Copies parked before the count was sealed start from
+    /// 0 again. Throws, as <see cref="Read"/> does, when the key ring cannot be read from the database.
+    /// </summary>
+    public int ReadLeaseDeferrals(ReceiveContext received, string consumerId, string businessKey) =>
+        ReadCount(received, RedeliveryHeaders.Deferrals, LeaseDeferralsHeader, _leaseDeferrals, consumerId, businessKey);
+
+    private static int ReadCount(ReceiveContext received, string countHeader, string sealHeader, IDataProtector protector, string consumerId, string businessKey)
     {
         var headers = received.TransportHeaders.GetAll().ToList();
-        var deferrals = RedeliveryHeaders.ReadString(headers, RedeliveryHeaders.OriginDeferrals);
-        if (RedeliveryHeaders.ReadString(headers, OriginDeferralsHeader) is not { Length: > 0 } seal || deferrals is null
+        var deferrals = RedeliveryHeaders.ReadString(headers, countHeader);
+        if (RedeliveryHeaders.ReadString(headers, sealHeader) is not { Length: > 0 } seal || deferrals is null
             || !int.TryParse(deferrals, NumberStyles.None, CultureInfo.InvariantCulture, out var count) || count < 1)
         {
             return 0;
@@ -95,7 +119,7 @@ public sealed class RedeliverySeal(IDataProtectionProvider dataProtection)
 
         try
         {
-            return string.Equals(_originDeferrals.Unprotect(seal), Sealed(consumerId, businessKey, deferrals), StringComparison.Ordinal) ? count : 0;
+            return string.Equals(protector.Unprotect(seal), Sealed(consumerId, businessKey, deferrals), StringComparison.Ordinal) ? count : 0;
         }
         catch (Exception exception) when (exception is not OutOfMemoryException && !DatabaseFailures.IsDatabaseError(exception))
         {

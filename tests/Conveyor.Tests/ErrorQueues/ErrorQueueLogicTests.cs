@@ -114,6 +114,7 @@ public sealed class ErrorQueueLogicTests
                 ["Conveyor-Fault-History"] = Encoding.UTF8.GetBytes(earlier),
                 // Times deferred in the last attempt: a moved copy starts a fresh budget of those too.
                 ["Conveyor-Lease-Deferrals"] = Encoding.UTF8.GetBytes("2"),
+                ["Conveyor-Lease-Deferrals-Seal"] = Encoding.UTF8.GetBytes("sealed-by-a-worker"),
                 ["Conveyor-Origin-Deferrals"] = Encoding.UTF8.GetBytes("12"),
             },
         };

@@ -31,8 +31,10 @@ public sealed class RedeliveryHeaderBudgetTests
         Assert.True(RedeliveryHeaders.CountedBytes(moved) >= 1_000);
     }
 
-    [Fact]
-    public void The_workers_own_headers_at_their_largest_fit_in_their_allowance()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void The_workers_own_headers_at_their_largest_fit_in_their_allowance(bool longJob)
     {
         var seal = new RedeliverySeal(new EphemeralDataProtectionProvider());
         var firstFailureAt = DateTimeOffset.MaxValue.ToString("O", CultureInfo.InvariantCulture);
@@ -44,12 +46,21 @@ public sealed class RedeliveryHeaderBudgetTests
             [RedeliveryHeaders.FirstFailureAt] = firstFailureAt,
             [RedeliverySeal.Header] = seal.Seal("charge-payment", key, int.MaxValue, firstFailureAt),
             [RedeliveryHeaders.LastError] = JobTracker.Describe(new InvalidOperationException(new string('€', 2_000)), 500),
-            [RedeliveryHeaders.Deferrals] = int.MaxValue.ToString(CultureInfo.InvariantCulture),
-            [RedeliveryHeaders.OriginDeferrals] = int.MaxValue.ToString(CultureInfo.InvariantCulture),
-            [RedeliverySeal.OriginDeferralsHeader] = seal.SealOriginDeferrals("deliver-webhook", key, int.MaxValue),
             [OversizedHeaders.DroppedHeader] = new string('d', OversizedHeaders.MaxNoteBytes),
             [RabbitMQ.Client.Constants.PublishSequenceNumberHeader] = long.MaxValue,
         };
+        // Each endpoint's copies carry one sealed count of their own: a long job's times parked behind another
+        // worker's lease (the lease inbox), a webhook's times set aside for its origin's limit (DeliverWebhook).
+        if (longJob)
+        {
+            headers[RedeliveryHeaders.Deferrals] = int.MaxValue.ToString(CultureInfo.InvariantCulture);
+            headers[RedeliverySeal.LeaseDeferralsHeader] = seal.SealLeaseDeferrals("generate-report", key, int.MaxValue);
+        }
+        else
+        {
+            headers[RedeliveryHeaders.OriginDeferrals] = int.MaxValue.ToString(CultureInfo.InvariantCulture);
+            headers[RedeliverySeal.OriginDeferralsHeader] = seal.SealOriginDeferrals("deliver-webhook", key, int.MaxValue);
+        }
 
         Assert.True(AmqpFrame.TableBytes(headers) <= RedeliveryHeaders.OwnAllowance, $"{AmqpFrame.TableBytes(headers)} bytes");
         Assert.Equal(0, RedeliveryHeaders.CountedBytes(headers));

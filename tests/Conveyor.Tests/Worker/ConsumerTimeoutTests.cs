@@ -31,6 +31,7 @@ public sealed class ConsumerTimeoutTests(ConveyorFixture fixture)
     [InlineData("ConcurrentMessageLimit", "0")]
     [InlineData("PrefetchCount", "0")]
     [InlineData("RetryLimit", "-1")]
+    [InlineData("MaxLeaseDeferrals", "0")]
     public async Task A_worker_with_an_endpoint_setting_out_of_range_refuses_to_start_naming_it(string setting, string value)
     {
         var settings = WorkerSettings.With().Override(($"Consumers:ChargePayment:{setting}", value));

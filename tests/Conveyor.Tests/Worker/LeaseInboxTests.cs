@@ -1,3 +1,4 @@
+using Conveyor.Contracts;
 using Conveyor.Contracts.Reports;
 using Conveyor.Storage.Inbox;
 using Conveyor.Storage.Jobs;
@@ -444,6 +445,125 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var check = fixture.CreateDbContext();
         Assert.All(await check.ScheduledMessages.AsNoTracking().Select(m => m.DedupeKey).ToListAsync(),
             dedupeKey => Assert.Matches(":deferred:[0-9a-f]{32}:1$", dedupeKey));
+    }
+
+    [Fact]
+    public async Task A_copy_that_keeps_meeting_another_workers_renewed_lease_goes_to_error_after_its_most_deferrals_and_leaves_the_job_alone()
+    {
+        var report = NewReport(pageSize: 50);
+        var key = report.ReportId.ToString();
+        await fixture.DeclareAsync(Queue + "_error");
+        await using (var db = fixture.CreateDbContext())
+        {
+            var now = DateTimeOffset.UtcNow;
+            db.Jobs.Add(new Job { Id = Guid.NewGuid(), Kind = JobKinds.GenerateReport, BusinessKey = key, Status = JobStatus.Running, Attempts = 1, CreatedAt = now, UpdatedAt = now });
+            await db.SaveChangesAsync();
+            Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                INSERT INTO inbox (consumer_id, message_key, received_at, status, lease_owner, lease_expires_at)
+                VALUES ('generate-report', {key}, now(), {InboxStatus.Processing}, 'other-worker', now() + interval '4 seconds')
+                """));
+        }
+
+        // The other worker's run never ends (no consumer_timeout stops it), and its heartbeat keeps the lease 4 s ahead.
+        using var stop = new CancellationTokenSource();
+        var heartbeat = RenewLeaseAsync(key, stop.Token);
+        try
+        {
+            await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(("Consumers:GenerateReport:MaxLeaseDeferrals", "2")));
+            await using var publisher = await TestPublisher.StartAsync(fixture);
+
+            await publisher.PublishAsync(report);
+
+            // Parked twice, each time coming back to the lease renewed; the third time it goes to _error. Before, it was
+            // parked for as long as the lease was held: for ever.
+            await using var amqp = await RawAmqpProducer.ConnectAsync(fixture);
+            RawAmqpProducer.TakenMessage? dead = null;
+            await Eventually.AssertAsync(async () => dead = Assert.Single(await amqp.TakeAllAsync(Queue + "_error")), DescribeAsync, TimeSpan.FromSeconds(90));
+            Assert.Contains("Consumers:GenerateReport:MaxLeaseDeferrals", dead!.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+            Assert.Contains("another worker", dead.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+            Assert.Equal("2", dead.Header("Conveyor-Lease-Deferrals"));
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await heartbeat;
+        }
+
+        // The job is the run's that holds the lease: neither dead-lettered nor counted a failed attempt by the parked copy.
+        await using var check = fixture.CreateDbContext();
+        var job = await check.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
+        Assert.Equal((JobStatus.Running, 1), (job.Status, job.Attempts));
+        Assert.Equal("other-worker", (await check.Inbox.AsNoTracking().SingleAsync(i => i.MessageKey == key)).LeaseOwner);
+        Assert.Equal(0, await check.ScheduledMessages.CountAsync());
+        Assert.False(await check.Reports.AnyAsync());
+    }
+
+    [Fact]
+    public async Task A_deferral_count_a_sender_wrote_itself_counts_for_nothing()
+    {
+        // Anything a sender may put in the header, with or without a seal of its own making.
+        var forged = new (string Count, string? Seal)[]
+        {
+            ("1", null), ("2147483647", null), ("99999999999999999999", null), ("-5", null), ("-2147483648", null), ("abc", null), (" 1", null), ("1", "forged"),
+        };
+        var reports = forged.Select(_ => NewReport(pageSize: 50)).ToList();
+        await fixture.DeclareAsync(Queue + "_error");
+        await using (var db = fixture.CreateDbContext())
+        {
+            foreach (var report in reports)
+            {
+                Assert.Equal(1, await db.Database.ExecuteSqlInterpolatedAsync($"""
+                    INSERT INTO inbox (consumer_id, message_key, received_at, status, lease_owner, lease_expires_at)
+                    VALUES ('generate-report', {report.ReportId.ToString()}, now(), {InboxStatus.Processing}, 'other-worker', now() + interval '10 minutes')
+                    """));
+            }
+        }
+
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(("Consumers:GenerateReport:MaxLeaseDeferrals", "2")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        foreach (var (report, (count, seal)) in reports.Zip(forged))
+        {
+            var headers = new Dictionary<string, string> { ["Conveyor-Lease-Deferrals"] = count };
+            if (seal is not null)
+            {
+                headers["Conveyor-Lease-Deferrals-Seal"] = seal;
+            }
+
+            await publisher.PublishAsync(report, headers: headers);
+        }
+
+        // Each is parked as a first deferral: no sender's count takes a copy nearer its limit (before, "1" made it the
+        // second), past it, or round to a negative count ("2147483647" plus one) that the limit would never reach.
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            Assert.Equal(reports.Count, await db.ScheduledMessages.CountAsync());
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        await using var check = fixture.CreateDbContext();
+        Assert.All(await check.ScheduledMessages.AsNoTracking().Select(m => m.DedupeKey).ToListAsync(),
+            dedupeKey => Assert.Matches(":deferred:[0-9a-f]{32}:1$", dedupeKey));
+        Assert.Equal(0u, await fixture.ReadyAsync(Queue + "_error"));
+    }
+
+    /// <summary>Keeps another worker's lease on <paramref name="key"/> 4 s ahead, renewed every half second, as its heartbeat would.</summary>
+    private async Task RenewLeaseAsync(string key, CancellationToken stop)
+    {
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                await using var db = fixture.CreateDbContext();
+                await db.Database.ExecuteSqlInterpolatedAsync($"""
+                    UPDATE inbox SET lease_expires_at = clock_timestamp() + interval '4 seconds'
+                     WHERE message_key = {key} AND lease_owner = 'other-worker'
+                    """, stop);
+                await Task.Delay(TimeSpan.FromMilliseconds(500), stop);
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return;
+            }
+        }
     }
 
     /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
