@@ -2,6 +2,7 @@ using Conveyor.Api.Backpressure;
 using Conveyor.Api.Hosting;
 using Conveyor.Api.Security;
 using Conveyor.Contracts;
+using Conveyor.ServiceDefaults;
 using Conveyor.Storage;
 using Conveyor.Storage.Jobs;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -44,7 +45,9 @@ internal static partial class JobsApi
         services.AddSingleton<SubmissionMetrics>();
         services.AddOptions<JobWaitOptions>().BindConfiguration(StrandedJobsOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<JobWaitLimit>();
-        services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<WebhookUrlOptions>().BindConfiguration(WebhookUrlOptions.SectionName)
+            .PostConfigure<IConfiguration>((options, configuration) => options.ReceiverSettings = WebhookReceiverOrigins.EntrySettings(configuration))
+            .ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<WebhookUrlRules>();
         services.AddScoped<JobSubmitter>();
         services.AddSingleton<JobRowTransactions>();

@@ -22,6 +22,9 @@ public sealed class WebhookUrlOptions : IValidatableObject
     /// <summary>The worker's registered receivers (<c>Webhooks:Receivers</c>), of which the Api reads the origins only.</summary>
     public WebhookReceiverUrlOptions[] Receivers { get; set; } = [];
 
+    /// <summary>Each of <see cref="Receivers"/>' settings as configured, which errors name (as the worker's <c>WebhookOptions</c>); not bound, set after binding.</summary>
+    internal string[]? ReceiverSettings { get; set; }
+
     /// <summary>
     /// True: a URL whose origin is not one of <see cref="Receivers"/> is refused at submission (400
     /// naming <c>url</c>), as the worker would refuse to deliver it.
@@ -31,13 +34,13 @@ public sealed class WebhookUrlOptions : IValidatableObject
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
     {
         // As the worker refuses them at start (WebhookOptions.Validate), in its words.
-        WebhookReceiverOrigins.Read([.. Receivers.Select(r => r?.Origin)], out var originErrors);
+        WebhookReceiverOrigins.Read([.. Receivers.Select(r => r?.Origin)], out var originErrors, ReceiverSettings);
         for (var i = 0; i < Receivers.Length; i++)
         {
             if (Receivers[i] is null)
             {
                 yield return new ValidationResult(
-                    $"{WebhookReceiverOrigins.Setting}:{i} is empty; give its {nameof(WebhookReceiverUrlOptions.Origin)}.", [nameof(Receivers)]);
+                    $"{WebhookReceiverOrigins.EntrySetting(ReceiverSettings, Receivers.Length, i)} is empty; give its {nameof(WebhookReceiverUrlOptions.Origin)}.", [nameof(Receivers)]);
             }
             else if (originErrors.TryGetValue(i, out var originError))
             {

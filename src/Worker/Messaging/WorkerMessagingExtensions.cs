@@ -108,7 +108,9 @@ public static class WorkerMessagingExtensions
     public static IServiceCollection AddWorkerIntegrations(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<PaymentGatewayOptions>().BindConfiguration(PaymentGatewayOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
-        services.AddOptions<WebhookOptions>().BindConfiguration(WebhookOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<WebhookOptions>().BindConfiguration(WebhookOptions.SectionName)
+            .PostConfigure<IConfiguration>((options, configuration) => options.ReceiverSettings = WebhookReceiverOrigins.EntrySettings(configuration))
+            .ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<WebhookOriginSlots>();
         services.AddSingleton<WebhookOriginLeases>();
         services.AddOptions<ReportOptions>().BindConfiguration(ReportOptions.SectionName).ValidateDataAnnotations().ValidateOnStart();

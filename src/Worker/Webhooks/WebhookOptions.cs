@@ -66,6 +66,14 @@ public sealed class WebhookOptions : IValidatableObject
     public WebhookReceiverOptions[] Receivers { get; set; } = [];
 
     /// <summary>
+    /// Each of <see cref="Receivers"/>' settings as configured (<see cref="WebhookReceiverOrigins.EntrySettings"/>), which
+    /// errors name: .NET binds the entries one after another, so the entry configured as <c>Webhooks:Receivers:5</c>
+    /// with none before it is <c>Receivers[0]</c>, and an error naming <c>Webhooks:Receivers:0</c> sent the operator to
+    /// a setting nobody wrote. Not bound (internal); set after binding.
+    /// </summary>
+    internal string[]? ReceiverSettings { get; set; }
+
+    /// <summary>
     /// Whether a delivery to an origin not in <see cref="Receivers"/> is refused (permanently, to
     /// <c>_error</c>, before any request) instead of signed with the shared secret.
     /// </summary>
@@ -89,10 +97,10 @@ public sealed class WebhookOptions : IValidatableObject
         }
 
         // The Api reads the origins the same way (WebhookReceiverOrigins), and refuses the same ones at start.
-        WebhookReceiverOrigins.Read([.. Receivers.Select(r => r?.Origin)], out var originErrors);
+        WebhookReceiverOrigins.Read([.. Receivers.Select(r => r?.Origin)], out var originErrors, ReceiverSettings);
         for (var i = 0; i < Receivers.Length; i++)
         {
-            var setting = $"{SectionName}:{nameof(Receivers)}:{i}";
+            var setting = WebhookReceiverOrigins.EntrySetting(ReceiverSettings, Receivers.Length, i);
             var receiver = Receivers[i];
             if (receiver is null)
             {

@@ -104,6 +104,19 @@ public sealed class RegisteredWebhookReceiverTests(ConveyorFixture fixture) : IA
         Assert.Contains("Webhooks:Receivers:2:Origin is https://hooks.example.com:443, as Webhooks:Receivers:0:Origin", refused.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_refused_receiver_origin_is_named_by_its_key_as_configured()
+    {
+        var refused = await Assert.ThrowsAsync<OptionsValidationException>(() => fixture.StartApiAsync(new Dictionary<string, string?>
+        {
+            ["Webhooks:Receivers:3:Origin"] = "https://hooks.example.com",
+            ["Webhooks:Receivers:7:Origin"] = "HTTPS://Hooks.Example.com:443",
+        }));
+
+        // Before, entries 0 and 1: .NET binds the entries one after another, whatever their keys.
+        Assert.Contains("Webhooks:Receivers:7:Origin is https://hooks.example.com:443, as Webhooks:Receivers:3:Origin", refused.Message, StringComparison.Ordinal);
+    }
+
     private static string WebhookBody(Guid webhookId, string url) =>
         $$$"""{"webhookId":"{{{webhookId}}}","url":"{{{url}}}","eventType":"order.paid","payload":{"orderId":7}}""";
 

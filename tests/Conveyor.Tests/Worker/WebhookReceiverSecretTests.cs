@@ -112,6 +112,22 @@ public sealed class WebhookReceiverSecretTests(ConveyorFixture fixture) : IAsync
         Assert.Contains("Webhooks:Receivers:1:SigningSecret is required and must be at least 16 characters long", refused.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_refused_receiver_entry_is_named_by_its_key_as_configured_not_by_its_place_among_the_entries()
+    {
+        // Entries 0 to 4 left out (removed from an env file, say), and one keyed by name: .NET binds them as 0 and 1.
+        var refused = await Assert.ThrowsAsync<OptionsValidationException>(() => fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Webhooks:Receivers:5:Origin", "https://hooks.example.com/customer-b"),
+            ("Webhooks:Receivers:5:SigningSecret", OwnSecret),
+            ("Webhooks:Receivers:acme:Origin", "https://acme.example.com"),
+            ("Webhooks:Receivers:acme:SigningSecret", "short"))));
+
+        // Before, "Webhooks:Receivers:0:Origin ..." and "Webhooks:Receivers:1:SigningSecret ...": settings nobody wrote.
+        Assert.Contains("Webhooks:Receivers:5:Origin 'https://hooks.example.com/customer-b' has a path", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("Webhooks:Receivers:acme:SigningSecret is required and must be at least 16 characters long", refused.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("Webhooks:Receivers:0", refused.Message, StringComparison.Ordinal);
+    }
+
     private static DeliverWebhook Webhook(FakeWebhookReceiver receiver) => new()
     {
         WebhookId = Guid.NewGuid(),
