@@ -163,6 +163,9 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
     {
         await using var gateway = await FakePaymentGateway.StartAsync();
         gateway.FailEverythingWith = HttpStatusCode.BadGateway;
+        // When the first attempt reached the gateway: its failure, and so its time, came after it.
+        DateTimeOffset? firstRequestAt = null;
+        gateway.OnRequest = () => firstRequestAt ??= DateTimeOffset.UtcNow;
         await using var stored = await StoredRedeliveries.StartAsync(fixture);
         await using var worker = await fixture.StartWorkerAsync(Settings(gateway,
             ("Consumers:ChargePayment:RetryLimit", "0"),
@@ -189,20 +192,23 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(3, gateway.RequestsFor(payment.PaymentId.ToString()));
 
         // The schedule as the worker stored it, on the database's clock (this machine's): each due time is the
-        // row's store time (created_at) plus its delay, so the first is exactly the base delay within its
-        // jitter (a millisecond for the two clock readings of the one statement). Counted from the failure's
-        // time (the first failure's header), it also holds the moment between the failure and the store: a
-        // delay drawn near the top of its jitter read as too long.
+        // row's store time (created_at) plus its delay, both read in the one statement that stores the row, so
+        // the first is exactly the base delay within its jitter (a millisecond for the two clock readings), and
+        // the second the doubled delay within its jitter, not the base delay or a tripled one. Counted from the
+        // failure's time (the first failure's header), it would also hold the moment between the failure and
+        // the store, which a busy machine stretches at will: a delay drawn near the top of its jitter read as
+        // too long. That header is the first failure's own time: after its request reached the gateway, before
+        // its redelivery was stored; and the second copy carries it on.
         var rows = await stored.ReadAsync();
         Assert.Equal([1, 2], rows.Select(r => r.Attempt));
         var (first, second) = (rows[0], rows[1]);
         var failedAt = DateTimeOffset.Parse(first.FirstFailureAt!, System.Globalization.CultureInfo.InvariantCulture);
         Assert.InRange((first.DueAt - first.CreatedAt).TotalMilliseconds, 1500 * 0.9, 1500 * 1.1 + 1);
-        Assert.InRange((first.CreatedAt - failedAt).TotalMilliseconds, 0, 500);
-        // The second failure's own time is not stored; created_at is read a moment after it, in the same
-        // method with no I/O between (half a second covers that many times over), so this is the
-        // doubled delay within its jitter, and not the base delay or a tripled one.
-        Assert.InRange((second.DueAt - second.CreatedAt).TotalMilliseconds, 3000 * 0.9 - 500, 3000 * 1.1 + 1);
+        Assert.InRange((second.DueAt - second.CreatedAt).TotalMilliseconds, 3000 * 0.9, 3000 * 1.1 + 1);
+        Assert.NotNull(firstRequestAt);
+        Assert.True(firstRequestAt <= failedAt, $"first failure at {failedAt:O}, before its request reached the gateway at {firstRequestAt:O}");
+        Assert.True(failedAt <= first.CreatedAt, $"first failure at {failedAt:O}, after its redelivery was stored at {first.CreatedAt:O}");
+        Assert.Equal(first.FirstFailureAt, second.FirstFailureAt);
         // Never early: the second failure came once the first redelivery was due, the last (the one
         // that dead-lettered the job) once the second was.
         Assert.True(second.CreatedAt >= first.DueAt, $"second failure at {second.CreatedAt:O}, first redelivery due {first.DueAt:O}");
