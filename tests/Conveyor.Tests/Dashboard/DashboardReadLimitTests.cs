@@ -43,12 +43,6 @@ public sealed class DashboardReadLimitTests(ConveyorFixture fixture) : Dashboard
         });
         try
         {
-            await Eventually.AssertAsync(async () =>
-            {
-                using var answer = await client.GetAsync(new Uri("/api/jobs?limit=1", UriKind.Relative));
-                Assert.Equal(System.Net.HttpStatusCode.TooManyRequests, answer.StatusCode);
-            });
-
             var signInPages = 0;
             page.Request += (_, request) =>
             {
@@ -57,7 +51,31 @@ public sealed class DashboardReadLimitTests(ConveyorFixture fixture) : Dashboard
                     Interlocked.Increment(ref signInPages);
                 }
             };
-            await page.ReloadAsync();
+
+            // The drain takes each permit only once it gets round to it: on a busy machine the page's read of its
+            // session can come first and be let through, and that page rightly loads (and is not the page this test
+            // is about). Whether it was is seen from the read's own answer, and such a page is opened again, once the
+            // drain has the allowance used up again, until its read is refused.
+            for (var opened = 1; ; opened++)
+            {
+                await Eventually.AssertAsync(async () =>
+                {
+                    using var answer = await client.GetAsync(new Uri("/api/jobs?limit=1", UriKind.Relative));
+                    Assert.Equal(System.Net.HttpStatusCode.TooManyRequests, answer.StatusCode);
+                });
+
+                var session = await page.RunAndWaitForResponseAsync(
+                    () => page.ReloadAsync(),
+                    response => new Uri(response.Url).AbsolutePath == "/dashboard/api/session",
+                    new() { Timeout = 30_000 });
+                if (session.Status == 429)
+                {
+                    break;
+                }
+
+                Assert.True(opened < 10, $"{opened} pages opened, each of whose session reads was let through ({session.Status})");
+            }
+
             await Expect(page.Locator("#banner")).ToContainTextAsync("Too many requests", new() { Timeout = 30_000 });
             Assert.Equal(0, Volatile.Read(ref signInPages));
         }
