@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
-using System.Net.Sockets;
 using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Tests.ErrorQueues;
@@ -11,21 +10,18 @@ public sealed class ChildApi : IAsyncDisposable
 {
     private readonly Process _process;
     private readonly ConcurrentQueue<string> _output = new();
+    private Uri? _baseAddress;
 
-    private ChildApi(Process process, Uri baseAddress)
-    {
-        _process = process;
-        BaseAddress = baseAddress;
-    }
+    private ChildApi(Process process) => _process = process;
 
-    public Uri BaseAddress { get; }
+    /// <summary>Where the process listens, on a port it picked itself (<see cref="ListeningAddress"/>): known once it is live.</summary>
+    public Uri BaseAddress => _baseAddress ?? throw new InvalidOperationException("The Api process has not said where it listens yet");
 
     /// <summary>The last lines the process wrote, for failure messages.</summary>
     public string Output => string.Join(Environment.NewLine, _output);
 
     public static async Task<ChildApi> StartAsync(IReadOnlyDictionary<string, string?> settings)
     {
-        var port = FreePort();
         var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {
             WorkingDirectory = AppContext.BaseDirectory,
@@ -39,19 +35,26 @@ public sealed class ChildApi : IAsyncDisposable
             start.ArgumentList.Add($"--{key}={value}");
         }
 
-        start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");
+        foreach (var argument in ListeningAddress.Arguments(port: null))
+        {
+            start.ArgumentList.Add(argument);
+        }
+
         var process = Process.Start(start) ?? throw new InvalidOperationException("Could not start the Api process.");
-        var child = new ChildApi(process, new Uri($"http://127.0.0.1:{port}"));
+        var child = new ChildApi(process);
         process.OutputDataReceived += (_, line) => child.Keep(line.Data);
         process.ErrorDataReceived += (_, line) => child.Keep(line.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
 
-        using var http = new HttpClient { BaseAddress = child.BaseAddress, Timeout = TimeSpan.FromSeconds(5) };
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         await Eventually.AssertAsync(async () =>
         {
             Assert.False(process.HasExited, $"The Api process exited: {child.Output}");
-            using var response = await http.GetAsync(new Uri("/health/live", UriKind.Relative));
+            // Asked only once the process has said where it listens: whatever answered before would not be it.
+            var address = Volatile.Read(ref child._baseAddress);
+            Assert.True(address is not null, $"The Api process has not said where it listens: {child.Output}");
+            using var response = await http.GetAsync(new Uri(address, "/health/live"));
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         }, TimeSpan.FromSeconds(60));
         return child;
@@ -81,17 +84,15 @@ public sealed class ChildApi : IAsyncDisposable
             return;
         }
 
+        if (Volatile.Read(ref _baseAddress) is null && ListeningAddress.In(line) is { } address)
+        {
+            Volatile.Write(ref _baseAddress, address);
+        }
+
         _output.Enqueue(line);
         while (_output.Count > 50)
         {
             _output.TryDequeue(out _);
         }
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

@@ -62,8 +62,8 @@ public sealed class ApiKillTests(ConveyorFixture fixture, ITestOutputHelper outp
         settings["Jobs:StrandedCheckSeconds"] = "2";
 
         // Restarts listen on the same port, so the clients find the next Api where the last one was.
-        var port = ServiceProcess.FreePort();
-        var api = await ServiceProcess.StartApiAsync(settings, port);
+        var api = await ServiceProcess.StartApiAsync(settings);
+        var port = api.BaseAddress.Port;
         using var http = new HttpClient { BaseAddress = api.BaseAddress, Timeout = TimeSpan.FromSeconds(30) };
         http.DefaultRequestHeaders.Add("X-Api-Key", TestKeys.Admin);
         var kills = new List<string>();

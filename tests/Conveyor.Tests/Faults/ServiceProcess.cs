@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Tests.Faults;
@@ -15,16 +13,17 @@ public sealed class ServiceProcess : IAsyncDisposable
     private readonly Process _process;
     private readonly OutputTail _output;
     private readonly string _name;
+    private Uri? _baseAddress;
 
-    private ServiceProcess(Process process, OutputTail output, Uri baseAddress, string name)
+    private ServiceProcess(Process process, OutputTail output, string name)
     {
         _process = process;
         _output = output;
-        BaseAddress = baseAddress;
         _name = name;
     }
 
-    public Uri BaseAddress { get; }
+    /// <summary>Where the process listens: known once it is ready.</summary>
+    public Uri BaseAddress => _baseAddress ?? throw new InvalidOperationException($"The {_name} has not said where it listens yet");
 
     public int Id => _process.Id;
 
@@ -54,16 +53,17 @@ public sealed class ServiceProcess : IAsyncDisposable
 
     /// <summary>Starts a worker with <paramref name="settings"/> as <c>--Key=Value</c> arguments and waits until it is ready.</summary>
     public static Task<ServiceProcess> StartWorkerAsync(IReadOnlyDictionary<string, string?> settings) =>
-        StartAsync("Worker", settings, FreePort());
+        StartAsync("Worker", settings, port: null);
 
     /// <summary>
-    /// Starts an Api with <paramref name="settings"/> on <paramref name="port"/> (a free one when
-    /// null; the same one again for a restart that its clients should find) and waits until it is ready.
+    /// Starts an Api with <paramref name="settings"/> on <paramref name="port"/> (one it picks itself when
+    /// null: see <see cref="ListeningAddress"/>; the same one again for a restart that its clients should find)
+    /// and waits until it is ready.
     /// </summary>
     public static Task<ServiceProcess> StartApiAsync(IReadOnlyDictionary<string, string?> settings, int? port = null) =>
-        StartAsync("Api", settings, port ?? FreePort());
+        StartAsync("Api", settings, port);
 
-    private static async Task<ServiceProcess> StartAsync(string project, IReadOnlyDictionary<string, string?> settings, int port)
+    private static async Task<ServiceProcess> StartAsync(string project, IReadOnlyDictionary<string, string?> settings, int? port)
     {
         var dll = Dll(project);
         var start = new ProcessStartInfo("dotnet") { WorkingDirectory = Path.GetDirectoryName(dll)! };
@@ -78,9 +78,13 @@ public sealed class ServiceProcess : IAsyncDisposable
             start.ArgumentList.Add(argument);
         }
 
-        start.ArgumentList.Add($"--urls=http://127.0.0.1:{port}");
-        var (process, output) = OutputTail.Start(start, KeptLines);
-        var service = new ServiceProcess(process, output, new Uri($"http://127.0.0.1:{port}"), project);
+        foreach (var argument in ListeningAddress.Arguments(port))
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        var (process, output) = OutputTail.Start(start, KeptLines, watch: line => ListeningAddress.In(line) is not null);
+        var service = new ServiceProcess(process, output, project);
         try
         {
             await service.WaitUntilReadyAsync();
@@ -109,7 +113,7 @@ public sealed class ServiceProcess : IAsyncDisposable
 
     private async Task WaitUntilReadyAsync()
     {
-        using var http = new HttpClient { BaseAddress = BaseAddress, Timeout = TimeSpan.FromSeconds(5) };
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         var deadline = DateTime.UtcNow.AddSeconds(90);
         while (true)
         {
@@ -118,17 +122,22 @@ public sealed class ServiceProcess : IAsyncDisposable
                 throw new InvalidOperationException($"The {_name} exited with {_process.ExitCode}:{Environment.NewLine}{Output}");
             }
 
-            try
+            // Asked only once the process has said where it listens: whatever answered before would not be it.
+            _baseAddress ??= _output.Watched is { } line ? ListeningAddress.In(line) : null;
+            if (_baseAddress is { } address)
             {
-                using var response = await http.GetAsync(new Uri("/health/ready", UriKind.Relative));
-                if (response.IsSuccessStatusCode)
+                try
                 {
-                    return;
+                    using var response = await http.GetAsync(new Uri(address, "/health/ready"));
+                    if (response.IsSuccessStatusCode)
+                    {
+                        return;
+                    }
                 }
-            }
-            catch (Exception exception) when (HttpNoAnswer.Is(exception))
-            {
-                // Not listening yet.
+                catch (Exception exception) when (HttpNoAnswer.Is(exception))
+                {
+                    // Not answering yet.
+                }
             }
 
             if (DateTime.UtcNow > deadline)
@@ -138,13 +147,6 @@ public sealed class ServiceProcess : IAsyncDisposable
 
             await Task.Delay(100);
         }
-    }
-
-    public static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     public async ValueTask DisposeAsync()
