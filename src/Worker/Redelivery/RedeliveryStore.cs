@@ -106,8 +106,11 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
         var due = await db.Database.SqlQuery<ScheduledCopy>($"""
             WITH job AS (
                 SELECT id, attempts FROM jobs WHERE kind = {jobKind} AND business_key = {businessKey}),
+            now AS (
+                SELECT clock_timestamp() AS at),
             due AS (
-                SELECT clock_timestamp() AS stored_at, clock_timestamp() + {delay} AS due_at),
+                -- One reading of the clock: the due time is exactly the store time plus the delay.
+                SELECT now.at AS stored_at, now.at + {delay} AS due_at FROM now),
             stored AS (
                 INSERT INTO scheduled_messages (dedupe_key, destination, due_at, attempt, content_type, message_id, headers, body, created_at, job_id, job_attempts)
                 SELECT {dedupeKey}, {destination}, due.due_at, {attempt}, {contentType}, {messageId?.ToString()}, CAST({headersJson} AS jsonb), {body}, due.stored_at,

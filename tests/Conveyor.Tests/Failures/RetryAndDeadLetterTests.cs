@@ -193,7 +193,7 @@ public sealed class RetryAndDeadLetterTests(ConveyorFixture fixture) : IAsyncLif
 
         // The schedule as the worker stored it, on the database's clock (this machine's): each due time is the
         // row's store time (created_at) plus its delay, both read in the one statement that stores the row, so
-        // the first is exactly the base delay within its jitter (a millisecond for the two clock readings), and
+        // the first is exactly the base delay within its jitter (from one reading of the clock; the millisecond allowed is for rounding), and
         // the second the doubled delay within its jitter, not the base delay or a tripled one. Counted from the
         // failure's time (the first failure's header), it would also hold the moment between the failure and
         // the store, which a busy machine stretches at will: a delay drawn near the top of its jitter read as
