@@ -118,9 +118,6 @@ public static class RedeliveryHeaders
         return theirs + Math.Max(0, own - OwnAllowance) + Math.Max(0, moved - MoveAllowance);
     }
 
-    public static int ReadInt(IEnumerable<KeyValuePair<string, object>> headers, string name) =>
-        int.TryParse(ReadString(headers, name), NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) ? value : 0;
-
     public static string? ReadString(IEnumerable<KeyValuePair<string, object>> headers, string name)
     {
         foreach (var (key, value) in headers)

@@ -305,8 +305,8 @@ public sealed class FailurePolicyTests
         var stored = RedeliveryHeaders.ForStorage(headers);
 
         Assert.Equal(new Dictionary<string, string> { ["Conveyor-Job-Id"] = "42", ["MT-Activity-Id"] = "abc", ["count"] = "3" }, stored);
-        Assert.Equal(3, RedeliveryHeaders.ReadInt(headers, "COUNT"));
-        Assert.Equal(0, RedeliveryHeaders.ReadInt(headers, "absent"));
+        Assert.Equal("3", RedeliveryHeaders.ReadString(headers, "COUNT"));
+        Assert.Null(RedeliveryHeaders.ReadString(headers, "absent"));
     }
 
     [Fact]
