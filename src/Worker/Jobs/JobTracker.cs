@@ -425,8 +425,10 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     /// <remarks>
     /// In <paramref name="db"/>'s transaction, if any (the single-message inbox's, so the note commits with the
     /// inbox row or the message comes back to write it). A note already there is not written again, so the job's
-    /// <c>updated_at</c> moves once per redelivered message, not with every copy; nothing else writes a cancelled
-    /// job's row, and a cancel requires <c>last_error</c> to be empty (the Api's <c>JobCanceller</c>).
+    /// <c>updated_at</c> moves once per redelivered message, not with every copy; nor is a note of an attempt known to
+    /// have run before the cancel (<see cref="RecordAttemptBeforeCancelAsync"/>), which says more than this one's "may"
+    /// (true is still returned, and the warning logged: this copy came back all the same). Nothing else writes a
+    /// cancelled job's row, and a cancel requires <c>last_error</c> to be empty (the Api's <c>JobCanceller</c>).
     /// </remarks>
     public async Task<bool> RecordCancelledRedeliveryAsync(ConveyorDbContext db, JobRef job, Guid? messageId, CancellationToken cancellationToken)
     {
@@ -435,9 +437,12 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
             $"The command came back redelivered after the cancel (message {messageId?.ToString() ?? "without an id"}): an earlier delivery "
             + "may have started an attempt before the job was cancelled (a worker killed mid-attempt leaves no trace of it), whose effect "
             + "(a charge at the gateway) is then in no record here; check the remote side. The command was acked without running.";
+        // The note of an attempt known to have run (RecordAttemptBeforeCancelAsync) says more than this one's "may": it is
+        // kept, and the row left as it is; the job is still cancelled, and this copy is still reported.
         var cancelled = await db.Database.SqlQuery<Guid>($"""
-            UPDATE jobs SET last_error = {note},
-                   updated_at = CASE WHEN last_error IS DISTINCT FROM {note} THEN GREATEST(updated_at + interval '1 microsecond', {now}) ELSE updated_at END
+            UPDATE jobs SET last_error = CASE WHEN starts_with(last_error, {AttemptBeforeCancelNote}) THEN last_error ELSE {note} END,
+                   updated_at = CASE WHEN last_error IS DISTINCT FROM {note} AND NOT COALESCE(starts_with(last_error, {AttemptBeforeCancelNote}), false)
+                                     THEN GREATEST(updated_at + interval '1 microsecond', {now}) ELSE updated_at END
              WHERE kind = {job.Kind} AND business_key = {job.BusinessKey} AND status = {JobStatus.Cancelled}
             RETURNING id AS "Value"
             """).ToListAsync(cancellationToken); // not composed: an UPDATE cannot be a subquery
@@ -461,6 +466,12 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     }
 
     /// <summary>
+    /// How the note of <see cref="RecordAttemptBeforeCancelAsync"/> begins, which
+    /// <see cref="RecordCancelledRedeliveryAsync(ConveyorDbContext, JobRef, Guid?, CancellationToken)"/> does not replace.
+    /// </summary>
+    private const string AttemptBeforeCancelNote = "An attempt (message ";
+
+    /// <summary>
     /// For an attempt that ran (its consumer succeeded, or failed after it started) but whose count rolled back with
     /// its inbox transaction: when the job was cancelled meanwhile, counts the attempt and says on the job (its
     /// <c>last_error</c>, the Api's <c>lastError</c>) that it ran before the cancel took effect and that its effect
@@ -477,7 +488,7 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
         ConveyorDbContext db, string kind, string businessKey, Guid? messageId, DateTimeOffset now, CancellationToken cancellationToken)
     {
         var note =
-            $"An attempt (message {messageId?.ToString() ?? "without an id"}) ran before the cancel took effect: its count rolled back with "
+            $"{AttemptBeforeCancelNote}{messageId?.ToString() ?? "without an id"}) ran before the cancel took effect: its count rolled back with "
             + "its inbox transaction, so the job read as not started and was cancelled meanwhile. Its effect (a charge at the gateway) "
             + "may have applied and is in no record here; check the remote side. The attempt is counted; the job stays cancelled and its "
             + "command is not run again.";

@@ -262,6 +262,41 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Equal(1, (await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId)).Attempts);
     }
 
+    [Fact]
+    public async Task A_redelivered_copy_of_a_cancelled_job_s_command_leaves_the_note_of_an_attempt_that_ran_before_the_cancel()
+    {
+        // The attempt that ran before the cancel is counted and said so on the job (JobTracker.RecordAttemptBeforeCancelAsync);
+        // a copy of its command the broker hands out again (the ack was lost with the worker) is acked unrun, and its own note
+        // ("may have started") is the weaker one: it must not take the place of the note of an attempt known to have run.
+        var (key, jobId, ran, redelivered) = (Key(), Guid.NewGuid(), Guid.NewGuid(), Guid.NewGuid());
+        await InsertJobAsync(key, JobStatus.Cancelled, jobId);
+        await using (var db = fixture.CreateDbContext())
+        {
+            Assert.Equal(jobId, await JobTracker.RecordAttemptBeforeCancelAsync(db, Kind, key, ran, DateTimeOffset.UtcNow, CancellationToken.None));
+        }
+
+        var logs = new CapturedLogs();
+        using var loggers = new LoggerFactory([logs]);
+        var tracker = new JobTracker(fixture.DbContextFactory(), TimeProvider.System, loggers.CreateLogger<JobTracker>());
+        var flagged = await ReadJobAsync(jobId);
+
+        Assert.True(await tracker.RecordCancelledRedeliveryAsync(new JobRef(Kind, key, jobId), redelivered, CancellationToken.None));
+
+        var job = await ReadJobAsync(jobId);
+        Assert.Equal((JobStatus.Cancelled, 1, flagged.LastError, flagged.UpdatedAt), (job.Status, job.Attempts, job.LastError, job.UpdatedAt));
+        Assert.Contains(ran.ToString(), job.LastError, StringComparison.Ordinal);
+        Assert.Contains("ran before the cancel", job.LastError, StringComparison.Ordinal);
+        // The copy still came back redelivered after the cancel: the warning names it.
+        var warning = Assert.Single(logs.Of(LogLevel.Warning, typeof(JobTracker).FullName!));
+        Assert.Contains(redelivered.ToString(), warning.Message, StringComparison.Ordinal);
+    }
+
+    private async Task<Job> ReadJobAsync(Guid jobId)
+    {
+        await using var db = fixture.CreateDbContext();
+        return await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId);
+    }
+
     private static string Key() => Guid.NewGuid().ToString();
 
     /// <summary>
