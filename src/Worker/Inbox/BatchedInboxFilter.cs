@@ -116,7 +116,7 @@ public sealed partial class BatchedInboxFilter<T>(
             throw new InboxBatchFailedException(member.BatchFailure);
         }
 
-        metrics.Succeeded(job.Kind, time.GetElapsedTime(startedAt));
+        BatchedInboxOutcome.Count(metrics, job.Kind, member, time.GetElapsedTime(startedAt));
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox-batched");
@@ -192,6 +192,24 @@ public sealed partial class BatchedInboxFilter<T>(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} is cancelled or already succeeded and its command (message {MessageId}) came back redelivered, but whether it is cancelled could not be read or recorded: if it is, an earlier delivery may have started an attempt before the cancel")]
     private partial void LogCancelledRedeliveryNotRecorded(Exception exception, string kind, string businessKey, Guid? messageId);
+}
+
+/// <summary>What a message whose batch (or own settlement) committed counts in <see cref="JobMetrics"/>.</summary>
+internal static class BatchedInboxOutcome
+{
+    /// <summary>
+    /// A success, with its attempt's duration; unless its job was cancelled between its batch's rollback and its own
+    /// settlement (<see cref="BatchMember.CancelledAfterRun"/>): its effects were dropped and the job reads
+    /// <c>cancelled</c>, so it is no success, nor a failed attempt (its consumer did not fail); the warning and the
+    /// job's <c>lastError</c> say what happened, and it counts in neither.
+    /// </summary>
+    public static void Count(JobMetrics metrics, string kind, BatchMember member, TimeSpan duration)
+    {
+        if (!member.CancelledAfterRun)
+        {
+            metrics.Succeeded(kind, duration);
+        }
+    }
 }
 
 /// <summary>

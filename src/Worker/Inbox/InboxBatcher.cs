@@ -493,6 +493,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             if (cancelledJob is { } jobId)
             {
                 LogAttemptBeforeCancel(_kind, member.MessageKey, jobId, member.MessageId);
+                member.CompleteCancelledAfterRun();
+                return;
             }
 
             member.Complete(committed: true, null);
@@ -894,6 +896,14 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     /// </summary>
     public bool AttemptRecorded { get; private set; }
 
+    /// <summary>
+    /// Settled alone after its batch failed, with <see cref="Completed"/> true, it found its job cancelled since the
+    /// batch rolled back, though its consumer had succeeded: acked without its effects, its attempt counted on the
+    /// cancelled job and flagged there (<see cref="Jobs.JobTracker.RecordAttemptBeforeCancelAsync"/>). Its job did
+    /// not succeed.
+    /// </summary>
+    public bool CancelledAfterRun { get; private set; }
+
     internal Task Ran => _ran.Task;
 
     internal bool Succeeded { get; private set; }
@@ -971,6 +981,12 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     {
         AttemptRecorded = true;
         Complete(committed: false, failure);
+    }
+
+    internal void CompleteCancelledAfterRun()
+    {
+        CancelledAfterRun = true;
+        Complete(committed: true, null);
     }
 
     internal void Complete(bool committed, Exception? failure)

@@ -57,6 +57,8 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment));
         Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.Kind == Kind && j.BusinessKey == good)).Status);
+        Assert.False(members[1].CancelledAfterRun);
+        Assert.Equal((1, 0), CountedOutcome(members[1]));
         // The failed attempt's inbox row is not kept: its retry must run it.
         Assert.False(await db.Inbox.AnyAsync(i => i.MessageKey == culprit));
     }
@@ -212,6 +214,9 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         var warning = Assert.Single(_logs.Entries, e => e.Level == LogLevel.Warning && e.Message.Contains(jobId.ToString(), StringComparison.Ordinal));
         Assert.Contains($"{Kind}/{good}", warning.Message, StringComparison.Ordinal);
         Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
+        // Acked, but its job did not succeed: the filter counts no success (nor a failed attempt: its consumer did not fail).
+        Assert.True(members[1].CancelledAfterRun);
+        Assert.Equal((0, 0), CountedOutcome(members[1]));
     }
 
     [Fact]
@@ -298,6 +303,21 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
     }
 
     private static string Key() => Guid.NewGuid().ToString();
+
+    /// <summary>
+    /// What <see cref="BatchedInboxFilter{T}"/> counts for <paramref name="member"/> once it completed committed
+    /// (<see cref="BatchedInboxOutcome"/>): successes and failed attempts of the job's kind.
+    /// </summary>
+    private static (int Succeeded, int Failed) CountedOutcome(BatchMember member)
+    {
+        var metrics = HostMeters.OwnJobMetrics();
+        using var succeeded = WorkerMetric.Succeeded(Kind);
+        using var failed = WorkerMetric.AttemptsFailed(Kind);
+        succeeded.Watch(metrics);
+        failed.Watch(metrics);
+        BatchedInboxOutcome.Count(metrics, Kind, member, TimeSpan.FromMilliseconds(5));
+        return (succeeded.Count, failed.Count);
+    }
 
     /// <summary>
     /// The batch did break on the culprit's job row (its id taken: a unique violation on the primary key)
