@@ -18,9 +18,10 @@ public static class RedeliveryHeaders
     public const string LastError = "Conveyor-Last-Error";
 
     /// <summary>
-    /// How many times a long job's copy was parked because another worker held its lease. It counts only with its seal
-    /// (<see cref="RedeliverySeal.LeaseDeferralsHeader"/>), and a copy parked <c>MaxLeaseDeferrals</c> times goes to
-    /// <c>_error</c> the next time it meets a lease.
+    /// How many times a long job's copy was parked, in its current attempt, because another worker held its lease. It
+    /// counts only with its seal (<see cref="RedeliverySeal.LeaseDeferralsHeader"/>), and a copy parked
+    /// <c>MaxLeaseDeferrals</c> times goes to <c>_error</c> the next time it meets a lease. Only a parked copy carries it
+    /// on: a retry's stored copy and an error-queue move's start from none.
     /// </summary>
     public const string Deferrals = "Conveyor-Lease-Deferrals";
 

@@ -182,9 +182,13 @@ public sealed class RedeliveryStore(IDbContextFactory<ConveyorDbContext> dbFacto
 
             // Times set aside for a webhook origin's limit (and their seal) count within one attempt: a copy stored for
             // another reason (a retry) starts again from none, or a delivery once over the limit would be over it on
-            // every redelivery after, just when a failing receiver has a backlog.
+            // every redelivery after, just when a failing receiver has a backlog. So do times parked behind another
+            // worker's lease (Consumers:<Name>:MaxLeaseDeferrals): a copy parked often, which then ran and failed,
+            // would otherwise bring that count to every retry, and go to _error unrun after fewer parks each time.
             if (string.Equals(key, RedeliveryHeaders.OriginDeferrals, StringComparison.OrdinalIgnoreCase)
-                || string.Equals(key, RedeliverySeal.OriginDeferralsHeader, StringComparison.OrdinalIgnoreCase))
+                || string.Equals(key, RedeliverySeal.OriginDeferralsHeader, StringComparison.OrdinalIgnoreCase)
+                || string.Equals(key, RedeliveryHeaders.Deferrals, StringComparison.OrdinalIgnoreCase)
+                || string.Equals(key, RedeliverySeal.LeaseDeferralsHeader, StringComparison.OrdinalIgnoreCase))
             {
                 continue;
             }

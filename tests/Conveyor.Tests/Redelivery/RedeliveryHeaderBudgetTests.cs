@@ -126,6 +126,34 @@ public sealed class RedeliveryHeaderBudgetTests
         Assert.True(AmqpFrame.TableBytes(stored) <= RedeliveryStore.MaxStoredHeaderBytes + RedeliveryHeaders.OwnAllowance);
     }
 
+    [Fact]
+    public void A_retry_of_a_copy_parked_behind_a_lease_starts_its_count_of_parks_from_none_as_a_park_carries_its_own()
+    {
+        // A copy parked behind another worker's lease, which then ran and failed: its retry is a new attempt, and its
+        // MaxLeaseDeferrals counts that attempt's parks, as Webhooks:MaxOriginDeferrals counts an attempt's times aside.
+        var seal = new RedeliverySeal(new EphemeralDataProtectionProvider());
+        var received = new Dictionary<string, string>
+        {
+            ["X-Small"] = "s",
+            [RedeliveryHeaders.Deferrals] = "60",
+            [RedeliverySeal.LeaseDeferralsHeader] = seal.SealLeaseDeferrals("generate-report", "key", 60),
+        };
+
+        var retry = RedeliveryStore.StorableHeaders(received, WorkersOwn(), Limit);
+
+        Assert.Equal("s", retry["X-Small"]);
+        Assert.All(WorkersOwn(), own => Assert.Equal(own.Value, retry[own.Key]));
+        Assert.DoesNotContain(retry.Keys, k => string.Equals(k, RedeliveryHeaders.Deferrals, StringComparison.OrdinalIgnoreCase));
+        Assert.DoesNotContain(retry.Keys, k => string.Equals(k, RedeliverySeal.LeaseDeferralsHeader, StringComparison.OrdinalIgnoreCase));
+
+        // Parked once more, the copy carries the count its park sealed.
+        var parkSeal = seal.SealLeaseDeferrals("generate-report", "key", 61);
+        var park = RedeliveryStore.StorableHeaders(
+            received, new Dictionary<string, string> { [RedeliveryHeaders.Deferrals] = "61", [RedeliverySeal.LeaseDeferralsHeader] = parkSeal }, Limit);
+
+        Assert.Equal(("61", parkSeal), (park[RedeliveryHeaders.Deferrals], park[RedeliverySeal.LeaseDeferralsHeader]));
+    }
+
     /// <summary>What the redelivery filter adds to a stored copy, at a realistic size.</summary>
     private static Dictionary<string, string> WorkersOwn() => new()
     {

@@ -499,6 +499,44 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_retry_of_a_copy_parked_behind_a_lease_is_stored_without_its_count_of_parks()
+    {
+        // A copy parked twice behind another worker's lease (its count sealed by the worker) runs once that lease is gone,
+        // and its attempt fails: its retry is a new attempt, whose parks count from none, as an origin's times aside do.
+        // Kept, the count made MaxLeaseDeferrals a budget for the command's whole life: this retry would go to _error the
+        // first time it met a lease.
+        var report = NewReport(pageSize: 50);
+        var key = report.ReportId.ToString();
+        await using var fault = await TestTrigger.CreateAsync(fixture, "lease_test_run_fails", "jobs", $"""
+            CREATE SEQUENCE lease_test_run_fails;
+            CREATE FUNCTION lease_test_run_fails() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              PERFORM nextval('lease_test_run_fails');
+              RAISE EXCEPTION 'test: the job row cannot be written now' USING ERRCODE = '40001';
+            END $$;
+            CREATE TRIGGER lease_test_run_fails BEFORE INSERT OR UPDATE ON jobs
+              FOR EACH ROW WHEN (NEW.business_key = '{key}') EXECUTE FUNCTION lease_test_run_fails();
+            """);
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+            ("Consumers:GenerateReport:MaxLeaseDeferrals", "2"), ("Consumers:GenerateReport:RetryLimit", "0"), ("Redelivery:DispatcherEnabled", "false")));
+        await using var publisher = await TestPublisher.StartAsync(fixture);
+        var parked = worker.Services.GetRequiredService<Conveyor.Worker.Redelivery.RedeliverySeal>().SealLeaseDeferrals("generate-report", key, 2);
+
+        await publisher.PublishAsync(report, headers: new Dictionary<string, string> { ["Conveyor-Lease-Deferrals"] = "2", ["Conveyor-Lease-Deferrals-Seal"] = parked });
+
+        Dictionary<string, string>? stored = null;
+        await Eventually.AssertAsync(async () =>
+        {
+            await using var db = fixture.CreateDbContext();
+            stored = System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, string>>(
+                (await db.ScheduledMessages.AsNoTracking().SingleAsync()).Headers);
+        }, DescribeAsync, TimeSpan.FromSeconds(30));
+        Assert.True(await fault.FiredAsync() > 0, "the run did not fail");
+        Assert.Equal("1", stored!["Conveyor-Redelivery-Attempt"]);
+        Assert.DoesNotContain(stored.Keys, k => k.StartsWith("Conveyor-Lease-Deferrals", StringComparison.OrdinalIgnoreCase));
+    }
+
+    [Fact]
     public async Task A_deferral_count_a_sender_wrote_itself_counts_for_nothing()
     {
         // Anything a sender may put in the header, with or without a seal of its own making.
