@@ -262,7 +262,7 @@ public sealed class BackpressureTests(ConveyorFixture fixture, ITestOutputHelper
             ["ConnectionStrings:Conveyor"] = new Npgsql.NpgsqlConnectionStringBuilder(fixture.ConnectionString)
             {
                 Host = "127.0.0.1",
-                Port = BrokerUnavailableTests.ClosedPort(),
+                Port = ClosedPort.Number,
             }.ConnectionString,
             ["RabbitMq:ManagementPort"] = management.Port.ToString(CultureInfo.InvariantCulture),
             ["Backpressure:RefreshMilliseconds"] = "100",

@@ -5,7 +5,6 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.EntityFrameworkCore;
 using System.Globalization;
 using System.Net;
-using System.Net.Sockets;
 using Npgsql;
 
 namespace Conveyor.Tests.Api;
@@ -20,7 +19,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         await fixture.ResetAsync();
         _api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
-            ["RabbitMq:Port"] = ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:Port"] = ClosedPort.Number.ToString(CultureInfo.InvariantCulture),
             ["RabbitMq:ConnectTimeoutSeconds"] = "2",
         });
     }
@@ -35,7 +34,7 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
     /// </summary>
     private Task<RunningApp> StartPublishingLongerAsync() => fixture.StartApiAsync(new Dictionary<string, string?>
     {
-        ["RabbitMq:Port"] = ClosedPort().ToString(CultureInfo.InvariantCulture),
+        ["RabbitMq:Port"] = ClosedPort.Number.ToString(CultureInfo.InvariantCulture),
         ["RabbitMq:ConnectTimeoutSeconds"] = "5",
     });
 
@@ -215,16 +214,6 @@ public sealed class BrokerUnavailableTests(ConveyorFixture fixture) : IAsyncLife
         Assert.Equal(HttpStatusCode.OK, live.StatusCode);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
         Assert.Equal(HttpStatusCode.OK, jobs.StatusCode);
-    }
-
-    /// <summary>A loopback port that was free a moment ago, so nothing answers on it.</summary>
-    internal static int ClosedPort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
     }
 
     /// <summary>The job's row is kept, queued with its stored request, for a repeat or the stranded-job check to publish.</summary>

@@ -414,7 +414,7 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     {
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
-            ["RabbitMq:Port"] = BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:Port"] = ClosedPort.Number.ToString(CultureInfo.InvariantCulture),
             ["RabbitMq:ConnectTimeoutSeconds"] = "2",
         });
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
@@ -439,7 +439,7 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
             ["ConnectionStrings:Conveyor"] = new Npgsql.NpgsqlConnectionStringBuilder(fixture.ConnectionString)
             {
                 Host = "127.0.0.1",
-                Port = BrokerUnavailableTests.ClosedPort(),
+                Port = ClosedPort.Number,
             }.ConnectionString,
         });
 

@@ -7,8 +7,6 @@ using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Options;
 using Npgsql;
-using System.Net;
-using System.Net.Sockets;
 
 namespace Conveyor.Tests.Api;
 
@@ -123,13 +121,9 @@ public sealed class JobRowsTests(ConveyorFixture fixture) : IAsyncLifetime
     public async Task A_job_row_the_database_cannot_be_reached_for_is_a_503()
     {
         // A loopback port nothing listens on: connections are refused.
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var closedPort = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:Conveyor"] = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Host = "127.0.0.1", Port = closedPort }.ConnectionString,
+            ["ConnectionStrings:Conveyor"] = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Host = "127.0.0.1", Port = ClosedPort.Number }.ConnectionString,
         });
 
         using var response = await api.Client.PostJobAsync(JobKinds.GenerateReport, JobRequests.GenerateReport(Guid.NewGuid()));

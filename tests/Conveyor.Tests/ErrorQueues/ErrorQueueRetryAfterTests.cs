@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Net;
 using System.Text.Json;
-using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 
 namespace Conveyor.Tests.ErrorQueues;
@@ -25,7 +24,7 @@ public sealed class ErrorQueueRetryAfterTests(ConveyorFixture fixture) : IAsyncL
     {
         var settings = ErrorQueueKit.ApiSettings();
         // RabbitMQ's management API refuses connections: a port nothing listens on.
-        settings["RabbitMq:ManagementPort"] = BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture);
+        settings["RabbitMq:ManagementPort"] = ClosedPort.Number.ToString(CultureInfo.InvariantCulture);
         await using var api = await fixture.StartApiAsync(settings);
         using var admin = ErrorQueueKit.Client(api.BaseAddress);
 

@@ -88,7 +88,7 @@ public sealed class ManagementUrlTests(ConveyorFixture fixture) : IAsyncLifetime
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
             ["RabbitMq:ManagementUrl"] = $"http://127.0.0.1:{management.Port.ToString(CultureInfo.InvariantCulture)}/",
-            ["RabbitMq:Port"] = Api.BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:Port"] = ClosedPort.Number.ToString(CultureInfo.InvariantCulture),
             ["RabbitMq:ConnectTimeoutSeconds"] = "2",
         });
 

@@ -153,7 +153,7 @@ public sealed class BrokerOutageSignalsTests(ConveyorFixture fixture) : IAsyncLi
         // counted from the start of the process, before any reading, is still no answer from RabbitMQ.
         await using var api = await fixture.StartApiAsync(new Dictionary<string, string?>
         {
-            ["RabbitMq:Port"] = BrokerUnavailableTests.ClosedPort().ToString(CultureInfo.InvariantCulture),
+            ["RabbitMq:Port"] = ClosedPort.Number.ToString(CultureInfo.InvariantCulture),
             ["RabbitMq:ConnectTimeoutSeconds"] = "2",
             ["Backpressure:RefreshMilliseconds"] = "60000",
         });

@@ -1,6 +1,5 @@
 using System.Net;
 using Conveyor.ServiceDefaults;
-using Conveyor.Tests.Api;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.Extensions.Logging;
 using Npgsql;
@@ -31,7 +30,7 @@ public sealed class DatabaseReadinessTests(ConveyorFixture fixture)
         var connection = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Password = Password };
         if (failure == "closed port")
         {
-            connection.Port = BrokerUnavailableTests.ClosedPort();
+            connection.Port = ClosedPort.Number;
         }
 
         var logs = new CapturedLogs();

@@ -6,7 +6,6 @@ using System.Text.RegularExpressions;
 using Conveyor.Contracts.Payments;
 using Conveyor.Contracts.Webhooks;
 using Conveyor.Storage.Jobs;
-using Conveyor.Tests.Api;
 using Conveyor.Tests.Deploy;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
@@ -145,7 +144,7 @@ public sealed partial class MonitoringQueriesTests(ConveyorFixture fixture) : IA
     {
         var series = WorkersAbsentSeries().Match(File.ReadAllText(RepositoryRoot.Combine("deploy", "monitoring", "alerts.yaml")));
         Assert.True(series.Success, "no absent(...) expression for ConveyorWorkersAbsent in alerts.yaml");
-        var unreachable = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = BrokerUnavailableTests.ClosedPort() };
+        var unreachable = new NpgsqlConnectionStringBuilder(fixture.ConnectionString) { Port = ClosedPort.Number };
         var settings = new Dictionary<string, string?>(fixture.BaseSettings);
         foreach (var (key, value) in WorkerSettings.With().Override(("ConnectionStrings:Conveyor", unreachable.ConnectionString)))
         {
