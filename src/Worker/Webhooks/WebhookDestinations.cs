@@ -37,28 +37,7 @@ public static class WebhookDestinations
     private static async ValueTask<Stream> ConnectToPublicAddressAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
     {
         var endpoint = context.DnsEndPoint;
-        if (NetworkAddresses.IsLocalHostName(endpoint.Host))
-        {
-            // Loopback whatever DNS says (RFC 6761), and a resolver may not answer for such a name at all,
-            // which would read as a network failure, retried and redelivered for an hour.
-            throw new WebhookDestinationRefusedException(endpoint.Host, IPAddress.Loopback);
-        }
-
-        if (NetworkAddresses.LiteralOf(endpoint.Host) is { } named && !NetworkAddresses.IsPublic(named))
-        {
-            // An internal address with a final dot ("10.0.0.5."): no name DNS resolves, whose failure would read as a
-            // network failure, retried and redelivered for an hour, where the address itself is refused at once.
-            throw new WebhookDestinationRefusedException(endpoint.Host, named);
-        }
-
-        var addresses = IPAddress.TryParse(endpoint.Host, out var literal)
-            ? [literal]
-            : await Dns.GetHostAddressesAsync(endpoint.Host, cancellationToken);
-        if (addresses.FirstOrDefault(a => !NetworkAddresses.IsPublic(a)) is { } refused)
-        {
-            throw new WebhookDestinationRefusedException(endpoint.Host, refused);
-        }
-
+        var addresses = await PublicAddressesAsync(endpoint.Host, cancellationToken);
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
@@ -70,6 +49,33 @@ public static class WebhookDestinations
             socket.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The addresses a webhook host names, each of them public, or <see cref="WebhookDestinationRefusedException"/>
+    /// naming one that is not.
+    /// </summary>
+    internal static async Task<IPAddress[]> PublicAddressesAsync(string host, CancellationToken cancellationToken)
+    {
+        if (NetworkAddresses.IsLocalHostName(host))
+        {
+            // Loopback whatever DNS says (RFC 6761), and a resolver may not answer for such a name at all,
+            // which would read as a network failure, retried and redelivered for an hour.
+            throw new WebhookDestinationRefusedException(host, IPAddress.Loopback);
+        }
+
+        // An address written with a final dot ("10.0.0.5.", "93.184.215.14.") is that address, as "localhost." is a
+        // name with one: no resolver has it as a name, and the failed lookup would read as a network failure, retried
+        // and redelivered for an hour, where an internal address is refused at once and a public one connected to.
+        var addresses = NetworkAddresses.LiteralOf(host) is { } literal
+            ? [literal]
+            : await Dns.GetHostAddressesAsync(host, cancellationToken);
+        if (addresses.FirstOrDefault(a => !NetworkAddresses.IsPublic(a)) is { } refused)
+        {
+            throw new WebhookDestinationRefusedException(host, refused);
+        }
+
+        return addresses;
     }
 }
 
