@@ -10,7 +10,7 @@ namespace Conveyor.Cli;
 /// word, and the runtime ignores SIGPIPE, so the follower went on polling, writing to nobody, until killed. Written
 /// through a stream of its own on file descriptor 1, such a write fails (an <see cref="IOException"/>), and
 /// <see cref="IsClosed"/> says so even while nothing is written (a feed with no new job). On Windows, where no such
-/// descriptor is read here, it is the console's writer, as before, and never reported closed.
+/// descriptor is read here, and for a file, which no reader closes, it is the console's writer, never reported closed.
 /// </summary>
 internal sealed partial class StandardOutput : IDisposable
 {
@@ -40,6 +40,15 @@ internal sealed partial class StandardOutput : IDisposable
             {
                 // Not owned: the descriptor stays open for the runtime's own console, which may still write to it.
                 var stream = new FileStream(new SafeFileHandle(OutputDescriptor, ownsHandle: false), FileAccess.Write, bufferSize: 0);
+                if (stream.CanSeek)
+                {
+                    // A file (`> report.txt`), which no reader closes: a FileStream writes it at a position of its own and
+                    // leaves the file's shared one where it was, so the next writer (the shell, or this process's stderr
+                    // under `2>&1`) would write over what it wrote. The console's writer writes at the shared position.
+                    stream.Dispose();
+                    return new StandardOutput(Console.Out, own: null);
+                }
+
                 var own = new StreamWriter(stream, new UTF8Encoding(encoderShouldEmitUTF8Identifier: false)) { AutoFlush = true };
                 return new StandardOutput(TextWriter.Synchronized(own), own);
             }
