@@ -26,6 +26,12 @@ public sealed class QueuesCommand : ConveyorCommand<ApiSettings>
         }
 
         cli.Out.Write(table);
+        if (queues.GetArrayLength() == 0)
+        {
+            // An empty frame alone reads as a listing that failed.
+            cli.Err.WriteLine("No _error or _skipped queue on this vhost yet: the broker makes one when its first message is dead-lettered or skipped.");
+        }
+
         return ExitCodes.Ok;
     }
 }

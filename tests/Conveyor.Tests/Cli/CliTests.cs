@@ -37,6 +37,23 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         });
     }
 
+    /// <summary>
+    /// No error queue yet (the broker makes one when its first message is dead-lettered or skipped): the table is empty and
+    /// stderr says why, where an empty frame alone read as a failed listing; the JSON is the Api's empty array, nothing more.
+    /// </summary>
+    [Fact]
+    public async Task Queues_with_no_error_queue_yet_says_so_on_stderr()
+    {
+        var table = await RunWithAnswerAsync(["queues"], System.Net.HttpStatusCode.OK, "application/json", "[]");
+        var json = await RunWithAnswerAsync(["queues", "--json"], System.Net.HttpStatusCode.OK, "application/json", "[]");
+
+        Assert.Equal((ExitCodes.Ok, ExitCodes.Ok), (table.ExitCode, json.ExitCode));
+        Assert.Contains("Queue", table.Out, StringComparison.Ordinal);
+        Assert.Contains("No _error or _skipped queue on this vhost yet", table.Err, StringComparison.Ordinal);
+        Assert.Equal("[]", json.Out.Trim());
+        Assert.Equal("", json.Err);
+    }
+
     [Fact]
     public async Task Messages_and_groups_show_faults_without_changing_the_queue()
     {
