@@ -3,8 +3,9 @@ namespace Conveyor.Api.Hosting;
 /// <summary>
 /// Refuses a query string that gives a parameter more than once (<c>?queue=a&amp;queue=b</c>, in any
 /// casing) with a 400 naming it. Minimal APIs bind such a parameter to a string as its values joined
-/// with commas: <c>GET /api/jobs</c> refuses that through its parameters' strict formats, but a
-/// free-text filter would take <c>a,b</c> as one value and answer an empty list, as if nothing matched.
+/// with commas: a free-text filter would take <c>a,b</c> as one value and answer an empty list, as if
+/// nothing matched, and a strict one (<c>GET /api/jobs?status=queued&amp;status=queued</c>) refuses
+/// <c>queued,queued</c> as no status, though each value was one.
 /// </summary>
 internal static class SingleQueryValues
 {

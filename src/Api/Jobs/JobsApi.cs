@@ -101,6 +101,7 @@ internal static partial class JobsApi
         var jobs = endpoints.MapGroup("/api/jobs")
             .WithTags("Jobs")
             .RefuseUnknownQueryParameters()
+            .RefuseRepeatedQueryParameters()
             .ProducesCallerProblems();
 
         jobs.MapPost("/{kind}", SubmitJob)

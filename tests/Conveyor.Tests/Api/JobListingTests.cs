@@ -158,6 +158,24 @@ public sealed class JobListingTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Empty(page!.Items);
     }
 
+    /// <summary>
+    /// A parameter given twice is said to be given twice, as the error-queue, operation and audit endpoints say it: its
+    /// values were joined to <c>queued,queued</c> and refused as no status, though each value was one.
+    /// </summary>
+    [Theory]
+    [InlineData("/api/jobs?status=queued&status=queued", "status")]
+    [InlineData("/api/jobs?limit=5&Limit=5", "limit")]
+    [InlineData("/api/jobs?kind=charge-payment&kind=generate-report", "kind")]
+    [InlineData("/api/jobs/0192f1c4-6f3a-7c6e-9b1d-3c8b2f0e7a11?waitSeconds=1&waitSeconds=1", "waitSeconds")]
+    public async Task A_query_parameter_given_twice_is_a_400_saying_so(string pathAndQuery, string field)
+    {
+        using var response = await _api.Client.GetAsync(new Uri(pathAndQuery, UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(field, Assert.Single(await response.ReadErrorFieldsAsync()), ignoreCase: true);
+        Assert.Contains("Must be given once.", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
     /// <summary>Read in any casing, as Minimal APIs bind them.</summary>
     [Theory]
     [InlineData("/api/jobs?Status=dead-lettered&LIMIT=5")]
