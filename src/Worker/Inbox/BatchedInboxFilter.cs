@@ -116,7 +116,7 @@ public sealed partial class BatchedInboxFilter<T>(
             throw new InboxBatchFailedException(member.BatchFailure);
         }
 
-        BatchedInboxOutcome.Count(metrics, job.Kind, member, time.GetElapsedTime(startedAt));
+        BatchedInboxOutcome.Count(metrics, logger, consumerId, job, context.MessageId, member, time.GetElapsedTime(startedAt));
     }
 
     public void Probe(ProbeContext context) => context.CreateFilterScope("conveyor-inbox-batched");
@@ -194,22 +194,32 @@ public sealed partial class BatchedInboxFilter<T>(
     private partial void LogCancelledRedeliveryNotRecorded(Exception exception, string kind, string businessKey, Guid? messageId);
 }
 
-/// <summary>What a message whose batch (or own settlement) committed counts in <see cref="JobMetrics"/>.</summary>
-internal static class BatchedInboxOutcome
+/// <summary>What a message whose consumer succeeded and whose batch (or own settlement) committed counts in <see cref="JobMetrics"/>.</summary>
+internal static partial class BatchedInboxOutcome
 {
     /// <summary>
-    /// A success, with its attempt's duration; unless its job was cancelled between its batch's rollback and its own
-    /// settlement (<see cref="BatchMember.CancelledAfterRun"/>): its effects were dropped and the job reads
-    /// <c>cancelled</c>, so it is no success, nor a failed attempt (its consumer did not fail); the warning and the
-    /// job's <c>lastError</c> say what happened, and it counts in neither.
+    /// By its <see cref="BatchMember.Settlement"/>: applied, a success with its attempt's duration. Settled alone after its
+    /// batch failed, and found applied by another copy meanwhile, a duplicate (its effects were dropped, and that copy counted
+    /// the job's success), logged and counted like one acked unrun. Found cancelled, neither a success (its effects were dropped
+    /// and the job reads <c>cancelled</c>) nor a failed attempt (its consumer did not fail): the warning and the job's
+    /// <c>lastError</c> say what happened.
     /// </summary>
-    public static void Count(JobMetrics metrics, string kind, BatchMember member, TimeSpan duration)
+    public static void Count(JobMetrics metrics, ILogger logger, string consumerId, JobRef job, Guid? messageId, BatchMember member, TimeSpan duration)
     {
-        if (!member.CancelledAfterRun)
+        switch (member.Settlement)
         {
-            metrics.Succeeded(kind, duration);
+            case BatchSettlement.Applied:
+                metrics.Succeeded(job.Kind, duration);
+                break;
+            case BatchSettlement.AlreadySettled:
+                LogDroppedAsDuplicate(logger, consumerId, job.BusinessKey, messageId);
+                metrics.DuplicateSkipped(consumerId);
+                break;
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Duplicate skipped by the inbox: consumer {ConsumerId}, key {MessageKey}, message {MessageId}; its consumer ran in an inbox batch that failed, and another copy was applied before it was settled again alone, so its effects were dropped")]
+    private static partial void LogDroppedAsDuplicate(ILogger logger, string consumerId, string messageKey, Guid? messageId);
 }
 
 /// <summary>

@@ -445,7 +445,8 @@ public sealed partial class InboxBatcher : IAsyncDisposable
     /// if its consumer succeeded, its effects applied (the consumer does not run again); unless its key
     /// now names another command (<see cref="BatchMember.ConflictingFingerprint"/>), which it is not. One whose consumer
     /// ran and whose job a cancel took since the batch rolled back is acked without its effects, and the job says that
-    /// the attempt ran (<see cref="JobTracker.RecordAttemptBeforeCancelAsync"/>).
+    /// the attempt ran (<see cref="JobTracker.RecordAttemptBeforeCancelAsync"/>); one whose key another copy applied
+    /// meanwhile is acked as a duplicate (<see cref="BatchSettlement.AlreadySettled"/>).
     /// </summary>
     private async Task SettleAloneAsync(BatchMember member)
     {
@@ -493,7 +494,15 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             if (cancelledJob is { } jobId)
             {
                 LogAttemptBeforeCancel(_kind, member.MessageKey, jobId, member.MessageId);
-                member.CompleteCancelledAfterRun();
+                member.CompleteWithoutEffects(BatchSettlement.CancelledAfterRun);
+                return;
+            }
+
+            if (member.Succeeded && !runnable)
+            {
+                // Another copy of the message applied its key meanwhile (or its job succeeded otherwise) and counted the
+                // job's success: this one, its effects dropped, is a duplicate.
+                member.CompleteWithoutEffects(BatchSettlement.AlreadySettled);
                 return;
             }
 
@@ -897,12 +906,10 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
     public bool AttemptRecorded { get; private set; }
 
     /// <summary>
-    /// Settled alone after its batch failed, with <see cref="Completed"/> true, it found its job cancelled since the
-    /// batch rolled back, though its consumer had succeeded: acked without its effects, its attempt counted on the
-    /// cancelled job and flagged there (<see cref="Jobs.JobTracker.RecordAttemptBeforeCancelAsync"/>). Its job did
-    /// not succeed.
+    /// For a message whose consumer succeeded, once <see cref="Completed"/> is true: whether its effects were applied, or
+    /// dropped when it was settled alone after its batch failed (<see cref="BatchSettlement"/>).
     /// </summary>
-    public bool CancelledAfterRun { get; private set; }
+    public BatchSettlement Settlement { get; private set; }
 
     internal Task Ran => _ran.Task;
 
@@ -983,9 +990,10 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
         Complete(committed: false, failure);
     }
 
-    internal void CompleteCancelledAfterRun()
+    /// <summary>Acked, its effects dropped: <paramref name="settlement"/> says why.</summary>
+    internal void CompleteWithoutEffects(BatchSettlement settlement)
     {
-        CancelledAfterRun = true;
+        Settlement = settlement;
         Complete(committed: true, null);
     }
 
@@ -994,6 +1002,27 @@ public sealed class BatchMember(string messageKey, Guid? messageId, Guid? claime
         BatchFailure = failure;
         _completed.TrySetResult(committed);
     }
+}
+
+/// <summary>What became of the effects of a message whose consumer succeeded, once it was acked (<see cref="BatchMember.Settlement"/>).</summary>
+public enum BatchSettlement
+{
+    /// <summary>Committed with its batch, or alone after its batch failed: the job succeeded.</summary>
+    Applied,
+
+    /// <summary>
+    /// Settled alone after its batch failed, it found its key applied by another copy of its message since the batch
+    /// rolled back (or its job succeeded otherwise): acked as a duplicate, its effects dropped. The copy that applied
+    /// the key counted the job's success.
+    /// </summary>
+    AlreadySettled,
+
+    /// <summary>
+    /// Settled alone after its batch failed, it found its job cancelled since the batch rolled back: acked without its
+    /// effects, its attempt counted on the cancelled job and flagged there (<see cref="Jobs.JobTracker.RecordAttemptBeforeCancelAsync"/>).
+    /// Its job did not succeed.
+    /// </summary>
+    CancelledAfterRun,
 }
 
 /// <summary>One row of the batch claim: a key whose inbox row was inserted, whether its job may run, and its id.</summary>

@@ -57,8 +57,8 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         await using var db = fixture.CreateDbContext();
         Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment));
         Assert.Equal(JobStatus.Succeeded, (await db.Jobs.SingleAsync(j => j.Kind == Kind && j.BusinessKey == good)).Status);
-        Assert.False(members[1].CancelledAfterRun);
-        Assert.Equal((1, 0), CountedOutcome(members[1]));
+        Assert.Equal(BatchSettlement.Applied, members[1].Settlement);
+        Assert.Equal((1, 0, 0), CountedOutcome(members[1]));
         // The failed attempt's inbox row is not kept: its retry must run it.
         Assert.False(await db.Inbox.AnyAsync(i => i.MessageKey == culprit));
     }
@@ -215,8 +215,60 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Contains($"{Kind}/{good}", warning.Message, StringComparison.Ordinal);
         Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
         // Acked, but its job did not succeed: the filter counts no success (nor a failed attempt: its consumer did not fail).
-        Assert.True(members[1].CancelledAfterRun);
-        Assert.Equal((0, 0), CountedOutcome(members[1]));
+        Assert.Equal(BatchSettlement.CancelledAfterRun, members[1].Settlement);
+        Assert.Equal((0, 0, 0), CountedOutcome(members[1]));
+    }
+
+    [Fact]
+    public async Task A_message_whose_key_another_copy_applied_before_it_was_settled_alone_is_counted_as_a_duplicate_not_a_second_success()
+    {
+        // The batch rolls back before its messages are settled again alone: a copy of the good message in another batch,
+        // whose claim waited for the batch's inbox row, takes the key then, runs and commits. Settled alone, the good
+        // message finds its key applied: acked with its effects dropped, a duplicate. Counted a success as well, the job's
+        // one success read two. A lock on the inbox table asked for behind the copy's claim holds the fallback's claim
+        // (each message settled alone claims its inbox row again) until the copy's batch has committed.
+        var (culprit, good) = (Key(), Key());
+        var payment = Guid.NewGuid();
+        var members = await JoinOneBatchAsync(culprit, good);
+        Assert.Equal(InboxClaim.Run, await members[1].Claimed);
+        await BreakJobRowAsync(members[0]);
+
+        // The batch waits for its consumers, out of the database: the copy gets a batch of its own, whose claim waits for the key.
+        var copy = Join(good);
+        await fixture.WaitForLockWaitersAsync(1);
+        await using var holder = new NpgsqlConnection(fixture.ConnectionString);
+        await holder.OpenAsync();
+        await using var hold = await holder.BeginTransactionAsync();
+        await using var lockInbox = new NpgsqlCommand("LOCK TABLE inbox IN SHARE MODE", holder, hold);
+        var locked = lockInbox.ExecuteNonQueryAsync();
+        await fixture.WaitForLockWaitersAsync(2);
+
+        members[0].RanAndFailed();
+        members[1].RanSuccessfully([Ledger(payment)]);
+        Assert.False(await members[0].Completed.WaitAsync(Patience));
+        AssertBatchBrokeAndFellBack(members[0]);
+        Assert.Equal(InboxClaim.Run, await copy.Claimed.WaitAsync(Patience));
+        copy.RanSuccessfully([Ledger(payment)]);
+        Assert.True(await copy.Completed.WaitAsync(Patience), $"the copy failed: {copy.BatchFailure}");
+        await locked.WaitAsync(Patience);
+        Assert.False(members[1].Completed.IsCompleted);
+        await hold.CommitAsync();
+
+        // Acked, not sent round to run again; the job succeeded once, by the copy.
+        Assert.True(await members[1].Completed.WaitAsync(Patience), $"the message was sent round again: {members[1].BatchFailure}");
+        await using var db = fixture.CreateDbContext();
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Kind == Kind && j.BusinessKey == good);
+        Assert.Equal((JobStatus.Succeeded, 1), (job.Status, job.Attempts));
+        Assert.Equal(1, await db.Ledger.CountAsync(l => l.PaymentId == payment));
+        // The copy counted the job's success; this one counts as a duplicate, logged as one, not as a second success.
+        Assert.Equal(BatchSettlement.Applied, copy.Settlement);
+        Assert.Equal((1, 0, 0), CountedOutcome(copy));
+        Assert.Equal(BatchSettlement.AlreadySettled, members[1].Settlement);
+        var logs = new CapturedLogs();
+        Assert.Equal((0, 0, 1), CountedOutcome(members[1], logs));
+        var duplicate = Assert.Single(logs.Entries, e => e.Message.StartsWith("Duplicate skipped by the inbox", StringComparison.Ordinal));
+        Assert.Contains(good, duplicate.Message, StringComparison.Ordinal);
+        Assert.Contains(members[1].MessageId!.Value.ToString(), duplicate.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -306,17 +358,21 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
 
     /// <summary>
     /// What <see cref="BatchedInboxFilter{T}"/> counts for <paramref name="member"/> once it completed committed
-    /// (<see cref="BatchedInboxOutcome"/>): successes and failed attempts of the job's kind.
+    /// (<see cref="BatchedInboxOutcome"/>): successes and failed attempts of the job's kind, and duplicates skipped by its
+    /// consumer; what it logs goes to <paramref name="logs"/>, if given.
     /// </summary>
-    private static (int Succeeded, int Failed) CountedOutcome(BatchMember member)
+    private static (int Succeeded, int Failed, int Duplicates) CountedOutcome(BatchMember member, CapturedLogs? logs = null)
     {
         var metrics = HostMeters.OwnJobMetrics();
         using var succeeded = WorkerMetric.Succeeded(Kind);
         using var failed = WorkerMetric.AttemptsFailed(Kind);
+        using var duplicates = WorkerMetric.Duplicates(ConsumerId);
         succeeded.Watch(metrics);
         failed.Watch(metrics);
-        BatchedInboxOutcome.Count(metrics, Kind, member, TimeSpan.FromMilliseconds(5));
-        return (succeeded.Count, failed.Count);
+        duplicates.Watch(metrics);
+        var logger = (logs ?? new CapturedLogs()).CreateLogger(nameof(BatchedInboxOutcome));
+        BatchedInboxOutcome.Count(metrics, logger, ConsumerId, new JobRef(Kind, member.MessageKey, member.JobId), member.MessageId, member, TimeSpan.FromMilliseconds(5));
+        return (succeeded.Count, failed.Count, duplicates.Count);
     }
 
     /// <summary>
