@@ -493,7 +493,7 @@ public sealed partial class InboxBatcher : IAsyncDisposable
             await transaction.CommitAsync();
             if (cancelledJob is { } jobId)
             {
-                LogAttemptBeforeCancel(_kind, member.MessageKey, jobId, member.MessageId);
+                JobTracker.LogAttemptBeforeCancel(_logger, _kind, member.MessageKey, jobId, member.MessageId);
                 member.CompleteWithoutEffects(BatchSettlement.CancelledAfterRun);
                 return;
             }
@@ -836,9 +836,6 @@ public sealed partial class InboxBatcher : IAsyncDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Inbox batch of {ConsumerId} ({Count} messages) could not commit; committing its messages one by one")]
     private partial void LogFallingBack(Exception exception, string consumerId, int count);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) was cancelled after its attempt (message {MessageId}) ran, while its failed inbox batch was settled again: the attempt's effect (a charge at the gateway) may have applied and is in no record; check the remote side. The attempt is counted, the job stays cancelled, and its lastError says so")]
-    private partial void LogAttemptBeforeCancel(string kind, string businessKey, Guid jobId, Guid? messageId);
 }
 
 /// <summary>One message in an inbox batch: what the inbox found, what its consumer did, how the batch ended.</summary>

@@ -285,7 +285,7 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
         await using var db = await dbFactory.CreateDbContextAsync(cancellationToken);
         if (await RecordAttemptBeforeCancelAsync(db, job.Kind, job.BusinessKey, messageId, time.GetUtcNow(), cancellationToken) is { } jobId)
         {
-            LogAttemptBeforeCancel(job.Kind, job.BusinessKey, jobId, messageId, Describe(exception));
+            LogAttemptBeforeCancel(logger, job.Kind, job.BusinessKey, jobId, messageId, exception);
         }
 
         return null;
@@ -566,8 +566,18 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) is cancelled, but its command (message {MessageId}) came back redelivered: an earlier delivery may have started an attempt before the cancel, and its effect (a charge at the gateway) would be in no record; check the remote side. Acked without running; the job's lastError says so")]
     private partial void LogCancelledRedelivery(string kind, string businessKey, Guid jobId, Guid? messageId);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) was cancelled after its attempt (message {MessageId}) ran, before that attempt, which failed ({Error}), was counted: its effect (a charge at the gateway) may have applied and is in no record; check the remote side. The attempt is counted, the job stays cancelled, and its lastError says so")]
-    private partial void LogAttemptBeforeCancel(string kind, string businessKey, Guid jobId, Guid? messageId, string error);
+    /// <summary>
+    /// The warning that goes with <see cref="RecordAttemptBeforeCancelAsync"/>'s note, in <paramref name="logger"/>'s category
+    /// (the caller's): the attempt of <paramref name="messageId"/> ran before the cancel of job <paramref name="jobId"/> took
+    /// effect and was counted on it. <paramref name="error"/> is how the attempt failed; null for one whose consumer succeeded
+    /// but whose inbox batch failed (settled again alone, <see cref="Inbox.InboxBatcher"/>).
+    /// </summary>
+    public static void LogAttemptBeforeCancel(ILogger logger, string kind, string businessKey, Guid jobId, Guid? messageId, Exception? error = null) =>
+        LogAttemptBeforeCancel(logger, kind, businessKey, jobId, messageId,
+            error is null ? "it succeeded, but its inbox batch failed and it was settled again alone" : $"it failed: {Describe(error)}");
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {Kind}/{BusinessKey} ({JobId}) was cancelled after its attempt (message {MessageId}) ran, before that attempt was counted ({Outcome}): its effect (a charge at the gateway) may have applied and is in no record; check the remote side. The attempt is counted, the job stays cancelled, and its lastError says so")]
+    private static partial void LogAttemptBeforeCancel(ILogger logger, string kind, string businessKey, Guid jobId, Guid? messageId, string outcome);
 }
 
 /// <summary>What the inbox statement found for a message.</summary>

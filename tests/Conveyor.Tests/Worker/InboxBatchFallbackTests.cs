@@ -20,6 +20,9 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
 {
     private const string Kind = "charge-payment";
     private const string ConsumerId = "inbox-fallback-test";
+
+    /// <summary>The one warning of an attempt counted on a job cancelled after it ran, succeeded or failed (JobTracker).</summary>
+    private const string AttemptBeforeCancelEvent = "LogAttemptBeforeCancel";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
     private readonly CapturedLogs _logs = new();
     private readonly List<TestTrigger> _culprits = [];
@@ -214,6 +217,8 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         var warning = Assert.Single(_logs.Entries, e => e.Level == LogLevel.Warning && e.Message.Contains(jobId.ToString(), StringComparison.Ordinal));
         Assert.Contains($"{Kind}/{good}", warning.Message, StringComparison.Ordinal);
         Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
+        Assert.Contains("it succeeded, but its inbox batch failed", warning.Message, StringComparison.Ordinal);
+        Assert.Equal(AttemptBeforeCancelEvent, warning.EventId.Name);
         // Acked, but its job did not succeed: the filter counts no success (nor a failed attempt: its consumer did not fail).
         Assert.Equal(BatchSettlement.CancelledAfterRun, members[1].Settlement);
         Assert.Equal((0, 0, 0), CountedOutcome(members[1]));
@@ -312,6 +317,8 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Contains($"{Kind}/{failed}", warning.Message, StringComparison.Ordinal);
         Assert.Contains(jobId.ToString(), warning.Message, StringComparison.Ordinal);
         Assert.Contains(members[1].MessageId!.Value.ToString(), warning.Message, StringComparison.Ordinal);
+        Assert.Contains("it failed: HttpRequestException: gateway answered 502", warning.Message, StringComparison.Ordinal);
+        Assert.Equal(AttemptBeforeCancelEvent, warning.EventId.Name);
 
         // Its retry finds the job cancelled and is acked unrun; counted once, whatever writes the note again.
         Assert.Null(await tracker.RecordAttemptFailureAsync(
