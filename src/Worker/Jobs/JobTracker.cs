@@ -471,6 +471,18 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     /// </summary>
     private const string AttemptBeforeCancelNote = "An attempt (message ";
 
+    /// <summary>How the note of <see cref="RecordAttemptBeforeCancelAsync"/> goes on after the first message's id.</summary>
+    private const string AttemptBeforeCancelText =
+        ") ran before the cancel took effect: its count rolled back with its inbox transaction, so the job read as not started and was "
+        + "cancelled meanwhile. Its effect (a charge at the gateway) may have applied and is in no record here; check the remote side. "
+        + "The attempt is counted; the job stays cancelled and its command is not run again.";
+
+    /// <summary>Where the note of <see cref="RecordAttemptBeforeCancelAsync"/> names the messages after the first.</summary>
+    private const string OtherAttemptsBeforeCancel = " So did the attempt";
+
+    /// <summary>How many messages the note of <see cref="RecordAttemptBeforeCancelAsync"/> names; those after it only counts.</summary>
+    private const int NamedAttemptsBeforeCancel = 5;
+
     /// <summary>
     /// For an attempt that ran (its consumer succeeded, or failed after it started) but whose count rolled back with
     /// its inbox transaction: when the job was cancelled meanwhile, counts the attempt and says on the job (its
@@ -481,25 +493,94 @@ public sealed partial class JobTracker(IDbContextFactory<ConveyorDbContext> dbFa
     /// <remarks>
     /// A rolled-back count lets the job read <c>queued</c> with 0 attempts, and a cancel is accepted then (the Api's
     /// <c>JobCanceller</c>); a batch of the batched inbox that fails releases its job rows before its messages are
-    /// settled again, one by one. Once per message: the note names it, and a note already there is neither written nor
-    /// counted again (a retry of the write, a commit whose answer was lost). In <paramref name="db"/>'s transaction, if any.
+    /// settled again, one by one. Several attempts may find the job so (copies of its command, each in a failed batch
+    /// or counted by its failure path): the note names the first message, then up to <see cref="NamedAttemptsBeforeCancel"/>
+    /// in all, and says how many more. Once per message: a message the note names is neither written nor counted again
+    /// (a retry of the write, a commit whose answer was lost); one past those it names would be counted again. The row is
+    /// read under its lock and written in <paramref name="db"/>'s transaction, if any, else in one of its own.
     /// </remarks>
     public static async Task<Guid?> RecordAttemptBeforeCancelAsync(
         ConveyorDbContext db, string kind, string businessKey, Guid? messageId, DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var note =
-            $"{AttemptBeforeCancelNote}{messageId?.ToString() ?? "without an id"}) ran before the cancel took effect: its count rolled back with "
-            + "its inbox transaction, so the job read as not started and was cancelled meanwhile. Its effect (a charge at the gateway) "
-            + "may have applied and is in no record here; check the remote side. The attempt is counted; the job stays cancelled and its "
-            + "command is not run again.";
-        var cancelled = await db.Database.SqlQuery<Guid>($"""
-            UPDATE jobs SET last_error = {note},
-                   attempts = attempts + CASE WHEN last_error IS DISTINCT FROM {note} THEN 1 ELSE 0 END,
-                   updated_at = CASE WHEN last_error IS DISTINCT FROM {note} THEN GREATEST(updated_at + interval '1 microsecond', {now}) ELSE updated_at END
-             WHERE kind = {kind} AND business_key = {businessKey} AND status = {JobStatus.Cancelled}
-            RETURNING id AS "Value"
-            """).ToListAsync(cancellationToken); // not composed: an UPDATE cannot be a subquery
-        return cancelled is [var jobId] ? jobId : null;
+        await using var own = db.Database.CurrentTransaction is null ? await db.Database.BeginTransactionAsync(cancellationToken) : null;
+        var cancelled = await db.Jobs.FromSql($"""
+            SELECT * FROM jobs WHERE kind = {kind} AND business_key = {businessKey} AND status = {JobStatus.Cancelled} FOR UPDATE
+            """).AsNoTracking().ToListAsync(cancellationToken); // not composed: FOR UPDATE stays on the job's row
+        if (cancelled is not [var job])
+        {
+            return null;
+        }
+
+        var (named, more) = AttemptsNamedBeforeCancel(job.LastError);
+        var message = messageId?.ToString() ?? "without an id";
+        if (!named.Contains(message))
+        {
+            if (named.Count < NamedAttemptsBeforeCancel)
+            {
+                named.Add(message);
+            }
+            else
+            {
+                more++;
+            }
+
+            var note = AttemptBeforeCancelNoteOf(named, more);
+            await db.Database.ExecuteSqlAsync($"""
+                UPDATE jobs SET last_error = {note}, attempts = attempts + 1, updated_at = GREATEST(updated_at + interval '1 microsecond', {now})
+                 WHERE id = {job.Id}
+                """, cancellationToken);
+        }
+
+        if (own is not null)
+        {
+            await own.CommitAsync(cancellationToken);
+        }
+
+        return job.Id;
+    }
+
+    /// <summary>The note of <see cref="RecordAttemptBeforeCancelAsync"/> naming <paramref name="named"/> (the first first) and <paramref name="more"/> others.</summary>
+    private static string AttemptBeforeCancelNoteOf(List<string> named, int more)
+    {
+        var note = AttemptBeforeCancelNote + named[0] + AttemptBeforeCancelText;
+        if (named.Count == 1)
+        {
+            return note;
+        }
+
+        var others = string.Join(", ", named.Skip(1));
+        return named.Count == 2 && more == 0
+            ? $"{note}{OtherAttemptsBeforeCancel} of message {others}."
+            : $"{note}{OtherAttemptsBeforeCancel}s of messages {others}{(more > 0 ? $" and {more} more" : "")}.";
+    }
+
+    /// <summary>The messages a note of <see cref="RecordAttemptBeforeCancelAsync"/> names, in order, and how many more it counts; none for another text.</summary>
+    private static (List<string> Named, int More) AttemptsNamedBeforeCancel(string? note)
+    {
+        var end = note?.IndexOf(AttemptBeforeCancelText, StringComparison.Ordinal) ?? -1;
+        if (note is null || !note.StartsWith(AttemptBeforeCancelNote, StringComparison.Ordinal) || end < AttemptBeforeCancelNote.Length)
+        {
+            return ([], 0);
+        }
+
+        List<string> named = [note[AttemptBeforeCancelNote.Length..end]];
+        var rest = note[(end + AttemptBeforeCancelText.Length)..];
+        if (!rest.StartsWith(OtherAttemptsBeforeCancel, StringComparison.Ordinal) || !rest.EndsWith('.'))
+        {
+            return (named, 0);
+        }
+
+        var list = rest[(rest.IndexOf("message", StringComparison.Ordinal) + "message".Length)..^1].TrimStart('s').TrimStart();
+        var more = 0;
+        var and = list.LastIndexOf(" and ", StringComparison.Ordinal);
+        if (and >= 0 && list.EndsWith(" more", StringComparison.Ordinal)
+            && int.TryParse(list[(and + " and ".Length)..^" more".Length], System.Globalization.CultureInfo.InvariantCulture, out var counted))
+        {
+            (list, more) = (list[..and], counted);
+        }
+
+        named.AddRange(list.Split(", ", StringSplitOptions.RemoveEmptyEntries));
+        return (named, more);
     }
 
     /// <summary>

@@ -355,6 +355,46 @@ public sealed class InboxBatchFallbackTests(ConveyorFixture fixture) : IAsyncLif
         Assert.Contains(redelivered.ToString(), warning.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task The_note_of_attempts_that_ran_before_a_cancel_names_each_message_up_to_a_handful_and_counts_each_once()
+    {
+        // Several attempts of one job can each find it cancelled after they ran (copies of its command in failed batches, a
+        // failure path counting again): each is counted, and the note must name every one, not only the last. Written again
+        // for a message it names (a retry of the write), it neither changes nor counts.
+        var (key, jobId) = (Key(), Guid.NewGuid());
+        await InsertJobAsync(key, JobStatus.Cancelled, jobId);
+        var messages = Enumerable.Range(0, 7).Select(_ => Guid.NewGuid()).ToList();
+
+        await RecordAttemptBeforeCancelAsync(key, messages[0]);
+        await RecordAttemptBeforeCancelAsync(key, messages[1]);
+        var two = await ReadJobAsync(jobId);
+        await RecordAttemptBeforeCancelAsync(key, messages[0]);
+
+        var again = await ReadJobAsync(jobId);
+        Assert.Equal((JobStatus.Cancelled, 2), (again.Status, again.Attempts));
+        Assert.Equal((two.LastError, two.UpdatedAt), (again.LastError, again.UpdatedAt));
+        Assert.StartsWith($"An attempt (message {messages[0]}) ran before the cancel took effect", again.LastError, StringComparison.Ordinal);
+        Assert.Contains(messages[1].ToString(), again.LastError, StringComparison.Ordinal);
+
+        foreach (var message in messages.Skip(2))
+        {
+            await RecordAttemptBeforeCancelAsync(key, message);
+        }
+
+        // A handful named, the rest counted: the column stays readable however many came.
+        var all = await ReadJobAsync(jobId);
+        Assert.Equal(7, all.Attempts);
+        Assert.All(messages.Take(5), m => Assert.Contains(m.ToString(), all.LastError, StringComparison.Ordinal));
+        Assert.All(messages.Skip(5), m => Assert.DoesNotContain(m.ToString(), all.LastError, StringComparison.Ordinal));
+        Assert.EndsWith("and 2 more.", all.LastError, StringComparison.Ordinal);
+    }
+
+    private async Task RecordAttemptBeforeCancelAsync(string key, Guid messageId)
+    {
+        await using var db = fixture.CreateDbContext();
+        Assert.NotNull(await JobTracker.RecordAttemptBeforeCancelAsync(db, Kind, key, messageId, DateTimeOffset.UtcNow, CancellationToken.None));
+    }
+
     private async Task<Job> ReadJobAsync(Guid jobId)
     {
         await using var db = fixture.CreateDbContext();
