@@ -123,8 +123,14 @@ public sealed class ConsumerEndpointOptions
     /// </summary>
     public bool InboxGenericPlans { get; set; } = true;
 
+    /// <summary>The longest <see cref="LeaseSeconds"/> allowed.</summary>
+    public const int MostLeaseSeconds = 3_600;
+
+    /// <summary>The largest <see cref="MaxLeaseDeferrals"/> allowed.</summary>
+    public const int MostLeaseDeferrals = 100_000;
+
     /// <summary>Long jobs only: how long a claimed lease lives without a heartbeat.</summary>
-    [Range(5, 3_600)]
+    [Range(5, MostLeaseSeconds)]
     public int LeaseSeconds { get; set; } = 60;
 
     /// <summary>
@@ -135,7 +141,11 @@ public sealed class ConsumerEndpointOptions
     /// so each park lasts two thirds of a lease or more: 100 with the default 60 s lease is over an hour, longer
     /// than a run may hold its delivery (<c>RabbitMq:ConsumerTimeoutSeconds</c>, 1,800 s by default). Without a
     /// limit, a run that never ended (with no consumer_timeout to stop it) kept every other copy parked for ever.
+    /// While <c>RabbitMq:ConsumerTimeoutSeconds</c> is set, the worker refuses to start when these parks could end
+    /// sooner than that timeout (this × two thirds of <see cref="LeaseSeconds"/> below it, <see cref="ConsumerTimeoutValidator"/>):
+    /// a duplicate copy would go to <c>_error</c> while the run it waits for is still within its time. With no consumer
+    /// timeout (0) nothing bounds a run, so nothing is checked: giving up on a run that may never end is then the point.
     /// </summary>
-    [Range(1, 100_000)]
+    [Range(1, MostLeaseDeferrals)]
     public int MaxLeaseDeferrals { get; set; } = 100;
 }

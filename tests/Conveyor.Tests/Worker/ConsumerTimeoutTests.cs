@@ -45,6 +45,24 @@ public sealed class ConsumerTimeoutTests(ConveyorFixture fixture)
     }
 
     [Fact]
+    public async Task A_worker_whose_report_copies_would_give_up_on_a_live_lease_within_the_consumer_timeout_refuses_to_start()
+    {
+        // A duplicate copy parked 3 times for at least two thirds of a 5 s lease each gives up after 10 s or so, and goes to
+        // _error as "lease held by another worker" while the run it waits for may go on for up to 1800 s.
+        var settings = WorkerSettings.With().Override(
+            ("Consumers:GenerateReport:LeaseSeconds", "5"),
+            ("Consumers:GenerateReport:MaxLeaseDeferrals", "3"),
+            ("RabbitMq:ConsumerTimeoutSeconds", "1800"));
+
+        var failure = await Assert.ThrowsAnyAsync<Exception>(async () => await fixture.StartWorkerAsync(settings));
+
+        Assert.Contains("Consumers:GenerateReport:MaxLeaseDeferrals (3)", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("Consumers:GenerateReport:LeaseSeconds (5 s)", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("RabbitMq:ConsumerTimeoutSeconds (1800 s)", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("set Consumers:GenerateReport:MaxLeaseDeferrals to at least 540", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task The_same_retries_start_against_a_broker_without_a_consumer_timeout()
     {
         var settings = WorkerSettings.With().Override(

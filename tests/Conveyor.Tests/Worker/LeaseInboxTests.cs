@@ -404,8 +404,12 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         await fixture.SeedLedgerAsync(Account, LedgerRows);
         var report = NewReport(pageSize: 50);
         // The largest timeout the setting allows: its deadline is more than a timer can hold.
+        // A run may hold its lease for that long, and so a copy parked behind it must wait as long: 13140 parks of at least
+        // two thirds of an hour's lease (the worker refuses fewer, MaxLeaseDeferrals).
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
-            ("RabbitMq:ConsumerTimeoutSeconds", "31536000")));
+            ("RabbitMq:ConsumerTimeoutSeconds", "31536000"),
+            ("Consumers:GenerateReport:LeaseSeconds", "3600"),
+            ("Consumers:GenerateReport:MaxLeaseDeferrals", "13140")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
 
         await publisher.PublishAsync(report);
@@ -469,7 +473,8 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         var heartbeat = RenewLeaseAsync(key, stop.Token);
         try
         {
-            await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(("Consumers:GenerateReport:MaxLeaseDeferrals", "2")));
+            await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
+                ("Consumers:GenerateReport:MaxLeaseDeferrals", "2"), NoConsumerTimeout));
             await using var publisher = await TestPublisher.StartAsync(fixture);
 
             await publisher.PublishAsync(report);
@@ -518,7 +523,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
               FOR EACH ROW WHEN (NEW.business_key = '{key}') EXECUTE FUNCTION lease_test_run_fails();
             """);
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
-            ("Consumers:GenerateReport:MaxLeaseDeferrals", "2"), ("Consumers:GenerateReport:RetryLimit", "0"), ("Redelivery:DispatcherEnabled", "false")));
+            ("Consumers:GenerateReport:MaxLeaseDeferrals", "2"), NoConsumerTimeout, ("Consumers:GenerateReport:RetryLimit", "0"), ("Redelivery:DispatcherEnabled", "false")));
         await using var publisher = await TestPublisher.StartAsync(fixture);
         var parked = worker.Services.GetRequiredService<Conveyor.Worker.Redelivery.RedeliverySeal>().SealLeaseDeferrals("generate-report", key, 2);
 
@@ -557,7 +562,7 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
             }
         }
 
-        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(("Consumers:GenerateReport:MaxLeaseDeferrals", "2")));
+        await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(("Consumers:GenerateReport:MaxLeaseDeferrals", "2"), NoConsumerTimeout));
         await using var publisher = await TestPublisher.StartAsync(fixture);
         foreach (var (report, (count, seal)) in reports.Zip(forged))
         {
@@ -604,10 +609,20 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         }
     }
 
-    /// <summary>Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop.</summary>
+    /// <summary>
+    /// A broker without a consumer_timeout, so nothing bounds a run: the case a few parks (<c>MaxLeaseDeferrals</c> 2) are
+    /// for. With the 1800 s one, 2 parks of a copy behind a 60 s lease (80 s at the least) are refused at start.
+    /// </summary>
+    private static readonly (string, string) NoConsumerTimeout = ("RabbitMq:ConsumerTimeoutSeconds", "0");
+
+    /// <summary>
+    /// Pages a quarter of a second apart, a 6 s lease renewed every 2 s, and a quick stop. 450 parks of at least 4 s
+    /// behind a lease reach the 1800 s consumer_timeout (the worker refuses fewer, MaxLeaseDeferrals).
+    /// </summary>
     private static Dictionary<string, string?> SlowReports() => WorkerSettings.With().Override(
         ("Reports:PageDelayMilliseconds", "250"),
         ("Consumers:GenerateReport:LeaseSeconds", "6"),
+        ("Consumers:GenerateReport:MaxLeaseDeferrals", "450"),
         ("Shutdown:ConsumerStopTimeoutSeconds", "1"),
         ("Shutdown:BusStopTimeoutSeconds", "5"),
         ("Shutdown:HostShutdownTimeoutSeconds", "10"));
