@@ -309,6 +309,7 @@ public sealed partial class LeaseInboxFilter<T>(
             // ever, and this copy came back to it for ever. The job is that run's to settle: this copy goes to _error,
             // leaving the job as it is. Only behind a lease: a row gone since the claim is claimed when the copy is back.
             LogDeferralsSpent(consumerId, key, parked);
+            metrics.LeaseDeferralsSpent(consumerId);
             throw new LeaseDeferralsSpentException(consumerId, key, parked,
                 $"{ConsumerEndpointOptions.SectionName}:{consumerName}:{nameof(ConsumerEndpointOptions.MaxLeaseDeferrals)}");
         }

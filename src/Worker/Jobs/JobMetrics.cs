@@ -25,6 +25,7 @@ public sealed class JobMetrics
     private readonly Counter<long> _duplicatesSkipped;
     private readonly Counter<long> _webhooksSetAside;
     private readonly Counter<long> _conflicts;
+    private readonly Counter<long> _leaseDeferralsSpent;
     private readonly Histogram<double> _duration;
     private readonly Histogram<double> _wait;
 
@@ -41,6 +42,8 @@ public sealed class JobMetrics
             "Webhook deliveries set aside to come back later because their receiver's origin had Webhooks:MaxConcurrentPerOrigin deliveries in flight");
         _conflicts = Meter.CreateCounter<long>(
             "conveyor.inbox.conflicts", "{message}", "Messages whose key was applied already from a command with other content (dead-lettered)");
+        _leaseDeferralsSpent = Meter.CreateCounter<long>("conveyor.inbox.lease_deferrals_spent", "{message}",
+            "Copies of a long job's command sent to the error queue unrun after Consumers:<Name>:MaxLeaseDeferrals parks behind another run's live lease (their job left to that run)");
         _duration = Meter.CreateHistogram("conveyor.jobs.duration", "s", "Time from the start of an attempt to its commit",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
         _wait = Meter.CreateHistogram("conveyor.jobs.wait", "s",
@@ -51,9 +54,11 @@ public sealed class JobMetrics
     /// <summary>
     /// Counts 0 on every kind's job counters, so their series exist from the start: Prometheus cannot see what a
     /// series counted before its first sample, and the failure-rate alert (failed / (succeeded + failed) by kind)
-    /// drops a kind with no succeeded series, so it stayed silent for a kind whose every attempt failed. Called once
-    /// the host has started its telemetry (<see cref="JobCounterSeries"/>): a measurement made before a listener
-    /// subscribed, as in the constructor, which the hosted services' construction runs, is lost.
+    /// drops a kind with no succeeded series, so it stayed silent for a kind whose every attempt failed. Likewise the
+    /// lease inbox's count of copies whose parks are spent, for its one endpoint (<c>generate-report</c>, named by its
+    /// kind), so that its first such copy is an increase. Called once the host has started its telemetry
+    /// (<see cref="JobCounterSeries"/>): a measurement made before a listener subscribed, as in the constructor, which
+    /// the hosted services' construction runs, is lost.
     /// </summary>
     public void ExportEveryKind()
     {
@@ -65,6 +70,8 @@ public sealed class JobMetrics
             _deadLettered.Add(0, tag);
             _retriesScheduled.Add(0, tag);
         }
+
+        _leaseDeferralsSpent.Add(0, new KeyValuePair<string, object?>("consumer", JobKinds.GenerateReport));
     }
 
     /// <summary>The host's <c>Conveyor.Worker</c> meter, for the instruments other parts of the worker keep.</summary>
@@ -129,6 +136,13 @@ public sealed class JobMetrics
     public void WebhookSetAside() => _webhooksSetAside.Add(1);
 
     public void Conflict(string consumer) => _conflicts.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
+
+    /// <summary>
+    /// A copy gone to <c>_error</c> unrun because its parks behind another run's lease were spent
+    /// (<see cref="LeaseDeferralsSpentException"/>). Counted as a conflict is, by consumer, and as nothing else: its job is
+    /// the lease's run's, so it counts no failed attempt and no dead-lettered job.
+    /// </summary>
+    public void LeaseDeferralsSpent(string consumer) => _leaseDeferralsSpent.Add(1, new KeyValuePair<string, object?>("consumer", consumer));
 }
 
 /// <summary>

@@ -53,6 +53,15 @@ public sealed class WorkerMetric : IDisposable
     /// <summary><c>conveyor.inbox.conflicts</c>: messages to <paramref name="consumer"/> whose key was applied from other content (ADR 0011).</summary>
     public static WorkerMetric Conflicts(string consumer) => new("conveyor.inbox.conflicts", "consumer", consumer);
 
+    /// <summary><c>conveyor.jobs.dead_lettered</c>: jobs of <paramref name="kind"/> marked dead-lettered as their message went to <c>_error</c>.</summary>
+    public static WorkerMetric DeadLettered(string kind) => new("conveyor.jobs.dead_lettered", "kind", kind);
+
+    /// <summary>
+    /// <c>conveyor.inbox.lease_deferrals_spent</c>: copies to <paramref name="consumer"/> sent to <c>_error</c> unrun after
+    /// their most parks behind another run's lease.
+    /// </summary>
+    public static WorkerMetric LeaseDeferralsSpent(string consumer) => new("conveyor.inbox.lease_deferrals_spent", "consumer", consumer);
+
     /// <summary><c>conveyor.jobs.wait</c>: how long first attempts waited, each with its kind.</summary>
     public static WorkerMetric Waits() => new("conveyor.jobs.wait", "kind", only: null);
 

@@ -468,6 +468,10 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
                 """));
         }
 
+        using var spent = WorkerMetric.LeaseDeferralsSpent(Queue);
+        using var failed = WorkerMetric.AttemptsFailed(JobKinds.GenerateReport);
+        using var deadLettered = WorkerMetric.DeadLettered(JobKinds.GenerateReport);
+        using var retries = WorkerMetric.RetriesScheduled(JobKinds.GenerateReport);
         // The other worker's run never ends (no consumer_timeout stops it), and its heartbeat keeps the lease 4 s ahead.
         using var stop = new CancellationTokenSource();
         var heartbeat = RenewLeaseAsync(key, stop.Token);
@@ -475,6 +479,11 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         {
             await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With().Override(
                 ("Consumers:GenerateReport:MaxLeaseDeferrals", "2"), NoConsumerTimeout));
+            foreach (var metric in new[] { spent, failed, deadLettered, retries })
+            {
+                metric.Watch(worker.Services);
+            }
+
             await using var publisher = await TestPublisher.StartAsync(fixture);
 
             await publisher.PublishAsync(report);
@@ -495,6 +504,10 @@ public sealed class LeaseInboxTests(ConveyorFixture fixture) : IAsyncLifetime
         }
 
         // The job is the run's that holds the lease: neither dead-lettered nor counted a failed attempt by the parked copy.
+        // The copy is counted as what it is (before, only its warning said so), and as nothing else: no failed attempt, no
+        // dead-lettered job, no retry.
+        Assert.Equal(1, spent.Count);
+        Assert.Equal((0, 0, 0), (failed.Count, deadLettered.Count, retries.Count));
         await using var check = fixture.CreateDbContext();
         var job = await check.Jobs.AsNoTracking().SingleAsync(j => j.BusinessKey == key);
         Assert.Equal((JobStatus.Running, 1), (job.Status, job.Attempts));
