@@ -206,11 +206,23 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     [Theory]
     [InlineData(JobKinds.ChargePayment,
         """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-1","amountMinor":5,"accountId":"acct-2","currency":"EUR"}""",
-        "jobs[1].accountId")]
+        "jobs[1].accountId", "Is given more than once")]
     [InlineData(JobKinds.DeliverWebhook,
         """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{"order":{"id":7,"id":8}}}""",
-        "jobs[1].payload")]
-    public async Task A_field_given_twice_in_a_job_is_a_400_naming_the_job_and_field(string kind, string job, string field)
+        "jobs[1].payload", "Holds an object with a field given more than once")]
+    // Compared after their escapes are read, as the parser compares them: "\u0061ccountId" is accountId.
+    [InlineData(JobKinds.ChargePayment,
+        """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-1","amountMinor":5,"\u0061ccountId":"acct-2","currency":"EUR"}""",
+        "jobs[1].accountId", "Is given more than once")]
+    // Deep in arrays of arrays of objects.
+    [InlineData(JobKinds.DeliverWebhook,
+        """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{"a":[[{"b":1}],[{"c":{"d":1,"d":2}}]]}}""",
+        "jobs[1].payload", "Holds an object with a field given more than once")]
+    // Repeated only within one object, not in a sibling, a parent or a child; and only the first repeat is named.
+    [InlineData(JobKinds.DeliverWebhook,
+        """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","payload":{"url":{"url":1},"b":[{"url":1},{"url":1}]},"url":"https://hooks.example.com/orders","eventType":"a","eventType":"b","payload":{}}""",
+        "jobs[1].eventType", "Is given more than once")]
+    public async Task A_field_given_twice_in_a_job_is_a_400_naming_the_job_and_field(string kind, string job, string field, string why)
     {
         await using var api = await fixture.StartApiAsync();
         string Valid() => kind == JobKinds.ChargePayment ? JobRequests.ChargePayment(Guid.NewGuid()) : JobRequests.DeliverWebhook(Guid.NewGuid());
@@ -221,9 +233,11 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(new HashSet<string>([field]), await response.ReadErrorFieldsAsync());
+        Assert.Contains(why, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         // Twice at the top: that field, as a single job's body names it.
         await twice.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(new HashSet<string>(["jobs"]), await twice.ReadErrorFieldsAsync());
+        Assert.Contains("Is given more than once", await twice.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
     }

@@ -137,6 +137,12 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a12"}""", "paymentId", "Is given more than once" },
         { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"items":[{"sku":1,"sku":2}]}}""", "payload", "Holds an object with a field given more than once" },
         { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a",""", "$", "not valid JSON" },
+        // Names are compared as the parser compares them, after their escapes are read: "\u0070aymentId" is paymentId.
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","\u0070aymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a12"}""", "paymentId", "Is given more than once" },
+        // Deep in arrays of arrays of objects.
+        { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"a":[[{"b":1}],[{"c":{"d":1,"d":2}}]]}}""", "payload", "Holds an object with a field given more than once" },
+        // A name is repeated only within one object, not in a sibling, a parent or a child; and only the first repeat is named.
+        { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","payload":{"url":{"url":1},"b":[{"url":1},{"url":1}]},"url":"https://hooks.example.com/x","eventType":"a","eventType":"b","payload":{}}""", "eventType", "Is given more than once" },
     };
 
     [Theory]

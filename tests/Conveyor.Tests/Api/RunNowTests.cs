@@ -220,6 +220,21 @@ public sealed class RunNowTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(new HashSet<string>(["kind", "status", "limit", "dryRun"]), await bad.ReadErrorFieldsAsync());
     }
 
+    /// <summary>A run-now field given twice is named, as a job's field is.</summary>
+    [Theory]
+    [InlineData("""{"kind":"charge-payment","limit":1,"limit":2}""", "limit", "Is given more than once")]
+    [InlineData("""{"kind":"charge-payment","status":{"a":[{"b":1,"b":2}]}}""", "status", "Holds an object with a field given more than once")]
+    public async Task A_run_now_field_given_twice_is_a_400_naming_it(string json, string field, string why)
+    {
+        await using var api = await fixture.StartApiAsync();
+
+        using var response = await api.Client.PostAsync(new Uri("/api/jobs/run-now", UriKind.Relative), JobRequests.Json(json, "application/json"));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(new HashSet<string>([field]), await response.ReadErrorFieldsAsync());
+        Assert.Contains(why, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
     private Dictionary<string, string?> HourLongRedeliveries(int redeliveries) => WorkerSettings.With(_gateway).Override(
         ("Consumers:ChargePayment:RetryLimit", "0"),
         ("Consumers:ChargePayment:RedeliveryLimit", redeliveries.ToString(System.Globalization.CultureInfo.InvariantCulture)),
