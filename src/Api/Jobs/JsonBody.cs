@@ -112,9 +112,10 @@ internal static class JsonBody
     }
 
     /// <summary>
-    /// The top-level field of the first object name given twice (compared as the parser compares them, exactly),
-    /// with why: the field itself repeated, or a name inside its value. Null when the body is not JSON apart from
-    /// that, so that a syntax error is still reported where it is, or when no name repeats.
+    /// The top-level field (or <see cref="Field"/>, in a body that is an array) of the first object name given
+    /// twice (compared as the parser compares them, exactly), with why: the field itself repeated, or a name inside
+    /// its value. Null when the body is not JSON apart from that, so that a syntax error is still reported where it
+    /// is, or when no name repeats.
     /// </summary>
     private static (string Field, string Error)? FindRepeatedName(ReadOnlySpan<byte> body)
     {
@@ -149,7 +150,8 @@ internal static class JsonBody
                         {
                             first = reader.CurrentDepth == 1
                                 ? (name, "Is given more than once: each field may appear once.")
-                                : (topField!, "Holds an object with a field given more than once: each field may appear once.");
+                                // Not in a top-level field when the body is an array: the body as a whole holds it.
+                                : (topField ?? Field, "Holds an object with a field given more than once: each field may appear once.");
                         }
 
                         break;

@@ -142,6 +142,8 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         // Deep in arrays of arrays of objects.
         { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"a":[[{"b":1}],[{"c":{"d":1,"d":2}}]]}}""", "payload", "Holds an object with a field given more than once" },
         // A name is repeated only within one object, not in a sibling, a parent or a child; and only the first repeat is named.
+        // Not an object: the body as a whole holds the repeat.
+        { "charge-payment", """[{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a12"}]""", "$", "Holds an object with a field given more than once" },
         { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","payload":{"url":{"url":1},"b":[{"url":1},{"url":1}]},"url":"https://hooks.example.com/x","eventType":"a","eventType":"b","payload":{}}""", "eventType", "Is given more than once" },
     };
 
