@@ -90,7 +90,8 @@ internal static class JobBatchParser
     /// escape that is half a surrogate pair: the parser says only that the body is not valid JSON (or names
     /// the top-level <c>jobs</c>), which leaves the client of a batch of a hundred jobs to find the job. The
     /// job's field, or the job's field that holds the fault when it is nested deeper (a webhook's payload),
-    /// or the job itself. Null when the fault is not in a job: the parser's own words stand then.
+    /// or the job itself. Null when the fault is not in a job, or when the body is not JSON past a repeated name:
+    /// the parser's own words stand then.
     /// </summary>
     private static (string Field, string Message)? FaultInJob(byte[] body)
     {
@@ -128,6 +129,12 @@ internal static class JobBatchParser
 
                         if (!names.Peek().Add(name))
                         {
+                            // Read to the end first: a body that is not JSON further on is refused where the parser
+                            // stops (a JsonException, below), as a single job's body is.
+                            while (reader.Read())
+                            {
+                            }
+
                             return !inJobs || depth < 3 || index < 0 ? null
                                 : depth == 3 ? (Place(index, name), "Is given more than once: each field may appear once.")
                                 : (Place(index, field), "Holds an object with a field given more than once: each field may appear once.");
