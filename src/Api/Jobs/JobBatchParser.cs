@@ -23,11 +23,11 @@ internal static class JobBatchParser
     {
         // Checked and parsed once, whole; each job is then read from this document.
         var bodyErrors = new FieldErrors();
-        using var document = JsonBody.ParseObject(body, bodyErrors, JobRequestParser.InvalidJson);
+        using var document = JsonBody.ParseObject(body, bodyErrors, JobRequestParser.InvalidJson, out var repeated);
         if (document is null)
         {
-            // The parser's refusal names the body as a whole; one inside a job is named by its place.
-            if (FaultInJob(body) is { } fault)
+            // The parser's refusal names the body as a whole, or its top-level field; one inside a job is named by its place.
+            if ((repeated is null ? BrokenEscapeInJob(body) : RepeatInJob(repeated)) is { } fault)
             {
                 errors.Add(fault.Field, fault.Message);
                 return null;
@@ -86,61 +86,50 @@ internal static class JobBatchParser
     }
 
     /// <summary>
-    /// Where, in which job, a body the parser refused has a field given twice in one object, or a <c>\u</c>
-    /// escape that is half a surrogate pair: the parser says only that the body is not valid JSON (or names
-    /// the top-level <c>jobs</c>), which leaves the client of a batch of a hundred jobs to find the job. The
-    /// job's field, or the job's field that holds the fault when it is nested deeper (a webhook's payload),
-    /// or the job itself. Null when the fault is not in a job, or when the body is not JSON past a repeated name:
-    /// the parser's own words stand then.
+    /// Where, in which job, a body the parser refused has a field given twice in one object: the parser says only
+    /// that the body is not valid JSON (JsonBody names the top-level <c>jobs</c>), which leaves the client of a batch
+    /// of a hundred jobs to find the job. The job's field, or the job's field that holds the repeat when it is nested
+    /// deeper (a webhook's payload), or the job itself. Null when the repeat is not in a job: JsonBody's words stand then.
     /// </summary>
-    private static (string Field, string Message)? FaultInJob(byte[] body)
+    private static (string Field, string Message)? RepeatInJob(RepeatedName repeated) =>
+        repeated.Path is [{ Name: { } top }, { Name: null } job, var field, ..]
+        && string.Equals(top, JobsField, StringComparison.OrdinalIgnoreCase)
+            ? (Place(job.Index, field.Name), repeated.ErrorAt(2))
+            : null;
+
+    /// <summary>
+    /// Where, in which job, a body the parser refused has a <c>\u</c> escape that is half a surrogate pair, named as
+    /// <see cref="RepeatInJob"/> names a repeat. Null when it is not in a job: JsonBody's words stand then.
+    /// </summary>
+    private static (string Field, string Message)? BrokenEscapeInJob(byte[] body)
     {
         var reader = new Utf8JsonReader(body);
-        var names = new Stack<HashSet<string>>();
         var (inJobs, index, field) = (false, -1, (string?)null);
         try
         {
             while (reader.Read())
             {
                 var depth = reader.CurrentDepth;
-                switch (reader.TokenType)
+                if (reader.TokenType == JsonTokenType.PropertyName)
                 {
-                    case JsonTokenType.StartObject:
-                        names.Push(new HashSet<string>(StringComparer.Ordinal));
-                        break;
-                    case JsonTokenType.EndObject:
-                        names.Pop();
-                        break;
-                    case JsonTokenType.PropertyName:
-                        if (BrokenEscape(ref reader) && inJobs && depth >= 3 && index >= 0)
-                        {
-                            return (depth == 3 ? Place(index, null) : Place(index, field), BrokenEscapeError);
-                        }
+                    if (BrokenEscape(ref reader))
+                    {
+                        // Outside a job, JsonBody names it.
+                        return inJobs && depth >= 3 && index >= 0
+                            ? (depth == 3 ? Place(index, null) : Place(index, field), BrokenEscapeError)
+                            : null;
+                    }
 
-                        var name = reader.GetString()!;
-                        if (depth == 1)
-                        {
-                            inJobs = string.Equals(name, JobsField, StringComparison.OrdinalIgnoreCase);
-                        }
-                        else if (depth == 3)
-                        {
-                            field = name;
-                        }
+                    if (depth == 1)
+                    {
+                        inJobs = string.Equals(reader.GetString(), JobsField, StringComparison.OrdinalIgnoreCase);
+                    }
+                    else if (depth == 3)
+                    {
+                        field = reader.GetString();
+                    }
 
-                        if (!names.Peek().Add(name))
-                        {
-                            // Read to the end first: a body that is not JSON further on is refused where the parser
-                            // stops (a JsonException, below), as a single job's body is.
-                            while (reader.Read())
-                            {
-                            }
-
-                            return !inJobs || depth < 3 || index < 0 ? null
-                                : depth == 3 ? (Place(index, name), "Is given more than once: each field may appear once.")
-                                : (Place(index, field), "Holds an object with a field given more than once: each field may appear once.");
-                        }
-
-                        continue;
+                    continue;
                 }
 
                 if (depth == 1 && reader.TokenType != JsonTokenType.StartArray)
@@ -163,7 +152,7 @@ internal static class JobBatchParser
         }
         catch (Exception exception) when (exception is JsonException or InvalidOperationException)
         {
-            // Not JSON: the parser says where. Or a name with a broken escape outside a job: JsonBody names it.
+            // Not JSON: the parser says where. Or a name that is not UTF-8: JsonBody says so.
             return null;
         }
 

@@ -20,8 +20,15 @@ internal static class JsonBody
     /// <paramref name="errors"/> under <see cref="Field"/>, when it is not UTF-8, not JSON
     /// (<paramref name="invalidJson"/> words that reason) or not an object.
     /// </summary>
-    public static JsonDocument? ParseObject(ReadOnlyMemory<byte> body, FieldErrors errors, Func<JsonException, string> invalidJson)
+    public static JsonDocument? ParseObject(ReadOnlyMemory<byte> body, FieldErrors errors, Func<JsonException, string> invalidJson) =>
+        ParseObject(body, errors, invalidJson, out _);
+
+    /// <inheritdoc cref="ParseObject(ReadOnlyMemory{byte}, FieldErrors, Func{JsonException, string})"/>
+    /// <param name="repeated">Where the name is that the body was refused for giving twice, if that is why.</param>
+    public static JsonDocument? ParseObject(
+        ReadOnlyMemory<byte> body, FieldErrors errors, Func<JsonException, string> invalidJson, out RepeatedName? repeated)
     {
+        repeated = null;
         // The reader checks UTF-8 only when a string is read, as an exception that is not a JsonException.
         if (!Utf8.IsValid(body.Span))
         {
@@ -46,9 +53,11 @@ internal static class JsonBody
         {
             // A repeated name is the one refusal a client cannot place from the parser's words (no line or
             // byte is given for it), so the field is named, as a batch names it inside a job.
-            if (FindRepeatedName(body.Span) is { } repeated)
+            repeated = RepeatedName.Find(body.Span);
+            if (repeated is not null)
             {
-                errors.Add(repeated.Field, repeated.Error);
+                // Under its top-level field; in a body that is an array, under the body as a whole.
+                errors.Add(repeated.Path[0].Name ?? Field, repeated.ErrorAt(0));
             }
             else
             {
@@ -109,62 +118,6 @@ internal static class JsonBody
         }
 
         return null;
-    }
-
-    /// <summary>
-    /// The top-level field (or <see cref="Field"/>, in a body that is an array) of the first object name given
-    /// twice (compared as the parser compares them, exactly), with why: the field itself repeated, or a name inside
-    /// its value. Null when the body is not JSON apart from that, so that a syntax error is still reported where it
-    /// is, or when no name repeats.
-    /// </summary>
-    private static (string Field, string Error)? FindRepeatedName(ReadOnlySpan<byte> body)
-    {
-        var reader = new Utf8JsonReader(body);
-        // One set of names per open object; null for an open array.
-        var open = new Stack<HashSet<string>?>();
-        string? topField = null;
-        (string Field, string Error)? first = null;
-        try
-        {
-            while (reader.Read())
-            {
-                switch (reader.TokenType)
-                {
-                    case JsonTokenType.StartObject:
-                        open.Push(new HashSet<string>(StringComparer.Ordinal));
-                        break;
-                    case JsonTokenType.StartArray:
-                        open.Push(null);
-                        break;
-                    case JsonTokenType.EndObject or JsonTokenType.EndArray:
-                        open.Pop();
-                        break;
-                    case JsonTokenType.PropertyName:
-                        var name = reader.GetString()!;
-                        if (reader.CurrentDepth == 1)
-                        {
-                            topField = name;
-                        }
-
-                        if (first is null && open.Peek() is { } names && !names.Add(name))
-                        {
-                            first = reader.CurrentDepth == 1
-                                ? (name, "Is given more than once: each field may appear once.")
-                                // Not in a top-level field when the body is an array: the body as a whole holds it.
-                                : (topField ?? Field, "Holds an object with a field given more than once: each field may appear once.");
-                        }
-
-                        break;
-                }
-            }
-        }
-        catch (JsonException)
-        {
-            // Not JSON apart from any repeated name: the parser's own words say where.
-            return null;
-        }
-
-        return first;
     }
 
     private static bool TryRead(ref Utf8JsonReader reader)

@@ -259,6 +259,10 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData(JobKinds.DeliverWebhook,
         """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{},"\udc00":1}""",
         "jobs[1]")]
+    // With a field given twice before it: the escape is named, as for a single job's body, whatever comes first.
+    [InlineData(JobKinds.ChargePayment,
+        """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-\ud800","amountMinor":5,"currency":"EUR"}""",
+        "jobs[1].accountId")]
     public async Task A_broken_unicode_escape_in_a_job_is_a_400_naming_the_job_and_field(string kind, string job, string field)
     {
         await using var api = await fixture.StartApiAsync();

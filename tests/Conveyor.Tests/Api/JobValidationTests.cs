@@ -231,6 +231,8 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         { "generate-report", """{"reportId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","accountId":"\udc00","currency":"USD"}""", "accountId" },
         { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"items":[{"note":"\ud83d\ud83d"}]}}""", "payload" },
         { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","x\ud800":1}""", "$" },
+        // With a field given twice before it: the escape is named, whatever comes first.
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a\ud800","amountMinor":5,"currency":"EUR"}""", "accountId" },
     };
 
     [Theory]
