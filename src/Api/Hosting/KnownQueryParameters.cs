@@ -37,7 +37,14 @@ internal static class KnownQueryParameters
                     : $"Is not a parameter of this request; the parameters are: {string.Join(", ", names)}."];
                 return context =>
                 {
-                    var refused = context.HttpContext.Request.Query.Keys
+                    var query = context.HttpContext.Request.Query;
+                    if (query.Count == 0)
+                    {
+                        // Every submission: nothing to look at, nothing allocated.
+                        return next(context);
+                    }
+
+                    var refused = query.Keys
                         .Where(key => !accepted.Contains(key))
                         .ToDictionary(key => key, _ => unknown, StringComparer.Ordinal);
                     return refused.Count == 0 ? next(context) : ValueTask.FromResult<object?>(TypedResults.ValidationProblem(refused));

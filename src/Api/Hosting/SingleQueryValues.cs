@@ -15,7 +15,13 @@ internal static class SingleQueryValues
         where TBuilder : IEndpointConventionBuilder =>
         builder.AddEndpointFilter((context, next) =>
         {
-            var repeated = context.HttpContext.Request.Query
+            var query = context.HttpContext.Request.Query;
+            if (query.Count == 0)
+            {
+                return next(context);
+            }
+
+            var repeated = query
                 .Where(parameter => parameter.Value.Count > 1)
                 .ToDictionary(parameter => parameter.Key, _ => GivenTwice, StringComparer.Ordinal);
             return repeated.Count == 0 ? next(context) : ValueTask.FromResult<object?>(TypedResults.ValidationProblem(repeated));
