@@ -3,6 +3,7 @@ using Conveyor.Storage.Jobs;
 using Conveyor.Tests.Fakes;
 using Conveyor.Tests.Infrastructure;
 using Microsoft.EntityFrameworkCore;
+using RabbitMQ.Client;
 
 namespace Conveyor.Tests.Failures;
 
@@ -95,29 +96,51 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         Assert.Equal(2, await check.Ledger.CountAsync());
     }
 
+    /// <summary>
+    /// A producer that sets no AMQP headers sends no header table at all (the management UI's publish, many
+    /// non-.NET clients). The received properties then have no table to write the skip's reason into, and the
+    /// copy went to <c>_skipped</c> with only MassTransit's bare <c>MT-Reason: dead-letter</c>.
+    /// </summary>
     [Fact]
-    public async Task A_message_skipped_without_any_transport_header_still_says_why()
+    public async Task A_message_without_any_header_table_lands_in_skipped_or_error_with_its_reason()
     {
         await using var worker = await fixture.StartWorkerAsync(WorkerSettings.With());
         await using var producer = await RawAmqpProducer.ConnectAsync(fixture);
         await fixture.DeclareAsync("charge-payment_skipped");
         await fixture.DeclareAsync("charge-payment_error");
+        await AssertPublishedWithoutHeaderTableAsync(producer);
 
-        // What a producer that sets no AMQP headers at all sends (no header table on the wire): an
-        // envelope of a type no consumer here takes, and one that names no type.
-        await producer.PublishEnvelopeAsync(Exchange, "urn:message:Acme.Shipping:ShipOrder", new { orderId = 12 });
-        await producer.PublishRawAsync(Exchange, RawAmqpProducer.Utf8("""{"messageId":"2f1b6f0e-8a7c-4c53-9d1a-4f3e2b1c0d9e","message":{"paymentId":"2f1b6f0e-8a7c-4c53-9d1a-4f3e2b1c0d9e"}}"""), RawAmqpProducer.EnvelopeContentType);
+        // A type no consumer here takes, an envelope that names no type, and no JSON at all: straight to the queue.
+        var unknownType = $$$"""{"messageId":"{{{Guid.NewGuid()}}}","messageType":["urn:message:Evil:Type"],"message":{}}""";
+        var noType = $$$"""{"messageId":"{{{Guid.NewGuid()}}}","message":{"paymentId":"{{{Guid.NewGuid()}}}"}}""";
+        const string notJson = "{not json";
+        foreach (var body in new[] { unknownType, noType, notJson })
+        {
+            await producer.PublishWithoutHeaderTableAsync("", "charge-payment", RawAmqpProducer.Utf8(body), RawAmqpProducer.EnvelopeContentType, Guid.NewGuid().ToString());
+        }
 
-        var taken = new List<RawAmqpProducer.TakenMessage>();
+        var skipped = new List<RawAmqpProducer.TakenMessage>();
+        var error = new List<RawAmqpProducer.TakenMessage>();
         await Eventually.AssertAsync(async () =>
         {
-            taken.AddRange(await producer.TakeAllAsync("charge-payment_skipped"));
-            taken.AddRange(await producer.TakeAllAsync("charge-payment_error"));
-            Assert.Equal(2, taken.Count);
-        });
+            skipped.AddRange(await producer.TakeAllAsync("charge-payment_skipped"));
+            error.AddRange(await producer.TakeAllAsync("charge-payment_error"));
+            Assert.Equal(3, skipped.Count + error.Count);
+        }, () => PipelineState.DescribeAsync(fixture));
 
-        Assert.All(taken, message => Assert.False(string.IsNullOrWhiteSpace(message.Header("Conveyor-Dead-Letter-Reason")),
-            $"no reason on a copy of {Encoding.UTF8.GetString(message.Body)}: {string.Join(", ", message.Headers.Keys)}"));
+        Assert.Equal(new[] { noType, unknownType }.Order(StringComparer.Ordinal), skipped.Select(m => Encoding.UTF8.GetString(m.Body)).Order(StringComparer.Ordinal));
+        Assert.All(skipped, message =>
+        {
+            Assert.StartsWith("no consumer on charge-payment takes this message's type", message.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+            // MassTransit's own headers stay beside it.
+            Assert.Equal("dead-letter", message.Header("MT-Reason"));
+            Assert.False(string.IsNullOrEmpty(message.Header("MT-Host-MachineName")), "a _skipped copy without MassTransit's host headers");
+        });
+        var unreadable = Assert.Single(error);
+        Assert.Equal(notJson, Encoding.UTF8.GetString(unreadable.Body));
+        Assert.StartsWith("unreadable message: ", unreadable.Header("Conveyor-Dead-Letter-Reason"), StringComparison.Ordinal);
+        Assert.False(string.IsNullOrWhiteSpace(unreadable.Header("MT-Fault-Message")), "an _error copy without MT-Fault-Message");
+        await fixture.AssertDrainedAsync(worker, "charge-payment");
     }
 
     /// <summary>
@@ -191,6 +214,18 @@ public sealed class PoisonMessageTests(ConveyorFixture fixture) : IAsyncLifetime
         await fixture.AssertDrainedAsync(worker, "charge-payment");
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
+    }
+
+    /// <summary>What the test is about: the publish carries no header table, as the worker receives it.</summary>
+    private async Task AssertPublishedWithoutHeaderTableAsync(RawAmqpProducer producer)
+    {
+        await using var connection = await fixture.AmqpFactory().CreateConnectionAsync("conveyor-tests-header-table-probe");
+        await using var channel = await connection.CreateChannelAsync();
+        var probe = await channel.QueueDeclareAsync();
+        await producer.PublishWithoutHeaderTableAsync("", probe.QueueName, RawAmqpProducer.Utf8("{}"), RawAmqpProducer.EnvelopeContentType);
+        var received = await channel.BasicGetAsync(probe.QueueName, autoAck: true);
+        Assert.NotNull(received);
+        Assert.False(received.BasicProperties.IsHeadersPresent(), "the publish carried a header table");
     }
 
     private static object Good(Guid paymentId) => new { paymentId, accountId = "acct-good", amountMinor = 250, currency = "EUR" };

@@ -61,6 +61,20 @@ public sealed class RawAmqpProducer : IAsyncDisposable
         await _channel.BasicPublishAsync(exchange, routingKey: "", mandatory: false, basicProperties: properties, body: body);
     }
 
+    /// <summary>
+    /// Publishes with no AMQP header table at all, as a client that sets no headers does. Not on this producer's
+    /// channel: with publisher confirms tracked, RabbitMQ.Client stamps its sequence number header
+    /// (<c>x-dotnet-pub-seq-no</c>) on every message. The channel's close follows the publish, so the broker has
+    /// routed the message by the time this returns.
+    /// </summary>
+    public async Task PublishWithoutHeaderTableAsync(string exchange, string routingKey, byte[] body, string? contentType, string? messageId = null)
+    {
+        await using var bare = await _connection.CreateChannelAsync();
+        var properties = new BasicProperties { ContentType = contentType, DeliveryMode = DeliveryModes.Persistent, MessageId = messageId };
+        await bare.BasicPublishAsync(exchange, routingKey, mandatory: false, basicProperties: properties, body: body);
+        await bare.CloseAsync();
+    }
+
     public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
 
     /// <summary>
