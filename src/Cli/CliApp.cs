@@ -177,6 +177,13 @@ public static class CliApp
             await stderr.WriteLineAsync("conveyor: standard output was closed (broken pipe): stopped.");
             return ExitCodes.OutputClosed;
         }
+        catch (IOException exception) when (standardOutput?.WriteFailed is true)
+        {
+            // stdout refused a write it could not take (a full disk, `> /dev/full`): what it printed is cut short, which a
+            // script must not take for success. Said in one line, not as a stack trace and the runtime's abort (134).
+            await stderr.WriteLineAsync($"conveyor: could not write standard output: {Printable.Text(exception.Message)}");
+            return ExitCodes.OperationFailed;
+        }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             // Ctrl+C: no stack trace. A started move or purge has said which it is (a CliFailureException above).

@@ -9,7 +9,8 @@ public static class ExitCodes
     /// <summary>
     /// The operation failed, was cancelled or interrupted, or the server answered 500 (not to a read of the progress of an
     /// operation being followed: <see cref="ProgressUnknown"/>); <c>job --wait</c>, <c>result --wait</c>: the job
-    /// ended dead-lettered or cancelled.
+    /// ended dead-lettered or cancelled. Also stdout that refused a write (a full disk, <c>&gt; /dev/full</c>; one line on
+    /// stderr says why), as what it printed is cut short.
     /// </summary>
     public const int OperationFailed = 1;
 

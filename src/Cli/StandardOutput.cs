@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using System.Text;
 using Microsoft.Win32.SafeHandles;
@@ -24,12 +25,18 @@ internal sealed partial class StandardOutput : IDisposable
 
     private StandardOutput(TextWriter writer, StreamWriter? own)
     {
-        Writer = writer;
+        Writer = new NotingWriter(writer, this);
         _own = own;
     }
 
     /// <summary>What stdout is written through: each write goes out at once, as the console's does.</summary>
     public TextWriter Writer { get; }
+
+    /// <summary>
+    /// Whether a write to stdout failed (an <see cref="IOException"/>: a pipe without a reader, or a full disk, <c>&gt; /dev/full</c>),
+    /// so that an IOException is known to be stdout's, not one of a file the command reads.
+    /// </summary>
+    public bool WriteFailed { get; private set; }
 
     /// <summary>stdout as this process has it: on Linux and macOS through its descriptor, else the console's writer.</summary>
     public static StandardOutput Open()
@@ -93,6 +100,125 @@ internal sealed partial class StandardOutput : IDisposable
         catch (IOException)
         {
             // Nothing is left to write (each write went out at once): a reader that has gone is no failure here.
+        }
+    }
+
+    /// <summary>Writes through to stdout's writer, and notes a write that failed (<see cref="WriteFailed"/>) before it is thrown on.</summary>
+    private sealed class NotingWriter(TextWriter inner, StandardOutput output) : TextWriter
+    {
+        public override Encoding Encoding => inner.Encoding;
+
+        public override IFormatProvider FormatProvider => inner.FormatProvider;
+
+        [AllowNull]
+        public override string NewLine
+        {
+            get => inner.NewLine;
+            set => inner.NewLine = value;
+        }
+
+        public override void Write(char value)
+        {
+            try
+            {
+                inner.Write(value);
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void Write(string? value)
+        {
+            try
+            {
+                inner.Write(value);
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void Write(char[] buffer, int index, int count)
+        {
+            try
+            {
+                inner.Write(buffer, index, count);
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void Write(ReadOnlySpan<char> buffer)
+        {
+            try
+            {
+                inner.Write(buffer);
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void WriteLine(string? value)
+        {
+            try
+            {
+                inner.WriteLine(value);
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void WriteLine(ReadOnlySpan<char> buffer)
+        {
+            try
+            {
+                inner.WriteLine(buffer);
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void WriteLine()
+        {
+            try
+            {
+                inner.WriteLine();
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
+        }
+
+        public override void Flush()
+        {
+            try
+            {
+                inner.Flush();
+            }
+            catch (IOException)
+            {
+                output.WriteFailed = true;
+                throw;
+            }
         }
     }
 
