@@ -409,10 +409,27 @@ internal static class JobFile
 
     private static async IAsyncEnumerable<Job> FromLinesAsync(Stream input, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        using var reader = new StreamReader(input, leaveOpen: true);
+        // Bytes that are not UTF-8 are refused, not read as U+FFFD: the job would be submitted with text the file never held.
+        using var reader = new StreamReader(input, new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true), detectEncodingFromByteOrderMarks: true, leaveOpen: true);
         var number = 0;
-        while (await reader.ReadLineAsync(cancellationToken) is { } line)
+        while (true)
         {
+            string? line;
+            try
+            {
+                line = await reader.ReadLineAsync(cancellationToken);
+            }
+            catch (DecoderFallbackException exception)
+            {
+                // Decoded a block at a time: the bytes are in the next line or one soon after it.
+                throw new CliFailureException(ExitCodes.Usage, $"The file is not valid UTF-8 at line {number + 1} or a line after it (save it as UTF-8): {exception.Message}");
+            }
+
+            if (line is null)
+            {
+                yield break;
+            }
+
             number++;
             if (string.IsNullOrWhiteSpace(line))
             {

@@ -822,6 +822,34 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
         }
     }
 
+    /// <summary>
+    /// A line that is not valid UTF-8 (a file saved in Latin-1, a byte cut out) is refused before its batch is sent, saying
+    /// so. Its bytes were decoded as U+FFFD and sent: here the Api refused an accountId holding a character the file never
+    /// held (<c>acct-4\uFFFD</c>), and a field that takes any text would have been submitted with it.
+    /// </summary>
+    [Fact]
+    public async Task Submit_refuses_a_line_that_is_not_valid_utf8_and_submits_nothing_of_it()
+    {
+        var paymentId = Guid.NewGuid();
+        var path = Path.Combine(Path.GetTempPath(), $"conveyor-cli-{Guid.NewGuid():N}.jsonl");
+        var bytes = System.Text.Encoding.UTF8.GetBytes(JobRequests.ChargePayment(paymentId).Replace("acct-42", "acct-4\u0001", StringComparison.Ordinal) + "\n");
+        bytes[Array.IndexOf(bytes, (byte)1)] = 0xFF;
+        await File.WriteAllBytesAsync(path, bytes);
+        try
+        {
+            var run = await RunAsync("submit", "charge-payment", path);
+
+            Assert.Equal(ExitCodes.Usage, run.ExitCode);
+            Assert.Contains("is not valid UTF-8", run.Err, StringComparison.Ordinal);
+            await using var db = Fixture.CreateDbContext();
+            Assert.False(await db.Jobs.AnyAsync(j => j.BusinessKey == paymentId.ToString("D")));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     [Fact]
     public async Task Submit_sends_a_file_of_jobs_in_batches_and_run_again_submits_nothing_twice()
     {
