@@ -33,11 +33,46 @@ public static class CliApp
         using var output = StandardOutput.Open();
         try
         {
-            return await RunCoreAsync(args, output.Writer, Console.Error, handler: null, environment: null, output, interrupted.Token);
+            return await RunCoreAsync(args, output.Writer, ErrorOutput, handler: null, environment: null, output, interrupted.Token);
         }
         finally
         {
             Console.CancelKeyPress -= OnCancelKeyPress;
+        }
+    }
+
+    /// <summary>
+    /// The process's stderr, which drops what it cannot write: started with it closed (<c>2&gt;&amp;-</c>: EBADF, which .NET
+    /// throws as an UnauthorizedAccessException) or on a full disk, the command's words have nowhere to go, and its exit code
+    /// is all that is left to say how it ended (the write's exception went unhandled, and the runtime aborted: 134).
+    /// </summary>
+    private static readonly TextWriter ErrorOutput = TextWriter.Synchronized(new DroppingWriter(Console.Error));
+
+    /// <summary>Writes through, and drops a write that fails (<see cref="ErrorOutput"/>).</summary>
+    private sealed class DroppingWriter(TextWriter inner) : TextWriter
+    {
+        public override System.Text.Encoding Encoding => inner.Encoding;
+
+        public override void Write(char value) => Drop(() => inner.Write(value));
+
+        public override void Write(string? value) => Drop(() => inner.Write(value));
+
+        public override void Write(char[] buffer, int index, int count) => Drop(() => inner.Write(buffer, index, count));
+
+        public override void WriteLine(string? value) => Drop(() => inner.WriteLine(value));
+
+        public override void Flush() => Drop(inner.Flush);
+
+        private static void Drop(Action write)
+        {
+            try
+            {
+                write();
+            }
+            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+            {
+                // No stderr to write to: nothing else can be told of it.
+            }
         }
     }
 
@@ -66,7 +101,7 @@ public static class CliApp
     {
         var consoleOut = ReferenceEquals(stdout, Console.Out) || ReferenceEquals(stdout, standardOutput?.Writer);
         var output = ConsoleFor(stdout, consoleOut && !Console.IsOutputRedirected);
-        var errors = ConsoleFor(stderr, ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected);
+        var errors = ConsoleFor(stderr, (ReferenceEquals(stderr, Console.Error) || ReferenceEquals(stderr, ErrorOutput)) && !Console.IsErrorRedirected);
         Func<bool> outputClosed = standardOutput is null ? () => false : standardOutput.IsClosed;
         var cli = new CliContext(output, errors, stdout, handler,
             name => environment is null ? Environment.GetEnvironmentVariable(name) : environment.GetValueOrDefault(name))

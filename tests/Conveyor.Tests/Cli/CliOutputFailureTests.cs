@@ -31,4 +31,24 @@ public sealed class CliOutputFailureTests
         Assert.Equal(ExitCodes.OperationFailed, process.ExitCode);
         Assert.Equal("conveyor: could not write standard output: No space left on device\n", stderr);
     }
+
+    /// <summary>
+    /// Started with stderr closed (<c>2&gt;&amp;-</c>), the command still ends with its exit code, here a usage error's 2:
+    /// what it had to say has nowhere to go. The write's exception (EBADF, an UnauthorizedAccessException) went unhandled,
+    /// and the runtime aborted (134).
+    /// </summary>
+    [Fact]
+    public async Task A_closed_stderr_keeps_the_commands_exit_code()
+    {
+        var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add("""exec dotnet "$1" queues --limit >/dev/null 2>&-""");
+        start.ArgumentList.Add("sh");
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Conveyor.Cli.dll"));
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start sh");
+        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        await process.WaitForExitAsync(deadline.Token);
+
+        Assert.Equal(ExitCodes.Usage, process.ExitCode);
+    }
 }
