@@ -192,6 +192,15 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("""[{"jobs":[{"a":1,"a":2}]}]""", "$")]
     // Not JSON after the repeat: refused where the parser stops, as a single job's body is.
     [InlineData("""{"jobs":[{"a":1,"a":2}],""", "$")]
+    // A broken \u escape outside a job is named as in a single job's body: by its top-level field, or the body.
+    [InlineData("""{"jobs":[{}],"x":"\ud800"}""", "x")]
+    [InlineData("""{"jobs":{"a":"\ud800"}}""", "jobs")]
+    [InlineData("""[{"jobs":[{"a":"\ud800"}]}]""", "$")]
+    // In a job before the body stops being JSON: the job's field; after it: where the parser stops.
+    [InlineData("""{"jobs":[{"a":"\ud800"}],""", "jobs[0].a")]
+    [InlineData("""{"jobs":[{"a":1} {"a":"\ud800"}]}""", "$")]
+    // After a repeat in an earlier job: the escape.
+    [InlineData("""{"jobs":[{"a":1,"a":2},{"b":"\ud800"}]}""", "jobs[1].b")]
     public async Task A_batch_of_the_wrong_shape_is_a_400_naming_the_field(string body, string field)
     {
         await using var api = await fixture.StartApiAsync();
@@ -263,6 +272,14 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData(JobKinds.ChargePayment,
         """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-\ud800","amountMinor":5,"currency":"EUR"}""",
         "jobs[1].accountId")]
+    // Or after it.
+    [InlineData(JobKinds.ChargePayment,
+        """{"paymentId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","accountId":"acct-\ud800","amountMinor":5,"currency":"EUR","accountId":"acct-2"}""",
+        "jobs[1].accountId")]
+    // In a name deep in a job's field.
+    [InlineData(JobKinds.DeliverWebhook,
+        """{"webhookId":"4d5c8f0e-3a41-4b7e-9a38-0c2f6d3e9b11","url":"https://hooks.example.com/orders","eventType":"order.paid","payload":{"order":[{"\ud83d":1}]}}""",
+        "jobs[1].payload")]
     public async Task A_broken_unicode_escape_in_a_job_is_a_400_naming_the_job_and_field(string kind, string job, string field)
     {
         await using var api = await fixture.StartApiAsync();
@@ -272,6 +289,7 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
 
         await response.AssertProblemAsync(StatusCodes.Status400BadRequest);
         Assert.Equal(new HashSet<string>([field]), await response.ReadErrorFieldsAsync());
+        Assert.Contains("escape in it is an unpaired surrogate", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         await using var db = fixture.CreateDbContext();
         Assert.Equal(0, await db.Jobs.CountAsync());
     }

@@ -233,6 +233,15 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
         { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a","amountMinor":5,"currency":"EUR","x\ud800":1}""", "$" },
         // With a field given twice before it: the escape is named, whatever comes first.
         { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a\ud800","amountMinor":5,"currency":"EUR"}""", "accountId" },
+        // Or after it.
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a\ud800","amountMinor":5,"currency":"EUR","accountId":"b"}""", "accountId" },
+        // In a name deep in a webhook's payload: the field holding it.
+        { "deliver-webhook", """{"webhookId":"9a1f7c3e-55b0-4f0e-8b1a-2f6d3c9e4b70","url":"https://hooks.example.com/x","eventType":"order.paid","payload":{"items":[{"\ud800":1}]}}""", "payload" },
+        // Not an object, or no more than a string: the body as a whole.
+        { "charge-payment", """[{"accountId":"a\ud800"}]""", "$" },
+        { "charge-payment", """ "\udc00" """, "$" },
+        // Before the body stops being JSON: the escape is named.
+        { "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11","accountId":"a\ud800",""", "accountId" },
     };
 
     [Theory]
@@ -243,6 +252,20 @@ public sealed class JobValidationTests(ConveyorFixture fixture) : IAsyncLifetime
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal([badField], await response.ReadErrorFieldsAsync());
+        Assert.Contains("escape in it is an unpaired surrogate", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        await AssertNoJobsAsync();
+    }
+
+    /// <summary>A broken escape after the point where the body stops being JSON is not reached: the parser says where it stopped.</summary>
+    [Fact]
+    public async Task A_broken_escape_past_where_the_body_stops_being_json_is_not_named()
+    {
+        using var response = await _api.Client.PostJobAsync(
+            "charge-payment", """{"paymentId":"0b5e6f2c-1d7a-4c1e-9d55-3c8b2f0e7a11" "accountId":"a\ud800","amountMinor":5,"currency":"EUR"}""");
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(["$"], await response.ReadErrorFieldsAsync());
+        Assert.Contains("not valid JSON", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         await AssertNoJobsAsync();
     }
 
