@@ -23,13 +23,13 @@ internal static class JobBatchParser
     {
         // Checked and parsed once, whole; each job is then read from this document.
         var bodyErrors = new FieldErrors();
-        using var document = JsonBody.ParseObject(body, bodyErrors, JobRequestParser.InvalidJson, out var repeated);
+        using var document = JsonBody.ParseObject(body, bodyErrors, JobRequestParser.InvalidJson, out var fault);
         if (document is null)
         {
             // The parser's refusal names the body as a whole, or its top-level field; one inside a job is named by its place.
-            if ((repeated is null ? BrokenEscapeInJob(body) : RepeatInJob(repeated)) is { } fault)
+            if (fault is not null && InJob(fault) is { } field)
             {
-                errors.Add(fault.Field, fault.Message);
+                errors.Add(field, fault.ErrorAt(2));
                 return null;
             }
 
@@ -86,104 +86,18 @@ internal static class JobBatchParser
     }
 
     /// <summary>
-    /// Where, in which job, a body the parser refused has a field given twice in one object: the parser says only
-    /// that the body is not valid JSON (JsonBody names the top-level <c>jobs</c>), which leaves the client of a batch
-    /// of a hundred jobs to find the job. The job's field, or the job's field that holds the repeat when it is nested
-    /// deeper (a webhook's payload), or the job itself. Null when the repeat is not in a job: JsonBody's words stand then.
+    /// Where, in which job, a body the parser refused has a field given twice in one object, or a <c>\u</c> escape that
+    /// is half a surrogate pair: the parser says only that the body is not valid JSON (JsonBody names the top-level
+    /// <c>jobs</c>), which leaves the client of a batch of a hundred jobs to find the job. The job's field, or the
+    /// job's field that holds the fault when it is nested deeper (a webhook's payload), or the job itself (a name of
+    /// the job's that cannot be read, a job that is not an object). Null when the fault is not in a job: JsonBody's
+    /// words stand then.
     /// </summary>
-    private static (string Field, string Message)? RepeatInJob(RepeatedName repeated) =>
-        repeated.Path is [{ Name: { } top }, { Name: null } job, var field, ..]
+    private static string? InJob(JsonFault fault) =>
+        fault.Path is [{ Name: { } top }, { Name: null } job, ..]
         && string.Equals(top, JobsField, StringComparison.OrdinalIgnoreCase)
-            ? (Place(job.Index, field.Name), repeated.ErrorAt(2))
+            ? fault.Path is [_, _, { Name: { } field }, ..] ? $"{JobsField}[{job.Index}].{field}" : $"{JobsField}[{job.Index}]"
             : null;
-
-    /// <summary>
-    /// Where, in which job, a body the parser refused has a <c>\u</c> escape that is half a surrogate pair, named as
-    /// <see cref="RepeatInJob"/> names a repeat. Null when it is not in a job: JsonBody's words stand then.
-    /// </summary>
-    private static (string Field, string Message)? BrokenEscapeInJob(byte[] body)
-    {
-        var reader = new Utf8JsonReader(body);
-        var (inJobs, index, field) = (false, -1, (string?)null);
-        try
-        {
-            while (reader.Read())
-            {
-                var depth = reader.CurrentDepth;
-                if (reader.TokenType == JsonTokenType.PropertyName)
-                {
-                    if (BrokenEscape(ref reader))
-                    {
-                        // Outside a job, JsonBody names it.
-                        return inJobs && depth >= 3 && index >= 0
-                            ? (depth == 3 ? Place(index, null) : Place(index, field), BrokenEscapeError)
-                            : null;
-                    }
-
-                    if (depth == 1)
-                    {
-                        inJobs = string.Equals(reader.GetString(), JobsField, StringComparison.OrdinalIgnoreCase);
-                    }
-                    else if (depth == 3)
-                    {
-                        field = reader.GetString();
-                    }
-
-                    continue;
-                }
-
-                if (depth == 1 && reader.TokenType != JsonTokenType.StartArray)
-                {
-                    // The value of a top-level field that is not the jobs array.
-                    inJobs = false;
-                }
-
-                // A value of the top-level jobs array: the next job.
-                if (inJobs && depth == 2 && reader.TokenType is not (JsonTokenType.EndObject or JsonTokenType.EndArray))
-                {
-                    (index, field) = (index + 1, null);
-                }
-
-                if (inJobs && depth >= 2 && reader.TokenType == JsonTokenType.String && BrokenEscape(ref reader))
-                {
-                    return (depth == 2 ? Place(index, null) : Place(index, field), BrokenEscapeError);
-                }
-            }
-        }
-        catch (Exception exception) when (exception is JsonException or InvalidOperationException)
-        {
-            // Not JSON: the parser says where. Or a name that is not UTF-8: JsonBody says so.
-            return null;
-        }
-
-        return null;
-    }
-
-    /// <summary>The job at <paramref name="index"/>, or its <paramref name="field"/> (none when the job is not an object).</summary>
-    private static string Place(int index, string? field) =>
-        field is null ? $"{JobsField}[{index}]" : $"{JobsField}[{index}].{field}";
-
-    /// <summary>As <see cref="JsonBody"/> words it for a single job's field.</summary>
-    private const string BrokenEscapeError = "Must be valid Unicode text: a \\u escape in it is an unpaired surrogate.";
-
-    /// <summary>Whether the current name or string has <c>\u</c> escapes that do not form valid UTF-16 (reading it throws).</summary>
-    private static bool BrokenEscape(ref Utf8JsonReader reader)
-    {
-        if (!reader.ValueIsEscaped)
-        {
-            return false;
-        }
-
-        try
-        {
-            reader.GetString();
-            return false;
-        }
-        catch (InvalidOperationException)
-        {
-            return true;
-        }
-    }
 
     /// <summary>
     /// The bytes of each element of the top-level <see cref="JobsField"/> array, as sent. The body was

@@ -24,11 +24,11 @@ internal static class JsonBody
         ParseObject(body, errors, invalidJson, out _);
 
     /// <inheritdoc cref="ParseObject(ReadOnlyMemory{byte}, FieldErrors, Func{JsonException, string})"/>
-    /// <param name="repeated">Where the name is that the body was refused for giving twice, if that is why.</param>
+    /// <param name="fault">Where the broken escape or the name given twice is that the body was refused for, if that is why.</param>
     public static JsonDocument? ParseObject(
-        ReadOnlyMemory<byte> body, FieldErrors errors, Func<JsonException, string> invalidJson, out RepeatedName? repeated)
+        ReadOnlyMemory<byte> body, FieldErrors errors, Func<JsonException, string> invalidJson, out JsonFault? fault)
     {
-        repeated = null;
+        fault = null;
         // The reader checks UTF-8 only when a string is read, as an exception that is not a JsonException.
         if (!Utf8.IsValid(body.Span))
         {
@@ -36,11 +36,13 @@ internal static class JsonBody
             return null;
         }
 
-        // Checked before parsing: the parser's check for repeated names reads escaped names, and throws
-        // for a broken one an exception that is not a JsonException either.
-        if (FindBrokenEscape(body.Span) is { } field)
+        // Looked for before parsing, where there are escapes (unescaped text is valid UTF-8): the parser's check for
+        // repeated names reads escaped names, and throws for a broken one an exception that is not a JsonException
+        // either; a broken one in a value is read only when the value is.
+        if (body.Span.IndexOf("\\u"u8) >= 0 && JsonFault.Find(body.Span) is { IsBrokenEscape: true } broken)
         {
-            errors.Add(field, "Must be valid Unicode text: a \\u escape in it is an unpaired surrogate.");
+            fault = broken;
+            errors.Add(TopField(broken), broken.ErrorAt(0));
             return null;
         }
 
@@ -53,17 +55,8 @@ internal static class JsonBody
         {
             // A repeated name is the one refusal a client cannot place from the parser's words (no line or
             // byte is given for it), so the field is named, as a batch names it inside a job.
-            repeated = RepeatedName.Find(body.Span);
-            if (repeated is not null)
-            {
-                // Under its top-level field; in a body that is an array, under the body as a whole.
-                errors.Add(repeated.Path[0].Name ?? Field, repeated.ErrorAt(0));
-            }
-            else
-            {
-                errors.Add(Field, invalidJson(ex));
-            }
-
+            fault = JsonFault.Find(body.Span);
+            errors.Add(fault is null ? Field : TopField(fault), fault is null ? invalidJson(ex) : fault.ErrorAt(0));
             return null;
         }
 
@@ -77,58 +70,6 @@ internal static class JsonBody
         return document;
     }
 
-    /// <summary>
-    /// The field (top-level property, or <see cref="Field"/>) of the first string or name whose
-    /// <c>\u</c> escapes do not form valid UTF-16, such as <c>"\ud800"</c> alone; null when there is
-    /// none, or when the body is not JSON (the parser says where). Reading such a string throws an
-    /// exception that is not a <see cref="JsonException"/>.
-    /// </summary>
-    private static string? FindBrokenEscape(ReadOnlySpan<byte> body)
-    {
-        // Unescaped text is valid UTF-8 (checked above), so only escapes can be broken.
-        if (body.IndexOf("\\u"u8) < 0)
-        {
-            return null;
-        }
-
-        var reader = new Utf8JsonReader(body);
-        string? property = null;
-        while (TryRead(ref reader))
-        {
-            if (reader.TokenType is not (JsonTokenType.PropertyName or JsonTokenType.String))
-            {
-                continue;
-            }
-
-            var name = reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1;
-            string text;
-            try
-            {
-                text = reader.GetString()!;
-            }
-            catch (InvalidOperationException)
-            {
-                return name || property is null ? Field : property;
-            }
-
-            if (name)
-            {
-                property = text;
-            }
-        }
-
-        return null;
-    }
-
-    private static bool TryRead(ref Utf8JsonReader reader)
-    {
-        try
-        {
-            return reader.Read();
-        }
-        catch (JsonException)
-        {
-            return false;
-        }
-    }
+    /// <summary>The top-level field holding the fault; in a body that is not an object, or for a name that cannot be read, the body as a whole.</summary>
+    private static string TopField(JsonFault fault) => fault.Path is [{ Name: { } field }, ..] ? field : Field;
 }

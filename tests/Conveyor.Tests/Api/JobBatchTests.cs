@@ -196,6 +196,8 @@ public sealed class JobBatchTests(ConveyorFixture fixture) : IAsyncLifetime
     [InlineData("""{"jobs":[{}],"x":"\ud800"}""", "x")]
     [InlineData("""{"jobs":{"a":"\ud800"}}""", "jobs")]
     [InlineData("""[{"jobs":[{"a":"\ud800"}]}]""", "$")]
+    // The first in the body, as for a single job's body: a top-level field's before a job's.
+    [InlineData("""{"x":"\ud800","jobs":[{"a":"\ud800"}]}""", "x")]
     // In a job before the body stops being JSON: the job's field; after it: where the parser stops.
     [InlineData("""{"jobs":[{"a":"\ud800"}],""", "jobs[0].a")]
     [InlineData("""{"jobs":[{"a":1} {"a":"\ud800"}]}""", "$")]
