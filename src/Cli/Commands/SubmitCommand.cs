@@ -351,7 +351,11 @@ public sealed partial class SubmitCommand : ConveyorCommand<SubmitSettings>
         catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
             // ArgumentException: an empty path ("$JOBS" unset) or one with a NUL in it.
-            throw new CliFailureException(ExitCodes.Usage, path.Length == 0 ? "The file name is empty." : $"Cannot read {path}: {exception.Message}");
+            throw new CliFailureException(ExitCodes.Usage,
+                path.Length == 0 ? "The file name is empty."
+                // .NET's words for a directory are "Access to the path … is denied".
+                : Directory.Exists(path) ? $"Cannot read {path}: it is a directory; give a file of jobs (JSON lines or a JSON array)."
+                : $"Cannot read {path}: {exception.Message}");
         }
     }
 

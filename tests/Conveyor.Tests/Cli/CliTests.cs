@@ -827,6 +827,25 @@ public sealed class CliTests(ConveyorFixture fixture) : ErrorQueueApiSession(fix
     /// so. Its bytes were decoded as U+FFFD and sent: here the Api refused an accountId holding a character the file never
     /// held (<c>acct-4\uFFFD</c>), and a field that takes any text would have been submitted with it.
     /// </summary>
+    /// <summary>A directory given for the file of jobs is said to be one: .NET's words were "Access to the path … is denied".</summary>
+    [Fact]
+    public async Task Submit_of_a_directory_says_it_is_a_directory_and_sends_nothing()
+    {
+        var directory = Directory.CreateTempSubdirectory("conveyor-cli-").FullName;
+        try
+        {
+            var run = await RunWithAnswerAsync(["submit", "charge-payment", directory], System.Net.HttpStatusCode.InternalServerError, "text/plain", "nothing may be sent");
+
+            Assert.Equal(ExitCodes.Usage, run.ExitCode);
+            Assert.Contains($"Cannot read {directory}: it is a directory; give a file of jobs", run.Err, StringComparison.Ordinal);
+            Assert.DoesNotContain("denied", run.Err, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(directory);
+        }
+    }
+
     [Fact]
     public async Task Submit_refuses_a_line_that_is_not_valid_utf8_and_submits_nothing_of_it()
     {
