@@ -46,35 +46,8 @@ public static class CliApp
     /// throws as an UnauthorizedAccessException) or on a full disk, the command's words have nowhere to go, and its exit code
     /// is all that is left to say how it ended (the write's exception went unhandled, and the runtime aborted: 134).
     /// </summary>
-    private static readonly TextWriter ErrorOutput = TextWriter.Synchronized(new DroppingWriter(Console.Error));
-
-    /// <summary>Writes through, and drops a write that fails (<see cref="ErrorOutput"/>).</summary>
-    private sealed class DroppingWriter(TextWriter inner) : TextWriter
-    {
-        public override System.Text.Encoding Encoding => inner.Encoding;
-
-        public override void Write(char value) => Drop(() => inner.Write(value));
-
-        public override void Write(string? value) => Drop(() => inner.Write(value));
-
-        public override void Write(char[] buffer, int index, int count) => Drop(() => inner.Write(buffer, index, count));
-
-        public override void WriteLine(string? value) => Drop(() => inner.WriteLine(value));
-
-        public override void Flush() => Drop(inner.Flush);
-
-        private static void Drop(Action write)
-        {
-            try
-            {
-                write();
-            }
-            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
-            {
-                // No stderr to write to: nothing else can be told of it.
-            }
-        }
-    }
+    private static readonly TextWriter ErrorOutput = TextWriter.Synchronized(
+        new GuardedWriter(Console.Error, exception => exception is IOException or UnauthorizedAccessException));
 
     /// <summary>The CLI's version as built (its informational version: the package version, and the commit when known).</summary>
     public static string Version { get; } =

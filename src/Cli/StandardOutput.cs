@@ -1,4 +1,3 @@
-using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using System.Text;
 using Microsoft.Win32.SafeHandles;
@@ -25,7 +24,7 @@ internal sealed partial class StandardOutput : IDisposable
 
     private StandardOutput(TextWriter writer, StreamWriter? own)
     {
-        Writer = new NotingWriter(writer, this);
+        Writer = new GuardedWriter(writer, NoteFailure);
         _own = own;
     }
 
@@ -91,6 +90,17 @@ internal sealed partial class StandardOutput : IDisposable
         }
     }
 
+    /// <summary>Notes a write that failed (<see cref="WriteFailed"/>); never drops it: the failure is thrown on.</summary>
+    private bool NoteFailure(Exception exception)
+    {
+        if (exception is IOException)
+        {
+            WriteFailed = true;
+        }
+
+        return false;
+    }
+
     public void Dispose()
     {
         try
@@ -100,125 +110,6 @@ internal sealed partial class StandardOutput : IDisposable
         catch (IOException)
         {
             // Nothing is left to write (each write went out at once): a reader that has gone is no failure here.
-        }
-    }
-
-    /// <summary>Writes through to stdout's writer, and notes a write that failed (<see cref="WriteFailed"/>) before it is thrown on.</summary>
-    private sealed class NotingWriter(TextWriter inner, StandardOutput output) : TextWriter
-    {
-        public override Encoding Encoding => inner.Encoding;
-
-        public override IFormatProvider FormatProvider => inner.FormatProvider;
-
-        [AllowNull]
-        public override string NewLine
-        {
-            get => inner.NewLine;
-            set => inner.NewLine = value;
-        }
-
-        public override void Write(char value)
-        {
-            try
-            {
-                inner.Write(value);
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void Write(string? value)
-        {
-            try
-            {
-                inner.Write(value);
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void Write(char[] buffer, int index, int count)
-        {
-            try
-            {
-                inner.Write(buffer, index, count);
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void Write(ReadOnlySpan<char> buffer)
-        {
-            try
-            {
-                inner.Write(buffer);
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void WriteLine(string? value)
-        {
-            try
-            {
-                inner.WriteLine(value);
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void WriteLine(ReadOnlySpan<char> buffer)
-        {
-            try
-            {
-                inner.WriteLine(buffer);
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void WriteLine()
-        {
-            try
-            {
-                inner.WriteLine();
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
-        }
-
-        public override void Flush()
-        {
-            try
-            {
-                inner.Flush();
-            }
-            catch (IOException)
-            {
-                output.WriteFailed = true;
-                throw;
-            }
         }
     }
 
